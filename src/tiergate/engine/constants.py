@@ -1,0 +1,75 @@
+"""Numbers shared by the compiled engine, its pure-Python twin and the policy layer.
+
+Decision and reason values equal the protobuf enum numbers of
+``tiergate.v1.Decision`` and ``tiergate.v1.Reason`` so no translation table is
+needed at the gRPC edge. ``ext/tiergate/_native/engine.pxd`` repeats them.
+"""
+
+from typing import Final
+
+# Decision (tiergate.v1.Decision)
+DECISION_UNSPECIFIED: Final = 0
+ADMIT: Final = 1
+RETRY_LATER: Final = 2
+REJECT: Final = 3
+
+# Reason (tiergate.v1.Reason)
+REASON_UNSPECIFIED: Final = 0
+OK: Final = 1
+SENDER_BLOCKED: Final = 2
+SENDER_RESTRICTED: Final = 3
+TEMPLATE_PAUSED: Final = 4
+TEMPLATE_DISABLED: Final = 5
+OUTSIDE_WINDOW: Final = 6
+RECIPIENT_OPTED_OUT: Final = 7
+MESSAGING_LIMIT: Final = 8
+MARKETING_FREQUENCY: Final = 9
+QUALITY_PROTECTION: Final = 10
+THROUGHPUT: Final = 11
+PAIR_RATE: Final = 12
+UNKNOWN_SENDER: Final = 13
+
+# Per-request flags the policy layer hands to the engine.
+F_TEMPLATE: Final = 1  # a template message; otherwise free-form (needs an open window)
+F_MARKETING: Final = 2  # marketing category: opt-out, frequency cap, quality block apply
+F_RESTRICTED: Final = 4  # sender restricted by Meta: business-initiated (counting) sends refused
+F_QUALITY_BLOCK: Final = 8  # the profile blocks marketing now (quality Red)
+F_FEP_FREE_FORM: Final = 16  # a free-entry-point (72 h) window allows free-form messages
+F_DRY_RUN: Final = 32  # evaluate only, consume nothing
+F_FORCE: Final = 64  # journal replay: skip every check, apply the consumption
+
+# Entry points of a customer service window.
+ENTRY_ORGANIC: Final = 1
+ENTRY_CTWA_AD: Final = 2
+ENTRY_PAGE_CTA: Final = 3
+
+# An effectively unlimited messaging limit (TIER_UNLIMITED).
+UNLIMITED: Final = (1 << 62) - 1
+
+# Marketing sends remembered per recipient for the frequency cap.
+MARKETING_HISTORY: Final = 4
+
+# Recipient keys: E.164 digits (1..15) packed exactly, length in bits 50..53,
+# so "01" and "1" differ and 0 never names a recipient (it marks empty slots).
+KEY_LENGTH_SHIFT: Final = 50
+MAX_RECIPIENT_DIGITS: Final = 15
+
+
+def recipient_key(recipient: str) -> int:
+    """Pack an E.164 wa_id (digits, optional leading '+') into its exact uint64 key.
+
+    Raises ValueError naming the problem; callers turn it into INVALID_ARGUMENT.
+    """
+    digits = recipient[1:] if recipient.startswith("+") else recipient
+    n = len(digits)
+    if n == 0 or n > MAX_RECIPIENT_DIGITS:
+        raise ValueError(f"recipient must have 1 to 15 digits, got {n}")
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError("recipient must be E.164 digits with an optional leading '+'")
+    return int(digits) | (n << KEY_LENGTH_SHIFT)
+
+
+def recipient_digits(key: int) -> str:
+    """The digits a key was made from (inverse of :func:`recipient_key`)."""
+    n = key >> KEY_LENGTH_SHIFT
+    return str(key & ((1 << KEY_LENGTH_SHIFT) - 1)).zfill(n)
