@@ -1,0 +1,1 @@
+"""Generated code for the tiergate.v1 gRPC contract (scripts/gen_proto.py)."""
