@@ -1,0 +1,168 @@
+"""A small asyncio client for gateways that ask tiergate before each send.
+
+    async with TiergateClient("127.0.0.1:50051") as tg:
+        r = await tg.admit("106540352242922", "15551234567",
+                           kind=pb.TEMPLATE, category=pb.MARKETING, template_id="spring_sale")
+        if r.decision == pb.DECISION_ADMIT:
+            ...  # send through the Cloud API, then report the outcome:
+            await tg.record_feedback(pb.SendResult(ticket=r.ticket, status=pb.SENT))
+
+``admit_wait`` sleeps until ``retry_at_unix_ms`` and asks again, bounded by a
+deadline. tiergate never answers ADMIT on an internal fault; what a gateway does
+when tiergate itself is unreachable (send anyway or hold) is its own policy,
+so errors surface here as ``grpc.aio.AioRpcError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from tiergate.v1 import admission_pb2 as pb
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
+
+FeedbackEvent = pb.InboundMessage | pb.SendResult | pb.OptOut | pb.SenderUpdate | pb.TemplateUpdate
+
+_FEEDBACK_FIELDS: dict[type[FeedbackEvent], str] = {
+    pb.InboundMessage: "inbound_message",
+    pb.SendResult: "send_result",
+    pb.OptOut: "opt_out",
+    pb.SenderUpdate: "sender_update",
+    pb.TemplateUpdate: "template_update",
+}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class TiergateClient:
+    """One channel to a tiergate sidecar; use as ``async with`` or call ``close()``."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 5.0,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.AdmissionControlStub(self._channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the channel is connected (the sidecar is up)."""
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    # --- admission ---------------------------------------------------------------
+
+    async def admit(
+        self,
+        sender_id: str,
+        recipient: str,
+        *,
+        kind: pb.MessageKind.ValueType = pb.TEMPLATE,
+        category: pb.Category.ValueType = pb.CATEGORY_UNSPECIFIED,
+        template_id: str = "",
+        idempotency_key: str = "",
+        at_unix_ms: int = 0,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> pb.AdmitResponse:
+        request = pb.AdmitRequest(
+            sender_id=sender_id,
+            recipient=recipient,
+            kind=kind,
+            category=category,
+            template_id=template_id,
+            idempotency_key=idempotency_key,
+            at_unix_ms=at_unix_ms,
+            dry_run=dry_run,
+        )
+        return await self.admit_request(request, timeout=timeout)
+
+    async def admit_request(
+        self, request: pb.AdmitRequest, *, timeout: float | None = None
+    ) -> pb.AdmitResponse:
+        return await self._stub.Admit(request, timeout=timeout or self.timeout)
+
+    async def admit_batch(
+        self, requests: Iterable[pb.AdmitRequest], *, timeout: float | None = None
+    ) -> list[pb.AdmitResponse]:
+        """Decide ``requests`` in order with one call; responses in the same order."""
+        reply = await self._stub.AdmitBatch(
+            pb.AdmitBatchRequest(requests=list(requests)), timeout=timeout or self.timeout
+        )
+        return list(reply.responses)
+
+    async def admit_wait(
+        self,
+        request: pb.AdmitRequest,
+        *,
+        deadline_s: float = 30.0,
+        timeout: float | None = None,
+    ) -> pb.AdmitResponse:
+        """Admit, sleeping until ``retry_at_unix_ms`` after each RETRY_LATER.
+
+        Returns the first ADMIT or REJECT, or the last RETRY_LATER when the
+        next retry time is past the deadline (``deadline_s`` from now). Retries
+        carry the same idempotency key: only admits are remembered by it.
+        """
+        deadline_ms = _now_ms() + int(deadline_s * 1000)
+        while True:
+            response = await self.admit_request(request, timeout=timeout)
+            if response.decision != pb.DECISION_RETRY_LATER:
+                return response
+            retry_at = response.retry_at_unix_ms
+            if retry_at <= 0 or retry_at > deadline_ms:
+                return response
+            await asyncio.sleep(max(0.0, (retry_at - _now_ms()) / 1000))
+
+    # --- feedback and state ------------------------------------------------------
+
+    async def record_feedback(
+        self, event: FeedbackEvent | pb.RecordFeedbackRequest, *, timeout: float | None = None
+    ) -> pb.RecordFeedbackResponse:
+        """Report what happened: an inbound message, a send result, an opt-out,
+        a sender or template change (any of the event messages, or a full request)."""
+        if isinstance(event, pb.RecordFeedbackRequest):
+            request = event
+        else:
+            request = pb.RecordFeedbackRequest()
+            field = _FEEDBACK_FIELDS.get(type(event))
+            if field is None:
+                raise TypeError(f"not a feedback event: {type(event).__name__}")
+            getattr(request, field).CopyFrom(event)
+        return await self._stub.RecordFeedback(request, timeout=timeout or self.timeout)
+
+    async def ingest_webhook(
+        self, body: bytes, signature: str = "", *, at_unix_ms: int = 0, timeout: float | None = None
+    ) -> pb.IngestWebhookResponse:
+        request = pb.IngestWebhookRequest(body=body, signature=signature, at_unix_ms=at_unix_ms)
+        return await self._stub.IngestWebhook(request, timeout=timeout or self.timeout)
+
+    async def sender_state(
+        self, sender_id: str, *, at_unix_ms: int = 0, timeout: float | None = None
+    ) -> pb.SenderState:
+        request = pb.GetSenderStateRequest(sender_id=sender_id, at_unix_ms=at_unix_ms)
+        return await self._stub.GetSenderState(request, timeout=timeout or self.timeout)

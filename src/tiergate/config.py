@@ -1,0 +1,364 @@
+"""Configuration of ``tiergate serve``: flags > ``TIERGATE_*`` env vars > TOML file > defaults.
+
+Every setting has one name used everywhere: the flag ``--webhook-listen``, the
+env var ``TIERGATE_WEBHOOK_LISTEN`` and the top-level TOML key
+``webhook_listen``. The TOML file can also declare ``[[senders]]`` and
+``[[templates]]``; the server applies them at start to senders and templates it
+does not know yet, so a fresh sidecar has something to admit for.
+
+Bad configuration raises :class:`ConfigError`, whose message names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from tiergate.policy.events import (
+    Quality,
+    SenderStatus,
+    SenderUpdate,
+    TemplateStatus,
+    TemplateUpdate,
+)
+
+ENV_PREFIX = "TIERGATE_"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_PROFILE = "meta-2025"
+DEFAULT_MAX_BATCH = 1000
+MAX_BATCH_CEILING = 100_000
+DURABILITY_MODES = ("fsync-always", "fsync-interval", "write")
+DEFAULT_DURABILITY = "fsync-interval"
+DEFAULT_SHUTDOWN_GRACE_S = 10.0
+
+Clock = Literal["server", "request"]
+_E = TypeVar("_E", Quality, SenderStatus, TemplateStatus)
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; ``key`` names it (``max_batch``, ``senders[1].tier`` …)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    listen: Endpoint = Endpoint("127.0.0.1", 50051)
+    profile: str = DEFAULT_PROFILE
+    data_dir: Path | None = None
+    config: Path | None = None
+    clock: Clock = "server"
+    webhook_secret: str = ""
+    webhook_listen: Endpoint | None = None
+    webhook_verify_token: str = ""
+    max_batch: int = DEFAULT_MAX_BATCH
+    durability: str = DEFAULT_DURABILITY
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S
+    metrics_listen: Endpoint | None = None
+    log_level: str = "info"
+    senders: tuple[SenderUpdate, ...] = ()
+    templates: tuple[TemplateUpdate, ...] = ()
+    # Where each setting came from: "flag", "env", "file" or "default".
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_endpoint(key: str, value: str) -> Endpoint:
+    """``HOST:PORT`` (``[v6addr]:PORT`` for IPv6); port 0 picks a free port."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(key, f"port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(key, f"port must be 0..65535, got {port}")
+    return Endpoint(host, port)
+
+
+def _str(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(key: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, "expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(key, f"expected an integer, got {value!r}") from None
+    raise ConfigError(key, f"expected an integer, got {type(value).__name__}")
+
+
+def _float(key: str, value: object) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, "expected a number, got a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ConfigError(key, f"expected a number, got {value!r}") from None
+    raise ConfigError(key, f"expected a number, got {type(value).__name__}")
+
+
+def _bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _listen(key: str, value: object) -> Endpoint:
+    return parse_endpoint(key, _str(key, value))
+
+
+def _optional_listen(key: str, value: object) -> Endpoint | None:
+    text = _str(key, value)
+    return parse_endpoint(key, text) if text.strip() else None
+
+
+def _profile(key: str, value: object) -> str:
+    text = _str(key, value).strip()
+    if not text:
+        raise ConfigError(key, "must name a profile or a profile file")
+    return text
+
+
+def _path(key: str, value: object) -> Path | None:
+    text = _str(key, value).strip()
+    return Path(text).expanduser() if text else None
+
+
+def _clock(key: str, value: object) -> Clock:
+    text = _str(key, value).strip()
+    if text not in ("server", "request"):
+        raise ConfigError(key, f"must be 'server' or 'request', got {text!r}")
+    return cast(Clock, text)
+
+
+def _max_batch(key: str, value: object) -> int:
+    n = _int(key, value)
+    if not 1 <= n <= MAX_BATCH_CEILING:
+        raise ConfigError(key, f"must be 1..{MAX_BATCH_CEILING}, got {n}")
+    return n
+
+
+def _durability(key: str, value: object) -> str:
+    text = _str(key, value).strip().lower()
+    if text not in DURABILITY_MODES:
+        raise ConfigError(key, f"must be one of {', '.join(DURABILITY_MODES)}, got {text!r}")
+    return text
+
+
+def _grace(key: str, value: object) -> float:
+    seconds = _float(key, value)
+    if not 0 <= seconds <= 3600:
+        raise ConfigError(key, f"must be 0..3600 seconds, got {seconds}")
+    return seconds
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(key: str, value: object) -> str:
+    text = _str(key, value).strip().lower()
+    if text not in LOG_LEVELS:
+        raise ConfigError(key, f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text
+
+
+_SETTINGS: dict[str, Callable[[str, object], Any]] = {
+    "listen": _listen,
+    "profile": _profile,
+    "data_dir": _path,
+    "clock": _clock,
+    "webhook_secret": _str,
+    "webhook_listen": _optional_listen,
+    "webhook_verify_token": _str,
+    "max_batch": _max_batch,
+    "durability": _durability,
+    "shutdown_grace": _grace,
+    "metrics_listen": _optional_listen,
+    "log_level": _log_level,
+}
+SETTING_NAMES = ("config", *_SETTINGS)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# --- [[senders]] and [[templates]] -------------------------------------------
+
+_SENDER_KEYS: dict[str, Callable[[str, object], Any]] = {
+    "sender_id": _str,
+    "portfolio_id": _str,
+    "waba_id": _str,
+    "display_phone_number": _str,
+    "verified": _bool,
+    "tier": _str,
+    "quality": lambda k, v: _enum(k, v, Quality),
+    "status": lambda k, v: _enum(k, v, SenderStatus),
+    "throughput_mps": _int,
+    "coexistence": _bool,
+    "registered_at_unix_ms": _int,
+    "restricted_until_unix_ms": _int,
+}
+
+_TEMPLATE_KEYS: dict[str, Callable[[str, object], Any]] = {
+    "template_id": _str,
+    "template_name": _str,
+    "status": lambda k, v: _enum(k, v, TemplateStatus),
+    "paused_until_unix_ms": _int,
+    "waba_id": _str,
+}
+
+
+def _enum(key: str, value: object, enum: type[_E]) -> _E:
+    name = _str(key, value).strip().upper()
+    prefix = "TEMPLATE_STATUS_"
+    if name.startswith(prefix):
+        name = name[len(prefix) :]
+    names = [m.name for m in enum if m.value != 0]
+    if name not in names:
+        raise ConfigError(key, f"must be one of {', '.join(names)}, got {value!r}")
+    return enum[name]
+
+
+def _table_list(key: str, value: object) -> list[Mapping[str, object]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(key, f"expected an array of tables ([[{key}]])")
+    return cast(list[Mapping[str, object]], value)
+
+
+def _fields(
+    key: str, table: Mapping[str, object], spec: Mapping[str, Callable[[str, object], Any]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in table.items():
+        parse = spec.get(name)
+        if parse is None:
+            raise ConfigError(f"{key}.{name}", f"unknown key (known: {', '.join(spec)})")
+        out[name] = parse(f"{key}.{name}", raw)
+    return out
+
+
+def parse_senders(value: object) -> tuple[SenderUpdate, ...]:
+    seen: set[str] = set()
+    senders = []
+    for i, table in enumerate(_table_list("senders", value)):
+        key = f"senders[{i}]"
+        fields = _fields(key, table, _SENDER_KEYS)
+        sender_id = fields.get("sender_id", "").strip()
+        if not sender_id:
+            raise ConfigError(f"{key}.sender_id", "is required")
+        if sender_id in seen:
+            raise ConfigError(f"{key}.sender_id", f"duplicate sender {sender_id!r}")
+        seen.add(sender_id)
+        fields["sender_id"] = sender_id
+        senders.append(SenderUpdate(**fields))
+    return tuple(senders)
+
+
+def parse_templates(value: object) -> tuple[TemplateUpdate, ...]:
+    templates = []
+    for i, table in enumerate(_table_list("templates", value)):
+        key = f"templates[{i}]"
+        fields = _fields(key, table, _TEMPLATE_KEYS)
+        if not fields.get("template_id", "").strip():
+            raise ConfigError(f"{key}.template_id", "is required")
+        fields.setdefault("status", TemplateStatus.APPROVED)
+        templates.append(TemplateUpdate(**fields))
+    return tuple(templates)
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+
+
+def load(
+    flags: Mapping[str, object | None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServeConfig:
+    """Build the configuration. ``flags`` maps setting names to flag values
+    (``None`` = not given); ``env`` defaults to ``os.environ``."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    unknown = set(flags) - set(SETTING_NAMES)
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown setting")
+
+    config_text = flags.get("config")
+    origin_config = "flag"
+    if config_text is None and env.get(env_name("config")):
+        config_text, origin_config = env[env_name("config")], "env"
+    config_path = Path(_str("config", config_text)).expanduser() if config_text else None
+    file_values: dict[str, Any] = read_file(config_path) if config_path else {}
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {"config": origin_config if config_path else "default"}
+    for name, parse in _SETTINGS.items():
+        if name in flags:
+            raw, origin = flags[name], "flag"
+        elif env_name(name) in env:
+            raw, origin = env[env_name(name)], "env"
+        elif name in file_values:
+            raw, origin = file_values[name], "file"
+        else:
+            origins[name] = "default"
+            continue
+        values[name] = parse(name, raw)
+        origins[name] = origin
+
+    for name in file_values:
+        if name not in _SETTINGS and name not in ("senders", "templates"):
+            known = ", ".join([*_SETTINGS, "senders", "templates"])
+            raise ConfigError(name, f"unknown key in {config_path} (known: {known})")
+
+    return ServeConfig(
+        config=config_path,
+        senders=parse_senders(file_values.get("senders", [])),
+        templates=parse_templates(file_values.get("templates", [])),
+        origins=origins,
+        **values,
+    )
