@@ -1,0 +1,221 @@
+"""Realistic Admit traffic for the gRPC benchmarks: the mix a WhatsApp gateway sends.
+
+Each client process owns its senders (so per-sender simulated time only moves
+forward) and sends, per page of simulated time:
+
+* 30 % in-window replies: FREE_FORM / SERVICE to users who wrote in (an
+  ``InboundMessage`` opened their customer service window during set-up);
+* 40 % templates (UTILITY, AUTHENTICATION) to the same recipients every page:
+  counted on the first page, repeats to counted recipients after that;
+* 20 % MARKETING templates to fresh recipients (a new unique-recipient slot
+  each, under an unlimited tier);
+* 10 % MARKETING templates from a sender whose TIER_250 limit was filled
+  during set-up: RETRY_LATER / MESSAGING_LIMIT.
+
+Every (sender, recipient) pair appears once per 16.384 s page of simulated
+time, every sender stays under 80 messages/s of simulated time, so the
+throughput and pair-rate rules pass and each item exercises the rule it is
+meant to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from _grpcload import PAGE_MS, ClientPlan, Pool, encode_item, page_start
+
+SENDERS_PER_CLIENT = 16
+PAGE_ITEMS = 8_000  # a multiple of 1 000, so batches never straddle pages
+DAY_MS = 86_400_000
+
+# item slot (i % 10) -> traffic class
+_SLOTS = (
+    "reply",
+    "reply",
+    "reply",
+    "repeat-utility",
+    "repeat-utility",
+    "repeat-utility",
+    "repeat-auth",
+    "fresh",
+    "fresh",
+    "limited",
+)
+_CLASS_DIGIT = {"reply": 1, "repeat-utility": 2, "repeat-auth": 2, "fresh": 3, "limited": 4}
+TEMPLATES = {"MARKETING": "bench_promo", "UTILITY": "bench_receipt", "AUTHENTICATION": "bench_otp"}
+
+
+def sender_id(tag: str, client: int, k: int) -> str:
+    return f"{tag}c{client}s{k:02d}"
+
+
+def limited_sender_id(tag: str, client: int) -> str:
+    return f"{tag}c{client}lim"
+
+
+def recipient(client: int, cls: str, k: int, slot: int, page: int, j: int) -> str:
+    # 13 digits: country code 55, client, class, sender, slot, page, index.
+    return f"55{client % 100:02d}{_CLASS_DIGIT[cls]}{k:02d}{slot}{page % 1000:03d}{j:02d}"
+
+
+def build_pool(pb2: Any, tag: str, client: int, pages: int) -> tuple[Pool, dict[str, Any]]:
+    """The pre-serialized pages of one client, and what its set-up must create."""
+    per_slot = PAGE_ITEMS // (10 * SENDERS_PER_CLIENT)
+    req = pb2.AdmitRequest
+    kind_t, kind_f = pb2.TEMPLATE, pb2.FREE_FORM
+    cat = {name: pb2.Category.Value(name) for name in ("MARKETING", "UTILITY", "AUTHENTICATION")}
+    service = pb2.SERVICE
+    limited = limited_sender_id(tag, client)
+    window_recipients: dict[str, list[str]] = {}
+    unary_pages: list[list[bytes]] = []
+    for page in range(pages):
+        items: list[bytes] = []
+        for i in range(PAGE_ITEMS):
+            slot = i % 10
+            k = (i // 10) % SENDERS_PER_CLIENT
+            j = i // (10 * SENDERS_PER_CLIENT)
+            cls = _SLOTS[slot]
+            sender = sender_id(tag, client, k)
+            if cls == "reply":
+                rcpt = recipient(client, cls, k, slot, 0, j)
+                if page == 0:
+                    window_recipients.setdefault(sender, []).append(rcpt)
+                msg = req(sender_id=sender, recipient=rcpt, kind=kind_f, category=service)
+            elif cls.startswith("repeat"):
+                category = "AUTHENTICATION" if cls == "repeat-auth" else "UTILITY"
+                msg = req(
+                    sender_id=sender,
+                    recipient=recipient(client, cls, k, slot, 0, j),
+                    kind=kind_t,
+                    category=cat[category],
+                    template_id=TEMPLATES[category],
+                )
+            else:
+                msg = req(
+                    sender_id=limited if cls == "limited" else sender,
+                    recipient=recipient(client, cls, k, slot, page, j),
+                    kind=kind_t,
+                    category=cat["MARKETING"],
+                    template_id=TEMPLATES["MARKETING"],
+                )
+            items.append(encode_item(msg.SerializeToString(), i * PAGE_MS // PAGE_ITEMS))
+        unary_pages.append(items)
+    assert per_slot > 0
+    setup = {
+        "senders": [sender_id(tag, client, k) for k in range(SENDERS_PER_CLIENT)],
+        "limited": limited,
+        "portfolio": f"{tag}c{client}pf",
+        "limited_portfolio": f"{tag}c{client}pflim",
+        "waba": f"{tag}c{client}waba",
+        "windows": window_recipients,
+    }
+    return Pool(unary_pages), setup
+
+
+def start_time() -> int:
+    """Simulated start: the next page boundary after now (set-up happens before it)."""
+    return page_start(int(time.time() * 1000)) + PAGE_MS
+
+
+async def noop_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool, int]:
+    """The same request bytes, no server state: for the no-op ceiling server."""
+    args = plan.workload_args
+    pool, _ = build_pool(pb2, args.get("tag", "b"), plan.index, args.get("pages", 4))
+    return pool, start_time()
+
+
+async def _bounded(calls: list[Any], limit: int = 64) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
+async def tiergate_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool, int]:
+    """Build the pool, then give tiergate the state the mix relies on (feedback RPCs)."""
+    args = plan.workload_args
+    pool, setup = build_pool(pb2, args.get("tag", "b"), plan.index, args.get("pages", 4))
+    t0 = start_time()
+    t_setup = t0 - 2 * 3_600_000  # two hours (simulated) before the measured traffic
+    fb = pb2.RecordFeedbackRequest
+    calls = []
+    for sender in setup["senders"]:
+        upd = pb2.SenderUpdate(
+            sender_id=sender,
+            portfolio_id=setup["portfolio"],
+            waba_id=setup["waba"],
+            tier="TIER_UNLIMITED",
+            quality=pb2.GREEN,
+            status=pb2.CONNECTED,
+            at_unix_ms=t_setup,
+        )
+        calls.append(stub.RecordFeedback(fb(sender_update=upd), timeout=30))
+    upd = pb2.SenderUpdate(
+        sender_id=setup["limited"],
+        portfolio_id=setup["limited_portfolio"],
+        waba_id=setup["waba"],
+        tier="TIER_250",
+        quality=pb2.GREEN,
+        status=pb2.CONNECTED,
+        at_unix_ms=t_setup,
+    )
+    calls.append(stub.RecordFeedback(fb(sender_update=upd), timeout=30))
+    for name in TEMPLATES.values():
+        tu = pb2.TemplateUpdate(
+            template_id=name,
+            template_name=name,
+            status=pb2.TEMPLATE_STATUS_APPROVED,
+            waba_id=setup["waba"],
+            at_unix_ms=t_setup,
+        )
+        calls.append(stub.RecordFeedback(fb(template_update=tu), timeout=30))
+    await _bounded(calls)
+    _check_applied(await _windows(pb2, stub, setup, t_setup + 60_000), "inbound_message")
+    await _fill_limit(pb2, stub, setup, t_setup + 120_000)
+    return pool, t0
+
+
+async def _windows(pb2: Any, stub: Any, setup: dict[str, Any], at: int) -> list[Any]:
+    calls = []
+    for sender, recipients in setup["windows"].items():
+        for i, rcpt in enumerate(recipients):
+            msg = pb2.InboundMessage(
+                sender_id=sender,
+                recipient=rcpt,
+                at_unix_ms=at + i,
+                entry_point=pb2.ORGANIC,
+                message_id=f"wamid.{sender}.{rcpt}",
+            )
+            calls.append(stub.RecordFeedback(pb2.RecordFeedbackRequest(inbound_message=msg)))
+    return await _bounded(calls)
+
+
+def _check_applied(replies: list[Any], what: str) -> None:
+    refused = [r for r in replies if not r.applied]
+    if refused:
+        raise RuntimeError(f"tiergate did not apply {len(refused)} {what} events: {refused[0]}")
+
+
+async def _fill_limit(pb2: Any, stub: Any, setup: dict[str, Any], at: int) -> None:
+    """Use all 250 slots of the limited sender: 250 counted templates, 50 ms apart."""
+    reqs = [
+        pb2.AdmitRequest(
+            sender_id=setup["limited"],
+            recipient=f"5598{i:07d}",  # its own portfolio: no overlap with other clients
+            kind=pb2.TEMPLATE,
+            category=pb2.UTILITY,
+            template_id=TEMPLATES["UTILITY"],
+            at_unix_ms=at + 50 * i,
+        )
+        for i in range(250)
+    ]
+    reply = await stub.AdmitBatch(pb2.AdmitBatchRequest(requests=reqs), timeout=60)
+    admitted = sum(1 for r in reply.responses if r.decision == pb2.DECISION_ADMIT and r.counted)
+    if admitted != 250:
+        first = next((r for r in reply.responses if r.decision != pb2.DECISION_ADMIT), None)
+        raise RuntimeError(f"filling the TIER_250 sender admitted {admitted}/250: {first}")
