@@ -1,0 +1,29 @@
+"""Durable state: the store interface and the embedded journal + snapshot store."""
+
+from .base import (
+    CorruptJournalError,
+    CorruptSnapshotError,
+    DataDirError,
+    Durability,
+    FormatVersionError,
+    Recoverable,
+    RecoveryReport,
+    Store,
+    StoreError,
+    StoreFailedError,
+)
+from .embedded import EmbeddedStore
+
+__all__ = [
+    "CorruptJournalError",
+    "CorruptSnapshotError",
+    "DataDirError",
+    "Durability",
+    "EmbeddedStore",
+    "FormatVersionError",
+    "Recoverable",
+    "RecoveryReport",
+    "Store",
+    "StoreError",
+    "StoreFailedError",
+]

@@ -1,0 +1,180 @@
+"""The store interface: durable state as opaque bytes from the policy layer.
+
+The policy layer (``AdmissionService``) owns what the state *means*. A store
+only keeps the bytes it is handed, in order:
+
+* ``service.drain_journal()`` gives the records of every state change since
+  the last drain; the store makes them durable (``commit``) before a decision
+  is acknowledged.
+* ``service.snapshot()`` gives the whole state; the store keeps it so that old
+  records can be dropped.
+* At start-up the store hands them back: ``service.restore(snapshot)``, then
+  ``service.replay(record)`` for every record after it.
+
+Keeping the store on these four calls lets a shared backend (Redis) replace
+the embedded journal without touching the policy layer or the engine.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+class Durability(enum.StrEnum):
+    """When an acknowledged decision is safe (see docs/durability.md).
+
+    ``FSYNC_ALWAYS``: written and fsynced before the acknowledgement; survives
+    process crash and power loss. ``FSYNC_INTERVAL`` (default): written before
+    the acknowledgement, fsynced at most ``fsync_interval_ms`` later; survives
+    a process crash, a power loss may lose up to the interval. ``WRITE``:
+    written, never fsynced by tiergate; survives a process crash, a power loss
+    may lose what the OS had not yet written back.
+    """
+
+    FSYNC_ALWAYS = "fsync-always"
+    FSYNC_INTERVAL = "fsync-interval"
+    WRITE = "write"
+
+    @classmethod
+    def parse(cls, value: str | Durability) -> Durability:
+        """Parse a setting, with an error that lists the accepted values."""
+        if isinstance(value, Durability):
+            return value
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            choices = ", ".join(d.value for d in cls)
+            raise ValueError(f"durability: unknown value {value!r} (expected {choices})") from None
+
+
+class StoreError(Exception):
+    """The store cannot safely continue or start; the message says why and where."""
+
+
+class DataDirError(StoreError):
+    """The data directory is missing and cannot be created, not a directory,
+    not writable, or in use by another tiergate process."""
+
+
+class FormatVersionError(StoreError):
+    """A journal or snapshot file was written by a newer tiergate."""
+
+
+class CorruptJournalError(StoreError):
+    """Corruption before the journal's tail (valid records follow a bad one)."""
+
+    def __init__(self, message: str, path: Path, offset: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+class CorruptSnapshotError(StoreError):
+    """No usable snapshot, and the journal does not cover an older one."""
+
+
+class StoreFailedError(StoreError):
+    """A write or fsync failed; nothing more is acknowledged (restart to recover)."""
+
+
+@runtime_checkable
+class Recoverable(Protocol):
+    """What a store needs from the policy layer (``AdmissionService`` has it)."""
+
+    def drain_journal(self) -> list[bytes]: ...
+
+    def replay(self, record: bytes) -> None: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What recovery found and did; logged at start-up and kept for metrics."""
+
+    data_dir: str
+    snapshot_path: str | None = None
+    snapshot_seq: int = 0
+    snapshot_bytes: int = 0
+    records_replayed: int = 0
+    last_seq: int = 0
+    segments_read: int = 0
+    journal_bytes: int = 0
+    truncated_bytes: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        base = (
+            f"snapshot seq {self.snapshot_seq}" if self.snapshot_path is not None else "no snapshot"
+        )
+        text = (
+            f"recovered {self.data_dir} in {self.seconds:.3f} s: {base} "
+            f"({self.snapshot_bytes} bytes), {self.records_replayed} journal records replayed "
+            f"from {self.segments_read} segment(s), last seq {self.last_seq}, "
+            f"journal {self.journal_bytes} bytes"
+        )
+        if self.truncated_bytes:
+            text += f", {self.truncated_bytes} bytes truncated"
+        return text
+
+
+class Store(Protocol):
+    """A durable home for the policy layer's journal records and snapshots."""
+
+    @property
+    def journal_bytes(self) -> int:
+        """Bytes of journal currently on disk (for metrics)."""
+        ...
+
+    @property
+    def recovery_seconds(self) -> float:
+        """How long the last ``recover`` took (for metrics)."""
+        ...
+
+    def recover(self, service: Recoverable) -> RecoveryReport:
+        """Load the latest durable state into ``service``; call once, before serving."""
+        ...
+
+    async def commit(self, records: Sequence[bytes]) -> None:
+        """Make ``records`` (and everything committed before them) durable, then return.
+
+        Concurrent callers share one write (group commit). An empty ``records``
+        still waits for earlier commits, so a decision that read their effects
+        is never acknowledged ahead of them.
+        """
+        ...
+
+    def commit_sync(self, records: Sequence[bytes]) -> None:
+        """Blocking ``commit`` for tools and tests (no event loop)."""
+        ...
+
+    async def persist(self, service: Recoverable) -> None:
+        """``commit(service.drain_journal())``, then start a snapshot if one is due."""
+        ...
+
+    async def maybe_snapshot(self, service: Recoverable) -> bool:
+        """Snapshot now if the record count or age threshold is reached."""
+        ...
+
+    async def snapshot(self, service: Recoverable) -> None:
+        """Snapshot now and drop journal segments it covers."""
+        ...
+
+    def snapshot_sync(self, service: Recoverable) -> None:
+        """Blocking ``snapshot`` for tools and tests."""
+        ...
+
+    async def aclose(self, service: Recoverable | None = None) -> None:
+        """Finish pending work, commit the service's last records, fsync and close."""
+        ...
+
+    def close(self) -> None:
+        """Blocking close: write what is pending, fsync, release the data dir."""
+        ...

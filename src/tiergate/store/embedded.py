@@ -1,0 +1,734 @@
+"""The embedded store: journal + snapshots in a local data directory.
+
+Life cycle (the server does exactly this)::
+
+    store = EmbeddedStore.open(data_dir, "fsync-interval", fsync_interval_ms=50)
+    report = store.recover(service)          # snapshot -> restore, journal -> replay
+    ...
+    result = service.admit(req, now_ms)      # changes state, queues journal records
+    await store.persist(service)             # group commit; acknowledge only after this
+    ...
+    await store.aclose(service)              # last records, final snapshot, fsync, unlock
+
+``persist`` is ``commit(service.drain_journal())`` plus a background snapshot
+when one is due. Every ``commit`` issued in the same event-loop iteration is
+written with one ``os.write`` (and, with ``fsync-always``, one fsync in a
+worker thread, during which the next group gathers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from .base import (
+    CorruptJournalError,
+    CorruptSnapshotError,
+    DataDirError,
+    Durability,
+    Recoverable,
+    RecoveryReport,
+    StoreError,
+    StoreFailedError,
+)
+from .journal import (
+    SEGMENT_HEADER_SIZE,
+    BadSegmentHeader,
+    IntervalFlusher,
+    JournalWriter,
+    SegmentScan,
+    decode_segment_header,
+    iter_frames,
+    list_segments,
+    read_segment,
+)
+from .snapshot import TMP_SUFFIX, BadSnapshot, list_snapshots, read_snapshot, write_snapshot
+
+log = logging.getLogger("tiergate.store")
+
+LOCK_NAME = "LOCK"
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def _prepare_data_dir(data_dir: Path) -> int:
+    """Create (if needed) and lock the data dir; return the lock file descriptor."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataDirError(f"data dir {data_dir} exists and is not a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError(
+            f"data dir {data_dir} does not exist and cannot be created: {exc.strerror or exc}"
+        ) from exc
+    lock_path = data_dir / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DataDirError(
+            f"data dir {data_dir} is not writable ({lock_path}: {exc.strerror or exc})"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+        os.close(fd)
+        raise DataDirError(
+            f"data dir {data_dir} is in use by another tiergate process{holder}"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        probe = data_dir / (".write-probe" + TMP_SUFFIX)
+        with open(probe, "wb") as f:
+            f.write(b"tiergate")
+        probe.unlink()
+    except OSError as exc:
+        os.close(fd)
+        raise DataDirError(f"data dir {data_dir} is not writable: {exc.strerror or exc}") from exc
+    return fd
+
+
+class EmbeddedStore:
+    """Journal + snapshots in ``data_dir``; see the module docstring for the life cycle."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        durability: Durability | str = Durability.FSYNC_INTERVAL,
+        *,
+        fsync_interval_ms: int = 50,
+        snapshot_every_records: int = 500_000,
+        snapshot_every_seconds: float = 300.0,
+        snapshot_on_close: bool = True,
+        segment_bytes: int = 16 << 20,
+        keep_snapshots: int = 2,
+        recover_truncate: bool = False,
+    ) -> None:
+        self.durability = Durability.parse(durability)
+        if fsync_interval_ms < 1:
+            raise ValueError("fsync_interval_ms: must be >= 1")
+        if snapshot_every_records < 1:
+            raise ValueError("snapshot_every_records: must be >= 1")
+        if snapshot_every_seconds <= 0:
+            raise ValueError("snapshot_every_seconds: must be > 0")
+        if keep_snapshots < 1:
+            raise ValueError("keep_snapshots: must be >= 1")
+        self.data_dir = Path(data_dir)
+        self.fsync_interval_ms = fsync_interval_ms
+        self.snapshot_every_records = snapshot_every_records
+        self.snapshot_every_seconds = snapshot_every_seconds
+        self.snapshot_on_close = snapshot_on_close
+        self.segment_bytes = segment_bytes
+        self.keep_snapshots = keep_snapshots
+        self.recover_truncate = recover_truncate
+        self._lock_fd = _prepare_data_dir(self.data_dir)
+
+        self._writer: JournalWriter | None = None
+        self._flusher: IntervalFlusher | None = None
+        self._io: ThreadPoolExecutor | None = None
+        self._snap_io: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._failed: StoreFailedError | None = None
+
+        # group commit state (event-loop thread only)
+        self._pending: list[bytes] = []
+        self._pending_last = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        self._snapshotting = False
+        self._snapshot_task: asyncio.Task[None] | None = None
+
+        # metrics
+        self.report: RecoveryReport | None = None
+        self._recovery_seconds = 0.0
+        self.records_since_snapshot = 0
+        self.last_snapshot_seq = 0
+        self.last_snapshot_bytes = 0
+        self.last_snapshot_seconds = 0.0
+        self.snapshots_taken = 0
+        self.commits = 0
+        self.records_committed = 0
+        self._last_snapshot_at = time.monotonic()
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        durability: Durability | str = Durability.FSYNC_INTERVAL,
+        *,
+        fsync_interval_ms: int = 50,
+        snapshot_every_records: int = 500_000,
+        snapshot_every_seconds: float = 300.0,
+        snapshot_on_close: bool = True,
+        segment_bytes: int = 16 << 20,
+        keep_snapshots: int = 2,
+        recover_truncate: bool = False,
+    ) -> EmbeddedStore:
+        """Open (creating if needed) and lock ``data_dir``; then call ``recover``."""
+        return cls(
+            data_dir,
+            durability,
+            fsync_interval_ms=fsync_interval_ms,
+            snapshot_every_records=snapshot_every_records,
+            snapshot_every_seconds=snapshot_every_seconds,
+            snapshot_on_close=snapshot_on_close,
+            segment_bytes=segment_bytes,
+            keep_snapshots=keep_snapshots,
+            recover_truncate=recover_truncate,
+        )
+
+    # -- metrics -----------------------------------------------------------
+
+    @property
+    def journal_bytes(self) -> int:
+        return self._writer.total_bytes if self._writer is not None else 0
+
+    @property
+    def recovery_seconds(self) -> float:
+        return self._recovery_seconds
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last record handed to the journal."""
+        return self._writer.next_seq - 1 if self._writer is not None else 0
+
+    @property
+    def fsyncs(self) -> int:
+        return self._writer.fsyncs if self._writer is not None else 0
+
+    # -- recovery ----------------------------------------------------------
+
+    def recover(self, service: Recoverable) -> RecoveryReport:
+        """Restore the latest snapshot into ``service`` and replay the journal after it.
+
+        A torn or corrupt record at the very end of the journal (what a crash
+        mid-write leaves) is cut off and reported. A bad record with valid
+        ones after it refuses to start (``CorruptJournalError``) unless the
+        store was opened with ``recover_truncate=True``, which cuts the
+        journal there and keeps the cut-off bytes in ``*.corrupt`` files.
+        """
+        if self._writer is not None or self._closed:
+            raise StoreError("recover() runs once, on a freshly opened store")
+        try:
+            return self._recover(service)
+        except BaseException:
+            self.close()  # release the data dir; the caller reports the error and exits
+            raise
+
+    def _recover(self, service: Recoverable) -> RecoveryReport:
+        started = time.perf_counter()
+        report = RecoveryReport(data_dir=str(self.data_dir))
+        for entry in os.scandir(self.data_dir):
+            if entry.name.endswith(TMP_SUFFIX):  # an interrupted snapshot write
+                os.unlink(entry.path)
+
+        segments = self._check_segment_headers(report)
+        base_seq, need_until = self._restore_snapshot(service, segments, report)
+        last_seq = self._replay(service, segments, base_seq, report)
+        if last_seq < need_until:
+            raise CorruptSnapshotError(
+                f"{self.data_dir}: the newest snapshot (seq {need_until}) is damaged and the "
+                f"journal ends at seq {last_seq}; the state it held cannot be rebuilt. "
+                "Restore the data dir from a backup."
+            )
+        # Records that replay or restore queued describe state already on disk.
+        service.drain_journal()
+
+        remaining = list_segments(self.data_dir)
+        if remaining and remaining[-1][0] == last_seq + 1:
+            # a header-only segment from an earlier start; the new one takes its name
+            path = remaining[-1][1]
+            if path.stat().st_size <= SEGMENT_HEADER_SIZE:
+                path.unlink()
+        older = sum(p.stat().st_size for _, p in list_segments(self.data_dir))
+        self._writer = JournalWriter(self.data_dir, last_seq + 1, self.segment_bytes)
+        self._writer.older_bytes = older
+        if self.durability is Durability.FSYNC_INTERVAL:
+            self._flusher = IntervalFlusher(self._writer, self.fsync_interval_ms / 1000)
+
+        self.last_snapshot_seq = base_seq
+        self.records_since_snapshot = last_seq - base_seq
+        self._last_snapshot_at = time.monotonic()
+        report.last_seq = last_seq
+        report.journal_bytes = self.journal_bytes
+        report.seconds = time.perf_counter() - started
+        self._recovery_seconds = report.seconds
+        self.report = report
+        for warning in report.warnings:
+            log.warning("%s", warning)
+        log.info("%s", report.summary())
+        return report
+
+    def _check_segment_headers(self, report: RecoveryReport) -> list[tuple[int, Path]]:
+        """Validate every segment header; drop a torn last one, refuse (or cut) others."""
+        segments = list_segments(self.data_dir)
+        good: list[tuple[int, Path]] = []
+        for i, (name_seq, path) in enumerate(segments):
+            with open(path, "rb") as f:
+                head = f.read(SEGMENT_HEADER_SIZE)
+            try:
+                first = decode_segment_header(head, path)
+                if first != name_seq:
+                    raise BadSegmentHeader(f"header says first seq {first}, name says {name_seq}")
+            except BadSegmentHeader as exc:
+                size = path.stat().st_size
+                if i == len(segments) - 1 and size <= SEGMENT_HEADER_SIZE:
+                    report.warnings.append(
+                        f"{path}: torn segment header ({exc}); removed the empty segment"
+                    )
+                    report.truncated_bytes += size
+                    path.unlink()
+                    continue
+                self._corruption(
+                    report, path, 0, f"bad segment header ({exc})", segments[i:], valid_after=None
+                )
+                break
+            good.append((first, path))
+        return good
+
+    def _restore_snapshot(
+        self, service: Recoverable, segments: list[tuple[int, Path]], report: RecoveryReport
+    ) -> tuple[int, int]:
+        """Restore the newest usable snapshot; return (its seq, seq the journal must reach)."""
+        first_journal_seq = segments[0][0] if segments else None
+        need_until = 0
+        damaged: list[str] = []
+        for seq, path in reversed(list_snapshots(self.data_dir)):
+            try:
+                got_seq, payload = read_snapshot(path)
+                if got_seq != seq:
+                    raise BadSnapshot(f"header says seq {got_seq}, name says {seq}")
+            except BadSnapshot as exc:
+                damaged.append(f"{path.name} ({exc})")
+                report.warnings.append(f"{path}: damaged snapshot ({exc}); trying an older one")
+                need_until = max(need_until, seq)
+                continue
+            covered = first_journal_seq is None or first_journal_seq <= seq + 1
+            if need_until > seq and (first_journal_seq is None or first_journal_seq > seq + 1):
+                covered = False
+            if not covered:
+                if need_until > seq:
+                    raise CorruptSnapshotError(
+                        f"{self.data_dir}: snapshot(s) {', '.join(damaged)} damaged, and the "
+                        f"journal (from seq {first_journal_seq}) no longer covers the older "
+                        f"snapshot {path.name}; refusing to start. Restore the data dir from "
+                        "a backup."
+                    )
+                raise CorruptSnapshotError(
+                    f"{path}: the journal starts at seq {first_journal_seq}, after this "
+                    f"snapshot's seq {seq} + 1: journal segments are missing; refusing to start"
+                )
+            try:
+                service.restore(payload)
+            except Exception as exc:
+                raise StoreError(f"{path}: the policy layer could not restore it: {exc}") from exc
+            report.snapshot_path = str(path)
+            report.snapshot_seq = seq
+            report.snapshot_bytes = len(payload)
+            return seq, need_until
+        if damaged and first_journal_seq not in (None, 1):
+            raise CorruptSnapshotError(
+                f"{self.data_dir}: snapshot(s) {', '.join(damaged)} damaged and the journal "
+                f"starts at seq {first_journal_seq}, not 1; refusing to start. Restore the data "
+                "dir from a backup."
+            )
+        if first_journal_seq not in (None, 1):
+            raise CorruptSnapshotError(
+                f"{self.data_dir}: no snapshot and the journal starts at seq "
+                f"{first_journal_seq}, not 1: files are missing; refusing to start"
+            )
+        return 0, need_until
+
+    def _replay(
+        self,
+        service: Recoverable,
+        segments: list[tuple[int, Path]],
+        base_seq: int,
+        report: RecoveryReport,
+    ) -> int:
+        last_seq = base_seq
+        expected = base_seq + 1  # next record to replay
+        for i, (first, path) in enumerate(segments):
+            if i + 1 < len(segments) and segments[i + 1][0] <= expected:
+                continue  # wholly covered by the snapshot
+            if first > expected:
+                self._corruption(
+                    report,
+                    path,
+                    0,
+                    f"journal gap: records {expected}..{first - 1} are missing",
+                    segments[i:],
+                    valid_after=SEGMENT_HEADER_SIZE,
+                )
+                break
+            data = read_segment(path)
+            report.segments_read += 1
+            scan = SegmentScan(path=path, size=len(data))
+            for seq, start, stop in iter_frames(data, path, first, scan):
+                if seq < expected:
+                    continue
+                try:
+                    service.replay(data[start:stop])
+                except Exception as exc:
+                    raise StoreError(
+                        f"{path}: the policy layer could not replay record seq {seq} at offset "
+                        f"{start - 16}: {exc}"
+                    ) from exc
+                report.records_replayed += 1
+                expected = seq + 1
+                last_seq = seq
+            if scan.bad_offset is not None:
+                is_tail = scan.valid_after is None and i == len(segments) - 1
+                if is_tail:
+                    cut = len(data) - scan.bad_offset
+                    report.warnings.append(
+                        f"{path}: torn or corrupt record at the journal tail, offset "
+                        f"{scan.bad_offset} ({scan.bad_reason}); truncated {cut} bytes"
+                    )
+                    report.truncated_bytes += cut
+                    self._truncate(path, scan.bad_offset)
+                else:
+                    self._corruption(
+                        report,
+                        path,
+                        scan.bad_offset,
+                        f"corrupt record ({scan.bad_reason})",
+                        segments[i:],
+                        valid_after=scan.valid_after,
+                    )
+                break
+        return last_seq
+
+    def _corruption(
+        self,
+        report: RecoveryReport,
+        path: Path,
+        offset: int,
+        what: str,
+        rest: list[tuple[int, Path]],
+        valid_after: int | None,
+    ) -> None:
+        """Corruption with valid data after it: refuse, or cut and keep the cut-off bytes."""
+        later = [p.name for _, p in rest[1:]]
+        where = f"{path}: {what} at offset {offset}"
+        if valid_after is not None:
+            follows = f"valid records follow at offset {valid_after}"
+        elif later:
+            follows = f"later segments follow ({', '.join(later)})"
+        else:
+            follows = f"{path.stat().st_size - offset} bytes follow it"
+        if not self.recover_truncate:
+            raise CorruptJournalError(
+                f"{where}; {follows}, so this is not a torn tail. Refusing to start: back up "
+                f"{self.data_dir}, then start with --recover-truncate to drop the journal from "
+                "this point on (the dropped bytes are kept in *.corrupt files).",
+                path,
+                offset,
+            )
+        dropped = 0
+        head = path.read_bytes()
+        keep_from = offset if offset > 0 else 0
+        saved = path.with_name(f"{path.name}.at-{offset}{CORRUPT_SUFFIX}")
+        saved.write_bytes(head[keep_from:])
+        dropped += len(head) - keep_from
+        if offset > 0:
+            self._truncate(path, offset)
+        else:
+            path.unlink()
+        for _, other in rest[1:]:
+            dropped += other.stat().st_size
+            other.rename(other.with_name(other.name + CORRUPT_SUFFIX))
+        report.truncated_bytes += dropped
+        report.warnings.append(
+            f"{where}; {follows}. --recover-truncate: dropped {dropped} bytes of journal "
+            f"from there on (kept in *{CORRUPT_SUFFIX} files)"
+        )
+
+    @staticmethod
+    def _truncate(path: Path, offset: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- commit ------------------------------------------------------------
+
+    def _require_writer(self) -> JournalWriter:
+        if self._failed is not None:
+            raise self._failed
+        if self._writer is None:
+            if self._closed:
+                raise StoreError("the store is closed")
+            raise StoreError("recover() must be called before committing")
+        if self._flusher is not None and self._flusher.error is not None:
+            self._fail(self._flusher.error)
+            raise self._failed  # type: ignore[misc]
+        return self._writer
+
+    def _fail(self, exc: BaseException) -> StoreFailedError:
+        if self._failed is None:
+            self._failed = StoreFailedError(
+                f"journal write to {self.data_dir} failed ({exc}); no further decision is "
+                "acknowledged until tiergate restarts"
+            )
+            log.error("%s", self._failed)
+        return self._failed
+
+    async def commit(self, records: Sequence[bytes]) -> None:
+        writer = self._require_writer()
+        if records:
+            self._pending.append(writer.encode(records))
+            self._pending_last = writer.next_seq - 1
+            self.records_since_snapshot += len(records)
+            self.records_committed += len(records)
+        if not self._pending and self._inflight is None:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        if self._inflight is None and self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush, loop)
+        await fut
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._flush_handle = None
+        if self._inflight is not None:
+            return  # _flushed reschedules
+        waiters, self._waiters = self._waiters, []
+        if not self._pending:
+            _settle(waiters, None)
+            return
+        data = b"".join(self._pending)
+        last = self._pending_last
+        self._pending.clear()
+        writer = self._writer
+        if writer is None or self._failed is not None:
+            _settle(waiters, self._failed or StoreError("the store is closed"))
+            return
+        if self.durability is Durability.FSYNC_ALWAYS:
+            if self._io is None:
+                self._io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-journal")
+            self._inflight = loop.run_in_executor(self._io, _write_and_sync, writer, data, last)
+            self._inflight.add_done_callback(partial(self._flushed, loop, waiters))
+            self.commits += 1
+            return
+        try:
+            writer.write(data, last)
+        except OSError as exc:
+            _settle(waiters, self._fail(exc))
+            return
+        self.commits += 1
+        _settle(waiters, None)
+
+    def _flushed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiters: list[asyncio.Future[None]],
+        done: asyncio.Future[None],
+    ) -> None:
+        self._inflight = None
+        exc = done.exception()
+        _settle(waiters, self._fail(exc) if exc is not None else None)
+        if (self._waiters or self._pending) and self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush, loop)
+
+    async def _barrier(self) -> None:
+        """Wait until everything committed so far is written (no in-flight fsync either)."""
+        while self._pending or self._inflight is not None:
+            await self.commit(())
+
+    def _flush_now(self) -> None:
+        """Write what is pending from this thread (no event loop, or a sync section)."""
+        writer = self._require_writer()
+        if self._inflight is not None:
+            raise StoreError("a synchronous commit raced an asynchronous one")
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        waiters, self._waiters = self._waiters, []
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        try:
+            writer.write(data, self._pending_last)
+            if self.durability is Durability.FSYNC_ALWAYS:
+                writer.sync()
+        except OSError as exc:
+            failed = self._fail(exc)
+            _settle(waiters, failed)
+            raise failed from exc
+        self.commits += 1
+        _settle(waiters, None)
+
+    def commit_sync(self, records: Sequence[bytes]) -> None:
+        writer = self._require_writer()
+        if records:
+            self._pending.append(writer.encode(records))
+            self._pending_last = writer.next_seq - 1
+            self.records_since_snapshot += len(records)
+            self.records_committed += len(records)
+        self._flush_now()
+
+    # -- snapshots ---------------------------------------------------------
+
+    def snapshot_due(self) -> bool:
+        n = self.records_since_snapshot
+        if n >= self.snapshot_every_records:
+            return True
+        return n > 0 and time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
+
+    async def persist(self, service: Recoverable) -> None:
+        await self.commit(service.drain_journal())
+        if self._snapshot_task is None and not self._snapshotting and self.snapshot_due():
+            self._snapshot_task = asyncio.get_running_loop().create_task(
+                self._background_snapshot(service), name="tiergate-snapshot"
+            )
+
+    async def _background_snapshot(self, service: Recoverable) -> None:
+        try:
+            await self.snapshot(service)
+        except Exception:
+            log.exception("snapshot failed; the journal keeps every change, will retry later")
+            self._last_snapshot_at = time.monotonic()
+        finally:
+            self._snapshot_task = None
+
+    async def maybe_snapshot(self, service: Recoverable) -> bool:
+        if self._snapshotting or not self.snapshot_due():
+            return False
+        await self.snapshot(service)
+        return True
+
+    def _cut_for_snapshot(self, service: Recoverable) -> tuple[int, bytes, float]:
+        """Commit everything, take the payload, start a new segment. No awaits inside."""
+        writer = self._require_writer()
+        records = service.drain_journal()
+        if records:
+            self._pending.append(writer.encode(records))
+            self._pending_last = writer.next_seq - 1
+            self.records_committed += len(records)
+        self._flush_now()
+        started = time.perf_counter()
+        seq = writer.next_seq - 1
+        payload = service.snapshot()
+        writer.rotate()
+        self.records_since_snapshot = 0
+        self._last_snapshot_at = time.monotonic()
+        return seq, payload, started
+
+    async def snapshot(self, service: Recoverable) -> None:
+        if self._snapshotting:
+            return
+        self._snapshotting = True
+        try:
+            while True:
+                await self._barrier()
+                if self._inflight is None:
+                    break
+            seq, payload, started = self._cut_for_snapshot(service)
+            if self._snap_io is None:
+                self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
+            loop = asyncio.get_running_loop()
+            freed = await loop.run_in_executor(self._snap_io, self._write_and_prune, seq, payload)
+            self._after_snapshot(seq, len(payload), started, freed)
+        finally:
+            self._snapshotting = False
+
+    def snapshot_sync(self, service: Recoverable) -> None:
+        seq, payload, started = self._cut_for_snapshot(service)
+        freed = self._write_and_prune(seq, payload)
+        self._after_snapshot(seq, len(payload), started, freed)
+
+    def _write_and_prune(self, seq: int, payload: bytes) -> int:
+        """Write the snapshot, then drop old snapshots and covered segments; bytes freed."""
+        write_snapshot(self.data_dir, seq, payload)
+        snapshots = list_snapshots(self.data_dir)
+        keep = snapshots[-self.keep_snapshots :]
+        for _, old in snapshots[: -self.keep_snapshots]:
+            old.unlink(missing_ok=True)
+        oldest_kept = keep[0][0]
+        freed = 0
+        segments = list_segments(self.data_dir)
+        for (_first, path), (next_first, _) in itertools.pairwise(segments):
+            if next_first - 1 <= oldest_kept:  # every record in it is in the snapshot
+                freed += path.stat().st_size
+                path.unlink()
+        return freed
+
+    def _after_snapshot(self, seq: int, size: int, started: float, freed: int) -> None:
+        if self._writer is not None:
+            self._writer.older_bytes = max(0, self._writer.older_bytes - freed)
+        self.last_snapshot_seq = seq
+        self.last_snapshot_bytes = size
+        self.last_snapshot_seconds = time.perf_counter() - started
+        self.snapshots_taken += 1
+        log.info(
+            "snapshot at seq %d: %d bytes in %.3f s; journal now %d bytes",
+            seq,
+            size,
+            self.last_snapshot_seconds,
+            self.journal_bytes,
+        )
+
+    # -- shutdown ----------------------------------------------------------
+
+    async def aclose(self, service: Recoverable | None = None) -> None:
+        if self._closed:
+            return
+        task = self._snapshot_task
+        if task is not None:
+            await asyncio.wait([task])
+        if self._writer is not None and self._failed is None:
+            if service is not None:
+                await self.commit(service.drain_journal())
+                if self.snapshot_on_close and self.records_since_snapshot > 0:
+                    await self.snapshot(service)
+            await self._barrier()
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._writer is not None and self._failed is None and self._inflight is None:
+                self._flush_now()
+        finally:
+            if self._flusher is not None:
+                self._flusher.stop()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            for pool in (self._io, self._snap_io):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            os.close(self._lock_fd)
+
+
+def _write_and_sync(writer: JournalWriter, data: bytes, last: int) -> None:
+    writer.write(data, last)
+    writer.sync()
+
+
+def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    for fut in waiters:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)

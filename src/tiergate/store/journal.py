@@ -1,0 +1,361 @@
+"""The append-only journal: segment files of checksummed, sequenced records.
+
+Segment file ``journal-<first seq, 20 digits>.tgj``::
+
+    header  magic b"\\x89TGJRNL\\n" | version u32 | flags u32 | first_seq u64 | crc32 u32
+    frame   crc32 u32 | length u32 | seq u64 | payload (length bytes)
+    frame   ...
+
+All integers are little-endian. A frame's CRC-32 covers its length, sequence
+number and payload, so a torn write, a flipped byte or a stale length is
+caught. Sequence numbers run on across segments without gaps; a snapshot
+names the last sequence number it covers.
+
+A batch of records is encoded into one buffer and written with one
+``os.write`` (group commit). Whether and when it is fsynced is the store's
+durability setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import FormatVersionError, StoreError
+
+log = logging.getLogger("tiergate.store")
+
+JOURNAL_MAGIC = b"\x89TGJRNL\n"
+JOURNAL_VERSION = 1
+SEGMENT_SUFFIX = ".tgj"
+_SEGMENT_RE = re.compile(r"^journal-(\d{20})\.tgj$")
+
+_SEG_HEADER = struct.Struct("<8sIIQ")
+_SEG_HEADER_CRC = struct.Struct("<I")
+SEGMENT_HEADER_SIZE = _SEG_HEADER.size + _SEG_HEADER_CRC.size  # 28
+
+_FRAME = struct.Struct("<IIQ")  # crc, length, seq
+FRAME_OVERHEAD = _FRAME.size  # 16
+_LEN_SEQ = struct.Struct("<IQ")
+_SEQ = struct.Struct("<Q")
+
+#: Largest record accepted; a longer length field is corruption, not a record.
+MAX_RECORD_BYTES = 64 << 20
+#: How far past the expected sequence number a frame found after a bad one may be.
+_SEQ_SLACK = 1 << 32
+
+
+def segment_name(first_seq: int) -> str:
+    return f"journal-{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    m = _SEGMENT_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """Segments in ``directory`` by first sequence number."""
+    found: list[tuple[int, Path]] = []
+    for entry in os.scandir(directory):
+        seq = parse_segment_name(entry.name)
+        if seq is not None:
+            found.append((seq, Path(entry.path)))
+    found.sort()
+    return found
+
+
+def encode_segment_header(first_seq: int) -> bytes:
+    head = _SEG_HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, 0, first_seq)
+    return head + _SEG_HEADER_CRC.pack(zlib.crc32(head))
+
+
+class BadSegmentHeader(Exception):
+    """A segment header that is short or fails its checksum (reason in str())."""
+
+
+def decode_segment_header(data: bytes, path: Path) -> int:
+    """Validate a segment header and return its first sequence number.
+
+    Raises ``FormatVersionError`` for a newer format (never truncated away)
+    and ``BadSegmentHeader`` for a short or damaged header.
+    """
+    if len(data) < SEGMENT_HEADER_SIZE:
+        raise BadSegmentHeader(f"header is {len(data)} bytes, expected {SEGMENT_HEADER_SIZE}")
+    magic, version, _flags, first_seq = _SEG_HEADER.unpack_from(data, 0)
+    if magic != JOURNAL_MAGIC:
+        raise BadSegmentHeader("not a tiergate journal segment (bad magic)")
+    (crc,) = _SEG_HEADER_CRC.unpack_from(data, _SEG_HEADER.size)
+    if crc != zlib.crc32(data[: _SEG_HEADER.size]):
+        raise BadSegmentHeader("header checksum mismatch")
+    if version > JOURNAL_VERSION:
+        raise FormatVersionError(
+            f"{path}: journal format version {version} is newer than this tiergate reads "
+            f"(up to {JOURNAL_VERSION}); run a tiergate at least as new as the one that "
+            "wrote this data dir"
+        )
+    if version < 1:
+        raise BadSegmentHeader(f"invalid format version {version}")
+    return int(first_seq)
+
+
+def encode_frames(records: Sequence[bytes], first_seq: int) -> bytes:
+    """Frame ``records`` with sequence numbers ``first_seq, first_seq + 1, ...``."""
+    parts: list[bytes] = []
+    append = parts.append
+    crc32 = zlib.crc32
+    pack_ls = _LEN_SEQ.pack
+    pack_crc = _SEG_HEADER_CRC.pack
+    seq = first_seq
+    for rec in records:
+        n = len(rec)
+        if n > MAX_RECORD_BYTES:
+            raise ValueError(f"journal record of {n} bytes exceeds {MAX_RECORD_BYTES}")
+        ls = pack_ls(n, seq)
+        append(pack_crc(crc32(rec, crc32(ls))))
+        append(ls)
+        append(rec)
+        seq += 1
+    return b"".join(parts)
+
+
+def _frame_at(data: bytes, off: int) -> tuple[int, int] | None:
+    """(seq, length) of a complete frame with a valid checksum at ``off``, else None."""
+    end = len(data)
+    if off + FRAME_OVERHEAD > end:
+        return None
+    crc, length, seq = _FRAME.unpack_from(data, off)
+    if length > MAX_RECORD_BYTES or off + FRAME_OVERHEAD + length > end:
+        return None
+    body = memoryview(data)[off + 4 : off + FRAME_OVERHEAD + length]
+    if zlib.crc32(body) != crc:
+        return None
+    return int(seq), int(length)
+
+
+def find_valid_frame(data: bytes, start: int, min_seq: int) -> int | None:
+    """Offset of the first valid frame at or after ``start`` whose sequence number is
+    plausible (``min_seq`` .. ``min_seq + 2**32``), or None.
+
+    Used only after a bad frame, to tell a torn tail (nothing valid follows)
+    from corruption inside the journal (valid records follow).
+    """
+    unpack_seq = _SEQ.unpack_from
+    hi = min_seq + _SEQ_SLACK
+    last = len(data) - FRAME_OVERHEAD
+    off = start
+    while off <= last:
+        (seq,) = unpack_seq(data, off + 8)
+        if min_seq <= seq < hi and _frame_at(data, off) is not None:
+            return off
+        off += 1
+    return None
+
+
+@dataclass(slots=True)
+class SegmentScan:
+    """Where and why reading a segment stopped early (``bad_offset is None``: it did not)."""
+
+    path: Path
+    size: int
+    end_offset: int = 0  # end of the last good frame
+    last_seq: int = 0  # seq of the last good frame (first_seq - 1 if none)
+    bad_offset: int | None = None
+    bad_reason: str = ""
+    valid_after: int | None = None  # offset of a valid frame after the bad one
+
+
+def iter_frames(
+    data: bytes, path: Path, first_seq: int, scan: SegmentScan
+) -> Iterator[tuple[int, int, int]]:
+    """Yield ``(seq, payload_start, payload_end)`` for each good frame of a segment.
+
+    Stops at the first bad frame and records it in ``scan`` (including whether a
+    valid frame follows it inside this segment).
+    """
+    off = SEGMENT_HEADER_SIZE
+    end = len(data)
+    expected = first_seq
+    unpack = _FRAME.unpack_from
+    crc32 = zlib.crc32
+    view = memoryview(data)
+    scan.end_offset = off
+    scan.last_seq = first_seq - 1
+    while off < end:
+        reason = ""
+        if off + FRAME_OVERHEAD > end:
+            reason = f"torn frame header ({end - off} of {FRAME_OVERHEAD} bytes)"
+        else:
+            crc, length, seq = unpack(data, off)
+            stop = off + FRAME_OVERHEAD + length
+            if length > MAX_RECORD_BYTES:
+                reason = f"implausible record length {length}"
+            elif stop > end:
+                reason = f"torn record ({end - off - FRAME_OVERHEAD} of {length} payload bytes)"
+            elif crc32(view[off + 4 : stop]) != crc:
+                reason = "checksum mismatch"
+            elif seq != expected:
+                reason = f"sequence number {seq}, expected {expected}"
+        if reason:
+            scan.bad_offset = off
+            scan.bad_reason = reason
+            scan.valid_after = find_valid_frame(data, off + 1, expected)
+            return
+        yield seq, off + FRAME_OVERHEAD, stop
+        expected += 1
+        off = stop
+        scan.end_offset = off
+        scan.last_seq = seq
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class JournalWriter:
+    """Appends framed records to the current segment, rotating by size or on demand.
+
+    ``write``, ``rotate`` and ``close`` are called by one thread at a time (the
+    store serialises them); ``sync`` may run concurrently from the fsync thread,
+    so it and the calls that swap the file descriptor share a lock.
+    """
+
+    def __init__(self, directory: Path, next_seq: int, segment_bytes: int) -> None:
+        if segment_bytes < SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
+            raise ValueError("segment_bytes is too small")
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.next_seq = next_seq  # seq the next encoded record gets
+        self.written_seq = next_seq - 1  # last seq handed to write()
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._dirty = False
+        self.path: Path | None = None
+        self.segment_size = 0
+        self.older_bytes = 0  # bytes of the other segments still on disk
+        self.writes = 0
+        self.fsyncs = 0
+        self._open_segment(next_seq)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.older_bytes + self.segment_size
+
+    def encode(self, records: Sequence[bytes]) -> bytes:
+        """Frame ``records`` with the next sequence numbers (assigned now, in call order)."""
+        data = encode_frames(records, self.next_seq)
+        self.next_seq += len(records)
+        return data
+
+    def _open_segment(self, first_seq: int) -> None:
+        path = self.directory / segment_name(first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, encode_segment_header(first_seq))
+            os.fsync(fd)
+            fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.path = path
+        self.segment_size = SEGMENT_HEADER_SIZE
+
+    def write(self, data: bytes, last_seq: int) -> None:
+        """Append already-framed records ending at ``last_seq`` (one write)."""
+        if not data:
+            return
+        if self.segment_size >= self.segment_bytes:
+            self.rotate()
+        _write_all(self._fd, data)
+        self.segment_size += len(data)
+        self.written_seq = last_seq
+        self.writes += 1
+        self._dirty = True
+
+    def sync(self) -> None:
+        """fsync the current segment if anything was written since the last fsync."""
+        with self._lock:
+            if self._dirty and self._fd >= 0:
+                self._dirty = False
+                os.fsync(self._fd)
+                self.fsyncs += 1
+
+    def rotate(self) -> None:
+        """fsync and close the current segment; start a new one at the next sequence number."""
+        if self.segment_size <= SEGMENT_HEADER_SIZE:
+            return  # nothing in it yet: keep appending here
+        with self._lock:
+            if self._dirty:
+                os.fsync(self._fd)
+                self.fsyncs += 1
+                self._dirty = False
+            os.close(self._fd)
+            self._fd = -1
+            self.older_bytes += self.segment_size
+            self._open_segment(self.written_seq + 1)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            try:
+                if self._dirty:
+                    os.fsync(self._fd)
+                    self.fsyncs += 1
+                    self._dirty = False
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class IntervalFlusher:
+    """Background thread: fsync the journal at most every ``interval_s`` seconds."""
+
+    def __init__(self, writer: JournalWriter, interval_s: float) -> None:
+        self._writer = writer
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="tiergate-journal-fsync", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._writer.sync()
+            except OSError as exc:  # reported to the next commit; nothing more is acknowledged
+                self.error = exc
+                log.error("journal fsync failed: %s", exc)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def read_segment(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read journal segment: {exc}") from exc

@@ -1,0 +1,106 @@
+"""Snapshot files: the whole policy state as of one journal sequence number.
+
+``snapshot-<seq, 20 digits>.tgs``::
+
+    magic b"\\x89TGSNAP\\n" | version u32 | flags u32 | seq u64 | length u64 |
+    payload crc32 u32 | header crc32 u32 | payload (length bytes)
+
+``seq`` is the last journal record the snapshot includes; recovery replays
+the records after it. A snapshot is written to a temporary file, fsynced,
+renamed into place and the directory fsynced, so a crash leaves either the
+old set of snapshots or the new one, never a half-written file under a
+snapshot name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+from .base import FormatVersionError
+from .journal import _write_all, fsync_dir
+
+SNAPSHOT_MAGIC = b"\x89TGSNAP\n"
+SNAPSHOT_VERSION = 1
+SNAPSHOT_SUFFIX = ".tgs"
+TMP_SUFFIX = ".tmp"
+_SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.tgs$")
+
+_HEAD = struct.Struct("<8sIIQQI")
+_CRC = struct.Struct("<I")
+SNAPSHOT_HEADER_SIZE = _HEAD.size + _CRC.size  # 40
+
+
+class BadSnapshot(Exception):
+    """A snapshot that is truncated or fails a checksum (reason in str())."""
+
+
+def snapshot_name(seq: int) -> str:
+    return f"snapshot-{seq:020d}{SNAPSHOT_SUFFIX}"
+
+
+def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
+    """Snapshots in ``directory``, oldest first."""
+    found: list[tuple[int, Path]] = []
+    for entry in os.scandir(directory):
+        m = _SNAPSHOT_RE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), Path(entry.path)))
+    found.sort()
+    return found
+
+
+def encode_snapshot_header(seq: int, payload: bytes) -> bytes:
+    head = _HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, seq, len(payload), zlib.crc32(payload))
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def write_snapshot(directory: Path, seq: int, payload: bytes) -> Path:
+    """Write ``payload`` as the snapshot for ``seq`` atomically; return its path."""
+    final = directory / snapshot_name(seq)
+    tmp = directory / (snapshot_name(seq) + TMP_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, encode_snapshot_header(seq, payload))
+        _write_all(fd, payload)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, final)
+    fsync_dir(directory)
+    return final
+
+
+def read_snapshot(path: Path) -> tuple[int, bytes]:
+    """Return ``(seq, payload)``; ``BadSnapshot`` if damaged, ``FormatVersionError`` if newer."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadSnapshot(f"cannot read: {exc}") from exc
+    if len(data) < SNAPSHOT_HEADER_SIZE:
+        raise BadSnapshot(f"truncated header ({len(data)} of {SNAPSHOT_HEADER_SIZE} bytes)")
+    magic, version, _flags, seq, length, payload_crc = _HEAD.unpack_from(data, 0)
+    if magic != SNAPSHOT_MAGIC:
+        raise BadSnapshot("not a tiergate snapshot (bad magic)")
+    (head_crc,) = _CRC.unpack_from(data, _HEAD.size)
+    if head_crc != zlib.crc32(data[: _HEAD.size]):
+        raise BadSnapshot("header checksum mismatch")
+    if version > SNAPSHOT_VERSION:
+        raise FormatVersionError(
+            f"{path}: snapshot format version {version} is newer than this tiergate reads "
+            f"(up to {SNAPSHOT_VERSION}); run a tiergate at least as new as the one that "
+            "wrote this data dir"
+        )
+    have = len(data) - SNAPSHOT_HEADER_SIZE
+    if have != length:
+        raise BadSnapshot(f"payload is {have} bytes, header says {length} (truncated or padded)")
+    payload = data[SNAPSHOT_HEADER_SIZE:]
+    if zlib.crc32(payload) != payload_crc:
+        raise BadSnapshot("payload checksum mismatch")
+    return int(seq), payload

@@ -1,0 +1,176 @@
+"""Asynchronous group commit: one write per loop iteration, ordering, durability modes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from store_double import CounterService
+
+from tiergate.store import EmbeddedStore, StoreFailedError
+from tiergate.store import journal as j
+
+
+def recovered(path: Path) -> CounterService:
+    store = EmbeddedStore.open(path, "write")
+    svc = CounterService()
+    store.recover(svc)
+    store.close()
+    return svc
+
+
+async def decide(store: EmbeddedStore, svc: CounterService, i: int) -> int:
+    """What a server RPC does: change state, then acknowledge after persist."""
+    answer = svc.incr(f"r{i % 13}", key=f"k{i}")
+    await store.persist(svc)
+    return answer
+
+
+@pytest.mark.parametrize("durability", ["write", "fsync-interval", "fsync-always"])
+def test_concurrent_decisions_share_writes(tmp_path: Path, durability: str) -> None:
+    async def main() -> CounterService:
+        store = EmbeddedStore.open(tmp_path, durability, fsync_interval_ms=5)
+        svc = CounterService()
+        store.recover(svc)
+        answers = await asyncio.gather(*(decide(store, svc, i) for i in range(300)))
+        assert len(answers) == 300
+        assert store.records_committed == 300
+        assert store.commits <= 3  # one write for the whole wave (two with an fsync in flight)
+        if durability == "fsync-always":
+            assert store.fsyncs >= store.commits
+        if durability == "fsync-interval":
+            await asyncio.sleep(0.05)
+            assert store.fsyncs >= 1  # the background flusher ran
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_fsync_always_groups_while_an_fsync_is_in_flight(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "fsync-always")
+        svc = CounterService()
+        store.recover(svc)
+        for wave in range(5):
+            await asyncio.gather(*(decide(store, svc, wave * 50 + i) for i in range(50)))
+        assert store.records_committed == 250
+        assert store.commits <= 10
+        store.close()
+
+    asyncio.run(main())
+
+
+def test_empty_commit_waits_for_earlier_records(tmp_path: Path) -> None:
+    """A decision that changed nothing (a repeat idempotency key) but read state that
+    an earlier, still unwritten decision created must not be acknowledged first."""
+    order: list[str] = []
+
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "fsync-always")
+        svc = CounterService()
+        store.recover(svc)
+
+        async def first() -> None:
+            svc.incr("a", key="same")
+            await store.persist(svc)
+            order.append("first")
+
+        async def repeat() -> None:
+            svc.incr("a", key="same")  # answered from the key, journals nothing
+            await store.persist(svc)
+            order.append("repeat")
+
+        t1 = asyncio.create_task(first())
+        await asyncio.sleep(0)  # first's write is now pending
+        t2 = asyncio.create_task(repeat())
+        await asyncio.gather(t1, t2)
+        store.close()
+
+    asyncio.run(main())
+    assert order == ["first", "repeat"]
+
+
+def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path) -> None:
+    async def main() -> CounterService:
+        store = EmbeddedStore.open(
+            tmp_path, "write", snapshot_every_records=100, snapshot_on_close=False
+        )
+        svc = CounterService()
+        store.recover(svc)
+        for wave in range(3):
+            for i in range(100):
+                await decide(store, svc, wave * 100 + i)
+            for _ in range(200):  # let the background snapshot finish
+                if store.snapshots_taken > wave:
+                    break
+                await asyncio.sleep(0.01)
+        assert store.snapshots_taken == 3
+        assert store.last_snapshot_seq == 300
+        await store.aclose(svc)
+        return svc
+
+    svc = asyncio.run(main())
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_time_based_snapshot(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_every_seconds=0.01)
+        svc = CounterService()
+        store.recover(svc)
+        assert not await store.maybe_snapshot(svc)  # nothing to cover yet
+        await decide(store, svc, 1)
+        await asyncio.sleep(0.02)
+        assert await store.maybe_snapshot(svc)
+        assert store.last_snapshot_seq == 1 and store.records_since_snapshot == 0
+        store.close()
+
+    asyncio.run(main())
+
+
+def test_snapshot_under_concurrent_load_keeps_every_record(tmp_path: Path) -> None:
+    async def main() -> CounterService:
+        store = EmbeddedStore.open(tmp_path, "fsync-always", snapshot_on_close=False)
+        svc = CounterService()
+        store.recover(svc)
+
+        async def load(base: int) -> None:
+            for i in range(40):
+                await decide(store, svc, base + i)
+
+        await asyncio.gather(load(0), load(1000), store.snapshot(svc), load(2000))
+        await store.snapshot(svc)
+        await asyncio.gather(load(3000), load(4000))
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_async_write_failure_is_never_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "write")
+        svc = CounterService()
+        store.recover(svc)
+        await decide(store, svc, 0)
+
+        def broken(fd: int, data: object) -> int:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(j.os, "write", broken)
+        results = await asyncio.gather(
+            *(decide(store, svc, i) for i in range(1, 4)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreFailedError) for r in results)
+        monkeypatch.undo()
+        with pytest.raises(StoreFailedError, match="Input/output error"):
+            await decide(store, svc, 9)
+        store.close()
+
+    asyncio.run(main())
