@@ -1,0 +1,1 @@
+"""Meta webhooks: signature check, parsing into feedback events, ingestion."""

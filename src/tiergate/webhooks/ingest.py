@@ -1,0 +1,276 @@
+"""Apply Meta webhooks to the admission service: verify, parse, de-duplicate, apply.
+
+Order matters: the signature is checked first (when an app secret is
+configured), then the *whole* body is parsed; only a body that parsed
+completely has any of its events applied, so a malformed or forged body
+changes nothing. Each event goes to ``service.apply``; an event the service
+declines (unknown sender, unmatched send …) is reported as ignored with the
+service's own explanation.
+
+Meta delivers at least once and redelivers what it thinks failed, so the same
+message, status or change can arrive many times. Every parsed event has a
+de-duplication key (see :mod:`tiergate.webhooks.parse`); keys of applied
+events are remembered for Meta's retry horizon (7 days) in a bounded memory
+that forgets its oldest keys first when full. The policy layer also
+de-duplicates by message id, so a key forgotten here (or lost in a restart)
+still does not count a message twice.
+
+``ingest`` keeps one :class:`WebhookIngestor` per service, so the gRPC
+``IngestWebhook`` RPC and the HTTP receiver share its memory and counters
+(:attr:`WebhookIngestor.stats`, for the metrics endpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from tiergate.policy.events import Event
+
+from .parse import DEFAULT_MAX_BYTES, WebhookError, parse
+from .signature import SignatureError, verify
+
+__all__ = [
+    "IngestResult",
+    "SignatureError",
+    "WebhookError",
+    "WebhookIngestor",
+    "WebhookStats",
+    "bind",
+    "ingest",
+    "ingestor_for",
+]
+
+DAY_MS: Final = 86_400_000
+DEFAULT_DEDUPE_TTL_MS: Final = 7 * DAY_MS  # Meta retries a webhook for up to 7 days
+DEFAULT_DEDUPE_MAX_KEYS: Final = 200_000
+
+
+class ApplyOutcome(Protocol):
+    @property
+    def applied(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
+
+
+class Applier(Protocol):
+    """What ingestion needs of ``AdmissionService``."""
+
+    def apply(self, event: Event, now_ms: int) -> ApplyOutcome: ...
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """Outcome of one webhook body (maps onto ``IngestWebhookResponse``)."""
+
+    applied: int = 0
+    ignored: int = 0
+    ignored_events: list[tuple[str, str]] = field(default_factory=list)  # (field, reason)
+
+
+@dataclass(slots=True)
+class WebhookStats:
+    """Counters since start; the server exports them as metrics."""
+
+    bodies: int = 0  # bodies received (all outcomes)
+    bad_signature: int = 0  # rejected: missing, malformed or wrong signature
+    malformed: int = 0  # rejected: not a webhook tiergate can read
+    applied: int = 0  # events the service applied
+    ignored: int = 0  # parts ignored (including declined and duplicate events)
+    duplicates: int = 0  # events skipped as already applied
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "bodies": self.bodies,
+            "bad_signature": self.bad_signature,
+            "malformed": self.malformed,
+            "applied": self.applied,
+            "ignored": self.ignored,
+            "duplicates": self.duplicates,
+        }
+
+
+class _SeenKeys:
+    """Keys of applied events, forgotten after ``ttl_ms`` or oldest-first when full."""
+
+    __slots__ = ("_keys", "_latest", "max_keys", "ttl_ms")
+
+    def __init__(self, ttl_ms: int, max_keys: int) -> None:
+        if ttl_ms <= 0 or max_keys <= 0:
+            raise ValueError("de-duplication ttl_ms and max_keys must be positive")
+        self.ttl_ms = ttl_ms
+        self.max_keys = max_keys
+        self._keys: OrderedDict[bytes, int] = OrderedDict()
+        # Insertion order is time order because times only move forward here,
+        # even when a request clock goes backwards.
+        self._latest = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _advance(self, now_ms: int) -> int:
+        self._latest = max(self._latest, now_ms)
+        horizon = self._latest - self.ttl_ms
+        keys = self._keys
+        while keys:
+            oldest = next(iter(keys.values()))
+            if oldest > horizon:
+                break
+            keys.popitem(last=False)
+        return self._latest
+
+    def contains(self, key: str, now_ms: int) -> bool:
+        self._advance(now_ms)
+        return _digest(key) in self._keys
+
+    def add(self, key: str, now_ms: int) -> None:
+        at = self._advance(now_ms)
+        digest = _digest(key)
+        self._keys[digest] = at
+        self._keys.move_to_end(digest)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+
+class WebhookIngestor:
+    """Webhook ingestion for one service: de-duplication memory and counters."""
+
+    def __init__(
+        self,
+        service: Applier,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BYTES,
+        dedupe_ttl_ms: int = DEFAULT_DEDUPE_TTL_MS,
+        dedupe_max_keys: int = DEFAULT_DEDUPE_MAX_KEYS,
+    ) -> None:
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self.stats = WebhookStats()
+        self._seen = _SeenKeys(dedupe_ttl_ms, dedupe_max_keys)
+
+    @property
+    def remembered(self) -> int:
+        """How many applied-event keys the de-duplication memory holds."""
+        return len(self._seen)
+
+    def ingest(
+        self, body: bytes, signature: str | bytes | None, secret: str | bytes, now_ms: int
+    ) -> IngestResult:
+        """Verify (when ``secret`` is set), parse, then apply every event of ``body``.
+
+        Raises :class:`SignatureError` (nothing applied) or :class:`WebhookError`
+        (malformed body, nothing applied); both are counted in :attr:`stats`.
+        """
+        stats = self.stats
+        stats.bodies += 1
+        if secret:
+            try:
+                verify(body, signature, secret)
+            except SignatureError:
+                stats.bad_signature += 1
+                raise
+        try:
+            parsed = parse(body, max_bytes=self.max_body_bytes, pause_ms=self._pause_titles())
+        except WebhookError:
+            stats.malformed += 1
+            raise
+
+        result = IngestResult()
+        ignored = result.ignored_events
+        for part in parsed.ignored:
+            ignored.append((part.field, f"{part.path}: {part.reason}"))
+        for item in parsed.events:
+            if self._seen.contains(item.key, now_ms):
+                stats.duplicates += 1
+                ignored.append((item.field, f"{item.path}: already applied (redelivery)"))
+                continue
+            try:
+                outcome = self.service.apply(item.event, now_ms)
+            except (ValueError, KeyError) as exc:
+                # The service refuses the event's contents (InvalidArgument is a
+                # ValueError); the rest of the body still applies.
+                ignored.append((item.field, f"{item.path}: {_message(exc)}"))
+                continue
+            if outcome.applied:
+                result.applied += 1
+                self._seen.add(item.key, now_ms)
+            else:
+                ignored.append((item.field, f"{item.path}: {outcome.detail or 'not applied'}"))
+        result.ignored = len(ignored)
+        stats.applied += result.applied
+        stats.ignored += result.ignored
+        return result
+
+    def _pause_titles(self) -> Mapping[str, int]:
+        """Meta's pause titles → the profile's pause durations (first, second)."""
+        profile = getattr(self.service, "profile", None)
+        durations = getattr(profile, "pause_ms", ())
+        if not isinstance(durations, tuple):
+            return {}
+        titles = ("FIRST_PAUSE", "SECOND_PAUSE")
+        return {
+            title: ms
+            for title, ms in zip(titles, durations, strict=False)
+            if isinstance(ms, int) and ms > 0
+        }
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+_INGESTORS: weakref.WeakKeyDictionary[object, WebhookIngestor] = weakref.WeakKeyDictionary()
+_PINNED: dict[int, tuple[object, WebhookIngestor]] = {}
+
+
+def ingestor_for(service: Applier) -> WebhookIngestor:
+    """The shared ingestor of ``service`` (created on first use)."""
+    try:
+        found = _INGESTORS.get(service)
+    except TypeError:  # a service without weak references: keep it alive instead
+        pinned = _PINNED.get(id(service))
+        if pinned is None:
+            pinned = (service, WebhookIngestor(service))
+            _PINNED[id(service)] = pinned
+        return pinned[1]
+    if found is None:
+        found = WebhookIngestor(service)
+        _INGESTORS[service] = found
+    return found
+
+
+def ingest(
+    service: Applier,
+    body: bytes,
+    signature: str | bytes | None,
+    secret: str | bytes,
+    now_ms: int,
+) -> IngestResult:
+    """Verify, parse and apply one webhook body to ``service`` (see the module doc).
+
+    Raises :class:`SignatureError` or :class:`WebhookError`; nothing from such a
+    body is applied. The gRPC edge maps them to UNAUTHENTICATED and
+    INVALID_ARGUMENT.
+    """
+    return ingestor_for(service).ingest(body, signature, secret, now_ms)
+
+
+def bind(secret: str | bytes) -> Callable[[Applier, bytes, str | bytes | None, int], IngestResult]:
+    """``ingest`` with the app secret fixed: ``f(service, body, signature, now_ms)``."""
+
+    def ingest_signed(
+        service: Applier, body: bytes, signature: str | bytes | None, now_ms: int
+    ) -> IngestResult:
+        return ingest(service, body, signature, secret, now_ms)
+
+    return ingest_signed
