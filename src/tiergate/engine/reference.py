@@ -16,9 +16,23 @@ Semantics (DESIGN.md §5):
   while it lies wholly inside the window, so upgrade eligibility is never
   reported early.
 * Nothing is consumed unless every check passes.
+* Memory: every recipient table has a nominal capacity (a power of two, at
+  least :data:`INITIAL_CAPACITY`) filled to at most 70 %. When an insert finds
+  the table full, entries whose every time field is older than the table's
+  clock minus the reclaim horizon (longest window plus one bucket, or the
+  marketing frequency window if longer) and that are not opted out are
+  reclaimed first; the capacity doubles unless that freed at least half. The
+  compiled engine's hash tables follow the same rule, so both reclaim at the
+  same moments and keep giving identical answers.
+* Snapshots (:meth:`Engine.snapshot`) are little-endian fixed-width records,
+  byte-identical between the two engines; either restores the other's.
 """
 
 from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
 
 from .batch import DecisionBatch
 from .constants import (
@@ -47,12 +61,52 @@ from .constants import (
 #: "Never happened": older than any real time, and safe to add a window to.
 NEVER = -(1 << 62)
 
+#: Times (ms) the engine accepts: far beyond any real clock, small enough that
+#: microsecond and window arithmetic never overflows 64 bits.
+MAX_TIME = 1 << 53
+#: Longest bucket width or window (ms), and most buckets in one ring.
+MAX_WINDOW = 1 << 40
+MAX_RING_BUCKETS = 1 << 20
+#: Largest GCRA burst tolerance ((burst - 1) * interval).
+MAX_TOLERANCE = 1 << 52
+
+#: Recipient tables start with this nominal capacity and double when 70 % full.
+INITIAL_CAPACITY = 16
+
+#: Snapshot header: magic, then the format version this engine writes.
+SNAPSHOT_MAGIC = b"TGENGINE"
+SNAPSHOT_VERSION = 1
+
 Decision = tuple[int, int, int, int, int, int]
 """(decision, reason, retry_at_ms, counted, used, prev_counted)"""
+
+_U64 = (1 << 64) - 1
+_HEADER = struct.Struct("<8sIIqqqqII")
+_SCOPE = struct.Struct("<qqq")
+_RING = struct.Struct("<qqq")
+_NUMBER = struct.Struct("<Iqqqqqq")
+_TABLE = struct.Struct("<QQ")
+_SCOPE_ENTRY = struct.Struct("<QqQ" + "q" * MARKETING_HISTORY + "B")
+_NUMBER_ENTRY = struct.Struct("<Qqqq")
+
+
+def max_fill(capacity: int) -> int:
+    """Entries a table of ``capacity`` slots holds before it must make room."""
+    return capacity * 7 // 10
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
+
+
+def _check_time(name: str, value: int) -> None:
+    if not -MAX_TIME <= value <= MAX_TIME:
+        raise ValueError(f"{name} must be within ±2**53 ms, got {value}")
+
+
+def _check_recipient(name: str, value: int) -> None:
+    if not 0 < value <= _U64:
+        raise ValueError(f"{name} must be a non-zero 64-bit recipient key, got {value}")
 
 
 class Ring:
@@ -124,6 +178,9 @@ class ScopeEntry:
         self.opt_out = False
         self.marketing = [NEVER] * MARKETING_HISTORY
 
+    def expired(self, cut: int) -> bool:
+        return not self.opt_out and self.last_counted < cut and all(t < cut for t in self.marketing)
+
 
 class NumberEntry:
     __slots__ = ("fep_until", "pair_tat", "window_until")
@@ -133,19 +190,34 @@ class NumberEntry:
         self.fep_until = NEVER
         self.pair_tat = NEVER
 
+    def expired(self, cut: int) -> bool:
+        return self.window_until < cut and self.fep_until < cut and self.pair_tat < cut
+
 
 class Scope:
     """A limit scope: a business portfolio or a single phone number."""
 
-    __slots__ = ("freq_cap", "freq_window", "last_now", "ring24", "ring7", "slots7", "table")
+    __slots__ = (
+        "capacity",
+        "freq_cap",
+        "freq_window",
+        "horizon",
+        "last_now",
+        "ring7",
+        "ring24",
+        "slots7",
+        "table",
+    )
 
     def __init__(self, engine: Engine, freq_cap: int, freq_window: int) -> None:
         self.table: dict[int, ScopeEntry] = {}
+        self.capacity = INITIAL_CAPACITY
         self.ring24 = Ring(engine.bucket_ms, engine.window_ms, strict=False)
         self.ring7 = Ring(engine.long_bucket_ms, engine.long_window_ms, strict=True)
         self.slots7 = Ring(engine.long_bucket_ms, engine.long_window_ms, strict=True)
         self.freq_cap = freq_cap
         self.freq_window = freq_window
+        self.horizon = engine.horizon_ms
         self.last_now = NEVER
 
     def clamp(self, now: int) -> int:
@@ -157,11 +229,29 @@ class Scope:
         self.slots7.advance(now)
         return now
 
+    def reclaim(self) -> int:
+        cut = self.last_now - self.horizon
+        dead = [k for k, e in self.table.items() if e.expired(cut)]
+        for k in dead:
+            del self.table[k]
+        return len(dead)
+
+    def insert(self, recipient: int) -> ScopeEntry:
+        if len(self.table) >= max_fill(self.capacity):
+            self.reclaim()
+            if len(self.table) >= max_fill(self.capacity) // 2:
+                self.capacity *= 2
+        e = self.table[recipient] = ScopeEntry()
+        return e
+
 
 class Number:
     """A business phone number (a sender)."""
 
     __slots__ = (
+        "capacity",
+        "clock",
+        "horizon",
         "pair_interval",
         "pair_tolerance",
         "scope",
@@ -171,9 +261,12 @@ class Number:
         "tput_tolerance",
     )
 
-    def __init__(self, scope: int) -> None:
+    def __init__(self, scope: int, horizon: int) -> None:
         self.scope = scope
         self.table: dict[int, NumberEntry] = {}
+        self.capacity = INITIAL_CAPACITY
+        self.horizon = horizon
+        self.clock = NEVER  # latest time seen for this number; reclaim measures from it
         self.tput_tat = NEVER  # microseconds
         self.tput_interval = 1
         self.tput_tolerance = 0
@@ -185,10 +278,29 @@ class Number:
     ) -> None:
         if tput_interval_us < 1 or tput_burst < 1 or pair_interval_ms < 1 or pair_burst < 1:
             raise ValueError("intervals and bursts must be >= 1")
+        tput_tolerance = (tput_burst - 1) * tput_interval_us
+        pair_tolerance = (pair_burst - 1) * pair_interval_ms
+        if max(tput_interval_us, pair_interval_ms, tput_tolerance, pair_tolerance) > MAX_TOLERANCE:
+            raise ValueError("interval * burst must stay below 2**52")
         self.tput_interval = tput_interval_us
-        self.tput_tolerance = (tput_burst - 1) * tput_interval_us
+        self.tput_tolerance = tput_tolerance
         self.pair_interval = pair_interval_ms
-        self.pair_tolerance = (pair_burst - 1) * pair_interval_ms
+        self.pair_tolerance = pair_tolerance
+
+    def reclaim(self) -> int:
+        cut = self.clock - self.horizon
+        dead = [k for k, e in self.table.items() if e.expired(cut)]
+        for k in dead:
+            del self.table[k]
+        return len(dead)
+
+    def insert(self, recipient: int) -> NumberEntry:
+        if len(self.table) >= max_fill(self.capacity):
+            self.reclaim()
+            if len(self.table) >= max_fill(self.capacity) // 2:
+                self.capacity *= 2
+        e = self.table[recipient] = NumberEntry()
+        return e
 
 
 class Engine:
@@ -203,29 +315,51 @@ class Engine:
     ) -> None:
         if min(bucket_ms, window_ms, long_bucket_ms, long_window_ms) < 1:
             raise ValueError("bucket widths and windows must be >= 1 ms")
+        if max(bucket_ms, window_ms, long_bucket_ms, long_window_ms) > MAX_WINDOW:
+            raise ValueError("bucket widths and windows must be <= 2**40 ms")
+        if max(window_ms // bucket_ms, long_window_ms // long_bucket_ms) > MAX_RING_BUCKETS:
+            raise ValueError("a window may span at most 2**20 buckets")
         self.bucket_ms = bucket_ms
         self.window_ms = window_ms
         self.long_bucket_ms = long_bucket_ms
         self.long_window_ms = long_window_ms
+        #: Entries older than a table's clock minus this are reclaimable.
+        self.horizon_ms = max(window_ms + bucket_ms, long_window_ms + long_bucket_ms)
         self.scopes: list[Scope] = []
         self.numbers: list[Number] = []
+
+    def _scope(self, scope: int) -> Scope:
+        if not 0 <= scope < len(self.scopes):
+            raise IndexError(f"scope {scope} out of range")
+        return self.scopes[scope]
+
+    def _number(self, number: int) -> Number:
+        if not 0 <= number < len(self.numbers):
+            raise IndexError(f"number {number} out of range")
+        return self.numbers[number]
 
     # -- configuration -------------------------------------------------------
 
     def add_scope(self, freq_cap: int = 0, freq_window_ms: int = 0) -> int:
+        self._check_scope_params(freq_cap, freq_window_ms)
         self.scopes.append(Scope(self, 0, 0))
         idx = len(self.scopes) - 1
         self.set_scope_params(idx, freq_cap, freq_window_ms)
         return idx
 
-    def set_scope_params(self, scope: int, freq_cap: int, freq_window_ms: int) -> None:
+    @staticmethod
+    def _check_scope_params(freq_cap: int, freq_window_ms: int) -> None:
         if not 0 <= freq_cap <= MARKETING_HISTORY:
             raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
-        if freq_window_ms < 0:
-            raise ValueError("freq_window_ms must be >= 0")
-        s = self.scopes[scope]
+        if not 0 <= freq_window_ms <= MAX_TIME:
+            raise ValueError("freq_window_ms must be 0..2**53")
+
+    def set_scope_params(self, scope: int, freq_cap: int, freq_window_ms: int) -> None:
+        self._check_scope_params(freq_cap, freq_window_ms)
+        s = self._scope(scope)
         s.freq_cap = freq_cap
         s.freq_window = freq_window_ms
+        s.horizon = max(self.horizon_ms, freq_window_ms)
 
     def add_number(
         self,
@@ -235,9 +369,8 @@ class Engine:
         pair_interval_ms: int = 6_000,
         pair_burst: int = 1,
     ) -> int:
-        if not 0 <= scope < len(self.scopes):
-            raise IndexError("scope out of range")
-        n = Number(scope)
+        self._scope(scope)
+        n = Number(scope, self.horizon_ms)
         n.set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
         self.numbers.append(n)
         return len(self.numbers) - 1
@@ -250,16 +383,31 @@ class Engine:
         pair_interval_ms: int,
         pair_burst: int,
     ) -> None:
-        self.numbers[number].set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
+        self._number(number).set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
 
     # -- decisions -----------------------------------------------------------
 
     def decide(
         self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int
     ) -> Decision:
-        s = self.scopes[scope]
-        num = self.numbers[number]
+        s = self._scope(scope)
+        num = self._number(number)
+        _check_time("now", now)
+        _check_recipient("recipient", recipient)
+        if not 0 <= flags < 1 << 32:
+            raise ValueError(f"flags must be a 32-bit unsigned value, got {flags}")
+        if not -(1 << 63) <= limit < 1 << 63:
+            raise ValueError(f"limit must be a signed 64-bit value, got {limit}")
+        if not 0 <= ticket <= _U64:
+            raise ValueError(f"ticket must be an unsigned 64-bit value, got {ticket}")
+        return self._decide(now, s, num, recipient, flags, limit, ticket)
+
+    def _decide(
+        self, now: int, s: Scope, num: Number, recipient: int, flags: int, limit: int, ticket: int
+    ) -> Decision:
         now = s.clamp(now)
+        if now > num.clock:
+            num.clock = now
         se = s.table.get(recipient)
         ne = num.table.get(recipient)
         template = flags & F_TEMPLATE
@@ -318,7 +466,7 @@ class Engine:
         # every check passed: consume
         if counting:
             if se is None:
-                se = s.table[recipient] = ScopeEntry()
+                se = s.insert(recipient)
             for r in (ring, s.ring7):
                 r.remove(last)
                 r.add(now)
@@ -330,22 +478,43 @@ class Engine:
                 se.last_ticket = 0  # this admit relies on the earlier slot
         if marketing:
             if se is None:
-                se = s.table[recipient] = ScopeEntry()
+                se = s.insert(recipient)
             hist = se.marketing
             hist[hist.index(min(hist))] = now
         num.tput_tat = tput_tat + num.tput_interval
         if ne is None:
-            ne = num.table[recipient] = NumberEntry()
+            ne = num.insert(recipient)
         ne.pair_tat = pair_tat + num.pair_interval
         return (ADMIT, OK, 0, counted, ring.total, last)
 
     def decide_batch(self, batch: DecisionBatch) -> None:
-        n = batch.prepare_outputs()
+        """Decide every request of ``batch`` in order; fills its output columns.
+
+        The whole batch is validated first (ValueError / IndexError naming the
+        item), so a bad item decides nothing.
+        """
+        n = len(batch.now)
+        for col in ("scope", "number", "recipient", "flags", "limit", "ticket"):
+            if len(getattr(batch, col)) != n:
+                raise ValueError(
+                    f"batch column {col} has {len(getattr(batch, col))} items, not {n}"
+                )
+        ns, nn = len(self.scopes), len(self.numbers)
         for i in range(n):
-            d = self.decide(
+            if not 0 <= batch.scope[i] < ns:
+                raise IndexError(f"batch item {i}: scope {batch.scope[i]} out of range")
+            if not 0 <= batch.number[i] < nn:
+                raise IndexError(f"batch item {i}: number {batch.number[i]} out of range")
+            if batch.recipient[i] == 0:
+                raise ValueError(f"batch item {i}: recipient key 0 is not a recipient")
+            if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
+                raise ValueError(f"batch item {i}: now must be within ±2**53 ms")
+        batch.prepare_outputs()
+        for i in range(n):
+            d = self._decide(
                 batch.now[i],
-                batch.scope[i],
-                batch.number[i],
+                self.scopes[batch.scope[i]],
+                self.numbers[batch.number[i]],
                 batch.recipient[i],
                 batch.flags[i],
                 batch.limit[i],
@@ -361,12 +530,21 @@ class Engine:
     # -- feedback ------------------------------------------------------------
 
     def release(self, scope: int, recipient: int, ticket: int, prev_counted: int) -> bool:
-        """Give back the slot ``ticket`` created, if no later admit relied on it."""
-        s = self.scopes[scope]
+        """Give back the slot ``ticket`` created, if no later admit relied on it.
+
+        ``prev_counted`` is the decision's ``prev_counted``: it is never later
+        than the time the ticket's admit counted the recipient.
+        """
+        s = self._scope(scope)
+        _check_recipient("recipient", recipient)
+        if prev_counted != NEVER:
+            _check_time("prev_counted", prev_counted)
         se = s.table.get(recipient)
         if ticket == 0 or se is None or se.last_ticket != ticket:
             return False
         t = se.last_counted
+        if prev_counted > t:
+            raise ValueError("prev_counted is later than the ticket's counted time")
         for r in (s.ring24, s.ring7):
             r.remove(t)
             r.add(prev_counted)
@@ -377,38 +555,68 @@ class Engine:
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
         """Open or extend a window; never shortens one already open longer."""
-        num = self.numbers[number]
+        num = self._number(number)
+        _check_recipient("recipient", recipient)
+        if window_until != NEVER:
+            _check_time("window_until", window_until)
+        if fep_until != NEVER:
+            _check_time("fep_until", fep_until)
         ne = num.table.get(recipient)
         if ne is None:
-            ne = num.table[recipient] = NumberEntry()
+            ne = num.insert(recipient)
         ne.window_until = max(ne.window_until, window_until)
         ne.fep_until = max(ne.fep_until, fep_until)
 
     def close_window(self, number: int, recipient: int) -> None:
-        ne = self.numbers[number].table.get(recipient)
+        ne = self._number(number).table.get(recipient)
         if ne is not None:
             ne.window_until = NEVER
             ne.fep_until = NEVER
 
     def set_opt_out(self, scope: int, recipient: int, opted_out: bool) -> None:
-        s = self.scopes[scope]
+        s = self._scope(scope)
+        _check_recipient("recipient", recipient)
         se = s.table.get(recipient)
         if se is None:
             if not opted_out:
                 return
-            se = s.table[recipient] = ScopeEntry()
-        se.opt_out = opted_out
+            se = s.insert(recipient)
+        se.opt_out = bool(opted_out)
 
     def slow_throughput(self, number: int, now: int, pause_ms: int) -> None:
         """Meta answered 130429: admit nothing from this number for ``pause_ms``."""
-        num = self.numbers[number]
+        num = self._number(number)
+        _check_time("now", now)
+        if not 0 <= pause_ms <= MAX_TIME:
+            raise ValueError("pause_ms must be 0..2**53")
+        if now > num.clock:
+            num.clock = now
         num.tput_tat = max(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)
+
+    # -- memory --------------------------------------------------------------
+
+    def reclaim(self, now: int) -> int:
+        """Drop every expired entry (as of ``now``, clamped per scope); return how many.
+
+        Advances each scope's clock to ``now`` like any call that takes time.
+        """
+        _check_time("now", now)
+        removed = 0
+        for s in self.scopes:
+            s.clamp(now)
+            removed += s.reclaim()
+        for num in self.numbers:
+            if now > num.clock:
+                num.clock = now
+            removed += num.reclaim()
+        return removed
 
     # -- reports -------------------------------------------------------------
 
     def usage(self, scope: int, now: int, limit: int) -> tuple[int, int, int, int]:
         """(used_24h, next_slot_free_at, unique_7d, slots_7d) for the scope at ``now``."""
-        s = self.scopes[scope]
+        s = self._scope(scope)
+        _check_time("now", now)
         now = s.clamp(now)
         nxt = s.ring24.next_free(limit, now) if limit > 0 else 0
         return (s.ring24.total, nxt, s.ring7.total, s.slots7.total)
@@ -416,14 +624,14 @@ class Engine:
     def open_windows(self, number: int, now: int) -> int:
         return sum(
             1
-            for ne in self.numbers[number].table.values()
+            for ne in self._number(number).table.values()
             if now < ne.window_until or now < ne.fep_until
         )
 
     def lookup(self, scope: int, number: int, recipient: int) -> tuple[int, bool, int, int, int]:
         """(last_counted, opted_out, window_until, fep_until, pair_tat) of one recipient."""
-        se = self.scopes[scope].table.get(recipient)
-        ne = self.numbers[number].table.get(recipient)
+        se = self._scope(scope).table.get(recipient)
+        ne = self._number(number).table.get(recipient)
         return (
             se.last_counted if se is not None else NEVER,
             se.opt_out if se is not None else False,
@@ -433,8 +641,157 @@ class Engine:
         )
 
     def scope_now(self, scope: int) -> int:
-        return self.scopes[scope].last_now
+        return self._scope(scope).last_now
 
     def entries(self) -> int:
         """Recipient entries held in all tables."""
         return sum(len(s.table) for s in self.scopes) + sum(len(n.table) for n in self.numbers)
+
+    # -- snapshots -----------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole engine state as bytes (format :data:`SNAPSHOT_VERSION`)."""
+        out: list[bytes] = [
+            _HEADER.pack(
+                SNAPSHOT_MAGIC,
+                SNAPSHOT_VERSION,
+                0,
+                self.bucket_ms,
+                self.window_ms,
+                self.long_bucket_ms,
+                self.long_window_ms,
+                len(self.scopes),
+                len(self.numbers),
+            )
+        ]
+        for s in self.scopes:
+            out.append(_SCOPE.pack(s.freq_cap, s.freq_window, s.last_now))
+            for r in (s.ring24, s.ring7, s.slots7):
+                out.append(_RING.pack(r.n, r.lo, r.total))
+                out.append(struct.pack(f"<{r.n}q", *r.counts))
+            out.append(_TABLE.pack(s.capacity, len(s.table)))
+            pack = _SCOPE_ENTRY.pack
+            for key in sorted(s.table):
+                e = s.table[key]
+                out.append(pack(key, e.last_counted, e.last_ticket, *e.marketing, e.opt_out))
+        for num in self.numbers:
+            out.append(
+                _NUMBER.pack(
+                    num.scope,
+                    num.clock,
+                    num.tput_tat,
+                    num.tput_interval,
+                    num.tput_tolerance,
+                    num.pair_interval,
+                    num.pair_tolerance,
+                )
+            )
+            out.append(_TABLE.pack(num.capacity, len(num.table)))
+            pack = _NUMBER_ENTRY.pack
+            for key in sorted(num.table):
+                ne = num.table[key]
+                out.append(pack(key, ne.window_until, ne.fep_until, ne.pair_tat))
+        return b"".join(out)
+
+    @classmethod
+    def restore(cls, data: bytes) -> Engine:
+        """A new engine holding the state ``data`` (from either engine's snapshot) describes."""
+        r = _Reader(data)
+        magic, version, _, bucket, window, long_bucket, long_window, n_scopes, n_numbers = r.take(
+            _HEADER
+        )
+        if magic != SNAPSHOT_MAGIC:
+            raise ValueError("not a tiergate engine snapshot (bad magic)")
+        if version > SNAPSHOT_VERSION:
+            raise ValueError(
+                f"engine snapshot format version {version} is newer than this tiergate "
+                f"supports ({SNAPSHOT_VERSION}); upgrade tiergate to load it"
+            )
+        if version < 1:
+            raise ValueError(f"engine snapshot format version {version} is not valid")
+        eng = cls(bucket, window, long_bucket, long_window)
+        for _ in range(n_scopes):
+            freq_cap, freq_window, last_now = r.take(_SCOPE)
+            s = eng.scopes[eng.add_scope(freq_cap, freq_window)]
+            _check_snapshot_time(last_now)
+            s.last_now = last_now
+            for ring in (s.ring24, s.ring7, s.slots7):
+                n, lo, total = r.take(_RING)
+                if n != ring.n:
+                    raise ValueError("engine snapshot is corrupt: ring size does not match")
+                counts = list(r.take(struct.Struct(f"<{n}q")))
+                if sum(counts) != total or min(counts) < 0:
+                    raise ValueError("engine snapshot is corrupt: ring total does not match")
+                ring.lo, ring.total, ring.counts = lo, total, counts
+            s.capacity, count = _take_table(r)
+            for key, last, tk, *rest in _take_entries(r, _SCOPE_ENTRY, count):
+                e = ScopeEntry()
+                e.last_counted, e.last_ticket = last, tk
+                e.marketing = list(rest[:MARKETING_HISTORY])
+                e.opt_out = bool(rest[MARKETING_HISTORY])
+                s.table[key] = e
+        for _ in range(n_numbers):
+            scope, clock, tput_tat, t_int, t_tol, p_int, p_tol = r.take(_NUMBER)
+            if scope >= n_scopes:
+                raise ValueError("engine snapshot is corrupt: number refers to a missing scope")
+            if t_tol % t_int or p_tol % p_int:
+                raise ValueError("engine snapshot is corrupt: bucket tolerance")
+            num = eng.numbers[
+                eng.add_number(scope, t_int, t_tol // t_int + 1, p_int, p_tol // p_int + 1)
+            ]
+            _check_snapshot_time(clock)
+            num.clock = clock
+            num.tput_tat = tput_tat
+            num.capacity, count = _take_table(r)
+            for key, wu, fu, pt in _take_entries(r, _NUMBER_ENTRY, count):
+                ne = NumberEntry()
+                ne.window_until, ne.fep_until, ne.pair_tat = wu, fu, pt
+                num.table[key] = ne
+        if r.pos != len(data):
+            raise ValueError("engine snapshot is corrupt: trailing bytes")
+        return eng
+
+
+def _check_snapshot_time(t: int) -> None:
+    if t != NEVER and not -MAX_TIME <= t <= MAX_TIME:
+        raise ValueError("engine snapshot is corrupt: time out of range")
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data).cast("B")
+        self.pos = 0
+
+    def take(self, st: struct.Struct) -> tuple[Any, ...]:
+        end = self.pos + st.size
+        if end > len(self.data):
+            raise ValueError("engine snapshot is truncated")
+        vals = st.unpack_from(self.data, self.pos)
+        self.pos = end
+        return vals
+
+    def block(self, size: int) -> memoryview:
+        end = self.pos + size
+        if end > len(self.data):
+            raise ValueError("engine snapshot is truncated")
+        view = self.data[self.pos : end]
+        self.pos = end
+        return view
+
+
+def _take_table(r: _Reader) -> tuple[int, int]:
+    capacity, count = r.take(_TABLE)
+    if capacity < INITIAL_CAPACITY or capacity & (capacity - 1) or count > max_fill(capacity):
+        raise ValueError("engine snapshot is corrupt: table capacity")
+    return capacity, count
+
+
+def _take_entries(r: _Reader, st: struct.Struct, count: int) -> Iterator[tuple[int, ...]]:
+    prev = 0
+    for rec in st.iter_unpack(r.block(st.size * count)):
+        if rec[0] <= prev:
+            raise ValueError("engine snapshot is corrupt: keys not strictly ascending")
+        prev = rec[0]
+        yield rec

@@ -1,0 +1,122 @@
+# The C-level contract of the compiled decision engine (tiergate._native.engine).
+#
+# Numbers repeat src/tiergate/engine/constants.py (decision and reason values
+# equal the tiergate.v1 proto enums); the structs are the engine's memory
+# layout; other Cython modules may cimport them.
+
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+cdef enum:
+    # Decision
+    ADMIT = 1
+    RETRY_LATER = 2
+    REJECT = 3
+    # Reason
+    OK = 1
+    SENDER_RESTRICTED = 3
+    OUTSIDE_WINDOW = 6
+    RECIPIENT_OPTED_OUT = 7
+    MESSAGING_LIMIT = 8
+    MARKETING_FREQUENCY = 9
+    QUALITY_PROTECTION = 10
+    THROUGHPUT = 11
+    PAIR_RATE = 12
+    # Request flags
+    F_TEMPLATE = 1
+    F_MARKETING = 2
+    F_RESTRICTED = 4
+    F_QUALITY_BLOCK = 8
+    F_FEP_FREE_FORM = 16
+    F_DRY_RUN = 32
+    F_FORCE = 64
+    # Marketing sends remembered per recipient (frequency cap)
+    MARKETING_HISTORY = 4
+    # Recipient tables start here and double; at most 70 % full
+    INITIAL_CAPACITY = 16
+    SNAPSHOT_VERSION = 1
+
+# Counts of last-counted times by bucket over a rolling window; bucket b
+# lives at counts[b mod n]; buckets below lo are gone.
+cdef struct Ring:
+    int64_t width
+    int64_t window
+    int64_t n
+    int64_t strict      # 1: a bucket counts only while wholly inside the window
+    int64_t lo          # oldest live absolute bucket index
+    int64_t total
+    int64_t *counts
+
+# Per limit scope and recipient. key 0 marks an empty slot.
+cdef struct ScopeEntry:
+    uint64_t key
+    int64_t last_counted
+    uint64_t last_ticket
+    int64_t marketing[MARKETING_HISTORY]
+    uint8_t opt_out
+
+# Per phone number and recipient. key 0 marks an empty slot.
+cdef struct NumberEntry:
+    uint64_t key
+    int64_t window_until
+    int64_t fep_until
+    int64_t pair_tat
+
+# Open addressing, linear probing, capacity a power of two.
+cdef struct ScopeTable:
+    ScopeEntry *slots
+    uint64_t capacity
+    uint64_t count
+
+cdef struct NumberTable:
+    NumberEntry *slots
+    uint64_t capacity
+    uint64_t count
+
+cdef struct Scope:
+    ScopeTable table
+    Ring ring24
+    Ring ring7
+    Ring slots7
+    int64_t freq_cap
+    int64_t freq_window
+    int64_t horizon     # entries older than last_now - horizon are reclaimable
+    int64_t last_now
+
+cdef struct Number:
+    NumberTable table
+    int64_t scope
+    int64_t clock       # latest time seen for this number; reclaim measures from it
+    int64_t horizon
+    int64_t tput_tat    # microseconds
+    int64_t tput_interval
+    int64_t tput_tolerance
+    int64_t pair_interval
+    int64_t pair_tolerance
+
+cdef struct Decision:
+    int64_t retry_at
+    int64_t used
+    int64_t prev_counted
+    int decision
+    int reason
+    int counted
+
+
+cdef class Engine:
+    cdef readonly int64_t bucket_ms
+    cdef readonly int64_t window_ms
+    cdef readonly int64_t long_bucket_ms
+    cdef readonly int64_t long_window_ms
+    cdef readonly int64_t horizon_ms
+    cdef Scope *scopes
+    cdef Py_ssize_t n_scopes
+    cdef Py_ssize_t cap_scopes
+    cdef Number *numbers
+    cdef Py_ssize_t n_numbers
+    cdef Py_ssize_t cap_numbers
+
+    cdef Scope *_scope(self, Py_ssize_t scope) except NULL
+    cdef Number *_number(self, Py_ssize_t number) except NULL
+    cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
+                        uint32_t flags, int64_t limit, uint64_t ticket,
+                        Decision *d) noexcept nogil

@@ -1,0 +1,262 @@
+"""The compiled engine and the pure-Python reference give identical answers.
+
+A hypothesis state machine drives both engines with the same random
+operations (counted template sends to a small recipient pool, free-form and
+marketing sends, repeats, time jumps of 1 ms to 10 days, releases of real and
+bogus tickets, windows, opt-outs, throughput pauses, usage reads, batches,
+reclaims, snapshot + restore across the two implementations) and compares
+every answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from tiergate.engine import IMPLEMENTATION, NEVER, DecisionBatch, PyEngine
+from tiergate.engine import constants as c
+
+if IMPLEMENTATION != "compiled":
+    pytest.skip(
+        "differential tests need the compiled engine (TIERGATE_NO_EXTENSIONS=1 or build missing)",
+        allow_module_level=True,
+    )
+
+from tiergate._native.engine import Engine as CEngine
+
+DAY = 86_400_000
+POOL = [
+    c.recipient_key(d)
+    for d in (
+        "1",
+        "15551230001",
+        "15551230002",
+        "447700900123",
+        "0123",
+        "123",
+        "999999999999999",
+        "4915112345678",
+    )
+]
+LIMITS = [0, 1, 2, 3, 5, c.UNLIMITED]
+JUMPS = st.one_of(
+    st.sampled_from([1, 999, 60_000, 3_600_000, DAY, 3 * DAY, 10 * DAY]),
+    st.integers(1, 10 * DAY),
+)
+KIND = st.sampled_from(
+    [
+        c.F_TEMPLATE,
+        c.F_TEMPLATE,
+        c.F_TEMPLATE | c.F_MARKETING,
+        0,
+        c.F_FEP_FREE_FORM,
+        c.F_MARKETING,
+    ]
+)
+EXTRA = st.sampled_from([0, 0, 0, c.F_RESTRICTED, c.F_QUALITY_BLOCK, c.F_DRY_RUN, c.F_FORCE])
+
+OUTPUTS = ("decision", "reason", "retry_at", "counted", "used", "prev_counted")
+
+
+class EnginesAgree(RuleBasedStateMachine):
+    tickets = Bundle("tickets")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engines: list[Any] = []
+        self.now = 0
+        self.next_ticket = 1
+
+    @initialize(
+        start=st.integers(-10 * DAY, 10 * DAY),
+        freq_cap=st.integers(0, c.MARKETING_HISTORY),
+        freq_window=st.sampled_from([0, 1000, DAY, 9 * DAY]),
+        tput=st.sampled_from([(12_500, 1), (1_000, 5), (250_000, 2)]),
+        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3)]),
+        small=st.booleans(),
+    )
+    def setup(
+        self,
+        start: int,
+        freq_cap: int,
+        freq_window: int,
+        tput: tuple[int, int],
+        pair: tuple[int, int],
+        small: bool,
+    ) -> None:
+        geometry = (1_000, 20_000, 7_000, 100_000) if small else (60_000, DAY, 3_600_000, 7 * DAY)
+        self.engines = [CEngine(*geometry), PyEngine(*geometry)]
+        self.now = start
+        for e in self.engines:
+            e.add_scope(freq_cap, freq_window)
+            e.add_scope()
+            e.add_number(0, tput[0], tput[1], pair[0], pair[1])
+            e.add_number(0)
+            e.add_number(1, 1, 1, 1, 1)
+
+    def both(self, name: str, *args: Any) -> Any:
+        answers = [getattr(e, name)(*args) for e in self.engines]
+        assert answers[0] == answers[1], (name, args, answers)
+        return answers[0]
+
+    @rule(dt=JUMPS)
+    def advance(self, dt: int) -> None:
+        self.now += dt
+
+    @rule(dt=st.integers(1, DAY))
+    def step_back(self, dt: int) -> None:
+        # time that goes backwards is clamped per scope
+        self.now -= dt
+
+    @rule(
+        target=tickets,
+        scope=st.integers(0, 1),
+        number=st.integers(0, 2),
+        recipient=st.sampled_from(POOL),
+        kind=KIND,
+        extra=EXTRA,
+        limit=st.sampled_from(LIMITS),
+        dt=st.integers(0, 5_000),
+    )
+    def send(
+        self, scope: int, number: int, recipient: int, kind: int, extra: int, limit: int, dt: int
+    ) -> tuple[int, int, int, int]:
+        self.now += dt
+        ticket = self.next_ticket
+        self.next_ticket += 1
+        d = self.both("decide", self.now, scope, number, recipient, kind | extra, limit, ticket)
+        return (scope, recipient, ticket, d[5])
+
+    @rule(ticket=consumes(tickets))
+    def release(self, ticket: tuple[int, int, int, int]) -> None:
+        self.both("release", *ticket)
+
+    @rule(ticket=tickets)
+    def release_again(self, ticket: tuple[int, int, int, int]) -> None:
+        self.both("release", *ticket)
+
+    @rule(scope=st.integers(0, 1), recipient=st.sampled_from(POOL), ticket=st.integers(0, 10**6))
+    def release_bogus(self, scope: int, recipient: int, ticket: int) -> None:
+        self.both("release", scope, recipient, ticket + 10**9, NEVER)
+
+    @rule(
+        number=st.integers(0, 2),
+        recipient=st.sampled_from(POOL),
+        window=st.integers(-DAY, 3 * DAY),
+        fep=st.one_of(st.none(), st.integers(-DAY, 3 * DAY)),
+    )
+    def open_window(self, number: int, recipient: int, window: int, fep: int | None) -> None:
+        fep_until = NEVER if fep is None else self.now + fep
+        self.both("open_window", number, recipient, self.now + window, fep_until)
+
+    @rule(number=st.integers(0, 2), recipient=st.sampled_from(POOL))
+    def close_window(self, number: int, recipient: int) -> None:
+        self.both("close_window", number, recipient)
+
+    @rule(scope=st.integers(0, 1), recipient=st.sampled_from(POOL), opted=st.booleans())
+    def opt_out(self, scope: int, recipient: int, opted: bool) -> None:
+        self.both("set_opt_out", scope, recipient, opted)
+
+    @rule(number=st.integers(0, 2), pause=st.integers(0, 120_000))
+    def slow_throughput(self, number: int, pause: int) -> None:
+        self.both("slow_throughput", number, self.now, pause)
+
+    @rule(scope=st.integers(0, 1), limit=st.sampled_from(LIMITS))
+    def usage(self, scope: int, limit: int) -> None:
+        self.both("usage", scope, self.now, limit)
+
+    @rule(number=st.integers(0, 2))
+    def open_windows(self, number: int) -> None:
+        self.both("open_windows", number, self.now)
+
+    @rule()
+    def reclaim(self) -> None:
+        self.both("reclaim", self.now)
+
+    @rule(
+        items=st.lists(
+            st.tuples(
+                st.integers(0, 2_000),
+                st.integers(0, 1),
+                st.integers(0, 2),
+                st.sampled_from(POOL),
+                KIND,
+                EXTRA,
+                st.sampled_from(LIMITS),
+            ),
+            max_size=12,
+        )
+    )
+    def batch(self, items: list[tuple[int, int, int, int, int, int, int]]) -> None:
+        batches = []
+        for e in self.engines:
+            b = DecisionBatch()
+            ticket = self.next_ticket
+            for dt, scope, number, recipient, kind, extra, limit in items:
+                b.add(self.now + dt, scope, number, recipient, kind | extra, limit, ticket)
+                ticket += 1
+            e.decide_batch(b)
+            batches.append(b)
+        self.next_ticket += len(items)
+        for col in OUTPUTS:
+            assert list(getattr(batches[0], col)) == list(getattr(batches[1], col)), col
+
+    @precondition(lambda self: bool(self.engines))
+    @rule(cross=st.booleans())
+    def snapshot_restore(self, cross: bool) -> None:
+        compiled, python = (e.snapshot() for e in self.engines)
+        assert compiled == python
+        if cross:
+            self.engines = [CEngine.restore(python), PyEngine.restore(compiled)]
+        else:
+            self.engines = [CEngine.restore(compiled), PyEngine.restore(python)]
+
+    @invariant()
+    def same_state(self) -> None:
+        if not self.engines:
+            return
+        self.both("entries")
+        for scope in (0, 1):
+            self.both("scope_now", scope)
+        for recipient in POOL[:3]:
+            self.both("lookup", 0, 0, recipient)
+
+
+EnginesAgree.TestCase.settings = settings(
+    max_examples=120,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestEnginesAgree = EnginesAgree.TestCase
+
+
+def test_busy_scope_grows_and_reclaims_identically() -> None:
+    """Many recipients over weeks: growth and reclaim-before-growth happen in step."""
+    engines = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope(2, DAY)
+        e.add_number(0, 1, 1, 1, 1)
+    now = 0
+    for i in range(6_000):
+        now += 7_919 * (1 + i % 13)
+        key = c.recipient_key(str(1_000_000 + (i * 7_717) % 3_001))
+        flags = c.F_TEMPLATE | (c.F_MARKETING if i % 3 == 0 else 0)
+        answers = [e.decide(now, 0, 0, key, flags, 400, i + 1) for e in engines]
+        assert answers[0] == answers[1], i
+        if i % 500 == 0:
+            assert engines[0].entries() == engines[1].entries()
+            assert engines[0].snapshot() == engines[1].snapshot()
+    assert engines[0].usage(0, now, 400) == engines[1].usage(0, now, 400)
