@@ -187,6 +187,7 @@ class ClientResult:
     histogram: bytes
     decisions: dict[str, int]
     error_sample: str = ""
+    cpu_seconds: float = 0.0
 
 
 class _Recorder:
@@ -335,12 +336,13 @@ async def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> C
                 rec.fail(exc)
                 stop.set()
 
-        started = [0.0]
+        started = [0.0, 0.0]
 
         async def timer() -> None:
             await asyncio.sleep(max(0.0, warm_until - time.monotonic()))
             rec.recording = True
             started[0] = time.monotonic()
+            started[1] = time.process_time()
             await asyncio.sleep(plan.duration)
             stop.set()
 
@@ -366,6 +368,7 @@ async def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> C
             histogram=rec.hist.encode(),
             decisions=dict(rec.tally),
             error_sample=rec.error_sample,
+            cpu_seconds=time.process_time() - started[1] if started[0] else 0.0,
         )
 
 
@@ -398,6 +401,8 @@ class RunResult:
     decisions: dict[str, int]
     rate_target: float = 0.0
     error_sample: str = ""
+    client_cpu_seconds: float = 0.0
+    server_cpu_seconds: float | None = None  # filled by the caller when it knows the server
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -482,7 +487,9 @@ def merge(shape: Shape, results: Sequence[ClientResult], rate: float = 0.0) -> R
     tally: Counter[str] = Counter()
     calls = items = errors = 0
     error_sample = ""
+    client_cpu = 0.0
     for r in results:
+        client_cpu += r.cpu_seconds
         hist.decode_and_add(r.histogram)
         tally.update(r.decisions)
         calls += r.calls
@@ -506,6 +513,7 @@ def merge(shape: Shape, results: Sequence[ClientResult], rate: float = 0.0) -> R
         decisions=dict(tally.most_common()),
         rate_target=rate,
         error_sample=error_sample,
+        client_cpu_seconds=client_cpu,
     )
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from _grpcload import PAGE_MS, ClientPlan, Pool, encode_item, page_start
@@ -29,6 +31,7 @@ from _grpcload import PAGE_MS, ClientPlan, Pool, encode_item, page_start
 SENDERS_PER_CLIENT = 16
 PAGE_ITEMS = 8_000  # a multiple of 1 000, so batches never straddle pages
 DAY_MS = 86_400_000
+WABA = "bench-waba"  # one WhatsApp Business Account holds the benchmark's templates
 
 # item slot (i % 10) -> traffic class
 _SLOTS = (
@@ -108,15 +111,23 @@ def build_pool(pb2: Any, tag: str, client: int, pages: int) -> tuple[Pool, dict[
         "limited": limited,
         "portfolio": f"{tag}c{client}pf",
         "limited_portfolio": f"{tag}c{client}pflim",
-        "waba": f"{tag}c{client}waba",
+        "waba": WABA,
         "windows": window_recipients,
     }
     return Pool(unary_pages), setup
 
 
+SETUP_LEAD_MS = 2 * 3_600_000
+
+
 def start_time() -> int:
-    """Simulated start: the next page boundary after now (set-up happens before it)."""
-    return page_start(int(time.time() * 1000)) + PAGE_MS
+    """Simulated start of the measured traffic: two hours (simulated) after now.
+
+    Set-up happens at simulated times between now and then. Nothing is earlier
+    than the server's clock at start, where it seeded the configured senders:
+    per-scope time never goes backwards, so earlier times would be clamped.
+    """
+    return page_start(int(time.time() * 1000) + SETUP_LEAD_MS) + PAGE_MS
 
 
 async def noop_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool, int]:
@@ -126,12 +137,13 @@ async def noop_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool, in
     return pool, start_time()
 
 
-async def _bounded(calls: list[Any], limit: int = 64) -> list[Any]:
+async def _bounded(calls: list[Callable[[], Any]], limit: int = 64) -> list[Any]:
+    """Run the RPCs ``calls`` start, at most ``limit`` in flight (a call starts when made)."""
     sem = asyncio.Semaphore(limit)
 
-    async def one(c: Any) -> Any:
+    async def one(c: Callable[[], Any]) -> Any:
         async with sem:
-            return await c
+            return await c()
 
     return list(await asyncio.gather(*(one(c) for c in calls)))
 
@@ -141,7 +153,7 @@ async def tiergate_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool
     args = plan.workload_args
     pool, setup = build_pool(pb2, args.get("tag", "b"), plan.index, args.get("pages", 4))
     t0 = start_time()
-    t_setup = t0 - 2 * 3_600_000  # two hours (simulated) before the measured traffic
+    t_setup = t0 - SETUP_LEAD_MS
     fb = pb2.RecordFeedbackRequest
     calls = []
     for sender in setup["senders"]:
@@ -154,7 +166,7 @@ async def tiergate_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool
             status=pb2.CONNECTED,
             at_unix_ms=t_setup,
         )
-        calls.append(stub.RecordFeedback(fb(sender_update=upd), timeout=30))
+        calls.append(partial(stub.RecordFeedback, fb(sender_update=upd), timeout=30))
     upd = pb2.SenderUpdate(
         sender_id=setup["limited"],
         portfolio_id=setup["limited_portfolio"],
@@ -164,7 +176,7 @@ async def tiergate_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool
         status=pb2.CONNECTED,
         at_unix_ms=t_setup,
     )
-    calls.append(stub.RecordFeedback(fb(sender_update=upd), timeout=30))
+    calls.append(partial(stub.RecordFeedback, fb(sender_update=upd), timeout=30))
     for name in TEMPLATES.values():
         tu = pb2.TemplateUpdate(
             template_id=name,
@@ -173,7 +185,7 @@ async def tiergate_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool
             waba_id=setup["waba"],
             at_unix_ms=t_setup,
         )
-        calls.append(stub.RecordFeedback(fb(template_update=tu), timeout=30))
+        calls.append(partial(stub.RecordFeedback, fb(template_update=tu), timeout=30))
     await _bounded(calls)
     _check_applied(await _windows(pb2, stub, setup, t_setup + 60_000), "inbound_message")
     await _fill_limit(pb2, stub, setup, t_setup + 120_000)
@@ -191,7 +203,8 @@ async def _windows(pb2: Any, stub: Any, setup: dict[str, Any], at: int) -> list[
                 entry_point=pb2.ORGANIC,
                 message_id=f"wamid.{sender}.{rcpt}",
             )
-            calls.append(stub.RecordFeedback(pb2.RecordFeedbackRequest(inbound_message=msg)))
+            req = pb2.RecordFeedbackRequest(inbound_message=msg)
+            calls.append(partial(stub.RecordFeedback, req, timeout=30))
     return await _bounded(calls)
 
 
@@ -202,20 +215,26 @@ def _check_applied(replies: list[Any], what: str) -> None:
 
 
 async def _fill_limit(pb2: Any, stub: Any, setup: dict[str, Any], at: int) -> None:
-    """Use all 250 slots of the limited sender: 250 counted templates, 50 ms apart."""
-    reqs = [
-        pb2.AdmitRequest(
-            sender_id=setup["limited"],
-            recipient=f"5598{i:07d}",  # its own portfolio: no overlap with other clients
-            kind=pb2.TEMPLATE,
-            category=pb2.UTILITY,
-            template_id=TEMPLATES["UTILITY"],
-            at_unix_ms=at + 50 * i,
-        )
-        for i in range(250)
-    ]
-    reply = await stub.AdmitBatch(pb2.AdmitBatchRequest(requests=reqs), timeout=60)
-    admitted = sum(1 for r in reply.responses if r.decision == pb2.DECISION_ADMIT and r.counted)
-    if admitted != 250:
-        first = next((r for r in reply.responses if r.decision != pb2.DECISION_ADMIT), None)
-        raise RuntimeError(f"filling the TIER_250 sender admitted {admitted}/250: {first}")
+    """Use all 250 slots of the limited sender: counted templates in chunks of 50, 5 s apart.
+
+    Chunks stay under the throughput burst (a batch may be decided at one instant).
+    """
+    admitted = 0
+    for chunk in range(5):
+        reqs = [
+            pb2.AdmitRequest(
+                sender_id=setup["limited"],
+                recipient=f"5598{chunk * 50 + i:07d}",  # its own portfolio: no overlap
+                kind=pb2.TEMPLATE,
+                category=pb2.UTILITY,
+                template_id=TEMPLATES["UTILITY"],
+                at_unix_ms=at + chunk * 5_000 + 20 * i,
+            )
+            for i in range(50)
+        ]
+        reply = await stub.AdmitBatch(pb2.AdmitBatchRequest(requests=reqs), timeout=60)
+        ok = [r for r in reply.responses if r.decision == pb2.DECISION_ADMIT and r.counted]
+        admitted += len(ok)
+        if len(ok) != len(reqs):
+            first = next(r for r in reply.responses if r.decision != pb2.DECISION_ADMIT)
+            raise RuntimeError(f"filling the TIER_250 sender admitted {admitted}/250: {first}")

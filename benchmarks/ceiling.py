@@ -56,7 +56,8 @@ async def _serve(port: int) -> None:
             async for _ in request_iterator:
                 yield admit
 
-    server = grpc.aio.server(options=_grpcload.CHANNEL_OPTIONS)
+    # The options tiergate serve uses (src/tiergate/server/app.py).
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb2_grpc.add_AdmissionControlServicer_to_server(Noop(), server)
     server.add_insecure_port(f"{_common.LOOPBACK}:{port}")
     await server.start()
