@@ -1,0 +1,1 @@
+"""The policy layer: Meta's rules (profiles), decisions, feedback and state reports."""

@@ -1,0 +1,522 @@
+"""Profiles: Meta's rules as data (TOML), loaded into a frozen, typed ``Profile``.
+
+A profile is selected by name (a TOML file shipped in ``tiergate/profiles``)
+or by path. A file may ``extends = "<name or path>"`` and override any key;
+tables merge key by key, every other value (arrays included) replaces the
+base's. Every key is checked at load time: a bad profile raises
+:class:`ProfileError` naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from tiergate.engine import constants
+
+from .events import EntryPoint, Quality, SenderStatus
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "Profile",
+    "ProfileError",
+    "WarmupStep",
+    "load_profile",
+    "shipped_profiles",
+]
+
+DEFAULT_PROFILE = "meta-2025"
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used: ``file``, ``key`` and ``reason`` say why."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupStep:
+    """Until ``until_day`` days after registration, at most ``cap`` unique recipients."""
+
+    until_day: int
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Every number and switch of the rules; the code holds only mechanisms."""
+
+    name: str
+    description: str
+    source: str
+    # tiers
+    tier_limits: tuple[tuple[str, int], ...]  # Meta tier name → limit (UNLIMITED for none)
+    ladder: tuple[str, ...]
+    starting_tier: str
+    starting_tier_unverified: str
+    # limit
+    limit_scope: Literal["portfolio", "phone_number"]
+    window_ms: int
+    # windows
+    service_window_ms: int
+    free_entry_point_window_ms: int
+    free_entry_points: frozenset[int]
+    free_entry_point_allows_free_form: bool
+    # upgrades
+    upgrade_mode: Literal["apply", "predict"]
+    upgrade_basis: Literal["unique", "cumulative"]
+    upgrade_threshold: float
+    lookback_ms: int
+    upgrade_delay_ms: int
+    predict_within_ms: int
+    min_in_tier_ms: int
+    upgrade_qualities: frozenset[int]
+    upgrade_statuses: frozenset[int]
+    # quality
+    red_sets_flagged: bool
+    red_days_to_downgrade: int
+    downgrade_floor: str
+    floor_status: int
+    # templates
+    pause_ms: tuple[int, ...]
+    disable_after_pauses: int
+    unknown_templates: Literal["allow", "reject"]
+    # throughput and pair rate
+    default_mps: int
+    upgraded_mps: int
+    coexistence_mps: int
+    burst_seconds: float
+    throughput_backoff_ms: int
+    throughput_overrides: tuple[tuple[str, int], ...]
+    pair_interval_ms: int
+    pair_burst: int
+    # protective rules
+    warmup_enabled: bool
+    warmup: tuple[WarmupStep, ...]
+    headroom_pct: float
+    reserve_utility_pct: float
+    reserve_authentication_pct: float
+    frequency_cap: int
+    frequency_window_ms: int
+    ecosystem_backoff_ms: int
+    block_marketing_on_red: bool
+    # feedback and retention
+    keep_slot_codes: frozenset[int]
+    idempotency_ms: int
+    message_id_ms: int
+    # engine geometry
+    bucket_ms: int
+    long_bucket_ms: int
+
+    def tier_limit(self, tier: str) -> int:
+        """The limit of a Meta tier name; KeyError if the profile does not know it."""
+        for name, limit in self.tier_limits:
+            if name == tier:
+                return limit
+        raise KeyError(tier)
+
+    def knows_tier(self, tier: str) -> bool:
+        return any(name == tier for name, _ in self.tier_limits)
+
+    def next_tier(self, tier: str) -> str | None:
+        """The ladder step above ``tier`` (by limit when ``tier`` is off the ladder)."""
+        if tier in self.ladder:
+            i = self.ladder.index(tier)
+            return self.ladder[i + 1] if i + 1 < len(self.ladder) else None
+        limit = self.tier_limit(tier)
+        for name in self.ladder:
+            if self.tier_limit(name) > limit:
+                return name
+        return None
+
+    def lower_tier(self, tier: str) -> str | None:
+        """The ladder step below ``tier`` (None at the bottom)."""
+        limit = self.tier_limit(tier)
+        below = [name for name in self.ladder if self.tier_limit(name) < limit]
+        return below[-1] if below else None
+
+    def tier_for_limit(self, limit: int) -> str | None:
+        """The highest known tier whose limit does not exceed ``limit`` (conservative)."""
+        best: tuple[int, str] | None = None
+        for name, value in self.tier_limits:
+            if value <= limit and (best is None or value > best[0]):
+                best = (value, name)
+        return best[1] if best is not None else None
+
+    def throughput_override(self, sender_id: str) -> int | None:
+        for sid, mps in self.throughput_overrides:
+            if sid == sender_id:
+                return mps
+        return None
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles shipped in the package."""
+    root = resources.files("tiergate") / "profiles"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def _read(name_or_path: str | Path, chain: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    text: str
+    label: str
+    path = Path(name_or_path)
+    if isinstance(name_or_path, Path) or path.suffix == ".toml" or "/" in str(name_or_path):
+        label = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(label, "", f"cannot read: {exc.strerror or exc}") from None
+    else:
+        name = str(name_or_path)
+        label = f"{name}.toml"
+        res = resources.files("tiergate") / "profiles" / label
+        if not res.is_file():
+            known = ", ".join(shipped_profiles())
+            raise ProfileError(label, "", f"no shipped profile named {name!r} (known: {known})")
+        text = res.read_text(encoding="utf-8")
+        label = f"tiergate/profiles/{label}"
+    if label in chain:
+        raise ProfileError(label, "extends", "circular extends: " + " → ".join((*chain, label)))
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(label, "", f"not valid TOML: {exc}") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data, label
+    if not isinstance(base, str) or not base:
+        raise ProfileError(label, "extends", "must be a profile name or path")
+    if not Path(base).is_absolute() and ("/" in base or base.endswith(".toml")):
+        base = str((path.parent if label == str(path) else Path.cwd()) / base)
+    parent, _ = _read(base, (*chain, label))
+    return _merge(parent, data), label
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class _Reader:
+    """Typed access to the merged TOML with errors naming file and key."""
+
+    def __init__(self, data: dict[str, Any], file: str) -> None:
+        self.data = data
+        self.file = file
+        self.used: set[str] = set()
+
+    def fail(self, key: str, reason: str) -> ProfileError:
+        return ProfileError(self.file, key, reason)
+
+    def raw(self, key: str) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise self.fail(key, "is missing")
+            node = node[part]
+        self.used.add(key)
+        return node
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self.raw(key)
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def string(self, key: str, choices: tuple[str, ...] | None = None) -> str:
+        value = self.raw(key)
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def integer(self, key: str, lo: int = 0, hi: int | None = None) -> int:
+        value = self.raw(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        if value < lo or (hi is not None and value > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise self.fail(key, f"must be {bound}, got {value}")
+        return value
+
+    def number(self, key: str, lo: float = 0.0, hi: float | None = None) -> float:
+        value = self.raw(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise self.fail(key, f"must be {bound}, got {value}")
+        return float(value)
+
+    def strings(self, key: str) -> list[str]:
+        value = self.raw(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "must be an array of strings")
+        return list(value)
+
+    def hours(self, key: str, lo: float = 0.0) -> int:
+        return round(self.number(key, lo) * HOUR_MS)
+
+    def enum_names(
+        self, key: str, kind: type[Quality | SenderStatus | EntryPoint]
+    ) -> frozenset[int]:
+        out: set[int] = set()
+        for name in self.strings(key):
+            try:
+                member = kind[name]
+            except KeyError:
+                valid = ", ".join(m.name for m in kind if m.value)
+                raise self.fail(key, f"unknown value {name!r} (valid: {valid})") from None
+            if member.value == 0:
+                raise self.fail(key, f"{name} is not allowed here")
+            out.add(member.value)
+        return frozenset(out)
+
+    def check_unknown(self, node: dict[str, Any], prefix: str = "") -> None:
+        """Reject keys the loader never read: a typo must not pass silently."""
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            if full in self.used:
+                continue
+            if isinstance(value, dict):
+                self.check_unknown(value, full + ".")
+            else:
+                raise self.fail(full, "unknown key")
+
+
+_META_SENDER_STATUS = ("CONNECTED", "FLAGGED", "RESTRICTED", "BANNED", "DISABLED")
+
+
+def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
+    """Load a shipped profile by name or a user file by path (``extends`` resolved)."""
+    data, file = _read(name_or_path, ())
+    return _build(_Reader(data, file))
+
+
+def _build(r: _Reader) -> Profile:
+    name = r.string("name")
+    if not name:
+        raise r.fail("name", "must not be empty")
+    description = r.string("description")
+
+    limits_table = r.table("tiers.limits")
+    limits: list[tuple[str, int]] = []
+    for tier, value in limits_table.items():
+        key = f"tiers.limits.{tier}"
+        r.used.add(key)
+        if not tier.startswith("TIER_"):
+            raise r.fail(key, "tier names are Meta's (TIER_250, TIER_1K, …)")
+        if value == "unlimited":
+            limits.append((tier, constants.UNLIMITED))
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            limits.append((tier, value))
+        else:
+            raise r.fail(key, f'must be a non-negative integer or "unlimited", got {value!r}')
+    known = {t for t, _ in limits}
+    by_name = dict(limits)
+    ladder = r.strings("tiers.ladder")
+    if not ladder:
+        raise r.fail("tiers.ladder", "must name at least one tier")
+    for tier in ladder:
+        if tier not in known:
+            raise r.fail("tiers.ladder", f"{tier} has no entry in [tiers.limits]")
+    if any(by_name[a] >= by_name[b] for a, b in itertools.pairwise(ladder)):
+        raise r.fail("tiers.ladder", "limits must increase along the ladder")
+    starting = r.string("tiers.starting")
+    starting_unverified = r.string("tiers.starting_unverified")
+    for key, tier in (
+        ("tiers.starting", starting),
+        ("tiers.starting_unverified", starting_unverified),
+    ):
+        if tier not in known:
+            raise r.fail(key, f"{tier} has no entry in [tiers.limits]")
+
+    scope = r.string("limit.scope", ("portfolio", "phone_number"))
+    window_ms = r.hours("limit.window_hours", 1 / 60)
+
+    counting = {
+        "counting.templates_outside_window": True,
+        "counting.templates_in_window": False,
+        "counting.free_form": False,
+        "counting.recount_extends_presence": True,
+    }
+    for key, supported in counting.items():
+        if r.boolean(key) is not supported:
+            raise r.fail(key, f"only {str(supported).lower()} is supported (Meta's counting rule)")
+
+    service_ms = r.hours("windows.service_hours", 1 / 60)
+    fep_ms = r.hours("windows.free_entry_point_hours", 0)
+    feps = r.enum_names("windows.free_entry_points", EntryPoint)
+    fep_free_form = r.boolean("windows.free_entry_point_allows_free_form")
+
+    mode = r.string("upgrade.mode", ("apply", "predict"))
+    basis = r.string("upgrade.basis", ("unique", "cumulative"))
+    threshold = r.number("upgrade.threshold", 0.0)
+    if threshold <= 0:
+        raise r.fail("upgrade.threshold", "must be > 0")
+    lookback_days = r.integer("upgrade.lookback_days", 1, 60)
+    delay_ms = r.hours("upgrade.delay_hours")
+    predict_ms = r.hours("upgrade.predict_within_hours")
+    min_in_tier_ms = r.hours("upgrade.min_hours_in_tier")
+    qualities = r.enum_names("upgrade.allowed_qualities", Quality)
+    statuses = r.enum_names("upgrade.allowed_statuses", SenderStatus)
+
+    red_flagged = r.boolean("quality.red_sets_flagged")
+    red_days = r.integer("quality.red_days_to_downgrade", 0, 365)
+    floor = r.string("quality.downgrade_floor")
+    if floor not in known:
+        raise r.fail("quality.downgrade_floor", f"{floor} has no entry in [tiers.limits]")
+    floor_status = SenderStatus[r.string("quality.floor_status", _META_SENDER_STATUS)].value
+
+    pause_raw = r.raw("templates.pause_hours")
+    if not isinstance(pause_raw, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in pause_raw
+    ):
+        raise r.fail("templates.pause_hours", "must be an array of positive hours")
+    pause_ms = tuple(round(float(v) * HOUR_MS) for v in pause_raw)
+    disable_after = r.integer("templates.disable_after_pauses", 1)
+    if disable_after > len(pause_ms) + 1:
+        raise r.fail(
+            "templates.disable_after_pauses",
+            f"needs a pause duration for each of the first {disable_after - 1} pauses",
+        )
+    unknown = r.string("templates.unknown", ("allow", "reject"))
+
+    default_mps = r.integer("throughput.default_mps", 1)
+    upgraded_mps = r.integer("throughput.upgraded_mps", 1)
+    coexistence_mps = r.integer("throughput.coexistence_mps", 1)
+    burst_seconds = r.number("throughput.burst_seconds", 0.0)
+    backoff_ms = round(r.number("throughput.backoff_seconds") * 1000)
+    overrides: list[tuple[str, int]] = []
+    for sid, mps in r.table("throughput.overrides").items():
+        key = f"throughput.overrides.{sid}"
+        r.used.add(key)
+        if isinstance(mps, bool) or not isinstance(mps, int) or mps < 1:
+            raise r.fail(key, f"must be a positive integer (messages/s), got {mps!r}")
+        overrides.append((sid, mps))
+    r.used.add("throughput.overrides")
+    pair_ms = round(r.number("pair_rate.interval_seconds") * 1000)
+    if pair_ms < 1:
+        raise r.fail("pair_rate.interval_seconds", "must be at least 1 ms")
+    pair_burst = r.integer("pair_rate.burst", 1)
+
+    warm_enabled = r.boolean("warmup.enabled")
+    steps: list[WarmupStep] = []
+    raw_steps = r.raw("warmup.schedule")
+    if not isinstance(raw_steps, list):
+        raise r.fail("warmup.schedule", "must be an array of { until_day, cap } tables")
+    last_day = 0
+    for i, step in enumerate(raw_steps):
+        key = f"warmup.schedule[{i}]"
+        if not isinstance(step, dict) or set(step) != {"until_day", "cap"}:
+            raise r.fail(key, "must be a table with exactly until_day and cap")
+        day, cap = step["until_day"], step["cap"]
+        if isinstance(day, bool) or not isinstance(day, int) or day <= last_day:
+            raise r.fail(key + ".until_day", "must be an integer above the previous step's")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise r.fail(key + ".cap", "must be a non-negative integer")
+        steps.append(WarmupStep(day, cap))
+        last_day = day
+
+    headroom = r.number("protection.headroom_pct", 0.0, 100.0)
+    res_util = r.number("protection.reserve_utility_pct", 0.0, 100.0)
+    res_auth = r.number("protection.reserve_authentication_pct", 0.0, 100.0)
+    if res_util + res_auth >= 100.0:
+        raise r.fail("protection.reserve_utility_pct", "reservations must leave part of the limit")
+    freq_cap = r.integer("protection.frequency_cap", 0, constants.MARKETING_HISTORY)
+    freq_ms = r.hours("protection.frequency_window_hours")
+    eco_ms = r.hours("protection.ecosystem_backoff_hours")
+    block_red = r.boolean("protection.block_marketing_on_red")
+
+    keep_raw = r.raw("feedback.keep_slot_codes")
+    if not isinstance(keep_raw, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in keep_raw
+    ):
+        raise r.fail("feedback.keep_slot_codes", "must be an array of Meta error codes")
+
+    idem_ms = r.hours("retention.idempotency_hours")
+    msgid_ms = r.hours("retention.message_id_hours")
+    bucket_ms = round(r.number("engine.bucket_seconds") * 1000)
+    long_bucket_ms = round(r.number("engine.long_bucket_seconds") * 1000)
+    if bucket_ms < 1 or long_bucket_ms < 1:
+        raise r.fail("engine.bucket_seconds", "bucket widths must be at least 1 ms")
+    r.used.add("tiers.limits")
+    r.check_unknown(r.data)
+
+    return Profile(
+        name=name,
+        description=description,
+        source=r.file,
+        tier_limits=tuple(limits),
+        ladder=tuple(ladder),
+        starting_tier=starting,
+        starting_tier_unverified=starting_unverified,
+        limit_scope="portfolio" if scope == "portfolio" else "phone_number",
+        window_ms=window_ms,
+        service_window_ms=service_ms,
+        free_entry_point_window_ms=fep_ms,
+        free_entry_points=feps,
+        free_entry_point_allows_free_form=fep_free_form,
+        upgrade_mode="apply" if mode == "apply" else "predict",
+        upgrade_basis="unique" if basis == "unique" else "cumulative",
+        upgrade_threshold=threshold,
+        lookback_ms=lookback_days * DAY_MS,
+        upgrade_delay_ms=delay_ms,
+        predict_within_ms=predict_ms,
+        min_in_tier_ms=min_in_tier_ms,
+        upgrade_qualities=qualities,
+        upgrade_statuses=statuses,
+        red_sets_flagged=red_flagged,
+        red_days_to_downgrade=red_days,
+        downgrade_floor=floor,
+        floor_status=floor_status,
+        pause_ms=pause_ms,
+        disable_after_pauses=disable_after,
+        unknown_templates="allow" if unknown == "allow" else "reject",
+        default_mps=default_mps,
+        upgraded_mps=upgraded_mps,
+        coexistence_mps=coexistence_mps,
+        burst_seconds=burst_seconds,
+        throughput_backoff_ms=backoff_ms,
+        throughput_overrides=tuple(overrides),
+        pair_interval_ms=pair_ms,
+        pair_burst=pair_burst,
+        warmup_enabled=warm_enabled,
+        warmup=tuple(steps),
+        headroom_pct=headroom,
+        reserve_utility_pct=res_util,
+        reserve_authentication_pct=res_auth,
+        frequency_cap=freq_cap,
+        frequency_window_ms=freq_ms,
+        ecosystem_backoff_ms=eco_ms,
+        block_marketing_on_red=block_red,
+        keep_slot_codes=frozenset(keep_raw),
+        idempotency_ms=idem_ms,
+        message_id_ms=msgid_ms,
+        bucket_ms=bucket_ms,
+        long_bucket_ms=long_bucket_ms,
+    )

@@ -1,0 +1,1493 @@
+"""The admission service: Meta's rules, in DESIGN §2's order, on top of the engine.
+
+Steps 1–3 (request validity, sender status, template status) are decided here;
+steps 4–9 (window, opt-out, messaging limit, protective rules, throughput,
+pair rate) by the engine in one ``decide_batch`` call per batch, steered by
+per-request flags and the effective limit this layer computes from the
+profile. Nothing is consumed unless every rule passes.
+
+Every state change appends an opaque record to the journal
+(:meth:`AdmissionService.drain_journal`); :meth:`AdmissionService.replay`
+re-applies one, and :meth:`AdmissionService.snapshot` /
+:meth:`AdmissionService.restore` carry the whole state. Admits are
+struct-packed (they are the volume); rare events are JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from tiergate.engine import NEVER, DecisionBatch, Engine
+from tiergate.engine.constants import (
+    ADMIT,
+    F_DRY_RUN,
+    F_FEP_FREE_FORM,
+    F_FORCE,
+    F_MARKETING,
+    F_QUALITY_BLOCK,
+    F_RESTRICTED,
+    F_TEMPLATE,
+    MARKETING_FREQUENCY,
+    OK,
+    QUALITY_PROTECTION,
+    REJECT,
+    RETRY_LATER,
+    SENDER_BLOCKED,
+    SENDER_RESTRICTED,
+    TEMPLATE_DISABLED,
+    TEMPLATE_PAUSED,
+    UNKNOWN_SENDER,
+    UNLIMITED,
+    recipient_key,
+)
+
+from . import events as ev
+from .profile import DAY_MS, Profile
+from .state import LimitScope, Sender, Template
+
+__all__ = [
+    "AdmissionService",
+    "AdmitLike",
+    "AdmitRequest",
+    "AdmitResult",
+    "ApplyResult",
+    "InvalidArgument",
+    "PausedTemplateReport",
+    "SenderReport",
+    "UpgradeReport",
+]
+
+MAX_ID_LEN = 128
+MAX_TEMPLATE_LEN = 512
+MAX_KEY_LEN = 256
+FAR_FUTURE = 1 << 62
+
+#: The Meta error each decision reason avoids (indexed by reason).
+META_ERROR = (
+    0,  # REASON_UNSPECIFIED
+    0,  # OK
+    368,  # SENDER_BLOCKED: temporarily blocked for policy violations / disabled
+    368,  # SENDER_RESTRICTED: account restricted from business-initiated messaging
+    132015,  # TEMPLATE_PAUSED
+    132016,  # TEMPLATE_DISABLED (paused too often)
+    131047,  # OUTSIDE_WINDOW: re-engagement message
+    131050,  # RECIPIENT_OPTED_OUT: user stopped marketing messages
+    131048,  # MESSAGING_LIMIT: restrictions on how many messages this number may send
+    131049,  # MARKETING_FREQUENCY: not delivered to maintain ecosystem engagement
+    131048,  # QUALITY_PROTECTION: spam rate limit (quality-based)
+    130429,  # THROUGHPUT: rate limit hit
+    131056,  # PAIR_RATE: pair rate limit hit
+    0,  # UNKNOWN_SENDER
+)
+META_TEMPLATE_MISSING = 132001
+
+DETAIL = (
+    "",
+    "admitted",
+    "sender is banned or disabled",
+    "sender is restricted from business-initiated messages; replies are allowed",
+    "template is paused",
+    "template is disabled",
+    "free-form message needs an open customer service window",
+    "recipient opted out of marketing messages",
+    "messaging limit reached: retry when the oldest unique recipient leaves the window",
+    "marketing frequency cap for this recipient",
+    "marketing blocked while quality is Red",
+    "sender throughput limit",
+    "pair rate limit for this recipient",
+    "unknown sender",
+)
+
+_ADMIT_REC = struct.Struct("<BBqiQIQqH")
+_TAG_ADMIT = 0x41  # 'A'
+_TAG_JSON = 0x4A  # 'J'
+JOURNAL_VERSION = 1
+SNAPSHOT_MAGIC = b"TGSNAP"
+SNAPSHOT_VERSION = 1
+
+_EVENT_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        ev.InboundMessage,
+        ev.SendResult,
+        ev.OptOut,
+        ev.SenderUpdate,
+        ev.TemplateUpdate,
+        ev.QualityUpdate,
+        ev.CapabilityUpdate,
+        ev.AccountUpdate,
+        ev.TemplateQualityUpdate,
+    )
+}
+
+
+class InvalidArgument(ValueError):
+    """A request field is malformed: ``field`` names it, ``str()`` is the message."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AdmitLike(Protocol):
+    """The attributes of the proto ``AdmitRequest`` (a protobuf message fits)."""
+
+    @property
+    def sender_id(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def category(self) -> int: ...
+    @property
+    def template_id(self) -> str: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def at_unix_ms(self) -> int: ...
+    @property
+    def dry_run(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    """A plain admit request (tests, simulations, library use)."""
+
+    sender_id: str
+    recipient: str
+    kind: int = int(ev.Kind.TEMPLATE)
+    category: int = int(ev.Category.MARKETING)
+    template_id: str = ""
+    idempotency_key: str = ""
+    at_unix_ms: int = 0
+    dry_run: bool = False
+
+
+@dataclass(slots=True)
+class AdmitResult:
+    decision: int
+    reason: int
+    retry_at_unix_ms: int
+    ticket: str
+    counted: bool
+    limit: int
+    used: int
+    meta_error_code: int
+    detail: str
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    applied: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class UpgradeReport:
+    eligible: bool
+    progress: float
+    predicted_at_unix_ms: int
+    next_tier: str
+
+
+@dataclass(slots=True)
+class PausedTemplateReport:
+    template_id: str
+    template_name: str
+    paused_until_unix_ms: int
+    disabled: bool
+
+
+@dataclass(slots=True)
+class SenderReport:
+    """Everything GetSenderState reports (proto ``SenderState``) and a little more."""
+
+    sender_id: str
+    portfolio_id: str
+    profile: str
+    tier: str
+    limit: int
+    used_24h: int
+    remaining: int
+    next_slot_free_at_unix_ms: int
+    unique_7d: int
+    upgrade: UpgradeReport
+    quality: int
+    status: int
+    throughput_mps: int
+    open_windows: int
+    paused_templates: list[PausedTemplateReport]
+    decision_counts: dict[int, int]
+    display_phone_number: str
+    effective_limit: int
+    at_unix_ms: int
+    waba_id: str = ""
+    verified: bool | None = None
+    slots_7d: int = 0
+    restricted_until_unix_ms: int = 0
+    coexistence: bool = False
+    registered_at_unix_ms: int = 0
+    limit_scope: str = ""
+    tier_since_unix_ms: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number if ch.isdigit())
+
+
+def _encode_ticket(tid: int, number: int, rkey: int, prev: int) -> str:
+    return f"{tid:x}.{number:x}.{rkey:x}.{prev - NEVER:x}"
+
+
+def _decode_ticket(ticket: str) -> tuple[int, int, int, int] | None:
+    parts = ticket.split(".")
+    if len(parts) != 4:
+        return None
+    try:
+        tid, number, rkey, prev = (int(p, 16) for p in parts)
+    except ValueError:
+        return None
+    if tid <= 0 or number < 0 or rkey <= 0 or prev < 0:
+        return None
+    return tid, number, rkey, prev + NEVER
+
+
+def _category_limits(profile: Profile, base: int) -> list[int]:
+    """Effective limits by category: headroom, then utility/authentication reservations."""
+    if base >= UNLIMITED:
+        return [UNLIMITED] * 5
+    if profile.headroom_pct < 100.0:
+        base = math.floor(base * profile.headroom_pct / 100.0)
+    ru, ra = profile.reserve_utility_pct, profile.reserve_authentication_pct
+    general = math.floor(base * (100.0 - ru - ra) / 100.0)
+    utility = math.floor(base * (100.0 - ra) / 100.0)
+    # index = Category: UNSPECIFIED, MARKETING, UTILITY, AUTHENTICATION, SERVICE
+    return [general, general, utility, base, general]
+
+
+class AdmissionService:
+    """Decisions, feedback, state reports, journal and snapshots for one profile."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        clock: Literal["server", "request"] = "server",
+        journal: bool = True,
+        engine: Engine | None = None,
+    ) -> None:
+        if clock not in ("server", "request"):
+            raise ValueError(f"clock must be 'server' or 'request', got {clock!r}")
+        self.profile = profile
+        self.clock = clock
+        self._request_clock = clock == "request"
+        self._journal_on = journal
+        self._journal: list[bytes] = []
+        self._replaying = False
+        self.engine = engine if engine is not None else self._new_engine()
+        self._reset_state()
+
+    # -- set-up ----------------------------------------------------------------
+
+    def _new_engine(self) -> Engine:
+        p = self.profile
+        return Engine(p.bucket_ms, p.window_ms, p.long_bucket_ms, p.lookback_ms)
+
+    def _reset_state(self) -> None:
+        self._scopes: list[LimitScope] = []
+        self._portfolios: dict[str, LimitScope] = {}
+        self._senders: dict[str, Sender] = {}
+        self._by_number: list[Sender] = []
+        self._by_display: dict[str, Sender] = {}
+        self._templates: dict[str, Template] = {}
+        self._template_names: dict[str, Template] = {}
+        self._ticket = 0
+        self._idem_order: deque[tuple[int, str, str]] = deque()
+        self._seen: dict[str, int] = {}  # message ids → expiry
+        self._seen_order: deque[tuple[int, str]] = deque()
+        self._eco: dict[tuple[int, int], int] = {}  # (scope, recipient) → 131049 back-off end
+        self._unknown_sender_count = 0
+        self._next_due = FAR_FUTURE
+        self._batch = DecisionBatch()
+
+    def _now(self, at: int, now_ms: int) -> int:
+        return at if self._request_clock and at > 0 else now_ms
+
+    # -- admission -------------------------------------------------------------
+
+    def admit(self, req: AdmitLike, now_ms: int) -> AdmitResult:
+        """Decide one request. Raises :class:`InvalidArgument` for a malformed one."""
+        return self._decide((req,), now_ms, single=True)[0]
+
+    def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
+        """Validate every request, then decide them in order with one engine call."""
+        return self._decide(reqs, now_ms, single=False)
+
+    def _validate(
+        self, reqs: Sequence[AdmitLike], single: bool
+    ) -> list[tuple[str, int, int, int, str, str, int, bool]]:
+        out = []
+        for i, r in enumerate(reqs):
+            pre = "" if single else f"requests[{i}]."
+            sid = r.sender_id
+            if not isinstance(sid, str) or not sid:
+                raise InvalidArgument(pre + "sender_id", f"{pre}sender_id: is required")
+            if len(sid) > MAX_ID_LEN:
+                raise InvalidArgument(
+                    pre + "sender_id", f"{pre}sender_id: longer than {MAX_ID_LEN} characters"
+                )
+            rcpt = r.recipient
+            if not isinstance(rcpt, str):
+                raise InvalidArgument(pre + "recipient", f"{pre}recipient: must be a string")
+            try:
+                rkey = recipient_key(rcpt)
+            except ValueError as exc:
+                raise InvalidArgument(pre + "recipient", f"{pre}recipient: {exc}") from None
+            kind = r.kind
+            if kind not in (1, 2):
+                raise InvalidArgument(
+                    pre + "kind", f"{pre}kind: must be TEMPLATE or FREE_FORM, got {kind!r}"
+                )
+            cat = r.category
+            if cat not in (0, 1, 2, 3, 4):
+                raise InvalidArgument(pre + "category", f"{pre}category: unknown value {cat!r}")
+            tpl = r.template_id
+            if not isinstance(tpl, str) or len(tpl) > MAX_TEMPLATE_LEN:
+                raise InvalidArgument(
+                    pre + "template_id",
+                    f"{pre}template_id: must be a string of at most {MAX_TEMPLATE_LEN} characters",
+                )
+            if kind == 1:
+                if cat == 0:
+                    raise InvalidArgument(
+                        pre + "category", f"{pre}category: is required for TEMPLATE messages"
+                    )
+                if not tpl:
+                    raise InvalidArgument(
+                        pre + "template_id", f"{pre}template_id: is required for TEMPLATE messages"
+                    )
+            elif cat == 0:
+                cat = 4  # a free-form message without a category is a service message
+            key = r.idempotency_key
+            if not isinstance(key, str) or len(key) > MAX_KEY_LEN:
+                raise InvalidArgument(
+                    pre + "idempotency_key",
+                    f"{pre}idempotency_key: must be a string of at most {MAX_KEY_LEN} characters",
+                )
+            at = r.at_unix_ms
+            if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+                raise InvalidArgument(pre + "at_unix_ms", f"{pre}at_unix_ms: must be >= 0")
+            out.append((sid, rkey, kind, cat, tpl, key, at, bool(r.dry_run)))
+        return out
+
+    def _decide(self, reqs: Sequence[AdmitLike], now_ms: int, single: bool) -> list[AdmitResult]:
+        items = self._validate(reqs, single)
+        n = len(items)
+        results: list[AdmitResult | None] = [None] * n
+        batch = self._batch
+        batch.clear()
+        slots: list[int] = []  # request index of each batch row
+        rows: list[tuple[Sender, int, str, int]] = []  # sender, recipient key, idem key, eco end
+        in_batch: dict[tuple[str, str], int] = {}
+        dupes: list[tuple[int, int]] = []
+        senders = self._senders
+        templates = self._templates
+        eco = self._eco
+        request_clock = self._request_clock
+        high = now_ms
+        for i in range(n):
+            sid, rkey, kind, cat, tpl, key, at, dry = items[i]
+            now = at if request_clock and at > 0 else now_ms
+            if now > high:
+                high = now
+            if now >= self._next_due:
+                self._maintain(now)
+            sender = senders.get(sid)
+            if sender is None:
+                self._unknown_sender_count += 1
+                results[i] = AdmitResult(
+                    REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, f"unknown sender {sid!r}"
+                )
+                continue
+            if key:
+                first = sender.idem.get(key)
+                if first is not None:
+                    results[i] = first
+                    continue
+                if not dry:
+                    prior = in_batch.get((sid, key))
+                    if prior is not None:
+                        dupes.append((i, prior))
+                        continue
+                    in_batch[(sid, key)] = i
+            scope = sender.scope
+            if now < scope.last_now:
+                now = scope.last_now
+            else:
+                scope.last_now = now
+            limit = sender.limits[cat]
+            if sender.status >= 4:  # BANNED, DISABLED
+                sender.counts[SENDER_BLOCKED] += 1
+                results[i] = AdmitResult(
+                    REJECT, SENDER_BLOCKED, 0, "", False, limit, 0, 368, DETAIL[SENDER_BLOCKED]
+                )
+                continue
+            flags = sender.flags[cat]
+            if kind == 1:
+                flags |= F_TEMPLATE
+                t = templates.get(tpl) or self._template_names.get(tpl)
+                if t is None:
+                    if self.profile.unknown_templates == "reject":
+                        sender.counts[TEMPLATE_DISABLED] += 1
+                        results[i] = AdmitResult(
+                            REJECT,
+                            TEMPLATE_DISABLED,
+                            0,
+                            "",
+                            False,
+                            limit,
+                            0,
+                            META_TEMPLATE_MISSING,
+                            f"unknown template {tpl!r}",
+                        )
+                        continue
+                elif t.status >= 4:  # DISABLED, REJECTED
+                    sender.counts[TEMPLATE_DISABLED] += 1
+                    results[i] = AdmitResult(
+                        REJECT,
+                        TEMPLATE_DISABLED,
+                        0,
+                        "",
+                        False,
+                        limit,
+                        0,
+                        132016,
+                        f"template {tpl!r} is disabled",
+                    )
+                    continue
+                elif now < t.paused_until:
+                    sender.counts[TEMPLATE_PAUSED] += 1
+                    results[i] = AdmitResult(
+                        RETRY_LATER,
+                        TEMPLATE_PAUSED,
+                        t.paused_until,
+                        "",
+                        False,
+                        limit,
+                        0,
+                        132015,
+                        f"template {tpl!r} is paused",
+                    )
+                    continue
+            eco_end = 0
+            if eco and cat == 1:
+                end = eco.get((scope.index, rkey), 0)
+                if end > now:
+                    eco_end = end
+                    flags |= F_QUALITY_BLOCK
+            if dry:
+                flags |= F_DRY_RUN
+                tid = 0
+            else:
+                self._ticket += 1
+                tid = self._ticket
+            batch.add(now, scope.index, sender.number, rkey, flags, limit, tid)
+            slots.append(i)
+            rows.append((sender, rkey, key, eco_end))
+
+        if slots:
+            self.engine.decide_batch(batch)
+            dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
+            counted, used, prev = batch.counted, batch.used, batch.prev_counted
+            touched: dict[int, tuple[LimitScope, int]] = {}
+            journal = self._journal_on and not self._replaying
+            expires = self.profile.idempotency_ms
+            for j, i in enumerate(slots):
+                sender, rkey, key, eco_end = rows[j]
+                d = dec[j]
+                r = rsn[j]
+                if d == ADMIT:
+                    flags = batch.flags[j]
+                    if flags & F_DRY_RUN:
+                        res = AdmitResult(
+                            ADMIT,
+                            OK,
+                            0,
+                            "",
+                            counted[j] == 1,
+                            batch.limit[j],
+                            used[j],
+                            0,
+                            "dry run: would admit",
+                        )
+                    else:
+                        now = batch.now[j]
+                        tid = batch.ticket[j]
+                        res = AdmitResult(
+                            ADMIT,
+                            OK,
+                            0,
+                            _encode_ticket(tid, sender.number, rkey, prev[j]),
+                            counted[j] == 1,
+                            batch.limit[j],
+                            used[j],
+                            0,
+                            "admitted",
+                        )
+                        if key:
+                            sender.idem[key] = res
+                            self._idem_order.append((now + expires, sender.id, key))
+                        if journal:
+                            kb = key.encode()
+                            self._journal.append(
+                                _ADMIT_REC.pack(
+                                    _TAG_ADMIT,
+                                    JOURNAL_VERSION,
+                                    now,
+                                    sender.number,
+                                    rkey,
+                                    flags,
+                                    tid,
+                                    batch.limit[j],
+                                    len(kb),
+                                )
+                                + kb
+                            )
+                        if counted[j]:
+                            sc = sender.scope
+                            touched[sc.index] = (sc, now)
+                elif (
+                    eco_end and r == QUALITY_PROTECTION and not (sender.flags[1] & F_QUALITY_BLOCK)
+                ):
+                    # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+                    r = MARKETING_FREQUENCY
+                    res = AdmitResult(
+                        RETRY_LATER,
+                        r,
+                        eco_end,
+                        "",
+                        False,
+                        batch.limit[j],
+                        used[j],
+                        131049,
+                        "Meta declined marketing to this recipient (131049): back-off",
+                    )
+                elif r == SENDER_RESTRICTED and sender.restricted_until > 0:
+                    res = AdmitResult(
+                        RETRY_LATER,
+                        r,
+                        sender.restricted_until,
+                        "",
+                        False,
+                        batch.limit[j],
+                        used[j],
+                        368,
+                        DETAIL[r],
+                    )
+                else:
+                    res = AdmitResult(
+                        d, r, retry[j], "", False, batch.limit[j], used[j], META_ERROR[r], DETAIL[r]
+                    )
+                sender.counts[r] += 1
+                results[i] = res
+            for sc, at in touched.values():
+                if sc.crossed_at == NEVER:
+                    self._check_crossing(sc, at)
+        for i, prior in dupes:
+            results[i] = results[prior]
+        if self._idem_order and self._idem_order[0][0] <= high:
+            self._prune(high)
+        return results  # type: ignore[return-value]
+
+    # -- tier state machine ----------------------------------------------------
+
+    def _tier_limit(self, scope: LimitScope) -> int:
+        return self.profile.tier_limit(scope.tier)
+
+    def _threshold(self, scope: LimitScope) -> int:
+        limit = self._tier_limit(scope)
+        return math.ceil(round(self.profile.upgrade_threshold * limit, 6))
+
+    def _eligible(self, scope: LimitScope) -> bool:
+        p = self.profile
+        if p.next_tier(scope.tier) is None or not scope.senders:
+            return False
+        return all(
+            s.quality in p.upgrade_qualities and s.status in p.upgrade_statuses
+            for s in scope.senders
+        )
+
+    def _basis(self, scope: LimitScope, now: int) -> tuple[int, int, int, int]:
+        return self.engine.usage(scope.index, now, UNLIMITED)
+
+    def _check_crossing(self, scope: LimitScope, at: int) -> None:
+        """Record when the upgrade threshold is met (the 7-day ring under-counts: never early)."""
+        if scope.crossed_at != NEVER or not self._eligible(scope):
+            return
+        _, _, unique, slots = self._basis(scope, at)
+        have = unique if self.profile.upgrade_basis == "unique" else slots
+        if have < self._threshold(scope):
+            return
+        p = self.profile
+        scope.crossed_at = at
+        if p.upgrade_mode == "apply":
+            scope.due_at = max(at + p.upgrade_delay_ms, scope.tier_since + p.min_in_tier_ms)
+            self._next_due = min(self._next_due, scope.due_at)
+        self._journal_state([scope], [])
+
+    def _set_tier(self, scope: LimitScope, tier: str, at: int) -> None:
+        scope.tier = tier
+        scope.tier_since = at
+        scope.crossed_at = NEVER
+        scope.due_at = NEVER
+        for s in scope.senders:
+            self._derive(s, at)
+
+    def _maintain(self, now: int) -> None:
+        """Apply what time alone changes: due upgrades, long Red, restriction ends, warm-up."""
+        if self._replaying:
+            return
+        p = self.profile
+        changed_scopes: dict[int, LimitScope] = {}
+        changed_senders: dict[str, Sender] = {}
+        for scope in self._scopes:
+            if scope.due_at != NEVER and scope.due_at <= now:
+                due = scope.due_at
+                nxt = p.next_tier(scope.tier)
+                if nxt is not None and self._eligible(scope):
+                    self._set_tier(scope, nxt, due)
+                    if scope.last_now < due:
+                        scope.last_now = due
+                    self._check_crossing(scope, max(due, scope.last_now))
+                else:
+                    scope.crossed_at = NEVER
+                    scope.due_at = NEVER
+                changed_scopes[scope.index] = scope
+        for s in self._by_number:
+            if p.red_days_to_downgrade and s.red_since != NEVER:
+                due = s.red_since + p.red_days_to_downgrade * DAY_MS
+                if due <= now:
+                    scope = s.scope
+                    floor = p.tier_limit(p.downgrade_floor)
+                    lower = p.lower_tier(scope.tier)
+                    if lower is None or p.tier_limit(scope.tier) <= floor:
+                        s.status = p.floor_status
+                    else:
+                        self._set_tier(scope, lower, due)
+                        s.status = int(ev.SenderStatus.CONNECTED)
+                        changed_scopes[scope.index] = scope
+                    s.red_since = due  # another full run of Red days costs another step
+                    changed_senders[s.id] = s
+            if s.status == ev.SenderStatus.RESTRICTED and 0 < s.restricted_until <= now:
+                s.status = int(ev.SenderStatus.CONNECTED)
+                s.restricted_until = 0
+                changed_senders[s.id] = s
+            if s.limits_until != NEVER and s.limits_until <= now:
+                changed_senders[s.id] = s
+        for s in changed_senders.values():
+            self._derive(s, now)
+        if changed_scopes or changed_senders:
+            self._journal_state(list(changed_scopes.values()), list(changed_senders.values()))
+        self._recompute_due()
+
+    def _recompute_due(self) -> None:
+        p = self.profile
+        due = FAR_FUTURE
+        for scope in self._scopes:
+            if scope.due_at != NEVER:
+                due = min(due, scope.due_at)
+        for s in self._by_number:
+            if p.red_days_to_downgrade and s.red_since != NEVER:
+                due = min(due, s.red_since + p.red_days_to_downgrade * DAY_MS)
+            if s.status == ev.SenderStatus.RESTRICTED and s.restricted_until > 0:
+                due = min(due, s.restricted_until)
+            if s.limits_until != NEVER:
+                due = min(due, s.limits_until)
+        self._next_due = due
+
+    # -- derived sender parameters ---------------------------------------------
+
+    def _mps(self, s: Sender) -> int:
+        p = self.profile
+        if s.mps_override > 0:
+            return s.mps_override
+        override = p.throughput_override(s.id)
+        if override is not None:
+            return override
+        if s.coexistence:
+            return p.coexistence_mps
+        return p.upgraded_mps if s.throughput_upgraded else p.default_mps
+
+    def _number_params(self, s: Sender) -> tuple[int, int, int, int]:
+        p = self.profile
+        mps = self._mps(s)
+        interval = -(-1_000_000 // mps)
+        burst = max(1, math.floor(mps * p.burst_seconds))
+        return interval, burst, p.pair_interval_ms, p.pair_burst
+
+    def _derive(self, s: Sender, now: int) -> None:
+        """Recompute a sender's per-category flags and effective limits."""
+        p = self.profile
+        base = p.tier_limit(s.scope.tier)
+        s.limits_until = NEVER
+        if p.warmup_enabled and s.registered_at > 0:
+            age = now - s.registered_at
+            for step in p.warmup:
+                end = s.registered_at + step.until_day * DAY_MS
+                if age < step.until_day * DAY_MS:
+                    base = min(base, step.cap)
+                    s.limits_until = end
+                    break
+        s.limits = _category_limits(p, base)
+        common = 0
+        if s.status == ev.SenderStatus.RESTRICTED:
+            common |= F_RESTRICTED
+        if p.free_entry_point_allows_free_form:
+            common |= F_FEP_FREE_FORM
+        marketing = common | F_MARKETING
+        if p.block_marketing_on_red and s.quality == ev.Quality.RED:
+            marketing |= F_QUALITY_BLOCK
+        s.flags = [common, marketing, common, common, common]
+
+    # -- feedback --------------------------------------------------------------
+
+    def apply(self, event: ev.Event, now_ms: int) -> ApplyResult:
+        """Apply one feedback event. Unknown senders/templates/tickets → applied=False.
+
+        Raises :class:`InvalidArgument` for a malformed field (e.g. a recipient
+        that is not E.164 digits).
+        """
+        at = getattr(event, "at_unix_ms", 0)
+        now = self._now(at if isinstance(at, int) else 0, now_ms)
+        self._prune(now)
+        if now >= self._next_due:
+            self._maintain(now)
+        result, record = self._apply_event(event, now)
+        if result.applied and record and self._journal_on:
+            payload = {
+                "k": "event",
+                "now": now,
+                "type": type(event).__name__,
+                "f": dataclasses.asdict(event),
+            }
+            self._journal_json(payload)
+        return result
+
+    def _apply_event(self, event: ev.Event, now: int) -> tuple[ApplyResult, bool]:
+        if isinstance(event, ev.SendResult):
+            return self._on_send_result(event, now)
+        if isinstance(event, ev.InboundMessage):
+            return self._on_inbound(event, now), True
+        if isinstance(event, ev.OptOut):
+            return self._on_opt_out(event), True
+        if isinstance(event, ev.SenderUpdate):
+            return self._on_sender_update(event, now), True
+        if isinstance(event, ev.TemplateUpdate):
+            return self._on_template_update(event, now), True
+        if isinstance(event, ev.QualityUpdate):
+            return self._on_quality_update(event, now), True
+        if isinstance(event, ev.CapabilityUpdate):
+            return self._on_capability_update(event, now), True
+        if isinstance(event, ev.AccountUpdate):
+            return self._on_account_update(event, now), True
+        if isinstance(event, ev.TemplateQualityUpdate):
+            return self._on_template_quality(event), True
+        return ApplyResult(False, f"unsupported event type {type(event).__name__}"), False
+
+    def _seen_once(self, key: str, now: int) -> bool:
+        """True when ``key`` (a message id) was applied before; else remember it."""
+        if key in self._seen:
+            return True
+        until = now + self.profile.message_id_ms
+        self._seen[key] = until
+        self._seen_order.append((until, key))
+        return False
+
+    @staticmethod
+    def _rkey(recipient: str, field_name: str) -> int:
+        try:
+            return recipient_key(recipient)
+        except ValueError as exc:
+            raise InvalidArgument(field_name, f"{field_name}: {exc}") from None
+
+    def _on_inbound(self, e: ev.InboundMessage, now: int) -> ApplyResult:
+        rkey = self._rkey(e.recipient, "recipient")
+        s = self._senders.get(e.sender_id)
+        if s is None:
+            return ApplyResult(False, f"unknown sender {e.sender_id!r}")
+        if e.message_id and self._seen_once("in:" + e.message_id, now):
+            return ApplyResult(False, f"message {e.message_id} already applied")
+        p = self.profile
+        # The window runs from the user's message: never later than the time it arrived.
+        start = e.at_unix_ms if 0 < e.at_unix_ms < now else now
+        fep = int(e.entry_point) in p.free_entry_points
+        fep_until = start + p.free_entry_point_window_ms if fep else NEVER
+        self.engine.open_window(s.number, rkey, start + p.service_window_ms, fep_until)
+        kind = "free entry point (72 h)" if fep else "customer service"
+        return ApplyResult(True, f"{kind} window open for {e.recipient}")
+
+    def _on_send_result(self, e: ev.SendResult, now: int) -> tuple[ApplyResult, bool]:
+        if int(e.status) not in (1, 2, 3, 4):
+            raise InvalidArgument("status", f"status: unknown value {e.status!r}")
+        failed = e.status == ev.SendStatus.FAILED
+        if failed and e.message_id and self._seen_once(f"st:{e.message_id}", now):
+            return ApplyResult(False, f"message {e.message_id} already applied"), False
+        if e.status != ev.SendStatus.FAILED:
+            return ApplyResult(
+                True, f"{ev.SendStatus(e.status).name.lower()}: nothing to do"
+            ), False
+        decoded: tuple[int, int, int, int] | None = None
+        sender: Sender | None = None
+        ticket = e.ticket
+        if not ticket and e.sender_id and e.idempotency_key:
+            s0 = self._senders.get(e.sender_id)
+            first = s0.idem.get(e.idempotency_key) if s0 is not None else None
+            if first is not None:
+                ticket = first.ticket
+        if ticket:
+            decoded = _decode_ticket(ticket)
+            if decoded is None or decoded[1] >= len(self._by_number):
+                return ApplyResult(False, f"unknown ticket {ticket!r}"), False
+            sender = self._by_number[decoded[1]]
+            rkey = decoded[2]
+        else:
+            sender = self._senders.get(e.sender_id)
+            if sender is None:
+                return ApplyResult(False, f"unknown sender {e.sender_id!r}"), False
+            rkey = self._rkey(e.recipient, "recipient")
+        code = e.meta_error_code
+        done: list[str] = []
+        scope = sender.scope.index
+        if decoded is not None and code not in self.profile.keep_slot_codes:
+            tid, _, _, prev = decoded
+            if self.engine.release(scope, rkey, tid, prev):
+                done.append("slot released")
+        if code == 130429:
+            self.engine.slow_throughput(sender.number, now, self.profile.throughput_backoff_ms)
+            done.append("throughput paused")
+        elif code == 131047:
+            self.engine.close_window(sender.number, rkey)
+            done.append("window closed")
+        elif code == 131050:
+            self.engine.set_opt_out(scope, rkey, True)
+            done.append("recipient opted out of marketing")
+        elif code == 131049 and self.profile.ecosystem_backoff_ms > 0:
+            self._eco[(scope, rkey)] = now + self.profile.ecosystem_backoff_ms
+            done.append("marketing to recipient held back")
+        if not done:
+            return ApplyResult(False, "nothing to release (already released or relied on)"), False
+        return ApplyResult(True, ", ".join(done)), True
+
+    def _on_opt_out(self, e: ev.OptOut) -> ApplyResult:
+        rkey = self._rkey(e.recipient, "recipient")
+        scopes: dict[int, LimitScope] = {}
+        if e.sender_id:
+            s = self._senders.get(e.sender_id)
+            if s is None:
+                return ApplyResult(False, f"unknown sender {e.sender_id!r}")
+            scopes[s.scope.index] = s.scope
+        if e.portfolio_id:
+            for s in self._by_number:
+                if s.portfolio_id == e.portfolio_id:
+                    scopes[s.scope.index] = s.scope
+            if not scopes:
+                return ApplyResult(False, f"unknown portfolio {e.portfolio_id!r}")
+        if not scopes:
+            return ApplyResult(False, "opt_out names neither a sender nor a portfolio")
+        for idx in scopes:
+            self.engine.set_opt_out(idx, rkey, e.opted_out)
+        what = "opted out of" if e.opted_out else "opted in to"
+        return ApplyResult(True, f"{e.recipient} {what} marketing in {len(scopes)} scope(s)")
+
+    def _tier_name(self, value: str) -> str | None:
+        v = value.strip()
+        if self.profile.knows_tier(v):
+            return v
+        if v.isdigit():
+            return self.profile.tier_for_limit(int(v))
+        return None
+
+    def _on_sender_update(self, u: ev.SenderUpdate, now: int) -> ApplyResult:
+        p = self.profile
+        sid = u.sender_id
+        if not sid or len(sid) > MAX_ID_LEN:
+            raise InvalidArgument("sender_id", f"sender_id: must be 1..{MAX_ID_LEN} characters")
+        tier: str | None = None
+        if u.tier is not None:
+            tier = self._tier_name(u.tier)
+            if tier is None:
+                known = ", ".join(t for t, _ in p.tier_limits)
+                raise InvalidArgument("tier", f"tier: unknown tier {u.tier!r} (known: {known})")
+        if u.throughput_mps is not None and u.throughput_mps < 0:
+            raise InvalidArgument("throughput_mps", "throughput_mps: must be >= 0")
+        if u.registered_at_unix_ms is not None and u.registered_at_unix_ms < 0:
+            raise InvalidArgument("registered_at_unix_ms", "registered_at_unix_ms: must be >= 0")
+        if u.quality is not None and int(u.quality) not in (1, 2, 3, 4):
+            raise InvalidArgument("quality", f"quality: unknown value {u.quality!r}")
+        if u.status is not None and int(u.status) not in (1, 2, 3, 4, 5):
+            raise InvalidArgument("status", f"status: unknown value {u.status!r}")
+        display = _digits(u.display_phone_number) if u.display_phone_number is not None else None
+        s = self._senders.get(sid)
+        if display:
+            other = self._by_display.get(display)
+            if other is not None and other.id != sid:
+                return ApplyResult(
+                    False, f"display number {display} already belongs to sender {other.id!r}"
+                )
+        created = False
+        if s is None:
+            s = self._create_sender(sid, u, tier, now)
+            created = True
+        elif (
+            u.portfolio_id is not None
+            and u.portfolio_id != s.portfolio_id
+            and p.limit_scope == "portfolio"
+        ):
+            return ApplyResult(
+                False,
+                f"sender {sid!r} belongs to portfolio {s.portfolio_id!r}; "
+                f"moving it to {u.portfolio_id!r} is not supported (its limit is shared there)",
+            )
+        elif u.portfolio_id is not None:
+            s.portfolio_id = u.portfolio_id
+        if u.waba_id is not None:
+            s.waba_id = u.waba_id
+        if display is not None:
+            if s.display:
+                self._by_display.pop(s.display, None)
+            s.display = display
+            if display:
+                self._by_display[display] = s
+        if u.verified is not None:
+            s.verified = u.verified
+        if u.registered_at_unix_ms is not None:
+            s.registered_at = u.registered_at_unix_ms
+        if u.coexistence is not None:
+            s.coexistence = u.coexistence
+        if u.throughput_mps is not None:
+            s.mps_override = u.throughput_mps
+        if u.status is not None:
+            self._set_status(s, int(u.status), u.restricted_until_unix_ms or 0)
+        elif u.restricted_until_unix_ms is not None and s.status == ev.SenderStatus.RESTRICTED:
+            s.restricted_until = u.restricted_until_unix_ms
+        if u.quality is not None:
+            self._set_quality(s, int(u.quality), now)
+        if tier is not None and not created and tier != s.scope.tier:
+            self._set_tier(s.scope, tier, now)
+        self._refresh(s, now)
+        return ApplyResult(True, f"sender {sid} {'created' if created else 'updated'}")
+
+    def _create_sender(self, sid: str, u: ev.SenderUpdate, tier: str | None, now: int) -> Sender:
+        p = self.profile
+        start = tier or (p.starting_tier_unverified if u.verified is False else p.starting_tier)
+        pid = u.portfolio_id or ""
+        scope: LimitScope | None = None
+        if p.limit_scope == "portfolio":
+            pkey = pid or f"sender:{sid}"
+            scope = self._portfolios.get(pkey)
+            if scope is None:
+                scope = self._new_scope(pkey, start, now)
+                self._portfolios[pkey] = scope
+            elif tier is not None and tier != scope.tier:
+                self._set_tier(scope, tier, now)
+        else:
+            scope = self._new_scope(sid, start, now)
+        s = Sender(sid, len(self._by_number), scope, pid)
+        s.verified = u.verified
+        number = self.engine.add_number(scope.index, *self._number_params(s))
+        if number != s.number:
+            raise RuntimeError("engine number index out of step with the policy layer")
+        scope.senders.append(s)
+        self._senders[sid] = s
+        self._by_number.append(s)
+        return s
+
+    def _new_scope(self, key: str, tier: str, now: int) -> LimitScope:
+        p = self.profile
+        idx = self.engine.add_scope(p.frequency_cap, p.frequency_window_ms)
+        if idx != len(self._scopes):
+            raise RuntimeError("engine scope index out of step with the policy layer")
+        scope = LimitScope(idx, key, tier, now)
+        self._scopes.append(scope)
+        return scope
+
+    def _refresh(self, s: Sender, now: int) -> None:
+        """After a change: derived parameters, engine buckets, due times, crossing."""
+        for member in s.scope.senders:
+            self._derive(member, now)
+        self.engine.set_number_params(s.number, *self._number_params(s))
+        self._recompute_due()
+        if s.scope.crossed_at == NEVER:
+            self._check_crossing(s.scope, max(now, s.scope.last_now))
+
+    def _set_status(self, s: Sender, status: int, restricted_until: int) -> None:
+        s.status = status
+        s.restricted_until = restricted_until if status == ev.SenderStatus.RESTRICTED else 0
+
+    def _set_quality(self, s: Sender, quality: int, now: int) -> None:
+        p = self.profile
+        s.quality = quality
+        if quality == ev.Quality.RED:
+            if s.red_since == NEVER:
+                s.red_since = now
+            if p.red_sets_flagged and s.status == ev.SenderStatus.CONNECTED:
+                s.status = int(ev.SenderStatus.FLAGGED)
+        else:
+            s.red_since = NEVER
+            if p.red_sets_flagged and s.status == ev.SenderStatus.FLAGGED:
+                s.status = int(ev.SenderStatus.CONNECTED)
+
+    def _find_template(self, template_id: str, name: str = "") -> Template | None:
+        t = self._templates.get(template_id) if template_id else None
+        if t is None and template_id:
+            t = self._template_names.get(template_id)
+        if t is None and name:
+            t = self._template_names.get(name) or self._templates.get(name)
+        return t
+
+    def _on_template_update(self, u: ev.TemplateUpdate, now: int) -> ApplyResult:
+        if not u.template_id:
+            raise InvalidArgument("template_id", "template_id: is required")
+        status = int(u.status)
+        if status not in (1, 2, 3, 4, 5):
+            raise InvalidArgument("status", f"status: unknown value {u.status!r}")
+        if u.paused_until_unix_ms < 0:
+            raise InvalidArgument("paused_until_unix_ms", "paused_until_unix_ms: must be >= 0")
+        p = self.profile
+        t = self._find_template(u.template_id, u.template_name)
+        created = t is None
+        if t is None:
+            t = Template(u.template_id, u.template_name, u.waba_id)
+            self._templates[t.id] = t
+        if u.template_name and u.template_name != t.name:
+            t.name = u.template_name
+        if t.name:
+            self._template_names[t.name] = t
+        if u.waba_id:
+            t.waba_id = u.waba_id
+        S = ev.TemplateStatus
+        if status == S.PAUSED:
+            if now < t.paused_until and not u.paused_until_unix_ms:
+                return ApplyResult(True, f"template {t.id} already paused")
+            t.pause_count += 1
+            if t.pause_count >= p.disable_after_pauses:
+                t.status = int(S.DISABLED)
+                t.paused_until = 0
+                return ApplyResult(True, f"template {t.id} disabled after {t.pause_count} pauses")
+            pause = p.pause_ms[min(t.pause_count, len(p.pause_ms)) - 1]
+            t.status = int(S.PAUSED)
+            t.paused_until = u.paused_until_unix_ms or now + pause
+            return ApplyResult(True, f"template {t.id} paused until {t.paused_until}")
+        if status in (S.UNPAUSED, S.APPROVED):
+            if t.status in (S.DISABLED, S.REJECTED) and status == S.UNPAUSED:
+                return ApplyResult(False, f"template {t.id} is disabled; UNPAUSED does not apply")
+            t.status = int(S.APPROVED)
+            t.paused_until = 0
+            return ApplyResult(True, f"template {t.id} {'registered' if created else 'active'}")
+        t.status = status
+        t.paused_until = 0
+        return ApplyResult(True, f"template {t.id} {S(status).name.lower()}")
+
+    def _on_template_quality(self, u: ev.TemplateQualityUpdate) -> ApplyResult:
+        t = self._find_template(u.template_id, u.template_name)
+        if t is None:
+            return ApplyResult(False, f"unknown template {u.template_id or u.template_name!r}")
+        t.quality = u.new_quality
+        return ApplyResult(True, f"template {t.id} quality {u.new_quality}")
+
+    def _on_quality_update(self, u: ev.QualityUpdate, now: int) -> ApplyResult:
+        s = self._by_display.get(_digits(u.display_phone_number))
+        if s is None:
+            return ApplyResult(False, f"no sender with display number {u.display_phone_number!r}")
+        event = u.event.upper()
+        Q, St = ev.Quality, ev.SenderStatus
+        if event == "FLAGGED":
+            self._set_quality(s, int(Q.RED), now)
+            if s.status == St.CONNECTED:
+                s.status = int(St.FLAGGED)
+        elif event == "UNFLAGGED":
+            self._set_quality(s, int(Q.GREEN), now)
+            if s.status == St.FLAGGED:
+                s.status = int(St.CONNECTED)
+        elif event == "THROUGHPUT_UPGRADE":
+            s.throughput_upgraded = True
+        elif event in ("UPGRADE", "DOWNGRADE", "ONBOARDING", "COMPLIANCE_ISSUE"):
+            pass
+        else:
+            return ApplyResult(False, f"quality event {u.event!r} is not used")
+        tier_value = ""
+        if self.profile.limit_scope == "portfolio" and u.max_daily_conversations_per_business:
+            tier_value = u.max_daily_conversations_per_business
+        elif u.current_limit and event != "THROUGHPUT_UPGRADE":
+            tier_value = u.current_limit
+        detail = f"sender {s.id}: {event.lower()}"
+        if tier_value:
+            tier = self._tier_name(tier_value)
+            if tier is None:
+                return ApplyResult(False, f"unknown tier {tier_value!r}")
+            if tier != s.scope.tier:
+                self._set_tier(s.scope, tier, now)
+                detail += f", tier {tier}"
+        self._refresh(s, now)
+        return ApplyResult(True, detail)
+
+    def _waba_senders(self, waba_id: str) -> list[Sender]:
+        return [s for s in self._by_number if s.waba_id == waba_id]
+
+    def _on_capability_update(self, u: ev.CapabilityUpdate, now: int) -> ApplyResult:
+        senders = self._waba_senders(u.waba_id)
+        if not senders:
+            return ApplyResult(False, f"no sender in WABA {u.waba_id!r}")
+        if self.profile.limit_scope != "portfolio":
+            return ApplyResult(
+                False, f"profile {self.profile.name} limits phone numbers, not portfolios"
+            )
+        value = str(u.max_daily_conversations_per_business).strip()
+        if not value:
+            return ApplyResult(False, "no portfolio limit in the update")
+        tier = self._tier_name(value)
+        if tier is None:
+            return ApplyResult(False, f"unknown tier {value!r}")
+        scopes = {s.scope.index: s.scope for s in senders}
+        for scope in scopes.values():
+            if scope.tier != tier:
+                self._set_tier(scope, tier, now)
+        self._refresh(senders[0], now)
+        return ApplyResult(True, f"portfolio tier {tier} for WABA {u.waba_id}")
+
+    def _on_account_update(self, u: ev.AccountUpdate, now: int) -> ApplyResult:
+        senders = self._waba_senders(u.waba_id)
+        if not senders:
+            return ApplyResult(False, f"no sender in WABA {u.waba_id!r}")
+        event = u.event.upper()
+        St = ev.SenderStatus
+        new: int | None = None
+        until = 0
+        if event == "ACCOUNT_RESTRICTION":
+            types = [t.upper() for t in u.restriction_types]
+            messaging = [t for t in types if "MESSAGING" in t]
+            if types and not messaging:
+                return ApplyResult(True, "restriction recorded (does not limit messaging)")
+            if u.expires_at_unix_ms and u.expires_at_unix_ms <= now:
+                return ApplyResult(True, "restriction already expired")
+            new, until = int(St.RESTRICTED), u.expires_at_unix_ms
+        elif event in ("DISABLED_UPDATE", "ACCOUNT_DELETED", "BAN"):
+            state = u.ban_state.upper()
+            if state in ("REINSTATE", "REINSTATED"):
+                new = int(St.CONNECTED)
+            elif state in ("SCHEDULE_FOR_DISABLE",):
+                return ApplyResult(True, "disable scheduled: recorded")
+            else:
+                new = int(St.BANNED) if event == "BAN" else int(St.DISABLED)
+        elif event == "ACCOUNT_VIOLATION":
+            return ApplyResult(True, "violation recorded")
+        else:
+            return ApplyResult(False, f"account event {u.event!r} is not used")
+        for s in senders:
+            self._set_status(s, new, until)
+        for s in senders:
+            self._refresh(s, now)
+        name = St(new).name
+        return ApplyResult(True, f"{len(senders)} sender(s) of WABA {u.waba_id} now {name}")
+
+    # -- reports ---------------------------------------------------------------
+
+    def sender_state(self, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
+        """The state GetSenderState reports. Raises KeyError for an unknown sender.
+
+        ``at_unix_ms`` (the request's field) is used instead of ``now_ms`` when
+        the service runs with ``clock="request"`` and it is non-zero.
+        """
+        s = self._senders.get(sender_id)
+        if s is None:
+            raise KeyError(sender_id)
+        now_ms = self._now(at_unix_ms, now_ms)
+        if now_ms >= self._next_due:
+            self._maintain(now_ms)
+        scope = s.scope
+        now = max(now_ms, scope.last_now)
+        p = self.profile
+        limit = p.tier_limit(scope.tier)
+        effective = s.limits[1]
+        used, nxt, unique, slots = self.engine.usage(scope.index, now, effective)
+        if scope.crossed_at == NEVER:
+            self._check_crossing(scope, now)
+        have = unique if p.upgrade_basis == "unique" else slots
+        nxt_tier = p.next_tier(scope.tier)
+        need = self._threshold(scope) if nxt_tier is not None else 0
+        predicted = 0
+        if scope.crossed_at != NEVER:
+            predicted = (
+                scope.due_at
+                if p.upgrade_mode == "apply"
+                else scope.crossed_at + p.predict_within_ms
+            )
+        upgrade = UpgradeReport(
+            eligible=nxt_tier is not None and self._eligible(scope) and have >= need,
+            progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
+            predicted_at_unix_ms=predicted,
+            next_tier=nxt_tier or "",
+        )
+        paused = [
+            PausedTemplateReport(t.id, t.name, t.paused_until if not t.disabled else 0, t.disabled)
+            for t in self._templates.values()
+            if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
+        ]
+        return SenderReport(
+            sender_id=s.id,
+            portfolio_id=s.portfolio_id,
+            profile=p.name,
+            tier=scope.tier,
+            limit=limit,
+            used_24h=used,
+            remaining=max(0, effective - used),
+            next_slot_free_at_unix_ms=nxt if used >= effective else now,
+            unique_7d=unique,
+            upgrade=upgrade,
+            quality=s.quality,
+            status=s.status,
+            throughput_mps=self._mps(s),
+            open_windows=self.engine.open_windows(s.number, now),
+            paused_templates=paused,
+            decision_counts={r: c for r, c in enumerate(s.counts) if c},
+            display_phone_number=s.display,
+            effective_limit=effective,
+            at_unix_ms=now,
+            waba_id=s.waba_id,
+            verified=s.verified,
+            slots_7d=slots,
+            restricted_until_unix_ms=s.restricted_until,
+            coexistence=s.coexistence,
+            registered_at_unix_ms=s.registered_at,
+            limit_scope=p.limit_scope,
+            tier_since_unix_ms=scope.tier_since,
+        )
+
+    def senders(self) -> list[str]:
+        """Known sender ids, in creation order."""
+        return [s.id for s in self._by_number]
+
+    @property
+    def unknown_sender_decisions(self) -> int:
+        return self._unknown_sender_count
+
+    # -- retention -------------------------------------------------------------
+
+    def _prune(self, now: int) -> None:
+        order = self._idem_order
+        while order and order[0][0] <= now:
+            _, sid, key = order.popleft()
+            s = self._senders.get(sid)
+            if s is not None:
+                s.idem.pop(key, None)
+        seen = self._seen_order
+        while seen and seen[0][0] <= now:
+            _, key = seen.popleft()
+            self._seen.pop(key, None)
+        if self._eco and len(self._eco) > 1024:
+            self._eco = {k: v for k, v in self._eco.items() if v > now}
+
+    # -- journal ---------------------------------------------------------------
+
+    def _journal_json(self, payload: dict[str, Any]) -> None:
+        if self._journal_on and not self._replaying:
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            self._journal.append(bytes((_TAG_JSON, JOURNAL_VERSION)) + body)
+
+    def _journal_state(self, scopes: list[LimitScope], senders: list[Sender]) -> None:
+        if self._journal_on and not self._replaying and (scopes or senders):
+            self._journal_json(
+                {
+                    "k": "state",
+                    "scopes": [sc.to_dict() for sc in scopes],
+                    "senders": [s.to_dict() for s in senders],
+                }
+            )
+
+    def drain_journal(self) -> list[bytes]:
+        """Records of every state change since the last drain, oldest first."""
+        out = self._journal
+        self._journal = []
+        return out
+
+    def replay(self, record: bytes) -> None:
+        """Re-apply one journal record exactly (recovery): no checks, no new records."""
+        if len(record) < 2:
+            raise ValueError("journal record too short")
+        tag, version = record[0], record[1]
+        if version > JOURNAL_VERSION:
+            raise ValueError(f"journal record version {version} is newer than this tiergate")
+        self._replaying = True
+        try:
+            if tag == _TAG_ADMIT:
+                self._replay_admit(record)
+            elif tag == _TAG_JSON:
+                payload = json.loads(record[2:])
+                if payload["k"] == "event":
+                    cls = _EVENT_TYPES[payload["type"]]
+                    fields = payload["f"]
+                    if "restriction_types" in fields:
+                        fields["restriction_types"] = tuple(fields["restriction_types"])
+                    self._apply_event(cls(**fields), int(payload["now"]))
+                elif payload["k"] == "state":
+                    for d in payload["scopes"]:
+                        self._scopes[int(d["index"])].load(d)
+                    for d in payload["senders"]:
+                        s = self._senders[str(d["id"])]
+                        s.load(d)
+                    for d in payload["senders"]:
+                        s = self._senders[str(d["id"])]
+                        for member in s.scope.senders:
+                            self._derive(member, s.scope.last_now)
+                    for d in payload["scopes"]:
+                        for member in self._scopes[int(d["index"])].senders:
+                            self._derive(member, max(member.scope.last_now, 0))
+                else:
+                    raise ValueError(f"unknown journal record kind {payload['k']!r}")
+            else:
+                raise ValueError(f"unknown journal record tag {tag:#x}")
+        finally:
+            self._replaying = False
+        self._recompute_due()
+
+    def _replay_admit(self, record: bytes) -> None:
+        _, _, now, number, rkey, flags, tid, limit, klen = _ADMIT_REC.unpack_from(record)
+        key = record[_ADMIT_REC.size : _ADMIT_REC.size + klen].decode()
+        s = self._by_number[number]
+        scope = s.scope
+        if now > scope.last_now:
+            scope.last_now = now
+        _, _, _, counted, used, prev = self.engine.decide(
+            now, scope.index, number, rkey, flags | F_FORCE, limit, tid
+        )
+        self._ticket = max(self._ticket, tid)
+        s.counts[OK] += 1
+        if key:
+            s.idem[key] = AdmitResult(
+                ADMIT,
+                OK,
+                0,
+                _encode_ticket(tid, number, rkey, prev),
+                counted == 1,
+                limit,
+                used,
+                0,
+                "admitted",
+            )
+            self._idem_order.append((now + self.profile.idempotency_ms, s.id, key))
+
+    # -- snapshots -------------------------------------------------------------
+
+    def _engine_blob(self) -> bytes:
+        return self.engine.snapshot()
+
+    def _engine_from_blob(self, blob: bytes) -> Engine:
+        engine = type(self.engine).restore(blob)
+        p = self.profile
+        geometry = (
+            engine.bucket_ms,
+            engine.window_ms,
+            engine.long_bucket_ms,
+            engine.long_window_ms,
+        )
+        if geometry != (p.bucket_ms, p.window_ms, p.long_bucket_ms, p.lookback_ms):
+            raise ValueError(
+                "snapshot engine windows differ from profile "
+                f"{p.name!r}: {geometry} (bucket, window, long bucket, long window in ms)"
+            )
+        return engine
+
+    def snapshot(self) -> bytes:
+        """The whole state (policy + engine), versioned."""
+        idem = [
+            [until, sid, key, dataclasses.astuple(self._senders[sid].idem[key])]
+            for until, sid, key in self._idem_order
+            if sid in self._senders and key in self._senders[sid].idem
+        ]
+        state = {
+            "profile": self.profile.name,
+            "ticket": self._ticket,
+            "scopes": [sc.to_dict() for sc in self._scopes],
+            "portfolios": {k: sc.index for k, sc in self._portfolios.items()},
+            "senders": [s.to_dict() for s in self._by_number],
+            "templates": [t.to_dict() for t in self._templates.values()],
+            "idem": idem,
+            "seen": [[until, key] for until, key in self._seen_order],
+            "eco": [[sc, rk, until] for (sc, rk), until in self._eco.items()],
+            "unknown": self._unknown_sender_count,
+        }
+        body = json.dumps(state, separators=(",", ":")).encode()
+        return (
+            SNAPSHOT_MAGIC
+            + struct.pack("<HI", SNAPSHOT_VERSION, len(body))
+            + body
+            + self._engine_blob()
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's."""
+        head = len(SNAPSHOT_MAGIC) + 6
+        if len(data) < head or not data.startswith(SNAPSHOT_MAGIC):
+            raise ValueError("not a tiergate snapshot")
+        version, size = struct.unpack_from("<HI", data, len(SNAPSHOT_MAGIC))
+        if version > SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {version} is newer than this tiergate")
+        state = json.loads(data[head : head + size])
+        engine = self._engine_from_blob(data[head + size :])
+        self.engine = engine
+        self._reset_state()
+        self._ticket = int(state["ticket"])
+        for d in state["scopes"]:
+            sc = LimitScope(int(d["index"]), str(d["key"]), str(d["tier"]), 0)
+            sc.load(d)
+            self._scopes.append(sc)
+        for key, idx in state["portfolios"].items():
+            self._portfolios[key] = self._scopes[int(idx)]
+        for d in state["senders"]:
+            scope = self._scopes[int(d["scope"])]
+            s = Sender(str(d["id"]), int(d["number"]), scope, str(d["portfolio_id"]))
+            s.load(d)
+            scope.senders.append(s)
+            self._senders[s.id] = s
+            self._by_number.append(s)
+            if s.display:
+                self._by_display[s.display] = s
+        for d in state["templates"]:
+            t = Template.from_dict(d)
+            self._templates[t.id] = t
+            if t.name:
+                self._template_names[t.name] = t
+        for until, sid, key, fields in state["idem"]:
+            s = self._senders[sid]
+            s.idem[key] = AdmitResult(*fields)
+            self._idem_order.append((int(until), sid, key))
+        for until, key in state["seen"]:
+            self._seen[key] = int(until)
+            self._seen_order.append((int(until), key))
+        self._eco = {(int(sc), int(rk)): int(until) for sc, rk, until in state["eco"]}
+        self._unknown_sender_count = int(state["unknown"])
+        for s in self._by_number:
+            self._derive(s, max(s.scope.last_now, 0))
+            self.engine.set_number_params(s.number, *self._number_params(s))
+        for sc in self._scopes:
+            self.engine.set_scope_params(
+                sc.index, self.profile.frequency_cap, self.profile.frequency_window_ms
+            )
+        self._recompute_due()
+
+    @classmethod
+    def from_snapshot(
+        cls, profile: Profile, data: bytes, *, clock: Literal["server", "request"] = "server"
+    ) -> AdmissionService:
+        service = cls(profile, clock=clock)
+        service.restore(data)
+        return service

@@ -1,0 +1,186 @@
+"""Domain state the policy layer keeps beside the engine.
+
+Limit scopes (a business portfolio, or one phone number, by profile), senders
+(phone numbers) and templates. Recipients live in the engine's tables. Each
+object turns into a plain dict and back, for snapshots and journal records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiergate.engine import NEVER
+
+from .events import Quality, SenderStatus, TemplateStatus
+
+REASONS = 14  # tiergate.v1.Reason values 0..13
+
+
+class LimitScope:
+    """What one unique-recipient limit belongs to, and its tier state machine."""
+
+    __slots__ = (
+        "crossed_at",
+        "due_at",
+        "index",
+        "key",
+        "last_now",
+        "senders",
+        "tier",
+        "tier_since",
+    )
+
+    def __init__(self, index: int, key: str, tier: str, tier_since: int) -> None:
+        self.index = index  # engine scope index
+        self.key = key  # portfolio id, or sender id under phone-number scope
+        self.tier = tier
+        self.tier_since = tier_since
+        self.crossed_at = NEVER  # when the upgrade threshold was met (NEVER: not yet)
+        self.due_at = NEVER  # apply mode: when the next tier takes effect
+        self.last_now = NEVER  # latest time seen: policy time never goes backwards
+        self.senders: list[Sender] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "key": self.key,
+            "tier": self.tier,
+            "tier_since": self.tier_since,
+            "crossed_at": self.crossed_at,
+            "due_at": self.due_at,
+            "last_now": self.last_now,
+        }
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.tier = str(d["tier"])
+        self.tier_since = int(d["tier_since"])
+        self.crossed_at = int(d["crossed_at"])
+        self.due_at = int(d["due_at"])
+        self.last_now = int(d["last_now"])
+
+
+class Sender:
+    """A business phone number."""
+
+    __slots__ = (
+        "coexistence",
+        "counts",
+        "display",
+        "flags",
+        "id",
+        "idem",
+        "limits",
+        "limits_until",
+        "mps_override",
+        "number",
+        "portfolio_id",
+        "quality",
+        "red_since",
+        "registered_at",
+        "restricted_until",
+        "scope",
+        "status",
+        "throughput_upgraded",
+        "verified",
+        "waba_id",
+    )
+
+    def __init__(self, sender_id: str, number: int, scope: LimitScope, portfolio_id: str) -> None:
+        self.id = sender_id
+        self.number = number  # engine number index
+        self.scope = scope
+        self.portfolio_id = portfolio_id
+        self.waba_id = ""
+        self.display = ""
+        self.verified: bool | None = None
+        self.quality = int(Quality.UNKNOWN)
+        self.status = int(SenderStatus.CONNECTED)
+        self.red_since = NEVER
+        self.restricted_until = 0  # 0: no known expiry
+        self.mps_override = 0  # 0: from the profile
+        self.throughput_upgraded = False
+        self.coexistence = False
+        self.registered_at = 0  # 0: unknown (no warm-up)
+        self.counts = [0] * REASONS
+        # derived, recomputed on every change (indexed by Category value)
+        self.flags = [0] * 5
+        self.limits = [0] * 5
+        self.limits_until = NEVER  # when the warm-up cap next changes
+        # idempotency key → first decision (an AdmitResult)
+        self.idem: dict[str, Any] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "number": self.number,
+            "scope": self.scope.index,
+            "portfolio_id": self.portfolio_id,
+            "waba_id": self.waba_id,
+            "display": self.display,
+            "verified": self.verified,
+            "quality": self.quality,
+            "status": self.status,
+            "red_since": self.red_since,
+            "restricted_until": self.restricted_until,
+            "mps_override": self.mps_override,
+            "throughput_upgraded": self.throughput_upgraded,
+            "coexistence": self.coexistence,
+            "registered_at": self.registered_at,
+            "counts": list(self.counts),
+        }
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.portfolio_id = str(d["portfolio_id"])
+        self.waba_id = str(d["waba_id"])
+        self.display = str(d["display"])
+        v = d["verified"]
+        self.verified = None if v is None else bool(v)
+        self.quality = int(d["quality"])
+        self.status = int(d["status"])
+        self.red_since = int(d["red_since"])
+        self.restricted_until = int(d["restricted_until"])
+        self.mps_override = int(d["mps_override"])
+        self.throughput_upgraded = bool(d["throughput_upgraded"])
+        self.coexistence = bool(d["coexistence"])
+        self.registered_at = int(d["registered_at"])
+        counts = [int(c) for c in d.get("counts", ())]
+        self.counts = (counts + [0] * REASONS)[:REASONS]
+
+
+class Template:
+    """A message template: status, how often it was paused, until when."""
+
+    __slots__ = ("id", "name", "pause_count", "paused_until", "quality", "status", "waba_id")
+
+    def __init__(self, template_id: str, name: str = "", waba_id: str = "") -> None:
+        self.id = template_id
+        self.name = name
+        self.waba_id = waba_id
+        self.status = int(TemplateStatus.APPROVED)
+        self.pause_count = 0
+        self.paused_until = 0
+        self.quality = ""
+
+    @property
+    def disabled(self) -> bool:
+        return self.status in (TemplateStatus.DISABLED, TemplateStatus.REJECTED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "waba_id": self.waba_id,
+            "status": self.status,
+            "pause_count": self.pause_count,
+            "paused_until": self.paused_until,
+            "quality": self.quality,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Template:
+        t = cls(str(d["id"]), str(d["name"]), str(d["waba_id"]))
+        t.status = int(d["status"])
+        t.pause_count = int(d["pause_count"])
+        t.paused_until = int(d["paused_until"])
+        t.quality = str(d["quality"])
+        return t
