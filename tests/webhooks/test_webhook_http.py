@@ -237,3 +237,30 @@ def test_after_ingest_runs_before_the_answer() -> None:
             await rx.stop()
 
     asyncio.run(main())
+
+
+def test_post_through_the_admission_service() -> None:
+    from tiergate.engine import constants as c
+    from tiergate.policy.events import Category, Kind, SenderUpdate
+    from tiergate.policy.profile import load_profile
+    from tiergate.policy.service import AdmissionService, AdmitRequest
+
+    at = 1697043223000  # the payload's message time
+    service = AdmissionService(load_profile("meta-2025"))
+    service.apply(SenderUpdate("1122334455667", display_phone_number="972123456789"), at)
+    free_form = AdmitRequest(
+        "1122334455667", "972987654321", kind=int(Kind.FREE_FORM), category=int(Category.SERVICE)
+    )
+
+    async def main() -> None:
+        rx = WebhookReceiver(service, SECRET, TOKEN, lambda: at + 1000)
+        await rx.start("127.0.0.1", 0)
+        try:
+            ((status, payload),) = await _exchange(rx.port, _post(BODY, sign(BODY, SECRET)))
+            assert status == 200 and json.loads(payload)["applied"] == 1
+        finally:
+            await rx.stop()
+
+    assert service.admit(free_form, at).reason == c.OUTSIDE_WINDOW
+    asyncio.run(main())
+    assert service.admit(free_form, at + 2000).decision == c.ADMIT
