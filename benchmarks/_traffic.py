@@ -28,7 +28,7 @@ from typing import Any
 
 from _grpcload import PAGE_MS, ClientPlan, Pool, encode_item, page_start
 
-SENDERS_PER_CLIENT = 16
+SENDERS_PER_CLIENT = 20  # a multiple of 10: the limited sender's items stay spread out
 PAGE_ITEMS = 8_000  # a multiple of 1 000, so batches never straddle pages
 DAY_MS = 86_400_000
 WABA = "bench-waba"  # one WhatsApp Business Account holds the benchmark's templates
@@ -76,9 +76,13 @@ def build_pool(pb2: Any, tag: str, client: int, pages: int) -> tuple[Pool, dict[
     for page in range(pages):
         items: list[bytes] = []
         for i in range(PAGE_ITEMS):
-            slot = i % 10
-            k = (i // 10) % SENDERS_PER_CLIENT
-            j = i // (10 * SENDERS_PER_CLIENT)
+            # Senders take turns item by item (each sends every 20th item);
+            # the class rotates per sender, so even the limited sender's items
+            # are spread out. (k, slot, j) is unique within a page.
+            k = i % SENDERS_PER_CLIENT
+            block = i // SENDERS_PER_CLIENT
+            slot = (block + k) % 10
+            j = block // 10
             cls = _SLOTS[slot]
             sender = sender_id(tag, client, k)
             if cls == "reply":

@@ -1,0 +1,115 @@
+"""Each benchmark script runs end to end in its tiniest mode and writes its results.
+
+These prove the harness works; they never assert on speed (speed is measured
+by ``make bench``, not by tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+def run(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"},
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def read(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    machine = data["machine"]
+    assert machine["cores"] >= 1
+    assert machine["python"] and machine["grpcio"] and machine["protobuf"]
+    assert machine["engine"] in ("compiled", "python")
+    return data
+
+
+def test_ceiling_tiny(tmp_path: Path) -> None:
+    proc = run(
+        "ceiling.py", "--tiny", "--shapes", "unary,batch100,stream1", "--results-dir", str(tmp_path)
+    )
+    data = read(tmp_path / "ceiling.json")
+    assert set(data["shapes"]) == {"unary", "batch100", "stream1"}
+    for shape in data["shapes"].values():
+        assert shape["calls"] > 0 and shape["errors"] == 0
+        assert shape["latency"]["p99_ms"] >= shape["latency"]["p50_ms"] > 0
+    assert data["shapes"]["batch100"]["items"] == 100 * data["shapes"]["batch100"]["calls"]
+    assert "no-op ceiling" in proc.stdout
+
+
+def test_peers_tiny_without_redis_or_server(tmp_path: Path) -> None:
+    run("peers.py", "--tiny", "--no-redis", "--no-server", "--results-dir", str(tmp_path))
+    data = read(tmp_path / "peers.json")
+    names = [f["name"] for f in data["figures"]]
+    assert names == [
+        "python-dict",
+        "tiergate-engine decide",
+        "tiergate-engine decide_batch(1000)",
+    ]
+    for f in data["figures"]:
+        assert sum(f["outcomes"].values()) == f["decisions"] == 2_000
+    assert set(data["skipped"]) == {"redis-zset-lua", "tiergate-server"}
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_peers_tiny_with_redis(tmp_path: Path) -> None:
+    run("peers.py", "--tiny", "--no-server", "--results-dir", str(tmp_path))
+    data = read(tmp_path / "peers.json")
+    redis, plain = data["figures"][0], data["figures"][1]
+    assert redis["name"].startswith("redis-zset-lua")
+    # The Lua sliding window and the in-process dict implement the same exact rule.
+    assert redis["outcomes"] == plain["outcomes"]
+    assert data["target"]["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_load_tiny_against_tiergate_serve(tmp_path: Path) -> None:
+    proc = run(
+        "load.py", "--tiny", "--shapes", "unary,batch100,stream1", "--results-dir", str(tmp_path)
+    )
+    data = read(tmp_path / "load.json")
+    for name in ("unary", "batch100", "stream1"):
+        rep = data["shapes"][name]
+        for mode in ("ceiling_max", "tiergate_max", "ceiling_fixed", "tiergate_fixed"):
+            r = rep["runs"][mode]
+            assert r["calls"] > 0 and r["errors"] == 0, (name, mode, r)
+        assert rep["compare"]["items_ratio"] > 0
+    assert "target Admit (unary) throughput" in proc.stdout
+
+
+def test_run_all_tiny_writes_summary_and_chart(tmp_path: Path) -> None:
+    chart = tmp_path / "performance.png"
+    run(
+        "run_all.py",
+        "--tiny",
+        "--only",
+        "peers",
+        "--results-dir",
+        str(tmp_path),
+        "--chart",
+        str(chart),
+    )
+    summary = read(tmp_path / "summary.json")
+    assert summary["mode"] == "tiny"
+    assert summary["runs"]["peers"]["exit_code"] == 0
+    assert "python-dict" in summary["headline"]["peers"]
