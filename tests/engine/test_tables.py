@@ -1,0 +1,228 @@
+"""Recipient tables: growth, reclamation, exact keys, snapshots, bad input.
+
+Runs on the selected engine (``tiergate.engine.Engine``); sizes shrink for the
+pure-Python twin so the run stays short.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+import pytest
+
+from tiergate.engine import IMPLEMENTATION, NEVER, DecisionBatch, Engine, PyEngine
+from tiergate.engine import constants as c
+from tiergate.engine.reference import SNAPSHOT_VERSION
+
+DAY = 86_400_000
+WEEK = 7 * DAY
+BIG = 1_100_000 if IMPLEMENTATION == "compiled" else 50_000
+
+
+def _engine() -> Engine:
+    e = Engine()
+    e.add_scope(2, DAY)
+    e.add_number(0, 1, 10**9, 1, 10**6)
+    return e
+
+
+def _batch(now: int, first_key: int, n: int, flags: int = c.F_TEMPLATE) -> DecisionBatch:
+    """n requests at ``now`` to consecutive recipient keys, built column-wise."""
+    b = DecisionBatch()
+    b.now = array("q", [now]) * n
+    b.scope = array("i", [0]) * n
+    b.number = array("i", [0]) * n
+    b.recipient = array("Q", range(first_key, first_key + n))
+    b.flags = array("I", [flags]) * n
+    b.limit = array("q", [c.UNLIMITED]) * n
+    b.ticket = array("Q", range(1, n + 1))
+    return b
+
+
+def test_tables_grow_past_a_million_entries_without_losing_one() -> None:
+    e = _engine()
+    base = c.recipient_key("15550000000")
+    e.decide_batch(b := _batch(1_000, base, BIG))
+    assert set(b.decision) == {c.ADMIT} and sum(b.counted) == BIG
+    assert e.entries() == 2 * BIG  # one scope entry and one number entry each
+    assert e.usage(0, 1_000, c.UNLIMITED)[0] == BIG
+    for key in (base, base + BIG // 2, base + BIG - 1):
+        assert e.lookup(0, 0, key)[0] == 1_000
+    assert e.lookup(0, 0, base + BIG)[0] == NEVER
+    # every one is still tracked: repeats use no new slot
+    e.decide_batch(b := _batch(2_000, base, BIG))
+    assert sum(b.counted) == 0 and e.usage(0, 2_000, c.UNLIMITED)[0] == BIG
+
+
+def test_reclaim_drops_expired_entries_and_keeps_answers() -> None:
+    kept, swept = _engine(), _engine()
+    keys = [c.recipient_key(str(4_915_100_000_000 + i)) for i in range(300)]
+    for e in (kept, swept):
+        for i, k in enumerate(keys):
+            e.decide(i, 0, 0, k, c.F_TEMPLATE | (c.F_MARKETING if i % 2 else 0), 1_000, i + 1)
+        e.set_opt_out(0, keys[0], True)
+        e.decide(3 * DAY, 0, 0, keys[1], c.F_TEMPLATE, 1_000, 9_999)  # stays live
+    before = swept.entries()
+    assert swept.reclaim(WEEK) == 0  # nothing is older than the horizon yet
+    later = 8 * DAY + 1
+    removed = swept.reclaim(later)
+    # every number entry but the live one's, every scope entry but the live and opted-out ones
+    assert removed == (len(keys) - 1) + (len(keys) - 2)
+    assert swept.entries() == before - removed == 3
+    assert swept.lookup(0, 0, keys[0])[1] is True
+    assert swept.lookup(0, 0, keys[1])[0] == 3 * DAY
+    for i, k in enumerate(keys):
+        flags = c.F_TEMPLATE | c.F_MARKETING
+        a = kept.decide(later + i, 0, 0, k, flags, 1_000, 20_000 + i)
+        b = swept.decide(later + i, 0, 0, k, flags, 1_000, 20_000 + i)
+        assert a[:5] == b[:5]
+    assert kept.usage(0, later + 400, 1_000) == swept.usage(0, later + 400, 1_000)
+
+
+def test_growth_reclaims_expired_entries_first() -> None:
+    e = _engine()
+    n = 5_000
+    for week in range(6):
+        now = week * (WEEK + DAY)
+        e.decide_batch(_batch(now, 1_000_000 + week * n, n))
+    # older weeks were reclaimed when the tables filled up; live ones never were
+    assert e.entries() <= 2 * 2 * n
+    assert e.usage(0, 5 * (WEEK + DAY), c.UNLIMITED)[0] == n
+
+
+@pytest.mark.parametrize(
+    "digits", ["1", "7", "15551234567", "999999999999999", "000000000000001", "+447700900123"]
+)
+def test_keys_of_1_to_15_digits_are_exact(digits: str) -> None:
+    key = c.recipient_key(digits)
+    assert c.recipient_digits(key) == digits.lstrip("+")
+    e = _engine()
+    assert e.decide(0, 0, 0, key, c.F_TEMPLATE, 10, 1)[3] == 1
+    assert e.lookup(0, 0, key)[0] == 0
+
+
+def test_leading_zero_keys_are_distinct_recipients() -> None:
+    keys = [c.recipient_key(d) for d in ("1", "01", "001", "0001", "10", "100")]
+    assert len(set(keys)) == len(keys)
+    e = _engine()
+    for i, k in enumerate(keys):
+        assert e.decide(0, 0, 0, k, c.F_TEMPLATE, 10, i + 1)[3] == 1
+    assert e.usage(0, 0, 10)[0] == len(keys)
+
+
+@pytest.mark.parametrize("bad", ["", "1234567890123456", "12a4", "+", "١٢٣"])
+def test_bad_recipients_are_refused_by_name(bad: str) -> None:
+    with pytest.raises(ValueError, match="recipient"):
+        c.recipient_key(bad)
+
+
+def _busy_engine(cls: type[PyEngine] | type[Engine] = Engine) -> PyEngine | Engine:
+    e = cls(1_000, 60_000, 10_000, 300_000)
+    e.add_scope(2, 5_000)
+    e.add_scope()
+    e.add_number(0, 1_000, 3, 10, 2)
+    e.add_number(1)
+    for i in range(400):
+        k = 1 + (i * 37) % 90
+        e.decide(i * 250, i % 2, i % 2, k, c.F_TEMPLATE | (i % 3 == 0) * c.F_MARKETING, 40, i + 1)
+        if i % 7 == 0:
+            e.open_window(i % 2, k + 1, i * 250 + 30_000, i * 250 + 90_000)
+        if i % 11 == 0:
+            e.set_opt_out(0, k, True)
+    e.slow_throughput(0, 100_000, 2_000)
+    return e
+
+
+def test_snapshot_round_trip_gives_identical_state_and_answers() -> None:
+    e = _busy_engine()
+    data = e.snapshot()
+    r = Engine.restore(data)
+    assert r.snapshot() == data
+    assert r.entries() == e.entries()
+    for i in range(200):
+        args = (100_000 + i * 97, i % 2, i % 2, 1 + i % 95, c.F_TEMPLATE, 40, 10_000 + i)
+        assert r.decide(*args) == e.decide(*args)
+    assert r.snapshot() == e.snapshot()
+
+
+def test_snapshot_of_either_engine_restores_in_the_reference() -> None:
+    data = _busy_engine().snapshot()
+    assert data == _busy_engine(PyEngine).snapshot()
+    assert PyEngine.restore(data).snapshot() == data
+
+
+def test_big_snapshot_round_trip() -> None:
+    e = _engine()
+    e.decide_batch(_batch(5_000, 10**12, BIG // 4))
+    data = e.snapshot()
+    r = Engine.restore(data)
+    assert r.entries() == e.entries()
+    assert r.snapshot() == data
+
+
+def test_newer_snapshot_format_is_refused_clearly() -> None:
+    data = bytearray(_busy_engine().snapshot())
+    struct.pack_into("<I", data, 8, SNAPSHOT_VERSION + 1)
+    with pytest.raises(ValueError, match="newer than this tiergate supports"):
+        Engine.restore(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: b"XXXXXXXX" + d[8:], "bad magic"),
+        (lambda d: d[:-5], "truncated"),
+        (lambda d: d + b"\0", "trailing bytes"),
+        (lambda d: d[:20], "truncated"),
+        (lambda d: b"", "truncated"),
+    ],
+)
+def test_damaged_snapshots_are_refused(mutate: object, message: str) -> None:
+    data = _busy_engine().snapshot()
+    with pytest.raises(ValueError, match=message):
+        Engine.restore(mutate(data))  # type: ignore[operator]
+
+
+def test_bad_indices_and_keys_are_refused() -> None:
+    e = _engine()
+    with pytest.raises(IndexError, match="scope"):
+        e.decide(0, 5, 0, 1, c.F_TEMPLATE, 1, 1)
+    with pytest.raises(IndexError, match="scope"):
+        e.decide(0, -1, 0, 1, c.F_TEMPLATE, 1, 1)
+    with pytest.raises(IndexError, match="number"):
+        e.decide(0, 0, 3, 1, c.F_TEMPLATE, 1, 1)
+    with pytest.raises(ValueError, match="recipient"):
+        e.decide(0, 0, 0, 0, c.F_TEMPLATE, 1, 1)
+    with pytest.raises(ValueError, match="now"):
+        e.decide(1 << 60, 0, 0, 1, c.F_TEMPLATE, 1, 1)
+    with pytest.raises(ValueError, match="freq_cap"):
+        e.add_scope(5, 0)
+    with pytest.raises(ValueError, match="burst"):
+        e.add_number(0, 1, 0, 1, 1)
+
+
+def test_a_bad_batch_item_decides_nothing() -> None:
+    e = _engine()
+    b = _batch(0, 100, 10)
+    b.number[7] = 9
+    with pytest.raises(IndexError, match="batch item 7"):
+        e.decide_batch(b)
+    assert e.entries() == 0 and e.usage(0, 0, 10)[0] == 0
+    b = _batch(0, 100, 10)
+    b.recipient[3] = 0
+    with pytest.raises(ValueError, match="batch item 3"):
+        e.decide_batch(b)
+    b = _batch(0, 100, 10)
+    b.ticket.pop()
+    with pytest.raises(ValueError, match="ticket"):
+        e.decide_batch(b)
+    assert e.entries() == 0
+
+
+def test_release_refuses_a_prev_counted_after_the_ticket() -> None:
+    e = _engine()
+    d = e.decide(1_000, 0, 0, 42, c.F_TEMPLATE, 10, 7)
+    with pytest.raises(ValueError, match="prev_counted"):
+        e.release(0, 42, 7, 5_000)
+    assert e.release(0, 42, 7, d[5]) is True
