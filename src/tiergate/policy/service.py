@@ -508,7 +508,7 @@ class AdmissionService:
             self.engine.decide_batch(batch)
             dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
             counted, used, prev = batch.counted, batch.used, batch.prev_counted
-            touched: dict[int, tuple[LimitScope, int]] = {}
+            touched: dict[int, list[int]] = {}
             journal = self._journal_on and not self._replaying
             expires = self.profile.idempotency_ms
             for j, i in enumerate(slots):
@@ -563,8 +563,11 @@ class AdmissionService:
                                 + kb
                             )
                         if counted[j]:
-                            sc = sender.scope
-                            touched[sc.index] = (sc, now)
+                            rows_of = touched.get(sender.scope.index)
+                            if rows_of is None:
+                                touched[sender.scope.index] = [j]
+                            else:
+                                rows_of.append(j)
                 elif (
                     eco_end and r == QUALITY_PROTECTION and not (sender.flags[1] & F_QUALITY_BLOCK)
                 ):
@@ -599,9 +602,10 @@ class AdmissionService:
                     )
                 sender.counts[r] += 1
                 results[i] = res
-            for sc, at in touched.values():
+            for idx, js in touched.items():
+                sc = self._scopes[idx]
                 if sc.crossed_at == NEVER:
-                    self._check_crossing(sc, at)
+                    self._check_crossing(sc, batch.now[js[-1]], batch, js)
         for i, prior in dupes:
             results[i] = results[prior]
         if self._idem_order and self._idem_order[0][0] <= high:
@@ -629,15 +633,45 @@ class AdmissionService:
     def _basis(self, scope: LimitScope, now: int) -> tuple[int, int, int, int]:
         return self.engine.usage(scope.index, now, UNLIMITED)
 
-    def _check_crossing(self, scope: LimitScope, at: int) -> None:
-        """Record when the upgrade threshold is met (the 7-day ring under-counts: never early)."""
+    def _check_crossing(
+        self,
+        scope: LimitScope,
+        at: int,
+        batch: DecisionBatch | None = None,
+        rows: list[int] | None = None,
+    ) -> None:
+        """Record when the upgrade threshold is met (the 7-day ring under-counts: never early).
+
+        After a batch, ``rows`` are the batch rows that used a new slot in this
+        scope: the crossing is dated to the row that reached the threshold.
+        """
         if scope.crossed_at != NEVER or not self._eligible(scope):
             return
-        _, _, unique, slots = self._basis(scope, at)
-        have = unique if self.profile.upgrade_basis == "unique" else slots
-        if have < self._threshold(scope):
-            return
         p = self.profile
+        _, _, unique, slots = self._basis(scope, at)
+        have = unique if p.upgrade_basis == "unique" else slots
+        need = self._threshold(scope)
+        if have < need:
+            return
+        if batch is not None and rows:
+            # How much each row added: a new slot always adds to the cumulative
+            # count; to the 7-day unique count only when the recipient was clearly
+            # outside the lookback (a borderline one counts as 0: dated later, never early).
+            horizon = p.lookback_ms + p.long_bucket_ms
+            steps = [
+                1
+                if p.upgrade_basis == "cumulative"
+                or batch.prev_counted[j] <= batch.now[j] - horizon
+                else 0
+                for j in rows
+            ]
+            level = have - sum(steps)
+            if level < need:
+                for j, step in zip(rows, steps, strict=True):
+                    level += step
+                    if level >= need:
+                        at = batch.now[j]
+                        break
         scope.crossed_at = at
         if p.upgrade_mode == "apply":
             scope.due_at = max(at + p.upgrade_delay_ms, scope.tier_since + p.min_in_tier_ms)
