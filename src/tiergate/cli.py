@@ -1,0 +1,280 @@
+"""``tiergate``: serve, state SENDER, check-config, simulate SCENARIO."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from tiergate import __version__
+from tiergate import config as cfg
+from tiergate.v1 import admission_pb2 as pb
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+EXIT_CONFIG = 2
+
+
+# --- serve / check-config ------------------------------------------------------
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (TIERGATE_CONFIG)")
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help=f"gRPC address (default {cfg.DEFAULT_LISTEN})"
+    )
+    p.add_argument(
+        "--profile", metavar="NAME|FILE", help=f"rules profile (default {cfg.DEFAULT_PROFILE})"
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="durable state (journal + snapshots)")
+    p.add_argument(
+        "--clock",
+        choices=("server", "request"),
+        help="'request' takes time from at_unix_ms (replays, tests); default 'server'",
+    )
+    p.add_argument("--webhook-secret", metavar="SECRET", help="Meta app secret for signatures")
+    p.add_argument("--webhook-listen", metavar="HOST:PORT", help="HTTP receiver for Meta webhooks")
+    p.add_argument(
+        "--webhook-verify-token", metavar="TOKEN", help="token for Meta's subscription check"
+    )
+    p.add_argument(
+        "--max-batch",
+        metavar="N",
+        help=f"most requests per AdmitBatch call (default {cfg.DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--durability",
+        metavar="MODE",
+        help=f"{' | '.join(cfg.DURABILITY_MODES)} (default {cfg.DEFAULT_DURABILITY})",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        metavar="SECONDS",
+        help=f"time in-flight calls get at shutdown (default {cfg.DEFAULT_SHUTDOWN_GRACE_S:g})",
+    )
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="Prometheus /metrics endpoint")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug | info | warning | error")
+
+
+def _load_config(args: argparse.Namespace) -> cfg.ServeConfig:
+    flags = {name: getattr(args, name, None) for name in cfg.SETTING_NAMES}
+    return cfg.load(flags)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args)
+    except cfg.ConfigError as e:
+        print(f"tiergate: bad config: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from tiergate.server import StartupError, run
+
+    try:
+        return run(config)
+    except StartupError as e:
+        print(f"tiergate: cannot start: {e}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(e.__cause__, cfg.ConfigError | None) else 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from tiergate.server.app import Sidecar, StartupError, seed, seed_clock_ms
+
+    try:
+        config = _load_config(args)
+        sidecar = Sidecar(config)
+        service = sidecar.build_service()
+        applied = seed(service, config.senders, config.templates, seed_clock_ms(config))
+    except (cfg.ConfigError, StartupError) as e:
+        print(f"tiergate: bad config: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    source = f"{config.config}" if config.config else "no config file"
+    print(f"config ok ({source})")
+    for name in cfg.SETTING_NAMES:
+        if name == "config":
+            continue
+        value = getattr(config, name)
+        shown = "(set)" if name == "webhook_secret" and value else value
+        print(f"  {name:<22} {shown!s:<30} [{config.origins.get(name, 'default')}]")
+    print(f"  senders                {len(config.senders)}, templates {len(config.templates)}")
+    if applied:
+        print(f"  applied on a fresh start: {', '.join(applied)}")
+    return 0
+
+
+# --- state ---------------------------------------------------------------------
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """Every field (set or not), enums by name, int64 as numbers."""
+    out: dict[str, Any] = {}
+    for f in message.DESCRIPTOR.fields:
+        value = getattr(message, f.name)
+        repeated = f.is_repeated
+        if f.enum_type is not None:
+            names = {v.number: v.name for v in f.enum_type.values}
+            value = [names.get(v, v) for v in value] if repeated else names.get(value, value)
+        elif f.message_type is not None:
+            value = [message_to_dict(v) for v in value] if repeated else message_to_dict(value)
+        elif repeated:
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def _time(ms: int) -> str:
+    if ms <= 0:
+        return "-"
+    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} UTC ({ms})"
+
+
+def _limit(n: int) -> str:
+    return "unlimited" if n >= 1 << 61 else f"{n:,}"
+
+
+def format_state(state: pb.SenderState) -> str:
+    up = state.upgrade
+    upgrade = f"{'eligible' if up.eligible else 'not eligible'}, progress {up.progress:.0%}"
+    if up.next_tier:
+        upgrade += f", next {up.next_tier}"
+    if up.predicted_at_unix_ms > 0:
+        upgrade += f", predicted {_time(up.predicted_at_unix_ms)}"
+    paused = (
+        ", ".join(
+            f"{t.template_name or t.template_id}"
+            + (" (disabled)" if t.disabled else f" (until {_time(t.paused_until_unix_ms)})")
+            for t in state.paused_templates
+        )
+        or "-"
+    )
+    decisions = (
+        ", ".join(
+            f"{pb.Reason.Name(c.reason)} {c.count:,}"
+            for c in sorted(state.decision_counts, key=lambda c: -c.count)
+        )
+        or "-"
+    )
+    rows = [
+        ("sender", state.sender_id),
+        ("display number", state.display_phone_number or "-"),
+        ("portfolio", state.portfolio_id or "-"),
+        ("profile", state.profile),
+        ("tier", state.tier or "-"),
+        ("limit", f"{_limit(state.limit)} (effective {_limit(state.effective_limit)})"),
+        ("used (24 h)", f"{state.used_24h:,}"),
+        ("remaining", _limit(state.remaining)),
+        ("next slot free", _time(state.next_slot_free_at_unix_ms)),
+        ("unique (7 d)", f"{state.unique_7d:,}"),
+        ("upgrade", upgrade),
+        ("quality", pb.Quality.Name(state.quality)),
+        ("status", pb.SenderStatus.Name(state.status)),
+        ("throughput", f"{state.throughput_mps} msg/s"),
+        ("open windows", f"{state.open_windows:,}"),
+        ("paused templates", paused),
+        ("decisions", decisions),
+        ("as of", _time(state.at_unix_ms)),
+    ]
+    return "\n".join(f"{k:<17} {v}" for k, v in rows)
+
+
+def _state(args: argparse.Namespace) -> int:
+    from tiergate.client import TiergateClient
+
+    async def fetch() -> pb.SenderState:
+        async with TiergateClient(args.target, timeout=args.timeout) as client:
+            return await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
+
+    try:
+        state = asyncio.run(fetch())
+    except grpc.aio.AioRpcError as e:
+        print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(message_to_dict(state), indent=2))
+    else:
+        print(format_state(state))
+    return 0
+
+
+# --- simulate --------------------------------------------------------------------
+
+
+def _simulate(argv: Sequence[str]) -> int:
+    # Imported on use: the simulator pulls in scenario machinery serve never needs.
+    simulate = importlib.import_module("tiergate.simulate")
+    run: Callable[[list[str]], int] = simulate.main
+    return run(list(argv))
+
+
+# --- main ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiergate",
+        description="Admission control for WhatsApp Business senders (gRPC sidecar).",
+    )
+    parser.add_argument("--version", action="version", version=f"tiergate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the sidecar",
+        description="Run the sidecar. Every flag also reads TIERGATE_<NAME> and the "
+        "config file's <name> key; precedence: flags > env > file > defaults.",
+    )
+    _add_setting_flags(serve)
+    serve.set_defaults(func=_serve)
+
+    state = sub.add_parser("state", help="show one sender's state (GetSenderState)")
+    state.add_argument("sender", metavar="SENDER", help="sender id (phone number id)")
+    state.add_argument(
+        "--target",
+        default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
+        help=f"sidecar address (TIERGATE_TARGET, default {DEFAULT_TARGET})",
+    )
+    state.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    state.add_argument(
+        "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
+    )
+    state.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    state.set_defaults(func=_state)
+
+    check = sub.add_parser(
+        "check-config", help="validate the config and profile, then exit (non-zero if bad)"
+    )
+    _add_setting_flags(check)
+    check.set_defaults(func=_check_config)
+
+    sub.add_parser(
+        "simulate",
+        help="run a traffic scenario against the policy layer (see tiergate simulate --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        return _simulate(argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The sidecar process: policy service + store + gRPC server + health + reflection.
+
+Start-up: load the profile, recover state from the data directory, apply the
+senders and templates the config declares (only those not known yet), then
+serve. Shutdown (SIGTERM/SIGINT): health NOT_SERVING, stop accepting, let
+in-flight calls finish within the grace period, flush and close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tiergate.config import ServeConfig
+from tiergate.engine import IMPLEMENTATION
+from tiergate.policy import events as ev
+from tiergate.policy.profile import load_profile
+from tiergate.policy.service import AdmissionService, InvalidArgument
+from tiergate.server.metrics import Metrics, MetricsEndpoint
+from tiergate.server.servicer import AdmissionControl, server_clock_ms
+from tiergate.store import EmbeddedStore, RecoveryReport, StoreError
+from tiergate.v1 import admission_pb2 as pb
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tiergate.server")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AdmissionControl"].full_name
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+class StartupError(Exception):
+    """The sidecar cannot start; the message says which setting or resource."""
+
+
+class Sidecar:
+    """One running tiergate: build with a config, ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.service: AdmissionService | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        # The asyncio servicer is public API; the grpc stubs only know the sync one.
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._stopping: asyncio.Future[None] | None = None
+        self._servicer: AdmissionControl | None = None
+        self.store: EmbeddedStore | None = None
+        self.recovery: RecoveryReport | None = None
+
+    # --- start -----------------------------------------------------------------
+
+    def build_service(self) -> AdmissionService:
+        try:
+            profile = load_profile(self.config.profile)
+        except Exception as e:
+            raise StartupError(f"profile: {e}") from e
+        return AdmissionService(profile, clock=self.config.clock)
+
+    async def start(self) -> None:
+        config = self.config
+        service = self.build_service()
+        self.service = service
+        fresh = True
+        if config.data_dir is not None:
+            try:
+                self.store = EmbeddedStore.open(config.data_dir, config.durability)
+                self.recovery = self.store.recover(service)
+            except StoreError as e:
+                raise StartupError(f"data_dir: {e}") from e
+            log.info("%s", self.recovery.summary())
+            for warning in self.recovery.warnings:
+                log.warning("recovery: %s", warning)
+            fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
+        applied = seed(
+            service,
+            config.senders,
+            config.templates if fresh else (),
+            seed_clock_ms(config),
+        )
+        if applied:
+            log.info("applied from the config: %s", ", ".join(applied))
+        await self._commit()
+
+        server = grpc.aio.server(
+            options=[
+                # A second sidecar on the same port must fail, not share it.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        servicer = AdmissionControl(
+            service,
+            commit=self._commit,
+            metrics=self.metrics,
+            max_batch=config.max_batch,
+            webhook_secret=config.webhook_secret,
+            request_clock=config.clock == "request",
+        )
+        self._servicer = servicer
+        pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            self.port = server.add_insecure_port(str(config.listen))
+        except RuntimeError as e:
+            raise StartupError(f"listen: cannot bind {config.listen}: {e}") from e
+        if self.port == 0:
+            raise StartupError(f"listen: cannot bind {config.listen}")
+        await server.start()
+        self._server = server
+        for name in HEALTH_SERVICES:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        if config.metrics_listen is not None:
+            self._metrics_endpoint = MetricsEndpoint(self.metrics)
+            try:
+                self.metrics_port = await self._metrics_endpoint.start(
+                    config.metrics_listen.host, config.metrics_listen.port
+                )
+            except OSError as e:
+                raise StartupError(
+                    f"metrics_listen: cannot bind {config.metrics_listen}: {e}"
+                ) from e
+        log.info(
+            "tiergate listening on %s:%d (profile %s, clock %s, engine %s)",
+            config.listen.host,
+            self.port,
+            config.profile,
+            config.clock,
+            IMPLEMENTATION,
+        )
+
+    async def _commit(self) -> None:
+        """Make the service's state changes durable before a response leaves."""
+        assert self.service is not None
+        if self.store is not None:
+            await self.store.persist(self.service)
+        else:
+            self.service.drain_journal()
+
+    # --- stop ------------------------------------------------------------------
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown; safe to call more than once (later calls wait)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
+        grace = self.config.shutdown_grace if grace is None else grace
+        log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
+        await self._health.enter_graceful_shutdown()
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.stop()
+        if self._server is not None:
+            # Stop accepting now; end as soon as the admission calls in flight
+            # are done (health watches never end by themselves), at the latest
+            # when the grace period is over.
+            stopping = asyncio.ensure_future(self._server.stop(grace))
+            if self._servicer is not None:
+                await asyncio.sleep(0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._servicer.in_flight.idle(), grace)
+            await self._server.stop(0)
+            await stopping
+        if self.store is not None:
+            await self.store.aclose(self.service)
+            self.store = None
+        elif self.service is not None:
+            self.service.drain_journal()
+        log.info("tiergate stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def seed_clock_ms(config: ServeConfig) -> int:
+    """When config senders are applied: now, or under the request clock 0 (the
+    policy layer then uses each scope's latest time, never the wall clock)."""
+    return 0 if config.clock == "request" else server_clock_ms()
+
+
+def seed(
+    service: AdmissionService,
+    senders: Sequence[ev.SenderUpdate],
+    templates: Sequence[ev.TemplateUpdate],
+    now_ms: int,
+) -> list[str]:
+    """Apply the config's senders that the service does not know yet, and ``templates``.
+
+    Returns the ids applied. A sender the store recovered keeps its state
+    (Meta's webhooks may have changed its tier or quality since); the caller
+    passes templates only on a fresh start for the same reason.
+    """
+    applied = []
+    known = set(service.senders())
+    for i, sender in enumerate(senders):
+        if sender.sender_id in known:
+            continue
+        try:
+            service.apply(sender, now_ms)
+        except InvalidArgument as e:
+            raise StartupError(f"senders[{i}]: {e}") from e
+        applied.append(sender.sender_id)
+    for i, template in enumerate(templates):
+        try:
+            service.apply(template, now_ms)
+        except InvalidArgument as e:
+            raise StartupError(f"templates[{i}]: {e}") from e
+        applied.append(template.template_id)
+    return applied
+
+
+async def serve(config: ServeConfig) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a graceful shutdown."""
+    sidecar = Sidecar(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await sidecar.start()
+        except BaseException:
+            await sidecar.stop(0)
+            raise
+        waiter = asyncio.ensure_future(sidecar.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        await sidecar.stop()
+        waiter.cancel()
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run(config: ServeConfig) -> int:
+    """``tiergate serve``: the server is created inside uvloop's running loop."""
+    return uvloop.run(serve(config))

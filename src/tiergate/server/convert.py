@@ -1,0 +1,184 @@
+"""Translation between the ``tiergate.v1`` protobuf messages and the policy layer.
+
+Decision, reason and every other enum share their numbers with the policy
+layer, so translation is a copy. Feedback requests become the event
+dataclasses of :mod:`tiergate.policy.events`; an enum value outside its range
+or a missing required part raises :class:`InvalidArgument` naming the field.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TypeVar
+
+from tiergate.policy import events as ev
+from tiergate.policy.service import AdmitResult, InvalidArgument, SenderReport
+from tiergate.v1 import admission_pb2 as pb
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+def admit_response(result: AdmitResult) -> pb.AdmitResponse:
+    return pb.AdmitResponse(
+        decision=pb.Decision.ValueType(result.decision),
+        reason=pb.Reason.ValueType(result.reason),
+        retry_at_unix_ms=result.retry_at_unix_ms,
+        ticket=result.ticket,
+        counted=result.counted,
+        limit=result.limit,
+        used=result.used,
+        meta_error_code=result.meta_error_code,
+        detail=result.detail,
+    )
+
+
+def _enum(field: str, value: int, kind: type[_E], *, required: bool = False) -> _E:
+    try:
+        member = kind(value)
+    except ValueError:
+        raise InvalidArgument(field, f"{field}: unknown value {value}") from None
+    if required and member.value == 0:
+        raise InvalidArgument(field, f"{field}: is required")
+    return member
+
+
+def _required(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(field, f"{field}: is required")
+    return value
+
+
+FEEDBACK_EVENTS = ("inbound_message", "send_result", "opt_out", "sender_update", "template_update")
+
+
+def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
+    """The policy event a RecordFeedback request carries."""
+    which = request.WhichOneof("event")
+    if which == "inbound_message":
+        m = request.inbound_message
+        entry = _enum("inbound_message.entry_point", m.entry_point, ev.EntryPoint)
+        return ev.InboundMessage(
+            sender_id=_required("inbound_message.sender_id", m.sender_id),
+            recipient=_required("inbound_message.recipient", m.recipient),
+            at_unix_ms=m.at_unix_ms,
+            entry_point=entry if entry else ev.EntryPoint.ORGANIC,
+            message_id=m.message_id,
+        )
+    if which == "send_result":
+        s = request.send_result
+        if not s.ticket and not (s.sender_id and s.recipient and s.idempotency_key):
+            raise InvalidArgument(
+                "send_result.ticket",
+                "send_result.ticket: is required (or sender_id, recipient and idempotency_key)",
+            )
+        return ev.SendResult(
+            status=_enum("send_result.status", s.status, ev.SendStatus, required=True),
+            ticket=s.ticket,
+            sender_id=s.sender_id,
+            recipient=s.recipient,
+            idempotency_key=s.idempotency_key,
+            meta_error_code=s.meta_error_code,
+            at_unix_ms=s.at_unix_ms,
+            message_id=s.message_id,
+        )
+    if which == "opt_out":
+        o = request.opt_out
+        if not o.portfolio_id and not o.sender_id:
+            raise InvalidArgument(
+                "opt_out.portfolio_id", "opt_out.portfolio_id: one of portfolio_id or sender_id"
+            )
+        return ev.OptOut(
+            recipient=_required("opt_out.recipient", o.recipient),
+            portfolio_id=o.portfolio_id,
+            sender_id=o.sender_id,
+            at_unix_ms=o.at_unix_ms,
+            opted_out=o.opted_out,
+        )
+    if which == "sender_update":
+        return sender_update(request.sender_update)
+    if which == "template_update":
+        t = request.template_update
+        return ev.TemplateUpdate(
+            template_id=_required("template_update.template_id", t.template_id),
+            status=_enum("template_update.status", t.status, ev.TemplateStatus, required=True),
+            template_name=t.template_name,
+            paused_until_unix_ms=t.paused_until_unix_ms,
+            at_unix_ms=t.at_unix_ms,
+            waba_id=t.waba_id,
+        )
+    raise InvalidArgument("event", f"event: set one of {', '.join(FEEDBACK_EVENTS)}")
+
+
+def sender_update(u: pb.SenderUpdate) -> ev.SenderUpdate:
+    f = "sender_update."
+    return ev.SenderUpdate(
+        sender_id=_required(f + "sender_id", u.sender_id),
+        portfolio_id=u.portfolio_id if u.HasField("portfolio_id") else None,
+        waba_id=u.waba_id if u.HasField("waba_id") else None,
+        display_phone_number=(
+            u.display_phone_number if u.HasField("display_phone_number") else None
+        ),
+        verified=u.verified if u.HasField("verified") else None,
+        tier=u.tier if u.HasField("tier") else None,
+        quality=(
+            _enum(f + "quality", u.quality, ev.Quality, required=True)
+            if u.HasField("quality")
+            else None
+        ),
+        status=(
+            _enum(f + "status", u.status, ev.SenderStatus, required=True)
+            if u.HasField("status")
+            else None
+        ),
+        throughput_mps=u.throughput_mps if u.HasField("throughput_mps") else None,
+        coexistence=u.coexistence if u.HasField("coexistence") else None,
+        registered_at_unix_ms=(
+            u.registered_at_unix_ms if u.HasField("registered_at_unix_ms") else None
+        ),
+        restricted_until_unix_ms=(
+            u.restricted_until_unix_ms if u.HasField("restricted_until_unix_ms") else None
+        ),
+        at_unix_ms=u.at_unix_ms,
+    )
+
+
+def sender_state(report: SenderReport) -> pb.SenderState:
+    up = report.upgrade
+    return pb.SenderState(
+        sender_id=report.sender_id,
+        portfolio_id=report.portfolio_id,
+        profile=report.profile,
+        tier=report.tier,
+        limit=report.limit,
+        used_24h=report.used_24h,
+        remaining=report.remaining,
+        next_slot_free_at_unix_ms=report.next_slot_free_at_unix_ms,
+        unique_7d=report.unique_7d,
+        upgrade=pb.UpgradeState(
+            eligible=up.eligible,
+            progress=up.progress,
+            predicted_at_unix_ms=up.predicted_at_unix_ms,
+            next_tier=up.next_tier,
+        ),
+        quality=pb.Quality.ValueType(report.quality),
+        status=pb.SenderStatus.ValueType(report.status),
+        throughput_mps=report.throughput_mps,
+        open_windows=report.open_windows,
+        paused_templates=[
+            pb.PausedTemplate(
+                template_id=t.template_id,
+                template_name=t.template_name,
+                paused_until_unix_ms=t.paused_until_unix_ms,
+                disabled=t.disabled,
+            )
+            for t in report.paused_templates
+        ],
+        decision_counts=[
+            pb.ReasonCount(reason=pb.Reason.ValueType(reason), count=count)
+            for reason, count in sorted(report.decision_counts.items())
+            if count
+        ],
+        display_phone_number=report.display_phone_number,
+        effective_limit=report.effective_limit,
+        at_unix_ms=report.at_unix_ms,
+    )

@@ -1,0 +1,296 @@
+"""The ``tiergate.v1.AdmissionControl`` service: RPCs over the policy layer.
+
+Every RPC reads the clock once, makes one call into the policy layer (one
+engine crossing per request, batch or stream chunk), then commits the state
+changes it made before the response leaves. Bad input is ``INVALID_ARGUMENT``
+naming the field and consumes nothing; any other failure is ``INTERNAL`` and
+never an admit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from tiergate.policy.service import AdmissionService, AdmitResult, InvalidArgument
+from tiergate.server import convert
+from tiergate.server.metrics import Metrics
+from tiergate.v1 import admission_pb2 as pb
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
+from tiergate.webhooks import ingest as webhooks
+
+log = logging.getLogger("tiergate.server")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Commit = Callable[[], Awaitable[None]]
+
+_INDEXED_FIELD = re.compile(r"^requests\[(\d+)\]\.?(.*)$")
+_END = object()
+
+
+def server_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class InFlight:
+    """Counts calls being served, so shutdown can end as soon as they are done
+    (long-lived health watches do not hold it up for the whole grace period)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+class AdmissionControl(pb_grpc.AdmissionControlServicer):
+    def __init__(
+        self,
+        service: AdmissionService,
+        *,
+        commit: Commit,
+        metrics: Metrics,
+        max_batch: int = 1000,
+        webhook_secret: str = "",
+        request_clock: bool = False,
+        clock: Callable[[], int] = server_clock_ms,
+    ) -> None:
+        self._service = service
+        self._commit = commit
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._webhook_secret = webhook_secret
+        self._server_clock = clock
+        self._request_clock = request_clock
+        self._latest_request_ms = 0
+        self.in_flight = InFlight()
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _now(self, at_unix_ms: int = 0) -> int:
+        """The time one RPC (or one batch) is decided at, read once.
+
+        Server clock: the wall clock. Request clock: the latest ``at_unix_ms``
+        seen, so a request without one is decided at "the request clock's
+        latest time" (0 before any; the policy layer then keeps each scope's
+        own latest time) and never jumps a replay to the wall clock.
+        """
+        if not self._request_clock:
+            return self._server_clock()
+        if at_unix_ms > self._latest_request_ms:
+            self._latest_request_ms = at_unix_ms
+        return self._latest_request_ms
+
+    def _batch_now(self, requests: Sequence[pb.AdmitRequest]) -> int:
+        if not self._request_clock:
+            return self._server_clock()
+        return self._now(max((r.at_unix_ms for r in requests), default=0))
+
+    async def _fail(self, context: Context, rpc: str, exc: Exception) -> NoReturn:
+        if isinstance(exc, InvalidArgument):
+            self._metrics.invalid(rpc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        self._metrics.internal(rpc)
+        log.exception("%s failed", rpc)
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"{rpc}: internal error ({type(exc).__name__})"
+        )
+
+    def _decide(self, requests: Sequence[pb.AdmitRequest], now_ms: int) -> list[AdmitResult]:
+        results = self._service.admit_many(requests, now_ms)
+        if len(results) != len(requests):
+            raise RuntimeError(f"admit_many answered {len(results)} of {len(requests)} requests")
+        self._metrics.decided(results)
+        return results
+
+    # --- RPCs ------------------------------------------------------------------
+
+    async def Admit(self, request: pb.AdmitRequest, context: Context) -> pb.AdmitResponse:
+        with self.in_flight:
+            try:
+                result = self._service.admit(request, self._now(request.at_unix_ms))
+                self._metrics.decided((result,))
+                await self._commit()
+                return convert.admit_response(result)
+            except Exception as e:
+                await self._fail(context, "Admit", e)
+
+    async def AdmitBatch(
+        self, request: pb.AdmitBatchRequest, context: Context
+    ) -> pb.AdmitBatchResponse:
+        with self.in_flight:
+            try:
+                n = len(request.requests)
+                if n > self._max_batch:
+                    raise InvalidArgument(
+                        "requests", f"requests: at most {self._max_batch} per call, got {n}"
+                    )
+                if n == 0:
+                    return pb.AdmitBatchResponse()
+                results = self._decide(request.requests, self._batch_now(request.requests))
+                await self._commit()
+                return pb.AdmitBatchResponse(responses=[convert.admit_response(r) for r in results])
+            except Exception as e:
+                await self._fail(context, "AdmitBatch", e)
+
+    async def AdmitStream(
+        self, request_iterator: AsyncIterator[pb.AdmitRequest], context: Context
+    ) -> AsyncIterator[pb.AdmitResponse]:
+        with self.in_flight:
+            # A reader task buffers what the client sends while a chunk is being
+            # decided; the bounded queue stops reading when full, so gRPC flow
+            # control pushes back on the client.
+            queue: asyncio.Queue[object] = asyncio.Queue(maxsize=self._max_batch)
+
+            async def read() -> None:
+                try:
+                    async for req in request_iterator:
+                        await queue.put(req)
+                except Exception as e:
+                    await queue.put(e)
+                else:
+                    await queue.put(_END)
+
+            reader = asyncio.create_task(read())
+            offset = 0  # stream position of the chunk's first request
+            try:
+                done = False
+                while not done:
+                    chunk: list[pb.AdmitRequest] = []
+                    item = await queue.get()
+                    while True:
+                        if item is _END:
+                            done = True
+                            break
+                        if isinstance(item, Exception):
+                            raise item
+                        assert isinstance(item, pb.AdmitRequest)
+                        chunk.append(item)
+                        if len(chunk) >= self._max_batch:
+                            break
+                        if queue.empty():
+                            # One loop turn lets the reader hand over messages that
+                            # have already arrived; stop when nothing more came.
+                            await asyncio.sleep(0)
+                            if queue.empty():
+                                break
+                        item = queue.get_nowait()
+                    if not chunk:
+                        continue
+                    try:
+                        results = self._decide(chunk, self._batch_now(chunk))
+                    except InvalidArgument as e:
+                        # Answer the valid requests before the bad one, then end the
+                        # stream naming the bad one by its position in the stream.
+                        bad, field = _bad_index(e, len(chunk))
+                        if bad > 0:
+                            results = self._decide(chunk[:bad], self._batch_now(chunk[:bad]))
+                            await self._commit()
+                            for r in results:
+                                yield convert.admit_response(r)
+                        raise InvalidArgument(
+                            field, f"stream message {offset + bad}: {_strip_index(str(e))}"
+                        ) from None
+                    await self._commit()
+                    offset += len(chunk)
+                    for r in results:
+                        yield convert.admit_response(r)
+            except Exception as e:
+                await self._fail(context, "AdmitStream", e)
+            finally:
+                reader.cancel()
+
+    async def RecordFeedback(
+        self, request: pb.RecordFeedbackRequest, context: Context
+    ) -> pb.RecordFeedbackResponse:
+        with self.in_flight:
+            try:
+                event = convert.feedback_event(request)
+                result = self._service.apply(event, self._now(event.at_unix_ms))
+                await self._commit()
+                self._metrics.feedback(type(event).__name__, result.applied)
+                return pb.RecordFeedbackResponse(applied=result.applied, detail=result.detail)
+            except Exception as e:
+                await self._fail(context, "RecordFeedback", e)
+
+    async def IngestWebhook(
+        self, request: pb.IngestWebhookRequest, context: Context
+    ) -> pb.IngestWebhookResponse:
+        with self.in_flight:
+            try:
+                try:
+                    outcome = webhooks.ingest(
+                        self._service,
+                        request.body,
+                        request.signature,
+                        self._webhook_secret,
+                        self._now(request.at_unix_ms),
+                    )
+                except webhooks.SignatureError as e:
+                    self._metrics.invalid("IngestWebhook")
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"signature: {e}")
+                except webhooks.WebhookError as e:
+                    raise InvalidArgument("body", f"body: {e}") from None
+                await self._commit()
+                return pb.IngestWebhookResponse(
+                    applied=outcome.applied,
+                    ignored=outcome.ignored,
+                    ignored_events=[
+                        pb.IgnoredEvent(field=f, reason=r) for f, r in outcome.ignored_events
+                    ],
+                )
+            except Exception as e:
+                await self._fail(context, "IngestWebhook", e)
+
+    async def GetSenderState(
+        self, request: pb.GetSenderStateRequest, context: Context
+    ) -> pb.SenderState:
+        with self.in_flight:
+            try:
+                if not request.sender_id:
+                    raise InvalidArgument("sender_id", "sender_id: is required")
+                try:
+                    report = self._service.sender_state(
+                        request.sender_id, self._now(request.at_unix_ms), request.at_unix_ms
+                    )
+                except KeyError:
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"sender_id: unknown sender {request.sender_id!r}",
+                    )
+                state = convert.sender_state(report)
+                # Reading state may advance time-driven state (tier upgrades).
+                await self._commit()
+                return state
+            except Exception as e:
+                await self._fail(context, "GetSenderState", e)
+
+
+def _bad_index(exc: InvalidArgument, n: int) -> tuple[int, str]:
+    m = _INDEXED_FIELD.match(exc.field)
+    if m is None or int(m.group(1)) >= n:
+        return 0, exc.field
+    return int(m.group(1)), m.group(2) or exc.field
+
+
+def _strip_index(message: str) -> str:
+    return re.sub(r"^requests\[\d+\]\.", "", message)

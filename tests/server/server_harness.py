@@ -1,0 +1,90 @@
+"""An in-process sidecar on an ephemeral 127.0.0.1 port, driven from sync tests.
+
+Each test body is a coroutine run with ``uvloop.run`` (the loop the sidecar runs
+on in production); ``serving()`` starts a real ``grpc.aio`` server inside that
+loop and yields a client connected to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any, ParamSpec
+
+import grpc
+import uvloop
+
+from tiergate import config as cfg
+from tiergate.client import TiergateClient
+from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
+from tiergate.server import Sidecar
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
+
+P = ParamSpec("P")
+
+T0 = 1_760_000_000_000  # a fixed request-clock start (Unix ms)
+SENDER = "100000000000001"
+OTHER_SENDER = "100000000000002"
+PORTFOLIO = "portfolio-test"
+
+
+def run_async(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an ``async def`` test body on uvloop."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        uvloop.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def sender(sender_id: str = SENDER, **overrides: Any) -> SenderUpdate:
+    fields: dict[str, Any] = {
+        "portfolio_id": PORTFOLIO,
+        "display_phone_number": "+15550100001",
+        "verified": True,
+        "tier": "TIER_250",
+        "quality": Quality.GREEN,
+        "status": SenderStatus.CONNECTED,
+        **overrides,
+    }
+    return SenderUpdate(sender_id=sender_id, **fields)
+
+
+def make_config(**overrides: Any) -> cfg.ServeConfig:
+    base = cfg.ServeConfig(
+        listen=cfg.Endpoint("127.0.0.1", 0),
+        clock="request",
+        senders=(sender(),),
+        shutdown_grace=2.0,
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class Harness:
+    sidecar: Sidecar
+    channel: grpc.aio.Channel
+    stub: pb_grpc.AdmissionControlAsyncStub
+    client: TiergateClient
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.sidecar.port}"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    config: cfg.ServeConfig | None = None, **overrides: Any
+) -> AsyncIterator[Harness]:
+    sidecar = Sidecar(config if config is not None else make_config(**overrides))
+    await sidecar.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
+    client = TiergateClient(channel=channel)
+    try:
+        yield Harness(sidecar, channel, pb_grpc.AdmissionControlStub(channel), client)
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0.5)

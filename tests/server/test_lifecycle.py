@@ -1,0 +1,174 @@
+"""Health, reflection, graceful shutdown, durable restarts, webhooks and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_harness import SENDER, T0, make_config, run_async, sender, serving
+
+from tiergate.config import Endpoint
+from tiergate.server import SERVICE_NAME, Sidecar, StartupError
+from tiergate.v1 import admission_pb2 as pb
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
+from tiergate.webhooks.signature import sign
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "meta-webhooks"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def admit(recipient: str, at: int = T0) -> pb.AdmitRequest:
+    return pb.AdmitRequest(
+        sender_id=SENDER,
+        recipient=recipient,
+        kind=pb.TEMPLATE,
+        category=pb.MARKETING,
+        template_id="spring_sale",
+        at_unix_ms=at,
+    )
+
+
+@run_async
+async def test_health_serving_for_the_server_and_the_service() -> None:
+    async with serving() as h:
+        health = health_pb2_grpc.HealthStub(h.channel)
+        for name in ("", SERVICE_NAME):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@run_async
+async def test_reflection_lists_the_service() -> None:
+    async with serving() as h:
+        stub = reflection_pb2_grpc.ServerReflectionStub(h.channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+        names = {s.name for s in replies[0].list_services_response.service}
+        assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)
+        replies = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+        assert replies[0].file_descriptor_response.file_descriptor_proto
+
+
+@run_async
+async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None:
+    config = make_config(shutdown_grace=5.0)
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert (await watch.read()).status == SERVING
+
+        stub = pb_grpc.AdmissionControlStub(channel)
+        stream = stub.AdmitStream()
+        await stream.write(admit("15550000001"))
+        assert (await stream.read()).decision == pb.DECISION_ADMIT
+
+        stopping = asyncio.ensure_future(sidecar.stop())
+        update = await asyncio.wait_for(watch.read(), 5)
+        assert update.status == NOT_SERVING
+        # The stream that was open when shutdown began is still answered.
+        await stream.write(admit("15550000002", T0 + 1))
+        assert (await stream.read()).decision == pb.DECISION_ADMIT
+        await stream.done_writing()
+        assert await stream.code() == grpc.StatusCode.OK
+        await asyncio.wait_for(stopping, 5)
+        # Stopped: new calls find nobody.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Admit(admit("15550000003"), timeout=1)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0)
+
+
+@run_async
+async def test_state_survives_a_restart_and_config_senders_do_not_overwrite_it(
+    tmp_path: Path,
+) -> None:
+    config = make_config(data_dir=tmp_path / "data", durability="write")
+    async with serving(config) as h:
+        await h.client.admit_batch([admit(f"1555000{i:04d}", T0 + i) for i in range(7)])
+        await h.client.record_feedback(
+            pb.SenderUpdate(sender_id=SENDER, tier="TIER_2K", at_unix_ms=T0 + 10)
+        )
+    async with serving(config) as h:
+        s = await h.client.sender_state(SENDER, at_unix_ms=T0 + 20)
+        assert s.used_24h == 7
+        assert s.tier == "TIER_2K"  # recovered, not reset to the config's TIER_250
+        again = await h.stub.Admit(admit("15550000003", T0 + 30))
+        assert again.decision == pb.DECISION_ADMIT and not again.counted
+
+
+@run_async
+async def test_second_sidecar_on_the_same_data_dir_or_port_fails(tmp_path: Path) -> None:
+    config = make_config(data_dir=tmp_path / "data")
+    async with serving(config) as h:
+        with pytest.raises(StartupError, match="data_dir"):
+            await Sidecar(config).start()
+        same_port = make_config(listen=Endpoint("127.0.0.1", h.sidecar.port))
+        other = Sidecar(same_port)
+        with pytest.raises(StartupError, match="listen"):
+            await other.start()
+        await other.stop(0)
+
+
+@run_async
+async def test_bad_profile_fails_at_start() -> None:
+    with pytest.raises(StartupError, match="profile"):
+        await Sidecar(make_config(profile="meta-1999")).start()
+
+
+def fixture_body(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@run_async
+async def test_ingest_webhook_verifies_then_applies() -> None:
+    sample = sorted(FIXTURES.glob("messages__*.json"))[0]
+    body = sample.read_bytes()
+    payload = json.loads(body)
+    phone_id = payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"]
+    config = make_config(senders=(sender(phone_id),), webhook_secret="app-secret")
+    async with serving(config) as h:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await h.client.ingest_webhook(body, "sha256=" + "0" * 64)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "signature" in str(info.value.details())
+
+        reply = await h.client.ingest_webhook(body, sign(body, "app-secret"))
+        assert reply.applied + reply.ignored >= 1
+        assert reply.ignored == len(reply.ignored_events)
+
+        broken = b'{"object": "whatsapp_business_account", "entry": 7}'
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await h.client.ingest_webhook(broken, sign(broken, "app-secret"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "body" in str(info.value.details())
+
+
+@run_async
+async def test_metrics_endpoint_counts_decisions() -> None:
+    config = make_config(metrics_listen=make_config().listen)
+    async with serving(config) as h:
+        await h.stub.Admit(admit("15550000001"))
+        await h.stub.Admit(admit("15550000001", T0 + 1))
+        await h.stub.Admit(pb.AdmitRequest(sender_id="nobody", recipient="1555", kind=pb.FREE_FORM))
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.sidecar.metrics_port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        text = (await reader.read()).decode()
+        writer.close()
+        assert text.startswith("HTTP/1.1 200 OK")
+        assert 'tiergate_decisions_total{decision="ADMIT",reason="OK"} 2' in text
+        assert 'tiergate_decisions_total{decision="REJECT",reason="UNKNOWN_SENDER"} 1' in text
