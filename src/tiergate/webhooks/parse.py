@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, NoReturn
 
-from tiergate.engine.constants import recipient_key
+from tiergate.engine.constants import MAX_RECIPIENT_DIGITS
 from tiergate.policy.events import (
     AccountUpdate,
     CapabilityUpdate,
@@ -180,7 +180,19 @@ class _Change:
     path: str  # path of the change's value
     waba_id: str  # entry.id
     at_ms: int  # entry.time in ms, 0 when absent
-    key: str  # digest of the whole change (field, entry id, entry time, value)
+    raw_time: object  # entry.time as sent
+    value: dict[str, object]
+
+    @property
+    def key(self) -> str:
+        """De-duplication key: a digest of the whole change (field, entry id and time, value)."""
+        text = json.dumps(
+            [self.field, self.waba_id, self.raw_time, self.value],
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        return f"{self.field}:{self.waba_id}:{digest}"
 
 
 def parse(
@@ -246,12 +258,7 @@ def _entry(out: _Out, raw: object, path: str) -> None:
             continue
         vpath = f"{cpath}.value"
         value = _obj(_req(change, "value", cpath), vpath)
-        digest = hashlib.sha256(
-            json.dumps(
-                [fld, waba_id, raw_time, value], sort_keys=True, separators=(",", ":")
-            ).encode()
-        ).hexdigest()[:32]
-        handler(out, value, _Change(fld, vpath, waba_id, at_ms, f"{fld}:{waba_id}:{digest}"))
+        handler(out, value, _Change(fld, vpath, waba_id, at_ms, raw_time, value))
 
 
 _OTHER_FIELDS: Final[Mapping[str, str]] = {
@@ -291,9 +298,9 @@ def _messages(out: _Out, value: dict[str, object], ch: _Change) -> None:
 
 def _message(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> None:
     msg = _obj(raw, path)
-    message_id = _nonempty(_req(msg, "id", path), f"{path}.id")
-    mtype = _str(_req(msg, "type", path), f"{path}.type")
-    at_ms = _seconds(_req(msg, "timestamp", path), f"{path}.timestamp")
+    message_id = _req_str(msg, "id", path)
+    mtype = _req_str(msg, "type", path)
+    at_ms = _req_seconds(msg, "timestamp", path)
     user = _opt_str(msg, "from", path)
     entry_point = EntryPoint.ORGANIC
     referral = msg.get("referral")
@@ -334,9 +341,9 @@ def _message(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> Non
 
 def _status(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> None:
     st = _obj(raw, path)
-    message_id = _nonempty(_req(st, "id", path), f"{path}.id")
-    status = _str(_req(st, "status", path), f"{path}.status")
-    at_ms = _seconds(_req(st, "timestamp", path), f"{path}.timestamp")
+    message_id = _req_str(st, "id", path)
+    status = _req_str(st, "status", path)
+    at_ms = _req_seconds(st, "timestamp", path)
     recipient = _opt_str(st, "recipient_id", path)
     code = 0
     errors = st.get("errors")
@@ -614,7 +621,29 @@ def _opt_str(obj: dict[str, object], key: str, path: str) -> str:
     value = obj.get(key)
     if value is None:
         return ""
-    return _str(value, f"{path}.{key}")
+    if type(value) is str:
+        return value
+    _fail(f"{path}.{key}", "a string", value)
+
+
+# Keyed readers for the hot paths (statuses, messages): the path of a field is
+# only built when it is needed for an error.
+
+
+def _req_str(obj: dict[str, object], key: str, path: str) -> str:
+    """A required, non-empty string field."""
+    value = obj.get(key)
+    if type(value) is str and value:
+        return value
+    return _nonempty(_req(obj, key, path), f"{path}.{key}")
+
+
+def _req_seconds(obj: dict[str, object], key: str, path: str) -> int:
+    """A required Unix-seconds field → Unix milliseconds."""
+    value = obj.get(key)
+    if type(value) is str and 0 < len(value) <= 11 and value.isdigit() and value.isascii():
+        return int(value) * 1000
+    return _seconds(_req(obj, key, path), f"{path}.{key}")
 
 
 def _int(value: object, path: str) -> int:
@@ -676,11 +705,9 @@ def _limit(obj: dict[str, object], key: str, path: str) -> str:
 
 
 def _is_phone(wa_id: str) -> bool:
-    try:
-        recipient_key(wa_id)
-    except ValueError:
-        return False
-    return True
+    """Whether ``recipient_key`` accepts ``wa_id`` (E.164 digits, optional '+')."""
+    digits = wa_id[1:] if wa_id[:1] == "+" else wa_id
+    return 0 < len(digits) <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit()
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -688,15 +715,17 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 def _check_depth(doc: object, max_depth: int) -> None:
-    stack: list[tuple[object, int]] = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
+    """Raise unless ``doc`` nests at most ``max_depth`` containers deep (level by level)."""
+    level: list[object] = [doc]
+    depth = 0
+    while level:
+        depth += 1
         if depth > max_depth:
             raise WebhookError("body", f"is nested more than {max_depth} levels deep")
-        children: list[object] | None = None
-        if isinstance(node, dict):
-            children = list(node.values())
-        elif isinstance(node, list):
-            children = node
-        if children:
-            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        below: list[object] = []
+        for node in level:
+            if isinstance(node, dict):
+                below.extend(c for c in node.values() if isinstance(c, (dict, list)))
+            elif isinstance(node, list):
+                below.extend(c for c in node if isinstance(c, (dict, list)))
+        level = below
