@@ -7,7 +7,7 @@ import pytest
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 
-from .helpers import D, H, T0, add_sender, admit, admitted, rcpt, req, send_unique, service
+from .helpers import T0, D, H, add_sender, admit, admitted, rcpt, req, send_unique, service
 
 
 def limit_at(svc, sid: str, at: int) -> int:  # type: ignore[no-untyped-def]

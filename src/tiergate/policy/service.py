@@ -419,6 +419,8 @@ class AdmissionService:
                 )
                 continue
             if key:
+                if self._idem_order and self._idem_order[0][0] <= now:
+                    self._prune(now)
                 first = sender.idem.get(key)
                 if first is not None:
                     results[i] = first
