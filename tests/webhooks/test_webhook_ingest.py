@@ -406,7 +406,7 @@ def test_policy_layer_still_deduplicates_messages_after_the_memory_is_lost() -> 
 
 def test_deduplication_memory_is_bounded_and_expires() -> None:
     service = _service(at=T)
-    ingestor = WebhookIngestor(service, dedupe_ttl_ms=HOUR, dedupe_max_keys=2)
+    ingestor = WebhookIngestor(service, dedupe_ttl_ms=HOUR, dedupe_max_changes=2)
     bodies = [
         synthetic("user_preferences__stop"),
         synthetic("user_preferences__resume"),
@@ -418,6 +418,21 @@ def test_deduplication_memory_is_bounded_and_expires() -> None:
     assert ingestor.ingest(bodies[2], None, "", T).applied == 0  # still remembered
     assert ingestor.ingest(bodies[2], None, "", T + HOUR + 1).applied == 1  # expired
     assert ingestor.remembered == 1
+
+
+def test_a_flood_of_statuses_does_not_push_out_change_keys() -> None:
+    service = _service(at=T)
+    ingestor = WebhookIngestor(service, dedupe_max_keys=10)
+    paused = synthetic("message_template_status_update__paused-first")
+    assert ingestor.ingest(paused, None, "", T).applied == 1
+    doc = json.loads(real("messages__message_status-delivered__pywa"))
+    for k in range(50):
+        status = replaced(doc, ("entry", 0, "changes", 0, "value", "statuses", 0, "id"), f"w.{k}")
+        assert ingestor.ingest(dumps(status), None, "", T + k).applied == 1
+    assert ingestor.remembered == 11
+    before = service.snapshot()
+    assert ingestor.ingest(paused, None, "", T + HOUR).applied == 0
+    assert service.snapshot() == before
 
 
 # --- signatures ----------------------------------------------------------------------

@@ -10,10 +10,12 @@ service's own explanation.
 Meta delivers at least once and redelivers what it thinks failed, so the same
 message, status or change can arrive many times. Every parsed event has a
 de-duplication key (see :mod:`tiergate.webhooks.parse`); keys of applied
-events are remembered for Meta's retry horizon (7 days) in a bounded memory
-that forgets its oldest keys first when full. The policy layer also
-de-duplicates by message id, so a key forgotten here (or lost in a restart)
-still does not count a message twice.
+events are remembered for Meta's retry horizon (7 days) in bounded memories
+that forget their oldest keys first when full: one for message and status
+keys (many, and the policy layer also de-duplicates by message id, so a key
+forgotten here or lost in a restart still does not count a message twice) and
+one for account, template, quality, capability and preference changes (few,
+so a flood of statuses never pushes them out).
 
 ``ingest`` keeps one :class:`WebhookIngestor` per service, so the gRPC
 ``IngestWebhook`` RPC and the HTTP receiver share its memory and counters
@@ -47,7 +49,9 @@ __all__ = [
 
 DAY_MS: Final = 86_400_000
 DEFAULT_DEDUPE_TTL_MS: Final = 7 * DAY_MS  # Meta retries a webhook for up to 7 days
-DEFAULT_DEDUPE_MAX_KEYS: Final = 200_000
+DEFAULT_DEDUPE_MAX_KEYS: Final = 200_000  # message and status keys
+DEFAULT_DEDUPE_MAX_CHANGES: Final = 20_000  # keys of every other change
+_MESSAGE_KEYS: Final = ("message:", "status:")
 
 
 class ApplyOutcome(Protocol):
@@ -150,16 +154,21 @@ class WebhookIngestor:
         max_body_bytes: int = DEFAULT_MAX_BYTES,
         dedupe_ttl_ms: int = DEFAULT_DEDUPE_TTL_MS,
         dedupe_max_keys: int = DEFAULT_DEDUPE_MAX_KEYS,
+        dedupe_max_changes: int = DEFAULT_DEDUPE_MAX_CHANGES,
     ) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
         self.stats = WebhookStats()
-        self._seen = _SeenKeys(dedupe_ttl_ms, dedupe_max_keys)
+        self._seen_messages = _SeenKeys(dedupe_ttl_ms, dedupe_max_keys)
+        self._seen_changes = _SeenKeys(dedupe_ttl_ms, dedupe_max_changes)
 
     @property
     def remembered(self) -> int:
         """How many applied-event keys the de-duplication memory holds."""
-        return len(self._seen)
+        return len(self._seen_messages) + len(self._seen_changes)
+
+    def _memory(self, key: str) -> _SeenKeys:
+        return self._seen_messages if key.startswith(_MESSAGE_KEYS) else self._seen_changes
 
     def ingest(
         self, body: bytes, signature: str | bytes | None, secret: str | bytes, now_ms: int
@@ -188,7 +197,8 @@ class WebhookIngestor:
         for part in parsed.ignored:
             ignored.append((part.field, f"{part.path}: {part.reason}"))
         for item in parsed.events:
-            if self._seen.contains(item.key, now_ms):
+            seen = self._memory(item.key)
+            if seen.contains(item.key, now_ms):
                 stats.duplicates += 1
                 ignored.append((item.field, f"{item.path}: already applied (redelivery)"))
                 continue
@@ -201,7 +211,7 @@ class WebhookIngestor:
                 continue
             if outcome.applied:
                 result.applied += 1
-                self._seen.add(item.key, now_ms)
+                seen.add(item.key, now_ms)
             else:
                 ignored.append((item.field, f"{item.path}: {outcome.detail or 'not applied'}"))
         result.ignored = len(ignored)
