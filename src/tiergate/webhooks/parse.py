@@ -16,6 +16,10 @@ What each change becomes:
   ``referral`` with a ``ctwa_clid`` (a click-to-WhatsApp ad click) is a
   ``CTWA_AD`` entry point, ``source_type`` ``ad`` is too; ``post`` (a Page
   post or its call-to-action) is ``PAGE_CTA``; anything else is ``ORGANIC``.
+  Only what a user writes opens a window (:data:`WINDOW_TYPES`); ``system``,
+  ``unsupported`` and ``request_welcome`` messages do not, because a window
+  tiergate believes open and Meta does not would admit a free-form message
+  Meta refuses (131047).
 - ``messages`` / ``statuses[]``: a :class:`SendResult` carrying Meta's message
   id, the sender and the recipient (a status names Meta's message id, never a
   tiergate ticket, so the policy layer matches it), the first
@@ -25,7 +29,8 @@ What each change becomes:
   ``account_update`` → :class:`AccountUpdate`;
   ``message_template_status_update`` → :class:`TemplateUpdate`;
   ``message_template_quality_update`` → :class:`TemplateQualityUpdate`;
-  ``user_preferences`` (marketing stop / resume) → :class:`OptOut`.
+  ``user_preferences`` (marketing ``stop`` / ``resume``) → :class:`OptOut`;
+  other values (``signup``) leave the opt-out state as it is.
 
 Payload timestamps are Unix seconds (strings in ``messages``, numbers
 elsewhere) and become Unix milliseconds. Every event carries a
