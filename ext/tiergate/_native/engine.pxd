@@ -117,6 +117,8 @@ cdef class Engine:
 
     cdef Scope *_scope(self, Py_ssize_t scope) except NULL
     cdef Number *_number(self, Py_ssize_t number) except NULL
+    cdef void prefetch(self, Py_ssize_t scope, Py_ssize_t number,
+                       uint64_t recipient) noexcept nogil
     cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
                         uint32_t flags, int64_t limit, uint64_t ticket,
                         Decision *d) noexcept nogil

@@ -1,0 +1,246 @@
+"""Decision engine speed: the compiled engine next to its pure-Python twin, in one run.
+
+Measures decisions per second for single ``decide`` calls and for
+``decide_batch`` of 1 000, at several numbers of tracked recipients; the
+resident memory per tracked recipient; and snapshot / restore time for
+1 M table entries. Prints a table and writes ``benchmarks/results/engine.json``.
+
+    .venv/bin/python benchmarks/engine.py --quick     # < 60 s
+    .venv/bin/python benchmarks/engine.py             # adds 10 M tracked recipients
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import statistics
+import sys
+import time
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import _common
+
+from tiergate.engine import IMPLEMENTATION, DecisionBatch, PyEngine
+from tiergate.engine import constants as c
+
+if IMPLEMENTATION == "compiled":
+    from tiergate._native.engine import Engine as CEngine
+else:
+    CEngine = None
+
+DAY = 86_400_000
+T0 = 1_780_000_000_000  # a Unix ms time; the clock advances 1 ms per decision
+BATCH = 1_000
+FIRST_KEY = c.recipient_key("15550000000")
+FLAGS = c.F_TEMPLATE
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def new_engine(cls: Any) -> Any:
+    e = cls()
+    e.add_scope()
+    # throughput and pair rate set wide open: the figures are the table and ring work
+    e.add_number(0, 1, 1 << 30, 1, 1 << 20)
+    return e
+
+
+def columns(now: int, keys: array[int], ticket0: int) -> DecisionBatch:
+    n = len(keys)
+    b = DecisionBatch()
+    b.now = array("q", range(now, now + n))
+    b.scope = array("i", [0]) * n
+    b.number = array("i", [0]) * n
+    b.recipient = keys
+    b.flags = array("I", [FLAGS]) * n
+    b.limit = array("q", [c.UNLIMITED]) * n
+    b.ticket = array("Q", range(ticket0, ticket0 + n))
+    return b
+
+
+def populate(e: Any, tracked: int) -> None:
+    """Track ``tracked`` recipients (each in the scope table and the number table)."""
+    chunk = 200_000
+    for start in range(0, tracked, chunk):
+        n = min(chunk, tracked - start)
+        keys = array("Q", range(FIRST_KEY + start, FIRST_KEY + start + n))
+        e.decide_batch(columns(T0 + start, keys, start + 1))
+
+
+def workload_keys(tracked: int, n: int, seed: int) -> array[int]:
+    """Mostly repeats of tracked recipients, 1 in 10 a new one."""
+    rnd = random.Random(seed)
+    out = array("Q")
+    for _ in range(n):
+        if rnd.random() < 0.1:
+            out.append(FIRST_KEY + tracked + rnd.randrange(10 * tracked + 1))
+        else:
+            out.append(FIRST_KEY + rnd.randrange(tracked))
+    return out
+
+
+def time_single(e: Any, keys: array[int], now: int) -> float:
+    decide = e.decide
+    t = time.perf_counter()
+    for i, k in enumerate(keys):
+        decide(now + i, 0, 0, k, FLAGS, c.UNLIMITED, i + 1)
+    return time.perf_counter() - t
+
+
+def time_batches(e: Any, keys: array[int], now: int) -> float:
+    batches = [
+        columns(now + i, keys[i : i + BATCH], i + 1) for i in range(0, len(keys) - BATCH + 1, BATCH)
+    ]
+    t = time.perf_counter()
+    for b in batches:
+        e.decide_batch(b)
+    return time.perf_counter() - t
+
+
+def best_rate(fn: Callable[[Any, array[int], int], float], e: Any, keys: array[int]) -> float:
+    """Decisions per second: the median of three runs (time keeps moving forward)."""
+    rates = []
+    now = T0 + 2 * DAY
+    for _ in range(3):
+        rates.append(len(keys) / fn(e, keys, now))
+        now += len(keys) + 60_000
+    return statistics.median(rates)
+
+
+def measure_size(tracked: int, quick: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {"tracked_recipients": tracked}
+    impls = [("compiled", CEngine), ("python", PyEngine)] if CEngine else [("python", PyEngine)]
+    for name, cls in impls:
+        if name == "python" and tracked > (100_000 if quick else 1_000_000):
+            continue
+        gc.collect()
+        before = rss_bytes()
+        e = new_engine(cls)
+        populate(e, tracked)
+        gc.collect()
+        row[f"{name}_bytes_per_recipient"] = (rss_bytes() - before) / tracked
+        n_single = (200_000 if name == "compiled" else 20_000) // (2 if quick else 1)
+        n_batch = (1_000_000 if name == "compiled" else 20_000) // (2 if quick else 1)
+        row[f"{name}_single_per_s"] = best_rate(time_single, e, workload_keys(tracked, n_single, 1))
+        row[f"{name}_batch_per_s"] = best_rate(time_batches, e, workload_keys(tracked, n_batch, 2))
+        row[f"{name}_entries"] = e.entries()
+        del e
+    for kind in ("single", "batch"):
+        if f"python_{kind}_per_s" in row and f"compiled_{kind}_per_s" in row:
+            row[f"{kind}_ratio"] = row[f"compiled_{kind}_per_s"] / row[f"python_{kind}_per_s"]
+        if f"compiled_{kind}_per_s" in row:
+            row[f"compiled_{kind}_ns"] = 1e9 / row[f"compiled_{kind}_per_s"]
+    return row
+
+
+def measure_snapshots() -> list[dict[str, Any]]:
+    """Snapshot and restore of 1 M entries (500 000 recipients in both tables)."""
+    out = []
+    impls = [("compiled", CEngine), ("python", PyEngine)] if CEngine else [("python", PyEngine)]
+    for name, cls in impls:
+        e = new_engine(cls)
+        populate(e, 500_000)
+        t = time.perf_counter()
+        data = e.snapshot()
+        snap_s = time.perf_counter() - t
+        del e
+        gc.collect()
+        t = time.perf_counter()
+        r = cls.restore(data)
+        restore_s = time.perf_counter() - t
+        out.append(
+            {
+                "engine": name,
+                "entries": r.entries(),
+                "bytes": len(data),
+                "snapshot_s": snap_s,
+                "restore_s": restore_s,
+            }
+        )
+        del r, data
+        gc.collect()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes; finishes in < 60 s")
+    ap.add_argument("--results-dir", type=Path, default=None, help="where engine.json goes")
+    args = ap.parse_args(argv)
+
+    _common.print_machine()
+    started = time.monotonic()
+    sizes = [1_000, 100_000, 1_000_000] if args.quick else [1_000, 1_000_000, 10_000_000]
+    rows = [measure_size(n, args.quick) for n in sizes]
+    snaps = measure_snapshots()
+
+    headers = [
+        "tracked",
+        "compiled decide/s",
+        "python decide/s",
+        "ratio",
+        "compiled batch/s",
+        "python batch/s",
+        "ratio",
+        "ns/decision (batch)",
+        "B/recipient (compiled)",
+        "B/recipient (python)",
+    ]
+    table = [
+        [
+            r["tracked_recipients"],
+            r.get("compiled_single_per_s"),
+            r.get("python_single_per_s"),
+            r.get("single_ratio"),
+            r.get("compiled_batch_per_s"),
+            r.get("python_batch_per_s"),
+            r.get("batch_ratio"),
+            r.get("compiled_batch_ns"),
+            r.get("compiled_bytes_per_recipient"),
+            r.get("python_bytes_per_recipient"),
+        ]
+        for r in rows
+    ]
+    _common.print_table(
+        f"decision engine: single decide and decide_batch({BATCH}), counted template sends",
+        headers,
+        table,
+    )
+    _common.print_table(
+        "snapshot / restore of 1 M table entries",
+        ["engine", "entries", "MB", "snapshot s", "restore s"],
+        [
+            [s["engine"], s["entries"], s["bytes"] / 1e6, s["snapshot_s"], s["restore_s"]]
+            for s in snaps
+        ],
+    )
+    path = _common.write_results(
+        "engine",
+        {
+            "mode": "quick" if args.quick else "full",
+            "seconds": time.monotonic() - started,
+            "batch_size": BATCH,
+            "workload": "counted template sends; 90 % repeats of tracked recipients, "
+            "10 % new ones; clock +1 ms per decision; limit unlimited",
+            "sizes": rows,
+            "snapshots": snaps,
+        },
+        args.results_dir,
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
