@@ -134,28 +134,89 @@ def fixture_body(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
+TEXT_MESSAGE = "messages__message-text__pywa.json"
+WEBHOOK_SENDER = "1122334455667"  # metadata.phone_number_id of the fixture
+WEBHOOK_USER = "972987654321"
+WEBHOOK_AT = 1697043223000  # the message's timestamp
+
+
+def reply_to_webhook_user(at: int) -> pb.AdmitRequest:
+    return pb.AdmitRequest(
+        sender_id=WEBHOOK_SENDER,
+        recipient=WEBHOOK_USER,
+        kind=pb.FREE_FORM,
+        category=pb.SERVICE,
+        at_unix_ms=at,
+    )
+
+
 @run_async
 async def test_ingest_webhook_verifies_then_applies() -> None:
-    sample = sorted(FIXTURES.glob("messages__*.json"))[0]
-    body = sample.read_bytes()
-    payload = json.loads(body)
-    phone_id = payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"]
-    config = make_config(senders=(sender(phone_id),), webhook_secret="app-secret")
+    body = fixture_body(TEXT_MESSAGE)
+    config = make_config(senders=(sender(WEBHOOK_SENDER),), webhook_secret="app-secret")
     async with serving(config) as h:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await h.client.ingest_webhook(body, "sha256=" + "0" * 64)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "signature" in str(info.value.details())
+        closed = await h.stub.Admit(reply_to_webhook_user(WEBHOOK_AT + 60_000))
+        assert closed.reason == pb.OUTSIDE_WINDOW  # the forged body changed nothing
 
         reply = await h.client.ingest_webhook(body, sign(body, "app-secret"))
-        assert reply.applied + reply.ignored >= 1
+        assert reply.applied == 1
         assert reply.ignored == len(reply.ignored_events)
+        # The user's message opened the customer service window.
+        opened = await h.stub.Admit(reply_to_webhook_user(WEBHOOK_AT + 60_000))
+        assert opened.decision == pb.DECISION_ADMIT
+
+        again = await h.client.ingest_webhook(body, sign(body, "app-secret"))
+        assert again.applied == 0  # Meta's redelivery is recognised
 
         broken = b'{"object": "whatsapp_business_account", "entry": 7}'
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await h.client.ingest_webhook(broken, sign(broken, "app-secret"))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "body" in str(info.value.details())
+
+
+async def http_post(
+    port: int, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write((head + "Connection: close\r\n\r\n").encode() + body)
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
+
+
+@run_async
+async def test_webhook_http_receiver_applies_and_commits(tmp_path: Path) -> None:
+    body = fixture_body(TEXT_MESSAGE)
+    config = make_config(
+        senders=(sender(WEBHOOK_SENDER),),
+        webhook_secret="app-secret",
+        webhook_listen=Endpoint("127.0.0.1", 0),
+        data_dir=tmp_path / "data",
+    )
+    async with serving(config) as h:
+        port = h.sidecar.webhook_port
+        assert port
+        status, _ = await http_post(port, "/webhook", body, {"X-Hub-Signature-256": "sha256=00"})
+        assert status == 403
+        signature = sign(body, "app-secret")
+        status, payload = await http_post(
+            port, "/webhook", body, {"X-Hub-Signature-256": signature}
+        )
+        assert status == 200, payload
+        assert json.loads(payload)["applied"] == 1
+    async with serving(config) as h:
+        # Acknowledged with 200 only after the store had it: it survives a restart.
+        opened = await h.stub.Admit(reply_to_webhook_user(WEBHOOK_AT + 60_000))
+        assert opened.decision == pb.DECISION_ADMIT
 
 
 @run_async
@@ -172,3 +233,5 @@ async def test_metrics_endpoint_counts_decisions() -> None:
         assert text.startswith("HTTP/1.1 200 OK")
         assert 'tiergate_decisions_total{decision="ADMIT",reason="OK"} 2' in text
         assert 'tiergate_decisions_total{decision="REJECT",reason="UNKNOWN_SENDER"} 1' in text
+        assert "tiergate_senders 1" in text
+        assert "tiergate_webhook_bodies_total 0" in text

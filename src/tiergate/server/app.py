@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 import uvloop
@@ -29,6 +29,8 @@ from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import EmbeddedStore, RecoveryReport, StoreError
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
+from tiergate.webhooks.http import WebhookReceiver
+from tiergate.webhooks.ingest import IngestResult, ingestor_for
 
 log = logging.getLogger("tiergate.server")
 
@@ -53,6 +55,8 @@ class Sidecar:
         # The asyncio servicer is public API; the grpc stubs only know the sync one.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self._webhooks: WebhookReceiver | None = None
+        self.webhook_port = 0
         self._stopping: asyncio.Future[None] | None = None
         self._servicer: AdmissionControl | None = None
         self.store: EmbeddedStore | None = None
@@ -123,6 +127,22 @@ class Sidecar:
         for name in HEALTH_SERVICES:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+        if config.webhook_listen is not None:
+            self._webhooks = WebhookReceiver(
+                service,
+                config.webhook_secret,
+                config.webhook_verify_token,
+                servicer.now,
+                after_ingest=self._after_webhook,
+            )
+            try:
+                await self._webhooks.start(config.webhook_listen.host, config.webhook_listen.port)
+            except OSError as e:
+                raise StartupError(
+                    f"webhook_listen: cannot bind {config.webhook_listen}: {e}"
+                ) from e
+            self.webhook_port = self._webhooks.port
+
         if config.metrics_listen is not None:
             self._metrics_endpoint = MetricsEndpoint(self.metrics)
             try:
@@ -133,6 +153,7 @@ class Sidecar:
                 raise StartupError(
                     f"metrics_listen: cannot bind {config.metrics_listen}: {e}"
                 ) from e
+        self._register_metrics()
         log.info(
             "tiergate listening on %s:%d (profile %s, clock %s, engine %s)",
             config.listen.host,
@@ -150,6 +171,49 @@ class Sidecar:
         else:
             self.service.drain_journal()
 
+    def _register_metrics(self) -> None:
+        m = self.metrics
+        service = self.service
+        assert service is not None
+        m.collect(
+            "tiergate_senders", "gauge", "Senders known.", lambda: float(len(service.senders()))
+        )
+        stats = ingestor_for(service).stats
+
+        def webhook_stat(key: str) -> Callable[[], float]:
+            return lambda: float(stats.as_dict()[key])
+
+        for key in stats.as_dict():
+            m.collect(
+                f"tiergate_webhook_{key}_total",
+                "counter",
+                f"Webhook {key.replace('_', ' ')} (IngestWebhook and the HTTP receiver).",
+                webhook_stat(key),
+            )
+        store = self.store
+        if store is not None:
+            m.collect(
+                "tiergate_journal_bytes",
+                "gauge",
+                "Bytes of journal on disk.",
+                lambda: float(store.journal_bytes),
+            )
+            m.collect(
+                "tiergate_store_commits_total",
+                "counter",
+                "Journal group commits.",
+                lambda: float(store.commits),
+            )
+            m.collect(
+                "tiergate_recovery_seconds",
+                "gauge",
+                "Time the last start-up recovery took.",
+                lambda: store.recovery_seconds,
+            )
+
+    async def _after_webhook(self, result: IngestResult) -> None:
+        await self._commit()
+
     # --- stop ------------------------------------------------------------------
 
     async def stop(self, grace: float | None = None) -> None:
@@ -162,6 +226,8 @@ class Sidecar:
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
         await self._health.enter_graceful_shutdown()
+        if self._webhooks is not None:
+            await self._webhooks.stop()
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
         if self._server is not None:

@@ -40,7 +40,11 @@ class Metrics:
         self.internal_errors: Counter[str] = Counter()
         self.feedback_events: Counter[tuple[str, bool]] = Counter()
         self.engine_crossings = 0
-        self.gauges: dict[str, Callable[[], float]] = {}
+        # name → (type, help, read): values owned by other parts (store, webhooks).
+        self.collected: dict[str, tuple[str, str, Callable[[], float]]] = {}
+
+    def collect(self, name: str, kind: str, help_text: str, read: Callable[[], float]) -> None:
+        self.collected[name] = (kind, help_text, read)
 
     def decided(self, results: Iterable[AdmitResult]) -> None:
         self.engine_crossings += 1
@@ -92,8 +96,8 @@ class Metrics:
             lines.append(
                 f'tiergate_feedback_events_total{{event="{event}",outcome="{outcome}"}} {n}'
             )
-        for name, read in sorted(self.gauges.items()):
-            lines += [f"# TYPE {name} gauge", f"{name} {read():g}"]
+        for name, (kind, help_text, read) in sorted(self.collected.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {read():g}"]
         return "\n".join(lines) + "\n"
 
 

@@ -84,6 +84,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
 
     # --- helpers ---------------------------------------------------------------
 
+    def now(self) -> int:
+        """The time a request without ``at_unix_ms`` is decided at (webhook receiver)."""
+        return self._now(0)
+
     def _now(self, at_unix_ms: int = 0) -> int:
         """The time one RPC (or one batch) is decided at, read once.
 
