@@ -7,7 +7,7 @@ from pathlib import Path
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 
-from .helpers import D, H, S, T0, add_sender, admit, custom, rcpt, send_unique, service
+from .helpers import T0, D, H, S, add_sender, admit, custom, rcpt, send_unique, service
 
 U = "491700000001"
 FAILED = ev.SendStatus.FAILED

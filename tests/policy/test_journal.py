@@ -10,7 +10,7 @@ from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.service import AdmissionService
 
-from .helpers import D, H, S, T0, add_sender, admit, rcpt, req, send_unique, service
+from .helpers import T0, D, H, S, add_sender, admit, rcpt, req, send_unique, service
 
 U = "491700000001"
 
