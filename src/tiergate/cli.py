@@ -148,7 +148,7 @@ def _limit(n: int) -> str:
 
 def format_state(state: pb.SenderState) -> str:
     up = state.upgrade
-    upgrade = f"{'eligible' if up.eligible else 'not eligible'}, progress {up.progress:.0%}"
+    upgrade = f"{'eligible' if up.eligible else 'not eligible'}, progress {up.progress:.1%}"
     if up.next_tier:
         upgrade += f", next {up.next_tier}"
     if up.predicted_at_unix_ms > 0:
@@ -177,7 +177,12 @@ def format_state(state: pb.SenderState) -> str:
         ("limit", f"{_limit(state.limit)} (effective {_limit(state.effective_limit)})"),
         ("used (24 h)", f"{state.used_24h:,}"),
         ("remaining", _limit(state.remaining)),
-        ("next slot free", _time(state.next_slot_free_at_unix_ms)),
+        (
+            "next slot free",
+            "now"
+            if state.remaining > 0 or state.next_slot_free_at_unix_ms <= state.at_unix_ms
+            else _time(state.next_slot_free_at_unix_ms),
+        ),
         ("unique (7 d)", f"{state.unique_7d:,}"),
         ("upgrade", upgrade),
         ("quality", pb.Quality.Name(state.quality)),
@@ -273,7 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "simulate":
         return _simulate(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # Output piped into e.g. `head`: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -82,9 +82,6 @@ class Sidecar:
                 self.recovery = self.store.recover(service)
             except StoreError as e:
                 raise StartupError(f"data_dir: {e}") from e
-            log.info("%s", self.recovery.summary())
-            for warning in self.recovery.warnings:
-                log.warning("recovery: %s", warning)
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
         applied = seed(
             service,
