@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tiergate.server import StartupError, run
 
     try:
-        return run(config)
+        return run(config, reload_config=lambda: _load_config(args))
     except StartupError as e:
         print(f"tiergate: cannot start: {e}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(e.__cause__, cfg.ConfigError | None) else 1

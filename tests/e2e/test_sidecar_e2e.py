@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -204,7 +205,7 @@ async def replay_day(target: str) -> Day:
     return day
 
 
-def state_json(s: Sidecar, at: int) -> dict[str, object]:
+def state_json(s: Sidecar, at: int, sender_id: str = SENDER) -> dict[str, object]:
     out = subprocess.run(
         [
             *tiergate_command(),
@@ -283,6 +284,23 @@ def test_state_of_an_unknown_sender_fails_cleanly(tmp_path: Path) -> None:
         )
         assert out.returncode == 1
         assert "NOT_FOUND" in out.stderr
+        assert stop(s) == 0
+
+
+def test_sighup_applies_senders_added_to_the_config(tmp_path: Path) -> None:
+    added = "106540352242999"
+    with sidecar(tmp_path) as s:
+        config = tmp_path / "tiergate.toml"
+        config.write_text(
+            config.read_text()
+            + f'\n[[senders]]\nsender_id = "{added}"\nportfolio_id = "portfolio-e2e"\n'
+        )
+        s.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while not any(f"sender {added} added" in line for line in s.log):
+            assert time.monotonic() < deadline, "".join(s.log)
+            time.sleep(0.05)
+        assert state_json(s, T0, added)["portfolio_id"] == "portfolio-e2e"
         assert stop(s) == 0
 
 

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_harness import OTHER_SENDER as OTHER
 from server_harness import SENDER, T0, make_config, run_async, sender, serving
 
 from tiergate.config import Endpoint
@@ -235,3 +236,43 @@ async def test_metrics_endpoint_counts_decisions() -> None:
         assert 'tiergate_decisions_total{decision="REJECT",reason="UNKNOWN_SENDER"} 1' in text
         assert "tiergate_senders 1" in text
         assert "tiergate_webhook_bodies_total 0" in text
+
+
+@run_async
+async def test_reload_swaps_the_profile_on_live_state_and_adds_new_senders(
+    tmp_path: Path,
+) -> None:
+    config = make_config(data_dir=tmp_path / "data")
+    async with serving(config) as h:
+        await h.client.admit_batch([admit(f"1555000{i:04d}", T0 + i) for i in range(10)])
+        before = await h.client.sender_state(SENDER, at_unix_ms=T0 + 100)
+        assert (before.effective_limit, before.used_24h) == (250, 10)
+
+        profile = tmp_path / "cautious.toml"
+        profile.write_text(
+            'extends = "meta-2025"\nname = "cautious"\n[protection]\nheadroom_pct = 80\n'
+        )
+        newer = make_config(
+            data_dir=tmp_path / "data",
+            profile=str(profile),
+            senders=(sender(), sender(OTHER, display_phone_number="+15550100002")),
+        )
+        changes = await h.sidecar.reload(newer)
+        assert changes == ["profile meta-2025 -> cautious", f"sender {OTHER} added"]
+        after = await h.client.sender_state(SENDER, at_unix_ms=T0 + 200)
+        assert after.profile == "cautious"
+        assert (after.effective_limit, after.used_24h) == (200, 10)  # usage carried over
+        assert (await h.client.sender_state(OTHER, at_unix_ms=T0 + 200)).tier == "TIER_250"
+        again = await h.stub.Admit(admit("15550000003", T0 + 300))  # known recipient
+        assert again.decision == pb.DECISION_ADMIT and not again.counted
+
+        with pytest.raises(StartupError, match="limit_scope"):
+            await h.sidecar.reload(make_config(profile="meta-2024"))
+        assert (await h.client.sender_state(SENDER, at_unix_ms=T0 + 400)).profile == "cautious"
+
+
+@run_async
+async def test_config_sender_the_service_refuses_fails_at_start() -> None:
+    clash = make_config(senders=(sender(), sender(OTHER)))  # same display number twice
+    with pytest.raises(StartupError, match=r"senders\[1\]: display number"):
+        await Sidecar(clash).start()

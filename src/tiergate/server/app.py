@@ -2,8 +2,10 @@
 
 Start-up: load the profile, recover state from the data directory, apply the
 senders and templates the config declares (only those not known yet), then
-serve. Shutdown (SIGTERM/SIGINT): health NOT_SERVING, stop accepting, let
-in-flight calls finish within the grace period, flush and close the store.
+serve. SIGHUP reloads the config: new senders are applied and a changed
+profile takes effect on the live state. Shutdown (SIGTERM/SIGINT): health
+NOT_SERVING, stop accepting, let in-flight calls finish within the grace
+period, flush and close the store.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tiergate.config import ServeConfig
+from tiergate.config import ConfigError, ServeConfig
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
-from tiergate.policy.profile import load_profile
+from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
@@ -65,11 +67,14 @@ class Sidecar:
     # --- start -----------------------------------------------------------------
 
     def build_service(self) -> AdmissionService:
+        return AdmissionService(self._profile(self.config), clock=self.config.clock)
+
+    @staticmethod
+    def _profile(config: ServeConfig) -> Profile:
         try:
-            profile = load_profile(self.config.profile)
+            return load_profile(config.profile)
         except Exception as e:
             raise StartupError(f"profile: {e}") from e
-        return AdmissionService(profile, clock=self.config.clock)
 
     async def start(self) -> None:
         config = self.config
@@ -170,17 +175,19 @@ class Sidecar:
 
     def _register_metrics(self) -> None:
         m = self.metrics
-        service = self.service
-        assert service is not None
+
+        def live() -> AdmissionService:
+            assert self.service is not None
+            return self.service
+
         m.collect(
-            "tiergate_senders", "gauge", "Senders known.", lambda: float(len(service.senders()))
+            "tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders()))
         )
-        stats = ingestor_for(service).stats
 
         def webhook_stat(key: str) -> Callable[[], float]:
-            return lambda: float(stats.as_dict()[key])
+            return lambda: float(ingestor_for(live()).stats.as_dict()[key])
 
-        for key in stats.as_dict():
+        for key in ingestor_for(live()).stats.as_dict():
             m.collect(
                 f"tiergate_webhook_{key}_total",
                 "counter",
@@ -207,6 +214,50 @@ class Sidecar:
                 "Time the last start-up recovery took.",
                 lambda: store.recovery_seconds,
             )
+
+    # --- reload (SIGHUP) ----------------------------------------------------------
+
+    async def reload(self, config: ServeConfig) -> list[str]:
+        """Apply a re-read config to the running sidecar; returns what changed.
+
+        New ``[[senders]]`` are applied (known ones keep their live state). A
+        changed profile replaces the rules on the live state (the state moves
+        over through a snapshot), unless it changes the limit scope or the
+        engine's time buckets, which need a restart. Settings of the process
+        itself (listen, data_dir, …) also need a restart; they are reported.
+        """
+        old = self.service
+        if old is None:
+            raise RuntimeError("the sidecar is not started")
+        changes: list[str] = []
+        profile = self._profile(config)
+        if profile != old.profile:
+            _check_profile_swap(old.profile, profile)
+            records = old.drain_journal()
+            swapped = AdmissionService.from_snapshot(profile, old.snapshot(), clock=old.clock)
+            self._swap(swapped)
+            if self.store is not None:
+                await self.store.commit(records)
+                await self.store.snapshot(swapped)
+            changes.append(f"profile {old.profile.name} -> {profile.name}")
+        service = self.service
+        assert service is not None
+        now_ms = self._servicer.now() if self._servicer is not None else seed_clock_ms(config)
+        applied = seed(service, config.senders, (), now_ms)
+        changes += [f"sender {sid} added" for sid in applied]
+        await self._commit()
+        for name in ("listen", "data_dir", "clock", "durability", "webhook_listen"):
+            if getattr(config, name) != getattr(self.config, name):
+                log.warning("reload: %s changed; it takes effect at the next restart", name)
+        return changes
+
+    def _swap(self, service: AdmissionService) -> None:
+        self.service = service
+        if self._servicer is not None:
+            self._servicer.service = service
+        if self._webhooks is not None:
+            self._webhooks.service = service
+            self._webhooks.ingestor = ingestor_for(service)
 
     async def _after_webhook(self, result: IngestResult) -> None:
         await self._commit()
@@ -250,6 +301,16 @@ class Sidecar:
             await self._server.wait_for_termination()
 
 
+def _check_profile_swap(old: Profile, new: Profile) -> None:
+    """A profile can replace another on live state only if the state's shape is the same."""
+    for name in ("limit_scope", "bucket_ms", "long_bucket_ms", "window_ms", "lookback_ms"):
+        if getattr(old, name) != getattr(new, name):
+            raise StartupError(
+                f"profile: {new.name} changes {name} ({getattr(old, name)} -> "
+                f"{getattr(new, name)}); restart tiergate to use it"
+            )
+
+
 def seed_clock_ms(config: ServeConfig) -> int:
     """When config senders are applied: now, or under the request clock 0 (the
     policy layer then uses each scope's latest time, never the wall clock)."""
@@ -274,26 +335,50 @@ def seed(
         if sender.sender_id in known:
             continue
         try:
-            service.apply(sender, now_ms)
+            result = service.apply(sender, now_ms)
         except InvalidArgument as e:
             raise StartupError(f"senders[{i}]: {e}") from e
+        if not result.applied:
+            raise StartupError(f"senders[{i}]: {result.detail}")
         applied.append(sender.sender_id)
     for i, template in enumerate(templates):
         try:
-            service.apply(template, now_ms)
+            result = service.apply(template, now_ms)
         except InvalidArgument as e:
             raise StartupError(f"templates[{i}]: {e}") from e
+        if not result.applied:
+            raise StartupError(f"templates[{i}]: {result.detail}")
         applied.append(template.template_id)
     return applied
 
 
-async def serve(config: ServeConfig) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a graceful shutdown."""
+async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a graceful shutdown. SIGHUP calls
+    ``reload_config`` and applies the result (a bad config is logged and ignored)."""
     sidecar = Sidecar(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def on_hup() -> None:
+        if reload_config is None:
+            log.info("SIGHUP: nothing to reload")
+            return
+        try:
+            changes = await sidecar.reload(reload_config())
+        except (ConfigError, StartupError) as e:
+            log.error("SIGHUP: config not reloaded: %s", e)
+            return
+        log.info("SIGHUP: reloaded (%s)", "; ".join(changes) or "no changes")
+
+    def hup() -> None:
+        task = loop.create_task(on_hup())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup)
     try:
         try:
             await sidecar.start()
@@ -308,10 +393,10 @@ async def serve(config: ServeConfig) -> int:
         waiter.cancel()
         return 0
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
-def run(config: ServeConfig) -> int:
+def run(config: ServeConfig, reload_config: Callable[[], ServeConfig] | None = None) -> int:
     """``tiergate serve``: the server is created inside uvloop's running loop."""
-    return uvloop.run(serve(config))
+    return uvloop.run(serve(config, reload_config))

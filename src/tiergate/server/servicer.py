@@ -72,7 +72,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         request_clock: bool = False,
         clock: Callable[[], int] = server_clock_ms,
     ) -> None:
-        self._service = service
+        self.service = service
         self._commit = commit
         self._metrics = metrics
         self._max_batch = max_batch
@@ -120,7 +120,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         )
 
     def _decide(self, requests: Sequence[pb.AdmitRequest], now_ms: int) -> list[AdmitResult]:
-        results = self._service.admit_many(requests, now_ms)
+        results = self.service.admit_many(requests, now_ms)
         if len(results) != len(requests):
             raise RuntimeError(f"admit_many answered {len(results)} of {len(requests)} requests")
         self._metrics.decided(results)
@@ -131,7 +131,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def Admit(self, request: pb.AdmitRequest, context: Context) -> pb.AdmitResponse:
         with self.in_flight:
             try:
-                result = self._service.admit(request, self._now(request.at_unix_ms))
+                result = self.service.admit(request, self._now(request.at_unix_ms))
                 self._metrics.decided((result,))
                 await self._commit()
                 return convert.admit_response(result)
@@ -229,7 +229,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         with self.in_flight:
             try:
                 event = convert.feedback_event(request)
-                result = self._service.apply(event, self._now(event.at_unix_ms))
+                result = self.service.apply(event, self._now(event.at_unix_ms))
                 await self._commit()
                 self._metrics.feedback(type(event).__name__, result.applied)
                 return pb.RecordFeedbackResponse(applied=result.applied, detail=result.detail)
@@ -243,7 +243,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             try:
                 try:
                     outcome = webhooks.ingest(
-                        self._service,
+                        self.service,
                         request.body,
                         request.signature,
                         self._webhook_secret,
@@ -273,7 +273,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                 if not request.sender_id:
                     raise InvalidArgument("sender_id", "sender_id: is required")
                 try:
-                    report = self._service.sender_state(
+                    report = self.service.sender_state(
                         request.sender_id, self._now(request.at_unix_ms), request.at_unix_ms
                     )
                 except KeyError:
