@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -220,9 +219,9 @@ def _state(args: argparse.Namespace) -> int:
 
 def _simulate(argv: Sequence[str]) -> int:
     # Imported on use: the simulator pulls in scenario machinery serve never needs.
-    simulate = importlib.import_module("tiergate.simulate")
-    run: Callable[[list[str]], int] = simulate.main
-    return run(list(argv))
+    from tiergate import simulate
+
+    return simulate.main(list(argv))
 
 
 # --- main ------------------------------------------------------------------------
@@ -275,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "simulate":
-        return _simulate(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv and argv[0] == "simulate":
+            return _simulate(argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except BrokenPipeError:
         # Output piped into e.g. `head`: not an error worth a traceback.
