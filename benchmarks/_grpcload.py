@@ -188,6 +188,7 @@ class ClientResult:
     decisions: dict[str, int]
     error_sample: str = ""
     cpu_seconds: float = 0.0
+    sim_end_ms: int = 0  # simulated time the cursor reached
 
 
 class _Recorder:
@@ -369,6 +370,7 @@ async def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> C
             decisions=dict(rec.tally),
             error_sample=rec.error_sample,
             cpu_seconds=time.process_time() - started[1] if started[0] else 0.0,
+            sim_end_ms=cursor.t0 + PAGE_MS,
         )
 
 
@@ -403,6 +405,8 @@ class RunResult:
     error_sample: str = ""
     client_cpu_seconds: float = 0.0
     server_cpu_seconds: float | None = None  # filled by the caller when it knows the server
+    sim_end_ms: int = 0  # latest simulated time any client reached
+    load_average: float = 0.0  # 1-minute load average of the machine at the end of the run
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -514,6 +518,8 @@ def merge(shape: Shape, results: Sequence[ClientResult], rate: float = 0.0) -> R
         rate_target=rate,
         error_sample=error_sample,
         client_cpu_seconds=client_cpu,
+        sim_end_ms=max((r.sim_end_ms for r in results), default=0),
+        load_average=os.getloadavg()[0],
     )
 
 

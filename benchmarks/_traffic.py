@@ -124,14 +124,17 @@ def build_pool(pb2: Any, tag: str, client: int, pages: int) -> tuple[Pool, dict[
 SETUP_LEAD_MS = 2 * 3_600_000
 
 
-def start_time() -> int:
+def start_time(after_ms: int = 0) -> int:
     """Simulated start of the measured traffic: two hours (simulated) after now.
 
-    Set-up happens at simulated times between now and then. Nothing is earlier
-    than the server's clock at start, where it seeded the configured senders:
-    per-scope time never goes backwards, so earlier times would be clamped.
+    Set-up happens at simulated times between now (or ``after_ms``, where an
+    earlier run's simulated clock ended) and then. Nothing is earlier than the
+    server's clock at start, where it seeded the configured senders, nor than
+    the latest request time it has seen: time never goes backwards for
+    tiergate, so earlier times would be clamped.
     """
-    return page_start(int(time.time() * 1000) + SETUP_LEAD_MS) + PAGE_MS
+    base = max(int(time.time() * 1000), after_ms)
+    return page_start(base + SETUP_LEAD_MS) + PAGE_MS
 
 
 async def noop_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool, int]:
@@ -156,7 +159,7 @@ async def tiergate_workload(pb2: Any, stub: Any, plan: ClientPlan) -> tuple[Pool
     """Build the pool, then give tiergate the state the mix relies on (feedback RPCs)."""
     args = plan.workload_args
     pool, setup = build_pool(pb2, args.get("tag", "b"), plan.index, args.get("pages", 4))
-    t0 = start_time()
+    t0 = start_time(args.get("after_ms", 0))
     t_setup = t0 - SETUP_LEAD_MS
     fb = pb2.RecordFeedbackRequest
     calls = []

@@ -14,6 +14,7 @@ client processes send exactly the request bytes ``load.py`` sends to tiergate.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -53,8 +54,25 @@ async def _serve(port: int) -> None:
             return reply
 
         async def AdmitStream(self, request_iterator: Any, context: Any) -> Any:
-            async for _ in request_iterator:
-                yield admit
+            # Like tiergate's handler: a reader task drains the stream while
+            # answers go out, so reading and writing overlap.
+            queue: asyncio.Queue[int] = asyncio.Queue()
+
+            async def read() -> None:
+                async for _ in request_iterator:
+                    queue.put_nowait(1)
+                queue.put_nowait(0)
+
+            reader = asyncio.create_task(read())
+            try:
+                while await queue.get():
+                    yield admit
+                    while not queue.empty():
+                        if not queue.get_nowait():
+                            return
+                        yield admit
+            finally:
+                reader.cancel()
 
     # The options tiergate serve uses (src/tiergate/server/app.py).
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -64,14 +82,23 @@ async def _serve(port: int) -> None:
     await server.wait_for_termination()
 
 
+class NoopServer:
+    def __init__(self, proc: subprocess.Popen[bytes], target: str) -> None:
+        self.proc = proc
+        self.target = target
+
+    def cpu_seconds(self) -> float:
+        return _common.process_cpu_seconds(self.proc.pid)
+
+
 @contextlib.contextmanager
-def noop_server() -> Iterator[str]:
-    """Run the no-op server in its own process on a free loopback port; yield its target."""
+def noop_server() -> Iterator[NoopServer]:
+    """Run the no-op server in its own process on a free loopback port."""
     port = _common.free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
     try:
         _common.wait_for_port(port, 30, proc)
-        yield f"{_common.LOOPBACK}:{port}"
+        yield NoopServer(proc, f"{_common.LOOPBACK}:{port}")
     finally:
         _common.stop_process(proc, grace=5)
 
@@ -116,17 +143,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-calls", type=int, help="calls per client process per shape")
     parser.add_argument("--clients", type=int, default=_grpcload.default_clients())
     parser.add_argument("--pages", type=int, help="request pool pages (8 000 items each)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="load.py: alternating ceiling/tiergate rounds per shape (best kept)",
+    )
     parser.add_argument("--results-dir", help="where <name>.json goes")
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Durations and bounds for --tiny / --quick / full."""
     if args.tiny:
-        base = {"duration": 0.5, "warmup": 0.2, "max_calls": 200, "pages": 1}
+        base = {"duration": 0.5, "warmup": 0.2, "max_calls": 200, "pages": 1, "rounds": 1}
     elif args.quick:
-        base = {"duration": 3.0, "warmup": 1.0, "max_calls": 2_000_000, "pages": 4}
+        base = {"duration": 2.0, "warmup": 0.5, "max_calls": 2_000_000, "pages": 4, "rounds": 2}
     else:
-        base = {"duration": 10.0, "warmup": 2.0, "max_calls": 10_000_000, "pages": 8}
+        base = {"duration": 10.0, "warmup": 2.0, "max_calls": 10_000_000, "pages": 8, "rounds": 3}
     for key in base:
         value = getattr(args, key)
         if value is not None:
@@ -175,10 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = run_settings(args)
     _common.print_machine()
     results = []
-    with noop_server() as target:
+    with noop_server() as server:
         for shape in shapes:
+            cpu0 = server.cpu_seconds()
             r = measure(
-                target,
+                server.target,
                 shape,
                 clients=settings["clients"],
                 duration=settings["duration"],
@@ -187,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tag=f"ceil-{shape.name}-",
                 pages=settings["pages"],
             )
+            r.server_cpu_seconds = server.cpu_seconds() - cpu0
             results.append(r)
             print(f"  {r.label}: {r.calls_per_s:,.0f} calls/s, {r.items_per_s:,.0f} items/s")
     _common.print_table(
