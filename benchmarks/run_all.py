@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import _common
+import _report
 
 ORDER = ("ceiling", "load", "peers", "engine", "durability")
-MINE = {"ceiling", "load", "peers"}  # scripts that take --tiny and --results-dir
+MINE = {"ceiling", "load", "peers"}  # scripts that take --tiny (all take --results-dir)
 CHART = _common.REPO_ROOT / "docs" / "performance.png"
 
 
@@ -34,7 +35,7 @@ def script_args(name: str, mode: str, results_dir: Path | None) -> list[str]:
         args.append("--tiny" if name in MINE else "--quick")
     elif mode == "quick":
         args.append("--quick")
-    if results_dir is not None and name in MINE:
+    if results_dir is not None:
         args += ["--results-dir", str(results_dir)]
     return args
 
@@ -107,6 +108,10 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         out["peers_ratios_vs_redis_per_core"] = peers["ratios_vs_redis_per_core"]
         out["peers_target"] = peers.get("target")
+    for name in ("engine", "durability"):
+        data = results.get(name)
+        if data:
+            out[name] = {k: v for k, v in data.items() if k not in ("benchmark", "machine")}
     ceiling = results.get("ceiling")
     if ceiling:
         out["ceiling"] = {
@@ -195,13 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (_common.BENCH_DIR / f"{name}.py").exists():
             runs[name] = {"skipped": "script not present"}
             continue
-        # Scripts owned elsewhere write to the default results directory.
-        out_dir = results_dir if name in MINE else _common.RESULTS_DIR
         runs[name] = run_script(name, script_args(name, mode, results_dir), timeout)
-        data = _load(out_dir / f"{name}.json", started)
+        data = _load(results_dir / f"{name}.json", started)
         if data is not None:
             results[name] = data
-            runs[name]["results"] = str(out_dir / f"{name}.json")
+            runs[name]["results"] = str(results_dir / f"{name}.json")
     summary = {
         "mode": mode,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -212,7 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = _common.write_results("summary", summary, results_dir)
     summary["machine"] = _common.machine_info()
     png = chart(summary, Path(args.chart)) if args.chart else None
-    print(f"\nwrote {path}" + (f" and {png}" if png else ""))
+    md = results_dir / "summary.md"
+    md.write_text(_report.markdown(summary), encoding="utf-8")
+    print()
+    print(md.read_text(encoding="utf-8"))
+    print(f"wrote {path}, {md}" + (f" and {png}" if png else ""))
     failed = [n for n, r in runs.items() if r.get("exit_code", 0) != 0]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

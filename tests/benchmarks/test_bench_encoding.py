@@ -86,3 +86,45 @@ def test_chart_is_written_from_a_summary(tmp_path: Path) -> None:
     out = run_all.chart(summary, tmp_path / "chart.png")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert run_all.chart({"headline": {}}, tmp_path / "none.png") is None
+
+
+def test_markdown_report_names_every_shape_and_verdict() -> None:
+    import _report
+
+    summary = {
+        "mode": "quick",
+        "machine": {"cores": 2},
+        "headline": {
+            "grpc": {
+                "unary": {
+                    "label": "Admit (unary)",
+                    "noop_calls_per_s": 3000.0,
+                    "noop_items_per_s": 3000.0,
+                    "tiergate_calls_per_s": 2700.0,
+                    "tiergate_items_per_s": 2700.0,
+                    "items_ratio": 0.9,
+                    "tiergate_server_cpu_s": 2.0,
+                    "tiergate_seconds": 2.0,
+                    "ceiling_half_load": {"calls_per_s": 1350.0, "p50_ms": 1.0, "p99_ms": 4.0},
+                    "tiergate_half_load": {"calls_per_s": 1350.0, "p50_ms": 1.2, "p99_ms": 5.0},
+                    "p99_half_load_ratio": 1.25,
+                    "targets": {
+                        "throughput": {"target": ">= 85%", "ratio": 0.9, "met": True},
+                        "p99_half_load": {"target": "<= 1.3x", "ratio": 1.25, "met": True},
+                    },
+                }
+            },
+            "peers": {
+                "redis": {
+                    "decisions_per_s": 1.0,
+                    "decisions_per_cpu_s": 2.0,
+                    "decisions_per_total_cpu_s": 1.0,
+                }
+            },
+            "peers_target": {"what": "batch >= 100x Redis", "ratio": 12.5, "met": False},
+        },
+    }
+    text = _report.markdown(summary)
+    assert "| Admit (unary) | 3,000 | 3,000 | 2,700 | 2,700 | 90% | 1.00 |" in text
+    assert text.count("| met |") == 2
+    assert "batch >= 100x Redis: 12.5x, missed." in text

@@ -1,0 +1,143 @@
+"""Markdown tables from ``summary.json``: what docs/performance.md quotes, generated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from _common import fmt
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    head = summary.get("headline", {})
+    parts: list[str] = []
+    m = summary.get("machine", {})
+    parts.append(
+        f"Machine: {m.get('cores')} cores ({m.get('cpu_model')}), Python {m.get('python')}, "
+        f"grpcio {m.get('grpcio')}, protobuf {m.get('protobuf')} ({m.get('protobuf_backend')}), "
+        f"uvloop {m.get('uvloop')}, Cython {m.get('cython')}, engine {m.get('engine')}; "
+        f"mode {summary.get('mode')}, run at {summary.get('started_at')}."
+    )
+    grpc = head.get("grpc")
+    if grpc:
+        rows = []
+        for v in grpc.values():
+            cpu = v.get("tiergate_server_cpu_s")
+            secs = v.get("tiergate_seconds")
+            rows.append(
+                [
+                    v["label"],
+                    v["noop_calls_per_s"],
+                    v["noop_items_per_s"],
+                    v["tiergate_calls_per_s"],
+                    v["tiergate_items_per_s"],
+                    _pct(v["items_ratio"]),
+                    cpu / secs if cpu is not None and secs else None,
+                ]
+            )
+        parts.append(
+            "Throughput at full load (best round; same run, same machine):\n\n"
+            + _table(
+                [
+                    "shape",
+                    "no-op calls/s",
+                    "no-op decisions/s",
+                    "tiergate calls/s",
+                    "tiergate decisions/s",
+                    "tiergate / no-op",
+                    "tiergate server cores busy",
+                ],
+                rows,
+            )
+        )
+        rows = []
+        for v in grpc.values():
+            c, t = v.get("ceiling_half_load", {}), v.get("tiergate_half_load", {})
+            if not t:
+                continue
+            rows.append(
+                [
+                    v["label"],
+                    t.get("calls_per_s"),
+                    c.get("p50_ms"),
+                    c.get("p99_ms"),
+                    t.get("p50_ms"),
+                    t.get("p99_ms"),
+                    t.get("p999_ms"),
+                    v.get("p99_half_load_ratio"),
+                ]
+            )
+        if rows:
+            parts.append(
+                "Latency at a fixed rate of 50 % of tiergate's maximum (the same rate for "
+                "both; ms, from each request's scheduled send time):\n\n"
+                + _table(
+                    [
+                        "shape",
+                        "calls/s",
+                        "no-op p50",
+                        "no-op p99",
+                        "tiergate p50",
+                        "tiergate p99",
+                        "tiergate p99.9",
+                        "p99 ratio",
+                    ],
+                    rows,
+                )
+            )
+        rows = []
+        for v in grpc.values():
+            for what, chk in v.get("targets", {}).items():
+                rows.append(
+                    [
+                        v["label"],
+                        what,
+                        chk["target"],
+                        chk["ratio"],
+                        "met" if chk["met"] else "missed",
+                    ]
+                )
+        if rows:
+            parts.append(
+                "Targets:\n\n" + _table(["shape", "what", "target", "measured", "verdict"], rows)
+            )
+    peers = head.get("peers")
+    if peers:
+        ratios = head.get("peers_ratios_vs_redis_per_core", {})
+        rows = [
+            [
+                name,
+                f["decisions_per_s"],
+                f["decisions_per_cpu_s"],
+                f["decisions_per_total_cpu_s"],
+                ratios.get(name),
+            ]
+            for name, f in peers.items()
+        ]
+        parts.append(
+            "The unique-recipient decision next to what users build today:\n\n"
+            + _table(
+                [
+                    "implementation",
+                    "decisions/s",
+                    "per CPU-second",
+                    "per CPU-second, all processes",
+                    "x Redis per core",
+                ],
+                rows,
+            )
+        )
+        target = head.get("peers_target")
+        if target:
+            verdict = "met" if target["met"] else "missed"
+            parts.append(f"Target {target['what']}: {fmt(target['ratio'])}x, {verdict}.")
+    return "\n\n".join(parts) + "\n"
