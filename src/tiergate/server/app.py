@@ -21,7 +21,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tiergate.config import ConfigError, ServeConfig
+from tiergate.config import ConfigError, Endpoint, ServeConfig
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
@@ -157,9 +157,8 @@ class Sidecar:
                 ) from e
         self._register_metrics()
         log.info(
-            "tiergate listening on %s:%d (profile %s, clock %s, engine %s)",
-            config.listen.host,
-            self.port,
+            "tiergate listening on %s (profile %s, clock %s, engine %s)",
+            Endpoint(config.listen.host, self.port),
             config.profile,
             config.clock,
             IMPLEMENTATION,
