@@ -108,6 +108,9 @@ class RecoveryReport:
     journal_bytes: int = 0
     truncated_bytes: int = 0
     seconds: float = 0.0
+    snapshot_read_seconds: float = 0.0  # reading and checking the snapshot file
+    restore_seconds: float = 0.0  # the policy layer's restore()
+    replay_seconds: float = 0.0  # reading the journal and the policy layer's replay()
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -119,6 +122,10 @@ class RecoveryReport:
             f"({self.snapshot_bytes} bytes), {self.records_replayed} journal records replayed "
             f"from {self.segments_read} segment(s), last seq {self.last_seq}, "
             f"journal {self.journal_bytes} bytes"
+        )
+        text += (
+            f" (snapshot read {self.snapshot_read_seconds:.3f} s, restore "
+            f"{self.restore_seconds:.3f} s, replay {self.replay_seconds:.3f} s)"
         )
         if self.truncated_bytes:
             text += f", {self.truncated_bytes} bytes truncated"

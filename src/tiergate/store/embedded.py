@@ -56,6 +56,11 @@ from .snapshot import TMP_SUFFIX, BadSnapshot, list_snapshots, read_snapshot, wr
 log = logging.getLogger("tiergate.store")
 
 LOCK_NAME = "LOCK"
+DEFAULT_FSYNC_INTERVAL_MS = 50
+DEFAULT_SNAPSHOT_EVERY_RECORDS = 500_000
+DEFAULT_SNAPSHOT_EVERY_SECONDS = 300.0
+DEFAULT_SEGMENT_BYTES = 16 << 20
+DEFAULT_KEEP_SNAPSHOTS = 2
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -107,12 +112,12 @@ class EmbeddedStore:
         data_dir: str | os.PathLike[str],
         durability: Durability | str = Durability.FSYNC_INTERVAL,
         *,
-        fsync_interval_ms: int = 50,
-        snapshot_every_records: int = 500_000,
-        snapshot_every_seconds: float = 300.0,
+        fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS,
+        snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+        snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
         snapshot_on_close: bool = True,
-        segment_bytes: int = 16 << 20,
-        keep_snapshots: int = 2,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
     ) -> None:
         self.durability = Durability.parse(durability)
@@ -168,12 +173,12 @@ class EmbeddedStore:
         data_dir: str | os.PathLike[str],
         durability: Durability | str = Durability.FSYNC_INTERVAL,
         *,
-        fsync_interval_ms: int = 50,
-        snapshot_every_records: int = 500_000,
-        snapshot_every_seconds: float = 300.0,
+        fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS,
+        snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+        snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
         snapshot_on_close: bool = True,
-        segment_bytes: int = 16 << 20,
-        keep_snapshots: int = 2,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
     ) -> EmbeddedStore:
         """Open (creating if needed) and lock ``data_dir``; then call ``recover``."""
@@ -236,7 +241,9 @@ class EmbeddedStore:
 
         segments = self._check_segment_headers(report)
         base_seq, need_until = self._restore_snapshot(service, segments, report)
+        replay_started = time.perf_counter()
         last_seq = self._replay(service, segments, base_seq, report)
+        report.replay_seconds = time.perf_counter() - replay_started
         if last_seq < need_until:
             raise CorruptSnapshotError(
                 f"{self.data_dir}: the newest snapshot (seq {need_until}) is damaged and the "
@@ -306,6 +313,7 @@ class EmbeddedStore:
         need_until = 0
         damaged: list[str] = []
         for seq, path in reversed(list_snapshots(self.data_dir)):
+            started = time.perf_counter()
             try:
                 got_seq, payload = read_snapshot(path)
                 if got_seq != seq:
@@ -330,10 +338,13 @@ class EmbeddedStore:
                     f"{path}: the journal starts at seq {first_journal_seq}, after this "
                     f"snapshot's seq {seq} + 1: journal segments are missing; refusing to start"
                 )
+            report.snapshot_read_seconds += time.perf_counter() - started
+            started = time.perf_counter()
             try:
                 service.restore(payload)
             except Exception as exc:
                 raise StoreError(f"{path}: the policy layer could not restore it: {exc}") from exc
+            report.restore_seconds = time.perf_counter() - started
             report.snapshot_path = str(path)
             report.snapshot_seq = seq
             report.snapshot_bytes = len(payload)

@@ -80,27 +80,32 @@ def write_snapshot(directory: Path, seq: int, payload: bytes) -> Path:
 def read_snapshot(path: Path) -> tuple[int, bytes]:
     """Return ``(seq, payload)``; ``BadSnapshot`` if damaged, ``FormatVersionError`` if newer."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(SNAPSHOT_HEADER_SIZE)
+            if len(head) < SNAPSHOT_HEADER_SIZE:
+                raise BadSnapshot(f"truncated header ({len(head)} of {SNAPSHOT_HEADER_SIZE} bytes)")
+            magic, version, _flags, seq, length, payload_crc = _HEAD.unpack_from(head, 0)
+            if magic != SNAPSHOT_MAGIC:
+                raise BadSnapshot("not a tiergate snapshot (bad magic)")
+            (head_crc,) = _CRC.unpack_from(head, _HEAD.size)
+            if head_crc != zlib.crc32(head[: _HEAD.size]):
+                raise BadSnapshot("header checksum mismatch")
+            if version > SNAPSHOT_VERSION:
+                raise FormatVersionError(
+                    f"{path}: snapshot format version {version} is newer than this tiergate "
+                    f"reads (up to {SNAPSHOT_VERSION}); run a tiergate at least as new as the "
+                    "one that wrote this data dir"
+                )
+            have = os.fstat(f.fileno()).st_size - SNAPSHOT_HEADER_SIZE
+            if have != length:
+                raise BadSnapshot(
+                    f"payload is {have} bytes, header says {length} (truncated or padded)"
+                )
+            payload = f.read(length)  # one allocation, no copy: restore gets it as is
     except OSError as exc:
         raise BadSnapshot(f"cannot read: {exc}") from exc
-    if len(data) < SNAPSHOT_HEADER_SIZE:
-        raise BadSnapshot(f"truncated header ({len(data)} of {SNAPSHOT_HEADER_SIZE} bytes)")
-    magic, version, _flags, seq, length, payload_crc = _HEAD.unpack_from(data, 0)
-    if magic != SNAPSHOT_MAGIC:
-        raise BadSnapshot("not a tiergate snapshot (bad magic)")
-    (head_crc,) = _CRC.unpack_from(data, _HEAD.size)
-    if head_crc != zlib.crc32(data[: _HEAD.size]):
-        raise BadSnapshot("header checksum mismatch")
-    if version > SNAPSHOT_VERSION:
-        raise FormatVersionError(
-            f"{path}: snapshot format version {version} is newer than this tiergate reads "
-            f"(up to {SNAPSHOT_VERSION}); run a tiergate at least as new as the one that "
-            "wrote this data dir"
-        )
-    have = len(data) - SNAPSHOT_HEADER_SIZE
-    if have != length:
-        raise BadSnapshot(f"payload is {have} bytes, header says {length} (truncated or padded)")
-    payload = data[SNAPSHOT_HEADER_SIZE:]
+    if len(payload) != length:
+        raise BadSnapshot(f"payload is {len(payload)} bytes, header says {length}")
     if zlib.crc32(payload) != payload_crc:
         raise BadSnapshot("payload checksum mismatch")
     return int(seq), payload
