@@ -451,3 +451,29 @@ def test_protobuf_request_passes_directly() -> None:
         sender_id="s1", recipient=U, kind=1, category=1, template_id="promo", at_unix_ms=T0
     )
     assert svc.admit(msg, T0).decision == c.ADMIT
+
+
+# -- clocks -------------------------------------------------------------------
+
+
+def test_request_clock_never_goes_backwards_per_scope() -> None:
+    svc = service()
+    add_sender(svc)
+    add_sender(svc, "s2")
+    inbound(svc, U, T0)
+    inbound(svc, U, T0, sid="s2")
+    assert admit(svc, "s1", U, T0 + D, free_form=True).reason == c.OUTSIDE_WINDOW
+    # An earlier time for the same scope is clamped to the latest seen ...
+    assert admit(svc, "s1", U, T0 + H, free_form=True).reason == c.OUTSIDE_WINDOW
+    # ... another scope keeps its own time.
+    assert admit(svc, "s2", U, T0 + H, free_form=True).decision == c.ADMIT
+
+
+def test_server_clock_ignores_request_times() -> None:
+    svc = AdmissionService(service().profile, clock="server")
+    add_sender(svc)
+    svc.apply(ev.InboundMessage("s1", U, at_unix_ms=T0), T0)
+    res = svc.admit(req("s1", U, T0 + 5 * D, free_form=True), T0 + H)
+    assert res.decision == c.ADMIT
+    with pytest.raises(ValueError, match="clock"):
+        AdmissionService(service().profile, clock="wall")  # type: ignore[arg-type]

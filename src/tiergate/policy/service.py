@@ -317,6 +317,7 @@ class AdmissionService:
         self._eco: dict[tuple[int, int], int] = {}  # (scope, recipient) → 131049 back-off end
         self._unknown_sender_count = 0
         self._next_due = FAR_FUTURE
+        self._due_dirty = False
         self._batch = DecisionBatch()
 
     def _now(self, at: int, now_ms: int) -> int:
@@ -404,6 +405,8 @@ class AdmissionService:
         eco = self._eco
         request_clock = self._request_clock
         high = now_ms
+        if self._due_dirty:
+            self._recompute_due()
         for i in range(n):
             sid, rkey, kind, cat, tpl, key, at, dry = items[i]
             now = at if request_clock and at > 0 else now_ms
@@ -736,6 +739,7 @@ class AdmissionService:
         self._recompute_due()
 
     def _recompute_due(self) -> None:
+        self._due_dirty = False
         p = self.profile
         due = FAR_FUTURE
         for scope in self._scopes:
@@ -805,6 +809,8 @@ class AdmissionService:
         at = getattr(event, "at_unix_ms", 0)
         now = self._now(at if isinstance(at, int) else 0, now_ms)
         self._prune(now)
+        if self._due_dirty:
+            self._recompute_due()
         if now >= self._next_due:
             self._maintain(now)
         result, record = self._apply_event(event, now)
@@ -1058,10 +1064,9 @@ class AdmissionService:
 
     def _refresh(self, s: Sender, now: int) -> None:
         """After a change: derived parameters, engine buckets, due times, crossing."""
-        for member in s.scope.senders:
-            self._derive(member, now)
+        self._derive(s, now)  # a tier change already re-derived every member (_set_tier)
         self.engine.set_number_params(s.number, *self._number_params(s))
-        self._recompute_due()
+        self._due_dirty = True
         if s.scope.crossed_at == NEVER:
             self._check_crossing(s.scope, max(now, s.scope.last_now))
 
@@ -1247,6 +1252,8 @@ class AdmissionService:
         if s is None:
             raise KeyError(sender_id)
         now_ms = self._now(at_unix_ms, now_ms)
+        if self._due_dirty:
+            self._recompute_due()
         if now_ms >= self._next_due:
             self._maintain(now_ms)
         scope = s.scope
@@ -1393,7 +1400,8 @@ class AdmissionService:
                 raise ValueError(f"unknown journal record tag {tag:#x}")
         finally:
             self._replaying = False
-        self._recompute_due()
+        if tag != _TAG_ADMIT:
+            self._due_dirty = True
 
     def _replay_admit(self, record: bytes) -> None:
         _, _, now, number, rkey, flags, tid, limit, klen = _ADMIT_REC.unpack_from(record)
