@@ -45,14 +45,28 @@ cdef struct Ring:
     int64_t lo          # oldest live absolute bucket index
     int64_t total
     int64_t *counts
+    # Derived, never persisted; they spare the divisions of the common case.
+    int64_t next_at     # lo cannot move before this time
+    int64_t cur_b       # a recently used bucket: its index, start time and slot
+    int64_t cur_start
+    int64_t cur_i
 
-# Per limit scope and recipient. key 0 marks an empty slot.
+# Per limit scope and recipient (32 bytes). key 0 marks an empty slot.
 cdef struct ScopeEntry:
     uint64_t key
     int64_t last_counted
     uint64_t last_ticket
-    int64_t marketing[MARKETING_HISTORY]
+    uint32_t marketing  # record in the scope's MarketingPool (1-based); 0: never sent any
     uint8_t opt_out
+
+# Marketing send times (MARKETING_HISTORY per record), kept apart so that
+# recipients who never got marketing cost no room for it. Record r lives at
+# times[(r - 1) * MARKETING_HISTORY]; a free record's first time links the next.
+cdef struct MarketingPool:
+    int64_t *times
+    uint32_t used       # records handed out so far (high-water mark)
+    uint32_t capacity
+    uint32_t free_head  # first free record below used (1-based); 0: none
 
 # Per phone number and recipient. key 0 marks an empty slot.
 cdef struct NumberEntry:
@@ -66,6 +80,7 @@ cdef struct ScopeTable:
     ScopeEntry *slots
     uint64_t capacity
     uint64_t count
+    MarketingPool marketing
 
 cdef struct NumberTable:
     NumberEntry *slots

@@ -8,7 +8,7 @@
 # Python object and allocates only when a table grows.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -17,6 +17,7 @@ cdef int64_t MAX_TIME = 1 << 53
 cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
+cdef uint64_t MAX_POOL_RECORDS = 0xFFFFFFFF
 cdef bytes SNAPSHOT_MAGIC = b"TGENGINE"
 
 cdef extern from *:
@@ -81,12 +82,23 @@ cdef int ring_init(Ring *r, int64_t width, int64_t window, int64_t strict) noexc
     r.lo = NEVER
     r.total = 0
     r.counts = <int64_t *>calloc(r.n, sizeof(int64_t))
+    ring_forget(r)
     return -1 if r.counts == NULL else 0
 
 
+cdef inline void ring_forget(Ring *r) noexcept nogil:
+    # Reset the derived fields (after lo was set from outside).
+    r.next_at = INT64_MIN
+    r.cur_b = 0
+    r.cur_start = 0
+    r.cur_i = 0
+
+
 cdef inline void ring_advance(Ring *r, int64_t now) noexcept nogil:
-    cdef int64_t new_lo = floordiv(now - r.window, r.width) + r.strict
-    cdef int64_t b, i
+    cdef int64_t new_lo, b, i
+    if now < r.next_at:
+        return
+    new_lo = floordiv(now - r.window, r.width) + r.strict
     if new_lo <= r.lo:
         return
     if new_lo - r.lo >= r.n:
@@ -100,19 +112,39 @@ cdef inline void ring_advance(Ring *r, int64_t now) noexcept nogil:
             r.counts[i] = 0
             b += 1
     r.lo = new_lo
+    r.next_at = (new_lo - r.strict + 1) * r.width + r.window
 
 
 cdef inline void ring_add(Ring *r, int64_t t) noexcept nogil:
-    cdef int64_t b = floordiv(t, r.width)
+    cdef int64_t b, i
+    if r.cur_start <= t and t - r.cur_start < r.width:
+        b = r.cur_b
+        i = r.cur_i
+    else:
+        b = floordiv(t, r.width)
+        if b < r.lo:
+            return
+        i = floormod(b, r.n)
+        r.cur_b = b
+        r.cur_start = b * r.width
+        r.cur_i = i
     if b >= r.lo:
-        r.counts[floormod(b, r.n)] += 1
+        r.counts[i] += 1
         r.total += 1
 
 
 cdef inline void ring_remove(Ring *r, int64_t t) noexcept nogil:
-    cdef int64_t b = floordiv(t, r.width)
+    cdef int64_t b, i
+    if r.cur_start <= t and t - r.cur_start < r.width:
+        b = r.cur_b
+        i = r.cur_i
+    else:
+        b = floordiv(t, r.width)
+        if b < r.lo:
+            return
+        i = floormod(b, r.n)
     if b >= r.lo:
-        r.counts[floormod(b, r.n)] -= 1
+        r.counts[i] -= 1
         r.total -= 1
 
 
@@ -134,13 +166,62 @@ cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept
 
 # -- scope tables ------------------------------------------------------------
 
-cdef inline bint scope_expired(ScopeEntry *e, int64_t cut) noexcept nogil:
+cdef inline int64_t *history(ScopeTable *t, ScopeEntry *e) noexcept nogil:
+    # The entry's marketing send times, or NULL when it never got marketing.
+    if e.marketing == 0:
+        return NULL
+    return &t.marketing.times[(e.marketing - 1) * MARKETING_HISTORY]
+
+
+cdef int pool_reserve(MarketingPool *p) noexcept nogil:
+    # Room for one more record. -1: out of memory.
+    cdef uint64_t capacity
+    cdef int64_t *times
+    if p.free_head != 0 or p.used < p.capacity:
+        return 0
+    capacity = 2 * <uint64_t>p.capacity + 16
+    if capacity > MAX_POOL_RECORDS:
+        capacity = MAX_POOL_RECORDS
+    if capacity <= p.used:
+        return -1
+    times = <int64_t *>realloc(p.times, capacity * MARKETING_HISTORY * sizeof(int64_t))
+    if times == NULL:
+        return -1
+    p.times = times
+    p.capacity = <uint32_t>capacity
+    return 0
+
+
+cdef uint32_t pool_take(MarketingPool *p) noexcept nogil:
+    # A record with every time NEVER (room reserved by pool_reserve).
+    cdef uint32_t r
+    cdef int k
+    if p.free_head != 0:
+        r = p.free_head
+        p.free_head = <uint32_t>p.times[(r - 1) * MARKETING_HISTORY]
+    else:
+        p.used += 1
+        r = p.used
+    for k in range(MARKETING_HISTORY):
+        p.times[(r - 1) * MARKETING_HISTORY + k] = NEVER
+    return r
+
+
+cdef inline void pool_give(MarketingPool *p, uint32_t r) noexcept nogil:
+    p.times[(r - 1) * MARKETING_HISTORY] = p.free_head
+    p.free_head = r
+
+
+cdef inline bint scope_expired(ScopeTable *t, ScopeEntry *e, int64_t cut) noexcept nogil:
+    cdef int64_t *hist
     cdef int k
     if e.opt_out or e.last_counted >= cut:
         return False
-    for k in range(MARKETING_HISTORY):
-        if e.marketing[k] >= cut:
-            return False
+    hist = history(t, e)
+    if hist != NULL:
+        for k in range(MARKETING_HISTORY):
+            if hist[k] >= cut:
+                return False
     return True
 
 
@@ -178,7 +259,12 @@ cdef int scope_rebuild(ScopeTable *t, uint64_t capacity, int64_t cut) noexcept n
         return -1
     for i in range(t.capacity):
         e = &t.slots[i]
-        if e.key != 0 and not scope_expired(e, cut):
+        if e.key == 0:
+            continue
+        if scope_expired(t, e, cut):
+            if e.marketing != 0:
+                pool_give(&t.marketing, e.marketing)
+        else:
             scope_slot(slots, capacity, e.key)[0] = e[0]
             count += 1
     free(t.slots)
@@ -191,7 +277,7 @@ cdef int scope_rebuild(ScopeTable *t, uint64_t capacity, int64_t cut) noexcept n
 cdef uint64_t scope_count_expired(ScopeTable *t, int64_t cut) noexcept nogil:
     cdef uint64_t i, n = 0
     for i in range(t.capacity):
-        if t.slots[i].key != 0 and scope_expired(&t.slots[i], cut):
+        if t.slots[i].key != 0 and scope_expired(t, &t.slots[i], cut):
             n += 1
     return n
 
@@ -212,12 +298,10 @@ cdef int scope_reserve(Scope *s) noexcept nogil:
 
 cdef ScopeEntry *scope_insert(ScopeTable *t, uint64_t key) noexcept nogil:
     cdef ScopeEntry *e = scope_slot(t.slots, t.capacity, key)
-    cdef int k
     e.key = key
     e.last_counted = NEVER
     e.last_ticket = 0
-    for k in range(MARKETING_HISTORY):
-        e.marketing[k] = NEVER
+    e.marketing = 0
     e.opt_out = 0
     t.count += 1
     return e
@@ -316,6 +400,7 @@ cdef inline int64_t scope_clamp(Scope *s, int64_t now) noexcept nogil:
 
 cdef void scope_free(Scope *s) noexcept nogil:
     free(s.table.slots)
+    free(s.table.marketing.times)
     free(s.ring24.counts)
     free(s.ring7.counts)
     free(s.slots7.counts)
@@ -566,6 +651,7 @@ cdef class Engine:
         cdef Ring *ring = &s.ring24
         cdef int64_t last, now_us, tput_tat, pair_tat, cut, oldest
         cdef int64_t recent[MARKETING_HISTORY]
+        cdef int64_t *hist
         cdef int64_t t
         cdef int k, j, n_recent, oldest_at
         cdef bint template, marketing, in_window, in_fep, counting, already, needs_slot
@@ -615,11 +701,12 @@ cdef class Engine:
                     return 0
             # 7. protective rules
             if marketing:
-                if s.freq_cap > 0 and se != NULL:
+                hist = history(&s.table, se) if se != NULL else NULL
+                if s.freq_cap > 0 and hist != NULL:
                     cut = now - s.freq_window
                     n_recent = 0
                     for k in range(MARKETING_HISTORY):
-                        t = se.marketing[k]
+                        t = hist[k]
                         if t > cut:
                             # insertion sort: recent stays ascending
                             j = n_recent
@@ -656,6 +743,9 @@ cdef class Engine:
         if se == NULL and (counting or marketing):
             if scope_reserve(s) < 0:
                 return -1
+        if marketing and (se == NULL or se.marketing == 0):
+            if pool_reserve(&s.table.marketing) < 0:
+                return -1
         if ne == NULL:
             if number_reserve(num) < 0:
                 return -1
@@ -675,13 +765,16 @@ cdef class Engine:
             else:
                 se.last_ticket = 0  # this admit relies on the earlier slot
         if marketing:
+            if se.marketing == 0:
+                se.marketing = pool_take(&s.table.marketing)
+            hist = history(&s.table, se)
             oldest_at = 0
-            oldest = se.marketing[0]
+            oldest = hist[0]
             for k in range(1, MARKETING_HISTORY):
-                if se.marketing[k] < oldest:
-                    oldest = se.marketing[k]
+                if hist[k] < oldest:
+                    oldest = hist[k]
                     oldest_at = k
-            se.marketing[oldest_at] = now
+            hist[oldest_at] = now
         num.tput_tat = tput_tat + num.tput_interval
         ne.pair_tat = pair_tat + num.pair_interval
         d.used = ring.total
@@ -1036,6 +1129,7 @@ cdef class Engine:
                 if <int64_t>get_u64(p) != rings[r].n:
                     raise ValueError("engine snapshot is corrupt: ring size does not match")
                 rings[r].lo = <int64_t>get_u64(p + 8)
+                ring_forget(rings[r])
                 rings[r].total = <int64_t>get_u64(p + 16)
                 p = take(&c, 8 * rings[r].n)
                 total = 0
@@ -1086,7 +1180,8 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c) except -1:
     cdef const unsigned char *p
     cdef ScopeEntry *e
     cdef ScopeEntry *slots
-    cdef int k
+    cdef int64_t *hist
+    cdef int k, j
     take_table(c, &capacity, &count)
     p = take(c, <Py_ssize_t>(count * SCOPE_ENTRY_SIZE))
     slots = <ScopeEntry *>calloc(capacity, sizeof(ScopeEntry))
@@ -1105,7 +1200,14 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c) except -1:
         e.last_counted = <int64_t>get_u64(p + 8)
         e.last_ticket = get_u64(p + 16)
         for k in range(MARKETING_HISTORY):
-            e.marketing[k] = <int64_t>get_u64(p + 24 + 8 * k)
+            if <int64_t>get_u64(p + 24 + 8 * k) != NEVER:
+                if pool_reserve(&t.marketing) < 0:
+                    raise MemoryError()
+                e.marketing = pool_take(&t.marketing)
+                hist = history(t, e)
+                for j in range(MARKETING_HISTORY):
+                    hist[j] = <int64_t>get_u64(p + 24 + 8 * j)
+                break
         e.opt_out = p[24 + 8 * MARKETING_HISTORY] != 0
         p += SCOPE_ENTRY_SIZE
     return 0
@@ -1142,6 +1244,7 @@ cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) except NULL
     cdef KeySlot *keys = <KeySlot *>malloc(max64(<int64_t>t.count, 1) * sizeof(KeySlot))
     cdef uint64_t i, n = 0
     cdef ScopeEntry *e
+    cdef int64_t *hist
     cdef int k
     if keys == NULL:
         raise MemoryError()
@@ -1161,8 +1264,9 @@ cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) except NULL
         put_u64(p, e.key)
         put_u64(p + 8, e.last_counted)
         put_u64(p + 16, e.last_ticket)
+        hist = history(t, e)
         for k in range(MARKETING_HISTORY):
-            put_u64(p + 24 + 8 * k, e.marketing[k])
+            put_u64(p + 24 + 8 * k, hist[k] if hist != NULL else NEVER)
         p[24 + 8 * MARKETING_HISTORY] = e.opt_out
         p += SCOPE_ENTRY_SIZE
     free(keys)
