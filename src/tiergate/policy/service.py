@@ -34,7 +34,9 @@ from tiergate.engine.constants import (
     F_QUALITY_BLOCK,
     F_RESTRICTED,
     F_TEMPLATE,
+    KEY_LENGTH_SHIFT,
     MARKETING_FREQUENCY,
+    MAX_RECIPIENT_DIGITS,
     OK,
     QUALITY_PROTECTION,
     REJECT,
@@ -336,59 +338,91 @@ class AdmissionService:
     def _validate(
         self, reqs: Sequence[AdmitLike], single: bool
     ) -> list[tuple[str, int, int, int, str, str, int, bool]]:
-        out = []
+        """Every request checked before anything is decided (fast path first)."""
+        out: list[tuple[str, int, int, int, str, str, int, bool]] = []
+        append = out.append
         for i, r in enumerate(reqs):
-            pre = "" if single else f"requests[{i}]."
             sid = r.sender_id
-            if not isinstance(sid, str) or not sid:
-                raise InvalidArgument(pre + "sender_id", f"{pre}sender_id: is required")
-            if len(sid) > MAX_ID_LEN:
-                raise InvalidArgument(
-                    pre + "sender_id", f"{pre}sender_id: longer than {MAX_ID_LEN} characters"
-                )
             rcpt = r.recipient
-            if not isinstance(rcpt, str):
-                raise InvalidArgument(pre + "recipient", f"{pre}recipient: must be a string")
-            try:
-                rkey = recipient_key(rcpt)
-            except ValueError as exc:
-                raise InvalidArgument(pre + "recipient", f"{pre}recipient: {exc}") from None
             kind = r.kind
-            if kind not in (1, 2):
-                raise InvalidArgument(
-                    pre + "kind", f"{pre}kind: must be TEMPLATE or FREE_FORM, got {kind!r}"
-                )
             cat = r.category
-            if cat not in (0, 1, 2, 3, 4):
-                raise InvalidArgument(pre + "category", f"{pre}category: unknown value {cat!r}")
             tpl = r.template_id
-            if not isinstance(tpl, str) or len(tpl) > MAX_TEMPLATE_LEN:
-                raise InvalidArgument(
-                    pre + "template_id",
-                    f"{pre}template_id: must be a string of at most {MAX_TEMPLATE_LEN} characters",
-                )
-            if kind == 1:
-                if cat == 0:
-                    raise InvalidArgument(
-                        pre + "category", f"{pre}category: is required for TEMPLATE messages"
-                    )
-                if not tpl:
-                    raise InvalidArgument(
-                        pre + "template_id", f"{pre}template_id: is required for TEMPLATE messages"
-                    )
-            elif cat == 0:
-                cat = 4  # a free-form message without a category is a service message
             key = r.idempotency_key
-            if not isinstance(key, str) or len(key) > MAX_KEY_LEN:
-                raise InvalidArgument(
-                    pre + "idempotency_key",
-                    f"{pre}idempotency_key: must be a string of at most {MAX_KEY_LEN} characters",
-                )
             at = r.at_unix_ms
-            if isinstance(at, bool) or not isinstance(at, int) or at < 0:
-                raise InvalidArgument(pre + "at_unix_ms", f"{pre}at_unix_ms: must be >= 0")
-            out.append((sid, rkey, kind, cat, tpl, key, at, bool(r.dry_run)))
+            if (
+                type(sid) is str
+                and 0 < len(sid) <= MAX_ID_LEN
+                and type(rcpt) is str
+                and type(tpl) is str
+                and len(tpl) <= MAX_TEMPLATE_LEN
+                and ((kind == 1 and 0 < cat <= 4 and tpl) or (kind == 2 and 0 < cat <= 4))
+                and type(key) is str
+                and len(key) <= MAX_KEY_LEN
+                and type(at) is int
+                and at >= 0
+            ):
+                digits = rcpt[1:] if rcpt[:1] == "+" else rcpt
+                nd = len(digits)
+                if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
+                    rkey = int(digits) | (nd << KEY_LENGTH_SHIFT)
+                    append((sid, rkey, kind, cat, tpl, key, at, bool(r.dry_run)))
+                    continue
+            append(self._validate_one(r, "" if single else f"requests[{i}]."))
         return out
+
+    def _validate_one(
+        self, r: AdmitLike, pre: str
+    ) -> tuple[str, int, int, int, str, str, int, bool]:
+        """The slow path: find what is wrong and name the field (or accept an odd-typed one)."""
+        sid = r.sender_id
+        if not isinstance(sid, str) or not sid:
+            raise InvalidArgument(pre + "sender_id", f"{pre}sender_id: is required")
+        if len(sid) > MAX_ID_LEN:
+            raise InvalidArgument(
+                pre + "sender_id", f"{pre}sender_id: longer than {MAX_ID_LEN} characters"
+            )
+        rcpt = r.recipient
+        if not isinstance(rcpt, str):
+            raise InvalidArgument(pre + "recipient", f"{pre}recipient: must be a string")
+        try:
+            rkey = recipient_key(rcpt)
+        except ValueError as exc:
+            raise InvalidArgument(pre + "recipient", f"{pre}recipient: {exc}") from None
+        kind = r.kind
+        if kind not in (1, 2):
+            raise InvalidArgument(
+                pre + "kind", f"{pre}kind: must be TEMPLATE or FREE_FORM, got {kind!r}"
+            )
+        cat = r.category
+        if cat not in (0, 1, 2, 3, 4):
+            raise InvalidArgument(pre + "category", f"{pre}category: unknown value {cat!r}")
+        tpl = r.template_id
+        if not isinstance(tpl, str) or len(tpl) > MAX_TEMPLATE_LEN:
+            raise InvalidArgument(
+                pre + "template_id",
+                f"{pre}template_id: must be a string of at most {MAX_TEMPLATE_LEN} characters",
+            )
+        if kind == 1:
+            if cat == 0:
+                raise InvalidArgument(
+                    pre + "category", f"{pre}category: is required for TEMPLATE messages"
+                )
+            if not tpl:
+                raise InvalidArgument(
+                    pre + "template_id", f"{pre}template_id: is required for TEMPLATE messages"
+                )
+        elif cat == 0:
+            cat = 4  # a free-form message without a category is a service message
+        key = r.idempotency_key
+        if not isinstance(key, str) or len(key) > MAX_KEY_LEN:
+            raise InvalidArgument(
+                pre + "idempotency_key",
+                f"{pre}idempotency_key: must be a string of at most {MAX_KEY_LEN} characters",
+            )
+        at = r.at_unix_ms
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+            raise InvalidArgument(pre + "at_unix_ms", f"{pre}at_unix_ms: must be >= 0")
+        return (sid, rkey, int(kind), int(cat), tpl, key, at, bool(r.dry_run))
 
     def _decide(self, reqs: Sequence[AdmitLike], now_ms: int, single: bool) -> list[AdmitResult]:
         items = self._validate(reqs, single)
@@ -407,6 +441,9 @@ class AdmissionService:
         high = now_ms
         if self._due_dirty:
             self._recompute_due()
+        add_now, add_scope, add_number = batch.now.append, batch.scope.append, batch.number.append
+        add_recipient, add_flags = batch.recipient.append, batch.flags.append
+        add_limit, add_ticket = batch.limit.append, batch.ticket.append
         for i in range(n):
             sid, rkey, kind, cat, tpl, key, at, dry = items[i]
             now = at if request_clock and at > 0 else now_ms
@@ -505,7 +542,13 @@ class AdmissionService:
             else:
                 self._ticket += 1
                 tid = self._ticket
-            batch.add(now, scope.index, sender.number, rkey, flags, limit, tid)
+            add_now(now)
+            add_scope(scope.index)
+            add_number(sender.number)
+            add_recipient(rkey)
+            add_flags(flags)
+            add_limit(limit)
+            add_ticket(tid)
             slots.append(i)
             rows.append((sender, rkey, key, eco_end))
 
@@ -513,6 +556,9 @@ class AdmissionService:
             self.engine.decide_batch(batch)
             dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
             counted, used, prev = batch.counted, batch.used, batch.prev_counted
+            b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
+            pack = _ADMIT_REC.pack
+            journal_append = self._journal.append
             touched: dict[int, list[int]] = {}
             journal = self._journal_on and not self._replaying
             expires = self.profile.idempotency_ms
@@ -521,7 +567,7 @@ class AdmissionService:
                 d = dec[j]
                 r = rsn[j]
                 if d == ADMIT:
-                    flags = batch.flags[j]
+                    flags = b_flags[j]
                     if flags & F_DRY_RUN:
                         res = AdmitResult(
                             ADMIT,
@@ -529,21 +575,21 @@ class AdmissionService:
                             0,
                             "",
                             counted[j] == 1,
-                            batch.limit[j],
+                            b_limit[j],
                             used[j],
                             0,
                             "dry run: would admit",
                         )
                     else:
-                        now = batch.now[j]
-                        tid = batch.ticket[j]
+                        now = b_now[j]
+                        tid = b_ticket[j]
                         res = AdmitResult(
                             ADMIT,
                             OK,
                             0,
                             _encode_ticket(tid, sender.number, rkey, prev[j]),
                             counted[j] == 1,
-                            batch.limit[j],
+                            b_limit[j],
                             used[j],
                             0,
                             "admitted",
@@ -553,8 +599,8 @@ class AdmissionService:
                             self._idem_order.append((now + expires, sender.id, key))
                         if journal:
                             kb = key.encode()
-                            self._journal.append(
-                                _ADMIT_REC.pack(
+                            journal_append(
+                                pack(
                                     _TAG_ADMIT,
                                     JOURNAL_VERSION,
                                     now,
@@ -562,7 +608,7 @@ class AdmissionService:
                                     rkey,
                                     flags,
                                     tid,
-                                    batch.limit[j],
+                                    b_limit[j],
                                     len(kb),
                                 )
                                 + kb
@@ -584,7 +630,7 @@ class AdmissionService:
                         eco_end,
                         "",
                         False,
-                        batch.limit[j],
+                        b_limit[j],
                         used[j],
                         131049,
                         "Meta declined marketing to this recipient (131049): back-off",
@@ -596,14 +642,14 @@ class AdmissionService:
                         sender.restricted_until,
                         "",
                         False,
-                        batch.limit[j],
+                        b_limit[j],
                         used[j],
                         368,
                         DETAIL[r],
                     )
                 else:
                     res = AdmitResult(
-                        d, r, retry[j], "", False, batch.limit[j], used[j], META_ERROR[r], DETAIL[r]
+                        d, r, retry[j], "", False, b_limit[j], used[j], META_ERROR[r], DETAIL[r]
                     )
                 sender.counts[r] += 1
                 results[i] = res
