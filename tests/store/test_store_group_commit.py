@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from store_double import CounterService
 
-from tiergate.store import EmbeddedStore, StoreFailedError
+from tiergate.store import DataDirError, EmbeddedStore, StoreError, StoreFailedError
 from tiergate.store import journal as j
 
 
@@ -96,10 +96,15 @@ def test_empty_commit_waits_for_earlier_records(tmp_path: Path) -> None:
     assert order == ["first", "repeat"]
 
 
-def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_child", [True, False])
+def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path, in_child: bool) -> None:
     async def main() -> CounterService:
         store = EmbeddedStore.open(
-            tmp_path, "write", snapshot_every_records=100, snapshot_on_close=False
+            tmp_path,
+            "write",
+            snapshot_every_records=100,
+            snapshot_on_close=False,
+            snapshot_in_child=in_child,
         )
         svc = CounterService()
         store.recover(svc)
@@ -134,9 +139,12 @@ def test_time_based_snapshot(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_snapshot_under_concurrent_load_keeps_every_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_child", [True, False])
+def test_snapshot_under_concurrent_load_keeps_every_record(tmp_path: Path, in_child: bool) -> None:
     async def main() -> CounterService:
-        store = EmbeddedStore.open(tmp_path, "fsync-always", snapshot_on_close=False)
+        store = EmbeddedStore.open(
+            tmp_path, "fsync-always", snapshot_on_close=False, snapshot_in_child=in_child
+        )
         svc = CounterService()
         store.recover(svc)
 
@@ -174,6 +182,48 @@ def test_async_write_failure_is_never_acknowledged(
         monkeypatch.undo()
         with pytest.raises(StoreFailedError, match="Input/output error"):
             await decide(store, svc, 9)
+        store.close()
+
+    asyncio.run(main())
+
+
+class FailingSnapshot(CounterService):
+    def snapshot(self) -> bytes:
+        raise RuntimeError("cannot serialise")
+
+
+@pytest.mark.parametrize("in_child", [True, False])
+def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, in_child: bool) -> None:
+    async def main() -> FailingSnapshot:
+        store = EmbeddedStore.open(
+            tmp_path, "write", snapshot_on_close=False, snapshot_in_child=in_child
+        )
+        svc = FailingSnapshot()
+        store.recover(svc)
+        for i in range(20):
+            await decide(store, svc, i)
+        with pytest.raises((StoreError, RuntimeError), match=r"status 1|cannot serialise"):
+            await store.snapshot(svc)
+        assert not list(tmp_path.glob("snapshot-*"))
+        for i in range(20, 30):  # still serving, still journalling
+            await decide(store, svc, i)
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_snapshot_child_leaves_the_data_dir_locked_by_the_server(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_in_child=True)
+        svc = CounterService()
+        store.recover(svc)
+        await decide(store, svc, 1)
+        await store.snapshot(svc)
+        assert store.snapshots_taken == 1 and store.last_snapshot_stall_seconds >= 0
+        with pytest.raises(DataDirError, match="in use"):
+            EmbeddedStore.open(tmp_path, "write")
         store.close()
 
     asyncio.run(main())

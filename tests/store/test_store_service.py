@@ -9,6 +9,7 @@ decisions (dry runs) and every idempotency key must match the original.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import random
@@ -263,3 +264,47 @@ def test_recovery_twice_in_a_row_is_stable(tmp_path: Path) -> None:
     store4.close()
     assert report.records_replayed == 0
     assert observe(svc4, work) == observe(svc2, work)
+
+
+@pytest.mark.parametrize("in_child", [True, False])
+def test_background_snapshots_under_load_then_crash(tmp_path: Path, in_child: bool) -> None:
+    """The server's path: persist after every call, periodic snapshots in the background
+    (in a forked child or inline) while decisions go on, then a crash."""
+
+    async def main() -> tuple[AdmissionService, Workload, EmbeddedStore]:
+        store = EmbeddedStore.open(
+            tmp_path,
+            "fsync-interval",
+            snapshot_every_records=60,
+            snapshot_on_close=False,
+            snapshot_in_child=in_child,
+        )
+        svc = new_service()
+        store.recover(svc)
+        work = Workload(svc, store, seed=23)
+        work.commit = lambda: None  # type: ignore[method-assign]
+        work.setup()
+        await store.persist(svc)
+
+        async def gateway(lane: int) -> None:
+            for n in range(lane, 400, 4):
+                work.step(n)
+                await store.persist(svc)
+
+        await asyncio.gather(*(gateway(lane) for lane in range(4)))
+        for _ in range(300):  # let the last background snapshot finish
+            if not store._snapshotting:
+                break
+            await asyncio.sleep(0.01)
+        return svc, work, store
+
+    svc, work, store = asyncio.run(main())
+    assert store.snapshots_taken >= 1
+    svc2, report = crash_and_recover(tmp_path, store)
+    assert report.snapshot_path is not None  # type: ignore[attr-defined]
+    after, before = observe(svc2, work), observe(svc, work)
+    diff = report_diff(after["reports"], before["reports"])
+    diff = {k: v for k, v in diff.items() if not k.endswith(".decision_counts")}
+    assert diff == {}
+    assert after["probes"] == before["probes"]
+    assert after["firsts"] == before["firsts"]

@@ -24,7 +24,9 @@ import fcntl
 import itertools
 import logging
 import os
+import signal
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -51,7 +53,15 @@ from .journal import (
     list_segments,
     read_segment,
 )
-from .snapshot import TMP_SUFFIX, BadSnapshot, list_snapshots, read_snapshot, write_snapshot
+from .snapshot import (
+    SNAPSHOT_HEADER_SIZE,
+    TMP_SUFFIX,
+    BadSnapshot,
+    list_snapshots,
+    read_snapshot,
+    snapshot_name,
+    write_snapshot,
+)
 
 log = logging.getLogger("tiergate.store")
 
@@ -61,6 +71,8 @@ DEFAULT_SNAPSHOT_EVERY_RECORDS = 500_000
 DEFAULT_SNAPSHOT_EVERY_SECONDS = 300.0
 DEFAULT_SEGMENT_BYTES = 16 << 20
 DEFAULT_KEEP_SNAPSHOTS = 2
+#: Serialise snapshots in a forked child (copy-on-write) so serving never pauses for it.
+DEFAULT_SNAPSHOT_IN_CHILD = hasattr(os, "fork")
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -119,6 +131,7 @@ class EmbeddedStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
+        snapshot_in_child: bool = DEFAULT_SNAPSHOT_IN_CHILD,
     ) -> None:
         self.durability = Durability.parse(durability)
         if fsync_interval_ms < 1:
@@ -137,6 +150,9 @@ class EmbeddedStore:
         self.segment_bytes = segment_bytes
         self.keep_snapshots = keep_snapshots
         self.recover_truncate = recover_truncate
+        if snapshot_in_child and not hasattr(os, "fork"):
+            raise ValueError("snapshot_in_child: this platform has no fork()")
+        self.snapshot_in_child = snapshot_in_child
         self._lock_fd = _prepare_data_dir(self.data_dir)
 
         self._writer: JournalWriter | None = None
@@ -162,6 +178,7 @@ class EmbeddedStore:
         self.last_snapshot_seq = 0
         self.last_snapshot_bytes = 0
         self.last_snapshot_seconds = 0.0
+        self.last_snapshot_stall_seconds = 0.0  # how long the event loop was busy with it
         self.snapshots_taken = 0
         self.commits = 0
         self.records_committed = 0
@@ -180,6 +197,7 @@ class EmbeddedStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
+        snapshot_in_child: bool = DEFAULT_SNAPSHOT_IN_CHILD,
     ) -> EmbeddedStore:
         """Open (creating if needed) and lock ``data_dir``; then call ``recover``."""
         return cls(
@@ -192,6 +210,7 @@ class EmbeddedStore:
             segment_bytes=segment_bytes,
             keep_snapshots=keep_snapshots,
             recover_truncate=recover_truncate,
+            snapshot_in_child=snapshot_in_child,
         )
 
     # -- metrics -----------------------------------------------------------
@@ -625,8 +644,10 @@ class EmbeddedStore:
         await self.snapshot(service)
         return True
 
-    def _cut_for_snapshot(self, service: Recoverable) -> tuple[int, bytes, float]:
-        """Commit everything, take the payload, start a new segment. No awaits inside."""
+    def _cut_journal(self, service: Recoverable) -> int:
+        """Commit everything the service holds and start a new segment; return the
+        sequence number the snapshot will cover. No awaits inside: the service's
+        state at return is exactly the journal up to that number."""
         writer = self._require_writer()
         records = service.drain_journal()
         if records:
@@ -634,13 +655,10 @@ class EmbeddedStore:
             self._pending_last = writer.next_seq - 1
             self.records_committed += len(records)
         self._flush_now()
-        started = time.perf_counter()
-        seq = writer.next_seq - 1
-        payload = service.snapshot()
         writer.rotate()
         self.records_since_snapshot = 0
         self._last_snapshot_at = time.monotonic()
-        return seq, payload, started
+        return writer.next_seq - 1
 
     async def snapshot(self, service: Recoverable) -> None:
         if self._snapshotting:
@@ -651,23 +669,76 @@ class EmbeddedStore:
                 await self._barrier()
                 if self._inflight is None:
                     break
-            seq, payload, started = self._cut_for_snapshot(service)
+            started = time.perf_counter()
+            seq = self._cut_journal(service)
             if self._snap_io is None:
                 self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
             loop = asyncio.get_running_loop()
-            freed = await loop.run_in_executor(self._snap_io, self._write_and_prune, seq, payload)
-            self._after_snapshot(seq, len(payload), started, freed)
+            if self.snapshot_in_child:
+                # The child serialises a copy-on-write image of this instant while the
+                # event loop goes on deciding; the loop only pays for fork().
+                pid = self._fork_snapshot(service, seq)
+                self.last_snapshot_stall_seconds = time.perf_counter() - started
+                code = await loop.run_in_executor(self._snap_io, _wait_child, pid)
+                if code != 0:
+                    raise StoreError(
+                        f"snapshot at seq {seq}: the snapshot process exited with status {code}"
+                    )
+                size = (self.data_dir / snapshot_name(seq)).stat().st_size
+                size -= SNAPSHOT_HEADER_SIZE
+                freed = await loop.run_in_executor(self._snap_io, self._prune)
+            else:
+                payload = service.snapshot()
+                self.last_snapshot_stall_seconds = time.perf_counter() - started
+                size = len(payload)
+                freed = await loop.run_in_executor(
+                    self._snap_io, self._write_and_prune, seq, payload
+                )
+            self._after_snapshot(seq, size, started, freed)
         finally:
             self._snapshotting = False
 
+    def _fork_snapshot(self, service: Recoverable, seq: int) -> int:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a process with threads; the child
+            # below touches nothing but the service's state and its own file.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid != 0:
+            return pid
+        code = 1
+        try:
+            # Not holding the data dir: if the server is killed, a restart must not
+            # wait for this process. Signals go to the server, not here.
+            os.close(self._lock_fd)
+            with contextlib.suppress(ValueError):  # only possible from the main thread
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+            write_snapshot(self.data_dir, seq, service.snapshot())
+            code = 0
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                os.write(2, f"tiergate: snapshot at seq {seq} failed: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+
     def snapshot_sync(self, service: Recoverable) -> None:
-        seq, payload, started = self._cut_for_snapshot(service)
+        started = time.perf_counter()
+        seq = self._cut_journal(service)
+        payload = service.snapshot()
+        self.last_snapshot_stall_seconds = time.perf_counter() - started
         freed = self._write_and_prune(seq, payload)
         self._after_snapshot(seq, len(payload), started, freed)
 
     def _write_and_prune(self, seq: int, payload: bytes) -> int:
         """Write the snapshot, then drop old snapshots and covered segments; bytes freed."""
         write_snapshot(self.data_dir, seq, payload)
+        return self._prune()
+
+    def _prune(self) -> int:
+        """Drop snapshots beyond ``keep_snapshots`` and the segments the oldest kept
+        one covers; return the bytes freed."""
         snapshots = list_snapshots(self.data_dir)
         keep = snapshots[-self.keep_snapshots :]
         for _, old in snapshots[: -self.keep_snapshots]:
@@ -689,10 +760,11 @@ class EmbeddedStore:
         self.last_snapshot_seconds = time.perf_counter() - started
         self.snapshots_taken += 1
         log.info(
-            "snapshot at seq %d: %d bytes in %.3f s; journal now %d bytes",
+            "snapshot at seq %d: %d bytes in %.3f s (event loop busy %.3f s); journal now %d bytes",
             seq,
             size,
             self.last_snapshot_seconds,
+            self.last_snapshot_stall_seconds,
             self.journal_bytes,
         )
 
@@ -729,6 +801,11 @@ class EmbeddedStore:
                 if pool is not None:
                     pool.shutdown(wait=True)
             os.close(self._lock_fd)
+
+
+def _wait_child(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def _write_and_sync(writer: JournalWriter, data: bytes, last: int) -> None:
