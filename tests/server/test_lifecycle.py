@@ -15,6 +15,7 @@ from server_harness import SENDER, T0, make_config, run_async, sender, serving
 
 from tiergate.config import Endpoint
 from tiergate.server import SERVICE_NAME, Sidecar, StartupError
+from tiergate.store import StoreFailedError
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks.signature import sign
@@ -276,3 +277,22 @@ async def test_config_sender_the_service_refuses_fails_at_start() -> None:
     clash = make_config(senders=(sender(), sender(OTHER)))  # same display number twice
     with pytest.raises(StartupError, match=r"senders\[1\]: display number"):
         await Sidecar(clash).start()
+
+
+@run_async
+async def test_a_failed_store_answers_internal_and_goes_not_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(make_config(data_dir=tmp_path / "data")) as h:
+        assert h.sidecar.store is not None
+
+        async def broken(service: object) -> None:
+            raise StoreFailedError("journal write failed: No space left on device")
+
+        monkeypatch.setattr(h.sidecar.store, "persist", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await h.stub.Admit(admit("15550000001"))
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        health = health_pb2_grpc.HealthStub(h.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert reply.status == NOT_SERVING

@@ -28,7 +28,7 @@ from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
-from tiergate.store import EmbeddedStore, RecoveryReport, StoreError
+from tiergate.store import EmbeddedStore, RecoveryReport, StoreError, StoreFailedError
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks.http import WebhookReceiver
@@ -63,6 +63,7 @@ class Sidecar:
         self._servicer: AdmissionControl | None = None
         self.store: EmbeddedStore | None = None
         self.recovery: RecoveryReport | None = None
+        self.store_failed = False
 
     # --- start -----------------------------------------------------------------
 
@@ -167,10 +168,19 @@ class Sidecar:
     async def _commit(self) -> None:
         """Make the service's state changes durable before a response leaves."""
         assert self.service is not None
-        if self.store is not None:
-            await self.store.persist(self.service)
-        else:
+        if self.store is None:
             self.service.drain_journal()
+            return
+        try:
+            await self.store.persist(self.service)
+        except StoreFailedError:
+            # Nothing more can be acknowledged: every call answers INTERNAL from
+            # now on; NOT_SERVING tells load balancers to send traffic elsewhere.
+            if not self.store_failed:
+                self.store_failed = True
+                log.critical("store failed: answering INTERNAL until restarted")
+                await self._health.enter_graceful_shutdown()
+            raise
 
     def _register_metrics(self) -> None:
         m = self.metrics
