@@ -21,7 +21,7 @@ import math
 import struct
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from tiergate.engine import NEVER, DecisionBatch, Engine
@@ -239,7 +239,6 @@ class SenderReport:
     registered_at_unix_ms: int = 0
     limit_scope: str = ""
     tier_since_unix_ms: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _digits(number: str) -> str:
@@ -540,8 +539,9 @@ class AdmissionService:
                 flags |= F_DRY_RUN
                 tid = 0
             else:
-                self._ticket += 1
-                tid = self._ticket
+                # Ticket ids of rows that are not admitted are never handed out; only
+                # admitted ones advance the counter (so a replay ends on the same one).
+                tid = self._ticket + len(slots) + 1
             add_now(now)
             add_scope(scope.index)
             add_number(sender.number)
@@ -583,6 +583,7 @@ class AdmissionService:
                     else:
                         now = b_now[j]
                         tid = b_ticket[j]
+                        self._ticket = tid
                         res = AdmitResult(
                             ADMIT,
                             OK,

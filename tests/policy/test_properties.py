@@ -1,0 +1,80 @@
+"""Random histories: the limit is never exceeded and the journal replays them exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tiergate.engine import constants as c
+from tiergate.policy import events as ev
+
+from .helpers import T0, H, S, add_sender, rcpt, req, service
+
+op = st.one_of(
+    st.tuples(
+        st.just("admit"),
+        st.integers(0, 40),  # recipient
+        st.booleans(),  # free-form
+        st.sampled_from([1, 2, 3]),  # category
+        st.integers(0, 3),  # idempotency key (0: none)
+        st.booleans(),  # dry run
+    ),
+    st.tuples(st.just("inbound"), st.integers(0, 40), st.sampled_from([1, 2])),
+    st.tuples(st.just("fail"), st.integers(0, 60), st.sampled_from([131026, 131047, 131049])),
+    st.tuples(st.just("wait"), st.integers(1, 30 * 60)),  # seconds
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, min_size=1, max_size=120))
+def test_random_history(ops: list[tuple[object, ...]]) -> None:
+    svc = service("meta-2024")
+    add_sender(svc, tier="TIER_50")
+    add_sender(svc, "s2", tier="TIER_250")
+    now = T0
+    tickets: list[str] = []
+    for o in ops:
+        kind = o[0]
+        if kind == "wait":
+            now += int(o[1]) * S  # type: ignore[call-overload]
+        elif kind == "inbound":
+            svc.apply(ev.InboundMessage("s1", rcpt(int(o[1])), now, ev.EntryPoint(o[2])), now)  # type: ignore[call-overload]
+        elif kind == "fail":
+            if tickets:
+                ticket = tickets[int(o[1]) % len(tickets)]  # type: ignore[call-overload]
+                svc.apply(
+                    ev.SendResult(ev.SendStatus.FAILED, ticket=ticket, meta_error_code=int(o[2])),
+                    now,
+                )  # type: ignore[call-overload]
+        else:
+            _, who, free, cat, key, dry = o
+            r = svc.admit(
+                req(
+                    "s1",
+                    rcpt(int(who)),  # type: ignore[call-overload]
+                    now,
+                    free_form=bool(free),
+                    category=int(cat),  # type: ignore[call-overload]
+                    key=f"k{key}" if key else "",
+                    dry=bool(dry),
+                ),
+                now,
+            )
+            assert r.used <= 50 or r.decision != c.ADMIT
+            if r.decision == c.ADMIT and r.ticket:
+                tickets.append(r.ticket)
+            now += 7 * S
+        assert svc.sender_state("s1", now).used_24h <= 50
+    copy = service("meta-2024")
+    for record in svc.drain_journal():
+        copy.replay(record)
+    at = now + H
+    for sid in ("s1", "s2"):
+        a = dataclasses.asdict(svc.sender_state(sid, at))
+        b = dataclasses.asdict(copy.sender_state(sid, at))
+        a.pop("decision_counts"), b.pop("decision_counts")
+        assert a == b
+    probe = [req("s1", rcpt(i), at + i) for i in range(45)]
+    assert svc.admit_many(probe, at) == copy.admit_many(probe, at)
