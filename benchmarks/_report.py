@@ -28,6 +28,12 @@ def markdown(summary: dict[str, Any]) -> str:
         f"mode {summary.get('mode')}, run at {summary.get('started_at')}."
     )
     grpc = head.get("grpc")
+    la = head.get("grpc_load_average")
+    if la:
+        parts.append(
+            f"1-minute load average at the end of the gRPC runs: {la['min']:.1f} to "
+            f"{la['max']:.1f} (2 cores: above 2 means other work competed for the CPU)."
+        )
     if grpc:
         rows = []
         for v in grpc.values():

@@ -96,6 +96,14 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             entry["targets"] = cmp_.get("targets", {})
             shapes[name] = entry
         out["grpc"] = shapes
+        loads = [
+            r["load_average"]
+            for rep in load["shapes"].values()
+            for r in rep["runs"].values()
+            if "load_average" in r
+        ]
+        if loads:
+            out["grpc_load_average"] = {"min": min(loads), "max": max(loads)}
     peers = results.get("peers")
     if peers:
         out["peers"] = {
@@ -158,7 +166,8 @@ def chart(summary: dict[str, Any], path: Path) -> Path | None:
     tg_p = [p99(v, "tiergate") for v in grpc.values()]
     ax2.bar([x - w / 2 for x in xs], noop_p, w, label="no-op ceiling", color="#b0b0b0")
     ax2.bar([x + w / 2 for x in xs], tg_p, w, label="tiergate", color="#2a7ab9")
-    ax2.set_ylabel("p99 latency, ms")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("p99 latency, ms (log scale)")
     ax2.set_title("p99 at 50 % of tiergate's maximum rate (same rate for both)")
     ax2.set_xticks(xs, labels, rotation=20, ha="right")
     ax2.legend()
