@@ -165,3 +165,32 @@ def test_flagged_and_unflagged_events() -> None:
     svc.apply(ev.QualityUpdate("15557777", "UNFLAGGED"), T0 + D)
     st = svc.sender_state("s1", T0 + D)
     assert (st.quality, st.status) == (ev.Quality.GREEN, ev.SenderStatus.CONNECTED)
+
+
+def test_long_red_restriction_lifts_with_quality_but_meta_restrictions_stay() -> None:
+    svc = service("meta-2024")
+    add_sender(svc, "a", waba_id="W")
+    svc.apply(ev.SenderUpdate("a", quality=ev.Quality.RED, at_unix_ms=T0), T0)
+    assert svc.sender_state("a", T0 + 7 * D).status == ev.SenderStatus.RESTRICTED
+    svc.apply(ev.SenderUpdate("a", quality=ev.Quality.GREEN, at_unix_ms=T0 + 8 * D), T0 + 8 * D)
+    assert svc.sender_state("a", T0 + 8 * D).status == ev.SenderStatus.CONNECTED
+    # A restriction from Meta is not lifted by tiergate's own quality rules.
+    add_sender(svc, "b", tier="TIER_10K")
+    svc.apply(ev.SenderUpdate("b", status=ev.SenderStatus.RESTRICTED, quality=ev.Quality.RED), T0)
+    st = svc.sender_state("b", T0 + 7 * D)
+    assert (st.tier, st.status) == ("TIER_1K", ev.SenderStatus.RESTRICTED)
+    svc.apply(ev.SenderUpdate("b", quality=ev.Quality.GREEN, at_unix_ms=T0 + 8 * D), T0 + 8 * D)
+    assert svc.sender_state("b", T0 + 8 * D).status == ev.SenderStatus.RESTRICTED
+
+
+def test_account_events_are_recorded() -> None:
+    svc = service()
+    add_sender(svc, waba_id="W")
+    assert svc.apply(ev.AccountUpdate("W", "ACCOUNT_VIOLATION"), T0).applied
+    res = svc.apply(ev.AccountUpdate("W", "DISABLED_UPDATE", ban_state="SCHEDULE_FOR_DISABLE"), T0)
+    assert res.applied
+    st = svc.sender_state("s1", T0)
+    assert st.account_violations == 1
+    assert st.last_account_event == "DISABLED_UPDATE SCHEDULE_FOR_DISABLE"
+    assert st.status == ev.SenderStatus.CONNECTED
+    assert not svc.apply(ev.AccountUpdate("W", "SOMETHING_NEW"), T0).applied

@@ -239,6 +239,8 @@ class SenderReport:
     registered_at_unix_ms: int = 0
     limit_scope: str = ""
     tier_since_unix_ms: int = 0
+    account_violations: int = 0
+    last_account_event: str = ""
 
 
 def _digits(number: str) -> str:
@@ -765,11 +767,15 @@ class AdmissionService:
                     scope = s.scope
                     floor = p.tier_limit(p.downgrade_floor)
                     lower = p.lower_tier(scope.tier)
+                    own = s.status in (ev.SenderStatus.CONNECTED, ev.SenderStatus.FLAGGED)
                     if lower is None or p.tier_limit(scope.tier) <= floor:
-                        s.status = p.floor_status
+                        if own and p.floor_status != s.status:
+                            s.status = p.floor_status
+                            s.floor_restricted = p.floor_status == ev.SenderStatus.RESTRICTED
                     else:
                         self._set_tier(scope, lower, due)
-                        s.status = int(ev.SenderStatus.CONNECTED)
+                        if own:  # a restriction or ban from Meta stays as it is
+                            s.status = int(ev.SenderStatus.CONNECTED)
                         changed_scopes[scope.index] = scope
                     s.red_since = due  # another full run of Red days costs another step
                     changed_senders[s.id] = s
@@ -1119,6 +1125,7 @@ class AdmissionService:
 
     def _set_status(self, s: Sender, status: int, restricted_until: int) -> None:
         s.status = status
+        s.floor_restricted = False
         s.restricted_until = restricted_until if status == ev.SenderStatus.RESTRICTED else 0
 
     def _set_quality(self, s: Sender, quality: int, now: int) -> None:
@@ -1133,6 +1140,9 @@ class AdmissionService:
             s.red_since = NEVER
             if p.red_sets_flagged and s.status == ev.SenderStatus.FLAGGED:
                 s.status = int(ev.SenderStatus.CONNECTED)
+            if s.floor_restricted and s.status == ev.SenderStatus.RESTRICTED:
+                s.status = int(ev.SenderStatus.CONNECTED)
+            s.floor_restricted = False
 
     def _find_template(self, template_id: str, name: str = "") -> Template | None:
         t = self._templates.get(template_id) if template_id else None
@@ -1260,32 +1270,47 @@ class AdmissionService:
         St = ev.SenderStatus
         new: int | None = None
         until = 0
+        note = event
         if event == "ACCOUNT_RESTRICTION":
             types = [t.upper() for t in u.restriction_types]
+            note = f"{event} {','.join(types)}".strip()
             messaging = [t for t in types if "MESSAGING" in t]
             if types and not messaging:
+                self._note_account(senders, note)
                 return ApplyResult(True, "restriction recorded (does not limit messaging)")
             if u.expires_at_unix_ms and u.expires_at_unix_ms <= now:
-                return ApplyResult(True, "restriction already expired")
+                self._note_account(senders, note)
+                return ApplyResult(True, "restriction recorded (already expired)")
             new, until = int(St.RESTRICTED), u.expires_at_unix_ms
         elif event in ("DISABLED_UPDATE", "ACCOUNT_DELETED", "BAN"):
             state = u.ban_state.upper()
+            note = f"{event} {state}".strip()
             if state in ("REINSTATE", "REINSTATED"):
                 new = int(St.CONNECTED)
-            elif state in ("SCHEDULE_FOR_DISABLE",):
+            elif state == "SCHEDULE_FOR_DISABLE":
+                self._note_account(senders, note)
                 return ApplyResult(True, "disable scheduled: recorded")
             else:
                 new = int(St.BANNED) if event == "BAN" else int(St.DISABLED)
         elif event == "ACCOUNT_VIOLATION":
+            for s in senders:
+                s.violations += 1
+            self._note_account(senders, note)
             return ApplyResult(True, "violation recorded")
         else:
             return ApplyResult(False, f"account event {u.event!r} is not used")
+        self._note_account(senders, note)
         for s in senders:
             self._set_status(s, new, until)
         for s in senders:
             self._refresh(s, now)
         name = St(new).name
         return ApplyResult(True, f"{len(senders)} sender(s) of WABA {u.waba_id} now {name}")
+
+    @staticmethod
+    def _note_account(senders: list[Sender], note: str) -> None:
+        for s in senders:
+            s.account_event = note
 
     # -- reports ---------------------------------------------------------------
 
@@ -1360,6 +1385,8 @@ class AdmissionService:
             registered_at_unix_ms=s.registered_at,
             limit_scope=p.limit_scope,
             tier_since_unix_ms=scope.tier_since,
+            account_violations=s.violations,
+            last_account_event=s.account_event,
         )
 
     def senders(self) -> list[str]:
@@ -1540,6 +1567,11 @@ class AdmissionService:
         for d in state["scopes"]:
             sc = LimitScope(int(d["index"]), str(d["key"]), str(d["tier"]), 0)
             sc.load(d)
+            if not self.profile.knows_tier(sc.tier):
+                raise ValueError(
+                    f"snapshot holds tier {sc.tier!r}, which profile {self.profile.name!r} "
+                    "does not define"
+                )
             self._scopes.append(sc)
         for key, idx in state["portfolios"].items():
             self._portfolios[key] = self._scopes[int(idx)]

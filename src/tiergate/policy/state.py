@@ -63,10 +63,12 @@ class Sender:
     """A business phone number."""
 
     __slots__ = (
+        "account_event",
         "coexistence",
         "counts",
         "display",
         "flags",
+        "floor_restricted",
         "id",
         "idem",
         "limits",
@@ -82,6 +84,7 @@ class Sender:
         "status",
         "throughput_upgraded",
         "verified",
+        "violations",
         "waba_id",
     )
 
@@ -101,6 +104,9 @@ class Sender:
         self.throughput_upgraded = False
         self.coexistence = False
         self.registered_at = 0  # 0: unknown (no warm-up)
+        self.floor_restricted = False  # restricted by tiergate's long-Red rule, not by Meta
+        self.violations = 0  # account_update ACCOUNT_VIOLATION events seen
+        self.account_event = ""  # the last account event, as recorded
         self.counts = [0] * REASONS
         # derived, recomputed on every change (indexed by Category value)
         self.flags = [0] * 5
@@ -126,6 +132,9 @@ class Sender:
             "throughput_upgraded": self.throughput_upgraded,
             "coexistence": self.coexistence,
             "registered_at": self.registered_at,
+            "floor_restricted": self.floor_restricted,
+            "violations": self.violations,
+            "account_event": self.account_event,
             "counts": list(self.counts),
         }
 
@@ -143,6 +152,9 @@ class Sender:
         self.throughput_upgraded = bool(d["throughput_upgraded"])
         self.coexistence = bool(d["coexistence"])
         self.registered_at = int(d["registered_at"])
+        self.floor_restricted = bool(d.get("floor_restricted", False))
+        self.violations = int(d.get("violations", 0))
+        self.account_event = str(d.get("account_event", ""))
         counts = [int(c) for c in d.get("counts", ())]
         self.counts = (counts + [0] * REASONS)[:REASONS]
 
