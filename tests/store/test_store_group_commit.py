@@ -227,3 +227,24 @@ def test_snapshot_child_leaves_the_data_dir_locked_by_the_server(tmp_path: Path)
         store.close()
 
     asyncio.run(main())
+
+
+def test_explicit_snapshot_waits_for_one_in_progress(tmp_path: Path) -> None:
+    """A snapshot asked for while a background one runs is taken after it, not skipped
+    (the server snapshots a new service right after a profile reload)."""
+
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_on_close=False)
+        svc = CounterService()
+        store.recover(svc)
+        await decide(store, svc, 1)
+        first = asyncio.ensure_future(store.snapshot(svc))
+        await asyncio.sleep(0)
+        await decide(store, svc, 2)
+        await store.snapshot(svc)
+        await first
+        assert store.snapshots_taken == 2
+        assert store.last_snapshot_seq == 2
+        store.close()
+
+    asyncio.run(main())

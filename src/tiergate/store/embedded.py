@@ -169,6 +169,7 @@ class EmbeddedStore:
         self._flush_handle: asyncio.Handle | None = None
         self._inflight: asyncio.Future[None] | None = None
         self._snapshotting = False
+        self._snapshot_lock: asyncio.Lock | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
 
         # metrics
@@ -661,8 +662,13 @@ class EmbeddedStore:
         return writer.next_seq - 1
 
     async def snapshot(self, service: Recoverable) -> None:
-        if self._snapshotting:
-            return
+        """Snapshot ``service`` now (after any snapshot already in progress)."""
+        if self._snapshot_lock is None:
+            self._snapshot_lock = asyncio.Lock()
+        async with self._snapshot_lock:
+            await self._snapshot(service)
+
+    async def _snapshot(self, service: Recoverable) -> None:
         self._snapshotting = True
         try:
             while True:
