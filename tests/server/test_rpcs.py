@@ -596,3 +596,17 @@ async def test_concurrent_unary_admits_count_each_recipient_once() -> None:
         answers = await asyncio.gather(*(h.stub.Admit(req(r, category=pb.UTILITY)) for r in rs * 2))
         assert sum(a.counted for a in answers) == 40
         assert (await state(h)).used_24h == 40
+
+
+@run_async
+async def test_a_full_batch_of_large_requests_fits_the_message_limit() -> None:
+    # 5 500 requests with long template ids and keys: over gRPC's 4 MiB default.
+    big = [
+        req(r, category=pb.UTILITY, template_id="t" * 500, key=f"{i:0>250}")
+        for i, r in enumerate(recipients(5500))
+    ]
+    assert pb.AdmitBatchRequest(requests=big).ByteSize() > 4 << 20
+    async with serving(max_batch=5500, senders=(sender(tier="TIER_UNLIMITED"),)) as h:
+        answers = await h.client.admit_batch(big, timeout=60)
+        assert len(answers) == 5500
+        assert answers[0].decision == pb.DECISION_ADMIT

@@ -103,6 +103,8 @@ class Sidecar:
             options=[
                 # A second sidecar on the same port must fail, not share it.
                 ("grpc.so_reuseport", 0),
+                # A full AdmitBatch must fit (an AdmitRequest is at most ~1 KiB).
+                ("grpc.max_receive_message_length", max(4 << 20, config.max_batch * 1024)),
             ]
         )
         servicer = AdmissionControl(
