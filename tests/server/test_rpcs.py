@@ -466,6 +466,42 @@ async def test_stream_answers_up_to_a_bad_message_then_fails_naming_it() -> None
             ),
             "template_update.template_id",
         ),
+        (
+            pb.RecordFeedbackRequest(
+                inbound_message=pb.InboundMessage(sender_id=SENDER, recipient="12ab")
+            ),
+            "inbound_message.recipient",
+        ),
+        (
+            pb.RecordFeedbackRequest(
+                opt_out=pb.OptOut(sender_id=SENDER, recipient="1" * 16, opted_out=True)
+            ),
+            "opt_out.recipient",
+        ),
+        (
+            pb.RecordFeedbackRequest(send_result=pb.SendResult(ticket="t" * 129, status=pb.FAILED)),
+            "send_result.ticket",
+        ),
+        (
+            pb.RecordFeedbackRequest(
+                sender_update=pb.SenderUpdate(sender_id="s" * 129, tier="TIER_250")
+            ),
+            "sender_update.sender_id",
+        ),
+        (
+            pb.RecordFeedbackRequest(
+                sender_update=pb.SenderUpdate(sender_id=SENDER, throughput_mps=-5)
+            ),
+            "sender_update.throughput_mps",
+        ),
+        (
+            pb.RecordFeedbackRequest(
+                template_update=pb.TemplateUpdate(
+                    template_id="t", status=pb.TEMPLATE_STATUS_PAUSED, paused_until_unix_ms=-1
+                )
+            ),
+            "template_update.paused_until_unix_ms",
+        ),
     ],
 )
 @run_async

@@ -11,6 +11,9 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
+from google.protobuf.message import Message
+
+from tiergate.engine.constants import recipient_key
 from tiergate.policy import events as ev
 from tiergate.policy.service import AdmitResult, InvalidArgument, SenderReport
 from tiergate.v1 import admission_pb2 as pb
@@ -50,10 +53,50 @@ def _required(field: str, value: str) -> str:
 
 FEEDBACK_EVENTS = ("inbound_message", "send_result", "opt_out", "sender_update", "template_update")
 
+# Longest accepted value of each string field of a feedback event (sizes are
+# bounded at the edge so no request can grow tiergate's state without limit).
+TEXT_LIMITS = {
+    "sender_id": 128,
+    "portfolio_id": 128,
+    "waba_id": 128,
+    "ticket": 128,
+    "idempotency_key": 256,
+    "message_id": 256,
+    "template_id": 512,
+    "template_name": 512,
+    "display_phone_number": 32,
+    "tier": 32,
+    "recipient": 16,
+}
+
+
+def _check_fields(prefix: str, message: Message) -> None:
+    """Sizes, non-negative times and counts, E.164 recipients; the field is named."""
+    for fd, value in message.ListFields():
+        field = f"{prefix}.{fd.name}"
+        if isinstance(value, str):
+            limit = TEXT_LIMITS.get(fd.name, 512)
+            if len(value) > limit:
+                raise InvalidArgument(field, f"{field}: longer than {limit} characters")
+            if fd.name == "recipient" and value:
+                try:
+                    recipient_key(value)
+                except ValueError as e:
+                    raise InvalidArgument(field, f"{field}: {e}") from None
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value < 0
+            and (fd.name.endswith("_unix_ms") or fd.name == "throughput_mps")
+        ):
+            raise InvalidArgument(field, f"{field}: must be >= 0")
+
 
 def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
     """The policy event a RecordFeedback request carries."""
     which = request.WhichOneof("event")
+    if which is not None:
+        _check_fields(which, getattr(request, which))
     if which == "inbound_message":
         m = request.inbound_message
         entry = _enum("inbound_message.entry_point", m.entry_point, ev.EntryPoint)
