@@ -933,13 +933,13 @@ class AdmissionService:
     def _on_send_result(self, e: ev.SendResult, now: int) -> tuple[ApplyResult, bool]:
         if int(e.status) not in (1, 2, 3, 4):
             raise InvalidArgument("status", f"status: unknown value {e.status!r}")
-        failed = e.status == ev.SendStatus.FAILED
-        if failed and e.message_id and self._seen_once(f"st:{e.message_id}", now):
-            return ApplyResult(False, f"message {e.message_id} already applied"), False
         if e.status != ev.SendStatus.FAILED:
             return ApplyResult(
                 True, f"{ev.SendStatus(e.status).name.lower()}: nothing to do"
             ), False
+        dedupe = f"st:{e.message_id}" if e.message_id else ""
+        if dedupe and dedupe in self._seen:
+            return ApplyResult(False, f"message {e.message_id} already applied"), False
         decoded: tuple[int, int, int, int] | None = None
         sender: Sender | None = None
         ticket = e.ticket
@@ -980,6 +980,8 @@ class AdmissionService:
             done.append("marketing to recipient held back")
         if not done:
             return ApplyResult(False, "nothing to release (already released or relied on)"), False
+        if dedupe:
+            self._seen_once(dedupe, now)
         return ApplyResult(True, ", ".join(done)), True
 
     def _on_opt_out(self, e: ev.OptOut) -> ApplyResult:
@@ -1340,7 +1342,7 @@ class AdmissionService:
         nxt_tier = p.next_tier(scope.tier)
         need = self._threshold(scope) if nxt_tier is not None else 0
         predicted = 0
-        if scope.crossed_at != NEVER:
+        if scope.crossed_at != NEVER and self._eligible(scope):
             predicted = (
                 scope.due_at
                 if p.upgrade_mode == "apply"
