@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import Self
 
@@ -114,6 +114,19 @@ class TiergateClient:
             pb.AdmitBatchRequest(requests=list(requests)), timeout=timeout or self.timeout
         )
         return list(reply.responses)
+
+    async def admit_stream(
+        self, requests: AsyncIterator[pb.AdmitRequest] | Iterator[pb.AdmitRequest]
+    ) -> AsyncIterator[pb.AdmitResponse]:
+        """One AdmitStream: responses in request order, as they are decided.
+
+        The server decides whatever has arrived as one batch, so a busy stream
+        costs one engine call per chunk; gRPC flow control slows ``requests``
+        down when the server falls behind.
+        """
+        call = self._stub.AdmitStream(requests)
+        async for response in call:
+            yield response
 
     async def admit_wait(
         self,

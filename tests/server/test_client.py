@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -84,3 +85,16 @@ async def test_rpc_errors_surface_as_aio_rpc_error() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await h.client.admit(SENDER, "not-digits", kind=pb.FREE_FORM)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@run_async
+async def test_admit_stream_answers_in_order() -> None:
+    async with serving() as h:
+
+        async def requests() -> AsyncIterator[pb.AdmitRequest]:
+            for i in range(40):
+                yield template(f"1555500{i:04d}", at=T0 + 20 * i)
+
+        answers = [a async for a in h.client.admit_stream(requests())]
+        assert [a.used for a in answers] == list(range(1, 41))
+        assert all(a.decision == pb.DECISION_ADMIT for a in answers)
