@@ -260,3 +260,69 @@ def test_busy_scope_grows_and_reclaims_identically() -> None:
             assert engines[0].entries() == engines[1].entries()
             assert engines[0].snapshot() == engines[1].snapshot()
     assert engines[0].usage(0, now, 400) == engines[1].usage(0, now, 400)
+
+
+BAD_CALLS: list[tuple[str, tuple[Any, ...]]] = [
+    ("decide", (0, 2, 0, 5, c.F_TEMPLATE, 1, 1)),
+    ("decide", (0, -1, 0, 5, c.F_TEMPLATE, 1, 1)),
+    ("decide", (0, 0, 1, 5, c.F_TEMPLATE, 1, 1)),
+    ("decide", (0, 0, 0, 0, c.F_TEMPLATE, 1, 1)),
+    ("decide", ((1 << 53) + 1, 0, 0, 5, c.F_TEMPLATE, 1, 1)),
+    ("release", (3, 5, 1, 0)),
+    ("release", (0, 0, 1, 0)),
+    ("open_window", (0, 0, 10, 10)),
+    ("open_window", (4, 5, 10, 10)),
+    ("open_window", (0, 5, 1 << 60, 10)),
+    ("set_opt_out", (0, 0, True)),
+    ("slow_throughput", (0, 0, -1)),
+    ("usage", (9, 0, 1)),
+    ("reclaim", (-(1 << 60),)),
+    ("add_scope", (5, 0)),
+    ("add_scope", (1, -1)),
+    ("set_scope_params", (3, 1, 1)),
+    ("add_number", (7,)),
+    ("add_number", (0, 0, 1, 1, 1)),
+    ("add_number", (0, 1 << 40, 1 << 20, 1, 1)),
+    ("set_number_params", (0, 1, 1, 1, 0)),
+]
+
+
+@pytest.mark.parametrize(("name", "args"), BAD_CALLS, ids=[f"{n}{a}" for n, a in BAD_CALLS])
+def test_both_refuse_bad_input_alike(name: str, args: tuple[Any, ...]) -> None:
+    errors = []
+    for cls in (CEngine, PyEngine):
+        e = cls()
+        e.add_scope()
+        e.add_number(0)
+        with pytest.raises((ValueError, IndexError)) as info:
+            getattr(e, name)(*args)
+        errors.append(type(info.value))
+        assert e.entries() == 0
+    assert errors[0] is errors[1]
+
+
+@pytest.mark.parametrize(
+    "geometry", [(0, 1, 1, 1), (1, 1, 1, 1 << 41), (1, 1 << 21, 1, 1), (10, 5, 3, 2)]
+)
+def test_both_check_the_geometry_alike(geometry: tuple[int, int, int, int]) -> None:
+    outcomes = []
+    for cls in (CEngine, PyEngine):
+        try:
+            e = cls(*geometry)
+        except ValueError as exc:
+            outcomes.append(str(exc))
+        else:
+            outcomes.append(e.snapshot())
+    assert outcomes[0] == outcomes[1]
+
+
+def test_compiled_engine_pickles_through_its_snapshot() -> None:
+    import copy
+    import pickle
+
+    e = CEngine()
+    e.add_scope(1, 1_000)
+    e.add_number(0)
+    e.decide(5, 0, 0, 77, c.F_TEMPLATE | c.F_MARKETING, 10, 1)
+    assert pickle.loads(pickle.dumps(e)).snapshot() == e.snapshot()
+    assert copy.deepcopy(e).snapshot() == e.snapshot()
