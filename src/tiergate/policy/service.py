@@ -430,7 +430,9 @@ class AdmissionService:
         n = len(items)
         results: list[AdmitResult | None] = [None] * n
         batch = self._batch
-        batch.clear()
+        # Only the input columns: the engine sizes the outputs (single admits skip them).
+        del batch.now[:], batch.scope[:], batch.number[:], batch.recipient[:]
+        del batch.flags[:], batch.limit[:], batch.ticket[:]
         slots: list[int] = []  # request index of each batch row
         rows: list[tuple[Sender, int, str, int]] = []  # sender, recipient key, idem key, eco end
         in_batch: dict[tuple[str, str], int] = {}
@@ -555,9 +557,28 @@ class AdmissionService:
             rows.append((sender, rkey, key, eco_end))
 
         if slots:
-            self.engine.decide_batch(batch)
-            dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
-            counted, used, prev = batch.counted, batch.used, batch.prev_counted
+            dec: Sequence[int]
+            rsn: Sequence[int]
+            retry: Sequence[int]
+            counted: Sequence[int]
+            used: Sequence[int]
+            prev: Sequence[int]
+            if single:
+                # One request: the engine's scalar call, no output columns to size.
+                d0, r0, t0, c0, u0, p0 = self.engine.decide(
+                    batch.now[0],
+                    batch.scope[0],
+                    batch.number[0],
+                    batch.recipient[0],
+                    batch.flags[0],
+                    batch.limit[0],
+                    batch.ticket[0],
+                )
+                dec, rsn, retry, counted, used, prev = (d0,), (r0,), (t0,), (c0,), (u0,), (p0,)
+            else:
+                self.engine.decide_batch(batch)
+                dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
+                counted, used, prev = batch.counted, batch.used, batch.prev_counted
             b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
             pack = _ADMIT_REC.pack
             journal_append = self._journal.append
@@ -656,10 +677,11 @@ class AdmissionService:
                     )
                 sender.counts[r] += 1
                 results[i] = res
+            top = self.profile.ladder[-1]
             for idx, js in touched.items():
                 sc = self._scopes[idx]
-                if sc.crossed_at == NEVER:
-                    self._check_crossing(sc, batch.now[js[-1]], batch, js)
+                if sc.crossed_at == NEVER and sc.tier != top:
+                    self._check_crossing(sc, b_now[js[-1]], (b_now, prev), js)
         for i, prior in dupes:
             results[i] = results[prior]
         if self._idem_order and self._idem_order[0][0] <= high:
@@ -691,7 +713,7 @@ class AdmissionService:
         self,
         scope: LimitScope,
         at: int,
-        batch: DecisionBatch | None = None,
+        columns: tuple[Sequence[int], Sequence[int]] | None = None,
         rows: list[int] | None = None,
     ) -> None:
         """Record when the upgrade threshold is met (the 7-day ring under-counts: never early).
@@ -707,16 +729,14 @@ class AdmissionService:
         need = self._threshold(scope)
         if have < need:
             return
-        if batch is not None and rows:
+        if columns is not None and rows:
+            b_now, b_prev = columns
             # How much each row added: a new slot always adds to the cumulative
             # count; to the 7-day unique count only when the recipient was clearly
             # outside the lookback (a borderline one counts as 0: dated later, never early).
             horizon = p.lookback_ms + p.long_bucket_ms
             steps = [
-                1
-                if p.upgrade_basis == "cumulative"
-                or batch.prev_counted[j] <= batch.now[j] - horizon
-                else 0
+                1 if p.upgrade_basis == "cumulative" or b_prev[j] <= b_now[j] - horizon else 0
                 for j in rows
             ]
             level = have - sum(steps)
@@ -724,7 +744,7 @@ class AdmissionService:
                 for j, step in zip(rows, steps, strict=True):
                     level += step
                     if level >= need:
-                        at = batch.now[j]
+                        at = b_now[j]
                         break
         scope.crossed_at = at
         if p.upgrade_mode == "apply":
