@@ -78,3 +78,61 @@ def test_random_history(ops: list[tuple[object, ...]]) -> None:
         assert a == b
     probe = [req("s1", rcpt(i), at + i) for i in range(45)]
     assert svc.admit_many(probe, at) == copy.admit_many(probe, at)
+
+
+request = st.tuples(
+    st.sampled_from(["s1", "s2", "ghost"]),
+    st.integers(0, 12),  # recipient
+    st.booleans(),  # free-form
+    st.sampled_from([1, 2, 3, 4]),  # category
+    st.booleans(),  # idempotency key (tied to the request's content)
+    st.booleans(),  # dry run
+)
+
+
+def _key(r: object) -> tuple[object, ...]:
+    return tuple(
+        getattr(r, f)
+        for f in (
+            "decision",
+            "reason",
+            "retry_at_unix_ms",
+            "counted",
+            "limit",
+            "used",
+            "meta_error_code",
+        )
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(request, min_size=1, max_size=60))
+def test_one_batch_decides_like_one_by_one(items: list[tuple[object, ...]]) -> None:
+    """admit_many decides in order, each item seeing the ones before it."""
+    from tiergate.policy.service import AdmissionService
+
+    def fresh() -> AdmissionService:
+        svc = AdmissionService(service("meta-2024").profile, clock="server")
+        add_sender(svc, tier="TIER_50", throughput_mps=20)
+        add_sender(svc, "s2", tier="TIER_250")
+        for i in range(0, 12, 3):
+            svc.apply(ev.InboundMessage("s1", rcpt(i), at_unix_ms=T0), T0)
+        return svc
+
+    reqs = [
+        req(
+            str(sid),
+            rcpt(int(who)),  # type: ignore[call-overload]
+            0,
+            free_form=bool(free),
+            category=int(cat),  # type: ignore[call-overload]
+            key=f"{who}-{free}-{cat}-{dry}" if keyed else "",
+            dry=bool(dry),
+        )
+        for sid, who, free, cat, keyed, dry in items
+    ]
+    at = T0 + S
+    together = fresh().admit_many(reqs, at)
+    alone = fresh()
+    one_by_one = [alone.admit(r, at) for r in reqs]
+    assert [_key(r) for r in together] == [_key(r) for r in one_by_one]
