@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import time
@@ -407,6 +408,8 @@ class RunResult:
     server_cpu_seconds: float | None = None  # filled by the caller when it knows the server
     sim_end_ms: int = 0  # latest simulated time any client reached
     load_average: float = 0.0  # 1-minute load average of the machine at the end of the run
+    started: float = 0.0  # time.monotonic() when recording began (earliest client)
+    finished: float = 0.0  # time.monotonic() when the last client stopped
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -520,7 +523,60 @@ def merge(shape: Shape, results: Sequence[ClientResult], rate: float = 0.0) -> R
         client_cpu_seconds=client_cpu,
         sim_end_ms=max((r.sim_end_ms for r in results), default=0),
         load_average=os.getloadavg()[0],
+        started=start,
+        finished=end,
     )
+
+
+class CpuSampler:
+    """Samples a process's CPU time every ``interval`` s in a thread, to cut out a window.
+
+    Set-up (feedback RPCs) and warm-up happen in the same server process before
+    the measured window; this keeps them out of the CPU-per-decision figures.
+    """
+
+    def __init__(self, read: Callable[[], float], interval: float = 0.05) -> None:
+        import threading
+
+        self._read = read
+        self._interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.samples.append((time.monotonic(), self._read()))
+            except OSError:
+                return
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            self.samples.append((time.monotonic(), self._read()))
+
+    def at(self, t: float) -> float:
+        """CPU seconds at monotonic time ``t``, interpolated between samples."""
+        s = self.samples
+        if not s:
+            return 0.0
+        if t <= s[0][0]:
+            return s[0][1]
+        for (t0, c0), (t1, c1) in itertools.pairwise(s):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
+        return s[-1][1]
+
+    def between(self, start: float, end: float) -> float:
+        return self.at(end) - self.at(start)
 
 
 def default_clients() -> int:

@@ -17,6 +17,12 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
 
 
+def _per_item_us(cpu_s: float | None, items: int | None) -> float | None:
+    if cpu_s is None or not items:
+        return None
+    return cpu_s / items * 1e6
+
+
 def markdown(summary: dict[str, Any]) -> str:
     head = summary.get("headline", {})
     parts: list[str] = []
@@ -63,6 +69,20 @@ def markdown(summary: dict[str, Any]) -> str:
                     "tiergate server cores busy",
                 ],
                 rows,
+            )
+        )
+        rows = []
+        for v in grpc.values():
+            noop_us = _per_item_us(v.get("noop_server_cpu_s"), v.get("noop_items"))
+            tg_us = _per_item_us(v.get("tiergate_server_cpu_s"), v.get("tiergate_items"))
+            ratio = noop_us / tg_us if noop_us and tg_us else None
+            rows.append([v["label"], noop_us, tg_us, ratio])
+        parts.append(
+            "Server CPU per decision (user + system time of the server process, all its "
+            "threads, divided by decisions answered; less sensitive to other work on the "
+            "machine than throughput):\n\n"
+            + _table(
+                ["shape", "no-op µs/decision", "tiergate µs/decision", "no-op / tiergate"], rows
             )
         )
         rows = []

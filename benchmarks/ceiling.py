@@ -209,18 +209,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     with noop_server() as server:
         for shape in shapes:
-            cpu0 = server.cpu_seconds()
-            r = measure(
-                server.target,
-                shape,
-                clients=settings["clients"],
-                duration=settings["duration"],
-                max_calls=settings["max_calls"],
-                warmup=settings["warmup"],
-                tag=f"ceil-{shape.name}-",
-                pages=settings["pages"],
-            )
-            r.server_cpu_seconds = server.cpu_seconds() - cpu0
+            with _grpcload.CpuSampler(server.cpu_seconds) as sampler:
+                r = measure(
+                    server.target,
+                    shape,
+                    clients=settings["clients"],
+                    duration=settings["duration"],
+                    max_calls=settings["max_calls"],
+                    warmup=settings["warmup"],
+                    tag=f"ceil-{shape.name}-",
+                    pages=settings["pages"],
+                )
+            r.server_cpu_seconds = sampler.between(r.started, r.finished)
             results.append(r)
             print(f"  {r.label}: {r.calls_per_s:,.0f} calls/s, {r.items_per_s:,.0f} items/s")
     _common.print_table(

@@ -169,20 +169,22 @@ def _run(
     cpu_of: Any = None,
 ) -> _grpcload.RunResult:
     """One bounded run; tiergate runs continue its simulated clock from the previous one."""
-    cpu0 = cpu_of() if cpu_of else 0.0
-    r = _grpcload.run_load(
-        target,
-        shape,
-        clients=settings["clients"],
-        duration=settings["duration"],
-        max_calls=settings["max_calls"],
-        warmup=settings["warmup"],
-        workload=workload,
-        workload_args={"tag": tag, "pages": settings["pages"], "after_ms": _sim_clock[0]},
-        rate=rate,
-    )
-    if cpu_of:
-        r.server_cpu_seconds = cpu_of() - cpu0
+    with contextlib.ExitStack() as stack:
+        sampler = stack.enter_context(_grpcload.CpuSampler(cpu_of)) if cpu_of else None
+        r = _grpcload.run_load(
+            target,
+            shape,
+            clients=settings["clients"],
+            duration=settings["duration"],
+            max_calls=settings["max_calls"],
+            warmup=settings["warmup"],
+            workload=workload,
+            workload_args={"tag": tag, "pages": settings["pages"], "after_ms": _sim_clock[0]},
+            rate=rate,
+        )
+    if sampler is not None:
+        # CPU of the server in the measured window only (not set-up, not warm-up).
+        r.server_cpu_seconds = sampler.between(r.started, r.finished)
         _sim_clock[0] = max(_sim_clock[0], r.sim_end_ms)
     return r
 

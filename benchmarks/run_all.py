@@ -79,6 +79,10 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "tiergate_items_per_s": runs["tiergate_max"]["items_per_s"],
                 "items_ratio": cmp_["items_ratio"],
                 "tiergate_server_cpu_s": runs["tiergate_max"].get("server_cpu_seconds"),
+                "noop_server_cpu_s": runs["ceiling_max"].get("server_cpu_seconds"),
+                "tiergate_items": runs["tiergate_max"]["items"],
+                "noop_items": runs["ceiling_max"]["items"],
+                "noop_seconds": runs["ceiling_max"]["seconds"],
                 "tiergate_seconds": runs["tiergate_max"]["seconds"],
                 "decisions_sampled": runs["tiergate_max"]["decisions"],
             }
