@@ -98,6 +98,7 @@ class Pending:
     category: int
     template: str
     attempt: int
+    spacing: int  # ms between this sender's sends: deferred ones are re-paced by it
 
 
 def _enum(kind: type[Any], value: Any, key: str) -> Any:
@@ -305,7 +306,9 @@ class Simulation:
                     recipients += [self._new_recipient(sid) for _ in range(repeat)]
                 self.rng.shuffle(recipients)
                 for n, to in enumerate(recipients):
-                    self._push(at + n * spacing, "send", Pending(sid, to, category, template, 0))
+                    self._push(
+                        at + n * spacing, "send", Pending(sid, to, category, template, 0, spacing)
+                    )
                 self.row(at, sid).sent += len(recipients)
             elif kind == "inbound":
                 sid, count, entry = payload
@@ -340,6 +343,7 @@ class Simulation:
             for at, p in batch
         ]
         results = self.service.admit_many(reqs, batch[0][0])
+        paced: dict[str, int] = {}
         for (at, p), res in zip(batch, results, strict=True):
             row = self.row(at, p.sender)
             name = _REASON_NAMES.get(res.reason, str(res.reason))
@@ -351,9 +355,14 @@ class Simulation:
                 self.tickets[p.sender].append(res.ticket)
             elif res.decision == c.RETRY_LATER:
                 row.deferred += 1
-                if p.attempt < self.max_retries:
+                # A throughput wait is pacing, not a failure: it does not use up a retry.
+                if res.reason != c.THROUGHPUT:
                     p.attempt += 1
-                    self._push(max(res.retry_at_unix_ms, at + 1), "send", p)
+                if p.attempt <= self.max_retries:
+                    # Like a gateway's queue: deferred sends come back paced, not all at once.
+                    k = paced.get(p.sender, 0)
+                    paced[p.sender] = k + 1
+                    self._push(max(res.retry_at_unix_ms, at + 1) + k * p.spacing, "send", p)
             else:
                 row.rejected += 1
 
