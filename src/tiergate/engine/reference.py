@@ -26,6 +26,28 @@ Semantics (DESIGN.md §5):
   same moments and keep giving identical answers.
 * Snapshots (:meth:`Engine.snapshot`) are little-endian fixed-width records,
   byte-identical between the two engines; either restores the other's.
+
+Snapshot format, version 1 (all integers little-endian; ``q`` signed and
+``Q`` unsigned 64-bit, ``I`` unsigned 32-bit, ``B`` one byte):
+
+* header ``<8sIIqqqqII``: magic ``TGENGINE``, format version, reserved 0,
+  bucket_ms, window_ms, long_bucket_ms, long_window_ms, scopes, numbers;
+* per scope ``<qqq``: freq_cap, freq_window_ms, clock (latest time seen);
+  then three rings (24 h, 7 d unique, 7 d slots), each ``<qqq`` (buckets n,
+  oldest live bucket, total) and n ``q`` counts, bucket ``b`` at ``b mod n``;
+  then the table ``<QQ`` (capacity, entries) and its entries sorted by key,
+  each ``<QqQqqqqB``: key, last_counted, last_ticket, 4 marketing times,
+  opt-out;
+* per number ``<Iqqqqqq``: scope, clock, throughput TAT (µs), throughput
+  interval and tolerance (µs), pair interval and tolerance (ms); then its
+  table ``<QQ`` and entries sorted by key, each ``<Qqqq``: key,
+  window_until, fep_until, pair TAT (ms).
+
+A reader refuses a newer version with a ValueError; a format change bumps
+:data:`SNAPSHOT_VERSION`.
+
+Neither engine is safe for concurrent use from several threads; the service
+serialises calls (the compiled engine never releases the GIL).
 """
 
 from __future__ import annotations
@@ -72,6 +94,8 @@ MAX_TOLERANCE = 1 << 52
 
 #: Recipient tables start with this nominal capacity and double when 70 % full.
 INITIAL_CAPACITY = 16
+#: Largest capacity a snapshot may declare.
+MAX_CAPACITY = 1 << 40
 
 #: Snapshot header: magic, then the format version this engine writes.
 SNAPSHOT_MAGIC = b"TGENGINE"
@@ -783,7 +807,12 @@ class _Reader:
 
 def _take_table(r: _Reader) -> tuple[int, int]:
     capacity, count = r.take(_TABLE)
-    if capacity < INITIAL_CAPACITY or capacity & (capacity - 1) or count > max_fill(capacity):
+    if (
+        capacity < INITIAL_CAPACITY
+        or capacity & (capacity - 1)
+        or capacity > MAX_CAPACITY
+        or count > max_fill(capacity)
+    ):
         raise ValueError("engine snapshot is corrupt: table capacity")
     return capacity, count
 
