@@ -1184,6 +1184,9 @@ class AdmissionService:
             raise InvalidArgument("paused_until_unix_ms", "paused_until_unix_ms: must be >= 0")
         p = self.profile
         t = self._find_template(u.template_id, u.template_name)
+        S = ev.TemplateStatus
+        if t is not None and t.disabled and status == S.UNPAUSED:
+            return ApplyResult(False, f"template {t.id} is disabled; UNPAUSED does not apply")
         created = t is None
         if t is None:
             t = Template(u.template_id, u.template_name, u.waba_id)
@@ -1194,7 +1197,6 @@ class AdmissionService:
             self._template_names[t.name] = t
         if u.waba_id:
             t.waba_id = u.waba_id
-        S = ev.TemplateStatus
         if status == S.PAUSED:
             if now < t.paused_until and not u.paused_until_unix_ms:
                 return ApplyResult(True, f"template {t.id} already paused")
@@ -1208,8 +1210,6 @@ class AdmissionService:
             t.paused_until = u.paused_until_unix_ms or now + pause
             return ApplyResult(True, f"template {t.id} paused until {t.paused_until}")
         if status in (S.UNPAUSED, S.APPROVED):
-            if t.status in (S.DISABLED, S.REJECTED) and status == S.UNPAUSED:
-                return ApplyResult(False, f"template {t.id} is disabled; UNPAUSED does not apply")
             t.status = int(S.APPROVED)
             t.paused_until = 0
             return ApplyResult(True, f"template {t.id} {'registered' if created else 'active'}")
