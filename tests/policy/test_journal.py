@@ -130,3 +130,20 @@ def test_snapshot_under_another_profile_geometry_is_refused() -> None:
     assert service("legacy-2x").profile.window_ms == a.profile.window_ms
     restored = AdmissionService.from_snapshot(service("legacy-2x").profile, snap)
     assert restored.senders() == ["s1"]
+
+
+def test_reload_profile_in_place(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from .helpers import custom
+
+    svc = service("meta-2024")
+    add_sender(svc, tier="TIER_1K")
+    send_unique(svc, "s1", T0, 10)
+    svc.reload_profile(custom(tmp_path, "meta-2024", "[protection]\nheadroom_pct = 50\n"), T0)
+    assert svc.sender_state("s1", T0 + S).effective_limit == 500
+    assert svc.profile.name == "custom"
+    with pytest.raises(ValueError, match="limit scope"):
+        svc.reload_profile(service("meta-2025").profile, T0)
+    windows = custom(tmp_path, "meta-2024", "[limit]\nwindow_hours = 12\n")
+    with pytest.raises(ValueError, match="windows"):
+        svc.reload_profile(windows, T0)
+    assert svc.profile.name == "custom"

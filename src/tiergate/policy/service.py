@@ -1629,6 +1629,41 @@ class AdmissionService:
             )
         self._recompute_due()
 
+    def reload_profile(self, profile: Profile, now_ms: int) -> None:
+        """Switch to another profile in place (SIGHUP): limits, rates and rules re-derived.
+
+        Raises ValueError, changing nothing, when the new profile's windows differ
+        (the engine's buckets are built for them) or it lacks a tier in use.
+        """
+        old = self.profile
+        new_geometry = (profile.bucket_ms, profile.window_ms, profile.long_bucket_ms)
+        old_geometry = (old.bucket_ms, old.window_ms, old.long_bucket_ms)
+        if (*new_geometry, profile.lookback_ms) != (*old_geometry, old.lookback_ms):
+            raise ValueError(
+                f"profile {profile.name!r} changes the counting windows; restart to switch"
+            )
+        for sc in self._scopes:
+            if not profile.knows_tier(sc.tier):
+                raise ValueError(f"profile {profile.name!r} does not define tier {sc.tier!r}")
+        if profile.limit_scope != old.limit_scope and self._scopes:
+            raise ValueError(f"profile {profile.name!r} changes the limit scope; restart to switch")
+        self.profile = profile
+        for sc in self._scopes:
+            self.engine.set_scope_params(
+                sc.index, profile.frequency_cap, profile.frequency_window_ms
+            )
+            if profile.upgrade_mode == "predict":
+                sc.due_at = NEVER
+            elif sc.crossed_at != NEVER:
+                sc.due_at = max(
+                    sc.crossed_at + profile.upgrade_delay_ms, sc.tier_since + profile.min_in_tier_ms
+                )
+        for s in self._by_number:
+            self._derive(s, max(now_ms, s.scope.last_now))
+            self.engine.set_number_params(s.number, *self._number_params(s))
+        self._journal_state(self._scopes, self._by_number)
+        self._recompute_due()
+
     @classmethod
     def from_snapshot(
         cls, profile: Profile, data: bytes, *, clock: Literal["server", "request"] = "server"
