@@ -1,3 +1,4 @@
+# cython: autotestdict=False
 # The compiled decision engine: the Cython twin of src/tiergate/engine/reference.py.
 #
 # Same class, same methods, identical answers for identical calls (the

@@ -5,7 +5,7 @@ Same API and answers as :class:`tiergate.engine.reference.Engine`.
 
 from tiergate.engine.batch import DecisionBatch
 
-Decision = tuple[int, int, int, int, int, int]
+_Decision = tuple[int, int, int, int, int, int]
 
 class Engine:
     @property
@@ -45,7 +45,7 @@ class Engine:
     ) -> None: ...
     def decide(
         self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int
-    ) -> Decision: ...
+    ) -> _Decision: ...
     def decide_batch(self, batch: DecisionBatch) -> None: ...
     def release(self, scope: int, recipient: int, ticket: int, prev_counted: int) -> bool: ...
     def open_window(
