@@ -194,3 +194,11 @@ def test_account_events_are_recorded() -> None:
     assert st.last_account_event == "DISABLED_UPDATE SCHEDULE_FOR_DISABLE"
     assert st.status == ev.SenderStatus.CONNECTED
     assert not svc.apply(ev.AccountUpdate("W", "SOMETHING_NEW"), T0).applied
+
+
+def test_several_red_steps_after_a_long_silence() -> None:
+    svc = service("meta-2024")
+    add_sender(svc, tier="TIER_100K")
+    svc.apply(ev.SenderUpdate("s1", quality=ev.Quality.RED, at_unix_ms=T0), T0)
+    st = svc.sender_state("s1", T0 + 15 * D)
+    assert (st.tier, st.status) == ("TIER_1K", ev.SenderStatus.CONNECTED)

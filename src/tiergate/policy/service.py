@@ -761,9 +761,19 @@ class AdmissionService:
             self._derive(s, at)
 
     def _maintain(self, now: int) -> None:
-        """Apply what time alone changes: due upgrades, long Red, restriction ends, warm-up."""
+        """Apply what time alone changes: due upgrades, long Red, restriction ends, warm-up.
+
+        Each pass applies what was due, in due-time order per object; passes repeat
+        while more became due (e.g. several 7-day Red steps after a long silence).
+        """
         if self._replaying:
             return
+        for _ in range(1024):
+            self._maintain_once(now)
+            if self._next_due > now:
+                return
+
+    def _maintain_once(self, now: int) -> None:
         p = self.profile
         changed_scopes: dict[int, LimitScope] = {}
         changed_senders: dict[str, Sender] = {}
