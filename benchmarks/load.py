@@ -238,6 +238,7 @@ def py_spy(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
+    native = os.environ.get("BENCH_PY_SPY_NATIVE") == "1"
     proc = subprocess.Popen(
         [
             exe,
@@ -250,9 +251,11 @@ def py_spy(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
             "250",
             "--format",
             "raw",
-            "--nonblocking",
             "--output",
             str(out),
+            # BENCH_PY_SPY_NATIVE=1 adds C frames (grpc core, protobuf, the engine);
+            # py-spy then pauses the process per sample, so it runs slower.
+            *(["--native"] if native else ["--nonblocking"]),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
