@@ -55,13 +55,15 @@ if redis.call('ZSCORE', key, member) then
   return 1
 end
 if redis.call('ZCARD', key) >= limit then
-  return 0
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {0, tonumber(oldest[2]) + window}
 end
 redis.call('ZADD', key, now, member)
 return 2
 """
 # Return codes shared by every implementation: 0 limit reached, 1 already
-# counted (admitted, no new slot), 2 admitted with a new slot.
+# counted (admitted, no new slot), 2 admitted with a new slot. Like tiergate's
+# RETRY_LATER, "limit reached" also computes when the oldest slot frees.
 
 
 @dataclass
@@ -172,7 +174,7 @@ def run_redis(w: Workload, pipeline: int) -> Figure:
             pipe = r.pipeline(transaction=False)
             for i in range(lo, min(lo + pipeline, len(w))):
                 pipe.evalsha(sha, 1, keys[sender[i]], now[i], WINDOW_MS, limit, rcpt[i])
-            codes.extend(pipe.execute())
+            codes.extend(c if isinstance(c, int) else c[0] for c in pipe.execute())
         seconds = time.perf_counter() - t0
         c_cpu = _cpu() - c_cpu0
         s_cpu = server_cpu() - s_cpu0
@@ -195,7 +197,7 @@ class DictWindow:
         self.limit = limit
         self.tables: list[OrderedDict[str, int]] = [OrderedDict() for _ in range(senders)]
 
-    def decide(self, sender: int, recipient: str, now: int) -> int:
+    def decide(self, sender: int, recipient: str, now: int) -> int | tuple[int, int]:
         table = self.tables[sender]
         horizon = now - WINDOW_MS
         while table:
@@ -208,7 +210,7 @@ class DictWindow:
             table.move_to_end(recipient)
             return 1
         if len(table) >= self.limit:
-            return 0
+            return (0, next(iter(table.values())) + WINDOW_MS)  # when the oldest slot frees
         table[recipient] = now
         return 2
 
@@ -218,8 +220,10 @@ def run_dict(w: Workload) -> Figure:
     decide = impl.decide
     sender, rcpt, now = w.sender, w.recipient, w.now
     c0, t0 = _cpu(), time.perf_counter()
-    codes = [decide(sender[i], rcpt[i], now[i]) for i in range(len(w))]
-    return Figure("python-dict", len(w), time.perf_counter() - t0, _cpu() - c0, _outcomes(codes))
+    answers = [decide(sender[i], rcpt[i], now[i]) for i in range(len(w))]
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    codes = [a if isinstance(a, int) else a[0] for a in answers]
+    return Figure("python-dict", len(w), seconds, cpu, _outcomes(codes))
 
 
 def _engine_setup(w: Workload) -> tuple[Any, list[int], list[int], Any]:
