@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import grpc
@@ -353,6 +354,8 @@ async def invalid(call: object) -> str:
         ({"sender_id": "x" * 300}, "sender_id"),
         ({"idempotency_key": "k" * 5000}, "idempotency_key"),
         ({"template_id": "t" * 5000}, "template_id"),
+        ({"at_unix_ms": -1}, "at_unix_ms"),
+        ({"at_unix_ms": 1 << 62}, "at_unix_ms"),
     ],
 )
 @run_async
@@ -514,6 +517,25 @@ async def test_feedback_invalid_argument_names_the_field(
 
 
 @run_async
+async def test_times_past_year_9999_are_invalid() -> None:
+    async with serving() as h:
+        requests = [req(r) for r in recipients(4)]
+        requests[2].at_unix_ms = 1 << 60
+        details = await invalid(h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=requests)))
+        assert "requests[2].at_unix_ms" in details
+        details = await invalid(
+            h.stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER, at_unix_ms=1 << 60))
+        )
+        assert "at_unix_ms" in details
+        event = pb.InboundMessage(sender_id=SENDER, recipient="1555", at_unix_ms=1 << 60)
+        details = await invalid(
+            h.stub.RecordFeedback(pb.RecordFeedbackRequest(inbound_message=event))
+        )
+        assert "inbound_message.at_unix_ms" in details
+        assert (await state(h)).used_24h == 0
+
+
+@run_async
 async def test_sender_state_requires_a_sender_id() -> None:
     async with serving() as h:
         details = await invalid(h.stub.GetSenderState(pb.GetSenderStateRequest()))
@@ -646,3 +668,34 @@ async def test_a_full_batch_of_large_requests_fits_the_message_limit() -> None:
         answers = await h.client.admit_batch(big, timeout=60)
         assert len(answers) == 5500
         assert answers[0].decision == pb.DECISION_ADMIT
+
+
+@run_async
+async def test_random_garbage_is_invalid_or_decided_never_internal() -> None:
+    rng = random.Random(5)
+    alphabet = "0123456789+-x é\x00"
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(n)))
+
+    async with serving() as h:
+        for _ in range(150):
+            q = pb.AdmitRequest(
+                sender_id=rng.choice([SENDER, "", text(20), "s" * 129]),
+                recipient=rng.choice(["15550001111", text(18), "+" + text(16)]),
+                kind=pb.MessageKind.ValueType(rng.randrange(-1, 4)),
+                category=pb.Category.ValueType(rng.randrange(-1, 6)),
+                template_id=rng.choice(["", "spring_sale", text(600)]),
+                idempotency_key=rng.choice(["", text(10), "k" * 300]),
+                at_unix_ms=rng.choice([0, T0, -5, 1 << 62]),
+                dry_run=rng.random() < 0.5,
+            )
+            try:
+                r = await h.stub.Admit(q)
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.details()
+                continue
+            assert r.decision in (pb.DECISION_ADMIT, pb.DECISION_RETRY_LATER, pb.DECISION_REJECT)
+            if r.decision == pb.DECISION_ADMIT:
+                assert q.sender_id == SENDER  # only a known sender is ever admitted
+        assert h.sidecar.metrics.internal_errors == {}

@@ -53,6 +53,9 @@ def _required(field: str, value: str) -> str:
 
 FEEDBACK_EVENTS = ("inbound_message", "send_result", "opt_out", "sender_update", "template_update")
 
+# The last millisecond of 9999-12-31 UTC: no Meta time or request clock is later.
+MAX_AT_UNIX_MS = 253_402_300_799_999
+
 # Longest accepted value of each string field of a feedback event (sizes are
 # bounded at the edge so no request can grow tiergate's state without limit).
 TEXT_LIMITS = {
@@ -83,13 +86,11 @@ def _check_fields(prefix: str, message: Message) -> None:
                     recipient_key(value)
                 except ValueError as e:
                     raise InvalidArgument(field, f"{field}: {e}") from None
-        elif (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and value < 0
-            and (fd.name.endswith("_unix_ms") or fd.name == "throughput_mps")
-        ):
-            raise InvalidArgument(field, f"{field}: must be >= 0")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if value < 0 and (fd.name.endswith("_unix_ms") or fd.name == "throughput_mps"):
+                raise InvalidArgument(field, f"{field}: must be >= 0")
+            if value > MAX_AT_UNIX_MS and fd.name.endswith("_unix_ms"):
+                raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
 
 
 def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:

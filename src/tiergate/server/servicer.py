@@ -20,6 +20,7 @@ import grpc
 
 from tiergate.policy.service import AdmissionService, AdmitResult, InvalidArgument
 from tiergate.server import convert
+from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
@@ -99,13 +100,20 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         if not self._request_clock:
             return self._server_clock()
         if at_unix_ms > self._latest_request_ms:
+            if at_unix_ms > MAX_AT_UNIX_MS:
+                raise InvalidArgument("at_unix_ms", f"at_unix_ms: after {MAX_AT_UNIX_MS}")
             self._latest_request_ms = at_unix_ms
         return self._latest_request_ms
 
     def _batch_now(self, requests: Sequence[pb.AdmitRequest]) -> int:
         if not self._request_clock:
             return self._server_clock()
-        return self._now(max((r.at_unix_ms for r in requests), default=0))
+        latest = max((r.at_unix_ms for r in requests), default=0)
+        if latest > MAX_AT_UNIX_MS:
+            i = next(i for i, r in enumerate(requests) if r.at_unix_ms > MAX_AT_UNIX_MS)
+            field = f"requests[{i}].at_unix_ms"
+            raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
+        return self._now(latest)
 
     async def _fail(self, context: Context, rpc: str, exc: Exception) -> NoReturn:
         if isinstance(exc, InvalidArgument):
