@@ -89,6 +89,8 @@ META_ERROR = (
     0,  # UNKNOWN_SENDER
 )
 META_TEMPLATE_MISSING = 132001
+_BANNED = int(ev.SenderStatus.BANNED)  # BANNED and DISABLED (the highest values) block all
+_TEMPLATE_OFF = int(ev.TemplateStatus.DISABLED)  # DISABLED and REJECTED
 
 DETAIL = (
     "",
@@ -436,7 +438,6 @@ class AdmissionService:
         slots: list[int] = []  # request index of each batch row
         rows: list[tuple[Sender, int, str, int]] = []  # sender, recipient key, idem key, eco end
         in_batch: dict[tuple[str, str], int] = {}
-        dupes: list[tuple[int, int]] = []
         senders = self._senders
         templates = self._templates
         eco = self._eco
@@ -447,7 +448,9 @@ class AdmissionService:
         add_now, add_scope, add_number = batch.now.append, batch.scope.append, batch.number.append
         add_recipient, add_flags = batch.recipient.append, batch.flags.append
         add_limit, add_ticket = batch.limit.append, batch.ticket.append
-        for i in range(n):
+        i = -1
+        while i + 1 < n:
+            i += 1
             sid, rkey, kind, cat, tpl, key, at, dry = items[i]
             now = at if request_clock and at > 0 else now_ms
             if now > high:
@@ -469,9 +472,15 @@ class AdmissionService:
                     results[i] = first
                     continue
                 if not dry:
-                    prior = in_batch.get((sid, key))
-                    if prior is not None:
-                        dupes.append((i, prior))
+                    if (sid, key) in in_batch:
+                        # The key's first request is still undecided: decide what is
+                        # gathered, then this one sees its outcome (as one by one would).
+                        self._flush(slots, rows, results, False)
+                        del batch.now[:], batch.scope[:], batch.number[:], batch.recipient[:]
+                        del batch.flags[:], batch.limit[:], batch.ticket[:]
+                        slots, rows = [], []
+                        in_batch.clear()
+                        i -= 1
                         continue
                     in_batch[(sid, key)] = i
             scope = sender.scope
@@ -480,7 +489,7 @@ class AdmissionService:
             else:
                 scope.last_now = now
             limit = sender.limits[cat]
-            if sender.status >= 4:  # BANNED, DISABLED
+            if sender.status >= _BANNED:  # BANNED, DISABLED
                 sender.counts[SENDER_BLOCKED] += 1
                 results[i] = AdmitResult(
                     REJECT, SENDER_BLOCKED, 0, "", False, limit, 0, 368, DETAIL[SENDER_BLOCKED]
@@ -505,7 +514,7 @@ class AdmissionService:
                             f"unknown template {tpl!r}",
                         )
                         continue
-                elif t.status >= 4:  # DISABLED, REJECTED
+                elif t.status >= _TEMPLATE_OFF:  # DISABLED, REJECTED
                     sender.counts[TEMPLATE_DISABLED] += 1
                     results[i] = AdmitResult(
                         REJECT,
@@ -557,144 +566,148 @@ class AdmissionService:
             rows.append((sender, rkey, key, eco_end))
 
         if slots:
-            dec: Sequence[int]
-            rsn: Sequence[int]
-            retry: Sequence[int]
-            counted: Sequence[int]
-            used: Sequence[int]
-            prev: Sequence[int]
-            if single:
-                # One request: the engine's scalar call, no output columns to size.
-                d0, r0, t0, c0, u0, p0 = self.engine.decide(
-                    batch.now[0],
-                    batch.scope[0],
-                    batch.number[0],
-                    batch.recipient[0],
-                    batch.flags[0],
-                    batch.limit[0],
-                    batch.ticket[0],
-                )
-                dec, rsn, retry, counted, used, prev = (d0,), (r0,), (t0,), (c0,), (u0,), (p0,)
-            else:
-                self.engine.decide_batch(batch)
-                dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
-                counted, used, prev = batch.counted, batch.used, batch.prev_counted
-            b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
-            pack = _ADMIT_REC.pack
-            journal_append = self._journal.append
-            touched: dict[int, list[int]] = {}
-            journal = self._journal_on and not self._replaying
-            expires = self.profile.idempotency_ms
-            for j, i in enumerate(slots):
-                sender, rkey, key, eco_end = rows[j]
-                d = dec[j]
-                r = rsn[j]
-                if d == ADMIT:
-                    flags = b_flags[j]
-                    if flags & F_DRY_RUN:
-                        res = AdmitResult(
-                            ADMIT,
-                            OK,
-                            0,
-                            "",
-                            counted[j] == 1,
-                            b_limit[j],
-                            used[j],
-                            0,
-                            "dry run: would admit",
-                        )
-                    else:
-                        now = b_now[j]
-                        tid = b_ticket[j]
-                        self._ticket = tid
-                        res = AdmitResult(
-                            ADMIT,
-                            OK,
-                            0,
-                            _encode_ticket(tid, sender.number, rkey, prev[j]),
-                            counted[j] == 1,
-                            b_limit[j],
-                            used[j],
-                            0,
-                            "admitted",
-                        )
-                        if key:
-                            sender.idem[key] = res
-                            self._idem_order.append((now + expires, sender.id, key))
-                        if journal:
-                            kb = key.encode()
-                            journal_append(
-                                pack(
-                                    _TAG_ADMIT,
-                                    JOURNAL_VERSION,
-                                    now,
-                                    sender.number,
-                                    rkey,
-                                    flags,
-                                    tid,
-                                    b_limit[j],
-                                    len(kb),
-                                )
-                                + kb
-                            )
-                        if counted[j]:
-                            rows_of = touched.get(sender.scope.index)
-                            if rows_of is None:
-                                touched[sender.scope.index] = [j]
-                            else:
-                                rows_of.append(j)
-                elif (
-                    eco_end and r == QUALITY_PROTECTION and not (sender.flags[1] & F_QUALITY_BLOCK)
-                ):
-                    # Meta answered 131049 for this recipient: hold marketing until back-off ends.
-                    r = MARKETING_FREQUENCY
-                    res = AdmitResult(
-                        RETRY_LATER,
-                        r,
-                        eco_end,
-                        "",
-                        False,
-                        b_limit[j],
-                        used[j],
-                        131049,
-                        "Meta declined marketing to this recipient (131049): back-off",
-                    )
-                elif r == SENDER_RESTRICTED and sender.restricted_until > 0:
-                    res = AdmitResult(
-                        RETRY_LATER,
-                        r,
-                        sender.restricted_until,
-                        "",
-                        False,
-                        b_limit[j],
-                        used[j],
-                        368,
-                        DETAIL[r],
-                    )
-                else:
-                    res = AdmitResult(
-                        d, r, retry[j], "", False, b_limit[j], used[j], META_ERROR[r], DETAIL[r]
-                    )
-                sender.counts[r] += 1
-                results[i] = res
-            top = self.profile.ladder[-1]
-            for idx, js in touched.items():
-                sc = self._scopes[idx]
-                if sc.crossed_at == NEVER and sc.tier != top:
-                    self._check_crossing(sc, b_now[js[-1]], (b_now, prev), js)
-        for i, prior in dupes:
-            results[i] = results[prior]
+            self._flush(slots, rows, results, single)
         if self._idem_order and self._idem_order[0][0] <= high:
             self._prune(high)
         return results  # type: ignore[return-value]
 
+    def _flush(
+        self,
+        slots: list[int],
+        rows: list[tuple[Sender, int, str, int]],
+        results: list[AdmitResult | None],
+        single: bool,
+    ) -> None:
+        """Decide the rows gathered in the batch columns; build, record and journal results."""
+        batch = self._batch
+        dec: Sequence[int]
+        rsn: Sequence[int]
+        retry: Sequence[int]
+        counted: Sequence[int]
+        used: Sequence[int]
+        prev: Sequence[int]
+        if single:
+            # One request: the engine's scalar call, no output columns to size.
+            d0, r0, t0, c0, u0, p0 = self.engine.decide(
+                batch.now[0],
+                batch.scope[0],
+                batch.number[0],
+                batch.recipient[0],
+                batch.flags[0],
+                batch.limit[0],
+                batch.ticket[0],
+            )
+            dec, rsn, retry, counted, used, prev = (d0,), (r0,), (t0,), (c0,), (u0,), (p0,)
+        else:
+            self.engine.decide_batch(batch)
+            dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
+            counted, used, prev = batch.counted, batch.used, batch.prev_counted
+        b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
+        pack = _ADMIT_REC.pack
+        journal_append = self._journal.append
+        touched: dict[int, list[int]] = {}
+        journal = self._journal_on and not self._replaying
+        expires = self.profile.idempotency_ms
+        for j, i in enumerate(slots):
+            sender, rkey, key, eco_end = rows[j]
+            d = dec[j]
+            r = rsn[j]
+            if d == ADMIT:
+                flags = b_flags[j]
+                if flags & F_DRY_RUN:
+                    res = AdmitResult(
+                        ADMIT,
+                        OK,
+                        0,
+                        "",
+                        counted[j] == 1,
+                        b_limit[j],
+                        used[j],
+                        0,
+                        "dry run: would admit",
+                    )
+                else:
+                    now = b_now[j]
+                    tid = b_ticket[j]
+                    self._ticket = tid
+                    res = AdmitResult(
+                        ADMIT,
+                        OK,
+                        0,
+                        _encode_ticket(tid, sender.number, rkey, prev[j]),
+                        counted[j] == 1,
+                        b_limit[j],
+                        used[j],
+                        0,
+                        "admitted",
+                    )
+                    if key:
+                        sender.idem[key] = res
+                        self._idem_order.append((now + expires, sender.id, key))
+                    if journal:
+                        kb = key.encode()
+                        journal_append(
+                            pack(
+                                _TAG_ADMIT,
+                                JOURNAL_VERSION,
+                                now,
+                                sender.number,
+                                rkey,
+                                flags,
+                                tid,
+                                b_limit[j],
+                                len(kb),
+                            )
+                            + kb
+                        )
+                    if counted[j]:
+                        rows_of = touched.get(sender.scope.index)
+                        if rows_of is None:
+                            touched[sender.scope.index] = [j]
+                        else:
+                            rows_of.append(j)
+            elif eco_end and r == QUALITY_PROTECTION and not (sender.flags[1] & F_QUALITY_BLOCK):
+                # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+                r = MARKETING_FREQUENCY
+                res = AdmitResult(
+                    RETRY_LATER,
+                    r,
+                    eco_end,
+                    "",
+                    False,
+                    b_limit[j],
+                    used[j],
+                    131049,
+                    "Meta declined marketing to this recipient (131049): back-off",
+                )
+            elif r == SENDER_RESTRICTED and sender.restricted_until > 0:
+                res = AdmitResult(
+                    RETRY_LATER,
+                    r,
+                    sender.restricted_until,
+                    "",
+                    False,
+                    b_limit[j],
+                    used[j],
+                    368,
+                    DETAIL[r],
+                )
+            else:
+                res = AdmitResult(
+                    d, r, retry[j], "", False, b_limit[j], used[j], META_ERROR[r], DETAIL[r]
+                )
+            sender.counts[r] += 1
+            results[i] = res
+        top = self.profile.ladder[-1]
+        for idx, js in touched.items():
+            sc = self._scopes[idx]
+            if sc.crossed_at == NEVER and sc.tier != top:
+                self._check_crossing(sc, b_now[js[-1]], (b_now, prev), js)
+
     # -- tier state machine ----------------------------------------------------
 
-    def _tier_limit(self, scope: LimitScope) -> int:
-        return self.profile.tier_limit(scope.tier)
-
     def _threshold(self, scope: LimitScope) -> int:
-        limit = self._tier_limit(scope)
+        limit = self.profile.tier_limit(scope.tier)
         return math.ceil(round(self.profile.upgrade_threshold * limit, 6))
 
     def _eligible(self, scope: LimitScope) -> bool:
@@ -705,9 +718,6 @@ class AdmissionService:
             s.quality in p.upgrade_qualities and s.status in p.upgrade_statuses
             for s in scope.senders
         )
-
-    def _basis(self, scope: LimitScope, now: int) -> tuple[int, int, int, int]:
-        return self.engine.usage(scope.index, now, UNLIMITED)
 
     def _check_crossing(
         self,
@@ -724,7 +734,7 @@ class AdmissionService:
         if scope.crossed_at != NEVER or not self._eligible(scope):
             return
         p = self.profile
-        _, _, unique, slots = self._basis(scope, at)
+        _, _, unique, slots = self.engine.usage(scope.index, at, UNLIMITED)
         have = unique if p.upgrade_basis == "unique" else slots
         need = self._threshold(scope)
         if have < need:
@@ -1537,9 +1547,6 @@ class AdmissionService:
 
     # -- snapshots -------------------------------------------------------------
 
-    def _engine_blob(self) -> bytes:
-        return self.engine.snapshot()
-
     def _engine_from_blob(self, blob: bytes) -> Engine:
         engine = type(self.engine).restore(blob)
         p = self.profile
@@ -1580,7 +1587,7 @@ class AdmissionService:
             SNAPSHOT_MAGIC
             + struct.pack("<HI", SNAPSHOT_VERSION, len(body))
             + body
-            + self._engine_blob()
+            + self.engine.snapshot()
         )
 
     def restore(self, data: bytes) -> None:
