@@ -699,3 +699,83 @@ async def test_random_garbage_is_invalid_or_decided_never_internal() -> None:
             if r.decision == pb.DECISION_ADMIT:
                 assert q.sender_id == SENDER  # only a known sender is ever admitted
         assert h.sidecar.metrics.internal_errors == {}
+
+
+@run_async
+async def test_random_feedback_is_invalid_or_applied_never_internal() -> None:
+    rng = random.Random(11)
+    alphabet = "0123456789+-x é"
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(n)))
+
+    def some_id() -> str:
+        return rng.choice([SENDER, "", text(20), "s" * 200])
+
+    def some_time() -> int:
+        return rng.choice([0, T0, T0 + DAY, -1, 1 << 62])
+
+    def enum_value() -> int:
+        return rng.randrange(-1, 8)
+
+    async with serving() as h:
+        for _ in range(150):
+            kind = rng.randrange(5)
+            if kind == 0:
+                event = pb.RecordFeedbackRequest(
+                    inbound_message=pb.InboundMessage(
+                        sender_id=some_id(),
+                        recipient=text(18),
+                        entry_point=enum_value(),  # type: ignore[arg-type]
+                        at_unix_ms=some_time(),
+                    )
+                )
+            elif kind == 1:
+                event = pb.RecordFeedbackRequest(
+                    send_result=pb.SendResult(
+                        ticket=rng.choice(["", text(30), "1.0.2c.0"]),
+                        sender_id=some_id(),
+                        recipient=text(18),
+                        idempotency_key=text(8),
+                        status=enum_value(),  # type: ignore[arg-type]
+                        meta_error_code=rng.choice([0, 130429, 131047, -3]),
+                        at_unix_ms=some_time(),
+                    )
+                )
+            elif kind == 2:
+                event = pb.RecordFeedbackRequest(
+                    opt_out=pb.OptOut(recipient=text(18), sender_id=some_id(), opted_out=True)
+                )
+            elif kind == 3:
+                event = pb.RecordFeedbackRequest(
+                    sender_update=pb.SenderUpdate(
+                        sender_id=some_id(),
+                        tier=rng.choice(["TIER_2K", "TIER_9", text(10)]),
+                        quality=enum_value(),  # type: ignore[arg-type]
+                        status=enum_value(),  # type: ignore[arg-type]
+                        throughput_mps=rng.choice([0, 80, -1, 1 << 30]),
+                        at_unix_ms=some_time(),
+                    )
+                )
+            else:
+                event = pb.RecordFeedbackRequest(
+                    template_update=pb.TemplateUpdate(
+                        template_id=text(12),
+                        status=enum_value(),  # type: ignore[arg-type]
+                        paused_until_unix_ms=some_time(),
+                        at_unix_ms=some_time(),
+                    )
+                )
+            try:
+                reply = await h.stub.RecordFeedback(event)
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (event, e.details())
+                continue
+            assert isinstance(reply.applied, bool)
+        assert h.sidecar.metrics.internal_errors == {}
+        # The sidecar still decides normally afterwards.
+        assert (await h.stub.Admit(req("15550000001", at=T0 + 2 * DAY))).decision in (
+            pb.DECISION_ADMIT,
+            pb.DECISION_RETRY_LATER,
+            pb.DECISION_REJECT,
+        )
