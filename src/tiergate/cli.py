@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -97,6 +98,8 @@ def _check_config(args: argparse.Namespace) -> int:
         sidecar = Sidecar(config)
         service = sidecar.build_service()
         applied = seed(service, config.senders, config.templates, seed_clock_ms(config))
+        if config.data_dir is not None:
+            _check_data_dir(config.data_dir)
     except (cfg.ConfigError, StartupError) as e:
         print(f"tiergate: bad config: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -112,6 +115,17 @@ def _check_config(args: argparse.Namespace) -> int:
     if applied:
         print(f"  applied on a fresh start: {', '.join(applied)}")
     return 0
+
+
+def _check_data_dir(path: Path) -> None:
+    """Usable without opening it (a running sidecar holds its lock)."""
+    if path.exists() and not path.is_dir():
+        raise cfg.ConfigError("data_dir", f"{path} exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise cfg.ConfigError("data_dir", f"{existing} is not a writable directory")
 
 
 # --- state ---------------------------------------------------------------------

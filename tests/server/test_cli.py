@@ -100,3 +100,14 @@ def test_state_json_has_every_field_with_enum_names() -> None:
     assert data["decision_counts"][1] == {"reason": "MESSAGING_LIMIT", "count": 7}
     assert data["display_phone_number"] == ""  # unset fields are present too
     assert set(data) == {f.name for f in pb.SenderState.DESCRIPTOR.fields}
+
+
+def test_check_config_rejects_a_data_dir_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TIERGATE_CONFIG", raising=False)
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    assert cli.main(["check-config", "--data-dir", str(blocker)]) == 2
+    assert "data_dir: " in capsys.readouterr().err
+    assert cli.main(["check-config", "--data-dir", str(tmp_path / "new" / "data")]) == 0
