@@ -9,9 +9,11 @@ per crossing shows how well batches and streams are filling).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from tiergate.policy.service import AdmitResult
 from tiergate.v1 import admission_pb2 as pb
@@ -33,8 +35,42 @@ def _reason_name(value: int) -> str:
         return str(value)
 
 
+class Histogram:
+    """Cumulative-bucket histogram (Prometheus semantics), one per label value."""
+
+    def __init__(self, buckets: Iterable[float]) -> None:
+        self.bounds = sorted(buckets)
+        self.series: dict[str, tuple[list[int], list[float]]] = {}  # label → (counts, [sum])
+
+    def observe(self, label: str, value: float) -> None:
+        series = self.series.get(label)
+        if series is None:
+            series = self.series[label] = ([0] * (len(self.bounds) + 1), [0.0])
+        series[0][bisect.bisect_left(self.bounds, value)] += 1
+        series[1][0] += value
+
+    def render(self, name: str, label: str) -> list[str]:
+        lines = []
+        for value, (counts, total) in sorted(self.series.items()):
+            running = 0
+            for bound, n in zip(self.bounds, counts, strict=False):
+                running += n
+                lines.append(f'{name}_bucket{{{label}="{value}",le="{bound:g}"}} {running}')
+            running += counts[-1]
+            lines.append(f'{name}_bucket{{{label}="{value}",le="+Inf"}} {running}')
+            lines.append(f'{name}_sum{{{label}="{value}"}} {total[0]:g}')
+            lines.append(f'{name}_count{{{label}="{value}"}} {running}')
+        return lines
+
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+CHUNK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+
+
 class Metrics:
     def __init__(self) -> None:
+        self.rpc_seconds = Histogram(LATENCY_BUCKETS_S)
+        self.chunk_sizes = Histogram(CHUNK_BUCKETS)
         self.decisions: Counter[tuple[int, int]] = Counter()
         self.invalid_requests: Counter[str] = Counter()
         self.internal_errors: Counter[str] = Counter()
@@ -46,11 +82,15 @@ class Metrics:
     def collect(self, name: str, kind: str, help_text: str, read: Callable[[], float]) -> None:
         self.collected[name] = (kind, help_text, read)
 
-    def decided(self, results: Iterable[AdmitResult]) -> None:
+    def decided(self, results: Sequence[AdmitResult], rpc: str) -> None:
         self.engine_crossings += 1
+        self.chunk_sizes.observe(rpc, len(results))
         decisions = self.decisions
         for r in results:
             decisions[(r.decision, r.reason)] += 1
+
+    def timed(self, rpc: str, started: float) -> None:
+        self.rpc_seconds.observe(rpc, time.perf_counter() - started)
 
     def invalid(self, rpc: str) -> None:
         self.invalid_requests[rpc] += 1
@@ -96,6 +136,14 @@ class Metrics:
             lines.append(
                 f'tiergate_feedback_events_total{{event="{event}",outcome="{outcome}"}} {n}'
             )
+        lines += [
+            "# HELP tiergate_rpc_duration_seconds Time to answer a unary RPC, commit included.",
+            "# TYPE tiergate_rpc_duration_seconds histogram",
+            *self.rpc_seconds.render("tiergate_rpc_duration_seconds", "rpc"),
+            "# HELP tiergate_admit_chunk_size Requests decided per engine crossing.",
+            "# TYPE tiergate_admit_chunk_size histogram",
+            *self.chunk_sizes.render("tiergate_admit_chunk_size", "rpc"),
+        ]
         for name, (kind, help_text, read) in sorted(self.collected.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {read():g}"]
         return "\n".join(lines) + "\n"

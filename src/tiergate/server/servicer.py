@@ -10,10 +10,11 @@ never an admit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -127,20 +128,30 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             grpc.StatusCode.INTERNAL, f"{rpc}: internal error ({type(exc).__name__})"
         )
 
-    def _decide(self, requests: Sequence[pb.AdmitRequest], now_ms: int) -> list[AdmitResult]:
+    @contextlib.contextmanager
+    def _timed(self, rpc: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._metrics.timed(rpc, started)
+
+    def _decide(
+        self, requests: Sequence[pb.AdmitRequest], now_ms: int, rpc: str
+    ) -> list[AdmitResult]:
         results = self.service.admit_many(requests, now_ms)
         if len(results) != len(requests):
             raise RuntimeError(f"admit_many answered {len(results)} of {len(requests)} requests")
-        self._metrics.decided(results)
+        self._metrics.decided(results, rpc)
         return results
 
     # --- RPCs ------------------------------------------------------------------
 
     async def Admit(self, request: pb.AdmitRequest, context: Context) -> pb.AdmitResponse:
-        with self.in_flight:
+        with self.in_flight, self._timed("Admit"):
             try:
                 result = self.service.admit(request, self._now(request.at_unix_ms))
-                self._metrics.decided((result,))
+                self._metrics.decided((result,), "Admit")
                 await self._commit()
                 return convert.admit_response(result)
             except Exception as e:
@@ -149,7 +160,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def AdmitBatch(
         self, request: pb.AdmitBatchRequest, context: Context
     ) -> pb.AdmitBatchResponse:
-        with self.in_flight:
+        with self.in_flight, self._timed("AdmitBatch"):
             try:
                 n = len(request.requests)
                 if n > self._max_batch:
@@ -158,7 +169,9 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     )
                 if n == 0:
                     return pb.AdmitBatchResponse()
-                results = self._decide(request.requests, self._batch_now(request.requests))
+                results = self._decide(
+                    request.requests, self._batch_now(request.requests), "AdmitBatch"
+                )
                 await self._commit()
                 return pb.AdmitBatchResponse(responses=[convert.admit_response(r) for r in results])
             except Exception as e:
@@ -209,13 +222,15 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     if not chunk:
                         continue
                     try:
-                        results = self._decide(chunk, self._batch_now(chunk))
+                        results = self._decide(chunk, self._batch_now(chunk), "AdmitStream")
                     except InvalidArgument as e:
                         # Answer the valid requests before the bad one, then end the
                         # stream naming the bad one by its position in the stream.
                         bad, field = _bad_index(e, len(chunk))
                         if bad > 0:
-                            results = self._decide(chunk[:bad], self._batch_now(chunk[:bad]))
+                            results = self._decide(
+                                chunk[:bad], self._batch_now(chunk[:bad]), "AdmitStream"
+                            )
                             await self._commit()
                             for r in results:
                                 yield convert.admit_response(r)
@@ -234,7 +249,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def RecordFeedback(
         self, request: pb.RecordFeedbackRequest, context: Context
     ) -> pb.RecordFeedbackResponse:
-        with self.in_flight:
+        with self.in_flight, self._timed("RecordFeedback"):
             try:
                 event = convert.feedback_event(request)
                 result = self.service.apply(event, self._now(event.at_unix_ms))
@@ -247,7 +262,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def IngestWebhook(
         self, request: pb.IngestWebhookRequest, context: Context
     ) -> pb.IngestWebhookResponse:
-        with self.in_flight:
+        with self.in_flight, self._timed("IngestWebhook"):
             try:
                 try:
                     outcome = webhooks.ingest(
@@ -276,7 +291,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def GetSenderState(
         self, request: pb.GetSenderStateRequest, context: Context
     ) -> pb.SenderState:
-        with self.in_flight:
+        with self.in_flight, self._timed("GetSenderState"):
             try:
                 if not request.sender_id:
                     raise InvalidArgument("sender_id", "sender_id: is required")
