@@ -21,7 +21,7 @@ from tiergate import config as cfg
 from tiergate.v1 import admission_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # bad config, or a setting the sidecar cannot start with (port, data dir)
 
 
 # --- serve / check-config ------------------------------------------------------
@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         return run(config, reload_config=lambda: _load_config(args))
     except StartupError as e:
         print(f"tiergate: cannot start: {e}", file=sys.stderr)
-        return EXIT_CONFIG if isinstance(e.__cause__, cfg.ConfigError | None) else 1
+        return EXIT_CONFIG
 
 
 def _check_config(args: argparse.Namespace) -> int:
