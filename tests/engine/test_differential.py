@@ -267,7 +267,7 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("decide", (0, -1, 0, 5, c.F_TEMPLATE, 1, 1)),
     ("decide", (0, 0, 1, 5, c.F_TEMPLATE, 1, 1)),
     ("decide", (0, 0, 0, 0, c.F_TEMPLATE, 1, 1)),
-    ("decide", ((1 << 53) + 1, 0, 0, 5, c.F_TEMPLATE, 1, 1)),
+    ("decide", ((1 << 50) + 1, 0, 0, 5, c.F_TEMPLATE, 1, 1)),
     ("release", (3, 5, 1, 0)),
     ("release", (0, 0, 1, 0)),
     ("open_window", (0, 0, 10, 10)),
@@ -389,3 +389,33 @@ def _random_walk(seed: int, steps: int) -> None:
 @pytest.mark.parametrize("seed", range(10))
 def test_random_walks_agree(seed: int) -> None:
     _random_walk(seed, 4_000)
+
+
+def test_extreme_times_and_params_agree_without_overflow() -> None:
+    edge = 1 << 50
+    engines: list[Any] = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope(4, edge)
+        e.add_number(0, 1 << 40, 1 << 12, 1 << 40, 1 << 12)  # tolerances of 2**52
+        e.add_number(0, 1, 1, 1, 1)
+    calls: list[tuple[str, tuple[Any, ...]]] = [
+        ("decide", (-edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED, 1)),
+        ("slow_throughput", (0, edge, edge)),
+        ("slow_throughput", (1, edge, edge)),
+        ("decide", (edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED, 2)),
+        ("decide", (edge, 0, 1, 8, c.F_TEMPLATE, 1, 3)),
+        ("decide", (edge, 0, 1, 7, c.F_TEMPLATE | c.F_FORCE, 1, 4)),
+        ("open_window", (1, 7, edge, edge)),
+        ("usage", (0, edge, 1)),
+        ("usage", (0, edge, c.UNLIMITED)),
+        ("reclaim", (edge,)),
+        ("release", (0, 7, 4, -edge)),
+        ("lookup", (0, 1, 7)),
+        ("entries", ()),
+    ]
+    for i in range(300):
+        calls.append(("decide", (edge, 0, 0, 100 + i, c.F_TEMPLATE | c.F_FORCE, 1, 10 + i)))
+    for name, args in calls:
+        answers = [getattr(e, name)(*args) for e in engines]
+        assert answers[0] == answers[1], (name, args)
+    assert engines[0].snapshot() == engines[1].snapshot()

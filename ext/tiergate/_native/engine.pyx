@@ -14,7 +14,7 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 cdef int64_t NEVER = -(1 << 62)
-cdef int64_t MAX_TIME = 1 << 53
+cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
@@ -538,7 +538,7 @@ cdef int check_recipient(object name, uint64_t key) except -1:
 
 cdef int check_time(object name, int64_t t) except -1:
     if not -MAX_TIME <= t <= MAX_TIME:
-        raise ValueError(f"{name} must be within ±2**53 ms, got {t}")
+        raise ValueError(f"{name} must be within ±2**50 ms, got {t}")
     return 0
 
 
@@ -599,7 +599,7 @@ cdef class Engine:
         if not 0 <= freq_cap <= MARKETING_HISTORY:
             raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
         if not 0 <= freq_window_ms <= MAX_TIME:
-            raise ValueError("freq_window_ms must be 0..2**53")
+            raise ValueError("freq_window_ms must be 0..2**50")
 
     def add_scope(self, freq_cap=0, freq_window_ms=0):
         cdef Scope *grown
@@ -881,7 +881,7 @@ cdef class Engine:
                 raise IndexError(f"batch item {i}: number {number[i]} out of range")
             if recipient[i] == 0:
                 raise ValueError(f"batch item {i}: recipient key 0 is not a recipient")
-            raise ValueError(f"batch item {i}: now must be within ±2**53 ms")
+            raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
         batch.prepare_outputs()
         decision = batch.decision
         reason = batch.reason
@@ -976,7 +976,7 @@ cdef class Engine:
         cdef Number *num = self._number(number)
         check_time("now", now)
         if not 0 <= pause_ms <= MAX_TIME:
-            raise ValueError("pause_ms must be 0..2**53")
+            raise ValueError("pause_ms must be 0..2**50")
         if now > num.clock:
             num.clock = now
         num.tput_tat = max64(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)

@@ -85,7 +85,7 @@ NEVER = -(1 << 62)
 
 #: Times (ms) the engine accepts: far beyond any real clock, small enough that
 #: microsecond and window arithmetic never overflows 64 bits.
-MAX_TIME = 1 << 53
+MAX_TIME = 1 << 50
 #: Longest bucket width or window (ms), and most buckets in one ring.
 MAX_WINDOW = 1 << 40
 MAX_RING_BUCKETS = 1 << 20
@@ -125,7 +125,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _check_time(name: str, value: int) -> None:
     if not -MAX_TIME <= value <= MAX_TIME:
-        raise ValueError(f"{name} must be within ±2**53 ms, got {value}")
+        raise ValueError(f"{name} must be within ±2**50 ms, got {value}")
 
 
 def _check_recipient(name: str, value: int) -> None:
@@ -376,7 +376,7 @@ class Engine:
         if not 0 <= freq_cap <= MARKETING_HISTORY:
             raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
         if not 0 <= freq_window_ms <= MAX_TIME:
-            raise ValueError("freq_window_ms must be 0..2**53")
+            raise ValueError("freq_window_ms must be 0..2**50")
 
     def set_scope_params(self, scope: int, freq_cap: int, freq_window_ms: int) -> None:
         self._check_scope_params(freq_cap, freq_window_ms)
@@ -532,7 +532,7 @@ class Engine:
             if batch.recipient[i] == 0:
                 raise ValueError(f"batch item {i}: recipient key 0 is not a recipient")
             if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
-                raise ValueError(f"batch item {i}: now must be within ±2**53 ms")
+                raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
         batch.prepare_outputs()
         for i in range(n):
             d = self._decide(
@@ -612,7 +612,7 @@ class Engine:
         num = self._number(number)
         _check_time("now", now)
         if not 0 <= pause_ms <= MAX_TIME:
-            raise ValueError("pause_ms must be 0..2**53")
+            raise ValueError("pause_ms must be 0..2**50")
         if now > num.clock:
             num.clock = now
         num.tput_tat = max(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)
