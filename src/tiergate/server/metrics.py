@@ -63,6 +63,8 @@ class Histogram:
         return lines
 
 
+REASON_SLOTS = 16  # tiergate.v1.Reason values fit below this
+
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 CHUNK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
@@ -71,7 +73,9 @@ class Metrics:
     def __init__(self) -> None:
         self.rpc_seconds = Histogram(LATENCY_BUCKETS_S)
         self.chunk_sizes = Histogram(CHUNK_BUCKETS)
-        self.decisions: Counter[tuple[int, int]] = Counter()
+        # Indexed by decision * REASON_SLOTS + reason: a list is the cheapest
+        # per-decision update (this runs for every admit).
+        self._decisions = [0] * (4 * REASON_SLOTS)
         self.invalid_requests: Counter[str] = Counter()
         self.internal_errors: Counter[str] = Counter()
         self.feedback_events: Counter[tuple[str, bool]] = Counter()
@@ -85,9 +89,14 @@ class Metrics:
     def decided(self, results: Sequence[AdmitResult], rpc: str) -> None:
         self.engine_crossings += 1
         self.chunk_sizes.observe(rpc, len(results))
-        decisions = self.decisions
+        counts = self._decisions
         for r in results:
-            decisions[(r.decision, r.reason)] += 1
+            counts[r.decision * REASON_SLOTS + r.reason] += 1
+
+    @property
+    def decisions(self) -> dict[tuple[int, int], int]:
+        """Decision counts by (decision, reason), only the non-zero ones."""
+        return {divmod(i, REASON_SLOTS): n for i, n in enumerate(self._decisions) if n}
 
     def timed(self, rpc: str, started: float) -> None:
         self.rpc_seconds.observe(rpc, time.perf_counter() - started)
