@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,33 +131,41 @@ async def drive(
     _, clients, per_call = SHAPES[shape]
     traffic = Traffic()
     calls = decisions // per_call
-    left = calls
     admitted = 0
 
-    if store is not None:
-        commit: Callable[[], Awaitable[None]] = lambda: store.persist(svc)  # noqa: E731
-    else:
-
-        async def commit() -> None:  # what the server does without a data dir
+    # As in the server, every call is its own task (grpc.aio runs each RPC's handler
+    # as a task), at most ``clients`` in flight; the handler answers only after its
+    # state change is durable. Without a store it just drops the journal records.
+    async def handler(reqs: list[AdmitRequest]) -> None:
+        nonlocal admitted
+        if per_call == 1:
+            admitted += svc.admit(reqs[0], reqs[0].at_unix_ms).counted
+        else:
+            admitted += sum(r.counted for r in svc.admit_many(reqs, reqs[-1].at_unix_ms))
+        if store is not None:
+            await store.persist(svc)
+        else:
             svc.drain_journal()
 
-    async def client() -> None:
-        nonlocal left, admitted
-        while left > 0:
-            left -= 1
-            if per_call == 1:
-                req = traffic.next()
-                res = svc.admit(req, req.at_unix_ms)
-                admitted += res.counted
-            else:
-                reqs = traffic.batch(per_call)
-                admitted += sum(r.counted for r in svc.admit_many(reqs, reqs[-1].at_unix_ms))
-            await commit()
+    slots = asyncio.Semaphore(clients)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            raise RuntimeError("an Admit handler failed") from task.exception()
 
     gc.collect()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    for _ in range(calls):
+        await slots.acquire()
+        task = asyncio.create_task(handler(traffic.batch(per_call)))
+        tasks.add(task)
+        task.add_done_callback(finished)
+    while tasks:
+        await asyncio.gather(*list(tasks))
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     done = calls * per_call

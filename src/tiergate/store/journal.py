@@ -108,19 +108,23 @@ def decode_segment_header(data: bytes, path: Path) -> int:
 
 def encode_frames(records: Sequence[bytes], first_seq: int) -> bytes:
     """Frame ``records`` with sequence numbers ``first_seq, first_seq + 1, ...``."""
-    parts: list[bytes] = []
-    append = parts.append
     crc32 = zlib.crc32
     pack_ls = _LEN_SEQ.pack
-    pack_crc = _SEG_HEADER_CRC.pack
+    pack_frame = _FRAME.pack
+    if len(records) == 1:  # the common case: one decision per call
+        rec = records[0]
+        n = len(rec)
+        if n > MAX_RECORD_BYTES:
+            raise ValueError(f"journal record of {n} bytes exceeds {MAX_RECORD_BYTES}")
+        return pack_frame(crc32(rec, crc32(pack_ls(n, first_seq))), n, first_seq) + rec
+    parts: list[bytes] = []
+    append = parts.append
     seq = first_seq
     for rec in records:
         n = len(rec)
         if n > MAX_RECORD_BYTES:
             raise ValueError(f"journal record of {n} bytes exceeds {MAX_RECORD_BYTES}")
-        ls = pack_ls(n, seq)
-        append(pack_crc(crc32(rec, crc32(ls))))
-        append(ls)
+        append(pack_frame(crc32(rec, crc32(pack_ls(n, seq))), n, seq))
         append(rec)
         seq += 1
     return b"".join(parts)
