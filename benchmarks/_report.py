@@ -167,3 +167,41 @@ def markdown(summary: dict[str, Any]) -> str:
             verdict = "met" if target["met"] else "missed"
             parts.append(f"Target {target['what']}: {fmt(target['ratio'])}x, {verdict}.")
     return "\n\n".join(parts) + "\n"
+
+
+# Where a py-spy sample of the tiergate server belongs, first match wins
+# (matched against the whole stack, innermost first).
+PROFILE_BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("set-up feedback (not measured)", ("RecordFeedback",)),
+    ("journal flusher thread (fsync)", ("IntervalFlusher",)),
+    ("response messages (one per decision)", ("admit_response", "AdmitBatch.<locals>.<listcomp>")),
+    ("metrics", ("metrics.py",)),
+    ("journal: encode + write (event loop)", ("store/", "_commit")),
+    ("decision: policy + engine", ("policy/", "engine", "_decide")),
+    ("gRPC handler code (Python)", ("servicer.py",)),
+    ("other threads (grpc completion-queue poller, in C)", ("Thread._bootstrap",)),
+    ("event loop: grpc core + protobuf (C)", ("Runner.run", "uvloop")),
+)
+
+
+def profile_breakdown(path: str) -> dict[str, float]:
+    """Share of samples per bucket in a py-spy ``--format raw`` (collapsed stacks) file."""
+    counts: dict[str, int] = {}
+    total = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stack, _, n_text = line.rstrip().rpartition(" ")
+            if not n_text.isdigit():
+                continue
+            n = int(n_text)
+            total += n
+            frames = stack.split(";")
+            bucket = "other"
+            for name, markers in PROFILE_BUCKETS:
+                if any(m in fr for fr in reversed(frames) for m in markers):
+                    bucket = name
+                    break
+            counts[bucket] = counts.get(bucket, 0) + n
+    if not total:
+        return {}
+    return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}

@@ -37,6 +37,7 @@ from typing import Any
 
 import _common
 import _grpcload
+import _report
 import _traffic
 import ceiling
 
@@ -363,8 +364,17 @@ def run_shapes(
                 )
                 if r.errors:
                     print(f"    first error: {r.error_sample}", flush=True)
+            if profile_dir and (profile_dir / f"{shape.name}.txt").exists():
+                shares = _report.profile_breakdown(str(profile_dir / f"{shape.name}.txt"))
+                print("  py-spy samples of tiergate serve:", flush=True)
+                for bucket, share in shares.items():
+                    print(f"    {share:6.1%}  {bucket}", flush=True)
+                runs_profile = shares
+            else:
+                runs_profile = {}
             report[shape.name] = {
                 "label": shape.label,
+                "profile": runs_profile,
                 "rounds": rounds_seen,
                 "runs": {k: v.as_dict() for k, v in runs.items()},
                 "compare": compare(shape, runs),
