@@ -8,6 +8,8 @@ rules say; SIGTERM ends it with exit code 0 and a restart recovers the state.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -16,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,10 +72,13 @@ class Sidecar:
 
 
 @contextmanager
-def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
+def sidecar(
+    tmp_path: Path, extra_config: str = "", env_settings: dict[str, str] | None = None
+) -> Iterator[Sidecar]:
     config = tmp_path / "tiergate.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + extra_config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_") or k in _ENGINE}
+    env.update(env_settings or {})
     process = subprocess.Popen(
         [
             *tiergate_command(),
@@ -210,7 +217,7 @@ def state_json(s: Sidecar, at: int, sender_id: str = SENDER) -> dict[str, object
         [
             *tiergate_command(),
             "state",
-            SENDER,
+            sender_id,
             "--target",
             s.target,
             "--json",
@@ -300,7 +307,46 @@ def test_sighup_applies_senders_added_to_the_config(tmp_path: Path) -> None:
         while not any(f"sender {added} added" in line for line in s.log):
             assert time.monotonic() < deadline, "".join(s.log)
             time.sleep(0.05)
-        assert state_json(s, T0, added)["portfolio_id"] == "portfolio-e2e"
+        added_state = state_json(s, T0, added)
+        assert (added_state["sender_id"], added_state["portfolio_id"]) == (added, "portfolio-e2e")
+        assert stop(s) == 0
+
+
+WEBHOOK_LISTENING = re.compile(r"webhook receiver listening on 127\.0\.0\.1:(\d+)(/\S*)")
+
+
+def test_webhook_receiver_from_env_settings(tmp_path: Path) -> None:
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "meta-webhooks"
+    body = (fixture / "messages__message-text__pywa.json").read_bytes()
+    extra = '\n[[senders]]\nsender_id = "1122334455667"\nportfolio_id = "portfolio-e2e"\n'
+    settings = {
+        "TIERGATE_WEBHOOK_LISTEN": "127.0.0.1:0",
+        "TIERGATE_WEBHOOK_SECRET": "app-secret",
+    }
+    with sidecar(tmp_path, extra, settings) as s:
+        deadline = time.monotonic() + 20
+        while not (m := next(filter(None, map(WEBHOOK_LISTENING.search, s.log)), None)):
+            assert time.monotonic() < deadline, "".join(s.log)
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{m.group(1)}{m.group(2)}"
+        signature = "sha256=" + hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(
+            url, data=body, headers={"X-Hub-Signature-256": signature}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert reply.status == 200
+            assert json.loads(reply.read())["applied"] == 1
+        forged = urllib.request.Request(
+            url, data=body, headers={"X-Hub-Signature-256": "sha256=" + "0" * 64}, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(forged, timeout=30)
+        assert info.value.code == 403
+        info.value.close()
+        # The user's message opened a window: a free-form reply is admitted.
+        state = state_json(s, 1697043223000 + 60_000, "1122334455667")
+        assert state["sender_id"] == "1122334455667"
+        assert state["open_windows"] == 1
         assert stop(s) == 0
 
 
