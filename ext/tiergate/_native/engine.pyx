@@ -56,9 +56,12 @@ cdef extern from *:
     void *tg_table_alloc(size_t nbytes) noexcept nogil
     void tg_table_free(void *p, size_t nbytes) noexcept nogil
 
-# Batch items whose table slots are prefetched ahead of the one being decided.
+# Batch items (or snapshot entries) whose table slots are prefetched ahead of
+# the one being worked on, so that several cache misses overlap.
 cdef enum:
     PREFETCH_AHEAD = 8
+    RADIX_BITS = 11
+    RADIX_BUCKETS = 1 << RADIX_BITS
 
 # Record sizes of the snapshot format (see reference.py: struct formats).
 cdef enum:
@@ -467,42 +470,40 @@ cdef struct KeySlot:
 
 
 cdef KeySlot *sort_keys(KeySlot *a, uint64_t n) noexcept nogil:
-    # LSD radix sort by key, 16 bits a pass; returns the sorted buffer (a or a
-    # new one; the other is freed). NULL: out of memory.
+    # LSD radix sort by key, RADIX_BITS a pass (few enough buckets that the
+    # scatter stays in cache); passes where every key has the same digit are
+    # skipped. Returns the sorted buffer (a or a new one; the other is freed).
+    # NULL: out of memory.
     cdef KeySlot *tmp = <KeySlot *>malloc(max64(<int64_t>n, 1) * sizeof(KeySlot))
     cdef KeySlot *swap
-    cdef uint64_t *counts = <uint64_t *>malloc(65536 * sizeof(uint64_t))
-    cdef uint64_t i, d, acc, c
+    cdef uint64_t *counts = <uint64_t *>malloc(RADIX_BUCKETS * sizeof(uint64_t))
+    cdef uint64_t i, d, acc, c, first
     cdef int shift
-    cdef bint skip
     if tmp == NULL or counts == NULL:
         free(tmp)
         free(counts)
         free(a)
         return NULL
-    for shift in range(0, 64, 16):
-        memset(counts, 0, 65536 * sizeof(uint64_t))
+    shift = 0
+    while shift < 64:
+        memset(counts, 0, RADIX_BUCKETS * sizeof(uint64_t))
         for i in range(n):
-            counts[(a[i].key >> shift) & 0xFFFF] += 1
-        skip = False
-        for d in range(65536):
-            if counts[d] == n:
-                skip = True
-                break
-        if skip:
-            continue
-        acc = 0
-        for d in range(65536):
-            c = counts[d]
-            counts[d] = acc
-            acc += c
-        for i in range(n):
-            d = (a[i].key >> shift) & 0xFFFF
-            tmp[counts[d]] = a[i]
-            counts[d] += 1
-        swap = a
-        a = tmp
-        tmp = swap
+            counts[(a[i].key >> shift) & (RADIX_BUCKETS - 1)] += 1
+        first = (a[0].key >> shift) & (RADIX_BUCKETS - 1) if n else 0
+        if counts[first] != n:
+            acc = 0
+            for d in range(RADIX_BUCKETS):
+                c = counts[d]
+                counts[d] = acc
+                acc += c
+            for i in range(n):
+                d = (a[i].key >> shift) & (RADIX_BUCKETS - 1)
+                tmp[counts[d]] = a[i]
+                counts[d] += 1
+            swap = a
+            a = tmp
+            tmp = swap
+        shift += RADIX_BITS
     free(tmp)
     free(counts)
     return a
@@ -1214,7 +1215,7 @@ cdef int take_table(Cursor *c, uint64_t *capacity, uint64_t *count) except -1:
 
 
 cdef int restore_scope_table(ScopeTable *t, Cursor *c) except -1:
-    cdef uint64_t capacity, count, key, prev = 0
+    cdef uint64_t capacity, count, key, i, prev = 0
     cdef const unsigned char *p
     cdef ScopeEntry *e
     cdef ScopeEntry *slots
@@ -1229,7 +1230,10 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c) except -1:
     t.slots = slots
     t.capacity = capacity
     t.count = 0
-    for _ in range(count):
+    for i in range(count):
+        if i + PREFETCH_AHEAD < count:
+            __builtin_prefetch(
+                &t.slots[mix(get_u64(p + PREFETCH_AHEAD * SCOPE_ENTRY_SIZE)) & (capacity - 1)])
         key = get_u64(p)
         if key <= prev:
             raise ValueError("engine snapshot is corrupt: keys not strictly ascending")
@@ -1252,7 +1256,7 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c) except -1:
 
 
 cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
-    cdef uint64_t capacity, count, key, prev = 0
+    cdef uint64_t capacity, count, key, i, prev = 0
     cdef const unsigned char *p
     cdef NumberEntry *e
     cdef NumberEntry *slots
@@ -1265,7 +1269,10 @@ cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
     t.slots = slots
     t.capacity = capacity
     t.count = 0
-    for _ in range(count):
+    for i in range(count):
+        if i + PREFETCH_AHEAD < count:
+            __builtin_prefetch(
+                &t.slots[mix(get_u64(p + PREFETCH_AHEAD * NUMBER_ENTRY_SIZE)) & (capacity - 1)])
         key = get_u64(p)
         if key <= prev:
             raise ValueError("engine snapshot is corrupt: keys not strictly ascending")
@@ -1298,6 +1305,8 @@ cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) except NULL
     put_u64(p + 8, n)
     p += TABLE_SIZE
     for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            __builtin_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
         e = &t.slots[keys[i].slot]
         put_u64(p, e.key)
         put_u64(p + 8, e.last_counted)
@@ -1328,6 +1337,8 @@ cdef unsigned char *put_number_table(NumberTable *t, unsigned char *p) except NU
     put_u64(p + 8, n)
     p += TABLE_SIZE
     for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            __builtin_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
         e = &t.slots[keys[i].slot]
         put_u64(p, e.key)
         put_u64(p + 8, e.window_until)
