@@ -419,3 +419,21 @@ def test_extreme_times_and_params_agree_without_overflow() -> None:
         answers = [getattr(e, name)(*args) for e in engines]
         assert answers[0] == answers[1], (name, args)
     assert engines[0].snapshot() == engines[1].snapshot()
+
+
+def test_snapshots_sort_any_64_bit_keys_alike() -> None:
+    import random
+
+    rnd = random.Random(7)
+    keys = {rnd.getrandbits(rnd.choice([8, 30, 54, 63, 64])) or 1 for _ in range(5_000)}
+    engines: list[Any] = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope()
+        e.add_number(0)
+        for k in keys:
+            e.set_opt_out(0, k, True)
+            e.open_window(0, k, 10, NEVER)
+    data = engines[0].snapshot()
+    assert data == engines[1].snapshot()
+    assert CEngine.restore(data).snapshot() == data
+    assert engines[0].entries() == 2 * len(keys)
