@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/tiergate.toml
 PYTEST_ARGS ?=
+# The venv's tools first (cython-lint runs pycodestyle, protoc runs protoc-gen-mypy by name).
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: build run test lint typecheck proto proto-check pytest pytest-compiled pytest-python \
 	system-deps bench bench-full clean
