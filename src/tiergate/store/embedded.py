@@ -666,9 +666,9 @@ class EmbeddedStore:
         if self._snapshot_lock is None:
             self._snapshot_lock = asyncio.Lock()
         async with self._snapshot_lock:
-            await self._snapshot(service)
+            await self._snapshot(service, self.snapshot_in_child)
 
-    async def _snapshot(self, service: Recoverable) -> None:
+    async def _snapshot(self, service: Recoverable, in_child: bool) -> None:
         self._snapshotting = True
         try:
             while True:
@@ -680,7 +680,7 @@ class EmbeddedStore:
             if self._snap_io is None:
                 self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
             loop = asyncio.get_running_loop()
-            if self.snapshot_in_child:
+            if in_child:
                 # The child serialises a copy-on-write image of this instant while the
                 # event loop goes on deciding; the loop only pays for fork().
                 pid = self._fork_snapshot(service, seq)
@@ -786,7 +786,11 @@ class EmbeddedStore:
             if service is not None:
                 await self.commit(service.drain_journal())
                 if self.snapshot_on_close and self.records_since_snapshot > 0:
-                    await self.snapshot(service)
+                    # Nothing is served any more: no reason to fork for this one.
+                    if self._snapshot_lock is None:
+                        self._snapshot_lock = asyncio.Lock()
+                    async with self._snapshot_lock:
+                        await self._snapshot(service, in_child=False)
             await self._barrier()
         self.close()
 
