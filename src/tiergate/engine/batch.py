@@ -67,12 +67,21 @@ class DecisionBatch:
     def prepare_outputs(self) -> int:
         """Size the output columns to the number of requests; return it."""
         n = len(self.now)
-        for name in ("decision", "reason", "counted"):
-            col = getattr(self, name)
-            if len(col) != n:
-                setattr(self, name, array("b", bytes(n)))
-        for name in ("retry_at", "used", "prev_counted"):
-            col = getattr(self, name)
-            if len(col) != n:
-                setattr(self, name, array("q", bytes(8 * n)))
+        # spelled out: this runs once per batch on the hot path
+        if len(self.decision) != n:
+            self.decision = _ZERO_B * n
+        if len(self.reason) != n:
+            self.reason = _ZERO_B * n
+        if len(self.counted) != n:
+            self.counted = _ZERO_B * n
+        if len(self.retry_at) != n:
+            self.retry_at = _ZERO_Q * n
+        if len(self.used) != n:
+            self.used = _ZERO_Q * n
+        if len(self.prev_counted) != n:
+            self.prev_counted = _ZERO_Q * n
         return n
+
+
+_ZERO_B = array("b", [0])
+_ZERO_Q = array("q", [0])
