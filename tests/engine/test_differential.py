@@ -186,6 +186,22 @@ class EnginesAgree(RuleBasedStateMachine):
         self.both("reclaim", self.now)
 
     @rule(
+        scope=st.integers(0, 1),
+        freq_cap=st.integers(0, c.MARKETING_HISTORY),
+        freq_window=st.sampled_from([0, 1000, DAY, 9 * DAY]),
+    )
+    def set_scope_params(self, scope: int, freq_cap: int, freq_window: int) -> None:
+        self.both("set_scope_params", scope, freq_cap, freq_window)
+
+    @rule(
+        number=st.integers(0, 2),
+        tput=st.sampled_from([(12_500, 1), (1_000, 5), (1, 1)]),
+        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3)]),
+    )
+    def set_number_params(self, number: int, tput: tuple[int, int], pair: tuple[int, int]) -> None:
+        self.both("set_number_params", number, tput[0], tput[1], pair[0], pair[1])
+
+    @rule(
         items=st.lists(
             st.tuples(
                 st.integers(0, 2_000),
