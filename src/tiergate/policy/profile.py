@@ -33,6 +33,10 @@ __all__ = [
 DEFAULT_PROFILE = "meta-2025"
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+#: Meta message ids (wamids) kept linked to their tickets when a profile does not
+#: say (``retention.message_links``); about 400 bytes each.
+DEFAULT_MESSAGE_LINKS = 250_000
+MAX_MESSAGE_LINKS = 100_000_000
 
 
 class ProfileError(ValueError):
@@ -119,6 +123,8 @@ class Profile:
     # engine geometry
     bucket_ms: int
     long_bucket_ms: int
+    # at most this many Meta message ids linked to tickets (``retention.message_links``)
+    message_links: int = DEFAULT_MESSAGE_LINKS
 
     def tier_limit(self, tier: str) -> int:
         """The limit of a Meta tier name; KeyError if the profile does not know it."""
@@ -460,6 +466,10 @@ def _build(r: _Reader) -> Profile:
 
     idem_ms = r.hours("retention.idempotency_hours")
     msgid_ms = r.hours("retention.message_id_hours")
+    links = DEFAULT_MESSAGE_LINKS
+    retention = r.data.get("retention")
+    if isinstance(retention, dict) and "message_links" in retention:
+        links = r.integer("retention.message_links", 0, MAX_MESSAGE_LINKS)
     bucket_ms = round(r.number("engine.bucket_seconds") * 1000)
     long_bucket_ms = round(r.number("engine.long_bucket_seconds") * 1000)
     if bucket_ms < 1 or long_bucket_ms < 1:
@@ -519,4 +529,5 @@ def _build(r: _Reader) -> Profile:
         message_id_ms=msgid_ms,
         bucket_ms=bucket_ms,
         long_bucket_ms=long_bucket_ms,
+        message_links=links,
     )

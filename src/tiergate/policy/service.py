@@ -319,6 +319,10 @@ class AdmissionService:
         self._idem_order: deque[tuple[int, str, str]] = deque()
         self._seen: dict[str, int] = {}  # message ids → expiry
         self._seen_order: deque[tuple[int, str]] = deque()
+        # Meta message id (wamid) → (ticket, expiry), from send results that named both;
+        # the order queue holds (expiry, message id) in link order.
+        self._links: dict[str, tuple[str, int]] = {}
+        self._link_order: deque[tuple[int, str]] = deque()
         self._eco: dict[tuple[int, int], int] = {}  # (scope, recipient) → 131049 back-off end
         self._unknown_sender_count = 0
         self._next_due = FAR_FUTURE
@@ -970,29 +974,93 @@ class AdmissionService:
         kind = "free entry point (72 h)" if fep else "customer service"
         return ApplyResult(True, f"{kind} window open for {e.recipient}")
 
+    def _ticket_of(self, e: ev.SendResult) -> str:
+        """The ticket a send result names, directly or by sender + idempotency key."""
+        if e.ticket or not (e.sender_id and e.idempotency_key):
+            return e.ticket
+        s0 = self._senders.get(e.sender_id)
+        first = s0.idem.get(e.idempotency_key) if s0 is not None else None
+        return first.ticket if first is not None else ""
+
+    def _link_retention(self) -> int:
+        p = self.profile
+        return max(p.idempotency_ms, p.window_ms)
+
+    def _linked_ticket(self, message_id: str, now: int) -> str:
+        found = self._links.get(message_id)
+        return found[0] if found is not None and found[1] > now else ""
+
+    def _link(self, message_id: str, ticket: str, now: int) -> None:
+        """Remember message id → ticket; expired links, then the oldest, make room.
+
+        Links change only here (and in restore), at the times of journaled send
+        results, so a replay rebuilds exactly the same links; a lookup checks the
+        expiry itself, so an expired link never applies even before it is dropped.
+        """
+        links, order = self._links, self._link_order
+        cap = self.profile.message_links
+        while order and (order[0][0] <= now or len(links) >= cap):
+            until, old = order.popleft()
+            found = links.get(old)
+            if found is not None and found[1] == until:
+                del links[old]
+        until = now + self._link_retention()
+        links[message_id] = (ticket, until)
+        order.append((until, message_id))
+
+    def _on_delivery_status(self, e: ev.SendResult, now: int) -> tuple[ApplyResult, bool]:
+        """SENT, DELIVERED or READ: link Meta's message id to the ticket when both are named."""
+        name = ev.SendStatus(e.status).name.lower()
+        mid = e.message_id
+        ticket = self._ticket_of(e) if mid else ""
+        if not ticket:
+            return ApplyResult(True, f"{name}: nothing to do"), False
+        if not isinstance(mid, str) or len(mid) > MAX_KEY_LEN:
+            raise InvalidArgument(
+                "message_id", f"message_id: must be a string of at most {MAX_KEY_LEN} characters"
+            )
+        decoded = _decode_ticket(ticket)
+        if decoded is None or decoded[1] >= len(self._by_number):
+            return ApplyResult(False, f"unknown ticket {ticket!r}"), False
+        if self.profile.message_links == 0:
+            return ApplyResult(True, f"{name}: nothing to do (message links are off)"), False
+        found = self._links.get(mid)
+        if found is not None and found[1] > now:
+            if found[0] == ticket:
+                return ApplyResult(True, f"{name}: message {mid} already linked"), False
+            return ApplyResult(
+                False, f"message {mid} is already linked to ticket {found[0]!r}"
+            ), False
+        self._link(mid, ticket, now)
+        return ApplyResult(True, f"{name}: message {mid} linked to ticket {ticket}"), True
+
     def _on_send_result(self, e: ev.SendResult, now: int) -> tuple[ApplyResult, bool]:
         if int(e.status) not in (1, 2, 3, 4):
             raise InvalidArgument("status", f"status: unknown value {e.status!r}")
         if e.status != ev.SendStatus.FAILED:
-            return ApplyResult(
-                True, f"{ev.SendStatus(e.status).name.lower()}: nothing to do"
-            ), False
+            return self._on_delivery_status(e, now)
         dedupe = f"st:{e.message_id}" if e.message_id else ""
         if dedupe and dedupe in self._seen:
             return ApplyResult(False, f"message {e.message_id} already applied"), False
         decoded: tuple[int, int, int, int] | None = None
         sender: Sender | None = None
-        ticket = e.ticket
-        if not ticket and e.sender_id and e.idempotency_key:
-            s0 = self._senders.get(e.sender_id)
-            first = s0.idem.get(e.idempotency_key) if s0 is not None else None
-            if first is not None:
-                ticket = first.ticket
+        ticket = self._ticket_of(e)
+        linked = False
+        if not ticket and e.message_id:
+            # A webhook status names Meta's message id only: the ticket it was linked to.
+            ticket = self._linked_ticket(e.message_id, now)
+            linked = bool(ticket)
         if ticket:
             decoded = _decode_ticket(ticket)
             if decoded is None or decoded[1] >= len(self._by_number):
                 return ApplyResult(False, f"unknown ticket {ticket!r}"), False
             sender = self._by_number[decoded[1]]
+            if linked and e.sender_id and e.sender_id != sender.id:
+                return ApplyResult(
+                    False,
+                    f"message {e.message_id} was sent by sender {sender.id!r}, "
+                    f"not {e.sender_id!r}: nothing released",
+                ), False
             rkey = decoded[2]
         else:
             sender = self._senders.get(e.sender_id)
@@ -1019,10 +1087,19 @@ class AdmissionService:
             self._eco[(scope, rkey)] = now + self.profile.ecosystem_backoff_ms
             done.append("marketing to recipient held back")
         if not done:
+            if not ticket and e.message_id:
+                return ApplyResult(
+                    False,
+                    f"no ticket linked to message {e.message_id}: nothing to release "
+                    "(a send result naming both ticket and message_id links them)",
+                ), False
             return ApplyResult(False, "nothing to release (already released or relied on)"), False
         if dedupe:
             self._seen_once(dedupe, now)
-        return ApplyResult(True, ", ".join(done)), True
+        detail = ", ".join(done)
+        if linked:
+            detail += f" (ticket {ticket}, linked to message {e.message_id})"
+        return ApplyResult(True, detail), True
 
     def _on_opt_out(self, e: ev.OptOut) -> ApplyResult:
         rkey = self._rkey(e.recipient, "recipient")
@@ -1207,6 +1284,21 @@ class AdmissionService:
         S = ev.TemplateStatus
         if t is not None and t.disabled and status == S.UNPAUSED:
             return ApplyResult(False, f"template {t.id} is disabled; UNPAUSED does not apply")
+        # A pause is dated by Meta's time of the event (the service's time without one).
+        start = u.at_unix_ms if u.at_unix_ms > 0 else now
+        if status == S.PAUSED and t is not None and t.pause_count:
+            # The pause already counted, redelivered (possibly after a restart, when
+            # the webhook de-duplication memory is gone): it must not count again.
+            given = u.paused_until_unix_ms
+            paused_now = t.status == S.PAUSED and now < t.paused_until
+            if (given and given == t.pause_end) or (
+                start == t.pause_start and (paused_now or not given)
+            ):
+                return ApplyResult(
+                    False,
+                    f"template {t.id}: pause {t.pause_count} (from {t.pause_start} until "
+                    f"{t.pause_end}) already applied",
+                )
         created = t is None
         if t is None:
             t = Template(u.template_id, u.template_name, u.waba_id)
@@ -1221,13 +1313,16 @@ class AdmissionService:
             if now < t.paused_until and not u.paused_until_unix_ms:
                 return ApplyResult(True, f"template {t.id} already paused")
             t.pause_count += 1
+            t.pause_start = start
             if t.pause_count >= p.disable_after_pauses:
                 t.status = int(S.DISABLED)
                 t.paused_until = 0
+                t.pause_end = u.paused_until_unix_ms
                 return ApplyResult(True, f"template {t.id} disabled after {t.pause_count} pauses")
             pause = p.pause_ms[min(t.pause_count, len(p.pause_ms)) - 1]
             t.status = int(S.PAUSED)
-            t.paused_until = u.paused_until_unix_ms or now + pause
+            t.paused_until = u.paused_until_unix_ms or min(start, now) + pause
+            t.pause_end = t.paused_until
             return ApplyResult(True, f"template {t.id} paused until {t.paused_until}")
         if status in (S.UNPAUSED, S.APPROVED):
             t.status = int(S.APPROVED)
@@ -1579,6 +1674,11 @@ class AdmissionService:
             "templates": [t.to_dict() for t in self._templates.values()],
             "idem": idem,
             "seen": [[until, key] for until, key in self._seen_order],
+            "links": [
+                [until, mid, self._links[mid][0]]
+                for until, mid in self._link_order
+                if self._links.get(mid, ("", 0))[1] == until
+            ],
             "eco": [[sc, rk, until] for (sc, rk), until in self._eco.items()],
             "unknown": self._unknown_sender_count,
         }
@@ -1635,6 +1735,12 @@ class AdmissionService:
         for until, key in state["seen"]:
             self._seen[key] = int(until)
             self._seen_order.append((int(until), key))
+        for until, mid, ticket in state.get("links", ()):
+            self._links[str(mid)] = (str(ticket), int(until))
+            self._link_order.append((int(until), str(mid)))
+        while len(self._links) > self.profile.message_links:
+            until, mid = self._link_order.popleft()
+            del self._links[mid]
         self._eco = {(int(sc), int(rk)): int(until) for sc, rk, until in state["eco"]}
         self._unknown_sender_count = int(state["unknown"])
         for s in self._by_number:

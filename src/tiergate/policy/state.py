@@ -160,9 +160,24 @@ class Sender:
 
 
 class Template:
-    """A message template: status, how often it was paused, until when."""
+    """A message template: status, how often it was paused, until when.
 
-    __slots__ = ("id", "name", "pause_count", "paused_until", "quality", "status", "waba_id")
+    ``pause_start`` and ``pause_end`` identify the last pause counted (Meta's
+    time of the PAUSED event, and its end); unlike ``paused_until`` they stay
+    after an unpause, so a redelivered PAUSED is recognised as that same pause.
+    """
+
+    __slots__ = (
+        "id",
+        "name",
+        "pause_count",
+        "pause_end",
+        "pause_start",
+        "paused_until",
+        "quality",
+        "status",
+        "waba_id",
+    )
 
     def __init__(self, template_id: str, name: str = "", waba_id: str = "") -> None:
         self.id = template_id
@@ -170,7 +185,9 @@ class Template:
         self.waba_id = waba_id
         self.status = int(TemplateStatus.APPROVED)
         self.pause_count = 0
-        self.paused_until = 0
+        self.paused_until = 0  # 0: not paused
+        self.pause_start = 0  # the last counted pause: when it began (0: none yet)
+        self.pause_end = 0  # … and when it ends (kept after an unpause)
         self.quality = ""
 
     @property
@@ -185,6 +202,8 @@ class Template:
             "status": self.status,
             "pause_count": self.pause_count,
             "paused_until": self.paused_until,
+            "pause_start": self.pause_start,
+            "pause_end": self.pause_end,
             "quality": self.quality,
         }
 
@@ -194,5 +213,7 @@ class Template:
         t.status = int(d["status"])
         t.pause_count = int(d["pause_count"])
         t.paused_until = int(d["paused_until"])
+        t.pause_start = int(d.get("pause_start", 0))
+        t.pause_end = int(d.get("pause_end", t.paused_until))
         t.quality = str(d["quality"])
         return t
