@@ -43,6 +43,7 @@ from .base import (
     StoreFailedError,
 )
 from .journal import (
+    FRAME_OVERHEAD,
     SEGMENT_HEADER_SIZE,
     BadSegmentHeader,
     IntervalFlusher,
@@ -142,6 +143,8 @@ class EmbeddedStore:
             raise ValueError("snapshot_every_seconds: must be > 0")
         if keep_snapshots < 1:
             raise ValueError("keep_snapshots: must be >= 1")
+        if segment_bytes < SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
+            raise ValueError(f"segment_bytes: must be >= {SEGMENT_HEADER_SIZE + FRAME_OVERHEAD}")
         self.data_dir = Path(data_dir)
         self.fsync_interval_ms = fsync_interval_ms
         self.snapshot_every_records = snapshot_every_records
@@ -799,17 +802,24 @@ class EmbeddedStore:
             return
         self._closed = True
         try:
-            if self._writer is not None and self._failed is None and self._inflight is None:
+            if self._inflight is not None:
+                # An fsync-always write is still running in the worker thread: let it
+                # finish; what queued behind it was never acknowledged (the event loop
+                # that would have answered is not running), so it is not written after
+                # a write whose outcome is unknown here.
+                if self._io is not None:
+                    self._io.shutdown(wait=True)
+            elif self._writer is not None and self._failed is None:
                 self._flush_now()
         finally:
             if self._flusher is not None:
                 self._flusher.stop()
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
             for pool in (self._io, self._snap_io):
                 if pool is not None:
                     pool.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
             os.close(self._lock_fd)
 
 
