@@ -285,7 +285,6 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("decide", (0, 0, 0, 0, c.F_TEMPLATE, 1, 1)),
     ("decide", ((1 << 50) + 1, 0, 0, 5, c.F_TEMPLATE, 1, 1)),
     ("release", (3, 5, 1, 0)),
-    ("release", (0, 0, 1, 0)),
     ("open_window", (0, 0, 10, 10)),
     ("open_window", (4, 5, 10, 10)),
     ("open_window", (0, 5, 1 << 60, 10)),
@@ -453,3 +452,32 @@ def test_snapshots_sort_any_64_bit_keys_alike() -> None:
     assert data == engines[1].snapshot()
     assert CEngine.restore(data).snapshot() == data
     assert engines[0].entries() == 2 * len(keys)
+
+
+@pytest.mark.parametrize(
+    "bogus",
+    [
+        (0, 5, 2, NEVER),  # a ticket never issued
+        (0, 0, 1, NEVER),
+        (0, 5, 0, NEVER),
+        (0, 1 << 64, 1, NEVER),
+        (0, 5, 1 << 64, NEVER),
+        (0, 5, -3, NEVER),
+        (0, -5, 1, NEVER),
+        (0, 5, 1, 1 << 70),
+        (0, 5, 1, -(1 << 70)),
+        (0, 5, 1, 10_000),  # later than the slot
+    ],
+)
+def test_both_release_nothing_for_a_ticket_they_never_issued(
+    bogus: tuple[int, int, int, int],
+) -> None:
+    for cls in (CEngine, PyEngine):
+        e = cls()
+        e.add_scope()
+        e.add_number(0)
+        e.decide(1_000, 0, 0, 5, c.F_TEMPLATE, 10, 1)
+        before = e.snapshot()
+        assert e.release(*bogus) is False
+        assert e.snapshot() == before
+        assert e.release(0, 5, 1, NEVER) is True

@@ -19,6 +19,7 @@ cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
 cdef uint64_t MAX_POOL_RECORDS = 0xFFFFFFFF
+U64_MAX = (1 << 64) - 1
 cdef bytes SNAPSHOT_MAGIC = b"TGENGINE"
 
 cdef extern from *:
@@ -909,30 +910,35 @@ cdef class Engine:
 
     # -- feedback ------------------------------------------------------------
 
-    def release(self, scope, uint64_t recipient, uint64_t ticket, int64_t prev_counted):
+    def release(self, scope, recipient, ticket, prev_counted):
         """Give back the slot ``ticket`` created, if no later admit relied on it.
 
-        ``prev_counted`` is the decision's ``prev_counted``: it is never later
-        than the time the ticket's admit counted the recipient.
+        ``prev_counted`` is the decision's ``prev_counted``: never later than
+        the time the ticket's admit counted the recipient. Tickets come back
+        from gateways, so one that cannot be a ticket this engine issued (a
+        key, id or time out of range, or a ``prev_counted`` after the slot)
+        releases nothing and returns False, like an unknown ticket.
         """
         cdef Scope *s = self._scope(scope)
         cdef ScopeEntry *se
-        cdef int64_t t
-        check_recipient("recipient", recipient)
-        if prev_counted != NEVER:
-            check_time("prev_counted", prev_counted)
-        se = scope_find(&s.table, recipient)
-        if ticket == 0 or se == NULL or se.last_ticket != ticket:
+        cdef int64_t t, prev
+        if not (0 < recipient <= U64_MAX and 0 < ticket <= U64_MAX):
+            return False
+        if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
+            return False
+        prev = prev_counted
+        se = scope_find(&s.table, <uint64_t>recipient)
+        if se == NULL or se.last_ticket != <uint64_t>ticket:
             return False
         t = se.last_counted
-        if prev_counted > t:
-            raise ValueError("prev_counted is later than the ticket's counted time")
+        if prev > t:
+            return False
         ring_remove(&s.ring24, t)
-        ring_add(&s.ring24, prev_counted)
+        ring_add(&s.ring24, prev)
         ring_remove(&s.ring7, t)
-        ring_add(&s.ring7, prev_counted)
+        ring_add(&s.ring7, prev)
         ring_remove(&s.slots7, t)
-        se.last_counted = prev_counted
+        se.last_counted = prev
         se.last_ticket = 0
         return True
 

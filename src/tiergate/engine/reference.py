@@ -556,19 +556,23 @@ class Engine:
     def release(self, scope: int, recipient: int, ticket: int, prev_counted: int) -> bool:
         """Give back the slot ``ticket`` created, if no later admit relied on it.
 
-        ``prev_counted`` is the decision's ``prev_counted``: it is never later
-        than the time the ticket's admit counted the recipient.
+        ``prev_counted`` is the decision's ``prev_counted``: never later than
+        the time the ticket's admit counted the recipient. Tickets come back
+        from gateways, so one that cannot be a ticket this engine issued (a
+        key, id or time out of range, or a ``prev_counted`` after the slot)
+        releases nothing and returns False, like an unknown ticket.
         """
         s = self._scope(scope)
-        _check_recipient("recipient", recipient)
-        if prev_counted != NEVER:
-            _check_time("prev_counted", prev_counted)
+        if not (0 < recipient <= _U64 and 0 < ticket <= _U64):
+            return False
+        if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
+            return False
         se = s.table.get(recipient)
-        if ticket == 0 or se is None or se.last_ticket != ticket:
+        if se is None or se.last_ticket != ticket:
             return False
         t = se.last_counted
         if prev_counted > t:
-            raise ValueError("prev_counted is later than the ticket's counted time")
+            return False
         for r in (s.ring24, s.ring7):
             r.remove(t)
             r.add(prev_counted)
