@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -35,6 +36,103 @@ _FEEDBACK_FIELDS: dict[type[FeedbackEvent], str] = {
     pb.SenderUpdate: "sender_update",
     pb.TemplateUpdate: "template_update",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitItem:
+    """One item of :meth:`TiergateClient.admit_columns` (the fields of ``AdmitRequest``)."""
+
+    sender_id: str
+    recipient: str
+    kind: int = pb.TEMPLATE
+    category: int = pb.CATEGORY_UNSPECIFIED
+    template_id: str = ""
+    idempotency_key: str = ""
+    at_unix_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnsOutcome:
+    """One item's answer from AdmitColumns (``AdmitResponse`` but ``detail``)."""
+
+    decision: int
+    reason: int
+    retry_at_unix_ms: int
+    ticket: str  # ADMIT: give it to record_feedback(pb.SendResult(ticket=...))
+    counted: bool
+    limit: int
+    used: int
+    meta_error_code: int
+
+
+class ColumnsReply(Sequence[ColumnsOutcome]):
+    """An ``AdmitColumnsResponse`` read item by item (``reply[i]``, ``len``, iteration);
+    ``response`` is the message itself, for reading whole columns."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: pb.AdmitColumnsResponse) -> None:
+        self.response = response
+
+    def __len__(self) -> int:
+        return len(self.response.decisions)
+
+    def _item(self, i: int) -> ColumnsOutcome:
+        r = self.response
+        return ColumnsOutcome(
+            r.decisions[i],
+            r.reasons[i],
+            r.retry_at_unix_ms[i],
+            r.tickets[i],
+            r.counted[i] == 1,
+            r.limit[i],
+            r.used[i],
+            r.meta_error_code[i],
+        )
+
+    def __getitem__(self, i: int) -> ColumnsOutcome:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._item(i % len(self))
+
+    def __iter__(self) -> Iterator[ColumnsOutcome]:
+        return (self._item(i) for i in range(len(self)))
+
+
+def columns_request(
+    items: Iterable[AdmitItem | pb.AdmitRequest], *, dry_run: bool = False
+) -> pb.AdmitColumnsRequest:
+    """The AdmitColumns request for ``items`` (senders and templates named once each)."""
+    senders: dict[str, int] = {}
+    templates: dict[str, int] = {}
+    sender_index: list[int] = []
+    template_index: list[int] = []
+    recipients: list[str] = []
+    kinds = bytearray()
+    categories = bytearray()
+    keys: list[str] = []
+    at: list[int] = []
+    for it in items:
+        sender_index.append(senders.setdefault(it.sender_id, len(senders)))
+        tpl = it.template_id
+        template_index.append(templates.setdefault(tpl, len(templates) + 1) if tpl else 0)
+        recipients.append(it.recipient)
+        kinds.append(it.kind)
+        categories.append(it.category)
+        keys.append(it.idempotency_key)
+        at.append(it.at_unix_ms)
+    return pb.AdmitColumnsRequest(
+        senders=list(senders),
+        sender_index=sender_index,
+        recipients=recipients,
+        kinds=bytes(kinds),
+        categories=bytes(categories),
+        templates=list(templates),
+        template_index=template_index,
+        idempotency_keys=keys if any(keys) else [],
+        at_unix_ms=at if any(at) else [],
+        dry_run=dry_run,
+    )
 
 
 def _now_ms() -> int:
@@ -114,6 +212,23 @@ class TiergateClient:
             pb.AdmitBatchRequest(requests=list(requests)), timeout=timeout or self.timeout
         )
         return list(reply.responses)
+
+    async def admit_columns(
+        self,
+        items: Iterable[AdmitItem | pb.AdmitRequest] | pb.AdmitColumnsRequest,
+        *,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> ColumnsReply:
+        """Decide ``items`` in order with one AdmitColumns call (the answers AdmitBatch
+        gives); ``items`` may also be a ready ``AdmitColumnsRequest`` (``dry_run`` is then
+        the request's own). ``reply[i]`` is item i's answer with its ticket."""
+        if isinstance(items, pb.AdmitColumnsRequest):
+            request = items
+        else:
+            request = columns_request(items, dry_run=dry_run)
+        reply = await self._stub.AdmitColumns(request, timeout=timeout or self.timeout)
+        return ColumnsReply(reply)
 
     async def admit_stream(
         self, requests: AsyncIterator[pb.AdmitRequest] | Iterator[pb.AdmitRequest]

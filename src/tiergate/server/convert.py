@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from tiergate.engine.constants import recipient_key
 from tiergate.policy import events as ev
+from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.service import AdmitResult, InvalidArgument, SenderReport
 from tiergate.v1 import admission_pb2 as pb
 
@@ -33,6 +34,21 @@ def admit_response(result: AdmitResult) -> pb.AdmitResponse:
         meta_error_code=result.meta_error_code,
         detail=result.detail,
     )
+
+
+def admit_columns_response(result: ColumnsResult) -> pb.AdmitColumnsResponse:
+    reply = pb.AdmitColumnsResponse(
+        decisions=bytes(result.decisions),
+        reasons=bytes(result.reasons),
+        counted=bytes(result.counted),
+    )
+    # Extending from lists is the cheapest way into protobuf's packed fields.
+    reply.retry_at_unix_ms.extend(result.retry_at_unix_ms.tolist())
+    reply.limit.extend(result.limit.tolist())
+    reply.used.extend(result.used.tolist())
+    reply.meta_error_code.extend(result.meta_error_code.tolist())
+    reply.tickets.extend(result.tickets)
+    return reply
 
 
 def _enum(field: str, value: int, kind: type[_E], *, required: bool = False) -> _E:

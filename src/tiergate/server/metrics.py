@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+from tiergate.engine.columns import REASONS, kernels
 from tiergate.policy.service import AdmitResult
 from tiergate.v1 import admission_pb2 as pb
 
@@ -63,7 +64,7 @@ class Histogram:
         return lines
 
 
-REASON_SLOTS = 16  # tiergate.v1.Reason values fit below this
+REASON_SLOTS = REASONS  # tiergate.v1.Reason values fit below this (16)
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 CHUNK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
@@ -92,6 +93,14 @@ class Metrics:
         counts = self._decisions
         for r in results:
             counts[r.decision * REASON_SLOTS + r.reason] += 1
+
+    def decided_columns(
+        self, decisions: bytes | bytearray, reasons: bytes | bytearray, rpc: str
+    ) -> None:
+        """As :meth:`decided`, for an AdmitColumns answer (one byte per item each)."""
+        self.engine_crossings += 1
+        self.chunk_sizes.observe(rpc, len(decisions))
+        kernels.tally(decisions, reasons, self._decisions)
 
     @property
     def decisions(self) -> dict[tuple[int, int], int]:

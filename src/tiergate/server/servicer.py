@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from tiergate.policy.columnar import admit_columns
 from tiergate.policy.service import AdmissionService, AdmitResult, InvalidArgument
 from tiergate.server import convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
@@ -116,6 +117,16 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
         return self._now(latest)
 
+    def _columns_now(self, at_unix_ms: Sequence[int]) -> int:
+        if not self._request_clock:
+            return self._server_clock()
+        latest = max(at_unix_ms, default=0)
+        if latest > MAX_AT_UNIX_MS:
+            i = next(i for i, t in enumerate(at_unix_ms) if t > MAX_AT_UNIX_MS)
+            field = f"at_unix_ms[{i}]"
+            raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
+        return self._now(latest)
+
     async def _fail(self, context: Context, rpc: str, exc: Exception) -> NoReturn:
         if isinstance(exc, InvalidArgument):
             self._metrics.invalid(rpc)
@@ -176,6 +187,27 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                 return pb.AdmitBatchResponse(responses=[convert.admit_response(r) for r in results])
             except Exception as e:
                 await self._fail(context, "AdmitBatch", e)
+
+    async def AdmitColumns(
+        self, request: pb.AdmitColumnsRequest, context: Context
+    ) -> pb.AdmitColumnsResponse:
+        with self.in_flight, self._timed("AdmitColumns"):
+            try:
+                n = len(request.recipients)
+                if n > self._max_batch:
+                    raise InvalidArgument(
+                        "recipients",
+                        f"recipients: at most {self._max_batch} items per call, got {n}",
+                    )
+                now_ms = self._columns_now(request.at_unix_ms)
+                result = admit_columns(self.service, request, now_ms)
+                if len(result) != n:
+                    raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
+                self._metrics.decided_columns(result.decisions, result.reasons, "AdmitColumns")
+                await self._commit()
+                return convert.admit_columns_response(result)
+            except Exception as e:
+                await self._fail(context, "AdmitColumns", e)
 
     async def AdmitStream(
         self, request_iterator: AsyncIterator[pb.AdmitRequest], context: Context

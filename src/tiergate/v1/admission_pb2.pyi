@@ -366,6 +366,138 @@ class AdmitBatchResponse(_message.Message):
 Global___AdmitBatchResponse: _TypeAlias = AdmitBatchResponse  # noqa: Y015
 
 @_typing.final
+class AdmitColumnsRequest(_message.Message):
+    """AdmitBatch as columns: item i is (senders[sender_index[i]], recipients[i],
+    kinds[i], categories[i], template, idempotency_keys[i], at_unix_ms[i]).
+    Every per-item column has one entry per item (the length of `recipients`);
+    `idempotency_keys` and `at_unix_ms` may instead be empty (none for any item).
+    A column of the wrong length or an index out of range is INVALID_ARGUMENT
+    naming the column and item, e.g. "recipients[17]: ...".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDERS_FIELD_NUMBER: _builtins.int
+    SENDER_INDEX_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    TEMPLATE_INDEX_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEYS_FIELD_NUMBER: _builtins.int
+    AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    kinds: _builtins.bytes
+    """per item: one byte, a MessageKind number"""
+    categories: _builtins.bytes
+    """per item: one byte, a Category number"""
+    dry_run: _builtins.bool
+    """the whole batch: evaluate without consuming anything"""
+    @_builtins.property
+    def senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """distinct sender ids (business phone number ids)"""
+
+    @_builtins.property
+    def sender_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """per item: index into `senders`"""
+
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """per item: E.164 digits, optional leading '+'"""
+
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """distinct template ids or names"""
+
+    @_builtins.property
+    def template_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """per item: 0 = none, else templates[i - 1]"""
+
+    @_builtins.property
+    def idempotency_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty, or per item ("" = none)"""
+
+    @_builtins.property
+    def at_unix_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """empty, or per item"""
+
+    def __init__(
+        self,
+        *,
+        senders: _abc.Iterable[_builtins.str] | None = ...,
+        sender_index: _abc.Iterable[_builtins.int] | None = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        kinds: _builtins.bytes = ...,
+        categories: _builtins.bytes = ...,
+        templates: _abc.Iterable[_builtins.str] | None = ...,
+        template_index: _abc.Iterable[_builtins.int] | None = ...,
+        idempotency_keys: _abc.Iterable[_builtins.str] | None = ...,
+        at_unix_ms: _abc.Iterable[_builtins.int] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "categories", b"categories", "dry_run", b"dry_run", "idempotency_keys", b"idempotency_keys", "kinds", b"kinds", "recipients", b"recipients", "sender_index", b"sender_index", "senders", b"senders", "template_index", b"template_index", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdmitColumnsRequest: _TypeAlias = AdmitColumnsRequest  # noqa: Y015
+
+@_typing.final
+class AdmitColumnsResponse(_message.Message):
+    """Per-item answers in request order; item i of each column is what
+    AdmitResponse field of the same name says for request i.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
+    RETRY_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    META_ERROR_CODE_FIELD_NUMBER: _builtins.int
+    TICKETS_FIELD_NUMBER: _builtins.int
+    decisions: _builtins.bytes
+    """one byte per item: a Decision number"""
+    reasons: _builtins.bytes
+    """one byte per item: a Reason number"""
+    counted: _builtins.bytes
+    """one byte per item: 1 = a new unique-recipient slot"""
+    @_builtins.property
+    def retry_at_unix_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def limit(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def used(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def meta_error_code(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def tickets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """one per item: the ticket of an ADMIT, else "" """
+
+    def __init__(
+        self,
+        *,
+        decisions: _builtins.bytes = ...,
+        reasons: _builtins.bytes = ...,
+        counted: _builtins.bytes = ...,
+        retry_at_unix_ms: _abc.Iterable[_builtins.int] | None = ...,
+        limit: _abc.Iterable[_builtins.int] | None = ...,
+        used: _abc.Iterable[_builtins.int] | None = ...,
+        meta_error_code: _abc.Iterable[_builtins.int] | None = ...,
+        tickets: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted", b"counted", "decisions", b"decisions", "limit", b"limit", "meta_error_code", b"meta_error_code", "reasons", b"reasons", "retry_at_unix_ms", b"retry_at_unix_ms", "tickets", b"tickets", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdmitColumnsResponse: _TypeAlias = AdmitColumnsResponse  # noqa: Y015
+
+@_typing.final
 class InboundMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

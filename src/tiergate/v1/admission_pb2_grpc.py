@@ -49,6 +49,11 @@ class AdmissionControlStub:
                 request_serializer=tiergate_dot_v1_dot_admission__pb2.AdmitRequest.SerializeToString,
                 response_deserializer=tiergate_dot_v1_dot_admission__pb2.AdmitResponse.FromString,
                 _registered_method=True)
+        self.AdmitColumns = channel.unary_unary(
+                '/tiergate.v1.AdmissionControl/AdmitColumns',
+                request_serializer=tiergate_dot_v1_dot_admission__pb2.AdmitColumnsRequest.SerializeToString,
+                response_deserializer=tiergate_dot_v1_dot_admission__pb2.AdmitColumnsResponse.FromString,
+                _registered_method=True)
         self.RecordFeedback = channel.unary_unary(
                 '/tiergate.v1.AdmissionControl/RecordFeedback',
                 request_serializer=tiergate_dot_v1_dot_admission__pb2.RecordFeedbackRequest.SerializeToString,
@@ -85,6 +90,14 @@ class AdmissionControlServicer:
 
     def AdmitStream(self, request_iterator, context):
         """A long-lived bidirectional stream; responses come in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdmitColumns(self, request, context):
+        """Many decisions in one call as columns (packed fields, no message per item):
+        the same answers as AdmitBatch for the same requests in the same order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +142,11 @@ def add_AdmissionControlServicer_to_server(servicer, server):
                     servicer.AdmitStream,
                     request_deserializer=tiergate_dot_v1_dot_admission__pb2.AdmitRequest.FromString,
                     response_serializer=tiergate_dot_v1_dot_admission__pb2.AdmitResponse.SerializeToString,
+            ),
+            'AdmitColumns': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdmitColumns,
+                    request_deserializer=tiergate_dot_v1_dot_admission__pb2.AdmitColumnsRequest.FromString,
+                    response_serializer=tiergate_dot_v1_dot_admission__pb2.AdmitColumnsResponse.SerializeToString,
             ),
             'RecordFeedback': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordFeedback,
@@ -227,6 +245,33 @@ class AdmissionControl:
             '/tiergate.v1.AdmissionControl/AdmitStream',
             tiergate_dot_v1_dot_admission__pb2.AdmitRequest.SerializeToString,
             tiergate_dot_v1_dot_admission__pb2.AdmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdmitColumns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergate.v1.AdmissionControl/AdmitColumns',
+            tiergate_dot_v1_dot_admission__pb2.AdmitColumnsRequest.SerializeToString,
+            tiergate_dot_v1_dot_admission__pb2.AdmitColumnsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class AdmissionControlStub:
     """Many decisions in one call, decided in order, responses in request order."""
     AdmitStream: _grpc.StreamStreamMultiCallable[_admission_pb2.AdmitRequest, _admission_pb2.AdmitResponse]
     """A long-lived bidirectional stream; responses come in request order."""
+    AdmitColumns: _grpc.UnaryUnaryMultiCallable[_admission_pb2.AdmitColumnsRequest, _admission_pb2.AdmitColumnsResponse]
+    """Many decisions in one call as columns (packed fields, no message per item):
+    the same answers as AdmitBatch for the same requests in the same order.
+    """
     RecordFeedback: _grpc.UnaryUnaryMultiCallable[_admission_pb2.RecordFeedbackRequest, _admission_pb2.RecordFeedbackResponse]
     """What happened after a decision: inbound messages, send results, opt-outs,
     sender and template changes.
@@ -59,6 +63,10 @@ class AdmissionControlAsyncStub(AdmissionControlStub):
     """Many decisions in one call, decided in order, responses in request order."""
     AdmitStream: _aio.StreamStreamMultiCallable[_admission_pb2.AdmitRequest, _admission_pb2.AdmitResponse]  # type: ignore[assignment]
     """A long-lived bidirectional stream; responses come in request order."""
+    AdmitColumns: _aio.UnaryUnaryMultiCallable[_admission_pb2.AdmitColumnsRequest, _admission_pb2.AdmitColumnsResponse]  # type: ignore[assignment]
+    """Many decisions in one call as columns (packed fields, no message per item):
+    the same answers as AdmitBatch for the same requests in the same order.
+    """
     RecordFeedback: _aio.UnaryUnaryMultiCallable[_admission_pb2.RecordFeedbackRequest, _admission_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
     """What happened after a decision: inbound messages, send results, opt-outs,
     sender and template changes.
@@ -92,6 +100,16 @@ class AdmissionControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_admission_pb2.AdmitResponse], _abc.AsyncIterator[_admission_pb2.AdmitResponse]]:
         """A long-lived bidirectional stream; responses come in request order."""
+
+    @_abc_1.abstractmethod
+    def AdmitColumns(
+        self,
+        request: _admission_pb2.AdmitColumnsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.AdmitColumnsResponse, _abc.Awaitable[_admission_pb2.AdmitColumnsResponse]]:
+        """Many decisions in one call as columns (packed fields, no message per item):
+        the same answers as AdmitBatch for the same requests in the same order.
+        """
 
     @_abc_1.abstractmethod
     def RecordFeedback(

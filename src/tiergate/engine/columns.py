@@ -1,0 +1,385 @@
+"""Per-item loops of the columnar admit path (AdmitColumns), pure Python.
+
+``tiergate._native.columns`` is the compiled twin with the same functions and
+results (tests/engine/test_columns.py compares them); :data:`kernels` is the
+one the running engine implementation goes with. The policy layer
+(``tiergate.policy.columnar``) does every per-sender and per-template step
+once per batch and hands these loops small tables indexed by the request's
+sender and template indexes:
+
+``check_items``
+    request-shape checks of the per-item columns (before anything changes).
+``encode_recipients``
+    E.164 strings to recipient keys (``constants.recipient_key``), in bulk.
+``prepare``
+    steps 1–3 of DESIGN §2 per item from the tables (unknown or blocked
+    sender, disabled / paused / unknown template answered right here), the
+    per-scope clock, and the engine's input columns for the rest.
+``finish``
+    the engine's answers to per-item response columns: tickets, journal
+    records, decision counts by sender and reason.
+``tally``
+    decision counts by (decision, reason) for metrics.
+
+Sender table rows (one per distinct sender of the request): ``s_state`` 0
+unknown, 1 known, 2 blocked (BANNED / DISABLED); ``s_slot`` the index of its
+limit scope in ``last_now``; ``s_scope`` / ``s_number`` engine indexes;
+``s_limits`` / ``s_flags`` five entries per sender, by category;
+``s_restricted`` the end of a Meta restriction (0: none); ``s_qblock`` 1 when
+the sender's marketing is blocked by quality. Template table rows (index 0 =
+no template): ``t_state`` 0 usable, 1 unknown and rejected, 2 disabled;
+``t_paused`` paused until (ms).
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from .batch import DecisionBatch
+from .constants import (
+    ADMIT,
+    F_DRY_RUN,
+    F_QUALITY_BLOCK,
+    F_TEMPLATE,
+    KEY_LENGTH_SHIFT,
+    MARKETING_FREQUENCY,
+    MAX_RECIPIENT_DIGITS,
+    OK,
+    QUALITY_PROTECTION,
+    REJECT,
+    RETRY_LATER,
+    SENDER_BLOCKED,
+    SENDER_RESTRICTED,
+    TEMPLATE_DISABLED,
+    TEMPLATE_PAUSED,
+    UNKNOWN_SENDER,
+)
+from .reference import NEVER
+
+__all__ = [
+    "BAD_CATEGORY",
+    "BAD_KIND",
+    "BAD_SENDER_INDEX",
+    "BAD_TEMPLATE_INDEX",
+    "NO_CATEGORY",
+    "NO_TEMPLATE",
+    "REASONS",
+    "check_items",
+    "encode_recipients",
+    "finish",
+    "kernels",
+    "prepare",
+    "tally",
+]
+
+#: Reason slots per sender in the ``counts`` table (tiergate.v1.Reason values fit below).
+REASONS = 16
+
+# check_items problem codes (the policy layer words the message).
+BAD_SENDER_INDEX = 1
+BAD_KIND = 2
+BAD_CATEGORY = 3
+NO_CATEGORY = 4  # a TEMPLATE message without a category
+BAD_TEMPLATE_INDEX = 5
+NO_TEMPLATE = 6  # a TEMPLATE message without a template
+
+#: The Meta error each reason avoids (as ``policy.service.META_ERROR``).
+META_ERROR: tuple[int, ...] = (
+    *(0, 0, 368, 368, 132015, 132016, 131047, 131050, 131048, 131049, 131048, 130429),
+    *(131056, 0, 0, 0),
+)
+META_TEMPLATE_MISSING = 132001
+META_TEMPLATE_DISABLED = 132016
+META_TEMPLATE_PAUSED = 132015
+META_BLOCKED = 368
+META_BACKOFF = 131049
+
+#: The admit journal record (``policy.service._ADMIT_REC``): tag, version, now,
+#: number, recipient key, flags, ticket id, limit, idempotency key length.
+ADMIT_RECORD = struct.Struct("<BBqiQIQqH")
+TAG_ADMIT = 0x41
+
+
+def check_items(
+    n: int,
+    sender_index: Sequence[int],
+    n_senders: int,
+    kinds: bytes,
+    categories: bytes,
+    template_index: Sequence[int],
+    n_templates: int,
+) -> tuple[int, int]:
+    """``(item, problem)`` of the first malformed item, or ``(-1, 0)``.
+
+    Per item, in this order: sender index, kind (TEMPLATE or FREE_FORM),
+    category (0..4), template index (0..n_templates); a TEMPLATE message needs
+    a category and a template.
+    """
+    for i in range(n):
+        if not 0 <= sender_index[i] < n_senders:
+            return i, BAD_SENDER_INDEX
+        kind = kinds[i]
+        if kind != 1 and kind != 2:
+            return i, BAD_KIND
+        cat = categories[i]
+        if cat > 4:
+            return i, BAD_CATEGORY
+        t = template_index[i]
+        if not 0 <= t <= n_templates:
+            return i, BAD_TEMPLATE_INDEX
+        if kind == 1:
+            if cat == 0:
+                return i, NO_CATEGORY
+            if t == 0:
+                return i, NO_TEMPLATE
+    return -1, 0
+
+
+def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
+    """Append the key of each recipient to ``out`` (typecode 'Q').
+
+    Returns the index of the first recipient that is not 1 to 15 ASCII digits
+    with an optional leading '+' (``out`` then holds the keys before it), or -1.
+    """
+    append = out.append
+    for i, rcpt in enumerate(recipients):
+        digits = rcpt[1:] if rcpt[:1] == "+" else rcpt
+        nd = len(digits)
+        if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
+            append(int(digits) | (nd << KEY_LENGTH_SHIFT))
+        else:
+            return i
+    return -1
+
+
+def prepare(
+    n: int,
+    sender_index: Sequence[int],
+    kinds: bytes,
+    categories: bytes,
+    template_index: Sequence[int],
+    at: Sequence[int],
+    rkeys: Sequence[int],
+    now_ms: int,
+    request_clock: bool,
+    dry: bool,
+    ticket_base: int,
+    s_state: bytes | bytearray,
+    s_slot: Sequence[int],
+    s_scope: Sequence[int],
+    s_number: Sequence[int],
+    s_limits: Sequence[int],
+    s_flags: Sequence[int],
+    last_now: array[int],
+    t_state: bytes | bytearray,
+    t_paused: Sequence[int],
+    eco: dict[tuple[int, int], int],
+    batch: DecisionBatch,
+    rows: array[int],
+    row_eco: array[int],
+    decisions: bytearray,
+    reasons: bytearray,
+    retry_at: array[int],
+    limits: array[int],
+    meta: array[int],
+    counts: array[int],
+) -> tuple[int, int]:
+    """Answer what steps 1–3 decide; gather the rest as engine rows. Returns (high, unknown).
+
+    ``categories`` must already read SERVICE (4) for a free-form item without
+    one. ``at`` is empty or one time per item. ``last_now`` (per limit scope
+    slot) moves forward as ``AdmissionService.admit_many`` moves each scope's
+    clock. ``high`` is the latest item time (not clamped), ``unknown`` the
+    number of items from unknown senders. Engine rows are appended to
+    ``batch``'s input columns; ``rows[j]`` is the item of row j, ``row_eco[j]``
+    the end of a 131049 back-off applied to it (0: none).
+    """
+    has_at = request_clock and len(at) > 0
+    high = now_ms
+    unknown = 0
+    add_now, add_scope, add_number = batch.now.append, batch.scope.append, batch.number.append
+    add_recipient, add_flags = batch.recipient.append, batch.flags.append
+    add_limit, add_ticket = batch.limit.append, batch.ticket.append
+    add_row, add_eco = rows.append, row_eco.append
+    row = len(rows)
+    for i in range(n):
+        s = sender_index[i]
+        now = now_ms
+        if has_at:
+            t_at = at[i]
+            if t_at > 0:
+                now = t_at
+        if now > high:
+            high = now
+        st = s_state[s]
+        if st == 0:
+            unknown += 1
+            decisions[i] = REJECT
+            reasons[i] = UNKNOWN_SENDER
+            continue
+        slot = s_slot[s]
+        if now < last_now[slot]:
+            now = last_now[slot]
+        else:
+            last_now[slot] = now
+        cat = categories[i]
+        limit = s_limits[5 * s + cat]
+        if st == 2:
+            decisions[i] = REJECT
+            reasons[i] = SENDER_BLOCKED
+            limits[i] = limit
+            meta[i] = META_BLOCKED
+            counts[s * REASONS + SENDER_BLOCKED] += 1
+            continue
+        flags = s_flags[5 * s + cat]
+        if kinds[i] == 1:
+            flags |= F_TEMPLATE
+            t = template_index[i]
+            ts = t_state[t]
+            if ts != 0 or now < t_paused[t]:
+                limits[i] = limit
+                if ts != 0:
+                    decisions[i] = REJECT
+                    reasons[i] = TEMPLATE_DISABLED
+                    meta[i] = META_TEMPLATE_MISSING if ts == 1 else META_TEMPLATE_DISABLED
+                    counts[s * REASONS + TEMPLATE_DISABLED] += 1
+                else:
+                    decisions[i] = RETRY_LATER
+                    reasons[i] = TEMPLATE_PAUSED
+                    retry_at[i] = t_paused[t]
+                    meta[i] = META_TEMPLATE_PAUSED
+                    counts[s * REASONS + TEMPLATE_PAUSED] += 1
+                continue
+        rkey = rkeys[i]
+        eco_end = 0
+        if eco and cat == 1:
+            end = eco.get((s_scope[s], rkey), 0)
+            if end > now:
+                eco_end = end
+                flags |= F_QUALITY_BLOCK
+        if dry:
+            flags |= F_DRY_RUN
+            tid = 0
+        else:
+            # Ticket ids of rows that are not admitted are never handed out.
+            tid = ticket_base + row + 1
+        add_now(now)
+        add_scope(s_scope[s])
+        add_number(s_number[s])
+        add_recipient(rkey)
+        add_flags(flags)
+        add_limit(limit)
+        add_ticket(tid)
+        add_row(i)
+        add_eco(eco_end)
+        row += 1
+    return high, unknown
+
+
+def finish(
+    batch: DecisionBatch,
+    rows: Sequence[int],
+    row_eco: Sequence[int],
+    sender_index: Sequence[int],
+    s_restricted: Sequence[int],
+    s_qblock: bytes | bytearray,
+    decisions: bytearray,
+    reasons: bytearray,
+    counted: bytearray,
+    retry_at: array[int],
+    limits: array[int],
+    used: array[int],
+    meta: array[int],
+    tickets: list[str],
+    journal: list[bytes] | None,
+    counts: array[int],
+    counted_rows: array[int],
+) -> int:
+    """Write the engine's answers for ``batch`` to the per-item columns.
+
+    An admitted row (not a dry run) gets its ticket (the string RecordFeedback
+    takes), a journal record appended to ``journal`` (unless None) and, when it
+    used a new slot, its row in ``counted_rows``. Returns the last ticket id
+    handed out (0: none).
+    """
+    b_dec, b_rsn, b_retry = batch.decision, batch.reason, batch.retry_at
+    b_cnt, b_used, b_prev = batch.counted, batch.used, batch.prev_counted
+    b_now, b_number, b_rkey = batch.now, batch.number, batch.recipient
+    b_flags, b_limit, b_ticket = batch.flags, batch.limit, batch.ticket
+    pack = ADMIT_RECORD.pack
+    last_tid = 0
+    for j in range(len(rows)):
+        i = rows[j]
+        s = sender_index[i]
+        d = b_dec[j]
+        r = b_rsn[j]
+        limit = b_limit[j]
+        limits[i] = limit
+        used[i] = b_used[j]
+        if d == ADMIT:
+            decisions[i] = ADMIT
+            reasons[i] = OK
+            c = b_cnt[j]
+            counted[i] = 1 if c == 1 else 0
+            flags = b_flags[j]
+            if not flags & F_DRY_RUN:
+                tid = b_ticket[j]
+                last_tid = tid
+                number = b_number[j]
+                rkey = b_rkey[j]
+                tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}"
+                if journal is not None:
+                    journal.append(pack(TAG_ADMIT, 1, b_now[j], number, rkey, flags, tid, limit, 0))
+                if c:
+                    counted_rows.append(j)
+            r = OK
+        elif row_eco[j] and r == QUALITY_PROTECTION and not s_qblock[s]:
+            # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+            r = MARKETING_FREQUENCY
+            decisions[i] = RETRY_LATER
+            reasons[i] = r
+            retry_at[i] = row_eco[j]
+            meta[i] = META_BACKOFF
+        elif r == SENDER_RESTRICTED and s_restricted[s] > 0:
+            decisions[i] = RETRY_LATER
+            reasons[i] = r
+            retry_at[i] = s_restricted[s]
+            meta[i] = META_BLOCKED
+        else:
+            decisions[i] = d
+            reasons[i] = r
+            retry_at[i] = b_retry[j]
+            meta[i] = META_ERROR[r]
+        counts[s * REASONS + r] += 1
+    return last_tid
+
+
+def tally(decisions: bytes | bytearray, reasons: bytes | bytearray, counts: list[int]) -> None:
+    """``counts[decision * REASONS + reason] += 1`` for every item."""
+    for d, r in zip(decisions, reasons, strict=True):
+        counts[d * REASONS + r] += 1
+
+
+def _select() -> ModuleType:
+    """The compiled kernels when the compiled engine is in use, else this module."""
+    import importlib
+    import os
+    import sys
+
+    from . import IMPLEMENTATION
+
+    if IMPLEMENTATION == "compiled":
+        try:
+            return importlib.import_module("tiergate._native.columns")
+        except ImportError:
+            if os.environ.get("TIERGATE_REQUIRE_EXTENSIONS", "") not in ("", "0"):
+                raise
+    return sys.modules[__name__]
+
+
+#: The kernels that go with the engine in use (compiled with the compiled engine).
+kernels: Any = _select()

@@ -1,0 +1,509 @@
+"""AdmitColumns: a batch of admits as columns, with the answers AdmitBatch gives.
+
+A request names its distinct senders and templates once and refers to them by
+index per item; answers come back as per-item columns (bytes and arrays), so
+no Python object is built per item. The work per distinct sender (status,
+limits and flags by category, scope) and per distinct template (status,
+pause) is done once per batch; the per-item loops run in
+``tiergate.engine.columns.kernels`` (compiled with the compiled engine), and
+the engine decides every row in one ``decide_batch`` call.
+
+Answers, journal records, tickets, decision counts, scope clocks and upgrade
+crossings are exactly those of :meth:`AdmissionService.admit_many` for the same
+requests in the same order. A batch that needs the general path — an item
+with an idempotency key, or a time at which time-driven changes (upgrades,
+restriction ends, ...) fall due — is decided by ``admit_many`` itself and its
+results turned into columns.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tiergate.engine import NEVER, DecisionBatch
+from tiergate.engine.columns import (
+    BAD_CATEGORY,
+    BAD_KIND,
+    BAD_SENDER_INDEX,
+    BAD_TEMPLATE_INDEX,
+    NO_CATEGORY,
+    REASONS,
+    kernels,
+)
+from tiergate.engine.constants import F_QUALITY_BLOCK, recipient_key
+
+from .service import (
+    _BANNED,
+    _TEMPLATE_OFF,
+    MAX_ID_LEN,
+    MAX_KEY_LEN,
+    MAX_TEMPLATE_LEN,
+    AdmissionService,
+    AdmitRequest,
+    AdmitResult,
+    InvalidArgument,
+)
+from .state import REASONS as SENDER_REASONS
+from .state import LimitScope
+
+__all__ = ["AdmitColumns", "ColumnsLike", "ColumnsResult", "admit_columns"]
+
+
+class ColumnsLike(Protocol):
+    """The attributes of the proto ``AdmitColumnsRequest`` (a protobuf message fits)."""
+
+    @property
+    def senders(self) -> Sequence[str]: ...
+    @property
+    def sender_index(self) -> Sequence[int]: ...
+    @property
+    def recipients(self) -> Sequence[str]: ...
+    @property
+    def kinds(self) -> bytes: ...
+    @property
+    def categories(self) -> bytes: ...
+    @property
+    def templates(self) -> Sequence[str]: ...
+    @property
+    def template_index(self) -> Sequence[int]: ...
+    @property
+    def idempotency_keys(self) -> Sequence[str]: ...
+    @property
+    def at_unix_ms(self) -> Sequence[int]: ...
+    @property
+    def dry_run(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class AdmitColumns:
+    """A plain columnar request (tests, simulations, library use)."""
+
+    senders: Sequence[str]
+    sender_index: Sequence[int]
+    recipients: Sequence[str]
+    kinds: bytes
+    categories: bytes
+    templates: Sequence[str] = ()
+    template_index: Sequence[int] = ()
+    idempotency_keys: Sequence[str] = ()
+    at_unix_ms: Sequence[int] = ()
+    dry_run: bool = False
+
+    @classmethod
+    def from_requests(cls, reqs: Sequence[AdmitRequest], dry_run: bool = False) -> AdmitColumns:
+        """The columns of ``reqs`` (each request's own ``dry_run`` is not kept)."""
+        senders: dict[str, int] = {}
+        templates: dict[str, int] = {}
+        sidx = [senders.setdefault(r.sender_id, len(senders)) for r in reqs]
+        tidx = [
+            templates.setdefault(r.template_id, len(templates) + 1) if r.template_id else 0
+            for r in reqs
+        ]
+        keys = [r.idempotency_key for r in reqs]
+        at = [r.at_unix_ms for r in reqs]
+        return cls(
+            senders=list(senders),
+            sender_index=sidx,
+            recipients=[r.recipient for r in reqs],
+            kinds=bytes(r.kind for r in reqs),
+            categories=bytes(r.category for r in reqs),
+            templates=list(templates),
+            template_index=tidx,
+            idempotency_keys=keys if any(keys) else [],
+            at_unix_ms=at if any(at) else [],
+            dry_run=dry_run,
+        )
+
+
+@dataclass(slots=True)
+class ColumnsResult:
+    """Per-item answers in request order (the fields of ``AdmitResult`` but ``detail``)."""
+
+    decisions: bytearray
+    reasons: bytearray
+    counted: bytearray
+    retry_at_unix_ms: array[int]
+    limit: array[int]
+    used: array[int]
+    meta_error_code: array[int]
+    tickets: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.decisions)
+
+    @classmethod
+    def empty(cls, n: int) -> ColumnsResult:
+        return cls(
+            bytearray(n),
+            bytearray(n),
+            bytearray(n),
+            array("q", bytes(8 * n)),
+            array("q", bytes(8 * n)),
+            array("q", bytes(8 * n)),
+            array("i", bytes(4 * n)),
+            [""] * n,
+        )
+
+    def item(self, i: int) -> tuple[int, int, int, str, bool, int, int, int]:
+        """Item ``i`` as (decision, reason, retry_at, ticket, counted, limit, used, meta code)."""
+        return (
+            self.decisions[i],
+            self.reasons[i],
+            self.retry_at_unix_ms[i],
+            self.tickets[i],
+            self.counted[i] == 1,
+            self.limit[i],
+            self.used[i],
+            self.meta_error_code[i],
+        )
+
+
+def _column(typecode: str, name: str, values: Any) -> array[int]:
+    if isinstance(values, array) and values.typecode == typecode:
+        return values
+    try:
+        # A protobuf repeated field copies to a list fastest by slicing.
+        return array(typecode, values[:])
+    except (OverflowError, TypeError):
+        raise InvalidArgument(name, f"{name}: must be integers in range") from None
+
+
+def _byte_column(name: str, values: Any) -> bytes:
+    if isinstance(values, bytes):
+        return values
+    try:
+        return bytes(values)
+    except (TypeError, ValueError):
+        raise InvalidArgument(name, f"{name}: must be one byte per item") from None
+
+
+def _check_strings(name: str, values: Sequence[Any], limit: int, required: bool) -> None:
+    for k, v in enumerate(values):
+        if type(v) is not str or len(v) > limit or (required and not v):
+            field = f"{name}[{k}]"
+            if not isinstance(v, str):
+                raise InvalidArgument(field, f"{field}: must be a string")
+            if not v:
+                raise InvalidArgument(field, f"{field}: is required")
+            raise InvalidArgument(field, f"{field}: longer than {limit} characters")
+
+
+@dataclass(slots=True)
+class _Request:
+    n: int
+    senders: list[str]
+    sender_index: array[int]
+    recipients: list[str]
+    rkeys: array[int]
+    kinds: bytes
+    categories: bytes  # SERVICE (4) where a free-form item has none
+    raw_categories: bytes
+    templates: list[str]
+    template_index: array[int]
+    keys: list[str]
+    at: array[int]
+    dry: bool
+
+
+def _validate(req: ColumnsLike) -> _Request:
+    """Every column checked before anything is decided; the error names column and item."""
+    recipients = list(req.recipients)
+    n = len(recipients)
+    senders = list(req.senders)
+    templates = list(req.templates)
+    sidx = _column("I", "sender_index", req.sender_index)
+    kinds = _byte_column("kinds", req.kinds)
+    cats = _byte_column("categories", req.categories)
+    tidx_in = req.template_index
+    tidx = _column("I", "template_index", tidx_in) if len(tidx_in) else array("I", bytes(4 * n))
+    keys = list(req.idempotency_keys)
+    at = _column("q", "at_unix_ms", req.at_unix_ms)
+    for name, size in (
+        ("sender_index", len(sidx)),
+        ("kinds", len(kinds)),
+        ("categories", len(cats)),
+        ("template_index", len(tidx)),
+    ):
+        if size != n:
+            raise InvalidArgument(name, f"{name}: has {size} items, recipients has {n}")
+    for name, size in (("idempotency_keys", len(keys)), ("at_unix_ms", len(at))):
+        if size not in (0, n):
+            raise InvalidArgument(
+                name, f"{name}: has {size} items; it must be empty or have one per item ({n})"
+            )
+    _check_strings("senders", senders, MAX_ID_LEN, True)
+    _check_strings("templates", templates, MAX_TEMPLATE_LEN, True)
+    bad, problem = kernels.check_items(n, sidx, len(senders), kinds, cats, tidx, len(templates))
+    if bad >= 0:
+        raise _item_error(bad, problem, sidx, kinds, cats, tidx, len(senders), len(templates))
+    rkeys: array[int] = array("Q")
+    if any(type(r) is not str for r in recipients):
+        bad = next(i for i, r in enumerate(recipients) if type(r) is not str)
+        raise InvalidArgument(f"recipients[{bad}]", f"recipients[{bad}]: must be a string")
+    bad = kernels.encode_recipients(recipients, rkeys)
+    if bad >= 0:
+        field = f"recipients[{bad}]"
+        try:
+            recipient_key(recipients[bad])
+        except ValueError as exc:
+            raise InvalidArgument(field, f"{field}: {exc}") from None
+        raise InvalidArgument(field, f"{field}: not an E.164 number")  # pragma: no cover
+    if keys:
+        _check_strings("idempotency_keys", keys, MAX_KEY_LEN, False)
+    if at and min(at) < 0:
+        bad = next(i for i, t in enumerate(at) if t < 0)
+        raise InvalidArgument(f"at_unix_ms[{bad}]", f"at_unix_ms[{bad}]: must be >= 0")
+    return _Request(
+        n=n,
+        senders=senders,
+        sender_index=sidx,
+        recipients=recipients,
+        rkeys=rkeys,
+        kinds=kinds,
+        categories=cats.replace(b"\x00", b"\x04") if b"\x00" in cats else cats,
+        raw_categories=cats,
+        templates=templates,
+        template_index=tidx,
+        keys=keys,
+        at=at,
+        dry=bool(req.dry_run),
+    )
+
+
+def _item_error(
+    i: int,
+    problem: int,
+    sidx: array[int],
+    kinds: bytes,
+    cats: bytes,
+    tidx: array[int],
+    n_senders: int,
+    n_templates: int,
+) -> InvalidArgument:
+    if problem == BAD_SENDER_INDEX:
+        field = f"sender_index[{i}]"
+        msg = f"{sidx[i]} is out of range (senders has {n_senders})"
+    elif problem == BAD_KIND:
+        field = f"kinds[{i}]"
+        msg = f"must be TEMPLATE or FREE_FORM, got {kinds[i]}"
+    elif problem == BAD_CATEGORY:
+        field = f"categories[{i}]"
+        msg = f"unknown value {cats[i]}"
+    elif problem == NO_CATEGORY:
+        field = f"categories[{i}]"
+        msg = "is required for TEMPLATE messages"
+    elif problem == BAD_TEMPLATE_INDEX:
+        field = f"template_index[{i}]"
+        msg = f"{tidx[i]} is out of range (templates has {n_templates}; 0 is none)"
+    else:
+        field = f"template_index[{i}]"
+        msg = "a template is required for TEMPLATE messages"
+    return InvalidArgument(field, f"{field}: {msg}")
+
+
+def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> ColumnsResult:
+    """Validate every column, then decide the items in order (as ``admit_many`` would).
+
+    Raises :class:`InvalidArgument` naming the column and item, e.g.
+    ``recipients[17]``; nothing is decided then.
+    """
+    r = _validate(req)
+    if r.n == 0:
+        return ColumnsResult.empty(0)
+    svc = service
+    if svc._due_dirty:
+        svc._recompute_due()
+    request_clock = svc._request_clock
+    high = max(now_ms, max(r.at)) if request_clock and r.at else now_ms
+    if high >= svc._next_due or (r.keys and any(r.keys)):
+        return _general(svc, r, now_ms)
+    return _fast(svc, r, now_ms)
+
+
+def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
+    """Through ``admit_many``: idempotency keys, time-driven changes falling due."""
+    senders, templates, recipients = r.senders, r.templates, r.recipients
+    sidx, tidx, kinds, cats = r.sender_index, r.template_index, r.kinds, r.raw_categories
+    keys, at, dry = r.keys, r.at, r.dry
+    reqs = [
+        AdmitRequest(
+            sender_id=senders[sidx[i]],
+            recipient=recipients[i],
+            kind=kinds[i],
+            category=cats[i],
+            template_id=templates[tidx[i] - 1] if tidx[i] else "",
+            idempotency_key=keys[i] if keys else "",
+            at_unix_ms=at[i] if at else 0,
+            dry_run=dry,
+        )
+        for i in range(r.n)
+    ]
+    return _from_results(svc.admit_many(reqs, now_ms))
+
+
+def _from_results(results: Sequence[AdmitResult]) -> ColumnsResult:
+    out = ColumnsResult.empty(len(results))
+    for i, res in enumerate(results):
+        out.decisions[i] = res.decision
+        out.reasons[i] = res.reason
+        out.counted[i] = 1 if res.counted else 0
+        out.retry_at_unix_ms[i] = res.retry_at_unix_ms
+        out.limit[i] = res.limit
+        out.used[i] = res.used
+        out.meta_error_code[i] = res.meta_error_code
+        out.tickets[i] = res.ticket
+    return out
+
+
+def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
+    n = r.n
+    k = len(r.senders)
+    # Per distinct sender, once: status, scope, limits and flags by category.
+    s_state = bytearray(k)
+    s_slot = array("i", bytes(4 * k))
+    s_scope = array("i", bytes(4 * k))
+    s_number = array("i", bytes(4 * k))
+    s_limits = array("q", bytes(40 * k))
+    s_flags = array("I", bytes(20 * k))
+    s_restricted = array("q", bytes(8 * k))
+    s_qblock = bytearray(k)
+    slots: dict[int, int] = {}
+    scopes: list[LimitScope] = []
+    known = svc._senders
+    objs = []
+    for s, sid in enumerate(r.senders):
+        sender = known.get(sid)
+        objs.append(sender)
+        if sender is None:
+            continue
+        scope = sender.scope
+        slot = slots.get(scope.index)
+        if slot is None:
+            slot = slots[scope.index] = len(scopes)
+            scopes.append(scope)
+        s_state[s] = 2 if sender.status >= _BANNED else 1
+        s_slot[s] = slot
+        s_scope[s] = scope.index
+        s_number[s] = sender.number
+        s_limits[5 * s : 5 * s + 5] = array("q", sender.limits)
+        s_flags[5 * s : 5 * s + 5] = array("I", sender.flags)
+        s_restricted[s] = sender.restricted_until
+        s_qblock[s] = 1 if sender.flags[1] & F_QUALITY_BLOCK else 0
+    last_now = array("q", [sc.last_now for sc in scopes])
+    # Per distinct template, once: unknown (and rejected), disabled, paused until.
+    m = len(r.templates)
+    t_state = bytearray(m + 1)
+    t_paused = array("q", bytes(8 * (m + 1)))
+    reject_unknown = svc.profile.unknown_templates == "reject"
+    by_id, by_name = svc._templates, svc._template_names
+    for t, tpl in enumerate(r.templates, 1):
+        found = by_id.get(tpl) or by_name.get(tpl)
+        if found is None:
+            t_state[t] = 1 if reject_unknown else 0
+        elif found.status >= _TEMPLATE_OFF:
+            t_state[t] = 2
+        else:
+            t_paused[t] = found.paused_until
+
+    out = ColumnsResult.empty(n)
+    counts = array("q", bytes(8 * REASONS * k))
+    batch = DecisionBatch()
+    rows: array[int] = array("i")
+    row_eco: array[int] = array("q")
+    high, unknown = kernels.prepare(
+        n,
+        r.sender_index,
+        r.kinds,
+        r.categories,
+        r.template_index,
+        r.at,
+        r.rkeys,
+        now_ms,
+        svc._request_clock,
+        r.dry,
+        svc._ticket,
+        s_state,
+        s_slot,
+        s_scope,
+        s_number,
+        s_limits,
+        s_flags,
+        last_now,
+        t_state,
+        t_paused,
+        svc._eco,
+        batch,
+        rows,
+        row_eco,
+        out.decisions,
+        out.reasons,
+        out.retry_at_unix_ms,
+        out.limit,
+        out.meta_error_code,
+        counts,
+    )
+    for slot, scope in enumerate(scopes):
+        scope.last_now = last_now[slot]
+    svc._unknown_sender_count += unknown
+    if rows:
+        svc.engine.decide_batch(batch)
+        journal = svc._journal if svc._journal_on and not svc._replaying else None
+        counted_rows: array[int] = array("i")
+        last_tid = kernels.finish(
+            batch,
+            rows,
+            row_eco,
+            r.sender_index,
+            s_restricted,
+            s_qblock,
+            out.decisions,
+            out.reasons,
+            out.counted,
+            out.retry_at_unix_ms,
+            out.limit,
+            out.used,
+            out.meta_error_code,
+            out.tickets,
+            journal,
+            counts,
+            counted_rows,
+        )
+        if last_tid:
+            svc._ticket = last_tid
+        if counted_rows:
+            _check_crossings(svc, scopes, batch, counted_rows)
+    for s, sender in enumerate(objs):
+        if sender is None:
+            continue
+        base = s * REASONS
+        sc = sender.counts
+        for reason in range(SENDER_REASONS):
+            c = counts[base + reason]
+            if c:
+                sc[reason] += c
+    if svc._idem_order and svc._idem_order[0][0] <= high:
+        svc._prune(high)
+    return out
+
+
+def _check_crossings(
+    svc: AdmissionService, scopes: list[LimitScope], batch: DecisionBatch, counted_rows: array[int]
+) -> None:
+    """Date upgrade-threshold crossings, as ``admit_many`` does after its batch."""
+    top = svc.profile.ladder[-1]
+    open_ = {sc.index: sc for sc in scopes if sc.crossed_at == NEVER and sc.tier != top}
+    if not open_:
+        return
+    b_scope, b_now = batch.scope, batch.now
+    touched: dict[int, list[int]] = {}
+    for j in counted_rows:
+        idx = b_scope[j]
+        if idx in open_:
+            touched.setdefault(idx, []).append(j)
+    for idx, js in touched.items():
+        sc = open_[idx]
+        if sc.crossed_at == NEVER and sc.tier != top:
+            svc._check_crossing(sc, b_now[js[-1]], (b_now, batch.prev_counted), js)
