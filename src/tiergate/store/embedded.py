@@ -166,8 +166,7 @@ class EmbeddedStore:
         self._failed: StoreFailedError | None = None
 
         # group commit state (event-loop thread only)
-        self._pending: list[bytes] = []
-        self._pending_last = 0
+        self._pending: list[bytes] = []  # records not yet framed or written
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._inflight: asyncio.Future[None] | None = None
@@ -522,21 +521,33 @@ class EmbeddedStore:
             log.error("%s", self._failed)
         return self._failed
 
-    async def commit(self, records: Sequence[bytes]) -> None:
-        writer = self._require_writer()
+    def _enqueue(self, records: Sequence[bytes]) -> asyncio.Future[None] | None:
+        """Queue ``records`` for the next group write; the future to await before
+        acknowledging, or None when everything is already written."""
+        self._require_writer()
         if records:
-            self._pending.append(writer.encode(records))
-            self._pending_last = writer.next_seq - 1
+            self._pending.extend(records)  # framed (and numbered) at the write, in order
             self.records_since_snapshot += len(records)
             self.records_committed += len(records)
-        if not self._pending and self._inflight is None:
-            return
+        elif not self._pending and self._inflight is None:
+            return None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters.append(fut)
         if self._inflight is None and self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush, loop)
-        await fut
+        return fut
+
+    async def commit(self, records: Sequence[bytes]) -> None:
+        fut = self._enqueue(records)
+        if fut is not None:
+            await fut
+
+    def _take_pending(self, writer: JournalWriter) -> tuple[bytes, int]:
+        """Frame what is pending with the next sequence numbers; (bytes, last seq)."""
+        data = writer.encode(self._pending)
+        self._pending.clear()
+        return data, writer.next_seq - 1
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_handle = None
@@ -546,13 +557,12 @@ class EmbeddedStore:
         if not self._pending:
             _settle(waiters, None)
             return
-        data = b"".join(self._pending)
-        last = self._pending_last
-        self._pending.clear()
         writer = self._writer
         if writer is None or self._failed is not None:
+            self._pending.clear()
             _settle(waiters, self._failed or StoreError("the store is closed"))
             return
+        data, last = self._take_pending(writer)
         if self.durability is Durability.FSYNC_ALWAYS:
             if self._io is None:
                 self._io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-journal")
@@ -592,14 +602,13 @@ class EmbeddedStore:
             raise StoreError("a synchronous commit raced an asynchronous one")
         if not self._pending:
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
+        data, last = self._take_pending(writer)
         waiters, self._waiters = self._waiters, []
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         try:
-            writer.write(data, self._pending_last)
+            writer.write(data, last)
             if self.durability is Durability.FSYNC_ALWAYS:
                 writer.sync()
         except OSError as exc:
@@ -610,10 +619,9 @@ class EmbeddedStore:
         _settle(waiters, None)
 
     def commit_sync(self, records: Sequence[bytes]) -> None:
-        writer = self._require_writer()
+        self._require_writer()
         if records:
-            self._pending.append(writer.encode(records))
-            self._pending_last = writer.next_seq - 1
+            self._pending.extend(records)
             self.records_since_snapshot += len(records)
             self.records_committed += len(records)
         self._flush_now()
@@ -627,7 +635,9 @@ class EmbeddedStore:
         return n > 0 and time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
 
     async def persist(self, service: Recoverable) -> None:
-        await self.commit(service.drain_journal())
+        fut = self._enqueue(service.drain_journal())
+        if fut is not None:
+            await fut
         if self._snapshot_task is None and not self._snapshotting and self.snapshot_due():
             self._snapshot_task = asyncio.get_running_loop().create_task(
                 self._background_snapshot(service), name="tiergate-snapshot"
@@ -655,8 +665,7 @@ class EmbeddedStore:
         writer = self._require_writer()
         records = service.drain_journal()
         if records:
-            self._pending.append(writer.encode(records))
-            self._pending_last = writer.next_seq - 1
+            self._pending.extend(records)
             self.records_committed += len(records)
         self._flush_now()
         writer.rotate()
