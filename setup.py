@@ -18,7 +18,12 @@ if os.environ.get("TIERGATE_NO_EXTENSIONS", "") in ("", "0"):
                 "tiergate._native.engine",
                 ["ext/tiergate/_native/engine.pyx"],
                 extra_compile_args=["-O2"],
-            )
+            ),
+            Extension(
+                "tiergate._native.columns",
+                ["ext/tiergate/_native/columns.pyx"],
+                extra_compile_args=["-O2"],
+            ),
         ],
         include_path=["ext"],
         language_level=3,

@@ -16,7 +16,6 @@ import pytest
 
 from tiergate.engine import Engine, PyEngine
 from tiergate.engine import columns as py_kernels
-from tiergate.engine.columns import META_ERROR
 from tiergate.policy import events as ev
 from tiergate.policy import service as service_mod
 from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
@@ -285,10 +284,10 @@ def test_time_driven_changes_in_a_batch_match() -> None:
     assert a.snapshot() == b.snapshot()
 
 
-def test_meta_error_table_matches_the_service() -> None:
-    assert tuple(META_ERROR[: len(service_mod.META_ERROR)]) == service_mod.META_ERROR
+def test_journal_record_layout_matches_the_service() -> None:
     assert py_kernels.ADMIT_RECORD.format == service_mod._ADMIT_REC.format
     assert py_kernels.TAG_ADMIT == service_mod._TAG_ADMIT
+    assert py_kernels.JOURNAL_VERSION == service_mod.JOURNAL_VERSION
 
 
 def test_empty_result_columns() -> None:

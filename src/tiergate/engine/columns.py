@@ -87,21 +87,11 @@ NO_CATEGORY = 4  # a TEMPLATE message without a category
 BAD_TEMPLATE_INDEX = 5
 NO_TEMPLATE = 6  # a TEMPLATE message without a template
 
-#: The Meta error each reason avoids (as ``policy.service.META_ERROR``).
-META_ERROR: tuple[int, ...] = (
-    *(0, 0, 368, 368, 132015, 132016, 131047, 131050, 131048, 131049, 131048, 130429),
-    *(131056, 0, 0, 0),
-)
-META_TEMPLATE_MISSING = 132001
-META_TEMPLATE_DISABLED = 132016
-META_TEMPLATE_PAUSED = 132015
-META_BLOCKED = 368
-META_BACKOFF = 131049
-
 #: The admit journal record (``policy.service._ADMIT_REC``): tag, version, now,
 #: number, recipient key, flags, ticket id, limit, idempotency key length.
 ADMIT_RECORD = struct.Struct("<BBqiQIQqH")
 TAG_ADMIT = 0x41
+JOURNAL_VERSION = 1
 
 
 def check_items(
@@ -140,17 +130,19 @@ def check_items(
 
 
 def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
-    """Append the key of each recipient to ``out`` (typecode 'Q').
+    """Write the key of each recipient to ``out`` (typecode 'Q', one entry per recipient).
 
-    Returns the index of the first recipient that is not 1 to 15 ASCII digits
-    with an optional leading '+' (``out`` then holds the keys before it), or -1.
+    Returns the index of the first recipient that is not a string of 1 to 15
+    ASCII digits with an optional leading '+' (``out`` then holds the keys
+    before it), or -1.
     """
-    append = out.append
     for i, rcpt in enumerate(recipients):
+        if type(rcpt) is not str:
+            return i
         digits = rcpt[1:] if rcpt[:1] == "+" else rcpt
         nd = len(digits)
         if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
-            append(int(digits) | (nd << KEY_LENGTH_SHIFT))
+            out[i] = int(digits) | (nd << KEY_LENGTH_SHIFT)
         else:
             return i
     return -1
@@ -177,6 +169,8 @@ def prepare(
     last_now: array[int],
     t_state: bytes | bytearray,
     t_paused: Sequence[int],
+    meta_error: Sequence[int],
+    meta_missing: int,
     eco: dict[tuple[int, int], int],
     batch: DecisionBatch,
     rows: array[int],
@@ -187,25 +181,26 @@ def prepare(
     limits: array[int],
     meta: array[int],
     counts: array[int],
-) -> tuple[int, int]:
-    """Answer what steps 1–3 decide; gather the rest as engine rows. Returns (high, unknown).
+) -> tuple[int, int, int]:
+    """Answer what steps 1–3 decide; gather the rest as engine rows.
 
+    Returns ``(high, unknown, rows)``: the latest item time (not clamped), the
+    number of items from unknown senders, and the number of engine rows.
     ``categories`` must already read SERVICE (4) for a free-form item without
-    one. ``at`` is empty or one time per item. ``last_now`` (per limit scope
+    one; ``at`` is empty or one time per item. ``last_now`` (per limit scope
     slot) moves forward as ``AdmissionService.admit_many`` moves each scope's
-    clock. ``high`` is the latest item time (not clamped), ``unknown`` the
-    number of items from unknown senders. Engine rows are appended to
-    ``batch``'s input columns; ``rows[j]`` is the item of row j, ``row_eco[j]``
-    the end of a 131049 back-off applied to it (0: none).
+    clock. The batch's input columns, ``rows`` and ``row_eco`` have one entry
+    per item; row j is written at j: ``rows[j]`` is its item, ``row_eco[j]``
+    the end of a 131049 back-off applied to it (0: none). ``meta_error`` is
+    the Meta error by reason, ``meta_missing`` the one for an unknown template.
     """
     has_at = request_clock and len(at) > 0
     high = now_ms
     unknown = 0
-    add_now, add_scope, add_number = batch.now.append, batch.scope.append, batch.number.append
-    add_recipient, add_flags = batch.recipient.append, batch.flags.append
-    add_limit, add_ticket = batch.limit.append, batch.ticket.append
-    add_row, add_eco = rows.append, row_eco.append
-    row = len(rows)
+    b_now, b_scope, b_number = batch.now, batch.scope, batch.number
+    b_recipient, b_flags = batch.recipient, batch.flags
+    b_limit, b_ticket = batch.limit, batch.ticket
+    row = 0
     for i in range(n):
         s = sender_index[i]
         now = now_ms
@@ -232,7 +227,7 @@ def prepare(
             decisions[i] = REJECT
             reasons[i] = SENDER_BLOCKED
             limits[i] = limit
-            meta[i] = META_BLOCKED
+            meta[i] = meta_error[SENDER_BLOCKED]
             counts[s * REASONS + SENDER_BLOCKED] += 1
             continue
         flags = s_flags[5 * s + cat]
@@ -245,13 +240,13 @@ def prepare(
                 if ts != 0:
                     decisions[i] = REJECT
                     reasons[i] = TEMPLATE_DISABLED
-                    meta[i] = META_TEMPLATE_MISSING if ts == 1 else META_TEMPLATE_DISABLED
+                    meta[i] = meta_missing if ts == 1 else meta_error[TEMPLATE_DISABLED]
                     counts[s * REASONS + TEMPLATE_DISABLED] += 1
                 else:
                     decisions[i] = RETRY_LATER
                     reasons[i] = TEMPLATE_PAUSED
                     retry_at[i] = t_paused[t]
-                    meta[i] = META_TEMPLATE_PAUSED
+                    meta[i] = meta_error[TEMPLATE_PAUSED]
                     counts[s * REASONS + TEMPLATE_PAUSED] += 1
                 continue
         rkey = rkeys[i]
@@ -267,17 +262,17 @@ def prepare(
         else:
             # Ticket ids of rows that are not admitted are never handed out.
             tid = ticket_base + row + 1
-        add_now(now)
-        add_scope(s_scope[s])
-        add_number(s_number[s])
-        add_recipient(rkey)
-        add_flags(flags)
-        add_limit(limit)
-        add_ticket(tid)
-        add_row(i)
-        add_eco(eco_end)
+        b_now[row] = now
+        b_scope[row] = s_scope[s]
+        b_number[row] = s_number[s]
+        b_recipient[row] = rkey
+        b_flags[row] = flags
+        b_limit[row] = limit
+        b_ticket[row] = tid
+        rows[row] = i
+        row_eco[row] = eco_end
         row += 1
-    return high, unknown
+    return high, unknown, row
 
 
 def finish(
@@ -287,6 +282,7 @@ def finish(
     sender_index: Sequence[int],
     s_restricted: Sequence[int],
     s_qblock: bytes | bytearray,
+    meta_error: Sequence[int],
     decisions: bytearray,
     reasons: bytearray,
     counted: bytearray,
@@ -298,13 +294,15 @@ def finish(
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
-) -> int:
-    """Write the engine's answers for ``batch`` to the per-item columns.
+) -> tuple[int, int]:
+    """Write the engine's answers for ``batch`` (one row per entry of ``rows``) to the
+    per-item columns.
 
     An admitted row (not a dry run) gets its ticket (the string RecordFeedback
     takes), a journal record appended to ``journal`` (unless None) and, when it
-    used a new slot, its row in ``counted_rows``. Returns the last ticket id
-    handed out (0: none).
+    used a new slot, its row written to ``counted_rows`` (one entry per row).
+    Returns ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
+    and how many rows ``counted_rows`` holds.
     """
     b_dec, b_rsn, b_retry = batch.decision, batch.reason, batch.retry_at
     b_cnt, b_used, b_prev = batch.counted, batch.used, batch.prev_counted
@@ -312,6 +310,7 @@ def finish(
     b_flags, b_limit, b_ticket = batch.flags, batch.limit, batch.ticket
     pack = ADMIT_RECORD.pack
     last_tid = 0
+    n_counted = 0
     for j in range(len(rows)):
         i = rows[j]
         s = sender_index[i]
@@ -333,9 +332,14 @@ def finish(
                 rkey = b_rkey[j]
                 tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}"
                 if journal is not None:
-                    journal.append(pack(TAG_ADMIT, 1, b_now[j], number, rkey, flags, tid, limit, 0))
+                    journal.append(
+                        pack(
+                            TAG_ADMIT, JOURNAL_VERSION, b_now[j], number, rkey, flags, tid, limit, 0
+                        )
+                    )
                 if c:
-                    counted_rows.append(j)
+                    counted_rows[n_counted] = j
+                    n_counted += 1
             r = OK
         elif row_eco[j] and r == QUALITY_PROTECTION and not s_qblock[s]:
             # Meta answered 131049 for this recipient: hold marketing until back-off ends.
@@ -343,19 +347,19 @@ def finish(
             decisions[i] = RETRY_LATER
             reasons[i] = r
             retry_at[i] = row_eco[j]
-            meta[i] = META_BACKOFF
+            meta[i] = meta_error[MARKETING_FREQUENCY]
         elif r == SENDER_RESTRICTED and s_restricted[s] > 0:
             decisions[i] = RETRY_LATER
             reasons[i] = r
             retry_at[i] = s_restricted[s]
-            meta[i] = META_BLOCKED
+            meta[i] = meta_error[SENDER_RESTRICTED]
         else:
             decisions[i] = d
             reasons[i] = r
             retry_at[i] = b_retry[j]
-            meta[i] = META_ERROR[r]
+            meta[i] = meta_error[r]
         counts[s * REASONS + r] += 1
-    return last_tid
+    return last_tid, n_counted
 
 
 def tally(decisions: bytes | bytearray, reasons: bytes | bytearray, counts: list[int]) -> None:

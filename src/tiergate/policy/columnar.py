@@ -41,6 +41,8 @@ from .service import (
     MAX_ID_LEN,
     MAX_KEY_LEN,
     MAX_TEMPLATE_LEN,
+    META_ERROR,
+    META_TEMPLATE_MISSING,
     AdmissionService,
     AdmitRequest,
     AdmitResult,
@@ -48,6 +50,9 @@ from .service import (
 )
 from .state import REASONS as SENDER_REASONS
 from .state import LimitScope
+
+#: The Meta error each decision reason avoids, one entry per reason slot.
+_META_ERROR = array("i", [*META_ERROR, *[0] * (REASONS - len(META_ERROR))])
 
 __all__ = ["AdmitColumns", "ColumnsLike", "ColumnsResult", "admit_columns"]
 
@@ -239,18 +244,17 @@ def _validate(req: ColumnsLike) -> _Request:
     bad, problem = kernels.check_items(n, sidx, len(senders), kinds, cats, tidx, len(templates))
     if bad >= 0:
         raise _item_error(bad, problem, sidx, kinds, cats, tidx, len(senders), len(templates))
-    rkeys: array[int] = array("Q")
-    if any(type(r) is not str for r in recipients):
-        bad = next(i for i, r in enumerate(recipients) if type(r) is not str)
-        raise InvalidArgument(f"recipients[{bad}]", f"recipients[{bad}]: must be a string")
+    rkeys = array("Q", bytes(8 * n))
     bad = kernels.encode_recipients(recipients, rkeys)
     if bad >= 0:
         field = f"recipients[{bad}]"
+        if type(recipients[bad]) is not str:
+            raise InvalidArgument(field, f"{field}: must be a string")
         try:
             recipient_key(recipients[bad])
         except ValueError as exc:
             raise InvalidArgument(field, f"{field}: {exc}") from None
-        raise InvalidArgument(field, f"{field}: not an E.164 number")  # pragma: no cover
+        raise InvalidArgument(field, f"{field}: not an E.164 number")
     if keys:
         _check_strings("idempotency_keys", keys, MAX_KEY_LEN, False)
     if at and min(at) < 0:
@@ -360,6 +364,7 @@ def _from_results(results: Sequence[AdmitResult]) -> ColumnsResult:
 
 def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
     n = r.n
+    z4, z8 = bytes(4 * n), bytes(8 * n)
     k = len(r.senders)
     # Per distinct sender, once: status, scope, limits and flags by category.
     s_state = bytearray(k)
@@ -411,9 +416,13 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
     out = ColumnsResult.empty(n)
     counts = array("q", bytes(8 * REASONS * k))
     batch = DecisionBatch()
-    rows: array[int] = array("i")
-    row_eco: array[int] = array("q")
-    high, unknown = kernels.prepare(
+    # Input columns sized for every item; cut to the rows the engine decides.
+    batch.now, batch.scope, batch.number = array("q", z8), array("i", z4), array("i", z4)
+    batch.recipient, batch.flags = array("Q", z8), array("I", z4)
+    batch.limit, batch.ticket = array("q", z8), array("Q", z8)
+    rows = array("i", z4)
+    row_eco = array("q", z8)
+    high, unknown, nrows = kernels.prepare(
         n,
         r.sender_index,
         r.kinds,
@@ -434,6 +443,8 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
         last_now,
         t_state,
         t_paused,
+        _META_ERROR,
+        META_TEMPLATE_MISSING,
         svc._eco,
         batch,
         rows,
@@ -448,17 +459,23 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
     for slot, scope in enumerate(scopes):
         scope.last_now = last_now[slot]
     svc._unknown_sender_count += unknown
-    if rows:
+    if nrows:
+        if nrows < n:
+            for col in (batch.now, batch.scope, batch.number, batch.recipient, batch.flags):
+                del col[nrows:]
+            for col in (batch.limit, batch.ticket, rows, row_eco):
+                del col[nrows:]
         svc.engine.decide_batch(batch)
         journal = svc._journal if svc._journal_on and not svc._replaying else None
-        counted_rows: array[int] = array("i")
-        last_tid = kernels.finish(
+        counted_rows = array("i", bytes(4 * nrows))
+        last_tid, n_counted = kernels.finish(
             batch,
             rows,
             row_eco,
             r.sender_index,
             s_restricted,
             s_qblock,
+            _META_ERROR,
             out.decisions,
             out.reasons,
             out.counted,
@@ -473,7 +490,8 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
         )
         if last_tid:
             svc._ticket = last_tid
-        if counted_rows:
+        if n_counted:
+            del counted_rows[n_counted:]
             _check_crossings(svc, scopes, batch, counted_rows)
     for s, sender in enumerate(objs):
         if sender is None:

@@ -1,0 +1,385 @@
+# cython: autotestdict=False
+# Per-item loops of the columnar admit path (AdmitColumns), compiled.
+#
+# The Cython twin of src/tiergate/engine/columns.py: same functions, same
+# arguments, identical results (tests/engine/test_columns.py drives both).
+# The policy layer does every per-sender and per-template step once per batch
+# and passes small tables indexed by the request's sender and template
+# indexes; these loops then touch no Python object per item except the
+# recipient strings read, the tickets and journal records made for admits,
+# and a dict lookup for marketing while a 131049 back-off is held.
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport (
+    PyUnicode_1BYTE_DATA,
+    PyUnicode_1BYTE_KIND,
+    PyUnicode_DecodeASCII,
+    PyUnicode_GET_LENGTH,
+    PyUnicode_KIND,
+)
+from libc.stdint cimport int64_t, uint64_t
+
+cdef enum:
+    ADMIT = 1
+    RETRY_LATER = 2
+    REJECT = 3
+    OK = 1
+    SENDER_BLOCKED = 2
+    SENDER_RESTRICTED = 3
+    TEMPLATE_PAUSED = 4
+    TEMPLATE_DISABLED = 5
+    MARKETING_FREQUENCY = 9
+    QUALITY_PROTECTION = 10
+    UNKNOWN_SENDER = 13
+    F_TEMPLATE = 1
+    F_QUALITY_BLOCK = 8
+    F_DRY_RUN = 32
+    KEY_LENGTH_SHIFT = 50
+    MAX_RECIPIENT_DIGITS = 15
+    TAG_ADMIT = 0x41
+    JOURNAL_VERSION = 1
+    RECORD_SIZE = 44
+    C_REASONS = 16
+
+REASONS = C_REASONS
+BAD_SENDER_INDEX = 1
+BAD_KIND = 2
+BAD_CATEGORY = 3
+NO_CATEGORY = 4
+BAD_TEMPLATE_INDEX = 5
+NO_TEMPLATE = 6
+
+cdef int64_t NEVER = -(1 << 62)
+cdef const char *HEX = b"0123456789abcdef"
+
+
+def check_items(Py_ssize_t n, const unsigned int[::1] sender_index, Py_ssize_t n_senders,
+                const unsigned char[::1] kinds, const unsigned char[::1] categories,
+                const unsigned int[::1] template_index, Py_ssize_t n_templates):
+    """``(item, problem)`` of the first malformed item, or ``(-1, 0)``."""
+    cdef Py_ssize_t i
+    cdef unsigned char kind, cat
+    cdef unsigned int t
+    for i in range(n):
+        if sender_index[i] >= <unsigned int>n_senders:
+            return i, BAD_SENDER_INDEX
+        kind = kinds[i]
+        if kind != 1 and kind != 2:
+            return i, BAD_KIND
+        cat = categories[i]
+        if cat > 4:
+            return i, BAD_CATEGORY
+        t = template_index[i]
+        if t > <unsigned int>n_templates:
+            return i, BAD_TEMPLATE_INDEX
+        if kind == 1:
+            if cat == 0:
+                return i, NO_CATEGORY
+            if t == 0:
+                return i, NO_TEMPLATE
+    return -1, 0
+
+
+def encode_recipients(list recipients, unsigned long long[::1] out):
+    """Write each recipient's key to ``out``; the index of the first bad one, or -1."""
+    cdef Py_ssize_t i, k, start, nd, length
+    cdef object rcpt
+    cdef const unsigned char *data
+    cdef uint64_t value
+    cdef unsigned char ch
+    for i in range(len(recipients)):
+        rcpt = recipients[i]
+        if type(rcpt) is not str or PyUnicode_KIND(rcpt) != PyUnicode_1BYTE_KIND:
+            return i
+        length = PyUnicode_GET_LENGTH(rcpt)
+        data = PyUnicode_1BYTE_DATA(rcpt)
+        start = 1 if length > 0 and data[0] == 43 else 0  # '+'
+        nd = length - start
+        if nd <= 0 or nd > MAX_RECIPIENT_DIGITS:
+            return i
+        value = 0
+        for k in range(start, length):
+            ch = data[k]
+            if ch < 48 or ch > 57:
+                return i
+            value = value * 10 + (ch - 48)
+        out[i] = value | (<uint64_t>nd << KEY_LENGTH_SHIFT)
+    return -1
+
+
+def prepare(Py_ssize_t n,
+            const unsigned int[::1] sender_index,
+            const unsigned char[::1] kinds,
+            const unsigned char[::1] categories,
+            const unsigned int[::1] template_index,
+            const long long[::1] at,
+            const unsigned long long[::1] rkeys,
+            int64_t now_ms,
+            bint request_clock,
+            bint dry,
+            uint64_t ticket_base,
+            const unsigned char[::1] s_state,
+            const int[::1] s_slot,
+            const int[::1] s_scope,
+            const int[::1] s_number,
+            const long long[::1] s_limits,
+            const unsigned int[::1] s_flags,
+            long long[::1] last_now,
+            const unsigned char[::1] t_state,
+            const long long[::1] t_paused,
+            const int[::1] meta_error,
+            int meta_missing,
+            dict eco,
+            batch,
+            int[::1] rows,
+            long long[::1] row_eco,
+            unsigned char[::1] decisions,
+            unsigned char[::1] reasons,
+            long long[::1] retry_at,
+            long long[::1] limits,
+            int[::1] meta,
+            long long[::1] counts):
+    """Answer what steps 1–3 decide; gather the rest as engine rows.
+
+    Returns ``(high, unknown, rows)`` as ``tiergate.engine.columns.prepare``.
+    """
+    cdef long long[::1] b_now = batch.now
+    cdef int[::1] b_scope = batch.scope
+    cdef int[::1] b_number = batch.number
+    cdef unsigned long long[::1] b_recipient = batch.recipient
+    cdef unsigned int[::1] b_flags = batch.flags
+    cdef long long[::1] b_limit = batch.limit
+    cdef unsigned long long[::1] b_ticket = batch.ticket
+    cdef bint has_at = request_clock and at.shape[0] > 0
+    cdef bint has_eco = eco is not None and len(eco) > 0
+    cdef int64_t high = now_ms, now, limit, eco_end, end, t_at
+    cdef Py_ssize_t unknown = 0, row = 0, i, s, slot
+    cdef unsigned char st, cat, ts
+    cdef unsigned int flags, t
+    cdef uint64_t rkey
+    if n > rows.shape[0] or n > b_now.shape[0] or n > decisions.shape[0]:
+        raise ValueError("prepare: columns shorter than the batch")
+    for i in range(n):
+        s = sender_index[i]
+        now = now_ms
+        if has_at:
+            t_at = at[i]
+            if t_at > 0:
+                now = t_at
+        if now > high:
+            high = now
+        st = s_state[s]
+        if st == 0:
+            unknown += 1
+            decisions[i] = REJECT
+            reasons[i] = UNKNOWN_SENDER
+            continue
+        slot = s_slot[s]
+        if now < last_now[slot]:
+            now = last_now[slot]
+        else:
+            last_now[slot] = now
+        cat = categories[i]
+        limit = s_limits[5 * s + cat]
+        if st == 2:
+            decisions[i] = REJECT
+            reasons[i] = SENDER_BLOCKED
+            limits[i] = limit
+            meta[i] = meta_error[SENDER_BLOCKED]
+            counts[s * C_REASONS + SENDER_BLOCKED] += 1
+            continue
+        flags = s_flags[5 * s + cat]
+        if kinds[i] == 1:
+            flags |= F_TEMPLATE
+            t = template_index[i]
+            ts = t_state[t]
+            if ts != 0 or now < t_paused[t]:
+                limits[i] = limit
+                if ts != 0:
+                    decisions[i] = REJECT
+                    reasons[i] = TEMPLATE_DISABLED
+                    meta[i] = meta_missing if ts == 1 else meta_error[TEMPLATE_DISABLED]
+                    counts[s * C_REASONS + TEMPLATE_DISABLED] += 1
+                else:
+                    decisions[i] = RETRY_LATER
+                    reasons[i] = TEMPLATE_PAUSED
+                    retry_at[i] = t_paused[t]
+                    meta[i] = meta_error[TEMPLATE_PAUSED]
+                    counts[s * C_REASONS + TEMPLATE_PAUSED] += 1
+                continue
+        rkey = rkeys[i]
+        eco_end = 0
+        if has_eco and cat == 1:
+            end = eco.get((s_scope[s], rkey), 0)
+            if end > now:
+                eco_end = end
+                flags |= F_QUALITY_BLOCK
+        b_now[row] = now
+        b_scope[row] = s_scope[s]
+        b_number[row] = s_number[s]
+        b_recipient[row] = rkey
+        if dry:
+            b_flags[row] = flags | F_DRY_RUN
+            b_ticket[row] = 0
+        else:
+            # Ticket ids of rows that are not admitted are never handed out.
+            b_flags[row] = flags
+            b_ticket[row] = ticket_base + <uint64_t>row + 1
+        b_limit[row] = limit
+        rows[row] = <int>i
+        row_eco[row] = eco_end
+        row += 1
+    return high, unknown, row
+
+
+cdef inline Py_ssize_t put_hex(char *buf, Py_ssize_t pos, uint64_t v) noexcept nogil:
+    cdef char tmp[16]
+    cdef Py_ssize_t k = 0
+    if v == 0:
+        buf[pos] = 48
+        return pos + 1
+    while v:
+        tmp[k] = HEX[v & 15]
+        v >>= 4
+        k += 1
+    while k:
+        k -= 1
+        buf[pos] = tmp[k]
+        pos += 1
+    return pos
+
+
+cdef inline void put_le(char *buf, Py_ssize_t pos, uint64_t v, int width) noexcept nogil:
+    cdef int k
+    for k in range(width):
+        buf[pos + k] = <char>(v & 0xFF)
+        v >>= 8
+
+
+def finish(batch,
+           const int[::1] rows,
+           const long long[::1] row_eco,
+           const unsigned int[::1] sender_index,
+           const long long[::1] s_restricted,
+           const unsigned char[::1] s_qblock,
+           const int[::1] meta_error,
+           unsigned char[::1] decisions,
+           unsigned char[::1] reasons,
+           unsigned char[::1] counted,
+           long long[::1] retry_at,
+           long long[::1] limits,
+           long long[::1] used,
+           int[::1] meta,
+           list tickets,
+           list journal,
+           long long[::1] counts,
+           int[::1] counted_rows):
+    """Write the engine's answers for ``batch`` to the per-item columns.
+
+    Returns ``(last_tid, n_counted)`` as ``tiergate.engine.columns.finish``.
+    """
+    cdef const signed char[::1] b_dec = batch.decision
+    cdef const signed char[::1] b_rsn = batch.reason
+    cdef const long long[::1] b_retry = batch.retry_at
+    cdef const signed char[::1] b_cnt = batch.counted
+    cdef const long long[::1] b_used = batch.used
+    cdef const long long[::1] b_prev = batch.prev_counted
+    cdef const long long[::1] b_now = batch.now
+    cdef const int[::1] b_number = batch.number
+    cdef const unsigned long long[::1] b_rkey = batch.recipient
+    cdef const unsigned int[::1] b_flags = batch.flags
+    cdef const long long[::1] b_limit = batch.limit
+    cdef const unsigned long long[::1] b_ticket = batch.ticket
+    cdef Py_ssize_t nrows = rows.shape[0], j, i, s, pos, n_counted = 0
+    cdef int d, r, c
+    cdef uint64_t tid, last_tid = 0, rkey
+    cdef int64_t limit
+    cdef unsigned int flags
+    cdef int number
+    cdef char buf[80]
+    cdef char rec[RECORD_SIZE]
+    cdef bint journal_on = journal is not None
+    if (b_dec.shape[0] < nrows or b_now.shape[0] < nrows or row_eco.shape[0] < nrows
+            or counted_rows.shape[0] < nrows):
+        raise ValueError("finish: columns shorter than the batch")
+    for j in range(nrows):
+        i = rows[j]
+        s = sender_index[i]
+        d = b_dec[j]
+        r = b_rsn[j]
+        limit = b_limit[j]
+        limits[i] = limit
+        used[i] = b_used[j]
+        if d == ADMIT:
+            decisions[i] = ADMIT
+            reasons[i] = OK
+            c = b_cnt[j]
+            counted[i] = 1 if c == 1 else 0
+            flags = b_flags[j]
+            if not flags & F_DRY_RUN:
+                tid = b_ticket[j]
+                last_tid = tid
+                number = b_number[j]
+                rkey = b_rkey[j]
+                pos = put_hex(buf, 0, tid)
+                buf[pos] = 46  # '.'
+                pos = put_hex(buf, pos + 1, <uint64_t>number)
+                buf[pos] = 46
+                pos = put_hex(buf, pos + 1, rkey)
+                buf[pos] = 46
+                pos = put_hex(buf, pos + 1, <uint64_t>b_prev[j] - <uint64_t>NEVER)
+                tickets[i] = PyUnicode_DecodeASCII(buf, pos, NULL)
+                if journal_on:
+                    rec[0] = TAG_ADMIT
+                    rec[1] = JOURNAL_VERSION
+                    put_le(rec, 2, <uint64_t>b_now[j], 8)
+                    put_le(rec, 10, <uint64_t><int64_t>number, 4)
+                    put_le(rec, 14, rkey, 8)
+                    put_le(rec, 22, flags, 4)
+                    put_le(rec, 26, tid, 8)
+                    put_le(rec, 34, <uint64_t>limit, 8)
+                    put_le(rec, 42, 0, 2)
+                    journal.append(PyBytes_FromStringAndSize(rec, RECORD_SIZE))
+                if c:
+                    counted_rows[n_counted] = <int>j
+                    n_counted += 1
+            r = OK
+        elif row_eco[j] and r == QUALITY_PROTECTION and not s_qblock[s]:
+            # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+            r = MARKETING_FREQUENCY
+            decisions[i] = RETRY_LATER
+            reasons[i] = r
+            retry_at[i] = row_eco[j]
+            meta[i] = meta_error[MARKETING_FREQUENCY]
+        elif r == SENDER_RESTRICTED and s_restricted[s] > 0:
+            decisions[i] = RETRY_LATER
+            reasons[i] = r
+            retry_at[i] = s_restricted[s]
+            meta[i] = meta_error[SENDER_RESTRICTED]
+        else:
+            decisions[i] = <unsigned char>d
+            reasons[i] = <unsigned char>r
+            retry_at[i] = b_retry[j]
+            meta[i] = meta_error[r]
+        counts[s * C_REASONS + r] += 1
+    return last_tid, n_counted
+
+
+def tally(const unsigned char[::1] decisions, const unsigned char[::1] reasons, list counts):
+    """``counts[decision * REASONS + reason] += 1`` for every item."""
+    cdef Py_ssize_t n = decisions.shape[0], i, k
+    cdef long long acc[256]
+    cdef int idx
+    if reasons.shape[0] != n:
+        raise ValueError("tally: decisions and reasons differ in length")
+    for k in range(256):
+        acc[k] = 0
+    for i in range(n):
+        idx = decisions[i] * C_REASONS + reasons[i]
+        if idx < 256:
+            acc[idx] += 1
+        else:
+            raise IndexError(f"tally: decision {decisions[i]} reason {reasons[i]}")
+    for k in range(256):
+        if acc[k]:
+            counts[k] += acc[k]

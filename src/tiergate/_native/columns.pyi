@@ -1,0 +1,85 @@
+"""Typed stub of the compiled columnar kernels (``ext/tiergate/_native/columns.pyx``).
+
+Same functions, arguments and results as :mod:`tiergate.engine.columns`.
+"""
+
+from array import array
+from collections.abc import Sequence
+
+from tiergate.engine.batch import DecisionBatch
+
+REASONS: int
+BAD_SENDER_INDEX: int
+BAD_KIND: int
+BAD_CATEGORY: int
+NO_CATEGORY: int
+BAD_TEMPLATE_INDEX: int
+NO_TEMPLATE: int
+
+def check_items(
+    n: int,
+    sender_index: array[int],
+    n_senders: int,
+    kinds: bytes,
+    categories: bytes,
+    template_index: array[int],
+    n_templates: int,
+) -> tuple[int, int]: ...
+def encode_recipients(recipients: list[str], out: array[int]) -> int: ...
+def prepare(
+    n: int,
+    sender_index: array[int],
+    kinds: bytes,
+    categories: bytes,
+    template_index: array[int],
+    at: array[int],
+    rkeys: array[int],
+    now_ms: int,
+    request_clock: bool,
+    dry: bool,
+    ticket_base: int,
+    s_state: bytes | bytearray,
+    s_slot: array[int],
+    s_scope: array[int],
+    s_number: array[int],
+    s_limits: array[int],
+    s_flags: array[int],
+    last_now: array[int],
+    t_state: bytes | bytearray,
+    t_paused: array[int],
+    meta_error: array[int],
+    meta_missing: int,
+    eco: dict[tuple[int, int], int],
+    batch: DecisionBatch,
+    rows: array[int],
+    row_eco: array[int],
+    decisions: bytearray,
+    reasons: bytearray,
+    retry_at: array[int],
+    limits: array[int],
+    meta: array[int],
+    counts: array[int],
+) -> tuple[int, int, int]: ...
+def finish(
+    batch: DecisionBatch,
+    rows: array[int],
+    row_eco: array[int],
+    sender_index: array[int],
+    s_restricted: array[int],
+    s_qblock: bytes | bytearray,
+    meta_error: array[int],
+    decisions: bytearray,
+    reasons: bytearray,
+    counted: bytearray,
+    retry_at: array[int],
+    limits: array[int],
+    used: array[int],
+    meta: array[int],
+    tickets: list[str],
+    journal: list[bytes] | None,
+    counts: array[int],
+    counted_rows: array[int],
+) -> tuple[int, int]: ...
+def tally(
+    decisions: bytes | bytearray, reasons: bytes | bytearray, counts: Sequence[int]
+) -> None: ...

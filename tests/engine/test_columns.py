@@ -1,0 +1,265 @@
+"""The compiled columnar kernels give exactly what their pure-Python twin gives."""
+
+from __future__ import annotations
+
+import random
+from array import array
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tiergate.engine import NEVER, DecisionBatch
+from tiergate.engine import columns as py
+from tiergate.engine.constants import recipient_key
+
+compiled: ModuleType = pytest.importorskip("tiergate._native.columns")
+META = array(
+    "i",
+    [
+        0,
+        0,
+        368,
+        368,
+        132015,
+        132016,
+        131047,
+        131050,
+        131048,
+        131049,
+        131048,
+        130429,
+        131056,
+        0,
+        0,
+        0,
+    ],
+)
+
+
+def _recipient(rng: random.Random) -> Any:
+    roll = rng.random()
+    if roll < 0.8:
+        digits = str(rng.randrange(10 ** rng.randrange(1, 16))).zfill(rng.randrange(1, 16))
+        return ("+" if rng.random() < 0.2 else "") + digits[-15:]
+    return rng.choice(["", "+", "12a4", "1" * 16, "+" + "9" * 15, "٣٣", "éé", "12 3", "+1+2", 5])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_encode_recipients_agree(seed: int) -> None:
+    rng = random.Random(seed)
+    recipients = [_recipient(rng) for _ in range(rng.randrange(0, 60))]
+    outs = []
+    for mod in (py, compiled):
+        out = array("Q", bytes(8 * len(recipients)))
+        outs.append((mod.encode_recipients(recipients, out), out.tolist()))
+    assert outs[0] == outs[1]
+    bad, keys = outs[0]
+    for i, r in enumerate(recipients[: bad if bad >= 0 else None]):
+        assert keys[i] == recipient_key(r)
+    if bad >= 0:
+        r = recipients[bad]
+        with pytest.raises((ValueError, TypeError, AttributeError)):
+            recipient_key(r)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_check_items_agree(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randrange(0, 40)
+    ns, nt = rng.randrange(1, 4), rng.randrange(0, 3)
+    sidx = array("I", [rng.randrange(ns + (1 if rng.random() < 0.03 else 0)) for _ in range(n)])
+    kinds = bytes(
+        rng.choice([1, 2, 2, 1, 1, 1, 1, 0, 3][: 7 + (rng.random() < 0.05) * 2]) for _ in range(n)
+    )
+    cats = bytes(
+        rng.choice([0, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 9][: 11 + (rng.random() < 0.05)])
+        for _ in range(n)
+    )
+    tidx = array("I", [rng.randrange(nt + 1 + (1 if rng.random() < 0.03 else 0)) for _ in range(n)])
+    a = py.check_items(n, sidx, ns, kinds, cats, tidx, nt)
+    b = compiled.check_items(n, sidx, ns, kinds, cats, tidx, nt)
+    assert a == b
+
+
+def _tables(rng: random.Random, k: int, m: int) -> dict[str, Any]:
+    return {
+        "s_state": bytearray(rng.choice([0, 1, 1, 1, 2]) for _ in range(k)),
+        "s_slot": array("i", [rng.randrange(2) for _ in range(k)]),
+        "s_scope": array("i", [rng.randrange(3) for _ in range(k)]),
+        "s_number": array("i", [rng.randrange(5) for _ in range(k)]),
+        "s_limits": array("q", [rng.choice([50, 250, (1 << 62) - 1]) for _ in range(5 * k)]),
+        "s_flags": array("I", [rng.randrange(64) & ~1 for _ in range(5 * k)]),
+        "t_state": bytearray([0] + [rng.choice([0, 0, 1, 2]) for _ in range(m)]),
+        "t_paused": array("q", [0] + [rng.choice([0, 0, 1_000_500]) for _ in range(m)]),
+    }
+
+
+def _prepare(mod: ModuleType, rng_seed: int) -> tuple[Any, ...]:
+    rng = random.Random(rng_seed)
+    n, k, m = rng.randrange(1, 50), rng.randrange(1, 5), rng.randrange(1, 4)
+    tables = _tables(rng, k, m)
+    sidx = array("I", [rng.randrange(k) for _ in range(n)])
+    kinds = bytes(rng.choice([1, 2]) for _ in range(n))
+    cats = bytes(rng.randrange(1, 5) for _ in range(n))
+    tidx = array("I", [rng.randrange(1, m + 1) for _ in range(n)])
+    at = array("q", [rng.choice([0, 1_000_000 + rng.randrange(1_000)]) for _ in range(n)])
+    if rng.random() < 0.3:
+        at = array("q")
+    rkeys = array("Q", [recipient_key(str(4917000 + rng.randrange(20))) for _ in range(n)])
+    eco = (
+        {(sc, rk): 1_000_900 for sc in range(3) for rk in rkeys[::3]} if rng.random() < 0.5 else {}
+    )
+    last_now = array("q", [rng.choice([NEVER, 1_000_400]) for _ in range(2)])
+    batch = DecisionBatch()
+    z4, z8 = bytes(4 * n), bytes(8 * n)
+    batch.now, batch.scope, batch.number = array("q", z8), array("i", z4), array("i", z4)
+    batch.recipient, batch.flags = array("Q", z8), array("I", z4)
+    batch.limit, batch.ticket = array("q", z8), array("Q", z8)
+    rows, row_eco = array("i", z4), array("q", z8)
+    dec, rsn = bytearray(n), bytearray(n)
+    retry, limits, meta = array("q", z8), array("q", z8), array("i", z4)
+    counts = array("q", bytes(8 * 16 * k))
+    ret = mod.prepare(
+        n,
+        sidx,
+        kinds,
+        cats,
+        tidx,
+        at,
+        rkeys,
+        1_000_000,
+        rng.random() < 0.8,
+        rng.random() < 0.2,
+        rng.randrange(100),
+        tables["s_state"],
+        tables["s_slot"],
+        tables["s_scope"],
+        tables["s_number"],
+        tables["s_limits"],
+        tables["s_flags"],
+        last_now,
+        tables["t_state"],
+        tables["t_paused"],
+        META,
+        132001,
+        eco,
+        batch,
+        rows,
+        row_eco,
+        dec,
+        rsn,
+        retry,
+        limits,
+        meta,
+        counts,
+    )
+    cols = [
+        getattr(batch, c).tolist()
+        for c in ("now", "scope", "number", "recipient", "flags", "limit", "ticket")
+    ]
+    return (
+        ret,
+        cols,
+        rows.tolist(),
+        row_eco.tolist(),
+        bytes(dec),
+        bytes(rsn),
+        retry.tolist(),
+        limits.tolist(),
+        meta.tolist(),
+        counts.tolist(),
+        last_now.tolist(),
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_prepare_agrees(seed: int) -> None:
+    assert _prepare(py, seed) == _prepare(compiled, seed)
+
+
+def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
+    rng = random.Random(seed)
+    n, k, nrows = rng.randrange(1, 40), rng.randrange(1, 4), 0
+    nrows = rng.randrange(0, n + 1)
+    rows = array("i", sorted(rng.sample(range(n), nrows)))
+    batch = DecisionBatch()
+    for _ in range(nrows):
+        batch.add(
+            rng.randrange(1, 1 << 45),
+            rng.randrange(3),
+            rng.randrange(4),
+            recipient_key(str(rng.randrange(1, 10**15))),
+            rng.choice([0, 1, 32, 8, 33]),
+            rng.choice([50, (1 << 62) - 1]),
+            rng.randrange(1, 1 << 40),
+        )
+    batch.prepare_outputs()
+    for j in range(nrows):
+        d = rng.choice([1, 1, 2, 3])
+        batch.decision[j] = d
+        batch.reason[j] = 1 if d == 1 else rng.choice([3, 6, 7, 8, 9, 10, 11, 12])
+        batch.retry_at[j] = rng.randrange(1 << 45) if d == 2 else 0
+        batch.counted[j] = rng.randrange(2) if d == 1 else 0
+        batch.used[j] = rng.randrange(300)
+        batch.prev_counted[j] = rng.choice([NEVER, rng.randrange(1 << 45)])
+    row_eco = array("q", [rng.choice([0, 0, 5_000]) for _ in range(nrows)])
+    sidx = array("I", [rng.randrange(k) for _ in range(n)])
+    s_restricted = array("q", [rng.choice([0, 9_000]) for _ in range(k)])
+    s_qblock = bytearray(rng.randrange(2) for _ in range(k))
+    z4, z8 = bytes(4 * n), bytes(8 * n)
+    dec, rsn, cnt = bytearray(n), bytearray(n), bytearray(n)
+    retry, limits, used, meta = array("q", z8), array("q", z8), array("q", z8), array("i", z4)
+    tickets = [""] * n
+    journal: list[bytes] | None = [] if rng.random() < 0.7 else None
+    counts = array("q", bytes(8 * 16 * k))
+    counted_rows = array("i", bytes(4 * nrows))
+    ret = mod.finish(
+        batch,
+        rows,
+        row_eco,
+        sidx,
+        s_restricted,
+        s_qblock,
+        META,
+        dec,
+        rsn,
+        cnt,
+        retry,
+        limits,
+        used,
+        meta,
+        tickets,
+        journal,
+        counts,
+        counted_rows,
+    )
+    return (
+        ret,
+        bytes(dec),
+        bytes(rsn),
+        bytes(cnt),
+        retry.tolist(),
+        limits.tolist(),
+        used.tolist(),
+        meta.tolist(),
+        tickets,
+        journal,
+        counts.tolist(),
+        counted_rows.tolist(),
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_finish_agrees(seed: int) -> None:
+    assert _finish(py, seed) == _finish(compiled, seed)
+
+
+def test_tally_agrees() -> None:
+    rng = random.Random(5)
+    dec = bytes(rng.randrange(4) for _ in range(500))
+    rsn = bytes(rng.randrange(14) for _ in range(500))
+    a, b = [0] * 64, [0] * 64
+    py.tally(dec, rsn, a)
+    compiled.tally(dec, rsn, b)
+    assert a == b and sum(a) == 500
