@@ -37,6 +37,7 @@ PAGE_BITS = 14
 PAGE_MS = 1 << PAGE_BITS  # one page of simulated time: 16.384 s
 _AT_TAG = b"\x38"  # field 7 (at_unix_ms), wire type varint
 _BATCH_TAG = b"\x0a"  # AdmitBatchRequest.requests, field 1, length-delimited
+_COLUMNS_AT_TAG = b"\x4a"  # AdmitColumnsRequest.at_unix_ms, field 9, packed (length-delimited)
 HIGH_LEN = 4  # varint bytes of (t >> 14) for Unix ms between 2^35 and 2^42
 
 CHANNEL_OPTIONS = [
@@ -50,7 +51,7 @@ class Shape:
     """One way of asking: an RPC, items per call, and concurrent streams."""
 
     name: str
-    rpc: str  # "unary" | "batch" | "stream"
+    rpc: str  # "unary" | "batch" | "stream" | "columns"
     batch: int = 1
     streams: int = 0
     in_flight: int = 64  # per client process: calls (unary, batch) or messages per stream
@@ -61,6 +62,7 @@ class Shape:
             "unary": "Admit (unary)",
             "batch": f"AdmitBatch({self.batch})",
             "stream": f"AdmitStream x{self.streams}",
+            "columns": f"AdmitColumns({self.batch})",
         }[self.rpc]
 
 
@@ -70,6 +72,7 @@ SHAPES: dict[str, Shape] = {
     "batch1000": Shape("batch1000", "batch", batch=1000, in_flight=4),
     "stream1": Shape("stream1", "stream", streams=1, in_flight=64),
     "stream8": Shape("stream8", "stream", streams=8, in_flight=32),
+    "columns1000": Shape("columns1000", "columns", batch=1000, in_flight=4),
 }
 
 
@@ -114,6 +117,10 @@ class Pool:
 
     unary: list[list[bytes]]
     framed: list[list[bytes]] = field(default_factory=list)
+    # AdmitColumns: per page, per chunk of ``columns_batch`` items, the request
+    # body without ``at_unix_ms`` and each item's two low time bytes.
+    columns: list[list[tuple[bytes, list[bytes]]]] = field(default_factory=list)
+    columns_batch: int = 0
 
     def __post_init__(self) -> None:
         if not self.framed:
@@ -146,6 +153,21 @@ class Cursor:
         item = items[self.pos]
         self.pos += 1
         return item + self.high
+
+    def columns(self, n: int) -> tuple[bytes, int]:
+        """An AdmitColumnsRequest of ``n`` items: the packed at_unix_ms column is the
+        items' low time bytes joined by the page's high bytes (one varint each)."""
+        if n != self.pool.columns_batch:
+            raise ValueError(f"the pool holds AdmitColumns chunks of {self.pool.columns_batch}")
+        chunks = self.pool.columns[self.page]
+        if self.pos >= len(chunks) * n:
+            self._turn()
+            chunks = self.pool.columns[self.page]
+        body, lows = chunks[self.pos // n]
+        self.pos += n
+        high = self.high
+        packed = high.join(lows) + high
+        return body + _COLUMNS_AT_TAG + varint(len(packed)) + packed, len(lows)
 
     def batch(self, n: int) -> tuple[bytes, int]:
         items = self.pool.framed[self.page]
@@ -223,6 +245,11 @@ class _Recorder:
         pb2 = self.pb2
         if self.shape.rpc == "batch":
             responses = list(pb2.AdmitBatchResponse.FromString(reply).responses)
+        elif self.shape.rpc == "columns":
+            cols = pb2.AdmitColumnsResponse.FromString(reply)
+            for d, r in zip(cols.decisions, cols.reasons, strict=True):
+                self.tally[f"{pb2.Decision.Name(d)}/{pb2.Reason.Name(r)}"] += 1
+            return
         else:
             responses = [pb2.AdmitResponse.FromString(reply)]
         for r in responses:
@@ -244,6 +271,7 @@ async def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> C
         unary = channel.unary_unary(SERVICE + "Admit")
         batch = channel.unary_unary(SERVICE + "AdmitBatch")
         stream = channel.stream_stream(SERVICE + "AdmitStream")
+        columns = channel.unary_unary(SERVICE + "AdmitColumns")
 
         # Everyone starts together, after every process finished its set-up;
         # the first `warmup` seconds are not recorded.
@@ -259,6 +287,10 @@ async def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> C
                 payload, n = cursor.unary(), 1
                 t = time.perf_counter() if sched is None else sched
                 reply = await unary(payload, timeout=30)
+            elif shape.rpc == "columns":
+                payload, n = cursor.columns(shape.batch)
+                t = time.perf_counter() if sched is None else sched
+                reply = await columns(payload, timeout=60)
             else:
                 payload, n = cursor.batch(shape.batch)
                 t = time.perf_counter() if sched is None else sched

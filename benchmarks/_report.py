@@ -71,6 +71,12 @@ def markdown(summary: dict[str, Any]) -> str:
                 rows,
             )
         )
+        for v in grpc.values():
+            if v.get("items_ratio_vs_batch_ceiling") is not None:
+                parts.append(
+                    f"{v['label']} against the no-op AdmitBatch of the same size: "
+                    f"{_pct(v['items_ratio_vs_batch_ceiling'])} of its decisions/s."
+                )
         rows = []
         for v in grpc.values():
             noop_us = _per_item_us(v.get("noop_server_cpu_s"), v.get("noop_items"))

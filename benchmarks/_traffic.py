@@ -73,8 +73,10 @@ def build_pool(pb2: Any, tag: str, client: int, pages: int) -> tuple[Pool, dict[
     limited = limited_sender_id(tag, client)
     window_recipients: dict[str, list[str]] = {}
     unary_pages: list[list[bytes]] = []
+    column_pages: list[list[tuple[bytes, list[bytes]]]] = []
     for page in range(pages):
         items: list[bytes] = []
+        fields: list[Any] = []
         for i in range(PAGE_ITEMS):
             # Senders take turns item by item (each sends every 20th item);
             # the class rotates per sender, so even the limited sender's items
@@ -108,7 +110,14 @@ def build_pool(pb2: Any, tag: str, client: int, pages: int) -> tuple[Pool, dict[
                     template_id=TEMPLATES["MARKETING"],
                 )
             items.append(encode_item(msg.SerializeToString(), i * PAGE_MS // PAGE_ITEMS))
+            fields.append(msg)
         unary_pages.append(items)
+        column_pages.append(
+            [
+                columns_chunk(pb2, fields[c : c + COLUMNS_BATCH], items[c : c + COLUMNS_BATCH])
+                for c in range(0, PAGE_ITEMS, COLUMNS_BATCH)
+            ]
+        )
     assert per_slot > 0
     setup = {
         "senders": [sender_id(tag, client, k) for k in range(SENDERS_PER_CLIENT)],
@@ -118,7 +127,30 @@ def build_pool(pb2: Any, tag: str, client: int, pages: int) -> tuple[Pool, dict[
         "waba": WABA,
         "windows": window_recipients,
     }
-    return Pool(unary_pages), setup
+    return Pool(unary_pages, columns=column_pages, columns_batch=COLUMNS_BATCH), setup
+
+
+COLUMNS_BATCH = 1_000  # items per AdmitColumns call (the columns1000 shape)
+
+
+def columns_chunk(pb2: Any, msgs: list[Any], encoded: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """The AdmitColumnsRequest of ``msgs`` without at_unix_ms, and each item's low time
+    bytes (the last two bytes of its pool item): the same requests as AdmitBatch sends."""
+    senders: dict[str, int] = {}
+    templates: dict[str, int] = {}
+    body = pb2.AdmitColumnsRequest(
+        sender_index=[senders.setdefault(m.sender_id, len(senders)) for m in msgs],
+        recipients=[m.recipient for m in msgs],
+        kinds=bytes(m.kind for m in msgs),
+        categories=bytes(m.category for m in msgs),
+        template_index=[
+            templates.setdefault(m.template_id, len(templates) + 1) if m.template_id else 0
+            for m in msgs
+        ],
+    )
+    body.senders.extend(senders)
+    body.templates.extend(templates)
+    return body.SerializeToString(), [item[-2:] for item in encoded]
 
 
 SETUP_LEAD_MS = 2 * 3_600_000

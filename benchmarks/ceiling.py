@@ -3,7 +3,7 @@
 The server is set up the way ``tiergate serve`` sets itself up (a grpc.aio
 server created inside ``uvloop.run``, the generated ``tiergate.v1`` servicer)
 but every handler returns constant responses: one ADMIT for Admit and each
-stream message, N of them for an AdmitBatch of N. Requests are still parsed by
+stream message, N of them for an AdmitBatch (or AdmitColumns) of N. Requests are still parsed by
 the server, so the only difference from tiergate is the decision work. The
 client processes send exactly the request bytes ``load.py`` sends to tiergate.
 
@@ -41,6 +41,7 @@ async def _serve(port: int) -> None:
     pb2, pb2_grpc = _common.load_stubs()
     admit = pb2.AdmitResponse(**_CONSTANT)
     batches: dict[int, Any] = {}
+    columns: dict[int, Any] = {}
 
     class Noop(pb2_grpc.AdmissionControlServicer):  # type: ignore[misc]
         async def Admit(self, request: Any, context: Any) -> Any:
@@ -51,6 +52,22 @@ async def _serve(port: int) -> None:
             reply = batches.get(n)
             if reply is None:
                 reply = batches[n] = pb2.AdmitBatchResponse(responses=[admit] * n)
+            return reply
+
+        async def AdmitColumns(self, request: Any, context: Any) -> Any:
+            n = len(request.recipients)
+            reply = columns.get(n)
+            if reply is None:
+                reply = columns[n] = pb2.AdmitColumnsResponse(
+                    decisions=bytes([_CONSTANT["decision"]]) * n,
+                    reasons=bytes([_CONSTANT["reason"]]) * n,
+                    counted=b"\x01" * n,
+                    retry_at_unix_ms=[0] * n,
+                    limit=[_CONSTANT["limit"]] * n,
+                    used=[_CONSTANT["used"]] * n,
+                    meta_error_code=[0] * n,
+                    tickets=[_CONSTANT["ticket"]] * n,
+                )
             return reply
 
         async def AdmitStream(self, request_iterator: Any, context: Any) -> Any:

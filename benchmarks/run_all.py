@@ -78,6 +78,7 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "tiergate_calls_per_s": runs["tiergate_max"]["calls_per_s"],
                 "tiergate_items_per_s": runs["tiergate_max"]["items_per_s"],
                 "items_ratio": cmp_["items_ratio"],
+                "items_ratio_vs_batch_ceiling": cmp_.get("items_ratio_vs_batch_ceiling"),
                 "tiergate_server_cpu_s": runs["tiergate_max"].get("server_cpu_seconds"),
                 "noop_server_cpu_s": runs["ceiling_max"].get("server_cpu_seconds"),
                 "tiergate_items": runs["tiergate_max"]["items"],

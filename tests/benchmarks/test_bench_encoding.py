@@ -128,3 +128,18 @@ def test_markdown_report_names_every_shape_and_verdict() -> None:
     assert "| Admit (unary) | 3,000 | 3,000 | 2,700 | 2,700 | 90% | 1.00 |" in text
     assert text.count("| met |") == 2
     assert "batch >= 100x Redis: 12.5x, missed." in text
+
+
+def test_columns_request_carries_the_same_items_and_times_as_the_batch() -> None:
+    pool, _ = _traffic.build_pool(pb, "t-", client=0, pages=1)
+    batch = pb.AdmitBatchRequest.FromString(_grpcload.Cursor(pool, T0).batch(1000)[0])
+    payload, n = _grpcload.Cursor(pool, T0).columns(1000)
+    cols = pb.AdmitColumnsRequest.FromString(payload)
+    assert n == len(cols.recipients) == len(cols.at_unix_ms) == 1000
+    for i, r in enumerate(batch.requests):
+        assert cols.senders[cols.sender_index[i]] == r.sender_id
+        assert cols.recipients[i] == r.recipient
+        assert cols.kinds[i] == r.kind and cols.categories[i] == r.category
+        tpl = cols.template_index[i]
+        assert (cols.templates[tpl - 1] if tpl else "") == r.template_id
+        assert cols.at_unix_ms[i] == r.at_unix_ms
