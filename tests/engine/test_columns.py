@@ -263,3 +263,10 @@ def test_tally_agrees() -> None:
     py.tally(dec, rsn, a)
     compiled.tally(dec, rsn, b)
     assert a == b and sum(a) == 500
+
+
+@pytest.mark.parametrize("values", [[], [5], [3, -1, 9, 9, 0], [-(1 << 63), (1 << 63) - 1]])
+def test_time_bounds_agree(values: list[int]) -> None:
+    at = array("q", values)
+    assert py.time_bounds(at) == compiled.time_bounds(at)
+    assert py.time_bounds(at) == ((min(values), max(values)) if values else (0, 0))

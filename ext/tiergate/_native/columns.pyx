@@ -9,15 +9,20 @@
 # recipient strings read, the tickets and journal records made for admits,
 # and a dict lookup for marketing while a 131049 back-off is held.
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython cimport array as carray
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.object cimport Py_SIZE
 from cpython.unicode cimport (
     PyUnicode_1BYTE_DATA,
     PyUnicode_1BYTE_KIND,
+    PyUnicode_AsUTF8AndSize,
     PyUnicode_DecodeASCII,
+    PyUnicode_DecodeUTF8,
     PyUnicode_GET_LENGTH,
     PyUnicode_KIND,
 )
 from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy
 
 cdef enum:
     ADMIT = 1
@@ -365,6 +370,21 @@ def finish(batch,
     return last_tid, n_counted
 
 
+def time_bounds(const long long[::1] at):
+    """``(min(at), max(at))``; ``(0, 0)`` when ``at`` is empty."""
+    cdef Py_ssize_t i, n = at.shape[0]
+    cdef long long lo, hi
+    if n == 0:
+        return 0, 0
+    lo = hi = at[0]
+    for i in range(1, n):
+        if at[i] < lo:
+            lo = at[i]
+        elif at[i] > hi:
+            hi = at[i]
+    return lo, hi
+
+
 def tally(const unsigned char[::1] decisions, const unsigned char[::1] reasons, list counts):
     """``counts[decision * REASONS + reason] += 1`` for every item."""
     cdef Py_ssize_t n = decisions.shape[0], i, k
@@ -383,3 +403,246 @@ def tally(const unsigned char[::1] decisions, const unsigned char[::1] reasons, 
     for k in range(256):
         if acc[k]:
             counts[k] += acc[k]
+
+
+# -- AdmitColumns wire codec --------------------------------------------------
+#
+# The protobuf encoding of AdmitColumnsRequest / AdmitColumnsResponse
+# (proto/tiergate/v1/admission.proto), read and written straight from and to
+# the columns. The twin is protobuf itself (src/tiergate/server/columns_wire.py).
+
+cdef carray.array U32 = carray.array("I")
+cdef carray.array I64 = carray.array("q")
+
+
+cdef inline int read_varint(const unsigned char **pp, const unsigned char *end,
+                            uint64_t *out) noexcept nogil:
+    """0 on success, -1 on a truncated or over-long varint."""
+    cdef const unsigned char *p = pp[0]
+    cdef uint64_t v = 0
+    cdef int shift = 0
+    cdef unsigned char b
+    while p < end and shift < 64:
+        b = p[0]
+        p += 1
+        v |= <uint64_t>(b & 0x7F) << shift
+        if b < 0x80:
+            pp[0] = p
+            out[0] = v
+            return 0
+        shift += 7
+    return -1
+
+
+cdef int read_scalars(const unsigned char *p, const unsigned char *end, carray.array col,
+                      bint wide) except -2:
+    """Append the varints of a packed run to ``col`` ('I' or, when ``wide``, 'q')."""
+    cdef Py_ssize_t count = 0, k, old = Py_SIZE(col)
+    cdef const unsigned char *r = p
+    cdef uint64_t v
+    while r < end:
+        if r[0] < 0x80:
+            count += 1
+        r += 1
+    if count == 0:
+        return 0 if p == end else -1
+    carray.resize_smart(col, old + count)
+    for k in range(count):
+        if read_varint(&p, end, &v) < 0:
+            return -1
+        if wide:
+            col.data.as_longlongs[old + k] = <long long>v
+        else:
+            col.data.as_uints[old + k] = <unsigned int>v
+    return 0 if p == end else -1
+
+
+cdef int append_scalar(carray.array col, uint64_t v, bint wide) except -1:
+    cdef Py_ssize_t old = Py_SIZE(col)
+    carray.resize_smart(col, old + 1)
+    if wide:
+        col.data.as_longlongs[old] = <long long>v
+    else:
+        col.data.as_uints[old] = <unsigned int>v
+    return 0
+
+
+def decode_request(const unsigned char[::1] data not None):
+    """The columns of an AdmitColumnsRequest: (senders, sender_index, recipients, kinds,
+    categories, templates, template_index, idempotency_keys, at_unix_ms, dry_run);
+    None for anything this reader leaves to protobuf (malformed data, groups,
+    invalid UTF-8, known fields with another wire type)."""
+    cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
+    cdef const unsigned char *end = p + data.shape[0]
+    cdef const unsigned char *q
+    cdef uint64_t key, length, v
+    cdef uint64_t field
+    cdef int wire
+    cdef list senders = [], recipients = [], templates = [], keys = []
+    cdef carray.array sender_index = carray.clone(U32, 0, False)
+    cdef carray.array template_index = carray.clone(U32, 0, False)
+    cdef carray.array at = carray.clone(I64, 0, False)
+    cdef bytes kinds = b"", categories = b""
+    cdef bint dry = False
+    cdef list target
+    while p < end:
+        if read_varint(&p, end, &key) < 0:
+            return None
+        field = key >> 3
+        wire = <int>(key & 7)
+        if field == 0:
+            return None
+        if wire == 2:
+            if read_varint(&p, end, &length) < 0 or length > <uint64_t>(end - p):
+                return None
+            q = p + length
+            target = None
+            if field == 1:
+                target = senders
+            elif field == 3:
+                target = recipients
+            elif field == 6:
+                target = templates
+            elif field == 8:
+                target = keys
+            if target is not None:
+                try:
+                    target.append(
+                        PyUnicode_DecodeUTF8(<const char *>p, <Py_ssize_t>length, NULL))
+                except UnicodeDecodeError:
+                    return None
+            elif field == 4:
+                kinds = PyBytes_FromStringAndSize(<const char *>p, <Py_ssize_t>length)
+            elif field == 5:
+                categories = PyBytes_FromStringAndSize(<const char *>p, <Py_ssize_t>length)
+            elif field == 2:
+                if read_scalars(p, q, sender_index, False) < 0:
+                    return None
+            elif field == 7:
+                if read_scalars(p, q, template_index, False) < 0:
+                    return None
+            elif field == 9:
+                if read_scalars(p, q, at, True) < 0:
+                    return None
+            elif field == 10:
+                return None
+            p = q
+        elif wire == 0:
+            if read_varint(&p, end, &v) < 0:
+                return None
+            if field == 2:
+                append_scalar(sender_index, v, False)
+            elif field == 7:
+                append_scalar(template_index, v, False)
+            elif field == 9:
+                append_scalar(at, v, True)
+            elif field == 10:
+                dry = v != 0
+            elif field <= 8:
+                return None
+        elif wire == 1 or wire == 5:
+            if field <= 10 or end - p < (8 if wire == 1 else 4):
+                return None
+            p += 8 if wire == 1 else 4
+        else:
+            return None
+    return (senders, sender_index, recipients, kinds, categories, templates, template_index,
+            keys, at, dry)
+
+
+cdef inline Py_ssize_t varint_size(uint64_t v) noexcept nogil:
+    cdef Py_ssize_t n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef inline Py_ssize_t put_varint(char *buf, Py_ssize_t pos, uint64_t v) noexcept nogil:
+    while v >= 0x80:
+        buf[pos] = <char>((v & 0x7F) | 0x80)
+        v >>= 7
+        pos += 1
+    buf[pos] = <char>v
+    return pos + 1
+
+
+cdef inline Py_ssize_t packed_size(const long long[::1] col) noexcept nogil:
+    cdef Py_ssize_t i, size = 0
+    for i in range(col.shape[0]):
+        size += varint_size(<uint64_t>col[i])
+    return size
+
+
+cdef inline Py_ssize_t field_size(Py_ssize_t length) noexcept nogil:
+    return 1 + varint_size(<uint64_t>length) + length if length else 0
+
+
+cdef inline Py_ssize_t put_bytes(char *buf, Py_ssize_t pos, char tag,
+                                 const unsigned char[::1] col) noexcept nogil:
+    cdef Py_ssize_t n = col.shape[0]
+    if n:
+        buf[pos] = tag
+        pos = put_varint(buf, pos + 1, <uint64_t>n)
+        memcpy(buf + pos, &col[0], n)
+        pos += n
+    return pos
+
+
+cdef inline Py_ssize_t put_packed(char *buf, Py_ssize_t pos, char tag, Py_ssize_t length,
+                                  const long long[::1] col) noexcept nogil:
+    cdef Py_ssize_t i
+    if length:
+        buf[pos] = tag
+        pos = put_varint(buf, pos + 1, <uint64_t>length)
+        for i in range(col.shape[0]):
+            pos = put_varint(buf, pos, <uint64_t>col[i])
+    return pos
+
+
+def encode_response(const unsigned char[::1] decisions, const unsigned char[::1] reasons,
+                    const unsigned char[::1] counted, const long long[::1] retry_at,
+                    const long long[::1] limit, const long long[::1] used,
+                    const int[::1] meta, list tickets):
+    """The AdmitColumnsResponse bytes protobuf writes for these columns."""
+    cdef Py_ssize_t n_tickets = len(tickets), i, pos = 0, size = 0, length
+    cdef Py_ssize_t s_retry = packed_size(retry_at), s_limit = packed_size(limit)
+    cdef Py_ssize_t s_used = packed_size(used), s_meta = 0
+    cdef const char *text
+    cdef object t
+    cdef bytes out
+    cdef char *buf
+    for i in range(meta.shape[0]):
+        # a negative int32 is written sign-extended to 64 bits, as protobuf does
+        s_meta += varint_size(<uint64_t><int64_t>meta[i])
+    size = (field_size(decisions.shape[0]) + field_size(reasons.shape[0])
+            + field_size(counted.shape[0]) + field_size(s_retry) + field_size(s_limit)
+            + field_size(s_used) + field_size(s_meta))
+    for i in range(n_tickets):
+        t = tickets[i]
+        if type(t) is not str:
+            raise TypeError(f"tickets[{i}] is not a string")
+        PyUnicode_AsUTF8AndSize(t, &length)
+        size += 1 + varint_size(<uint64_t>length) + length
+    out = PyBytes_FromStringAndSize(NULL, size)
+    buf = PyBytes_AS_STRING(out)
+    pos = put_bytes(buf, pos, 0x0A, decisions)
+    pos = put_bytes(buf, pos, 0x12, reasons)
+    pos = put_bytes(buf, pos, 0x1A, counted)
+    pos = put_packed(buf, pos, 0x22, s_retry, retry_at)
+    pos = put_packed(buf, pos, 0x2A, s_limit, limit)
+    pos = put_packed(buf, pos, 0x32, s_used, used)
+    if s_meta:
+        buf[pos] = 0x3A
+        pos = put_varint(buf, pos + 1, <uint64_t>s_meta)
+        for i in range(meta.shape[0]):
+            pos = put_varint(buf, pos, <uint64_t><int64_t>meta[i])
+    for i in range(n_tickets):
+        text = PyUnicode_AsUTF8AndSize(tickets[i], &length)
+        buf[pos] = 0x42
+        pos = put_varint(buf, pos + 1, <uint64_t>length)
+        memcpy(buf + pos, text, length)
+        pos += length
+    if pos != size:
+        raise RuntimeError(f"encode_response: wrote {pos} of {size} bytes")
+    return out

@@ -80,6 +80,34 @@ def finish(
     counts: array[int],
     counted_rows: array[int],
 ) -> tuple[int, int]: ...
+def time_bounds(at: array[int]) -> tuple[int, int]: ...
 def tally(
     decisions: bytes | bytearray, reasons: bytes | bytearray, counts: Sequence[int]
 ) -> None: ...
+def decode_request(
+    data: bytes,
+) -> (
+    tuple[
+        list[str],
+        array[int],
+        list[str],
+        bytes,
+        bytes,
+        list[str],
+        array[int],
+        list[str],
+        array[int],
+        bool,
+    ]
+    | None
+): ...
+def encode_response(
+    decisions: bytes | bytearray,
+    reasons: bytes | bytearray,
+    counted: bytes | bytearray,
+    retry_at: array[int],
+    limit: array[int],
+    used: array[int],
+    meta: array[int],
+    tickets: list[str],
+) -> bytes: ...

@@ -20,6 +20,8 @@ sender and template indexes:
     records, decision counts by sender and reason.
 ``tally``
     decision counts by (decision, reason) for metrics.
+``time_bounds``
+    the earliest and latest request time of a batch.
 
 Sender table rows (one per distinct sender of the request): ``s_state`` 0
 unknown, 1 known, 2 blocked (BANNED / DISABLED); ``s_slot`` the index of its
@@ -74,6 +76,7 @@ __all__ = [
     "kernels",
     "prepare",
     "tally",
+    "time_bounds",
 ]
 
 #: Reason slots per sender in the ``counts`` table (tiergate.v1.Reason values fit below).
@@ -360,6 +363,13 @@ def finish(
             meta[i] = meta_error[r]
         counts[s * REASONS + r] += 1
     return last_tid, n_counted
+
+
+def time_bounds(at: Sequence[int]) -> tuple[int, int]:
+    """``(min(at), max(at))``; ``(0, 0)`` when ``at`` is empty."""
+    if not at:
+        return 0, 0
+    return min(at), max(at)
 
 
 def tally(decisions: bytes | bytearray, reasons: bytes | bytearray, counts: list[int]) -> None:

@@ -52,6 +52,7 @@ from .state import REASONS as SENDER_REASONS
 from .state import LimitScope
 
 #: The Meta error each decision reason avoids, one entry per reason slot.
+_ZEROS5 = (0, 0, 0, 0, 0)
 _META_ERROR = array("i", [*META_ERROR, *[0] * (REASONS - len(META_ERROR))])
 
 __all__ = ["AdmitColumns", "ColumnsLike", "ColumnsResult", "admit_columns"]
@@ -211,6 +212,7 @@ class _Request:
     keys: list[str]
     at: array[int]
     dry: bool
+    latest: int  # the latest item time (0: none)
 
 
 def _validate(req: ColumnsLike) -> _Request:
@@ -257,7 +259,8 @@ def _validate(req: ColumnsLike) -> _Request:
         raise InvalidArgument(field, f"{field}: not an E.164 number")
     if keys:
         _check_strings("idempotency_keys", keys, MAX_KEY_LEN, False)
-    if at and min(at) < 0:
+    lo, hi = kernels.time_bounds(at)
+    if lo < 0:
         bad = next(i for i, t in enumerate(at) if t < 0)
         raise InvalidArgument(f"at_unix_ms[{bad}]", f"at_unix_ms[{bad}]: must be >= 0")
     return _Request(
@@ -274,6 +277,7 @@ def _validate(req: ColumnsLike) -> _Request:
         keys=keys,
         at=at,
         dry=bool(req.dry_run),
+        latest=hi,
     )
 
 
@@ -321,7 +325,7 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
     if svc._due_dirty:
         svc._recompute_due()
     request_clock = svc._request_clock
-    high = max(now_ms, max(r.at)) if request_clock and r.at else now_ms
+    high = max(now_ms, r.latest) if request_clock else now_ms
     if high >= svc._next_due or (r.keys and any(r.keys)):
         return _general(svc, r, now_ms)
     return _fast(svc, r, now_ms)
@@ -367,36 +371,50 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
     z4, z8 = bytes(4 * n), bytes(8 * n)
     k = len(r.senders)
     # Per distinct sender, once: status, scope, limits and flags by category.
-    s_state = bytearray(k)
-    s_slot = array("i", bytes(4 * k))
-    s_scope = array("i", bytes(4 * k))
-    s_number = array("i", bytes(4 * k))
-    s_limits = array("q", bytes(40 * k))
-    s_flags = array("I", bytes(20 * k))
-    s_restricted = array("q", bytes(8 * k))
-    s_qblock = bytearray(k)
+    state: list[int] = []
+    slot_of: list[int] = []
+    scope_of: list[int] = []
+    number_of: list[int] = []
+    limits: list[int] = []
+    flags: list[int] = []
+    restricted: list[int] = []
+    qblock: list[int] = []
     slots: dict[int, int] = {}
     scopes: list[LimitScope] = []
     known = svc._senders
-    objs = []
-    for s, sid in enumerate(r.senders):
-        sender = known.get(sid)
-        objs.append(sender)
+    objs = [known.get(sid) for sid in r.senders]
+    for sender in objs:
         if sender is None:
+            state.append(0)
+            slot_of.append(0)
+            scope_of.append(0)
+            number_of.append(0)
+            limits += _ZEROS5
+            flags += _ZEROS5
+            restricted.append(0)
+            qblock.append(0)
             continue
         scope = sender.scope
         slot = slots.get(scope.index)
         if slot is None:
             slot = slots[scope.index] = len(scopes)
             scopes.append(scope)
-        s_state[s] = 2 if sender.status >= _BANNED else 1
-        s_slot[s] = slot
-        s_scope[s] = scope.index
-        s_number[s] = sender.number
-        s_limits[5 * s : 5 * s + 5] = array("q", sender.limits)
-        s_flags[5 * s : 5 * s + 5] = array("I", sender.flags)
-        s_restricted[s] = sender.restricted_until
-        s_qblock[s] = 1 if sender.flags[1] & F_QUALITY_BLOCK else 0
+        state.append(2 if sender.status >= _BANNED else 1)
+        slot_of.append(slot)
+        scope_of.append(scope.index)
+        number_of.append(sender.number)
+        limits += sender.limits
+        flags += sender.flags
+        restricted.append(sender.restricted_until)
+        qblock.append(1 if sender.flags[1] & F_QUALITY_BLOCK else 0)
+    s_state = bytearray(state)
+    s_slot = array("i", slot_of)
+    s_scope = array("i", scope_of)
+    s_number = array("i", number_of)
+    s_limits = array("q", limits)
+    s_flags = array("I", flags)
+    s_restricted = array("q", restricted)
+    s_qblock = bytearray(qblock)
     last_now = array("q", [sc.last_now for sc in scopes])
     # Per distinct template, once: unknown (and rejected), disabled, paused until.
     m = len(r.templates)

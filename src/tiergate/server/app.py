@@ -117,6 +117,12 @@ class Sidecar:
         )
         self._servicer = servicer
         pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
+        # AdmitColumns reads and writes its own wire bytes (registered after the
+        # generated handlers, this entry replaces theirs for the method).
+        server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
+            SERVICE_NAME,
+            {"AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire)},
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

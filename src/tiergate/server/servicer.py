@@ -14,14 +14,16 @@ import contextlib
 import logging
 import re
 import time
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
 
-from tiergate.policy.columnar import admit_columns
+from tiergate.engine.columns import kernels
+from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
 from tiergate.policy.service import AdmissionService, AdmitResult, InvalidArgument
-from tiergate.server import convert
+from tiergate.server import columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
 from tiergate.v1 import admission_pb2 as pb
@@ -117,10 +119,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
         return self._now(latest)
 
-    def _columns_now(self, at_unix_ms: Sequence[int]) -> int:
+    def _columns_now(self, at_unix_ms: array[int]) -> int:
         if not self._request_clock:
             return self._server_clock()
-        latest = max(at_unix_ms, default=0)
+        _, latest = kernels.time_bounds(at_unix_ms)
         if latest > MAX_AT_UNIX_MS:
             i = next(i for i, t in enumerate(at_unix_ms) if t > MAX_AT_UNIX_MS)
             field = f"at_unix_ms[{i}]"
@@ -188,24 +190,40 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             except Exception as e:
                 await self._fail(context, "AdmitBatch", e)
 
+    def _admit_columns(self, request: ColumnsLike) -> ColumnsResult:
+        n = len(request.recipients)
+        if n > self._max_batch:
+            raise InvalidArgument(
+                "recipients", f"recipients: at most {self._max_batch} items per call, got {n}"
+            )
+        at = request.at_unix_ms
+        if not isinstance(at, array):
+            at = array("q", at[:])
+        result = admit_columns(self.service, request, self._columns_now(at))
+        if len(result) != n:
+            raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
+        self._metrics.decided_columns(result.decisions, result.reasons, "AdmitColumns")
+        return result
+
     async def AdmitColumns(
         self, request: pb.AdmitColumnsRequest, context: Context
     ) -> pb.AdmitColumnsResponse:
         with self.in_flight, self._timed("AdmitColumns"):
             try:
-                n = len(request.recipients)
-                if n > self._max_batch:
-                    raise InvalidArgument(
-                        "recipients",
-                        f"recipients: at most {self._max_batch} items per call, got {n}",
-                    )
-                now_ms = self._columns_now(request.at_unix_ms)
-                result = admit_columns(self.service, request, now_ms)
-                if len(result) != n:
-                    raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
-                self._metrics.decided_columns(result.decisions, result.reasons, "AdmitColumns")
+                result = self._admit_columns(request)
                 await self._commit()
                 return convert.admit_columns_response(result)
+            except Exception as e:
+                await self._fail(context, "AdmitColumns", e)
+
+    async def AdmitColumnsWire(self, data: bytes, context: Context) -> bytes:
+        """AdmitColumns served from and to wire bytes (see ``server.columns_wire``):
+        the same answers, errors and commit as :meth:`AdmitColumns`."""
+        with self.in_flight, self._timed("AdmitColumns"):
+            try:
+                result = self._admit_columns(columns_wire.decode_request(data))
+                await self._commit()
+                return columns_wire.encode_response(result)
             except Exception as e:
                 await self._fail(context, "AdmitColumns", e)
 

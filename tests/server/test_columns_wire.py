@@ -1,0 +1,176 @@
+"""The compiled AdmitColumns wire reader and writer give exactly what protobuf gives."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from server_harness import SENDER, T0, run_async, serving
+
+from tiergate.client import AdmitItem
+from tiergate.policy.columnar import ColumnsResult
+from tiergate.policy.service import InvalidArgument
+from tiergate.server import columns_wire
+from tiergate.v1 import admission_pb2 as pb
+
+compiled = pytest.importorskip("tiergate._native.columns")
+
+
+def _text(rng: random.Random) -> str:
+    pool = "0123456789+abcé€😀 "
+    return "".join(rng.choice(pool) for _ in range(rng.randrange(0, 12)))
+
+
+def _random_request(rng: random.Random) -> pb.AdmitColumnsRequest:
+    n = rng.randrange(0, 30)
+    big = [0, 1, 127, 128, 300, (1 << 32) - 1]
+    return pb.AdmitColumnsRequest(
+        senders=[_text(rng) for _ in range(rng.randrange(0, 4))],
+        sender_index=[rng.choice([*big, rng.randrange(5)]) for _ in range(n)],
+        recipients=[_text(rng) for _ in range(n)],
+        kinds=bytes(rng.randrange(256) for _ in range(rng.choice([0, n]))),
+        categories=bytes(rng.randrange(256) for _ in range(rng.choice([0, n]))),
+        templates=[_text(rng) for _ in range(rng.randrange(0, 3))],
+        template_index=[rng.choice(big) for _ in range(rng.choice([0, n]))],
+        idempotency_keys=[_text(rng) for _ in range(rng.choice([0, n]))],
+        at_unix_ms=[
+            rng.choice([0, -1, 1 << 62, -(1 << 63), T0]) for _ in range(rng.choice([0, n]))
+        ],
+        dry_run=rng.random() < 0.5,
+    )
+
+
+def _fields(w: columns_wire.WireColumns) -> tuple[Any, ...]:
+    return (
+        w.senders,
+        w.sender_index.tolist(),
+        w.recipients,
+        w.kinds,
+        w.categories,
+        w.templates,
+        w.template_index.tolist(),
+        w.idempotency_keys,
+        w.at_unix_ms.tolist(),
+        w.dry_run,
+    )
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _unpacked_and_unknown(rng: random.Random, data: bytes) -> bytes:
+    """Append unpacked scalars and unknown fields: protobuf accepts both."""
+    extra = bytearray()
+    for _ in range(rng.randrange(1, 6)):
+        roll = rng.randrange(6)
+        if roll == 0:
+            extra += b"\x10" + _varint(rng.randrange(1 << 33))  # sender_index, unpacked
+        elif roll == 1:
+            extra += b"\x38" + _varint(rng.randrange(9))  # template_index, unpacked
+        elif roll == 2:
+            extra += b"\x48" + _varint(-rng.randrange(1 << 40))  # at_unix_ms, unpacked
+        elif roll == 3:
+            extra += _varint(99 << 3) + _varint(rng.randrange(1 << 20))  # unknown varint
+        elif roll == 4:
+            extra += _varint(77 << 3 | 2) + b"\x03abc"  # unknown bytes
+        else:
+            extra += _varint(55 << 3 | 1) + bytes(8) + _varint(56 << 3 | 5) + bytes(4)
+    return data + bytes(extra)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_reader_agrees_with_protobuf(seed: int) -> None:
+    rng = random.Random(seed)
+    data = _random_request(rng).SerializeToString()
+    if seed % 2:
+        data = _unpacked_and_unknown(rng, data)
+    parts = compiled.decode_request(data)
+    assert parts is not None
+    assert _fields(columns_wire.WireColumns(*parts)) == _fields(columns_wire.protobuf_decode(data))
+    assert _fields(columns_wire.decode_request(data)) == _fields(columns_wire.protobuf_decode(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x05ab",  # truncated string
+        b"\x12\x02\x80\x80",  # truncated packed varint
+        b"\x0a\x02\xff\xfe",  # invalid UTF-8 in a string field
+        b"\x80",  # truncated key
+        b"\x0b",  # a group
+    ],
+)
+def test_malformed_requests_are_left_to_protobuf(data: bytes) -> None:
+    assert compiled.decode_request(data) is None
+    with pytest.raises(InvalidArgument) as info:
+        columns_wire.decode_request(data)
+    assert info.value.field == "request"
+
+
+def _random_result(rng: random.Random) -> ColumnsResult:
+    n = rng.randrange(0, 40)
+    r = ColumnsResult.empty(n)
+    for i in range(n):
+        r.decisions[i] = rng.randrange(4)
+        r.reasons[i] = rng.randrange(14)
+        r.counted[i] = rng.randrange(2)
+        r.retry_at_unix_ms[i] = rng.choice([0, T0, (1 << 62) - 1, -5])
+        r.limit[i] = rng.choice([0, 250, (1 << 62) - 1])
+        r.used[i] = rng.randrange(100_000)
+        r.meta_error_code[i] = rng.choice([0, 368, 131048, -1])
+        r.tickets[i] = rng.choice(["", "1a.2.3ffff.40000000000", "é€😀"])
+    return r
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_writer_agrees_with_protobuf(seed: int) -> None:
+    result = _random_result(random.Random(seed))
+    data = columns_wire.encode_response(result)
+    assert data == columns_wire.protobuf_encode(result)
+    back = pb.AdmitColumnsResponse.FromString(data)
+    assert back.decisions == bytes(result.decisions)
+    assert list(back.tickets) == result.tickets
+    assert list(back.meta_error_code) == result.meta_error_code.tolist()
+
+
+def test_writer_refuses_a_ticket_that_is_not_text() -> None:
+    result = ColumnsResult.empty(1)
+    result.tickets[0] = b"x"  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        compiled.encode_response(
+            result.decisions,
+            result.reasons,
+            result.counted,
+            result.retry_at_unix_ms,
+            result.limit,
+            result.used,
+            result.meta_error_code,
+            result.tickets,
+        )
+
+
+@run_async
+async def test_the_server_serves_admit_columns_from_wire_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    decode = columns_wire.decode_request
+
+    def counting(data: bytes) -> columns_wire.WireColumns:
+        calls.append(len(data))
+        return decode(data)
+
+    monkeypatch.setattr(columns_wire, "decode_request", counting)
+    async with serving() as h:
+        items = [AdmitItem(SENDER, "15550001234", pb.TEMPLATE, pb.UTILITY, "t1", "", T0)]
+        reply = await h.client.admit_columns(items)
+        assert len(reply) == 1 and reply[0].reason in (pb.OK, pb.TEMPLATE_DISABLED)
+    assert len(calls) == 1
