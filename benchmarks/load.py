@@ -407,13 +407,15 @@ def run_shapes(
     return report
 
 
-def server_batch_figure(quick: bool, tiny: bool) -> dict[str, Any] | None:
-    """For peers.py: AdmitBatch(1000) at full speed, with the server's CPU time."""
+def server_batch_figure(
+    quick: bool, tiny: bool, shape_name: str = "batch1000"
+) -> dict[str, Any] | None:
+    """For peers.py: AdmitBatch(1000) (or another shape) at full speed, with the server's CPU."""
     try:
         import tiergate.policy.service  # noqa: F401  (the sidecar is complete)
     except ImportError:
         return None
-    shape = _grpcload.SHAPES["batch1000"]
+    shape = _grpcload.SHAPES[shape_name]
     settings = {
         "clients": _grpcload.default_clients(),
         "duration": 0.5 if tiny else 3.0 if quick else 10.0,
@@ -425,7 +427,7 @@ def server_batch_figure(quick: bool, tiny: bool) -> dict[str, Any] | None:
     with tiergate_server([tag], settings["clients"]) as tg:
         r = _run(tg.target, shape, settings, tag, _traffic.tiergate_workload, cpu_of=tg.cpu_seconds)
     if r.errors or not r.items:
-        raise RuntimeError(f"tiergate AdmitBatch failed: {r.error_sample}")
+        raise RuntimeError(f"tiergate {shape.label} failed: {r.error_sample}")
     return {
         "items": r.items,
         "seconds": r.seconds,

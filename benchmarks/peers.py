@@ -14,8 +14,9 @@ Implementations, all fed the same pre-generated sequence of decisions:
   recipient -> last send per sender, expired from the oldest end);
 * ``tiergate-engine decide``: ``tiergate.engine.Engine.decide``, one call per decision;
 * ``tiergate-engine decide_batch``: one ``decide_batch`` call per 1 000 decisions;
-* ``tiergate-server AdmitBatch(1000)``: the real sidecar over gRPC (from
-  ``load.py``'s machinery), when ``tiergate serve`` is available.
+* ``tiergate-server AdmitBatch(1000)`` and ``AdmitColumns(1000)``: the real
+  sidecar over gRPC (from ``load.py``'s machinery), when ``tiergate serve`` is
+  available.
 
 Per core = decisions per CPU-second. For Redis two figures: counting only the
 redis-server's CPU (the most favourable reading for Redis: the Python client's
@@ -298,17 +299,17 @@ def run_engine_batch(w: Workload, batch_size: int) -> Figure:
     return Figure(f"tiergate-engine decide_batch({batch_size})", n, seconds, cpu, _outcomes(out))
 
 
-def run_server(quick: bool, tiny: bool) -> Figure | None:
-    """tiergate serve over gRPC, AdmitBatch(1000), CPU of the server process counted."""
+def run_server(quick: bool, tiny: bool, shape: str = "batch1000") -> Figure | None:
+    """tiergate serve over gRPC (AdmitBatch or AdmitColumns), CPU of the server process."""
     try:
         import load
     except ImportError:
         return None
-    res = load.server_batch_figure(quick=quick, tiny=tiny)
+    res = load.server_batch_figure(quick=quick, tiny=tiny, shape_name=shape)
     if res is None:
         return None
     return Figure(
-        "tiergate-server AdmitBatch(1000)",
+        f"tiergate-server {load._grpcload.SHAPES[shape].label}",
         res["items"],
         res["seconds"],
         res["server_cpu_seconds"],
@@ -350,10 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_server:
         skipped["tiergate-server"] = "--no-server"
     else:
-        fig = run_server(args.quick, args.tiny)
-        if fig is None:
-            skipped["tiergate-server"] = "tiergate serve not available"
-        else:
+        for shape in ("batch1000", "columns1000"):
+            fig = run_server(args.quick, args.tiny, shape)
+            if fig is None:
+                skipped["tiergate-server"] = "tiergate serve not available"
+                break
             figures.append(fig)
 
     base = next((f for f in figures if f.name.startswith("redis")), None)
