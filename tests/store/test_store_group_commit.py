@@ -103,6 +103,7 @@ def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path, in_child:
             tmp_path,
             "write",
             snapshot_every_records=100,
+            snapshot_min_seconds=0,
             snapshot_on_close=False,
             snapshot_in_child=in_child,
         )
@@ -245,6 +246,32 @@ def test_explicit_snapshot_waits_for_one_in_progress(tmp_path: Path) -> None:
         await first
         assert store.snapshots_taken == 2
         assert store.last_snapshot_seq == 2
+        store.close()
+
+    asyncio.run(main())
+
+
+def test_record_trigger_waits_for_the_minimum_interval(tmp_path: Path) -> None:
+    """Under heavy load a snapshot is due by record count, but not more often than
+    snapshot_min_seconds (each one costs CPU in proportion to the whole state)."""
+
+    async def main() -> None:
+        store = EmbeddedStore.open(
+            tmp_path, "write", snapshot_every_records=10, snapshot_min_seconds=60
+        )
+        svc = CounterService()
+        store.recover(svc)
+        for i in range(25):
+            await decide(store, svc, i)
+        assert not store.snapshot_due() and store.snapshots_taken == 0
+        store._last_snapshot_at -= 61  # a minute later
+        assert store.snapshot_due()
+        await decide(store, svc, 99)
+        for _ in range(300):
+            if store.snapshots_taken:
+                break
+            await asyncio.sleep(0.01)
+        assert store.snapshots_taken == 1
         store.close()
 
     asyncio.run(main())

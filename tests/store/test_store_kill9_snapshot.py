@@ -39,7 +39,9 @@ WORKER = textwrap.dedent(
             return super().snapshot()
 
     async def main(data):
-        store = EmbeddedStore.open(data, "fsync-interval", snapshot_every_records=40)
+        store = EmbeddedStore.open(
+            data, "fsync-interval", snapshot_every_records=40, snapshot_min_seconds=0
+        )
         svc = SlowSnapshot()
         store.recover(svc)
         i = 0

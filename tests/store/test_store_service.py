@@ -276,6 +276,7 @@ def test_background_snapshots_under_load_then_crash(tmp_path: Path, in_child: bo
             tmp_path,
             "fsync-interval",
             snapshot_every_records=60,
+            snapshot_min_seconds=0,
             snapshot_on_close=False,
             snapshot_in_child=in_child,
         )

@@ -70,6 +70,7 @@ LOCK_NAME = "LOCK"
 DEFAULT_FSYNC_INTERVAL_MS = 50
 DEFAULT_SNAPSHOT_EVERY_RECORDS = 200_000
 DEFAULT_SNAPSHOT_EVERY_SECONDS = 300.0
+DEFAULT_SNAPSHOT_MIN_SECONDS = 10.0
 DEFAULT_SEGMENT_BYTES = 16 << 20
 DEFAULT_KEEP_SNAPSHOTS = 2
 #: Serialise snapshots in a forked child (copy-on-write) so serving never pauses for it.
@@ -128,6 +129,7 @@ class EmbeddedStore:
         fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS,
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
         snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
+        snapshot_min_seconds: float = DEFAULT_SNAPSHOT_MIN_SECONDS,
         snapshot_on_close: bool = True,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
@@ -141,6 +143,8 @@ class EmbeddedStore:
             raise ValueError("snapshot_every_records: must be >= 1")
         if snapshot_every_seconds <= 0:
             raise ValueError("snapshot_every_seconds: must be > 0")
+        if snapshot_min_seconds < 0:
+            raise ValueError("snapshot_min_seconds: must be >= 0")
         if keep_snapshots < 1:
             raise ValueError("keep_snapshots: must be >= 1")
         if segment_bytes < SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
@@ -149,6 +153,7 @@ class EmbeddedStore:
         self.fsync_interval_ms = fsync_interval_ms
         self.snapshot_every_records = snapshot_every_records
         self.snapshot_every_seconds = snapshot_every_seconds
+        self.snapshot_min_seconds = snapshot_min_seconds
         self.snapshot_on_close = snapshot_on_close
         self.segment_bytes = segment_bytes
         self.keep_snapshots = keep_snapshots
@@ -196,6 +201,7 @@ class EmbeddedStore:
         fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS,
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
         snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
+        snapshot_min_seconds: float = DEFAULT_SNAPSHOT_MIN_SECONDS,
         snapshot_on_close: bool = True,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
@@ -209,6 +215,7 @@ class EmbeddedStore:
             fsync_interval_ms=fsync_interval_ms,
             snapshot_every_records=snapshot_every_records,
             snapshot_every_seconds=snapshot_every_seconds,
+            snapshot_min_seconds=snapshot_min_seconds,
             snapshot_on_close=snapshot_on_close,
             segment_bytes=segment_bytes,
             keep_snapshots=keep_snapshots,
@@ -630,9 +637,14 @@ class EmbeddedStore:
 
     def snapshot_due(self) -> bool:
         n = self.records_since_snapshot
+        if n == 0:
+            return False
+        age = time.monotonic() - self._last_snapshot_at
         if n >= self.snapshot_every_records:
-            return True
-        return n > 0 and time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
+            # Under heavy load, not more often than every snapshot_min_seconds: a
+            # snapshot costs CPU in proportion to the whole state.
+            return age >= self.snapshot_min_seconds
+        return age >= self.snapshot_every_seconds
 
     async def persist(self, service: Recoverable) -> None:
         fut = self._enqueue(service.drain_journal())
