@@ -111,6 +111,7 @@ def _prepare(mod: ModuleType, rng_seed: int) -> tuple[Any, ...]:
         {(sc, rk): 1_000_900 for sc in range(3) for rk in rkeys[::3]} if rng.random() < 0.5 else {}
     )
     last_now = array("q", [rng.choice([NEVER, 1_000_400]) for _ in range(2)])
+    skip = bytearray(rng.random() < 0.2 for _ in range(n)) if rng.random() < 0.5 else b""
     batch = DecisionBatch()
     z4, z8 = bytes(4 * n), bytes(8 * n)
     batch.now, batch.scope, batch.number = array("q", z8), array("i", z4), array("i", z4)
@@ -144,6 +145,7 @@ def _prepare(mod: ModuleType, rng_seed: int) -> tuple[Any, ...]:
         META,
         132001,
         eco,
+        skip,
         batch,
         rows,
         row_eco,
@@ -211,6 +213,7 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
     dec, rsn, cnt = bytearray(n), bytearray(n), bytearray(n)
     retry, limits, used, meta = array("q", z8), array("q", z8), array("q", z8), array("i", z4)
     tickets = [""] * n
+    keys = [rng.choice(["", "k1", "ключ-é"]) for _ in range(n)] if rng.random() < 0.5 else []
     journal: list[bytes] | None = [] if rng.random() < 0.7 else None
     counts = array("q", bytes(8 * 16 * k))
     counted_rows = array("i", bytes(4 * nrows))
@@ -230,6 +233,7 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
         used,
         meta,
         tickets,
+        keys,
         journal,
         counts,
         counted_rows,
@@ -244,6 +248,7 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
         used.tolist(),
         meta.tolist(),
         tickets,
+        keys,
         journal,
         counts.tolist(),
         counted_rows.tolist(),

@@ -16,6 +16,7 @@ import pytest
 
 from tiergate.engine import Engine, PyEngine
 from tiergate.engine import columns as py_kernels
+from tiergate.policy import columnar
 from tiergate.policy import events as ev
 from tiergate.policy import service as service_mod
 from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
@@ -63,9 +64,17 @@ def _world(engine_cls: Any, profile: str = "meta-2025") -> AdmissionService:
     return svc
 
 
-def _random_requests(rng: random.Random, t: int, n: int, keys: bool) -> list[AdmitRequest]:
+def _random_requests(rng: random.Random, t: int, n: int, keys: str) -> list[AdmitRequest]:
+    """``keys``: "" none, "pool" from a small pool (repeats inside a batch likely),
+    "unique" distinct inside the batch (repeats across batches)."""
+    unique = iter(rng.sample(range(400), n))
     out = []
     for _ in range(n):
+        key = ""
+        if keys == "pool" and rng.random() < 0.5:
+            key = f"k{rng.randrange(30)}"
+        elif keys == "unique" and rng.random() < 0.7:
+            key = f"u{next(unique)}"
         sid = rng.choice([*SENDERS, "s-unknown"])
         free = rng.random() < 0.25
         cat = rng.choice([0, 1, 2, 3, 4]) if free else rng.choice([1, 1, 2, 3, 4])
@@ -77,7 +86,7 @@ def _random_requests(rng: random.Random, t: int, n: int, keys: bool) -> list[Adm
                 kind=2 if free else 1,
                 category=cat,
                 template_id="" if free else rng.choice(TEMPLATES),
-                idempotency_key=f"k{rng.randrange(30)}" if keys and rng.random() < 0.5 else "",
+                idempotency_key=key,
                 at_unix_ms=t if rng.random() < 0.9 else 0,
             )
         )
@@ -97,7 +106,7 @@ def _as_tuple(res: Any) -> tuple[Any, ...]:
     )
 
 
-def _run_pair(engine_cls: Any, seed: int, rounds: int = 30, keys_every: int = 4) -> int:
+def _run_pair(engine_cls: Any, seed: int, rounds: int = 30) -> int:
     rng = random.Random(seed)
     a, b = _world(engine_cls), _world(engine_cls)
     a.drain_journal()
@@ -106,7 +115,7 @@ def _run_pair(engine_cls: Any, seed: int, rounds: int = 30, keys_every: int = 4)
     seen = 0
     for rnd in range(rounds):
         n = rng.choice([1, 5, 40, 120])
-        reqs = _random_requests(rng, t, n, keys=rnd % keys_every == 3)
+        reqs = _random_requests(rng, t, n, keys=("", "unique", "", "pool")[rnd % 4])
         t = max((r.at_unix_ms for r in reqs), default=t) + rng.choice([S, 60 * S, 6 * H])
         dry = rng.random() < 0.15
         if dry:
@@ -134,8 +143,20 @@ def _run_pair(engine_cls: Any, seed: int, rounds: int = 30, keys_every: int = 4)
 
 @pytest.mark.parametrize("engine_cls", [Engine, PyEngine], ids=["default", "python"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_columns_answer_as_admit_many(engine_cls: Any, seed: int) -> None:
+def test_columns_answer_as_admit_many(
+    engine_cls: Any, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    general = columnar._general
+    taken: list[int] = []
+
+    def counting(svc: AdmissionService, r: Any, now_ms: int) -> ColumnsResult:
+        taken.append(r.n)
+        return general(svc, r, now_ms)
+
+    monkeypatch.setattr(columnar, "_general", counting)
     assert _run_pair(engine_cls, seed) > 0
+    # Most batches take the columnar path (repeated keys and due changes the general one).
+    assert len(taken) < 15
 
 
 def _fields(r: AdmitRequest) -> dict[str, Any]:
@@ -260,6 +281,20 @@ def test_bad_columns_name_column_and_item(change: dict[str, Any], field: str) ->
     assert info.value.field == field
     assert str(info.value).startswith(field + ":")
     assert svc.snapshot() == before
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_key_repeated_inside_a_batch_sees_its_first_outcome(dry: bool) -> None:
+    a, b = _world(Engine), _world(Engine)
+    reqs = [
+        AdmitRequest("s-ok", rcpt(i % 3), 1, 2, "receipt", f"o-{i % 2}", T0 + i, dry)
+        for i in range(6)
+    ]
+    expected = a.admit_many(reqs, T0)
+    got = admit_columns(b, AdmitColumns.from_requests(reqs, dry_run=dry), T0)
+    assert [got.item(i) for i in range(6)] == [_as_tuple(r) for r in expected]
+    assert a.drain_journal() == b.drain_journal()
+    assert a.snapshot() == b.snapshot()
 
 
 def test_free_form_without_category_is_service_and_empty_batch() -> None:

@@ -135,6 +135,7 @@ def prepare(Py_ssize_t n,
             const int[::1] meta_error,
             int meta_missing,
             dict eco,
+            const unsigned char[::1] skip,
             batch,
             int[::1] rows,
             long long[::1] row_eco,
@@ -157,12 +158,14 @@ def prepare(Py_ssize_t n,
     cdef unsigned long long[::1] b_ticket = batch.ticket
     cdef bint has_at = request_clock and at.shape[0] > 0
     cdef bint has_eco = eco is not None and len(eco) > 0
+    cdef bint has_skip = skip.shape[0] > 0
     cdef int64_t high = now_ms, now, limit, eco_end, end, t_at
     cdef Py_ssize_t unknown = 0, row = 0, i, s, slot
     cdef unsigned char st, cat, ts
     cdef unsigned int flags, t
     cdef uint64_t rkey
-    if n > rows.shape[0] or n > b_now.shape[0] or n > decisions.shape[0]:
+    if (n > rows.shape[0] or n > b_now.shape[0] or n > decisions.shape[0]
+            or (has_skip and n > skip.shape[0])):
         raise ValueError("prepare: columns shorter than the batch")
     for i in range(n):
         s = sender_index[i]
@@ -173,6 +176,8 @@ def prepare(Py_ssize_t n,
                 now = t_at
         if now > high:
             high = now
+        if has_skip and skip[i]:
+            continue
         st = s_state[s]
         if st == 0:
             unknown += 1
@@ -276,6 +281,7 @@ def finish(batch,
            long long[::1] used,
            int[::1] meta,
            list tickets,
+           list keys,
            list journal,
            long long[::1] counts,
            int[::1] counted_rows):
@@ -304,8 +310,12 @@ def finish(batch,
     cdef char buf[80]
     cdef char rec[RECORD_SIZE]
     cdef bint journal_on = journal is not None
+    cdef bint has_keys = keys is not None and len(keys) > 0
+    cdef bytes kb, record
+    cdef Py_ssize_t klen
+    cdef char *out
     if (b_dec.shape[0] < nrows or b_now.shape[0] < nrows or row_eco.shape[0] < nrows
-            or counted_rows.shape[0] < nrows):
+            or counted_rows.shape[0] < nrows or (has_keys and len(keys) < decisions.shape[0])):
         raise ValueError("finish: columns shorter than the batch")
     for j in range(nrows):
         i = rows[j]
@@ -343,8 +353,19 @@ def finish(batch,
                     put_le(rec, 22, flags, 4)
                     put_le(rec, 26, tid, 8)
                     put_le(rec, 34, <uint64_t>limit, 8)
-                    put_le(rec, 42, 0, 2)
-                    journal.append(PyBytes_FromStringAndSize(rec, RECORD_SIZE))
+                    klen = 0
+                    if has_keys:
+                        kb = (<str>keys[i]).encode("utf-8")
+                        klen = len(kb)
+                    put_le(rec, 42, <uint64_t>klen, 2)
+                    if klen:
+                        record = PyBytes_FromStringAndSize(NULL, RECORD_SIZE + klen)
+                        out = PyBytes_AS_STRING(record)
+                        memcpy(out, rec, RECORD_SIZE)
+                        memcpy(out + RECORD_SIZE, <const char *>kb, klen)
+                        journal.append(record)
+                    else:
+                        journal.append(PyBytes_FromStringAndSize(rec, RECORD_SIZE))
                 if c:
                     counted_rows[n_counted] = <int>j
                     n_counted += 1

@@ -175,6 +175,7 @@ def prepare(
     meta_error: Sequence[int],
     meta_missing: int,
     eco: dict[tuple[int, int], int],
+    skip: bytes | bytearray,
     batch: DecisionBatch,
     rows: array[int],
     row_eco: array[int],
@@ -196,8 +197,11 @@ def prepare(
     per item; row j is written at j: ``rows[j]`` is its item, ``row_eco[j]``
     the end of a 131049 back-off applied to it (0: none). ``meta_error`` is
     the Meta error by reason, ``meta_missing`` the one for an unknown template.
+    An item with ``skip[i]`` set (``skip`` empty: none) is already answered (a
+    repeated idempotency key): only its time counts towards ``high``.
     """
     has_at = request_clock and len(at) > 0
+    has_skip = len(skip) > 0
     high = now_ms
     unknown = 0
     b_now, b_scope, b_number = batch.now, batch.scope, batch.number
@@ -213,6 +217,8 @@ def prepare(
                 now = t_at
         if now > high:
             high = now
+        if has_skip and skip[i]:
+            continue
         st = s_state[s]
         if st == 0:
             unknown += 1
@@ -294,6 +300,7 @@ def finish(
     used: array[int],
     meta: array[int],
     tickets: list[str],
+    keys: Sequence[str],
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
@@ -302,7 +309,8 @@ def finish(
     per-item columns.
 
     An admitted row (not a dry run) gets its ticket (the string RecordFeedback
-    takes), a journal record appended to ``journal`` (unless None) and, when it
+    takes), a journal record appended to ``journal`` (unless None; it carries
+    the item's idempotency key from ``keys``, empty or one per item) and, when it
     used a new slot, its row written to ``counted_rows`` (one entry per row).
     Returns ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
     and how many rows ``counted_rows`` holds.
@@ -312,6 +320,8 @@ def finish(
     b_now, b_number, b_rkey = batch.now, batch.number, batch.recipient
     b_flags, b_limit, b_ticket = batch.flags, batch.limit, batch.ticket
     pack = ADMIT_RECORD.pack
+    if keys and len(keys) < len(decisions):
+        raise ValueError("finish: keys shorter than the batch")
     last_tid = 0
     n_counted = 0
     for j in range(len(rows)):
@@ -335,11 +345,19 @@ def finish(
                 rkey = b_rkey[j]
                 tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}"
                 if journal is not None:
-                    journal.append(
-                        pack(
-                            TAG_ADMIT, JOURNAL_VERSION, b_now[j], number, rkey, flags, tid, limit, 0
-                        )
+                    kb = keys[i].encode() if keys else b""
+                    head = pack(
+                        TAG_ADMIT,
+                        JOURNAL_VERSION,
+                        b_now[j],
+                        number,
+                        rkey,
+                        flags,
+                        tid,
+                        limit,
+                        len(kb),
                     )
+                    journal.append(head + kb if kb else head)
                 if c:
                     counted_rows[n_counted] = j
                     n_counted += 1

@@ -10,10 +10,10 @@ the engine decides every row in one ``decide_batch`` call.
 
 Answers, journal records, tickets, decision counts, scope clocks and upgrade
 crossings are exactly those of :meth:`AdmissionService.admit_many` for the same
-requests in the same order. A batch that needs the general path — an item
-with an idempotency key, or a time at which time-driven changes (upgrades,
-restriction ends, ...) fall due — is decided by ``admit_many`` itself and its
-results turned into columns.
+requests in the same order. A batch that needs the general path — an
+idempotency key repeated inside the batch, or a time at which time-driven
+changes (upgrades, restriction ends, ...) fall due — is decided by
+``admit_many`` itself and its results turned into columns.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tiergate.engine.columns import (
     REASONS,
     kernels,
 )
-from tiergate.engine.constants import F_QUALITY_BLOCK, recipient_key
+from tiergate.engine.constants import ADMIT, F_QUALITY_BLOCK, OK, recipient_key
 
 from .service import (
     _BANNED,
@@ -49,7 +49,7 @@ from .service import (
     InvalidArgument,
 )
 from .state import REASONS as SENDER_REASONS
-from .state import LimitScope
+from .state import LimitScope, Sender
 
 #: The Meta error each decision reason avoids, one entry per reason slot.
 _ZEROS5 = (0, 0, 0, 0, 0)
@@ -326,13 +326,60 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
         svc._recompute_due()
     request_clock = svc._request_clock
     high = max(now_ms, r.latest) if request_clock else now_ms
-    if high >= svc._next_due or (r.keys and any(r.keys)):
+    if high >= svc._next_due:
         return _general(svc, r, now_ms)
-    return _fast(svc, r, now_ms)
+    objs = [svc._senders.get(sid) for sid in r.senders]
+    skip: bytes | bytearray = b""
+    hits: list[tuple[int, AdmitResult]] = []
+    if r.keys and any(r.keys):
+        seen = _repeated_keys(svc, r, objs, now_ms)
+        if seen is None:
+            return _general(svc, r, now_ms)
+        skip, hits = seen
+    return _fast(svc, r, now_ms, objs, skip, hits)
+
+
+def _repeated_keys(
+    svc: AdmissionService, r: _Request, objs: list[Sender | None], now_ms: int
+) -> tuple[bytearray, list[tuple[int, AdmitResult]]] | None:
+    """Items whose idempotency key already has an answer, as ``admit_many`` finds them.
+
+    ``admit_many`` looks each key up in item order (dropping expired keys at
+    each item's time first) before anything new is remembered, so the same
+    walk here finds the same answers. None when a key repeats inside the batch
+    (``admit_many`` then decides in parts): the general path takes the batch.
+    """
+    keys, sidx = r.keys, r.sender_index
+    if not r.dry:
+        inside: set[tuple[int, str]] = set()
+        for i, key in enumerate(keys):
+            if key and objs[sidx[i]] is not None:
+                pair = (sidx[i], key)
+                if pair in inside:
+                    return None
+                inside.add(pair)
+    skip = bytearray(r.n)
+    hits: list[tuple[int, AdmitResult]] = []
+    at = r.at if svc._request_clock else None
+    order = svc._idem_order
+    for i, key in enumerate(keys):
+        if not key:
+            continue
+        sender = objs[sidx[i]]
+        if sender is None:
+            continue
+        now = at[i] if at and at[i] > 0 else now_ms
+        if order and order[0][0] <= now:
+            svc._prune(now)
+        first = sender.idem.get(key)
+        if first is not None:
+            skip[i] = 1
+            hits.append((i, first))
+    return skip, hits
 
 
 def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
-    """Through ``admit_many``: idempotency keys, time-driven changes falling due."""
+    """Through ``admit_many``: keys repeated in the batch, time-driven changes falling due."""
     senders, templates, recipients = r.senders, r.templates, r.recipients
     sidx, tidx, kinds, cats = r.sender_index, r.template_index, r.kinds, r.raw_categories
     keys, at, dry = r.keys, r.at, r.dry
@@ -366,7 +413,14 @@ def _from_results(results: Sequence[AdmitResult]) -> ColumnsResult:
     return out
 
 
-def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
+def _fast(
+    svc: AdmissionService,
+    r: _Request,
+    now_ms: int,
+    objs: list[Sender | None],
+    skip: bytes | bytearray,
+    hits: list[tuple[int, AdmitResult]],
+) -> ColumnsResult:
     n = r.n
     z4, z8 = bytes(4 * n), bytes(8 * n)
     k = len(r.senders)
@@ -381,8 +435,6 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
     qblock: list[int] = []
     slots: dict[int, int] = {}
     scopes: list[LimitScope] = []
-    known = svc._senders
-    objs = [known.get(sid) for sid in r.senders]
     for sender in objs:
         if sender is None:
             state.append(0)
@@ -464,6 +516,7 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
         _META_ERROR,
         META_TEMPLATE_MISSING,
         svc._eco,
+        skip,
         batch,
         rows,
         row_eco,
@@ -502,15 +555,27 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
             out.used,
             out.meta_error_code,
             out.tickets,
+            r.keys,
             journal,
             counts,
             counted_rows,
         )
+        if r.keys:
+            _remember_keys(svc, r, objs, batch, rows, out)
         if last_tid:
             svc._ticket = last_tid
         if n_counted:
             del counted_rows[n_counted:]
             _check_crossings(svc, scopes, batch, counted_rows)
+    for i, first in hits:
+        out.decisions[i] = first.decision
+        out.reasons[i] = first.reason
+        out.retry_at_unix_ms[i] = first.retry_at_unix_ms
+        out.tickets[i] = first.ticket
+        out.counted[i] = 1 if first.counted else 0
+        out.limit[i] = first.limit
+        out.used[i] = first.used
+        out.meta_error_code[i] = first.meta_error_code
     for s, sender in enumerate(objs):
         if sender is None:
             continue
@@ -523,6 +588,38 @@ def _fast(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
     if svc._idem_order and svc._idem_order[0][0] <= high:
         svc._prune(high)
     return out
+
+
+def _remember_keys(
+    svc: AdmissionService,
+    r: _Request,
+    objs: list[Sender | None],
+    batch: DecisionBatch,
+    rows: array[int],
+    out: ColumnsResult,
+) -> None:
+    """Admitted items with a key answer their repeats from now on (as ``admit_many``)."""
+    keys, sidx, b_now = r.keys, r.sender_index, batch.now
+    expires = svc.profile.idempotency_ms
+    order = svc._idem_order
+    tickets = out.tickets
+    for j, i in enumerate(rows):
+        key = keys[i]
+        if key and tickets[i]:
+            sender = objs[sidx[i]]
+            assert sender is not None
+            sender.idem[key] = AdmitResult(
+                ADMIT,
+                OK,
+                0,
+                tickets[i],
+                out.counted[i] == 1,
+                out.limit[i],
+                out.used[i],
+                0,
+                "admitted",
+            )
+            order.append((b_now[j] + expires, sender.id, key))
 
 
 def _check_crossings(
