@@ -143,7 +143,7 @@ def tiergate_server(
         f"{_common.LOOPBACK}:{port}",
         "--clock",
         "request",
-        *([] if in_memory else ["--data-dir", str(workdir / "data")]),
+        *(["--data-dir", "none"] if in_memory else ["--data-dir", str(workdir / "data")]),
         *extra_args,
     ]
     with open(log, "wb") as log_file:

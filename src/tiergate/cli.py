@@ -57,6 +57,12 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         help=f"{' | '.join(cfg.DURABILITY_MODES)} (default {cfg.DEFAULT_DURABILITY})",
     )
     p.add_argument(
+        "--recover-truncate",
+        action="store_true",
+        default=None,
+        help="start even if the journal is corrupt before its tail, cutting it there",
+    )
+    p.add_argument(
         "--shutdown-grace",
         metavar="SECONDS",
         help=f"time in-flight calls get at shutdown (default {cfg.DEFAULT_SHUTDOWN_GRACE_S:g})",

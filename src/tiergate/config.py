@@ -69,6 +69,9 @@ class ServeConfig:
     webhook_verify_token: str = ""
     max_batch: int = DEFAULT_MAX_BATCH
     durability: str = DEFAULT_DURABILITY
+    # Start even if the journal is corrupt before its tail: cut there (the cut
+    # bytes are kept in *.corrupt files). Off by default: refusing is safer.
+    recover_truncate: bool = False
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S
     metrics_listen: Endpoint | None = None
     log_level: str = "info"
@@ -130,6 +133,12 @@ def _float(key: str, value: object) -> float:
 def _bool(key: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
+    if isinstance(value, str):  # from TIERGATE_* environment variables
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
     raise ConfigError(key, f"expected true or false, got {value!r}")
 
 
@@ -150,8 +159,17 @@ def _profile(key: str, value: object) -> str:
 
 
 def _path(key: str, value: object) -> Path | None:
+    """A directory; ``none`` (or empty) keeps state in memory only."""
     text = _str(key, value).strip()
-    return Path(text).expanduser() if text else None
+    if text.lower() in ("", "none"):
+        return None
+    return Path(text).expanduser()
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """Where state lives when no data dir is configured: the user's state directory."""
+    base = env.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
+    return Path(base) / "tiergate"
 
 
 def _clock(key: str, value: object) -> Clock:
@@ -202,6 +220,7 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "webhook_verify_token": _str,
     "max_batch": _max_batch,
     "durability": _durability,
+    "recover_truncate": _bool,
     "shutdown_grace": _grace,
     "metrics_listen": _optional_listen,
     "log_level": _log_level,
@@ -346,6 +365,8 @@ def load(
             raw, origin = file_values[name], "file"
         else:
             origins[name] = "default"
+            if name == "data_dir":  # durable by default: memory-only must be asked for
+                values[name] = default_data_dir(env)
             continue
         values[name] = parse(name, raw)
         origins[name] = origin

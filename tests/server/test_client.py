@@ -54,12 +54,14 @@ async def test_admit_and_every_feedback_event() -> None:
 
 @run_async
 async def test_admit_wait_sleeps_until_retry_at_then_admits() -> None:
-    async with serving(clock="server") as h:
+    # One message per second: the second send right after the first waits for a
+    # token (a wide margin, so a loaded machine cannot refill it in between).
+    async with serving(clock="server", senders=(sender(throughput_mps=1),)) as h:
         tg = h.client
-        # Use up the one-second throughput burst (80 msg/s), then wait for a token.
-        burst = await tg.admit_batch([template(f"1555100{i:04d}") for i in range(80)])
-        assert all(a.decision == pb.DECISION_ADMIT for a in burst)
-        assert (await tg.admit_request(template("15552000000"))).reason == pb.THROUGHPUT
+        first = await tg.admit_request(template("15551000000"))
+        assert first.decision == pb.DECISION_ADMIT
+        held = await tg.admit_request(template("15552000000", key="held"))
+        assert (held.decision, held.reason) == (pb.DECISION_RETRY_LATER, pb.THROUGHPUT)
         started = time.monotonic()
         r = await tg.admit_wait(template("15552000001", key="wait-1"), deadline_s=5)
         assert r.decision == pb.DECISION_ADMIT

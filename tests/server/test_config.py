@@ -19,12 +19,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults() -> None:
-    c = cfg.load({}, env={})
+    c = cfg.load({}, env={"XDG_STATE_HOME": "/srv/state"})
     assert str(c.listen) == "127.0.0.1:50051"
     assert c.profile == "meta-2025"
     assert c.clock == "server"
     assert c.max_batch == 1000
-    assert c.data_dir is None
+    assert c.data_dir == Path("/srv/state/tiergate")  # durable unless asked otherwise
     assert c.webhook_listen is None
     assert c.durability == cfg.DEFAULT_DURABILITY
     assert c.origins["listen"] == "default"
@@ -142,3 +142,10 @@ def test_example_config_is_valid() -> None:
     assert len(c.senders) == 2
     assert len({s.portfolio_id for s in c.senders}) == 1
     assert c.data_dir == Path("data")
+
+
+def test_data_dir_none_keeps_state_in_memory_only(tmp_path: Path) -> None:
+    assert cfg.load({"data_dir": "none"}, env={}).data_dir is None
+    assert cfg.load({}, env={"TIERGATE_DATA_DIR": "none"}).data_dir is None
+    path = write(tmp_path, 'data_dir = "~/tg"\n')
+    assert cfg.load({"config": str(path)}, env={}).data_dir == Path("~/tg").expanduser()

@@ -82,7 +82,7 @@ class Server:
             p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp.glob("serve-*.log"))[-2:]
         )
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.starts += 1
         log_path = self.tmp / f"serve-{self.starts:02d}.log"
         with open(log_path, "wb") as log:
@@ -100,6 +100,7 @@ class Server:
                     "request",
                     "--durability",
                     self.durability,
+                    *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

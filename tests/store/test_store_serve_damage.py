@@ -95,6 +95,26 @@ def test_flipped_byte_inside_the_journal_refuses_to_start(tmp_path: Path) -> Non
     assert seg.read_bytes() == bytes(raw)  # refused without touching anything
 
 
+def test_recover_truncate_flag_starts_from_the_records_before_the_damage(tmp_path: Path) -> None:
+    server, _ = journal_with_admits(tmp_path)
+    seg = max(segments(server), key=lambda p: p.stat().st_size)
+    offsets = frame_offsets(seg)
+    bad = offsets[len(offsets) // 2]
+    raw = bytearray(seg.read_bytes())
+    raw[bad + j.FRAME_OVERHEAD + 1] ^= 0x04
+    seg.write_bytes(bytes(raw))
+    start_fails(server)
+    server.start("--recover-truncate")
+    try:
+        assert server.proc is not None and server.proc.poll() is None
+        assert seg.stat().st_size == bad  # cut exactly at the damaged record
+        cut = list(server.data_dir.glob("*.corrupt"))
+        assert cut, "the cut bytes must be kept for inspection"
+        assert bytes(raw[bad:]) in b"".join(p.read_bytes() for p in cut)
+    finally:
+        server.kill()
+
+
 def test_unusable_data_dir_is_a_clear_start_up_error(tmp_path: Path) -> None:
     server = Server(tmp_path, "fsync-interval")
     blocker = tmp_path / "a-file"

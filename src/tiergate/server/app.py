@@ -84,11 +84,15 @@ class Sidecar:
         fresh = True
         if config.data_dir is not None:
             try:
-                self.store = EmbeddedStore.open(config.data_dir, config.durability)
+                self.store = EmbeddedStore.open(
+                    config.data_dir, config.durability, recover_truncate=config.recover_truncate
+                )
                 self.recovery = self.store.recover(service)
             except StoreError as e:
                 raise StartupError(f"data_dir: {e}") from e
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
+        else:
+            log.warning("data_dir is none: state is kept in memory only and lost at exit")
         applied = seed(
             service,
             config.senders,
