@@ -180,7 +180,10 @@ def markdown(summary: dict[str, Any]) -> str:
 PROFILE_BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("set-up feedback (not measured)", ("RecordFeedback",)),
     ("journal flusher thread (fsync)", ("IntervalFlusher",)),
-    ("response messages (one per decision)", ("admit_response", "AdmitBatch.<locals>.<listcomp>")),
+    (
+        "response messages (one per decision)",
+        ("admit_response", "admit_columns_response", "AdmitBatch.<locals>.<listcomp>"),
+    ),
     ("metrics", ("metrics.py",)),
     ("journal: encode + write (event loop)", ("store/", "_commit")),
     ("decision: policy + engine", ("policy/", "engine", "_decide")),

@@ -177,9 +177,11 @@ def chart(summary: dict[str, Any], path: Path) -> Path | None:
     ax2.set_xticks(xs, labels, rotation=20, ha="right")
     ax2.legend()
     m = summary.get("machine", {})
+    la = summary.get("headline", {}).get("grpc_load_average")
+    busy = f"; load average {la['min']:.1f}–{la['max']:.1f}" if la else ""
     fig.suptitle(
         f"tiergate vs a no-op grpc.aio+uvloop server — {m.get('cores')} cores, "
-        f"{m.get('cpu_model')}, client and server on one box, engine {m.get('engine')}",
+        f"{m.get('cpu_model')}, client and server on one box, engine {m.get('engine')}{busy}",
         fontsize=10,
     )
     fig.tight_layout()
