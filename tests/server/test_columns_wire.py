@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from server_harness import SENDER, T0, run_async, serving
 
-from tiergate.client import AdmitItem
+from tiergate.client import AdmitItem, columns_request
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.service import InvalidArgument
 from tiergate.server import columns_wire
@@ -174,3 +174,25 @@ async def test_the_server_serves_admit_columns_from_wire_bytes(
         reply = await h.client.admit_columns(items)
         assert len(reply) == 1 and reply[0].reason in (pb.OK, pb.TEMPLATE_DISABLED)
     assert len(calls) == 1
+
+
+class _Context:
+    async def abort(self, code: object, details: str) -> None:
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+@run_async
+async def test_message_and_wire_handlers_answer_alike() -> None:
+    """The generated-servicer method (protobuf messages) and the wire-bytes one."""
+    items = [
+        AdmitItem(SENDER, f"1555000{i:04d}", pb.TEMPLATE, pb.UTILITY, "t1", f"k{i % 7}", T0 + i)
+        for i in range(40)
+    ]
+    async with serving() as a, serving() as b:
+        sa, sb = a.sidecar._servicer, b.sidecar._servicer
+        assert sa is not None and sb is not None
+        for chunk in (items[:7], items[7:25], items[25:]):
+            req = columns_request(chunk)
+            via_message = await sa.AdmitColumns(req, _Context())  # type: ignore[arg-type]
+            via_wire = await sb.AdmitColumnsWire(req.SerializeToString(), _Context())  # type: ignore[arg-type]
+            assert via_message.SerializeToString() == via_wire
