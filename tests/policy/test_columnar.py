@@ -297,6 +297,23 @@ def test_key_repeated_inside_a_batch_sees_its_first_outcome(dry: bool) -> None:
     assert a.snapshot() == b.snapshot()
 
 
+@pytest.mark.parametrize("keys", [True, False])
+def test_a_sender_listed_twice_is_one_sender(keys: bool) -> None:
+    a, b = _world(Engine), _world(Engine)
+    reqs = [
+        AdmitRequest("s-lim", rcpt(i % 4), 1, 2, "receipt", f"d-{i % 3}" if keys else "", T0 + i)
+        for i in range(8)
+    ]
+    expected = a.admit_many(reqs, T0)
+    cols = AdmitColumns.from_requests(reqs)
+    cols.senders = ["s-lim", "s-lim"]
+    cols.sender_index = [i % 2 for i in range(8)]
+    got = admit_columns(b, cols, T0)
+    assert [got.item(i) for i in range(8)] == [_as_tuple(r) for r in expected]
+    assert a.drain_journal() == b.drain_journal()
+    assert a.snapshot() == b.snapshot()
+
+
 def test_free_form_without_category_is_service_and_empty_batch() -> None:
     a, b = _world(Engine), _world(Engine)
     reqs = [AdmitRequest("s-ok", rcpt(0), 2, 0, "", "", T0), AdmitRequest("s-ok", rcpt(1), 2, 0)]

@@ -351,10 +351,11 @@ def _repeated_keys(
     """
     keys, sidx = r.keys, r.sender_index
     if not r.dry:
-        inside: set[tuple[int, str]] = set()
+        inside: set[tuple[str, str]] = set()
+        senders = r.senders
         for i, key in enumerate(keys):
             if key and objs[sidx[i]] is not None:
-                pair = (sidx[i], key)
+                pair = (senders[sidx[i]], key)  # a sender may be listed twice
                 if pair in inside:
                     return None
                 inside.add(pair)
