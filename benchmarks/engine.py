@@ -1,5 +1,7 @@
 """Decision engine speed: the compiled engine next to its pure-Python twin, in one run.
 
+Next to them a plain-dict Python implementation of the same checks
+(:class:`DictEngine`), the yardstick a hand-written Python service sets.
 Measures decisions per second for single ``decide`` calls and for
 ``decide_batch`` of 1 000, at several numbers of tracked recipients; the
 resident memory per tracked recipient; and snapshot / restore time for
@@ -19,6 +21,7 @@ import random
 import statistics
 import sys
 import time
+import tracemalloc
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +45,138 @@ T0 = 1_780_000_000_000  # a Unix ms time; the clock advances 1 ms per decision
 BATCH = 1_000
 FIRST_KEY = c.recipient_key("15550000000")
 FLAGS = c.F_TEMPLATE
+
+
+class DictEngine:
+    """What a plain Python implementation would do: one dict per table, a dict of
+    minute buckets for the rolling 24 h count, GCRA in ints.
+
+    It covers only what this benchmark sends (counted template sends, no
+    windows, marketing or release) and gives the same decision, counted and
+    used as the engines for it (``check_dict_engine`` compares them); it is
+    here as the yardstick a hand-written Python service would set.
+    """
+
+    def __init__(self) -> None:
+        self.bucket_ms, self.window_ms = 60_000, DAY
+        self.last: dict[int, int] = {}  # scope table: recipient -> last counted
+        self.ticket: dict[int, int] = {}
+        self.pair_tat: dict[int, int] = {}  # number table: recipient -> pair TAT
+        self.buckets: dict[int, int] = {}  # minute bucket -> recipients last counted in it
+        self.used = 0
+        self.lo = -(1 << 62)
+        self.clock = -(1 << 62)
+        self.tput_tat = -(1 << 62)
+        self.tput_interval, self.tput_tolerance = 1, 0
+        self.pair_interval, self.pair_tolerance = 1, 0
+
+    def add_scope(self) -> int:
+        return 0
+
+    def add_number(
+        self, scope: int, tput_interval_us: int, tput_burst: int, pair_ms: int, pair_burst: int
+    ) -> int:
+        self.tput_interval = tput_interval_us
+        self.tput_tolerance = (tput_burst - 1) * tput_interval_us
+        self.pair_interval = pair_ms
+        self.pair_tolerance = (pair_burst - 1) * pair_ms
+        return 0
+
+    def entries(self) -> int:
+        return len(self.last) + len(self.pair_tat)
+
+    def decide(
+        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int
+    ) -> tuple[int, int, int, int, int, int]:
+        if now < self.clock:
+            now = self.clock
+        else:
+            self.clock = now
+            new_lo = (now - self.window_ms) // self.bucket_ms
+            if new_lo > self.lo:  # drop buckets wholly out of the window
+                for b in [b for b in self.buckets if b < new_lo]:
+                    self.used -= self.buckets.pop(b)
+                self.lo = new_lo
+        last = self.last.get(recipient, -(1 << 62))
+        already = last > now - self.window_ms
+        if not already and self.used >= limit:
+            return (c.RETRY_LATER, c.MESSAGING_LIMIT, self.next_free(limit), 0, self.used, last)
+        now_us = now * 1000
+        tput_tat = max(self.tput_tat, now_us)
+        if tput_tat - self.tput_tolerance > now_us:
+            return (
+                c.RETRY_LATER,
+                c.THROUGHPUT,
+                -((self.tput_tolerance - tput_tat) // 1000),
+                0,
+                self.used,
+                last,
+            )
+        pair_tat = max(self.pair_tat.get(recipient, -(1 << 62)), now)
+        if pair_tat - self.pair_tolerance > now:
+            return (c.RETRY_LATER, c.PAIR_RATE, pair_tat - self.pair_tolerance, 0, self.used, last)
+        b = last // self.bucket_ms
+        if b >= self.lo:
+            self.buckets[b] -= 1
+            self.used -= 1
+        b = now // self.bucket_ms
+        self.buckets[b] = self.buckets.get(b, 0) + 1
+        self.used += 1
+        self.last[recipient] = now
+        self.ticket[recipient] = 0 if already else ticket
+        self.tput_tat = tput_tat + self.tput_interval
+        self.pair_tat[recipient] = pair_tat + self.pair_interval
+        return (c.ADMIT, c.OK, 0, 0 if already else 1, self.used, last)
+
+    def next_free(self, limit: int) -> int:
+        need, acc = self.used - limit + 1, 0
+        for b in sorted(self.buckets):
+            acc += self.buckets[b]
+            if acc >= need:
+                return (b + 1) * self.bucket_ms + self.window_ms
+        raise AssertionError("bucket counts out of step with the total")
+
+    def decide_batch(self, batch: DecisionBatch) -> None:
+        batch.prepare_outputs()
+        decide = self.decide
+        for i, (now, sc, nu, r, f, lim, t) in enumerate(
+            zip(
+                batch.now,
+                batch.scope,
+                batch.number,
+                batch.recipient,
+                batch.flags,
+                batch.limit,
+                batch.ticket,
+                strict=True,
+            )
+        ):
+            d = decide(now, sc, nu, r, f, lim, t)
+            batch.decision[i] = d[0]
+            batch.reason[i] = d[1]
+            batch.retry_at[i] = d[2]
+            batch.counted[i] = d[3]
+            batch.used[i] = d[4]
+            batch.prev_counted[i] = d[5]
+
+
+def check_dict_engine() -> None:
+    """The plain-dict yardstick answers this workload as the reference engine does."""
+    ref, plain = new_engine(PyEngine), new_engine(DictEngine)
+    populate(ref, 2_000)
+    populate(plain, 2_000)
+    keys = workload_keys(2_000, 3 * BATCH, 3)
+    for k, b in enumerate(columns(T0 + DAY - 7_000 + 997 * k, keys, 1) for k in range(2)):
+        ref.decide_batch(b)
+        out = [bytes(b.decision), bytes(b.counted), b.used.tobytes(), b.prev_counted.tobytes()]
+        plain.decide_batch(b)
+        if out != [bytes(b.decision), bytes(b.counted), b.used.tobytes(), b.prev_counted.tobytes()]:
+            raise AssertionError(f"plain-dict yardstick disagrees with the reference (batch {k})")
+    for i, k in enumerate(keys[:500]):
+        now = T0 + 3 * DAY + 61_000 * i
+        args = (now, 0, 0, k, FLAGS, 40, i + 1)
+        if ref.decide(*args) != plain.decide(*args):
+            raise AssertionError("plain-dict yardstick disagrees with the reference (single)")
 
 
 def rss_bytes() -> int:
@@ -129,17 +264,28 @@ def measure_size(tracked: int, quick: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"tracked_recipients": tracked}
     # the reference first: its freed objects stay in the interpreter's arenas,
     # which would hide the compiled engine's growth if it ran second
-    impls = [("python", PyEngine), ("compiled", CEngine)] if CEngine else [("python", PyEngine)]
+    impls: list[tuple[str, Any]] = [("python", PyEngine), ("dict", DictEngine)]
+    if CEngine is not None:
+        impls.append(("compiled", CEngine))
     for name, cls in impls:
-        if name == "python" and tracked > (100_000 if quick else 1_000_000):
+        if name != "compiled" and tracked > (100_000 if quick else 1_000_000):
             continue
         gc.collect()
         before = rss_bytes()
+        if name == "dict":
+            # after the reference, the RSS delta would reuse its freed arenas:
+            # count the dict engine's own allocations instead
+            tracemalloc.start()
         e = new_engine(cls)
         populate(e, tracked)
         gc.collect()
-        row[f"{name}_bytes_per_recipient"] = (rss_bytes() - before) / tracked
+        if name == "dict":
+            row[f"{name}_bytes_per_recipient"] = tracemalloc.get_traced_memory()[0] / tracked
+            tracemalloc.stop()
+        else:
+            row[f"{name}_bytes_per_recipient"] = (rss_bytes() - before) / tracked
         n_single = (200_000 if name == "compiled" else 20_000) // (2 if quick else 1)
+        # (the dict engine takes the reference's sizes)
         n_batch = (1_000_000 if name == "compiled" else 20_000) // (2 if quick else 1)
         single = rates(time_single, e, workload_keys(tracked, n_single, 1))
         batch = rates(time_batches, e, workload_keys(tracked, n_batch, 2))
@@ -152,6 +298,10 @@ def measure_size(tracked: int, quick: bool) -> dict[str, Any]:
             row[f"{kind}_ratio"] = row[f"compiled_{kind}_per_s"] / row[f"python_{kind}_per_s"]
             row[f"{kind}_ratio_cpu"] = (
                 row[f"compiled_{kind}_per_cpu_s"] / row[f"python_{kind}_per_cpu_s"]
+            )
+        if f"dict_{kind}_per_s" in row and f"compiled_{kind}_per_s" in row:
+            row[f"{kind}_ratio_dict_cpu"] = (
+                row[f"compiled_{kind}_per_cpu_s"] / row[f"dict_{kind}_per_cpu_s"]
             )
         if f"compiled_{kind}_per_s" in row:
             row[f"compiled_{kind}_ns"] = 1e9 / row[f"compiled_{kind}_per_s"]
@@ -202,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     _common.print_machine()
+    check_dict_engine()
     started = time.monotonic()
     sizes = [1_000, 100_000, 1_000_000] if args.quick else [1_000, 1_000_000, 10_000_000]
     rows = [measure_size(n, args.quick) for n in sizes]
@@ -212,12 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         "compiled decide/s",
         "python decide/s",
         "ratio",
+        "dict decide/s",
         "compiled batch/s",
         "python batch/s",
         "ratio",
+        "dict batch/s",
+        "ratio vs dict",
         "ns/decision (batch, CPU)",
         "RSS B/recipient (compiled)",
         "RSS B/recipient (python)",
+        "B/recipient (dict, traced)",
     ]
     table = [
         [
@@ -225,19 +380,24 @@ def main(argv: list[str] | None = None) -> int:
             r.get("compiled_single_per_cpu_s"),
             r.get("python_single_per_cpu_s"),
             r.get("single_ratio_cpu"),
+            r.get("dict_single_per_cpu_s"),
             r.get("compiled_batch_per_cpu_s"),
             r.get("python_batch_per_cpu_s"),
             r.get("batch_ratio_cpu"),
+            r.get("dict_batch_per_cpu_s"),
+            r.get("batch_ratio_dict_cpu"),
             r.get("compiled_batch_cpu_ns"),
             r.get("compiled_bytes_per_recipient"),
             r.get("python_bytes_per_recipient"),
+            r.get("dict_bytes_per_recipient"),
         ]
         for r in rows
     ]
     _common.print_table(
         f"decision engine: single decide and decide_batch({BATCH}), counted template sends "
         "(decisions per CPU second of this process, steady on a shared box; wall-clock "
-        "figures are in the JSON; ratio = compiled / python)",
+        "figures are in the JSON; ratio = compiled / python reference twin; dict = a "
+        "plain-dict Python implementation of the same checks)",
         headers,
         table,
     )

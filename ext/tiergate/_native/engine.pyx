@@ -52,15 +52,30 @@ cdef extern from *:
     #endif
         free(p);
     }
+    /* A load the compiler must issue (its value only goes to tg_keep). */
+    static inline uint64_t tg_load(const void *p) {
+        return *(const volatile uint64_t *)p;
+    }
+    static volatile uint64_t tg_sink;
+    static inline void tg_keep(uint64_t v) { tg_sink = v; }
     """
     void __builtin_prefetch(const void *addr) noexcept nogil
+    uint64_t tg_load(const void *p) noexcept nogil
+    void tg_keep(uint64_t v) noexcept nogil
     void *tg_table_alloc(size_t nbytes) noexcept nogil
     void tg_table_free(void *p, size_t nbytes) noexcept nogil
 
 # Batch items (or snapshot entries) whose table slots are prefetched ahead of
 # the one being worked on, so that several cache misses overlap.
+# decide_batch instead loads the slots of TOUCH_CHUNK items in a row before
+# deciding them: plain loads, independent of each other, which the core keeps
+# in flight together. Measured on 2-core AMD EPYC (KVM) with 1 M and 10 M
+# tracked recipients, software prefetches 8 to 64 items ahead did not shorten
+# the batch at all, while this pass took 25-40 % off it; 64 items was best of
+# 16 / 64 / 256 / 1000.
 cdef enum:
     PREFETCH_AHEAD = 8
+    TOUCH_CHUNK = 64
     RADIX_BITS = 11
     RADIX_BUCKETS = 1 << RADIX_BITS
 
@@ -107,6 +122,14 @@ cdef inline uint64_t mix(uint64_t key) noexcept nogil:
     key = (key ^ (key >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
     key = (key ^ (key >> 27)) * <uint64_t>0x94D049BB133111EB
     return key ^ (key >> 31)
+
+
+cdef inline uint64_t touch_slots(ScopeTable *st, NumberTable *nt,
+                                 uint64_t recipient) noexcept nogil:
+    # Load the first slot each table probes for recipient (into the cache).
+    cdef uint64_t h = mix(recipient)
+    return (tg_load(&st.slots[h & (st.capacity - 1)])
+            ^ tg_load(&nt.slots[h & (nt.capacity - 1)]))
 
 
 # -- rings -------------------------------------------------------------------
@@ -860,7 +883,8 @@ cdef class Engine:
         cdef long long[::1] retry_at
         cdef long long[::1] used
         cdef long long[::1] prev_counted
-        cdef Py_ssize_t n = now.shape[0], i, bad = -1
+        cdef Py_ssize_t n = now.shape[0], i, j, end, bad = -1
+        cdef uint64_t touched
         cdef Decision d
         cdef int rc = 0
         for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
@@ -891,20 +915,27 @@ cdef class Engine:
         retry_at = batch.retry_at
         used = batch.used
         prev_counted = batch.prev_counted
-        for i in range(n):
-            if i + PREFETCH_AHEAD < n:
-                self.prefetch(scope[i + PREFETCH_AHEAD], number[i + PREFETCH_AHEAD],
-                              recipient[i + PREFETCH_AHEAD])
-            rc = self.decide_one(now[i], &self.scopes[scope[i]], &self.numbers[number[i]],
-                                 recipient[i], flags[i], limit[i], ticket[i], &d)
-            if rc < 0:
-                break
-            decision[i] = <signed char>d.decision
-            reason[i] = <signed char>d.reason
-            counted[i] = <signed char>d.counted
-            retry_at[i] = d.retry_at
-            used[i] = d.used
-            prev_counted[i] = d.prev_counted
+        i = 0
+        while i < n and rc == 0:
+            # the slots of the next TOUCH_CHUNK items, loaded together (see TOUCH_CHUNK)
+            end = i + TOUCH_CHUNK if i + TOUCH_CHUNK < n else n
+            touched = 0
+            for j in range(i, end):
+                touched ^= touch_slots(&self.scopes[scope[j]].table,
+                                       &self.numbers[number[j]].table, recipient[j])
+            tg_keep(touched)
+            while i < end:
+                rc = self.decide_one(now[i], &self.scopes[scope[i]], &self.numbers[number[i]],
+                                     recipient[i], flags[i], limit[i], ticket[i], &d)
+                if rc < 0:
+                    break
+                decision[i] = <signed char>d.decision
+                reason[i] = <signed char>d.reason
+                counted[i] = <signed char>d.counted
+                retry_at[i] = d.retry_at
+                used[i] = d.used
+                prev_counted[i] = d.prev_counted
+                i += 1
         if rc < 0:
             raise MemoryError(f"batch item {i}: out of memory growing a recipient table")
 
