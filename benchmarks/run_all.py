@@ -172,6 +172,10 @@ def chart(summary: dict[str, Any], path: Path) -> Path | None:
     ax2.bar([x - w / 2 for x in xs], noop_p, w, label="no-op ceiling", color="#b0b0b0")
     ax2.bar([x + w / 2 for x in xs], tg_p, w, label="tiergate", color="#2a7ab9")
     ax2.set_yscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax2.yaxis.set_major_formatter(ScalarFormatter())
+    ax2.yaxis.set_minor_formatter(NullFormatter())
     ax2.set_ylabel("p99 latency, ms (log scale)")
     ax2.set_title("p99 at 50 % of tiergate's maximum rate (same rate for both)")
     ax2.set_xticks(xs, labels, rotation=20, ha="right")
