@@ -172,8 +172,9 @@ def chart(summary: dict[str, Any], path: Path) -> Path | None:
     ax2.bar([x - w / 2 for x in xs], noop_p, w, label="no-op ceiling", color="#b0b0b0")
     ax2.bar([x + w / 2 for x in xs], tg_p, w, label="tiergate", color="#2a7ab9")
     ax2.set_yscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+    ax2.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax2.yaxis.set_major_formatter(ScalarFormatter())
     ax2.yaxis.set_minor_formatter(NullFormatter())
     ax2.set_ylabel("p99 latency, ms (log scale)")
