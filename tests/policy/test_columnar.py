@@ -340,9 +340,37 @@ def test_journal_record_layout_matches_the_service() -> None:
     assert py_kernels.ADMIT_RECORD.format == service_mod._ADMIT_REC.format
     assert py_kernels.TAG_ADMIT == service_mod._TAG_ADMIT
     assert py_kernels.JOURNAL_VERSION == service_mod.JOURNAL_VERSION
+    assert py_kernels.ADMIT_VERSION == service_mod._ADMIT_VERSION
+    assert py_kernels.BATCH_HEAD.format == service_mod._BATCH_HEAD.format
+    assert py_kernels.BATCH_ROW.format == service_mod._BATCH_ROW.format
+    assert py_kernels.TAG_BATCH == service_mod._TAG_BATCH
+    assert py_kernels.BATCH_VERSION == service_mod._BATCH_VERSION
 
 
 def test_empty_result_columns() -> None:
     empty = ColumnsResult.empty(3)
     assert empty.item(2) == (0, 0, 0, "", False, 0, 0, 0)
     assert array("q", empty.used).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("engine_cls", [Engine, PyEngine], ids=["default", "python"])
+def test_a_columnar_batch_is_one_journal_record(engine_cls: Any) -> None:
+    a = _world(engine_cls)
+    setup = a.drain_journal()
+    reqs = [
+        AdmitRequest("s-ok", rcpt(100 + i), 1, 2, "receipt", f"c{i}" if i % 4 else "", T0 + i * S)
+        for i in range(300)
+    ]
+    got = admit_columns(a, AdmitColumns.from_requests(reqs), T0)
+    assert sum(1 for tk in got.tickets if tk) == 300
+    (record,) = a.drain_journal()
+    assert record[:2] == b"B\x02"
+    assert len(record) == 6 + 300 * 42 + sum(len(r.idempotency_key) for r in reqs)
+    prof = load_profile("meta-2025")
+    engine = engine_cls(prof.bucket_ms, prof.window_ms, prof.long_bucket_ms, prof.lookback_ms)
+    copy = AdmissionService(prof, clock="request", engine=engine)
+    for rec in [*setup, record]:
+        copy.replay(rec)
+    at = T0 + H
+    assert copy.sender_state("s-ok", at).used_24h == a.sender_state("s-ok", at).used_24h
+    assert copy.admit_many(reqs[1:8], at) == a.admit_many(reqs[1:8], at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import pytest
 
@@ -71,6 +72,82 @@ def test_replay_reproduces_state_and_decisions() -> None:
     # Both decide the same from here on.
     probes = [req("a", rcpt(i), at + i * 20) for i in range(2_000, 2_400)]
     assert live.admit_many(probes, at) == copy.admit_many(probes, at)
+
+
+def per_item(records: list[bytes]) -> list[bytes]:
+    """The journal as a tiergate before batch records wrote it: one admit record per admit."""
+    out: list[bytes] = []
+    for record in records:
+        if record[0] != 0x42:
+            out.append(record)
+            continue
+        (count,) = struct.unpack_from("<I", record, 2)
+        row = struct.Struct("<qiQIQqH")
+        keys_at = 6 + count * row.size
+        for k in range(count):
+            fields = row.unpack_from(record, 6 + k * row.size)
+            klen = fields[-1]
+            out.append(b"A\x01" + row.pack(*fields) + record[keys_at : keys_at + klen])
+            keys_at += klen
+        assert keys_at == len(record)
+    return out
+
+
+def test_batch_records_replay_like_per_item_records() -> None:
+    live = service("meta-2024")
+    workload(live)
+    records = live.drain_journal()
+    batches = [r for r in records if r[0] == 0x42]
+    assert batches and all(r[1] == 2 for r in batches)
+    assert len(records) < 20 < len(per_item(records))  # ~1 100 admits in a few records
+    assert any(r[0] == 0x41 for r in records)  # a single admit keeps its own record
+    by_batch, by_item = service("meta-2024"), service("meta-2024")
+    for record in records:
+        by_batch.replay(record)
+    for record in per_item(records):
+        by_item.replay(record)
+    assert by_batch.snapshot() == by_item.snapshot()
+    at = T0 + 8 * D + H
+    assert reports(by_item, at) == reports(live, at)
+    assert settled(by_item, at) == settled(live, at)
+
+
+def test_keys_in_a_batch_record_replay() -> None:
+    live = service("meta-2024")
+    add_sender(live)
+    live.drain_journal()
+    reqs = [req("s1", rcpt(i), T0 + i, key=("" if i % 3 else f"k-é{i}")) for i in range(30)]
+    first = live.admit_many(reqs, T0)
+    (record,) = live.drain_journal()
+    assert record[0] == 0x42
+    by_batch, by_item = service("meta-2024"), service("meta-2024")
+    add_sender(by_batch)
+    add_sender(by_item)
+    by_batch.drain_journal(), by_item.drain_journal()
+    by_batch.replay(record)
+    for one in per_item([record]):
+        by_item.replay(one)
+    assert by_batch.snapshot() == by_item.snapshot()
+    # Both remember every admitted key with its answer, as the live service does.
+    again = [r for r in reqs if r.idempotency_key]
+    remembered = [res for r, res in zip(reqs, first, strict=True) if r.idempotency_key]
+    assert all(res.ticket for res in remembered)
+    assert by_batch.admit_many(again, T0 + S) == remembered
+    assert by_item.admit_many(again, T0 + S) == remembered
+    assert live.admit_many(again, T0 + S) == remembered
+
+
+def test_damaged_batch_records_are_refused() -> None:
+    live = service("meta-2024")
+    add_sender(live)
+    live.drain_journal()
+    live.admit_many([req("s1", rcpt(i), T0 + i, key="k" if i == 1 else "") for i in range(5)], T0)
+    (record,) = live.drain_journal()
+    copy = service("meta-2024")
+    add_sender(copy)
+    for bad in (record[:-1], record + b"x", record[:40], bytes((0x42, 3)) + record[2:]):
+        with pytest.raises(ValueError):
+            copy.replay(bad)
 
 
 def test_replay_is_exact_even_if_the_profile_changed(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -275,3 +275,40 @@ def test_record_trigger_waits_for_the_minimum_interval(tmp_path: Path) -> None:
         store.close()
 
     asyncio.run(main())
+
+
+def test_journal_bytes_make_a_snapshot_due(tmp_path: Path) -> None:
+    """A few large records (whole batches of admits) make a snapshot due by their bytes,
+    and recovery counts the bytes it replayed towards the next one."""
+
+    async def main() -> None:
+        store = EmbeddedStore.open(
+            tmp_path,
+            "write",
+            snapshot_every_records=10**6,
+            snapshot_every_bytes=1_000,
+            snapshot_min_seconds=0,
+            snapshot_on_close=False,
+        )
+        svc = CounterService()
+        store.recover(svc)
+        svc.incr("r" * 400)
+        await store.persist(svc)
+        assert not store.snapshot_due() and store.bytes_since_snapshot > 400
+        svc.incr("r" * 400)
+        svc.incr("r" * 400)
+        store.commit_sync(svc.drain_journal())
+        assert store.records_since_snapshot == 3 and store.snapshot_due()
+        store.close()
+
+    asyncio.run(main())
+    again = EmbeddedStore.open(tmp_path, "write", snapshot_every_bytes=1_000)
+    svc = CounterService()
+    report = again.recover(svc)
+    assert report.records_replayed == 3 and report.replayed_bytes > 1_200
+    assert again.bytes_since_snapshot == report.replayed_bytes
+    again.snapshot_sync(svc)
+    assert again.bytes_since_snapshot == 0 and not again.snapshot_due()
+    again.close()
+    with pytest.raises(ValueError, match="snapshot_every_bytes"):
+        EmbeddedStore(tmp_path / "x", snapshot_every_bytes=0)

@@ -6,7 +6,7 @@
 # The policy layer does every per-sender and per-template step once per batch
 # and passes small tables indexed by the request's sender and template
 # indexes; these loops then touch no Python object per item except the
-# recipient strings read, the tickets and journal records made for admits,
+# recipient strings read, the tickets and the journal record made for admits,
 # and a dict lookup for marketing while a 131049 back-off is held.
 
 from cpython cimport array as carray
@@ -42,8 +42,11 @@ cdef enum:
     KEY_LENGTH_SHIFT = 50
     MAX_RECIPIENT_DIGITS = 15
     TAG_ADMIT = 0x41
-    JOURNAL_VERSION = 1
-    RECORD_SIZE = 44
+    ADMIT_VERSION = 1
+    TAG_BATCH = 0x42
+    BATCH_VERSION = 2
+    BATCH_HEAD_SIZE = 6
+    ROW_SIZE = 42
     C_REASONS = 16
 
 REASONS = C_REASONS
@@ -308,15 +311,22 @@ def finish(batch,
     cdef unsigned int flags
     cdef int number
     cdef char buf[80]
-    cdef char rec[RECORD_SIZE]
     cdef bint journal_on = journal is not None
     cdef bint has_keys = keys is not None and len(keys) > 0
     cdef bytes kb, record
-    cdef Py_ssize_t klen
+    cdef bytearray table = None
+    cdef list key_parts = None
+    cdef Py_ssize_t klen, n_admits = 0, key_bytes = 0, size
+    cdef char *rec = NULL
     cdef char *out
     if (b_dec.shape[0] < nrows or b_now.shape[0] < nrows or row_eco.shape[0] < nrows
             or counted_rows.shape[0] < nrows or (has_keys and len(keys) < decisions.shape[0])):
         raise ValueError("finish: columns shorter than the batch")
+    if journal_on and nrows:
+        # The rows of the batch's journal record, written after its header.
+        table = bytearray(BATCH_HEAD_SIZE + nrows * ROW_SIZE)
+        rec = table
+        key_parts = []
     for j in range(nrows):
         i = rows[j]
         s = sender_index[i]
@@ -345,27 +355,22 @@ def finish(batch,
                 pos = put_hex(buf, pos + 1, <uint64_t>b_prev[j] - <uint64_t>NEVER)
                 tickets[i] = PyUnicode_DecodeASCII(buf, pos, NULL)
                 if journal_on:
-                    rec[0] = TAG_ADMIT
-                    rec[1] = JOURNAL_VERSION
-                    put_le(rec, 2, <uint64_t>b_now[j], 8)
-                    put_le(rec, 10, <uint64_t><int64_t>number, 4)
-                    put_le(rec, 14, rkey, 8)
-                    put_le(rec, 22, flags, 4)
-                    put_le(rec, 26, tid, 8)
-                    put_le(rec, 34, <uint64_t>limit, 8)
+                    pos = BATCH_HEAD_SIZE + n_admits * ROW_SIZE
+                    put_le(rec, pos, <uint64_t>b_now[j], 8)
+                    put_le(rec, pos + 8, <uint64_t><int64_t>number, 4)
+                    put_le(rec, pos + 12, rkey, 8)
+                    put_le(rec, pos + 20, flags, 4)
+                    put_le(rec, pos + 24, tid, 8)
+                    put_le(rec, pos + 32, <uint64_t>limit, 8)
                     klen = 0
                     if has_keys:
                         kb = (<str>keys[i]).encode("utf-8")
                         klen = len(kb)
-                    put_le(rec, 42, <uint64_t>klen, 2)
-                    if klen:
-                        record = PyBytes_FromStringAndSize(NULL, RECORD_SIZE + klen)
-                        out = PyBytes_AS_STRING(record)
-                        memcpy(out, rec, RECORD_SIZE)
-                        memcpy(out + RECORD_SIZE, <const char *>kb, klen)
-                        journal.append(record)
-                    else:
-                        journal.append(PyBytes_FromStringAndSize(rec, RECORD_SIZE))
+                        if klen:
+                            key_parts.append(kb)
+                            key_bytes += klen
+                    put_le(rec, pos + 40, <uint64_t>klen, 2)
+                    n_admits += 1
                 if c:
                     counted_rows[n_counted] = <int>j
                     n_counted += 1
@@ -388,6 +393,29 @@ def finish(batch,
             retry_at[i] = b_retry[j]
             meta[i] = meta_error[r]
         counts[s * C_REASONS + r] += 1
+    if n_admits:
+        # One admit: the admit record (tag, version, row, key); more: one batch record
+        # (tag, version, row count, rows, keys), as tiergate.engine.columns.finish.
+        if n_admits == 1:
+            size = 2 + ROW_SIZE
+            record = PyBytes_FromStringAndSize(NULL, size + key_bytes)
+            out = PyBytes_AS_STRING(record)
+            out[0] = TAG_ADMIT
+            out[1] = ADMIT_VERSION
+            memcpy(out + 2, rec + BATCH_HEAD_SIZE, ROW_SIZE)
+        else:
+            size = BATCH_HEAD_SIZE + n_admits * ROW_SIZE
+            record = PyBytes_FromStringAndSize(NULL, size + key_bytes)
+            out = PyBytes_AS_STRING(record)
+            rec[0] = TAG_BATCH
+            rec[1] = BATCH_VERSION
+            put_le(rec, 2, <uint64_t>n_admits, 4)
+            memcpy(out, rec, size)
+        for kb in key_parts:
+            klen = len(kb)
+            memcpy(out + size, <const char *>kb, klen)
+            size += klen
+        journal.append(record)
     return last_tid, n_counted
 
 

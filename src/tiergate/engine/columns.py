@@ -94,7 +94,15 @@ NO_TEMPLATE = 6  # a TEMPLATE message without a template
 #: number, recipient key, flags, ticket id, limit, idempotency key length.
 ADMIT_RECORD = struct.Struct("<BBqiQIQqH")
 TAG_ADMIT = 0x41
-JOURNAL_VERSION = 1
+ADMIT_VERSION = 1
+#: The batch journal record (``policy.service._BATCH_HEAD`` / ``_BATCH_ROW``): tag,
+#: version, row count; one row per admit (the admit record's fields after tag and
+#: version); then the rows' idempotency keys, concatenated.
+BATCH_HEAD = struct.Struct("<BBI")
+BATCH_ROW = struct.Struct("<qiQIQqH")
+TAG_BATCH = 0x42
+BATCH_VERSION = 2
+JOURNAL_VERSION = 2
 
 
 def check_items(
@@ -309,9 +317,11 @@ def finish(
     per-item columns.
 
     An admitted row (not a dry run) gets its ticket (the string RecordFeedback
-    takes), a journal record appended to ``journal`` (unless None; it carries
-    the item's idempotency key from ``keys``, empty or one per item) and, when it
-    used a new slot, its row written to ``counted_rows`` (one entry per row).
+    takes), a row in the journal record appended to ``journal`` (unless None; one
+    record for all the batch's admits: an admit record for one, a batch record
+    for more; it carries each item's idempotency key from ``keys``, empty or one
+    per item) and, when it used a new slot, its row written to ``counted_rows``
+    (one entry per row).
     Returns ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
     and how many rows ``counted_rows`` holds.
     """
@@ -319,7 +329,9 @@ def finish(
     b_cnt, b_used, b_prev = batch.counted, batch.used, batch.prev_counted
     b_now, b_number, b_rkey = batch.now, batch.number, batch.recipient
     b_flags, b_limit, b_ticket = batch.flags, batch.limit, batch.ticket
-    pack = ADMIT_RECORD.pack
+    pack = BATCH_ROW.pack
+    journal_rows: list[bytes] = []
+    journal_keys: list[bytes] = []
     if keys and len(keys) < len(decisions):
         raise ValueError("finish: keys shorter than the batch")
     last_tid = 0
@@ -346,18 +358,9 @@ def finish(
                 tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}"
                 if journal is not None:
                     kb = keys[i].encode() if keys else b""
-                    head = pack(
-                        TAG_ADMIT,
-                        JOURNAL_VERSION,
-                        b_now[j],
-                        number,
-                        rkey,
-                        flags,
-                        tid,
-                        limit,
-                        len(kb),
-                    )
-                    journal.append(head + kb if kb else head)
+                    journal_rows.append(pack(b_now[j], number, rkey, flags, tid, limit, len(kb)))
+                    if kb:
+                        journal_keys.append(kb)
                 if c:
                     counted_rows[n_counted] = j
                     n_counted += 1
@@ -380,6 +383,16 @@ def finish(
             retry_at[i] = b_retry[j]
             meta[i] = meta_error[r]
         counts[s * REASONS + r] += 1
+    if journal is not None and journal_rows:
+        if len(journal_rows) == 1:
+            head = bytes((TAG_ADMIT, ADMIT_VERSION)) + journal_rows[0]
+            journal.append(head + journal_keys[0] if journal_keys else head)
+        else:
+            journal.append(
+                BATCH_HEAD.pack(TAG_BATCH, BATCH_VERSION, len(journal_rows))
+                + b"".join(journal_rows)
+                + b"".join(journal_keys)
+            )
     return last_tid, n_counted
 
 

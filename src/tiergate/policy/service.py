@@ -109,10 +109,24 @@ DETAIL = (
     "unknown sender",
 )
 
+#: One admit: tag, version, now, number, recipient key, flags, ticket id, limit, key length;
+#: the idempotency key's UTF-8 bytes follow.
 _ADMIT_REC = struct.Struct("<BBqiQIQqH")
 _TAG_ADMIT = 0x41  # 'A'
 _TAG_JSON = 0x4A  # 'J'
-JOURNAL_VERSION = 1
+#: Every admit of one decided batch (two or more): tag, version, row count; then one
+#: fixed-width row per admit (the fields of ``_ADMIT_REC`` after tag and version, in
+#: decision order), then the rows' idempotency keys' UTF-8 bytes, concatenated in
+#: row order. Replays exactly as the rows' ``_TAG_ADMIT`` records would.
+_BATCH_HEAD = struct.Struct("<BBI")
+_BATCH_ROW = struct.Struct("<qiQIQqH")
+_TAG_BATCH = 0x42  # 'B'
+#: Admit and JSON records are written at version 1 (their layout since then); batch
+#: records, new in version 2, at 2. Replay reads every version up to this one.
+JOURNAL_VERSION = 2
+_ADMIT_VERSION = 1
+_JSON_VERSION = 1
+_BATCH_VERSION = 2
 SNAPSHOT_MAGIC = b"TGSNAP"
 SNAPSHOT_VERSION = 1
 
@@ -247,6 +261,19 @@ class SenderReport:
 
 def _digits(number: str) -> str:
     return "".join(ch for ch in number if ch.isdigit())
+
+
+def admit_record(rows: Sequence[bytes], keys: Sequence[bytes]) -> bytes:
+    """The journal record of one decided batch's admits (``rows``: ``_BATCH_ROW`` each;
+    ``keys``: the non-empty idempotency keys in row order).
+
+    A single admit keeps the one-admit record (``_TAG_ADMIT``); two or more share
+    one batch record (``_TAG_BATCH``), so the store frames and checksums a batch once.
+    """
+    if len(rows) == 1:
+        head = bytes((_TAG_ADMIT, _ADMIT_VERSION)) + rows[0]
+        return head + keys[0] if keys else head
+    return _BATCH_HEAD.pack(_TAG_BATCH, _BATCH_VERSION, len(rows)) + b"".join(rows) + b"".join(keys)
 
 
 def _encode_ticket(tid: int, number: int, rkey: int, prev: int) -> str:
@@ -607,8 +634,10 @@ class AdmissionService:
             dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
             counted, used, prev = batch.counted, batch.used, batch.prev_counted
         b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
-        pack = _ADMIT_REC.pack
-        journal_append = self._journal.append
+        pack = _BATCH_ROW.pack
+        journal_rows: list[bytes] = []
+        journal_keys: list[bytes] = []
+        journal_append = journal_rows.append
         touched: dict[int, list[int]] = {}
         journal = self._journal_on and not self._replaying
         expires = self.profile.idempotency_ms
@@ -651,19 +680,10 @@ class AdmissionService:
                     if journal:
                         kb = key.encode()
                         journal_append(
-                            pack(
-                                _TAG_ADMIT,
-                                JOURNAL_VERSION,
-                                now,
-                                sender.number,
-                                rkey,
-                                flags,
-                                tid,
-                                b_limit[j],
-                                len(kb),
-                            )
-                            + kb
+                            pack(now, sender.number, rkey, flags, tid, b_limit[j], len(kb))
                         )
+                        if kb:
+                            journal_keys.append(kb)
                     if counted[j]:
                         rows_of = touched.get(sender.scope.index)
                         if rows_of is None:
@@ -702,6 +722,8 @@ class AdmissionService:
                 )
             sender.counts[r] += 1
             results[i] = res
+        if journal_rows:
+            self._journal.append(admit_record(journal_rows, journal_keys))
         top = self.profile.ladder[-1]
         for idx, js in touched.items():
             sc = self._scopes[idx]
@@ -1555,7 +1577,7 @@ class AdmissionService:
     def _journal_json(self, payload: dict[str, Any]) -> None:
         if self._journal_on and not self._replaying:
             body = json.dumps(payload, separators=(",", ":")).encode()
-            self._journal.append(bytes((_TAG_JSON, JOURNAL_VERSION)) + body)
+            self._journal.append(bytes((_TAG_JSON, _JSON_VERSION)) + body)
 
     def _journal_state(self, scopes: list[LimitScope], senders: list[Sender]) -> None:
         if self._journal_on and not self._replaying and (scopes or senders):
@@ -1584,6 +1606,8 @@ class AdmissionService:
         try:
             if tag == _TAG_ADMIT:
                 self._replay_admit(record)
+            elif tag == _TAG_BATCH:
+                self._replay_batch(record)
             elif tag == _TAG_JSON:
                 payload = json.loads(record[2:])
                 if payload["k"] == "event":
@@ -1611,12 +1635,35 @@ class AdmissionService:
                 raise ValueError(f"unknown journal record tag {tag:#x}")
         finally:
             self._replaying = False
-        if tag != _TAG_ADMIT:
+        if tag != _TAG_ADMIT and tag != _TAG_BATCH:
             self._due_dirty = True
 
     def _replay_admit(self, record: bytes) -> None:
         _, _, now, number, rkey, flags, tid, limit, klen = _ADMIT_REC.unpack_from(record)
         key = record[_ADMIT_REC.size : _ADMIT_REC.size + klen].decode()
+        self._replay_row(now, number, rkey, flags, tid, limit, key)
+
+    def _replay_batch(self, record: bytes) -> None:
+        _, _, count = _BATCH_HEAD.unpack_from(record)
+        start = _BATCH_HEAD.size
+        keys_at = start + count * _BATCH_ROW.size
+        if len(record) < keys_at:
+            raise ValueError(f"batch journal record of {count} rows is cut short")
+        rows = list(_BATCH_ROW.iter_unpack(memoryview(record)[start:keys_at]))
+        if keys_at + sum(r[6] for r in rows) != len(record):
+            raise ValueError("batch journal record: key bytes do not match the rows")
+        row = self._replay_row
+        for now, number, rkey, flags, tid, limit, klen in rows:
+            key = ""
+            if klen:
+                key = record[keys_at : keys_at + klen].decode()
+                keys_at += klen
+            row(now, number, rkey, flags, tid, limit, key)
+
+    def _replay_row(
+        self, now: int, number: int, rkey: int, flags: int, tid: int, limit: int, key: str
+    ) -> None:
+        """One admit as it happened (forced: the answer was given; only state follows)."""
         s = self._by_number[number]
         scope = s.scope
         if now > scope.last_now:

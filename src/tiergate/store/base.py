@@ -103,6 +103,7 @@ class RecoveryReport:
     snapshot_seq: int = 0
     snapshot_bytes: int = 0
     records_replayed: int = 0
+    replayed_bytes: int = 0  # payload bytes of the records replayed
     last_seq: int = 0
     segments_read: int = 0
     journal_bytes: int = 0

@@ -69,6 +69,10 @@ log = logging.getLogger("tiergate.store")
 LOCK_NAME = "LOCK"
 DEFAULT_FSYNC_INTERVAL_MS = 50
 DEFAULT_SNAPSHOT_EVERY_RECORDS = 200_000
+#: Journal payload bytes that make a snapshot due, like the record count: a record
+#: may hold a whole batch of admits (about 42 bytes each), so bytes bound the
+#: replay work after a crash where the record count no longer does.
+DEFAULT_SNAPSHOT_EVERY_BYTES = 8 << 20
 DEFAULT_SNAPSHOT_EVERY_SECONDS = 300.0
 DEFAULT_SNAPSHOT_MIN_SECONDS = 10.0
 DEFAULT_SEGMENT_BYTES = 16 << 20
@@ -128,6 +132,7 @@ class EmbeddedStore:
         *,
         fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS,
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+        snapshot_every_bytes: int = DEFAULT_SNAPSHOT_EVERY_BYTES,
         snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
         snapshot_min_seconds: float = DEFAULT_SNAPSHOT_MIN_SECONDS,
         snapshot_on_close: bool = True,
@@ -141,6 +146,8 @@ class EmbeddedStore:
             raise ValueError("fsync_interval_ms: must be >= 1")
         if snapshot_every_records < 1:
             raise ValueError("snapshot_every_records: must be >= 1")
+        if snapshot_every_bytes < 1:
+            raise ValueError("snapshot_every_bytes: must be >= 1")
         if snapshot_every_seconds <= 0:
             raise ValueError("snapshot_every_seconds: must be > 0")
         if snapshot_min_seconds < 0:
@@ -152,6 +159,7 @@ class EmbeddedStore:
         self.data_dir = Path(data_dir)
         self.fsync_interval_ms = fsync_interval_ms
         self.snapshot_every_records = snapshot_every_records
+        self.snapshot_every_bytes = snapshot_every_bytes
         self.snapshot_every_seconds = snapshot_every_seconds
         self.snapshot_min_seconds = snapshot_min_seconds
         self.snapshot_on_close = snapshot_on_close
@@ -183,6 +191,7 @@ class EmbeddedStore:
         self.report: RecoveryReport | None = None
         self._recovery_seconds = 0.0
         self.records_since_snapshot = 0
+        self.bytes_since_snapshot = 0  # journal payload bytes
         self.last_snapshot_seq = 0
         self.last_snapshot_bytes = 0
         self.last_snapshot_seconds = 0.0
@@ -200,6 +209,7 @@ class EmbeddedStore:
         *,
         fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS,
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+        snapshot_every_bytes: int = DEFAULT_SNAPSHOT_EVERY_BYTES,
         snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
         snapshot_min_seconds: float = DEFAULT_SNAPSHOT_MIN_SECONDS,
         snapshot_on_close: bool = True,
@@ -214,6 +224,7 @@ class EmbeddedStore:
             durability,
             fsync_interval_ms=fsync_interval_ms,
             snapshot_every_records=snapshot_every_records,
+            snapshot_every_bytes=snapshot_every_bytes,
             snapshot_every_seconds=snapshot_every_seconds,
             snapshot_min_seconds=snapshot_min_seconds,
             snapshot_on_close=snapshot_on_close,
@@ -296,6 +307,7 @@ class EmbeddedStore:
 
         self.last_snapshot_seq = base_seq
         self.records_since_snapshot = last_seq - base_seq
+        self.bytes_since_snapshot = report.replayed_bytes
         self._last_snapshot_at = time.monotonic()
         report.last_seq = last_seq
         report.journal_bytes = self.journal_bytes
@@ -427,6 +439,7 @@ class EmbeddedStore:
                         f"{start - 16}: {exc}"
                     ) from exc
                 report.records_replayed += 1
+                report.replayed_bytes += stop - start
                 expected = seq + 1
                 last_seq = seq
             if scan.bad_offset is not None:
@@ -535,6 +548,7 @@ class EmbeddedStore:
         if records:
             self._pending.extend(records)  # framed (and numbered) at the write, in order
             self.records_since_snapshot += len(records)
+            self.bytes_since_snapshot += sum(map(len, records))
             self.records_committed += len(records)
         elif not self._pending and self._inflight is None:
             return None
@@ -630,6 +644,7 @@ class EmbeddedStore:
         if records:
             self._pending.extend(records)
             self.records_since_snapshot += len(records)
+            self.bytes_since_snapshot += sum(map(len, records))
             self.records_committed += len(records)
         self._flush_now()
 
@@ -640,7 +655,10 @@ class EmbeddedStore:
         if n == 0:
             return False
         age = time.monotonic() - self._last_snapshot_at
-        if n >= self.snapshot_every_records:
+        if (
+            n >= self.snapshot_every_records
+            or self.bytes_since_snapshot >= self.snapshot_every_bytes
+        ):
             # Under heavy load, not more often than every snapshot_min_seconds: a
             # snapshot costs CPU in proportion to the whole state.
             return age >= self.snapshot_min_seconds
@@ -682,6 +700,7 @@ class EmbeddedStore:
         self._flush_now()
         writer.rotate()
         self.records_since_snapshot = 0
+        self.bytes_since_snapshot = 0
         self._last_snapshot_at = time.monotonic()
         return writer.next_seq - 1
 
