@@ -522,3 +522,62 @@ def test_long_batches_agree_across_load_chunks_and_table_growth() -> None:
             outs.append([list(getattr(b, col)) for col in OUTPUTS])
         assert outs[0] == outs[1], size
     assert engines[0].snapshot() == engines[1].snapshot()
+
+
+def test_scope_at_its_limit_answers_alike_while_the_ring_changes() -> None:
+    """A scope held at its messaging limit for days: each refusal's retry time comes
+    from the oldest counted bucket, while sends, releases (which move a count back to
+    an older bucket), window advances and a snapshot round trip change the ring."""
+    rnd = random.Random(41)
+    engines: list[Any] = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope()
+        e.add_number(0, 1, 1, 1, 1)
+    now, limit = 5 * DAY, 40
+    sent: list[tuple[int, int, int, int]] = []
+    for step in range(3_000):
+        now += rnd.choice([1, 500, 20_000, 60_000, 7 * 60_000, 3_600_000])
+        key = c.recipient_key(str(1_000 + rnd.randrange(400)))
+        op = rnd.random()
+        if op < 0.7:
+            answers = [e.decide(now, 0, 0, key, c.F_TEMPLATE, limit, step + 1) for e in engines]
+            assert answers[0] == answers[1], step
+            if answers[0][0] == c.ADMIT and answers[0][3]:
+                sent.append((0, key, step + 1, answers[0][5]))
+        elif op < 0.85 and sent:
+            args = sent.pop(rnd.randrange(len(sent)))
+            assert engines[0].release(*args) == engines[1].release(*args)
+        elif op < 0.98:
+            probe = rnd.choice([1, limit // 2, limit, limit + 3])
+            assert engines[0].usage(0, now, probe) == engines[1].usage(0, now, probe), step
+        else:
+            data = engines[0].snapshot()
+            assert data == engines[1].snapshot()
+            engines = [CEngine.restore(data), PyEngine.restore(data)]
+    assert engines[0].snapshot() == engines[1].snapshot()
+
+
+def test_a_release_into_the_oldest_live_bucket_moves_the_retry_time() -> None:
+    """A recipient counted again just as its last count leaves the window, then
+    released: its count goes back to the oldest live minute, before every bucket a
+    refusal's scan has seen, and the next refusal's retry time follows it."""
+    answers = []
+    for engine in (CEngine(), PyEngine()):
+        engine.add_scope()
+        engine.add_number(0, 1, 1, 1, 1)
+        r, x, y = (c.recipient_key(d) for d in ("1555001", "1555002", "1555003"))
+        t = 10 * DAY + 5_000
+        engine.decide(t, 0, 0, r, c.F_TEMPLATE, 2, 1)
+        again = engine.decide(t + DAY + 1, 0, 0, r, c.F_TEMPLATE, 2, 2)
+        engine.decide(t + DAY + 1_000, 0, 0, x, c.F_TEMPLATE, 2, 3)
+        full = engine.usage(0, t + DAY + 1_000, 2)
+        assert engine.release(0, r, 2, again[5])
+        refused = engine.decide(t + DAY + 2_000, 0, 0, y, c.F_TEMPLATE, 2, 4)
+        answers.append((again, full, refused, engine.usage(0, t + DAY + 2_000, 2)))
+    assert answers[0] == answers[1]
+    refused = answers[0][2]
+    assert refused[:3] == (
+        c.RETRY_LATER,
+        c.MESSAGING_LIMIT,
+        (10 * DAY // 60_000 + 1) * 60_000 + DAY,
+    )

@@ -50,6 +50,7 @@ cdef struct Ring:
     int64_t cur_b       # a recently used bucket: its index, start time and slot
     int64_t cur_start
     int64_t cur_i
+    int64_t first       # every bucket from lo up to (not incl.) this one is empty
 
 # Per limit scope and recipient (32 bytes). key 0 marks an empty slot.
 cdef struct ScopeEntry:

@@ -160,6 +160,7 @@ cdef inline void ring_forget(Ring *r) noexcept nogil:
     r.cur_b = 0
     r.cur_start = 0
     r.cur_i = 0
+    r.first = INT64_MIN
 
 
 cdef inline void ring_advance(Ring *r, int64_t now) noexcept nogil:
@@ -199,6 +200,8 @@ cdef inline void ring_add(Ring *r, int64_t t) noexcept nogil:
     if b >= r.lo:
         r.counts[i] += 1
         r.total += 1
+        if b < r.first:
+            r.first = b
 
 
 cdef inline void ring_remove(Ring *r, int64_t t) noexcept nogil:
@@ -218,13 +221,20 @@ cdef inline void ring_remove(Ring *r, int64_t t) noexcept nogil:
 
 cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept nogil:
     # Earliest time the total drops below limit (now if it already is).
-    cdef int64_t need, acc = 0, b
+    # The scan starts at the oldest bucket that may hold a count (a scope at its
+    # limit would otherwise walk a day of empty minutes on every call).
+    cdef int64_t need, acc = 0, b, c
+    cdef bint seen = False
     if r.total < limit:
         return now
     need = r.total - limit + 1
-    b = r.lo
+    b = r.lo if r.first < r.lo else r.first
     while b < r.lo + r.n:
-        acc += r.counts[floormod(b, r.n)]
+        c = r.counts[floormod(b, r.n)]
+        if c != 0 and not seen:
+            seen = True
+            r.first = b  # everything from lo up to here is empty
+        acc += c
         if acc >= need:
             return (b + 1) * r.width + r.window
         b += 1
