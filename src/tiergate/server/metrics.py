@@ -94,6 +94,12 @@ class Metrics:
         for r in results:
             counts[r.decision * REASON_SLOTS + r.reason] += 1
 
+    def decided_one(self, result: AdmitResult, rpc: str) -> None:
+        """As :meth:`decided`, for one result (the unary Admit)."""
+        self.engine_crossings += 1
+        self.chunk_sizes.observe(rpc, 1)
+        self._decisions[result.decision * REASON_SLOTS + result.reason] += 1
+
     def decided_columns(
         self, decisions: bytes | bytearray, reasons: bytes | bytearray, rpc: str
     ) -> None:
