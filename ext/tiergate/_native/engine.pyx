@@ -303,22 +303,27 @@ cdef inline bint scope_expired(ScopeTable *t, ScopeEntry *e, int64_t cut) noexce
     return True
 
 
-cdef inline ScopeEntry *scope_find(ScopeTable *t, uint64_t key) noexcept nogil:
-    cdef uint64_t mask = t.capacity - 1
+ctypedef fused TableEntry:
+    ScopeEntry
+    NumberEntry
+
+
+cdef inline TableEntry *entry_find(TableEntry *slots, uint64_t capacity,
+                                   uint64_t key) noexcept nogil:
+    # Linear probing over exact keys; key 0 marks an empty slot.
+    cdef uint64_t mask = capacity - 1
     cdef uint64_t i = mix(key) & mask
-    cdef ScopeEntry *e
     if key == 0:
         return NULL
     while True:
-        e = &t.slots[i]
-        if e.key == key:
-            return e
-        if e.key == 0:
+        if slots[i].key == key:
+            return &slots[i]
+        if slots[i].key == 0:
             return NULL
         i = (i + 1) & mask
 
 
-cdef inline ScopeEntry *scope_slot(ScopeEntry *slots, uint64_t capacity,
+cdef inline TableEntry *entry_slot(TableEntry *slots, uint64_t capacity,
                                    uint64_t key) noexcept nogil:
     # The empty slot key lands in (key known absent, room known free).
     cdef uint64_t mask = capacity - 1
@@ -326,6 +331,10 @@ cdef inline ScopeEntry *scope_slot(ScopeEntry *slots, uint64_t capacity,
     while slots[i].key != 0:
         i = (i + 1) & mask
     return &slots[i]
+
+
+cdef inline ScopeEntry *scope_find(ScopeTable *t, uint64_t key) noexcept nogil:
+    return entry_find(t.slots, t.capacity, key)
 
 
 cdef int scope_rebuild(ScopeTable *t, uint64_t capacity, int64_t cut) noexcept nogil:
@@ -343,7 +352,7 @@ cdef int scope_rebuild(ScopeTable *t, uint64_t capacity, int64_t cut) noexcept n
             if e.marketing != 0:
                 pool_give(&t.marketing, e.marketing)
         else:
-            scope_slot(slots, capacity, e.key)[0] = e[0]
+            entry_slot(slots, capacity, e.key)[0] = e[0]
             count += 1
     tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
     t.slots = slots
@@ -375,7 +384,7 @@ cdef int scope_reserve(Scope *s) noexcept nogil:
 
 
 cdef ScopeEntry *scope_insert(ScopeTable *t, uint64_t key) noexcept nogil:
-    cdef ScopeEntry *e = scope_slot(t.slots, t.capacity, key)
+    cdef ScopeEntry *e = entry_slot(t.slots, t.capacity, key)
     e.key = key
     e.last_counted = NEVER
     e.last_ticket = 0
@@ -392,27 +401,7 @@ cdef inline bint number_expired(NumberEntry *e, int64_t cut) noexcept nogil:
 
 
 cdef inline NumberEntry *number_find(NumberTable *t, uint64_t key) noexcept nogil:
-    cdef uint64_t mask = t.capacity - 1
-    cdef uint64_t i = mix(key) & mask
-    cdef NumberEntry *e
-    if key == 0:
-        return NULL
-    while True:
-        e = &t.slots[i]
-        if e.key == key:
-            return e
-        if e.key == 0:
-            return NULL
-        i = (i + 1) & mask
-
-
-cdef inline NumberEntry *number_slot(NumberEntry *slots, uint64_t capacity,
-                                     uint64_t key) noexcept nogil:
-    cdef uint64_t mask = capacity - 1
-    cdef uint64_t i = mix(key) & mask
-    while slots[i].key != 0:
-        i = (i + 1) & mask
-    return &slots[i]
+    return entry_find(t.slots, t.capacity, key)
 
 
 cdef int number_rebuild(NumberTable *t, uint64_t capacity, int64_t cut) noexcept nogil:
@@ -424,7 +413,7 @@ cdef int number_rebuild(NumberTable *t, uint64_t capacity, int64_t cut) noexcept
     for i in range(t.capacity):
         e = &t.slots[i]
         if e.key != 0 and not number_expired(e, cut):
-            number_slot(slots, capacity, e.key)[0] = e[0]
+            entry_slot(slots, capacity, e.key)[0] = e[0]
             count += 1
     tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
     t.slots = slots
@@ -455,7 +444,7 @@ cdef int number_reserve(Number *num) noexcept nogil:
 
 
 cdef NumberEntry *number_insert(NumberTable *t, uint64_t key) noexcept nogil:
-    cdef NumberEntry *e = number_slot(t.slots, t.capacity, key)
+    cdef NumberEntry *e = entry_slot(t.slots, t.capacity, key)
     e.key = key
     e.window_until = NEVER
     e.fep_until = NEVER
