@@ -67,6 +67,11 @@ def test_peers_tiny_without_redis_or_server(tmp_path: Path) -> None:
     ]
     for f in data["figures"]:
         assert sum(f["outcomes"].values()) == f["decisions"] == 2_000
+        # one warm-up run, then the timed runs, each from empty state, all kept
+        assert f["warmup_runs"] == 1 and f["timed_runs"] == len(f["runs"]) == 7
+        assert f["run_outcomes_agree"]
+        assert f["decisions_per_cpu_s_min"] <= f["decisions_per_cpu_s"]
+        assert f["decisions_per_cpu_s"] <= f["decisions_per_cpu_s_max"]
     assert set(data["skipped"]) == {"redis-zset-lua", "tiergate-server"}
 
 
@@ -79,7 +84,9 @@ def test_peers_tiny_with_redis(tmp_path: Path) -> None:
     assert redis["name"].startswith("redis-zset-lua")
     # The Lua sliding window and the in-process dict implement the same exact rule.
     assert redis["outcomes"] == plain["outcomes"]
+    assert redis["timed_runs"] == len(redis["runs"]) == 2 and redis["run_outcomes_agree"]
     assert data["target"]["ratio"] > 0
+    assert data["target"]["ratio_min"] <= data["target"]["ratio"] <= data["target"]["ratio_max"]
 
 
 @pytest.mark.slow
