@@ -35,16 +35,18 @@ every run, with the page faults in its timed region, is kept in the JSON
 under ``runs``.
 
 How many: the in-process systems take well under a second per run, so they
-get 7 timed runs in every mode (their run-to-run spread on a shared 2-core
-machine reaches 1.5x). Redis takes seconds per run (the Python client sending
-the Lua calls dominates the wall time) and varies less (about 10 % between
-runs in one process): 3 timed runs in full and ``--quick`` mode (a median of
-2 would be their mean, moved by either outlier; the third run costs ~4 s of
-the quick run's ~35 s), 2 with ``--tiny``. ``--runs`` and ``--redis-runs``
-override the counts. The tiergate-server rows are one timed window each after
-the load harness's own untimed warm-up (1 s of the same traffic against the
-same server): repeating them would mean restarting ``tiergate serve`` per
-run, which costs more than the rest of the script.
+get 7 timed runs in every mode (their per-CPU-second figures spread by 1.5x
+from run to run on an idle shared 2-core machine, 2.5x on a busy one). Redis
+takes seconds per run (the Python client sending the Lua calls dominates the
+wall time: 4 s per quick run on an idle machine, 10 s on a busy one) and
+varies less (up to about 10 % between runs in one process): 3 timed runs in
+full mode, 2 with ``--quick`` and ``--tiny`` (the median of 2 is their mean).
+That keeps ``--quick`` at about 30 s on an idle machine and about 70 s with
+other benchmarks running. ``--runs`` and ``--redis-runs`` override the
+counts. The tiergate-server rows are one timed window each after the load
+harness's own untimed warm-up (1 s of the same traffic against the same
+server): repeating them would mean restarting ``tiergate serve`` per run,
+which costs more than the rest of the script.
 
 Memory: glibc's malloc is told to keep freed memory mapped (see
 ``retain_freed_memory``), so an in-process system's fresh state after the
@@ -563,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--redis-runs",
         type=int,
-        help="timed Redis runs after one warm-up run (default 3; 2 with --tiny)",
+        help="timed Redis runs after one warm-up run (default 3; 2 with --quick or --tiny)",
     )
     parser.add_argument(
         "--malloc-default",
@@ -575,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n = args.decisions or (2_000 if args.tiny else 200_000 if args.quick else 1_000_000)
     runs = args.runs
-    redis_runs = args.redis_runs or (2 if args.tiny else 3)
+    redis_runs = args.redis_runs or (2 if args.quick or args.tiny else 3)
     if runs < 1 or redis_runs < 1:
         parser.error("--runs and --redis-runs must be at least 1")
     _common.print_machine()
