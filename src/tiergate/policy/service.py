@@ -363,14 +363,243 @@ class AdmissionService:
 
     def admit(self, req: AdmitLike, now_ms: int) -> AdmitResult:
         """Decide one request. Raises :class:`InvalidArgument` for a malformed one."""
-        return self._decide((req,), now_ms, single=True)[0]
+        return self._admit_one(req, now_ms, "")
 
     def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
         """Validate every request, then decide them in order with one engine call."""
-        return self._decide(reqs, now_ms, single=False)
+        if len(reqs) == 1:
+            return [self._admit_one(reqs[0], now_ms, "requests[0].")]
+        return self._decide(reqs, now_ms)
+
+    def _admit_one(self, r: AdmitLike, now_ms: int, pre: str) -> AdmitResult:
+        """One request, decided as :meth:`_decide` and :meth:`_flush` decide a batch of
+        one (same result, counts, idempotency entry, journal record and tier
+        crossing), with the engine's scalar ``decide`` and no batch columns.
+        ``pre`` prefixes the field an :class:`InvalidArgument` names."""
+        sid = r.sender_id
+        rcpt = r.recipient
+        kind = r.kind
+        cat = r.category
+        tpl = r.template_id
+        key = r.idempotency_key
+        at = r.at_unix_ms
+        rkey = 0
+        if (
+            type(sid) is str
+            and 0 < len(sid) <= MAX_ID_LEN
+            and type(rcpt) is str
+            and type(tpl) is str
+            and len(tpl) <= MAX_TEMPLATE_LEN
+            and ((kind == 1 and 0 < cat <= 4 and tpl) or (kind == 2 and 0 < cat <= 4))
+            and type(key) is str
+            and len(key) <= MAX_KEY_LEN
+            and type(at) is int
+            and at >= 0
+        ):
+            digits = rcpt[1:] if rcpt[:1] == "+" else rcpt
+            nd = len(digits)
+            if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
+                rkey = int(digits) | (nd << KEY_LENGTH_SHIFT)
+        if rkey:
+            dry = bool(r.dry_run)
+        else:
+            sid, rkey, kind, cat, tpl, key, at, dry = self._validate_one(r, pre)
+        if self._due_dirty:
+            self._recompute_due()
+        now = at if self._request_clock and at > 0 else now_ms
+        high = now if now > now_ms else now_ms
+        if now >= self._next_due:
+            self._maintain(now)
+        sender = self._senders.get(sid)
+        if sender is None:
+            self._unknown_sender_count += 1
+            res = AdmitResult(
+                REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, f"unknown sender {sid!r}"
+            )
+        else:
+            res = self._decide_one(sender, rkey, kind, cat, tpl, key, now, dry)
+        if self._idem_order and self._idem_order[0][0] <= high:
+            self._prune(high)
+        return res
+
+    def _decide_one(
+        self,
+        sender: Sender,
+        rkey: int,
+        kind: int,
+        cat: int,
+        tpl: str,
+        key: str,
+        now: int,
+        dry: bool,
+    ) -> AdmitResult:
+        """Steps 2 onwards for one validated request of a known sender (see _admit_one)."""
+        if key:
+            if self._idem_order and self._idem_order[0][0] <= now:
+                self._prune(now)
+            first: AdmitResult | None = sender.idem.get(key)
+            if first is not None:
+                return first
+        scope = sender.scope
+        if now < scope.last_now:
+            now = scope.last_now
+        else:
+            scope.last_now = now
+        limit = sender.limits[cat]
+        if sender.status >= _BANNED:  # BANNED, DISABLED
+            sender.counts[SENDER_BLOCKED] += 1
+            return AdmitResult(
+                REJECT, SENDER_BLOCKED, 0, "", False, limit, 0, 368, DETAIL[SENDER_BLOCKED]
+            )
+        flags = sender.flags[cat]
+        if kind == 1:
+            flags |= F_TEMPLATE
+            refused = self._template_refusal(sender, tpl, now, limit)
+            if refused is not None:
+                return refused
+        eco_end = 0
+        eco = self._eco
+        if eco and cat == 1:
+            end = eco.get((scope.index, rkey), 0)
+            if end > now:
+                eco_end = end
+                flags |= F_QUALITY_BLOCK
+        if dry:
+            flags |= F_DRY_RUN
+            tid = 0
+        else:
+            tid = self._ticket + 1
+        d, rsn, retry, counted, used, prev = self.engine.decide(
+            now, scope.index, sender.number, rkey, flags, limit, tid
+        )
+        if d != ADMIT:
+            res = self._refusal(sender, d, rsn, retry, limit, used, eco_end)
+            sender.counts[res.reason] += 1
+            return res
+        sender.counts[rsn] += 1
+        if dry:
+            return AdmitResult(
+                ADMIT, OK, 0, "", counted == 1, limit, used, 0, "dry run: would admit"
+            )
+        self._ticket = tid
+        res = AdmitResult(
+            ADMIT,
+            OK,
+            0,
+            _encode_ticket(tid, sender.number, rkey, prev),
+            counted == 1,
+            limit,
+            used,
+            0,
+            "admitted",
+        )
+        if key:
+            sender.idem[key] = res
+            self._idem_order.append((now + self.profile.idempotency_ms, sender.id, key))
+        if self._journal_on and not self._replaying:
+            kb = key.encode()
+            self._journal.append(
+                _ADMIT_REC.pack(
+                    _TAG_ADMIT,
+                    _ADMIT_VERSION,
+                    now,
+                    sender.number,
+                    rkey,
+                    flags,
+                    tid,
+                    limit,
+                    len(kb),
+                )
+                + kb
+            )
+        if counted:
+            sc = scope
+            if sc.crossed_at == NEVER and sc.tier != self.profile.ladder[-1]:
+                self._check_crossing(sc, now, ((now,), (prev,)), [0])
+        return res
+
+    def _template_refusal(
+        self, sender: Sender, tpl: str, now: int, limit: int
+    ) -> AdmitResult | None:
+        """Step 3 for a template message: the refusal, or None when the template may
+        be sent (an unknown one too, unless the profile rejects unknown templates)."""
+        t = self._templates.get(tpl) or self._template_names.get(tpl)
+        if t is None:
+            if self.profile.unknown_templates == "reject":
+                sender.counts[TEMPLATE_DISABLED] += 1
+                return AdmitResult(
+                    REJECT,
+                    TEMPLATE_DISABLED,
+                    0,
+                    "",
+                    False,
+                    limit,
+                    0,
+                    META_TEMPLATE_MISSING,
+                    f"unknown template {tpl!r}",
+                )
+        elif t.status >= _TEMPLATE_OFF:  # DISABLED, REJECTED
+            sender.counts[TEMPLATE_DISABLED] += 1
+            return AdmitResult(
+                REJECT,
+                TEMPLATE_DISABLED,
+                0,
+                "",
+                False,
+                limit,
+                0,
+                132016,
+                f"template {tpl!r} is disabled",
+            )
+        elif now < t.paused_until:
+            sender.counts[TEMPLATE_PAUSED] += 1
+            return AdmitResult(
+                RETRY_LATER,
+                TEMPLATE_PAUSED,
+                t.paused_until,
+                "",
+                False,
+                limit,
+                0,
+                132015,
+                f"template {tpl!r} is paused",
+            )
+        return None
+
+    @staticmethod
+    def _refusal(
+        sender: Sender, d: int, r: int, retry: int, limit: int, used: int, eco_end: int
+    ) -> AdmitResult:
+        """The answer for a row the engine did not admit (steps 4 to 9)."""
+        if eco_end and r == QUALITY_PROTECTION and not (sender.flags[1] & F_QUALITY_BLOCK):
+            # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+            return AdmitResult(
+                RETRY_LATER,
+                MARKETING_FREQUENCY,
+                eco_end,
+                "",
+                False,
+                limit,
+                used,
+                131049,
+                "Meta declined marketing to this recipient (131049): back-off",
+            )
+        if r == SENDER_RESTRICTED and sender.restricted_until > 0:
+            return AdmitResult(
+                RETRY_LATER,
+                r,
+                sender.restricted_until,
+                "",
+                False,
+                limit,
+                used,
+                368,
+                DETAIL[r],
+            )
+        return AdmitResult(d, r, retry, "", False, limit, used, META_ERROR[r], DETAIL[r])
 
     def _validate(
-        self, reqs: Sequence[AdmitLike], single: bool
+        self, reqs: Sequence[AdmitLike]
     ) -> list[tuple[str, int, int, int, str, str, int, bool]]:
         """Every request checked before anything is decided (fast path first)."""
         out: list[tuple[str, int, int, int, str, str, int, bool]] = []
@@ -401,7 +630,7 @@ class AdmissionService:
                     rkey = int(digits) | (nd << KEY_LENGTH_SHIFT)
                     append((sid, rkey, kind, cat, tpl, key, at, bool(r.dry_run)))
                     continue
-            append(self._validate_one(r, "" if single else f"requests[{i}]."))
+            append(self._validate_one(r, f"requests[{i}]."))
         return out
 
     def _validate_one(
@@ -458,8 +687,8 @@ class AdmissionService:
             raise InvalidArgument(pre + "at_unix_ms", f"{pre}at_unix_ms: must be >= 0")
         return (sid, rkey, int(kind), int(cat), tpl, key, at, bool(r.dry_run))
 
-    def _decide(self, reqs: Sequence[AdmitLike], now_ms: int, single: bool) -> list[AdmitResult]:
-        items = self._validate(reqs, single)
+    def _decide(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
+        items = self._validate(reqs)
         n = len(items)
         results: list[AdmitResult | None] = [None] * n
         batch = self._batch
@@ -471,6 +700,7 @@ class AdmissionService:
         in_batch: dict[tuple[str, str], int] = {}
         senders = self._senders
         templates = self._templates
+        template_names = self._template_names
         eco = self._eco
         request_clock = self._request_clock
         high = now_ms
@@ -506,7 +736,7 @@ class AdmissionService:
                     if (sid, key) in in_batch:
                         # The key's first request is still undecided: decide what is
                         # gathered, then this one sees its outcome (as one by one would).
-                        self._flush(slots, rows, results, False)
+                        self._flush(slots, rows, results)
                         del batch.now[:], batch.scope[:], batch.number[:], batch.recipient[:]
                         del batch.flags[:], batch.limit[:], batch.ticket[:]
                         slots, rows = [], []
@@ -529,50 +759,12 @@ class AdmissionService:
             flags = sender.flags[cat]
             if kind == 1:
                 flags |= F_TEMPLATE
-                t = templates.get(tpl) or self._template_names.get(tpl)
-                if t is None:
-                    if self.profile.unknown_templates == "reject":
-                        sender.counts[TEMPLATE_DISABLED] += 1
-                        results[i] = AdmitResult(
-                            REJECT,
-                            TEMPLATE_DISABLED,
-                            0,
-                            "",
-                            False,
-                            limit,
-                            0,
-                            META_TEMPLATE_MISSING,
-                            f"unknown template {tpl!r}",
-                        )
+                t = templates.get(tpl) or template_names.get(tpl)
+                if t is None or t.status >= _TEMPLATE_OFF or now < t.paused_until:
+                    refused = self._template_refusal(sender, tpl, now, limit)
+                    if refused is not None:
+                        results[i] = refused
                         continue
-                elif t.status >= _TEMPLATE_OFF:  # DISABLED, REJECTED
-                    sender.counts[TEMPLATE_DISABLED] += 1
-                    results[i] = AdmitResult(
-                        REJECT,
-                        TEMPLATE_DISABLED,
-                        0,
-                        "",
-                        False,
-                        limit,
-                        0,
-                        132016,
-                        f"template {tpl!r} is disabled",
-                    )
-                    continue
-                elif now < t.paused_until:
-                    sender.counts[TEMPLATE_PAUSED] += 1
-                    results[i] = AdmitResult(
-                        RETRY_LATER,
-                        TEMPLATE_PAUSED,
-                        t.paused_until,
-                        "",
-                        False,
-                        limit,
-                        0,
-                        132015,
-                        f"template {tpl!r} is paused",
-                    )
-                    continue
             eco_end = 0
             if eco and cat == 1:
                 end = eco.get((scope.index, rkey), 0)
@@ -597,7 +789,7 @@ class AdmissionService:
             rows.append((sender, rkey, key, eco_end))
 
         if slots:
-            self._flush(slots, rows, results, single)
+            self._flush(slots, rows, results)
         if self._idem_order and self._idem_order[0][0] <= high:
             self._prune(high)
         return results  # type: ignore[return-value]
@@ -607,32 +799,12 @@ class AdmissionService:
         slots: list[int],
         rows: list[tuple[Sender, int, str, int]],
         results: list[AdmitResult | None],
-        single: bool,
     ) -> None:
         """Decide the rows gathered in the batch columns; build, record and journal results."""
         batch = self._batch
-        dec: Sequence[int]
-        rsn: Sequence[int]
-        retry: Sequence[int]
-        counted: Sequence[int]
-        used: Sequence[int]
-        prev: Sequence[int]
-        if single:
-            # One request: the engine's scalar call, no output columns to size.
-            d0, r0, t0, c0, u0, p0 = self.engine.decide(
-                batch.now[0],
-                batch.scope[0],
-                batch.number[0],
-                batch.recipient[0],
-                batch.flags[0],
-                batch.limit[0],
-                batch.ticket[0],
-            )
-            dec, rsn, retry, counted, used, prev = (d0,), (r0,), (t0,), (c0,), (u0,), (p0,)
-        else:
-            self.engine.decide_batch(batch)
-            dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
-            counted, used, prev = batch.counted, batch.used, batch.prev_counted
+        self.engine.decide_batch(batch)
+        dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
+        counted, used, prev = batch.counted, batch.used, batch.prev_counted
         b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
         pack = _BATCH_ROW.pack
         journal_rows: list[bytes] = []
@@ -641,6 +813,7 @@ class AdmissionService:
         touched: dict[int, list[int]] = {}
         journal = self._journal_on and not self._replaying
         expires = self.profile.idempotency_ms
+        refusal = self._refusal
         for j, i in enumerate(slots):
             sender, rkey, key, eco_end = rows[j]
             d = dec[j]
@@ -690,36 +863,9 @@ class AdmissionService:
                             touched[sender.scope.index] = [j]
                         else:
                             rows_of.append(j)
-            elif eco_end and r == QUALITY_PROTECTION and not (sender.flags[1] & F_QUALITY_BLOCK):
-                # Meta answered 131049 for this recipient: hold marketing until back-off ends.
-                r = MARKETING_FREQUENCY
-                res = AdmitResult(
-                    RETRY_LATER,
-                    r,
-                    eco_end,
-                    "",
-                    False,
-                    b_limit[j],
-                    used[j],
-                    131049,
-                    "Meta declined marketing to this recipient (131049): back-off",
-                )
-            elif r == SENDER_RESTRICTED and sender.restricted_until > 0:
-                res = AdmitResult(
-                    RETRY_LATER,
-                    r,
-                    sender.restricted_until,
-                    "",
-                    False,
-                    b_limit[j],
-                    used[j],
-                    368,
-                    DETAIL[r],
-                )
             else:
-                res = AdmitResult(
-                    d, r, retry[j], "", False, b_limit[j], used[j], META_ERROR[r], DETAIL[r]
-                )
+                res = refusal(sender, d, r, retry[j], b_limit[j], used[j], eco_end)
+                r = res.reason
             sender.counts[r] += 1
             results[i] = res
         if journal_rows:
