@@ -287,12 +287,45 @@ async def test_a_failed_store_answers_internal_and_goes_not_serving(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with serving(make_config(data_dir=tmp_path / "data")) as h:
-        assert h.sidecar.store is not None
+        store = h.sidecar.store
+        assert store is not None and store._writer is not None
+        ok = await h.stub.Admit(admit("15550000001"))
+        assert ok.decision == pb.DECISION_ADMIT
 
-        async def broken(service: object) -> None:
-            raise StoreFailedError("journal write failed: No space left on device")
+        def broken(data: bytes, last_seq: int) -> None:
+            raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(h.sidecar.store, "persist", broken)
+        # The group write the Admit awaits fails: INTERNAL, and health goes NOT_SERVING.
+        monkeypatch.setattr(store._writer, "write", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await h.stub.Admit(admit("15550000002"))
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        health = health_pb2_grpc.HealthStub(h.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert reply.status == NOT_SERVING
+        assert isinstance(store._failed, StoreFailedError) and h.sidecar.store_failed
+        # From now on the store refuses at once; every admission RPC answers INTERNAL.
+        monkeypatch.undo()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await h.stub.Admit(admit("15550000003"))
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        batch = pb.AdmitBatchRequest(requests=[admit("15550000004")])
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await h.stub.AdmitBatch(batch)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in h.stub.AdmitStream(iter([admit("15550000005")])):
+                pytest.fail("an answer from a failed store")
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+
+
+@run_async
+async def test_a_store_failure_between_calls_goes_not_serving(tmp_path: Path) -> None:
+    """The fsync thread fails while no call waits: NOT_SERVING at the next call."""
+    async with serving(make_config(data_dir=tmp_path / "data")) as h:
+        store = h.sidecar.store
+        assert store is not None and store._flusher is not None
+        store._flusher.error = OSError(5, "Input/output error")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await h.stub.Admit(admit("15550000001"))
         assert info.value.code() == grpc.StatusCode.INTERNAL

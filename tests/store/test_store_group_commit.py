@@ -96,6 +96,74 @@ def test_empty_commit_waits_for_earlier_records(tmp_path: Path) -> None:
     assert order == ["first", "repeat"]
 
 
+@pytest.mark.parametrize("durability", ["write", "fsync-interval", "fsync-always"])
+def test_persist_nowait_acknowledges_only_after_the_group_write(
+    tmp_path: Path, durability: str
+) -> None:
+    """The RPCs' form of persist: a plain call and the group write's future; the
+    records of one loop pass share one write, and nothing is acknowledged before it."""
+
+    async def main() -> CounterService:
+        store = EmbeddedStore.open(tmp_path, durability)
+        svc = CounterService()
+        store.recover(svc)
+        assert store.persist_nowait(svc) is None  # nothing to write, nothing pending
+        writer = store._writer
+        assert writer is not None
+        written = writer.written_seq
+        futures = []
+        for i in range(20):
+            svc.incr(f"r{i % 3}", key=f"k{i}")
+            futures.append(store.persist_nowait(svc))
+        svc.incr("r0", key="k0")  # answered from its key: journals nothing
+        futures.append(store.persist_nowait(svc))  # still waits for the earlier ones
+        assert all(f is not None and not f.done() for f in futures)
+        assert writer.written_seq == written  # queued, not written yet
+        await asyncio.gather(*(f for f in futures if f is not None))
+        assert writer.written_seq == written + 20
+        assert store.commits == 1 and store.records_committed == 20
+        assert store.persist_nowait(svc) is None
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_a_failed_write_fails_every_waiter_and_reports_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[StoreFailedError] = []
+
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "fsync-interval")
+        svc = CounterService()
+        store.recover(svc)
+        store.on_failure = failures.append
+        svc.incr("a")
+        await store.persist(svc)
+
+        def broken(fd: int, data: object) -> int:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(j.os, "write", broken)
+        futures = []
+        for i in range(3):
+            svc.incr("a", key=f"k{i}")
+            futures.append(store.persist_nowait(svc))
+        results = await asyncio.gather(*(f for f in futures if f), return_exceptions=True)
+        monkeypatch.undo()
+        assert len(results) == 3 and all(isinstance(r, StoreFailedError) for r in results)
+        svc.incr("b")
+        with pytest.raises(StoreFailedError):
+            store.persist_nowait(svc)  # refused at once from now on
+        store.close()
+
+    asyncio.run(main())
+    assert len(failures) == 1 and "Input/output error" in str(failures[0])
+    assert recovered(tmp_path).state() == ({"a": 1}, {})
+
+
 @pytest.mark.parametrize("in_child", [True, False])
 def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path, in_child: bool) -> None:
     async def main() -> CounterService:

@@ -1,7 +1,7 @@
 """kill -9 under sustained load: a real ``tiergate serve`` loses no acknowledged admit.
 
-Each test runs a sidecar on a data directory, drives Admits (single and batched,
-new recipients, repeated recipients and retried idempotency keys) from several
+Each test runs a sidecar on a data directory, drives Admits (single, batched and
+streamed, new recipients, repeated recipients and retried idempotency keys) from several
 concurrent clients on loopback, and SIGKILLs it at a chosen point. After every
 restart it checks, for everything acknowledged so far:
 
@@ -184,17 +184,24 @@ async def load(server: Server, acked: Acked, kill_after: int, workers: int = 6) 
     async def worker(w: int, stub: pb_grpc.AdmissionControlStub) -> None:
         nonlocal acks
         while not killed.is_set() and time.monotonic() < deadline:
-            batch = w == 0
-            reqs = [next_request(acked) for _ in range(8 if batch else 1)]
+            batch, stream = w == 0, w == 1
+            reqs = [next_request(acked) for _ in range(8 if batch else 5 if stream else 1)]
+            resps: list[pb.AdmitResponse] = []
             try:
                 if batch:
                     reply = await stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs), timeout=10)
                     resps = list(reply.responses)
+                elif stream:
+                    # Each answer of a stream is acknowledged when it arrives.
+                    async for resp in stub.AdmitStream(iter(reqs), timeout=10):
+                        resps.append(resp)
                 else:
                     resps = [await stub.Admit(reqs[0], timeout=10)]
             except grpc.aio.AioRpcError:
+                for req, resp in zip(reqs, resps, strict=False):
+                    record(acked, req, resp)  # stream answers that arrived before the kill
                 if killed.is_set():
-                    return  # not acknowledged: the gateway saw an error
+                    return  # the rest was not acknowledged: the gateway saw an error
                 raise
             # a response that arrives after the kill was issued was still acknowledged
             for req, resp in zip(reqs, resps, strict=True):

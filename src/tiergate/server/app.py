@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -65,6 +65,7 @@ class Sidecar:
         self.store: EmbeddedStore | None = None
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
+        self._failure_report: asyncio.Task[None] | None = None
 
     # --- start -----------------------------------------------------------------
 
@@ -89,6 +90,7 @@ class Sidecar:
                     config.data_dir, config.durability, recover_truncate=config.recover_truncate
                 )
                 self.recovery = self.store.recover(service)
+                self.store.on_failure = self._on_store_failure
             except StoreError as e:
                 raise StartupError(f"data_dir: {e}") from e
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
@@ -114,7 +116,7 @@ class Sidecar:
         )
         servicer = AdmissionControl(
             service,
-            commit=self._commit,
+            commit=self._commit_start,
             metrics=self.metrics,
             max_batch=config.max_batch,
             webhook_secret=config.webhook_secret,
@@ -186,6 +188,21 @@ class Sidecar:
             IMPLEMENTATION,
         )
 
+    def _commit_start(self) -> Awaitable[None] | None:
+        """Start making the service's state changes durable; what a response must
+        await before it leaves (None: nothing to wait for). The RPCs' commit: a
+        plain call and the store's group-write future, no coroutine per call."""
+        service = self.service
+        assert service is not None
+        store = self.store
+        if store is None:
+            service.drain_journal()
+            return None
+        try:
+            return store.persist_nowait(service)
+        except StoreFailedError:
+            return self._commit()  # reports the failure, then raises it
+
     async def _commit(self) -> None:
         """Make the service's state changes durable before a response leaves."""
         assert self.service is not None
@@ -195,13 +212,24 @@ class Sidecar:
         try:
             await self.store.persist(self.service)
         except StoreFailedError:
-            # Nothing more can be acknowledged: every call answers INTERNAL from
-            # now on; NOT_SERVING tells load balancers to send traffic elsewhere.
-            if not self.store_failed:
-                self.store_failed = True
-                log.critical("store failed: answering INTERNAL until restarted")
-                await self._health.enter_graceful_shutdown()
+            await self._store_failed()
             raise
+
+    async def _store_failed(self) -> None:
+        # Nothing more can be acknowledged: every call answers INTERNAL from
+        # now on; NOT_SERVING tells load balancers to send traffic elsewhere.
+        if not self.store_failed:
+            self.store_failed = True
+            log.critical("store failed: answering INTERNAL until restarted")
+            await self._health.enter_graceful_shutdown()
+
+    def _on_store_failure(self, exc: StoreFailedError) -> None:
+        """The store failed a write (maybe awaited by RPCs through _commit_start)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # closing without a loop: nothing is served any more
+        self._failure_report = loop.create_task(self._store_failed())
 
     def _register_metrics(self) -> None:
         m = self.metrics

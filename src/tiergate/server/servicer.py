@@ -33,7 +33,9 @@ from tiergate.webhooks import ingest as webhooks
 log = logging.getLogger("tiergate.server")
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Commit = Callable[[], Awaitable[None]]
+# Starts making the state changes of a call durable; returns what to await before
+# answering (None: nothing to wait for). A plain call, no coroutine per RPC.
+Commit = Callable[[], Awaitable[None] | None]
 
 _INDEXED_FIELD = re.compile(r"^requests\[(\d+)\]\.?(.*)$")
 _END = object()
@@ -89,6 +91,12 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         self.in_flight = InFlight()
 
     # --- helpers ---------------------------------------------------------------
+
+    async def _committed(self) -> None:
+        """Await the commit of what this call changed (for the less busy RPCs)."""
+        pending = self._commit()
+        if pending is not None:
+            await pending
 
     def now(self) -> int:
         """The time a request without ``at_unix_ms`` is decided at (webhook receiver)."""
@@ -170,7 +178,9 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         try:
             result = self.service.admit(request, self._now(request.at_unix_ms))
             self._metrics.decided_one(result, "Admit")
-            await self._commit()
+            pending = self._commit()
+            if pending is not None:
+                await pending
             return convert.admit_response(result)
         except Exception as e:
             await self._fail(context, "Admit", e)
@@ -193,7 +203,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                 results = self._decide(
                     request.requests, self._batch_now(request.requests), "AdmitBatch"
                 )
-                await self._commit()
+                await self._committed()
                 return pb.AdmitBatchResponse(responses=[convert.admit_response(r) for r in results])
             except Exception as e:
                 await self._fail(context, "AdmitBatch", e)
@@ -219,7 +229,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         with self.in_flight, self._timed("AdmitColumns"):
             try:
                 result = self._admit_columns(request)
-                await self._commit()
+                await self._committed()
                 return convert.admit_columns_response(result)
             except Exception as e:
                 await self._fail(context, "AdmitColumns", e)
@@ -230,7 +240,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         with self.in_flight, self._timed("AdmitColumns"):
             try:
                 result = self._admit_columns(columns_wire.decode_request(data))
-                await self._commit()
+                await self._committed()
                 return columns_wire.encode_response(result)
             except Exception as e:
                 await self._fail(context, "AdmitColumns", e)
@@ -293,13 +303,15 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                             results = self._decide(
                                 chunk[:bad], self._batch_now(chunk[:bad]), "AdmitStream"
                             )
-                            await self._commit()
+                            await self._committed()
                             for r in results:
                                 yield convert.admit_response(r)
                         raise InvalidArgument(
                             field, f"stream message {offset + bad}: {_strip_index(str(e))}"
                         ) from None
-                    await self._commit()
+                    pending = self._commit()
+                    if pending is not None:
+                        await pending
                     offset += len(chunk)
                     for r in results:
                         yield convert.admit_response(r)
@@ -315,7 +327,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             try:
                 event = convert.feedback_event(request)
                 result = self.service.apply(event, self._now(event.at_unix_ms))
-                await self._commit()
+                await self._committed()
                 self._metrics.feedback(type(event).__name__, result.applied)
                 return pb.RecordFeedbackResponse(applied=result.applied, detail=result.detail)
             except Exception as e:
@@ -339,7 +351,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"signature: {e}")
                 except webhooks.WebhookError as e:
                     raise InvalidArgument("body", f"body: {e}") from None
-                await self._commit()
+                await self._committed()
                 return pb.IngestWebhookResponse(
                     applied=outcome.applied,
                     ignored=outcome.ignored,
@@ -368,7 +380,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     )
                 state = convert.sender_state(report)
                 # Reading state may advance time-driven state (tier upgrades).
-                await self._commit()
+                await self._committed()
                 return state
             except Exception as e:
                 await self._fail(context, "GetSenderState", e)

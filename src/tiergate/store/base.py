@@ -18,7 +18,7 @@ the embedded journal without touching the policy layer or the engine.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -165,6 +165,11 @@ class Store(Protocol):
 
     async def persist(self, service: Recoverable) -> None:
         """``commit(service.drain_journal())``, then start a snapshot if one is due."""
+        ...
+
+    def persist_nowait(self, service: Recoverable) -> Awaitable[None] | None:
+        """``persist`` without a coroutine: what to await before acknowledging (None:
+        everything is already durable). Raises, or fails the awaitable, as ``persist``."""
         ...
 
     async def maybe_snapshot(self, service: Recoverable) -> bool:

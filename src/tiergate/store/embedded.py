@@ -27,7 +27,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -186,6 +186,8 @@ class EmbeddedStore:
         self._snapshotting = False
         self._snapshot_lock: asyncio.Lock | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
+        # Called once, when the store fails (the server stops reporting SERVING).
+        self.on_failure: Callable[[StoreFailedError], None] | None = None
 
         # metrics
         self.report: RecoveryReport | None = None
@@ -539,6 +541,8 @@ class EmbeddedStore:
                 "acknowledged until tiergate restarts"
             )
             log.error("%s", self._failed)
+            if self.on_failure is not None:
+                self.on_failure(self._failed)
         return self._failed
 
     def _enqueue(self, records: Sequence[bytes]) -> asyncio.Future[None] | None:
@@ -665,13 +669,22 @@ class EmbeddedStore:
         return age >= self.snapshot_every_seconds
 
     async def persist(self, service: Recoverable) -> None:
-        fut = self._enqueue(service.drain_journal())
+        fut = self.persist_nowait(service)
         if fut is not None:
             await fut
+
+    def persist_nowait(self, service: Recoverable) -> asyncio.Future[None] | None:
+        """``persist`` as a plain call: queue the service's records for the next group
+        write (and start a snapshot if one is due, which writes after them); return
+        the future to await before acknowledging, or None when everything is
+        already written. Raises as ``persist`` does; a failed write fails the future.
+        """
+        fut = self._enqueue(service.drain_journal())
         if self._snapshot_task is None and not self._snapshotting and self.snapshot_due():
             self._snapshot_task = asyncio.get_running_loop().create_task(
                 self._background_snapshot(service), name="tiergate-snapshot"
             )
+        return fut
 
     async def _background_snapshot(self, service: Recoverable) -> None:
         try:
