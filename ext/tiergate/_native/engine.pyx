@@ -19,16 +19,6 @@ cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
-# An entry's key word: the recipient key (below 2**54, the range
-# constants.recipient_key packs E.164 numbers into) in the low bits, then the
-# entry's distance from its home slot (saturating at DIST_MAX), then, in
-# scope entries, two flags.
-cdef uint64_t KEY_OPT_OUT = (<uint64_t>1) << 63
-cdef uint64_t KEY_MARKETING = (<uint64_t>1) << 62
-cdef int DIST_SHIFT = 54
-cdef uint64_t DIST_MAX = 0xFF
-cdef uint64_t DIST_BITS = DIST_MAX << DIST_SHIFT
-cdef uint64_t KEY_MASK = ((<uint64_t>1) << DIST_SHIFT) - 1
 U64_MAX = (1 << 64) - 1
 cdef bytes SNAPSHOT_MAGIC = b"TGENGINE"
 
@@ -66,6 +56,16 @@ cdef extern from *:
     static inline uint64_t tg_load(const void *p) {
         return *(const volatile uint64_t *)p;
     }
+    /* An entry's key word: the recipient key (below 2**54, the range
+       constants.recipient_key packs E.164 numbers into) in the low bits,
+       then the entry's distance from its home slot (saturating at DIST_MAX),
+       then, in scope entries, two flags. */
+    #define TG_KEY_OPT_OUT ((uint64_t)1 << 63)
+    #define TG_KEY_MARKETING ((uint64_t)1 << 62)
+    #define TG_DIST_SHIFT 54
+    #define TG_DIST_MAX ((uint64_t)0xFF)
+    #define TG_DIST_BITS (TG_DIST_MAX << TG_DIST_SHIFT)
+    #define TG_KEY_MASK (((uint64_t)1 << TG_DIST_SHIFT) - 1)
     static volatile uint64_t tg_sink;
     static inline void tg_keep(uint64_t v) { tg_sink = v; }
     /* h scaled from [0, 2**64) to [0, n): a home slot for any table size. */
@@ -77,6 +77,12 @@ cdef extern from *:
     uint64_t tg_load(const void *p) noexcept nogil
     void tg_keep(uint64_t v) noexcept nogil
     uint64_t tg_scale(uint64_t h, uint64_t n) noexcept nogil
+    const uint64_t KEY_OPT_OUT "TG_KEY_OPT_OUT"
+    const uint64_t KEY_MARKETING "TG_KEY_MARKETING"
+    const int DIST_SHIFT "TG_DIST_SHIFT"
+    const uint64_t DIST_MAX "TG_DIST_MAX"
+    const uint64_t DIST_BITS "TG_DIST_BITS"
+    const uint64_t KEY_MASK "TG_KEY_MASK"
     void *tg_table_alloc(size_t nbytes) noexcept nogil
     void tg_table_free(void *p, size_t nbytes) noexcept nogil
 
@@ -981,8 +987,9 @@ cdef class Engine:
         cdef Py_ssize_t n = now.shape[0], i, j, end, bad = -1
         cdef uint64_t touched
         cdef ScopeTable *st
-        cdef ScopeEntry *at[2 * TOUCH_CHUNK]
-        cdef uint64_t h
+        cdef NumberTable *nt
+        cdef const void *at[3 * TOUCH_CHUNK]
+        cdef uint64_t h, k
         cdef Decision d
         cdef int rc = 0
         for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
@@ -1022,11 +1029,14 @@ cdef class Engine:
             # loads: a tight loop of independent loads keeps many in flight
             for j in range(i, end):
                 st = &self.scopes[scope[j]].table
-                h = home(recipient[j], st.capacity)
-                at[2 * (j - i)] = &st.slots[h]
-                at[2 * (j - i) + 1] = &st.slots[h + 2 if h + 2 < st.capacity else h]
+                nt = &self.numbers[number[j]].table
+                h = mix(recipient[j])
+                k = tg_scale(h, st.capacity)
+                at[3 * (j - i)] = &st.slots[k]
+                at[3 * (j - i) + 1] = &st.slots[k + 2 if k + 2 < st.capacity else k]
+                at[3 * (j - i) + 2] = &nt.slots[tg_scale(h, nt.capacity)]
             touched = 0
-            for j in range(2 * (end - i)):
+            for j in range(3 * (end - i)):
                 touched ^= tg_load(at[j])
             tg_keep(touched)
             while i < end:
