@@ -99,6 +99,9 @@ cdef extern from *:
 cdef enum:
     PREFETCH_AHEAD = 8
     TOUCH_CHUNK = 64
+    # Tables of fewer slots than this (~0.5 MB of scope entries) are not
+    # loaded ahead: they stay in the CPU caches between decisions anyway
+    TOUCH_SLOTS = 1 << 15
     RADIX_BITS = 11
     RADIX_BUCKETS = 1 << RADIX_BITS
 
@@ -288,10 +291,16 @@ cdef inline uint64_t with_distance(uint64_t word, uint64_t d) noexcept nogil:
 
 cdef inline TableEntry *entry_find(TableEntry *slots, uint64_t capacity,
                                    uint64_t key) noexcept nogil:
+    return entry_find_mixed(slots, capacity, key, mix(key))
+
+
+cdef inline TableEntry *entry_find_mixed(TableEntry *slots, uint64_t capacity,
+                                         uint64_t key, uint64_t mixed) noexcept nogil:
+    # entry_find, given mix(key)
     cdef uint64_t i, d = 0, w, sd
     if key == 0 or key > KEY_MASK:
         return NULL
-    i = home(key, capacity)
+    i = tg_scale(mixed, capacity)
     while True:
         w = slots[i].key
         if (w & KEY_MASK) == key:
@@ -308,8 +317,8 @@ cdef inline TableEntry *entry_find(TableEntry *slots, uint64_t capacity,
             i = 0
 
 
-cdef TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
-                             TableEntry *e) noexcept nogil:
+cdef inline TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
+                                    TableEntry *e) noexcept nogil:
     # Insert a copy of *e (its key known absent, a slot known free); returns
     # where it landed.
     cdef TableEntry cur = e[0]
@@ -826,14 +835,16 @@ cdef class Engine:
         cdef int64_t recent[MARKETING_HISTORY]
         cdef int64_t *hist
         cdef int64_t t
+        cdef uint64_t mixed
         cdef int k, j, n_recent, oldest_at
         cdef bint template, marketing, in_window, in_fep, counting, already, needs_slot
 
         now = scope_clamp(s, now)
         if now > num.clock:
             num.clock = now
-        se = scope_find(&s.table, recipient)
-        ne = number_find(&num.table, recipient)
+        mixed = mix(recipient)
+        se = entry_find_mixed(s.table.slots, s.table.capacity, recipient, mixed)
+        ne = entry_find_mixed(num.table.slots, num.table.capacity, recipient, mixed)
         template = (flags & F_TEMPLATE) != 0
         marketing = (flags & F_MARKETING) != 0
         last = se.last_counted if se != NULL else NEVER
@@ -990,6 +1001,7 @@ cdef class Engine:
         cdef NumberTable *nt
         cdef const void *at[4 * TOUCH_CHUNK]
         cdef uint64_t h, k
+        cdef Py_ssize_t m
         cdef Decision d
         cdef int rc = 0
         for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
@@ -1029,17 +1041,21 @@ cdef class Engine:
             # of slots k, k + 2 and k + 5 cover entries displaced up to five,
             # which at four fifths full is nearly all of them), then only the
             # loads: a tight loop of independent loads keeps many in flight
+            m = 0
             for j in range(i, end):
                 st = &self.scopes[scope[j]].table
                 nt = &self.numbers[number[j]].table
+                if st.capacity < TOUCH_SLOTS and nt.capacity < TOUCH_SLOTS:
+                    continue  # small tables stay in cache anyway
                 h = mix(recipient[j])
                 k = tg_scale(h, st.capacity)
-                at[4 * (j - i)] = &st.slots[k]
-                at[4 * (j - i) + 1] = &st.slots[k + 2 if k + 2 < st.capacity else k]
-                at[4 * (j - i) + 2] = &st.slots[k + 5 if k + 5 < st.capacity else k]
-                at[4 * (j - i) + 3] = &nt.slots[tg_scale(h, nt.capacity)]
+                at[m] = &st.slots[k]
+                at[m + 1] = &st.slots[k + 2 if k + 2 < st.capacity else k]
+                at[m + 2] = &st.slots[k + 5 if k + 5 < st.capacity else k]
+                at[m + 3] = &nt.slots[tg_scale(h, nt.capacity)]
+                m += 4
             touched = 0
-            for j in range(4 * (end - i)):
+            for j in range(m):
                 touched ^= tg_load(at[j])
             tg_keep(touched)
             while i < end:
