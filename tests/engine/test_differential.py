@@ -11,6 +11,7 @@ every answer.
 from __future__ import annotations
 
 import random
+from array import array
 from typing import Any
 
 import pytest
@@ -437,11 +438,11 @@ def test_extreme_times_and_params_agree_without_overflow() -> None:
     assert engines[0].snapshot() == engines[1].snapshot()
 
 
-def test_snapshots_sort_any_64_bit_keys_alike() -> None:
+def test_snapshots_sort_any_recipient_keys_alike() -> None:
     import random
 
     rnd = random.Random(7)
-    keys = {rnd.getrandbits(rnd.choice([8, 30, 54, 63, 64])) or 1 for _ in range(5_000)}
+    keys = {rnd.getrandbits(rnd.choice([8, 30, 50, 53, 54])) or 1 for _ in range(5_000)}
     engines: list[Any] = [CEngine(), PyEngine()]
     for e in engines:
         e.add_scope()
@@ -453,6 +454,29 @@ def test_snapshots_sort_any_64_bit_keys_alike() -> None:
     assert data == engines[1].snapshot()
     assert CEngine.restore(data).snapshot() == data
     assert engines[0].entries() == 2 * len(keys)
+
+
+@pytest.mark.parametrize("key", [0, 1 << 54, 1 << 62, (1 << 64) - 1])
+def test_both_refuse_keys_outside_the_recipient_range(key: int) -> None:
+    for cls in (CEngine, PyEngine):
+        e = cls()
+        e.add_scope()
+        e.add_number(0)
+        before = e.snapshot()
+        for name, args in (
+            ("decide", (0, 0, 0, key, c.F_TEMPLATE, 10, 1)),
+            ("set_opt_out", (0, key, True)),
+            ("open_window", (0, key, 10, NEVER)),
+        ):
+            with pytest.raises((ValueError, OverflowError), match="recipient"):
+                getattr(e, name)(*args)
+        b = DecisionBatch()
+        b.now, b.scope, b.number = array("q", [0]), array("i", [0]), array("i", [0])
+        b.recipient, b.flags = array("Q", [key]), array("I", [c.F_TEMPLATE])
+        b.limit, b.ticket = array("q", [10]), array("Q", [1])
+        with pytest.raises(ValueError, match="batch item 0: recipient key"):
+            e.decide_batch(b)
+        assert e.snapshot() == before
 
 
 @pytest.mark.parametrize(

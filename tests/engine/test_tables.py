@@ -64,12 +64,15 @@ def test_reclaim_drops_expired_entries_and_keeps_answers() -> None:
         e.set_opt_out(0, keys[0], True)
         e.decide(3 * DAY, 0, 0, keys[1], c.F_TEMPLATE, 1_000, 9_999)  # stays live
     before = swept.entries()
-    assert swept.reclaim(WEEK) == 0  # nothing is older than the horizon yet
+    # number entries hold only pair-rate TATs here, all passed: every one goes;
+    # no scope entry is older than the horizon yet
+    removed = swept.reclaim(WEEK)
+    assert swept.entries() == len(keys) == before - removed
     later = 8 * DAY + 1
     removed = swept.reclaim(later)
-    # every number entry but the live one's, every scope entry but the live and opted-out ones
-    assert removed == (len(keys) - 1) + (len(keys) - 2)
-    assert swept.entries() == before - removed == 3
+    # every scope entry but the live and opted-out ones
+    assert removed == len(keys) - 2
+    assert swept.entries() == 2
     assert swept.lookup(0, 0, keys[0])[1] is True
     assert swept.lookup(0, 0, keys[1])[0] == 3 * DAY
     for i, k in enumerate(keys):
@@ -78,6 +81,40 @@ def test_reclaim_drops_expired_entries_and_keeps_answers() -> None:
         b = swept.decide(later + i, 0, 0, k, flags, 1_000, 20_000 + i)
         assert a[:5] == b[:5]
     assert kept.usage(0, later + 400, 1_000) == swept.usage(0, later + 400, 1_000)
+
+
+def test_number_entries_go_once_they_can_change_no_decision() -> None:
+    """A number entry is reclaimed once its window, entry-point window and pair-rate
+    TAT are all at or before the scope's clock; until then it stays, and dropping
+    the passed ones changes no answer."""
+    kept, swept = Engine(), Engine()
+    keys = [c.recipient_key(str(4_915_200_000_000 + i)) for i in range(40)]
+    for e in (kept, swept):
+        e.add_scope()
+        e.add_number(0, 1, 10**9, 6_000, 2)  # pair rate: 2 at once, then one per 6 s
+        for i, k in enumerate(keys):
+            # windows close 10 min after the send at minute i would happen
+            if i % 4 == 0:
+                e.open_window(0, k, 601_000 + 60_000 * i, NEVER)
+            elif i % 4 == 1:
+                e.open_window(0, k, NEVER, 601_000 + 60_000 * i)
+            else:
+                e.decide(1_000 + 60_000 * i, 0, 0, k, c.F_TEMPLATE, c.UNLIMITED, i + 1)
+    removed = swept.reclaim(0)  # (clamped to the scope's clock)
+    now = swept.scope_now(0)
+    assert 0 < removed < len(keys) and swept.entries() == kept.entries() - removed
+    for k in keys:
+        held, left = kept.lookup(0, 0, k)[2:], swept.lookup(0, 0, k)[2:]
+        if left == (NEVER, NEVER, NEVER):
+            assert all(t <= now for t in held)  # only passed entries went
+        else:
+            assert left == held
+    for i, k in enumerate(keys):
+        for flags in (c.F_FEP_FREE_FORM, 0, c.F_TEMPLATE):
+            t = now + i
+            assert kept.decide(t, 0, 0, k, flags, c.UNLIMITED, 99) == swept.decide(
+                t, 0, 0, k, flags, c.UNLIMITED, 99
+            )
 
 
 def test_growth_reclaims_expired_entries_first() -> None:

@@ -4,7 +4,7 @@
 # equal the tiergate.v1 proto enums); the structs are the engine's memory
 # layout; other Cython modules may cimport them.
 
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef enum:
     # Decision
@@ -31,8 +31,11 @@ cdef enum:
     F_FORCE = 64
     # Marketing sends remembered per recipient (frequency cap)
     MARKETING_HISTORY = 4
-    # Recipient tables start here and double; at most 70 % full
+    # Recipient tables' nominal capacity starts here and doubles; at most 70 % full
     INITIAL_CAPACITY = 16
+    # Number tables start nominally larger: their entries expire within
+    # seconds to days, and a small table would reclaim every few inserts
+    NUMBER_INITIAL_CAPACITY = 4096
     SNAPSHOT_VERSION = 1
 
 # Counts of last-counted times by bucket over a rolling window; bucket b
@@ -52,22 +55,24 @@ cdef struct Ring:
     int64_t cur_i
     int64_t first       # every bucket from lo up to (not incl.) this one is empty
 
-# Per limit scope and recipient (32 bytes). key 0 marks an empty slot.
+# Per limit scope and recipient (24 bytes). key 0 marks an empty slot; the
+# key word also carries the two flags below (recipient keys stay under 2**62).
 cdef struct ScopeEntry:
-    uint64_t key
+    uint64_t key        # recipient | KEY_OPT_OUT | KEY_MARKETING
     int64_t last_counted
     uint64_t last_ticket
-    uint32_t marketing  # record in the scope's MarketingPool (1-based); 0: never sent any
-    uint8_t opt_out
 
-# Marketing send times (MARKETING_HISTORY per record), kept apart so that
-# recipients who never got marketing cost no room for it. Record r lives at
-# times[(r - 1) * MARKETING_HISTORY]; a free record's first time links the next.
-cdef struct MarketingPool:
-    int64_t *times
-    uint32_t used       # records handed out so far (high-water mark)
-    uint32_t capacity
-    uint32_t free_head  # first free record below used (1-based); 0: none
+# Marketing send times of the recipients that got marketing (KEY_MARKETING
+# set on their scope entry), kept apart so that the others cost no room for
+# them. Open addressing, linear probing, capacity a power of two.
+cdef struct MarketingEntry:
+    uint64_t key
+    int64_t times[MARKETING_HISTORY]
+
+cdef struct MarketingMap:
+    MarketingEntry *slots
+    uint64_t capacity
+    uint64_t count
 
 # Per phone number and recipient. key 0 marks an empty slot.
 cdef struct NumberEntry:
@@ -76,17 +81,23 @@ cdef struct NumberEntry:
     int64_t fep_until
     int64_t pair_tat
 
-# Open addressing, linear probing, capacity a power of two.
+# Robin Hood open addressing over `capacity` slots (any size: the home slot is
+# mix(key) scaled to the capacity), kept between half and four fifths full.
+# `nominal` is the reference engine's capacity rule (a power of two, 70 %):
+# it decides when expired entries are reclaimed, so both engines reclaim at
+# the same moments, and it is what snapshots record.
 cdef struct ScopeTable:
     ScopeEntry *slots
     uint64_t capacity
     uint64_t count
-    MarketingPool marketing
+    uint64_t nominal
+    MarketingMap marketing
 
 cdef struct NumberTable:
     NumberEntry *slots
     uint64_t capacity
     uint64_t count
+    uint64_t nominal
 
 cdef struct Scope:
     ScopeTable table
@@ -101,8 +112,7 @@ cdef struct Scope:
 cdef struct Number:
     NumberTable table
     int64_t scope
-    int64_t clock       # latest time seen for this number; reclaim measures from it
-    int64_t horizon
+    int64_t clock       # latest time seen for this number
     int64_t tput_tat    # microseconds
     int64_t tput_interval
     int64_t tput_tolerance
@@ -133,8 +143,6 @@ cdef class Engine:
 
     cdef Scope *_scope(self, Py_ssize_t scope) except NULL
     cdef Number *_number(self, Py_ssize_t number) except NULL
-    cdef void prefetch(self, Py_ssize_t scope, Py_ssize_t number,
-                       uint64_t recipient) noexcept nogil
     cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
                         uint32_t flags, int64_t limit, uint64_t ticket,
                         Decision *d) noexcept nogil

@@ -2,11 +2,12 @@
 # The compiled decision engine: the Cython twin of src/tiergate/engine/reference.py.
 #
 # Same class, same methods, identical answers for identical calls (the
-# differential tests drive both). Recipient tables are open-addressing hash
-# tables (linear probing, splitmix64 slot index, exact uint64 keys, key 0 =
-# empty) that grow and reclaim exactly when the reference's nominal
-# capacities do. Time is always an argument; the decision core touches no
-# Python object and allocates only when a table grows.
+# differential tests drive both). Recipient tables are Robin Hood hash tables
+# (exact keys, splitmix64 scaled to any table size, key 0 = empty) that
+# reclaim exactly when the reference's nominal capacities say so and size
+# their slots on their own, half to four fifths full. Time is always an
+# argument; the decision core touches no Python object and allocates only when
+# a table grows.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
@@ -18,7 +19,6 @@ cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
-cdef uint64_t MAX_POOL_RECORDS = 0xFFFFFFFF
 U64_MAX = (1 << 64) - 1
 cdef bytes SNAPSHOT_MAGIC = b"TGENGINE"
 
@@ -56,29 +56,55 @@ cdef extern from *:
     static inline uint64_t tg_load(const void *p) {
         return *(const volatile uint64_t *)p;
     }
+    /* An entry's key word: the recipient key (below 2**54, the range
+       constants.recipient_key packs E.164 numbers into) in the low bits,
+       then the entry's distance from its home slot (saturating at DIST_MAX),
+       then, in scope entries, two flags. */
+    #define TG_KEY_OPT_OUT ((uint64_t)1 << 63)
+    #define TG_KEY_MARKETING ((uint64_t)1 << 62)
+    #define TG_DIST_SHIFT 54
+    #define TG_DIST_MAX ((uint64_t)0xFF)
+    #define TG_DIST_BITS (TG_DIST_MAX << TG_DIST_SHIFT)
+    #define TG_KEY_MASK (((uint64_t)1 << TG_DIST_SHIFT) - 1)
     static volatile uint64_t tg_sink;
     static inline void tg_keep(uint64_t v) { tg_sink = v; }
+    /* h scaled from [0, 2**64) to [0, n): a home slot for any table size. */
+    static inline uint64_t tg_scale(uint64_t h, uint64_t n) {
+        return (uint64_t)(((unsigned __int128)h * n) >> 64);
+    }
     """
     void __builtin_prefetch(const void *addr) noexcept nogil
     uint64_t tg_load(const void *p) noexcept nogil
     void tg_keep(uint64_t v) noexcept nogil
+    uint64_t tg_scale(uint64_t h, uint64_t n) noexcept nogil
+    const uint64_t KEY_OPT_OUT "TG_KEY_OPT_OUT"
+    const uint64_t KEY_MARKETING "TG_KEY_MARKETING"
+    const int DIST_SHIFT "TG_DIST_SHIFT"
+    const uint64_t DIST_MAX "TG_DIST_MAX"
+    const uint64_t DIST_BITS "TG_DIST_BITS"
+    const uint64_t KEY_MASK "TG_KEY_MASK"
     void *tg_table_alloc(size_t nbytes) noexcept nogil
     void tg_table_free(void *p, size_t nbytes) noexcept nogil
 
-# Batch items (or snapshot entries) whose table slots are prefetched ahead of
-# the one being worked on, so that several cache misses overlap.
-# decide_batch instead loads the slots of TOUCH_CHUNK items in a row before
-# deciding them: plain loads, independent of each other, which the core keeps
-# in flight together. Measured on 2-core AMD EPYC (KVM) with 1 M and 10 M
-# tracked recipients, software prefetches 8 to 64 items ahead did not shorten
-# the batch at all, while this pass took 25-40 % off it; chunks of 8 to 1000
-# items were within noise of each other (64 kept). What remains at 10 M is
-# the two random cache lines read and written per decision: a C loop doing
-# only those memory accesses, in the same chunks, takes ~100-200 ns an item
-# on that machine against ~50 ns with small tables.
+# Snapshot entries whose table slots are prefetched ahead of the one being
+# worked on, so that several cache misses overlap.
+# decide_batch instead loads the scope-table lines of TOUCH_CHUNK items in a
+# row before deciding them: first the addresses, then a tight loop of plain
+# loads, independent of each other, which the core keeps in flight together.
+# Measured on 2-core AMD EPYC (KVM) at 10 M tracked recipients: software
+# prefetches 8 or 24 items ahead made the batch twice as slow (~280 against
+# ~140 ns a decision); computing the addresses apart from the loads took it
+# from ~140 to ~110 ns. (Number tables hold only live pair-rate and window
+# times, so they stay small and cached.)
 cdef enum:
     PREFETCH_AHEAD = 8
     TOUCH_CHUNK = 64
+    # Small tables (fewer slots than this, ~0.8 MB of scope entries) are not
+    # loaded ahead, as they mostly stay in the CPU caches, and are rebuilt a
+    # third full rather than half: fewer rebuilds and shorter probes where the
+    # room costs little (the peers workload, 20 senders of a few thousand
+    # recipients: ~79 -> ~76 ns a decision)
+    SMALL_SLOTS = 1 << 15
     RADIX_BITS = 11
     RADIX_BUCKETS = 1 << RADIX_BITS
 
@@ -127,17 +153,8 @@ cdef inline uint64_t mix(uint64_t key) noexcept nogil:
     return key ^ (key >> 31)
 
 
-cdef inline uint64_t touch_slots(ScopeTable *st, NumberTable *nt,
-                                 uint64_t recipient) noexcept nogil:
-    # Load the first two slots each table probes for recipient (into the
-    # cache): the second is on the next cache line for every other home slot,
-    # and a key displaced by one, or an insert past one neighbour, needs it
-    # (10 M recipients: ~240 -> ~210 ns per decision against the first only).
-    cdef uint64_t h = mix(recipient)
-    return (tg_load(&st.slots[h & (st.capacity - 1)])
-            ^ tg_load(&st.slots[(h + 1) & (st.capacity - 1)])
-            ^ tg_load(&nt.slots[h & (nt.capacity - 1)])
-            ^ tg_load(&nt.slots[(h + 1) & (nt.capacity - 1)]))
+cdef inline uint64_t home(uint64_t key, uint64_t capacity) noexcept nogil:
+    return tg_scale(mix(key), capacity)
 
 
 # -- rings -------------------------------------------------------------------
@@ -242,58 +259,175 @@ cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept
     return (r.lo + r.n) * r.width + r.window
 
 
-# -- scope tables ------------------------------------------------------------
+# -- recipient tables --------------------------------------------------------
+#
+# Both tables use Robin Hood open addressing: an entry sits at or after its
+# home slot, and an insert that meets an entry closer to its own home than the
+# new one would be takes that slot and moves the other on. Probe lengths stay
+# short even four fifths full, and a search for an absent key stops as soon as
+# it meets an entry closer to home than the key would be. Entries leave only
+# through a rebuild (reclaim), so there are no tombstones.
 
-cdef inline int64_t *history(ScopeTable *t, ScopeEntry *e) noexcept nogil:
-    # The entry's marketing send times, or NULL when it never got marketing.
-    if e.marketing == 0:
+ctypedef fused TableEntry:
+    ScopeEntry
+    NumberEntry
+
+ctypedef fused Table:
+    ScopeTable
+    NumberTable
+
+
+cdef inline uint64_t distance(uint64_t word, uint64_t i, uint64_t capacity) noexcept nogil:
+    # How far the entry in slot i (key word `word`) is from its home slot;
+    # probing wraps around.
+    cdef uint64_t d = (word >> DIST_SHIFT) & DIST_MAX
+    cdef uint64_t h
+    if d < DIST_MAX:
+        return d
+    h = home(word & KEY_MASK, capacity)
+    return i - h if i >= h else i + capacity - h
+
+
+cdef inline uint64_t with_distance(uint64_t word, uint64_t d) noexcept nogil:
+    return (word & ~DIST_BITS) | ((d if d < DIST_MAX else DIST_MAX) << DIST_SHIFT)
+
+
+cdef inline TableEntry *entry_find(TableEntry *slots, uint64_t capacity,
+                                   uint64_t key) noexcept nogil:
+    return entry_find_mixed(slots, capacity, key, mix(key))
+
+
+cdef inline TableEntry *entry_find_mixed(TableEntry *slots, uint64_t capacity,
+                                         uint64_t key, uint64_t mixed) noexcept nogil:
+    # entry_find, given mix(key)
+    cdef uint64_t i, d = 0, w, sd
+    if key == 0 or key > KEY_MASK:
         return NULL
-    return &t.marketing.times[(e.marketing - 1) * MARKETING_HISTORY]
+    i = tg_scale(mixed, capacity)
+    while True:
+        w = slots[i].key
+        if (w & KEY_MASK) == key:
+            return &slots[i]
+        if w == 0:
+            return NULL
+        # an entry nearer its home than key would be here: key is absent
+        sd = (w >> DIST_SHIFT) & DIST_MAX
+        if sd < d and sd < DIST_MAX:
+            return NULL
+        d += 1
+        i += 1
+        if i == capacity:
+            i = 0
 
 
-cdef int pool_reserve(MarketingPool *p) noexcept nogil:
-    # Room for one more record. -1: out of memory.
-    cdef uint64_t capacity
-    cdef int64_t *times
-    if p.free_head != 0 or p.used < p.capacity:
+cdef inline TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
+                                    TableEntry *e) noexcept nogil:
+    # Insert a copy of *e (its key known absent, a slot known free); returns
+    # where it landed.
+    cdef TableEntry cur = e[0]
+    cdef TableEntry tmp
+    cdef TableEntry *landed = NULL
+    cdef uint64_t i = home(cur.key & KEY_MASK, capacity), d = 0, di
+    while True:
+        if slots[i].key == 0:
+            cur.key = with_distance(cur.key, d)
+            slots[i] = cur
+            return landed if landed != NULL else &slots[i]
+        di = distance(slots[i].key, i, capacity)
+        if di < d:
+            cur.key = with_distance(cur.key, d)
+            tmp = slots[i]
+            slots[i] = cur
+            cur = tmp
+            if landed == NULL:
+                landed = &slots[i]
+            d = di
+        d += 1
+        i += 1
+        if i == capacity:
+            i = 0
+
+
+cdef inline uint64_t room_for(uint64_t n) noexcept nogil:
+    # Slots a table holding n entries gets when it is (re)built: half full,
+    # a third for small tables.
+    if 3 * n < SMALL_SLOTS:
+        return 3 * n if 3 * n > INITIAL_CAPACITY else INITIAL_CAPACITY
+    return 2 * n
+
+
+cdef inline bint crowded(uint64_t count, uint64_t capacity) noexcept nogil:
+    # One more entry would fill the table past four fifths.
+    return (count + 1) * 5 > capacity * 4
+
+
+# Marketing send times by recipient (linear probing, capacity a power of two).
+
+cdef inline MarketingEntry *mm_find(MarketingMap *m, uint64_t key) noexcept nogil:
+    cdef uint64_t mask, i
+    if m.count == 0:
+        return NULL
+    mask = m.capacity - 1
+    i = mix(key) & mask
+    while True:
+        if m.slots[i].key == key:
+            return &m.slots[i]
+        if m.slots[i].key == 0:
+            return NULL
+        i = (i + 1) & mask
+
+
+cdef inline MarketingEntry *mm_slot(MarketingEntry *slots, uint64_t capacity,
+                                    uint64_t key) noexcept nogil:
+    # The empty slot key lands in (key known absent, room known free).
+    cdef uint64_t mask = capacity - 1
+    cdef uint64_t i = mix(key) & mask
+    while slots[i].key != 0:
+        i = (i + 1) & mask
+    return &slots[i]
+
+
+cdef int mm_reserve(MarketingMap *m) noexcept nogil:
+    # Room for one more record (at most 70 % full). -1: out of memory.
+    cdef uint64_t capacity, i
+    cdef MarketingEntry *slots
+    if m.count + 1 <= max_fill(m.capacity):
         return 0
-    capacity = 2 * <uint64_t>p.capacity + 16
-    if capacity > MAX_POOL_RECORDS:
-        capacity = MAX_POOL_RECORDS
-    if capacity <= p.used:
+    capacity = 2 * m.capacity if m.capacity else INITIAL_CAPACITY
+    slots = <MarketingEntry *>tg_table_alloc(capacity * sizeof(MarketingEntry))
+    if slots == NULL:
         return -1
-    times = <int64_t *>realloc(p.times, capacity * MARKETING_HISTORY * sizeof(int64_t))
-    if times == NULL:
-        return -1
-    p.times = times
-    p.capacity = <uint32_t>capacity
+    for i in range(m.capacity):
+        if m.slots[i].key != 0:
+            mm_slot(slots, capacity, m.slots[i].key)[0] = m.slots[i]
+    tg_table_free(m.slots, m.capacity * sizeof(MarketingEntry))
+    m.slots = slots
+    m.capacity = capacity
     return 0
 
 
-cdef uint32_t pool_take(MarketingPool *p) noexcept nogil:
-    # A record with every time NEVER (room reserved by pool_reserve).
-    cdef uint32_t r
+cdef MarketingEntry *mm_insert(MarketingMap *m, uint64_t key) noexcept nogil:
+    # A record with every time NEVER (room reserved by mm_reserve).
+    cdef MarketingEntry *r = mm_slot(m.slots, m.capacity, key)
     cdef int k
-    if p.free_head != 0:
-        r = p.free_head
-        p.free_head = <uint32_t>p.times[(r - 1) * MARKETING_HISTORY]
-    else:
-        p.used += 1
-        r = p.used
+    r.key = key
     for k in range(MARKETING_HISTORY):
-        p.times[(r - 1) * MARKETING_HISTORY + k] = NEVER
+        r.times[k] = NEVER
+    m.count += 1
     return r
 
 
-cdef inline void pool_give(MarketingPool *p, uint32_t r) noexcept nogil:
-    p.times[(r - 1) * MARKETING_HISTORY] = p.free_head
-    p.free_head = r
+cdef inline int64_t *history(ScopeTable *t, ScopeEntry *e) noexcept nogil:
+    # The entry's marketing send times, or NULL when it never got marketing.
+    if not (e.key & KEY_MARKETING):
+        return NULL
+    return mm_find(&t.marketing, e.key & KEY_MASK).times
 
 
 cdef inline bint scope_expired(ScopeTable *t, ScopeEntry *e, int64_t cut) noexcept nogil:
     cdef int64_t *hist
     cdef int k
-    if e.opt_out or e.last_counted >= cut:
+    if (e.key & KEY_OPT_OUT) or e.last_counted >= cut:
         return False
     hist = history(t, e)
     if hist != NULL:
@@ -303,154 +437,138 @@ cdef inline bint scope_expired(ScopeTable *t, ScopeEntry *e, int64_t cut) noexce
     return True
 
 
-ctypedef fused TableEntry:
-    ScopeEntry
-    NumberEntry
+cdef inline bint number_expired(NumberEntry *e, int64_t cut) noexcept nogil:
+    return e.window_until < cut and e.fep_until < cut and e.pair_tat < cut
 
 
-cdef inline TableEntry *entry_find(TableEntry *slots, uint64_t capacity,
-                                   uint64_t key) noexcept nogil:
-    # Linear probing over exact keys; key 0 marks an empty slot.
-    cdef uint64_t mask = capacity - 1
-    cdef uint64_t i = mix(key) & mask
-    if key == 0:
-        return NULL
-    while True:
-        if slots[i].key == key:
-            return &slots[i]
-        if slots[i].key == 0:
-            return NULL
-        i = (i + 1) & mask
+cdef inline bint entry_expired(Table *t, uint64_t i, int64_t cut) noexcept nogil:
+    if Table is ScopeTable:
+        return scope_expired(t, &t.slots[i], cut)
+    else:
+        return number_expired(&t.slots[i], cut)
 
 
-cdef inline TableEntry *entry_slot(TableEntry *slots, uint64_t capacity,
-                                   uint64_t key) noexcept nogil:
-    # The empty slot key lands in (key known absent, room known free).
-    cdef uint64_t mask = capacity - 1
-    cdef uint64_t i = mix(key) & mask
-    while slots[i].key != 0:
-        i = (i + 1) & mask
-    return &slots[i]
+cdef uint64_t count_expired(Table *t, int64_t cut) noexcept nogil:
+    cdef uint64_t i, n = 0
+    for i in range(t.capacity):
+        if t.slots[i].key != 0 and entry_expired(t, i, cut):
+            n += 1
+    return n
+
+
+cdef int table_rebuild(Table *t, uint64_t capacity, bint drop, int64_t cut) noexcept nogil:
+    # Re-place every entry into `capacity` slots; with drop, leave the expired
+    # ones out (and, for a scope table, their marketing records). Everything
+    # is allocated before anything changes. -1: out of memory.
+    cdef uint64_t i, count = 0
+    cdef MarketingEntry *kept = NULL
+    cdef MarketingEntry *r
+    cdef bint prune = False
+    cdef void *slots = tg_table_alloc(capacity * sizeof(t.slots[0]))
+    if slots == NULL:
+        return -1
+    if Table is ScopeTable:
+        prune = drop and t.marketing.count > 0
+        if prune:
+            kept = <MarketingEntry *>tg_table_alloc(
+                t.marketing.capacity * sizeof(MarketingEntry))
+            if kept == NULL:
+                tg_table_free(slots, capacity * sizeof(t.slots[0]))
+                return -1
+    for i in range(t.capacity):
+        if t.slots[i].key == 0 or (drop and entry_expired(t, i, cut)):
+            continue
+        if Table is ScopeTable:
+            entry_place(<ScopeEntry *>slots, capacity, &t.slots[i])
+        else:
+            entry_place(<NumberEntry *>slots, capacity, &t.slots[i])
+        count += 1
+        if Table is ScopeTable:
+            if prune and t.slots[i].key & KEY_MARKETING:
+                r = mm_find(&t.marketing, t.slots[i].key & KEY_MASK)
+                mm_slot(kept, t.marketing.capacity, r.key)[0] = r[0]
+    if Table is ScopeTable:
+        if prune:
+            tg_table_free(t.marketing.slots, t.marketing.capacity * sizeof(MarketingEntry))
+            t.marketing.slots = kept
+            t.marketing.count = 0
+            for i in range(t.marketing.capacity):
+                if kept[i].key != 0:
+                    t.marketing.count += 1
+    tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
+    if Table is ScopeTable:
+        t.slots = <ScopeEntry *>slots
+    else:
+        t.slots = <NumberEntry *>slots
+    t.capacity = capacity
+    t.count = count
+    return 0
+
+
+cdef int table_reserve(Table *t, int64_t cut) noexcept nogil:
+    # Room for one more entry. At the nominal fill, expired entries are
+    # reclaimed and the nominal capacity doubles unless that freed half (the
+    # reference's rule); the slots grow on their own when four fifths full.
+    # -1: out of memory (nothing changed).
+    cdef uint64_t dead, live, nominal
+    if t.count >= max_fill(t.nominal):
+        dead = count_expired(t, cut)
+        live = t.count - dead
+        nominal = 2 * t.nominal if live >= max_fill(t.nominal) // 2 else t.nominal
+        if dead:
+            # the same slots: the table is likely to fill up again
+            if table_rebuild(t, t.capacity, True, cut) < 0:
+                return -1
+        t.nominal = nominal
+    if crowded(t.count, t.capacity):
+        return table_rebuild(t, room_for(t.count + 1), False, cut)
+    return 0
+
+
+cdef int table_init(Table *t) noexcept nogil:
+    t.slots = NULL
+    t.capacity = t.count = 0
+    if Table is ScopeTable:
+        t.nominal = INITIAL_CAPACITY
+    else:
+        t.nominal = NUMBER_INITIAL_CAPACITY
+    return table_rebuild(t, INITIAL_CAPACITY, False, 0)
+
+
+cdef void table_free(Table *t) noexcept nogil:
+    tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
+    t.slots = NULL
+    if Table is ScopeTable:
+        tg_table_free(t.marketing.slots, t.marketing.capacity * sizeof(MarketingEntry))
+        t.marketing.slots = NULL
 
 
 cdef inline ScopeEntry *scope_find(ScopeTable *t, uint64_t key) noexcept nogil:
     return entry_find(t.slots, t.capacity, key)
 
 
-cdef int scope_rebuild(ScopeTable *t, uint64_t capacity, int64_t cut) noexcept nogil:
-    # Rehash into capacity slots, dropping expired entries. -1: out of memory.
-    cdef ScopeEntry *slots = <ScopeEntry *>tg_table_alloc(capacity * sizeof(ScopeEntry))
-    cdef ScopeEntry *e
-    cdef uint64_t i, count = 0
-    if slots == NULL:
-        return -1
-    for i in range(t.capacity):
-        e = &t.slots[i]
-        if e.key == 0:
-            continue
-        if scope_expired(t, e, cut):
-            if e.marketing != 0:
-                pool_give(&t.marketing, e.marketing)
-        else:
-            entry_slot(slots, capacity, e.key)[0] = e[0]
-            count += 1
-    tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
-    t.slots = slots
-    t.capacity = capacity
-    t.count = count
-    return 0
-
-
-cdef uint64_t scope_count_expired(ScopeTable *t, int64_t cut) noexcept nogil:
-    cdef uint64_t i, n = 0
-    for i in range(t.capacity):
-        if t.slots[i].key != 0 and scope_expired(t, &t.slots[i], cut):
-            n += 1
-    return n
-
-
-cdef int scope_reserve(Scope *s) noexcept nogil:
-    # Room for one more entry: reclaim first, double unless that freed half.
-    cdef ScopeTable *t = &s.table
-    cdef int64_t cut
-    cdef uint64_t live
-    if t.count < max_fill(t.capacity):
-        return 0
-    cut = s.last_now - s.horizon
-    live = t.count - scope_count_expired(t, cut)
-    if live >= max_fill(t.capacity) // 2:
-        return scope_rebuild(t, t.capacity * 2, cut)
-    return scope_rebuild(t, t.capacity, cut)
-
-
 cdef ScopeEntry *scope_insert(ScopeTable *t, uint64_t key) noexcept nogil:
-    cdef ScopeEntry *e = entry_slot(t.slots, t.capacity, key)
+    # A new entry for key (known absent; room reserved by table_reserve).
+    cdef ScopeEntry e
     e.key = key
     e.last_counted = NEVER
     e.last_ticket = 0
-    e.marketing = 0
-    e.opt_out = 0
     t.count += 1
-    return e
-
-
-# -- number tables -----------------------------------------------------------
-
-cdef inline bint number_expired(NumberEntry *e, int64_t cut) noexcept nogil:
-    return e.window_until < cut and e.fep_until < cut and e.pair_tat < cut
+    return entry_place(t.slots, t.capacity, &e)
 
 
 cdef inline NumberEntry *number_find(NumberTable *t, uint64_t key) noexcept nogil:
     return entry_find(t.slots, t.capacity, key)
 
 
-cdef int number_rebuild(NumberTable *t, uint64_t capacity, int64_t cut) noexcept nogil:
-    cdef NumberEntry *slots = <NumberEntry *>tg_table_alloc(capacity * sizeof(NumberEntry))
-    cdef NumberEntry *e
-    cdef uint64_t i, count = 0
-    if slots == NULL:
-        return -1
-    for i in range(t.capacity):
-        e = &t.slots[i]
-        if e.key != 0 and not number_expired(e, cut):
-            entry_slot(slots, capacity, e.key)[0] = e[0]
-            count += 1
-    tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
-    t.slots = slots
-    t.capacity = capacity
-    t.count = count
-    return 0
-
-
-cdef uint64_t number_count_expired(NumberTable *t, int64_t cut) noexcept nogil:
-    cdef uint64_t i, n = 0
-    for i in range(t.capacity):
-        if t.slots[i].key != 0 and number_expired(&t.slots[i], cut):
-            n += 1
-    return n
-
-
-cdef int number_reserve(Number *num) noexcept nogil:
-    cdef NumberTable *t = &num.table
-    cdef int64_t cut
-    cdef uint64_t live
-    if t.count < max_fill(t.capacity):
-        return 0
-    cut = num.clock - num.horizon
-    live = t.count - number_count_expired(t, cut)
-    if live >= max_fill(t.capacity) // 2:
-        return number_rebuild(t, t.capacity * 2, cut)
-    return number_rebuild(t, t.capacity, cut)
-
-
 cdef NumberEntry *number_insert(NumberTable *t, uint64_t key) noexcept nogil:
-    cdef NumberEntry *e = entry_slot(t.slots, t.capacity, key)
+    cdef NumberEntry e
     e.key = key
     e.window_until = NEVER
     e.fep_until = NEVER
     e.pair_tat = NEVER
     t.count += 1
-    return e
+    return entry_place(t.slots, t.capacity, &e)
 
 
 # -- scopes ------------------------------------------------------------------
@@ -466,8 +584,7 @@ cdef inline int64_t scope_clamp(Scope *s, int64_t now) noexcept nogil:
 
 
 cdef void scope_free(Scope *s) noexcept nogil:
-    tg_table_free(s.table.slots, s.table.capacity * sizeof(ScopeEntry))
-    free(s.table.marketing.times)
+    table_free(&s.table)
     free(s.ring24.counts)
     free(s.ring7.counts)
     free(s.slots7.counts)
@@ -477,6 +594,13 @@ cdef inline void reject(Decision *d, int decision, int reason, int64_t retry_at)
     d.decision = decision
     d.reason = reason
     d.retry_at = retry_at
+
+
+cdef inline int64_t number_cut(Engine eng, Number *num) noexcept nogil:
+    # A number's entries are expired once every time in them is at or before
+    # its scope's clock: decisions for the number (clamped to that clock) see
+    # such an entry exactly as no entry at all.
+    return eng.scopes[num.scope].last_now + 1
 
 
 # -- snapshot helpers --------------------------------------------------------
@@ -563,8 +687,8 @@ cdef int64_t take_time(Cursor *c) except? -1:
 
 
 cdef int check_recipient(object name, uint64_t key) except -1:
-    if key == 0:
-        raise ValueError(f"{name} must be a non-zero 64-bit recipient key, got 0")
+    if key == 0 or key > KEY_MASK:
+        raise ValueError(f"{name} must be a recipient key in 1 .. 2**54 - 1, got {key}")
     return 0
 
 
@@ -605,8 +729,7 @@ cdef class Engine:
         for i in range(self.n_scopes):
             scope_free(&self.scopes[i])
         for i in range(self.n_numbers):
-            tg_table_free(self.numbers[i].table.slots,
-                          self.numbers[i].table.capacity * sizeof(NumberEntry))
+            table_free(&self.numbers[i].table)
         free(self.scopes)
         free(self.numbers)
 
@@ -645,9 +768,7 @@ cdef class Engine:
             self.cap_scopes = 2 * self.cap_scopes + 4
         s = &self.scopes[self.n_scopes]
         memset(s, 0, sizeof(Scope))
-        s.table.slots = <ScopeEntry *>tg_table_alloc(INITIAL_CAPACITY * sizeof(ScopeEntry))
-        s.table.capacity = INITIAL_CAPACITY
-        if (s.table.slots == NULL
+        if (table_init(&s.table) < 0
                 or ring_init(&s.ring24, self.bucket_ms, self.window_ms, 0) < 0
                 or ring_init(&s.ring7, self.long_bucket_ms, self.long_window_ms, 1) < 0
                 or ring_init(&s.slots7, self.long_bucket_ms, self.long_window_ms, 1) < 0):
@@ -691,12 +812,9 @@ cdef class Engine:
             self.cap_numbers = 2 * self.cap_numbers + 4
         num = &self.numbers[self.n_numbers]
         memset(num, 0, sizeof(Number))
-        num.table.slots = <NumberEntry *>tg_table_alloc(INITIAL_CAPACITY * sizeof(NumberEntry))
-        if num.table.slots == NULL:
+        if table_init(&num.table) < 0:
             raise MemoryError()
-        num.table.capacity = INITIAL_CAPACITY
         num.scope = scope
-        num.horizon = self.horizon_ms
         num.clock = NEVER
         num.tput_tat = NEVER
         num.tput_interval, num.tput_tolerance, num.pair_interval, num.pair_tolerance = params
@@ -723,14 +841,16 @@ cdef class Engine:
         cdef int64_t recent[MARKETING_HISTORY]
         cdef int64_t *hist
         cdef int64_t t
+        cdef uint64_t mixed
         cdef int k, j, n_recent, oldest_at
         cdef bint template, marketing, in_window, in_fep, counting, already, needs_slot
 
         now = scope_clamp(s, now)
         if now > num.clock:
             num.clock = now
-        se = scope_find(&s.table, recipient)
-        ne = number_find(&num.table, recipient)
+        mixed = mix(recipient)
+        se = entry_find_mixed(s.table.slots, s.table.capacity, recipient, mixed)
+        ne = entry_find_mixed(num.table.slots, num.table.capacity, recipient, mixed)
         template = (flags & F_TEMPLATE) != 0
         marketing = (flags & F_MARKETING) != 0
         last = se.last_counted if se != NULL else NEVER
@@ -754,7 +874,7 @@ cdef class Engine:
                 reject(d, REJECT, OUTSIDE_WINDOW, 0)
                 return 0
             # 5. opted-out recipients get no marketing
-            if marketing and se != NULL and se.opt_out:
+            if marketing and se != NULL and se.key & KEY_OPT_OUT:
                 reject(d, REJECT, RECIPIENT_OPTED_OUT, 0)
                 return 0
             # 6. messaging limit (business-initiated messages only)
@@ -811,13 +931,13 @@ cdef class Engine:
 
         # every check passed: make room (may rehash; nothing consumed yet) ...
         if se == NULL and (counting or marketing):
-            if scope_reserve(s) < 0:
+            if table_reserve(&s.table, s.last_now - s.horizon) < 0:
                 return -1
-        if marketing and (se == NULL or se.marketing == 0):
-            if pool_reserve(&s.table.marketing) < 0:
+        if marketing and (se == NULL or not (se.key & KEY_MARKETING)):
+            if mm_reserve(&s.table.marketing) < 0:
                 return -1
         if ne == NULL:
-            if number_reserve(num) < 0:
+            if table_reserve(&num.table, number_cut(self, num)) < 0:
                 return -1
             ne = number_insert(&num.table, recipient)
         if se == NULL and (counting or marketing):
@@ -835,8 +955,9 @@ cdef class Engine:
             else:
                 se.last_ticket = 0  # this admit relies on the earlier slot
         if marketing:
-            if se.marketing == 0:
-                se.marketing = pool_take(&s.table.marketing)
+            if not (se.key & KEY_MARKETING):
+                mm_insert(&s.table.marketing, recipient)
+                se.key |= KEY_MARKETING
             hist = history(&s.table, se)
             oldest_at = 0
             oldest = hist[0]
@@ -849,16 +970,6 @@ cdef class Engine:
         ne.pair_tat = pair_tat + num.pair_interval
         d.used = ring.total
         return 0
-
-    cdef inline void prefetch(self, Py_ssize_t scope, Py_ssize_t number,
-                              uint64_t recipient) noexcept nogil:
-        # Start loading the table slots a later batch item will probe, so the
-        # cache misses of several items overlap.
-        cdef ScopeTable *st = &self.scopes[scope].table
-        cdef NumberTable *nt = &self.numbers[number].table
-        cdef uint64_t h = mix(recipient)
-        __builtin_prefetch(&st.slots[h & (st.capacity - 1)])
-        __builtin_prefetch(&nt.slots[h & (nt.capacity - 1)])
 
     def decide(self, int64_t now, Py_ssize_t scope, Py_ssize_t number, uint64_t recipient,
                uint32_t flags, int64_t limit, uint64_t ticket):
@@ -892,6 +1003,11 @@ cdef class Engine:
         cdef long long[::1] prev_counted
         cdef Py_ssize_t n = now.shape[0], i, j, end, bad = -1
         cdef uint64_t touched
+        cdef ScopeTable *st
+        cdef NumberTable *nt
+        cdef const void *at[4 * TOUCH_CHUNK]
+        cdef uint64_t h, k
+        cdef Py_ssize_t m
         cdef Decision d
         cdef int rc = 0
         for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
@@ -903,7 +1019,7 @@ cdef class Engine:
             if not 0 <= scope[i] < self.n_scopes or not 0 <= number[i] < self.n_numbers:
                 bad = i
                 break
-            if recipient[i] == 0 or not -MAX_TIME <= now[i] <= MAX_TIME:
+            if recipient[i] == 0 or recipient[i] > KEY_MASK or not -MAX_TIME <= now[i] <= MAX_TIME:
                 bad = i
                 break
         if bad >= 0:
@@ -912,8 +1028,9 @@ cdef class Engine:
                 raise IndexError(f"batch item {i}: scope {scope[i]} out of range")
             if not 0 <= number[i] < self.n_numbers:
                 raise IndexError(f"batch item {i}: number {number[i]} out of range")
-            if recipient[i] == 0:
-                raise ValueError(f"batch item {i}: recipient key 0 is not a recipient")
+            if recipient[i] == 0 or recipient[i] > KEY_MASK:
+                raise ValueError(f"batch item {i}: recipient key {recipient[i]} is not in "
+                                 "1 .. 2**54 - 1")
             raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
         batch.prepare_outputs()
         decision = batch.decision
@@ -926,10 +1043,26 @@ cdef class Engine:
         while i < n and rc == 0:
             # the slots of the next TOUCH_CHUNK items, loaded together (see TOUCH_CHUNK)
             end = i + TOUCH_CHUNK if i + TOUCH_CHUNK < n else n
-            touched = 0
+            # first where each item's searches start (the scope-table lines
+            # of slots k, k + 2 and k + 5 cover entries displaced up to five,
+            # which at four fifths full is nearly all of them), then only the
+            # loads: a tight loop of independent loads keeps many in flight
+            m = 0
             for j in range(i, end):
-                touched ^= touch_slots(&self.scopes[scope[j]].table,
-                                       &self.numbers[number[j]].table, recipient[j])
+                st = &self.scopes[scope[j]].table
+                nt = &self.numbers[number[j]].table
+                if st.capacity < SMALL_SLOTS and nt.capacity < SMALL_SLOTS:
+                    continue  # small tables stay in cache anyway
+                h = mix(recipient[j])
+                k = tg_scale(h, st.capacity)
+                at[m] = &st.slots[k]
+                at[m + 1] = &st.slots[k + 2 if k + 2 < st.capacity else k]
+                at[m + 2] = &st.slots[k + 5 if k + 5 < st.capacity else k]
+                at[m + 3] = &nt.slots[tg_scale(h, nt.capacity)]
+                m += 4
+            touched = 0
+            for j in range(m):
+                touched ^= tg_load(at[j])
             tg_keep(touched)
             while i < end:
                 rc = self.decide_one(now[i], &self.scopes[scope[i]], &self.numbers[number[i]],
@@ -991,7 +1124,7 @@ cdef class Engine:
             check_time("fep_until", fep_until)
         ne = number_find(&num.table, recipient)
         if ne == NULL:
-            if number_reserve(num) < 0:
+            if table_reserve(&num.table, number_cut(self, num)) < 0:
                 raise MemoryError()
             ne = number_insert(&num.table, recipient)
         ne.window_until = max64(ne.window_until, window_until)
@@ -1011,10 +1144,13 @@ cdef class Engine:
         if se == NULL:
             if not opted_out:
                 return
-            if scope_reserve(s) < 0:
+            if table_reserve(&s.table, s.last_now - s.horizon) < 0:
                 raise MemoryError()
             se = scope_insert(&s.table, recipient)
-        se.opt_out = 1 if opted_out else 0
+        if opted_out:
+            se.key |= KEY_OPT_OUT
+        else:
+            se.key &= ~KEY_OPT_OUT
 
     def slow_throughput(self, number, int64_t now, int64_t pause_ms):
         """Meta answered 130429: admit nothing from this number for ``pause_ms``."""
@@ -1043,19 +1179,19 @@ cdef class Engine:
             s = &self.scopes[i]
             scope_clamp(s, now)
             cut = s.last_now - s.horizon
-            dead = scope_count_expired(&s.table, cut)
+            dead = count_expired(&s.table, cut)
             if dead:
-                if scope_rebuild(&s.table, s.table.capacity, cut) < 0:
+                if table_rebuild(&s.table, room_for(s.table.count - dead), True, cut) < 0:
                     raise MemoryError()
                 removed += dead
         for i in range(self.n_numbers):
             num = &self.numbers[i]
             if now > num.clock:
                 num.clock = now
-            cut = num.clock - num.horizon
-            dead = number_count_expired(&num.table, cut)
+            cut = number_cut(self, num)
+            dead = count_expired(&num.table, cut)
             if dead:
-                if number_rebuild(&num.table, num.table.capacity, cut) < 0:
+                if table_rebuild(&num.table, room_for(num.table.count - dead), True, cut) < 0:
                     raise MemoryError()
                 removed += dead
         return removed
@@ -1088,7 +1224,7 @@ cdef class Engine:
         cdef NumberEntry *ne = number_find(&self._number(number).table, recipient)
         return (
             se.last_counted if se != NULL else NEVER,
-            bool(se.opt_out) if se != NULL else False,
+            bool(se.key & KEY_OPT_OUT) if se != NULL else False,
             ne.window_until if ne != NULL else NEVER,
             ne.fep_until if ne != NULL else NEVER,
             ne.pair_tat if ne != NULL else NEVER,
@@ -1258,68 +1394,70 @@ cdef int take_table(Cursor *c, uint64_t *capacity, uint64_t *count) except -1:
     return 0
 
 
+cdef int restore_table(Table *t, Cursor *c, Py_ssize_t entry_size,
+                       const unsigned char **entries, uint64_t *count) except -1:
+    # Reads the table header, makes room for its entries and returns them
+    # (entries[0], count[0] of them); the caller inserts them.
+    cdef uint64_t nominal
+    take_table(c, &nominal, count)
+    entries[0] = take(c, <Py_ssize_t>(count[0] * entry_size))
+    if table_rebuild(t, room_for(count[0]), False, 0) < 0:
+        raise MemoryError()
+    t.nominal = nominal
+    return 0
+
+
+cdef int check_key(uint64_t key, uint64_t prev) except -1:
+    if key <= prev:
+        raise ValueError("engine snapshot is corrupt: keys not strictly ascending")
+    if key > KEY_MASK:
+        raise ValueError("engine snapshot is corrupt: recipient key out of range")
+    return 0
+
+
 cdef int restore_scope_table(ScopeTable *t, Cursor *c) except -1:
-    cdef uint64_t capacity, count, key, i, prev = 0
+    cdef uint64_t count, i, key, prev = 0
     cdef const unsigned char *p
     cdef ScopeEntry *e
-    cdef ScopeEntry *slots
-    cdef int64_t *hist
+    cdef MarketingEntry *r
     cdef int k, j
-    take_table(c, &capacity, &count)
-    p = take(c, <Py_ssize_t>(count * SCOPE_ENTRY_SIZE))
-    slots = <ScopeEntry *>tg_table_alloc(capacity * sizeof(ScopeEntry))
-    if slots == NULL:
-        raise MemoryError()
-    tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
-    t.slots = slots
-    t.capacity = capacity
-    t.count = 0
+    restore_table(t, c, SCOPE_ENTRY_SIZE, &p, &count)
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
             __builtin_prefetch(
-                &t.slots[mix(get_u64(p + PREFETCH_AHEAD * SCOPE_ENTRY_SIZE)) & (capacity - 1)])
+                &t.slots[home(get_u64(p + PREFETCH_AHEAD * SCOPE_ENTRY_SIZE), t.capacity)])
         key = get_u64(p)
-        if key <= prev:
-            raise ValueError("engine snapshot is corrupt: keys not strictly ascending")
+        check_key(key, prev)
         prev = key
         e = scope_insert(t, key)
         e.last_counted = <int64_t>get_u64(p + 8)
         e.last_ticket = get_u64(p + 16)
         for k in range(MARKETING_HISTORY):
             if <int64_t>get_u64(p + 24 + 8 * k) != NEVER:
-                if pool_reserve(&t.marketing) < 0:
+                if mm_reserve(&t.marketing) < 0:
                     raise MemoryError()
-                e.marketing = pool_take(&t.marketing)
-                hist = history(t, e)
+                r = mm_insert(&t.marketing, key)
                 for j in range(MARKETING_HISTORY):
-                    hist[j] = <int64_t>get_u64(p + 24 + 8 * j)
+                    r.times[j] = <int64_t>get_u64(p + 24 + 8 * j)
+                e.key |= KEY_MARKETING
                 break
-        e.opt_out = p[24 + 8 * MARKETING_HISTORY] != 0
+        if p[24 + 8 * MARKETING_HISTORY] != 0:
+            e.key |= KEY_OPT_OUT
         p += SCOPE_ENTRY_SIZE
     return 0
 
 
 cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
-    cdef uint64_t capacity, count, key, i, prev = 0
+    cdef uint64_t count, i, key, prev = 0
     cdef const unsigned char *p
     cdef NumberEntry *e
-    cdef NumberEntry *slots
-    take_table(c, &capacity, &count)
-    p = take(c, <Py_ssize_t>(count * NUMBER_ENTRY_SIZE))
-    slots = <NumberEntry *>tg_table_alloc(capacity * sizeof(NumberEntry))
-    if slots == NULL:
-        raise MemoryError()
-    tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
-    t.slots = slots
-    t.capacity = capacity
-    t.count = 0
+    restore_table(t, c, NUMBER_ENTRY_SIZE, &p, &count)
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
             __builtin_prefetch(
-                &t.slots[mix(get_u64(p + PREFETCH_AHEAD * NUMBER_ENTRY_SIZE)) & (capacity - 1)])
+                &t.slots[home(get_u64(p + PREFETCH_AHEAD * NUMBER_ENTRY_SIZE), t.capacity)])
         key = get_u64(p)
-        if key <= prev:
-            raise ValueError("engine snapshot is corrupt: keys not strictly ascending")
+        check_key(key, prev)
         prev = key
         e = number_insert(t, key)
         e.window_until = <int64_t>get_u64(p + 8)
@@ -1329,62 +1467,60 @@ cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
     return 0
 
 
-cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) except NULL:
+cdef KeySlot *sorted_keys(Table *t) except NULL:
+    # The table's keys (flags cleared) and slots, ascending by key.
     cdef KeySlot *keys = <KeySlot *>malloc(max64(<int64_t>t.count, 1) * sizeof(KeySlot))
     cdef uint64_t i, n = 0
-    cdef ScopeEntry *e
-    cdef int64_t *hist
-    cdef int k
     if keys == NULL:
         raise MemoryError()
     for i in range(t.capacity):
         if t.slots[i].key != 0:
-            keys[n].key = t.slots[i].key
+            keys[n].key = t.slots[i].key & KEY_MASK
             keys[n].slot = i
             n += 1
     keys = sort_keys(keys, n)
     if keys == NULL:
         raise MemoryError()
-    put_u64(p, t.capacity)
-    put_u64(p + 8, n)
+    return keys
+
+
+cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) except NULL:
+    cdef KeySlot *keys = sorted_keys(t)
+    cdef uint64_t i
+    cdef ScopeEntry *e
+    cdef int64_t *hist
+    cdef int k
+    put_u64(p, t.nominal)
+    put_u64(p + 8, t.count)
     p += TABLE_SIZE
-    for i in range(n):
-        if i + PREFETCH_AHEAD < n:
+    for i in range(t.count):
+        if i + PREFETCH_AHEAD < t.count:
             __builtin_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
         e = &t.slots[keys[i].slot]
-        put_u64(p, e.key)
+        put_u64(p, keys[i].key)
         put_u64(p + 8, e.last_counted)
         put_u64(p + 16, e.last_ticket)
         hist = history(t, e)
         for k in range(MARKETING_HISTORY):
             put_u64(p + 24 + 8 * k, hist[k] if hist != NULL else NEVER)
-        p[24 + 8 * MARKETING_HISTORY] = e.opt_out
+        p[24 + 8 * MARKETING_HISTORY] = 1 if e.key & KEY_OPT_OUT else 0
         p += SCOPE_ENTRY_SIZE
     free(keys)
     return p
 
+
 cdef unsigned char *put_number_table(NumberTable *t, unsigned char *p) except NULL:
-    cdef KeySlot *keys = <KeySlot *>malloc(max64(<int64_t>t.count, 1) * sizeof(KeySlot))
-    cdef uint64_t i, n = 0
+    cdef KeySlot *keys = sorted_keys(t)
+    cdef uint64_t i
     cdef NumberEntry *e
-    if keys == NULL:
-        raise MemoryError()
-    for i in range(t.capacity):
-        if t.slots[i].key != 0:
-            keys[n].key = t.slots[i].key
-            keys[n].slot = i
-            n += 1
-    keys = sort_keys(keys, n)
-    if keys == NULL:
-        raise MemoryError()
-    put_u64(p, t.capacity)
-    put_u64(p + 8, n)
+    put_u64(p, t.nominal)
+    put_u64(p + 8, t.count)
     p += TABLE_SIZE
-    for i in range(n):
-        if i + PREFETCH_AHEAD < n:
+    for i in range(t.count):
+        if i + PREFETCH_AHEAD < t.count:
             __builtin_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
         e = &t.slots[keys[i].slot]
-        put_u64(p, e.key)
+        put_u64(p, keys[i].key)
         put_u64(p + 8, e.window_until)
         put_u64(p + 16, e.fep_until)
         put_u64(p + 24, e.pair_tat)

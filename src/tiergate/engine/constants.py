@@ -53,6 +53,8 @@ MARKETING_HISTORY: Final = 4
 # so "01" and "1" differ and 0 never names a recipient (it marks empty slots).
 KEY_LENGTH_SHIFT: Final = 50
 MAX_RECIPIENT_DIGITS: Final = 15
+#: Every key recipient_key makes is at most this (the engines refuse larger ones).
+MAX_RECIPIENT_KEY: Final = (1 << (KEY_LENGTH_SHIFT + 4)) - 1
 
 
 def recipient_key(recipient: str) -> int:

@@ -17,13 +17,18 @@ Semantics (DESIGN.md §5):
   reported early.
 * Nothing is consumed unless every check passes.
 * Memory: every recipient table has a nominal capacity (a power of two, at
-  least :data:`INITIAL_CAPACITY`) filled to at most 70 %. When an insert finds
-  the table full, entries whose every time field is older than the table's
-  clock minus the reclaim horizon (longest window plus one bucket, or the
-  marketing frequency window if longer) and that are not opted out are
-  reclaimed first; the capacity doubles unless that freed at least half. The
-  compiled engine's hash tables follow the same rule, so both reclaim at the
-  same moments and keep giving identical answers.
+  least :data:`INITIAL_CAPACITY`; number tables start at
+  :data:`NUMBER_INITIAL_CAPACITY`) filled to at most 70 %. When an insert finds
+  the table full, expired entries are reclaimed first; the capacity doubles
+  unless that freed at least half. A scope entry is expired when it is not
+  opted out and its every time is older than the scope's clock minus the
+  reclaim horizon (longest window plus one bucket, or the marketing frequency
+  window if longer). A number entry (window, entry point window and pair-rate
+  TAT) is expired once every time in it is at or before its scope's clock:
+  from then on it changes no decision. The compiled engine follows the same
+  rule, so both reclaim at the same moments and keep giving identical
+  answers; its hash tables size their slots on their own. Recipient keys are
+  1 .. 2**54 - 1.
 * Snapshots (:meth:`Engine.snapshot`) are little-endian fixed-width records,
   byte-identical between the two engines; either restores the other's.
 
@@ -68,6 +73,7 @@ from .constants import (
     F_TEMPLATE,
     MARKETING_FREQUENCY,
     MARKETING_HISTORY,
+    MAX_RECIPIENT_KEY,
     MESSAGING_LIMIT,
     OK,
     OUTSIDE_WINDOW,
@@ -94,6 +100,9 @@ MAX_TOLERANCE = 1 << 52
 
 #: Recipient tables start with this nominal capacity and double when 70 % full.
 INITIAL_CAPACITY = 16
+#: Number tables start nominally larger: their entries expire within seconds to
+#: days (pair-rate TATs, windows), and a small table would reclaim every few inserts.
+NUMBER_INITIAL_CAPACITY = 4096
 #: Largest capacity a snapshot may declare.
 MAX_CAPACITY = 1 << 40
 
@@ -105,6 +114,9 @@ Decision = tuple[int, int, int, int, int, int]
 """(decision, reason, retry_at_ms, counted, used, prev_counted)"""
 
 _U64 = (1 << 64) - 1
+#: Largest recipient key: the range constants.recipient_key packs E.164 numbers
+#: into (the compiled engine keeps its probe distance and flags above it).
+MAX_KEY = MAX_RECIPIENT_KEY
 _HEADER = struct.Struct("<8sIIqqqqII")
 _SCOPE = struct.Struct("<qqq")
 _RING = struct.Struct("<qqq")
@@ -129,8 +141,8 @@ def _check_time(name: str, value: int) -> None:
 
 
 def _check_recipient(name: str, value: int) -> None:
-    if not 0 < value <= _U64:
-        raise ValueError(f"{name} must be a non-zero 64-bit recipient key, got {value}")
+    if not 0 < value <= MAX_KEY:
+        raise ValueError(f"{name} must be a recipient key in 1 .. 2**54 - 1, got {value}")
 
 
 class Ring:
@@ -275,7 +287,6 @@ class Number:
     __slots__ = (
         "capacity",
         "clock",
-        "horizon",
         "pair_interval",
         "pair_tolerance",
         "scope",
@@ -285,12 +296,11 @@ class Number:
         "tput_tolerance",
     )
 
-    def __init__(self, scope: int, horizon: int) -> None:
+    def __init__(self, scope: int) -> None:
         self.scope = scope
         self.table: dict[int, NumberEntry] = {}
-        self.capacity = INITIAL_CAPACITY
-        self.horizon = horizon
-        self.clock = NEVER  # latest time seen for this number; reclaim measures from it
+        self.capacity = NUMBER_INITIAL_CAPACITY
+        self.clock = NEVER  # latest time seen for this number
         self.tput_tat = NEVER  # microseconds
         self.tput_interval = 1
         self.tput_tolerance = 0
@@ -311,16 +321,15 @@ class Number:
         self.pair_interval = pair_interval_ms
         self.pair_tolerance = pair_tolerance
 
-    def reclaim(self) -> int:
-        cut = self.clock - self.horizon
+    def reclaim(self, cut: int) -> int:
         dead = [k for k, e in self.table.items() if e.expired(cut)]
         for k in dead:
             del self.table[k]
         return len(dead)
 
-    def insert(self, recipient: int) -> NumberEntry:
+    def insert(self, recipient: int, cut: int) -> NumberEntry:
         if len(self.table) >= max_fill(self.capacity):
-            self.reclaim()
+            self.reclaim(cut)
             if len(self.table) >= max_fill(self.capacity) // 2:
                 self.capacity *= 2
         e = self.table[recipient] = NumberEntry()
@@ -362,6 +371,12 @@ class Engine:
             raise IndexError(f"number {number} out of range")
         return self.numbers[number]
 
+    def _number_cut(self, num: Number) -> int:
+        """A number's entries expire once every time in them is at or before its
+        scope's clock: decisions for the number (clamped to that clock) see such an
+        entry exactly as no entry at all."""
+        return self.scopes[num.scope].last_now + 1
+
     # -- configuration -------------------------------------------------------
 
     def add_scope(self, freq_cap: int = 0, freq_window_ms: int = 0) -> int:
@@ -394,7 +409,7 @@ class Engine:
         pair_burst: int = 1,
     ) -> int:
         self._scope(scope)
-        n = Number(scope, self.horizon_ms)
+        n = Number(scope)
         n.set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
         self.numbers.append(n)
         return len(self.numbers) - 1
@@ -507,7 +522,7 @@ class Engine:
             hist[hist.index(min(hist))] = now
         num.tput_tat = tput_tat + num.tput_interval
         if ne is None:
-            ne = num.insert(recipient)
+            ne = num.insert(recipient, self._number_cut(num))
         ne.pair_tat = pair_tat + num.pair_interval
         return (ADMIT, OK, 0, counted, ring.total, last)
 
@@ -529,8 +544,10 @@ class Engine:
                 raise IndexError(f"batch item {i}: scope {batch.scope[i]} out of range")
             if not 0 <= batch.number[i] < nn:
                 raise IndexError(f"batch item {i}: number {batch.number[i]} out of range")
-            if batch.recipient[i] == 0:
-                raise ValueError(f"batch item {i}: recipient key 0 is not a recipient")
+            if not 0 < batch.recipient[i] <= MAX_KEY:
+                raise ValueError(
+                    f"batch item {i}: recipient key {batch.recipient[i]} is not in 1 .. 2**54 - 1"
+                )
             if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
                 raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
         batch.prepare_outputs()
@@ -591,7 +608,7 @@ class Engine:
             _check_time("fep_until", fep_until)
         ne = num.table.get(recipient)
         if ne is None:
-            ne = num.insert(recipient)
+            ne = num.insert(recipient, self._number_cut(num))
         ne.window_until = max(ne.window_until, window_until)
         ne.fep_until = max(ne.fep_until, fep_until)
 
@@ -636,7 +653,7 @@ class Engine:
         for num in self.numbers:
             if now > num.clock:
                 num.clock = now
-            removed += num.reclaim()
+            removed += num.reclaim(self._number_cut(num))
         return removed
 
     # -- reports -------------------------------------------------------------
