@@ -247,17 +247,19 @@ def time_batches(e: Any, keys: array[int], now: int) -> tuple[float, float]:
 Timer = Callable[[Any, "array[int]", int], tuple[float, float]]
 
 
-def rates(fn: Timer, e: Any, keys: array[int]) -> tuple[float, float]:
+def rates(fn: Timer, e: Any, keys: array[int], now: int) -> tuple[float, float, int]:
     """Decisions per wall second and per CPU second of this process (medians of three
-    runs; the clock keeps moving forward). On a shared box the CPU figure is the steadier."""
+    runs), and the time after them: the clock keeps moving forward, from run to run and
+    from one call to the next (a clock sent back would be clamped to the latest time
+    seen, and every decision of the run would then happen in the same millisecond). On
+    a shared box the CPU figure is the steadier."""
     wall, cpu = [], []
-    now = T0 + 2 * DAY
     for _ in range(3):
         w, p = fn(e, keys, now)
         wall.append(len(keys) / w)
         cpu.append(len(keys) / max(p, 1e-9))
         now += len(keys) + 60_000
-    return statistics.median(wall), statistics.median(cpu)
+    return statistics.median(wall), statistics.median(cpu), now
 
 
 def measure_size(tracked: int, quick: bool) -> dict[str, Any]:
@@ -287,8 +289,9 @@ def measure_size(tracked: int, quick: bool) -> dict[str, Any]:
         n_single = (200_000 if name == "compiled" else 20_000) // (2 if quick else 1)
         # (the dict engine takes the reference's sizes)
         n_batch = (1_000_000 if name == "compiled" else 20_000) // (2 if quick else 1)
-        single = rates(time_single, e, workload_keys(tracked, n_single, 1))
-        batch = rates(time_batches, e, workload_keys(tracked, n_batch, 2))
+        now = T0 + 2 * DAY
+        *single, now = rates(time_single, e, workload_keys(tracked, n_single, 1), now)
+        *batch, now = rates(time_batches, e, workload_keys(tracked, n_batch, 2), now)
         row[f"{name}_single_per_s"], row[f"{name}_single_per_cpu_s"] = single
         row[f"{name}_batch_per_s"], row[f"{name}_batch_per_cpu_s"] = batch
         row[f"{name}_entries"] = e.entries()
