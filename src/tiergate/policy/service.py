@@ -259,6 +259,42 @@ class SenderReport:
     last_account_event: str = ""
 
 
+Checked = tuple[str, int, int, int, str, str, int, bool]
+"""A request that passed validation: sender, recipient key, kind, category, template,
+idempotency key, at_unix_ms, dry_run."""
+
+
+def _well_formed(r: AdmitLike) -> Checked | None:
+    """The common case, checked inline and fast: a well-formed request's fields and
+    recipient key; None when anything is off (then ``_validate_one`` finds what is
+    wrong and names the field)."""
+    sid = r.sender_id
+    rcpt = r.recipient
+    kind = r.kind
+    cat = r.category
+    tpl = r.template_id
+    key = r.idempotency_key
+    at = r.at_unix_ms
+    if (
+        type(sid) is str
+        and 0 < len(sid) <= MAX_ID_LEN
+        and type(rcpt) is str
+        and type(tpl) is str
+        and len(tpl) <= MAX_TEMPLATE_LEN
+        and ((kind == 1 and 0 < cat <= 4 and tpl) or (kind == 2 and 0 < cat <= 4))
+        and type(key) is str
+        and len(key) <= MAX_KEY_LEN
+        and type(at) is int
+        and at >= 0
+    ):
+        digits = rcpt[1:] if rcpt[:1] == "+" else rcpt
+        nd = len(digits)
+        if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
+            rkey = int(digits) | (nd << KEY_LENGTH_SHIFT)
+            return (sid, rkey, kind, cat, tpl, key, at, bool(r.dry_run))
+    return None
+
+
 def _digits(number: str) -> str:
     return "".join(ch for ch in number if ch.isdigit())
 
@@ -376,34 +412,7 @@ class AdmissionService:
         one (same result, counts, idempotency entry, journal record and tier
         crossing), with the engine's scalar ``decide`` and no batch columns.
         ``pre`` prefixes the field an :class:`InvalidArgument` names."""
-        sid = r.sender_id
-        rcpt = r.recipient
-        kind = r.kind
-        cat = r.category
-        tpl = r.template_id
-        key = r.idempotency_key
-        at = r.at_unix_ms
-        rkey = 0
-        if (
-            type(sid) is str
-            and 0 < len(sid) <= MAX_ID_LEN
-            and type(rcpt) is str
-            and type(tpl) is str
-            and len(tpl) <= MAX_TEMPLATE_LEN
-            and ((kind == 1 and 0 < cat <= 4 and tpl) or (kind == 2 and 0 < cat <= 4))
-            and type(key) is str
-            and len(key) <= MAX_KEY_LEN
-            and type(at) is int
-            and at >= 0
-        ):
-            digits = rcpt[1:] if rcpt[:1] == "+" else rcpt
-            nd = len(digits)
-            if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
-                rkey = int(digits) | (nd << KEY_LENGTH_SHIFT)
-        if rkey:
-            dry = bool(r.dry_run)
-        else:
-            sid, rkey, kind, cat, tpl, key, at, dry = self._validate_one(r, pre)
+        sid, rkey, kind, cat, tpl, key, at, dry = _well_formed(r) or self._validate_one(r, pre)
         if self._due_dirty:
             self._recompute_due()
         now = at if self._request_clock and at > 0 else now_ms
@@ -598,44 +607,15 @@ class AdmissionService:
             )
         return AdmitResult(d, r, retry, "", False, limit, used, META_ERROR[r], DETAIL[r])
 
-    def _validate(
-        self, reqs: Sequence[AdmitLike]
-    ) -> list[tuple[str, int, int, int, str, str, int, bool]]:
+    def _validate(self, reqs: Sequence[AdmitLike]) -> list[Checked]:
         """Every request checked before anything is decided (fast path first)."""
-        out: list[tuple[str, int, int, int, str, str, int, bool]] = []
+        out: list[Checked] = []
         append = out.append
         for i, r in enumerate(reqs):
-            sid = r.sender_id
-            rcpt = r.recipient
-            kind = r.kind
-            cat = r.category
-            tpl = r.template_id
-            key = r.idempotency_key
-            at = r.at_unix_ms
-            if (
-                type(sid) is str
-                and 0 < len(sid) <= MAX_ID_LEN
-                and type(rcpt) is str
-                and type(tpl) is str
-                and len(tpl) <= MAX_TEMPLATE_LEN
-                and ((kind == 1 and 0 < cat <= 4 and tpl) or (kind == 2 and 0 < cat <= 4))
-                and type(key) is str
-                and len(key) <= MAX_KEY_LEN
-                and type(at) is int
-                and at >= 0
-            ):
-                digits = rcpt[1:] if rcpt[:1] == "+" else rcpt
-                nd = len(digits)
-                if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
-                    rkey = int(digits) | (nd << KEY_LENGTH_SHIFT)
-                    append((sid, rkey, kind, cat, tpl, key, at, bool(r.dry_run)))
-                    continue
-            append(self._validate_one(r, f"requests[{i}]."))
+            append(_well_formed(r) or self._validate_one(r, f"requests[{i}]."))
         return out
 
-    def _validate_one(
-        self, r: AdmitLike, pre: str
-    ) -> tuple[str, int, int, int, str, str, int, bool]:
+    def _validate_one(self, r: AdmitLike, pre: str) -> Checked:
         """The slow path: find what is wrong and name the field (or accept an odd-typed one)."""
         sid = r.sender_id
         if not isinstance(sid, str) or not sid:
