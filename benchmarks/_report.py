@@ -136,11 +136,16 @@ def markdown(summary: dict[str, Any]) -> str:
                         chk["target"],
                         chk["ratio"],
                         "met" if chk["met"] else "missed",
+                        chk.get("median_of_rounds"),
                     ]
                 )
         if rows:
             parts.append(
-                "Targets:\n\n" + _table(["shape", "what", "target", "measured", "verdict"], rows)
+                "Targets (measured: each side's best round; the median of the paired rounds "
+                "shows how far one round may land from it):\n\n"
+                + _table(
+                    ["shape", "what", "target", "measured", "verdict", "median of rounds"], rows
+                )
             )
     peers = head.get("peers")
     if peers:

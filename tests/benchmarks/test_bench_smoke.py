@@ -101,7 +101,10 @@ def test_load_tiny_against_tiergate_serve(tmp_path: Path) -> None:
             r = rep["runs"][mode]
             assert r["calls"] > 0 and r["errors"] == 0, (name, mode, r)
         assert rep["compare"]["items_ratio"] > 0
+        assert rep["compare"]["items_ratio_median_of_rounds"] > 0
+        assert rep["compare"]["p99_half_load_ratio_median_of_rounds"] > 0
     assert "target Admit (unary) throughput" in proc.stdout
+    assert "median of the paired rounds" in proc.stdout
 
 
 def test_run_all_tiny_writes_summary_and_chart(tmp_path: Path) -> None:
