@@ -201,7 +201,10 @@ cdef inline void ring_advance(Ring *r, int64_t now) noexcept nogil:
     r.next_at = (new_lo - r.strict + 1) * r.width + r.window
 
 
-cdef inline void ring_add(Ring *r, int64_t t) noexcept nogil:
+cdef inline int64_t ring_slot(Ring *r, int64_t t, bint remember) noexcept nogil:
+    # Where the bucket of time t lives in counts, or -1 when it is gone (below
+    # lo). The bucket last remembered spares the divisions of the common case;
+    # remember (adds) also keeps `first` at or below the bucket.
     cdef int64_t b, i
     if r.cur_start <= t and t - r.cur_start < r.width:
         b = r.cur_b
@@ -209,29 +212,29 @@ cdef inline void ring_add(Ring *r, int64_t t) noexcept nogil:
     else:
         b = floordiv(t, r.width)
         if b < r.lo:
-            return
+            return -1
         i = floormod(b, r.n)
-        r.cur_b = b
-        r.cur_start = b * r.width
-        r.cur_i = i
-    if b >= r.lo:
+        if remember:
+            r.cur_b = b
+            r.cur_start = b * r.width
+            r.cur_i = i
+    if b < r.lo:
+        return -1
+    if remember and b < r.first:
+        r.first = b  # a count below the first non-empty bucket
+    return i
+
+
+cdef inline void ring_add(Ring *r, int64_t t) noexcept nogil:
+    cdef int64_t i = ring_slot(r, t, True)
+    if i >= 0:
         r.counts[i] += 1
         r.total += 1
-        if b < r.first:
-            r.first = b
 
 
 cdef inline void ring_remove(Ring *r, int64_t t) noexcept nogil:
-    cdef int64_t b, i
-    if r.cur_start <= t and t - r.cur_start < r.width:
-        b = r.cur_b
-        i = r.cur_i
-    else:
-        b = floordiv(t, r.width)
-        if b < r.lo:
-            return
-        i = floormod(b, r.n)
-    if b >= r.lo:
+    cdef int64_t i = ring_slot(r, t, False)
+    if i >= 0:
         r.counts[i] -= 1
         r.total -= 1
 
