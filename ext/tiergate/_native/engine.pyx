@@ -508,21 +508,81 @@ cdef int table_rebuild(Table *t, uint64_t capacity, bint drop, int64_t cut) noex
     return 0
 
 
+cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
+    # Drop the expired entries where they lie and close the gaps they leave,
+    # in one pass over the same slots: no new table, nothing to zero. Robin
+    # Hood runs are sorted by home slot, so moving each live entry back to
+    # its home slot, or just past the live entry before it, gives a table
+    # every lookup agrees with (the one a rebuild would give, up to the order
+    # of entries sharing a home slot). Positions v are counted from an empty
+    # slot, where no run crosses, and wrap at the capacity.
+    # Returns how many entries were dropped; -1: out of memory (nothing changed).
+    cdef uint64_t cap = t.capacity, start = 0, v, r, w, h, nv, dst, word, dead = 0
+    cdef bint marketing = False
+    cdef MarketingEntry *kept = NULL
+    cdef MarketingEntry *m
+    cdef uint64_t i
+    if Table is ScopeTable:
+        if t.marketing.count > 0:
+            # allocated first: dropping a recipient drops its marketing record
+            kept = <MarketingEntry *>tg_table_alloc(t.marketing.capacity * sizeof(MarketingEntry))
+            if kept == NULL:
+                return -1
+    while t.slots[start].key != 0:  # tables are never full
+        start += 1
+    w = start + 1
+    for v in range(start + 1, start + cap + 1):
+        r = v if v < cap else v - cap
+        word = t.slots[r].key
+        if word == 0:
+            w = v + 1
+            continue
+        if entry_expired(t, r, cut):
+            if Table is ScopeTable:
+                if word & KEY_MARKETING:
+                    marketing = True
+            memset(&t.slots[r], 0, sizeof(t.slots[0]))
+            dead += 1
+            continue
+        h = v - distance(word, r, cap)
+        nv = h if h > w else w
+        if nv != v:
+            dst = nv if nv < cap else nv - cap
+            t.slots[dst] = t.slots[r]
+            t.slots[dst].key = with_distance(word, nv - h)
+            memset(&t.slots[r], 0, sizeof(t.slots[0]))
+        w = nv + 1
+    t.count -= dead
+    if Table is ScopeTable:
+        if kept != NULL and not marketing:
+            tg_table_free(kept, t.marketing.capacity * sizeof(MarketingEntry))
+        elif kept != NULL:
+            for i in range(cap):
+                if t.slots[i].key & KEY_MARKETING:
+                    m = mm_find(&t.marketing, t.slots[i].key & KEY_MASK)
+                    mm_slot(kept, t.marketing.capacity, m.key)[0] = m[0]
+            tg_table_free(t.marketing.slots, t.marketing.capacity * sizeof(MarketingEntry))
+            t.marketing.slots = kept
+            t.marketing.count = 0
+            for i in range(t.marketing.capacity):
+                if kept[i].key != 0:
+                    t.marketing.count += 1
+    return <int64_t>dead
+
+
 cdef int table_reserve(Table *t, int64_t cut) noexcept nogil:
     # Room for one more entry. At the nominal fill, expired entries are
     # reclaimed and the nominal capacity doubles unless that freed half (the
     # reference's rule); the slots grow on their own when four fifths full.
     # -1: out of memory (nothing changed).
-    cdef uint64_t dead, live, nominal
+    cdef uint64_t full
     if t.count >= max_fill(t.nominal):
-        dead = count_expired(t, cut)
-        live = t.count - dead
-        nominal = 2 * t.nominal if live >= max_fill(t.nominal) // 2 else t.nominal
-        if dead:
-            # the same slots: the table is likely to fill up again
-            if table_rebuild(t, t.capacity, True, cut) < 0:
-                return -1
-        t.nominal = nominal
+        full = max_fill(t.nominal)
+        # the same slots: the table is likely to fill up again
+        if table_compact(t, cut) < 0:
+            return -1
+        if t.count >= full // 2:
+            t.nominal = 2 * t.nominal
     if crowded(t.count, t.capacity):
         return table_rebuild(t, room_for(t.count + 1), False, cut)
     return 0
