@@ -537,10 +537,11 @@ def test_both_release_nothing_for_a_ticket_they_never_issued(
 
 
 def test_long_batches_agree_across_load_chunks_and_table_growth() -> None:
-    # decide_batch works through a batch in chunks (the compiled engine loads a
-    # chunk's table slots first); batches longer than a chunk, tables that grow
-    # mid-batch, repeats within a chunk and several scopes and numbers must all
-    # give the reference's answers item by item.
+    # decide_batch fetches table lines some items ahead of the one it decides
+    # (the compiled engine, BATCH_AHEAD = 16); batches shorter and longer than
+    # that, tables that grow mid-batch (making fetched addresses stale),
+    # repeats close together and several scopes and numbers must all give the
+    # reference's answers item by item.
     rnd = random.Random(7)
     engines = [CEngine(), PyEngine()]
     for e in engines:
@@ -552,7 +553,7 @@ def test_long_batches_agree_across_load_chunks_and_table_growth() -> None:
     keys = [c.recipient_key(str(15_551_000_000 + rnd.randrange(700))) for _ in range(2_500)]
     kinds = [c.F_TEMPLATE, c.F_TEMPLATE | c.F_MARKETING, 0, c.F_TEMPLATE | c.F_DRY_RUN]
     now = 1_780_000_000_000
-    for size in (1, 63, 64, 65, 200, 1_000, 1_157):
+    for size in (1, 15, 16, 17, 63, 64, 65, 200, 1_000, 1_157):
         items = [
             (
                 now + 10 * i,
@@ -573,6 +574,40 @@ def test_long_batches_agree_across_load_chunks_and_table_growth() -> None:
             e.decide_batch(b)
             outs.append([list(getattr(b, col)) for col in OUTPUTS])
         assert outs[0] == outs[1], size
+    assert engines[0].snapshot() == engines[1].snapshot()
+
+
+def test_batches_over_tables_too_big_to_stay_cached_agree() -> None:
+    # Past SMALL_SLOTS the compiled engine prefetches table lines ahead of the
+    # item it decides; growth and in-place reclaim of big tables happen
+    # between the prefetch and the decision. Answers stay the reference's.
+    rnd = random.Random(5)
+    engines = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope(2, DAY)
+        e.add_number(0, 1, 1 << 20, 2_000, 3)
+    first = c.recipient_key("4930000000000")
+    now = 1_780_000_000_000
+    for k in range(36):
+        size = rnd.choice([999, 1_000, 1_017])
+        items = [
+            (
+                now + 3 * i,
+                first + (rnd.randrange(24_000 + 1_500 * k) if rnd.random() < 0.9 else 10**7 + i),
+                rnd.choice([c.F_TEMPLATE, c.F_TEMPLATE, c.F_TEMPLATE | c.F_MARKETING, 0]),
+            )
+            for i in range(size)
+        ]
+        now += 3 * size + rnd.choice([1, 60_000, DAY // 3])
+        outs = []
+        for e in engines:
+            b = DecisionBatch()
+            for i, (t, key, flags) in enumerate(items):
+                b.add(t, 0, 0, key, flags, c.UNLIMITED, k * 10_000 + i + 1)
+            e.decide_batch(b)
+            outs.append([list(getattr(b, col)) for col in OUTPUTS])
+        assert outs[0] == outs[1], k
+    assert engines[0].entries() == engines[1].entries()
     assert engines[0].snapshot() == engines[1].snapshot()
 
 
