@@ -349,6 +349,23 @@ cdef inline TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
             i = 0
 
 
+cdef inline void prefetch_item(ScopeTable *st, NumberTable *nt, uint64_t key) noexcept nogil:
+    # Start fetching what deciding for key will read in tables too big to stay
+    # in the CPU caches: the three scope-table lines from its home slot's
+    # (entries displaced up to four or five, which at four fifths full is
+    # nearly all) and its number-table slot.
+    cdef uint64_t h
+    cdef const char *line
+    if st.capacity < SMALL_SLOTS and nt.capacity < SMALL_SLOTS:
+        return
+    h = mix(key)
+    line = tg_line(&st.slots[tg_scale(h, st.capacity)])
+    __builtin_prefetch(line)
+    __builtin_prefetch(line + 64)
+    __builtin_prefetch(line + 128)
+    __builtin_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
+
+
 cdef inline uint64_t room_for(uint64_t n) noexcept nogil:
     # Slots a table holding n entries gets when it is (re)built: half full,
     # a third for small tables.
@@ -1063,10 +1080,6 @@ cdef class Engine:
         cdef long long[::1] used
         cdef long long[::1] prev_counted
         cdef Py_ssize_t n = now.shape[0], i, j, bad = -1
-        cdef ScopeTable *st
-        cdef NumberTable *nt
-        cdef const char *line
-        cdef uint64_t h
         cdef Decision d
         cdef int rc = 0
         for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
@@ -1099,22 +1112,12 @@ cdef class Engine:
         used = batch.used
         prev_counted = batch.prev_counted
         for i in range(-BATCH_AHEAD, n):
-            # Fetch what the item BATCH_AHEAD places on will read: the three
-            # scope-table lines from its home slot's (entries displaced up to
-            # four or five, which at four fifths full is nearly all), and its
-            # number-table slot. An address made stale by a rebuild in between
-            # only wastes a fetch. Small tables mostly stay in cache anyway.
+            # Fetch what the item BATCH_AHEAD places on will read. An address
+            # made stale by a rebuild in between only wastes a fetch.
             j = i + BATCH_AHEAD
             if j < n:
-                st = &self.scopes[scope[j]].table
-                nt = &self.numbers[number[j]].table
-                if st.capacity >= SMALL_SLOTS or nt.capacity >= SMALL_SLOTS:
-                    h = mix(recipient[j])
-                    line = tg_line(&st.slots[tg_scale(h, st.capacity)])
-                    __builtin_prefetch(line)
-                    __builtin_prefetch(line + 64)
-                    __builtin_prefetch(line + 128)
-                    __builtin_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
+                prefetch_item(&self.scopes[scope[j]].table, &self.numbers[number[j]].table,
+                              recipient[j])
             if i < 0:
                 continue
             rc = self.decide_one(now[i], &self.scopes[scope[i]], &self.numbers[number[i]],
