@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -52,3 +54,28 @@ def test_missed_targets_say_so() -> None:
         "single ns/decision at 10,000,000 / at 1,000": True,
         "bytes per tracked recipient at 10,000,000": False,
     }
+
+
+def test_side_by_side_figures_decide_the_size_ratios() -> None:
+    rows = [_row(1_000, 50.0, 200.0, 60.0), _row(10_000_000, 130.0, 520.0, 34.0)]
+    paired = {"big": 10_000_000, "batch_ratio_median": 1.9, "single_ratio_median": 2.3}
+    goals = {g["target"]: g for g in bench.targets(rows, paired)}
+    batch = goals["batch ns/decision at 10,000,000 / at 1,000, side by side"]
+    assert batch["value"] == 1.9 and batch["met"]
+    single = goals["single ns/decision at 10,000,000 / at 1,000, side by side"]
+    assert single["value"] == 2.3 and not single["met"]
+    # figures paired at another size than the table's largest are not used
+    goals = {g["target"] for g in bench.targets(rows, {**paired, "big": 1_000_000})}
+    assert "batch ns/decision at 10,000,000 / at 1,000" in goals
+
+
+@pytest.mark.skipif(bench.CEngine is None, reason="the side-by-side run times the compiled engine")
+def test_side_by_side_times_both_sizes_in_every_round() -> None:
+    out = bench.side_by_side(1_000, 3_000, 2, bench.TURN_BATCHES * bench.BATCH)
+    assert (out["small"], out["big"]) == (1_000, 3_000)
+    assert len(out["rounds"]) == 2
+    for row in out["rounds"]:
+        for key in ("batch_ns_1000", "batch_ns_3000", "single_ns_1000", "single_ns_3000"):
+            assert row[key] > 0
+        assert row["batch_ratio"] == row["batch_ns_3000"] / row["batch_ns_1000"]
+    assert out["batch_ratio_median"] > 0 and out["single_ratio_median"] > 0
