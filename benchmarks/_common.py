@@ -8,18 +8,20 @@ to each figure, so a result file says where its numbers come from.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -184,6 +186,39 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
     raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout:.0f} s")
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for servers a benchmark starts: the child gets SIGTERM when
+    the benchmark's process ends, even by SIGKILL, so no redis-server or tiergate
+    serve outlives it (Linux; elsewhere it does nothing). Start children from the
+    main thread: the signal follows the thread that started the child."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent ended before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end the benchmark like Ctrl-C: ``finally`` blocks and context
+    managers run, so the servers it started are stopped and temporary data
+    directories removed."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM, wait ``grace`` seconds, then SIGKILL."""
     if proc.poll() is not None:
@@ -289,6 +324,7 @@ def redis_server(timeout: float = 10.0) -> Iterator[int]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=die_with_parent(),
     )
     try:
         wait_for_port(port, timeout, proc)

@@ -112,7 +112,9 @@ class NoopServer:
 def noop_server() -> Iterator[NoopServer]:
     """Run the no-op server in its own process on a free loopback port."""
     port = _common.free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port)], preexec_fn=_common.die_with_parent()
+    )
     try:
         _common.wait_for_port(port, 30, proc)
         yield NoopServer(proc, f"{_common.LOOPBACK}:{port}")
@@ -220,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         uvloop.run(_serve(args.serve))
         return 0
+    _common.exit_on_sigterm()
     shapes = parse_shapes(args.shapes)
     settings = run_settings(args)
     _common.print_machine()

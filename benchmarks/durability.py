@@ -331,6 +331,7 @@ def recover_only(data: Path) -> None:
 
 
 def main() -> int:
+    _common.exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer decisions; 1 M recipients only")
     ap.add_argument("--decisions", type=int, help="decisions per throughput run")

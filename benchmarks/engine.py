@@ -469,6 +469,7 @@ def targets(
 
 
 def main(argv: list[str] | None = None) -> int:
+    _common.exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes; finishes in < 60 s")
     ap.add_argument("--results-dir", type=Path, default=None, help="where engine.json goes")

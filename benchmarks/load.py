@@ -148,7 +148,13 @@ def tiergate_server(
         *extra_args,
     ]
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_common.die_with_parent(),
+        )
     try:
         try:
             _common.wait_for_port(port, 60, proc)
@@ -473,6 +479,7 @@ def server_batch_figure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _common.exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ceiling.add_run_arguments(parser)
     parser.add_argument(

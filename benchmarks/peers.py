@@ -546,6 +546,7 @@ def run_server(quick: bool, tiny: bool, shape: str = "batch1000") -> Figure | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _common.exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="smallest run: proves it works")

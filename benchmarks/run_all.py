@@ -46,7 +46,13 @@ def run_script(name: str, args: list[str], timeout: float) -> dict[str, Any]:
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()
     try:
-        rc = subprocess.run(cmd, cwd=_common.REPO_ROOT, timeout=timeout, check=False).returncode
+        rc = subprocess.run(
+            cmd,
+            cwd=_common.REPO_ROOT,
+            timeout=timeout,
+            check=False,
+            preexec_fn=_common.die_with_parent(),
+        ).returncode
     except subprocess.TimeoutExpired:
         rc = -1
         print(f"=== {name}: stopped after {timeout:.0f} s", flush=True)
@@ -197,6 +203,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _common.exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (make bench)")
     parser.add_argument("--tiny", action="store_true", help="smallest runs: proves it all works")

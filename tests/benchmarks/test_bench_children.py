@@ -1,0 +1,102 @@
+"""Servers a benchmark starts end with it: redis-server, the no-op server and
+tiergate serve must not outlive a benchmark stopped by SIGTERM or SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+# A stand-in for a benchmark: starts the server, prints its pid, then waits.
+NOOP = f"""
+import sys, time
+sys.path.insert(0, {str(BENCH)!r})
+import _common, ceiling
+_common.exit_on_sigterm()
+with ceiling.noop_server() as server:
+    print(server.proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+REDIS = f"""
+import sys, time
+sys.path.insert(0, {str(BENCH)!r})
+import _common, redis
+_common.exit_on_sigterm()
+with _common.redis_server() as port:
+    print(redis.Redis(host=_common.LOOPBACK, port=port).info("server")["process_id"], flush=True)
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start(script: str) -> tuple[subprocess.Popen[str], int]:
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert bench.stdout is not None
+    line = bench.stdout.readline()
+    assert line.strip().isdigit(), f"the stand-in did not start its server: {line!r}"
+    return bench, int(line)
+
+
+def _reap(bench: subprocess.Popen[str]) -> None:
+    bench.kill()
+    bench.wait(timeout=30)
+    assert bench.stdout is not None
+    bench.stdout.close()
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_noop_server_ends_with_the_benchmark(sig: signal.Signals) -> None:
+    bench, server = _start(NOOP)
+    try:
+        assert _alive(server)
+        bench.send_signal(sig)
+        bench.wait(timeout=30)
+        assert _gone_within(server, 15), f"no-op server {server} outlived its benchmark"
+    finally:
+        _reap(bench)
+        if _alive(server):
+            os.kill(server, signal.SIGKILL)
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_redis_server_ends_with_the_benchmark(sig: signal.Signals) -> None:
+    bench, server = _start(REDIS)
+    try:
+        assert _alive(server)
+        bench.send_signal(sig)
+        bench.wait(timeout=30)
+        if sig == signal.SIGTERM:
+            assert bench.returncode == 128 + signal.SIGTERM  # exited through its finally blocks
+        assert _gone_within(server, 15), f"redis-server {server} outlived its benchmark"
+    finally:
+        _reap(bench)
+        if _alive(server):
+            os.kill(server, signal.SIGKILL)
