@@ -57,6 +57,17 @@ cdef extern from *:
     static inline const char *tg_line(const void *p) {
         return (const char *)((uintptr_t)p & ~(uintptr_t)63);
     }
+    /* Start fetching the cache line holding p. An asm statement on x86: GCC 12
+       at -O2 deleted the __builtin_prefetch calls of decide_batch once they
+       sat in a helper behind a condition (the 10 M batch then took 2.5x as
+       long), and a volatile asm is never deleted. Prefetches do not fault. */
+    static inline void tg_prefetch(const void *p) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)p));
+    #else
+        __builtin_prefetch(p);
+    #endif
+    }
     /* An entry's key word: the recipient key (below 2**54, the range
        constants.recipient_key packs E.164 numbers into) in the low bits,
        then the entry's distance from its home slot (saturating at DIST_MAX),
@@ -72,7 +83,7 @@ cdef extern from *:
         return (uint64_t)(((unsigned __int128)h * n) >> 64);
     }
     """
-    void __builtin_prefetch(const void *addr) noexcept nogil
+    void tg_prefetch(const void *p) noexcept nogil
     const char *tg_line(const void *p) noexcept nogil
     uint64_t tg_scale(uint64_t h, uint64_t n) noexcept nogil
     const uint64_t KEY_OPT_OUT "TG_KEY_OPT_OUT"
@@ -360,10 +371,10 @@ cdef inline void prefetch_item(ScopeTable *st, NumberTable *nt, uint64_t key) no
         return
     h = mix(key)
     line = tg_line(&st.slots[tg_scale(h, st.capacity)])
-    __builtin_prefetch(line)
-    __builtin_prefetch(line + 64)
-    __builtin_prefetch(line + 128)
-    __builtin_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
+    tg_prefetch(line)
+    tg_prefetch(line + 64)
+    tg_prefetch(line + 128)
+    tg_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
 
 
 cdef inline uint64_t room_for(uint64_t n) noexcept nogil:
@@ -1478,7 +1489,7 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c) except -1:
     restore_table(t, c, SCOPE_ENTRY_SIZE, &p, &count)
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
-            __builtin_prefetch(
+            tg_prefetch(
                 &t.slots[home(get_u64(p + PREFETCH_AHEAD * SCOPE_ENTRY_SIZE), t.capacity)])
         key = get_u64(p)
         check_key(key, prev)
@@ -1508,7 +1519,7 @@ cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
     restore_table(t, c, NUMBER_ENTRY_SIZE, &p, &count)
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
-            __builtin_prefetch(
+            tg_prefetch(
                 &t.slots[home(get_u64(p + PREFETCH_AHEAD * NUMBER_ENTRY_SIZE), t.capacity)])
         key = get_u64(p)
         check_key(key, prev)
@@ -1549,7 +1560,7 @@ cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) except NULL
     p += TABLE_SIZE
     for i in range(t.count):
         if i + PREFETCH_AHEAD < t.count:
-            __builtin_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
+            tg_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
         e = &t.slots[keys[i].slot]
         put_u64(p, keys[i].key)
         put_u64(p + 8, e.last_counted)
@@ -1572,7 +1583,7 @@ cdef unsigned char *put_number_table(NumberTable *t, unsigned char *p) except NU
     p += TABLE_SIZE
     for i in range(t.count):
         if i + PREFETCH_AHEAD < t.count:
-            __builtin_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
+            tg_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
         e = &t.slots[keys[i].slot]
         put_u64(p, keys[i].key)
         put_u64(p + 8, e.window_until)
