@@ -69,33 +69,31 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return False
 
 
+SERVERS = [
+    pytest.param(NOOP, id="noop-server"),
+    pytest.param(
+        REDIS,
+        id="redis-server",
+        marks=[
+            pytest.mark.redis,
+            pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
+        ],
+    ),
+]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_the_noop_server_ends_with_the_benchmark(sig: signal.Signals) -> None:
-    bench, server = _start(NOOP)
-    try:
-        assert _alive(server)
-        bench.send_signal(sig)
-        bench.wait(timeout=30)
-        assert _gone_within(server, 15), f"no-op server {server} outlived its benchmark"
-    finally:
-        _reap(bench)
-        if _alive(server):
-            os.kill(server, signal.SIGKILL)
-
-
-@pytest.mark.redis
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_redis_server_ends_with_the_benchmark(sig: signal.Signals) -> None:
-    bench, server = _start(REDIS)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("script", SERVERS)
+def test_a_server_ends_with_its_benchmark(script: str, sig: signal.Signals) -> None:
+    bench, server = _start(script)
     try:
         assert _alive(server)
         bench.send_signal(sig)
         bench.wait(timeout=30)
         if sig == signal.SIGTERM:
             assert bench.returncode == 128 + signal.SIGTERM  # exited through its finally blocks
-        assert _gone_within(server, 15), f"redis-server {server} outlived its benchmark"
+        assert _gone_within(server, 15), f"server {server} outlived its benchmark"
     finally:
         _reap(bench)
         if _alive(server):

@@ -406,6 +406,26 @@ cdef inline MarketingEntry *mm_find(MarketingMap *m, uint64_t key) noexcept nogi
         i = (i + 1) & mask
 
 
+cdef inline void mm_keep(MarketingMap *m, MarketingEntry *kept, uint64_t word) noexcept nogil:
+    # Copy the marketing record of the scope entry with key word `word`, if it
+    # has one, into `kept` (empty slots of the map's capacity).
+    cdef MarketingEntry *r
+    if word & KEY_MARKETING:
+        r = mm_find(m, word & KEY_MASK)
+        mm_slot(kept, m.capacity, r.key)[0] = r[0]
+
+
+cdef void mm_replace(MarketingMap *m, MarketingEntry *slots) noexcept nogil:
+    # Put `slots` (the map's capacity) in place of the map's own; recount.
+    cdef uint64_t i
+    tg_table_free(m.slots, m.capacity * sizeof(MarketingEntry))
+    m.slots = slots
+    m.count = 0
+    for i in range(m.capacity):
+        if slots[i].key != 0:
+            m.count += 1
+
+
 cdef inline MarketingEntry *mm_slot(MarketingEntry *slots, uint64_t capacity,
                                     uint64_t key) noexcept nogil:
     # The empty slot key lands in (key known absent, room known free).
@@ -491,7 +511,6 @@ cdef int table_rebuild(Table *t, uint64_t capacity, bint drop, int64_t cut) noex
     # is allocated before anything changes. -1: out of memory.
     cdef uint64_t i, count = 0
     cdef MarketingEntry *kept = NULL
-    cdef MarketingEntry *r
     cdef bint prune = False
     cdef void *slots = tg_table_alloc(capacity * sizeof(t.slots[0]))
     if slots == NULL:
@@ -513,17 +532,11 @@ cdef int table_rebuild(Table *t, uint64_t capacity, bint drop, int64_t cut) noex
             entry_place(<NumberEntry *>slots, capacity, &t.slots[i])
         count += 1
         if Table is ScopeTable:
-            if prune and t.slots[i].key & KEY_MARKETING:
-                r = mm_find(&t.marketing, t.slots[i].key & KEY_MASK)
-                mm_slot(kept, t.marketing.capacity, r.key)[0] = r[0]
+            if prune:
+                mm_keep(&t.marketing, kept, t.slots[i].key)
     if Table is ScopeTable:
         if prune:
-            tg_table_free(t.marketing.slots, t.marketing.capacity * sizeof(MarketingEntry))
-            t.marketing.slots = kept
-            t.marketing.count = 0
-            for i in range(t.marketing.capacity):
-                if kept[i].key != 0:
-                    t.marketing.count += 1
+            mm_replace(&t.marketing, kept)
     tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
     if Table is ScopeTable:
         t.slots = <ScopeEntry *>slots
@@ -546,7 +559,6 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
     cdef uint64_t cap = t.capacity, start = 0, v, r, w, h, nv, dst, word, dead = 0
     cdef bint marketing = False
     cdef MarketingEntry *kept = NULL
-    cdef MarketingEntry *m
     cdef uint64_t i
     if Table is ScopeTable:
         if t.marketing.count > 0:
@@ -584,15 +596,8 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
             tg_table_free(kept, t.marketing.capacity * sizeof(MarketingEntry))
         elif kept != NULL:
             for i in range(cap):
-                if t.slots[i].key & KEY_MARKETING:
-                    m = mm_find(&t.marketing, t.slots[i].key & KEY_MASK)
-                    mm_slot(kept, t.marketing.capacity, m.key)[0] = m[0]
-            tg_table_free(t.marketing.slots, t.marketing.capacity * sizeof(MarketingEntry))
-            t.marketing.slots = kept
-            t.marketing.count = 0
-            for i in range(t.marketing.capacity):
-                if kept[i].key != 0:
-                    t.marketing.count += 1
+                mm_keep(&t.marketing, kept, t.slots[i].key)
+            mm_replace(&t.marketing, kept)
     return <int64_t>dead
 
 
