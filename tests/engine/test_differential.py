@@ -607,8 +607,36 @@ def test_batches_over_tables_too_big_to_stay_cached_agree() -> None:
             e.decide_batch(b)
             outs.append([list(getattr(b, col)) for col in OUTPUTS])
         assert outs[0] == outs[1], k
+    assert engines[0].batch_prefetch()  # the batches above ran with prefetching on
     assert engines[0].entries() == engines[1].entries()
     assert engines[0].snapshot() == engines[1].snapshot()
+
+
+def test_batch_prefetch_follows_all_of_an_engines_tables() -> None:
+    # Many senders' tables, each small enough for the caches on its own, do not
+    # fit together: decide_batch must prefetch for them as for one big table.
+    # Another engine in the same process does not count.
+    alone = CEngine()
+    alone.add_scope()
+    alone.add_number(0, 1, 1 << 20, 1, 1 << 20)
+    many = CEngine()
+    first = c.recipient_key("5500000000000")
+    now = 1_780_000_000_000
+    b = DecisionBatch()
+    for s in range(20):
+        many.add_scope()
+        many.add_number(s, 1, 1 << 20, 1, 1 << 20)
+    for i in range(20 * 4_000):
+        b.add(now, i % 20, i % 20, first + i, c.F_TEMPLATE, c.UNLIMITED, i + 1)
+    assert not many.batch_prefetch()
+    many.decide_batch(b)
+    assert many.batch_prefetch()
+    b = DecisionBatch()
+    for i in range(1_000):
+        b.add(now, 0, 0, first + i, c.F_TEMPLATE, c.UNLIMITED, i + 1)
+    alone.decide_batch(b)
+    assert not alone.batch_prefetch()
+    assert list(b.decision) == [c.ADMIT] * 1_000
 
 
 def test_scope_at_its_limit_answers_alike_while_the_ring_changes() -> None:

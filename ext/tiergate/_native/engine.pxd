@@ -140,9 +140,12 @@ cdef class Engine:
     cdef Number *numbers
     cdef Py_ssize_t n_numbers
     cdef Py_ssize_t cap_numbers
+    cdef uint64_t tables_seen   # tg_table_generation() when prefetch was set
+    cdef bint prefetch          # decide_batch prefetches: tables outgrow the caches
 
     cdef Scope *_scope(self, Py_ssize_t scope) except NULL
     cdef Number *_number(self, Py_ssize_t number) except NULL
+    cdef bint prefetching(self) noexcept nogil
     cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
                         uint32_t flags, int64_t limit, uint64_t ticket,
                         Decision *d) noexcept nogil

@@ -32,26 +32,37 @@ cdef extern from *:
        less often. Small ones come from calloc. The size decides, so the free
        matches the allocation. */
     #define TG_BIG_TABLE ((size_t)2 << 20)
+    /* Counts table allocations and frees in this process, so that an engine
+       recounts its tables' bytes only after one (see Engine.prefetching). */
+    static uint64_t tg_table_changes = 1;
     static void *tg_table_alloc(size_t bytes) {
+        void *p;
     #if defined(MAP_ANONYMOUS)
         if (bytes >= TG_BIG_TABLE) {
-            void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED) return NULL;
     #if defined(MADV_HUGEPAGE)
             madvise(p, bytes, MADV_HUGEPAGE);
     #endif
+            __atomic_fetch_add(&tg_table_changes, 1, __ATOMIC_RELAXED);
             return p;
         }
     #endif
-        return calloc(1, bytes);
+        p = calloc(1, bytes);
+        if (p != NULL) __atomic_fetch_add(&tg_table_changes, 1, __ATOMIC_RELAXED);
+        return p;
     }
     static void tg_table_free(void *p, size_t bytes) {
         if (p == NULL) return;
+        __atomic_fetch_add(&tg_table_changes, 1, __ATOMIC_RELAXED);
     #if defined(MAP_ANONYMOUS)
         if (bytes >= TG_BIG_TABLE) { munmap(p, bytes); return; }
     #endif
         free(p);
+    }
+    static inline uint64_t tg_table_generation(void) {
+        return __atomic_load_n(&tg_table_changes, __ATOMIC_RELAXED);
     }
     /* The start of the cache line holding p. */
     static inline const char *tg_line(const void *p) {
@@ -94,6 +105,7 @@ cdef extern from *:
     const uint64_t KEY_MASK "TG_KEY_MASK"
     void *tg_table_alloc(size_t nbytes) noexcept nogil
     void tg_table_free(void *p, size_t nbytes) noexcept nogil
+    uint64_t tg_table_generation() noexcept nogil
 
 # Snapshot entries whose table slots are prefetched ahead of the one being
 # worked on, so that several cache misses overlap.
@@ -108,12 +120,16 @@ cdef extern from *:
 cdef enum:
     PREFETCH_AHEAD = 8
     BATCH_AHEAD = 16
-    # Small tables (fewer slots than this, ~0.8 MB of scope entries) are not
-    # prefetched, as they mostly stay in the CPU caches, and are rebuilt a
-    # third full rather than half: fewer rebuilds and shorter probes where the
-    # room costs little (the peers workload, 20 senders of a few thousand
-    # recipients: ~79 -> ~76 ns a decision)
+    # Small tables (fewer slots than this, ~0.8 MB of scope entries) are
+    # rebuilt a third full rather than half: fewer rebuilds and shorter probes
+    # where the room costs little (the peers workload, 20 senders of a few
+    # thousand recipients: ~79 -> ~76 ns a decision)
     SMALL_SLOTS = 1 << 15
+    # decide_batch prefetches once all of an engine's tables together hold
+    # this much (a core's L2 cache here), however small each one is: 20
+    # senders' tables of ~0.3 MB each (the peers workload, ~13 MB in all)
+    # went from ~84 to ~66 ns a decision when they were prefetched too.
+    PREFETCH_BYTES = 1 << 20
     RADIX_BITS = 11
     RADIX_BUCKETS = 1 << RADIX_BITS
 
@@ -361,15 +377,12 @@ cdef inline TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
 
 
 cdef inline void prefetch_item(ScopeTable *st, NumberTable *nt, uint64_t key) noexcept nogil:
-    # Start fetching what deciding for key will read in tables too big to stay
-    # in the CPU caches: the three scope-table lines from its home slot's
+    # Start fetching what deciding for key will read, for an engine whose
+    # tables outgrow the CPU caches: the three scope-table lines from its home slot's
     # (entries displaced up to four or five, which at four fifths full is
     # nearly all) and its number-table slot.
-    cdef uint64_t h
+    cdef uint64_t h = mix(key)
     cdef const char *line
-    if st.capacity < SMALL_SLOTS and nt.capacity < SMALL_SLOTS:
-        return
-    h = mix(key)
     line = tg_line(&st.slots[tg_scale(h, st.capacity)])
     tg_prefetch(line)
     tg_prefetch(line + 64)
@@ -841,6 +854,23 @@ cdef class Engine:
             raise IndexError(f"number {number} out of range")
         return &self.numbers[number]
 
+    cdef bint prefetching(self) noexcept nogil:
+        # Whether this engine's recipient tables, all together, outgrow the
+        # CPU caches (PREFETCH_BYTES), so decide_batch should fetch ahead.
+        # Counted again only after a table was allocated or freed anywhere.
+        cdef uint64_t seen = tg_table_generation()
+        cdef uint64_t total = 0
+        cdef Py_ssize_t i
+        if seen != self.tables_seen:
+            for i in range(self.n_scopes):
+                total += (self.scopes[i].table.capacity * sizeof(ScopeEntry)
+                          + self.scopes[i].table.marketing.capacity * sizeof(MarketingEntry))
+            for i in range(self.n_numbers):
+                total += self.numbers[i].table.capacity * sizeof(NumberEntry)
+            self.prefetch = total >= PREFETCH_BYTES
+            self.tables_seen = seen
+        return self.prefetch
+
     # -- configuration -------------------------------------------------------
 
     @staticmethod
@@ -1098,6 +1128,7 @@ cdef class Engine:
         cdef Py_ssize_t n = now.shape[0], i, j, bad = -1
         cdef Decision d
         cdef int rc = 0
+        cdef bint ahead
         for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
                            ("recipient", recipient.shape[0]), ("flags", flags.shape[0]),
                            ("limit", limit.shape[0]), ("ticket", ticket.shape[0])):
@@ -1127,11 +1158,12 @@ cdef class Engine:
         retry_at = batch.retry_at
         used = batch.used
         prev_counted = batch.prev_counted
+        ahead = self.prefetching()
         for i in range(-BATCH_AHEAD, n):
             # Fetch what the item BATCH_AHEAD places on will read. An address
             # made stale by a rebuild in between only wastes a fetch.
             j = i + BATCH_AHEAD
-            if j < n:
+            if ahead and j < n:
                 prefetch_item(&self.scopes[scope[j]].table, &self.numbers[number[j]].table,
                               recipient[j])
             if i < 0:
@@ -1312,6 +1344,11 @@ cdef class Engine:
         for i in range(self.n_numbers):
             n += self.numbers[i].table.count
         return n
+
+    def batch_prefetch(self):
+        """Whether decide_batch fetches table lines ahead: this engine's tables
+        together hold PREFETCH_BYTES or more (compiled engine only)."""
+        return bool(self.prefetching())
 
     # -- snapshots -----------------------------------------------------------
 
