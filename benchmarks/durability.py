@@ -4,9 +4,10 @@ Three figures, through the real ``AdmissionService`` and ``EmbeddedStore``:
 
 1. Admit throughput with the journal on (each durability setting) vs off, in
    an asyncio loop shaped like the server: concurrent unary Admits (each
-   awaits ``store.persist`` before it would answer, so concurrent decisions
-   share a group commit), AdmitBatch-sized ``admit_many`` calls, and one
-   client at a time (every decision waits for its own write). Ratio = on / off.
+   awaits ``store.persist`` before it would answer: a copy into the mapped
+   journal segment, or with ``fsync-always`` a share of one grouped fsync),
+   AdmitBatch-sized ``admit_many`` calls, and one client at a time (every
+   decision waits for its own write). Ratio = on / off.
 2. Recovery time (a fresh process: open, restore the snapshot, replay the
    journal tail) with 1 M and 10 M tracked recipients, the tail being
    ``snapshot_every_records`` (200 000) admits in AdmitBatch(1000)-sized calls,

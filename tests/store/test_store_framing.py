@@ -91,11 +91,33 @@ def test_wrong_sequence_number_is_corruption() -> None:
     assert scan.bad_reason == "sequence number 5, expected 2"
 
 
-def test_zero_filled_tail_is_a_tail() -> None:
+def test_zero_filled_tail_is_the_segments_clean_end() -> None:
+    # The writer preallocates segments: after a crash the rest is zeros.
     data = segment([b"abc", b"def"]) + bytes(4096)
     out, scan = read_all(data)
     assert [r for _, r in out] == [b"abc", b"def"]
+    assert scan.bad_offset is None
+    assert scan.zero_tail == scan.end_offset == len(data) - 4096
+    # A few zeros, shorter than a frame header, end it as well.
+    out, scan = read_all(segment([b"abc"]) + bytes(5))
+    assert scan.bad_offset is None and scan.zero_tail is not None
+
+
+def test_torn_record_before_a_zero_filled_tail_is_a_tail() -> None:
+    # Killed in the middle of copying a frame into the mapped segment.
+    whole = segment([b"abc", b"def"])
+    data = whole[:-2] + bytes(1 << 20)
+    out, scan = read_all(data)
+    assert [r for _, r in out] == [b"abc"]
     assert scan.bad_offset is not None and scan.valid_after is None
+    assert scan.zero_tail is None
+
+
+def test_a_zero_frame_header_with_data_after_it_is_damage() -> None:
+    data = segment([b"abc"]) + bytes(16) + j.encode_frames([b"def"], 2)
+    out, scan = read_all(data)
+    assert [r for _, r in out] == [b"abc"]
+    assert scan.bad_offset is not None and scan.valid_after == len(data) - 19
 
 
 def test_segment_header_versions_and_damage() -> None:

@@ -1,4 +1,6 @@
-"""Asynchronous group commit: one write per loop iteration, ordering, durability modes."""
+"""Commit paths by durability mode: records copied into the mapped segment at once
+(``write``, ``fsync-interval``); grouped per loop pass behind one fsync
+(``fsync-always``); ordering, failures and background snapshots."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ async def decide(store: EmbeddedStore, svc: CounterService, i: int) -> int:
 
 
 @pytest.mark.parametrize("durability", ["write", "fsync-interval", "fsync-always"])
-def test_concurrent_decisions_share_writes(tmp_path: Path, durability: str) -> None:
+def test_concurrent_decisions_are_all_written(tmp_path: Path, durability: str) -> None:
     async def main() -> CounterService:
         store = EmbeddedStore.open(tmp_path, durability, fsync_interval_ms=5)
         svc = CounterService()
@@ -36,9 +38,11 @@ def test_concurrent_decisions_share_writes(tmp_path: Path, durability: str) -> N
         answers = await asyncio.gather(*(decide(store, svc, i) for i in range(300)))
         assert len(answers) == 300
         assert store.records_committed == 300
-        assert store.commits <= 3  # one write for the whole wave (two with an fsync in flight)
         if durability == "fsync-always":
+            assert store.commits <= 3  # one fsync for the whole wave (two with one in flight)
             assert store.fsyncs >= store.commits
+        else:
+            assert store.commits == 300  # one copy each, no wait
         if durability == "fsync-interval":
             for _ in range(500):  # the background flusher runs within ~5 ms (slower on a busy box)
                 if store.fsyncs:
@@ -96,15 +100,39 @@ def test_empty_commit_waits_for_earlier_records(tmp_path: Path) -> None:
     assert order == ["first", "repeat"]
 
 
-@pytest.mark.parametrize("durability", ["write", "fsync-interval", "fsync-always"])
-def test_persist_nowait_acknowledges_only_after_the_group_write(
-    tmp_path: Path, durability: str
-) -> None:
-    """The RPCs' form of persist: a plain call and the group write's future; the
-    records of one loop pass share one write, and nothing is acknowledged before it."""
+@pytest.mark.parametrize("durability", ["write", "fsync-interval"])
+def test_persist_nowait_writes_before_it_returns(tmp_path: Path, durability: str) -> None:
+    """The RPCs' form of persist: without fsync per call, the records are in the
+    mapped segment when the call returns, so there is nothing to await."""
 
     async def main() -> CounterService:
         store = EmbeddedStore.open(tmp_path, durability)
+        svc = CounterService()
+        store.recover(svc)
+        assert store.persist_nowait(svc) is None  # nothing to write
+        writer = store._writer
+        assert writer is not None
+        written = writer.written_seq
+        for i in range(20):
+            svc.incr(f"r{i % 3}", key=f"k{i}")
+            assert store.persist_nowait(svc) is None
+            assert writer.written_seq == written + i + 1
+        svc.incr("r0", key="k0")  # answered from its key: journals nothing
+        assert store.persist_nowait(svc) is None
+        assert store.commits == 20 and store.records_committed == 20
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_persist_nowait_acknowledges_only_after_the_group_fsync(tmp_path: Path) -> None:
+    """fsync-always: the records of one loop pass share one write and fsync, and
+    nothing is acknowledged before it."""
+
+    async def main() -> CounterService:
+        store = EmbeddedStore.open(tmp_path, "fsync-always")
         svc = CounterService()
         store.recover(svc)
         assert store.persist_nowait(svc) is None  # nothing to write, nothing pending
@@ -122,6 +150,7 @@ def test_persist_nowait_acknowledges_only_after_the_group_write(
         await asyncio.gather(*(f for f in futures if f is not None))
         assert writer.written_seq == written + 20
         assert store.commits == 1 and store.records_committed == 20
+        assert store.fsyncs >= 1
         assert store.persist_nowait(svc) is None
         store.close()
         return svc
@@ -130,23 +159,31 @@ def test_persist_nowait_acknowledges_only_after_the_group_write(
     assert recovered(tmp_path).state() == svc.state()
 
 
-def test_a_failed_write_fails_every_waiter_and_reports_once(
+def fail_next_segment(store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The current segment is full and no room is left for the next one."""
+    writer = store._writer
+    assert writer is not None
+    writer.capacity = writer.segment_size
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(j.os, "posix_fallocate", full)
+
+
+def test_a_failed_group_write_fails_every_waiter_and_reports_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failures: list[StoreFailedError] = []
 
     async def main() -> None:
-        store = EmbeddedStore.open(tmp_path, "fsync-interval")
+        store = EmbeddedStore.open(tmp_path, "fsync-always")
         svc = CounterService()
         store.recover(svc)
         store.on_failure = failures.append
         svc.incr("a")
         await store.persist(svc)
-
-        def broken(fd: int, data: object) -> int:
-            raise OSError(5, "Input/output error")
-
-        monkeypatch.setattr(j.os, "write", broken)
+        fail_next_segment(store, monkeypatch)
         futures = []
         for i in range(3):
             svc.incr("a", key=f"k{i}")
@@ -160,7 +197,7 @@ def test_a_failed_write_fails_every_waiter_and_reports_once(
         store.close()
 
     asyncio.run(main())
-    assert len(failures) == 1 and "Input/output error" in str(failures[0])
+    assert len(failures) == 1 and "No space left" in str(failures[0])
     assert recovered(tmp_path).state() == ({"a": 1}, {})
 
 
@@ -231,29 +268,31 @@ def test_snapshot_under_concurrent_load_keeps_every_record(tmp_path: Path, in_ch
     assert recovered(tmp_path).state() == svc.state()
 
 
-def test_async_write_failure_is_never_acknowledged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("durability", ["write", "fsync-interval"])
+def test_write_failure_is_never_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
 ) -> None:
+    failures: list[StoreFailedError] = []
+
     async def main() -> None:
-        store = EmbeddedStore.open(tmp_path, "write")
+        store = EmbeddedStore.open(tmp_path, durability)
         svc = CounterService()
         store.recover(svc)
+        store.on_failure = failures.append
         await decide(store, svc, 0)
-
-        def broken(fd: int, data: object) -> int:
-            raise OSError(5, "Input/output error")
-
-        monkeypatch.setattr(j.os, "write", broken)
+        fail_next_segment(store, monkeypatch)
         results = await asyncio.gather(
             *(decide(store, svc, i) for i in range(1, 4)), return_exceptions=True
         )
         assert all(isinstance(r, StoreFailedError) for r in results)
         monkeypatch.undo()
-        with pytest.raises(StoreFailedError, match="Input/output error"):
+        with pytest.raises(StoreFailedError, match="No space left"):
             await decide(store, svc, 9)
         store.close()
 
     asyncio.run(main())
+    assert len(failures) == 1
+    assert recovered(tmp_path).state() == ({"r0": 1}, {"k0": 1})
 
 
 class FailingSnapshot(CounterService):

@@ -110,8 +110,16 @@ def test_snapshot_prunes_covered_segments_and_old_snapshots(tmp_path: Path) -> N
     # segments wholly at or below seq 30 are gone; the one after 30 and the current remain
     firsts = [seq for seq, _ in j.list_segments(data)]
     assert firsts == [31, 41]
-    assert store.journal_bytes == sum(p.stat().st_size for p in segments(data))
+    # journal_bytes counts what segments hold; the current one is preallocated
+    # on disk and cut to what it holds when closed.
+    *older, current = segments(data)
+    writer = store._writer
+    assert writer is not None
+    held = writer.segment_size
+    assert store.journal_bytes == sum(p.stat().st_size for p in older) + held
+    assert current.stat().st_size == store.segment_bytes > held
     store.close()
+    assert current.stat().st_size == held
     store2, svc2, report = reopen(data)
     assert svc2.state() == svc.state()
     assert report.snapshot_seq == 40 and report.records_replayed == 0
@@ -196,15 +204,30 @@ def _replay_first(tmp_path: Path, n: int) -> dict[str, int]:
     return ref.counts
 
 
+def test_zeros_after_the_last_record_are_the_journals_clean_end(tmp_path: Path) -> None:
+    store, svc = fresh(tmp_path)
+    run_ops(store, svc, 10)
+    store.close()
+    seg = segments(tmp_path)[0]
+    size = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(bytes(3000))  # preallocated room the process never filled (killed)
+    store2, svc2, report = reopen(tmp_path)
+    assert svc2.state() == svc.state()
+    assert report.truncated_bytes == 0 and not report.warnings  # not damage
+    assert seg.stat().st_size == size  # but cut back to the records
+    store2.close()
+
+
 def test_garbage_after_the_last_record_is_a_tail(tmp_path: Path) -> None:
     store, svc = fresh(tmp_path)
     run_ops(store, svc, 10)
     store.close()
     with open(segments(tmp_path)[0], "ab") as f:
-        f.write(bytes(3000))  # blocks the file system allocated but never filled
+        f.write(b"\x07" * 40 + bytes(3000))  # a frame the crash tore, then zeros
     store2, svc2, report = reopen(tmp_path)
     assert svc2.state() == svc.state()
-    assert report.truncated_bytes == 3000
+    assert report.truncated_bytes == 3040
     store2.close()
 
 
@@ -428,10 +451,14 @@ def test_write_failure_fails_the_store(tmp_path: Path, monkeypatch: pytest.Monke
     store, svc = fresh(tmp_path)
     run_ops(store, svc, 2)
 
-    def full(fd: int, data: object) -> int:
+    writer = store._writer
+    assert writer is not None
+    writer.capacity = writer.segment_size  # the segment is full: the next write starts one
+
+    def full(fd: int, offset: int, length: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(j.os, "write", full)
+    monkeypatch.setattr(j.os, "posix_fallocate", full)
     svc.incr("z")
     with pytest.raises(StoreFailedError, match="No space left"):
         store.commit_sync(svc.drain_journal())

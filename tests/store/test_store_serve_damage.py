@@ -37,6 +37,8 @@ def frame_offsets(path: Path) -> list[int]:
     raw = path.read_bytes()
     offsets, off = [], j.SEGMENT_HEADER_SIZE
     while off + j.FRAME_OVERHEAD <= len(raw):
+        if not any(raw[off : off + j.FRAME_OVERHEAD]):
+            break  # the preallocated rest of a segment the server did not close
         (length,) = struct.unpack_from("<I", raw, off + 4)
         offsets.append(off)
         off += j.FRAME_OVERHEAD + length
@@ -71,7 +73,10 @@ def test_torn_tail_is_cut_reported_and_nothing_acknowledged_is_lost(tmp_path: Pa
     server, acked = journal_with_admits(tmp_path)
     try:
         last = segments(server)[-1]
-        with open(last, "ab") as f:  # a write the crash tore: half a frame
+        end = frame_offsets(last)[-1]
+        end += j.FRAME_OVERHEAD + struct.unpack_from("<I", last.read_bytes(), end + 4)[0]
+        with open(last, "r+b") as f:  # a copy the crash tore: half a frame after the last
+            f.seek(end)
             f.write(struct.pack("<IIQ", 0xDEADBEEF, 400, 10**6) + b"partial")
         server.start()
         asyncio.run(verify(server, acked))

@@ -257,13 +257,14 @@ class Sidecar:
             m.collect(
                 "tiergate_journal_bytes",
                 "gauge",
-                "Bytes of journal on disk.",
+                "Bytes of journal records on disk (the current segment's unused "
+                "preallocated room not included).",
                 lambda: float(store.journal_bytes),
             )
             m.collect(
                 "tiergate_store_commits_total",
                 "counter",
-                "Journal group commits.",
+                "Journal writes: one per committing call; with fsync-always, one per group.",
                 lambda: float(store.commits),
             )
             m.collect(

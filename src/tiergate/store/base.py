@@ -153,9 +153,9 @@ class Store(Protocol):
     async def commit(self, records: Sequence[bytes]) -> None:
         """Make ``records`` (and everything committed before them) durable, then return.
 
-        Concurrent callers share one write (group commit). An empty ``records``
-        still waits for earlier commits, so a decision that read their effects
-        is never acknowledged ahead of them.
+        A store may group concurrent callers into one write (group commit). An
+        empty ``records`` still waits for earlier commits, so a decision that
+        read their effects is never acknowledged ahead of them.
         """
         ...
 

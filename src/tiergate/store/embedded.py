@@ -6,14 +6,16 @@ Life cycle (the server does exactly this)::
     report = store.recover(service)          # snapshot -> restore, journal -> replay
     ...
     result = service.admit(req, now_ms)      # changes state, queues journal records
-    await store.persist(service)             # group commit; acknowledge only after this
+    await store.persist(service)             # written; acknowledge only after this
     ...
     await store.aclose(service)              # last records, final snapshot, fsync, unlock
 
 ``persist`` is ``commit(service.drain_journal())`` plus a background snapshot
-when one is due. Every ``commit`` issued in the same event-loop iteration is
-written with one ``os.write`` (and, with ``fsync-always``, one fsync in a
-worker thread, during which the next group gathers).
+when one is due. With ``write`` and ``fsync-interval`` a commit copies its
+records into the journal's mapped segment before it returns (no system call,
+nothing to await: ``persist_nowait`` returns None). With ``fsync-always``
+every commit issued in the same event-loop iteration shares one write and
+one fsync in a worker thread, during which the next group gathers.
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ class EmbeddedStore:
         self._closed = False
         self._failed: StoreFailedError | None = None
 
-        # group commit state (event-loop thread only)
+        # Records waiting for a write: the fsync-always group (and, for a moment,
+        # commit_sync and the snapshot cut in every mode). Event-loop thread only.
         self._pending: list[bytes] = []  # records not yet framed or written
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -444,6 +447,10 @@ class EmbeddedStore:
                 report.replayed_bytes += stop - start
                 expected = seq + 1
                 last_seq = seq
+            if scan.zero_tail is not None and i == len(segments) - 1:
+                # The writer's preallocated room, unused when the process ended
+                # without closing the segment: not damage, nothing to report.
+                self._truncate(path, scan.zero_tail)
             if scan.bad_offset is not None:
                 is_tail = scan.valid_after is None and i == len(segments) - 1
                 if is_tail:
@@ -546,14 +553,24 @@ class EmbeddedStore:
         return self._failed
 
     def _enqueue(self, records: Sequence[bytes]) -> asyncio.Future[None] | None:
-        """Queue ``records`` for the next group write; the future to await before
-        acknowledging, or None when everything is already written."""
-        self._require_writer()
+        """Write ``records`` now (``write`` and ``fsync-interval``: a copy into the
+        mapped segment) or queue them for the next group write and fsync
+        (``fsync-always``); the future to await before acknowledging, or None
+        when everything is already written."""
+        writer = self._require_writer()
         if records:
-            self._pending.extend(records)  # framed (and numbered) at the write, in order
             self.records_since_snapshot += len(records)
             self.bytes_since_snapshot += sum(map(len, records))
             self.records_committed += len(records)
+            if self.durability is not Durability.FSYNC_ALWAYS:
+                data = writer.encode(records)
+                try:
+                    writer.write(data, writer.next_seq - 1)
+                except OSError as exc:
+                    raise self._fail(exc) from exc
+                self.commits += 1
+                return None
+            self._pending.extend(records)  # framed (and numbered) at the write, in order
         elif not self._pending and self._inflight is None:
             return None
         loop = asyncio.get_running_loop()
