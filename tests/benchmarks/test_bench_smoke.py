@@ -123,3 +123,38 @@ def test_run_all_tiny_writes_summary_and_chart(tmp_path: Path) -> None:
     assert summary["mode"] == "tiny"
     assert summary["runs"]["peers"]["exit_code"] == 0
     assert "python-dict" in summary["headline"]["peers"]
+
+
+@pytest.mark.slow
+def test_alternate_tiny_runs_every_variant_in_turns(tmp_path: Path) -> None:
+    proc = run(
+        "alternate.py",
+        "--tiny",
+        "--shape",
+        "stream1",
+        "--variant",
+        f"this={ROOT / 'src'}",
+        "--in-memory-too",
+        "--results-dir",
+        str(tmp_path),
+    )
+    data = read(tmp_path / "alternate.json")
+    servers = data["servers"]
+    assert list(servers) == ["no-op", "this", "this (no data dir)"]
+    for figures in servers.values():
+        assert len(figures["rounds"]) == 1
+        assert figures["items_per_s_median"] > 0
+        assert figures["server_cpu_us_per_call_median"] > 0
+    assert servers["no-op"]["ratio_to_noop_median"] == 1.0
+    assert "round 1:" in proc.stdout
+
+
+def test_alternate_refuses_a_variant_without_tiergate(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "alternate.py"), "--tiny", "--variant", f"x={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "holds no tiergate package" in proc.stderr
