@@ -10,6 +10,8 @@ minutes of the machine, and reports medians over the rounds:
     .venv/bin/python benchmarks/alternate.py --shape unary --rounds 16 \\
         --variant before=/path/to/other/checkout/src --variant after=src
     .venv/bin/python benchmarks/alternate.py --shape stream8 --in-memory-too
+    .venv/bin/python benchmarks/alternate.py --variant interval=src \
+        --variant 'write=src --durability=write'
 
 Server CPU per call (user + system of the server process, all threads) is
 the figure least moved by other work on the machine. Prints a table and
@@ -22,10 +24,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +42,26 @@ import ceiling
 import load
 
 
-def parse_variant(text: str) -> tuple[str, Path]:
-    label, sep, src = text.partition("=")
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    src: Path
+    serve_args: tuple[str, ...] = ()
+    in_memory: bool = False
+
+
+def parse_variant(text: str) -> Variant:
+    """``LABEL=SRC_DIR`` then, optionally, ``tiergate serve`` flags after spaces."""
+    head, *serve_args = shlex.split(text)
+    label, sep, src = head.partition("=")
     if not sep or not label or not src:
-        raise argparse.ArgumentTypeError(f"--variant: expected LABEL=SRC_DIR, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--variant: expected LABEL=SRC_DIR [SERVE FLAGS], got {text!r}"
+        )
     path = Path(src).resolve()
     if not (path / "tiergate" / "__init__.py").is_file():
         raise argparse.ArgumentTypeError(f"--variant {label}: {path} holds no tiergate package")
-    return label, path
+    return Variant(label, path, tuple(serve_args))
 
 
 def imported_from(src: Path) -> str:
@@ -70,33 +86,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "pages": 2,
     }
-    variants: list[tuple[str, Path, bool]] = [(label, src, False) for label, src in args.variant]
-    if not variants:
-        variants = [("tiergate", _common.REPO_ROOT / "src", False)]
+    variants: list[Variant] = list(args.variant) or [Variant("tiergate", _common.REPO_ROOT / "src")]
     if args.in_memory_too:
-        label, src, _ = variants[-1]
-        variants.append((f"{label} (no data dir)", src, True))
-    for label, src, _ in variants:
-        where = imported_from(src)
-        if not where.startswith(str(src)):
-            raise SystemExit(f"--variant {label}: tiergate resolves to {where}, not under {src}")
+        last = variants[-1]
+        variants.append(replace(last, label=f"{last.label} (no data dir)", in_memory=True))
+    if len({v.label for v in variants}) < len(variants):
+        raise SystemExit("--variant: every label must be different")
+    for v in variants:
+        where = imported_from(v.src)
+        if not where.startswith(str(v.src)):
+            raise SystemExit(
+                f"--variant {v.label}: tiergate resolves to {where}, not under {v.src}"
+            )
     tags = [f"{shape.name}-alt{i}-" for i in range(args.rounds)]
     rows: dict[str, list[tuple[float, float]]] = {"no-op": []}
     saved = os.environ.get("PYTHONPATH")
     with contextlib.ExitStack() as stack:
         noop = stack.enter_context(ceiling.noop_server())
         servers = []
-        for label, src, in_memory in variants:
-            os.environ["PYTHONPATH"] = str(src)
-            servers.append(
-                (
-                    label,
-                    stack.enter_context(
-                        load.tiergate_server(tags, settings["clients"], (), in_memory)
-                    ),
-                )
-            )
-            rows[label] = []
+        for v in variants:
+            os.environ["PYTHONPATH"] = str(v.src)
+            server = load.tiergate_server(tags, settings["clients"], v.serve_args, v.in_memory)
+            servers.append((v.label, stack.enter_context(server)))
+            rows[v.label] = []
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -157,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=parse_variant,
         action="append",
         default=[],
-        metavar="LABEL=SRC_DIR",
-        help="a tiergate build to alternate with (repeatable; default: this checkout)",
+        metavar="'LABEL=SRC_DIR [SERVE FLAGS]'",
+        help="a tiergate build to alternate with, and flags for its tiergate serve "
+        "(repeatable; default: this checkout)",
     )
     parser.add_argument(
         "--in-memory-too", action="store_true", help="also the last variant without a data dir"
@@ -190,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alternate",
         {
             "settings": settings,
-            "variants": {label: str(src) for label, src in args.variant},
+            "variants": {
+                v.label: {"src": str(v.src), "serve_args": list(v.serve_args)} for v in args.variant
+            },
             "servers": result,
         },
         Path(args.results_dir) if args.results_dir else None,

@@ -133,7 +133,7 @@ def test_alternate_tiny_runs_every_variant_in_turns(tmp_path: Path) -> None:
         "--shape",
         "stream1",
         "--variant",
-        f"this={ROOT / 'src'}",
+        f"this={ROOT / 'src'} --durability=write",
         "--in-memory-too",
         "--results-dir",
         str(tmp_path),
@@ -146,6 +146,7 @@ def test_alternate_tiny_runs_every_variant_in_turns(tmp_path: Path) -> None:
         assert figures["items_per_s_median"] > 0
         assert figures["server_cpu_us_per_call_median"] > 0
     assert servers["no-op"]["ratio_to_noop_median"] == 1.0
+    assert data["variants"]["this"]["serve_args"] == ["--durability=write"]
     assert "round 1:" in proc.stdout
 
 
