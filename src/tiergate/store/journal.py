@@ -210,9 +210,8 @@ def iter_frames(
         reason = ""
         # A frame header of zeros (a real one has a sequence number) starts
         # either the preallocated rest of the segment or damage.
-        if data.count(0, off, off + FRAME_OVERHEAD) == min(FRAME_OVERHEAD, end - off) and zero_from(
-            data, off
-        ):
+        zero_header = data.count(0, off, off + FRAME_OVERHEAD) == min(FRAME_OVERHEAD, end - off)
+        if zero_header and zero_from(data, off):
             scan.zero_tail = off  # the unused, preallocated rest of the segment
             return
         if off + FRAME_OVERHEAD > end:
