@@ -3,11 +3,14 @@ to what they hold when closed; what a killed writer leaves is read back whole.""
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from tiergate.store import journal as j
 
@@ -92,3 +95,34 @@ def test_what_a_killed_writer_copied_is_on_disk(tmp_path: Path) -> None:
     assert read_back(tmp_path) == [(i + 1, b"record %d" % i) for i in range(300)]
     # Segments rotated out were cut at the end of their last record.
     assert closed and all(p.read_bytes()[-1] != 0 for _, p in closed)
+
+
+def test_without_preallocation_segments_are_extended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(j.os, "posix_fallocate", unsupported)
+    writer = j.JournalWriter(tmp_path, 1, SEGMENT)
+    assert writer.path is not None and writer.path.stat().st_size == SEGMENT
+    write(writer, [b"a" * 5000])  # a new, bigger segment, extended as well
+    writer.close()
+    assert read_back(tmp_path) == [(1, b"a" * 5000)]
+    assert "cannot preallocate" in caplog.text
+
+
+def test_a_full_disk_fails_when_a_segment_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = j.JournalWriter(tmp_path, 1, SEGMENT)
+    write(writer, [b"x" * 1000])
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(j.os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="No space left"):
+        write(writer, [b"y" * 4000])
+    assert [first for first, _ in j.list_segments(tmp_path)] == [1]  # no half-made segment
+    assert read_back(tmp_path) == [(1, b"x" * 1000)]

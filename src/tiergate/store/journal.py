@@ -23,6 +23,7 @@ crash the last one ends in zeros, which recovery reads as its clean end.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -246,15 +247,25 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+
+
 def _preallocate(fd: int, size: int) -> None:
     """Reserve ``size`` bytes of disk for the file: a full disk fails here, with an
     error the store reports, rather than as SIGBUS on a write through the mapping.
-    Without ``posix_fallocate`` (not on macOS) the file is only extended."""
+    Where the system or file system cannot (no ``posix_fallocate`` on macOS), the
+    file is only extended; a full disk then ends the process at a copy, before
+    that decision is acknowledged."""
     fallocate = getattr(os, "posix_fallocate", None)
-    if fallocate is None:
-        os.ftruncate(fd, size)
-    else:
-        fallocate(fd, 0, size)
+    if fallocate is not None:
+        try:
+            fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_FALLOCATE:
+                raise
+            log.warning("journal: cannot preallocate segments here (%s); extending them", exc)
+    os.ftruncate(fd, size)
 
 
 def fsync_dir(directory: Path) -> None:
