@@ -447,9 +447,10 @@ class EmbeddedStore:
                 report.replayed_bytes += stop - start
                 expected = seq + 1
                 last_seq = seq
-            if scan.zero_tail is not None and i == len(segments) - 1:
+            if scan.zero_tail is not None:
                 # The writer's preallocated room, unused when the process ended
-                # without closing the segment: not damage, nothing to report.
+                # without closing the segment (the current one, or one rotated
+                # out whose cut was still queued): not damage, nothing to report.
                 self._truncate(path, scan.zero_tail)
             if scan.bad_offset is not None:
                 is_tail = scan.valid_after is None and i == len(segments) - 1
@@ -538,6 +539,9 @@ class EmbeddedStore:
             raise StoreError("recover() must be called before committing")
         if self._flusher is not None and self._flusher.error is not None:
             self._fail(self._flusher.error)
+            raise self._failed  # type: ignore[misc]
+        if self._writer.error is not None:  # finishing a rotated segment failed
+            self._fail(self._writer.error)
             raise self._failed  # type: ignore[misc]
         return self._writer
 
