@@ -24,8 +24,8 @@ from typing import Any
 import _common
 import _report
 
-ORDER = ("ceiling", "load", "peers", "engine", "durability")
-MINE = {"ceiling", "load", "peers"}  # scripts that take --tiny (all take --results-dir)
+ORDER = ("ceiling", "load", "peers", "engine", "memory", "durability")
+MINE = {"ceiling", "load", "peers", "memory"}  # scripts that take --tiny (all take --results-dir)
 CHART = _common.REPO_ROOT / "docs" / "performance.png"
 
 
@@ -127,7 +127,7 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         out["peers_ratios_vs_redis_per_core"] = peers["ratios_vs_redis_per_core"]
         out["peers_target"] = peers.get("target")
-    for name in ("engine", "durability"):
+    for name in ("engine", "memory", "durability"):
         data = results.get(name)
         if data:
             out[name] = {k: v for k, v in data.items() if k not in ("benchmark", "machine")}

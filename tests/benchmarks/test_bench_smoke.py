@@ -159,3 +159,25 @@ def test_alternate_refuses_a_variant_without_tiergate(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and "holds no tiergate package" in proc.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler"
+)
+def test_memory_probe_tiny(tmp_path: Path) -> None:
+    proc = run("memory.py", "--tiny", "--results-dir", str(tmp_path))
+    data = read(tmp_path / "memory.json")
+    rows = data["rows"]
+    assert [(r["region_bytes"], r["lines"]) for r in rows] == [
+        (256 * 1024, 1),
+        (256 * 1024, 3),
+        (8 << 20, 1),
+        (8 << 20, 3),
+    ]
+    for r in rows:
+        assert r["ns_per_item"] > 0 and len(r["ns_runs"]) == data["rounds"] == 1
+        assert r["ratio_to_cached"] == pytest.approx(
+            r["ns_per_item"] / rows[r["lines"] == 3]["ns_per_item"]
+        )
+    assert rows[0]["added_ns"] == 0 and rows[1]["ratio_to_cached"] == 1
+    assert "one decision's table access" in proc.stdout

@@ -1,0 +1,211 @@
+"""What this machine's memory charges for a decision's table reads, without the engine.
+
+At 10 M tracked recipients the engine's scope table is about 320 MB, far past
+the CPU caches: every decision reads a random part of it, so the 10 M / 1 000
+ratio of ``engine.py`` is bounded below by what the machine charges for one
+random table access. This script measures that charge on its own, with a small
+C program (compiled here with the system C compiler) doing a decision's memory
+work and nothing else:
+
+- ``decide_batch``'s pattern: prefetch the table lines of the item 16 places
+  on, then read the current item's line, write its entry back, and do a fixed
+  amount of arithmetic that depends on what was read (as the decision does);
+- over a table region of each size, from one that fits in the caches to 1 GB;
+- reading 1 line or 3 adjacent lines per item (a Robin Hood probe of 24-byte
+  entries needs up to 3, so the engine prefetches 3).
+
+The ratio of each row to the cached row is the smallest size ratio any engine
+with that access pattern could show here. Prints a table and writes
+``benchmarks/results/memory.json``.
+
+    .venv/bin/python benchmarks/memory.py --quick     # ~20 s
+    .venv/bin/python benchmarks/memory.py             # adds 1 GB, 3 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common
+
+PROBE_C = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next_rand(void) {
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return rng;
+}
+
+/* probe REGION_BYTES LINES WRITE WORK AHEAD ITERS: ns per item */
+int main(int argc, char **argv) {
+    if (argc != 7) return 2;
+    size_t region = strtoull(argv[1], NULL, 10);
+    int lines = atoi(argv[2]), write = atoi(argv[3]), work = atoi(argv[4]);
+    size_t ahead = strtoull(argv[5], NULL, 10), iters = strtoull(argv[6], NULL, 10);
+    size_t n = (size_t)1 << 20, i, j;
+    int l, k;
+    char *p = mmap(NULL, region, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t *pos = malloc(n * sizeof(size_t));
+    uint64_t acc = 1, s = 0;
+    double t;
+    if (p == MAP_FAILED || pos == NULL || region < 1024) return 3;
+#ifdef MADV_HUGEPAGE
+    madvise(p, region, MADV_HUGEPAGE);  /* as the engine asks for its big tables */
+#endif
+    for (i = 0; i < region; i += 4096) p[i] = 1;
+    for (i = 0; i < n; i++) pos[i] = (next_rand() % (region / 64 - 4)) * 64;
+    for (i = 0; i < n; i++) s += *(volatile size_t *)(p + pos[i]);  /* warm the TLB, caches */
+    t = now_s();
+    for (i = 0; i < iters; i++) {
+        size_t *q;
+        j = pos[(i + ahead) & (n - 1)];
+        for (l = 0; l < lines; l++) __builtin_prefetch(p + j + 64 * l);
+        q = (size_t *)(p + pos[i & (n - 1)]);
+        s += *q;
+        if (write) *q = s;
+        for (k = 0; k < work; k++) {  /* the decision's arithmetic, on what was read */
+            acc = acc * 6364136223846793005ull + (s | 1);
+            __asm__ volatile("" : "+r"(acc));
+        }
+    }
+    t = now_s() - t;
+    printf("%.3f %llu\n", t / iters * 1e9, (unsigned long long)(s + acc) & 1);
+    return 0;
+}
+"""
+
+MB = 1 << 20
+
+
+def build_probe(workdir: Path) -> Path | None:
+    """Compile the probe; None when this machine has no C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src = workdir / "probe.c"
+    src.write_text(PROBE_C, encoding="ascii")
+    exe = workdir / "probe"
+    subprocess.run([cc, "-O2", "-o", str(exe), str(src)], check=True, capture_output=True)
+    return exe
+
+
+def run_probe(exe: Path, region: int, lines: int, write: bool, work: int, iters: int) -> float:
+    out = subprocess.run(
+        [str(exe), str(region), str(lines), str(int(write)), str(work), "16", str(iters)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return float(out.stdout.split()[0])
+
+
+def measure(
+    exe: Path, regions: list[int], rounds: int, iters: int, work: int
+) -> list[dict[str, Any]]:
+    """ns per item for every region and line count, in rounds (each round runs every
+    configuration once, so all of them meet the same moments of a shared machine);
+    medians, and each row's ratio to the cached region's row of the same line count."""
+    configs = [(r, lines) for r in regions for lines in (1, 3)]
+    seen: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for region, lines in configs:
+            seen[region, lines].append(run_probe(exe, region, lines, True, work, iters))
+    rows = []
+    for region, lines in configs:
+        ns = statistics.median(seen[region, lines])
+        base = statistics.median(seen[regions[0], lines])
+        rows.append(
+            {
+                "region_bytes": region,
+                "lines": lines,
+                "ns_per_item": ns,
+                "ns_runs": seen[region, lines],
+                "added_ns": ns - base,
+                "ratio_to_cached": ns / base,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    _common.exit_on_sigterm()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="up to 512 MB, 2 rounds")
+    ap.add_argument("--tiny", action="store_true", help="smallest run: proves it works")
+    ap.add_argument("--work", type=int, default=30, help="arithmetic steps per item")
+    ap.add_argument("--results-dir", type=Path, default=None, help="where memory.json goes")
+    args = ap.parse_args(argv)
+
+    _common.print_machine()
+    if args.tiny:
+        regions, rounds, iters = [256 * 1024, 8 * MB], 1, 100_000
+    elif args.quick:
+        regions, rounds, iters = [256 * 1024, 32 * MB, 128 * MB, 320 * MB, 512 * MB], 2, 2_000_000
+    else:
+        regions = [256 * 1024, 32 * MB, 128 * MB, 256 * MB, 320 * MB, 512 * MB, 1024 * MB]
+        rounds, iters = 3, 4_000_000
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tiergate-memory-") as tmp:
+        exe = build_probe(Path(tmp))
+        if exe is None:
+            print("no C compiler (cc or gcc) on PATH: nothing measured")
+            rows: list[dict[str, Any]] = []
+        else:
+            rows = measure(exe, regions, rounds, iters, args.work)
+    _common.print_table(
+        f"one decision's table access, alone (C, prefetch 16 items ahead, one write, "
+        f"{args.work} dependent arithmetic steps; ns per item, median of {rounds} "
+        "round(s); ratio = the size's figure / the cached region's, same line count)",
+        ["table region MB", "lines per item", "ns per item", "added ns", "ratio to cached"],
+        [
+            [
+                r["region_bytes"] / MB,
+                r["lines"],
+                r["ns_per_item"],
+                r["added_ns"],
+                r["ratio_to_cached"],
+            ]
+            for r in rows
+        ],
+    )
+    path = _common.write_results(
+        "memory",
+        {
+            "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
+            "seconds": time.monotonic() - started,
+            "work_steps": args.work,
+            "prefetch_ahead": 16,
+            "iterations": iters,
+            "rounds": rounds,
+            "rows": rows,
+        },
+        args.results_dir,
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
