@@ -189,6 +189,18 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def end_with_parent(parent: int) -> None:
+    """Ask for SIGTERM when ``parent`` (this process's parent) ends, even by SIGKILL
+    (Linux; elsewhere it does nothing); exit at once if it has already ended."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before prctl took effect
+        os._exit(1)
+
+
 def die_with_parent() -> Callable[[], None]:
     """A ``preexec_fn`` for servers a benchmark starts: the child gets SIGTERM when
     the benchmark's process ends, even by SIGKILL, so no redis-server or tiergate
@@ -197,13 +209,7 @@ def die_with_parent() -> Callable[[], None]:
     parent = os.getpid()
 
     def preexec() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent:  # the parent ended before prctl took effect
-            os._exit(1)
+        end_with_parent(parent)
 
     return preexec
 

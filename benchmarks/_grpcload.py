@@ -197,6 +197,7 @@ class ClientPlan:
     workload: Callable[..., Any]  # picklable: workload(pb2, stub, plan) -> awaitable Pool
     workload_args: dict[str, Any]
     sample_every: int = 64  # parse one response in this many to tally decisions
+    parent_pid: int = 0  # the benchmark process: the client ends with it
 
 
 @dataclass
@@ -410,6 +411,10 @@ async def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> C
 def _client_main(plan: ClientPlan, out: Any, ready: Any, go: Any, start_at: Any) -> None:
     import uvloop
 
+    if plan.parent_pid:
+        # Bounded by duration and calls anyway; this also ends it when the
+        # benchmark is killed mid-run, instead of at the end of its duration.
+        _common.end_with_parent(plan.parent_pid)
     try:
         result = uvloop.run(_run_client(plan, ready, go, start_at))
     except BaseException as exc:
@@ -483,6 +488,7 @@ def run_load(
             rate=rate / clients if rate else 0.0,
             workload=workload,
             workload_args=dict(workload_args or {}),
+            parent_pid=os.getpid(),
         )
         p = ctx.Process(
             target=_client_main, args=(plan, out, ready, go, start_at), name=f"load-{i}"
