@@ -446,6 +446,9 @@ class JournalWriter:
                 self._dirty = False
                 if self._segments is None:
                     self._segments = ThreadPoolExecutor(1, thread_name_prefix="tiergate-segments")
+                # Finished work is dropped here (its error, if any, stays in
+                # ``error``), so the list stays short when nothing calls sync().
+                self._segment_work = [f for f in self._segment_work if not f.done()]
                 self._segment_work.append(
                     self._segments.submit(self._rotation_work, mapped, fd, size, self._fd)
                 )
