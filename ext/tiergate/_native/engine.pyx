@@ -79,20 +79,6 @@ cdef extern from *:
         __builtin_prefetch(p);
     #endif
     }
-    /* The same for a line wanted once, soon: decide_batch's scope-table lines,
-       read and written a few microseconds later and not again for minutes.
-       The non-temporal hint keeps them out of the L2 cache, where they would
-       push out the number tables and rings every decision reads. Measured on
-       a 2-core Xeon (KVM) at 10 M tracked recipients, 5 alternating runs of
-       benchmarks/engine.py's side-by-side: 140.2 -> 127.7 ns a decision
-       (medians; 1 000 recipients 44.3 and 44.2 ns). */
-    static inline void tg_prefetch_once(const void *p) {
-    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-        __asm__ volatile("prefetchnta %0" : : "m"(*(const char *)p));
-    #else
-        __builtin_prefetch(p, 0, 0);
-    #endif
-    }
     /* An entry's key word: the recipient key (below 2**54, the range
        constants.recipient_key packs E.164 numbers into) in the low bits,
        then the entry's distance from its home slot (saturating at DIST_MAX),
@@ -109,7 +95,6 @@ cdef extern from *:
     }
     """
     void tg_prefetch(const void *p) noexcept nogil
-    void tg_prefetch_once(const void *p) noexcept nogil
     const char *tg_line(const void *p) noexcept nogil
     uint64_t tg_scale(uint64_t h, uint64_t n) noexcept nogil
     const uint64_t KEY_OPT_OUT "TG_KEY_OPT_OUT"
@@ -395,18 +380,14 @@ cdef inline void prefetch_item(ScopeTable *st, NumberTable *nt, uint64_t key) no
     # Start fetching what deciding for key will read, for an engine whose
     # tables outgrow the CPU caches: the three scope-table lines from its home slot's
     # (entries displaced up to four or five, which at four fifths full is
-    # nearly all) and, when its number table is big too, its number-table
-    # slot. A small number table (its entries expire within milliseconds to
-    # days) stays cached; fetching its line again would only take one of the
-    # core's few outstanding-miss slots from the scope table's lines.
+    # nearly all) and its number-table slot.
     cdef uint64_t h = mix(key)
     cdef const char *line
     line = tg_line(&st.slots[tg_scale(h, st.capacity)])
-    tg_prefetch_once(line)
-    tg_prefetch_once(line + 64)
-    tg_prefetch_once(line + 128)
-    if nt.capacity >= SMALL_SLOTS:
-        tg_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
+    tg_prefetch(line)
+    tg_prefetch(line + 64)
+    tg_prefetch(line + 128)
+    tg_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
 
 
 cdef inline uint64_t room_for(uint64_t n) noexcept nogil:
