@@ -63,7 +63,8 @@ class DictEngine:
     def __init__(self) -> None:
         self.bucket_ms, self.window_ms = 60_000, DAY
         self.last: dict[int, int] = {}  # scope table: recipient -> last counted
-        self.ticket: dict[int, int] = {}
+        self.slot: dict[int, int] = {}  # recipient -> stamp of the slot it holds (0: relied on)
+        self.gen: dict[int, int] = {}  # recipient -> generation of its latest slot
         self.pair_tat: dict[int, int] = {}  # number table: recipient -> pair TAT
         self.buckets: dict[int, int] = {}  # minute bucket -> recipients last counted in it
         self.used = 0
@@ -89,8 +90,8 @@ class DictEngine:
         return len(self.last) + len(self.pair_tat)
 
     def decide(
-        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int
-    ) -> tuple[int, int, int, int, int, int]:
+        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int
+    ) -> tuple[int, int, int, int, int, int, int]:
         if now < self.clock:
             now = self.clock
         else:
@@ -103,7 +104,7 @@ class DictEngine:
         last = self.last.get(recipient, -(1 << 62))
         already = last > now - self.window_ms
         if not already and self.used >= limit:
-            return (c.RETRY_LATER, c.MESSAGING_LIMIT, self.next_free(limit), 0, self.used, last)
+            return (c.RETRY_LATER, c.MESSAGING_LIMIT, self.next_free(limit), 0, self.used, last, 0)
         now_us = now * 1000
         tput_tat = max(self.tput_tat, now_us)
         if tput_tat - self.tput_tolerance > now_us:
@@ -114,10 +115,12 @@ class DictEngine:
                 0,
                 self.used,
                 last,
+                0,
             )
         pair_tat = max(self.pair_tat.get(recipient, -(1 << 62)), now)
         if pair_tat - self.pair_tolerance > now:
-            return (c.RETRY_LATER, c.PAIR_RATE, pair_tat - self.pair_tolerance, 0, self.used, last)
+            retry = pair_tat - self.pair_tolerance
+            return (c.RETRY_LATER, c.PAIR_RATE, retry, 0, self.used, last, 0)
         b = last // self.bucket_ms
         if b >= self.lo:
             self.buckets[b] -= 1
@@ -126,10 +129,15 @@ class DictEngine:
         self.buckets[b] = self.buckets.get(b, 0) + 1
         self.used += 1
         self.last[recipient] = now
-        self.ticket[recipient] = 0 if already else ticket
+        slot = 0
+        if not already:
+            g = self.gen.get(recipient, 0) % 2047 + 1
+            self.gen[recipient] = g
+            slot = ((now + (1 << 50)) << 11) | g
+        self.slot[recipient] = slot
         self.tput_tat = tput_tat + self.tput_interval
         self.pair_tat[recipient] = pair_tat + self.pair_interval
-        return (c.ADMIT, c.OK, 0, 0 if already else 1, self.used, last)
+        return (c.ADMIT, c.OK, 0, 0 if already else 1, self.used, last, slot)
 
     def next_free(self, limit: int) -> int:
         need, acc = self.used - limit + 1, 0
@@ -142,7 +150,7 @@ class DictEngine:
     def decide_batch(self, batch: DecisionBatch) -> None:
         batch.prepare_outputs()
         decide = self.decide
-        for i, (now, sc, nu, r, f, lim, t) in enumerate(
+        for i, (now, sc, nu, r, f, lim) in enumerate(
             zip(
                 batch.now,
                 batch.scope,
@@ -150,17 +158,17 @@ class DictEngine:
                 batch.recipient,
                 batch.flags,
                 batch.limit,
-                batch.ticket,
                 strict=True,
             )
         ):
-            d = decide(now, sc, nu, r, f, lim, t)
+            d = decide(now, sc, nu, r, f, lim)
             batch.decision[i] = d[0]
             batch.reason[i] = d[1]
             batch.retry_at[i] = d[2]
             batch.counted[i] = d[3]
             batch.used[i] = d[4]
             batch.prev_counted[i] = d[5]
+            batch.slot[i] = d[6]
 
 
 def check_dict_engine() -> None:
@@ -177,7 +185,7 @@ def check_dict_engine() -> None:
             raise AssertionError(f"plain-dict yardstick disagrees with the reference (batch {k})")
     for i, k in enumerate(keys[:500]):
         now = T0 + 3 * DAY + 61_000 * i
-        args = (now, 0, 0, k, FLAGS, 40, i + 1)
+        args = (now, 0, 0, k, FLAGS, 40)
         if ref.decide(*args) != plain.decide(*args):
             raise AssertionError("plain-dict yardstick disagrees with the reference (single)")
 
@@ -233,7 +241,7 @@ def time_single(e: Any, keys: array[int], now: int) -> tuple[float, float]:
     decide = e.decide
     t, cpu = time.perf_counter(), time.process_time()
     for i, k in enumerate(keys):
-        decide(now + i, 0, 0, k, FLAGS, c.UNLIMITED, i + 1)
+        decide(now + i, 0, 0, k, FLAGS, c.UNLIMITED)
     return time.perf_counter() - t, time.process_time() - cpu
 
 

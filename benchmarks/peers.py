@@ -472,7 +472,7 @@ def engine_single_system(w: Workload, runs: int) -> System:
         (c0, f0), t0 = _usage(), time.perf_counter()
         for i in range(len(w)):
             s = sender[i]
-            d = decide(now[i], scopes[s], numbers[s], keys[i], flags, limit, i + 1)
+            d = decide(now[i], scopes[s], numbers[s], keys[i], flags, limit)
             codes.append(d)
         seconds, (c1, f1) = time.perf_counter() - t0, _usage()
         out = [_code(constants, d[0], d[3]) for d in codes]

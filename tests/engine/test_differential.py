@@ -69,7 +69,7 @@ KIND = st.sampled_from(
 )
 EXTRA = st.sampled_from([0, 0, 0, c.F_RESTRICTED, c.F_QUALITY_BLOCK, c.F_DRY_RUN, c.F_FORCE])
 
-OUTPUTS = ("decision", "reason", "retry_at", "counted", "used", "prev_counted")
+OUTPUTS = ("decision", "reason", "retry_at", "counted", "used", "prev_counted", "slot")
 
 
 class EnginesAgree(RuleBasedStateMachine):
@@ -136,10 +136,8 @@ class EnginesAgree(RuleBasedStateMachine):
         self, scope: int, number: int, recipient: int, kind: int, extra: int, limit: int, dt: int
     ) -> tuple[int, int, int, int]:
         self.now += dt
-        ticket = self.next_ticket
-        self.next_ticket += 1
-        d = self.both("decide", self.now, scope, number, recipient, kind | extra, limit, ticket)
-        return (scope, recipient, ticket, d[5])
+        d = self.both("decide", self.now, scope, number, recipient, kind | extra, limit)
+        return (scope, recipient, d[6], d[5])
 
     @rule(ticket=consumes(tickets))
     def release(self, ticket: tuple[int, int, int, int]) -> None:
@@ -149,9 +147,17 @@ class EnginesAgree(RuleBasedStateMachine):
     def release_again(self, ticket: tuple[int, int, int, int]) -> None:
         self.both("release", *ticket)
 
-    @rule(scope=st.integers(0, 1), recipient=st.sampled_from(POOL), ticket=st.integers(0, 10**6))
-    def release_bogus(self, scope: int, recipient: int, ticket: int) -> None:
-        self.both("release", scope, recipient, ticket + 10**9, NEVER)
+    @rule(
+        ticket=tickets,
+        scope=st.integers(0, 1),
+        recipient=st.sampled_from(POOL),
+        shift=st.sampled_from([0, 1, -1, 1 << 11, -(1 << 11), 10**9]),
+    )
+    def release_bogus(
+        self, ticket: tuple[int, int, int, int], scope: int, recipient: int, shift: int
+    ) -> None:
+        # another recipient's stamp, or a stamp moved by a generation or a millisecond
+        self.both("release", scope, recipient, max(0, ticket[2] + shift), NEVER)
 
     @rule(
         number=st.integers(0, 2),
@@ -272,7 +278,7 @@ def test_busy_scope_grows_and_reclaims_identically() -> None:
         now += 7_919 * (1 + i % 13)
         key = c.recipient_key(str(1_000_000 + (i * 7_717) % 3_001))
         flags = c.F_TEMPLATE | (c.F_MARKETING if i % 3 == 0 else 0)
-        answers = [e.decide(now, 0, 0, key, flags, 400, i + 1) for e in engines]
+        answers = [e.decide(now, 0, 0, key, flags, 400) for e in engines]
         assert answers[0] == answers[1], i
         if i % 500 == 0:
             assert engines[0].entries() == engines[1].entries()
@@ -301,7 +307,7 @@ def test_number_tables_reclaim_in_place_identically() -> None:
                 e.open_window(0, key, until, until if i % 14 == 0 else NEVER)
             continue
         flags = rnd.choice([c.F_TEMPLATE, 0, c.F_TEMPLATE | c.F_MARKETING])
-        answers = [e.decide(now, 0, 0, key, flags, c.UNLIMITED, i + 1) for e in engines]
+        answers = [e.decide(now, 0, 0, key, flags, c.UNLIMITED) for e in engines]
         assert answers[0] == answers[1], i
         if i % 1_000 == 0:
             assert engines[0].entries() == engines[1].entries(), i
@@ -309,11 +315,11 @@ def test_number_tables_reclaim_in_place_identically() -> None:
 
 
 BAD_CALLS: list[tuple[str, tuple[Any, ...]]] = [
-    ("decide", (0, 2, 0, 5, c.F_TEMPLATE, 1, 1)),
-    ("decide", (0, -1, 0, 5, c.F_TEMPLATE, 1, 1)),
-    ("decide", (0, 0, 1, 5, c.F_TEMPLATE, 1, 1)),
-    ("decide", (0, 0, 0, 0, c.F_TEMPLATE, 1, 1)),
-    ("decide", ((1 << 50) + 1, 0, 0, 5, c.F_TEMPLATE, 1, 1)),
+    ("decide", (0, 2, 0, 5, c.F_TEMPLATE, 1)),
+    ("decide", (0, -1, 0, 5, c.F_TEMPLATE, 1)),
+    ("decide", (0, 0, 1, 5, c.F_TEMPLATE, 1)),
+    ("decide", (0, 0, 0, 0, c.F_TEMPLATE, 1)),
+    ("decide", ((1 << 50) + 1, 0, 0, 5, c.F_TEMPLATE, 1)),
     ("release", (3, 5, 1, 0)),
     ("open_window", (0, 0, 10, 10)),
     ("open_window", (4, 5, 10, 10)),
@@ -368,7 +374,7 @@ def test_compiled_engine_pickles_through_its_snapshot() -> None:
     e = CEngine()
     e.add_scope(1, 1_000)
     e.add_number(0)
-    e.decide(5, 0, 0, 77, c.F_TEMPLATE | c.F_MARKETING, 10, 1)
+    e.decide(5, 0, 0, 77, c.F_TEMPLATE | c.F_MARKETING, 10)
     assert pickle.loads(pickle.dumps(e)).snapshot() == e.snapshot()
     assert copy.deepcopy(e).snapshot() == e.snapshot()
 
@@ -395,7 +401,7 @@ def _random_walk(seed: int, steps: int) -> None:
         assert answers[0] == answers[1], (seed, name, args)
         return answers[0]
 
-    for step in range(steps):
+    for _ in range(steps):
         now += rnd.choice([0, 1, 7, 100, 999, 3_000, 20_000, 100_000])
         if rnd.random() < 0.05:
             now -= 50_000
@@ -404,9 +410,9 @@ def _random_walk(seed: int, steps: int) -> None:
         if op < 0.6:
             flags = rnd.randrange(64) | (c.F_TEMPLATE | c.F_MARKETING if rnd.random() < 0.5 else 0)
             limit = rnd.choice([0, 3, 10, 100, 10**6])
-            d = both("decide", now, scope, number, r, flags, limit, step + 1)
+            d = both("decide", now, scope, number, r, flags, limit)
             if d[0] == c.ADMIT and d[3]:
-                sent.append((scope, r, step + 1, d[5]))
+                sent.append((scope, r, d[6], d[5]))
         elif op < 0.65 and sent:
             both("release", *rnd.choice(sent))
         elif op < 0.72:
@@ -444,12 +450,12 @@ def test_extreme_times_and_params_agree_without_overflow() -> None:
         e.add_number(0, 1 << 40, 1 << 12, 1 << 40, 1 << 12)  # tolerances of 2**52
         e.add_number(0, 1, 1, 1, 1)
     calls: list[tuple[str, tuple[Any, ...]]] = [
-        ("decide", (-edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED, 1)),
+        ("decide", (-edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED)),
         ("slow_throughput", (0, edge, edge)),
         ("slow_throughput", (1, edge, edge)),
-        ("decide", (edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED, 2)),
-        ("decide", (edge, 0, 1, 8, c.F_TEMPLATE, 1, 3)),
-        ("decide", (edge, 0, 1, 7, c.F_TEMPLATE | c.F_FORCE, 1, 4)),
+        ("decide", (edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED)),
+        ("decide", (edge, 0, 1, 8, c.F_TEMPLATE, 1)),
+        ("decide", (edge, 0, 1, 7, c.F_TEMPLATE | c.F_FORCE, 1)),
         ("open_window", (1, 7, edge, edge)),
         ("usage", (0, edge, 1)),
         ("usage", (0, edge, c.UNLIMITED)),
@@ -459,7 +465,7 @@ def test_extreme_times_and_params_agree_without_overflow() -> None:
         ("entries", ()),
     ]
     for i in range(300):
-        calls.append(("decide", (edge, 0, 0, 100 + i, c.F_TEMPLATE | c.F_FORCE, 1, 10 + i)))
+        calls.append(("decide", (edge, 0, 0, 100 + i, c.F_TEMPLATE | c.F_FORCE, 1)))
     for name, args in calls:
         answers = [getattr(e, name)(*args) for e in engines]
         assert answers[0] == answers[1], (name, args)
@@ -492,7 +498,7 @@ def test_both_refuse_keys_outside_the_recipient_range(key: int) -> None:
         e.add_number(0)
         before = e.snapshot()
         for name, args in (
-            ("decide", (0, 0, 0, key, c.F_TEMPLATE, 10, 1)),
+            ("decide", (0, 0, 0, key, c.F_TEMPLATE, 10)),
             ("set_opt_out", (0, key, True)),
             ("open_window", (0, key, 10, NEVER)),
         ):
@@ -510,30 +516,73 @@ def test_both_refuse_keys_outside_the_recipient_range(key: int) -> None:
 @pytest.mark.parametrize(
     "bogus",
     [
-        (0, 5, 2, NEVER),  # a ticket never issued
-        (0, 0, 1, NEVER),
+        # "stamp": the stamp the admit answered; +/- n: that stamp moved by n
+        (0, 5, 2, NEVER),  # a stamp never given
+        (0, 0, "stamp", NEVER),
         (0, 5, 0, NEVER),
-        (0, 1 << 64, 1, NEVER),
+        (0, 1 << 64, "stamp", NEVER),
         (0, 5, 1 << 64, NEVER),
         (0, 5, -3, NEVER),
-        (0, -5, 1, NEVER),
-        (0, 5, 1, 1 << 70),
-        (0, 5, 1, -(1 << 70)),
-        (0, 5, 1, 10_000),  # later than the slot
+        (0, -5, "stamp", NEVER),
+        (0, 5, "stamp", 1 << 70),
+        (0, 5, "stamp", -(1 << 70)),
+        (0, 5, "stamp", 10_000),  # later than the slot
+        (0, 5, ("stamp", 1), NEVER),  # the next generation
+        (0, 5, ("stamp", -1), NEVER),  # generation 0: before any slot
+        (0, 5, ("stamp", 1 << 11), NEVER),  # one millisecond later
+        (0, 5, ("stamp", -(1 << 11)), NEVER),  # one millisecond earlier
+        (0, 5, (1 << 64) - 1, NEVER),  # a time past 2**50
     ],
 )
-def test_both_release_nothing_for_a_ticket_they_never_issued(
-    bogus: tuple[int, int, int, int],
-) -> None:
+def test_both_release_nothing_for_a_slot_they_never_gave(bogus: tuple[Any, ...]) -> None:
     for cls in (CEngine, PyEngine):
         e = cls()
         e.add_scope()
         e.add_number(0)
-        e.decide(1_000, 0, 0, 5, c.F_TEMPLATE, 10, 1)
+        stamp = e.decide(1_000, 0, 0, 5, c.F_TEMPLATE, 10)[6]
+        assert stamp == ((1_000 + (1 << 50)) << 11) | 1
+        args = [
+            stamp if a == "stamp" else stamp + a[1] if isinstance(a, tuple) else a for a in bogus
+        ]
         before = e.snapshot()
-        assert e.release(*bogus) is False
+        assert e.release(*args) is False
         assert e.snapshot() == before
-        assert e.release(0, 5, 1, NEVER) is True
+        assert e.release(0, 5, stamp, NEVER) is True
+
+
+def test_a_slot_created_again_in_the_same_millisecond_is_not_the_released_one() -> None:
+    """Created, released and created again within one millisecond: the two slots
+    share a time, and the first one's stamp (a duplicate FAILED) must not release
+    the second."""
+    for cls in (CEngine, PyEngine):
+        e = cls()
+        e.add_scope()
+        e.add_number(0, 1, 1 << 20, 1, 1 << 20)
+        first = e.decide(1_000, 0, 0, 5, c.F_TEMPLATE, 10)
+        assert e.release(0, 5, first[6], first[5]) is True
+        again = e.decide(1_000, 0, 0, 5, c.F_TEMPLATE, 10)
+        assert again[3] == 1 and again[6] != first[6]
+        assert e.release(0, 5, first[6], first[5]) is False
+        assert e.usage(0, 1_000, 10)[0] == 1
+        assert e.release(0, 5, again[6], again[5]) is True
+        assert e.usage(0, 1_000, 10)[0] == 0
+
+
+def test_slot_generations_wrap_without_zero() -> None:
+    """Every slot creation of one recipient moves its generation on, 2 047 of them
+    and round again (never 0), in both engines alike."""
+    engines: list[Any] = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope()
+        e.add_number(0, 1, 1 << 20, 1, 1 << 20)
+    gens = []
+    for _ in range(2_050):
+        d = [e.decide(7, 0, 0, 5, c.F_TEMPLATE, 10) for e in engines]
+        assert d[0] == d[1]
+        gens.append(d[0][6] & 2047)
+        assert all(e.release(0, 5, d[0][6], d[0][5]) for e in engines)
+    assert gens[:3] == [1, 2, 3] and gens[2046:2049] == [2047, 1, 2]
+    assert engines[0].snapshot() == engines[1].snapshot()
 
 
 def test_long_batches_agree_across_load_chunks_and_table_growth() -> None:
@@ -655,10 +704,10 @@ def test_scope_at_its_limit_answers_alike_while_the_ring_changes() -> None:
         key = c.recipient_key(str(1_000 + rnd.randrange(400)))
         op = rnd.random()
         if op < 0.7:
-            answers = [e.decide(now, 0, 0, key, c.F_TEMPLATE, limit, step + 1) for e in engines]
+            answers = [e.decide(now, 0, 0, key, c.F_TEMPLATE, limit) for e in engines]
             assert answers[0] == answers[1], step
             if answers[0][0] == c.ADMIT and answers[0][3]:
-                sent.append((0, key, step + 1, answers[0][5]))
+                sent.append((0, key, answers[0][6], answers[0][5]))
         elif op < 0.85 and sent:
             args = sent.pop(rnd.randrange(len(sent)))
             assert engines[0].release(*args) == engines[1].release(*args)
@@ -682,12 +731,12 @@ def test_a_release_into_the_oldest_live_bucket_moves_the_retry_time() -> None:
         engine.add_number(0, 1, 1, 1, 1)
         r, x, y = (c.recipient_key(d) for d in ("1555001", "1555002", "1555003"))
         t = 10 * DAY + 5_000
-        engine.decide(t, 0, 0, r, c.F_TEMPLATE, 2, 1)
-        again = engine.decide(t + DAY + 1, 0, 0, r, c.F_TEMPLATE, 2, 2)
-        engine.decide(t + DAY + 1_000, 0, 0, x, c.F_TEMPLATE, 2, 3)
+        engine.decide(t, 0, 0, r, c.F_TEMPLATE, 2)
+        again = engine.decide(t + DAY + 1, 0, 0, r, c.F_TEMPLATE, 2)
+        engine.decide(t + DAY + 1_000, 0, 0, x, c.F_TEMPLATE, 2)
         full = engine.usage(0, t + DAY + 1_000, 2)
-        assert engine.release(0, r, 2, again[5])
-        refused = engine.decide(t + DAY + 2_000, 0, 0, y, c.F_TEMPLATE, 2, 4)
+        assert engine.release(0, r, again[6], again[5])
+        refused = engine.decide(t + DAY + 2_000, 0, 0, y, c.F_TEMPLATE, 2)
         answers.append((again, full, refused, engine.usage(0, t + DAY + 2_000, 2)))
     assert answers[0] == answers[1]
     refused = answers[0][2]

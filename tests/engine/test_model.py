@@ -27,13 +27,14 @@ POOL = [c.recipient_key(str(15_550_000_000 + i)) for i in range(14)]
 
 @dataclass
 class Model:
-    """Plain truth: last counted time per recipient, slots created, released tickets."""
+    """Plain truth: last counted time per recipient, slots created, released slots."""
 
     window: int
     long_window: int
     last: dict[int, int] = field(default_factory=dict)
     slot_ticket: dict[int, int] = field(default_factory=dict)
-    slots: dict[int, int] = field(default_factory=dict)  # ticket -> time the slot was created
+    # (recipient, slot stamp) -> time the slot was created
+    slots: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def count(self, now: int, window: int) -> int:
         return sum(1 for t in self.last.values() if t > now - window)
@@ -85,16 +86,14 @@ def test_rings_match_brute_force(ops: list[Op], limit: int, start: int) -> None:
     e = _engine()
     m = Model(e.window_ms, e.long_window_ms)
     now = start
-    admitted: list[tuple[int, int, int, int]] = []  # (ticket, recipient, prev, time)
-    ticket = 0
+    admitted: list[tuple[int, int, int, int]] = []  # (slot stamp, recipient, prev, time)
     for kind, a, b, flags in ops:
         if kind == "wait":
             now += a
         elif kind == "send":
             now += b
-            ticket += 1
             r = POOL[a]
-            d = e.decide(now, 0, 0, r, flags, limit, ticket)
+            d = e.decide(now, 0, 0, r, flags, limit)
             known = m.last.get(r, NEVER)
             # an entry older than the reclaim horizon may have been reclaimed
             assert d[5] == known or (d[5] == NEVER and known < now - e.horizon_ms)
@@ -102,10 +101,10 @@ def test_rings_match_brute_force(ops: list[Op], limit: int, start: int) -> None:
                 already = m.last.get(r, NEVER) > now - m.window
                 assert d[3] == (0 if already else 1)
                 m.last[r] = now
-                m.slot_ticket[r] = 0 if already else ticket
+                m.slot_ticket[r] = 0 if already else d[6]
                 if not already:
-                    m.slots[ticket] = now
-                    admitted.append((ticket, r, d[5], now))
+                    m.slots[(r, d[6])] = now
+                    admitted.append((d[6], r, d[5], now))
             else:
                 assert d[0] == c.RETRY_LATER and d[1] == c.MESSAGING_LIMIT
                 assert d[4] >= limit
@@ -120,7 +119,7 @@ def test_rings_match_brute_force(ops: list[Op], limit: int, start: int) -> None:
             if ok:
                 m.last[r] = prev
                 m.slot_ticket[r] = 0
-                m.slots.pop(tk, None)
+                m.slots.pop((r, tk), None)
         used, free_at, unique_7d, slots_7d = e.usage(0, now, limit)
         true24 = m.count(now, m.window)
         boundary_lo = ((now - m.window) // e.bucket_ms) * e.bucket_ms
@@ -155,11 +154,11 @@ def test_no_24h_interval_exceeds_the_limit(
     e.add_number(0, 1, 10**6, 1, 10**6)
     now = 1_700_000_000_000
     log: list[tuple[int, int]] = []  # (admitted at, recipient) of counting admits
-    for i, (who, dt, go_back) in enumerate(steps):
+    for who, dt, go_back in steps:
         now += dt
         # request clocks may run backwards; the engine clamps per scope
         at = now - HOUR if go_back else now
-        d = e.decide(at, 0, 0, POOL[who], c.F_TEMPLATE, limit, i + 1)
+        d = e.decide(at, 0, 0, POOL[who], c.F_TEMPLATE, limit)
         if d[0] == c.ADMIT:
             log.append((e.scope_now(0), POOL[who]))
     window = geometry[1]
@@ -171,8 +170,8 @@ def test_no_24h_interval_exceeds_the_limit(
 def test_used_counts_a_repeat_once_and_moves_its_time() -> None:
     e = _engine()
     r = POOL[0]
-    assert e.decide(0, 0, 0, r, c.F_TEMPLATE, 2, 1)[:5] == (c.ADMIT, c.OK, 0, 1, 1)
-    assert e.decide(HOUR, 0, 0, r, c.F_TEMPLATE, 2, 2)[:5] == (c.ADMIT, c.OK, 0, 0, 1)
+    assert e.decide(0, 0, 0, r, c.F_TEMPLATE, 2)[:5] == (c.ADMIT, c.OK, 0, 1, 1)
+    assert e.decide(HOUR, 0, 0, r, c.F_TEMPLATE, 2)[:5] == (c.ADMIT, c.OK, 0, 0, 1)
     assert e.lookup(0, 0, r)[0] == HOUR
     # presence extends to the latest send + 24 h
     assert e.usage(0, DAY + HOUR - 1, 2)[0] == 1
@@ -181,14 +180,14 @@ def test_used_counts_a_repeat_once_and_moves_its_time() -> None:
 
 def test_limit_reached_answers_retry_at_the_end_of_the_oldest_bucket() -> None:
     e = _engine()
-    e.decide(30_000, 0, 0, POOL[0], c.F_TEMPLATE, 2, 1)
-    e.decide(90_000, 0, 0, POOL[1], c.F_TEMPLATE, 2, 2)
-    d = e.decide(100_000, 0, 0, POOL[2], c.F_TEMPLATE, 2, 3)
+    e.decide(30_000, 0, 0, POOL[0], c.F_TEMPLATE, 2)
+    e.decide(90_000, 0, 0, POOL[1], c.F_TEMPLATE, 2)
+    d = e.decide(100_000, 0, 0, POOL[2], c.F_TEMPLATE, 2)
     # oldest needed bucket is [0, 60 s): free once the whole bucket left the 24 h window
     assert d[:3] == (c.RETRY_LATER, c.MESSAGING_LIMIT, MIN + DAY)
-    assert e.decide(MIN + DAY - 1, 0, 0, POOL[2], c.F_TEMPLATE, 2, 4)[0] == c.RETRY_LATER
-    assert e.decide(MIN + DAY, 0, 0, POOL[2], c.F_TEMPLATE, 2, 5)[0] == c.ADMIT
-    assert e.decide(MIN + DAY, 0, 0, POOL[3], c.F_TEMPLATE, 0, 6)[:2] == (
+    assert e.decide(MIN + DAY - 1, 0, 0, POOL[2], c.F_TEMPLATE, 2)[0] == c.RETRY_LATER
+    assert e.decide(MIN + DAY, 0, 0, POOL[2], c.F_TEMPLATE, 2)[0] == c.ADMIT
+    assert e.decide(MIN + DAY, 0, 0, POOL[3], c.F_TEMPLATE, 0)[:2] == (
         c.REJECT,
         c.MESSAGING_LIMIT,
     )
@@ -197,15 +196,15 @@ def test_limit_reached_answers_retry_at_the_end_of_the_oldest_bucket() -> None:
 def test_release_gives_back_only_an_unrelied_slot_once() -> None:
     e = _engine()
     r = POOL[0]
-    d1 = e.decide(1_000, 0, 0, r, c.F_TEMPLATE, 5, 11)
+    d1 = e.decide(1_000, 0, 0, r, c.F_TEMPLATE, 5)
     assert e.usage(0, 1_000, 5)[0] == 1
-    assert e.release(0, r, 99, d1[5]) is False  # unknown ticket
-    assert e.release(0, r, 11, d1[5]) is True
-    assert e.release(0, r, 11, d1[5]) is False  # twice changes nothing
+    assert e.release(0, r, 99, d1[5]) is False  # unknown slot
+    assert e.release(0, r, d1[6], d1[5]) is True
+    assert e.release(0, r, d1[6], d1[5]) is False  # twice changes nothing
     assert e.usage(0, 1_000, 5)[:1] == (0,)
     assert e.lookup(0, 0, r)[0] == NEVER
-    d2 = e.decide(2_000, 0, 0, r, c.F_TEMPLATE, 5, 12)
-    d3 = e.decide(3_000, 0, 0, r, c.F_TEMPLATE, 5, 13)  # relies on ticket 12's slot
-    assert (d2[3], d3[3]) == (1, 0)
-    assert e.release(0, r, 12, d2[5]) is False
+    d2 = e.decide(2_000, 0, 0, r, c.F_TEMPLATE, 5)
+    d3 = e.decide(3_000, 0, 0, r, c.F_TEMPLATE, 5)  # relies on d2's slot
+    assert (d2[3], d3[3], d3[6]) == (1, 0, 0)
+    assert e.release(0, r, d2[6], d2[5]) is False
     assert e.usage(0, 3_000, 5)[0] == 1

@@ -60,9 +60,9 @@ def test_reclaim_drops_expired_entries_and_keeps_answers() -> None:
     keys = [c.recipient_key(str(4_915_100_000_000 + i)) for i in range(300)]
     for e in (kept, swept):
         for i, k in enumerate(keys):
-            e.decide(i, 0, 0, k, c.F_TEMPLATE | (c.F_MARKETING if i % 2 else 0), 1_000, i + 1)
+            e.decide(i, 0, 0, k, c.F_TEMPLATE | (c.F_MARKETING if i % 2 else 0), 1_000)
         e.set_opt_out(0, keys[0], True)
-        e.decide(3 * DAY, 0, 0, keys[1], c.F_TEMPLATE, 1_000, 9_999)  # stays live
+        e.decide(3 * DAY, 0, 0, keys[1], c.F_TEMPLATE, 1_000)  # stays live
     before = swept.entries()
     # number entries hold only pair-rate TATs here, all passed: every one goes;
     # no scope entry is older than the horizon yet
@@ -77,8 +77,8 @@ def test_reclaim_drops_expired_entries_and_keeps_answers() -> None:
     assert swept.lookup(0, 0, keys[1])[0] == 3 * DAY
     for i, k in enumerate(keys):
         flags = c.F_TEMPLATE | c.F_MARKETING
-        a = kept.decide(later + i, 0, 0, k, flags, 1_000, 20_000 + i)
-        b = swept.decide(later + i, 0, 0, k, flags, 1_000, 20_000 + i)
+        a = kept.decide(later + i, 0, 0, k, flags, 1_000)
+        b = swept.decide(later + i, 0, 0, k, flags, 1_000)
         assert a[:5] == b[:5]
     assert kept.usage(0, later + 400, 1_000) == swept.usage(0, later + 400, 1_000)
 
@@ -99,7 +99,7 @@ def test_number_entries_go_once_they_can_change_no_decision() -> None:
             elif i % 4 == 1:
                 e.open_window(0, k, NEVER, 601_000 + 60_000 * i)
             else:
-                e.decide(1_000 + 60_000 * i, 0, 0, k, c.F_TEMPLATE, c.UNLIMITED, i + 1)
+                e.decide(1_000 + 60_000 * i, 0, 0, k, c.F_TEMPLATE, c.UNLIMITED)
     removed = swept.reclaim(0)  # (clamped to the scope's clock)
     now = swept.scope_now(0)
     assert 0 < removed < len(keys) and swept.entries() == kept.entries() - removed
@@ -112,8 +112,8 @@ def test_number_entries_go_once_they_can_change_no_decision() -> None:
     for i, k in enumerate(keys):
         for flags in (c.F_FEP_FREE_FORM, 0, c.F_TEMPLATE):
             t = now + i
-            assert kept.decide(t, 0, 0, k, flags, c.UNLIMITED, 99) == swept.decide(
-                t, 0, 0, k, flags, c.UNLIMITED, 99
+            assert kept.decide(t, 0, 0, k, flags, c.UNLIMITED) == swept.decide(
+                t, 0, 0, k, flags, c.UNLIMITED
             )
 
 
@@ -135,7 +135,7 @@ def test_keys_of_1_to_15_digits_are_exact(digits: str) -> None:
     key = c.recipient_key(digits)
     assert c.recipient_digits(key) == digits.lstrip("+")
     e = _engine()
-    assert e.decide(0, 0, 0, key, c.F_TEMPLATE, 10, 1)[3] == 1
+    assert e.decide(0, 0, 0, key, c.F_TEMPLATE, 10)[3] == 1
     assert e.lookup(0, 0, key)[0] == 0
 
 
@@ -143,8 +143,8 @@ def test_leading_zero_keys_are_distinct_recipients() -> None:
     keys = [c.recipient_key(d) for d in ("1", "01", "001", "0001", "10", "100")]
     assert len(set(keys)) == len(keys)
     e = _engine()
-    for i, k in enumerate(keys):
-        assert e.decide(0, 0, 0, k, c.F_TEMPLATE, 10, i + 1)[3] == 1
+    for k in keys:
+        assert e.decide(0, 0, 0, k, c.F_TEMPLATE, 10)[3] == 1
     assert e.usage(0, 0, 10)[0] == len(keys)
 
 
@@ -162,7 +162,7 @@ def _busy_engine(cls: type[PyEngine] | type[Engine] = Engine) -> PyEngine | Engi
     e.add_number(1)
     for i in range(400):
         k = 1 + (i * 37) % 90
-        e.decide(i * 250, i % 2, i % 2, k, c.F_TEMPLATE | (i % 3 == 0) * c.F_MARKETING, 40, i + 1)
+        e.decide(i * 250, i % 2, i % 2, k, c.F_TEMPLATE | (i % 3 == 0) * c.F_MARKETING, 40)
         if i % 7 == 0:
             e.open_window(i % 2, k + 1, i * 250 + 30_000, i * 250 + 90_000)
         if i % 11 == 0:
@@ -178,7 +178,7 @@ def test_snapshot_round_trip_gives_identical_state_and_answers() -> None:
     assert r.snapshot() == data
     assert r.entries() == e.entries()
     for i in range(200):
-        args = (100_000 + i * 97, i % 2, i % 2, 1 + i % 95, c.F_TEMPLATE, 40, 10_000 + i)
+        args = (100_000 + i * 97, i % 2, i % 2, 1 + i % 95, c.F_TEMPLATE, 40)
         assert r.decide(*args) == e.decide(*args)
     assert r.snapshot() == e.snapshot()
 
@@ -224,15 +224,15 @@ def test_damaged_snapshots_are_refused(mutate: object, message: str) -> None:
 def test_bad_indices_and_keys_are_refused() -> None:
     e = _engine()
     with pytest.raises(IndexError, match="scope"):
-        e.decide(0, 5, 0, 1, c.F_TEMPLATE, 1, 1)
+        e.decide(0, 5, 0, 1, c.F_TEMPLATE, 1)
     with pytest.raises(IndexError, match="scope"):
-        e.decide(0, -1, 0, 1, c.F_TEMPLATE, 1, 1)
+        e.decide(0, -1, 0, 1, c.F_TEMPLATE, 1)
     with pytest.raises(IndexError, match="number"):
-        e.decide(0, 0, 3, 1, c.F_TEMPLATE, 1, 1)
+        e.decide(0, 0, 3, 1, c.F_TEMPLATE, 1)
     with pytest.raises(ValueError, match="recipient"):
-        e.decide(0, 0, 0, 0, c.F_TEMPLATE, 1, 1)
+        e.decide(0, 0, 0, 0, c.F_TEMPLATE, 1)
     with pytest.raises(ValueError, match="now"):
-        e.decide(1 << 60, 0, 0, 1, c.F_TEMPLATE, 1, 1)
+        e.decide(1 << 60, 0, 0, 1, c.F_TEMPLATE, 1)
     with pytest.raises(ValueError, match="freq_cap"):
         e.add_scope(5, 0)
     with pytest.raises(ValueError, match="burst"):
@@ -251,16 +251,16 @@ def test_a_bad_batch_item_decides_nothing() -> None:
     with pytest.raises(ValueError, match="batch item 3"):
         e.decide_batch(b)
     b = _batch(0, 100, 10)
-    b.ticket.pop()
-    with pytest.raises(ValueError, match="ticket"):
+    b.limit.pop()
+    with pytest.raises(ValueError, match="limit"):
         e.decide_batch(b)
     assert e.entries() == 0
 
 
-def test_release_ignores_a_prev_counted_after_the_ticket() -> None:
+def test_release_ignores_a_prev_counted_after_the_slot() -> None:
     e = _engine()
-    d = e.decide(1_000, 0, 0, 42, c.F_TEMPLATE, 10, 7)
-    assert e.release(0, 42, 7, 5_000) is False
+    d = e.decide(1_000, 0, 0, 42, c.F_TEMPLATE, 10)
+    assert e.release(0, 42, d[6], 5_000) is False
     assert e.usage(0, 1_000, 10)[0] == 1
-    assert e.release(0, 42, 7, d[5]) is True
+    assert e.release(0, 42, d[6], d[5]) is True
     assert e.usage(0, 1_000, 10)[0] == 0

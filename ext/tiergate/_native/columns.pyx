@@ -298,6 +298,7 @@ def finish(batch,
     cdef const signed char[::1] b_cnt = batch.counted
     cdef const long long[::1] b_used = batch.used
     cdef const long long[::1] b_prev = batch.prev_counted
+    cdef const long long[::1] b_slot = batch.slot
     cdef const long long[::1] b_now = batch.now
     cdef const int[::1] b_number = batch.number
     cdef const unsigned long long[::1] b_rkey = batch.recipient
@@ -353,6 +354,8 @@ def finish(batch,
                 pos = put_hex(buf, pos + 1, rkey)
                 buf[pos] = 46
                 pos = put_hex(buf, pos + 1, <uint64_t>b_prev[j] - <uint64_t>NEVER)
+                buf[pos] = 46
+                pos = put_hex(buf, pos + 1, <uint64_t>b_slot[j])
                 tickets[i] = PyUnicode_DecodeASCII(buf, pos, NULL)
                 if journal_on:
                     pos = BATCH_HEAD_SIZE + n_admits * ROW_SIZE

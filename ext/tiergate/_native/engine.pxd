@@ -36,7 +36,7 @@ cdef enum:
     # Number tables start nominally larger: their entries expire within
     # seconds to days, and a small table would reclaim every few inserts
     NUMBER_INITIAL_CAPACITY = 4096
-    SNAPSHOT_VERSION = 1
+    SNAPSHOT_VERSION = 2
 
 # Counts of last-counted times by bucket over a rolling window; bucket b
 # lives at counts[b mod n]; buckets below lo are gone.
@@ -55,12 +55,16 @@ cdef struct Ring:
     int64_t cur_i
     int64_t first       # every bucket from lo up to (not incl.) this one is empty
 
-# Per limit scope and recipient (24 bytes). key 0 marks an empty slot; the
-# key word also carries the two flags below (recipient keys stay under 2**62).
+# Per limit scope and recipient (16 bytes: four to a cache line). key 0 marks
+# an empty slot; the key word also carries the two flags below (recipient
+# keys stay under 2**62). The slot word holds the last counted time and the
+# identity of the slot its latest counting admit created (see engine.pyx,
+# "slot words"): whether that admit created it and no later one relied on it
+# (SLOT_FRESH), and a generation that tells apart slots created at one
+# millisecond (one created, released and created again).
 cdef struct ScopeEntry:
     uint64_t key        # recipient | KEY_OPT_OUT | KEY_MARKETING
-    int64_t last_counted
-    uint64_t last_ticket
+    uint64_t slot       # last counted time (biased) | SLOT_FRESH | generation
 
 # Marketing send times of the recipients that got marketing (KEY_MARKETING
 # set on their scope entry), kept apart so that the others cost no room for
@@ -123,6 +127,7 @@ cdef struct Decision:
     int64_t retry_at
     int64_t used
     int64_t prev_counted
+    int64_t slot        # the slot this admit created (its stamp), else 0
     int decision
     int reason
     int counted
@@ -147,5 +152,4 @@ cdef class Engine:
     cdef Number *_number(self, Py_ssize_t number) except NULL
     cdef bint prefetching(self) noexcept nogil
     cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
-                        uint32_t flags, int64_t limit, uint64_t ticket,
-                        Decision *d) noexcept nogil
+                        uint32_t flags, int64_t limit, Decision *d) noexcept nogil

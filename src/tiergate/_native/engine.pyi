@@ -5,7 +5,7 @@ Same API and answers as :class:`tiergate.engine.reference.Engine`.
 
 from tiergate.engine.batch import DecisionBatch
 
-_Decision = tuple[int, int, int, int, int, int]
+_Decision = tuple[int, int, int, int, int, int, int]
 
 class Engine:
     @property
@@ -44,10 +44,10 @@ class Engine:
         pair_burst: int,
     ) -> None: ...
     def decide(
-        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int
+        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int
     ) -> _Decision: ...
     def decide_batch(self, batch: DecisionBatch) -> None: ...
-    def release(self, scope: int, recipient: int, ticket: int, prev_counted: int) -> bool: ...
+    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool: ...
     def open_window(
         self, number: int, recipient: int, window_until: int, fep_until: int
     ) -> None: ...

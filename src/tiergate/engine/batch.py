@@ -24,6 +24,7 @@ class DecisionBatch:
         "recipient",
         "retry_at",
         "scope",
+        "slot",
         "ticket",
         "used",
     )
@@ -36,7 +37,9 @@ class DecisionBatch:
         self.recipient = array("Q")  # recipient key (constants.recipient_key)
         self.flags = array("I")  # constants.F_*
         self.limit = array("q")  # effective unique-recipient limit for this message
-        self.ticket = array("Q")  # ticket id to stamp on a consumed slot (non-zero)
+        # the policy layer's ticket id of each admit (its journal records and
+        # ticket strings carry it; the engines do not read it)
+        self.ticket = array("Q")
         # outputs (resized by the engine to len(now))
         self.decision = array("b")
         self.reason = array("b")
@@ -44,6 +47,7 @@ class DecisionBatch:
         self.counted = array("b")  # 1 when this admit used a new unique-recipient slot
         self.used = array("q")  # unique recipients counted in the scope's 24 h after this item
         self.prev_counted = array("q")  # recipient's last counted time before this admit
+        self.slot = array("q")  # stamp of the slot this admit created (release names it), else 0
 
     def add(
         self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int
@@ -80,6 +84,8 @@ class DecisionBatch:
             self.used = _ZERO_Q * n
         if len(self.prev_counted) != n:
             self.prev_counted = _ZERO_Q * n
+        if len(self.slot) != n:
+            self.slot = _ZERO_Q * n
         return n
 
 

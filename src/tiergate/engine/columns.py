@@ -326,7 +326,7 @@ def finish(
     and how many rows ``counted_rows`` holds.
     """
     b_dec, b_rsn, b_retry = batch.decision, batch.reason, batch.retry_at
-    b_cnt, b_used, b_prev = batch.counted, batch.used, batch.prev_counted
+    b_cnt, b_used, b_prev, b_slot = batch.counted, batch.used, batch.prev_counted, batch.slot
     b_now, b_number, b_rkey = batch.now, batch.number, batch.recipient
     b_flags, b_limit, b_ticket = batch.flags, batch.limit, batch.ticket
     pack = BATCH_ROW.pack
@@ -355,7 +355,7 @@ def finish(
                 last_tid = tid
                 number = b_number[j]
                 rkey = b_rkey[j]
-                tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}"
+                tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}.{b_slot[j]:x}"
                 if journal is not None:
                     kb = keys[i].encode() if keys else b""
                     journal_rows.append(pack(b_now[j], number, rkey, flags, tid, limit, len(kb)))

@@ -32,7 +32,7 @@ Semantics (DESIGN.md §5):
 * Snapshots (:meth:`Engine.snapshot`) are little-endian fixed-width records,
   byte-identical between the two engines; either restores the other's.
 
-Snapshot format, version 1 (all integers little-endian; ``q`` signed and
+Snapshot format, version 2 (all integers little-endian; ``q`` signed and
 ``Q`` unsigned 64-bit, ``I`` unsigned 32-bit, ``B`` one byte):
 
 * header ``<8sIIqqqqII``: magic ``TGENGINE``, format version, reserved 0,
@@ -41,8 +41,9 @@ Snapshot format, version 1 (all integers little-endian; ``q`` signed and
   then three rings (24 h, 7 d unique, 7 d slots), each ``<qqq`` (buckets n,
   oldest live bucket, total) and n ``q`` counts, bucket ``b`` at ``b mod n``;
   then the table ``<QQ`` (capacity, entries) and its entries sorted by key,
-  each ``<QqQqqqqB``: key, last_counted, last_ticket, 4 marketing times,
-  opt-out;
+  each ``<QqQqqqqB``: key, last_counted, slot state (bit 11: fresh; bits
+  0 .. 10: generation; version 1 held the creating ticket id here, read as
+  state 0), 4 marketing times, opt-out;
 * per number ``<Iqqqqqq``: scope, clock, throughput TAT (µs), throughput
   interval and tolerance (µs), pair interval and tolerance (ms); then its
   table ``<QQ`` and entries sorted by key, each ``<Qqqq``: key,
@@ -108,10 +109,15 @@ MAX_CAPACITY = 1 << 40
 
 #: Snapshot header: magic, then the format version this engine writes.
 SNAPSHOT_MAGIC = b"TGENGINE"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
-Decision = tuple[int, int, int, int, int, int]
-"""(decision, reason, retry_at_ms, counted, used, prev_counted)"""
+#: Slot stamps and states: an admit that creates a slot answers the stamp
+#: ``((now + MAX_TIME) << 11) | gen``; a release must name it.
+SLOT_GEN_MAX = (1 << 11) - 1
+SLOT_FRESH = 1 << 11
+
+Decision = tuple[int, int, int, int, int, int, int]
+"""(decision, reason, retry_at_ms, counted, used, prev_counted, slot)"""
 
 _U64 = (1 << 64) - 1
 #: Largest recipient key: the range constants.recipient_key packs E.164 numbers
@@ -206,11 +212,17 @@ class Ring:
 
 
 class ScopeEntry:
-    __slots__ = ("last_counted", "last_ticket", "marketing", "opt_out")
+    """One recipient in a limit scope. ``fresh``: its latest counting admit
+    created the slot and no later admit relied on it; ``gen``: the generation
+    of the latest slot created (1 .. 2 047, then 1 again; 0 before the
+    first), which tells apart slots created within one millisecond."""
+
+    __slots__ = ("fresh", "gen", "last_counted", "marketing", "opt_out")
 
     def __init__(self) -> None:
         self.last_counted = NEVER
-        self.last_ticket = 0
+        self.fresh = False
+        self.gen = 0
         self.opt_out = False
         self.marketing = [NEVER] * MARKETING_HISTORY
 
@@ -427,7 +439,7 @@ class Engine:
     # -- decisions -----------------------------------------------------------
 
     def decide(
-        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int
+        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int
     ) -> Decision:
         s = self._scope(scope)
         num = self._number(number)
@@ -437,12 +449,10 @@ class Engine:
             raise ValueError(f"flags must be a 32-bit unsigned value, got {flags}")
         if not -(1 << 63) <= limit < 1 << 63:
             raise ValueError(f"limit must be a signed 64-bit value, got {limit}")
-        if not 0 <= ticket <= _U64:
-            raise ValueError(f"ticket must be an unsigned 64-bit value, got {ticket}")
-        return self._decide(now, s, num, recipient, flags, limit, ticket)
+        return self._decide(now, s, num, recipient, flags, limit)
 
     def _decide(
-        self, now: int, s: Scope, num: Number, recipient: int, flags: int, limit: int, ticket: int
+        self, now: int, s: Scope, num: Number, recipient: int, flags: int, limit: int
     ) -> Decision:
         now = s.clamp(now)
         if now > num.clock:
@@ -466,19 +476,19 @@ class Engine:
         if not force:
             # 4. free-form needs an open customer service window
             if not template and not (in_window or (in_fep and flags & F_FEP_FREE_FORM)):
-                return (REJECT, OUTSIDE_WINDOW, 0, 0, ring.total, last)
+                return (REJECT, OUTSIDE_WINDOW, 0, 0, ring.total, last, 0)
             # 5. opted-out recipients get no marketing
             if marketing and se is not None and se.opt_out:
-                return (REJECT, RECIPIENT_OPTED_OUT, 0, 0, ring.total, last)
+                return (REJECT, RECIPIENT_OPTED_OUT, 0, 0, ring.total, last, 0)
             # 6. messaging limit (business-initiated messages only)
             if counting:
                 if flags & F_RESTRICTED:
-                    return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last)
+                    return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
                 if needs_slot and ring.total >= limit:
                     if limit <= 0:
-                        return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last)
+                        return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last, 0)
                     retry = ring.next_free(limit, now)
-                    return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last)
+                    return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last, 0)
             # 7. protective rules
             if marketing:
                 if s.freq_cap > 0 and se is not None:
@@ -486,23 +496,24 @@ class Engine:
                     recent = sorted(t for t in se.marketing if t > horizon)
                     if len(recent) >= s.freq_cap:
                         retry = recent[len(recent) - s.freq_cap] + s.freq_window
-                        return (RETRY_LATER, MARKETING_FREQUENCY, retry, 0, ring.total, last)
+                        return (RETRY_LATER, MARKETING_FREQUENCY, retry, 0, ring.total, last, 0)
                 if flags & F_QUALITY_BLOCK:
-                    return (REJECT, QUALITY_PROTECTION, 0, 0, ring.total, last)
+                    return (REJECT, QUALITY_PROTECTION, 0, 0, ring.total, last, 0)
             # 8. sender throughput (GCRA, microseconds)
             if tput_tat - num.tput_tolerance > now_us:
                 retry = _ceil_div(tput_tat - num.tput_tolerance, 1000)
-                return (RETRY_LATER, THROUGHPUT, retry, 0, ring.total, last)
+                return (RETRY_LATER, THROUGHPUT, retry, 0, ring.total, last, 0)
             # 9. pair rate (GCRA, milliseconds)
             if pair_tat - num.pair_tolerance > now:
                 retry = pair_tat - num.pair_tolerance
-                return (RETRY_LATER, PAIR_RATE, retry, 0, ring.total, last)
+                return (RETRY_LATER, PAIR_RATE, retry, 0, ring.total, last, 0)
 
         counted = 1 if needs_slot else 0
         if flags & F_DRY_RUN:
-            return (ADMIT, OK, 0, counted, ring.total + counted, last)
+            return (ADMIT, OK, 0, counted, ring.total + counted, last, 0)
 
         # every check passed: consume
+        slot = 0
         if counting:
             if se is None:
                 se = s.insert(recipient)
@@ -512,9 +523,11 @@ class Engine:
             se.last_counted = now
             if needs_slot:
                 s.slots7.add(now)
-                se.last_ticket = ticket
+                se.gen = se.gen + 1 if se.gen < SLOT_GEN_MAX else 1
+                se.fresh = True
+                slot = ((now + MAX_TIME) << 11) | se.gen
             else:
-                se.last_ticket = 0  # this admit relies on the earlier slot
+                se.fresh = False  # this admit relies on the earlier slot
         if marketing:
             if se is None:
                 se = s.insert(recipient)
@@ -524,7 +537,7 @@ class Engine:
         if ne is None:
             ne = num.insert(recipient, self._number_cut(num))
         ne.pair_tat = pair_tat + num.pair_interval
-        return (ADMIT, OK, 0, counted, ring.total, last)
+        return (ADMIT, OK, 0, counted, ring.total, last, slot)
 
     def decide_batch(self, batch: DecisionBatch) -> None:
         """Decide every request of ``batch`` in order; fills its output columns.
@@ -533,7 +546,7 @@ class Engine:
         item), so a bad item decides nothing.
         """
         n = len(batch.now)
-        for col in ("scope", "number", "recipient", "flags", "limit", "ticket"):
+        for col in ("scope", "number", "recipient", "flags", "limit"):
             if len(getattr(batch, col)) != n:
                 raise ValueError(
                     f"batch column {col} has {len(getattr(batch, col))} items, not {n}"
@@ -559,7 +572,6 @@ class Engine:
                 batch.recipient[i],
                 batch.flags[i],
                 batch.limit[i],
-                batch.ticket[i],
             )
             batch.decision[i] = d[0]
             batch.reason[i] = d[1]
@@ -567,27 +579,31 @@ class Engine:
             batch.counted[i] = d[3]
             batch.used[i] = d[4]
             batch.prev_counted[i] = d[5]
+            batch.slot[i] = d[6]
 
     # -- feedback ------------------------------------------------------------
 
-    def release(self, scope: int, recipient: int, ticket: int, prev_counted: int) -> bool:
-        """Give back the slot ``ticket`` created, if no later admit relied on it.
+    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool:
+        """Give back the slot an admit created (``slot``: its decision's ``slot``
+        stamp), if no later admit relied on it.
 
         ``prev_counted`` is the decision's ``prev_counted``: never later than
-        the time the ticket's admit counted the recipient. Tickets come back
-        from gateways, so one that cannot be a ticket this engine issued (a
-        key, id or time out of range, or a ``prev_counted`` after the slot)
-        releases nothing and returns False, like an unknown ticket.
+        the time the admit counted the recipient. Stamps come back from
+        gateways inside tickets, so one that cannot be a stamp this engine
+        gave (a key, stamp or time out of range, or a ``prev_counted`` after
+        the slot) releases nothing and returns False, like an unknown one.
         """
         s = self._scope(scope)
-        if not (0 < recipient <= _U64 and 0 < ticket <= _U64):
+        if not (0 < recipient <= _U64 and 0 < slot <= _U64):
             return False
         if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
             return False
-        se = s.table.get(recipient)
-        if se is None or se.last_ticket != ticket:
+        gen, t = slot & SLOT_GEN_MAX, (slot >> 11) - MAX_TIME
+        if gen == 0 or t > MAX_TIME:
             return False
-        t = se.last_counted
+        se = s.table.get(recipient)
+        if se is None or not se.fresh or se.gen != gen or se.last_counted != t:
+            return False
         if prev_counted > t:
             return False
         for r in (s.ring24, s.ring7):
@@ -595,7 +611,7 @@ class Engine:
             r.add(prev_counted)
         s.slots7.remove(t)
         se.last_counted = prev_counted
-        se.last_ticket = 0
+        se.fresh = False
         return True
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
@@ -718,7 +734,8 @@ class Engine:
             pack = _SCOPE_ENTRY.pack
             for key in sorted(s.table):
                 e = s.table[key]
-                out.append(pack(key, e.last_counted, e.last_ticket, *e.marketing, e.opt_out))
+                state = (SLOT_FRESH if e.fresh else 0) | e.gen
+                out.append(pack(key, e.last_counted, state, *e.marketing, e.opt_out))
         for num in self.numbers:
             out.append(
                 _NUMBER.pack(
@@ -769,9 +786,17 @@ class Engine:
                     raise ValueError("engine snapshot is corrupt: ring total does not match")
                 ring.lo, ring.total, ring.counts = lo, total, counts
             s.capacity, count = _take_table(r)
-            for key, last, tk, *rest in _take_entries(r, _SCOPE_ENTRY, count):
+            for key, last, state, *rest in _take_entries(r, _SCOPE_ENTRY, count):
+                # format 1 kept the ticket id that created the slot: such
+                # tickets name no slot stamp, so their slots restore as not
+                # releasable
+                state = state if version >= 2 else 0
+                _check_snapshot_time(last)
+                if state > SLOT_FRESH | SLOT_GEN_MAX:
+                    raise ValueError("engine snapshot is corrupt: slot state out of range")
                 e = ScopeEntry()
-                e.last_counted, e.last_ticket = last, tk
+                e.last_counted = last
+                e.fresh, e.gen = bool(state & SLOT_FRESH), state & SLOT_GEN_MAX
                 e.marketing = list(rest[:MARKETING_HISTORY])
                 e.opt_out = bool(rest[MARKETING_HISTORY])
                 s.table[key] = e

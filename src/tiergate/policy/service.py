@@ -312,21 +312,28 @@ def admit_record(rows: Sequence[bytes], keys: Sequence[bytes]) -> bytes:
     return _BATCH_HEAD.pack(_TAG_BATCH, _BATCH_VERSION, len(rows)) + b"".join(rows) + b"".join(keys)
 
 
-def _encode_ticket(tid: int, number: int, rkey: int, prev: int) -> str:
-    return f"{tid:x}.{number:x}.{rkey:x}.{prev - NEVER:x}"
+def _encode_ticket(tid: int, number: int, rkey: int, prev: int, slot: int) -> str:
+    return f"{tid:x}.{number:x}.{rkey:x}.{prev - NEVER:x}.{slot:x}"
 
 
-def _decode_ticket(ticket: str) -> tuple[int, int, int, int] | None:
+def _decode_ticket(ticket: str) -> tuple[int, int, int, int, int] | None:
+    """(ticket id, number, recipient key, prev_counted, slot stamp) of a ticket.
+
+    Tickets of tiergate before slot stamps have four parts; they decode with
+    stamp 0, which releases nothing (their slots stay counted: the safe side).
+    """
     parts = ticket.split(".")
-    if len(parts) != 4:
+    if len(parts) == 4:
+        parts.append("0")
+    if len(parts) != 5:
         return None
     try:
-        tid, number, rkey, prev = (int(p, 16) for p in parts)
+        tid, number, rkey, prev, slot = (int(p, 16) for p in parts)
     except ValueError:
         return None
-    if tid <= 0 or number < 0 or rkey <= 0 or prev < 0:
+    if tid <= 0 or number < 0 or rkey <= 0 or prev < 0 or slot < 0:
         return None
-    return tid, number, rkey, prev + NEVER
+    return tid, number, rkey, prev + NEVER, slot
 
 
 def _category_limits(profile: Profile, base: int) -> list[int]:
@@ -478,8 +485,8 @@ class AdmissionService:
             tid = 0
         else:
             tid = self._ticket + 1
-        d, rsn, retry, counted, used, prev = self.engine.decide(
-            now, scope.index, sender.number, rkey, flags, limit, tid
+        d, rsn, retry, counted, used, prev, slot = self.engine.decide(
+            now, scope.index, sender.number, rkey, flags, limit
         )
         if d != ADMIT:
             res = self._refusal(sender, d, rsn, retry, limit, used, eco_end)
@@ -495,7 +502,7 @@ class AdmissionService:
             ADMIT,
             OK,
             0,
-            _encode_ticket(tid, sender.number, rkey, prev),
+            _encode_ticket(tid, sender.number, rkey, prev, slot),
             counted == 1,
             limit,
             used,
@@ -784,7 +791,7 @@ class AdmissionService:
         batch = self._batch
         self.engine.decide_batch(batch)
         dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
-        counted, used, prev = batch.counted, batch.used, batch.prev_counted
+        counted, used, prev, b_slot = batch.counted, batch.used, batch.prev_counted, batch.slot
         b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
         pack = _BATCH_ROW.pack
         journal_rows: list[bytes] = []
@@ -820,7 +827,7 @@ class AdmissionService:
                         ADMIT,
                         OK,
                         0,
-                        _encode_ticket(tid, sender.number, rkey, prev[j]),
+                        _encode_ticket(tid, sender.number, rkey, prev[j], b_slot[j]),
                         counted[j] == 1,
                         b_limit[j],
                         used[j],
@@ -1190,7 +1197,7 @@ class AdmissionService:
         dedupe = f"st:{e.message_id}" if e.message_id else ""
         if dedupe and dedupe in self._seen:
             return ApplyResult(False, f"message {e.message_id} already applied"), False
-        decoded: tuple[int, int, int, int] | None = None
+        decoded: tuple[int, int, int, int, int] | None = None
         sender: Sender | None = None
         ticket = self._ticket_of(e)
         linked = False
@@ -1219,8 +1226,8 @@ class AdmissionService:
         done: list[str] = []
         scope = sender.scope.index
         if decoded is not None and code not in self.profile.keep_slot_codes:
-            tid, _, _, prev = decoded
-            if self.engine.release(scope, rkey, tid, prev):
+            _, _, _, prev, slot = decoded
+            if self.engine.release(scope, rkey, slot, prev):
                 done.append("slot released")
         if code == 130429:
             self.engine.slow_throughput(sender.number, now, self.profile.throughput_backoff_ms)
@@ -1794,8 +1801,8 @@ class AdmissionService:
         scope = s.scope
         if now > scope.last_now:
             scope.last_now = now
-        _, _, _, counted, used, prev = self.engine.decide(
-            now, scope.index, number, rkey, flags | F_FORCE, limit, tid
+        _, _, _, counted, used, prev, slot = self.engine.decide(
+            now, scope.index, number, rkey, flags | F_FORCE, limit
         )
         self._ticket = max(self._ticket, tid)
         s.counts[OK] += 1
@@ -1804,7 +1811,7 @@ class AdmissionService:
                 ADMIT,
                 OK,
                 0,
-                _encode_ticket(tid, number, rkey, prev),
+                _encode_ticket(tid, number, rkey, prev, slot),
                 counted == 1,
                 limit,
                 used,
