@@ -221,6 +221,64 @@ def test_damaged_snapshots_are_refused(mutate: object, message: str) -> None:
         Engine.restore(mutate(data))  # type: ignore[operator]
 
 
+def _one_slot_snapshot(cls: type[PyEngine] | type[Engine]) -> tuple[bytearray, int, tuple]:
+    """A snapshot of one recipient's fresh slot, the offset of its scope entry, and
+    the decision that created it."""
+    e = cls(1_000, 60_000, 10_000, 300_000)
+    e.add_scope()
+    e.add_number(0)
+    d = e.decide(5_000, 0, 0, 42, c.F_TEMPLATE, 10)
+    data = bytearray(e.snapshot())
+    # header, scope record, rings of 62, 32 and 32 buckets, table header
+    at = 56 + 24 + (24 + 8 * 62) + 2 * (24 + 8 * 32) + 16
+    assert struct.unpack_from("<QqQ", data, at) == (42, 5_000, (1 << 11) | 1)
+    return data, at, d
+
+
+@pytest.mark.parametrize("writer", [Engine, PyEngine])
+def test_format_1_snapshots_keep_their_counts_and_release_nothing(
+    writer: type[PyEngine] | type[Engine],
+) -> None:
+    """Format 1 held the creating ticket id where format 2 holds the slot state:
+    its counts and times restore, and since its four-part tickets name no slot
+    stamp, nothing restored from it is releasable (the slot stays counted)."""
+    data, at, d = _one_slot_snapshot(writer)
+    struct.pack_into("<I", data, 8, 1)
+    struct.pack_into("<Q", data, at + 16, 77)  # a format-1 ticket id
+    snaps = []
+    for cls in (Engine, PyEngine):
+        r = cls.restore(bytes(data))
+        assert r.lookup(0, 0, 42)[0] == 5_000
+        assert r.usage(0, 5_000, 10)[0] == 1
+        assert r.release(0, 42, d[6], d[5]) is False
+        assert r.release(0, 42, 77, d[5]) is False
+        assert r.decide(6_000, 0, 0, 42, c.F_TEMPLATE, 10)[3] == 0  # still counted
+        later = r.decide(6_000 + 60_000, 0, 0, 42, c.F_TEMPLATE, 10)  # past the window
+        assert later[3] == 1 and later[6] & 2047 == 1
+        assert r.release(0, 42, later[6], later[5]) is True
+        snaps.append(r.snapshot())
+    assert snaps[0] == snaps[1]
+
+
+@pytest.mark.parametrize("cls", [Engine, PyEngine])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (16, 1 << 12, "slot state out of range"),
+        (8, (1 << 50) + 1, "time out of range"),
+        (8, -(1 << 63), "time out of range"),
+    ],
+)
+def test_snapshot_scope_entries_out_of_range_are_refused(
+    cls: type[PyEngine] | type[Engine], field: int, value: int, message: str
+) -> None:
+    data, at, _ = _one_slot_snapshot(cls)
+    struct.pack_into("<q" if value < 0 else "<Q", data, at + field, value)
+    for reader in (Engine, PyEngine):
+        with pytest.raises(ValueError, match=message):
+            reader.restore(bytes(data))
+
+
 def test_bad_indices_and_keys_are_refused() -> None:
     e = _engine()
     with pytest.raises(IndexError, match="scope"):

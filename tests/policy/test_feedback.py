@@ -39,6 +39,26 @@ def test_release_unknown_or_malformed_ticket_changes_nothing() -> None:
     assert svc.sender_state("s1", T0 + S).used_24h == 3
 
 
+def test_a_ticket_names_its_slot_and_a_four_part_one_releases_nothing() -> None:
+    """Tickets carry the slot stamp the engine answered (a fifth part). Tickets from
+    before stamps have four parts: their FAILED still counts as feedback, but
+    releases nothing, so their slot stays counted (the safe side)."""
+    svc = service()
+    add_sender(svc)
+    first, second = send_unique(svc, "s1", T0, 2)
+    parts = first.ticket.split(".")
+    assert len(parts) == 5 and int(parts[4], 16) != 0
+    old = ".".join(parts[:4])
+    res = svc.apply(ev.SendResult(FAILED, ticket=old, meta_error_code=131026), T0 + S)
+    assert not res.applied and "nothing to release" in res.detail
+    assert svc.sender_state("s1", T0 + S).used_24h == 2
+    res = svc.apply(ev.SendResult(FAILED, ticket=second.ticket, meta_error_code=131026), T0 + S)
+    assert res.applied and "released" in res.detail
+    assert svc.sender_state("s1", T0 + S).used_24h == 1
+    repeat = admit(svc, "s1", rcpt(0), T0 + 2 * S)  # already counted: no slot of its own
+    assert repeat.counted is False and repeat.ticket.split(".")[4] == "0"
+
+
 def test_release_not_when_a_later_admit_relied_on_the_slot() -> None:
     svc = service()
     add_sender(svc)
