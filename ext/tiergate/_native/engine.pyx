@@ -190,26 +190,8 @@ cdef inline uint64_t mix(uint64_t key) noexcept nogil:
     return key ^ (key >> 31)
 
 
-cdef inline bint grouped(uint64_t capacity, uint64_t entry_size) noexcept nogil:
-    # Big scope tables put home slots at the first of a group of four: a group
-    # is one cache line (16-byte entries, big tables page-aligned), so an entry
-    # and those displaced into its group come in one line fetch. At 10 M
-    # tracked recipients against homes anywhere (2-core Xeon, KVM, alternating
-    # turns): 2.18x the 1 000-recipient figure -> 1.90x. Small tables stay in
-    # the caches, where groups only lengthen probes (1 000 recipients: 41.2 ns
-    # a decision against 48.2 with every table grouped); number tables'
-    # entries are two lines a group.
-    return entry_size == sizeof(ScopeEntry) and capacity >= SMALL_SLOTS
-
-
-cdef inline uint64_t home_of(uint64_t mixed, uint64_t capacity, bint group) noexcept nogil:
-    if group:
-        return 4 * tg_scale(mixed, capacity >> 2)
-    return tg_scale(mixed, capacity)
-
-
-cdef inline uint64_t home(uint64_t key, uint64_t capacity, bint group) noexcept nogil:
-    return home_of(mix(key), capacity, group)
+cdef inline uint64_t home(uint64_t key, uint64_t capacity) noexcept nogil:
+    return tg_scale(mix(key), capacity)
 
 
 # -- slot words --------------------------------------------------------------
@@ -368,15 +350,14 @@ ctypedef fused Table:
     NumberTable
 
 
-cdef inline uint64_t distance(uint64_t word, uint64_t i, uint64_t capacity,
-                              bint group) noexcept nogil:
+cdef inline uint64_t distance(uint64_t word, uint64_t i, uint64_t capacity) noexcept nogil:
     # How far the entry in slot i (key word `word`) is from its home slot;
     # probing wraps around.
     cdef uint64_t d = (word >> DIST_SHIFT) & DIST_MAX
     cdef uint64_t h
     if d < DIST_MAX:
         return d
-    h = home(word & KEY_MASK, capacity, group)
+    h = home(word & KEY_MASK, capacity)
     return i - h if i >= h else i + capacity - h
 
 
@@ -395,7 +376,7 @@ cdef inline TableEntry *entry_find_mixed(TableEntry *slots, uint64_t capacity,
     cdef uint64_t i, d = 0, w, sd
     if key == 0 or key > KEY_MASK:
         return NULL
-    i = home_of(mixed, capacity, grouped(capacity, sizeof(TableEntry)))
+    i = tg_scale(mixed, capacity)
     while True:
         w = slots[i].key
         if (w & KEY_MASK) == key:
@@ -419,14 +400,13 @@ cdef inline TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
     cdef TableEntry cur = e[0]
     cdef TableEntry tmp
     cdef TableEntry *landed = NULL
-    cdef bint group = grouped(capacity, sizeof(TableEntry))
-    cdef uint64_t i = home(cur.key & KEY_MASK, capacity, group), d = 0, di
+    cdef uint64_t i = home(cur.key & KEY_MASK, capacity), d = 0, di
     while True:
         if slots[i].key == 0:
             cur.key = with_distance(cur.key, d)
             slots[i] = cur
             return landed if landed != NULL else &slots[i]
-        di = distance(slots[i].key, i, capacity, group)
+        di = distance(slots[i].key, i, capacity)
         if di < d:
             cur.key = with_distance(cur.key, d)
             tmp = slots[i]
@@ -443,24 +423,23 @@ cdef inline TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
 
 cdef inline void prefetch_item(ScopeTable *st, NumberTable *nt, uint64_t key) noexcept nogil:
     # Start fetching what deciding for key will read, for an engine whose
-    # tables outgrow the CPU caches: the scope-table line of its home group
-    # and the two after it (twelve slots: at four fifths full nearly every
-    # entry sits within them; two lines instead: 1.99x against 1.90x at
-    # 10 M) and, unless its number table is small (a few hundred KB, its
-    # entries expiring within milliseconds to days), its number-table slot.
-    # Measured on a 2-core Xeon (KVM), 5 alternating runs of benchmarks/
+    # tables outgrow the CPU caches: the three scope-table lines from its home
+    # slot's (twelve 16-byte entries at least: at four fifths full nearly
+    # every entry sits within them; two lines were slower at 10 M) and,
+    # unless its number table is small (a few hundred KB, its entries
+    # expiring within milliseconds to days), its number-table slot.
+    # Measured on a 2-core Xeon (KVM), alternating runs of benchmarks/
     # engine.py's side-by-side at 10 M: the non-temporal hint and the skipped
-    # small-table line took 107.8 -> 103.6 ns a decision (ratio to 1 000
-    # recipients 2.20x -> 1.94x); 20 senders' small tables together (the
-    # peers workload, 6 alternating runs) 73.7 and 72.4 ns, the same.
+    # small-table line took 107.8 -> 103.6 ns a decision; 20 senders' small
+    # tables together (the peers workload) 73.7 and 72.4 ns, the same.
     cdef uint64_t h = mix(key)
     cdef const char *line
-    line = tg_line(&st.slots[home_of(h, st.capacity, grouped(st.capacity, sizeof(ScopeEntry)))])
+    line = tg_line(&st.slots[tg_scale(h, st.capacity)])
     tg_prefetch_once(line)
     tg_prefetch_once(line + 64)
     tg_prefetch_once(line + 128)
     if nt.capacity >= SMALL_SLOTS:
-        tg_prefetch(&nt.slots[home_of(h, nt.capacity, False)])
+        tg_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
 
 
 cdef inline uint64_t room_for(uint64_t n) noexcept nogil:
@@ -668,7 +647,7 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
             memset(&t.slots[r], 0, sizeof(t.slots[0]))
             dead += 1
             continue
-        h = v - distance(word, r, cap, grouped(cap, sizeof(t.slots[0])))
+        h = v - distance(word, r, cap)
         nv = h if h > w else w
         if nv != v:
             dst = nv if nv < cap else nv - cap
@@ -1618,8 +1597,7 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c, uint32_t version) except 
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
             tg_prefetch(
-                &t.slots[home(get_u64(p + PREFETCH_AHEAD * SCOPE_ENTRY_SIZE), t.capacity,
-                              grouped(t.capacity, sizeof(ScopeEntry)))])
+                &t.slots[home(get_u64(p + PREFETCH_AHEAD * SCOPE_ENTRY_SIZE), t.capacity)])
         key = get_u64(p)
         check_key(key, prev)
         prev = key
@@ -1654,8 +1632,7 @@ cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
             tg_prefetch(
-                &t.slots[home(get_u64(p + PREFETCH_AHEAD * NUMBER_ENTRY_SIZE), t.capacity,
-                              False)])
+                &t.slots[home(get_u64(p + PREFETCH_AHEAD * NUMBER_ENTRY_SIZE), t.capacity)])
         key = get_u64(p)
         check_key(key, prev)
         prev = key
