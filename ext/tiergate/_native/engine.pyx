@@ -82,7 +82,10 @@ cdef extern from *:
     /* The same for a line wanted once, soon: decide_batch's scope-table lines,
        read and written within a few microseconds and then not for minutes.
        The non-temporal hint keeps them from pushing the number tables and
-       rings every decision reads out of the L2 cache. */
+       rings every decision reads out of the L2 cache. On a 2-core Xeon (KVM),
+       alternating runs of benchmarks/engine.py's side-by-side at 10 M: 124.2
+       -> 109.1 ns a decision (medians of 4); the 20-sender peers workload
+       83.1 and 83.5 ns, the same. */
     static inline void tg_prefetch_once(const void *p) {
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
         __asm__ volatile("prefetchnta %0" : : "m"(*(const char *)p));
@@ -425,21 +428,17 @@ cdef inline void prefetch_item(ScopeTable *st, NumberTable *nt, uint64_t key) no
     # Start fetching what deciding for key will read, for an engine whose
     # tables outgrow the CPU caches: the three scope-table lines from its home
     # slot's (twelve 16-byte entries at least: at four fifths full nearly
-    # every entry sits within them; two lines were slower at 10 M) and,
-    # unless its number table is small (a few hundred KB, its entries
-    # expiring within milliseconds to days), its number-table slot.
-    # Measured on a 2-core Xeon (KVM), alternating runs of benchmarks/
-    # engine.py's side-by-side at 10 M: the non-temporal hint and the skipped
-    # small-table line took 107.8 -> 103.6 ns a decision; 20 senders' small
-    # tables together (the peers workload) 73.7 and 72.4 ns, the same.
+    # every entry sits within them; two lines were slower at 10 M) and its
+    # number-table slot (also when that table is small: many senders' small
+    # number tables together outgrow the L2 cache, and skipping them made
+    # the 20-sender peers workload 94.1 ns a decision against 88.1).
     cdef uint64_t h = mix(key)
     cdef const char *line
     line = tg_line(&st.slots[tg_scale(h, st.capacity)])
     tg_prefetch_once(line)
     tg_prefetch_once(line + 64)
     tg_prefetch_once(line + 128)
-    if nt.capacity >= SMALL_SLOTS:
-        tg_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
+    tg_prefetch(&nt.slots[tg_scale(h, nt.capacity)])
 
 
 cdef inline uint64_t room_for(uint64_t n) noexcept nogil:
