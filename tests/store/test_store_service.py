@@ -242,6 +242,20 @@ def test_recovered_state_equals_state_before_the_crash(
     for key, (_, first) in work.firsts.items():
         again = after["firsts"][key]  # type: ignore[index]
         assert (again.decision, again.ticket) == (first.decision, first.ticket)
+    # Tickets handed out before the crash still name their slots after it: the
+    # same FAILED releases the same slots in the recovered service.
+    at = work.now + 2
+    released = 0
+    for _, (_, first) in sorted(work.firsts.items()):
+        failed = ev.SendResult(
+            status=ev.SendStatus.FAILED, ticket=first.ticket, meta_error_code=131026, at_unix_ms=at
+        )
+        got, want = svc2.apply(failed, at), svc.apply(failed, at)
+        assert (got.applied, got.detail) == (want.applied, want.detail)
+        released += "slot released" in want.detail
+    assert released > 0
+    for sid in SENDERS:
+        assert svc2.sender_state(sid, at, at).used_24h == svc.sender_state(sid, at, at).used_24h
 
 
 def test_recovery_twice_in_a_row_is_stable(tmp_path: Path) -> None:
