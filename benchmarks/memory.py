@@ -11,8 +11,13 @@ work and nothing else:
   on, then read the current item's line, write its entry back, and do a fixed
   amount of arithmetic that depends on what was read (as the decision does);
 - over a table region of each size, from one that fits in the caches to 1 GB;
-- reading 1 line or 3 adjacent lines per item (a Robin Hood probe of 24-byte
-  entries needs up to 3, so the engine prefetches 3).
+- reading 1 line or 3 adjacent lines per item (a Robin Hood probe of 16-byte
+  entries from anywhere in a line spills into the next lines, so the engine
+  prefetches 3);
+- with 3 lines, also alone and next to the batch's column streams: a
+  ``decide_batch`` item reads 6 request columns and writes 7 answer columns,
+  13 sequential streams competing with the table lines for the core's
+  outstanding misses (the probe reads and writes 13 eight-byte streams).
 
 The ratio of each row to the cached row is the smallest size ratio any engine
 with that access pattern could show here. Prints a table and writes
@@ -57,19 +62,26 @@ static uint64_t next_rand(void) {
     return rng;
 }
 
-/* probe REGION_BYTES LINES WRITE WORK AHEAD ITERS: ns per item */
+/* probe REGION_BYTES LINES WRITE WORK AHEAD ITERS STREAMS: ns per item */
 int main(int argc, char **argv) {
-    if (argc != 7) return 2;
+    if (argc != 8) return 2;
     size_t region = strtoull(argv[1], NULL, 10);
     int lines = atoi(argv[2]), write = atoi(argv[3]), work = atoi(argv[4]);
     size_t ahead = strtoull(argv[5], NULL, 10), iters = strtoull(argv[6], NULL, 10);
-    size_t n = (size_t)1 << 20, i, j;
+    int streams = atoi(argv[7]), z;
+    size_t n = (size_t)1 << 20, i, j, slen = (size_t)1 << 21;  /* 16 MB a stream */
+    uint64_t **col = malloc(sizeof(uint64_t *) * (size_t)(streams + 1));
     int l, k;
     char *p = mmap(NULL, region, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     size_t *pos = malloc(n * sizeof(size_t));
     uint64_t acc = 1, s = 0;
     double t;
-    if (p == MAP_FAILED || pos == NULL || region < 1024) return 3;
+    if (p == MAP_FAILED || pos == NULL || col == NULL || region < 1024) return 3;
+    for (z = 0; z < streams; z++) {
+        col[z] = malloc(slen * sizeof(uint64_t));
+        if (col[z] == NULL) return 3;
+        for (i = 0; i < slen; i++) col[z][i] = i;
+    }
 #ifdef MADV_HUGEPAGE
     madvise(p, region, MADV_HUGEPAGE);  /* as the engine asks for its big tables */
 #endif
@@ -84,6 +96,10 @@ int main(int argc, char **argv) {
         q = (size_t *)(p + pos[i & (n - 1)]);
         s += *q;
         if (write) *q = s;
+        for (z = 0; z < streams; z++) {  /* request columns read, answer columns written */
+            if (z & 1) col[z][i & (slen - 1)] = s;
+            else s += col[z][i & (slen - 1)];
+        }
         for (k = 0; k < work; k++) {  /* the decision's arithmetic, on what was read */
             acc = acc * 6364136223846793005ull + (s | 1);
             __asm__ volatile("" : "+r"(acc));
@@ -110,9 +126,24 @@ def build_probe(workdir: Path) -> Path | None:
     return exe
 
 
-def run_probe(exe: Path, region: int, lines: int, write: bool, work: int, iters: int) -> float:
+#: decide_batch's column streams: 6 request columns read, 7 answer columns written
+STREAMS = 13
+
+
+def run_probe(
+    exe: Path, region: int, lines: int, write: bool, work: int, iters: int, streams: int = 0
+) -> float:
     out = subprocess.run(
-        [str(exe), str(region), str(lines), str(int(write)), str(work), "16", str(iters)],
+        [
+            str(exe),
+            str(region),
+            str(lines),
+            str(int(write)),
+            str(work),
+            "16",
+            str(iters),
+            str(streams),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -124,24 +155,26 @@ def run_probe(exe: Path, region: int, lines: int, write: bool, work: int, iters:
 def measure(
     exe: Path, regions: list[int], rounds: int, iters: int, work: int
 ) -> list[dict[str, Any]]:
-    """ns per item for every region and line count, in rounds (each round runs every
-    configuration once, so all of them meet the same moments of a shared machine);
-    medians, and each row's ratio to the cached region's row of the same line count."""
-    configs = [(r, lines) for r in regions for lines in (1, 3)]
-    seen: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
+    """ns per item for every region, line count and stream count, in rounds (each
+    round runs every configuration once, so all of them meet the same moments of a
+    shared machine); medians, and each row's ratio to the cached region's row of
+    the same line and stream counts."""
+    configs = [(r, lines, st) for r in regions for lines, st in ((1, 0), (3, 0), (3, STREAMS))]
+    seen: dict[tuple[int, int, int], list[float]] = {c: [] for c in configs}
     for _ in range(rounds):
-        for region, lines in configs:
-            seen[region, lines].append(run_probe(exe, region, lines, True, work, iters))
+        for region, lines, st in configs:
+            seen[region, lines, st].append(run_probe(exe, region, lines, True, work, iters, st))
     rows = []
-    for region, lines in configs:
-        ns = statistics.median(seen[region, lines])
-        base = statistics.median(seen[regions[0], lines])
+    for region, lines, st in configs:
+        ns = statistics.median(seen[region, lines, st])
+        base = statistics.median(seen[regions[0], lines, st])
         rows.append(
             {
                 "region_bytes": region,
                 "lines": lines,
+                "streams": st,
                 "ns_per_item": ns,
-                "ns_runs": seen[region, lines],
+                "ns_runs": seen[region, lines, st],
                 "added_ns": ns - base,
                 "ratio_to_cached": ns / base,
             }
@@ -177,12 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     _common.print_table(
         f"one decision's table access, alone (C, prefetch 16 items ahead, one write, "
         f"{args.work} dependent arithmetic steps; ns per item, median of {rounds} "
-        "round(s); ratio = the size's figure / the cached region's, same line count)",
-        ["table region MB", "lines per item", "ns per item", "added ns", "ratio to cached"],
+        "round(s); ratio = the size's figure / the cached region's, same line and stream "
+        "counts; streams = sequential 8-byte column streams beside, as decide_batch's)",
+        [
+            "table region MB",
+            "lines per item",
+            "column streams",
+            "ns per item",
+            "added ns",
+            "ratio to cached",
+        ],
         [
             [
                 r["region_bytes"] / MB,
                 r["lines"],
+                r["streams"],
                 r["ns_per_item"],
                 r["added_ns"],
                 r["ratio_to_cached"],
