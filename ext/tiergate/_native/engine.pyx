@@ -210,10 +210,11 @@ cdef inline uint64_t home(uint64_t key, uint64_t capacity) noexcept nogil:
 # (2 047 such re-creations in one millisecond would be needed to repeat one).
 
 cdef enum:
-    SLOT_TIME_SHIFT = 12
-    SLOT_FRESH = 1 << 11
-    SLOT_GEN_MASK = (1 << 11) - 1
-    SLOT_LOW_MASK = (1 << 12) - 1
+    SLOT_GEN_BITS = 11
+    SLOT_TIME_SHIFT = SLOT_GEN_BITS + 1
+    SLOT_FRESH = 1 << SLOT_GEN_BITS
+    SLOT_GEN_MASK = (1 << SLOT_GEN_BITS) - 1
+    SLOT_LOW_MASK = (1 << SLOT_TIME_SHIFT) - 1
 
 
 cdef inline int64_t slot_last(uint64_t word) noexcept nogil:
@@ -227,7 +228,7 @@ cdef inline uint64_t slot_with_last(uint64_t word, int64_t t) noexcept nogil:
 
 
 cdef inline uint64_t slot_stamp(int64_t t, uint64_t gen) noexcept nogil:
-    return (<uint64_t>(t + MAX_TIME) << 11) | gen
+    return (<uint64_t>(t + MAX_TIME) << SLOT_GEN_BITS) | gen
 
 
 # -- rings -------------------------------------------------------------------
@@ -1258,7 +1259,7 @@ cdef class Engine:
         if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
             return False
         gen = slot & SLOT_GEN_MASK
-        t = (slot >> 11) - MAX_TIME
+        t = (slot >> SLOT_GEN_BITS) - MAX_TIME
         if gen == 0 or t > MAX_TIME:
             return False
         prev = prev_counted

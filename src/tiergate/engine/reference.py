@@ -112,9 +112,10 @@ SNAPSHOT_MAGIC = b"TGENGINE"
 SNAPSHOT_VERSION = 2
 
 #: Slot stamps and states: an admit that creates a slot answers the stamp
-#: ``((now + MAX_TIME) << 11) | gen``; a release must name it.
-SLOT_GEN_MAX = (1 << 11) - 1
-SLOT_FRESH = 1 << 11
+#: ``((now + MAX_TIME) << SLOT_GEN_BITS) | gen``; a release must name it.
+SLOT_GEN_BITS = 11
+SLOT_GEN_MAX = (1 << SLOT_GEN_BITS) - 1
+SLOT_FRESH = 1 << SLOT_GEN_BITS
 
 Decision = tuple[int, int, int, int, int, int, int]
 """(decision, reason, retry_at_ms, counted, used, prev_counted, slot)"""
@@ -525,7 +526,7 @@ class Engine:
                 s.slots7.add(now)
                 se.gen = se.gen + 1 if se.gen < SLOT_GEN_MAX else 1
                 se.fresh = True
-                slot = ((now + MAX_TIME) << 11) | se.gen
+                slot = ((now + MAX_TIME) << SLOT_GEN_BITS) | se.gen
             else:
                 se.fresh = False  # this admit relies on the earlier slot
         if marketing:
@@ -598,7 +599,7 @@ class Engine:
             return False
         if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
             return False
-        gen, t = slot & SLOT_GEN_MAX, (slot >> 11) - MAX_TIME
+        gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
         if gen == 0 or t > MAX_TIME:
             return False
         se = s.table.get(recipient)
