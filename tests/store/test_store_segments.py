@@ -77,17 +77,61 @@ def test_rotate_on_an_empty_segment_keeps_it(tmp_path: Path) -> None:
     assert read_back(tmp_path) == [(7, b"a"), (8, b"b")]
 
 
-def test_what_a_killed_writer_copied_is_on_disk(tmp_path: Path) -> None:
-    # The records are copied into the shared mapping, never written with a
-    # system call: they survive SIGKILL in the page cache all the same.
+def test_small_and_large_writes_interleave_on_the_same_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writes from DIRECT_WRITE_BYTES up go in with pwrite, smaller ones are
+    # copied into the mapping; both land in the same page cache pages, in order.
+    calls: list[int] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        calls.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(j.os, "pwrite", pwrite)
+    writer = j.JournalWriter(tmp_path, 1, 1 << 20)
+    edge = j.DIRECT_WRITE_BYTES - j.FRAME_OVERHEAD
+    sizes = [1, edge - 1, edge, 70, 3 * edge + 5, 2, edge + 1, 500, 9000, 3]
+    records = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
+    for rec in records:
+        write(writer, [rec])
+    assert calls == [n + j.FRAME_OVERHEAD for n in sizes if n >= edge]
+    write(writer, [b"a" * 100] * 50)  # many small records framed as one large write
+    assert calls[-1] == 50 * (100 + j.FRAME_OVERHEAD)
+    writer.close()
+    expected = [*records, *[b"a" * 100] * 50]
+    assert read_back(tmp_path) == list(enumerate(expected, start=1))
+
+
+def test_a_short_pwrite_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, memoryview(data)[:1000], offset)  # at most 1000 bytes a call
+
+    monkeypatch.setattr(j.os, "pwrite", pwrite)
+    writer = j.JournalWriter(tmp_path, 1, 1 << 20)
+    big = bytes(range(256)) * 40
+    write(writer, [b"before"])
+    write(writer, [big])
+    write(writer, [b"after"])
+    writer.close()
+    assert read_back(tmp_path) == [(1, b"before"), (2, big), (3, b"after")]
+
+
+@pytest.mark.parametrize("size", [8, 6000], ids=["copied", "pwritten"])
+def test_what_a_killed_writer_wrote_is_on_disk(tmp_path: Path, size: int) -> None:
+    # Small records are copied into the shared mapping, large ones written with
+    # pwrite: both are in the page cache at once and survive SIGKILL.
     script = textwrap.dedent(
         f"""
         import os, sys
         from pathlib import Path
         from tiergate.store import journal as j
-        writer = j.JournalWriter(Path({str(tmp_path)!r}), 1, {SEGMENT})
+        writer = j.JournalWriter(Path({str(tmp_path)!r}), 1, {SEGMENT if size < 100 else 1 << 20})
         for i in range(300):
-            data = writer.encode([b"record %d" % i])
+            data = writer.encode([(b"record %d " % i).ljust({size}, b"x")])
             writer.write(data, writer.next_seq - 1)
         sys.stdout.write("written\\n")
         sys.stdout.flush()
@@ -97,8 +141,10 @@ def test_what_a_killed_writer_copied_is_on_disk(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
     assert proc.returncode == -signal.SIGKILL and proc.stdout == b"written\n", proc.stderr
     *closed, (_, last) = j.list_segments(tmp_path)
-    assert last.stat().st_size == SEGMENT  # never cut: it ends in zeros
-    assert read_back(tmp_path) == [(i + 1, b"record %d" % i) for i in range(300)]
+    assert last.stat().st_size == (SEGMENT if size < 100 else 1 << 20)  # never cut: zeros end it
+    assert read_back(tmp_path) == [
+        (i + 1, (b"record %d " % i).ljust(size, b"x")) for i in range(300)
+    ]
     # A segment rotated out is cut by the segment thread; one whose cut was still
     # queued ends in the zeros of its preallocated room, which recovery cuts.
     assert closed
