@@ -9,12 +9,18 @@ import pytest
 from server_harness import SENDER, T0, run_async, serving
 
 from tiergate.client import AdmitItem, columns_request
+from tiergate.engine.constants import recipient_key
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.service import InvalidArgument
 from tiergate.server import columns_wire
 from tiergate.v1 import admission_pb2 as pb
 
 compiled = pytest.importorskip("tiergate._native.columns")
+# The server reads AdmitColumns off the wire with the compiled reader only when the
+# compiled engine runs (TIERGATE_NO_EXTENSIONS=1: protobuf reads it).
+wire_reader = pytest.mark.skipif(
+    not columns_wire._COMPILED, reason="the compiled wire reader is not in use"
+)
 
 
 def _text(rng: random.Random) -> str:
@@ -45,7 +51,7 @@ def _fields(w: columns_wire.WireColumns) -> tuple[Any, ...]:
     return (
         w.senders,
         w.sender_index.tolist(),
-        w.recipients,
+        list(w.recipients),
         w.kinds,
         w.categories,
         w.templates,
@@ -92,10 +98,87 @@ def test_reader_agrees_with_protobuf(seed: int) -> None:
     data = _random_request(rng).SerializeToString()
     if seed % 2:
         data = _unpacked_and_unknown(rng, data)
-    parts = compiled.decode_request(data)
-    assert parts is not None
-    assert _fields(columns_wire.WireColumns(*parts)) == _fields(columns_wire.protobuf_decode(data))
+    assert compiled.decode_request(data) is not None
     assert _fields(columns_wire.decode_request(data)) == _fields(columns_wire.protobuf_decode(data))
+
+
+def _keys(recipients: list[str]) -> list[int]:
+    return [recipient_key(r) for r in recipients]
+
+
+@wire_reader
+@pytest.mark.parametrize("seed", range(20))
+def test_e164_recipients_are_read_as_keys(seed: int) -> None:
+    # Every recipient an E.164 number: keys straight from the bytes, no strings
+    # until asked for; the strings, when made, are protobuf's.
+    rng = random.Random(seed)
+    n = rng.randrange(1, 40)
+    digits = "0123456789"
+    recipients = [
+        rng.choice(["", "+"]) + "".join(rng.choice(digits) for _ in range(rng.randrange(1, 16)))
+        for _ in range(n)
+    ]
+    data = _random_request(rng).SerializeToString()
+    msg = pb.AdmitColumnsRequest.FromString(data)
+    del msg.recipients[:]
+    msg.recipients.extend(recipients)
+    data = msg.SerializeToString()
+    if seed % 2:
+        data = _unpacked_and_unknown(rng, data)
+    wire = columns_wire.decode_request(data)
+    assert isinstance(wire.recipients, columns_wire.WireRecipients)
+    assert wire.recipient_keys is not None and wire.recipient_keys.tolist() == _keys(recipients)
+    assert _fields(wire) == _fields(columns_wire.protobuf_decode(data))
+    assert len(wire.recipients) == n
+    assert wire.recipients[-1] == recipients[-1] and wire.recipients[1:3] == recipients[1:3]
+    with pytest.raises(IndexError):
+        wire.recipients[n]
+
+
+@wire_reader
+@pytest.mark.parametrize(
+    "bad", ["", "+", "1234567890123456", "+1234567890123456", "12a4", "١٢٣", "+-1", "1 2"]
+)
+def test_one_recipient_that_is_no_key_gives_strings_for_all(bad: str) -> None:
+    recipients = ["15550001111", bad, "+4915123456789"]
+    data = pb.AdmitColumnsRequest(recipients=recipients).SerializeToString()
+    wire = columns_wire.decode_request(data)
+    assert wire.recipient_keys is None
+    assert wire.recipients == recipients
+
+
+@wire_reader
+def test_keys_read_off_the_wire_decide_as_strings_do() -> None:
+    # The same request decided from wire keys and from protobuf's strings.
+    from tiergate.policy import events as ev
+    from tiergate.policy.columnar import admit_columns
+    from tiergate.policy.profile import load_profile
+    from tiergate.policy.service import AdmissionService
+
+    def decide(wire: columns_wire.WireColumns) -> tuple[Any, ...]:
+        svc = AdmissionService(load_profile("meta-2025"), clock="request")
+        update = ev.SenderUpdate("s1", at_unix_ms=T0 - 1, tier="TIER_250", quality=ev.Quality.GREEN)
+        assert svc.apply(update, T0 - 1).applied
+        r = admit_columns(svc, wire, T0)
+        return (bytes(r.decisions), bytes(r.reasons), r.tickets, r.used.tolist())
+
+    recipients = [f"+1555{i:07d}" if i % 3 else f"4915{i:08d}" for i in range(300)]
+    msg = pb.AdmitColumnsRequest(
+        senders=["s1"],
+        sender_index=[0] * 300,
+        recipients=recipients,
+        kinds=bytes([pb.TEMPLATE]) * 300,
+        categories=bytes([pb.UTILITY]) * 300,
+        templates=["t"],
+        template_index=[1] * 300,
+        at_unix_ms=[T0 + 100 * i for i in range(300)],  # 10 a second: under the throughput
+    )
+    data = msg.SerializeToString()
+    wire = columns_wire.decode_request(data)
+    assert wire.recipient_keys is not None
+    got = decide(wire)
+    assert got == decide(columns_wire.protobuf_decode(data))
+    assert got[0].count(pb.DECISION_ADMIT) == 250 and got[1].count(pb.MESSAGING_LIMIT) == 50
 
 
 @pytest.mark.parametrize(

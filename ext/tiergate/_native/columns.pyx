@@ -6,7 +6,8 @@
 # The policy layer does every per-sender and per-template step once per batch
 # and passes small tables indexed by the request's sender and template
 # indexes; these loops then touch no Python object per item except the
-# recipient strings read, the tickets and the journal record made for admits,
+# recipient strings read (none when they come from the wire reader as keys),
+# the tickets and the journal record made for admits,
 # and a dict lookup for marketing while a 131049 back-off is held.
 
 from cpython cimport array as carray
@@ -465,6 +466,7 @@ def tally(const unsigned char[::1] decisions, const unsigned char[::1] reasons, 
 
 cdef carray.array U32 = carray.array("I")
 cdef carray.array I64 = carray.array("q")
+cdef carray.array U64 = carray.array("Q")
 
 
 cdef inline int read_varint(const unsigned char **pp, const unsigned char *end,
@@ -509,6 +511,31 @@ cdef int read_scalars(const unsigned char *p, const unsigned char *end, carray.a
     return 0 if p == end else -1
 
 
+cdef inline bint recipient_key(const unsigned char *p, uint64_t length,
+                               uint64_t *out) noexcept nogil:
+    """The key of a recipient's UTF-8 bytes, as encode_recipients makes it from the
+    string: E.164 digits (1 to 15, an optional leading '+'); 0 when it is none."""
+    cdef uint64_t start = 1 if length > 0 and p[0] == 43 else 0  # '+'
+    cdef uint64_t k, value = 0
+    cdef unsigned char ch
+    if length <= start or length - start > MAX_RECIPIENT_DIGITS:
+        return 0
+    for k in range(start, length):
+        ch = p[k]
+        if ch < 48 or ch > 57:
+            return 0
+        value = value * 10 + (ch - 48)
+    out[0] = value | ((length - start) << KEY_LENGTH_SHIFT)
+    return 1
+
+
+cdef int append_key(carray.array col, uint64_t v) except -1:
+    cdef Py_ssize_t old = Py_SIZE(col)
+    carray.resize_smart(col, old + 1)
+    col.data.as_ulonglongs[old] = v
+    return 0
+
+
 cdef int append_scalar(carray.array col, uint64_t v, bint wide) except -1:
     cdef Py_ssize_t old = Py_SIZE(col)
     carray.resize_smart(col, old + 1)
@@ -521,19 +548,31 @@ cdef int append_scalar(carray.array col, uint64_t v, bint wide) except -1:
 
 def decode_request(const unsigned char[::1] data not None):
     """The columns of an AdmitColumnsRequest: (senders, sender_index, recipients, kinds,
-    categories, templates, template_index, idempotency_keys, at_unix_ms, dry_run);
-    None for anything this reader leaves to protobuf (malformed data, groups,
-    invalid UTF-8, known fields with another wire type)."""
-    cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
+    categories, templates, template_index, idempotency_keys, at_unix_ms, dry_run,
+    recipient_keys, recipient_spans); None for anything this reader leaves to
+    protobuf (malformed data, groups, invalid UTF-8, known fields with another
+    wire type).
+
+    When every recipient is an E.164 number, no string is made for them:
+    ``recipients`` is None, ``recipient_keys`` holds their keys (as
+    encode_recipients makes them) and ``recipient_spans`` each one's start and
+    end offset in ``data``. Otherwise ``recipients`` is the list of strings and
+    the other two are None."""
+    cdef const unsigned char *base = &data[0] if data.shape[0] else NULL
+    cdef const unsigned char *p = base
     cdef const unsigned char *end = p + data.shape[0]
     cdef const unsigned char *q
-    cdef uint64_t key, length, v
+    cdef uint64_t key, length, v, rkey
     cdef uint64_t field
     cdef int wire
-    cdef list senders = [], recipients = [], templates = [], keys = []
+    cdef Py_ssize_t k, n_rcpt
+    cdef list senders = [], recipients = None, templates = [], keys = []
     cdef carray.array sender_index = carray.clone(U32, 0, False)
     cdef carray.array template_index = carray.clone(U32, 0, False)
     cdef carray.array at = carray.clone(I64, 0, False)
+    cdef carray.array rkeys = carray.clone(U64, 0, False)
+    cdef carray.array spans = carray.clone(I64, 0, False)
+    cdef bint all_keys = True
     cdef bytes kinds = b"", categories = b""
     cdef bint dry = False
     cdef list target
@@ -549,10 +588,16 @@ def decode_request(const unsigned char[::1] data not None):
                 return None
             q = p + length
             target = None
-            if field == 1:
+            if field == 3:
+                append_scalar(spans, <uint64_t>(p - base), True)
+                append_scalar(spans, <uint64_t>(q - base), True)
+                if all_keys:
+                    if recipient_key(p, length, &rkey):
+                        append_key(rkeys, rkey)
+                    else:
+                        all_keys = False
+            elif field == 1:
                 target = senders
-            elif field == 3:
-                target = recipients
             elif field == 6:
                 target = templates
             elif field == 8:
@@ -598,8 +643,20 @@ def decode_request(const unsigned char[::1] data not None):
             p += 8 if wire == 1 else 4
         else:
             return None
+    if all_keys:
+        return (senders, sender_index, None, kinds, categories, templates, template_index,
+                keys, at, dry, rkeys, spans)
+    recipients = []
+    n_rcpt = Py_SIZE(spans) // 2
+    for k in range(n_rcpt):
+        p = base + spans.data.as_longlongs[2 * k]
+        length = <uint64_t>(spans.data.as_longlongs[2 * k + 1] - spans.data.as_longlongs[2 * k])
+        try:
+            recipients.append(PyUnicode_DecodeUTF8(<const char *>p, <Py_ssize_t>length, NULL))
+        except UnicodeDecodeError:
+            return None
     return (senders, sender_index, recipients, kinds, categories, templates, template_index,
-            keys, at, dry)
+            keys, at, dry, None, None)
 
 
 cdef inline Py_ssize_t varint_size(uint64_t v) noexcept nogil:

@@ -92,7 +92,7 @@ def decode_request(
     tuple[
         list[str],
         array[int],
-        list[str],
+        list[str] | None,
         bytes,
         bytes,
         list[str],
@@ -100,6 +100,8 @@ def decode_request(
         list[str],
         array[int],
         bool,
+        array[int] | None,
+        array[int] | None,
     ]
     | None
 ): ...

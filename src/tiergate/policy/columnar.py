@@ -202,7 +202,7 @@ class _Request:
     n: int
     senders: list[str]
     sender_index: array[int]
-    recipients: list[str]
+    recipients: Sequence[str]
     rkeys: array[int]
     kinds: bytes
     categories: bytes  # SERVICE (4) where a free-form item has none
@@ -217,7 +217,9 @@ class _Request:
 
 def _validate(req: ColumnsLike) -> _Request:
     """Every column checked before anything is decided; the error names column and item."""
-    recipients = list(req.recipients)
+    # The wire reader hands over recipients already turned into keys (all valid).
+    known_keys: array[int] | None = getattr(req, "recipient_keys", None)
+    recipients: Sequence[str] = req.recipients if known_keys is not None else list(req.recipients)
     n = len(recipients)
     senders = list(req.senders)
     templates = list(req.templates)
@@ -246,8 +248,13 @@ def _validate(req: ColumnsLike) -> _Request:
     bad, problem = kernels.check_items(n, sidx, len(senders), kinds, cats, tidx, len(templates))
     if bad >= 0:
         raise _item_error(bad, problem, sidx, kinds, cats, tidx, len(senders), len(templates))
-    rkeys = array("Q", bytes(8 * n))
-    bad = kernels.encode_recipients(recipients, rkeys)
+    if known_keys is not None:
+        assert len(known_keys) == n
+        rkeys, bad = known_keys, -1
+    else:
+        rkeys = array("Q", bytes(8 * n))
+        assert isinstance(recipients, list)
+        bad = kernels.encode_recipients(recipients, rkeys)
     if bad >= 0:
         field = f"recipients[{bad}]"
         if type(recipients[bad]) is not str:

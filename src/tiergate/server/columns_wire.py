@@ -12,7 +12,9 @@ compiled reader leaves to it (malformed data, unusual encodings).
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from google.protobuf.message import DecodeError
 
@@ -22,18 +24,50 @@ from tiergate.policy.service import InvalidArgument
 from tiergate.server import convert
 from tiergate.v1 import admission_pb2 as pb
 
-__all__ = ["WireColumns", "decode_request", "encode_response"]
+__all__ = ["WireColumns", "WireRecipients", "decode_request", "encode_response"]
 
 _COMPILED = hasattr(kernels, "decode_request")
 
 
+class WireRecipients(Sequence[str]):
+    """The recipients of a request, read off the wire as keys: each string is made
+    only when asked for (an error message, the general admit path)."""
+
+    __slots__ = ("_data", "_spans")
+
+    def __init__(self, data: bytes, spans: array[int]) -> None:
+        self._data = data
+        self._spans = spans  # start and end offset in data, per recipient
+
+    def __len__(self) -> int:
+        return len(self._spans) // 2
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("recipient index out of range")
+        return self._data[self._spans[2 * i] : self._spans[2 * i + 1]].decode("ascii")
+
+
 @dataclass(slots=True)
 class WireColumns:
-    """An AdmitColumnsRequest as plain columns (``policy.columnar.ColumnsLike``)."""
+    """An AdmitColumnsRequest as plain columns (``policy.columnar.ColumnsLike``).
+
+    ``recipient_keys``, when set, holds every recipient's key (they are all
+    E.164 numbers) and ``recipients`` makes their strings only on demand.
+    """
 
     senders: list[str]
     sender_index: array[int]
-    recipients: list[str]
+    recipients: Sequence[str]
     kinds: bytes
     categories: bytes
     templates: list[str]
@@ -41,6 +75,7 @@ class WireColumns:
     idempotency_keys: list[str]
     at_unix_ms: array[int]
     dry_run: bool
+    recipient_keys: array[int] | None = None
 
 
 def decode_request(data: bytes) -> WireColumns:
@@ -48,7 +83,23 @@ def decode_request(data: bytes) -> WireColumns:
     if _COMPILED:
         parts = kernels.decode_request(data)
         if parts is not None:
-            return WireColumns(*parts)
+            recipients, rkeys, spans = parts[2], parts[10], parts[11]
+            if recipients is None:
+                assert rkeys is not None and spans is not None
+                recipients = WireRecipients(data, spans)
+            return WireColumns(
+                senders=parts[0],
+                sender_index=parts[1],
+                recipients=recipients,
+                kinds=parts[3],
+                categories=parts[4],
+                templates=parts[5],
+                template_index=parts[6],
+                idempotency_keys=parts[7],
+                at_unix_ms=parts[8],
+                dry_run=parts[9],
+                recipient_keys=rkeys,
+            )
     return protobuf_decode(data)
 
 
