@@ -208,3 +208,35 @@ def test_release_gives_back_only_an_unrelied_slot_once() -> None:
     assert (d2[3], d3[3], d3[6]) == (1, 0, 0)
     assert e.release(0, r, d2[6], d2[5]) is False
     assert e.usage(0, 3_000, 5)[0] == 1
+
+
+@given(
+    start=st.integers(0, 3 * DAY),
+    gaps=st.lists(st.integers(0, 3 * HOUR), min_size=1, max_size=12),
+    limit=st.integers(1, 6),
+)
+@settings(max_examples=150, deadline=None)
+def test_retry_at_a_full_limit_is_when_enough_buckets_left(
+    start: int, gaps: list[int], limit: int
+) -> None:
+    # The retry time's scan walks the ring from its oldest counted bucket and
+    # wraps at the ring's end; wherever it starts, the answer is the end of the
+    # bucket whose leaving brings the count under the limit, plus 24 h.
+    e = _engine()
+    times, t = [], start
+    for gap in gaps:
+        t += gap
+        times.append(t)
+    admitted = []
+    for i, t in enumerate(times):
+        d = e.decide(t, 0, 0, POOL[i], c.F_TEMPLATE, limit)
+        if d[0] == c.ADMIT:
+            admitted.append(t)
+    now = times[-1]
+    live = sorted(x for x in admitted if x // MIN * MIN + MIN + DAY > now)
+    d = e.decide(now, 0, 0, POOL[13], c.F_TEMPLATE, limit)
+    if len(live) < limit:
+        assert d[0] == c.ADMIT
+    else:
+        needed = live[len(live) - limit]  # this one's bucket must leave the window
+        assert d[:3] == (c.RETRY_LATER, c.MESSAGING_LIMIT, needed // MIN * MIN + MIN + DAY)

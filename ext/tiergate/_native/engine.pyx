@@ -317,14 +317,15 @@ cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept
     # Earliest time the total drops below limit (now if it already is).
     # The scan starts at the oldest bucket that may hold a count (a scope at its
     # limit would otherwise walk a day of empty minutes on every call).
-    cdef int64_t need, acc = 0, b, c
+    cdef int64_t need, acc = 0, b, c, i
     cdef bint seen = False
     if r.total < limit:
         return now
     need = r.total - limit + 1
     b = r.lo if r.first < r.lo else r.first
+    i = floormod(b, r.n)  # then stepped along with b, no division per bucket
     while b < r.lo + r.n:
-        c = r.counts[floormod(b, r.n)]
+        c = r.counts[i]
         if c != 0 and not seen:
             seen = True
             r.first = b  # everything from lo up to here is empty
@@ -332,6 +333,9 @@ cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept
         if acc >= need:
             return (b + 1) * r.width + r.window
         b += 1
+        i += 1
+        if i == r.n:
+            i = 0
     # Unreachable while total equals the sum of the buckets.
     return (r.lo + r.n) * r.width + r.window
 
