@@ -631,6 +631,7 @@ async def test_internal_fault_is_internal_never_admit(monkeypatch: pytest.Monkey
             raise RuntimeError("engine exploded")
 
         monkeypatch.setattr(h.sidecar.service, "admit", broken)
+        monkeypatch.setattr(h.sidecar.service, "admit_checked", broken)  # the wire path
         monkeypatch.setattr(h.sidecar.service, "admit_many", broken)
         for call in (
             h.stub.Admit(req()),

@@ -755,3 +755,136 @@ def encode_response(const unsigned char[::1] decisions, const unsigned char[::1]
     if pos != size:
         raise RuntimeError(f"encode_response: wrote {pos} of {size} bytes")
     return out
+
+
+# -- Admit (unary) on the wire -----------------------------------------------
+# AdmitRequest read straight into the fields AdmissionService checks
+# (policy.service._well_formed), and AdmitResponse written from an answer,
+# with no protobuf message object either way. The twin is protobuf itself
+# (src/tiergate/server/admit_wire.py).
+
+cdef inline bint ascii_text(const unsigned char *p, uint64_t n) noexcept nogil:
+    cdef uint64_t k
+    for k in range(n):
+        if p[k] >= 0x80:
+            return False
+    return True
+
+
+def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
+                 Py_ssize_t max_template, Py_ssize_t max_key):
+    """An AdmitRequest's fields as ``_well_formed`` gives them: (sender_id, recipient
+    key, kind, category, template_id, idempotency_key, at_unix_ms, dry_run).
+
+    None for anything else: malformed data, a field with another wire type,
+    text that is not ASCII, or a request ``_well_formed`` would not pass (the
+    caller then parses it with protobuf and the policy layer names the field).
+    """
+    cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
+    cdef const unsigned char *end = p + data.shape[0]
+    cdef const unsigned char *text[4]
+    cdef uint64_t size[4]
+    cdef uint64_t key, length, v, rkey = 0
+    cdef uint64_t field
+    cdef uint64_t kind = 0, cat = 0, at = 0
+    cdef bint dry = False
+    cdef int wire, k
+    for k in range(4):
+        text[k] = NULL
+        size[k] = 0
+    while p < end:
+        if read_varint(&p, end, &key) < 0:
+            return None
+        field = key >> 3
+        wire = <int>(key & 7)
+        if field == 0:
+            return None
+        if wire == 2:
+            if read_varint(&p, end, &length) < 0 or length > <uint64_t>(end - p):
+                return None
+            if field == 1 or field == 2 or field == 5 or field == 6:
+                k = 0 if field == 1 else 1 if field == 2 else 2 if field == 5 else 3
+                text[k] = p  # the last occurrence wins, as in protobuf
+                size[k] = length
+            elif field <= 8:
+                return None
+            p += length
+        elif wire == 0:
+            if read_varint(&p, end, &v) < 0:
+                return None
+            if field == 3:
+                kind = v
+            elif field == 4:
+                cat = v
+            elif field == 7:
+                at = v
+            elif field == 8:
+                dry = v != 0
+            elif field <= 8:
+                return None
+        elif wire == 1 or wire == 5:
+            if field <= 8 or end - p < (8 if wire == 1 else 4):
+                return None
+            p += 8 if wire == 1 else 4
+        else:
+            return None
+    if (size[0] == 0 or size[0] > <uint64_t>max_id or size[2] > <uint64_t>max_template
+            or size[3] > <uint64_t>max_key or <int64_t>at < 0):
+        return None
+    if not (cat >= 1 and cat <= 4 and (kind == 2 or (kind == 1 and size[2] > 0))):
+        return None
+    if not recipient_key(text[1], size[1], &rkey):
+        return None
+    for k in (0, 2, 3):
+        if not ascii_text(text[k], size[k]):
+            return None
+    return (
+        PyUnicode_DecodeASCII(<const char *>text[0], <Py_ssize_t>size[0], NULL),
+        rkey,
+        <int>kind,
+        <int>cat,
+        PyUnicode_DecodeASCII(<const char *>text[2], <Py_ssize_t>size[2], NULL) if size[2] else "",
+        PyUnicode_DecodeASCII(<const char *>text[3], <Py_ssize_t>size[3], NULL) if size[3] else "",
+        <int64_t>at,
+        dry,
+    )
+
+
+cdef inline Py_ssize_t put_scalar(char *buf, Py_ssize_t pos, char tag,
+                                  uint64_t v) noexcept nogil:
+    if v:
+        buf[pos] = tag
+        pos = put_varint(buf, pos + 1, v)
+    return pos
+
+
+cdef inline Py_ssize_t put_text(char *buf, Py_ssize_t pos, char tag, const char *text,
+                                Py_ssize_t n) noexcept nogil:
+    if n:
+        buf[pos] = tag
+        pos = put_varint(buf, pos + 1, <uint64_t>n)
+        memcpy(buf + pos, text, n)
+        pos += n
+    return pos
+
+
+def encode_admit(int decision, int reason, long long retry_at, str ticket, bint counted,
+                 long long limit, long long used, int meta, str detail):
+    """The AdmitResponse bytes protobuf writes for these fields."""
+    cdef Py_ssize_t n_ticket = 0, n_detail = 0, pos
+    cdef const char *t_ticket = PyUnicode_AsUTF8AndSize(ticket, &n_ticket)
+    cdef const char *t_detail = PyUnicode_AsUTF8AndSize(detail, &n_detail)
+    # 6 scalar fields of at most 1 + 10 bytes, 2 strings of at most 1 + 10 + n
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 88 + n_ticket + n_detail)
+    cdef char *buf = PyBytes_AS_STRING(out)
+    # int32 and enum fields are sign-extended to 64 bits, as protobuf writes them
+    pos = put_scalar(buf, 0, 0x08, <uint64_t><int64_t>decision)
+    pos = put_scalar(buf, pos, 0x10, <uint64_t><int64_t>reason)
+    pos = put_scalar(buf, pos, 0x18, <uint64_t>retry_at)
+    pos = put_text(buf, pos, 0x22, t_ticket, n_ticket)
+    pos = put_scalar(buf, pos, 0x28, 1 if counted else 0)
+    pos = put_scalar(buf, pos, 0x30, <uint64_t>limit)
+    pos = put_scalar(buf, pos, 0x38, <uint64_t>used)
+    pos = put_scalar(buf, pos, 0x40, <uint64_t><int64_t>meta)
+    pos = put_text(buf, pos, 0x4A, t_detail, n_detail)
+    return out[:pos]

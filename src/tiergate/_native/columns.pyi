@@ -115,3 +115,17 @@ def encode_response(
     meta: array[int],
     tickets: list[str],
 ) -> bytes: ...
+def decode_admit(
+    data: bytes, max_id: int, max_template: int, max_key: int
+) -> tuple[str, int, int, int, str, str, int, bool] | None: ...
+def encode_admit(
+    decision: int,
+    reason: int,
+    retry_at: int,
+    ticket: str,
+    counted: bool,
+    limit: int,
+    used: int,
+    meta: int,
+    detail: str,
+) -> bytes: ...

@@ -60,6 +60,7 @@ __all__ = [
     "AdmitRequest",
     "AdmitResult",
     "ApplyResult",
+    "Checked",
     "InvalidArgument",
     "PausedTemplateReport",
     "SenderReport",
@@ -419,7 +420,12 @@ class AdmissionService:
         one (same result, counts, idempotency entry, journal record and tier
         crossing), with the engine's scalar ``decide`` and no batch columns.
         ``pre`` prefixes the field an :class:`InvalidArgument` names."""
-        sid, rkey, kind, cat, tpl, key, at, dry = _well_formed(r) or self._validate_one(r, pre)
+        return self.admit_checked(_well_formed(r) or self._validate_one(r, pre), now_ms)
+
+    def admit_checked(self, checked: Checked, now_ms: int) -> AdmitResult:
+        """Decide one request whose fields passed the checks of ``_well_formed``
+        (the server's wire reader makes them from the request bytes)."""
+        sid, rkey, kind, cat, tpl, key, at, dry = checked
         if self._due_dirty:
             self._recompute_due()
         now = at if self._request_clock and at > 0 else now_ms

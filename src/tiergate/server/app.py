@@ -27,6 +27,7 @@ from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
+from tiergate.server import admit_wire
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import EmbeddedStore, RecoveryReport, StoreError, StoreFailedError
@@ -124,11 +125,14 @@ class Sidecar:
         )
         self._servicer = servicer
         pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
-        # AdmitColumns reads and writes its own wire bytes (registered after the
-        # generated handlers, this entry replaces theirs for the method).
+        # AdmitColumns, and Admit with the compiled engine, read and write their own
+        # wire bytes (registered after the generated handlers, these entries
+        # replace theirs for the methods).
+        wire = {"AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire)}
+        if admit_wire.COMPILED:
+            wire["Admit"] = grpc.unary_unary_rpc_method_handler(servicer.AdmitWire)
         server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
-            SERVICE_NAME,
-            {"AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire)},
+            SERVICE_NAME, wire
         )
         # Health and reflection are served through the generic handler path only:
         # grpc.aio's server loop waits on one pending call future per registered

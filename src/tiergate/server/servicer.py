@@ -23,7 +23,7 @@ import grpc
 from tiergate.engine.columns import kernels
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
 from tiergate.policy.service import AdmissionService, AdmitResult, InvalidArgument
-from tiergate.server import columns_wire, convert
+from tiergate.server import admit_wire, columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
 from tiergate.v1 import admission_pb2 as pb
@@ -182,6 +182,31 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             if pending is not None:
                 await pending
             return convert.admit_response(result)
+        except Exception as e:
+            await self._fail(context, "Admit", e)
+        finally:
+            self._metrics.timed("Admit", started)
+            in_flight.__exit__()
+
+    async def AdmitWire(self, data: bytes, context: Context) -> bytes:
+        """Admit served from and to wire bytes (see ``server.admit_wire``): the same
+        answers, errors and commit as :meth:`Admit`, without protobuf message
+        objects for a well-formed request."""
+        in_flight = self.in_flight
+        in_flight.__enter__()
+        started = time.perf_counter()
+        try:
+            fields = admit_wire.decode_fast(data)
+            if fields is not None:
+                result = self.service.admit_checked(fields, self._now(fields[6]))
+            else:
+                request = admit_wire.parse(data)
+                result = self.service.admit(request, self._now(request.at_unix_ms))
+            self._metrics.decided_one(result, "Admit")
+            pending = self._commit()
+            if pending is not None:
+                await pending
+            return admit_wire.encode_response(result)
         except Exception as e:
             await self._fail(context, "Admit", e)
         finally:

@@ -1,0 +1,66 @@
+"""Admit (unary) on the wire: request bytes to checked fields, an answer to bytes.
+
+With the compiled engine the server serves Admit with these instead of
+protobuf message objects: the compiled reader (``tiergate._native.columns``)
+takes a well-formed AdmitRequest's fields straight from its bytes, as
+``AdmissionService`` checks them, and the writer produces the AdmitResponse
+bytes from the answer. Both give exactly what protobuf gives
+(tests/server/test_admit_wire.py compares them). Anything the reader does not
+take (malformed data, text that is not ASCII, a request that fails a check)
+is parsed by protobuf and goes the general way, where a bad field is named.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from tiergate.engine.columns import kernels
+from tiergate.policy.service import (
+    MAX_ID_LEN,
+    MAX_KEY_LEN,
+    MAX_TEMPLATE_LEN,
+    AdmitResult,
+    Checked,
+    InvalidArgument,
+)
+from tiergate.server import convert
+from tiergate.v1 import admission_pb2 as pb
+
+__all__ = ["COMPILED", "decode_fast", "encode_response", "parse"]
+
+#: The wire reader and writer exist (compiled engine); else the server uses protobuf.
+COMPILED = hasattr(kernels, "decode_admit")
+
+
+def decode_fast(data: bytes) -> Checked | None:
+    """The checked fields of a well-formed AdmitRequest; None: use :func:`parse`."""
+    if not COMPILED:
+        return None
+    fields: Checked | None = kernels.decode_admit(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN)
+    return fields
+
+
+def parse(data: bytes) -> pb.AdmitRequest:
+    """The AdmitRequest message of ``data``; InvalidArgument when it is not one."""
+    try:
+        return pb.AdmitRequest.FromString(data)
+    except DecodeError as e:
+        raise InvalidArgument("request", f"request: not an AdmitRequest ({e})") from None
+
+
+def encode_response(result: AdmitResult) -> bytes:
+    """The AdmitResponse bytes for ``result``."""
+    if COMPILED:
+        data: bytes = kernels.encode_admit(
+            result.decision,
+            result.reason,
+            result.retry_at_unix_ms,
+            result.ticket,
+            result.counted,
+            result.limit,
+            result.used,
+            result.meta_error_code,
+            result.detail,
+        )
+        return data
+    return convert.admit_response(result).SerializeToString()
