@@ -217,3 +217,58 @@ async def test_the_server_serves_admit_from_wire_bytes(monkeypatch: pytest.Monke
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "recipient" in (info.value.details() or "")
     assert len(calls) == 2 and calls[0] is not None and calls[1] is None
+
+
+def _template(recipient: str) -> pb.AdmitRequest:
+    return pb.AdmitRequest(
+        sender_id=SENDER,
+        recipient=recipient,
+        kind=pb.TEMPLATE,
+        category=pb.UTILITY,
+        template_id="t1",
+        at_unix_ms=T0,
+    )
+
+
+@wire_reader
+@run_async
+async def test_a_stream_takes_lone_messages_from_wire_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[object] = []
+    decode = admit_wire.decode_fast
+
+    def counting(data: bytes) -> object:
+        got = decode(data)
+        calls.append(got)
+        return got
+
+    monkeypatch.setattr(admit_wire, "decode_fast", counting)
+    async with serving() as h:
+        call = h.stub.AdmitStream()
+        for i in range(5):
+            await call.write(_template(f"1555000100{i}"))
+            answer = await call.read()
+            assert isinstance(answer, pb.AdmitResponse) and answer.decision == pb.DECISION_ADMIT
+            assert answer.used == i + 1 and answer.ticket
+        await call.done_writing()
+        assert (await call.code()) == grpc.StatusCode.OK
+    assert len(calls) == 5 and all(c is not None for c in calls)
+
+
+@wire_reader
+@run_async
+async def test_a_stream_message_that_is_no_admit_request_ends_the_stream_naming_it() -> None:
+    async with serving() as h:
+        raw = h.channel.stream_stream("/tiergate.v1.AdmissionControl/AdmitStream")
+        good = [_template(f"1555000200{i}").SerializeToString() for i in range(3)]
+        call = raw(iter([*good, b"\x0a\x05ab", good[0]]))
+        answers = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for a in call:
+                answers.append(pb.AdmitResponse.FromString(a))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = info.value.details() or ""
+        assert "stream message 3: request: not an AdmitRequest" in details
+        # the three before it are answered (as one chunk or lone ones), nothing after
+        assert [a.used for a in answers] == [1, 2, 3]

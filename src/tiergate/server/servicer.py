@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tiergate.engine.columns import kernels
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
-from tiergate.policy.service import AdmissionService, AdmitResult, InvalidArgument
+from tiergate.policy.service import AdmissionService, AdmitResult, Checked, InvalidArgument
 from tiergate.server import admit_wire, columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
@@ -271,8 +272,11 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                 await self._fail(context, "AdmitColumns", e)
 
     async def AdmitStream(
-        self, request_iterator: AsyncIterator[pb.AdmitRequest], context: Context
-    ) -> AsyncIterator[pb.AdmitResponse]:
+        self, request_iterator: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[Any]:
+        """Served with protobuf messages, or (with the compiled engine) from and to
+        wire bytes, as the handler is registered (see ``server.admit_wire``): the
+        same answers, errors and commits either way."""
         with self.in_flight:
             # A reader task buffers what the client sends while a chunk is being
             # decided; the bounded queue stops reading when full, so gRPC flow
@@ -297,7 +301,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             try:
                 done = False
                 while not done:
-                    chunk: list[pb.AdmitRequest] = []
+                    chunk: list[Any] = []
                     item = await queue.get()
                     while True:
                         if item is _END:
@@ -305,7 +309,6 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                             break
                         if isinstance(item, Exception):
                             raise item
-                        assert isinstance(item, pb.AdmitRequest)
                         chunk.append(item)
                         if len(chunk) >= self._max_batch:
                             break
@@ -318,19 +321,38 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                         item = queue.get_nowait()
                     if not chunk:
                         continue
+                    fields: Checked | None = None
+                    unreadable = -1
+                    if type(chunk[0]) is bytes:
+                        fields, requests, unreadable = _wire_chunk(chunk)
+                        encode: Callable[[AdmitResult], Any] = admit_wire.encode_response
+                    else:
+                        requests, encode = chunk, convert.admit_response
                     try:
-                        results = self._decide(chunk, self._batch_now(chunk), "AdmitStream")
+                        if fields is not None:
+                            result = self.service.admit_checked(fields, self._now(fields[6]))
+                            self._metrics.decided_one(result, "AdmitStream")
+                            results = [result]
+                        else:
+                            if unreadable >= 0:
+                                raise InvalidArgument(
+                                    f"requests[{unreadable}].request",
+                                    f"requests[{unreadable}].request: not an AdmitRequest",
+                                )
+                            results = self._decide(
+                                requests, self._batch_now(requests), "AdmitStream"
+                            )
                     except InvalidArgument as e:
                         # Answer the valid requests before the bad one, then end the
                         # stream naming the bad one by its position in the stream.
                         bad, field = _bad_index(e, len(chunk))
                         if bad > 0:
                             results = self._decide(
-                                chunk[:bad], self._batch_now(chunk[:bad]), "AdmitStream"
+                                requests[:bad], self._batch_now(requests[:bad]), "AdmitStream"
                             )
                             await self._committed()
                             for r in results:
-                                yield convert.admit_response(r)
+                                yield encode(r)
                         raise InvalidArgument(
                             field, f"stream message {offset + bad}: {_strip_index(str(e))}"
                         ) from None
@@ -339,7 +361,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                         await pending
                     offset += len(chunk)
                     for r in results:
-                        yield convert.admit_response(r)
+                        yield encode(r)
             except Exception as e:
                 await self._fail(context, "AdmitStream", e)
             finally:
@@ -420,3 +442,19 @@ def _bad_index(exc: InvalidArgument, n: int) -> tuple[int, str]:
 
 def _strip_index(message: str) -> str:
     return re.sub(r"^requests\[\d+\]\.", "", message)
+
+
+def _wire_chunk(chunk: list[bytes]) -> tuple[Checked | None, list[pb.AdmitRequest], int]:
+    """A stream chunk of wire bytes: the checked fields of a lone well-formed request,
+    else the messages, up to the first that is not an AdmitRequest (its index, or -1)."""
+    if len(chunk) == 1:
+        fields = admit_wire.decode_fast(chunk[0])
+        if fields is not None:
+            return fields, [], -1
+    requests: list[pb.AdmitRequest] = []
+    for i, data in enumerate(chunk):
+        try:
+            requests.append(pb.AdmitRequest.FromString(data))
+        except DecodeError:
+            return None, requests, i
+    return None, requests, -1
