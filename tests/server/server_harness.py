@@ -88,3 +88,14 @@ async def serving(
     finally:
         await channel.close(None)
         await sidecar.stop(0.5)
+
+
+def varint(v: int) -> bytes:
+    """A protobuf varint (negative numbers as their 64-bit two's complement)."""
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)

@@ -6,7 +6,7 @@ import random
 
 import grpc
 import pytest
-from server_harness import SENDER, T0, run_async, serving
+from server_harness import SENDER, T0, run_async, serving, varint
 
 from tiergate.policy.service import (
     MAX_ID_LEN,
@@ -27,16 +27,6 @@ wire_reader = pytest.mark.skipif(not admit_wire.COMPILED, reason="the wire reade
 
 def _decode(data: bytes) -> object:
     return compiled.decode_admit(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN)
-
-
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while v >= 0x80:
-        out.append(v & 0x7F | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
 
 
 def _text(rng: random.Random, alphabet: str, longest: int) -> str:
@@ -93,13 +83,13 @@ def _extras(rng: random.Random) -> bytes:
     for _ in range(rng.randrange(1, 5)):
         roll = rng.randrange(5)
         if roll == 0:
-            out += _varint(99 << 3) + _varint(rng.randrange(1 << 40))
+            out += varint(99 << 3) + varint(rng.randrange(1 << 40))
         elif roll == 1:
-            out += _varint(77 << 3 | 2) + b"\x03abc"
+            out += varint(77 << 3 | 2) + b"\x03abc"
         elif roll == 2:
-            out += _varint(55 << 3 | 1) + bytes(8) + _varint(56 << 3 | 5) + bytes(4)
+            out += varint(55 << 3 | 1) + bytes(8) + varint(56 << 3 | 5) + bytes(4)
         elif roll == 3:
-            out += b"\x38" + _varint(T0 + rng.randrange(1000))  # at_unix_ms again
+            out += b"\x38" + varint(T0 + rng.randrange(1000))  # at_unix_ms again
         else:
             out += b"\x0a\x03abc"  # sender_id again
     return bytes(out)
@@ -188,9 +178,9 @@ def test_writer_agrees_with_protobuf(seed: int) -> None:
     assert data == convert.admit_response(result).SerializeToString()
 
 
-@wire_reader
-@run_async
-async def test_the_server_serves_admit_from_wire_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fast_reads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What the server's wire reader answered, call by call."""
     calls: list[object] = []
     decode = admit_wire.decode_fast
 
@@ -200,6 +190,13 @@ async def test_the_server_serves_admit_from_wire_bytes(monkeypatch: pytest.Monke
         return got
 
     monkeypatch.setattr(admit_wire, "decode_fast", counting)
+    return calls
+
+
+@wire_reader
+@run_async
+async def test_the_server_serves_admit_from_wire_bytes(fast_reads: list[object]) -> None:
+    calls = fast_reads
     async with serving() as h:
         ok = pb.AdmitRequest(
             sender_id=SENDER,
@@ -232,18 +229,8 @@ def _template(recipient: str) -> pb.AdmitRequest:
 
 @wire_reader
 @run_async
-async def test_a_stream_takes_lone_messages_from_wire_bytes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[object] = []
-    decode = admit_wire.decode_fast
-
-    def counting(data: bytes) -> object:
-        got = decode(data)
-        calls.append(got)
-        return got
-
-    monkeypatch.setattr(admit_wire, "decode_fast", counting)
+async def test_a_stream_takes_lone_messages_from_wire_bytes(fast_reads: list[object]) -> None:
+    calls = fast_reads
     async with serving() as h:
         call = h.stub.AdmitStream()
         for i in range(5):

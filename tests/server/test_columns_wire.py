@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 import pytest
-from server_harness import SENDER, T0, run_async, serving
+from server_harness import SENDER, T0, run_async, serving, varint
 
 from tiergate.client import AdmitItem, columns_request
 from tiergate.engine.constants import recipient_key
@@ -62,33 +62,23 @@ def _fields(w: columns_wire.WireColumns) -> tuple[Any, ...]:
     )
 
 
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while v >= 0x80:
-        out.append(v & 0x7F | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
 def _unpacked_and_unknown(rng: random.Random, data: bytes) -> bytes:
     """Append unpacked scalars and unknown fields: protobuf accepts both."""
     extra = bytearray()
     for _ in range(rng.randrange(1, 6)):
         roll = rng.randrange(6)
         if roll == 0:
-            extra += b"\x10" + _varint(rng.randrange(1 << 33))  # sender_index, unpacked
+            extra += b"\x10" + varint(rng.randrange(1 << 33))  # sender_index, unpacked
         elif roll == 1:
-            extra += b"\x38" + _varint(rng.randrange(9))  # template_index, unpacked
+            extra += b"\x38" + varint(rng.randrange(9))  # template_index, unpacked
         elif roll == 2:
-            extra += b"\x48" + _varint(-rng.randrange(1 << 40))  # at_unix_ms, unpacked
+            extra += b"\x48" + varint(-rng.randrange(1 << 40))  # at_unix_ms, unpacked
         elif roll == 3:
-            extra += _varint(99 << 3) + _varint(rng.randrange(1 << 20))  # unknown varint
+            extra += varint(99 << 3) + varint(rng.randrange(1 << 20))  # unknown varint
         elif roll == 4:
-            extra += _varint(77 << 3 | 2) + b"\x03abc"  # unknown bytes
+            extra += varint(77 << 3 | 2) + b"\x03abc"  # unknown bytes
         else:
-            extra += _varint(55 << 3 | 1) + bytes(8) + _varint(56 << 3 | 5) + bytes(4)
+            extra += varint(55 << 3 | 1) + bytes(8) + varint(56 << 3 | 5) + bytes(4)
     return data + bytes(extra)
 
 

@@ -529,6 +529,33 @@ cdef inline bint recipient_key(const unsigned char *p, uint64_t length,
     return 1
 
 
+cdef inline int read_field(const unsigned char **pp, const unsigned char *end,
+                           uint64_t *field, uint64_t *value) noexcept nogil:
+    """Read one field's key, then its varint (wire type 0) or its length (2: the
+    bytes follow, within end); skip the payload of wire types 1 and 5. The wire
+    type, or -1 for malformed data, field 0 and groups."""
+    cdef uint64_t key
+    cdef int wire
+    if read_varint(pp, end, &key) < 0:
+        return -1
+    field[0] = key >> 3
+    wire = <int>(key & 7)
+    if field[0] == 0:
+        return -1
+    if wire == 0 or wire == 2:
+        if read_varint(pp, end, value) < 0:
+            return -1
+        if wire == 2 and value[0] > <uint64_t>(end - pp[0]):
+            return -1
+        return wire
+    if wire == 1 or wire == 5:
+        if end - pp[0] < (8 if wire == 1 else 4):
+            return -1
+        pp[0] += 8 if wire == 1 else 4
+        return wire
+    return -1
+
+
 cdef int append_key(carray.array col, uint64_t v) except -1:
     cdef Py_ssize_t old = Py_SIZE(col)
     carray.resize_smart(col, old + 1)
@@ -562,7 +589,7 @@ def decode_request(const unsigned char[::1] data not None):
     cdef const unsigned char *p = base
     cdef const unsigned char *end = p + data.shape[0]
     cdef const unsigned char *q
-    cdef uint64_t key, length, v, rkey
+    cdef uint64_t length, v, rkey
     cdef uint64_t field
     cdef int wire
     cdef Py_ssize_t k, n_rcpt
@@ -577,15 +604,11 @@ def decode_request(const unsigned char[::1] data not None):
     cdef bint dry = False
     cdef list target
     while p < end:
-        if read_varint(&p, end, &key) < 0:
-            return None
-        field = key >> 3
-        wire = <int>(key & 7)
-        if field == 0:
+        wire = read_field(&p, end, &field, &v)
+        if wire < 0:
             return None
         if wire == 2:
-            if read_varint(&p, end, &length) < 0 or length > <uint64_t>(end - p):
-                return None
+            length = v
             q = p + length
             target = None
             if field == 3:
@@ -625,8 +648,6 @@ def decode_request(const unsigned char[::1] data not None):
                 return None
             p = q
         elif wire == 0:
-            if read_varint(&p, end, &v) < 0:
-                return None
             if field == 2:
                 append_scalar(sender_index, v, False)
             elif field == 7:
@@ -637,11 +658,7 @@ def decode_request(const unsigned char[::1] data not None):
                 dry = v != 0
             elif field <= 8:
                 return None
-        elif wire == 1 or wire == 5:
-            if field <= 10 or end - p < (8 if wire == 1 else 4):
-                return None
-            p += 8 if wire == 1 else 4
-        else:
+        elif field <= 10:  # fixed32 / fixed64 (skipped): no known field has them
             return None
     if all_keys:
         return (senders, sender_index, None, kinds, categories, templates, template_index,
@@ -784,7 +801,7 @@ def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
     cdef const unsigned char *end = p + data.shape[0]
     cdef const unsigned char *text[4]
     cdef uint64_t size[4]
-    cdef uint64_t key, length, v, rkey = 0
+    cdef uint64_t v, rkey = 0
     cdef uint64_t field
     cdef uint64_t kind = 0, cat = 0, at = 0
     cdef bint dry = False
@@ -793,25 +810,18 @@ def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
         text[k] = NULL
         size[k] = 0
     while p < end:
-        if read_varint(&p, end, &key) < 0:
-            return None
-        field = key >> 3
-        wire = <int>(key & 7)
-        if field == 0:
+        wire = read_field(&p, end, &field, &v)
+        if wire < 0:
             return None
         if wire == 2:
-            if read_varint(&p, end, &length) < 0 or length > <uint64_t>(end - p):
-                return None
             if field == 1 or field == 2 or field == 5 or field == 6:
                 k = 0 if field == 1 else 1 if field == 2 else 2 if field == 5 else 3
                 text[k] = p  # the last occurrence wins, as in protobuf
-                size[k] = length
+                size[k] = v
             elif field <= 8:
                 return None
-            p += length
+            p += v
         elif wire == 0:
-            if read_varint(&p, end, &v) < 0:
-                return None
             if field == 3:
                 kind = v
             elif field == 4:
@@ -822,11 +832,7 @@ def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
                 dry = v != 0
             elif field <= 8:
                 return None
-        elif wire == 1 or wire == 5:
-            if field <= 8 or end - p < (8 if wire == 1 else 4):
-                return None
-            p += 8 if wire == 1 else 4
-        else:
+        elif field <= 8:  # fixed32 / fixed64 (skipped): no known field has them
             return None
     if (size[0] == 0 or size[0] > <uint64_t>max_id or size[2] > <uint64_t>max_template
             or size[3] > <uint64_t>max_key or <int64_t>at < 0):

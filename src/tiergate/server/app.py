@@ -130,7 +130,7 @@ class Sidecar:
         # replace theirs for the methods).
         wire = {"AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire)}
         if admit_wire.COMPILED:
-            wire["Admit"] = grpc.unary_unary_rpc_method_handler(servicer.AdmitWire)
+            wire["Admit"] = grpc.unary_unary_rpc_method_handler(servicer.Admit)
             wire["AdmitStream"] = grpc.stream_stream_rpc_method_handler(servicer.AdmitStream)
         server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
             SERVICE_NAME, wire

@@ -170,44 +170,33 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
 
     # --- RPCs ------------------------------------------------------------------
 
-    async def Admit(self, request: pb.AdmitRequest, context: Context) -> pb.AdmitResponse:
+    async def Admit(self, request: Any, context: Context) -> Any:
+        """A protobuf AdmitRequest in, an AdmitResponse out; or, with the compiled
+        engine, the request's wire bytes in and the response's bytes out (see
+        ``server.admit_wire``): the same answers, errors and commit either way."""
         # The busiest RPC: what ``with self.in_flight, self._timed(...)`` does, written
         # out (a generator-based context manager costs more than the rest of the wrapper).
         in_flight = self.in_flight
         in_flight.__enter__()
         started = time.perf_counter()
         try:
-            result = self.service.admit(request, self._now(request.at_unix_ms))
-            self._metrics.decided_one(result, "Admit")
-            pending = self._commit()
-            if pending is not None:
-                await pending
-            return convert.admit_response(result)
-        except Exception as e:
-            await self._fail(context, "Admit", e)
-        finally:
-            self._metrics.timed("Admit", started)
-            in_flight.__exit__()
-
-    async def AdmitWire(self, data: bytes, context: Context) -> bytes:
-        """Admit served from and to wire bytes (see ``server.admit_wire``): the same
-        answers, errors and commit as :meth:`Admit`, without protobuf message
-        objects for a well-formed request."""
-        in_flight = self.in_flight
-        in_flight.__enter__()
-        started = time.perf_counter()
-        try:
-            fields = admit_wire.decode_fast(data)
-            if fields is not None:
-                result = self.service.admit_checked(fields, self._now(fields[6]))
+            wire = type(request) is bytes
+            if wire:
+                fields = admit_wire.decode_fast(request)
+                if fields is not None:
+                    result = self.service.admit_checked(fields, self._now(fields[6]))
+                else:
+                    request = admit_wire.parse(request)
+                    result = self.service.admit(request, self._now(request.at_unix_ms))
             else:
-                request = admit_wire.parse(data)
                 result = self.service.admit(request, self._now(request.at_unix_ms))
             self._metrics.decided_one(result, "Admit")
             pending = self._commit()
             if pending is not None:
                 await pending
-            return admit_wire.encode_response(result)
+            if wire:
+                return admit_wire.encode_response(result)
+            return convert.admit_response(result)
         except Exception as e:
             await self._fail(context, "Admit", e)
         finally:
