@@ -259,3 +259,26 @@ async def test_a_stream_message_that_is_no_admit_request_ends_the_stream_naming_
         assert "stream message 3: request: not an AdmitRequest" in details
         # the three before it are answered (as one chunk or lone ones), nothing after
         assert [a.used for a in answers] == [1, 2, 3]
+
+
+@wire_reader
+@run_async
+async def test_a_bad_field_before_an_unreadable_message_is_the_one_named() -> None:
+    async with serving() as h:
+        raw = h.channel.stream_stream("/tiergate.v1.AdmissionControl/AdmitStream")
+        bad_field = _template("12x")
+        messages = [
+            _template("15550003000").SerializeToString(),
+            _template("15550003001").SerializeToString(),
+            bad_field.SerializeToString(),
+            b"\x0a\x05ab",
+        ]
+        call = raw(iter(messages))
+        answers = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for a in call:
+                answers.append(pb.AdmitResponse.FromString(a))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = info.value.details() or ""
+        assert "stream message 2" in details and "recipient" in details
+        assert [a.used for a in answers] == [1, 2]

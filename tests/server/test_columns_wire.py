@@ -169,6 +169,15 @@ def test_keys_read_off_the_wire_decide_as_strings_do() -> None:
     got = decide(wire)
     assert got == decide(columns_wire.protobuf_decode(data))
     assert got[0].count(pb.DECISION_ADMIT) == 250 and got[1].count(pb.MESSAGING_LIMIT) == 50
+    # A key repeated inside the batch sends it down the general path, which
+    # makes each recipient's string from the wire bytes.
+    msg.idempotency_keys.extend(["k"] * 2 + [f"k{i}" for i in range(298)])
+    data = msg.SerializeToString()
+    wire = columns_wire.decode_request(data)
+    assert wire.recipient_keys is not None
+    got = decide(wire)
+    assert got == decide(columns_wire.protobuf_decode(data))
+    assert got[2][0] == got[2][1] != ""  # the repeat answers the first admit's ticket
 
 
 @pytest.mark.parametrize(

@@ -322,15 +322,12 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                             result = self.service.admit_checked(fields, self._now(fields[6]))
                             self._metrics.decided_one(result, "AdmitStream")
                             results = [result]
-                        else:
-                            if unreadable >= 0:
-                                raise InvalidArgument(
-                                    f"requests[{unreadable}].request",
-                                    f"requests[{unreadable}].request: not an AdmitRequest",
-                                )
+                        elif requests:
                             results = self._decide(
                                 requests, self._batch_now(requests), "AdmitStream"
                             )
+                        else:
+                            results = []
                     except InvalidArgument as e:
                         # Answer the valid requests before the bad one, then end the
                         # stream naming the bad one by its position in the stream.
@@ -351,6 +348,12 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     offset += len(chunk)
                     for r in results:
                         yield encode(r)
+                    if unreadable >= 0:
+                        # The messages before it are answered (above); end the stream here.
+                        at = offset - len(chunk) + unreadable
+                        raise InvalidArgument(
+                            "request", f"stream message {at}: request: not an AdmitRequest"
+                        )
             except Exception as e:
                 await self._fail(context, "AdmitStream", e)
             finally:
