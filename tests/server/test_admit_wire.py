@@ -243,20 +243,27 @@ async def test_a_stream_takes_lone_messages_from_wire_bytes(fast_reads: list[obj
     assert len(calls) == 5 and all(c is not None for c in calls)
 
 
+async def _failing_raw_stream(
+    channel: grpc.aio.Channel, messages: list[bytes]
+) -> tuple[list[pb.AdmitResponse], grpc.aio.AioRpcError]:
+    """Send wire bytes on AdmitStream; the answers before it failed, and its error."""
+    raw = channel.stream_stream("/tiergate.v1.AdmissionControl/AdmitStream")
+    call = raw(iter(messages))
+    answers = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for a in call:
+            answers.append(pb.AdmitResponse.FromString(a))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return answers, info.value
+
+
 @wire_reader
 @run_async
 async def test_a_stream_message_that_is_no_admit_request_ends_the_stream_naming_it() -> None:
     async with serving() as h:
-        raw = h.channel.stream_stream("/tiergate.v1.AdmissionControl/AdmitStream")
         good = [_template(f"1555000200{i}").SerializeToString() for i in range(3)]
-        call = raw(iter([*good, b"\x0a\x05ab", good[0]]))
-        answers = []
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for a in call:
-                answers.append(pb.AdmitResponse.FromString(a))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        details = info.value.details() or ""
-        assert "stream message 3: request: not an AdmitRequest" in details
+        answers, error = await _failing_raw_stream(h.channel, [*good, b"\x0a\x05ab", good[0]])
+        assert "stream message 3: request: not an AdmitRequest" in (error.details() or "")
         # the three before it are answered (as one chunk or lone ones), nothing after
         assert [a.used for a in answers] == [1, 2, 3]
 
@@ -265,20 +272,13 @@ async def test_a_stream_message_that_is_no_admit_request_ends_the_stream_naming_
 @run_async
 async def test_a_bad_field_before_an_unreadable_message_is_the_one_named() -> None:
     async with serving() as h:
-        raw = h.channel.stream_stream("/tiergate.v1.AdmissionControl/AdmitStream")
-        bad_field = _template("12x")
         messages = [
             _template("15550003000").SerializeToString(),
             _template("15550003001").SerializeToString(),
-            bad_field.SerializeToString(),
+            _template("12x").SerializeToString(),
             b"\x0a\x05ab",
         ]
-        call = raw(iter(messages))
-        answers = []
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for a in call:
-                answers.append(pb.AdmitResponse.FromString(a))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        details = info.value.details() or ""
+        answers, error = await _failing_raw_stream(h.channel, messages)
+        details = error.details() or ""
         assert "stream message 2" in details and "recipient" in details
         assert [a.used for a in answers] == [1, 2]
