@@ -89,30 +89,38 @@ def check_items(Py_ssize_t n, const unsigned int[::1] sender_index, Py_ssize_t n
     return -1, 0
 
 
+cdef inline bint recipient_key(const unsigned char *p, uint64_t length,
+                               uint64_t *out) noexcept nogil:
+    """The key of a recipient's text (a string's one-byte data, or its UTF-8
+    bytes off the wire): E.164 digits (1 to 15, an optional leading '+');
+    0 when it is none."""
+    cdef uint64_t start = 1 if length > 0 and p[0] == 43 else 0  # '+'
+    cdef uint64_t k, value = 0
+    cdef unsigned char ch
+    if length <= start or length - start > MAX_RECIPIENT_DIGITS:
+        return 0
+    for k in range(start, length):
+        ch = p[k]
+        if ch < 48 or ch > 57:
+            return 0
+        value = value * 10 + (ch - 48)
+    out[0] = value | ((length - start) << KEY_LENGTH_SHIFT)
+    return 1
+
+
 def encode_recipients(list recipients, unsigned long long[::1] out):
     """Write each recipient's key to ``out``; the index of the first bad one, or -1."""
-    cdef Py_ssize_t i, k, start, nd, length
+    cdef Py_ssize_t i
     cdef object rcpt
-    cdef const unsigned char *data
     cdef uint64_t value
-    cdef unsigned char ch
     for i in range(len(recipients)):
         rcpt = recipients[i]
         if type(rcpt) is not str or PyUnicode_KIND(rcpt) != PyUnicode_1BYTE_KIND:
             return i
-        length = PyUnicode_GET_LENGTH(rcpt)
-        data = PyUnicode_1BYTE_DATA(rcpt)
-        start = 1 if length > 0 and data[0] == 43 else 0  # '+'
-        nd = length - start
-        if nd <= 0 or nd > MAX_RECIPIENT_DIGITS:
+        if not recipient_key(PyUnicode_1BYTE_DATA(rcpt),
+                             <uint64_t>PyUnicode_GET_LENGTH(rcpt), &value):
             return i
-        value = 0
-        for k in range(start, length):
-            ch = data[k]
-            if ch < 48 or ch > 57:
-                return i
-            value = value * 10 + (ch - 48)
-        out[i] = value | (<uint64_t>nd << KEY_LENGTH_SHIFT)
+        out[i] = value
     return -1
 
 
@@ -511,24 +519,6 @@ cdef int read_scalars(const unsigned char *p, const unsigned char *end, carray.a
     return 0 if p == end else -1
 
 
-cdef inline bint recipient_key(const unsigned char *p, uint64_t length,
-                               uint64_t *out) noexcept nogil:
-    """The key of a recipient's UTF-8 bytes, as encode_recipients makes it from the
-    string: E.164 digits (1 to 15, an optional leading '+'); 0 when it is none."""
-    cdef uint64_t start = 1 if length > 0 and p[0] == 43 else 0  # '+'
-    cdef uint64_t k, value = 0
-    cdef unsigned char ch
-    if length <= start or length - start > MAX_RECIPIENT_DIGITS:
-        return 0
-    for k in range(start, length):
-        ch = p[k]
-        if ch < 48 or ch > 57:
-            return 0
-        value = value * 10 + (ch - 48)
-    out[0] = value | ((length - start) << KEY_LENGTH_SHIFT)
-    return 1
-
-
 cdef inline int read_field(const unsigned char **pp, const unsigned char *end,
                            uint64_t *field, uint64_t *value) noexcept nogil:
     """Read one field's key, then its varint (wire type 0) or its length (2: the
@@ -704,15 +694,21 @@ cdef inline Py_ssize_t field_size(Py_ssize_t length) noexcept nogil:
     return 1 + varint_size(<uint64_t>length) + length if length else 0
 
 
-cdef inline Py_ssize_t put_bytes(char *buf, Py_ssize_t pos, char tag,
-                                 const unsigned char[::1] col) noexcept nogil:
-    cdef Py_ssize_t n = col.shape[0]
+cdef inline Py_ssize_t put_text(char *buf, Py_ssize_t pos, char tag, const char *text,
+                                Py_ssize_t n) noexcept nogil:
     if n:
         buf[pos] = tag
         pos = put_varint(buf, pos + 1, <uint64_t>n)
-        memcpy(buf + pos, &col[0], n)
+        memcpy(buf + pos, text, n)
         pos += n
     return pos
+
+
+cdef inline Py_ssize_t put_bytes(char *buf, Py_ssize_t pos, char tag,
+                                 const unsigned char[::1] col) noexcept nogil:
+    if col.shape[0] == 0:
+        return pos
+    return put_text(buf, pos, tag, <const char *>&col[0], col.shape[0])
 
 
 cdef inline Py_ssize_t put_packed(char *buf, Py_ssize_t pos, char tag, Py_ssize_t length,
@@ -861,16 +857,6 @@ cdef inline Py_ssize_t put_scalar(char *buf, Py_ssize_t pos, char tag,
     if v:
         buf[pos] = tag
         pos = put_varint(buf, pos + 1, v)
-    return pos
-
-
-cdef inline Py_ssize_t put_text(char *buf, Py_ssize_t pos, char tag, const char *text,
-                                Py_ssize_t n) noexcept nogil:
-    if n:
-        buf[pos] = tag
-        pos = put_varint(buf, pos + 1, <uint64_t>n)
-        memcpy(buf + pos, text, n)
-        pos += n
     return pos
 
 
