@@ -131,10 +131,16 @@ cdef extern from *:
 # 100 batches (benchmarks/engine.py does the same): loading 64 items' lines
 # in a tight loop before deciding them gave 2.12-2.44x the 1 000-recipient
 # figure (median 2.25x); prefetching the three lines from the home slot's
-# 5, 8 or 16 items ahead gave medians of 2.07x, 2.04x and 2.01x.
+# 5, 8 or 16 items ahead gave medians of 2.07x, 2.04x and 2.01x. Since the
+# scope lines are fetched non-temporal (tg_prefetch_once), 8 ahead is better:
+# on a 2-core Xeon (KVM), timing the home slot's load with rdtscp at 10 M
+# showed 4.9 % of the lines fetched 16 items ahead gone again by the time
+# they were read (DRAM latency), 1.0 % at 8 and 0.4 % at 4; side by side
+# against 16, in six pairings: 10 M 127.7 to 132.4 ns a decision against
+# 135.6 to 139.1, the 20-sender peers workload 91-92 against 93-94 ns.
 cdef enum:
     PREFETCH_AHEAD = 8
-    BATCH_AHEAD = 16
+    BATCH_AHEAD = 8
     # Small tables (fewer slots than this, ~0.8 MB of scope entries) are
     # rebuilt a third full rather than half: fewer rebuilds and shorter probes
     # where the room costs little (the peers workload, 20 senders of a few
