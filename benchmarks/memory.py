@@ -7,9 +7,10 @@ random table access. This script measures that charge on its own, with a small
 C program (compiled here with the system C compiler) doing a decision's memory
 work and nothing else:
 
-- ``decide_batch``'s pattern: prefetch the table lines of the item 16 places
-  on, then read the current item's line, write its entry back, and do a fixed
-  amount of arithmetic that depends on what was read (as the decision does);
+- ``decide_batch``'s pattern: prefetch the table lines of the item 8 places
+  on (``PREFETCH_AHEAD``, non-temporal, as the engine fetches its scope
+  lines), then read the current item's line, write its entry back, and do a
+  fixed amount of arithmetic that depends on what was read (as the decision does);
 - over a table region of each size, from one that fits in the caches to 1 GB;
 - reading 1 line or 3 adjacent lines per item (a Robin Hood probe of 16-byte
   entries from anywhere in a line spills into the next lines, so the engine
@@ -92,7 +93,7 @@ int main(int argc, char **argv) {
     for (i = 0; i < iters; i++) {
         size_t *q;
         j = pos[(i + ahead) & (n - 1)];
-        for (l = 0; l < lines; l++) __builtin_prefetch(p + j + 64 * l);
+        for (l = 0; l < lines; l++) __builtin_prefetch(p + j + 64 * l, 0, 0);
         q = (size_t *)(p + pos[i & (n - 1)]);
         s += *q;
         if (write) *q = s;
@@ -128,6 +129,8 @@ def build_probe(workdir: Path) -> Path | None:
 
 #: decide_batch's column streams: 6 request columns read, 7 answer columns written
 STREAMS = 13
+# decide_batch's BATCH_AHEAD (ext/tiergate/_native/engine.pyx)
+PREFETCH_AHEAD = 8
 
 
 def run_probe(
@@ -140,7 +143,7 @@ def run_probe(
             str(lines),
             str(int(write)),
             str(work),
-            "16",
+            str(PREFETCH_AHEAD),
             str(iters),
             str(streams),
         ],
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = measure(exe, regions, rounds, iters, args.work)
     _common.print_table(
-        f"one decision's table access, alone (C, prefetch 16 items ahead, one write, "
+        f"one decision's table access, alone (C, prefetch {PREFETCH_AHEAD} items ahead, one write, "
         f"{args.work} dependent arithmetic steps; ns per item, median of {rounds} "
         "round(s); ratio = the size's figure / the cached region's, same line and stream "
         "counts; streams = sequential 8-byte column streams beside, as decide_batch's)",
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
             "seconds": time.monotonic() - started,
             "work_steps": args.work,
-            "prefetch_ahead": 16,
+            "prefetch_ahead": PREFETCH_AHEAD,
             "iterations": iters,
             "rounds": rounds,
             "rows": rows,

@@ -135,9 +135,9 @@ cdef extern from *:
 # scope lines are fetched non-temporal (tg_prefetch_once), 8 ahead is better:
 # on a 2-core Xeon (KVM), timing the home slot's load with rdtscp at 10 M
 # showed 4.9 % of the lines fetched 16 items ahead gone again by the time
-# they were read (DRAM latency), 1.0 % at 8 and 0.4 % at 4; side by side
-# against 16, in six pairings: 10 M 127.7 to 132.4 ns a decision against
-# 135.6 to 139.1, the 20-sender peers workload 91-92 against 93-94 ns.
+# they were read (DRAM latency), 1.0 % at 8 and 0.3 % at 4; side by side
+# against 16, 8 ahead took 1 to 8 % less at 10 M in all seven pairings, and
+# the 20-sender peers workload 91-92 against 93-94 ns.
 cdef enum:
     PREFETCH_AHEAD = 8
     BATCH_AHEAD = 8
