@@ -20,6 +20,7 @@ from tiergate import config as cfg
 from tiergate.client import TiergateClient
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar
+from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
 P = ParamSpec("P")
@@ -88,6 +89,26 @@ async def serving(
     finally:
         await channel.close(None)
         await sidecar.stop(0.5)
+
+
+def template_request(
+    recipient: str,
+    at: int = T0,
+    *,
+    category: pb.Category.ValueType = pb.UTILITY,
+    template_id: str = "t1",
+    key: str = "",
+) -> pb.AdmitRequest:
+    """A template send from SENDER to ``recipient``."""
+    return pb.AdmitRequest(
+        sender_id=SENDER,
+        recipient=recipient,
+        kind=pb.TEMPLATE,
+        category=category,
+        template_id=template_id,
+        idempotency_key=key,
+        at_unix_ms=at,
+    )
 
 
 def varint(v: int) -> bytes:

@@ -6,7 +6,7 @@ import random
 
 import grpc
 import pytest
-from server_harness import SENDER, T0, run_async, serving, varint
+from server_harness import SENDER, T0, run_async, serving, template_request, varint
 
 from tiergate.policy.service import (
     MAX_ID_LEN,
@@ -216,17 +216,6 @@ async def test_the_server_serves_admit_from_wire_bytes(fast_reads: list[object])
     assert len(calls) == 2 and calls[0] is not None and calls[1] is None
 
 
-def _template(recipient: str) -> pb.AdmitRequest:
-    return pb.AdmitRequest(
-        sender_id=SENDER,
-        recipient=recipient,
-        kind=pb.TEMPLATE,
-        category=pb.UTILITY,
-        template_id="t1",
-        at_unix_ms=T0,
-    )
-
-
 @wire_reader
 @run_async
 async def test_a_stream_takes_lone_messages_from_wire_bytes(fast_reads: list[object]) -> None:
@@ -234,7 +223,7 @@ async def test_a_stream_takes_lone_messages_from_wire_bytes(fast_reads: list[obj
     async with serving() as h:
         call = h.stub.AdmitStream()
         for i in range(5):
-            await call.write(_template(f"1555000100{i}"))
+            await call.write(template_request(f"1555000100{i}"))
             answer = await call.read()
             assert isinstance(answer, pb.AdmitResponse) and answer.decision == pb.DECISION_ADMIT
             assert answer.used == i + 1 and answer.ticket
@@ -261,7 +250,7 @@ async def _failing_raw_stream(
 @run_async
 async def test_a_stream_message_that_is_no_admit_request_ends_the_stream_naming_it() -> None:
     async with serving() as h:
-        good = [_template(f"1555000200{i}").SerializeToString() for i in range(3)]
+        good = [template_request(f"1555000200{i}").SerializeToString() for i in range(3)]
         answers, error = await _failing_raw_stream(h.channel, [*good, b"\x0a\x05ab", good[0]])
         assert "stream message 3: request: not an AdmitRequest" in (error.details() or "")
         # the three before it are answered (as one chunk or lone ones), nothing after
@@ -273,9 +262,9 @@ async def test_a_stream_message_that_is_no_admit_request_ends_the_stream_naming_
 async def test_a_bad_field_before_an_unreadable_message_is_the_one_named() -> None:
     async with serving() as h:
         messages = [
-            _template("15550003000").SerializeToString(),
-            _template("15550003001").SerializeToString(),
-            _template("12x").SerializeToString(),
+            template_request("15550003000").SerializeToString(),
+            template_request("15550003001").SerializeToString(),
+            template_request("12x").SerializeToString(),
             b"\x0a\x05ab",
         ]
         answers, error = await _failing_raw_stream(h.channel, messages)

@@ -7,21 +7,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from server_harness import SENDER, T0, run_async, sender, serving
+from server_harness import SENDER, T0, run_async, sender, serving, template_request
 
 from tiergate.v1 import admission_pb2 as pb
 
 
 def template(recipient: str, at: int = 0, key: str = "") -> pb.AdmitRequest:
-    return pb.AdmitRequest(
-        sender_id=SENDER,
-        recipient=recipient,
-        kind=pb.TEMPLATE,
-        category=pb.UTILITY,
-        template_id="order_update",
-        idempotency_key=key,
-        at_unix_ms=at,
-    )
+    return template_request(recipient, at, template_id="order_update", key=key)
 
 
 @run_async

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_harness import OTHER_SENDER as OTHER
-from server_harness import SENDER, T0, make_config, run_async, sender, serving
+from server_harness import SENDER, T0, make_config, run_async, sender, serving, template_request
 
 from tiergate.config import Endpoint
 from tiergate.server import SERVICE_NAME, Sidecar, StartupError
@@ -26,14 +26,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def admit(recipient: str, at: int = T0) -> pb.AdmitRequest:
-    return pb.AdmitRequest(
-        sender_id=SENDER,
-        recipient=recipient,
-        kind=pb.TEMPLATE,
-        category=pb.MARKETING,
-        template_id="spring_sale",
-        at_unix_ms=at,
-    )
+    return template_request(recipient, at, category=pb.MARKETING, template_id="spring_sale")
 
 
 @run_async
