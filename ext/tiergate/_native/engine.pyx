@@ -411,10 +411,16 @@ cdef inline TableEntry *entry_place(TableEntry *slots, uint64_t capacity,
                                     TableEntry *e) noexcept nogil:
     # Insert a copy of *e (its key known absent, a slot known free); returns
     # where it landed.
+    return entry_place_mixed(slots, capacity, e, mix(e.key & KEY_MASK))
+
+
+cdef inline TableEntry *entry_place_mixed(TableEntry *slots, uint64_t capacity,
+                                          TableEntry *e, uint64_t mixed) noexcept nogil:
+    # entry_place, given mix(key)
     cdef TableEntry cur = e[0]
     cdef TableEntry tmp
     cdef TableEntry *landed = NULL
-    cdef uint64_t i = home(cur.key & KEY_MASK, capacity), d = 0, di
+    cdef uint64_t i = tg_scale(mixed, capacity), d = 0, di
     while True:
         if slots[i].key == 0:
             cur.key = with_distance(cur.key, d)
@@ -647,10 +653,25 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
     for v in range(start + 1, start + cap + 1):
         r = v if v < cap else v - cap
         word = t.slots[r].key
-        if word == 0:
+        if Table is NumberTable:
+            # Number tables are swept every few thousand inserts (pair-rate
+            # entries expire seconds after their send), mostly empty or
+            # expired slots in random order: one branch, taken for the live
+            # entries only, instead of a mispredicted one per slot. An empty
+            # slot is cleared like an expired one and leaves w alone: no
+            # entry after it has its home at or before it (Robin Hood). At
+            # 10 M tracked recipients, side by side: 120.6 and 121.2 -> 107.9
+            # and 102.8 ns a decision (1 000: 53-55, the same).
+            if not ((word != 0) & ((t.slots[r].window_until >= cut)
+                                   | (t.slots[r].fep_until >= cut)
+                                   | (t.slots[r].pair_tat >= cut))):
+                dead += word != 0
+                memset(&t.slots[r], 0, sizeof(t.slots[0]))
+                continue
+        elif word == 0:
             w = v + 1
             continue
-        if entry_expired(t, r, cut):
+        elif entry_expired(t, r, cut):
             if Table is ScopeTable:
                 if word & KEY_MARKETING:
                     marketing = True
@@ -718,11 +739,16 @@ cdef inline ScopeEntry *scope_find(ScopeTable *t, uint64_t key) noexcept nogil:
 
 cdef ScopeEntry *scope_insert(ScopeTable *t, uint64_t key) noexcept nogil:
     # A new entry for key (known absent; room reserved by table_reserve).
+    return scope_insert_mixed(t, key, mix(key))
+
+
+cdef inline ScopeEntry *scope_insert_mixed(ScopeTable *t, uint64_t key,
+                                           uint64_t mixed) noexcept nogil:
     cdef ScopeEntry e
     e.key = key
     e.slot = 0
     t.count += 1
-    return entry_place(t.slots, t.capacity, &e)
+    return entry_place_mixed(t.slots, t.capacity, &e, mixed)
 
 
 cdef inline NumberEntry *number_find(NumberTable *t, uint64_t key) noexcept nogil:
@@ -730,13 +756,18 @@ cdef inline NumberEntry *number_find(NumberTable *t, uint64_t key) noexcept nogi
 
 
 cdef NumberEntry *number_insert(NumberTable *t, uint64_t key) noexcept nogil:
+    return number_insert_mixed(t, key, mix(key))
+
+
+cdef inline NumberEntry *number_insert_mixed(NumberTable *t, uint64_t key,
+                                             uint64_t mixed) noexcept nogil:
     cdef NumberEntry e
     e.key = key
     e.window_until = NEVER
     e.fep_until = NEVER
     e.pair_tat = NEVER
     t.count += 1
-    return entry_place(t.slots, t.capacity, &e)
+    return entry_place_mixed(t.slots, t.capacity, &e, mixed)
 
 
 # -- scopes ------------------------------------------------------------------
@@ -1124,9 +1155,9 @@ cdef class Engine:
         if ne == NULL:
             if table_reserve(&num.table, number_cut(self, num)) < 0:
                 return -1
-            ne = number_insert(&num.table, recipient)
+            ne = number_insert_mixed(&num.table, recipient, mixed)
         if se == NULL and (counting or marketing):
-            se = scope_insert(&s.table, recipient)
+            se = scope_insert_mixed(&s.table, recipient, mixed)
         # ... then consume
         if counting:
             ring_remove(ring, last)
