@@ -21,7 +21,13 @@ work and nothing else:
   outstanding misses (the probe reads and writes 13 eight-byte streams).
 
 The ratio of each row to the cached row is the smallest size ratio any engine
-with that access pattern could show here. Prints a table and writes
+with that access pattern could show here.
+
+A single ``decide`` call has nothing to overlap its table read with (the key
+arrives with the call), so a second table gives the price of one dependent
+random load over each region: a pointer chase through lines spread over it,
+with huge pages asked for as the engine does. At 10 M a single call pays about
+one of those on top of its figure at 1 000. Prints a table and writes
 ``benchmarks/results/memory.json``.
 
     .venv/bin/python benchmarks/memory.py --quick     # ~20 s
@@ -63,8 +69,36 @@ static uint64_t next_rand(void) {
     return rng;
 }
 
+/* chase REGION_BYTES ITERS: ns per load, each load's address the previous load's
+   value, over a random cycle through up to 1 Mi lines spread over the region */
+static int chase(size_t region, size_t iters) {
+    size_t lines = region / 64, n = lines < ((size_t)1 << 20) ? lines : (size_t)1 << 20;
+    size_t stride = lines / n, i, j, tmp, off;
+    size_t *idx = malloc(n * sizeof(size_t));
+    char *p = mmap(NULL, region, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    double t;
+    if (p == MAP_FAILED || idx == NULL || n < 2) return 3;
+#ifdef MADV_HUGEPAGE
+    madvise(p, region, MADV_HUGEPAGE);
+#endif
+    for (i = 0; i < n; i++) idx[i] = i * stride + next_rand() % stride;  /* distinct lines */
+    for (i = n - 1; i > 0; i--) {  /* one random order of them */
+        j = next_rand() % (i + 1);
+        tmp = idx[i]; idx[i] = idx[j]; idx[j] = tmp;
+    }
+    for (i = 0; i < n; i++) *(size_t *)(p + idx[i] * 64) = idx[(i + 1) % n] * 64;
+    off = idx[0] * 64;  /* on the cycle (line 0 need not be) */
+    for (i = 0; i < n; i++) off = *(volatile size_t *)(p + off);  /* warm the TLB, caches */
+    t = now_s();
+    for (i = 0; i < iters; i++) off = *(volatile size_t *)(p + off);
+    t = now_s() - t;
+    printf("%.3f %llu\n", t / iters * 1e9, (unsigned long long)off & 1);
+    return 0;
+}
+
 /* probe REGION_BYTES LINES WRITE WORK AHEAD ITERS STREAMS: ns per item */
 int main(int argc, char **argv) {
+    if (argc == 3) return chase(strtoull(argv[1], NULL, 10), strtoull(argv[2], NULL, 10));
     if (argc != 8) return 2;
     size_t region = strtoull(argv[1], NULL, 10);
     int lines = atoi(argv[2]), write = atoi(argv[3]), work = atoi(argv[4]);
@@ -155,6 +189,33 @@ def run_probe(
     return float(out.stdout.split()[0])
 
 
+def run_chase(exe: Path, region: int, iters: int) -> float:
+    out = subprocess.run(
+        [str(exe), str(region), str(iters)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return float(out.stdout.split()[0])
+
+
+def measure_chase(exe: Path, regions: list[int], rounds: int, iters: int) -> list[dict[str, Any]]:
+    """ns per dependent random load for every region, in rounds; medians."""
+    seen: dict[int, list[float]] = {r: [] for r in regions}
+    for _ in range(rounds):
+        for region in regions:
+            seen[region].append(run_chase(exe, region, iters))
+    return [
+        {
+            "region_bytes": region,
+            "ns_per_load": statistics.median(seen[region]),
+            "ns_runs": seen[region],
+        }
+        for region in regions
+    ]
+
+
 def measure(
     exe: Path, regions: list[int], rounds: int, iters: int, work: int
 ) -> list[dict[str, Any]]:
@@ -208,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         if exe is None:
             print("no C compiler (cc or gcc) on PATH: nothing measured")
             rows: list[dict[str, Any]] = []
+            chased: list[dict[str, Any]] = []
         else:
             rows = measure(exe, regions, rounds, iters, args.work)
+            chased = measure_chase(exe, regions, rounds, iters // 4)
     _common.print_table(
         f"one decision's table access, alone (C, prefetch {PREFETCH_AHEAD} items ahead, one write, "
         f"{args.work} dependent arithmetic steps; ns per item, median of {rounds} "
@@ -235,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )
+    _common.print_table(
+        "one single call's table access: a dependent random load (pointer chase over the "
+        f"region, huge pages asked for; ns per load, median of {rounds} round(s)). A single "
+        "decide cannot prefetch: at 10 M its scope-table line costs one such load, whole, "
+        "next to engine.py's single-call figure at 1 000",
+        ["table region MB", "ns per load"],
+        [[r["region_bytes"] / MB, r["ns_per_load"]] for r in chased],
+    )
     path = _common.write_results(
         "memory",
         {
@@ -245,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             "iterations": iters,
             "rounds": rounds,
             "rows": rows,
+            "chase": chased,
         },
         args.results_dir,
     )

@@ -178,3 +178,7 @@ def test_memory_probe_tiny(tmp_path: Path) -> None:
         assert r["ratio_to_cached"] == pytest.approx(r["ns_per_item"] / cached["ns_per_item"])
     assert rows[0]["added_ns"] == 0 and rows[1]["ratio_to_cached"] == 1
     assert "one decision's table access" in proc.stdout
+    chased = data["chase"]
+    assert [r["region_bytes"] for r in chased] == [256 * 1024, 8 << 20]
+    assert all(r["ns_per_load"] > 0 and len(r["ns_runs"]) == 1 for r in chased)
+    assert "one single call's table access" in proc.stdout
