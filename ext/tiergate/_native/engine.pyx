@@ -891,7 +891,7 @@ cdef KeySlot *sort_keys(KeySlot *a, uint64_t n) noexcept nogil:
         first = (a[0].key >> shift) & (RADIX_BUCKETS - 1) if n else 0
         if counts[first] != n:
             acc = 0
-            for d in range(RADIX_BUCKETS):
+            for d in range(<uint64_t>RADIX_BUCKETS):
                 c = counts[d]
                 counts[d] = acc
                 acc += c
@@ -1111,6 +1111,8 @@ cdef class Engine:
             num.clock = now
         mixed = mix(recipient)
         se = entry_find_mixed(s.table.slots, s.table.capacity, recipient, mixed)
+        nstop[0] = 0
+        nstop[1] = DIST_MAX  # set by entry_search when it finds no entry
         ne = entry_search(num.table.slots, num.table.capacity, recipient, mixed, nstop)
         template = (flags & F_TEMPLATE) != 0
         marketing = (flags & F_MARKETING) != 0
