@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -95,6 +96,33 @@ def test_snapshot_then_journal_replay_equivalence(tmp_path: Path) -> None:
     assert svc2.restored == 1 and svc2.replayed == 20
     assert report.snapshot_seq == 30
     store2.close()
+
+
+def test_journal_bytes_after_a_snapshot_wait_for_slow_segment_cuts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rotated segment is cut to what it holds in a background thread. On a
+    # slow disk the snapshot's prune may come first: it must count the bytes
+    # the pruned segment held, not its preallocated size on disk.
+    retire = j.JournalWriter._retire
+
+    def slow_retire(self: j.JournalWriter, *args: object) -> None:
+        time.sleep(0.2)
+        retire(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(j.JournalWriter, "_retire", slow_retire)
+    data = tmp_path / "data"
+    store, svc = fresh(data, keep_snapshots=2, snapshot_on_close=False)
+    for round_ in range(4):
+        run_ops(store, svc, 10, start=round_ * 10)
+        store.snapshot_sync(svc)
+    writer = store._writer
+    assert writer is not None
+    writer.sync()
+    *older, _current = segments(data)
+    assert len(older) == 1  # the segment after the oldest kept snapshot
+    assert store.journal_bytes == sum(p.stat().st_size for p in older) + writer.segment_size
+    store.close()
 
 
 def test_snapshot_prunes_covered_segments_and_old_snapshots(tmp_path: Path) -> None:

@@ -822,6 +822,11 @@ class EmbeddedStore:
     def _prune(self) -> int:
         """Drop snapshots beyond ``keep_snapshots`` and the segments the oldest kept
         one covers; return the bytes freed."""
+        if self._writer is not None:
+            # A rotated segment is cut to what it holds in the background; its
+            # size counts once that is done (else a preallocated 16 MB would be
+            # taken off journal_bytes for a segment that held a few KB).
+            self._writer.wait_segment_work()
         snapshots = list_snapshots(self.data_dir)
         keep = snapshots[-self.keep_snapshots :]
         for _, old in snapshots[: -self.keep_snapshots]:

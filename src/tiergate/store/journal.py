@@ -394,7 +394,7 @@ class JournalWriter:
         ``os.fsync`` writes back the pages written through the mapping (and,
         unlike ``mmap.flush``, lets other threads run meanwhile).
         """
-        self._wait_segment_work()
+        self.wait_segment_work()
         with self._lock:
             if self._dirty and self._fd >= 0:
                 self._dirty = False
@@ -428,7 +428,7 @@ class JournalWriter:
             log.error("journal: finishing a rotated segment failed: %s", exc)
             raise
 
-    def _wait_segment_work(self) -> None:
+    def wait_segment_work(self) -> None:
         """Wait for the background work queued so far; raise its first error."""
         with self._lock:
             pending, self._segment_work = self._segment_work, []
@@ -476,7 +476,7 @@ class JournalWriter:
                 return
         # Empty but too small for one write: a bigger segment takes its name, once
         # no background work holds its file descriptor.
-        self._wait_segment_work()
+        self.wait_segment_work()
         with self._lock:
             path = self.path
             self._finish_segment()
@@ -494,7 +494,7 @@ class JournalWriter:
             with self._lock:
                 if self._fd >= 0:
                     self._finish_segment()
-        self._wait_segment_work()
+        self.wait_segment_work()
 
 
 class IntervalFlusher:
