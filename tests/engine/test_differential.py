@@ -286,6 +286,44 @@ def test_busy_scope_grows_and_reclaims_identically() -> None:
     assert engines[0].usage(0, now, 400) == engines[1].usage(0, now, 400)
 
 
+def test_scope_reclaim_after_opt_out_and_release_agrees() -> None:
+    """Entries that stop being protected (an opt-out lifted, a released slot that
+    leaves no counted time) are reclaimed at the next nominal fill exactly as the
+    reference reclaims them, also though the compiled engine skips reclaim passes
+    while nothing can be expired."""
+    engines = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope()
+        e.add_number(0, 1, 1 << 20, 1, 1 << 20)
+    opted = [c.recipient_key(str(4_930_000_000 + i)) for i in range(20)]
+    now = 1_780_000_000_000
+    for e in engines:
+        for key in opted:
+            e.set_opt_out(0, key, True)
+    assert engines[0].entries() == engines[1].entries() == 20
+    for e in engines:
+        for key in opted:
+            e.set_opt_out(0, key, False)  # no time left in them: expired
+    stamps = []
+    for i in range(30):
+        now += 1_000
+        key = c.recipient_key(str(4_940_000_000 + i))
+        answers = [e.decide(now, 0, 0, key, c.F_TEMPLATE, c.UNLIMITED) for e in engines]
+        assert answers[0] == answers[1], i
+        stamps.append((key, answers[0][6], answers[0][5]))
+        assert engines[0].entries() == engines[1].entries(), i
+    # releasing a first slot leaves the entry with no counted time: expired too
+    for key, slot, prev in stamps[:10]:
+        assert [e.release(0, key, slot, prev) for e in engines] == [True, True]
+    for i in range(60):
+        now += 1_000
+        key = c.recipient_key(str(4_950_000_000 + i))
+        answers = [e.decide(now, 0, 0, key, c.F_TEMPLATE, c.UNLIMITED) for e in engines]
+        assert answers[0] == answers[1], i
+        assert engines[0].entries() == engines[1].entries(), i
+    assert engines[0].snapshot() == engines[1].snapshot()
+
+
 def test_number_tables_reclaim_in_place_identically() -> None:
     """Thousands of pair-rate and window entries expiring at different times: the
     compiled engine reclaims them in place (closing the gaps they leave in its

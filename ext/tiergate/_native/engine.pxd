@@ -96,6 +96,10 @@ cdef struct ScopeTable:
     uint64_t count
     uint64_t nominal
     MarketingMap marketing
+    # At or before the last counted time of every entry not opted out (INT64_MAX
+    # when there is none): while the reclaim cut is at or before it, no entry
+    # is expired and a reclaim pass would find nothing. Never persisted.
+    int64_t oldest_last
 
 cdef struct NumberTable:
     NumberEntry *slots

@@ -10,7 +10,7 @@
 # a table grows.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport INT64_MIN, int64_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -674,7 +674,13 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
     cdef bint marketing = False
     cdef MarketingEntry *kept = NULL
     cdef uint64_t i
+    cdef int64_t oldest = INT64_MAX
     if Table is ScopeTable:
+        if cut <= t.oldest_last:
+            # Nothing can be expired yet (a scope table grows through its
+            # nominal fills in its first week without a single one): skip the
+            # pass. The 20-sender peers workload, side by side: 87.3 -> 85.7 ns.
+            return 0
         if t.marketing.count > 0:
             # allocated first: dropping a recipient drops its marketing record
             kept = <MarketingEntry *>tg_table_alloc(t.marketing.capacity * sizeof(MarketingEntry))
@@ -711,6 +717,9 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
             memset(&t.slots[r], 0, sizeof(t.slots[0]))
             dead += 1
             continue
+        if Table is ScopeTable:
+            if not (word & KEY_OPT_OUT):
+                oldest = min(oldest, slot_last(t.slots[r].slot))
         h = v - distance(word, r, cap)
         nv = h if h > w else w
         if nv != v:
@@ -721,6 +730,7 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
         w = nv + 1
     t.count -= dead
     if Table is ScopeTable:
+        t.oldest_last = oldest
         if kept != NULL and not marketing:
             tg_table_free(kept, t.marketing.capacity * sizeof(MarketingEntry))
         elif kept != NULL:
@@ -758,6 +768,7 @@ cdef int table_init(Table *t) noexcept nogil:
     t.capacity = t.count = 0
     if Table is ScopeTable:
         t.nominal = INITIAL_CAPACITY
+        t.oldest_last = INT64_MAX
     else:
         t.nominal = NUMBER_INITIAL_CAPACITY
     return table_rebuild(t, INITIAL_CAPACITY, False, 0)
@@ -1213,6 +1224,8 @@ cdef class Engine:
                 ne = number_insert_mixed(&num.table, recipient, mixed)
         if se == NULL and (counting or marketing):
             se = scope_insert_mixed(&s.table, recipient, mixed)
+            # counted now, or (marketing only) not counted at all
+            s.table.oldest_last = min(s.table.oldest_last, now if counting else NEVER)
         # ... then consume
         if counting:
             ring_remove(ring, last)
@@ -1371,6 +1384,8 @@ cdef class Engine:
         ring_add(&s.ring7, prev)
         ring_remove(&s.slots7, t)
         se.slot = slot_with_last(se.slot & SLOT_GEN_MASK, prev)
+        if not (se.key & KEY_OPT_OUT):
+            s.table.oldest_last = min(s.table.oldest_last, prev)
         return True
 
     def open_window(self, number, uint64_t recipient, int64_t window_until, int64_t fep_until):
@@ -1409,8 +1424,9 @@ cdef class Engine:
             se = scope_insert(&s.table, recipient)
         if opted_out:
             se.key |= KEY_OPT_OUT
-        else:
+        elif se.key & KEY_OPT_OUT:
             se.key &= ~KEY_OPT_OUT
+            s.table.oldest_last = min(s.table.oldest_last, slot_last(se.slot))
 
     def slow_throughput(self, number, int64_t now, int64_t pause_ms):
         """Meta answered 130429: admit nothing from this number for ``pause_ms``."""
@@ -1439,7 +1455,7 @@ cdef class Engine:
             s = &self.scopes[i]
             scope_clamp(s, now)
             cut = s.last_now - s.horizon
-            dead = count_expired(&s.table, cut)
+            dead = 0 if cut <= s.table.oldest_last else count_expired(&s.table, cut)
             if dead:
                 if table_rebuild(&s.table, room_for(s.table.count - dead), True, cut) < 0:
                     raise MemoryError()
@@ -1717,6 +1733,7 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c, uint32_t version) except 
         if p[24 + 8 * MARKETING_HISTORY] != 0:
             e.key |= KEY_OPT_OUT
         p += SCOPE_ENTRY_SIZE
+    t.oldest_last = NEVER  # not known: the first reclaim pass finds it
     return 0
 
 
