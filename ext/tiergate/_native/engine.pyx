@@ -413,6 +413,9 @@ cdef inline TableEntry *entry_search(TableEntry *slots, uint64_t capacity, uint6
     # stores in stop[0], stop[1] the slot where entry_place would begin its
     # work and that slot's distance from the key's home; stop[1] is DIST_MAX
     # when an entry with a saturated distance was passed (place from home).
+    # Kept apart from entry_find_mixed, not under it: entry_find_mixed as a
+    # call of this one with an unread stop measured 1.97-2.05x at 10 M / 1 000
+    # against 1.83-1.88x, side by side.
     cdef uint64_t i = tg_scale(mixed, capacity), d = 0, w, sd, sat = 0
     while True:
         w = slots[i].key
