@@ -513,6 +513,34 @@ def test_rings_of_any_bucket_width_agree(bucket: int, window: int) -> None:
     assert engines[0].snapshot() == engines[1].snapshot()
 
 
+@pytest.mark.parametrize(("bucket", "window"), [(60_000, DAY), (7, 100), (1_000, 3_000)])
+def test_rings_stepped_a_bucket_at_a_time_agree(bucket: int, window: int) -> None:
+    """Time moving on by about one bucket per call, for several windows: the ring
+    drops the bucket that leaves the window on each step (the compiled engine
+    steps without dividing there), and usage, retry times and state agree."""
+    rnd = random.Random(window)
+    engines: list[Any] = [
+        CEngine(bucket, window, bucket, 7 * window),
+        PyEngine(bucket, window, bucket, 7 * window),
+    ]
+    for e in engines:
+        e.add_scope()
+        e.add_number(0, 1, 1 << 20, 1, 1 << 20)
+    now, limit = 3 * window + rnd.randrange(bucket), 1 + window // bucket // 3
+    steps = [1, bucket // 2, bucket - 1, bucket, bucket, bucket + 1, 2 * bucket]
+    for step in range(4 * (window // bucket + 2) * 8):
+        now += rnd.choice(steps) if step % 97 else 3 * window
+        key = 1 + rnd.randrange(4 * limit)
+        answers = [e.decide(now, 0, 0, key, c.F_TEMPLATE, limit) for e in engines]
+        assert answers[0] == answers[1], step
+        assert engines[0].usage(0, now, limit) == engines[1].usage(0, now, limit), step
+        if step % 500 == 499:
+            data = engines[0].snapshot()
+            assert data == engines[1].snapshot()
+            engines = [CEngine.restore(data), PyEngine.restore(data)]
+    assert engines[0].snapshot() == engines[1].snapshot()
+
+
 def test_extreme_times_and_params_agree_without_overflow() -> None:
     edge = 1 << 50
     engines: list[Any] = [CEngine(), PyEngine()]

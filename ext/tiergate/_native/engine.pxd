@@ -54,6 +54,7 @@ cdef struct Ring:
     int64_t cur_start
     int64_t cur_i
     int64_t first       # every bucket from lo up to (not incl.) this one is empty
+    int64_t lo_i        # where bucket lo lives in counts (lo mod n)
 
 # Per limit scope and recipient (16 bytes: four to a cache line). key 0 marks
 # an empty slot; the key word also carries the two flags below (recipient
