@@ -830,6 +830,67 @@ def test_a_reclaim_into_fewer_slots_with_a_run_wrapping_the_end_agrees() -> None
     assert engines[0].snapshot() == engines[1].snapshot()
 
 
+def test_tables_grow_into_slots_prepared_ahead_and_give_all_memory_back() -> None:
+    # From three quarters full, a table whose next slots get their own mapping
+    # holds them ahead and touches them a few pages per insert; its growth
+    # then takes them. A reclaim that rebuilds into another size drops them.
+    # Answers stay the reference's through both, and once the engine is gone
+    # every byte its tables held is given back.
+    from tiergate._native.engine import table_bytes_held
+
+    held = table_bytes_held()
+    engines: list[Any] = [CEngine(), PyEngine()]
+    for e in engines:
+        e.add_scope()
+        e.add_number(0, 1, 1 << 20, 3_600_000, 1)  # number entries live an hour
+    now = 1_780_000_000_000
+    spares = []
+
+    def admit(first: int, count: int) -> None:
+        nonlocal now
+        for lo in range(first, first + count, 5_000):
+            batches = [DecisionBatch() for _ in engines]
+            for i in range(lo, lo + 5_000):
+                now += 1
+                for b in batches:
+                    b.add(now, 0, 0, 4_917_000_000 + i, c.F_TEMPLATE, c.UNLIMITED, i + 1)
+            for e, b in zip(engines, batches, strict=True):
+                e.decide_batch(b)
+            for name in OUTPUTS:
+                assert getattr(batches[0], name) == getattr(batches[1], name), (lo, name)
+            spares.append(engines[0].spare_bytes()[0])
+
+    admit(0, 95_000)  # both tables past three quarters of 121 075 slots
+    spare, touched = engines[0].spare_bytes()
+    assert spare >= 193_722 * (16 + 32)  # the next sizes of both tables
+    # touched in step: 95 000 is about 69 % of the way from three quarters
+    # full to four fifths
+    assert 0.6 * spare < touched < 0.8 * spare
+    now += 8 * DAY
+    dropped = [e.reclaim(now) for e in engines]
+    assert dropped[0] == dropped[1] == 2 * 95_000
+    assert engines[0].spare_bytes() == (0, 0)
+    admit(95_000, 250_000)  # grows through 121 075 and 193 720 slots on spares
+    assert 0 in spares[-40:] and max(spares[-40:]) > 0
+    assert engines[0].entries() == engines[1].entries()
+    for key in range(4_917_000_000, 4_917_000_000 + 345_000, 997):
+        assert engines[0].lookup(0, 0, key) == engines[1].lookup(0, 0, key)
+    assert engines[0].snapshot() == engines[1].snapshot()
+    engines.clear()  # frees both engines
+    assert table_bytes_held() == held
+    # an engine freed while its tables hold spares gives those back too
+    alone = CEngine()
+    alone.add_scope()
+    alone.add_number(0, 1, 1 << 20, 3_600_000, 1)
+    batch = DecisionBatch()
+    for i in range(95_000):
+        batch.add(now + i, 0, 0, 4_918_000_000 + i, c.F_TEMPLATE, c.UNLIMITED, i + 1)
+    alone.decide_batch(batch)
+    assert alone.spare_bytes()[0] > 0
+    del alone
+    assert table_bytes_held() == held
+
+
 def test_batches_over_tables_too_big_to_stay_cached_agree() -> None:
     # Past SMALL_SLOTS the compiled engine prefetches table lines ahead of the
     # item it decides; growth and in-place reclaim of big tables happen

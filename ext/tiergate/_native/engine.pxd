@@ -101,12 +101,26 @@ cdef struct ScopeTable:
     # when there is none): while the reclaim cut is at or before it, no entry
     # is expired and a reclaim pass would find nothing. Never persisted.
     int64_t oldest_last
+    # The slots of the table it grows into next, allocated and touched a few
+    # pages per insert from three quarters full (see table_warm), so that the
+    # growth does not wait for the kernel to zero them; NULL when none.
+    void *spare
+    uint64_t spare_capacity
+    uint64_t spare_touched  # bytes of it touched so far
+    uint64_t warm_at        # count from which table_warm works (UINT64_MAX: never)
 
 cdef struct NumberTable:
     NumberEntry *slots
     uint64_t capacity
     uint64_t count
     uint64_t nominal
+    # The slots of the table it grows into next, allocated and touched a few
+    # pages per insert from three quarters full (see table_warm), so that the
+    # growth does not wait for the kernel to zero them; NULL when none.
+    void *spare
+    uint64_t spare_capacity
+    uint64_t spare_touched  # bytes of it touched so far
+    uint64_t warm_at        # count from which table_warm works (UINT64_MAX: never)
 
 cdef struct Scope:
     ScopeTable table
