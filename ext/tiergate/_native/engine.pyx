@@ -546,9 +546,14 @@ cdef inline uint64_t room_for(uint64_t n) noexcept nogil:
     return 2 * n
 
 
+cdef inline uint64_t crowd_count(uint64_t capacity) noexcept nogil:
+    # The count from which one more entry would fill the table past four
+    # fifths: the next insert grows it.
+    return capacity * 4 // 5
+
+
 cdef inline bint crowded(uint64_t count, uint64_t capacity) noexcept nogil:
-    # One more entry would fill the table past four fifths.
-    return (count + 1) * 5 > capacity * 4
+    return count >= crowd_count(capacity)
 
 
 # Marketing send times by recipient (linear probing, capacity a power of two).
@@ -713,11 +718,6 @@ cdef int table_rebuild(Table *t, uint64_t capacity, bint drop, int64_t cut) noex
     table_drop_spare(t)  # sized for another capacity
     t.warm_at = warm_count(capacity, sizeof(t.slots[0]))
     return 0
-
-
-cdef inline uint64_t crowd_count(uint64_t capacity) noexcept nogil:
-    # The count at which crowded() first holds: the next insert grows the table.
-    return capacity * 4 // 5
 
 
 cdef inline uint64_t warm_count(uint64_t capacity, size_t entry_size) noexcept nogil:
