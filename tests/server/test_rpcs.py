@@ -633,6 +633,8 @@ async def test_internal_fault_is_internal_never_admit(monkeypatch: pytest.Monkey
         monkeypatch.setattr(h.sidecar.service, "admit", broken)
         monkeypatch.setattr(h.sidecar.service, "admit_checked", broken)  # the wire path
         monkeypatch.setattr(h.sidecar.service, "admit_many", broken)
+        # AdmitBatch read off the wire is decided as columns
+        monkeypatch.setattr("tiergate.server.servicer.admit_columns", broken)
         for call in (
             h.stub.Admit(req()),
             h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=[req()])),
@@ -646,6 +648,7 @@ async def test_internal_fault_is_internal_never_admit(monkeypatch: pytest.Monkey
                 pytest.fail("a broken service must not answer")
         assert info.value.code() == grpc.StatusCode.INTERNAL
         assert h.sidecar.metrics.internal_errors["Admit"] == 1
+        assert h.sidecar.metrics.internal_errors["AdmitBatch"] == 1
 
 
 @run_async

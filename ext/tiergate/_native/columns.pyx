@@ -23,7 +23,7 @@ from cpython.unicode cimport (
     PyUnicode_KIND,
 )
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 cdef enum:
     ADMIT = 1
@@ -784,6 +784,69 @@ cdef inline bint ascii_text(const unsigned char *p, uint64_t n) noexcept nogil:
     return True
 
 
+cdef struct AdmitFields:
+    const unsigned char *text[4]  # sender_id, recipient, template_id, idempotency_key
+    uint64_t size[4]
+    uint64_t rkey
+    uint64_t kind
+    uint64_t cat
+    int64_t at
+    bint dry
+
+
+cdef bint read_admit(const unsigned char *p, const unsigned char *end, Py_ssize_t max_id,
+                     Py_ssize_t max_template, Py_ssize_t max_key,
+                     AdmitFields *f) noexcept nogil:
+    """Whether p .. end is an AdmitRequest ``_well_formed`` passes, with only ASCII
+    text and fields of their own wire types; its fields go to f."""
+    cdef uint64_t v, field, at = 0
+    cdef int wire, k
+    for k in range(4):
+        f.text[k] = NULL
+        f.size[k] = 0
+    f.kind = f.cat = f.rkey = 0
+    f.dry = False
+    while p < end:
+        wire = read_field(&p, end, &field, &v)
+        if wire < 0:
+            return False
+        if wire == 2:
+            if field == 1 or field == 2 or field == 5 or field == 6:
+                k = 0 if field == 1 else 1 if field == 2 else 2 if field == 5 else 3
+                f.text[k] = p  # the last occurrence wins, as in protobuf
+                f.size[k] = v
+            elif field <= 8:
+                return False
+            p += v
+        elif wire == 0:
+            if field == 3:
+                f.kind = v
+            elif field == 4:
+                f.cat = v
+            elif field == 7:
+                at = v
+            elif field == 8:
+                f.dry = v != 0
+            elif field <= 8:
+                return False
+        elif field <= 8:  # fixed32 / fixed64 (skipped): no known field has them
+            return False
+    f.at = <int64_t>at
+    if (f.size[0] == 0 or f.size[0] > <uint64_t>max_id or f.size[2] > <uint64_t>max_template
+            or f.size[3] > <uint64_t>max_key or f.at < 0):
+        return False
+    if not (f.cat >= 1 and f.cat <= 4 and (f.kind == 2 or (f.kind == 1 and f.size[2] > 0))):
+        return False
+    if not recipient_key(f.text[1], f.size[1], &f.rkey):
+        return False
+    return (ascii_text(f.text[0], f.size[0]) and ascii_text(f.text[2], f.size[2])
+            and ascii_text(f.text[3], f.size[3]))
+
+
+cdef inline str ascii_str(const unsigned char *p, uint64_t n):
+    return PyUnicode_DecodeASCII(<const char *>p, <Py_ssize_t>n, NULL) if n else ""
+
+
 def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
                  Py_ssize_t max_template, Py_ssize_t max_key):
     """An AdmitRequest's fields as ``_well_formed`` gives them: (sender_id, recipient
@@ -794,62 +857,127 @@ def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
     caller then parses it with protobuf and the policy layer names the field).
     """
     cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
+    cdef AdmitFields f
+    if not read_admit(p, p + data.shape[0], max_id, max_template, max_key, &f):
+        return None
+    return (
+        ascii_str(f.text[0], f.size[0]),
+        f.rkey,
+        <int>f.kind,
+        <int>f.cat,
+        ascii_str(f.text[2], f.size[2]),
+        ascii_str(f.text[3], f.size[3]),
+        f.at,
+        f.dry,
+    )
+
+
+cdef inline bint same_text(const unsigned char *a, uint64_t na, const unsigned char *b,
+                           uint64_t nb) noexcept nogil:
+    return na == nb and (na == 0 or memcmp(a, b, na) == 0)
+
+
+cdef Py_ssize_t index_of(const unsigned char *p, uint64_t n, list names, dict index,
+                         Py_ssize_t first) except -1:
+    """The index of text p .. p + n in names (first for the first name), added when new."""
+    cdef str name = ascii_str(p, n)
+    cdef object known = index.get(name)
+    if known is not None:
+        return <Py_ssize_t>known
+    names.append(name)
+    index[name] = len(names) - 1 + first
+    return len(names) - 1 + first
+
+
+def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
+                 Py_ssize_t max_template, Py_ssize_t max_key, int64_t max_at):
+    """An AdmitBatchRequest as the columns decode_request reads off an AdmitColumnsRequest
+    with E.164 recipients: (senders, sender_index, None, kinds, categories, templates,
+    template_index, idempotency_keys, at_unix_ms, dry_run, recipient_keys,
+    recipient_spans); idempotency_keys is empty when no request has one.
+
+    None when any request is one decode_admit does not read or has an at_unix_ms
+    after max_at, when the requests' dry_run differ (a batch of columns has one),
+    for malformed data and for an empty batch: the caller then takes the
+    protobuf message's way, which names a bad field."""
+    cdef const unsigned char *base = &data[0] if data.shape[0] else NULL
+    cdef const unsigned char *p = base
     cdef const unsigned char *end = p + data.shape[0]
-    cdef const unsigned char *text[4]
-    cdef uint64_t size[4]
-    cdef uint64_t v, rkey = 0
-    cdef uint64_t field
-    cdef uint64_t kind = 0, cat = 0, at = 0
-    cdef bint dry = False
-    cdef int wire, k
-    for k in range(4):
-        text[k] = NULL
-        size[k] = 0
-    while p < end:
+    cdef const unsigned char *q
+    cdef const unsigned char *prev_sender = NULL
+    cdef const unsigned char *prev_template = NULL
+    cdef uint64_t prev_sender_size = 0, prev_template_size = 0, v = 0, field = 0
+    cdef Py_ssize_t n = 0, i, s_at = -1, t_at = 0
+    cdef int wire
+    cdef bint any_key = False, dry = False
+    cdef AdmitFields f
+    cdef list senders = [], templates = [], keys
+    cdef dict sender_ids = {}, template_ids = {}
+    cdef carray.array sender_index, template_index, at, rkeys, spans
+    cdef bytes kinds, categories
+    cdef char *kp
+    cdef char *cp
+    while p < end:  # count the requests first: every column is allocated once
         wire = read_field(&p, end, &field, &v)
-        if wire < 0:
+        if wire < 0 or (field == 1 and wire != 2):
             return None
         if wire == 2:
-            if field == 1 or field == 2 or field == 5 or field == 6:
-                k = 0 if field == 1 else 1 if field == 2 else 2 if field == 5 else 3
-                text[k] = p  # the last occurrence wins, as in protobuf
-                size[k] = v
-            elif field <= 8:
-                return None
+            n += field == 1
             p += v
-        elif wire == 0:
-            if field == 3:
-                kind = v
-            elif field == 4:
-                cat = v
-            elif field == 7:
-                at = v
-            elif field == 8:
-                dry = v != 0
-            elif field <= 8:
-                return None
-        elif field <= 8:  # fixed32 / fixed64 (skipped): no known field has them
+    if n == 0:
+        return None
+    sender_index = carray.clone(U32, n, False)
+    template_index = carray.clone(U32, n, False)
+    at = carray.clone(I64, n, False)
+    rkeys = carray.clone(U64, n, False)
+    spans = carray.clone(I64, 2 * n, False)
+    kinds = PyBytes_FromStringAndSize(NULL, n)
+    categories = PyBytes_FromStringAndSize(NULL, n)
+    kp = PyBytes_AS_STRING(kinds)
+    cp = PyBytes_AS_STRING(categories)
+    keys = [""] * n
+    p = base
+    i = 0
+    while p < end:
+        wire = read_field(&p, end, &field, &v)  # read once above: well-formed
+        if wire < 0:
             return None
-    if (size[0] == 0 or size[0] > <uint64_t>max_id or size[2] > <uint64_t>max_template
-            or size[3] > <uint64_t>max_key or <int64_t>at < 0):
-        return None
-    if not (cat >= 1 and cat <= 4 and (kind == 2 or (kind == 1 and size[2] > 0))):
-        return None
-    if not recipient_key(text[1], size[1], &rkey):
-        return None
-    for k in (0, 2, 3):
-        if not ascii_text(text[k], size[k]):
+        if wire != 2:
+            continue
+        if field != 1:
+            p += v
+            continue
+        q = p + v
+        if not read_admit(p, q, max_id, max_template, max_key, &f) or f.at > max_at:
             return None
-    return (
-        PyUnicode_DecodeASCII(<const char *>text[0], <Py_ssize_t>size[0], NULL),
-        rkey,
-        <int>kind,
-        <int>cat,
-        PyUnicode_DecodeASCII(<const char *>text[2], <Py_ssize_t>size[2], NULL) if size[2] else "",
-        PyUnicode_DecodeASCII(<const char *>text[3], <Py_ssize_t>size[3], NULL) if size[3] else "",
-        <int64_t>at,
-        dry,
-    )
+        if i == 0:
+            dry = f.dry
+        elif f.dry != dry:
+            return None
+        if s_at < 0 or not same_text(f.text[0], f.size[0], prev_sender, prev_sender_size):
+            s_at = index_of(f.text[0], f.size[0], senders, sender_ids, 0)
+            prev_sender, prev_sender_size = f.text[0], f.size[0]
+        sender_index.data.as_uints[i] = <unsigned int>s_at
+        if f.size[2] == 0:
+            template_index.data.as_uints[i] = 0
+        else:
+            if not same_text(f.text[2], f.size[2], prev_template, prev_template_size):
+                t_at = index_of(f.text[2], f.size[2], templates, template_ids, 1)
+                prev_template, prev_template_size = f.text[2], f.size[2]
+            template_index.data.as_uints[i] = <unsigned int>t_at
+        if f.size[3]:
+            keys[i] = ascii_str(f.text[3], f.size[3])
+            any_key = True
+        kp[i] = <char>f.kind
+        cp[i] = <char>f.cat
+        at.data.as_longlongs[i] = f.at
+        rkeys.data.as_ulonglongs[i] = f.rkey
+        spans.data.as_longlongs[2 * i] = f.text[1] - base
+        spans.data.as_longlongs[2 * i + 1] = f.text[1] + f.size[1] - base
+        i += 1
+        p = q
+    return (senders, sender_index, None, kinds, categories, templates, template_index,
+            keys if any_key else [], at, dry, rkeys, spans)
 
 
 cdef inline Py_ssize_t put_scalar(char *buf, Py_ssize_t pos, char tag,
@@ -860,23 +988,117 @@ cdef inline Py_ssize_t put_scalar(char *buf, Py_ssize_t pos, char tag,
     return pos
 
 
+cdef struct Answer:
+    # One AdmitResponse's fields as written (int32 and enum values sign-extended to
+    # 64 bits, as protobuf writes them).
+    uint64_t decision
+    uint64_t reason
+    uint64_t retry_at
+    const char *ticket
+    Py_ssize_t n_ticket
+    uint64_t counted
+    uint64_t limit
+    uint64_t used
+    uint64_t meta
+    const char *detail
+    Py_ssize_t n_detail
+
+
+cdef inline Py_ssize_t scalar_size(uint64_t v) noexcept nogil:
+    return 1 + varint_size(v) if v else 0
+
+
+cdef inline Py_ssize_t answer_size(Answer *a) noexcept nogil:
+    return (scalar_size(a.decision) + scalar_size(a.reason) + scalar_size(a.retry_at)
+            + field_size(a.n_ticket) + scalar_size(a.counted) + scalar_size(a.limit)
+            + scalar_size(a.used) + scalar_size(a.meta) + field_size(a.n_detail))
+
+
+cdef inline Py_ssize_t put_answer(char *buf, Py_ssize_t pos, Answer *a) noexcept nogil:
+    pos = put_scalar(buf, pos, 0x08, a.decision)
+    pos = put_scalar(buf, pos, 0x10, a.reason)
+    pos = put_scalar(buf, pos, 0x18, a.retry_at)
+    pos = put_text(buf, pos, 0x22, a.ticket, a.n_ticket)
+    pos = put_scalar(buf, pos, 0x28, a.counted)
+    pos = put_scalar(buf, pos, 0x30, a.limit)
+    pos = put_scalar(buf, pos, 0x38, a.used)
+    pos = put_scalar(buf, pos, 0x40, a.meta)
+    return put_text(buf, pos, 0x4A, a.detail, a.n_detail)
+
+
+cdef const char *utf8(object text, Py_ssize_t *n, str what, Py_ssize_t i) except NULL:
+    if type(text) is not str:
+        raise TypeError(f"{what}[{i}] is not a string")
+    return PyUnicode_AsUTF8AndSize(text, n)
+
+
 def encode_admit(int decision, int reason, long long retry_at, str ticket, bint counted,
                  long long limit, long long used, int meta, str detail):
     """The AdmitResponse bytes protobuf writes for these fields."""
-    cdef Py_ssize_t n_ticket = 0, n_detail = 0, pos
-    cdef const char *t_ticket = PyUnicode_AsUTF8AndSize(ticket, &n_ticket)
-    cdef const char *t_detail = PyUnicode_AsUTF8AndSize(detail, &n_detail)
-    # 6 scalar fields of at most 1 + 10 bytes, 2 strings of at most 1 + 10 + n
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, 88 + n_ticket + n_detail)
-    cdef char *buf = PyBytes_AS_STRING(out)
-    # int32 and enum fields are sign-extended to 64 bits, as protobuf writes them
-    pos = put_scalar(buf, 0, 0x08, <uint64_t><int64_t>decision)
-    pos = put_scalar(buf, pos, 0x10, <uint64_t><int64_t>reason)
-    pos = put_scalar(buf, pos, 0x18, <uint64_t>retry_at)
-    pos = put_text(buf, pos, 0x22, t_ticket, n_ticket)
-    pos = put_scalar(buf, pos, 0x28, 1 if counted else 0)
-    pos = put_scalar(buf, pos, 0x30, <uint64_t>limit)
-    pos = put_scalar(buf, pos, 0x38, <uint64_t>used)
-    pos = put_scalar(buf, pos, 0x40, <uint64_t><int64_t>meta)
-    pos = put_text(buf, pos, 0x4A, t_detail, n_detail)
-    return out[:pos]
+    cdef Answer a
+    cdef bytes out
+    a.decision = <uint64_t><int64_t>decision
+    a.reason = <uint64_t><int64_t>reason
+    a.retry_at = <uint64_t>retry_at
+    a.ticket = utf8(ticket, &a.n_ticket, "ticket", 0)
+    a.counted = 1 if counted else 0
+    a.limit = <uint64_t>limit
+    a.used = <uint64_t>used
+    a.meta = <uint64_t><int64_t>meta
+    a.detail = utf8(detail, &a.n_detail, "detail", 0)
+    out = PyBytes_FromStringAndSize(NULL, answer_size(&a))
+    put_answer(PyBytes_AS_STRING(out), 0, &a)
+    return out
+
+
+def encode_batch_response(const unsigned char[::1] decisions, const unsigned char[::1] reasons,
+                          const unsigned char[::1] counted, const long long[::1] retry_at,
+                          const long long[::1] limit, const long long[::1] used,
+                          const int[::1] meta, list tickets, tuple details, object special):
+    """The AdmitBatchResponse bytes protobuf writes for these answers, one AdmitResponse
+    per item. Item i's detail is details[reasons[i]]; special(i) gives it instead where
+    that entry is None, and for an ADMIT without a ticket (a dry run)."""
+    cdef Py_ssize_t n = decisions.shape[0], i, pos = 0, size = 0, body, n_details = len(details)
+    cdef int pass_
+    cdef Answer a
+    cdef object d
+    cdef list chosen
+    cdef carray.array sizes
+    cdef bytes out
+    cdef char *buf
+    if (reasons.shape[0] != n or counted.shape[0] != n or retry_at.shape[0] != n
+            or limit.shape[0] != n or used.shape[0] != n or meta.shape[0] != n
+            or len(tickets) != n):
+        raise ValueError(f"encode_batch_response: the columns do not all have {n} items")
+    chosen = [None] * n
+    sizes = carray.clone(I64, n, False)
+    for pass_ in range(2):
+        for i in range(n):
+            a.decision = decisions[i]
+            a.reason = reasons[i]
+            a.retry_at = <uint64_t>retry_at[i]
+            a.ticket = utf8(tickets[i], &a.n_ticket, "tickets", i)
+            a.counted = counted[i]
+            a.limit = <uint64_t>limit[i]
+            a.used = <uint64_t>used[i]
+            a.meta = <uint64_t><int64_t>meta[i]
+            if pass_ == 0:
+                d = details[a.reason] if a.reason < <uint64_t>n_details else None
+                if d is None or (a.decision == ADMIT and a.n_ticket == 0):
+                    d = special(i)
+                chosen[i] = d
+            a.detail = utf8(chosen[i], &a.n_detail, "details", i)
+            if pass_ == 0:
+                body = answer_size(&a)
+                sizes.data.as_longlongs[i] = body
+                size += 1 + varint_size(<uint64_t>body) + body
+            else:
+                buf[pos] = 0x0A
+                pos = put_varint(buf, pos + 1, <uint64_t>sizes.data.as_longlongs[i])
+                pos = put_answer(buf, pos, &a)
+        if pass_ == 0:
+            out = PyBytes_FromStringAndSize(NULL, size)
+            buf = PyBytes_AS_STRING(out)
+    if pos != size:
+        raise RuntimeError(f"encode_batch_response: wrote {pos} of {size} bytes")
+    return out

@@ -4,7 +4,7 @@ Same functions, arguments and results as :mod:`tiergate.engine.columns`.
 """
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tiergate.engine.batch import DecisionBatch
 
@@ -118,6 +118,25 @@ def encode_response(
 def decode_admit(
     data: bytes, max_id: int, max_template: int, max_key: int
 ) -> tuple[str, int, int, int, str, str, int, bool] | None: ...
+def decode_batch(
+    data: bytes, max_id: int, max_template: int, max_key: int, max_at: int
+) -> (
+    tuple[
+        list[str],
+        array[int],
+        None,
+        bytes,
+        bytes,
+        list[str],
+        array[int],
+        list[str],
+        array[int],
+        bool,
+        array[int],
+        array[int],
+    ]
+    | None
+): ...
 def encode_admit(
     decision: int,
     reason: int,
@@ -128,4 +147,16 @@ def encode_admit(
     used: int,
     meta: int,
     detail: str,
+) -> bytes: ...
+def encode_batch_response(
+    decisions: bytes | bytearray,
+    reasons: bytes | bytearray,
+    counted: bytes | bytearray,
+    retry_at: array[int],
+    limit: array[int],
+    used: array[int],
+    meta: array[int],
+    tickets: list[str],
+    details: tuple[str | None, ...],
+    special: Callable[[int], str],
 ) -> bytes: ...

@@ -33,7 +33,14 @@ from tiergate.engine.columns import (
     REASONS,
     kernels,
 )
-from tiergate.engine.constants import ADMIT, F_QUALITY_BLOCK, OK, recipient_key
+from tiergate.engine.constants import (
+    ADMIT,
+    F_QUALITY_BLOCK,
+    MARKETING_FREQUENCY,
+    OK,
+    QUALITY_PROTECTION,
+    recipient_key,
+)
 
 from .service import (
     _BANNED,
@@ -53,6 +60,7 @@ from .state import LimitScope, Sender
 
 #: The Meta error each decision reason avoids, one entry per reason slot.
 _ZEROS5 = (0, 0, 0, 0, 0)
+_QUALITY_PROTECTION = bytes([QUALITY_PROTECTION])
 _META_ERROR = array("i", [*META_ERROR, *[0] * (REASONS - len(META_ERROR))])
 
 __all__ = ["AdmitColumns", "ColumnsLike", "ColumnsResult", "admit_columns"]
@@ -136,6 +144,11 @@ class ColumnsResult:
     used: array[int]
     meta_error_code: array[int]
     tickets: list[str] = field(default_factory=list)
+    #: Items held by a 131049 back-off: MARKETING_FREQUENCY because Meta declined
+    #: marketing to the recipient, not because of the frequency cap.
+    back_offs: set[int] = field(default_factory=set)
+    #: Every item's detail, when ``admit_many`` decided the batch (else None).
+    details: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.decisions)
@@ -418,6 +431,7 @@ def _from_results(results: Sequence[AdmitResult]) -> ColumnsResult:
         out.used[i] = res.used
         out.meta_error_code[i] = res.meta_error_code
         out.tickets[i] = res.ticket
+    out.details = [res.detail for res in results]
     return out
 
 
@@ -568,6 +582,8 @@ def _fast(
             counts,
             counted_rows,
         )
+        if svc._eco:
+            _find_back_offs(batch, rows, out)
         if r.keys:
             _remember_keys(svc, r, objs, batch, rows, out)
         if last_tid:
@@ -596,6 +612,18 @@ def _fast(
     if svc._idem_order and svc._idem_order[0][0] <= high:
         svc._prune(high)
     return out
+
+
+def _find_back_offs(batch: DecisionBatch, rows: array[int], out: ColumnsResult) -> None:
+    """Rows the engine refused for QUALITY_PROTECTION that ``finish`` answered with
+    MARKETING_FREQUENCY: Meta's 131049 back-off held them (as ``_refusal`` does)."""
+    engine_reasons = batch.reason.tobytes()
+    j = engine_reasons.find(_QUALITY_PROTECTION)
+    while j >= 0:
+        i = rows[j]
+        if out.reasons[i] == MARKETING_FREQUENCY:
+            out.back_offs.add(i)
+        j = engine_reasons.find(_QUALITY_PROTECTION, j + 1)
 
 
 def _remember_keys(

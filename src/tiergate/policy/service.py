@@ -109,6 +109,24 @@ DETAIL = (
     "pair rate limit for this recipient",
     "unknown sender",
 )
+#: Details of answers that say more than their reason's DETAIL entry (the server's
+#: AdmitBatch wire writer gives the same from an answer's columns).
+DRY_RUN_DETAIL = "dry run: would admit"
+BACK_OFF_DETAIL = "Meta declined marketing to this recipient (131049): back-off"
+
+
+def unknown_sender_detail(sender_id: str) -> str:
+    return f"unknown sender {sender_id!r}"
+
+
+def template_detail(reason: int, meta_error_code: int, template_id: str) -> str:
+    """The detail of a TEMPLATE_PAUSED or TEMPLATE_DISABLED answer."""
+    if reason == TEMPLATE_PAUSED:
+        return f"template {template_id!r} is paused"
+    if meta_error_code == META_TEMPLATE_MISSING:
+        return f"unknown template {template_id!r}"
+    return f"template {template_id!r} is disabled"
+
 
 #: One admit: tag, version, now, number, recipient key, flags, ticket id, limit, key length;
 #: the idempotency key's UTF-8 bytes follow.
@@ -436,7 +454,7 @@ class AdmissionService:
         if sender is None:
             self._unknown_sender_count += 1
             res = AdmitResult(
-                REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, f"unknown sender {sid!r}"
+                REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
             )
         else:
             res = self._decide_one(sender, rkey, kind, cat, tpl, key, now, dry)
@@ -500,9 +518,7 @@ class AdmissionService:
             return res
         sender.counts[rsn] += 1
         if dry:
-            return AdmitResult(
-                ADMIT, OK, 0, "", counted == 1, limit, used, 0, "dry run: would admit"
-            )
+            return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
         self._ticket = tid
         res = AdmitResult(
             ADMIT,
@@ -558,7 +574,7 @@ class AdmissionService:
                     limit,
                     0,
                     META_TEMPLATE_MISSING,
-                    f"unknown template {tpl!r}",
+                    template_detail(TEMPLATE_DISABLED, META_TEMPLATE_MISSING, tpl),
                 )
         elif t.status >= _TEMPLATE_OFF:  # DISABLED, REJECTED
             sender.counts[TEMPLATE_DISABLED] += 1
@@ -571,7 +587,7 @@ class AdmissionService:
                 limit,
                 0,
                 132016,
-                f"template {tpl!r} is disabled",
+                template_detail(TEMPLATE_DISABLED, 132016, tpl),
             )
         elif now < t.paused_until:
             sender.counts[TEMPLATE_PAUSED] += 1
@@ -584,7 +600,7 @@ class AdmissionService:
                 limit,
                 0,
                 132015,
-                f"template {tpl!r} is paused",
+                template_detail(TEMPLATE_PAUSED, 132015, tpl),
             )
         return None
 
@@ -604,7 +620,7 @@ class AdmissionService:
                 limit,
                 used,
                 131049,
-                "Meta declined marketing to this recipient (131049): back-off",
+                BACK_OFF_DETAIL,
             )
         if r == SENDER_RESTRICTED and sender.restricted_until > 0:
             return AdmitResult(
@@ -715,7 +731,7 @@ class AdmissionService:
             if sender is None:
                 self._unknown_sender_count += 1
                 results[i] = AdmitResult(
-                    REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, f"unknown sender {sid!r}"
+                    REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
                 )
                 continue
             if key:
@@ -823,7 +839,7 @@ class AdmissionService:
                         b_limit[j],
                         used[j],
                         0,
-                        "dry run: would admit",
+                        DRY_RUN_DETAIL,
                     )
                 else:
                     now = b_now[j]

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from tiergate.engine.columns import kernels
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
 from tiergate.policy.service import AdmissionService, AdmitResult, Checked, InvalidArgument
-from tiergate.server import admit_wire, columns_wire, convert
+from tiergate.server import admit_wire, batch_wire, columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
 from tiergate.v1 import admission_pb2 as pb
@@ -203,27 +203,44 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             self._metrics.timed("Admit", started)
             in_flight.__exit__()
 
-    async def AdmitBatch(
-        self, request: pb.AdmitBatchRequest, context: Context
-    ) -> pb.AdmitBatchResponse:
+    async def AdmitBatch(self, request: Any, context: Context) -> Any:
+        """A protobuf AdmitBatchRequest in, an AdmitBatchResponse out; or, with the
+        compiled engine, the request's wire bytes in and the response's bytes out (see
+        ``server.batch_wire``): the same answers, errors and commit either way."""
         with self.in_flight, self._timed("AdmitBatch"):
             try:
+                wire = type(request) is bytes
+                if wire:
+                    cols = batch_wire.decode_fast(request)
+                    if cols is not None:
+                        self._check_batch_size(len(cols.recipients))
+                        result = self._admit_columns(cols, "AdmitBatch")
+                        await self._committed()
+                        return batch_wire.encode_response(cols, result)
+                    request = batch_wire.parse(request)
                 n = len(request.requests)
-                if n > self._max_batch:
-                    raise InvalidArgument(
-                        "requests", f"requests: at most {self._max_batch} per call, got {n}"
-                    )
+                self._check_batch_size(n)
                 if n == 0:
-                    return pb.AdmitBatchResponse()
-                results = self._decide(
-                    request.requests, self._batch_now(request.requests), "AdmitBatch"
-                )
-                await self._committed()
-                return pb.AdmitBatchResponse(responses=[convert.admit_response(r) for r in results])
+                    reply = pb.AdmitBatchResponse()
+                else:
+                    results = self._decide(
+                        request.requests, self._batch_now(request.requests), "AdmitBatch"
+                    )
+                    await self._committed()
+                    reply = pb.AdmitBatchResponse(
+                        responses=[convert.admit_response(r) for r in results]
+                    )
+                return reply.SerializeToString() if wire else reply
             except Exception as e:
                 await self._fail(context, "AdmitBatch", e)
 
-    def _admit_columns(self, request: ColumnsLike) -> ColumnsResult:
+    def _check_batch_size(self, n: int) -> None:
+        if n > self._max_batch:
+            raise InvalidArgument(
+                "requests", f"requests: at most {self._max_batch} per call, got {n}"
+            )
+
+    def _admit_columns(self, request: ColumnsLike, rpc: str = "AdmitColumns") -> ColumnsResult:
         n = len(request.recipients)
         if n > self._max_batch:
             raise InvalidArgument(
@@ -235,7 +252,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         result = admit_columns(self.service, request, self._columns_now(at))
         if len(result) != n:
             raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
-        self._metrics.decided_columns(result.decisions, result.reasons, "AdmitColumns")
+        self._metrics.decided_columns(result.decisions, result.reasons, rpc)
         return result
 
     async def AdmitColumns(

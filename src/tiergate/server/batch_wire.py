@@ -1,0 +1,124 @@
+"""AdmitBatch on the wire: request bytes to columns, columns to response bytes.
+
+With the compiled engine the server serves AdmitBatch without a protobuf
+message object per item: the compiled reader (``tiergate._native.columns``)
+reads every AdmitRequest of the batch, as ``AdmissionService`` checks them,
+into the columns AdmitColumns decides (``policy.columnar``), and the writer
+produces the AdmitBatchResponse bytes, one AdmitResponse per item, from the
+answer's columns. Answers, journal records, counts and errors are those of the
+message path (tests/server/test_batch_wire.py compares the two).
+
+A batch the reader does not take goes the message way: malformed data, text
+that is not ASCII, a request that fails a check (the policy layer then names
+the field, e.g. ``requests[3].recipient``), requests whose ``dry_run``
+differ, an empty batch.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from tiergate.engine.columns import kernels
+from tiergate.engine.constants import (
+    ADMIT,
+    MARKETING_FREQUENCY,
+    TEMPLATE_DISABLED,
+    TEMPLATE_PAUSED,
+    UNKNOWN_SENDER,
+)
+from tiergate.policy.columnar import ColumnsResult
+from tiergate.policy.service import (
+    BACK_OFF_DETAIL,
+    DETAIL,
+    DRY_RUN_DETAIL,
+    MAX_ID_LEN,
+    MAX_KEY_LEN,
+    MAX_TEMPLATE_LEN,
+    InvalidArgument,
+    template_detail,
+    unknown_sender_detail,
+)
+from tiergate.server.columns_wire import WireColumns, WireRecipients
+from tiergate.server.convert import MAX_AT_UNIX_MS
+from tiergate.v1 import admission_pb2 as pb
+
+__all__ = ["COMPILED", "decode_fast", "encode_response", "parse"]
+
+#: The wire reader and writer exist (compiled engine); else AdmitBatch uses protobuf.
+COMPILED = hasattr(kernels, "decode_batch")
+
+#: Each reason's detail; None where the answer's own fields choose it (_special).
+_DETAILS: tuple[str | None, ...] = tuple(
+    None if r in (TEMPLATE_PAUSED, TEMPLATE_DISABLED, MARKETING_FREQUENCY, UNKNOWN_SENDER) else d
+    for r, d in enumerate(DETAIL)
+)
+
+#: Every detail from ``special`` (a batch ``admit_many`` decided has them all).
+_ASK: tuple[None, ...] = ()
+
+
+def decode_fast(data: bytes) -> WireColumns | None:
+    """The columns of a batch of well-formed requests sharing one ``dry_run``;
+    None: use :func:`parse` and the message path."""
+    if not COMPILED:
+        return None
+    parts = kernels.decode_batch(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN, MAX_AT_UNIX_MS)
+    if parts is None:
+        return None
+    return WireColumns(
+        senders=parts[0],
+        sender_index=parts[1],
+        recipients=WireRecipients(data, parts[11]),
+        kinds=parts[3],
+        categories=parts[4],
+        templates=parts[5],
+        template_index=parts[6],
+        idempotency_keys=parts[7],
+        at_unix_ms=parts[8],
+        dry_run=parts[9],
+        recipient_keys=parts[10],
+    )
+
+
+def parse(data: bytes) -> pb.AdmitBatchRequest:
+    """The AdmitBatchRequest message of ``data``; InvalidArgument when it is not one."""
+    try:
+        return pb.AdmitBatchRequest.FromString(data)
+    except DecodeError as e:
+        raise InvalidArgument("request", f"request: not an AdmitBatchRequest ({e})") from None
+
+
+def encode_response(cols: WireColumns, result: ColumnsResult) -> bytes:
+    """The AdmitBatchResponse bytes for the answers ``result`` gives to ``cols``."""
+    details = result.details
+
+    def special(i: int) -> str:
+        # The details that name the request's sender or template, that tell a
+        # marketing back-off from the frequency cap, or a dry run from an admit.
+        if details is not None:
+            return details[i]
+        reason = result.reasons[i]
+        if reason == UNKNOWN_SENDER:
+            return unknown_sender_detail(cols.senders[cols.sender_index[i]])
+        if reason in (TEMPLATE_PAUSED, TEMPLATE_DISABLED):
+            tpl = cols.templates[cols.template_index[i] - 1]
+            return template_detail(reason, result.meta_error_code[i], tpl)
+        if reason == MARKETING_FREQUENCY and i in result.back_offs:
+            return BACK_OFF_DETAIL
+        if result.decisions[i] == ADMIT and not result.tickets[i]:
+            return DRY_RUN_DETAIL
+        return DETAIL[reason]
+
+    data: bytes = kernels.encode_batch_response(
+        result.decisions,
+        result.reasons,
+        result.counted,
+        result.retry_at_unix_ms,
+        result.limit,
+        result.used,
+        result.meta_error_code,
+        result.tickets,
+        _DETAILS if details is None else _ASK,
+        special,
+    )
+    return data
