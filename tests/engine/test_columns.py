@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import random
 from array import array
 from types import ModuleType
@@ -275,3 +276,63 @@ def test_time_bounds_agree(values: list[int]) -> None:
     at = array("q", values)
     assert py.time_bounds(at) == compiled.time_bounds(at)
     assert py.time_bounds(at) == ((min(values), max(values)) if values else (0, 0))
+
+
+def _key_tables(rng: random.Random) -> tuple[Any, ...]:
+    """A batch's keys, senders (one listed twice) and their key tables."""
+    n = rng.choice([0, 1, 8, 60])
+    senders = ["s0", "s1", "s0", "s2"]  # "s0" twice: one sender at two indexes
+    sidx = array("I", (rng.randrange(len(senders)) for _ in range(n)))
+    pool = ["", "", "k1", "k2", *(f"k{rng.randrange(10**6)}" for _ in range(4))]
+    keys = [rng.choice(pool) for _ in range(n)]
+    tables: dict[str, dict[str, Any]] = {"s0": {}, "s1": {}}
+    for s, table in tables.items():
+        for k in ("k1", "k2", "k9"):
+            if rng.random() < 0.4:
+                table[k] = (f"ticket-{s}-{k}", rng.random() < 0.5, 250, rng.randrange(250))
+    return n, senders, sidx, keys, tables
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_repeated_keys_agree(seed: int) -> None:
+    outcomes = []
+    for mod in (compiled, py):
+        rng = random.Random(seed)
+        n, senders, sidx, keys, tables = _key_tables(rng)
+        idems = [tables.get(s) for s in senders]  # "s2": an unknown sender
+        at = array("q", (rng.choice([0, 50, 100, 150]) for _ in range(n))) if seed % 2 else None
+        order = collections.deque(
+            sorted((rng.randrange(200), s, k) for s, t in tables.items() for k in t)
+        )
+        pruned: list[int] = []
+
+        def prune(now: int, order: Any = order, tables: Any = tables, pruned: Any = pruned) -> None:
+            pruned.append(now)
+            while order and order[0][0] <= now:
+                _, s, k = order.popleft()
+                tables[s].pop(k, None)
+
+        got = mod.repeated_keys(keys, sidx, senders, idems, seed % 3 == 0, at, 120, order, prune)
+        outcomes.append((got, pruned, list(order), tables))
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_remember_keys_agree(seed: int) -> None:
+    outcomes = []
+    for mod in (compiled, py):
+        rng = random.Random(seed)
+        n, senders, sidx, keys, tables = _key_tables(rng)
+        idems = [tables.setdefault(s, {}) for s in senders]
+        rows = array("i", sorted(rng.sample(range(n), rng.randrange(n + 1))))
+        row_now = array("q", (1000 + 10 * j for j in range(len(rows))))
+        tickets = [rng.choice(["", f"t{i}"]) for i in range(n)]
+        counted = bytearray(rng.randrange(2) for _ in range(n))
+        limit = array("q", (rng.randrange(1, 10**6) for _ in range(n)))
+        used = array("q", (rng.randrange(10**6) for _ in range(n)))
+        order: collections.deque[tuple[int, str, str]] = collections.deque()
+        mod.remember_keys(
+            rows, keys, sidx, senders, idems, row_now, 500, order, tickets, counted, limit, used
+        )
+        outcomes.append((tables, list(order)))
+    assert outcomes[0] == outcomes[1]

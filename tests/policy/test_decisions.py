@@ -373,7 +373,7 @@ def test_idempotency_returns_first_decision_and_consumes_once() -> None:
         [req("s1", rcpt(5), T0 + 3 * S, key="k2"), req("s1", rcpt(6), T0 + 3 * S, key="k2")],
         T0 + 3 * S,
     )
-    assert results[0] is results[1]
+    assert results[0] == results[1]  # the first answer, again
     # Keys are retained per profile (24 h) and then forgotten.
     later = admit(svc, "s1", U, T0 + D + 10 * S, key="k1")
     assert later.ticket != first.ticket

@@ -22,7 +22,7 @@ from cpython.unicode cimport (
     PyUnicode_GET_LENGTH,
     PyUnicode_KIND,
 )
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport INT64_MAX, int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 cdef enum:
@@ -464,6 +464,86 @@ def tally(const unsigned char[::1] decisions, const unsigned char[::1] reasons, 
     for k in range(256):
         if acc[k]:
             counts[k] += acc[k]
+
+
+def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders, list idems,
+                  bint dry, at, int64_t now_ms, object order, object prune):
+    """The items whose idempotency key already has an answer: (skip, hits), skip 1 for
+    each such item, hits (item, remembered answer) in item order; None when a
+    (sender, key) pair repeats inside a batch that is not a dry run."""
+    cdef Py_ssize_t n = len(keys), i, k
+    cdef const long long[::1] times
+    cdef bint has_at = at is not None and len(at) > 0
+    cdef set seen, inside = None
+    cdef object key, idem, first, pair
+    cdef int64_t now, due
+    cdef bytearray skip
+    cdef unsigned char *sp
+    cdef list hits = []
+    if has_at:
+        times = at
+    if not dry:
+        # Keys alone first: a repeated key (rare) brings in the exact check by
+        # (sender id, key), a sender being listed twice in a request.
+        seen = set()
+        for i in range(n):
+            key = keys[i]
+            if not key or idems[sender_index[i]] is None:
+                continue
+            if inside is None and key in seen:
+                inside = set()
+                for k in range(i):
+                    if keys[k] and idems[sender_index[k]] is not None:
+                        inside.add((senders[sender_index[k]], keys[k]))
+            if inside is not None:
+                pair = (senders[sender_index[i]], key)
+                if pair in inside:
+                    return None
+                inside.add(pair)
+            else:
+                seen.add(key)
+    skip = bytearray(n)
+    sp = skip
+    due = order[0][0] if order else INT64_MAX
+    for i in range(n):
+        key = keys[i]
+        if not key:
+            continue
+        idem = idems[sender_index[i]]
+        if idem is None:
+            continue
+        now = times[i] if has_at and times[i] > 0 else now_ms
+        if now >= due:
+            prune(now)
+            due = order[0][0] if order else INT64_MAX
+        first = (<dict>idem).get(key)
+        if first is not None:
+            sp[i] = 1
+            hits.append((i, first))
+    return skip, hits
+
+
+def remember_keys(const int[::1] rows, list keys, const unsigned int[::1] sender_index,
+                  list senders, list idems, const long long[::1] row_now, int64_t expires_ms,
+                  object order, list tickets, const unsigned char[::1] counted,
+                  const long long[::1] limit, const long long[::1] used):
+    """Each admitted item with a key (``tickets[i]`` set) answers its repeats from now
+    on: ``idems[s][key] = (ticket, counted, limit, used)`` and ``(row_now[j] +
+    expires_ms, sender id, key)`` appended to ``order``; item i = rows[j]."""
+    cdef Py_ssize_t j, i, s
+    cdef object key, ticket, idem
+    cdef object append = order.append
+    for j in range(rows.shape[0]):
+        i = rows[j]
+        key = keys[i]
+        ticket = tickets[i]
+        if key and ticket:
+            s = sender_index[i]
+            idem = idems[s]
+            if type(idem) is not dict:
+                raise TypeError(f"remember_keys: item {i} has no key table")
+            (<dict>idem)[key] = (ticket, counted[i] == 1, limit[i], used[i])
+            append((row_now[j] + expires_ms, senders[s], key))
 
 
 # -- AdmitColumns wire codec --------------------------------------------------

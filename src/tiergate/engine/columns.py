@@ -22,6 +22,9 @@ sender and template indexes:
     decision counts by (decision, reason) for metrics.
 ``time_bounds``
     the earliest and latest request time of a batch.
+``repeated_keys`` / ``remember_keys``
+    idempotency keys: the items a key already answers, and the admits that
+    answer their keys' repeats from now on.
 
 Sender table rows (one per distinct sender of the request): ``s_state`` 0
 unknown, 1 known, 2 blocked (BANNED / DISABLED); ``s_slot`` the index of its
@@ -407,6 +410,83 @@ def tally(decisions: bytes | bytearray, reasons: bytes | bytearray, counts: list
     """``counts[decision * REASONS + reason] += 1`` for every item."""
     for d, r in zip(decisions, reasons, strict=True):
         counts[d * REASONS + r] += 1
+
+
+def repeated_keys(
+    keys: Sequence[str],
+    sender_index: Sequence[int],
+    senders: Sequence[str],
+    idems: Sequence[dict[str, Any] | None],
+    dry: bool,
+    at: Sequence[int] | None,
+    now_ms: int,
+    order: Any,
+    prune: Any,
+) -> tuple[bytearray, list[tuple[int, Any]]] | None:
+    """The items whose idempotency key already has an answer: (skip, hits), skip 1 for
+    each such item, hits (item, remembered answer) in item order.
+
+    ``idems[s]`` is the key table of the request's sender s (None: unknown sender);
+    each item's time (``at[i]`` when given and positive, else ``now_ms``) first
+    drops the keys expired by then: ``prune(now)`` while ``order[0][0] <= now``.
+    None when a (sender, key) pair repeats inside a batch that is not a dry run
+    (the caller then decides in parts)."""
+    n = len(keys)
+    if not dry:
+        inside: set[tuple[str, str]] = set()
+        for i in range(n):
+            key = keys[i]
+            if key and idems[sender_index[i]] is not None:
+                pair = (senders[sender_index[i]], key)  # a sender may be listed twice
+                if pair in inside:
+                    return None
+                inside.add(pair)
+    skip = bytearray(n)
+    hits: list[tuple[int, Any]] = []
+    for i in range(n):
+        key = keys[i]
+        if not key:
+            continue
+        idem = idems[sender_index[i]]
+        if idem is None:
+            continue
+        now = at[i] if at and at[i] > 0 else now_ms
+        if order and order[0][0] <= now:
+            prune(now)
+        first = idem.get(key)
+        if first is not None:
+            skip[i] = 1
+            hits.append((i, first))
+    return skip, hits
+
+
+def remember_keys(
+    rows: Sequence[int],
+    keys: Sequence[str],
+    sender_index: Sequence[int],
+    senders: Sequence[str],
+    idems: Sequence[dict[str, Any] | None],
+    row_now: Sequence[int],
+    expires_ms: int,
+    order: Any,
+    tickets: Sequence[str],
+    counted: bytes | bytearray,
+    limit: Sequence[int],
+    used: Sequence[int],
+) -> None:
+    """Each admitted item with a key (``tickets[i]`` set) answers its repeats from now on:
+    ``idems[s][key] = (ticket, counted, limit, used)`` and ``(row_now[j] + expires_ms,
+    sender id, key)`` appended to ``order``; item i = rows[j]."""
+    for j in range(len(rows)):
+        i = rows[j]
+        key = keys[i]
+        ticket = tickets[i]
+        if key and ticket:
+            s = sender_index[i]
+            idem = idems[s]
+            assert idem is not None
+            idem[key] = (ticket, counted[i] == 1, limit[i], used[i])
+            order.append((row_now[j] + expires_ms, senders[s], key))
 
 
 def _select() -> ModuleType:

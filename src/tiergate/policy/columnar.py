@@ -54,6 +54,7 @@ from .service import (
     AdmitRequest,
     AdmitResult,
     InvalidArgument,
+    Remembered,
 )
 from .state import REASONS as SENDER_REASONS
 from .state import LimitScope, Sender
@@ -350,7 +351,7 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
         return _general(svc, r, now_ms)
     objs = [svc._senders.get(sid) for sid in r.senders]
     skip: bytes | bytearray = b""
-    hits: list[tuple[int, AdmitResult]] = []
+    hits: list[tuple[int, Remembered]] = []
     if r.keys and any(r.keys):
         seen = _repeated_keys(svc, r, objs, now_ms)
         if seen is None:
@@ -361,7 +362,7 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
 
 def _repeated_keys(
     svc: AdmissionService, r: _Request, objs: list[Sender | None], now_ms: int
-) -> tuple[bytearray, list[tuple[int, AdmitResult]]] | None:
+) -> tuple[bytearray, list[tuple[int, Remembered]]] | None:
     """Items whose idempotency key already has an answer, as ``admit_many`` finds them.
 
     ``admit_many`` looks each key up in item order (dropping expired keys at
@@ -369,34 +370,18 @@ def _repeated_keys(
     walk here finds the same answers. None when a key repeats inside the batch
     (``admit_many`` then decides in parts): the general path takes the batch.
     """
-    keys, sidx = r.keys, r.sender_index
-    if not r.dry:
-        inside: set[tuple[str, str]] = set()
-        senders = r.senders
-        for i, key in enumerate(keys):
-            if key and objs[sidx[i]] is not None:
-                pair = (senders[sidx[i]], key)  # a sender may be listed twice
-                if pair in inside:
-                    return None
-                inside.add(pair)
-    skip = bytearray(r.n)
-    hits: list[tuple[int, AdmitResult]] = []
-    at = r.at if svc._request_clock else None
-    order = svc._idem_order
-    for i, key in enumerate(keys):
-        if not key:
-            continue
-        sender = objs[sidx[i]]
-        if sender is None:
-            continue
-        now = at[i] if at and at[i] > 0 else now_ms
-        if order and order[0][0] <= now:
-            svc._prune(now)
-        first = sender.idem.get(key)
-        if first is not None:
-            skip[i] = 1
-            hits.append((i, first))
-    return skip, hits
+    found: tuple[bytearray, list[tuple[int, Remembered]]] | None = kernels.repeated_keys(
+        r.keys,
+        r.sender_index,
+        r.senders,
+        [s.idem if s is not None else None for s in objs],
+        r.dry,
+        r.at if svc._request_clock else None,
+        now_ms,
+        svc._idem_order,
+        svc._prune,
+    )
+    return found
 
 
 def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
@@ -441,7 +426,7 @@ def _fast(
     now_ms: int,
     objs: list[Sender | None],
     skip: bytes | bytearray,
-    hits: list[tuple[int, AdmitResult]],
+    hits: list[tuple[int, Remembered]],
 ) -> ColumnsResult:
     n = r.n
     z4, z8 = bytes(4 * n), bytes(8 * n)
@@ -591,15 +576,15 @@ def _fast(
         if n_counted:
             del counted_rows[n_counted:]
             _check_crossings(svc, scopes, batch, counted_rows)
-    for i, first in hits:
-        out.decisions[i] = first.decision
-        out.reasons[i] = first.reason
-        out.retry_at_unix_ms[i] = first.retry_at_unix_ms
-        out.tickets[i] = first.ticket
-        out.counted[i] = 1 if first.counted else 0
-        out.limit[i] = first.limit
-        out.used[i] = first.used
-        out.meta_error_code[i] = first.meta_error_code
+    for i, (ticket, was_counted, limit, used) in hits:  # the first answers: admits
+        out.decisions[i] = ADMIT
+        out.reasons[i] = OK
+        out.retry_at_unix_ms[i] = 0
+        out.tickets[i] = ticket
+        out.counted[i] = 1 if was_counted else 0
+        out.limit[i] = limit
+        out.used[i] = used
+        out.meta_error_code[i] = 0
     for s, sender in enumerate(objs):
         if sender is None:
             continue
@@ -635,27 +620,20 @@ def _remember_keys(
     out: ColumnsResult,
 ) -> None:
     """Admitted items with a key answer their repeats from now on (as ``admit_many``)."""
-    keys, sidx, b_now = r.keys, r.sender_index, batch.now
-    expires = svc.profile.idempotency_ms
-    order = svc._idem_order
-    tickets = out.tickets
-    for j, i in enumerate(rows):
-        key = keys[i]
-        if key and tickets[i]:
-            sender = objs[sidx[i]]
-            assert sender is not None
-            sender.idem[key] = AdmitResult(
-                ADMIT,
-                OK,
-                0,
-                tickets[i],
-                out.counted[i] == 1,
-                out.limit[i],
-                out.used[i],
-                0,
-                "admitted",
-            )
-            order.append((b_now[j] + expires, sender.id, key))
+    kernels.remember_keys(
+        rows,
+        r.keys,
+        r.sender_index,
+        r.senders,
+        [s.idem if s is not None else None for s in objs],
+        batch.now,
+        svc.profile.idempotency_ms,
+        svc._idem_order,
+        out.tickets,
+        out.counted,
+        out.limit,
+        out.used,
+    )
 
 
 def _check_crossings(

@@ -128,6 +128,18 @@ def template_detail(reason: int, meta_error_code: int, template_id: str) -> str:
     return f"template {template_id!r} is disabled"
 
 
+#: What an idempotency key remembers of its first answer, always an ADMIT:
+#: (ticket, counted, limit, used). Four fields instead of an AdmitResult, as a
+#: batch with keys remembers one per admit (see policy.columnar).
+Remembered = tuple[str, bool, int, int]
+
+
+def remembered(entry: Remembered) -> AdmitResult:
+    """The answer a repeated idempotency key gets."""
+    ticket, counted, limit, used = entry
+    return AdmitResult(ADMIT, OK, 0, ticket, counted, limit, used, 0, DETAIL[OK])
+
+
 #: One admit: tag, version, now, number, recipient key, flags, ticket id, limit, key length;
 #: the idempotency key's UTF-8 bytes follow.
 _ADMIT_REC = struct.Struct("<BBqiQIQqH")
@@ -477,9 +489,9 @@ class AdmissionService:
         if key:
             if self._idem_order and self._idem_order[0][0] <= now:
                 self._prune(now)
-            first: AdmitResult | None = sender.idem.get(key)
+            first: Remembered | None = sender.idem.get(key)
             if first is not None:
-                return first
+                return remembered(first)
         scope = sender.scope
         if now < scope.last_now:
             now = scope.last_now
@@ -532,7 +544,7 @@ class AdmissionService:
             "admitted",
         )
         if key:
-            sender.idem[key] = res
+            sender.idem[key] = (res.ticket, res.counted, res.limit, res.used)
             self._idem_order.append((now + self.profile.idempotency_ms, sender.id, key))
         if self._journal_on and not self._replaying:
             kb = key.encode()
@@ -739,7 +751,7 @@ class AdmissionService:
                     self._prune(now)
                 first = sender.idem.get(key)
                 if first is not None:
-                    results[i] = first
+                    results[i] = remembered(first)
                     continue
                 if not dry:
                     if (sid, key) in in_batch:
@@ -857,7 +869,7 @@ class AdmissionService:
                         "admitted",
                     )
                     if key:
-                        sender.idem[key] = res
+                        sender.idem[key] = (res.ticket, res.counted, res.limit, res.used)
                         self._idem_order.append((now + expires, sender.id, key))
                     if journal:
                         kb = key.encode()
@@ -1157,7 +1169,7 @@ class AdmissionService:
             return e.ticket
         s0 = self._senders.get(e.sender_id)
         first = s0.idem.get(e.idempotency_key) if s0 is not None else None
-        return first.ticket if first is not None else ""
+        return first[0] if first is not None else ""
 
     def _link_retention(self) -> int:
         p = self.profile
@@ -1829,17 +1841,7 @@ class AdmissionService:
         self._ticket = max(self._ticket, tid)
         s.counts[OK] += 1
         if key:
-            s.idem[key] = AdmitResult(
-                ADMIT,
-                OK,
-                0,
-                _encode_ticket(tid, number, rkey, prev, slot),
-                counted == 1,
-                limit,
-                used,
-                0,
-                "admitted",
-            )
+            s.idem[key] = (_encode_ticket(tid, number, rkey, prev, slot), counted == 1, limit, used)
             self._idem_order.append((now + self.profile.idempotency_ms, s.id, key))
 
     # -- snapshots -------------------------------------------------------------
@@ -1863,7 +1865,8 @@ class AdmissionService:
     def snapshot(self) -> bytes:
         """The whole state (policy + engine), versioned."""
         idem = [
-            [until, sid, key, dataclasses.astuple(self._senders[sid].idem[key])]
+            # the whole AdmitResult's fields, as snapshots have always held them
+            [until, sid, key, dataclasses.astuple(remembered(self._senders[sid].idem[key]))]
             for until, sid, key in self._idem_order
             if sid in self._senders and key in self._senders[sid].idem
         ]
@@ -1932,7 +1935,8 @@ class AdmissionService:
                 self._template_names[t.name] = t
         for until, sid, key, fields in state["idem"]:
             s = self._senders[sid]
-            s.idem[key] = AdmitResult(*fields)
+            first = AdmitResult(*fields)
+            s.idem[key] = (first.ticket, first.counted, first.limit, first.used)
             self._idem_order.append((int(until), sid, key))
         for until, key in state["seen"]:
             self._seen[key] = int(until)

@@ -112,7 +112,7 @@ class Sender:
         self.flags = [0] * 5
         self.limits = [0] * 5
         self.limits_until = NEVER  # when the warm-up cap next changes
-        # idempotency key → first decision (an AdmitResult)
+        # idempotency key → its first answer, an admit (service.Remembered)
         self.idem: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
