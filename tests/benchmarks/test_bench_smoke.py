@@ -182,3 +182,20 @@ def test_memory_probe_tiny(tmp_path: Path) -> None:
     assert [r["region_bytes"] for r in chased] == [256 * 1024, 8 << 20]
     assert all(r["ns_per_load"] > 0 and len(r["ns_runs"]) == 1 for r in chased)
     assert "one single call's table access" in proc.stdout
+
+
+def test_batchpath_tiny_measures_both_ways_and_compares_their_replies(tmp_path: Path) -> None:
+    from tiergate.server import batch_wire
+
+    proc = run("batchpath.py", "--tiny", "--results-dir", str(tmp_path))
+    data = read(tmp_path / "batchpath.json")
+    assert data["replies_agree"] is True and data["timed_runs"] == 1
+    ways = {f["way"] for f in data["figures"].values()}
+    assert ways == ({"message", "wire"} if batch_wire.COMPILED else {"message"})
+    for f in data["figures"].values():
+        ns = f["ns_per_item"]
+        assert ns["total"] > 0
+        if f["way"] == "wire":
+            assert ns["total"] == pytest.approx(ns["decode"] + ns["decide"] + ns["encode"])
+    assert data["ratios"]["message: keys / no keys"] > 0
+    assert "replies of the two ways agree: True" in proc.stdout
