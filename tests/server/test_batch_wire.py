@@ -211,14 +211,7 @@ def test_writer_agrees_with_protobuf(seed: int) -> None:
         return made[-1]
 
     data = compiled.encode_batch_response(
-        res.decisions,
-        res.reasons,
-        res.counted,
-        res.retry_at_unix_ms,
-        res.limit,
-        res.used,
-        res.meta_error_code,
-        res.tickets,
+        *res.answer_columns(),
         details,
         recording,
     )

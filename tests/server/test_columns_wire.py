@@ -228,14 +228,7 @@ def test_writer_refuses_a_ticket_that_is_not_text() -> None:
     result.tickets[0] = b"x"  # type: ignore[call-overload]
     with pytest.raises(TypeError):
         compiled.encode_response(
-            result.decisions,
-            result.reasons,
-            result.counted,
-            result.retry_at_unix_ms,
-            result.limit,
-            result.used,
-            result.meta_error_code,
-            result.tickets,
+            *result.answer_columns(),
         )
 
 

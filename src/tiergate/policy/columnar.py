@@ -154,6 +154,24 @@ class ColumnsResult:
     def __len__(self) -> int:
         return len(self.decisions)
 
+    def answer_columns(
+        self,
+    ) -> tuple[
+        bytearray, bytearray, bytearray, array[int], array[int], array[int], array[int], list[str]
+    ]:
+        """(decisions, reasons, counted, retry_at, limit, used, meta_error_code, tickets),
+        in the order the response writers take them."""
+        return (
+            self.decisions,
+            self.reasons,
+            self.counted,
+            self.retry_at_unix_ms,
+            self.limit,
+            self.used,
+            self.meta_error_code,
+            self.tickets,
+        )
+
     @classmethod
     def empty(cls, n: int) -> ColumnsResult:
         return cls(

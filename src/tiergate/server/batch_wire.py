@@ -110,14 +110,7 @@ def encode_response(cols: WireColumns, result: ColumnsResult) -> bytes:
         return DETAIL[reason]
 
     data: bytes = kernels.encode_batch_response(
-        result.decisions,
-        result.reasons,
-        result.counted,
-        result.retry_at_unix_ms,
-        result.limit,
-        result.used,
-        result.meta_error_code,
-        result.tickets,
+        *result.answer_columns(),
         _DETAILS if details is None else _ASK,
         special,
     )

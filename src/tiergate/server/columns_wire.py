@@ -126,14 +126,7 @@ def encode_response(result: ColumnsResult) -> bytes:
     """The AdmitColumnsResponse bytes for ``result``."""
     if _COMPILED:
         data: bytes = kernels.encode_response(
-            result.decisions,
-            result.reasons,
-            result.counted,
-            result.retry_at_unix_ms,
-            result.limit,
-            result.used,
-            result.meta_error_code,
-            result.tickets,
+            *result.answer_columns(),
         )
         return data
     return protobuf_encode(result)
