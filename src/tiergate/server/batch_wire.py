@@ -65,19 +65,7 @@ def decode_fast(data: bytes) -> WireColumns | None:
     parts = kernels.decode_batch(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN, MAX_AT_UNIX_MS)
     if parts is None:
         return None
-    return WireColumns(
-        senders=parts[0],
-        sender_index=parts[1],
-        recipients=WireRecipients(data, parts[11]),
-        kinds=parts[3],
-        categories=parts[4],
-        templates=parts[5],
-        template_index=parts[6],
-        idempotency_keys=parts[7],
-        at_unix_ms=parts[8],
-        dry_run=parts[9],
-        recipient_keys=parts[10],
-    )
+    return WireColumns.from_reader(parts, WireRecipients(data, parts[11]))
 
 
 def parse(data: bytes) -> pb.AdmitBatchRequest:

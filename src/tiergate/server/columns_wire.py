@@ -14,7 +14,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
 from google.protobuf.message import DecodeError
 
@@ -77,6 +77,23 @@ class WireColumns:
     dry_run: bool
     recipient_keys: array[int] | None = None
 
+    @classmethod
+    def from_reader(cls, parts: tuple[Any, ...], recipients: Sequence[str]) -> WireColumns:
+        """The columns a compiled reader returned (``decode_request``, ``decode_batch``)."""
+        return cls(
+            senders=parts[0],
+            sender_index=parts[1],
+            recipients=recipients,
+            kinds=parts[3],
+            categories=parts[4],
+            templates=parts[5],
+            template_index=parts[6],
+            idempotency_keys=parts[7],
+            at_unix_ms=parts[8],
+            dry_run=parts[9],
+            recipient_keys=parts[10],
+        )
+
 
 def decode_request(data: bytes) -> WireColumns:
     """The columns of an AdmitColumnsRequest; InvalidArgument when it is not one."""
@@ -87,19 +104,7 @@ def decode_request(data: bytes) -> WireColumns:
             if recipients is None:
                 assert rkeys is not None and spans is not None
                 recipients = WireRecipients(data, spans)
-            return WireColumns(
-                senders=parts[0],
-                sender_index=parts[1],
-                recipients=recipients,
-                kinds=parts[3],
-                categories=parts[4],
-                templates=parts[5],
-                template_index=parts[6],
-                idempotency_keys=parts[7],
-                at_unix_ms=parts[8],
-                dry_run=parts[9],
-                recipient_keys=rkeys,
-            )
+            return WireColumns.from_reader(parts, recipients)
     return protobuf_decode(data)
 
 
