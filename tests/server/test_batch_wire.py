@@ -159,6 +159,30 @@ def test_reader_agrees_with_protobuf_and_the_checks(seed: int) -> None:
     assert got == expected
 
 
+def test_reader_names_many_distinct_senders_and_templates() -> None:
+    # More distinct names than the reader keeps by their bytes (64): the rest
+    # go by the dict, with the same indexes.
+    rng = random.Random(3)
+    reqs = [
+        pb.AdmitRequest(
+            sender_id=f"s{rng.randrange(150)}",
+            recipient=f"1555{i:07d}",
+            kind=pb.TEMPLATE,
+            category=pb.UTILITY,
+            template_id=f"t{rng.randrange(100)}",
+            at_unix_ms=T0 + i,
+        )
+        for i in range(1000)
+    ]
+    msg = pb.AdmitBatchRequest(requests=reqs)
+    cols = batch_wire.decode_fast(msg.SerializeToString())
+    assert cols is not None
+    assert len(cols.senders) > 64 and len(cols.templates) > 64
+    assert [cols.senders[k] for k in cols.sender_index] == [r.sender_id for r in reqs]
+    assert [cols.templates[k - 1] for k in cols.template_index] == [r.template_id for r in reqs]
+    assert len(set(cols.senders)) == len(cols.senders)
+
+
 @pytest.mark.parametrize(
     ("data", "requests"),
     [

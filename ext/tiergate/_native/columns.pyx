@@ -957,16 +957,61 @@ cdef inline bint same_text(const unsigned char *a, uint64_t na, const unsigned c
     return na == nb and (na == 0 or memcmp(a, b, na) == 0)
 
 
-cdef Py_ssize_t index_of(const unsigned char *p, uint64_t n, list names, dict index,
-                         Py_ssize_t first) except -1:
-    """The index of text p .. p + n in names (first for the first name), added when new."""
-    cdef str name = ascii_str(p, n)
-    cdef object known = index.get(name)
+cdef enum:
+    NAME_SLOTS = 128  # a power of two
+    NAMES_CACHED = 64  # at most half full
+
+
+cdef struct NameSlot:
+    const unsigned char *p
+    uint64_t n
+    Py_ssize_t index  # -1: empty
+
+
+cdef struct Names:
+    # The distinct names (sender or template ids) of one request read so far, by
+    # their bytes: no string is made and no dict asked for a name seen before.
+    NameSlot slots[NAME_SLOTS]
+    Py_ssize_t cached
+    Py_ssize_t first  # the index of the first name (templates count from 1)
+
+
+cdef void names_init(Names *t, Py_ssize_t first) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(NAME_SLOTS):
+        t.slots[k].index = -1
+    t.cached = 0
+    t.first = first
+
+
+cdef Py_ssize_t name_index(Names *t, const unsigned char *p, uint64_t n, list names,
+                           dict index) except -1:
+    """The index of text p .. p + n in names (t.first for the first name), added when new."""
+    cdef uint64_t h = 14695981039346656037ULL, k  # FNV-1a
+    cdef str name
+    cdef object known
+    cdef Py_ssize_t at
+    for k in range(n):
+        h = (h ^ p[k]) * 1099511628211ULL
+    k = h & (NAME_SLOTS - 1)
+    while t.slots[k].index >= 0:
+        if same_text(t.slots[k].p, t.slots[k].n, p, n):
+            return t.slots[k].index
+        k = (k + 1) & (NAME_SLOTS - 1)
+    name = ascii_str(p, n)
+    known = index.get(name)
     if known is not None:
-        return <Py_ssize_t>known
-    names.append(name)
-    index[name] = len(names) - 1 + first
-    return len(names) - 1 + first
+        at = <Py_ssize_t>known
+    else:
+        names.append(name)
+        at = len(names) - 1 + t.first
+        index[name] = at
+    if t.cached < NAMES_CACHED:  # past that, names go by the dict
+        t.slots[k].p = p
+        t.slots[k].n = n
+        t.slots[k].index = at
+        t.cached += 1
+    return at
 
 
 def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
@@ -993,6 +1038,7 @@ def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
     cdef AdmitFields f
     cdef list senders = [], templates = [], keys
     cdef dict sender_ids = {}, template_ids = {}
+    cdef Names sender_names, template_names
     cdef carray.array sender_index, template_index, at, rkeys, spans
     cdef bytes kinds, categories
     cdef char *kp
@@ -1016,6 +1062,8 @@ def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
     kp = PyBytes_AS_STRING(kinds)
     cp = PyBytes_AS_STRING(categories)
     keys = [""] * n
+    names_init(&sender_names, 0)
+    names_init(&template_names, 1)
     p = base
     i = 0
     while p < end:
@@ -1035,14 +1083,15 @@ def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
         elif f.dry != dry:
             return None
         if s_at < 0 or not same_text(f.text[0], f.size[0], prev_sender, prev_sender_size):
-            s_at = index_of(f.text[0], f.size[0], senders, sender_ids, 0)
+            s_at = name_index(&sender_names, f.text[0], f.size[0], senders, sender_ids)
             prev_sender, prev_sender_size = f.text[0], f.size[0]
         sender_index.data.as_uints[i] = <unsigned int>s_at
         if f.size[2] == 0:
             template_index.data.as_uints[i] = 0
         else:
             if not same_text(f.text[2], f.size[2], prev_template, prev_template_size):
-                t_at = index_of(f.text[2], f.size[2], templates, template_ids, 1)
+                t_at = name_index(&template_names, f.text[2], f.size[2], templates,
+                                  template_ids)
                 prev_template, prev_template_size = f.text[2], f.size[2]
             template_index.data.as_uints[i] = <unsigned int>t_at
         if f.size[3]:
