@@ -455,6 +455,29 @@ async def test_bad_requests_are_named_as_the_message_way_names_them() -> None:
 
 
 @run_async
+async def test_an_oversized_batch_is_refused_before_its_requests_are_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def never(data: bytes) -> Any:
+        raise AssertionError("parsed an oversized batch")
+
+    monkeypatch.setattr(batch_wire, "parse", never)
+    monkeypatch.setattr(batch_wire, "decode_fast", never)
+    async with serving(make_config(max_batch=5)) as h:
+        s = h.sidecar._servicer
+        assert s is not None
+        ctx = _Context()
+        with pytest.raises(grpc.aio.AbortError):
+            await s.AdmitBatch(b"\x0a\x00" * 200_000, ctx)  # 200 000 empty requests
+        code, details = ctx.aborted[0]
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details == "requests: at most 5 per call, got 200000"
+    assert batch_wire.count_requests(b"\x0a\x00" * 3 + b"\x12\x01x") == 3
+    assert batch_wire.count_requests(b"\x08\x01") == -1  # left to protobuf
+    assert batch_wire.count_requests(b"\x0a\x05ab") == -1
+
+
+@run_async
 async def test_the_server_serves_admit_batch_from_wire_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

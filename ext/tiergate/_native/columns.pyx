@@ -1014,6 +1014,29 @@ cdef Py_ssize_t name_index(Names *t, const unsigned char *p, uint64_t n, list na
     return at
 
 
+cdef Py_ssize_t count_in(const unsigned char *p, const unsigned char *end) noexcept nogil:
+    """How many requests (field 1, length-delimited) an AdmitBatchRequest holds; -1 for
+    data this reader leaves to protobuf."""
+    cdef uint64_t v = 0, field = 0
+    cdef Py_ssize_t n = 0
+    cdef int wire
+    while p < end:
+        wire = read_field(&p, end, &field, &v)
+        if wire < 0 or (field == 1 and wire != 2):
+            return -1
+        if wire == 2:
+            n += field == 1
+            p += v
+    return n
+
+
+def count_requests(const unsigned char[::1] data not None):
+    """How many requests the AdmitBatchRequest ``data`` holds, read without decoding
+    them; -1 for data this reader leaves to protobuf."""
+    cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
+    return count_in(p, p + data.shape[0])
+
+
 def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
                  Py_ssize_t max_template, Py_ssize_t max_key, int64_t max_at):
     """An AdmitBatchRequest as the columns decode_request reads off an AdmitColumnsRequest
@@ -1043,14 +1066,8 @@ def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
     cdef bytes kinds, categories
     cdef char *kp
     cdef char *cp
-    while p < end:  # count the requests first: every column is allocated once
-        wire = read_field(&p, end, &field, &v)
-        if wire < 0 or (field == 1 and wire != 2):
-            return None
-        if wire == 2:
-            n += field == 1
-            p += v
-    if n == 0:
+    n = count_in(p, end)  # first: every column is allocated once
+    if n <= 0:
         return None
     sender_index = carray.clone(U32, n, False)
     template_index = carray.clone(U32, n, False)

@@ -118,6 +118,7 @@ def encode_response(
 def decode_admit(
     data: bytes, max_id: int, max_template: int, max_key: int
 ) -> tuple[str, int, int, int, str, str, int, bool] | None: ...
+def count_requests(data: bytes) -> int: ...
 def decode_batch(
     data: bytes, max_id: int, max_template: int, max_key: int, max_at: int
 ) -> (

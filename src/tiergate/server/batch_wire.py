@@ -42,7 +42,7 @@ from tiergate.server.columns_wire import WireColumns, WireRecipients
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
 
-__all__ = ["COMPILED", "decode_fast", "encode_response", "parse"]
+__all__ = ["COMPILED", "count_requests", "decode_fast", "encode_response", "parse"]
 
 #: The wire reader and writer exist (compiled engine); else AdmitBatch uses protobuf.
 COMPILED = hasattr(kernels, "decode_batch")
@@ -55,6 +55,15 @@ _DETAILS: tuple[str | None, ...] = tuple(
 
 #: Every detail from ``special`` (a batch ``admit_many`` decided has them all).
 _ASK: tuple[None, ...] = ()
+
+
+def count_requests(data: bytes) -> int:
+    """How many requests ``data`` holds, counted without decoding them (so an oversized
+    batch is refused before protobuf builds its messages); -1 when unknown."""
+    if not COMPILED:
+        return -1
+    n: int = kernels.count_requests(data)
+    return n
 
 
 def decode_fast(data: bytes) -> WireColumns | None:

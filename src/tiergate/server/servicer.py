@@ -211,9 +211,9 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             try:
                 wire = type(request) is bytes
                 if wire:
+                    self._check_batch_size(batch_wire.count_requests(request))
                     cols = batch_wire.decode_fast(request)
                     if cols is not None:
-                        self._check_batch_size(len(cols.recipients))
                         result = self._admit_columns(cols, "AdmitBatch")
                         await self._committed()
                         return batch_wire.encode_response(cols, result)
