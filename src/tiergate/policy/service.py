@@ -134,6 +134,11 @@ def template_detail(reason: int, meta_error_code: int, template_id: str) -> str:
 Remembered = tuple[str, bool, int, int]
 
 
+def remember(first: AdmitResult) -> Remembered:
+    """What a key keeps of ``first``, the admit it answers its repeats with."""
+    return (first.ticket, first.counted, first.limit, first.used)
+
+
 def remembered(entry: Remembered) -> AdmitResult:
     """The answer a repeated idempotency key gets."""
     ticket, counted, limit, used = entry
@@ -544,7 +549,7 @@ class AdmissionService:
             "admitted",
         )
         if key:
-            sender.idem[key] = (res.ticket, res.counted, res.limit, res.used)
+            sender.idem[key] = remember(res)
             self._idem_order.append((now + self.profile.idempotency_ms, sender.id, key))
         if self._journal_on and not self._replaying:
             kb = key.encode()
@@ -869,7 +874,7 @@ class AdmissionService:
                         "admitted",
                     )
                     if key:
-                        sender.idem[key] = (res.ticket, res.counted, res.limit, res.used)
+                        sender.idem[key] = remember(res)
                         self._idem_order.append((now + expires, sender.id, key))
                     if journal:
                         kb = key.encode()
@@ -1935,8 +1940,7 @@ class AdmissionService:
                 self._template_names[t.name] = t
         for until, sid, key, fields in state["idem"]:
             s = self._senders[sid]
-            first = AdmitResult(*fields)
-            s.idem[key] = (first.ticket, first.counted, first.limit, first.used)
+            s.idem[key] = remember(AdmitResult(*fields))
             self._idem_order.append((int(until), sid, key))
         for until, key in state["seen"]:
             self._seen[key] = int(until)

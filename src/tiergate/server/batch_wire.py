@@ -47,7 +47,8 @@ __all__ = ["COMPILED", "count_requests", "decode_fast", "encode_response", "pars
 #: The wire reader and writer exist (compiled engine); else AdmitBatch uses protobuf.
 COMPILED = hasattr(kernels, "decode_batch")
 
-#: Each reason's detail; None where the answer's own fields choose it (_special).
+#: Each reason's detail; None where the answer's own fields choose it (``special``
+#: in :func:`encode_response`).
 _DETAILS: tuple[str | None, ...] = tuple(
     None if r in (TEMPLATE_PAUSED, TEMPLATE_DISABLED, MARKETING_FREQUENCY, UNKNOWN_SENDER) else d
     for r, d in enumerate(DETAIL)
