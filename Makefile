@@ -8,19 +8,31 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/tiergate.toml
 PYTEST_ARGS ?=
+# The repo's own toolchain: exact versions with hashes (make lock refreshes it).
+LOCK := requirements.lock
+UV_VERSION := 0.13.8
 # The venv's tools first (cython-lint runs pycodestyle, protoc runs protoc-gen-mypy by name).
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: build run test lint typecheck proto proto-check pytest pytest-compiled pytest-python \
-	system-deps bench bench-full clean
+.PHONY: build run test check lint typecheck proto proto-check pytest pytest-compiled pytest-python \
+	system-deps bench bench-full lock clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(VENV)/bin/python pyproject.toml setup.py
-	$(PY) -m pip install --quiet -e '.[dev,plot]'
+# Every package from the lock, checked against its hashes; then tiergate itself,
+# built with the locked setuptools and Cython (no isolated build env to resolve).
+$(STAMP): $(VENV)/bin/python $(LOCK) pyproject.toml setup.py
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve pyproject's ranges (dev and plot extras) to the newest releases, on
+# purpose: run it to take upgrades, commit the lock, then make test.
+lock: $(VENV)/bin/python
+	$(PY) -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra plot --universal \
+		--python-version 3.11 --generate-hashes --upgrade --quiet -o $(LOCK)
 
 # Rebuilds the extension whenever its sources change; fails loudly if it cannot.
 build: $(STAMP)
@@ -62,7 +74,17 @@ pytest-compiled:
 pytest-python:
 	TIERGATE_NO_EXTENSIONS=1 TIERGATE_REQUIRE_EXTENSIONS=0 $(BIN)/pytest $(PYTEST_ARGS)
 
-test: build system-deps lint typecheck proto-check pytest-compiled pytest-python
+# The full gate (.ci/run calls it). It must leave the tree as it found it.
+test:
+	@before=$$(git status --porcelain | md5sum); \
+	$(MAKE) --no-print-directory build system-deps lint typecheck proto-check pytest-compiled pytest-python \
+		&& after=$$(git status --porcelain | md5sum) \
+		&& { [ "$$before" = "$$after" ] || { echo "make test changed files in the tree:" >&2; \
+			git status --short >&2; exit 1; }; }
+
+# The quick loop while editing: lint, types and the compiled tests not marked slow.
+check: build lint typecheck
+	TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest -m "not slow" -q $(PYTEST_ARGS)
 
 bench: build system-deps
 	$(PY) benchmarks/run_all.py --quick

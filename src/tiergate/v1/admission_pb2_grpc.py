@@ -5,7 +5,7 @@ import warnings
 
 from tiergate.v1 import admission_pb2 as tiergate_dot_v1_dot_admission__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
