@@ -25,6 +25,8 @@ sender and template indexes:
 ``repeated_keys`` / ``remember_keys``
     idempotency keys: the items a key already answers, and the admits that
     answer their keys' repeats from now on.
+``encode_ticket`` / ``siphash24``
+    one ticket with its MAC (``engine.tickets``), and the MAC's hash function.
 
 Sender table rows (one per distinct sender of the request): ``s_state`` 0
 unknown, 1 known, 2 blocked (BANNED / DISABLED); ``s_slot`` the index of its
@@ -64,6 +66,7 @@ from .constants import (
     UNKNOWN_SENDER,
 )
 from .reference import NEVER
+from .tickets import encode_ticket, siphash24
 
 __all__ = [
     "BAD_CATEGORY",
@@ -75,9 +78,11 @@ __all__ = [
     "REASONS",
     "check_items",
     "encode_recipients",
+    "encode_ticket",
     "finish",
     "kernels",
     "prepare",
+    "siphash24",
     "tally",
     "time_bounds",
 ]
