@@ -215,6 +215,7 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
     retry, limits, used, meta = array("q", z8), array("q", z8), array("q", z8), array("i", z4)
     tickets = [""] * n
     keys = [rng.choice(["", "k1", "ключ-é"]) for _ in range(n)] if rng.random() < 0.5 else []
+    k0, k1 = rng.randrange(1 << 64), rng.randrange(1 << 64)
     journal: list[bytes] | None = [] if rng.random() < 0.7 else None
     counts = array("q", bytes(8 * 16 * k))
     counted_rows = array("i", bytes(4 * nrows))
@@ -235,6 +236,8 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
         meta,
         tickets,
         keys,
+        k0,
+        k1,
         journal,
         counts,
         counted_rows,

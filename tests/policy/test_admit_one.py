@@ -23,7 +23,7 @@ from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, AdmitRequest, AdmitResult, InvalidArgument
 
-from .helpers import T0, H, S, add_sender, rcpt, req
+from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt, req
 
 SENDERS = ("s1", "s2", "s3", "ghost")  # ghost is never created
 TEMPLATES = ("promo", "paused_t", "dead_t", "unknown_t")
@@ -58,7 +58,7 @@ def profiles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Profile]:
 
 
 def world(profile: Profile) -> AdmissionService:
-    svc = AdmissionService(profile, clock="request")
+    svc = AdmissionService(profile, clock="request", ticket_key=TICKET_KEY)
     add_sender(svc, "s1", tier="TIER_50", throughput_mps=20, waba_id="W1")
     add_sender(svc, "s2", tier="TIER_250", throughput_mps=2, waba_id="W2")
     add_sender(svc, "s3", tier="TIER_UNLIMITED", waba_id="W1")

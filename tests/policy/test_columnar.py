@@ -23,7 +23,7 @@ from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
 from tiergate.policy.profile import load_profile
 from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument
 
-from .helpers import T0, H, S, add_sender, rcpt
+from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt
 
 SENDERS = ["s-ok", "s-lim", "s-ban", "s-res", "s-red", "s-other-pf"]
 TEMPLATES = ["promo", "receipt", "paused", "gone", "missing", "otp"]
@@ -32,7 +32,7 @@ TEMPLATES = ["promo", "receipt", "paused", "gone", "missing", "otp"]
 def _world(engine_cls: Any, profile: str = "meta-2025") -> AdmissionService:
     prof = load_profile(profile)
     engine = engine_cls(prof.bucket_ms, prof.window_ms, prof.long_bucket_ms, prof.lookback_ms)
-    svc = AdmissionService(prof, clock="request", engine=engine)
+    svc = AdmissionService(prof, clock="request", engine=engine, ticket_key=TICKET_KEY)
     at = T0 - 2 * H
     add_sender(svc, "s-ok", at, portfolio_id="pf1", tier="TIER_1K", waba_id="w")
     add_sender(svc, "s-lim", at, portfolio_id="pf2", tier="TIER_250", waba_id="w")
@@ -368,7 +368,7 @@ def test_a_columnar_batch_is_one_journal_record(engine_cls: Any) -> None:
     assert len(record) == 6 + 300 * 42 + sum(len(r.idempotency_key) for r in reqs)
     prof = load_profile("meta-2025")
     engine = engine_cls(prof.bucket_ms, prof.window_ms, prof.long_bucket_ms, prof.lookback_ms)
-    copy = AdmissionService(prof, clock="request", engine=engine)
+    copy = AdmissionService(prof, clock="request", engine=engine, ticket_key=TICKET_KEY)
     for rec in [*setup, record]:
         copy.replay(rec)
     at = T0 + H

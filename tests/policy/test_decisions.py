@@ -10,7 +10,20 @@ from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument
 
-from .helpers import T0, D, H, S, add_sender, admit, custom, rcpt, req, send_unique, service
+from .helpers import (
+    T0,
+    TICKET_KEY,
+    D,
+    H,
+    S,
+    add_sender,
+    admit,
+    custom,
+    rcpt,
+    req,
+    send_unique,
+    service,
+)
 
 U = "491700000001"
 
@@ -85,7 +98,7 @@ def test_templates_inside_window_do_not_count() -> None:
 
 
 def test_window_uses_the_users_message_time() -> None:
-    svc = AdmissionService(service().profile, clock="server")
+    svc = AdmissionService(service().profile, clock="server", ticket_key=TICKET_KEY)
     add_sender(svc)
     # Delivered an hour late: the window still closes 24 h after the user wrote.
     svc.apply(ev.InboundMessage("s1", U, at_unix_ms=T0), T0 + H)
@@ -470,7 +483,7 @@ def test_request_clock_never_goes_backwards_per_scope() -> None:
 
 
 def test_server_clock_ignores_request_times() -> None:
-    svc = AdmissionService(service().profile, clock="server")
+    svc = AdmissionService(service().profile, clock="server", ticket_key=TICKET_KEY)
     add_sender(svc)
     svc.apply(ev.InboundMessage("s1", U, at_unix_ms=T0), T0)
     res = svc.admit(req("s1", U, T0 + 5 * D, free_form=True), T0 + H)

@@ -11,7 +11,7 @@ from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.service import AdmissionService
 
-from .helpers import T0, D, H, S, add_sender, admit, rcpt, req, send_unique, service
+from .helpers import T0, TICKET_KEY, D, H, S, add_sender, admit, rcpt, req, send_unique, service
 
 U = "491700000001"
 
@@ -173,7 +173,9 @@ def test_snapshot_round_trip_then_journal_tail() -> None:
     admit(live, "a", rcpt(7_777), T0 + 9 * D + H, key="after")
     live.apply(ev.SendResult(ev.SendStatus.FAILED, ticket=tickets[10], meta_error_code=131026), 0)
     tail = live.drain_journal()
-    restored = AdmissionService.from_snapshot(live.profile, snap, clock="request")
+    restored = AdmissionService.from_snapshot(
+        live.profile, snap, clock="request", ticket_key=TICKET_KEY
+    )
     for record in tail:
         restored.replay(record)
     at = T0 + 9 * D + 2 * H
@@ -205,7 +207,9 @@ def test_snapshot_under_another_profile_geometry_is_refused() -> None:
     add_sender(a)
     snap = a.snapshot()
     assert service("legacy-2x").profile.window_ms == a.profile.window_ms
-    restored = AdmissionService.from_snapshot(service("legacy-2x").profile, snap)
+    restored = AdmissionService.from_snapshot(
+        service("legacy-2x").profile, snap, ticket_key=TICKET_KEY
+    )
     assert restored.senders() == ["s1"]
 
 

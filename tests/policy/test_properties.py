@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 
-from .helpers import T0, H, S, add_sender, rcpt, req, service
+from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt, req, service
 
 op = st.one_of(
     st.tuples(
@@ -112,7 +112,7 @@ def test_one_batch_decides_like_one_by_one(items: list[tuple[object, ...]]) -> N
     from tiergate.policy.service import AdmissionService
 
     def fresh() -> AdmissionService:
-        svc = AdmissionService(service("meta-2024").profile, clock="server")
+        svc = AdmissionService(service("meta-2024").profile, clock="server", ticket_key=TICKET_KEY)
         add_sender(svc, tier="TIER_50", throughput_mps=20)
         add_sender(svc, "s2", tier="TIER_250")
         for i in range(0, 12, 3):

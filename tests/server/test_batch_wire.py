@@ -18,6 +18,7 @@ from server_harness import (
     run_async,
     sender,
     serving,
+    share_ticket_key,
     varint,
 )
 
@@ -336,6 +337,7 @@ async def test_message_and_wire_ways_answer_alike(
     monkeypatch.setattr(batch_wire, "encode_response", counting)
     rng = random.Random(7)
     async with serving(_config(tmp_path)) as a, serving(_config(tmp_path)) as b:
+        share_ticket_key(a, b)
         sa, sb = a.sidecar._servicer, b.sidecar._servicer
         assert sa is not None and sb is not None
         both = [sa, sb]

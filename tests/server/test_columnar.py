@@ -7,7 +7,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_harness import OTHER_SENDER, SENDER, T0, Harness, run_async, sender, serving
+from server_harness import (
+    OTHER_SENDER,
+    SENDER,
+    T0,
+    Harness,
+    run_async,
+    sender,
+    serving,
+    share_ticket_key,
+)
 
 from tiergate.client import AdmitItem, ColumnsReply, columns_request
 from tiergate.policy.events import SenderStatus, TemplateStatus, TemplateUpdate
@@ -87,6 +96,7 @@ async def test_columns_answer_as_batch_on_two_fresh_servers(tmp_path: Path) -> N
         serving(**_config_overrides(tmp_path, "a")) as a,
         serving(**_config_overrides(tmp_path, "b")) as b,
     ):
+        share_ticket_key(a, b)
         t = T0
         admitted = []
         for rnd in range(12):

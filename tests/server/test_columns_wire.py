@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 import pytest
-from server_harness import SENDER, T0, run_async, serving, varint
+from server_harness import SENDER, T0, TICKET_KEY, run_async, serving, share_ticket_key, varint
 
 from tiergate.client import AdmitItem, columns_request
 from tiergate.engine.constants import recipient_key
@@ -146,7 +146,7 @@ def test_keys_read_off_the_wire_decide_as_strings_do() -> None:
     from tiergate.policy.service import AdmissionService
 
     def decide(wire: columns_wire.WireColumns) -> tuple[Any, ...]:
-        svc = AdmissionService(load_profile("meta-2025"), clock="request")
+        svc = AdmissionService(load_profile("meta-2025"), clock="request", ticket_key=TICKET_KEY)
         update = ev.SenderUpdate("s1", at_unix_ms=T0 - 1, tier="TIER_250", quality=ev.Quality.GREEN)
         assert svc.apply(update, T0 - 1).applied
         r = admit_columns(svc, wire, T0)
@@ -264,6 +264,7 @@ async def test_message_and_wire_handlers_answer_alike() -> None:
         for i in range(40)
     ]
     async with serving() as a, serving() as b:
+        share_ticket_key(a, b)
         sa, sb = a.sidecar._servicer, b.sidecar._servicer
         assert sa is not None and sb is not None
         for chunk in (items[:7], items[7:25], items[25:]):

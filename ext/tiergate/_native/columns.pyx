@@ -425,6 +425,8 @@ def finish(batch,
            int[::1] meta,
            list tickets,
            list keys,
+           uint64_t k0,
+           uint64_t k1,
            list journal,
            long long[::1] counts,
            int[::1] counted_rows):
@@ -451,7 +453,7 @@ def finish(batch,
     cdef int64_t limit
     cdef unsigned int flags
     cdef int number
-    cdef char buf[80]
+    cdef char buf[128]
     cdef bint journal_on = journal is not None
     cdef bint has_keys = keys is not None and len(keys) > 0
     cdef bytes kb, record
@@ -487,15 +489,8 @@ def finish(batch,
                 last_tid = tid
                 number = b_number[j]
                 rkey = b_rkey[j]
-                pos = put_hex(buf, 0, tid)
-                buf[pos] = 46  # '.'
-                pos = put_hex(buf, pos + 1, <uint64_t>number)
-                buf[pos] = 46
-                pos = put_hex(buf, pos + 1, rkey)
-                buf[pos] = 46
-                pos = put_hex(buf, pos + 1, <uint64_t>b_prev[j] - <uint64_t>NEVER)
-                buf[pos] = 46
-                pos = put_hex(buf, pos + 1, <uint64_t>b_slot[j])
+                pos = put_ticket(buf, k0, k1, tid, <uint64_t>number, rkey,
+                                 <uint64_t>b_prev[j] - <uint64_t>NEVER, <uint64_t>b_slot[j])
                 tickets[i] = PyUnicode_DecodeASCII(buf, pos, NULL)
                 if journal_on:
                     pos = BATCH_HEAD_SIZE + n_admits * ROW_SIZE

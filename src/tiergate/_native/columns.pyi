@@ -78,6 +78,8 @@ def finish(
     meta: array[int],
     tickets: list[str],
     keys: list[str],
+    k0: int,
+    k1: int,
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],

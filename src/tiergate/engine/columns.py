@@ -16,8 +16,9 @@ sender and template indexes:
     sender, disabled / paused / unknown template answered right here), the
     per-scope clock, and the engine's input columns for the rest.
 ``finish``
-    the engine's answers to per-item response columns: tickets, journal
-    records, decision counts by sender and reason.
+    the engine's answers to per-item response columns: tickets (with their
+    MAC, see ``engine.tickets``), journal records, decision counts by sender
+    and reason.
 ``tally``
     decision counts by (decision, reason) for metrics.
 ``time_bounds``
@@ -65,7 +66,6 @@ from .constants import (
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
-from .reference import NEVER
 from .tickets import encode_ticket, siphash24
 
 __all__ = [
@@ -317,6 +317,8 @@ def finish(
     meta: array[int],
     tickets: list[str],
     keys: Sequence[str],
+    k0: int,
+    k1: int,
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
@@ -325,11 +327,11 @@ def finish(
     per-item columns.
 
     An admitted row (not a dry run) gets its ticket (the string RecordFeedback
-    takes), a row in the journal record appended to ``journal`` (unless None; one
-    record for all the batch's admits: an admit record for one, a batch record
-    for more; it carries each item's idempotency key from ``keys``, empty or one
-    per item) and, when it used a new slot, its row written to ``counted_rows``
-    (one entry per row).
+    takes, with its MAC under the ticket key ``k0``, ``k1``), a row in the
+    journal record appended to ``journal`` (unless None; one record for all the
+    batch's admits: an admit record for one, a batch record for more; it carries
+    each item's idempotency key from ``keys``, empty or one per item) and, when
+    it used a new slot, its row written to ``counted_rows`` (one entry per row).
     Returns ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
     and how many rows ``counted_rows`` holds.
     """
@@ -363,7 +365,7 @@ def finish(
                 last_tid = tid
                 number = b_number[j]
                 rkey = b_rkey[j]
-                tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}.{b_slot[j]:x}"
+                tickets[i] = encode_ticket(k0, k1, tid, number, rkey, b_prev[j], b_slot[j])
                 if journal is not None:
                     kb = keys[i].encode() if keys else b""
                     journal_rows.append(pack(b_now[j], number, rkey, flags, tid, limit, len(kb)))

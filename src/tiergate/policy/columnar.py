@@ -581,6 +581,8 @@ def _fast(
             out.meta_error_code,
             out.tickets,
             r.keys,
+            svc._k0,
+            svc._k1,
             journal,
             counts,
             counted_rows,

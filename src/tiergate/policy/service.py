@@ -11,6 +11,9 @@ Every state change appends an opaque record to the journal
 re-applies one, and :meth:`AdmissionService.snapshot` /
 :meth:`AdmissionService.restore` carry the whole state. Admits are
 struct-packed (they are the volume); rare events are JSON.
+
+Tickets carry a MAC under the service's ticket key (``engine.tickets``), so
+RecordFeedback acts only on tickets this service issued.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from tiergate.engine import NEVER, DecisionBatch, Engine
+from tiergate.engine.columns import kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_DRY_RUN,
@@ -48,6 +53,12 @@ from tiergate.engine.constants import (
     UNKNOWN_SENDER,
     UNLIMITED,
     recipient_key,
+)
+from tiergate.engine.tickets import (
+    TICKET_KEY_BYTES,
+    decode_ticket,
+    key_words,
+    ticket_fields,
 )
 
 from . import events as ev
@@ -165,6 +176,9 @@ _JSON_VERSION = 1
 _BATCH_VERSION = 2
 SNAPSHOT_MAGIC = b"TGSNAP"
 SNAPSHOT_VERSION = 1
+#: The compiled ticket encoder with the compiled engine (the scalar path writes a
+#: ticket per admit), else the pure-Python one.
+_encode_ticket = kernels.encode_ticket
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -348,30 +362,6 @@ def admit_record(rows: Sequence[bytes], keys: Sequence[bytes]) -> bytes:
     return _BATCH_HEAD.pack(_TAG_BATCH, _BATCH_VERSION, len(rows)) + b"".join(rows) + b"".join(keys)
 
 
-def _encode_ticket(tid: int, number: int, rkey: int, prev: int, slot: int) -> str:
-    return f"{tid:x}.{number:x}.{rkey:x}.{prev - NEVER:x}.{slot:x}"
-
-
-def _decode_ticket(ticket: str) -> tuple[int, int, int, int, int] | None:
-    """(ticket id, number, recipient key, prev_counted, slot stamp) of a ticket.
-
-    Tickets of tiergate before slot stamps have four parts; they decode with
-    stamp 0, which releases nothing (their slots stay counted: the safe side).
-    """
-    parts = ticket.split(".")
-    if len(parts) == 4:
-        parts.append("0")
-    if len(parts) != 5:
-        return None
-    try:
-        tid, number, rkey, prev, slot = (int(p, 16) for p in parts)
-    except ValueError:
-        return None
-    if tid <= 0 or number < 0 or rkey <= 0 or prev < 0 or slot < 0:
-        return None
-    return tid, number, rkey, prev + NEVER, slot
-
-
 def _category_limits(profile: Profile, base: int) -> list[int]:
     """Effective limits by category: headroom, then utility/authentication reservations."""
     if base >= UNLIMITED:
@@ -395,9 +385,13 @@ class AdmissionService:
         clock: Literal["server", "request"] = "server",
         journal: bool = True,
         engine: Engine | None = None,
+        ticket_key: bytes | None = None,
     ) -> None:
+        """``ticket_key``: the 16 bytes that sign tickets (random when None: tickets
+        then verify only in this process; the server keeps one in its data dir)."""
         if clock not in ("server", "request"):
             raise ValueError(f"clock must be 'server' or 'request', got {clock!r}")
+        self._set_key(os.urandom(TICKET_KEY_BYTES) if ticket_key is None else ticket_key)
         self.profile = profile
         self.clock = clock
         self._request_clock = clock == "request"
@@ -408,6 +402,22 @@ class AdmissionService:
         self._reset_state()
 
     # -- set-up ----------------------------------------------------------------
+
+    def _set_key(self, key: bytes) -> None:
+        self._k0, self._k1 = key_words(bytes(key))
+        self._ticket_key = bytes(key)
+
+    @property
+    def ticket_key(self) -> bytes:
+        """The key tickets are signed with (for a service that takes this one's state)."""
+        return self._ticket_key
+
+    def set_ticket_key(self, key: bytes) -> None:
+        """Sign tickets with ``key`` (16 bytes) from now on: only before any ticket is
+        issued or restored (before recovery), as those would stop verifying."""
+        if self._ticket:
+            raise ValueError("the ticket key is set before any ticket is issued or restored")
+        self._set_key(key)
 
     def _new_engine(self) -> Engine:
         p = self.profile
@@ -537,17 +547,8 @@ class AdmissionService:
         if dry:
             return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
         self._ticket = tid
-        res = AdmitResult(
-            ADMIT,
-            OK,
-            0,
-            _encode_ticket(tid, sender.number, rkey, prev, slot),
-            counted == 1,
-            limit,
-            used,
-            0,
-            "admitted",
-        )
+        ticket = _encode_ticket(self._k0, self._k1, tid, sender.number, rkey, prev, slot)
+        res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, "admitted")
         if key:
             sender.idem[key] = remember(res)
             self._idem_order.append((now + self.profile.idempotency_ms, sender.id, key))
@@ -840,6 +841,7 @@ class AdmissionService:
         journal = self._journal_on and not self._replaying
         expires = self.profile.idempotency_ms
         refusal = self._refusal
+        k0, k1 = self._k0, self._k1
         for j, i in enumerate(slots):
             sender, rkey, key, eco_end = rows[j]
             d = dec[j]
@@ -866,7 +868,7 @@ class AdmissionService:
                         ADMIT,
                         OK,
                         0,
-                        _encode_ticket(tid, sender.number, rkey, prev[j], b_slot[j]),
+                        _encode_ticket(k0, k1, tid, sender.number, rkey, prev[j], b_slot[j]),
                         counted[j] == 1,
                         b_limit[j],
                         used[j],
@@ -1176,6 +1178,19 @@ class AdmissionService:
         first = s0.idem.get(e.idempotency_key) if s0 is not None else None
         return first[0] if first is not None else ""
 
+    def _ticket_numbers(self, ticket: str) -> tuple[int, int, int, int, int] | None:
+        """(ticket id, number, recipient key, prev_counted, slot stamp) of a ticket this
+        service issued (its MAC checked); None for any other string. Replay takes the
+        tickets of its records as they are: they were checked when first applied (and
+        records from before MACs hold tickets without one)."""
+        if self._replaying:
+            found = ticket_fields(ticket)
+        else:
+            found = decode_ticket(ticket, self._k0, self._k1, _encode_ticket)
+        if found is None or found[1] >= len(self._by_number):
+            return None
+        return found
+
     def _link_retention(self) -> int:
         p = self.profile
         return max(p.idempotency_ms, p.window_ms)
@@ -1213,9 +1228,8 @@ class AdmissionService:
             raise InvalidArgument(
                 "message_id", f"message_id: must be a string of at most {MAX_KEY_LEN} characters"
             )
-        decoded = _decode_ticket(ticket)
-        if decoded is None or decoded[1] >= len(self._by_number):
-            return ApplyResult(False, f"unknown ticket {ticket!r}"), False
+        if self._ticket_numbers(ticket) is None:
+            return ApplyResult(False, f"unknown or invalid ticket {ticket!r}"), False
         if self.profile.message_links == 0:
             return ApplyResult(True, f"{name}: nothing to do (message links are off)"), False
         found = self._links.get(mid)
@@ -1245,9 +1259,9 @@ class AdmissionService:
             ticket = self._linked_ticket(e.message_id, now)
             linked = bool(ticket)
         if ticket:
-            decoded = _decode_ticket(ticket)
-            if decoded is None or decoded[1] >= len(self._by_number):
-                return ApplyResult(False, f"unknown ticket {ticket!r}"), False
+            decoded = self._ticket_numbers(ticket)
+            if decoded is None:
+                return ApplyResult(False, f"unknown or invalid ticket {ticket!r}"), False
             sender = self._by_number[decoded[1]]
             if linked and e.sender_id and e.sender_id != sender.id:
                 return ApplyResult(
@@ -1846,7 +1860,8 @@ class AdmissionService:
         self._ticket = max(self._ticket, tid)
         s.counts[OK] += 1
         if key:
-            s.idem[key] = (_encode_ticket(tid, number, rkey, prev, slot), counted == 1, limit, used)
+            ticket = _encode_ticket(self._k0, self._k1, tid, number, rkey, prev, slot)
+            s.idem[key] = (ticket, counted == 1, limit, used)
             self._idem_order.append((now + self.profile.idempotency_ms, s.id, key))
 
     # -- snapshots -------------------------------------------------------------
@@ -1940,7 +1955,13 @@ class AdmissionService:
                 self._template_names[t.name] = t
         for until, sid, key, fields in state["idem"]:
             s = self._senders[sid]
-            s.idem[key] = remember(AdmitResult(*fields))
+            first = AdmitResult(*fields)
+            # Signed here: snapshots from before tickets had a MAC hold tickets without one.
+            found = ticket_fields(first.ticket)
+            if found is None:
+                raise ValueError(f"snapshot: idempotency key {key!r} holds no ticket")
+            first.ticket = _encode_ticket(self._k0, self._k1, *found)
+            s.idem[key] = remember(first)
             self._idem_order.append((int(until), sid, key))
         for until, key in state["seen"]:
             self._seen[key] = int(until)
@@ -1999,8 +2020,15 @@ class AdmissionService:
 
     @classmethod
     def from_snapshot(
-        cls, profile: Profile, data: bytes, *, clock: Literal["server", "request"] = "server"
+        cls,
+        profile: Profile,
+        data: bytes,
+        *,
+        clock: Literal["server", "request"] = "server",
+        ticket_key: bytes | None = None,
     ) -> AdmissionService:
-        service = cls(profile, clock=clock)
+        """A service with the state of snapshot ``data``; ``ticket_key`` as the
+        snapshot's service had it, for its tickets to stay valid."""
+        service = cls(profile, clock=clock, ticket_key=ticket_key)
         service.restore(data)
         return service
