@@ -89,7 +89,7 @@ def test_delivered_and_duplicate_failed_results() -> None:
     add_sender(svc)
     ok = admit(svc, "s1", U, T0)
     assert svc.apply(ev.SendResult(ev.SendStatus.DELIVERED, ticket=ok.ticket), T0).applied
-    assert svc.drain_journal()[-1][:2] == b"A\x01"  # nothing journaled for a delivery
+    assert svc.drain_journal()[-1][:2] == b"A\x03"  # nothing journaled for a delivery
     fail = ev.SendResult(FAILED, ticket=ok.ticket, meta_error_code=131026, message_id="wamid.1")
     assert svc.apply(fail, T0 + S).applied
     assert not svc.apply(fail, T0 + 2 * S).applied

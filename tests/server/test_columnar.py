@@ -59,17 +59,17 @@ def _random_items(rng: random.Random, t: int, n: int, keys: bool) -> list[pb.Adm
     for _ in range(n):
         free = rng.random() < 0.2
         t += rng.choice([0, 3, 250, 1_000])
-        items.append(
-            pb.AdmitRequest(
-                sender_id=rng.choice([SENDER, SENDER, OTHER_SENDER, BANNED, "404"]),
-                recipient=f"1555{rng.randrange(80):07d}",
-                kind=pb.FREE_FORM if free else pb.TEMPLATE,
-                category=pb.SERVICE if free else rng.choice([pb.MARKETING, pb.UTILITY]),
-                template_id="" if free else rng.choice(TEMPLATES),
-                idempotency_key=f"k{rng.randrange(20)}" if keys and rng.random() < 0.5 else "",
-                at_unix_ms=t,
-            )
+        q = pb.AdmitRequest(
+            sender_id=rng.choice([SENDER, SENDER, OTHER_SENDER, BANNED, "404"]),
+            recipient=f"1555{rng.randrange(80):07d}",
+            kind=pb.FREE_FORM if free else pb.TEMPLATE,
+            category=pb.SERVICE if free else rng.choice([pb.MARKETING, pb.UTILITY]),
+            template_id="" if free else rng.choice(TEMPLATES),
+            at_unix_ms=t,
         )
+        if keys and rng.random() < 0.5:  # a key for this request (repeats are retries)
+            q.idempotency_key = f"k/{q.recipient}/{q.kind}/{q.category}/{q.template_id}"
+        items.append(q)
     return items
 
 

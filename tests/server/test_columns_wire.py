@@ -172,6 +172,7 @@ def test_keys_read_off_the_wire_decide_as_strings_do() -> None:
     # A key repeated inside the batch sends it down the general path, which
     # makes each recipient's string from the wire bytes.
     msg.idempotency_keys.extend(["k"] * 2 + [f"k{i}" for i in range(298)])
+    msg.recipients[1] = msg.recipients[0]  # the same request twice under "k"
     data = msg.SerializeToString()
     wire = columns_wire.decode_request(data)
     assert wire.recipient_keys is not None
@@ -260,7 +261,7 @@ class _Context:
 async def test_message_and_wire_handlers_answer_alike() -> None:
     """The generated-servicer method (protobuf messages) and the wire-bytes one."""
     items = [
-        AdmitItem(SENDER, f"1555000{i:04d}", pb.TEMPLATE, pb.UTILITY, "t1", f"k{i % 7}", T0 + i)
+        AdmitItem(SENDER, f"1555000{i % 7:04d}", pb.TEMPLATE, pb.UTILITY, "t1", f"k{i % 7}", T0 + i)
         for i in range(40)
     ]
     async with serving() as a, serving() as b:
