@@ -49,8 +49,12 @@ SENDERS = [f"1065403600{i:05d}" for i in range(20)]
 TEMPLATE = "order_update"
 
 
+#: One ticket key for both ways, so that their replies (tickets included) compare.
+TICKET_KEY = bytes(range(16))
+
+
 def new_service() -> AdmissionService:
-    svc = AdmissionService(load_profile("meta-2025"), clock="request")
+    svc = AdmissionService(load_profile("meta-2025"), clock="request", ticket_key=TICKET_KEY)
     for i, sid in enumerate(SENDERS):
         update = ev.SenderUpdate(
             sender_id=sid,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tiergate.engine import NEVER, DecisionBatch
+from tiergate.engine import NEVER, DecisionBatch, records
 from tiergate.engine import columns as py
 from tiergate.engine.constants import recipient_key
 
@@ -215,6 +215,11 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
     retry, limits, used, meta = array("q", z8), array("q", z8), array("q", z8), array("i", z4)
     tickets = [""] * n
     keys = [rng.choice(["", "k1", "ключ-é"]) for _ in range(n)] if rng.random() < 0.5 else []
+    kinds = bytes(rng.choice([1, 2]) for _ in range(n))
+    cats = bytes(rng.randrange(1, 5) for _ in range(n))
+    templates = ["promo", "квитанция", "t" * 512]
+    tidx = array("I", [rng.randrange(len(templates) + 1) for _ in range(n)])
+    k0, k1 = rng.randrange(1 << 64), rng.randrange(1 << 64)
     journal: list[bytes] | None = [] if rng.random() < 0.7 else None
     counts = array("q", bytes(8 * 16 * k))
     counted_rows = array("i", bytes(4 * nrows))
@@ -235,6 +240,12 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
         meta,
         tickets,
         keys,
+        kinds,
+        cats,
+        tidx,
+        templates,
+        k0,
+        k1,
         journal,
         counts,
         counted_rows,
@@ -279,42 +290,92 @@ def test_time_bounds_agree(values: list[int]) -> None:
 
 
 def _key_tables(rng: random.Random) -> tuple[Any, ...]:
-    """A batch's keys, senders (one listed twice) and their key tables."""
+    """A batch's keys, senders (one listed twice), request columns and the senders'
+    key tables, whose entries are bound to requests like the batch's (or not)."""
     n = rng.choice([0, 1, 8, 60])
     senders = ["s0", "s1", "s0", "s2"]  # "s0" twice: one sender at two indexes
     sidx = array("I", (rng.randrange(len(senders)) for _ in range(n)))
     pool = ["", "", "k1", "k2", *(f"k{rng.randrange(10**6)}" for _ in range(4))]
     keys = [rng.choice(pool) for _ in range(n)]
+    rkeys = array("Q", (recipient_key(f"491700000{rng.randrange(3)}") for _ in range(n)))
+    kinds = bytes(rng.choice([1, 1, 1, 2]) for _ in range(n))
+    cats = bytes(rng.choice([1, 1, 1, 2, 4]) for _ in range(n))
+    templates = ["promo", "promo", "other"]  # the same template at two indexes
+    tidx = array("I", (rng.choice([1, 1, 2, 3, 0]) for _ in range(n)))
     tables: dict[str, dict[str, Any]] = {"s0": {}, "s1": {}}
     for s, table in tables.items():
         for k in ("k1", "k2", "k9"):
             if rng.random() < 0.4:
-                table[k] = (f"ticket-{s}-{k}", rng.random() < 0.5, 250, rng.randrange(250))
-    return n, senders, sidx, keys, tables
+                rkey = recipient_key(f"491700000{rng.randrange(3)}")
+                bound = records.bind(rkey, rng.choice([1, 1, 2]), rng.choice([1, 1, 4]))
+                old = rng.random() < 0.2  # an entry from before keys were bound
+                table[k] = (
+                    f"ticket-{s}-{k}",
+                    rng.random() < 0.5,
+                    250,
+                    rng.randrange(250),
+                    rng.choice([60, 120, 500]),
+                    rkey if old else bound,
+                    None if old else rng.choice(["promo", "other", ""]),
+                )
+    return n, senders, sidx, keys, (rkeys, kinds, cats, tidx, templates), tables
 
 
-@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("seed", range(120))
 def test_repeated_keys_agree(seed: int) -> None:
     outcomes = []
     for mod in (compiled, py):
         rng = random.Random(seed)
-        n, senders, sidx, keys, tables = _key_tables(rng)
+        n, senders, sidx, keys, cols, tables = _key_tables(rng)
         idems = [tables.get(s) for s in senders]  # "s2": an unknown sender
         at = array("q", (rng.choice([0, 50, 100, 150]) for _ in range(n))) if seed % 2 else None
-        order = collections.deque(
-            sorted((rng.randrange(200), s, k) for s, t in tables.items() for k in t)
-        )
-        pruned: list[int] = []
-
-        def prune(now: int, order: Any = order, tables: Any = tables, pruned: Any = pruned) -> None:
-            pruned.append(now)
-            while order and order[0][0] <= now:
-                _, s, k = order.popleft()
-                tables[s].pop(k, None)
-
-        got = mod.repeated_keys(keys, sidx, senders, idems, seed % 3 == 0, at, 120, order, prune)
-        outcomes.append((got, pruned, list(order), tables))
+        got = mod.repeated_keys(keys, sidx, senders, idems, *cols, seed % 3 == 0, at, 120)
+        outcomes.append((got, tables))
     assert outcomes[0] == outcomes[1]
+
+
+def test_repeated_keys_find_each_kind_of_conflict() -> None:
+    """Against a remembered key (unexpired) and between items of the batch."""
+    r0, r1 = recipient_key("4917000000"), recipient_key("4917000001")
+    entry = ("t", True, 250, 1, 100, records.bind(r0, 1, 1), "promo")
+    for mod in (compiled, py):
+
+        def check(
+            rkeys: list[int],
+            kinds: bytes,
+            cats: bytes,
+            tidx: list[int],
+            at: int,
+            mod: ModuleType = mod,
+        ) -> tuple[Any, ...]:
+            n = len(rkeys)
+            return tuple(
+                mod.repeated_keys(
+                    ["k"] * n,
+                    array("I", [0] * n),
+                    ["s0"],
+                    [{"k": entry}],
+                    array("Q", rkeys),
+                    kinds,
+                    cats,
+                    array("I", tidx),
+                    ["promo", "other", "promo"],
+                    False,
+                    None,
+                    at,
+                )
+            )
+
+        assert check([r0], b"\x01", b"\x01", [1], 99)[0] == -1  # the same request
+        assert check([r0], b"\x01", b"\x01", [3], 99)[0] == -1  # same text, other index
+        assert check([r1], b"\x01", b"\x01", [1], 99)[0] == 0  # another recipient
+        assert check([r0], b"\x02", b"\x01", [1], 99)[0] == 0  # another kind
+        assert check([r0], b"\x01", b"\x02", [1], 99)[0] == 0  # another category
+        assert check([r0], b"\x01", b"\x01", [2], 99)[0] == 0  # another template
+        bad, _, _, repeated = check([r1, r1, r0], b"\x01" * 3, b"\x01" * 3, [1] * 3, 100)
+        assert (bad, repeated) == (2, False)  # expired at 100: only the batch's own items
+        bad, _, _, repeated = check([r1, r1], b"\x01" * 2, b"\x01" * 2, [1, 3], 100)
+        assert (bad, repeated) == (-1, True)
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -322,7 +383,7 @@ def test_remember_keys_agree(seed: int) -> None:
     outcomes = []
     for mod in (compiled, py):
         rng = random.Random(seed)
-        n, senders, sidx, keys, tables = _key_tables(rng)
+        n, senders, sidx, keys, cols, tables = _key_tables(rng)
         idems = [tables.setdefault(s, {}) for s in senders]
         rows = array("i", sorted(rng.sample(range(n), rng.randrange(n + 1))))
         row_now = array("q", (1000 + 10 * j for j in range(len(rows))))
@@ -332,7 +393,22 @@ def test_remember_keys_agree(seed: int) -> None:
         used = array("q", (rng.randrange(10**6) for _ in range(n)))
         order: collections.deque[tuple[int, str, str]] = collections.deque()
         mod.remember_keys(
-            rows, keys, sidx, senders, idems, row_now, 500, order, tickets, counted, limit, used
+            rows,
+            keys,
+            sidx,
+            senders,
+            idems,
+            *cols,
+            row_now,
+            500,
+            order,
+            tickets,
+            counted,
+            limit,
+            used,
         )
         outcomes.append((tables, list(order)))
     assert outcomes[0] == outcomes[1]
+    for table in outcomes[0][0].values():
+        for entry in table.values():
+            assert len(entry) == 7

@@ -14,11 +14,14 @@ S = 1_000
 H = 3_600_000
 D = 24 * H
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC, a whole day
+#: One ticket key for every service of a test, so that services compared with each
+#: other (or restored from each other) give and take the same tickets.
+TICKET_KEY = bytes(range(16))
 
 
 def service(profile: str | Profile = "meta-2024") -> AdmissionService:
     prof = load_profile(profile) if isinstance(profile, str) else profile
-    return AdmissionService(prof, clock="request")
+    return AdmissionService(prof, clock="request", ticket_key=TICKET_KEY)
 
 
 def custom(tmp_path: Path, base: str, body: str) -> Profile:

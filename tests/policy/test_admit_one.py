@@ -21,9 +21,15 @@ from hypothesis import strategies as st
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, AdmitResult, InvalidArgument
+from tiergate.policy.service import (
+    AdmissionService,
+    AdmitRequest,
+    AdmitResult,
+    InvalidArgument,
+    KeyConflict,
+)
 
-from .helpers import T0, H, S, add_sender, rcpt, req
+from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt, req
 
 SENDERS = ("s1", "s2", "s3", "ghost")  # ghost is never created
 TEMPLATES = ("promo", "paused_t", "dead_t", "unknown_t")
@@ -58,7 +64,7 @@ def profiles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Profile]:
 
 
 def world(profile: Profile) -> AdmissionService:
-    svc = AdmissionService(profile, clock="request")
+    svc = AdmissionService(profile, clock="request", ticket_key=TICKET_KEY)
     add_sender(svc, "s1", tier="TIER_50", throughput_mps=20, waba_id="W1")
     add_sender(svc, "s2", tier="TIER_250", throughput_mps=2, waba_id="W2")
     add_sender(svc, "s3", tier="TIER_UNLIMITED", waba_id="W1")
@@ -116,9 +122,14 @@ def random_ops(seed: int, n: int) -> list[tuple[object, ...]]:
     """A long history drawn like ``op`` (admits weighted up), reproducible by seed."""
     rnd = random.Random(seed)
     ops: list[tuple[object, ...]] = []
+    keyed: list[tuple[object, ...]] = []
     for _ in range(n):
         x = rnd.random()
-        if x < 0.8:
+        if x < 0.08 and keyed:
+            # The same request again under its key (a gateway's retry), later.
+            again = rnd.choice(keyed)
+            ops.append((*again[:7], rnd.randint(-2, 2), rnd.choice(STEPS_MS)))
+        elif x < 0.8:
             ops.append(
                 (
                     "admit",
@@ -132,6 +143,8 @@ def random_ops(seed: int, n: int) -> list[tuple[object, ...]]:
                     rnd.choice(STEPS_MS),
                 )
             )
+            if ops[-1][5]:
+                keyed.append(ops[-1])
         elif x < 0.84:
             ops.append(("wait", rnd.choice([1, 1, 7, 7, 60, 60, 3_600, 7 * 3_600])))
         elif x < 0.90:
@@ -231,20 +244,26 @@ def _run(svc: AdmissionService, decide: Decide, ops: list[tuple[object, ...]]) -
         else:
             _, sid, who, (k, cat), tpl, key, dry, offset, step = o  # type: ignore[misc]
             at = now + int(offset) * S  # type: ignore[call-overload]
-            r = decide(
-                svc,
-                AdmitRequest(
-                    sender_id=str(sid),
-                    recipient=rcpt(int(who)),  # type: ignore[call-overload]
-                    kind=int(k),  # type: ignore[call-overload]
-                    category=int(cat),  # type: ignore[call-overload]
-                    template_id=str(tpl) if k == 1 else "",
-                    idempotency_key=f"k{key}" if key else "",
-                    at_unix_ms=max(at, 0),
-                    dry_run=bool(dry),
-                ),
-                now,
-            )
+            try:
+                r = decide(
+                    svc,
+                    AdmitRequest(
+                        sender_id=str(sid),
+                        recipient=rcpt(int(who)),  # type: ignore[call-overload]
+                        kind=int(k),  # type: ignore[call-overload]
+                        category=int(cat),  # type: ignore[call-overload]
+                        template_id=str(tpl) if k == 1 else "",
+                        idempotency_key=f"k{key}" if key else "",
+                        at_unix_ms=max(at, 0),
+                        dry_run=bool(dry),
+                    ),
+                    now,
+                )
+            except KeyConflict as e:  # a key used before for another request
+                pre = "requests[0]."
+                out.append(("conflict", e.field.removeprefix(pre), str(e).removeprefix(pre)))
+                now += int(step)  # type: ignore[call-overload]
+                continue
             out.append(dataclasses.replace(r))
             if r.decision == c.ADMIT and r.ticket:
                 tickets.append(r.ticket)
@@ -302,9 +321,18 @@ def test_long_histories_reach_every_answer(profiles: dict[str, Profile]) -> None
     seen: set[object] = set()
     for seed in range(6):
         for name in profiles:
-            for answer in _same_on_every_path(profiles[name], random_ops(seed, 800)):
-                seen.add(answer.reason if isinstance(answer, AdmitResult) else "invalid")
-    expected = {"invalid", c.OK, c.UNKNOWN_SENDER, c.SENDER_BLOCKED, c.SENDER_RESTRICTED}
+            answers = _same_on_every_path(profiles[name], random_ops(seed, 800))
+            tickets: set[str] = set()
+            for answer in answers:
+                if isinstance(answer, AdmitResult):
+                    seen.add(answer.reason)
+                    if answer.ticket and answer.ticket in tickets:
+                        seen.add("repeat")  # a key's repeat answered with its first ticket
+                    tickets.add(answer.ticket)
+                else:
+                    seen.add(answer[0] if answer[0] == "conflict" else "invalid")
+    expected = {"invalid", "conflict", "repeat", c.OK, c.UNKNOWN_SENDER}
+    expected |= {c.SENDER_BLOCKED, c.SENDER_RESTRICTED}
     expected |= {c.TEMPLATE_PAUSED, c.TEMPLATE_DISABLED, c.OUTSIDE_WINDOW}
     expected |= {c.RECIPIENT_OPTED_OUT, c.MESSAGING_LIMIT, c.MARKETING_FREQUENCY}
     expected |= {c.QUALITY_PROTECTION, c.THROUGHPUT, c.PAIR_RATE}
@@ -333,7 +361,9 @@ def test_lone_admit_journals_the_batch_paths_record(key: str) -> None:
     assert one.admit(r, T0) == batch._decide([r], T0)[0]
     records = one.drain_journal()
     assert records == batch.drain_journal()
-    assert len(records) == 1 and records[0][0] == 0x41 and records[0].endswith(key.encode())
+    assert len(records) == 1 and records[0][:2] == b"A\x03"
+    if key:  # the key, then what it is bound to: kind, category, template
+        assert records[0].endswith(key.encode() + b"\x01\x01\x05\x00promo")
     # A repeat answers from the key and journals nothing, on both paths.
     if key:
         assert one.admit(r, T0 + S) == batch._decide([r], T0 + S)[0]

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from tiergate.engine import Engine, PyEngine
+from tiergate.engine import Engine, PyEngine, records
 from tiergate.engine import columns as py_kernels
 from tiergate.policy import columnar
 from tiergate.policy import events as ev
 from tiergate.policy import service as service_mod
 from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
 from tiergate.policy.profile import load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument
+from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument, KeyConflict
 
-from .helpers import T0, H, S, add_sender, rcpt
+from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt
 
 SENDERS = ["s-ok", "s-lim", "s-ban", "s-res", "s-red", "s-other-pf"]
 TEMPLATES = ["promo", "receipt", "paused", "gone", "missing", "otp"]
@@ -32,7 +32,7 @@ TEMPLATES = ["promo", "receipt", "paused", "gone", "missing", "otp"]
 def _world(engine_cls: Any, profile: str = "meta-2025") -> AdmissionService:
     prof = load_profile(profile)
     engine = engine_cls(prof.bucket_ms, prof.window_ms, prof.long_bucket_ms, prof.lookback_ms)
-    svc = AdmissionService(prof, clock="request", engine=engine)
+    svc = AdmissionService(prof, clock="request", engine=engine, ticket_key=TICKET_KEY)
     at = T0 - 2 * H
     add_sender(svc, "s-ok", at, portfolio_id="pf1", tier="TIER_1K", waba_id="w")
     add_sender(svc, "s-lim", at, portfolio_id="pf2", tier="TIER_250", waba_id="w")
@@ -64,9 +64,18 @@ def _world(engine_cls: Any, profile: str = "meta-2025") -> AdmissionService:
     return svc
 
 
-def _random_requests(rng: random.Random, t: int, n: int, keys: str) -> list[AdmitRequest]:
+def _random_requests(
+    rng: random.Random,
+    t: int,
+    n: int,
+    keys: str,
+    bound: dict[str, dict[str, Any]],
+    conflict: bool = False,
+) -> list[AdmitRequest]:
     """``keys``: "" none, "pool" from a small pool (repeats inside a batch likely),
-    "unique" distinct inside the batch (repeats across batches)."""
+    "unique" distinct inside the batch (repeats across batches). A key is used for
+    the request it was first drawn for (``bound`` remembers them across batches);
+    with ``conflict``, one keyed item is another request under its key."""
     unique = iter(rng.sample(range(400), n))
     out = []
     for _ in range(n):
@@ -75,21 +84,29 @@ def _random_requests(rng: random.Random, t: int, n: int, keys: str) -> list[Admi
             key = f"k{rng.randrange(30)}"
         elif keys == "unique" and rng.random() < 0.7:
             key = f"u{next(unique)}"
-        sid = rng.choice([*SENDERS, "s-unknown"])
         free = rng.random() < 0.25
         cat = rng.choice([0, 1, 2, 3, 4]) if free else rng.choice([1, 1, 2, 3, 4])
+        fields: dict[str, Any] = {
+            "sender_id": rng.choice([*SENDERS, "s-unknown"]),
+            "recipient": ("+" if rng.random() < 0.1 else "") + rcpt(rng.randrange(60)),
+            "kind": 2 if free else 1,
+            "category": cat,
+            "template_id": "" if free else rng.choice(TEMPLATES),
+        }
+        if key:
+            fields = bound.setdefault(key, fields)
         t += rng.choice([0, 0, 7, 150, 2 * S])
         out.append(
-            AdmitRequest(
-                sender_id=sid,
-                recipient=("+" if rng.random() < 0.1 else "") + rcpt(rng.randrange(60)),
-                kind=2 if free else 1,
-                category=cat,
-                template_id="" if free else rng.choice(TEMPLATES),
-                idempotency_key=key,
-                at_unix_ms=t if rng.random() < 0.9 else 0,
-            )
+            AdmitRequest(**fields, idempotency_key=key, at_unix_ms=t if rng.random() < 0.9 else 0)
         )
+    keyed = [r for r in out if r.idempotency_key]
+    if conflict and keyed:
+        first = rng.choice(keyed)
+        change = rng.choice(
+            [{"recipient": rcpt(99)}, {"category": 3 if first.category != 3 else 2}]
+        )
+        other = AdmitRequest(**{**_fields(first), **change})
+        out.insert(rng.randrange(out.index(first) + 1, len(out) + 1), other)
     return out
 
 
@@ -113,15 +130,31 @@ def _run_pair(engine_cls: Any, seed: int, rounds: int = 30) -> int:
     b.drain_journal()
     t = T0
     seen = 0
+    conflicts = 0
+    bound: dict[str, dict[str, Any]] = {}
     for rnd in range(rounds):
         n = rng.choice([1, 5, 40, 120])
-        reqs = _random_requests(rng, t, n, keys=("", "unique", "", "pool")[rnd % 4])
+        keys = ("", "unique", "", "pool")[rnd % 4]
+        reqs = _random_requests(rng, t, n, keys, bound, conflict=rnd % 5 == 3)
         t = max((r.at_unix_ms for r in reqs), default=t) + rng.choice([S, 60 * S, 6 * H])
         dry = rng.random() < 0.15
         if dry:
             reqs = [AdmitRequest(**{**_fields(r), "dry_run": True}) for r in reqs]
         now = t - rng.choice([0, 5 * S])
-        expected = a.admit_many(reqs, now)
+        assert a.drain_journal() == b.drain_journal()
+        try:
+            expected = a.admit_many(reqs, now)
+        except KeyConflict as e:
+            # Refused before anything is decided, the key named as each way names it.
+            with pytest.raises(KeyConflict) as got_error:
+                admit_columns(b, AdmitColumns.from_requests(reqs, dry_run=dry), now)
+            assert e.field == f"requests[{e.item}].idempotency_key"
+            assert got_error.value.field == f"idempotency_keys[{e.item}]"
+            assert (got_error.value.item, got_error.value.what) == (e.item, e.what)
+            assert a.drain_journal() == b.drain_journal() == []
+            assert a.snapshot() == b.snapshot()
+            conflicts += 1
+            continue
         got = admit_columns(b, AdmitColumns.from_requests(reqs, dry_run=dry), now)
         assert len(got) == len(expected)
         for i, res in enumerate(expected):
@@ -138,6 +171,7 @@ def _run_pair(engine_cls: Any, seed: int, rounds: int = 30) -> int:
                 e = ev.SendResult(ev.SendStatus.FAILED, ticket=tickets[0], meta_error_code=131049)
                 assert a.apply(e, t).detail == b.apply(e, t).detail
         assert a.snapshot() == b.snapshot()
+    assert conflicts > 0
     return seen
 
 
@@ -287,7 +321,7 @@ def test_bad_columns_name_column_and_item(change: dict[str, Any], field: str) ->
 def test_key_repeated_inside_a_batch_sees_its_first_outcome(dry: bool) -> None:
     a, b = _world(Engine), _world(Engine)
     reqs = [
-        AdmitRequest("s-ok", rcpt(i % 3), 1, 2, "receipt", f"o-{i % 2}", T0 + i, dry)
+        AdmitRequest("s-ok", rcpt(i % 3), 1, 2, "receipt", f"o-{i % 3}", T0 + i, dry)
         for i in range(6)
     ]
     expected = a.admit_many(reqs, T0)
@@ -301,7 +335,7 @@ def test_key_repeated_inside_a_batch_sees_its_first_outcome(dry: bool) -> None:
 def test_a_sender_listed_twice_is_one_sender(keys: bool) -> None:
     a, b = _world(Engine), _world(Engine)
     reqs = [
-        AdmitRequest("s-lim", rcpt(i % 4), 1, 2, "receipt", f"d-{i % 3}" if keys else "", T0 + i)
+        AdmitRequest("s-lim", rcpt(i % 3), 1, 2, "receipt", f"d-{i % 3}" if keys else "", T0 + i)
         for i in range(8)
     ]
     expected = a.admit_many(reqs, T0)
@@ -337,14 +371,13 @@ def test_time_driven_changes_in_a_batch_match() -> None:
 
 
 def test_journal_record_layout_matches_the_service() -> None:
-    assert py_kernels.ADMIT_RECORD.format == service_mod._ADMIT_REC.format
-    assert py_kernels.TAG_ADMIT == service_mod._TAG_ADMIT
-    assert py_kernels.JOURNAL_VERSION == service_mod.JOURNAL_VERSION
-    assert py_kernels.ADMIT_VERSION == service_mod._ADMIT_VERSION
-    assert py_kernels.BATCH_HEAD.format == service_mod._BATCH_HEAD.format
-    assert py_kernels.BATCH_ROW.format == service_mod._BATCH_ROW.format
-    assert py_kernels.TAG_BATCH == service_mod._TAG_BATCH
-    assert py_kernels.BATCH_VERSION == service_mod._BATCH_VERSION
+    """One declaration (engine.records); the compiled kernels' C constants equal it."""
+    assert service_mod._ADMIT is records.ADMIT
+    assert records.ADMIT.size == 2 + records.ROW.size
+    assert service_mod.JOURNAL_VERSION == records.JOURNAL_VERSION
+    assert records.ADMIT_VERSION == records.BATCH_VERSION == records.BINDING_VERSION == 3
+    compiled = pytest.importorskip("tiergate._native.columns")
+    assert compiled.LAYOUT == py_kernels.LAYOUT
 
 
 def test_empty_result_columns() -> None:
@@ -364,11 +397,14 @@ def test_a_columnar_batch_is_one_journal_record(engine_cls: Any) -> None:
     got = admit_columns(a, AdmitColumns.from_requests(reqs), T0)
     assert sum(1 for tk in got.tickets if tk) == 300
     (record,) = a.drain_journal()
-    assert record[:2] == b"B\x02"
-    assert len(record) == 6 + 300 * 42 + sum(len(r.idempotency_key) for r in reqs)
+    assert record[:2] == b"B\x03"
+    keyed = [r for r in reqs if r.idempotency_key]
+    # Each key is followed by what it is bound to: kind, category, template.
+    tails = sum(len(r.idempotency_key) + 4 + len("receipt") for r in keyed)
+    assert len(record) == 6 + 300 * 42 + tails
     prof = load_profile("meta-2025")
     engine = engine_cls(prof.bucket_ms, prof.window_ms, prof.long_bucket_ms, prof.lookback_ms)
-    copy = AdmissionService(prof, clock="request", engine=engine)
+    copy = AdmissionService(prof, clock="request", engine=engine, ticket_key=TICKET_KEY)
     for rec in [*setup, record]:
         copy.replay(rec)
     at = T0 + H

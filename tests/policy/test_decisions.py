@@ -8,9 +8,22 @@ import pytest
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
-from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument
+from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument, KeyConflict
 
-from .helpers import T0, D, H, S, add_sender, admit, custom, rcpt, req, send_unique, service
+from .helpers import (
+    T0,
+    TICKET_KEY,
+    D,
+    H,
+    S,
+    add_sender,
+    admit,
+    custom,
+    rcpt,
+    req,
+    send_unique,
+    service,
+)
 
 U = "491700000001"
 
@@ -85,7 +98,7 @@ def test_templates_inside_window_do_not_count() -> None:
 
 
 def test_window_uses_the_users_message_time() -> None:
-    svc = AdmissionService(service().profile, clock="server")
+    svc = AdmissionService(service().profile, clock="server", ticket_key=TICKET_KEY)
     add_sender(svc)
     # Delivered an hour late: the window still closes 24 h after the user wrote.
     svc.apply(ev.InboundMessage("s1", U, at_unix_ms=T0), T0 + H)
@@ -370,13 +383,82 @@ def test_idempotency_returns_first_decision_and_consumes_once() -> None:
     assert admit(svc, "s2", U, T0 + 2 * S, key="k1").ticket != first.ticket
     # Within one batch the duplicate gets the first's decision.
     results = svc.admit_many(
-        [req("s1", rcpt(5), T0 + 3 * S, key="k2"), req("s1", rcpt(6), T0 + 3 * S, key="k2")],
+        [req("s1", rcpt(5), T0 + 3 * S, key="k2"), req("s1", rcpt(5), T0 + 3 * S, key="k2")],
         T0 + 3 * S,
     )
     assert results[0] == results[1]  # the first answer, again
-    # Keys are retained per profile (24 h) and then forgotten.
-    later = admit(svc, "s1", U, T0 + D + 10 * S, key="k1")
-    assert later.ticket != first.ticket
+    # Keys are retained per profile (24 h) and then forgotten: free for any request.
+    later = admit(svc, "s1", rcpt(7), T0 + D + 10 * S, key="k1")
+    assert later.ticket != first.ticket and later.decision == c.ADMIT
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("recipient", {"to": rcpt(9)}),
+        ("kind", {"free_form": True}),
+        ("category", {"category": ev.Category.UTILITY}),
+        ("template", {"template": "autumn"}),
+    ],
+)
+def test_a_key_answers_only_the_request_it_was_first_used_for(
+    what: str, change: dict[str, object]
+) -> None:
+    svc = service()
+    add_sender(svc)
+    first = admit(svc, "s1", U, T0, key="k1")
+    svc.drain_journal()
+    snap = svc.snapshot()
+    fields: dict[str, object] = {"to": U, "key": "k1", **change}
+    to = str(fields.pop("to"))
+    other = req("s1", to, T0 + S, **fields)  # type: ignore[arg-type]
+    with pytest.raises(KeyConflict) as alone:
+        svc.admit(other, T0 + S)
+    assert (alone.value.field, alone.value.what) == ("idempotency_key", what)
+    assert str(alone.value).startswith(
+        f"idempotency_key: was first used for a request with another {what};"
+    )
+    batch = [req("s1", rcpt(20 + i), T0 + S, key=f"n{i}") for i in range(3)] + [other]
+    with pytest.raises(KeyConflict) as many:
+        svc.admit_many(batch, T0 + S)
+    assert many.value.field == "requests[3].idempotency_key"
+    with pytest.raises(KeyConflict) as one:
+        svc.admit_many([other], T0 + S)
+    assert one.value.field == "requests[0].idempotency_key"
+    # Nothing decided, nothing journaled, nothing counted.
+    assert svc.drain_journal() == [] and svc.snapshot() == snap
+    assert admit(svc, "s1", U, T0 + 2 * S, key="k1") == first
+    # Two items of one batch under one key: the later one must be the same request.
+    twice = [req("s1", U, T0 + 3 * S, key="k9"), other]
+    twice[1] = req("s1", to, T0 + 3 * S, **{**fields, "key": "k9"})  # type: ignore[arg-type]
+    with pytest.raises(KeyConflict) as inside:
+        svc.admit_many(twice, T0 + 3 * S)
+    assert (inside.value.field, inside.value.what) == ("requests[1].idempotency_key", what)
+    assert svc.drain_journal() == [] and svc.snapshot() == snap
+
+
+def test_a_free_form_message_without_category_is_the_same_request_as_service() -> None:
+    svc = service()
+    add_sender(svc)
+    svc.apply(ev.InboundMessage("s1", U, T0 - S), T0 - S)
+    first = admit(svc, "s1", U, T0, free_form=True, category=ev.Category.SERVICE, key="k")
+    again = admit(svc, "s1", U, T0 + S, free_form=True, category=0, key="k")
+    assert again == first and first.decision == c.ADMIT
+
+
+def test_a_blocked_senders_repeat_is_rejected_and_the_key_kept() -> None:
+    svc = service()
+    add_sender(svc)
+    first = admit(svc, "s1", U, T0, key="k1")
+    svc.apply(ev.SenderUpdate("s1", status=ev.SenderStatus.BANNED), T0 + S)
+    for res in (
+        admit(svc, "s1", U, T0 + 2 * S, key="k1"),
+        svc.admit_many([req("s1", U, T0 + 2 * S, key="k1")] * 2, T0 + 2 * S)[1],
+    ):
+        assert (res.decision, res.reason, res.ticket) == (c.REJECT, c.SENDER_BLOCKED, "")
+    svc.apply(ev.SenderUpdate("s1", status=ev.SenderStatus.CONNECTED), T0 + 3 * S)
+    assert admit(svc, "s1", U, T0 + 4 * S, key="k1") == first
+    assert svc.sender_state("s1", T0 + 5 * S).used_24h == 1
 
 
 # -- validation ---------------------------------------------------------------
@@ -470,7 +552,7 @@ def test_request_clock_never_goes_backwards_per_scope() -> None:
 
 
 def test_server_clock_ignores_request_times() -> None:
-    svc = AdmissionService(service().profile, clock="server")
+    svc = AdmissionService(service().profile, clock="server", ticket_key=TICKET_KEY)
     add_sender(svc)
     svc.apply(ev.InboundMessage("s1", U, at_unix_ms=T0), T0)
     res = svc.admit(req("s1", U, T0 + 5 * D, free_form=True), T0 + H)

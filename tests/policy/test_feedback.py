@@ -39,18 +39,18 @@ def test_release_unknown_or_malformed_ticket_changes_nothing() -> None:
     assert svc.sender_state("s1", T0 + S).used_24h == 3
 
 
-def test_a_ticket_names_its_slot_and_a_four_part_one_releases_nothing() -> None:
-    """Tickets carry the slot stamp the engine answered (a fifth part). Tickets from
-    before stamps have four parts: their FAILED still counts as feedback, but
-    releases nothing, so their slot stays counted (the safe side)."""
+def test_a_ticket_names_its_slot_and_an_older_one_releases_nothing() -> None:
+    """Tickets carry the slot stamp the engine answered (a fifth part) and a MAC (a
+    sixth). Tickets from before MACs (five parts) or stamps (four) are not accepted:
+    their FAILED releases nothing, so their slot stays counted (the safe side)."""
     svc = service()
     add_sender(svc)
     first, second = send_unique(svc, "s1", T0, 2)
     parts = first.ticket.split(".")
-    assert len(parts) == 5 and int(parts[4], 16) != 0
-    old = ".".join(parts[:4])
-    res = svc.apply(ev.SendResult(FAILED, ticket=old, meta_error_code=131026), T0 + S)
-    assert not res.applied and "nothing to release" in res.detail
+    assert len(parts) == 6 and int(parts[4], 16) != 0 and len(parts[5]) == 16
+    for old in (".".join(parts[:4]), ".".join(parts[:5])):
+        res = svc.apply(ev.SendResult(FAILED, ticket=old, meta_error_code=131026), T0 + S)
+        assert not res.applied and "unknown or invalid ticket" in res.detail
     assert svc.sender_state("s1", T0 + S).used_24h == 2
     res = svc.apply(ev.SendResult(FAILED, ticket=second.ticket, meta_error_code=131026), T0 + S)
     assert res.applied and "released" in res.detail
@@ -89,7 +89,7 @@ def test_delivered_and_duplicate_failed_results() -> None:
     add_sender(svc)
     ok = admit(svc, "s1", U, T0)
     assert svc.apply(ev.SendResult(ev.SendStatus.DELIVERED, ticket=ok.ticket), T0).applied
-    assert svc.drain_journal()[-1][:2] == b"A\x01"  # nothing journaled for a delivery
+    assert svc.drain_journal()[-1][:2] == b"A\x03"  # nothing journaled for a delivery
     fail = ev.SendResult(FAILED, ticket=ok.ticket, meta_error_code=131026, message_id="wamid.1")
     assert svc.apply(fail, T0 + S).applied
     assert not svc.apply(fail, T0 + 2 * S).applied

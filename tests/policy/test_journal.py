@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 
 import pytest
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
-from tiergate.policy.service import AdmissionService
+from tiergate.policy.service import AdmissionService, KeyConflict
 
-from .helpers import T0, D, H, S, add_sender, admit, rcpt, req, send_unique, service
+from .helpers import T0, TICKET_KEY, D, H, S, add_sender, admit, rcpt, req, send_unique, service
 
 U = "491700000001"
 
@@ -74,6 +75,35 @@ def test_replay_reproduces_state_and_decisions() -> None:
     assert live.admit_many(probes, at) == copy.admit_many(probes, at)
 
 
+ROW = struct.Struct("<qiQIQqH")
+
+
+def admits(record: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """The admits of an admit or batch record of today's version: (row, key, binding)
+    each, the binding being kind, category, template length and template."""
+    assert record[1] == 3
+    if record[0] == 0x41:
+        count, rows_at = 1, 2
+    else:
+        (count,) = struct.unpack_from("<I", record, 2)
+        rows_at = 6
+    keys_at = rows_at + count * ROW.size
+    out = []
+    for k in range(count):
+        row = record[rows_at + k * ROW.size : rows_at + (k + 1) * ROW.size]
+        klen = ROW.unpack(row)[-1]
+        key = record[keys_at : keys_at + klen]
+        keys_at += klen
+        binding = b""
+        if klen:
+            (tlen,) = struct.unpack_from("<H", record, keys_at + 2)
+            binding = record[keys_at : keys_at + 4 + tlen]
+            keys_at += 4 + tlen
+        out.append((row, key, binding))
+    assert keys_at == len(record)
+    return out
+
+
 def per_item(records: list[bytes]) -> list[bytes]:
     """The journal as a tiergate before batch records wrote it: one admit record per admit."""
     out: list[bytes] = []
@@ -81,15 +111,25 @@ def per_item(records: list[bytes]) -> list[bytes]:
         if record[0] != 0x42:
             out.append(record)
             continue
-        (count,) = struct.unpack_from("<I", record, 2)
-        row = struct.Struct("<qiQIQqH")
-        keys_at = 6 + count * row.size
-        for k in range(count):
-            fields = row.unpack_from(record, 6 + k * row.size)
-            klen = fields[-1]
-            out.append(b"A\x01" + row.pack(*fields) + record[keys_at : keys_at + klen])
-            keys_at += klen
-        assert keys_at == len(record)
+        out += [b"A\x03" + row + key + binding for row, key, binding in admits(record)]
+    return out
+
+
+def before_binding(records: list[bytes]) -> list[bytes]:
+    """The journal as the release before keys were bound wrote it: admit records at
+    version 1, batch records at 2, keys without what they are bound to."""
+    out: list[bytes] = []
+    for record in records:
+        if record[0] not in (0x41, 0x42):
+            out.append(record)
+            continue
+        parts = admits(record)
+        rows = b"".join(row for row, _, _ in parts)
+        keys = b"".join(key for _, key, _ in parts)
+        if record[0] == 0x41:
+            out.append(b"A\x01" + rows + keys)
+        else:
+            out.append(b"B\x02" + struct.pack("<I", len(parts)) + rows + keys)
     return out
 
 
@@ -98,7 +138,7 @@ def test_batch_records_replay_like_per_item_records() -> None:
     workload(live)
     records = live.drain_journal()
     batches = [r for r in records if r[0] == 0x42]
-    assert batches and all(r[1] == 2 for r in batches)
+    assert batches and all(r[1] == 3 for r in batches)
     assert len(records) < 20 < len(per_item(records))  # ~1 100 admits in a few records
     assert any(r[0] == 0x41 for r in records)  # a single admit keeps its own record
     by_batch, by_item = service("meta-2024"), service("meta-2024")
@@ -145,9 +185,96 @@ def test_damaged_batch_records_are_refused() -> None:
     (record,) = live.drain_journal()
     copy = service("meta-2024")
     add_sender(copy)
-    for bad in (record[:-1], record + b"x", record[:40], bytes((0x42, 3)) + record[2:]):
+    for bad in (
+        record[:-1],  # a template byte short
+        record[:-6],  # the key, without its binding
+        record + b"x",
+        record[:40],
+        bytes((0x42, 4)) + record[2:],  # a version this tiergate does not know
+    ):
         with pytest.raises(ValueError):
             copy.replay(bad)
+
+
+def test_records_from_before_keys_were_bound_bind_the_recipient_only() -> None:
+    """Replayed records of the previous release know a key's recipient, not its kind,
+    category or template: a repeat to that recipient gets the first answer; a request
+    to another recipient under the key is refused."""
+    live = service("meta-2024")
+    add_sender(live)
+    live.drain_journal()
+    reqs = [req("s1", rcpt(i), T0 + i, key=f"k{i}") for i in range(5)]
+    first = [*live.admit_many(reqs, T0), live.admit(req("s1", rcpt(9), T0 + 9, key="one"), T0)]
+    records = live.drain_journal()
+    assert [r[:2] for r in records] == [b"B\x03", b"A\x03"]
+    old = before_binding(records)
+    assert [r[:2] for r in old] == [b"B\x02", b"A\x01"]
+    copy = service("meta-2024")
+    add_sender(copy)
+    copy.drain_journal()
+    for record in old:
+        copy.replay(record)
+    assert copy.admit(reqs[2], T0 + S) == first[2]  # the same ticket, signed the same
+    other_kind = req("s1", rcpt(9), T0 + S, key="one", category=ev.Category.UTILITY)
+    assert copy.admit(other_kind, T0 + S) == first[5]
+    with pytest.raises(KeyConflict, match="another recipient"):
+        copy.admit(req("s1", rcpt(7), T0 + S, key="k2"), T0 + S)
+    # Today's records carry the binding: the same request under another category is refused.
+    with pytest.raises(KeyConflict, match="another category"):
+        live.admit(other_kind, T0 + S)
+
+
+def test_snapshots_from_before_keys_were_bound_restore() -> None:
+    """A snapshot of the previous release (version 1) holds each key's whole answer with
+    a ticket without MAC: restored, the key is bound to its recipient and its ticket
+    signed, so a repeat gets the ticket today's tiergate hands out."""
+    live = service("meta-2024")
+    add_sender(live)
+    first = live.admit(req("s1", U, T0, key="k1"), T0)
+    snap = live.snapshot()
+    head = len(b"TGSNAP") + 6
+    version, size = struct.unpack_from("<HI", snap, 6)
+    assert version == 2
+    state = json.loads(snap[head : head + size])
+    old_idem = []
+    for until, sid, key, ticket, counted, limit, used, _, _ in state["idem"]:
+        fields = [1, 1, 0, ticket.rsplit(".", 1)[0], counted, limit, used, 0, "admitted"]
+        old_idem.append([until, sid, key, fields])
+    state["idem"] = old_idem
+    body = json.dumps(state, separators=(",", ":")).encode()
+    old = b"TGSNAP" + struct.pack("<HI", 1, len(body)) + body + snap[head + size :]
+    restored = AdmissionService.from_snapshot(
+        live.profile, old, clock="request", ticket_key=TICKET_KEY
+    )
+    assert restored.admit(req("s1", U, T0 + S, key="k1"), T0 + S) == first
+    with pytest.raises(KeyConflict, match="another recipient"):
+        restored.admit(req("s1", rcpt(5), T0 + S, key="k1"), T0 + S)
+
+
+def test_a_key_is_bound_across_snapshot_and_journal_replay() -> None:
+    live = service("meta-2024")
+    add_sender(live)
+    live.drain_journal()
+    snap_first = live.admit(req("s1", U, T0, key="snap", template="promo"), T0)
+    snap = live.snapshot()
+    live.drain_journal()
+    tail_first = live.admit_many([req("s1", rcpt(5), T0 + S, key="tail")] * 2, T0 + S)[0]
+    restored = AdmissionService.from_snapshot(
+        live.profile, snap, clock="request", ticket_key=TICKET_KEY
+    )
+    for record in live.drain_journal():
+        restored.replay(record)
+    at = T0 + 2 * S
+    assert restored.admit(req("s1", U, at, key="snap", template="promo"), at) == snap_first
+    assert restored.admit(req("s1", rcpt(5), at, key="tail"), at) == tail_first
+    for other, what in (
+        (req("s1", U, at, key="snap", template="autumn"), "template"),
+        (req("s1", rcpt(5), at, key="tail", free_form=True), "kind"),
+    ):
+        for svc in (live, restored):
+            with pytest.raises(KeyConflict, match=f"another {what}"):
+                svc.admit(other, at)
+    assert restored.snapshot() == live.snapshot()
 
 
 def test_replay_is_exact_even_if_the_profile_changed(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -173,7 +300,9 @@ def test_snapshot_round_trip_then_journal_tail() -> None:
     admit(live, "a", rcpt(7_777), T0 + 9 * D + H, key="after")
     live.apply(ev.SendResult(ev.SendStatus.FAILED, ticket=tickets[10], meta_error_code=131026), 0)
     tail = live.drain_journal()
-    restored = AdmissionService.from_snapshot(live.profile, snap, clock="request")
+    restored = AdmissionService.from_snapshot(
+        live.profile, snap, clock="request", ticket_key=TICKET_KEY
+    )
     for record in tail:
         restored.replay(record)
     at = T0 + 9 * D + 2 * H
@@ -205,7 +334,9 @@ def test_snapshot_under_another_profile_geometry_is_refused() -> None:
     add_sender(a)
     snap = a.snapshot()
     assert service("legacy-2x").profile.window_ms == a.profile.window_ms
-    restored = AdmissionService.from_snapshot(service("legacy-2x").profile, snap)
+    restored = AdmissionService.from_snapshot(
+        service("legacy-2x").profile, snap, ticket_key=TICKET_KEY
+    )
     assert restored.senders() == ["s1"]
 
 

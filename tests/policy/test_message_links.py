@@ -17,7 +17,7 @@ from tiergate.policy import events as ev
 from tiergate.policy.profile import DEFAULT_MESSAGE_LINKS, ProfileError, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
 
-from .helpers import T0, D, H, S, add_sender, admit, custom, rcpt, send_unique, service
+from .helpers import T0, TICKET_KEY, D, H, S, add_sender, admit, custom, rcpt, send_unique, service
 
 SENT, DELIVERED, READ, FAILED = (
     ev.SendStatus.SENT,
@@ -128,7 +128,7 @@ def test_link_refused_for_unknown_ticket_other_ticket_or_other_sender() -> None:
     tickets = full_tier50(svc)
     add_sender(svc, "s2")
     unknown = svc.apply(ev.SendResult(SENT, ticket="nonsense", message_id=wamid(1)), T0 + S)
-    assert not unknown.applied and "unknown ticket" in unknown.detail
+    assert not unknown.applied and "unknown or invalid ticket" in unknown.detail
     assert svc.apply(ev.SendResult(SENT, ticket=tickets[1], message_id=wamid(1)), T0 + S).applied
     other = svc.apply(ev.SendResult(SENT, ticket=tickets[2], message_id=wamid(1)), T0 + S)
     assert not other.applied and "already linked to ticket" in other.detail
@@ -171,7 +171,9 @@ def test_links_are_bounded_oldest_forgotten_first(tmp_path: Path) -> None:
         assert svc.apply(failed_by_wamid("s1", rcpt(i), wamid(i), at), at).applied
     assert used(svc, at) == 2
     # The bound holds in snapshots too.
-    restored = AdmissionService.from_snapshot(svc.profile, svc.snapshot(), clock="request")
+    restored = AdmissionService.from_snapshot(
+        svc.profile, svc.snapshot(), clock="request", ticket_key=TICKET_KEY
+    )
     assert restored.snapshot() == svc.snapshot()
 
 
@@ -193,7 +195,9 @@ def test_link_survives_snapshot_and_restore() -> None:
     live = service()
     tickets = full_tier50(live)
     live.apply(ev.SendResult(SENT, ticket=tickets[9], message_id=wamid(9)), T0 + S)
-    restored = AdmissionService.from_snapshot(live.profile, live.snapshot(), clock="request")
+    restored = AdmissionService.from_snapshot(
+        live.profile, live.snapshot(), clock="request", ticket_key=TICKET_KEY
+    )
     res = restored.apply(failed_by_wamid("s1", rcpt(9), wamid(9), T0 + H), T0 + H)
     assert res.applied and "slot released" in res.detail
     assert used(restored, T0 + H) == 49
@@ -223,7 +227,9 @@ def test_replayed_release_by_message_id_is_exact() -> None:
     assert live.apply(failed_by_wamid("s1", rcpt(9), wamid(9), T0 + H), T0 + H).applied
     records = live.drain_journal()
     assert len(records) == 3
-    copy = AdmissionService.from_snapshot(live.profile, base, clock="request")
+    copy = AdmissionService.from_snapshot(
+        live.profile, base, clock="request", ticket_key=TICKET_KEY
+    )
     for record in records:
         copy.replay(record)
     assert copy.snapshot() == live.snapshot()

@@ -15,7 +15,7 @@ from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.service import SNAPSHOT_MAGIC, AdmissionService
 
-from .helpers import T0, D, H, add_sender, admit, rcpt, service
+from .helpers import T0, TICKET_KEY, D, H, add_sender, admit, rcpt, service
 
 PAUSED, UNPAUSED = ev.TemplateStatus.PAUSED, ev.TemplateStatus.UNPAUSED
 
@@ -33,7 +33,9 @@ def retry_at(svc: AdmissionService, at: int, i: int = 1) -> int:
 def restarted(svc: AdmissionService, how: str, log: list[bytes]) -> AdmissionService:
     """A new service from ``svc``'s snapshot, or from its whole journal (kept in ``log``)."""
     if how == "snapshot":
-        return AdmissionService.from_snapshot(svc.profile, svc.snapshot(), clock="request")
+        return AdmissionService.from_snapshot(
+            svc.profile, svc.snapshot(), clock="request", ticket_key=TICKET_KEY
+        )
     log.extend(svc.drain_journal())
     copy = service()
     for record in log:
@@ -70,12 +72,12 @@ def test_same_pause_with_its_end_counts_once_across_restarts(how: str) -> None:
 
 def test_pause_without_end_is_dated_by_its_event_time() -> None:
     """Under the server clock the pause runs from Meta's time, and a replay finds it."""
-    svc = AdmissionService(service().profile)  # server clock
+    svc = AdmissionService(service().profile, ticket_key=TICKET_KEY)  # server clock
     add_sender(svc)
     # The webhook arrives 20 minutes after Meta paused the template.
     assert svc.apply(pause(T0), T0 + 20 * 60_000).applied
     assert retry_at(svc, T0 + H) == T0 + 3 * H
-    restored = AdmissionService.from_snapshot(svc.profile, svc.snapshot())
+    restored = AdmissionService.from_snapshot(svc.profile, svc.snapshot(), ticket_key=TICKET_KEY)
     assert not restored.apply(pause(T0), T0 + 2 * H).applied
     assert retry_at(restored, T0 + 2 * H) == T0 + 3 * H
     # The same start after the pause ended, without an end: still that pause.
@@ -112,6 +114,8 @@ def test_snapshot_without_pause_fields_still_loads() -> None:
     head = len(SNAPSHOT_MAGIC)
     version, size = struct.unpack_from("<HI", data, head)
     old = old[:head] + struct.pack("<HI", version, size - (len(data) - len(old))) + old[head + 6 :]
-    restored = AdmissionService.from_snapshot(svc.profile, old, clock="request")
+    restored = AdmissionService.from_snapshot(
+        svc.profile, old, clock="request", ticket_key=TICKET_KEY
+    )
     assert not restored.apply(pause(T0, T0 + 3 * H), T0 + H).applied
     assert retry_at(restored, T0 + H) == T0 + 3 * H

@@ -76,6 +76,18 @@ class Harness:
         return f"127.0.0.1:{self.sidecar.port}"
 
 
+#: A ticket key for servers whose answers a test compares (each server otherwise
+#: has its own, so their tickets differ).
+TICKET_KEY = bytes(range(16))
+
+
+def share_ticket_key(*harnesses: Harness) -> None:
+    """Sign the tickets of these just-started servers with one key."""
+    for h in harnesses:
+        assert h.sidecar.service is not None
+        h.sidecar.service.set_ticket_key(TICKET_KEY)
+
+
 @contextlib.asynccontextmanager
 async def serving(
     config: cfg.ServeConfig | None = None, **overrides: Any

@@ -18,6 +18,7 @@ from server_harness import (
     run_async,
     sender,
     serving,
+    share_ticket_key,
     varint,
 )
 
@@ -56,6 +57,15 @@ def _request(rng: random.Random, *, odd: float = 0.0, dry: bool | None = None) -
         "at_unix_ms": rng.choice([0, T0 + rng.randrange(1000)]),
         "dry_run": rng.random() < 0.2 if dry is None else dry,
     }
+    # A key answers one request: "k1" is always the same one; the others name theirs.
+    if fields["idempotency_key"] == "k1":
+        fields.update(
+            sender_id=SENDER, recipient="15550000001", kind=pb.TEMPLATE, category=pb.UTILITY
+        )
+        fields["template_id"] = "t1"
+    elif fields["idempotency_key"]:
+        what = (fields[f] for f in ("recipient", "kind", "category", "template_id"))
+        fields["idempotency_key"] += "/" + "/".join(map(str, what))
     if rng.random() < odd:
         name, value = rng.choice(
             [
@@ -336,6 +346,7 @@ async def test_message_and_wire_ways_answer_alike(
     monkeypatch.setattr(batch_wire, "encode_response", counting)
     rng = random.Random(7)
     async with serving(_config(tmp_path)) as a, serving(_config(tmp_path)) as b:
+        share_ticket_key(a, b)
         sa, sb = a.sidecar._servicer, b.sidecar._servicer
         assert sa is not None and sb is not None
         both = [sa, sb]

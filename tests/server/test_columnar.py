@@ -7,7 +7,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_harness import OTHER_SENDER, SENDER, T0, Harness, run_async, sender, serving
+from server_harness import (
+    OTHER_SENDER,
+    SENDER,
+    T0,
+    Harness,
+    run_async,
+    sender,
+    serving,
+    share_ticket_key,
+)
 
 from tiergate.client import AdmitItem, ColumnsReply, columns_request
 from tiergate.policy.events import SenderStatus, TemplateStatus, TemplateUpdate
@@ -50,17 +59,17 @@ def _random_items(rng: random.Random, t: int, n: int, keys: bool) -> list[pb.Adm
     for _ in range(n):
         free = rng.random() < 0.2
         t += rng.choice([0, 3, 250, 1_000])
-        items.append(
-            pb.AdmitRequest(
-                sender_id=rng.choice([SENDER, SENDER, OTHER_SENDER, BANNED, "404"]),
-                recipient=f"1555{rng.randrange(80):07d}",
-                kind=pb.FREE_FORM if free else pb.TEMPLATE,
-                category=pb.SERVICE if free else rng.choice([pb.MARKETING, pb.UTILITY]),
-                template_id="" if free else rng.choice(TEMPLATES),
-                idempotency_key=f"k{rng.randrange(20)}" if keys and rng.random() < 0.5 else "",
-                at_unix_ms=t,
-            )
+        q = pb.AdmitRequest(
+            sender_id=rng.choice([SENDER, SENDER, OTHER_SENDER, BANNED, "404"]),
+            recipient=f"1555{rng.randrange(80):07d}",
+            kind=pb.FREE_FORM if free else pb.TEMPLATE,
+            category=pb.SERVICE if free else rng.choice([pb.MARKETING, pb.UTILITY]),
+            template_id="" if free else rng.choice(TEMPLATES),
+            at_unix_ms=t,
         )
+        if keys and rng.random() < 0.5:  # a key for this request (repeats are retries)
+            q.idempotency_key = f"k/{q.recipient}/{q.kind}/{q.category}/{q.template_id}"
+        items.append(q)
     return items
 
 
@@ -87,6 +96,7 @@ async def test_columns_answer_as_batch_on_two_fresh_servers(tmp_path: Path) -> N
         serving(**_config_overrides(tmp_path, "a")) as a,
         serving(**_config_overrides(tmp_path, "b")) as b,
     ):
+        share_ticket_key(a, b)
         t = T0
         admitted = []
         for rnd in range(12):

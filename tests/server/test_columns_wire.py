@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 import pytest
-from server_harness import SENDER, T0, run_async, serving, varint
+from server_harness import SENDER, T0, TICKET_KEY, run_async, serving, share_ticket_key, varint
 
 from tiergate.client import AdmitItem, columns_request
 from tiergate.engine.constants import recipient_key
@@ -146,7 +146,7 @@ def test_keys_read_off_the_wire_decide_as_strings_do() -> None:
     from tiergate.policy.service import AdmissionService
 
     def decide(wire: columns_wire.WireColumns) -> tuple[Any, ...]:
-        svc = AdmissionService(load_profile("meta-2025"), clock="request")
+        svc = AdmissionService(load_profile("meta-2025"), clock="request", ticket_key=TICKET_KEY)
         update = ev.SenderUpdate("s1", at_unix_ms=T0 - 1, tier="TIER_250", quality=ev.Quality.GREEN)
         assert svc.apply(update, T0 - 1).applied
         r = admit_columns(svc, wire, T0)
@@ -172,6 +172,7 @@ def test_keys_read_off_the_wire_decide_as_strings_do() -> None:
     # A key repeated inside the batch sends it down the general path, which
     # makes each recipient's string from the wire bytes.
     msg.idempotency_keys.extend(["k"] * 2 + [f"k{i}" for i in range(298)])
+    msg.recipients[1] = msg.recipients[0]  # the same request twice under "k"
     data = msg.SerializeToString()
     wire = columns_wire.decode_request(data)
     assert wire.recipient_keys is not None
@@ -260,10 +261,11 @@ class _Context:
 async def test_message_and_wire_handlers_answer_alike() -> None:
     """The generated-servicer method (protobuf messages) and the wire-bytes one."""
     items = [
-        AdmitItem(SENDER, f"1555000{i:04d}", pb.TEMPLATE, pb.UTILITY, "t1", f"k{i % 7}", T0 + i)
+        AdmitItem(SENDER, f"1555000{i % 7:04d}", pb.TEMPLATE, pb.UTILITY, "t1", f"k{i % 7}", T0 + i)
         for i in range(40)
     ]
     async with serving() as a, serving() as b:
+        share_ticket_key(a, b)
         sa, sb = a.sidecar._servicer, b.sidecar._servicer
         assert sa is not None and sb is not None
         for chunk in (items[:7], items[7:25], items[25:]):

@@ -32,8 +32,12 @@ OK = 1  # decision reason of an admit
 TEMPLATE, FREE_FORM = 1, 2
 
 
+#: The data dir's ticket key, as the server reads it before recovery.
+TICKET_KEY = bytes(range(16))
+
+
 def new_service() -> AdmissionService:
-    return AdmissionService(load_profile("meta-2025"), clock="request")
+    return AdmissionService(load_profile("meta-2025"), clock="request", ticket_key=TICKET_KEY)
 
 
 def recipient(n: int) -> str:

@@ -52,12 +52,14 @@ def _service(at: int) -> AdmissionService:
 
 
 def _from_snapshot(service: AdmissionService, log: list[bytes]) -> AdmissionService:
-    return AdmissionService.from_snapshot(service.profile, service.snapshot())
+    return AdmissionService.from_snapshot(
+        service.profile, service.snapshot(), ticket_key=service.ticket_key
+    )
 
 
 def _from_journal(service: AdmissionService, log: list[bytes]) -> AdmissionService:
     log.extend(service.drain_journal())
-    fresh = AdmissionService(service.profile)
+    fresh = AdmissionService(service.profile, ticket_key=service.ticket_key)
     for record in log:
         fresh.replay(record)
     return fresh

@@ -9,6 +9,9 @@
 # recipient strings read (none when they come from the wire reader as keys),
 # the tickets and the journal record made for admits,
 # and a dict lookup for marketing while a 131049 back-off is held.
+# Tickets carry a SipHash-2-4 MAC computed here in C (src/tiergate/engine/tickets.py
+# is the pure-Python reference); the journal layouts are those of
+# src/tiergate/engine/records.py.
 
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -22,7 +25,7 @@ from cpython.unicode cimport (
     PyUnicode_GET_LENGTH,
     PyUnicode_KIND,
 )
-from libc.stdint cimport INT64_MAX, int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 cdef enum:
@@ -43,11 +46,14 @@ cdef enum:
     KEY_LENGTH_SHIFT = 50
     MAX_RECIPIENT_DIGITS = 15
     TAG_ADMIT = 0x41
-    ADMIT_VERSION = 1
+    ADMIT_VERSION = 3
     TAG_BATCH = 0x42
-    BATCH_VERSION = 2
+    BATCH_VERSION = 3
     BATCH_HEAD_SIZE = 6
     ROW_SIZE = 42
+    BINDING_SIZE = 4
+    KIND_SHIFT = 56
+    CATEGORY_SHIFT = 59
     C_REASONS = 16
 
 REASONS = C_REASONS
@@ -58,8 +64,144 @@ NO_CATEGORY = 4
 BAD_TEMPLATE_INDEX = 5
 NO_TEMPLATE = 6
 
+#: The journal layout and idempotency binding as compiled in (tests compare them with
+#: tiergate.engine.records): tag and version of admit and batch records, batch head,
+#: row and binding sizes, kind and category shifts.
+LAYOUT = (TAG_ADMIT, ADMIT_VERSION, TAG_BATCH, BATCH_VERSION, BATCH_HEAD_SIZE, ROW_SIZE,
+          BINDING_SIZE, KIND_SHIFT, CATEGORY_SHIFT)
+
 cdef int64_t NEVER = -(1 << 62)
 cdef const char *HEX = b"0123456789abcdef"
+cdef uint64_t RECIPIENT_BITS = (<uint64_t>1 << KIND_SHIFT) - 1
+
+
+# -- SipHash-2-4 and tickets --------------------------------------------------
+#
+# SipHash-2-4 (Aumasson & Bernstein), the keyed MAC of tickets; the twin is
+# tiergate.engine.tickets.
+
+cdef struct Sip:
+    uint64_t v0
+    uint64_t v1
+    uint64_t v2
+    uint64_t v3
+
+
+cdef inline uint64_t rotl(uint64_t x, int b) noexcept nogil:
+    return (x << b) | (x >> (64 - b))
+
+
+cdef inline void sip_round(Sip *s) noexcept nogil:
+    s.v0 += s.v1
+    s.v1 = rotl(s.v1, 13)
+    s.v1 ^= s.v0
+    s.v0 = rotl(s.v0, 32)
+    s.v2 += s.v3
+    s.v3 = rotl(s.v3, 16)
+    s.v3 ^= s.v2
+    s.v0 += s.v3
+    s.v3 = rotl(s.v3, 21)
+    s.v3 ^= s.v0
+    s.v2 += s.v1
+    s.v1 = rotl(s.v1, 17)
+    s.v1 ^= s.v2
+    s.v2 = rotl(s.v2, 32)
+
+
+cdef inline void sip_init(Sip *s, uint64_t k0, uint64_t k1) noexcept nogil:
+    s.v0 = k0 ^ 0x736f6d6570736575ULL
+    s.v1 = k1 ^ 0x646f72616e646f6dULL
+    s.v2 = k0 ^ 0x6c7967656e657261ULL
+    s.v3 = k1 ^ 0x7465646279746573ULL
+
+
+cdef inline void sip_word(Sip *s, uint64_t m) noexcept nogil:
+    s.v3 ^= m
+    sip_round(s)
+    sip_round(s)
+    s.v0 ^= m
+
+
+cdef inline uint64_t sip_final(Sip *s) noexcept nogil:
+    s.v2 ^= 0xff
+    sip_round(s)
+    sip_round(s)
+    sip_round(s)
+    sip_round(s)
+    return s.v0 ^ s.v1 ^ s.v2 ^ s.v3
+
+
+cdef inline uint64_t load_le(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef Py_ssize_t k
+    for k in range(n):
+        v |= (<uint64_t>p[k]) << (8 * k)
+    return v
+
+
+cdef uint64_t sip_bytes(uint64_t k0, uint64_t k1, const unsigned char *p,
+                        Py_ssize_t n) noexcept nogil:
+    cdef Sip s
+    cdef Py_ssize_t k, full = n - n % 8
+    sip_init(&s, k0, k1)
+    for k in range(0, full, 8):
+        sip_word(&s, load_le(p + k, 8))
+    sip_word(&s, load_le(p + full, n - full) | ((<uint64_t>n & 0xff) << 56))
+    return sip_final(&s)
+
+
+def siphash24(const unsigned char[::1] key not None, const unsigned char[::1] data not None):
+    """SipHash-2-4 of ``data`` under the 16-byte ``key`` (the 64-bit result as an int)."""
+    if key.shape[0] != 16:
+        raise ValueError(f"a ticket key is 16 bytes, got {key.shape[0]}")
+    cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
+    return sip_bytes(load_le(&key[0], 8), load_le(&key[8], 8), p, data.shape[0])
+
+
+cdef inline Py_ssize_t put_hex16(char *buf, Py_ssize_t pos, uint64_t v) noexcept nogil:
+    cdef int k
+    for k in range(15, -1, -1):
+        buf[pos + k] = HEX[v & 15]
+        v >>= 4
+    return pos + 16
+
+
+cdef Py_ssize_t put_ticket(char *buf, uint64_t k0, uint64_t k1, uint64_t tid, uint64_t number,
+                           uint64_t rkey, uint64_t prev, uint64_t slot) noexcept nogil:
+    """Write a ticket (at most 96 bytes) to buf; its length. ``prev`` is the previous
+    counted time minus NEVER, as the ticket holds it."""
+    cdef Sip s
+    cdef Py_ssize_t pos
+    sip_init(&s, k0, k1)
+    sip_word(&s, tid)
+    sip_word(&s, number)
+    sip_word(&s, rkey)
+    sip_word(&s, prev)
+    sip_word(&s, slot)
+    sip_word(&s, <uint64_t>40 << 56)  # the padding word: the message length, 40 bytes
+    pos = put_hex(buf, 0, tid)
+    buf[pos] = 46  # '.'
+    pos = put_hex(buf, pos + 1, number)
+    buf[pos] = 46
+    pos = put_hex(buf, pos + 1, rkey)
+    buf[pos] = 46
+    pos = put_hex(buf, pos + 1, prev)
+    buf[pos] = 46
+    pos = put_hex(buf, pos + 1, slot)
+    buf[pos] = 46
+    return put_hex16(buf, pos + 1, sip_final(&s))
+
+
+def encode_ticket(uint64_t k0, uint64_t k1, uint64_t tid, int number, uint64_t rkey,
+                  int64_t prev, int64_t slot):
+    """The ticket of an admit, as ``tiergate.engine.tickets.encode_ticket`` writes it."""
+    cdef char buf[128]
+    cdef Py_ssize_t n
+    if number < 0 or slot < 0:
+        raise ValueError("encode_ticket: number and slot are not negative")
+    n = put_ticket(buf, k0, k1, tid, <uint64_t>number, rkey,
+                   <uint64_t>prev - <uint64_t>NEVER, <uint64_t>slot)
+    return PyUnicode_DecodeASCII(buf, n, NULL)
 
 
 def check_items(Py_ssize_t n, const unsigned int[::1] sender_index, Py_ssize_t n_senders,
@@ -294,6 +436,12 @@ def finish(batch,
            int[::1] meta,
            list tickets,
            list keys,
+           const unsigned char[::1] kinds,
+           const unsigned char[::1] categories,
+           const unsigned int[::1] template_index,
+           list templates,
+           uint64_t k0,
+           uint64_t k1,
            list journal,
            long long[::1] counts,
            int[::1] counted_rows):
@@ -314,29 +462,37 @@ def finish(batch,
     cdef const unsigned int[::1] b_flags = batch.flags
     cdef const long long[::1] b_limit = batch.limit
     cdef const unsigned long long[::1] b_ticket = batch.ticket
-    cdef Py_ssize_t nrows = rows.shape[0], j, i, s, pos, n_counted = 0
+    cdef Py_ssize_t nrows = rows.shape[0], j, i, s, pos, n_counted = 0, n_items
     cdef int d, r, c
     cdef uint64_t tid, last_tid = 0, rkey
     cdef int64_t limit
-    cdef unsigned int flags
+    cdef unsigned int flags, t
     cdef int number
-    cdef char buf[80]
+    cdef char buf[128]
     cdef bint journal_on = journal is not None
     cdef bint has_keys = keys is not None and len(keys) > 0
-    cdef bytes kb, record
+    cdef bytes record
     cdef bytearray table = None
-    cdef list key_parts = None
-    cdef Py_ssize_t klen, n_admits = 0, key_bytes = 0, size
+    cdef carray.array keyed = None
+    cdef long long *keyed_at = NULL
+    cdef Py_ssize_t klen, tlen, n_admits = 0, n_keyed = 0, tail_bytes = 0, size, k
+    cdef const char *text
     cdef char *rec = NULL
     cdef char *out
+    n_items = decisions.shape[0]
     if (b_dec.shape[0] < nrows or b_now.shape[0] < nrows or row_eco.shape[0] < nrows
-            or counted_rows.shape[0] < nrows or (has_keys and len(keys) < decisions.shape[0])):
+            or counted_rows.shape[0] < nrows
+            or (has_keys and (len(keys) < n_items or kinds.shape[0] < n_items
+                              or categories.shape[0] < n_items
+                              or template_index.shape[0] < n_items))):
         raise ValueError("finish: columns shorter than the batch")
     if journal_on and nrows:
         # The rows of the batch's journal record, written after its header.
         table = bytearray(BATCH_HEAD_SIZE + nrows * ROW_SIZE)
         rec = table
-        key_parts = []
+        if has_keys:
+            keyed = carray.clone(I64, nrows, False)  # the item of each keyed row
+            keyed_at = keyed.data.as_longlongs
     for j in range(nrows):
         i = rows[j]
         s = sender_index[i]
@@ -356,15 +512,8 @@ def finish(batch,
                 last_tid = tid
                 number = b_number[j]
                 rkey = b_rkey[j]
-                pos = put_hex(buf, 0, tid)
-                buf[pos] = 46  # '.'
-                pos = put_hex(buf, pos + 1, <uint64_t>number)
-                buf[pos] = 46
-                pos = put_hex(buf, pos + 1, rkey)
-                buf[pos] = 46
-                pos = put_hex(buf, pos + 1, <uint64_t>b_prev[j] - <uint64_t>NEVER)
-                buf[pos] = 46
-                pos = put_hex(buf, pos + 1, <uint64_t>b_slot[j])
+                pos = put_ticket(buf, k0, k1, tid, <uint64_t>number, rkey,
+                                 <uint64_t>b_prev[j] - <uint64_t>NEVER, <uint64_t>b_slot[j])
                 tickets[i] = PyUnicode_DecodeASCII(buf, pos, NULL)
                 if journal_on:
                     pos = BATCH_HEAD_SIZE + n_admits * ROW_SIZE
@@ -376,11 +525,16 @@ def finish(batch,
                     put_le(rec, pos + 32, <uint64_t>limit, 8)
                     klen = 0
                     if has_keys:
-                        kb = (<str>keys[i]).encode("utf-8")
-                        klen = len(kb)
+                        utf8(keys[i], &klen, "keys", i)
                         if klen:
-                            key_parts.append(kb)
-                            key_bytes += klen
+                            # The key, then what it is bound to (after the rows).
+                            tlen = 0
+                            t = template_index[i]
+                            if t:
+                                utf8(templates[t - 1], &tlen, "templates", t - 1)
+                            keyed_at[n_keyed] = i
+                            n_keyed += 1
+                            tail_bytes += klen + BINDING_SIZE + tlen
                     put_le(rec, pos + 40, <uint64_t>klen, 2)
                     n_admits += 1
                 if c:
@@ -410,23 +564,35 @@ def finish(batch,
         # (tag, version, row count, rows, keys), as tiergate.engine.columns.finish.
         if n_admits == 1:
             size = 2 + ROW_SIZE
-            record = PyBytes_FromStringAndSize(NULL, size + key_bytes)
+            record = PyBytes_FromStringAndSize(NULL, size + tail_bytes)
             out = PyBytes_AS_STRING(record)
             out[0] = TAG_ADMIT
             out[1] = ADMIT_VERSION
             memcpy(out + 2, rec + BATCH_HEAD_SIZE, ROW_SIZE)
         else:
             size = BATCH_HEAD_SIZE + n_admits * ROW_SIZE
-            record = PyBytes_FromStringAndSize(NULL, size + key_bytes)
+            record = PyBytes_FromStringAndSize(NULL, size + tail_bytes)
             out = PyBytes_AS_STRING(record)
             rec[0] = TAG_BATCH
             rec[1] = BATCH_VERSION
             put_le(rec, 2, <uint64_t>n_admits, 4)
             memcpy(out, rec, size)
-        for kb in key_parts:
-            klen = len(kb)
-            memcpy(out + size, <const char *>kb, klen)
+        for k in range(n_keyed):
+            i = <Py_ssize_t>keyed_at[k]
+            text = utf8(keys[i], &klen, "keys", i)
+            memcpy(out + size, text, klen)
             size += klen
+            out[size] = <char>kinds[i]
+            out[size + 1] = <char>categories[i]
+            tlen = 0
+            t = template_index[i]
+            if t:
+                text = utf8(templates[t - 1], &tlen, "templates", t - 1)
+            put_le(out, size + 2, <uint64_t>tlen, 2)
+            size += BINDING_SIZE
+            if tlen:
+                memcpy(out + size, text, tlen)
+                size += tlen
         journal.append(record)
     return last_tid, n_counted
 
@@ -466,72 +632,104 @@ def tally(const unsigned char[::1] decisions, const unsigned char[::1] reasons, 
             counts[k] += acc[k]
 
 
+cdef inline object template_of(list templates, unsigned int t):
+    return templates[t - 1] if t else ""
+
+
+cdef inline uint64_t bound_of(uint64_t rkey, unsigned char kind,
+                              unsigned char cat) noexcept nogil:
+    return rkey | (<uint64_t>kind << KIND_SHIFT) | (<uint64_t>cat << CATEGORY_SHIFT)
+
+
+cdef inline tuple entry_of(object entry):
+    if type(entry) is not tuple or len(<tuple>entry) != 7:
+        raise TypeError("an idempotency entry is a tuple of 7")
+    return <tuple>entry
+
+
+cdef bint answers(tuple e, uint64_t bound, object template) except -1:
+    """Whether an idempotency entry answers the request (bound, template): see
+    tiergate.engine.records.bound_to."""
+    cdef object tpl = e[6]
+    if tpl is None:
+        return <uint64_t>e[5] == (bound & RECIPIENT_BITS)
+    return <uint64_t>e[5] == bound and (tpl is template or tpl == template)
+
+
 def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders, list idems,
-                  bint dry, at, int64_t now_ms, object order, object prune):
-    """The items whose idempotency key already has an answer: (skip, hits), skip 1 for
-    each such item, hits (item, remembered answer) in item order; None when a
-    (sender, key) pair repeats inside a batch that is not a dry run."""
-    cdef Py_ssize_t n = len(keys), i, k
+                  const unsigned long long[::1] rkeys, const unsigned char[::1] kinds,
+                  const unsigned char[::1] categories, const unsigned int[::1] template_index,
+                  list templates, bint dry, at, int64_t now_ms):
+    """``(bad, skip, hits, repeated)`` as ``tiergate.engine.columns.repeated_keys``."""
+    cdef Py_ssize_t n = len(keys), i, k, j, s
     cdef const long long[::1] times
-    cdef bint has_at = at is not None and len(at) > 0
-    cdef set seen, inside = None
-    cdef object key, idem, first, pair
-    cdef int64_t now, due
+    cdef bint has_at = at is not None and len(at) > 0, repeated = False
+    cdef set seen = set()
+    cdef dict inside = None
+    cdef object key, idem, found, pair, earlier
+    cdef tuple first
+    cdef int64_t now
+    cdef uint64_t bound
     cdef bytearray skip
     cdef unsigned char *sp
     cdef list hits = []
+    if (rkeys.shape[0] < n or kinds.shape[0] < n or categories.shape[0] < n
+            or template_index.shape[0] < n or sender_index.shape[0] < n):
+        raise ValueError("repeated_keys: columns shorter than the keys")
     if has_at:
         times = at
-    if not dry:
-        # Keys alone first: a repeated key (rare) brings in the exact check by
-        # (sender id, key), a sender being listed twice in a request.
-        seen = set()
-        for i in range(n):
-            key = keys[i]
-            if not key or idems[sender_index[i]] is None:
-                continue
-            if inside is None and key in seen:
-                inside = set()
-                for k in range(i):
-                    if keys[k] and idems[sender_index[k]] is not None:
-                        inside.add((senders[sender_index[k]], keys[k]))
-            if inside is not None:
-                pair = (senders[sender_index[i]], key)
-                if pair in inside:
-                    return None
-                inside.add(pair)
-            else:
-                seen.add(key)
     skip = bytearray(n)
     sp = skip
-    due = order[0][0] if order else INT64_MAX
     for i in range(n):
         key = keys[i]
         if not key:
             continue
-        idem = idems[sender_index[i]]
-        if idem is None:
-            continue
-        now = times[i] if has_at and times[i] > 0 else now_ms
-        if now >= due:
-            prune(now)
-            due = order[0][0] if order else INT64_MAX
-        first = (<dict>idem).get(key)
-        if first is not None:
-            sp[i] = 1
-            hits.append((i, first))
-    return skip, hits
+        s = sender_index[i]
+        bound = bound_of(rkeys[i], kinds[i], categories[i])
+        idem = idems[s]
+        if idem is not None:
+            now = times[i] if has_at and times[i] > 0 else now_ms
+            found = (<dict>idem).get(key)
+            first = entry_of(found) if found is not None else None
+            if first is not None and <int64_t>first[4] > now:
+                if not answers(first, bound, template_of(templates, template_index[i])):
+                    return i, skip, hits, False
+                sp[i] = 1
+                hits.append((i, first))
+        # Keys alone first: a repeated key (rare) brings in the exact check by
+        # (sender id, key), a sender being listed twice in a request.
+        if inside is None:
+            if key not in seen:
+                seen.add(key)
+                continue
+            inside = {}
+            for k in range(i):
+                if keys[k]:
+                    inside.setdefault((senders[sender_index[k]], keys[k]), k)
+        pair = (senders[s], key)
+        earlier = inside.setdefault(pair, i)
+        if earlier is not None and <Py_ssize_t>earlier != i:
+            j = <Py_ssize_t>earlier
+            if (bound_of(rkeys[j], kinds[j], categories[j]) != bound
+                    or template_of(templates, template_index[j])
+                    != template_of(templates, template_index[i])):
+                return i, skip, hits, False
+            if idem is not None and not dry:
+                repeated = True
+    return -1, skip, hits, repeated
 
 
 def remember_keys(const int[::1] rows, list keys, const unsigned int[::1] sender_index,
-                  list senders, list idems, const long long[::1] row_now, int64_t expires_ms,
-                  object order, list tickets, const unsigned char[::1] counted,
+                  list senders, list idems, const unsigned long long[::1] rkeys,
+                  const unsigned char[::1] kinds, const unsigned char[::1] categories,
+                  const unsigned int[::1] template_index, list templates,
+                  const long long[::1] row_now, int64_t expires_ms, object order,
+                  list tickets, const unsigned char[::1] counted,
                   const long long[::1] limit, const long long[::1] used):
     """Each admitted item with a key (``tickets[i]`` set) answers its repeats from now
-    on: ``idems[s][key] = (ticket, counted, limit, used)`` and ``(row_now[j] +
-    expires_ms, sender id, key)`` appended to ``order``; item i = rows[j]."""
+    on, as ``tiergate.engine.columns.remember_keys``."""
     cdef Py_ssize_t j, i, s
-    cdef object key, ticket, idem
+    cdef object key, ticket, idem, until
     cdef object append = order.append
     for j in range(rows.shape[0]):
         i = rows[j]
@@ -542,8 +740,11 @@ def remember_keys(const int[::1] rows, list keys, const unsigned int[::1] sender
             idem = idems[s]
             if type(idem) is not dict:
                 raise TypeError(f"remember_keys: item {i} has no key table")
-            (<dict>idem)[key] = (ticket, counted[i] == 1, limit[i], used[i])
-            append((row_now[j] + expires_ms, senders[s], key))
+            until = row_now[j] + expires_ms
+            (<dict>idem)[key] = (ticket, counted[i] == 1, limit[i], used[i], until,
+                                 bound_of(rkeys[i], kinds[i], categories[i]),
+                                 template_of(templates, template_index[i]))
+            append((until, senders[s], key))
 
 
 # -- AdmitColumns wire codec --------------------------------------------------

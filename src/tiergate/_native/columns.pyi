@@ -4,7 +4,9 @@ Same functions, arguments and results as :mod:`tiergate.engine.columns`.
 """
 
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from tiergate.engine.batch import DecisionBatch
 
@@ -15,6 +17,7 @@ BAD_CATEGORY: int
 NO_CATEGORY: int
 BAD_TEMPLATE_INDEX: int
 NO_TEMPLATE: int
+LAYOUT: tuple[int, int, int, int, int, int, int, int, int]
 
 def check_items(
     n: int,
@@ -78,10 +81,53 @@ def finish(
     meta: array[int],
     tickets: list[str],
     keys: list[str],
+    kinds: bytes,
+    categories: bytes,
+    template_index: array[int],
+    templates: list[str],
+    k0: int,
+    k1: int,
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
 ) -> tuple[int, int]: ...
+def repeated_keys(
+    keys: list[str],
+    sender_index: array[int],
+    senders: list[str],
+    idems: list[dict[str, Any] | None],
+    rkeys: array[int],
+    kinds: bytes,
+    categories: bytes,
+    template_index: array[int],
+    templates: list[str],
+    dry: bool,
+    at: array[int] | None,
+    now_ms: int,
+) -> tuple[int, bytearray, list[tuple[int, Any]], bool]: ...
+def remember_keys(
+    rows: array[int],
+    keys: list[str],
+    sender_index: array[int],
+    senders: list[str],
+    idems: list[dict[str, Any] | None],
+    rkeys: array[int],
+    kinds: bytes,
+    categories: bytes,
+    template_index: array[int],
+    templates: list[str],
+    row_now: array[int],
+    expires_ms: int,
+    order: deque[tuple[int, str, str]],
+    tickets: list[str],
+    counted: bytes | bytearray,
+    limit: array[int],
+    used: array[int],
+) -> None: ...
+def siphash24(key: bytes, data: bytes) -> int: ...
+def encode_ticket(
+    k0: int, k1: int, tid: int, number: int, rkey: int, prev: int, slot: int
+) -> str: ...
 def time_bounds(at: array[int]) -> tuple[int, int]: ...
 def tally(
     decisions: bytes | bytearray, reasons: bytes | bytearray, counts: Sequence[int]

@@ -16,15 +16,19 @@ sender and template indexes:
     sender, disabled / paused / unknown template answered right here), the
     per-scope clock, and the engine's input columns for the rest.
 ``finish``
-    the engine's answers to per-item response columns: tickets, journal
-    records, decision counts by sender and reason.
+    the engine's answers to per-item response columns: tickets (with their
+    MAC, see ``engine.tickets``), journal records (``engine.records``),
+    decision counts by sender and reason.
 ``tally``
     decision counts by (decision, reason) for metrics.
 ``time_bounds``
     the earliest and latest request time of a batch.
 ``repeated_keys`` / ``remember_keys``
-    idempotency keys: the items a key already answers, and the admits that
-    answer their keys' repeats from now on.
+    idempotency keys: a key used for another request than the one it is
+    bound to, the items a key already answers, and the admits that answer
+    their keys' repeats from now on.
+``encode_ticket`` / ``siphash24``
+    one ticket (the scalar path's), and the MAC's hash function itself.
 
 Sender table rows (one per distinct sender of the request): ``s_state`` 0
 unknown, 1 known, 2 blocked (BANNED / DISABLED); ``s_slot`` the index of its
@@ -38,12 +42,12 @@ no template): ``t_state`` 0 usable, 1 unknown and rejected, 2 disabled;
 
 from __future__ import annotations
 
-import struct
 from array import array
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from . import records as rec
 from .batch import DecisionBatch
 from .constants import (
     ADMIT,
@@ -63,7 +67,7 @@ from .constants import (
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
-from .reference import NEVER
+from .tickets import encode_ticket, siphash24
 
 __all__ = [
     "BAD_CATEGORY",
@@ -75,9 +79,13 @@ __all__ = [
     "REASONS",
     "check_items",
     "encode_recipients",
+    "encode_ticket",
     "finish",
     "kernels",
     "prepare",
+    "remember_keys",
+    "repeated_keys",
+    "siphash24",
     "tally",
     "time_bounds",
 ]
@@ -93,19 +101,19 @@ NO_CATEGORY = 4  # a TEMPLATE message without a category
 BAD_TEMPLATE_INDEX = 5
 NO_TEMPLATE = 6  # a TEMPLATE message without a template
 
-#: The admit journal record (``policy.service._ADMIT_REC``): tag, version, now,
-#: number, recipient key, flags, ticket id, limit, idempotency key length.
-ADMIT_RECORD = struct.Struct("<BBqiQIQqH")
-TAG_ADMIT = 0x41
-ADMIT_VERSION = 1
-#: The batch journal record (``policy.service._BATCH_HEAD`` / ``_BATCH_ROW``): tag,
-#: version, row count; one row per admit (the admit record's fields after tag and
-#: version); then the rows' idempotency keys, concatenated.
-BATCH_HEAD = struct.Struct("<BBI")
-BATCH_ROW = struct.Struct("<qiQIQqH")
-TAG_BATCH = 0x42
-BATCH_VERSION = 2
-JOURNAL_VERSION = 2
+#: The journal layout and idempotency binding, as the compiled twin's ``LAYOUT`` holds
+#: them (see ``engine.records``).
+LAYOUT = (
+    rec.TAG_ADMIT,
+    rec.ADMIT_VERSION,
+    rec.TAG_BATCH,
+    rec.BATCH_VERSION,
+    rec.BATCH_HEAD.size,
+    rec.ROW.size,
+    rec.BINDING.size,
+    rec.KIND_SHIFT,
+    rec.CATEGORY_SHIFT,
+)
 
 
 def check_items(
@@ -312,6 +320,12 @@ def finish(
     meta: array[int],
     tickets: list[str],
     keys: Sequence[str],
+    kinds: bytes,
+    categories: bytes,
+    template_index: Sequence[int],
+    templates: Sequence[str],
+    k0: int,
+    k1: int,
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
@@ -320,11 +334,14 @@ def finish(
     per-item columns.
 
     An admitted row (not a dry run) gets its ticket (the string RecordFeedback
-    takes), a row in the journal record appended to ``journal`` (unless None; one
-    record for all the batch's admits: an admit record for one, a batch record
-    for more; it carries each item's idempotency key from ``keys``, empty or one
-    per item) and, when it used a new slot, its row written to ``counted_rows``
-    (one entry per row).
+    takes, with its MAC under the ticket key ``k0``, ``k1``), a row in the journal
+    record appended to ``journal`` (unless None; one record for all the batch's
+    admits: an admit record for one, a batch record for more; it carries each
+    item's idempotency key from ``keys``, empty or one per item, and what the key
+    is bound to: the item's kind, category and template, from ``kinds``,
+    ``categories`` (SERVICE for a free-form item without one), ``template_index``
+    and ``templates``) and, when it used a new slot, its row written to
+    ``counted_rows`` (one entry per row).
     Returns ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
     and how many rows ``counted_rows`` holds.
     """
@@ -332,7 +349,8 @@ def finish(
     b_cnt, b_used, b_prev, b_slot = batch.counted, batch.used, batch.prev_counted, batch.slot
     b_now, b_number, b_rkey = batch.now, batch.number, batch.recipient
     b_flags, b_limit, b_ticket = batch.flags, batch.limit, batch.ticket
-    pack = BATCH_ROW.pack
+    pack = rec.ROW.pack
+    binding = rec.BINDING.pack
     journal_rows: list[bytes] = []
     journal_keys: list[bytes] = []
     if keys and len(keys) < len(decisions):
@@ -358,12 +376,14 @@ def finish(
                 last_tid = tid
                 number = b_number[j]
                 rkey = b_rkey[j]
-                tickets[i] = f"{tid:x}.{number:x}.{rkey:x}.{b_prev[j] - NEVER:x}.{b_slot[j]:x}"
+                tickets[i] = encode_ticket(k0, k1, tid, number, rkey, b_prev[j], b_slot[j])
                 if journal is not None:
                     kb = keys[i].encode() if keys else b""
                     journal_rows.append(pack(b_now[j], number, rkey, flags, tid, limit, len(kb)))
                     if kb:
-                        journal_keys.append(kb)
+                        t = template_index[i]
+                        tb = templates[t - 1].encode() if t else b""
+                        journal_keys.append(kb + binding(kinds[i], categories[i], len(tb)) + tb)
                 if c:
                     counted_rows[n_counted] = j
                     n_counted += 1
@@ -387,16 +407,23 @@ def finish(
             meta[i] = meta_error[r]
         counts[s * REASONS + r] += 1
     if journal is not None and journal_rows:
-        if len(journal_rows) == 1:
-            head = bytes((TAG_ADMIT, ADMIT_VERSION)) + journal_rows[0]
-            journal.append(head + journal_keys[0] if journal_keys else head)
-        else:
-            journal.append(
-                BATCH_HEAD.pack(TAG_BATCH, BATCH_VERSION, len(journal_rows))
-                + b"".join(journal_rows)
-                + b"".join(journal_keys)
-            )
+        journal.append(admit_record(journal_rows, journal_keys))
     return last_tid, n_counted
+
+
+def admit_record(rows: Sequence[bytes], tails: Sequence[bytes]) -> bytes:
+    """The journal record of one decided batch's admits: ``rows`` (``records.ROW``
+    each, in decision order) and ``tails`` (for each row with a key, in row order:
+    its key's UTF-8 bytes and ``records.BINDING`` with the template's bytes).
+
+    A single admit is an admit record; two or more share one batch record, so the
+    store frames and checksums a batch once.
+    """
+    if len(rows) == 1:
+        head = bytes((rec.TAG_ADMIT, rec.ADMIT_VERSION)) + rows[0]
+        return head + b"".join(tails) if tails else head
+    head = rec.BATCH_HEAD.pack(rec.TAG_BATCH, rec.BATCH_VERSION, len(rows))
+    return head + b"".join(rows) + b"".join(tails)
 
 
 def time_bounds(at: Sequence[int]) -> tuple[int, int]:
@@ -417,47 +444,65 @@ def repeated_keys(
     sender_index: Sequence[int],
     senders: Sequence[str],
     idems: Sequence[dict[str, Any] | None],
+    rkeys: Sequence[int],
+    kinds: bytes,
+    categories: bytes,
+    template_index: Sequence[int],
+    templates: Sequence[str],
     dry: bool,
     at: Sequence[int] | None,
     now_ms: int,
-    order: Any,
-    prune: Any,
-) -> tuple[bytearray, list[tuple[int, Any]]] | None:
-    """The items whose idempotency key already has an answer: (skip, hits), skip 1 for
-    each such item, hits (item, remembered answer) in item order.
+) -> tuple[int, bytearray, list[tuple[int, Any]], bool]:
+    """What the batch's idempotency keys say before anything is decided:
+    ``(bad, skip, hits, repeated)``.
 
-    ``idems[s]`` is the key table of the request's sender s (None: unknown sender);
-    each item's time (``at[i]`` when given and positive, else ``now_ms``) first
-    drops the keys expired by then: ``prune(now)`` while ``order[0][0] <= now``.
-    None when a (sender, key) pair repeats inside a batch that is not a dry run
-    (the caller then decides in parts)."""
+    ``bad``: the first item (-1: none) whose key is bound to another request —
+    one its key remembers (unexpired at the item's time) for another recipient,
+    kind, category or template, or an earlier item of the batch with the same
+    sender and key that differs so; the rest is then incomplete. ``skip``: 1 for
+    each item whose key already has an answer, ``hits`` (item, remembered entry)
+    for them in item order. ``repeated``: a (sender, key) pair of a known sender
+    repeats inside a batch that is not a dry run (the caller then decides in
+    parts).
+
+    ``idems[s]`` is the key table of the request's sender s (None: unknown
+    sender); an item's time is ``at[i]`` when given and positive, else
+    ``now_ms``; ``categories`` must read SERVICE (4) for a free-form item
+    without one.
+    """
     n = len(keys)
-    if not dry:
-        inside: set[tuple[str, str]] = set()
-        for i in range(n):
-            key = keys[i]
-            if key and idems[sender_index[i]] is not None:
-                pair = (senders[sender_index[i]], key)  # a sender may be listed twice
-                if pair in inside:
-                    return None
-                inside.add(pair)
     skip = bytearray(n)
     hits: list[tuple[int, Any]] = []
+    first_of: dict[tuple[str, str], int] = {}
+    repeated = False
     for i in range(n):
         key = keys[i]
         if not key:
             continue
-        idem = idems[sender_index[i]]
-        if idem is None:
-            continue
-        now = at[i] if at and at[i] > 0 else now_ms
-        if order and order[0][0] <= now:
-            prune(now)
-        first = idem.get(key)
-        if first is not None:
-            skip[i] = 1
-            hits.append((i, first))
-    return skip, hits
+        s = sender_index[i]
+        bound = rec.bind(rkeys[i], kinds[i], categories[i])
+        t = template_index[i]
+        tpl = templates[t - 1] if t else ""
+        idem = idems[s]
+        if idem is not None:
+            now = at[i] if at and at[i] > 0 else now_ms
+            first = idem.get(key)
+            if first is not None and first[rec.E_UNTIL] > now:
+                if not rec.bound_to(first, bound, tpl):
+                    return i, skip, hits, False
+                skip[i] = 1
+                hits.append((i, first))
+        j = first_of.setdefault((senders[s], key), i)  # a sender may be listed twice
+        if j != i:
+            tj = template_index[j]
+            if (
+                rec.bind(rkeys[j], kinds[j], categories[j]) != bound
+                or (templates[tj - 1] if tj else "") != tpl
+            ):
+                return i, skip, hits, False
+            if idem is not None and not dry:
+                repeated = True
+    return -1, skip, hits, repeated
 
 
 def remember_keys(
@@ -466,6 +511,11 @@ def remember_keys(
     sender_index: Sequence[int],
     senders: Sequence[str],
     idems: Sequence[dict[str, Any] | None],
+    rkeys: Sequence[int],
+    kinds: bytes,
+    categories: bytes,
+    template_index: Sequence[int],
+    templates: Sequence[str],
     row_now: Sequence[int],
     expires_ms: int,
     order: Any,
@@ -475,8 +525,9 @@ def remember_keys(
     used: Sequence[int],
 ) -> None:
     """Each admitted item with a key (``tickets[i]`` set) answers its repeats from now on:
-    ``idems[s][key] = (ticket, counted, limit, used)`` and ``(row_now[j] + expires_ms,
-    sender id, key)`` appended to ``order``; item i = rows[j]."""
+    ``idems[s][key]`` = its entry (``engine.records``: ticket, counted, limit, used,
+    expiry ``row_now[j] + expires_ms``, and what the key is bound to) and
+    ``(expiry, sender id, key)`` appended to ``order``; item i = rows[j]."""
     for j in range(len(rows)):
         i = rows[j]
         key = keys[i]
@@ -485,8 +536,18 @@ def remember_keys(
             s = sender_index[i]
             idem = idems[s]
             assert idem is not None
-            idem[key] = (ticket, counted[i] == 1, limit[i], used[i])
-            order.append((row_now[j] + expires_ms, senders[s], key))
+            until = row_now[j] + expires_ms
+            t = template_index[i]
+            idem[key] = (
+                ticket,
+                counted[i] == 1,
+                limit[i],
+                used[i],
+                until,
+                rec.bind(rkeys[i], kinds[i], categories[i]),
+                templates[t - 1] if t else "",
+            )
+            order.append((until, senders[s], key))
 
 
 def _select() -> ModuleType:

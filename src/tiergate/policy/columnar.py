@@ -8,12 +8,14 @@ pause) is done once per batch; the per-item loops run in
 ``tiergate.engine.columns.kernels`` (compiled with the compiled engine), and
 the engine decides every row in one ``decide_batch`` call.
 
-Answers, journal records, tickets, decision counts, scope clocks and upgrade
-crossings are exactly those of :meth:`AdmissionService.admit_many` for the same
-requests in the same order. A batch that needs the general path — an
-idempotency key repeated inside the batch, or a time at which time-driven
-changes (upgrades, restriction ends, ...) fall due — is decided by
-``admit_many`` itself and its results turned into columns.
+Answers, errors, journal records, tickets, decision counts, scope clocks and
+upgrade crossings are exactly those of :meth:`AdmissionService.admit_many` for
+the same requests in the same order: every idempotency key is checked against
+what it is bound to before anything is decided (:class:`KeyConflict` names
+``idempotency_keys[i]``). A batch that needs the general path — an idempotency
+key repeated inside the batch, or a time at which time-driven changes
+(upgrades, restriction ends, ...) fall due — is decided by ``admit_many``
+itself and its results turned into columns.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tiergate.engine import NEVER, DecisionBatch
+from tiergate.engine import records as rec
 from tiergate.engine.columns import (
     BAD_CATEGORY,
     BAD_KIND,
@@ -54,7 +57,9 @@ from .service import (
     AdmitRequest,
     AdmitResult,
     InvalidArgument,
+    KeyConflict,
     Remembered,
+    differs,
 )
 from .state import REASONS as SENDER_REASONS
 from .state import LimitScope, Sender
@@ -361,45 +366,91 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
     if r.n == 0:
         return ColumnsResult.empty(0)
     svc = service
+    objs = [svc._senders.get(sid) for sid in r.senders]
+    skip: bytes | bytearray = b""
+    hits: list[tuple[int, Remembered]] = []
+    repeated = False
+    if r.keys and any(r.keys):
+        skip, hits, repeated = _repeated_keys(svc, r, objs, now_ms)
     if svc._due_dirty:
         svc._recompute_due()
     request_clock = svc._request_clock
     high = max(now_ms, r.latest) if request_clock else now_ms
-    if high >= svc._next_due:
+    if repeated or high >= svc._next_due:
         return _general(svc, r, now_ms)
-    objs = [svc._senders.get(sid) for sid in r.senders]
-    skip: bytes | bytearray = b""
-    hits: list[tuple[int, Remembered]] = []
-    if r.keys and any(r.keys):
-        seen = _repeated_keys(svc, r, objs, now_ms)
-        if seen is None:
-            return _general(svc, r, now_ms)
-        skip, hits = seen
     return _fast(svc, r, now_ms, objs, skip, hits)
 
 
 def _repeated_keys(
     svc: AdmissionService, r: _Request, objs: list[Sender | None], now_ms: int
-) -> tuple[bytearray, list[tuple[int, Remembered]]] | None:
-    """Items whose idempotency key already has an answer, as ``admit_many`` finds them.
+) -> tuple[bytearray, list[tuple[int, Remembered]], bool]:
+    """Every key checked before anything is decided (:class:`KeyConflict` for one bound
+    to another request); then the items whose key already has an answer, as
+    ``admit_many`` finds them: (skip, hits, repeated), ``repeated`` when a key
+    repeats inside the batch (``admit_many`` then decides in parts, so the general
+    path takes the batch).
 
-    ``admit_many`` looks each key up in item order (dropping expired keys at
-    each item's time first) before anything new is remembered, so the same
-    walk here finds the same answers. None when a key repeats inside the batch
-    (``admit_many`` then decides in parts): the general path takes the batch.
+    ``admit_many`` looks each key up in item order, at the item's time, before
+    anything new is remembered, so the same walk here finds the same answers. A
+    sender BANNED or DISABLED by now gets no remembered answer: its items are
+    decided (step 2 rejects them).
     """
-    found: tuple[bytearray, list[tuple[int, Remembered]]] | None = kernels.repeated_keys(
+    idems = [s.idem if s is not None else None for s in objs]
+    at = r.at if svc._request_clock else None
+    bad, skip, hits, repeated = kernels.repeated_keys(
         r.keys,
         r.sender_index,
         r.senders,
-        [s.idem if s is not None else None for s in objs],
+        idems,
+        r.rkeys,
+        r.kinds,
+        r.categories,
+        r.template_index,
+        r.templates,
         r.dry,
-        r.at if svc._request_clock else None,
+        at,
         now_ms,
-        svc._idem_order,
-        svc._prune,
     )
-    return found
+    if bad >= 0:
+        raise _conflict(r, idems, at, now_ms, bad)
+    if hits and any(s is not None and s.status >= _BANNED for s in objs):
+        kept = []
+        for hit in hits:
+            sender = objs[r.sender_index[hit[0]]]
+            if sender is not None and sender.status >= _BANNED:
+                skip[hit[0]] = 0
+            else:
+                kept.append(hit)
+        hits = kept
+    return skip, hits, repeated
+
+
+def _conflict(
+    r: _Request,
+    idems: list[dict[str, Remembered] | None],
+    at: Sequence[int] | None,
+    now_ms: int,
+    i: int,
+) -> KeyConflict:
+    """The error for item ``i``, whose key the kernels found bound to another request."""
+    key = r.keys[i]
+    t = r.template_index[i]
+    tpl = r.templates[t - 1] if t else ""
+    bound = rec.bind(r.rkeys[i], r.kinds[i], r.categories[i])
+    idem = idems[r.sender_index[i]]
+    first = idem.get(key) if idem is not None else None
+    now = at[i] if at and at[i] > 0 else now_ms
+    field = f"idempotency_keys[{i}]"
+    if first is not None and first[rec.E_UNTIL] > now and not rec.bound_to(first, bound, tpl):
+        return KeyConflict(field, i, differs(first, bound, tpl))
+    sid = r.senders[r.sender_index[i]]
+    for j in range(i):
+        if r.keys[j] == key and r.senders[r.sender_index[j]] == sid:
+            tj = r.template_index[j]
+            earlier = rec.bind(r.rkeys[j], r.kinds[j], r.categories[j])
+            other = ("", False, 0, 0, 0, earlier, r.templates[tj - 1] if tj else "")
+            return KeyConflict(field, i, differs(other, bound, tpl))
+    raise AssertionError(f"item {i}: no conflict to name")
 
 
 def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
@@ -420,7 +471,10 @@ def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
         )
         for i in range(r.n)
     ]
-    return _from_results(svc.admit_many(reqs, now_ms))
+    try:
+        return _from_results(svc.admit_many(reqs, now_ms))
+    except KeyConflict as e:  # found above already; named as the columns name it
+        raise e.at(f"idempotency_keys[{e.item}]") from None
 
 
 def _from_results(results: Sequence[AdmitResult]) -> ColumnsResult:
@@ -581,6 +635,12 @@ def _fast(
             out.meta_error_code,
             out.tickets,
             r.keys,
+            r.kinds,
+            r.categories,
+            r.template_index,
+            r.templates,
+            svc._k0,
+            svc._k1,
             journal,
             counts,
             counted_rows,
@@ -594,14 +654,14 @@ def _fast(
         if n_counted:
             del counted_rows[n_counted:]
             _check_crossings(svc, scopes, batch, counted_rows)
-    for i, (ticket, was_counted, limit, used) in hits:  # the first answers: admits
+    for i, first in hits:  # the first answers: admits
         out.decisions[i] = ADMIT
         out.reasons[i] = OK
         out.retry_at_unix_ms[i] = 0
-        out.tickets[i] = ticket
-        out.counted[i] = 1 if was_counted else 0
-        out.limit[i] = limit
-        out.used[i] = used
+        out.tickets[i] = first[0]
+        out.counted[i] = 1 if first[1] else 0
+        out.limit[i] = first[2]
+        out.used[i] = first[3]
         out.meta_error_code[i] = 0
     for s, sender in enumerate(objs):
         if sender is None:
@@ -644,6 +704,11 @@ def _remember_keys(
         r.sender_index,
         r.senders,
         [s.idem if s is not None else None for s in objs],
+        r.rkeys,
+        r.kinds,
+        r.categories,
+        r.template_index,
+        r.templates,
         batch.now,
         svc.profile.idempotency_ms,
         svc._idem_order,

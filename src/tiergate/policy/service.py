@@ -10,7 +10,14 @@ Every state change appends an opaque record to the journal
 (:meth:`AdmissionService.drain_journal`); :meth:`AdmissionService.replay`
 re-applies one, and :meth:`AdmissionService.snapshot` /
 :meth:`AdmissionService.restore` carry the whole state. Admits are
-struct-packed (they are the volume); rare events are JSON.
+struct-packed (they are the volume; layouts in ``engine.records``); rare
+events are JSON.
+
+An idempotency key answers only the request it was first used for (same
+sender, recipient, kind, category and template): a repeat gets the first
+answer, another request under the key is refused (:class:`KeyConflict`)
+before anything is decided. Tickets carry a MAC under the service's ticket
+key (``engine.tickets``), so RecordFeedback acts only on tickets it issued.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -25,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from tiergate.engine import NEVER, DecisionBatch, Engine
+from tiergate.engine import records as rec
+from tiergate.engine.columns import admit_record, kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_DRY_RUN,
@@ -49,6 +59,12 @@ from tiergate.engine.constants import (
     UNLIMITED,
     recipient_key,
 )
+from tiergate.engine.tickets import (
+    TICKET_KEY_BYTES,
+    decode_ticket,
+    key_words,
+    ticket_fields,
+)
 
 from . import events as ev
 from .profile import DAY_MS, Profile
@@ -62,6 +78,7 @@ __all__ = [
     "ApplyResult",
     "Checked",
     "InvalidArgument",
+    "KeyConflict",
     "PausedTemplateReport",
     "SenderReport",
     "UpgradeReport",
@@ -128,43 +145,49 @@ def template_detail(reason: int, meta_error_code: int, template_id: str) -> str:
     return f"template {template_id!r} is disabled"
 
 
-#: What an idempotency key remembers of its first answer, always an ADMIT:
-#: (ticket, counted, limit, used). Four fields instead of an AdmitResult, as a
-#: batch with keys remembers one per admit (see policy.columnar).
-Remembered = tuple[str, bool, int, int]
-
-
-def remember(first: AdmitResult) -> Remembered:
-    """What a key keeps of ``first``, the admit it answers its repeats with."""
-    return (first.ticket, first.counted, first.limit, first.used)
+#: What an idempotency key remembers of its first answer, always an ADMIT: (ticket,
+#: counted, limit, used, until, bound, template), see ``engine.records``. A tuple
+#: instead of an AdmitResult, as a batch with keys remembers one per admit (see
+#: policy.columnar).
+Remembered = rec.Entry
 
 
 def remembered(entry: Remembered) -> AdmitResult:
     """The answer a repeated idempotency key gets."""
-    ticket, counted, limit, used = entry
-    return AdmitResult(ADMIT, OK, 0, ticket, counted, limit, used, 0, DETAIL[OK])
+    return AdmitResult(ADMIT, OK, 0, entry[0], entry[1], entry[2], entry[3], 0, DETAIL[OK])
 
 
-#: One admit: tag, version, now, number, recipient key, flags, ticket id, limit, key length;
-#: the idempotency key's UTF-8 bytes follow.
-_ADMIT_REC = struct.Struct("<BBqiQIQqH")
-_TAG_ADMIT = 0x41  # 'A'
+def differs(entry: Remembered, bound: int, template: str) -> str:
+    """What of a request differs from what ``entry``'s key is bound to (the word
+    :class:`KeyConflict` uses): recipient, kind, category or template."""
+    known = entry[rec.E_BOUND]
+    if (known ^ bound) & rec.RECIPIENT_BITS:
+        return "recipient"
+    if (known ^ bound) >> rec.KIND_SHIFT & 3:
+        return "kind"
+    if known >> rec.CATEGORY_SHIFT != bound >> rec.CATEGORY_SHIFT:
+        return "category"
+    return "template"
+
+
+_TAG_ADMIT = rec.TAG_ADMIT
+_TAG_BATCH = rec.TAG_BATCH
 _TAG_JSON = 0x4A  # 'J'
-#: Every admit of one decided batch (two or more): tag, version, row count; then one
-#: fixed-width row per admit (the fields of ``_ADMIT_REC`` after tag and version, in
-#: decision order), then the rows' idempotency keys' UTF-8 bytes, concatenated in
-#: row order. Replays exactly as the rows' ``_TAG_ADMIT`` records would.
-_BATCH_HEAD = struct.Struct("<BBI")
-_BATCH_ROW = struct.Struct("<qiQIQqH")
-_TAG_BATCH = 0x42  # 'B'
-#: Admit and JSON records are written at version 1 (their layout since then); batch
-#: records, new in version 2, at 2. Replay reads every version up to this one.
-JOURNAL_VERSION = 2
-_ADMIT_VERSION = 1
+#: Admit and batch records: see ``engine.records`` (version 3 binds keys); JSON
+#: records are written at version 1 (their layout since then). Replay reads every
+#: version up to this one.
+JOURNAL_VERSION = rec.JOURNAL_VERSION
 _JSON_VERSION = 1
-_BATCH_VERSION = 2
+_ADMIT = rec.ADMIT
+_ADMIT_VERSION = rec.ADMIT_VERSION
+_KIND_SHIFT = rec.KIND_SHIFT
+_CATEGORY_SHIFT = rec.CATEGORY_SHIFT
 SNAPSHOT_MAGIC = b"TGSNAP"
-SNAPSHOT_VERSION = 1
+#: 2: idempotency entries carry what their key is bound to (1: they do not).
+SNAPSHOT_VERSION = 2
+#: The compiled ticket encoder with the compiled engine (the scalar path writes a
+#: ticket per admit), else the pure-Python one.
+_encode_ticket = kernels.encode_ticket
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -188,6 +211,26 @@ class InvalidArgument(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class KeyConflict(InvalidArgument):
+    """An idempotency key used for another request than the one it answers: ``item``
+    is the request's index in its batch (0 for a lone one), ``what`` what differs
+    (recipient, kind, category or template). Raised before anything is decided."""
+
+    def __init__(self, field: str, item: int, what: str) -> None:
+        super().__init__(
+            field,
+            f"{field}: was first used for a request with another {what}; an idempotency "
+            "key answers only the request it was first used for (use a new key for a "
+            "new message)",
+        )
+        self.item = item
+        self.what = what
+
+    def at(self, field: str) -> KeyConflict:
+        """The same conflict, naming the key's field as another entry point does."""
+        return KeyConflict(field, self.item, self.what)
 
 
 class AdmitLike(Protocol):
@@ -335,41 +378,10 @@ def _digits(number: str) -> str:
     return "".join(ch for ch in number if ch.isdigit())
 
 
-def admit_record(rows: Sequence[bytes], keys: Sequence[bytes]) -> bytes:
-    """The journal record of one decided batch's admits (``rows``: ``_BATCH_ROW`` each;
-    ``keys``: the non-empty idempotency keys in row order).
-
-    A single admit keeps the one-admit record (``_TAG_ADMIT``); two or more share
-    one batch record (``_TAG_BATCH``), so the store frames and checksums a batch once.
-    """
-    if len(rows) == 1:
-        head = bytes((_TAG_ADMIT, _ADMIT_VERSION)) + rows[0]
-        return head + keys[0] if keys else head
-    return _BATCH_HEAD.pack(_TAG_BATCH, _BATCH_VERSION, len(rows)) + b"".join(rows) + b"".join(keys)
-
-
-def _encode_ticket(tid: int, number: int, rkey: int, prev: int, slot: int) -> str:
-    return f"{tid:x}.{number:x}.{rkey:x}.{prev - NEVER:x}.{slot:x}"
-
-
-def _decode_ticket(ticket: str) -> tuple[int, int, int, int, int] | None:
-    """(ticket id, number, recipient key, prev_counted, slot stamp) of a ticket.
-
-    Tickets of tiergate before slot stamps have four parts; they decode with
-    stamp 0, which releases nothing (their slots stay counted: the safe side).
-    """
-    parts = ticket.split(".")
-    if len(parts) == 4:
-        parts.append("0")
-    if len(parts) != 5:
-        return None
-    try:
-        tid, number, rkey, prev, slot = (int(p, 16) for p in parts)
-    except ValueError:
-        return None
-    if tid <= 0 or number < 0 or rkey <= 0 or prev < 0 or slot < 0:
-        return None
-    return tid, number, rkey, prev + NEVER, slot
+def _key_tail(key: str, kind: int, cat: int, tpl: str) -> bytes:
+    """What follows the rows of an admit record for a row with a key (``engine.records``)."""
+    tb = tpl.encode()
+    return key.encode() + rec.BINDING.pack(kind, cat, len(tb)) + tb
 
 
 def _category_limits(profile: Profile, base: int) -> list[int]:
@@ -395,9 +407,13 @@ class AdmissionService:
         clock: Literal["server", "request"] = "server",
         journal: bool = True,
         engine: Engine | None = None,
+        ticket_key: bytes | None = None,
     ) -> None:
+        """``ticket_key``: the 16 bytes that sign tickets (random when None: tickets
+        then verify only in this process; the server keeps one in its data dir)."""
         if clock not in ("server", "request"):
             raise ValueError(f"clock must be 'server' or 'request', got {clock!r}")
+        self._set_key(os.urandom(TICKET_KEY_BYTES) if ticket_key is None else ticket_key)
         self.profile = profile
         self.clock = clock
         self._request_clock = clock == "request"
@@ -408,6 +424,22 @@ class AdmissionService:
         self._reset_state()
 
     # -- set-up ----------------------------------------------------------------
+
+    def _set_key(self, key: bytes) -> None:
+        self._k0, self._k1 = key_words(bytes(key))
+        self._ticket_key = bytes(key)
+
+    @property
+    def ticket_key(self) -> bytes:
+        """The key tickets are signed with (for a service that takes this one's state)."""
+        return self._ticket_key
+
+    def set_ticket_key(self, key: bytes) -> None:
+        """Sign tickets with ``key`` (16 bytes) from now on: only before any ticket is
+        issued or restored (before recovery), as those would stop verifying."""
+        if self._ticket:
+            raise ValueError("the ticket key is set before any ticket is issued or restored")
+        self._set_key(key)
 
     def _new_engine(self) -> Engine:
         p = self.profile
@@ -455,24 +487,41 @@ class AdmissionService:
         one (same result, counts, idempotency entry, journal record and tier
         crossing), with the engine's scalar ``decide`` and no batch columns.
         ``pre`` prefixes the field an :class:`InvalidArgument` names."""
-        return self.admit_checked(_well_formed(r) or self._validate_one(r, pre), now_ms)
+        try:
+            return self.admit_checked(_well_formed(r) or self._validate_one(r, pre), now_ms)
+        except KeyConflict as e:
+            if pre:
+                raise e.at(pre + "idempotency_key") from None
+            raise
 
     def admit_checked(self, checked: Checked, now_ms: int) -> AdmitResult:
         """Decide one request whose fields passed the checks of ``_well_formed``
         (the server's wire reader makes them from the request bytes)."""
         sid, rkey, kind, cat, tpl, key, at, dry = checked
+        now = at if self._request_clock and at > 0 else now_ms
+        sender = self._senders.get(sid)
+        first: Remembered | None = None
+        if key and sender is not None:
+            first = sender.idem.get(key)
+            if first is not None:
+                if first[4] <= now:  # expired (not dropped yet)
+                    first = None
+                else:
+                    bound = rkey | kind << _KIND_SHIFT | cat << _CATEGORY_SHIFT
+                    if not rec.bound_to(first, bound, tpl):
+                        raise KeyConflict("idempotency_key", 0, differs(first, bound, tpl))
         if self._due_dirty:
             self._recompute_due()
-        now = at if self._request_clock and at > 0 else now_ms
         high = now if now > now_ms else now_ms
         if now >= self._next_due:
             self._maintain(now)
-        sender = self._senders.get(sid)
         if sender is None:
             self._unknown_sender_count += 1
             res = AdmitResult(
                 REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
             )
+        elif first is not None and sender.status < _BANNED:
+            res = remembered(first)
         else:
             res = self._decide_one(sender, rkey, kind, cat, tpl, key, now, dry)
         if self._idem_order and self._idem_order[0][0] <= high:
@@ -490,13 +539,9 @@ class AdmissionService:
         now: int,
         dry: bool,
     ) -> AdmitResult:
-        """Steps 2 onwards for one validated request of a known sender (see _admit_one)."""
-        if key:
-            if self._idem_order and self._idem_order[0][0] <= now:
-                self._prune(now)
-            first: Remembered | None = sender.idem.get(key)
-            if first is not None:
-                return remembered(first)
+        """Steps 2 onwards for one validated request of a known sender whose key (if
+        any) has no answer yet (see _admit_one). A key's repeat from a sender that is
+        BANNED or DISABLED by now comes here too, and step 2 rejects it."""
         scope = sender.scope
         if now < scope.last_now:
             now = scope.last_now
@@ -537,36 +582,26 @@ class AdmissionService:
         if dry:
             return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
         self._ticket = tid
-        res = AdmitResult(
-            ADMIT,
-            OK,
-            0,
-            _encode_ticket(tid, sender.number, rkey, prev, slot),
-            counted == 1,
-            limit,
-            used,
-            0,
-            "admitted",
-        )
+        ticket = _encode_ticket(self._k0, self._k1, tid, sender.number, rkey, prev, slot)
+        res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, "admitted")
         if key:
-            sender.idem[key] = remember(res)
-            self._idem_order.append((now + self.profile.idempotency_ms, sender.id, key))
+            until = now + self.profile.idempotency_ms
+            sender.idem[key] = (
+                ticket,
+                counted == 1,
+                limit,
+                used,
+                until,
+                rkey | kind << _KIND_SHIFT | cat << _CATEGORY_SHIFT,
+                tpl,
+            )
+            self._idem_order.append((until, sender.id, key))
         if self._journal_on and not self._replaying:
             kb = key.encode()
-            self._journal.append(
-                _ADMIT_REC.pack(
-                    _TAG_ADMIT,
-                    _ADMIT_VERSION,
-                    now,
-                    sender.number,
-                    rkey,
-                    flags,
-                    tid,
-                    limit,
-                    len(kb),
-                )
-                + kb
+            record = _ADMIT.pack(
+                _TAG_ADMIT, _ADMIT_VERSION, now, sender.number, rkey, flags, tid, limit, len(kb)
             )
+            self._journal.append(record + _key_tail(key, kind, cat, tpl) if kb else record)
         if counted:
             sc = scope
             if sc.crossed_at == NEVER and sc.tier != self.profile.ladder[-1]:
@@ -713,8 +748,39 @@ class AdmissionService:
             raise InvalidArgument(pre + "at_unix_ms", f"{pre}at_unix_ms: must be >= 0")
         return (sid, rkey, int(kind), int(cat), tpl, key, at, bool(r.dry_run))
 
+    def _check_keys(self, items: Sequence[Checked], now_ms: int) -> None:
+        """Raise :class:`KeyConflict` for the first item whose idempotency key is bound to
+        another request: one its key remembers (unexpired at the item's time), or an
+        earlier item of the batch with the same sender and key. Changes nothing."""
+        senders = self._senders
+        request_clock = self._request_clock
+        first_of: dict[tuple[str, str], int] = {}
+        for i, (sid, rkey, kind, cat, tpl, key, at, _) in enumerate(items):
+            if not key:
+                continue
+            bound = rkey | kind << _KIND_SHIFT | cat << _CATEGORY_SHIFT
+            sender = senders.get(sid)
+            if sender is not None:
+                now = at if request_clock and at > 0 else now_ms
+                first = sender.idem.get(key)
+                if first is not None and first[4] > now and not rec.bound_to(first, bound, tpl):
+                    field = f"requests[{i}].idempotency_key"
+                    raise KeyConflict(field, i, differs(first, bound, tpl))
+            j = first_of.setdefault((sid, key), i)
+            if j != i:
+                other = items[j]
+                earlier = other[1] | other[2] << _KIND_SHIFT | other[3] << _CATEGORY_SHIFT
+                if earlier != bound or other[4] != tpl:
+                    entry = ("", False, 0, 0, 0, earlier, other[4])
+                    field = f"requests[{i}].idempotency_key"
+                    raise KeyConflict(field, i, differs(entry, bound, tpl))
+
     def _decide(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
         items = self._validate(reqs)
+        for item in items:
+            if item[5]:  # an idempotency key: check them all before deciding any
+                self._check_keys(items, now_ms)
+                break
         n = len(items)
         results: list[AdmitResult | None] = [None] * n
         batch = self._batch
@@ -722,7 +788,8 @@ class AdmissionService:
         del batch.now[:], batch.scope[:], batch.number[:], batch.recipient[:]
         del batch.flags[:], batch.limit[:], batch.ticket[:]
         slots: list[int] = []  # request index of each batch row
-        rows: list[tuple[Sender, int, str, int]] = []  # sender, recipient key, idem key, eco end
+        # sender, recipient key, idem key, eco end, kind, category, template
+        rows: list[tuple[Sender, int, str, int, int, int, str]] = []
         in_batch: dict[tuple[str, str], int] = {}
         senders = self._senders
         templates = self._templates
@@ -752,10 +819,10 @@ class AdmissionService:
                 )
                 continue
             if key:
-                if self._idem_order and self._idem_order[0][0] <= now:
-                    self._prune(now)
                 first = sender.idem.get(key)
-                if first is not None:
+                # A repeat (bound to this request: checked above) gets the first answer,
+                # unless the sender is BANNED or DISABLED by now (step 2 rejects it).
+                if first is not None and first[4] > now and sender.status < _BANNED:
                     results[i] = remembered(first)
                     continue
                 if not dry:
@@ -812,7 +879,7 @@ class AdmissionService:
             add_limit(limit)
             add_ticket(tid)
             slots.append(i)
-            rows.append((sender, rkey, key, eco_end))
+            rows.append((sender, rkey, key, eco_end, kind, cat, tpl))
 
         if slots:
             self._flush(slots, rows, results)
@@ -823,7 +890,7 @@ class AdmissionService:
     def _flush(
         self,
         slots: list[int],
-        rows: list[tuple[Sender, int, str, int]],
+        rows: list[tuple[Sender, int, str, int, int, int, str]],
         results: list[AdmitResult | None],
     ) -> None:
         """Decide the rows gathered in the batch columns; build, record and journal results."""
@@ -832,16 +899,17 @@ class AdmissionService:
         dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
         counted, used, prev, b_slot = batch.counted, batch.used, batch.prev_counted, batch.slot
         b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
-        pack = _BATCH_ROW.pack
+        pack = rec.ROW.pack
         journal_rows: list[bytes] = []
         journal_keys: list[bytes] = []
+        k0, k1 = self._k0, self._k1
         journal_append = journal_rows.append
         touched: dict[int, list[int]] = {}
         journal = self._journal_on and not self._replaying
         expires = self.profile.idempotency_ms
         refusal = self._refusal
         for j, i in enumerate(slots):
-            sender, rkey, key, eco_end = rows[j]
+            sender, rkey, key, eco_end, kind, cat, tpl = rows[j]
             d = dec[j]
             r = rsn[j]
             if d == ADMIT:
@@ -862,11 +930,12 @@ class AdmissionService:
                     now = b_now[j]
                     tid = b_ticket[j]
                     self._ticket = tid
+                    ticket = _encode_ticket(k0, k1, tid, sender.number, rkey, prev[j], b_slot[j])
                     res = AdmitResult(
                         ADMIT,
                         OK,
                         0,
-                        _encode_ticket(tid, sender.number, rkey, prev[j], b_slot[j]),
+                        ticket,
                         counted[j] == 1,
                         b_limit[j],
                         used[j],
@@ -874,15 +943,25 @@ class AdmissionService:
                         "admitted",
                     )
                     if key:
-                        sender.idem[key] = remember(res)
-                        self._idem_order.append((now + expires, sender.id, key))
+                        until = now + expires
+                        bound = rkey | kind << _KIND_SHIFT | cat << _CATEGORY_SHIFT
+                        sender.idem[key] = (
+                            ticket,
+                            res.counted,
+                            res.limit,
+                            res.used,
+                            until,
+                            bound,
+                            tpl,
+                        )
+                        self._idem_order.append((until, sender.id, key))
                     if journal:
                         kb = key.encode()
                         journal_append(
                             pack(now, sender.number, rkey, flags, tid, b_limit[j], len(kb))
                         )
                         if kb:
-                            journal_keys.append(kb)
+                            journal_keys.append(_key_tail(key, kind, cat, tpl))
                     if counted[j]:
                         rows_of = touched.get(sender.scope.index)
                         if rows_of is None:
@@ -1168,13 +1247,33 @@ class AdmissionService:
         kind = "free entry point (72 h)" if fep else "customer service"
         return ApplyResult(True, f"{kind} window open for {e.recipient}")
 
-    def _ticket_of(self, e: ev.SendResult) -> str:
-        """The ticket a send result names, directly or by sender + idempotency key."""
+    def _ticket_of(self, e: ev.SendResult, now: int) -> str:
+        """The ticket a send result names, directly or by sender + idempotency key (a
+        key bound to another recipient than the result names: :class:`KeyConflict`)."""
         if e.ticket or not (e.sender_id and e.idempotency_key):
             return e.ticket
         s0 = self._senders.get(e.sender_id)
         first = s0.idem.get(e.idempotency_key) if s0 is not None else None
-        return first[0] if first is not None else ""
+        if first is None or first[4] <= now:
+            return ""
+        if e.recipient:
+            rkey = self._rkey(e.recipient, "recipient")
+            if (first[rec.E_BOUND] ^ rkey) & rec.RECIPIENT_BITS:
+                raise KeyConflict("idempotency_key", 0, "recipient")
+        return first[0]
+
+    def _ticket_numbers(self, ticket: str) -> tuple[int, int, int, int, int] | None:
+        """(ticket id, number, recipient key, prev_counted, slot stamp) of a ticket this
+        service issued (its MAC checked); None for any other string. Replay takes the
+        tickets of its records as they are: they were checked when first applied (and
+        records from before MACs hold tickets without one)."""
+        if self._replaying:
+            found = ticket_fields(ticket)
+        else:
+            found = decode_ticket(ticket, self._k0, self._k1, _encode_ticket)
+        if found is None or found[1] >= len(self._by_number):
+            return None
+        return found
 
     def _link_retention(self) -> int:
         p = self.profile
@@ -1206,16 +1305,15 @@ class AdmissionService:
         """SENT, DELIVERED or READ: link Meta's message id to the ticket when both are named."""
         name = ev.SendStatus(e.status).name.lower()
         mid = e.message_id
-        ticket = self._ticket_of(e) if mid else ""
+        ticket = self._ticket_of(e, now) if mid else ""
         if not ticket:
             return ApplyResult(True, f"{name}: nothing to do"), False
         if not isinstance(mid, str) or len(mid) > MAX_KEY_LEN:
             raise InvalidArgument(
                 "message_id", f"message_id: must be a string of at most {MAX_KEY_LEN} characters"
             )
-        decoded = _decode_ticket(ticket)
-        if decoded is None or decoded[1] >= len(self._by_number):
-            return ApplyResult(False, f"unknown ticket {ticket!r}"), False
+        if self._ticket_numbers(ticket) is None:
+            return ApplyResult(False, f"unknown or invalid ticket {ticket!r}"), False
         if self.profile.message_links == 0:
             return ApplyResult(True, f"{name}: nothing to do (message links are off)"), False
         found = self._links.get(mid)
@@ -1238,16 +1336,16 @@ class AdmissionService:
             return ApplyResult(False, f"message {e.message_id} already applied"), False
         decoded: tuple[int, int, int, int, int] | None = None
         sender: Sender | None = None
-        ticket = self._ticket_of(e)
+        ticket = self._ticket_of(e, now)
         linked = False
         if not ticket and e.message_id:
             # A webhook status names Meta's message id only: the ticket it was linked to.
             ticket = self._linked_ticket(e.message_id, now)
             linked = bool(ticket)
         if ticket:
-            decoded = _decode_ticket(ticket)
-            if decoded is None or decoded[1] >= len(self._by_number):
-                return ApplyResult(False, f"unknown ticket {ticket!r}"), False
+            decoded = self._ticket_numbers(ticket)
+            if decoded is None:
+                return ApplyResult(False, f"unknown or invalid ticket {ticket!r}"), False
             sender = self._by_number[decoded[1]]
             if linked and e.sender_id and e.sender_id != sender.id:
                 return ApplyResult(
@@ -1733,10 +1831,14 @@ class AdmissionService:
     def _prune(self, now: int) -> None:
         order = self._idem_order
         while order and order[0][0] <= now:
-            _, sid, key = order.popleft()
+            until, sid, key = order.popleft()
             s = self._senders.get(sid)
             if s is not None:
-                s.idem.pop(key, None)
+                entry = s.idem.get(key)
+                # Only the entry this expiry belongs to (the key may have been used
+                # again after it expired, before this was dropped).
+                if entry is not None and entry[4] == until:
+                    del s.idem[key]
         seen = self._seen_order
         while seen and seen[0][0] <= now:
             _, key = seen.popleft()
@@ -1811,29 +1913,57 @@ class AdmissionService:
             self._due_dirty = True
 
     def _replay_admit(self, record: bytes) -> None:
-        _, _, now, number, rkey, flags, tid, limit, klen = _ADMIT_REC.unpack_from(record)
-        key = record[_ADMIT_REC.size : _ADMIT_REC.size + klen].decode()
-        self._replay_row(now, number, rkey, flags, tid, limit, key)
+        rows = [rec.ROW.unpack_from(record, 2)]
+        self._replay_rows(record, rows, 2 + rec.ROW.size)
 
     def _replay_batch(self, record: bytes) -> None:
-        _, _, count = _BATCH_HEAD.unpack_from(record)
-        start = _BATCH_HEAD.size
-        keys_at = start + count * _BATCH_ROW.size
+        _, _, count = rec.BATCH_HEAD.unpack_from(record)
+        start = rec.BATCH_HEAD.size
+        keys_at = start + count * rec.ROW.size
         if len(record) < keys_at:
             raise ValueError(f"batch journal record of {count} rows is cut short")
-        rows = list(_BATCH_ROW.iter_unpack(memoryview(record)[start:keys_at]))
-        if keys_at + sum(r[6] for r in rows) != len(record):
-            raise ValueError("batch journal record: key bytes do not match the rows")
+        rows = list(rec.ROW.iter_unpack(memoryview(record)[start:keys_at]))
+        self._replay_rows(record, rows, keys_at)
+
+    def _replay_rows(self, record: bytes, rows: list[tuple[int, ...]], keys_at: int) -> None:
+        """Replay the rows of an admit or batch record whose keys start at ``keys_at``."""
+        bound_keys = record[1] >= rec.BINDING_VERSION
+        binding = rec.BINDING
+        end = len(record)
         row = self._replay_row
         for now, number, rkey, flags, tid, limit, klen in rows:
-            key = ""
-            if klen:
-                key = record[keys_at : keys_at + klen].decode()
-                keys_at += klen
-            row(now, number, rkey, flags, tid, limit, key)
+            if not klen:
+                row(now, number, rkey, flags, tid, limit, "", 0, 0, None)
+                continue
+            if keys_at + klen > end:
+                raise ValueError("admit journal record: key bytes do not match the rows")
+            key = record[keys_at : keys_at + klen].decode()
+            keys_at += klen
+            if not bound_keys:  # before keys were bound: the recipient only
+                row(now, number, rkey, flags, tid, limit, key, 0, 0, None)
+                continue
+            if keys_at + binding.size > end:
+                raise ValueError("admit journal record: key bytes do not match the rows")
+            kind, cat, tlen = binding.unpack_from(record, keys_at)
+            keys_at += binding.size
+            tpl = record[keys_at : keys_at + tlen].decode()
+            keys_at += tlen
+            row(now, number, rkey, flags, tid, limit, key, kind, cat, tpl)
+        if keys_at != end:
+            raise ValueError("admit journal record: key bytes do not match the rows")
 
     def _replay_row(
-        self, now: int, number: int, rkey: int, flags: int, tid: int, limit: int, key: str
+        self,
+        now: int,
+        number: int,
+        rkey: int,
+        flags: int,
+        tid: int,
+        limit: int,
+        key: str,
+        kind: int,
+        cat: int,
+        tpl: str | None,
     ) -> None:
         """One admit as it happened (forced: the answer was given; only state follows)."""
         s = self._by_number[number]
@@ -1846,8 +1976,17 @@ class AdmissionService:
         self._ticket = max(self._ticket, tid)
         s.counts[OK] += 1
         if key:
-            s.idem[key] = (_encode_ticket(tid, number, rkey, prev, slot), counted == 1, limit, used)
-            self._idem_order.append((now + self.profile.idempotency_ms, s.id, key))
+            until = now + self.profile.idempotency_ms
+            s.idem[key] = (
+                _encode_ticket(self._k0, self._k1, tid, number, rkey, prev, slot),
+                counted == 1,
+                limit,
+                used,
+                until,
+                rec.bind(rkey, kind, cat),
+                tpl,
+            )
+            self._idem_order.append((until, s.id, key))
 
     # -- snapshots -------------------------------------------------------------
 
@@ -1868,13 +2007,15 @@ class AdmissionService:
         return engine
 
     def snapshot(self) -> bytes:
-        """The whole state (policy + engine), versioned."""
-        idem = [
-            # the whole AdmitResult's fields, as snapshots have always held them
-            [until, sid, key, dataclasses.astuple(remembered(self._senders[sid].idem[key]))]
-            for until, sid, key in self._idem_order
-            if sid in self._senders and key in self._senders[sid].idem
-        ]
+        """The whole state (policy + engine), versioned (``SNAPSHOT_VERSION``)."""
+        idem: list[list[object]] = []
+        for until, sid, key in self._idem_order:
+            s = self._senders.get(sid)
+            entry = s.idem.get(key) if s is not None else None
+            if entry is not None and entry[4] == until:
+                # expiry, sender, key; ticket, counted, limit, used; bound, template
+                ticket, counted, limit, used, _, bound, tpl = entry
+                idem.append([until, sid, key, ticket, counted, limit, used, bound, tpl])
         state = {
             "profile": self.profile.name,
             "ticket": self._ticket,
@@ -1938,10 +2079,8 @@ class AdmissionService:
             self._templates[t.id] = t
             if t.name:
                 self._template_names[t.name] = t
-        for until, sid, key, fields in state["idem"]:
-            s = self._senders[sid]
-            s.idem[key] = remember(AdmitResult(*fields))
-            self._idem_order.append((int(until), sid, key))
+        for entry in state["idem"]:
+            self._restore_key(version, entry)
         for until, key in state["seen"]:
             self._seen[key] = int(until)
             self._seen_order.append((int(until), key))
@@ -1961,6 +2100,32 @@ class AdmissionService:
                 sc.index, self.profile.frequency_cap, self.profile.frequency_window_ms
             )
         self._recompute_due()
+
+    def _restore_key(self, version: int, entry: list[Any]) -> None:
+        """One idempotency entry of a snapshot."""
+        until, sid, key = int(entry[0]), str(entry[1]), str(entry[2])
+        if version >= 2:
+            ticket, counted, limit, used, bound, tpl = entry[3:]
+        else:
+            # Before keys were bound: the answer's fields; the recipient is in the ticket,
+            # which is signed here (it was written before tickets had a MAC).
+            ticket, counted, limit, used = entry[3][3:7]
+            found = ticket_fields(str(ticket))
+            if found is None:
+                raise ValueError(f"snapshot: idempotency key {key!r} holds no ticket")
+            tid, number, rkey, prev, slot = found
+            ticket = _encode_ticket(self._k0, self._k1, tid, number, rkey, prev, slot)
+            bound, tpl = rkey, None
+        self._senders[sid].idem[key] = (
+            str(ticket),
+            bool(counted),
+            int(limit),
+            int(used),
+            until,
+            int(bound),
+            None if tpl is None else str(tpl),
+        )
+        self._idem_order.append((until, sid, key))
 
     def reload_profile(self, profile: Profile, now_ms: int) -> None:
         """Switch to another profile in place (SIGHUP): limits, rates and rules re-derived.
@@ -1999,8 +2164,15 @@ class AdmissionService:
 
     @classmethod
     def from_snapshot(
-        cls, profile: Profile, data: bytes, *, clock: Literal["server", "request"] = "server"
+        cls,
+        profile: Profile,
+        data: bytes,
+        *,
+        clock: Literal["server", "request"] = "server",
+        ticket_key: bytes | None = None,
     ) -> AdmissionService:
-        service = cls(profile, clock=clock)
+        """A service with the state of snapshot ``data``; ``ticket_key`` as the
+        snapshot's service had it, for its tickets to stay valid."""
+        service = cls(profile, clock=clock, ticket_key=ticket_key)
         service.restore(data)
         return service

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tiergate.engine import NEVER
+from tiergate.engine.records import Entry
 
 from .events import Quality, SenderStatus, TemplateStatus
 
@@ -112,8 +113,8 @@ class Sender:
         self.flags = [0] * 5
         self.limits = [0] * 5
         self.limits_until = NEVER  # when the warm-up cap next changes
-        # idempotency key → its first answer, an admit (service.Remembered)
-        self.idem: dict[str, Any] = {}
+        # idempotency key → its first answer, an admit, and what the key is bound to
+        self.idem: dict[str, Entry] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {

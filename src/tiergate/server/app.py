@@ -31,6 +31,7 @@ from tiergate.server import admit_wire, batch_wire
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import EmbeddedStore, RecoveryReport, StoreError, StoreFailedError
+from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks.http import WebhookReceiver
@@ -90,6 +91,7 @@ class Sidecar:
                 self.store = EmbeddedStore.open(
                     config.data_dir, config.durability, recover_truncate=config.recover_truncate
                 )
+                service.set_ticket_key(load_ticket_key(config.data_dir))
                 self.recovery = self.store.recover(service)
                 self.store.on_failure = self._on_store_failure
             except StoreError as e:
@@ -300,7 +302,9 @@ class Sidecar:
         if profile != old.profile:
             _check_profile_swap(old.profile, profile)
             records = old.drain_journal()
-            swapped = AdmissionService.from_snapshot(profile, old.snapshot(), clock=old.clock)
+            swapped = AdmissionService.from_snapshot(
+                profile, old.snapshot(), clock=old.clock, ticket_key=old.ticket_key
+            )
             self._swap(swapped)
             if self.store is not None:
                 await self.store.commit(records)

@@ -23,7 +23,13 @@ from google.protobuf.message import DecodeError
 
 from tiergate.engine.columns import kernels
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
-from tiergate.policy.service import AdmissionService, AdmitResult, Checked, InvalidArgument
+from tiergate.policy.service import (
+    AdmissionService,
+    AdmitResult,
+    Checked,
+    InvalidArgument,
+    KeyConflict,
+)
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
@@ -214,7 +220,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     self._check_batch_size(batch_wire.count_requests(request))
                     cols = batch_wire.decode_fast(request)
                     if cols is not None:
-                        result = self._admit_columns(cols, "AdmitBatch")
+                        try:
+                            result = self._admit_columns(cols, "AdmitBatch")
+                        except KeyConflict as e:  # named as the message path names it
+                            raise e.at(f"requests[{e.item}].idempotency_key") from None
                         await self._committed()
                         return batch_wire.encode_response(cols, result)
                     request = batch_wire.parse(request)
