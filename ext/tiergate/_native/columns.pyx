@@ -181,7 +181,13 @@ def prepare(Py_ssize_t n,
         raise ValueError("prepare: columns shorter than the batch")
     for i in range(n):
         s = sender_index[i]
-        now = now_ms
+        st = s_state[s]
+        if st == 0:  # an unknown sender's item: its time moves nothing
+            unknown += 1
+            decisions[i] = REJECT
+            reasons[i] = UNKNOWN_SENDER
+            continue
+        now = high
         if has_at:
             t_at = at[i]
             if t_at > 0:
@@ -189,12 +195,6 @@ def prepare(Py_ssize_t n,
         if now > high:
             high = now
         if has_skip and skip[i]:
-            continue
-        st = s_state[s]
-        if st == 0:
-            unknown += 1
-            decisions[i] = REJECT
-            reasons[i] = UNKNOWN_SENDER
             continue
         slot = s_slot[s]
         if now < last_now[slot]:
@@ -476,7 +476,7 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
     cdef bint has_at = at is not None and len(at) > 0
     cdef set seen, inside = None
     cdef object key, idem, first, pair
-    cdef int64_t now, due
+    cdef int64_t now, due, high
     cdef bytearray skip
     cdef unsigned char *sp
     cdef list hits = []
@@ -505,14 +505,17 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
     skip = bytearray(n)
     sp = skip
     due = order[0][0] if order else INT64_MAX
+    high = now_ms
     for i in range(n):
-        key = keys[i]
-        if not key:
-            continue
         idem = idems[sender_index[i]]
         if idem is None:
             continue
-        now = times[i] if has_at and times[i] > 0 else now_ms
+        now = times[i] if has_at and times[i] > 0 else high
+        if now > high:
+            high = now
+        key = keys[i]
+        if not key:
+            continue
         if now >= due:
             prune(now)
             due = order[0][0] if order else INT64_MAX

@@ -199,8 +199,11 @@ def prepare(
 ) -> tuple[int, int, int]:
     """Answer what steps 1–3 decide; gather the rest as engine rows.
 
-    Returns ``(high, unknown, rows)``: the latest item time (not clamped), the
-    number of items from unknown senders, and the number of engine rows.
+    Returns ``(high, unknown, rows)``: the latest time of an item from a known
+    sender (not clamped; ``now_ms`` at least), the number of items from unknown
+    senders, and the number of engine rows. An item without a time (or under the
+    server clock) is decided at the latest of ``now_ms`` and the times of the
+    known senders' items before it.
     ``categories`` must already read SERVICE (4) for a free-form item without
     one; ``at`` is empty or one time per item. ``last_now`` (per limit scope
     slot) moves forward as ``AdmissionService.admit_many`` moves each scope's
@@ -221,7 +224,13 @@ def prepare(
     row = 0
     for i in range(n):
         s = sender_index[i]
-        now = now_ms
+        st = s_state[s]
+        if st == 0:  # an unknown sender's item: its time moves nothing
+            unknown += 1
+            decisions[i] = REJECT
+            reasons[i] = UNKNOWN_SENDER
+            continue
+        now = high
         if has_at:
             t_at = at[i]
             if t_at > 0:
@@ -229,12 +238,6 @@ def prepare(
         if now > high:
             high = now
         if has_skip and skip[i]:
-            continue
-        st = s_state[s]
-        if st == 0:
-            unknown += 1
-            decisions[i] = REJECT
-            reasons[i] = UNKNOWN_SENDER
             continue
         slot = s_slot[s]
         if now < last_now[slot]:
@@ -427,8 +430,10 @@ def repeated_keys(
     each such item, hits (item, remembered answer) in item order.
 
     ``idems[s]`` is the key table of the request's sender s (None: unknown sender);
-    each item's time (``at[i]`` when given and positive, else ``now_ms``) first
-    drops the keys expired by then: ``prune(now)`` while ``order[0][0] <= now``.
+    each item's time (``at[i]`` when given and positive, else the latest of
+    ``now_ms`` and the times of the known senders' items before it, as ``prepare``
+    has it) first drops the keys expired by then: ``prune(now)`` while
+    ``order[0][0] <= now``.
     None when a (sender, key) pair repeats inside a batch that is not a dry run
     (the caller then decides in parts)."""
     n = len(keys)
@@ -443,14 +448,17 @@ def repeated_keys(
                 inside.add(pair)
     skip = bytearray(n)
     hits: list[tuple[int, Any]] = []
+    high = now_ms
     for i in range(n):
-        key = keys[i]
-        if not key:
-            continue
         idem = idems[sender_index[i]]
         if idem is None:
             continue
-        now = at[i] if at and at[i] > 0 else now_ms
+        now = at[i] if at and at[i] > 0 else high
+        if now > high:
+            high = now
+        key = keys[i]
+        if not key:
+            continue
         if order and order[0][0] <= now:
             prune(now)
         first = idem.get(key)

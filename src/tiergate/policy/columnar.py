@@ -612,8 +612,11 @@ def _fast(
             c = counts[base + reason]
             if c:
                 sc[reason] += c
-    if svc._idem_order and svc._idem_order[0][0] <= high:
-        svc._prune(high)
+    if unknown < n:  # not only unknown senders: time moves
+        if high > svc.latest_ms:
+            svc.latest_ms = high
+        if svc._idem_order and svc._idem_order[0][0] <= high:
+            svc._prune(high)
     return out
 
 

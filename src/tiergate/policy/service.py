@@ -404,6 +404,11 @@ class AdmissionService:
         self._journal_on = journal
         self._journal: list[bytes] = []
         self._replaying = False
+        #: The latest time an accepted request was decided at (a decision for a
+        #: known sender, an event that passed its checks, a state report). Under
+        #: the request clock the server decides a request without ``at_unix_ms``
+        #: at this time; a refused request never moves it.
+        self.latest_ms = 0
         self.engine = engine if engine is not None else self._new_engine()
         self._reset_state()
 
@@ -461,20 +466,22 @@ class AdmissionService:
         """Decide one request whose fields passed the checks of ``_well_formed``
         (the server's wire reader makes them from the request bytes)."""
         sid, rkey, kind, cat, tpl, key, at, dry = checked
+        sender = self._senders.get(sid)
+        if sender is None:
+            # Touches no sender's state: neither time-driven changes nor the clock.
+            self._unknown_sender_count += 1
+            return AdmitResult(
+                REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
+            )
         if self._due_dirty:
             self._recompute_due()
         now = at if self._request_clock and at > 0 else now_ms
         high = now if now > now_ms else now_ms
+        if high > self.latest_ms:
+            self.latest_ms = high
         if now >= self._next_due:
             self._maintain(now)
-        sender = self._senders.get(sid)
-        if sender is None:
-            self._unknown_sender_count += 1
-            res = AdmitResult(
-                REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
-            )
-        else:
-            res = self._decide_one(sender, rkey, kind, cat, tpl, key, now, dry)
+        res = self._decide_one(sender, rkey, kind, cat, tpl, key, now, dry)
         if self._idem_order and self._idem_order[0][0] <= high:
             self._prune(high)
         return res
@@ -729,7 +736,10 @@ class AdmissionService:
         template_names = self._template_names
         eco = self._eco
         request_clock = self._request_clock
+        # The time of an item without at_unix_ms: the latest of the call's time and
+        # the times of the accepted items before it (as if sent one by one).
         high = now_ms
+        unknown = self._unknown_sender_count
         if self._due_dirty:
             self._recompute_due()
         add_now, add_scope, add_number = batch.now.append, batch.scope.append, batch.number.append
@@ -739,11 +749,6 @@ class AdmissionService:
         while i + 1 < n:
             i += 1
             sid, rkey, kind, cat, tpl, key, at, dry = items[i]
-            now = at if request_clock and at > 0 else now_ms
-            if now > high:
-                high = now
-            if now >= self._next_due:
-                self._maintain(now)
             sender = senders.get(sid)
             if sender is None:
                 self._unknown_sender_count += 1
@@ -751,6 +756,11 @@ class AdmissionService:
                     REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
                 )
                 continue
+            now = at if request_clock and at > 0 else high
+            if now > high:
+                high = now
+            if now >= self._next_due:
+                self._maintain(now)
             if key:
                 if self._idem_order and self._idem_order[0][0] <= now:
                     self._prune(now)
@@ -816,8 +826,11 @@ class AdmissionService:
 
         if slots:
             self._flush(slots, rows, results)
-        if self._idem_order and self._idem_order[0][0] <= high:
-            self._prune(high)
+        if self._unknown_sender_count - unknown < n:  # not only unknown senders: time moves
+            if high > self.latest_ms:
+                self.latest_ms = high
+            if self._idem_order and self._idem_order[0][0] <= high:
+                self._prune(high)
         return results  # type: ignore[return-value]
 
     def _flush(
@@ -1099,6 +1112,10 @@ class AdmissionService:
         """
         at = getattr(event, "at_unix_ms", 0)
         now = self._now(at if isinstance(at, int) else 0, now_ms)
+        # A refused event changes nothing: its fields are checked before time moves.
+        self._check_event(event)
+        if now > self.latest_ms:
+            self.latest_ms = now
         self._prune(now)
         if self._due_dirty:
             self._recompute_due()
@@ -1114,6 +1131,27 @@ class AdmissionService:
             }
             self._journal_json(payload)
         return result
+
+    def _check_event(self, event: ev.Event) -> None:
+        """Raise :class:`InvalidArgument` for a malformed field of ``event`` (the
+        checks of its fields alone), before any change — time-driven ones included."""
+        if isinstance(event, ev.InboundMessage | ev.OptOut):
+            self._rkey(event.recipient, "recipient")
+        elif isinstance(event, ev.SendResult):
+            if int(event.status) not in (1, 2, 3, 4):
+                raise InvalidArgument("status", f"status: unknown value {event.status!r}")
+            mid = event.message_id
+            if not isinstance(mid, str) or len(mid) > MAX_KEY_LEN:
+                raise InvalidArgument(
+                    "message_id",
+                    f"message_id: must be a string of at most {MAX_KEY_LEN} characters",
+                )
+            if event.recipient or not (event.ticket or event.idempotency_key or mid):
+                self._rkey(event.recipient, "recipient")
+        elif isinstance(event, ev.SenderUpdate):
+            self._check_sender_update(event)
+        elif isinstance(event, ev.TemplateUpdate):
+            self._check_template_update(event)
 
     def _apply_event(self, event: ev.Event, now: int) -> tuple[ApplyResult, bool]:
         if isinstance(event, ev.SendResult):
@@ -1324,17 +1362,13 @@ class AdmissionService:
             return self.profile.tier_for_limit(int(v))
         return None
 
-    def _on_sender_update(self, u: ev.SenderUpdate, now: int) -> ApplyResult:
-        p = self.profile
+    def _check_sender_update(self, u: ev.SenderUpdate) -> None:
         sid = u.sender_id
         if not sid or len(sid) > MAX_ID_LEN:
             raise InvalidArgument("sender_id", f"sender_id: must be 1..{MAX_ID_LEN} characters")
-        tier: str | None = None
-        if u.tier is not None:
-            tier = self._tier_name(u.tier)
-            if tier is None:
-                known = ", ".join(t for t, _ in p.tier_limits)
-                raise InvalidArgument("tier", f"tier: unknown tier {u.tier!r} (known: {known})")
+        if u.tier is not None and self._tier_name(u.tier) is None:
+            known = ", ".join(t for t, _ in self.profile.tier_limits)
+            raise InvalidArgument("tier", f"tier: unknown tier {u.tier!r} (known: {known})")
         if u.throughput_mps is not None and u.throughput_mps < 0:
             raise InvalidArgument("throughput_mps", "throughput_mps: must be >= 0")
         if u.registered_at_unix_ms is not None and u.registered_at_unix_ms < 0:
@@ -1343,6 +1377,12 @@ class AdmissionService:
             raise InvalidArgument("quality", f"quality: unknown value {u.quality!r}")
         if u.status is not None and int(u.status) not in (1, 2, 3, 4, 5):
             raise InvalidArgument("status", f"status: unknown value {u.status!r}")
+
+    def _on_sender_update(self, u: ev.SenderUpdate, now: int) -> ApplyResult:
+        """Apply a sender update whose fields passed ``_check_sender_update``."""
+        p = self.profile
+        sid = u.sender_id
+        tier = self._tier_name(u.tier) if u.tier is not None else None
         display = _digits(u.display_phone_number) if u.display_phone_number is not None else None
         s = self._senders.get(sid)
         if display:
@@ -1465,14 +1505,18 @@ class AdmissionService:
             t = self._template_names.get(name) or self._templates.get(name)
         return t
 
-    def _on_template_update(self, u: ev.TemplateUpdate, now: int) -> ApplyResult:
+    @staticmethod
+    def _check_template_update(u: ev.TemplateUpdate) -> None:
         if not u.template_id:
             raise InvalidArgument("template_id", "template_id: is required")
-        status = int(u.status)
-        if status not in (1, 2, 3, 4, 5):
+        if int(u.status) not in (1, 2, 3, 4, 5):
             raise InvalidArgument("status", f"status: unknown value {u.status!r}")
         if u.paused_until_unix_ms < 0:
             raise InvalidArgument("paused_until_unix_ms", "paused_until_unix_ms: must be >= 0")
+
+    def _on_template_update(self, u: ev.TemplateUpdate, now: int) -> ApplyResult:
+        """Apply a template update whose fields passed ``_check_template_update``."""
+        status = int(u.status)
         p = self.profile
         t = self._find_template(u.template_id, u.template_name)
         S = ev.TemplateStatus
@@ -1655,6 +1699,8 @@ class AdmissionService:
         if s is None:
             raise KeyError(sender_id)
         now_ms = self._now(at_unix_ms, now_ms)
+        if now_ms > self.latest_ms:
+            self.latest_ms = now_ms
         if self._due_dirty:
             self._recompute_due()
         if now_ms >= self._next_due:
