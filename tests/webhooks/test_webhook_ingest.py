@@ -420,6 +420,19 @@ def test_deduplication_memory_is_bounded_and_expires() -> None:
     assert ingestor.remembered == 1
 
 
+def test_events_that_apply_nothing_make_the_memory_forget_nothing() -> None:
+    service = _service(at=T)
+    ingestor = WebhookIngestor(service)
+    stop = synthetic("user_preferences__stop")
+    assert ingestor.ingest(stop, None, "", T).applied == 1
+    # A week and a day later by its time: a change for a number tiergate does not know.
+    path = ("entry", 0, "changes", 0, "value", "metadata", "phone_number_id")
+    elsewhere = dumps(replaced(json.loads(stop), path, "999"))
+    assert ingestor.ingest(elsewhere, None, "", T + 8 * DAY).applied == 0
+    assert ingestor.ingest(stop, None, "", T + 1).applied == 0  # still a redelivery
+    assert ingestor.stats.duplicates == 1
+
+
 def test_a_flood_of_statuses_does_not_push_out_change_keys() -> None:
     service = _service(at=T)
     ingestor = WebhookIngestor(service, dedupe_max_keys=10)

@@ -128,8 +128,11 @@ class _SeenKeys:
         return self._latest
 
     def contains(self, key: str, now_ms: int) -> bool:
-        self._advance(now_ms)
-        return _digest(key) in self._keys
+        """Whether ``key`` was added within ``ttl_ms`` before ``now_ms`` (or the latest
+        time added). Only ``add`` moves the memory's time: an event that is then
+        refused or not applied forgets nothing."""
+        at = self._keys.get(_digest(key))
+        return at is not None and at > max(self._latest, now_ms) - self.ttl_ms
 
     def add(self, key: str, now_ms: int) -> None:
         at = self._advance(now_ms)
