@@ -1834,6 +1834,9 @@ class AdmissionService:
                     if "restriction_types" in fields:
                         fields["restriction_types"] = tuple(fields["restriction_types"])
                     self._apply_event(cls(**fields), int(payload["now"]))
+                elif payload["k"] == "profile":
+                    # The switch as it happened, for the profile this process runs.
+                    self._rederive(int(payload["now"]))
                 elif payload["k"] == "state":
                     for d in payload["scopes"]:
                         self._scopes[int(d["index"])].load(d)
@@ -2009,24 +2012,40 @@ class AdmissionService:
         self._recompute_due()
 
     def reload_profile(self, profile: Profile, now_ms: int) -> None:
-        """Switch to another profile in place (SIGHUP): limits, rates and rules re-derived.
+        """Switch to ``profile`` in place (SIGHUP): limits, rates and rules re-derived
+        for every sender and limit scope; the recipients, windows, keys and tickets
+        stay as they are. The cost is per sender and scope, never per recipient.
 
-        Raises ValueError, changing nothing, when the new profile's windows differ
-        (the engine's buckets are built for them) or it lacks a tier in use.
+        Journaled as a profile switch at ``now_ms``. A replay re-derives the state
+        at that point for the profile the replaying process runs with — the one
+        its config names, normally the profile switched to here.
+
+        Raises ValueError, changing nothing, when the new profile's windows or
+        limit scope differ (the engine's buckets and scopes are built for them)
+        or it lacks a tier in use.
         """
         old = self.profile
-        new_geometry = (profile.bucket_ms, profile.window_ms, profile.long_bucket_ms)
-        old_geometry = (old.bucket_ms, old.window_ms, old.long_bucket_ms)
-        if (*new_geometry, profile.lookback_ms) != (*old_geometry, old.lookback_ms):
+        for name in ("bucket_ms", "window_ms", "long_bucket_ms", "lookback_ms"):
+            if getattr(profile, name) != getattr(old, name):
+                raise ValueError(
+                    f"profile {profile.name!r} changes the counting windows ({name} "
+                    f"{getattr(old, name)} -> {getattr(profile, name)}); restart to switch"
+                )
+        if profile.limit_scope != old.limit_scope and self._scopes:
             raise ValueError(
-                f"profile {profile.name!r} changes the counting windows; restart to switch"
+                f"profile {profile.name!r} changes the limit scope (limit_scope "
+                f"{old.limit_scope} -> {profile.limit_scope}); restart to switch"
             )
         for sc in self._scopes:
             if not profile.knows_tier(sc.tier):
                 raise ValueError(f"profile {profile.name!r} does not define tier {sc.tier!r}")
-        if profile.limit_scope != old.limit_scope and self._scopes:
-            raise ValueError(f"profile {profile.name!r} changes the limit scope; restart to switch")
         self.profile = profile
+        self._rederive(now_ms)
+        self._journal_json({"k": "profile", "name": profile.name, "now": now_ms})
+
+    def _rederive(self, now_ms: int) -> None:
+        """Everything the profile decides, for every scope and sender, from the state."""
+        profile = self.profile
         for sc in self._scopes:
             self.engine.set_scope_params(
                 sc.index, profile.frequency_cap, profile.frequency_window_ms
@@ -2040,7 +2059,6 @@ class AdmissionService:
         for s in self._by_number:
             self._derive(s, max(now_ms, s.scope.last_now))
             self.engine.set_number_params(s.number, *self._number_params(s))
-        self._journal_state(self._scopes, self._by_number)
         self._recompute_due()
 
     @classmethod
