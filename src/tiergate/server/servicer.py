@@ -80,12 +80,16 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         webhook_secret: str = "",
         request_clock: bool = False,
         clock: Callable[[], int] = server_clock_ms,
+        ingestor: webhooks.WebhookIngestor | None = None,
     ) -> None:
         self.service = service
         self._commit = commit
         self._metrics = metrics
         self._max_batch = max_batch
-        self._webhook_secret = webhook_secret
+        #: The Meta app secret IngestWebhook checks signatures with (empty: none);
+        #: the sidecar replaces it when a reload rotates it.
+        self.webhook_secret = webhook_secret
+        self.ingestor = ingestor if ingestor is not None else webhooks.WebhookIngestor(service)
         self._server_clock = clock
         self._request_clock = request_clock
         self.in_flight = InFlight()
@@ -398,11 +402,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         with self.in_flight, self._timed("IngestWebhook"):
             try:
                 try:
-                    outcome = webhooks.ingest(
-                        self.service,
+                    outcome = self.ingestor.ingest(
                         request.body,
                         request.signature,
-                        self._webhook_secret,
+                        self.webhook_secret,
                         self._now(request.at_unix_ms),
                     )
                 except webhooks.SignatureError as e:
