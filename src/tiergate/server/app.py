@@ -315,8 +315,9 @@ class Sidecar:
             if self._stopping is not None:
                 raise StartupError("the sidecar is shutting down")
             changes: list[str] = []
+            # Reading and checking a profile file takes milliseconds: not on the loop.
+            profile = await asyncio.to_thread(self._profile, config)
             now_ms = self._servicer.now() if self._servicer is not None else seed_clock_ms(config)
-            profile = self._profile(config)
             try:
                 if profile != service.profile:
                     before = service.profile.name
@@ -481,6 +482,7 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
+    reading = asyncio.Lock()
 
     async def on_hup() -> None:
         if reload_config is None:
@@ -489,14 +491,16 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
         if stop.is_set():
             log.info("SIGHUP: ignored while shutting down")
             return
-        try:
-            changes = await sidecar.reload(reload_config())
-        except (ConfigError, StartupError) as e:
-            log.error("SIGHUP: config not reloaded: %s", e)
-            return
-        except Exception:
-            log.exception("SIGHUP: config not reloaded")
-            return
+        async with reading:  # in signal order: the last SIGHUP's file is the one applied last
+            try:
+                # Reading the config file takes milliseconds: not on the event loop.
+                changes = await sidecar.reload(await asyncio.to_thread(reload_config))
+            except (ConfigError, StartupError) as e:
+                log.error("SIGHUP: config not reloaded: %s", e)
+                return
+            except Exception:
+                log.exception("SIGHUP: config not reloaded")
+                return
         log.info("SIGHUP: reloaded (%s)", "; ".join(changes) or "no changes")
 
     def hup() -> None:
