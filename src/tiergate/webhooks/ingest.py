@@ -252,7 +252,9 @@ def ingestor_for(service: Applier) -> WebhookIngestor:
     keep a :class:`WebhookIngestor` of it instead."""
     found = _INGESTORS.get(service)
     if found is None:
-        found = WebhookIngestor(service)
+        # Through a weak proxy: an ingestor holding its service would keep the
+        # map's key alive, and the pair would never be dropped.
+        found = WebhookIngestor(weakref.proxy(service))
         _INGESTORS[service] = found
     return found
 
