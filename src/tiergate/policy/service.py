@@ -1146,8 +1146,9 @@ class AdmissionService:
                     "message_id",
                     f"message_id: must be a string of at most {MAX_KEY_LEN} characters",
                 )
-            if event.recipient or not (event.ticket or event.idempotency_key or mid):
-                self._rkey(event.recipient, "recipient")
+            named = event.ticket or event.idempotency_key or mid
+            if event.recipient or (event.status == ev.SendStatus.FAILED and not named):
+                self._rkey(event.recipient, "recipient")  # what a failure without them releases
         elif isinstance(event, ev.SenderUpdate):
             self._check_sender_update(event)
         elif isinstance(event, ev.TemplateUpdate):
