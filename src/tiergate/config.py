@@ -333,6 +333,11 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            "config",
+            f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+        ) from None
 
 
 def load(

@@ -6,7 +6,9 @@ match the payloads; effects are read back through ``sender_state`` or an Admit.
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -418,6 +420,29 @@ def test_deduplication_memory_is_bounded_and_expires() -> None:
     assert ingestor.ingest(bodies[2], None, "", T).applied == 0  # still remembered
     assert ingestor.ingest(bodies[2], None, "", T + HOUR + 1).applied == 1  # expired
     assert ingestor.remembered == 1
+
+
+def test_events_that_apply_nothing_make_the_memory_forget_nothing() -> None:
+    service = _service(at=T)
+    ingestor = WebhookIngestor(service)
+    stop = synthetic("user_preferences__stop")
+    assert ingestor.ingest(stop, None, "", T).applied == 1
+    # A week and a day later by its time: a change for a number tiergate does not know.
+    path = ("entry", 0, "changes", 0, "value", "metadata", "phone_number_id")
+    elsewhere = dumps(replaced(json.loads(stop), path, "999"))
+    assert ingestor.ingest(elsewhere, None, "", T + 8 * DAY).applied == 0
+    assert ingestor.ingest(stop, None, "", T + 1).applied == 0  # still a redelivery
+    assert ingestor.stats.duplicates == 1
+
+
+def test_a_shared_ingestor_lives_as_long_as_its_service() -> None:
+    service = _service(at=T)
+    assert ingestor_for(service) is ingestor_for(service)
+    assert ingestor_for(service).ingest(synthetic("user_preferences__stop"), None, "", T).applied
+    alive = weakref.ref(service)
+    del service
+    gc.collect()
+    assert alive() is None
 
 
 def test_a_flood_of_statuses_does_not_push_out_change_keys() -> None:

@@ -323,7 +323,13 @@ def prepare(Py_ssize_t n,
         raise ValueError("prepare: columns shorter than the batch")
     for i in range(n):
         s = sender_index[i]
-        now = now_ms
+        st = s_state[s]
+        if st == 0:  # an unknown sender's item: its time moves nothing
+            unknown += 1
+            decisions[i] = REJECT
+            reasons[i] = UNKNOWN_SENDER
+            continue
+        now = high
         if has_at:
             t_at = at[i]
             if t_at > 0:
@@ -331,12 +337,6 @@ def prepare(Py_ssize_t n,
         if now > high:
             high = now
         if has_skip and skip[i]:
-            continue
-        st = s_state[s]
-        if st == 0:
-            unknown += 1
-            decisions[i] = REJECT
-            reasons[i] = UNKNOWN_SENDER
             continue
         slot = s_slot[s]
         if now < last_now[slot]:
@@ -668,7 +668,7 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
     cdef dict inside = None
     cdef object key, idem, found, pair, earlier
     cdef tuple first
-    cdef int64_t now
+    cdef int64_t now, high = now_ms
     cdef uint64_t bound
     cdef bytearray skip
     cdef unsigned char *sp
@@ -681,14 +681,18 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
     skip = bytearray(n)
     sp = skip
     for i in range(n):
+        s = sender_index[i]
+        idem = idems[s]
+        now = high
+        if idem is not None:
+            now = times[i] if has_at and times[i] > 0 else high
+            if now > high:
+                high = now
         key = keys[i]
         if not key:
             continue
-        s = sender_index[i]
         bound = bound_of(rkeys[i], kinds[i], categories[i])
-        idem = idems[s]
         if idem is not None:
-            now = times[i] if has_at and times[i] > 0 else now_ms
             found = (<dict>idem).get(key)
             first = entry_of(found) if found is not None else None
             if first is not None and <int64_t>first[4] > now:

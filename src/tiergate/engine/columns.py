@@ -207,8 +207,11 @@ def prepare(
 ) -> tuple[int, int, int]:
     """Answer what steps 1–3 decide; gather the rest as engine rows.
 
-    Returns ``(high, unknown, rows)``: the latest item time (not clamped), the
-    number of items from unknown senders, and the number of engine rows.
+    Returns ``(high, unknown, rows)``: the latest time of an item from a known
+    sender (not clamped; ``now_ms`` at least), the number of items from unknown
+    senders, and the number of engine rows. An item without a time (or under the
+    server clock) is decided at the latest of ``now_ms`` and the times of the
+    known senders' items before it.
     ``categories`` must already read SERVICE (4) for a free-form item without
     one; ``at`` is empty or one time per item. ``last_now`` (per limit scope
     slot) moves forward as ``AdmissionService.admit_many`` moves each scope's
@@ -229,7 +232,13 @@ def prepare(
     row = 0
     for i in range(n):
         s = sender_index[i]
-        now = now_ms
+        st = s_state[s]
+        if st == 0:  # an unknown sender's item: its time moves nothing
+            unknown += 1
+            decisions[i] = REJECT
+            reasons[i] = UNKNOWN_SENDER
+            continue
+        now = high
         if has_at:
             t_at = at[i]
             if t_at > 0:
@@ -237,12 +246,6 @@ def prepare(
         if now > high:
             high = now
         if has_skip and skip[i]:
-            continue
-        st = s_state[s]
-        if st == 0:
-            unknown += 1
-            decisions[i] = REJECT
-            reasons[i] = UNKNOWN_SENDER
             continue
         slot = s_slot[s]
         if now < last_now[slot]:
@@ -466,26 +469,32 @@ def repeated_keys(
     parts).
 
     ``idems[s]`` is the key table of the request's sender s (None: unknown
-    sender); an item's time is ``at[i]`` when given and positive, else
-    ``now_ms``; ``categories`` must read SERVICE (4) for a free-form item
-    without one.
+    sender); an item's time is ``at[i]`` when given and positive, else the
+    latest of ``now_ms`` and the times of the known senders' items before it,
+    as ``prepare`` has it; ``categories`` must read SERVICE (4) for a
+    free-form item without one.
     """
     n = len(keys)
     skip = bytearray(n)
     hits: list[tuple[int, Any]] = []
     first_of: dict[tuple[str, str], int] = {}
     repeated = False
+    high = now_ms
     for i in range(n):
+        s = sender_index[i]
+        idem = idems[s]
+        now = high
+        if idem is not None:
+            now = at[i] if at and at[i] > 0 else high
+            if now > high:
+                high = now
         key = keys[i]
         if not key:
             continue
-        s = sender_index[i]
         bound = rec.bind(rkeys[i], kinds[i], categories[i])
         t = template_index[i]
         tpl = templates[t - 1] if t else ""
-        idem = idems[s]
         if idem is not None:
-            now = at[i] if at and at[i] > 0 else now_ms
             first = idem.get(key)
             if first is not None and first[rec.E_UNTIL] > now:
                 if not rec.bound_to(first, bound, tpl):

@@ -439,7 +439,11 @@ def _conflict(
     bound = rec.bind(r.rkeys[i], r.kinds[i], r.categories[i])
     idem = idems[r.sender_index[i]]
     first = idem.get(key) if idem is not None else None
-    now = at[i] if at and at[i] > 0 else now_ms
+    now = high = now_ms  # item i's time, as the kernels have it
+    for k in range(i + 1):
+        if idems[r.sender_index[k]] is not None:
+            now = at[k] if at and at[k] > 0 else high
+            high = max(high, now)
     field = f"idempotency_keys[{i}]"
     if first is not None and first[rec.E_UNTIL] > now and not rec.bound_to(first, bound, tpl):
         return KeyConflict(field, i, differs(first, bound, tpl))
@@ -672,8 +676,11 @@ def _fast(
             c = counts[base + reason]
             if c:
                 sc[reason] += c
-    if svc._idem_order and svc._idem_order[0][0] <= high:
-        svc._prune(high)
+    if unknown < n:  # not only unknown senders: time moves
+        if high > svc.latest_ms:
+            svc.latest_ms = high
+        if svc._idem_order and svc._idem_order[0][0] <= high:
+            svc._prune(high)
     return out
 
 

@@ -184,6 +184,12 @@ def _read(name_or_path: str | Path, chain: tuple[str, ...]) -> tuple[dict[str, A
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ProfileError(label, "", f"cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ProfileError(
+                label,
+                "",
+                f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+            ) from None
     else:
         name = str(name_or_path)
         label = f"{name}.toml"

@@ -420,6 +420,11 @@ class AdmissionService:
         self._journal_on = journal
         self._journal: list[bytes] = []
         self._replaying = False
+        #: The latest time an accepted request was decided at (a decision for a
+        #: known sender, an event that passed its checks, a state report). Under
+        #: the request clock the server decides a request without ``at_unix_ms``
+        #: at this time; a refused request never moves it.
+        self.latest_ms = 0
         self.engine = engine if engine is not None else self._new_engine()
         self._reset_state()
 
@@ -498,10 +503,16 @@ class AdmissionService:
         """Decide one request whose fields passed the checks of ``_well_formed``
         (the server's wire reader makes them from the request bytes)."""
         sid, rkey, kind, cat, tpl, key, at, dry = checked
-        now = at if self._request_clock and at > 0 else now_ms
         sender = self._senders.get(sid)
+        if sender is None:
+            # Touches no sender's state: neither time-driven changes nor the clock.
+            self._unknown_sender_count += 1
+            return AdmitResult(
+                REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
+            )
+        now = at if self._request_clock and at > 0 else now_ms
         first: Remembered | None = None
-        if key and sender is not None:
+        if key:
             first = sender.idem.get(key)
             if first is not None:
                 if first[4] <= now:  # expired (not dropped yet)
@@ -513,14 +524,11 @@ class AdmissionService:
         if self._due_dirty:
             self._recompute_due()
         high = now if now > now_ms else now_ms
+        if high > self.latest_ms:
+            self.latest_ms = high
         if now >= self._next_due:
             self._maintain(now)
-        if sender is None:
-            self._unknown_sender_count += 1
-            res = AdmitResult(
-                REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
-            )
-        elif first is not None and sender.status < _BANNED:
+        if first is not None and sender.status < _BANNED:
             res = remembered(first)
         else:
             res = self._decide_one(sender, rkey, kind, cat, tpl, key, now, dry)
@@ -755,13 +763,18 @@ class AdmissionService:
         senders = self._senders
         request_clock = self._request_clock
         first_of: dict[tuple[str, str], int] = {}
+        high = now_ms  # an item's time, as _decide has it
         for i, (sid, rkey, kind, cat, tpl, key, at, _) in enumerate(items):
+            sender = senders.get(sid)
+            now = high
+            if sender is not None:
+                now = at if request_clock and at > 0 else high
+                if now > high:
+                    high = now
             if not key:
                 continue
             bound = rkey | kind << _KIND_SHIFT | cat << _CATEGORY_SHIFT
-            sender = senders.get(sid)
             if sender is not None:
-                now = at if request_clock and at > 0 else now_ms
                 first = sender.idem.get(key)
                 if first is not None and first[4] > now and not rec.bound_to(first, bound, tpl):
                     field = f"requests[{i}].idempotency_key"
@@ -796,7 +809,10 @@ class AdmissionService:
         template_names = self._template_names
         eco = self._eco
         request_clock = self._request_clock
+        # The time of an item without at_unix_ms: the latest of the call's time and
+        # the times of the accepted items before it (as if sent one by one).
         high = now_ms
+        unknown = self._unknown_sender_count
         if self._due_dirty:
             self._recompute_due()
         add_now, add_scope, add_number = batch.now.append, batch.scope.append, batch.number.append
@@ -806,11 +822,6 @@ class AdmissionService:
         while i + 1 < n:
             i += 1
             sid, rkey, kind, cat, tpl, key, at, dry = items[i]
-            now = at if request_clock and at > 0 else now_ms
-            if now > high:
-                high = now
-            if now >= self._next_due:
-                self._maintain(now)
             sender = senders.get(sid)
             if sender is None:
                 self._unknown_sender_count += 1
@@ -818,6 +829,11 @@ class AdmissionService:
                     REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sid)
                 )
                 continue
+            now = at if request_clock and at > 0 else high
+            if now > high:
+                high = now
+            if now >= self._next_due:
+                self._maintain(now)
             if key:
                 first = sender.idem.get(key)
                 # A repeat (bound to this request: checked above) gets the first answer,
@@ -883,8 +899,11 @@ class AdmissionService:
 
         if slots:
             self._flush(slots, rows, results)
-        if self._idem_order and self._idem_order[0][0] <= high:
-            self._prune(high)
+        if self._unknown_sender_count - unknown < n:  # not only unknown senders: time moves
+            if high > self.latest_ms:
+                self.latest_ms = high
+            if self._idem_order and self._idem_order[0][0] <= high:
+                self._prune(high)
         return results  # type: ignore[return-value]
 
     def _flush(
@@ -1178,6 +1197,10 @@ class AdmissionService:
         """
         at = getattr(event, "at_unix_ms", 0)
         now = self._now(at if isinstance(at, int) else 0, now_ms)
+        # A refused event changes nothing: its fields are checked before time moves.
+        self._check_event(event)
+        if now > self.latest_ms:
+            self.latest_ms = now
         self._prune(now)
         if self._due_dirty:
             self._recompute_due()
@@ -1193,6 +1216,28 @@ class AdmissionService:
             }
             self._journal_json(payload)
         return result
+
+    def _check_event(self, event: ev.Event) -> None:
+        """Raise :class:`InvalidArgument` for a malformed field of ``event`` (the
+        checks of its fields alone), before any change — time-driven ones included."""
+        if isinstance(event, ev.InboundMessage | ev.OptOut):
+            self._rkey(event.recipient, "recipient")
+        elif isinstance(event, ev.SendResult):
+            if int(event.status) not in (1, 2, 3, 4):
+                raise InvalidArgument("status", f"status: unknown value {event.status!r}")
+            mid = event.message_id
+            if not isinstance(mid, str) or len(mid) > MAX_KEY_LEN:
+                raise InvalidArgument(
+                    "message_id",
+                    f"message_id: must be a string of at most {MAX_KEY_LEN} characters",
+                )
+            named = event.ticket or event.idempotency_key or mid
+            if event.recipient or (event.status == ev.SendStatus.FAILED and not named):
+                self._rkey(event.recipient, "recipient")  # what a failure without them releases
+        elif isinstance(event, ev.SenderUpdate):
+            self._check_sender_update(event)
+        elif isinstance(event, ev.TemplateUpdate):
+            self._check_template_update(event)
 
     def _apply_event(self, event: ev.Event, now: int) -> tuple[ApplyResult, bool]:
         if isinstance(event, ev.SendResult):
@@ -1422,17 +1467,13 @@ class AdmissionService:
             return self.profile.tier_for_limit(int(v))
         return None
 
-    def _on_sender_update(self, u: ev.SenderUpdate, now: int) -> ApplyResult:
-        p = self.profile
+    def _check_sender_update(self, u: ev.SenderUpdate) -> None:
         sid = u.sender_id
         if not sid or len(sid) > MAX_ID_LEN:
             raise InvalidArgument("sender_id", f"sender_id: must be 1..{MAX_ID_LEN} characters")
-        tier: str | None = None
-        if u.tier is not None:
-            tier = self._tier_name(u.tier)
-            if tier is None:
-                known = ", ".join(t for t, _ in p.tier_limits)
-                raise InvalidArgument("tier", f"tier: unknown tier {u.tier!r} (known: {known})")
+        if u.tier is not None and self._tier_name(u.tier) is None:
+            known = ", ".join(t for t, _ in self.profile.tier_limits)
+            raise InvalidArgument("tier", f"tier: unknown tier {u.tier!r} (known: {known})")
         if u.throughput_mps is not None and u.throughput_mps < 0:
             raise InvalidArgument("throughput_mps", "throughput_mps: must be >= 0")
         if u.registered_at_unix_ms is not None and u.registered_at_unix_ms < 0:
@@ -1441,6 +1482,12 @@ class AdmissionService:
             raise InvalidArgument("quality", f"quality: unknown value {u.quality!r}")
         if u.status is not None and int(u.status) not in (1, 2, 3, 4, 5):
             raise InvalidArgument("status", f"status: unknown value {u.status!r}")
+
+    def _on_sender_update(self, u: ev.SenderUpdate, now: int) -> ApplyResult:
+        """Apply a sender update whose fields passed ``_check_sender_update``."""
+        p = self.profile
+        sid = u.sender_id
+        tier = self._tier_name(u.tier) if u.tier is not None else None
         display = _digits(u.display_phone_number) if u.display_phone_number is not None else None
         s = self._senders.get(sid)
         if display:
@@ -1563,14 +1610,18 @@ class AdmissionService:
             t = self._template_names.get(name) or self._templates.get(name)
         return t
 
-    def _on_template_update(self, u: ev.TemplateUpdate, now: int) -> ApplyResult:
+    @staticmethod
+    def _check_template_update(u: ev.TemplateUpdate) -> None:
         if not u.template_id:
             raise InvalidArgument("template_id", "template_id: is required")
-        status = int(u.status)
-        if status not in (1, 2, 3, 4, 5):
+        if int(u.status) not in (1, 2, 3, 4, 5):
             raise InvalidArgument("status", f"status: unknown value {u.status!r}")
         if u.paused_until_unix_ms < 0:
             raise InvalidArgument("paused_until_unix_ms", "paused_until_unix_ms: must be >= 0")
+
+    def _on_template_update(self, u: ev.TemplateUpdate, now: int) -> ApplyResult:
+        """Apply a template update whose fields passed ``_check_template_update``."""
+        status = int(u.status)
         p = self.profile
         t = self._find_template(u.template_id, u.template_name)
         S = ev.TemplateStatus
@@ -1753,6 +1804,8 @@ class AdmissionService:
         if s is None:
             raise KeyError(sender_id)
         now_ms = self._now(at_unix_ms, now_ms)
+        if now_ms > self.latest_ms:
+            self.latest_ms = now_ms
         if self._due_dirty:
             self._recompute_due()
         if now_ms >= self._next_due:
@@ -1890,6 +1943,9 @@ class AdmissionService:
                     if "restriction_types" in fields:
                         fields["restriction_types"] = tuple(fields["restriction_types"])
                     self._apply_event(cls(**fields), int(payload["now"]))
+                elif payload["k"] == "profile":
+                    # The switch as it happened, for the profile this process runs.
+                    self._rederive(int(payload["now"]))
                 elif payload["k"] == "state":
                     for d in payload["scopes"]:
                         self._scopes[int(d["index"])].load(d)
@@ -2128,24 +2184,40 @@ class AdmissionService:
         self._idem_order.append((until, sid, key))
 
     def reload_profile(self, profile: Profile, now_ms: int) -> None:
-        """Switch to another profile in place (SIGHUP): limits, rates and rules re-derived.
+        """Switch to ``profile`` in place (SIGHUP): limits, rates and rules re-derived
+        for every sender and limit scope; the recipients, windows, keys and tickets
+        stay as they are. The cost is per sender and scope, never per recipient.
 
-        Raises ValueError, changing nothing, when the new profile's windows differ
-        (the engine's buckets are built for them) or it lacks a tier in use.
+        Journaled as a profile switch at ``now_ms``. A replay re-derives the state
+        at that point for the profile the replaying process runs with — the one
+        its config names, normally the profile switched to here.
+
+        Raises ValueError, changing nothing, when the new profile's windows or
+        limit scope differ (the engine's buckets and scopes are built for them)
+        or it lacks a tier in use.
         """
         old = self.profile
-        new_geometry = (profile.bucket_ms, profile.window_ms, profile.long_bucket_ms)
-        old_geometry = (old.bucket_ms, old.window_ms, old.long_bucket_ms)
-        if (*new_geometry, profile.lookback_ms) != (*old_geometry, old.lookback_ms):
+        for name in ("bucket_ms", "window_ms", "long_bucket_ms", "lookback_ms"):
+            if getattr(profile, name) != getattr(old, name):
+                raise ValueError(
+                    f"profile {profile.name!r} changes the counting windows ({name} "
+                    f"{getattr(old, name)} -> {getattr(profile, name)}); restart to switch"
+                )
+        if profile.limit_scope != old.limit_scope and self._scopes:
             raise ValueError(
-                f"profile {profile.name!r} changes the counting windows; restart to switch"
+                f"profile {profile.name!r} changes the limit scope (limit_scope "
+                f"{old.limit_scope} -> {profile.limit_scope}); restart to switch"
             )
         for sc in self._scopes:
             if not profile.knows_tier(sc.tier):
                 raise ValueError(f"profile {profile.name!r} does not define tier {sc.tier!r}")
-        if profile.limit_scope != old.limit_scope and self._scopes:
-            raise ValueError(f"profile {profile.name!r} changes the limit scope; restart to switch")
         self.profile = profile
+        self._rederive(now_ms)
+        self._journal_json({"k": "profile", "name": profile.name, "now": now_ms})
+
+    def _rederive(self, now_ms: int) -> None:
+        """Everything the profile decides, for every scope and sender, from the state."""
+        profile = self.profile
         for sc in self._scopes:
             self.engine.set_scope_params(
                 sc.index, profile.frequency_cap, profile.frequency_window_ms
@@ -2159,7 +2231,6 @@ class AdmissionService:
         for s in self._by_number:
             self._derive(s, max(now_ms, s.scope.last_now))
             self.engine.set_number_params(s.number, *self._number_params(s))
-        self._journal_state(self._scopes, self._by_number)
         self._recompute_due()
 
     @classmethod

@@ -2,16 +2,18 @@
 
 Start-up: load the profile, recover state from the data directory, apply the
 senders and templates the config declares (only those not known yet), then
-serve. SIGHUP reloads the config: new senders are applied and a changed
-profile takes effect on the live state. Shutdown (SIGTERM/SIGINT): health
-NOT_SERVING, stop accepting, let in-flight calls finish within the grace
-period, flush and close the store.
+serve. SIGHUP reloads the config, one reload at a time: new senders are
+applied, a changed profile is switched in place on the live state (journaled,
+nothing copied), and a rotated webhook secret or verify token takes effect
+at once. Shutdown (SIGTERM/SIGINT): health NOT_SERVING, stop accepting, let
+in-flight calls finish within the grace period, flush and close the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +37,7 @@ from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks.http import WebhookReceiver
-from tiergate.webhooks.ingest import IngestResult, ingestor_for
+from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
 
 log = logging.getLogger("tiergate.server")
 
@@ -68,6 +70,10 @@ class Sidecar:
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
         self._failure_report: asyncio.Task[None] | None = None
+        # One webhook ingestor for the sidecar's life: the IngestWebhook RPC and the
+        # HTTP receiver share its de-duplication memory and counters.
+        self.ingestor: WebhookIngestor | None = None
+        self._reloading = asyncio.Lock()
 
     # --- start -----------------------------------------------------------------
 
@@ -109,6 +115,7 @@ class Sidecar:
             log.info("applied from the config: %s", ", ".join(applied))
         await self._commit()
 
+        self.ingestor = WebhookIngestor(service)
         server = grpc.aio.server(
             options=[
                 # A second sidecar on the same port must fail, not share it.
@@ -124,6 +131,7 @@ class Sidecar:
             max_batch=config.max_batch,
             webhook_secret=config.webhook_secret,
             request_clock=config.clock == "request",
+            ingestor=self.ingestor,
         )
         self._servicer = servicer
         pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
@@ -168,6 +176,7 @@ class Sidecar:
                 config.webhook_secret,
                 config.webhook_verify_token,
                 servicer.now,
+                ingestor=self.ingestor,
                 after_ingest=self._after_webhook,
             )
             try:
@@ -251,10 +260,13 @@ class Sidecar:
             "tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders()))
         )
 
-        def webhook_stat(key: str) -> Callable[[], float]:
-            return lambda: float(ingestor_for(live()).stats.as_dict()[key])
+        ingestor = self.ingestor
+        assert ingestor is not None
 
-        for key in ingestor_for(live()).stats.as_dict():
+        def webhook_stat(key: str) -> Callable[[], float]:
+            return lambda: float(ingestor.stats.as_dict()[key])
+
+        for key in ingestor.stats.as_dict():
             m.collect(
                 f"tiergate_webhook_{key}_total",
                 "counter",
@@ -288,46 +300,69 @@ class Sidecar:
     async def reload(self, config: ServeConfig) -> list[str]:
         """Apply a re-read config to the running sidecar; returns what changed.
 
-        New ``[[senders]]`` are applied (known ones keep their live state). A
-        changed profile replaces the rules on the live state (the state moves
-        over through a snapshot), unless it changes the limit scope or the
-        engine's time buckets, which need a restart. Settings of the process
-        itself (listen, data_dir, …) also need a restart; they are reported.
+        Reloads run one at a time. A changed profile is switched in place on
+        the live state (``AdmissionService.reload_profile``: per sender and
+        scope, journaled; no copy of the state, no snapshot), unless it changes
+        the limit scope or the engine's time buckets, which need a restart
+        (``StartupError``, nothing changed). New ``[[senders]]`` are applied
+        (known ones keep their live state). A new ``webhook_secret`` or
+        ``webhook_verify_token`` applies to the next webhook, through the RPC
+        and the HTTP receiver alike. Settings of the process itself (listen,
+        data_dir, …) need a restart; they are reported in the log.
         """
-        old = self.service
-        if old is None:
-            raise RuntimeError("the sidecar is not started")
-        changes: list[str] = []
-        profile = self._profile(config)
-        if profile != old.profile:
-            _check_profile_swap(old.profile, profile)
-            records = old.drain_journal()
-            swapped = AdmissionService.from_snapshot(
-                profile, old.snapshot(), clock=old.clock, ticket_key=old.ticket_key
+        async with self._reloading:
+            service = self.service
+            if service is None:
+                raise RuntimeError("the sidecar is not started")
+            if self._stopping is not None:
+                raise StartupError("the sidecar is shutting down")
+            changes: list[str] = []
+            # Reading and checking a profile file takes milliseconds: not on the loop.
+            profile = await asyncio.to_thread(self._profile, config)
+            now_ms = self._servicer.now() if self._servicer is not None else seed_clock_ms(config)
+            try:
+                if profile != service.profile:
+                    before = service.profile.name
+                    try:
+                        service.reload_profile(profile, now_ms)
+                    except ValueError as e:
+                        raise StartupError(f"profile: {e}") from e
+                    changes.append(f"profile {before} -> {profile.name}")
+                applied = seed(service, config.senders, (), now_ms)
+                changes += [f"sender {sid} added" for sid in applied]
+            finally:
+                # Whatever was applied is journaled before the next reload starts.
+                await self._commit()
+            changes += self._reload_webhook_settings(config)
+            self.config = dataclasses.replace(
+                self.config,
+                profile=config.profile,
+                senders=config.senders,
+                webhook_secret=config.webhook_secret,
+                webhook_verify_token=config.webhook_verify_token,
             )
-            self._swap(swapped)
-            if self.store is not None:
-                await self.store.commit(records)
-                await self.store.snapshot(swapped)
-            changes.append(f"profile {old.profile.name} -> {profile.name}")
-        service = self.service
-        assert service is not None
-        now_ms = self._servicer.now() if self._servicer is not None else seed_clock_ms(config)
-        applied = seed(service, config.senders, (), now_ms)
-        changes += [f"sender {sid} added" for sid in applied]
-        await self._commit()
-        for name in ("listen", "data_dir", "clock", "durability", "webhook_listen"):
-            if getattr(config, name) != getattr(self.config, name):
-                log.warning("reload: %s changed; it takes effect at the next restart", name)
-        return changes
+            for name in _RESTART_SETTINGS:
+                if getattr(config, name) != getattr(self.config, name):
+                    log.warning("reload: %s changed; it takes effect at the next restart", name)
+            return changes
 
-    def _swap(self, service: AdmissionService) -> None:
-        self.service = service
-        if self._servicer is not None:
-            self._servicer.service = service
-        if self._webhooks is not None:
-            self._webhooks.service = service
-            self._webhooks.ingestor = ingestor_for(service)
+    def _reload_webhook_settings(self, config: ServeConfig) -> list[str]:
+        changes = []
+        if config.webhook_secret != self.config.webhook_secret:
+            if self._servicer is not None:
+                self._servicer.webhook_secret = config.webhook_secret
+            if self._webhooks is not None:
+                self._webhooks.secret = config.webhook_secret
+            if config.webhook_secret:
+                changes.append("webhook_secret replaced")
+            else:
+                changes.append("webhook_secret removed")
+                log.warning("reload: no webhook_secret: webhook signatures are not checked")
+        if config.webhook_verify_token != self.config.webhook_verify_token:
+            if self._webhooks is not None:
+                self._webhooks.verify_token = config.webhook_verify_token
+            changes.append("webhook_verify_token replaced")
+        return changes
 
     async def _after_webhook(self, result: IngestResult) -> None:
         await self._commit()
@@ -359,11 +394,12 @@ class Sidecar:
                     await asyncio.wait_for(self._servicer.in_flight.idle(), grace)
             await self._server.stop(0)
             await stopping
-        if self.store is not None:
-            await self.store.aclose(self.service)
-            self.store = None
-        elif self.service is not None:
-            self.service.drain_journal()
+        async with self._reloading:  # a reload in progress commits first; none starts after
+            if self.store is not None:
+                await self.store.aclose(self.service)
+                self.store = None
+            elif self.service is not None:
+                self.service.drain_journal()
         log.info("tiergate stopped")
 
     async def wait(self) -> None:
@@ -386,14 +422,18 @@ class _GenericOnly:
         """Not registered: the generic handler added alongside serves these methods."""
 
 
-def _check_profile_swap(old: Profile, new: Profile) -> None:
-    """A profile can replace another on live state only if the state's shape is the same."""
-    for name in ("limit_scope", "bucket_ms", "long_bucket_ms", "window_ms", "lookback_ms"):
-        if getattr(old, name) != getattr(new, name):
-            raise StartupError(
-                f"profile: {new.name} changes {name} ({getattr(old, name)} -> "
-                f"{getattr(new, name)}); restart tiergate to use it"
-            )
+#: Settings of the process itself: a reload reports a change, a restart applies it.
+_RESTART_SETTINGS = (
+    "listen",
+    "data_dir",
+    "clock",
+    "durability",
+    "max_batch",
+    "webhook_listen",
+    "metrics_listen",
+    "shutdown_grace",
+    "log_level",
+)
 
 
 def seed_clock_ms(config: ServeConfig) -> int:
@@ -444,16 +484,25 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
+    reading = asyncio.Lock()
 
     async def on_hup() -> None:
         if reload_config is None:
             log.info("SIGHUP: nothing to reload")
             return
-        try:
-            changes = await sidecar.reload(reload_config())
-        except (ConfigError, StartupError) as e:
-            log.error("SIGHUP: config not reloaded: %s", e)
+        if stop.is_set():
+            log.info("SIGHUP: ignored while shutting down")
             return
+        async with reading:  # in signal order: the last SIGHUP's file is the one applied last
+            try:
+                # Reading the config file takes milliseconds: not on the event loop.
+                changes = await sidecar.reload(await asyncio.to_thread(reload_config))
+            except (ConfigError, StartupError) as e:
+                log.error("SIGHUP: config not reloaded: %s", e)
+                return
+            except Exception:
+                log.exception("SIGHUP: config not reloaded")
+                return
         log.info("SIGHUP: reloaded (%s)", "; ".join(changes) or "no changes")
 
     def hup() -> None:

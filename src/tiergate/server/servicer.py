@@ -86,15 +86,18 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         webhook_secret: str = "",
         request_clock: bool = False,
         clock: Callable[[], int] = server_clock_ms,
+        ingestor: webhooks.WebhookIngestor | None = None,
     ) -> None:
         self.service = service
         self._commit = commit
         self._metrics = metrics
         self._max_batch = max_batch
-        self._webhook_secret = webhook_secret
+        #: The Meta app secret IngestWebhook checks signatures with (empty: none);
+        #: the sidecar replaces it when a reload rotates it.
+        self.webhook_secret = webhook_secret
+        self.ingestor = ingestor if ingestor is not None else webhooks.WebhookIngestor(service)
         self._server_clock = clock
         self._request_clock = request_clock
-        self._latest_request_ms = 0
         self.in_flight = InFlight()
 
     # --- helpers ---------------------------------------------------------------
@@ -110,22 +113,26 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         return self._now(0)
 
     def _now(self, at_unix_ms: int = 0) -> int:
-        """The time one RPC (or one batch) is decided at, read once.
+        """The time one request is decided at, read once.
 
-        Server clock: the wall clock. Request clock: the latest ``at_unix_ms``
-        seen, so a request without one is decided at "the request clock's
-        latest time" (0 before any; the policy layer then keeps each scope's
-        own latest time) and never jumps a replay to the wall clock.
+        Server clock: the wall clock. Request clock: ``at_unix_ms``, or without
+        one the latest time of the requests the service accepted so far (0
+        before any; the policy layer then keeps each scope's own latest time),
+        so a replay never jumps to the wall clock. Only the service moves that
+        time, once it has accepted a request: a refused one leaves it as it was.
         """
         if not self._request_clock:
             return self._server_clock()
-        if at_unix_ms > self._latest_request_ms:
+        latest = self.service.latest_ms
+        if at_unix_ms > latest:
             if at_unix_ms > MAX_AT_UNIX_MS:
                 raise InvalidArgument("at_unix_ms", f"at_unix_ms: after {MAX_AT_UNIX_MS}")
-            self._latest_request_ms = at_unix_ms
-        return self._latest_request_ms
+            return at_unix_ms
+        return latest
 
     def _batch_now(self, requests: Sequence[pb.AdmitRequest]) -> int:
+        """The time of a batch's items without ``at_unix_ms``, as :meth:`_now` (the
+        service moves it along the batch with the times of the items it accepts)."""
         if not self._request_clock:
             return self._server_clock()
         latest = max((r.at_unix_ms for r in requests), default=0)
@@ -133,7 +140,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             i = next(i for i, r in enumerate(requests) if r.at_unix_ms > MAX_AT_UNIX_MS)
             field = f"requests[{i}].at_unix_ms"
             raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
-        return self._now(latest)
+        return self.service.latest_ms
 
     def _columns_now(self, at_unix_ms: array[int]) -> int:
         if not self._request_clock:
@@ -143,7 +150,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             i = next(i for i, t in enumerate(at_unix_ms) if t > MAX_AT_UNIX_MS)
             field = f"at_unix_ms[{i}]"
             raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
-        return self._now(latest)
+        return self.service.latest_ms
 
     async def _fail(self, context: Context, rpc: str, exc: Exception) -> NoReturn:
         if isinstance(exc, InvalidArgument):
@@ -404,11 +411,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         with self.in_flight, self._timed("IngestWebhook"):
             try:
                 try:
-                    outcome = webhooks.ingest(
-                        self.service,
+                    outcome = self.ingestor.ingest(
                         request.body,
                         request.signature,
-                        self._webhook_secret,
+                        self.webhook_secret,
                         self._now(request.at_unix_ms),
                     )
                 except webhooks.SignatureError as e:

@@ -17,9 +17,10 @@ forgotten here or lost in a restart still does not count a message twice) and
 one for account, template, quality, capability and preference changes (few,
 so a flood of statuses never pushes them out).
 
-``ingest`` keeps one :class:`WebhookIngestor` per service, so the gRPC
-``IngestWebhook`` RPC and the HTTP receiver share its memory and counters
-(:attr:`WebhookIngestor.stats`, for the metrics endpoint).
+A running sidecar owns one :class:`WebhookIngestor` for its whole life and
+hands it to the gRPC ``IngestWebhook`` RPC and the HTTP receiver, which share
+its memory and counters (:attr:`WebhookIngestor.stats`, for the metrics
+endpoint). For library use, ``ingest`` keeps one per service object.
 """
 
 from __future__ import annotations
@@ -128,8 +129,11 @@ class _SeenKeys:
         return self._latest
 
     def contains(self, key: str, now_ms: int) -> bool:
-        self._advance(now_ms)
-        return _digest(key) in self._keys
+        """Whether ``key`` was added within ``ttl_ms`` before ``now_ms`` (or the latest
+        time added). Only ``add`` moves the memory's time: an event that is then
+        refused or not applied forgets nothing."""
+        at = self._keys.get(_digest(key))
+        return at is not None and at > max(self._latest, now_ms) - self.ttl_ms
 
     def add(self, key: str, now_ms: int) -> None:
         at = self._advance(now_ms)
@@ -240,21 +244,17 @@ def _message(exc: BaseException) -> str:
 
 
 _INGESTORS: weakref.WeakKeyDictionary[object, WebhookIngestor] = weakref.WeakKeyDictionary()
-_PINNED: dict[int, tuple[object, WebhookIngestor]] = {}
 
 
 def ingestor_for(service: Applier) -> WebhookIngestor:
-    """The shared ingestor of ``service`` (created on first use)."""
-    try:
-        found = _INGESTORS.get(service)
-    except TypeError:  # a service without weak references: keep it alive instead
-        pinned = _PINNED.get(id(service))
-        if pinned is None:
-            pinned = (service, WebhookIngestor(service))
-            _PINNED[id(service)] = pinned
-        return pinned[1]
+    """The shared ingestor of ``service`` (created on first use, kept while the
+    service lives). A service that cannot be weakly referenced raises TypeError:
+    keep a :class:`WebhookIngestor` of it instead."""
+    found = _INGESTORS.get(service)
     if found is None:
-        found = WebhookIngestor(service)
+        # Through a weak proxy: an ingestor holding its service would keep the
+        # map's key alive, and the pair would never be dropped.
+        found = WebhookIngestor(weakref.proxy(service))
         _INGESTORS[service] = found
     return found
 
