@@ -154,8 +154,11 @@ class EmbeddedStore:
             raise ValueError("snapshot_every_seconds: must be > 0")
         if snapshot_min_seconds < 0:
             raise ValueError("snapshot_min_seconds: must be >= 0")
-        if keep_snapshots < 1:
-            raise ValueError("keep_snapshots: must be >= 1")
+        if keep_snapshots < 2:
+            raise ValueError(
+                "keep_snapshots: must be >= 2 (the snapshot before the newest, and the "
+                "journal since it, are what recovery falls back on when the newest is damaged)"
+            )
         if segment_bytes < SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
             raise ValueError(f"segment_bytes: must be >= {SEGMENT_HEADER_SIZE + FRAME_OVERHEAD}")
         self.data_dir = Path(data_dir)
@@ -285,7 +288,8 @@ class EmbeddedStore:
                 os.unlink(entry.path)
 
         segments = self._check_segment_headers(report)
-        base_seq, need_until = self._restore_snapshot(service, segments, report)
+        damaged: list[Path] = []
+        base_seq, need_until = self._restore_snapshot(service, segments, report, damaged)
         replay_started = time.perf_counter()
         last_seq = self._replay(service, segments, base_seq, report)
         report.replay_seconds = time.perf_counter() - replay_started
@@ -297,6 +301,12 @@ class EmbeddedStore:
             )
         # Records that replay or restore queued describe state already on disk.
         service.drain_journal()
+        for path in damaged:
+            # Kept for inspection, but no longer a snapshot: pruning counts the
+            # snapshots recovery can fall back on, and this one it cannot.
+            kept = path.with_name(path.name + CORRUPT_SUFFIX)
+            path.rename(kept)
+            report.warnings.append(f"{path}: damaged snapshot kept as {kept.name}")
 
         remaining = list_segments(self.data_dir)
         if remaining and remaining[-1][0] == last_seq + 1:
@@ -352,9 +362,14 @@ class EmbeddedStore:
         return good
 
     def _restore_snapshot(
-        self, service: Recoverable, segments: list[tuple[int, Path]], report: RecoveryReport
+        self,
+        service: Recoverable,
+        segments: list[tuple[int, Path]],
+        report: RecoveryReport,
+        damaged_paths: list[Path],
     ) -> tuple[int, int]:
-        """Restore the newest usable snapshot; return (its seq, seq the journal must reach)."""
+        """Restore the newest usable snapshot; return (its seq, seq the journal must reach).
+        Damaged snapshots passed over are added to ``damaged_paths``."""
         first_journal_seq = segments[0][0] if segments else None
         need_until = 0
         damaged: list[str] = []
@@ -366,6 +381,7 @@ class EmbeddedStore:
                     raise BadSnapshot(f"header says seq {got_seq}, name says {seq}")
             except BadSnapshot as exc:
                 damaged.append(f"{path.name} ({exc})")
+                damaged_paths.append(path)
                 report.warnings.append(f"{path}: damaged snapshot ({exc}); trying an older one")
                 need_until = max(need_until, seq)
                 continue
@@ -821,7 +837,14 @@ class EmbeddedStore:
 
     def _prune(self) -> int:
         """Drop snapshots beyond ``keep_snapshots`` and the segments the oldest kept
-        one covers; return the bytes freed."""
+        one covers; return the bytes freed.
+
+        The journal is always kept from the snapshot before the newest on: with
+        a single snapshot (the first one in a data dir) nothing of the journal
+        is dropped, so a damaged newest snapshot is never the only copy of the
+        state. A recovery that fell back past a damaged snapshot renamed it to
+        ``*.corrupt``, so it is not counted here.
+        """
         if self._writer is not None:
             # A rotated segment is cut to what it holds in the background; its
             # size counts once that is done (else a preallocated 16 MB would be
@@ -831,6 +854,8 @@ class EmbeddedStore:
         keep = snapshots[-self.keep_snapshots :]
         for _, old in snapshots[: -self.keep_snapshots]:
             old.unlink(missing_ok=True)
+        if len(keep) < 2:
+            return 0  # one snapshot: the journal before it is its only backup
         oldest_kept = keep[0][0]
         freed = 0
         segments = list_segments(self.data_dir)
