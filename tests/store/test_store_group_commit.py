@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from store_double import CounterService
+from store_double import CounterService, forbid_fork
 
-from tiergate.store import DataDirError, EmbeddedStore, StoreError, StoreFailedError
+from tiergate.store import DataDirError, EmbeddedStore, StoreFailedError
 from tiergate.store import journal as j
 
 
@@ -201,8 +204,11 @@ def test_a_failed_group_write_fails_every_waiter_and_reports_once(
     assert recovered(tmp_path).state() == ({"a": 1}, {})
 
 
-@pytest.mark.parametrize("in_child", [True, False])
-def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path, in_child: bool) -> None:
+def test_persist_starts_a_background_snapshot_when_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_fork(monkeypatch)
+
     async def main() -> CounterService:
         store = EmbeddedStore.open(
             tmp_path,
@@ -210,7 +216,6 @@ def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path, in_child:
             snapshot_every_records=100,
             snapshot_min_seconds=0,
             snapshot_on_close=False,
-            snapshot_in_child=in_child,
         )
         svc = CounterService()
         store.recover(svc)
@@ -245,12 +250,13 @@ def test_time_based_snapshot(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("in_child", [True, False])
-def test_snapshot_under_concurrent_load_keeps_every_record(tmp_path: Path, in_child: bool) -> None:
+def test_snapshot_under_concurrent_load_keeps_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_fork(monkeypatch)
+
     async def main() -> CounterService:
-        store = EmbeddedStore.open(
-            tmp_path, "fsync-always", snapshot_on_close=False, snapshot_in_child=in_child
-        )
+        store = EmbeddedStore.open(tmp_path, "fsync-always", snapshot_on_close=False)
         svc = CounterService()
         store.recover(svc)
 
@@ -296,21 +302,30 @@ def test_write_failure_is_never_acknowledged(
 
 
 class FailingSnapshot(CounterService):
-    def snapshot(self) -> bytes:
-        raise RuntimeError("cannot serialise")
+    """Fails to take its state image (``where="image"``) or to encode it ("encode")."""
+
+    where = "image"
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        if self.where == "image":
+            raise RuntimeError("cannot take the image")
+
+        def encode() -> list[bytes]:
+            raise RuntimeError("cannot encode")
+
+        return encode
 
 
-@pytest.mark.parametrize("in_child", [True, False])
-def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, in_child: bool) -> None:
+@pytest.mark.parametrize("where", ["image", "encode"])
+def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, where: str) -> None:
     async def main() -> FailingSnapshot:
-        store = EmbeddedStore.open(
-            tmp_path, "write", snapshot_on_close=False, snapshot_in_child=in_child
-        )
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_on_close=False)
         svc = FailingSnapshot()
+        svc.where = where
         store.recover(svc)
         for i in range(20):
             await decide(store, svc, i)
-        with pytest.raises((StoreError, RuntimeError), match=r"status 1|cannot serialise"):
+        with pytest.raises(RuntimeError, match=f"cannot {'take' if where == 'image' else where}"):
             await store.snapshot(svc)
         assert not list(tmp_path.glob("snapshot-*"))
         for i in range(20, 30):  # still serving, still journalling
@@ -322,19 +337,57 @@ def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, in_child:
     assert recovered(tmp_path).state() == svc.state()
 
 
-def test_snapshot_child_leaves_the_data_dir_locked_by_the_server(tmp_path: Path) -> None:
-    async def main() -> None:
-        store = EmbeddedStore.open(tmp_path, "write", snapshot_in_child=True)
-        svc = CounterService()
+class SlowEncode(CounterService):
+    """Encodes its image slowly, in whichever thread runs the encoder."""
+
+    encoded_in: list[str]
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        encode = super().snapshot_image(room)
+
+        def slow() -> list[bytes]:
+            self.encoded_in.append(threading.current_thread().name)
+            time.sleep(0.2)
+            return encode()
+
+        return slow
+
+
+def test_snapshot_is_encoded_in_a_thread_while_decisions_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No child process: the image is taken at the cut, on the event loop, and
+    encoded and written by the snapshot thread; decisions made meanwhile are in
+    the journal after the snapshot's sequence number, not in the snapshot."""
+    forbid_fork(monkeypatch)
+
+    async def main() -> SlowEncode:
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_on_close=False)
+        svc = SlowEncode()
+        svc.encoded_in = []
         store.recover(svc)
-        await decide(store, svc, 1)
-        await store.snapshot(svc)
-        assert store.snapshots_taken == 1 and store.last_snapshot_stall_seconds >= 0
+        for i in range(10):
+            await decide(store, svc, i)
+        snap = asyncio.ensure_future(store.snapshot(svc))
+        await asyncio.sleep(0.05)  # the encoder is sleeping in its thread now
+        assert store._snapshotting and not snap.done()
+        for i in range(10, 15):
+            await decide(store, svc, i)
+        await snap
+        assert svc.encoded_in == ["tiergate-snapshot_0"]
+        assert store.last_snapshot_seq == 10 and store.snapshots_taken == 1
         with pytest.raises(DataDirError, match="in use"):
             EmbeddedStore.open(tmp_path, "write")
         store.close()
+        return svc
 
-    asyncio.run(main())
+    svc = asyncio.run(main())
+    again = EmbeddedStore.open(tmp_path, "write")
+    got = CounterService()
+    report = again.recover(got)
+    again.close()
+    assert report.snapshot_seq == 10 and report.records_replayed == 5
+    assert got.state() == svc.state()
 
 
 def test_explicit_snapshot_waits_for_one_in_progress(tmp_path: Path) -> None:

@@ -16,6 +16,10 @@ records into the journal's mapped segment before it returns (no system call,
 nothing to await: ``persist_nowait`` returns None). With ``fsync-always``
 every commit issued in the same event-loop iteration shares one write and
 one fsync in a worker thread, during which the next group gathers.
+
+A snapshot cuts the journal and takes the service's state image in one step
+of the event loop; the snapshot thread encodes and writes it meanwhile. No
+process is forked (the server runs gRPC's threads).
 """
 
 from __future__ import annotations
@@ -26,9 +30,7 @@ import fcntl
 import itertools
 import logging
 import os
-import signal
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -41,6 +43,7 @@ from .base import (
     Durability,
     Recoverable,
     RecoveryReport,
+    SnapshotEncoder,
     StoreError,
     StoreFailedError,
 )
@@ -57,12 +60,10 @@ from .journal import (
     read_segment,
 )
 from .snapshot import (
-    SNAPSHOT_HEADER_SIZE,
     TMP_SUFFIX,
     BadSnapshot,
     list_snapshots,
     read_snapshot,
-    snapshot_name,
     write_snapshot,
 )
 
@@ -79,8 +80,6 @@ DEFAULT_SNAPSHOT_EVERY_SECONDS = 300.0
 DEFAULT_SNAPSHOT_MIN_SECONDS = 10.0
 DEFAULT_SEGMENT_BYTES = 16 << 20
 DEFAULT_KEEP_SNAPSHOTS = 2
-#: Serialise snapshots in a forked child (copy-on-write) so serving never pauses for it.
-DEFAULT_SNAPSHOT_IN_CHILD = hasattr(os, "fork")
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -141,7 +140,6 @@ class EmbeddedStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
-        snapshot_in_child: bool = DEFAULT_SNAPSHOT_IN_CHILD,
     ) -> None:
         self.durability = Durability.parse(durability)
         if fsync_interval_ms < 1:
@@ -171,9 +169,6 @@ class EmbeddedStore:
         self.segment_bytes = segment_bytes
         self.keep_snapshots = keep_snapshots
         self.recover_truncate = recover_truncate
-        if snapshot_in_child and not hasattr(os, "fork"):
-            raise ValueError("snapshot_in_child: this platform has no fork()")
-        self.snapshot_in_child = snapshot_in_child
         self._lock_fd = _prepare_data_dir(self.data_dir)
 
         self._writer: JournalWriter | None = None
@@ -224,7 +219,6 @@ class EmbeddedStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
-        snapshot_in_child: bool = DEFAULT_SNAPSHOT_IN_CHILD,
     ) -> EmbeddedStore:
         """Open (creating if needed) and lock ``data_dir``; then call ``recover``."""
         return cls(
@@ -239,7 +233,6 @@ class EmbeddedStore:
             segment_bytes=segment_bytes,
             keep_snapshots=keep_snapshots,
             recover_truncate=recover_truncate,
-            snapshot_in_child=snapshot_in_child,
         )
 
     # -- metrics -----------------------------------------------------------
@@ -759,81 +752,53 @@ class EmbeddedStore:
         if self._snapshot_lock is None:
             self._snapshot_lock = asyncio.Lock()
         async with self._snapshot_lock:
-            await self._snapshot(service, self.snapshot_in_child)
+            await self._snapshot(service)
 
-    async def _snapshot(self, service: Recoverable, in_child: bool) -> None:
+    async def _snapshot(self, service: Recoverable) -> None:
+        """Cut the journal and take the service's state image in one step of the
+        event loop, then encode and write it in the snapshot thread while the
+        loop goes on deciding; the loop pays only for the cut and the image.
+        No process is forked: this one runs gRPC's threads."""
         self._snapshotting = True
         try:
+            loop = asyncio.get_running_loop()
+            if self._snap_io is None:
+                self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
+            # The memory the image takes is allocated and touched in the snapshot
+            # thread first: a page's first touch (the kernel zeroing it) costs
+            # several times its copy, and would otherwise be paid on the loop.
+            room = await loop.run_in_executor(self._snap_io, service.snapshot_room())
             while True:
                 await self._barrier()
                 if self._inflight is None:
                     break
             started = time.perf_counter()
             seq = self._cut_journal(service)
-            if self._snap_io is None:
-                self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
-            loop = asyncio.get_running_loop()
-            if in_child:
-                # The child serialises a copy-on-write image of this instant while the
-                # event loop goes on deciding; the loop only pays for fork().
-                pid = self._fork_snapshot(service, seq)
-                self.last_snapshot_stall_seconds = time.perf_counter() - started
-                code = await loop.run_in_executor(self._snap_io, _wait_child, pid)
-                if code != 0:
-                    raise StoreError(
-                        f"snapshot at seq {seq}: the snapshot process exited with status {code}"
-                    )
-                size = (self.data_dir / snapshot_name(seq)).stat().st_size
-                size -= SNAPSHOT_HEADER_SIZE
-                freed = await loop.run_in_executor(self._snap_io, self._prune)
-            else:
-                payload = service.snapshot()
-                self.last_snapshot_stall_seconds = time.perf_counter() - started
-                size = len(payload)
-                freed = await loop.run_in_executor(
-                    self._snap_io, self._write_and_prune, seq, payload
-                )
+            encode = service.snapshot_image(room)  # no await between: the state at seq
+            self.last_snapshot_stall_seconds = time.perf_counter() - started
+            del room  # what the image did not take (a table that grew meanwhile)
+            size, freed = await loop.run_in_executor(
+                self._snap_io, self._write_and_prune, seq, encode
+            )
             self._after_snapshot(seq, size, started, freed)
         finally:
             self._snapshotting = False
 
-    def _fork_snapshot(self, service: Recoverable, seq: int) -> int:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork() in a process with threads; the child
-            # below touches nothing but the service's state and its own file.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid != 0:
-            return pid
-        code = 1
-        try:
-            # Not holding the data dir: if the server is killed, a restart must not
-            # wait for this process. Signals go to the server, not here.
-            os.close(self._lock_fd)
-            with contextlib.suppress(ValueError):  # only possible from the main thread
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(sig, signal.SIG_DFL)
-            write_snapshot(self.data_dir, seq, service.snapshot())
-            code = 0
-        except BaseException as exc:
-            with contextlib.suppress(BaseException):
-                os.write(2, f"tiergate: snapshot at seq {seq} failed: {exc!r}\n".encode())
-        finally:
-            os._exit(code)
-
     def snapshot_sync(self, service: Recoverable) -> None:
+        """Blocking ``snapshot``: everything in the calling thread."""
         started = time.perf_counter()
         seq = self._cut_journal(service)
-        payload = service.snapshot()
+        encode = service.snapshot_image()
         self.last_snapshot_stall_seconds = time.perf_counter() - started
-        freed = self._write_and_prune(seq, payload)
-        self._after_snapshot(seq, len(payload), started, freed)
+        size, freed = self._write_and_prune(seq, encode)
+        self._after_snapshot(seq, size, started, freed)
 
-    def _write_and_prune(self, seq: int, payload: bytes) -> int:
-        """Write the snapshot, then drop old snapshots and covered segments; bytes freed."""
+    def _write_and_prune(self, seq: int, encode: SnapshotEncoder) -> tuple[int, int]:
+        """Encode and write the snapshot, then drop old snapshots and covered segments;
+        (payload bytes, bytes freed)."""
+        payload = encode()
         write_snapshot(self.data_dir, seq, payload)
-        return self._prune()
+        return sum(map(len, payload)), self._prune()
 
     def _prune(self) -> int:
         """Drop snapshots beyond ``keep_snapshots`` and the segments the oldest kept
@@ -893,11 +858,10 @@ class EmbeddedStore:
             if service is not None:
                 await self.commit(service.drain_journal())
                 if self.snapshot_on_close and self.records_since_snapshot > 0:
-                    # Nothing is served any more: no reason to fork for this one.
                     if self._snapshot_lock is None:
                         self._snapshot_lock = asyncio.Lock()
                     async with self._snapshot_lock:
-                        await self._snapshot(service, in_child=False)
+                        await self._snapshot(service)
             await self._barrier()
         self.close()
 
@@ -925,11 +889,6 @@ class EmbeddedStore:
                 self._writer.close()
                 self._writer = None
             os.close(self._lock_fd)
-
-
-def _wait_child(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def _write_and_sync(writer: JournalWriter, data: bytes, last: int) -> None:
