@@ -17,7 +17,9 @@ Three figures, through the real ``AdmissionService`` and ``EmbeddedStore``:
    (``store.snapshot`` on a running uvloop): its total time, how long the
    store reports holding the event loop, and the longest gap a probe task
    waking every millisecond saw meanwhile (what a call arriving during the
-   snapshot could have waited).
+   snapshot could have waited). Once more with 1 M recipients each admitted
+   with an idempotency key (``--keyed``): the keys are the policy layer's
+   part of the state, encoded in Python.
 3. Journal bytes per decision.
 
     .venv/bin/python benchmarks/durability.py --quick   # 1 M recipients only
@@ -283,11 +285,12 @@ def served_snapshot(store: EmbeddedStore, svc: AdmissionService) -> dict[str, fl
         return runner.run(_probed(store, svc))
 
 
-def prepare_recovery(recipients: int, tail: int, data: Path) -> dict[str, Any]:
+def prepare_recovery(recipients: int, tail: int, data: Path, keys: bool = False) -> dict[str, Any]:
     """A data dir holding a snapshot of ``recipients`` tracked recipients plus the journal
-    of ``tail`` admits after it, left as a crash would leave it."""
+    of ``tail`` admits after it, left as a crash would leave it. With ``keys`` every
+    admit carries an idempotency key (all still held: they are kept 24 h)."""
     svc = new_service()
-    traffic = Traffic(keys=False)  # the recipient tables, not key retention, are measured
+    traffic = Traffic(keys=keys)
     fill_s = fill(svc, traffic, recipients)
     entries = svc.engine.entries()
     store = EmbeddedStore.open(
@@ -312,6 +315,7 @@ def prepare_recovery(recipients: int, tail: int, data: Path) -> dict[str, Any]:
     store.close()
     return {
         "recipients": recipients,
+        "idempotency_keys": recipients if keys else 0,
         "engine_entries": entries,
         "fill_seconds": fill_s,
         "snapshot_seconds": snapshot_s,
@@ -376,6 +380,12 @@ def main() -> int:
     )
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs each (best kept)")
     ap.add_argument("--tail", type=int, help="admits journaled after the snapshot at recovery")
+    ap.add_argument(
+        "--keyed",
+        type=int,
+        default=1_000_000,
+        help="also this many recipients each admitted with an idempotency key (0: not run)",
+    )
     ap.add_argument(
         "--no-throughput",
         action="store_true",
@@ -455,9 +465,10 @@ def main() -> int:
             )
 
         recovery = []
-        for n in sizes:
+        runs = [(n, False) for n in sizes] + ([(args.keyed, True)] if args.keyed else [])
+        for n, keyed in runs:
             data = work / f"recover-{n}"
-            prep = prepare_recovery(n, tail, data)
+            prep = prepare_recovery(n, tail, data, keys=keyed)
             gc.collect()
             rec = recover_in_subprocess(data)
             assert rec["records_replayed"] == prep["tail_records"]
@@ -484,7 +495,7 @@ def main() -> int:
             ],
             [
                 [
-                    f"{r['recipients']:,}",
+                    f"{r['recipients']:,}" + (" + keys" if r["idempotency_keys"] else ""),
                     r["recovery_seconds"],
                     r["restore_seconds"],
                     r["replay_seconds"],
