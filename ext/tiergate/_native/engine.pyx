@@ -24,8 +24,10 @@ cdef bytes SNAPSHOT_MAGIC = b"TGENGINE"
 
 cdef extern from *:
     """
+    #include <pthread.h>
     #include <stdint.h>
     #include <stdlib.h>
+    #include <string.h>
     #include <sys/mman.h>
     /* Big recipient tables get their own zeroed mapping, with transparent huge
        pages requested: random probes into a 1 GB table then miss the TLB far
@@ -124,7 +126,67 @@ cdef extern from *:
     static inline uint64_t tg_scale(uint64_t h, uint64_t n) {
         return (uint64_t)(((unsigned __int128)h * n) >> 64);
     }
+    /* One memcpy of Engine.copy(). */
+    typedef struct { char *dst; const char *src; size_t n; } tg_copy_job;
+    static void *tg_copy_run(void *arg) {
+        tg_copy_job *j;
+        for (j = (tg_copy_job *)arg; j->dst != NULL; j++) memcpy(j->dst, j->src, j->n);
+        return NULL;
+    }
+    /* Below this many bytes in all, Engine.copy() copies in one thread. */
+    #define TG_COPY_SPLIT_BYTES ((size_t)8 << 20)
+    /* Do every copy of jobs[0..count) (dst never NULL), the bytes split in two
+       halves, one of them copied by a second thread while this one copies the
+       other: the event loop waits for the copy, and one core alone does not
+       reach the memory's bandwidth (3 M recipients' tables, 335 MB, on the
+       project's 2-core machine under load: 0.057 s in one thread, 0.048 s in
+       two, best of 12 each). */
+    static void tg_copy_all(const tg_copy_job *jobs, size_t count) {
+        size_t total = 0, half, acc = 0, cut, i, m = 0, t = 0;
+        tg_copy_job *mine, *theirs;
+        pthread_t helper;
+        for (i = 0; i < count; i++) total += jobs[i].n;
+        mine = total >= TG_COPY_SPLIT_BYTES ? calloc(count + 2, sizeof *mine) : NULL;
+        theirs = mine != NULL ? calloc(count + 2, sizeof *theirs) : NULL;
+        if (theirs == NULL) {
+            free(mine);
+            for (i = 0; i < count; i++) memcpy(jobs[i].dst, jobs[i].src, jobs[i].n);
+            return;
+        }
+        half = total / 2;
+        for (i = 0; i < count; i++) {
+            if (acc >= half) {
+                theirs[t++] = jobs[i];
+            } else if (acc + jobs[i].n <= half) {
+                mine[m++] = jobs[i];
+            } else {
+                cut = half - acc;
+                mine[m].dst = jobs[i].dst;
+                mine[m].src = jobs[i].src;
+                mine[m++].n = cut;
+                theirs[t].dst = jobs[i].dst + cut;
+                theirs[t].src = jobs[i].src + cut;
+                theirs[t++].n = jobs[i].n - cut;
+            }
+            acc += jobs[i].n;
+        }
+        /* calloc'd: the entry after the last has dst NULL, the end mark */
+        if (pthread_create(&helper, NULL, tg_copy_run, theirs) != 0) {
+            tg_copy_run(theirs);
+            tg_copy_run(mine);
+        } else {
+            tg_copy_run(mine);
+            pthread_join(helper, NULL);
+        }
+        free(mine);
+        free(theirs);
+    }
     """
+    ctypedef struct tg_copy_job:
+        char *dst
+        const char *src
+        size_t n
+    void tg_copy_all(const tg_copy_job *jobs, size_t count) noexcept nogil
     void tg_prefetch(const void *p) noexcept nogil
     void tg_prefetch_once(const void *p) noexcept nogil
     const char *tg_line(const void *p) noexcept nogil
@@ -1718,6 +1780,7 @@ cdef class Engine:
         cdef CopyRoom held = room if room is not None else CopyRoom(())
         cdef Py_ssize_t i, n_scopes = self.n_scopes, n_numbers = self.n_numbers
         cdef int failed = 0
+        cdef CopyJobs jobs
         eng.bucket_ms = self.bucket_ms
         eng.window_ms = self.window_ms
         eng.long_bucket_ms = self.long_bucket_ms
@@ -1729,11 +1792,15 @@ cdef class Engine:
             raise MemoryError()
         eng.cap_scopes = max64(n_scopes, 1)
         eng.cap_numbers = max64(n_numbers, 1)
+        jobs.count = 0
+        jobs.jobs = <tg_copy_job *>malloc(max64(2 * n_scopes + n_numbers, 1) * sizeof(tg_copy_job))
+        if jobs.jobs == NULL:
+            raise MemoryError()
         with nogil:
             for i in range(n_scopes):
                 # counted first: if the copy fails half way, dealloc frees what it holds
                 eng.n_scopes = i + 1
-                if scope_copy(&eng.scopes[i], &self.scopes[i], held, 2 * i) < 0:
+                if scope_copy(&eng.scopes[i], &self.scopes[i], held, 2 * i, &jobs) < 0:
                     failed = 1
                     break
             if not failed:
@@ -1741,9 +1808,12 @@ cdef class Engine:
                     eng.n_numbers = i + 1
                     eng.numbers[i] = self.numbers[i]
                     if table_copy(&eng.numbers[i].table, &self.numbers[i].table, held,
-                                  2 * n_scopes + i) < 0:
+                                  2 * n_scopes + i, &jobs) < 0:
                         failed = 1
                         break
+            if not failed:
+                tg_copy_all(jobs.jobs, jobs.count)
+        free(jobs.jobs)
         if failed:
             raise MemoryError()
         return eng
@@ -2039,10 +2109,24 @@ cdef int ring_copy(Ring *dst, Ring *src) noexcept nogil:
     return 0
 
 
-cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at) noexcept nogil:
+cdef struct CopyJobs:
+    tg_copy_job *jobs
+    size_t count
+
+
+cdef inline void copy_job(CopyJobs *jobs, void *dst, const void *src, size_t n) noexcept nogil:
+    jobs.jobs[jobs.count].dst = <char *>dst
+    jobs.jobs[jobs.count].src = <const char *>src
+    jobs.jobs[jobs.count].n = n
+    jobs.count += 1
+
+
+cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
+                    CopyJobs *jobs) noexcept nogil:
     # dst: a bitwise copy of src; give it slots (and marketing records) of its
     # own, from room's buffers at (and at + 1) where their sizes fit, no growth
-    # spare. -1: out of memory (what dst holds is freed with it).
+    # spare; their contents are copied by jobs, after. -1: out of memory (what
+    # dst holds is freed with it).
     cdef void *slots
     cdef size_t size = src.capacity * sizeof(src.slots[0])
     dst.slots = NULL
@@ -2054,7 +2138,7 @@ cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at) noexce
     slots = room.take(at, size)
     if slots == NULL:
         return -1
-    memcpy(slots, src.slots, size)
+    copy_job(jobs, slots, src.slots, size)
     if Table is ScopeTable:
         dst.slots = <ScopeEntry *>slots
     else:
@@ -2065,11 +2149,12 @@ cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at) noexce
             dst.marketing.slots = <MarketingEntry *>room.take(at + 1, size)
             if dst.marketing.slots == NULL:
                 return -1
-            memcpy(dst.marketing.slots, src.marketing.slots, size)
+            copy_job(jobs, dst.marketing.slots, src.marketing.slots, size)
     return 0
 
 
-cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at) noexcept nogil:
+cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at,
+                    CopyJobs *jobs) noexcept nogil:
     # A copy of src in dst (uninitialised); -1: out of memory (dst is then
     # left for scope_free, which frees what it holds).
     dst[0] = src[0]
@@ -2077,7 +2162,7 @@ cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at) noexce
     dst.table.slots = NULL
     dst.table.spare = NULL
     dst.table.marketing.slots = NULL
-    if (table_copy(&dst.table, &src.table, room, at) < 0
+    if (table_copy(&dst.table, &src.table, room, at, jobs) < 0
             or ring_copy(&dst.ring24, &src.ring24) < 0
             or ring_copy(&dst.ring7, &src.ring7) < 0
             or ring_copy(&dst.slots7, &src.slots7) < 0):
