@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +16,13 @@ from pathlib import Path
 import pytest
 from store_double import CounterService, forbid_fork
 
-from tiergate.store import DataDirError, EmbeddedStore, StoreFailedError
+from tiergate.store import (
+    DataDirError,
+    EmbeddedStore,
+    StoreFailedError,
+    StoreUnavailableError,
+    embedded,
+)
 from tiergate.store import journal as j
 
 
@@ -162,14 +171,17 @@ def test_persist_nowait_acknowledges_only_after_the_group_fsync(tmp_path: Path) 
     assert recovered(tmp_path).state() == svc.state()
 
 
-def fail_next_segment(store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The current segment is full and no room is left for the next one."""
+def fail_next_segment(
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, err: int = errno.ENOSPC
+) -> None:
+    """The current segment is full and the next one cannot be made: no room is left
+    for it (ENOSPC), or the disk fails (EIO)."""
     writer = store._writer
     assert writer is not None
     writer.capacity = writer.segment_size
 
     def full(fd: int, offset: int, length: int) -> None:
-        raise OSError(28, "No space left on device")
+        raise OSError(err, os.strerror(err))
 
     monkeypatch.setattr(j.os, "posix_fallocate", full)
 
@@ -186,7 +198,7 @@ def test_a_failed_group_write_fails_every_waiter_and_reports_once(
         store.on_failure = failures.append
         svc.incr("a")
         await store.persist(svc)
-        fail_next_segment(store, monkeypatch)
+        fail_next_segment(store, monkeypatch, errno.EIO)
         futures = []
         for i in range(3):
             svc.incr("a", key=f"k{i}")
@@ -200,7 +212,7 @@ def test_a_failed_group_write_fails_every_waiter_and_reports_once(
         store.close()
 
     asyncio.run(main())
-    assert len(failures) == 1 and "No space left" in str(failures[0])
+    assert len(failures) == 1 and "Input/output error" in str(failures[0])
     assert recovered(tmp_path).state() == ({"a": 1}, {})
 
 
@@ -286,19 +298,103 @@ def test_write_failure_is_never_acknowledged(
         store.recover(svc)
         store.on_failure = failures.append
         await decide(store, svc, 0)
-        fail_next_segment(store, monkeypatch)
+        fail_next_segment(store, monkeypatch, errno.EIO)
         results = await asyncio.gather(
             *(decide(store, svc, i) for i in range(1, 4)), return_exceptions=True
         )
         assert all(isinstance(r, StoreFailedError) for r in results)
         monkeypatch.undo()
-        with pytest.raises(StoreFailedError, match="No space left"):
+        with pytest.raises(StoreFailedError, match="Input/output error"):
             await decide(store, svc, 9)
         store.close()
 
     asyncio.run(main())
     assert len(failures) == 1
     assert recovered(tmp_path).state() == ({"r0": 1}, {"k0": 1})
+
+
+@pytest.mark.parametrize("durability", ["write", "fsync-interval", "fsync-always"])
+def test_a_full_disk_refuses_decisions_then_resumes_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    """No space for the next segment: nothing is acknowledged (a decision that changed
+    nothing neither), the records of the decisions made are kept, and once there is
+    space again they are written, once and in order, and decisions are acknowledged
+    again, without a restart."""
+    changes: list[StoreUnavailableError | None] = []
+
+    async def main() -> CounterService:
+        store = EmbeddedStore.open(tmp_path, durability)
+        store.no_space_retry_seconds = 0.01
+        svc = CounterService()
+        store.recover(svc)
+        store.on_unavailable = changes.append
+        await decide(store, svc, 0)
+        fail_next_segment(store, monkeypatch)
+        results = await asyncio.gather(
+            *(decide(store, svc, i) for i in range(1, 4)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreUnavailableError) for r in results), results
+        assert "no space left on device" in str(results[0]) and str(tmp_path) in str(results[0])
+        with pytest.raises(StoreUnavailableError):
+            await decide(store, svc, 0)  # k0 again: changes nothing, still not acknowledged
+        await asyncio.sleep(0.05)  # retried meanwhile, still no space
+        assert store.unavailable is not None and len(changes) == 1
+        monkeypatch.undo()  # space again
+        for _ in range(500):
+            if store.unavailable is None:
+                break
+            await asyncio.sleep(0.01)
+        assert changes == [results[0], None]
+        assert await decide(store, svc, 4) == svc.counts["r4"]
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    counts = {f"r{i}": 1 for i in range(5)}
+    assert svc.state() == (counts, {f"k{i}": 1 for i in range(5)})
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_closing_while_the_disk_is_full_drops_only_what_was_never_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "fsync-interval")
+        svc = CounterService()
+        store.recover(svc)
+        await decide(store, svc, 0)
+        fail_next_segment(store, monkeypatch)
+        with pytest.raises(StoreUnavailableError):
+            await decide(store, svc, 1)
+        await store.aclose(svc)  # no traceback: logged; the final snapshot is put off
+
+    asyncio.run(main())
+    monkeypatch.undo()
+    assert recovered(tmp_path).state() == ({"r0": 1}, {"k0": 1})
+
+
+def test_records_kept_while_the_disk_is_full_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past HELD_BYTES_LIMIT of records kept, the store fails: memory is not given
+    without end to decisions that cannot be acknowledged."""
+    monkeypatch.setattr(embedded, "HELD_BYTES_LIMIT", 2_000)
+
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "write")
+        svc = CounterService()
+        store.recover(svc)
+        fail_next_segment(store, monkeypatch)
+        with pytest.raises(StoreUnavailableError):
+            await decide(store, svc, 0)
+        with pytest.raises(StoreFailedError, match="kept while it was full"):
+            for i in range(1, 100):
+                with contextlib.suppress(StoreUnavailableError):
+                    await decide(store, svc, i)
+        store.close()
+
+    asyncio.run(main())
 
 
 class FailingSnapshot(CounterService):

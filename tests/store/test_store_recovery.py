@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import struct
@@ -22,6 +23,7 @@ from tiergate.store import (
     RecoveryReport,
     StoreError,
     StoreFailedError,
+    StoreUnavailableError,
 )
 from tiergate.store import journal as j
 from tiergate.store import snapshot as s
@@ -552,17 +554,83 @@ def test_write_failure_fails_the_store(tmp_path: Path, monkeypatch: pytest.Monke
     assert writer is not None
     writer.capacity = writer.segment_size  # the segment is full: the next write starts one
 
-    def full(fd: int, offset: int, length: int) -> None:
-        raise OSError(28, "No space left on device")
+    def broken(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(j.os, "posix_fallocate", full)
+    monkeypatch.setattr(j.os, "posix_fallocate", broken)
     svc.incr("z")
-    with pytest.raises(StoreFailedError, match="No space left"):
+    with pytest.raises(StoreFailedError, match="Input/output error"):
         store.commit_sync(svc.drain_journal())
     monkeypatch.undo()
     with pytest.raises(StoreFailedError):  # nothing more is acknowledged
         store.commit_sync([])
     store.close()
+
+
+def test_a_full_disk_is_unavailable_until_there_is_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, svc = fresh(tmp_path)
+    run_ops(store, svc, 2)
+    writer = store._writer
+    assert writer is not None
+    writer.capacity = writer.segment_size
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(j.os, "posix_fallocate", full)
+    svc.incr("z")
+    with pytest.raises(StoreUnavailableError, match="no space left on device"):
+        store.commit_sync(svc.drain_journal())
+    svc.incr("y")
+    with pytest.raises(StoreUnavailableError):  # kept behind the first, still no space
+        store.commit_sync(svc.drain_journal())
+    monkeypatch.undo()
+    store.commit_sync([])  # written now, in order
+    assert store.unavailable is None
+    store.close()
+    store2, svc2, _ = reopen(tmp_path)
+    assert svc2.state() == svc.state()
+    store2.close()
+
+
+def test_a_segment_is_smaller_when_the_disk_is_short_of_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fallocate = os.posix_fallocate
+
+    def short(fd: int, offset: int, length: int) -> None:
+        if length > 300_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fallocate(fd, offset, length)
+
+    monkeypatch.setattr(j.os, "posix_fallocate", short)
+    store, svc = fresh(tmp_path)  # segment_bytes 16 MiB: halved to 256 KiB
+    writer = store._writer
+    assert writer is not None and writer.capacity == 256 << 10
+    assert "short of space" in caplog.text
+    run_ops(store, svc, 5_000)  # rotates through small segments
+    assert len(segments(tmp_path)) > 1
+    store.close()
+    store2, svc2, _ = reopen(tmp_path)
+    assert svc2.state() == svc.state()
+    store2.close()
+
+
+def test_no_space_for_the_least_segment_is_a_clear_start_up_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(j.os, "posix_fallocate", full)
+    with pytest.raises(StoreError, match=r"no space left on device for the journal") as info:
+        fresh(tmp_path)
+    assert str(tmp_path) in str(info.value) and "65536 bytes" in str(info.value)
+    assert not segments(tmp_path)
+    monkeypatch.undo()
+    fresh(tmp_path)[0].close()  # the lock was released
 
 
 def test_bad_settings_are_named(tmp_path: Path) -> None:

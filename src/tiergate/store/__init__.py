@@ -12,6 +12,7 @@ from .base import (
     Store,
     StoreError,
     StoreFailedError,
+    StoreUnavailableError,
 )
 from .embedded import EmbeddedStore
 
@@ -28,4 +29,5 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreFailedError",
+    "StoreUnavailableError",
 ]

@@ -84,6 +84,12 @@ class StoreFailedError(StoreError):
     """A write or fsync failed; nothing more is acknowledged (restart to recover)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The journal cannot be written for now (its file system is full): nothing is
+    acknowledged until it can. The store retries by itself and resumes; records of
+    decisions made but not written meanwhile are kept and written first."""
+
+
 #: Encodes a state image taken earlier (``Recoverable.snapshot_image``): the snapshot
 #: payload in parts, to be written one after the other. Runs in the snapshot thread;
 #: touches nothing the live service changes.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
@@ -46,9 +47,11 @@ from .base import (
     SnapshotEncoder,
     StoreError,
     StoreFailedError,
+    StoreUnavailableError,
 )
 from .journal import (
     FRAME_OVERHEAD,
+    MIN_SEGMENT_BYTES,
     SEGMENT_HEADER_SIZE,
     BadSegmentHeader,
     IntervalFlusher,
@@ -57,6 +60,7 @@ from .journal import (
     decode_segment_header,
     iter_frames,
     list_segments,
+    no_space,
     read_segment,
 )
 from .snapshot import (
@@ -80,6 +84,11 @@ DEFAULT_SNAPSHOT_EVERY_SECONDS = 300.0
 DEFAULT_SNAPSHOT_MIN_SECONDS = 10.0
 DEFAULT_SEGMENT_BYTES = 16 << 20
 DEFAULT_KEEP_SNAPSHOTS = 2
+#: While the journal's file system is full, how often writing it is tried again.
+NO_SPACE_RETRY_SECONDS = 1.0
+#: Records of decisions made but not yet written (the journal's file system full)
+#: kept at most; past it the store fails (nothing more acknowledged until a restart).
+HELD_BYTES_LIMIT = 64 << 20
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -189,6 +198,19 @@ class EmbeddedStore:
         self._snapshot_task: asyncio.Task[None] | None = None
         # Called once, when the store fails (the server stops reporting SERVING).
         self.on_failure: Callable[[StoreFailedError], None] | None = None
+        # While the journal's file system is full: framed records (and their last
+        # seq) of decisions made but not written, oldest first; they are written
+        # before anything else once there is space. Event-loop thread only.
+        self._held: list[tuple[bytes, int]] = []
+        self._held_bytes = 0
+        self._unavailable: StoreUnavailableError | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self.no_space_retry_seconds = NO_SPACE_RETRY_SECONDS
+        # Called with the error when the journal cannot be written for now (the
+        # server refuses new work and reports NOT_SERVING), with None when it can
+        # again (SERVING, decisions acknowledged again).
+        self.on_unavailable: Callable[[StoreUnavailableError | None], None] | None = None
+        self.no_space_episodes = 0
 
         # metrics
         self.report: RecoveryReport | None = None
@@ -246,6 +268,12 @@ class EmbeddedStore:
         return self._recovery_seconds
 
     @property
+    def unavailable(self) -> StoreUnavailableError | None:
+        """Why nothing is acknowledged for now (the journal's file system is full),
+        or None."""
+        return self._unavailable
+
+    @property
     def last_seq(self) -> int:
         """Sequence number of the last record handed to the journal."""
         return self._writer.next_seq - 1 if self._writer is not None else 0
@@ -268,7 +296,11 @@ class EmbeddedStore:
         if self._writer is not None or self._closed:
             raise StoreError("recover() runs once, on a freshly opened store")
         try:
-            return self._recover(service)
+            try:
+                return self._recover(service)
+            except OSError as exc:
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise StoreError(f"data dir {self.data_dir}: {exc.strerror or exc}{where}") from exc
         except BaseException:
             self.close()  # release the data dir; the caller reports the error and exits
             raise
@@ -308,7 +340,16 @@ class EmbeddedStore:
             if path.stat().st_size <= SEGMENT_HEADER_SIZE:
                 path.unlink()
         older = sum(p.stat().st_size for _, p in list_segments(self.data_dir))
-        self._writer = JournalWriter(self.data_dir, last_seq + 1, self.segment_bytes)
+        try:
+            self._writer = JournalWriter(self.data_dir, last_seq + 1, self.segment_bytes)
+        except OSError as exc:
+            if not no_space(exc):
+                raise
+            least = min(self.segment_bytes, MIN_SEGMENT_BYTES)
+            raise StoreError(
+                f"data dir {self.data_dir}: no space left on device for the journal (its "
+                f"first segment needs {least} bytes free); free some space and start again"
+            ) from exc
         self._writer.older_bytes = older
         if self.durability is Durability.FSYNC_INTERVAL:
             self._flusher = IntervalFlusher(self._writer, self.fsync_interval_ms / 1000)
@@ -569,7 +610,9 @@ class EmbeddedStore:
         """Write ``records`` now (``write`` and ``fsync-interval``: a copy into the
         mapped segment) or queue them for the next group write and fsync
         (``fsync-always``); the future to await before acknowledging, or None
-        when everything is already written."""
+        when everything is already written. While the journal cannot be written
+        (``StoreUnavailableError``) records are kept to be written later, and
+        nothing is acknowledged, a decision that changed nothing included."""
         writer = self._require_writer()
         if records:
             self.records_since_snapshot += len(records)
@@ -577,13 +620,21 @@ class EmbeddedStore:
             self.records_committed += len(records)
             if self.durability is not Durability.FSYNC_ALWAYS:
                 data = writer.encode(records)
+                if self._held:  # after what could not be written yet, never before it
+                    raise self._hold(data, writer.next_seq - 1, None)
                 try:
                     writer.write(data, writer.next_seq - 1)
                 except OSError as exc:
+                    if no_space(exc):
+                        raise self._hold(data, writer.next_seq - 1, exc) from exc
                     raise self._fail(exc) from exc
                 self.commits += 1
                 return None
             self._pending.extend(records)  # framed (and numbered) at the write, in order
+            if self._unavailable is not None:
+                raise self._unavailable
+        elif self._unavailable is not None:
+            raise self._unavailable
         elif not self._pending and self._inflight is None:
             return None
         loop = asyncio.get_running_loop()
@@ -609,6 +660,9 @@ class EmbeddedStore:
         if self._inflight is not None:
             return  # _flushed reschedules
         waiters, self._waiters = self._waiters, []
+        if self._unavailable is not None:
+            _settle(waiters, self._unavailable)  # what is pending waits for the space
+            return
         if not self._pending:
             _settle(waiters, None)
             return
@@ -622,13 +676,13 @@ class EmbeddedStore:
             if self._io is None:
                 self._io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-journal")
             self._inflight = loop.run_in_executor(self._io, _write_and_sync, writer, data, last)
-            self._inflight.add_done_callback(partial(self._flushed, loop, waiters))
+            self._inflight.add_done_callback(partial(self._flushed, loop, waiters, data, last))
             self.commits += 1
             return
         try:
             writer.write(data, last)
         except OSError as exc:
-            _settle(waiters, self._fail(exc))
+            _settle(waiters, self._hold(data, last, exc) if no_space(exc) else self._fail(exc))
             return
         self.commits += 1
         _settle(waiters, None)
@@ -637,13 +691,92 @@ class EmbeddedStore:
         self,
         loop: asyncio.AbstractEventLoop,
         waiters: list[asyncio.Future[None]],
+        data: bytes,
+        last: int,
         done: asyncio.Future[None],
     ) -> None:
         self._inflight = None
         exc = done.exception()
-        _settle(waiters, self._fail(exc) if exc is not None else None)
+        if isinstance(exc, _NoSpace):
+            self.commits -= 1
+            _settle(waiters, self._hold(data, last, exc.error))
+        else:
+            _settle(waiters, self._fail(exc) if exc is not None else None)
         if (self._waiters or self._pending) and self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush, loop)
+
+    # -- a full file system ------------------------------------------------
+
+    def _hold(self, data: bytes, last: int, exc: OSError | None) -> StoreError:
+        """Keep framed records that could not be written (the file system is full)
+        to write them, in order, once it can; the error their callers get."""
+        self._held.append((data, last))
+        self._held_bytes += len(data)
+        if self._held_bytes > HELD_BYTES_LIMIT:
+            return self._fail(
+                OSError(
+                    errno.ENOSPC,
+                    f"no space left on device for {self._held_bytes} bytes of records kept "
+                    "while it was full",
+                )
+            )
+        if self._unavailable is None:
+            quota = exc is not None and exc.errno == errno.EDQUOT
+            full = "disk quota exceeded" if quota else "no space left on device"
+            self._unavailable = StoreUnavailableError(
+                f"data dir {self.data_dir}: {full} for the journal; refusing new decisions "
+                "until it can be written again"
+            )
+            self.no_space_episodes += 1
+            log.error(
+                "%s (trying again every %g s)", self._unavailable, self.no_space_retry_seconds
+            )
+            self._schedule_retry()
+            if self.on_unavailable is not None:
+                self.on_unavailable(self._unavailable)
+        return self._unavailable
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is not None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop: the next commit_sync tries again first
+        self._retry_handle = loop.call_later(self.no_space_retry_seconds, self._retry_held)
+
+    def _retry_held(self) -> None:
+        self._retry_handle = None
+        writer = self._writer
+        if writer is None or self._failed is not None or not self._held:
+            return
+        try:
+            self._write_held(writer)
+        except OSError as exc:
+            if no_space(exc):
+                self._schedule_retry()
+            else:
+                self._fail(exc)
+
+    def _write_held(self, writer: JournalWriter) -> None:
+        """Write what was kept while the file system was full, in order; then the
+        store is available again. Raises the write's OSError if it still fails."""
+        while self._held:
+            data, last = self._held[0]
+            writer.write(data, last)
+            del self._held[0]
+            self._held_bytes -= len(data)
+            self.commits += 1
+        if self._unavailable is None:
+            return
+        self._unavailable = None
+        log.warning("data dir %s: the journal can be written again; deciding again", self.data_dir)
+        if self.on_unavailable is not None:
+            self.on_unavailable(None)
+        if self._pending and self._flush_handle is None:
+            with contextlib.suppress(RuntimeError):  # no loop: commit_sync writes them
+                loop = asyncio.get_running_loop()
+                self._flush_handle = loop.call_soon(self._flush, loop)
 
     async def _barrier(self) -> None:
         """Wait until everything committed so far is written (no in-flight fsync either)."""
@@ -655,15 +788,32 @@ class EmbeddedStore:
         writer = self._require_writer()
         if self._inflight is not None:
             raise StoreError("a synchronous commit raced an asynchronous one")
+        if self._held:
+            try:
+                self._write_held(writer)
+            except OSError as exc:
+                if not no_space(exc):
+                    raise self._fail(exc) from exc
         if not self._pending:
+            if self._unavailable is not None:
+                raise self._unavailable
             return
         data, last = self._take_pending(writer)
         waiters, self._waiters = self._waiters, []
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._held:
+            unavailable = self._hold(data, last, None)
+            _settle(waiters, unavailable)
+            raise unavailable
         try:
             writer.write(data, last)
+        except OSError as exc:
+            error = self._hold(data, last, exc) if no_space(exc) else self._fail(exc)
+            _settle(waiters, error)
+            raise error from exc
+        try:
             if self.durability is Durability.FSYNC_ALWAYS:
                 writer.sync()
         except OSError as exc:
@@ -719,8 +869,12 @@ class EmbeddedStore:
     async def _background_snapshot(self, service: Recoverable) -> None:
         try:
             await self.snapshot(service)
-        except Exception:
-            log.exception("snapshot failed; the journal keeps every change, will retry later")
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailableError) or no_space(exc):
+                # The file system is full: the journal keeps every change meanwhile.
+                log.warning("snapshot in %s put off: %s", self.data_dir, exc)
+            else:
+                log.exception("snapshot failed; the journal keeps every change, will retry later")
             self._last_snapshot_at = time.monotonic()
         finally:
             self._snapshot_task = None
@@ -855,15 +1009,27 @@ class EmbeddedStore:
         if task is not None:
             await asyncio.wait([task])
         if self._writer is not None and self._failed is None:
-            if service is not None:
-                await self.commit(service.drain_journal())
-                if self.snapshot_on_close and self.records_since_snapshot > 0:
-                    if self._snapshot_lock is None:
-                        self._snapshot_lock = asyncio.Lock()
-                    async with self._snapshot_lock:
-                        await self._snapshot(service)
-            await self._barrier()
+            try:
+                if service is not None:
+                    await self.commit(service.drain_journal())
+                    if self.snapshot_on_close and self.records_since_snapshot > 0:
+                        await self._final_snapshot(service)
+                await self._barrier()
+            except StoreUnavailableError as exc:
+                log.error("closing: %s", exc)  # close() tries once more
         self.close()
+
+    async def _final_snapshot(self, service: Recoverable) -> None:
+        if self._snapshot_lock is None:
+            self._snapshot_lock = asyncio.Lock()
+        async with self._snapshot_lock:
+            try:
+                await self._snapshot(service)
+            except StoreUnavailableError:
+                raise
+            except Exception:
+                # The journal holds every change: the next start replays it.
+                log.exception("closing: the final snapshot failed")
 
     def close(self) -> None:
         if self._closed:
@@ -878,8 +1044,20 @@ class EmbeddedStore:
                 if self._io is not None:
                     self._io.shutdown(wait=True)
             elif self._writer is not None and self._failed is None:
-                self._flush_now()
+                try:
+                    self._flush_now()
+                except StoreUnavailableError:
+                    # Never acknowledged (nothing is while the journal cannot be
+                    # written): the restart's state is the journal's.
+                    log.error(
+                        "closing: %d bytes of records of decisions never acknowledged "
+                        "could not be written (no space) and are dropped",
+                        self._held_bytes,
+                    )
         finally:
+            if self._retry_handle is not None:
+                self._retry_handle.cancel()
+                self._retry_handle = None
             if self._flusher is not None:
                 self._flusher.stop()
             for pool in (self._io, self._snap_io):
@@ -891,8 +1069,21 @@ class EmbeddedStore:
             os.close(self._lock_fd)
 
 
+class _NoSpace(Exception):
+    """A group write found the file system full (not its fsync: that fails the store)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _write_and_sync(writer: JournalWriter, data: bytes, last: int) -> None:
-    writer.write(data, last)
+    try:
+        writer.write(data, last)
+    except OSError as exc:
+        if no_space(exc):
+            raise _NoSpace(exc) from exc
+        raise
     writer.sync()
 
 
