@@ -30,7 +30,13 @@ from tiergate.policy.service import AdmissionService, InvalidArgument
 from tiergate.server import admit_wire, batch_wire
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
-from tiergate.store import EmbeddedStore, RecoveryReport, StoreError, StoreFailedError
+from tiergate.store import (
+    EmbeddedStore,
+    RecoveryReport,
+    StoreError,
+    StoreFailedError,
+    StoreUnavailableError,
+)
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks.http import WebhookReceiver
@@ -67,6 +73,7 @@ class Sidecar:
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
         self._failure_report: asyncio.Task[None] | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     # --- start -----------------------------------------------------------------
 
@@ -92,6 +99,7 @@ class Sidecar:
                 )
                 self.recovery = self.store.recover(service)
                 self.store.on_failure = self._on_store_failure
+                self.store.on_unavailable = self._on_store_unavailable
             except StoreError as e:
                 raise StartupError(f"data_dir: {e}") from e
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
@@ -105,7 +113,10 @@ class Sidecar:
         )
         if applied:
             log.info("applied from the config: %s", ", ".join(applied))
-        await self._commit()
+        try:
+            await self._commit()
+        except StoreError as e:
+            raise StartupError(f"data_dir: {e}") from e
 
         server = grpc.aio.server(
             options=[
@@ -124,6 +135,8 @@ class Sidecar:
             request_clock=config.clock == "request",
         )
         self._servicer = servicer
+        if self.store is not None:
+            servicer.refusal = self.store.unavailable
         pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
         # AdmitColumns, and Admit, AdmitStream and AdmitBatch with the compiled engine,
         # read and write their own wire bytes (registered after the generated
@@ -230,6 +243,33 @@ class Sidecar:
             log.critical("store failed: answering INTERNAL until restarted")
             await self._health.enter_graceful_shutdown()
 
+    def _on_store_unavailable(self, exc: StoreUnavailableError | None) -> None:
+        """The journal cannot be written for now (its file system is full), or, with
+        None, can again: meanwhile every RPC is refused as UNAVAILABLE before it
+        decides anything, and health reports NOT_SERVING; then SERVING again."""
+        if self._servicer is not None:
+            self._servicer.refusal = exc
+        if exc is None:
+            log.warning("store: the journal can be written again; serving")
+        else:
+            log.error("store: answering UNAVAILABLE until the journal can be written")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        status = health_pb2.HealthCheckResponse.NOT_SERVING
+        if exc is None:
+            status = health_pb2.HealthCheckResponse.SERVING
+        task = loop.create_task(self._set_health(status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        # After a shutdown began (or the store failed), health stays NOT_SERVING:
+        # the servicer ignores set() from then on.
+        for name in HEALTH_SERVICES:
+            await self._health.set(name, status)
+
     def _on_store_failure(self, exc: StoreFailedError) -> None:
         """The store failed a write (maybe awaited by RPCs through _commit_start)."""
         try:
@@ -273,6 +313,12 @@ class Sidecar:
                 "counter",
                 "Journal writes: one per committing call; with fsync-always, one per group.",
                 lambda: float(store.commits),
+            )
+            m.collect(
+                "tiergate_journal_no_space",
+                "gauge",
+                "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
+                lambda: float(store.unavailable is not None),
             )
             m.collect(
                 "tiergate_recovery_seconds",
