@@ -21,7 +21,7 @@ import math
 import operator
 import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -188,23 +188,43 @@ _EVENT_TYPES: dict[str, type[Any]] = {
 _JSON_CHUNK = 1024
 
 
+class _Rows:
+    """A long JSON list of a snapshot, made from ``items`` a chunk at a time by ``row``
+    (None: the item is left out), so that only one chunk's rows are alive at once."""
+
+    __slots__ = ("items", "row")
+
+    def __init__(self, items: Sequence[Any], row: Callable[[Any], Any]) -> None:
+        self.items = items
+        self.row = row
+
+    def chunks(self) -> Iterator[list[Any]]:
+        row, items = self.row, self.items
+        for i in range(0, len(items), _JSON_CHUNK):
+            rows = [r for r in map(row, items[i : i + _JSON_CHUNK]) if r is not None]
+            if rows:
+                yield rows
+
+
 def _json_parts(fields: Sequence[tuple[str, Any]]) -> list[bytes]:
     """``json.dumps(dict(fields), separators=(",", ":")).encode()``, the same bytes in
-    parts: a long list is encoded a chunk of items at a time, so a thread encoding
-    a snapshot gives the event loop's thread the GIL back between chunks rather
-    than holding it for the whole list in one C call."""
+    parts, a ``_Rows`` value being the list of its rows. A thread encoding a snapshot
+    so gives the event loop's thread the GIL back between chunks rather than holding
+    it for a whole list in one C call, and the rows of a chunk are freed before the
+    next is made: made all at once, millions of them would start the cyclic GC's
+    full collections, each holding the GIL for as long as it takes."""
     out: list[bytes] = []
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     sep = "{"
     for name, value in fields:
         head = f"{sep}{dumps(name)}:"
         sep = ","
-        if isinstance(value, list) and len(value) > _JSON_CHUNK:
-            parts = [head, "["]
-            for i in range(0, len(value), _JSON_CHUNK):
-                parts.append(("," if i else "") + dumps(value[i : i + _JSON_CHUNK])[1:-1])
-                out.append("".join(parts).encode())
-                parts = []
+        if isinstance(value, _Rows):
+            out.append(f"{head}[".encode())
+            comma = ""
+            for rows in value.chunks():
+                out.append((comma + dumps(rows)[1:-1]).encode())
+                comma = ","
             out.append(b"]")
         else:
             out.append((head + dumps(value)).encode())
@@ -1943,26 +1963,26 @@ class AdmissionService:
         eco = list(self._eco.items())
         unknown = self._unknown_sender_count
 
+        def idem_row(item: tuple[int, str, str]) -> list[Any] | None:
+            until, sid, key = item
+            entry = idem.get(sid, {}).get(key)
+            if entry is None:
+                return None
+            # the whole AdmitResult's fields, as snapshots have always held them
+            return [until, sid, key, result_fields(remembered(entry))]
+
+        def link_row(item: tuple[int, str]) -> list[Any] | None:
+            until, mid = item
+            link = links.get(mid)
+            return [until, mid, link[0]] if link is not None and link[1] == until else None
+
         def encode() -> list[bytes]:
-            rows = [
-                # the whole AdmitResult's fields, as snapshots have always held them
-                [until, sid, key, result_fields(remembered(idem[sid][key]))]
-                for until, sid, key in idem_order
-                if sid in idem and key in idem[sid]
-            ]
             body = _json_parts(
                 [
                     *fields,
-                    ("idem", rows),
-                    ("seen", [[until, key] for until, key in seen]),
-                    (
-                        "links",
-                        [
-                            [until, mid, links[mid][0]]
-                            for until, mid in link_order
-                            if links.get(mid, ("", 0))[1] == until
-                        ],
-                    ),
+                    ("idem", _Rows(idem_order, idem_row)),
+                    ("seen", _Rows(seen, list)),
+                    ("links", _Rows(link_order, link_row)),
                     ("eco", [[sc, rk, until] for (sc, rk), until in eco]),
                     ("unknown", unknown),
                 ]
