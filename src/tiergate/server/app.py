@@ -272,6 +272,8 @@ class Sidecar:
 
     def _on_store_failure(self, exc: StoreFailedError) -> None:
         """The store failed a write (maybe awaited by RPCs through _commit_start)."""
+        if self._servicer is not None:
+            self._servicer.refusal = exc  # INTERNAL from now on, before deciding
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -319,6 +321,12 @@ class Sidecar:
                 "gauge",
                 "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
                 lambda: float(store.unavailable is not None),
+            )
+            m.collect(
+                "tiergate_journal_no_space_total",
+                "counter",
+                "Times the journal's file system was found full.",
+                lambda: float(store.no_space_episodes),
             )
             m.collect(
                 "tiergate_recovery_seconds",

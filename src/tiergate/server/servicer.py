@@ -28,7 +28,7 @@ from tiergate.policy.service import AdmissionService, AdmitResult, Checked, Inva
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
-from tiergate.store import StoreUnavailableError
+from tiergate.store import StoreError, StoreUnavailableError
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks import ingest as webhooks
@@ -92,9 +92,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         self._request_clock = request_clock
         self._latest_request_ms = 0
         self.in_flight = InFlight()
-        # Set while decisions cannot be acknowledged for now (the journal's file
-        # system is full): every RPC answers it as UNAVAILABLE before deciding.
-        self.refusal: StoreUnavailableError | None = None
+        # Set while decisions cannot be acknowledged: every RPC answers it before
+        # deciding, UNAVAILABLE while the journal's file system is full, INTERNAL
+        # once the store has failed.
+        self.refusal: StoreError | None = None
 
     # --- helpers ---------------------------------------------------------------
 

@@ -597,6 +597,7 @@ class EmbeddedStore:
 
     def _fail(self, exc: BaseException) -> StoreFailedError:
         if self._failed is None:
+            self._unavailable = None  # failed for good, not waiting for space
             self._failed = StoreFailedError(
                 f"journal write to {self.data_dir} failed ({exc}); no further decision is "
                 "acknowledged until tiergate restarts"
