@@ -293,6 +293,7 @@ def prepare_recovery(recipients: int, tail: int, data: Path, keys: bool = False)
     traffic = Traffic(keys=keys)
     fill_s = fill(svc, traffic, recipients)
     entries = svc.engine.entries()
+    image_bytes = sum(svc.engine.copy_sizes())  # the engine's part of a snapshot image
     store = EmbeddedStore.open(
         data, "write", snapshot_every_records=10**9, snapshot_every_bytes=1 << 62
     )
@@ -317,6 +318,7 @@ def prepare_recovery(recipients: int, tail: int, data: Path, keys: bool = False)
         "recipients": recipients,
         "idempotency_keys": recipients if keys else 0,
         "engine_entries": entries,
+        "engine_image_bytes": image_bytes,
         "fill_seconds": fill_s,
         "snapshot_seconds": snapshot_s,
         "inline_snapshot_stall_seconds": stall_s,
@@ -489,6 +491,7 @@ def main() -> int:
                 "stall s",
                 "max loop gap s",
                 "snapshot MB",
+                "image MB",
                 "B/recipient",
                 "journal MB",
                 "RSS MB",
@@ -505,6 +508,7 @@ def main() -> int:
                     r["served_snapshot_stall_seconds"],
                     r["served_snapshot_max_loop_gap_seconds"],
                     r["snapshot_bytes"] / 1e6,
+                    r["engine_image_bytes"] / 1e6,
                     r["snapshot_bytes"] / r["recipients"],
                     r["journal_bytes"] / 1e6,
                     r["rss_bytes"] / 1e6,
