@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import os
 import threading
 import time
@@ -431,6 +432,44 @@ def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, where: st
 
     svc = asyncio.run(main())
     assert recovered(tmp_path).state() == svc.state()
+
+
+class GcWatch(CounterService):
+    """Notes whether the cyclic GC was on when its image was taken and encoded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gc_on: list[bool] = []
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        self.gc_on.append(gc.isenabled())
+        encode = super().snapshot_image(room)
+
+        def watched() -> list[bytes]:
+            self.gc_on.append(gc.isenabled())
+            return encode()
+
+        return watched
+
+
+def test_the_cyclic_gc_is_paused_while_a_snapshot_is_taken_and_encoded(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_on_close=False)
+        svc = GcWatch()
+        store.recover(svc)
+        await decide(store, svc, 1)
+        await store.snapshot(svc)
+        assert svc.gc_on == [False, False] and gc.isenabled()
+        gc.disable()  # paused by someone else: left as it was
+        try:
+            await decide(store, svc, 2)
+            await store.snapshot(svc)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+        store.close()
+
+    asyncio.run(main())
 
 
 class SlowEncode(CounterService):
