@@ -12,12 +12,19 @@ Three figures, through the real ``AdmissionService`` and ``EmbeddedStore``:
    journal tail) with 1 M and 10 M tracked recipients, the tail being
    ``snapshot_every_records`` (200 000) admits in AdmitBatch(1000)-sized calls,
    about ``snapshot_every_bytes`` of journal (the worst case: a crash just before
-   the next snapshot). Also the snapshot's own time (the event loop is busy
-   serialising for that long) and size.
+   the next snapshot). Also the snapshot's size and cost: serialised in the
+   calling thread (``snapshot_sync``), and the server's periodic snapshot
+   (``store.snapshot`` on a running uvloop): its total time, how long the
+   store reports holding the event loop, and the longest gap a probe task
+   waking every millisecond saw meanwhile (what a call arriving during the
+   snapshot could have waited). Once more with 1 M recipients each admitted
+   with an idempotency key (``--keyed``): the keys are the policy layer's
+   part of the state, encoded in Python.
 3. Journal bytes per decision.
 
     .venv/bin/python benchmarks/durability.py --quick   # 1 M recipients only
     .venv/bin/python benchmarks/durability.py           # adds 10 M
+    .venv/bin/python benchmarks/durability.py --no-throughput   # snapshots and recovery only
 
 Prints tables and writes ``benchmarks/results/durability.json`` with the
 machine it ran on.
@@ -239,28 +246,59 @@ def fill(svc: AdmissionService, traffic: Traffic, recipients: int) -> float:
     return time.perf_counter() - t0
 
 
-def prepare_recovery(recipients: int, tail: int, data: Path) -> dict[str, Any]:
+async def _probed(store: EmbeddedStore, svc: AdmissionService) -> dict[str, float]:
+    """The server's periodic snapshot (``store.snapshot``) on a running loop, with a
+    probe task that wakes every millisecond: the longest gap between its wake-ups
+    is how long a call arriving meanwhile could have waited (the store's own
+    figure counts only the part it knows it holds the loop for)."""
+    gaps: list[float] = []
+    done = False
+
+    async def probe() -> None:
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(probe())
+    await asyncio.sleep(0.05)
+    gaps.clear()
+    t0 = time.perf_counter()
+    await store.snapshot(svc)
+    total = time.perf_counter() - t0
+    done = True
+    await ticker
+    gaps.sort()
+    return {
+        "served_snapshot_seconds": total,
+        "served_snapshot_stall_seconds": store.last_snapshot_stall_seconds,
+        "served_snapshot_max_loop_gap_seconds": gaps[-1] if gaps else total,
+        "served_snapshot_p99_loop_gap_seconds": gaps[int(len(gaps) * 0.99)] if gaps else total,
+    }
+
+
+def served_snapshot(store: EmbeddedStore, svc: AdmissionService) -> dict[str, float]:
+    """``_probed`` in uvloop, as the server runs it."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_probed(store, svc))
+
+
+def prepare_recovery(recipients: int, tail: int, data: Path, keys: bool = False) -> dict[str, Any]:
     """A data dir holding a snapshot of ``recipients`` tracked recipients plus the journal
-    of ``tail`` admits after it, left as a crash would leave it."""
+    of ``tail`` admits after it, left as a crash would leave it. With ``keys`` every
+    admit carries an idempotency key (all still held: they are kept 24 h)."""
     svc = new_service()
-    traffic = Traffic(keys=False)  # the recipient tables, not key retention, are measured
+    traffic = Traffic(keys=keys)
     fill_s = fill(svc, traffic, recipients)
     entries = svc.engine.entries()
+    image_bytes = sum(svc.engine.copy_sizes())  # the engine's part of a snapshot image
     store = EmbeddedStore.open(
         data, "write", snapshot_every_records=10**9, snapshot_every_bytes=1 << 62
     )
     store.recover(svc)  # empty dir: nothing to restore, the filled state stays
-    child: dict[str, float] = {}
-    if hasattr(os, "fork"):
-        # the server's periodic snapshot: serialised by a forked child
-        store.snapshot_in_child = True
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            t0 = time.perf_counter()
-            runner.run(store.snapshot(svc))
-            child = {
-                "child_snapshot_seconds": time.perf_counter() - t0,
-                "child_snapshot_stall_seconds": store.last_snapshot_stall_seconds,
-            }
+    served = served_snapshot(store, svc)
     t0 = time.perf_counter()
     store.snapshot_sync(svc)  # the same serialisation in the event loop's thread
     snapshot_s = time.perf_counter() - t0
@@ -278,11 +316,13 @@ def prepare_recovery(recipients: int, tail: int, data: Path) -> dict[str, Any]:
     store.close()
     return {
         "recipients": recipients,
+        "idempotency_keys": recipients if keys else 0,
         "engine_entries": entries,
+        "engine_image_bytes": image_bytes,
         "fill_seconds": fill_s,
         "snapshot_seconds": snapshot_s,
         "inline_snapshot_stall_seconds": stall_s,
-        **child,
+        **served,
         "snapshot_bytes": store.last_snapshot_bytes,
         "tail_admits": tail,
         "tail_records": tail_records,
@@ -342,6 +382,17 @@ def main() -> int:
     )
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs each (best kept)")
     ap.add_argument("--tail", type=int, help="admits journaled after the snapshot at recovery")
+    ap.add_argument(
+        "--keyed",
+        type=int,
+        default=1_000_000,
+        help="also this many recipients each admitted with an idempotency key (0: not run)",
+    )
+    ap.add_argument(
+        "--no-throughput",
+        action="store_true",
+        help="only recovery and snapshots (part 1, the throughput runs, is left out)",
+    )
     ap.add_argument("--results-dir", type=Path, help="where durability.json goes")
     ap.add_argument("--work-dir", type=Path, help="scratch data dirs (default: a temp dir)")
     ap.add_argument("--recover-only", type=Path, help=argparse.SUPPRESS)
@@ -362,18 +413,19 @@ def main() -> int:
     try:
         throughput: dict[str, dict[str, Any]] = {}
         rows = []
-        run_throughput(None, "unary64", decisions // 4, work)  # warm-up
+        if not args.no_throughput:
+            run_throughput(None, "unary64", decisions // 4, work)  # warm-up
         # Interleaved repeats, best of each: other processes on the machine slow
         # single runs at random; the best run is the least disturbed one.
         best: dict[tuple[str, str | None], dict[str, Any]] = {}
-        for _ in range(args.repeats):
+        for _ in range(0 if args.no_throughput else args.repeats):
             for shape in SHAPES:
                 for mode in MODES:
                     r = run_throughput(mode, shape, decisions, work)
                     prev = best.get((shape, mode))
                     if prev is None or r["decisions_per_s"] > prev["decisions_per_s"]:
                         best[(shape, mode)] = r
-        for shape, (label, _, _) in SHAPES.items():
+        for shape, (label, _, _) in SHAPES.items() if best else ():
             per_mode: dict[str, Any] = {(mode or "off"): best[(shape, mode)] for mode in MODES}
             off = per_mode["off"]["decisions_per_s"]
             for mode in MODES:
@@ -397,26 +449,28 @@ def main() -> int:
                     ]
                 )
             throughput[shape] = {"label": label, "modes": per_mode}
-        _common.print_table(
-            f"Admit throughput through AdmissionService, journal on vs off ({decisions:,} "
-            f"decisions per run, best of {args.repeats}; every admit counts a new recipient)",
-            [
-                "shape: durability",
-                "decisions/s",
-                "off",
-                "ratio",
-                "CPU ratio",
-                "per write",
-                "fsyncs",
-                "B/dec",
-            ],
-            rows,
-        )
+        if rows:
+            _common.print_table(
+                f"Admit throughput through AdmissionService, journal on vs off ({decisions:,} "
+                f"decisions per run, best of {args.repeats}; every admit counts a new recipient)",
+                [
+                    "shape: durability",
+                    "decisions/s",
+                    "off",
+                    "ratio",
+                    "CPU ratio",
+                    "per write",
+                    "fsyncs",
+                    "B/dec",
+                ],
+                rows,
+            )
 
         recovery = []
-        for n in sizes:
+        runs = [(n, False) for n in sizes] + ([(args.keyed, True)] if args.keyed else [])
+        for n, keyed in runs:
             data = work / f"recover-{n}"
-            prep = prepare_recovery(n, tail, data)
+            prep = prepare_recovery(n, tail, data, keys=keyed)
             gc.collect()
             rec = recover_in_subprocess(data)
             assert rec["records_replayed"] == prep["tail_records"]
@@ -431,24 +485,30 @@ def main() -> int:
                 "recovery s",
                 "restore s",
                 "replay s",
-                "snapshot s",
-                "loop stall inline s",
-                "loop stall forked s",
+                "snapshot_sync s",
+                "its image s",
+                "served: total s",
+                "stall s",
+                "max loop gap s",
                 "snapshot MB",
+                "image MB",
                 "B/recipient",
                 "journal MB",
                 "RSS MB",
             ],
             [
                 [
-                    f"{r['recipients']:,}",
+                    f"{r['recipients']:,}" + (" + keys" if r["idempotency_keys"] else ""),
                     r["recovery_seconds"],
                     r["restore_seconds"],
                     r["replay_seconds"],
                     r["snapshot_seconds"],
                     r["inline_snapshot_stall_seconds"],
-                    r.get("child_snapshot_stall_seconds"),
+                    r["served_snapshot_seconds"],
+                    r["served_snapshot_stall_seconds"],
+                    r["served_snapshot_max_loop_gap_seconds"],
                     r["snapshot_bytes"] / 1e6,
+                    r["engine_image_bytes"] / 1e6,
                     r["snapshot_bytes"] / r["recipients"],
                     r["journal_bytes"] / 1e6,
                     r["rss_bytes"] / 1e6,
@@ -456,27 +516,30 @@ def main() -> int:
                 for r in recovery
             ],
         )
-        default = throughput["unary64"]["modes"]["fsync-interval"]
         ten_m = next((r for r in recovery if r["recipients"] == 10_000_000), None)
-        targets = {
-            "ratio_default_unary64": default["ratio_vs_off"],
-            "cpu_ratio_default_unary64": default["cpu_ratio_vs_off"],
-            "ratio_target": TARGET_RATIO,
-            "ratio_met": default["ratio_vs_off"] >= TARGET_RATIO,
+        targets: dict[str, Any] = {
             "recovery_10m_seconds": ten_m["recovery_seconds"] if ten_m else None,
             "recovery_10m_target_seconds": TARGET_RECOVERY_10M_S,
             "recovery_10m_met": (
                 ten_m["recovery_seconds"] <= TARGET_RECOVERY_10M_S if ten_m else None
             ),
-            "journal_bytes_per_decision": default["journal_bytes_per_decision"],
         }
-        print(
-            f"\ndefault setting (fsync-interval, 64 concurrent Admits): ratio "
-            f"{targets['ratio_default_unary64']:.2f} (target >= {TARGET_RATIO}), per CPU second "
-            f"{targets['cpu_ratio_default_unary64']:.2f}; load average "
-            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-            f"{targets['journal_bytes_per_decision']:.1f} journal bytes per decision"
-        )
+        if throughput:
+            default = throughput["unary64"]["modes"]["fsync-interval"]
+            targets.update(
+                ratio_default_unary64=default["ratio_vs_off"],
+                cpu_ratio_default_unary64=default["cpu_ratio_vs_off"],
+                ratio_target=TARGET_RATIO,
+                ratio_met=default["ratio_vs_off"] >= TARGET_RATIO,
+                journal_bytes_per_decision=default["journal_bytes_per_decision"],
+            )
+            print(
+                f"\ndefault setting (fsync-interval, 64 concurrent Admits): ratio "
+                f"{targets['ratio_default_unary64']:.2f} (target >= {TARGET_RATIO}), per CPU "
+                f"second {targets['cpu_ratio_default_unary64']:.2f}; load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+                f"{targets['journal_bytes_per_decision']:.1f} journal bytes per decision"
+            )
         if ten_m:
             print(
                 f"recovery with 10 M recipients: {ten_m['recovery_seconds']:.1f} s "

@@ -189,6 +189,44 @@ def test_snapshot_of_either_engine_restores_in_the_reference() -> None:
     assert PyEngine.restore(data).snapshot() == data
 
 
+def test_a_copy_holds_the_same_state_and_shares_nothing_with_the_original() -> None:
+    e = _busy_engine()
+    data = e.snapshot()
+    copy = e.copy()
+    assert copy.snapshot() == data and copy.entries() == e.entries()
+    for i in range(200):  # the original goes on deciding; the copy stays as taken
+        e.decide(200_000 + i * 97, i % 2, i % 2, 1 + i % 95, c.F_TEMPLATE | c.F_MARKETING, 40)
+    e.set_opt_out(1, 3, True)
+    e.reclaim(30 * DAY)
+    assert copy.snapshot() == data
+    restored = Engine.restore(data)
+    for i in range(200):  # and decides as the state it holds says
+        args = (100_000 + i * 97, i % 2, i % 2, 1 + i % 95, c.F_TEMPLATE, 40)
+        assert copy.decide(*args) == restored.decide(*args)
+
+
+def test_a_copy_of_big_tables_with_growth_spares() -> None:
+    e = _engine()
+    e.decide_batch(_batch(5_000, 10**12, BIG // 3, c.F_TEMPLATE | c.F_MARKETING))
+    held = _table_bytes_held()
+    copy = e.copy()
+    data = copy.snapshot()
+    assert data == e.snapshot()
+    del copy
+    assert _table_bytes_held() == held  # a copy gives back all it took
+    copy = e.copy()
+    e.decide_batch(_batch(6_000, 2 * 10**12, BIG // 3))  # grows the original only
+    assert copy.entries() == 2 * (BIG // 3) and copy.snapshot() == data
+
+
+def _table_bytes_held() -> int:
+    if IMPLEMENTATION != "compiled":
+        return 0
+    from tiergate._native.engine import table_bytes_held
+
+    return table_bytes_held()
+
+
 def test_big_snapshot_round_trip() -> None:
     e = _engine()
     e.decide_batch(_batch(5_000, 10**12, BIG // 4))

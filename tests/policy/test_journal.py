@@ -313,6 +313,35 @@ def test_snapshot_round_trip_then_journal_tail() -> None:
     )
 
 
+def test_a_snapshot_image_is_the_state_when_taken_whatever_happens_after() -> None:
+    """What the store's snapshot thread encodes: the image taken at the journal's cut,
+    while the live service goes on (keys, releases, expiry, new senders)."""
+    live = service("meta-2024")
+    tickets = workload(live)
+    for i in range(1_500):  # more keys than a JSON chunk holds
+        admit(live, "a", rcpt(50_000 + i), T0 + 9 * D + i * 10, key=f"k{i}")
+    live.drain_journal()
+    expected = live.snapshot()
+    room = live.snapshot_room()()
+    encode = live.snapshot_image(room)
+    admit(live, "a", rcpt(7_777), T0 + 9 * D + H, key="after")
+    live.apply(ev.SendResult(ev.SendStatus.FAILED, ticket=tickets[10], meta_error_code=131026), 0)
+    add_sender(live, "c", display_phone_number="15550003")
+    live.admit_many([req("a", rcpt(9_000 + i), T0 + 12 * D + i) for i in range(50)], 0)
+    assert b"".join(encode()) == expected
+    assert b"".join(live.snapshot_image()()) == live.snapshot() != expected
+
+
+def test_snapshots_hold_every_field_of_a_keys_first_answer() -> None:
+    live = service("meta-2024")
+    add_sender(live, "a")
+    admit(live, "a", rcpt(1), T0, key="k1")
+    restored = AdmissionService.from_snapshot(live.profile, live.snapshot(), clock="request")
+    assert admit(restored, "a", rcpt(1), T0 + S, key="k1") == admit(
+        live, "a", rcpt(1), T0 + S, key="k1"
+    )
+
+
 def test_restore_replaces_everything_and_rejects_garbage() -> None:
     a = service("meta-2024")
     add_sender(a, "x")

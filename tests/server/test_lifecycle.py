@@ -286,9 +286,9 @@ async def test_a_failed_store_answers_internal_and_goes_not_serving(
         assert ok.decision == pb.DECISION_ADMIT
 
         def broken(data: bytes, last_seq: int) -> None:
-            raise OSError(28, "No space left on device")
+            raise OSError(5, "Input/output error")
 
-        # The group write the Admit awaits fails: INTERNAL, and health goes NOT_SERVING.
+        # The write the Admit awaits fails: INTERNAL, and health goes NOT_SERVING.
         monkeypatch.setattr(store._writer, "write", broken)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await h.stub.Admit(admit("15550000002"))

@@ -8,6 +8,10 @@ store can be tested without the policy layer.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
+
+import pytest
 
 SNAPSHOT_VERSION = 1
 
@@ -51,9 +55,19 @@ class CounterService:
         self.replayed += 1
 
     def snapshot(self) -> bytes:
-        return json.dumps(
-            {"v": SNAPSHOT_VERSION, "counts": self.counts, "keys": self.keys}, sort_keys=True
-        ).encode()
+        return b"".join(self.snapshot_image()())
+
+    def snapshot_room(self) -> Callable[[], object]:
+        return lambda: None
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        counts, keys = dict(self.counts), dict(self.keys)
+
+        def encode() -> list[bytes]:
+            state = {"v": SNAPSHOT_VERSION, "counts": counts, "keys": keys}
+            return [json.dumps(state, sort_keys=True).encode()]
+
+        return encode
 
     def restore(self, data: bytes) -> None:
         state = json.loads(data)
@@ -65,3 +79,13 @@ class CounterService:
 
     def state(self) -> tuple[dict[str, int], dict[str, int]]:
         return dict(self.counts), dict(self.keys)
+
+
+def forbid_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``os.fork`` fail: the process serves gRPC threads, and a child forked
+    from it may crash; snapshots must never need one."""
+
+    def fork() -> int:
+        raise AssertionError("os.fork() called: snapshots are taken without a child process")
+
+    monkeypatch.setattr(os, "fork", fork)

@@ -30,6 +30,8 @@ def test_durability_benchmark_tiny(tmp_path: Path) -> None:
             "5000",
             "--tail",
             "300",
+            "--keyed",
+            "2000",
             "--results-dir",
             str(tmp_path),
             "--work-dir",
@@ -50,8 +52,12 @@ def test_durability_benchmark_tiny(tmp_path: Path) -> None:
         assert set(modes) == {"off", "write", "fsync-interval", "fsync-always"}
         assert modes["fsync-always"]["fsyncs"] >= modes["fsync-always"]["writes"] > 0
         assert modes["write"]["journal_bytes_per_decision"] > 16  # framing + payload
-    (rec,) = data["recovery"]
+    rec, keyed = data["recovery"]
     assert rec["recipients"] == 5000 and rec["tail_admits"] == 300
-    assert rec["records_replayed"] == rec["tail_records"] >= 1  # one record per batch
-    assert rec["snapshot_bytes"] > 0 and rec["recovery_seconds"] > 0
+    assert keyed["recipients"] == keyed["idempotency_keys"] == 2000
+    for r in (rec, keyed):
+        assert r["records_replayed"] == r["tail_records"] >= 1  # one record per batch
+        assert r["snapshot_bytes"] > 0 and r["recovery_seconds"] > 0
+        assert r["served_snapshot_seconds"] >= r["served_snapshot_stall_seconds"] >= 0
+    assert keyed["snapshot_bytes"] > rec["snapshot_bytes"] * 2000 / 5000  # the keys are in it
     assert not list(tmp_path.glob("tiergate-durability-*"))  # scratch data removed

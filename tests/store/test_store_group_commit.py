@@ -5,12 +5,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from store_double import CounterService
+from store_double import CounterService, forbid_fork
 
-from tiergate.store import DataDirError, EmbeddedStore, StoreError, StoreFailedError
+from tiergate.store import (
+    DataDirError,
+    EmbeddedStore,
+    StoreFailedError,
+    StoreUnavailableError,
+    embedded,
+)
 from tiergate.store import journal as j
 
 
@@ -159,14 +172,17 @@ def test_persist_nowait_acknowledges_only_after_the_group_fsync(tmp_path: Path) 
     assert recovered(tmp_path).state() == svc.state()
 
 
-def fail_next_segment(store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The current segment is full and no room is left for the next one."""
+def fail_next_segment(
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, err: int = errno.ENOSPC
+) -> None:
+    """The current segment is full and the next one cannot be made: no room is left
+    for it (ENOSPC), or the disk fails (EIO)."""
     writer = store._writer
     assert writer is not None
     writer.capacity = writer.segment_size
 
     def full(fd: int, offset: int, length: int) -> None:
-        raise OSError(28, "No space left on device")
+        raise OSError(err, os.strerror(err))
 
     monkeypatch.setattr(j.os, "posix_fallocate", full)
 
@@ -183,7 +199,7 @@ def test_a_failed_group_write_fails_every_waiter_and_reports_once(
         store.on_failure = failures.append
         svc.incr("a")
         await store.persist(svc)
-        fail_next_segment(store, monkeypatch)
+        fail_next_segment(store, monkeypatch, errno.EIO)
         futures = []
         for i in range(3):
             svc.incr("a", key=f"k{i}")
@@ -197,12 +213,15 @@ def test_a_failed_group_write_fails_every_waiter_and_reports_once(
         store.close()
 
     asyncio.run(main())
-    assert len(failures) == 1 and "No space left" in str(failures[0])
+    assert len(failures) == 1 and "Input/output error" in str(failures[0])
     assert recovered(tmp_path).state() == ({"a": 1}, {})
 
 
-@pytest.mark.parametrize("in_child", [True, False])
-def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path, in_child: bool) -> None:
+def test_persist_starts_a_background_snapshot_when_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_fork(monkeypatch)
+
     async def main() -> CounterService:
         store = EmbeddedStore.open(
             tmp_path,
@@ -210,7 +229,6 @@ def test_persist_starts_a_background_snapshot_when_due(tmp_path: Path, in_child:
             snapshot_every_records=100,
             snapshot_min_seconds=0,
             snapshot_on_close=False,
-            snapshot_in_child=in_child,
         )
         svc = CounterService()
         store.recover(svc)
@@ -245,12 +263,13 @@ def test_time_based_snapshot(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("in_child", [True, False])
-def test_snapshot_under_concurrent_load_keeps_every_record(tmp_path: Path, in_child: bool) -> None:
+def test_snapshot_under_concurrent_load_keeps_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_fork(monkeypatch)
+
     async def main() -> CounterService:
-        store = EmbeddedStore.open(
-            tmp_path, "fsync-always", snapshot_on_close=False, snapshot_in_child=in_child
-        )
+        store = EmbeddedStore.open(tmp_path, "fsync-always", snapshot_on_close=False)
         svc = CounterService()
         store.recover(svc)
 
@@ -280,13 +299,13 @@ def test_write_failure_is_never_acknowledged(
         store.recover(svc)
         store.on_failure = failures.append
         await decide(store, svc, 0)
-        fail_next_segment(store, monkeypatch)
+        fail_next_segment(store, monkeypatch, errno.EIO)
         results = await asyncio.gather(
             *(decide(store, svc, i) for i in range(1, 4)), return_exceptions=True
         )
         assert all(isinstance(r, StoreFailedError) for r in results)
         monkeypatch.undo()
-        with pytest.raises(StoreFailedError, match="No space left"):
+        with pytest.raises(StoreFailedError, match="Input/output error"):
             await decide(store, svc, 9)
         store.close()
 
@@ -295,22 +314,115 @@ def test_write_failure_is_never_acknowledged(
     assert recovered(tmp_path).state() == ({"r0": 1}, {"k0": 1})
 
 
-class FailingSnapshot(CounterService):
-    def snapshot(self) -> bytes:
-        raise RuntimeError("cannot serialise")
+@pytest.mark.parametrize("durability", ["write", "fsync-interval", "fsync-always"])
+def test_a_full_disk_refuses_decisions_then_resumes_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    """No space for the next segment: nothing is acknowledged (a decision that changed
+    nothing neither), the records of the decisions made are kept, and once there is
+    space again they are written, once and in order, and decisions are acknowledged
+    again, without a restart."""
+    changes: list[StoreUnavailableError | None] = []
 
-
-@pytest.mark.parametrize("in_child", [True, False])
-def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, in_child: bool) -> None:
-    async def main() -> FailingSnapshot:
-        store = EmbeddedStore.open(
-            tmp_path, "write", snapshot_on_close=False, snapshot_in_child=in_child
+    async def main() -> CounterService:
+        store = EmbeddedStore.open(tmp_path, durability)
+        store.no_space_retry_seconds = 0.01
+        svc = CounterService()
+        store.recover(svc)
+        store.on_unavailable = changes.append
+        await decide(store, svc, 0)
+        fail_next_segment(store, monkeypatch)
+        results = await asyncio.gather(
+            *(decide(store, svc, i) for i in range(1, 4)), return_exceptions=True
         )
+        assert all(isinstance(r, StoreUnavailableError) for r in results), results
+        assert "no space left on device" in str(results[0]) and str(tmp_path) in str(results[0])
+        with pytest.raises(StoreUnavailableError):
+            await decide(store, svc, 0)  # k0 again: changes nothing, still not acknowledged
+        await asyncio.sleep(0.05)  # retried meanwhile, still no space
+        assert store.unavailable is not None and len(changes) == 1
+        monkeypatch.undo()  # space again
+        for _ in range(500):
+            if store.unavailable is None:
+                break
+            await asyncio.sleep(0.01)
+        assert changes == [results[0], None]
+        assert await decide(store, svc, 4) == svc.counts["r4"]
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    counts = {f"r{i}": 1 for i in range(5)}
+    assert svc.state() == (counts, {f"k{i}": 1 for i in range(5)})
+    assert recovered(tmp_path).state() == svc.state()
+
+
+def test_closing_while_the_disk_is_full_drops_only_what_was_never_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "fsync-interval")
+        svc = CounterService()
+        store.recover(svc)
+        await decide(store, svc, 0)
+        fail_next_segment(store, monkeypatch)
+        with pytest.raises(StoreUnavailableError):
+            await decide(store, svc, 1)
+        await store.aclose(svc)  # no traceback: logged; the final snapshot is put off
+
+    asyncio.run(main())
+    monkeypatch.undo()
+    assert recovered(tmp_path).state() == ({"r0": 1}, {"k0": 1})
+
+
+def test_records_kept_while_the_disk_is_full_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past HELD_BYTES_LIMIT of records kept, the store fails: memory is not given
+    without end to decisions that cannot be acknowledged."""
+    monkeypatch.setattr(embedded, "HELD_BYTES_LIMIT", 2_000)
+
+    async def main() -> None:
+        store = EmbeddedStore.open(tmp_path, "write")
+        svc = CounterService()
+        store.recover(svc)
+        fail_next_segment(store, monkeypatch)
+        with pytest.raises(StoreUnavailableError):
+            await decide(store, svc, 0)
+        with pytest.raises(StoreFailedError, match="kept while it was full"):
+            for i in range(1, 100):
+                with contextlib.suppress(StoreUnavailableError):
+                    await decide(store, svc, i)
+        store.close()
+
+    asyncio.run(main())
+
+
+class FailingSnapshot(CounterService):
+    """Fails to take its state image (``where="image"``) or to encode it ("encode")."""
+
+    where = "image"
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        if self.where == "image":
+            raise RuntimeError("cannot take the image")
+
+        def encode() -> list[bytes]:
+            raise RuntimeError("cannot encode")
+
+        return encode
+
+
+@pytest.mark.parametrize("where", ["image", "encode"])
+def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, where: str) -> None:
+    async def main() -> FailingSnapshot:
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_on_close=False)
         svc = FailingSnapshot()
+        svc.where = where
         store.recover(svc)
         for i in range(20):
             await decide(store, svc, i)
-        with pytest.raises((StoreError, RuntimeError), match=r"status 1|cannot serialise"):
+        with pytest.raises(RuntimeError, match=f"cannot {'take' if where == 'image' else where}"):
             await store.snapshot(svc)
         assert not list(tmp_path.glob("snapshot-*"))
         for i in range(20, 30):  # still serving, still journalling
@@ -322,19 +434,95 @@ def test_failed_snapshot_keeps_the_journal_and_serving(tmp_path: Path, in_child:
     assert recovered(tmp_path).state() == svc.state()
 
 
-def test_snapshot_child_leaves_the_data_dir_locked_by_the_server(tmp_path: Path) -> None:
+class GcWatch(CounterService):
+    """Notes whether the cyclic GC was on when its image was taken and encoded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gc_on: list[bool] = []
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        self.gc_on.append(gc.isenabled())
+        encode = super().snapshot_image(room)
+
+        def watched() -> list[bytes]:
+            self.gc_on.append(gc.isenabled())
+            return encode()
+
+        return watched
+
+
+def test_the_cyclic_gc_is_paused_while_a_snapshot_is_taken_and_encoded(tmp_path: Path) -> None:
     async def main() -> None:
-        store = EmbeddedStore.open(tmp_path, "write", snapshot_in_child=True)
-        svc = CounterService()
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_on_close=False)
+        svc = GcWatch()
         store.recover(svc)
         await decide(store, svc, 1)
         await store.snapshot(svc)
-        assert store.snapshots_taken == 1 and store.last_snapshot_stall_seconds >= 0
-        with pytest.raises(DataDirError, match="in use"):
-            EmbeddedStore.open(tmp_path, "write")
+        assert svc.gc_on == [False, False] and gc.isenabled()
+        gc.disable()  # paused by someone else: left as it was
+        try:
+            await decide(store, svc, 2)
+            await store.snapshot(svc)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
         store.close()
 
     asyncio.run(main())
+
+
+class SlowEncode(CounterService):
+    """Encodes its image slowly, in whichever thread runs the encoder."""
+
+    encoded_in: list[str]
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        encode = super().snapshot_image(room)
+
+        def slow() -> list[bytes]:
+            self.encoded_in.append(threading.current_thread().name)
+            time.sleep(0.2)
+            return encode()
+
+        return slow
+
+
+def test_snapshot_is_encoded_in_a_thread_while_decisions_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No child process: the image is taken at the cut, on the event loop, and
+    encoded and written by the snapshot thread; decisions made meanwhile are in
+    the journal after the snapshot's sequence number, not in the snapshot."""
+    forbid_fork(monkeypatch)
+
+    async def main() -> SlowEncode:
+        store = EmbeddedStore.open(tmp_path, "write", snapshot_on_close=False)
+        svc = SlowEncode()
+        svc.encoded_in = []
+        store.recover(svc)
+        for i in range(10):
+            await decide(store, svc, i)
+        snap = asyncio.ensure_future(store.snapshot(svc))
+        await asyncio.sleep(0.05)  # the encoder is sleeping in its thread now
+        assert store._snapshotting and not snap.done()
+        for i in range(10, 15):
+            await decide(store, svc, i)
+        await snap
+        assert svc.encoded_in == ["tiergate-snapshot_0"]
+        assert store.last_snapshot_seq == 10 and store.snapshots_taken == 1
+        with pytest.raises(DataDirError, match="in use"):
+            EmbeddedStore.open(tmp_path, "write")
+        store.close()
+        return svc
+
+    svc = asyncio.run(main())
+    again = EmbeddedStore.open(tmp_path, "write")
+    got = CounterService()
+    report = again.recover(got)
+    again.close()
+    assert report.snapshot_seq == 10 and report.records_replayed == 5
+    assert got.state() == svc.state()
 
 
 def test_explicit_snapshot_waits_for_one_in_progress(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 import os
 import struct
@@ -21,6 +23,7 @@ from tiergate.store import (
     RecoveryReport,
     StoreError,
     StoreFailedError,
+    StoreUnavailableError,
 )
 from tiergate.store import journal as j
 from tiergate.store import snapshot as s
@@ -163,8 +166,6 @@ def test_close_takes_a_final_snapshot(tmp_path: Path) -> None:
         svc.incr("b")  # changed but not yet persisted: aclose commits it
         await store.aclose(svc)
         return svc
-
-    import asyncio
 
     svc = asyncio.run(main())
     store2, svc2, report = reopen(tmp_path)
@@ -364,16 +365,86 @@ def test_truncated_latest_snapshot_falls_back_to_the_older_one(tmp_path: Path) -
 
 
 def test_truncated_snapshot_without_journal_cover_refuses(tmp_path: Path) -> None:
-    store, svc = fresh(tmp_path, keep_snapshots=1, snapshot_on_close=False)
+    store, svc = fresh(tmp_path, snapshot_on_close=False)
+    for round_ in range(3):
+        run_ops(store, svc, 10, start=10 * round_)
+        store.snapshot_sync(svc)
+    store.close()
+    (older, _), (_, latest) = s.list_snapshots(tmp_path)
+    assert j.list_segments(tmp_path)[0][0] == older + 1
+    (tmp_path / s.snapshot_name(older)).unlink()  # lost: the journal before it is gone too
+    os.truncate(latest, 30)
+    with pytest.raises(CorruptSnapshotError, match="damaged and the journal"):
+        reopen(tmp_path)
+
+
+def flip_payload_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[s.SNAPSHOT_HEADER_SIZE + (len(raw) - s.SNAPSHOT_HEADER_SIZE) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_first_snapshot_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
+    """The first snapshot of a data dir (a graceful stop's) keeps the journal before it:
+    with one flipped byte in it, every change comes back from the journal."""
+
+    async def first_run() -> CounterService:
+        store, svc = fresh(tmp_path)
+        for i in range(25):
+            svc.incr(f"r{i % 4}", key=f"k{i}")
+            await store.persist(svc)
+        await store.aclose(svc)  # graceful stop: the data dir's only snapshot
+        return svc
+
+    svc = asyncio.run(first_run())
+    ((seq, snap),) = s.list_snapshots(tmp_path)
+    assert seq == 25
+    assert j.list_segments(tmp_path)[0][0] == 1
+    flip_payload_byte(snap)
+    store2, svc2, report = reopen(tmp_path)
+    assert svc2.state() == svc.state()
+    assert report.snapshot_path is None and report.records_replayed == 25
+    assert any("damaged snapshot" in w for w in report.warnings)
+    assert not snap.exists() and snap.with_name(snap.name + ".corrupt").exists()
+    store2.close()
+
+
+def test_a_damaged_newest_snapshot_falls_back_to_the_one_before_again_and_again(
+    tmp_path: Path,
+) -> None:
+    store, svc = fresh(tmp_path, snapshot_on_close=False)
     run_ops(store, svc, 10)
     store.snapshot_sync(svc)
     run_ops(store, svc, 10, start=10)
     store.snapshot_sync(svc)
+    run_ops(store, svc, 5, start=20)
     store.close()
-    latest = s.list_snapshots(tmp_path)[-1][1]
-    os.truncate(latest, 30)
-    with pytest.raises(CorruptSnapshotError, match="damaged and the journal"):
-        reopen(tmp_path)
+    flip_payload_byte(s.list_snapshots(tmp_path)[-1][1])
+    store, svc2, report = reopen(tmp_path, snapshot_on_close=False)
+    assert svc2.state() == svc.state()
+    assert report.snapshot_seq == 10 and report.records_replayed == 15
+    # The damaged one no longer counts as a snapshot: the next one keeps seq 10's
+    # snapshot and the journal after it, so damage to it falls back once more.
+    run_ops(store, svc2, 5, start=25)
+    store.snapshot_sync(svc2)
+    store.close()
+    assert [seq for seq, _ in s.list_snapshots(tmp_path)] == [10, 30]
+    flip_payload_byte(s.list_snapshots(tmp_path)[-1][1])
+    store, svc3, report = reopen(tmp_path)
+    assert svc3.state() == svc2.state()
+    assert report.snapshot_seq == 10 and report.records_replayed == 20
+    store.close()
+
+
+def test_one_snapshot_drops_no_journal_two_drop_what_the_older_covers(tmp_path: Path) -> None:
+    store, svc = fresh(tmp_path, snapshot_on_close=False)
+    run_ops(store, svc, 10)
+    store.snapshot_sync(svc)
+    assert [first for first, _ in j.list_segments(tmp_path)] == [1, 11]
+    run_ops(store, svc, 10, start=10)
+    store.snapshot_sync(svc)
+    assert [first for first, _ in j.list_segments(tmp_path)] == [11, 21]
+    store.close()
 
 
 def test_damaged_only_snapshot_with_full_journal_rebuilds_from_the_start(tmp_path: Path) -> None:
@@ -483,12 +554,12 @@ def test_write_failure_fails_the_store(tmp_path: Path, monkeypatch: pytest.Monke
     assert writer is not None
     writer.capacity = writer.segment_size  # the segment is full: the next write starts one
 
-    def full(fd: int, offset: int, length: int) -> None:
-        raise OSError(28, "No space left on device")
+    def broken(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(j.os, "posix_fallocate", full)
+    monkeypatch.setattr(j.os, "posix_fallocate", broken)
     svc.incr("z")
-    with pytest.raises(StoreFailedError, match="No space left"):
+    with pytest.raises(StoreFailedError, match="Input/output error"):
         store.commit_sync(svc.drain_journal())
     monkeypatch.undo()
     with pytest.raises(StoreFailedError):  # nothing more is acknowledged
@@ -496,8 +567,76 @@ def test_write_failure_fails_the_store(tmp_path: Path, monkeypatch: pytest.Monke
     store.close()
 
 
+def test_a_full_disk_is_unavailable_until_there_is_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, svc = fresh(tmp_path)
+    run_ops(store, svc, 2)
+    writer = store._writer
+    assert writer is not None
+    writer.capacity = writer.segment_size
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(j.os, "posix_fallocate", full)
+    svc.incr("z")
+    with pytest.raises(StoreUnavailableError, match="no space left on device"):
+        store.commit_sync(svc.drain_journal())
+    svc.incr("y")
+    with pytest.raises(StoreUnavailableError):  # kept behind the first, still no space
+        store.commit_sync(svc.drain_journal())
+    monkeypatch.undo()
+    store.commit_sync([])  # written now, in order
+    assert store.unavailable is None
+    store.close()
+    store2, svc2, _ = reopen(tmp_path)
+    assert svc2.state() == svc.state()
+    store2.close()
+
+
+def test_a_segment_is_smaller_when_the_disk_is_short_of_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fallocate = os.posix_fallocate
+
+    def short(fd: int, offset: int, length: int) -> None:
+        if length > 300_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fallocate(fd, offset, length)
+
+    monkeypatch.setattr(j.os, "posix_fallocate", short)
+    store, svc = fresh(tmp_path)  # segment_bytes 16 MiB: halved to 256 KiB
+    writer = store._writer
+    assert writer is not None and writer.capacity == 256 << 10
+    assert "short of space" in caplog.text
+    run_ops(store, svc, 5_000)  # rotates through small segments
+    assert len(segments(tmp_path)) > 1
+    store.close()
+    store2, svc2, _ = reopen(tmp_path)
+    assert svc2.state() == svc.state()
+    store2.close()
+
+
+def test_no_space_for_the_least_segment_is_a_clear_start_up_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(j.os, "posix_fallocate", full)
+    with pytest.raises(StoreError, match=r"no space left on device for the journal") as info:
+        fresh(tmp_path)
+    assert str(tmp_path) in str(info.value) and "65536 bytes" in str(info.value)
+    assert not segments(tmp_path)
+    monkeypatch.undo()
+    fresh(tmp_path)[0].close()  # the lock was released
+
+
 def test_bad_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="durability: unknown value 'sometimes'"):
         open_store(tmp_path, durability="sometimes")
     with pytest.raises(ValueError, match="fsync_interval_ms"):
         open_store(tmp_path, fsync_interval_ms=0)
+    with pytest.raises(ValueError, match="keep_snapshots: must be >= 2"):
+        open_store(tmp_path, keep_snapshots=1)

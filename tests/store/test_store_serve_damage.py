@@ -3,12 +3,14 @@
 A torn journal tail is cut and reported and the sidecar starts with every
 acknowledged admit; a flipped byte inside the journal makes it refuse to start
 with a message naming the file and offset; an unusable data dir is a clear
-start-up error. Never a silent loss.
+start-up error; a damaged snapshot falls back on the one before it, or on the
+journal from the start when it is the first. Never a silent loss.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import struct
 import subprocess
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from test_store_kill9 import Acked, Server, load, tiergate_command, verify
 
 from tiergate.store import journal as j
+from tiergate.store import snapshot as snap
 
 pytestmark = pytest.mark.slow
 
@@ -137,5 +140,53 @@ def test_second_sidecar_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
         assert server.proc is not None
         out = start_fails(server)
         assert f"in use by another tiergate process (pid {server.proc.pid})" in out
+    finally:
+        server.kill()
+
+
+def stop_gracefully(server: Server) -> None:
+    """SIGTERM, as an operator stops it: drain, final snapshot, exit 0."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(60) == 0, server.log()
+    server.proc = None
+
+
+def flip_snapshot_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[snap.SNAPSHOT_HEADER_SIZE + (len(raw) - snap.SNAPSHOT_HEADER_SIZE) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_first_snapshot_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
+    """After the first graceful stop the data dir holds one snapshot; the journal before
+    it stays, so one flipped byte in it loses nothing (also no --recover-truncate)."""
+    server, acked = journal_with_admits(tmp_path)
+    server.start()
+    stop_gracefully(server)
+    ((_, only),) = snap.list_snapshots(server.data_dir)
+    flip_snapshot_byte(only)
+    server.start()
+    try:
+        asyncio.run(verify(server, acked))
+        assert "damaged snapshot" in server.log()
+    finally:
+        server.kill()
+
+
+def test_a_damaged_newest_snapshot_falls_back_to_the_older_plus_journal(tmp_path: Path) -> None:
+    server, acked = journal_with_admits(tmp_path)
+    server.start()
+    stop_gracefully(server)
+    server.start()
+    asyncio.run(load(server, acked, kill_after=40))
+    server.start()
+    stop_gracefully(server)
+    (older, _), (_, newest) = snap.list_snapshots(server.data_dir)
+    flip_snapshot_byte(newest)
+    server.start()
+    try:
+        asyncio.run(verify(server, acked))
+        assert "damaged snapshot" in server.log() and f"snapshot seq {older}" in server.log()
     finally:
         server.kill()

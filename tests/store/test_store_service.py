@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 
 import pytest
+from store_double import forbid_fork
 
 from tiergate.policy import events as ev
 from tiergate.policy.profile import load_profile
@@ -284,10 +285,13 @@ def test_recovery_twice_in_a_row_is_stable(tmp_path: Path) -> None:
     assert observe(svc4, work) == observe(svc2, work)
 
 
-@pytest.mark.parametrize("in_child", [True, False])
-def test_background_snapshots_under_load_then_crash(tmp_path: Path, in_child: bool) -> None:
+def test_background_snapshots_under_load_then_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The server's path: persist after every call, periodic snapshots in the background
-    (in a forked child or inline) while decisions go on, then a crash."""
+    (the state image taken on the loop, encoded in a thread, no child process) while
+    decisions go on, then a crash."""
+    forbid_fork(monkeypatch)
 
     async def main() -> tuple[AdmissionService, Workload, EmbeddedStore]:
         store = EmbeddedStore.open(
@@ -296,7 +300,6 @@ def test_background_snapshots_under_load_then_crash(tmp_path: Path, in_child: bo
             snapshot_every_records=60,
             snapshot_min_seconds=0,
             snapshot_on_close=False,
-            snapshot_in_child=in_child,
         )
         svc = new_service()
         store.recover(svc)

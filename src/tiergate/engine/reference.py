@@ -756,6 +756,22 @@ class Engine:
                 out.append(pack(key, ne.window_until, ne.fep_until, ne.pair_tat))
         return b"".join(out)
 
+    def copy_sizes(self) -> tuple[int, ...]:
+        """What ``copy_room`` needs to know ahead of a copy (nothing, here)."""
+        return ()
+
+    @staticmethod
+    def copy_room(sizes: tuple[int, ...]) -> object:
+        """Memory for a copy, made ahead in another thread (the compiled engine's
+        tables; nothing here)."""
+        return None
+
+    def copy(self, room: object = None) -> Engine:
+        """A new engine holding this one's state, sharing nothing with it (what a
+        snapshot is serialised from in another thread). Here by way of the
+        snapshot format; the compiled engine copies its tables as they lie."""
+        return type(self).restore(self.snapshot())
+
     @classmethod
     def restore(cls, data: bytes) -> Engine:
         """A new engine holding the state ``data`` (from either engine's snapshot) describes."""

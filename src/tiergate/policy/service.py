@@ -28,8 +28,9 @@ import math
 import os
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol
 
 from tiergate.engine import NEVER, DecisionBatch, Engine
@@ -203,6 +204,54 @@ _EVENT_TYPES: dict[str, type[Any]] = {
         ev.TemplateQualityUpdate,
     )
 }
+
+
+#: Items of a long list JSON-encoded at a time in a snapshot (see ``_json_parts``).
+_JSON_CHUNK = 1024
+
+
+class _Rows:
+    """A long JSON list of a snapshot, made from ``items`` a chunk at a time by ``row``
+    (None: the item is left out), so that only one chunk's rows are alive at once."""
+
+    __slots__ = ("items", "row")
+
+    def __init__(self, items: Sequence[Any], row: Callable[[Any], Any]) -> None:
+        self.items = items
+        self.row = row
+
+    def chunks(self) -> Iterator[list[Any]]:
+        row, items = self.row, self.items
+        for i in range(0, len(items), _JSON_CHUNK):
+            rows = [r for r in map(row, items[i : i + _JSON_CHUNK]) if r is not None]
+            if rows:
+                yield rows
+
+
+def _json_parts(fields: Sequence[tuple[str, Any]]) -> list[bytes]:
+    """``json.dumps(dict(fields), separators=(",", ":")).encode()``, the same bytes in
+    parts, a ``_Rows`` value being the list of its rows. A thread encoding a snapshot
+    so gives the event loop's thread the GIL back between chunks rather than holding
+    it for a whole list in one C call, and the rows of a chunk are freed before the
+    next is made: made all at once, millions of them would start the cyclic GC's
+    full collections, each holding the GIL for as long as it takes."""
+    out: list[bytes] = []
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    sep = "{"
+    for name, value in fields:
+        head = f"{sep}{dumps(name)}:"
+        sep = ","
+        if isinstance(value, _Rows):
+            out.append(f"{head}[".encode())
+            comma = ""
+            for rows in value.chunks():
+                out.append((comma + dumps(rows)[1:-1]).encode())
+                comma = ","
+            out.append(b"]")
+        else:
+            out.append((head + dumps(value)).encode())
+    out.append(b"}")
+    return out
 
 
 class InvalidArgument(ValueError):
@@ -2064,38 +2113,74 @@ class AdmissionService:
 
     def snapshot(self) -> bytes:
         """The whole state (policy + engine), versioned (``SNAPSHOT_VERSION``)."""
-        idem: list[list[object]] = []
-        for until, sid, key in self._idem_order:
-            s = self._senders.get(sid)
-            entry = s.idem.get(key) if s is not None else None
-            if entry is not None and entry[4] == until:
-                # expiry, sender, key; ticket, counted, limit, used; bound, template
-                ticket, counted, limit, used, _, bound, tpl = entry
-                idem.append([until, sid, key, ticket, counted, limit, used, bound, tpl])
-        state = {
-            "profile": self.profile.name,
-            "ticket": self._ticket,
-            "scopes": [sc.to_dict() for sc in self._scopes],
-            "portfolios": {k: sc.index for k, sc in self._portfolios.items()},
-            "senders": [s.to_dict() for s in self._by_number],
-            "templates": [t.to_dict() for t in self._templates.values()],
-            "idem": idem,
-            "seen": [[until, key] for until, key in self._seen_order],
-            "links": [
-                [until, mid, self._links[mid][0]]
-                for until, mid in self._link_order
-                if self._links.get(mid, ("", 0))[1] == until
-            ],
-            "eco": [[sc, rk, until] for (sc, rk), until in self._eco.items()],
-            "unknown": self._unknown_sender_count,
-        }
-        body = json.dumps(state, separators=(",", ":")).encode()
-        return (
-            SNAPSHOT_MAGIC
-            + struct.pack("<HI", SNAPSHOT_VERSION, len(body))
-            + body
-            + self.engine.snapshot()
-        )
+        return b"".join(self._snapshot_encoder(self.engine)())
+
+    def snapshot_room(self) -> Callable[[], object]:
+        """A function that makes room for the next :meth:`snapshot_image` (memory
+        for the engine's tables, as big as they are now, allocated and touched);
+        it may run in another thread while this service goes on deciding."""
+        return partial(type(self.engine).copy_room, self.engine.copy_sizes())
+
+    def snapshot_image(self, room: object = None) -> Callable[[], list[bytes]]:
+        """The whole state as of now, held apart from the live one: a function that
+        encodes it, returning :meth:`snapshot`'s bytes in parts, and that may run in
+        another thread while this service goes on deciding.
+
+        Taking the image copies the engine's tables (a memcpy each in the
+        compiled engine, into ``room`` from :meth:`snapshot_room` if given) and
+        the containers of the policy layer's own state, whose items are
+        immutable (tuples, strings, numbers); the encoding, the costly part, is
+        left to the function.
+        """
+        return self._snapshot_encoder(self.engine.copy(room))
+
+    def _snapshot_encoder(self, engine: Engine) -> Callable[[], list[bytes]]:
+        fields: list[tuple[str, Any]] = [
+            ("profile", self.profile.name),
+            ("ticket", self._ticket),
+            ("scopes", [sc.to_dict() for sc in self._scopes]),
+            ("portfolios", {k: sc.index for k, sc in self._portfolios.items()}),
+            ("senders", [s.to_dict() for s in self._by_number]),
+            ("templates", [t.to_dict() for t in self._templates.values()]),
+        ]
+        idem_order = list(self._idem_order)
+        idem = {sid: s.idem.copy() for sid, s in self._senders.items()}
+        seen = list(self._seen_order)
+        link_order = list(self._link_order)
+        links = self._links.copy()
+        eco = list(self._eco.items())
+        unknown = self._unknown_sender_count
+
+        def idem_row(item: tuple[int, str, str]) -> list[Any] | None:
+            until, sid, key = item
+            entry = idem.get(sid, {}).get(key)
+            if entry is None or entry[4] != until:
+                return None
+            # expiry, sender, key; ticket, counted, limit, used; bound, template
+            ticket, counted, limit, used, _, bound, tpl = entry
+            return [until, sid, key, ticket, counted, limit, used, bound, tpl]
+
+        def link_row(item: tuple[int, str]) -> list[Any] | None:
+            until, mid = item
+            link = links.get(mid)
+            return [until, mid, link[0]] if link is not None and link[1] == until else None
+
+        def encode() -> list[bytes]:
+            body = _json_parts(
+                [
+                    *fields,
+                    ("idem", _Rows(idem_order, idem_row)),
+                    ("seen", _Rows(seen, list)),
+                    ("links", _Rows(link_order, link_row)),
+                    ("eco", [[sc, rk, until] for (sc, rk), until in eco]),
+                    ("unknown", unknown),
+                ]
+            )
+            size = sum(map(len, body))
+            head = SNAPSHOT_MAGIC + struct.pack("<HI", SNAPSHOT_VERSION, size)
+            return [head, *body, engine.snapshot()]
+
+        return encode
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's."""

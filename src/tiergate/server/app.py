@@ -32,7 +32,13 @@ from tiergate.policy.service import AdmissionService, InvalidArgument
 from tiergate.server import admit_wire, batch_wire
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
-from tiergate.store import EmbeddedStore, RecoveryReport, StoreError, StoreFailedError
+from tiergate.store import (
+    EmbeddedStore,
+    RecoveryReport,
+    StoreError,
+    StoreFailedError,
+    StoreUnavailableError,
+)
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
@@ -74,6 +80,7 @@ class Sidecar:
         # HTTP receiver share its de-duplication memory and counters.
         self.ingestor: WebhookIngestor | None = None
         self._reloading = asyncio.Lock()
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     # --- start -----------------------------------------------------------------
 
@@ -100,6 +107,7 @@ class Sidecar:
                 service.set_ticket_key(load_ticket_key(config.data_dir))
                 self.recovery = self.store.recover(service)
                 self.store.on_failure = self._on_store_failure
+                self.store.on_unavailable = self._on_store_unavailable
             except StoreError as e:
                 raise StartupError(f"data_dir: {e}") from e
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
@@ -113,7 +121,10 @@ class Sidecar:
         )
         if applied:
             log.info("applied from the config: %s", ", ".join(applied))
-        await self._commit()
+        try:
+            await self._commit()
+        except StoreError as e:
+            raise StartupError(f"data_dir: {e}") from e
 
         self.ingestor = WebhookIngestor(service)
         server = grpc.aio.server(
@@ -134,6 +145,8 @@ class Sidecar:
             ingestor=self.ingestor,
         )
         self._servicer = servicer
+        if self.store is not None:
+            servicer.refusal = self.store.unavailable
         pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
         # AdmitColumns, and Admit, AdmitStream and AdmitBatch with the compiled engine,
         # read and write their own wire bytes (registered after the generated
@@ -241,8 +254,37 @@ class Sidecar:
             log.critical("store failed: answering INTERNAL until restarted")
             await self._health.enter_graceful_shutdown()
 
+    def _on_store_unavailable(self, exc: StoreUnavailableError | None) -> None:
+        """The journal cannot be written for now (its file system is full), or, with
+        None, can again: meanwhile every RPC is refused as UNAVAILABLE before it
+        decides anything, and health reports NOT_SERVING; then SERVING again."""
+        if self._servicer is not None:
+            self._servicer.refusal = exc
+        if exc is None:
+            log.warning("store: the journal can be written again; serving")
+        else:
+            log.error("store: answering UNAVAILABLE until the journal can be written")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        status = health_pb2.HealthCheckResponse.NOT_SERVING
+        if exc is None:
+            status = health_pb2.HealthCheckResponse.SERVING
+        task = loop.create_task(self._set_health(status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        # After a shutdown began (or the store failed), health stays NOT_SERVING:
+        # the servicer ignores set() from then on.
+        for name in HEALTH_SERVICES:
+            await self._health.set(name, status)
+
     def _on_store_failure(self, exc: StoreFailedError) -> None:
         """The store failed a write (maybe awaited by RPCs through _commit_start)."""
+        if self._servicer is not None:
+            self._servicer.refusal = exc  # INTERNAL from now on, before deciding
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -287,6 +329,18 @@ class Sidecar:
                 "counter",
                 "Journal writes: one per committing call; with fsync-always, one per group.",
                 lambda: float(store.commits),
+            )
+            m.collect(
+                "tiergate_journal_no_space",
+                "gauge",
+                "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
+                lambda: float(store.unavailable is not None),
+            )
+            m.collect(
+                "tiergate_journal_no_space_total",
+                "counter",
+                "Times the journal's file system was found full.",
+                lambda: float(store.no_space_episodes),
             )
             m.collect(
                 "tiergate_recovery_seconds",

@@ -3,8 +3,9 @@
 Every RPC reads the clock once, makes one call into the policy layer (one
 engine crossing per request, batch or stream chunk), then commits the state
 changes it made before the response leaves. Bad input is ``INVALID_ARGUMENT``
-naming the field and consumes nothing; any other failure is ``INTERNAL`` and
-never an admit.
+naming the field and consumes nothing; while the journal cannot be written
+(its file system full) every RPC is ``UNAVAILABLE``, deciding nothing; any
+other failure is ``INTERNAL`` and never an admit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tiergate.policy.service import (
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics
+from tiergate.store import StoreError, StoreUnavailableError
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks import ingest as webhooks
@@ -99,6 +101,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         self._server_clock = clock
         self._request_clock = request_clock
         self.in_flight = InFlight()
+        # Set while decisions cannot be acknowledged: every RPC answers it before
+        # deciding, UNAVAILABLE while the journal's file system is full, INTERNAL
+        # once the store has failed.
+        self.refusal: StoreError | None = None
 
     # --- helpers ---------------------------------------------------------------
 
@@ -158,6 +164,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if isinstance(exc, grpc.aio.AbortError):
             raise exc
+        if isinstance(exc, StoreUnavailableError):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{rpc}: {exc}")
         self._metrics.internal(rpc)
         log.exception("%s failed", rpc)
         await context.abort(
@@ -193,6 +201,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         in_flight.__enter__()
         started = time.perf_counter()
         try:
+            if self.refusal is not None:
+                raise self.refusal
             wire = type(request) is bytes
             if wire:
                 fields = admit_wire.decode_fast(request)
@@ -222,6 +232,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         ``server.batch_wire``): the same answers, errors and commit either way."""
         with self.in_flight, self._timed("AdmitBatch"):
             try:
+                if self.refusal is not None:
+                    raise self.refusal
                 wire = type(request) is bytes
                 if wire:
                     self._check_batch_size(batch_wire.count_requests(request))
@@ -257,6 +269,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             )
 
     def _admit_columns(self, request: ColumnsLike, rpc: str = "AdmitColumns") -> ColumnsResult:
+        if self.refusal is not None:
+            raise self.refusal
         n = len(request.recipients)
         if n > self._max_batch:
             raise InvalidArgument(
@@ -343,6 +357,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                         item = queue.get_nowait()
                     if not chunk:
                         continue
+                    if self.refusal is not None:
+                        raise self.refusal
                     fields: Checked | None = None
                     unreadable = -1
                     if type(chunk[0]) is bytes:
@@ -397,6 +413,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     ) -> pb.RecordFeedbackResponse:
         with self.in_flight, self._timed("RecordFeedback"):
             try:
+                if self.refusal is not None:
+                    raise self.refusal
                 event = convert.feedback_event(request)
                 result = self.service.apply(event, self._now(event.at_unix_ms))
                 await self._committed()
@@ -410,6 +428,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     ) -> pb.IngestWebhookResponse:
         with self.in_flight, self._timed("IngestWebhook"):
             try:
+                if self.refusal is not None:
+                    raise self.refusal
                 try:
                     outcome = self.ingestor.ingest(
                         request.body,
@@ -438,6 +458,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     ) -> pb.SenderState:
         with self.in_flight, self._timed("GetSenderState"):
             try:
+                if self.refusal is not None:
+                    raise self.refusal
                 if not request.sender_id:
                     raise InvalidArgument("sender_id", "sender_id: is required")
                 try:

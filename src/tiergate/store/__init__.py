@@ -8,9 +8,11 @@ from .base import (
     FormatVersionError,
     Recoverable,
     RecoveryReport,
+    SnapshotEncoder,
     Store,
     StoreError,
     StoreFailedError,
+    StoreUnavailableError,
 )
 from .embedded import EmbeddedStore
 
@@ -23,7 +25,9 @@ __all__ = [
     "FormatVersionError",
     "Recoverable",
     "RecoveryReport",
+    "SnapshotEncoder",
     "Store",
     "StoreError",
     "StoreFailedError",
+    "StoreUnavailableError",
 ]

@@ -6,8 +6,11 @@ only keeps the bytes it is handed, in order:
 * ``service.drain_journal()`` gives the records of every state change since
   the last drain; the store makes them durable (``commit``) before a decision
   is acknowledged.
-* ``service.snapshot()`` gives the whole state; the store keeps it so that old
-  records can be dropped.
+* ``service.snapshot_image(room)`` takes the whole state as of that moment
+  and gives a function that encodes it (in another thread, while the service
+  goes on deciding); the store keeps the bytes so that old records can be
+  dropped. ``service.snapshot_room()`` gives a function, run in another thread
+  ahead of it, that readies the memory the image will take.
 * At start-up the store hands them back: ``service.restore(snapshot)``, then
   ``service.replay(record)`` for every record after it.
 
@@ -18,7 +21,7 @@ the embedded journal without touching the policy layer or the engine.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -81,6 +84,18 @@ class StoreFailedError(StoreError):
     """A write or fsync failed; nothing more is acknowledged (restart to recover)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The journal cannot be written for now (its file system is full): nothing is
+    acknowledged until it can. The store retries by itself and resumes; records of
+    decisions made but not written meanwhile are kept and written first."""
+
+
+#: Encodes a state image taken earlier (``Recoverable.snapshot_image``): the snapshot
+#: payload in parts, to be written one after the other. Runs in the snapshot thread;
+#: touches nothing the live service changes.
+SnapshotEncoder = Callable[[], Sequence[bytes]]
+
+
 @runtime_checkable
 class Recoverable(Protocol):
     """What a store needs from the policy layer (``AdmissionService`` has it)."""
@@ -89,7 +104,9 @@ class Recoverable(Protocol):
 
     def replay(self, record: bytes) -> None: ...
 
-    def snapshot(self) -> bytes: ...
+    def snapshot_room(self) -> Callable[[], object]: ...
+
+    def snapshot_image(self, room: object = None) -> SnapshotEncoder: ...
 
     def restore(self, data: bytes) -> None: ...
 

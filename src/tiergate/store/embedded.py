@@ -16,20 +16,24 @@ records into the journal's mapped segment before it returns (no system call,
 nothing to await: ``persist_nowait`` returns None). With ``fsync-always``
 every commit issued in the same event-loop iteration shares one write and
 one fsync in a worker thread, during which the next group gathers.
+
+A snapshot cuts the journal and takes the service's state image in one step
+of the event loop; the snapshot thread encodes and writes it meanwhile. No
+process is forked (the server runs gRPC's threads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
+import gc
 import itertools
 import logging
 import os
-import signal
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -41,11 +45,14 @@ from .base import (
     Durability,
     Recoverable,
     RecoveryReport,
+    SnapshotEncoder,
     StoreError,
     StoreFailedError,
+    StoreUnavailableError,
 )
 from .journal import (
     FRAME_OVERHEAD,
+    MIN_SEGMENT_BYTES,
     SEGMENT_HEADER_SIZE,
     BadSegmentHeader,
     IntervalFlusher,
@@ -54,15 +61,14 @@ from .journal import (
     decode_segment_header,
     iter_frames,
     list_segments,
+    no_space,
     read_segment,
 )
 from .snapshot import (
-    SNAPSHOT_HEADER_SIZE,
     TMP_SUFFIX,
     BadSnapshot,
     list_snapshots,
     read_snapshot,
-    snapshot_name,
     write_snapshot,
 )
 
@@ -79,8 +85,11 @@ DEFAULT_SNAPSHOT_EVERY_SECONDS = 300.0
 DEFAULT_SNAPSHOT_MIN_SECONDS = 10.0
 DEFAULT_SEGMENT_BYTES = 16 << 20
 DEFAULT_KEEP_SNAPSHOTS = 2
-#: Serialise snapshots in a forked child (copy-on-write) so serving never pauses for it.
-DEFAULT_SNAPSHOT_IN_CHILD = hasattr(os, "fork")
+#: While the journal's file system is full, how often writing it is tried again.
+NO_SPACE_RETRY_SECONDS = 1.0
+#: Records of decisions made but not yet written (the journal's file system full)
+#: kept at most; past it the store fails (nothing more acknowledged until a restart).
+HELD_BYTES_LIMIT = 64 << 20
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -141,7 +150,6 @@ class EmbeddedStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
-        snapshot_in_child: bool = DEFAULT_SNAPSHOT_IN_CHILD,
     ) -> None:
         self.durability = Durability.parse(durability)
         if fsync_interval_ms < 1:
@@ -154,8 +162,11 @@ class EmbeddedStore:
             raise ValueError("snapshot_every_seconds: must be > 0")
         if snapshot_min_seconds < 0:
             raise ValueError("snapshot_min_seconds: must be >= 0")
-        if keep_snapshots < 1:
-            raise ValueError("keep_snapshots: must be >= 1")
+        if keep_snapshots < 2:
+            raise ValueError(
+                "keep_snapshots: must be >= 2 (the snapshot before the newest, and the "
+                "journal since it, are what recovery falls back on when the newest is damaged)"
+            )
         if segment_bytes < SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
             raise ValueError(f"segment_bytes: must be >= {SEGMENT_HEADER_SIZE + FRAME_OVERHEAD}")
         self.data_dir = Path(data_dir)
@@ -168,9 +179,6 @@ class EmbeddedStore:
         self.segment_bytes = segment_bytes
         self.keep_snapshots = keep_snapshots
         self.recover_truncate = recover_truncate
-        if snapshot_in_child and not hasattr(os, "fork"):
-            raise ValueError("snapshot_in_child: this platform has no fork()")
-        self.snapshot_in_child = snapshot_in_child
         self._lock_fd = _prepare_data_dir(self.data_dir)
 
         self._writer: JournalWriter | None = None
@@ -191,6 +199,19 @@ class EmbeddedStore:
         self._snapshot_task: asyncio.Task[None] | None = None
         # Called once, when the store fails (the server stops reporting SERVING).
         self.on_failure: Callable[[StoreFailedError], None] | None = None
+        # While the journal's file system is full: framed records (and their last
+        # seq) of decisions made but not written, oldest first; they are written
+        # before anything else once there is space. Event-loop thread only.
+        self._held: list[tuple[bytes, int]] = []
+        self._held_bytes = 0
+        self._unavailable: StoreUnavailableError | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self.no_space_retry_seconds = NO_SPACE_RETRY_SECONDS
+        # Called with the error when the journal cannot be written for now (the
+        # server refuses new work and reports NOT_SERVING), with None when it can
+        # again (SERVING, decisions acknowledged again).
+        self.on_unavailable: Callable[[StoreUnavailableError | None], None] | None = None
+        self.no_space_episodes = 0
 
         # metrics
         self.report: RecoveryReport | None = None
@@ -221,7 +242,6 @@ class EmbeddedStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         recover_truncate: bool = False,
-        snapshot_in_child: bool = DEFAULT_SNAPSHOT_IN_CHILD,
     ) -> EmbeddedStore:
         """Open (creating if needed) and lock ``data_dir``; then call ``recover``."""
         return cls(
@@ -236,7 +256,6 @@ class EmbeddedStore:
             segment_bytes=segment_bytes,
             keep_snapshots=keep_snapshots,
             recover_truncate=recover_truncate,
-            snapshot_in_child=snapshot_in_child,
         )
 
     # -- metrics -----------------------------------------------------------
@@ -248,6 +267,12 @@ class EmbeddedStore:
     @property
     def recovery_seconds(self) -> float:
         return self._recovery_seconds
+
+    @property
+    def unavailable(self) -> StoreUnavailableError | None:
+        """Why nothing is acknowledged for now (the journal's file system is full),
+        or None."""
+        return self._unavailable
 
     @property
     def last_seq(self) -> int:
@@ -272,7 +297,11 @@ class EmbeddedStore:
         if self._writer is not None or self._closed:
             raise StoreError("recover() runs once, on a freshly opened store")
         try:
-            return self._recover(service)
+            try:
+                return self._recover(service)
+            except OSError as exc:
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise StoreError(f"data dir {self.data_dir}: {exc.strerror or exc}{where}") from exc
         except BaseException:
             self.close()  # release the data dir; the caller reports the error and exits
             raise
@@ -285,7 +314,8 @@ class EmbeddedStore:
                 os.unlink(entry.path)
 
         segments = self._check_segment_headers(report)
-        base_seq, need_until = self._restore_snapshot(service, segments, report)
+        damaged: list[Path] = []
+        base_seq, need_until = self._restore_snapshot(service, segments, report, damaged)
         replay_started = time.perf_counter()
         last_seq = self._replay(service, segments, base_seq, report)
         report.replay_seconds = time.perf_counter() - replay_started
@@ -297,6 +327,12 @@ class EmbeddedStore:
             )
         # Records that replay or restore queued describe state already on disk.
         service.drain_journal()
+        for path in damaged:
+            # Kept for inspection, but no longer a snapshot: pruning counts the
+            # snapshots recovery can fall back on, and this one it cannot.
+            kept = path.with_name(path.name + CORRUPT_SUFFIX)
+            path.rename(kept)
+            report.warnings.append(f"{path}: damaged snapshot kept as {kept.name}")
 
         remaining = list_segments(self.data_dir)
         if remaining and remaining[-1][0] == last_seq + 1:
@@ -305,7 +341,16 @@ class EmbeddedStore:
             if path.stat().st_size <= SEGMENT_HEADER_SIZE:
                 path.unlink()
         older = sum(p.stat().st_size for _, p in list_segments(self.data_dir))
-        self._writer = JournalWriter(self.data_dir, last_seq + 1, self.segment_bytes)
+        try:
+            self._writer = JournalWriter(self.data_dir, last_seq + 1, self.segment_bytes)
+        except OSError as exc:
+            if not no_space(exc):
+                raise
+            least = min(self.segment_bytes, MIN_SEGMENT_BYTES)
+            raise StoreError(
+                f"data dir {self.data_dir}: no space left on device for the journal (its "
+                f"first segment needs {least} bytes free); free some space and start again"
+            ) from exc
         self._writer.older_bytes = older
         if self.durability is Durability.FSYNC_INTERVAL:
             self._flusher = IntervalFlusher(self._writer, self.fsync_interval_ms / 1000)
@@ -352,9 +397,14 @@ class EmbeddedStore:
         return good
 
     def _restore_snapshot(
-        self, service: Recoverable, segments: list[tuple[int, Path]], report: RecoveryReport
+        self,
+        service: Recoverable,
+        segments: list[tuple[int, Path]],
+        report: RecoveryReport,
+        damaged_paths: list[Path],
     ) -> tuple[int, int]:
-        """Restore the newest usable snapshot; return (its seq, seq the journal must reach)."""
+        """Restore the newest usable snapshot; return (its seq, seq the journal must reach).
+        Damaged snapshots passed over are added to ``damaged_paths``."""
         first_journal_seq = segments[0][0] if segments else None
         need_until = 0
         damaged: list[str] = []
@@ -366,6 +416,7 @@ class EmbeddedStore:
                     raise BadSnapshot(f"header says seq {got_seq}, name says {seq}")
             except BadSnapshot as exc:
                 damaged.append(f"{path.name} ({exc})")
+                damaged_paths.append(path)
                 report.warnings.append(f"{path}: damaged snapshot ({exc}); trying an older one")
                 need_until = max(need_until, seq)
                 continue
@@ -547,6 +598,7 @@ class EmbeddedStore:
 
     def _fail(self, exc: BaseException) -> StoreFailedError:
         if self._failed is None:
+            self._unavailable = None  # failed for good, not waiting for space
             self._failed = StoreFailedError(
                 f"journal write to {self.data_dir} failed ({exc}); no further decision is "
                 "acknowledged until tiergate restarts"
@@ -560,7 +612,9 @@ class EmbeddedStore:
         """Write ``records`` now (``write`` and ``fsync-interval``: a copy into the
         mapped segment) or queue them for the next group write and fsync
         (``fsync-always``); the future to await before acknowledging, or None
-        when everything is already written."""
+        when everything is already written. While the journal cannot be written
+        (``StoreUnavailableError``) records are kept to be written later, and
+        nothing is acknowledged, a decision that changed nothing included."""
         writer = self._require_writer()
         if records:
             self.records_since_snapshot += len(records)
@@ -568,13 +622,21 @@ class EmbeddedStore:
             self.records_committed += len(records)
             if self.durability is not Durability.FSYNC_ALWAYS:
                 data = writer.encode(records)
+                if self._held:  # after what could not be written yet, never before it
+                    raise self._hold(data, writer.next_seq - 1, None)
                 try:
                     writer.write(data, writer.next_seq - 1)
                 except OSError as exc:
+                    if no_space(exc):
+                        raise self._hold(data, writer.next_seq - 1, exc) from exc
                     raise self._fail(exc) from exc
                 self.commits += 1
                 return None
             self._pending.extend(records)  # framed (and numbered) at the write, in order
+            if self._unavailable is not None:
+                raise self._unavailable
+        elif self._unavailable is not None:
+            raise self._unavailable
         elif not self._pending and self._inflight is None:
             return None
         loop = asyncio.get_running_loop()
@@ -600,6 +662,9 @@ class EmbeddedStore:
         if self._inflight is not None:
             return  # _flushed reschedules
         waiters, self._waiters = self._waiters, []
+        if self._unavailable is not None:
+            _settle(waiters, self._unavailable)  # what is pending waits for the space
+            return
         if not self._pending:
             _settle(waiters, None)
             return
@@ -613,13 +678,13 @@ class EmbeddedStore:
             if self._io is None:
                 self._io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-journal")
             self._inflight = loop.run_in_executor(self._io, _write_and_sync, writer, data, last)
-            self._inflight.add_done_callback(partial(self._flushed, loop, waiters))
+            self._inflight.add_done_callback(partial(self._flushed, loop, waiters, data, last))
             self.commits += 1
             return
         try:
             writer.write(data, last)
         except OSError as exc:
-            _settle(waiters, self._fail(exc))
+            _settle(waiters, self._hold(data, last, exc) if no_space(exc) else self._fail(exc))
             return
         self.commits += 1
         _settle(waiters, None)
@@ -628,13 +693,92 @@ class EmbeddedStore:
         self,
         loop: asyncio.AbstractEventLoop,
         waiters: list[asyncio.Future[None]],
+        data: bytes,
+        last: int,
         done: asyncio.Future[None],
     ) -> None:
         self._inflight = None
         exc = done.exception()
-        _settle(waiters, self._fail(exc) if exc is not None else None)
+        if isinstance(exc, _NoSpace):
+            self.commits -= 1
+            _settle(waiters, self._hold(data, last, exc.error))
+        else:
+            _settle(waiters, self._fail(exc) if exc is not None else None)
         if (self._waiters or self._pending) and self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush, loop)
+
+    # -- a full file system ------------------------------------------------
+
+    def _hold(self, data: bytes, last: int, exc: OSError | None) -> StoreError:
+        """Keep framed records that could not be written (the file system is full)
+        to write them, in order, once it can; the error their callers get."""
+        self._held.append((data, last))
+        self._held_bytes += len(data)
+        if self._held_bytes > HELD_BYTES_LIMIT:
+            return self._fail(
+                OSError(
+                    errno.ENOSPC,
+                    f"no space left on device for {self._held_bytes} bytes of records kept "
+                    "while it was full",
+                )
+            )
+        if self._unavailable is None:
+            quota = exc is not None and exc.errno == errno.EDQUOT
+            full = "disk quota exceeded" if quota else "no space left on device"
+            self._unavailable = StoreUnavailableError(
+                f"data dir {self.data_dir}: {full} for the journal; refusing new decisions "
+                "until it can be written again"
+            )
+            self.no_space_episodes += 1
+            log.error(
+                "%s (trying again every %g s)", self._unavailable, self.no_space_retry_seconds
+            )
+            self._schedule_retry()
+            if self.on_unavailable is not None:
+                self.on_unavailable(self._unavailable)
+        return self._unavailable
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is not None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop: the next commit_sync tries again first
+        self._retry_handle = loop.call_later(self.no_space_retry_seconds, self._retry_held)
+
+    def _retry_held(self) -> None:
+        self._retry_handle = None
+        writer = self._writer
+        if writer is None or self._failed is not None or not self._held:
+            return
+        try:
+            self._write_held(writer)
+        except OSError as exc:
+            if no_space(exc):
+                self._schedule_retry()
+            else:
+                self._fail(exc)
+
+    def _write_held(self, writer: JournalWriter) -> None:
+        """Write what was kept while the file system was full, in order; then the
+        store is available again. Raises the write's OSError if it still fails."""
+        while self._held:
+            data, last = self._held[0]
+            writer.write(data, last)
+            del self._held[0]
+            self._held_bytes -= len(data)
+            self.commits += 1
+        if self._unavailable is None:
+            return
+        self._unavailable = None
+        log.warning("data dir %s: the journal can be written again; deciding again", self.data_dir)
+        if self.on_unavailable is not None:
+            self.on_unavailable(None)
+        if self._pending and self._flush_handle is None:
+            with contextlib.suppress(RuntimeError):  # no loop: commit_sync writes them
+                loop = asyncio.get_running_loop()
+                self._flush_handle = loop.call_soon(self._flush, loop)
 
     async def _barrier(self) -> None:
         """Wait until everything committed so far is written (no in-flight fsync either)."""
@@ -646,15 +790,32 @@ class EmbeddedStore:
         writer = self._require_writer()
         if self._inflight is not None:
             raise StoreError("a synchronous commit raced an asynchronous one")
+        if self._held:
+            try:
+                self._write_held(writer)
+            except OSError as exc:
+                if not no_space(exc):
+                    raise self._fail(exc) from exc
         if not self._pending:
+            if self._unavailable is not None:
+                raise self._unavailable
             return
         data, last = self._take_pending(writer)
         waiters, self._waiters = self._waiters, []
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._held:
+            unavailable = self._hold(data, last, None)
+            _settle(waiters, unavailable)
+            raise unavailable
         try:
             writer.write(data, last)
+        except OSError as exc:
+            error = self._hold(data, last, exc) if no_space(exc) else self._fail(exc)
+            _settle(waiters, error)
+            raise error from exc
+        try:
             if self.durability is Durability.FSYNC_ALWAYS:
                 writer.sync()
         except OSError as exc:
@@ -710,8 +871,12 @@ class EmbeddedStore:
     async def _background_snapshot(self, service: Recoverable) -> None:
         try:
             await self.snapshot(service)
-        except Exception:
-            log.exception("snapshot failed; the journal keeps every change, will retry later")
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailableError) or no_space(exc):
+                # The file system is full: the journal keeps every change meanwhile.
+                log.warning("snapshot in %s put off: %s", self.data_dir, exc)
+            else:
+                log.exception("snapshot failed; the journal keeps every change, will retry later")
             self._last_snapshot_at = time.monotonic()
         finally:
             self._snapshot_task = None
@@ -743,85 +908,68 @@ class EmbeddedStore:
         if self._snapshot_lock is None:
             self._snapshot_lock = asyncio.Lock()
         async with self._snapshot_lock:
-            await self._snapshot(service, self.snapshot_in_child)
+            await self._snapshot(service)
 
-    async def _snapshot(self, service: Recoverable, in_child: bool) -> None:
+    async def _snapshot(self, service: Recoverable) -> None:
+        """Cut the journal and take the service's state image in one step of the
+        event loop, then encode and write it in the snapshot thread while the
+        loop goes on deciding; the loop pays only for the cut and the image.
+        No process is forked: this one runs gRPC's threads."""
         self._snapshotting = True
         try:
+            loop = asyncio.get_running_loop()
+            if self._snap_io is None:
+                self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
+            # The memory the image takes is allocated and touched in the snapshot
+            # thread first: a page's first touch (the kernel zeroing it) costs
+            # several times its copy, and would otherwise be paid on the loop.
+            room = await loop.run_in_executor(self._snap_io, service.snapshot_room())
             while True:
                 await self._barrier()
                 if self._inflight is None:
                     break
-            started = time.perf_counter()
-            seq = self._cut_journal(service)
-            if self._snap_io is None:
-                self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
-            loop = asyncio.get_running_loop()
-            if in_child:
-                # The child serialises a copy-on-write image of this instant while the
-                # event loop goes on deciding; the loop only pays for fork().
-                pid = self._fork_snapshot(service, seq)
+            with _cyclic_gc_paused():
+                started = time.perf_counter()
+                seq = self._cut_journal(service)
+                encode = service.snapshot_image(room)  # no await between: the state at seq
                 self.last_snapshot_stall_seconds = time.perf_counter() - started
-                code = await loop.run_in_executor(self._snap_io, _wait_child, pid)
-                if code != 0:
-                    raise StoreError(
-                        f"snapshot at seq {seq}: the snapshot process exited with status {code}"
-                    )
-                size = (self.data_dir / snapshot_name(seq)).stat().st_size
-                size -= SNAPSHOT_HEADER_SIZE
-                freed = await loop.run_in_executor(self._snap_io, self._prune)
-            else:
-                payload = service.snapshot()
-                self.last_snapshot_stall_seconds = time.perf_counter() - started
-                size = len(payload)
-                freed = await loop.run_in_executor(
-                    self._snap_io, self._write_and_prune, seq, payload
+                del room  # what the image did not take (a table that grew meanwhile)
+                size, freed = await loop.run_in_executor(
+                    self._snap_io, self._write_and_prune, seq, encode
                 )
+                del encode  # the image, freed before collections resume
             self._after_snapshot(seq, size, started, freed)
         finally:
             self._snapshotting = False
 
-    def _fork_snapshot(self, service: Recoverable, seq: int) -> int:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork() in a process with threads; the child
-            # below touches nothing but the service's state and its own file.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid != 0:
-            return pid
-        code = 1
-        try:
-            # Not holding the data dir: if the server is killed, a restart must not
-            # wait for this process. Signals go to the server, not here.
-            os.close(self._lock_fd)
-            with contextlib.suppress(ValueError):  # only possible from the main thread
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(sig, signal.SIG_DFL)
-            write_snapshot(self.data_dir, seq, service.snapshot())
-            code = 0
-        except BaseException as exc:
-            with contextlib.suppress(BaseException):
-                os.write(2, f"tiergate: snapshot at seq {seq} failed: {exc!r}\n".encode())
-        finally:
-            os._exit(code)
-
     def snapshot_sync(self, service: Recoverable) -> None:
-        started = time.perf_counter()
-        seq = self._cut_journal(service)
-        payload = service.snapshot()
-        self.last_snapshot_stall_seconds = time.perf_counter() - started
-        freed = self._write_and_prune(seq, payload)
-        self._after_snapshot(seq, len(payload), started, freed)
+        """Blocking ``snapshot``: everything in the calling thread."""
+        with _cyclic_gc_paused():
+            started = time.perf_counter()
+            seq = self._cut_journal(service)
+            encode = service.snapshot_image()
+            self.last_snapshot_stall_seconds = time.perf_counter() - started
+            size, freed = self._write_and_prune(seq, encode)
+            del encode  # the image, freed before collections resume
+        self._after_snapshot(seq, size, started, freed)
 
-    def _write_and_prune(self, seq: int, payload: bytes) -> int:
-        """Write the snapshot, then drop old snapshots and covered segments; bytes freed."""
+    def _write_and_prune(self, seq: int, encode: SnapshotEncoder) -> tuple[int, int]:
+        """Encode and write the snapshot, then drop old snapshots and covered segments;
+        (payload bytes, bytes freed)."""
+        payload = encode()
         write_snapshot(self.data_dir, seq, payload)
-        return self._prune()
+        return sum(map(len, payload)), self._prune()
 
     def _prune(self) -> int:
         """Drop snapshots beyond ``keep_snapshots`` and the segments the oldest kept
-        one covers; return the bytes freed."""
+        one covers; return the bytes freed.
+
+        The journal is always kept from the snapshot before the newest on: with
+        a single snapshot (the first one in a data dir) nothing of the journal
+        is dropped, so a damaged newest snapshot is never the only copy of the
+        state. A recovery that fell back past a damaged snapshot renamed it to
+        ``*.corrupt``, so it is not counted here.
+        """
         if self._writer is not None:
             # A rotated segment is cut to what it holds in the background; its
             # size counts once that is done (else a preallocated 16 MB would be
@@ -831,6 +979,8 @@ class EmbeddedStore:
         keep = snapshots[-self.keep_snapshots :]
         for _, old in snapshots[: -self.keep_snapshots]:
             old.unlink(missing_ok=True)
+        if len(keep) < 2:
+            return 0  # one snapshot: the journal before it is its only backup
         oldest_kept = keep[0][0]
         freed = 0
         segments = list_segments(self.data_dir)
@@ -865,16 +1015,27 @@ class EmbeddedStore:
         if task is not None:
             await asyncio.wait([task])
         if self._writer is not None and self._failed is None:
-            if service is not None:
-                await self.commit(service.drain_journal())
-                if self.snapshot_on_close and self.records_since_snapshot > 0:
-                    # Nothing is served any more: no reason to fork for this one.
-                    if self._snapshot_lock is None:
-                        self._snapshot_lock = asyncio.Lock()
-                    async with self._snapshot_lock:
-                        await self._snapshot(service, in_child=False)
-            await self._barrier()
+            try:
+                if service is not None:
+                    await self.commit(service.drain_journal())
+                    if self.snapshot_on_close and self.records_since_snapshot > 0:
+                        await self._final_snapshot(service)
+                await self._barrier()
+            except StoreUnavailableError as exc:
+                log.error("closing: %s", exc)  # close() tries once more
         self.close()
+
+    async def _final_snapshot(self, service: Recoverable) -> None:
+        if self._snapshot_lock is None:
+            self._snapshot_lock = asyncio.Lock()
+        async with self._snapshot_lock:
+            try:
+                await self._snapshot(service)
+            except StoreUnavailableError:
+                raise
+            except Exception:
+                # The journal holds every change: the next start replays it.
+                log.exception("closing: the final snapshot failed")
 
     def close(self) -> None:
         if self._closed:
@@ -889,8 +1050,20 @@ class EmbeddedStore:
                 if self._io is not None:
                     self._io.shutdown(wait=True)
             elif self._writer is not None and self._failed is None:
-                self._flush_now()
+                try:
+                    self._flush_now()
+                except StoreUnavailableError:
+                    # Never acknowledged (nothing is while the journal cannot be
+                    # written): the restart's state is the journal's.
+                    log.error(
+                        "closing: %d bytes of records of decisions never acknowledged "
+                        "could not be written (no space) and are dropped",
+                        self._held_bytes,
+                    )
         finally:
+            if self._retry_handle is not None:
+                self._retry_handle.cancel()
+                self._retry_handle = None
             if self._flusher is not None:
                 self._flusher.stop()
             for pool in (self._io, self._snap_io):
@@ -902,13 +1075,39 @@ class EmbeddedStore:
             os.close(self._lock_fd)
 
 
-def _wait_child(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """No cyclic GC collections while a snapshot is taken and encoded (memory is
+    still freed as references go). A collection, in whichever thread allocates,
+    holds the GIL while it traverses its generations: the image's copies of the
+    policy layer's containers and the rows the encoder makes put millions of
+    objects there, and with 1 M idempotency keys collections during a snapshot
+    held the event loop for 0.3 to 0.7 s each."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+class _NoSpace(Exception):
+    """A group write found the file system full (not its fsync: that fails the store)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _write_and_sync(writer: JournalWriter, data: bytes, last: int) -> None:
-    writer.write(data, last)
+    try:
+        writer.write(data, last)
+    except OSError as exc:
+        if no_space(exc):
+            raise _NoSpace(exc) from exc
+        raise
     writer.sync()
 
 

@@ -266,6 +266,17 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 
 _NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+#: The smallest segment started when the disk is short of space: a segment is
+#: made as large as ``segment_bytes`` if the space is there, else halved until
+#: it fits, down to this (or to what one write needs, if that is more).
+MIN_SEGMENT_BYTES = 64 << 10
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the file system is full (or the quota used up)."""
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -348,24 +359,75 @@ class JournalWriter:
         self.next_seq += len(records)
         return data
 
-    def _open_segment(self, first_seq: int, need: int) -> None:
-        path = self.directory / segment_name(first_seq)
+    def _sizes(self, need: int) -> Iterator[int]:
+        """Segment sizes to try for a segment that must hold ``need`` bytes of frames:
+        ``segment_bytes`` (or more, for a bigger write), then halves down to
+        ``MIN_SEGMENT_BYTES`` (or ``need``), for a disk short of space."""
         size = max(self.segment_bytes, SEGMENT_HEADER_SIZE + need)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            _write_all(fd, encode_segment_header(first_seq))
-            _preallocate(fd, size)
-            mapped = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        least = max(min(self.segment_bytes, MIN_SEGMENT_BYTES), SEGMENT_HEADER_SIZE + need)
+        yield size
+        while size > least:
+            size = max(least, size // 2)
+            yield size
+
+    def _open_segment(self, first_seq: int, need: int) -> None:
+        """Start the segment ``first_seq`` with its disk space reserved before it is
+        mapped (a write through a mapping the file system cannot back is a SIGBUS,
+        not an error). Smaller when the space is short; ENOSPC when even the
+        least (``_sizes``) does not fit, and then nothing is left behind."""
+        path = self.directory / segment_name(first_seq)
+        sizes = self._sizes(need)
+        wanted = size = next(sizes)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, encode_segment_header(first_seq))
+                _preallocate(fd, size)
+                mapped = mmap.mmap(fd, size)
+                break
+            except BaseException as exc:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                smaller = next(sizes, None) if no_space(exc) else None
+                if smaller is None:
+                    raise
+                size = smaller
+        if size < wanted:
+            log.warning(
+                "journal: %s is short of space: started %s with room for %d bytes, not %d",
+                self.directory,
+                path.name,
+                size,
+                wanted,
+            )
         self._fd = fd
         self._map = mapped
         self.path = path
         self.segment_size = SEGMENT_HEADER_SIZE
         self.capacity = size
+
+    def _grow_empty(self, need: int) -> None:
+        """Give the current, empty segment room for ``need`` bytes of frames, in place
+        (its name is the first sequence number the write gets). If the space is not
+        there, the segment stays as it was."""
+        assert self._map is not None and self.segment_size == SEGMENT_HEADER_SIZE
+        short: OSError | None = None
+        for size in self._sizes(need):
+            try:
+                _preallocate(self._fd, size)
+            except OSError as exc:
+                if not no_space(exc):
+                    raise
+                short = exc
+                continue
+            mapped = mmap.mmap(self._fd, size)
+            self._map.close()
+            self._map = mapped
+            self.capacity = size
+            return
+        assert short is not None
+        raise short
 
     def write(self, data: bytes, last_seq: int) -> None:
         """Append already-framed records ending at ``last_seq`` (one copy or one pwrite)."""
@@ -474,16 +536,11 @@ class JournalWriter:
                     self._segments.submit(self._rotation_work, mapped, fd, size, self._fd)
                 )
                 return
-        # Empty but too small for one write: a bigger segment takes its name, once
-        # no background work holds its file descriptor.
+        # Empty but too small for one write: it grows to fit, once no background
+        # work holds its file descriptor.
         self.wait_segment_work()
         with self._lock:
-            path = self.path
-            self._finish_segment()
-            if path is not None:
-                path.unlink()
-            self._open_segment(self.written_seq + 1, need)
-            self._sync_new_segment(self._fd)
+            self._grow_empty(need)
 
     def close(self) -> None:
         try:

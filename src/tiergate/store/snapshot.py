@@ -18,6 +18,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from .base import FormatVersionError
@@ -53,19 +54,26 @@ def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def encode_snapshot_header(seq: int, payload: bytes) -> bytes:
-    head = _HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, seq, len(payload), zlib.crc32(payload))
+def encode_snapshot_header(seq: int, payload: bytes | Sequence[bytes]) -> bytes:
+    parts = [payload] if isinstance(payload, bytes) else payload
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    head = _HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, seq, sum(map(len, parts)), crc)
     return head + _CRC.pack(zlib.crc32(head))
 
 
-def write_snapshot(directory: Path, seq: int, payload: bytes) -> Path:
-    """Write ``payload`` as the snapshot for ``seq`` atomically; return its path."""
+def write_snapshot(directory: Path, seq: int, payload: bytes | Sequence[bytes]) -> Path:
+    """Write ``payload`` (the bytes, or their parts in order) as the snapshot for
+    ``seq`` atomically; return its path."""
+    parts = [payload] if isinstance(payload, bytes) else payload
     final = directory / snapshot_name(seq)
     tmp = directory / (snapshot_name(seq) + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        _write_all(fd, encode_snapshot_header(seq, payload))
-        _write_all(fd, payload)
+        _write_all(fd, encode_snapshot_header(seq, parts))
+        for part in parts:
+            _write_all(fd, part)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -1,0 +1,128 @@
+"""Snapshots of a serving sidecar: many, under load, and never from a child process.
+
+The sidecar runs gRPC threads; a process forked from it may crash (and did).
+These tests make ``os.fork`` fail and drive concurrent Admits, AdmitBatches
+and AdmitStreams while snapshots fall due every few records: every snapshot
+must be taken (state image on the event loop, encoded and written by the
+snapshot thread) and a restart must find every acknowledged admit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_harness import SENDER, T0, make_config, run_async, sender, serving, template_request
+
+from tiergate.store import EmbeddedStore
+from tiergate.v1 import admission_pb2 as pb
+
+
+def admit(n: int) -> pb.AdmitRequest:
+    return template_request(
+        f"1555{n:07d}", T0 + 10 * n, category=pb.MARKETING, template_id="spring_sale", key=f"k{n}"
+    )
+
+
+def note(counted: set[str], reqs: list[pb.AdmitRequest], answers: list[pb.AdmitResponse]) -> None:
+    assert len(answers) == len(reqs)
+    for req, answer in zip(reqs, answers, strict=True):
+        if answer.decision == pb.DECISION_ADMIT and answer.counted:
+            counted.add(req.recipient)
+
+
+def small_snapshot_intervals(monkeypatch: pytest.MonkeyPatch, stores: list[EmbeddedStore]) -> None:
+    """Sidecars open their store with a snapshot due every 25 records."""
+    real_open = EmbeddedStore.open
+
+    def open_store(*args: Any, **kwargs: Any) -> EmbeddedStore:
+        kwargs.update(snapshot_every_records=25, snapshot_min_seconds=0)
+        store = real_open(*args, **kwargs)
+        stores.append(store)
+        return store
+
+    monkeypatch.setattr(EmbeddedStore, "open", staticmethod(open_store))
+
+
+def children() -> list[str]:
+    """Child processes of this one (every thread's)."""
+    found: list[str] = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children", encoding="ascii") as f:
+            found += f.read().split()
+    return found
+
+
+def test_a_serving_sidecar_takes_many_snapshots_without_a_child_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fork() -> int:
+        raise AssertionError("os.fork() called while serving")
+
+    monkeypatch.setattr(os, "fork", fork)
+    stores: list[EmbeddedStore] = []
+    small_snapshot_intervals(monkeypatch, stores)
+    config = make_config(
+        data_dir=tmp_path / "data",
+        senders=(sender(tier="TIER_100K", throughput_mps=1000),),
+        shutdown_grace=5.0,
+    )
+    counted: set[str] = set()
+    seen_children: list[str] = []
+
+    @run_async
+    async def first_run() -> None:
+        async with serving(config) as h:
+            stop = asyncio.Event()
+
+            async def watch() -> None:
+                while not stop.is_set():
+                    seen_children.extend(children())
+                    await asyncio.sleep(0.005)
+
+            async def unary(lane: int) -> None:
+                for n in range(lane, 600, 4):
+                    note(counted, [admit(n)], [await h.stub.Admit(admit(n))])
+
+            async def batches() -> None:
+                for b in range(20):
+                    reqs = [admit(1_000 + 10 * b + i) for i in range(10)]
+                    reply = await h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
+                    note(counted, reqs, list(reply.responses))
+
+            async def stream() -> None:
+                reqs = [admit(2_000 + i) for i in range(150)]
+                note(counted, reqs, [r async for r in h.stub.AdmitStream(iter(reqs))])
+
+            watcher = asyncio.ensure_future(watch())
+            await asyncio.gather(*(unary(lane) for lane in range(4)), batches(), stream())
+            for _ in range(500):  # the last snapshot the load made due
+                if not stores[0]._snapshotting:
+                    break
+                await asyncio.sleep(0.01)
+            stop.set()
+            await watcher
+            assert stores[0].snapshots_taken >= 10
+
+    first_run()
+    assert not seen_children
+    assert len(counted) > 800
+
+    @run_async
+    async def second_run() -> None:
+        async with serving(config) as h:
+            state = await h.client.sender_state(SENDER, at_unix_ms=T0 + 10_000)
+            assert state.used_24h == len(counted)
+            for recipient in sorted(counted):  # each still counted: a dry run counts nothing
+                probe = template_request(
+                    recipient, T0 + 100_000, category=pb.MARKETING, template_id="spring_sale"
+                )
+                probe.dry_run = True
+                answer = await h.stub.Admit(probe)
+                assert answer.decision == pb.DECISION_ADMIT and not answer.counted, recipient
+
+    second_run()
+    assert stores[1].report.snapshot_path is not None
