@@ -68,11 +68,13 @@ proto: $(STAMP)
 proto-check: proto
 	git diff --exit-code -- src/tiergate/v1
 
+# The suite runs with hypothesis's "ci" profile (tests/conftest.py): bounded, derandomized.
 pytest-compiled:
-	TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 pytest-python:
-	TIERGATE_NO_EXTENSIONS=1 TIERGATE_REQUIRE_EXTENSIONS=0 $(BIN)/pytest $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci TIERGATE_NO_EXTENSIONS=1 TIERGATE_REQUIRE_EXTENSIONS=0 \
+		$(BIN)/pytest $(PYTEST_ARGS)
 
 # The full gate (.ci/run calls it). It must leave the tree as it found it.
 test:
@@ -82,9 +84,11 @@ test:
 		&& { [ "$$before" = "$$after" ] || { echo "make test changed files in the tree:" >&2; \
 			git status --short >&2; exit 1; }; }
 
-# The quick loop while editing: lint, types and the compiled tests not marked slow.
+# The quick loop while editing: lint, types and the compiled tests not marked slow
+# (hypothesis's short "dev" profile, whatever HYPOTHESIS_PROFILE says; no long runs).
 check: build lint typecheck
-	TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest -m "not slow" -q $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=dev TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest -m "not slow and not fuzz" \
+		-q $(PYTEST_ARGS)
 
 bench: build system-deps
 	$(PY) benchmarks/run_all.py --quick
