@@ -99,3 +99,21 @@ def test_a_bad_stream_message_followed_by_more_ends_the_stream_invalid_argument(
                 assert details.startswith("stream message 0: recipient")
 
     uvloop.run(main())
+
+
+@pytest.mark.parametrize("tier", ["²", "¹⁰⁰⁰", "١٠٠٠", "１０００"])
+def test_a_tier_of_digits_that_are_not_ascii_is_invalid_argument(tier: str) -> None:
+    """A sender_update tier that str.isdigit() accepts but int() does not ("²") was
+    INTERNAL (ValueError); one int() reads ("١٠٠٠") was taken as TIER_1K."""
+
+    async def main() -> None:
+        async with serving() as h:
+            update = pb.SenderUpdate(sender_id=SENDER, tier=tier)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await h.stub.RecordFeedback(pb.RecordFeedbackRequest(sender_update=update))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (info.value.details() or "").startswith("tier: unknown tier")
+            state = await h.stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
+            assert state.tier == "TIER_250"
+
+    uvloop.run(main())
