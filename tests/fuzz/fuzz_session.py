@@ -571,7 +571,8 @@ class Session:
         return self.snapshot
 
     async def check_unchanged(self, before: Snapshot, what: str, webhook_error: str = "") -> None:
-        """After a request that must have changed nothing."""
+        """After a request that must have changed nothing (``webhook_error``: the counter
+        a refused webhook body moves)."""
         self.snapshot = None
         after = await self.take_snapshot()
         for sid, view in before.states.items():
@@ -734,6 +735,9 @@ class Session:
         if rpc == "HttpWebhook":
             await self.http_webhook(payload)
             return
+        if rpc == "HttpRequest":
+            await self.http_request(*payload)
+            return
         if rpc == "IngestWebhook" and isinstance(payload, Webhook):
             payload = pb.IngestWebhookRequest(
                 body=payload.body,
@@ -761,6 +765,8 @@ class Session:
         else:
             parsed = self.resolve(payload)
             data = parsed.SerializeToString()
+        if raw and rpc in ("Admit", "AdmitColumns") and parsed is not None:
+            await self.differential(rpc, data, parsed)
         before = await self.take_snapshot()
         started_ms = wall_ms()
         lower = self.model.now_lower()
@@ -806,6 +812,28 @@ class Session:
             return False
         ticket = request.send_result.ticket
         return bool(ticket) and ticket not in self.model.tickets
+
+    async def differential(self, rpc: str, data: bytes, parsed: Message) -> None:
+        """Raw bytes that protobuf reads, made a dry run (a dry_run field appended: the
+        last value wins), and the same request as protobuf writes it: the same status,
+        message and answer, whichever reader took the bytes. With the request clock
+        only (a dry run's answer there does not move with the wall clock)."""
+        if not self.request_clock:
+            return
+        dry = type(parsed)()
+        dry.CopyFrom(parsed)
+        dry.dry_run = True  # type: ignore[attr-defined]
+        field = b"\x40\x01" if rpc == "Admit" else b"\x50\x01"  # dry_run = true
+        read = await self.unary(rpc, data + field)
+        written = await self.unary(rpc, dry.SerializeToString())
+        self.snapshot = None
+        if (read.code, read.details) != (written.code, written.details) or [
+            RESPONSE_TYPES[rpc].FromString(r) for r in read.replies
+        ] != [RESPONSE_TYPES[rpc].FromString(r) for r in written.replies]:
+            fail(
+                f"{rpc}: bytes {data + field!r} answered {read}, "
+                f"the same request as protobuf writes it {written}"
+            )
 
     def signature(self, w: Webhook) -> str:
         return sign(w.body, WEBHOOK_SECRET) if w.signature == "@sign" else w.signature
@@ -1119,6 +1147,32 @@ class Session:
         if a.counted and a.used > a.limit:
             fail(f"a counted admit with used {a.used} over limit {a.limit}: {said}")
 
+    async def http_request(self, raw: bytes, body: bytes) -> None:
+        """Raw bytes of an HTTP request to the webhook receiver (``body``: what it
+        carries when its head reads well). The receiver answers a documented status,
+        or closes a connection that ended early; never 5xx but 501 and 505."""
+        before = await self.take_snapshot()
+        answer = await http_raw(self.h.sidecar.webhook_port, raw)
+        for t in webhook_times(body):
+            self.model.seen_time(t, accepted=False)
+        what = f"HTTP request {raw[:400]!r}: {answer!r}"
+        note(f"HTTP request: {answer[0] if answer else 'no answer'}")
+        if answer is None:
+            await self.check_unchanged(before, what)  # cut short: nothing was read
+            return
+        status, payload = answer
+        if status == 200:
+            self.snapshot = None
+            self.webhook_applied(body)
+        elif status == 403 and payload.startswith(b"signature rejected"):
+            await self.check_unchanged(before, what, "bad_signature")
+        elif status == 400 and payload.startswith(b"malformed webhook"):
+            await self.check_unchanged(before, what, "malformed")
+        elif status in HTTP_REFUSALS:
+            await self.check_unchanged(before, what)
+        else:
+            fail(what)
+
     # --- webhooks over HTTP --------------------------------------------------------------
 
     async def http_webhook(self, w: Webhook) -> None:
@@ -1155,6 +1209,41 @@ class Session:
             await self.check_unchanged(before, what)
         else:
             fail(what)
+
+
+HTTP_REFUSALS = {400, 403, 404, 405, 408, 411, 413, 431, 501, 505}
+
+
+async def http_raw(port: int, raw: bytes) -> tuple[int, bytes] | None:
+    """``raw`` sent to 127.0.0.1:port, then end of input; the final response's status
+    and body, or None when the connection closed without one."""
+
+    async def exchange() -> tuple[int, bytes] | None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(raw)
+            writer.write_eof()
+            await writer.drain()
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return None
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split(" ")[1])
+                if status != 100:
+                    break
+            length = 0
+            for line in lines[1:]:
+                if line.lower().startswith("content-length:"):
+                    length = int(line.split(":", 1)[1])
+            return status, await reader.readexactly(length)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.wait_for(exchange(), DEADLINE_S)
 
 
 async def http_exchange(port: int, raw: bytes) -> tuple[int, bytes]:
@@ -1309,6 +1398,9 @@ async def play(session: Session, steps: Sequence[tuple[Any, ...]]) -> None:
     session.snapshot = None
     await session.take_snapshot()
     await session.check_serving()
+    internal = session.h.sidecar.metrics.internal_errors
+    if any(internal.values()):
+        fail(f"internal errors counted: {dict(internal)}")
 
 
 async def restart_view(

@@ -614,6 +614,73 @@ def webhooks() -> st.SearchStrategy[Webhook]:
     return st.builds(Webhook, body=webhook_bodies(), signature=signatures, at_unix_ms=times)
 
 
+@st.composite
+def http_requests(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(the raw bytes of an HTTP request to the webhook receiver, its body): a signed
+    POST whose head is changed: a line dropped, repeated or replaced, another method,
+    path or version, a wrong Content-Length, chunked coding, 100-continue, a folded
+    line, bare LFs, the bytes cut short."""
+    body = draw(webhook_bodies())
+    lines = [
+        "POST /webhook HTTP/1.1",
+        "Host: tiergate",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        f"X-Hub-Signature-256: {sign(body, WEBHOOK_SECRET)}",
+        "Connection: close",
+    ]
+    hostile_lines = st.one_of(
+        st.sampled_from(
+            [
+                "GET /webhook HTTP/1.1",
+                "PUT /webhook HTTP/1.1",
+                "POST /webhook?x=1 HTTP/1.1",
+                "POST /other HTTP/1.1",
+                "POST http://tiergate/webhook HTTP/1.1",
+                "POST /webhook HTTP/2.0",
+                "POST /webhook HTTP/1.0",
+                "POST  /webhook HTTP/1.1",
+                "POST /web hook HTTP/1.1",
+                f"Content-Length: {len(body) + 1}",
+                f"Content-Length: {max(0, len(body) - 1)}",
+                "Content-Length: -1",
+                "Content-Length: 99999999999999999999",
+                "Content-Length: 0x10",
+                "Content-Length: 2000000",
+                "Transfer-Encoding: chunked",
+                "Expect: 100-continue",
+                " folded continuation",
+                "X-Hub-Signature-256: sha256=" + "0" * 64,
+                "X-Hub-Signature-256:",
+                "Connection: keep-alive",
+                "Bad Header: x",
+                ": no name",
+                "no colon",
+                "X-Control: a\x01b",
+                "Host: a",
+                "X-Long: " + "a" * 20000,
+            ]
+        ),
+        text_hostile,
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        how = draw(st.sampled_from(["drop", "repeat", "replace", "insert"]))
+        i = draw(st.integers(0, len(lines) - 1))
+        if how == "drop" and len(lines) > 1:
+            del lines[i]
+        elif how == "repeat":
+            lines.insert(i, lines[i])
+        elif how == "replace":
+            lines[i] = draw(hostile_lines)
+        else:
+            lines.insert(i, draw(hostile_lines))
+    eol = draw(st.sampled_from(["\r\n", "\r\n", "\r\n", "\n"]))
+    data = (eol.join(lines) + eol + eol).encode("utf-8") + body
+    if draw(st.integers(0, 4)) == 0:
+        data = data[: draw(st.integers(0, len(data)))]
+    return data, body
+
+
 def ingest_request(w: Webhook) -> pb.IngestWebhookRequest:
     """The IngestWebhook request of ``w``, signed now (for raw bytes)."""
     signature = sign(w.body, WEBHOOK_SECRET) if w.signature == "@sign" else w.signature

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import uvloop
 from fuzz_session import run_program
-from fuzz_strategies import fuzz_steps, ingest_request, programs, raw, webhooks
+from fuzz_strategies import (
+    fuzz_steps,
+    http_requests,
+    ingest_request,
+    programs,
+    raw,
+    webhooks,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,10 +45,11 @@ def test_fuzz_ingest_webhook(clock: str, steps: list[tuple[Any, ...]]) -> None:
 
 
 http_steps = st.tuples(st.just("fuzz"), st.just("HttpWebhook"), webhooks(), st.just(False))
+http_raw_steps = st.tuples(st.just("fuzz"), st.just("HttpRequest"), http_requests(), st.just(True))
 
 
 @CLOCKS
 @FUZZ
-@given(steps=programs(http_steps))
+@given(steps=programs(http_steps, http_raw_steps))
 def test_fuzz_webhook_http_receiver(clock: str, steps: list[tuple[Any, ...]]) -> None:
     uvloop.run(run_program(steps, clock, webhook_listen=Endpoint("127.0.0.1", 0)))
