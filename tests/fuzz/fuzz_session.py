@@ -18,7 +18,14 @@ malformed message reaches the server exactly as sent. After each step:
 - the distinct recipients counted in a scope (a lower bound the model keeps from
   the answers) never exceed the limit an ADMIT reports, and the sidecar's own
   count is never below it (no lost or wrongly released slot);
-- the sidecar stays SERVING.
+- a send result naming a ticket tiergate never issued changes nothing;
+- raw Admit and AdmitColumns bytes that protobuf reads get, as a dry run, the
+  answer their protobuf encoding gets (whichever reader took them);
+- the sidecar stays SERVING and counts no internal error.
+
+Streams go through the synchronous client: grpc.aio's client reports INTERNAL
+for a stream the server ended with an error while messages were still on
+their way (see ``Session.stream``).
 
 Time: with the request clock, the model keeps a lower bound of the sidecar's
 latest time (from requests it accepted) and an upper bound (from every time it
