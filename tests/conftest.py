@@ -18,7 +18,7 @@ import pytest
 from hypothesis import settings
 
 settings.register_profile("dev", max_examples=8)
-settings.register_profile("ci", max_examples=15, derandomize=True, print_blob=True)
+settings.register_profile("ci", max_examples=10, derandomize=True, print_blob=True)
 # One round of make fuzz; it runs rounds until its time is up.
 settings.register_profile(
     "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), print_blob=True
