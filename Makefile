@@ -14,8 +14,8 @@ UV_VERSION := 0.13.8
 # The venv's tools first (cython-lint runs pycodestyle, protoc runs protoc-gen-mypy by name).
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: build run test check lint typecheck proto proto-check pytest pytest-compiled pytest-python \
-	system-deps bench bench-full lock clean
+.PHONY: build run test check fuzz lint typecheck proto proto-check pytest pytest-compiled \
+	pytest-python system-deps bench bench-full lock clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,11 +68,13 @@ proto: $(STAMP)
 proto-check: proto
 	git diff --exit-code -- src/tiergate/v1
 
+# The suite runs with hypothesis's "ci" profile (tests/conftest.py): bounded, derandomized.
 pytest-compiled:
-	TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 pytest-python:
-	TIERGATE_NO_EXTENSIONS=1 TIERGATE_REQUIRE_EXTENSIONS=0 $(BIN)/pytest $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci TIERGATE_NO_EXTENSIONS=1 TIERGATE_REQUIRE_EXTENSIONS=0 \
+		$(BIN)/pytest $(PYTEST_ARGS)
 
 # The full gate (.ci/run calls it). It must leave the tree as it found it.
 test:
@@ -82,9 +84,36 @@ test:
 		&& { [ "$$before" = "$$after" ] || { echo "make test changed files in the tree:" >&2; \
 			git status --short >&2; exit 1; }; }
 
-# The quick loop while editing: lint, types and the compiled tests not marked slow.
+# The quick loop while editing: lint, types and the compiled tests not marked slow
+# (hypothesis's short "dev" profile, whatever HYPOTHESIS_PROFILE says; no fuzz runs).
 check: build lint typecheck
-	TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest -m "not slow" -q $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=dev TIERGATE_REQUIRE_EXTENSIONS=1 $(BIN)/pytest -m "not slow and not fuzz" \
+		-q $(PYTEST_ARGS)
+
+# Long fuzzing of every RPC and of webhook JSON against in-process sidecars on
+# 127.0.0.1 (tests/fuzz, hypothesis profile "fuzz"): rounds of fresh random programs,
+# FUZZ_EXAMPLES per target, the compiled and the pure-Python engine in turn, until
+# FUZZ_SECONDS have passed (a round still running then is stopped at most 2 minutes
+# later). The first failure stops it and prints the minimal input; .hypothesis/
+# keeps it, and the next run replays it first.
+FUZZ_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 60
+fuzz: build
+	@end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
+	while [ "$$(date +%s)" -lt "$$end" ]; do \
+		round=$$((round + 1)); left=$$(( end - $$(date +%s) )); \
+		if [ $$((round % 2)) = 1 ]; then engine="TIERGATE_REQUIRE_EXTENSIONS=1"; \
+		else engine="TIERGATE_NO_EXTENSIONS=1 TIERGATE_REQUIRE_EXTENSIONS=0"; fi; \
+		echo "make fuzz: round $$round ($$engine), $$left s left"; \
+		env $$engine HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+			timeout --signal=INT --kill-after=30 $$((left + 120)) \
+			$(BIN)/pytest tests/fuzz -x -q -p no:cacheprovider --timeout=600 \
+			--hypothesis-show-statistics $(PYTEST_ARGS); \
+		rc=$$?; \
+		if [ $$rc = 124 ]; then echo "make fuzz: time is up during round $$round"; break; fi; \
+		if [ $$rc != 0 ]; then echo "make fuzz: round $$round failed (exit $$rc)" >&2; exit $$rc; fi; \
+	done; \
+	echo "make fuzz: $$round rounds, nothing found"
 
 bench: build system-deps
 	$(PY) benchmarks/run_all.py --quick

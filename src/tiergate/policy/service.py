@@ -1512,7 +1512,7 @@ class AdmissionService:
         v = value.strip()
         if self.profile.knows_tier(v):
             return v
-        if v.isdigit():
+        if v.isascii() and v.isdigit():  # "²" and "١٠٠٠" are str.isdigit() too
             return self.profile.tier_for_limit(int(v))
         return None
 

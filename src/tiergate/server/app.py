@@ -29,7 +29,7 @@ from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
-from tiergate.server import admit_wire, batch_wire
+from tiergate.server import decoding
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import (
@@ -148,15 +148,23 @@ class Sidecar:
         if self.store is not None:
             servicer.refusal = self.store.unavailable
         pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
-        # AdmitColumns, and Admit, AdmitStream and AdmitBatch with the compiled engine,
-        # read and write their own wire bytes (registered after the generated
-        # handlers, these entries replace theirs for the methods).
-        wire = {"AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire)}
-        if admit_wire.COMPILED:
-            wire["Admit"] = grpc.unary_unary_rpc_method_handler(servicer.Admit)
-            wire["AdmitStream"] = grpc.stream_stream_rpc_method_handler(servicer.AdmitStream)
-        if batch_wire.COMPILED:
-            wire["AdmitBatch"] = grpc.unary_unary_rpc_method_handler(servicer.AdmitBatch)
+        # Every method reads its request's wire bytes itself (registered after the
+        # generated handlers, these entries replace theirs for the methods), so bytes
+        # that are not the request message are INVALID_ARGUMENT naming ``request``.
+        # Admit, AdmitStream, AdmitBatch and AdmitColumns also write their responses'
+        # bytes (with the compiled engine, without any protobuf message).
+        wire = {
+            "Admit": grpc.unary_unary_rpc_method_handler(servicer.Admit),
+            "AdmitStream": grpc.stream_stream_rpc_method_handler(servicer.AdmitStream),
+            "AdmitBatch": grpc.unary_unary_rpc_method_handler(servicer.AdmitBatch),
+            "AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire),
+        }
+        for rpc, request_type in (
+            ("RecordFeedback", pb.RecordFeedbackRequest),
+            ("IngestWebhook", pb.IngestWebhookRequest),
+            ("GetSenderState", pb.GetSenderStateRequest),
+        ):
+            wire[rpc] = decoding.unary(getattr(servicer, rpc), request_type, rpc, self.metrics)
         server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
             SERVICE_NAME, wire
         )
