@@ -54,19 +54,19 @@ from tiergate.policy.events import (
 )
 
 from .reading import (
-    _ident,
-    _instant,
-    _int,
-    _is_phone,
-    _list,
-    _nonempty,
-    _obj,
-    _opt_str,
-    _req,
-    _req_seconds,
-    _req_str,
-    _seconds,
-    _str,
+    as_int,
+    as_list,
+    as_object,
+    as_str,
+    ident,
+    is_phone,
+    nonempty,
+    optional_str,
+    required,
+    required_str,
+    required_unix_seconds,
+    unix_instant,
+    unix_seconds,
 )
 
 # Message types a WhatsApp user sends: each opens or extends the window.
@@ -149,7 +149,9 @@ class IgnoredPart:
 
 
 @dataclass(slots=True)
-class _Out:
+class Collector:
+    """What one body yields, in order: its events and the parts left alone."""
+
     pause_ms: Mapping[str, int]
     events: list[ParsedEvent] = field(default_factory=list)
     ignored: list[IgnoredPart] = field(default_factory=list)
@@ -162,7 +164,9 @@ class _Out:
 
 
 @dataclass(frozen=True, slots=True)
-class _Change:
+class Change:
+    """One change of an entry, with the entry's id and time it inherits."""
+
     field: str
     path: str  # path of the change's value
     waba_id: str  # entry.id
@@ -185,51 +189,51 @@ class _Change:
 # --- messages -----------------------------------------------------------------
 
 
-def _messages(out: _Out, value: dict[str, object], ch: _Change) -> None:
+def _messages(out: Collector, value: dict[str, object], ch: Change) -> None:
     messages = value.get("messages")
     statuses = value.get("statuses")
     errors = value.get("errors")
     sender = ""
     if messages is not None or statuses is not None:
-        meta = _obj(_req(value, "metadata", ch.path), f"{ch.path}.metadata")
-        sender = _ident(
-            _req(meta, "phone_number_id", f"{ch.path}.metadata"),
+        meta = as_object(required(value, "metadata", ch.path), f"{ch.path}.metadata")
+        sender = ident(
+            required(meta, "phone_number_id", f"{ch.path}.metadata"),
             f"{ch.path}.metadata.phone_number_id",
         )
     if errors is not None:
-        for k, raw in enumerate(_list(errors, f"{ch.path}.errors")):
+        for k, raw in enumerate(as_list(errors, f"{ch.path}.errors")):
             epath = f"{ch.path}.errors[{k}]"
             code, title = _error(raw, epath)
             out.ignore(ch.field, epath, f"Meta reported error {code} ({title}) for the number")
     if messages is None and statuses is None and errors is None:
         out.ignore(ch.field, ch.path, "no messages, statuses or errors in the change")
     if messages is not None:
-        for k, raw in enumerate(_list(messages, f"{ch.path}.messages")):
+        for k, raw in enumerate(as_list(messages, f"{ch.path}.messages")):
             _message(out, raw, f"{ch.path}.messages[{k}]", sender, ch)
     if statuses is not None:
-        for k, raw in enumerate(_list(statuses, f"{ch.path}.statuses")):
+        for k, raw in enumerate(as_list(statuses, f"{ch.path}.statuses")):
             _status(out, raw, f"{ch.path}.statuses[{k}]", sender, ch)
 
 
-def _message(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> None:
-    msg = _obj(raw, path)
-    message_id = _req_str(msg, "id", path)
-    mtype = _req_str(msg, "type", path)
-    at_ms = _req_seconds(msg, "timestamp", path)
-    user = _opt_str(msg, "from", path)
+def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) -> None:
+    msg = as_object(raw, path)
+    message_id = required_str(msg, "id", path)
+    mtype = required_str(msg, "type", path)
+    at_ms = required_unix_seconds(msg, "timestamp", path)
+    user = optional_str(msg, "from", path)
     entry_point = EntryPoint.ORGANIC
     referral = msg.get("referral")
     if referral is not None:
         rpath = f"{path}.referral"
-        ref = _obj(referral, rpath)
-        source_type = _opt_str(ref, "source_type", rpath).strip().lower()
-        if _opt_str(ref, "ctwa_clid", rpath) or source_type == "ad":
+        ref = as_object(referral, rpath)
+        source_type = optional_str(ref, "source_type", rpath).strip().lower()
+        if optional_str(ref, "ctwa_clid", rpath) or source_type == "ad":
             entry_point = EntryPoint.CTWA_AD
         elif source_type == "post":
             entry_point = EntryPoint.PAGE_CTA
     errors = msg.get("errors")
     if errors is not None:
-        for k, raw_error in enumerate(_list(errors, f"{path}.errors")):
+        for k, raw_error in enumerate(as_list(errors, f"{path}.errors")):
             _error(raw_error, f"{path}.errors[{k}]")
 
     if mtype not in WINDOW_TYPES:
@@ -241,7 +245,7 @@ def _message(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> Non
     if not user:
         out.ignore(ch.field, path, "message has no 'from' phone number (wa_id) for a window")
         return
-    if not _is_phone(user):
+    if not is_phone(user):
         out.ignore(ch.field, path, f"'from' {user!r} is not a phone number (wa_id)")
         return
     event = InboundMessage(
@@ -254,16 +258,16 @@ def _message(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> Non
     out.event(ch.field, path, f"message:{sender}:{message_id}", event)
 
 
-def _status(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> None:
-    st = _obj(raw, path)
-    message_id = _req_str(st, "id", path)
-    status = _req_str(st, "status", path)
-    at_ms = _req_seconds(st, "timestamp", path)
-    recipient = _opt_str(st, "recipient_id", path)
+def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> None:
+    st = as_object(raw, path)
+    message_id = required_str(st, "id", path)
+    status = required_str(st, "status", path)
+    at_ms = required_unix_seconds(st, "timestamp", path)
+    recipient = optional_str(st, "recipient_id", path)
     code = 0
     errors = st.get("errors")
     if errors is not None:
-        for k, raw_error in enumerate(_list(errors, f"{path}.errors")):
+        for k, raw_error in enumerate(as_list(errors, f"{path}.errors")):
             error_code, _ = _error(raw_error, f"{path}.errors[{k}]")
             if k == 0:
                 code = error_code
@@ -274,7 +278,7 @@ def _status(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> None
     if not recipient:
         out.ignore(ch.field, path, "status has no recipient_id to match a send with")
         return
-    if not _is_phone(recipient):
+    if not is_phone(recipient):
         out.ignore(ch.field, path, f"recipient_id {recipient!r} is not a phone number (wa_id)")
         return
     event = SendResult(
@@ -289,20 +293,20 @@ def _status(out: _Out, raw: object, path: str, sender: str, ch: _Change) -> None
 
 
 def _error(raw: object, path: str) -> tuple[int, str]:
-    err = _obj(raw, path)
-    code = _int(_req(err, "code", path), f"{path}.code")
-    title = _opt_str(err, "title", path) or _opt_str(err, "message", path)
+    err = as_object(raw, path)
+    code = as_int(required(err, "code", path), f"{path}.code")
+    title = optional_str(err, "title", path) or optional_str(err, "message", path)
     return code, title
 
 
 # --- account, capability, quality ---------------------------------------------
 
 
-def _quality(out: _Out, value: dict[str, object], ch: _Change) -> None:
-    display = _ident(
-        _req(value, "display_phone_number", ch.path), f"{ch.path}.display_phone_number"
+def _quality(out: Collector, value: dict[str, object], ch: Change) -> None:
+    display = ident(
+        required(value, "display_phone_number", ch.path), f"{ch.path}.display_phone_number"
     )
-    event = _nonempty(_req(value, "event", ch.path), f"{ch.path}.event")
+    event = nonempty(required(value, "event", ch.path), f"{ch.path}.event")
     update = QualityUpdate(
         display_phone_number=display,
         event=event,
@@ -316,14 +320,14 @@ def _quality(out: _Out, value: dict[str, object], ch: _Change) -> None:
     out.event(ch.field, ch.path, ch.key, update)
 
 
-def _capability(out: _Out, value: dict[str, object], ch: _Change) -> None:
+def _capability(out: Collector, value: dict[str, object], ch: Change) -> None:
     limit = _limit(value, "max_daily_conversations_per_business", ch.path)
     if not limit:
         # Deprecated (February 2026) per-phone name of the same portfolio limit.
         limit = _limit(value, "max_daily_conversation_per_phone", ch.path)
     phones_raw = value.get("max_phone_numbers_per_business")
     phones = (
-        0 if phones_raw is None else _int(phones_raw, f"{ch.path}.max_phone_numbers_per_business")
+        0 if phones_raw is None else as_int(phones_raw, f"{ch.path}.max_phone_numbers_per_business")
     )
     if not limit:
         out.ignore(ch.field, ch.path, "business_capability_update carries no messaging limit")
@@ -337,19 +341,19 @@ def _capability(out: _Out, value: dict[str, object], ch: _Change) -> None:
     out.event(ch.field, ch.path, ch.key, update)
 
 
-def _account(out: _Out, value: dict[str, object], ch: _Change) -> None:
-    event = _nonempty(_req(value, "event", ch.path), f"{ch.path}.event")
+def _account(out: Collector, value: dict[str, object], ch: Change) -> None:
+    event = nonempty(required(value, "event", ch.path), f"{ch.path}.event")
     types: list[str] = []
     messaging_expiry = 0
     any_expiry = 0
     info = value.get("restriction_info")
     if info is not None:
-        for k, raw in enumerate(_list(info, f"{ch.path}.restriction_info")):
+        for k, raw in enumerate(as_list(info, f"{ch.path}.restriction_info")):
             rpath = f"{ch.path}.restriction_info[{k}]"
-            item = _obj(raw, rpath)
-            rtype = _nonempty(_req(item, "restriction_type", rpath), f"{rpath}.restriction_type")
+            item = as_object(raw, rpath)
+            rtype = nonempty(required(item, "restriction_type", rpath), f"{rpath}.restriction_type")
             raw_exp = item.get("expiration")
-            expiry = 0 if raw_exp is None else _instant(raw_exp, f"{rpath}.expiration")
+            expiry = 0 if raw_exp is None else unix_instant(raw_exp, f"{rpath}.expiration")
             types.append(rtype)
             any_expiry = max(any_expiry, expiry)
             if "MESSAGING" in rtype:
@@ -358,7 +362,7 @@ def _account(out: _Out, value: dict[str, object], ch: _Change) -> None:
     ban = value.get("ban_info")
     if ban is not None:
         bpath = f"{ch.path}.ban_info"
-        ban_state = _opt_str(_obj(ban, bpath), "waba_ban_state", bpath)
+        ban_state = optional_str(as_object(ban, bpath), "waba_ban_state", bpath)
     if event not in ACCOUNT_EVENTS:
         out.ignore(ch.field, ch.path, f"account_update event {event!r} does not affect sending")
         return
@@ -378,18 +382,18 @@ def _account(out: _Out, value: dict[str, object], ch: _Change) -> None:
 # --- templates ----------------------------------------------------------------
 
 
-def _template_status(out: _Out, value: dict[str, object], ch: _Change) -> None:
-    event = _nonempty(_req(value, "event", ch.path), f"{ch.path}.event")
-    template_id = _ident(
-        _req(value, "message_template_id", ch.path), f"{ch.path}.message_template_id"
+def _template_status(out: Collector, value: dict[str, object], ch: Change) -> None:
+    event = nonempty(required(value, "event", ch.path), f"{ch.path}.event")
+    template_id = ident(
+        required(value, "message_template_id", ch.path), f"{ch.path}.message_template_id"
     )
-    name = _opt_str(value, "message_template_name", ch.path)
-    reason = _opt_str(value, "reason", ch.path)
+    name = optional_str(value, "message_template_name", ch.path)
+    reason = optional_str(value, "reason", ch.path)
     title = ""
     other = value.get("other_info")
     if other is not None:
         opath = f"{ch.path}.other_info"
-        title = _opt_str(_obj(other, opath), "title", opath)
+        title = optional_str(as_object(other, opath), "title", opath)
     status = _TEMPLATE_EVENTS.get(event)
     if status is None:
         out.ignore(ch.field, ch.path, f"template event {event!r} does not change what may be sent")
@@ -409,16 +413,16 @@ def _template_status(out: _Out, value: dict[str, object], ch: _Change) -> None:
     out.event(ch.field, ch.path, ch.key, update)
 
 
-def _template_quality(out: _Out, value: dict[str, object], ch: _Change) -> None:
-    template_id = _ident(
-        _req(value, "message_template_id", ch.path), f"{ch.path}.message_template_id"
+def _template_quality(out: Collector, value: dict[str, object], ch: Change) -> None:
+    template_id = ident(
+        required(value, "message_template_id", ch.path), f"{ch.path}.message_template_id"
     )
-    new = _nonempty(_req(value, "new_quality_score", ch.path), f"{ch.path}.new_quality_score")
+    new = nonempty(required(value, "new_quality_score", ch.path), f"{ch.path}.new_quality_score")
     update = TemplateQualityUpdate(
         template_id=template_id,
         new_quality=new,
-        previous_quality=_opt_str(value, "previous_quality_score", ch.path),
-        template_name=_opt_str(value, "message_template_name", ch.path),
+        previous_quality=optional_str(value, "previous_quality_score", ch.path),
+        template_name=optional_str(value, "message_template_name", ch.path),
         at_unix_ms=ch.at_ms,
         waba_id=ch.waba_id,
     )
@@ -428,21 +432,21 @@ def _template_quality(out: _Out, value: dict[str, object], ch: _Change) -> None:
 # --- user preferences -----------------------------------------------------------
 
 
-def _preferences(out: _Out, value: dict[str, object], ch: _Change) -> None:
-    meta = _obj(_req(value, "metadata", ch.path), f"{ch.path}.metadata")
-    sender = _ident(
-        _req(meta, "phone_number_id", f"{ch.path}.metadata"),
+def _preferences(out: Collector, value: dict[str, object], ch: Change) -> None:
+    meta = as_object(required(value, "metadata", ch.path), f"{ch.path}.metadata")
+    sender = ident(
+        required(meta, "phone_number_id", f"{ch.path}.metadata"),
         f"{ch.path}.metadata.phone_number_id",
     )
-    prefs = _list(_req(value, "user_preferences", ch.path), f"{ch.path}.user_preferences")
+    prefs = as_list(required(value, "user_preferences", ch.path), f"{ch.path}.user_preferences")
     for k, raw in enumerate(prefs):
         path = f"{ch.path}.user_preferences[{k}]"
-        pref = _obj(raw, path)
-        user = _nonempty(_req(pref, "wa_id", path), f"{path}.wa_id")
-        category = _str(_req(pref, "category", path), f"{path}.category")
-        choice = _str(_req(pref, "value", path), f"{path}.value")
+        pref = as_object(raw, path)
+        user = nonempty(required(pref, "wa_id", path), f"{path}.wa_id")
+        category = as_str(required(pref, "category", path), f"{path}.category")
+        choice = as_str(required(pref, "value", path), f"{path}.value")
         raw_ts = pref.get("timestamp")
-        at_ms = ch.at_ms if raw_ts is None else _seconds(raw_ts, f"{path}.timestamp")
+        at_ms = ch.at_ms if raw_ts is None else unix_seconds(raw_ts, f"{path}.timestamp")
         if category != "marketing_messages":
             out.ignore(ch.field, path, f"preference category {category!r} is not marketing")
             continue
@@ -454,7 +458,7 @@ def _preferences(out: _Out, value: dict[str, object], ch: _Change) -> None:
                 "opt-out state unchanged",
             )
             continue
-        if not _is_phone(user):
+        if not is_phone(user):
             out.ignore(ch.field, path, f"wa_id {user!r} is not a phone number")
             continue
         event = OptOut(
@@ -463,8 +467,8 @@ def _preferences(out: _Out, value: dict[str, object], ch: _Change) -> None:
         out.event(ch.field, path, f"preference:{sender}:{user}:{choice}:{at_ms}", event)
 
 
-_Handler = Callable[[_Out, dict[str, object], _Change], None]
-_HANDLERS: Final[Mapping[str, _Handler]] = {
+Handler = Callable[[Collector, dict[str, object], Change], None]
+HANDLERS: Final[Mapping[str, Handler]] = {
     "messages": _messages,
     "phone_number_quality_update": _quality,
     "business_capability_update": _capability,
@@ -474,7 +478,7 @@ _HANDLERS: Final[Mapping[str, _Handler]] = {
     "user_preferences": _preferences,
 }
 
-FIELDS: Final = frozenset(_HANDLERS)
+FIELDS: Final = frozenset(HANDLERS)
 """Webhook fields tiergate turns into events; subscribe the app to these."""
 
 
@@ -485,7 +489,7 @@ def _limit(obj: dict[str, object], key: str, path: str) -> str:
         return ""
     if isinstance(value, int) and not isinstance(value, bool):
         return _LIMIT_NAMES.get(value, str(value))
-    text = _str(value, f"{path}.{key}")
+    text = as_str(value, f"{path}.{key}")
     if text.lstrip("-").isdigit() and text.isascii() and len(text) < 20:
         return _LIMIT_NAMES.get(int(text), text)
     return text

@@ -20,20 +20,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from .fields import _HANDLERS, _Change, _Out
 from .fields import FIELDS as FIELDS
+from .fields import HANDLERS, Change, Collector
 from .fields import IgnoredPart as IgnoredPart
 from .fields import ParsedEvent as ParsedEvent
 from .reading import WebhookError as WebhookError
 from .reading import (
-    _check_depth,
-    _ident,
-    _list,
-    _obj,
-    _reject_constant,
-    _req,
-    _seconds,
-    _str,
+    as_list,
+    as_object,
+    as_str,
+    check_depth,
+    ident,
+    reject_constant,
+    required,
+    unix_seconds,
 )
 
 OBJECT: Final = "whatsapp_business_account"
@@ -73,20 +73,20 @@ def parse(
     except UnicodeDecodeError as exc:
         raise WebhookError("body", f"is not UTF-8 (bad byte at offset {exc.start})") from None
     try:
-        doc: object = json.loads(text, parse_constant=_reject_constant)
+        doc: object = json.loads(text, parse_constant=reject_constant)
     except RecursionError:
         raise WebhookError("body", "is nested too deeply") from None
     except ValueError as exc:
         raise WebhookError("body", f"is not JSON: {exc}") from None
-    _check_depth(doc, max_depth)
+    check_depth(doc, max_depth)
 
-    root = _obj(doc, "body")
-    obj = _str(_req(root, "object", ""), "object")
+    root = as_object(doc, "body")
+    obj = as_str(required(root, "object", ""), "object")
     if obj != OBJECT:
         reason = f"object {obj!r} is not {OBJECT!r}: nothing in it concerns tiergate"
         return ParsedWebhook((), (IgnoredPart("object", "object", reason),))
-    out = _Out(pause_ms or {})
-    for i, raw_entry in enumerate(_list(_req(root, "entry", ""), "entry")):
+    out = Collector(pause_ms or {})
+    for i, raw_entry in enumerate(as_list(required(root, "entry", ""), "entry")):
         _entry(out, raw_entry, f"entry[{i}]")
     return ParsedWebhook(tuple(out.events), tuple(out.ignored))
 
@@ -94,23 +94,23 @@ def parse(
 # --- envelope -----------------------------------------------------------------
 
 
-def _entry(out: _Out, raw: object, path: str) -> None:
-    entry = _obj(raw, path)
-    waba_id = _ident(_req(entry, "id", path), f"{path}.id")
+def _entry(out: Collector, raw: object, path: str) -> None:
+    entry = as_object(raw, path)
+    waba_id = ident(required(entry, "id", path), f"{path}.id")
     raw_time = entry.get("time")
-    at_ms = 0 if raw_time is None else _seconds(raw_time, f"{path}.time")
-    for j, raw_change in enumerate(_list(_req(entry, "changes", path), f"{path}.changes")):
+    at_ms = 0 if raw_time is None else unix_seconds(raw_time, f"{path}.time")
+    for j, raw_change in enumerate(as_list(required(entry, "changes", path), f"{path}.changes")):
         cpath = f"{path}.changes[{j}]"
-        change = _obj(raw_change, cpath)
-        fld = _str(_req(change, "field", cpath), f"{cpath}.field")
-        handler = _HANDLERS.get(fld)
+        change = as_object(raw_change, cpath)
+        fld = as_str(required(change, "field", cpath), f"{cpath}.field")
+        handler = HANDLERS.get(fld)
         if handler is None:
             reason = _OTHER_FIELDS.get(fld, f"webhook field {fld!r} carries nothing tiergate uses")
             out.ignore(fld, cpath, reason)
             continue
         vpath = f"{cpath}.value"
-        value = _obj(_req(change, "value", cpath), vpath)
-        handler(out, value, _Change(fld, vpath, waba_id, at_ms, raw_time, value))
+        value = as_object(required(change, "value", cpath), vpath)
+        handler(out, value, Change(fld, vpath, waba_id, at_ms, raw_time, value))
 
 
 _OTHER_FIELDS: Final[Mapping[str, str]] = {

@@ -46,38 +46,38 @@ def _fail(path: str, expected: str, value: object) -> NoReturn:
     raise WebhookError(path, f"must be {expected}, got {_kind(value)}")
 
 
-def _req(obj: dict[str, object], key: str, path: str) -> object:
+def required(obj: dict[str, object], key: str, path: str) -> object:
     if key not in obj or obj[key] is None:
         raise WebhookError(f"{path}.{key}" if path else key, "is missing")
     return obj[key]
 
 
-def _obj(value: object, path: str) -> dict[str, object]:
+def as_object(value: object, path: str) -> dict[str, object]:
     if not isinstance(value, dict):
         _fail(path, "an object", value)
     return value
 
 
-def _list(value: object, path: str) -> list[object]:
+def as_list(value: object, path: str) -> list[object]:
     if not isinstance(value, list):
         _fail(path, "a list", value)
     return value
 
 
-def _str(value: object, path: str) -> str:
+def as_str(value: object, path: str) -> str:
     if not isinstance(value, str):
         _fail(path, "a string", value)
     return value
 
 
-def _nonempty(value: object, path: str) -> str:
-    text = _str(value, path)
+def nonempty(value: object, path: str) -> str:
+    text = as_str(value, path)
     if not text:
         raise WebhookError(path, "must not be empty")
     return text
 
 
-def _opt_str(obj: dict[str, object], key: str, path: str) -> str:
+def optional_str(obj: dict[str, object], key: str, path: str) -> str:
     value = obj.get(key)
     if value is None:
         return ""
@@ -90,38 +90,38 @@ def _opt_str(obj: dict[str, object], key: str, path: str) -> str:
 # only built when it is needed for an error.
 
 
-def _req_str(obj: dict[str, object], key: str, path: str) -> str:
+def required_str(obj: dict[str, object], key: str, path: str) -> str:
     """A required, non-empty string field."""
     value = obj.get(key)
     if type(value) is str and value:
         return value
-    return _nonempty(_req(obj, key, path), f"{path}.{key}")
+    return nonempty(required(obj, key, path), f"{path}.{key}")
 
 
-def _req_seconds(obj: dict[str, object], key: str, path: str) -> int:
+def required_unix_seconds(obj: dict[str, object], key: str, path: str) -> int:
     """A required Unix-seconds field → Unix milliseconds."""
     value = obj.get(key)
     if type(value) is str and 0 < len(value) <= 11 and value.isdigit() and value.isascii():
         return int(value) * 1000
-    return _seconds(_req(obj, key, path), f"{path}.{key}")
+    return unix_seconds(required(obj, key, path), f"{path}.{key}")
 
 
-def _int(value: object, path: str) -> int:
+def as_int(value: object, path: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         _fail(path, "an integer", value)
     return value
 
 
-def _ident(value: object, path: str) -> str:
+def ident(value: object, path: str) -> str:
     """An id Meta sends as a string or, for some fields, as a number."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise WebhookError(path, "must not be negative")
         return str(value)
-    return _nonempty(value, path)
+    return nonempty(value, path)
 
 
-def _seconds(value: object, path: str) -> int:
+def unix_seconds(value: object, path: str) -> int:
     """Unix seconds (a number or a string of digits) → Unix milliseconds."""
     if isinstance(value, str):
         if not (value.isascii() and value.isdigit()) or len(value) > 12:
@@ -136,7 +136,7 @@ def _seconds(value: object, path: str) -> int:
     return seconds * 1000
 
 
-def _instant(value: object, path: str) -> int:
+def unix_instant(value: object, path: str) -> int:
     """Unix seconds, or an ISO 8601 time with a UTC offset → Unix milliseconds."""
     if isinstance(value, str) and not value.isdigit():
         try:
@@ -147,21 +147,21 @@ def _instant(value: object, path: str) -> int:
             ) from None
         if moment.tzinfo is None:
             raise WebhookError(path, "an ISO 8601 time needs a UTC offset")
-        return _seconds(int(moment.timestamp()), path)
-    return _seconds(value, path)
+        return unix_seconds(int(moment.timestamp()), path)
+    return unix_seconds(value, path)
 
 
-def _is_phone(wa_id: str) -> bool:
+def is_phone(wa_id: str) -> bool:
     """Whether ``recipient_key`` accepts ``wa_id`` (E.164 digits, optional '+')."""
     digits = wa_id[1:] if wa_id[:1] == "+" else wa_id
     return 0 < len(digits) <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit()
 
 
-def _reject_constant(name: str) -> NoReturn:
+def reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _check_depth(doc: object, max_depth: int) -> None:
+def check_depth(doc: object, max_depth: int) -> None:
     """Raise unless ``doc`` nests at most ``max_depth`` containers deep (level by level)."""
     level: list[object] = [doc]
     depth = 0
