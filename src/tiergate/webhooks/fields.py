@@ -195,11 +195,7 @@ def _messages(out: Collector, value: dict[str, object], ch: Change) -> None:
     errors = value.get("errors")
     sender = ""
     if messages is not None or statuses is not None:
-        meta = as_object(required(value, "metadata", ch.path), f"{ch.path}.metadata")
-        sender = ident(
-            required(meta, "phone_number_id", f"{ch.path}.metadata"),
-            f"{ch.path}.metadata.phone_number_id",
-        )
+        sender = _phone_number_id(value, ch.path)
     if errors is not None:
         for k, raw in enumerate(as_list(errors, f"{ch.path}.errors")):
             epath = f"{ch.path}.errors[{k}]"
@@ -290,6 +286,14 @@ def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> 
         message_id=message_id,
     )
     out.event(ch.field, path, f"status:{sender}:{message_id}:{status}", event)
+
+
+def _phone_number_id(value: dict[str, object], path: str) -> str:
+    """The business phone number (the sender) a change's ``metadata`` names."""
+    meta = as_object(required(value, "metadata", path), f"{path}.metadata")
+    return ident(
+        required(meta, "phone_number_id", f"{path}.metadata"), f"{path}.metadata.phone_number_id"
+    )
 
 
 def _error(raw: object, path: str) -> tuple[int, str]:
@@ -433,11 +437,7 @@ def _template_quality(out: Collector, value: dict[str, object], ch: Change) -> N
 
 
 def _preferences(out: Collector, value: dict[str, object], ch: Change) -> None:
-    meta = as_object(required(value, "metadata", ch.path), f"{ch.path}.metadata")
-    sender = ident(
-        required(meta, "phone_number_id", f"{ch.path}.metadata"),
-        f"{ch.path}.metadata.phone_number_id",
-    )
+    sender = _phone_number_id(value, ch.path)
     prefs = as_list(required(value, "user_preferences", ch.path), f"{ch.path}.user_preferences")
     for k, raw in enumerate(prefs):
         path = f"{ch.path}.user_preferences[{k}]"
