@@ -33,9 +33,6 @@ __all__ = [
 DEFAULT_PROFILE = "meta-2025"
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-#: Meta message ids (wamids) kept linked to their tickets when a profile does not
-#: say (``retention.message_links``); about 400 bytes each.
-DEFAULT_MESSAGE_LINKS = 250_000
 MAX_MESSAGE_LINKS = 100_000_000
 
 
@@ -124,7 +121,7 @@ class Profile:
     bucket_ms: int
     long_bucket_ms: int
     # at most this many Meta message ids linked to tickets (``retention.message_links``)
-    message_links: int = DEFAULT_MESSAGE_LINKS
+    message_links: int
 
     def tier_limit(self, tier: str) -> int:
         """The limit of a Meta tier name; KeyError if the profile does not know it."""
@@ -326,7 +323,25 @@ _META_SENDER_STATUS = ("CONNECTED", "FLAGGED", "RESTRICTED", "BANNED", "DISABLED
 def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
     """Load a shipped profile by name or a user file by path (``extends`` resolved)."""
     data, file = _read(name_or_path, ())
-    return _build(_Reader(data, file))
+    return _build(_Reader(_with_later_keys(data), file))
+
+
+#: Keys profiles gained after users had written whole profiles of their own: a
+#: file that neither sets one nor extends a profile that does takes the value of
+#: the default profile (``meta-2025``), so such files keep loading unchanged.
+_LATER_KEYS: Final = (("retention", "message_links"),)
+
+
+def _with_later_keys(data: dict[str, Any]) -> dict[str, Any]:
+    missing = [
+        (table, key)
+        for table, key in _LATER_KEYS
+        if not (isinstance(data.get(table), dict) and key in data[table])
+    ]
+    if not missing:
+        return data
+    default, _ = _read(DEFAULT_PROFILE, ())
+    return _merge({table: {key: default[table][key]} for table, key in missing}, data)
 
 
 #: Profile fields read from one TOML table, by ``Profile`` field name.
@@ -556,9 +571,7 @@ def _read_retention(r: _Reader) -> _Fields:
         "idempotency_ms": r.hours("retention.idempotency_hours"),
         "message_id_ms": r.hours("retention.message_id_hours"),
     }
-    retention = r.data.get("retention")
-    if isinstance(retention, dict) and "message_links" in retention:
-        fields["message_links"] = r.integer("retention.message_links", 0, MAX_MESSAGE_LINKS)
+    fields["message_links"] = r.integer("retention.message_links", 0, MAX_MESSAGE_LINKS)
     return fields
 
 
