@@ -17,19 +17,17 @@ import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import grpc
 import uvloop
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from tiergate.config import ConfigError, Endpoint, ServeConfig
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
-from tiergate.server import admit_wire, batch_wire
+from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import (
@@ -40,15 +38,10 @@ from tiergate.store import (
     StoreUnavailableError,
 )
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
-from tiergate.v1 import admission_pb2 as pb
-from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
 
 log = logging.getLogger("tiergate.server")
-
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AdmissionControl"].full_name
-HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
 class StartupError(Exception):
@@ -127,14 +120,6 @@ class Sidecar:
             raise StartupError(f"data_dir: {e}") from e
 
         self.ingestor = WebhookIngestor(service)
-        server = grpc.aio.server(
-            options=[
-                # A second sidecar on the same port must fail, not share it.
-                ("grpc.so_reuseport", 0),
-                # A full AdmitBatch must fit (an AdmitRequest is at most ~1 KiB).
-                ("grpc.max_receive_message_length", max(4 << 20, config.max_batch * 1024)),
-            ]
-        )
         servicer = AdmissionControl(
             service,
             commit=self._commit_start,
@@ -147,31 +132,7 @@ class Sidecar:
         self._servicer = servicer
         if self.store is not None:
             servicer.refusal = self.store.unavailable
-        pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
-        # AdmitColumns, and Admit, AdmitStream and AdmitBatch with the compiled engine,
-        # read and write their own wire bytes (registered after the generated
-        # handlers, these entries replace theirs for the methods).
-        wire = {"AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire)}
-        if admit_wire.COMPILED:
-            wire["Admit"] = grpc.unary_unary_rpc_method_handler(servicer.Admit)
-            wire["AdmitStream"] = grpc.stream_stream_rpc_method_handler(servicer.AdmitStream)
-        if batch_wire.COMPILED:
-            wire["AdmitBatch"] = grpc.unary_unary_rpc_method_handler(servicer.AdmitBatch)
-        server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
-            SERVICE_NAME, wire
-        )
-        # Health and reflection are served through the generic handler path only:
-        # grpc.aio's server loop waits on one pending call future per registered
-        # method at every call it accepts, so their registered methods cost every
-        # Admit CPU time (~30 us per unary call here).
-        generic_only = _GenericOnly(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, generic_only)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            ),
-            generic_only,
-        )
+        server = build_server(servicer, self._health, config.max_batch)
         try:
             self.port = server.add_insecure_port(str(config.listen))
         except RuntimeError as e:
@@ -459,21 +420,6 @@ class Sidecar:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
-
-
-class _GenericOnly:
-    """Registers a service's handlers with ``server`` as generic handlers only."""
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(
-        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service_name: str, handlers: object) -> None:
-        """Not registered: the generic handler added alongside serves these methods."""
 
 
 #: Settings of the process itself: a reload reports a change, a restart applies it.
