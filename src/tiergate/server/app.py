@@ -88,6 +88,28 @@ class Sidecar:
             raise StartupError(f"profile: {e}") from e
 
     async def start(self) -> None:
+        """Recover the state, serve gRPC (health and reflection included), then the
+        webhook receiver and the metrics endpoint when they are configured."""
+        config = self.config
+        service = await self._open_state()
+        ingestor = self.ingestor = WebhookIngestor(service)
+        servicer = await self._serve_grpc(service)
+        if config.webhook_listen is not None:
+            await self._start_webhook_receiver(service, servicer, config.webhook_listen)
+        if config.metrics_listen is not None:
+            await self._start_metrics_endpoint(config.metrics_listen)
+        register_metrics(self.metrics, self._live_service, ingestor, self.store)
+        log.info(
+            "tiergate listening on %s (profile %s, clock %s, engine %s)",
+            Endpoint(config.listen.host, self.port),
+            config.profile,
+            config.clock,
+            IMPLEMENTATION,
+        )
+
+    async def _open_state(self) -> AdmissionService:
+        """The service with the data directory's state recovered and the config's
+        senders (and, on a fresh start, templates) applied, all of it durable."""
         config = self.config
         service = self.build_service()
         self.service = service
@@ -118,8 +140,11 @@ class Sidecar:
             await self._commit()
         except StoreError as e:
             raise StartupError(f"data_dir: {e}") from e
+        return service
 
-        self.ingestor = WebhookIngestor(service)
+    async def _serve_grpc(self, service: AdmissionService) -> AdmissionControl:
+        """Bind and start the gRPC server; health says SERVING once it accepts calls."""
+        config = self.config
         servicer = AdmissionControl(
             service,
             commit=self._commit_start,
@@ -143,42 +168,36 @@ class Sidecar:
         self._server = server
         for name in HEALTH_SERVICES:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return servicer
 
-        if config.webhook_listen is not None:
-            self._webhooks = WebhookReceiver(
-                service,
-                config.webhook_secret,
-                config.webhook_verify_token,
-                servicer.now,
-                ingestor=self.ingestor,
-                after_ingest=self._after_webhook,
-            )
-            try:
-                await self._webhooks.start(config.webhook_listen.host, config.webhook_listen.port)
-            except OSError as e:
-                raise StartupError(
-                    f"webhook_listen: cannot bind {config.webhook_listen}: {e}"
-                ) from e
-            self.webhook_port = self._webhooks.port
-
-        if config.metrics_listen is not None:
-            self._metrics_endpoint = MetricsEndpoint(self.metrics)
-            try:
-                self.metrics_port = await self._metrics_endpoint.start(
-                    config.metrics_listen.host, config.metrics_listen.port
-                )
-            except OSError as e:
-                raise StartupError(
-                    f"metrics_listen: cannot bind {config.metrics_listen}: {e}"
-                ) from e
-        self._register_metrics()
-        log.info(
-            "tiergate listening on %s (profile %s, clock %s, engine %s)",
-            Endpoint(config.listen.host, self.port),
-            config.profile,
-            config.clock,
-            IMPLEMENTATION,
+    async def _start_webhook_receiver(
+        self, service: AdmissionService, servicer: AdmissionControl, listen: Endpoint
+    ) -> None:
+        config = self.config
+        self._webhooks = WebhookReceiver(
+            service,
+            config.webhook_secret,
+            config.webhook_verify_token,
+            servicer.now,
+            ingestor=self.ingestor,
+            after_ingest=self._after_webhook,
         )
+        try:
+            await self._webhooks.start(listen.host, listen.port)
+        except OSError as e:
+            raise StartupError(f"webhook_listen: cannot bind {listen}: {e}") from e
+        self.webhook_port = self._webhooks.port
+
+    async def _start_metrics_endpoint(self, listen: Endpoint) -> None:
+        self._metrics_endpoint = MetricsEndpoint(self.metrics)
+        try:
+            self.metrics_port = await self._metrics_endpoint.start(listen.host, listen.port)
+        except OSError as e:
+            raise StartupError(f"metrics_listen: cannot bind {listen}: {e}") from e
+
+    def _live_service(self) -> AdmissionService:
+        assert self.service is not None
+        return self.service
 
     def _commit_start(self) -> Awaitable[None] | None:
         """Start making the service's state changes durable; what a response must
@@ -251,64 +270,6 @@ class Sidecar:
         except RuntimeError:
             return  # closing without a loop: nothing is served any more
         self._failure_report = loop.create_task(self._store_failed())
-
-    def _register_metrics(self) -> None:
-        m = self.metrics
-
-        def live() -> AdmissionService:
-            assert self.service is not None
-            return self.service
-
-        m.collect(
-            "tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders()))
-        )
-
-        ingestor = self.ingestor
-        assert ingestor is not None
-
-        def webhook_stat(key: str) -> Callable[[], float]:
-            return lambda: float(ingestor.stats.as_dict()[key])
-
-        for key in ingestor.stats.as_dict():
-            m.collect(
-                f"tiergate_webhook_{key}_total",
-                "counter",
-                f"Webhook {key.replace('_', ' ')} (IngestWebhook and the HTTP receiver).",
-                webhook_stat(key),
-            )
-        store = self.store
-        if store is not None:
-            m.collect(
-                "tiergate_journal_bytes",
-                "gauge",
-                "Bytes of journal records on disk (the current segment's unused "
-                "preallocated room not included).",
-                lambda: float(store.journal_bytes),
-            )
-            m.collect(
-                "tiergate_store_commits_total",
-                "counter",
-                "Journal writes: one per committing call; with fsync-always, one per group.",
-                lambda: float(store.commits),
-            )
-            m.collect(
-                "tiergate_journal_no_space",
-                "gauge",
-                "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
-                lambda: float(store.unavailable is not None),
-            )
-            m.collect(
-                "tiergate_journal_no_space_total",
-                "counter",
-                "Times the journal's file system was found full.",
-                lambda: float(store.no_space_episodes),
-            )
-            m.collect(
-                "tiergate_recovery_seconds",
-                "gauge",
-                "Time the last start-up recovery took.",
-                lambda: store.recovery_seconds,
-            )
 
     # --- reload (SIGHUP) ----------------------------------------------------------
 
@@ -420,6 +381,59 @@ class Sidecar:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def register_metrics(
+    m: Metrics,
+    live: Callable[[], AdmissionService],
+    ingestor: WebhookIngestor,
+    store: EmbeddedStore | None,
+) -> None:
+    """The sidecar's gauges and counters read at scrape time: senders, webhooks, store."""
+    m.collect("tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders())))
+
+    def webhook_stat(key: str) -> Callable[[], float]:
+        return lambda: float(ingestor.stats.as_dict()[key])
+
+    for key in ingestor.stats.as_dict():
+        m.collect(
+            f"tiergate_webhook_{key}_total",
+            "counter",
+            f"Webhook {key.replace('_', ' ')} (IngestWebhook and the HTTP receiver).",
+            webhook_stat(key),
+        )
+    if store is not None:
+        m.collect(
+            "tiergate_journal_bytes",
+            "gauge",
+            "Bytes of journal records on disk (the current segment's unused "
+            "preallocated room not included).",
+            lambda: float(store.journal_bytes),
+        )
+        m.collect(
+            "tiergate_store_commits_total",
+            "counter",
+            "Journal writes: one per committing call; with fsync-always, one per group.",
+            lambda: float(store.commits),
+        )
+        m.collect(
+            "tiergate_journal_no_space",
+            "gauge",
+            "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
+            lambda: float(store.unavailable is not None),
+        )
+        m.collect(
+            "tiergate_journal_no_space_total",
+            "counter",
+            "Times the journal's file system was found full.",
+            lambda: float(store.no_space_episodes),
+        )
+        m.collect(
+            "tiergate_recovery_seconds",
+            "gauge",
+            "Time the last start-up recovery took.",
+            lambda: store.recovery_seconds,
+        )
 
 
 #: Settings of the process itself: a reload reports a change, a restart applies it.
