@@ -227,10 +227,7 @@ def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) ->
             entry_point = EntryPoint.CTWA_AD
         elif source_type == "post":
             entry_point = EntryPoint.PAGE_CTA
-    errors = msg.get("errors")
-    if errors is not None:
-        for k, raw_error in enumerate(as_list(errors, f"{path}.errors")):
-            _error(raw_error, f"{path}.errors[{k}]")
+    _first_error_code(msg, path)
 
     if mtype not in WINDOW_TYPES:
         reason = _NO_WINDOW_REASONS.get(
@@ -260,13 +257,7 @@ def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> 
     status = required_str(st, "status", path)
     at_ms = required_unix_seconds(st, "timestamp", path)
     recipient = optional_str(st, "recipient_id", path)
-    code = 0
-    errors = st.get("errors")
-    if errors is not None:
-        for k, raw_error in enumerate(as_list(errors, f"{path}.errors")):
-            error_code, _ = _error(raw_error, f"{path}.errors[{k}]")
-            if k == 0:
-                code = error_code
+    code = _first_error_code(st, path)
     send_status = _SEND_STATUSES.get(status)
     if send_status is None:
         out.ignore(ch.field, path, f"message status {status!r} is not one tiergate tracks")
@@ -294,6 +285,19 @@ def _phone_number_id(value: dict[str, object], path: str) -> str:
     return ident(
         required(meta, "phone_number_id", f"{path}.metadata"), f"{path}.metadata.phone_number_id"
     )
+
+
+def _first_error_code(obj: dict[str, object], path: str) -> int:
+    """Reads every item of ``obj``'s ``errors`` (a malformed one refuses the body);
+    the first one's code, 0 when there is none."""
+    code = 0
+    errors = obj.get("errors")
+    if errors is not None:
+        for k, raw_error in enumerate(as_list(errors, f"{path}.errors")):
+            error_code, _ = _error(raw_error, f"{path}.errors[{k}]")
+            if k == 0:
+                code = error_code
+    return code
 
 
 def _error(raw: object, path: str) -> tuple[int, str]:
