@@ -14,7 +14,7 @@ import pytest
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
-from tiergate.policy.profile import DEFAULT_MESSAGE_LINKS, ProfileError, load_profile
+from tiergate.policy.profile import ProfileError, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
 
 from .helpers import T0, TICKET_KEY, D, H, S, add_sender, admit, custom, rcpt, send_unique, service
@@ -178,7 +178,7 @@ def test_links_are_bounded_oldest_forgotten_first(tmp_path: Path) -> None:
 
 
 def test_links_can_be_turned_off_and_the_bound_is_checked(tmp_path: Path) -> None:
-    assert load_profile("meta-2025").message_links == DEFAULT_MESSAGE_LINKS
+    assert load_profile("meta-2025").message_links == 250_000
     off = service(custom(tmp_path, "meta-2024", "[retention]\nmessage_links = 0\n"))
     add_sender(off)
     first = admit(off, "s1", rcpt(1), T0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,24 @@ def test_unreadable_unknown_invalid_and_circular(tmp_path: Path) -> None:
     with pytest.raises(ProfileError) as err:
         load_profile(write(tmp_path, "name = 'x'\n"))
     assert err.value.key == "description" and err.value.reason == "is missing"
+
+
+def test_message_links_come_from_the_toml_and_a_whole_user_file_may_omit_them(
+    tmp_path: Path,
+) -> None:
+    for name in shipped_profiles():
+        assert load_profile(name).message_links == 250_000
+    shipped = (resources.files("tiergate") / "profiles" / "meta-2025.toml").read_text()
+    assert "message_links = 250000" in shipped
+    # A whole profile (no extends) written before the key existed loads as it did.
+    lines = [line for line in shipped.splitlines() if "message_links" not in line]
+    whole = write(tmp_path, "\n".join(lines).replace('"meta-2025"', '"mine"', 1))
+    own = load_profile(whole)
+    assert own.name == "mine" and own.message_links == 250_000
+    assert own.idempotency_ms == 24 * H  # the rest of [retention] is the file's own
+    # Setting it, or extending a profile that sets it, wins over the default.
+    assert (
+        load_profile(write(tmp_path, shipped.replace("250000", "7"), "set.toml")).message_links == 7
+    )
+    child = write(tmp_path, 'extends = "set.toml"\nname = "child"\n', "child.toml")
+    assert load_profile(child).message_links == 7

@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from tiergate.engine import constants
 
@@ -33,9 +33,6 @@ __all__ = [
 DEFAULT_PROFILE = "meta-2025"
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-#: Meta message ids (wamids) kept linked to their tickets when a profile does not
-#: say (``retention.message_links``); about 400 bytes each.
-DEFAULT_MESSAGE_LINKS = 250_000
 MAX_MESSAGE_LINKS = 100_000_000
 
 
@@ -124,7 +121,7 @@ class Profile:
     bucket_ms: int
     long_bucket_ms: int
     # at most this many Meta message ids linked to tickets (``retention.message_links``)
-    message_links: int = DEFAULT_MESSAGE_LINKS
+    message_links: int
 
     def tier_limit(self, tier: str) -> int:
         """The limit of a Meta tier name; KeyError if the profile does not know it."""
@@ -326,18 +323,50 @@ _META_SENDER_STATUS = ("CONNECTED", "FLAGGED", "RESTRICTED", "BANNED", "DISABLED
 def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
     """Load a shipped profile by name or a user file by path (``extends`` resolved)."""
     data, file = _read(name_or_path, ())
-    return _build(_Reader(data, file))
+    return _build(_Reader(_with_later_keys(data), file))
+
+
+#: Keys profiles gained after users had written whole profiles of their own: a
+#: file that neither sets one nor extends a profile that does takes the value of
+#: the default profile (``meta-2025``), so such files keep loading unchanged.
+_LATER_KEYS: Final = (("retention", "message_links"),)
+
+
+def _with_later_keys(data: dict[str, Any]) -> dict[str, Any]:
+    missing = [
+        (table, key)
+        for table, key in _LATER_KEYS
+        if not (isinstance(data.get(table), dict) and key in data[table])
+    ]
+    if not missing:
+        return data
+    default, _ = _read(DEFAULT_PROFILE, ())
+    return _merge({table: {key: default[table][key]} for table, key in missing}, data)
+
+
+#: Profile fields read from one TOML table, by ``Profile`` field name.
+_Fields = dict[str, Any]
 
 
 def _build(r: _Reader) -> Profile:
+    """Every table's reader in turn, then the check for keys none of them read."""
+    fields: _Fields = {"source": r.file}
+    for read in _TABLE_READERS:
+        fields.update(read(r))
+    r.check_unknown(r.data)
+    return Profile(**fields)
+
+
+def _read_names(r: _Reader) -> _Fields:
     name = r.string("name")
     if not name:
         raise r.fail("name", "must not be empty")
-    description = r.string("description")
+    return {"name": name, "description": r.string("description")}
 
-    limits_table = r.table("tiers.limits")
+
+def _read_tier_limits(r: _Reader) -> list[tuple[str, int]]:
     limits: list[tuple[str, int]] = []
-    for tier, value in limits_table.items():
+    for tier, value in r.table("tiers.limits").items():
         key = f"tiers.limits.{tier}"
         r.used.add(key)
         if not tier.startswith("TIER_"):
@@ -348,13 +377,17 @@ def _build(r: _Reader) -> Profile:
             limits.append((tier, value))
         else:
             raise r.fail(key, f'must be a non-negative integer or "unlimited", got {value!r}')
-    known = {t for t, _ in limits}
+    return limits
+
+
+def _read_tiers(r: _Reader) -> _Fields:
+    limits = _read_tier_limits(r)
     by_name = dict(limits)
     ladder = r.strings("tiers.ladder")
     if not ladder:
         raise r.fail("tiers.ladder", "must name at least one tier")
     for tier in ladder:
-        if tier not in known:
+        if tier not in by_name:
             raise r.fail("tiers.ladder", f"{tier} has no entry in [tiers.limits]")
     if any(by_name[a] >= by_name[b] for a, b in itertools.pairwise(ladder)):
         raise r.fail("tiers.ladder", "limits must increase along the ladder")
@@ -364,46 +397,83 @@ def _build(r: _Reader) -> Profile:
         ("tiers.starting", starting),
         ("tiers.starting_unverified", starting_unverified),
     ):
-        if tier not in known:
+        if tier not in by_name:
             raise r.fail(key, f"{tier} has no entry in [tiers.limits]")
-
-    scope = r.string("limit.scope", ("portfolio", "phone_number"))
-    window_ms = r.hours("limit.window_hours", 1 / 60)
-
-    counting = {
-        "counting.templates_outside_window": True,
-        "counting.templates_in_window": False,
-        "counting.free_form": False,
-        "counting.recount_extends_presence": True,
+    return {
+        "tier_limits": tuple(limits),
+        "ladder": tuple(ladder),
+        "starting_tier": starting,
+        "starting_tier_unverified": starting_unverified,
     }
-    for key, supported in counting.items():
+
+
+def _read_limit(r: _Reader) -> _Fields:
+    return {
+        "limit_scope": r.string("limit.scope", ("portfolio", "phone_number")),
+        "window_ms": r.hours("limit.window_hours", 1 / 60),
+    }
+
+
+# The one counting rule the engine implements: a profile must state it, unchanged.
+_COUNTING: Final = {
+    "counting.templates_outside_window": True,
+    "counting.templates_in_window": False,
+    "counting.free_form": False,
+    "counting.recount_extends_presence": True,
+}
+
+
+def _read_counting(r: _Reader) -> _Fields:
+    for key, supported in _COUNTING.items():
         if r.boolean(key) is not supported:
             raise r.fail(key, f"only {str(supported).lower()} is supported (Meta's counting rule)")
+    return {}
 
-    service_ms = r.hours("windows.service_hours", 1 / 60)
-    fep_ms = r.hours("windows.free_entry_point_hours", 0)
-    feps = r.enum_names("windows.free_entry_points", EntryPoint)
-    fep_free_form = r.boolean("windows.free_entry_point_allows_free_form")
 
+def _read_windows(r: _Reader) -> _Fields:
+    return {
+        "service_window_ms": r.hours("windows.service_hours", 1 / 60),
+        "free_entry_point_window_ms": r.hours("windows.free_entry_point_hours", 0),
+        "free_entry_points": r.enum_names("windows.free_entry_points", EntryPoint),
+        "free_entry_point_allows_free_form": r.boolean("windows.free_entry_point_allows_free_form"),
+    }
+
+
+def _read_upgrade(r: _Reader) -> _Fields:
     mode = r.string("upgrade.mode", ("apply", "predict"))
     basis = r.string("upgrade.basis", ("unique", "cumulative"))
     threshold = r.number("upgrade.threshold", 0.0)
     if threshold <= 0:
         raise r.fail("upgrade.threshold", "must be > 0")
-    lookback_days = r.integer("upgrade.lookback_days", 1, 60)
-    delay_ms = r.hours("upgrade.delay_hours")
-    predict_ms = r.hours("upgrade.predict_within_hours")
-    min_in_tier_ms = r.hours("upgrade.min_hours_in_tier")
-    qualities = r.enum_names("upgrade.allowed_qualities", Quality)
-    statuses = r.enum_names("upgrade.allowed_statuses", SenderStatus)
+    return {
+        "upgrade_mode": mode,
+        "upgrade_basis": basis,
+        "upgrade_threshold": threshold,
+        "lookback_ms": r.integer("upgrade.lookback_days", 1, 60) * DAY_MS,
+        "upgrade_delay_ms": r.hours("upgrade.delay_hours"),
+        "predict_within_ms": r.hours("upgrade.predict_within_hours"),
+        "min_in_tier_ms": r.hours("upgrade.min_hours_in_tier"),
+        "upgrade_qualities": r.enum_names("upgrade.allowed_qualities", Quality),
+        "upgrade_statuses": r.enum_names("upgrade.allowed_statuses", SenderStatus),
+    }
 
+
+def _read_quality(r: _Reader) -> _Fields:
     red_flagged = r.boolean("quality.red_sets_flagged")
     red_days = r.integer("quality.red_days_to_downgrade", 0, 365)
     floor = r.string("quality.downgrade_floor")
-    if floor not in known:
+    if floor not in r.table("tiers.limits"):
         raise r.fail("quality.downgrade_floor", f"{floor} has no entry in [tiers.limits]")
-    floor_status = SenderStatus[r.string("quality.floor_status", _META_SENDER_STATUS)].value
+    floor_status = r.string("quality.floor_status", _META_SENDER_STATUS)
+    return {
+        "red_sets_flagged": red_flagged,
+        "red_days_to_downgrade": red_days,
+        "downgrade_floor": floor,
+        "floor_status": SenderStatus[floor_status].value,
+    }
 
+
+def _read_templates(r: _Reader) -> _Fields:
     pause_raw = r.raw("templates.pause_hours")
     if not isinstance(pause_raw, list) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in pause_raw
@@ -416,13 +486,21 @@ def _build(r: _Reader) -> Profile:
             "templates.disable_after_pauses",
             f"needs a pause duration for each of the first {disable_after - 1} pauses",
         )
-    unknown = r.string("templates.unknown", ("allow", "reject"))
+    return {
+        "pause_ms": pause_ms,
+        "disable_after_pauses": disable_after,
+        "unknown_templates": r.string("templates.unknown", ("allow", "reject")),
+    }
 
-    default_mps = r.integer("throughput.default_mps", 1)
-    upgraded_mps = r.integer("throughput.upgraded_mps", 1)
-    coexistence_mps = r.integer("throughput.coexistence_mps", 1)
-    burst_seconds = r.number("throughput.burst_seconds", 0.0)
-    backoff_ms = round(r.number("throughput.backoff_seconds") * 1000)
+
+def _read_throughput(r: _Reader) -> _Fields:
+    fields: _Fields = {
+        "default_mps": r.integer("throughput.default_mps", 1),
+        "upgraded_mps": r.integer("throughput.upgraded_mps", 1),
+        "coexistence_mps": r.integer("throughput.coexistence_mps", 1),
+        "burst_seconds": r.number("throughput.burst_seconds", 0.0),
+        "throughput_backoff_ms": round(r.number("throughput.backoff_seconds") * 1000),
+    }
     overrides: list[tuple[str, int]] = []
     for sid, mps in r.table("throughput.overrides").items():
         key = f"throughput.overrides.{sid}"
@@ -430,13 +508,19 @@ def _build(r: _Reader) -> Profile:
         if isinstance(mps, bool) or not isinstance(mps, int) or mps < 1:
             raise r.fail(key, f"must be a positive integer (messages/s), got {mps!r}")
         overrides.append((sid, mps))
-    r.used.add("throughput.overrides")
+    fields["throughput_overrides"] = tuple(overrides)
+    return fields
+
+
+def _read_pair_rate(r: _Reader) -> _Fields:
     pair_ms = round(r.number("pair_rate.interval_seconds") * 1000)
     if pair_ms < 1:
         raise r.fail("pair_rate.interval_seconds", "must be at least 1 ms")
-    pair_burst = r.integer("pair_rate.burst", 1)
+    return {"pair_interval_ms": pair_ms, "pair_burst": r.integer("pair_rate.burst", 1)}
 
-    warm_enabled = r.boolean("warmup.enabled")
+
+def _read_warmup(r: _Reader) -> _Fields:
+    enabled = r.boolean("warmup.enabled")
     steps: list[WarmupStep] = []
     raw_steps = r.raw("warmup.schedule")
     if not isinstance(raw_steps, list):
@@ -453,87 +537,67 @@ def _build(r: _Reader) -> Profile:
             raise r.fail(key + ".cap", "must be a non-negative integer")
         steps.append(WarmupStep(day, cap))
         last_day = day
+    return {"warmup_enabled": enabled, "warmup": tuple(steps)}
 
+
+def _read_protection(r: _Reader) -> _Fields:
     headroom = r.number("protection.headroom_pct", 0.0, 100.0)
     res_util = r.number("protection.reserve_utility_pct", 0.0, 100.0)
     res_auth = r.number("protection.reserve_authentication_pct", 0.0, 100.0)
     if res_util + res_auth >= 100.0:
         raise r.fail("protection.reserve_utility_pct", "reservations must leave part of the limit")
-    freq_cap = r.integer("protection.frequency_cap", 0, constants.MARKETING_HISTORY)
-    freq_ms = r.hours("protection.frequency_window_hours")
-    eco_ms = r.hours("protection.ecosystem_backoff_hours")
-    block_red = r.boolean("protection.block_marketing_on_red")
+    return {
+        "headroom_pct": headroom,
+        "reserve_utility_pct": res_util,
+        "reserve_authentication_pct": res_auth,
+        "frequency_cap": r.integer("protection.frequency_cap", 0, constants.MARKETING_HISTORY),
+        "frequency_window_ms": r.hours("protection.frequency_window_hours"),
+        "ecosystem_backoff_ms": r.hours("protection.ecosystem_backoff_hours"),
+        "block_marketing_on_red": r.boolean("protection.block_marketing_on_red"),
+    }
 
+
+def _read_feedback(r: _Reader) -> _Fields:
     keep_raw = r.raw("feedback.keep_slot_codes")
     if not isinstance(keep_raw, list) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in keep_raw
     ):
         raise r.fail("feedback.keep_slot_codes", "must be an array of Meta error codes")
+    return {"keep_slot_codes": frozenset(keep_raw)}
 
-    idem_ms = r.hours("retention.idempotency_hours")
-    msgid_ms = r.hours("retention.message_id_hours")
-    links = DEFAULT_MESSAGE_LINKS
-    retention = r.data.get("retention")
-    if isinstance(retention, dict) and "message_links" in retention:
-        links = r.integer("retention.message_links", 0, MAX_MESSAGE_LINKS)
+
+def _read_retention(r: _Reader) -> _Fields:
+    fields: _Fields = {
+        "idempotency_ms": r.hours("retention.idempotency_hours"),
+        "message_id_ms": r.hours("retention.message_id_hours"),
+    }
+    fields["message_links"] = r.integer("retention.message_links", 0, MAX_MESSAGE_LINKS)
+    return fields
+
+
+def _read_engine(r: _Reader) -> _Fields:
     bucket_ms = round(r.number("engine.bucket_seconds") * 1000)
     long_bucket_ms = round(r.number("engine.long_bucket_seconds") * 1000)
     if bucket_ms < 1 or long_bucket_ms < 1:
         raise r.fail("engine.bucket_seconds", "bucket widths must be at least 1 ms")
-    r.used.add("tiers.limits")
-    r.check_unknown(r.data)
+    return {"bucket_ms": bucket_ms, "long_bucket_ms": long_bucket_ms}
 
-    return Profile(
-        name=name,
-        description=description,
-        source=r.file,
-        tier_limits=tuple(limits),
-        ladder=tuple(ladder),
-        starting_tier=starting,
-        starting_tier_unverified=starting_unverified,
-        limit_scope="portfolio" if scope == "portfolio" else "phone_number",
-        window_ms=window_ms,
-        service_window_ms=service_ms,
-        free_entry_point_window_ms=fep_ms,
-        free_entry_points=feps,
-        free_entry_point_allows_free_form=fep_free_form,
-        upgrade_mode="apply" if mode == "apply" else "predict",
-        upgrade_basis="unique" if basis == "unique" else "cumulative",
-        upgrade_threshold=threshold,
-        lookback_ms=lookback_days * DAY_MS,
-        upgrade_delay_ms=delay_ms,
-        predict_within_ms=predict_ms,
-        min_in_tier_ms=min_in_tier_ms,
-        upgrade_qualities=qualities,
-        upgrade_statuses=statuses,
-        red_sets_flagged=red_flagged,
-        red_days_to_downgrade=red_days,
-        downgrade_floor=floor,
-        floor_status=floor_status,
-        pause_ms=pause_ms,
-        disable_after_pauses=disable_after,
-        unknown_templates="allow" if unknown == "allow" else "reject",
-        default_mps=default_mps,
-        upgraded_mps=upgraded_mps,
-        coexistence_mps=coexistence_mps,
-        burst_seconds=burst_seconds,
-        throughput_backoff_ms=backoff_ms,
-        throughput_overrides=tuple(overrides),
-        pair_interval_ms=pair_ms,
-        pair_burst=pair_burst,
-        warmup_enabled=warm_enabled,
-        warmup=tuple(steps),
-        headroom_pct=headroom,
-        reserve_utility_pct=res_util,
-        reserve_authentication_pct=res_auth,
-        frequency_cap=freq_cap,
-        frequency_window_ms=freq_ms,
-        ecosystem_backoff_ms=eco_ms,
-        block_marketing_on_red=block_red,
-        keep_slot_codes=frozenset(keep_raw),
-        idempotency_ms=idem_ms,
-        message_id_ms=msgid_ms,
-        bucket_ms=bucket_ms,
-        long_bucket_ms=long_bucket_ms,
-        message_links=links,
-    )
+
+# In the order of the TOML files: the first bad key is the one reported.
+_TABLE_READERS: Final = (
+    _read_names,
+    _read_tiers,
+    _read_limit,
+    _read_counting,
+    _read_windows,
+    _read_upgrade,
+    _read_quality,
+    _read_templates,
+    _read_throughput,
+    _read_pair_rate,
+    _read_warmup,
+    _read_protection,
+    _read_feedback,
+    _read_retention,
+    _read_engine,
+)

@@ -17,19 +17,17 @@ import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import grpc
 import uvloop
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from tiergate.config import ConfigError, Endpoint, ServeConfig
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
-from tiergate.server import decoding
+from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import (
@@ -40,15 +38,10 @@ from tiergate.store import (
     StoreUnavailableError,
 )
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
-from tiergate.v1 import admission_pb2 as pb
-from tiergate.v1 import admission_pb2_grpc as pb_grpc
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
 
 log = logging.getLogger("tiergate.server")
-
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AdmissionControl"].full_name
-HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
 class StartupError(Exception):
@@ -95,6 +88,28 @@ class Sidecar:
             raise StartupError(f"profile: {e}") from e
 
     async def start(self) -> None:
+        """Recover the state, serve gRPC (health and reflection included), then the
+        webhook receiver and the metrics endpoint when they are configured."""
+        config = self.config
+        service = await self._open_state()
+        ingestor = self.ingestor = WebhookIngestor(service)
+        servicer = await self._serve_grpc(service)
+        if config.webhook_listen is not None:
+            await self._start_webhook_receiver(service, servicer, config.webhook_listen)
+        if config.metrics_listen is not None:
+            await self._start_metrics_endpoint(config.metrics_listen)
+        register_metrics(self.metrics, self._live_service, ingestor, self.store)
+        log.info(
+            "tiergate listening on %s (profile %s, clock %s, engine %s)",
+            Endpoint(config.listen.host, self.port),
+            config.profile,
+            config.clock,
+            IMPLEMENTATION,
+        )
+
+    async def _open_state(self) -> AdmissionService:
+        """The service with the data directory's state recovered and the config's
+        senders (and, on a fresh start, templates) applied, all of it durable."""
         config = self.config
         service = self.build_service()
         self.service = service
@@ -125,16 +140,11 @@ class Sidecar:
             await self._commit()
         except StoreError as e:
             raise StartupError(f"data_dir: {e}") from e
+        return service
 
-        self.ingestor = WebhookIngestor(service)
-        server = grpc.aio.server(
-            options=[
-                # A second sidecar on the same port must fail, not share it.
-                ("grpc.so_reuseport", 0),
-                # A full AdmitBatch must fit (an AdmitRequest is at most ~1 KiB).
-                ("grpc.max_receive_message_length", max(4 << 20, config.max_batch * 1024)),
-            ]
-        )
+    async def _serve_grpc(self, service: AdmissionService) -> AdmissionControl:
+        """Bind and start the gRPC server; health says SERVING once it accepts calls."""
+        config = self.config
         servicer = AdmissionControl(
             service,
             commit=self._commit_start,
@@ -147,39 +157,7 @@ class Sidecar:
         self._servicer = servicer
         if self.store is not None:
             servicer.refusal = self.store.unavailable
-        pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
-        # Every method reads its request's wire bytes itself (registered after the
-        # generated handlers, these entries replace theirs for the methods), so bytes
-        # that are not the request message are INVALID_ARGUMENT naming ``request``.
-        # Admit, AdmitStream, AdmitBatch and AdmitColumns also write their responses'
-        # bytes (with the compiled engine, without any protobuf message).
-        wire = {
-            "Admit": grpc.unary_unary_rpc_method_handler(servicer.Admit),
-            "AdmitStream": grpc.stream_stream_rpc_method_handler(servicer.AdmitStream),
-            "AdmitBatch": grpc.unary_unary_rpc_method_handler(servicer.AdmitBatch),
-            "AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire),
-        }
-        for rpc, request_type in (
-            ("RecordFeedback", pb.RecordFeedbackRequest),
-            ("IngestWebhook", pb.IngestWebhookRequest),
-            ("GetSenderState", pb.GetSenderStateRequest),
-        ):
-            wire[rpc] = decoding.unary(getattr(servicer, rpc), request_type, rpc, self.metrics)
-        server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
-            SERVICE_NAME, wire
-        )
-        # Health and reflection are served through the generic handler path only:
-        # grpc.aio's server loop waits on one pending call future per registered
-        # method at every call it accepts, so their registered methods cost every
-        # Admit CPU time (~30 us per unary call here).
-        generic_only = _GenericOnly(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, generic_only)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            ),
-            generic_only,
-        )
+        server = build_server(servicer, self._health, config.max_batch, self.metrics)
         try:
             self.port = server.add_insecure_port(str(config.listen))
         except RuntimeError as e:
@@ -190,42 +168,36 @@ class Sidecar:
         self._server = server
         for name in HEALTH_SERVICES:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return servicer
 
-        if config.webhook_listen is not None:
-            self._webhooks = WebhookReceiver(
-                service,
-                config.webhook_secret,
-                config.webhook_verify_token,
-                servicer.now,
-                ingestor=self.ingestor,
-                after_ingest=self._after_webhook,
-            )
-            try:
-                await self._webhooks.start(config.webhook_listen.host, config.webhook_listen.port)
-            except OSError as e:
-                raise StartupError(
-                    f"webhook_listen: cannot bind {config.webhook_listen}: {e}"
-                ) from e
-            self.webhook_port = self._webhooks.port
-
-        if config.metrics_listen is not None:
-            self._metrics_endpoint = MetricsEndpoint(self.metrics)
-            try:
-                self.metrics_port = await self._metrics_endpoint.start(
-                    config.metrics_listen.host, config.metrics_listen.port
-                )
-            except OSError as e:
-                raise StartupError(
-                    f"metrics_listen: cannot bind {config.metrics_listen}: {e}"
-                ) from e
-        self._register_metrics()
-        log.info(
-            "tiergate listening on %s (profile %s, clock %s, engine %s)",
-            Endpoint(config.listen.host, self.port),
-            config.profile,
-            config.clock,
-            IMPLEMENTATION,
+    async def _start_webhook_receiver(
+        self, service: AdmissionService, servicer: AdmissionControl, listen: Endpoint
+    ) -> None:
+        config = self.config
+        self._webhooks = WebhookReceiver(
+            service,
+            config.webhook_secret,
+            config.webhook_verify_token,
+            servicer.now,
+            ingestor=self.ingestor,
+            after_ingest=self._after_webhook,
         )
+        try:
+            await self._webhooks.start(listen.host, listen.port)
+        except OSError as e:
+            raise StartupError(f"webhook_listen: cannot bind {listen}: {e}") from e
+        self.webhook_port = self._webhooks.port
+
+    async def _start_metrics_endpoint(self, listen: Endpoint) -> None:
+        self._metrics_endpoint = MetricsEndpoint(self.metrics)
+        try:
+            self.metrics_port = await self._metrics_endpoint.start(listen.host, listen.port)
+        except OSError as e:
+            raise StartupError(f"metrics_listen: cannot bind {listen}: {e}") from e
+
+    def _live_service(self) -> AdmissionService:
+        assert self.service is not None
+        return self.service
 
     def _commit_start(self) -> Awaitable[None] | None:
         """Start making the service's state changes durable; what a response must
@@ -298,64 +270,6 @@ class Sidecar:
         except RuntimeError:
             return  # closing without a loop: nothing is served any more
         self._failure_report = loop.create_task(self._store_failed())
-
-    def _register_metrics(self) -> None:
-        m = self.metrics
-
-        def live() -> AdmissionService:
-            assert self.service is not None
-            return self.service
-
-        m.collect(
-            "tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders()))
-        )
-
-        ingestor = self.ingestor
-        assert ingestor is not None
-
-        def webhook_stat(key: str) -> Callable[[], float]:
-            return lambda: float(ingestor.stats.as_dict()[key])
-
-        for key in ingestor.stats.as_dict():
-            m.collect(
-                f"tiergate_webhook_{key}_total",
-                "counter",
-                f"Webhook {key.replace('_', ' ')} (IngestWebhook and the HTTP receiver).",
-                webhook_stat(key),
-            )
-        store = self.store
-        if store is not None:
-            m.collect(
-                "tiergate_journal_bytes",
-                "gauge",
-                "Bytes of journal records on disk (the current segment's unused "
-                "preallocated room not included).",
-                lambda: float(store.journal_bytes),
-            )
-            m.collect(
-                "tiergate_store_commits_total",
-                "counter",
-                "Journal writes: one per committing call; with fsync-always, one per group.",
-                lambda: float(store.commits),
-            )
-            m.collect(
-                "tiergate_journal_no_space",
-                "gauge",
-                "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
-                lambda: float(store.unavailable is not None),
-            )
-            m.collect(
-                "tiergate_journal_no_space_total",
-                "counter",
-                "Times the journal's file system was found full.",
-                lambda: float(store.no_space_episodes),
-            )
-            m.collect(
-                "tiergate_recovery_seconds",
-                "gauge",
-                "Time the last start-up recovery took.",
-                lambda: store.recovery_seconds,
-            )
 
     # --- reload (SIGHUP) ----------------------------------------------------------
 
@@ -469,19 +383,57 @@ class Sidecar:
             await self._server.wait_for_termination()
 
 
-class _GenericOnly:
-    """Registers a service's handlers with ``server`` as generic handlers only."""
+def register_metrics(
+    m: Metrics,
+    live: Callable[[], AdmissionService],
+    ingestor: WebhookIngestor,
+    store: EmbeddedStore | None,
+) -> None:
+    """The sidecar's gauges and counters read at scrape time: senders, webhooks, store."""
+    m.collect("tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders())))
 
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
+    def webhook_stat(key: str) -> Callable[[], float]:
+        return lambda: float(ingestor.stats.as_dict()[key])
 
-    def add_generic_rpc_handlers(
-        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service_name: str, handlers: object) -> None:
-        """Not registered: the generic handler added alongside serves these methods."""
+    for key in ingestor.stats.as_dict():
+        m.collect(
+            f"tiergate_webhook_{key}_total",
+            "counter",
+            f"Webhook {key.replace('_', ' ')} (IngestWebhook and the HTTP receiver).",
+            webhook_stat(key),
+        )
+    if store is not None:
+        m.collect(
+            "tiergate_journal_bytes",
+            "gauge",
+            "Bytes of journal records on disk (the current segment's unused "
+            "preallocated room not included).",
+            lambda: float(store.journal_bytes),
+        )
+        m.collect(
+            "tiergate_store_commits_total",
+            "counter",
+            "Journal writes: one per committing call; with fsync-always, one per group.",
+            lambda: float(store.commits),
+        )
+        m.collect(
+            "tiergate_journal_no_space",
+            "gauge",
+            "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
+            lambda: float(store.unavailable is not None),
+        )
+        m.collect(
+            "tiergate_journal_no_space_total",
+            "counter",
+            "Times the journal's file system was found full.",
+            lambda: float(store.no_space_episodes),
+        )
+        m.collect(
+            "tiergate_recovery_seconds",
+            "gauge",
+            "Time the last start-up recovery took.",
+            lambda: store.recovery_seconds,
+        )
 
 
 #: Settings of the process itself: a reload reports a change, a restart applies it.

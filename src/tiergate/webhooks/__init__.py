@@ -4,6 +4,9 @@
   now_ms)`` verifies, parses and applies one body (the gRPC ``IngestWebhook``
   RPC and the HTTP receiver both use it); ``SignatureError`` / ``WebhookError``.
 - ``tiergate.webhooks.parse``: ``parse(body)`` → events and ignored parts.
+- ``tiergate.webhooks.fields``: one reader per Meta webhook field (``messages``,
+  ``account_update`` …), each change's value → events.
+- ``tiergate.webhooks.reading``: typed JSON readers naming the path of a bad value.
 - ``tiergate.webhooks.signature``: ``X-Hub-Signature-256`` (``verify``, ``sign``).
 - ``tiergate.webhooks.http``: ``WebhookReceiver``, the optional HTTP endpoint of
   ``tiergate serve --webhook-listen``.

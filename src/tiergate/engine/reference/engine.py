@@ -1,0 +1,445 @@
+"""The reference :class:`Engine`: configuration, decisions, feedback, memory, reports."""
+
+from __future__ import annotations
+
+from ..batch import DecisionBatch
+from ..constants import (
+    ADMIT,
+    F_DRY_RUN,
+    F_FEP_FREE_FORM,
+    F_FORCE,
+    F_MARKETING,
+    F_QUALITY_BLOCK,
+    F_RESTRICTED,
+    F_TEMPLATE,
+    MARKETING_FREQUENCY,
+    MARKETING_HISTORY,
+    MESSAGING_LIMIT,
+    OK,
+    OUTSIDE_WINDOW,
+    PAIR_RATE,
+    QUALITY_PROTECTION,
+    RECIPIENT_OPTED_OUT,
+    REJECT,
+    RETRY_LATER,
+    SENDER_RESTRICTED,
+    THROUGHPUT,
+)
+from .bounds import (
+    MAX_KEY,
+    MAX_RING_BUCKETS,
+    MAX_TIME,
+    MAX_WINDOW,
+    NEVER,
+    SLOT_GEN_BITS,
+    SLOT_GEN_MAX,
+)
+from .snapshot import read_snapshot, write_snapshot
+from .tables import Number, Scope
+
+Decision = tuple[int, int, int, int, int, int, int]
+"""(decision, reason, retry_at_ms, counted, used, prev_counted, slot)"""
+
+_U64 = (1 << 64) - 1
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def _check_time(name: str, value: int) -> None:
+    if not -MAX_TIME <= value <= MAX_TIME:
+        raise ValueError(f"{name} must be within ±2**50 ms, got {value}")
+
+
+def _check_recipient(name: str, value: int) -> None:
+    if not 0 < value <= MAX_KEY:
+        raise ValueError(f"{name} must be a recipient key in 1 .. 2**54 - 1, got {value}")
+
+
+class Engine:
+    """Recipient tables, bucket rings and GCRA buckets; decisions in one call."""
+
+    def __init__(
+        self,
+        bucket_ms: int = 60_000,
+        window_ms: int = 86_400_000,
+        long_bucket_ms: int = 3_600_000,
+        long_window_ms: int = 604_800_000,
+    ) -> None:
+        if min(bucket_ms, window_ms, long_bucket_ms, long_window_ms) < 1:
+            raise ValueError("bucket widths and windows must be >= 1 ms")
+        if max(bucket_ms, window_ms, long_bucket_ms, long_window_ms) > MAX_WINDOW:
+            raise ValueError("bucket widths and windows must be <= 2**40 ms")
+        if max(window_ms // bucket_ms, long_window_ms // long_bucket_ms) > MAX_RING_BUCKETS:
+            raise ValueError("a window may span at most 2**20 buckets")
+        self.bucket_ms = bucket_ms
+        self.window_ms = window_ms
+        self.long_bucket_ms = long_bucket_ms
+        self.long_window_ms = long_window_ms
+        #: Entries older than a table's clock minus this are reclaimable.
+        self.horizon_ms = max(window_ms + bucket_ms, long_window_ms + long_bucket_ms)
+        self.scopes: list[Scope] = []
+        self.numbers: list[Number] = []
+
+    def _scope(self, scope: int) -> Scope:
+        if not 0 <= scope < len(self.scopes):
+            raise IndexError(f"scope {scope} out of range")
+        return self.scopes[scope]
+
+    def _number(self, number: int) -> Number:
+        if not 0 <= number < len(self.numbers):
+            raise IndexError(f"number {number} out of range")
+        return self.numbers[number]
+
+    def _number_cut(self, num: Number) -> int:
+        """A number's entries expire once every time in them is at or before its
+        scope's clock: decisions for the number (clamped to that clock) see such an
+        entry exactly as no entry at all."""
+        return self.scopes[num.scope].last_now + 1
+
+    # -- configuration -------------------------------------------------------
+
+    def add_scope(self, freq_cap: int = 0, freq_window_ms: int = 0) -> int:
+        self._check_scope_params(freq_cap, freq_window_ms)
+        self.scopes.append(Scope(self, 0, 0))
+        idx = len(self.scopes) - 1
+        self.set_scope_params(idx, freq_cap, freq_window_ms)
+        return idx
+
+    @staticmethod
+    def _check_scope_params(freq_cap: int, freq_window_ms: int) -> None:
+        if not 0 <= freq_cap <= MARKETING_HISTORY:
+            raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
+        if not 0 <= freq_window_ms <= MAX_TIME:
+            raise ValueError("freq_window_ms must be 0..2**50")
+
+    def set_scope_params(self, scope: int, freq_cap: int, freq_window_ms: int) -> None:
+        self._check_scope_params(freq_cap, freq_window_ms)
+        s = self._scope(scope)
+        s.freq_cap = freq_cap
+        s.freq_window = freq_window_ms
+        s.horizon = max(self.horizon_ms, freq_window_ms)
+
+    def add_number(
+        self,
+        scope: int,
+        tput_interval_us: int = 12_500,
+        tput_burst: int = 1,
+        pair_interval_ms: int = 6_000,
+        pair_burst: int = 1,
+    ) -> int:
+        self._scope(scope)
+        n = Number(scope)
+        n.set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
+        self.numbers.append(n)
+        return len(self.numbers) - 1
+
+    def set_number_params(
+        self,
+        number: int,
+        tput_interval_us: int,
+        tput_burst: int,
+        pair_interval_ms: int,
+        pair_burst: int,
+    ) -> None:
+        self._number(number).set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
+
+    # -- decisions -----------------------------------------------------------
+
+    def decide(
+        self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int
+    ) -> Decision:
+        s = self._scope(scope)
+        num = self._number(number)
+        _check_time("now", now)
+        _check_recipient("recipient", recipient)
+        if not 0 <= flags < 1 << 32:
+            raise ValueError(f"flags must be a 32-bit unsigned value, got {flags}")
+        if not -(1 << 63) <= limit < 1 << 63:
+            raise ValueError(f"limit must be a signed 64-bit value, got {limit}")
+        return self._decide(now, s, num, recipient, flags, limit)
+
+    def _decide(
+        self, now: int, s: Scope, num: Number, recipient: int, flags: int, limit: int
+    ) -> Decision:
+        now = s.clamp(now)
+        if now > num.clock:
+            num.clock = now
+        se = s.table.get(recipient)
+        ne = num.table.get(recipient)
+        template = flags & F_TEMPLATE
+        marketing = flags & F_MARKETING
+        force = flags & F_FORCE
+        last = se.last_counted if se is not None else NEVER
+        in_window = ne is not None and now < ne.window_until
+        in_fep = ne is not None and now < ne.fep_until
+        counting = bool(template) and not in_window and not in_fep
+        already = counting and last > now - self.window_ms
+        needs_slot = counting and not already
+        ring = s.ring24
+        now_us = now * 1000
+        tput_tat = max(num.tput_tat, now_us)
+        pair_tat = max(ne.pair_tat if ne is not None else NEVER, now)
+
+        if not force:
+            # 4. free-form needs an open customer service window
+            if not template and not (in_window or (in_fep and flags & F_FEP_FREE_FORM)):
+                return (REJECT, OUTSIDE_WINDOW, 0, 0, ring.total, last, 0)
+            # 5. opted-out recipients get no marketing
+            if marketing and se is not None and se.opt_out:
+                return (REJECT, RECIPIENT_OPTED_OUT, 0, 0, ring.total, last, 0)
+            # 6. messaging limit (business-initiated messages only)
+            if counting:
+                if flags & F_RESTRICTED:
+                    return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
+                if needs_slot and ring.total >= limit:
+                    if limit <= 0:
+                        return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last, 0)
+                    retry = ring.next_free(limit, now)
+                    return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last, 0)
+            # 7. protective rules
+            if marketing:
+                if s.freq_cap > 0 and se is not None:
+                    horizon = now - s.freq_window
+                    recent = sorted(t for t in se.marketing if t > horizon)
+                    if len(recent) >= s.freq_cap:
+                        retry = recent[len(recent) - s.freq_cap] + s.freq_window
+                        return (RETRY_LATER, MARKETING_FREQUENCY, retry, 0, ring.total, last, 0)
+                if flags & F_QUALITY_BLOCK:
+                    return (REJECT, QUALITY_PROTECTION, 0, 0, ring.total, last, 0)
+            # 8. sender throughput (GCRA, microseconds)
+            if tput_tat - num.tput_tolerance > now_us:
+                retry = _ceil_div(tput_tat - num.tput_tolerance, 1000)
+                return (RETRY_LATER, THROUGHPUT, retry, 0, ring.total, last, 0)
+            # 9. pair rate (GCRA, milliseconds)
+            if pair_tat - num.pair_tolerance > now:
+                retry = pair_tat - num.pair_tolerance
+                return (RETRY_LATER, PAIR_RATE, retry, 0, ring.total, last, 0)
+
+        counted = 1 if needs_slot else 0
+        if flags & F_DRY_RUN:
+            return (ADMIT, OK, 0, counted, ring.total + counted, last, 0)
+
+        # every check passed: consume
+        slot = 0
+        if counting:
+            if se is None:
+                se = s.insert(recipient)
+            for r in (ring, s.ring7):
+                r.remove(last)
+                r.add(now)
+            se.last_counted = now
+            if needs_slot:
+                s.slots7.add(now)
+                se.gen = se.gen + 1 if se.gen < SLOT_GEN_MAX else 1
+                se.fresh = True
+                slot = ((now + MAX_TIME) << SLOT_GEN_BITS) | se.gen
+            else:
+                se.fresh = False  # this admit relies on the earlier slot
+        if marketing:
+            if se is None:
+                se = s.insert(recipient)
+            hist = se.marketing
+            hist[hist.index(min(hist))] = now
+        num.tput_tat = tput_tat + num.tput_interval
+        if ne is None:
+            ne = num.insert(recipient, self._number_cut(num))
+        ne.pair_tat = pair_tat + num.pair_interval
+        return (ADMIT, OK, 0, counted, ring.total, last, slot)
+
+    def decide_batch(self, batch: DecisionBatch) -> None:
+        """Decide every request of ``batch`` in order; fills its output columns.
+
+        The whole batch is validated first (ValueError / IndexError naming the
+        item), so a bad item decides nothing.
+        """
+        n = len(batch.now)
+        for col in ("scope", "number", "recipient", "flags", "limit"):
+            if len(getattr(batch, col)) != n:
+                raise ValueError(
+                    f"batch column {col} has {len(getattr(batch, col))} items, not {n}"
+                )
+        ns, nn = len(self.scopes), len(self.numbers)
+        for i in range(n):
+            if not 0 <= batch.scope[i] < ns:
+                raise IndexError(f"batch item {i}: scope {batch.scope[i]} out of range")
+            if not 0 <= batch.number[i] < nn:
+                raise IndexError(f"batch item {i}: number {batch.number[i]} out of range")
+            if not 0 < batch.recipient[i] <= MAX_KEY:
+                raise ValueError(
+                    f"batch item {i}: recipient key {batch.recipient[i]} is not in 1 .. 2**54 - 1"
+                )
+            if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
+                raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
+        batch.prepare_outputs()
+        for i in range(n):
+            d = self._decide(
+                batch.now[i],
+                self.scopes[batch.scope[i]],
+                self.numbers[batch.number[i]],
+                batch.recipient[i],
+                batch.flags[i],
+                batch.limit[i],
+            )
+            batch.decision[i] = d[0]
+            batch.reason[i] = d[1]
+            batch.retry_at[i] = d[2]
+            batch.counted[i] = d[3]
+            batch.used[i] = d[4]
+            batch.prev_counted[i] = d[5]
+            batch.slot[i] = d[6]
+
+    # -- feedback ------------------------------------------------------------
+
+    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool:
+        """Give back the slot an admit created (``slot``: its decision's ``slot``
+        stamp), if no later admit relied on it.
+
+        ``prev_counted`` is the decision's ``prev_counted``: never later than
+        the time the admit counted the recipient. Stamps come back from
+        gateways inside tickets, so one that cannot be a stamp this engine
+        gave (a key, stamp or time out of range, or a ``prev_counted`` after
+        the slot) releases nothing and returns False, like an unknown one.
+        """
+        s = self._scope(scope)
+        if not (0 < recipient <= _U64 and 0 < slot <= _U64):
+            return False
+        if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
+            return False
+        gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
+        if gen == 0 or t > MAX_TIME:
+            return False
+        se = s.table.get(recipient)
+        if se is None or not se.fresh or se.gen != gen or se.last_counted != t:
+            return False
+        if prev_counted > t:
+            return False
+        for r in (s.ring24, s.ring7):
+            r.remove(t)
+            r.add(prev_counted)
+        s.slots7.remove(t)
+        se.last_counted = prev_counted
+        se.fresh = False
+        return True
+
+    def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
+        """Open or extend a window; never shortens one already open longer."""
+        num = self._number(number)
+        _check_recipient("recipient", recipient)
+        if window_until != NEVER:
+            _check_time("window_until", window_until)
+        if fep_until != NEVER:
+            _check_time("fep_until", fep_until)
+        ne = num.table.get(recipient)
+        if ne is None:
+            ne = num.insert(recipient, self._number_cut(num))
+        ne.window_until = max(ne.window_until, window_until)
+        ne.fep_until = max(ne.fep_until, fep_until)
+
+    def close_window(self, number: int, recipient: int) -> None:
+        ne = self._number(number).table.get(recipient)
+        if ne is not None:
+            ne.window_until = NEVER
+            ne.fep_until = NEVER
+
+    def set_opt_out(self, scope: int, recipient: int, opted_out: bool) -> None:
+        s = self._scope(scope)
+        _check_recipient("recipient", recipient)
+        se = s.table.get(recipient)
+        if se is None:
+            if not opted_out:
+                return
+            se = s.insert(recipient)
+        se.opt_out = bool(opted_out)
+
+    def slow_throughput(self, number: int, now: int, pause_ms: int) -> None:
+        """Meta answered 130429: admit nothing from this number for ``pause_ms``."""
+        num = self._number(number)
+        _check_time("now", now)
+        if not 0 <= pause_ms <= MAX_TIME:
+            raise ValueError("pause_ms must be 0..2**50")
+        if now > num.clock:
+            num.clock = now
+        num.tput_tat = max(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)
+
+    # -- memory --------------------------------------------------------------
+
+    def reclaim(self, now: int) -> int:
+        """Drop every expired entry (as of ``now``, clamped per scope); return how many.
+
+        Advances each scope's clock to ``now`` like any call that takes time.
+        """
+        _check_time("now", now)
+        removed = 0
+        for s in self.scopes:
+            s.clamp(now)
+            removed += s.reclaim()
+        for num in self.numbers:
+            if now > num.clock:
+                num.clock = now
+            removed += num.reclaim(self._number_cut(num))
+        return removed
+
+    # -- reports -------------------------------------------------------------
+
+    def usage(self, scope: int, now: int, limit: int) -> tuple[int, int, int, int]:
+        """(used_24h, next_slot_free_at, unique_7d, slots_7d) for the scope at ``now``."""
+        s = self._scope(scope)
+        _check_time("now", now)
+        now = s.clamp(now)
+        nxt = s.ring24.next_free(limit, now) if limit > 0 else 0
+        return (s.ring24.total, nxt, s.ring7.total, s.slots7.total)
+
+    def open_windows(self, number: int, now: int) -> int:
+        return sum(
+            1
+            for ne in self._number(number).table.values()
+            if now < ne.window_until or now < ne.fep_until
+        )
+
+    def lookup(self, scope: int, number: int, recipient: int) -> tuple[int, bool, int, int, int]:
+        """(last_counted, opted_out, window_until, fep_until, pair_tat) of one recipient."""
+        se = self._scope(scope).table.get(recipient)
+        ne = self._number(number).table.get(recipient)
+        return (
+            se.last_counted if se is not None else NEVER,
+            se.opt_out if se is not None else False,
+            ne.window_until if ne is not None else NEVER,
+            ne.fep_until if ne is not None else NEVER,
+            ne.pair_tat if ne is not None else NEVER,
+        )
+
+    def scope_now(self, scope: int) -> int:
+        return self._scope(scope).last_now
+
+    def entries(self) -> int:
+        """Recipient entries held in all tables."""
+        return sum(len(s.table) for s in self.scopes) + sum(len(n.table) for n in self.numbers)
+
+    # -- snapshots -----------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole engine state as bytes (format :data:`SNAPSHOT_VERSION`)."""
+        return write_snapshot(self)
+
+    def copy_sizes(self) -> tuple[int, ...]:
+        """What ``copy_room`` needs to know ahead of a copy (nothing, here)."""
+        return ()
+
+    @staticmethod
+    def copy_room(sizes: tuple[int, ...]) -> object:
+        """Memory for a copy, made ahead in another thread (the compiled engine's
+        tables; nothing here)."""
+        return None
+
+    def copy(self, room: object = None) -> Engine:
+        """A new engine holding this one's state, sharing nothing with it (what a
+        snapshot is serialised from in another thread). Here by way of the
+        snapshot format; the compiled engine copies its tables as they lie."""
+        return type(self).restore(self.snapshot())
+
+    @classmethod
+    def restore(cls, data: bytes) -> Engine:
+        """A new engine holding the state ``data`` (from either engine's snapshot) describes."""
+        return read_snapshot(cls, data)

@@ -1,0 +1,162 @@
+"""Limit scopes and phone numbers, and their recipient tables."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..constants import MARKETING_HISTORY
+from .bounds import MAX_TOLERANCE, NEVER
+from .ring import Ring
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+#: Recipient tables start with this nominal capacity and double when 70 % full.
+INITIAL_CAPACITY = 16
+#: Number tables start nominally larger: their entries expire within seconds to
+#: days (pair-rate TATs, windows), and a small table would reclaim every few inserts.
+NUMBER_INITIAL_CAPACITY = 4096
+#: Largest capacity a snapshot may declare.
+MAX_CAPACITY = 1 << 40
+
+
+def max_fill(capacity: int) -> int:
+    """Entries a table of ``capacity`` slots holds before it must make room."""
+    return capacity * 7 // 10
+
+
+class ScopeEntry:
+    """One recipient in a limit scope. ``fresh``: its latest counting admit
+    created the slot and no later admit relied on it; ``gen``: the generation
+    of the latest slot created (1 .. 2 047, then 1 again; 0 before the
+    first), which tells apart slots created within one millisecond."""
+
+    __slots__ = ("fresh", "gen", "last_counted", "marketing", "opt_out")
+
+    def __init__(self) -> None:
+        self.last_counted = NEVER
+        self.fresh = False
+        self.gen = 0
+        self.opt_out = False
+        self.marketing = [NEVER] * MARKETING_HISTORY
+
+    def expired(self, cut: int) -> bool:
+        return not self.opt_out and self.last_counted < cut and all(t < cut for t in self.marketing)
+
+
+class NumberEntry:
+    __slots__ = ("fep_until", "pair_tat", "window_until")
+
+    def __init__(self) -> None:
+        self.window_until = NEVER
+        self.fep_until = NEVER
+        self.pair_tat = NEVER
+
+    def expired(self, cut: int) -> bool:
+        return self.window_until < cut and self.fep_until < cut and self.pair_tat < cut
+
+
+class Scope:
+    """A limit scope: a business portfolio or a single phone number."""
+
+    __slots__ = (
+        "capacity",
+        "freq_cap",
+        "freq_window",
+        "horizon",
+        "last_now",
+        "ring7",
+        "ring24",
+        "slots7",
+        "table",
+    )
+
+    def __init__(self, engine: Engine, freq_cap: int, freq_window: int) -> None:
+        self.table: dict[int, ScopeEntry] = {}
+        self.capacity = INITIAL_CAPACITY
+        self.ring24 = Ring(engine.bucket_ms, engine.window_ms, strict=False)
+        self.ring7 = Ring(engine.long_bucket_ms, engine.long_window_ms, strict=True)
+        self.slots7 = Ring(engine.long_bucket_ms, engine.long_window_ms, strict=True)
+        self.freq_cap = freq_cap
+        self.freq_window = freq_window
+        self.horizon = engine.horizon_ms
+        self.last_now = NEVER
+
+    def clamp(self, now: int) -> int:
+        if now < self.last_now:
+            return self.last_now
+        self.last_now = now
+        self.ring24.advance(now)
+        self.ring7.advance(now)
+        self.slots7.advance(now)
+        return now
+
+    def reclaim(self) -> int:
+        cut = self.last_now - self.horizon
+        dead = [k for k, e in self.table.items() if e.expired(cut)]
+        for k in dead:
+            del self.table[k]
+        return len(dead)
+
+    def insert(self, recipient: int) -> ScopeEntry:
+        if len(self.table) >= max_fill(self.capacity):
+            self.reclaim()
+            if len(self.table) >= max_fill(self.capacity) // 2:
+                self.capacity *= 2
+        e = self.table[recipient] = ScopeEntry()
+        return e
+
+
+class Number:
+    """A business phone number (a sender)."""
+
+    __slots__ = (
+        "capacity",
+        "clock",
+        "pair_interval",
+        "pair_tolerance",
+        "scope",
+        "table",
+        "tput_interval",
+        "tput_tat",
+        "tput_tolerance",
+    )
+
+    def __init__(self, scope: int) -> None:
+        self.scope = scope
+        self.table: dict[int, NumberEntry] = {}
+        self.capacity = NUMBER_INITIAL_CAPACITY
+        self.clock = NEVER  # latest time seen for this number
+        self.tput_tat = NEVER  # microseconds
+        self.tput_interval = 1
+        self.tput_tolerance = 0
+        self.pair_interval = 1
+        self.pair_tolerance = 0
+
+    def set_params(
+        self, tput_interval_us: int, tput_burst: int, pair_interval_ms: int, pair_burst: int
+    ) -> None:
+        if tput_interval_us < 1 or tput_burst < 1 or pair_interval_ms < 1 or pair_burst < 1:
+            raise ValueError("intervals and bursts must be >= 1")
+        tput_tolerance = (tput_burst - 1) * tput_interval_us
+        pair_tolerance = (pair_burst - 1) * pair_interval_ms
+        if max(tput_interval_us, pair_interval_ms, tput_tolerance, pair_tolerance) > MAX_TOLERANCE:
+            raise ValueError("interval * burst must stay below 2**52")
+        self.tput_interval = tput_interval_us
+        self.tput_tolerance = tput_tolerance
+        self.pair_interval = pair_interval_ms
+        self.pair_tolerance = pair_tolerance
+
+    def reclaim(self, cut: int) -> int:
+        dead = [k for k, e in self.table.items() if e.expired(cut)]
+        for k in dead:
+            del self.table[k]
+        return len(dead)
+
+    def insert(self, recipient: int, cut: int) -> NumberEntry:
+        if len(self.table) >= max_fill(self.capacity):
+            self.reclaim(cut)
+            if len(self.table) >= max_fill(self.capacity) // 2:
+                self.capacity *= 2
+        e = self.table[recipient] = NumberEntry()
+        return e
