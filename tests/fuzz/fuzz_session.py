@@ -79,7 +79,7 @@ from server_harness import T0, Harness, make_config, sender, serving
 
 from tiergate import config as cfg
 from tiergate.policy.events import SenderStatus, TemplateStatus, TemplateUpdate
-from tiergate.server.app import SERVICE_NAME
+from tiergate.server import SERVICE_NAME
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.webhooks.signature import sign

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
 
 from server_harness import SENDER, serving
 
-from tiergate.server.app import SERVICE_NAME
+from tiergate.server import SERVICE_NAME
 from tiergate.v1 import admission_pb2 as pb
 
 # Bytes that are no protobuf message at all, a field cut short, a string field
