@@ -861,11 +861,12 @@ class Session:
             n = len(parsed.requests)
             bad = [admit_problems(r, self.request_clock) for r in parsed.requests]
             refused = out.code == grpc.StatusCode.INVALID_ARGUMENT
-            conflict = any(self._key_conflict(r) for r in parsed.requests)
+            conflict = self._any_key_conflict(list(parsed.requests))
             if n <= MAX_BATCH and not any(bad) and refused and not conflict:
                 fail(f"a valid AdmitBatch was refused: {out.details!r}")
             m = re.match(r"^requests\[(\d+)\]\.", path)
-            if m and (int(m.group(1)) >= n or leaf(path) not in bad[int(m.group(1))]):
+            named = {"idempotency_key"} if conflict else set()
+            if m and (int(m.group(1)) >= n or leaf(path) not in bad[int(m.group(1))] | named):
                 fail(f"AdmitBatch names {path!r}; the bad fields are {bad}")
         if (
             isinstance(parsed, pb.GetSenderStateRequest)
@@ -879,6 +880,20 @@ class Session:
     def _key_conflict(self, r: pb.AdmitRequest) -> bool:
         first = self.model.keys.get((r.sender_id, r.idempotency_key))
         return first is not None and content(self.model.tickets[first].request) != content(r)
+
+    def _any_key_conflict(self, requests: Sequence[pb.AdmitRequest | None]) -> bool:
+        """Whether a request of one call re-uses a key bound to another request: one
+        remembered from an earlier call, or one used earlier in the same call."""
+        used: dict[tuple[str, str], tuple[str, str, int, int, str]] = {}
+        for r in requests:
+            if r is None or not r.idempotency_key:
+                continue
+            if self._key_conflict(r):
+                return True
+            first = used.setdefault((r.sender_id, r.idempotency_key), content(r))
+            if first != content(r):
+                return True
+        return False
 
     def _first_bad(self, requests: list[pb.AdmitRequest | None]) -> int:
         for i, r in enumerate(requests):
@@ -894,9 +909,7 @@ class Session:
                 f"{requests[first_bad]}"
             )
         if out.code == grpc.StatusCode.INVALID_ARGUMENT:
-            if len(out.replies) != first_bad and not any(
-                r is not None and self._key_conflict(r) for r in requests
-            ):
+            if len(out.replies) != first_bad and not self._any_key_conflict(requests):
                 fail(
                     f"AdmitStream answered {len(out.replies)} messages before its error "
                     f"{out.details!r}; message {first_bad} is the first bad one"
