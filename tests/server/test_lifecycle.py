@@ -89,6 +89,32 @@ async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None
 
 
 @run_async
+async def test_a_stop_ends_health_watches_with_not_serving() -> None:
+    """A watcher hears NOT_SERVING, then its stream ends cleanly; the stop does not
+    wait for the watch (the grace period here is far longer than the test)."""
+    sidecar = Sidecar(make_config(shutdown_grace=600.0))
+    await sidecar.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [
+            health.Watch(health_pb2.HealthCheckRequest(service=name))
+            for name in ("", SERVICE_NAME, "no.such.Service")
+        ]
+        firsts = [(await w.read()).status for w in watches]
+        assert firsts == [SERVING, SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]
+        stopping = asyncio.ensure_future(sidecar.stop())
+        for w in watches:
+            assert (await w.read()).status == NOT_SERVING
+            assert await w.read() is grpc.aio.EOF
+            assert await w.code() == grpc.StatusCode.OK
+        await asyncio.wait_for(stopping, 60)
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0)
+
+
+@run_async
 async def test_state_survives_a_restart_and_config_senders_do_not_overwrite_it(
     tmp_path: Path,
 ) -> None:

@@ -12,7 +12,6 @@ in-flight calls finish within the grace period, flush and close the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -20,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import uvloop
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from tiergate.config import ConfigError, Endpoint, ServeConfig
 from tiergate.engine import IMPLEMENTATION
@@ -28,6 +27,7 @@ from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.service import AdmissionService, InvalidArgument
 from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
+from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import (
@@ -58,8 +58,7 @@ class Sidecar:
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
-        # The asyncio servicer is public API; the grpc stubs only know the sync one.
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = Health()
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._webhooks: WebhookReceiver | None = None
         self.webhook_port = 0
@@ -354,22 +353,16 @@ class Sidecar:
     async def _stop(self, grace: float | None) -> None:
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
+        await self._health.end_watches()
         await self._health.enter_graceful_shutdown()
         if self._webhooks is not None:
             await self._webhooks.stop()
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
         if self._server is not None:
-            # Stop accepting now; end as soon as the admission calls in flight
-            # are done (health watches never end by themselves), at the latest
-            # when the grace period is over.
-            stopping = asyncio.ensure_future(self._server.stop(grace))
-            if self._servicer is not None:
-                await asyncio.sleep(0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._servicer.in_flight.idle(), grace)
-            await self._server.stop(0)
-            await stopping
+            # Stop accepting now; end as soon as the calls in flight are done (their
+            # last statuses sent), at the latest when the grace period is over.
+            await self._server.stop(grace)
         async with self._reloading:  # a reload in progress commits first; none starts after
             if self.store is not None:
                 await self.store.aclose(self.service)

@@ -55,8 +55,7 @@ def server_clock_ms() -> int:
 
 
 class InFlight:
-    """Counts calls being served, so shutdown can end as soon as they are done
-    (long-lived health watches do not hold it up for the whole grace period)."""
+    """Counts the admission calls being served; :meth:`idle` waits until none is."""
 
     def __init__(self) -> None:
         self.count = 0
