@@ -100,7 +100,7 @@ def test_a_serving_sidecar_takes_many_snapshots_without_a_child_process(
             watcher = asyncio.ensure_future(watch())
             await asyncio.gather(*(unary(lane) for lane in range(4)), batches(), stream())
             for _ in range(500):  # the last snapshot the load made due
-                if not stores[0]._snapshotting:
+                if not stores[0]._snapshots.running:
                     break
                 await asyncio.sleep(0.01)
             stop.set()
