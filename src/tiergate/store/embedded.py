@@ -160,14 +160,8 @@ class EmbeddedStore:
         if segment_bytes < SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
             raise ValueError(f"segment_bytes: must be >= {SEGMENT_HEADER_SIZE + FRAME_OVERHEAD}")
         self.data_dir = Path(data_dir)
-        self.fsync_interval_ms = fsync_interval_ms
-        self.snapshot_every_records = snapshot_every_records
-        self.snapshot_every_bytes = snapshot_every_bytes
-        self.snapshot_every_seconds = snapshot_every_seconds
-        self.snapshot_min_seconds = snapshot_min_seconds
         self.snapshot_on_close = snapshot_on_close
         self.segment_bytes = segment_bytes
-        self.keep_snapshots = keep_snapshots
         self.recover_truncate = recover_truncate
         self._lock_fd = _prepare_data_dir(self.data_dir)
         self._closed = False
