@@ -21,17 +21,16 @@ A snapshot cuts the journal and takes the service's state image in one step
 of the event loop; the snapshot thread encodes and writes it meanwhile. No
 process is forked (the server runs gRPC's threads).
 
-``EmbeddedStore`` composes three parts, each in its module: ``recovery``
-(start-up: segment headers, snapshot restore, replay, corruption and
-truncation), ``commit`` (the group commit, and records held while the disk is
-full) and ``snapshots`` (when one is due, taking it, pruning).
+``EmbeddedStore`` composes parts, each in its module: ``datadir`` (the
+locked data directory), ``recovery`` (start-up: segment headers, snapshot
+restore, replay, corruption and truncation), ``commit`` (the group commit, and
+records held while the disk is full) and ``snapshots`` (when one is due,
+taking it, pruning).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import time
@@ -40,7 +39,6 @@ from pathlib import Path
 from typing import TypedDict, Unpack
 
 from .base import (
-    DataDirError,
     Durability,
     Recoverable,
     RecoveryReport,
@@ -49,14 +47,13 @@ from .base import (
     StoreUnavailableError,
 )
 from .commit import GroupCommit
+from .datadir import lock_data_dir
 from .journal import FRAME_OVERHEAD, SEGMENT_HEADER_SIZE
 from .recovery import open_journal, recover_data_dir
-from .snapshot import TMP_SUFFIX
 from .snapshots import Snapshots
 
 log = logging.getLogger("tiergate.store")
 
-LOCK_NAME = "LOCK"
 DEFAULT_FSYNC_INTERVAL_MS = 50
 DEFAULT_SNAPSHOT_EVERY_RECORDS = 200_000
 #: Journal payload bytes that make a snapshot due, like the record count: a record
@@ -81,46 +78,6 @@ class StoreOptions(TypedDict, total=False):
     segment_bytes: int
     keep_snapshots: int
     recover_truncate: bool
-
-
-def _prepare_data_dir(data_dir: Path) -> int:
-    """Create (if needed) and lock the data dir; return the lock file descriptor."""
-    if data_dir.exists() and not data_dir.is_dir():
-        raise DataDirError(f"data dir {data_dir} exists and is not a directory")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataDirError(
-            f"data dir {data_dir} does not exist and cannot be created: {exc.strerror or exc}"
-        ) from exc
-    lock_path = data_dir / LOCK_NAME
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise DataDirError(
-            f"data dir {data_dir} is not writable ({lock_path}: {exc.strerror or exc})"
-        ) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = ""
-        with contextlib.suppress(OSError, ValueError):
-            holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-        os.close(fd)
-        raise DataDirError(
-            f"data dir {data_dir} is in use by another tiergate process{holder}"
-        ) from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        probe = data_dir / (".write-probe" + TMP_SUFFIX)
-        with open(probe, "wb") as f:
-            f.write(b"tiergate")
-        probe.unlink()
-    except OSError as exc:
-        os.close(fd)
-        raise DataDirError(f"data dir {data_dir} is not writable: {exc.strerror or exc}") from exc
-    return fd
 
 
 class EmbeddedStore:
@@ -163,7 +120,7 @@ class EmbeddedStore:
         self.snapshot_on_close = snapshot_on_close
         self.segment_bytes = segment_bytes
         self.recover_truncate = recover_truncate
-        self._lock_fd = _prepare_data_dir(self.data_dir)
+        self._lock_fd = lock_data_dir(self.data_dir)
         self._closed = False
         self._commit = GroupCommit(self.data_dir, self.durability, fsync_interval_ms)
         self._snapshots = Snapshots(
