@@ -271,13 +271,10 @@ class EmbeddedStore:
 
     def _recover(self, service: Recoverable) -> RecoveryReport:
         started = time.perf_counter()
-        report, base_seq, last_seq = recover_data_dir(
-            self.data_dir, service, recover_truncate=self.recover_truncate
-        )
-        writer = open_journal(self.data_dir, last_seq, self.segment_bytes)
-        self._commit.start(writer, last_seq - base_seq, report.replayed_bytes)
-        self._snapshots.recovered(base_seq)
-        report.last_seq = last_seq
+        report = recover_data_dir(self.data_dir, service, recover_truncate=self.recover_truncate)
+        writer = open_journal(self.data_dir, report.last_seq, self.segment_bytes)
+        self._commit.start(writer, report.last_seq - report.snapshot_seq, report.replayed_bytes)
+        self._snapshots.recovered(report.snapshot_seq)
         report.journal_bytes = self.journal_bytes
         report.seconds = time.perf_counter() - started
         self._recovery_seconds = report.seconds

@@ -42,10 +42,11 @@ CORRUPT_SUFFIX = ".corrupt"
 
 def recover_data_dir(
     data_dir: Path, service: Recoverable, *, recover_truncate: bool
-) -> tuple[RecoveryReport, int, int]:
+) -> RecoveryReport:
     """Restore ``data_dir``'s newest usable snapshot into ``service`` and replay the
-    journal after it; (the report so far, the snapshot's seq, the last seq replayed).
-    ``service`` queues no journal records for what it restored or replayed."""
+    journal after it. The report names the snapshot's seq (0: none) and the last
+    seq replayed; ``service`` queues no journal records for what it restored or
+    replayed."""
     return _Recovery(data_dir, recover_truncate).run(service)
 
 
@@ -79,7 +80,7 @@ class _Recovery:
         self.data_dir = data_dir
         self.recover_truncate = recover_truncate
 
-    def run(self, service: Recoverable) -> tuple[RecoveryReport, int, int]:
+    def run(self, service: Recoverable) -> RecoveryReport:
         report = RecoveryReport(data_dir=str(self.data_dir))
         for entry in os.scandir(self.data_dir):
             if entry.name.endswith(TMP_SUFFIX):  # an interrupted snapshot write
@@ -105,7 +106,8 @@ class _Recovery:
             kept = path.with_name(path.name + CORRUPT_SUFFIX)
             path.rename(kept)
             report.warnings.append(f"{path}: damaged snapshot kept as {kept.name}")
-        return report, base_seq, last_seq
+        report.last_seq = last_seq
+        return report
 
     def _check_segment_headers(self, report: RecoveryReport) -> list[tuple[int, Path]]:
         """Validate every segment header; drop a torn last one, refuse (or cut) others."""
