@@ -50,7 +50,7 @@ from .commit import GroupCommit
 from .datadir import lock_data_dir
 from .journal import FRAME_OVERHEAD, SEGMENT_HEADER_SIZE
 from .recovery import open_journal, recover_data_dir
-from .snapshots import Snapshots
+from .snapshots import SnapshotPolicy, Snapshots
 
 log = logging.getLogger("tiergate.store")
 
@@ -101,19 +101,13 @@ class EmbeddedStore:
         self.durability = Durability.parse(durability)
         if fsync_interval_ms < 1:
             raise ValueError("fsync_interval_ms: must be >= 1")
-        if snapshot_every_records < 1:
-            raise ValueError("snapshot_every_records: must be >= 1")
-        if snapshot_every_bytes < 1:
-            raise ValueError("snapshot_every_bytes: must be >= 1")
-        if snapshot_every_seconds <= 0:
-            raise ValueError("snapshot_every_seconds: must be > 0")
-        if snapshot_min_seconds < 0:
-            raise ValueError("snapshot_min_seconds: must be >= 0")
-        if keep_snapshots < 2:
-            raise ValueError(
-                "keep_snapshots: must be >= 2 (the snapshot before the newest, and the "
-                "journal since it, are what recovery falls back on when the newest is damaged)"
-            )
+        policy = SnapshotPolicy(
+            snapshot_every_records,
+            snapshot_every_bytes,
+            snapshot_every_seconds,
+            snapshot_min_seconds,
+            keep_snapshots,
+        )
         if segment_bytes < SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
             raise ValueError(f"segment_bytes: must be >= {SEGMENT_HEADER_SIZE + FRAME_OVERHEAD}")
         self.data_dir = Path(data_dir)
@@ -123,15 +117,7 @@ class EmbeddedStore:
         self._lock_fd = lock_data_dir(self.data_dir)
         self._closed = False
         self._commit = GroupCommit(self.data_dir, self.durability, fsync_interval_ms)
-        self._snapshots = Snapshots(
-            self.data_dir,
-            self._commit,
-            every_records=snapshot_every_records,
-            every_bytes=snapshot_every_bytes,
-            every_seconds=snapshot_every_seconds,
-            min_seconds=snapshot_min_seconds,
-            keep=keep_snapshots,
-        )
+        self._snapshots = Snapshots(self.data_dir, self._commit, policy)
         self.report: RecoveryReport | None = None
         self._recovery_seconds = 0.0
 

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Recoverable, SnapshotEncoder, StoreUnavailableError
@@ -32,27 +33,40 @@ from .snapshot import list_snapshots, write_snapshot
 log = logging.getLogger("tiergate.store")
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When a snapshot is due, and how many are kept (see the module docstring).
+    A bad value raises ``ValueError`` naming ``EmbeddedStore``'s parameter."""
+
+    every_records: int
+    every_bytes: int
+    every_seconds: float
+    min_seconds: float
+    keep: int
+
+    def __post_init__(self) -> None:
+        if self.every_records < 1:
+            raise ValueError("snapshot_every_records: must be >= 1")
+        if self.every_bytes < 1:
+            raise ValueError("snapshot_every_bytes: must be >= 1")
+        if self.every_seconds <= 0:
+            raise ValueError("snapshot_every_seconds: must be > 0")
+        if self.min_seconds < 0:
+            raise ValueError("snapshot_min_seconds: must be >= 0")
+        if self.keep < 2:
+            raise ValueError(
+                "keep_snapshots: must be >= 2 (the snapshot before the newest, and the "
+                "journal since it, are what recovery falls back on when the newest is damaged)"
+            )
+
+
 class Snapshots:
     """When snapshots are due, taking them, and pruning what they make redundant."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        commit: GroupCommit,
-        *,
-        every_records: int,
-        every_bytes: int,
-        every_seconds: float,
-        min_seconds: float,
-        keep: int,
-    ) -> None:
+    def __init__(self, data_dir: Path, commit: GroupCommit, policy: SnapshotPolicy) -> None:
         self.data_dir = data_dir
         self._commit = commit
-        self.every_records = every_records
-        self.every_bytes = every_bytes
-        self.every_seconds = every_seconds
-        self.min_seconds = min_seconds
-        self.keep = keep
+        self.policy = policy
         self._io: ThreadPoolExecutor | None = None
         self._lock: asyncio.Lock | None = None
         self.task: asyncio.Task[None] | None = None  # the background snapshot
@@ -75,11 +89,12 @@ class Snapshots:
         if n == 0:
             return False
         age = time.monotonic() - self.last_at
-        if n >= self.every_records or self._commit.bytes_since_cut >= self.every_bytes:
+        policy = self.policy
+        if n >= policy.every_records or self._commit.bytes_since_cut >= policy.every_bytes:
             # Under heavy load, not more often than every min_seconds: a
             # snapshot costs CPU in proportion to the whole state.
-            return age >= self.min_seconds
-        return age >= self.every_seconds
+            return age >= policy.min_seconds
+        return age >= policy.every_seconds
 
     def start_if_due(self, service: Recoverable) -> None:
         """Start a background snapshot if one is due and none is being taken."""
@@ -181,7 +196,7 @@ class Snapshots:
         return sum(map(len, payload)), self._prune()
 
     def _prune(self) -> int:
-        """Drop snapshots beyond ``keep`` and the segments the oldest kept one
+        """Drop snapshots beyond ``policy.keep`` and the segments the oldest kept one
         covers; return the bytes freed.
 
         The journal is always kept from the snapshot before the newest on: with
@@ -197,8 +212,8 @@ class Snapshots:
             # taken off journal_bytes for a segment that held a few KB).
             writer.wait_segment_work()
         snapshots = list_snapshots(self.data_dir)
-        keep = snapshots[-self.keep :]
-        for _, old in snapshots[: -self.keep]:
+        keep = snapshots[-self.policy.keep :]
+        for _, old in snapshots[: -self.policy.keep]:
             old.unlink(missing_ok=True)
         if len(keep) < 2:
             return 0  # one snapshot: the journal before it is its only backup
