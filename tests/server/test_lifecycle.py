@@ -307,7 +307,7 @@ async def test_a_failed_store_answers_internal_and_goes_not_serving(
 ) -> None:
     async with serving(make_config(data_dir=tmp_path / "data")) as h:
         store = h.sidecar.store
-        assert store is not None and store._writer is not None
+        assert store is not None and store._commit.writer is not None
         ok = await h.stub.Admit(admit("15550000001"))
         assert ok.decision == pb.DECISION_ADMIT
 
@@ -315,14 +315,14 @@ async def test_a_failed_store_answers_internal_and_goes_not_serving(
             raise OSError(5, "Input/output error")
 
         # The write the Admit awaits fails: INTERNAL, and health goes NOT_SERVING.
-        monkeypatch.setattr(store._writer, "write", broken)
+        monkeypatch.setattr(store._commit.writer, "write", broken)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await h.stub.Admit(admit("15550000002"))
         assert info.value.code() == grpc.StatusCode.INTERNAL
         health = health_pb2_grpc.HealthStub(h.channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
         assert reply.status == NOT_SERVING
-        assert isinstance(store._failed, StoreFailedError) and h.sidecar.store_failed
+        assert isinstance(store._commit.failed, StoreFailedError) and h.sidecar.store_failed
         # From now on the store refuses at once; every admission RPC answers INTERNAL.
         monkeypatch.undo()
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -343,8 +343,8 @@ async def test_a_store_failure_between_calls_goes_not_serving(tmp_path: Path) ->
     """The fsync thread fails while no call waits: NOT_SERVING at the next call."""
     async with serving(make_config(data_dir=tmp_path / "data")) as h:
         store = h.sidecar.store
-        assert store is not None and store._flusher is not None
-        store._flusher.error = OSError(5, "Input/output error")
+        assert store is not None and store._commit.flusher is not None
+        store._commit.flusher.error = OSError(5, "Input/output error")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await h.stub.Admit(admit("15550000001"))
         assert info.value.code() == grpc.StatusCode.INTERNAL

@@ -81,14 +81,14 @@ async def test_a_full_disk_refuses_every_rpc_then_serves_again_by_itself(
     config = make_config(data_dir=data, senders=(sender(tier="TIER_1K", throughput_mps=1000),))
     async with serving(config) as h:
         store = h.sidecar.store
-        assert store is not None and store._writer is not None
+        assert store is not None and store._commit.writer is not None
         store.no_space_retry_seconds = 0.05
         first = await h.stub.Admit(admit(1))
         assert first.decision == pb.DECISION_ADMIT and first.counted
 
         # The segment is full and there is no room for the next: the Admit that
         # needed it was decided, its record is kept, and it is not acknowledged.
-        store._writer.capacity = store._writer.segment_size
+        store._commit.writer.capacity = store._commit.writer.segment_size
         disk.full = True
         detail = await refused(h.stub.Admit(admit(2)))
         assert "no space left on device" in detail and str(data) in detail
@@ -150,8 +150,8 @@ async def test_start_up_with_little_space_starts_on_a_smaller_segment(
     monkeypatch.setattr(j.os, "posix_fallocate", short)
     async with serving(make_config(data_dir=tmp_path / "data")) as h:
         store = h.sidecar.store
-        assert store is not None and store._writer is not None
-        assert store._writer.capacity == 1 << 20
+        assert store is not None and store._commit.writer is not None
+        assert store._commit.writer.capacity == 1 << 20
         assert (await h.stub.Admit(admit(1))).decision == pb.DECISION_ADMIT
 
 

@@ -106,7 +106,7 @@ def test_a_serving_sidecar_takes_many_snapshots_without_a_child_process(
                     break
                 note(counted, [admit(n)], [await h.stub.Admit(admit(n))])
             for _ in range(500):  # the last snapshot the load made due
-                if not stores[0]._snapshotting:
+                if not stores[0]._snapshots.running:
                     break
                 await asyncio.sleep(0.01)
             stop.set()

@@ -22,8 +22,8 @@ from tiergate.store import (
     EmbeddedStore,
     StoreFailedError,
     StoreUnavailableError,
-    embedded,
 )
+from tiergate.store import commit as group_commit
 from tiergate.store import journal as j
 
 
@@ -123,7 +123,7 @@ def test_persist_nowait_writes_before_it_returns(tmp_path: Path, durability: str
         svc = CounterService()
         store.recover(svc)
         assert store.persist_nowait(svc) is None  # nothing to write
-        writer = store._writer
+        writer = store._commit.writer
         assert writer is not None
         written = writer.written_seq
         for i in range(20):
@@ -149,7 +149,7 @@ def test_persist_nowait_acknowledges_only_after_the_group_fsync(tmp_path: Path) 
         svc = CounterService()
         store.recover(svc)
         assert store.persist_nowait(svc) is None  # nothing to write, nothing pending
-        writer = store._writer
+        writer = store._commit.writer
         assert writer is not None
         written = writer.written_seq
         futures = []
@@ -177,7 +177,7 @@ def fail_next_segment(
 ) -> None:
     """The current segment is full and the next one cannot be made: no room is left
     for it (ENOSPC), or the disk fails (EIO)."""
-    writer = store._writer
+    writer = store._commit.writer
     assert writer is not None
     writer.capacity = writer.segment_size
 
@@ -380,7 +380,7 @@ def test_records_kept_while_the_disk_is_full_are_bounded(
 ) -> None:
     """Past HELD_BYTES_LIMIT of records kept, the store fails: memory is not given
     without end to decisions that cannot be acknowledged."""
-    monkeypatch.setattr(embedded, "HELD_BYTES_LIMIT", 2_000)
+    monkeypatch.setattr(group_commit, "HELD_BYTES_LIMIT", 2_000)
 
     async def main() -> None:
         store = EmbeddedStore.open(tmp_path, "write")
@@ -505,7 +505,7 @@ def test_snapshot_is_encoded_in_a_thread_while_decisions_go_on(
             await decide(store, svc, i)
         snap = asyncio.ensure_future(store.snapshot(svc))
         await asyncio.sleep(0.05)  # the encoder is sleeping in its thread now
-        assert store._snapshotting and not snap.done()
+        assert store._snapshots.running and not snap.done()
         for i in range(10, 15):
             await decide(store, svc, i)
         await snap
@@ -559,7 +559,7 @@ def test_record_trigger_waits_for_the_minimum_interval(tmp_path: Path) -> None:
         for i in range(25):
             await decide(store, svc, i)
         assert not store.snapshot_due() and store.snapshots_taken == 0
-        store._last_snapshot_at -= 61  # a minute later
+        store._snapshots.last_at -= 61  # a minute later
         assert store.snapshot_due()
         await decide(store, svc, 99)
         for _ in range(300):

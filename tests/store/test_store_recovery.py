@@ -119,7 +119,7 @@ def test_journal_bytes_after_a_snapshot_wait_for_slow_segment_cuts(
     for round_ in range(4):
         run_ops(store, svc, 10, start=round_ * 10)
         store.snapshot_sync(svc)
-    writer = store._writer
+    writer = store._commit.writer
     assert writer is not None
     writer.sync()
     *older, _current = segments(data)
@@ -144,7 +144,7 @@ def test_snapshot_prunes_covered_segments_and_old_snapshots(tmp_path: Path) -> N
     # journal_bytes counts what segments hold; the current one is preallocated
     # on disk and cut to what it holds when closed.
     *older, current = segments(data)
-    writer = store._writer
+    writer = store._commit.writer
     assert writer is not None
     held = writer.segment_size
     assert store.journal_bytes == sum(p.stat().st_size for p in older) + held
@@ -550,7 +550,7 @@ def test_write_failure_fails_the_store(tmp_path: Path, monkeypatch: pytest.Monke
     store, svc = fresh(tmp_path)
     run_ops(store, svc, 2)
 
-    writer = store._writer
+    writer = store._commit.writer
     assert writer is not None
     writer.capacity = writer.segment_size  # the segment is full: the next write starts one
 
@@ -572,7 +572,7 @@ def test_a_full_disk_is_unavailable_until_there_is_space(
 ) -> None:
     store, svc = fresh(tmp_path)
     run_ops(store, svc, 2)
-    writer = store._writer
+    writer = store._commit.writer
     assert writer is not None
     writer.capacity = writer.segment_size
 
@@ -607,7 +607,7 @@ def test_a_segment_is_smaller_when_the_disk_is_short_of_space(
 
     monkeypatch.setattr(j.os, "posix_fallocate", short)
     store, svc = fresh(tmp_path)  # segment_bytes 16 MiB: halved to 256 KiB
-    writer = store._writer
+    writer = store._commit.writer
     assert writer is not None and writer.capacity == 256 << 10
     assert "short of space" in caplog.text
     run_ops(store, svc, 5_000)  # rotates through small segments

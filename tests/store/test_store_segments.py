@@ -229,7 +229,7 @@ def test_the_store_fails_when_a_rotated_segment_cannot_be_finished(
         for i in range(200):
             svc.incr("a", by=i)
             store.commit_sync(svc.drain_journal())
-            writer = store._writer
+            writer = store._commit.writer
             assert writer is not None
             for fut in list(writer._segment_work):
                 with contextlib.suppress(OSError):

@@ -315,7 +315,7 @@ def test_background_snapshots_under_load_then_crash(
 
         await asyncio.gather(*(gateway(lane) for lane in range(4)))
         for _ in range(300):  # let the last background snapshot finish
-            if not store._snapshotting:
+            if not store._snapshots.running:
                 break
             await asyncio.sleep(0.01)
         return svc, work, store

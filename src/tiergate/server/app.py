@@ -33,6 +33,7 @@ from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.store import (
     EmbeddedStore,
     RecoveryReport,
+    Store,
     StoreError,
     StoreFailedError,
     StoreUnavailableError,
@@ -64,7 +65,7 @@ class Sidecar:
         self.webhook_port = 0
         self._stopping: asyncio.Future[None] | None = None
         self._servicer: AdmissionControl | None = None
-        self.store: EmbeddedStore | None = None
+        self.store: Store | None = None
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
         self._failure_report: asyncio.Task[None] | None = None
@@ -380,7 +381,7 @@ def register_metrics(
     m: Metrics,
     live: Callable[[], AdmissionService],
     ingestor: WebhookIngestor,
-    store: EmbeddedStore | None,
+    store: Store | None,
 ) -> None:
     """The sidecar's gauges and counters read at scrape time: senders, webhooks, store."""
     m.collect("tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders())))

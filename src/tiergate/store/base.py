@@ -14,8 +14,26 @@ only keeps the bytes it is handed, in order:
 * At start-up the store hands them back: ``service.restore(snapshot)``, then
   ``service.replay(record)`` for every record after it.
 
-Keeping the store on these four calls lets a shared backend (Redis) replace
-the embedded journal without touching the policy layer or the engine.
+Those calls are ``Recoverable``. What the server needs from a store is
+``Store``; the embedded journal + snapshots (``EmbeddedStore``) is one, and a
+shared backend (Redis) can be another without touching the policy layer or
+the engine:
+
+* life cycle: ``recover`` once before serving; ``persist`` / ``persist_nowait``
+  after every call that changed state (and before its answer leaves), or
+  ``commit`` / ``commit_sync`` for records at hand; ``snapshot`` and
+  ``maybe_snapshot`` (``snapshot_sync`` without an event loop); ``aclose``
+  (or ``close``) at the end.
+* health: ``unavailable`` (nothing acknowledged for now, the store retries by
+  itself) and the callbacks ``on_unavailable`` and ``on_failure`` (nothing
+  acknowledged until a restart), which the server turns into UNAVAILABLE,
+  INTERNAL and NOT_SERVING.
+* figures for metrics: ``journal_bytes``, ``commits``, ``no_space_episodes``,
+  ``recovery_seconds``.
+
+Opening is each store's own, since what it takes differs (``EmbeddedStore.open``
+takes a data directory and a ``Durability``); the server opens one and then
+speaks only ``Store``.
 """
 
 from __future__ import annotations
@@ -151,11 +169,34 @@ class RecoveryReport:
 
 
 class Store(Protocol):
-    """A durable home for the policy layer's journal records and snapshots."""
+    """A durable home for the policy layer's journal records and snapshots (see the
+    module docstring)."""
+
+    #: Called once, when the store fails (the server stops reporting SERVING).
+    on_failure: Callable[[StoreFailedError], None] | None
+    #: Called with the error when nothing can be acknowledged for now, with None
+    #: when it can again.
+    on_unavailable: Callable[[StoreUnavailableError | None], None] | None
+
+    @property
+    def unavailable(self) -> StoreUnavailableError | None:
+        """Why nothing is acknowledged for now (the journal's file system is full),
+        or None."""
+        ...
 
     @property
     def journal_bytes(self) -> int:
-        """Bytes of journal currently on disk (for metrics)."""
+        """Bytes of journal currently kept (for metrics)."""
+        ...
+
+    @property
+    def commits(self) -> int:
+        """Journal writes so far (for metrics)."""
+        ...
+
+    @property
+    def no_space_episodes(self) -> int:
+        """Times the store found no room to write (for metrics)."""
         ...
 
     @property

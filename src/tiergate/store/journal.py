@@ -36,7 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import FormatVersionError, StoreError
+from .base import StoreError
+from .files import SealedHeader, fsync_dir, list_numbered, pwrite_all, write_all
 
 log = logging.getLogger("tiergate.store")
 
@@ -45,9 +46,20 @@ JOURNAL_VERSION = 1
 SEGMENT_SUFFIX = ".tgj"
 _SEGMENT_RE = re.compile(r"^journal-(\d{20})\.tgj$")
 
-_SEG_HEADER = struct.Struct("<8sIIQ")
-_SEG_HEADER_CRC = struct.Struct("<I")
-SEGMENT_HEADER_SIZE = _SEG_HEADER.size + _SEG_HEADER_CRC.size  # 28
+
+class BadSegmentHeader(Exception):
+    """A segment header that is short or fails its checksum (reason in str())."""
+
+
+_SEGMENT_HEADER = SealedHeader(
+    struct.Struct("<8sIIQ"),  # magic, version, flags, first_seq
+    JOURNAL_MAGIC,
+    JOURNAL_VERSION,
+    kind="journal segment",
+    format="journal",
+    bad=BadSegmentHeader,
+)
+SEGMENT_HEADER_SIZE = _SEGMENT_HEADER.size  # 28
 
 _FRAME = struct.Struct("<IIQ")  # crc, length, seq
 FRAME_OVERHEAD = _FRAME.size  # 16
@@ -80,22 +92,11 @@ def parse_segment_name(name: str) -> int | None:
 
 def list_segments(directory: Path) -> list[tuple[int, Path]]:
     """Segments in ``directory`` by first sequence number."""
-    found: list[tuple[int, Path]] = []
-    for entry in os.scandir(directory):
-        seq = parse_segment_name(entry.name)
-        if seq is not None:
-            found.append((seq, Path(entry.path)))
-    found.sort()
-    return found
+    return list_numbered(directory, _SEGMENT_RE)
 
 
 def encode_segment_header(first_seq: int) -> bytes:
-    head = _SEG_HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, 0, first_seq)
-    return head + _SEG_HEADER_CRC.pack(zlib.crc32(head))
-
-
-class BadSegmentHeader(Exception):
-    """A segment header that is short or fails its checksum (reason in str())."""
+    return _SEGMENT_HEADER.encode(0, first_seq)
 
 
 def decode_segment_header(data: bytes, path: Path) -> int:
@@ -106,18 +107,7 @@ def decode_segment_header(data: bytes, path: Path) -> int:
     """
     if len(data) < SEGMENT_HEADER_SIZE:
         raise BadSegmentHeader(f"header is {len(data)} bytes, expected {SEGMENT_HEADER_SIZE}")
-    magic, version, _flags, first_seq = _SEG_HEADER.unpack_from(data, 0)
-    if magic != JOURNAL_MAGIC:
-        raise BadSegmentHeader("not a tiergate journal segment (bad magic)")
-    (crc,) = _SEG_HEADER_CRC.unpack_from(data, _SEG_HEADER.size)
-    if crc != zlib.crc32(data[: _SEG_HEADER.size]):
-        raise BadSegmentHeader("header checksum mismatch")
-    if version > JOURNAL_VERSION:
-        raise FormatVersionError(
-            f"{path}: journal format version {version} is newer than this tiergate reads "
-            f"(up to {JOURNAL_VERSION}); run a tiergate at least as new as the one that "
-            "wrote this data dir"
-        )
+    version, _flags, first_seq = _SEGMENT_HEADER.decode(data, path)
     if version < 1:
         raise BadSegmentHeader(f"invalid format version {version}")
     return int(first_seq)
@@ -250,21 +240,6 @@ def iter_frames(
         scan.last_seq = seq
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    n = os.pwrite(fd, data, offset)
-    if n < len(data):  # short writes are rare (a signal): finish from where it stopped
-        view = memoryview(data)
-        while n < len(data):
-            n += os.pwrite(fd, view[n:], offset + n)
-
-
 _NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
@@ -295,14 +270,6 @@ def _preallocate(fd: int, size: int) -> None:
                 raise
             log.warning("journal: cannot preallocate segments here (%s); extending them", exc)
     os.ftruncate(fd, size)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalWriter:
@@ -381,7 +348,7 @@ class JournalWriter:
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, encode_segment_header(first_seq))
+                write_all(fd, encode_segment_header(first_seq))
                 _preallocate(fd, size)
                 mapped = mmap.mmap(fd, size)
                 break
@@ -438,7 +405,7 @@ class JournalWriter:
             self.rotate(n)
         at = self.segment_size
         if n >= DIRECT_WRITE_BYTES:
-            _pwrite_all(self._fd, data, at)
+            pwrite_all(self._fd, data, at)
         else:
             mapped = self._map
             assert mapped is not None

@@ -21,8 +21,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import FormatVersionError
-from .journal import _write_all, fsync_dir
+from .files import SealedHeader, fsync_dir, list_numbered, write_all
 
 SNAPSHOT_MAGIC = b"\x89TGSNAP\n"
 SNAPSHOT_VERSION = 1
@@ -30,13 +29,20 @@ SNAPSHOT_SUFFIX = ".tgs"
 TMP_SUFFIX = ".tmp"
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.tgs$")
 
-_HEAD = struct.Struct("<8sIIQQI")
-_CRC = struct.Struct("<I")
-SNAPSHOT_HEADER_SIZE = _HEAD.size + _CRC.size  # 40
-
 
 class BadSnapshot(Exception):
     """A snapshot that is truncated or fails a checksum (reason in str())."""
+
+
+_HEADER = SealedHeader(
+    struct.Struct("<8sIIQQI"),  # magic, version, flags, seq, length, payload crc32
+    SNAPSHOT_MAGIC,
+    SNAPSHOT_VERSION,
+    kind="snapshot",
+    format="snapshot",
+    bad=BadSnapshot,
+)
+SNAPSHOT_HEADER_SIZE = _HEADER.size  # 40
 
 
 def snapshot_name(seq: int) -> str:
@@ -45,13 +51,7 @@ def snapshot_name(seq: int) -> str:
 
 def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
     """Snapshots in ``directory``, oldest first."""
-    found: list[tuple[int, Path]] = []
-    for entry in os.scandir(directory):
-        m = _SNAPSHOT_RE.match(entry.name)
-        if m:
-            found.append((int(m.group(1)), Path(entry.path)))
-    found.sort()
-    return found
+    return list_numbered(directory, _SNAPSHOT_RE)
 
 
 def encode_snapshot_header(seq: int, payload: bytes | Sequence[bytes]) -> bytes:
@@ -59,8 +59,7 @@ def encode_snapshot_header(seq: int, payload: bytes | Sequence[bytes]) -> bytes:
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
-    head = _HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, seq, sum(map(len, parts)), crc)
-    return head + _CRC.pack(zlib.crc32(head))
+    return _HEADER.encode(0, seq, sum(map(len, parts)), crc)
 
 
 def write_snapshot(directory: Path, seq: int, payload: bytes | Sequence[bytes]) -> Path:
@@ -71,9 +70,9 @@ def write_snapshot(directory: Path, seq: int, payload: bytes | Sequence[bytes]) 
     tmp = directory / (snapshot_name(seq) + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        _write_all(fd, encode_snapshot_header(seq, parts))
+        write_all(fd, encode_snapshot_header(seq, parts))
         for part in parts:
-            _write_all(fd, part)
+            write_all(fd, part)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -92,18 +91,7 @@ def read_snapshot(path: Path) -> tuple[int, bytes]:
             head = f.read(SNAPSHOT_HEADER_SIZE)
             if len(head) < SNAPSHOT_HEADER_SIZE:
                 raise BadSnapshot(f"truncated header ({len(head)} of {SNAPSHOT_HEADER_SIZE} bytes)")
-            magic, version, _flags, seq, length, payload_crc = _HEAD.unpack_from(head, 0)
-            if magic != SNAPSHOT_MAGIC:
-                raise BadSnapshot("not a tiergate snapshot (bad magic)")
-            (head_crc,) = _CRC.unpack_from(head, _HEAD.size)
-            if head_crc != zlib.crc32(head[: _HEAD.size]):
-                raise BadSnapshot("header checksum mismatch")
-            if version > SNAPSHOT_VERSION:
-                raise FormatVersionError(
-                    f"{path}: snapshot format version {version} is newer than this tiergate "
-                    f"reads (up to {SNAPSHOT_VERSION}); run a tiergate at least as new as the "
-                    "one that wrote this data dir"
-                )
+            _version, _flags, seq, length, payload_crc = _HEADER.decode(head, path)
             have = os.fstat(f.fileno()).st_size - SNAPSHOT_HEADER_SIZE
             if have != length:
                 raise BadSnapshot(
