@@ -19,7 +19,9 @@ from tiergate.engine import constants as c
 from tiergate.policy import columnar
 from tiergate.policy import events as ev
 from tiergate.policy.columnar import AdmitColumns, admit_columns
-from tiergate.policy.service import SNAPSHOT_MAGIC, AdmissionService, InvalidArgument
+from tiergate.policy.persistence import SNAPSHOT_MAGIC
+from tiergate.policy.requests import InvalidArgument
+from tiergate.policy.service import AdmissionService
 
 from .helpers import T0, D, H, S, add_sender, admit, rcpt, req, send_unique, service
 

@@ -22,15 +22,10 @@ from server_harness import (
     varint,
 )
 
+from tiergate.policy.answers import BACK_OFF_DETAIL, DETAIL, DRY_RUN_DETAIL
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.events import SenderStatus, TemplateStatus, TemplateUpdate
-from tiergate.policy.service import (
-    BACK_OFF_DETAIL,
-    DETAIL,
-    DRY_RUN_DETAIL,
-    InvalidArgument,
-    _well_formed,
-)
+from tiergate.policy.requests import InvalidArgument, well_formed
 from tiergate.server import batch_wire
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
@@ -105,7 +100,7 @@ def _encoded(rng: random.Random, reqs: list[pb.AdmitRequest]) -> bytes:
 
 def _expected_columns(msg: pb.AdmitBatchRequest) -> tuple[Any, ...] | None:
     """What the reader must give for msg, from protobuf and the policy layer's checks."""
-    checked = [_well_formed(r) for r in msg.requests]
+    checked = [well_formed(r) for r in msg.requests]
     if not checked or any(c is None for c in checked):
         return None
     texts = [(r.sender_id, r.template_id, r.idempotency_key) for r in msg.requests]

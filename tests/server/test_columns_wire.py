@@ -11,7 +11,7 @@ from server_harness import SENDER, T0, TICKET_KEY, run_async, serving, share_tic
 from tiergate.client import AdmitItem, columns_request
 from tiergate.engine.constants import recipient_key
 from tiergate.policy.columnar import ColumnsResult
-from tiergate.policy.service import InvalidArgument
+from tiergate.policy.requests import InvalidArgument
 from tiergate.server import columns_wire
 from tiergate.v1 import admission_pb2 as pb
 

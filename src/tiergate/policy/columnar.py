@@ -23,7 +23,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tiergate.engine import NEVER, DecisionBatch
 from tiergate.engine import records as rec
@@ -45,24 +45,25 @@ from tiergate.engine.constants import (
     recipient_key,
 )
 
-from .service import (
-    _BANNED,
-    _TEMPLATE_OFF,
+from .admission import BLOCKING, decide, template_state
+from .answers import META_ERROR, META_TEMPLATE_MISSING, AdmitResult
+from .keys import differs
+from .requests import (
     MAX_ID_LEN,
     MAX_KEY_LEN,
     MAX_TEMPLATE_LEN,
-    META_ERROR,
-    META_TEMPLATE_MISSING,
-    AdmissionService,
     AdmitRequest,
-    AdmitResult,
     InvalidArgument,
     KeyConflict,
-    Remembered,
-    differs,
 )
 from .state import REASONS as SENDER_REASONS
-from .state import LimitScope, Sender
+from .state import LimitScope, PolicyState, Sender
+from .tiers import check_crossing, recompute_due
+
+if TYPE_CHECKING:
+    from .service import AdmissionService
+
+Remembered = rec.Entry
 
 #: The Meta error each decision reason avoids, one entry per reason slot.
 _ZEROS5 = (0, 0, 0, 0, 0)
@@ -365,24 +366,24 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
     r = _validate(req)
     if r.n == 0:
         return ColumnsResult.empty(0)
-    svc = service
-    objs = [svc._senders.get(sid) for sid in r.senders]
+    st = service.state
+    objs = [st.senders.get(sid) for sid in r.senders]
     skip: bytes | bytearray = b""
     hits: list[tuple[int, Remembered]] = []
     repeated = False
     if r.keys and any(r.keys):
-        skip, hits, repeated = _repeated_keys(svc, r, objs, now_ms)
-    if svc._due_dirty:
-        svc._recompute_due()
-    request_clock = svc._request_clock
+        skip, hits, repeated = _repeated_keys(st, r, objs, now_ms)
+    if st.due_dirty:
+        recompute_due(st)
+    request_clock = st.request_clock
     high = max(now_ms, r.latest) if request_clock else now_ms
-    if repeated or high >= svc._next_due:
-        return _general(svc, r, now_ms)
-    return _fast(svc, r, now_ms, objs, skip, hits)
+    if repeated or high >= st.next_due:
+        return _general(st, r, now_ms)
+    return _fast(st, r, now_ms, objs, skip, hits)
 
 
 def _repeated_keys(
-    svc: AdmissionService, r: _Request, objs: list[Sender | None], now_ms: int
+    st: PolicyState, r: _Request, objs: list[Sender | None], now_ms: int
 ) -> tuple[bytearray, list[tuple[int, Remembered]], bool]:
     """Every key checked before anything is decided (:class:`KeyConflict` for one bound
     to another request); then the items whose key already has an answer, as
@@ -396,7 +397,7 @@ def _repeated_keys(
     decided (step 2 rejects them).
     """
     idems = [s.idem if s is not None else None for s in objs]
-    at = r.at if svc._request_clock else None
+    at = r.at if st.request_clock else None
     bad, skip, hits, repeated = kernels.repeated_keys(
         r.keys,
         r.sender_index,
@@ -413,11 +414,11 @@ def _repeated_keys(
     )
     if bad >= 0:
         raise _conflict(r, idems, at, now_ms, bad)
-    if hits and any(s is not None and s.status >= _BANNED for s in objs):
+    if hits and any(s is not None and s.status >= BLOCKING for s in objs):
         kept = []
         for hit in hits:
             sender = objs[r.sender_index[hit[0]]]
-            if sender is not None and sender.status >= _BANNED:
+            if sender is not None and sender.status >= BLOCKING:
                 skip[hit[0]] = 0
             else:
                 kept.append(hit)
@@ -457,7 +458,7 @@ def _conflict(
     raise AssertionError(f"item {i}: no conflict to name")
 
 
-def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
+def _general(st: PolicyState, r: _Request, now_ms: int) -> ColumnsResult:
     """Through ``admit_many``: keys repeated in the batch, time-driven changes falling due."""
     senders, templates, recipients = r.senders, r.templates, r.recipients
     sidx, tidx, kinds, cats = r.sender_index, r.template_index, r.kinds, r.raw_categories
@@ -476,7 +477,7 @@ def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
         for i in range(r.n)
     ]
     try:
-        return _from_results(svc.admit_many(reqs, now_ms))
+        return _from_results(decide(st, reqs, now_ms))
     except KeyConflict as e:  # found above already; named as the columns name it
         raise e.at(f"idempotency_keys[{e.item}]") from None
 
@@ -497,7 +498,7 @@ def _from_results(results: Sequence[AdmitResult]) -> ColumnsResult:
 
 
 def _fast(
-    svc: AdmissionService,
+    st: PolicyState,
     r: _Request,
     now_ms: int,
     objs: list[Sender | None],
@@ -534,10 +535,10 @@ def _fast(
         if slot is None:
             slot = slots[scope.index] = len(scopes)
             scopes.append(scope)
-        state.append(2 if sender.status >= _BANNED else 1)
+        state.append(2 if sender.status >= BLOCKING else 1)
         slot_of.append(slot)
         scope_of.append(scope.index)
-        number_of.append(sender.number)
+        number_of.append(sender.engine_index)
         limits += sender.limits
         flags += sender.flags
         restricted.append(sender.restricted_until)
@@ -555,16 +556,8 @@ def _fast(
     m = len(r.templates)
     t_state = bytearray(m + 1)
     t_paused = array("q", bytes(8 * (m + 1)))
-    reject_unknown = svc.profile.unknown_templates == "reject"
-    by_id, by_name = svc._templates, svc._template_names
     for t, tpl in enumerate(r.templates, 1):
-        found = by_id.get(tpl) or by_name.get(tpl)
-        if found is None:
-            t_state[t] = 1 if reject_unknown else 0
-        elif found.status >= _TEMPLATE_OFF:
-            t_state[t] = 2
-        else:
-            t_paused[t] = found.paused_until
+        t_state[t], t_paused[t] = template_state(st, tpl)
 
     out = ColumnsResult.empty(n)
     counts = array("q", bytes(8 * REASONS * k))
@@ -584,9 +577,9 @@ def _fast(
         r.at,
         r.rkeys,
         now_ms,
-        svc._request_clock,
+        st.request_clock,
         r.dry,
-        svc._ticket,
+        st.ticket,
         s_state,
         s_slot,
         s_scope,
@@ -598,7 +591,7 @@ def _fast(
         t_paused,
         _META_ERROR,
         META_TEMPLATE_MISSING,
-        svc._eco,
+        st.marketing_back_off,
         skip,
         batch,
         rows,
@@ -612,15 +605,15 @@ def _fast(
     )
     for slot, scope in enumerate(scopes):
         scope.last_now = last_now[slot]
-    svc._unknown_sender_count += unknown
+    st.unknown_sender_count += unknown
     if nrows:
         if nrows < n:
             for col in (batch.now, batch.scope, batch.number, batch.recipient, batch.flags):
                 del col[nrows:]
             for col in (batch.limit, batch.ticket, rows, row_eco):
                 del col[nrows:]
-        svc.engine.decide_batch(batch)
-        journal = svc._journal if svc._journal_on and not svc._replaying else None
+        st.engine.decide_batch(batch)
+        journal = st.journal if st.journal_on and not st.replaying else None
         counted_rows = array("i", bytes(4 * nrows))
         last_tid, n_counted = kernels.finish(
             batch,
@@ -643,21 +636,21 @@ def _fast(
             r.categories,
             r.template_index,
             r.templates,
-            svc._k0,
-            svc._k1,
+            st.k0,
+            st.k1,
             journal,
             counts,
             counted_rows,
         )
-        if svc._eco:
+        if st.marketing_back_off:
             _find_back_offs(batch, rows, out)
         if r.keys:
-            _remember_keys(svc, r, objs, batch, rows, out)
+            _remember_keys(st, r, objs, batch, rows, out)
         if last_tid:
-            svc._ticket = last_tid
+            st.ticket = last_tid
         if n_counted:
             del counted_rows[n_counted:]
-            _check_crossings(svc, scopes, batch, counted_rows)
+            _check_crossings(st, scopes, batch, counted_rows)
     for i, first in hits:  # the first answers: admits
         out.decisions[i] = ADMIT
         out.reasons[i] = OK
@@ -677,10 +670,10 @@ def _fast(
             if c:
                 sc[reason] += c
     if unknown < n:  # not only unknown senders: time moves
-        if high > svc.latest_ms:
-            svc.latest_ms = high
-        if svc._idem_order and svc._idem_order[0][0] <= high:
-            svc._prune(high)
+        if high > st.latest_ms:
+            st.latest_ms = high
+        if st.keys.order and st.keys.order[0][0] <= high:
+            st.forget_expired(high)
     return out
 
 
@@ -697,7 +690,7 @@ def _find_back_offs(batch: DecisionBatch, rows: array[int], out: ColumnsResult) 
 
 
 def _remember_keys(
-    svc: AdmissionService,
+    st: PolicyState,
     r: _Request,
     objs: list[Sender | None],
     batch: DecisionBatch,
@@ -717,8 +710,8 @@ def _remember_keys(
         r.template_index,
         r.templates,
         batch.now,
-        svc.profile.idempotency_ms,
-        svc._idem_order,
+        st.profile.idempotency_ms,
+        st.keys.order,
         out.tickets,
         out.counted,
         out.limit,
@@ -727,10 +720,10 @@ def _remember_keys(
 
 
 def _check_crossings(
-    svc: AdmissionService, scopes: list[LimitScope], batch: DecisionBatch, counted_rows: array[int]
+    st: PolicyState, scopes: list[LimitScope], batch: DecisionBatch, counted_rows: array[int]
 ) -> None:
     """Date upgrade-threshold crossings, as ``admit_many`` does after its batch."""
-    top = svc.profile.ladder[-1]
+    top = st.profile.ladder[-1]
     open_ = {sc.index: sc for sc in scopes if sc.crossed_at == NEVER and sc.tier != top}
     if not open_:
         return
@@ -743,4 +736,4 @@ def _check_crossings(
     for idx, js in touched.items():
         sc = open_[idx]
         if sc.crossed_at == NEVER and sc.tier != top:
-            svc._check_crossing(sc, b_now[js[-1]], (b_now, batch.prev_counted), js)
+            check_crossing(st, sc, b_now[js[-1]], (b_now, batch.prev_counted), js)

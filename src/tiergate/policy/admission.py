@@ -1,0 +1,440 @@
+"""Admission: DESIGN §2's steps in order, for one request and for a batch.
+
+Steps 1–3 (request validity, sender status, template status) are decided here;
+steps 4–9 (window, opt-out, messaging limit, protective rules, throughput,
+pair rate) by the engine, steered by per-request flags and the effective limit
+the tier machine derives from the profile. Nothing is consumed unless every
+rule passes. An idempotency key answers only the request it was first used for
+(same sender, recipient, kind, category and template): a repeat gets the first
+answer, another request under the key is refused (:class:`KeyConflict`) before
+anything is decided. Tickets carry a MAC under the service's ticket key
+(``engine.tickets``), so feedback acts only on tickets this service issued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tiergate.engine import NEVER, DecisionBatch
+from tiergate.engine import records as rec
+from tiergate.engine.columns import admit_record as batch_record
+from tiergate.engine.columns import kernels
+from tiergate.engine.constants import (
+    ADMIT,
+    F_DRY_RUN,
+    F_QUALITY_BLOCK,
+    F_TEMPLATE,
+    OK,
+    SENDER_BLOCKED,
+    TEMPLATE_DISABLED,
+    TEMPLATE_PAUSED,
+)
+
+from . import events as ev
+from .answers import (
+    DETAIL,
+    DRY_RUN_DETAIL,
+    META_ERROR,
+    META_TEMPLATE_MISSING,
+    AdmitResult,
+    blocked,
+    refusal,
+    remembered,
+    template_refused,
+    unknown_sender,
+)
+from .journal import admit_record, key_tail
+from .keys import differs
+from .requests import MARKETING, TEMPLATE, AdmitLike, Checked, KeyConflict, check_all
+from .state import PolicyState, Sender
+from .tiers import check_crossing, maintain, recompute_due
+
+__all__ = [
+    "BLOCKING",
+    "T_DISABLED",
+    "T_UNKNOWN",
+    "T_USABLE",
+    "admit_checked",
+    "template_refusal",
+    "template_state",
+]
+
+#: Step 2: a sender whose status is this or above (BANNED, DISABLED) sends nothing.
+BLOCKING = int(ev.SenderStatus.BANNED)
+#: Step 3: a template whose status is this or above (DISABLED, REJECTED) is not sent.
+_TEMPLATE_OFF = int(ev.TemplateStatus.DISABLED)
+#: What step 3 finds of a template (the columnar kernels' template table holds the
+#: same): usable (perhaps paused), unknown to a profile that rejects unknown ones,
+#: disabled or rejected.
+T_USABLE = 0
+T_UNKNOWN = 1
+T_DISABLED = 2
+#: The compiled ticket encoder with the compiled engine, else the pure-Python one.
+encode_ticket = kernels.encode_ticket
+
+
+def template_state(st: PolicyState, tpl: str) -> tuple[int, int]:
+    """Step 3's reading of template ``tpl`` (an id or a name): (T_USABLE, T_UNKNOWN
+    or T_DISABLED; paused until, 0 when not paused)."""
+    t = st.templates.get(tpl) or st.template_names.get(tpl)
+    if t is None:
+        return (T_UNKNOWN if st.profile.unknown_templates == "reject" else T_USABLE), 0
+    if t.status >= _TEMPLATE_OFF:
+        return T_DISABLED, 0
+    return T_USABLE, t.paused_until
+
+
+def template_refusal(state: int, paused_until: int, limit: int, tpl: str) -> AdmitResult:
+    """Step 3's answer for a template that may not be sent now: ``state`` (from
+    :func:`template_state`) is not T_USABLE, or the template is paused."""
+    if state == T_UNKNOWN:
+        return template_refused(TEMPLATE_DISABLED, 0, limit, META_TEMPLATE_MISSING, tpl)
+    if state == T_DISABLED:
+        return template_refused(TEMPLATE_DISABLED, 0, limit, META_ERROR[TEMPLATE_DISABLED], tpl)
+    code = META_ERROR[TEMPLATE_PAUSED]
+    return template_refused(TEMPLATE_PAUSED, paused_until, limit, code, tpl)
+
+
+def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult:
+    """Decide one request whose fields passed the checks of ``requests.well_formed``
+    (the server's wire reader makes them from the request bytes)."""
+    sid, rkey, kind, cat, tpl, key, at, dry = checked
+    sender = st.senders.get(sid)
+    if sender is None:
+        # Touches no sender's state: neither time-driven changes nor the clock.
+        st.unknown_sender_count += 1
+        return unknown_sender(sid)
+    now = at if st.request_clock and at > 0 else now_ms
+    first: rec.Entry | None = None
+    if key:
+        first = sender.idem.get(key)
+        if first is not None:
+            if first[rec.E_UNTIL] <= now:  # expired (not dropped yet)
+                first = None
+            else:
+                bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT
+                if not rec.bound_to(first, bound, tpl):
+                    raise KeyConflict("idempotency_key", 0, differs(first, bound, tpl))
+    if st.due_dirty:
+        recompute_due(st)
+    high = now if now > now_ms else now_ms
+    if high > st.latest_ms:
+        st.latest_ms = high
+    if now >= st.next_due:
+        maintain(st, now)
+    if first is not None and sender.status < BLOCKING:
+        res = remembered(first)
+    else:
+        res = _decide_one(st, sender, rkey, kind, cat, tpl, key, now, dry)
+    order = st.keys.order
+    if order and order[0][0] <= high:
+        st.forget_expired(high)
+    return res
+
+
+def _decide_one(
+    st: PolicyState,
+    sender: Sender,
+    rkey: int,
+    kind: int,
+    cat: int,
+    tpl: str,
+    key: str,
+    now: int,
+    dry: bool,
+) -> AdmitResult:
+    """Steps 2 onwards for one validated request of a known sender whose key (if
+    any) has no answer yet. A key's repeat from a sender that is BANNED or
+    DISABLED by now comes here too, and step 2 rejects it."""
+    scope = sender.scope
+    if now < scope.last_now:
+        now = scope.last_now
+    else:
+        scope.last_now = now
+    limit = sender.limits[cat]
+    if sender.status >= BLOCKING:
+        sender.counts[SENDER_BLOCKED] += 1
+        return blocked(limit)
+    flags = sender.flags[cat]
+    if kind == TEMPLATE:
+        flags |= F_TEMPLATE
+        state, paused_until = template_state(st, tpl)
+        if state or now < paused_until:
+            res = template_refusal(state, paused_until, limit, tpl)
+            sender.counts[res.reason] += 1
+            return res
+    back_off_end = 0
+    back_off = st.marketing_back_off
+    if back_off and cat == MARKETING:
+        end = back_off.get((scope.index, rkey), 0)
+        if end > now:
+            back_off_end = end
+            flags |= F_QUALITY_BLOCK
+    if dry:
+        flags |= F_DRY_RUN
+        tid = 0
+    else:
+        tid = st.ticket + 1
+    index = sender.engine_index
+    d, rsn, retry, counted, used, prev, slot = st.engine.decide(
+        now, scope.index, index, rkey, flags, limit
+    )
+    if d != ADMIT:
+        res = refusal(sender, d, rsn, retry, limit, used, back_off_end)
+        sender.counts[res.reason] += 1
+        return res
+    sender.counts[rsn] += 1
+    if dry:
+        return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
+    st.ticket = tid
+    ticket = encode_ticket(st.k0, st.k1, tid, index, rkey, prev, slot)
+    res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, DETAIL[OK])
+    if key:
+        until = now + st.profile.idempotency_ms
+        bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT
+        st.keys.remember(sender, key, (ticket, counted == 1, limit, used, until, bound, tpl))
+    if st.journal_on and not st.replaying:
+        st.journal.append(admit_record(now, index, rkey, flags, tid, limit, key, kind, cat, tpl))
+    if counted and scope.crossed_at == NEVER and scope.tier != st.profile.ladder[-1]:
+        check_crossing(st, scope, now, ((now,), (prev,)), [0])
+    return res
+
+
+def check_keys(st: PolicyState, items: Sequence[Checked], now_ms: int) -> None:
+    """Raise :class:`KeyConflict` for the first item whose idempotency key is bound to
+    another request: one its key remembers (unexpired at the item's time), or an
+    earlier item of the batch with the same sender and key. Changes nothing."""
+    senders = st.senders
+    request_clock = st.request_clock
+    first_of: dict[tuple[str, str], int] = {}
+    high = now_ms  # an item's time, as _decide has it
+    for i, (sid, rkey, kind, cat, tpl, key, at, _) in enumerate(items):
+        sender = senders.get(sid)
+        now = high
+        if sender is not None:
+            now = at if request_clock and at > 0 else high
+            if now > high:
+                high = now
+        if not key:
+            continue
+        bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT
+        if sender is not None:
+            first = sender.idem.get(key)
+            if first is not None and first[4] > now and not rec.bound_to(first, bound, tpl):
+                field = f"requests[{i}].idempotency_key"
+                raise KeyConflict(field, i, differs(first, bound, tpl))
+        j = first_of.setdefault((sid, key), i)
+        if j != i:
+            other = items[j]
+            earlier = other[1] | other[2] << rec.KIND_SHIFT | other[3] << rec.CATEGORY_SHIFT
+            if earlier != bound or other[4] != tpl:
+                entry = ("", False, 0, 0, 0, earlier, other[4])
+                field = f"requests[{i}].idempotency_key"
+                raise KeyConflict(field, i, differs(entry, bound, tpl))
+
+
+def decide(st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
+    items = check_all(reqs)
+    for item in items:
+        if item[5]:  # an idempotency key: check them all before deciding any
+            check_keys(st, items, now_ms)
+            break
+    n = len(items)
+    results: list[AdmitResult | None] = [None] * n
+    batch = DecisionBatch()
+    # Only the input columns: the engine sizes the outputs (single admits skip them).
+    del batch.now[:], batch.scope[:], batch.number[:], batch.recipient[:]
+    del batch.flags[:], batch.limit[:], batch.ticket[:]
+    slots: list[int] = []  # request index of each batch row
+    # sender, recipient key, idem key, eco end, kind, category, template
+    rows: list[tuple[Sender, int, str, int, int, int, str]] = []
+    in_batch: dict[tuple[str, str], int] = {}
+    senders = st.senders
+    eco = st.marketing_back_off
+    request_clock = st.request_clock
+    # The time of an item without at_unix_ms: the latest of the call's time and
+    # the times of the accepted items before it (as if sent one by one).
+    high = now_ms
+    unknown = st.unknown_sender_count
+    if st.due_dirty:
+        recompute_due(st)
+    add_now, add_scope, add_number = batch.now.append, batch.scope.append, batch.number.append
+    add_recipient, add_flags = batch.recipient.append, batch.flags.append
+    add_limit, add_ticket = batch.limit.append, batch.ticket.append
+    i = -1
+    while i + 1 < n:
+        i += 1
+        sid, rkey, kind, cat, tpl, key, at, dry = items[i]
+        sender = senders.get(sid)
+        if sender is None:
+            st.unknown_sender_count += 1
+            results[i] = unknown_sender(sid)
+            continue
+        now = at if request_clock and at > 0 else high
+        if now > high:
+            high = now
+        if now >= st.next_due:
+            maintain(st, now)
+        if key:
+            first = sender.idem.get(key)
+            # A repeat (bound to this request: checked above) gets the first answer,
+            # unless the sender is BANNED or DISABLED by now (step 2 rejects it).
+            if first is not None and first[4] > now and sender.status < BLOCKING:
+                results[i] = remembered(first)
+                continue
+            if not dry:
+                if (sid, key) in in_batch:
+                    # The key's first request is still undecided: decide what is
+                    # gathered, then this one sees its outcome (as one by one would).
+                    flush(st, batch, slots, rows, results)
+                    del batch.now[:], batch.scope[:], batch.number[:], batch.recipient[:]
+                    del batch.flags[:], batch.limit[:], batch.ticket[:]
+                    slots, rows = [], []
+                    in_batch.clear()
+                    i -= 1
+                    continue
+                in_batch[(sid, key)] = i
+        scope = sender.scope
+        if now < scope.last_now:
+            now = scope.last_now
+        else:
+            scope.last_now = now
+        limit = sender.limits[cat]
+        if sender.status >= BLOCKING:
+            sender.counts[SENDER_BLOCKED] += 1
+            results[i] = blocked(limit)
+            continue
+        flags = sender.flags[cat]
+        if kind == TEMPLATE:
+            flags |= F_TEMPLATE
+            state, paused_until = template_state(st, tpl)
+            if state or now < paused_until:
+                res = template_refusal(state, paused_until, limit, tpl)
+                sender.counts[res.reason] += 1
+                results[i] = res
+                continue
+        eco_end = 0
+        if eco and cat == MARKETING:
+            end = eco.get((scope.index, rkey), 0)
+            if end > now:
+                eco_end = end
+                flags |= F_QUALITY_BLOCK
+        if dry:
+            flags |= F_DRY_RUN
+            tid = 0
+        else:
+            # Ticket ids of rows that are not admitted are never handed out; only
+            # admitted ones advance the counter (so a replay ends on the same one).
+            tid = st.ticket + len(slots) + 1
+        add_now(now)
+        add_scope(scope.index)
+        add_number(sender.engine_index)
+        add_recipient(rkey)
+        add_flags(flags)
+        add_limit(limit)
+        add_ticket(tid)
+        slots.append(i)
+        rows.append((sender, rkey, key, eco_end, kind, cat, tpl))
+
+    if slots:
+        flush(st, batch, slots, rows, results)
+    if st.unknown_sender_count - unknown < n:  # not only unknown senders: time moves
+        if high > st.latest_ms:
+            st.latest_ms = high
+        if st.keys.order and st.keys.order[0][0] <= high:
+            st.forget_expired(high)
+    return results  # type: ignore[return-value]
+
+
+def flush(
+    st: PolicyState,
+    batch: DecisionBatch,
+    slots: list[int],
+    rows: list[tuple[Sender, int, str, int, int, int, str]],
+    results: list[AdmitResult | None],
+) -> None:
+    """Decide the rows gathered in the batch columns; build, record and journal results."""
+    st.engine.decide_batch(batch)
+    dec, rsn, retry = batch.decision, batch.reason, batch.retry_at
+    counted, used, prev, b_slot = batch.counted, batch.used, batch.prev_counted, batch.slot
+    b_flags, b_limit, b_now, b_ticket = batch.flags, batch.limit, batch.now, batch.ticket
+    pack = rec.ROW.pack
+    journal_rows: list[bytes] = []
+    journal_keys: list[bytes] = []
+    k0, k1 = st.k0, st.k1
+    journal_append = journal_rows.append
+    touched: dict[int, list[int]] = {}
+    journal = st.journal_on and not st.replaying
+    expires = st.profile.idempotency_ms
+    for j, i in enumerate(slots):
+        sender, rkey, key, eco_end, kind, cat, tpl = rows[j]
+        d = dec[j]
+        r = rsn[j]
+        if d == ADMIT:
+            flags = b_flags[j]
+            if flags & F_DRY_RUN:
+                res = AdmitResult(
+                    ADMIT,
+                    OK,
+                    0,
+                    "",
+                    counted[j] == 1,
+                    b_limit[j],
+                    used[j],
+                    0,
+                    DRY_RUN_DETAIL,
+                )
+            else:
+                now = b_now[j]
+                tid = b_ticket[j]
+                st.ticket = tid
+                ticket = encode_ticket(k0, k1, tid, sender.engine_index, rkey, prev[j], b_slot[j])
+                res = AdmitResult(
+                    ADMIT,
+                    OK,
+                    0,
+                    ticket,
+                    counted[j] == 1,
+                    b_limit[j],
+                    used[j],
+                    0,
+                    "admitted",
+                )
+                if key:
+                    until = now + expires
+                    bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT
+                    sender.idem[key] = (
+                        ticket,
+                        res.counted,
+                        res.limit,
+                        res.used,
+                        until,
+                        bound,
+                        tpl,
+                    )
+                    st.keys.order.append((until, sender.id, key))
+                if journal:
+                    kb = key.encode()
+                    journal_append(
+                        pack(now, sender.engine_index, rkey, flags, tid, b_limit[j], len(kb))
+                    )
+                    if kb:
+                        journal_keys.append(key_tail(key, kind, cat, tpl))
+                if counted[j]:
+                    rows_of = touched.get(sender.scope.index)
+                    if rows_of is None:
+                        touched[sender.scope.index] = [j]
+                    else:
+                        rows_of.append(j)
+        else:
+            res = refusal(sender, d, r, retry[j], b_limit[j], used[j], eco_end)
+            r = res.reason
+        sender.counts[r] += 1
+        results[i] = res
+    if journal_rows:
+        st.journal.append(batch_record(journal_rows, journal_keys))
+    top = st.profile.ladder[-1]
+    for idx, js in touched.items():
+        sc = st.scopes[idx]
+        if sc.crossed_at == NEVER and sc.tier != top:
+            check_crossing(st, sc, b_now[js[-1]], (b_now, prev), js)
