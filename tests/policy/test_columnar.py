@@ -23,6 +23,7 @@ from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
 from tiergate.policy.profile import load_profile
 from tiergate.policy.requests import AdmitRequest, InvalidArgument, KeyConflict
 from tiergate.policy.service import AdmissionService
+from tiergate.policy.state import PolicyState
 
 from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt
 
@@ -181,16 +182,16 @@ def _run_pair(engine_cls: Any, seed: int, rounds: int = 30) -> int:
 def test_columns_answer_as_admit_many(
     engine_cls: Any, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    general = columnar._general
+    in_parts = columnar._decide_in_parts
     taken: list[int] = []
 
-    def counting(svc: AdmissionService, r: Any, now_ms: int) -> ColumnsResult:
+    def counting(st: PolicyState, r: Any, now_ms: int, objs: Any) -> ColumnsResult:
         taken.append(r.n)
-        return general(svc, r, now_ms)
+        return in_parts(st, r, now_ms, objs)
 
-    monkeypatch.setattr(columnar, "_general", counting)
+    monkeypatch.setattr(columnar, "_decide_in_parts", counting)
     assert _run_pair(engine_cls, seed) > 0
-    # Most batches take the columnar path (repeated keys and due changes the general one).
+    # Most batches take one engine call (repeated keys and due changes are decided in parts).
     assert len(taken) < 15
 
 

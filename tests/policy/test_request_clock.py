@@ -137,10 +137,10 @@ def test_an_item_without_a_time_takes_the_latest_accepted_time_before_it(
             return list(admit_columns(svc, AdmitColumns.from_requests(reqs), now).reasons)
         return [r.reason for r in svc.admit_many(reqs, svc.latest_ms)]
 
-    def general(*args: object) -> None:
-        raise AssertionError("the columnar path decides this batch")
+    def in_parts(*args: object) -> None:
+        raise AssertionError("one engine call decides this batch")
 
-    monkeypatch.setattr(columnar, "_general", general)
+    monkeypatch.setattr(columnar, "_decide_in_parts", in_parts)
     svc, _ = world()
     # An unknown sender's time is not taken; a known sender's is, from that item on.
     reqs = [

@@ -27,6 +27,7 @@ from . import events as ev
 from . import persistence, tiers
 from .admission import admit_checked
 from .answers import AdmitResult, ApplyResult
+from .columnar import admit_requests
 from .feedback import apply
 from .keys import KeyMemory
 from .profile import Profile
@@ -119,9 +120,7 @@ class AdmissionService:
                 return [self.admit_checked(well_formed(r) or check_one(r, "requests[0]."), now_ms)]
             except KeyConflict as e:
                 raise e.at("requests[0].idempotency_key") from None
-        from .admission import decide
-
-        return decide(self.state, reqs, now_ms)
+        return admit_requests(self.state, reqs, now_ms)
 
     # -- feedback and reports --------------------------------------------------
 
