@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
-from tiergate.engine import Engine
 from tiergate.engine import records as rec
 from tiergate.engine.columns import kernels
 from tiergate.engine.constants import F_FORCE, OK
@@ -24,6 +23,7 @@ from tiergate.engine.tickets import ticket_fields
 from . import events as ev
 from .feedback import apply_event
 from .journal import JOURNAL_VERSION, TAG_ADMIT, TAG_BATCH, TAG_JSON
+from .seam import CountingStore
 from .state import LimitScope, PolicyState, Sender, Template
 from .tiers import derive, number_params, recompute_due, rederive
 
@@ -226,7 +226,7 @@ def replay_row(
         st.keys.remember(s, key, (*entry, rec.bind(rkey, kind, cat), tpl))
 
 
-def engine_from_blob(st: PolicyState, blob: bytes) -> Engine:
+def engine_from_blob(st: PolicyState, blob: bytes) -> CountingStore:
     engine = type(st.engine).restore(blob)
     p = st.profile
     geometry = (
@@ -243,7 +243,7 @@ def engine_from_blob(st: PolicyState, blob: bytes) -> Engine:
     return engine
 
 
-def snapshot_encoder(st: PolicyState, engine: Engine) -> Callable[[], list[bytes]]:
+def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], list[bytes]]:
     fields: list[tuple[str, Any]] = [
         ("profile", st.profile.name),
         ("ticket", st.ticket),

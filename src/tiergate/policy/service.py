@@ -33,6 +33,7 @@ from .keys import KeyMemory
 from .profile import Profile
 from .reports import SenderReport, sender_state
 from .requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
+from .seam import CountingStore
 from .state import PolicyState
 
 __all__ = ["AdmissionService"]
@@ -51,7 +52,7 @@ class AdmissionService:
         *,
         clock: Literal["server", "request"] = "server",
         journal: bool = True,
-        engine: Engine | None = None,
+        engine: CountingStore | None = None,
         ticket_key: bytes | None = None,
     ) -> None:
         """``ticket_key``: the 16 bytes that sign tickets (random when None: tickets
@@ -84,7 +85,7 @@ class AdmissionService:
         return self.state.profile
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> CountingStore:
         return self.state.engine
 
     @property

@@ -17,10 +17,9 @@ from tiergate.engine import NEVER
 from tiergate.engine.records import Entry
 
 if TYPE_CHECKING:
-    from tiergate.engine import Engine
-
     from .keys import KeyMemory
     from .profile import Profile
+    from .seam import CountingStore
 
 from .events import Quality, SenderStatus, TemplateStatus
 
@@ -246,7 +245,7 @@ class PolicyState:
     """
 
     profile: Profile
-    engine: Engine
+    engine: CountingStore
     keys: KeyMemory
     #: The request clock: a request's ``at_unix_ms`` is its time (else the server's).
     request_clock: bool
