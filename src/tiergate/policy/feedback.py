@@ -253,7 +253,33 @@ def on_send_result(st: PolicyState, e: ev.SendResult, now: int) -> tuple[ApplyRe
         if sender is None:
             return ApplyResult(False, f"unknown sender {e.sender_id!r}"), False
         rkey = recipient_field(e.recipient, "recipient")
-    code = e.meta_error_code
+    done = _act_on_failure(st, sender, rkey, decoded, e.meta_error_code, now)
+    if not done:
+        if not ticket and e.message_id:
+            return ApplyResult(
+                False,
+                f"no ticket linked to message {e.message_id}: nothing to release "
+                "(a send result naming both ticket and message_id links them)",
+            ), False
+        return ApplyResult(False, "nothing to release (already released or relied on)"), False
+    if dedupe:
+        seen_once(st, dedupe, now)
+    detail = ", ".join(done)
+    if linked:
+        detail += f" (ticket {ticket}, linked to message {e.message_id})"
+    return ApplyResult(True, detail), True
+
+
+def _act_on_failure(
+    st: PolicyState,
+    sender: Sender,
+    rkey: int,
+    decoded: tuple[int, int, int, int, int] | None,
+    code: int,
+    now: int,
+) -> list[str]:
+    """What a failed send changes (its slot back, unless Meta's error keeps it; what
+    the error asks for): a phrase per change made."""
     done: list[str] = []
     scope = sender.scope.index
     if decoded is not None and code not in st.profile.keep_slot_codes:
@@ -272,20 +298,7 @@ def on_send_result(st: PolicyState, e: ev.SendResult, now: int) -> tuple[ApplyRe
     elif code == MetaError.ECOSYSTEM_ENGAGEMENT and st.profile.ecosystem_backoff_ms > 0:
         st.marketing_back_off[(scope, rkey)] = now + st.profile.ecosystem_backoff_ms
         done.append("marketing to recipient held back")
-    if not done:
-        if not ticket and e.message_id:
-            return ApplyResult(
-                False,
-                f"no ticket linked to message {e.message_id}: nothing to release "
-                "(a send result naming both ticket and message_id links them)",
-            ), False
-        return ApplyResult(False, "nothing to release (already released or relied on)"), False
-    if dedupe:
-        seen_once(st, dedupe, now)
-    detail = ", ".join(done)
-    if linked:
-        detail += f" (ticket {ticket}, linked to message {e.message_id})"
-    return ApplyResult(True, detail), True
+    return done
 
 
 def on_opt_out(st: PolicyState, e: ev.OptOut) -> ApplyResult:

@@ -305,6 +305,32 @@ def restore(st: PolicyState, data: bytes) -> None:
     st.engine = engine
     st.clear()
     st.ticket = int(state["ticket"])
+    _restore_objects(st, state)
+    for entry in state["idem"]:
+        restore_key(st, version, entry)
+    for until, key in state["seen"]:
+        st.seen[key] = int(until)
+        st.seen_order.append((int(until), key))
+    for until, mid, ticket in state.get("links", ()):
+        st.links[str(mid)] = (str(ticket), int(until))
+        st.link_order.append((int(until), str(mid)))
+    while len(st.links) > st.profile.message_links:
+        until, mid = st.link_order.popleft()
+        del st.links[mid]
+    st.marketing_back_off = {(int(sc), int(rk)): int(until) for sc, rk, until in state["eco"]}
+    st.unknown_sender_count = int(state["unknown"])
+    for s in st.by_index:
+        derive(st, s, max(s.scope.last_now, 0))
+        st.engine.set_number_params(s.engine_index, *number_params(st, s))
+    for sc in st.scopes:
+        st.engine.set_scope_params(
+            sc.index, st.profile.frequency_cap, st.profile.frequency_window_ms
+        )
+    recompute_due(st)
+
+
+def _restore_objects(st: PolicyState, state: dict[str, Any]) -> None:
+    """A snapshot's limit scopes, portfolios, senders and templates."""
     for d in state["scopes"]:
         sc = LimitScope(int(d["index"]), str(d["key"]), str(d["tier"]), 0)
         sc.load(d)
@@ -330,27 +356,6 @@ def restore(st: PolicyState, data: bytes) -> None:
         st.templates[t.id] = t
         if t.name:
             st.template_names[t.name] = t
-    for entry in state["idem"]:
-        restore_key(st, version, entry)
-    for until, key in state["seen"]:
-        st.seen[key] = int(until)
-        st.seen_order.append((int(until), key))
-    for until, mid, ticket in state.get("links", ()):
-        st.links[str(mid)] = (str(ticket), int(until))
-        st.link_order.append((int(until), str(mid)))
-    while len(st.links) > st.profile.message_links:
-        until, mid = st.link_order.popleft()
-        del st.links[mid]
-    st.marketing_back_off = {(int(sc), int(rk)): int(until) for sc, rk, until in state["eco"]}
-    st.unknown_sender_count = int(state["unknown"])
-    for s in st.by_index:
-        derive(st, s, max(s.scope.last_now, 0))
-        st.engine.set_number_params(s.engine_index, *number_params(st, s))
-    for sc in st.scopes:
-        st.engine.set_scope_params(
-            sc.index, st.profile.frequency_cap, st.profile.frequency_window_ms
-        )
-    recompute_due(st)
 
 
 def restore_key(st: PolicyState, version: int, entry: list[Any]) -> None:

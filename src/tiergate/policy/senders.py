@@ -76,6 +76,17 @@ def on_sender_update(st: PolicyState, u: ev.SenderUpdate, now: int) -> ApplyResu
         )
     elif u.portfolio_id is not None:
         s.portfolio_id = u.portfolio_id
+    _set_fields(st, s, u, display)
+    if u.quality is not None:
+        set_quality(st, s, int(u.quality), now)
+    if tier is not None and not created and tier != s.scope.tier:
+        set_tier(st, s.scope, tier, now)
+    refresh(st, s, now)
+    return ApplyResult(True, f"sender {sid} {'created' if created else 'updated'}")
+
+
+def _set_fields(st: PolicyState, s: Sender, u: ev.SenderUpdate, display: str | None) -> None:
+    """The fields of a sender update that are only recorded (or set its status)."""
     if u.waba_id is not None:
         s.waba_id = u.waba_id
     if display is not None:
@@ -96,12 +107,6 @@ def on_sender_update(st: PolicyState, u: ev.SenderUpdate, now: int) -> ApplyResu
         set_status(s, int(u.status), u.restricted_until_unix_ms or 0)
     elif u.restricted_until_unix_ms is not None and s.status == ev.SenderStatus.RESTRICTED:
         s.restricted_until = u.restricted_until_unix_ms
-    if u.quality is not None:
-        set_quality(st, s, int(u.quality), now)
-    if tier is not None and not created and tier != s.scope.tier:
-        set_tier(st, s.scope, tier, now)
-    refresh(st, s, now)
-    return ApplyResult(True, f"sender {sid} {'created' if created else 'updated'}")
 
 
 def create_sender(
