@@ -154,30 +154,28 @@ class Items:
     @classmethod
     def from_checked(cls, items: Sequence[Checked]) -> Items:
         """The columns of requests checked one by one (``requests.check_all``)."""
-        senders: dict[str, int] = {}
-        templates: dict[str, int] = {}
-        sidx = array("I", [senders.setdefault(c[0], len(senders)) for c in items])
-        tidx = array(
-            "I", [templates.setdefault(c[4], len(templates) + 1) if c[4] else 0 for c in items]
-        )
-        keys = [c[5] for c in items]
-        at = array("q", [c[6] for c in items])
-        dry_runs = bytes(c[7] for c in items)
-        mixed = 0 < dry_runs.count(1) < len(items)
+        if not items:
+            return cls(
+                0, [], array("I"), array("Q"), b"", b"", [], array("I"), [], array("q"), False, 0
+            )
+        sids, rkeys, kinds, cats, tpls, keys, ats, drys = zip(*items, strict=True)
+        senders = {sid: i for i, sid in enumerate(dict.fromkeys(sids))}
+        templates = {t: i for i, t in enumerate(dict.fromkeys(filter(None, tpls)), 1)}
+        dry_runs = bytes(drys)
         return cls(
             n=len(items),
             senders=list(senders),
-            sender_index=sidx,
-            rkeys=array("Q", [c[1] for c in items]),
-            kinds=bytes(c[2] for c in items),
-            categories=bytes(c[3] for c in items),
+            sender_index=array("I", map(senders.__getitem__, sids)),
+            rkeys=array("Q", rkeys),
+            kinds=bytes(kinds),
+            categories=bytes(cats),
             templates=list(templates),
-            template_index=tidx,
-            keys=keys if any(keys) else [],
-            at=at if any(at) else array("q"),
-            dry=bool(items) and bool(items[0][7]),
-            latest=max(at, default=0),
-            dry_runs=dry_runs if mixed else None,
+            template_index=array("I", [templates.get(t, 0) for t in tpls]),
+            keys=list(keys) if any(keys) else [],
+            at=array("q", ats) if any(ats) else array("q"),
+            dry=drys[0],
+            latest=max(ats),
+            dry_runs=dry_runs if 0 < dry_runs.count(1) < len(items) else None,
         )
 
     def part(self, start: int, end: int) -> Items:

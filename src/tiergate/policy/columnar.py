@@ -21,6 +21,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import add
 from typing import TYPE_CHECKING, Any
 
 from tiergate.engine import NEVER, DecisionBatch
@@ -71,6 +72,8 @@ Remembered = rec.Entry
 
 _ZEROS5 = (0, 0, 0, 0, 0)
 _QUALITY_PROTECTION = bytes([QUALITY_PROTECTION])
+#: Zero-filled columns of each type, made by repetition (``_Q * n``).
+_Q, _UQ, _I32, _UI32 = array("q", [0]), array("Q", [0]), array("i", [0]), array("I", [0])
 #: The Meta error each decision reason avoids, one entry per reason slot.
 _META_ERROR = array("i", [*META_ERROR, *[0] * (REASONS - len(META_ERROR))])
 
@@ -120,10 +123,10 @@ class ColumnsResult:
             bytearray(n),
             bytearray(n),
             bytearray(n),
-            array("q", bytes(8 * n)),
-            array("q", bytes(8 * n)),
-            array("q", bytes(8 * n)),
-            array("i", bytes(4 * n)),
+            _Q * n,
+            _Q * n,
+            _Q * n,
+            _I32 * n,
             [""] * n,
         )
 
@@ -448,7 +451,6 @@ def _decide_rows(
     answers) with no time-driven change due: (answers, the latest item time,
     items of unknown senders)."""
     n = r.n
-    z4, z8 = bytes(4 * n), bytes(8 * n)
     s_state, s_slot, s_scope, s_index, s_limits, s_flags, s_restricted, s_qblock, scopes = (
         _sender_tables(objs)
     )
@@ -456,19 +458,19 @@ def _decide_rows(
     # Per distinct template, once: step 3's reading of it.
     m = len(r.templates)
     t_state = bytearray(m + 1)
-    t_paused = array("q", bytes(8 * (m + 1)))
+    t_paused = _Q * (m + 1)
     for t, tpl in enumerate(r.templates, 1):
         t_state[t], t_paused[t] = template_state(st, tpl)
 
     out = ColumnsResult.empty(n)
-    counts = array("q", bytes(8 * REASONS * len(objs)))
+    counts = _Q * (REASONS * len(objs))
     batch = DecisionBatch()
     # Input columns sized for every item; cut to the rows the engine decides.
-    batch.now, batch.scope, batch.number = array("q", z8), array("i", z4), array("i", z4)
-    batch.recipient, batch.flags = array("Q", z8), array("I", z4)
-    batch.limit, batch.ticket = array("q", z8), array("Q", z8)
-    rows = array("i", z4)
-    row_back_off = array("q", z8)
+    batch.now, batch.scope, batch.number = _Q * n, _I32 * n, _I32 * n
+    batch.recipient, batch.flags = _UQ * n, _UI32 * n
+    batch.limit, batch.ticket = _Q * n, _UQ * n
+    rows = _I32 * n
+    row_back_off = _Q * n
     high, unknown, nrows = kernels.prepare(
         n,
         r.sender_index,
@@ -519,12 +521,10 @@ def _decide_rows(
         out.admitted(i, first)
     for s, sender in enumerate(objs):
         if sender is not None:
-            sender_counts = sender.counts
             base = s * REASONS
-            for reason in range(SENDER_REASONS):
-                c = counts[base + reason]
-                if c:
-                    sender_counts[reason] += c
+            row = counts[base : base + SENDER_REASONS]
+            if any(row):
+                sender.counts[:] = map(add, sender.counts, row)
     return out, high, unknown
 
 
@@ -543,7 +543,7 @@ def _finish(
 ) -> None:
     """The engine's answers to ``out``: tickets, journal record, keys, crossings."""
     journal = st.journal if st.journal_on and not st.replaying else None
-    counted_rows = array("i", bytes(4 * len(rows)))
+    counted_rows = _I32 * len(rows)
     last_tid, n_counted = kernels.finish(
         batch,
         rows,
