@@ -1,8 +1,12 @@
-"""Admission: DESIGN §2's steps in order, for one request and for a batch.
+"""Admission: DESIGN §2's steps in order for one request (Admit, a lone stream item).
 
-Steps 1–3 (request validity, sender status, template status) are decided here;
-steps 4–9 (window, opt-out, messaging limit, protective rules, throughput,
-pair rate) by the engine, steered by per-request flags and the effective limit
+A batch is decided in ``columnar``, through the same statements of steps 2
+and 3 (:data:`BLOCKING`, :func:`template_state`) and the answers of
+``answers``; the per-item loops there are the kernels'.
+
+Steps 1–3 (request validity, sender status, template status) are decided
+here; steps 4–9 (window, opt-out, messaging limit, protective rules,
+throughput, pair rate) by the engine, steered by per-request flags and the effective limit
 the tier machine derives from the profile. Nothing is consumed unless every
 rule passes. An idempotency key answers only the request it was first used for
 (same sender, recipient, kind, category and template): a repeat gets the first
