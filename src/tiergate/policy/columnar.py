@@ -317,15 +317,13 @@ def _repeated_keys(
     st: PolicyState, r: Items, objs: list[Sender | None], now_ms: int
 ) -> tuple[bytearray, list[tuple[int, Remembered]], bool]:
     """Every key checked before anything is decided (:class:`KeyConflict` for one bound
-    to another request); then the items whose key already has an answer, as
-    ``admit_many`` finds them: (skip, hits, repeated), ``repeated`` when a key
-    repeats inside the batch (``admit_many`` then decides in parts, so the general
-    path takes the batch).
+    to another request); then the items whose key already has an answer:
+    (skip, hits, repeated), ``repeated`` when a key repeats inside the batch (it
+    is then decided in parts).
 
-    ``admit_many`` looks each key up in item order, at the item's time, before
-    anything new is remembered, so the same walk here finds the same answers. A
-    sender BANNED or DISABLED by now gets no remembered answer: its items are
-    decided (step 2 rejects them).
+    Each key is looked up in item order, at the item's time, before anything new
+    is remembered. A sender BANNED or DISABLED by now gets no remembered answer:
+    its items are decided (step 2 rejects them).
     """
     idems = [s.idem if s is not None else None for s in objs]
     at = r.at if st.request_clock else None
@@ -602,7 +600,7 @@ def _remember_keys(
     rows: array[int],
     out: ColumnsResult,
 ) -> None:
-    """Admitted items with a key answer their repeats from now on (as ``admit_many``)."""
+    """Admitted items with a key answer their repeats from now on (as a lone admit's do)."""
     kernels.remember_keys(
         rows,
         r.keys,
@@ -627,7 +625,7 @@ def _remember_keys(
 def _check_crossings(
     st: PolicyState, scopes: list[LimitScope], batch: DecisionBatch, counted_rows: array[int]
 ) -> None:
-    """Date upgrade-threshold crossings, as ``admit_many`` does after its batch."""
+    """Date upgrade-threshold crossings: to the row that reached the threshold."""
     top = st.profile.ladder[-1]
     open_ = {sc.index: sc for sc in scopes if sc.crossed_at == NEVER and sc.tier != top}
     if not open_:
