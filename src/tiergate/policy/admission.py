@@ -70,6 +70,7 @@ _TEMPLATE_OFF = int(ev.TemplateStatus.DISABLED)
 T_USABLE = 0
 T_UNKNOWN = 1
 T_DISABLED = 2
+_ADMITTED = DETAIL[OK]
 #: The compiled ticket encoder with the compiled engine, else the pure-Python one.
 encode_ticket = kernels.encode_ticket
 
@@ -189,7 +190,7 @@ def _decide_one(
         return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
     st.ticket = tid
     ticket = encode_ticket(st.k0, st.k1, tid, index, rkey, prev, slot)
-    res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, DETAIL[OK])
+    res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, _ADMITTED)
     if key:
         until = now + st.profile.idempotency_ms
         bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT

@@ -24,7 +24,6 @@ __all__ = [
     "admit_record",
     "journal_json",
     "journal_state",
-    "key_tail",
 ]
 
 TAG_ADMIT = rec.TAG_ADMIT
@@ -35,12 +34,8 @@ TAG_JSON = 0x4A  # 'J'
 #: version up to this one.
 JOURNAL_VERSION = rec.JOURNAL_VERSION
 JSON_VERSION = 1
-
-
-def key_tail(key: str, kind: int, cat: int, tpl: str) -> bytes:
-    """What follows the rows of an admit record for a row with a key (``engine.records``)."""
-    tb = tpl.encode()
-    return key.encode() + rec.BINDING.pack(kind, cat, len(tb)) + tb
+_ADMIT_VERSION = rec.ADMIT_VERSION
+_pack_admit = rec.ADMIT.pack
 
 
 def admit_record(
@@ -55,12 +50,14 @@ def admit_record(
     cat: int,
     tpl: str,
 ) -> bytes:
-    """The journal record of one admit (the columnar kernels write a batch's)."""
+    """The journal record of one admit (the columnar kernels write a batch's): the
+    row, then for a row with a key the key and what it is bound to (``engine.records``)."""
+    if not key:
+        return _pack_admit(TAG_ADMIT, _ADMIT_VERSION, now, index, rkey, flags, tid, limit, 0)
     kb = key.encode()
-    record = rec.ADMIT.pack(
-        TAG_ADMIT, rec.ADMIT_VERSION, now, index, rkey, flags, tid, limit, len(kb)
-    )
-    return record + key_tail(key, kind, cat, tpl) if kb else record
+    head = _pack_admit(TAG_ADMIT, _ADMIT_VERSION, now, index, rkey, flags, tid, limit, len(kb))
+    tb = tpl.encode()
+    return head + kb + rec.BINDING.pack(kind, cat, len(tb)) + tb
 
 
 def journal_json(st: PolicyState, payload: dict[str, Any]) -> None:
