@@ -72,6 +72,8 @@ Remembered = rec.Entry
 
 _ZEROS5 = (0, 0, 0, 0, 0)
 _QUALITY_PROTECTION = bytes([QUALITY_PROTECTION])
+#: The kernels' sender table states (``engine.columns``): step 2 per distinct sender.
+_S_UNKNOWN, _S_KNOWN, _S_BLOCKED = 0, 1, 2
 #: Zero-filled columns of each type, made by repetition (``_Q * n``).
 _Q, _UQ, _I32, _UI32 = array("q", [0]), array("Q", [0]), array("i", [0]), array("I", [0])
 #: The Meta error each decision reason avoids, one entry per reason slot.
@@ -93,7 +95,7 @@ class ColumnsResult:
     #: Items held by a 131049 back-off: MARKETING_FREQUENCY because Meta declined
     #: marketing to the recipient, not because of the frequency cap.
     back_offs: set[int] = field(default_factory=set)
-    #: Every item's detail, for a caller that has them all (else None: see ``detail``).
+    #: Every item's detail, for a caller that has them all (None here: see ``detail``).
     details: list[str] | None = None
 
     def __len__(self) -> int:
@@ -402,7 +404,7 @@ def _sender_tables(objs: list[Sender | None]) -> tuple[Any, ...]:
     scopes: list[LimitScope] = []
     for sender in objs:
         if sender is None:
-            state.append(0)
+            state.append(_S_UNKNOWN)
             slot_of.append(0)
             scope_of.append(0)
             index_of.append(0)
@@ -416,7 +418,7 @@ def _sender_tables(objs: list[Sender | None]) -> tuple[Any, ...]:
         if slot is None:
             slot = slots[scope.index] = len(scopes)
             scopes.append(scope)
-        state.append(2 if sender.status >= BLOCKING else 1)
+        state.append(_S_BLOCKED if sender.status >= BLOCKING else _S_KNOWN)
         slot_of.append(slot)
         scope_of.append(scope.index)
         index_of.append(sender.engine_index)
