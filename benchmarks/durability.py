@@ -53,7 +53,8 @@ import uvloop
 
 from tiergate.policy import events as ev
 from tiergate.policy.profile import load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest
+from tiergate.policy.requests import AdmitRequest
+from tiergate.policy.service import AdmissionService
 from tiergate.store import EmbeddedStore
 from tiergate.store.embedded import DEFAULT_SNAPSHOT_EVERY_RECORDS
 

@@ -40,7 +40,7 @@ import uvloop
 from tiergate.config import Endpoint, ServeConfig
 from tiergate.policy.columnar import AdmitColumns, admit_columns
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
-from tiergate.policy.service import AdmitRequest
+from tiergate.policy.requests import AdmitRequest
 from tiergate.server import Sidecar
 
 SENDER = "106540352242922"

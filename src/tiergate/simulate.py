@@ -65,7 +65,8 @@ from typing import Any
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.profile import DAY_MS, HOUR_MS, ProfileError, load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument
+from tiergate.policy.requests import AdmitRequest, InvalidArgument
+from tiergate.policy.service import AdmissionService
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 BATCH = 4096

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
+from tiergate.policy.answers import AdmitResult
 from tiergate.policy.profile import Profile, load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, AdmitResult
+from tiergate.policy.requests import AdmitRequest
+from tiergate.policy.service import AdmissionService
 
 S = 1_000
 H = 3_600_000

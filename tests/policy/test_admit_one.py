@@ -1,9 +1,9 @@
 """A lone admit takes its own path (``AdmissionService.admit`` and ``admit_many`` of one
-request): it must decide exactly as the general batch path decides a batch of one.
+request): it must decide exactly as the batch path decides a batch of one.
 
 Each history runs on three services from the same start: one through ``admit``, one
 through ``admit_many([request])`` and one through the batch path itself
-(``_decide``). Answers, errors, decision counts, idempotency, journal records and
+(``columnar.admit_requests``). Answers, errors, decision counts, idempotency, journal records and
 the final snapshot must be identical, byte for byte where they are bytes.
 """
 
@@ -20,14 +20,11 @@ from hypothesis import strategies as st
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
+from tiergate.policy.answers import AdmitResult
+from tiergate.policy.columnar import admit_requests
 from tiergate.policy.profile import Profile, load_profile
-from tiergate.policy.service import (
-    AdmissionService,
-    AdmitRequest,
-    AdmitResult,
-    InvalidArgument,
-    KeyConflict,
-)
+from tiergate.policy.requests import AdmitRequest, InvalidArgument, KeyConflict
+from tiergate.policy.service import AdmissionService
 
 from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt, req
 
@@ -186,7 +183,7 @@ def _via_admit_many(svc: AdmissionService, r: AdmitRequest, now: int) -> AdmitRe
 
 
 def _via_batch_path(svc: AdmissionService, r: AdmitRequest, now: int) -> AdmitResult:
-    (result,) = svc._decide([r], now)  # the general path, as for a batch of one
+    (result,) = admit_requests(svc.state, [r], now)  # the batch path, as for a batch of one
     return result
 
 
@@ -347,7 +344,7 @@ def test_error_fields_keep_their_prefix_per_entry_point() -> None:
     with pytest.raises(InvalidArgument) as many:
         svc.admit_many([bad], T0)
     with pytest.raises(InvalidArgument) as batch:
-        svc._decide([bad], T0)
+        admit_requests(svc.state, [bad], T0)
     assert alone.value.field == "recipient"
     assert many.value.field == batch.value.field == "requests[0].recipient"
     assert str(many.value) == str(batch.value) == "requests[0]." + str(alone.value)
@@ -358,7 +355,7 @@ def test_lone_admit_journals_the_batch_paths_record(key: str) -> None:
     """Same request, same state: the same 'A' record, byte for byte (key included)."""
     one, batch = world(load_profile("meta-2024")), world(load_profile("meta-2024"))
     r = req("s1", rcpt(5), T0, key=key)
-    assert one.admit(r, T0) == batch._decide([r], T0)[0]
+    assert one.admit(r, T0) == admit_requests(batch.state, [r], T0)[0]
     records = one.drain_journal()
     assert records == batch.drain_journal()
     assert len(records) == 1 and records[0][:2] == b"A\x03"
@@ -366,7 +363,7 @@ def test_lone_admit_journals_the_batch_paths_record(key: str) -> None:
         assert records[0].endswith(key.encode() + b"\x01\x01\x05\x00promo")
     # A repeat answers from the key and journals nothing, on both paths.
     if key:
-        assert one.admit(r, T0 + S) == batch._decide([r], T0 + S)[0]
+        assert one.admit(r, T0 + S) == admit_requests(batch.state, [r], T0 + S)[0]
         assert one.drain_journal() == batch.drain_journal() == []
 
 
@@ -376,7 +373,7 @@ def test_lone_admit_dates_the_tier_crossing_like_the_batch_path() -> None:
     for i in range(30):
         at = T0 + i * 10 * S
         r = req("s1", rcpt(100 + i), at)
-        assert one.admit(r, at) == batch._decide([r], at)[0]
+        assert one.admit(r, at) == admit_requests(batch.state, [r], at)[0]
     assert one.drain_journal() == batch.drain_journal()
     report = one.sender_state("s1", T0 + H)
     assert report.upgrade.eligible

@@ -18,10 +18,12 @@ from tiergate.engine import Engine, PyEngine, records
 from tiergate.engine import columns as py_kernels
 from tiergate.policy import columnar
 from tiergate.policy import events as ev
-from tiergate.policy import service as service_mod
+from tiergate.policy import journal as journal_mod
 from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
 from tiergate.policy.profile import load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument, KeyConflict
+from tiergate.policy.requests import AdmitRequest, InvalidArgument, KeyConflict
+from tiergate.policy.service import AdmissionService
+from tiergate.policy.state import PolicyState
 
 from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt
 
@@ -180,16 +182,16 @@ def _run_pair(engine_cls: Any, seed: int, rounds: int = 30) -> int:
 def test_columns_answer_as_admit_many(
     engine_cls: Any, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    general = columnar._general
+    in_parts = columnar._decide_in_parts
     taken: list[int] = []
 
-    def counting(svc: AdmissionService, r: Any, now_ms: int) -> ColumnsResult:
+    def counting(st: PolicyState, r: Any, now_ms: int, objs: Any) -> ColumnsResult:
         taken.append(r.n)
-        return general(svc, r, now_ms)
+        return in_parts(st, r, now_ms, objs)
 
-    monkeypatch.setattr(columnar, "_general", counting)
+    monkeypatch.setattr(columnar, "_decide_in_parts", counting)
     assert _run_pair(engine_cls, seed) > 0
-    # Most batches take the columnar path (repeated keys and due changes the general one).
+    # Most batches take one engine call (repeated keys and due changes are decided in parts).
     assert len(taken) < 15
 
 
@@ -372,9 +374,20 @@ def test_time_driven_changes_in_a_batch_match() -> None:
 
 def test_journal_record_layout_matches_the_service() -> None:
     """One declaration (engine.records); the compiled kernels' C constants equal it."""
-    assert service_mod._ADMIT is records.ADMIT
+    record = journal_mod.admit_record(1, 2, 3, 4, 5, 6, "", 1, 1, "t")
+    assert records.ADMIT.unpack(record) == (
+        records.TAG_ADMIT,
+        records.ADMIT_VERSION,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        0,
+    )
     assert records.ADMIT.size == 2 + records.ROW.size
-    assert service_mod.JOURNAL_VERSION == records.JOURNAL_VERSION
+    assert journal_mod.JOURNAL_VERSION == records.JOURNAL_VERSION
     assert records.ADMIT_VERSION == records.BATCH_VERSION == records.BINDING_VERSION == 3
     compiled = pytest.importorskip("tiergate._native.columns")
     assert compiled.LAYOUT == py_kernels.LAYOUT

@@ -8,7 +8,8 @@ import pytest
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
-from tiergate.policy.service import AdmissionService, AdmitRequest, InvalidArgument, KeyConflict
+from tiergate.policy.requests import AdmitRequest, InvalidArgument, KeyConflict
+from tiergate.policy.service import AdmissionService
 
 from .helpers import (
     T0,

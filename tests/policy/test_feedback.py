@@ -245,7 +245,7 @@ def test_unknown_senders_in_events_and_conflicting_updates() -> None:
 def test_bad_event_fields_raise_invalid_argument() -> None:
     import pytest
 
-    from tiergate.policy.service import InvalidArgument
+    from tiergate.policy.requests import InvalidArgument
 
     svc = service()
     add_sender(svc)

@@ -10,7 +10,8 @@ import pytest
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
-from tiergate.policy.service import AdmissionService, KeyConflict
+from tiergate.policy.requests import KeyConflict
+from tiergate.policy.service import AdmissionService
 
 from .helpers import T0, TICKET_KEY, D, H, S, add_sender, admit, rcpt, req, send_unique, service
 

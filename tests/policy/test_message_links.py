@@ -15,7 +15,8 @@ import pytest
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.profile import ProfileError, load_profile
-from tiergate.policy.service import AdmissionService, InvalidArgument
+from tiergate.policy.requests import InvalidArgument
+from tiergate.policy.service import AdmissionService
 
 from .helpers import T0, TICKET_KEY, D, H, S, add_sender, admit, custom, rcpt, send_unique, service
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
-from tiergate.policy.service import KeyConflict
+from tiergate.policy.requests import KeyConflict
 
 from .helpers import T0, TICKET_KEY, H, S, add_sender, rcpt, req, service
 

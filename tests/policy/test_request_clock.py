@@ -19,7 +19,9 @@ from tiergate.engine import constants as c
 from tiergate.policy import columnar
 from tiergate.policy import events as ev
 from tiergate.policy.columnar import AdmitColumns, admit_columns
-from tiergate.policy.service import SNAPSHOT_MAGIC, AdmissionService, InvalidArgument
+from tiergate.policy.persistence import SNAPSHOT_MAGIC
+from tiergate.policy.requests import InvalidArgument
+from tiergate.policy.service import AdmissionService
 
 from .helpers import T0, D, H, S, add_sender, admit, rcpt, req, send_unique, service
 
@@ -135,10 +137,10 @@ def test_an_item_without_a_time_takes_the_latest_accepted_time_before_it(
             return list(admit_columns(svc, AdmitColumns.from_requests(reqs), now).reasons)
         return [r.reason for r in svc.admit_many(reqs, svc.latest_ms)]
 
-    def general(*args: object) -> None:
-        raise AssertionError("the columnar path decides this batch")
+    def in_parts(*args: object) -> None:
+        raise AssertionError("one engine call decides this batch")
 
-    monkeypatch.setattr(columnar, "_general", general)
+    monkeypatch.setattr(columnar, "_decide_in_parts", in_parts)
     svc, _ = world()
     # An unknown sender's time is not taken; a known sender's is, from that item on.
     reqs = [

@@ -13,7 +13,8 @@ import pytest
 
 from tiergate.engine import constants as c
 from tiergate.policy import events as ev
-from tiergate.policy.service import SNAPSHOT_MAGIC, AdmissionService
+from tiergate.policy.persistence import SNAPSHOT_MAGIC
+from tiergate.policy.service import AdmissionService
 
 from .helpers import T0, TICKET_KEY, D, H, add_sender, admit, rcpt, service
 

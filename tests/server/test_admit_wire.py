@@ -8,13 +8,13 @@ import grpc
 import pytest
 from server_harness import SENDER, T0, run_async, serving, template_request, varint
 
-from tiergate.policy.service import (
+from tiergate.policy.answers import AdmitResult
+from tiergate.policy.requests import (
     MAX_ID_LEN,
     MAX_KEY_LEN,
     MAX_TEMPLATE_LEN,
-    AdmitResult,
     InvalidArgument,
-    _well_formed,
+    well_formed,
 )
 from tiergate.server import admit_wire, convert
 from tiergate.v1 import admission_pb2 as pb
@@ -102,7 +102,7 @@ def test_reader_agrees_with_protobuf_and_the_checks(seed: int) -> None:
     if seed % 3 == 0:
         data += _extras(rng)
     msg = pb.AdmitRequest.FromString(data)
-    expected = _well_formed(msg)
+    expected = well_formed(msg)
     got = _decode(data)
     if got is not None:
         assert got == expected
@@ -131,7 +131,7 @@ def test_a_typical_request_takes_the_fast_path() -> None:
         at_unix_ms=T0,
         dry_run=True,
     )
-    assert _decode(msg.SerializeToString()) == _well_formed(msg)
+    assert _decode(msg.SerializeToString()) == well_formed(msg)
     assert _decode(msg.SerializeToString()) is not None
 
 

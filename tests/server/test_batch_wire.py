@@ -22,15 +22,11 @@ from server_harness import (
     varint,
 )
 
+from tiergate.policy import columnar
+from tiergate.policy.answers import BACK_OFF_DETAIL, DETAIL, DRY_RUN_DETAIL
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.events import SenderStatus, TemplateStatus, TemplateUpdate
-from tiergate.policy.service import (
-    BACK_OFF_DETAIL,
-    DETAIL,
-    DRY_RUN_DETAIL,
-    InvalidArgument,
-    _well_formed,
-)
+from tiergate.policy.requests import InvalidArgument, well_formed
 from tiergate.server import batch_wire
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
@@ -105,7 +101,7 @@ def _encoded(rng: random.Random, reqs: list[pb.AdmitRequest]) -> bytes:
 
 def _expected_columns(msg: pb.AdmitBatchRequest) -> tuple[Any, ...] | None:
     """What the reader must give for msg, from protobuf and the policy layer's checks."""
-    checked = [_well_formed(r) for r in msg.requests]
+    checked = [well_formed(r) for r in msg.requests]
     if not checked or any(c is None for c in checked):
         return None
     texts = [(r.sender_id, r.template_id, r.idempotency_key) for r in msg.requests]
@@ -344,6 +340,14 @@ async def test_message_and_wire_ways_answer_alike(
         return encode(cols, result)
 
     monkeypatch.setattr(batch_wire, "encode_response", counting)
+    in_parts = columnar._decide_in_parts
+    parted: list[int] = []  # batches decided in parts (a key repeated inside)
+
+    def counting_parts(*args: Any) -> ColumnsResult:
+        parted.append(1)
+        return in_parts(*args)
+
+    monkeypatch.setattr(columnar, "_decide_in_parts", counting_parts)
     rng = random.Random(7)
     async with serving(_config(tmp_path)) as a, serving(_config(tmp_path)) as b:
         share_ticket_key(a, b)
@@ -433,8 +437,8 @@ async def test_message_and_wire_ways_answer_alike(
         pb.THROUGHPUT,
     ):
         assert any(r == reason for _, r in reasons), reason
-    # most batches by the columns' loops, some through admit_many (a key repeated inside)
-    assert columns_way.count(True) > 50 and columns_way.count(False) > 3
+    # every batch by the columns' loops, some in parts (a key repeated inside)
+    assert columns_way.count(True) > 50 and all(columns_way) and len(parted) > 3
     for detail in (BACK_OFF_DETAIL, DRY_RUN_DETAIL, DETAIL[pb.MARKETING_FREQUENCY]):
         assert detail in seen_details
     for words in ("unknown sender", "unknown template", "is paused", "is disabled"):

@@ -11,7 +11,7 @@ from server_harness import SENDER, T0, TICKET_KEY, run_async, serving, share_tic
 from tiergate.client import AdmitItem, columns_request
 from tiergate.engine.constants import recipient_key
 from tiergate.policy.columnar import ColumnsResult
-from tiergate.policy.service import InvalidArgument
+from tiergate.policy.requests import InvalidArgument
 from tiergate.server import columns_wire
 from tiergate.v1 import admission_pb2 as pb
 
@@ -169,8 +169,8 @@ def test_keys_read_off_the_wire_decide_as_strings_do() -> None:
     got = decide(wire)
     assert got == decide(columns_wire.protobuf_decode(data))
     assert got[0].count(pb.DECISION_ADMIT) == 250 and got[1].count(pb.MESSAGING_LIMIT) == 50
-    # A key repeated inside the batch sends it down the general path, which
-    # makes each recipient's string from the wire bytes.
+    # A key repeated inside the batch has it decided in parts, from the
+    # recipient keys read off the wire.
     msg.idempotency_keys.extend(["k"] * 2 + [f"k{i}" for i in range(298)])
     msg.recipients[1] = msg.recipients[0]  # the same request twice under "k"
     data = msg.SerializeToString()

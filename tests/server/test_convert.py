@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tiergate.policy.service import AdmitResult
+from tiergate.policy.answers import AdmitResult
 from tiergate.server import convert
 from tiergate.v1 import admission_pb2 as pb
 

@@ -21,7 +21,7 @@ from tiergate.config import Endpoint, ServeConfig
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy.columnar import AdmitColumns, admit_columns
 from tiergate.policy.profile import Profile
-from tiergate.policy.service import AdmitRequest
+from tiergate.policy.requests import AdmitRequest
 from tiergate.server import Sidecar
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.webhooks.signature import sign

@@ -19,8 +19,10 @@ import pytest
 from store_double import forbid_fork
 
 from tiergate.policy import events as ev
+from tiergate.policy.answers import AdmitResult
 from tiergate.policy.profile import load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, AdmitResult
+from tiergate.policy.requests import AdmitRequest
+from tiergate.policy.service import AdmissionService
 from tiergate.store import EmbeddedStore
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

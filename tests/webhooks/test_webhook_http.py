@@ -243,7 +243,8 @@ def test_post_through_the_admission_service() -> None:
     from tiergate.engine import constants as c
     from tiergate.policy.events import Category, Kind, SenderUpdate
     from tiergate.policy.profile import load_profile
-    from tiergate.policy.service import AdmissionService, AdmitRequest
+    from tiergate.policy.requests import AdmitRequest
+    from tiergate.policy.service import AdmissionService
 
     at = 1697043223000  # the payload's message time
     service = AdmissionService(load_profile("meta-2025"))

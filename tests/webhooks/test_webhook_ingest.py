@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from webhook_helpers import all_bodies, dumps, paths, real, replaced, synthetic
 
 from tiergate.engine import constants as c
+from tiergate.policy.answers import AdmitResult
 from tiergate.policy.events import (
     Category,
     Kind,
@@ -27,7 +28,8 @@ from tiergate.policy.events import (
     TemplateUpdate,
 )
 from tiergate.policy.profile import load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, AdmitResult
+from tiergate.policy.requests import AdmitRequest
+from tiergate.policy.service import AdmissionService
 from tiergate.webhooks.ingest import (
     SignatureError,
     WebhookError,

@@ -18,6 +18,7 @@ import pytest
 from webhook_helpers import dumps, real, synthetic
 
 from tiergate.engine import constants as c
+from tiergate.policy.answers import AdmitResult
 from tiergate.policy.events import (
     Category,
     Kind,
@@ -26,7 +27,8 @@ from tiergate.policy.events import (
     SendStatus,
 )
 from tiergate.policy.profile import load_profile
-from tiergate.policy.service import AdmissionService, AdmitRequest, AdmitResult
+from tiergate.policy.requests import AdmitRequest
+from tiergate.policy.service import AdmissionService
 from tiergate.webhooks.ingest import IngestResult, ingest
 
 HOUR = 3_600_000

@@ -1,4 +1,4 @@
-"""AdmitColumns: a batch of admits as columns, with the answers AdmitBatch gives.
+"""A batch of admits decided as columns: AdmitColumns, AdmitBatch and ``admit_many``.
 
 A request names its distinct senders and templates once and refers to them by
 index per item; answers come back as per-item columns (bytes and arrays), so
@@ -8,14 +8,12 @@ pause) is done once per batch; the per-item loops run in
 ``tiergate.engine.columns.kernels`` (compiled with the compiled engine), and
 the engine decides every row in one ``decide_batch`` call.
 
-Answers, errors, journal records, tickets, decision counts, scope clocks and
-upgrade crossings are exactly those of :meth:`AdmissionService.admit_many` for
-the same requests in the same order: every idempotency key is checked against
-what it is bound to before anything is decided (:class:`KeyConflict` names
-``idempotency_keys[i]``). A batch that needs the general path — an idempotency
-key repeated inside the batch, or a time at which time-driven changes
-(upgrades, restriction ends, ...) fall due — is decided by ``admit_many``
-itself and its results turned into columns.
+Every batch of more than one request is decided here; a lone request takes
+the scalar path (``admission.admit_checked``) to the same answers, counts,
+keys, journal record and crossings. Every idempotency key is checked against
+what it is bound to before anything is decided. A batch in which a key
+repeats, time-driven changes (upgrades, restriction ends, ...) fall due at an
+item's time, or dry runs differ is decided in parts, as one by one would.
 """
 
 from __future__ import annotations
@@ -23,119 +21,63 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from operator import add
+from typing import TYPE_CHECKING, Any
 
 from tiergate.engine import NEVER, DecisionBatch
 from tiergate.engine import records as rec
-from tiergate.engine.columns import (
-    BAD_CATEGORY,
-    BAD_KIND,
-    BAD_SENDER_INDEX,
-    BAD_TEMPLATE_INDEX,
-    NO_CATEGORY,
-    REASONS,
-    kernels,
-)
+from tiergate.engine.columns import REASONS, kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_QUALITY_BLOCK,
     MARKETING_FREQUENCY,
     OK,
     QUALITY_PROTECTION,
-    recipient_key,
+    TEMPLATE_DISABLED,
+    TEMPLATE_PAUSED,
+    UNKNOWN_SENDER,
 )
 
-from .service import (
-    _BANNED,
-    _TEMPLATE_OFF,
-    MAX_ID_LEN,
-    MAX_KEY_LEN,
-    MAX_TEMPLATE_LEN,
+from .admission import BLOCKING, template_state
+from .answers import (
+    BACK_OFF_DETAIL,
+    DETAIL,
+    DRY_RUN_DETAIL,
     META_ERROR,
     META_TEMPLATE_MISSING,
-    AdmissionService,
-    AdmitRequest,
     AdmitResult,
-    InvalidArgument,
-    KeyConflict,
-    Remembered,
-    differs,
+    template_detail,
+    unknown_sender_detail,
 )
+from .column_checks import AdmitColumns, ColumnsLike, Items, check_columns
+from .keys import KeyMemory, differs
+from .requests import MARKETING, AdmitLike, KeyConflict, check_all
 from .state import REASONS as SENDER_REASONS
-from .state import LimitScope, Sender
+from .state import LimitScope, PolicyState, Sender
+from .tiers import check_crossing, maintain, recompute_due
 
-#: The Meta error each decision reason avoids, one entry per reason slot.
+if TYPE_CHECKING:
+    from .service import AdmissionService
+
+__all__ = [
+    "AdmitColumns",
+    "ColumnsLike",
+    "ColumnsResult",
+    "admit_columns",
+    "admit_requests",
+    "decide",
+]
+
+Remembered = rec.Entry
+
 _ZEROS5 = (0, 0, 0, 0, 0)
 _QUALITY_PROTECTION = bytes([QUALITY_PROTECTION])
+#: The kernels' sender table states (``engine.columns``): step 2 per distinct sender.
+_S_UNKNOWN, _S_KNOWN, _S_BLOCKED = 0, 1, 2
+#: Zero-filled columns of each type, made by repetition (``_Q * n``).
+_Q, _UQ, _I32, _UI32 = array("q", [0]), array("Q", [0]), array("i", [0]), array("I", [0])
+#: The Meta error each decision reason avoids, one entry per reason slot.
 _META_ERROR = array("i", [*META_ERROR, *[0] * (REASONS - len(META_ERROR))])
-
-__all__ = ["AdmitColumns", "ColumnsLike", "ColumnsResult", "admit_columns"]
-
-
-class ColumnsLike(Protocol):
-    """The attributes of the proto ``AdmitColumnsRequest`` (a protobuf message fits)."""
-
-    @property
-    def senders(self) -> Sequence[str]: ...
-    @property
-    def sender_index(self) -> Sequence[int]: ...
-    @property
-    def recipients(self) -> Sequence[str]: ...
-    @property
-    def kinds(self) -> bytes: ...
-    @property
-    def categories(self) -> bytes: ...
-    @property
-    def templates(self) -> Sequence[str]: ...
-    @property
-    def template_index(self) -> Sequence[int]: ...
-    @property
-    def idempotency_keys(self) -> Sequence[str]: ...
-    @property
-    def at_unix_ms(self) -> Sequence[int]: ...
-    @property
-    def dry_run(self) -> bool: ...
-
-
-@dataclass(slots=True)
-class AdmitColumns:
-    """A plain columnar request (tests, simulations, library use)."""
-
-    senders: Sequence[str]
-    sender_index: Sequence[int]
-    recipients: Sequence[str]
-    kinds: bytes
-    categories: bytes
-    templates: Sequence[str] = ()
-    template_index: Sequence[int] = ()
-    idempotency_keys: Sequence[str] = ()
-    at_unix_ms: Sequence[int] = ()
-    dry_run: bool = False
-
-    @classmethod
-    def from_requests(cls, reqs: Sequence[AdmitRequest], dry_run: bool = False) -> AdmitColumns:
-        """The columns of ``reqs`` (each request's own ``dry_run`` is not kept)."""
-        senders: dict[str, int] = {}
-        templates: dict[str, int] = {}
-        sidx = [senders.setdefault(r.sender_id, len(senders)) for r in reqs]
-        tidx = [
-            templates.setdefault(r.template_id, len(templates) + 1) if r.template_id else 0
-            for r in reqs
-        ]
-        keys = [r.idempotency_key for r in reqs]
-        at = [r.at_unix_ms for r in reqs]
-        return cls(
-            senders=list(senders),
-            sender_index=sidx,
-            recipients=[r.recipient for r in reqs],
-            kinds=bytes(r.kind for r in reqs),
-            categories=bytes(r.category for r in reqs),
-            templates=list(templates),
-            template_index=tidx,
-            idempotency_keys=keys if any(keys) else [],
-            at_unix_ms=at if any(at) else [],
-            dry_run=dry_run,
-        )
 
 
 @dataclass(slots=True)
@@ -153,7 +95,7 @@ class ColumnsResult:
     #: Items held by a 131049 back-off: MARKETING_FREQUENCY because Meta declined
     #: marketing to the recipient, not because of the frequency cap.
     back_offs: set[int] = field(default_factory=set)
-    #: Every item's detail, when ``admit_many`` decided the batch (else None).
+    #: Every item's detail, for a caller that has them all (None here: see ``detail``).
     details: list[str] | None = None
 
     def __len__(self) -> int:
@@ -183,11 +125,62 @@ class ColumnsResult:
             bytearray(n),
             bytearray(n),
             bytearray(n),
-            array("q", bytes(8 * n)),
-            array("q", bytes(8 * n)),
-            array("q", bytes(8 * n)),
-            array("i", bytes(4 * n)),
+            _Q * n,
+            _Q * n,
+            _Q * n,
+            _I32 * n,
             [""] * n,
+        )
+
+    def put(self, start: int, part: ColumnsResult) -> None:
+        """The answers of a part of the batch, from item ``start`` on."""
+        end = start + len(part)
+        self.decisions[start:end] = part.decisions
+        self.reasons[start:end] = part.reasons
+        self.counted[start:end] = part.counted
+        self.retry_at_unix_ms[start:end] = part.retry_at_unix_ms
+        self.limit[start:end] = part.limit
+        self.used[start:end] = part.used
+        self.meta_error_code[start:end] = part.meta_error_code
+        self.tickets[start:end] = part.tickets
+        self.back_offs.update(start + i for i in part.back_offs)
+
+    def admitted(self, i: int, first: Remembered) -> None:
+        """Item ``i`` answered by its key's first answer (an admit)."""
+        self.decisions[i] = ADMIT
+        self.reasons[i] = OK
+        self.retry_at_unix_ms[i] = 0
+        self.tickets[i] = first[0]
+        self.counted[i] = 1 if first[1] else 0
+        self.limit[i] = first[2]
+        self.used[i] = first[3]
+        self.meta_error_code[i] = 0
+
+    def detail(self, i: int, sender_id: str, template_id: str) -> str:
+        """Item ``i``'s detail, for a request from ``sender_id`` with ``template_id``."""
+        reason = self.reasons[i]
+        if reason == UNKNOWN_SENDER:
+            return unknown_sender_detail(sender_id)
+        if reason in (TEMPLATE_PAUSED, TEMPLATE_DISABLED):
+            return template_detail(reason, self.meta_error_code[i], template_id)
+        if reason == MARKETING_FREQUENCY and i in self.back_offs:
+            return BACK_OFF_DETAIL
+        if self.decisions[i] == ADMIT and not self.tickets[i]:
+            return DRY_RUN_DETAIL
+        return DETAIL[reason]
+
+    def result(self, i: int, sender_id: str, template_id: str) -> AdmitResult:
+        """Item ``i`` as an :class:`AdmitResult`."""
+        return AdmitResult(
+            self.decisions[i],
+            self.reasons[i],
+            self.retry_at_unix_ms[i],
+            self.tickets[i],
+            self.counted[i] == 1,
+            self.limit[i],
+            self.used[i],
+            self.meta_error_code[i],
+            self.detail(i, sender_id, template_id),
         )
 
     def item(self, i: int) -> tuple[int, int, int, str, bool, int, int, int]:
@@ -204,199 +197,138 @@ class ColumnsResult:
         )
 
 
-def _column(typecode: str, name: str, values: Any) -> array[int]:
-    if isinstance(values, array) and values.typecode == typecode:
-        return values
-    try:
-        # A protobuf repeated field copies to a list fastest by slicing.
-        return array(typecode, values[:])
-    except (OverflowError, TypeError):
-        raise InvalidArgument(name, f"{name}: must be integers in range") from None
-
-
-def _byte_column(name: str, values: Any) -> bytes:
-    if isinstance(values, bytes):
-        return values
-    try:
-        return bytes(values)
-    except (TypeError, ValueError):
-        raise InvalidArgument(name, f"{name}: must be one byte per item") from None
-
-
-def _check_strings(name: str, values: Sequence[Any], limit: int, required: bool) -> None:
-    for k, v in enumerate(values):
-        if type(v) is not str or len(v) > limit or (required and not v):
-            field = f"{name}[{k}]"
-            if not isinstance(v, str):
-                raise InvalidArgument(field, f"{field}: must be a string")
-            if not v:
-                raise InvalidArgument(field, f"{field}: is required")
-            raise InvalidArgument(field, f"{field}: longer than {limit} characters")
-
-
-@dataclass(slots=True)
-class _Request:
-    n: int
-    senders: list[str]
-    sender_index: array[int]
-    recipients: Sequence[str]
-    rkeys: array[int]
-    kinds: bytes
-    categories: bytes  # SERVICE (4) where a free-form item has none
-    raw_categories: bytes
-    templates: list[str]
-    template_index: array[int]
-    keys: list[str]
-    at: array[int]
-    dry: bool
-    latest: int  # the latest item time (0: none)
-
-
-def _validate(req: ColumnsLike) -> _Request:
-    """Every column checked before anything is decided; the error names column and item."""
-    # The wire reader hands over recipients already turned into keys (all valid).
-    known_keys: array[int] | None = getattr(req, "recipient_keys", None)
-    recipients: Sequence[str] = req.recipients if known_keys is not None else list(req.recipients)
-    n = len(recipients)
-    senders = list(req.senders)
-    templates = list(req.templates)
-    sidx = _column("I", "sender_index", req.sender_index)
-    kinds = _byte_column("kinds", req.kinds)
-    cats = _byte_column("categories", req.categories)
-    tidx_in = req.template_index
-    tidx = _column("I", "template_index", tidx_in) if len(tidx_in) else array("I", bytes(4 * n))
-    keys = list(req.idempotency_keys)
-    at = _column("q", "at_unix_ms", req.at_unix_ms)
-    for name, size in (
-        ("sender_index", len(sidx)),
-        ("kinds", len(kinds)),
-        ("categories", len(cats)),
-        ("template_index", len(tidx)),
-    ):
-        if size != n:
-            raise InvalidArgument(name, f"{name}: has {size} items, recipients has {n}")
-    for name, size in (("idempotency_keys", len(keys)), ("at_unix_ms", len(at))):
-        if size not in (0, n):
-            raise InvalidArgument(
-                name, f"{name}: has {size} items; it must be empty or have one per item ({n})"
-            )
-    _check_strings("senders", senders, MAX_ID_LEN, True)
-    _check_strings("templates", templates, MAX_TEMPLATE_LEN, True)
-    bad, problem = kernels.check_items(n, sidx, len(senders), kinds, cats, tidx, len(templates))
-    if bad >= 0:
-        raise _item_error(bad, problem, sidx, kinds, cats, tidx, len(senders), len(templates))
-    if known_keys is not None:
-        assert len(known_keys) == n
-        rkeys, bad = known_keys, -1
-    else:
-        rkeys = array("Q", bytes(8 * n))
-        assert isinstance(recipients, list)
-        bad = kernels.encode_recipients(recipients, rkeys)
-    if bad >= 0:
-        field = f"recipients[{bad}]"
-        if type(recipients[bad]) is not str:
-            raise InvalidArgument(field, f"{field}: must be a string")
-        try:
-            recipient_key(recipients[bad])
-        except ValueError as exc:
-            raise InvalidArgument(field, f"{field}: {exc}") from None
-        raise InvalidArgument(field, f"{field}: not an E.164 number")
-    if keys:
-        _check_strings("idempotency_keys", keys, MAX_KEY_LEN, False)
-    lo, hi = kernels.time_bounds(at)
-    if lo < 0:
-        bad = next(i for i, t in enumerate(at) if t < 0)
-        raise InvalidArgument(f"at_unix_ms[{bad}]", f"at_unix_ms[{bad}]: must be >= 0")
-    return _Request(
-        n=n,
-        senders=senders,
-        sender_index=sidx,
-        recipients=recipients,
-        rkeys=rkeys,
-        kinds=kinds,
-        categories=cats.replace(b"\x00", b"\x04") if b"\x00" in cats else cats,
-        raw_categories=cats,
-        templates=templates,
-        template_index=tidx,
-        keys=keys,
-        at=at,
-        dry=bool(req.dry_run),
-        latest=hi,
-    )
-
-
-def _item_error(
-    i: int,
-    problem: int,
-    sidx: array[int],
-    kinds: bytes,
-    cats: bytes,
-    tidx: array[int],
-    n_senders: int,
-    n_templates: int,
-) -> InvalidArgument:
-    if problem == BAD_SENDER_INDEX:
-        field = f"sender_index[{i}]"
-        msg = f"{sidx[i]} is out of range (senders has {n_senders})"
-    elif problem == BAD_KIND:
-        field = f"kinds[{i}]"
-        msg = f"must be TEMPLATE or FREE_FORM, got {kinds[i]}"
-    elif problem == BAD_CATEGORY:
-        field = f"categories[{i}]"
-        msg = f"unknown value {cats[i]}"
-    elif problem == NO_CATEGORY:
-        field = f"categories[{i}]"
-        msg = "is required for TEMPLATE messages"
-    elif problem == BAD_TEMPLATE_INDEX:
-        field = f"template_index[{i}]"
-        msg = f"{tidx[i]} is out of range (templates has {n_templates}; 0 is none)"
-    else:
-        field = f"template_index[{i}]"
-        msg = "a template is required for TEMPLATE messages"
-    return InvalidArgument(field, f"{field}: {msg}")
-
-
 def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> ColumnsResult:
-    """Validate every column, then decide the items in order (as ``admit_many`` would).
+    """Validate every column, then decide the items in order.
 
     Raises :class:`InvalidArgument` naming the column and item, e.g.
     ``recipients[17]``; nothing is decided then.
     """
-    r = _validate(req)
+    r = check_columns(req)
     if r.n == 0:
         return ColumnsResult.empty(0)
-    svc = service
-    objs = [svc._senders.get(sid) for sid in r.senders]
+    return decide(service.state, r, now_ms)
+
+
+def admit_requests(st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
+    """Validate every request (an error names ``requests[i].<field>``), then decide
+    them in order through the columns (``AdmissionService.admit_many``)."""
+    r = Items.from_checked(check_all(reqs))
+    if r.n == 0:
+        return []
+    try:
+        out = decide(st, r, now_ms)
+    except KeyConflict as e:
+        raise e.at(f"requests[{e.item}].idempotency_key") from None
+    senders, sidx, templates, tidx = r.senders, r.sender_index, r.templates, r.template_index
+    return [
+        out.result(i, senders[sidx[i]], templates[tidx[i] - 1] if tidx[i] else "")
+        for i in range(r.n)
+    ]
+
+
+def decide(st: PolicyState, r: Items, now_ms: int) -> ColumnsResult:
+    """Decide checked items in order: every idempotency key checked against what it
+    is bound to before anything is decided (:class:`KeyConflict` names
+    ``idempotency_keys[i]``), then the items in one engine call — or in parts
+    (:func:`_decide_in_parts`) when a key repeats inside the batch, time-driven
+    changes fall due at an item's time, or the items' dry runs differ."""
+    objs = [st.senders.get(sid) for sid in r.senders]
     skip: bytes | bytearray = b""
     hits: list[tuple[int, Remembered]] = []
     repeated = False
     if r.keys and any(r.keys):
-        skip, hits, repeated = _repeated_keys(svc, r, objs, now_ms)
-    if svc._due_dirty:
-        svc._recompute_due()
-    request_clock = svc._request_clock
-    high = max(now_ms, r.latest) if request_clock else now_ms
-    if repeated or high >= svc._next_due:
-        return _general(svc, r, now_ms)
-    return _fast(svc, r, now_ms, objs, skip, hits)
+        skip, hits, repeated = _repeated_keys(st, r, objs, now_ms)
+    if st.due_dirty:
+        recompute_due(st)
+    high = max(now_ms, r.latest) if st.request_clock else now_ms
+    if repeated or high >= st.next_due or r.dry_runs is not None:
+        return _decide_in_parts(st, r, now_ms, objs)
+    out, high, unknown = _decide_rows(st, r, now_ms, objs, skip, hits)
+    _time_moves(st, r.n - unknown, high)
+    return out
+
+
+def _time_moves(st: PolicyState, known: int, high: int) -> None:
+    """After a batch with ``known`` items of known senders, the latest at ``high``."""
+    if known:
+        if high > st.latest_ms:
+            st.latest_ms = high
+        order = st.keys.order
+        if order and order[0][0] <= high:
+            st.forget_expired(high)
+
+
+def _decide_in_parts(
+    st: PolicyState, r: Items, now_ms: int, objs: list[Sender | None]
+) -> ColumnsResult:
+    """Decide the items as one by one would, each part in one engine call: a part
+    ends before an item whose key's first request is in the part (that item then
+    sees its outcome), before an item at whose time time-driven changes fall due
+    (they are applied first), and where the dry run changes."""
+    out = ColumnsResult.empty(r.n)
+    high = now_ms
+    known = 0
+    start = 0
+    while start < r.n:
+        end = _part_end(st, r, objs, start, high)
+        part = r.part(start, end)
+        skip: bytes | bytearray = b""
+        hits: list[tuple[int, Remembered]] = []
+        if part.keys and any(part.keys):
+            skip, hits, _ = _repeated_keys(st, part, objs, high)
+        got, high, unknown = _decide_rows(st, part, high, objs, skip, hits)
+        out.put(start, got)
+        known += part.n - unknown
+        start = end
+    _time_moves(st, known, high)
+    return out
+
+
+def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, high: int) -> int:
+    """Where the part from item ``start`` ends (see :func:`_decide_in_parts`), for a
+    batch whose items before ``start`` brought the latest time to ``high``;
+    applies the time-driven changes due at item ``start``'s time."""
+    at = r.at if st.request_clock and len(r.at) else None
+    keys, sidx = r.keys, r.sender_index
+    dry = r.dry_at(start)
+    gathered: set[tuple[str, str]] = set()
+    for i in range(start, r.n):
+        if r.dry_at(i) != dry:
+            return i
+        sender = objs[sidx[i]]
+        if sender is None:
+            continue
+        now = at[i] if at is not None and at[i] > 0 else high
+        if now > high:
+            high = now
+        if now >= st.next_due:
+            if i > start:
+                return i
+            maintain(st, now)
+        key = keys[i] if keys else ""
+        if not key or (KeyMemory.lookup(sender, key, now) is not None and sender.status < BLOCKING):
+            continue  # no key, or a repeat its key answers
+        if not dry:
+            if (sender.id, key) in gathered:
+                return i
+            gathered.add((sender.id, key))
+    return r.n
 
 
 def _repeated_keys(
-    svc: AdmissionService, r: _Request, objs: list[Sender | None], now_ms: int
+    st: PolicyState, r: Items, objs: list[Sender | None], now_ms: int
 ) -> tuple[bytearray, list[tuple[int, Remembered]], bool]:
     """Every key checked before anything is decided (:class:`KeyConflict` for one bound
-    to another request); then the items whose key already has an answer, as
-    ``admit_many`` finds them: (skip, hits, repeated), ``repeated`` when a key
-    repeats inside the batch (``admit_many`` then decides in parts, so the general
-    path takes the batch).
+    to another request); then the items whose key already has an answer:
+    (skip, hits, repeated), ``repeated`` when a key repeats inside the batch (it
+    is then decided in parts).
 
-    ``admit_many`` looks each key up in item order, at the item's time, before
-    anything new is remembered, so the same walk here finds the same answers. A
-    sender BANNED or DISABLED by now gets no remembered answer: its items are
-    decided (step 2 rejects them).
+    Each key is looked up in item order, at the item's time, before anything new
+    is remembered. A sender BANNED or DISABLED by now gets no remembered answer:
+    its items are decided (step 2 rejects them).
     """
     idems = [s.idem if s is not None else None for s in objs]
-    at = r.at if svc._request_clock else None
+    at = r.at if st.request_clock else None
     bad, skip, hits, repeated = kernels.repeated_keys(
         r.keys,
         r.sender_index,
@@ -413,11 +345,11 @@ def _repeated_keys(
     )
     if bad >= 0:
         raise _conflict(r, idems, at, now_ms, bad)
-    if hits and any(s is not None and s.status >= _BANNED for s in objs):
+    if hits and any(s is not None and s.status >= BLOCKING for s in objs):
         kept = []
         for hit in hits:
             sender = objs[r.sender_index[hit[0]]]
-            if sender is not None and sender.status >= _BANNED:
+            if sender is not None and sender.status >= BLOCKING:
                 skip[hit[0]] = 0
             else:
                 kept.append(hit)
@@ -426,7 +358,7 @@ def _repeated_keys(
 
 
 def _conflict(
-    r: _Request,
+    r: Items,
     idems: list[dict[str, Remembered] | None],
     at: Sequence[int] | None,
     now_ms: int,
@@ -457,61 +389,13 @@ def _conflict(
     raise AssertionError(f"item {i}: no conflict to name")
 
 
-def _general(svc: AdmissionService, r: _Request, now_ms: int) -> ColumnsResult:
-    """Through ``admit_many``: keys repeated in the batch, time-driven changes falling due."""
-    senders, templates, recipients = r.senders, r.templates, r.recipients
-    sidx, tidx, kinds, cats = r.sender_index, r.template_index, r.kinds, r.raw_categories
-    keys, at, dry = r.keys, r.at, r.dry
-    reqs = [
-        AdmitRequest(
-            sender_id=senders[sidx[i]],
-            recipient=recipients[i],
-            kind=kinds[i],
-            category=cats[i],
-            template_id=templates[tidx[i] - 1] if tidx[i] else "",
-            idempotency_key=keys[i] if keys else "",
-            at_unix_ms=at[i] if at else 0,
-            dry_run=dry,
-        )
-        for i in range(r.n)
-    ]
-    try:
-        return _from_results(svc.admit_many(reqs, now_ms))
-    except KeyConflict as e:  # found above already; named as the columns name it
-        raise e.at(f"idempotency_keys[{e.item}]") from None
-
-
-def _from_results(results: Sequence[AdmitResult]) -> ColumnsResult:
-    out = ColumnsResult.empty(len(results))
-    for i, res in enumerate(results):
-        out.decisions[i] = res.decision
-        out.reasons[i] = res.reason
-        out.counted[i] = 1 if res.counted else 0
-        out.retry_at_unix_ms[i] = res.retry_at_unix_ms
-        out.limit[i] = res.limit
-        out.used[i] = res.used
-        out.meta_error_code[i] = res.meta_error_code
-        out.tickets[i] = res.ticket
-    out.details = [res.detail for res in results]
-    return out
-
-
-def _fast(
-    svc: AdmissionService,
-    r: _Request,
-    now_ms: int,
-    objs: list[Sender | None],
-    skip: bytes | bytearray,
-    hits: list[tuple[int, Remembered]],
-) -> ColumnsResult:
-    n = r.n
-    z4, z8 = bytes(4 * n), bytes(8 * n)
-    k = len(r.senders)
-    # Per distinct sender, once: status, scope, limits and flags by category.
+def _sender_tables(objs: list[Sender | None]) -> tuple[Any, ...]:
+    """Per distinct sender, once: status, scope, limits and flags by category (the
+    kernels' sender table, see ``engine.columns``); then the scopes' slots."""
     state: list[int] = []
     slot_of: list[int] = []
     scope_of: list[int] = []
-    number_of: list[int] = []
+    index_of: list[int] = []
     limits: list[int] = []
     flags: list[int] = []
     restricted: list[int] = []
@@ -520,10 +404,10 @@ def _fast(
     scopes: list[LimitScope] = []
     for sender in objs:
         if sender is None:
-            state.append(0)
+            state.append(_S_UNKNOWN)
             slot_of.append(0)
             scope_of.append(0)
-            number_of.append(0)
+            index_of.append(0)
             limits += _ZEROS5
             flags += _ZEROS5
             restricted.append(0)
@@ -534,47 +418,59 @@ def _fast(
         if slot is None:
             slot = slots[scope.index] = len(scopes)
             scopes.append(scope)
-        state.append(2 if sender.status >= _BANNED else 1)
+        state.append(_S_BLOCKED if sender.status >= BLOCKING else _S_KNOWN)
         slot_of.append(slot)
         scope_of.append(scope.index)
-        number_of.append(sender.number)
+        index_of.append(sender.engine_index)
         limits += sender.limits
         flags += sender.flags
         restricted.append(sender.restricted_until)
-        qblock.append(1 if sender.flags[1] & F_QUALITY_BLOCK else 0)
-    s_state = bytearray(state)
-    s_slot = array("i", slot_of)
-    s_scope = array("i", scope_of)
-    s_number = array("i", number_of)
-    s_limits = array("q", limits)
-    s_flags = array("I", flags)
-    s_restricted = array("q", restricted)
-    s_qblock = bytearray(qblock)
+        qblock.append(1 if sender.flags[MARKETING] & F_QUALITY_BLOCK else 0)
+    return (
+        bytearray(state),
+        array("i", slot_of),
+        array("i", scope_of),
+        array("i", index_of),
+        array("q", limits),
+        array("I", flags),
+        array("q", restricted),
+        bytearray(qblock),
+        scopes,
+    )
+
+
+def _decide_rows(
+    st: PolicyState,
+    r: Items,
+    now_ms: int,
+    objs: list[Sender | None],
+    skip: bytes | bytearray,
+    hits: list[tuple[int, Remembered]],
+) -> tuple[ColumnsResult, int, int]:
+    """Decide items none of whose keys repeats (``skip``/``hits``: those a key already
+    answers) with no time-driven change due: (answers, the latest item time,
+    items of unknown senders)."""
+    n = r.n
+    s_state, s_slot, s_scope, s_index, s_limits, s_flags, s_restricted, s_qblock, scopes = (
+        _sender_tables(objs)
+    )
     last_now = array("q", [sc.last_now for sc in scopes])
-    # Per distinct template, once: unknown (and rejected), disabled, paused until.
+    # Per distinct template, once: step 3's reading of it.
     m = len(r.templates)
     t_state = bytearray(m + 1)
-    t_paused = array("q", bytes(8 * (m + 1)))
-    reject_unknown = svc.profile.unknown_templates == "reject"
-    by_id, by_name = svc._templates, svc._template_names
+    t_paused = _Q * (m + 1)
     for t, tpl in enumerate(r.templates, 1):
-        found = by_id.get(tpl) or by_name.get(tpl)
-        if found is None:
-            t_state[t] = 1 if reject_unknown else 0
-        elif found.status >= _TEMPLATE_OFF:
-            t_state[t] = 2
-        else:
-            t_paused[t] = found.paused_until
+        t_state[t], t_paused[t] = template_state(st, tpl)
 
     out = ColumnsResult.empty(n)
-    counts = array("q", bytes(8 * REASONS * k))
+    counts = _Q * (REASONS * len(objs))
     batch = DecisionBatch()
     # Input columns sized for every item; cut to the rows the engine decides.
-    batch.now, batch.scope, batch.number = array("q", z8), array("i", z4), array("i", z4)
-    batch.recipient, batch.flags = array("Q", z8), array("I", z4)
-    batch.limit, batch.ticket = array("q", z8), array("Q", z8)
-    rows = array("i", z4)
-    row_eco = array("q", z8)
+    batch.now, batch.scope, batch.number = _Q * n, _I32 * n, _I32 * n
+    batch.recipient, batch.flags = _UQ * n, _UI32 * n
+    batch.limit, batch.ticket = _Q * n, _UQ * n
+    rows = _I32 * n
+    row_back_off = _Q * n
     high, unknown, nrows = kernels.prepare(
         n,
         r.sender_index,
@@ -584,13 +480,13 @@ def _fast(
         r.at,
         r.rkeys,
         now_ms,
-        svc._request_clock,
+        st.request_clock,
         r.dry,
-        svc._ticket,
+        st.ticket,
         s_state,
         s_slot,
         s_scope,
-        s_number,
+        s_index,
         s_limits,
         s_flags,
         last_now,
@@ -598,11 +494,11 @@ def _fast(
         t_paused,
         _META_ERROR,
         META_TEMPLATE_MISSING,
-        svc._eco,
+        st.marketing_back_off,
         skip,
         batch,
         rows,
-        row_eco,
+        row_back_off,
         out.decisions,
         out.reasons,
         out.retry_at_unix_ms,
@@ -612,76 +508,78 @@ def _fast(
     )
     for slot, scope in enumerate(scopes):
         scope.last_now = last_now[slot]
-    svc._unknown_sender_count += unknown
+    st.unknown_sender_count += unknown
     if nrows:
         if nrows < n:
             for col in (batch.now, batch.scope, batch.number, batch.recipient, batch.flags):
                 del col[nrows:]
-            for col in (batch.limit, batch.ticket, rows, row_eco):
+            for col in (batch.limit, batch.ticket, rows, row_back_off):
                 del col[nrows:]
-        svc.engine.decide_batch(batch)
-        journal = svc._journal if svc._journal_on and not svc._replaying else None
-        counted_rows = array("i", bytes(4 * nrows))
-        last_tid, n_counted = kernels.finish(
-            batch,
-            rows,
-            row_eco,
-            r.sender_index,
-            s_restricted,
-            s_qblock,
-            _META_ERROR,
-            out.decisions,
-            out.reasons,
-            out.counted,
-            out.retry_at_unix_ms,
-            out.limit,
-            out.used,
-            out.meta_error_code,
-            out.tickets,
-            r.keys,
-            r.kinds,
-            r.categories,
-            r.template_index,
-            r.templates,
-            svc._k0,
-            svc._k1,
-            journal,
-            counts,
-            counted_rows,
-        )
-        if svc._eco:
-            _find_back_offs(batch, rows, out)
-        if r.keys:
-            _remember_keys(svc, r, objs, batch, rows, out)
-        if last_tid:
-            svc._ticket = last_tid
-        if n_counted:
-            del counted_rows[n_counted:]
-            _check_crossings(svc, scopes, batch, counted_rows)
+        st.engine.decide_batch(batch)
+        _finish(st, r, objs, scopes, batch, rows, row_back_off, s_restricted, s_qblock, out, counts)
     for i, first in hits:  # the first answers: admits
-        out.decisions[i] = ADMIT
-        out.reasons[i] = OK
-        out.retry_at_unix_ms[i] = 0
-        out.tickets[i] = first[0]
-        out.counted[i] = 1 if first[1] else 0
-        out.limit[i] = first[2]
-        out.used[i] = first[3]
-        out.meta_error_code[i] = 0
+        out.admitted(i, first)
     for s, sender in enumerate(objs):
-        if sender is None:
-            continue
-        base = s * REASONS
-        sc = sender.counts
-        for reason in range(SENDER_REASONS):
-            c = counts[base + reason]
-            if c:
-                sc[reason] += c
-    if unknown < n:  # not only unknown senders: time moves
-        if high > svc.latest_ms:
-            svc.latest_ms = high
-        if svc._idem_order and svc._idem_order[0][0] <= high:
-            svc._prune(high)
-    return out
+        if sender is not None:
+            base = s * REASONS
+            row = counts[base : base + SENDER_REASONS]
+            if any(row):
+                sender.counts[:] = map(add, sender.counts, row)
+    return out, high, unknown
+
+
+def _finish(
+    st: PolicyState,
+    r: Items,
+    objs: list[Sender | None],
+    scopes: list[LimitScope],
+    batch: DecisionBatch,
+    rows: array[int],
+    row_back_off: array[int],
+    s_restricted: array[int],
+    s_qblock: bytearray,
+    out: ColumnsResult,
+    counts: array[int],
+) -> None:
+    """The engine's answers to ``out``: tickets, journal record, keys, crossings."""
+    journal = st.journal if st.journal_on and not st.replaying else None
+    counted_rows = _I32 * len(rows)
+    last_tid, n_counted = kernels.finish(
+        batch,
+        rows,
+        row_back_off,
+        r.sender_index,
+        s_restricted,
+        s_qblock,
+        _META_ERROR,
+        out.decisions,
+        out.reasons,
+        out.counted,
+        out.retry_at_unix_ms,
+        out.limit,
+        out.used,
+        out.meta_error_code,
+        out.tickets,
+        r.keys,
+        r.kinds,
+        r.categories,
+        r.template_index,
+        r.templates,
+        st.k0,
+        st.k1,
+        journal,
+        counts,
+        counted_rows,
+    )
+    if st.marketing_back_off:
+        _find_back_offs(batch, rows, out)
+    if r.keys:
+        _remember_keys(st, r, objs, batch, rows, out)
+    if last_tid:
+        st.ticket = last_tid
+    if n_counted:
+        del counted_rows[n_counted:]
+        _check_crossings(st, scopes, batch, counted_rows)
 
 
 def _find_back_offs(batch: DecisionBatch, rows: array[int], out: ColumnsResult) -> None:
@@ -697,14 +595,14 @@ def _find_back_offs(batch: DecisionBatch, rows: array[int], out: ColumnsResult) 
 
 
 def _remember_keys(
-    svc: AdmissionService,
-    r: _Request,
+    st: PolicyState,
+    r: Items,
     objs: list[Sender | None],
     batch: DecisionBatch,
     rows: array[int],
     out: ColumnsResult,
 ) -> None:
-    """Admitted items with a key answer their repeats from now on (as ``admit_many``)."""
+    """Admitted items with a key answer their repeats from now on (as a lone admit's do)."""
     kernels.remember_keys(
         rows,
         r.keys,
@@ -717,8 +615,8 @@ def _remember_keys(
         r.template_index,
         r.templates,
         batch.now,
-        svc.profile.idempotency_ms,
-        svc._idem_order,
+        st.profile.idempotency_ms,
+        st.keys.order,
         out.tickets,
         out.counted,
         out.limit,
@@ -727,10 +625,10 @@ def _remember_keys(
 
 
 def _check_crossings(
-    svc: AdmissionService, scopes: list[LimitScope], batch: DecisionBatch, counted_rows: array[int]
+    st: PolicyState, scopes: list[LimitScope], batch: DecisionBatch, counted_rows: array[int]
 ) -> None:
-    """Date upgrade-threshold crossings, as ``admit_many`` does after its batch."""
-    top = svc.profile.ladder[-1]
+    """Date upgrade-threshold crossings: to the row that reached the threshold."""
+    top = st.profile.ladder[-1]
     open_ = {sc.index: sc for sc in scopes if sc.crossed_at == NEVER and sc.tier != top}
     if not open_:
         return
@@ -743,4 +641,4 @@ def _check_crossings(
     for idx, js in touched.items():
         sc = open_[idx]
         if sc.crossed_at == NEVER and sc.tier != top:
-            svc._check_crossing(sc, b_now[js[-1]], (b_now, batch.prev_counted), js)
+            check_crossing(st, sc, b_now[js[-1]], (b_now, batch.prev_counted), js)

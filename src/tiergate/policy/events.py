@@ -13,6 +13,11 @@ import enum
 from dataclasses import dataclass
 
 
+def specified(values: type[enum.IntEnum]) -> tuple[int, ...]:
+    """The values of an enum a field may hold: all but UNSPECIFIED (0)."""
+    return tuple(int(v) for v in values if v != 0)
+
+
 class Kind(enum.IntEnum):
     UNSPECIFIED = 0
     TEMPLATE = 1

@@ -3,14 +3,23 @@
 Limit scopes (a business portfolio, or one phone number, by profile), senders
 (phone numbers) and templates. Recipients live in the engine's tables. Each
 object turns into a plain dict and back, for snapshots and journal records.
+:class:`PolicyState` holds all of it: the one object every policy module
+(admission, feedback, tiers, reports, persistence) works on.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from tiergate.engine import NEVER
 from tiergate.engine.records import Entry
+
+if TYPE_CHECKING:
+    from .keys import KeyMemory
+    from .profile import Profile
+    from .seam import CountingStore
 
 from .events import Quality, SenderStatus, TemplateStatus
 
@@ -68,6 +77,8 @@ class Sender:
         "coexistence",
         "counts",
         "display",
+        "engine_index",
+        "engine_index",
         "flags",
         "floor_restricted",
         "id",
@@ -75,7 +86,6 @@ class Sender:
         "limits",
         "limits_until",
         "mps_override",
-        "number",
         "portfolio_id",
         "quality",
         "red_since",
@@ -89,9 +99,11 @@ class Sender:
         "waba_id",
     )
 
-    def __init__(self, sender_id: str, number: int, scope: LimitScope, portfolio_id: str) -> None:
+    def __init__(
+        self, sender_id: str, engine_index: int, scope: LimitScope, portfolio_id: str
+    ) -> None:
         self.id = sender_id
-        self.number = number  # engine number index
+        self.engine_index = engine_index  # the engine's index of this phone number
         self.scope = scope
         self.portfolio_id = portfolio_id
         self.waba_id = ""
@@ -119,7 +131,7 @@ class Sender:
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "number": self.number,
+            "number": self.engine_index,
             "scope": self.scope.index,
             "portfolio_id": self.portfolio_id,
             "waba_id": self.waba_id,
@@ -218,3 +230,97 @@ class Template:
         t.pause_end = int(d.get("pause_end", t.paused_until))
         t.quality = str(d["quality"])
         return t
+
+
+#: A time later than any: nothing is due.
+FAR_FUTURE = 1 << 62
+
+
+@dataclass(slots=True, eq=False)
+class PolicyState:
+    """Everything one admission service knows, besides the engine's tables.
+
+    ``clear`` empties what a snapshot replaces; the settings (profile, clock,
+    journal switch, ticket key) stay.
+    """
+
+    profile: Profile
+    engine: CountingStore
+    keys: KeyMemory
+    #: The request clock: a request's ``at_unix_ms`` is its time (else the server's).
+    request_clock: bool
+    #: Journal records are made (a service without a journal makes none).
+    journal_on: bool
+    #: The two words of the ticket key (``engine.tickets``) and the key itself.
+    k0: int
+    k1: int
+    ticket_key: bytes
+    #: Records made since the last drain, oldest first.
+    journal: list[bytes] = field(default_factory=list)
+    #: A journal record is being re-applied: no checks, no new records.
+    replaying: bool = False
+    #: The latest time an accepted request was decided at (a decision for a known
+    #: sender, an event that passed its checks, a state report). Under the request
+    #: clock the server decides a request without ``at_unix_ms`` at this time; a
+    #: refused request never moves it.
+    latest_ms: int = 0
+    scopes: list[LimitScope] = field(default_factory=list)
+    portfolios: dict[str, LimitScope] = field(default_factory=dict)
+    senders: dict[str, Sender] = field(default_factory=dict)
+    #: Senders by engine index (creation order).
+    by_index: list[Sender] = field(default_factory=list)
+    by_display: dict[str, Sender] = field(default_factory=dict)
+    templates: dict[str, Template] = field(default_factory=dict)
+    template_names: dict[str, Template] = field(default_factory=dict)
+    #: The last ticket id handed out.
+    ticket: int = 0
+    #: Applied message ids → expiry, and (expiry, message id) in order.
+    seen: dict[str, int] = field(default_factory=dict)
+    seen_order: deque[tuple[int, str]] = field(default_factory=deque)
+    #: Meta message id (wamid) → (ticket, expiry), from send results that named
+    #: both; the order queue holds (expiry, message id) in link order.
+    links: dict[str, tuple[str, int]] = field(default_factory=dict)
+    link_order: deque[tuple[int, str]] = field(default_factory=deque)
+    #: (scope, recipient key) → end of the marketing back-off Meta's 131049 asks for.
+    marketing_back_off: dict[tuple[int, int], int] = field(default_factory=dict)
+    unknown_sender_count: int = 0
+    #: The earliest time a time-driven change falls due (``tiers.maintain``).
+    next_due: int = FAR_FUTURE
+    #: ``next_due`` must be recomputed before it is read.
+    due_dirty: bool = False
+
+    def clear(self) -> None:
+        """Forget every scope, sender, template, key, link and count."""
+        self.scopes = []
+        self.portfolios = {}
+        self.senders = {}
+        self.by_index = []
+        self.by_display = {}
+        self.templates = {}
+        self.template_names = {}
+        self.ticket = 0
+        self.keys.order.clear()
+        self.seen = {}
+        self.seen_order = deque()
+        self.links = {}
+        self.link_order = deque()
+        self.marketing_back_off = {}
+        self.unknown_sender_count = 0
+        self.next_due = FAR_FUTURE
+        self.due_dirty = False
+
+    def now(self, at: int, now_ms: int) -> int:
+        """The time of a request or event with ``at_unix_ms`` = ``at``."""
+        return at if self.request_clock and at > 0 else now_ms
+
+    def forget_expired(self, now: int) -> None:
+        """Drop the idempotency entries, applied message ids and (when many) the
+        marketing back-offs expired at ``now``."""
+        self.keys.prune(self.senders, now)
+        seen = self.seen_order
+        while seen and seen[0][0] <= now:
+            _, key = seen.popleft()
+            self.seen.pop(key, None)
+        back_off = self.marketing_back_off
+        if back_off and len(back_off) > 1024:
+            self.marketing_back_off = {k: v for k, v in back_off.items() if v > now}

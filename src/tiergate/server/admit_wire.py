@@ -15,11 +15,11 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError
 
 from tiergate.engine.columns import kernels
-from tiergate.policy.service import (
+from tiergate.policy.answers import AdmitResult
+from tiergate.policy.requests import (
     MAX_ID_LEN,
     MAX_KEY_LEN,
     MAX_TEMPLATE_LEN,
-    AdmitResult,
     Checked,
     InvalidArgument,
 )

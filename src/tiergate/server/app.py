@@ -25,7 +25,8 @@ from tiergate.config import ConfigError, Endpoint, ServeConfig
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
-from tiergate.policy.service import AdmissionService, InvalidArgument
+from tiergate.policy.requests import InvalidArgument
+from tiergate.policy.service import AdmissionService
 from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint

@@ -26,18 +26,15 @@ from tiergate.engine.constants import (
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
-from tiergate.policy.columnar import ColumnsResult
-from tiergate.policy.service import (
+from tiergate.policy.answers import (
     BACK_OFF_DETAIL,
     DETAIL,
     DRY_RUN_DETAIL,
-    MAX_ID_LEN,
-    MAX_KEY_LEN,
-    MAX_TEMPLATE_LEN,
-    InvalidArgument,
     template_detail,
     unknown_sender_detail,
 )
+from tiergate.policy.columnar import ColumnsResult
+from tiergate.policy.requests import MAX_ID_LEN, MAX_KEY_LEN, MAX_TEMPLATE_LEN, InvalidArgument
 from tiergate.server.columns_wire import WireColumns, WireRecipients
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from tiergate.engine.columns import kernels
 from tiergate.policy.columnar import ColumnsResult
-from tiergate.policy.service import InvalidArgument
+from tiergate.policy.requests import InvalidArgument
 from tiergate.server import convert
 from tiergate.v1 import admission_pb2 as pb
 

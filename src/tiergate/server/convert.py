@@ -15,8 +15,10 @@ from google.protobuf.message import Message
 
 from tiergate.engine.constants import recipient_key
 from tiergate.policy import events as ev
+from tiergate.policy.answers import AdmitResult
 from tiergate.policy.columnar import ColumnsResult
-from tiergate.policy.service import AdmitResult, InvalidArgument, SenderReport
+from tiergate.policy.reports import SenderReport
+from tiergate.policy.requests import InvalidArgument
 from tiergate.v1 import admission_pb2 as pb
 
 _E = TypeVar("_E", bound=enum.IntEnum)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 from tiergate.engine.columns import REASONS, kernels
-from tiergate.policy.service import AdmitResult
+from tiergate.policy.answers import AdmitResult
 from tiergate.v1 import admission_pb2 as pb
 
 log = logging.getLogger("tiergate.metrics")

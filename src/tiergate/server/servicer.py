@@ -23,14 +23,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tiergate.engine.columns import kernels
+from tiergate.policy.answers import AdmitResult
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
-from tiergate.policy.service import (
-    AdmissionService,
-    AdmitResult,
-    Checked,
-    InvalidArgument,
-    KeyConflict,
-)
+from tiergate.policy.requests import Checked, InvalidArgument, KeyConflict
+from tiergate.policy.service import AdmissionService
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.metrics import Metrics

@@ -1,0 +1,202 @@
+"""Admission: DESIGN §2's steps in order for one request (Admit, a lone stream item).
+
+A batch is decided in ``columnar``, through the same statements of steps 2
+and 3 (:data:`BLOCKING`, :func:`template_state`) and the answers of
+``answers``; the per-item loops there are the kernels'.
+
+Steps 1–3 (request validity, sender status, template status) are decided
+here; steps 4–9 (window, opt-out, messaging limit, protective rules,
+throughput, pair rate) by the engine, steered by per-request flags and the effective limit
+the tier machine derives from the profile. Nothing is consumed unless every
+rule passes. An idempotency key answers only the request it was first used for
+(same sender, recipient, kind, category and template): a repeat gets the first
+answer, another request under the key is refused (:class:`KeyConflict`) before
+anything is decided. Tickets carry a MAC under the service's ticket key
+(``engine.tickets``), so feedback acts only on tickets this service issued.
+"""
+
+from __future__ import annotations
+
+from tiergate.engine import NEVER
+from tiergate.engine import records as rec
+from tiergate.engine.columns import kernels
+from tiergate.engine.constants import (
+    ADMIT,
+    F_DRY_RUN,
+    F_QUALITY_BLOCK,
+    F_TEMPLATE,
+    OK,
+    SENDER_BLOCKED,
+    TEMPLATE_DISABLED,
+    TEMPLATE_PAUSED,
+)
+
+from . import events as ev
+from .answers import (
+    DETAIL,
+    DRY_RUN_DETAIL,
+    META_ERROR,
+    META_TEMPLATE_MISSING,
+    AdmitResult,
+    blocked,
+    refusal,
+    remembered,
+    template_refused,
+    unknown_sender,
+)
+from .journal import admit_record
+from .keys import differs
+from .requests import MARKETING, TEMPLATE, Checked, KeyConflict
+from .state import PolicyState, Sender
+from .tiers import check_crossing, maintain, recompute_due
+
+__all__ = [
+    "BLOCKING",
+    "T_DISABLED",
+    "T_UNKNOWN",
+    "T_USABLE",
+    "admit_checked",
+    "template_refusal",
+    "template_state",
+]
+
+#: Step 2: a sender whose status is this or above (BANNED, DISABLED) sends nothing.
+BLOCKING = int(ev.SenderStatus.BANNED)
+#: Step 3: a template whose status is this or above (DISABLED, REJECTED) is not sent.
+_TEMPLATE_OFF = int(ev.TemplateStatus.DISABLED)
+#: What step 3 finds of a template (the columnar kernels' template table holds the
+#: same): usable (perhaps paused), unknown to a profile that rejects unknown ones,
+#: disabled or rejected.
+T_USABLE = 0
+T_UNKNOWN = 1
+T_DISABLED = 2
+_ADMITTED = DETAIL[OK]
+#: The compiled ticket encoder with the compiled engine, else the pure-Python one.
+encode_ticket = kernels.encode_ticket
+
+
+def template_state(st: PolicyState, tpl: str) -> tuple[int, int]:
+    """Step 3's reading of template ``tpl`` (an id or a name): (T_USABLE, T_UNKNOWN
+    or T_DISABLED; paused until, 0 when not paused)."""
+    t = st.templates.get(tpl) or st.template_names.get(tpl)
+    if t is None:
+        return (T_UNKNOWN if st.profile.unknown_templates == "reject" else T_USABLE), 0
+    if t.status >= _TEMPLATE_OFF:
+        return T_DISABLED, 0
+    return T_USABLE, t.paused_until
+
+
+def template_refusal(state: int, paused_until: int, limit: int, tpl: str) -> AdmitResult:
+    """Step 3's answer for a template that may not be sent now: ``state`` (from
+    :func:`template_state`) is not T_USABLE, or the template is paused."""
+    if state == T_UNKNOWN:
+        return template_refused(TEMPLATE_DISABLED, 0, limit, META_TEMPLATE_MISSING, tpl)
+    if state == T_DISABLED:
+        return template_refused(TEMPLATE_DISABLED, 0, limit, META_ERROR[TEMPLATE_DISABLED], tpl)
+    code = META_ERROR[TEMPLATE_PAUSED]
+    return template_refused(TEMPLATE_PAUSED, paused_until, limit, code, tpl)
+
+
+def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult:
+    """Decide one request whose fields passed the checks of ``requests.well_formed``
+    (the server's wire reader makes them from the request bytes)."""
+    sid, rkey, kind, cat, tpl, key, at, dry = checked
+    sender = st.senders.get(sid)
+    if sender is None:
+        # Touches no sender's state: neither time-driven changes nor the clock.
+        st.unknown_sender_count += 1
+        return unknown_sender(sid)
+    now = at if st.request_clock and at > 0 else now_ms
+    first: rec.Entry | None = None
+    if key:
+        first = sender.idem.get(key)
+        if first is not None:
+            if first[rec.E_UNTIL] <= now:  # expired (not dropped yet)
+                first = None
+            else:
+                bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT
+                if not rec.bound_to(first, bound, tpl):
+                    raise KeyConflict("idempotency_key", 0, differs(first, bound, tpl))
+    if st.due_dirty:
+        recompute_due(st)
+    high = now if now > now_ms else now_ms
+    if high > st.latest_ms:
+        st.latest_ms = high
+    if now >= st.next_due:
+        maintain(st, now)
+    if first is not None and sender.status < BLOCKING:
+        res = remembered(first)
+    else:
+        res = _decide_one(st, sender, rkey, kind, cat, tpl, key, now, dry)
+    order = st.keys.order
+    if order and order[0][0] <= high:
+        st.forget_expired(high)
+    return res
+
+
+def _decide_one(
+    st: PolicyState,
+    sender: Sender,
+    rkey: int,
+    kind: int,
+    cat: int,
+    tpl: str,
+    key: str,
+    now: int,
+    dry: bool,
+) -> AdmitResult:
+    """Steps 2 onwards for one validated request of a known sender whose key (if
+    any) has no answer yet. A key's repeat from a sender that is BANNED or
+    DISABLED by now comes here too, and step 2 rejects it."""
+    scope = sender.scope
+    if now < scope.last_now:
+        now = scope.last_now
+    else:
+        scope.last_now = now
+    limit = sender.limits[cat]
+    if sender.status >= BLOCKING:
+        sender.counts[SENDER_BLOCKED] += 1
+        return blocked(limit)
+    flags = sender.flags[cat]
+    if kind == TEMPLATE:
+        flags |= F_TEMPLATE
+        state, paused_until = template_state(st, tpl)
+        if state or now < paused_until:
+            res = template_refusal(state, paused_until, limit, tpl)
+            sender.counts[res.reason] += 1
+            return res
+    back_off_end = 0
+    back_off = st.marketing_back_off
+    if back_off and cat == MARKETING:
+        end = back_off.get((scope.index, rkey), 0)
+        if end > now:
+            back_off_end = end
+            flags |= F_QUALITY_BLOCK
+    if dry:
+        flags |= F_DRY_RUN
+        tid = 0
+    else:
+        tid = st.ticket + 1
+    index = sender.engine_index
+    d, rsn, retry, counted, used, prev, slot = st.engine.decide(
+        now, scope.index, index, rkey, flags, limit
+    )
+    if d != ADMIT:
+        res = refusal(sender, d, rsn, retry, limit, used, back_off_end)
+        sender.counts[res.reason] += 1
+        return res
+    sender.counts[rsn] += 1
+    if dry:
+        return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
+    st.ticket = tid
+    ticket = encode_ticket(st.k0, st.k1, tid, index, rkey, prev, slot)
+    res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, _ADMITTED)
+    if key:
+        until = now + st.profile.idempotency_ms
+        bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT
+        st.keys.remember(sender, key, (ticket, counted == 1, limit, used, until, bound, tpl))
+    if st.journal_on and not st.replaying:
+        st.journal.append(admit_record(now, index, rkey, flags, tid, limit, key, kind, cat, tpl))
+    if counted and scope.crossed_at == NEVER and scope.tier != st.profile.ladder[-1]:
+        check_crossing(st, scope, now, ((now,), (prev,)), [0])
+    return res

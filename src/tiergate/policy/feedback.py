@@ -1,0 +1,406 @@
+"""Feedback: each event's effect on the state (``AdmissionService.apply``).
+
+Send results release slots and act on Meta's error codes, link Meta's message
+ids to tickets; inbound messages open windows; opt-outs, template updates and
+template quality change what later admits see. Sender, quality and account
+events live in ``senders``. Every field is checked before anything changes;
+an applied event is journaled as JSON (``journal``) and replays through
+:func:`apply_event`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tiergate.engine import NEVER
+from tiergate.engine import records as rec
+from tiergate.engine.columns import kernels
+from tiergate.engine.tickets import decode_ticket, ticket_fields
+
+from . import events as ev
+from .answers import ApplyResult
+from .journal import journal_json
+from .meta_errors import MetaError
+from .requests import MAX_KEY_LEN, InvalidArgument, KeyConflict, recipient_field
+from .senders import (
+    check_sender_update,
+    on_account_update,
+    on_capability_update,
+    on_quality_update,
+    on_sender_update,
+)
+from .state import LimitScope, PolicyState, Sender, Template
+from .tiers import catch_up
+
+__all__ = ["apply", "apply_event", "check_event"]
+
+#: The send statuses a send result may carry.
+_SEND_STATUSES = ev.specified(ev.SendStatus)
+_TEMPLATE_STATUSES = ev.specified(ev.TemplateStatus)
+
+
+def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
+    """Apply one feedback event. Unknown senders/templates/tickets → applied=False.
+
+    Raises :class:`InvalidArgument` for a malformed field (e.g. a recipient
+    that is not E.164 digits).
+    """
+    at = getattr(event, "at_unix_ms", 0)
+    now = st.now(at if isinstance(at, int) else 0, now_ms)
+    # A refused event changes nothing: its fields are checked before time moves.
+    check_event(st, event)
+    if now > st.latest_ms:
+        st.latest_ms = now
+    st.forget_expired(now)
+    catch_up(st, now)
+    result, record = apply_event(st, event, now)
+    if result.applied and record and st.journal_on:
+        payload = {
+            "k": "event",
+            "now": now,
+            "type": type(event).__name__,
+            "f": dataclasses.asdict(event),
+        }
+        journal_json(st, payload)
+    return result
+
+
+def check_event(st: PolicyState, event: ev.Event) -> None:
+    """Raise :class:`InvalidArgument` for a malformed field of ``event`` (the
+    checks of its fields alone), before any change — time-driven ones included."""
+    if isinstance(event, ev.InboundMessage | ev.OptOut):
+        recipient_field(event.recipient, "recipient")
+    elif isinstance(event, ev.SendResult):
+        if int(event.status) not in _SEND_STATUSES:
+            raise InvalidArgument("status", f"status: unknown value {event.status!r}")
+        mid = event.message_id
+        if not isinstance(mid, str) or len(mid) > MAX_KEY_LEN:
+            raise InvalidArgument(
+                "message_id",
+                f"message_id: must be a string of at most {MAX_KEY_LEN} characters",
+            )
+        named = event.ticket or event.idempotency_key or mid
+        if event.recipient or (event.status == ev.SendStatus.FAILED and not named):
+            recipient_field(event.recipient, "recipient")  # what a failure without them releases
+    elif isinstance(event, ev.SenderUpdate):
+        check_sender_update(st, event)
+    elif isinstance(event, ev.TemplateUpdate):
+        check_template_update(event)
+
+
+def apply_event(st: PolicyState, event: ev.Event, now: int) -> tuple[ApplyResult, bool]:
+    if isinstance(event, ev.SendResult):
+        return on_send_result(st, event, now)
+    if isinstance(event, ev.InboundMessage):
+        return on_inbound(st, event, now), True
+    if isinstance(event, ev.OptOut):
+        return on_opt_out(st, event), True
+    if isinstance(event, ev.SenderUpdate):
+        return on_sender_update(st, event, now), True
+    if isinstance(event, ev.TemplateUpdate):
+        return on_template_update(st, event, now), True
+    if isinstance(event, ev.QualityUpdate):
+        return on_quality_update(st, event, now), True
+    if isinstance(event, ev.CapabilityUpdate):
+        return on_capability_update(st, event, now), True
+    if isinstance(event, ev.AccountUpdate):
+        return on_account_update(st, event, now), True
+    if isinstance(event, ev.TemplateQualityUpdate):
+        return on_template_quality(st, event), True
+    return ApplyResult(False, f"unsupported event type {type(event).__name__}"), False
+
+
+def seen_once(st: PolicyState, key: str, now: int) -> bool:
+    """True when ``key`` (a message id) was applied before; else remember it."""
+    if key in st.seen:
+        return True
+    until = now + st.profile.message_id_ms
+    st.seen[key] = until
+    st.seen_order.append((until, key))
+    return False
+
+
+def on_inbound(st: PolicyState, e: ev.InboundMessage, now: int) -> ApplyResult:
+    rkey = recipient_field(e.recipient, "recipient")
+    s = st.senders.get(e.sender_id)
+    if s is None:
+        return ApplyResult(False, f"unknown sender {e.sender_id!r}")
+    if e.message_id and seen_once(st, "in:" + e.message_id, now):
+        return ApplyResult(False, f"message {e.message_id} already applied")
+    p = st.profile
+    # The window runs from the user's message: never later than the time it arrived.
+    start = e.at_unix_ms if 0 < e.at_unix_ms < now else now
+    fep = int(e.entry_point) in p.free_entry_points
+    fep_until = start + p.free_entry_point_window_ms if fep else NEVER
+    st.engine.open_window(s.engine_index, rkey, start + p.service_window_ms, fep_until)
+    kind = "free entry point (72 h)" if fep else "customer service"
+    return ApplyResult(True, f"{kind} window open for {e.recipient}")
+
+
+def ticket_of(st: PolicyState, e: ev.SendResult, now: int) -> str:
+    """The ticket a send result names, directly or by sender + idempotency key (a
+    key bound to another recipient than the result names: :class:`KeyConflict`)."""
+    if e.ticket or not (e.sender_id and e.idempotency_key):
+        return e.ticket
+    s0 = st.senders.get(e.sender_id)
+    first = s0.idem.get(e.idempotency_key) if s0 is not None else None
+    if first is None or first[4] <= now:
+        return ""
+    if e.recipient:
+        rkey = recipient_field(e.recipient, "recipient")
+        if (first[rec.E_BOUND] ^ rkey) & rec.RECIPIENT_BITS:
+            raise KeyConflict("idempotency_key", 0, "recipient")
+    return first[0]
+
+
+def ticket_numbers(st: PolicyState, ticket: str) -> tuple[int, int, int, int, int] | None:
+    """(ticket id, number, recipient key, prev_counted, slot stamp) of a ticket this
+    service issued (its MAC checked); None for any other string. Replay takes the
+    tickets of its records as they are: they were checked when first applied (and
+    records from before MACs hold tickets without one)."""
+    if st.replaying:
+        found = ticket_fields(ticket)
+    else:
+        found = decode_ticket(ticket, st.k0, st.k1, kernels.encode_ticket)
+    if found is None or found[1] >= len(st.by_index):
+        return None
+    return found
+
+
+def link_retention(st: PolicyState) -> int:
+    p = st.profile
+    return max(p.idempotency_ms, p.window_ms)
+
+
+def linked_ticket(st: PolicyState, message_id: str, now: int) -> str:
+    found = st.links.get(message_id)
+    return found[0] if found is not None and found[1] > now else ""
+
+
+def link(st: PolicyState, message_id: str, ticket: str, now: int) -> None:
+    """Remember message id → ticket; expired links, then the oldest, make room.
+
+    Links change only here (and in restore), at the times of journaled send
+    results, so a replay rebuilds exactly the same links; a lookup checks the
+    expiry itself, so an expired link never applies even before it is dropped.
+    """
+    links, order = st.links, st.link_order
+    cap = st.profile.message_links
+    while order and (order[0][0] <= now or len(links) >= cap):
+        until, old = order.popleft()
+        found = links.get(old)
+        if found is not None and found[1] == until:
+            del links[old]
+    until = now + link_retention(st)
+    links[message_id] = (ticket, until)
+    order.append((until, message_id))
+
+
+def on_delivery_status(st: PolicyState, e: ev.SendResult, now: int) -> tuple[ApplyResult, bool]:
+    """SENT, DELIVERED or READ: link Meta's message id to the ticket when both are named."""
+    name = ev.SendStatus(e.status).name.lower()
+    mid = e.message_id
+    ticket = ticket_of(st, e, now) if mid else ""
+    if not ticket:
+        return ApplyResult(True, f"{name}: nothing to do"), False
+    if not isinstance(mid, str) or len(mid) > MAX_KEY_LEN:
+        raise InvalidArgument(
+            "message_id", f"message_id: must be a string of at most {MAX_KEY_LEN} characters"
+        )
+    if ticket_numbers(st, ticket) is None:
+        return ApplyResult(False, f"unknown or invalid ticket {ticket!r}"), False
+    if st.profile.message_links == 0:
+        return ApplyResult(True, f"{name}: nothing to do (message links are off)"), False
+    found = st.links.get(mid)
+    if found is not None and found[1] > now:
+        if found[0] == ticket:
+            return ApplyResult(True, f"{name}: message {mid} already linked"), False
+        return ApplyResult(False, f"message {mid} is already linked to ticket {found[0]!r}"), False
+    link(st, mid, ticket, now)
+    return ApplyResult(True, f"{name}: message {mid} linked to ticket {ticket}"), True
+
+
+def on_send_result(st: PolicyState, e: ev.SendResult, now: int) -> tuple[ApplyResult, bool]:
+    if int(e.status) not in _SEND_STATUSES:
+        raise InvalidArgument("status", f"status: unknown value {e.status!r}")
+    if e.status != ev.SendStatus.FAILED:
+        return on_delivery_status(st, e, now)
+    dedupe = f"st:{e.message_id}" if e.message_id else ""
+    if dedupe and dedupe in st.seen:
+        return ApplyResult(False, f"message {e.message_id} already applied"), False
+    decoded: tuple[int, int, int, int, int] | None = None
+    sender: Sender | None = None
+    ticket = ticket_of(st, e, now)
+    linked = False
+    if not ticket and e.message_id:
+        # A webhook status names Meta's message id only: the ticket it was linked to.
+        ticket = linked_ticket(st, e.message_id, now)
+        linked = bool(ticket)
+    if ticket:
+        decoded = ticket_numbers(st, ticket)
+        if decoded is None:
+            return ApplyResult(False, f"unknown or invalid ticket {ticket!r}"), False
+        sender = st.by_index[decoded[1]]
+        if linked and e.sender_id and e.sender_id != sender.id:
+            return ApplyResult(
+                False,
+                f"message {e.message_id} was sent by sender {sender.id!r}, "
+                f"not {e.sender_id!r}: nothing released",
+            ), False
+        rkey = decoded[2]
+    else:
+        sender = st.senders.get(e.sender_id)
+        if sender is None:
+            return ApplyResult(False, f"unknown sender {e.sender_id!r}"), False
+        rkey = recipient_field(e.recipient, "recipient")
+    done = _act_on_failure(st, sender, rkey, decoded, e.meta_error_code, now)
+    if not done:
+        if not ticket and e.message_id:
+            return ApplyResult(
+                False,
+                f"no ticket linked to message {e.message_id}: nothing to release "
+                "(a send result naming both ticket and message_id links them)",
+            ), False
+        return ApplyResult(False, "nothing to release (already released or relied on)"), False
+    if dedupe:
+        seen_once(st, dedupe, now)
+    detail = ", ".join(done)
+    if linked:
+        detail += f" (ticket {ticket}, linked to message {e.message_id})"
+    return ApplyResult(True, detail), True
+
+
+def _act_on_failure(
+    st: PolicyState,
+    sender: Sender,
+    rkey: int,
+    decoded: tuple[int, int, int, int, int] | None,
+    code: int,
+    now: int,
+) -> list[str]:
+    """What a failed send changes (its slot back, unless Meta's error keeps it; what
+    the error asks for): a phrase per change made."""
+    done: list[str] = []
+    scope = sender.scope.index
+    if decoded is not None and code not in st.profile.keep_slot_codes:
+        _, _, _, prev, slot = decoded
+        if st.engine.release(scope, rkey, slot, prev):
+            done.append("slot released")
+    if code == MetaError.THROUGHPUT:
+        st.engine.slow_throughput(sender.engine_index, now, st.profile.throughput_backoff_ms)
+        done.append("throughput paused")
+    elif code == MetaError.OUTSIDE_WINDOW:
+        st.engine.close_window(sender.engine_index, rkey)
+        done.append("window closed")
+    elif code == MetaError.OPTED_OUT:
+        st.engine.set_opt_out(scope, rkey, True)
+        done.append("recipient opted out of marketing")
+    elif code == MetaError.ECOSYSTEM_ENGAGEMENT and st.profile.ecosystem_backoff_ms > 0:
+        st.marketing_back_off[(scope, rkey)] = now + st.profile.ecosystem_backoff_ms
+        done.append("marketing to recipient held back")
+    return done
+
+
+def on_opt_out(st: PolicyState, e: ev.OptOut) -> ApplyResult:
+    rkey = recipient_field(e.recipient, "recipient")
+    scopes: dict[int, LimitScope] = {}
+    if e.sender_id:
+        s = st.senders.get(e.sender_id)
+        if s is None:
+            return ApplyResult(False, f"unknown sender {e.sender_id!r}")
+        scopes[s.scope.index] = s.scope
+    if e.portfolio_id:
+        for s in st.by_index:
+            if s.portfolio_id == e.portfolio_id:
+                scopes[s.scope.index] = s.scope
+        if not scopes:
+            return ApplyResult(False, f"unknown portfolio {e.portfolio_id!r}")
+    if not scopes:
+        return ApplyResult(False, "opt_out names neither a sender nor a portfolio")
+    for idx in scopes:
+        st.engine.set_opt_out(idx, rkey, e.opted_out)
+    what = "opted out of" if e.opted_out else "opted in to"
+    return ApplyResult(True, f"{e.recipient} {what} marketing in {len(scopes)} scope(s)")
+
+
+def find_template(st: PolicyState, template_id: str, name: str = "") -> Template | None:
+    t = st.templates.get(template_id) if template_id else None
+    if t is None and template_id:
+        t = st.template_names.get(template_id)
+    if t is None and name:
+        t = st.template_names.get(name) or st.templates.get(name)
+    return t
+
+
+def check_template_update(u: ev.TemplateUpdate) -> None:
+    if not u.template_id:
+        raise InvalidArgument("template_id", "template_id: is required")
+    if int(u.status) not in _TEMPLATE_STATUSES:
+        raise InvalidArgument("status", f"status: unknown value {u.status!r}")
+    if u.paused_until_unix_ms < 0:
+        raise InvalidArgument("paused_until_unix_ms", "paused_until_unix_ms: must be >= 0")
+
+
+def on_template_update(st: PolicyState, u: ev.TemplateUpdate, now: int) -> ApplyResult:
+    """Apply a template update whose fields passed ``_check_template_update``."""
+    status = int(u.status)
+    p = st.profile
+    t = find_template(st, u.template_id, u.template_name)
+    S = ev.TemplateStatus
+    if t is not None and t.disabled and status == S.UNPAUSED:
+        return ApplyResult(False, f"template {t.id} is disabled; UNPAUSED does not apply")
+    # A pause is dated by Meta's time of the event (the service's time without one).
+    start = u.at_unix_ms if u.at_unix_ms > 0 else now
+    if status == S.PAUSED and t is not None and t.pause_count:
+        # The pause already counted, redelivered (possibly after a restart, when
+        # the webhook de-duplication memory is gone): it must not count again.
+        given = u.paused_until_unix_ms
+        paused_now = t.status == S.PAUSED and now < t.paused_until
+        if (given and given == t.pause_end) or (
+            start == t.pause_start and (paused_now or not given)
+        ):
+            return ApplyResult(
+                False,
+                f"template {t.id}: pause {t.pause_count} (from {t.pause_start} until "
+                f"{t.pause_end}) already applied",
+            )
+    created = t is None
+    if t is None:
+        t = Template(u.template_id, u.template_name, u.waba_id)
+        st.templates[t.id] = t
+    if u.template_name and u.template_name != t.name:
+        t.name = u.template_name
+    if t.name:
+        st.template_names[t.name] = t
+    if u.waba_id:
+        t.waba_id = u.waba_id
+    if status == S.PAUSED:
+        if now < t.paused_until and not u.paused_until_unix_ms:
+            return ApplyResult(True, f"template {t.id} already paused")
+        t.pause_count += 1
+        t.pause_start = start
+        if t.pause_count >= p.disable_after_pauses:
+            t.status = int(S.DISABLED)
+            t.paused_until = 0
+            t.pause_end = u.paused_until_unix_ms
+            return ApplyResult(True, f"template {t.id} disabled after {t.pause_count} pauses")
+        pause = p.pause_ms[min(t.pause_count, len(p.pause_ms)) - 1]
+        t.status = int(S.PAUSED)
+        t.paused_until = u.paused_until_unix_ms or min(start, now) + pause
+        t.pause_end = t.paused_until
+        return ApplyResult(True, f"template {t.id} paused until {t.paused_until}")
+    if status in (S.UNPAUSED, S.APPROVED):
+        t.status = int(S.APPROVED)
+        t.paused_until = 0
+        return ApplyResult(True, f"template {t.id} {'registered' if created else 'active'}")
+    t.status = status
+    t.paused_until = 0
+    return ApplyResult(True, f"template {t.id} {S(status).name.lower()}")
+
+
+def on_template_quality(st: PolicyState, u: ev.TemplateQualityUpdate) -> ApplyResult:
+    t = find_template(st, u.template_id, u.template_name)
+    if t is None:
+        return ApplyResult(False, f"unknown template {u.template_id or u.template_name!r}")
+    t.quality = u.new_quality
+    return ApplyResult(True, f"template {t.id} quality {u.new_quality}")

@@ -1,0 +1,79 @@
+"""The idempotency-key memory: what each key answers, what it is bound to, until when.
+
+A key's entry lives in its sender's table (``Sender.idem``: the compiled
+kernels of the columnar path read and write those tables directly); the
+memory keeps the expiry order of every entry, to drop them when they expire.
+An entry (``engine.records.Entry``) is the first answer, always an ADMIT,
+and what the key is bound to: recipient, kind, category and template.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from tiergate.engine import records as rec
+
+from .requests import KeyConflict
+
+if TYPE_CHECKING:
+    from .state import Sender
+
+__all__ = ["KeyMemory", "differs"]
+
+
+def differs(entry: rec.Entry, bound: int, template: str) -> str:
+    """What of a request differs from what ``entry``'s key is bound to (the word
+    :class:`KeyConflict` uses): recipient, kind, category or template."""
+    known = entry[rec.E_BOUND]
+    if (known ^ bound) & rec.RECIPIENT_BITS:
+        return "recipient"
+    if (known ^ bound) >> rec.KIND_SHIFT & 3:
+        return "kind"
+    if known >> rec.CATEGORY_SHIFT != bound >> rec.CATEGORY_SHIFT:
+        return "category"
+    return "template"
+
+
+class KeyMemory:
+    """Every sender's idempotency entries, in expiry order: ``order`` holds
+    (expiry, sender id, key) in the order the entries were made."""
+
+    __slots__ = ("order",)
+
+    def __init__(self) -> None:
+        self.order: deque[tuple[int, str, str]] = deque()
+
+    @staticmethod
+    def lookup(sender: Sender, key: str, now: int) -> rec.Entry | None:
+        """The entry of ``key`` still valid at ``now`` (None: none)."""
+        first = sender.idem.get(key)
+        if first is not None and first[rec.E_UNTIL] <= now:  # expired (not dropped yet)
+            return None
+        return first
+
+    @staticmethod
+    def check(entry: rec.Entry, bound: int, template: str, field: str, item: int) -> None:
+        """Raise :class:`KeyConflict` naming ``field`` when ``entry``'s key is bound to
+        another request than (``bound``, ``template``)."""
+        if not rec.bound_to(entry, bound, template):
+            raise KeyConflict(field, item, differs(entry, bound, template))
+
+    def remember(self, sender: Sender, key: str, entry: rec.Entry) -> None:
+        """``key`` answers with ``entry`` until its expiry."""
+        sender.idem[key] = entry
+        self.order.append((entry[rec.E_UNTIL], sender.id, key))
+
+    def prune(self, senders: Mapping[str, Sender], now: int) -> None:
+        """Drop the entries expired at ``now``."""
+        order = self.order
+        while order and order[0][0] <= now:
+            until, sid, key = order.popleft()
+            s = senders.get(sid)
+            if s is not None:
+                entry = s.idem.get(key)
+                # Only the entry this expiry belongs to (the key may have been used
+                # again after it expired, before this was dropped).
+                if entry is not None and entry[rec.E_UNTIL] == until:
+                    del s.idem[key]

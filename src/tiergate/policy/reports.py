@@ -1,0 +1,137 @@
+"""Sender reports: what GetSenderState tells of a sender, its scope and its templates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tiergate.engine import NEVER
+
+from .requests import MARKETING
+from .state import PolicyState
+from .tiers import catch_up, check_crossing, eligible, mps, threshold
+
+__all__ = ["PausedTemplateReport", "SenderReport", "UpgradeReport", "sender_state"]
+
+
+@dataclass(slots=True)
+class UpgradeReport:
+    eligible: bool
+    progress: float
+    predicted_at_unix_ms: int
+    next_tier: str
+
+
+@dataclass(slots=True)
+class PausedTemplateReport:
+    template_id: str
+    template_name: str
+    paused_until_unix_ms: int
+    disabled: bool
+
+
+@dataclass(slots=True)
+class SenderReport:
+    """Everything GetSenderState reports (proto ``SenderState``) and a little more."""
+
+    sender_id: str
+    portfolio_id: str
+    profile: str
+    tier: str
+    limit: int
+    used_24h: int
+    remaining: int
+    next_slot_free_at_unix_ms: int
+    unique_7d: int
+    upgrade: UpgradeReport
+    quality: int
+    status: int
+    throughput_mps: int
+    open_windows: int
+    paused_templates: list[PausedTemplateReport]
+    decision_counts: dict[int, int]
+    display_phone_number: str
+    effective_limit: int
+    at_unix_ms: int
+    waba_id: str = ""
+    verified: bool | None = None
+    slots_7d: int = 0
+    restricted_until_unix_ms: int = 0
+    coexistence: bool = False
+    registered_at_unix_ms: int = 0
+    limit_scope: str = ""
+    tier_since_unix_ms: int = 0
+    account_violations: int = 0
+    last_account_event: str = ""
+
+
+def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
+    """The state GetSenderState reports. Raises KeyError for an unknown sender.
+
+    ``at_unix_ms`` (the request's field) is used instead of ``now_ms`` when
+    the service runs with ``clock="request"`` and it is non-zero.
+    """
+    s = st.senders.get(sender_id)
+    if s is None:
+        raise KeyError(sender_id)
+    now_ms = st.now(at_unix_ms, now_ms)
+    if now_ms > st.latest_ms:
+        st.latest_ms = now_ms
+    catch_up(st, now_ms)
+    scope = s.scope
+    now = max(now_ms, scope.last_now)
+    p = st.profile
+    limit = p.tier_limit(scope.tier)
+    effective = s.limits[MARKETING]
+    used, nxt, unique, slots = st.engine.usage(scope.index, now, effective)
+    if scope.crossed_at == NEVER:
+        check_crossing(st, scope, now)
+    have = unique if p.upgrade_basis == "unique" else slots
+    nxt_tier = p.next_tier(scope.tier)
+    need = threshold(st, scope) if nxt_tier is not None else 0
+    predicted = 0
+    if scope.crossed_at != NEVER and eligible(st, scope):
+        predicted = (
+            scope.due_at if p.upgrade_mode == "apply" else scope.crossed_at + p.predict_within_ms
+        )
+    upgrade = UpgradeReport(
+        eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
+        progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
+        predicted_at_unix_ms=predicted,
+        next_tier=nxt_tier or "",
+    )
+    paused = [
+        PausedTemplateReport(t.id, t.name, t.paused_until if not t.disabled else 0, t.disabled)
+        for t in st.templates.values()
+        if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
+    ]
+    return SenderReport(
+        sender_id=s.id,
+        portfolio_id=s.portfolio_id,
+        profile=p.name,
+        tier=scope.tier,
+        limit=limit,
+        used_24h=used,
+        remaining=max(0, effective - used),
+        next_slot_free_at_unix_ms=nxt if used >= effective else now,
+        unique_7d=unique,
+        upgrade=upgrade,
+        quality=s.quality,
+        status=s.status,
+        throughput_mps=mps(st, s),
+        open_windows=st.engine.open_windows(s.engine_index, now),
+        paused_templates=paused,
+        decision_counts={r: c for r, c in enumerate(s.counts) if c},
+        display_phone_number=s.display,
+        effective_limit=effective,
+        at_unix_ms=now,
+        waba_id=s.waba_id,
+        verified=s.verified,
+        slots_7d=slots,
+        restricted_until_unix_ms=s.restricted_until,
+        coexistence=s.coexistence,
+        registered_at_unix_ms=s.registered_at,
+        limit_scope=p.limit_scope,
+        tier_since_unix_ms=scope.tier_since,
+        account_violations=s.violations,
+        last_account_event=s.account_event,
+    )

@@ -1,0 +1,344 @@
+"""The tier machine: limits, upgrades, downgrades, time-driven changes, prediction.
+
+A limit scope's tier sets its senders' effective limits (:func:`derive`,
+with headroom, reservations and warm-up); a scope that meets the upgrade
+threshold is dated (:func:`check_crossing`) and, in apply mode, moves up when
+due; long Red moves it down; restrictions end. :func:`catch_up` applies what
+time alone changed before a request is decided at a later time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from tiergate.engine import NEVER
+from tiergate.engine.constants import (
+    F_FEP_FREE_FORM,
+    F_MARKETING,
+    F_QUALITY_BLOCK,
+    F_RESTRICTED,
+    UNLIMITED,
+)
+
+from . import events as ev
+from .journal import journal_json, journal_state
+from .profile import DAY_MS, Profile
+from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
+
+__all__ = [
+    "catch_up",
+    "category_limits",
+    "check_crossing",
+    "derive",
+    "eligible",
+    "maintain",
+    "mps",
+    "number_params",
+    "recompute_due",
+    "rederive",
+    "refresh",
+    "set_quality",
+    "set_status",
+    "set_tier",
+    "switch_profile",
+    "threshold",
+    "tier_name",
+]
+
+
+def category_limits(profile: Profile, base: int) -> list[int]:
+    """Effective limits by category: headroom, then utility/authentication reservations."""
+    if base >= UNLIMITED:
+        return [UNLIMITED] * 5
+    if profile.headroom_pct < 100.0:
+        base = math.floor(base * profile.headroom_pct / 100.0)
+    ru, ra = profile.reserve_utility_pct, profile.reserve_authentication_pct
+    general = math.floor(base * (100.0 - ru - ra) / 100.0)
+    utility = math.floor(base * (100.0 - ra) / 100.0)
+    # index = Category: UNSPECIFIED, MARKETING, UTILITY, AUTHENTICATION, SERVICE
+    return [general, general, utility, base, general]
+
+
+def catch_up(st: PolicyState, now: int) -> None:
+    """Apply the time-driven changes due at ``now`` (if any)."""
+    if st.due_dirty:
+        recompute_due(st)
+    if now >= st.next_due:
+        maintain(st, now)
+
+
+def threshold(st: PolicyState, scope: LimitScope) -> int:
+    limit = st.profile.tier_limit(scope.tier)
+    return math.ceil(round(st.profile.upgrade_threshold * limit, 6))
+
+
+def eligible(st: PolicyState, scope: LimitScope) -> bool:
+    p = st.profile
+    if p.next_tier(scope.tier) is None or not scope.senders:
+        return False
+    return all(
+        s.quality in p.upgrade_qualities and s.status in p.upgrade_statuses for s in scope.senders
+    )
+
+
+def check_crossing(
+    st: PolicyState,
+    scope: LimitScope,
+    at: int,
+    columns: tuple[Sequence[int], Sequence[int]] | None = None,
+    rows: list[int] | None = None,
+) -> None:
+    """Record when the upgrade threshold is met (the 7-day ring under-counts: never early).
+
+    After a batch, ``rows`` are the batch rows that used a new slot in this
+    scope: the crossing is dated to the row that reached the threshold.
+    """
+    if scope.crossed_at != NEVER or not eligible(st, scope):
+        return
+    p = st.profile
+    _, _, unique, slots = st.engine.usage(scope.index, at, UNLIMITED)
+    have = unique if p.upgrade_basis == "unique" else slots
+    need = threshold(st, scope)
+    if have < need:
+        return
+    if columns is not None and rows:
+        b_now, b_prev = columns
+        # How much each row added: a new slot always adds to the cumulative
+        # count; to the 7-day unique count only when the recipient was clearly
+        # outside the lookback (a borderline one counts as 0: dated later, never early).
+        horizon = p.lookback_ms + p.long_bucket_ms
+        steps = [
+            1 if p.upgrade_basis == "cumulative" or b_prev[j] <= b_now[j] - horizon else 0
+            for j in rows
+        ]
+        level = have - sum(steps)
+        if level < need:
+            for j, step in zip(rows, steps, strict=True):
+                level += step
+                if level >= need:
+                    at = b_now[j]
+                    break
+    scope.crossed_at = at
+    if p.upgrade_mode == "apply":
+        scope.due_at = max(at + p.upgrade_delay_ms, scope.tier_since + p.min_in_tier_ms)
+        st.next_due = min(st.next_due, scope.due_at)
+    journal_state(st, [scope], [])
+
+
+def set_tier(st: PolicyState, scope: LimitScope, tier: str, at: int) -> None:
+    scope.tier = tier
+    scope.tier_since = at
+    scope.crossed_at = NEVER
+    scope.due_at = NEVER
+    for s in scope.senders:
+        derive(st, s, at)
+
+
+def maintain(st: PolicyState, now: int) -> None:
+    """Apply what time alone changes: due upgrades, long Red, restriction ends, warm-up.
+
+    Each pass applies what was due, in due-time order per object; passes repeat
+    while more became due (e.g. several 7-day Red steps after a long silence).
+    """
+    if st.replaying:
+        return
+    for _ in range(1024):
+        maintain_once(st, now)
+        if st.next_due > now:
+            return
+
+
+def maintain_once(st: PolicyState, now: int) -> None:
+    p = st.profile
+    changed_scopes: dict[int, LimitScope] = {}
+    changed_senders: dict[str, Sender] = {}
+    for scope in st.scopes:
+        if scope.due_at != NEVER and scope.due_at <= now:
+            due = scope.due_at
+            nxt = p.next_tier(scope.tier)
+            if nxt is not None and eligible(st, scope):
+                set_tier(st, scope, nxt, due)
+                if scope.last_now < due:
+                    scope.last_now = due
+                check_crossing(st, scope, max(due, scope.last_now))
+            else:
+                scope.crossed_at = NEVER
+                scope.due_at = NEVER
+            changed_scopes[scope.index] = scope
+    for s in st.by_index:
+        if p.red_days_to_downgrade and s.red_since != NEVER:
+            due = s.red_since + p.red_days_to_downgrade * DAY_MS
+            if due <= now:
+                scope = s.scope
+                floor = p.tier_limit(p.downgrade_floor)
+                lower = p.lower_tier(scope.tier)
+                own = s.status in (ev.SenderStatus.CONNECTED, ev.SenderStatus.FLAGGED)
+                if lower is None or p.tier_limit(scope.tier) <= floor:
+                    if own and p.floor_status != s.status:
+                        s.status = p.floor_status
+                        s.floor_restricted = p.floor_status == ev.SenderStatus.RESTRICTED
+                else:
+                    set_tier(st, scope, lower, due)
+                    if own:  # a restriction or ban from Meta stays as it is
+                        s.status = int(ev.SenderStatus.CONNECTED)
+                    changed_scopes[scope.index] = scope
+                s.red_since = due  # another full run of Red days costs another step
+                changed_senders[s.id] = s
+        if s.status == ev.SenderStatus.RESTRICTED and 0 < s.restricted_until <= now:
+            s.status = int(ev.SenderStatus.CONNECTED)
+            s.restricted_until = 0
+            changed_senders[s.id] = s
+        if s.limits_until != NEVER and s.limits_until <= now:
+            changed_senders[s.id] = s
+    for s in changed_senders.values():
+        derive(st, s, now)
+    if changed_scopes or changed_senders:
+        journal_state(st, list(changed_scopes.values()), list(changed_senders.values()))
+    recompute_due(st)
+
+
+def recompute_due(st: PolicyState) -> None:
+    st.due_dirty = False
+    p = st.profile
+    due = FAR_FUTURE
+    for scope in st.scopes:
+        if scope.due_at != NEVER:
+            due = min(due, scope.due_at)
+    for s in st.by_index:
+        if p.red_days_to_downgrade and s.red_since != NEVER:
+            due = min(due, s.red_since + p.red_days_to_downgrade * DAY_MS)
+        if s.status == ev.SenderStatus.RESTRICTED and s.restricted_until > 0:
+            due = min(due, s.restricted_until)
+        if s.limits_until != NEVER:
+            due = min(due, s.limits_until)
+    st.next_due = due
+
+
+def mps(st: PolicyState, s: Sender) -> int:
+    p = st.profile
+    if s.mps_override > 0:
+        return s.mps_override
+    override = p.throughput_override(s.id)
+    if override is not None:
+        return override
+    if s.coexistence:
+        return p.coexistence_mps
+    return p.upgraded_mps if s.throughput_upgraded else p.default_mps
+
+
+def number_params(st: PolicyState, s: Sender) -> tuple[int, int, int, int]:
+    p = st.profile
+    rate = mps(st, s)
+    interval = -(-1_000_000 // rate)
+    burst = max(1, math.floor(rate * p.burst_seconds))
+    return interval, burst, p.pair_interval_ms, p.pair_burst
+
+
+def derive(st: PolicyState, s: Sender, now: int) -> None:
+    """Recompute a sender's per-category flags and effective limits."""
+    p = st.profile
+    base = p.tier_limit(s.scope.tier)
+    s.limits_until = NEVER
+    if p.warmup_enabled and s.registered_at > 0:
+        age = now - s.registered_at
+        for step in p.warmup:
+            end = s.registered_at + step.until_day * DAY_MS
+            if age < step.until_day * DAY_MS:
+                base = min(base, step.cap)
+                s.limits_until = end
+                break
+    s.limits = category_limits(p, base)
+    common = 0
+    if s.status == ev.SenderStatus.RESTRICTED:
+        common |= F_RESTRICTED
+    if p.free_entry_point_allows_free_form:
+        common |= F_FEP_FREE_FORM
+    marketing = common | F_MARKETING
+    if p.block_marketing_on_red and s.quality == ev.Quality.RED:
+        marketing |= F_QUALITY_BLOCK
+    s.flags = [common, marketing, common, common, common]
+
+
+def refresh(st: PolicyState, s: Sender, now: int) -> None:
+    """After a change: derived parameters, engine buckets, due times, crossing."""
+    derive(st, s, now)  # a tier change already re-derived every member (_set_tier)
+    st.engine.set_number_params(s.engine_index, *number_params(st, s))
+    st.due_dirty = True
+    if s.scope.crossed_at == NEVER:
+        check_crossing(st, s.scope, max(now, s.scope.last_now))
+
+
+def set_status(s: Sender, status: int, restricted_until: int) -> None:
+    s.status = status
+    s.floor_restricted = False
+    s.restricted_until = restricted_until if status == ev.SenderStatus.RESTRICTED else 0
+
+
+def set_quality(st: PolicyState, s: Sender, quality: int, now: int) -> None:
+    p = st.profile
+    s.quality = quality
+    if quality == ev.Quality.RED:
+        if s.red_since == NEVER:
+            s.red_since = now
+        if p.red_sets_flagged and s.status == ev.SenderStatus.CONNECTED:
+            s.status = int(ev.SenderStatus.FLAGGED)
+    else:
+        s.red_since = NEVER
+        if p.red_sets_flagged and s.status == ev.SenderStatus.FLAGGED:
+            s.status = int(ev.SenderStatus.CONNECTED)
+        if s.floor_restricted and s.status == ev.SenderStatus.RESTRICTED:
+            s.status = int(ev.SenderStatus.CONNECTED)
+        s.floor_restricted = False
+
+
+def tier_name(st: PolicyState, value: str) -> str | None:
+    v = value.strip()
+    if st.profile.knows_tier(v):
+        return v
+    if v.isascii() and v.isdigit():  # "²" and "١٠٠٠" are str.isdigit() too
+        return st.profile.tier_for_limit(int(v))
+    return None
+
+
+def rederive(st: PolicyState, now_ms: int) -> None:
+    """Everything the profile decides, for every scope and sender, from the state."""
+    profile = st.profile
+    for sc in st.scopes:
+        st.engine.set_scope_params(sc.index, profile.frequency_cap, profile.frequency_window_ms)
+        if profile.upgrade_mode == "predict":
+            sc.due_at = NEVER
+        elif sc.crossed_at != NEVER:
+            sc.due_at = max(
+                sc.crossed_at + profile.upgrade_delay_ms, sc.tier_since + profile.min_in_tier_ms
+            )
+    for s in st.by_index:
+        derive(st, s, max(now_ms, s.scope.last_now))
+        st.engine.set_number_params(s.engine_index, *number_params(st, s))
+    recompute_due(st)
+
+
+def switch_profile(st: PolicyState, profile: Profile, now_ms: int) -> None:
+    """Switch to ``profile`` in place: limits, rates and rules re-derived for every
+    sender and limit scope; journaled as a profile switch at ``now_ms``. Raises
+    ValueError, changing nothing, when the new profile's windows or limit scope
+    differ (the engine's buckets and scopes are built for them) or it lacks a
+    tier in use."""
+    old = st.profile
+    for name in ("bucket_ms", "window_ms", "long_bucket_ms", "lookback_ms"):
+        if getattr(profile, name) != getattr(old, name):
+            raise ValueError(
+                f"profile {profile.name!r} changes the counting windows ({name} "
+                f"{getattr(old, name)} -> {getattr(profile, name)}); restart to switch"
+            )
+    if profile.limit_scope != old.limit_scope and st.scopes:
+        raise ValueError(
+            f"profile {profile.name!r} changes the limit scope (limit_scope "
+            f"{old.limit_scope} -> {profile.limit_scope}); restart to switch"
+        )
+    for sc in st.scopes:
+        if not profile.knows_tier(sc.tier):
+            raise ValueError(f"profile {profile.name!r} does not define tier {sc.tier!r}")
+    st.profile = profile
+    rederive(st, now_ms)
+    journal_json(st, {"k": "profile", "name": profile.name, "now": now_ms})
