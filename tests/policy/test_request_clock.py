@@ -115,6 +115,20 @@ def test_a_decision_for_an_unknown_sender_changes_nothing() -> None:
     assert state(svc) == before
 
 
+def test_a_send_result_naming_a_ticket_never_issued_changes_nothing() -> None:
+    svc, ticket = world()
+    before = state(svc)
+    first, _, rest = ticket.partition(".")
+    for made_up in ("@ticket:0", f"{int(first, 16) + 1:x}.{rest}"):
+        for status in (FAILED, ev.SendStatus.SENT):
+            result = svc.apply(ev.SendResult(status, ticket=made_up, at_unix_ms=AHEAD), AHEAD)
+            assert not result.applied and "ticket" in result.detail
+    assert svc.drain_journal() == []
+    assert state(svc) == before  # no key pruned, no upgrade made
+    assert svc.latest_ms == T0 + H
+    assert admit(svc, "s1", rcpt(1), T0 + H + S, key="order-1").ticket == ticket
+
+
 def test_accepted_requests_move_latest_ms() -> None:
     svc, _ = world()
     assert svc.sender_state("s2", 0, T0 + 2 * H).at_unix_ms == T0 + 2 * H

@@ -47,8 +47,16 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
     """
     at = getattr(event, "at_unix_ms", 0)
     now = st.now(at if isinstance(at, int) else 0, now_ms)
-    # A refused event changes nothing: its fields are checked before time moves.
+    # A refused event changes nothing: its fields are checked before time moves,
+    # and a ticket tiergate did not issue moves no time either (made-up tickets
+    # stamped ahead would otherwise run every sender's clock forward).
     check_event(st, event)
+    if (
+        isinstance(event, ev.SendResult)
+        and event.ticket
+        and ticket_numbers(st, event.ticket) is None
+    ):
+        return ApplyResult(False, f"unknown or invalid ticket {event.ticket!r}")
     if now > st.latest_ms:
         st.latest_ms = now
     st.forget_expired(now)
