@@ -25,16 +25,17 @@ endpoint). For library use, ``ingest`` keeps one per service object.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from tiergate.policy.events import Event
 
-from .parse import DEFAULT_MAX_BYTES, WebhookError, parse
+from .parse import DEFAULT_MAX_BYTES, ParsedEvent, ParsedWebhook, WebhookError, parse
 from .signature import SignatureError, verify
 
 __all__ = [
@@ -53,6 +54,7 @@ DEFAULT_DEDUPE_TTL_MS: Final = 7 * DAY_MS  # Meta retries a webhook for up to 7 
 DEFAULT_DEDUPE_MAX_KEYS: Final = 200_000  # message and status keys
 DEFAULT_DEDUPE_MAX_CHANGES: Final = 20_000  # keys of every other change
 _MESSAGE_KEYS: Final = ("message:", "status:")
+DEFAULT_SLICE_EVENTS: Final = 256  # events applied between yields to the event loop
 
 
 class ApplyOutcome(Protocol):
@@ -182,6 +184,38 @@ class WebhookIngestor:
         Raises :class:`SignatureError` (nothing applied) or :class:`WebhookError`
         (malformed body, nothing applied); both are counted in :attr:`stats`.
         """
+        parsed, result = self._read(body, signature, secret)
+        self._apply(parsed.events, now_ms, result)
+        return self._finish(result)
+
+    async def ingest_sliced(
+        self,
+        body: bytes,
+        signature: str | bytes | None,
+        secret: str | bytes,
+        now_ms: int,
+        *,
+        slice_events: int = DEFAULT_SLICE_EVENTS,
+    ) -> IngestResult:
+        """:meth:`ingest`, yielding to the event loop after every ``slice_events``
+        events: a large body does not hold up the other calls while it is applied,
+        and the result is the same. Each event is applied (and checked against the
+        de-duplication memory) in order, as by ``ingest``.
+        """
+        if slice_events <= 0:
+            raise ValueError("slice_events must be positive")
+        parsed, result = self._read(body, signature, secret)
+        events = parsed.events
+        for start in range(0, len(events), slice_events):
+            if start:
+                await asyncio.sleep(0)
+            self._apply(events[start : start + slice_events], now_ms, result)
+        return self._finish(result)
+
+    def _read(
+        self, body: bytes, signature: str | bytes | None, secret: str | bytes
+    ) -> tuple[ParsedWebhook, IngestResult]:
+        """Verify and parse ``body``; the result so far holds its ignored parts."""
         stats = self.stats
         stats.bodies += 1
         if secret:
@@ -195,12 +229,15 @@ class WebhookIngestor:
         except WebhookError:
             stats.malformed += 1
             raise
-
         result = IngestResult()
-        ignored = result.ignored_events
         for part in parsed.ignored:
-            ignored.append((part.field, f"{part.path}: {part.reason}"))
-        for item in parsed.events:
+            result.ignored_events.append((part.field, f"{part.path}: {part.reason}"))
+        return parsed, result
+
+    def _apply(self, items: Sequence[ParsedEvent], now_ms: int, result: IngestResult) -> None:
+        stats = self.stats
+        ignored = result.ignored_events
+        for item in items:
             seen = self._memory(item.key)
             if seen.contains(item.key, now_ms):
                 stats.duplicates += 1
@@ -218,9 +255,11 @@ class WebhookIngestor:
                 seen.add(item.key, now_ms)
             else:
                 ignored.append((item.field, f"{item.path}: {outcome.detail or 'not applied'}"))
-        result.ignored = len(ignored)
-        stats.applied += result.applied
-        stats.ignored += result.ignored
+
+    def _finish(self, result: IngestResult) -> IngestResult:
+        result.ignored = len(result.ignored_events)
+        self.stats.applied += result.applied
+        self.stats.ignored += result.ignored
         return result
 
     def _pause_titles(self) -> Mapping[str, int]:
