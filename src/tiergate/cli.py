@@ -139,10 +139,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from tiergate.server import tls
     from tiergate.server.app import Sidecar, StartupError, seed, seed_clock_ms
 
     try:
         config = _load_config(args)
+        tls.http_context(config)  # the certificate and key load together
         sidecar = Sidecar(config)
         service = sidecar.build_service()
         applied = seed(service, config.senders, config.templates, seed_clock_ms(config))
