@@ -176,9 +176,10 @@ class WebhookReceiver:
         self._closing = True
         server.close()
         tasks = list(self._connections)
-        for task in tasks:
+        for task, writer in list(self._connections.items()):
             if task not in self._applying:
-                task.cancel()
+                # Its reads end (and its task with them); no task is cancelled.
+                writer.transport.abort()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
