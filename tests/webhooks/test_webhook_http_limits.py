@@ -13,7 +13,8 @@ from webhook_helpers import dumps, real
 from tiergate.policy.events import Event
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
-from tiergate.webhooks.signature import sign
+from tiergate.webhooks.parse import WebhookError
+from tiergate.webhooks.signature import SignatureError, sign
 
 SECRET = "app-secret"
 TOKEN = "verify-me"
@@ -232,3 +233,25 @@ def test_stop_lets_a_body_being_applied_finish_and_answers_it() -> None:
         assert len(service.events) == 3_000
 
     run(scenario, slice_events=10)
+
+
+def test_a_large_body_parsed_off_the_loop_is_refused_and_counted_like_a_small_one() -> None:
+    body = messages_body(1_000)
+    assert len(body) > 64 * 1024
+
+    async def main() -> None:
+        service = CountingService()
+        ingestor = WebhookIngestor(service)
+        for signature, error in (("sha256=" + "0" * 64, SignatureError), (None, WebhookError)):
+            data = body if signature else body[:-1]
+            try:
+                await ingestor.ingest_sliced(data, signature, SECRET if signature else "", NOW_MS)
+            except error:
+                pass
+            else:
+                raise AssertionError("accepted")
+        assert (ingestor.stats.bodies, ingestor.stats.bad_signature) == (2, 1)
+        assert ingestor.stats.malformed == 1
+        assert service.events == []
+
+    asyncio.run(main())

@@ -55,6 +55,7 @@ DEFAULT_DEDUPE_MAX_KEYS: Final = 200_000  # message and status keys
 DEFAULT_DEDUPE_MAX_CHANGES: Final = 20_000  # keys of every other change
 _MESSAGE_KEYS: Final = ("message:", "status:")
 DEFAULT_SLICE_EVENTS: Final = 256  # events applied between yields to the event loop
+THREAD_PARSE_BYTES: Final = 64 * 1024  # larger bodies are parsed off the event loop
 
 
 class ApplyOutcome(Protocol):
@@ -197,14 +198,22 @@ class WebhookIngestor:
         *,
         slice_events: int = DEFAULT_SLICE_EVENTS,
     ) -> IngestResult:
-        """:meth:`ingest`, yielding to the event loop after every ``slice_events``
-        events: a large body does not hold up the other calls while it is applied,
-        and the result is the same. Each event is applied (and checked against the
+        """:meth:`ingest` without holding up the event loop: a body is verified and
+        parsed in a worker thread (large bodies only), then its events are applied
+        on the loop, which serves other calls after every ``slice_events`` of them.
+        The result is the same: each event is applied (and checked against the
         de-duplication memory) in order, as by ``ingest``.
         """
         if slice_events <= 0:
             raise ValueError("slice_events must be positive")
-        parsed, result = self._read(body, signature, secret)
+        pause_ms = self._pause_titles()
+        if len(body) < THREAD_PARSE_BYTES:
+            outcome = _verify_and_parse(body, signature, secret, self.max_body_bytes, pause_ms)
+        else:
+            outcome = await asyncio.to_thread(
+                _verify_and_parse, body, signature, secret, self.max_body_bytes, pause_ms
+            )
+        parsed, result = self._counted(outcome)
         events = parsed.events
         for start in range(0, len(events), slice_events):
             if start:
@@ -216,23 +225,25 @@ class WebhookIngestor:
         self, body: bytes, signature: str | bytes | None, secret: str | bytes
     ) -> tuple[ParsedWebhook, IngestResult]:
         """Verify and parse ``body``; the result so far holds its ignored parts."""
+        return self._counted(
+            _verify_and_parse(body, signature, secret, self.max_body_bytes, self._pause_titles())
+        )
+
+    def _counted(
+        self, outcome: ParsedWebhook | SignatureError | WebhookError
+    ) -> tuple[ParsedWebhook, IngestResult]:
         stats = self.stats
         stats.bodies += 1
-        if secret:
-            try:
-                verify(body, signature, secret)
-            except SignatureError:
-                stats.bad_signature += 1
-                raise
-        try:
-            parsed = parse(body, max_bytes=self.max_body_bytes, pause_ms=self._pause_titles())
-        except WebhookError:
+        if isinstance(outcome, SignatureError):
+            stats.bad_signature += 1
+            raise outcome
+        if isinstance(outcome, WebhookError):
             stats.malformed += 1
-            raise
+            raise outcome
         result = IngestResult()
-        for part in parsed.ignored:
+        for part in outcome.ignored:
             result.ignored_events.append((part.field, f"{part.path}: {part.reason}"))
-        return parsed, result
+        return outcome, result
 
     def _apply(self, items: Sequence[ParsedEvent], now_ms: int, result: IngestResult) -> None:
         stats = self.stats
@@ -274,6 +285,25 @@ class WebhookIngestor:
             for title, ms in zip(titles, durations, strict=False)
             if isinstance(ms, int) and ms > 0
         }
+
+
+def _verify_and_parse(
+    body: bytes,
+    signature: str | bytes | None,
+    secret: str | bytes,
+    max_bytes: int,
+    pause_ms: Mapping[str, int],
+) -> ParsedWebhook | SignatureError | WebhookError:
+    """The parsed body, or why it is refused (returned: the caller counts it)."""
+    if secret:
+        try:
+            verify(body, signature, secret)
+        except SignatureError as exc:
+            return exc
+    try:
+        return parse(body, max_bytes=max_bytes, pause_ms=pause_ms)
+    except WebhookError as exc:
+        return exc
 
 
 def _message(exc: BaseException) -> str:
