@@ -4,9 +4,10 @@ Start-up: load the profile, recover state from the data directory, apply the
 senders and templates the config declares (only those not known yet), then
 serve. SIGHUP reloads the config, one reload at a time: new senders are
 applied, a changed profile is switched in place on the live state (journaled,
-nothing copied), and a rotated webhook secret or verify token takes effect
-at once. Shutdown (SIGTERM/SIGINT): health NOT_SERVING, stop accepting, let
-in-flight calls finish within the grace period, flush and close the store.
+nothing copied), a rotated webhook secret or verify token takes effect
+at once, and the token files are read again. Shutdown (SIGTERM/SIGINT):
+health NOT_SERVING, stop accepting, let in-flight calls finish within the
+grace period, flush and close the store.
 """
 
 from __future__ import annotations
@@ -303,7 +304,8 @@ class Sidecar:
         (``StartupError``, nothing changed). New ``[[senders]]`` are applied
         (known ones keep their live state). A new ``webhook_secret`` or
         ``webhook_verify_token`` applies to the next webhook, through the RPC
-        and the HTTP receiver alike. Settings of the process itself (listen,
+        and the HTTP receiver alike; re-read tokens replace the running ones
+        (see :func:`reload_tokens`). Settings of the process itself (listen,
         data_dir, …) need a restart; they are reported in the log.
         """
         async with self._reloading:
