@@ -178,3 +178,17 @@ def test_tls_flags_and_their_checks(certs: Certs, capsys: pytest.CaptureFixture[
     assert info.value.key == "tls_client_ca"
     assert main(["check-config", "--data-dir", "none", "--tls-cert", str(certs.server_cert)]) == 2
     assert "tls_key" in capsys.readouterr().err
+
+
+def test_state_command_over_mutual_tls(certs: Certs, capsys: pytest.CaptureFixture[str]) -> None:
+    @run_async
+    async def run() -> None:
+        async with sidecar(certs, mutual=True) as s:
+            args = ["state", SENDER, "--target", f"127.0.0.1:{s.port}", "--at-unix-ms", str(T0)]
+            args += ["--tls-ca", str(certs.ca)]
+            mine = ["--tls-cert", str(certs.client_cert), "--tls-key", str(certs.client_key)]
+            assert await asyncio.to_thread(main, [*args, *mine]) == 0
+            assert await asyncio.to_thread(main, [*args, "--timeout", "3"]) == 1
+
+    run()
+    assert SENDER in capsys.readouterr().out

@@ -3,6 +3,7 @@ plane (``admin_token_file``); health and reflection stay open."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_harness import SENDER, T0, Harness, run_async, serving, template_request
 
+from tiergate import cli
 from tiergate import config as cfg
 from tiergate.client import TiergateClient
 from tiergate.server import SERVICE_NAME
@@ -264,3 +266,22 @@ def test_bearer_metadata() -> None:
     assert Guard(DATA).grant(auth(DATA)) == (Access.ADMIN, True)
     assert Guard(admin_token=ADMIN).grant(None) == (Access.DATA, False)
     assert not Guard().active
+
+
+def test_state_command_sends_the_token_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(DATA + "\n")
+
+    @run_async
+    async def main() -> None:
+        async with serving(token=DATA, admin_token=ADMIN) as h:
+            base = ["state", SENDER, "--target", h.target, "--at-unix-ms", str(T0)]
+            assert await asyncio.to_thread(cli.main, [*base, "--token-file", str(token)]) == 0
+            assert await asyncio.to_thread(cli.main, base) == 1
+
+    main()
+    captured = capsys.readouterr()
+    assert SENDER in captured.out
+    assert "UNAUTHENTICATED" in captured.err
