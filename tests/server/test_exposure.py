@@ -129,3 +129,14 @@ def test_check_config_never_prints_secrets(
     assert cli.main(["check-config", "--data-dir", "none"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line}
     assert "not set" in lines["webhook_secret"] and "not set" in lines["webhook_verify_token"]
+
+
+def test_the_start_up_log_says_how_the_listeners_are_protected() -> None:
+    from tiergate.server.app import exposure_summary
+
+    assert exposure_summary(make_config()) == "plaintext, no token"
+    guarded = make_config(
+        tls_cert=Path("c"), tls_key=Path("k"), tls_client_ca=Path("ca"), token="x", admin_token="y"
+    )
+    assert exposure_summary(guarded) == "mutual TLS, data token and admin token"
+    assert "insecure" in exposure_summary(make_config(insecure=True))

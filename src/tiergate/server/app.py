@@ -119,6 +119,7 @@ class Sidecar:
             config.clock,
             IMPLEMENTATION,
         )
+        log.info("exposure: %s", exposure_summary(config))
 
     async def _open_state(self) -> AdmissionService:
         """The service with the data directory's state recovered and the config's
@@ -473,6 +474,22 @@ _RESTART_SETTINGS = (
     "insecure",
     "webhook_max_connections",
 )
+
+
+def exposure_summary(config: ServeConfig) -> str:
+    """How the listeners are protected, for the start-up log (no secret in it)."""
+    transport = "plaintext"
+    if config.tls_cert is not None:
+        transport = "mutual TLS" if config.tls_client_ca is not None else "TLS"
+    planes = []
+    if config.token:
+        planes.append("data token")
+    if config.admin_token:
+        planes.append("admin token")
+    summary = f"{transport}, {' and '.join(planes) or 'no token'}"
+    if config.insecure:
+        summary += " (insecure: non-loopback addresses allowed unguarded)"
+    return summary
 
 
 def reload_tokens(guard: Guard, old: ServeConfig, new: ServeConfig) -> list[str]:
