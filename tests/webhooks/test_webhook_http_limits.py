@@ -149,8 +149,12 @@ def test_a_new_connection_is_refused_503_when_every_connection_is_busy() -> None
             writer.write(post(b"{" + b" " * 99)[:-50])
             await writer.drain()
             busy.append((reader, writer))
-        while rx.open_connections < 4 or rx._idle:  # until the heads are read
-            await asyncio.sleep(0.01)
+
+        async def heads_read() -> None:
+            while rx.open_connections < 4 or rx._idle:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(heads_read(), 30)
         status, payload = await exchange(rx.port, get(HANDSHAKE))
         assert (status, payload) == (503, b"too many connections")
         assert rx.refused == 1
