@@ -41,7 +41,12 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         choices=("server", "request"),
         help="'request' takes time from at_unix_ms (replays, tests); default 'server'",
     )
-    p.add_argument("--webhook-secret", metavar="SECRET", help="Meta app secret for signatures")
+    p.add_argument(
+        "--webhook-secret",
+        metavar="SECRET",
+        help="Meta app secret for signatures (visible to local users: prefer "
+        "--webhook-secret-file or TIERGATE_WEBHOOK_SECRET)",
+    )
     p.add_argument("--webhook-listen", metavar="HOST:PORT", help="HTTP receiver for Meta webhooks")
     p.add_argument(
         "--webhook-verify-token", metavar="TOKEN", help="token for Meta's subscription check"
@@ -69,6 +74,43 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="Prometheus /metrics endpoint")
     p.add_argument("--log-level", metavar="LEVEL", help="debug | info | warning | error")
+    _add_exposure_flags(p)
+
+
+def _add_exposure_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("exposure", "TLS, tokens, secrets and connection limits")
+    g.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) for gRPC and HTTP")
+    g.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    g.add_argument(
+        "--tls-client-ca", metavar="FILE", help="PEM CA bundle: require client certificates (mTLS)"
+    )
+    g.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="data-plane token (Admit*, GetSenderState) as 'authorization: Bearer <token>'",
+    )
+    g.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="control-plane token (sender and template updates, IngestWebhook); "
+        "it also works on the data plane",
+    )
+    g.add_argument("--webhook-secret-file", metavar="FILE", help="file holding the Meta app secret")
+    g.add_argument(
+        "--webhook-verify-token-file", metavar="FILE", help="file holding the verify token"
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback address without TLS or a token",
+    )
+    g.add_argument(
+        "--webhook-max-connections",
+        metavar="N",
+        help="open connections the webhook receiver keeps (default "
+        f"{cfg.DEFAULT_WEBHOOK_MAX_CONNECTIONS}); idle ones are closed first beyond it",
+    )
 
 
 def _load_config(args: argparse.Namespace) -> cfg.ServeConfig:
@@ -97,10 +139,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from tiergate.server import tls
     from tiergate.server.app import Sidecar, StartupError, seed, seed_clock_ms
 
     try:
         config = _load_config(args)
+        tls.http_context(config)  # the certificate and key load together
         sidecar = Sidecar(config)
         service = sidecar.build_service()
         applied = seed(service, config.senders, config.templates, seed_clock_ms(config))
@@ -115,9 +159,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if name == "config":
             continue
         value = getattr(config, name)
-        shown = "(set)" if name == "webhook_secret" and value else value
-        print(f"  {name:<22} {shown!s:<30} [{config.origins.get(name, 'default')}]")
-    print(f"  senders                {len(config.senders)}, templates {len(config.templates)}")
+        shown = ("set" if value else "not set") if name in cfg.SECRET_SETTINGS else value
+        print(f"  {name:<26} {shown!s:<30} [{config.origins.get(name, 'default')}]")
+    print(f"  {'senders':<26} {len(config.senders)}, templates {len(config.templates)}")
     if applied:
         print(f"  applied on a fresh start: {', '.join(applied)}")
     return 0
@@ -218,8 +262,22 @@ def format_state(state: pb.SenderState) -> str:
 def _state(args: argparse.Namespace) -> int:
     from tiergate.client import TiergateClient
 
+    try:
+        token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
+    except cfg.ConfigError as e:
+        print(f"tiergate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
     async def fetch() -> pb.SenderState:
-        async with TiergateClient(args.target, timeout=args.timeout) as client:
+        async with TiergateClient(
+            args.target,
+            timeout=args.timeout,
+            token=token,
+            tls=args.tls,
+            ca_file=args.tls_ca,
+            cert_file=args.tls_cert,
+            key_file=args.tls_key,
+        ) as client:
             return await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
 
     try:
@@ -276,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
     )
     state.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    state.add_argument(
+        "--token-file", metavar="FILE", help="token sent as 'authorization: Bearer <token>'"
+    )
+    state.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    state.add_argument("--tls-ca", metavar="FILE", help="TLS with this CA bundle for the server")
+    state.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    state.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
     state.set_defaults(func=_state)
 
     check = sub.add_parser(

@@ -11,6 +11,11 @@
 deadline. tiergate never answers ADMIT on an internal fault; what a gateway does
 when tiergate itself is unreachable (send anyway or hold) is its own policy,
 so errors surface here as ``grpc.aio.AioRpcError``.
+
+A sidecar serving TLS and tokens (``--tls-cert``, ``--token-file``) is reached
+with ``TiergateClient(target, ca_file=..., token=...)`` (``cert_file`` and
+``key_file`` for mutual TLS); the token goes with every call as
+``authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -139,6 +145,25 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def secure_channel(
+    target: str,
+    *,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.aio.Channel:
+    """A TLS channel: the server checked against ``ca_file`` (default: the system's
+    roots); with ``cert_file`` and ``key_file`` the client presents its certificate."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file are given together")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+        private_key=Path(key_file).read_bytes() if key_file else None,
+        certificate_chain=Path(cert_file).read_bytes() if cert_file else None,
+    )
+    return grpc.aio.secure_channel(target, credentials)
+
+
 class TiergateClient:
     """One channel to a tiergate sidecar; use as ``async with`` or call ``close()``."""
 
@@ -148,11 +173,26 @@ class TiergateClient:
         *,
         timeout: float = 5.0,
         channel: grpc.aio.Channel | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
     ) -> None:
+        """``token``: sent as ``authorization: Bearer <token>``; ``tls`` (implied by
+        ``ca_file`` or ``cert_file``): connect with TLS (see :func:`secure_channel`)."""
         self.target = target
         self.timeout = timeout
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        if channel is None:
+            if tls or ca_file or cert_file:
+                channel = secure_channel(
+                    target, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+                )
+            else:
+                channel = grpc.aio.insecure_channel(target)
+        self._channel = channel
         self._stub = pb_grpc.AdmissionControlStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     async def __aenter__(self) -> Self:
         return self
@@ -202,14 +242,18 @@ class TiergateClient:
     async def admit_request(
         self, request: pb.AdmitRequest, *, timeout: float | None = None
     ) -> pb.AdmitResponse:
-        return await self._stub.Admit(request, timeout=timeout or self.timeout)
+        return await self._stub.Admit(
+            request, timeout=timeout or self.timeout, metadata=self._metadata
+        )
 
     async def admit_batch(
         self, requests: Iterable[pb.AdmitRequest], *, timeout: float | None = None
     ) -> list[pb.AdmitResponse]:
         """Decide ``requests`` in order with one call; responses in the same order."""
         reply = await self._stub.AdmitBatch(
-            pb.AdmitBatchRequest(requests=list(requests)), timeout=timeout or self.timeout
+            pb.AdmitBatchRequest(requests=list(requests)),
+            timeout=timeout or self.timeout,
+            metadata=self._metadata,
         )
         return list(reply.responses)
 
@@ -227,7 +271,9 @@ class TiergateClient:
             request = items
         else:
             request = columns_request(items, dry_run=dry_run)
-        reply = await self._stub.AdmitColumns(request, timeout=timeout or self.timeout)
+        reply = await self._stub.AdmitColumns(
+            request, timeout=timeout or self.timeout, metadata=self._metadata
+        )
         return ColumnsReply(reply)
 
     async def admit_stream(
@@ -239,7 +285,7 @@ class TiergateClient:
         costs one engine call per chunk; gRPC flow control slows ``requests``
         down when the server falls behind.
         """
-        call = self._stub.AdmitStream(requests)
+        call = self._stub.AdmitStream(requests, metadata=self._metadata)
         async for response in call:
             yield response
 
@@ -281,16 +327,22 @@ class TiergateClient:
             if field is None:
                 raise TypeError(f"not a feedback event: {type(event).__name__}")
             getattr(request, field).CopyFrom(event)
-        return await self._stub.RecordFeedback(request, timeout=timeout or self.timeout)
+        return await self._stub.RecordFeedback(
+            request, timeout=timeout or self.timeout, metadata=self._metadata
+        )
 
     async def ingest_webhook(
         self, body: bytes, signature: str = "", *, at_unix_ms: int = 0, timeout: float | None = None
     ) -> pb.IngestWebhookResponse:
         request = pb.IngestWebhookRequest(body=body, signature=signature, at_unix_ms=at_unix_ms)
-        return await self._stub.IngestWebhook(request, timeout=timeout or self.timeout)
+        return await self._stub.IngestWebhook(
+            request, timeout=timeout or self.timeout, metadata=self._metadata
+        )
 
     async def sender_state(
         self, sender_id: str, *, at_unix_ms: int = 0, timeout: float | None = None
     ) -> pb.SenderState:
         request = pb.GetSenderStateRequest(sender_id=sender_id, at_unix_ms=at_unix_ms)
-        return await self._stub.GetSenderState(request, timeout=timeout or self.timeout)
+        return await self._stub.GetSenderState(
+            request, timeout=timeout or self.timeout, metadata=self._metadata
+        )

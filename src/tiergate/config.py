@@ -11,6 +11,7 @@ Bad configuration raises :class:`ConfigError`, whose message names the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -34,6 +35,8 @@ MAX_BATCH_CEILING = 100_000
 DURABILITY_MODES = ("fsync-always", "fsync-interval", "write")
 DEFAULT_DURABILITY = "fsync-interval"
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
+DEFAULT_WEBHOOK_MAX_CONNECTIONS = 256
+MAX_SECRET_FILE_BYTES = 4096
 
 Clock = Literal["server", "request"]
 _E = TypeVar("_E", Quality, SenderStatus, TemplateStatus)
@@ -64,9 +67,9 @@ class ServeConfig:
     data_dir: Path | None = None
     config: Path | None = None
     clock: Clock = "server"
-    webhook_secret: str = ""
+    webhook_secret: str = field(default="", repr=False)
     webhook_listen: Endpoint | None = None
-    webhook_verify_token: str = ""
+    webhook_verify_token: str = field(default="", repr=False)
     max_batch: int = DEFAULT_MAX_BATCH
     durability: str = DEFAULT_DURABILITY
     # Start even if the journal is corrupt before its tail: cut there (the cut
@@ -75,6 +78,21 @@ class ServeConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S
     metrics_listen: Endpoint | None = None
     log_level: str = "info"
+    # TLS for the gRPC port and the HTTP listeners; mutual TLS with a client CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens: the data plane's, and the control plane's (admin).
+    token_file: Path | None = None
+    admin_token_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    webhook_verify_token_file: Path | None = None
+    # Listen on a non-loopback address with neither TLS nor a token.
+    insecure: bool = False
+    webhook_max_connections: int = DEFAULT_WEBHOOK_MAX_CONNECTIONS
+    # The tokens read from token_file and admin_token_file.
+    token: str = field(default="", repr=False)
+    admin_token: str = field(default="", repr=False)
     senders: tuple[SenderUpdate, ...] = ()
     templates: tuple[TemplateUpdate, ...] = ()
     # Where each setting came from: "flag", "env", "file" or "default".
@@ -210,6 +228,19 @@ def _log_level(key: str, value: object) -> str:
     return text
 
 
+def _file(key: str, value: object) -> Path | None:
+    """A file path; empty means not set."""
+    text = _str(key, value).strip()
+    return Path(text).expanduser() if text else None
+
+
+def _max_connections(key: str, value: object) -> int:
+    n = _int(key, value)
+    if not 1 <= n <= 65_535:
+        raise ConfigError(key, f"must be 1..65535, got {n}")
+    return n
+
+
 _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "listen": _listen,
     "profile": _profile,
@@ -224,7 +255,18 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "shutdown_grace": _grace,
     "metrics_listen": _optional_listen,
     "log_level": _log_level,
+    "tls_cert": _file,
+    "tls_key": _file,
+    "tls_client_ca": _file,
+    "token_file": _file,
+    "admin_token_file": _file,
+    "webhook_secret_file": _file,
+    "webhook_verify_token_file": _file,
+    "insecure": _bool,
+    "webhook_max_connections": _max_connections,
 }
+#: Settings whose values are secrets: shown as "set" or "not set", never printed.
+SECRET_SETTINGS = ("webhook_secret", "webhook_verify_token")
 SETTING_NAMES = ("config", *_SETTINGS)
 
 
@@ -381,10 +423,96 @@ def load(
             known = ", ".join([*_SETTINGS, "senders", "templates"])
             raise ConfigError(name, f"unknown key in {config_path} (known: {known})")
 
-    return ServeConfig(
+    _read_secrets(values)
+    config = ServeConfig(
         config=config_path,
         senders=parse_senders(file_values.get("senders", [])),
         templates=parse_templates(file_values.get("templates", [])),
         origins=origins,
         **values,
     )
+    check_exposure(config)
+    return config
+
+
+# --- secrets and exposure ----------------------------------------------------
+
+
+def read_secret(key: str, path: Path) -> str:
+    """A secret kept in a file (its surrounding whitespace and final newline dropped)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(key, f"{path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = data.decode().strip()
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(key, f"{path} is empty")
+    return text
+
+
+def _read_token(key: str, path: Path) -> str:
+    token = read_secret(key, path)
+    if not all("!" <= c <= "~" for c in token):
+        raise ConfigError(key, f"{path}: a token is printable ASCII without spaces")
+    return token
+
+
+def _read_secrets(values: dict[str, Any]) -> None:
+    """Check the TLS settings and read the secrets kept in files into ``values``."""
+    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
+        missing = "tls_key" if values.get("tls_key") is None else "tls_cert"
+        raise ConfigError(missing, "tls_cert and tls_key are given together")
+    if values.get("tls_client_ca") is not None and values.get("tls_cert") is None:
+        raise ConfigError("tls_client_ca", "needs tls_cert and tls_key")
+    for file_key, key in (("token_file", "token"), ("admin_token_file", "admin_token")):
+        path = values.get(file_key)
+        if path is not None:
+            values[key] = _read_token(file_key, path)
+    for key in SECRET_SETTINGS:
+        path = values.get(f"{key}_file")
+        if path is None:
+            continue
+        if values.get(key):
+            raise ConfigError(f"{key}_file", f"give {key} or {key}_file, not both")
+        values[key] = read_secret(f"{key}_file", path)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(config: ServeConfig) -> None:
+    """Refuse a non-loopback gRPC address without TLS or a token, and a non-loopback
+    webhook address that checks neither signatures nor client certificates,
+    unless ``insecure`` is set."""
+    if config.insecure:
+        return
+    listen = config.listen
+    if not is_loopback(listen.host) and not (config.tls_cert or config.token or config.admin_token):
+        raise ConfigError(
+            "listen",
+            f"{listen} is not a loopback address: set tls_cert and tls_key, or "
+            "token_file, or insecure to serve it without either",
+        )
+    webhook = config.webhook_listen
+    if (
+        webhook is not None
+        and not is_loopback(webhook.host)
+        and not (config.webhook_secret or config.tls_client_ca)
+    ):
+        raise ConfigError(
+            "webhook_listen",
+            f"{webhook} is not a loopback address: set webhook_secret (signatures "
+            "checked) or tls_client_ca, or insecure to serve it without either",
+        )

@@ -4,9 +4,10 @@ Start-up: load the profile, recover state from the data directory, apply the
 senders and templates the config declares (only those not known yet), then
 serve. SIGHUP reloads the config, one reload at a time: new senders are
 applied, a changed profile is switched in place on the live state (journaled,
-nothing copied), and a rotated webhook secret or verify token takes effect
-at once. Shutdown (SIGTERM/SIGINT): health NOT_SERVING, stop accepting, let
-in-flight calls finish within the grace period, flush and close the store.
+nothing copied), a rotated webhook secret or verify token takes effect
+at once, and the token files are read again. Shutdown (SIGTERM/SIGINT):
+health NOT_SERVING, stop accepting, let in-flight calls finish within the
+grace period, flush and close the store.
 """
 
 from __future__ import annotations
@@ -15,18 +16,21 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import uvloop
 from grpc_health.v1 import health_pb2
 
-from tiergate.config import ConfigError, Endpoint, ServeConfig
+from tiergate.config import ConfigError, Endpoint, ServeConfig, check_exposure
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.requests import InvalidArgument
 from tiergate.policy.service import AdmissionService
+from tiergate.server import tls
+from tiergate.server.auth import Guard
 from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
@@ -75,6 +79,9 @@ class Sidecar:
         self.ingestor: WebhookIngestor | None = None
         self._reloading = asyncio.Lock()
         self._health_updates: set[asyncio.Task[None]] = set()
+        # The gRPC tokens; replaced on reload when the sidecar started with one.
+        self.guard = Guard(config.token, config.admin_token)
+        self._http_tls: ssl.SSLContext | None = None
 
     # --- start -----------------------------------------------------------------
 
@@ -92,9 +99,15 @@ class Sidecar:
         """Recover the state, serve gRPC (health and reflection included), then the
         webhook receiver and the metrics endpoint when they are configured."""
         config = self.config
+        try:
+            check_exposure(config)
+            credentials = tls.grpc_credentials(config)
+            self._http_tls = tls.http_context(config)
+        except ConfigError as e:
+            raise StartupError(str(e)) from e
         service = await self._open_state()
         ingestor = self.ingestor = WebhookIngestor(service)
-        servicer = await self._serve_grpc(service)
+        servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
             await self._start_webhook_receiver(service, servicer, config.webhook_listen)
         if config.metrics_listen is not None:
@@ -107,6 +120,7 @@ class Sidecar:
             config.clock,
             IMPLEMENTATION,
         )
+        log.info("exposure: %s", exposure_summary(config))
 
     async def _open_state(self) -> AdmissionService:
         """The service with the data directory's state recovered and the config's
@@ -143,7 +157,9 @@ class Sidecar:
             raise StartupError(f"data_dir: {e}") from e
         return service
 
-    async def _serve_grpc(self, service: AdmissionService) -> AdmissionControl:
+    async def _serve_grpc(
+        self, service: AdmissionService, credentials: grpc.ServerCredentials | None
+    ) -> AdmissionControl:
         """Bind and start the gRPC server; health says SERVING once it accepts calls."""
         config = self.config
         servicer = AdmissionControl(
@@ -158,9 +174,12 @@ class Sidecar:
         self._servicer = servicer
         if self.store is not None:
             servicer.refusal = self.store.unavailable
-        server = build_server(servicer, self._health, config.max_batch, self.metrics)
+        server = build_server(servicer, self._health, config.max_batch, self.metrics, self.guard)
         try:
-            self.port = server.add_insecure_port(str(config.listen))
+            if credentials is None:
+                self.port = server.add_insecure_port(str(config.listen))
+            else:
+                self.port = server.add_secure_port(str(config.listen), credentials)
         except RuntimeError as e:
             raise StartupError(f"listen: cannot bind {config.listen}: {e}") from e
         if self.port == 0:
@@ -182,9 +201,10 @@ class Sidecar:
             servicer.now,
             ingestor=self.ingestor,
             after_ingest=self._after_webhook,
+            max_connections=config.webhook_max_connections,
         )
         try:
-            await self._webhooks.start(listen.host, listen.port)
+            await self._webhooks.start(listen.host, listen.port, ssl=self._http_tls)
         except OSError as e:
             raise StartupError(f"webhook_listen: cannot bind {listen}: {e}") from e
         self.webhook_port = self._webhooks.port
@@ -192,7 +212,9 @@ class Sidecar:
     async def _start_metrics_endpoint(self, listen: Endpoint) -> None:
         self._metrics_endpoint = MetricsEndpoint(self.metrics)
         try:
-            self.metrics_port = await self._metrics_endpoint.start(listen.host, listen.port)
+            self.metrics_port = await self._metrics_endpoint.start(
+                listen.host, listen.port, ssl=self._http_tls
+            )
         except OSError as e:
             raise StartupError(f"metrics_listen: cannot bind {listen}: {e}") from e
 
@@ -284,7 +306,8 @@ class Sidecar:
         (``StartupError``, nothing changed). New ``[[senders]]`` are applied
         (known ones keep their live state). A new ``webhook_secret`` or
         ``webhook_verify_token`` applies to the next webhook, through the RPC
-        and the HTTP receiver alike. Settings of the process itself (listen,
+        and the HTTP receiver alike; re-read tokens replace the running ones
+        (see :func:`reload_tokens`). Settings of the process itself (listen,
         data_dir, …) need a restart; they are reported in the log.
         """
         async with self._reloading:
@@ -311,12 +334,16 @@ class Sidecar:
                 # Whatever was applied is journaled before the next reload starts.
                 await self._commit()
             changes += self._reload_webhook_settings(config)
+            changes += reload_tokens(self.guard, self.config, config)
+            tokens = config if self.guard.active and (config.token or config.admin_token) else None
             self.config = dataclasses.replace(
                 self.config,
                 profile=config.profile,
                 senders=config.senders,
                 webhook_secret=config.webhook_secret,
                 webhook_verify_token=config.webhook_verify_token,
+                token=(tokens or self.config).token,
+                admin_token=(tokens or self.config).admin_token,
             )
             for name in _RESTART_SETTINGS:
                 if getattr(config, name) != getattr(self.config, name):
@@ -442,7 +469,49 @@ _RESTART_SETTINGS = (
     "metrics_listen",
     "shutdown_grace",
     "log_level",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "insecure",
+    "webhook_max_connections",
 )
+
+
+def exposure_summary(config: ServeConfig) -> str:
+    """How the listeners are protected, for the start-up log (no secret in it)."""
+    transport = "plaintext"
+    if config.tls_cert is not None:
+        transport = "mutual TLS" if config.tls_client_ca is not None else "TLS"
+    planes = []
+    if config.token:
+        planes.append("data token")
+    if config.admin_token:
+        planes.append("admin token")
+    summary = f"{transport}, {' and '.join(planes) or 'no token'}"
+    if config.insecure:
+        summary += " (insecure: non-loopback addresses allowed unguarded)"
+    return summary
+
+
+def reload_tokens(guard: Guard, old: ServeConfig, new: ServeConfig) -> list[str]:
+    """Apply re-read token files to ``guard``; returns what changed. A sidecar
+    started without tokens serves its methods unwrapped, so adding the first
+    token needs a restart, and so does removing the last (the old ones stay)."""
+    if (new.token, new.admin_token) == (old.token, old.admin_token):
+        return []
+    if not guard.active:
+        log.warning("reload: tokens take effect at the next restart (none at start)")
+        return []
+    if not (new.token or new.admin_token):
+        log.warning("reload: removing every token needs a restart; the current ones stay")
+        return []
+    guard.set_tokens(new.token, new.admin_token)
+    changes = []
+    if new.token != old.token:
+        changes.append("token replaced" if new.token else "token removed")
+    if new.admin_token != old.admin_token:
+        changes.append("admin token replaced" if new.admin_token else "admin token removed")
+    return changes
 
 
 def seed_clock_ms(config: ServeConfig) -> int:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from tiergate.server.auth import Access, Guard, deny
 from tiergate.server.metrics import Metrics
 
 __all__ = ["unary"]
@@ -28,8 +29,16 @@ def unary(
     request_type: type[Req],
     rpc: str,
     metrics: Metrics,
+    *,
+    guard: Guard | None = None,
+    level: Access = Access.DATA,
+    level_of: Callable[[Req], Access] | None = None,
 ) -> grpc.RpcMethodHandler[bytes, bytes]:
-    """A unary handler of wire bytes that parses them as ``request_type`` for ``method``."""
+    """A unary handler of wire bytes that parses them as ``request_type`` for ``method``.
+
+    With a ``guard``, calls need at least ``level`` before their bytes are read,
+    and ``level_of(request)`` (when given) after.
+    """
     name = request_type.DESCRIPTOR.name
     article = "an" if name[0] in "AEIOU" else "a"
 
@@ -44,4 +53,23 @@ def unary(
         reply = await method(request, context)
         return reply.SerializeToString()
 
-    return grpc.unary_unary_rpc_method_handler(handle)
+    if guard is None:
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    async def guarded(data: bytes, context: Context) -> bytes:
+        # The token is checked before the bytes are read: a caller without
+        # access learns nothing from how its request is parsed.
+        granted, presented = await guard.require(context, level)
+        try:
+            request = request_type.FromString(data)
+        except DecodeError as e:
+            metrics.invalid(rpc)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request: not {article} {name} ({e})"
+            )
+        if level_of is not None and level_of(request) > granted:
+            await deny(context, granted, presented)
+        reply = await method(request, context)
+        return reply.SerializeToString()
+
+    return grpc.unary_unary_rpc_method_handler(guarded)

@@ -5,7 +5,7 @@ Built here, bound and started by :class:`tiergate.server.app.Sidecar`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tiergate.server import decoding
+from tiergate.server.auth import ADMIN_FEEDBACK, Access, Guard
 from tiergate.server.metrics import Metrics
 from tiergate.server.servicer import AdmissionControl
 from tiergate.v1 import admission_pb2 as pb
@@ -21,14 +22,22 @@ from tiergate.v1 import admission_pb2_grpc as pb_grpc
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AdmissionControl"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
+Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+
 
 def build_server(
     servicer: AdmissionControl,
     health_servicer: health_pb2_grpc.HealthServicer,
     max_batch: int,
     metrics: Metrics,
+    guard: Guard | None = None,
 ) -> grpc.aio.Server:
-    """A server with every service registered, not yet bound to a port."""
+    """A server with every service registered, not yet bound to a port.
+
+    With an active ``guard`` (a token configured), AdmissionControl's methods
+    need a token (see :mod:`tiergate.server.auth`); health and reflection never do.
+    """
     server = grpc.aio.server(
         options=[
             # A second sidecar on the same port must fail, not share it.
@@ -37,13 +46,17 @@ def build_server(
             ("grpc.max_receive_message_length", max(4 << 20, max_batch * 1024)),
         ]
     )
-    _add_admission_control(server, servicer, metrics)
+    _add_admission_control(server, servicer, metrics, guard if guard and guard.active else None)
     _add_health_and_reflection(server, health_servicer)
     return server
 
 
+def _feedback_access(request: pb.RecordFeedbackRequest) -> Access:
+    return Access.ADMIN if request.WhichOneof("event") in ADMIN_FEEDBACK else Access.DATA
+
+
 def _add_admission_control(
-    server: grpc.aio.Server, servicer: AdmissionControl, metrics: Metrics
+    server: grpc.aio.Server, servicer: AdmissionControl, metrics: Metrics, guard: Guard | None
 ) -> None:
     pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
     # Every method reads its request's wire bytes itself (registered after the
@@ -51,18 +64,46 @@ def _add_admission_control(
     # that are not the request message are INVALID_ARGUMENT naming ``request``.
     # Admit, AdmitStream, AdmitBatch and AdmitColumns also write their responses'
     # bytes (with the compiled engine, without any protobuf message).
+    # Without a token configured the servicer's methods are registered as they
+    # are: nothing runs per call but the method.
+    admit: Unary = servicer.Admit
+    batch: Unary = servicer.AdmitBatch
+    columns: Unary = servicer.AdmitColumnsWire
+    stream: Streaming = servicer.AdmitStream
+    if guard is not None:
+        admit = guard.unary(admit, Access.DATA)
+        batch = guard.unary(batch, Access.DATA)
+        columns = guard.unary(columns, Access.DATA)
+        stream = guard.stream(stream, Access.DATA)
     wire = {
-        "Admit": grpc.unary_unary_rpc_method_handler(servicer.Admit),
-        "AdmitStream": grpc.stream_stream_rpc_method_handler(servicer.AdmitStream),
-        "AdmitBatch": grpc.unary_unary_rpc_method_handler(servicer.AdmitBatch),
-        "AdmitColumns": grpc.unary_unary_rpc_method_handler(servicer.AdmitColumnsWire),
+        "Admit": grpc.unary_unary_rpc_method_handler(admit),
+        "AdmitStream": grpc.stream_stream_rpc_method_handler(stream),
+        "AdmitBatch": grpc.unary_unary_rpc_method_handler(batch),
+        "AdmitColumns": grpc.unary_unary_rpc_method_handler(columns),
+        "RecordFeedback": decoding.unary(
+            servicer.RecordFeedback,
+            pb.RecordFeedbackRequest,
+            "RecordFeedback",
+            metrics,
+            guard=guard,
+            level_of=_feedback_access,
+        ),
+        "IngestWebhook": decoding.unary(
+            servicer.IngestWebhook,
+            pb.IngestWebhookRequest,
+            "IngestWebhook",
+            metrics,
+            guard=guard,
+            level=Access.ADMIN,
+        ),
+        "GetSenderState": decoding.unary(
+            servicer.GetSenderState,
+            pb.GetSenderStateRequest,
+            "GetSenderState",
+            metrics,
+            guard=guard,
+        ),
     }
-    for rpc, request_type in (
-        ("RecordFeedback", pb.RecordFeedbackRequest),
-        ("IngestWebhook", pb.IngestWebhookRequest),
-        ("GetSenderState", pb.GetSenderStateRequest),
-    ):
-        wire[rpc] = decoding.unary(getattr(servicer, rpc), request_type, rpc, metrics)
     server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
         SERVICE_NAME, wire
     )

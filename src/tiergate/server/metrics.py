@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from ssl import SSLContext
 
 from tiergate.engine.columns import REASONS, kernels
 from tiergate.policy.answers import AdmitResult
@@ -180,8 +181,8 @@ class MetricsEndpoint:
         self._metrics = metrics
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
+    async def start(self, host: str, port: int, *, ssl: SSLContext | None = None) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port, ssl=ssl)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

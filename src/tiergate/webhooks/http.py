@@ -14,7 +14,17 @@ webhook never races an Admit). What it accepts:
   most ``max_body_bytes`` (default 1 MiB → 413 before reading it);
   ``Expect: 100-continue`` is honoured;
 - persistent connections (HTTP/1.1 keep-alive), with timeouts for an idle
-  connection, a slow head and a slow body.
+  connection, a slow head and a slow body;
+- at most ``max_connections`` open connections: a new one beyond it closes
+  the connection that has waited longest for its next request (an idle
+  keep-alive or one still sending its head), so idle connections cannot keep
+  a signed POST out; when every connection is busy, the new one is answered
+  503 and closed;
+- TLS (and client certificates) with an ``ssl.SSLContext`` given to ``start``.
+
+A POST's events are applied in slices (``slice_events``) between which the
+event loop serves other calls, with the result of applying them at once. At
+``stop`` a body being applied is applied to its end and answered.
 
 Routes (``path`` defaults to ``/webhook``):
 
@@ -35,13 +45,14 @@ import contextlib
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-from .ingest import Applier, IngestResult, WebhookIngestor, ingestor_for
+from .ingest import DEFAULT_SLICE_EVENTS, Applier, IngestResult, WebhookIngestor, ingestor_for
 from .parse import DEFAULT_MAX_BYTES, WebhookError
 from .signature import SignatureError
 
@@ -52,6 +63,7 @@ log = logging.getLogger("tiergate.webhooks")
 MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_HEADERS: Final = 100
 MAX_CHALLENGE_CHARS: Final = 256
+DEFAULT_MAX_CONNECTIONS: Final = 256
 _TOKEN_CHARS: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -103,9 +115,13 @@ class WebhookReceiver:
         after_ingest: Callable[[IngestResult], Awaitable[None]] | None = None,
         idle_timeout_s: float = 75.0,
         read_timeout_s: float = 15.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        slice_events: int = DEFAULT_SLICE_EVENTS,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"webhook path must start with '/', got {path!r}")
+        if max_connections < 1 or slice_events < 1:
+            raise ValueError("max_connections and slice_events must be positive")
         self.service = service
         self.secret = secret
         self.verify_token = verify_token
@@ -116,8 +132,17 @@ class WebhookReceiver:
         self.after_ingest = after_ingest
         self.idle_timeout_s = idle_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
+        self.slice_events = slice_events
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        # Open connections (task → writer), and those waiting for a request head,
+        # longest waiting first.
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._applying: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.evicted = 0  # idle connections closed to make room
+        self.refused = 0  # connections refused with 503: every one busy
 
     @property
     def port(self) -> int:
@@ -127,25 +152,34 @@ class WebhookReceiver:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
-    async def start(self, host: str, port: int) -> None:
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self, host: str, port: int, *, ssl: ssl.SSLContext | None = None) -> None:
         if self._server is not None:
             raise RuntimeError("the webhook receiver is already started")
+        self._closing = False
         self._server = await asyncio.start_server(
-            self._serve, host, port, limit=MAX_HEAD_BYTES, reuse_address=True
+            self._serve, host, port, limit=MAX_HEAD_BYTES, reuse_address=True, ssl=ssl
         )
         if not self.secret:
             log.warning("webhook receiver checks no signatures: no app secret configured")
         log.info("webhook receiver listening on %s:%d%s", host, self.port, self.path)
 
     async def stop(self) -> None:
-        """Stop accepting connections, then close the open ones."""
+        """Stop accepting connections, then close the open ones (a body being
+        applied is applied to its end and answered first)."""
         server, self._server = self._server, None
         if server is None:
             return
+        self._closing = True
         server.close()
         tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
+        for task, writer in list(self._connections.items()):
+            if task not in self._applying:
+                # Its reads end (and its task with them); no task is cancelled.
+                writer.transport.abort()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
@@ -154,24 +188,48 @@ class WebhookReceiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
         try:
-            await self._connection(reader, writer)
+            if task is None or not self._make_room():
+                self.refused += 1
+                await self._send(
+                    writer, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections", close=True
+                )
+                return
+            self._connections[task] = writer
+            await self._connection(reader, writer, task)
         except ConnectionError:
             pass
         finally:
             if task is not None:
-                self._connections.discard(task)
+                self._connections.pop(task, None)
+                self._idle.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _make_room(self) -> bool:
+        """Whether a new connection may be served: below the cap, or after closing
+        the connection that has waited longest for a request head."""
+        if len(self._connections) < self.max_connections:
+            return True
+        if not self._idle:
+            return False
+        task, writer = next(iter(self._idle.items()))
+        del self._idle[task]
+        del self._connections[task]
+        self.evicted += 1
+        # Its reader sees the end of the stream, and its task ends.
+        writer.transport.abort()
+        return True
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
+    ) -> None:
         first = True
-        while True:
+        while not self._closing:
             timeout = self.read_timeout_s if first else self.idle_timeout_s
             first = False
+            self._idle[task] = writer
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
             except (asyncio.IncompleteReadError, TimeoutError):
@@ -184,13 +242,15 @@ class WebhookReceiver:
                     close=True,
                 )
                 return
+            finally:
+                self._idle.pop(task, None)
             try:
                 request = _parse_head(head)
                 status, ctype, payload = await self._dispatch(request, reader, writer)
             except _HttpError as exc:
                 await self._send(writer, exc.status, exc.message, close=True)
                 return
-            keep = request.keep_alive()
+            keep = request.keep_alive() and not self._closing
             await self._send(writer, status, payload, content_type=ctype, close=not keep)
             if not keep:
                 return
@@ -230,7 +290,13 @@ class WebhookReceiver:
             return self._handshake(url.query)
         if request.method == "POST":
             body = await self._read_body(request, reader, writer)
-            return await self._post(body, request.headers.get("x-hub-signature-256"))
+            task = asyncio.current_task()
+            assert task is not None
+            self._applying.add(task)
+            try:
+                return await self._post(body, request.headers.get("x-hub-signature-256"))
+            finally:
+                self._applying.discard(task)
         raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and POST are served here")
 
     def _handshake(self, query: str) -> tuple[HTTPStatus, str, str]:
@@ -271,7 +337,9 @@ class WebhookReceiver:
 
     async def _post(self, body: bytes, signature: str | None) -> tuple[HTTPStatus, str, str]:
         try:
-            result = self.ingestor.ingest(body, signature, self.secret, self.now_fn())
+            result = await self.ingestor.ingest_sliced(
+                body, signature, self.secret, self.now_fn(), slice_events=self.slice_events
+            )
         except SignatureError as exc:
             return HTTPStatus.FORBIDDEN, _TEXT, f"signature rejected: {exc}"
         except WebhookError as exc:

@@ -25,16 +25,17 @@ endpoint). For library use, ``ingest`` keeps one per service object.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from tiergate.policy.events import Event
 
-from .parse import DEFAULT_MAX_BYTES, WebhookError, parse
+from .parse import DEFAULT_MAX_BYTES, ParsedEvent, ParsedWebhook, WebhookError, parse
 from .signature import SignatureError, verify
 
 __all__ = [
@@ -53,6 +54,8 @@ DEFAULT_DEDUPE_TTL_MS: Final = 7 * DAY_MS  # Meta retries a webhook for up to 7 
 DEFAULT_DEDUPE_MAX_KEYS: Final = 200_000  # message and status keys
 DEFAULT_DEDUPE_MAX_CHANGES: Final = 20_000  # keys of every other change
 _MESSAGE_KEYS: Final = ("message:", "status:")
+DEFAULT_SLICE_EVENTS: Final = 256  # events applied between yields to the event loop
+THREAD_PARSE_BYTES: Final = 64 * 1024  # larger bodies are parsed off the event loop
 
 
 class ApplyOutcome(Protocol):
@@ -182,25 +185,70 @@ class WebhookIngestor:
         Raises :class:`SignatureError` (nothing applied) or :class:`WebhookError`
         (malformed body, nothing applied); both are counted in :attr:`stats`.
         """
+        parsed, result = self._read(body, signature, secret)
+        self._apply(parsed.events, now_ms, result)
+        return self._finish(result)
+
+    async def ingest_sliced(
+        self,
+        body: bytes,
+        signature: str | bytes | None,
+        secret: str | bytes,
+        now_ms: int,
+        *,
+        slice_events: int = DEFAULT_SLICE_EVENTS,
+    ) -> IngestResult:
+        """:meth:`ingest` without holding up the event loop: a body is verified and
+        parsed in a worker thread (large bodies only), then its events are applied
+        on the loop, which serves other calls after every ``slice_events`` of them.
+        The result is the same: each event is applied (and checked against the
+        de-duplication memory) in order, as by ``ingest``.
+        """
+        if slice_events <= 0:
+            raise ValueError("slice_events must be positive")
+        pause_ms = self._pause_titles()
+        if len(body) < THREAD_PARSE_BYTES:
+            outcome = _verify_and_parse(body, signature, secret, self.max_body_bytes, pause_ms)
+        else:
+            outcome = await asyncio.to_thread(
+                _verify_and_parse, body, signature, secret, self.max_body_bytes, pause_ms
+            )
+        parsed, result = self._counted(outcome)
+        events = parsed.events
+        for start in range(0, len(events), slice_events):
+            if start:
+                await asyncio.sleep(0)
+            self._apply(events[start : start + slice_events], now_ms, result)
+        return self._finish(result)
+
+    def _read(
+        self, body: bytes, signature: str | bytes | None, secret: str | bytes
+    ) -> tuple[ParsedWebhook, IngestResult]:
+        """Verify and parse ``body``; the result so far holds its ignored parts."""
+        return self._counted(
+            _verify_and_parse(body, signature, secret, self.max_body_bytes, self._pause_titles())
+        )
+
+    def _counted(
+        self, outcome: ParsedWebhook | SignatureError | WebhookError
+    ) -> tuple[ParsedWebhook, IngestResult]:
         stats = self.stats
         stats.bodies += 1
-        if secret:
-            try:
-                verify(body, signature, secret)
-            except SignatureError:
-                stats.bad_signature += 1
-                raise
-        try:
-            parsed = parse(body, max_bytes=self.max_body_bytes, pause_ms=self._pause_titles())
-        except WebhookError:
+        if isinstance(outcome, SignatureError):
+            stats.bad_signature += 1
+            raise outcome
+        if isinstance(outcome, WebhookError):
             stats.malformed += 1
-            raise
-
+            raise outcome
         result = IngestResult()
+        for part in outcome.ignored:
+            result.ignored_events.append((part.field, f"{part.path}: {part.reason}"))
+        return outcome, result
+
+    def _apply(self, items: Sequence[ParsedEvent], now_ms: int, result: IngestResult) -> None:
+        stats = self.stats
         ignored = result.ignored_events
-        for part in parsed.ignored:
-            ignored.append((part.field, f"{part.path}: {part.reason}"))
-        for item in parsed.events:
+        for item in items:
             seen = self._memory(item.key)
             if seen.contains(item.key, now_ms):
                 stats.duplicates += 1
@@ -218,9 +266,11 @@ class WebhookIngestor:
                 seen.add(item.key, now_ms)
             else:
                 ignored.append((item.field, f"{item.path}: {outcome.detail or 'not applied'}"))
-        result.ignored = len(ignored)
-        stats.applied += result.applied
-        stats.ignored += result.ignored
+
+    def _finish(self, result: IngestResult) -> IngestResult:
+        result.ignored = len(result.ignored_events)
+        self.stats.applied += result.applied
+        self.stats.ignored += result.ignored
         return result
 
     def _pause_titles(self) -> Mapping[str, int]:
@@ -235,6 +285,25 @@ class WebhookIngestor:
             for title, ms in zip(titles, durations, strict=False)
             if isinstance(ms, int) and ms > 0
         }
+
+
+def _verify_and_parse(
+    body: bytes,
+    signature: str | bytes | None,
+    secret: str | bytes,
+    max_bytes: int,
+    pause_ms: Mapping[str, int],
+) -> ParsedWebhook | SignatureError | WebhookError:
+    """The parsed body, or why it is refused (returned: the caller counts it)."""
+    if secret:
+        try:
+            verify(body, signature, secret)
+        except SignatureError as exc:
+            return exc
+    try:
+        return parse(body, max_bytes=max_bytes, pause_ms=pause_ms)
+    except WebhookError as exc:
+        return exc
 
 
 def _message(exc: BaseException) -> str:
