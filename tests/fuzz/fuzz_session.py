@@ -264,7 +264,7 @@ def _json_numbers(doc: object) -> Iterable[int]:
     if isinstance(doc, int):
         yield doc
     elif (isinstance(doc, float) and abs(doc) < 1e19) or (
-        isinstance(doc, str) and doc.strip().lstrip("-").isdigit() and len(doc) < 20
+        isinstance(doc, str) and doc.strip().lstrip("-").isdecimal() and len(doc) < 20
     ):
         yield int(doc)
     elif isinstance(doc, dict):

@@ -180,6 +180,25 @@ async def test_admit_stream_ends_at_a_reused_key_and_it_consumes_nothing() -> No
 
 
 @run_async
+async def test_admit_stream_names_a_reused_key_before_a_later_bad_field() -> None:
+    """Fields are checked before keys: a bad field after the key's repeat must not
+    hide it. The stream ends at the earlier message, the repeat, named as such."""
+    async with serving() as h:
+        messages = [req(r, key="", at=T0 + 10) for r in fresh(2)]
+        messages += [req(at=T0 + 10), other("template", at=T0 + 10)]
+        messages.append(req(fresh(1, start=900)[0], key="", category=pb.CATEGORY_UNSPECIFIED))
+        answers = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for a in h.stub.AdmitStream(iter(messages)):
+                answers.append(a)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = str(info.value.details())
+        assert details.startswith("stream message 3: idempotency_key:"), details
+        assert [a.decision for a in answers] == [pb.DECISION_ADMIT] * 3
+        assert (await usage(h))[0] == 3
+
+
+@run_async
 async def test_send_result_by_key_names_the_keys_recipient() -> None:
     async with serving() as h:
         await h.stub.Admit(req())

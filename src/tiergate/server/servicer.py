@@ -184,6 +184,22 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         self._metrics.decided(results, rpc)
         return results
 
+    def _decide_before(
+        self, requests: Sequence[pb.AdmitRequest], error: InvalidArgument
+    ) -> tuple[list[AdmitResult], int, str, InvalidArgument]:
+        """A stream chunk refused with ``error``: decide the requests before the first
+        bad one, which may lie before the one ``error`` names (fields are checked before
+        keys). Returns their answers, the first bad one's index, field and error."""
+        bad, field = _bad_index(error, len(requests))
+        while bad > 0:
+            try:
+                head = requests[:bad]
+                return self._decide(head, self._batch_now(head), "AdmitStream"), bad, field, error
+            except InvalidArgument as e:
+                error = e
+                bad, field = _bad_index(e, bad)
+        return [], 0, field, error
+
     # --- RPCs ------------------------------------------------------------------
 
     async def Admit(self, request: Any, context: Context) -> Any:
@@ -375,11 +391,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     except InvalidArgument as e:
                         # Answer the valid requests before the bad one, then end the
                         # stream naming the bad one by its position in the stream.
-                        bad, field = _bad_index(e, len(chunk))
-                        if bad > 0:
-                            results = self._decide(
-                                requests[:bad], self._batch_now(requests[:bad]), "AdmitStream"
-                            )
+                        results, bad, field, e = self._decide_before(requests, e)
+                        if results:
                             await self._committed()
                             for r in results:
                                 yield encode(r)
