@@ -28,35 +28,9 @@ from cpython.unicode cimport (
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
-cdef enum:
-    ADMIT = 1
-    RETRY_LATER = 2
-    REJECT = 3
-    OK = 1
-    SENDER_BLOCKED = 2
-    SENDER_RESTRICTED = 3
-    TEMPLATE_PAUSED = 4
-    TEMPLATE_DISABLED = 5
-    MARKETING_FREQUENCY = 9
-    QUALITY_PROTECTION = 10
-    UNKNOWN_SENDER = 13
-    F_TEMPLATE = 1
-    F_QUALITY_BLOCK = 8
-    F_DRY_RUN = 32
-    KEY_LENGTH_SHIFT = 50
-    MAX_RECIPIENT_DIGITS = 15
-    TAG_ADMIT = 0x41
-    ADMIT_VERSION = 3
-    TAG_BATCH = 0x42
-    BATCH_VERSION = 3
-    BATCH_HEAD_SIZE = 6
-    ROW_SIZE = 42
-    BINDING_SIZE = 4
-    KIND_SHIFT = 56
-    CATEGORY_SHIFT = 59
-    C_REASONS = 16
+from tiergate._native.constants cimport *
 
-REASONS = C_REASONS
+REASONS = REASON_SLOTS
 BAD_SENDER_INDEX = 1
 BAD_KIND = 2
 BAD_CATEGORY = 3
@@ -70,7 +44,6 @@ NO_TEMPLATE = 6
 LAYOUT = (TAG_ADMIT, ADMIT_VERSION, TAG_BATCH, BATCH_VERSION, BATCH_HEAD_SIZE, ROW_SIZE,
           BINDING_SIZE, KIND_SHIFT, CATEGORY_SHIFT)
 
-cdef int64_t NEVER = -(1 << 62)
 cdef const char *HEX = b"0123456789abcdef"
 cdef uint64_t RECIPIENT_BITS = (<uint64_t>1 << KIND_SHIFT) - 1
 
@@ -350,7 +323,7 @@ def prepare(Py_ssize_t n,
             reasons[i] = SENDER_BLOCKED
             limits[i] = limit
             meta[i] = meta_error[SENDER_BLOCKED]
-            counts[s * C_REASONS + SENDER_BLOCKED] += 1
+            counts[s * REASON_SLOTS + SENDER_BLOCKED] += 1
             continue
         flags = s_flags[5 * s + cat]
         if kinds[i] == 1:
@@ -363,13 +336,13 @@ def prepare(Py_ssize_t n,
                     decisions[i] = REJECT
                     reasons[i] = TEMPLATE_DISABLED
                     meta[i] = meta_missing if ts == 1 else meta_error[TEMPLATE_DISABLED]
-                    counts[s * C_REASONS + TEMPLATE_DISABLED] += 1
+                    counts[s * REASON_SLOTS + TEMPLATE_DISABLED] += 1
                 else:
                     decisions[i] = RETRY_LATER
                     reasons[i] = TEMPLATE_PAUSED
                     retry_at[i] = t_paused[t]
                     meta[i] = meta_error[TEMPLATE_PAUSED]
-                    counts[s * C_REASONS + TEMPLATE_PAUSED] += 1
+                    counts[s * REASON_SLOTS + TEMPLATE_PAUSED] += 1
                 continue
         rkey = rkeys[i]
         eco_end = 0
@@ -558,7 +531,7 @@ def finish(batch,
             reasons[i] = <unsigned char>r
             retry_at[i] = b_retry[j]
             meta[i] = meta_error[r]
-        counts[s * C_REASONS + r] += 1
+        counts[s * REASON_SLOTS + r] += 1
     if n_admits:
         # One admit: the admit record (tag, version, row, key); more: one batch record
         # (tag, version, row count, rows, keys), as tiergate.engine.columns.finish.
@@ -622,7 +595,7 @@ def tally(const unsigned char[::1] decisions, const unsigned char[::1] reasons, 
     for k in range(256):
         acc[k] = 0
     for i in range(n):
-        idx = decisions[i] * C_REASONS + reasons[i]
+        idx = decisions[i] * REASON_SLOTS + reasons[i]
         if idx < 256:
             acc[idx] += 1
         else:

@@ -1,36 +1,13 @@
 # The C-level contract of the compiled decision engine (tiergate._native.engine).
 #
-# Numbers repeat src/tiergate/engine/constants.py (decision and reason values
-# equal the tiergate.v1 proto enums); the structs are the engine's memory
-# layout; other Cython modules may cimport them.
+# The shared numbers are those of constants.pxd; the structs are the engine's
+# memory layout; other Cython modules may cimport them.
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
+from tiergate._native.constants cimport *
+
 cdef enum:
-    # Decision
-    ADMIT = 1
-    RETRY_LATER = 2
-    REJECT = 3
-    # Reason
-    OK = 1
-    SENDER_RESTRICTED = 3
-    OUTSIDE_WINDOW = 6
-    RECIPIENT_OPTED_OUT = 7
-    MESSAGING_LIMIT = 8
-    MARKETING_FREQUENCY = 9
-    QUALITY_PROTECTION = 10
-    THROUGHPUT = 11
-    PAIR_RATE = 12
-    # Request flags
-    F_TEMPLATE = 1
-    F_MARKETING = 2
-    F_RESTRICTED = 4
-    F_QUALITY_BLOCK = 8
-    F_FEP_FREE_FORM = 16
-    F_DRY_RUN = 32
-    F_FORCE = 64
-    # Marketing sends remembered per recipient (frequency cap)
-    MARKETING_HISTORY = 4
     # Recipient tables' nominal capacity starts here and doubles; at most 70 % full
     INITIAL_CAPACITY = 16
     # Number tables start nominally larger: their entries expire within

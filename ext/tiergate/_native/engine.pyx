@@ -14,7 +14,6 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int64_t, uint32_t, ui
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-cdef int64_t NEVER = -(1 << 62)
 cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20

@@ -2,7 +2,8 @@
 
 Decision and reason values equal the protobuf enum numbers of
 ``tiergate.v1.Decision`` and ``tiergate.v1.Reason`` so no translation table is
-needed at the gRPC edge. ``ext/tiergate/_native/engine.pxd`` repeats them.
+needed at the gRPC edge. ``ext/tiergate/_native/constants.pxd`` repeats them for
+both compiled modules.
 """
 
 from typing import Final
