@@ -66,7 +66,7 @@ proto: $(STAMP)
 
 # Generated code must be what the .proto says: regenerate, then no diff allowed.
 proto-check: proto
-	git diff --exit-code -- src/tiergate/v1
+	git diff --exit-code -- src/tiergate/v1 ext/tiergate/_native/wire_fields.pxd
 
 # The suite runs with hypothesis's "ci" profile (tests/conftest.py): bounded, derandomized.
 pytest-compiled:

@@ -19,7 +19,7 @@ from tiergate.policy.service import (
 from tiergate.server import admit_wire, convert
 from tiergate.v1 import admission_pb2 as pb
 
-compiled = pytest.importorskip("tiergate._native.columns")
+compiled = pytest.importorskip("tiergate._native.wire")
 # The server reads Admit off the wire only when the compiled engine runs
 # (TIERGATE_NO_EXTENSIONS=1: grpc hands it protobuf messages).
 wire_reader = pytest.mark.skipif(not admit_wire.COMPILED, reason="the wire reader is not in use")

@@ -35,7 +35,7 @@ from tiergate.server import batch_wire
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
 
-compiled = pytest.importorskip("tiergate._native.columns")
+compiled = pytest.importorskip("tiergate._native.wire")
 pytestmark = pytest.mark.skipif(
     not batch_wire.COMPILED, reason="AdmitBatch is read off the wire only when compiled"
 )

@@ -15,7 +15,7 @@ from tiergate.policy.service import InvalidArgument
 from tiergate.server import columns_wire
 from tiergate.v1 import admission_pb2 as pb
 
-compiled = pytest.importorskip("tiergate._native.columns")
+compiled = pytest.importorskip("tiergate._native.wire")
 # The server reads AdmitColumns off the wire with the compiled reader only when the
 # compiled engine runs (TIERGATE_NO_EXTENSIONS=1: protobuf reads it).
 wire_reader = pytest.mark.skipif(

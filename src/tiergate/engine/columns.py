@@ -2,7 +2,9 @@
 
 ``tiergate._native.columns`` is the compiled twin with the same functions and
 results (tests/engine/test_columns.py compares them); :data:`kernels` is the
-one the running engine implementation goes with. The policy layer
+one the running engine implementation goes with. (The compiled wire codec,
+``tiergate._native.wire``, has protobuf itself as its twin: see
+``tiergate.server.columns_wire``.) The policy layer
 (``tiergate.policy.columnar``) does every per-sender and per-template step
 once per batch and hands these loops small tables indexed by the request's
 sender and template indexes:
@@ -561,19 +563,11 @@ def remember_keys(
 
 def _select() -> ModuleType:
     """The compiled kernels when the compiled engine is in use, else this module."""
-    import importlib
-    import os
     import sys
 
-    from . import IMPLEMENTATION
+    from . import native_module
 
-    if IMPLEMENTATION == "compiled":
-        try:
-            return importlib.import_module("tiergate._native.columns")
-        except ImportError:
-            if os.environ.get("TIERGATE_REQUIRE_EXTENSIONS", "") not in ("", "0"):
-                raise
-    return sys.modules[__name__]
+    return native_module("columns") or sys.modules[__name__]
 
 
 #: The kernels that go with the engine in use (compiled with the compiled engine).

@@ -1,7 +1,7 @@
 """AdmitColumns on the wire: request bytes to columns, columns to response bytes.
 
 The server serves AdmitColumns with these instead of protobuf message objects:
-the compiled reader (``tiergate._native.columns``, with the compiled engine)
+the compiled reader (``tiergate._native.wire``, with the compiled engine)
 fills arrays straight from the request's packed fields, and the writer
 produces the response bytes from the result's columns. Both give exactly
 what protobuf gives (tests/server/test_columns_wire.py compares them);
@@ -18,7 +18,7 @@ from typing import Any, overload
 
 from google.protobuf.message import DecodeError
 
-from tiergate.engine.columns import kernels
+from tiergate.engine import native_module
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.service import InvalidArgument
 from tiergate.server import convert
@@ -26,7 +26,9 @@ from tiergate.v1 import admission_pb2 as pb
 
 __all__ = ["WireColumns", "WireRecipients", "decode_request", "encode_response"]
 
-_COMPILED = hasattr(kernels, "decode_request")
+#: The compiled wire codec (``tiergate._native.wire``), or None.
+codec: Any = native_module("wire")
+_COMPILED = codec is not None
 
 
 class WireRecipients(Sequence[str]):
@@ -98,7 +100,7 @@ class WireColumns:
 def decode_request(data: bytes) -> WireColumns:
     """The columns of an AdmitColumnsRequest; InvalidArgument when it is not one."""
     if _COMPILED:
-        parts = kernels.decode_request(data)
+        parts = codec.decode_request(data)
         if parts is not None:
             recipients, rkeys, spans = parts[2], parts[10], parts[11]
             if recipients is None:
@@ -130,7 +132,7 @@ def protobuf_decode(data: bytes) -> WireColumns:
 def encode_response(result: ColumnsResult) -> bytes:
     """The AdmitColumnsResponse bytes for ``result``."""
     if _COMPILED:
-        data: bytes = kernels.encode_response(
+        data: bytes = codec.encode_response(
             *result.answer_columns(),
         )
         return data
