@@ -88,7 +88,10 @@ def test_reader_agrees_with_protobuf(seed: int) -> None:
     data = _random_request(rng).SerializeToString()
     if seed % 2:
         data = _unpacked_and_unknown(rng, data)
-    assert compiled.decode_request(data) is not None
+    read = compiled.decode_request(data)
+    assert isinstance(read, compiled.ReadColumns)
+    names = [f.name for f in pb.AdmitColumnsRequest.DESCRIPTOR.fields]
+    assert read._fields == (*names, "recipient_keys", "recipient_spans")
     assert _fields(columns_wire.decode_request(data)) == _fields(columns_wire.protobuf_decode(data))
 
 

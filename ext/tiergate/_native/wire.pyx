@@ -10,9 +10,13 @@
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport Py_SIZE
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
+
+from collections import namedtuple
 
 from tiergate._native.constants cimport *
 from tiergate._native.text cimport recipient_key, utf8
@@ -24,6 +28,44 @@ cdef carray.array U64 = carray.array("Q")
 
 include "protobuf.pxi"
 
+#: A read AdmitColumnsRequest (or AdmitBatchRequest, as the columns it asks to decide):
+#: the request's columns, named as tiergate.v1.AdmitColumnsRequest's fields. With
+#: E.164 recipients only, ``recipients`` is None, ``recipient_keys`` holds their keys
+#: and ``recipient_spans`` each one's start and end offset in the request's bytes;
+#: otherwise ``recipients`` is the list of strings and the other two are None.
+ReadColumns = namedtuple(
+    "ReadColumns",
+    ["senders", "sender_index", "recipients", "kinds", "categories", "templates",
+     "template_index", "idempotency_keys", "at_unix_ms", "dry_run", "recipient_keys",
+     "recipient_spans"],
+    module=__name__,
+)
+
+#: A well-formed AdmitRequest's fields, as AdmissionService checks them (a
+#: ``tiergate.policy.service.Checked``): the recipient as its key.
+AdmitFields = namedtuple(
+    "AdmitFields",
+    ["sender_id", "recipient_key", "kind", "category", "template_id", "idempotency_key",
+     "at_unix_ms", "dry_run"],
+    module=__name__,
+)
+
+
+cdef extern from *:
+    """
+    static PyObject *tg_alloc_record(PyObject *type, Py_ssize_t n) {
+        return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, n);
+    }
+    """
+    # A record of n items, all NULL: tuple.__new__(type, items) without its copy
+    # of the items (a namedtuple is a tuple with the tuple's own layout).
+    object tg_alloc_record(object type, Py_ssize_t n)
+
+
+cdef inline void record_set(object record, Py_ssize_t i, object value) noexcept:
+    Py_INCREF(value)  # PyTuple_SET_ITEM takes the reference
+    PyTuple_SET_ITEM(record, i, value)
+
 
 # -- AdmitColumns ------------------------------------------------------------
 #
@@ -31,11 +73,9 @@ include "protobuf.pxi"
 
 
 def decode_request(const unsigned char[::1] data not None):
-    """The columns of an AdmitColumnsRequest: (senders, sender_index, recipients, kinds,
-    categories, templates, template_index, idempotency_keys, at_unix_ms, dry_run,
-    recipient_keys, recipient_spans); None for anything this reader leaves to
-    protobuf (malformed data, groups, invalid UTF-8, known fields with another
-    wire type).
+    """The columns of an AdmitColumnsRequest, a ReadColumns; None for anything this
+    reader leaves to protobuf (malformed data, groups, invalid UTF-8, known fields
+    with another wire type).
 
     When every recipient is an E.164 number, no string is made for them:
     ``recipients`` is None, ``recipient_keys`` holds their keys (as
@@ -119,8 +159,8 @@ def decode_request(const unsigned char[::1] data not None):
             # fixed32 / fixed64: no known field has them
             return None
     if all_keys:
-        return (senders, sender_index, None, kinds, categories, templates, template_index,
-                keys, at, dry, rkeys, spans)
+        return ReadColumns(senders, sender_index, None, kinds, categories, templates,
+                           template_index, keys, at, dry, rkeys, spans)
     recipients = []
     n_rcpt = Py_SIZE(spans) // 2
     for k in range(n_rcpt):
@@ -130,8 +170,8 @@ def decode_request(const unsigned char[::1] data not None):
             recipients.append(PyUnicode_DecodeUTF8(<const char *>p, <Py_ssize_t>length, NULL))
         except UnicodeDecodeError:
             return None
-    return (senders, sender_index, recipients, kinds, categories, templates, template_index,
-            keys, at, dry, None, None)
+    return ReadColumns(senders, sender_index, recipients, kinds, categories, templates,
+                       template_index, keys, at, dry, None, None)
 
 
 def encode_response(const unsigned char[::1] decisions, const unsigned char[::1] reasons,
@@ -202,7 +242,7 @@ cdef inline str ascii_str(const unsigned char *p, uint64_t n):
 
 
 cdef enum:
-    # AdmitFields' texts, by their place in text[] and size[]
+    # Request' texts, by their place in text[] and size[]
     T_SENDER = 0
     T_RECIPIENT = 1
     T_TEMPLATE = 2
@@ -210,7 +250,8 @@ cdef enum:
     N_TEXTS = 4
 
 
-cdef struct AdmitFields:
+cdef struct Request:
+    # An AdmitRequest's fields as read (texts point into the request's bytes)
     const unsigned char *text[N_TEXTS]
     uint64_t size[N_TEXTS]
     uint64_t rkey
@@ -221,7 +262,7 @@ cdef struct AdmitFields:
 
 
 cdef inline int text_of(uint64_t field) noexcept nogil:
-    """The AdmitFields text an AdmitRequest field fills, or -1."""
+    """The Request text an AdmitRequest field fills, or -1."""
     if field == ADMIT_REQUEST_SENDER_ID:
         return T_SENDER
     if field == ADMIT_REQUEST_RECIPIENT:
@@ -235,7 +276,7 @@ cdef inline int text_of(uint64_t field) noexcept nogil:
 
 cdef bint read_admit(const unsigned char *p, const unsigned char *end, Py_ssize_t max_id,
                      Py_ssize_t max_template, Py_ssize_t max_key,
-                     AdmitFields *f) noexcept nogil:
+                     Request *f) noexcept nogil:
     """Whether p .. end is an AdmitRequest ``_well_formed`` passes, with only ASCII
     text and fields of their own wire types; its fields go to f."""
     cdef uint64_t v, field, at = 0
@@ -288,27 +329,27 @@ cdef bint read_admit(const unsigned char *p, const unsigned char *end, Py_ssize_
 
 def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
                  Py_ssize_t max_template, Py_ssize_t max_key):
-    """An AdmitRequest's fields as ``_well_formed`` gives them: (sender_id, recipient
-    key, kind, category, template_id, idempotency_key, at_unix_ms, dry_run).
+    """An AdmitRequest's fields as ``_well_formed`` gives them, an AdmitFields.
 
     None for anything else: malformed data, a field with another wire type,
     text that is not ASCII, or a request ``_well_formed`` would not pass (the
     caller then parses it with protobuf and the policy layer names the field).
     """
     cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
-    cdef AdmitFields f
+    cdef Request f
+    cdef object record
     if not read_admit(p, p + data.shape[0], max_id, max_template, max_key, &f):
         return None
-    return (
-        ascii_str(f.text[T_SENDER], f.size[T_SENDER]),
-        f.rkey,
-        <int>f.kind,
-        <int>f.cat,
-        ascii_str(f.text[T_TEMPLATE], f.size[T_TEMPLATE]),
-        ascii_str(f.text[T_KEY], f.size[T_KEY]),
-        f.at,
-        f.dry,
-    )
+    record = tg_alloc_record(AdmitFields, 8)
+    record_set(record, 0, ascii_str(f.text[T_SENDER], f.size[T_SENDER]))
+    record_set(record, 1, f.rkey)
+    record_set(record, 2, <int>f.kind)
+    record_set(record, 3, <int>f.cat)
+    record_set(record, 4, ascii_str(f.text[T_TEMPLATE], f.size[T_TEMPLATE]))
+    record_set(record, 5, ascii_str(f.text[T_KEY], f.size[T_KEY]))
+    record_set(record, 6, f.at)
+    record_set(record, 7, f.dry)
+    return record
 
 
 cdef struct Answer:
@@ -459,9 +500,8 @@ def count_requests(const unsigned char[::1] data not None):
 def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
                  Py_ssize_t max_template, Py_ssize_t max_key, int64_t max_at):
     """An AdmitBatchRequest as the columns decode_request reads off an AdmitColumnsRequest
-    with E.164 recipients: (senders, sender_index, None, kinds, categories, templates,
-    template_index, idempotency_keys, at_unix_ms, dry_run, recipient_keys,
-    recipient_spans); idempotency_keys is empty when no request has one.
+    with E.164 recipients, a ReadColumns (``recipients`` None); idempotency_keys is
+    empty when no request has one.
 
     None when any request is one decode_admit does not read or has an at_unix_ms
     after max_at, when the requests' dry_run differ (a batch of columns has one),
@@ -478,7 +518,7 @@ def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
     cdef Py_ssize_t n = 0, i, s_at = -1, t_at = 0
     cdef int wire
     cdef bint any_key = False, dry = False
-    cdef AdmitFields f
+    cdef Request f
     cdef list senders = [], templates = [], keys
     cdef dict sender_ids = {}, template_ids = {}
     cdef Names sender_names, template_names
@@ -543,8 +583,8 @@ def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
         spans.data.as_longlongs[2 * i + 1] = f.text[T_RECIPIENT] + f.size[T_RECIPIENT] - base
         i += 1
         p = q
-    return (senders, sender_index, None, kinds, categories, templates, template_index,
-            keys if any_key else [], at, dry, rkeys, spans)
+    return ReadColumns(senders, sender_index, None, kinds, categories, templates,
+                       template_index, keys if any_key else [], at, dry, rkeys, spans)
 
 
 def encode_batch_response(const unsigned char[::1] decisions, const unsigned char[::1] reasons,

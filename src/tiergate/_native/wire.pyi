@@ -6,26 +6,37 @@ Its twin is protobuf itself: ``tiergate.server.admit_wire``, ``batch_wire`` and
 
 from array import array
 from collections.abc import Callable
+from typing import NamedTuple
 
-def decode_request(
-    data: bytes,
-) -> (
-    tuple[
-        list[str],
-        array[int],
-        list[str] | None,
-        bytes,
-        bytes,
-        list[str],
-        array[int],
-        list[str],
-        array[int],
-        bool,
-        array[int] | None,
-        array[int] | None,
-    ]
-    | None
-): ...
+class ReadColumns(NamedTuple):
+    """A read AdmitColumnsRequest (or AdmitBatchRequest, as columns)."""
+
+    senders: list[str]
+    sender_index: array[int]
+    recipients: list[str] | None
+    kinds: bytes
+    categories: bytes
+    templates: list[str]
+    template_index: array[int]
+    idempotency_keys: list[str]
+    at_unix_ms: array[int]
+    dry_run: bool
+    recipient_keys: array[int] | None
+    recipient_spans: array[int] | None
+
+class AdmitFields(NamedTuple):
+    """A well-formed AdmitRequest's fields (a ``tiergate.policy.service.Checked``)."""
+
+    sender_id: str
+    recipient_key: int
+    kind: int
+    category: int
+    template_id: str
+    idempotency_key: str
+    at_unix_ms: int
+    dry_run: bool
+
+def decode_request(data: bytes) -> ReadColumns | None: ...
 def encode_response(
     decisions: bytes | bytearray,
     reasons: bytes | bytearray,
@@ -38,27 +49,11 @@ def encode_response(
 ) -> bytes: ...
 def decode_admit(
     data: bytes, max_id: int, max_template: int, max_key: int
-) -> tuple[str, int, int, int, str, str, int, bool] | None: ...
+) -> AdmitFields | None: ...
 def count_requests(data: bytes) -> int: ...
 def decode_batch(
     data: bytes, max_id: int, max_template: int, max_key: int, max_at: int
-) -> (
-    tuple[
-        list[str],
-        array[int],
-        None,
-        bytes,
-        bytes,
-        list[str],
-        array[int],
-        list[str],
-        array[int],
-        bool,
-        array[int],
-        array[int],
-    ]
-    | None
-): ...
+) -> ReadColumns | None: ...
 def encode_admit(
     decision: int,
     reason: int,

@@ -37,7 +37,8 @@ COMPILED = codec is not None
 
 
 def decode_fast(data: bytes) -> Checked | None:
-    """The checked fields of a well-formed AdmitRequest; None: use :func:`parse`."""
+    """The checked fields of a well-formed AdmitRequest (an ``AdmitFields``, named);
+    None: use :func:`parse`."""
     if not COMPILED:
         return None
     fields: Checked | None = codec.decode_admit(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN)

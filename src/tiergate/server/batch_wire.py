@@ -16,7 +16,7 @@ differ, an empty batch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
@@ -43,6 +43,9 @@ from tiergate.policy.service import (
 from tiergate.server.columns_wire import WireColumns, WireRecipients
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
+
+if TYPE_CHECKING:
+    from tiergate._native.wire import ReadColumns
 
 __all__ = ["COMPILED", "count_requests", "decode_fast", "encode_response", "parse"]
 
@@ -76,10 +79,13 @@ def decode_fast(data: bytes) -> WireColumns | None:
     None: use :func:`parse` and the message path."""
     if not COMPILED:
         return None
-    parts = codec.decode_batch(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN, MAX_AT_UNIX_MS)
-    if parts is None:
+    read: ReadColumns | None = codec.decode_batch(
+        data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN, MAX_AT_UNIX_MS
+    )
+    if read is None:
         return None
-    return WireColumns.from_reader(parts, WireRecipients(data, parts[11]))
+    assert read.recipient_spans is not None
+    return WireColumns.from_reader(read, WireRecipients(data, read.recipient_spans))
 
 
 def parse(data: bytes) -> pb.AdmitBatchRequest:

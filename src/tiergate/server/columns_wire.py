@@ -14,7 +14,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from google.protobuf.message import DecodeError
 
@@ -23,6 +23,9 @@ from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.service import InvalidArgument
 from tiergate.server import convert
 from tiergate.v1 import admission_pb2 as pb
+
+if TYPE_CHECKING:
+    from tiergate._native.wire import ReadColumns
 
 __all__ = ["WireColumns", "WireRecipients", "decode_request", "encode_response"]
 
@@ -80,33 +83,33 @@ class WireColumns:
     recipient_keys: array[int] | None = None
 
     @classmethod
-    def from_reader(cls, parts: tuple[Any, ...], recipients: Sequence[str]) -> WireColumns:
-        """The columns a compiled reader returned (``decode_request``, ``decode_batch``)."""
+    def from_reader(cls, read: ReadColumns, recipients: Sequence[str]) -> WireColumns:
+        """The columns the compiled reader read (``decode_request``, ``decode_batch``)."""
         return cls(
-            senders=parts[0],
-            sender_index=parts[1],
+            senders=read.senders,
+            sender_index=read.sender_index,
             recipients=recipients,
-            kinds=parts[3],
-            categories=parts[4],
-            templates=parts[5],
-            template_index=parts[6],
-            idempotency_keys=parts[7],
-            at_unix_ms=parts[8],
-            dry_run=parts[9],
-            recipient_keys=parts[10],
+            kinds=read.kinds,
+            categories=read.categories,
+            templates=read.templates,
+            template_index=read.template_index,
+            idempotency_keys=read.idempotency_keys,
+            at_unix_ms=read.at_unix_ms,
+            dry_run=read.dry_run,
+            recipient_keys=read.recipient_keys,
         )
 
 
 def decode_request(data: bytes) -> WireColumns:
     """The columns of an AdmitColumnsRequest; InvalidArgument when it is not one."""
     if _COMPILED:
-        parts = codec.decode_request(data)
-        if parts is not None:
-            recipients, rkeys, spans = parts[2], parts[10], parts[11]
+        read: ReadColumns | None = codec.decode_request(data)
+        if read is not None:
+            recipients: Sequence[str] | None = read.recipients
             if recipients is None:
-                assert rkeys is not None and spans is not None
-                recipients = WireRecipients(data, spans)
-            return WireColumns.from_reader(parts, recipients)
+                assert read.recipient_keys is not None and read.recipient_spans is not None
+                recipients = WireRecipients(data, read.recipient_spans)
+            return WireColumns.from_reader(read, recipients)
     return protobuf_decode(data)
 
 
