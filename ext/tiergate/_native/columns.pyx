@@ -29,6 +29,8 @@ from libc.string cimport memcpy
 from tiergate._native.constants cimport *
 from tiergate._native.text cimport recipient_key, utf8
 
+from tiergate.engine.kernel_results import BadItem, Finished, KeyCheck, Prepared
+
 REASONS = REASON_SLOTS
 BAD_SENDER_INDEX = 1
 BAD_KIND = 2
@@ -53,28 +55,28 @@ include "tickets.pxi"
 def check_items(Py_ssize_t n, const unsigned int[::1] sender_index, Py_ssize_t n_senders,
                 const unsigned char[::1] kinds, const unsigned char[::1] categories,
                 const unsigned int[::1] template_index, Py_ssize_t n_templates):
-    """``(item, problem)`` of the first malformed item, or ``(-1, 0)``."""
+    """The first malformed item and its problem (a BadItem), or ``(-1, 0)``."""
     cdef Py_ssize_t i
     cdef unsigned char kind, cat
     cdef unsigned int t
     for i in range(n):
         if sender_index[i] >= <unsigned int>n_senders:
-            return i, BAD_SENDER_INDEX
+            return BadItem(i, BAD_SENDER_INDEX)
         kind = kinds[i]
         if kind != KIND_TEMPLATE and kind != KIND_FREE_FORM:
-            return i, BAD_KIND
+            return BadItem(i, BAD_KIND)
         cat = categories[i]
         if cat > CATEGORY_SERVICE:
-            return i, BAD_CATEGORY
+            return BadItem(i, BAD_CATEGORY)
         t = template_index[i]
         if t > <unsigned int>n_templates:
-            return i, BAD_TEMPLATE_INDEX
+            return BadItem(i, BAD_TEMPLATE_INDEX)
         if kind == KIND_TEMPLATE:
             if cat == 0:
-                return i, NO_CATEGORY
+                return BadItem(i, NO_CATEGORY)
             if t == 0:
-                return i, NO_TEMPLATE
-    return -1, 0
+                return BadItem(i, NO_TEMPLATE)
+    return BadItem(-1, 0)
 
 
 def encode_recipients(list recipients, unsigned long long[::1] out):
@@ -128,7 +130,7 @@ def prepare(Py_ssize_t n,
             long long[::1] counts):
     """Answer what steps 1–3 decide; gather the rest as engine rows.
 
-    Returns ``(high, unknown, rows)`` as ``tiergate.engine.columns.prepare``.
+    Returns a Prepared ``(high, unknown, rows)`` as ``tiergate.engine.columns.prepare``.
     """
     cdef long long[::1] b_now = batch.now
     cdef int[::1] b_scope = batch.scope
@@ -220,7 +222,7 @@ def prepare(Py_ssize_t n,
         rows[row] = <int>i
         row_eco[row] = eco_end
         row += 1
-    return high, unknown, row
+    return Prepared(high, unknown, row)
 
 
 cdef inline void put_le(char *buf, Py_ssize_t pos, uint64_t v, int width) noexcept nogil:
@@ -257,7 +259,7 @@ def finish(batch,
            int[::1] counted_rows):
     """Write the engine's answers for ``batch`` to the per-item columns.
 
-    Returns ``(last_tid, n_counted)`` as ``tiergate.engine.columns.finish``.
+    Returns a Finished ``(last_tid, n_counted)`` as ``tiergate.engine.columns.finish``.
     """
     cdef const signed char[::1] b_dec = batch.decision
     cdef const signed char[::1] b_rsn = batch.reason
@@ -404,7 +406,7 @@ def finish(batch,
                 memcpy(out + size, text, tlen)
                 size += tlen
         journal.append(record)
-    return last_tid, n_counted
+    return Finished(last_tid, n_counted)
 
 
 def time_bounds(const long long[::1] at):
@@ -470,7 +472,7 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
                   const unsigned long long[::1] rkeys, const unsigned char[::1] kinds,
                   const unsigned char[::1] categories, const unsigned int[::1] template_index,
                   list templates, bint dry, at, int64_t now_ms):
-    """``(bad, skip, hits, repeated)`` as ``tiergate.engine.columns.repeated_keys``."""
+    """A KeyCheck ``(bad, skip, hits, repeated)`` as ``tiergate.engine.columns.repeated_keys``."""
     cdef Py_ssize_t n = len(keys), i, k, j, s
     cdef const long long[::1] times
     cdef bint has_at = at is not None and len(at) > 0, repeated = False
@@ -507,7 +509,7 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
             first = entry_of(found) if found is not None else None
             if first is not None and <int64_t>first[4] > now:
                 if not answers(first, bound, template_of(templates, template_index[i])):
-                    return i, skip, hits, False
+                    return KeyCheck(i, skip, hits, False)
                 sp[i] = 1
                 hits.append((i, first))
         # Keys alone first: a repeated key (rare) brings in the exact check by
@@ -527,10 +529,10 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
             if (bound_of(rkeys[j], kinds[j], categories[j]) != bound
                     or template_of(templates, template_index[j])
                     != template_of(templates, template_index[i])):
-                return i, skip, hits, False
+                return KeyCheck(i, skip, hits, False)
             if idem is not None and not dry:
                 repeated = True
-    return -1, skip, hits, repeated
+    return KeyCheck(-1, skip, hits, repeated)
 
 
 def remember_keys(const int[::1] rows, list keys, const unsigned int[::1] sender_index,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tiergate.engine.batch import DecisionBatch
+from tiergate.engine.kernel_results import BadItem, Finished, KeyCheck, Prepared
 
 REASONS: int
 BAD_SENDER_INDEX: int
@@ -27,7 +28,7 @@ def check_items(
     categories: bytes,
     template_index: array[int],
     n_templates: int,
-) -> tuple[int, int]: ...
+) -> BadItem: ...
 def encode_recipients(recipients: list[str], out: array[int]) -> int: ...
 def prepare(
     n: int,
@@ -63,7 +64,7 @@ def prepare(
     limits: array[int],
     meta: array[int],
     counts: array[int],
-) -> tuple[int, int, int]: ...
+) -> Prepared: ...
 def finish(
     batch: DecisionBatch,
     rows: array[int],
@@ -90,7 +91,7 @@ def finish(
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
-) -> tuple[int, int]: ...
+) -> Finished: ...
 def repeated_keys(
     keys: list[str],
     sender_index: array[int],
@@ -104,7 +105,7 @@ def repeated_keys(
     dry: bool,
     at: array[int] | None,
     now_ms: int,
-) -> tuple[int, bytearray, list[tuple[int, Any]], bool]: ...
+) -> KeyCheck: ...
 def remember_keys(
     rows: array[int],
     keys: list[str],

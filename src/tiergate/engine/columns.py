@@ -69,6 +69,7 @@ from .constants import (
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
+from .kernel_results import BadItem, Finished, KeyCheck, Prepared
 from .tickets import encode_ticket, siphash24
 
 __all__ = [
@@ -126,7 +127,7 @@ def check_items(
     categories: bytes,
     template_index: Sequence[int],
     n_templates: int,
-) -> tuple[int, int]:
+) -> BadItem:
     """``(item, problem)`` of the first malformed item, or ``(-1, 0)``.
 
     Per item, in this order: sender index, kind (TEMPLATE or FREE_FORM),
@@ -135,22 +136,22 @@ def check_items(
     """
     for i in range(n):
         if not 0 <= sender_index[i] < n_senders:
-            return i, BAD_SENDER_INDEX
+            return BadItem(i, BAD_SENDER_INDEX)
         kind = kinds[i]
         if kind != 1 and kind != 2:
-            return i, BAD_KIND
+            return BadItem(i, BAD_KIND)
         cat = categories[i]
         if cat > 4:
-            return i, BAD_CATEGORY
+            return BadItem(i, BAD_CATEGORY)
         t = template_index[i]
         if not 0 <= t <= n_templates:
-            return i, BAD_TEMPLATE_INDEX
+            return BadItem(i, BAD_TEMPLATE_INDEX)
         if kind == 1:
             if cat == 0:
-                return i, NO_CATEGORY
+                return BadItem(i, NO_CATEGORY)
             if t == 0:
-                return i, NO_TEMPLATE
-    return -1, 0
+                return BadItem(i, NO_TEMPLATE)
+    return BadItem(-1, 0)
 
 
 def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
@@ -206,10 +207,10 @@ def prepare(
     limits: array[int],
     meta: array[int],
     counts: array[int],
-) -> tuple[int, int, int]:
+) -> Prepared:
     """Answer what steps 1–3 decide; gather the rest as engine rows.
 
-    Returns ``(high, unknown, rows)``: the latest time of an item from a known
+    Returns a Prepared ``(high, unknown, rows)``: the latest time of an item from a known
     sender (not clamped; ``now_ms`` at least), the number of items from unknown
     senders, and the number of engine rows. An item without a time (or under the
     server clock) is decided at the latest of ``now_ms`` and the times of the
@@ -305,7 +306,7 @@ def prepare(
         rows[row] = i
         row_eco[row] = eco_end
         row += 1
-    return high, unknown, row
+    return Prepared(high, unknown, row)
 
 
 def finish(
@@ -334,7 +335,7 @@ def finish(
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
-) -> tuple[int, int]:
+) -> Finished:
     """Write the engine's answers for ``batch`` (one row per entry of ``rows``) to the
     per-item columns.
 
@@ -347,7 +348,7 @@ def finish(
     ``categories`` (SERVICE for a free-form item without one), ``template_index``
     and ``templates``) and, when it used a new slot, its row written to
     ``counted_rows`` (one entry per row).
-    Returns ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
+    Returns a Finished ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
     and how many rows ``counted_rows`` holds.
     """
     b_dec, b_rsn, b_retry = batch.decision, batch.reason, batch.retry_at
@@ -413,7 +414,7 @@ def finish(
         counts[s * REASONS + r] += 1
     if journal is not None and journal_rows:
         journal.append(admit_record(journal_rows, journal_keys))
-    return last_tid, n_counted
+    return Finished(last_tid, n_counted)
 
 
 def admit_record(rows: Sequence[bytes], tails: Sequence[bytes]) -> bytes:
@@ -457,7 +458,7 @@ def repeated_keys(
     dry: bool,
     at: Sequence[int] | None,
     now_ms: int,
-) -> tuple[int, bytearray, list[tuple[int, Any]], bool]:
+) -> KeyCheck:
     """What the batch's idempotency keys say before anything is decided:
     ``(bad, skip, hits, repeated)``.
 
@@ -500,7 +501,7 @@ def repeated_keys(
             first = idem.get(key)
             if first is not None and first[rec.E_UNTIL] > now:
                 if not rec.bound_to(first, bound, tpl):
-                    return i, skip, hits, False
+                    return KeyCheck(i, skip, hits, False)
                 skip[i] = 1
                 hits.append((i, first))
         j = first_of.setdefault((senders[s], key), i)  # a sender may be listed twice
@@ -510,10 +511,10 @@ def repeated_keys(
                 rec.bind(rkeys[j], kinds[j], categories[j]) != bound
                 or (templates[tj - 1] if tj else "") != tpl
             ):
-                return i, skip, hits, False
+                return KeyCheck(i, skip, hits, False)
             if idem is not None and not dry:
                 repeated = True
-    return -1, skip, hits, repeated
+    return KeyCheck(-1, skip, hits, repeated)
 
 
 def remember_keys(
