@@ -1,0 +1,118 @@
+cdef int ring_copy(Ring *dst, Ring *src) noexcept nogil:
+    # dst: a bitwise copy of src; give it counts of its own. -1: out of memory.
+    dst.counts = <int64_t *>malloc(max64(src.n, 1) * sizeof(int64_t))
+    if dst.counts == NULL:
+        return -1
+    memcpy(dst.counts, src.counts, src.n * sizeof(int64_t))
+    return 0
+
+
+cdef struct CopyJobs:
+    tg_copy_job *jobs
+    size_t count
+
+
+cdef inline void copy_job(CopyJobs *jobs, void *dst, const void *src, size_t n) noexcept nogil:
+    jobs.jobs[jobs.count].dst = <char *>dst
+    jobs.jobs[jobs.count].src = <const char *>src
+    jobs.jobs[jobs.count].n = n
+    jobs.count += 1
+
+
+cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
+                    CopyJobs *jobs) noexcept nogil:
+    # dst: a bitwise copy of src; give it slots (and marketing records) of its
+    # own, from room's buffers at (and at + 1) where their sizes fit, no growth
+    # spare; their contents are copied by jobs, after. -1: out of memory (what
+    # dst holds is freed with it).
+    cdef void *slots
+    cdef size_t size = src.capacity * sizeof(src.slots[0])
+    dst.slots = NULL
+    dst.spare = NULL
+    dst.spare_capacity = dst.spare_touched = 0
+    dst.warm_at = UINT64_MAX
+    if Table is ScopeTable:
+        dst.marketing.slots = NULL
+    slots = room.take(at, size)
+    if slots == NULL:
+        return -1
+    copy_job(jobs, slots, src.slots, size)
+    if Table is ScopeTable:
+        dst.slots = <ScopeEntry *>slots
+    else:
+        dst.slots = <NumberEntry *>slots
+    if Table is ScopeTable:
+        if src.marketing.slots != NULL:
+            size = src.marketing.capacity * sizeof(MarketingEntry)
+            dst.marketing.slots = <MarketingEntry *>room.take(at + 1, size)
+            if dst.marketing.slots == NULL:
+                return -1
+            copy_job(jobs, dst.marketing.slots, src.marketing.slots, size)
+    return 0
+
+
+cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at,
+                    CopyJobs *jobs) noexcept nogil:
+    # A copy of src in dst (uninitialised); -1: out of memory (dst is then
+    # left for scope_free, which frees what it holds).
+    dst[0] = src[0]
+    dst.ring24.counts = dst.ring7.counts = dst.slots7.counts = NULL
+    dst.table.slots = NULL
+    dst.table.spare = NULL
+    dst.table.marketing.slots = NULL
+    if (table_copy(&dst.table, &src.table, room, at, jobs) < 0
+            or ring_copy(&dst.ring24, &src.ring24) < 0
+            or ring_copy(&dst.ring7, &src.ring7) < 0
+            or ring_copy(&dst.slots7, &src.slots7) < 0):
+        return -1
+    return 0
+
+
+cdef class CopyRoom:
+    """Memory for one ``Engine.copy()``: a buffer per table, allocated as the
+    tables' own are (``tg_table_alloc``) and touched page by page when made, with
+    the GIL released, so that the copy itself is only a memcpy."""
+
+    cdef void **bufs
+    cdef size_t *sizes
+    cdef Py_ssize_t n
+
+    def __cinit__(self, sizes):
+        cdef Py_ssize_t i
+        cdef int failed = 0
+        self.n = len(sizes)
+        self.bufs = <void **>calloc(max64(self.n, 1), sizeof(void *))
+        self.sizes = <size_t *>calloc(max64(self.n, 1), sizeof(size_t))
+        if self.bufs == NULL or self.sizes == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            self.sizes[i] = sizes[i]
+        with nogil:
+            for i in range(self.n):
+                if self.sizes[i] == 0:
+                    continue
+                self.bufs[i] = tg_table_alloc(self.sizes[i])
+                if self.bufs[i] == NULL:
+                    failed = 1
+                    break
+                tg_touch(self.bufs[i], 0, self.sizes[i])
+        if failed:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.bufs != NULL:
+            for i in range(self.n):
+                tg_table_free(self.bufs[i], self.sizes[i])
+        free(self.bufs)
+        free(self.sizes)
+
+    cdef void *take(self, Py_ssize_t i, size_t size) noexcept nogil:
+        # The buffer for slot i if it has this size (the room's from then on);
+        # else new memory. NULL: out of memory.
+        cdef void *p
+        if i < self.n and self.bufs[i] != NULL and self.sizes[i] == size:
+            p = self.bufs[i]
+            self.bufs[i] = NULL
+            return p
+        return tg_table_alloc(size)
