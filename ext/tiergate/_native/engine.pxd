@@ -147,5 +147,3 @@ cdef class Engine:
     cdef Scope *_scope(self, Py_ssize_t scope) except NULL
     cdef Number *_number(self, Py_ssize_t number) except NULL
     cdef bint prefetching(self) noexcept nogil
-    cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
-                        uint32_t flags, int64_t limit, Decision *d) noexcept nogil

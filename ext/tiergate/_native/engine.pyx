@@ -208,162 +208,6 @@ cdef class Engine:
 
     # -- decisions -----------------------------------------------------------
 
-    cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
-                        uint32_t flags, int64_t limit, Decision *d) noexcept nogil:
-        # The decision core: checks first, then every mutation. -1: out of memory
-        # (nothing consumed).
-        cdef ScopeEntry *se
-        cdef NumberEntry *ne
-        cdef Ring *ring = &s.ring24
-        cdef int64_t last, now_us, tput_tat, pair_tat, cut, oldest
-        cdef int64_t recent[MARKETING_HISTORY]
-        cdef int64_t *hist
-        cdef int64_t t
-        cdef uint64_t mixed, gen
-        cdef uint64_t nstop[2]
-        cdef int k, j, n_recent, oldest_at
-        cdef bint template, marketing, in_window, in_fep, counting, already, needs_slot
-
-        now = scope_clamp(s, now)
-        if now > num.clock:
-            num.clock = now
-        mixed = mix(recipient)
-        se = entry_find_mixed(s.table.slots, s.table.capacity, recipient, mixed)
-        nstop[0] = 0
-        nstop[1] = DIST_MAX  # set by entry_search when it finds no entry
-        ne = entry_search(num.table.slots, num.table.capacity, recipient, mixed, nstop)
-        template = (flags & F_TEMPLATE) != 0
-        marketing = (flags & F_MARKETING) != 0
-        last = slot_last(se.slot) if se != NULL else NEVER
-        in_window = ne != NULL and now < ne.window_until
-        in_fep = ne != NULL and now < ne.fep_until
-        counting = template and not in_window and not in_fep
-        already = counting and last > now - self.window_ms
-        needs_slot = counting and not already
-        now_us = now * 1000
-        tput_tat = max64(num.tput_tat, now_us)
-        pair_tat = max64(ne.pair_tat if ne != NULL else NEVER, now)
-
-        d.retry_at = 0
-        d.counted = 0
-        d.used = ring.total
-        d.prev_counted = last
-        d.slot = 0
-
-        if not (flags & F_FORCE):
-            # 4. free-form needs an open customer service window
-            if not template and not (in_window or (in_fep and (flags & F_FEP_FREE_FORM))):
-                reject(d, REJECT, OUTSIDE_WINDOW, 0)
-                return 0
-            # 5. opted-out recipients get no marketing
-            if marketing and se != NULL and se.key & KEY_OPT_OUT:
-                reject(d, REJECT, RECIPIENT_OPTED_OUT, 0)
-                return 0
-            # 6. messaging limit (business-initiated messages only)
-            if counting:
-                if flags & F_RESTRICTED:
-                    reject(d, REJECT, SENDER_RESTRICTED, 0)
-                    return 0
-                if needs_slot and ring.total >= limit:
-                    if limit <= 0:
-                        reject(d, REJECT, MESSAGING_LIMIT, 0)
-                    else:
-                        reject(d, RETRY_LATER, MESSAGING_LIMIT,
-                               ring_next_free(ring, limit, now))
-                    return 0
-            # 7. protective rules
-            if marketing:
-                hist = history(&s.table, se) if se != NULL else NULL
-                if s.freq_cap > 0 and hist != NULL:
-                    cut = now - s.freq_window
-                    n_recent = 0
-                    for k in range(MARKETING_HISTORY):
-                        t = hist[k]
-                        if t > cut:
-                            # insertion sort: recent stays ascending
-                            j = n_recent
-                            while j > 0 and recent[j - 1] > t:
-                                recent[j] = recent[j - 1]
-                                j -= 1
-                            recent[j] = t
-                            n_recent += 1
-                    if n_recent >= s.freq_cap:
-                        reject(d, RETRY_LATER, MARKETING_FREQUENCY,
-                               recent[n_recent - s.freq_cap] + s.freq_window)
-                        return 0
-                if flags & F_QUALITY_BLOCK:
-                    reject(d, REJECT, QUALITY_PROTECTION, 0)
-                    return 0
-            # 8. sender throughput (GCRA, microseconds); retry rounds up to ms
-            if tput_tat - num.tput_tolerance > now_us:
-                reject(d, RETRY_LATER, THROUGHPUT,
-                       -floordiv(num.tput_tolerance - tput_tat, 1000))
-                return 0
-            # 9. pair rate (GCRA, milliseconds)
-            if pair_tat - num.pair_tolerance > now:
-                reject(d, RETRY_LATER, PAIR_RATE, pair_tat - num.pair_tolerance)
-                return 0
-
-        d.decision = ADMIT
-        d.reason = OK
-        d.counted = 1 if needs_slot else 0
-        if flags & F_DRY_RUN:
-            d.used = ring.total + d.counted
-            return 0
-
-        # every check passed: make room (may rehash; nothing consumed yet) ...
-        if se == NULL and (counting or marketing):
-            if table_reserve(&s.table, s.last_now - s.horizon) < 0:
-                return -1
-        if marketing and (se == NULL or not (se.key & KEY_MARKETING)):
-            if mm_reserve(&s.table.marketing) < 0:
-                return -1
-        if ne == NULL:
-            # Placed from where the search above stopped, when nothing has
-            # moved since: no second walk from the home slot and no call.
-            if nstop[1] < DIST_MAX and not table_full(&num.table):
-                ne = number_insert_from(&num.table, recipient, nstop[0], nstop[1])
-            else:
-                if table_reserve(&num.table, number_cut(self, num)) < 0:
-                    return -1
-                ne = number_insert_mixed(&num.table, recipient, mixed)
-        if se == NULL and (counting or marketing):
-            se = scope_insert_mixed(&s.table, recipient, mixed)
-            # counted now, or (marketing only) not counted at all
-            s.table.oldest_last = min(s.table.oldest_last, now if counting else NEVER)
-        # ... then consume
-        if counting:
-            ring_remove(ring, last)
-            ring_add(ring, now)
-            ring_remove(&s.ring7, last)
-            ring_add(&s.ring7, now)
-            if needs_slot:
-                ring_add(&s.slots7, now)
-                gen = (se.slot & SLOT_GEN_MASK) + 1
-                if gen > SLOT_GEN_MASK:
-                    gen = 1
-                se.slot = slot_with_last(SLOT_FRESH | gen, now)
-                d.slot = <int64_t>slot_stamp(now, gen)
-            else:
-                # this admit relies on the earlier slot, which no release may take back now
-                se.slot = slot_with_last(se.slot & SLOT_GEN_MASK, now)
-        if marketing:
-            if not (se.key & KEY_MARKETING):
-                mm_insert(&s.table.marketing, recipient)
-                se.key |= KEY_MARKETING
-            hist = history(&s.table, se)
-            oldest_at = 0
-            oldest = hist[0]
-            for k in range(1, MARKETING_HISTORY):
-                if hist[k] < oldest:
-                    oldest = hist[k]
-                    oldest_at = k
-            hist[oldest_at] = now
-        num.tput_tat = tput_tat + num.tput_interval
-        ne.pair_tat = pair_tat + num.pair_interval
-        d.used = ring.total
-        return 0
-
     def decide(self, int64_t now, Py_ssize_t scope, Py_ssize_t number, uint64_t recipient,
                uint32_t flags, int64_t limit):
         cdef Scope *s = self._scope(scope)
@@ -371,7 +215,7 @@ cdef class Engine:
         cdef Decision d
         check_time("now", now)
         check_recipient("recipient", recipient)
-        if self.decide_one(now, s, num, recipient, flags, limit, &d) < 0:
+        if decide_one(self, now, s, num, recipient, flags, limit, &d) < 0:
             raise MemoryError()
         return (d.decision, d.reason, d.retry_at, d.counted, d.used, d.prev_counted, d.slot)
 
@@ -438,8 +282,8 @@ cdef class Engine:
                               recipient[j])
             if i < 0:
                 continue
-            rc = self.decide_one(now[i], &self.scopes[scope[i]], &self.numbers[number[i]],
-                                 recipient[i], flags[i], limit[i], &d)
+            rc = decide_one(self, now[i], &self.scopes[scope[i]], &self.numbers[number[i]],
+                            recipient[i], flags[i], limit[i], &d)
             if rc < 0:
                 break
             decision[i] = <signed char>d.decision
