@@ -116,3 +116,60 @@ cdef class CopyRoom:
             self.bufs[i] = NULL
             return p
         return tg_table_alloc(size)
+
+
+cdef tuple engine_copy_sizes(Engine eng):
+    # What Engine.copy_sizes does (its docstring says how).
+    cdef Py_ssize_t i
+    sizes = []
+    for i in range(eng.n_scopes):
+        sizes.append(eng.scopes[i].table.capacity * sizeof(ScopeEntry))
+        sizes.append(eng.scopes[i].table.marketing.capacity * sizeof(MarketingEntry))
+    for i in range(eng.n_numbers):
+        sizes.append(eng.numbers[i].table.capacity * sizeof(NumberEntry))
+    return tuple(sizes)
+
+
+cdef Engine engine_copy(Engine src, room):
+    # What Engine.copy does (its docstring says how).
+    cdef Engine eng = type(src).__new__(type(src))
+    cdef CopyRoom held = room if room is not None else CopyRoom(())
+    cdef Py_ssize_t i, n_scopes = src.n_scopes, n_numbers = src.n_numbers
+    cdef int failed = 0
+    cdef CopyJobs jobs
+    eng.bucket_ms = src.bucket_ms
+    eng.window_ms = src.window_ms
+    eng.long_bucket_ms = src.long_bucket_ms
+    eng.long_window_ms = src.long_window_ms
+    eng.horizon_ms = src.horizon_ms
+    eng.scopes = <Scope *>calloc(max64(n_scopes, 1), sizeof(Scope))
+    eng.numbers = <Number *>calloc(max64(n_numbers, 1), sizeof(Number))
+    if eng.scopes == NULL or eng.numbers == NULL:
+        raise MemoryError()
+    eng.cap_scopes = max64(n_scopes, 1)
+    eng.cap_numbers = max64(n_numbers, 1)
+    jobs.count = 0
+    jobs.jobs = <tg_copy_job *>malloc(max64(2 * n_scopes + n_numbers, 1) * sizeof(tg_copy_job))
+    if jobs.jobs == NULL:
+        raise MemoryError()
+    with nogil:
+        for i in range(n_scopes):
+            # counted first: if the copy fails half way, dealloc frees what it holds
+            eng.n_scopes = i + 1
+            if scope_copy(&eng.scopes[i], &src.scopes[i], held, 2 * i, &jobs) < 0:
+                failed = 1
+                break
+        if not failed:
+            for i in range(n_numbers):
+                eng.n_numbers = i + 1
+                eng.numbers[i] = src.numbers[i]
+                if table_copy(&eng.numbers[i].table, &src.numbers[i].table, held,
+                              2 * n_scopes + i, &jobs) < 0:
+                    failed = 1
+                    break
+        if not failed:
+            tg_copy_all(jobs.jobs, jobs.count)
+    free(jobs.jobs)
+    if failed:
+        raise MemoryError()
+    return eng

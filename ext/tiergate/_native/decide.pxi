@@ -240,3 +240,66 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
     p.ne.pair_tat = p.pair_tat + num.pair_interval
     d.used = s.ring24.total
     return 0
+
+
+cdef bint release_slot(Engine eng, scope, recipient, slot, prev_counted) except -1:
+    # What Engine.release does (its docstring says how).
+    cdef Scope *s = eng._scope(scope)
+    cdef ScopeEntry *se
+    cdef int64_t t, prev
+    cdef uint64_t gen
+    if not (0 < recipient <= U64_MAX and 0 < slot <= U64_MAX):
+        return False
+    if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
+        return False
+    gen = slot & SLOT_GEN_MASK
+    t = (slot >> SLOT_GEN_BITS) - MAX_TIME
+    if gen == 0 or t > MAX_TIME:
+        return False
+    prev = prev_counted
+    se = scope_find(&s.table, <uint64_t>recipient)
+    if (se == NULL or not (se.slot & SLOT_FRESH) or (se.slot & SLOT_GEN_MASK) != gen
+            or slot_last(se.slot) != t):
+        return False
+    if prev > t:
+        return False
+    ring_remove(&s.ring24, t)
+    ring_add(&s.ring24, prev)
+    ring_remove(&s.ring7, t)
+    ring_add(&s.ring7, prev)
+    ring_remove(&s.slots7, t)
+    se.slot = slot_with_last(se.slot & SLOT_GEN_MASK, prev)
+    if not (se.key & KEY_OPT_OUT):
+        s.table.oldest_last = min(s.table.oldest_last, prev)
+    return True
+
+
+cdef int check_batch(Engine eng, const long long[::1] now, const int[::1] scope,
+                     const int[::1] number, const unsigned long long[::1] recipient,
+                     const unsigned int[::1] flags, const long long[::1] limit) except -1:
+    # decide_batch's checks of the whole batch, before it decides anything:
+    # ValueError / IndexError naming the first bad item.
+    cdef Py_ssize_t n = now.shape[0], i, bad = -1
+    for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
+                       ("recipient", recipient.shape[0]), ("flags", flags.shape[0]),
+                       ("limit", limit.shape[0])):
+        if size != n:
+            raise ValueError(f"batch column {name} has {size} items, not {n}")
+    for i in range(n):
+        if not 0 <= scope[i] < eng.n_scopes or not 0 <= number[i] < eng.n_numbers:
+            bad = i
+            break
+        if recipient[i] == 0 or recipient[i] > KEY_MASK or not -MAX_TIME <= now[i] <= MAX_TIME:
+            bad = i
+            break
+    if bad >= 0:
+        i = bad
+        if not 0 <= scope[i] < eng.n_scopes:
+            raise IndexError(f"batch item {i}: scope {scope[i]} out of range")
+        if not 0 <= number[i] < eng.n_numbers:
+            raise IndexError(f"batch item {i}: number {number[i]} out of range")
+        if recipient[i] == 0 or recipient[i] > KEY_MASK:
+            raise ValueError(f"batch item {i}: recipient key {recipient[i]} is not in "
+                             "1 .. 2**54 - 1")
+        raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
+    return 0

@@ -238,32 +238,11 @@ cdef class Engine:
         cdef long long[::1] used
         cdef long long[::1] prev_counted
         cdef long long[::1] slot
-        cdef Py_ssize_t n = now.shape[0], i, j, bad = -1
+        cdef Py_ssize_t n = now.shape[0], i, j
         cdef Decision d
         cdef int rc = 0
         cdef bint ahead
-        for name, size in (("scope", scope.shape[0]), ("number", number.shape[0]),
-                           ("recipient", recipient.shape[0]), ("flags", flags.shape[0]),
-                           ("limit", limit.shape[0])):
-            if size != n:
-                raise ValueError(f"batch column {name} has {size} items, not {n}")
-        for i in range(n):
-            if not 0 <= scope[i] < self.n_scopes or not 0 <= number[i] < self.n_numbers:
-                bad = i
-                break
-            if recipient[i] == 0 or recipient[i] > KEY_MASK or not -MAX_TIME <= now[i] <= MAX_TIME:
-                bad = i
-                break
-        if bad >= 0:
-            i = bad
-            if not 0 <= scope[i] < self.n_scopes:
-                raise IndexError(f"batch item {i}: scope {scope[i]} out of range")
-            if not 0 <= number[i] < self.n_numbers:
-                raise IndexError(f"batch item {i}: number {number[i]} out of range")
-            if recipient[i] == 0 or recipient[i] > KEY_MASK:
-                raise ValueError(f"batch item {i}: recipient key {recipient[i]} is not in "
-                                 "1 .. 2**54 - 1")
-            raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
+        check_batch(self, now, scope, number, recipient, flags, limit)
         batch.prepare_outputs()
         decision = batch.decision
         reason = batch.reason
@@ -308,34 +287,7 @@ cdef class Engine:
         gave (a key, stamp or time out of range, or a ``prev_counted`` after
         the slot) releases nothing and returns False, like an unknown one.
         """
-        cdef Scope *s = self._scope(scope)
-        cdef ScopeEntry *se
-        cdef int64_t t, prev
-        cdef uint64_t gen
-        if not (0 < recipient <= U64_MAX and 0 < slot <= U64_MAX):
-            return False
-        if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
-            return False
-        gen = slot & SLOT_GEN_MASK
-        t = (slot >> SLOT_GEN_BITS) - MAX_TIME
-        if gen == 0 or t > MAX_TIME:
-            return False
-        prev = prev_counted
-        se = scope_find(&s.table, <uint64_t>recipient)
-        if (se == NULL or not (se.slot & SLOT_FRESH) or (se.slot & SLOT_GEN_MASK) != gen
-                or slot_last(se.slot) != t):
-            return False
-        if prev > t:
-            return False
-        ring_remove(&s.ring24, t)
-        ring_add(&s.ring24, prev)
-        ring_remove(&s.ring7, t)
-        ring_add(&s.ring7, prev)
-        ring_remove(&s.slots7, t)
-        se.slot = slot_with_last(se.slot & SLOT_GEN_MASK, prev)
-        if not (se.key & KEY_OPT_OUT):
-            s.table.oldest_last = min(s.table.oldest_last, prev)
-        return True
+        return release_slot(self, scope, recipient, slot, prev_counted)
 
     def open_window(self, number, uint64_t recipient, int64_t window_until, int64_t fep_until):
         """Open or extend a window; never shortens one already open longer."""
@@ -394,32 +346,7 @@ cdef class Engine:
 
         Advances each scope's clock to ``now`` like any call that takes time.
         """
-        cdef Py_ssize_t i
-        cdef Scope *s
-        cdef Number *num
-        cdef uint64_t removed = 0, dead
-        cdef int64_t cut
-        check_time("now", now)
-        for i in range(self.n_scopes):
-            s = &self.scopes[i]
-            scope_clamp(s, now)
-            cut = s.last_now - s.horizon
-            dead = 0 if cut <= s.table.oldest_last else count_expired(&s.table, cut)
-            if dead:
-                if table_rebuild(&s.table, room_for(s.table.count - dead), True, cut) < 0:
-                    raise MemoryError()
-                removed += dead
-        for i in range(self.n_numbers):
-            num = &self.numbers[i]
-            if now > num.clock:
-                num.clock = now
-            cut = number_cut(self, num)
-            dead = count_expired(&num.table, cut)
-            if dead:
-                if table_rebuild(&num.table, room_for(num.table.count - dead), True, cut) < 0:
-                    raise MemoryError()
-                removed += dead
-        return removed
+        return engine_reclaim(self, now)
 
     # -- reports -------------------------------------------------------------
 
@@ -477,17 +404,7 @@ cdef class Engine:
         """(held, touched): bytes of next-size slots this engine's tables hold
         ahead of their growth, and how many of them were touched so far
         (compiled engine only; see table_warm)."""
-        cdef Py_ssize_t i
-        cdef uint64_t held = 0, touched = 0
-        for i in range(self.n_scopes):
-            if self.scopes[i].table.spare != NULL:
-                held += self.scopes[i].table.spare_capacity * sizeof(ScopeEntry)
-                touched += self.scopes[i].table.spare_touched
-        for i in range(self.n_numbers):
-            if self.numbers[i].table.spare != NULL:
-                held += self.numbers[i].table.spare_capacity * sizeof(NumberEntry)
-                touched += self.numbers[i].table.spare_touched
-        return held, touched
+        return engine_spare_bytes(self)
 
     # -- snapshots -----------------------------------------------------------
 
@@ -496,46 +413,13 @@ cdef class Engine:
 
         The bytes are written with the GIL released (an engine from ``copy()``
         is serialised in a worker thread while the event loop runs on)."""
-        cdef Py_ssize_t size = HEADER_SIZE, i
-        cdef Scope *s
-        cdef unsigned char *p
-        cdef unsigned char *end
-        for i in range(self.n_scopes):
-            s = &self.scopes[i]
-            size += SCOPE_SIZE + 3 * RING_SIZE + TABLE_SIZE
-            size += 8 * (s.ring24.n + s.ring7.n + s.slots7.n)
-            size += SCOPE_ENTRY_SIZE * <Py_ssize_t>s.table.count
-        for i in range(self.n_numbers):
-            size += NUMBER_SIZE + TABLE_SIZE
-            size += NUMBER_ENTRY_SIZE * <Py_ssize_t>self.numbers[i].table.count
-        out = PyBytes_FromStringAndSize(NULL, size)
-        p = <unsigned char *>PyBytes_AS_STRING(out)
-        memcpy(p, <const char *>SNAPSHOT_MAGIC, 8)
-        put_u64(p + 8, SNAPSHOT_VERSION)  # version (u32) + reserved (u32, zero)
-        put_u64(p + 16, self.bucket_ms)
-        put_u64(p + 24, self.window_ms)
-        put_u64(p + 32, self.long_bucket_ms)
-        put_u64(p + 40, self.long_window_ms)
-        put_u64(p + 48, <uint64_t>self.n_scopes | (<uint64_t>self.n_numbers << 32))
-        with nogil:
-            end = put_state(self.scopes, self.n_scopes, self.numbers, self.n_numbers,
-                            p + HEADER_SIZE)
-        if end == NULL:
-            raise MemoryError()
-        return out
+        return engine_snapshot(self)
 
     def copy_sizes(self):
         """Bytes of each buffer a ``copy()`` of this engine needs now, in the order
         ``CopyRoom`` takes them: each scope's slots and marketing records, then
         each number's slots."""
-        cdef Py_ssize_t i
-        sizes = []
-        for i in range(self.n_scopes):
-            sizes.append(self.scopes[i].table.capacity * sizeof(ScopeEntry))
-            sizes.append(self.scopes[i].table.marketing.capacity * sizeof(MarketingEntry))
-        for i in range(self.n_numbers):
-            sizes.append(self.numbers[i].table.capacity * sizeof(NumberEntry))
-        return tuple(sizes)
+        return engine_copy_sizes(self)
 
     @staticmethod
     def copy_room(sizes):
@@ -555,126 +439,12 @@ cdef class Engine:
         per page, several times the copy itself. A table that has changed size
         since gets new memory here. Growth spares are not copied; the copy
         decides like the original if it is ever used."""
-        cdef Engine eng = type(self).__new__(type(self))
-        cdef CopyRoom held = room if room is not None else CopyRoom(())
-        cdef Py_ssize_t i, n_scopes = self.n_scopes, n_numbers = self.n_numbers
-        cdef int failed = 0
-        cdef CopyJobs jobs
-        eng.bucket_ms = self.bucket_ms
-        eng.window_ms = self.window_ms
-        eng.long_bucket_ms = self.long_bucket_ms
-        eng.long_window_ms = self.long_window_ms
-        eng.horizon_ms = self.horizon_ms
-        eng.scopes = <Scope *>calloc(max64(n_scopes, 1), sizeof(Scope))
-        eng.numbers = <Number *>calloc(max64(n_numbers, 1), sizeof(Number))
-        if eng.scopes == NULL or eng.numbers == NULL:
-            raise MemoryError()
-        eng.cap_scopes = max64(n_scopes, 1)
-        eng.cap_numbers = max64(n_numbers, 1)
-        jobs.count = 0
-        jobs.jobs = <tg_copy_job *>malloc(max64(2 * n_scopes + n_numbers, 1) * sizeof(tg_copy_job))
-        if jobs.jobs == NULL:
-            raise MemoryError()
-        with nogil:
-            for i in range(n_scopes):
-                # counted first: if the copy fails half way, dealloc frees what it holds
-                eng.n_scopes = i + 1
-                if scope_copy(&eng.scopes[i], &self.scopes[i], held, 2 * i, &jobs) < 0:
-                    failed = 1
-                    break
-            if not failed:
-                for i in range(n_numbers):
-                    eng.n_numbers = i + 1
-                    eng.numbers[i] = self.numbers[i]
-                    if table_copy(&eng.numbers[i].table, &self.numbers[i].table, held,
-                                  2 * n_scopes + i, &jobs) < 0:
-                        failed = 1
-                        break
-            if not failed:
-                tg_copy_all(jobs.jobs, jobs.count)
-        free(jobs.jobs)
-        if failed:
-            raise MemoryError()
-        return eng
+        return engine_copy(self, room)
 
     @classmethod
     def restore(cls, data):
         """A new engine holding the state ``data`` (from either engine's snapshot) describes."""
-        cdef const unsigned char[::1] buf = data
-        cdef Cursor c
-        cdef const unsigned char *p
-        cdef Engine eng
-        cdef Scope *s
-        cdef Number *num
-        cdef Ring *rings[3]
-        cdef int r
-        cdef int64_t b, total, v, n_scopes, n_numbers
-        cdef uint32_t version
-        c.p = &buf[0] if buf.shape[0] > 0 else NULL
-        c.pos = 0
-        c.size = buf.shape[0]
-        p = take(&c, HEADER_SIZE)
-        if p[0:8] != SNAPSHOT_MAGIC:
-            raise ValueError("not a tiergate engine snapshot (bad magic)")
-        version = <uint32_t>get_u64(p + 8)
-        if version > SNAPSHOT_VERSION:
-            raise ValueError(
-                f"engine snapshot format version {version} is newer than this tiergate "
-                f"supports ({SNAPSHOT_VERSION}); upgrade tiergate to load it"
-            )
-        if version < 1:
-            raise ValueError(f"engine snapshot format version {version} is not valid")
-        eng = cls(<int64_t>get_u64(p + 16), <int64_t>get_u64(p + 24),
-                  <int64_t>get_u64(p + 32), <int64_t>get_u64(p + 40))
-        n_scopes = get_u64(p + 48) & 0xFFFFFFFF
-        n_numbers = get_u64(p + 48) >> 32
-        for _ in range(n_scopes):
-            p = take(&c, SCOPE_SIZE)
-            s = &eng.scopes[eng.add_scope(<int64_t>get_u64(p), <int64_t>get_u64(p + 8))]
-            c.pos -= 8
-            s.last_now = take_time(&c)
-            rings[0] = &s.ring24
-            rings[1] = &s.ring7
-            rings[2] = &s.slots7
-            for r in range(3):
-                p = take(&c, RING_SIZE)
-                if <int64_t>get_u64(p) != rings[r].n:
-                    raise ValueError("engine snapshot is corrupt: ring size does not match")
-                rings[r].lo = <int64_t>get_u64(p + 8)
-                ring_forget(rings[r])
-                rings[r].total = <int64_t>get_u64(p + 16)
-                p = take(&c, 8 * rings[r].n)
-                total = 0
-                for b in range(rings[r].n):
-                    v = <int64_t>get_u64(p + 8 * b)
-                    if v < 0:
-                        raise ValueError("engine snapshot is corrupt: ring total does not match")
-                    rings[r].counts[b] = v
-                    total += v
-                if total != rings[r].total:
-                    raise ValueError("engine snapshot is corrupt: ring total does not match")
-            restore_scope_table(&s.table, &c, version)
-        for _ in range(n_numbers):
-            p = take(&c, NUMBER_SIZE)
-            scope = get_u64(p) & 0xFFFFFFFF
-            if scope >= n_scopes:
-                raise ValueError("engine snapshot is corrupt: number refers to a missing scope")
-            t_int = <int64_t>get_u64(p + 20)
-            t_tol = <int64_t>get_u64(p + 28)
-            p_int = <int64_t>get_u64(p + 36)
-            p_tol = <int64_t>get_u64(p + 44)
-            if t_int < 1 or p_int < 1 or t_tol % t_int or p_tol % p_int:
-                raise ValueError("engine snapshot is corrupt: bucket tolerance")
-            num = &eng.numbers[eng.add_number(scope, t_int, t_tol // t_int + 1,
-                                              p_int, p_tol // p_int + 1)]
-            c.pos -= NUMBER_SIZE - 4
-            num.clock = take_time(&c)
-            num.tput_tat = <int64_t>get_u64(take(&c, 8))
-            c.pos += 32
-            restore_number_table(&num.table, &c)
-        if c.pos != c.size:
-            raise ValueError("engine snapshot is corrupt: trailing bytes")
-        return eng
+        return engine_restore(cls, data)
 
 
 def table_bytes_held():

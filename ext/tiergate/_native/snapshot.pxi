@@ -293,3 +293,113 @@ cdef unsigned char *put_number_table(NumberTable *t, unsigned char *p) noexcept 
         p += NUMBER_ENTRY_SIZE
     free(keys)
     return p
+
+
+cdef bytes engine_snapshot(Engine eng):
+    # What Engine.snapshot does (its docstring says how).
+    cdef Py_ssize_t size = HEADER_SIZE, i
+    cdef Scope *s
+    cdef unsigned char *p
+    cdef unsigned char *end
+    for i in range(eng.n_scopes):
+        s = &eng.scopes[i]
+        size += SCOPE_SIZE + 3 * RING_SIZE + TABLE_SIZE
+        size += 8 * (s.ring24.n + s.ring7.n + s.slots7.n)
+        size += SCOPE_ENTRY_SIZE * <Py_ssize_t>s.table.count
+    for i in range(eng.n_numbers):
+        size += NUMBER_SIZE + TABLE_SIZE
+        size += NUMBER_ENTRY_SIZE * <Py_ssize_t>eng.numbers[i].table.count
+    out = PyBytes_FromStringAndSize(NULL, size)
+    p = <unsigned char *>PyBytes_AS_STRING(out)
+    memcpy(p, <const char *>SNAPSHOT_MAGIC, 8)
+    put_u64(p + 8, SNAPSHOT_VERSION)  # version (u32) + reserved (u32, zero)
+    put_u64(p + 16, eng.bucket_ms)
+    put_u64(p + 24, eng.window_ms)
+    put_u64(p + 32, eng.long_bucket_ms)
+    put_u64(p + 40, eng.long_window_ms)
+    put_u64(p + 48, <uint64_t>eng.n_scopes | (<uint64_t>eng.n_numbers << 32))
+    with nogil:
+        end = put_state(eng.scopes, eng.n_scopes, eng.numbers, eng.n_numbers,
+                        p + HEADER_SIZE)
+    if end == NULL:
+        raise MemoryError()
+    return out
+
+
+cdef Engine engine_restore(type cls, data):
+    # What Engine.restore does (its docstring says how).
+    cdef const unsigned char[::1] buf = data
+    cdef Cursor c
+    cdef const unsigned char *p
+    cdef Engine eng
+    cdef Scope *s
+    cdef Number *num
+    cdef Ring *rings[3]
+    cdef int r
+    cdef int64_t b, total, v, n_scopes, n_numbers
+    cdef uint32_t version
+    c.p = &buf[0] if buf.shape[0] > 0 else NULL
+    c.pos = 0
+    c.size = buf.shape[0]
+    p = take(&c, HEADER_SIZE)
+    if p[0:8] != SNAPSHOT_MAGIC:
+        raise ValueError("not a tiergate engine snapshot (bad magic)")
+    version = <uint32_t>get_u64(p + 8)
+    if version > SNAPSHOT_VERSION:
+        raise ValueError(
+            f"engine snapshot format version {version} is newer than this tiergate "
+            f"supports ({SNAPSHOT_VERSION}); upgrade tiergate to load it"
+        )
+    if version < 1:
+        raise ValueError(f"engine snapshot format version {version} is not valid")
+    eng = cls(<int64_t>get_u64(p + 16), <int64_t>get_u64(p + 24),
+              <int64_t>get_u64(p + 32), <int64_t>get_u64(p + 40))
+    n_scopes = get_u64(p + 48) & 0xFFFFFFFF
+    n_numbers = get_u64(p + 48) >> 32
+    for _ in range(n_scopes):
+        p = take(&c, SCOPE_SIZE)
+        s = &eng.scopes[eng.add_scope(<int64_t>get_u64(p), <int64_t>get_u64(p + 8))]
+        c.pos -= 8
+        s.last_now = take_time(&c)
+        rings[0] = &s.ring24
+        rings[1] = &s.ring7
+        rings[2] = &s.slots7
+        for r in range(3):
+            p = take(&c, RING_SIZE)
+            if <int64_t>get_u64(p) != rings[r].n:
+                raise ValueError("engine snapshot is corrupt: ring size does not match")
+            rings[r].lo = <int64_t>get_u64(p + 8)
+            ring_forget(rings[r])
+            rings[r].total = <int64_t>get_u64(p + 16)
+            p = take(&c, 8 * rings[r].n)
+            total = 0
+            for b in range(rings[r].n):
+                v = <int64_t>get_u64(p + 8 * b)
+                if v < 0:
+                    raise ValueError("engine snapshot is corrupt: ring total does not match")
+                rings[r].counts[b] = v
+                total += v
+            if total != rings[r].total:
+                raise ValueError("engine snapshot is corrupt: ring total does not match")
+        restore_scope_table(&s.table, &c, version)
+    for _ in range(n_numbers):
+        p = take(&c, NUMBER_SIZE)
+        scope = get_u64(p) & 0xFFFFFFFF
+        if scope >= n_scopes:
+            raise ValueError("engine snapshot is corrupt: number refers to a missing scope")
+        t_int = <int64_t>get_u64(p + 20)
+        t_tol = <int64_t>get_u64(p + 28)
+        p_int = <int64_t>get_u64(p + 36)
+        p_tol = <int64_t>get_u64(p + 44)
+        if t_int < 1 or p_int < 1 or t_tol % t_int or p_tol % p_int:
+            raise ValueError("engine snapshot is corrupt: bucket tolerance")
+        num = &eng.numbers[eng.add_number(scope, t_int, t_tol // t_int + 1,
+                                          p_int, p_tol // p_int + 1)]
+        c.pos -= NUMBER_SIZE - 4
+        num.clock = take_time(&c)
+        num.tput_tat = <int64_t>get_u64(take(&c, 8))
+        c.pos += 32
+        restore_number_table(&num.table, &c)
+    if c.pos != c.size:
+        raise ValueError("engine snapshot is corrupt: trailing bytes")
+    return eng

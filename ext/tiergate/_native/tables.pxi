@@ -535,3 +535,48 @@ cdef inline NumberEntry *number_insert_from(NumberTable *t, uint64_t key,
 cdef inline NumberEntry *number_insert_mixed(NumberTable *t, uint64_t key,
                                              uint64_t mixed) noexcept nogil:
     return number_insert_from(t, key, tg_scale(mixed, t.capacity), 0)
+
+
+cdef uint64_t engine_reclaim(Engine eng, int64_t now) except? 0:
+    # What Engine.reclaim does (its docstring says how).
+    cdef Py_ssize_t i
+    cdef Scope *s
+    cdef Number *num
+    cdef uint64_t removed = 0, dead
+    cdef int64_t cut
+    check_time("now", now)
+    for i in range(eng.n_scopes):
+        s = &eng.scopes[i]
+        scope_clamp(s, now)
+        cut = s.last_now - s.horizon
+        dead = 0 if cut <= s.table.oldest_last else count_expired(&s.table, cut)
+        if dead:
+            if table_rebuild(&s.table, room_for(s.table.count - dead), True, cut) < 0:
+                raise MemoryError()
+            removed += dead
+    for i in range(eng.n_numbers):
+        num = &eng.numbers[i]
+        if now > num.clock:
+            num.clock = now
+        cut = number_cut(eng, num)
+        dead = count_expired(&num.table, cut)
+        if dead:
+            if table_rebuild(&num.table, room_for(num.table.count - dead), True, cut) < 0:
+                raise MemoryError()
+            removed += dead
+    return removed
+
+
+cdef tuple engine_spare_bytes(Engine eng):
+    # What Engine.spare_bytes does (its docstring says how).
+    cdef Py_ssize_t i
+    cdef uint64_t held = 0, touched = 0
+    for i in range(eng.n_scopes):
+        if eng.scopes[i].table.spare != NULL:
+            held += eng.scopes[i].table.spare_capacity * sizeof(ScopeEntry)
+            touched += eng.scopes[i].table.spare_touched
+    for i in range(eng.n_numbers):
+        if eng.numbers[i].table.spare != NULL:
+            held += eng.numbers[i].table.spare_capacity * sizeof(NumberEntry)
+            touched += eng.numbers[i].table.spare_touched
+    return held, touched
