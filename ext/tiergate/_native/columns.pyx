@@ -46,6 +46,16 @@ LAYOUT = (TAG_ADMIT, ADMIT_VERSION, TAG_BATCH, BATCH_VERSION, BATCH_HEAD_SIZE, R
           BINDING_SIZE, KIND_SHIFT, CATEGORY_SHIFT)
 
 cdef uint64_t RECIPIENT_BITS = (<uint64_t>1 << KIND_SHIFT) - 1
+
+cdef enum:
+    # Sender table states (s_state) and template table states (t_state), as
+    # tiergate.engine.columns names them.
+    S_UNKNOWN = 0
+    S_KNOWN = 1
+    S_BLOCKED = 2
+    T_USABLE = 0
+    T_UNKNOWN = 1
+    T_DISABLED = 2
 cdef carray.array I64 = carray.array("q")
 
 
@@ -95,39 +105,48 @@ def encode_recipients(list recipients, unsigned long long[::1] out):
     return -1
 
 
-def prepare(Py_ssize_t n,
-            const unsigned int[::1] sender_index,
-            const unsigned char[::1] kinds,
-            const unsigned char[::1] categories,
-            const unsigned int[::1] template_index,
-            const long long[::1] at,
-            const unsigned long long[::1] rkeys,
-            int64_t now_ms,
-            bint request_clock,
-            bint dry,
-            uint64_t ticket_base,
-            const unsigned char[::1] s_state,
-            const int[::1] s_slot,
-            const int[::1] s_scope,
-            const int[::1] s_number,
-            const long long[::1] s_limits,
-            const unsigned int[::1] s_flags,
-            long long[::1] last_now,
-            const unsigned char[::1] t_state,
-            const long long[::1] t_paused,
-            const int[::1] meta_error,
-            int meta_missing,
-            dict eco,
+cdef struct Early:
+    # What early_answer gives: an item's answer from steps 1-3.
+    int decision
+    int reason
+    int64_t retry_at
+    int meta
+
+
+cdef inline Early early_answer(unsigned char sender_state, unsigned char template_state,
+                               int64_t paused_until, const int *meta_error,
+                               int meta_missing) noexcept nogil:
+    """As tiergate.engine.columns.early_answer."""
+    cdef Early e
+    e.retry_at = 0
+    if sender_state == S_BLOCKED:
+        e.decision, e.reason, e.meta = REJECT, SENDER_BLOCKED, meta_error[SENDER_BLOCKED]
+    elif template_state == T_UNKNOWN:
+        e.decision, e.reason, e.meta = REJECT, TEMPLATE_DISABLED, meta_missing
+    elif template_state != T_USABLE:
+        e.decision, e.reason, e.meta = REJECT, TEMPLATE_DISABLED, meta_error[TEMPLATE_DISABLED]
+    else:
+        e.decision, e.reason, e.meta = RETRY_LATER, TEMPLATE_PAUSED, meta_error[TEMPLATE_PAUSED]
+        e.retry_at = paused_until
+    return e
+
+
+def prepare(Py_ssize_t n, const unsigned int[::1] sender_index, const unsigned char[::1] kinds,
+            const unsigned char[::1] categories, const unsigned int[::1] template_index,
+            const long long[::1] at, const unsigned long long[::1] rkeys, int64_t now_ms,
+            bint request_clock, bint dry, uint64_t ticket_base,
+            # the sender table
+            const unsigned char[::1] s_state, const int[::1] s_slot, const int[::1] s_scope,
+            const int[::1] s_number, const long long[::1] s_limits,
+            const unsigned int[::1] s_flags, long long[::1] last_now,
+            # the template table
+            const unsigned char[::1] t_state, const long long[::1] t_paused,
+            const int[::1] meta_error, int meta_missing, dict eco,
             const unsigned char[::1] skip,
-            batch,
-            int[::1] rows,
-            long long[::1] row_eco,
-            unsigned char[::1] decisions,
-            unsigned char[::1] reasons,
-            long long[::1] retry_at,
-            long long[::1] limits,
-            int[::1] meta,
-            long long[::1] counts):
+            # the engine rows and the answers
+            batch, int[::1] rows, long long[::1] row_eco, unsigned char[::1] decisions,
+            unsigned char[::1] reasons, long long[::1] retry_at, long long[::1] limits,
+            int[::1] meta, long long[::1] counts):
     """Answer what steps 1–3 decide; gather the rest as engine rows.
 
     Returns a Prepared ``(high, unknown, rows)`` as ``tiergate.engine.columns.prepare``.
@@ -141,28 +160,25 @@ def prepare(Py_ssize_t n,
     cdef unsigned long long[::1] b_ticket = batch.ticket
     cdef bint has_at = request_clock and at.shape[0] > 0
     cdef bint has_eco = eco is not None and len(eco) > 0
-    cdef bint has_skip = skip.shape[0] > 0
-    cdef int64_t high = now_ms, now, limit, eco_end, end, t_at
+    cdef bint has_skip = skip.shape[0] > 0, template
+    cdef int64_t high = now_ms, now, limit, eco_end, end
     cdef Py_ssize_t unknown = 0, row = 0, i, s, slot
-    cdef unsigned char st, cat, ts
+    cdef unsigned char st, cat
     cdef unsigned int flags, t
     cdef uint64_t rkey
+    cdef Early e
     if (n > rows.shape[0] or n > b_now.shape[0] or n > decisions.shape[0]
             or (has_skip and n > skip.shape[0])):
         raise ValueError("prepare: columns shorter than the batch")
     for i in range(n):
         s = sender_index[i]
         st = s_state[s]
-        if st == 0:  # an unknown sender's item: its time moves nothing
+        if st == S_UNKNOWN:  # an unknown sender's item: its time moves nothing
             unknown += 1
             decisions[i] = REJECT
             reasons[i] = UNKNOWN_SENDER
             continue
-        now = high
-        if has_at:
-            t_at = at[i]
-            if t_at > 0:
-                now = t_at
+        now = at[i] if has_at and at[i] > 0 else high
         if now > high:
             high = now
         if has_skip and skip[i]:
@@ -174,32 +190,21 @@ def prepare(Py_ssize_t n,
             last_now[slot] = now
         cat = categories[i]
         limit = s_limits[5 * s + cat]
-        if st == 2:
-            decisions[i] = REJECT
-            reasons[i] = SENDER_BLOCKED
-            limits[i] = limit
-            meta[i] = meta_error[SENDER_BLOCKED]
-            counts[s * REASON_SLOTS + SENDER_BLOCKED] += 1
-            continue
         flags = s_flags[5 * s + cat]
-        if kinds[i] == KIND_TEMPLATE:
+        template = kinds[i] == KIND_TEMPLATE
+        t = template_index[i] if template else 0
+        if st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t])):
+            e = early_answer(st, t_state[t], t_paused[t], &meta_error[0], meta_missing)
+            decisions[i] = <unsigned char>e.decision
+            reasons[i] = <unsigned char>e.reason
+            if e.decision == RETRY_LATER:
+                retry_at[i] = e.retry_at
+            limits[i] = limit
+            meta[i] = e.meta
+            counts[s * REASON_SLOTS + e.reason] += 1
+            continue
+        if template:
             flags |= F_TEMPLATE
-            t = template_index[i]
-            ts = t_state[t]
-            if ts != 0 or now < t_paused[t]:
-                limits[i] = limit
-                if ts != 0:
-                    decisions[i] = REJECT
-                    reasons[i] = TEMPLATE_DISABLED
-                    meta[i] = meta_missing if ts == 1 else meta_error[TEMPLATE_DISABLED]
-                    counts[s * REASON_SLOTS + TEMPLATE_DISABLED] += 1
-                else:
-                    decisions[i] = RETRY_LATER
-                    reasons[i] = TEMPLATE_PAUSED
-                    retry_at[i] = t_paused[t]
-                    meta[i] = meta_error[TEMPLATE_PAUSED]
-                    counts[s * REASON_SLOTS + TEMPLATE_PAUSED] += 1
-                continue
         rkey = rkeys[i]
         eco_end = 0
         if has_eco and cat == CATEGORY_MARKETING:
@@ -211,13 +216,9 @@ def prepare(Py_ssize_t n,
         b_scope[row] = s_scope[s]
         b_number[row] = s_number[s]
         b_recipient[row] = rkey
-        if dry:
-            b_flags[row] = flags | F_DRY_RUN
-            b_ticket[row] = 0
-        else:
-            # Ticket ids of rows that are not admitted are never handed out.
-            b_flags[row] = flags
-            b_ticket[row] = ticket_base + <uint64_t>row + 1
+        # Ticket ids of rows that are not admitted are never handed out.
+        b_flags[row] = flags | F_DRY_RUN if dry else flags
+        b_ticket[row] = 0 if dry else ticket_base + <uint64_t>row + 1
         b_limit[row] = limit
         rows[row] = <int>i
         row_eco[row] = eco_end
@@ -232,31 +233,111 @@ cdef inline void put_le(char *buf, Py_ssize_t pos, uint64_t v, int width) noexce
         v >>= 8
 
 
-def finish(batch,
-           const int[::1] rows,
-           const long long[::1] row_eco,
-           const unsigned int[::1] sender_index,
-           const long long[::1] s_restricted,
-           const unsigned char[::1] s_qblock,
-           const int[::1] meta_error,
-           unsigned char[::1] decisions,
-           unsigned char[::1] reasons,
-           unsigned char[::1] counted,
-           long long[::1] retry_at,
-           long long[::1] limits,
-           long long[::1] used,
-           int[::1] meta,
-           list tickets,
-           list keys,
-           const unsigned char[::1] kinds,
-           const unsigned char[::1] categories,
-           const unsigned int[::1] template_index,
-           list templates,
-           uint64_t k0,
-           uint64_t k1,
-           list journal,
-           long long[::1] counts,
-           int[::1] counted_rows):
+cdef struct Refusal:
+    # What refusal gives: the answer to an item the engine refused.
+    int decision
+    int reason
+    int64_t retry_at
+
+
+cdef inline Refusal refusal(int decision, int reason, int64_t retry_at, int64_t back_off_until,
+                            bint quality_block, int64_t restricted_until) noexcept nogil:
+    """As tiergate.engine.columns.refusal."""
+    cdef Refusal f
+    f.decision, f.reason, f.retry_at = decision, reason, retry_at
+    if back_off_until and reason == QUALITY_PROTECTION and not quality_block:
+        # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+        f.decision, f.reason, f.retry_at = RETRY_LATER, MARKETING_FREQUENCY, back_off_until
+    elif reason == SENDER_RESTRICTED and restricted_until > 0:
+        f.decision, f.retry_at = RETRY_LATER, restricted_until
+    return f
+
+
+cdef inline void put_row(char *rec, Py_ssize_t pos, int64_t now, int number, uint64_t rkey,
+                         unsigned int flags, uint64_t tid, int64_t limit,
+                         Py_ssize_t klen) noexcept nogil:
+    # One journal row (records.ROW) at rec + pos.
+    put_le(rec, pos, <uint64_t>now, 8)
+    put_le(rec, pos + 8, <uint64_t><int64_t>number, 4)
+    put_le(rec, pos + 12, rkey, 8)
+    put_le(rec, pos + 20, flags, 4)
+    put_le(rec, pos + 24, tid, 8)
+    put_le(rec, pos + 32, <uint64_t>limit, 8)
+    put_le(rec, pos + 40, <uint64_t>klen, 2)
+
+
+cdef inline Py_ssize_t keyed_tail(object key, Py_ssize_t i, unsigned int t, list templates,
+                                  Py_ssize_t *klen) except -1:
+    """What an admit's idempotency key adds after a journal record's rows: the key,
+    then what it is bound to (BINDING and the template); the key's length to klen
+    (0: no key, nothing added)."""
+    cdef Py_ssize_t tlen = 0
+    utf8(key, klen, "keys", i)
+    if klen[0] == 0:
+        return 0
+    if t:
+        utf8(templates[t - 1], &tlen, "templates", t - 1)
+    return klen[0] + BINDING_SIZE + tlen
+
+
+cdef bytes journal_record(char *rec, Py_ssize_t n_admits, Py_ssize_t tail_bytes, list keys,
+                          const long long *keyed_at, Py_ssize_t n_keyed,
+                          const unsigned char[::1] kinds, const unsigned char[::1] categories,
+                          const unsigned int[::1] template_index, list templates):
+    """The journal record of finish's admits, whose rows rec holds after BATCH_HEAD_SIZE
+    bytes: for one admit the admit record (tag, version, row, key), for more one
+    batch record (tag, version, row count, rows, keys), as
+    tiergate.engine.columns.admit_record; then each keyed row's key and binding."""
+    cdef bytes record
+    cdef char *out
+    cdef const char *text
+    cdef Py_ssize_t size, k, i, klen, tlen
+    cdef unsigned int t
+    if n_admits == 1:
+        size = 2 + ROW_SIZE
+        record = PyBytes_FromStringAndSize(NULL, size + tail_bytes)
+        out = PyBytes_AS_STRING(record)
+        out[0] = TAG_ADMIT
+        out[1] = ADMIT_VERSION
+        memcpy(out + 2, rec + BATCH_HEAD_SIZE, ROW_SIZE)
+    else:
+        size = BATCH_HEAD_SIZE + n_admits * ROW_SIZE
+        record = PyBytes_FromStringAndSize(NULL, size + tail_bytes)
+        out = PyBytes_AS_STRING(record)
+        rec[0] = TAG_BATCH
+        rec[1] = BATCH_VERSION
+        put_le(rec, 2, <uint64_t>n_admits, 4)
+        memcpy(out, rec, size)
+    for k in range(n_keyed):
+        i = <Py_ssize_t>keyed_at[k]
+        text = utf8(keys[i], &klen, "keys", i)
+        memcpy(out + size, text, klen)
+        size += klen
+        out[size] = <char>kinds[i]
+        out[size + 1] = <char>categories[i]
+        tlen = 0
+        t = template_index[i]
+        if t:
+            text = utf8(templates[t - 1], &tlen, "templates", t - 1)
+        put_le(out, size + 2, <uint64_t>tlen, 2)
+        size += BINDING_SIZE
+        if tlen:
+            memcpy(out + size, text, tlen)
+            size += tlen
+    return record
+
+
+def finish(batch, const int[::1] rows, const long long[::1] row_eco,
+           const unsigned int[::1] sender_index, const long long[::1] s_restricted,
+           const unsigned char[::1] s_qblock, const int[::1] meta_error,
+           # the answers
+           unsigned char[::1] decisions, unsigned char[::1] reasons,
+           unsigned char[::1] counted, long long[::1] retry_at, long long[::1] limits,
+           long long[::1] used, int[::1] meta, list tickets,
+           # what idempotency keys are bound to, and the journal
+           list keys, const unsigned char[::1] kinds, const unsigned char[::1] categories,
+           const unsigned int[::1] template_index, list templates, uint64_t k0, uint64_t k1,
+           list journal, long long[::1] counts, int[::1] counted_rows):
     """Write the engine's answers for ``batch`` to the per-item columns.
 
     Returns a Finished ``(last_tid, n_counted)`` as ``tiergate.engine.columns.finish``.
@@ -275,22 +356,18 @@ def finish(batch,
     cdef const long long[::1] b_limit = batch.limit
     cdef const unsigned long long[::1] b_ticket = batch.ticket
     cdef Py_ssize_t nrows = rows.shape[0], j, i, s, pos, n_counted = 0, n_items
-    cdef int d, r, c
-    cdef uint64_t tid, last_tid = 0, rkey
-    cdef int64_t limit
-    cdef unsigned int flags, t
-    cdef int number
+    cdef int c
+    cdef uint64_t tid, last_tid = 0
+    cdef unsigned int flags
     cdef char buf[128]
     cdef bint journal_on = journal is not None
     cdef bint has_keys = keys is not None and len(keys) > 0
-    cdef bytes record
     cdef bytearray table = None
     cdef carray.array keyed = None
     cdef long long *keyed_at = NULL
-    cdef Py_ssize_t klen, tlen, n_admits = 0, n_keyed = 0, tail_bytes = 0, size, k
-    cdef const char *text
+    cdef Py_ssize_t klen, tail, n_admits = 0, n_keyed = 0, tail_bytes = 0
     cdef char *rec = NULL
-    cdef char *out
+    cdef Refusal f
     n_items = decisions.shape[0]
     if (b_dec.shape[0] < nrows or b_now.shape[0] < nrows or row_eco.shape[0] < nrows
             or counted_rows.shape[0] < nrows
@@ -308,104 +385,45 @@ def finish(batch,
     for j in range(nrows):
         i = rows[j]
         s = sender_index[i]
-        d = b_dec[j]
-        r = b_rsn[j]
-        limit = b_limit[j]
-        limits[i] = limit
+        limits[i] = b_limit[j]
         used[i] = b_used[j]
-        if d == ADMIT:
-            decisions[i] = ADMIT
-            reasons[i] = OK
-            c = b_cnt[j]
-            counted[i] = 1 if c == 1 else 0
-            flags = b_flags[j]
-            if not flags & F_DRY_RUN:
-                tid = b_ticket[j]
-                last_tid = tid
-                number = b_number[j]
-                rkey = b_rkey[j]
-                pos = put_ticket(buf, k0, k1, tid, <uint64_t>number, rkey,
-                                 <uint64_t>b_prev[j] - <uint64_t>NEVER, <uint64_t>b_slot[j])
-                tickets[i] = PyUnicode_DecodeASCII(buf, pos, NULL)
-                if journal_on:
-                    pos = BATCH_HEAD_SIZE + n_admits * ROW_SIZE
-                    put_le(rec, pos, <uint64_t>b_now[j], 8)
-                    put_le(rec, pos + 8, <uint64_t><int64_t>number, 4)
-                    put_le(rec, pos + 12, rkey, 8)
-                    put_le(rec, pos + 20, flags, 4)
-                    put_le(rec, pos + 24, tid, 8)
-                    put_le(rec, pos + 32, <uint64_t>limit, 8)
-                    klen = 0
-                    if has_keys:
-                        utf8(keys[i], &klen, "keys", i)
-                        if klen:
-                            # The key, then what it is bound to (after the rows).
-                            tlen = 0
-                            t = template_index[i]
-                            if t:
-                                utf8(templates[t - 1], &tlen, "templates", t - 1)
-                            keyed_at[n_keyed] = i
-                            n_keyed += 1
-                            tail_bytes += klen + BINDING_SIZE + tlen
-                    put_le(rec, pos + 40, <uint64_t>klen, 2)
-                    n_admits += 1
-                if c:
-                    counted_rows[n_counted] = <int>j
-                    n_counted += 1
-            r = OK
-        elif row_eco[j] and r == QUALITY_PROTECTION and not s_qblock[s]:
-            # Meta answered 131049 for this recipient: hold marketing until back-off ends.
-            r = MARKETING_FREQUENCY
-            decisions[i] = RETRY_LATER
-            reasons[i] = r
-            retry_at[i] = row_eco[j]
-            meta[i] = meta_error[MARKETING_FREQUENCY]
-        elif r == SENDER_RESTRICTED and s_restricted[s] > 0:
-            decisions[i] = RETRY_LATER
-            reasons[i] = r
-            retry_at[i] = s_restricted[s]
-            meta[i] = meta_error[SENDER_RESTRICTED]
-        else:
-            decisions[i] = <unsigned char>d
-            reasons[i] = <unsigned char>r
-            retry_at[i] = b_retry[j]
-            meta[i] = meta_error[r]
-        counts[s * REASON_SLOTS + r] += 1
+        if b_dec[j] != ADMIT:
+            f = refusal(b_dec[j], b_rsn[j], b_retry[j], row_eco[j], s_qblock[s], s_restricted[s])
+            decisions[i] = <unsigned char>f.decision
+            reasons[i] = <unsigned char>f.reason
+            retry_at[i] = f.retry_at
+            meta[i] = meta_error[f.reason]
+            counts[s * REASON_SLOTS + f.reason] += 1
+            continue
+        decisions[i] = ADMIT
+        reasons[i] = OK
+        counts[s * REASON_SLOTS + OK] += 1
+        c = b_cnt[j]
+        counted[i] = 1 if c == 1 else 0
+        flags = b_flags[j]
+        if flags & F_DRY_RUN:
+            continue
+        tid = last_tid = b_ticket[j]
+        pos = put_ticket(buf, k0, k1, tid, <uint64_t>b_number[j], b_rkey[j],
+                         <uint64_t>b_prev[j] - <uint64_t>NEVER, <uint64_t>b_slot[j])
+        tickets[i] = PyUnicode_DecodeASCII(buf, pos, NULL)
+        if journal_on:
+            klen = 0
+            if has_keys:
+                tail = keyed_tail(keys[i], i, template_index[i], templates, &klen)
+                if klen:
+                    keyed_at[n_keyed] = i
+                    n_keyed += 1
+                    tail_bytes += tail
+            put_row(rec, BATCH_HEAD_SIZE + n_admits * ROW_SIZE, b_now[j], b_number[j],
+                    b_rkey[j], flags, tid, b_limit[j], klen)
+            n_admits += 1
+        if c:
+            counted_rows[n_counted] = <int>j
+            n_counted += 1
     if n_admits:
-        # One admit: the admit record (tag, version, row, key); more: one batch record
-        # (tag, version, row count, rows, keys), as tiergate.engine.columns.finish.
-        if n_admits == 1:
-            size = 2 + ROW_SIZE
-            record = PyBytes_FromStringAndSize(NULL, size + tail_bytes)
-            out = PyBytes_AS_STRING(record)
-            out[0] = TAG_ADMIT
-            out[1] = ADMIT_VERSION
-            memcpy(out + 2, rec + BATCH_HEAD_SIZE, ROW_SIZE)
-        else:
-            size = BATCH_HEAD_SIZE + n_admits * ROW_SIZE
-            record = PyBytes_FromStringAndSize(NULL, size + tail_bytes)
-            out = PyBytes_AS_STRING(record)
-            rec[0] = TAG_BATCH
-            rec[1] = BATCH_VERSION
-            put_le(rec, 2, <uint64_t>n_admits, 4)
-            memcpy(out, rec, size)
-        for k in range(n_keyed):
-            i = <Py_ssize_t>keyed_at[k]
-            text = utf8(keys[i], &klen, "keys", i)
-            memcpy(out + size, text, klen)
-            size += klen
-            out[size] = <char>kinds[i]
-            out[size + 1] = <char>categories[i]
-            tlen = 0
-            t = template_index[i]
-            if t:
-                text = utf8(templates[t - 1], &tlen, "templates", t - 1)
-            put_le(out, size + 2, <uint64_t>tlen, 2)
-            size += BINDING_SIZE
-            if tlen:
-                memcpy(out + size, text, tlen)
-                size += tlen
-        journal.append(record)
+        journal.append(journal_record(rec, n_admits, tail_bytes, keys, keyed_at, n_keyed,
+                                      kinds, categories, template_index, templates))
     return Finished(last_tid, n_counted)
 
 

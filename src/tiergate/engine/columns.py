@@ -32,14 +32,26 @@ sender and template indexes:
 ``encode_ticket`` / ``siphash24``
     one ticket (the scalar path's), and the MAC's hash function itself.
 
-Sender table rows (one per distinct sender of the request): ``s_state`` 0
-unknown, 1 known, 2 blocked (BANNED / DISABLED); ``s_slot`` the index of its
+Sender table rows (one per distinct sender of the request): ``s_state``
+``S_UNKNOWN``, ``S_KNOWN`` or ``S_BLOCKED`` (BANNED / DISABLED); ``s_slot`` the index of its
 limit scope in ``last_now``; ``s_scope`` / ``s_number`` engine indexes;
 ``s_limits`` / ``s_flags`` five entries per sender, by category;
 ``s_restricted`` the end of a Meta restriction (0: none); ``s_qblock`` 1 when
 the sender's marketing is blocked by quality. Template table rows (index 0 =
-no template): ``t_state`` 0 usable, 1 unknown and rejected, 2 disabled;
-``t_paused`` paused until (ms).
+no template): ``t_state`` ``T_USABLE``, ``T_UNKNOWN`` (rejected) or
+``T_DISABLED``; ``t_paused`` paused until (ms).
+
+``prepare`` decides an item without a time (or under the server clock) at the
+latest of ``now_ms`` and the times of the known senders' items before it.
+``categories`` must already read SERVICE (4) for a free-form item without one;
+``at`` is empty or one time per item. ``last_now`` (per limit scope slot) moves
+forward as ``AdmissionService.admit_many`` moves each scope's clock. The
+batch's input columns, ``rows`` and ``row_eco`` have one entry per item; row j
+is written at j: ``rows[j]`` is its item, ``row_eco[j]`` the end of a 131049
+back-off applied to it (0: none). ``meta_error`` is the Meta error by reason,
+``meta_missing`` the one for an unknown template. An item with ``skip[i]`` set
+(``skip`` empty: none) is already answered (a repeated idempotency key): only
+its time counts towards ``high``.
 """
 
 from __future__ import annotations
@@ -53,10 +65,12 @@ from . import records as rec
 from .batch import DecisionBatch
 from .constants import (
     ADMIT,
+    CATEGORY_MARKETING,
     F_DRY_RUN,
     F_QUALITY_BLOCK,
     F_TEMPLATE,
     KEY_LENGTH_SHIFT,
+    KIND_TEMPLATE,
     MARKETING_FREQUENCY,
     MAX_RECIPIENT_DIGITS,
     OK,
@@ -81,11 +95,13 @@ __all__ = [
     "NO_TEMPLATE",
     "REASONS",
     "check_items",
+    "early_answer",
     "encode_recipients",
     "encode_ticket",
     "finish",
     "kernels",
     "prepare",
+    "refusal",
     "remember_keys",
     "repeated_keys",
     "siphash24",
@@ -95,6 +111,14 @@ __all__ = [
 
 #: Reason slots per sender in the ``counts`` table (tiergate.v1.Reason values fit below).
 REASONS = 16
+
+# Sender table states (``s_state``) and template table states (``t_state``).
+S_UNKNOWN = 0
+S_KNOWN = 1
+S_BLOCKED = 2  # BANNED or DISABLED
+T_USABLE = 0
+T_UNKNOWN = 1  # not known: rejected
+T_DISABLED = 2
 
 # check_items problem codes (the policy layer words the message).
 BAD_SENDER_INDEX = 1
@@ -173,6 +197,26 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
     return -1
 
 
+def early_answer(
+    sender_state: int,
+    template_state: int,
+    paused_until: int,
+    meta_error: Sequence[int],
+    meta_missing: int,
+) -> tuple[int, int, int, int]:
+    """Steps 1–3's answer to an item from a known sender that goes no further:
+    ``(decision, reason, retry_at, meta error)`` for a blocked sender, else for its
+    template (``template_state``: disabled or unknown, else paused until
+    ``paused_until``)."""
+    if sender_state == S_BLOCKED:
+        return REJECT, SENDER_BLOCKED, 0, meta_error[SENDER_BLOCKED]
+    if template_state == T_UNKNOWN:
+        return REJECT, TEMPLATE_DISABLED, 0, meta_missing
+    if template_state != T_USABLE:
+        return REJECT, TEMPLATE_DISABLED, 0, meta_error[TEMPLATE_DISABLED]
+    return RETRY_LATER, TEMPLATE_PAUSED, paused_until, meta_error[TEMPLATE_PAUSED]
+
+
 def prepare(
     n: int,
     sender_index: Sequence[int],
@@ -208,44 +252,25 @@ def prepare(
     meta: array[int],
     counts: array[int],
 ) -> Prepared:
-    """Answer what steps 1–3 decide; gather the rest as engine rows.
-
-    Returns a Prepared ``(high, unknown, rows)``: the latest time of an item from a known
-    sender (not clamped; ``now_ms`` at least), the number of items from unknown
-    senders, and the number of engine rows. An item without a time (or under the
-    server clock) is decided at the latest of ``now_ms`` and the times of the
-    known senders' items before it.
-    ``categories`` must already read SERVICE (4) for a free-form item without
-    one; ``at`` is empty or one time per item. ``last_now`` (per limit scope
-    slot) moves forward as ``AdmissionService.admit_many`` moves each scope's
-    clock. The batch's input columns, ``rows`` and ``row_eco`` have one entry
-    per item; row j is written at j: ``rows[j]`` is its item, ``row_eco[j]``
-    the end of a 131049 back-off applied to it (0: none). ``meta_error`` is
-    the Meta error by reason, ``meta_missing`` the one for an unknown template.
-    An item with ``skip[i]`` set (``skip`` empty: none) is already answered (a
-    repeated idempotency key): only its time counts towards ``high``.
-    """
+    """Answer what steps 1–3 decide; gather the rest as engine rows (see "prepare"
+    in the module's docstring). Returns a Prepared ``(high, unknown, rows)``: the
+    latest time of an item from a known sender (not clamped; ``now_ms`` at least),
+    the number of items from unknown senders, and the number of engine rows."""
     has_at = request_clock and len(at) > 0
     has_skip = len(skip) > 0
-    high = now_ms
-    unknown = 0
+    high, unknown, row = now_ms, 0, 0
     b_now, b_scope, b_number = batch.now, batch.scope, batch.number
     b_recipient, b_flags = batch.recipient, batch.flags
     b_limit, b_ticket = batch.limit, batch.ticket
-    row = 0
     for i in range(n):
         s = sender_index[i]
         st = s_state[s]
-        if st == 0:  # an unknown sender's item: its time moves nothing
+        if st == S_UNKNOWN:  # an unknown sender's item: its time moves nothing
             unknown += 1
             decisions[i] = REJECT
             reasons[i] = UNKNOWN_SENDER
             continue
-        now = high
-        if has_at:
-            t_at = at[i]
-            if t_at > 0:
-                now = t_at
+        now = at[i] if has_at and at[i] > 0 else high
         if now > high:
             high = now
         if has_skip and skip[i]:
@@ -257,56 +282,63 @@ def prepare(
             last_now[slot] = now
         cat = categories[i]
         limit = s_limits[5 * s + cat]
-        if st == 2:
-            decisions[i] = REJECT
-            reasons[i] = SENDER_BLOCKED
-            limits[i] = limit
-            meta[i] = meta_error[SENDER_BLOCKED]
-            counts[s * REASONS + SENDER_BLOCKED] += 1
-            continue
         flags = s_flags[5 * s + cat]
-        if kinds[i] == 1:
+        template = kinds[i] == KIND_TEMPLATE
+        t = template_index[i] if template else 0
+        if st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t])):
+            d, r, retry, meta[i] = early_answer(
+                st, t_state[t], t_paused[t], meta_error, meta_missing
+            )
+            decisions[i] = d
+            reasons[i] = r
+            if d == RETRY_LATER:
+                retry_at[i] = retry
+            limits[i] = limit
+            counts[s * REASONS + r] += 1
+            continue
+        if template:
             flags |= F_TEMPLATE
-            t = template_index[i]
-            ts = t_state[t]
-            if ts != 0 or now < t_paused[t]:
-                limits[i] = limit
-                if ts != 0:
-                    decisions[i] = REJECT
-                    reasons[i] = TEMPLATE_DISABLED
-                    meta[i] = meta_missing if ts == 1 else meta_error[TEMPLATE_DISABLED]
-                    counts[s * REASONS + TEMPLATE_DISABLED] += 1
-                else:
-                    decisions[i] = RETRY_LATER
-                    reasons[i] = TEMPLATE_PAUSED
-                    retry_at[i] = t_paused[t]
-                    meta[i] = meta_error[TEMPLATE_PAUSED]
-                    counts[s * REASONS + TEMPLATE_PAUSED] += 1
-                continue
         rkey = rkeys[i]
         eco_end = 0
-        if eco and cat == 1:
+        if eco and cat == CATEGORY_MARKETING:
             end = eco.get((s_scope[s], rkey), 0)
             if end > now:
                 eco_end = end
                 flags |= F_QUALITY_BLOCK
-        if dry:
-            flags |= F_DRY_RUN
-            tid = 0
-        else:
-            # Ticket ids of rows that are not admitted are never handed out.
-            tid = ticket_base + row + 1
         b_now[row] = now
         b_scope[row] = s_scope[s]
         b_number[row] = s_number[s]
         b_recipient[row] = rkey
-        b_flags[row] = flags
+        # Ticket ids of rows that are not admitted are never handed out.
+        b_flags[row] = flags | F_DRY_RUN if dry else flags
+        b_ticket[row] = 0 if dry else ticket_base + row + 1
         b_limit[row] = limit
-        b_ticket[row] = tid
         rows[row] = i
         row_eco[row] = eco_end
         row += 1
     return Prepared(high, unknown, row)
+
+
+def refusal(
+    decision: int,
+    reason: int,
+    retry_at: int,
+    back_off_until: int,
+    quality_block: int,
+    restricted_until: int,
+) -> tuple[int, int, int]:
+    """The answer to an item the engine refused (``decision``, ``reason``,
+    ``retry_at``): ``(decision, reason, retry_at)``. A quality refusal of marketing
+    to a recipient under a 131049 back-off (``back_off_until``, 0: none) while the
+    sender's marketing is not blocked by quality is a MARKETING_FREQUENCY retry when
+    the back-off ends; a restricted sender (``restricted_until``, 0: not) retries
+    when the restriction ends."""
+    if back_off_until and reason == QUALITY_PROTECTION and not quality_block:
+        # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+        return RETRY_LATER, MARKETING_FREQUENCY, back_off_until
+    if reason == SENDER_RESTRICTED and restricted_until > 0:
+        return RETRY_LATER, reason, restricted_until
+    return decision, reason, retry_at
 
 
 def finish(
@@ -394,22 +426,10 @@ def finish(
                     counted_rows[n_counted] = j
                     n_counted += 1
             r = OK
-        elif row_eco[j] and r == QUALITY_PROTECTION and not s_qblock[s]:
-            # Meta answered 131049 for this recipient: hold marketing until back-off ends.
-            r = MARKETING_FREQUENCY
-            decisions[i] = RETRY_LATER
-            reasons[i] = r
-            retry_at[i] = row_eco[j]
-            meta[i] = meta_error[MARKETING_FREQUENCY]
-        elif r == SENDER_RESTRICTED and s_restricted[s] > 0:
-            decisions[i] = RETRY_LATER
-            reasons[i] = r
-            retry_at[i] = s_restricted[s]
-            meta[i] = meta_error[SENDER_RESTRICTED]
         else:
+            d, r, retry_at[i] = refusal(d, r, b_retry[j], row_eco[j], s_qblock[s], s_restricted[s])
             decisions[i] = d
             reasons[i] = r
-            retry_at[i] = b_retry[j]
             meta[i] = meta_error[r]
         counts[s * REASONS + r] += 1
     if journal is not None and journal_rows:

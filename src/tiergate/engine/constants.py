@@ -30,6 +30,13 @@ THROUGHPUT: Final = 11
 PAIR_RATE: Final = 12
 UNKNOWN_SENDER: Final = 13
 
+# Message kinds (tiergate.v1.MessageKind) and the categories the kernels name
+# (tiergate.v1.Category).
+KIND_TEMPLATE: Final = 1
+KIND_FREE_FORM: Final = 2
+CATEGORY_MARKETING: Final = 1
+CATEGORY_SERVICE: Final = 4
+
 # Per-request flags the policy layer hands to the engine.
 F_TEMPLATE: Final = 1  # a template message; otherwise free-form (needs an open window)
 F_MARKETING: Final = 2  # marketing category: opt-out, frequency cap, quality block apply
