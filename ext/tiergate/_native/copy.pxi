@@ -68,6 +68,7 @@ cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at,
     return 0
 
 
+@cython.auto_pickle(False)
 cdef class CopyRoom:
     """Memory for one ``Engine.copy()``: a buffer per table, allocated as the
     tables' own are (``tg_table_alloc``) and touched page by page when made, with

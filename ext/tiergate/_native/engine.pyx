@@ -9,6 +9,7 @@
 # argument; the decision core touches no Python object and allocates only when
 # a table grows.
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -18,7 +19,7 @@ cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
-U64_MAX = (1 << 64) - 1
+cdef object U64_MAX = (1 << 64) - 1
 cdef bytes SNAPSHOT_MAGIC = b"TGENGINE"
 
 include "support.pxi"

@@ -3,10 +3,13 @@
 Same API and answers as :class:`tiergate.engine.reference.Engine`.
 """
 
+from typing_extensions import disjoint_base
+
 from tiergate.engine.batch import DecisionBatch
 
 _Decision = tuple[int, int, int, int, int, int, int]
 
+@disjoint_base
 class Engine:
     @property
     def bucket_ms(self) -> int: ...
@@ -72,7 +75,8 @@ class Engine:
     @classmethod
     def restore(cls, data: bytes) -> Engine: ...
 
+@disjoint_base
 class CopyRoom:
-    def __init__(self, sizes: tuple[int, ...]) -> None: ...
+    def __new__(cls, sizes: tuple[int, ...]) -> CopyRoom: ...
 
 def table_bytes_held() -> int: ...
