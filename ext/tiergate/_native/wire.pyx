@@ -49,6 +49,7 @@ AdmitFields = namedtuple(
      "at_unix_ms", "dry_run"],
     module=__name__,
 )
+cdef type ADMIT_FIELDS = AdmitFields  # what decode_admit makes, whatever the name is bound to
 
 
 cdef extern from *:
@@ -340,7 +341,7 @@ def decode_admit(const unsigned char[::1] data not None, Py_ssize_t max_id,
     cdef object record
     if not read_admit(p, p + data.shape[0], max_id, max_template, max_key, &f):
         return None
-    record = tg_alloc_record(AdmitFields, 8)
+    record = tg_alloc_record(ADMIT_FIELDS, 8)
     record_set(record, 0, ascii_str(f.text[T_SENDER], f.size[T_SENDER]))
     record_set(record, 1, f.rkey)
     record_set(record, 2, <int>f.kind)
