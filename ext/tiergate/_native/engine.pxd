@@ -36,7 +36,7 @@ cdef struct Ring:
 # Per limit scope and recipient (16 bytes: four to a cache line). key 0 marks
 # an empty slot; the key word also carries the two flags below (recipient
 # keys stay under 2**62). The slot word holds the last counted time and the
-# identity of the slot its latest counting admit created (see engine.pyx,
+# identity of the slot its latest counting admit created (see rings.pxi,
 # "slot words"): whether that admit created it and no later one relied on it
 # (SLOT_FRESH), and a generation that tells apart slots created at one
 # millisecond (one created, released and created again).

@@ -1,5 +1,5 @@
 # cython: autotestdict=False
-# The compiled decision engine: the Cython twin of src/tiergate/engine/reference.py.
+# The compiled decision engine: the Cython twin of src/tiergate/engine/reference/.
 #
 # Same class, same methods, identical answers for identical calls (the
 # differential tests drive both). Recipient tables are Robin Hood hash tables
@@ -8,6 +8,13 @@
 # their slots on their own, half to four fifths full. Time is always an
 # argument; the decision core touches no Python object and allocates only when
 # a table grows.
+#
+# One module built from included parts, each one concern: support.pxi (C
+# helpers: table memory, prefetch, the two-thread copy), rings.pxi (arithmetic,
+# slot words, bucket rings), tables.pxi (recipient tables, reclaim), decide.pxi
+# (the decision core, batch checks, releases), snapshot.pxi (snapshot and
+# restore) and copy.pxi (Engine.copy's memory). The Engine class below holds
+# the state and the Python-visible methods, which call into them.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -44,7 +51,7 @@ cdef enum:
     RADIX_BITS = 11
     RADIX_BUCKETS = 1 << RADIX_BITS
 
-# Record sizes of the snapshot format (see reference.py: struct formats).
+# Record sizes of the snapshot format (see reference/snapshot.py: struct formats).
 cdef enum:
     HEADER_SIZE = 56
     SCOPE_SIZE = 24

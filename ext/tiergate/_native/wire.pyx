@@ -5,7 +5,8 @@
 # protobuf itself (src/tiergate/server/admit_wire.py, batch_wire.py and
 # columns_wire.py use this module with the compiled engine; the tests there
 # compare the two). Field numbers are named in wire_fields.pxd, generated from
-# proto/tiergate/v1/admission.proto.
+# proto/tiergate/v1/admission.proto; the encoding's primitives (varints, field
+# keys, packed and length-delimited fields) are protobuf.pxi.
 
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
