@@ -13,7 +13,7 @@ import pytest
 from tiergate.engine import NEVER, DecisionBatch, records
 from tiergate.engine import columns as py
 from tiergate.engine.constants import recipient_key
-from tiergate.engine.kernel_results import BadItem, Finished, KeyCheck, Prepared
+from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
 
 compiled: ModuleType = pytest.importorskip("tiergate._native.columns")
 META = array(

@@ -29,7 +29,7 @@ from libc.string cimport memcpy
 from tiergate._native.constants cimport *
 from tiergate._native.text cimport recipient_key, utf8
 
-from tiergate.engine.kernel_results import BadItem, Finished, KeyCheck, Prepared
+from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
 
 REASONS = REASON_SLOTS
 BAD_SENDER_INDEX = 1

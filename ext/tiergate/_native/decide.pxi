@@ -242,6 +242,19 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
     return 0
 
 
+cdef object decided(Decision *d):
+    # Engine.decide's answer: d as a Decided record.
+    cdef object record = tg_alloc_record(DECIDED, 7)
+    record_set(record, 0, d.decision)
+    record_set(record, 1, d.reason)
+    record_set(record, 2, d.retry_at)
+    record_set(record, 3, d.counted)
+    record_set(record, 4, d.used)
+    record_set(record, 5, d.prev_counted)
+    record_set(record, 6, d.slot)
+    return record
+
+
 cdef bint release_slot(Engine eng, scope, recipient, slot, prev_counted) except -1:
     # What Engine.release does (its docstring says how).
     cdef Scope *s = eng._scope(scope)

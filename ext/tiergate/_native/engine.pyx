@@ -22,12 +22,17 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int64_t, uint32_t, ui
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
+from tiergate._native.records cimport record_set, tg_alloc_record
+
+from tiergate.engine.results import Decided, Lookup, Usage
+
 cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
 cdef object U64_MAX = (1 << 64) - 1
 cdef bytes SNAPSHOT_MAGIC = b"TGENGINE"
+cdef type DECIDED = Decided  # what Engine.decide answers, whatever the name is bound to
 
 include "support.pxi"
 
@@ -225,7 +230,7 @@ cdef class Engine:
         check_recipient("recipient", recipient)
         if decide_one(self, now, s, num, recipient, flags, limit, &d) < 0:
             raise MemoryError()
-        return (d.decision, d.reason, d.retry_at, d.counted, d.used, d.prev_counted, d.slot)
+        return decided(&d)
 
     def decide_batch(self, batch):
         """Decide every request of ``batch`` in order; fills its output columns.
@@ -366,7 +371,7 @@ cdef class Engine:
         now = scope_clamp(s, now)
         if limit > 0:
             nxt = ring_next_free(&s.ring24, limit, now)
-        return (s.ring24.total, nxt, s.ring7.total, s.slots7.total)
+        return Usage(s.ring24.total, nxt, s.ring7.total, s.slots7.total)
 
     def open_windows(self, number, int64_t now):
         cdef NumberTable *t = &self._number(number).table
@@ -382,7 +387,7 @@ cdef class Engine:
         """(last_counted, opted_out, window_until, fep_until, pair_tat) of one recipient."""
         cdef ScopeEntry *se = scope_find(&self._scope(scope).table, recipient)
         cdef NumberEntry *ne = number_find(&self._number(number).table, recipient)
-        return (
+        return Lookup(
             slot_last(se.slot) if se != NULL else NEVER,
             bool(se.key & KEY_OPT_OUT) if se != NULL else False,
             ne.window_until if ne != NULL else NEVER,

@@ -11,8 +11,6 @@
 from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport Py_SIZE
-from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
@@ -20,6 +18,7 @@ from libc.string cimport memcmp, memcpy
 from collections import namedtuple
 
 from tiergate._native.constants cimport *
+from tiergate._native.records cimport record_set, tg_alloc_record
 from tiergate._native.text cimport recipient_key, utf8
 from tiergate._native.wire_fields cimport *
 
@@ -51,22 +50,6 @@ AdmitFields = namedtuple(
     module=__name__,
 )
 cdef type ADMIT_FIELDS = AdmitFields  # what decode_admit makes, whatever the name is bound to
-
-
-cdef extern from *:
-    """
-    static PyObject *tg_alloc_record(PyObject *type, Py_ssize_t n) {
-        return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, n);
-    }
-    """
-    # A record of n items, all NULL: tuple.__new__(type, items) without its copy
-    # of the items (a namedtuple is a tuple with the tuple's own layout).
-    object tg_alloc_record(object type, Py_ssize_t n)
-
-
-cdef inline void record_set(object record, Py_ssize_t i, object value) noexcept:
-    Py_INCREF(value)  # PyTuple_SET_ITEM takes the reference
-    PyTuple_SET_ITEM(record, i, value)
 
 
 # -- AdmitColumns ------------------------------------------------------------

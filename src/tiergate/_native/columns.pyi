@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tiergate.engine.batch import DecisionBatch
-from tiergate.engine.kernel_results import BadItem, Finished, KeyCheck, Prepared
+from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
 
 REASONS: int
 BAD_SENDER_INDEX: int

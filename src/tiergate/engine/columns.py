@@ -83,7 +83,7 @@ from .constants import (
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
-from .kernel_results import BadItem, Finished, KeyCheck, Prepared
+from .results import BadItem, Finished, KeyCheck, Prepared
 from .tickets import encode_ticket, siphash24
 
 __all__ = [

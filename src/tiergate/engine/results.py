@@ -1,11 +1,44 @@
-"""What the columnar kernels return, named: both twins (``tiergate.engine.columns``
-and the compiled ``tiergate._native.columns``) return these records."""
+"""What the engines and the columnar kernels return, named: both twins of each (the
+reference ``Engine`` and ``tiergate._native.engine``; ``tiergate.engine.columns``
+and ``tiergate._native.columns``) return these records."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["BadItem", "Finished", "KeyCheck", "Prepared"]
+__all__ = ["BadItem", "Decided", "Finished", "KeyCheck", "Lookup", "Prepared", "Usage"]
+
+
+class Decided(NamedTuple):
+    """``Engine.decide``: one request's decision, as a DecisionBatch's output columns
+    give it per item."""
+
+    decision: int
+    reason: int
+    retry_at: int
+    counted: int
+    used: int
+    prev_counted: int
+    slot: int
+
+
+class Usage(NamedTuple):
+    """``Engine.usage``: a limit scope's counts at a time."""
+
+    used_24h: int
+    next_slot_free_at: int
+    unique_7d: int
+    slots_7d: int
+
+
+class Lookup(NamedTuple):
+    """``Engine.lookup``: what the engine holds for one recipient."""
+
+    last_counted: int
+    opted_out: bool
+    window_until: int
+    fep_until: int
+    pair_tat: int
 
 
 class BadItem(NamedTuple):
