@@ -58,15 +58,25 @@ lint:
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/cython-lint ext
 
+# The compiled modules' .pyi stubs are checked against the built modules (mypy's
+# stubtest); without a build (make build, or TIERGATE_NO_EXTENSIONS=1) there is
+# nothing to check them against.
+COMPILED_MODULES := tiergate._native.engine tiergate._native.columns tiergate._native.wire
 typecheck:
 	$(BIN)/mypy
+	@if $(PY) -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' $(COMPILED_MODULES); then \
+		echo "stubtest $(COMPILED_MODULES)"; \
+		$(PY) -m mypy.stubtest --mypy-config-file pyproject.toml $(COMPILED_MODULES); \
+	else \
+		echo "typecheck: the compiled modules are not built (make build): their stubs are not checked"; \
+	fi
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
 
 # Generated code must be what the .proto says: regenerate, then no diff allowed.
 proto-check: proto
-	git diff --exit-code -- src/tiergate/v1
+	git diff --exit-code -- src/tiergate/v1 ext/tiergate/_native/wire_fields.pxd
 
 # The suite runs with hypothesis's "ci" profile (tests/conftest.py): bounded, derandomized.
 pytest-compiled:

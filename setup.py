@@ -1,4 +1,5 @@
-"""Build only the Cython engine; everything else is declared in pyproject.toml.
+"""Build only the Cython modules (the engine, the columnar kernels, the wire codec);
+everything else is declared in pyproject.toml.
 
 ``TIERGATE_NO_EXTENSIONS=1`` at build time skips the extension (the pure-Python
 engine is then used). Otherwise a failed compile fails the build loudly.
@@ -22,6 +23,11 @@ if os.environ.get("TIERGATE_NO_EXTENSIONS", "") in ("", "0"):
             Extension(
                 "tiergate._native.columns",
                 ["ext/tiergate/_native/columns.pyx"],
+                extra_compile_args=["-O2"],
+            ),
+            Extension(
+                "tiergate._native.wire",
+                ["ext/tiergate/_native/wire.pyx"],
                 extra_compile_args=["-O2"],
             ),
         ],

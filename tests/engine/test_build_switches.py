@@ -1,7 +1,8 @@
 """The build switches themselves: TIERGATE_NO_EXTENSIONS and TIERGATE_REQUIRE_EXTENSIONS.
 
 Each case imports ``tiergate.engine`` afresh in a subprocess with only the
-switches it names set, and reports which engine and which kernels it got.
+switches it names set, and reports which engine, which kernels and which wire
+codec it got.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import pytest
 #: module the compiled and the pure-Python implementation serve them from.
 KERNELS = ("tiergate.engine.columns:kernels", "tiergate._native.columns", "tiergate.engine.columns")
 KERNELS_AT, COMPILED_KERNELS, PYTHON_KERNELS = KERNELS
+#: The compiled wire codec, which goes with the compiled engine (none with the pure-Python
+#: one: the server then uses protobuf).
+CODEC = "tiergate._native.wire"
 
 #: Runs in the subprocess. With argument "hide", the compiled modules cannot be
 #: imported, as after a build that failed or never ran.
@@ -44,11 +48,13 @@ from tiergate.engine import reference
 module, attribute = sys.argv[2].split(":")
 kernels = getattr(importlib.import_module(module), attribute)
 native = sys.modules.get("tiergate._native.engine")
+codec = engine.native_module("wire")
 print(json.dumps({
     "implementation": engine.IMPLEMENTATION,
     "reference_engine": engine.Engine is reference.Engine,
     "compiled_engine": native is not None and engine.Engine is native.Engine,
     "kernels": kernels.__name__,
+    "codec": codec.__name__ if codec is not None else None,
     "compiled_loaded": sorted(m for m in sys.modules if m.startswith("tiergate._native.")),
 }))
 """
@@ -83,6 +89,7 @@ def python_twins(report: dict[str, Any]) -> bool:
         report.get("implementation") == "python"
         and report["reference_engine"]
         and report["kernels"] == PYTHON_KERNELS
+        and report["codec"] is None
     )
 
 
@@ -99,6 +106,7 @@ def test_the_default_with_the_extension_built_is_compiled() -> None:
         assert report.get("implementation") == "compiled", (switches, report)
         assert report["compiled_engine"] and not report["reference_engine"]
         assert report["kernels"] == COMPILED_KERNELS
+        assert report["codec"] == CODEC
 
 
 def test_without_the_compiled_modules_the_default_falls_back_to_python() -> None:

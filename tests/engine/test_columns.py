@@ -13,6 +13,7 @@ import pytest
 from tiergate.engine import NEVER, DecisionBatch, records
 from tiergate.engine import columns as py
 from tiergate.engine.constants import recipient_key
+from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
 
 compiled: ModuleType = pytest.importorskip("tiergate._native.columns")
 META = array(
@@ -81,6 +82,7 @@ def test_check_items_agree(seed: int) -> None:
     a = py.check_items(n, sidx, ns, kinds, cats, tidx, nt)
     b = compiled.check_items(n, sidx, ns, kinds, cats, tidx, nt)
     assert a == b
+    assert type(a) is type(b) is BadItem
 
 
 def _tables(rng: random.Random, k: int, m: int) -> dict[str, Any]:
@@ -161,6 +163,7 @@ def _prepare(mod: ModuleType, rng_seed: int) -> tuple[Any, ...]:
         getattr(batch, c).tolist()
         for c in ("now", "scope", "number", "recipient", "flags", "limit", "ticket")
     ]
+    assert type(ret) is Prepared
     return (
         ret,
         cols,
@@ -250,6 +253,7 @@ def _finish(mod: ModuleType, seed: int) -> tuple[Any, ...]:
         counts,
         counted_rows,
     )
+    assert type(ret) is Finished
     return (
         ret,
         bytes(dec),
@@ -330,6 +334,7 @@ def test_repeated_keys_agree(seed: int) -> None:
         idems = [tables.get(s) for s in senders]  # "s2": an unknown sender
         at = array("q", (rng.choice([0, 50, 100, 150]) for _ in range(n))) if seed % 2 else None
         got = mod.repeated_keys(keys, sidx, senders, idems, *cols, seed % 3 == 0, at, 120)
+        assert type(got) is KeyCheck
         outcomes.append((got, tables))
     assert outcomes[0] == outcomes[1]
 

@@ -19,7 +19,7 @@ from tiergate.policy.requests import (
 from tiergate.server import admit_wire, convert
 from tiergate.v1 import admission_pb2 as pb
 
-compiled = pytest.importorskip("tiergate._native.columns")
+compiled = pytest.importorskip("tiergate._native.wire")
 # The server reads Admit off the wire only when the compiled engine runs
 # (TIERGATE_NO_EXTENSIONS=1: grpc hands it protobuf messages).
 wire_reader = pytest.mark.skipif(not admit_wire.COMPILED, reason="the wire reader is not in use")
@@ -133,6 +133,32 @@ def test_a_typical_request_takes_the_fast_path() -> None:
     )
     assert _decode(msg.SerializeToString()) == well_formed(msg)
     assert _decode(msg.SerializeToString()) is not None
+
+
+def test_the_fields_are_named_as_the_request_s() -> None:
+    msg = pb.AdmitRequest(
+        sender_id=SENDER,
+        recipient="15550001234",
+        kind=pb.FREE_FORM,
+        category=pb.SERVICE,
+        idempotency_key="k2",
+        at_unix_ms=T0,
+    )
+    fields = compiled.decode_admit(
+        msg.SerializeToString(), MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN
+    )
+    assert isinstance(fields, compiled.AdmitFields) and isinstance(fields, tuple)
+    assert fields._asdict() == {
+        "sender_id": SENDER,
+        "recipient_key": 15550001234 | (11 << 50),
+        "kind": pb.FREE_FORM,
+        "category": pb.SERVICE,
+        "template_id": "",
+        "idempotency_key": "k2",
+        "at_unix_ms": T0,
+        "dry_run": False,
+    }
+    assert tuple(fields) == well_formed(msg)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from tiergate.server import batch_wire
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
 
-compiled = pytest.importorskip("tiergate._native.columns")
+compiled = pytest.importorskip("tiergate._native.wire")
 pytestmark = pytest.mark.skipif(
     not batch_wire.COMPILED, reason="AdmitBatch is read off the wire only when compiled"
 )
@@ -326,6 +326,57 @@ async def _feedback(servicers: list[Any], req: pb.RecordFeedbackRequest) -> None
     assert replies[0] == replies[1]
 
 
+async def _windows_and_an_opt_out(servicers: list[Any]) -> None:
+    """Windows open for every third recipient (one from an ad), and one opt-out."""
+    for k in range(0, 60, 3):
+        entry = pb.CTWA_AD if k % 2 else pb.ORGANIC
+        inbound = pb.InboundMessage(
+            sender_id=SENDER, recipient=f"1555{k:07d}", at_unix_ms=T0, entry_point=entry
+        )
+        await _feedback(servicers, pb.RecordFeedbackRequest(inbound_message=inbound))
+    opt_out = pb.OptOut(recipient="15550000007", sender_id=SENDER, at_unix_ms=T0)
+    await _feedback(servicers, pb.RecordFeedbackRequest(opt_out=opt_out))
+
+
+def _round_requests(
+    rng: random.Random, round_: int, now: int, held: list[str]
+) -> tuple[list[pb.AdmitRequest], int]:
+    """One round's batch and the time after it: random requests (times from ``now``
+    on), in round 1 a burst past the sender's 80 a second (THROUGHPUT), and first
+    marketing to a recipient Meta declined (held by the back-off)."""
+    n = rng.choice([1, 4, 40, 120])
+    dry = rng.random() < 0.15 if round_ % 5 else None
+    reqs = []
+    for _ in range(n):
+        r = _request(rng, dry=dry)
+        now += rng.randrange(0, 40)
+        if r.at_unix_ms:
+            r.at_unix_ms = now
+        reqs.append(r)
+    if round_ == 1:
+        reqs = [
+            pb.AdmitRequest(
+                sender_id=SENDER,
+                recipient=f"1555900{k:04d}",
+                kind=pb.TEMPLATE,
+                category=pb.UTILITY,
+                template_id="t1",
+                at_unix_ms=now,
+            )
+            for k in range(100)
+        ]
+    if held:
+        reqs[0] = pb.AdmitRequest(
+            sender_id=SENDER,
+            recipient=held.pop(),
+            kind=pb.TEMPLATE,
+            category=pb.MARKETING,
+            template_id="t1",
+            at_unix_ms=now,
+        )
+    return reqs, now
+
+
 @run_async
 async def test_message_and_wire_ways_answer_alike(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -354,48 +405,12 @@ async def test_message_and_wire_ways_answer_alike(
         sa, sb = a.sidecar._servicer, b.sidecar._servicer
         assert sa is not None and sb is not None
         both = [sa, sb]
-        for k in range(0, 60, 3):  # open windows, one from an ad
-            entry = pb.CTWA_AD if k % 2 else pb.ORGANIC
-            inbound = pb.InboundMessage(
-                sender_id=SENDER, recipient=f"1555{k:07d}", at_unix_ms=T0, entry_point=entry
-            )
-            await _feedback(both, pb.RecordFeedbackRequest(inbound_message=inbound))
-        opt_out = pb.OptOut(recipient="15550000007", sender_id=SENDER, at_unix_ms=T0)
-        await _feedback(both, pb.RecordFeedbackRequest(opt_out=opt_out))
+        await _windows_and_an_opt_out(both)
         now = T0
         seen_details: set[str] = set()
         held: list[str] = []
         for round_ in range(120):
-            n = rng.choice([1, 4, 40, 120])
-            dry = rng.random() < 0.15 if round_ % 5 else None
-            reqs = []
-            for _ in range(n):
-                r = _request(rng, dry=dry)
-                now += rng.randrange(0, 40)
-                if r.at_unix_ms:
-                    r.at_unix_ms = now
-                reqs.append(r)
-            if round_ == 1:  # a burst past the sender's 80 a second: THROUGHPUT
-                reqs = [
-                    pb.AdmitRequest(
-                        sender_id=SENDER,
-                        recipient=f"1555900{k:04d}",
-                        kind=pb.TEMPLATE,
-                        category=pb.UTILITY,
-                        template_id="t1",
-                        at_unix_ms=now,
-                    )
-                    for k in range(100)
-                ]
-            if held:  # marketing to the recipient Meta declined: held by the back-off
-                reqs[0] = pb.AdmitRequest(
-                    sender_id=SENDER,
-                    recipient=held.pop(),
-                    kind=pb.TEMPLATE,
-                    category=pb.MARKETING,
-                    template_id="t1",
-                    at_unix_ms=now,
-                )
+            reqs, now = _round_requests(rng, round_, now, held)
             msg = pb.AdmitBatchRequest(requests=reqs)
             via_message = await sa.AdmitBatch(msg, _Context())
             via_wire = await sb.AdmitBatch(msg.SerializeToString(), _Context())

@@ -15,7 +15,7 @@ from tiergate.policy.requests import InvalidArgument
 from tiergate.server import columns_wire
 from tiergate.v1 import admission_pb2 as pb
 
-compiled = pytest.importorskip("tiergate._native.columns")
+compiled = pytest.importorskip("tiergate._native.wire")
 # The server reads AdmitColumns off the wire with the compiled reader only when the
 # compiled engine runs (TIERGATE_NO_EXTENSIONS=1: protobuf reads it).
 wire_reader = pytest.mark.skipif(
@@ -88,7 +88,10 @@ def test_reader_agrees_with_protobuf(seed: int) -> None:
     data = _random_request(rng).SerializeToString()
     if seed % 2:
         data = _unpacked_and_unknown(rng, data)
-    assert compiled.decode_request(data) is not None
+    read = compiled.decode_request(data)
+    assert isinstance(read, compiled.ReadColumns)
+    names = [f.name for f in pb.AdmitColumnsRequest.DESCRIPTOR.fields]
+    assert read._fields == (*names, "recipient_keys", "recipient_spans")
     assert _fields(columns_wire.decode_request(data)) == _fields(columns_wire.protobuf_decode(data))
 
 

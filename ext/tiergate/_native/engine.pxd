@@ -1,36 +1,13 @@
 # The C-level contract of the compiled decision engine (tiergate._native.engine).
 #
-# Numbers repeat src/tiergate/engine/constants.py (decision and reason values
-# equal the tiergate.v1 proto enums); the structs are the engine's memory
-# layout; other Cython modules may cimport them.
+# The shared numbers are those of constants.pxd; the structs are the engine's
+# memory layout; other Cython modules may cimport them.
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
+from tiergate._native.constants cimport *
+
 cdef enum:
-    # Decision
-    ADMIT = 1
-    RETRY_LATER = 2
-    REJECT = 3
-    # Reason
-    OK = 1
-    SENDER_RESTRICTED = 3
-    OUTSIDE_WINDOW = 6
-    RECIPIENT_OPTED_OUT = 7
-    MESSAGING_LIMIT = 8
-    MARKETING_FREQUENCY = 9
-    QUALITY_PROTECTION = 10
-    THROUGHPUT = 11
-    PAIR_RATE = 12
-    # Request flags
-    F_TEMPLATE = 1
-    F_MARKETING = 2
-    F_RESTRICTED = 4
-    F_QUALITY_BLOCK = 8
-    F_FEP_FREE_FORM = 16
-    F_DRY_RUN = 32
-    F_FORCE = 64
-    # Marketing sends remembered per recipient (frequency cap)
-    MARKETING_HISTORY = 4
     # Recipient tables' nominal capacity starts here and doubles; at most 70 % full
     INITIAL_CAPACITY = 16
     # Number tables start nominally larger: their entries expire within
@@ -59,7 +36,7 @@ cdef struct Ring:
 # Per limit scope and recipient (16 bytes: four to a cache line). key 0 marks
 # an empty slot; the key word also carries the two flags below (recipient
 # keys stay under 2**62). The slot word holds the last counted time and the
-# identity of the slot its latest counting admit created (see engine.pyx,
+# identity of the slot its latest counting admit created (see rings.pxi,
 # "slot words"): whether that admit created it and no later one relied on it
 # (SLOT_FRESH), and a generation that tells apart slots created at one
 # millisecond (one created, released and created again).
@@ -170,5 +147,3 @@ cdef class Engine:
     cdef Scope *_scope(self, Py_ssize_t scope) except NULL
     cdef Number *_number(self, Py_ssize_t number) except NULL
     cdef bint prefetching(self) noexcept nogil
-    cdef int decide_one(self, int64_t now, Scope *s, Number *num, uint64_t recipient,
-                        uint32_t flags, int64_t limit, Decision *d) noexcept nogil

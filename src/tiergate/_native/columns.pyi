@@ -5,10 +5,11 @@ Same functions, arguments and results as :mod:`tiergate.engine.columns`.
 
 from array import array
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from tiergate.engine.batch import DecisionBatch
+from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
 
 REASONS: int
 BAD_SENDER_INDEX: int
@@ -27,7 +28,7 @@ def check_items(
     categories: bytes,
     template_index: array[int],
     n_templates: int,
-) -> tuple[int, int]: ...
+) -> BadItem: ...
 def encode_recipients(recipients: list[str], out: array[int]) -> int: ...
 def prepare(
     n: int,
@@ -63,7 +64,7 @@ def prepare(
     limits: array[int],
     meta: array[int],
     counts: array[int],
-) -> tuple[int, int, int]: ...
+) -> Prepared: ...
 def finish(
     batch: DecisionBatch,
     rows: array[int],
@@ -90,7 +91,7 @@ def finish(
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
-) -> tuple[int, int]: ...
+) -> Finished: ...
 def repeated_keys(
     keys: list[str],
     sender_index: array[int],
@@ -104,7 +105,7 @@ def repeated_keys(
     dry: bool,
     at: array[int] | None,
     now_ms: int,
-) -> tuple[int, bytearray, list[tuple[int, Any]], bool]: ...
+) -> KeyCheck: ...
 def remember_keys(
     rows: array[int],
     keys: list[str],
@@ -132,78 +133,3 @@ def time_bounds(at: array[int]) -> tuple[int, int]: ...
 def tally(
     decisions: bytes | bytearray, reasons: bytes | bytearray, counts: Sequence[int]
 ) -> None: ...
-def decode_request(
-    data: bytes,
-) -> (
-    tuple[
-        list[str],
-        array[int],
-        list[str] | None,
-        bytes,
-        bytes,
-        list[str],
-        array[int],
-        list[str],
-        array[int],
-        bool,
-        array[int] | None,
-        array[int] | None,
-    ]
-    | None
-): ...
-def encode_response(
-    decisions: bytes | bytearray,
-    reasons: bytes | bytearray,
-    counted: bytes | bytearray,
-    retry_at: array[int],
-    limit: array[int],
-    used: array[int],
-    meta: array[int],
-    tickets: list[str],
-) -> bytes: ...
-def decode_admit(
-    data: bytes, max_id: int, max_template: int, max_key: int
-) -> tuple[str, int, int, int, str, str, int, bool] | None: ...
-def count_requests(data: bytes) -> int: ...
-def decode_batch(
-    data: bytes, max_id: int, max_template: int, max_key: int, max_at: int
-) -> (
-    tuple[
-        list[str],
-        array[int],
-        None,
-        bytes,
-        bytes,
-        list[str],
-        array[int],
-        list[str],
-        array[int],
-        bool,
-        array[int],
-        array[int],
-    ]
-    | None
-): ...
-def encode_admit(
-    decision: int,
-    reason: int,
-    retry_at: int,
-    ticket: str,
-    counted: bool,
-    limit: int,
-    used: int,
-    meta: int,
-    detail: str,
-) -> bytes: ...
-def encode_batch_response(
-    decisions: bytes | bytearray,
-    reasons: bytes | bytearray,
-    counted: bytes | bytearray,
-    retry_at: array[int],
-    limit: array[int],
-    used: array[int],
-    meta: array[int],
-    tickets: list[str],
-    details: tuple[str | None, ...],
-    special: Callable[[int], str],
-) -> bytes: ...

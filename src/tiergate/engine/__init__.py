@@ -2,12 +2,17 @@
 
 ``TIERGATE_NO_EXTENSIONS=1`` selects the pure-Python engine;
 ``TIERGATE_REQUIRE_EXTENSIONS=1`` makes this import fail when the compiled
-engine is missing, so a silently failed build cannot pass CI.
+engine is missing, so a silently failed build cannot pass CI. The other
+compiled modules (``tiergate._native.columns``, the columnar kernels, and
+``tiergate._native.wire``, the wire codec) go with the compiled engine:
+:func:`native_module` gives them.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 from . import constants
@@ -15,7 +20,15 @@ from .batch import DecisionBatch
 from .reference import NEVER
 from .reference import Engine as PyEngine
 
-__all__ = ["IMPLEMENTATION", "NEVER", "DecisionBatch", "Engine", "PyEngine", "constants"]
+__all__ = [
+    "IMPLEMENTATION",
+    "NEVER",
+    "DecisionBatch",
+    "Engine",
+    "PyEngine",
+    "constants",
+    "native_module",
+]
 
 
 def _flag(name: str) -> bool:
@@ -44,3 +57,17 @@ else:
         IMPLEMENTATION = "python"
     else:
         IMPLEMENTATION = "compiled"
+
+
+def native_module(name: str) -> ModuleType | None:
+    """The compiled module ``tiergate._native.<name>`` when the compiled engine is in
+    use, else None (the caller then uses its pure-Python twin). A compiled module
+    that is missing is an ImportError only under ``TIERGATE_REQUIRE_EXTENSIONS=1``."""
+    if IMPLEMENTATION != "compiled":
+        return None
+    try:
+        return importlib.import_module(f"tiergate._native.{name}")
+    except ImportError:
+        if _flag("TIERGATE_REQUIRE_EXTENSIONS"):
+            raise
+        return None

@@ -2,7 +2,9 @@
 
 ``tiergate._native.columns`` is the compiled twin with the same functions and
 results (tests/engine/test_columns.py compares them); :data:`kernels` is the
-one the running engine implementation goes with. The policy layer
+one the running engine implementation goes with. (The compiled wire codec,
+``tiergate._native.wire``, has protobuf itself as its twin: see
+``tiergate.server.columns_wire``.) The policy layer
 (``tiergate.policy.columnar``) does every per-sender and per-template step
 once per batch and hands these loops small tables indexed by the request's
 sender and template indexes:
@@ -30,14 +32,26 @@ sender and template indexes:
 ``encode_ticket`` / ``siphash24``
     one ticket (the scalar path's), and the MAC's hash function itself.
 
-Sender table rows (one per distinct sender of the request): ``s_state`` 0
-unknown, 1 known, 2 blocked (BANNED / DISABLED); ``s_slot`` the index of its
+Sender table rows (one per distinct sender of the request): ``s_state``
+``S_UNKNOWN``, ``S_KNOWN`` or ``S_BLOCKED`` (BANNED / DISABLED); ``s_slot`` the index of its
 limit scope in ``last_now``; ``s_scope`` / ``s_number`` engine indexes;
 ``s_limits`` / ``s_flags`` five entries per sender, by category;
 ``s_restricted`` the end of a Meta restriction (0: none); ``s_qblock`` 1 when
 the sender's marketing is blocked by quality. Template table rows (index 0 =
-no template): ``t_state`` 0 usable, 1 unknown and rejected, 2 disabled;
-``t_paused`` paused until (ms).
+no template): ``t_state`` ``T_USABLE``, ``T_UNKNOWN`` (rejected) or
+``T_DISABLED``; ``t_paused`` paused until (ms).
+
+``prepare`` decides an item without a time (or under the server clock) at the
+latest of ``now_ms`` and the times of the known senders' items before it.
+``categories`` must already read SERVICE (4) for a free-form item without one;
+``at`` is empty or one time per item. ``last_now`` (per limit scope slot) moves
+forward as ``AdmissionService.admit_many`` moves each scope's clock. The
+batch's input columns, ``rows`` and ``row_eco`` have one entry per item; row j
+is written at j: ``rows[j]`` is its item, ``row_eco[j]`` the end of a 131049
+back-off applied to it (0: none). ``meta_error`` is the Meta error by reason,
+``meta_missing`` the one for an unknown template. An item with ``skip[i]`` set
+(``skip`` empty: none) is already answered (a repeated idempotency key): only
+its time counts towards ``high``.
 """
 
 from __future__ import annotations
@@ -51,10 +65,12 @@ from . import records as rec
 from .batch import DecisionBatch
 from .constants import (
     ADMIT,
+    CATEGORY_MARKETING,
     F_DRY_RUN,
     F_QUALITY_BLOCK,
     F_TEMPLATE,
     KEY_LENGTH_SHIFT,
+    KIND_TEMPLATE,
     MARKETING_FREQUENCY,
     MAX_RECIPIENT_DIGITS,
     OK,
@@ -67,6 +83,7 @@ from .constants import (
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
+from .results import BadItem, Finished, KeyCheck, Prepared
 from .tickets import encode_ticket, siphash24
 
 __all__ = [
@@ -78,11 +95,13 @@ __all__ = [
     "NO_TEMPLATE",
     "REASONS",
     "check_items",
+    "early_answer",
     "encode_recipients",
     "encode_ticket",
     "finish",
     "kernels",
     "prepare",
+    "refusal",
     "remember_keys",
     "repeated_keys",
     "siphash24",
@@ -92,6 +111,14 @@ __all__ = [
 
 #: Reason slots per sender in the ``counts`` table (tiergate.v1.Reason values fit below).
 REASONS = 16
+
+# Sender table states (``s_state``) and template table states (``t_state``).
+S_UNKNOWN = 0
+S_KNOWN = 1
+S_BLOCKED = 2  # BANNED or DISABLED
+T_USABLE = 0
+T_UNKNOWN = 1  # not known: rejected
+T_DISABLED = 2
 
 # check_items problem codes (the policy layer words the message).
 BAD_SENDER_INDEX = 1
@@ -124,7 +151,7 @@ def check_items(
     categories: bytes,
     template_index: Sequence[int],
     n_templates: int,
-) -> tuple[int, int]:
+) -> BadItem:
     """``(item, problem)`` of the first malformed item, or ``(-1, 0)``.
 
     Per item, in this order: sender index, kind (TEMPLATE or FREE_FORM),
@@ -133,22 +160,22 @@ def check_items(
     """
     for i in range(n):
         if not 0 <= sender_index[i] < n_senders:
-            return i, BAD_SENDER_INDEX
+            return BadItem(i, BAD_SENDER_INDEX)
         kind = kinds[i]
         if kind != 1 and kind != 2:
-            return i, BAD_KIND
+            return BadItem(i, BAD_KIND)
         cat = categories[i]
         if cat > 4:
-            return i, BAD_CATEGORY
+            return BadItem(i, BAD_CATEGORY)
         t = template_index[i]
         if not 0 <= t <= n_templates:
-            return i, BAD_TEMPLATE_INDEX
+            return BadItem(i, BAD_TEMPLATE_INDEX)
         if kind == 1:
             if cat == 0:
-                return i, NO_CATEGORY
+                return BadItem(i, NO_CATEGORY)
             if t == 0:
-                return i, NO_TEMPLATE
-    return -1, 0
+                return BadItem(i, NO_TEMPLATE)
+    return BadItem(-1, 0)
 
 
 def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
@@ -168,6 +195,26 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
         else:
             return i
     return -1
+
+
+def early_answer(
+    sender_state: int,
+    template_state: int,
+    paused_until: int,
+    meta_error: Sequence[int],
+    meta_missing: int,
+) -> tuple[int, int, int, int]:
+    """Steps 1–3's answer to an item from a known sender that goes no further:
+    ``(decision, reason, retry_at, meta error)`` for a blocked sender, else for its
+    template (``template_state``: disabled or unknown, else paused until
+    ``paused_until``)."""
+    if sender_state == S_BLOCKED:
+        return REJECT, SENDER_BLOCKED, 0, meta_error[SENDER_BLOCKED]
+    if template_state == T_UNKNOWN:
+        return REJECT, TEMPLATE_DISABLED, 0, meta_missing
+    if template_state != T_USABLE:
+        return REJECT, TEMPLATE_DISABLED, 0, meta_error[TEMPLATE_DISABLED]
+    return RETRY_LATER, TEMPLATE_PAUSED, paused_until, meta_error[TEMPLATE_PAUSED]
 
 
 def prepare(
@@ -204,45 +251,26 @@ def prepare(
     limits: array[int],
     meta: array[int],
     counts: array[int],
-) -> tuple[int, int, int]:
-    """Answer what steps 1–3 decide; gather the rest as engine rows.
-
-    Returns ``(high, unknown, rows)``: the latest time of an item from a known
-    sender (not clamped; ``now_ms`` at least), the number of items from unknown
-    senders, and the number of engine rows. An item without a time (or under the
-    server clock) is decided at the latest of ``now_ms`` and the times of the
-    known senders' items before it.
-    ``categories`` must already read SERVICE (4) for a free-form item without
-    one; ``at`` is empty or one time per item. ``last_now`` (per limit scope
-    slot) moves forward as ``AdmissionService.admit_many`` moves each scope's
-    clock. The batch's input columns, ``rows`` and ``row_eco`` have one entry
-    per item; row j is written at j: ``rows[j]`` is its item, ``row_eco[j]``
-    the end of a 131049 back-off applied to it (0: none). ``meta_error`` is
-    the Meta error by reason, ``meta_missing`` the one for an unknown template.
-    An item with ``skip[i]`` set (``skip`` empty: none) is already answered (a
-    repeated idempotency key): only its time counts towards ``high``.
-    """
+) -> Prepared:
+    """Answer what steps 1–3 decide; gather the rest as engine rows (see "prepare"
+    in the module's docstring). Returns a Prepared ``(high, unknown, rows)``: the
+    latest time of an item from a known sender (not clamped; ``now_ms`` at least),
+    the number of items from unknown senders, and the number of engine rows."""
     has_at = request_clock and len(at) > 0
     has_skip = len(skip) > 0
-    high = now_ms
-    unknown = 0
+    high, unknown, row = now_ms, 0, 0
     b_now, b_scope, b_number = batch.now, batch.scope, batch.number
     b_recipient, b_flags = batch.recipient, batch.flags
     b_limit, b_ticket = batch.limit, batch.ticket
-    row = 0
     for i in range(n):
         s = sender_index[i]
         st = s_state[s]
-        if st == 0:  # an unknown sender's item: its time moves nothing
+        if st == S_UNKNOWN:  # an unknown sender's item: its time moves nothing
             unknown += 1
             decisions[i] = REJECT
             reasons[i] = UNKNOWN_SENDER
             continue
-        now = high
-        if has_at:
-            t_at = at[i]
-            if t_at > 0:
-                now = t_at
+        now = at[i] if has_at and at[i] > 0 else high
         if now > high:
             high = now
         if has_skip and skip[i]:
@@ -254,56 +282,63 @@ def prepare(
             last_now[slot] = now
         cat = categories[i]
         limit = s_limits[5 * s + cat]
-        if st == 2:
-            decisions[i] = REJECT
-            reasons[i] = SENDER_BLOCKED
-            limits[i] = limit
-            meta[i] = meta_error[SENDER_BLOCKED]
-            counts[s * REASONS + SENDER_BLOCKED] += 1
-            continue
         flags = s_flags[5 * s + cat]
-        if kinds[i] == 1:
+        template = kinds[i] == KIND_TEMPLATE
+        t = template_index[i] if template else 0
+        if st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t])):
+            d, r, retry, meta[i] = early_answer(
+                st, t_state[t], t_paused[t], meta_error, meta_missing
+            )
+            decisions[i] = d
+            reasons[i] = r
+            if d == RETRY_LATER:
+                retry_at[i] = retry
+            limits[i] = limit
+            counts[s * REASONS + r] += 1
+            continue
+        if template:
             flags |= F_TEMPLATE
-            t = template_index[i]
-            ts = t_state[t]
-            if ts != 0 or now < t_paused[t]:
-                limits[i] = limit
-                if ts != 0:
-                    decisions[i] = REJECT
-                    reasons[i] = TEMPLATE_DISABLED
-                    meta[i] = meta_missing if ts == 1 else meta_error[TEMPLATE_DISABLED]
-                    counts[s * REASONS + TEMPLATE_DISABLED] += 1
-                else:
-                    decisions[i] = RETRY_LATER
-                    reasons[i] = TEMPLATE_PAUSED
-                    retry_at[i] = t_paused[t]
-                    meta[i] = meta_error[TEMPLATE_PAUSED]
-                    counts[s * REASONS + TEMPLATE_PAUSED] += 1
-                continue
         rkey = rkeys[i]
         eco_end = 0
-        if eco and cat == 1:
+        if eco and cat == CATEGORY_MARKETING:
             end = eco.get((s_scope[s], rkey), 0)
             if end > now:
                 eco_end = end
                 flags |= F_QUALITY_BLOCK
-        if dry:
-            flags |= F_DRY_RUN
-            tid = 0
-        else:
-            # Ticket ids of rows that are not admitted are never handed out.
-            tid = ticket_base + row + 1
         b_now[row] = now
         b_scope[row] = s_scope[s]
         b_number[row] = s_number[s]
         b_recipient[row] = rkey
-        b_flags[row] = flags
+        # Ticket ids of rows that are not admitted are never handed out.
+        b_flags[row] = flags | F_DRY_RUN if dry else flags
+        b_ticket[row] = 0 if dry else ticket_base + row + 1
         b_limit[row] = limit
-        b_ticket[row] = tid
         rows[row] = i
         row_eco[row] = eco_end
         row += 1
-    return high, unknown, row
+    return Prepared(high, unknown, row)
+
+
+def refusal(
+    decision: int,
+    reason: int,
+    retry_at: int,
+    back_off_until: int,
+    quality_block: int,
+    restricted_until: int,
+) -> tuple[int, int, int]:
+    """The answer to an item the engine refused (``decision``, ``reason``,
+    ``retry_at``): ``(decision, reason, retry_at)``. A quality refusal of marketing
+    to a recipient under a 131049 back-off (``back_off_until``, 0: none) while the
+    sender's marketing is not blocked by quality is a MARKETING_FREQUENCY retry when
+    the back-off ends; a restricted sender (``restricted_until``, 0: not) retries
+    when the restriction ends."""
+    if back_off_until and reason == QUALITY_PROTECTION and not quality_block:
+        # Meta answered 131049 for this recipient: hold marketing until back-off ends.
+        return RETRY_LATER, MARKETING_FREQUENCY, back_off_until
+    if reason == SENDER_RESTRICTED and restricted_until > 0:
+        return RETRY_LATER, reason, restricted_until
+    return decision, reason, retry_at
 
 
 def finish(
@@ -332,7 +367,7 @@ def finish(
     journal: list[bytes] | None,
     counts: array[int],
     counted_rows: array[int],
-) -> tuple[int, int]:
+) -> Finished:
     """Write the engine's answers for ``batch`` (one row per entry of ``rows``) to the
     per-item columns.
 
@@ -345,7 +380,7 @@ def finish(
     ``categories`` (SERVICE for a free-form item without one), ``template_index``
     and ``templates``) and, when it used a new slot, its row written to
     ``counted_rows`` (one entry per row).
-    Returns ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
+    Returns a Finished ``(last_tid, n_counted)``: the last ticket id handed out (0: none)
     and how many rows ``counted_rows`` holds.
     """
     b_dec, b_rsn, b_retry = batch.decision, batch.reason, batch.retry_at
@@ -391,27 +426,15 @@ def finish(
                     counted_rows[n_counted] = j
                     n_counted += 1
             r = OK
-        elif row_eco[j] and r == QUALITY_PROTECTION and not s_qblock[s]:
-            # Meta answered 131049 for this recipient: hold marketing until back-off ends.
-            r = MARKETING_FREQUENCY
-            decisions[i] = RETRY_LATER
-            reasons[i] = r
-            retry_at[i] = row_eco[j]
-            meta[i] = meta_error[MARKETING_FREQUENCY]
-        elif r == SENDER_RESTRICTED and s_restricted[s] > 0:
-            decisions[i] = RETRY_LATER
-            reasons[i] = r
-            retry_at[i] = s_restricted[s]
-            meta[i] = meta_error[SENDER_RESTRICTED]
         else:
+            d, r, retry_at[i] = refusal(d, r, b_retry[j], row_eco[j], s_qblock[s], s_restricted[s])
             decisions[i] = d
             reasons[i] = r
-            retry_at[i] = b_retry[j]
             meta[i] = meta_error[r]
         counts[s * REASONS + r] += 1
     if journal is not None and journal_rows:
         journal.append(admit_record(journal_rows, journal_keys))
-    return last_tid, n_counted
+    return Finished(last_tid, n_counted)
 
 
 def admit_record(rows: Sequence[bytes], tails: Sequence[bytes]) -> bytes:
@@ -455,7 +478,7 @@ def repeated_keys(
     dry: bool,
     at: Sequence[int] | None,
     now_ms: int,
-) -> tuple[int, bytearray, list[tuple[int, Any]], bool]:
+) -> KeyCheck:
     """What the batch's idempotency keys say before anything is decided:
     ``(bad, skip, hits, repeated)``.
 
@@ -498,7 +521,7 @@ def repeated_keys(
             first = idem.get(key)
             if first is not None and first[rec.E_UNTIL] > now:
                 if not rec.bound_to(first, bound, tpl):
-                    return i, skip, hits, False
+                    return KeyCheck(i, skip, hits, False)
                 skip[i] = 1
                 hits.append((i, first))
         j = first_of.setdefault((senders[s], key), i)  # a sender may be listed twice
@@ -508,10 +531,10 @@ def repeated_keys(
                 rec.bind(rkeys[j], kinds[j], categories[j]) != bound
                 or (templates[tj - 1] if tj else "") != tpl
             ):
-                return i, skip, hits, False
+                return KeyCheck(i, skip, hits, False)
             if idem is not None and not dry:
                 repeated = True
-    return -1, skip, hits, repeated
+    return KeyCheck(-1, skip, hits, repeated)
 
 
 def remember_keys(
@@ -561,19 +584,11 @@ def remember_keys(
 
 def _select() -> ModuleType:
     """The compiled kernels when the compiled engine is in use, else this module."""
-    import importlib
-    import os
     import sys
 
-    from . import IMPLEMENTATION
+    from . import native_module
 
-    if IMPLEMENTATION == "compiled":
-        try:
-            return importlib.import_module("tiergate._native.columns")
-        except ImportError:
-            if os.environ.get("TIERGATE_REQUIRE_EXTENSIONS", "") not in ("", "0"):
-                raise
-    return sys.modules[__name__]
+    return native_module("columns") or sys.modules[__name__]
 
 
 #: The kernels that go with the engine in use (compiled with the compiled engine).

@@ -2,7 +2,8 @@
 
 Decision and reason values equal the protobuf enum numbers of
 ``tiergate.v1.Decision`` and ``tiergate.v1.Reason`` so no translation table is
-needed at the gRPC edge. ``ext/tiergate/_native/engine.pxd`` repeats them.
+needed at the gRPC edge. ``ext/tiergate/_native/constants.pxd`` repeats them for
+both compiled modules.
 """
 
 from typing import Final
@@ -28,6 +29,13 @@ QUALITY_PROTECTION: Final = 10
 THROUGHPUT: Final = 11
 PAIR_RATE: Final = 12
 UNKNOWN_SENDER: Final = 13
+
+# Message kinds (tiergate.v1.MessageKind) and the categories the kernels name
+# (tiergate.v1.Category).
+KIND_TEMPLATE: Final = 1
+KIND_FREE_FORM: Final = 2
+CATEGORY_MARKETING: Final = 1
+CATEGORY_SERVICE: Final = 4
 
 # Per-request flags the policy layer hands to the engine.
 F_TEMPLATE: Final = 1  # a template message; otherwise free-form (needs an open window)

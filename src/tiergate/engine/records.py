@@ -2,7 +2,7 @@
 
 Admits are journaled by ``policy.service.AdmissionService`` (one admit, or a
 decided batch) and by the columnar kernels' ``finish`` (``engine.columns`` and
-its compiled twin ``ext/tiergate/_native/columns.pyx``, whose C constants must
+its compiled twin, whose C constants (``ext/tiergate/_native/constants.pxd``) must
 equal these: tests/policy/test_columnar.py compares them); ``AdmissionService
 .replay`` reads them back.
 

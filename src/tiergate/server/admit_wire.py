@@ -1,7 +1,7 @@
 """Admit (unary) on the wire: request bytes to checked fields, an answer to bytes.
 
 With the compiled engine the server serves Admit with these instead of
-protobuf message objects: the compiled reader (``tiergate._native.columns``)
+protobuf message objects: the compiled reader (``tiergate._native.wire``)
 takes a well-formed AdmitRequest's fields straight from its bytes, as
 ``AdmissionService`` checks them, and the writer produces the AdmitResponse
 bytes from the answer. Both give exactly what protobuf gives
@@ -12,9 +12,11 @@ is parsed by protobuf and goes the general way, where a bad field is named.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.message import DecodeError
 
-from tiergate.engine.columns import kernels
+from tiergate.engine import native_module
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.requests import (
     MAX_ID_LEN,
@@ -28,15 +30,18 @@ from tiergate.v1 import admission_pb2 as pb
 
 __all__ = ["COMPILED", "decode_fast", "encode_response", "parse"]
 
+#: The compiled wire codec (``tiergate._native.wire``), or None.
+codec: Any = native_module("wire")
 #: The wire reader and writer exist (compiled engine); else the server uses protobuf.
-COMPILED = hasattr(kernels, "decode_admit")
+COMPILED = codec is not None
 
 
 def decode_fast(data: bytes) -> Checked | None:
-    """The checked fields of a well-formed AdmitRequest; None: use :func:`parse`."""
+    """The checked fields of a well-formed AdmitRequest (an ``AdmitFields``, named);
+    None: use :func:`parse`."""
     if not COMPILED:
         return None
-    fields: Checked | None = kernels.decode_admit(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN)
+    fields: Checked | None = codec.decode_admit(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN)
     return fields
 
 
@@ -51,7 +56,7 @@ def parse(data: bytes) -> pb.AdmitRequest:
 def encode_response(result: AdmitResult) -> bytes:
     """The AdmitResponse bytes for ``result``."""
     if COMPILED:
-        data: bytes = kernels.encode_admit(
+        data: bytes = codec.encode_admit(
             result.decision,
             result.reason,
             result.retry_at_unix_ms,

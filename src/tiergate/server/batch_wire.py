@@ -1,7 +1,7 @@
 """AdmitBatch on the wire: request bytes to columns, columns to response bytes.
 
 With the compiled engine the server serves AdmitBatch without a protobuf
-message object per item: the compiled reader (``tiergate._native.columns``)
+message object per item: the compiled reader (``tiergate._native.wire``)
 reads every AdmitRequest of the batch, as ``AdmissionService`` checks them,
 into the columns AdmitColumns decides (``policy.columnar``), and the writer
 produces the AdmitBatchResponse bytes, one AdmitResponse per item, from the
@@ -16,9 +16,11 @@ differ, an empty batch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from google.protobuf.message import DecodeError
 
-from tiergate.engine.columns import kernels
+from tiergate.engine import native_module
 from tiergate.engine.constants import (
     ADMIT,
     MARKETING_FREQUENCY,
@@ -39,10 +41,15 @@ from tiergate.server.columns_wire import WireColumns, WireRecipients
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
 
+if TYPE_CHECKING:
+    from tiergate._native.wire import ReadColumns
+
 __all__ = ["COMPILED", "count_requests", "decode_fast", "encode_response", "parse"]
 
+#: The compiled wire codec (``tiergate._native.wire``), or None.
+codec: Any = native_module("wire")
 #: The wire reader and writer exist (compiled engine); else AdmitBatch uses protobuf.
-COMPILED = hasattr(kernels, "decode_batch")
+COMPILED = codec is not None
 
 #: Each reason's detail; None where the answer's own fields choose it (``special``
 #: in :func:`encode_response`).
@@ -60,7 +67,7 @@ def count_requests(data: bytes) -> int:
     batch is refused before protobuf builds its messages); -1 when unknown."""
     if not COMPILED:
         return -1
-    n: int = kernels.count_requests(data)
+    n: int = codec.count_requests(data)
     return n
 
 
@@ -69,10 +76,13 @@ def decode_fast(data: bytes) -> WireColumns | None:
     None: use :func:`parse` and the message path."""
     if not COMPILED:
         return None
-    parts = kernels.decode_batch(data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN, MAX_AT_UNIX_MS)
-    if parts is None:
+    read: ReadColumns | None = codec.decode_batch(
+        data, MAX_ID_LEN, MAX_TEMPLATE_LEN, MAX_KEY_LEN, MAX_AT_UNIX_MS
+    )
+    if read is None:
         return None
-    return WireColumns.from_reader(parts, WireRecipients(data, parts[11]))
+    assert read.recipient_spans is not None
+    return WireColumns.from_reader(read, WireRecipients(data, read.recipient_spans))
 
 
 def parse(data: bytes) -> pb.AdmitBatchRequest:
@@ -104,7 +114,7 @@ def encode_response(cols: WireColumns, result: ColumnsResult) -> bytes:
             return DRY_RUN_DETAIL
         return DETAIL[reason]
 
-    data: bytes = kernels.encode_batch_response(
+    data: bytes = codec.encode_batch_response(
         *result.answer_columns(),
         _DETAILS if details is None else _ASK,
         special,

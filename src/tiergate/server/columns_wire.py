@@ -1,7 +1,7 @@
 """AdmitColumns on the wire: request bytes to columns, columns to response bytes.
 
 The server serves AdmitColumns with these instead of protobuf message objects:
-the compiled reader (``tiergate._native.columns``, with the compiled engine)
+the compiled reader (``tiergate._native.wire``, with the compiled engine)
 fills arrays straight from the request's packed fields, and the writer
 produces the response bytes from the result's columns. Both give exactly
 what protobuf gives (tests/server/test_columns_wire.py compares them);
@@ -14,19 +14,24 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from google.protobuf.message import DecodeError
 
-from tiergate.engine.columns import kernels
+from tiergate.engine import native_module
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.requests import InvalidArgument
 from tiergate.server import convert
 from tiergate.v1 import admission_pb2 as pb
 
+if TYPE_CHECKING:
+    from tiergate._native.wire import ReadColumns
+
 __all__ = ["WireColumns", "WireRecipients", "decode_request", "encode_response"]
 
-_COMPILED = hasattr(kernels, "decode_request")
+#: The compiled wire codec (``tiergate._native.wire``), or None.
+codec: Any = native_module("wire")
+_COMPILED = codec is not None
 
 
 class WireRecipients(Sequence[str]):
@@ -78,33 +83,33 @@ class WireColumns:
     recipient_keys: array[int] | None = None
 
     @classmethod
-    def from_reader(cls, parts: tuple[Any, ...], recipients: Sequence[str]) -> WireColumns:
-        """The columns a compiled reader returned (``decode_request``, ``decode_batch``)."""
+    def from_reader(cls, read: ReadColumns, recipients: Sequence[str]) -> WireColumns:
+        """The columns the compiled reader read (``decode_request``, ``decode_batch``)."""
         return cls(
-            senders=parts[0],
-            sender_index=parts[1],
+            senders=read.senders,
+            sender_index=read.sender_index,
             recipients=recipients,
-            kinds=parts[3],
-            categories=parts[4],
-            templates=parts[5],
-            template_index=parts[6],
-            idempotency_keys=parts[7],
-            at_unix_ms=parts[8],
-            dry_run=parts[9],
-            recipient_keys=parts[10],
+            kinds=read.kinds,
+            categories=read.categories,
+            templates=read.templates,
+            template_index=read.template_index,
+            idempotency_keys=read.idempotency_keys,
+            at_unix_ms=read.at_unix_ms,
+            dry_run=read.dry_run,
+            recipient_keys=read.recipient_keys,
         )
 
 
 def decode_request(data: bytes) -> WireColumns:
     """The columns of an AdmitColumnsRequest; InvalidArgument when it is not one."""
     if _COMPILED:
-        parts = kernels.decode_request(data)
-        if parts is not None:
-            recipients, rkeys, spans = parts[2], parts[10], parts[11]
+        read: ReadColumns | None = codec.decode_request(data)
+        if read is not None:
+            recipients: Sequence[str] | None = read.recipients
             if recipients is None:
-                assert rkeys is not None and spans is not None
-                recipients = WireRecipients(data, spans)
-            return WireColumns.from_reader(parts, recipients)
+                assert read.recipient_keys is not None and read.recipient_spans is not None
+                recipients = WireRecipients(data, read.recipient_spans)
+            return WireColumns.from_reader(read, recipients)
     return protobuf_decode(data)
 
 
@@ -130,7 +135,7 @@ def protobuf_decode(data: bytes) -> WireColumns:
 def encode_response(result: ColumnsResult) -> bytes:
     """The AdmitColumnsResponse bytes for ``result``."""
     if _COMPILED:
-        data: bytes = kernels.encode_response(
+        data: bytes = codec.encode_response(
             *result.answer_columns(),
         )
         return data

@@ -22,13 +22,12 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from tiergate.engine.columns import kernels
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
 from tiergate.policy.requests import Checked, InvalidArgument, KeyConflict
 from tiergate.policy.service import AdmissionService
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert
-from tiergate.server.convert import MAX_AT_UNIX_MS
+from tiergate.server.clock import DecisionClock
 from tiergate.server.metrics import Metrics
 from tiergate.store import StoreError, StoreUnavailableError
 from tiergate.v1 import admission_pb2 as pb
@@ -93,8 +92,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         #: the sidecar replaces it when a reload rotates it.
         self.webhook_secret = webhook_secret
         self.ingestor = ingestor if ingestor is not None else webhooks.WebhookIngestor(service)
-        self._server_clock = clock
-        self._request_clock = request_clock
+        self._clock = DecisionClock(service, clock, request_clock)
         self.in_flight = InFlight()
         # Set while decisions cannot be acknowledged: every RPC answers it before
         # deciding, UNAVAILABLE while the journal's file system is full, INTERNAL
@@ -111,47 +109,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
 
     def now(self) -> int:
         """The time a request without ``at_unix_ms`` is decided at (webhook receiver)."""
-        return self._now(0)
-
-    def _now(self, at_unix_ms: int = 0) -> int:
-        """The time one request is decided at, read once.
-
-        Server clock: the wall clock. Request clock: ``at_unix_ms``, or without
-        one the latest time of the requests the service accepted so far (0
-        before any; the policy layer then keeps each scope's own latest time),
-        so a replay never jumps to the wall clock. Only the service moves that
-        time, once it has accepted a request: a refused one leaves it as it was.
-        """
-        if not self._request_clock:
-            return self._server_clock()
-        latest = self.service.latest_ms
-        if at_unix_ms > latest:
-            if at_unix_ms > MAX_AT_UNIX_MS:
-                raise InvalidArgument("at_unix_ms", f"at_unix_ms: after {MAX_AT_UNIX_MS}")
-            return at_unix_ms
-        return latest
-
-    def _batch_now(self, requests: Sequence[pb.AdmitRequest]) -> int:
-        """The time of a batch's items without ``at_unix_ms``, as :meth:`_now` (the
-        service moves it along the batch with the times of the items it accepts)."""
-        if not self._request_clock:
-            return self._server_clock()
-        latest = max((r.at_unix_ms for r in requests), default=0)
-        if latest > MAX_AT_UNIX_MS:
-            i = next(i for i, r in enumerate(requests) if r.at_unix_ms > MAX_AT_UNIX_MS)
-            field = f"requests[{i}].at_unix_ms"
-            raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
-        return self.service.latest_ms
-
-    def _columns_now(self, at_unix_ms: array[int]) -> int:
-        if not self._request_clock:
-            return self._server_clock()
-        _, latest = kernels.time_bounds(at_unix_ms)
-        if latest > MAX_AT_UNIX_MS:
-            i = next(i for i, t in enumerate(at_unix_ms) if t > MAX_AT_UNIX_MS)
-            field = f"at_unix_ms[{i}]"
-            raise InvalidArgument(field, f"{field}: after {MAX_AT_UNIX_MS}")
-        return self.service.latest_ms
+        return self._clock.now(0)
 
     async def _fail(self, context: Context, rpc: str, exc: Exception) -> NoReturn:
         if isinstance(exc, InvalidArgument):
@@ -194,7 +152,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         while bad > 0:
             try:
                 head = requests[:bad]
-                return self._decide(head, self._batch_now(head), "AdmitStream"), bad, field, error
+                return self._decide(head, self._clock.batch(head), "AdmitStream"), bad, field, error
             except InvalidArgument as e:
                 error = e
                 bad, field = _bad_index(e, bad)
@@ -218,12 +176,12 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
             if wire:
                 fields = admit_wire.decode_fast(request)
                 if fields is not None:
-                    result = self.service.admit_checked(fields, self._now(fields[6]))
+                    result = self.service.admit_checked(fields, self._clock.now(fields[6]))
                 else:
                     request = admit_wire.parse(request)
-                    result = self.service.admit(request, self._now(request.at_unix_ms))
+                    result = self.service.admit(request, self._clock.now(request.at_unix_ms))
             else:
-                result = self.service.admit(request, self._now(request.at_unix_ms))
+                result = self.service.admit(request, self._clock.now(request.at_unix_ms))
             self._metrics.decided_one(result, "Admit")
             pending = self._commit()
             if pending is not None:
@@ -263,7 +221,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     reply = pb.AdmitBatchResponse()
                 else:
                     results = self._decide(
-                        request.requests, self._batch_now(request.requests), "AdmitBatch"
+                        request.requests, self._clock.batch(request.requests), "AdmitBatch"
                     )
                     await self._committed()
                     reply = pb.AdmitBatchResponse(
@@ -290,7 +248,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         at = request.at_unix_ms
         if not isinstance(at, array):
             at = array("q", at[:])
-        result = admit_columns(self.service, request, self._columns_now(at))
+        result = admit_columns(self.service, request, self._clock.columns(at))
         if len(result) != n:
             raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
         self._metrics.decided_columns(result.decisions, result.reasons, rpc)
@@ -379,12 +337,12 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                         requests, encode = chunk, convert.admit_response
                     try:
                         if fields is not None:
-                            result = self.service.admit_checked(fields, self._now(fields[6]))
+                            result = self.service.admit_checked(fields, self._clock.now(fields[6]))
                             self._metrics.decided_one(result, "AdmitStream")
                             results = [result]
                         elif requests:
                             results = self._decide(
-                                requests, self._batch_now(requests), "AdmitStream"
+                                requests, self._clock.batch(requests), "AdmitStream"
                             )
                         else:
                             results = []
@@ -424,7 +382,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                 if self.refusal is not None:
                     raise self.refusal
                 event = convert.feedback_event(request)
-                result = self.service.apply(event, self._now(event.at_unix_ms))
+                result = self.service.apply(event, self._clock.now(event.at_unix_ms))
                 await self._committed()
                 self._metrics.feedback(type(event).__name__, result.applied)
                 return pb.RecordFeedbackResponse(applied=result.applied, detail=result.detail)
@@ -443,7 +401,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                         request.body,
                         request.signature,
                         self.webhook_secret,
-                        self._now(request.at_unix_ms),
+                        self._clock.now(request.at_unix_ms),
                     )
                 except webhooks.SignatureError as e:
                     self._metrics.invalid("IngestWebhook")
@@ -472,7 +430,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                     raise InvalidArgument("sender_id", "sender_id: is required")
                 try:
                     report = self.service.sender_state(
-                        request.sender_id, self._now(request.at_unix_ms), request.at_unix_ms
+                        request.sender_id, self._clock.now(request.at_unix_ms), request.at_unix_ms
                     )
                 except KeyError:
                     await context.abort(

@@ -25,6 +25,7 @@ from ..constants import (
     SENDER_RESTRICTED,
     THROUGHPUT,
 )
+from ..results import Decided, Lookup, Usage
 from .bounds import (
     MAX_KEY,
     MAX_RING_BUCKETS,
@@ -149,7 +150,7 @@ class Engine:
 
     def decide(
         self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int
-    ) -> Decision:
+    ) -> Decided:
         s = self._scope(scope)
         num = self._number(number)
         _check_time("now", now)
@@ -158,7 +159,7 @@ class Engine:
             raise ValueError(f"flags must be a 32-bit unsigned value, got {flags}")
         if not -(1 << 63) <= limit < 1 << 63:
             raise ValueError(f"limit must be a signed 64-bit value, got {limit}")
-        return self._decide(now, s, num, recipient, flags, limit)
+        return Decided._make(self._decide(now, s, num, recipient, flags, limit))
 
     def _decide(
         self, now: int, s: Scope, num: Number, recipient: int, flags: int, limit: int
@@ -383,13 +384,13 @@ class Engine:
 
     # -- reports -------------------------------------------------------------
 
-    def usage(self, scope: int, now: int, limit: int) -> tuple[int, int, int, int]:
+    def usage(self, scope: int, now: int, limit: int) -> Usage:
         """(used_24h, next_slot_free_at, unique_7d, slots_7d) for the scope at ``now``."""
         s = self._scope(scope)
         _check_time("now", now)
         now = s.clamp(now)
         nxt = s.ring24.next_free(limit, now) if limit > 0 else 0
-        return (s.ring24.total, nxt, s.ring7.total, s.slots7.total)
+        return Usage(s.ring24.total, nxt, s.ring7.total, s.slots7.total)
 
     def open_windows(self, number: int, now: int) -> int:
         return sum(
@@ -398,11 +399,11 @@ class Engine:
             if now < ne.window_until or now < ne.fep_until
         )
 
-    def lookup(self, scope: int, number: int, recipient: int) -> tuple[int, bool, int, int, int]:
+    def lookup(self, scope: int, number: int, recipient: int) -> Lookup:
         """(last_counted, opted_out, window_until, fep_until, pair_tat) of one recipient."""
         se = self._scope(scope).table.get(recipient)
         ne = self._number(number).table.get(recipient)
-        return (
+        return Lookup(
             se.last_counted if se is not None else NEVER,
             se.opt_out if se is not None else False,
             ne.window_until if ne is not None else NEVER,

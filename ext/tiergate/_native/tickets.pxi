@@ -1,0 +1,146 @@
+# -- SipHash-2-4 and tickets --------------------------------------------------
+#
+# SipHash-2-4 (Aumasson & Bernstein), the keyed MAC of tickets; the twin is
+# tiergate.engine.tickets.
+
+cdef const char *HEX = b"0123456789abcdef"
+
+cdef struct Sip:
+    uint64_t v0
+    uint64_t v1
+    uint64_t v2
+    uint64_t v3
+
+
+cdef inline uint64_t rotl(uint64_t x, int b) noexcept nogil:
+    return (x << b) | (x >> (64 - b))
+
+
+cdef inline void sip_round(Sip *s) noexcept nogil:
+    s.v0 += s.v1
+    s.v1 = rotl(s.v1, 13)
+    s.v1 ^= s.v0
+    s.v0 = rotl(s.v0, 32)
+    s.v2 += s.v3
+    s.v3 = rotl(s.v3, 16)
+    s.v3 ^= s.v2
+    s.v0 += s.v3
+    s.v3 = rotl(s.v3, 21)
+    s.v3 ^= s.v0
+    s.v2 += s.v1
+    s.v1 = rotl(s.v1, 17)
+    s.v1 ^= s.v2
+    s.v2 = rotl(s.v2, 32)
+
+
+cdef inline void sip_init(Sip *s, uint64_t k0, uint64_t k1) noexcept nogil:
+    s.v0 = k0 ^ 0x736f6d6570736575ULL
+    s.v1 = k1 ^ 0x646f72616e646f6dULL
+    s.v2 = k0 ^ 0x6c7967656e657261ULL
+    s.v3 = k1 ^ 0x7465646279746573ULL
+
+
+cdef inline void sip_word(Sip *s, uint64_t m) noexcept nogil:
+    s.v3 ^= m
+    sip_round(s)
+    sip_round(s)
+    s.v0 ^= m
+
+
+cdef inline uint64_t sip_final(Sip *s) noexcept nogil:
+    s.v2 ^= 0xff
+    sip_round(s)
+    sip_round(s)
+    sip_round(s)
+    sip_round(s)
+    return s.v0 ^ s.v1 ^ s.v2 ^ s.v3
+
+
+cdef inline uint64_t load_le(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef Py_ssize_t k
+    for k in range(n):
+        v |= (<uint64_t>p[k]) << (8 * k)
+    return v
+
+
+cdef uint64_t sip_bytes(uint64_t k0, uint64_t k1, const unsigned char *p,
+                        Py_ssize_t n) noexcept nogil:
+    cdef Sip s
+    cdef Py_ssize_t k, full = n - n % 8
+    sip_init(&s, k0, k1)
+    for k in range(0, full, 8):
+        sip_word(&s, load_le(p + k, 8))
+    sip_word(&s, load_le(p + full, n - full) | ((<uint64_t>n & 0xff) << 56))
+    return sip_final(&s)
+
+
+def siphash24(const unsigned char[::1] key not None, const unsigned char[::1] data not None):
+    """SipHash-2-4 of ``data`` under the 16-byte ``key`` (the 64-bit result as an int)."""
+    if key.shape[0] != 16:
+        raise ValueError(f"a ticket key is 16 bytes, got {key.shape[0]}")
+    cdef const unsigned char *p = &data[0] if data.shape[0] else NULL
+    return sip_bytes(load_le(&key[0], 8), load_le(&key[8], 8), p, data.shape[0])
+
+
+cdef inline Py_ssize_t put_hex(char *buf, Py_ssize_t pos, uint64_t v) noexcept nogil:
+    cdef char tmp[16]
+    cdef Py_ssize_t k = 0
+    if v == 0:
+        buf[pos] = 48
+        return pos + 1
+    while v:
+        tmp[k] = HEX[v & 15]
+        v >>= 4
+        k += 1
+    while k:
+        k -= 1
+        buf[pos] = tmp[k]
+        pos += 1
+    return pos
+
+
+cdef inline Py_ssize_t put_hex16(char *buf, Py_ssize_t pos, uint64_t v) noexcept nogil:
+    cdef int k
+    for k in range(15, -1, -1):
+        buf[pos + k] = HEX[v & 15]
+        v >>= 4
+    return pos + 16
+
+
+cdef Py_ssize_t put_ticket(char *buf, uint64_t k0, uint64_t k1, uint64_t tid, uint64_t number,
+                           uint64_t rkey, uint64_t prev, uint64_t slot) noexcept nogil:
+    """Write a ticket (at most 96 bytes) to buf; its length. ``prev`` is the previous
+    counted time minus NEVER, as the ticket holds it."""
+    cdef Sip s
+    cdef Py_ssize_t pos
+    sip_init(&s, k0, k1)
+    sip_word(&s, tid)
+    sip_word(&s, number)
+    sip_word(&s, rkey)
+    sip_word(&s, prev)
+    sip_word(&s, slot)
+    sip_word(&s, <uint64_t>40 << 56)  # the padding word: the message length, 40 bytes
+    pos = put_hex(buf, 0, tid)
+    buf[pos] = 46  # '.'
+    pos = put_hex(buf, pos + 1, number)
+    buf[pos] = 46
+    pos = put_hex(buf, pos + 1, rkey)
+    buf[pos] = 46
+    pos = put_hex(buf, pos + 1, prev)
+    buf[pos] = 46
+    pos = put_hex(buf, pos + 1, slot)
+    buf[pos] = 46
+    return put_hex16(buf, pos + 1, sip_final(&s))
+
+
+def encode_ticket(uint64_t k0, uint64_t k1, uint64_t tid, int number, uint64_t rkey,
+                  int64_t prev, int64_t slot):
+    """The ticket of an admit, as ``tiergate.engine.tickets.encode_ticket`` writes it."""
+    cdef char buf[128]
+    cdef Py_ssize_t n
+    if number < 0 or slot < 0:
+        raise ValueError("encode_ticket: number and slot are not negative")
+    n = put_ticket(buf, k0, k1, tid, <uint64_t>number, rkey,
+                   <uint64_t>prev - <uint64_t>NEVER, <uint64_t>slot)
+    return PyUnicode_DecodeASCII(buf, n, NULL)
