@@ -95,8 +95,6 @@ class ColumnsResult:
     #: Items held by a 131049 back-off: MARKETING_FREQUENCY because Meta declined
     #: marketing to the recipient, not because of the frequency cap.
     back_offs: set[int] = field(default_factory=set)
-    #: Every item's detail, for a caller that has them all (None here: see ``detail``).
-    details: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.decisions)

@@ -22,18 +22,13 @@ from google.protobuf.message import DecodeError
 
 from tiergate.engine import native_module
 from tiergate.engine.constants import (
-    ADMIT,
     MARKETING_FREQUENCY,
     TEMPLATE_DISABLED,
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
 from tiergate.policy.answers import (
-    BACK_OFF_DETAIL,
     DETAIL,
-    DRY_RUN_DETAIL,
-    template_detail,
-    unknown_sender_detail,
 )
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.requests import MAX_ID_LEN, MAX_KEY_LEN, MAX_TEMPLATE_LEN, InvalidArgument
@@ -57,9 +52,6 @@ _DETAILS: tuple[str | None, ...] = tuple(
     None if r in (TEMPLATE_PAUSED, TEMPLATE_DISABLED, MARKETING_FREQUENCY, UNKNOWN_SENDER) else d
     for r, d in enumerate(DETAIL)
 )
-
-#: Every detail from ``special`` (a batch ``admit_many`` decided has them all).
-_ASK: tuple[None, ...] = ()
 
 
 def count_requests(data: bytes) -> int:
@@ -95,28 +87,18 @@ def parse(data: bytes) -> pb.AdmitBatchRequest:
 
 def encode_response(cols: WireColumns, result: ColumnsResult) -> bytes:
     """The AdmitBatchResponse bytes for the answers ``result`` gives to ``cols``."""
-    details = result.details
+    senders, sender_index = cols.senders, cols.sender_index
+    templates, template_index = cols.templates, cols.template_index
 
     def special(i: int) -> str:
         # The details that name the request's sender or template, that tell a
         # marketing back-off from the frequency cap, or a dry run from an admit.
-        if details is not None:
-            return details[i]
-        reason = result.reasons[i]
-        if reason == UNKNOWN_SENDER:
-            return unknown_sender_detail(cols.senders[cols.sender_index[i]])
-        if reason in (TEMPLATE_PAUSED, TEMPLATE_DISABLED):
-            tpl = cols.templates[cols.template_index[i] - 1]
-            return template_detail(reason, result.meta_error_code[i], tpl)
-        if reason == MARKETING_FREQUENCY and i in result.back_offs:
-            return BACK_OFF_DETAIL
-        if result.decisions[i] == ADMIT and not result.tickets[i]:
-            return DRY_RUN_DETAIL
-        return DETAIL[reason]
+        t = template_index[i]
+        return result.detail(i, senders[sender_index[i]], templates[t - 1] if t else "")
 
     data: bytes = codec.encode_batch_response(
         *result.answer_columns(),
-        _DETAILS if details is None else _ASK,
+        _DETAILS,
         special,
     )
     return data
