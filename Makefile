@@ -57,6 +57,7 @@ lint:
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/cython-lint ext
+	$(PY) scripts/shape.py
 
 # The compiled modules' .pyi stubs are checked against the built modules (mypy's
 # stubtest); without a build (make build, or TIERGATE_NO_EXTENSIONS=1) there is
