@@ -8,11 +8,19 @@
 
 Tests that set ``max_examples`` keep their own number; the fuzz targets take
 theirs from the profile. Tests marked ``fuzz`` run only with the fuzz profile.
+
+The ``twin`` fixture runs a test once over each implementation of the engine
+and its columnar kernels: the pure-Python reference and the compiled twin. The
+compiled run is skipped when the extension is not built, and fails instead when
+``TIERGATE_REQUIRE_EXTENSIONS=1`` (a build that silently failed must not pass).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -34,3 +42,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("fuzz") is not None:
             item.add_marker(skip)
+
+
+@dataclass(frozen=True)
+class Twin:
+    """One implementation: its name, engine class and columnar kernels module."""
+
+    name: str
+    Engine: Any
+    kernels: ModuleType
+
+
+def _reference() -> Twin:
+    from tiergate.engine import PyEngine, columns
+
+    return Twin("reference", PyEngine, columns)
+
+
+def _compiled() -> Twin:
+    try:
+        from tiergate._native import columns
+        from tiergate._native.engine import Engine
+    except ImportError as exc:
+        if os.environ.get("TIERGATE_REQUIRE_EXTENSIONS", "") not in ("", "0"):
+            pytest.fail(f"the compiled twin is missing (TIERGATE_REQUIRE_EXTENSIONS=1): {exc}")
+        pytest.skip("the compiled extension is not built")
+    return Twin("compiled", Engine, columns)
+
+
+@pytest.fixture(params=["reference", "compiled"])
+def twin(request: pytest.FixtureRequest) -> Twin:
+    """Each implementation in turn (see the module docstring)."""
+    return _reference() if request.param == "reference" else _compiled()

@@ -7,6 +7,7 @@ import random
 from types import ModuleType
 
 import pytest
+from conftest import Twin
 
 from tiergate.engine import NEVER
 from tiergate.engine import columns as py
@@ -46,20 +47,17 @@ VECTORS = [
     0x6CA4ECB15C5F91E1, 0x9F626DA15C9625F3, 0xE51B38608EF25F57, 0x958A324CEB064572,
 ]  # fmt: skip
 KEY = bytes(range(16))
-IMPLEMENTATIONS = [py] + ([compiled] if compiled is not None else [])
 
 
-@pytest.mark.parametrize("mod", IMPLEMENTATIONS, ids=lambda m: m.__name__)
-def test_siphash_matches_the_papers_vectors(mod: ModuleType) -> None:
+def test_siphash_matches_the_papers_vectors(twin: Twin) -> None:
     assert siphash24 is py.siphash24
     for n, want in enumerate(VECTORS):
-        assert mod.siphash24(KEY, bytes(range(n))) == want, n
+        assert twin.kernels.siphash24(KEY, bytes(range(n))) == want, n
 
 
-@pytest.mark.parametrize("mod", IMPLEMENTATIONS, ids=lambda m: m.__name__)
-def test_siphash_takes_only_a_128_bit_key(mod: ModuleType) -> None:
+def test_siphash_takes_only_a_128_bit_key(twin: Twin) -> None:
     with pytest.raises(ValueError, match="16 bytes"):
-        mod.siphash24(KEY[:15], b"")
+        twin.kernels.siphash24(KEY[:15], b"")
 
 
 def _numbers(rng: random.Random) -> tuple[int, ...]:

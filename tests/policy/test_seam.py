@@ -4,33 +4,24 @@ from __future__ import annotations
 
 import inspect
 
-import pytest
+from conftest import Twin
 
-from tiergate.engine import Engine, PyEngine
+from tiergate.engine import Engine
 from tiergate.policy.seam import CountingStore
 from tiergate.policy.service import AdmissionService
 
 from .helpers import T0, add_sender, admit, rcpt, service
 
-IMPLEMENTATIONS = [pytest.param(PyEngine, id="python")]
-try:
-    from tiergate._native.engine import Engine as CompiledEngine
-except ImportError:  # pure-Python build
-    pass
-else:
-    IMPLEMENTATIONS.append(pytest.param(CompiledEngine, id="compiled"))
 
-
-@pytest.mark.parametrize("engine_cls", IMPLEMENTATIONS)
-def test_each_engine_is_a_counting_store(engine_cls: type[CountingStore]) -> None:
-    engine = engine_cls()
+def test_each_engine_is_a_counting_store(twin: Twin) -> None:
+    engine = twin.Engine()
     assert isinstance(engine, CountingStore)
     assert isinstance(engine.copy(), CountingStore)
     assert isinstance(type(engine).restore(engine.snapshot()), CountingStore)
 
 
-@pytest.mark.parametrize("engine_cls", IMPLEMENTATIONS)
-def test_the_seam_names_only_what_each_engine_has(engine_cls: type[CountingStore]) -> None:
+def test_the_seam_names_only_what_each_engine_has(twin: Twin) -> None:
+    engine_cls = twin.Engine
     members = [
         name
         for name, _ in inspect.getmembers(CountingStore)
@@ -45,8 +36,8 @@ def test_the_default_engine_is_the_one_in_use() -> None:
     assert isinstance(service().engine, Engine)
 
 
-@pytest.mark.parametrize("engine_cls", IMPLEMENTATIONS)
-def test_a_service_decides_on_either_engine(engine_cls: type[CountingStore]) -> None:
+def test_a_service_decides_on_either_engine(twin: Twin) -> None:
+    engine_cls = twin.Engine
     svc = service()
     p = svc.profile
     other = AdmissionService(
