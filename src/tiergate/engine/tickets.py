@@ -149,3 +149,15 @@ def ticket_fields(ticket: str) -> tuple[int, int, int, int, int] | None:
     if not (0 <= prev < 1 << 63 and 0 <= slot < 1 << 63):
         return None
     return tid, number, rkey, prev + NEVER, slot
+
+
+def _encoder_in_use() -> Encoder:
+    from tiergate.engine import native_module  # the package is initialised by now
+
+    compiled = native_module("columns")
+    return encode_ticket if compiled is None else compiled.encode_ticket
+
+
+#: :func:`encode_ticket` of the engine in use: its compiled twin (``tickets.pxi``,
+#: built into the columnar kernels' module) with the compiled engine.
+encode_in_use: Encoder = _encoder_in_use()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
-from tiergate.engine.columns import kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_DRY_RUN,
@@ -30,6 +29,7 @@ from tiergate.engine.constants import (
     TEMPLATE_DISABLED,
     TEMPLATE_PAUSED,
 )
+from tiergate.engine.tickets import encode_in_use
 
 from . import events as ev
 from .answers import (
@@ -71,8 +71,7 @@ T_USABLE = 0
 T_UNKNOWN = 1
 T_DISABLED = 2
 _ADMITTED = DETAIL[OK]
-#: The compiled ticket encoder with the compiled engine, else the pure-Python one.
-encode_ticket = kernels.encode_ticket
+encode_ticket = encode_in_use
 
 
 def template_state(st: PolicyState, tpl: str) -> tuple[int, int]:
