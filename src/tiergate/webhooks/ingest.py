@@ -1,9 +1,10 @@
 """Apply Meta webhooks to the admission service: verify, parse, de-duplicate, apply.
 
 Order matters: the signature is checked first (when an app secret is
-configured), then the *whole* body is parsed; only a body that parsed
-completely has any of its events applied, so a malformed or forged body
-changes nothing. Each event goes to ``service.apply``; an event the service
+configured), then the whole body is parsed before any event applies, so a
+forged body, or one that is not a webhook at all, changes nothing; a part of
+unknown shape inside a webhook is left out with its reason and the rest
+applies (see :mod:`tiergate.webhooks.parse`). Each event goes to ``service.apply``; an event the service
 declines (unknown sender, unmatched send …) is reported as ignored with the
 service's own explanation.
 
