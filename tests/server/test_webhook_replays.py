@@ -9,59 +9,22 @@ value replaced, says so where it is built.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from server_harness import T0, Harness, make_config, run_async, sender, serving
+from rules_harness import (
+    CAPA_SENDER,
+    DOCS_DISPLAY,
+    DOCS_SENDER,
+    DOCS_WABA,
+    body,
+    docs_config,
+    ingest,
+    state,
+)
+from server_harness import make_config, run_async, sender, serving
 
 from tiergate.v1 import admission_pb2 as pb
-
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "meta-webhooks"
-DOCS_SENDER = "106540352242922"
-DOCS_DISPLAY = "15550783881"  # the business number of Meta's reference examples
-DOCS_WABA = "102290129340398"
-CAPA_WABA = "524126980791429"  # the WABA of Meta's business_capability_update example
-
-
-def body(name: str) -> Any:
-    return json.loads((FIXTURES / f"{name}.json").read_bytes())
-
-
-def docs_config() -> Any:
-    return make_config(
-        senders=(
-            sender(
-                DOCS_SENDER,
-                display_phone_number=DOCS_DISPLAY,
-                waba_id=DOCS_WABA,
-                portfolio_id="p-docs",
-            ),
-            sender(
-                "524126980791430",
-                display_phone_number="15550000001",
-                waba_id=CAPA_WABA,
-                portfolio_id="p-capa",
-            ),
-        )
-    )
-
-
-async def ingest(h: Harness, doc: Any, at: int = T0) -> pb.IngestWebhookResponse:
-    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    response: pb.IngestWebhookResponse = await h.stub.IngestWebhook(
-        pb.IngestWebhookRequest(body=raw, at_unix_ms=at)
-    )
-    return response
-
-
-async def state(h: Harness, sender_id: str, at: int = T0) -> pb.SenderState:
-    response: pb.SenderState = await h.stub.GetSenderState(
-        pb.GetSenderStateRequest(sender_id=sender_id, at_unix_ms=at)
-    )
-    return response
 
 
 @run_async
@@ -149,7 +112,7 @@ def test_capability_limit_in_every_documented_form(value: object, tier: str) -> 
         async with serving(docs_config()) as h:
             out = await ingest(h, doc)
             assert (out.applied, out.ignored) == (1, 0), out.ignored_events
-            assert (await state(h, "524126980791430")).tier == tier
+            assert (await state(h, CAPA_SENDER)).tier == tier
 
     scenario()
 

@@ -223,6 +223,7 @@ def test_template_pauses_carry_the_unpause_time_when_durations_are_known() -> No
         paused_until_unix_ms=at + 3 * HOUR_MS,
         at_unix_ms=at,
         waba_id="102290129340398",
+        pause_reason="FIRST_PAUSE",
     )
     (second,) = parse(
         synthetic("message_template_status_update__paused-second"), pause_ms=PAUSES
@@ -231,6 +232,7 @@ def test_template_pauses_carry_the_unpause_time_when_durations_are_known() -> No
     assert second.event.paused_until_unix_ms == at + 6 * HOUR_MS
     (unknown,) = parse(synthetic("message_template_status_update__paused-second")).events
     assert isinstance(unknown.event, TemplateUpdate) and unknown.event.paused_until_unix_ms == 0
+    assert unknown.event.pause_reason == "SECOND_PAUSE"  # the policy layer dates it
     for name, status in [
         ("message_template_status_update__reinstated", TemplateStatus.UNPAUSED),
         ("message_template_status_update__disabled", TemplateStatus.DISABLED),

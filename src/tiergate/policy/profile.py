@@ -92,7 +92,9 @@ class Profile:
     floor_status: int
     # templates
     pause_ms: tuple[int, ...]
-    disable_after_pauses: int
+    disable_after_pauses: int  # 0: only Meta's DISABLED disables
+    untitled_pause: Literal["until_lifted", "pause_hours"]
+    template_hold_codes: frozenset[int]
     unknown_templates: Literal["allow", "reject"]
     # throughput and pair rate
     default_mps: int
@@ -329,7 +331,11 @@ def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
 #: Keys profiles gained after users had written whole profiles of their own: a
 #: file that neither sets one nor extends a profile that does takes the value of
 #: the default profile (``meta-2025``), so such files keep loading unchanged.
-_LATER_KEYS: Final = (("retention", "message_links"),)
+_LATER_KEYS: Final = (
+    ("retention", "message_links"),
+    ("templates", "untitled_pause"),
+    ("templates", "hold_codes"),
+)
 
 
 def _with_later_keys(data: dict[str, Any]) -> dict[str, Any]:
@@ -480,7 +486,7 @@ def _read_templates(r: _Reader) -> _Fields:
     ):
         raise r.fail("templates.pause_hours", "must be an array of positive hours")
     pause_ms = tuple(round(float(v) * HOUR_MS) for v in pause_raw)
-    disable_after = r.integer("templates.disable_after_pauses", 1)
+    disable_after = r.integer("templates.disable_after_pauses", 0)
     if disable_after > len(pause_ms) + 1:
         raise r.fail(
             "templates.disable_after_pauses",
@@ -489,8 +495,19 @@ def _read_templates(r: _Reader) -> _Fields:
     return {
         "pause_ms": pause_ms,
         "disable_after_pauses": disable_after,
+        "untitled_pause": r.string("templates.untitled_pause", ("until_lifted", "pause_hours")),
+        "template_hold_codes": frozenset(_codes(r, "templates.hold_codes")),
         "unknown_templates": r.string("templates.unknown", ("allow", "reject")),
     }
+
+
+def _codes(r: _Reader, key: str) -> list[int]:
+    raw = r.raw(key)
+    if not isinstance(raw, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in raw
+    ):
+        raise r.fail(key, "must be an array of Meta error codes")
+    return raw
 
 
 def _read_throughput(r: _Reader) -> _Fields:

@@ -25,8 +25,12 @@ class UpgradeReport:
 class PausedTemplateReport:
     template_id: str
     template_name: str
-    paused_until_unix_ms: int
+    paused_until_unix_ms: int  # 0 when disabled or held until lifted
     disabled: bool
+    #: Why: Meta's pause title (FIRST_PAUSE, SECOND_PAUSE), PAUSED (no title),
+    #: FAILED 132015 / FAILED 132016 (a send failed so), DISABLED or REJECTED.
+    reason: str = ""
+    until_lifted: bool = False  # held until Meta's UNPAUSED or APPROVED
 
 
 @dataclass(slots=True)
@@ -100,7 +104,14 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         next_tier=nxt_tier or "",
     )
     paused = [
-        PausedTemplateReport(t.id, t.name, t.paused_until if not t.disabled else 0, t.disabled)
+        PausedTemplateReport(
+            t.id,
+            t.name,
+            0 if t.disabled or t.held else t.paused_until,
+            t.disabled,
+            t.pause_reason,
+            t.held and not t.disabled,
+        )
         for t in st.templates.values()
         if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
     ]

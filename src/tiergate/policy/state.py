@@ -178,6 +178,9 @@ class Template:
     ``pause_start`` and ``pause_end`` identify the last pause counted (Meta's
     time of the PAUSED event, and its end); unlike ``paused_until`` they stay
     after an unpause, so a redelivered PAUSED is recognised as that same pause.
+    A pause with no known end (held until Meta lifts it) has ``paused_until``
+    :data:`HELD`; ``pause_reason`` says why the template is paused (Meta's pause
+    title, ``PAUSED`` without one, ``FAILED 132015`` …).
     """
 
     __slots__ = (
@@ -185,6 +188,7 @@ class Template:
         "name",
         "pause_count",
         "pause_end",
+        "pause_reason",
         "pause_start",
         "paused_until",
         "quality",
@@ -201,11 +205,17 @@ class Template:
         self.paused_until = 0  # 0: not paused
         self.pause_start = 0  # the last counted pause: when it began (0: none yet)
         self.pause_end = 0  # … and when it ends (kept after an unpause)
+        self.pause_reason = ""
         self.quality = ""
 
     @property
     def disabled(self) -> bool:
         return self.status in (TemplateStatus.DISABLED, TemplateStatus.REJECTED)
+
+    @property
+    def held(self) -> bool:
+        """Paused with no known end: until Meta's UNPAUSED or APPROVED."""
+        return self.paused_until >= HELD
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +227,7 @@ class Template:
             "paused_until": self.paused_until,
             "pause_start": self.pause_start,
             "pause_end": self.pause_end,
+            "pause_reason": self.pause_reason,
             "quality": self.quality,
         }
 
@@ -228,12 +239,16 @@ class Template:
         t.paused_until = int(d["paused_until"])
         t.pause_start = int(d.get("pause_start", 0))
         t.pause_end = int(d.get("pause_end", t.paused_until))
+        t.pause_reason = str(d.get("pause_reason", ""))
         t.quality = str(d["quality"])
         return t
 
 
 #: A time later than any: nothing is due.
 FAR_FUTURE = 1 << 62
+#: The end of a pause no time is known for (a template held until Meta lifts it):
+#: step 3 answers RETRY_LATER with this as ``retry_at_unix_ms``.
+HELD = FAR_FUTURE
 
 
 @dataclass(slots=True, eq=False)

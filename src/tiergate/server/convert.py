@@ -144,6 +144,7 @@ def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
             meta_error_code=s.meta_error_code,
             at_unix_ms=s.at_unix_ms,
             message_id=s.message_id,
+            template_id=s.template_id,
         )
     if which == "opt_out":
         o = request.opt_out
@@ -169,6 +170,7 @@ def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
             paused_until_unix_ms=t.paused_until_unix_ms,
             at_unix_ms=t.at_unix_ms,
             waba_id=t.waba_id,
+            pause_reason=t.pause_reason,
         )
     raise InvalidArgument("event", f"event: set one of {', '.join(FEEDBACK_EVENTS)}")
 
@@ -234,6 +236,8 @@ def sender_state(report: SenderReport) -> pb.SenderState:
                 template_name=t.template_name,
                 paused_until_unix_ms=t.paused_until_unix_ms,
                 disabled=t.disabled,
+                reason=t.reason,
+                until_lifted=t.until_lifted,
             )
             for t in report.paused_templates
         ],

@@ -542,6 +542,7 @@ class SendResult(_message.Message):
     META_ERROR_CODE_FIELD_NUMBER: _builtins.int
     AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     ticket: _builtins.str
     sender_id: _builtins.str
     recipient: _builtins.str
@@ -550,6 +551,8 @@ class SendResult(_message.Message):
     meta_error_code: _builtins.int
     at_unix_ms: _builtins.int
     message_id: _builtins.str
+    template_id: _builtins.str
+    """the template sent: a FAILED 132015 / 132016 holds it"""
     def __init__(
         self,
         *,
@@ -561,10 +564,11 @@ class SendResult(_message.Message):
         meta_error_code: _builtins.int = ...,
         at_unix_ms: _builtins.int = ...,
         message_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "meta_error_code", b"meta_error_code", "recipient", b"recipient", "sender_id", b"sender_id", "status", b"status", "ticket", b"ticket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "meta_error_code", b"meta_error_code", "recipient", b"recipient", "sender_id", b"sender_id", "status", b"status", "template_id", b"template_id", "ticket", b"ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -712,12 +716,15 @@ class TemplateUpdate(_message.Message):
     PAUSED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     WABA_ID_FIELD_NUMBER: _builtins.int
+    PAUSE_REASON_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
     template_name: _builtins.str
     status: Global___TemplateStatus.ValueType
     paused_until_unix_ms: _builtins.int
     at_unix_ms: _builtins.int
     waba_id: _builtins.str
+    pause_reason: _builtins.str
+    """Meta's pause title (other_info.title), e.g. FIRST_PAUSE"""
     def __init__(
         self,
         *,
@@ -727,10 +734,11 @@ class TemplateUpdate(_message.Message):
         paused_until_unix_ms: _builtins.int = ...,
         at_unix_ms: _builtins.int = ...,
         waba_id: _builtins.str = ...,
+        pause_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "paused_until_unix_ms", b"paused_until_unix_ms", "status", b"status", "template_id", b"template_id", "template_name", b"template_name", "waba_id", b"waba_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "pause_reason", b"pause_reason", "paused_until_unix_ms", b"paused_until_unix_ms", "status", b"status", "template_id", b"template_id", "template_name", b"template_name", "waba_id", b"waba_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -931,10 +939,19 @@ class PausedTemplate(_message.Message):
     TEMPLATE_NAME_FIELD_NUMBER: _builtins.int
     PAUSED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UNTIL_LIFTED_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
     template_name: _builtins.str
     paused_until_unix_ms: _builtins.int
+    """0 when disabled or held until lifted"""
     disabled: _builtins.bool
+    reason: _builtins.str
+    """Why: Meta's pause title (FIRST_PAUSE, SECOND_PAUSE), PAUSED (no title),
+    "FAILED 132015" / "FAILED 132016" (a send failed so), DISABLED or REJECTED.
+    """
+    until_lifted: _builtins.bool
+    """held until Meta's UNPAUSED or APPROVED (no end known)"""
     def __init__(
         self,
         *,
@@ -942,10 +959,12 @@ class PausedTemplate(_message.Message):
         template_name: _builtins.str = ...,
         paused_until_unix_ms: _builtins.int = ...,
         disabled: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        until_lifted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "paused_until_unix_ms", b"paused_until_unix_ms", "template_id", b"template_id", "template_name", b"template_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "paused_until_unix_ms", b"paused_until_unix_ms", "reason", b"reason", "template_id", b"template_id", "template_name", b"template_name", "until_lifted", b"until_lifted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -453,6 +453,7 @@ def _template_status(out: Collector, value: dict[str, object], ch: Change) -> No
         paused_until_unix_ms=paused_until,
         at_unix_ms=ch.at_ms,
         waba_id=ch.waba_id,
+        pause_reason=title if status is TemplateStatus.PAUSED else "",
     )
     out.event(ch.field, ch.path, ch.key, update)
 

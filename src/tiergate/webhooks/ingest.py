@@ -4,9 +4,9 @@ Order matters: the signature is checked first (when an app secret is
 configured), then the whole body is parsed before any event applies, so a
 forged body, or one that is not a webhook at all, changes nothing; a part of
 unknown shape inside a webhook is left out with its reason and the rest
-applies (see :mod:`tiergate.webhooks.parse`). Each event goes to ``service.apply``; an event the service
-declines (unknown sender, unmatched send …) is reported as ignored with the
-service's own explanation.
+applies (see :mod:`tiergate.webhooks.parse`). Each event goes to
+``service.apply``; an event the service declines (unknown sender, unmatched
+send …) is reported as ignored with the service's own explanation.
 
 Meta delivers at least once and redelivers what it thinks failed, so the same
 message, status or change can arrive many times. Every parsed event has a
