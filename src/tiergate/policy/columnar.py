@@ -424,7 +424,7 @@ def _sender_tables(objs: list[Sender | None]) -> tuple[Any, ...]:
         index_of.append(sender.engine_index)
         limits += sender.limits
         flags += sender.flags
-        restricted.append(sender.restricted_until)
+        restricted.append(sender.restricted_retry_at)
         qblock.append(1 if sender.flags[MARKETING] & F_QUALITY_BLOCK else 0)
     return (
         bytearray(state),

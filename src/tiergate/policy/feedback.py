@@ -31,7 +31,7 @@ from .senders import (
     on_sender_update,
 )
 from .state import HELD, LimitScope, PolicyState, Sender, Template
-from .tiers import catch_up
+from .tiers import catch_up, refresh
 
 __all__ = ["apply", "apply_event", "check_event"]
 
@@ -315,6 +315,12 @@ def _act_on_failure(
     elif code == MetaError.OPTED_OUT:
         st.engine.set_opt_out(scope, rkey, True)
         done.append("recipient opted out of marketing")
+    elif code == MetaError.SPAM_RATE_LIMIT and st.profile.spam_hold_ms > 0:
+        until = now + st.profile.spam_hold_ms
+        if until > sender.spam_held_until:
+            sender.spam_held_until = until
+            refresh(st, sender, now)
+        done.append(f"business-initiated sends held until {sender.spam_held_until}")
     elif code == MetaError.ECOSYSTEM_ENGAGEMENT and st.profile.ecosystem_backoff_ms > 0:
         st.marketing_back_off[(scope, rkey)] = now + st.profile.ecosystem_backoff_ms
         done.append("marketing to recipient held back")

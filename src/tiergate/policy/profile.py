@@ -117,6 +117,7 @@ class Profile:
     block_marketing_on_red: bool
     # feedback and retention
     keep_slot_codes: frozenset[int]
+    spam_hold_ms: int  # after a FAILED 131048: business-initiated sends held this long
     idempotency_ms: int
     message_id_ms: int
     # engine geometry
@@ -335,6 +336,7 @@ _LATER_KEYS: Final = (
     ("retention", "message_links"),
     ("templates", "untitled_pause"),
     ("templates", "hold_codes"),
+    ("feedback", "spam_hold_minutes"),
 )
 
 
@@ -580,7 +582,10 @@ def _read_feedback(r: _Reader) -> _Fields:
         isinstance(v, int) and not isinstance(v, bool) for v in keep_raw
     ):
         raise r.fail("feedback.keep_slot_codes", "must be an array of Meta error codes")
-    return {"keep_slot_codes": frozenset(keep_raw)}
+    return {
+        "keep_slot_codes": frozenset(keep_raw),
+        "spam_hold_ms": round(r.number("feedback.spam_hold_minutes") * 60_000),
+    }
 
 
 def _read_retention(r: _Reader) -> _Fields:

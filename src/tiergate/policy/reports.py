@@ -66,6 +66,8 @@ class SenderReport:
     tier_since_unix_ms: int = 0
     account_violations: int = 0
     last_account_event: str = ""
+    #: Business-initiated sends held until then after Meta's 131048 (0: not held).
+    spam_held_until_unix_ms: int = 0
 
 
 def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
@@ -145,4 +147,5 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         tier_since_unix_ms=scope.tier_since,
         account_violations=s.violations,
         last_account_event=s.account_event,
+        spam_held_until_unix_ms=s.spam_held_until if s.spam_held_until > now else 0,
     )

@@ -90,8 +90,10 @@ class Sender:
         "quality",
         "red_since",
         "registered_at",
+        "restricted_retry_at",
         "restricted_until",
         "scope",
+        "spam_held_until",
         "status",
         "throughput_upgraded",
         "verified",
@@ -113,6 +115,7 @@ class Sender:
         self.status = int(SenderStatus.CONNECTED)
         self.red_since = NEVER
         self.restricted_until = 0  # 0: no known expiry
+        self.spam_held_until = 0  # 0: not held; else Meta's 131048 hold ends then
         self.mps_override = 0  # 0: from the profile
         self.throughput_upgraded = False
         self.coexistence = False
@@ -125,6 +128,8 @@ class Sender:
         self.flags = [0] * 5
         self.limits = [0] * 5
         self.limits_until = NEVER  # when the warm-up cap next changes
+        # when a refused business-initiated send may be retried (0: not known)
+        self.restricted_retry_at = 0
         # idempotency key → its first answer, an admit, and what the key is bound to
         self.idem: dict[str, Entry] = {}
 
@@ -141,6 +146,7 @@ class Sender:
             "status": self.status,
             "red_since": self.red_since,
             "restricted_until": self.restricted_until,
+            "spam_held_until": self.spam_held_until,
             "mps_override": self.mps_override,
             "throughput_upgraded": self.throughput_upgraded,
             "coexistence": self.coexistence,
@@ -161,6 +167,7 @@ class Sender:
         self.status = int(d["status"])
         self.red_since = int(d["red_since"])
         self.restricted_until = int(d["restricted_until"])
+        self.spam_held_until = int(d.get("spam_held_until", 0))
         self.mps_override = int(d["mps_override"])
         self.throughput_upgraded = bool(d["throughput_upgraded"])
         self.coexistence = bool(d["coexistence"])

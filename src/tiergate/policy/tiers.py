@@ -189,6 +189,9 @@ def maintain_once(st: PolicyState, now: int) -> None:
             s.status = int(ev.SenderStatus.CONNECTED)
             s.restricted_until = 0
             changed_senders[s.id] = s
+        if 0 < s.spam_held_until <= now:
+            s.spam_held_until = 0
+            changed_senders[s.id] = s
         if s.limits_until != NEVER and s.limits_until <= now:
             changed_senders[s.id] = s
     for s in changed_senders.values():
@@ -210,6 +213,8 @@ def recompute_due(st: PolicyState) -> None:
             due = min(due, s.red_since + p.red_days_to_downgrade * DAY_MS)
         if s.status == ev.SenderStatus.RESTRICTED and s.restricted_until > 0:
             due = min(due, s.restricted_until)
+        if s.spam_held_until:
+            due = min(due, s.spam_held_until)
         if s.limits_until != NEVER:
             due = min(due, s.limits_until)
     st.next_due = due
@@ -250,8 +255,17 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
                 break
     s.limits = category_limits(p, base)
     common = 0
-    if s.status == ev.SenderStatus.RESTRICTED:
+    restricted = s.status == ev.SenderStatus.RESTRICTED
+    if restricted or s.spam_held_until:
+        # Business-initiated (counting) sends refused: Meta's restriction, or the
+        # hold after its 131048; retried at the end when every one has an end.
         common |= F_RESTRICTED
+        if restricted and not s.restricted_until:
+            s.restricted_retry_at = 0
+        else:
+            s.restricted_retry_at = max(s.restricted_until if restricted else 0, s.spam_held_until)
+    else:
+        s.restricted_retry_at = 0
     if p.free_entry_point_allows_free_form:
         common |= F_FEP_FREE_FORM
     marketing = common | F_MARKETING

@@ -249,4 +249,5 @@ def sender_state(report: SenderReport) -> pb.SenderState:
         display_phone_number=report.display_phone_number,
         effective_limit=report.effective_limit,
         at_unix_ms=report.at_unix_ms,
+        spam_held_until_unix_ms=report.spam_held_until_unix_ms,
     )
