@@ -306,6 +306,12 @@ def _act_on_failure(
         _, _, _, prev, slot = decoded
         if st.engine.release(scope, rkey, slot, prev):
             done.append("slot released")
+            reach = sender.scope.reach
+            if rkey in reach:  # its latest counted time is the one before, as in the engine
+                if prev == NEVER:
+                    del reach[rkey]
+                else:
+                    reach[rkey] = prev
     if code == MetaError.THROUGHPUT:
         st.engine.slow_throughput(sender.engine_index, now, st.profile.throughput_backoff_ms)
         done.append("throughput paused")

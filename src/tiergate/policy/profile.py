@@ -85,6 +85,11 @@ class Profile:
     min_in_tier_ms: int
     upgrade_qualities: frozenset[int]
     upgrade_statuses: frozenset[int]
+    # Meta's scaling paths out of path_tier ("" : none), see _read_scaling_path
+    path_tier: str
+    path_users: int
+    path_window_ms: int
+    path_low_qualities: frozenset[str]
     # quality
     red_sets_flagged: bool
     red_days_to_downgrade: int
@@ -337,6 +342,7 @@ _LATER_KEYS: Final = (
     ("templates", "untitled_pause"),
     ("templates", "hold_codes"),
     ("feedback", "spam_hold_minutes"),
+    ("upgrade", "scaling_path"),
 )
 
 
@@ -463,6 +469,25 @@ def _read_upgrade(r: _Reader) -> _Fields:
         "min_in_tier_ms": r.hours("upgrade.min_hours_in_tier"),
         "upgrade_qualities": r.enum_names("upgrade.allowed_qualities", Quality),
         "upgrade_statuses": r.enum_names("upgrade.allowed_statuses", SenderStatus),
+        **_read_scaling_path(r, mode),
+    }
+
+
+def _read_scaling_path(r: _Reader, mode: str) -> _Fields:
+    """Meta's scaling paths out of ``from_tier`` (predict mode only): business
+    verification, or ``unique_users`` delivered outside service windows within
+    ``days`` with no template rated ``low_template_qualities``; then Meta's review."""
+    tier = r.string("upgrade.scaling_path.from_tier")
+    if tier and tier not in r.table("tiers.limits"):
+        raise r.fail("upgrade.scaling_path.from_tier", f"{tier} has no entry in [tiers.limits]")
+    ladder = r.raw("tiers.ladder")
+    # The paths end in Meta's review: only a predict-mode profile follows them.
+    on = mode == "predict" and isinstance(ladder, list) and tier in ladder[:-1]
+    return {
+        "path_tier": tier if on else "",
+        "path_users": r.integer("upgrade.scaling_path.unique_users", 1),
+        "path_window_ms": r.integer("upgrade.scaling_path.days", 1, 366) * DAY_MS,
+        "path_low_qualities": frozenset(r.strings("upgrade.scaling_path.low_template_qualities")),
     }
 
 

@@ -8,7 +8,15 @@ from tiergate.engine import NEVER
 
 from .requests import MARKETING
 from .state import PolicyState
-from .tiers import catch_up, check_crossing, eligible, mps, threshold
+from .tiers import (
+    PATH_AUTOMATIC,
+    catch_up,
+    check_crossing,
+    eligible,
+    mps,
+    scaling_path,
+    threshold,
+)
 
 __all__ = ["PausedTemplateReport", "SenderReport", "UpgradeReport", "sender_state"]
 
@@ -19,6 +27,10 @@ class UpgradeReport:
     progress: float
     predicted_at_unix_ms: int
     next_tier: str
+    #: How the next tier is reached: Meta's BUSINESS_VERIFICATION or
+    #: MESSAGING_VOLUME scaling path (then Meta's review; no time is predicted),
+    #: or AUTOMATIC_SCALING (the profile's threshold rule); "" at the top tier.
+    path: str = ""
 
 
 @dataclass(slots=True)
@@ -99,12 +111,17 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         predicted = (
             scope.due_at if p.upgrade_mode == "apply" else scope.crossed_at + p.predict_within_ms
         )
-    upgrade = UpgradeReport(
-        eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
-        progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
-        predicted_at_unix_ms=predicted,
-        next_tier=nxt_tier or "",
-    )
+    if scope.on_path and nxt_tier is not None:
+        path, progress, ready = scaling_path(st, scope, now)
+        upgrade = UpgradeReport(ready, progress, 0, nxt_tier, path)
+    else:
+        upgrade = UpgradeReport(
+            eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
+            progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
+            predicted_at_unix_ms=predicted,
+            next_tier=nxt_tier or "",
+            path=PATH_AUTOMATIC if nxt_tier is not None else "",
+        )
     paused = [
         PausedTemplateReport(
             t.id,

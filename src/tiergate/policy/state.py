@@ -35,6 +35,8 @@ class LimitScope:
         "index",
         "key",
         "last_now",
+        "on_path",
+        "reach",
         "senders",
         "tier",
         "tier_since",
@@ -49,6 +51,10 @@ class LimitScope:
         self.due_at = NEVER  # apply mode: when the next tier takes effect
         self.last_now = NEVER  # latest time seen: policy time never goes backwards
         self.senders: list[Sender] = []
+        # Meta's scaling paths (profile ``upgrade.scaling_path``): while the scope is
+        # in their tier, each recipient counted within the path's window, and when.
+        self.on_path = False  # derived: the scope is in the profile's path tier
+        self.reach: dict[int, int] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -68,6 +68,52 @@ def catch_up(st: PolicyState, now: int) -> None:
         maintain(st, now)
 
 
+#: Which of Meta's scaling paths out of the profile's ``path_tier`` applies.
+PATH_VERIFICATION = "BUSINESS_VERIFICATION"
+PATH_VOLUME = "MESSAGING_VOLUME"
+#: Above the path tier (or without paths): the profile's threshold rule.
+PATH_AUTOMATIC = "AUTOMATIC_SCALING"
+
+
+def note_reach(st: PolicyState, scope: LimitScope, rkey: int, at: int) -> None:
+    """A recipient counted at ``at`` in a scope on Meta's scaling paths."""
+    reach = scope.reach
+    reach[rkey] = at
+    if len(reach) > 4 * st.profile.path_users:
+        prune_reach(st, scope, at)
+
+
+def prune_reach(st: PolicyState, scope: LimitScope, now: int) -> None:
+    """Forget the recipients counted before the scaling path's window."""
+    oldest = now - st.profile.path_window_ms
+    scope.reach = {rkey: at for rkey, at in scope.reach.items() if at > oldest}
+
+
+def scaling_path(st: PolicyState, scope: LimitScope, now: int) -> tuple[str, float, bool]:
+    """The scaling path out of the profile's path tier that applies to ``scope``:
+    (path, progress 0..1, whether it is complete and Meta's review may pass it).
+
+    A verified business (any of its numbers' ``verified``) has completed the
+    verification path; else the unique recipients counted within the path's
+    window are the progress of the volume path. Either way Meta then reviews
+    quality: the numbers' quality and status must allow an upgrade, and no
+    template of the scope's WABAs may be rated one of the profile's low qualities.
+    """
+    p = st.profile
+    wabas = {s.waba_id for s in scope.senders}
+    templates_ok = not any(
+        t.quality.upper() in p.path_low_qualities
+        for t in st.templates.values()
+        if not t.waba_id or t.waba_id in wabas
+    )
+    review_ok = templates_ok and eligible(st, scope)
+    if any(s.verified for s in scope.senders):
+        return PATH_VERIFICATION, 1.0, review_ok
+    prune_reach(st, scope, now)
+    users = len(scope.reach)
+    return PATH_VOLUME, min(1.0, users / p.path_users), review_ok and users >= p.path_users
+
+
 def threshold(st: PolicyState, scope: LimitScope) -> int:
     limit = st.profile.tier_limit(scope.tier)
     return math.ceil(round(st.profile.upgrade_threshold * limit, 6))
@@ -272,6 +318,10 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
     if p.block_marketing_on_red and s.quality == ev.Quality.RED:
         marketing |= F_QUALITY_BLOCK
     s.flags = [common, marketing, common, common, common]
+    scope = s.scope
+    scope.on_path = scope.tier == p.path_tier
+    if not scope.on_path and scope.reach:
+        scope.reach.clear()
 
 
 def refresh(st: PolicyState, s: Sender, now: int) -> None:

@@ -225,6 +225,7 @@ def sender_state(report: SenderReport) -> pb.SenderState:
             progress=up.progress,
             predicted_at_unix_ms=up.predicted_at_unix_ms,
             next_tier=up.next_tier,
+            path=up.path,
         ),
         quality=pb.Quality.ValueType(report.quality),
         status=pb.SenderStatus.ValueType(report.status),

@@ -910,11 +910,17 @@ class UpgradeState(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     PREDICTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     NEXT_TIER_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
     eligible: _builtins.bool
     progress: _builtins.float
     """0..1 towards the upgrade threshold"""
     predicted_at_unix_ms: _builtins.int
     next_tier: _builtins.str
+    path: _builtins.str
+    """How next_tier is reached: BUSINESS_VERIFICATION or MESSAGING_VOLUME (Meta's
+    scaling paths, then Meta's quality review: predicted_at_unix_ms is 0), or
+    AUTOMATIC_SCALING (the profile's threshold rule); "" at the top tier.
+    """
     def __init__(
         self,
         *,
@@ -922,10 +928,11 @@ class UpgradeState(_message.Message):
         progress: _builtins.float = ...,
         predicted_at_unix_ms: _builtins.int = ...,
         next_tier: _builtins.str = ...,
+        path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "next_tier", b"next_tier", "predicted_at_unix_ms", b"predicted_at_unix_ms", "progress", b"progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "next_tier", b"next_tier", "path", b"path", "predicted_at_unix_ms", b"predicted_at_unix_ms", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
