@@ -154,3 +154,17 @@ async def test_tier_not_set_names_no_limit() -> None:
         out = await ingest(h, doc)
         assert out.applied == 1
         assert (await state(h, DOCS_SENDER)).tier == "TIER_2K"
+
+
+@run_async
+async def test_an_upgrade_by_current_limit_applies_to_the_portfolio() -> None:
+    # The derived UPGRADE body (Bindambc's FLAGGED capture with its event
+    # changed; no UPGRADE body is published): a non-numeric entry id, and only
+    # the deprecated current_limit, which still names the portfolio's tier.
+    number = sender(DOCS_SENDER, display_phone_number="16505551111", waba_id=DOCS_WABA)
+    async with serving(make_config(senders=(number,))) as h:
+        doc = body("derived/phone_number_quality_update__upgrade__derived-bindambc")
+        out = await ingest(h, doc)
+        assert (out.applied, out.ignored) == (1, 0), out.ignored_events
+        st = await state(h, DOCS_SENDER)
+        assert (st.tier, st.limit) == ("TIER_10K", 10_000)
