@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from tiergate.policy.events import Event
+from tiergate.policy.feedback import PAUSE_TITLES
 
 from .parse import DEFAULT_MAX_BYTES, WebhookError, parse
 from .signature import SignatureError, verify
@@ -230,10 +231,9 @@ class WebhookIngestor:
         durations = getattr(profile, "pause_ms", ())
         if not isinstance(durations, tuple):
             return {}
-        titles = ("FIRST_PAUSE", "SECOND_PAUSE")
         return {
             title: ms
-            for title, ms in zip(titles, durations, strict=False)
+            for title, ms in zip(PAUSE_TITLES, durations, strict=False)
             if isinstance(ms, int) and ms > 0
         }
 

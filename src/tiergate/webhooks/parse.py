@@ -64,8 +64,9 @@ def parse(
 
     ``pause_ms`` maps a template pause title (``FIRST_PAUSE``, ``SECOND_PAUSE``)
     to its duration so a PAUSED event carries its unpause time; without it (or
-    for titles it does not name) ``paused_until_unix_ms`` is 0 and the policy
-    layer uses its profile's pause duration.
+    for titles it does not name) ``paused_until_unix_ms`` is 0. A PAUSED event
+    carries its title as ``pause_reason`` either way, and the policy layer
+    decides a pause without a known end (``templates.untitled_pause``).
     """
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise WebhookError("body", f"must be bytes, got {type(body).__name__}")
