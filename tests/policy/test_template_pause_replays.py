@@ -169,3 +169,17 @@ def test_meta_2025_failure_without_a_template_holds_nothing() -> None:
     failed = ev.SendResult(ev.SendStatus.FAILED, ticket=ticket, meta_error_code=132015)
     assert "held" not in svc.apply(failed, T0 + 1).detail
     assert admit(svc, "s1", rcpt(6), T0 + 2, template="t3").decision == c.ADMIT
+
+
+def test_meta_2025_failure_during_a_pause_with_an_end_leaves_that_end() -> None:
+    svc = service("meta-2025")
+    add_sender(svc)
+    ticket = admit(svc, "s1", rcpt(5), T0, template="t1").ticket
+    titled = ev.TemplateUpdate("t1", PAUSED, at_unix_ms=T0 + 1, pause_reason="FIRST_PAUSE")
+    assert svc.apply(titled, T0 + 1).applied
+    failed = ev.SendResult(
+        ev.SendStatus.FAILED, ticket=ticket, meta_error_code=132015, template_id="t1"
+    )
+    assert "held" not in svc.apply(failed, T0 + 2).detail
+    assert retry_at(svc, T0 + H) == T0 + 1 + 3 * H
+    assert admit(svc, "s1", rcpt(6), T0 + 1 + 3 * H, template="t1").decision == c.ADMIT

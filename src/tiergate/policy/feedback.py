@@ -465,12 +465,13 @@ def _pause_end(st: PolicyState, u: ev.TemplateUpdate, start: int) -> int:
 def hold_template(st: PolicyState, sender: Sender, template: str, code: int, now: int) -> str:
     """A send with ``template`` failed with Meta's ``code`` (paused, disabled): the
     template is held until Meta's UNPAUSED or APPROVED. A phrase, or "" when the
-    template is disabled already or held since."""
+    template is disabled or paused already (a pause with a known end explains
+    the failure and ends as Meta said)."""
     t = find_template(st, template)
     if t is None:
         t = Template(template, "", sender.waba_id)
         st.templates[t.id] = t
-    if t.disabled or t.held:
+    if t.disabled or now < t.paused_until:
         return ""
     t.status = int(ev.TemplateStatus.PAUSED)
     t.paused_until = HELD
