@@ -109,8 +109,8 @@ def scaling_path(st: PolicyState, scope: LimitScope, now: int) -> tuple[str, flo
     review_ok = templates_ok and eligible(st, scope)
     if any(s.verified for s in scope.senders):
         return PATH_VERIFICATION, 1.0, review_ok
-    prune_reach(st, scope, now)
-    users = len(scope.reach)
+    oldest = now - p.path_window_ms
+    users = sum(1 for at in scope.reach.values() if at > oldest)
     return PATH_VOLUME, min(1.0, users / p.path_users), review_ok and users >= p.path_users
 
 
