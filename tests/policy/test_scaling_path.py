@@ -51,3 +51,27 @@ def test_only_predict_mode_profiles_follow_the_paths(tmp_path: Path) -> None:
     add_sender(svc, "a", at=T0, verified=False)
     up = svc.sender_state("a", T0).upgrade
     assert up.path == "AUTOMATIC_SCALING"
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_memory_is_pruned_to_the_window_and_the_count_stays(tmp_path: Path, batch: bool) -> None:
+    prof = custom(
+        tmp_path,
+        "meta-2025",
+        '[upgrade.scaling_path]\nfrom_tier = "TIER_250"\nunique_users = 10\ndays = 1\n'
+        'low_template_qualities = ["RED"]\n',
+    )
+    svc = service(prof)
+    add_sender(svc, "a", at=T0, verified=False)
+    for day in range(4):  # 30 users a day: more than 4 × 10 kept only inside the window
+        at = T0 + day * (D + H)
+        if batch:
+            assert admitted(send_unique(svc, "a", at, 30, first=day * 30)) == 30
+        else:
+            for i in range(30):
+                assert admitted(send_unique(svc, "a", at + i * 20, 1, first=day * 30 + i)) == 1
+        scope = svc.state.senders["a"].scope
+        assert len(scope.reach) <= 4 * 10 + 30
+        up = svc.sender_state("a", at + H).upgrade
+        assert (up.progress, up.eligible) == (1.0, True)
+    assert svc.sender_state("a", T0 + 3 * (D + H) + D + H).upgrade.progress == 0.0
