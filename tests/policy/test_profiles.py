@@ -28,8 +28,15 @@ def test_shipped_profiles_load() -> None:
     legacy = load_profile("legacy-2x")
     assert (legacy.upgrade_basis, legacy.upgrade_threshold) == ("cumulative", 2.0)
     assert legacy.min_in_tier_ms == 48 * H
+    # meta-2025: only Meta's DISABLED disables; a pause without a title is held
+    # until Meta lifts it; 132015 / 132016 failures hold the template.
+    assert (p.disable_after_pauses, p.untitled_pause) == (0, "until_lifted")
+    assert p.template_hold_codes == {132015, 132016}
+    for prof in (m24, legacy):
+        assert (prof.disable_after_pauses, prof.untitled_pause) == (3, "pause_hours")
+        assert prof.template_hold_codes == frozenset()
     for prof in (p, m24, legacy):
-        assert prof.pause_ms == (3 * H, 6 * H) and prof.disable_after_pauses == 3
+        assert prof.pause_ms == (3 * H, 6 * H)
         assert (prof.default_mps, prof.upgraded_mps, prof.coexistence_mps) == (80, 1000, 20)
         assert (prof.pair_interval_ms, prof.pair_burst) == (6_000, 45)
         assert prof.service_window_ms == 24 * H and prof.free_entry_point_window_ms == 72 * H

@@ -15,6 +15,7 @@ from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.persistence import SNAPSHOT_MAGIC
 from tiergate.policy.service import AdmissionService
+from tiergate.policy.state import HELD
 
 from .helpers import T0, TICKET_KEY, D, H, add_sender, admit, rcpt, service
 
@@ -38,7 +39,7 @@ def restarted(svc: AdmissionService, how: str, log: list[bytes]) -> AdmissionSer
             svc.profile, svc.snapshot(), clock="request", ticket_key=TICKET_KEY
         )
     log.extend(svc.drain_journal())
-    copy = service()
+    copy = service(svc.profile)
     for record in log:
         copy.replay(record)
     return copy
@@ -120,3 +121,65 @@ def test_snapshot_without_pause_fields_still_loads() -> None:
     )
     assert not restored.apply(pause(T0, T0 + 3 * H), T0 + H).applied
     assert retry_at(restored, T0 + H) == T0 + 3 * H
+
+
+# --- meta-2025: only Meta's DISABLED disables; untitled pauses and failures hold ----
+
+
+@pytest.mark.parametrize("how", ["snapshot", "journal"])
+def test_meta_2025_holds_restore_with_their_reason(how: str) -> None:
+    log: list[bytes] = []
+    svc = service("meta-2025")
+    add_sender(svc)
+    assert svc.apply(pause(T0), T0).applied  # no end, no title: held until lifted
+    titled = ev.TemplateUpdate("t2", PAUSED, at_unix_ms=T0, pause_reason="SECOND_PAUSE")
+    assert svc.apply(titled, T0).applied
+    ticket = admit(svc, "s1", rcpt(5), T0, template="t3").ticket
+    failed = ev.SendResult(
+        ev.SendStatus.FAILED, ticket=ticket, meta_error_code=132016, template_id="t3"
+    )
+    assert "held" in svc.apply(failed, T0 + 1).detail
+    svc = restarted(svc, how, log)
+    assert retry_at(svc, T0 + H) == HELD
+    reports = {
+        p.template_id: (p.reason, p.paused_until_unix_ms, p.until_lifted)
+        for p in svc.sender_state("s1", T0 + H).paused_templates
+    }
+    assert reports == {
+        "t1": ("PAUSED", 0, True),
+        "t2": ("SECOND_PAUSE", T0 + 6 * H, False),
+        "t3": ("FAILED 132016", 0, True),
+    }
+    # The same pause redelivered after the restart is that pause; UNPAUSED lifts it.
+    assert not svc.apply(pause(T0), T0 + D).applied
+    assert svc.apply(ev.TemplateUpdate("t1", UNPAUSED), T0 + D).applied
+    assert admit(svc, "s1", rcpt(1), T0 + D, template="t1").decision == c.ADMIT
+    # A third and fourth pause hold again; nothing is disabled by a count.
+    for k in (2, 3, 4):
+        assert svc.apply(pause(T0 + k * D), T0 + k * D).applied
+        assert retry_at(svc, T0 + k * D + H) == HELD
+        assert svc.apply(ev.TemplateUpdate("t1", UNPAUSED), T0 + k * D + 2 * H).applied
+    assert admit(svc, "s1", rcpt(2), T0 + 5 * D, template="t1").decision == c.ADMIT
+
+
+def test_meta_2025_failure_without_a_template_holds_nothing() -> None:
+    svc = service("meta-2025")
+    add_sender(svc)
+    ticket = admit(svc, "s1", rcpt(5), T0, template="t3").ticket
+    failed = ev.SendResult(ev.SendStatus.FAILED, ticket=ticket, meta_error_code=132015)
+    assert "held" not in svc.apply(failed, T0 + 1).detail
+    assert admit(svc, "s1", rcpt(6), T0 + 2, template="t3").decision == c.ADMIT
+
+
+def test_meta_2025_failure_during_a_pause_with_an_end_leaves_that_end() -> None:
+    svc = service("meta-2025")
+    add_sender(svc)
+    ticket = admit(svc, "s1", rcpt(5), T0, template="t1").ticket
+    titled = ev.TemplateUpdate("t1", PAUSED, at_unix_ms=T0 + 1, pause_reason="FIRST_PAUSE")
+    assert svc.apply(titled, T0 + 1).applied
+    failed = ev.SendResult(
+        ev.SendStatus.FAILED, ticket=ticket, meta_error_code=132015, template_id="t1"
+    )
+    assert "held" not in svc.apply(failed, T0 + 2).detail
+    assert retry_at(svc, T0 + H) == T0 + 1 + 3 * H
+    assert admit(svc, "s1", rcpt(6), T0 + 1 + 3 * H, template="t1").decision == c.ADMIT

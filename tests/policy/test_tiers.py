@@ -96,11 +96,12 @@ def test_meta_2025_portfolio_shared_prediction_and_upgrade_event() -> None:
     assert full.meta_error_code == 131048
     # The first send of "a" (minute bucket T0+1h) frees its slot 24 h after that bucket ends.
     assert full.retry_at_unix_ms == T0 + H + 60_000 + D
-    # Threshold (125) crossed by the 25th send of "b": predicted within 6 h of it.
-    crossed = T0 + 2 * H + 24 * 20
+    # Out of TIER_250 Meta's scaling paths apply, not the half-the-limit rule: an
+    # unverified business needs 2 000 unique users within 30 days, then Meta's
+    # review (no time predicted).
     st = svc.sender_state("a", T0 + 3 * H)
-    assert st.upgrade.eligible
-    assert st.upgrade.predicted_at_unix_ms == crossed + 6 * H
+    assert (st.upgrade.path, st.upgrade.progress) == ("MESSAGING_VOLUME", 250 / 2000)
+    assert not st.upgrade.eligible and st.upgrade.predicted_at_unix_ms == 0
     assert st.upgrade.next_tier == "TIER_2K"
     # predict mode: the limit stays until Meta says so, however long it takes.
     assert svc.sender_state("b", T0 + 3 * D).tier == "TIER_250"
@@ -109,6 +110,15 @@ def test_meta_2025_portfolio_shared_prediction_and_upgrade_event() -> None:
     assert svc.sender_state("a", T0 + 3 * D).limit == 2_000
     ok = admit(svc, "a", rcpt(9_001), T0 + 3 * D + 1)
     assert ok.decision == c.ADMIT and ok.limit == 2_000
+    # From TIER_2K the threshold rule: 1 000 unique users in 7 days, within 6 h.
+    assert admitted(send_unique(svc, "b", T0 + 3 * D + H, 1000, first=10_000)) == 1000
+    st = svc.sender_state("a", T0 + 3 * D + 2 * H)
+    assert (st.upgrade.path, st.upgrade.next_tier, st.upgrade.eligible) == (
+        "AUTOMATIC_SCALING",
+        "TIER_10K",
+        True,
+    )
+    assert st.upgrade.predicted_at_unix_ms > 0
     # A business_capability_update sets the portfolio tier too.
     assert svc.apply(ev.CapabilityUpdate("W", "10000"), T0 + 4 * D).applied
     assert svc.sender_state("b", T0 + 4 * D).tier == "TIER_10K"

@@ -38,6 +38,7 @@ from tiergate.webhooks.ingest import (
     ingest,
     ingestor_for,
 )
+from tiergate.webhooks.parse import parse
 from tiergate.webhooks.signature import sign
 
 HOUR = 3_600_000
@@ -515,14 +516,36 @@ def test_malformed_body_is_counted_and_applies_nothing() -> None:
     assert ingestor_for(service).stats.as_dict()["malformed"] == 1
 
 
-def test_a_bad_part_anywhere_rejects_the_whole_body() -> None:
+def test_a_bad_part_is_left_out_and_the_rest_applies() -> None:
     service = _service(at=T)
     doc = json.loads(synthetic("multi__two-entries"))
     broken = replaced(doc, ("entry", 1, "changes", 0, "value", "event"), 7)
-    before = service.snapshot()
-    with pytest.raises(WebhookError, match=r"entry\[1\]\.changes\[0\]\.value\.event"):
-        ingest(service, dumps(broken), None, "", T)
-    assert service.snapshot() == before  # the valid first entry was not applied either
+    result = ingest(service, dumps(broken), None, "", T)
+    # The first entry's message and status apply; the quality change with a
+    # numeric event is left out, naming the path; the security change is unused.
+    assert result.applied == 2
+    reasons = [reason for _, reason in result.ignored_events]
+    bad = [r for r in reasons if "entry[1].changes[0].value.event" in r]
+    assert bad and "unknown or incomplete shape" in bad[0] and "must be a string" in bad[0]
+    assert service.sender_state(DOCS, T).throughput_mps == 80  # the broken change did nothing
+    assert ingestor_for(service).stats.as_dict()["malformed"] == 0
+
+
+def test_a_bad_status_does_not_cost_the_good_ones() -> None:
+    doc = json.loads(synthetic("multi__two-entries"))
+    statuses = ("entry", 0, "changes", 1, "value", "statuses")
+    good = doc["entry"][0]["changes"][1]["value"]["statuses"][0]
+    two = replaced(doc, statuses, [{"id": "wamid.X", "status": "failed"}, good])
+    parsed = parse(dumps(two))
+    assert [p.path for p in parsed.ignored if "incomplete" in p.reason] == [
+        "entry[0].changes[1].value.statuses[0]"
+    ]
+    assert "statuses[0].timestamp: is missing" in parsed.ignored[0].reason
+    assert [p.path for p in parsed.events] == [
+        "entry[0].changes[0].value.messages[0]",
+        "entry[0].changes[1].value.statuses[1]",
+        "entry[1].changes[0].value",
+    ]
 
 
 # --- fuzzing through the service -------------------------------------------------------

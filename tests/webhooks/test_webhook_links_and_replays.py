@@ -29,9 +29,11 @@ from tiergate.policy.events import (
 from tiergate.policy.profile import load_profile
 from tiergate.policy.requests import AdmitRequest
 from tiergate.policy.service import AdmissionService
+from tiergate.policy.state import HELD
 from tiergate.webhooks.ingest import IngestResult, ingest
 
 HOUR = 3_600_000
+DAY = 24 * HOUR
 PYWA = "1122334455667"  # phone_number_id of the pywa payloads (display 972123456789)
 USER = "972987654321"  # their user
 DOCS = "106540352242922"  # the sender of the synthetic payloads' WABA
@@ -43,8 +45,8 @@ FAILED_FIXTURE = "messages__message_status-failed__pywa"
 Restart = Callable[[AdmissionService, list[bytes]], AdmissionService]
 
 
-def _service(at: int) -> AdmissionService:
-    service = AdmissionService(load_profile("meta-2025"))
+def _service(at: int, profile: str = "meta-2025") -> AdmissionService:
+    service = AdmissionService(load_profile(profile))
     for sid, display in ((PYWA, "972123456789"), (DOCS, "15550783881")):
         update = SenderUpdate(
             sender_id=sid, portfolio_id="P1", waba_id=WABA, display_phone_number=display
@@ -177,8 +179,10 @@ def _paused_until(service: AdmissionService, now: int) -> int:
 
 @RESTARTS
 def test_redelivered_pause_after_restart_is_still_the_first(restart: Restart) -> None:
+    # meta-2024's pause rules: a pause without a title runs the next pause_hours
+    # duration, and a third pause disables.
     log: list[bytes] = []
-    service = _service(T)
+    service = _service(T, "meta-2024")
     first = synthetic("message_template_status_update__paused-first")
     _check(ingest(service, first, None, "", T + 1000), 1)
     assert _paused_until(service, T + 2000) == T + 3 * HOUR
@@ -213,3 +217,38 @@ def test_redelivered_pause_after_restart_is_still_the_first(restart: Restart) ->
     _check(ingest(service, third, None, "", at3 + 1000), 1)
     disabled = _template(service, DOCS, "15550004444", at3 + 2000)
     assert (disabled.decision, disabled.reason) == (c.REJECT, c.TEMPLATE_DISABLED)
+
+
+@RESTARTS
+def test_meta_2025_pause_without_title_holds_until_lifted_across_restarts(
+    restart: Restart,
+) -> None:
+    log: list[bytes] = []
+    service = _service(T)
+    untitled = _template_body(
+        "message_template_status_update__paused-first", T // 1000, titled=False
+    )
+    _check(ingest(service, untitled, None, "", T + 1000), 1)
+    assert _paused_until(service, T + 2000) == HELD
+    service = restart(service, log)
+    _check(ingest(service, untitled, None, "", T + HOUR), 0)  # the same pause
+    assert _paused_until(service, T + 30 * DAY) == HELD  # no end of its own
+    state = service.sender_state(DOCS, T + 30 * DAY)
+    (paused,) = state.paused_templates
+    assert (paused.reason, paused.until_lifted, paused.paused_until_unix_ms) == ("PAUSED", True, 0)
+    at2 = T + 30 * DAY
+    reinstated = _template_body("message_template_status_update__reinstated", at2 // 1000)
+    _check(ingest(service, reinstated, None, "", at2), 1)
+    assert _template(service, DOCS, "15550004444", at2).decision == c.ADMIT
+    # Pauses two and three: never a disable inferred from a count.
+    for k in (1, 2):
+        at = at2 + k * DAY
+        pause = _template_body(
+            "message_template_status_update__paused-first", at // 1000, titled=False
+        )
+        _check(ingest(service, pause, None, "", at), 1)
+        assert _paused_until(service, at + HOUR) == HELD
+        service = restart(service, log)
+        lifted = _template_body("message_template_status_update__reinstated", at // 1000 + 60)
+        _check(ingest(service, lifted, None, "", at + 60_000), 1)
+        assert _template(service, DOCS, "15550004444", at + 60_000).decision == c.ADMIT

@@ -32,6 +32,18 @@ EXPECTED = {
     "account_update__account_update-account_disabled__pywa": ([AccountUpdate], 0),
     "account_update__account_update-account_restriction__pywa": ([AccountUpdate], 0),
     "account_update__account_update-account_violation__pywa": ([AccountUpdate], 0),
+    # "<TIMESTAMP>" placeholders as expirations: the change is left out, with its reason.
+    "account_update__account_restriction-placeholder-expiration__bindambc": ([], 1),
+    "message_template_status_update__flagged-disable_info__bindambc": ([], 1),
+    "message_template_status_update__template_status-approved-dashboard-test__pywa": (
+        [TemplateUpdate],
+        0,
+    ),
+    # A JSON number as timestamp reads; 'from' is a placeholder, not a phone number.
+    "messages__interactive-button_reply-int-timestamp__netflie": ([], 1),
+    "messages__status-failed-131047__bindambc": ([SendResult], 0),
+    "messages__status-read-user_initiated__netflie": ([], 1),
+    "phone_number_quality_update__flagged-tier_10k__bindambc": ([QualityUpdate], 0),
     "business_capability_update__example-0__meta-docs": ([CapabilityUpdate], 0),
     "message_template_quality_update__template_quality_update-yellow__pywa": (
         [TemplateQualityUpdate],
@@ -193,8 +205,10 @@ def test_restriction_expiry_as_iso_time() -> None:
     (a,) = parse(dumps(replaced(doc, path, "2026-04-19T13:59:20+0000"))).events
     assert isinstance(a.event, AccountUpdate)
     assert a.event.expires_at_unix_ms == 1776607160000
-    with pytest.raises(WebhookError, match="UTC offset"):
-        parse(dumps(replaced(doc, path, "2026-04-19T13:59:20")))
+    naive = parse(dumps(replaced(doc, path, "2026-04-19T13:59:20")))
+    assert naive.events == ()
+    (part,) = naive.ignored
+    assert part.path == "entry[0].changes[0]" and "UTC offset" in part.reason
 
 
 def test_template_pauses_carry_the_unpause_time_when_durations_are_known() -> None:
@@ -209,6 +223,7 @@ def test_template_pauses_carry_the_unpause_time_when_durations_are_known() -> No
         paused_until_unix_ms=at + 3 * HOUR_MS,
         at_unix_ms=at,
         waba_id="102290129340398",
+        pause_reason="FIRST_PAUSE",
     )
     (second,) = parse(
         synthetic("message_template_status_update__paused-second"), pause_ms=PAUSES
@@ -217,6 +232,7 @@ def test_template_pauses_carry_the_unpause_time_when_durations_are_known() -> No
     assert second.event.paused_until_unix_ms == at + 6 * HOUR_MS
     (unknown,) = parse(synthetic("message_template_status_update__paused-second")).events
     assert isinstance(unknown.event, TemplateUpdate) and unknown.event.paused_until_unix_ms == 0
+    assert unknown.event.pause_reason == "SECOND_PAUSE"  # the policy layer dates it
     for name, status in [
         ("message_template_status_update__reinstated", TemplateStatus.UNPAUSED),
         ("message_template_status_update__disabled", TemplateStatus.DISABLED),
@@ -288,17 +304,6 @@ def test_other_objects_are_ignored_whole() -> None:
         (b'{"object": 5}', "object", "must be a string, got a number"),
         (b'{"object": "whatsapp_business_account"}', "entry", "missing"),
         (b'{"object": "whatsapp_business_account", "entry": {}}', "entry", "must be a list"),
-        (b'{"object": "whatsapp_business_account", "entry": [1]}', "entry[0]", "an object"),
-        (
-            b'{"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{}]}]}',
-            "entry[0].changes[0].field",
-            "missing",
-        ),
-        (
-            b'{"object": "whatsapp_business_account", "entry": [{"id": true, "changes": []}]}',
-            "entry[0].id",
-            "must be a string, got a boolean",
-        ),
         (
             b'{"object": "whatsapp_business_account", "entry": [{"id": "1", "time": NaN}]}',
             "body",
@@ -328,14 +333,78 @@ def test_malformed_bodies_name_what_is_wrong(body: bytes, field: str, message: s
         (("referral",), {"ctwa_clid": 5}, "referral.ctwa_clid", "must be a string"),
     ],
 )
-def test_wrong_types_inside_a_message_name_the_path(
+def test_wrong_types_inside_a_message_leave_out_that_message_naming_the_path(
     path: tuple[str, ...], value: object, field: str, message: str
 ) -> None:
     doc = json.loads(real("messages__message-text__pywa"))
     base = ("entry", 0, "changes", 0, "value", "messages", 0)
-    with pytest.raises(WebhookError, match=message) as info:
-        parse(dumps(replaced(doc, (*base, *path), value)))
-    assert info.value.field == f"entry[0].changes[0].value.messages[0].{field}"
+    parsed = parse(dumps(replaced(doc, (*base, *path), value)))
+    assert parsed.events == ()
+    (part,) = parsed.ignored
+    assert part.field == "messages"
+    assert part.path == "entry[0].changes[0].value.messages[0]"
+    assert f"entry[0].changes[0].value.messages[0].{field}: " in part.reason
+    assert message in part.reason and "unknown or incomplete shape" in part.reason
+
+
+@pytest.mark.parametrize(
+    ("entries", "field", "path", "message"),
+    [
+        ("[1]", "entry", "entry[0]", "must be an object"),
+        ('[{"changes": []}]', "entry", "entry[0]", "entry[0].id: is missing"),
+        ('[{"id": true, "changes": []}]', "entry", "entry[0]", "must be a string, got a boolean"),
+        ('[{"id": "1", "time": "soon", "changes": []}]', "entry", "entry[0]", "Unix seconds"),
+        ('[{"id": "1", "changes": {}}]', "entry", "entry[0]", "changes: must be a list"),
+        ('[{"id": "1", "changes": [{}]}]', "change", "entry[0].changes[0]", "field: is missing"),
+        ('[{"id": "1", "changes": [7]}]', "change", "entry[0].changes[0]", "must be an object"),
+        (
+            '[{"id": "1", "changes": [{"field": "messages"}]}]',
+            "messages",
+            "entry[0].changes[0]",
+            "value: is missing",
+        ),
+        (
+            '[{"id": "1", "changes": [{"field": "messages", "value": {"messages": []}}]}]',
+            "messages",
+            "entry[0].changes[0]",
+            "metadata: is missing",
+        ),
+        (
+            '[{"id": "1", "changes": [{"field": "account_update", "value": {}}]}]',
+            "account_update",
+            "entry[0].changes[0]",
+            "event: is missing",
+        ),
+    ],
+)
+def test_parts_of_unknown_shape_are_left_out_with_a_reason(
+    entries: str, field: str, path: str, message: str
+) -> None:
+    body = f'{{"object": "whatsapp_business_account", "entry": {entries}}}'.encode()
+    parsed = parse(body)
+    assert parsed.events == ()
+    (part,) = parsed.ignored
+    assert (part.field, part.path) == (field, path)
+    assert message in part.reason and "unknown or incomplete shape" in part.reason
+
+
+def test_one_bad_part_leaves_every_other_part_of_the_body() -> None:
+    text = json.loads(real("messages__message-text__pywa"))
+    failed = json.loads(real("messages__message_status-failed__pywa"))
+    quality = json.loads(real("phone_number_quality_update__throughput_upgrade-0__meta-docs"))
+    bad_change = {"field": "account_update", "value": {"event": 7}}
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            text["entry"][0],
+            {"id": 5, "changes": "not a list"},
+            {**quality["entry"][0], "changes": [bad_change, *quality["entry"][0]["changes"]]},
+            failed["entry"][0],
+        ],
+    }
+    parsed = parse(dumps(body))
+    assert [type(p.event) for p in parsed.events] == [InboundMessage, QualityUpdate, SendResult]
+    assert [p.path for p in parsed.ignored] == ["entry[1]", "entry[2].changes[0]"]
 
 
 def test_size_and_depth_limits() -> None:

@@ -48,7 +48,7 @@ from .journal import admit_record
 from .keys import differs
 from .requests import MARKETING, TEMPLATE, Checked, KeyConflict
 from .state import PolicyState, Sender
-from .tiers import check_crossing, maintain, recompute_due
+from .tiers import check_crossing, maintain, note_reach, recompute_due
 
 __all__ = [
     "BLOCKING",
@@ -196,6 +196,9 @@ def _decide_one(
         st.keys.remember(sender, key, (ticket, counted == 1, limit, used, until, bound, tpl))
     if st.journal_on and not st.replaying:
         st.journal.append(admit_record(now, index, rkey, flags, tid, limit, key, kind, cat, tpl))
-    if counted and scope.crossed_at == NEVER and scope.tier != st.profile.ladder[-1]:
-        check_crossing(st, scope, now, ((now,), (prev,)), [0])
+    if counted:
+        if scope.on_path:
+            note_reach(st, scope, rkey, now)
+        if scope.crossed_at == NEVER and scope.tier != st.profile.ladder[-1]:
+            check_crossing(st, scope, now, ((now,), (prev,)), [0])
     return res

@@ -154,11 +154,11 @@ def refusal(
             _DECLINED,
             BACK_OFF_DETAIL,
         )
-    if r == SENDER_RESTRICTED and sender.restricted_until > 0:
+    if r == SENDER_RESTRICTED and sender.restricted_retry_at > 0:
         return AdmitResult(
             RETRY_LATER,
             r,
-            sender.restricted_until,
+            sender.restricted_retry_at,
             "",
             False,
             limit,

@@ -54,7 +54,7 @@ from .keys import KeyMemory, differs
 from .requests import MARKETING, AdmitLike, KeyConflict, check_all
 from .state import REASONS as SENDER_REASONS
 from .state import LimitScope, PolicyState, Sender
-from .tiers import check_crossing, maintain, recompute_due
+from .tiers import check_crossing, maintain, prune_reach, recompute_due
 
 if TYPE_CHECKING:
     from .service import AdmissionService
@@ -422,7 +422,7 @@ def _sender_tables(objs: list[Sender | None]) -> tuple[Any, ...]:
         index_of.append(sender.engine_index)
         limits += sender.limits
         flags += sender.flags
-        restricted.append(sender.restricted_until)
+        restricted.append(sender.restricted_retry_at)
         qblock.append(1 if sender.flags[MARKETING] & F_QUALITY_BLOCK else 0)
     return (
         bytearray(state),
@@ -625,7 +625,18 @@ def _remember_keys(
 def _check_crossings(
     st: PolicyState, scopes: list[LimitScope], batch: DecisionBatch, counted_rows: array[int]
 ) -> None:
-    """Date upgrade-threshold crossings: to the row that reached the threshold."""
+    """Date upgrade-threshold crossings: to the row that reached the threshold; note
+    the recipients counted in scopes on Meta's scaling paths."""
+    if any(sc.on_path for sc in scopes):
+        on_path = {sc.index: sc.reach for sc in scopes if sc.on_path}
+        b_scope, b_now, b_rkey = batch.scope, batch.now, batch.recipient
+        for j in counted_rows:
+            reach = on_path.get(b_scope[j])
+            if reach is not None:
+                reach[b_rkey[j]] = b_now[j]
+        for sc in scopes:
+            if sc.on_path and len(sc.reach) > 4 * st.profile.path_users:
+                prune_reach(st, sc, max(sc.last_now, 0))
     top = st.profile.ladder[-1]
     open_ = {sc.index: sc for sc in scopes if sc.crossed_at == NEVER and sc.tier != top}
     if not open_:

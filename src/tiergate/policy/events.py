@@ -97,6 +97,7 @@ class SendResult:
     meta_error_code: int = 0
     at_unix_ms: int = 0
     message_id: str = ""
+    template_id: str = ""  # the template sent (a 132015 / 132016 failure holds it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +137,10 @@ class TemplateUpdate:
     template_id: str
     status: TemplateStatus
     template_name: str = ""
-    paused_until_unix_ms: int = 0  # 0: the profile's pause duration from at_unix_ms
+    paused_until_unix_ms: int = 0  # 0: from the pause title, else the profile's rule
     at_unix_ms: int = 0
     waba_id: str = ""
+    pause_reason: str = ""  # Meta's pause title (other_info.title): FIRST_PAUSE …
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ an applied event is journaled as JSON (``journal``) and replays through
 from __future__ import annotations
 
 import dataclasses
+from typing import Final
 
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
@@ -29,8 +30,8 @@ from .senders import (
     on_quality_update,
     on_sender_update,
 )
-from .state import LimitScope, PolicyState, Sender, Template
-from .tiers import catch_up
+from .state import HELD, LimitScope, PolicyState, Sender, Template
+from .tiers import catch_up, refresh
 
 __all__ = ["apply", "apply_event", "check_event"]
 
@@ -262,6 +263,11 @@ def on_send_result(st: PolicyState, e: ev.SendResult, now: int) -> tuple[ApplyRe
             return ApplyResult(False, f"unknown sender {e.sender_id!r}"), False
         rkey = recipient_field(e.recipient, "recipient")
     done = _act_on_failure(st, sender, rkey, decoded, e.meta_error_code, now)
+    if e.meta_error_code in st.profile.template_hold_codes:
+        template = e.template_id or _bound_template(sender, e.idempotency_key)
+        held = hold_template(st, sender, template, e.meta_error_code, now) if template else ""
+        if held:
+            done.append(held)
     if not done:
         if not ticket and e.message_id:
             return ApplyResult(
@@ -276,6 +282,12 @@ def on_send_result(st: PolicyState, e: ev.SendResult, now: int) -> tuple[ApplyRe
     if linked:
         detail += f" (ticket {ticket}, linked to message {e.message_id})"
     return ApplyResult(True, detail), True
+
+
+def _bound_template(sender: Sender, key: str) -> str:
+    """The template the idempotency ``key`` of ``sender`` is bound to ("" if none)."""
+    first = sender.idem.get(key) if key else None
+    return (first[rec.E_TEMPLATE] or "") if first is not None else ""
 
 
 def _act_on_failure(
@@ -294,6 +306,12 @@ def _act_on_failure(
         _, _, _, prev, slot = decoded
         if st.engine.release(scope, rkey, slot, prev):
             done.append("slot released")
+            reach = sender.scope.reach
+            if rkey in reach:  # its latest counted time is the one before, as in the engine
+                if prev == NEVER:
+                    del reach[rkey]
+                else:
+                    reach[rkey] = prev
     if code == MetaError.THROUGHPUT:
         st.engine.slow_throughput(sender.engine_index, now, st.profile.throughput_backoff_ms)
         done.append("throughput paused")
@@ -303,6 +321,12 @@ def _act_on_failure(
     elif code == MetaError.OPTED_OUT:
         st.engine.set_opt_out(scope, rkey, True)
         done.append("recipient opted out of marketing")
+    elif code == MetaError.SPAM_RATE_LIMIT and st.profile.spam_hold_ms > 0:
+        until = now + st.profile.spam_hold_ms
+        if until > sender.spam_held_until:
+            sender.spam_held_until = until
+            refresh(st, sender, now)
+        done.append(f"business-initiated sends held until {sender.spam_held_until}")
     elif code == MetaError.ECOSYSTEM_ENGAGEMENT and st.profile.ecosystem_backoff_ms > 0:
         st.marketing_back_off[(scope, rkey)] = now + st.profile.ecosystem_backoff_ms
         done.append("marketing to recipient held back")
@@ -352,7 +376,6 @@ def check_template_update(u: ev.TemplateUpdate) -> None:
 def on_template_update(st: PolicyState, u: ev.TemplateUpdate, now: int) -> ApplyResult:
     """Apply a template update whose fields passed ``_check_template_update``."""
     status = int(u.status)
-    p = st.profile
     t = find_template(st, u.template_id, u.template_name)
     S = ev.TemplateStatus
     if t is not None and t.disabled and status == S.UNPAUSED:
@@ -362,7 +385,7 @@ def on_template_update(st: PolicyState, u: ev.TemplateUpdate, now: int) -> Apply
     if status == S.PAUSED and t is not None and t.pause_count:
         # The pause already counted, redelivered (possibly after a restart, when
         # the webhook de-duplication memory is gone): it must not count again.
-        given = u.paused_until_unix_ms
+        given = _pause_end(st, u, start)
         paused_now = t.status == S.PAUSED and now < t.paused_until
         if (given and given == t.pause_end) or (
             start == t.pause_start and (paused_now or not given)
@@ -383,27 +406,77 @@ def on_template_update(st: PolicyState, u: ev.TemplateUpdate, now: int) -> Apply
     if u.waba_id:
         t.waba_id = u.waba_id
     if status == S.PAUSED:
-        if now < t.paused_until and not u.paused_until_unix_ms:
-            return ApplyResult(True, f"template {t.id} already paused")
-        t.pause_count += 1
-        t.pause_start = start
-        if t.pause_count >= p.disable_after_pauses:
-            t.status = int(S.DISABLED)
-            t.paused_until = 0
-            t.pause_end = u.paused_until_unix_ms
-            return ApplyResult(True, f"template {t.id} disabled after {t.pause_count} pauses")
-        pause = p.pause_ms[min(t.pause_count, len(p.pause_ms)) - 1]
-        t.status = int(S.PAUSED)
-        t.paused_until = u.paused_until_unix_ms or min(start, now) + pause
-        t.pause_end = t.paused_until
-        return ApplyResult(True, f"template {t.id} paused until {t.paused_until}")
+        return _pause(st, t, u, start, now)
     if status in (S.UNPAUSED, S.APPROVED):
         t.status = int(S.APPROVED)
         t.paused_until = 0
+        t.pause_reason = ""
         return ApplyResult(True, f"template {t.id} {'registered' if created else 'active'}")
     t.status = status
     t.paused_until = 0
+    t.pause_reason = S(status).name
     return ApplyResult(True, f"template {t.id} {S(status).name.lower()}")
+
+
+#: Meta's pause titles (``other_info.title``), in the order of ``pause_hours``.
+PAUSE_TITLES: Final = ("FIRST_PAUSE", "SECOND_PAUSE")
+
+
+def _pause(st: PolicyState, t: Template, u: ev.TemplateUpdate, start: int, now: int) -> ApplyResult:
+    """A PAUSED update: its end is the one given, else its title's duration, else
+    the profile's rule for a pause without a title (held until lifted, or the next
+    ``pause_hours``)."""
+    p = st.profile
+    title = u.pause_reason.strip().upper()
+    given = _pause_end(st, u, start)
+    if now < t.paused_until and not given:
+        return ApplyResult(True, f"template {t.id} already paused")
+    t.pause_count += 1
+    t.pause_start = start
+    t.pause_reason = title or "PAUSED"
+    if p.disable_after_pauses and t.pause_count >= p.disable_after_pauses:
+        t.status = int(ev.TemplateStatus.DISABLED)
+        t.paused_until = 0
+        t.pause_end = given
+        return ApplyResult(True, f"template {t.id} disabled after {t.pause_count} pauses")
+    t.status = int(ev.TemplateStatus.PAUSED)
+    if given:
+        t.paused_until = given
+    elif p.untitled_pause == "until_lifted":
+        t.paused_until = HELD
+    else:
+        t.paused_until = min(start, now) + p.pause_ms[min(t.pause_count, len(p.pause_ms)) - 1]
+    t.pause_end = t.paused_until
+    if t.held:
+        return ApplyResult(True, f"template {t.id} paused until Meta lifts it (no end known)")
+    return ApplyResult(True, f"template {t.id} paused until {t.paused_until}")
+
+
+def _pause_end(st: PolicyState, u: ev.TemplateUpdate, start: int) -> int:
+    """A PAUSED update's end: the one given, else its title's ``pause_hours``
+    duration from ``start``; 0 when neither is known."""
+    title = u.pause_reason.strip().upper()
+    if u.paused_until_unix_ms or title not in PAUSE_TITLES:
+        return u.paused_until_unix_ms
+    durations = st.profile.pause_ms
+    return start + durations[min(PAUSE_TITLES.index(title), len(durations) - 1)]
+
+
+def hold_template(st: PolicyState, sender: Sender, template: str, code: int, now: int) -> str:
+    """A send with ``template`` failed with Meta's ``code`` (paused, disabled): the
+    template is held until Meta's UNPAUSED or APPROVED. A phrase, or "" when the
+    template is disabled or paused already (a pause with a known end explains
+    the failure and ends as Meta said)."""
+    t = find_template(st, template)
+    if t is None:
+        t = Template(template, "", sender.waba_id)
+        st.templates[t.id] = t
+    if t.disabled or now < t.paused_until:
+        return ""
+    t.status = int(ev.TemplateStatus.PAUSED)
+    t.paused_until = HELD
+    t.pause_reason = f"FAILED {code}"
+    return f"template {t.id} held until Meta lifts it"
 
 
 def on_template_quality(st: PolicyState, u: ev.TemplateQualityUpdate) -> ApplyResult:

@@ -21,6 +21,8 @@ class MetaError(enum.IntEnum):
     OUTSIDE_WINDOW = 131047
     #: Spam rate limit: the messaging limit, or the quality-based one.
     MESSAGING_LIMIT = 131048
+    #: The same code in a failed send: Meta throttles the number (spam rate limit).
+    SPAM_RATE_LIMIT = 131048
     #: Not delivered to maintain healthy ecosystem engagement (marketing declined).
     ECOSYSTEM_ENGAGEMENT = 131049
     #: The user stopped marketing messages.

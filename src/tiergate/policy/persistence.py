@@ -25,7 +25,7 @@ from .feedback import apply_event
 from .journal import JOURNAL_VERSION, TAG_ADMIT, TAG_BATCH, TAG_JSON
 from .seam import CountingStore
 from .state import LimitScope, PolicyState, Sender, Template
-from .tiers import derive, number_params, recompute_due, rederive
+from .tiers import derive, note_reach, number_params, recompute_due, rederive
 
 __all__ = [
     "SNAPSHOT_MAGIC",
@@ -220,6 +220,8 @@ def replay_row(
     )
     st.ticket = max(st.ticket, tid)
     s.counts[OK] += 1
+    if counted and scope.on_path:
+        note_reach(st, scope, rkey, now)
     if key:
         ticket = kernels.encode_ticket(st.k0, st.k1, tid, number, rkey, prev, slot)
         entry = (ticket, counted == 1, limit, used, now + st.profile.idempotency_ms)
@@ -251,6 +253,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
         ("portfolios", {k: sc.index for k, sc in st.portfolios.items()}),
         ("senders", [s.to_dict() for s in st.by_index]),
         ("templates", [t.to_dict() for t in st.templates.values()]),
+        ("reach", [[sc.index, list(sc.reach.items())] for sc in st.scopes if sc.reach]),
     ]
     idem_order = list(st.keys.order)
     idem = {sid: s.idem.copy() for sid, s in st.senders.items()}
@@ -356,6 +359,8 @@ def _restore_objects(st: PolicyState, state: dict[str, Any]) -> None:
         st.templates[t.id] = t
         if t.name:
             st.template_names[t.name] = t
+    for idx, reach in state.get("reach", ()):
+        st.scopes[int(idx)].reach = {int(rkey): int(t) for rkey, t in reach}
 
 
 def restore_key(st: PolicyState, version: int, entry: list[Any]) -> None:

@@ -85,6 +85,11 @@ class Profile:
     min_in_tier_ms: int
     upgrade_qualities: frozenset[int]
     upgrade_statuses: frozenset[int]
+    # Meta's scaling paths out of path_tier ("" : none), see _read_scaling_path
+    path_tier: str
+    path_users: int
+    path_window_ms: int
+    path_low_qualities: frozenset[str]
     # quality
     red_sets_flagged: bool
     red_days_to_downgrade: int
@@ -92,7 +97,9 @@ class Profile:
     floor_status: int
     # templates
     pause_ms: tuple[int, ...]
-    disable_after_pauses: int
+    disable_after_pauses: int  # 0: only Meta's DISABLED disables
+    untitled_pause: Literal["until_lifted", "pause_hours"]
+    template_hold_codes: frozenset[int]
     unknown_templates: Literal["allow", "reject"]
     # throughput and pair rate
     default_mps: int
@@ -115,6 +122,7 @@ class Profile:
     block_marketing_on_red: bool
     # feedback and retention
     keep_slot_codes: frozenset[int]
+    spam_hold_ms: int  # after a FAILED 131048: business-initiated sends held this long
     idempotency_ms: int
     message_id_ms: int
     # engine geometry
@@ -329,7 +337,13 @@ def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
 #: Keys profiles gained after users had written whole profiles of their own: a
 #: file that neither sets one nor extends a profile that does takes the value of
 #: the default profile (``meta-2025``), so such files keep loading unchanged.
-_LATER_KEYS: Final = (("retention", "message_links"),)
+_LATER_KEYS: Final = (
+    ("retention", "message_links"),
+    ("templates", "untitled_pause"),
+    ("templates", "hold_codes"),
+    ("feedback", "spam_hold_minutes"),
+    ("upgrade", "scaling_path"),
+)
 
 
 def _with_later_keys(data: dict[str, Any]) -> dict[str, Any]:
@@ -455,6 +469,25 @@ def _read_upgrade(r: _Reader) -> _Fields:
         "min_in_tier_ms": r.hours("upgrade.min_hours_in_tier"),
         "upgrade_qualities": r.enum_names("upgrade.allowed_qualities", Quality),
         "upgrade_statuses": r.enum_names("upgrade.allowed_statuses", SenderStatus),
+        **_read_scaling_path(r, mode),
+    }
+
+
+def _read_scaling_path(r: _Reader, mode: str) -> _Fields:
+    """Meta's scaling paths out of ``from_tier`` (predict mode only): business
+    verification, or ``unique_users`` delivered outside service windows within
+    ``days`` with no template rated ``low_template_qualities``; then Meta's review."""
+    tier = r.string("upgrade.scaling_path.from_tier")
+    if tier and tier not in r.table("tiers.limits"):
+        raise r.fail("upgrade.scaling_path.from_tier", f"{tier} has no entry in [tiers.limits]")
+    ladder = r.raw("tiers.ladder")
+    # The paths end in Meta's review: only a predict-mode profile follows them.
+    on = mode == "predict" and isinstance(ladder, list) and tier in ladder[:-1]
+    return {
+        "path_tier": tier if on else "",
+        "path_users": r.integer("upgrade.scaling_path.unique_users", 1),
+        "path_window_ms": r.integer("upgrade.scaling_path.days", 1, 366) * DAY_MS,
+        "path_low_qualities": frozenset(r.strings("upgrade.scaling_path.low_template_qualities")),
     }
 
 
@@ -480,7 +513,7 @@ def _read_templates(r: _Reader) -> _Fields:
     ):
         raise r.fail("templates.pause_hours", "must be an array of positive hours")
     pause_ms = tuple(round(float(v) * HOUR_MS) for v in pause_raw)
-    disable_after = r.integer("templates.disable_after_pauses", 1)
+    disable_after = r.integer("templates.disable_after_pauses", 0)
     if disable_after > len(pause_ms) + 1:
         raise r.fail(
             "templates.disable_after_pauses",
@@ -489,8 +522,19 @@ def _read_templates(r: _Reader) -> _Fields:
     return {
         "pause_ms": pause_ms,
         "disable_after_pauses": disable_after,
+        "untitled_pause": r.string("templates.untitled_pause", ("until_lifted", "pause_hours")),
+        "template_hold_codes": frozenset(_codes(r, "templates.hold_codes")),
         "unknown_templates": r.string("templates.unknown", ("allow", "reject")),
     }
+
+
+def _codes(r: _Reader, key: str) -> list[int]:
+    raw = r.raw(key)
+    if not isinstance(raw, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in raw
+    ):
+        raise r.fail(key, "must be an array of Meta error codes")
+    return raw
 
 
 def _read_throughput(r: _Reader) -> _Fields:
@@ -563,7 +607,10 @@ def _read_feedback(r: _Reader) -> _Fields:
         isinstance(v, int) and not isinstance(v, bool) for v in keep_raw
     ):
         raise r.fail("feedback.keep_slot_codes", "must be an array of Meta error codes")
-    return {"keep_slot_codes": frozenset(keep_raw)}
+    return {
+        "keep_slot_codes": frozenset(keep_raw),
+        "spam_hold_ms": round(r.number("feedback.spam_hold_minutes") * 60_000),
+    }
 
 
 def _read_retention(r: _Reader) -> _Fields:

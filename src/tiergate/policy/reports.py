@@ -8,7 +8,15 @@ from tiergate.engine import NEVER
 
 from .requests import MARKETING
 from .state import PolicyState
-from .tiers import catch_up, check_crossing, eligible, mps, threshold
+from .tiers import (
+    PATH_AUTOMATIC,
+    catch_up,
+    check_crossing,
+    eligible,
+    mps,
+    scaling_path,
+    threshold,
+)
 
 __all__ = ["PausedTemplateReport", "SenderReport", "UpgradeReport", "sender_state"]
 
@@ -19,14 +27,22 @@ class UpgradeReport:
     progress: float
     predicted_at_unix_ms: int
     next_tier: str
+    #: How the next tier is reached: Meta's BUSINESS_VERIFICATION or
+    #: MESSAGING_VOLUME scaling path (then Meta's review; no time is predicted),
+    #: or AUTOMATIC_SCALING (the profile's threshold rule); "" at the top tier.
+    path: str = ""
 
 
 @dataclass(slots=True)
 class PausedTemplateReport:
     template_id: str
     template_name: str
-    paused_until_unix_ms: int
+    paused_until_unix_ms: int  # 0 when disabled or held until lifted
     disabled: bool
+    #: Why: Meta's pause title (FIRST_PAUSE, SECOND_PAUSE), PAUSED (no title),
+    #: FAILED 132015 / FAILED 132016 (a send failed so), DISABLED or REJECTED.
+    reason: str = ""
+    until_lifted: bool = False  # held until Meta's UNPAUSED or APPROVED
 
 
 @dataclass(slots=True)
@@ -62,6 +78,8 @@ class SenderReport:
     tier_since_unix_ms: int = 0
     account_violations: int = 0
     last_account_event: str = ""
+    #: Business-initiated sends held until then after Meta's 131048 (0: not held).
+    spam_held_until_unix_ms: int = 0
 
 
 def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
@@ -93,14 +111,26 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         predicted = (
             scope.due_at if p.upgrade_mode == "apply" else scope.crossed_at + p.predict_within_ms
         )
-    upgrade = UpgradeReport(
-        eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
-        progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
-        predicted_at_unix_ms=predicted,
-        next_tier=nxt_tier or "",
-    )
+    if scope.on_path and nxt_tier is not None:
+        path, progress, ready = scaling_path(st, scope, now)
+        upgrade = UpgradeReport(ready, progress, 0, nxt_tier, path)
+    else:
+        upgrade = UpgradeReport(
+            eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
+            progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
+            predicted_at_unix_ms=predicted,
+            next_tier=nxt_tier or "",
+            path=PATH_AUTOMATIC if nxt_tier is not None else "",
+        )
     paused = [
-        PausedTemplateReport(t.id, t.name, t.paused_until if not t.disabled else 0, t.disabled)
+        PausedTemplateReport(
+            t.id,
+            t.name,
+            0 if t.disabled or t.held else t.paused_until,
+            t.disabled,
+            t.pause_reason,
+            t.held and not t.disabled,
+        )
         for t in st.templates.values()
         if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
     ]
@@ -134,4 +164,5 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         tier_since_unix_ms=scope.tier_since,
         account_violations=s.violations,
         last_account_event=s.account_event,
+        spam_held_until_unix_ms=s.spam_held_until if s.spam_held_until > now else 0,
     )

@@ -35,6 +35,8 @@ class LimitScope:
         "index",
         "key",
         "last_now",
+        "on_path",
+        "reach",
         "senders",
         "tier",
         "tier_since",
@@ -49,6 +51,10 @@ class LimitScope:
         self.due_at = NEVER  # apply mode: when the next tier takes effect
         self.last_now = NEVER  # latest time seen: policy time never goes backwards
         self.senders: list[Sender] = []
+        # Meta's scaling paths (profile ``upgrade.scaling_path``): while the scope is
+        # in their tier, each recipient counted within the path's window, and when.
+        self.on_path = False  # derived: the scope is in the profile's path tier
+        self.reach: dict[int, int] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,8 +96,10 @@ class Sender:
         "quality",
         "red_since",
         "registered_at",
+        "restricted_retry_at",
         "restricted_until",
         "scope",
+        "spam_held_until",
         "status",
         "throughput_upgraded",
         "verified",
@@ -113,6 +121,7 @@ class Sender:
         self.status = int(SenderStatus.CONNECTED)
         self.red_since = NEVER
         self.restricted_until = 0  # 0: no known expiry
+        self.spam_held_until = 0  # 0: not held; else Meta's 131048 hold ends then
         self.mps_override = 0  # 0: from the profile
         self.throughput_upgraded = False
         self.coexistence = False
@@ -125,6 +134,8 @@ class Sender:
         self.flags = [0] * 5
         self.limits = [0] * 5
         self.limits_until = NEVER  # when the warm-up cap next changes
+        # when a refused business-initiated send may be retried (0: not known)
+        self.restricted_retry_at = 0
         # idempotency key → its first answer, an admit, and what the key is bound to
         self.idem: dict[str, Entry] = {}
 
@@ -141,6 +152,7 @@ class Sender:
             "status": self.status,
             "red_since": self.red_since,
             "restricted_until": self.restricted_until,
+            "spam_held_until": self.spam_held_until,
             "mps_override": self.mps_override,
             "throughput_upgraded": self.throughput_upgraded,
             "coexistence": self.coexistence,
@@ -161,6 +173,7 @@ class Sender:
         self.status = int(d["status"])
         self.red_since = int(d["red_since"])
         self.restricted_until = int(d["restricted_until"])
+        self.spam_held_until = int(d.get("spam_held_until", 0))
         self.mps_override = int(d["mps_override"])
         self.throughput_upgraded = bool(d["throughput_upgraded"])
         self.coexistence = bool(d["coexistence"])
@@ -178,6 +191,9 @@ class Template:
     ``pause_start`` and ``pause_end`` identify the last pause counted (Meta's
     time of the PAUSED event, and its end); unlike ``paused_until`` they stay
     after an unpause, so a redelivered PAUSED is recognised as that same pause.
+    A pause with no known end (held until Meta lifts it) has ``paused_until``
+    :data:`HELD`; ``pause_reason`` says why the template is paused (Meta's pause
+    title, ``PAUSED`` without one, ``FAILED 132015`` …).
     """
 
     __slots__ = (
@@ -185,6 +201,7 @@ class Template:
         "name",
         "pause_count",
         "pause_end",
+        "pause_reason",
         "pause_start",
         "paused_until",
         "quality",
@@ -201,11 +218,17 @@ class Template:
         self.paused_until = 0  # 0: not paused
         self.pause_start = 0  # the last counted pause: when it began (0: none yet)
         self.pause_end = 0  # … and when it ends (kept after an unpause)
+        self.pause_reason = ""
         self.quality = ""
 
     @property
     def disabled(self) -> bool:
         return self.status in (TemplateStatus.DISABLED, TemplateStatus.REJECTED)
+
+    @property
+    def held(self) -> bool:
+        """Paused with no known end: until Meta's UNPAUSED or APPROVED."""
+        return self.paused_until >= HELD
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +240,7 @@ class Template:
             "paused_until": self.paused_until,
             "pause_start": self.pause_start,
             "pause_end": self.pause_end,
+            "pause_reason": self.pause_reason,
             "quality": self.quality,
         }
 
@@ -228,12 +252,16 @@ class Template:
         t.paused_until = int(d["paused_until"])
         t.pause_start = int(d.get("pause_start", 0))
         t.pause_end = int(d.get("pause_end", t.paused_until))
+        t.pause_reason = str(d.get("pause_reason", ""))
         t.quality = str(d["quality"])
         return t
 
 
 #: A time later than any: nothing is due.
 FAR_FUTURE = 1 << 62
+#: The end of a pause no time is known for (a template held until Meta lifts it):
+#: step 3 answers RETRY_LATER with this as ``retry_at_unix_ms``.
+HELD = FAR_FUTURE
 
 
 @dataclass(slots=True, eq=False)

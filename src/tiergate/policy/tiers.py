@@ -68,6 +68,52 @@ def catch_up(st: PolicyState, now: int) -> None:
         maintain(st, now)
 
 
+#: Which of Meta's scaling paths out of the profile's ``path_tier`` applies.
+PATH_VERIFICATION = "BUSINESS_VERIFICATION"
+PATH_VOLUME = "MESSAGING_VOLUME"
+#: Above the path tier (or without paths): the profile's threshold rule.
+PATH_AUTOMATIC = "AUTOMATIC_SCALING"
+
+
+def note_reach(st: PolicyState, scope: LimitScope, rkey: int, at: int) -> None:
+    """A recipient counted at ``at`` in a scope on Meta's scaling paths."""
+    reach = scope.reach
+    reach[rkey] = at
+    if len(reach) > 4 * st.profile.path_users:
+        prune_reach(st, scope, at)
+
+
+def prune_reach(st: PolicyState, scope: LimitScope, now: int) -> None:
+    """Forget the recipients counted before the scaling path's window."""
+    oldest = now - st.profile.path_window_ms
+    scope.reach = {rkey: at for rkey, at in scope.reach.items() if at > oldest}
+
+
+def scaling_path(st: PolicyState, scope: LimitScope, now: int) -> tuple[str, float, bool]:
+    """The scaling path out of the profile's path tier that applies to ``scope``:
+    (path, progress 0..1, whether it is complete and Meta's review may pass it).
+
+    A verified business (any of its numbers' ``verified``) has completed the
+    verification path; else the unique recipients counted within the path's
+    window are the progress of the volume path. Either way Meta then reviews
+    quality: the numbers' quality and status must allow an upgrade, and no
+    template of the scope's WABAs may be rated one of the profile's low qualities.
+    """
+    p = st.profile
+    wabas = {s.waba_id for s in scope.senders}
+    templates_ok = not any(
+        t.quality.upper() in p.path_low_qualities
+        for t in st.templates.values()
+        if not t.waba_id or t.waba_id in wabas
+    )
+    review_ok = templates_ok and eligible(st, scope)
+    if any(s.verified for s in scope.senders):
+        return PATH_VERIFICATION, 1.0, review_ok
+    oldest = now - p.path_window_ms
+    users = sum(1 for at in scope.reach.values() if at > oldest)
+    return PATH_VOLUME, min(1.0, users / p.path_users), review_ok and users >= p.path_users
+
+
 def threshold(st: PolicyState, scope: LimitScope) -> int:
     limit = st.profile.tier_limit(scope.tier)
     return math.ceil(round(st.profile.upgrade_threshold * limit, 6))
@@ -189,6 +235,9 @@ def maintain_once(st: PolicyState, now: int) -> None:
             s.status = int(ev.SenderStatus.CONNECTED)
             s.restricted_until = 0
             changed_senders[s.id] = s
+        if 0 < s.spam_held_until <= now:
+            s.spam_held_until = 0
+            changed_senders[s.id] = s
         if s.limits_until != NEVER and s.limits_until <= now:
             changed_senders[s.id] = s
     for s in changed_senders.values():
@@ -210,6 +259,8 @@ def recompute_due(st: PolicyState) -> None:
             due = min(due, s.red_since + p.red_days_to_downgrade * DAY_MS)
         if s.status == ev.SenderStatus.RESTRICTED and s.restricted_until > 0:
             due = min(due, s.restricted_until)
+        if s.spam_held_until:
+            due = min(due, s.spam_held_until)
         if s.limits_until != NEVER:
             due = min(due, s.limits_until)
     st.next_due = due
@@ -250,14 +301,27 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
                 break
     s.limits = category_limits(p, base)
     common = 0
-    if s.status == ev.SenderStatus.RESTRICTED:
+    restricted = s.status == ev.SenderStatus.RESTRICTED
+    if restricted or s.spam_held_until:
+        # Business-initiated (counting) sends refused: Meta's restriction, or the
+        # hold after its 131048; retried at the end when every one has an end.
         common |= F_RESTRICTED
+        if restricted and not s.restricted_until:
+            s.restricted_retry_at = 0
+        else:
+            s.restricted_retry_at = max(s.restricted_until if restricted else 0, s.spam_held_until)
+    else:
+        s.restricted_retry_at = 0
     if p.free_entry_point_allows_free_form:
         common |= F_FEP_FREE_FORM
     marketing = common | F_MARKETING
     if p.block_marketing_on_red and s.quality == ev.Quality.RED:
         marketing |= F_QUALITY_BLOCK
     s.flags = [common, marketing, common, common, common]
+    scope = s.scope
+    scope.on_path = scope.tier == p.path_tier
+    if not scope.on_path and scope.reach:
+        scope.reach.clear()
 
 
 def refresh(st: PolicyState, s: Sender, now: int) -> None:

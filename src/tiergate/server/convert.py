@@ -144,6 +144,7 @@ def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
             meta_error_code=s.meta_error_code,
             at_unix_ms=s.at_unix_ms,
             message_id=s.message_id,
+            template_id=s.template_id,
         )
     if which == "opt_out":
         o = request.opt_out
@@ -169,6 +170,7 @@ def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
             paused_until_unix_ms=t.paused_until_unix_ms,
             at_unix_ms=t.at_unix_ms,
             waba_id=t.waba_id,
+            pause_reason=t.pause_reason,
         )
     raise InvalidArgument("event", f"event: set one of {', '.join(FEEDBACK_EVENTS)}")
 
@@ -223,6 +225,7 @@ def sender_state(report: SenderReport) -> pb.SenderState:
             progress=up.progress,
             predicted_at_unix_ms=up.predicted_at_unix_ms,
             next_tier=up.next_tier,
+            path=up.path,
         ),
         quality=pb.Quality.ValueType(report.quality),
         status=pb.SenderStatus.ValueType(report.status),
@@ -234,6 +237,8 @@ def sender_state(report: SenderReport) -> pb.SenderState:
                 template_name=t.template_name,
                 paused_until_unix_ms=t.paused_until_unix_ms,
                 disabled=t.disabled,
+                reason=t.reason,
+                until_lifted=t.until_lifted,
             )
             for t in report.paused_templates
         ],
@@ -245,4 +250,5 @@ def sender_state(report: SenderReport) -> pb.SenderState:
         display_phone_number=report.display_phone_number,
         effective_limit=report.effective_limit,
         at_unix_ms=report.at_unix_ms,
+        spam_held_until_unix_ms=report.spam_held_until_unix_ms,
     )

@@ -542,6 +542,7 @@ class SendResult(_message.Message):
     META_ERROR_CODE_FIELD_NUMBER: _builtins.int
     AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     ticket: _builtins.str
     sender_id: _builtins.str
     recipient: _builtins.str
@@ -550,6 +551,8 @@ class SendResult(_message.Message):
     meta_error_code: _builtins.int
     at_unix_ms: _builtins.int
     message_id: _builtins.str
+    template_id: _builtins.str
+    """the template sent: a FAILED 132015 / 132016 holds it"""
     def __init__(
         self,
         *,
@@ -561,10 +564,11 @@ class SendResult(_message.Message):
         meta_error_code: _builtins.int = ...,
         at_unix_ms: _builtins.int = ...,
         message_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "meta_error_code", b"meta_error_code", "recipient", b"recipient", "sender_id", b"sender_id", "status", b"status", "ticket", b"ticket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "meta_error_code", b"meta_error_code", "recipient", b"recipient", "sender_id", b"sender_id", "status", b"status", "template_id", b"template_id", "ticket", b"ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -712,12 +716,15 @@ class TemplateUpdate(_message.Message):
     PAUSED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     WABA_ID_FIELD_NUMBER: _builtins.int
+    PAUSE_REASON_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
     template_name: _builtins.str
     status: Global___TemplateStatus.ValueType
     paused_until_unix_ms: _builtins.int
     at_unix_ms: _builtins.int
     waba_id: _builtins.str
+    pause_reason: _builtins.str
+    """Meta's pause title (other_info.title), e.g. FIRST_PAUSE"""
     def __init__(
         self,
         *,
@@ -727,10 +734,11 @@ class TemplateUpdate(_message.Message):
         paused_until_unix_ms: _builtins.int = ...,
         at_unix_ms: _builtins.int = ...,
         waba_id: _builtins.str = ...,
+        pause_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "paused_until_unix_ms", b"paused_until_unix_ms", "status", b"status", "template_id", b"template_id", "template_name", b"template_name", "waba_id", b"waba_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "pause_reason", b"pause_reason", "paused_until_unix_ms", b"paused_until_unix_ms", "status", b"status", "template_id", b"template_id", "template_name", b"template_name", "waba_id", b"waba_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -902,11 +910,17 @@ class UpgradeState(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     PREDICTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     NEXT_TIER_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
     eligible: _builtins.bool
     progress: _builtins.float
     """0..1 towards the upgrade threshold"""
     predicted_at_unix_ms: _builtins.int
     next_tier: _builtins.str
+    path: _builtins.str
+    """How next_tier is reached: BUSINESS_VERIFICATION or MESSAGING_VOLUME (Meta's
+    scaling paths, then Meta's quality review: predicted_at_unix_ms is 0), or
+    AUTOMATIC_SCALING (the profile's threshold rule); "" at the top tier.
+    """
     def __init__(
         self,
         *,
@@ -914,10 +928,11 @@ class UpgradeState(_message.Message):
         progress: _builtins.float = ...,
         predicted_at_unix_ms: _builtins.int = ...,
         next_tier: _builtins.str = ...,
+        path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "next_tier", b"next_tier", "predicted_at_unix_ms", b"predicted_at_unix_ms", "progress", b"progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "next_tier", b"next_tier", "path", b"path", "predicted_at_unix_ms", b"predicted_at_unix_ms", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -931,10 +946,19 @@ class PausedTemplate(_message.Message):
     TEMPLATE_NAME_FIELD_NUMBER: _builtins.int
     PAUSED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UNTIL_LIFTED_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
     template_name: _builtins.str
     paused_until_unix_ms: _builtins.int
+    """0 when disabled or held until lifted"""
     disabled: _builtins.bool
+    reason: _builtins.str
+    """Why: Meta's pause title (FIRST_PAUSE, SECOND_PAUSE), PAUSED (no title),
+    "FAILED 132015" / "FAILED 132016" (a send failed so), DISABLED or REJECTED.
+    """
+    until_lifted: _builtins.bool
+    """held until Meta's UNPAUSED or APPROVED (no end known)"""
     def __init__(
         self,
         *,
@@ -942,10 +966,12 @@ class PausedTemplate(_message.Message):
         template_name: _builtins.str = ...,
         paused_until_unix_ms: _builtins.int = ...,
         disabled: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        until_lifted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "paused_until_unix_ms", b"paused_until_unix_ms", "template_id", b"template_id", "template_name", b"template_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "paused_until_unix_ms", b"paused_until_unix_ms", "reason", b"reason", "template_id", b"template_id", "template_name", b"template_name", "until_lifted", b"until_lifted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -996,6 +1022,7 @@ class SenderState(_message.Message):
     DISPLAY_PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     EFFECTIVE_LIMIT_FIELD_NUMBER: _builtins.int
     AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SPAM_HELD_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
     portfolio_id: _builtins.str
     profile: _builtins.str
@@ -1013,6 +1040,10 @@ class SenderState(_message.Message):
     effective_limit: _builtins.int
     """after warm-up, headroom and reservations"""
     at_unix_ms: _builtins.int
+    spam_held_until_unix_ms: _builtins.int
+    """After a FAILED 131048 (spam rate limit), the number's business-initiated
+    sends are held until then (SENDER_RESTRICTED); 0: not held.
+    """
     @_builtins.property
     def upgrade(self) -> Global___UpgradeState: ...
     @_builtins.property
@@ -1041,10 +1072,11 @@ class SenderState(_message.Message):
         display_phone_number: _builtins.str = ...,
         effective_limit: _builtins.int = ...,
         at_unix_ms: _builtins.int = ...,
+        spam_held_until_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["upgrade", b"upgrade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "sender_id", b"sender_id", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "sender_id", b"sender_id", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

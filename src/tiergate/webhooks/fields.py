@@ -54,6 +54,7 @@ from tiergate.policy.events import (
 )
 
 from .reading import (
+    WebhookError,
     as_int,
     as_list,
     as_object,
@@ -127,6 +128,9 @@ _LIMIT_NAMES: Final[Mapping[int, str]] = {
     100000: "TIER_100K",
     -1: "TIER_UNLIMITED",
 }
+# Limit words other than tier names: Meta's change log names the limit
+# "UNLIMITED"; TIER_NOT_SET says no limit is set yet.
+_LIMIT_WORDS: Final[Mapping[str, str]] = {"UNLIMITED": "TIER_UNLIMITED", "TIER_NOT_SET": ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,16 @@ class Collector:
     def ignore(self, fld: str, path: str, reason: str) -> None:
         self.ignored.append(IgnoredPart(fld, path, reason))
 
+    def mark(self) -> tuple[int, int]:
+        """Where a part's output starts, so an unreadable part can be taken back."""
+        return len(self.events), len(self.ignored)
+
+    def unreadable(self, fld: str, path: str, mark: tuple[int, int], exc: WebhookError) -> None:
+        """Drop what the part at ``path`` yielded since ``mark``; report it ignored."""
+        del self.events[mark[0] :]
+        del self.ignored[mark[1] :]
+        self.ignore(fld, path, f"unknown or incomplete shape, not applied: {exc}")
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -196,19 +210,41 @@ def _messages(out: Collector, value: dict[str, object], ch: Change) -> None:
     sender = ""
     if messages is not None or statuses is not None:
         sender = _phone_number_id(value, ch.path)
-    if errors is not None:
-        for k, raw in enumerate(as_list(errors, f"{ch.path}.errors")):
-            epath = f"{ch.path}.errors[{k}]"
-            code, title = _error(raw, epath)
-            out.ignore(ch.field, epath, f"Meta reported error {code} ({title}) for the number")
     if messages is None and statuses is None and errors is None:
         out.ignore(ch.field, ch.path, "no messages, statuses or errors in the change")
+    if errors is not None:
+        for epath, raw in _items(out, ch, errors, "errors"):
+            mark = out.mark()
+            try:
+                code, title = _error(raw, epath)
+            except WebhookError as exc:
+                out.unreadable(ch.field, epath, mark, exc)
+                continue
+            out.ignore(ch.field, epath, f"Meta reported error {code} ({title}) for the number")
     if messages is not None:
-        for k, raw in enumerate(as_list(messages, f"{ch.path}.messages")):
-            _message(out, raw, f"{ch.path}.messages[{k}]", sender, ch)
+        for mpath, raw in _items(out, ch, messages, "messages"):
+            mark = out.mark()
+            try:
+                _message(out, raw, mpath, sender, ch)
+            except WebhookError as exc:
+                out.unreadable(ch.field, mpath, mark, exc)
     if statuses is not None:
-        for k, raw in enumerate(as_list(statuses, f"{ch.path}.statuses")):
-            _status(out, raw, f"{ch.path}.statuses[{k}]", sender, ch)
+        for spath, raw in _items(out, ch, statuses, "statuses"):
+            mark = out.mark()
+            try:
+                _status(out, raw, spath, sender, ch)
+            except WebhookError as exc:
+                out.unreadable(ch.field, spath, mark, exc)
+
+
+def _items(out: Collector, ch: Change, raw: object, key: str) -> list[tuple[str, object]]:
+    """The items of a list field of ``ch``'s value with their paths; a value that
+    is not a list is reported unreadable and yields none."""
+    path = f"{ch.path}.{key}"
+    if not isinstance(raw, list):
+        out.unreadable(ch.field, path, out.mark(), WebhookError(path, "must be a list"))
+        return []
+    return [(f"{path}[{k}]", item) for k, item in enumerate(raw)]
 
 
 def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) -> None:
@@ -417,6 +453,7 @@ def _template_status(out: Collector, value: dict[str, object], ch: Change) -> No
         paused_until_unix_ms=paused_until,
         at_unix_ms=ch.at_ms,
         waba_id=ch.waba_id,
+        pause_reason=title if status is TemplateStatus.PAUSED else "",
     )
     out.event(ch.field, ch.path, ch.key, update)
 
@@ -442,33 +479,37 @@ def _template_quality(out: Collector, value: dict[str, object], ch: Change) -> N
 
 def _preferences(out: Collector, value: dict[str, object], ch: Change) -> None:
     sender = _phone_number_id(value, ch.path)
-    prefs = as_list(required(value, "user_preferences", ch.path), f"{ch.path}.user_preferences")
-    for k, raw in enumerate(prefs):
-        path = f"{ch.path}.user_preferences[{k}]"
-        pref = as_object(raw, path)
-        user = nonempty(required(pref, "wa_id", path), f"{path}.wa_id")
-        category = as_str(required(pref, "category", path), f"{path}.category")
-        choice = as_str(required(pref, "value", path), f"{path}.value")
-        raw_ts = pref.get("timestamp")
-        at_ms = ch.at_ms if raw_ts is None else unix_seconds(raw_ts, f"{path}.timestamp")
-        if category != "marketing_messages":
-            out.ignore(ch.field, path, f"preference category {category!r} is not marketing")
-            continue
-        if choice not in ("stop", "resume"):
-            out.ignore(
-                ch.field,
-                path,
-                f"marketing preference {choice!r} is neither stop nor resume: "
-                "opt-out state unchanged",
-            )
-            continue
-        if not is_phone(user):
-            out.ignore(ch.field, path, f"wa_id {user!r} is not a phone number")
-            continue
-        event = OptOut(
-            recipient=user, sender_id=sender, at_unix_ms=at_ms, opted_out=choice == "stop"
+    required(value, "user_preferences", ch.path)
+    for path, raw in _items(out, ch, value["user_preferences"], "user_preferences"):
+        mark = out.mark()
+        try:
+            _preference(out, raw, path, sender, ch)
+        except WebhookError as exc:
+            out.unreadable(ch.field, path, mark, exc)
+
+
+def _preference(out: Collector, raw: object, path: str, sender: str, ch: Change) -> None:
+    pref = as_object(raw, path)
+    user = nonempty(required(pref, "wa_id", path), f"{path}.wa_id")
+    category = as_str(required(pref, "category", path), f"{path}.category")
+    choice = as_str(required(pref, "value", path), f"{path}.value")
+    raw_ts = pref.get("timestamp")
+    at_ms = ch.at_ms if raw_ts is None else unix_seconds(raw_ts, f"{path}.timestamp")
+    if category != "marketing_messages":
+        out.ignore(ch.field, path, f"preference category {category!r} is not marketing")
+        return
+    if choice not in ("stop", "resume"):
+        out.ignore(
+            ch.field,
+            path,
+            f"marketing preference {choice!r} is neither stop nor resume: opt-out state unchanged",
         )
-        out.event(ch.field, path, f"preference:{sender}:{user}:{choice}:{at_ms}", event)
+        return
+    if not is_phone(user):
+        out.ignore(ch.field, path, f"wa_id {user!r} is not a phone number")
+        return
+    event = OptOut(recipient=user, sender_id=sender, at_unix_ms=at_ms, opted_out=choice == "stop")
+    out.event(ch.field, path, f"preference:{sender}:{user}:{choice}:{at_ms}", event)
 
 
 Handler = Callable[[Collector, dict[str, object], Change], None]
@@ -487,13 +528,21 @@ FIELDS: Final = frozenset(HANDLERS)
 
 
 def _limit(obj: dict[str, object], key: str, path: str) -> str:
-    """A messaging limit: Meta's tier name, or a number turned into one."""
+    """A messaging limit in Meta's tier name ("" when the change names none).
+
+    Every form Meta documents: a tier name (``TIER_2K``), the bare
+    ``UNLIMITED``, an integer or a string of digits (``2000``; ``-1`` is
+    unlimited). ``TIER_NOT_SET`` (a number that has not sent yet) names no
+    limit. Other text is passed on as sent; the policy layer declines a tier
+    its profile does not know, with a reason.
+    """
     value = obj.get(key)
     if value is None:
         return ""
     if isinstance(value, int) and not isinstance(value, bool):
         return _LIMIT_NAMES.get(value, str(value))
-    text = as_str(value, f"{path}.{key}")
+    text = as_str(value, f"{path}.{key}").strip()
     if text.lstrip("-").isdigit() and text.isascii() and len(text) < 20:
         return _LIMIT_NAMES.get(int(text), text)
-    return text
+    name = text.upper()
+    return _LIMIT_WORDS.get(name, name if name.startswith("TIER_") else text)

@@ -1,11 +1,12 @@
 """Apply Meta webhooks to the admission service: verify, parse, de-duplicate, apply.
 
 Order matters: the signature is checked first (when an app secret is
-configured), then the *whole* body is parsed; only a body that parsed
-completely has any of its events applied, so a malformed or forged body
-changes nothing. Each event goes to ``service.apply``; an event the service
-declines (unknown sender, unmatched send …) is reported as ignored with the
-service's own explanation.
+configured), then the whole body is parsed before any event applies, so a
+forged body, or one that is not a webhook at all, changes nothing; a part of
+unknown shape inside a webhook is left out with its reason and the rest
+applies (see :mod:`tiergate.webhooks.parse`). Each event goes to
+``service.apply``; an event the service declines (unknown sender, unmatched
+send …) is reported as ignored with the service's own explanation.
 
 Meta delivers at least once and redelivers what it thinks failed, so the same
 message, status or change can arrive many times. Every parsed event has a
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from tiergate.policy.events import Event
+from tiergate.policy.feedback import PAUSE_TITLES
 
 from .parse import DEFAULT_MAX_BYTES, ParsedEvent, ParsedWebhook, WebhookError, parse
 from .signature import SignatureError, verify
@@ -279,10 +281,9 @@ class WebhookIngestor:
         durations = getattr(profile, "pause_ms", ())
         if not isinstance(durations, tuple):
             return {}
-        titles = ("FIRST_PAUSE", "SECOND_PAUSE")
         return {
             title: ms
-            for title, ms in zip(titles, durations, strict=False)
+            for title, ms in zip(PAUSE_TITLES, durations, strict=False)
             if isinstance(ms, int) and ms > 0
         }
 

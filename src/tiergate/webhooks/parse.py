@@ -3,11 +3,17 @@
 :func:`parse` reads one whole POST body (object ``whatsapp_business_account``,
 any number of entries, each with any number of changes) and returns every
 policy event it carries plus every part it leaves alone, each with a reason.
-It is all-or-nothing: a body with a wrong shape or type anywhere tiergate
-reads raises :class:`WebhookError` naming the path, and the caller applies
-nothing from it. Parts tiergate has no use for (other webhook fields, echoes,
-message types that open no window, statuses it does not track) are not
-errors; they are reported as ignored.
+A body is refused (:class:`WebhookError` naming the path, nothing applied)
+only when it is not a webhook at all: not UTF-8 JSON, nested deeper than
+``max_depth``, over ``max_bytes``, not an object naming its ``object``, or
+without an ``entry`` list. Inside it, every part stands alone: an entry, a
+change, a message, a status or a preference of unknown or incomplete shape
+(a missing field, a wrong type) is left out with the reader's reason,
+naming the path, and everything else in the body applies — Meta has
+published bodies with a mislabeled field, and one odd part must not cost
+the good ones. Parts tiergate has no use for (other webhook fields, echoes,
+message types that open no window, statuses it does not track) are reported
+as ignored too.
 
 The reading of each webhook field, and what it becomes, is in
 :mod:`tiergate.webhooks.fields`.
@@ -54,12 +60,13 @@ def parse(
     max_depth: int = DEFAULT_MAX_DEPTH,
     pause_ms: Mapping[str, int] | None = None,
 ) -> ParsedWebhook:
-    """Read a whole webhook body; raise :class:`WebhookError` if any part is malformed.
+    """Read a webhook body; raise :class:`WebhookError` only if it is not a webhook.
 
     ``pause_ms`` maps a template pause title (``FIRST_PAUSE``, ``SECOND_PAUSE``)
     to its duration so a PAUSED event carries its unpause time; without it (or
-    for titles it does not name) ``paused_until_unix_ms`` is 0 and the policy
-    layer uses its profile's pause duration.
+    for titles it does not name) ``paused_until_unix_ms`` is 0. A PAUSED event
+    carries its title as ``pause_reason`` either way, and the policy layer
+    decides a pause without a known end (``templates.untitled_pause``).
     """
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise WebhookError("body", f"must be bytes, got {type(body).__name__}")
@@ -95,22 +102,38 @@ def parse(
 
 
 def _entry(out: Collector, raw: object, path: str) -> None:
-    entry = as_object(raw, path)
-    waba_id = ident(required(entry, "id", path), f"{path}.id")
-    raw_time = entry.get("time")
-    at_ms = 0 if raw_time is None else unix_seconds(raw_time, f"{path}.time")
-    for j, raw_change in enumerate(as_list(required(entry, "changes", path), f"{path}.changes")):
-        cpath = f"{path}.changes[{j}]"
-        change = as_object(raw_change, cpath)
+    mark = out.mark()
+    try:
+        entry = as_object(raw, path)
+        waba_id = ident(required(entry, "id", path), f"{path}.id")
+        raw_time = entry.get("time")
+        at_ms = 0 if raw_time is None else unix_seconds(raw_time, f"{path}.time")
+        changes = as_list(required(entry, "changes", path), f"{path}.changes")
+    except WebhookError as exc:
+        out.unreadable("entry", path, mark, exc)
+        return
+    for j, raw_change in enumerate(changes):
+        _change(out, raw_change, f"{path}.changes[{j}]", waba_id, at_ms, raw_time)
+
+
+def _change(
+    out: Collector, raw: object, cpath: str, waba_id: str, at_ms: int, raw_time: object
+) -> None:
+    mark = out.mark()
+    fld = "change"
+    try:
+        change = as_object(raw, cpath)
         fld = as_str(required(change, "field", cpath), f"{cpath}.field")
         handler = HANDLERS.get(fld)
         if handler is None:
             reason = _OTHER_FIELDS.get(fld, f"webhook field {fld!r} carries nothing tiergate uses")
             out.ignore(fld, cpath, reason)
-            continue
+            return
         vpath = f"{cpath}.value"
         value = as_object(required(change, "value", cpath), vpath)
         handler(out, value, Change(fld, vpath, waba_id, at_ms, raw_time, value))
+    except WebhookError as exc:
+        out.unreadable(fld, cpath, mark, exc)
 
 
 _OTHER_FIELDS: Final[Mapping[str, str]] = {
