@@ -8,6 +8,7 @@ or a missing required part raises :class:`InvalidArgument` naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ from tiergate.engine.constants import recipient_key
 from tiergate.policy import events as ev
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.columnar import ColumnsResult
-from tiergate.policy.reports import SenderReport
+from tiergate.policy.reports import PausedTemplateReport, SenderReport, UpgradeReport
 from tiergate.policy.requests import InvalidArgument
 from tiergate.v1 import admission_pb2 as pb
 
@@ -103,47 +104,33 @@ TEXT_LIMITS = {
 }
 
 
-# Fields that go across as they are, the same name on both sides.
-_SEND_RESULT_COPIED = (
-    "ticket",
-    "sender_id",
-    "recipient",
-    "idempotency_key",
-    "meta_error_code",
-    "at_unix_ms",
-    "message_id",
+def _same_names(message: type[Message], record: type, *special: str) -> tuple[str, ...]:
+    """The fields ``message`` and the dataclass ``record`` both have, but ``special``:
+    the ones that go across as they are."""
+    ours = {f.name for f in dataclasses.fields(record)}
+    return tuple(
+        f.name for f in message.DESCRIPTOR.fields if f.name in ours and f.name not in special
+    )
+
+
+_SEND_RESULT_COPIED = _same_names(pb.SendResult, ev.SendResult, "status")
+_OPT_OUT_COPIED = _same_names(pb.OptOut, ev.OptOut, "recipient")
+_TEMPLATE_UPDATE_COPIED = _same_names(pb.TemplateUpdate, ev.TemplateUpdate, "template_id", "status")
+# A SenderUpdate's optional fields (None: unchanged).
+_SENDER_UPDATE_OPTIONAL = _same_names(
+    pb.SenderUpdate, ev.SenderUpdate, "sender_id", "quality", "status", "at_unix_ms"
 )
-_OPT_OUT_COPIED = ("portfolio_id", "sender_id", "at_unix_ms", "opted_out")
-_TEMPLATE_UPDATE_COPIED = ("template_name", "paused_until_unix_ms", "at_unix_ms", "waba_id")
-_SENDER_UPDATE_OPTIONAL = (
-    "portfolio_id",
-    "waba_id",
-    "display_phone_number",
-    "verified",
-    "tier",
-    "throughput_mps",
-    "coexistence",
-    "registered_at_unix_ms",
-    "restricted_until_unix_ms",
+_SENDER_STATE_COPIED = _same_names(
+    pb.SenderState,
+    SenderReport,
+    "upgrade",
+    "quality",
+    "status",
+    "paused_templates",
+    "decision_counts",
 )
-_SENDER_STATE_COPIED = (
-    "sender_id",
-    "portfolio_id",
-    "profile",
-    "tier",
-    "limit",
-    "used_24h",
-    "remaining",
-    "next_slot_free_at_unix_ms",
-    "unique_7d",
-    "throughput_mps",
-    "open_windows",
-    "display_phone_number",
-    "effective_limit",
-    "at_unix_ms",
-)
-_UPGRADE_COPIED = ("eligible", "progress", "predicted_at_unix_ms", "next_tier")
-_PAUSED_TEMPLATE_COPIED = ("template_id", "template_name", "paused_until_unix_ms", "disabled")
+_UPGRADE_COPIED = _same_names(pb.UpgradeState, UpgradeReport)
+_PAUSED_TEMPLATE_COPIED = _same_names(pb.PausedTemplate, PausedTemplateReport)
 
 
 def _check_fields(prefix: str, message: Message) -> None:
