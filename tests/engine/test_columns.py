@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import random
 from array import array
 from types import ModuleType
@@ -45,6 +46,25 @@ def _recipient(rng: random.Random) -> Any:
         digits = str(rng.randrange(10 ** rng.randrange(1, 16))).zfill(rng.randrange(1, 16))
         return ("+" if rng.random() < 0.2 else "") + digits[-15:]
     return rng.choice(["", "+", "12a4", "1" * 16, "+" + "9" * 15, "٣٣", "éé", "12 3", "+1+2", 5])
+
+
+def test_same_functions_and_constants() -> None:
+    """The stub re-exports the pure-Python declarations: stubtest does not check
+    re-exports, so the compiled kernels' names, arguments and constants are
+    compared here."""
+    for name in py.__all__:
+        if name in ("kernels", "early_answer", "refusal"):
+            continue
+        ours, theirs = getattr(py, name), getattr(compiled, name)
+        if not callable(ours):
+            assert theirs == ours, name
+            continue
+        params = inspect.signature(ours).parameters.values()
+        got = inspect.signature(theirs).parameters.values()
+        assert [(p.name, p.kind, p.default) for p in got] == [
+            (p.name, p.kind, p.default) for p in params
+        ], name
+    assert compiled.LAYOUT == py.LAYOUT
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -21,6 +22,12 @@ compiled = pytest.importorskip("tiergate._native.wire")
 wire_reader = pytest.mark.skipif(
     not columns_wire._COMPILED, reason="the compiled wire reader is not in use"
 )
+
+
+def test_wire_columns_take_the_reader_fields_in_order() -> None:
+    """``WireColumns.from_reader`` passes the reader's fields by position."""
+    names = tuple(f.name for f in dataclasses.fields(columns_wire.WireColumns))
+    assert compiled.ReadColumns._fields == (*names, "recipient_spans")
 
 
 def _text(rng: random.Random) -> str:

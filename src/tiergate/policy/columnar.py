@@ -182,16 +182,18 @@ class ColumnsResult:
         )
 
     def item(self, i: int) -> tuple[int, int, int, str, bool, int, int, int]:
-        """Item ``i`` as (decision, reason, retry_at, ticket, counted, limit, used, meta code)."""
+        """Item ``i`` as (decision, reason, retry_at, ticket, counted, limit, used, meta
+        code): its :meth:`result` but the detail."""
+        r = self.result(i, "", "")
         return (
-            self.decisions[i],
-            self.reasons[i],
-            self.retry_at_unix_ms[i],
-            self.tickets[i],
-            self.counted[i] == 1,
-            self.limit[i],
-            self.used[i],
-            self.meta_error_code[i],
+            r.decision,
+            r.reason,
+            r.retry_at_unix_ms,
+            r.ticket,
+            r.counted,
+            r.limit,
+            r.used,
+            r.meta_error_code,
         )
 
 

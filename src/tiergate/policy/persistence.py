@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 from tiergate.engine import records as rec
@@ -174,17 +173,17 @@ def replay_rows(st: PolicyState, record: bytes, rows: list[tuple[int, ...]], key
     bound_keys = record[1] >= rec.BINDING_VERSION
     binding = rec.BINDING
     end = len(record)
-    row = partial(replay_row, st)
-    for now, number, rkey, flags, tid, limit, klen in rows:
+    for row in rows:
+        klen = row[6]
         if not klen:
-            row(now, number, rkey, flags, tid, limit, "", 0, 0, None)
+            replay_row(st, row, "", 0, 0, None)
             continue
         if keys_at + klen > end:
             raise ValueError("admit journal record: key bytes do not match the rows")
         key = record[keys_at : keys_at + klen].decode()
         keys_at += klen
         if not bound_keys:  # before keys were bound: the recipient only
-            row(now, number, rkey, flags, tid, limit, key, 0, 0, None)
+            replay_row(st, row, key, 0, 0, None)
             continue
         if keys_at + binding.size > end:
             raise ValueError("admit journal record: key bytes do not match the rows")
@@ -192,25 +191,17 @@ def replay_rows(st: PolicyState, record: bytes, rows: list[tuple[int, ...]], key
         keys_at += binding.size
         tpl = record[keys_at : keys_at + tlen].decode()
         keys_at += tlen
-        row(now, number, rkey, flags, tid, limit, key, kind, cat, tpl)
+        replay_row(st, row, key, kind, cat, tpl)
     if keys_at != end:
         raise ValueError("admit journal record: key bytes do not match the rows")
 
 
 def replay_row(
-    st: PolicyState,
-    now: int,
-    number: int,
-    rkey: int,
-    flags: int,
-    tid: int,
-    limit: int,
-    key: str,
-    kind: int,
-    cat: int,
-    tpl: str | None,
+    st: PolicyState, row: tuple[int, ...], key: str, kind: int, cat: int, tpl: str | None
 ) -> None:
-    """One admit as it happened (forced: the answer was given; only state follows)."""
+    """One admit as it happened (forced: the answer was given; only state follows):
+    ``row`` as ``records.ROW`` holds it, then its key and what the key is bound to."""
+    now, number, rkey, flags, tid, limit, _ = row
     s = st.by_index[number]
     scope = s.scope
     if now > scope.last_now:

@@ -535,24 +535,28 @@ def seed(
     applied = []
     known = set(service.senders())
     for i, sender in enumerate(senders):
-        if sender.sender_id in known:
-            continue
-        try:
-            result = service.apply(sender, now_ms)
-        except InvalidArgument as e:
-            raise StartupError(f"senders[{i}]: {e}") from e
-        if not result.applied:
-            raise StartupError(f"senders[{i}]: {result.detail}")
-        applied.append(sender.sender_id)
+        if sender.sender_id not in known:
+            _seed_one(service, sender, f"senders[{i}]", now_ms)
+            applied.append(sender.sender_id)
     for i, template in enumerate(templates):
-        try:
-            result = service.apply(template, now_ms)
-        except InvalidArgument as e:
-            raise StartupError(f"templates[{i}]: {e}") from e
-        if not result.applied:
-            raise StartupError(f"templates[{i}]: {result.detail}")
+        _seed_one(service, template, f"templates[{i}]", now_ms)
         applied.append(template.template_id)
     return applied
+
+
+def _seed_one(
+    service: AdmissionService,
+    update: ev.SenderUpdate | ev.TemplateUpdate,
+    where: str,
+    now_ms: int,
+) -> None:
+    """Apply one config entry; :class:`StartupError` names ``where`` if it is refused."""
+    try:
+        result = service.apply(update, now_ms)
+    except InvalidArgument as e:
+        raise StartupError(f"{where}: {e}") from e
+    if not result.applied:
+        raise StartupError(f"{where}: {result.detail}")
 
 
 async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | None = None) -> int:

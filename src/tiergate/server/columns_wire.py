@@ -85,19 +85,9 @@ class WireColumns:
     @classmethod
     def from_reader(cls, read: ReadColumns, recipients: Sequence[str]) -> WireColumns:
         """The columns the compiled reader read (``decode_request``, ``decode_batch``)."""
-        return cls(
-            senders=read.senders,
-            sender_index=read.sender_index,
-            recipients=recipients,
-            kinds=read.kinds,
-            categories=read.categories,
-            templates=read.templates,
-            template_index=read.template_index,
-            idempotency_keys=read.idempotency_keys,
-            at_unix_ms=read.at_unix_ms,
-            dry_run=read.dry_run,
-            recipient_keys=read.recipient_keys,
-        )
+        # The reader's fields in the same order, ``recipients`` made, without
+        # ``recipient_spans`` (which a WireRecipients reads).
+        return cls(read.senders, read.sender_index, recipients, *read[3:11])
 
 
 def decode_request(data: bytes) -> WireColumns:

@@ -8,8 +8,9 @@ or a missing required part raises :class:`InvalidArgument` naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -17,7 +18,7 @@ from tiergate.engine.constants import recipient_key
 from tiergate.policy import events as ev
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.columnar import ColumnsResult
-from tiergate.policy.reports import SenderReport
+from tiergate.policy.reports import PausedTemplateReport, SenderReport, UpgradeReport
 from tiergate.policy.requests import InvalidArgument
 from tiergate.v1 import admission_pb2 as pb
 
@@ -71,6 +72,16 @@ def _required(field: str, value: str) -> str:
     return value
 
 
+def _copied(source: object, names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields ``names`` of ``source``, for a record whose fields have the same names."""
+    return {name: getattr(source, name) for name in names}
+
+
+def _if_set(message: Message, names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields ``names`` of ``message``, ``None`` for each one it does not set."""
+    return {name: getattr(message, name) if message.HasField(name) else None for name in names}
+
+
 FEEDBACK_EVENTS = ("inbound_message", "send_result", "opt_out", "sender_update", "template_update")
 
 # The last millisecond of 9999-12-31 UTC: no Meta time or request clock is later.
@@ -91,6 +102,35 @@ TEXT_LIMITS = {
     "tier": 32,
     "recipient": 16,
 }
+
+
+def _same_names(message: type[Message], record: type, *special: str) -> tuple[str, ...]:
+    """The fields ``message`` and the dataclass ``record`` both have, but ``special``:
+    the ones that go across as they are."""
+    ours = {f.name for f in dataclasses.fields(record)}
+    return tuple(
+        f.name for f in message.DESCRIPTOR.fields if f.name in ours and f.name not in special
+    )
+
+
+_SEND_RESULT_COPIED = _same_names(pb.SendResult, ev.SendResult, "status")
+_OPT_OUT_COPIED = _same_names(pb.OptOut, ev.OptOut, "recipient")
+_TEMPLATE_UPDATE_COPIED = _same_names(pb.TemplateUpdate, ev.TemplateUpdate, "template_id", "status")
+# A SenderUpdate's optional fields (None: unchanged).
+_SENDER_UPDATE_OPTIONAL = _same_names(
+    pb.SenderUpdate, ev.SenderUpdate, "sender_id", "quality", "status", "at_unix_ms"
+)
+_SENDER_STATE_COPIED = _same_names(
+    pb.SenderState,
+    SenderReport,
+    "upgrade",
+    "quality",
+    "status",
+    "paused_templates",
+    "decision_counts",
+)
+_UPGRADE_COPIED = _same_names(pb.UpgradeState, UpgradeReport)
+_PAUSED_TEMPLATE_COPIED = _same_names(pb.PausedTemplate, PausedTemplateReport)
 
 
 def _check_fields(prefix: str, message: Message) -> None:
@@ -137,14 +177,7 @@ def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
             )
         return ev.SendResult(
             status=_enum("send_result.status", s.status, ev.SendStatus, required=True),
-            ticket=s.ticket,
-            sender_id=s.sender_id,
-            recipient=s.recipient,
-            idempotency_key=s.idempotency_key,
-            meta_error_code=s.meta_error_code,
-            at_unix_ms=s.at_unix_ms,
-            message_id=s.message_id,
-            template_id=s.template_id,
+            **_copied(s, _SEND_RESULT_COPIED),
         )
     if which == "opt_out":
         o = request.opt_out
@@ -153,11 +186,7 @@ def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
                 "opt_out.portfolio_id", "opt_out.portfolio_id: one of portfolio_id or sender_id"
             )
         return ev.OptOut(
-            recipient=_required("opt_out.recipient", o.recipient),
-            portfolio_id=o.portfolio_id,
-            sender_id=o.sender_id,
-            at_unix_ms=o.at_unix_ms,
-            opted_out=o.opted_out,
+            recipient=_required("opt_out.recipient", o.recipient), **_copied(o, _OPT_OUT_COPIED)
         )
     if which == "sender_update":
         return sender_update(request.sender_update)
@@ -166,11 +195,7 @@ def feedback_event(request: pb.RecordFeedbackRequest) -> ev.Event:
         return ev.TemplateUpdate(
             template_id=_required("template_update.template_id", t.template_id),
             status=_enum("template_update.status", t.status, ev.TemplateStatus, required=True),
-            template_name=t.template_name,
-            paused_until_unix_ms=t.paused_until_unix_ms,
-            at_unix_ms=t.at_unix_ms,
-            waba_id=t.waba_id,
-            pause_reason=t.pause_reason,
+            **_copied(t, _TEMPLATE_UPDATE_COPIED),
         )
     raise InvalidArgument("event", f"event: set one of {', '.join(FEEDBACK_EVENTS)}")
 
@@ -179,13 +204,6 @@ def sender_update(u: pb.SenderUpdate) -> ev.SenderUpdate:
     f = "sender_update."
     return ev.SenderUpdate(
         sender_id=_required(f + "sender_id", u.sender_id),
-        portfolio_id=u.portfolio_id if u.HasField("portfolio_id") else None,
-        waba_id=u.waba_id if u.HasField("waba_id") else None,
-        display_phone_number=(
-            u.display_phone_number if u.HasField("display_phone_number") else None
-        ),
-        verified=u.verified if u.HasField("verified") else None,
-        tier=u.tier if u.HasField("tier") else None,
         quality=(
             _enum(f + "quality", u.quality, ev.Quality, required=True)
             if u.HasField("quality")
@@ -196,50 +214,18 @@ def sender_update(u: pb.SenderUpdate) -> ev.SenderUpdate:
             if u.HasField("status")
             else None
         ),
-        throughput_mps=u.throughput_mps if u.HasField("throughput_mps") else None,
-        coexistence=u.coexistence if u.HasField("coexistence") else None,
-        registered_at_unix_ms=(
-            u.registered_at_unix_ms if u.HasField("registered_at_unix_ms") else None
-        ),
-        restricted_until_unix_ms=(
-            u.restricted_until_unix_ms if u.HasField("restricted_until_unix_ms") else None
-        ),
         at_unix_ms=u.at_unix_ms,
+        **_if_set(u, _SENDER_UPDATE_OPTIONAL),
     )
 
 
 def sender_state(report: SenderReport) -> pb.SenderState:
-    up = report.upgrade
     return pb.SenderState(
-        sender_id=report.sender_id,
-        portfolio_id=report.portfolio_id,
-        profile=report.profile,
-        tier=report.tier,
-        limit=report.limit,
-        used_24h=report.used_24h,
-        remaining=report.remaining,
-        next_slot_free_at_unix_ms=report.next_slot_free_at_unix_ms,
-        unique_7d=report.unique_7d,
-        upgrade=pb.UpgradeState(
-            eligible=up.eligible,
-            progress=up.progress,
-            predicted_at_unix_ms=up.predicted_at_unix_ms,
-            next_tier=up.next_tier,
-            path=up.path,
-        ),
+        upgrade=pb.UpgradeState(**_copied(report.upgrade, _UPGRADE_COPIED)),
         quality=pb.Quality.ValueType(report.quality),
         status=pb.SenderStatus.ValueType(report.status),
-        throughput_mps=report.throughput_mps,
-        open_windows=report.open_windows,
         paused_templates=[
-            pb.PausedTemplate(
-                template_id=t.template_id,
-                template_name=t.template_name,
-                paused_until_unix_ms=t.paused_until_unix_ms,
-                disabled=t.disabled,
-                reason=t.reason,
-                until_lifted=t.until_lifted,
-            )
+            pb.PausedTemplate(**_copied(t, _PAUSED_TEMPLATE_COPIED))
             for t in report.paused_templates
         ],
         decision_counts=[
@@ -247,8 +233,5 @@ def sender_state(report: SenderReport) -> pb.SenderState:
             for reason, count in sorted(report.decision_counts.items())
             if count
         ],
-        display_phone_number=report.display_phone_number,
-        effective_limit=report.effective_limit,
-        at_unix_ms=report.at_unix_ms,
-        spam_held_until_unix_ms=report.spam_held_until_unix_ms,
+        **_copied(report, _SENDER_STATE_COPIED),
     )

@@ -42,15 +42,17 @@ def unary(
     name = request_type.DESCRIPTOR.name
     article = "an" if name[0] in "AEIOU" else "a"
 
-    async def handle(data: bytes, context: Context) -> bytes:
+    async def parse(data: bytes, context: Context) -> Req:
         try:
-            request = request_type.FromString(data)
+            return request_type.FromString(data)
         except DecodeError as e:
             metrics.invalid(rpc)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"request: not {article} {name} ({e})"
             )
-        reply = await method(request, context)
+
+    async def handle(data: bytes, context: Context) -> bytes:
+        reply = await method(await parse(data, context), context)
         return reply.SerializeToString()
 
     if guard is None:
@@ -60,13 +62,7 @@ def unary(
         # The token is checked before the bytes are read: a caller without
         # access learns nothing from how its request is parsed.
         granted, presented = await guard.require(context, level)
-        try:
-            request = request_type.FromString(data)
-        except DecodeError as e:
-            metrics.invalid(rpc)
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"request: not {article} {name} ({e})"
-            )
+        request = await parse(data, context)
         if level_of is not None and level_of(request) > granted:
             await deny(context, granted, presented)
         reply = await method(request, context)
