@@ -271,11 +271,9 @@ def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) ->
         )
         out.ignore(ch.field, path, reason)
         return
-    if not user:
-        out.ignore(ch.field, path, "message has no 'from' phone number (wa_id) for a window")
-        return
-    if not is_phone(user):
-        out.ignore(ch.field, path, f"'from' {user!r} is not a phone number (wa_id)")
+    why = _no_phone(user, "'from'", "message has no 'from' phone number (wa_id) for a window")
+    if why:
+        out.ignore(ch.field, path, why)
         return
     event = InboundMessage(
         sender_id=sender,
@@ -285,6 +283,15 @@ def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) ->
         message_id=message_id,
     )
     out.event(ch.field, path, f"message:{sender}:{message_id}", event)
+
+
+def _no_phone(value: str, name: str, missing: str) -> str:
+    """Why ``value`` (the field ``name``) names no phone number (wa_id); "" when it does."""
+    if not value:
+        return missing
+    if not is_phone(value):
+        return f"{name} {value!r} is not a phone number (wa_id)"
+    return ""
 
 
 def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> None:
@@ -298,11 +305,9 @@ def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> 
     if send_status is None:
         out.ignore(ch.field, path, f"message status {status!r} is not one tiergate tracks")
         return
-    if not recipient:
-        out.ignore(ch.field, path, "status has no recipient_id to match a send with")
-        return
-    if not is_phone(recipient):
-        out.ignore(ch.field, path, f"recipient_id {recipient!r} is not a phone number (wa_id)")
+    why = _no_phone(recipient, "recipient_id", "status has no recipient_id to match a send with")
+    if why:
+        out.ignore(ch.field, path, why)
         return
     event = SendResult(
         status=send_status,
