@@ -27,39 +27,68 @@ EXIT_CONFIG = 2  # bad config, or a setting the sidecar cannot start with (port,
 # --- serve / check-config ------------------------------------------------------
 
 
+#: ``tiergate serve``'s flags that take a value: (flag, metavar, help).
+_SETTINGS = (
+    ("--config", "FILE", "TOML config file (TIERGATE_CONFIG)"),
+    ("--listen", "HOST:PORT", f"gRPC address (default {cfg.DEFAULT_LISTEN})"),
+    ("--profile", "NAME|FILE", f"rules profile (default {cfg.DEFAULT_PROFILE})"),
+    ("--data-dir", "DIR", "durable state (journal + snapshots)"),
+    (
+        "--webhook-secret",
+        "SECRET",
+        "Meta app secret for signatures (visible to local users: prefer "
+        "--webhook-secret-file or TIERGATE_WEBHOOK_SECRET)",
+    ),
+    ("--webhook-listen", "HOST:PORT", "HTTP receiver for Meta webhooks"),
+    ("--webhook-verify-token", "TOKEN", "token for Meta's subscription check"),
+    ("--max-batch", "N", f"most requests per AdmitBatch call (default {cfg.DEFAULT_MAX_BATCH})"),
+    (
+        "--durability",
+        "MODE",
+        f"{' | '.join(cfg.DURABILITY_MODES)} (default {cfg.DEFAULT_DURABILITY})",
+    ),
+    (
+        "--shutdown-grace",
+        "SECONDS",
+        f"time in-flight calls get at shutdown (default {cfg.DEFAULT_SHUTDOWN_GRACE_S:g})",
+    ),
+    ("--metrics-listen", "HOST:PORT", "Prometheus /metrics endpoint"),
+    ("--log-level", "LEVEL", "debug | info | warning | error"),
+)
+#: The exposure flags that take a value (TLS, tokens, secrets, connection limits).
+_EXPOSURE = (
+    ("--tls-cert", "FILE", "PEM certificate (chain) for gRPC and HTTP"),
+    ("--tls-key", "FILE", "PEM private key of --tls-cert"),
+    ("--tls-client-ca", "FILE", "PEM CA bundle: require client certificates (mTLS)"),
+    (
+        "--token-file",
+        "FILE",
+        "data-plane token (Admit*, GetSenderState) as 'authorization: Bearer <token>'",
+    ),
+    (
+        "--admin-token-file",
+        "FILE",
+        "control-plane token (sender and template updates, IngestWebhook); "
+        "it also works on the data plane",
+    ),
+    ("--webhook-secret-file", "FILE", "file holding the Meta app secret"),
+    ("--webhook-verify-token-file", "FILE", "file holding the verify token"),
+    (
+        "--webhook-max-connections",
+        "N",
+        "open connections the webhook receiver keeps (default "
+        f"{cfg.DEFAULT_WEBHOOK_MAX_CONNECTIONS}); idle ones are closed first beyond it",
+    ),
+)
+
+
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file (TIERGATE_CONFIG)")
-    p.add_argument(
-        "--listen", metavar="HOST:PORT", help=f"gRPC address (default {cfg.DEFAULT_LISTEN})"
-    )
-    p.add_argument(
-        "--profile", metavar="NAME|FILE", help=f"rules profile (default {cfg.DEFAULT_PROFILE})"
-    )
-    p.add_argument("--data-dir", metavar="DIR", help="durable state (journal + snapshots)")
+    for flag, metavar, text in _SETTINGS:
+        p.add_argument(flag, metavar=metavar, help=text)
     p.add_argument(
         "--clock",
         choices=("server", "request"),
         help="'request' takes time from at_unix_ms (replays, tests); default 'server'",
-    )
-    p.add_argument(
-        "--webhook-secret",
-        metavar="SECRET",
-        help="Meta app secret for signatures (visible to local users: prefer "
-        "--webhook-secret-file or TIERGATE_WEBHOOK_SECRET)",
-    )
-    p.add_argument("--webhook-listen", metavar="HOST:PORT", help="HTTP receiver for Meta webhooks")
-    p.add_argument(
-        "--webhook-verify-token", metavar="TOKEN", help="token for Meta's subscription check"
-    )
-    p.add_argument(
-        "--max-batch",
-        metavar="N",
-        help=f"most requests per AdmitBatch call (default {cfg.DEFAULT_MAX_BATCH})",
-    )
-    p.add_argument(
-        "--durability",
-        metavar="MODE",
-        help=f"{' | '.join(cfg.DURABILITY_MODES)} (default {cfg.DEFAULT_DURABILITY})",
     )
     p.add_argument(
         "--recover-truncate",
@@ -67,49 +96,14 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="start even if the journal is corrupt before its tail, cutting it there",
     )
-    p.add_argument(
-        "--shutdown-grace",
-        metavar="SECONDS",
-        help=f"time in-flight calls get at shutdown (default {cfg.DEFAULT_SHUTDOWN_GRACE_S:g})",
-    )
-    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="Prometheus /metrics endpoint")
-    p.add_argument("--log-level", metavar="LEVEL", help="debug | info | warning | error")
-    _add_exposure_flags(p)
-
-
-def _add_exposure_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("exposure", "TLS, tokens, secrets and connection limits")
-    g.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) for gRPC and HTTP")
-    g.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    g.add_argument(
-        "--tls-client-ca", metavar="FILE", help="PEM CA bundle: require client certificates (mTLS)"
-    )
-    g.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="data-plane token (Admit*, GetSenderState) as 'authorization: Bearer <token>'",
-    )
-    g.add_argument(
-        "--admin-token-file",
-        metavar="FILE",
-        help="control-plane token (sender and template updates, IngestWebhook); "
-        "it also works on the data plane",
-    )
-    g.add_argument("--webhook-secret-file", metavar="FILE", help="file holding the Meta app secret")
-    g.add_argument(
-        "--webhook-verify-token-file", metavar="FILE", help="file holding the verify token"
-    )
+    for flag, metavar, text in _EXPOSURE:
+        g.add_argument(flag, metavar=metavar, help=text)
     g.add_argument(
         "--insecure",
         action="store_true",
         default=None,
         help="allow a non-loopback address without TLS or a token",
-    )
-    g.add_argument(
-        "--webhook-max-connections",
-        metavar="N",
-        help="open connections the webhook receiver keeps (default "
-        f"{cfg.DEFAULT_WEBHOOK_MAX_CONNECTIONS}); idle ones are closed first beyond it",
     )
 
 
