@@ -70,6 +70,7 @@ from .constants import (
     F_QUALITY_BLOCK,
     F_TEMPLATE,
     KEY_LENGTH_SHIFT,
+    KIND_FREE_FORM,
     KIND_TEMPLATE,
     MARKETING_FREQUENCY,
     MAX_RECIPIENT_DIGITS,
@@ -162,7 +163,7 @@ def check_items(
         if not 0 <= sender_index[i] < n_senders:
             return BadItem(i, BAD_SENDER_INDEX)
         kind = kinds[i]
-        if kind != 1 and kind != 2:
+        if kind != KIND_TEMPLATE and kind != KIND_FREE_FORM:
             return BadItem(i, BAD_KIND)
         cat = categories[i]
         if cat > 4:
@@ -170,7 +171,7 @@ def check_items(
         t = template_index[i]
         if not 0 <= t <= n_templates:
             return BadItem(i, BAD_TEMPLATE_INDEX)
-        if kind == 1:
+        if kind == KIND_TEMPLATE:
             if cat == 0:
                 return BadItem(i, NO_CATEGORY)
             if t == 0:
