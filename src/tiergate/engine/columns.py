@@ -15,8 +15,13 @@ sender and template indexes:
     E.164 strings to recipient keys (``constants.recipient_key``), in bulk.
 ``prepare``
     steps 1–3 of DESIGN §2 per item from the tables (unknown or blocked
-    sender, disabled / paused / unknown template answered right here), the
-    per-scope clock, and the engine's input columns for the rest.
+    sender, disabled / paused / unknown template answered right here), a
+    template Meta does not deliver to the recipient's number
+    (:func:`undeliverable`), the per-scope clock, and the engine's input
+    columns for the rest.
+``undeliverable``
+    whether a template of a category goes to a number Meta delivers none of
+    it to (the scalar path asks the same function).
 ``finish``
     the engine's answers to per-item response columns: tickets (with their
     MAC, see ``engine.tickets``), journal records (``engine.records``),
@@ -39,10 +44,15 @@ limit scope in ``last_now``; ``s_scope`` / ``s_number`` engine indexes;
 ``s_restricted`` the end of a Meta restriction (0: none); ``s_qblock`` 1 when
 the sender's marketing is blocked by quality. Template table rows (index 0 =
 no template): ``t_state`` ``T_USABLE``, ``T_UNKNOWN`` (rejected) or
-``T_DISABLED``; ``t_paused`` paused until (ms).
+``T_DISABLED``; ``t_paused`` paused until (ms). ``region`` / ``region_lengths``: the profile's
+undeliverable (prefix, category) keys and their distinct prefix lengths
+(``Profile.undeliverable_keys`` / ``undeliverable_lengths``; empty: none).
 
 ``prepare`` decides an item without a time (or under the server clock) at the
-latest of ``now_ms`` and the times of the known senders' items before it.
+latest of ``now_ms`` and the times of the known senders' items before it. Its
+Prepared ``(high, unknown, rows)``: the latest time of an item from a known
+sender (not clamped; ``now_ms`` at least), the number of items from unknown
+senders, and the number of engine rows.
 ``categories`` must already read SERVICE (4) for a free-form item without one;
 ``at`` is empty or one time per item. ``last_now`` (per limit scope slot) moves
 forward as ``AdmissionService.admit_many`` moves each scope's clock. The
@@ -73,7 +83,9 @@ from .constants import (
     KIND_TEMPLATE,
     MARKETING_FREQUENCY,
     MAX_RECIPIENT_DIGITS,
+    NOT_DELIVERED_TO_REGION,
     OK,
+    PREFIX_CATEGORY_SHIFT,
     QUALITY_PROTECTION,
     REJECT,
     RETRY_LATER,
@@ -107,6 +119,7 @@ __all__ = [
     "siphash24",
     "tally",
     "time_bounds",
+    "undeliverable",
 ]
 
 #: Reason slots per sender in the ``counts`` table (tiergate.v1.Reason values fit below).
@@ -197,24 +210,47 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
     return -1
 
 
+_DIGITS = (1 << KEY_LENGTH_SHIFT) - 1
+_POW10 = tuple(10**k for k in range(MAX_RECIPIENT_DIGITS + 1))
+
+
+def undeliverable(rkey: int, category: int, region: frozenset[int], lengths: bytes) -> bool:
+    """Whether Meta delivers no template of ``category`` to recipient ``rkey``: one
+    of its leading digits of each length in ``lengths`` (a few) is a prefix paired
+    with the category in ``region`` (``constants.prefix_key``)."""
+    nd = rkey >> KEY_LENGTH_SHIFT
+    digits = rkey & _DIGITS
+    high = category << PREFIX_CATEGORY_SHIFT
+    for length in lengths:
+        if length <= nd:
+            lead = digits // _POW10[nd - length]
+            if (lead | length << KEY_LENGTH_SHIFT | high) in region:
+                return True
+    return False
+
+
 def early_answer(
     sender_state: int,
     template_state: int,
     paused_until: int,
+    now: int,
     meta_error: Sequence[int],
     meta_missing: int,
 ) -> tuple[int, int, int, int]:
     """Steps 1–3's answer to an item from a known sender that goes no further:
     ``(decision, reason, retry_at, meta error)`` for a blocked sender, else for its
     template (``template_state``: disabled or unknown, else paused until
-    ``paused_until``)."""
+    ``paused_until`` if that is after ``now``), else for its recipient's number
+    (:func:`undeliverable`)."""
     if sender_state == S_BLOCKED:
         return REJECT, SENDER_BLOCKED, 0, meta_error[SENDER_BLOCKED]
     if template_state == T_UNKNOWN:
         return REJECT, TEMPLATE_DISABLED, 0, meta_missing
     if template_state != T_USABLE:
         return REJECT, TEMPLATE_DISABLED, 0, meta_error[TEMPLATE_DISABLED]
-    return RETRY_LATER, TEMPLATE_PAUSED, paused_until, meta_error[TEMPLATE_PAUSED]
+    if now < paused_until:
+        return RETRY_LATER, TEMPLATE_PAUSED, paused_until, meta_error[TEMPLATE_PAUSED]
+    return REJECT, NOT_DELIVERED_TO_REGION, 0, meta_error[NOT_DELIVERED_TO_REGION]
 
 
 def prepare(
@@ -240,6 +276,8 @@ def prepare(
     t_paused: Sequence[int],
     meta_error: Sequence[int],
     meta_missing: int,
+    region: frozenset[int],
+    region_lengths: bytes,
     eco: dict[tuple[int, int], int],
     skip: bytes | bytearray,
     batch: DecisionBatch,
@@ -253,11 +291,8 @@ def prepare(
     counts: array[int],
 ) -> Prepared:
     """Answer what steps 1–3 decide; gather the rest as engine rows (see "prepare"
-    in the module's docstring). Returns a Prepared ``(high, unknown, rows)``: the
-    latest time of an item from a known sender (not clamped; ``now_ms`` at least),
-    the number of items from unknown senders, and the number of engine rows."""
+    in the module's docstring). Returns a Prepared ``(high, unknown, rows)``."""
     has_at = request_clock and len(at) > 0
-    has_skip = len(skip) > 0
     high, unknown, row = now_ms, 0, 0
     b_now, b_scope, b_number = batch.now, batch.scope, batch.number
     b_recipient, b_flags = batch.recipient, batch.flags
@@ -273,7 +308,7 @@ def prepare(
         now = at[i] if has_at and at[i] > 0 else high
         if now > high:
             high = now
-        if has_skip and skip[i]:
+        if skip and skip[i]:
             continue
         slot = s_slot[s]
         if now < last_now[slot]:
@@ -285,20 +320,21 @@ def prepare(
         flags = s_flags[5 * s + cat]
         template = kinds[i] == KIND_TEMPLATE
         t = template_index[i] if template else 0
-        if st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t])):
-            d, r, retry, meta[i] = early_answer(
-                st, t_state[t], t_paused[t], meta_error, meta_missing
+        rkey = rkeys[i]
+        early = st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t]))
+        if template and region_lengths and not early:
+            early = undeliverable(rkey, cat, region, region_lengths)
+        if early:
+            decisions[i], reasons[i], retry, meta[i] = early_answer(
+                st, t_state[t], t_paused[t], now, meta_error, meta_missing
             )
-            decisions[i] = d
-            reasons[i] = r
-            if d == RETRY_LATER:
+            if decisions[i] == RETRY_LATER:
                 retry_at[i] = retry
             limits[i] = limit
-            counts[s * REASONS + r] += 1
+            counts[s * REASONS + reasons[i]] += 1
             continue
         if template:
             flags |= F_TEMPLATE
-        rkey = rkeys[i]
         eco_end = 0
         if eco and cat == CATEGORY_MARKETING:
             end = eco.get((s_scope[s], rkey), 0)
