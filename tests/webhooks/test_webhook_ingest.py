@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
+from array import array
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def _service(
     prof = load_profile(profile)
     if us_marketing:
         prof = replace(prof, undeliverable=(), undeliverable_keys=frozenset())
-        prof = replace(prof, undeliverable_lengths=b"")
+        prof = replace(prof, undeliverable_table=array("Q"), undeliverable_lengths=b"")
     service = AdmissionService(prof)
     for update in SENDERS:
         assert service.apply(update, at).applied

@@ -9,8 +9,7 @@
 # indexes; these loops then touch no Python object per item except the
 # recipient strings read (none when they come from the wire reader as keys),
 # the tickets and the journal record made for admits,
-# a dict lookup for marketing while a 131049 back-off is held, and a set lookup
-# per template item while the profile names undeliverable (prefix, category) pairs.
+# and a dict lookup for marketing while a 131049 back-off is held.
 # Tickets carry a SipHash-2-4 MAC computed here in C (tickets.pxi;
 # src/tiergate/engine/tickets.py is the pure-Python reference); the journal
 # layouts are those of src/tiergate/engine/records.py.
@@ -115,30 +114,39 @@ cdef struct Early:
 
 
 cdef uint64_t DIGIT_BITS = (<uint64_t>1 << KEY_LENGTH_SHIFT) - 1
+cdef uint64_t REGION_MIX = 0x9E3779B97F4A7C15
 cdef uint64_t POW10[MAX_RECIPIENT_DIGITS + 1]
 POW10[0] = 1
 for _k in range(1, MAX_RECIPIENT_DIGITS + 1):
     POW10[_k] = POW10[_k - 1] * 10
 
 
-cdef inline bint region_blocked(uint64_t rkey, uint64_t category, frozenset region,
-                                const unsigned char[::1] lengths) except -1:
+cdef inline bint region_blocked(uint64_t rkey, uint64_t category,
+                                const unsigned long long[::1] region,
+                                const unsigned char[::1] lengths) noexcept nogil:
     """As tiergate.engine.columns.undeliverable."""
-    cdef uint64_t nd = rkey >> KEY_LENGTH_SHIFT, digits = rkey & DIGIT_BITS, length
+    cdef uint64_t nd = rkey >> KEY_LENGTH_SHIFT, digits = rkey & DIGIT_BITS, length, key, slot
     cdef uint64_t high = category << PREFIX_CATEGORY_SHIFT
+    cdef uint64_t mask = <uint64_t>region.shape[0] - 1, i
     cdef Py_ssize_t k
     for k in range(lengths.shape[0]):
         length = lengths[k]
         if length <= nd:
-            if (digits // POW10[nd - length] | length << KEY_LENGTH_SHIFT | high) in region:
-                return True
+            key = digits // POW10[nd - length] | length << KEY_LENGTH_SHIFT | high
+            i = ((key * REGION_MIX) >> 32) & mask
+            slot = region[i]
+            while slot:
+                if slot == key:
+                    return True
+                i = (i + 1) & mask
+                slot = region[i]
     return False
 
 
-def undeliverable(uint64_t rkey, uint64_t category, frozenset region,
+def undeliverable(uint64_t rkey, uint64_t category, const unsigned long long[::1] region,
                   const unsigned char[::1] lengths):
     """As tiergate.engine.columns.undeliverable."""
-    return region_blocked(rkey, category, region, lengths)
+    return region.shape[0] > 0 and region_blocked(rkey, category, region, lengths)
 
 
 cdef inline Early early_answer(unsigned char sender_state, unsigned char template_state,
@@ -173,7 +181,8 @@ def prepare(Py_ssize_t n, const unsigned int[::1] sender_index, const unsigned c
             # the template table
             const unsigned char[::1] t_state, const long long[::1] t_paused,
             const int[::1] meta_error, int meta_missing,
-            frozenset region, const unsigned char[::1] region_lengths, dict eco,
+            const unsigned long long[::1] region, const unsigned char[::1] region_lengths,
+            dict eco,
             const unsigned char[::1] skip,
             # the engine rows and the answers
             batch, int[::1] rows, long long[::1] row_eco, unsigned char[::1] decisions,
@@ -193,7 +202,7 @@ def prepare(Py_ssize_t n, const unsigned int[::1] sender_index, const unsigned c
     cdef bint has_at = request_clock and at.shape[0] > 0
     cdef bint has_eco = eco is not None and len(eco) > 0
     cdef bint has_skip = skip.shape[0] > 0, template
-    cdef bint has_region = region_lengths.shape[0] > 0
+    cdef bint has_region = region_lengths.shape[0] > 0 and region.shape[0] > 0
     cdef int64_t high = now_ms, now, limit, eco_end, end
     cdef Py_ssize_t unknown = 0, row = 0, i, s, slot
     cdef unsigned char st, cat

@@ -30,7 +30,7 @@ def check_items(
     n_templates: int,
 ) -> BadItem: ...
 def encode_recipients(recipients: list[str], out: array[int]) -> int: ...
-def undeliverable(rkey: int, category: int, region: frozenset[int], lengths: bytes) -> bool: ...
+def undeliverable(rkey: int, category: int, region: array[int], lengths: bytes) -> bool: ...
 def prepare(
     n: int,
     sender_index: array[int],
@@ -54,7 +54,7 @@ def prepare(
     t_paused: array[int],
     meta_error: array[int],
     meta_missing: int,
-    region: frozenset[int],
+    region: array[int],
     region_lengths: bytes,
     eco: dict[tuple[int, int], int],
     skip: bytes | bytearray,

@@ -45,8 +45,9 @@ limit scope in ``last_now``; ``s_scope`` / ``s_number`` engine indexes;
 the sender's marketing is blocked by quality. Template table rows (index 0 =
 no template): ``t_state`` ``T_USABLE``, ``T_UNKNOWN`` (rejected) or
 ``T_DISABLED``; ``t_paused`` paused until (ms). ``region`` / ``region_lengths``: the profile's
-undeliverable (prefix, category) keys and their distinct prefix lengths
-(``Profile.undeliverable_keys`` / ``undeliverable_lengths``; empty: none).
+undeliverable (prefix, category) pairs as a :func:`region_table` and their
+distinct prefix lengths (``Profile.undeliverable_table`` /
+``undeliverable_lengths``; empty: none).
 
 ``prepare`` decides an item without a time (or under the server clock) at the
 latest of ``now_ms`` and the times of the known senders' items before it. Its
@@ -67,7 +68,7 @@ its time counts towards ``high``.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -114,6 +115,7 @@ __all__ = [
     "kernels",
     "prepare",
     "refusal",
+    "region_table",
     "remember_keys",
     "repeated_keys",
     "siphash24",
@@ -212,20 +214,46 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
 
 _DIGITS = (1 << KEY_LENGTH_SHIFT) - 1
 _POW10 = tuple(10**k for k in range(MAX_RECIPIENT_DIGITS + 1))
+_U64 = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: the slot is the product's bits 32 and up
 
 
-def undeliverable(rkey: int, category: int, region: frozenset[int], lengths: bytes) -> bool:
-    """Whether Meta delivers no template of ``category`` to recipient ``rkey``: one
-    of its leading digits of each length in ``lengths`` (a few) is a prefix paired
-    with the category in ``region`` (``constants.prefix_key``)."""
+def region_table(keys: Iterable[int]) -> array[int]:
+    """The lookup table :func:`undeliverable` probes for ``keys`` (undeliverable
+    pairs' ``constants.prefix_key``; none is 0): open addressing with linear
+    probing, a power of two at least twice their number in size, 0 in empty slots;
+    empty for no keys."""
+    ordered = sorted(set(keys))
+    size = 4
+    while size < 2 * len(ordered):
+        size *= 2
+    table = array("Q", bytes(8 * size)) if ordered else array("Q")
+    mask = size - 1
+    for key in ordered:
+        i = ((key * _MIX) & _U64) >> 32 & mask
+        while table[i]:
+            i = (i + 1) & mask
+        table[i] = key
+    return table
+
+
+def undeliverable(rkey: int, category: int, region: Sequence[int], lengths: bytes) -> bool:
+    """Whether Meta delivers no template of ``category`` to recipient ``rkey``: its
+    leading digits of a length in ``lengths`` (the table's distinct prefix lengths,
+    a few) are a prefix paired with the category in ``region`` (a
+    :func:`region_table`)."""
     nd = rkey >> KEY_LENGTH_SHIFT
     digits = rkey & _DIGITS
     high = category << PREFIX_CATEGORY_SHIFT
+    mask = len(region) - 1
     for length in lengths:
         if length <= nd:
-            lead = digits // _POW10[nd - length]
-            if (lead | length << KEY_LENGTH_SHIFT | high) in region:
-                return True
+            key = digits // _POW10[nd - length] | length << KEY_LENGTH_SHIFT | high
+            i = ((key * _MIX) & _U64) >> 32 & mask
+            while region[i]:
+                if region[i] == key:
+                    return True
+                i = (i + 1) & mask
     return False
 
 
@@ -276,7 +304,7 @@ def prepare(
     t_paused: Sequence[int],
     meta_error: Sequence[int],
     meta_missing: int,
-    region: frozenset[int],
+    region: array[int],
     region_lengths: bytes,
     eco: dict[tuple[int, int], int],
     skip: bytes | bytearray,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
-from tiergate.engine.columns import undeliverable
+from tiergate.engine.columns import kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_DRY_RUN,
@@ -171,8 +171,8 @@ def _decide_one(
             sender.counts[res.reason] += 1
             return res
         p = st.profile
-        if p.undeliverable_lengths and undeliverable(
-            rkey, cat, p.undeliverable_keys, p.undeliverable_lengths
+        if p.undeliverable_lengths and kernels.undeliverable(
+            rkey, cat, p.undeliverable_table, p.undeliverable_lengths
         ):
             sender.counts[NOT_DELIVERED_TO_REGION] += 1
             return not_delivered(limit)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from tiergate.engine import constants
+from tiergate.engine.columns import region_table
 
 from .events import Category, EntryPoint, Quality, SenderStatus
 
@@ -130,10 +132,12 @@ class Profile:
     long_bucket_ms: int
     # at most this many Meta message ids linked to tickets (``retention.message_links``)
     message_links: int
-    # (prefix, category) pairs Meta does not deliver (``delivery.undeliverable``), and
-    # their lookup table: keys (``constants.prefix_key``), distinct prefix lengths
+    # (prefix, category) pairs Meta does not deliver (``delivery.undeliverable``), their
+    # keys (``constants.prefix_key``), the kernels' lookup table of those keys
+    # (``engine.columns.region_table``) and their distinct prefix lengths
     undeliverable: tuple[tuple[str, int], ...] = ()
     undeliverable_keys: frozenset[int] = frozenset()
+    undeliverable_table: array[int] = field(default_factory=lambda: array("Q"), compare=False)
     undeliverable_lengths: bytes = b""
 
     def tier_limit(self, tier: str) -> int:
@@ -653,9 +657,11 @@ def _read_delivery(r: _Reader) -> _Fields:
         ):
             raise r.fail(key + ".prefixes", "must be an array of 1 to 15 digit strings")
         pairs += ((p, int(Category[name])) for p in prefixes)
+    keys = frozenset(constants.prefix_key(p, c) for p, c in pairs)
     return {
         "undeliverable": tuple(pairs),
-        "undeliverable_keys": frozenset(constants.prefix_key(p, c) for p, c in pairs),
+        "undeliverable_keys": keys,
+        "undeliverable_table": region_table(keys),
         "undeliverable_lengths": bytes(sorted({len(p) for p, _ in pairs})),
     }
 
