@@ -384,6 +384,7 @@ _REASON_NAMES: dict[int, str] = {
         "THROUGHPUT",
         "PAIR_RATE",
         "UNKNOWN_SENDER",
+        "NOT_DELIVERED_TO_REGION",
     )
 }
 

@@ -13,7 +13,7 @@ import pytest
 
 from tiergate.engine import NEVER, DecisionBatch, records
 from tiergate.engine import columns as py
-from tiergate.engine.constants import recipient_key
+from tiergate.engine.constants import prefix_key, recipient_key
 from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
 
 compiled: ModuleType = pytest.importorskip("tiergate._native.columns")
@@ -34,7 +34,7 @@ META = array(
         130429,
         131056,
         0,
-        0,
+        131049,
         0,
     ],
 )
@@ -53,8 +53,8 @@ def test_same_functions_and_constants() -> None:
     re-exports, so the compiled kernels' names, arguments and constants are
     compared here."""
     for name in py.__all__:
-        if name in ("kernels", "early_answer", "refusal"):
-            continue
+        if name in ("kernels", "early_answer", "refusal", "region_table"):
+            continue  # the selection, the reference's own steps, a table both take
         ours, theirs = getattr(py, name), getattr(compiled, name)
         if not callable(ours):
             assert theirs == ours, name
@@ -135,6 +135,10 @@ def _prepare(mod: ModuleType, rng_seed: int) -> tuple[Any, ...]:
     )
     last_now = array("q", [rng.choice([NEVER, 1_000_400]) for _ in range(2)])
     skip = bytearray(rng.random() < 0.2 for _ in range(n)) if rng.random() < 0.5 else b""
+    pairs = [("4917000", 1), ("49170001", 2), ("491700012", 1), ("4", 3)]
+    chosen = [pr for pr in pairs if rng.random() < 0.4]
+    region = py.region_table(prefix_key(p, c) for p, c in chosen)
+    region_lengths = bytes(sorted({len(p) for p, _ in chosen}))
     batch = DecisionBatch()
     z4, z8 = bytes(4 * n), bytes(8 * n)
     batch.now, batch.scope, batch.number = array("q", z8), array("i", z4), array("i", z4)
@@ -167,6 +171,8 @@ def _prepare(mod: ModuleType, rng_seed: int) -> tuple[Any, ...]:
         tables["t_paused"],
         META,
         132001,
+        region,
+        region_lengths,
         eco,
         skip,
         batch,
@@ -197,6 +203,32 @@ def _prepare(mod: ModuleType, rng_seed: int) -> tuple[Any, ...]:
         counts.tolist(),
         last_now.tolist(),
     )
+
+
+def test_undeliverable_agrees() -> None:
+    """The prefix lookup matches a number's leading digits of each listed length, for
+    its category only, the same in both kernels."""
+    pairs = [("1202", 1), ("1", 3), ("44", 1), ("123456789012345", 2)]
+    region = py.region_table(prefix_key(p, c) for p, c in pairs)
+    lengths = bytes(sorted({len(p) for p, _ in pairs}))
+    cases = {
+        ("12025550100", 1): True,
+        ("12025550100", 2): False,
+        ("12035550100", 1): False,
+        ("12035550100", 3): True,
+        ("120", 1): False,
+        ("447700900123", 1): True,
+        ("4", 1): False,
+        ("123456789012345", 2): True,
+        ("12345678901234", 2): False,
+        ("2025550100", 1): False,
+    }
+    for (number, cat), want in cases.items():
+        key = recipient_key(number)
+        assert py.undeliverable(key, cat, region, lengths) is want, (number, cat)
+        assert compiled.undeliverable(key, cat, region, lengths) is want, (number, cat)
+        assert py.undeliverable(key, cat, array("Q"), b"") is False
+        assert compiled.undeliverable(key, cat, array("Q"), b"") is False
 
 
 @pytest.mark.parametrize("seed", range(40))

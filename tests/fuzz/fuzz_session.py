@@ -106,6 +106,7 @@ REJECT_REASONS = {
     pb.MARKETING_FREQUENCY,
     pb.QUALITY_PROTECTION,
     pb.UNKNOWN_SENDER,
+    pb.NOT_DELIVERED_TO_REGION,
 }
 #: The Meta error each reason avoids (TEMPLATE_DISABLED: 132001 for a template Meta
 #: does not know).
@@ -123,6 +124,7 @@ META_ERRORS: dict[int, set[int]] = {
     pb.THROUGHPUT: {130429},
     pb.PAIR_RATE: {131056},
     pb.UNKNOWN_SENDER: {0},
+    pb.NOT_DELIVERED_TO_REGION: {131049},
 }
 
 REQUEST_TYPES: dict[str, type[Message]] = {

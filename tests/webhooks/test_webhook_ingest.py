@@ -9,6 +9,8 @@ from __future__ import annotations
 import gc
 import json
 import weakref
+from array import array
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,8 +70,17 @@ SENDERS = [
 ]
 
 
-def _service(profile: str | Path = "meta-2025", at: int = 0) -> AdmissionService:
-    service = AdmissionService(load_profile(profile))
+def _service(
+    profile: str | Path = "meta-2025", at: int = 0, us_marketing: bool = False
+) -> AdmissionService:
+    """The senders of the payloads under ``profile``. ``us_marketing``: without the
+    profile's undeliverable pairs, so that marketing reaches DOCS_USER, a US number
+    (+1 650) to which meta-2025 sends no marketing template."""
+    prof = load_profile(profile)
+    if us_marketing:
+        prof = replace(prof, undeliverable=(), undeliverable_keys=frozenset())
+        prof = replace(prof, undeliverable_table=array("Q"), undeliverable_lengths=b"")
+    service = AdmissionService(prof)
     for update in SENDERS:
         assert service.apply(update, at).applied
     return service
@@ -165,7 +176,7 @@ def test_failed_status_131047_closes_the_window() -> None:
 
 
 def test_failed_status_131050_opts_the_recipient_out_of_marketing() -> None:
-    service = _service(at=T)
+    service = _service(at=T, us_marketing=True)
     assert _ingest(service, synthetic("messages__status-failed-131050"), T) == (1, 0)
     refused = _template(service, DOCS, DOCS_USER, T + 1000)
     assert (refused.decision, refused.reason) == (c.REJECT, c.RECIPIENT_OPTED_OUT)
@@ -289,7 +300,7 @@ def test_phone_number_quality_updates() -> None:
 
 
 def test_template_pauses_retry_at_unpause_time() -> None:
-    service = _service(at=T)
+    service = _service(at=T, us_marketing=True)
     template = "order_confirmation"
     assert _template(service, DOCS, DOCS_USER, T, template).decision == c.ADMIT
     _ingest(service, synthetic("message_template_status_update__paused-first"), T + 1000)
@@ -335,8 +346,14 @@ def test_template_approved_rejected_and_quality() -> None:
 # --- preferences and ignored fields ---------------------------------------------
 
 
+def test_no_marketing_template_goes_to_the_payloads_us_user() -> None:
+    refused = _template(_service(at=T), DOCS, DOCS_USER, T)
+    assert (refused.decision, refused.reason) == (c.REJECT, c.NOT_DELIVERED_TO_REGION)
+    assert refused.meta_error_code == 131049
+
+
 def test_marketing_stop_and_resume() -> None:
-    service = _service(at=T)
+    service = _service(at=T, us_marketing=True)
     assert _ingest(service, synthetic("user_preferences__stop"), T) == (1, 0)
     assert _template(service, DOCS, DOCS_USER, T).reason == c.RECIPIENT_OPTED_OUT
     assert _ingest(service, synthetic("user_preferences__resume"), T + 1000) == (1, 0)

@@ -113,8 +113,44 @@ cdef struct Early:
     int meta
 
 
+cdef uint64_t DIGIT_BITS = (<uint64_t>1 << KEY_LENGTH_SHIFT) - 1
+cdef uint64_t REGION_MIX = 0x9E3779B97F4A7C15
+cdef uint64_t POW10[MAX_RECIPIENT_DIGITS + 1]
+POW10[0] = 1
+for _k in range(1, MAX_RECIPIENT_DIGITS + 1):
+    POW10[_k] = POW10[_k - 1] * 10
+
+
+cdef inline bint region_blocked(uint64_t rkey, uint64_t category,
+                                const unsigned long long[::1] region,
+                                const unsigned char[::1] lengths) noexcept nogil:
+    """As tiergate.engine.columns.undeliverable."""
+    cdef uint64_t nd = rkey >> KEY_LENGTH_SHIFT, digits = rkey & DIGIT_BITS, length, key, slot
+    cdef uint64_t high = category << PREFIX_CATEGORY_SHIFT
+    cdef uint64_t mask = <uint64_t>region.shape[0] - 1, i
+    cdef Py_ssize_t k
+    for k in range(lengths.shape[0]):
+        length = lengths[k]
+        if length <= nd:
+            key = digits // POW10[nd - length] | length << KEY_LENGTH_SHIFT | high
+            i = ((key * REGION_MIX) >> 32) & mask
+            slot = region[i]
+            while slot:
+                if slot == key:
+                    return True
+                i = (i + 1) & mask
+                slot = region[i]
+    return False
+
+
+def undeliverable(uint64_t rkey, uint64_t category, const unsigned long long[::1] region,
+                  const unsigned char[::1] lengths):
+    """As tiergate.engine.columns.undeliverable."""
+    return region.shape[0] > 0 and region_blocked(rkey, category, region, lengths)
+
+
 cdef inline Early early_answer(unsigned char sender_state, unsigned char template_state,
-                               int64_t paused_until, const int *meta_error,
+                               int64_t paused_until, int64_t now, const int *meta_error,
                                int meta_missing) noexcept nogil:
     """As tiergate.engine.columns.early_answer."""
     cdef Early e
@@ -125,9 +161,12 @@ cdef inline Early early_answer(unsigned char sender_state, unsigned char templat
         e.decision, e.reason, e.meta = REJECT, TEMPLATE_DISABLED, meta_missing
     elif template_state != T_USABLE:
         e.decision, e.reason, e.meta = REJECT, TEMPLATE_DISABLED, meta_error[TEMPLATE_DISABLED]
-    else:
+    elif now < paused_until:
         e.decision, e.reason, e.meta = RETRY_LATER, TEMPLATE_PAUSED, meta_error[TEMPLATE_PAUSED]
         e.retry_at = paused_until
+    else:
+        e.decision, e.reason = REJECT, NOT_DELIVERED_TO_REGION
+        e.meta = meta_error[NOT_DELIVERED_TO_REGION]
     return e
 
 
@@ -141,7 +180,9 @@ def prepare(Py_ssize_t n, const unsigned int[::1] sender_index, const unsigned c
             const unsigned int[::1] s_flags, long long[::1] last_now,
             # the template table
             const unsigned char[::1] t_state, const long long[::1] t_paused,
-            const int[::1] meta_error, int meta_missing, dict eco,
+            const int[::1] meta_error, int meta_missing,
+            const unsigned long long[::1] region, const unsigned char[::1] region_lengths,
+            dict eco,
             const unsigned char[::1] skip,
             # the engine rows and the answers
             batch, int[::1] rows, long long[::1] row_eco, unsigned char[::1] decisions,
@@ -161,6 +202,7 @@ def prepare(Py_ssize_t n, const unsigned int[::1] sender_index, const unsigned c
     cdef bint has_at = request_clock and at.shape[0] > 0
     cdef bint has_eco = eco is not None and len(eco) > 0
     cdef bint has_skip = skip.shape[0] > 0, template
+    cdef bint has_region = region_lengths.shape[0] > 0 and region.shape[0] > 0
     cdef int64_t high = now_ms, now, limit, eco_end, end
     cdef Py_ssize_t unknown = 0, row = 0, i, s, slot
     cdef unsigned char st, cat
@@ -193,8 +235,11 @@ def prepare(Py_ssize_t n, const unsigned int[::1] sender_index, const unsigned c
         flags = s_flags[5 * s + cat]
         template = kinds[i] == KIND_TEMPLATE
         t = template_index[i] if template else 0
-        if st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t])):
-            e = early_answer(st, t_state[t], t_paused[t], &meta_error[0], meta_missing)
+        rkey = rkeys[i]
+        if st == S_BLOCKED or (template and (
+                t_state[t] != T_USABLE or now < t_paused[t]
+                or (has_region and region_blocked(rkey, cat, region, region_lengths)))):
+            e = early_answer(st, t_state[t], t_paused[t], now, &meta_error[0], meta_missing)
             decisions[i] = <unsigned char>e.decision
             reasons[i] = <unsigned char>e.reason
             if e.decision == RETRY_LATER:
@@ -205,7 +250,6 @@ def prepare(Py_ssize_t n, const unsigned int[::1] sender_index, const unsigned c
             continue
         if template:
             flags |= F_TEMPLATE
-        rkey = rkeys[i]
         eco_end = 0
         if has_eco and cat == CATEGORY_MARKETING:
             end = eco.get((s_scope[s], rkey), 0)

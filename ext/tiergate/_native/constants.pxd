@@ -33,6 +33,7 @@ cdef enum:
     THROUGHPUT = 11
     PAIR_RATE = 12
     UNKNOWN_SENDER = 13
+    NOT_DELIVERED_TO_REGION = 14
     # Reason slots per sender in the columnar counts table (every Reason fits below)
     REASON_SLOTS = 16
     # Request flags
@@ -54,6 +55,8 @@ cdef enum:
     # Recipient keys: E.164 digits packed exactly, their count from this bit on
     KEY_LENGTH_SHIFT = 50
     MAX_RECIPIENT_DIGITS = 15
+    # An undeliverable (prefix, category) pair's key: the category from this bit on
+    PREFIX_CATEGORY_SHIFT = 54
     # Journal records (engine/records.py): tag and version of admit and batch
     # records, batch head, row and binding sizes, kind and category shifts of
     # an idempotency key's binding

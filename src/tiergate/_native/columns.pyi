@@ -22,3 +22,4 @@ from tiergate.engine.columns import repeated_keys as repeated_keys
 from tiergate.engine.columns import siphash24 as siphash24
 from tiergate.engine.columns import tally as tally
 from tiergate.engine.columns import time_bounds as time_bounds
+from tiergate.engine.columns import undeliverable as undeliverable

@@ -15,8 +15,13 @@ sender and template indexes:
     E.164 strings to recipient keys (``constants.recipient_key``), in bulk.
 ``prepare``
     steps 1–3 of DESIGN §2 per item from the tables (unknown or blocked
-    sender, disabled / paused / unknown template answered right here), the
-    per-scope clock, and the engine's input columns for the rest.
+    sender, disabled / paused / unknown template answered right here), a
+    template Meta does not deliver to the recipient's number
+    (:func:`undeliverable`), the per-scope clock, and the engine's input
+    columns for the rest.
+``undeliverable``
+    whether a template of a category goes to a number Meta delivers none of
+    it to (the scalar path asks the same function).
 ``finish``
     the engine's answers to per-item response columns: tickets (with their
     MAC, see ``engine.tickets``), journal records (``engine.records``),
@@ -39,10 +44,16 @@ limit scope in ``last_now``; ``s_scope`` / ``s_number`` engine indexes;
 ``s_restricted`` the end of a Meta restriction (0: none); ``s_qblock`` 1 when
 the sender's marketing is blocked by quality. Template table rows (index 0 =
 no template): ``t_state`` ``T_USABLE``, ``T_UNKNOWN`` (rejected) or
-``T_DISABLED``; ``t_paused`` paused until (ms).
+``T_DISABLED``; ``t_paused`` paused until (ms). ``region`` / ``region_lengths``: the profile's
+undeliverable (prefix, category) pairs as a :func:`region_table` and their
+distinct prefix lengths (``Profile.undeliverable_table`` /
+``undeliverable_lengths``; empty: none).
 
 ``prepare`` decides an item without a time (or under the server clock) at the
-latest of ``now_ms`` and the times of the known senders' items before it.
+latest of ``now_ms`` and the times of the known senders' items before it. Its
+Prepared ``(high, unknown, rows)``: the latest time of an item from a known
+sender (not clamped; ``now_ms`` at least), the number of items from unknown
+senders, and the number of engine rows.
 ``categories`` must already read SERVICE (4) for a free-form item without one;
 ``at`` is empty or one time per item. ``last_now`` (per limit scope slot) moves
 forward as ``AdmissionService.admit_many`` moves each scope's clock. The
@@ -57,7 +68,7 @@ its time counts towards ``high``.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -74,7 +85,9 @@ from .constants import (
     KIND_TEMPLATE,
     MARKETING_FREQUENCY,
     MAX_RECIPIENT_DIGITS,
+    NOT_DELIVERED_TO_REGION,
     OK,
+    PREFIX_CATEGORY_SHIFT,
     QUALITY_PROTECTION,
     REJECT,
     RETRY_LATER,
@@ -103,11 +116,13 @@ __all__ = [
     "kernels",
     "prepare",
     "refusal",
+    "region_table",
     "remember_keys",
     "repeated_keys",
     "siphash24",
     "tally",
     "time_bounds",
+    "undeliverable",
 ]
 
 #: Reason slots per sender in the ``counts`` table (tiergate.v1.Reason values fit below).
@@ -198,24 +213,73 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
     return -1
 
 
+_DIGITS = (1 << KEY_LENGTH_SHIFT) - 1
+_POW10 = tuple(10**k for k in range(MAX_RECIPIENT_DIGITS + 1))
+_U64 = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: the slot is the product's bits 32 and up
+
+
+def region_table(keys: Iterable[int]) -> array[int]:
+    """The lookup table :func:`undeliverable` probes for ``keys`` (undeliverable
+    pairs' ``constants.prefix_key``; none is 0): open addressing with linear
+    probing, a power of two at least twice their number in size, 0 in empty slots;
+    empty for no keys."""
+    ordered = sorted(set(keys))
+    size = 4
+    while size < 2 * len(ordered):
+        size *= 2
+    table = array("Q", bytes(8 * size)) if ordered else array("Q")
+    mask = size - 1
+    for key in ordered:
+        i = ((key * _MIX) & _U64) >> 32 & mask
+        while table[i]:
+            i = (i + 1) & mask
+        table[i] = key
+    return table
+
+
+def undeliverable(rkey: int, category: int, region: Sequence[int], lengths: bytes) -> bool:
+    """Whether Meta delivers no template of ``category`` to recipient ``rkey``: its
+    leading digits of a length in ``lengths`` (the table's distinct prefix lengths,
+    a few) are a prefix paired with the category in ``region`` (a
+    :func:`region_table`)."""
+    nd = rkey >> KEY_LENGTH_SHIFT
+    digits = rkey & _DIGITS
+    high = category << PREFIX_CATEGORY_SHIFT
+    mask = len(region) - 1
+    for length in lengths:
+        if length <= nd:
+            key = digits // _POW10[nd - length] | length << KEY_LENGTH_SHIFT | high
+            i = ((key * _MIX) & _U64) >> 32 & mask
+            while region[i]:
+                if region[i] == key:
+                    return True
+                i = (i + 1) & mask
+    return False
+
+
 def early_answer(
     sender_state: int,
     template_state: int,
     paused_until: int,
+    now: int,
     meta_error: Sequence[int],
     meta_missing: int,
 ) -> tuple[int, int, int, int]:
     """Steps 1–3's answer to an item from a known sender that goes no further:
     ``(decision, reason, retry_at, meta error)`` for a blocked sender, else for its
     template (``template_state``: disabled or unknown, else paused until
-    ``paused_until``)."""
+    ``paused_until`` if that is after ``now``), else for its recipient's number
+    (:func:`undeliverable`)."""
     if sender_state == S_BLOCKED:
         return REJECT, SENDER_BLOCKED, 0, meta_error[SENDER_BLOCKED]
     if template_state == T_UNKNOWN:
         return REJECT, TEMPLATE_DISABLED, 0, meta_missing
     if template_state != T_USABLE:
         return REJECT, TEMPLATE_DISABLED, 0, meta_error[TEMPLATE_DISABLED]
-    return RETRY_LATER, TEMPLATE_PAUSED, paused_until, meta_error[TEMPLATE_PAUSED]
+    if now < paused_until:
+        return RETRY_LATER, TEMPLATE_PAUSED, paused_until, meta_error[TEMPLATE_PAUSED]
+    return REJECT, NOT_DELIVERED_TO_REGION, 0, meta_error[NOT_DELIVERED_TO_REGION]
 
 
 def prepare(
@@ -241,6 +305,8 @@ def prepare(
     t_paused: Sequence[int],
     meta_error: Sequence[int],
     meta_missing: int,
+    region: array[int],
+    region_lengths: bytes,
     eco: dict[tuple[int, int], int],
     skip: bytes | bytearray,
     batch: DecisionBatch,
@@ -254,11 +320,8 @@ def prepare(
     counts: array[int],
 ) -> Prepared:
     """Answer what steps 1–3 decide; gather the rest as engine rows (see "prepare"
-    in the module's docstring). Returns a Prepared ``(high, unknown, rows)``: the
-    latest time of an item from a known sender (not clamped; ``now_ms`` at least),
-    the number of items from unknown senders, and the number of engine rows."""
+    in the module's docstring). Returns a Prepared ``(high, unknown, rows)``."""
     has_at = request_clock and len(at) > 0
-    has_skip = len(skip) > 0
     high, unknown, row = now_ms, 0, 0
     b_now, b_scope, b_number = batch.now, batch.scope, batch.number
     b_recipient, b_flags = batch.recipient, batch.flags
@@ -274,7 +337,7 @@ def prepare(
         now = at[i] if has_at and at[i] > 0 else high
         if now > high:
             high = now
-        if has_skip and skip[i]:
+        if skip and skip[i]:
             continue
         slot = s_slot[s]
         if now < last_now[slot]:
@@ -286,20 +349,21 @@ def prepare(
         flags = s_flags[5 * s + cat]
         template = kinds[i] == KIND_TEMPLATE
         t = template_index[i] if template else 0
-        if st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t])):
-            d, r, retry, meta[i] = early_answer(
-                st, t_state[t], t_paused[t], meta_error, meta_missing
+        rkey = rkeys[i]
+        early = st == S_BLOCKED or (template and (t_state[t] != T_USABLE or now < t_paused[t]))
+        if template and region_lengths and not early:
+            early = undeliverable(rkey, cat, region, region_lengths)
+        if early:
+            decisions[i], reasons[i], retry, meta[i] = early_answer(
+                st, t_state[t], t_paused[t], now, meta_error, meta_missing
             )
-            decisions[i] = d
-            reasons[i] = r
-            if d == RETRY_LATER:
+            if decisions[i] == RETRY_LATER:
                 retry_at[i] = retry
             limits[i] = limit
-            counts[s * REASONS + r] += 1
+            counts[s * REASONS + reasons[i]] += 1
             continue
         if template:
             flags |= F_TEMPLATE
-        rkey = rkeys[i]
         eco_end = 0
         if eco and cat == CATEGORY_MARKETING:
             end = eco.get((s_scope[s], rkey), 0)

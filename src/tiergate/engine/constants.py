@@ -29,6 +29,7 @@ QUALITY_PROTECTION: Final = 10
 THROUGHPUT: Final = 11
 PAIR_RATE: Final = 12
 UNKNOWN_SENDER: Final = 13
+NOT_DELIVERED_TO_REGION: Final = 14
 
 # Message kinds (tiergate.v1.MessageKind) and the categories the kernels name
 # (tiergate.v1.Category).
@@ -63,6 +64,9 @@ KEY_LENGTH_SHIFT: Final = 50
 MAX_RECIPIENT_DIGITS: Final = 15
 #: Every key recipient_key makes is at most this (the engines refuse larger ones).
 MAX_RECIPIENT_KEY: Final = (1 << (KEY_LENGTH_SHIFT + 4)) - 1
+#: An undeliverable (prefix, category) pair's key: the prefix packed as a recipient
+#: key, the category from this bit on (see ``engine.columns.undeliverable``).
+PREFIX_CATEGORY_SHIFT: Final = KEY_LENGTH_SHIFT + 4
 
 
 def recipient_key(recipient: str) -> int:
@@ -77,6 +81,12 @@ def recipient_key(recipient: str) -> int:
     if not (digits.isascii() and digits.isdigit()):
         raise ValueError("recipient must be E.164 digits with an optional leading '+'")
     return int(digits) | (n << KEY_LENGTH_SHIFT)
+
+
+def prefix_key(prefix: str, category: int) -> int:
+    """The key of an undeliverable (prefix, category) pair: the prefix's digits
+    packed as :func:`recipient_key` packs a number's, the category above them."""
+    return recipient_key(prefix) | category << PREFIX_CATEGORY_SHIFT
 
 
 def recipient_digits(key: int) -> str:

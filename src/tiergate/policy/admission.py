@@ -5,9 +5,12 @@ and 3 (:data:`BLOCKING`, :func:`template_state`) and the answers of
 ``answers``; the per-item loops there are the kernels'.
 
 Steps 1–3 (request validity, sender status, template status) are decided
-here; steps 4–9 (window, opt-out, messaging limit, protective rules,
-throughput, pair rate) by the engine, steered by per-request flags and the effective limit
-the tier machine derives from the profile. Nothing is consumed unless every
+here, and so is a template Meta does not deliver to the recipient's number
+(the profile's undeliverable (prefix, category) pairs, the same statement the
+batch kernels ask: ``engine.columns.undeliverable``); steps 4–9 (window,
+opt-out, messaging limit, protective rules, throughput, pair rate) by the
+engine, steered by per-request flags and the effective limit the tier machine
+derives from the profile. Nothing is consumed unless every
 rule passes. An idempotency key answers only the request it was first used for
 (same sender, recipient, kind, category and template): a repeat gets the first
 answer, another request under the key is refused (:class:`KeyConflict`) before
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
+from tiergate.engine.columns import kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_DRY_RUN,
     F_QUALITY_BLOCK,
     F_TEMPLATE,
+    NOT_DELIVERED_TO_REGION,
     OK,
     SENDER_BLOCKED,
     TEMPLATE_DISABLED,
@@ -39,6 +44,7 @@ from .answers import (
     META_TEMPLATE_MISSING,
     AdmitResult,
     blocked,
+    not_delivered,
     refusal,
     remembered,
     template_refused,
@@ -164,6 +170,12 @@ def _decide_one(
             res = template_refusal(state, paused_until, limit, tpl)
             sender.counts[res.reason] += 1
             return res
+        p = st.profile
+        if p.undeliverable_lengths and kernels.undeliverable(
+            rkey, cat, p.undeliverable_table, p.undeliverable_lengths
+        ):
+            sender.counts[NOT_DELIVERED_TO_REGION] += 1
+            return not_delivered(limit)
     back_off_end = 0
     back_off = st.marketing_back_off
     if back_off and cat == MARKETING:

@@ -14,6 +14,7 @@ from tiergate.engine.constants import (
     ADMIT,
     F_QUALITY_BLOCK,
     MARKETING_FREQUENCY,
+    NOT_DELIVERED_TO_REGION,
     OK,
     QUALITY_PROTECTION,
     REJECT,
@@ -37,6 +38,7 @@ __all__ = [
     "AdmitResult",
     "ApplyResult",
     "blocked",
+    "not_delivered",
     "refusal",
     "remembered",
     "template_detail",
@@ -62,6 +64,7 @@ DETAIL = (
     "sender throughput limit",
     "pair rate limit for this recipient",
     "unknown sender",
+    "Meta does not deliver this category to the recipient's number (region)",
 )
 #: Details of answers that say more than their reason's DETAIL entry (the server's
 #: AdmitBatch wire writer gives the same from an answer's columns).
@@ -105,6 +108,22 @@ def unknown_sender(sender_id: str) -> AdmitResult:
     """Step 2 for a sender tiergate does not know."""
     return AdmitResult(
         REJECT, UNKNOWN_SENDER, 0, "", False, 0, 0, 0, unknown_sender_detail(sender_id)
+    )
+
+
+def not_delivered(limit: int) -> AdmitResult:
+    """A template Meta does not deliver to the recipient's number (the profile's
+    undeliverable (prefix, category) pairs): nothing counted or spent."""
+    return AdmitResult(
+        REJECT,
+        NOT_DELIVERED_TO_REGION,
+        0,
+        "",
+        False,
+        limit,
+        0,
+        META_ERROR[NOT_DELIVERED_TO_REGION],
+        DETAIL[NOT_DELIVERED_TO_REGION],
     )
 
 

@@ -494,6 +494,8 @@ def _decide_rows(
         t_paused,
         _META_ERROR,
         META_TEMPLATE_MISSING,
+        st.profile.undeliverable_table,
+        st.profile.undeliverable_lengths,
         st.marketing_back_off,
         skip,
         batch,

@@ -23,7 +23,8 @@ class MetaError(enum.IntEnum):
     MESSAGING_LIMIT = 131048
     #: The same code in a failed send: Meta throttles the number (spam rate limit).
     SPAM_RATE_LIMIT = 131048
-    #: Not delivered to maintain healthy ecosystem engagement (marketing declined).
+    #: Not delivered to maintain healthy ecosystem engagement (marketing declined;
+    #: marketing templates to US numbers).
     ECOSYSTEM_ENGAGEMENT = 131049
     #: The user stopped marketing messages.
     OPTED_OUT = 131050
@@ -55,5 +56,6 @@ META_ERROR: tuple[int, ...] = tuple(
         MetaError.THROUGHPUT,  # THROUGHPUT
         MetaError.PAIR_RATE,  # PAIR_RATE
         MetaError.NONE,  # UNKNOWN_SENDER
+        MetaError.ECOSYSTEM_ENGAGEMENT,  # NOT_DELIVERED_TO_REGION
     )
 )

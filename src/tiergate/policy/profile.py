@@ -12,14 +12,16 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from tiergate.engine import constants
+from tiergate.engine.columns import region_table
 
-from .events import EntryPoint, Quality, SenderStatus
+from .events import Category, EntryPoint, Quality, SenderStatus
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -130,6 +132,13 @@ class Profile:
     long_bucket_ms: int
     # at most this many Meta message ids linked to tickets (``retention.message_links``)
     message_links: int
+    # (prefix, category) pairs Meta does not deliver (``delivery.undeliverable``), their
+    # keys (``constants.prefix_key``), the kernels' lookup table of those keys
+    # (``engine.columns.region_table``) and their distinct prefix lengths
+    undeliverable: tuple[tuple[str, int], ...] = ()
+    undeliverable_keys: frozenset[int] = frozenset()
+    undeliverable_table: array[int] = field(default_factory=lambda: array("Q"), compare=False)
+    undeliverable_lengths: bytes = b""
 
     def tier_limit(self, tier: str) -> int:
         """The limit of a Meta tier name; KeyError if the profile does not know it."""
@@ -622,6 +631,44 @@ def _read_retention(r: _Reader) -> _Fields:
     return fields
 
 
+def _read_delivery(r: _Reader) -> _Fields:
+    """``delivery.undeliverable``: tables of a template ``category`` and the E.164
+    ``prefixes`` Meta delivers none of it to. Without a ``delivery`` table: none."""
+    if "delivery" not in r.data:
+        return {}
+    raw = r.raw("delivery.undeliverable")
+    if not isinstance(raw, list):
+        raise r.fail("delivery.undeliverable", "must be an array of { category, prefixes }")
+    pairs: list[tuple[str, int]] = []
+    for i, entry in enumerate(raw):
+        key = f"delivery.undeliverable[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"category", "prefixes"}:
+            raise r.fail(key, "must be a table with exactly category and prefixes")
+        name, prefixes = entry["category"], entry["prefixes"]
+        if name not in _TEMPLATE_CATEGORIES:
+            valid = ", ".join(_TEMPLATE_CATEGORIES)
+            raise r.fail(key + ".category", f"must be one of {valid}, got {name!r}")
+        if not isinstance(prefixes, list) or not all(
+            isinstance(p, str)
+            and 0 < len(p) <= constants.MAX_RECIPIENT_DIGITS
+            and p.isdigit()
+            and p.isascii()
+            for p in prefixes
+        ):
+            raise r.fail(key + ".prefixes", "must be an array of 1 to 15 digit strings")
+        pairs += ((p, int(Category[name])) for p in prefixes)
+    keys = frozenset(constants.prefix_key(p, c) for p, c in pairs)
+    return {
+        "undeliverable": tuple(pairs),
+        "undeliverable_keys": keys,
+        "undeliverable_table": region_table(keys),
+        "undeliverable_lengths": bytes(sorted({len(p) for p, _ in pairs})),
+    }
+
+
+_TEMPLATE_CATEGORIES: Final = ("MARKETING", "UTILITY", "AUTHENTICATION")
+
+
 def _read_engine(r: _Reader) -> _Fields:
     bucket_ms = round(r.number("engine.bucket_seconds") * 1000)
     long_bucket_ms = round(r.number("engine.long_bucket_seconds") * 1000)
@@ -647,4 +694,5 @@ _TABLE_READERS: Final = (
     _read_feedback,
     _read_retention,
     _read_engine,
+    _read_delivery,
 )

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 from .events import Quality, SenderStatus, TemplateStatus
 
-REASONS = 14  # tiergate.v1.Reason values 0..13
+REASONS = 15  # tiergate.v1.Reason values 0..14
 
 
 class LimitScope:

@@ -100,6 +100,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     THROUGHPUT: _Reason.ValueType  # 11
     PAIR_RATE: _Reason.ValueType  # 12
     UNKNOWN_SENDER: _Reason.ValueType  # 13
+    NOT_DELIVERED_TO_REGION: _Reason.ValueType  # 14
+    """Meta does not deliver this category to the recipient's number (a profile's
+    undeliverable (prefix, category) pairs: marketing templates to US numbers).
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper): ...
 
@@ -117,6 +121,10 @@ QUALITY_PROTECTION: Reason.ValueType  # 10
 THROUGHPUT: Reason.ValueType  # 11
 PAIR_RATE: Reason.ValueType  # 12
 UNKNOWN_SENDER: Reason.ValueType  # 13
+NOT_DELIVERED_TO_REGION: Reason.ValueType  # 14
+"""Meta does not deliver this category to the recipient's number (a profile's
+undeliverable (prefix, category) pairs: marketing templates to US numbers).
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _EntryPoint:
