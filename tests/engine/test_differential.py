@@ -85,7 +85,7 @@ class EnginesAgree(RuleBasedStateMachine):
         freq_cap=st.integers(0, c.MARKETING_HISTORY),
         freq_window=st.sampled_from([0, 1000, DAY, 9 * DAY]),
         tput=st.sampled_from([(12_500, 1), (1_000, 5), (250_000, 2)]),
-        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3)]),
+        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3), (6_000, 45)]),
         small=st.booleans(),
     )
     def setup(
@@ -203,7 +203,7 @@ class EnginesAgree(RuleBasedStateMachine):
     @rule(
         number=st.integers(0, 2),
         tput=st.sampled_from([(12_500, 1), (1_000, 5), (1, 1)]),
-        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3)]),
+        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3), (6_000, 45)]),
     )
     def set_number_params(self, number: int, tput: tuple[int, int], pair: tuple[int, int]) -> None:
         self.both("set_number_params", number, tput[0], tput[1], pair[0], pair[1])

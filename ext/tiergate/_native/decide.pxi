@@ -47,6 +47,7 @@ cdef struct Probe:
     int64_t now_us        # now in microseconds (throughput buckets)
     int64_t tput_tat      # the number's throughput bucket as of now
     int64_t pair_tat      # the recipient's pair-rate bucket as of now
+    int64_t pair_start    # when the pair's burst began (now: it has paid back)
     bint template
     bint marketing
     bint in_window        # a customer service window is open
@@ -71,7 +72,10 @@ cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_
     p.needs_slot = p.counting and not (p.last > now - eng.window_ms)
     p.now_us = now * 1000
     p.tput_tat = max64(num.tput_tat, p.now_us)
-    p.pair_tat = max64(p.ne.pair_tat if p.ne != NULL else NEVER, now)
+    p.pair_tat = p.ne.pair_tat if p.ne != NULL else NEVER
+    # a burst starts only once the pair has paid back the last one
+    p.pair_start = p.ne.pair_start if p.ne != NULL and p.pair_tat > now else now
+    p.pair_tat = max64(p.pair_tat, now)
 
 
 cdef inline int64_t frequency_retry(Scope *s, ScopeEntry *se, int64_t now) noexcept nogil:
@@ -136,9 +140,11 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
     if p.tput_tat - num.tput_tolerance > p.now_us:
         reject(d, RETRY_LATER, THROUGHPUT, -floordiv(num.tput_tolerance - p.tput_tat, 1000))
         return True
-    # 9. pair rate (GCRA, milliseconds)
-    if p.pair_tat - num.pair_tolerance > now:
-        reject(d, RETRY_LATER, PAIR_RATE, p.pair_tat - num.pair_tolerance)
+    # 9. pair rate: a burst of up to `burst` sends within one interval of its
+    # start, then nothing until it is paid back at one per interval
+    if p.pair_tat > now and (now - p.pair_start >= num.pair_interval
+                             or p.pair_tat - p.pair_start > num.pair_tolerance):
+        reject(d, RETRY_LATER, PAIR_RATE, p.pair_tat)
         return True
     return False
 
@@ -238,6 +244,7 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
         count_marketing(now, s, recipient, p.se)
     num.tput_tat = p.tput_tat + num.tput_interval
     p.ne.pair_tat = p.pair_tat + num.pair_interval
+    p.ne.pair_start = p.pair_start
     d.used = s.ring24.total
     return 0
 

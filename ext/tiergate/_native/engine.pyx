@@ -64,7 +64,8 @@ cdef enum:
     NUMBER_SIZE = 52
     TABLE_SIZE = 16
     SCOPE_ENTRY_SIZE = 57
-    NUMBER_ENTRY_SIZE = 32
+    NUMBER_ENTRY_SIZE = 40
+    NUMBER_ENTRY_SIZE_2 = 32  # formats 1 and 2: no burst start
 
 include "rings.pxi"
 include "tables.pxi"

@@ -181,7 +181,10 @@ class Engine:
         ring = s.ring24
         now_us = now * 1000
         tput_tat = max(num.tput_tat, now_us)
-        pair_tat = max(ne.pair_tat if ne is not None else NEVER, now)
+        pair_tat = ne.pair_tat if ne is not None else NEVER
+        # a burst starts only once the pair has paid back the last one
+        pair_start = ne.pair_start if ne is not None and pair_tat > now else now
+        pair_tat = max(pair_tat, now)
 
         if not force:
             # 4. free-form needs an open customer service window
@@ -213,10 +216,12 @@ class Engine:
             if tput_tat - num.tput_tolerance > now_us:
                 retry = _ceil_div(tput_tat - num.tput_tolerance, 1000)
                 return (RETRY_LATER, THROUGHPUT, retry, 0, ring.total, last, 0)
-            # 9. pair rate (GCRA, milliseconds)
-            if pair_tat - num.pair_tolerance > now:
-                retry = pair_tat - num.pair_tolerance
-                return (RETRY_LATER, PAIR_RATE, retry, 0, ring.total, last, 0)
+            # 9. pair rate: a burst of up to `burst` sends within one interval
+            # of its start, then nothing until it is paid back at one per interval
+            if pair_tat > now and (
+                now - pair_start >= num.pair_interval or pair_tat - pair_start > num.pair_tolerance
+            ):
+                return (RETRY_LATER, PAIR_RATE, pair_tat, 0, ring.total, last, 0)
 
         counted = 1 if needs_slot else 0
         if flags & F_DRY_RUN:
@@ -247,6 +252,7 @@ class Engine:
         if ne is None:
             ne = num.insert(recipient, self._number_cut(num))
         ne.pair_tat = pair_tat + num.pair_interval
+        ne.pair_start = pair_start
         return (ADMIT, OK, 0, counted, ring.total, last, slot)
 
     def decide_batch(self, batch: DecisionBatch) -> None:

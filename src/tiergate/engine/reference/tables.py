@@ -45,12 +45,13 @@ class ScopeEntry:
 
 
 class NumberEntry:
-    __slots__ = ("fep_until", "pair_tat", "window_until")
+    __slots__ = ("fep_until", "pair_start", "pair_tat", "window_until")
 
     def __init__(self) -> None:
         self.window_until = NEVER
         self.fep_until = NEVER
         self.pair_tat = NEVER
+        self.pair_start = NEVER  # when the pair's current burst began (at or before pair_tat)
 
     def expired(self, cut: int) -> bool:
         return self.window_until < cut and self.fep_until < cut and self.pair_tat < cut
