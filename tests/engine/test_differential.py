@@ -180,6 +180,14 @@ class EnginesAgree(RuleBasedStateMachine):
     def slow_throughput(self, number: int, pause: int) -> None:
         self.both("slow_throughput", number, self.now, pause)
 
+    @rule(
+        number=st.integers(0, 2),
+        recipient=st.sampled_from(POOL),
+        hold=st.sampled_from([-1_000, 0, 4_000, 16_000, 1_024_000]),
+    )
+    def hold_pair(self, number: int, recipient: int, hold: int) -> None:
+        self.both("hold_pair", number, recipient, self.now + hold)
+
     @rule(scope=st.integers(0, 1), limit=st.sampled_from(LIMITS))
     def usage(self, scope: int, limit: int) -> None:
         self.both("usage", scope, self.now, limit)

@@ -72,10 +72,9 @@ cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_
     p.needs_slot = p.counting and not (p.last > now - eng.window_ms)
     p.now_us = now * 1000
     p.tput_tat = max64(num.tput_tat, p.now_us)
-    p.pair_tat = p.ne.pair_tat if p.ne != NULL else NEVER
-    # a burst starts only once the pair has paid back the last one
+    p.pair_tat = max64(p.ne.pair_tat if p.ne != NULL else NEVER, now)
+    # a burst starts only once the pair has paid back the last one (its TAT)
     p.pair_start = p.ne.pair_start if p.ne != NULL and p.pair_tat > now else now
-    p.pair_tat = max64(p.pair_tat, now)
 
 
 cdef inline int64_t frequency_retry(Scope *s, ScopeEntry *se, int64_t now) noexcept nogil:
@@ -141,7 +140,8 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
         reject(d, RETRY_LATER, THROUGHPUT, -floordiv(num.tput_tolerance - p.tput_tat, 1000))
         return True
     # 9. pair rate: a burst of up to `burst` sends within one interval of its
-    # start, then nothing until it is paid back at one per interval
+    # start, then nothing until it is paid back at one per interval (the
+    # reference: Number.pair_refuses)
     if p.pair_tat > now and (now - p.pair_start >= num.pair_interval
                              or p.pair_tat - p.pair_start > num.pair_tolerance):
         reject(d, RETRY_LATER, PAIR_RATE, p.pair_tat)

@@ -326,6 +326,20 @@ cdef class Engine:
             ne.window_until = NEVER
             ne.fep_until = NEVER
 
+    def hold_pair(self, number, uint64_t recipient, int64_t until):
+        """Meta answered 131056: the pair owes until ``until`` and bursts no sooner."""
+        cdef Number *num = self._number(number)
+        cdef NumberEntry *ne
+        check_recipient("recipient", recipient)
+        check_time("until", until)
+        ne = number_find(&num.table, recipient)
+        if ne == NULL:
+            if table_reserve(&num.table, number_cut(self, num)) < 0:
+                raise MemoryError()
+            ne = number_insert(&num.table, recipient)
+        ne.pair_tat = max64(ne.pair_tat, until)
+        ne.pair_start = NEVER
+
     def set_opt_out(self, scope, uint64_t recipient, opted_out):
         cdef Scope *s = self._scope(scope)
         cdef ScopeEntry *se

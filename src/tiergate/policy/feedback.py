@@ -315,6 +315,8 @@ def _act_on_failure(
     if code == MetaError.THROUGHPUT:
         st.engine.slow_throughput(sender.engine_index, now, st.profile.throughput_backoff_ms)
         done.append("throughput paused")
+    elif code == MetaError.PAIR_RATE and st.profile.pair_retry_max_exponent > 0:
+        done.append(hold_pair(st, sender, rkey, now))
     elif code == MetaError.OUTSIDE_WINDOW:
         st.engine.close_window(sender.engine_index, rkey)
         done.append("window closed")
@@ -331,6 +333,21 @@ def _act_on_failure(
         st.marketing_back_off[(scope, rkey)] = now + st.profile.ecosystem_backoff_ms
         done.append("marketing to recipient held back")
     return done
+
+
+def hold_pair(st: PolicyState, sender: Sender, rkey: int, now: int) -> str:
+    """A FAILED 131056 (pair rate): nothing more to that recipient from the number
+    for base**X seconds (Meta's retry advice, 4^X), X the pair's consecutive
+    131056 failures, at most the profile's bound. A failure is consecutive while
+    the previous hold has not been over for as long as it lasted; else X is 1."""
+    p = st.profile
+    key = (sender.engine_index, rkey)
+    run = st.pair_failures.get(key)
+    x = min(run[0] + 1, p.pair_retry_max_exponent) if run and now < 2 * run[2] - run[1] else 1
+    until = now + p.pair_retry_base_s**x * 1000
+    st.pair_failures[key] = (x, now, until)
+    st.engine.hold_pair(sender.engine_index, rkey, until)
+    return f"pair held until {until} ({p.pair_retry_base_s}^{x} s)"
 
 
 def on_opt_out(st: PolicyState, e: ev.OptOut) -> ApplyResult:

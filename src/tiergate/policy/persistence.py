@@ -261,6 +261,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
     link_order = list(st.link_order)
     links = st.links.copy()
     eco = list(st.marketing_back_off.items())
+    pair = list(st.pair_failures.items())
     unknown = st.unknown_sender_count
 
     def idem_row(item: tuple[int, str, str]) -> list[Any] | None:
@@ -285,6 +286,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
                 ("seen", _Rows(seen, list)),
                 ("links", _Rows(link_order, link_row)),
                 ("eco", [[sc, rk, until] for (sc, rk), until in eco]),
+                ("pair", [[num, rk, *run] for (num, rk), run in pair]),
                 ("unknown", unknown),
             ]
         )
@@ -321,6 +323,10 @@ def restore(st: PolicyState, data: bytes) -> None:
         until, mid = st.link_order.popleft()
         del st.links[mid]
     st.marketing_back_off = {(int(sc), int(rk)): int(until) for sc, rk, until in state["eco"]}
+    st.pair_failures = {
+        (int(num), int(rk)): (int(x), int(start), int(until))
+        for num, rk, x, start, until in state.get("pair", ())
+    }
     st.unknown_sender_count = int(state["unknown"])
     for s in st.by_index:
         derive(st, s, max(s.scope.last_now, 0))

@@ -110,6 +110,8 @@ class Profile:
     throughput_overrides: tuple[tuple[str, int], ...]
     pair_interval_ms: int
     pair_burst: int
+    pair_retry_base_s: int  # a FAILED 131056 holds the pair pair_retry_base_s ** X seconds
+    pair_retry_max_exponent: int  # X's bound (0: a 131056 holds nothing)
     # protective rules
     warmup_enabled: bool
     warmup: tuple[WarmupStep, ...]
@@ -343,6 +345,8 @@ _LATER_KEYS: Final = (
     ("templates", "hold_codes"),
     ("feedback", "spam_hold_minutes"),
     ("upgrade", "scaling_path"),
+    ("pair_rate", "retry_base_seconds"),
+    ("pair_rate", "retry_max_exponent"),
 )
 
 
@@ -560,7 +564,12 @@ def _read_pair_rate(r: _Reader) -> _Fields:
     pair_ms = round(r.number("pair_rate.interval_seconds") * 1000)
     if pair_ms < 1:
         raise r.fail("pair_rate.interval_seconds", "must be at least 1 ms")
-    return {"pair_interval_ms": pair_ms, "pair_burst": r.integer("pair_rate.burst", 1)}
+    return {
+        "pair_interval_ms": pair_ms,
+        "pair_burst": r.integer("pair_rate.burst", 1),
+        "pair_retry_base_s": r.integer("pair_rate.retry_base_seconds", 1, 10),
+        "pair_retry_max_exponent": r.integer("pair_rate.retry_max_exponent", 0, 8),
+    }
 
 
 def _read_warmup(r: _Reader) -> _Fields:

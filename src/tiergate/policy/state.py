@@ -311,6 +311,9 @@ class PolicyState:
     link_order: deque[tuple[int, str]] = field(default_factory=deque)
     #: (scope, recipient key) → end of the marketing back-off Meta's 131049 asks for.
     marketing_back_off: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: (number's engine index, recipient key) → (X, start, end of the hold) of the
+    #: pair's run of consecutive 131056 failures (``feedback.hold_pair``).
+    pair_failures: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
     unknown_sender_count: int = 0
     #: The earliest time a time-driven change falls due (``tiers.maintain``).
     next_due: int = FAR_FUTURE
@@ -333,6 +336,7 @@ class PolicyState:
         self.links = {}
         self.link_order = deque()
         self.marketing_back_off = {}
+        self.pair_failures = {}
         self.unknown_sender_count = 0
         self.next_due = FAR_FUTURE
         self.due_dirty = False
@@ -343,7 +347,7 @@ class PolicyState:
 
     def forget_expired(self, now: int) -> None:
         """Drop the idempotency entries, applied message ids and (when many) the
-        marketing back-offs expired at ``now``."""
+        marketing back-offs and pair failure runs expired at ``now``."""
         self.keys.prune(self.senders, now)
         seen = self.seen_order
         while seen and seen[0][0] <= now:
@@ -352,3 +356,7 @@ class PolicyState:
         back_off = self.marketing_back_off
         if back_off and len(back_off) > 1024:
             self.marketing_back_off = {k: v for k, v in back_off.items() if v > now}
+        runs = self.pair_failures
+        if runs and len(runs) > 1024:
+            # a run ends once as long again as its hold has passed (see hold_pair)
+            self.pair_failures = {k: v for k, v in runs.items() if 2 * v[2] - v[1] > now}

@@ -181,10 +181,9 @@ class Engine:
         ring = s.ring24
         now_us = now * 1000
         tput_tat = max(num.tput_tat, now_us)
-        pair_tat = ne.pair_tat if ne is not None else NEVER
-        # a burst starts only once the pair has paid back the last one
+        pair_tat = max(ne.pair_tat if ne is not None else NEVER, now)
+        # a burst starts only once the pair has paid back the last one (its TAT)
         pair_start = ne.pair_start if ne is not None and pair_tat > now else now
-        pair_tat = max(pair_tat, now)
 
         if not force:
             # 4. free-form needs an open customer service window
@@ -216,11 +215,8 @@ class Engine:
             if tput_tat - num.tput_tolerance > now_us:
                 retry = _ceil_div(tput_tat - num.tput_tolerance, 1000)
                 return (RETRY_LATER, THROUGHPUT, retry, 0, ring.total, last, 0)
-            # 9. pair rate: a burst of up to `burst` sends within one interval
-            # of its start, then nothing until it is paid back at one per interval
-            if pair_tat > now and (
-                now - pair_start >= num.pair_interval or pair_tat - pair_start > num.pair_tolerance
-            ):
+            # 9. pair rate: a burst, then nothing until it is paid back
+            if num.pair_refuses(now, pair_tat, pair_start):
                 return (RETRY_LATER, PAIR_RATE, pair_tat, 0, ring.total, last, 0)
 
         counted = 1 if needs_slot else 0
@@ -349,6 +345,17 @@ class Engine:
         if ne is not None:
             ne.window_until = NEVER
             ne.fep_until = NEVER
+
+    def hold_pair(self, number: int, recipient: int, until: int) -> None:
+        """Meta answered 131056: the pair owes until ``until`` and bursts no sooner."""
+        num = self._number(number)
+        _check_recipient("recipient", recipient)
+        _check_time("until", until)
+        ne = num.table.get(recipient)
+        if ne is None:
+            ne = num.insert(recipient, self._number_cut(num))
+        ne.pair_tat = max(ne.pair_tat, until)
+        ne.pair_start = NEVER
 
     def set_opt_out(self, scope: int, recipient: int, opted_out: bool) -> None:
         s = self._scope(scope)

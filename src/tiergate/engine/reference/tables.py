@@ -134,6 +134,15 @@ class Number:
         self.pair_interval = 1
         self.pair_tolerance = 0
 
+    def pair_refuses(self, now: int, tat: int, start: int) -> bool:
+        """Whether the pair rate refuses a send at ``now`` to a recipient whose
+        pair owes until ``tat`` (at least ``now``) on a burst begun at ``start``:
+        a burst holds up to ``burst`` sends within one interval of its start;
+        after it nothing goes until it is paid back at one per interval."""
+        return tat > now and (
+            now - start >= self.pair_interval or tat - start > self.pair_tolerance
+        )
+
     def set_params(
         self, tput_interval_us: int, tput_burst: int, pair_interval_ms: int, pair_burst: int
     ) -> None:
