@@ -270,6 +270,8 @@ def mps(st: PolicyState, s: Sender) -> int:
     p = st.profile
     if s.mps_override > 0:
         return s.mps_override
+    if s.throughput_upgraded and not s.coexistence:
+        return p.upgraded_mps  # Meta's THROUGHPUT_UPGRADE is newer than any configured rate
     override = p.throughput_override(s.id)
     if override is not None:
         return override
