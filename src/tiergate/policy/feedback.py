@@ -31,7 +31,7 @@ from .senders import (
     on_sender_update,
 )
 from .state import HELD, LimitScope, PolicyState, Sender, Template
-from .tiers import catch_up, refresh
+from .tiers import catch_up, effective_mps, refresh
 
 __all__ = ["apply", "apply_event", "check_event"]
 
@@ -313,8 +313,7 @@ def _act_on_failure(
                 else:
                     reach[rkey] = prev
     if code == MetaError.THROUGHPUT:
-        st.engine.slow_throughput(sender.engine_index, now, st.profile.throughput_backoff_ms)
-        done.append("throughput paused")
+        done.append(slow_down(st, sender, now))
     elif code == MetaError.PAIR_RATE and st.profile.pair_retry_max_exponent > 0:
         done.append(hold_pair(st, sender, rkey, now))
     elif code == MetaError.OUTSIDE_WINDOW:
@@ -333,6 +332,22 @@ def _act_on_failure(
         st.marketing_back_off[(scope, rkey)] = now + st.profile.ecosystem_backoff_ms
         done.append("marketing to recipient held back")
     return done
+
+
+def slow_down(st: PolicyState, sender: Sender, now: int) -> str:
+    """A FAILED 130429 (throughput): the number's burst credit is spent, nothing is
+    admitted from it for the profile's backoff, and its rate is halved (at most
+    ``throughput_slow_steps`` times); each halving is undone after
+    ``throughput_slow_recover_ms`` without another 130429 (``tiers.maintain``)."""
+    p = st.profile
+    if p.throughput_slow_steps > 0:
+        sender.slow_level = min(sender.slow_level + 1, p.throughput_slow_steps)
+        sender.slow_until = now + p.throughput_slow_recover_ms
+        refresh(st, sender, now)
+    st.engine.slow_throughput(sender.engine_index, now, p.throughput_backoff_ms)
+    if p.throughput_slow_steps == 0:
+        return "throughput paused"
+    return f"throughput slowed to {effective_mps(st, sender)} msg/s"
 
 
 def hold_pair(st: PolicyState, sender: Sender, rkey: int, now: int) -> str:

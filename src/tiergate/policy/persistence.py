@@ -143,6 +143,7 @@ def _replay_json(st: PolicyState, payload: dict[str, Any]) -> None:
         for d in payload["senders"]:
             s = st.senders[str(d["id"])]
             s.load(d)
+            st.engine.set_number_params(s.engine_index, *number_params(st, s))
         for d in payload["senders"]:
             s = st.senders[str(d["id"])]
             for member in s.scope.senders:

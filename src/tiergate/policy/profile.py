@@ -107,6 +107,8 @@ class Profile:
     coexistence_mps: int
     burst_seconds: float
     throughput_backoff_ms: int
+    throughput_slow_steps: int  # each 130429 halves the rate, at most this many times
+    throughput_slow_recover_ms: int  # one halving undone after this long without a 130429
     throughput_overrides: tuple[tuple[str, int], ...]
     pair_interval_ms: int
     pair_burst: int
@@ -345,6 +347,8 @@ _LATER_KEYS: Final = (
     ("templates", "hold_codes"),
     ("feedback", "spam_hold_minutes"),
     ("upgrade", "scaling_path"),
+    ("throughput", "slow_steps"),
+    ("throughput", "slow_recover_seconds"),
     ("pair_rate", "retry_base_seconds"),
     ("pair_rate", "retry_max_exponent"),
 )
@@ -548,6 +552,10 @@ def _read_throughput(r: _Reader) -> _Fields:
         "coexistence_mps": r.integer("throughput.coexistence_mps", 1),
         "burst_seconds": r.number("throughput.burst_seconds", 0.0),
         "throughput_backoff_ms": round(r.number("throughput.backoff_seconds") * 1000),
+        "throughput_slow_steps": r.integer("throughput.slow_steps", 0, 10),
+        "throughput_slow_recover_ms": round(
+            r.number("throughput.slow_recover_seconds", 0.001, 86_400.0) * 1000
+        ),
     }
     overrides: list[tuple[str, int]] = []
     for sid, mps in r.table("throughput.overrides").items():

@@ -99,6 +99,8 @@ class Sender:
         "restricted_retry_at",
         "restricted_until",
         "scope",
+        "slow_level",
+        "slow_until",
         "spam_held_until",
         "status",
         "throughput_upgraded",
@@ -124,6 +126,8 @@ class Sender:
         self.spam_held_until = 0  # 0: not held; else Meta's 131048 hold ends then
         self.mps_override = 0  # 0: from the profile
         self.throughput_upgraded = False
+        self.slow_level = 0  # halvings of the rate after Meta's 130429
+        self.slow_until = 0  # 0: not slowed; else one halving is undone then
         self.coexistence = False
         self.registered_at = 0  # 0: unknown (no warm-up)
         self.floor_restricted = False  # restricted by tiergate's long-Red rule, not by Meta
@@ -155,6 +159,8 @@ class Sender:
             "spam_held_until": self.spam_held_until,
             "mps_override": self.mps_override,
             "throughput_upgraded": self.throughput_upgraded,
+            "slow_level": self.slow_level,
+            "slow_until": self.slow_until,
             "coexistence": self.coexistence,
             "registered_at": self.registered_at,
             "floor_restricted": self.floor_restricted,
@@ -176,6 +182,8 @@ class Sender:
         self.spam_held_until = int(d.get("spam_held_until", 0))
         self.mps_override = int(d["mps_override"])
         self.throughput_upgraded = bool(d["throughput_upgraded"])
+        self.slow_level = int(d.get("slow_level", 0))
+        self.slow_until = int(d.get("slow_until", 0))
         self.coexistence = bool(d["coexistence"])
         self.registered_at = int(d["registered_at"])
         self.floor_restricted = bool(d.get("floor_restricted", False))
