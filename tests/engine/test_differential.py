@@ -180,6 +180,10 @@ class EnginesAgree(RuleBasedStateMachine):
     def slow_throughput(self, number: int, pause: int) -> None:
         self.both("slow_throughput", number, self.now, pause)
 
+    @rule(number=st.integers(0, 2))
+    def take_throughput(self, number: int) -> None:
+        self.both("take_throughput", number, self.now)
+
     @rule(
         number=st.integers(0, 2),
         recipient=st.sampled_from(POOL),

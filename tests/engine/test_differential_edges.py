@@ -98,6 +98,8 @@ def test_extreme_times_and_params_agree_without_overflow() -> None:
         ("decide", (-edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED)),
         ("slow_throughput", (0, edge, edge)),
         ("slow_throughput", (1, edge, edge)),
+        ("take_throughput", (0, edge)),
+        ("take_throughput", (1, -edge)),
         ("decide", (edge, 0, 0, 9, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED)),
         ("decide", (edge, 0, 1, 8, c.F_TEMPLATE, 1)),
         ("decide", (edge, 0, 1, 7, c.F_TEMPLATE | c.F_FORCE, 1)),

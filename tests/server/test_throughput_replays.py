@@ -4,7 +4,9 @@ Meta's THROUGHPUT_UPGRADE raises the number to 1 000 msg/s even when a rate was
 configured (the newest information wins; the config's senders apply at their
 first start only), and a later sender update with a rate wins over it in turn.
 A FAILED 130429 stops the number for a second and halves its rate (at most
-three times: 1/8), each halving undone after 60 s without another."""
+three times: 1/8), each halving undone after 60 s without another. Inbound
+messages (feedback or webhook) take a send's worth of the number's throughput,
+as Meta counts them."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from rules_harness import DOCS_SENDER, admit, body, docs_config, feedback, ingest, state
-from server_harness import T0, Harness, run_async, serving
+from server_harness import T0, Harness, make_config, run_async, sender, serving
 
 from tiergate.v1 import admission_pb2 as pb
 
@@ -117,3 +119,45 @@ async def test_a_slowdown_survives_a_restart(tmp_path: Path) -> None:
     async with serving(config) as h:
         assert await mps_at(h, T0 + S + RECOVER + 1) == 40
         assert await mps_at(h, T0 + S + 2 * RECOVER) == 80
+
+
+# -- inbound messages count toward the number's throughput ----------------------
+
+PYWA = "1122334455667"  # the business number of pywa's payloads (display 972123456789)
+
+
+async def inbound(h: Harness, sender_id: str, i: int, at: int) -> None:
+    message = pb.InboundMessage(
+        sender_id=sender_id, recipient=f"1555003{i:04d}", at_unix_ms=at, message_id=f"wamid.in{i}"
+    )
+    assert (await feedback(h, inbound_message=message)).applied
+
+
+@run_async
+async def test_inbound_messages_take_the_numbers_throughput() -> None:
+    # 80 msg/s with a second of burst: 80 inbound messages spend it all
+    async with serving(docs_config()) as h:
+        for i in range(79):
+            await inbound(h, DOCS_SENDER, i, T0)
+        assert (await send(h, T0, "15550004000")).decision == pb.DECISION_ADMIT
+    async with serving(docs_config()) as h:
+        for i in range(80):
+            await inbound(h, DOCS_SENDER, i, T0)
+        refused = await send(h, T0, "15550004000")
+        assert (refused.reason, refused.retry_at_unix_ms) == (pb.THROUGHPUT, T0 + 13)  # 12.5 ms
+
+
+@run_async
+async def test_a_webhook_message_takes_a_send_of_throughput() -> None:
+    # pywa's inbound text message (a published body) to the number of pywa's payloads
+    doc = body("messages__message-text__pywa")
+    at = int(doc["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"]) * 1000
+    config = make_config(
+        senders=(sender(PYWA, display_phone_number="972123456789", waba_id="5467539754836534"),)
+    )
+    async with serving(config) as h:
+        for i in range(79):
+            await inbound(h, PYWA, i, at)
+        assert (await ingest(h, doc, at)).applied == 1
+        refused = await admit(h, "15550004000", at, sender_id=PYWA)
+        assert (refused.decision, refused.reason) == (pb.DECISION_RETRY_LATER, pb.THROUGHPUT)

@@ -30,6 +30,16 @@ cdef inline int64_t number_cut(Engine eng, Number *num) noexcept nogil:
     return eng.scopes[num.scope].last_now + 1
 
 
+cdef NumberEntry *number_entry(Engine eng, Number *num, uint64_t recipient) except NULL:
+    # The recipient's entry in the number's table, made (NEVER times) if absent.
+    cdef NumberEntry *ne = number_find(&num.table, recipient)
+    if ne == NULL:
+        if table_reserve(&num.table, number_cut(eng, num)) < 0:
+            raise MemoryError()
+        ne = number_insert(&num.table, recipient)
+    return ne
+
+
 # -- the decision core -------------------------------------------------------
 #
 # DESIGN §2's steps 4 to 9 for one request (steps 1 to 3 are the policy

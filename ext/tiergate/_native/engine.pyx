@@ -312,11 +312,7 @@ cdef class Engine:
             check_time("window_until", window_until)
         if fep_until != NEVER:
             check_time("fep_until", fep_until)
-        ne = number_find(&num.table, recipient)
-        if ne == NULL:
-            if table_reserve(&num.table, number_cut(self, num)) < 0:
-                raise MemoryError()
-            ne = number_insert(&num.table, recipient)
+        ne = number_entry(self, num, recipient)
         ne.window_until = max64(ne.window_until, window_until)
         ne.fep_until = max64(ne.fep_until, fep_until)
 
@@ -332,11 +328,7 @@ cdef class Engine:
         cdef NumberEntry *ne
         check_recipient("recipient", recipient)
         check_time("until", until)
-        ne = number_find(&num.table, recipient)
-        if ne == NULL:
-            if table_reserve(&num.table, number_cut(self, num)) < 0:
-                raise MemoryError()
-            ne = number_insert(&num.table, recipient)
+        ne = number_entry(self, num, recipient)
         ne.pair_tat = max64(ne.pair_tat, until)
         ne.pair_start = NEVER
 
@@ -366,6 +358,14 @@ cdef class Engine:
         if now > num.clock:
             num.clock = now
         num.tput_tat = max64(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)
+
+    def take_throughput(self, number, int64_t now):
+        """An inbound message: Meta counts it toward the number's throughput."""
+        cdef Number *num = self._number(number)
+        check_time("now", now)
+        if now > num.clock:
+            num.clock = now
+        num.tput_tat = max64(num.tput_tat, now * 1000) + num.tput_interval
 
     # -- memory --------------------------------------------------------------
 

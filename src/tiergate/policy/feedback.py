@@ -142,6 +142,8 @@ def on_inbound(st: PolicyState, e: ev.InboundMessage, now: int) -> ApplyResult:
     fep = int(e.entry_point) in p.free_entry_points
     fep_until = start + p.free_entry_point_window_ms if fep else NEVER
     st.engine.open_window(s.engine_index, rkey, start + p.service_window_ms, fep_until)
+    if p.throughput_counts_inbound:  # Meta counts it toward the number's throughput
+        st.engine.take_throughput(s.engine_index, now)
     kind = "free entry point (72 h)" if fep else "customer service"
     return ApplyResult(True, f"{kind} window open for {e.recipient}")
 

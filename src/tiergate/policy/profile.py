@@ -109,6 +109,7 @@ class Profile:
     throughput_backoff_ms: int
     throughput_slow_steps: int  # each 130429 halves the rate, at most this many times
     throughput_slow_recover_ms: int  # one halving undone after this long without a 130429
+    throughput_counts_inbound: bool  # an inbound message takes a send's worth of throughput
     throughput_overrides: tuple[tuple[str, int], ...]
     pair_interval_ms: int
     pair_burst: int
@@ -349,6 +350,7 @@ _LATER_KEYS: Final = (
     ("upgrade", "scaling_path"),
     ("throughput", "slow_steps"),
     ("throughput", "slow_recover_seconds"),
+    ("throughput", "count_inbound"),
     ("pair_rate", "retry_base_seconds"),
     ("pair_rate", "retry_max_exponent"),
 )
@@ -553,6 +555,7 @@ def _read_throughput(r: _Reader) -> _Fields:
         "burst_seconds": r.number("throughput.burst_seconds", 0.0),
         "throughput_backoff_ms": round(r.number("throughput.backoff_seconds") * 1000),
         "throughput_slow_steps": r.integer("throughput.slow_steps", 0, 10),
+        "throughput_counts_inbound": r.boolean("throughput.count_inbound"),
         "throughput_slow_recover_ms": round(
             r.number("throughput.slow_recover_seconds", 0.001, 86_400.0) * 1000
         ),

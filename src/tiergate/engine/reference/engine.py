@@ -351,11 +351,8 @@ class Engine:
         num = self._number(number)
         _check_recipient("recipient", recipient)
         _check_time("until", until)
-        ne = num.table.get(recipient)
-        if ne is None:
-            ne = num.insert(recipient, self._number_cut(num))
-        ne.pair_tat = max(ne.pair_tat, until)
-        ne.pair_start = NEVER
+        ne = num.table.get(recipient) or num.insert(recipient, self._number_cut(num))
+        ne.pair_tat, ne.pair_start = max(ne.pair_tat, until), NEVER
 
     def set_opt_out(self, scope: int, recipient: int, opted_out: bool) -> None:
         s = self._scope(scope)
@@ -373,9 +370,13 @@ class Engine:
         _check_time("now", now)
         if not 0 <= pause_ms <= MAX_TIME:
             raise ValueError("pause_ms must be 0..2**50")
-        if now > num.clock:
-            num.clock = now
-        num.tput_tat = max(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)
+        num.spend_throughput(now, (now + pause_ms) * 1000 + num.tput_tolerance)
+
+    def take_throughput(self, number: int, now: int) -> None:
+        """An inbound message: Meta counts it toward the number's throughput."""
+        num = self._number(number)
+        _check_time("now", now)
+        num.spend_throughput(now, max(num.tput_tat, now * 1000) + num.tput_interval)
 
     # -- memory --------------------------------------------------------------
 

@@ -134,6 +134,12 @@ class Number:
         self.pair_interval = 1
         self.pair_tolerance = 0
 
+    def spend_throughput(self, now: int, tat: int) -> None:
+        """Move the throughput bucket's TAT to at least ``tat`` (µs) as of ``now`` (ms)."""
+        if now > self.clock:
+            self.clock = now
+        self.tput_tat = max(self.tput_tat, tat)
+
     def pair_refuses(self, now: int, tat: int, start: int) -> bool:
         """Whether the pair rate refuses a send at ``now`` to a recipient whose
         pair owes until ``tat`` (at least ``now``) on a burst begun at ``start``:
