@@ -85,7 +85,7 @@ class EnginesAgree(RuleBasedStateMachine):
         freq_cap=st.integers(0, c.MARKETING_HISTORY),
         freq_window=st.sampled_from([0, 1000, DAY, 9 * DAY]),
         tput=st.sampled_from([(12_500, 1), (1_000, 5), (250_000, 2)]),
-        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3)]),
+        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3), (6_000, 45)]),
         small=st.booleans(),
     )
     def setup(
@@ -180,6 +180,18 @@ class EnginesAgree(RuleBasedStateMachine):
     def slow_throughput(self, number: int, pause: int) -> None:
         self.both("slow_throughput", number, self.now, pause)
 
+    @rule(number=st.integers(0, 2))
+    def take_throughput(self, number: int) -> None:
+        self.both("take_throughput", number, self.now)
+
+    @rule(
+        number=st.integers(0, 2),
+        recipient=st.sampled_from(POOL),
+        hold=st.sampled_from([-1_000, 0, 4_000, 16_000, 1_024_000]),
+    )
+    def hold_pair(self, number: int, recipient: int, hold: int) -> None:
+        self.both("hold_pair", number, recipient, self.now + hold)
+
     @rule(scope=st.integers(0, 1), limit=st.sampled_from(LIMITS))
     def usage(self, scope: int, limit: int) -> None:
         self.both("usage", scope, self.now, limit)
@@ -203,7 +215,7 @@ class EnginesAgree(RuleBasedStateMachine):
     @rule(
         number=st.integers(0, 2),
         tput=st.sampled_from([(12_500, 1), (1_000, 5), (1, 1)]),
-        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3)]),
+        pair=st.sampled_from([(6_000, 1), (1, 1), (10_000, 3), (6_000, 45)]),
     )
     def set_number_params(self, number: int, tput: tuple[int, int], pair: tuple[int, int]) -> None:
         self.both("set_number_params", number, tput[0], tput[1], pair[0], pair[1])

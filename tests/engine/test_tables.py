@@ -273,6 +273,44 @@ def _one_slot_snapshot(cls: type[PyEngine] | type[Engine]) -> tuple[bytearray, i
     return data, at, d
 
 
+def _as_format_2(data: bytearray) -> bytearray:
+    """A one-recipient snapshot from :func:`_one_slot_snapshot` in format 2: its
+    number entry (the last 40 bytes) without the burst start format 3 added."""
+    out = bytearray(data[:-8])
+    struct.pack_into("<I", out, 8, 2)
+    return out
+
+
+@pytest.mark.parametrize("writer", [Engine, PyEngine])
+def test_format_2_snapshots_hold_a_pair_that_owes_until_paid_back(
+    writer: type[PyEngine] | type[Engine],
+) -> None:
+    """Format 2 kept no burst start: a pair that still owes restores as paying
+    back (held until its TAT), then bursts again; both engines agree."""
+    e = writer(1_000, 60_000, 10_000, 300_000)
+    e.add_scope()
+    e.add_number(0, tput_burst=100, pair_interval_ms=6_000, pair_burst=45)
+    e.decide(5_000, 0, 0, 42, c.F_TEMPLATE, 10)
+    e.decide(5_000, 0, 0, 42, c.F_TEMPLATE, 10)  # a burst of two: owes until 17 000
+    data = bytearray(e.snapshot())
+    assert struct.unpack_from("<qq", data, len(data) - 16) == (17_000, 5_000)
+    old = bytes(_as_format_2(data))
+    snaps = []
+    for cls in (Engine, PyEngine):
+        r = cls.restore(old)
+        assert r.lookup(0, 0, 42)[4] == 17_000
+        assert tuple(r.decide(5_001, 0, 0, 42, c.F_TEMPLATE, 10)[:3]) == (
+            c.RETRY_LATER,
+            c.PAIR_RATE,
+            17_000,
+        )
+        assert r.decide(17_000, 0, 0, 42, c.F_TEMPLATE, 10)[0] == c.ADMIT
+        assert r.decide(17_000, 0, 0, 42, c.F_TEMPLATE, 10)[0] == c.ADMIT
+        snaps.append(r.snapshot())
+    assert snaps[0] == snaps[1]
+    assert Engine.restore(bytes(data)).decide(5_001, 0, 0, 42, c.F_TEMPLATE, 10)[0] == c.ADMIT
+
+
 @pytest.mark.parametrize("writer", [Engine, PyEngine])
 def test_format_1_snapshots_keep_their_counts_and_release_nothing(
     writer: type[PyEngine] | type[Engine],
@@ -281,6 +319,7 @@ def test_format_1_snapshots_keep_their_counts_and_release_nothing(
     its counts and times restore, and since its four-part tickets name no slot
     stamp, nothing restored from it is releasable (the slot stays counted)."""
     data, at, d = _one_slot_snapshot(writer)
+    data = _as_format_2(data)
     struct.pack_into("<I", data, 8, 1)
     struct.pack_into("<Q", data, at + 16, 77)  # a format-1 ticket id
     snaps = []

@@ -30,6 +30,16 @@ cdef inline int64_t number_cut(Engine eng, Number *num) noexcept nogil:
     return eng.scopes[num.scope].last_now + 1
 
 
+cdef NumberEntry *number_entry(Engine eng, Number *num, uint64_t recipient) except NULL:
+    # The recipient's entry in the number's table, made (NEVER times) if absent.
+    cdef NumberEntry *ne = number_find(&num.table, recipient)
+    if ne == NULL:
+        if table_reserve(&num.table, number_cut(eng, num)) < 0:
+            raise MemoryError()
+        ne = number_insert(&num.table, recipient)
+    return ne
+
+
 # -- the decision core -------------------------------------------------------
 #
 # DESIGN §2's steps 4 to 9 for one request (steps 1 to 3 are the policy
@@ -47,6 +57,7 @@ cdef struct Probe:
     int64_t now_us        # now in microseconds (throughput buckets)
     int64_t tput_tat      # the number's throughput bucket as of now
     int64_t pair_tat      # the recipient's pair-rate bucket as of now
+    int64_t pair_start    # when the pair's burst began (now: it has paid back)
     bint template
     bint marketing
     bint in_window        # a customer service window is open
@@ -72,6 +83,8 @@ cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_
     p.now_us = now * 1000
     p.tput_tat = max64(num.tput_tat, p.now_us)
     p.pair_tat = max64(p.ne.pair_tat if p.ne != NULL else NEVER, now)
+    # a burst starts only once the pair has paid back the last one (its TAT)
+    p.pair_start = p.ne.pair_start if p.ne != NULL and p.pair_tat > now else now
 
 
 cdef inline int64_t frequency_retry(Scope *s, ScopeEntry *se, int64_t now) noexcept nogil:
@@ -136,9 +149,12 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
     if p.tput_tat - num.tput_tolerance > p.now_us:
         reject(d, RETRY_LATER, THROUGHPUT, -floordiv(num.tput_tolerance - p.tput_tat, 1000))
         return True
-    # 9. pair rate (GCRA, milliseconds)
-    if p.pair_tat - num.pair_tolerance > now:
-        reject(d, RETRY_LATER, PAIR_RATE, p.pair_tat - num.pair_tolerance)
+    # 9. pair rate: a burst of up to `burst` sends within one interval of its
+    # start, then nothing until it is paid back at one per interval (the
+    # reference: Number.pair_refuses)
+    if p.pair_tat > now and (now - p.pair_start >= num.pair_interval
+                             or p.pair_tat - p.pair_start > num.pair_tolerance):
+        reject(d, RETRY_LATER, PAIR_RATE, p.pair_tat)
         return True
     return False
 
@@ -238,6 +254,7 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
         count_marketing(now, s, recipient, p.se)
     num.tput_tat = p.tput_tat + num.tput_interval
     p.ne.pair_tat = p.pair_tat + num.pair_interval
+    p.ne.pair_start = p.pair_start
     d.used = s.ring24.total
     return 0
 

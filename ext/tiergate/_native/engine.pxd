@@ -13,7 +13,7 @@ cdef enum:
     # Number tables start nominally larger: their entries expire within
     # seconds to days, and a small table would reclaim every few inserts
     NUMBER_INITIAL_CAPACITY = 4096
-    SNAPSHOT_VERSION = 2
+    SNAPSHOT_VERSION = 3
 
 # Counts of last-counted times by bucket over a rolling window; bucket b
 # lives at counts[b mod n]; buckets below lo are gone.
@@ -62,6 +62,7 @@ cdef struct NumberEntry:
     int64_t window_until
     int64_t fep_until
     int64_t pair_tat
+    int64_t pair_start  # when the pair's current burst began (at or before pair_tat)
 
 # Robin Hood open addressing over `capacity` slots (any size: the home slot is
 # mix(key) scaled to the capacity), kept between half and four fifths full.

@@ -64,7 +64,8 @@ cdef enum:
     NUMBER_SIZE = 52
     TABLE_SIZE = 16
     SCOPE_ENTRY_SIZE = 57
-    NUMBER_ENTRY_SIZE = 32
+    NUMBER_ENTRY_SIZE = 40
+    NUMBER_ENTRY_SIZE_2 = 32  # formats 1 and 2: no burst start
 
 include "rings.pxi"
 include "tables.pxi"
@@ -311,11 +312,7 @@ cdef class Engine:
             check_time("window_until", window_until)
         if fep_until != NEVER:
             check_time("fep_until", fep_until)
-        ne = number_find(&num.table, recipient)
-        if ne == NULL:
-            if table_reserve(&num.table, number_cut(self, num)) < 0:
-                raise MemoryError()
-            ne = number_insert(&num.table, recipient)
+        ne = number_entry(self, num, recipient)
         ne.window_until = max64(ne.window_until, window_until)
         ne.fep_until = max64(ne.fep_until, fep_until)
 
@@ -324,6 +321,16 @@ cdef class Engine:
         if ne != NULL:
             ne.window_until = NEVER
             ne.fep_until = NEVER
+
+    def hold_pair(self, number, uint64_t recipient, int64_t until):
+        """Meta answered 131056: the pair owes until ``until`` and bursts no sooner."""
+        cdef Number *num = self._number(number)
+        cdef NumberEntry *ne
+        check_recipient("recipient", recipient)
+        check_time("until", until)
+        ne = number_entry(self, num, recipient)
+        ne.pair_tat = max64(ne.pair_tat, until)
+        ne.pair_start = NEVER
 
     def set_opt_out(self, scope, uint64_t recipient, opted_out):
         cdef Scope *s = self._scope(scope)
@@ -351,6 +358,14 @@ cdef class Engine:
         if now > num.clock:
             num.clock = now
         num.tput_tat = max64(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)
+
+    def take_throughput(self, number, int64_t now):
+        """An inbound message: Meta counts it toward the number's throughput."""
+        cdef Number *num = self._number(number)
+        check_time("now", now)
+        if now > num.clock:
+            num.clock = now
+        num.tput_tat = max64(num.tput_tat, now * 1000) + num.tput_interval
 
     # -- memory --------------------------------------------------------------
 

@@ -165,15 +165,18 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c, uint32_t version) except 
     return 0
 
 
-cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
+cdef int restore_number_table(NumberTable *t, Cursor *c, uint32_t version) except -1:
+    # Formats 1 and 2 had no burst start: it restores as NEVER (a pair that
+    # owes is held until it has paid back).
     cdef uint64_t count, i, key, prev = 0
     cdef const unsigned char *p
     cdef NumberEntry *e
-    restore_table(t, c, NUMBER_ENTRY_SIZE, &p, &count)
+    cdef Py_ssize_t size = NUMBER_ENTRY_SIZE if version >= 3 else NUMBER_ENTRY_SIZE_2
+    cdef int64_t start
+    restore_table(t, c, size, &p, &count)
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
-            tg_prefetch(
-                &t.slots[home(get_u64(p + PREFETCH_AHEAD * NUMBER_ENTRY_SIZE), t.capacity)])
+            tg_prefetch(&t.slots[home(get_u64(p + PREFETCH_AHEAD * size), t.capacity)])
         key = get_u64(p)
         check_key(key, prev)
         prev = key
@@ -181,7 +184,12 @@ cdef int restore_number_table(NumberTable *t, Cursor *c) except -1:
         e.window_until = <int64_t>get_u64(p + 8)
         e.fep_until = <int64_t>get_u64(p + 16)
         e.pair_tat = <int64_t>get_u64(p + 24)
-        p += NUMBER_ENTRY_SIZE
+        if version >= 3:
+            start = <int64_t>get_u64(p + 32)
+            if start != NEVER and not -MAX_TIME <= start <= MAX_TIME:
+                raise ValueError("engine snapshot is corrupt: time out of range")
+            e.pair_start = start
+        p += size
     return 0
 
 
@@ -290,6 +298,7 @@ cdef unsigned char *put_number_table(NumberTable *t, unsigned char *p) noexcept 
         put_u64(p + 8, e.window_until)
         put_u64(p + 16, e.fep_until)
         put_u64(p + 24, e.pair_tat)
+        put_u64(p + 32, e.pair_start)
         p += NUMBER_ENTRY_SIZE
     free(keys)
     return p
@@ -399,7 +408,7 @@ cdef Engine engine_restore(type cls, data):
         num.clock = take_time(&c)
         num.tput_tat = <int64_t>get_u64(take(&c, 8))
         c.pos += 32
-        restore_number_table(&num.table, &c)
+        restore_number_table(&num.table, &c, version)
     if c.pos != c.size:
         raise ValueError("engine snapshot is corrupt: trailing bytes")
     return eng

@@ -528,6 +528,7 @@ cdef inline NumberEntry *number_insert_from(NumberTable *t, uint64_t key,
     e.window_until = NEVER
     e.fep_until = NEVER
     e.pair_tat = NEVER
+    e.pair_start = NEVER
     t.count += 1
     return entry_place_from(t.slots, t.capacity, &e, i, d)
 

@@ -31,7 +31,7 @@ from .senders import (
     on_sender_update,
 )
 from .state import HELD, LimitScope, PolicyState, Sender, Template
-from .tiers import catch_up, refresh
+from .tiers import catch_up, effective_mps, refresh
 
 __all__ = ["apply", "apply_event", "check_event"]
 
@@ -142,6 +142,8 @@ def on_inbound(st: PolicyState, e: ev.InboundMessage, now: int) -> ApplyResult:
     fep = int(e.entry_point) in p.free_entry_points
     fep_until = start + p.free_entry_point_window_ms if fep else NEVER
     st.engine.open_window(s.engine_index, rkey, start + p.service_window_ms, fep_until)
+    if p.throughput_counts_inbound:  # Meta counts it toward the number's throughput
+        st.engine.take_throughput(s.engine_index, now)
     kind = "free entry point (72 h)" if fep else "customer service"
     return ApplyResult(True, f"{kind} window open for {e.recipient}")
 
@@ -313,8 +315,9 @@ def _act_on_failure(
                 else:
                     reach[rkey] = prev
     if code == MetaError.THROUGHPUT:
-        st.engine.slow_throughput(sender.engine_index, now, st.profile.throughput_backoff_ms)
-        done.append("throughput paused")
+        done.append(slow_down(st, sender, now))
+    elif code == MetaError.PAIR_RATE and st.profile.pair_retry_max_exponent > 0:
+        done.append(hold_pair(st, sender, rkey, now))
     elif code == MetaError.OUTSIDE_WINDOW:
         st.engine.close_window(sender.engine_index, rkey)
         done.append("window closed")
@@ -331,6 +334,37 @@ def _act_on_failure(
         st.marketing_back_off[(scope, rkey)] = now + st.profile.ecosystem_backoff_ms
         done.append("marketing to recipient held back")
     return done
+
+
+def slow_down(st: PolicyState, sender: Sender, now: int) -> str:
+    """A FAILED 130429 (throughput): the number's burst credit is spent, nothing is
+    admitted from it for the profile's backoff, and its rate is halved (at most
+    ``throughput_slow_steps`` times); each halving is undone after
+    ``throughput_slow_recover_ms`` without another 130429 (``tiers.maintain``)."""
+    p = st.profile
+    if p.throughput_slow_steps > 0:
+        sender.slow_level = min(sender.slow_level + 1, p.throughput_slow_steps)
+        sender.slow_until = now + p.throughput_slow_recover_ms
+        refresh(st, sender, now)
+    st.engine.slow_throughput(sender.engine_index, now, p.throughput_backoff_ms)
+    if p.throughput_slow_steps == 0:
+        return "throughput paused"
+    return f"throughput slowed to {effective_mps(st, sender)} msg/s"
+
+
+def hold_pair(st: PolicyState, sender: Sender, rkey: int, now: int) -> str:
+    """A FAILED 131056 (pair rate): nothing more to that recipient from the number
+    for base**X seconds (Meta's retry advice, 4^X), X the pair's consecutive
+    131056 failures, at most the profile's bound. A failure is consecutive while
+    the previous hold has not been over for as long as it lasted; else X is 1."""
+    p = st.profile
+    key = (sender.engine_index, rkey)
+    run = st.pair_failures.get(key)
+    x = min(run[0] + 1, p.pair_retry_max_exponent) if run and now < 2 * run[2] - run[1] else 1
+    until = now + p.pair_retry_base_s**x * 1000
+    st.pair_failures[key] = (x, now, until)
+    st.engine.hold_pair(sender.engine_index, rkey, until)
+    return f"pair held until {until} ({p.pair_retry_base_s}^{x} s)"
 
 
 def on_opt_out(st: PolicyState, e: ev.OptOut) -> ApplyResult:

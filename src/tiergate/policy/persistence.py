@@ -142,6 +142,7 @@ def _replay_json(st: PolicyState, payload: dict[str, Any]) -> None:
         for d in payload["senders"]:
             s = st.senders[str(d["id"])]
             s.load(d)
+            st.engine.set_number_params(s.engine_index, *number_params(st, s))
         for d in payload["senders"]:
             s = st.senders[str(d["id"])]
             for member in s.scope.senders:
@@ -252,6 +253,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
     link_order = list(st.link_order)
     links = st.links.copy()
     eco = list(st.marketing_back_off.items())
+    pair = list(st.pair_failures.items())
     unknown = st.unknown_sender_count
 
     def idem_row(item: tuple[int, str, str]) -> list[Any] | None:
@@ -276,6 +278,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
                 ("seen", _Rows(seen, list)),
                 ("links", _Rows(link_order, link_row)),
                 ("eco", [[sc, rk, until] for (sc, rk), until in eco]),
+                ("pair", [[num, rk, *run] for (num, rk), run in pair]),
                 ("unknown", unknown),
             ]
         )
@@ -312,6 +315,10 @@ def restore(st: PolicyState, data: bytes) -> None:
         until, mid = st.link_order.popleft()
         del st.links[mid]
     st.marketing_back_off = {(int(sc), int(rk)): int(until) for sc, rk, until in state["eco"]}
+    st.pair_failures = {
+        (int(num), int(rk)): (int(x), int(start), int(until))
+        for num, rk, x, start, until in state.get("pair", ())
+    }
     st.unknown_sender_count = int(state["unknown"])
     for s in st.by_index:
         derive(st, s, max(s.scope.last_now, 0))

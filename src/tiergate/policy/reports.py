@@ -12,8 +12,8 @@ from .tiers import (
     PATH_AUTOMATIC,
     catch_up,
     check_crossing,
+    effective_mps,
     eligible,
-    mps,
     scaling_path,
     threshold,
 )
@@ -147,7 +147,7 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         upgrade=upgrade,
         quality=s.quality,
         status=s.status,
-        throughput_mps=mps(st, s),
+        throughput_mps=effective_mps(st, s),
         open_windows=st.engine.open_windows(s.engine_index, now),
         paused_templates=paused,
         decision_counts={r: c for r, c in enumerate(s.counts) if c},

@@ -162,7 +162,9 @@ def on_quality_update(st: PolicyState, u: ev.QualityUpdate, now: int) -> ApplyRe
         if s.status == St.FLAGGED:
             s.status = int(St.CONNECTED)
     elif event == "THROUGHPUT_UPGRADE":
+        # the newest word on the number's rate: a rate set before it gives way
         s.throughput_upgraded = True
+        s.mps_override = 0
     elif event in ("UPGRADE", "DOWNGRADE", "ONBOARDING", "COMPLIANCE_ISSUE"):
         pass
     else:

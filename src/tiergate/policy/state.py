@@ -99,6 +99,8 @@ class Sender:
         "restricted_retry_at",
         "restricted_until",
         "scope",
+        "slow_level",
+        "slow_until",
         "spam_held_until",
         "status",
         "throughput_upgraded",
@@ -124,6 +126,8 @@ class Sender:
         self.spam_held_until = 0  # 0: not held; else Meta's 131048 hold ends then
         self.mps_override = 0  # 0: from the profile
         self.throughput_upgraded = False
+        self.slow_level = 0  # halvings of the rate after Meta's 130429
+        self.slow_until = 0  # 0: not slowed; else one halving is undone then
         self.coexistence = False
         self.registered_at = 0  # 0: unknown (no warm-up)
         self.floor_restricted = False  # restricted by tiergate's long-Red rule, not by Meta
@@ -155,6 +159,8 @@ class Sender:
             "spam_held_until": self.spam_held_until,
             "mps_override": self.mps_override,
             "throughput_upgraded": self.throughput_upgraded,
+            "slow_level": self.slow_level,
+            "slow_until": self.slow_until,
             "coexistence": self.coexistence,
             "registered_at": self.registered_at,
             "floor_restricted": self.floor_restricted,
@@ -176,6 +182,8 @@ class Sender:
         self.spam_held_until = int(d.get("spam_held_until", 0))
         self.mps_override = int(d["mps_override"])
         self.throughput_upgraded = bool(d["throughput_upgraded"])
+        self.slow_level = int(d.get("slow_level", 0))
+        self.slow_until = int(d.get("slow_until", 0))
         self.coexistence = bool(d["coexistence"])
         self.registered_at = int(d["registered_at"])
         self.floor_restricted = bool(d.get("floor_restricted", False))
@@ -311,6 +319,9 @@ class PolicyState:
     link_order: deque[tuple[int, str]] = field(default_factory=deque)
     #: (scope, recipient key) → end of the marketing back-off Meta's 131049 asks for.
     marketing_back_off: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: (number's engine index, recipient key) → (X, start, end of the hold) of the
+    #: pair's run of consecutive 131056 failures (``feedback.hold_pair``).
+    pair_failures: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
     unknown_sender_count: int = 0
     #: The earliest time a time-driven change falls due (``tiers.maintain``).
     next_due: int = FAR_FUTURE
@@ -333,6 +344,7 @@ class PolicyState:
         self.links = {}
         self.link_order = deque()
         self.marketing_back_off = {}
+        self.pair_failures = {}
         self.unknown_sender_count = 0
         self.next_due = FAR_FUTURE
         self.due_dirty = False
@@ -343,7 +355,7 @@ class PolicyState:
 
     def forget_expired(self, now: int) -> None:
         """Drop the idempotency entries, applied message ids and (when many) the
-        marketing back-offs expired at ``now``."""
+        marketing back-offs and pair failure runs expired at ``now``."""
         self.keys.prune(self.senders, now)
         seen = self.seen_order
         while seen and seen[0][0] <= now:
@@ -352,3 +364,7 @@ class PolicyState:
         back_off = self.marketing_back_off
         if back_off and len(back_off) > 1024:
             self.marketing_back_off = {k: v for k, v in back_off.items() if v > now}
+        runs = self.pair_failures
+        if runs and len(runs) > 1024:
+            # a run ends once as long again as its hold has passed (see hold_pair)
+            self.pair_failures = {k: v for k, v in runs.items() if 2 * v[2] - v[1] > now}

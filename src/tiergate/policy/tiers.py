@@ -31,6 +31,7 @@ __all__ = [
     "category_limits",
     "check_crossing",
     "derive",
+    "effective_mps",
     "eligible",
     "maintain",
     "mps",
@@ -238,10 +239,15 @@ def maintain_once(st: PolicyState, now: int) -> None:
         if 0 < s.spam_held_until <= now:
             s.spam_held_until = 0
             changed_senders[s.id] = s
+        if 0 < s.slow_until <= now:
+            s.slow_level -= 1
+            s.slow_until = s.slow_until + p.throughput_slow_recover_ms if s.slow_level else 0
+            changed_senders[s.id] = s
         if s.limits_until != NEVER and s.limits_until <= now:
             changed_senders[s.id] = s
     for s in changed_senders.values():
         derive(st, s, now)
+        st.engine.set_number_params(s.engine_index, *number_params(st, s))
     if changed_scopes or changed_senders:
         journal_state(st, list(changed_scopes.values()), list(changed_senders.values()))
     recompute_due(st)
@@ -261,6 +267,8 @@ def recompute_due(st: PolicyState) -> None:
             due = min(due, s.restricted_until)
         if s.spam_held_until:
             due = min(due, s.spam_held_until)
+        if s.slow_until:
+            due = min(due, s.slow_until)
         if s.limits_until != NEVER:
             due = min(due, s.limits_until)
     st.next_due = due
@@ -270,6 +278,8 @@ def mps(st: PolicyState, s: Sender) -> int:
     p = st.profile
     if s.mps_override > 0:
         return s.mps_override
+    if s.throughput_upgraded and not s.coexistence:
+        return p.upgraded_mps  # Meta's THROUGHPUT_UPGRADE is newer than any configured rate
     override = p.throughput_override(s.id)
     if override is not None:
         return override
@@ -278,9 +288,14 @@ def mps(st: PolicyState, s: Sender) -> int:
     return p.upgraded_mps if s.throughput_upgraded else p.default_mps
 
 
+def effective_mps(st: PolicyState, s: Sender) -> int:
+    """The rate tiergate admits at: the number's, halved once per step it is slowed."""
+    return max(1, mps(st, s) >> s.slow_level)
+
+
 def number_params(st: PolicyState, s: Sender) -> tuple[int, int, int, int]:
     p = st.profile
-    rate = mps(st, s)
+    rate = effective_mps(st, s)
     interval = -(-1_000_000 // rate)
     burst = max(1, math.floor(rate * p.burst_seconds))
     return interval, burst, p.pair_interval_ms, p.pair_burst

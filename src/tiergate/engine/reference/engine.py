@@ -182,6 +182,8 @@ class Engine:
         now_us = now * 1000
         tput_tat = max(num.tput_tat, now_us)
         pair_tat = max(ne.pair_tat if ne is not None else NEVER, now)
+        # a burst starts only once the pair has paid back the last one (its TAT)
+        pair_start = ne.pair_start if ne is not None and pair_tat > now else now
 
         if not force:
             # 4. free-form needs an open customer service window
@@ -213,10 +215,9 @@ class Engine:
             if tput_tat - num.tput_tolerance > now_us:
                 retry = _ceil_div(tput_tat - num.tput_tolerance, 1000)
                 return (RETRY_LATER, THROUGHPUT, retry, 0, ring.total, last, 0)
-            # 9. pair rate (GCRA, milliseconds)
-            if pair_tat - num.pair_tolerance > now:
-                retry = pair_tat - num.pair_tolerance
-                return (RETRY_LATER, PAIR_RATE, retry, 0, ring.total, last, 0)
+            # 9. pair rate: a burst, then nothing until it is paid back
+            if num.pair_refuses(now, pair_tat, pair_start):
+                return (RETRY_LATER, PAIR_RATE, pair_tat, 0, ring.total, last, 0)
 
         counted = 1 if needs_slot else 0
         if flags & F_DRY_RUN:
@@ -247,6 +248,7 @@ class Engine:
         if ne is None:
             ne = num.insert(recipient, self._number_cut(num))
         ne.pair_tat = pair_tat + num.pair_interval
+        ne.pair_start = pair_start
         return (ADMIT, OK, 0, counted, ring.total, last, slot)
 
     def decide_batch(self, batch: DecisionBatch) -> None:
@@ -344,6 +346,14 @@ class Engine:
             ne.window_until = NEVER
             ne.fep_until = NEVER
 
+    def hold_pair(self, number: int, recipient: int, until: int) -> None:
+        """Meta answered 131056: the pair owes until ``until`` and bursts no sooner."""
+        num = self._number(number)
+        _check_recipient("recipient", recipient)
+        _check_time("until", until)
+        ne = num.table.get(recipient) or num.insert(recipient, self._number_cut(num))
+        ne.pair_tat, ne.pair_start = max(ne.pair_tat, until), NEVER
+
     def set_opt_out(self, scope: int, recipient: int, opted_out: bool) -> None:
         s = self._scope(scope)
         _check_recipient("recipient", recipient)
@@ -360,9 +370,13 @@ class Engine:
         _check_time("now", now)
         if not 0 <= pause_ms <= MAX_TIME:
             raise ValueError("pause_ms must be 0..2**50")
-        if now > num.clock:
-            num.clock = now
-        num.tput_tat = max(num.tput_tat, (now + pause_ms) * 1000 + num.tput_tolerance)
+        num.spend_throughput(now, (now + pause_ms) * 1000 + num.tput_tolerance)
+
+    def take_throughput(self, number: int, now: int) -> None:
+        """An inbound message: Meta counts it toward the number's throughput."""
+        num = self._number(number)
+        _check_time("now", now)
+        num.spend_throughput(now, max(num.tput_tat, now * 1000) + num.tput_interval)
 
     # -- memory --------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The engine snapshot format: its writer and its reader.
 
-Snapshot format, version 2 (all integers little-endian; ``q`` signed and
+Snapshot format, version 3 (all integers little-endian; ``q`` signed and
 ``Q`` unsigned 64-bit, ``I`` unsigned 32-bit, ``B`` one byte):
 
 * header ``<8sIIqqqqII``: magic ``TGENGINE``, format version, reserved 0,
@@ -14,8 +14,10 @@ Snapshot format, version 2 (all integers little-endian; ``q`` signed and
   state 0), 4 marketing times, opt-out;
 * per number ``<Iqqqqqq``: scope, clock, throughput TAT (µs), throughput
   interval and tolerance (µs), pair interval and tolerance (ms); then its
-  table ``<QQ`` and entries sorted by key, each ``<Qqqq``: key,
-  window_until, fep_until, pair TAT (ms).
+  table ``<QQ`` and entries sorted by key, each ``<Qqqqq``: key,
+  window_until, fep_until, pair TAT (ms), start of the pair's burst (ms;
+  versions 1 and 2 had no such field, read as NEVER: a pair that owes is
+  held until it has paid back).
 
 A reader refuses a newer version with a ValueError; a format change bumps
 :data:`SNAPSHOT_VERSION`.
@@ -38,7 +40,7 @@ E = TypeVar("E", bound="Engine")
 
 #: Snapshot header: magic, then the format version this engine writes.
 SNAPSHOT_MAGIC = b"TGENGINE"
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 
 _HEADER = struct.Struct("<8sIIqqqqII")
 _SCOPE = struct.Struct("<qqq")
@@ -46,7 +48,8 @@ _RING = struct.Struct("<qqq")
 _NUMBER = struct.Struct("<Iqqqqqq")
 _TABLE = struct.Struct("<QQ")
 _SCOPE_ENTRY = struct.Struct("<QqQ" + "q" * MARKETING_HISTORY + "B")
-_NUMBER_ENTRY = struct.Struct("<Qqqq")
+_NUMBER_ENTRY = struct.Struct("<Qqqqq")
+_NUMBER_ENTRY_2 = struct.Struct("<Qqqq")
 
 
 def write_snapshot(engine: Engine) -> bytes:
@@ -91,7 +94,7 @@ def write_snapshot(engine: Engine) -> bytes:
         pack = _NUMBER_ENTRY.pack
         for key in sorted(num.table):
             ne = num.table[key]
-            out.append(pack(key, ne.window_until, ne.fep_until, ne.pair_tat))
+            out.append(pack(key, ne.window_until, ne.fep_until, ne.pair_tat, ne.pair_start))
     return b"".join(out)
 
 
@@ -152,9 +155,13 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
         num.clock = clock
         num.tput_tat = tput_tat
         num.capacity, count = _take_table(r)
-        for key, wu, fu, pt in _take_entries(r, _NUMBER_ENTRY, count):
+        layout = _NUMBER_ENTRY if version >= 3 else _NUMBER_ENTRY_2
+        for key, wu, fu, pt, *start in _take_entries(r, layout, count):
             ne = NumberEntry()
             ne.window_until, ne.fep_until, ne.pair_tat = wu, fu, pt
+            if start:
+                _check_snapshot_time(start[0])
+                ne.pair_start = start[0]
             num.table[key] = ne
     if r.pos != len(data):
         raise ValueError("engine snapshot is corrupt: trailing bytes")

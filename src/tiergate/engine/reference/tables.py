@@ -45,12 +45,13 @@ class ScopeEntry:
 
 
 class NumberEntry:
-    __slots__ = ("fep_until", "pair_tat", "window_until")
+    __slots__ = ("fep_until", "pair_start", "pair_tat", "window_until")
 
     def __init__(self) -> None:
         self.window_until = NEVER
         self.fep_until = NEVER
         self.pair_tat = NEVER
+        self.pair_start = NEVER  # when the pair's current burst began (at or before pair_tat)
 
     def expired(self, cut: int) -> bool:
         return self.window_until < cut and self.fep_until < cut and self.pair_tat < cut
@@ -132,6 +133,21 @@ class Number:
         self.tput_tolerance = 0
         self.pair_interval = 1
         self.pair_tolerance = 0
+
+    def spend_throughput(self, now: int, tat: int) -> None:
+        """Move the throughput bucket's TAT to at least ``tat`` (µs) as of ``now`` (ms)."""
+        if now > self.clock:
+            self.clock = now
+        self.tput_tat = max(self.tput_tat, tat)
+
+    def pair_refuses(self, now: int, tat: int, start: int) -> bool:
+        """Whether the pair rate refuses a send at ``now`` to a recipient whose
+        pair owes until ``tat`` (at least ``now``) on a burst begun at ``start``:
+        a burst holds up to ``burst`` sends within one interval of its start;
+        after it nothing goes until it is paid back at one per interval."""
+        return tat > now and (
+            now - start >= self.pair_interval or tat - start > self.pair_tolerance
+        )
 
     def set_params(
         self, tput_interval_us: int, tput_burst: int, pair_interval_ms: int, pair_burst: int
