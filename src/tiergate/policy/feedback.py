@@ -129,6 +129,11 @@ def seen_once(st: PolicyState, key: str, now: int) -> bool:
     return False
 
 
+#: How far behind the sender's latest decision time an inbound message still takes
+#: a send's worth of throughput (Meta's webhooks arrive within seconds).
+INBOUND_HORIZON_MS = 60_000
+
+
 def on_inbound(st: PolicyState, e: ev.InboundMessage, now: int) -> ApplyResult:
     rkey = recipient_field(e.recipient, "recipient")
     s = st.senders.get(e.sender_id)
@@ -142,7 +147,10 @@ def on_inbound(st: PolicyState, e: ev.InboundMessage, now: int) -> ApplyResult:
     fep = int(e.entry_point) in p.free_entry_points
     fep_until = start + p.free_entry_point_window_ms if fep else NEVER
     st.engine.open_window(s.engine_index, rkey, start + p.service_window_ms, fep_until)
-    if p.throughput_counts_inbound:  # Meta counts it toward the number's throughput
+    # Meta counts it toward the number's throughput, in the second it arrived: one
+    # far behind the sender's latest decision (a replay out of time order, a late
+    # redelivery) no longer competes with the sends being decided.
+    if p.throughput_counts_inbound and now > s.scope.last_now - INBOUND_HORIZON_MS:
         st.engine.take_throughput(s.engine_index, now)
     kind = "free entry point (72 h)" if fep else "customer service"
     return ApplyResult(True, f"{kind} window open for {e.recipient}")
