@@ -66,7 +66,7 @@ def count_items(data: bytes, fields: dict[int, bool]) -> dict[int, int]:
             value, p = _varint(data, p, end)
             if value < 0:
                 break
-            if depth == 0 and field in counts:
+            if depth == 0 and fields.get(field):  # an unpacked varint item
                 counts[field] += 1
         elif wire == _I64:
             p += 8
