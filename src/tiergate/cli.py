@@ -43,6 +43,17 @@ _SETTINGS = (
     ("--webhook-verify-token", "TOKEN", "token for Meta's subscription check"),
     ("--max-batch", "N", f"most requests per AdmitBatch call (default {cfg.DEFAULT_MAX_BATCH})"),
     (
+        "--max-in-flight",
+        "N",
+        "calls served at once, open streams counted; more answer RESOURCE_EXHAUSTED "
+        f"(default {cfg.DEFAULT_MAX_IN_FLIGHT})",
+    ),
+    (
+        "--max-message-bytes",
+        "N",
+        "largest request message taken (default 0: 4 MiB, or max-batch KiB if more)",
+    ),
+    (
         "--durability",
         "MODE",
         f"{' | '.join(cfg.DURABILITY_MODES)} (default {cfg.DEFAULT_DURABILITY})",

@@ -32,6 +32,11 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_PROFILE = "meta-2025"
 DEFAULT_MAX_BATCH = 1000
 MAX_BATCH_CEILING = 100_000
+#: Calls served at once (open streams counted); more answer RESOURCE_EXHAUSTED.
+DEFAULT_MAX_IN_FLIGHT = 1024
+#: The largest request message gRPC takes; 0: 4 MiB, or max_batch KiB if more
+#: (a full AdmitBatch fits: an AdmitRequest is at most ~1 KiB).
+DEFAULT_MAX_MESSAGE_BYTES = 0
 DURABILITY_MODES = ("fsync-always", "fsync-interval", "write")
 DEFAULT_DURABILITY = "fsync-interval"
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
@@ -71,6 +76,8 @@ class ServeConfig:
     webhook_listen: Endpoint | None = None
     webhook_verify_token: str = field(default="", repr=False)
     max_batch: int = DEFAULT_MAX_BATCH
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     durability: str = DEFAULT_DURABILITY
     # Start even if the journal is corrupt before its tail: cut there (the cut
     # bytes are kept in *.corrupt files). Off by default: refusing is safer.
@@ -204,6 +211,31 @@ def _max_batch(key: str, value: object) -> int:
     return n
 
 
+def _max_in_flight(key: str, value: object) -> int:
+    n = _int(key, value)
+    if not 1 <= n <= 1_000_000:
+        raise ConfigError(key, f"must be 1..1000000, got {n}")
+    return n
+
+
+#: gRPC's limit: a message length is a 32-bit signed integer.
+MAX_MESSAGE_CEILING = (1 << 31) - 1
+
+
+def _max_message_bytes(key: str, value: object) -> int:
+    n = _int(key, value)
+    if n != 0 and not 1024 <= n <= MAX_MESSAGE_CEILING:
+        raise ConfigError(key, f"must be 0 (automatic) or 1024..{MAX_MESSAGE_CEILING}, got {n}")
+    return n
+
+
+def message_limit(config: ServeConfig) -> int:
+    """The largest request message the gRPC server takes, in bytes."""
+    if config.max_message_bytes:
+        return config.max_message_bytes
+    return max(4 << 20, config.max_batch * 1024)
+
+
 def _durability(key: str, value: object) -> str:
     text = _str(key, value).strip().lower()
     if text not in DURABILITY_MODES:
@@ -250,6 +282,8 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "webhook_listen": _optional_listen,
     "webhook_verify_token": _str,
     "max_batch": _max_batch,
+    "max_in_flight": _max_in_flight,
+    "max_message_bytes": _max_message_bytes,
     "durability": _durability,
     "recover_truncate": _bool,
     "shutdown_grace": _grace,

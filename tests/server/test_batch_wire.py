@@ -294,6 +294,9 @@ class _Context:
         self.aborted.append((code, details))
         raise grpc.aio.AbortError()
 
+    def time_remaining(self) -> float | None:
+        return None
+
 
 def _profile(tmp_path: Path) -> str:
     path = tmp_path / "batch-wire.toml"

@@ -250,9 +250,9 @@ async def test_the_server_serves_admit_columns_from_wire_bytes(
     calls: list[int] = []
     decode = columns_wire.decode_request
 
-    def counting(data: bytes) -> columns_wire.WireColumns:
+    def counting(data: bytes, max_items: int | None = None) -> columns_wire.WireColumns:
         calls.append(len(data))
-        return decode(data)
+        return decode(data, max_items)
 
     monkeypatch.setattr(columns_wire, "decode_request", counting)
     async with serving() as h:
@@ -265,6 +265,9 @@ async def test_the_server_serves_admit_columns_from_wire_bytes(
 class _Context:
     async def abort(self, code: object, details: str) -> None:
         raise AssertionError(f"aborted: {code} {details}")
+
+    def time_remaining(self) -> float | None:
+        return None
 
 
 @run_async

@@ -23,7 +23,7 @@ import grpc
 import uvloop
 from grpc_health.v1 import health_pb2
 
-from tiergate.config import ConfigError, Endpoint, ServeConfig, check_exposure
+from tiergate.config import ConfigError, Endpoint, ServeConfig, check_exposure, message_limit
 from tiergate.engine import IMPLEMENTATION
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
@@ -167,6 +167,7 @@ class Sidecar:
             commit=self._commit_start,
             metrics=self.metrics,
             max_batch=config.max_batch,
+            max_in_flight=config.max_in_flight,
             webhook_secret=config.webhook_secret,
             request_clock=config.clock == "request",
             ingestor=self.ingestor,
@@ -174,7 +175,14 @@ class Sidecar:
         self._servicer = servicer
         if self.store is not None:
             servicer.refusal = self.store.unavailable
-        server = build_server(servicer, self._health, config.max_batch, self.metrics, self.guard)
+        server = build_server(
+            servicer,
+            self._health,
+            config.max_batch,
+            self.metrics,
+            self.guard,
+            max_message_bytes=message_limit(config),
+        )
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(str(config.listen))
@@ -465,6 +473,8 @@ _RESTART_SETTINGS = (
     "clock",
     "durability",
     "max_batch",
+    "max_in_flight",
+    "max_message_bytes",
     "webhook_listen",
     "metrics_listen",
     "shutdown_grace",

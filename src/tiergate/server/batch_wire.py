@@ -34,12 +34,20 @@ from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.requests import MAX_ID_LEN, MAX_KEY_LEN, MAX_TEMPLATE_LEN, InvalidArgument
 from tiergate.server.columns_wire import WireColumns, WireRecipients
 from tiergate.server.convert import MAX_AT_UNIX_MS
+from tiergate.server.wire_scan import count_items
 from tiergate.v1 import admission_pb2 as pb
 
 if TYPE_CHECKING:
     from tiergate._native.wire import ReadColumns
 
-__all__ = ["COMPILED", "count_requests", "decode_fast", "encode_response", "parse"]
+__all__ = [
+    "COMPILED",
+    "count_requests",
+    "decode_fast",
+    "encode_response",
+    "parse",
+    "requests_before_parse",
+]
 
 #: The compiled wire codec (``tiergate._native.wire``), or None.
 codec: Any = native_module("wire")
@@ -61,6 +69,19 @@ def count_requests(data: bytes) -> int:
         return -1
     n: int = codec.count_requests(data)
     return n
+
+
+#: AdmitBatchRequest.requests: one item per occurrence.
+_REQUESTS = {1: False}
+
+
+def requests_before_parse(data: bytes) -> int:
+    """How many requests ``data`` holds, counted before protobuf parses it: exactly
+    for a well-formed batch, else at least as many as protobuf would build."""
+    n = count_requests(data)
+    if n >= 0:
+        return n
+    return count_items(data, _REQUESTS)[1]
 
 
 def decode_fast(data: bytes) -> WireColumns | None:

@@ -22,6 +22,7 @@ from tiergate.engine import native_module
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.requests import InvalidArgument
 from tiergate.server import convert
+from tiergate.server.wire_scan import count_items
 from tiergate.v1 import admission_pb2 as pb
 
 if TYPE_CHECKING:
@@ -90,8 +91,26 @@ class WireColumns:
         return cls(read.senders, read.sender_index, recipients, *read[3:11])
 
 
-def decode_request(data: bytes) -> WireColumns:
-    """The columns of an AdmitColumnsRequest; InvalidArgument when it is not one."""
+#: AdmitColumnsRequest.recipients (field 3): one item per occurrence.
+_RECIPIENTS = {3: False}
+
+
+def check_columns(data: bytes, max_items: int) -> None:
+    """InvalidArgument naming ``recipients`` when the AdmitColumnsRequest ``data`` has
+    more than ``max_items`` items, counted without parsing it. (The other columns
+    are checked against the recipients once parsed; what protobuf builds for them
+    is in proportion to their bytes, which the server's message size limit bounds.)"""
+    n = count_items(data, _RECIPIENTS)[3]
+    if n > max_items:
+        raise InvalidArgument(
+            "recipients", f"recipients: at most {max_items} items per call, got {n}"
+        )
+
+
+def decode_request(data: bytes, max_items: int | None = None) -> WireColumns:
+    """The columns of an AdmitColumnsRequest; InvalidArgument when it is not one, or
+    (with ``max_items``) when a column holds more items than that, checked before
+    protobuf parses it."""
     if _COMPILED:
         read: ReadColumns | None = codec.decode_request(data)
         if read is not None:
@@ -100,6 +119,8 @@ def decode_request(data: bytes) -> WireColumns:
                 assert read.recipient_keys is not None and read.recipient_spans is not None
                 recipients = WireRecipients(data, read.recipient_spans)
             return WireColumns.from_reader(read, recipients)
+    if max_items is not None:
+        check_columns(data, max_items)
     return protobuf_decode(data)
 
 

@@ -21,6 +21,9 @@ from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AdmissionControl"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
+#: Streams a connection may open beyond the in-flight limit: room for health
+#: checks and for the calls answered RESOURCE_EXHAUSTED.
+STREAM_HEADROOM = 64
 
 Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
@@ -32,18 +35,26 @@ def build_server(
     max_batch: int,
     metrics: Metrics,
     guard: Guard | None = None,
+    *,
+    max_message_bytes: int | None = None,
 ) -> grpc.aio.Server:
     """A server with every service registered, not yet bound to a port.
 
     With an active ``guard`` (a token configured), AdmissionControl's methods
     need a token (see :mod:`tiergate.server.auth`); health and reflection never do.
+    ``max_message_bytes`` bounds a request message (default: 4 MiB, or ``max_batch``
+    KiB if more); a connection opens at most ``servicer.in_flight.limit`` +
+    :data:`STREAM_HEADROOM` streams at once (its client queues the rest), so one
+    connection cannot hold every slot and health checks still get through.
     """
+    if max_message_bytes is None:
+        max_message_bytes = max(4 << 20, max_batch * 1024)
     server = grpc.aio.server(
         options=[
             # A second sidecar on the same port must fail, not share it.
             ("grpc.so_reuseport", 0),
-            # A full AdmitBatch must fit (an AdmitRequest is at most ~1 KiB).
-            ("grpc.max_receive_message_length", max(4 << 20, max_batch * 1024)),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_concurrent_streams", servicer.in_flight.limit + STREAM_HEADROOM),
         ]
     )
     _add_admission_control(server, servicer, metrics, guard if guard and guard.active else None)

@@ -80,6 +80,7 @@ class Metrics:
         self._decisions = [0] * (4 * REASON_SLOTS)
         self.invalid_requests: Counter[str] = Counter()
         self.internal_errors: Counter[str] = Counter()
+        self.unserved_calls: Counter[tuple[str, str]] = Counter()
         self.feedback_events: Counter[tuple[str, bool]] = Counter()
         self.engine_crossings = 0
         # name → (type, help, read): values owned by other parts (store, webhooks).
@@ -123,6 +124,10 @@ class Metrics:
     def internal(self, rpc: str) -> None:
         self.internal_errors[rpc] += 1
 
+    def shed(self, rpc: str, code: str) -> None:
+        """A call turned away before it was served (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)."""
+        self.unserved_calls[(rpc, code)] += 1
+
     def feedback(self, event: str, applied: bool) -> None:
         self.feedback_events[(event, applied)] += 1
 
@@ -152,6 +157,13 @@ class Metrics:
         ]
         for rpc, n in sorted(self.internal_errors.items()):
             lines.append(f'tiergate_internal_errors_total{{rpc="{rpc}"}} {n}')
+        lines += [
+            "# HELP tiergate_unserved_calls_total Calls turned away before being served:"
+            " over the in-flight limit, or past their deadline.",
+            "# TYPE tiergate_unserved_calls_total counter",
+        ]
+        for (rpc, code), n in sorted(self.unserved_calls.items()):
+            lines.append(f'tiergate_unserved_calls_total{{rpc="{rpc}",code="{code}"}} {n}')
         lines += [
             "# HELP tiergate_feedback_events_total Feedback events by type and outcome.",
             "# TYPE tiergate_feedback_events_total counter",

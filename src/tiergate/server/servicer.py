@@ -50,10 +50,12 @@ def server_clock_ms() -> int:
 
 
 class InFlight:
-    """Counts the admission calls being served; :meth:`idle` waits until none is."""
+    """Counts the admission calls being served (open streams included), at most
+    ``limit`` at once; :meth:`idle` waits until none is."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1024) -> None:
         self.count = 0
+        self.limit = limit
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -70,6 +72,18 @@ class InFlight:
     async def idle(self) -> None:
         await self._idle.wait()
 
+    def unserved(self, context: Context) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call that is starting is not served: the limit is reached, or its
+        deadline has passed while it waited (nothing is decided for it)."""
+        if self.count >= self.limit:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                f"overloaded: {self.limit} calls in flight, retry later"
+            )
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call was served"
+        return None
+
 
 class AdmissionControl(pb_grpc.AdmissionControlServicer):
     def __init__(
@@ -79,6 +93,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         commit: Commit,
         metrics: Metrics,
         max_batch: int = 1000,
+        max_in_flight: int = 1024,
         webhook_secret: str = "",
         request_clock: bool = False,
         clock: Callable[[], int] = server_clock_ms,
@@ -93,7 +108,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         self.webhook_secret = webhook_secret
         self.ingestor = ingestor if ingestor is not None else webhooks.WebhookIngestor(service)
         self._clock = DecisionClock(service, clock, request_clock)
-        self.in_flight = InFlight()
+        self.in_flight = InFlight(max_in_flight)
         # Set while decisions cannot be acknowledged: every RPC answers it before
         # deciding, UNAVAILABLE while the journal's file system is full, INTERNAL
         # once the store has failed.
@@ -124,6 +139,20 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         await context.abort(
             grpc.StatusCode.INTERNAL, f"{rpc}: internal error ({type(exc).__name__})"
         )
+
+    async def _admit_call(self, context: Context, rpc: str) -> None:
+        """Answer a call that :meth:`InFlight.unserved` turns away; return for the others."""
+        unserved = self.in_flight.unserved(context)
+        if unserved is not None:
+            await self._refuse(context, rpc, unserved)
+
+    async def _refuse(
+        self, context: Context, rpc: str, unserved: tuple[grpc.StatusCode, str]
+    ) -> NoReturn:
+        code, message = unserved
+        self._metrics.shed(rpc, code.name)
+        await context.abort(code, f"{rpc}: {message}")
+        raise AssertionError("abort returned")  # pragma: no cover
 
     @contextlib.contextmanager
     def _timed(self, rpc: str) -> Iterator[None]:
@@ -167,6 +196,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         # The busiest RPC: what ``with self.in_flight, self._timed(...)`` does, written
         # out (a generator-based context manager costs more than the rest of the wrapper).
         in_flight = self.in_flight
+        # Alone, a call is served at once: the limit and the deadline are checked
+        # only while other calls are in flight (an integer test otherwise).
+        if in_flight.count and (unserved := in_flight.unserved(context)) is not None:
+            await self._refuse(context, "Admit", unserved)
         in_flight.__enter__()
         started = time.perf_counter()
         try:
@@ -199,13 +232,14 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         """A protobuf AdmitBatchRequest in, an AdmitBatchResponse out; or, with the
         compiled engine, the request's wire bytes in and the response's bytes out (see
         ``server.batch_wire``): the same answers, errors and commit either way."""
+        await self._admit_call(context, "AdmitBatch")
         with self.in_flight, self._timed("AdmitBatch"):
             try:
                 if self.refusal is not None:
                     raise self.refusal
                 wire = type(request) is bytes
                 if wire:
-                    self._check_batch_size(batch_wire.count_requests(request))
+                    self._check_batch_size(batch_wire.requests_before_parse(request))
                     cols = batch_wire.decode_fast(request)
                     if cols is not None:
                         try:
@@ -257,6 +291,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def AdmitColumns(
         self, request: pb.AdmitColumnsRequest, context: Context
     ) -> pb.AdmitColumnsResponse:
+        await self._admit_call(context, "AdmitColumns")
         with self.in_flight, self._timed("AdmitColumns"):
             try:
                 result = self._admit_columns(request)
@@ -268,9 +303,10 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def AdmitColumnsWire(self, data: bytes, context: Context) -> bytes:
         """AdmitColumns served from and to wire bytes (see ``server.columns_wire``):
         the same answers, errors and commit as :meth:`AdmitColumns`."""
+        await self._admit_call(context, "AdmitColumns")
         with self.in_flight, self._timed("AdmitColumns"):
             try:
-                result = self._admit_columns(columns_wire.decode_request(data))
+                result = self._admit_columns(columns_wire.decode_request(data, self._max_batch))
                 await self._committed()
                 return columns_wire.encode_response(result)
             except Exception as e:
@@ -282,6 +318,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         """Served with protobuf messages, or (with the compiled engine) from and to
         wire bytes, as the handler is registered (see ``server.admit_wire``): the
         same answers, errors and commits either way."""
+        await self._admit_call(context, "AdmitStream")
         with self.in_flight:
             # A reader task buffers what the client sends while a chunk is being
             # decided; the bounded queue stops reading when full, so gRPC flow
@@ -377,6 +414,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def RecordFeedback(
         self, request: pb.RecordFeedbackRequest, context: Context
     ) -> pb.RecordFeedbackResponse:
+        await self._admit_call(context, "RecordFeedback")
         with self.in_flight, self._timed("RecordFeedback"):
             try:
                 if self.refusal is not None:
@@ -392,6 +430,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def IngestWebhook(
         self, request: pb.IngestWebhookRequest, context: Context
     ) -> pb.IngestWebhookResponse:
+        await self._admit_call(context, "IngestWebhook")
         with self.in_flight, self._timed("IngestWebhook"):
             try:
                 if self.refusal is not None:
@@ -422,6 +461,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
     async def GetSenderState(
         self, request: pb.GetSenderStateRequest, context: Context
     ) -> pb.SenderState:
+        await self._admit_call(context, "GetSenderState")
         with self.in_flight, self._timed("GetSenderState"):
             try:
                 if self.refusal is not None:
