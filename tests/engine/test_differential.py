@@ -63,6 +63,7 @@ KIND = st.sampled_from(
         c.F_TEMPLATE | c.F_MARKETING,
         0,
         c.F_FEP_FREE_FORM,
+        c.F_TEMPLATE | c.F_FEP_PRICING,
         c.F_MARKETING,
     ]
 )

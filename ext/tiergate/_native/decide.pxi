@@ -67,7 +67,8 @@ cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_
     p.last = slot_last(p.se.slot) if p.se != NULL else NEVER
     p.in_window = p.ne != NULL and now < p.ne.window_until
     p.in_fep = p.ne != NULL and now < p.ne.fep_until
-    p.counting = p.template and not p.in_window and not p.in_fep
+    # a free-entry-point window spares templates unless it is a pricing window only
+    p.counting = p.template and not p.in_window and not (p.in_fep and not (flags & F_FEP_PRICING))
     p.needs_slot = p.counting and not (p.last > now - eng.window_ms)
     p.now_us = now * 1000
     p.tput_tat = max64(num.tput_tat, p.now_us)

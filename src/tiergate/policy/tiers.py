@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from tiergate.engine import NEVER
 from tiergate.engine.constants import (
     F_FEP_FREE_FORM,
+    F_FEP_PRICING,
     F_MARKETING,
     F_QUALITY_BLOCK,
     F_RESTRICTED,
@@ -312,8 +313,9 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
             s.restricted_retry_at = max(s.restricted_until if restricted else 0, s.spam_held_until)
     else:
         s.restricted_retry_at = 0
-    if p.free_entry_point_allows_free_form:
-        common |= F_FEP_FREE_FORM
+    # A free-entry-point window is a customer service window (seed 000's reading)
+    # or a pricing window only, whose templates count once the 24 h window closed.
+    common |= F_FEP_FREE_FORM if p.free_entry_point_allows_free_form else F_FEP_PRICING
     marketing = common | F_MARKETING
     if p.block_marketing_on_red and s.quality == ev.Quality.RED:
         marketing |= F_QUALITY_BLOCK

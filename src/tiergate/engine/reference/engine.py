@@ -7,6 +7,7 @@ from ..constants import (
     ADMIT,
     F_DRY_RUN,
     F_FEP_FREE_FORM,
+    F_FEP_PRICING,
     F_FORCE,
     F_MARKETING,
     F_QUALITY_BLOCK,
@@ -175,7 +176,8 @@ class Engine:
         last = se.last_counted if se is not None else NEVER
         in_window = ne is not None and now < ne.window_until
         in_fep = ne is not None and now < ne.fep_until
-        counting = bool(template) and not in_window and not in_fep
+        # a free-entry-point window spares templates unless it is a pricing window only
+        counting = bool(template) and not in_window and not (in_fep and not flags & F_FEP_PRICING)
         already = counting and last > now - self.window_ms
         needs_slot = counting and not already
         ring = s.ring24
