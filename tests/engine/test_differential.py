@@ -67,7 +67,9 @@ KIND = st.sampled_from(
         c.F_MARKETING,
     ]
 )
-EXTRA = st.sampled_from([0, 0, 0, c.F_RESTRICTED, c.F_QUALITY_BLOCK, c.F_DRY_RUN, c.F_FORCE])
+EXTRA = st.sampled_from(
+    [0, 0, 0, c.F_RESTRICTED, c.F_REPLY_RESTRICTED, c.F_QUALITY_BLOCK, c.F_DRY_RUN, c.F_FORCE]
+)
 
 OUTPUTS = ("decision", "reason", "retry_at", "counted", "used", "prev_counted", "slot")
 

@@ -124,6 +124,9 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
             else:
                 reject(d, RETRY_LATER, MESSAGING_LIMIT, ring_next_free(ring, limit, now))
             return True
+    elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
+        reject(d, REJECT, SENDER_RESTRICTED, 0)
+        return True
     # 7. protective rules
     if p.marketing:
         retry = frequency_retry(s, p.se, now)

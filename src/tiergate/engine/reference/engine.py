@@ -11,6 +11,7 @@ from ..constants import (
     F_FORCE,
     F_MARKETING,
     F_QUALITY_BLOCK,
+    F_REPLY_RESTRICTED,
     F_RESTRICTED,
     F_TEMPLATE,
     MARKETING_FREQUENCY,
@@ -201,6 +202,8 @@ class Engine:
                         return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last, 0)
                     retry = ring.next_free(limit, now)
                     return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last, 0)
+            elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
+                return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
             # 7. protective rules
             if marketing:
                 if s.freq_cap > 0 and se is not None:
