@@ -63,10 +63,13 @@ KIND = st.sampled_from(
         c.F_TEMPLATE | c.F_MARKETING,
         0,
         c.F_FEP_FREE_FORM,
+        c.F_TEMPLATE | c.F_FEP_PRICING,
         c.F_MARKETING,
     ]
 )
-EXTRA = st.sampled_from([0, 0, 0, c.F_RESTRICTED, c.F_QUALITY_BLOCK, c.F_DRY_RUN, c.F_FORCE])
+EXTRA = st.sampled_from(
+    [0, 0, 0, c.F_RESTRICTED, c.F_REPLY_RESTRICTED, c.F_QUALITY_BLOCK, c.F_DRY_RUN, c.F_FORCE]
+)
 
 OUTPUTS = ("decision", "reason", "retry_at", "counted", "used", "prev_counted", "slot")
 

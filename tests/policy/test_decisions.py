@@ -81,10 +81,11 @@ def test_free_entry_point_72h_per_profile(entry: ev.EntryPoint) -> None:
     svc = service("meta-2025")
     add_sender(svc)
     inbound(svc, U, T0, entry)
+    assert not admit(svc, "s1", U, T0 + 23 * H).counted
     assert admit(svc, "s1", U, T0 + 25 * H, free_form=True).reason == c.OUTSIDE_WINDOW
-    # ... but templates inside it still do not count.
+    # ... and templates after the 24 h window count, within the 72 h too.
     res = admit(svc, "s1", U, T0 + 25 * H)
-    assert res.decision == c.ADMIT and not res.counted
+    assert res.decision == c.ADMIT and res.counted
 
 
 def test_templates_inside_window_do_not_count() -> None:

@@ -40,6 +40,17 @@ def workload(svc: AdmissionService) -> list[str]:
         ),
         0,
     )
+    replies = ("RESTRICTED_CUSTOMER_INITIATED_MESSAGING", "RESTRICTED_ADD_PHONE_NUMBER_ACTION")
+    svc.apply(
+        ev.AccountUpdate(
+            "W",
+            "ACCOUNT_RESTRICTION",
+            restriction_types=replies,
+            restriction_expiries=(T0 + 10 * D, T0 + 30 * D),
+            at_unix_ms=T0 + 8 * D,
+        ),
+        0,
+    )
     return tickets
 
 
@@ -70,6 +81,7 @@ def test_replay_reproduces_state_and_decisions() -> None:
     assert copy.drain_journal() == []  # replay writes nothing new
     at = T0 + 8 * D + H
     assert reports(copy, at) == reports(live, at)
+    assert copy.sender_state("a", at).replies_restricted_until_unix_ms == T0 + 10 * D
     assert settled(copy, at) == settled(live, at)
     # Both decide the same from here on.
     probes = [req("a", rcpt(i), at + i * 20) for i in range(2_000, 2_400)]

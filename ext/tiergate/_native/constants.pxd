@@ -44,6 +44,8 @@ cdef enum:
     F_FEP_FREE_FORM = 16
     F_DRY_RUN = 32
     F_FORCE = 64
+    F_FEP_PRICING = 128
+    F_REPLY_RESTRICTED = 256
     # Message kinds (tiergate.v1.MessageKind)
     KIND_TEMPLATE = 1
     KIND_FREE_FORM = 2

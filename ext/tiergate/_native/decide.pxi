@@ -78,7 +78,8 @@ cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_
     p.last = slot_last(p.se.slot) if p.se != NULL else NEVER
     p.in_window = p.ne != NULL and now < p.ne.window_until
     p.in_fep = p.ne != NULL and now < p.ne.fep_until
-    p.counting = p.template and not p.in_window and not p.in_fep
+    # a free-entry-point window spares templates unless it is a pricing window only
+    p.counting = p.template and not p.in_window and not (p.in_fep and not (flags & F_FEP_PRICING))
     p.needs_slot = p.counting and not (p.last > now - eng.window_ms)
     p.now_us = now * 1000
     p.tput_tat = max64(num.tput_tat, p.now_us)
@@ -136,6 +137,9 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
             else:
                 reject(d, RETRY_LATER, MESSAGING_LIMIT, ring_next_free(ring, limit, now))
             return True
+    elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
+        reject(d, REJECT, SENDER_RESTRICTED, 0)
+        return True
     # 7. protective rules
     if p.marketing:
         retry = frequency_retry(s, p.se, now)

@@ -46,6 +46,8 @@ F_QUALITY_BLOCK: Final = 8  # the profile blocks marketing now (quality Red)
 F_FEP_FREE_FORM: Final = 16  # a free-entry-point (72 h) window allows free-form messages
 F_DRY_RUN: Final = 32  # evaluate only, consume nothing
 F_FORCE: Final = 64  # journal replay: skip every check, apply the consumption
+F_FEP_PRICING: Final = 128  # a free-entry-point window is a pricing window: templates count
+F_REPLY_RESTRICTED: Final = 256  # customer-initiated messaging restricted: replies refused
 
 # Entry points of a customer service window.
 ENTRY_ORGANIC: Final = 1

@@ -53,7 +53,7 @@ DETAIL = (
     "",
     "admitted",
     "sender is banned or disabled",
-    "sender is restricted from business-initiated messages; replies are allowed",
+    "sender is restricted by Meta (business-initiated messages, or replies)",
     "template is paused",
     "template is disabled",
     "free-form message needs an open customer service window",

@@ -176,6 +176,9 @@ class AccountUpdate:
     event: str
     restriction_types: tuple[str, ...] = ()
     expires_at_unix_ms: int = 0  # 0: no known expiry
+    #: Each restriction type's own expiry (0: none known); empty in events
+    #: journaled before, which use ``expires_at_unix_ms`` for every type.
+    restriction_expiries: tuple[int, ...] = ()
     ban_state: str = ""
     at_unix_ms: int = 0
 

@@ -130,8 +130,9 @@ def _replay_json(st: PolicyState, payload: dict[str, Any]) -> None:
     if payload["k"] == "event":
         cls = _EVENT_TYPES[payload["type"]]
         fields = payload["f"]
-        if "restriction_types" in fields:
-            fields["restriction_types"] = tuple(fields["restriction_types"])
+        for name in ("restriction_types", "restriction_expiries"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
         apply_event(st, cls(**fields), int(payload["now"]))
     elif payload["k"] == "profile":
         # The switch as it happened, for the profile this process runs.

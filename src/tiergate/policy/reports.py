@@ -80,6 +80,9 @@ class SenderReport:
     last_account_event: str = ""
     #: Business-initiated sends held until then after Meta's 131048 (0: not held).
     spam_held_until_unix_ms: int = 0
+    #: Replies refused until then under Meta's RESTRICTED_CUSTOMER_INITIATED_MESSAGING
+    #: (2^62 while it has no known end; 0: not restricted).
+    replies_restricted_until_unix_ms: int = 0
 
 
 def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
@@ -165,4 +168,7 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         account_violations=s.violations,
         last_account_event=s.account_event,
         spam_held_until_unix_ms=s.spam_held_until if s.spam_held_until > now else 0,
+        replies_restricted_until_unix_ms=(
+            s.replies_restricted_until if s.replies_restricted_until > now else 0
+        ),
     )

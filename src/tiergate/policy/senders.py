@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import events as ev
 from .answers import ApplyResult
 from .requests import MAX_ID_LEN, InvalidArgument
-from .state import LimitScope, PolicyState, Sender
+from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .tiers import number_params, refresh, set_quality, set_status, set_tier, tier_name
 
 __all__ = [
@@ -220,17 +220,8 @@ def on_account_update(st: PolicyState, u: ev.AccountUpdate, now: int) -> ApplyRe
     until = 0
     note = event
     if event == "ACCOUNT_RESTRICTION":
-        types = [t.upper() for t in u.restriction_types]
-        note = f"{event} {','.join(types)}".strip()
-        messaging = [t for t in types if "MESSAGING" in t]
-        if types and not messaging:
-            note_account(senders, note)
-            return ApplyResult(True, "restriction recorded (does not limit messaging)")
-        if u.expires_at_unix_ms and u.expires_at_unix_ms <= now:
-            note_account(senders, note)
-            return ApplyResult(True, "restriction recorded (already expired)")
-        new, until = int(St.RESTRICTED), u.expires_at_unix_ms
-    elif event in ("DISABLED_UPDATE", "ACCOUNT_DELETED", "BAN"):
+        return on_restriction(st, senders, u, now)
+    if event in ("DISABLED_UPDATE", "ACCOUNT_DELETED", "BAN"):
         state = u.ban_state.upper()
         note = f"{event} {state}".strip()
         if state in ("REINSTATE", "REINSTATED"):
@@ -254,6 +245,42 @@ def on_account_update(st: PolicyState, u: ev.AccountUpdate, now: int) -> ApplyRe
         refresh(st, s, now)
     name = St(new).name
     return ApplyResult(True, f"{len(senders)} sender(s) of WABA {u.waba_id} now {name}")
+
+
+#: Meta's restriction of replies (sends inside a customer service window); any
+#: other messaging restriction type restricts business-initiated sends.
+REPLIES_RESTRICTED = "RESTRICTED_CUSTOMER_INITIATED_MESSAGING"
+
+
+def on_restriction(
+    st: PolicyState, senders: list[Sender], u: ev.AccountUpdate, now: int
+) -> ApplyResult:
+    """ACCOUNT_RESTRICTION: each messaging restriction type until its own expiry."""
+    types = [t.upper() for t in u.restriction_types]
+    note = f"{u.event.upper()} {','.join(types)}".strip()
+    note_account(senders, note)
+    expiries = u.restriction_expiries or (u.expires_at_unix_ms,) * len(types)
+    messaging = [(t, e) for t, e in zip(types, expiries, strict=False) if "MESSAGING" in t]
+    if not types:  # no type named: business-initiated sends, as before types existed
+        messaging = [("", u.expires_at_unix_ms)]
+    if not messaging:
+        return ApplyResult(True, "restriction recorded (does not limit messaging)")
+    live = [(t, e) for t, e in messaging if not 0 < e <= now]
+    if not live:
+        return ApplyResult(True, "restriction recorded (already expired)")
+    business = [e for t, e in live if t != REPLIES_RESTRICTED]
+    replies = [e or FAR_FUTURE for t, e in live if t == REPLIES_RESTRICTED]
+    for s in senders:
+        if business:
+            set_status(s, int(ev.SenderStatus.RESTRICTED), 0 if 0 in business else max(business))
+        if replies:
+            s.replies_restricted_until = max(replies)
+    for s in senders:
+        refresh(st, s, now)
+    what = "now RESTRICTED" if business else "restricted from replies"
+    if business and replies:
+        what += ", replies too"
+    return ApplyResult(True, f"{len(senders)} sender(s) of WABA {u.waba_id} {what}")
 
 
 def note_account(senders: list[Sender], note: str) -> None:

@@ -96,6 +96,7 @@ class Sender:
         "quality",
         "red_since",
         "registered_at",
+        "replies_restricted_until",
         "restricted_retry_at",
         "restricted_until",
         "scope",
@@ -124,6 +125,9 @@ class Sender:
         self.red_since = NEVER
         self.restricted_until = 0  # 0: no known expiry
         self.spam_held_until = 0  # 0: not held; else Meta's 131048 hold ends then
+        # Meta's RESTRICTED_CUSTOMER_INITIATED_MESSAGING: 0 none; its end, or
+        # FAR_FUTURE while it has no known end
+        self.replies_restricted_until = 0
         self.mps_override = 0  # 0: from the profile
         self.throughput_upgraded = False
         self.slow_level = 0  # halvings of the rate after Meta's 130429
@@ -157,6 +161,7 @@ class Sender:
             "red_since": self.red_since,
             "restricted_until": self.restricted_until,
             "spam_held_until": self.spam_held_until,
+            "replies_restricted_until": self.replies_restricted_until,
             "mps_override": self.mps_override,
             "throughput_upgraded": self.throughput_upgraded,
             "slow_level": self.slow_level,
@@ -180,6 +185,7 @@ class Sender:
         self.red_since = int(d["red_since"])
         self.restricted_until = int(d["restricted_until"])
         self.spam_held_until = int(d.get("spam_held_until", 0))
+        self.replies_restricted_until = int(d.get("replies_restricted_until", 0))
         self.mps_override = int(d["mps_override"])
         self.throughput_upgraded = bool(d["throughput_upgraded"])
         self.slow_level = int(d.get("slow_level", 0))

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from tiergate.engine import NEVER
 from tiergate.engine.constants import (
     F_FEP_FREE_FORM,
+    F_FEP_PRICING,
     F_MARKETING,
     F_QUALITY_BLOCK,
+    F_REPLY_RESTRICTED,
     F_RESTRICTED,
     UNLIMITED,
 )
@@ -243,6 +245,9 @@ def maintain_once(st: PolicyState, now: int) -> None:
             s.slow_level -= 1
             s.slow_until = s.slow_until + p.throughput_slow_recover_ms if s.slow_level else 0
             changed_senders[s.id] = s
+        if 0 < s.replies_restricted_until <= now:
+            s.replies_restricted_until = 0
+            changed_senders[s.id] = s
         if s.limits_until != NEVER and s.limits_until <= now:
             changed_senders[s.id] = s
     for s in changed_senders.values():
@@ -269,6 +274,8 @@ def recompute_due(st: PolicyState) -> None:
             due = min(due, s.spam_held_until)
         if s.slow_until:
             due = min(due, s.slow_until)
+        if s.replies_restricted_until:
+            due = min(due, s.replies_restricted_until)
         if s.limits_until != NEVER:
             due = min(due, s.limits_until)
     st.next_due = due
@@ -315,20 +322,10 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
                 s.limits_until = end
                 break
     s.limits = category_limits(p, base)
-    common = 0
-    restricted = s.status == ev.SenderStatus.RESTRICTED
-    if restricted or s.spam_held_until:
-        # Business-initiated (counting) sends refused: Meta's restriction, or the
-        # hold after its 131048; retried at the end when every one has an end.
-        common |= F_RESTRICTED
-        if restricted and not s.restricted_until:
-            s.restricted_retry_at = 0
-        else:
-            s.restricted_retry_at = max(s.restricted_until if restricted else 0, s.spam_held_until)
-    else:
-        s.restricted_retry_at = 0
-    if p.free_entry_point_allows_free_form:
-        common |= F_FEP_FREE_FORM
+    common = restrictions(s)
+    # A free-entry-point window is a customer service window (seed 000's reading)
+    # or a pricing window only, whose templates count once the 24 h window closed.
+    common |= F_FEP_FREE_FORM if p.free_entry_point_allows_free_form else F_FEP_PRICING
     marketing = common | F_MARKETING
     if p.block_marketing_on_red and s.quality == ev.Quality.RED:
         marketing |= F_QUALITY_BLOCK
@@ -337,6 +334,31 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
     scope.on_path = scope.tier == p.path_tier
     if not scope.on_path and scope.reach:
         scope.reach.clear()
+
+
+def restrictions(s: Sender) -> int:
+    """The restriction flags of a sender's requests; sets when a refused one may be retried.
+
+    Business-initiated (counting) sends are refused under Meta's restriction of
+    them or the hold after its 131048; replies under its restriction of
+    customer-initiated messaging. A refusal is retried at the latest end of
+    those in force, when every one has an end (0: none known, REJECT).
+    """
+    flags = 0
+    restricted = s.status == ev.SenderStatus.RESTRICTED
+    replies = s.replies_restricted_until
+    if restricted or s.spam_held_until:
+        flags |= F_RESTRICTED
+    if replies:
+        flags |= F_REPLY_RESTRICTED
+    unknown = (restricted and not s.restricted_until) or replies >= FAR_FUTURE
+    if not flags or unknown:
+        s.restricted_retry_at = 0
+    else:
+        s.restricted_retry_at = max(
+            s.restricted_until if restricted else 0, s.spam_held_until, replies
+        )
+    return flags
 
 
 def refresh(st: PolicyState, s: Sender, now: int) -> None:
@@ -352,6 +374,8 @@ def set_status(s: Sender, status: int, restricted_until: int) -> None:
     s.status = status
     s.floor_restricted = False
     s.restricted_until = restricted_until if status == ev.SenderStatus.RESTRICTED else 0
+    if status == ev.SenderStatus.CONNECTED:  # Meta reinstated the number: replies too
+        s.replies_restricted_until = 0
 
 
 def set_quality(st: PolicyState, s: Sender, quality: int, now: int) -> None:

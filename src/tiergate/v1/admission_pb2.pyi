@@ -1031,6 +1031,8 @@ class SenderState(_message.Message):
     EFFECTIVE_LIMIT_FIELD_NUMBER: _builtins.int
     AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     SPAM_HELD_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    REPLIES_RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
     portfolio_id: _builtins.str
     profile: _builtins.str
@@ -1051,6 +1053,15 @@ class SenderState(_message.Message):
     spam_held_until_unix_ms: _builtins.int
     """After a FAILED 131048 (spam rate limit), the number's business-initiated
     sends are held until then (SENDER_RESTRICTED); 0: not held.
+    """
+    restricted_until_unix_ms: _builtins.int
+    """Under Meta's restriction of business-initiated messaging (status
+    RESTRICTED), when it ends; 0: no known end, or not restricted.
+    """
+    replies_restricted_until_unix_ms: _builtins.int
+    """Under Meta's RESTRICTED_CUSTOMER_INITIATED_MESSAGING, replies (sends inside
+    a customer service window) are refused until then (SENDER_RESTRICTED);
+    2^62 while it has no known end; 0: not restricted.
     """
     @_builtins.property
     def upgrade(self) -> Global___UpgradeState: ...
@@ -1081,10 +1092,12 @@ class SenderState(_message.Message):
         effective_limit: _builtins.int = ...,
         at_unix_ms: _builtins.int = ...,
         spam_held_until_unix_ms: _builtins.int = ...,
+        restricted_until_unix_ms: _builtins.int = ...,
+        replies_restricted_until_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["upgrade", b"upgrade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "sender_id", b"sender_id", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

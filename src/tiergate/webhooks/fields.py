@@ -393,6 +393,7 @@ def _capability(out: Collector, value: dict[str, object], ch: Change) -> None:
 def _account(out: Collector, value: dict[str, object], ch: Change) -> None:
     event = nonempty(required(value, "event", ch.path), f"{ch.path}.event")
     types: list[str] = []
+    expiries: list[int] = []
     messaging_expiry = 0
     any_expiry = 0
     info = value.get("restriction_info")
@@ -404,6 +405,7 @@ def _account(out: Collector, value: dict[str, object], ch: Change) -> None:
             raw_exp = item.get("expiration")
             expiry = 0 if raw_exp is None else unix_instant(raw_exp, f"{rpath}.expiration")
             types.append(rtype)
+            expiries.append(expiry)
             any_expiry = max(any_expiry, expiry)
             if "MESSAGING" in rtype:
                 messaging_expiry = max(messaging_expiry, expiry)
@@ -422,6 +424,7 @@ def _account(out: Collector, value: dict[str, object], ch: Change) -> None:
         # A messaging restriction's own expiry wins over, e.g., a longer
         # restriction on adding phone numbers.
         expires_at_unix_ms=messaging_expiry or any_expiry,
+        restriction_expiries=tuple(expiries),
         ban_state=ban_state,
         at_unix_ms=ch.at_ms,
     )

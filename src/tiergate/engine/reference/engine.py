@@ -7,9 +7,11 @@ from ..constants import (
     ADMIT,
     F_DRY_RUN,
     F_FEP_FREE_FORM,
+    F_FEP_PRICING,
     F_FORCE,
     F_MARKETING,
     F_QUALITY_BLOCK,
+    F_REPLY_RESTRICTED,
     F_RESTRICTED,
     F_TEMPLATE,
     MARKETING_FREQUENCY,
@@ -58,6 +60,13 @@ def _check_recipient(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a recipient key in 1 .. 2**54 - 1, got {value}")
 
 
+def _check_scope_params(freq_cap: int, freq_window_ms: int) -> None:
+    if not 0 <= freq_cap <= MARKETING_HISTORY:
+        raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
+    if not 0 <= freq_window_ms <= MAX_TIME:
+        raise ValueError("freq_window_ms must be 0..2**50")
+
+
 class Engine:
     """Recipient tables, bucket rings and GCRA buckets; decisions in one call."""
 
@@ -102,21 +111,14 @@ class Engine:
     # -- configuration -------------------------------------------------------
 
     def add_scope(self, freq_cap: int = 0, freq_window_ms: int = 0) -> int:
-        self._check_scope_params(freq_cap, freq_window_ms)
+        _check_scope_params(freq_cap, freq_window_ms)
         self.scopes.append(Scope(self, 0, 0))
         idx = len(self.scopes) - 1
         self.set_scope_params(idx, freq_cap, freq_window_ms)
         return idx
 
-    @staticmethod
-    def _check_scope_params(freq_cap: int, freq_window_ms: int) -> None:
-        if not 0 <= freq_cap <= MARKETING_HISTORY:
-            raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
-        if not 0 <= freq_window_ms <= MAX_TIME:
-            raise ValueError("freq_window_ms must be 0..2**50")
-
     def set_scope_params(self, scope: int, freq_cap: int, freq_window_ms: int) -> None:
-        self._check_scope_params(freq_cap, freq_window_ms)
+        _check_scope_params(freq_cap, freq_window_ms)
         s = self._scope(scope)
         s.freq_cap = freq_cap
         s.freq_window = freq_window_ms
@@ -175,7 +177,8 @@ class Engine:
         last = se.last_counted if se is not None else NEVER
         in_window = ne is not None and now < ne.window_until
         in_fep = ne is not None and now < ne.fep_until
-        counting = bool(template) and not in_window and not in_fep
+        # a free-entry-point window spares templates unless it is a pricing window only
+        counting = bool(template) and not in_window and not (in_fep and not flags & F_FEP_PRICING)
         already = counting and last > now - self.window_ms
         needs_slot = counting and not already
         ring = s.ring24
@@ -201,6 +204,8 @@ class Engine:
                         return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last, 0)
                     retry = ring.next_free(limit, now)
                     return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last, 0)
+            elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
+                return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
             # 7. protective rules
             if marketing:
                 if s.freq_cap > 0 and se is not None:
