@@ -27,6 +27,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
 from tiergate._native.constants cimport *
+from tiergate._native.sip cimport Sip, load_le, sip_bytes, sip_final, sip_init, sip_word
 from tiergate._native.text cimport recipient_key, utf8
 
 from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared

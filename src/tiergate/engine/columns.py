@@ -96,6 +96,8 @@ from .constants import (
     TEMPLATE_DISABLED,
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
+    bsuid_key,
+    is_bsuid,
 )
 from .results import BadItem, Finished, KeyCheck, Prepared
 from .tickets import encode_ticket, siphash24
@@ -197,9 +199,9 @@ def check_items(
 def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
     """Write the key of each recipient to ``out`` (typecode 'Q', one entry per recipient).
 
-    Returns the index of the first recipient that is not a string of 1 to 15
-    ASCII digits with an optional leading '+' (``out`` then holds the keys
-    before it), or -1.
+    Returns the index of the first recipient that is neither a string of 1 to 15
+    ASCII digits with an optional leading '+' nor a business-scoped user ID
+    (``out`` then holds the keys before it), or -1.
     """
     for i, rcpt in enumerate(recipients):
         if type(rcpt) is not str:
@@ -208,6 +210,8 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
         nd = len(digits)
         if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
             out[i] = int(digits) | (nd << KEY_LENGTH_SHIFT)
+        elif is_bsuid(rcpt):
+            out[i] = bsuid_key(rcpt)
         else:
             return i
     return -1
