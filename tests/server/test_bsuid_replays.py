@@ -3,14 +3,16 @@ clock: every decision path (Admit, AdmitBatch, AdmitStream, AdmitColumns)
 accepts a BSUID (``US.13491208655302741918``) and its parent form
 (``US.ENT.11815799212886844830``) wherever an E.164 number goes, counts it as
 one recipient, and answers a malformed one with INVALID_ARGUMENT naming the
-field."""
+field. Feedback and webhooks take it too: an inbound message that carries only
+``from_user_id`` opens the user's window, a status that carries only
+``recipient_user_id`` releases its send's slot."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
-from rules_harness import admit, state
-from server_harness import SENDER, T0, Harness, make_config, run_async, serving
+from rules_harness import admit, body, feedback, ingest, state
+from server_harness import SENDER, T0, Harness, make_config, run_async, sender, serving
 
 from tiergate.v1 import admission_pb2 as pb
 
@@ -52,7 +54,7 @@ async def columns(h: Harness, recipients: list[str], dry: bool) -> pb.AdmitColum
 @run_async
 async def test_a_bsuid_is_a_recipient_on_every_path() -> None:
     async with serving(make_config()) as h:
-        recipients = [BSUID, PARENT, PHONE, "BR.abcXYZ0123"]
+        recipients = [BSUID, PARENT, PHONE, "BR.abcXYZ0123", "GB.ENT." + "Zz9" * 42 + "aa"]
         dry = [request(r, dry=True) for r in recipients]
         batch: pb.AdmitBatchResponse = await h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=dry))
         stream = [res async for res in h.stub.AdmitStream(iter(dry))]
@@ -67,7 +69,7 @@ async def test_a_bsuid_is_a_recipient_on_every_path() -> None:
             assert res.decision == pb.DECISION_ADMIT and res.counted, (r, res)
         again = await admit(h, BSUID, T0 + 1, sender_id=SENDER)
         assert again.decision == pb.DECISION_ADMIT and not again.counted, again
-        assert (await state(h, SENDER, T0 + 1)).used_24h == 4
+        assert (await state(h, SENDER, T0 + 1)).used_24h == 5
 
 
 @run_async
@@ -89,3 +91,76 @@ async def test_a_malformed_bsuid_is_invalid_argument_naming_the_field() -> None:
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
             assert "recipients[1]" in (info.value.details() or ""), (bad, info.value.details())
         assert (await state(h, SENDER, T0)).used_24h == 0
+
+
+PYWA = "1122334455667"  # the business number of pywa's payloads (display 972123456789)
+
+
+def pywa_config() -> object:
+    return make_config(
+        senders=(sender(PYWA, display_phone_number="972123456789", waba_id="5467539754836534"),)
+    )
+
+
+def without_phone(name: str, phone_field: str, item: str) -> tuple[dict[str, object], int]:
+    """pywa's body ``name`` as Meta sends it for a user who shares no phone number:
+    ``phone_field`` of the first ``item`` replaced by its ``*_user_id`` twin, and no
+    wa_id in ``contacts`` (the change's time too)."""
+    doc = body(name)
+    value = doc["entry"][0]["changes"][0]["value"]
+    entry = value[item][0]
+    del entry[phone_field]
+    entry[
+        f"{phone_field.removesuffix('_id')}_user_id" if item == "statuses" else "from_user_id"
+    ] = BSUID
+    for contact in value.get("contacts", []):
+        contact.pop("wa_id", None)
+    return doc, int(entry["timestamp"]) * 1000
+
+
+@run_async
+async def test_an_inbound_message_by_user_id_opens_the_window() -> None:
+    doc, at = without_phone("messages__message-text__pywa", "from", "messages")
+    async with serving(pywa_config()) as h:
+        before = await admit(h, BSUID, at - 1, sender_id=PYWA, kind=pb.FREE_FORM)
+        assert before.reason == pb.OUTSIDE_WINDOW, before
+        out = await ingest(h, doc, at)
+        assert out.applied == 1, out
+        reply = await admit(h, BSUID, at + 1, sender_id=PYWA, kind=pb.FREE_FORM)
+        assert reply.decision == pb.DECISION_ADMIT, reply
+        # RecordFeedback takes the user id the same way.
+        inbound = pb.InboundMessage(
+            sender_id=PYWA, recipient=PARENT, at_unix_ms=at + 2, message_id="wamid.in2"
+        )
+        assert (await feedback(h, inbound_message=inbound)).applied
+        other = await admit(h, PARENT, at + 3, sender_id=PYWA, kind=pb.FREE_FORM)
+        assert other.decision == pb.DECISION_ADMIT, other
+
+
+@run_async
+async def test_a_failed_status_by_user_id_releases_its_slot() -> None:
+    doc, at = without_phone("messages__message_status-failed__pywa", "recipient_id", "statuses")
+    status = doc["entry"][0]["changes"][0]["value"]["statuses"][0]
+    assert status["recipient_user_id"] == BSUID
+    async with serving(pywa_config()) as h:
+        first = await admit(h, BSUID, at - 5000, sender_id=PYWA, template="promo")
+        assert first.counted and (await state(h, PYWA, at - 5000)).used_24h == 1
+        sent = pb.SendResult(
+            ticket=first.ticket, status=pb.SENT, message_id=status["id"], at_unix_ms=at - 4000
+        )
+        assert (await feedback(h, send_result=sent)).applied
+        out = await ingest(h, doc, at)
+        assert out.applied == 1, out
+        assert (await state(h, PYWA, at)).used_24h == 0
+
+
+@run_async
+async def test_a_malformed_user_id_in_feedback_is_invalid_argument() -> None:
+    async with serving(pywa_config()) as h:
+        inbound = pb.InboundMessage(
+            sender_id=PYWA, recipient="US.ENT.", at_unix_ms=T0, message_id="wamid.in3"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await feedback(h, inbound_message=inbound)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "recipient" in (info.value.details() or "")

@@ -72,6 +72,8 @@ PREFIX_CATEGORY_SHIFT: Final = KEY_LENGTH_SHIFT + 4
 #: A business-scoped user ID (BSUID): a two-letter country code, '.', an optional
 #: ``ENT.`` (the parent form), then 1 to 128 ASCII letters and digits.
 MAX_BSUID_ID: Final = 128
+#: The longest recipient text: a parent-form BSUID ("CC.ENT." and the id).
+MAX_RECIPIENT_TEXT: Final = 7 + MAX_BSUID_ID
 #: A BSUID's key is the low BSUID_KEY_BITS bits of its SipHash-2-4 under
 #: BSUID_HASH_KEY (1 when they are all 0): length bits 50..53 stay 0, which no
 #: E.164 key has, so the two kinds never meet and the key stays below 2**50.
