@@ -489,3 +489,42 @@ def test_remember_keys_agree(seed: int) -> None:
     for table in outcomes[0][0].values():
         for entry in table.values():
             assert len(entry) == 7
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_alias_keys_agree(seed: int) -> None:
+    from tiergate.policy.aliases import alias_table
+
+    rng = random.Random(seed)
+    ids = [recipient_key(f"US.{rng.randrange(10**20)}") for _ in range(rng.randrange(0, 30))]
+    phones = [recipient_key(str(rng.randrange(10**10, 10**12))) for _ in ids]
+    mapped = dict(zip(ids[: len(ids) // 2], phones, strict=False))
+    table = alias_table(mapped.items())
+    keys = array(
+        "Q", [rng.choice([*ids, *phones, recipient_key("1")]) for _ in range(50)] if ids else []
+    )
+    outs = []
+    for mod in (py, compiled):
+        out = array("Q", keys)
+        outs.append((mod.alias_keys(out, table), out.tolist()))
+    assert outs[0] == outs[1]
+    assert outs[0][1] == [mapped.get(k, k) for k in keys]
+    assert outs[0][0] == sum(k in mapped for k in keys)
+
+
+def test_an_alias_table_learned_one_by_one_is_the_one_built_at_once() -> None:
+    from tiergate.policy.aliases import alias_table, learn
+    from tiergate.policy.state import PolicyState
+
+    st = PolicyState.__new__(PolicyState)
+    st.aliases, st.alias_table = {}, array("Q")
+    for n in range(300):
+        assert learn(st, f"+4477009{n:05d}", f"GB.{n}")
+    assert not learn(st, "+447700900000", "GB.0")  # known: no change
+    assert learn(st, "+447700999999", "GB.0")  # a newer phone number for the id
+    keys = array("Q", [recipient_key(f"GB.{n}") for n in range(300)])
+    whole = array("Q", keys)
+    assert compiled.alias_keys(keys, st.alias_table) == 300
+    assert py.alias_keys(whole, alias_table(st.aliases.items())) == 300
+    assert keys == whole
+    assert keys[0] == recipient_key("447700999999") and keys[1] == recipient_key("447700900001")

@@ -164,3 +164,97 @@ async def test_a_malformed_user_id_in_feedback_is_invalid_argument() -> None:
             await feedback(h, inbound_message=inbound)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "recipient" in (info.value.details() or "")
+
+
+@run_async
+async def test_a_webhook_naming_both_ids_makes_them_one_recipient() -> None:
+    # pywa's inbound text: 'from' the phone number, its contact with the user id.
+    doc = body("messages__message-text__pywa")
+    value = doc["entry"][0]["changes"][0]["value"]
+    phone, user_id = value["messages"][0]["from"], value["contacts"][0]["user_id"]
+    assert user_id == BSUID
+    at = int(value["messages"][0]["timestamp"]) * 1000
+    async with serving(pywa_config()) as h:
+        first = await admit(h, phone, at - 1000, sender_id=PYWA, template="promo")
+        assert first.counted, first
+        # Before the webhook, the BSUID is a recipient of its own.
+        dry = await h.stub.Admit(
+            pb.AdmitRequest(
+                sender_id=PYWA,
+                recipient=BSUID,
+                kind=pb.TEMPLATE,
+                category=pb.UTILITY,
+                template_id="promo",
+                at_unix_ms=at - 500,
+                dry_run=True,
+            )
+        )
+        assert dry.counted and dry.used == 2, dry
+        assert (await ingest(h, doc, at)).applied == 1
+        # After it, every path counts the BSUID as the phone number: not a new user.
+        requests = [
+            pb.AdmitRequest(
+                sender_id=PYWA,
+                recipient=r,
+                kind=pb.TEMPLATE,
+                category=pb.UTILITY,
+                template_id="promo",
+                at_unix_ms=at + 1,
+                dry_run=True,
+            )
+            for r in (BSUID, phone, PARENT)
+        ]
+        batch: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
+            pb.AdmitBatchRequest(requests=requests)
+        )
+        stream = [res async for res in h.stub.AdmitStream(iter(requests))]
+        assert list(batch.responses) == stream
+        assert [r.counted for r in stream] == [False, False, True], stream
+        cols: pb.AdmitColumnsResponse = await h.stub.AdmitColumns(
+            pb.AdmitColumnsRequest(
+                senders=[PYWA],
+                sender_index=[0, 0, 0],
+                recipients=[r.recipient for r in requests],
+                kinds=bytes([pb.TEMPLATE] * 3),
+                categories=bytes([pb.UTILITY] * 3),
+                templates=["promo"],
+                template_index=[1, 1, 1],
+                at_unix_ms=[at + 1] * 3,
+                dry_run=True,
+            )
+        )
+        assert list(cols.counted) == [r.counted for r in stream]
+        one = await admit(h, BSUID, at + 2, sender_id=PYWA, template="promo")
+        assert one.decision == pb.DECISION_ADMIT and not one.counted, one
+        assert (await state(h, PYWA, at + 2)).used_24h == 1
+        # The window the phone number's message opened is the BSUID's too.
+        reply = await admit(h, BSUID, at + 3, sender_id=PYWA, kind=pb.FREE_FORM)
+        assert reply.decision == pb.DECISION_ADMIT, reply
+
+
+@run_async
+async def test_a_key_used_before_the_alias_was_learned_still_answers_its_repeats() -> None:
+    doc = body("messages__message-text__pywa")
+    at = int(doc["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"]) * 1000
+    async with serving(pywa_config()) as h:
+        first = await admit(h, BSUID, at - 1000, sender_id=PYWA, template="promo", key="k1")
+        assert first.counted, first
+        assert (await ingest(h, doc, at)).applied == 1
+        again = await admit(h, BSUID, at + 1, sender_id=PYWA, template="promo", key="k1")
+        assert again == first
+        batch: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
+            pb.AdmitBatchRequest(
+                requests=[
+                    pb.AdmitRequest(
+                        sender_id=PYWA,
+                        recipient=BSUID,
+                        kind=pb.TEMPLATE,
+                        category=pb.UTILITY,
+                        template_id="promo",
+                        idempotency_key="k1",
+                        at_unix_ms=at + 2,
+                    )
+                ]
+            )
+        )
+        assert batch.responses[0] == first

@@ -106,6 +106,26 @@ def encode_recipients(list recipients, unsigned long long[::1] out):
     return -1
 
 
+def alias_keys(unsigned long long[::1] keys, const unsigned long long[::1] table):
+    """As tiergate.engine.columns.alias_keys."""
+    cdef Py_ssize_t i, n = keys.shape[0], done = 0
+    cdef uint64_t key, mask, j
+    if table.shape[0] < 2:
+        return 0
+    mask = <uint64_t>(table.shape[0] // 2) - 1
+    for i in range(n):
+        key = keys[i]
+        if key >> KEY_LENGTH_SHIFT == 0:
+            j = ((key * REGION_MIX) >> 32) & mask
+            while table[2 * j]:
+                if table[2 * j] == key:
+                    keys[i] = table[2 * j + 1]
+                    done += 1
+                    break
+                j = (j + 1) & mask
+    return done
+
+
 cdef struct Early:
     # What early_answer gives: an item's answer from steps 1-3.
     int decision

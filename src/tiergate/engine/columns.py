@@ -110,6 +110,7 @@ __all__ = [
     "NO_CATEGORY",
     "NO_TEMPLATE",
     "REASONS",
+    "alias_keys",
     "check_items",
     "early_answer",
     "encode_recipients",
@@ -215,6 +216,27 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
         else:
             return i
     return -1
+
+
+def alias_keys(keys: array[int], table: Sequence[int]) -> int:
+    """Replace each business-scoped user ID's key in ``keys`` that ``table`` maps
+    (``policy.aliases.alias_table``: (key, phone key) pairs by open addressing at
+    the slot :func:`region_table` would use, empty: none) by its phone number's
+    key; how many were replaced."""
+    mask = len(table) // 2 - 1
+    done = 0
+    if mask < 0:
+        return 0
+    for i, key in enumerate(keys):
+        if key >> KEY_LENGTH_SHIFT == 0:
+            j = ((key * _MIX) & _U64) >> 32 & mask
+            while table[2 * j]:
+                if table[2 * j] == key:
+                    keys[i] = table[2 * j + 1]
+                    done += 1
+                    break
+                j = (j + 1) & mask
+    return done
 
 
 _DIGITS = (1 << KEY_LENGTH_SHIFT) - 1

@@ -9,6 +9,7 @@ object turns into a plain dict and back, for snapshots and journal records.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -312,6 +313,10 @@ class PolicyState:
     #: (scope, recipient key) → end of the marketing back-off Meta's 131049 asks for.
     marketing_back_off: dict[tuple[int, int], int] = field(default_factory=dict)
     unknown_sender_count: int = 0
+    #: BSUID key → phone key, for users a webhook named by both (``aliases.py``),
+    #: and the kernels' lookup table of it (``aliases.alias_table``).
+    aliases: dict[int, int] = field(default_factory=dict)
+    alias_table: array[int] = field(default_factory=lambda: array("Q"))
     #: The earliest time a time-driven change falls due (``tiers.maintain``).
     next_due: int = FAR_FUTURE
     #: ``next_due`` must be recomputed before it is read.
@@ -334,6 +339,8 @@ class PolicyState:
         self.link_order = deque()
         self.marketing_back_off = {}
         self.unknown_sender_count = 0
+        self.aliases = {}
+        self.alias_table = array("Q")
         self.next_due = FAR_FUTURE
         self.due_dirty = False
 

@@ -286,8 +286,25 @@ def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) ->
         at_unix_ms=at_ms,
         entry_point=entry_point,
         message_id=message_id,
+        user_id=_user_id(ch, user, optional_str(msg, "from_user_id", path)),
     )
     out.event(ch.field, path, f"message:{sender}:{message_id}", event)
+
+
+def _user_id(ch: Change, phone: str, given: str) -> str:
+    """The business-scoped user ID a change names beside the phone number
+    ``phone`` (the item's own ``*_user_id``, else the ``contacts`` entry with that
+    ``wa_id``); "" when there is none or ``phone`` is not a phone number."""
+    if not is_phone(phone):
+        return ""
+    if given:
+        return given
+    contacts = ch.value.get("contacts")
+    for contact in contacts if isinstance(contacts, list) else ():
+        if isinstance(contact, dict) and contact.get("wa_id") == phone:
+            user_id = contact.get("user_id")
+            return user_id if isinstance(user_id, str) else ""
+    return ""
 
 
 def _no_phone(value: str, name: str, missing: str) -> str:
@@ -328,6 +345,7 @@ def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> 
         meta_error_code=code if send_status is SendStatus.FAILED else 0,
         at_unix_ms=at_ms,
         message_id=message_id,
+        user_id=_user_id(ch, recipient, optional_str(st, "recipient_user_id", path)),
     )
     out.event(ch.field, path, f"status:{sender}:{message_id}:{status}", event)
 
