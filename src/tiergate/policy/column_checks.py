@@ -252,7 +252,7 @@ def check_columns(req: ColumnsLike) -> Items:
             recipient_key(recipients[bad])
         except ValueError as exc:
             raise InvalidArgument(field, f"{field}: {exc}") from None
-        raise InvalidArgument(field, f"{field}: not an E.164 number")
+        raise InvalidArgument(field, f"{field}: not an E.164 number or a business-scoped user ID")
     if keys:
         _check_strings("idempotency_keys", keys, MAX_KEY_LEN, False)
     lo, hi = kernels.time_bounds(at)

@@ -45,7 +45,7 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
     """Apply one feedback event. Unknown senders/templates/tickets → applied=False.
 
     Raises :class:`InvalidArgument` for a malformed field (e.g. a recipient
-    that is not E.164 digits).
+    that is neither E.164 digits nor a business-scoped user ID).
     """
     at = getattr(event, "at_unix_ms", 0)
     now = st.now(at if isinstance(at, int) else 0, now_ms)

@@ -134,7 +134,8 @@ _PAUSED_TEMPLATE_COPIED = _same_names(pb.PausedTemplate, PausedTemplateReport)
 
 
 def _check_fields(prefix: str, message: Message) -> None:
-    """Sizes, non-negative times and counts, E.164 recipients; the field is named."""
+    """Sizes, non-negative times and counts, recipients (E.164 numbers or
+    business-scoped user IDs); the field is named."""
     for fd, value in message.ListFields():
         field = f"{prefix}.{fd.name}"
         if isinstance(value, str):
