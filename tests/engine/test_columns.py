@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import inspect
 import random
+import string
 from array import array
 from types import ModuleType
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from tiergate.engine import NEVER, DecisionBatch, records
 from tiergate.engine import columns as py
-from tiergate.engine.constants import prefix_key, recipient_key
+from tiergate.engine.constants import MAX_RECIPIENT_KEY, prefix_key, recipient_key
 from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
 
 compiled: ModuleType = pytest.importorskip("tiergate._native.columns")
@@ -40,12 +41,30 @@ META = array(
 )
 
 
+_ALNUM = string.ascii_letters + string.digits
+_ODD: list[Any] = ["", "+", "12a4", "1" * 16, "+" + "9" * 15, "٣٣", "éé", "12 3", "+1+2", 5]
+_ODD += ["us.123", "US.", "US.ENT.", "US.ENT", "U.S.1", "US." + "a" * 129, "12.3"]
+
+
+def _bsuid(rng: random.Random) -> str:
+    """A business-scoped user ID, its parent form, or one a character off."""
+    cc = "".join(rng.choice(string.ascii_uppercase) for _ in range(2))
+    rest = "".join(rng.choice(_ALNUM) for _ in range(rng.choice([1, 2, 7, 8, 9, 20, 128])))
+    bsuid = f"{cc}.{'ENT.' if rng.random() < 0.3 else ''}{rest}"
+    if rng.random() < 0.2:
+        k = rng.randrange(len(bsuid))
+        bsuid = bsuid[:k] + rng.choice(["-", "é", " ", ".", "a", "0", ""]) + bsuid[k + 1 :]
+    return bsuid
+
+
 def _recipient(rng: random.Random) -> Any:
     roll = rng.random()
-    if roll < 0.8:
+    if roll < 0.65:
         digits = str(rng.randrange(10 ** rng.randrange(1, 16))).zfill(rng.randrange(1, 16))
         return ("+" if rng.random() < 0.2 else "") + digits[-15:]
-    return rng.choice(["", "+", "12a4", "1" * 16, "+" + "9" * 15, "٣٣", "éé", "12 3", "+1+2", 5])
+    if roll < 0.85:
+        return _bsuid(rng)
+    return rng.choice(_ODD)
 
 
 def test_same_functions_and_constants() -> None:
@@ -77,6 +96,7 @@ def test_encode_recipients_agree(seed: int) -> None:
         outs.append((mod.encode_recipients(recipients, out), out.tolist()))
     assert outs[0] == outs[1]
     bad, keys = outs[0]
+    assert all(0 < k <= MAX_RECIPIENT_KEY for k in keys[: bad if bad >= 0 else None])
     for i, r in enumerate(recipients[: bad if bad >= 0 else None]):
         assert keys[i] == recipient_key(r)
     if bad >= 0:
@@ -469,3 +489,42 @@ def test_remember_keys_agree(seed: int) -> None:
     for table in outcomes[0][0].values():
         for entry in table.values():
             assert len(entry) == 7
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_alias_keys_agree(seed: int) -> None:
+    from tiergate.policy.aliases import alias_table
+
+    rng = random.Random(seed)
+    ids = [recipient_key(f"US.{rng.randrange(10**20)}") for _ in range(rng.randrange(0, 30))]
+    phones = [recipient_key(str(rng.randrange(10**10, 10**12))) for _ in ids]
+    mapped = dict(zip(ids[: len(ids) // 2], phones, strict=False))
+    table = alias_table(mapped.items())
+    keys = array(
+        "Q", [rng.choice([*ids, *phones, recipient_key("1")]) for _ in range(50)] if ids else []
+    )
+    outs = []
+    for mod in (py, compiled):
+        out = array("Q", keys)
+        outs.append((mod.alias_keys(out, table), out.tolist()))
+    assert outs[0] == outs[1]
+    assert outs[0][1] == [mapped.get(k, k) for k in keys]
+    assert outs[0][0] == sum(k in mapped for k in keys)
+
+
+def test_an_alias_table_learned_one_by_one_is_the_one_built_at_once() -> None:
+    from tiergate.policy.aliases import alias_table, learn
+    from tiergate.policy.state import PolicyState
+
+    st = PolicyState.__new__(PolicyState)
+    st.aliases, st.alias_table = {}, array("Q")
+    for n in range(300):
+        assert learn(st, f"+4477009{n:05d}", f"GB.{n}")
+    assert not learn(st, "+447700900000", "GB.0")  # known: no change
+    assert learn(st, "+447700999999", "GB.0")  # a newer phone number for the id
+    keys = array("Q", [recipient_key(f"GB.{n}") for n in range(300)])
+    whole = array("Q", keys)
+    assert compiled.alias_keys(keys, st.alias_table) == 300
+    assert py.alias_keys(whole, alias_table(st.aliases.items())) == 300
+    assert keys == whole
+    assert keys[0] == recipient_key("447700999999") and keys[1] == recipient_key("447700900001")

@@ -399,3 +399,29 @@ def test_release_ignores_a_prev_counted_after_the_slot() -> None:
     assert e.usage(0, 1_000, 10)[0] == 1
     assert e.release(0, 42, d[6], d[5]) is True
     assert e.usage(0, 1_000, 10)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "bsuid", ["US.13491208655302741918", "US.ENT.11815799212886844830", "BR.a", "GB." + "Z9" * 64]
+)
+def test_a_bsuid_key_is_a_recipient_no_phone_number_shares(bsuid: str) -> None:
+    key = c.recipient_key(bsuid)
+    assert c.is_bsuid(bsuid) and c.is_bsuid_key(key)
+    assert 0 < key < 1 << c.KEY_LENGTH_SHIFT  # length bits 0: below every E.164 key
+    assert min(c.recipient_key("0"), c.recipient_key("1")) > key
+    assert c.recipient_key(bsuid) == key == c.bsuid_key(bsuid)
+    e = _engine()
+    assert e.decide(0, 0, 0, key, c.F_TEMPLATE, 10)[3] == 1
+    assert e.decide(1, 0, 0, key, c.F_TEMPLATE, 10)[3] == 0  # the same recipient: not new
+
+
+def test_bsuid_keys_differ_from_each_other() -> None:
+    ids = [f"US.{n}" for n in range(5_000)] + [f"US.ENT.{n}" for n in range(5_000)]
+    assert len({c.recipient_key(i) for i in ids}) == len(ids)
+
+
+@pytest.mark.parametrize("bad", ["us.1", "US.", "US.ENT.", "US.1-2", "US." + "1" * 129, "U1.2"])
+def test_a_malformed_bsuid_is_refused(bad: str) -> None:
+    assert not c.is_bsuid(bad)
+    with pytest.raises(ValueError, match="recipient"):
+        c.recipient_key(bad)

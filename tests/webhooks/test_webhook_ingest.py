@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from webhook_helpers import all_bodies, dumps, paths, real, replaced, synthetic
 
 from tiergate.engine import constants as c
+from tiergate.engine.constants import recipient_key
+from tiergate.policy.aliases import learn
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.events import (
     Category,
@@ -195,6 +197,10 @@ def test_failed_status_130429_slows_the_sender() -> None:
 
 def test_statuses_without_an_effect() -> None:
     service = _service(at=T)
+    # The payloads' contact names the user by phone and by BSUID: that alias is
+    # known beforehand (test_a_status_naming_both_ids_teaches_the_alias), so
+    # only the statuses' own effect is compared.
+    learn(service.state, PYWA_USER, PYWA_BSUID)
     for name in ("messages__message_status-sent__pywa", "messages__message_status-delivered__pywa"):
         before = service.snapshot()
         assert _ingest(service, real(name), T) == (1, 0)
@@ -596,3 +602,24 @@ def test_fuzz_mutated_payloads_never_crash_and_rejections_change_nothing(
     else:
         assert result.ignored == len(result.ignored_events)
         assert all(reason for _, reason in result.ignored_events)
+
+
+PYWA_USER = "972987654321"  # the contact of pywa's payloads: its phone number
+PYWA_BSUID = "US.13491208655302741918"  # and its business-scoped user ID
+
+
+def test_a_status_naming_both_ids_teaches_the_alias() -> None:
+    service = _service(at=T)
+    assert service.state.aliases == {}
+    assert _ingest(service, real("messages__message_status-sent__pywa"), T) == (1, 0)
+    assert service.state.aliases == {recipient_key(PYWA_BSUID): recipient_key(PYWA_USER)}
+    # Snapshotted, and restored (a snapshot without the map restores with none).
+    again = AdmissionService.from_snapshot(load_profile("meta-2025"), service.snapshot())
+    assert again.state.aliases == service.state.aliases
+    # Journaled with its event: a replay of the records learns it too.
+    records = service.drain_journal()
+    copy = _service(at=T)
+    copy.drain_journal()
+    for record in records:
+        copy.replay(record)
+    assert copy.state.aliases == service.state.aliases

@@ -89,6 +89,7 @@ def test_inbound_text_message() -> None:
         at_unix_ms=1697043223000,
         entry_point=EntryPoint.ORGANIC,
         message_id="wamid.xyzxyz",
+        user_id="US.13491208655302741918",  # the contact's business-scoped user ID
     )
     assert item.key == "message:1122334455667:wamid.xyzxyz"
 
@@ -133,6 +134,7 @@ def test_failed_status_carries_meta_message_id_and_error_code() -> None:
         meta_error_code=130472,
         at_unix_ms=1689380458000,
         message_id="wamid.xyzxyz",
+        user_id="US.13491208655302741918",
     )
     assert item.key == "status:1122334455667:wamid.xyzxyz:failed"
     (sent,) = parse(real("messages__message_status-sent__pywa")).events

@@ -27,6 +27,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
 from tiergate._native.constants cimport *
+from tiergate._native.sip cimport Sip, load_le, sip_bytes, sip_final, sip_init, sip_word
 from tiergate._native.text cimport recipient_key, utf8
 
 from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
@@ -103,6 +104,26 @@ def encode_recipients(list recipients, unsigned long long[::1] out):
             return i
         out[i] = value
     return -1
+
+
+def alias_keys(unsigned long long[::1] keys, const unsigned long long[::1] table):
+    """As tiergate.engine.columns.alias_keys."""
+    cdef Py_ssize_t i, n = keys.shape[0], done = 0
+    cdef uint64_t key, mask, j
+    if table.shape[0] < 2:
+        return 0
+    mask = <uint64_t>(table.shape[0] // 2) - 1
+    for i in range(n):
+        key = keys[i]
+        if key >> KEY_LENGTH_SHIFT == 0:
+            j = ((key * REGION_MIX) >> 32) & mask
+            while table[2 * j]:
+                if table[2 * j] == key:
+                    keys[i] = table[2 * j + 1]
+                    done += 1
+                    break
+                j = (j + 1) & mask
+    return done
 
 
 cdef struct Early:

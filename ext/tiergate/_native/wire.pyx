@@ -30,7 +30,8 @@ include "protobuf.pxi"
 
 #: A read AdmitColumnsRequest (or AdmitBatchRequest, as the columns it asks to decide):
 #: the request's columns, named as tiergate.v1.AdmitColumnsRequest's fields. With
-#: E.164 recipients only, ``recipients`` is None, ``recipient_keys`` holds their keys
+#: well-formed recipients only (E.164 numbers or business-scoped user IDs),
+#: ``recipients`` is None, ``recipient_keys`` holds their keys
 #: and ``recipient_spans`` each one's start and end offset in the request's bytes;
 #: otherwise ``recipients`` is the list of strings and the other two are None.
 ReadColumns = namedtuple(
@@ -62,7 +63,7 @@ def decode_request(const unsigned char[::1] data not None):
     reader leaves to protobuf (malformed data, groups, invalid UTF-8, known fields
     with another wire type).
 
-    When every recipient is an E.164 number, no string is made for them:
+    When every recipient is well formed (E.164 number or BSUID), no string is made:
     ``recipients`` is None, ``recipient_keys`` holds their keys (as
     encode_recipients makes them) and ``recipient_spans`` each one's start and
     end offset in ``data``. Otherwise ``recipients`` is the list of strings and

@@ -12,6 +12,7 @@ from tiergate.engine.columns import LAYOUT as LAYOUT
 from tiergate.engine.columns import NO_CATEGORY as NO_CATEGORY
 from tiergate.engine.columns import NO_TEMPLATE as NO_TEMPLATE
 from tiergate.engine.columns import REASONS as REASONS
+from tiergate.engine.columns import alias_keys as alias_keys
 from tiergate.engine.columns import check_items as check_items
 from tiergate.engine.columns import encode_recipients as encode_recipients
 from tiergate.engine.columns import encode_ticket as encode_ticket

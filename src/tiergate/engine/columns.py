@@ -96,6 +96,8 @@ from .constants import (
     TEMPLATE_DISABLED,
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
+    bsuid_key,
+    is_bsuid,
 )
 from .results import BadItem, Finished, KeyCheck, Prepared
 from .tickets import encode_ticket, siphash24
@@ -108,6 +110,7 @@ __all__ = [
     "NO_CATEGORY",
     "NO_TEMPLATE",
     "REASONS",
+    "alias_keys",
     "check_items",
     "early_answer",
     "encode_recipients",
@@ -197,9 +200,9 @@ def check_items(
 def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
     """Write the key of each recipient to ``out`` (typecode 'Q', one entry per recipient).
 
-    Returns the index of the first recipient that is not a string of 1 to 15
-    ASCII digits with an optional leading '+' (``out`` then holds the keys
-    before it), or -1.
+    Returns the index of the first recipient that is neither a string of 1 to 15
+    ASCII digits with an optional leading '+' nor a business-scoped user ID
+    (``out`` then holds the keys before it), or -1.
     """
     for i, rcpt in enumerate(recipients):
         if type(rcpt) is not str:
@@ -208,9 +211,32 @@ def encode_recipients(recipients: Sequence[str], out: array[int]) -> int:
         nd = len(digits)
         if 0 < nd <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit():
             out[i] = int(digits) | (nd << KEY_LENGTH_SHIFT)
+        elif is_bsuid(rcpt):
+            out[i] = bsuid_key(rcpt)
         else:
             return i
     return -1
+
+
+def alias_keys(keys: array[int], table: Sequence[int]) -> int:
+    """Replace each business-scoped user ID's key in ``keys`` that ``table`` maps
+    (``policy.aliases.alias_table``: (key, phone key) pairs by open addressing at
+    the slot :func:`region_table` would use, empty: none) by its phone number's
+    key; how many were replaced."""
+    mask = len(table) // 2 - 1
+    done = 0
+    if mask < 0:
+        return 0
+    for i, key in enumerate(keys):
+        if key >> KEY_LENGTH_SHIFT == 0:
+            j = ((key * _MIX) & _U64) >> 32 & mask
+            while table[2 * j]:
+                if table[2 * j] == key:
+                    keys[i] = table[2 * j + 1]
+                    done += 1
+                    break
+                j = (j + 1) & mask
+    return done
 
 
 _DIGITS = (1 << KEY_LENGTH_SHIFT) - 1

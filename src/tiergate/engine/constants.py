@@ -71,11 +71,56 @@ MAX_RECIPIENT_KEY: Final = (1 << (KEY_LENGTH_SHIFT + 4)) - 1
 PREFIX_CATEGORY_SHIFT: Final = KEY_LENGTH_SHIFT + 4
 
 
+#: A business-scoped user ID (BSUID): a two-letter country code, '.', an optional
+#: ``ENT.`` (the parent form), then 1 to 128 ASCII letters and digits.
+MAX_BSUID_ID: Final = 128
+#: The longest recipient text: a parent-form BSUID ("CC.ENT." and the id).
+MAX_RECIPIENT_TEXT: Final = 7 + MAX_BSUID_ID
+#: A BSUID's key is the low BSUID_KEY_BITS bits of its SipHash-2-4 under
+#: BSUID_HASH_KEY (1 when they are all 0): length bits 50..53 stay 0, which no
+#: E.164 key has, so the two kinds never meet and the key stays below 2**50.
+BSUID_KEY_BITS: Final = KEY_LENGTH_SHIFT
+BSUID_HASH_KEY: Final = b"tiergate.bsuid.1"
+
+
+def is_bsuid(recipient: str) -> bool:
+    """Whether ``recipient`` is a well-formed business-scoped user ID."""
+    n = len(recipient)
+    if n < 4 or recipient[2:3] != "." or not recipient.isascii():
+        return False
+    cc = recipient[:2]
+    if not (cc.isalpha() and cc.isupper()):
+        return False
+    rest = recipient[7:] if recipient[3:7] == "ENT." else recipient[3:]
+    return 0 < len(rest) <= MAX_BSUID_ID and rest.isalnum()
+
+
+def bsuid_key(recipient: str) -> int:
+    """The key of a well-formed BSUID (see :func:`is_bsuid`): never 0, below 2**50."""
+    from .tickets import siphash24
+
+    low = siphash24(BSUID_HASH_KEY, recipient.encode()) & ((1 << BSUID_KEY_BITS) - 1)
+    return low or 1
+
+
+def is_bsuid_key(key: int) -> bool:
+    """Whether ``key`` names a BSUID (its length bits are 0)."""
+    return key > 0 and key >> KEY_LENGTH_SHIFT == 0
+
+
 def recipient_key(recipient: str) -> int:
-    """Pack an E.164 wa_id (digits, optional leading '+') into its exact uint64 key.
+    """Pack an E.164 wa_id (digits, optional leading '+') into its exact uint64 key,
+    or key a business-scoped user ID (:func:`bsuid_key`).
 
     Raises ValueError naming the problem; callers turn it into INVALID_ARGUMENT.
     """
+    if recipient[2:3] == ".":
+        if is_bsuid(recipient):
+            return bsuid_key(recipient)
+        raise ValueError(
+            "recipient is not a business-scoped user ID: two capital letters, '.',"
+            " an optional 'ENT.', then 1 to 128 letters and digits"
+        )
     digits = recipient[1:] if recipient.startswith("+") else recipient
     n = len(digits)
     if n == 0 or n > MAX_RECIPIENT_DIGITS:
@@ -92,6 +137,6 @@ def prefix_key(prefix: str, category: int) -> int:
 
 
 def recipient_digits(key: int) -> str:
-    """The digits a key was made from (inverse of :func:`recipient_key`)."""
+    """The digits a phone number's key was made from (inverse of :func:`recipient_key`)."""
     n = key >> KEY_LENGTH_SHIFT
     return str(key & ((1 << KEY_LENGTH_SHIFT) - 1)).zfill(n)

@@ -36,6 +36,7 @@ from tiergate.engine.constants import (
 )
 from tiergate.engine.tickets import encode_in_use
 
+from . import aliases
 from . import events as ev
 from .answers import (
     DETAIL,
@@ -105,7 +106,8 @@ def template_refusal(state: int, paused_until: int, limit: int, tpl: str) -> Adm
 def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult:
     """Decide one request whose fields passed the checks of ``requests.well_formed``
     (the server's wire reader makes them from the request bytes)."""
-    sid, rkey, kind, cat, tpl, key, at, dry = checked
+    sid, raw, kind, cat, tpl, key, at, dry = checked
+    rkey = aliases.resolve(st, raw) if st.aliases else raw
     sender = st.senders.get(sid)
     if sender is None:
         # Touches no sender's state: neither time-driven changes nor the clock.
@@ -120,7 +122,9 @@ def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult
                 first = None
             else:
                 bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT
-                if not rec.bound_to(first, bound, tpl):
+                if not rec.bound_to(first, bound, tpl) and (
+                    raw == rkey or not aliases.bound_either(first, raw, rkey, kind, cat, tpl)
+                ):
                     raise KeyConflict("idempotency_key", 0, differs(first, bound, tpl))
     if st.due_dirty:
         recompute_due(st)

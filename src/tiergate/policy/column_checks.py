@@ -150,6 +150,9 @@ class Items:
     latest: int  # the latest item time (0: none)
     #: Each item's own dry run flag, when the items do not share one (else None).
     dry_runs: bytes | None = None
+    #: The recipients' keys as written, when an alias replaced some in ``rkeys``
+    #: (``aliases.py``; else None).
+    raw_rkeys: array[int] | None = None
 
     @classmethod
     def from_checked(cls, items: Sequence[Checked]) -> Items:
@@ -194,6 +197,7 @@ class Items:
             at=at,
             dry=self.dry_runs[start] == 1 if self.dry_runs is not None else self.dry,
             latest=max(at, default=0),
+            raw_rkeys=self.raw_rkeys[start:end] if self.raw_rkeys is not None else None,
         )
 
     def dry_at(self, i: int) -> bool:
@@ -248,7 +252,7 @@ def check_columns(req: ColumnsLike) -> Items:
             recipient_key(recipients[bad])
         except ValueError as exc:
             raise InvalidArgument(field, f"{field}: {exc}") from None
-        raise InvalidArgument(field, f"{field}: not an E.164 number")
+        raise InvalidArgument(field, f"{field}: not an E.164 number or a business-scoped user ID")
     if keys:
         _check_strings("idempotency_keys", keys, MAX_KEY_LEN, False)
     lo, hi = kernels.time_bounds(at)

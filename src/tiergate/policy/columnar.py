@@ -232,6 +232,10 @@ def decide(st: PolicyState, r: Items, now_ms: int) -> ColumnsResult:
     ``idempotency_keys[i]``), then the items in one engine call — or in parts
     (:func:`_decide_in_parts`) when a key repeats inside the batch, time-driven
     changes fall due at an item's time, or the items' dry runs differ."""
+    if st.alias_table:
+        raw = array("Q", r.rkeys)
+        if kernels.alias_keys(r.rkeys, st.alias_table):
+            r.raw_rkeys = raw
     objs = [st.senders.get(sid) for sid in r.senders]
     skip: bytes | bytearray = b""
     hits: list[tuple[int, Remembered]] = []
@@ -329,20 +333,29 @@ def _repeated_keys(
     """
     idems = [s.idem if s is not None else None for s in objs]
     at = r.at if st.request_clock else None
-    bad, skip, hits, repeated = kernels.repeated_keys(
-        r.keys,
-        r.sender_index,
-        r.senders,
-        idems,
-        r.rkeys,
-        r.kinds,
-        r.categories,
-        r.template_index,
-        r.templates,
-        r.dry,
-        at,
-        now_ms,
-    )
+    check, raw = r.rkeys, r.raw_rkeys
+    while True:
+        bad, skip, hits, repeated = kernels.repeated_keys(
+            r.keys,
+            r.sender_index,
+            r.senders,
+            idems,
+            check,
+            r.kinds,
+            r.categories,
+            r.template_index,
+            r.templates,
+            r.dry,
+            at,
+            now_ms,
+        )
+        if bad < 0 or raw is None or raw[bad] == check[bad]:
+            break
+        # A key first used before its recipient's alias was learned is bound to
+        # the recipient as written (aliases.bound_either): check that one.
+        if check is r.rkeys:
+            check = array("Q", r.rkeys)
+        check[bad] = raw[bad]
     if bad >= 0:
         raise _conflict(r, idems, at, now_ms, bad)
     if hits and any(s is not None and s.status >= BLOCKING for s in objs):

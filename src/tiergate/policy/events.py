@@ -82,6 +82,9 @@ class InboundMessage:
     at_unix_ms: int = 0
     entry_point: EntryPoint = EntryPoint.ORGANIC
     message_id: str = ""
+    #: The user's business-scoped user ID when the webhook names it beside the
+    #: phone number ``recipient``: one recipient for counting (``aliases.py``).
+    user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ class SendResult:
     at_unix_ms: int = 0
     message_id: str = ""
     template_id: str = ""  # the template sent (a 132015 / 132016 failure holds it)
+    user_id: str = ""  # as InboundMessage.user_id
 
 
 @dataclass(frozen=True, slots=True)

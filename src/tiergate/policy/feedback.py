@@ -18,6 +18,7 @@ from tiergate.engine import records as rec
 from tiergate.engine.columns import kernels
 from tiergate.engine.tickets import decode_ticket, ticket_fields
 
+from . import aliases
 from . import events as ev
 from .answers import ApplyResult
 from .journal import journal_json
@@ -44,7 +45,7 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
     """Apply one feedback event. Unknown senders/templates/tickets → applied=False.
 
     Raises :class:`InvalidArgument` for a malformed field (e.g. a recipient
-    that is not E.164 digits).
+    that is neither E.164 digits nor a business-scoped user ID).
     """
     at = getattr(event, "at_unix_ms", 0)
     now = st.now(at if isinstance(at, int) else 0, now_ms)
@@ -62,8 +63,9 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
         st.latest_ms = now
     st.forget_expired(now)
     catch_up(st, now)
+    learned = _learn_alias(st, event)  # journaled even when the event itself changes nothing
     result, record = apply_event(st, event, now)
-    if result.applied and record and st.journal_on:
+    if ((result.applied and record) or learned) and st.journal_on:
         payload = {
             "k": "event",
             "now": now,
@@ -97,7 +99,16 @@ def check_event(st: PolicyState, event: ev.Event) -> None:
         check_template_update(event)
 
 
+def _learn_alias(st: PolicyState, event: ev.Event) -> bool:
+    """Learn the alias an event names (a phone number and its user's BSUID);
+    whether the map changed."""
+    if isinstance(event, ev.SendResult | ev.InboundMessage) and event.user_id:
+        return aliases.learn(st, event.recipient, event.user_id)
+    return False
+
+
 def apply_event(st: PolicyState, event: ev.Event, now: int) -> tuple[ApplyResult, bool]:
+    _learn_alias(st, event)
     if isinstance(event, ev.SendResult):
         return on_send_result(st, event, now)
     if isinstance(event, ev.InboundMessage):
@@ -135,7 +146,7 @@ INBOUND_HORIZON_MS = 60_000
 
 
 def on_inbound(st: PolicyState, e: ev.InboundMessage, now: int) -> ApplyResult:
-    rkey = recipient_field(e.recipient, "recipient")
+    rkey = aliases.recipient_of(st, e.recipient, "recipient")
     s = st.senders.get(e.sender_id)
     if s is None:
         return ApplyResult(False, f"unknown sender {e.sender_id!r}")
@@ -166,8 +177,9 @@ def ticket_of(st: PolicyState, e: ev.SendResult, now: int) -> str:
     if first is None or first[4] <= now:
         return ""
     if e.recipient:
-        rkey = recipient_field(e.recipient, "recipient")
-        if (first[rec.E_BOUND] ^ rkey) & rec.RECIPIENT_BITS:
+        raw = recipient_field(e.recipient, "recipient")
+        rkey = aliases.resolve(st, raw)
+        if (first[rec.E_BOUND] ^ rkey) & (first[rec.E_BOUND] ^ raw) & rec.RECIPIENT_BITS:
             raise KeyConflict("idempotency_key", 0, "recipient")
     return first[0]
 
@@ -271,7 +283,7 @@ def on_send_result(st: PolicyState, e: ev.SendResult, now: int) -> tuple[ApplyRe
         sender = st.senders.get(e.sender_id)
         if sender is None:
             return ApplyResult(False, f"unknown sender {e.sender_id!r}"), False
-        rkey = recipient_field(e.recipient, "recipient")
+        rkey = aliases.recipient_of(st, e.recipient, "recipient")
     done = _act_on_failure(st, sender, rkey, decoded, e.meta_error_code, now)
     if e.meta_error_code in st.profile.template_hold_codes:
         template = e.template_id or _bound_template(sender, e.idempotency_key)
@@ -376,7 +388,7 @@ def hold_pair(st: PolicyState, sender: Sender, rkey: int, now: int) -> str:
 
 
 def on_opt_out(st: PolicyState, e: ev.OptOut) -> ApplyResult:
-    rkey = recipient_field(e.recipient, "recipient")
+    rkey = aliases.recipient_of(st, e.recipient, "recipient")
     scopes: dict[int, LimitScope] = {}
     if e.sender_id:
         s = st.senders.get(e.sender_id)

@@ -19,6 +19,7 @@ from tiergate.engine.columns import kernels
 from tiergate.engine.constants import F_FORCE, OK
 from tiergate.engine.tickets import ticket_fields
 
+from . import aliases
 from . import events as ev
 from .feedback import apply_event
 from .journal import JOURNAL_VERSION, TAG_ADMIT, TAG_BATCH, TAG_JSON
@@ -256,6 +257,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
     eco = list(st.marketing_back_off.items())
     pair = list(st.pair_failures.items())
     unknown = st.unknown_sender_count
+    alias_pairs = sorted(st.aliases.items())
 
     def idem_row(item: tuple[int, str, str]) -> list[Any] | None:
         until, sid, key = item
@@ -281,6 +283,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
                 ("eco", [[sc, rk, until] for (sc, rk), until in eco]),
                 ("pair", [[num, rk, *run] for (num, rk), run in pair]),
                 ("unknown", unknown),
+                ("aliases", [list(pair) for pair in alias_pairs]),
             ]
         )
         size = sum(map(len, body))
@@ -321,6 +324,7 @@ def restore(st: PolicyState, data: bytes) -> None:
         for num, rk, x, start, until in state.get("pair", ())
     }
     st.unknown_sender_count = int(state["unknown"])
+    aliases.restore(st, state.get("aliases", ()))
     for s in st.by_index:
         derive(st, s, max(s.scope.last_now, 0))
         st.engine.set_number_params(s.engine_index, *number_params(st, s))

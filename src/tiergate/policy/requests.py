@@ -149,7 +149,8 @@ def well_formed(r: AdmitLike) -> Checked | None:
 
 
 def recipient_field(recipient: str, field_name: str) -> int:
-    """The recipient key of an E.164 number; InvalidArgument naming ``field_name``."""
+    """The recipient key of an E.164 number or a business-scoped user ID;
+    InvalidArgument naming ``field_name``."""
     try:
         return recipient_key(recipient)
     except ValueError as exc:

@@ -129,7 +129,7 @@ class AdmissionService:
         """Apply one feedback event. Unknown senders/templates/tickets → applied=False.
 
         Raises :class:`InvalidArgument` for a malformed field (e.g. a recipient
-        that is not E.164 digits).
+        that is neither E.164 digits nor a business-scoped user ID).
         """
         return apply(self.state, event, now_ms)
 

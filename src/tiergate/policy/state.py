@@ -9,6 +9,7 @@ object turns into a plain dict and back, for snapshots and journal records.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -329,6 +330,10 @@ class PolicyState:
     #: pair's run of consecutive 131056 failures (``feedback.hold_pair``).
     pair_failures: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
     unknown_sender_count: int = 0
+    #: BSUID key → phone key, for users a webhook named by both (``aliases.py``),
+    #: and the kernels' lookup table of it (``aliases.alias_table``).
+    aliases: dict[int, int] = field(default_factory=dict)
+    alias_table: array[int] = field(default_factory=lambda: array("Q"))
     #: The earliest time a time-driven change falls due (``tiers.maintain``).
     next_due: int = FAR_FUTURE
     #: ``next_due`` must be recomputed before it is read.
@@ -352,6 +357,8 @@ class PolicyState:
         self.marketing_back_off = {}
         self.pair_failures = {}
         self.unknown_sender_count = 0
+        self.aliases = {}
+        self.alias_table = array("Q")
         self.next_due = FAR_FUTURE
         self.due_dirty = False
 

@@ -67,8 +67,8 @@ class WireRecipients(Sequence[str]):
 class WireColumns:
     """An AdmitColumnsRequest as plain columns (``policy.columnar.ColumnsLike``).
 
-    ``recipient_keys``, when set, holds every recipient's key (they are all
-    E.164 numbers) and ``recipients`` makes their strings only on demand.
+    ``recipient_keys``, when set, holds every recipient's key (all of them E.164
+    numbers or business-scoped user IDs) and ``recipients`` makes their strings only on demand.
     """
 
     senders: list[str]

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from tiergate.engine.constants import recipient_key
+from tiergate.engine.constants import MAX_RECIPIENT_TEXT, recipient_key
 from tiergate.policy import events as ev
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.columnar import ColumnsResult
@@ -100,7 +100,7 @@ TEXT_LIMITS = {
     "template_name": 512,
     "display_phone_number": 32,
     "tier": 32,
-    "recipient": 16,
+    "recipient": MAX_RECIPIENT_TEXT,
 }
 
 
@@ -134,7 +134,8 @@ _PAUSED_TEMPLATE_COPIED = _same_names(pb.PausedTemplate, PausedTemplateReport)
 
 
 def _check_fields(prefix: str, message: Message) -> None:
-    """Sizes, non-negative times and counts, E.164 recipients; the field is named."""
+    """Sizes, non-negative times and counts, recipients (E.164 numbers or
+    business-scoped user IDs); the field is named."""
     for fd, value in message.ListFields():
         field = f"{prefix}.{fd.name}"
         if isinstance(value, str):

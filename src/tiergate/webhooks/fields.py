@@ -61,6 +61,7 @@ from .reading import (
     as_str,
     ident,
     is_phone,
+    is_recipient,
     nonempty,
     optional_str,
     required,
@@ -253,6 +254,8 @@ def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) ->
     mtype = required_str(msg, "type", path)
     at_ms = required_unix_seconds(msg, "timestamp", path)
     user = optional_str(msg, "from", path)
+    if not is_phone(user):  # a user who shares no phone number: their BSUID
+        user = optional_str(msg, "from_user_id", path) or user
     entry_point = EntryPoint.ORGANIC
     referral = msg.get("referral")
     if referral is not None:
@@ -271,7 +274,9 @@ def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) ->
         )
         out.ignore(ch.field, path, reason)
         return
-    why = _no_phone(user, "'from'", "message has no 'from' phone number (wa_id) for a window")
+    why = _no_phone(
+        user, "'from'", "message has no 'from' phone number (wa_id) or from_user_id for a window"
+    )
     if why:
         out.ignore(ch.field, path, why)
         return
@@ -281,16 +286,34 @@ def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) ->
         at_unix_ms=at_ms,
         entry_point=entry_point,
         message_id=message_id,
+        user_id=_user_id(ch, user, optional_str(msg, "from_user_id", path)),
     )
     out.event(ch.field, path, f"message:{sender}:{message_id}", event)
 
 
+def _user_id(ch: Change, phone: str, given: str) -> str:
+    """The business-scoped user ID a change names beside the phone number
+    ``phone`` (the item's own ``*_user_id``, else the ``contacts`` entry with that
+    ``wa_id``); "" when there is none or ``phone`` is not a phone number."""
+    if not is_phone(phone):
+        return ""
+    if given:
+        return given
+    contacts = ch.value.get("contacts")
+    for contact in contacts if isinstance(contacts, list) else ():
+        if isinstance(contact, dict) and contact.get("wa_id") == phone:
+            user_id = contact.get("user_id")
+            return user_id if isinstance(user_id, str) else ""
+    return ""
+
+
 def _no_phone(value: str, name: str, missing: str) -> str:
-    """Why ``value`` (the field ``name``) names no phone number (wa_id); "" when it does."""
+    """Why ``value`` (the field ``name``) names no recipient (a phone number, wa_id,
+    or a business-scoped user ID); "" when it does."""
     if not value:
         return missing
-    if not is_phone(value):
-        return f"{name} {value!r} is not a phone number (wa_id)"
+    if not is_recipient(value):
+        return f"{name} {value!r} is not a phone number (wa_id) nor a business-scoped user ID"
     return ""
 
 
@@ -300,12 +323,18 @@ def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> 
     status = required_str(st, "status", path)
     at_ms = required_unix_seconds(st, "timestamp", path)
     recipient = optional_str(st, "recipient_id", path)
+    if not is_phone(recipient):  # a user who shares no phone number: their BSUID
+        recipient = optional_str(st, "recipient_user_id", path) or recipient
     code = _first_error_code(st, path)
     send_status = _SEND_STATUSES.get(status)
     if send_status is None:
         out.ignore(ch.field, path, f"message status {status!r} is not one tiergate tracks")
         return
-    why = _no_phone(recipient, "recipient_id", "status has no recipient_id to match a send with")
+    why = _no_phone(
+        recipient,
+        "recipient_id",
+        "status has no recipient_id or recipient_user_id to match a send with",
+    )
     if why:
         out.ignore(ch.field, path, why)
         return
@@ -316,6 +345,7 @@ def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> 
         meta_error_code=code if send_status is SendStatus.FAILED else 0,
         at_unix_ms=at_ms,
         message_id=message_id,
+        user_id=_user_id(ch, recipient, optional_str(st, "recipient_user_id", path)),
     )
     out.event(ch.field, path, f"status:{sender}:{message_id}:{status}", event)
 

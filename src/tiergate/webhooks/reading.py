@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final, NoReturn
 
-from tiergate.engine.constants import MAX_RECIPIENT_DIGITS
+from tiergate.engine.constants import MAX_RECIPIENT_DIGITS, is_bsuid
 
 # Payload timestamps are seconds; anything at or past this is not (year 5138).
 _MAX_SECONDS: Final = 100_000_000_000
@@ -155,6 +155,12 @@ def is_phone(wa_id: str) -> bool:
     """Whether ``recipient_key`` accepts ``wa_id`` (E.164 digits, optional '+')."""
     digits = wa_id[1:] if wa_id[:1] == "+" else wa_id
     return 0 < len(digits) <= MAX_RECIPIENT_DIGITS and digits.isascii() and digits.isdigit()
+
+
+def is_recipient(value: str) -> bool:
+    """Whether ``recipient_key`` accepts ``value``: a phone number (wa_id) or a
+    business-scoped user ID."""
+    return is_phone(value) or is_bsuid(value)
 
 
 def reject_constant(name: str) -> NoReturn:
