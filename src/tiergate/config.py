@@ -129,30 +129,26 @@ def _str(key: str, value: object) -> str:
     return value
 
 
-def _int(key: str, value: object) -> int:
+def _parsed(key: str, value: object, kind: type[int] | type[float], what: str) -> int | float:
+    """``value`` (TOML, or text from a flag or the environment) as ``kind``."""
     if isinstance(value, bool):
-        raise ConfigError(key, "expected an integer, got a boolean")
-    if isinstance(value, int):
-        return value
+        raise ConfigError(key, f"expected {what}, got a boolean")
+    if isinstance(value, int) or (kind is float and isinstance(value, float)):
+        return kind(value)
     if isinstance(value, str):
         try:
-            return int(value.strip())
+            return kind(value.strip())
         except ValueError:
-            raise ConfigError(key, f"expected an integer, got {value!r}") from None
-    raise ConfigError(key, f"expected an integer, got {type(value).__name__}")
+            raise ConfigError(key, f"expected {what}, got {value!r}") from None
+    raise ConfigError(key, f"expected {what}, got {type(value).__name__}")
+
+
+def _int(key: str, value: object) -> int:
+    return int(_parsed(key, value, int, "an integer"))
 
 
 def _float(key: str, value: object) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(key, "expected a number, got a boolean")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            raise ConfigError(key, f"expected a number, got {value!r}") from None
-    raise ConfigError(key, f"expected a number, got {type(value).__name__}")
+    return float(_parsed(key, value, float, "a number"))
 
 
 def _bool(key: str, value: object) -> bool:
