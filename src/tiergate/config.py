@@ -200,18 +200,20 @@ def _clock(key: str, value: object) -> Clock:
     return cast(Clock, text)
 
 
-def _max_batch(key: str, value: object) -> int:
-    n = _int(key, value)
-    if not 1 <= n <= MAX_BATCH_CEILING:
-        raise ConfigError(key, f"must be 1..{MAX_BATCH_CEILING}, got {n}")
-    return n
+def _int_in(lo: int, hi: int) -> Callable[[str, object], int]:
+    """A reader of an integer setting that must lie in ``lo..hi``."""
+
+    def read(key: str, value: object) -> int:
+        n = _int(key, value)
+        if not lo <= n <= hi:
+            raise ConfigError(key, f"must be {lo}..{hi}, got {n}")
+        return n
+
+    return read
 
 
-def _max_in_flight(key: str, value: object) -> int:
-    n = _int(key, value)
-    if not 1 <= n <= 1_000_000:
-        raise ConfigError(key, f"must be 1..1000000, got {n}")
-    return n
+_max_batch = _int_in(1, MAX_BATCH_CEILING)
+_max_in_flight = _int_in(1, 1_000_000)
 
 
 #: gRPC's limit: a message length is a 32-bit signed integer.
@@ -262,11 +264,7 @@ def _file(key: str, value: object) -> Path | None:
     return Path(text).expanduser() if text else None
 
 
-def _max_connections(key: str, value: object) -> int:
-    n = _int(key, value)
-    if not 1 <= n <= 65_535:
-        raise ConfigError(key, f"must be 1..65535, got {n}")
-    return n
+_max_connections = _int_in(1, 65535)
 
 
 _SETTINGS: dict[str, Callable[[str, object], Any]] = {
