@@ -62,9 +62,9 @@ from .reading import (
     ident,
     is_phone,
     is_recipient,
-    nonempty,
     optional_str,
     required,
+    required_ident,
     required_str,
     required_unix_seconds,
     unix_instant,
@@ -382,10 +382,8 @@ def _error(raw: object, path: str) -> tuple[int, str]:
 
 
 def _quality(out: Collector, value: dict[str, object], ch: Change) -> None:
-    display = ident(
-        required(value, "display_phone_number", ch.path), f"{ch.path}.display_phone_number"
-    )
-    event = nonempty(required(value, "event", ch.path), f"{ch.path}.event")
+    display = required_ident(value, "display_phone_number", ch.path)
+    event = required_str(value, "event", ch.path)
     update = QualityUpdate(
         display_phone_number=display,
         event=event,
@@ -421,7 +419,7 @@ def _capability(out: Collector, value: dict[str, object], ch: Change) -> None:
 
 
 def _account(out: Collector, value: dict[str, object], ch: Change) -> None:
-    event = nonempty(required(value, "event", ch.path), f"{ch.path}.event")
+    event = required_str(value, "event", ch.path)
     types: list[str] = []
     expiries: list[int] = []
     messaging_expiry = 0
@@ -431,7 +429,7 @@ def _account(out: Collector, value: dict[str, object], ch: Change) -> None:
         for k, raw in enumerate(as_list(info, f"{ch.path}.restriction_info")):
             rpath = f"{ch.path}.restriction_info[{k}]"
             item = as_object(raw, rpath)
-            rtype = nonempty(required(item, "restriction_type", rpath), f"{rpath}.restriction_type")
+            rtype = required_str(item, "restriction_type", rpath)
             raw_exp = item.get("expiration")
             expiry = 0 if raw_exp is None else unix_instant(raw_exp, f"{rpath}.expiration")
             types.append(rtype)
@@ -465,10 +463,8 @@ def _account(out: Collector, value: dict[str, object], ch: Change) -> None:
 
 
 def _template_status(out: Collector, value: dict[str, object], ch: Change) -> None:
-    event = nonempty(required(value, "event", ch.path), f"{ch.path}.event")
-    template_id = ident(
-        required(value, "message_template_id", ch.path), f"{ch.path}.message_template_id"
-    )
+    event = required_str(value, "event", ch.path)
+    template_id = required_ident(value, "message_template_id", ch.path)
     name = optional_str(value, "message_template_name", ch.path)
     reason = optional_str(value, "reason", ch.path)
     title = ""
@@ -497,10 +493,8 @@ def _template_status(out: Collector, value: dict[str, object], ch: Change) -> No
 
 
 def _template_quality(out: Collector, value: dict[str, object], ch: Change) -> None:
-    template_id = ident(
-        required(value, "message_template_id", ch.path), f"{ch.path}.message_template_id"
-    )
-    new = nonempty(required(value, "new_quality_score", ch.path), f"{ch.path}.new_quality_score")
+    template_id = required_ident(value, "message_template_id", ch.path)
+    new = required_str(value, "new_quality_score", ch.path)
     update = TemplateQualityUpdate(
         template_id=template_id,
         new_quality=new,
@@ -528,7 +522,7 @@ def _preferences(out: Collector, value: dict[str, object], ch: Change) -> None:
 
 def _preference(out: Collector, raw: object, path: str, sender: str, ch: Change) -> None:
     pref = as_object(raw, path)
-    user = nonempty(required(pref, "wa_id", path), f"{path}.wa_id")
+    user = required_str(pref, "wa_id", path)
     category = as_str(required(pref, "category", path), f"{path}.category")
     choice = as_str(required(pref, "value", path), f"{path}.value")
     raw_ts = pref.get("timestamp")

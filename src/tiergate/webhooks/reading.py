@@ -98,6 +98,11 @@ def required_str(obj: dict[str, object], key: str, path: str) -> str:
     return nonempty(required(obj, key, path), f"{path}.{key}")
 
 
+def required_ident(obj: dict[str, object], key: str, path: str) -> str:
+    """A required identifier field (see :func:`ident`)."""
+    return ident(required(obj, key, path), f"{path}.{key}")
+
+
 def required_unix_seconds(obj: dict[str, object], key: str, path: str) -> int:
     """A required Unix-seconds field → Unix milliseconds."""
     value = obj.get(key)
