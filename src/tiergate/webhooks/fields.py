@@ -248,14 +248,21 @@ def _items(out: Collector, ch: Change, raw: object, key: str) -> list[tuple[str,
     return [(f"{path}[{k}]", item) for k, item in enumerate(raw)]
 
 
+def _phone_or_user_id(obj: dict[str, object], phone_key: str, user_key: str, path: str) -> str:
+    """The user's phone number (wa_id), or for a user who shares none their
+    business-scoped user ID."""
+    phone = optional_str(obj, phone_key, path)
+    if is_phone(phone):
+        return phone
+    return optional_str(obj, user_key, path) or phone
+
+
 def _message(out: Collector, raw: object, path: str, sender: str, ch: Change) -> None:
     msg = as_object(raw, path)
     message_id = required_str(msg, "id", path)
     mtype = required_str(msg, "type", path)
     at_ms = required_unix_seconds(msg, "timestamp", path)
-    user = optional_str(msg, "from", path)
-    if not is_phone(user):  # a user who shares no phone number: their BSUID
-        user = optional_str(msg, "from_user_id", path) or user
+    user = _phone_or_user_id(msg, "from", "from_user_id", path)
     entry_point = EntryPoint.ORGANIC
     referral = msg.get("referral")
     if referral is not None:
@@ -322,9 +329,7 @@ def _status(out: Collector, raw: object, path: str, sender: str, ch: Change) -> 
     message_id = required_str(st, "id", path)
     status = required_str(st, "status", path)
     at_ms = required_unix_seconds(st, "timestamp", path)
-    recipient = optional_str(st, "recipient_id", path)
-    if not is_phone(recipient):  # a user who shares no phone number: their BSUID
-        recipient = optional_str(st, "recipient_user_id", path) or recipient
+    recipient = _phone_or_user_id(st, "recipient_id", "recipient_user_id", path)
     code = _first_error_code(st, path)
     send_status = _SEND_STATUSES.get(status)
     if send_status is None:
