@@ -65,8 +65,7 @@ async def state(h: Harness, sender_id: str = DOCS_SENDER, at: int = T0) -> pb.Se
     return response
 
 
-async def admit(
-    h: Harness,
+def request(
     recipient: str,
     at: int,
     *,
@@ -75,19 +74,33 @@ async def admit(
     category: pb.Category.ValueType = pb.UTILITY,
     kind: pb.MessageKind.ValueType = pb.TEMPLATE,
     key: str = "",
-) -> pb.AdmitResponse:
-    response: pb.AdmitResponse = await h.stub.Admit(
-        pb.AdmitRequest(
-            sender_id=sender_id,
-            recipient=recipient,
-            kind=kind,
-            category=category,
-            template_id=template if kind == pb.TEMPLATE else "",
-            idempotency_key=key,
-            at_unix_ms=at,
-        )
+) -> pb.AdmitRequest:
+    return pb.AdmitRequest(
+        sender_id=sender_id,
+        recipient=recipient,
+        kind=kind,
+        category=category,
+        template_id=template if kind == pb.TEMPLATE else "",
+        idempotency_key=key,
+        at_unix_ms=at,
     )
+
+
+async def admit(h: Harness, recipient: str, at: int, **fields: Any) -> pb.AdmitResponse:
+    response: pb.AdmitResponse = await h.stub.Admit(request(recipient, at, **fields))
     return response
+
+
+async def refused_alike(h: Harness, recipient: str, at: int, **fields: Any) -> pb.AdmitResponse:
+    """A request that is refused (so nothing is consumed), sent as an Admit and again
+    in an AdmitBatch: the batch path must answer it the same way."""
+    res = await admit(h, recipient, at, **fields)
+    assert res.decision != pb.DECISION_ADMIT, res
+    batch: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
+        pb.AdmitBatchRequest(requests=[request(recipient, at, **fields)])
+    )
+    assert batch.responses[0] == res
+    return res
 
 
 async def feedback(h: Harness, **event: Any) -> pb.RecordFeedbackResponse:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rules_harness import admit, body, feedback, ingest
+from rules_harness import admit, body, feedback, ingest, refused_alike
 from server_harness import T0, Harness, make_config, run_async, sender, serving
 
 from tiergate.v1 import admission_pb2 as pb
@@ -33,28 +33,13 @@ async def send(h: Harness, at: int, recipient: str = USER) -> pb.AdmitResponse:
 
 
 async def pair_held(h: Harness, at: int, until: int, recipient: str = USER) -> None:
-    res = await send(h, at, recipient)
+    res = await refused_alike(h, recipient, at, sender_id=PYWA, template="promo")
     assert (res.decision, res.reason, res.retry_at_unix_ms) == (
         pb.DECISION_RETRY_LATER,
         pb.PAIR_RATE,
         until,
     ), res
     assert res.meta_error_code == 131056
-    batch: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
-        pb.AdmitBatchRequest(
-            requests=[
-                pb.AdmitRequest(
-                    sender_id=PYWA,
-                    recipient=recipient,
-                    kind=pb.TEMPLATE,
-                    category=pb.UTILITY,
-                    template_id="promo",
-                    at_unix_ms=at,
-                )
-            ]
-        )
-    )
-    assert batch.responses[0] == res  # the batch path holds the pair the same way
 
 
 async def fail_131056(h: Harness, ticket: str, at: int) -> pb.RecordFeedbackResponse:

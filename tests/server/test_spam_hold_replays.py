@@ -6,7 +6,7 @@ templates sent inside one, pass."""
 
 from __future__ import annotations
 
-from rules_harness import admit, body, feedback, ingest, state
+from rules_harness import admit, body, feedback, ingest, refused_alike, state
 from server_harness import T0, Harness, make_config, run_async, sender, serving
 
 from tiergate.v1 import admission_pb2 as pb
@@ -29,27 +29,12 @@ async def fail_131048(h: Harness, ticket: str, at: int) -> pb.RecordFeedbackResp
 
 
 async def held(h: Harness, recipient: str, at: int, until: int) -> None:
-    res = await admit(h, recipient, at, sender_id=PYWA, template="promo")
+    res = await refused_alike(h, recipient, at, sender_id=PYWA, template="promo")
     assert (res.decision, res.reason, res.retry_at_unix_ms) == (
         pb.DECISION_RETRY_LATER,
         pb.SENDER_RESTRICTED,
         until,
     ), res
-    batch: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
-        pb.AdmitBatchRequest(
-            requests=[
-                pb.AdmitRequest(
-                    sender_id=PYWA,
-                    recipient=recipient,
-                    kind=pb.TEMPLATE,
-                    category=pb.UTILITY,
-                    template_id="promo",
-                    at_unix_ms=at,
-                )
-            ]
-        )
-    )
-    assert batch.responses[0] == res  # the batch path holds the same sends the same way
 
 
 @run_async
