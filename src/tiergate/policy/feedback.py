@@ -15,8 +15,7 @@ from typing import Final
 
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
-from tiergate.engine.columns import kernels
-from tiergate.engine.tickets import decode_ticket, ticket_fields
+from tiergate.engine.tickets import decode_ticket, encode_in_use, ticket_fields
 
 from . import aliases
 from . import events as ev
@@ -192,7 +191,7 @@ def ticket_numbers(st: PolicyState, ticket: str) -> tuple[int, int, int, int, in
     if st.replaying:
         found = ticket_fields(ticket)
     else:
-        found = decode_ticket(ticket, st.k0, st.k1, kernels.encode_ticket)
+        found = decode_ticket(ticket, st.k0, st.k1, encode_in_use)
     if found is None or found[1] >= len(st.by_index):
         return None
     return found

@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from tiergate.engine import records as rec
-from tiergate.engine.columns import kernels
 from tiergate.engine.constants import F_FORCE, OK
-from tiergate.engine.tickets import ticket_fields
+from tiergate.engine.tickets import encode_in_use, ticket_fields
 
 from . import aliases
 from . import events as ev
@@ -217,7 +216,7 @@ def replay_row(
     if counted and scope.on_path:
         note_reach(st, scope, rkey, now)
     if key:
-        ticket = kernels.encode_ticket(st.k0, st.k1, tid, number, rkey, prev, slot)
+        ticket = encode_in_use(st.k0, st.k1, tid, number, rkey, prev, slot)
         entry = (ticket, counted == 1, limit, used, now + st.profile.idempotency_ms)
         st.keys.remember(s, key, (*entry, rec.bind(rkey, kind, cat), tpl))
 
@@ -379,7 +378,7 @@ def restore_key(st: PolicyState, version: int, entry: list[Any]) -> None:
         if found is None:
             raise ValueError(f"snapshot: idempotency key {key!r} holds no ticket")
         tid, number, rkey, prev, slot = found
-        ticket = kernels.encode_ticket(st.k0, st.k1, tid, number, rkey, prev, slot)
+        ticket = encode_in_use(st.k0, st.k1, tid, number, rkey, prev, slot)
         bound, tpl = rkey, None
     answer = (str(ticket), bool(counted), int(limit), int(used), until)
     st.keys.remember(st.senders[sid], key, (*answer, int(bound), None if tpl is None else str(tpl)))
