@@ -51,26 +51,17 @@ def server_clock_ms() -> int:
 
 class InFlight:
     """Counts the admission calls being served (open streams included), at most
-    ``limit`` at once; :meth:`idle` waits until none is."""
+    ``limit`` at once."""
 
     def __init__(self, limit: int = 1024) -> None:
         self.count = 0
         self.limit = limit
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def __enter__(self) -> None:
         self.count += 1
-        if self.count == 1:
-            self._idle.clear()
 
     def __exit__(self, *exc: object) -> None:
         self.count -= 1
-        if self.count == 0:
-            self._idle.set()
-
-    async def idle(self) -> None:
-        await self._idle.wait()
 
     def unserved(self, context: Context) -> tuple[grpc.StatusCode, str] | None:
         """Why a call that is starting is not served: the limit is reached, or its
