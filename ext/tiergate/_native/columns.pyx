@@ -551,7 +551,7 @@ cdef bint answers(tuple e, uint64_t bound, object template) except -1:
     return <uint64_t>e[5] == bound and (tpl is template or tpl == template)
 
 
-def repeated_keys(tuple cols, bint dry, at, int64_t now_ms):
+def repeated_keys(cols, bint dry, at, int64_t now_ms):
     """A KeyCheck ``(bad, skip, hits, repeated)`` as ``tiergate.engine.columns.repeated_keys``;
     ``cols`` a ``tiergate.engine.results.KeyColumns``."""
     cdef list keys, senders, idems, templates
@@ -622,7 +622,7 @@ def repeated_keys(tuple cols, bint dry, at, int64_t now_ms):
     return KeyCheck(-1, skip, hits, repeated)
 
 
-def remember_keys(tuple cols, const int[::1] rows, const long long[::1] row_now,
+def remember_keys(cols, const int[::1] rows, const long long[::1] row_now,
                   int64_t expires_ms, object order, list tickets,
                   const unsigned char[::1] counted, const long long[::1] limit,
                   const long long[::1] used):
