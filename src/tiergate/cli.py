@@ -214,21 +214,37 @@ def _limit(n: int) -> str:
     return "unlimited" if n >= 1 << 61 else f"{n:,}"
 
 
+def _until(ms: int, endless: bool = False) -> str:
+    """An end time; "no known end" from 2^62 on (or at 0 when ``endless``)."""
+    if ms >= 1 << 62 or (endless and ms <= 0):
+        return "no known end"
+    return _time(ms)
+
+
+def _paused(t: pb.PausedTemplate) -> str:
+    """One paused template: its name, why (Meta's pause title, the failure …) and
+    until when."""
+    if t.disabled:
+        held = "disabled"
+    elif t.until_lifted:
+        held = "until lifted"
+    else:
+        held = f"until {_time(t.paused_until_unix_ms)}"
+    why = f"{t.reason}, " if t.reason and t.reason.lower() != held else ""
+    return f"{t.template_name or t.template_id} ({why}{held})"
+
+
 def format_state(state: pb.SenderState) -> str:
     up = state.upgrade
     upgrade = f"{'eligible' if up.eligible else 'not eligible'}, progress {up.progress:.1%}"
     if up.next_tier:
         upgrade += f", next {up.next_tier}"
+    if up.path:
+        upgrade += f" by {up.path}"
     if up.predicted_at_unix_ms > 0:
         upgrade += f", predicted {_time(up.predicted_at_unix_ms)}"
-    paused = (
-        ", ".join(
-            f"{t.template_name or t.template_id}"
-            + (" (disabled)" if t.disabled else f" (until {_time(t.paused_until_unix_ms)})")
-            for t in state.paused_templates
-        )
-        or "-"
-    )
+    paused = "; ".join(_paused(t) for t in state.paused_templates) or "-"
+    restricted = state.status == pb.RESTRICTED
     decisions = (
         ", ".join(
             f"{pb.Reason.Name(c.reason)} {c.count:,}"
@@ -255,6 +271,12 @@ def format_state(state: pb.SenderState) -> str:
         ("upgrade", upgrade),
         ("quality", pb.Quality.Name(state.quality)),
         ("status", pb.SenderStatus.Name(state.status)),
+        (
+            "restricted until",
+            _until(state.restricted_until_unix_ms, True) if restricted else "-",
+        ),
+        ("replies held", _until(state.replies_restricted_until_unix_ms)),
+        ("spam hold", _time(state.spam_held_until_unix_ms)),
         ("throughput", f"{state.throughput_mps} msg/s"),
         ("open windows", f"{state.open_windows:,}"),
         ("paused templates", paused),

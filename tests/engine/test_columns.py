@@ -15,7 +15,7 @@ import pytest
 from tiergate.engine import NEVER, DecisionBatch, records
 from tiergate.engine import columns as py
 from tiergate.engine.constants import MAX_RECIPIENT_KEY, prefix_key, recipient_key
-from tiergate.engine.results import BadItem, Finished, KeyCheck, Prepared
+from tiergate.engine.results import BadItem, Finished, KeyCheck, KeyColumns, Prepared
 
 compiled: ModuleType = pytest.importorskip("tiergate._native.columns")
 META = array(
@@ -366,8 +366,9 @@ def test_time_bounds_agree(values: list[int]) -> None:
 
 
 def _key_tables(rng: random.Random) -> tuple[Any, ...]:
-    """A batch's keys, senders (one listed twice), request columns and the senders'
-    key tables, whose entries are bound to requests like the batch's (or not)."""
+    """A batch's size, senders (one listed twice), keys, sender and request columns
+    (all a KeyColumns holds but the key tables) and the senders' key tables, whose
+    entries are bound to requests like the batch's (or not)."""
     n = rng.choice([0, 1, 8, 60])
     senders = ["s0", "s1", "s0", "s2"]  # "s0" twice: one sender at two indexes
     sidx = array("I", (rng.randrange(len(senders)) for _ in range(n)))
@@ -394,7 +395,7 @@ def _key_tables(rng: random.Random) -> tuple[Any, ...]:
                     rkey if old else bound,
                     None if old else rng.choice(["promo", "other", ""]),
                 )
-    return n, senders, sidx, keys, (rkeys, kinds, cats, tidx, templates), tables
+    return n, senders, keys, (sidx, senders), (rkeys, kinds, cats, tidx, templates), tables
 
 
 @pytest.mark.parametrize("seed", range(120))
@@ -402,10 +403,11 @@ def test_repeated_keys_agree(seed: int) -> None:
     outcomes = []
     for mod in (compiled, py):
         rng = random.Random(seed)
-        n, senders, sidx, keys, cols, tables = _key_tables(rng)
+        n, senders, keys, who, what, tables = _key_tables(rng)
         idems = [tables.get(s) for s in senders]  # "s2": an unknown sender
         at = array("q", (rng.choice([0, 50, 100, 150]) for _ in range(n))) if seed % 2 else None
-        got = mod.repeated_keys(keys, sidx, senders, idems, *cols, seed % 3 == 0, at, 120)
+        cols = KeyColumns(keys, *who, idems, *what)
+        got = mod.repeated_keys(cols, seed % 3 == 0, at, 120)
         assert type(got) is KeyCheck
         outcomes.append((got, tables))
     assert outcomes[0] == outcomes[1]
@@ -428,15 +430,17 @@ def test_repeated_keys_find_each_kind_of_conflict() -> None:
             n = len(rkeys)
             return tuple(
                 mod.repeated_keys(
-                    ["k"] * n,
-                    array("I", [0] * n),
-                    ["s0"],
-                    [{"k": entry}],
-                    array("Q", rkeys),
-                    kinds,
-                    cats,
-                    array("I", tidx),
-                    ["promo", "other", "promo"],
+                    KeyColumns(
+                        ["k"] * n,
+                        array("I", [0] * n),
+                        ["s0"],
+                        [{"k": entry}],
+                        array("Q", rkeys),
+                        kinds,
+                        cats,
+                        array("I", tidx),
+                        ["promo", "other", "promo"],
+                    ),
                     False,
                     None,
                     at,
@@ -460,7 +464,7 @@ def test_remember_keys_agree(seed: int) -> None:
     outcomes = []
     for mod in (compiled, py):
         rng = random.Random(seed)
-        n, senders, sidx, keys, cols, tables = _key_tables(rng)
+        n, senders, keys, who, what, tables = _key_tables(rng)
         idems = [tables.setdefault(s, {}) for s in senders]
         rows = array("i", sorted(rng.sample(range(n), rng.randrange(n + 1))))
         row_now = array("q", (1000 + 10 * j for j in range(len(rows))))
@@ -470,12 +474,8 @@ def test_remember_keys_agree(seed: int) -> None:
         used = array("q", (rng.randrange(10**6) for _ in range(n)))
         order: collections.deque[tuple[int, str, str]] = collections.deque()
         mod.remember_keys(
+            KeyColumns(keys, *who, idems, *what),
             rows,
-            keys,
-            sidx,
-            senders,
-            idems,
-            *cols,
             row_now,
             500,
             order,

@@ -551,12 +551,14 @@ cdef bint answers(tuple e, uint64_t bound, object template) except -1:
     return <uint64_t>e[5] == bound and (tpl is template or tpl == template)
 
 
-def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders, list idems,
-                  const unsigned long long[::1] rkeys, const unsigned char[::1] kinds,
-                  const unsigned char[::1] categories, const unsigned int[::1] template_index,
-                  list templates, bint dry, at, int64_t now_ms):
-    """A KeyCheck ``(bad, skip, hits, repeated)`` as ``tiergate.engine.columns.repeated_keys``."""
-    cdef Py_ssize_t n = len(keys), i, k, j, s
+def repeated_keys(cols, bint dry, at, int64_t now_ms):
+    """A KeyCheck ``(bad, skip, hits, repeated)`` as ``tiergate.engine.columns.repeated_keys``;
+    ``cols`` a ``tiergate.engine.results.KeyColumns``."""
+    cdef list keys, senders, idems, templates
+    cdef const unsigned int[::1] sender_index, template_index
+    cdef const unsigned long long[::1] rkeys
+    cdef const unsigned char[::1] kinds, categories
+    cdef Py_ssize_t n, i, k, j, s
     cdef const long long[::1] times
     cdef bint has_at = at is not None and len(at) > 0, repeated = False
     cdef set seen = set()
@@ -568,6 +570,8 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
     cdef bytearray skip
     cdef unsigned char *sp
     cdef list hits = []
+    keys, sender_index, senders, idems, rkeys, kinds, categories, template_index, templates = cols
+    n = len(keys)
     if (rkeys.shape[0] < n or kinds.shape[0] < n or categories.shape[0] < n
             or template_index.shape[0] < n or sender_index.shape[0] < n):
         raise ValueError("repeated_keys: columns shorter than the keys")
@@ -618,18 +622,21 @@ def repeated_keys(list keys, const unsigned int[::1] sender_index, list senders,
     return KeyCheck(-1, skip, hits, repeated)
 
 
-def remember_keys(const int[::1] rows, list keys, const unsigned int[::1] sender_index,
-                  list senders, list idems, const unsigned long long[::1] rkeys,
-                  const unsigned char[::1] kinds, const unsigned char[::1] categories,
-                  const unsigned int[::1] template_index, list templates,
-                  const long long[::1] row_now, int64_t expires_ms, object order,
-                  list tickets, const unsigned char[::1] counted,
-                  const long long[::1] limit, const long long[::1] used):
+def remember_keys(cols, const int[::1] rows, const long long[::1] row_now,
+                  int64_t expires_ms, object order, list tickets,
+                  const unsigned char[::1] counted, const long long[::1] limit,
+                  const long long[::1] used):
     """Each admitted item with a key (``tickets[i]`` set) answers its repeats from now
-    on, as ``tiergate.engine.columns.remember_keys``."""
+    on, as ``tiergate.engine.columns.remember_keys``; ``cols`` a
+    ``tiergate.engine.results.KeyColumns``."""
+    cdef list keys, senders, idems, templates
+    cdef const unsigned int[::1] sender_index, template_index
+    cdef const unsigned long long[::1] rkeys
+    cdef const unsigned char[::1] kinds, categories
     cdef Py_ssize_t j, i, s
     cdef object key, ticket, idem, until
     cdef object append = order.append
+    keys, sender_index, senders, idems, rkeys, kinds, categories, template_index, templates = cols
     for j in range(rows.shape[0]):
         i = rows[j]
         key = keys[i]

@@ -99,7 +99,7 @@ from .constants import (
     bsuid_key,
     is_bsuid,
 )
-from .results import BadItem, Finished, KeyCheck, Prepared
+from .results import BadItem, Finished, KeyCheck, KeyColumns, Prepared
 from .tickets import encode_ticket, siphash24
 
 __all__ = [
@@ -556,20 +556,7 @@ def tally(decisions: bytes | bytearray, reasons: bytes | bytearray, counts: list
         counts[d * REASONS + r] += 1
 
 
-def repeated_keys(
-    keys: Sequence[str],
-    sender_index: Sequence[int],
-    senders: Sequence[str],
-    idems: Sequence[dict[str, Any] | None],
-    rkeys: Sequence[int],
-    kinds: bytes,
-    categories: bytes,
-    template_index: Sequence[int],
-    templates: Sequence[str],
-    dry: bool,
-    at: Sequence[int] | None,
-    now_ms: int,
-) -> KeyCheck:
+def repeated_keys(cols: KeyColumns, dry: bool, at: Sequence[int] | None, now_ms: int) -> KeyCheck:
     """What the batch's idempotency keys say before anything is decided:
     ``(bad, skip, hits, repeated)``.
 
@@ -582,12 +569,12 @@ def repeated_keys(
     repeats inside a batch that is not a dry run (the caller then decides in
     parts).
 
-    ``idems[s]`` is the key table of the request's sender s (None: unknown
+    ``cols.idems[s]`` is the key table of the request's sender s (None: unknown
     sender); an item's time is ``at[i]`` when given and positive, else the
     latest of ``now_ms`` and the times of the known senders' items before it,
-    as ``prepare`` has it; ``categories`` must read SERVICE (4) for a
-    free-form item without one.
+    as ``prepare`` has it.
     """
+    keys, sender_index, senders, idems, rkeys, kinds, categories, template_index, templates = cols
     n = len(keys)
     skip = bytearray(n)
     hits: list[tuple[int, Any]] = []
@@ -629,16 +616,8 @@ def repeated_keys(
 
 
 def remember_keys(
+    cols: KeyColumns,
     rows: Sequence[int],
-    keys: Sequence[str],
-    sender_index: Sequence[int],
-    senders: Sequence[str],
-    idems: Sequence[dict[str, Any] | None],
-    rkeys: Sequence[int],
-    kinds: bytes,
-    categories: bytes,
-    template_index: Sequence[int],
-    templates: Sequence[str],
     row_now: Sequence[int],
     expires_ms: int,
     order: Any,
@@ -651,6 +630,7 @@ def remember_keys(
     ``idems[s][key]`` = its entry (``engine.records``: ticket, counted, limit, used,
     expiry ``row_now[j] + expires_ms``, and what the key is bound to) and
     ``(expiry, sender id, key)`` appended to ``order``; item i = rows[j]."""
+    keys, sender_index, senders, idems, rkeys, kinds, categories, template_index, templates = cols
     for j in range(len(rows)):
         i = rows[j]
         key = keys[i]

@@ -1,12 +1,23 @@
 """What the engines and the columnar kernels return, named: both twins of each (the
 reference ``Engine`` and ``tiergate._native.engine``; ``tiergate.engine.columns``
-and ``tiergate._native.columns``) return these records."""
+and ``tiergate._native.columns``) return these records, and the idempotency-key
+kernels of both take their columns as one :class:`KeyColumns`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["BadItem", "Decided", "Finished", "KeyCheck", "Lookup", "Prepared", "Usage"]
+__all__ = [
+    "BadItem",
+    "Decided",
+    "Finished",
+    "KeyCheck",
+    "KeyColumns",
+    "Lookup",
+    "Prepared",
+    "Usage",
+]
 
 
 class Decided(NamedTuple):
@@ -75,3 +86,22 @@ class KeyCheck(NamedTuple):
     skip: bytearray
     hits: list[tuple[int, Any]]
     repeated: bool
+
+
+class KeyColumns(NamedTuple):
+    """The columns ``repeated_keys`` and ``remember_keys`` read, one entry per item
+    unless said: each item's idempotency key ("": none) and sender index; the
+    request's sender ids and each one's key table (None: unknown sender); the
+    recipient keys, kinds and categories (SERVICE (4) for a free-form item without
+    one) the keys are bound to; each item's template index (0: none) into the
+    request's templates (index 1 = ``templates[0]``)."""
+
+    keys: Sequence[str]
+    sender_index: Sequence[int]
+    senders: Sequence[str]
+    idems: Sequence[dict[str, Any] | None]
+    rkeys: Sequence[int]
+    kinds: bytes
+    categories: bytes
+    template_index: Sequence[int]
+    templates: Sequence[str]

@@ -23,6 +23,7 @@ from tiergate.engine.columns import (
     kernels,
 )
 from tiergate.engine.constants import recipient_key
+from tiergate.engine.results import KeyColumns
 
 from .requests import (
     MAX_ID_LEN,
@@ -198,6 +199,23 @@ class Items:
             dry=self.dry_runs[start] == 1 if self.dry_runs is not None else self.dry,
             latest=max(at, default=0),
             raw_rkeys=self.raw_rkeys[start:end] if self.raw_rkeys is not None else None,
+        )
+
+    def key_columns(
+        self, idems: Sequence[dict[str, Any] | None], rkeys: array[int] | None = None
+    ) -> KeyColumns:
+        """The columns the idempotency-key kernels read, with the senders' key tables
+        ``idems`` (None: unknown sender) and ``rkeys`` instead of this batch's own."""
+        return KeyColumns(
+            self.keys,
+            self.sender_index,
+            self.senders,
+            idems,
+            self.rkeys if rkeys is None else rkeys,
+            self.kinds,
+            self.categories,
+            self.template_index,
+            self.templates,
         )
 
     def dry_at(self, i: int) -> bool:

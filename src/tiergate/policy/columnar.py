@@ -336,18 +336,7 @@ def _repeated_keys(
     check, raw = r.rkeys, r.raw_rkeys
     while True:
         bad, skip, hits, repeated = kernels.repeated_keys(
-            r.keys,
-            r.sender_index,
-            r.senders,
-            idems,
-            check,
-            r.kinds,
-            r.categories,
-            r.template_index,
-            r.templates,
-            r.dry,
-            at,
-            now_ms,
+            r.key_columns(idems, check), r.dry, at, now_ms
         )
         if bad < 0 or raw is None or raw[bad] == check[bad]:
             break
@@ -619,16 +608,8 @@ def _remember_keys(
 ) -> None:
     """Admitted items with a key answer their repeats from now on (as a lone admit's do)."""
     kernels.remember_keys(
+        r.key_columns([s.idem if s is not None else None for s in objs]),
         rows,
-        r.keys,
-        r.sender_index,
-        r.senders,
-        [s.idem if s is not None else None for s in objs],
-        r.rkeys,
-        r.kinds,
-        r.categories,
-        r.template_index,
-        r.templates,
         batch.now,
         st.profile.idempotency_ms,
         st.keys.order,
