@@ -7,10 +7,10 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -22,6 +22,7 @@ from tiergate.v1 import admission_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_CONFIG = 2  # bad config, or a setting the sidecar cannot start with (port, data dir)
+_T = TypeVar("_T")
 
 
 # --- serve / check-config ------------------------------------------------------
@@ -261,33 +262,37 @@ def format_state(state: pb.SenderState) -> str:
     return "\n".join(f"{k:<17} {v}" for k, v in rows)
 
 
-def _client(args: argparse.Namespace) -> TiergateClient:
-    """The client ``state`` and ``health`` connect with (ConfigError: a bad token file)."""
-    token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
-    return TiergateClient(
-        args.target,
-        timeout=args.timeout,
-        token=token,
-        tls=args.tls,
-        ca_file=args.tls_ca,
-        cert_file=args.tls_cert,
-        key_file=args.tls_key,
-    )
+def _ask(args: argparse.Namespace, ask: Callable[[TiergateClient], Awaitable[_T]]) -> _T | int:
+    """``ask``'s answer from the sidecar ``state`` or ``health`` names; an exit code
+    (printed why) when the token file is bad or the call fails."""
 
-
-def _state(args: argparse.Namespace) -> int:
-    async def fetch() -> pb.SenderState:
-        async with _client(args) as client:
-            return await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
+    async def call() -> _T:
+        token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
+        async with TiergateClient(
+            args.target,
+            timeout=args.timeout,
+            token=token,
+            tls=args.tls,
+            ca_file=args.tls_ca,
+            cert_file=args.tls_cert,
+            key_file=args.tls_key,
+        ) as client:
+            return await ask(client)
 
     try:
-        state = asyncio.run(fetch())
+        return asyncio.run(call())
     except cfg.ConfigError as e:
         print(f"tiergate: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except grpc.aio.AioRpcError as e:
         print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+
+
+def _state(args: argparse.Namespace) -> int:
+    state = _ask(args, lambda c: c.sender_state(args.sender, at_unix_ms=args.at_unix_ms))
+    if isinstance(state, int):
+        return state
     if args.json:
         print(json.dumps(message_to_dict(state), indent=2))
     else:
@@ -298,19 +303,9 @@ def _state(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 when the sidecar answers SERVING to a gRPC health check, else 1
     (what a container's HEALTHCHECK or a process supervisor runs)."""
-
-    async def check() -> str:
-        async with _client(args) as client:
-            return await client.health(args.service)
-
-    try:
-        status = asyncio.run(check())
-    except cfg.ConfigError as e:
-        print(f"tiergate: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except grpc.aio.AioRpcError as e:
-        print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+    status = _ask(args, lambda c: c.health(args.service))
+    if isinstance(status, int):
+        return status
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -14,13 +14,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_sighup import tiergate_command
 
 from tiergate import cli, logs
 from tiergate import config as cfg
@@ -28,11 +28,6 @@ from tiergate import config as cfg
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def tiergate_command() -> list[str]:
-    script = Path(sys.executable).with_name("tiergate")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tiergate.cli"]
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
