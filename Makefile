@@ -15,7 +15,7 @@ UV_VERSION := 0.13.8
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: build run test check fuzz lint typecheck proto proto-check pytest pytest-compiled \
-	pytest-python system-deps bench bench-full lock clean
+	pytest-python system-deps bench bench-full lock clean deploy-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,27 @@ lint:
 	$(BIN)/cython-lint ext
 	$(PY) scripts/shape.py
 
+# The packaging files (no container can be built here): hadolint lints the
+# Dockerfile, kubernetes-validate checks the manifests against the schemas it
+# bundles (offline), and systemd-analyze verifies the unit where the machine has
+# it (with this venv's tiergate standing in for /opt/tiergate's; a warning fails).
+# tests/deploy checks the command lines they run with tiergate check-config.
+deploy-check: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+	@if command -v systemd-analyze >/dev/null 2>&1; then \
+		dir=$$(mktemp -d); \
+		sed 's#/opt/tiergate/bin/tiergate#$(abspath $(BIN))/tiergate#g' \
+			deploy/systemd/tiergate.service > $$dir/tiergate.service; \
+		out=$$(systemd-analyze verify $$dir/tiergate.service 2>&1); rc=$$?; rm -rf $$dir; \
+		if [ $$rc != 0 ] || [ -n "$$out" ]; then \
+			echo "$$out" >&2; echo "deploy-check: systemd-analyze verify failed" >&2; exit 1; \
+		fi; \
+		echo "systemd-analyze verify deploy/systemd/tiergate.service: ok"; \
+	else \
+		echo "deploy-check: no systemd-analyze on this machine: the unit is not verified"; \
+	fi
+
 # The compiled modules' .pyi stubs are checked against the built modules (mypy's
 # stubtest); without a build (make build, or TIERGATE_NO_EXTENSIONS=1) there is
 # nothing to check them against.
@@ -90,7 +111,8 @@ pytest-python:
 # The full gate (.ci/run calls it). It must leave the tree as it found it.
 test:
 	@before=$$(git status --porcelain | md5sum); \
-	$(MAKE) --no-print-directory build system-deps lint typecheck proto-check pytest-compiled pytest-python \
+	$(MAKE) --no-print-directory build system-deps lint deploy-check typecheck proto-check \
+		pytest-compiled pytest-python \
 		&& after=$$(git status --porcelain | md5sum) \
 		&& { [ "$$before" = "$$after" ] || { echo "make test changed files in the tree:" >&2; \
 			git status --short >&2; exit 1; }; }

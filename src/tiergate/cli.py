@@ -1,27 +1,28 @@
-"""``tiergate``: serve, state SENDER, check-config, simulate SCENARIO."""
+"""``tiergate``: serve, state SENDER, health, check-config, simulate SCENARIO."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
-from tiergate import __version__
+from tiergate import __version__, logs
 from tiergate import config as cfg
+from tiergate.client import TiergateClient
 from tiergate.v1 import admission_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_CONFIG = 2  # bad config, or a setting the sidecar cannot start with (port, data dir)
+_T = TypeVar("_T")
 
 
 # --- serve / check-config ------------------------------------------------------
@@ -65,6 +66,7 @@ _SETTINGS = (
     ),
     ("--metrics-listen", "HOST:PORT", "Prometheus /metrics endpoint"),
     ("--log-level", "LEVEL", "debug | info | warning | error"),
+    ("--log-format", "FORMAT", "text | json (one JSON object a line; default text)"),
 )
 #: The exposure flags that take a value (TLS, tokens, secrets, connection limits).
 _EXPOSURE = (
@@ -129,11 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
     except cfg.ConfigError as e:
         print(f"tiergate: bad config: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format)
     from tiergate.server import StartupError, run
 
     try:
@@ -286,16 +284,12 @@ def format_state(state: pb.SenderState) -> str:
     return "\n".join(f"{k:<17} {v}" for k, v in rows)
 
 
-def _state(args: argparse.Namespace) -> int:
-    from tiergate.client import TiergateClient
+def _ask(args: argparse.Namespace, ask: Callable[[TiergateClient], Awaitable[_T]]) -> _T | int:
+    """``ask``'s answer from the sidecar ``state`` or ``health`` names; an exit code
+    (printed why) when the token file is bad or the call fails."""
 
-    try:
+    async def call() -> _T:
         token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
-    except cfg.ConfigError as e:
-        print(f"tiergate: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    async def fetch() -> pb.SenderState:
         async with TiergateClient(
             args.target,
             timeout=args.timeout,
@@ -305,18 +299,54 @@ def _state(args: argparse.Namespace) -> int:
             cert_file=args.tls_cert,
             key_file=args.tls_key,
         ) as client:
-            return await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
+            return await ask(client)
 
     try:
-        state = asyncio.run(fetch())
+        return asyncio.run(call())
+    except cfg.ConfigError as e:
+        print(f"tiergate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except grpc.aio.AioRpcError as e:
         print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+
+
+def _state(args: argparse.Namespace) -> int:
+    state = _ask(args, lambda c: c.sender_state(args.sender, at_unix_ms=args.at_unix_ms))
+    if isinstance(state, int):
+        return state
     if args.json:
         print(json.dumps(message_to_dict(state), indent=2))
     else:
         print(format_state(state))
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when the sidecar answers SERVING to a gRPC health check, else 1
+    (what a container's HEALTHCHECK or a process supervisor runs)."""
+    status = _ask(args, lambda c: c.health(args.service))
+    if isinstance(status, int):
+        return status
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """How ``state`` and ``health`` reach a sidecar."""
+    p.add_argument(
+        "--target",
+        default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
+        help=f"sidecar address (TIERGATE_TARGET, default {DEFAULT_TARGET})",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument(
+        "--token-file", metavar="FILE", help="token sent as 'authorization: Bearer <token>'"
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    p.add_argument("--tls-ca", metavar="FILE", help="TLS with this CA bundle for the server")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
 
 
 # --- simulate --------------------------------------------------------------------
@@ -351,24 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     state = sub.add_parser("state", help="show one sender's state (GetSenderState)")
     state.add_argument("sender", metavar="SENDER", help="sender id (phone number id)")
-    state.add_argument(
-        "--target",
-        default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
-        help=f"sidecar address (TIERGATE_TARGET, default {DEFAULT_TARGET})",
-    )
+    _add_connection_flags(state)
     state.add_argument("--json", action="store_true", help="print JSON instead of a table")
     state.add_argument(
         "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
     )
-    state.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    state.add_argument(
-        "--token-file", metavar="FILE", help="token sent as 'authorization: Bearer <token>'"
-    )
-    state.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
-    state.add_argument("--tls-ca", metavar="FILE", help="TLS with this CA bundle for the server")
-    state.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    state.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
     state.set_defaults(func=_state)
+
+    health = sub.add_parser(
+        "health",
+        help="gRPC health check of a running sidecar (exit 0 when SERVING)",
+        description="Ask a sidecar's grpc.health.v1 service; prints the status and exits 0 "
+        "when it is SERVING, 1 otherwise (unreachable, NOT_SERVING, shutting down).",
+    )
+    _add_connection_flags(health)
+    health.add_argument(
+        "--service",
+        default="",
+        help="service name to ask about (default '': the whole server)",
+    )
+    health.set_defaults(func=_health)
 
     check = sub.add_parser(
         "check-config", help="validate the config and profile, then exit (non-zero if bad)"

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Self
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
@@ -346,3 +347,12 @@ class TiergateClient:
         return await self._stub.GetSenderState(
             request, timeout=timeout or self.timeout, metadata=self._metadata
         )
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The gRPC health status of ``service`` ("" is the whole server, the one
+        Kubernetes' ``grpc`` probes ask), by name: SERVING, NOT_SERVING …"""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = await stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

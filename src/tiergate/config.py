@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from tiergate.logs import LOG_FORMATS
 from tiergate.policy.events import (
     Quality,
     SenderStatus,
@@ -85,6 +86,7 @@ class ServeConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S
     metrics_listen: Endpoint | None = None
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object a line (tiergate.logs)
     # TLS for the gRPC port and the HTTP listeners; mutual TLS with a client CA.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -258,6 +260,13 @@ def _log_level(key: str, value: object) -> str:
     return text
 
 
+def _log_format(key: str, value: object) -> str:
+    text = _str(key, value).strip().lower()
+    if text not in LOG_FORMATS:
+        raise ConfigError(key, f"must be one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return text
+
+
 def _file(key: str, value: object) -> Path | None:
     """A file path; empty means not set."""
     text = _str(key, value).strip()
@@ -283,6 +292,7 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "shutdown_grace": _grace,
     "metrics_listen": _optional_listen,
     "log_level": _log_level,
+    "log_format": _log_format,
     "tls_cert": _file,
     "tls_key": _file,
     "tls_client_ca": _file,

@@ -256,8 +256,9 @@ async def test_metrics_endpoint_counts_decisions() -> None:
         assert 'tiergate_decisions_total{decision="REJECT",reason="UNKNOWN_SENDER"} 1' in text
         assert "tiergate_senders 1" in text
         assert 'tiergate_rpc_duration_seconds_count{rpc="Admit"} 3' in text
-        assert 'tiergate_rpc_duration_seconds_bucket{rpc="Admit",le="+Inf"} 3' in text
-        assert 'tiergate_admit_chunk_size_bucket{rpc="Admit",le="1"} 3' in text
+        # prometheus-client writes the labels sorted by name.
+        assert 'tiergate_rpc_duration_seconds_bucket{le="+Inf",rpc="Admit"} 3' in text
+        assert 'tiergate_admit_chunk_size_bucket{le="1",rpc="Admit"} 3' in text
         assert "tiergate_webhook_bodies_total 0" in text
 
 

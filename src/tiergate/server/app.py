@@ -113,14 +113,14 @@ class Sidecar:
         if config.metrics_listen is not None:
             await self._start_metrics_endpoint(config.metrics_listen)
         register_metrics(self.metrics, self._live_service, ingestor, self.store)
+        listen = Endpoint(config.listen.host, self.port)
         log.info(
             "tiergate listening on %s (profile %s, clock %s, engine %s)",
-            Endpoint(config.listen.host, self.port),
-            config.profile,
-            config.clock,
-            IMPLEMENTATION,
+            *(listen, config.profile, config.clock, IMPLEMENTATION),
+            extra={"listen": str(listen), "profile": config.profile, "engine": IMPLEMENTATION},
         )
-        log.info("exposure: %s", exposure_summary(config))
+        exposure = exposure_summary(config)
+        log.info("exposure: %s", exposure, extra={"exposure": exposure})
 
     async def _open_state(self) -> AdmissionService:
         """The service with the data directory's state recovered and the config's
@@ -150,7 +150,7 @@ class Sidecar:
             seed_clock_ms(config),
         )
         if applied:
-            log.info("applied from the config: %s", ", ".join(applied))
+            log.info("applied from the config: %s", ", ".join(applied), extra={"applied": applied})
         try:
             await self._commit()
         except StoreError as e:
@@ -479,6 +479,7 @@ _RESTART_SETTINGS = (
     "metrics_listen",
     "shutdown_grace",
     "log_level",
+    "log_format",
     "tls_cert",
     "tls_key",
     "tls_client_ca",
@@ -595,7 +596,9 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
             except Exception:
                 log.exception("SIGHUP: config not reloaded")
                 return
-        log.info("SIGHUP: reloaded (%s)", "; ".join(changes) or "no changes")
+        log.info(
+            "SIGHUP: reloaded (%s)", "; ".join(changes) or "no changes", extra={"changes": changes}
+        )
 
     def hup() -> None:
         task = loop.create_task(on_hup())

@@ -1,9 +1,17 @@
-"""Counters the sidecar keeps, rendered in the Prometheus text format.
+"""Counters the sidecar keeps, exposed in the Prometheus text format by prometheus-client.
 
 One counter per decision outcome (decision × reason), plus what operators
 watch for trouble: invalid requests and internal errors per RPC, feedback
 applied or ignored, and how many engine crossings the admits took (requests
 per crossing shows how well batches and streams are filling).
+
+The counting stays tiergate's own: a decision bumps a slot of a plain list of
+integers (an AdmitColumns answer is tallied by the compiled kernel), where
+prometheus-client's ``Counter.labels(...).inc()`` takes a dictionary lookup and a
+lock per call. prometheus-client owns the exposition: each sidecar's
+:class:`Metrics` has its own ``CollectorRegistry`` holding a custom collector
+that turns the counters into metric families when ``/metrics`` is scraped, and
+``generate_latest`` writes the text (names, label escaping, the format's rules).
 """
 
 from __future__ import annotations
@@ -13,8 +21,17 @@ import bisect
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from ssl import SSLContext
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from tiergate.engine.columns import REASONS, kernels
 from tiergate.policy.answers import AdmitResult
@@ -51,18 +68,17 @@ class Histogram:
         series[0][bisect.bisect_left(self.bounds, value)] += 1
         series[1][0] += value
 
-    def render(self, name: str, label: str) -> list[str]:
-        lines = []
+    def family(self, name: str, help_text: str, label: str) -> HistogramMetricFamily:
+        """The series as a metric family (bucket bounds written as ``%g``: ``le="1"``)."""
+        family = HistogramMetricFamily(name, help_text, labels=(label,))
         for value, (counts, total) in sorted(self.series.items()):
-            running = 0
+            running, buckets = 0, []
             for bound, n in zip(self.bounds, counts, strict=False):
                 running += n
-                lines.append(f'{name}_bucket{{{label}="{value}",le="{bound:g}"}} {running}')
-            running += counts[-1]
-            lines.append(f'{name}_bucket{{{label}="{value}",le="+Inf"}} {running}')
-            lines.append(f'{name}_sum{{{label}="{value}"}} {total[0]:g}')
-            lines.append(f'{name}_count{{{label}="{value}"}} {running}')
-        return lines
+                buckets.append((f"{bound:g}", float(running)))
+            buckets.append(("+Inf", float(running + counts[-1])))
+            family.add_metric((value,), buckets, total[0])
+        return family
 
 
 REASON_SLOTS = REASONS  # tiergate.v1.Reason values fit below this (16)
@@ -72,6 +88,10 @@ CHUNK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
 class Metrics:
+    """The sidecar's counters: plain integers bumped on the hot path, turned into
+    prometheus-client metric families only when ``/metrics`` is scraped. Each
+    sidecar has its own :attr:`registry` (several run in one test process)."""
+
     def __init__(self) -> None:
         self.rpc_seconds = Histogram(LATENCY_BUCKETS_S)
         self.chunk_sizes = Histogram(CHUNK_BUCKETS)
@@ -85,6 +105,10 @@ class Metrics:
         self.engine_crossings = 0
         # name → (type, help, read): values owned by other parts (store, webhooks).
         self.collected: dict[str, tuple[str, str, Callable[[], float]]] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Families(self))
+        # The process's CPU, memory and open files (process_*), read from /proc at scrape.
+        ProcessCollector(registry=self.registry)
 
     def collect(self, name: str, kind: str, help_text: str, read: Callable[[], float]) -> None:
         self.collected[name] = (kind, help_text, read)
@@ -132,58 +156,80 @@ class Metrics:
         self.feedback_events[(event, applied)] += 1
 
     def render(self) -> str:
-        lines = [
-            "# HELP tiergate_decisions_total Admit decisions by decision and reason.",
-            "# TYPE tiergate_decisions_total counter",
-        ]
+        """The Prometheus text exposition of :attr:`registry` (what ``/metrics`` serves)."""
+        return generate_latest(self.registry).decode()
+
+    def families(self) -> Iterator[Metric]:
+        """The counters as prometheus-client metric families, built at scrape time."""
+        decisions = CounterMetricFamily(
+            "tiergate_decisions_total",
+            "Admit decisions by decision and reason.",
+            labels=("decision", "reason"),
+        )
         for (decision, reason), n in sorted(self.decisions.items()):
-            lines.append(
-                f'tiergate_decisions_total{{decision="{_decision_name(decision)}",'
-                f'reason="{_reason_name(reason)}"}} {n}'
-            )
-        lines += [
-            "# HELP tiergate_engine_crossings_total Calls into the engine for admits"
-            " (one per request, batch or stream chunk).",
-            "# TYPE tiergate_engine_crossings_total counter",
-            f"tiergate_engine_crossings_total {self.engine_crossings}",
-            "# HELP tiergate_invalid_requests_total Requests answered INVALID_ARGUMENT.",
-            "# TYPE tiergate_invalid_requests_total counter",
-        ]
-        for rpc, n in sorted(self.invalid_requests.items()):
-            lines.append(f'tiergate_invalid_requests_total{{rpc="{rpc}"}} {n}')
-        lines += [
-            "# HELP tiergate_internal_errors_total Requests answered INTERNAL.",
-            "# TYPE tiergate_internal_errors_total counter",
-        ]
-        for rpc, n in sorted(self.internal_errors.items()):
-            lines.append(f'tiergate_internal_errors_total{{rpc="{rpc}"}} {n}')
-        lines += [
-            "# HELP tiergate_unserved_calls_total Calls turned away before being served:"
-            " over the in-flight limit, or past their deadline.",
-            "# TYPE tiergate_unserved_calls_total counter",
-        ]
-        for (rpc, code), n in sorted(self.unserved_calls.items()):
-            lines.append(f'tiergate_unserved_calls_total{{rpc="{rpc}",code="{code}"}} {n}')
-        lines += [
-            "# HELP tiergate_feedback_events_total Feedback events by type and outcome.",
-            "# TYPE tiergate_feedback_events_total counter",
-        ]
-        for (event, applied), n in sorted(self.feedback_events.items()):
-            outcome = "applied" if applied else "ignored"
-            lines.append(
-                f'tiergate_feedback_events_total{{event="{event}",outcome="{outcome}"}} {n}'
-            )
-        lines += [
-            "# HELP tiergate_rpc_duration_seconds Time to answer a unary RPC, commit included.",
-            "# TYPE tiergate_rpc_duration_seconds histogram",
-            *self.rpc_seconds.render("tiergate_rpc_duration_seconds", "rpc"),
-            "# HELP tiergate_admit_chunk_size Requests decided per engine crossing.",
-            "# TYPE tiergate_admit_chunk_size histogram",
-            *self.chunk_sizes.render("tiergate_admit_chunk_size", "rpc"),
-        ]
+            decisions.add_metric((_decision_name(decision), _reason_name(reason)), n)
+        yield decisions
+        yield CounterMetricFamily(
+            "tiergate_engine_crossings_total",
+            "Calls into the engine for admits (one per request, batch or stream chunk).",
+            value=self.engine_crossings,
+        )
+        yield _by_label(
+            "tiergate_invalid_requests_total",
+            "Requests answered INVALID_ARGUMENT.",
+            ("rpc",),
+            {(rpc,): n for rpc, n in self.invalid_requests.items()},
+        )
+        yield _by_label(
+            "tiergate_internal_errors_total",
+            "Requests answered INTERNAL.",
+            ("rpc",),
+            {(rpc,): n for rpc, n in self.internal_errors.items()},
+        )
+        yield _by_label(
+            "tiergate_unserved_calls_total",
+            "Calls turned away before being served: over the in-flight limit, or past"
+            " their deadline.",
+            ("rpc", "code"),
+            {(rpc, code): n for (rpc, code), n in self.unserved_calls.items()},
+        )
+        yield _by_label(
+            "tiergate_feedback_events_total",
+            "Feedback events by type and outcome.",
+            ("event", "outcome"),
+            {
+                (event, "applied" if applied else "ignored"): n
+                for (event, applied), n in self.feedback_events.items()
+            },
+        )
+        yield self.rpc_seconds.family(
+            "tiergate_rpc_duration_seconds", "Time to answer a unary RPC, commit included.", "rpc"
+        )
+        yield self.chunk_sizes.family(
+            "tiergate_admit_chunk_size", "Requests decided per engine crossing.", "rpc"
+        )
         for name, (kind, help_text, read) in sorted(self.collected.items()):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {read():g}"]
-        return "\n".join(lines) + "\n"
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, help_text, value=read())
+
+
+def _by_label(
+    name: str, help_text: str, labels: Sequence[str], counts: Mapping[tuple[str, ...], int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=labels)
+    for values, n in sorted(counts.items()):
+        family.add_metric(values, n)
+    return family
+
+
+class _Families:
+    """The prometheus-client Collector of one sidecar's :class:`Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()
 
 
 class MetricsEndpoint:
@@ -215,7 +261,7 @@ class MetricsEndpoint:
             parts = request_line.decode("latin-1").split()
             if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
                 status, body = "200 OK", self._metrics.render().encode()
-                ctype = "text/plain; version=0.0.4; charset=utf-8"
+                ctype = CONTENT_TYPE_PLAIN_0_0_4
             else:
                 status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
             writer.write(

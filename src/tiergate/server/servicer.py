@@ -126,7 +126,7 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         if isinstance(exc, StoreUnavailableError):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{rpc}: {exc}")
         self._metrics.internal(rpc)
-        log.exception("%s failed", rpc)
+        log.exception("%s failed", rpc, extra={"rpc": rpc})
         await context.abort(
             grpc.StatusCode.INTERNAL, f"{rpc}: internal error ({type(exc).__name__})"
         )

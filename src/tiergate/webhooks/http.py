@@ -5,7 +5,10 @@ receiver serves exactly two requests on one path — Meta's GET verification
 handshake and its signed POSTs — so a small, strict HTTP/1.1 reader is less
 code to trust than a framework, adds no dependency to a sidecar that already
 ships gRPC, and runs on the same event loop as the gRPC server (so applying a
-webhook never races an Admit). What it accepts:
+webhook never races an Admit). It also closes slow request heads and answers
+oversized bodies before reading them, which aiohttp's server leaves to a proxy:
+tests/webhooks/test_webhook_http_side_by_side.py sends both the same hostile
+clients (docs/architecture.md has the table). What it accepts:
 
 - a request line ``METHOD SP /path[?query] SP HTTP/1.1`` (or HTTP/1.0) and
   header lines ``name: value``; the whole head at most 16 KiB and 100
