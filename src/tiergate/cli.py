@@ -107,6 +107,12 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="start even if the journal is corrupt before its tail, cutting it there",
     )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        default=None,
+        help="decide as usual but answer ADMIT, the would-be answer in shadow_* fields",
+    )
     g = p.add_argument_group("exposure", "TLS, tokens, secrets and connection limits")
     for flag, metavar, text in _EXPOSURE:
         g.add_argument(flag, metavar=metavar, help=text)

@@ -82,6 +82,9 @@ class ServeConfig:
     # Start even if the journal is corrupt before its tail: cut there (the cut
     # bytes are kept in *.corrupt files). Off by default: refusing is safer.
     recover_truncate: bool = False
+    # Shadow mode: every shadowable reason answered ADMIT, the would-be answer in
+    # the shadow_* fields (a profile's [shadow] table shadows some reasons only).
+    shadow: bool = False
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S
     metrics_listen: Endpoint | None = None
     log_level: str = "info"
@@ -280,6 +283,7 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "max_message_bytes": _max_message_bytes,
     "durability": _durability,
     "recover_truncate": _bool,
+    "shadow": _bool,
     "shutdown_grace": _grace,
     "metrics_listen": _optional_listen,
     "log_level": _log_level,

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2
 
 from tiergate.config import ConfigError, Endpoint, ServeConfig, check_exposure, message_limit
 from tiergate.engine import IMPLEMENTATION
+from tiergate.engine.constants import SHADOWABLE
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.requests import InvalidArgument
@@ -91,9 +92,12 @@ class Sidecar:
     @staticmethod
     def _profile(config: ServeConfig) -> Profile:
         try:
-            return load_profile(config.profile)
+            profile = load_profile(config.profile)
         except Exception as e:
             raise StartupError(f"profile: {e}") from e
+        if config.shadow:
+            return dataclasses.replace(profile, shadow_reasons=frozenset(SHADOWABLE))
+        return profile
 
     async def start(self) -> None:
         """Recover the state, serve gRPC (health and reflection included), then the

@@ -276,7 +276,9 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         result = admit_columns(self.service, request, self._clock.columns(at))
         if len(result) != n:
             raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
-        self._metrics.decided_columns(result.decisions, result.reasons, rpc)
+        self._metrics.decided_columns(
+            result.decisions, result.reasons, rpc, result.shadows.values()
+        )
         return result
 
     async def AdmitColumns(
