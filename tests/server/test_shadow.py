@@ -15,11 +15,10 @@ from typing import Any
 
 import grpc
 import pytest
+from server_harness import SENDER, T0, Harness, run_async, serving, template_request
 
 from tiergate.client import columns_request
 from tiergate.v1 import admission_pb2 as pb
-
-from server_harness import SENDER, T0, Harness, run_async, serving, template_request
 
 LIMIT = 250  # the test sender's TIER_250
 SENT = LIMIT + 10

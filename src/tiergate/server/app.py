@@ -36,6 +36,7 @@ from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
+from tiergate.server.watch import Watches
 from tiergate.store import (
     EmbeddedStore,
     RecoveryReport,
@@ -66,6 +67,7 @@ class Sidecar:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = Health()
+        self.watches = Watches(lambda: self.service, config.watch_thresholds)
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._webhooks: WebhookReceiver | None = None
         self.webhook_port = 0
@@ -168,6 +170,7 @@ class Sidecar:
         config = self.config
         servicer = AdmissionControl(
             service,
+            watches=self.watches,
             commit=self._commit_start,
             metrics=self.metrics,
             max_batch=config.max_batch,
@@ -240,6 +243,8 @@ class Sidecar:
         plain call and the store's group-write future, no coroutine per call."""
         service = self.service
         assert service is not None
+        if self.watches.active:
+            self.watches.poke()
         store = self.store
         if store is None:
             service.drain_journal()
@@ -252,6 +257,8 @@ class Sidecar:
     async def _commit(self) -> None:
         """Make the service's state changes durable before a response leaves."""
         assert self.service is not None
+        if self.watches.active:
+            self.watches.poke()
         if self.store is None:
             self.service.drain_journal()
             return
@@ -395,6 +402,7 @@ class Sidecar:
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
         await self._health.end_watches()
+        self.watches.end()
         await self._health.enter_graceful_shutdown()
         if self._webhooks is not None:
             await self._webhooks.stop()

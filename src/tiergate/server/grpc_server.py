@@ -81,11 +81,13 @@ def _add_admission_control(
     batch: Unary = servicer.AdmitBatch
     columns: Unary = servicer.AdmitColumnsWire
     stream: Streaming = servicer.AdmitStream
+    watch: Streaming = servicer.WatchSenderState
     if guard is not None:
         admit = guard.unary(admit, Access.DATA)
         batch = guard.unary(batch, Access.DATA)
         columns = guard.unary(columns, Access.DATA)
         stream = guard.stream(stream, Access.DATA)
+        watch = guard.stream(watch, Access.DATA)
     wire = {
         "Admit": grpc.unary_unary_rpc_method_handler(admit),
         "AdmitStream": grpc.stream_stream_rpc_method_handler(stream),
@@ -113,6 +115,11 @@ def _add_admission_control(
             "GetSenderState",
             metrics,
             guard=guard,
+        ),
+        "WatchSenderState": grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=pb.WatchSenderStateRequest.FromString,
+            response_serializer=pb.SenderState.SerializeToString,
         ),
     }
     server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs

@@ -1,0 +1,162 @@
+"""WatchSenderState: a sender's (or a portfolio's) state, then every change of it.
+
+A watcher names a sender or a portfolio. It gets each sender's state at once
+(``changes``: STATE), then a new one whenever the tier, the limit, quality,
+status, a restriction or the paused templates change, or usage crosses one of
+the configured thresholds of the limit (``changes``: USAGE_<pct> upwards,
+USAGE_BELOW_<pct> downwards).
+
+Nothing waits for a watcher. Changes are looked for after each commit, and only
+while someone watches (:attr:`Watches.active`; the sidecar's commit tests it):
+a cheap signature per watched sender (fields it holds, and the scope's used count
+from the engine's ring total) is compared with the last one sent, and the full
+state is built only when it differs. Each watcher holds at most one unsent
+state per sender: a newer one replaces it, its changes merged (drop to latest),
+so a slow reader costs one state per sender and a vanished one nothing once its
+call ends. At stop every stream ends (like the health watches, server/health.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from tiergate.policy.requests import MARKETING
+from tiergate.policy.service import AdmissionService
+from tiergate.v1 import admission_pb2 as pb
+
+from . import convert
+
+__all__ = ["DEFAULT_THRESHOLDS", "Watches"]
+
+#: Usage thresholds, in percent of the effective limit, a watcher is told about.
+DEFAULT_THRESHOLDS = (80, 90, 100)
+
+#: (tier, limit, quality, status, restriction, paused templates, usage band).
+Signature = tuple[object, ...]
+_KINDS = ("TIER", "LIMIT", "QUALITY", "STATUS", "RESTRICTION", "PAUSED_TEMPLATES")
+
+
+@dataclass(eq=False)
+class _Watcher:
+    sender_id: str
+    portfolio_id: str
+    #: The last signature sent, per sender.
+    sent: dict[str, Signature] = field(default_factory=dict)
+    #: Unsent states and their changes, per sender (at most one each).
+    pending: dict[str, list[str]] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+
+
+class Watches:
+    """Every open WatchSenderState stream of one sidecar."""
+
+    def __init__(
+        self,
+        service: Callable[[], AdmissionService | None],
+        thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+    ) -> None:
+        self._service = service
+        self.thresholds = tuple(sorted(thresholds))
+        self._watchers: set[_Watcher] = set()
+        self._ending = False
+        #: Whether anyone watches: the only test the commit path makes otherwise.
+        self.active = False
+
+    @staticmethod
+    def _now(service: AdmissionService, scope_now: int) -> int:
+        """What a watcher reads the state at: the latest request time under the request
+        clock (never moving a scope's time), else the server's clock."""
+        st = service.state
+        if st.request_clock:
+            return max(scope_now, st.latest_ms, 0)
+        return max(scope_now, time.time_ns() // 1_000_000)
+
+    def _senders(self, w: _Watcher) -> list[str]:
+        service = self._service()
+        if service is None:
+            return []
+        if w.sender_id:
+            return [w.sender_id] if w.sender_id in service.state.senders else []
+        return [s.id for s in service.state.by_index if s.portfolio_id == w.portfolio_id]
+
+    def _signature(self, sender_id: str) -> Signature:
+        service = self._service()
+        assert service is not None
+        st = service.state
+        s = st.senders[sender_id]
+        scope = s.scope
+        now = self._now(service, scope.last_now)
+        limit = s.limits[MARKETING]
+        used = st.engine.usage(scope.index, now, limit)[0]
+        band = sum(1 for t in self.thresholds if used * 100 >= t * limit) if limit > 0 else 0
+        paused = tuple(
+            (t.id, t.disabled, t.paused_until, t.held)
+            for t in st.templates.values()
+            if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
+        )
+        restriction = (s.restricted_until, s.spam_held_until, s.replies_restricted_until)
+        return (scope.tier, limit, s.quality, s.status, restriction, paused, band)
+
+    def _changes(self, before: Signature | None, after: Signature) -> list[str]:
+        if before is None:
+            return ["STATE"]
+        out = [k for k, a, b in zip(_KINDS, before, after, strict=False) if a != b]
+        low, high = before[-1], after[-1]
+        assert isinstance(low, int) and isinstance(high, int)
+        if high > low:
+            out += [f"USAGE_{t}" for t in self.thresholds[low:high]]
+        elif high < low:
+            out += [f"USAGE_BELOW_{t}" for t in self.thresholds[high:low]]
+        return out
+
+    def poke(self) -> None:
+        """Look for changes of every watched sender (after a commit)."""
+        cache: dict[str, Signature] = {}
+        for w in self._watchers:
+            for sid in self._senders(w):
+                sig = cache.get(sid)
+                if sig is None:
+                    sig = cache[sid] = self._signature(sid)
+                before = w.sent.get(sid)
+                if sig != before:
+                    w.pending.setdefault(sid, []).extend(self._changes(before, sig))
+                    w.sent[sid] = sig
+                    w.ready.set()
+
+    async def watch(self, sender_id: str, portfolio_id: str) -> AsyncIterator[pb.SenderState]:
+        """The states a WatchSenderState stream sends, until the sidecar stops."""
+        w = _Watcher(sender_id, portfolio_id)
+        self._watchers.add(w)
+        self.active = True
+        try:
+            self.poke()
+            while not self._ending:
+                await w.ready.wait()
+                w.ready.clear()
+                pending, w.pending = w.pending, {}
+                for sid, changes in pending.items():
+                    state = self._state(sid, changes)
+                    if state is not None:
+                        yield state
+        finally:
+            self._watchers.discard(w)
+            self.active = bool(self._watchers)
+
+    def _state(self, sender_id: str, changes: list[str]) -> pb.SenderState | None:
+        service = self._service()
+        if service is None or sender_id not in service.state.senders:
+            return None
+        now = self._now(service, service.state.senders[sender_id].scope.last_now)
+        state = convert.sender_state(service.sender_state(sender_id, now))
+        state.changes.extend(dict.fromkeys(changes))
+        return state
+
+    def end(self) -> None:
+        """End every stream (the sidecar stops); a later watch ends at once."""
+        self._ending = True
+        for w in self._watchers:
+            w.ready.set()
