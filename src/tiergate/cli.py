@@ -1,4 +1,4 @@
-"""``tiergate``: serve, state SENDER, check-config, simulate SCENARIO."""
+"""``tiergate``: serve, state SENDER, watch SENDER, check-config, simulate SCENARIO."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import Message
@@ -19,6 +19,9 @@ from google.protobuf.message import Message
 from tiergate import __version__
 from tiergate import config as cfg
 from tiergate.v1 import admission_pb2 as pb
+
+if TYPE_CHECKING:
+    from tiergate.client import TiergateClient
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_CONFIG = 2  # bad config, or a setting the sidecar cannot start with (port, data dir)
@@ -270,29 +273,50 @@ def format_state(state: pb.SenderState) -> str:
     return "\n".join(f"{k:<17} {v}" for k, v in rows)
 
 
-def _state(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace) -> TiergateClient:
+    """The client ``state`` and ``watch`` connect with (cfg.ConfigError: a bad token file)."""
     from tiergate.client import TiergateClient
 
-    try:
-        token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
-    except cfg.ConfigError as e:
-        print(f"tiergate: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
+    return TiergateClient(
+        args.target,
+        timeout=args.timeout,
+        token=token,
+        tls=args.tls,
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+    )
 
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sender", metavar="SENDER", help="sender id (phone number id)")
+    p.add_argument(
+        "--target",
+        default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
+        help=f"sidecar address (TIERGATE_TARGET, default {DEFAULT_TARGET})",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument(
+        "--token-file", metavar="FILE", help="token sent as 'authorization: Bearer <token>'"
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    p.add_argument("--tls-ca", metavar="FILE", help="TLS with this CA bundle for the server")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
+
+
+def _state(args: argparse.Namespace) -> int:
     async def fetch() -> pb.SenderState:
-        async with TiergateClient(
-            args.target,
-            timeout=args.timeout,
-            token=token,
-            tls=args.tls,
-            ca_file=args.tls_ca,
-            cert_file=args.tls_cert,
-            key_file=args.tls_key,
-        ) as client:
+        async with _client(args) as client:
             return await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
 
     try:
         state = asyncio.run(fetch())
+    except cfg.ConfigError as e:
+        print(f"tiergate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except grpc.aio.AioRpcError as e:
         print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
@@ -300,6 +324,29 @@ def _state(args: argparse.Namespace) -> int:
         print(json.dumps(message_to_dict(state), indent=2))
     else:
         print(format_state(state))
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    async def follow() -> None:
+        async with _client(args) as client:
+            sender, portfolio = ("", args.sender) if args.portfolio else (args.sender, "")
+            async for state in client.watch_sender_state(sender, portfolio_id=portfolio):
+                if args.json:
+                    print(json.dumps(message_to_dict(state)), flush=True)
+                else:
+                    print(f"-- {', '.join(state.changes)}\n{format_state(state)}", flush=True)
+
+    try:
+        asyncio.run(follow())
+    except cfg.ConfigError as e:
+        print(f"tiergate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except grpc.aio.AioRpcError as e:
+        print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -334,24 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     state = sub.add_parser("state", help="show one sender's state (GetSenderState)")
-    state.add_argument("sender", metavar="SENDER", help="sender id (phone number id)")
-    state.add_argument(
-        "--target",
-        default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
-        help=f"sidecar address (TIERGATE_TARGET, default {DEFAULT_TARGET})",
+    watch = sub.add_parser(
+        "watch", help="print a sender's state, then each change as it comes (WatchSenderState)"
     )
-    state.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    watch.add_argument("--portfolio", action="store_true", help="SENDER is a portfolio id")
+    for p in (state, watch):
+        _add_client_flags(p)
+    watch.set_defaults(func=_watch)
     state.add_argument(
         "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
     )
-    state.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    state.add_argument(
-        "--token-file", metavar="FILE", help="token sent as 'authorization: Bearer <token>'"
-    )
-    state.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
-    state.add_argument("--tls-ca", metavar="FILE", help="TLS with this CA bundle for the server")
-    state.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    state.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
     state.set_defaults(func=_state)
 
     check = sub.add_parser(

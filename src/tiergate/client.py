@@ -346,3 +346,12 @@ class TiergateClient:
         return await self._stub.GetSenderState(
             request, timeout=timeout or self.timeout, metadata=self._metadata
         )
+
+    async def watch_sender_state(
+        self, sender_id: str = "", *, portfolio_id: str = ""
+    ) -> AsyncIterator[pb.SenderState]:
+        """The sender's (or each portfolio sender's) state, then every change, as they
+        come; until the server ends the stream (no deadline)."""
+        request = pb.WatchSenderStateRequest(sender_id=sender_id, portfolio_id=portfolio_id)
+        async for state in self._stub.WatchSenderState(request, metadata=self._metadata):
+            yield state

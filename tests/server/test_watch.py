@@ -156,3 +156,37 @@ async def test_bad_watch_requests() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stream.read()
             assert err.value.code() == code
+
+
+def test_tiergate_watch_prints_each_state_as_it_comes(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tiergate import cli
+
+    @run_async
+    async def body() -> None:
+        async with serving() as h:
+            watching = asyncio.ensure_future(
+                asyncio.to_thread(cli.main, ["watch", SENDER, "--target", h.target, "--json"])
+            )
+            for _ in range(200):  # until the CLI's stream is open
+                if h.sidecar.watches.active:
+                    break
+                await asyncio.sleep(0.02)
+            await update(h, quality=pb.YELLOW)
+            out = ""
+            for _ in range(200):
+                out += capsys.readouterr().out
+                if out.count("\n") >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            await h.sidecar.stop(5.0)
+            assert await asyncio.wait_for(watching, 5) == 0
+            lines = [json.loads(line) for line in out.splitlines()]
+            assert [(m["changes"], m["quality"]) for m in lines] == [
+                (["STATE"], "GREEN"),
+                (["QUALITY"], "YELLOW"),
+            ]
+
+    capsys.readouterr()
+    body()
