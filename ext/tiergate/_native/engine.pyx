@@ -28,6 +28,9 @@ from tiergate.engine.results import Decided, Lookup, Usage
 
 cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
+# The most periods an outlook reports.
+cdef enum:
+    MAX_OUTLOOK = 1000
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
 cdef object U64_MAX = (1 << 64) - 1
@@ -387,6 +390,20 @@ cdef class Engine:
         if limit > 0:
             nxt = ring_next_free(&s.ring24, limit, now)
         return Usage(s.ring24.total, nxt, s.ring7.total, s.slots7.total)
+
+    def outlook(self, scope, int64_t now, int64_t period_ms, int64_t periods):
+        """Read only: (recipients counted in the ``period_ms`` before ``now``, slots
+        freeing in each of the ``periods`` periods after it) for the scope's 24 h ring,
+        as the reference engine's ``outlook``."""
+        cdef Scope *s = self._scope(scope)
+        cdef int64_t recent = 0
+        cdef int64_t leaving[MAX_OUTLOOK]
+        cdef int64_t k
+        check_time("now", now)
+        if not 1 <= period_ms <= MAX_WINDOW or not 0 <= periods <= MAX_OUTLOOK:
+            raise ValueError(f"period_ms must be 1..2**40 and periods 0..{MAX_OUTLOOK}")
+        ring_outlook(&s.ring24, max64(now, s.last_now), period_ms, periods, &recent, leaving)
+        return recent, [leaving[k] for k in range(periods)]
 
     def open_windows(self, number, int64_t now):
         cdef NumberTable *t = &self._number(number).table

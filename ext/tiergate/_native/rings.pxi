@@ -200,3 +200,28 @@ cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept
             i = 0
     # Unreachable while total equals the sum of the buckets.
     return (r.lo + r.n) * r.width + r.window
+
+
+cdef void ring_outlook(Ring *r, int64_t now, int64_t period, int64_t periods,
+                       int64_t *recent, int64_t *leaving) noexcept nogil:
+    # Read only (as the reference's Ring.outlook): counts in buckets that reach
+    # into the period before now to recent; counts that leave the window in
+    # each of the periods after now to leaving[0 .. periods - 1] (zeroed first).
+    cdef int64_t b, c, i, end, k
+    recent[0] = 0
+    for k in range(periods):
+        leaving[k] = 0
+    if r.lo == NEVER:
+        return
+    for b in range(r.lo, r.lo + r.n):
+        i = ring_index(r, b)
+        c = r.counts[i]
+        if c == 0:
+            continue
+        end = (b + 1) * r.width
+        if end > now - period:
+            recent[0] += c
+        k = floordiv(end + r.window - now - 1, period)
+        if 0 <= k < periods:
+            leaving[k] += c
+

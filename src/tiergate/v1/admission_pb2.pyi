@@ -1057,7 +1057,7 @@ class SenderState(_message.Message):
     RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     REPLIES_RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     LIMIT_REACHED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
-    LAST_HOUR_NEW_RECIPIENTS_FIELD_NUMBER: _builtins.int
+    COUNTED_LAST_HOUR_FIELD_NUMBER: _builtins.int
     SLOTS_FREEING_PER_HOUR_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
@@ -1091,11 +1091,11 @@ class SenderState(_message.Message):
     2^62 while it has no known end; 0: not restricted.
     """
     limit_reached_at_unix_ms: _builtins.int
-    """What the trend says: at the last hour's rate of new unique recipients, when
-    the limit is reached (0: not at that rate, or already reached); slots that
-    leave the 24 h window in each of the next 24 hours.
+    """What the trend says: at the last hour's rate of counted recipients, when
+    the limit is reached (0: not within 24 h at that rate, or reached already);
+    the slots that leave the 24 h window in each of the next 24 hours.
     """
-    last_hour_new_recipients: _builtins.int
+    counted_last_hour: _builtins.int
     @_builtins.property
     def upgrade(self) -> Global___UpgradeState: ...
     @_builtins.property
@@ -1137,13 +1137,13 @@ class SenderState(_message.Message):
         restricted_until_unix_ms: _builtins.int = ...,
         replies_restricted_until_unix_ms: _builtins.int = ...,
         limit_reached_at_unix_ms: _builtins.int = ...,
-        last_hour_new_recipients: _builtins.int = ...,
+        counted_last_hour: _builtins.int = ...,
         slots_freeing_per_hour: _abc.Iterable[_builtins.int] | None = ...,
         changes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["upgrade", b"upgrade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "changes", b"changes", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "last_hour_new_recipients", b"last_hour_new_recipients", "limit", b"limit", "limit_reached_at_unix_ms", b"limit_reached_at_unix_ms", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "slots_freeing_per_hour", b"slots_freeing_per_hour", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "changes", b"changes", "counted_last_hour", b"counted_last_hour", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "limit_reached_at_unix_ms", b"limit_reached_at_unix_ms", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "slots_freeing_per_hour", b"slots_freeing_per_hour", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,8 @@ Decision = tuple[int, int, int, int, int, int, int]
 
 _U64 = (1 << 64) - 1
 _ADMITTED = (ADMIT, OK, 0)
+#: The most periods an outlook reports.
+MAX_OUTLOOK = 1000
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -451,6 +453,15 @@ class Engine:
         now = s.clamp(now)
         nxt = s.ring24.next_free(limit, now) if limit > 0 else 0
         return Usage(s.ring24.total, nxt, s.ring7.total, s.slots7.total)
+
+    def outlook(self, scope: int, now: int, period_ms: int, periods: int) -> tuple[int, list[int]]:
+        """Read only: (recipients counted in the ``period_ms`` before ``now``, slots
+        freeing in each of the ``periods`` periods after it) for the scope's 24 h ring."""
+        s = self._scope(scope)
+        _check_time("now", now)
+        if not 1 <= period_ms <= MAX_WINDOW or not 0 <= periods <= MAX_OUTLOOK:
+            raise ValueError(f"period_ms must be 1..2**40 and periods 0..{MAX_OUTLOOK}")
+        return s.ring24.outlook(max(now, s.last_now), period_ms, periods)
 
     def open_windows(self, number: int, now: int) -> int:
         return sum(
