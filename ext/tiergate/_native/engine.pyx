@@ -392,28 +392,11 @@ cdef class Engine:
         return Usage(s.ring24.total, nxt, s.ring7.total, s.slots7.total)
 
     def outlook(self, scope, int64_t now, int64_t period_ms, int64_t periods):
-        """Read only: (recipients counted in the ``period_ms`` before ``now``, slots
-        freeing in each of the ``periods`` periods after it) for the scope's 24 h ring,
-        as the reference engine's ``outlook``."""
-        cdef Scope *s = self._scope(scope)
-        cdef int64_t recent = 0
-        cdef int64_t leaving[MAX_OUTLOOK]
-        cdef int64_t k
-        check_time("now", now)
-        if not 1 <= period_ms <= MAX_WINDOW or not 0 <= periods <= MAX_OUTLOOK:
-            raise ValueError(f"period_ms must be 1..2**40 and periods 0..{MAX_OUTLOOK}")
-        ring_outlook(&s.ring24, max64(now, s.last_now), period_ms, periods, &recent, leaving)
-        return recent, [leaving[k] for k in range(periods)]
+        """As the reference engine's ``outlook`` (read only)."""
+        return scope_outlook(self._scope(scope), now, period_ms, periods)
 
     def open_windows(self, number, int64_t now):
-        cdef NumberTable *t = &self._number(number).table
-        cdef uint64_t i
-        cdef int64_t n = 0
-        for i in range(t.capacity):
-            if t.slots[i].key != 0 and (now < t.slots[i].window_until
-                                        or now < t.slots[i].fep_until):
-                n += 1
-        return n
+        return open_windows(&self._number(number).table, now)
 
     def lookup(self, scope, number, uint64_t recipient):
         """(last_counted, opted_out, window_until, fep_until, pair_tat) of one recipient."""

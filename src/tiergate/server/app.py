@@ -67,7 +67,7 @@ class Sidecar:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = Health()
-        self.watches = Watches(lambda: self.service, config.watch_thresholds)
+        self.watches = Watches(lambda: self.service, config.watch_thresholds, self.metrics)
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._webhooks: WebhookReceiver | None = None
         self.webhook_port = 0
@@ -170,7 +170,6 @@ class Sidecar:
         config = self.config
         servicer = AdmissionControl(
             service,
-            watches=self.watches,
             commit=self._commit_start,
             metrics=self.metrics,
             max_batch=config.max_batch,
@@ -189,6 +188,7 @@ class Sidecar:
             self.metrics,
             self.guard,
             max_message_bytes=message_limit(config),
+            watches=self.watches,
         )
         try:
             if credentials is None:

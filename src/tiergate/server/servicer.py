@@ -29,7 +29,7 @@ from tiergate.policy.service import AdmissionService
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert
 from tiergate.server.clock import DecisionClock
 from tiergate.server.metrics import Metrics
-from tiergate.server.watch import Watches
+from tiergate.server.watch import Watching
 from tiergate.store import StoreError, StoreUnavailableError
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
@@ -77,7 +77,7 @@ class InFlight:
         return None
 
 
-class AdmissionControl(pb_grpc.AdmissionControlServicer):
+class AdmissionControl(Watching, pb_grpc.AdmissionControlServicer):
     def __init__(
         self,
         service: AdmissionService,
@@ -90,10 +90,8 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         request_clock: bool = False,
         clock: Callable[[], int] = server_clock_ms,
         ingestor: webhooks.WebhookIngestor | None = None,
-        watches: Watches | None = None,
     ) -> None:
         self.service = service
-        self.watches = watches if watches is not None else Watches(lambda: service)
         self._commit = commit
         self._metrics = metrics
         self._max_batch = max_batch
@@ -479,25 +477,6 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
                 return state
             except Exception as e:
                 await self._fail(context, "GetSenderState", e)
-
-    async def WatchSenderState(
-        self, request: pb.WatchSenderStateRequest, context: Context
-    ) -> AsyncIterator[pb.SenderState]:
-        """The state of a sender, or of each sender of a portfolio, then every change
-        (``server.watch``); until the call ends or the sidecar stops."""
-        await self._admit_call(context, "WatchSenderState")
-        if bool(request.sender_id) == bool(request.portfolio_id):
-            self._metrics.invalid("WatchSenderState")
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "sender_id: give exactly one of sender_id or portfolio_id",
-            )
-        if request.sender_id and request.sender_id not in self.service.state.senders:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"sender_id: unknown sender {request.sender_id!r}"
-            )
-        async for state in self.watches.watch(request.sender_id, request.portfolio_id):
-            yield state
 
 
 def _bad_index(exc: InvalidArgument, n: int) -> tuple[int, str]:

@@ -22,14 +22,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
 
 from tiergate.policy.requests import MARKETING
 from tiergate.policy.service import AdmissionService
 from tiergate.v1 import admission_pb2 as pb
 
 from . import convert
+from .metrics import Metrics
 
-__all__ = ["DEFAULT_THRESHOLDS", "Watches"]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+__all__ = ["DEFAULT_THRESHOLDS", "Watches", "Watching"]
 
 #: Usage thresholds, in percent of the effective limit, a watcher is told about.
 DEFAULT_THRESHOLDS = (80, 90, 100)
@@ -58,8 +64,10 @@ class Watches:
         self,
         service: Callable[[], AdmissionService | None],
         thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._service = service
+        self.metrics = metrics
         self.thresholds = tuple(sorted(thresholds))
         self._watchers: set[_Watcher] = set()
         self._ending = False
@@ -127,6 +135,28 @@ class Watches:
                     w.sent[sid] = sig
                     w.ready.set()
 
+    async def serve(
+        self, request: pb.WatchSenderStateRequest, context: Context
+    ) -> AsyncIterator[pb.SenderState]:
+        """The WatchSenderState RPC: INVALID_ARGUMENT unless exactly one of sender_id
+        and portfolio_id is given, NOT_FOUND for an unknown sender."""
+        service = self._service()
+        if bool(request.sender_id) == bool(request.portfolio_id):
+            if self.metrics is not None:
+                self.metrics.invalid("WatchSenderState")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "sender_id: give exactly one of sender_id or portfolio_id",
+            )
+        if request.sender_id and (
+            service is None or request.sender_id not in service.state.senders
+        ):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"sender_id: unknown sender {request.sender_id!r}"
+            )
+        async for state in self.watch(request.sender_id, request.portfolio_id):
+            yield state
+
     async def watch(self, sender_id: str, portfolio_id: str) -> AsyncIterator[pb.SenderState]:
         """The states a WatchSenderState stream sends, until the sidecar stops."""
         w = _Watcher(sender_id, portfolio_id)
@@ -160,3 +190,17 @@ class Watches:
         self._ending = True
         for w in self._watchers:
             w.ready.set()
+
+
+class Watching:
+    """The servicer's WatchSenderState: its ``watches`` serve it (set by
+    ``grpc_server.build_server``)."""
+
+    watches: Watches
+
+    async def WatchSenderState(
+        self, request: pb.WatchSenderStateRequest, context: Context
+    ) -> AsyncIterator[pb.SenderState]:
+        # An async generator function: grpc.aio serves those as streams.
+        async for state in self.watches.serve(request, context):
+            yield state

@@ -71,6 +71,68 @@ def _check_scope_params(freq_cap: int, freq_window_ms: int) -> None:
         raise ValueError("freq_window_ms must be 0..2**50")
 
 
+def _refusal(
+    window_ms: int,
+    now: int,
+    s: Scope,
+    num: Number,
+    se: ScopeEntry | None,
+    flags: int,
+    limit: int,
+    skip: int,
+    probe: tuple[bool, bool, bool, int, int, int],
+) -> tuple[int, int, int] | None:
+    """Steps 4 to 9 (``Engine.decide``): the first refusal (decision, reason,
+    retry_at) by a rule whose reason is not in the bit set ``skip`` (the shadowed
+    reasons), or None.
+    ``probe``: (in a window, in a free-entry-point window, counting, and the
+    throughput TAT, pair TAT and pair burst start as of ``now``)."""
+    in_window, in_fep, counting, tput_tat, pair_tat, pair_start = probe
+    template = flags & F_TEMPLATE
+    marketing = flags & F_MARKETING
+    ring = s.ring24
+    # 4. free-form needs an open customer service window
+    free_form_closed = not template and not (in_window or (in_fep and flags & F_FEP_FREE_FORM))
+    if free_form_closed and not skip >> OUTSIDE_WINDOW & 1:
+        return (REJECT, OUTSIDE_WINDOW, 0)
+    # 5. opted-out recipients get no marketing
+    opted_out = marketing and se is not None and se.opt_out
+    if opted_out and not skip >> RECIPIENT_OPTED_OUT & 1:
+        return (REJECT, RECIPIENT_OPTED_OUT, 0)
+    # 6. messaging limit (business-initiated messages only)
+    if counting:
+        if flags & F_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
+            return (REJECT, SENDER_RESTRICTED, 0)
+        needs_slot = not (se is not None and se.last_counted > now - window_ms)
+        if needs_slot and ring.total >= limit and not skip >> MESSAGING_LIMIT & 1:
+            if limit <= 0:
+                return (REJECT, MESSAGING_LIMIT, 0)
+            return (RETRY_LATER, MESSAGING_LIMIT, ring.next_free(limit, now))
+    elif flags & F_REPLY_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
+        # a reply (in a window) while Meta restricts them
+        return (REJECT, SENDER_RESTRICTED, 0)
+    # 7. protective rules
+    if marketing:
+        if s.freq_cap > 0 and se is not None and not skip >> MARKETING_FREQUENCY & 1:
+            horizon = now - s.freq_window
+            recent = sorted(t for t in se.marketing if t > horizon)
+            if len(recent) >= s.freq_cap:
+                return (
+                    RETRY_LATER,
+                    MARKETING_FREQUENCY,
+                    recent[len(recent) - s.freq_cap] + s.freq_window,
+                )
+        if flags & F_QUALITY_BLOCK and not skip >> QUALITY_PROTECTION & 1:
+            return (REJECT, QUALITY_PROTECTION, 0)
+    # 8. sender throughput (GCRA, microseconds)
+    if tput_tat - num.tput_tolerance > now * 1000 and not skip >> THROUGHPUT & 1:
+        return (RETRY_LATER, THROUGHPUT, _ceil_div(tput_tat - num.tput_tolerance, 1000))
+    # 9. pair rate: a burst, then nothing until it is paid back
+    if num.pair_refuses(now, pair_tat, pair_start) and not skip >> PAIR_RATE & 1:
+        return (RETRY_LATER, PAIR_RATE, pair_tat)
+    return None
+
+
 class Engine:
     """Recipient tables, bucket rings and GCRA buckets; decisions in one call."""
 
@@ -195,14 +257,14 @@ class Engine:
         answer = _ADMITTED
         if not force:
             probe = (in_window, in_fep, counting, tput_tat, pair_tat, pair_start)
-            refused = self._refusal(now, s, num, se, flags, limit, 0, probe)
+            refused = _refusal(self.window_ms, now, s, num, se, flags, limit, 0, probe)
             if refused is not None:
                 shadow = flags >> SHADOW_SHIFT
                 if not shadow >> refused[1] & 1:
                     return (*refused, 0, ring.total, last, 0)
                 # A shadowed rule refused: the others still apply; if none refuses,
                 # consume as an admit and answer what would have been answered.
-                real = self._refusal(now, s, num, se, flags, limit, shadow, probe)
+                real = _refusal(self.window_ms, now, s, num, se, flags, limit, shadow, probe)
                 if real is not None:
                     return (*real, 0, ring.total, last, 0)
                 answer = refused
@@ -238,66 +300,6 @@ class Engine:
         ne.pair_tat = pair_tat + num.pair_interval
         ne.pair_start = pair_start
         return (*answer, counted, ring.total, last, slot)
-
-    def _refusal(
-        self,
-        now: int,
-        s: Scope,
-        num: Number,
-        se: ScopeEntry | None,
-        flags: int,
-        limit: int,
-        skip: int,
-        probe: tuple[bool, bool, bool, int, int, int],
-    ) -> tuple[int, int, int] | None:
-        """Steps 4 to 9: the first refusal (decision, reason, retry_at) by a rule whose
-        reason is not in the bit set ``skip`` (the shadowed reasons), or None.
-        ``probe``: (in a window, in a free-entry-point window, counting, and the
-        throughput TAT, pair TAT and pair burst start as of ``now``)."""
-        in_window, in_fep, counting, tput_tat, pair_tat, pair_start = probe
-        template = flags & F_TEMPLATE
-        marketing = flags & F_MARKETING
-        ring = s.ring24
-        # 4. free-form needs an open customer service window
-        free_form_closed = not template and not (in_window or (in_fep and flags & F_FEP_FREE_FORM))
-        if free_form_closed and not skip >> OUTSIDE_WINDOW & 1:
-            return (REJECT, OUTSIDE_WINDOW, 0)
-        # 5. opted-out recipients get no marketing
-        opted_out = marketing and se is not None and se.opt_out
-        if opted_out and not skip >> RECIPIENT_OPTED_OUT & 1:
-            return (REJECT, RECIPIENT_OPTED_OUT, 0)
-        # 6. messaging limit (business-initiated messages only)
-        if counting:
-            if flags & F_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
-                return (REJECT, SENDER_RESTRICTED, 0)
-            needs_slot = not (se is not None and se.last_counted > now - self.window_ms)
-            if needs_slot and ring.total >= limit and not skip >> MESSAGING_LIMIT & 1:
-                if limit <= 0:
-                    return (REJECT, MESSAGING_LIMIT, 0)
-                return (RETRY_LATER, MESSAGING_LIMIT, ring.next_free(limit, now))
-        elif flags & F_REPLY_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
-            # a reply (in a window) while Meta restricts them
-            return (REJECT, SENDER_RESTRICTED, 0)
-        # 7. protective rules
-        if marketing:
-            if s.freq_cap > 0 and se is not None and not skip >> MARKETING_FREQUENCY & 1:
-                horizon = now - s.freq_window
-                recent = sorted(t for t in se.marketing if t > horizon)
-                if len(recent) >= s.freq_cap:
-                    return (
-                        RETRY_LATER,
-                        MARKETING_FREQUENCY,
-                        recent[len(recent) - s.freq_cap] + s.freq_window,
-                    )
-            if flags & F_QUALITY_BLOCK and not skip >> QUALITY_PROTECTION & 1:
-                return (REJECT, QUALITY_PROTECTION, 0)
-        # 8. sender throughput (GCRA, microseconds)
-        if tput_tat - num.tput_tolerance > now * 1000 and not skip >> THROUGHPUT & 1:
-            return (RETRY_LATER, THROUGHPUT, _ceil_div(tput_tat - num.tput_tolerance, 1000))
-        # 9. pair rate: a burst, then nothing until it is paid back
-        if num.pair_refuses(now, pair_tat, pair_start) and not skip >> PAIR_RATE & 1:
-            return (RETRY_LATER, PAIR_RATE, pair_tat)
-        return None
 
     def decide_batch(self, batch: DecisionBatch) -> None:
         """Decide every request of ``batch`` in order; fills its output columns.
