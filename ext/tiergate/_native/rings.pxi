@@ -248,4 +248,3 @@ cdef int64_t open_windows(NumberTable *t, int64_t now) noexcept nogil:
                                     or now < t.slots[i].fep_until):
             n += 1
     return n
-
