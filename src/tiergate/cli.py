@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -311,23 +311,12 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _state(args: argparse.Namespace) -> int:
-    async def fetch() -> pb.SenderState:
+    async def show() -> None:
         async with _client(args) as client:
-            return await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
+            state = await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
+        print(json.dumps(message_to_dict(state), indent=2) if args.json else format_state(state))
 
-    try:
-        state = asyncio.run(fetch())
-    except cfg.ConfigError as e:
-        print(f"tiergate: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except grpc.aio.AioRpcError as e:
-        print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(message_to_dict(state), indent=2))
-    else:
-        print(format_state(state))
-    return 0
+    return _talk(args, show)
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -340,8 +329,13 @@ def _watch(args: argparse.Namespace) -> int:
                 else:
                     print(f"-- {', '.join(state.changes)}\n{format_state(state)}", flush=True)
 
+    return _talk(args, follow)
+
+
+def _talk(args: argparse.Namespace, call: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run a client ``call`` to the sidecar: 0, or the exit code of what went wrong."""
     try:
-        asyncio.run(follow())
+        asyncio.run(call())
     except cfg.ConfigError as e:
         print(f"tiergate: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -349,7 +343,7 @@ def _watch(args: argparse.Namespace) -> int:
         print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 0
+        pass
     return 0
 
 
