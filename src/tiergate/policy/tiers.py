@@ -310,6 +310,7 @@ def number_params(st: PolicyState, s: Sender) -> tuple[int, int, int, int]:
 
 def derive(st: PolicyState, s: Sender, now: int) -> None:
     """Recompute a sender's per-category flags and effective limits."""
+    st.changes += 1
     p = st.profile
     base = p.tier_limit(s.scope.tier)
     s.limits_until = NEVER

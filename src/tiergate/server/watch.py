@@ -8,12 +8,15 @@ USAGE_BELOW_<pct> downwards).
 
 Nothing waits for a watcher. Changes are looked for after each commit, and only
 while someone watches (:attr:`Watches.active`; the sidecar's commit tests it):
-a cheap signature per watched sender (fields it holds, and the scope's used count
-from the engine's ring total) is compared with the last one sent, and the full
-state is built only when it differs. Each watcher holds at most one unsent
-state per sender: a newer one replaces it, its changes merged (drop to latest),
-so a slow reader costs one state per sender and a vanished one nothing once its
-call ends. At stop every stream ends (like the health watches, server/health.py).
+per watched sender, the state's change counter (``PolicyState.changes``: every
+applied feedback event and sender re-derivation) and the usage band (the
+scope's used count from the engine) are compared with the last look, and only
+when one moved, or a template pause has ended, is the sender's signature read
+and, when it differs from the last one sent, its state built. Each watcher
+holds at most one unsent state per sender: a newer one replaces it, its
+changes merged (drop to latest), so a slow reader costs one state per sender
+and a vanished one nothing once its call ends. At stop every stream ends (like
+the health watches, server/health.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import grpc
 
 from tiergate.policy.requests import MARKETING
 from tiergate.policy.service import AdmissionService
+from tiergate.policy.state import Sender
 from tiergate.v1 import admission_pb2 as pb
 
 from . import convert
@@ -42,6 +46,7 @@ DEFAULT_THRESHOLDS = (80, 90, 100)
 
 #: (tier, limit, quality, status, restriction, paused templates, usage band).
 Signature = tuple[object, ...]
+_FOREVER = 1 << 62
 _KINDS = ("TIER", "LIMIT", "QUALITY", "STATUS", "RESTRICTION", "PAUSED_TEMPLATES")
 
 
@@ -51,6 +56,8 @@ class _Watcher:
     portfolio_id: str
     #: The last signature sent, per sender.
     sent: dict[str, Signature] = field(default_factory=dict)
+    #: Per sender, at the last look: (state changes, usage band, signature valid until).
+    quick: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     #: Unsent states and their changes, per sender (at most one each).
     pending: dict[str, list[str]] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -91,23 +98,49 @@ class Watches:
             return [w.sender_id] if w.sender_id in service.state.senders else []
         return [s.id for s in service.state.by_index if s.portfolio_id == w.portfolio_id]
 
-    def _signature(self, sender_id: str) -> Signature:
+    def _band(self, used: int, limit: int) -> int:
+        """How many of the thresholds ``used`` has reached of ``limit``."""
+        return sum(1 for t in self.thresholds if used * 100 >= t * limit) if limit > 0 else 0
+
+    def _usage(self, sender_id: str) -> tuple[Sender, int, int, int]:
+        """(the sender, the time a watcher reads it at, its limit, the scope's used)."""
         service = self._service()
         assert service is not None
-        st = service.state
-        s = st.senders[sender_id]
-        scope = s.scope
-        now = self._now(service, scope.last_now)
+        s = service.state.senders[sender_id]
+        now = self._now(service, s.scope.last_now)
         limit = s.limits[MARKETING]
-        used = st.engine.usage(scope.index, now, limit)[0]
-        band = sum(1 for t in self.thresholds if used * 100 >= t * limit) if limit > 0 else 0
+        return s, now, limit, service.state.engine.usage(s.scope.index, now, limit)[0]
+
+    def _quick(self, sender_id: str) -> tuple[int, int, int]:
+        """What an admit may change, read cheaply: (state changes, usage band, now)."""
+        _, now, limit, used = self._usage(sender_id)
+        service = self._service()
+        assert service is not None
+        return service.state.changes, self._band(used, limit), now
+
+    def _signature(self, sender_id: str) -> tuple[Signature, int]:
+        """The sender's signature, and until when it holds unless the state changes
+        (the end of the first template pause that ends)."""
+        s, now, limit, used = self._usage(sender_id)
+        service = self._service()
+        assert service is not None
         paused = tuple(
             (t.id, t.disabled, t.paused_until, t.held)
-            for t in st.templates.values()
+            for t in service.state.templates.values()
             if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
         )
+        ends = [p[2] for p in paused if not p[1] and not p[3]]
         restriction = (s.restricted_until, s.spam_held_until, s.replies_restricted_until)
-        return (scope.tier, limit, s.quality, s.status, restriction, paused, band)
+        sig = (
+            s.scope.tier,
+            limit,
+            s.quality,
+            s.status,
+            restriction,
+            paused,
+            self._band(used, limit),
+        )
+        return sig, min(ends, default=_FOREVER)
 
     def _changes(self, before: Signature | None, after: Signature) -> list[str]:
         if before is None:
@@ -122,13 +155,21 @@ class Watches:
         return out
 
     def poke(self) -> None:
-        """Look for changes of every watched sender (after a commit)."""
-        cache: dict[str, Signature] = {}
+        """Look for changes of every watched sender (after a commit): the full
+        signature only when the state changed, the usage band moved or a template
+        pause ended since the last look."""
+        cache: dict[str, tuple[Signature, int]] = {}
         for w in self._watchers:
             for sid in self._senders(w):
-                sig = cache.get(sid)
-                if sig is None:
-                    sig = cache[sid] = self._signature(sid)
+                changes, band, now = self._quick(sid)
+                seen = w.quick.get(sid)
+                if seen is not None and seen[0] == changes and seen[1] == band and now < seen[2]:
+                    continue
+                got = cache.get(sid)
+                if got is None:
+                    got = cache[sid] = self._signature(sid)
+                sig, until = got
+                w.quick[sid] = (changes, band, until)
                 before = w.sent.get(sid)
                 if sig != before:
                     w.pending.setdefault(sid, []).extend(self._changes(before, sig))
