@@ -2,10 +2,10 @@
 
 A hypothesis state machine drives both engines with the same random
 operations (counted template sends to a small recipient pool, free-form and
-marketing sends, repeats, time jumps of 1 ms to 10 days, releases of real and
-bogus tickets, windows, opt-outs, throughput pauses, usage reads, batches,
-reclaims, snapshot + restore across the two implementations) and compares
-every answer.
+marketing sends, some with rules shadowed, repeats, time jumps of 1 ms to 10
+days, releases of real and bogus tickets, windows, opt-outs, throughput
+pauses, usage reads, outlooks, batches, reclaims, snapshot + restore across
+the two implementations) and compares every answer.
 """
 
 from __future__ import annotations
@@ -258,18 +258,20 @@ class EnginesAgree(RuleBasedStateMachine):
                 st.sampled_from(POOL),
                 KIND,
                 EXTRA,
+                SHADOW,
                 st.sampled_from(LIMITS),
             ),
             max_size=12,
         )
     )
-    def batch(self, items: list[tuple[int, int, int, int, int, int, int]]) -> None:
+    def batch(self, items: list[tuple[int, int, int, int, int, int, int, int]]) -> None:
         batches = []
         for e in self.engines:
             b = DecisionBatch()
             ticket = self.next_ticket
-            for dt, scope, number, recipient, kind, extra, limit in items:
-                b.add(self.now + dt, scope, number, recipient, kind | extra, limit, ticket)
+            for dt, scope, number, recipient, kind, extra, shadow, limit in items:
+                flags = kind | extra | shadow
+                b.add(self.now + dt, scope, number, recipient, flags, limit, ticket)
                 ticket += 1
             e.decide_batch(b)
             batches.append(b)

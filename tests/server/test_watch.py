@@ -13,6 +13,7 @@ from server_harness import PORTFOLIO, SENDER, T0, Harness, run_async, serving, t
 from tiergate.v1 import admission_pb2 as pb
 
 LIMIT = 250
+HOUR = 3_600_000
 
 
 async def update(h: Harness, **fields: Any) -> None:
@@ -90,6 +91,40 @@ async def test_usage_crossing_each_threshold() -> None:
         await admit(h, 230, 250)  # 100 %
         s = await next_state(stream)
         assert (list(s.changes), s.used_24h) == (["USAGE_100"], 250)
+        stream.cancel()
+
+
+@run_async
+async def test_usage_falling_back_and_a_pause_ending_with_time() -> None:
+    async with serving() as h:
+        await h.stub.RecordFeedback(
+            pb.RecordFeedbackRequest(
+                template_update=pb.TemplateUpdate(
+                    template_id="t9",
+                    status=pb.TEMPLATE_STATUS_PAUSED,
+                    paused_until_unix_ms=T0 + HOUR,
+                    at_unix_ms=T0,
+                )
+            )
+        )
+        await admit(h, 0, LIMIT)
+        stream = h.stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
+        first = await next_state(stream)
+        assert (list(first.changes), first.used_24h) == (["STATE"], LIMIT)
+        assert [t.template_id for t in first.paused_templates] == ["t9"]
+        # Two hours on, the pause has ended: no event says so, time does.
+        await h.stub.AdmitBatch(
+            pb.AdmitBatchRequest(requests=[template_request("15559999999", T0 + 2 * HOUR)])
+        )
+        s = await next_state(stream)
+        assert list(s.changes) == ["PAUSED_TEMPLATES"] and not s.paused_templates
+        # A day on, the slots have left the window: usage falls under every threshold.
+        await h.stub.AdmitBatch(
+            pb.AdmitBatchRequest(requests=[template_request("15558888888", T0 + 26 * HOUR)])
+        )
+        s = await next_state(stream)
+        assert s.used_24h == 1
+        assert list(s.changes) == ["USAGE_BELOW_80", "USAGE_BELOW_90", "USAGE_BELOW_100"]
         stream.cancel()
 
 
