@@ -56,9 +56,9 @@ F_REPLY_RESTRICTED: Final = 256  # customer-initiated messaging restricted: repl
 SHADOW_SHIFT: Final = 16
 
 #: The reasons shadow mode may hold back from the answer: the rules the engine
-#: decides from tiergate's own counting (DESIGN §2 steps 4 to 9). Unknown and
-#: blocked senders, template states and undeliverable regions are what Meta
-#: itself reported and refuses in any case; bad input is never an answer.
+#: decides (DESIGN §2 steps 4 to 9). Unknown and blocked senders, template states
+#: and undeliverable regions are decided before (sends Meta refuses whatever the
+#: count); bad input is never an answer.
 SHADOWABLE: Final = (
     OUTSIDE_WINDOW,
     RECIPIENT_OPTED_OUT,
