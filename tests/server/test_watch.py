@@ -24,6 +24,19 @@ async def update(h: Harness, **fields: Any) -> None:
     )
 
 
+async def pause(h: Harness, until: int, **names: str) -> None:
+    """Meta paused template t9 until ``until``."""
+    update = pb.TemplateUpdate(
+        template_id="t9", status=pb.TEMPLATE_STATUS_PAUSED, paused_until_unix_ms=until, **names
+    )
+    update.at_unix_ms = T0
+    await h.stub.RecordFeedback(pb.RecordFeedbackRequest(template_update=update))
+
+
+async def send_at(h: Harness, recipient: str, at: int) -> None:
+    await h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=[template_request(recipient, at)]))
+
+
 async def admit(h: Harness, first: int, last: int) -> None:
     reqs = [template_request(f"1555{i:07d}", T0 + 20 * i) for i in range(first, last)]
     reply = await h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
@@ -59,17 +72,7 @@ async def test_the_state_then_each_kind_of_change() -> None:
         s = await next_state(stream)
         assert "RESTRICTION" in s.changes and s.restricted_until_unix_ms == T0 + 3_600_000
 
-        await h.stub.RecordFeedback(
-            pb.RecordFeedbackRequest(
-                template_update=pb.TemplateUpdate(
-                    template_id="t9",
-                    template_name="promo",
-                    status=pb.TEMPLATE_STATUS_PAUSED,
-                    paused_until_unix_ms=T0 + 3_600_000,
-                    at_unix_ms=T0,
-                )
-            )
-        )
+        await pause(h, T0 + HOUR, template_name="promo")
         s = await next_state(stream)
         assert list(s.changes) == ["PAUSED_TEMPLATES"]
         assert [t.template_id for t in s.paused_templates] == ["t9"]
@@ -97,31 +100,18 @@ async def test_usage_crossing_each_threshold() -> None:
 @run_async
 async def test_usage_falling_back_and_a_pause_ending_with_time() -> None:
     async with serving() as h:
-        await h.stub.RecordFeedback(
-            pb.RecordFeedbackRequest(
-                template_update=pb.TemplateUpdate(
-                    template_id="t9",
-                    status=pb.TEMPLATE_STATUS_PAUSED,
-                    paused_until_unix_ms=T0 + HOUR,
-                    at_unix_ms=T0,
-                )
-            )
-        )
+        await pause(h, T0 + HOUR)
         await admit(h, 0, LIMIT)
         stream = h.stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
         first = await next_state(stream)
         assert (list(first.changes), first.used_24h) == (["STATE"], LIMIT)
         assert [t.template_id for t in first.paused_templates] == ["t9"]
         # Two hours on, the pause has ended: no event says so, time does.
-        await h.stub.AdmitBatch(
-            pb.AdmitBatchRequest(requests=[template_request("15559999999", T0 + 2 * HOUR)])
-        )
+        await send_at(h, "15559999999", T0 + 2 * HOUR)
         s = await next_state(stream)
         assert list(s.changes) == ["PAUSED_TEMPLATES"] and not s.paused_templates
         # A day on, the slots have left the window: usage falls under every threshold.
-        await h.stub.AdmitBatch(
-            pb.AdmitBatchRequest(requests=[template_request("15558888888", T0 + 26 * HOUR)])
-        )
+        await send_at(h, "15558888888", T0 + 26 * HOUR)
         s = await next_state(stream)
         assert s.used_24h == 1
         assert list(s.changes) == ["USAGE_BELOW_80", "USAGE_BELOW_90", "USAGE_BELOW_100"]
