@@ -58,8 +58,8 @@ class _Watcher:
     sent: dict[str, Signature] = field(default_factory=dict)
     #: Per sender, at the last look: (state changes, usage band, signature valid until).
     quick: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    #: Unsent states and their changes, per sender (at most one each).
-    pending: dict[str, list[str]] = field(default_factory=dict)
+    #: Per sender, the unsent state (the latest) and every change since the last sent.
+    pending: dict[str, tuple[list[str], pb.SenderState]] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
 
@@ -159,20 +159,25 @@ class Watches:
         signature only when the state changed, the usage band moved or a template
         pause ended since the last look."""
         cache: dict[str, tuple[Signature, int]] = {}
+        states: dict[str, pb.SenderState] = {}
         for w in self._watchers:
             for sid in self._senders(w):
-                changes, band, now = self._quick(sid)
+                version, band, now = self._quick(sid)
                 seen = w.quick.get(sid)
-                if seen is not None and seen[0] == changes and seen[1] == band and now < seen[2]:
+                if seen is not None and seen[0] == version and seen[1] == band and now < seen[2]:
                     continue
                 got = cache.get(sid)
                 if got is None:
                     got = cache[sid] = self._signature(sid)
                 sig, until = got
-                w.quick[sid] = (changes, band, until)
+                w.quick[sid] = (version, band, until)
                 before = w.sent.get(sid)
                 if sig != before:
-                    w.pending.setdefault(sid, []).extend(self._changes(before, sig))
+                    state = states.get(sid)
+                    if state is None:
+                        state = states[sid] = self._state(sid)
+                    unsent = w.pending[sid][0] if sid in w.pending else []
+                    w.pending[sid] = (unsent + self._changes(before, sig), state)
                     w.sent[sid] = sig
                     w.ready.set()
 
@@ -209,22 +214,22 @@ class Watches:
                 await w.ready.wait()
                 w.ready.clear()
                 pending, w.pending = w.pending, {}
-                for sid, changes in pending.items():
-                    state = self._state(sid, changes)
-                    if state is not None:
-                        yield state
+                for changes, state in pending.values():
+                    message = pb.SenderState()
+                    message.CopyFrom(state)
+                    message.changes.extend(dict.fromkeys(changes))
+                    yield message
         finally:
             self._watchers.discard(w)
             self.active = bool(self._watchers)
 
-    def _state(self, sender_id: str, changes: list[str]) -> pb.SenderState | None:
+    def _state(self, sender_id: str) -> pb.SenderState:
+        """The sender's state as GetSenderState reports it, read when it changed (in
+        the commit that changed it)."""
+        s, now, _, _ = self._usage(sender_id)
         service = self._service()
-        if service is None or sender_id not in service.state.senders:
-            return None
-        now = self._now(service, service.state.senders[sender_id].scope.last_now)
-        state = convert.sender_state(service.sender_state(sender_id, now))
-        state.changes.extend(dict.fromkeys(changes))
-        return state
+        assert service is not None
+        return convert.sender_state(service.sender_state(s.id, now))
 
     def end(self) -> None:
         """End every stream (the sidecar stops); a later watch ends at once."""
