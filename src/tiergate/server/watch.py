@@ -61,7 +61,6 @@ class _Watcher:
     #: Per sender, the unsent state (the latest) and every change since the last sent.
     pending: dict[str, tuple[list[str], pb.SenderState]] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: bool = False
 
 
 class Watches:
@@ -102,10 +101,15 @@ class Watches:
         """How many of the thresholds ``used`` has reached of ``limit``."""
         return sum(1 for t in self.thresholds if used * 100 >= t * limit) if limit > 0 else 0
 
-    def _usage(self, sender_id: str) -> tuple[Sender, int, int, int]:
-        """(the sender, the time a watcher reads it at, its limit, the scope's used)."""
+    def _running(self) -> AdmissionService:
         service = self._service()
         assert service is not None
+        return service
+
+    def _usage(self, sender_id: str) -> tuple[Sender, int, int, int]:
+        """(the sender, the time a watcher reads it at, its limit, the scope's used):
+        read as GetSenderState reads them."""
+        service = self._running()
         s = service.state.senders[sender_id]
         now = self._now(service, s.scope.last_now)
         limit = s.limits[MARKETING]
@@ -114,19 +118,15 @@ class Watches:
     def _quick(self, sender_id: str) -> tuple[int, int, int]:
         """What an admit may change, read cheaply: (state changes, usage band, now)."""
         _, now, limit, used = self._usage(sender_id)
-        service = self._service()
-        assert service is not None
-        return service.state.changes, self._band(used, limit), now
+        return self._running().state.changes, self._band(used, limit), now
 
     def _signature(self, sender_id: str) -> tuple[Signature, int]:
         """The sender's signature, and until when it holds unless the state changes
         (the end of the first template pause that ends)."""
         s, now, limit, used = self._usage(sender_id)
-        service = self._service()
-        assert service is not None
         paused = tuple(
             (t.id, t.disabled, t.paused_until, t.held)
-            for t in service.state.templates.values()
+            for t in self._running().state.templates.values()
             if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
         )
         ends = [p[2] for p in paused if not p[1] and not p[3]]
@@ -227,9 +227,7 @@ class Watches:
         """The sender's state as GetSenderState reports it, read when it changed (in
         the commit that changed it)."""
         s, now, _, _ = self._usage(sender_id)
-        service = self._service()
-        assert service is not None
-        return convert.sender_state(service.sender_state(s.id, now))
+        return convert.sender_state(self._running().sender_state(s.id, now))
 
     def end(self) -> None:
         """End every stream (the sidecar stops); a later watch ends at once."""
