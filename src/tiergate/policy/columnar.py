@@ -18,6 +18,7 @@ item's time, or dry runs differ is decided in parts, as one by one would.
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Sequence
 from operator import add
@@ -59,6 +60,8 @@ Remembered = rec.Entry
 
 _ZEROS5 = (0, 0, 0, 0, 0)
 _QUALITY_PROTECTION = bytes([QUALITY_PROTECTION])
+#: A row the engine did not answer ADMIT (the scan runs in C, not per row in Python).
+_NOT_ADMITTED = re.compile(b"[^" + re.escape(bytes([ADMIT])) + b"]")
 #: The kernels' sender table states (``engine.columns``): step 2 per distinct sender.
 _S_UNKNOWN, _S_KNOWN, _S_BLOCKED = 0, 1, 2
 #: Zero-filled columns of each type, made by repetition (``_Q * n``).
@@ -492,15 +495,20 @@ def _find_shadows(
 ) -> None:
     """Rows the engine admitted because the rule that refused them is shadowed: their
     would-be answer (read as ``finish`` reads a refusal) to ``out.shadows``."""
-    b_dec, b_rsn, b_retry = batch.decision, batch.reason, batch.retry_at
-    for j in range(len(rows)):
-        if b_dec[j] != ADMIT:
-            i = rows[j]
-            if out.decisions[i] == ADMIT:
-                s = sender_index[i]
-                out.shadows[i] = refusal(
-                    b_dec[j], b_rsn[j], b_retry[j], row_back_off[j], s_qblock[s], s_restricted[s]
-                )
+    b_rsn, b_retry = batch.reason, batch.retry_at
+    for m in _NOT_ADMITTED.finditer(batch.decision.tobytes()):  # refused or shadowed rows
+        j = m.start()
+        i = rows[j]
+        if out.decisions[i] == ADMIT:
+            s = sender_index[i]
+            out.shadows[i] = refusal(
+                batch.decision[j],
+                b_rsn[j],
+                b_retry[j],
+                row_back_off[j],
+                s_qblock[s],
+                s_restricted[s],
+            )
 
 
 def _remember_keys(
