@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ import grpc
 
 from tiergate.policy.requests import MARKETING
 from tiergate.policy.service import AdmissionService
-from tiergate.policy.state import Sender
+from tiergate.policy.state import PolicyState, Sender
 from tiergate.v1 import admission_pb2 as pb
 
 from . import convert
@@ -46,6 +47,8 @@ DEFAULT_THRESHOLDS = (80, 90, 100)
 
 #: (tier, limit, quality, status, restriction, paused templates, usage band).
 Signature = tuple[object, ...]
+#: A signature and until when it holds unless the state changes.
+Look = tuple[Signature, int]
 _FOREVER = 1 << 62
 _KINDS = ("TIER", "LIMIT", "QUALITY", "STATUS", "RESTRICTION", "PAUSED_TEMPLATES")
 
@@ -80,66 +83,23 @@ class Watches:
         #: Whether anyone watches: the only test the commit path makes otherwise.
         self.active = False
 
-    @staticmethod
-    def _now(service: AdmissionService, scope_now: int) -> int:
-        """What a watcher reads the state at: the latest request time under the request
-        clock (never moving a scope's time), else the server's clock."""
-        st = service.state
-        if st.request_clock:
-            return max(scope_now, st.latest_ms, 0)
-        return max(scope_now, time.time_ns() // 1_000_000)
-
-    def _senders(self, w: _Watcher) -> list[str]:
-        service = self._service()
-        if service is None:
-            return []
-        if w.sender_id:
-            return [w.sender_id] if w.sender_id in service.state.senders else []
-        return [s.id for s in service.state.by_index if s.portfolio_id == w.portfolio_id]
-
     def _band(self, used: int, limit: int) -> int:
-        """How many of the thresholds ``used`` has reached of ``limit``."""
-        return sum(1 for t in self.thresholds if used * 100 >= t * limit) if limit > 0 else 0
+        """How many of the thresholds ``used`` has reached of ``limit`` (a threshold t
+        is reached when used·100 ≥ t·limit, that is t ≤ ⌊used·100 / limit⌋)."""
+        return bisect_right(self.thresholds, used * 100 // limit) if limit > 0 else 0
 
-    def _running(self) -> AdmissionService:
-        service = self._service()
-        assert service is not None
-        return service
-
-    def _usage(self, sender_id: str) -> tuple[Sender, int, int, int]:
-        """(the sender, the time a watcher reads it at, its limit, the scope's used):
-        read as GetSenderState reads them."""
-        service = self._running()
-        s = service.state.senders[sender_id]
-        now = self._now(service, s.scope.last_now)
-        limit = s.limits[MARKETING]
-        return s, now, limit, service.state.engine.usage(s.scope.index, now, limit)[0]
-
-    def _quick(self, sender_id: str) -> tuple[int, int, int]:
-        """What an admit may change, read cheaply: (state changes, usage band, now)."""
-        _, now, limit, used = self._usage(sender_id)
-        return self._running().state.changes, self._band(used, limit), now
-
-    def _signature(self, sender_id: str) -> tuple[Signature, int]:
-        """The sender's signature, and until when it holds unless the state changes
-        (the end of the first template pause that ends)."""
-        s, now, limit, used = self._usage(sender_id)
+    @staticmethod
+    def _signature(st: PolicyState, s: Sender, now: int, limit: int, band: int) -> Look:
+        """Sender ``s``'s signature at ``now``, and until when it holds unless the state
+        changes (the end of the first template pause that ends)."""
         paused = tuple(
             (t.id, t.disabled, t.paused_until, t.held)
-            for t in self._running().state.templates.values()
+            for t in st.templates.values()
             if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
         )
         ends = [p[2] for p in paused if not p[1] and not p[3]]
         restriction = (s.restricted_until, s.spam_held_until, s.replies_restricted_until)
-        sig = (
-            s.scope.tier,
-            limit,
-            s.quality,
-            s.status,
-            restriction,
-            paused,
-            self._band(used, limit),
-        )
+        sig = (s.scope.tier, limit, s.quality, s.status, restriction, paused, band)
         return sig, min(ends, default=_FOREVER)
 
     def _changes(self, before: Signature | None, after: Signature) -> list[str]:
@@ -155,27 +115,42 @@ class Watches:
         return out
 
     def poke(self) -> None:
-        """Look for changes of every watched sender (after a commit): the full
-        signature only when the state changed, the usage band moved or a template
-        pause ended since the last look."""
-        cache: dict[str, tuple[Signature, int]] = {}
+        """Look for changes of every watched sender (after a commit). Per sender: the
+        state's change counter and the usage band, read as GetSenderState reads
+        usage; the signature only when one moved or a template pause ended since
+        the last look; the state only when the signature differs from the last sent."""
+        service = self._service()
+        if service is None:
+            return
+        st = service.state
+        version = st.changes
+        wall = 0 if st.request_clock else time.time_ns() // 1_000_000
+        looks: dict[str, Look] = {}
         states: dict[str, pb.SenderState] = {}
         for w in self._watchers:
-            for sid in self._senders(w):
-                version, band, now = self._quick(sid)
+            if w.sender_id:
+                sender = st.senders.get(w.sender_id)
+                members = [sender] if sender is not None else []
+            else:
+                members = [m for m in st.by_index if m.portfolio_id == w.portfolio_id]
+            for s in members:
+                sid = s.id
+                now = max(s.scope.last_now, st.latest_ms if st.request_clock else wall, 0)
+                limit = s.limits[MARKETING]
+                band = self._band(st.engine.usage(s.scope.index, now, limit)[0], limit)
                 seen = w.quick.get(sid)
                 if seen is not None and seen[0] == version and seen[1] == band and now < seen[2]:
                     continue
-                got = cache.get(sid)
-                if got is None:
-                    got = cache[sid] = self._signature(sid)
-                sig, until = got
+                look = looks.get(sid)
+                if look is None:
+                    look = looks[sid] = self._signature(st, s, now, limit, band)
+                sig, until = look
                 w.quick[sid] = (version, band, until)
                 before = w.sent.get(sid)
                 if sig != before:
                     state = states.get(sid)
                     if state is None:
-                        state = states[sid] = self._state(sid)
+                        state = states[sid] = convert.sender_state(service.sender_state(sid, now))
                     unsent = w.pending[sid][0] if sid in w.pending else []
                     w.pending[sid] = (unsent + self._changes(before, sig), state)
                     w.sent[sid] = sig
@@ -222,12 +197,6 @@ class Watches:
         finally:
             self._watchers.discard(w)
             self.active = bool(self._watchers)
-
-    def _state(self, sender_id: str) -> pb.SenderState:
-        """The sender's state as GetSenderState reports it, read when it changed (in
-        the commit that changed it)."""
-        s, now, _, _ = self._usage(sender_id)
-        return convert.sender_state(self._running().sender_state(s.id, now))
 
     def end(self) -> None:
         """End every stream (the sidecar stops); a later watch ends at once."""
