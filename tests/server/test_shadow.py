@@ -141,12 +141,18 @@ async def test_state_after_shadow_is_the_state_after_the_same_sends_admitted() -
     async with serving(shadow=True) as shadow:
         await by_admit(shadow, traffic())
         after_shadow = await state(shadow)
+        assert shadow.sidecar.service is not None
+        engine_shadow = shadow.sidecar.service.state.engine.snapshot()
     async with serving(senders=(_sender(tier="TIER_1K"),)) as wide:
         answers = await by_admit(wide, traffic())
         after_wide = await state(wide)
+        assert wide.sidecar.service is not None
+        engine_wide = wide.sidecar.service.state.engine.snapshot()
     assert all(a[0] == pb.DECISION_ADMIT and a[4] == 0 for a in answers)
     for f in ("used_24h", "unique_7d", "open_windows"):
         assert getattr(after_shadow, f) == getattr(after_wide, f), f
+    # every recipient, bucket and rate the engine holds is the same
+    assert engine_shadow == engine_wide
 
 
 def _sender(**overrides: Any) -> Any:
