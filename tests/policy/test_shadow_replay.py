@@ -9,7 +9,7 @@ from tiergate.engine import constants as c
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 
-from .helpers import T0, H, admit, add_sender, rcpt, send_unique, service
+from .helpers import T0, H, add_sender, admit, rcpt, send_unique, service
 
 
 def shadowing() -> Profile:
