@@ -1,4 +1,4 @@
-"""``tiergate``: serve, state SENDER, health, check-config, simulate SCENARIO."""
+"""``tiergate``: serve, state SENDER, watch SENDER, health, check-config, simulate SCENARIO."""
 
 from __future__ import annotations
 
@@ -108,6 +108,12 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="start even if the journal is corrupt before its tail, cutting it there",
+    )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        default=None,
+        help="decide as usual but answer ADMIT, the would-be answer in shadow_* fields",
     )
     g = p.add_argument_group("exposure", "TLS, tokens, secrets and connection limits")
     for flag, metavar, text in _EXPOSURE:
@@ -266,6 +272,9 @@ def format_state(state: pb.SenderState) -> str:
             else _time(state.next_slot_free_at_unix_ms),
         ),
         ("unique (7 d)", f"{state.unique_7d:,}"),
+        ("counted, last h", f"{state.counted_last_hour:,}"),
+        ("limit reached at", _time(state.limit_reached_at_unix_ms)),
+        ("freeing, next 24h", " ".join(str(n) for n in state.slots_freeing_per_hour) or "-"),
         ("upgrade", upgrade),
         ("quality", pb.Quality.Name(state.quality)),
         ("status", pb.SenderStatus.Name(state.status)),
@@ -285,7 +294,7 @@ def format_state(state: pb.SenderState) -> str:
 
 
 def _ask(args: argparse.Namespace, ask: Callable[[TiergateClient], Awaitable[_T]]) -> _T | int:
-    """``ask``'s answer from the sidecar ``state`` or ``health`` names; an exit code
+    """``ask``'s answer from the sidecar ``state``, ``watch`` or ``health`` names; an exit code
     (printed why) when the token file is bad or the call fails."""
 
     async def call() -> _T:
@@ -309,6 +318,8 @@ def _ask(args: argparse.Namespace, ask: Callable[[TiergateClient], Awaitable[_T]
     except grpc.aio.AioRpcError as e:
         print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 0
 
 
 def _state(args: argparse.Namespace) -> int:
@@ -322,6 +333,19 @@ def _state(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    async def follow(client: TiergateClient) -> int:
+        sender, portfolio = ("", args.sender) if args.portfolio else (args.sender, "")
+        async for state in client.watch_sender_state(sender, portfolio_id=portfolio):
+            if args.json:
+                print(json.dumps(message_to_dict(state)), flush=True)
+            else:
+                print(f"-- {', '.join(state.changes)}\n{format_state(state)}", flush=True)
+        return 0
+
+    return _ask(args, follow)
+
+
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 when the sidecar answers SERVING to a gRPC health check, else 1
     (what a container's HEALTHCHECK or a process supervisor runs)."""
@@ -333,7 +357,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _add_connection_flags(p: argparse.ArgumentParser) -> None:
-    """How ``state`` and ``health`` reach a sidecar."""
+    """How ``state``, ``watch`` and ``health`` reach a sidecar."""
     p.add_argument(
         "--target",
         default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
@@ -387,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
     )
     state.set_defaults(func=_state)
+
+    watch = sub.add_parser(
+        "watch", help="print a sender's state, then each change as it comes (WatchSenderState)"
+    )
+    watch.add_argument("sender", metavar="SENDER", help="sender id (phone number id)")
+    watch.add_argument("--portfolio", action="store_true", help="SENDER is a portfolio id")
+    _add_connection_flags(watch)
+    watch.add_argument("--json", action="store_true", help="print one JSON object a line")
+    watch.set_defaults(func=_watch)
 
     health = sub.add_parser(
         "health",

@@ -356,3 +356,12 @@ class TiergateClient:
             health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
         )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def watch_sender_state(
+        self, sender_id: str = "", *, portfolio_id: str = ""
+    ) -> AsyncIterator[pb.SenderState]:
+        """The sender's (or each portfolio sender's) state, then every change, as they
+        come; until the server ends the stream (no deadline)."""
+        request = pb.WatchSenderStateRequest(sender_id=sender_id, portfolio_id=portfolio_id)
+        async for state in self._stub.WatchSenderState(request, metadata=self._metadata):
+            yield state

@@ -83,6 +83,11 @@ class ServeConfig:
     # Start even if the journal is corrupt before its tail: cut there (the cut
     # bytes are kept in *.corrupt files). Off by default: refusing is safer.
     recover_truncate: bool = False
+    # Shadow mode: every shadowable reason answered ADMIT, the would-be answer in
+    # the shadow_* fields (a profile's [shadow] table shadows some reasons only).
+    shadow: bool = False
+    # WatchSenderState: usage thresholds (percent of the limit) a watcher is told of.
+    watch_thresholds: tuple[int, ...] = (80, 90, 100)
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S
     metrics_listen: Endpoint | None = None
     log_level: str = "info"
@@ -276,6 +281,17 @@ def _file(key: str, value: object) -> Path | None:
 _max_connections = _int_in(1, 65535)
 
 
+def _thresholds(key: str, value: object) -> tuple[int, ...]:
+    """Percentages of the limit: a TOML array, or "80,90,100" from a flag or the env."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ConfigError(key, "must be a non-empty list of percentages, e.g. 80,90,100")
+    out = sorted({_int(key, v) for v in items})
+    if out[0] < 1 or out[-1] > 1000:
+        raise ConfigError(key, f"percentages must be 1..1000, got {out}")
+    return tuple(out)
+
+
 _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "listen": _listen,
     "profile": _profile,
@@ -289,6 +305,8 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "max_message_bytes": _max_message_bytes,
     "durability": _durability,
     "recover_truncate": _bool,
+    "shadow": _bool,
+    "watch_thresholds": _thresholds,
     "shutdown_grace": _grace,
     "metrics_listen": _optional_listen,
     "log_level": _log_level,

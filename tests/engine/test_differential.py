@@ -2,10 +2,10 @@
 
 A hypothesis state machine drives both engines with the same random
 operations (counted template sends to a small recipient pool, free-form and
-marketing sends, repeats, time jumps of 1 ms to 10 days, releases of real and
-bogus tickets, windows, opt-outs, throughput pauses, usage reads, batches,
-reclaims, snapshot + restore across the two implementations) and compares
-every answer.
+marketing sends, some with rules shadowed, repeats, time jumps of 1 ms to 10
+days, releases of real and bogus tickets, windows, opt-outs, throughput
+pauses, usage reads, outlooks, batches, reclaims, snapshot + restore across
+the two implementations) and compares every answer.
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ KIND = st.sampled_from(
 EXTRA = st.sampled_from(
     [0, 0, 0, c.F_RESTRICTED, c.F_REPLY_RESTRICTED, c.F_QUALITY_BLOCK, c.F_DRY_RUN, c.F_FORCE]
 )
+#: Shadowed reasons: none mostly, else some or all of the shadowable ones.
+SHADOW = st.one_of(
+    st.just(0),
+    st.just(0),
+    st.just(c.shadow_flags(c.SHADOWABLE)),
+    st.sets(st.sampled_from(c.SHADOWABLE)).map(c.shadow_flags),
+)
 
 OUTPUTS = ("decision", "reason", "retry_at", "counted", "used", "prev_counted", "slot")
 
@@ -131,14 +138,24 @@ class EnginesAgree(RuleBasedStateMachine):
         recipient=st.sampled_from(POOL),
         kind=KIND,
         extra=EXTRA,
+        shadow=SHADOW,
         limit=st.sampled_from(LIMITS),
         dt=st.integers(0, 5_000),
     )
     def send(
-        self, scope: int, number: int, recipient: int, kind: int, extra: int, limit: int, dt: int
+        self,
+        scope: int,
+        number: int,
+        recipient: int,
+        kind: int,
+        extra: int,
+        shadow: int,
+        limit: int,
+        dt: int,
     ) -> tuple[int, int, int, int]:
         self.now += dt
-        d = self.both("decide", self.now, scope, number, recipient, kind | extra, limit)
+        flags = kind | extra | shadow
+        d = self.both("decide", self.now, scope, number, recipient, flags, limit)
         return (scope, recipient, d[6], d[5])
 
     @rule(ticket=consumes(tickets))
@@ -199,6 +216,15 @@ class EnginesAgree(RuleBasedStateMachine):
     def usage(self, scope: int, limit: int) -> None:
         self.both("usage", scope, self.now, limit)
 
+    @rule(
+        scope=st.integers(0, 1),
+        period=st.sampled_from([1, 1_000, 60_000, 3_600_000, DAY]),
+        periods=st.sampled_from([0, 1, 24, 1000]),
+    )
+    def outlook(self, scope: int, period: int, periods: int) -> None:
+        recent, leaving = self.both("outlook", scope, self.now, period, periods)
+        assert len(leaving) == periods and min([recent, *leaving]) >= 0
+
     @rule(number=st.integers(0, 2))
     def open_windows(self, number: int) -> None:
         self.both("open_windows", number, self.now)
@@ -232,18 +258,20 @@ class EnginesAgree(RuleBasedStateMachine):
                 st.sampled_from(POOL),
                 KIND,
                 EXTRA,
+                SHADOW,
                 st.sampled_from(LIMITS),
             ),
             max_size=12,
         )
     )
-    def batch(self, items: list[tuple[int, int, int, int, int, int, int]]) -> None:
+    def batch(self, items: list[tuple[int, int, int, int, int, int, int, int]]) -> None:
         batches = []
         for e in self.engines:
             b = DecisionBatch()
             ticket = self.next_ticket
-            for dt, scope, number, recipient, kind, extra, limit in items:
-                b.add(self.now + dt, scope, number, recipient, kind | extra, limit, ticket)
+            for dt, scope, number, recipient, kind, extra, shadow, limit in items:
+                flags = kind | extra | shadow
+                b.add(self.now + dt, scope, number, recipient, flags, limit, ticket)
                 ticket += 1
             e.decide_batch(b)
             batches.append(b)

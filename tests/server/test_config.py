@@ -149,3 +149,18 @@ def test_data_dir_none_keeps_state_in_memory_only(tmp_path: Path) -> None:
     assert cfg.load({}, env={"TIERGATE_DATA_DIR": "none"}).data_dir is None
     path = write(tmp_path, 'data_dir = "~/tg"\n')
     assert cfg.load({"config": str(path)}, env={}).data_dir == Path("~/tg").expanduser()
+
+
+def test_shadow_and_watch_thresholds_from_flags_env_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "tiergate.toml"
+    path.write_text("shadow = true\nwatch_thresholds = [100, 50]\n")
+    c = cfg.load({"config": str(path)}, env={})
+    assert (c.shadow, c.watch_thresholds) == (True, (50, 100))
+    c = cfg.load({}, env={"TIERGATE_SHADOW": "1", "TIERGATE_WATCH_THRESHOLDS": "80, 95"})
+    assert (c.shadow, c.watch_thresholds) == (True, (80, 95))
+    c = cfg.load({"shadow": True}, env={})
+    assert (c.shadow, c.watch_thresholds) == (True, (80, 90, 100))
+    assert cfg.load({}, env={}).shadow is False
+    for bad in ("0,80", "80,x", ""):
+        with pytest.raises(cfg.ConfigError, match="watch_thresholds"):
+            cfg.load({}, env={"TIERGATE_WATCH_THRESHOLDS": bad})

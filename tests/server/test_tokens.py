@@ -50,6 +50,19 @@ async def stream_code(h: Harness, metadata: Metadata) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+async def watch_code(h: Harness, metadata: Metadata) -> grpc.StatusCode:
+    """WatchSenderState's first message read (the stream then cancelled), or its error."""
+    call = h.stub.WatchSenderState(
+        pb.WatchSenderStateRequest(sender_id=SENDER), metadata=metadata, timeout=10
+    )
+    try:
+        await call.read()
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+    call.cancel()
+    return grpc.StatusCode.OK
+
+
 async def data_plane_codes(h: Harness, token: str | None) -> set[grpc.StatusCode]:
     md = auth(token)
     columns = pb.AdmitColumnsRequest(
@@ -71,6 +84,7 @@ async def data_plane_codes(h: Harness, token: str | None) -> set[grpc.StatusCode
         ),
         await code_of(h.stub.AdmitColumns(columns, metadata=md)),
         await stream_code(h, md),
+        await watch_code(h, md),
         await code_of(
             h.stub.GetSenderState(
                 pb.GetSenderStateRequest(sender_id=SENDER, at_unix_ms=T0), metadata=md

@@ -452,7 +452,8 @@ def finish(batch, const int[::1] rows, const long long[::1] row_eco,
         s = sender_index[i]
         limits[i] = b_limit[j]
         used[i] = b_used[j]
-        if b_dec[j] != ADMIT:
+        # a shadowed reason comes back only with an admit (consumed, see SHADOW_SHIFT)
+        if b_dec[j] != ADMIT and not (b_flags[j] >> (SHADOW_SHIFT + b_rsn[j])) & 1:
             f = refusal(b_dec[j], b_rsn[j], b_retry[j], row_eco[j], s_qblock[s], s_restricted[s])
             decisions[i] = <unsigned char>f.decision
             reasons[i] = <unsigned char>f.reason

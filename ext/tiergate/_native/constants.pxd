@@ -46,6 +46,8 @@ cdef enum:
     F_FORCE = 64
     F_FEP_PRICING = 128
     F_REPLY_RESTRICTED = 256
+    # Shadow mode: flag bit SHADOW_SHIFT + reason shadows that reason
+    SHADOW_SHIFT = 16
     # Message kinds (tiergate.v1.MessageKind)
     KIND_TEMPLATE = 1
     KIND_FREE_FORM = 2

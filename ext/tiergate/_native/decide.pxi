@@ -114,43 +114,48 @@ cdef inline int64_t frequency_retry(Scope *s, ScopeEntry *se, int64_t now) noexc
 
 
 cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int64_t limit,
-                         Probe *p, Decision *d) noexcept nogil:
-    # Steps 4 to 9: whether one refuses the request (d then holds the refusal).
+                         uint32_t skip, Probe *p, Decision *d) noexcept nogil:
+    # Steps 4 to 9: whether a rule whose reason is not in the bit set skip (the
+    # shadowed reasons) refuses the request (d then holds the refusal).
     cdef Ring *ring = &s.ring24
     cdef int64_t retry
     # 4. free-form needs an open customer service window
     if not p.template and not (p.in_window or (p.in_fep and (flags & F_FEP_FREE_FORM))):
-        reject(d, REJECT, OUTSIDE_WINDOW, 0)
-        return True
+        if not (skip >> OUTSIDE_WINDOW) & 1:
+            reject(d, REJECT, OUTSIDE_WINDOW, 0)
+            return True
     # 5. opted-out recipients get no marketing
     if p.marketing and p.se != NULL and p.se.key & KEY_OPT_OUT:
-        reject(d, REJECT, RECIPIENT_OPTED_OUT, 0)
-        return True
+        if not (skip >> RECIPIENT_OPTED_OUT) & 1:
+            reject(d, REJECT, RECIPIENT_OPTED_OUT, 0)
+            return True
     # 6. messaging limit (business-initiated messages only)
     if p.counting:
-        if flags & F_RESTRICTED:
+        if flags & F_RESTRICTED and not (skip >> SENDER_RESTRICTED) & 1:
             reject(d, REJECT, SENDER_RESTRICTED, 0)
             return True
-        if p.needs_slot and ring.total >= limit:
+        if p.needs_slot and ring.total >= limit and not (skip >> MESSAGING_LIMIT) & 1:
             if limit <= 0:
                 reject(d, REJECT, MESSAGING_LIMIT, 0)
             else:
                 reject(d, RETRY_LATER, MESSAGING_LIMIT, ring_next_free(ring, limit, now))
             return True
     elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
-        reject(d, REJECT, SENDER_RESTRICTED, 0)
-        return True
+        if not (skip >> SENDER_RESTRICTED) & 1:
+            reject(d, REJECT, SENDER_RESTRICTED, 0)
+            return True
     # 7. protective rules
     if p.marketing:
-        retry = frequency_retry(s, p.se, now)
-        if retry != NEVER:
-            reject(d, RETRY_LATER, MARKETING_FREQUENCY, retry)
-            return True
-        if flags & F_QUALITY_BLOCK:
+        if not (skip >> MARKETING_FREQUENCY) & 1:
+            retry = frequency_retry(s, p.se, now)
+            if retry != NEVER:
+                reject(d, RETRY_LATER, MARKETING_FREQUENCY, retry)
+                return True
+        if flags & F_QUALITY_BLOCK and not (skip >> QUALITY_PROTECTION) & 1:
             reject(d, REJECT, QUALITY_PROTECTION, 0)
             return True
     # 8. sender throughput (GCRA, microseconds); retry rounds up to ms
-    if p.tput_tat - num.tput_tolerance > p.now_us:
+    if p.tput_tat - num.tput_tolerance > p.now_us and not (skip >> THROUGHPUT) & 1:
         reject(d, RETRY_LATER, THROUGHPUT, -floordiv(num.tput_tolerance - p.tput_tat, 1000))
         return True
     # 9. pair rate: a burst of up to `burst` sends within one interval of its
@@ -158,8 +163,9 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
     # reference: Number.pair_refuses)
     if p.pair_tat > now and (now - p.pair_start >= num.pair_interval
                              or p.pair_tat - p.pair_start > num.pair_tolerance):
-        reject(d, RETRY_LATER, PAIR_RATE, p.pair_tat)
-        return True
+        if not (skip >> PAIR_RATE) & 1:
+            reject(d, RETRY_LATER, PAIR_RATE, p.pair_tat)
+            return True
     return False
 
 
@@ -233,6 +239,8 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
     # The decision for one request, written to d; -1: out of memory (nothing
     # consumed).
     cdef Probe p
+    cdef Decision would
+    cdef uint32_t shadow
     now = scope_clamp(s, now)
     if now > num.clock:
         num.clock = now
@@ -242,10 +250,19 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
     d.used = s.ring24.total
     d.prev_counted = p.last
     d.slot = 0
-    if not (flags & F_FORCE) and refused(now, s, num, flags, limit, &p, d):
-        return 0
-    d.decision = ADMIT
-    d.reason = OK
+    if not (flags & F_FORCE) and refused(now, s, num, flags, limit, 0, &p, d):
+        shadow = flags >> SHADOW_SHIFT
+        if not (shadow >> d.reason) & 1:
+            return 0
+        # A shadowed rule refused: the others still apply; if none refuses,
+        # consume as an admit and answer what would have been answered.
+        would.decision, would.reason, would.retry_at = d.decision, d.reason, d.retry_at
+        if refused(now, s, num, flags, limit, shadow, &p, d):
+            return 0
+        d.decision, d.reason, d.retry_at = would.decision, would.reason, would.retry_at
+    else:
+        d.decision = ADMIT
+        d.reason = OK
     d.counted = 1 if p.needs_slot else 0
     if flags & F_DRY_RUN:
         d.used = s.ring24.total + d.counted

@@ -28,6 +28,9 @@ from tiergate.engine.results import Decided, Lookup, Usage
 
 cdef int64_t MAX_TIME = 1 << 50
 cdef int64_t MAX_WINDOW = 1 << 40
+# The most periods an outlook reports.
+cdef enum:
+    MAX_OUTLOOK = 1000
 cdef int64_t MAX_RING_BUCKETS = 1 << 20
 cdef int64_t MAX_TOLERANCE = 1 << 52
 cdef object U64_MAX = (1 << 64) - 1
@@ -388,15 +391,12 @@ cdef class Engine:
             nxt = ring_next_free(&s.ring24, limit, now)
         return Usage(s.ring24.total, nxt, s.ring7.total, s.slots7.total)
 
+    def outlook(self, scope, int64_t now, int64_t period_ms, int64_t periods):
+        """As the reference engine's ``outlook`` (read only)."""
+        return scope_outlook(self._scope(scope), now, period_ms, periods)
+
     def open_windows(self, number, int64_t now):
-        cdef NumberTable *t = &self._number(number).table
-        cdef uint64_t i
-        cdef int64_t n = 0
-        for i in range(t.capacity):
-            if t.slots[i].key != 0 and (now < t.slots[i].window_until
-                                        or now < t.slots[i].fep_until):
-                n += 1
-        return n
+        return open_windows(&self._number(number).table, now)
 
     def lookup(self, scope, number, uint64_t recipient):
         """(last_counted, opted_out, window_until, fep_until, pair_tat) of one recipient."""

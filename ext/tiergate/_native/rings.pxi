@@ -200,3 +200,51 @@ cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept
             i = 0
     # Unreachable while total equals the sum of the buckets.
     return (r.lo + r.n) * r.width + r.window
+
+
+cdef void ring_outlook(Ring *r, int64_t now, int64_t period, int64_t periods,
+                       int64_t *recent, int64_t *leaving) noexcept nogil:
+    # Read only (as the reference's Ring.outlook): counts in buckets that reach
+    # into the period before now to recent; counts that leave the window in
+    # each of the periods after now to leaving[0 .. periods - 1] (zeroed first).
+    cdef int64_t b, c, i, end, k
+    recent[0] = 0
+    for k in range(periods):
+        leaving[k] = 0
+    if r.lo == NEVER:
+        return
+    for b in range(r.lo, r.lo + r.n):
+        i = ring_index(r, b)
+        c = r.counts[i]
+        if c == 0:
+            continue
+        end = (b + 1) * r.width
+        if end > now - period:
+            recent[0] += c
+        k = floordiv(end + r.window - now - 1, period)
+        if 0 <= k < periods:
+            leaving[k] += c
+
+
+cdef object scope_outlook(Scope *s, int64_t now, int64_t period_ms, int64_t periods):
+    # Engine.outlook: (recipients counted in the period_ms before now, slots freeing
+    # in each of the periods periods after it) for the scope's 24 h ring.
+    cdef int64_t recent = 0
+    cdef int64_t leaving[MAX_OUTLOOK]
+    cdef int64_t k
+    check_time("now", now)
+    if not 1 <= period_ms <= MAX_WINDOW or not 0 <= periods <= MAX_OUTLOOK:
+        raise ValueError(f"period_ms must be 1..2**40 and periods 0..{MAX_OUTLOOK}")
+    ring_outlook(&s.ring24, max64(now, s.last_now), period_ms, periods, &recent, leaving)
+    return recent, [leaving[k] for k in range(periods)]
+
+
+cdef int64_t open_windows(NumberTable *t, int64_t now) noexcept nogil:
+    # Engine.open_windows: entries of a number's table with a window open at now.
+    cdef uint64_t i
+    cdef int64_t n = 0
+    for i in range(t.capacity):
+        if t.slots[i].key != 0 and (now < t.slots[i].window_until
+                                    or now < t.slots[i].fep_until):
+            n += 1
+    return n

@@ -93,6 +93,7 @@ from .constants import (
     RETRY_LATER,
     SENDER_BLOCKED,
     SENDER_RESTRICTED,
+    SHADOW_SHIFT,
     TEMPLATE_DISABLED,
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
@@ -494,7 +495,8 @@ def finish(
         limit = b_limit[j]
         limits[i] = limit
         used[i] = b_used[j]
-        if d == ADMIT:
+        # a shadowed reason comes back only with an admit (consumed, see SHADOW_SHIFT)
+        if d == ADMIT or b_flags[j] >> (SHADOW_SHIFT + r) & 1:
             decisions[i] = ADMIT
             reasons[i] = OK
             c = b_cnt[j]

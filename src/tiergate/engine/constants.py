@@ -6,6 +6,7 @@ needed at the gRPC edge. ``ext/tiergate/_native/constants.pxd`` repeats them for
 both compiled modules.
 """
 
+from collections.abc import Iterable
 from typing import Final
 
 # Decision (tiergate.v1.Decision)
@@ -48,6 +49,40 @@ F_DRY_RUN: Final = 32  # evaluate only, consume nothing
 F_FORCE: Final = 64  # journal replay: skip every check, apply the consumption
 F_FEP_PRICING: Final = 128  # a free-entry-point window is a pricing window: templates count
 F_REPLY_RESTRICTED: Final = 256  # customer-initiated messaging restricted: replies refused
+#: Shadow mode: flag bit SHADOW_SHIFT + r marks reason r as shadowed. A rule whose
+#: reason is shadowed does not refuse: the engine goes on with the other rules and,
+#: if none refuses, consumes as for an admit and answers the first shadowed
+#: refusal (what it would have answered), so state follows what the gateway sends.
+SHADOW_SHIFT: Final = 16
+
+#: The reasons shadow mode may hold back from the answer: the rules the engine
+#: decides (DESIGN §2 steps 4 to 9). Unknown and blocked senders, template states
+#: and undeliverable regions are decided before (sends Meta refuses whatever the
+#: count); bad input is never an answer.
+SHADOWABLE: Final = (
+    OUTSIDE_WINDOW,
+    RECIPIENT_OPTED_OUT,
+    SENDER_RESTRICTED,
+    MESSAGING_LIMIT,
+    MARKETING_FREQUENCY,
+    QUALITY_PROTECTION,
+    THROUGHPUT,
+    PAIR_RATE,
+)
+
+
+def shadow_flags(reasons: Iterable[int]) -> int:
+    """The request flag bits that shadow ``reasons`` (each one of :data:`SHADOWABLE`)."""
+    bits = 0
+    for r in reasons:
+        bits |= 1 << (SHADOW_SHIFT + r)
+    return bits
+
+
+def shadowed(flags: int, reason: int) -> bool:
+    """Whether request ``flags`` shadow ``reason`` (see :data:`SHADOW_SHIFT`)."""
+    return bool(flags >> (SHADOW_SHIFT + reason) & 1)
+
 
 # Entry points of a customer service window.
 ENTRY_ORGANIC: Final = 1

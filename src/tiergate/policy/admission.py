@@ -33,6 +33,7 @@ from tiergate.engine.constants import (
     SENDER_BLOCKED,
     TEMPLATE_DISABLED,
     TEMPLATE_PAUSED,
+    shadowed,
 )
 from tiergate.engine.tickets import encode_in_use
 
@@ -196,16 +197,26 @@ def _decide_one(
     d, rsn, retry, counted, used, prev, slot = st.engine.decide(
         now, scope.index, index, rkey, flags, limit
     )
+    would: AdmitResult | None = None
     if d != ADMIT:
         res = refusal(sender, d, rsn, retry, limit, used, back_off_end)
-        sender.counts[res.reason] += 1
-        return res
-    sender.counts[rsn] += 1
+        if not shadowed(flags, rsn):
+            sender.counts[res.reason] += 1
+            return res
+        would = res  # a shadowed rule refused: the engine admitted it (SHADOW_SHIFT)
+    sender.counts[OK] += 1
     if dry:
-        return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
-    st.ticket = tid
-    ticket = encode_ticket(st.k0, st.k1, tid, index, rkey, prev, slot)
-    res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, _ADMITTED)
+        res = AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
+    else:
+        st.ticket = tid
+        ticket = encode_ticket(st.k0, st.k1, tid, index, rkey, prev, slot)
+        res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, _ADMITTED)
+    if would is not None:
+        res.shadow_decision = would.decision
+        res.shadow_reason = would.reason
+        res.shadow_retry_at_unix_ms = would.retry_at_unix_ms
+    if dry:
+        return res
     if key:
         until = now + st.profile.idempotency_ms
         bound = rkey | kind << rec.KIND_SHIFT | cat << rec.CATEGORY_SHIFT

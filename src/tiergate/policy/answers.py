@@ -83,6 +83,10 @@ class AdmitResult:
     used: int
     meta_error_code: int
     detail: str
+    #: Shadow mode: what tiergate would have answered to this ADMIT (0: the answer stands).
+    shadow_decision: int = 0
+    shadow_reason: int = 0
+    shadow_retry_at_unix_ms: int = 0
 
 
 @dataclass(slots=True)

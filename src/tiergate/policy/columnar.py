@@ -18,38 +18,26 @@ item's time, or dry runs differ is decided in parts, as one by one would.
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from operator import add
 from typing import TYPE_CHECKING, Any
 
 from tiergate.engine import NEVER, DecisionBatch
 from tiergate.engine import records as rec
-from tiergate.engine.columns import REASONS, kernels
+from tiergate.engine.columns import REASONS, kernels, refusal
 from tiergate.engine.constants import (
     ADMIT,
     F_QUALITY_BLOCK,
     MARKETING_FREQUENCY,
-    OK,
     QUALITY_PROTECTION,
-    TEMPLATE_DISABLED,
-    TEMPLATE_PAUSED,
-    UNKNOWN_SENDER,
 )
 
 from .admission import BLOCKING, template_state
-from .answers import (
-    BACK_OFF_DETAIL,
-    DETAIL,
-    DRY_RUN_DETAIL,
-    META_ERROR,
-    META_TEMPLATE_MISSING,
-    AdmitResult,
-    template_detail,
-    unknown_sender_detail,
-)
+from .answers import META_ERROR, META_TEMPLATE_MISSING, AdmitResult
 from .column_checks import AdmitColumns, ColumnsLike, Items, check_columns
+from .column_results import ColumnsResult
 from .keys import KeyMemory, differs
 from .requests import MARKETING, AdmitLike, KeyConflict, check_all
 from .state import REASONS as SENDER_REASONS
@@ -72,129 +60,14 @@ Remembered = rec.Entry
 
 _ZEROS5 = (0, 0, 0, 0, 0)
 _QUALITY_PROTECTION = bytes([QUALITY_PROTECTION])
+#: A row the engine did not answer ADMIT (the scan runs in C, not per row in Python).
+_NOT_ADMITTED = re.compile(b"[^" + re.escape(bytes([ADMIT])) + b"]")
 #: The kernels' sender table states (``engine.columns``): step 2 per distinct sender.
 _S_UNKNOWN, _S_KNOWN, _S_BLOCKED = 0, 1, 2
 #: Zero-filled columns of each type, made by repetition (``_Q * n``).
 _Q, _UQ, _I32, _UI32 = array("q", [0]), array("Q", [0]), array("i", [0]), array("I", [0])
 #: The Meta error each decision reason avoids, one entry per reason slot.
 _META_ERROR = array("i", [*META_ERROR, *[0] * (REASONS - len(META_ERROR))])
-
-
-@dataclass(slots=True)
-class ColumnsResult:
-    """Per-item answers in request order (the fields of ``AdmitResult`` but ``detail``)."""
-
-    decisions: bytearray
-    reasons: bytearray
-    counted: bytearray
-    retry_at_unix_ms: array[int]
-    limit: array[int]
-    used: array[int]
-    meta_error_code: array[int]
-    tickets: list[str] = field(default_factory=list)
-    #: Items held by a 131049 back-off: MARKETING_FREQUENCY because Meta declined
-    #: marketing to the recipient, not because of the frequency cap.
-    back_offs: set[int] = field(default_factory=set)
-
-    def __len__(self) -> int:
-        return len(self.decisions)
-
-    def answer_columns(
-        self,
-    ) -> tuple[
-        bytearray, bytearray, bytearray, array[int], array[int], array[int], array[int], list[str]
-    ]:
-        """(decisions, reasons, counted, retry_at, limit, used, meta_error_code, tickets),
-        in the order the response writers take them."""
-        return (
-            self.decisions,
-            self.reasons,
-            self.counted,
-            self.retry_at_unix_ms,
-            self.limit,
-            self.used,
-            self.meta_error_code,
-            self.tickets,
-        )
-
-    @classmethod
-    def empty(cls, n: int) -> ColumnsResult:
-        return cls(
-            bytearray(n),
-            bytearray(n),
-            bytearray(n),
-            _Q * n,
-            _Q * n,
-            _Q * n,
-            _I32 * n,
-            [""] * n,
-        )
-
-    def put(self, start: int, part: ColumnsResult) -> None:
-        """The answers of a part of the batch, from item ``start`` on."""
-        end = start + len(part)
-        self.decisions[start:end] = part.decisions
-        self.reasons[start:end] = part.reasons
-        self.counted[start:end] = part.counted
-        self.retry_at_unix_ms[start:end] = part.retry_at_unix_ms
-        self.limit[start:end] = part.limit
-        self.used[start:end] = part.used
-        self.meta_error_code[start:end] = part.meta_error_code
-        self.tickets[start:end] = part.tickets
-        self.back_offs.update(start + i for i in part.back_offs)
-
-    def admitted(self, i: int, first: Remembered) -> None:
-        """Item ``i`` answered by its key's first answer (an admit)."""
-        self.decisions[i] = ADMIT
-        self.reasons[i] = OK
-        self.retry_at_unix_ms[i] = 0
-        self.tickets[i] = first[0]
-        self.counted[i] = 1 if first[1] else 0
-        self.limit[i] = first[2]
-        self.used[i] = first[3]
-        self.meta_error_code[i] = 0
-
-    def detail(self, i: int, sender_id: str, template_id: str) -> str:
-        """Item ``i``'s detail, for a request from ``sender_id`` with ``template_id``."""
-        reason = self.reasons[i]
-        if reason == UNKNOWN_SENDER:
-            return unknown_sender_detail(sender_id)
-        if reason in (TEMPLATE_PAUSED, TEMPLATE_DISABLED):
-            return template_detail(reason, self.meta_error_code[i], template_id)
-        if reason == MARKETING_FREQUENCY and i in self.back_offs:
-            return BACK_OFF_DETAIL
-        if self.decisions[i] == ADMIT and not self.tickets[i]:
-            return DRY_RUN_DETAIL
-        return DETAIL[reason]
-
-    def result(self, i: int, sender_id: str, template_id: str) -> AdmitResult:
-        """Item ``i`` as an :class:`AdmitResult`."""
-        return AdmitResult(
-            self.decisions[i],
-            self.reasons[i],
-            self.retry_at_unix_ms[i],
-            self.tickets[i],
-            self.counted[i] == 1,
-            self.limit[i],
-            self.used[i],
-            self.meta_error_code[i],
-            self.detail(i, sender_id, template_id),
-        )
-
-    def item(self, i: int) -> tuple[int, int, int, str, bool, int, int, int]:
-        """Item ``i`` as (decision, reason, retry_at, ticket, counted, limit, used, meta
-        code): its :meth:`result` but the detail."""
-        r = self.result(i, "", "")
-        return (
-            r.decision,
-            r.reason,
-            r.retry_at_unix_ms,
-            r.ticket,
-            r.counted,
-            r.limit,
-            r.used,
-            r.meta_error_code,
-        )
 
 
 def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> ColumnsResult:
@@ -577,6 +450,8 @@ def _finish(
     )
     if st.marketing_back_off:
         _find_back_offs(batch, rows, out)
+    if st.profile.shadow_reasons:
+        _find_shadows(batch, rows, row_back_off, r.sender_index, s_restricted, s_qblock, out)
     if r.keys:
         _remember_keys(st, r, objs, batch, rows, out)
     if last_tid:
@@ -596,6 +471,33 @@ def _find_back_offs(batch: DecisionBatch, rows: array[int], out: ColumnsResult) 
         if out.reasons[i] == MARKETING_FREQUENCY:
             out.back_offs.add(i)
         j = engine_reasons.find(_QUALITY_PROTECTION, j + 1)
+
+
+def _find_shadows(
+    batch: DecisionBatch,
+    rows: array[int],
+    row_back_off: array[int],
+    sender_index: Sequence[int],
+    s_restricted: array[int],
+    s_qblock: bytearray,
+    out: ColumnsResult,
+) -> None:
+    """Rows the engine admitted because the rule that refused them is shadowed: their
+    would-be answer (read as ``finish`` reads a refusal) to ``out.shadows``."""
+    b_rsn, b_retry = batch.reason, batch.retry_at
+    for m in _NOT_ADMITTED.finditer(batch.decision.tobytes()):  # refused or shadowed rows
+        j = m.start()
+        i = rows[j]
+        if out.decisions[i] == ADMIT:
+            s = sender_index[i]
+            out.shadows[i] = refusal(
+                batch.decision[j],
+                b_rsn[j],
+                b_retry[j],
+                row_back_off[j],
+                s_qblock[s],
+                s_restricted[s],
+            )
 
 
 def _remember_keys(

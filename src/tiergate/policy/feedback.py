@@ -63,6 +63,7 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
     st.forget_expired(now)
     catch_up(st, now)
     learned = _learn_alias(st, event)  # journaled even when the event itself changes nothing
+    st.changes += 1
     result, record = apply_event(st, event, now)
     if ((result.applied and record) or learned) and st.journal_on:
         payload = {

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from tiergate.engine.constants import shadow_flags
+
 from .profile_tables import (
     DAY_MS,
     HOUR_MS,
@@ -127,6 +129,14 @@ class Profile:
     undeliverable_keys: frozenset[int] = frozenset()
     undeliverable_table: array[int] = field(default_factory=lambda: array("Q"), compare=False)
     undeliverable_lengths: bytes = b""
+    # reasons reported in the answers' shadow fields but not enforced (``shadow.reasons``,
+    # or every one of ``constants.SHADOWABLE`` under ``serve --shadow``)
+    shadow_reasons: frozenset[int] = frozenset()
+
+    @property
+    def shadow_flags(self) -> int:
+        """The request flag bits that shadow :attr:`shadow_reasons` (``constants.SHADOW_SHIFT``)."""
+        return shadow_flags(self.shadow_reasons)
 
     def tier_limit(self, tier: str) -> int:
         """The limit of a Meta tier name; KeyError if the profile does not know it."""

@@ -441,6 +441,35 @@ def _read_delivery(r: Reader) -> Fields:
 _TEMPLATE_CATEGORIES: Final = ("MARKETING", "UTILITY", "AUTHENTICATION")
 
 
+#: The reason names ``shadow.reasons`` accepts (``constants.SHADOWABLE``), by value.
+SHADOW_NAMES: Final = {
+    name: getattr(constants, name)
+    for name in (
+        "OUTSIDE_WINDOW",
+        "RECIPIENT_OPTED_OUT",
+        "SENDER_RESTRICTED",
+        "MESSAGING_LIMIT",
+        "MARKETING_FREQUENCY",
+        "QUALITY_PROTECTION",
+        "THROUGHPUT",
+        "PAIR_RATE",
+    )
+}
+
+
+def _read_shadow(r: Reader) -> Fields:
+    """``shadow.reasons``: the reasons tiergate reports (``shadow_*`` answer fields)
+    but does not enforce. Without a ``shadow`` table: none."""
+    if "shadow" not in r.data:
+        return {}
+    names = r.strings("shadow.reasons")
+    for i, name in enumerate(names):
+        if name not in SHADOW_NAMES:
+            valid = ", ".join(SHADOW_NAMES)
+            raise r.fail(f"shadow.reasons[{i}]", f"must be one of {valid}, got {name!r}")
+    return {"shadow_reasons": frozenset(SHADOW_NAMES[n] for n in names)}
+
+
 def _read_engine(r: Reader) -> Fields:
     bucket_ms = round(r.number("engine.bucket_seconds") * 1000)
     long_bucket_ms = round(r.number("engine.long_bucket_seconds") * 1000)
@@ -467,4 +496,5 @@ TABLE_READERS: Final = (
     _read_retention,
     _read_engine,
     _read_delivery,
+    _read_shadow,
 )

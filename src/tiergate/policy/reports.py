@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tiergate.engine import NEVER
 
+from .profile import HOUR_MS
 from .requests import MARKETING
 from .state import PolicyState
 from .tiers import (
@@ -83,6 +84,31 @@ class SenderReport:
     #: Replies refused until then under Meta's RESTRICTED_CUSTOMER_INITIATED_MESSAGING
     #: (2^62 while it has no known end; 0: not restricted).
     replies_restricted_until_unix_ms: int = 0
+    #: The forecast: recipients counted in the last hour, when the limit is reached
+    #: at that rate (0: not within 24 h, or reached already), and the slots
+    #: freeing in each of the next 24 hours.
+    counted_last_hour: int = 0
+    limit_reached_at_unix_ms: int = 0
+    slots_freeing_per_hour: list[int] = field(default_factory=list)
+
+
+#: The forecast looks this many hours ahead.
+FORECAST_HOURS = 24
+
+
+def limit_reached_at(used: int, limit: int, rate: int, freeing: list[int], now: int) -> int:
+    """When ``used`` reaches ``limit``, ``rate`` recipients counted per hour and
+    ``freeing[h]`` slots leaving the window in hour ``h`` from ``now`` (taken as
+    leaving at its end: never later than the true time); 0 when not within
+    ``len(freeing)`` hours, or ``used`` is there already."""
+    if used >= limit or rate <= 0:
+        return 0
+    level = used
+    for h, freed in enumerate(freeing):
+        if level + rate >= limit:
+            return now + h * HOUR_MS + -(-(limit - level) * HOUR_MS // rate)
+        level += rate - freed
+    return 0
 
 
 def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
@@ -104,6 +130,7 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
     limit = p.tier_limit(scope.tier)
     effective = s.limits[MARKETING]
     used, nxt, unique, slots = st.engine.usage(scope.index, now, effective)
+    recent, freeing = st.engine.outlook(scope.index, now, HOUR_MS, FORECAST_HOURS)
     if scope.crossed_at == NEVER:
         check_crossing(st, scope, now)
     have = unique if p.upgrade_basis == "unique" else slots
@@ -171,4 +198,7 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         replies_restricted_until_unix_ms=(
             s.replies_restricted_until if s.replies_restricted_until > now else 0
         ),
+        counted_last_hour=recent,
+        limit_reached_at_unix_ms=limit_reached_at(used, effective, recent, freeing, now),
+        slots_freeing_per_hour=freeing,
     )

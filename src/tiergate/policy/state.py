@@ -317,6 +317,10 @@ class PolicyState:
     template_names: dict[str, Template] = field(default_factory=dict)
     #: The last ticket id handed out.
     ticket: int = 0
+    #: Counts applied feedback events and sender re-derivations (tier, limit,
+    #: quality, status, restriction, template changes): a watcher of sender states
+    #: looks further only when it moved (``server.watch``).
+    changes: int = 0
     #: Applied message ids → expiry, and (expiry, message id) in order.
     seen: dict[str, int] = field(default_factory=dict)
     seen_order: deque[tuple[int, str]] = field(default_factory=deque)

@@ -310,6 +310,7 @@ def number_params(st: PolicyState, s: Sender) -> tuple[int, int, int, int]:
 
 def derive(st: PolicyState, s: Sender, now: int) -> None:
     """Recompute a sender's per-category flags and effective limits."""
+    st.changes += 1
     p = st.profile
     base = p.tier_limit(s.scope.tier)
     s.limits_until = NEVER
@@ -326,6 +327,7 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
     # A free-entry-point window is a customer service window (seed 000's reading)
     # or a pricing window only, whose templates count once the 24 h window closed.
     common |= F_FEP_FREE_FORM if p.free_entry_point_allows_free_form else F_FEP_PRICING
+    common |= p.shadow_flags
     marketing = common | F_MARKETING
     if p.block_marketing_on_red and s.quality == ev.Quality.RED:
         marketing |= F_QUALITY_BLOCK

@@ -67,5 +67,7 @@ def encode_response(result: AdmitResult) -> bytes:
             result.meta_error_code,
             result.detail,
         )
+        if result.shadow_decision:
+            data += convert.shadow_fields(result).SerializeToString()
         return data
     return convert.admit_response(result).SerializeToString()

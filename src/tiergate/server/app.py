@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2
 
 from tiergate.config import ConfigError, Endpoint, ServeConfig, check_exposure, message_limit
 from tiergate.engine import IMPLEMENTATION
+from tiergate.engine.constants import SHADOWABLE
 from tiergate.policy import events as ev
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.requests import InvalidArgument
@@ -35,6 +36,7 @@ from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
+from tiergate.server.watch import Watches
 from tiergate.store import (
     EmbeddedStore,
     RecoveryReport,
@@ -65,6 +67,7 @@ class Sidecar:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = Health()
+        self.watches = Watches(lambda: self.service, config.watch_thresholds, self.metrics)
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._webhooks: WebhookReceiver | None = None
         self.webhook_port = 0
@@ -91,9 +94,12 @@ class Sidecar:
     @staticmethod
     def _profile(config: ServeConfig) -> Profile:
         try:
-            return load_profile(config.profile)
+            profile = load_profile(config.profile)
         except Exception as e:
             raise StartupError(f"profile: {e}") from e
+        if config.shadow:
+            return dataclasses.replace(profile, shadow_reasons=frozenset(SHADOWABLE))
+        return profile
 
     async def start(self) -> None:
         """Recover the state, serve gRPC (health and reflection included), then the
@@ -182,6 +188,7 @@ class Sidecar:
             self.metrics,
             self.guard,
             max_message_bytes=message_limit(config),
+            watches=self.watches,
         )
         try:
             if credentials is None:
@@ -236,6 +243,8 @@ class Sidecar:
         plain call and the store's group-write future, no coroutine per call."""
         service = self.service
         assert service is not None
+        if self.watches.active:
+            self.watches.poke()
         store = self.store
         if store is None:
             service.drain_journal()
@@ -248,6 +257,8 @@ class Sidecar:
     async def _commit(self) -> None:
         """Make the service's state changes durable before a response leaves."""
         assert self.service is not None
+        if self.watches.active:
+            self.watches.poke()
         if self.store is None:
             self.service.drain_journal()
             return
@@ -391,6 +402,7 @@ class Sidecar:
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
         await self._health.end_watches()
+        self.watches.end()
         await self._health.enter_graceful_shutdown()
         if self._webhooks is not None:
             await self._webhooks.stop()

@@ -3,7 +3,7 @@
 Two planes, each with its token (``authorization: Bearer <token>`` metadata):
 
 - the data plane (``token_file``): Admit, AdmitBatch, AdmitStream,
-  AdmitColumns, GetSenderState, and the RecordFeedback events a gateway
+  AdmitColumns, GetSenderState, WatchSenderState, and the RecordFeedback events a gateway
   reports about its own sends (inbound messages, send results, opt-outs);
 - the control plane (``admin_token_file``): the RecordFeedback events that
   change senders and templates (``sender_update``: tier, quality, status,

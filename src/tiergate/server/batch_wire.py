@@ -32,6 +32,7 @@ from tiergate.policy.answers import (
 )
 from tiergate.policy.columnar import ColumnsResult
 from tiergate.policy.requests import MAX_ID_LEN, MAX_KEY_LEN, MAX_TEMPLATE_LEN, InvalidArgument
+from tiergate.server import convert
 from tiergate.server.columns_wire import WireColumns, WireRecipients
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.server.wire_scan import count_items
@@ -110,6 +111,13 @@ def encode_response(cols: WireColumns, result: ColumnsResult) -> bytes:
     """The AdmitBatchResponse bytes for the answers ``result`` gives to ``cols``."""
     senders, sender_index = cols.senders, cols.sender_index
     templates, template_index = cols.templates, cols.template_index
+    if result.shadows:  # shadow mode: the writer has no shadow fields, protobuf has
+        reply = pb.AdmitBatchResponse()
+        for i in range(len(result)):
+            t = template_index[i]
+            answer = result.result(i, senders[sender_index[i]], templates[t - 1] if t else "")
+            reply.responses.append(convert.admit_response(answer))
+        return reply.SerializeToString()
 
     def special(i: int) -> str:
         # The details that name the request's sender or template, that tell a

@@ -149,6 +149,8 @@ def encode_response(result: ColumnsResult) -> bytes:
         data: bytes = codec.encode_response(
             *result.answer_columns(),
         )
+        if result.shadows:
+            data += convert.shadow_columns(result).SerializeToString()
         return data
     return protobuf_encode(result)
 

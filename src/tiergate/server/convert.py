@@ -38,6 +38,29 @@ def admit_response(result: AdmitResult) -> pb.AdmitResponse:
     reply.used = result.used
     reply.meta_error_code = result.meta_error_code
     reply.detail = result.detail
+    if result.shadow_decision:
+        reply.MergeFrom(shadow_fields(result))
+    return reply
+
+
+def shadow_fields(result: AdmitResult) -> pb.AdmitResponse:
+    """An AdmitResponse holding only ``result``'s shadow fields: its bytes appended to
+    another AdmitResponse's add them (the fields come after every other)."""
+    return pb.AdmitResponse(
+        shadow_decision=pb.Decision.ValueType(result.shadow_decision),
+        shadow_reason=pb.Reason.ValueType(result.shadow_reason),
+        shadow_retry_at_unix_ms=result.shadow_retry_at_unix_ms,
+    )
+
+
+def shadow_columns(result: ColumnsResult) -> pb.AdmitColumnsResponse:
+    """An AdmitColumnsResponse holding only the shadow columns of ``result`` (which
+    has shadowed items): its bytes appended to another's add them."""
+    decisions, reasons, retry_at = result.shadow_columns()
+    reply = pb.AdmitColumnsResponse(
+        shadow_decisions=bytes(decisions), shadow_reasons=bytes(reasons)
+    )
+    reply.shadow_retry_at_unix_ms.extend(retry_at.tolist())
     return reply
 
 
@@ -53,6 +76,8 @@ def admit_columns_response(result: ColumnsResult) -> pb.AdmitColumnsResponse:
     reply.used.extend(result.used.tolist())
     reply.meta_error_code.extend(result.meta_error_code.tolist())
     reply.tickets.extend(result.tickets)
+    if result.shadows:
+        reply.MergeFrom(shadow_columns(result))
     return reply
 
 

@@ -16,6 +16,7 @@ from tiergate.server import decoding
 from tiergate.server.auth import ADMIN_FEEDBACK, Access, Guard
 from tiergate.server.metrics import Metrics
 from tiergate.server.servicer import AdmissionControl
+from tiergate.server.watch import Watches
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
@@ -37,15 +38,18 @@ def build_server(
     guard: Guard | None = None,
     *,
     max_message_bytes: int | None = None,
+    watches: Watches | None = None,
 ) -> grpc.aio.Server:
     """A server with every service registered, not yet bound to a port.
 
     With an active ``guard`` (a token configured), AdmissionControl's methods
     need a token (see :mod:`tiergate.server.auth`); health and reflection never do.
     ``max_message_bytes`` bounds a request message (default: 4 MiB, or ``max_batch``
-    KiB if more); a connection opens at most ``servicer.in_flight.limit`` +
-    :data:`STREAM_HEADROOM` streams at once (its client queues the rest), so one
-    connection cannot hold every slot and health checks still get through.
+    KiB if more); ``watches`` serve WatchSenderState (default: ones no commit
+    pokes, whose streams send the first state only); a connection opens at most
+    ``servicer.in_flight.limit`` + :data:`STREAM_HEADROOM` streams at once (its
+    client queues the rest), so one connection cannot hold every slot and health
+    checks still get through.
     """
     if max_message_bytes is None:
         max_message_bytes = max(4 << 20, max_batch * 1024)
@@ -57,6 +61,7 @@ def build_server(
             ("grpc.max_concurrent_streams", servicer.in_flight.limit + STREAM_HEADROOM),
         ]
     )
+    servicer.watches = watches or Watches(lambda: servicer.service, metrics=metrics)
     _add_admission_control(server, servicer, metrics, guard if guard and guard.active else None)
     _add_health_and_reflection(server, health_servicer)
     return server
@@ -67,7 +72,10 @@ def _feedback_access(request: pb.RecordFeedbackRequest) -> Access:
 
 
 def _add_admission_control(
-    server: grpc.aio.Server, servicer: AdmissionControl, metrics: Metrics, guard: Guard | None
+    server: grpc.aio.Server,
+    servicer: AdmissionControl,
+    metrics: Metrics,
+    guard: Guard | None,
 ) -> None:
     pb_grpc.add_AdmissionControlServicer_to_server(servicer, server)
     # Every method reads its request's wire bytes itself (registered after the
@@ -81,11 +89,13 @@ def _add_admission_control(
     batch: Unary = servicer.AdmitBatch
     columns: Unary = servicer.AdmitColumnsWire
     stream: Streaming = servicer.AdmitStream
+    watch: Streaming = servicer.WatchSenderState
     if guard is not None:
         admit = guard.unary(admit, Access.DATA)
         batch = guard.unary(batch, Access.DATA)
         columns = guard.unary(columns, Access.DATA)
         stream = guard.stream(stream, Access.DATA)
+        watch = guard.stream(watch, Access.DATA)
     wire = {
         "Admit": grpc.unary_unary_rpc_method_handler(admit),
         "AdmitStream": grpc.stream_stream_rpc_method_handler(stream),
@@ -113,6 +123,11 @@ def _add_admission_control(
             "GetSenderState",
             metrics,
             guard=guard,
+        ),
+        "WatchSenderState": grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=pb.WatchSenderStateRequest.FromString,
+            response_serializer=pb.SenderState.SerializeToString,
         ),
     }
     server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs

@@ -98,6 +98,8 @@ class Metrics:
         # Indexed by decision * REASON_SLOTS + reason: a list is the cheapest
         # per-decision update (this runs for every admit).
         self._decisions = [0] * (4 * REASON_SLOTS)
+        # Shadow mode: the answers ADMITs stood in for, indexed the same way.
+        self._shadow = [0] * (4 * REASON_SLOTS)
         self.invalid_requests: Counter[str] = Counter()
         self.internal_errors: Counter[str] = Counter()
         self.unserved_calls: Counter[tuple[str, str]] = Counter()
@@ -119,20 +121,36 @@ class Metrics:
         counts = self._decisions
         for r in results:
             counts[r.decision * REASON_SLOTS + r.reason] += 1
+            if r.shadow_decision:
+                self._shadow[r.shadow_decision * REASON_SLOTS + r.shadow_reason] += 1
 
     def decided_one(self, result: AdmitResult, rpc: str) -> None:
         """As :meth:`decided`, for one result (the unary Admit)."""
         self.engine_crossings += 1
         self.chunk_sizes.observe(rpc, 1)
         self._decisions[result.decision * REASON_SLOTS + result.reason] += 1
+        if result.shadow_decision:
+            self._shadow[result.shadow_decision * REASON_SLOTS + result.shadow_reason] += 1
 
     def decided_columns(
-        self, decisions: bytes | bytearray, reasons: bytes | bytearray, rpc: str
+        self,
+        decisions: bytes | bytearray,
+        reasons: bytes | bytearray,
+        rpc: str,
+        shadows: Iterable[tuple[int, int, int]] = (),
     ) -> None:
-        """As :meth:`decided`, for an AdmitColumns answer (one byte per item each)."""
+        """As :meth:`decided`, for an AdmitColumns answer (one byte per item each;
+        ``shadows``: the shadowed items' would-be answers)."""
         self.engine_crossings += 1
         self.chunk_sizes.observe(rpc, len(decisions))
         kernels.tally(decisions, reasons, self._decisions)
+        for decision, reason, _ in shadows:
+            self._shadow[decision * REASON_SLOTS + reason] += 1
+
+    @property
+    def shadow_decisions(self) -> dict[tuple[int, int], int]:
+        """Shadow mode: the answers ADMITs stood in for, by (decision, reason)."""
+        return {divmod(i, REASON_SLOTS): n for i, n in enumerate(self._shadow) if n}
 
     @property
     def decisions(self) -> dict[tuple[int, int], int]:
@@ -169,6 +187,15 @@ class Metrics:
         for (decision, reason), n in sorted(self.decisions.items()):
             decisions.add_metric((_decision_name(decision), _reason_name(reason)), n)
         yield decisions
+        shadow = CounterMetricFamily(
+            "tiergate_shadow_decisions_total",
+            "Shadow mode: what tiergate would have answered where it answered ADMIT,"
+            " by decision and reason.",
+            labels=("decision", "reason"),
+        )
+        for (decision, reason), n in sorted(self.shadow_decisions.items()):
+            shadow.add_metric((_decision_name(decision), _reason_name(reason)), n)
+        yield shadow
         yield CounterMetricFamily(
             "tiergate_engine_crossings_total",
             "Calls into the engine for admits (one per request, batch or stream chunk).",

@@ -29,6 +29,7 @@ from tiergate.policy.service import AdmissionService
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert
 from tiergate.server.clock import DecisionClock
 from tiergate.server.metrics import Metrics
+from tiergate.server.watch import Watching
 from tiergate.store import StoreError, StoreUnavailableError
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
@@ -76,7 +77,7 @@ class InFlight:
         return None
 
 
-class AdmissionControl(pb_grpc.AdmissionControlServicer):
+class AdmissionControl(Watching, pb_grpc.AdmissionControlServicer):
     def __init__(
         self,
         service: AdmissionService,
@@ -276,7 +277,9 @@ class AdmissionControl(pb_grpc.AdmissionControlServicer):
         result = admit_columns(self.service, request, self._clock.columns(at))
         if len(result) != n:
             raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
-        self._metrics.decided_columns(result.decisions, result.reasons, rpc)
+        self._metrics.decided_columns(
+            result.decisions, result.reasons, rpc, result.shadows.values()
+        )
         return result
 
     async def AdmitColumns(

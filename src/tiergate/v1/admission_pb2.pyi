@@ -294,6 +294,9 @@ class AdmitResponse(_message.Message):
     USED_FIELD_NUMBER: _builtins.int
     META_ERROR_CODE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    SHADOW_DECISION_FIELD_NUMBER: _builtins.int
+    SHADOW_REASON_FIELD_NUMBER: _builtins.int
+    SHADOW_RETRY_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     reason: Global___Reason.ValueType
     retry_at_unix_ms: _builtins.int
@@ -310,6 +313,12 @@ class AdmitResponse(_message.Message):
     """the Meta error this decision avoids"""
     detail: _builtins.str
     """one human line"""
+    shadow_decision: Global___Decision.ValueType
+    """Shadow mode (serve --shadow, a profile's [shadow] reasons): this ADMIT stands
+    in for what tiergate would have answered; unset when the answer stands.
+    """
+    shadow_reason: Global___Reason.ValueType
+    shadow_retry_at_unix_ms: _builtins.int
     def __init__(
         self,
         *,
@@ -322,10 +331,13 @@ class AdmitResponse(_message.Message):
         used: _builtins.int = ...,
         meta_error_code: _builtins.int = ...,
         detail: _builtins.str = ...,
+        shadow_decision: Global___Decision.ValueType = ...,
+        shadow_reason: Global___Reason.ValueType = ...,
+        shadow_retry_at_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted", b"counted", "decision", b"decision", "detail", b"detail", "limit", b"limit", "meta_error_code", b"meta_error_code", "reason", b"reason", "retry_at_unix_ms", b"retry_at_unix_ms", "ticket", b"ticket", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted", b"counted", "decision", b"decision", "detail", b"detail", "limit", b"limit", "meta_error_code", b"meta_error_code", "reason", b"reason", "retry_at_unix_ms", b"retry_at_unix_ms", "shadow_decision", b"shadow_decision", "shadow_reason", b"shadow_reason", "shadow_retry_at_unix_ms", b"shadow_retry_at_unix_ms", "ticket", b"ticket", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -467,12 +479,18 @@ class AdmitColumnsResponse(_message.Message):
     USED_FIELD_NUMBER: _builtins.int
     META_ERROR_CODE_FIELD_NUMBER: _builtins.int
     TICKETS_FIELD_NUMBER: _builtins.int
+    SHADOW_DECISIONS_FIELD_NUMBER: _builtins.int
+    SHADOW_REASONS_FIELD_NUMBER: _builtins.int
+    SHADOW_RETRY_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     decisions: _builtins.bytes
     """one byte per item: a Decision number"""
     reasons: _builtins.bytes
     """one byte per item: a Reason number"""
     counted: _builtins.bytes
     """one byte per item: 1 = a new unique-recipient slot"""
+    shadow_decisions: _builtins.bytes
+    """Shadow mode: empty when no item was shadowed, else one entry per item (0: stands)."""
+    shadow_reasons: _builtins.bytes
     @_builtins.property
     def retry_at_unix_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -485,6 +503,8 @@ class AdmitColumnsResponse(_message.Message):
     def tickets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """one per item: the ticket of an ADMIT, else "" """
 
+    @_builtins.property
+    def shadow_retry_at_unix_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -496,10 +516,13 @@ class AdmitColumnsResponse(_message.Message):
         used: _abc.Iterable[_builtins.int] | None = ...,
         meta_error_code: _abc.Iterable[_builtins.int] | None = ...,
         tickets: _abc.Iterable[_builtins.str] | None = ...,
+        shadow_decisions: _builtins.bytes = ...,
+        shadow_reasons: _builtins.bytes = ...,
+        shadow_retry_at_unix_ms: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted", b"counted", "decisions", b"decisions", "limit", b"limit", "meta_error_code", b"meta_error_code", "reasons", b"reasons", "retry_at_unix_ms", b"retry_at_unix_ms", "tickets", b"tickets", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted", b"counted", "decisions", b"decisions", "limit", b"limit", "meta_error_code", b"meta_error_code", "reasons", b"reasons", "retry_at_unix_ms", b"retry_at_unix_ms", "shadow_decisions", b"shadow_decisions", "shadow_reasons", b"shadow_reasons", "shadow_retry_at_unix_ms", b"shadow_retry_at_unix_ms", "tickets", b"tickets", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1033,6 +1056,10 @@ class SenderState(_message.Message):
     SPAM_HELD_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     REPLIES_RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LIMIT_REACHED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    COUNTED_LAST_HOUR_FIELD_NUMBER: _builtins.int
+    SLOTS_FREEING_PER_HOUR_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
     portfolio_id: _builtins.str
     profile: _builtins.str
@@ -1063,12 +1090,27 @@ class SenderState(_message.Message):
     a customer service window) are refused until then (SENDER_RESTRICTED);
     2^62 while it has no known end; 0: not restricted.
     """
+    limit_reached_at_unix_ms: _builtins.int
+    """What the trend says: at the last hour's rate of counted recipients, when
+    the limit is reached (0: not within 24 h at that rate, or reached already);
+    the slots that leave the 24 h window in each of the next 24 hours.
+    """
+    counted_last_hour: _builtins.int
     @_builtins.property
     def upgrade(self) -> Global___UpgradeState: ...
     @_builtins.property
     def paused_templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PausedTemplate]: ...
     @_builtins.property
     def decision_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasonCount]: ...
+    @_builtins.property
+    def slots_freeing_per_hour(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """WatchSenderState: what this message reports ("" for GetSenderState): STATE
+        (the first), TIER, LIMIT, QUALITY, STATUS, RESTRICTION, PAUSED_TEMPLATES, or
+        USAGE_<pct> when usage crossed that share of the limit.
+        """
+
     def __init__(
         self,
         *,
@@ -1094,11 +1136,39 @@ class SenderState(_message.Message):
         spam_held_until_unix_ms: _builtins.int = ...,
         restricted_until_unix_ms: _builtins.int = ...,
         replies_restricted_until_unix_ms: _builtins.int = ...,
+        limit_reached_at_unix_ms: _builtins.int = ...,
+        counted_last_hour: _builtins.int = ...,
+        slots_freeing_per_hour: _abc.Iterable[_builtins.int] | None = ...,
+        changes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["upgrade", b"upgrade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "changes", b"changes", "counted_last_hour", b"counted_last_hour", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "limit_reached_at_unix_ms", b"limit_reached_at_unix_ms", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "slots_freeing_per_hour", b"slots_freeing_per_hour", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SenderState: _TypeAlias = SenderState  # noqa: Y015
+
+@_typing.final
+class WatchSenderStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_ID_FIELD_NUMBER: _builtins.int
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    sender_id: _builtins.str
+    """one of sender_id or portfolio_id"""
+    portfolio_id: _builtins.str
+    """every sender of the portfolio"""
+    def __init__(
+        self,
+        *,
+        sender_id: _builtins.str = ...,
+        portfolio_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["portfolio_id", b"portfolio_id", "sender_id", b"sender_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSenderStateRequest: _TypeAlias = WatchSenderStateRequest  # noqa: Y015

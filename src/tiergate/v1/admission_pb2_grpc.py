@@ -69,6 +69,11 @@ class AdmissionControlStub:
                 request_serializer=tiergate_dot_v1_dot_admission__pb2.GetSenderStateRequest.SerializeToString,
                 response_deserializer=tiergate_dot_v1_dot_admission__pb2.SenderState.FromString,
                 _registered_method=True)
+        self.WatchSenderState = channel.unary_stream(
+                '/tiergate.v1.AdmissionControl/WatchSenderState',
+                request_serializer=tiergate_dot_v1_dot_admission__pb2.WatchSenderStateRequest.SerializeToString,
+                response_deserializer=tiergate_dot_v1_dot_admission__pb2.SenderState.FromString,
+                _registered_method=True)
 
 
 class AdmissionControlServicer:
@@ -125,6 +130,15 @@ class AdmissionControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSenderState(self, request, context):
+        """A sender's (or portfolio's) state now, then again on every change of tier,
+        limit, quality, status, restriction or paused templates, and when usage
+        crosses one of the configured thresholds of the limit (80, 90, 100 %).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdmissionControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_AdmissionControlServicer_to_server(servicer, server):
             'GetSenderState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSenderState,
                     request_deserializer=tiergate_dot_v1_dot_admission__pb2.GetSenderStateRequest.FromString,
+                    response_serializer=tiergate_dot_v1_dot_admission__pb2.SenderState.SerializeToString,
+            ),
+            'WatchSenderState': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSenderState,
+                    request_deserializer=tiergate_dot_v1_dot_admission__pb2.WatchSenderStateRequest.FromString,
                     response_serializer=tiergate_dot_v1_dot_admission__pb2.SenderState.SerializeToString,
             ),
     }
@@ -352,6 +371,33 @@ class AdmissionControl:
             target,
             '/tiergate.v1.AdmissionControl/GetSenderState',
             tiergate_dot_v1_dot_admission__pb2.GetSenderStateRequest.SerializeToString,
+            tiergate_dot_v1_dot_admission__pb2.SenderState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSenderState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tiergate.v1.AdmissionControl/WatchSenderState',
+            tiergate_dot_v1_dot_admission__pb2.WatchSenderStateRequest.SerializeToString,
             tiergate_dot_v1_dot_admission__pb2.SenderState.FromString,
             options,
             channel_credentials,

@@ -53,6 +53,11 @@ class AdmissionControlStub:
     """A raw Meta webhook POST body, verified and applied."""
     GetSenderState: _grpc.UnaryUnaryMultiCallable[_admission_pb2.GetSenderStateRequest, _admission_pb2.SenderState]
     """Usage, limit, tier, upgrade prediction and health of one sender."""
+    WatchSenderState: _grpc.UnaryStreamMultiCallable[_admission_pb2.WatchSenderStateRequest, _admission_pb2.SenderState]
+    """A sender's (or portfolio's) state now, then again on every change of tier,
+    limit, quality, status, restriction or paused templates, and when usage
+    crosses one of the configured thresholds of the limit (80, 90, 100 %).
+    """
 
 @_typing.type_check_only
 class AdmissionControlAsyncStub(AdmissionControlStub):
@@ -75,6 +80,11 @@ class AdmissionControlAsyncStub(AdmissionControlStub):
     """A raw Meta webhook POST body, verified and applied."""
     GetSenderState: _aio.UnaryUnaryMultiCallable[_admission_pb2.GetSenderStateRequest, _admission_pb2.SenderState]  # type: ignore[assignment]
     """Usage, limit, tier, upgrade prediction and health of one sender."""
+    WatchSenderState: _aio.UnaryStreamMultiCallable[_admission_pb2.WatchSenderStateRequest, _admission_pb2.SenderState]  # type: ignore[assignment]
+    """A sender's (or portfolio's) state now, then again on every change of tier,
+    limit, quality, status, restriction or paused templates, and when usage
+    crosses one of the configured thresholds of the limit (80, 90, 100 %).
+    """
 
 class AdmissionControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -136,5 +146,16 @@ class AdmissionControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admission_pb2.SenderState, _abc.Awaitable[_admission_pb2.SenderState]]:
         """Usage, limit, tier, upgrade prediction and health of one sender."""
+
+    @_abc_1.abstractmethod
+    def WatchSenderState(
+        self,
+        request: _admission_pb2.WatchSenderStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admission_pb2.SenderState], _abc.AsyncIterator[_admission_pb2.SenderState]]:
+        """A sender's (or portfolio's) state now, then again on every change of tier,
+        limit, quality, status, restriction or paused templates, and when usage
+        crosses one of the configured thresholds of the limit (80, 90, 100 %).
+        """
 
 def add_AdmissionControlServicer_to_server(servicer: AdmissionControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

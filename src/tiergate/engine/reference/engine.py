@@ -25,6 +25,7 @@ from ..constants import (
     REJECT,
     RETRY_LATER,
     SENDER_RESTRICTED,
+    SHADOW_SHIFT,
     THROUGHPUT,
 )
 from ..results import Decided, Lookup, Usage
@@ -38,12 +39,15 @@ from .bounds import (
     SLOT_GEN_MAX,
 )
 from .snapshot import read_snapshot, write_snapshot
-from .tables import Number, Scope
+from .tables import Number, Scope, ScopeEntry
 
 Decision = tuple[int, int, int, int, int, int, int]
 """(decision, reason, retry_at_ms, counted, used, prev_counted, slot)"""
 
 _U64 = (1 << 64) - 1
+_ADMITTED = (ADMIT, OK, 0)
+#: The most periods an outlook reports.
+MAX_OUTLOOK = 1000
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -65,6 +69,68 @@ def _check_scope_params(freq_cap: int, freq_window_ms: int) -> None:
         raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
     if not 0 <= freq_window_ms <= MAX_TIME:
         raise ValueError("freq_window_ms must be 0..2**50")
+
+
+def _refusal(
+    window_ms: int,
+    now: int,
+    s: Scope,
+    num: Number,
+    se: ScopeEntry | None,
+    flags: int,
+    limit: int,
+    skip: int,
+    probe: tuple[bool, bool, bool, int, int, int],
+) -> tuple[int, int, int] | None:
+    """Steps 4 to 9 (``Engine.decide``): the first refusal (decision, reason,
+    retry_at) by a rule whose reason is not in the bit set ``skip`` (the shadowed
+    reasons), or None.
+    ``probe``: (in a window, in a free-entry-point window, counting, and the
+    throughput TAT, pair TAT and pair burst start as of ``now``)."""
+    in_window, in_fep, counting, tput_tat, pair_tat, pair_start = probe
+    template = flags & F_TEMPLATE
+    marketing = flags & F_MARKETING
+    ring = s.ring24
+    # 4. free-form needs an open customer service window
+    free_form_closed = not template and not (in_window or (in_fep and flags & F_FEP_FREE_FORM))
+    if free_form_closed and not skip >> OUTSIDE_WINDOW & 1:
+        return (REJECT, OUTSIDE_WINDOW, 0)
+    # 5. opted-out recipients get no marketing
+    opted_out = marketing and se is not None and se.opt_out
+    if opted_out and not skip >> RECIPIENT_OPTED_OUT & 1:
+        return (REJECT, RECIPIENT_OPTED_OUT, 0)
+    # 6. messaging limit (business-initiated messages only)
+    if counting:
+        if flags & F_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
+            return (REJECT, SENDER_RESTRICTED, 0)
+        needs_slot = not (se is not None and se.last_counted > now - window_ms)
+        if needs_slot and ring.total >= limit and not skip >> MESSAGING_LIMIT & 1:
+            if limit <= 0:
+                return (REJECT, MESSAGING_LIMIT, 0)
+            return (RETRY_LATER, MESSAGING_LIMIT, ring.next_free(limit, now))
+    elif flags & F_REPLY_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
+        # a reply (in a window) while Meta restricts them
+        return (REJECT, SENDER_RESTRICTED, 0)
+    # 7. protective rules
+    if marketing:
+        if s.freq_cap > 0 and se is not None and not skip >> MARKETING_FREQUENCY & 1:
+            horizon = now - s.freq_window
+            recent = sorted(t for t in se.marketing if t > horizon)
+            if len(recent) >= s.freq_cap:
+                return (
+                    RETRY_LATER,
+                    MARKETING_FREQUENCY,
+                    recent[len(recent) - s.freq_cap] + s.freq_window,
+                )
+        if flags & F_QUALITY_BLOCK and not skip >> QUALITY_PROTECTION & 1:
+            return (REJECT, QUALITY_PROTECTION, 0)
+    # 8. sender throughput (GCRA, microseconds)
+    if tput_tat - num.tput_tolerance > now * 1000 and not skip >> THROUGHPUT & 1:
+        return (RETRY_LATER, THROUGHPUT, _ceil_div(tput_tat - num.tput_tolerance, 1000))
+    # 9. pair rate: a burst, then nothing until it is paid back
+    if num.pair_refuses(now, pair_tat, pair_start) and not skip >> PAIR_RATE & 1:
+        return (RETRY_LATER, PAIR_RATE, pair_tat)
+    return None
 
 
 class Engine:
@@ -188,45 +254,24 @@ class Engine:
         # a burst starts only once the pair has paid back the last one (its TAT)
         pair_start = ne.pair_start if ne is not None and pair_tat > now else now
 
+        answer = _ADMITTED
         if not force:
-            # 4. free-form needs an open customer service window
-            if not template and not (in_window or (in_fep and flags & F_FEP_FREE_FORM)):
-                return (REJECT, OUTSIDE_WINDOW, 0, 0, ring.total, last, 0)
-            # 5. opted-out recipients get no marketing
-            if marketing and se is not None and se.opt_out:
-                return (REJECT, RECIPIENT_OPTED_OUT, 0, 0, ring.total, last, 0)
-            # 6. messaging limit (business-initiated messages only)
-            if counting:
-                if flags & F_RESTRICTED:
-                    return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
-                if needs_slot and ring.total >= limit:
-                    if limit <= 0:
-                        return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last, 0)
-                    retry = ring.next_free(limit, now)
-                    return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last, 0)
-            elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
-                return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
-            # 7. protective rules
-            if marketing:
-                if s.freq_cap > 0 and se is not None:
-                    horizon = now - s.freq_window
-                    recent = sorted(t for t in se.marketing if t > horizon)
-                    if len(recent) >= s.freq_cap:
-                        retry = recent[len(recent) - s.freq_cap] + s.freq_window
-                        return (RETRY_LATER, MARKETING_FREQUENCY, retry, 0, ring.total, last, 0)
-                if flags & F_QUALITY_BLOCK:
-                    return (REJECT, QUALITY_PROTECTION, 0, 0, ring.total, last, 0)
-            # 8. sender throughput (GCRA, microseconds)
-            if tput_tat - num.tput_tolerance > now_us:
-                retry = _ceil_div(tput_tat - num.tput_tolerance, 1000)
-                return (RETRY_LATER, THROUGHPUT, retry, 0, ring.total, last, 0)
-            # 9. pair rate: a burst, then nothing until it is paid back
-            if num.pair_refuses(now, pair_tat, pair_start):
-                return (RETRY_LATER, PAIR_RATE, pair_tat, 0, ring.total, last, 0)
+            probe = (in_window, in_fep, counting, tput_tat, pair_tat, pair_start)
+            refused = _refusal(self.window_ms, now, s, num, se, flags, limit, 0, probe)
+            if refused is not None:
+                shadow = flags >> SHADOW_SHIFT
+                if not shadow >> refused[1] & 1:
+                    return (*refused, 0, ring.total, last, 0)
+                # A shadowed rule refused: the others still apply; if none refuses,
+                # consume as an admit and answer what would have been answered.
+                real = _refusal(self.window_ms, now, s, num, se, flags, limit, shadow, probe)
+                if real is not None:
+                    return (*real, 0, ring.total, last, 0)
+                answer = refused
 
         counted = 1 if needs_slot else 0
         if flags & F_DRY_RUN:
-            return (ADMIT, OK, 0, counted, ring.total + counted, last, 0)
+            return (*answer, counted, ring.total + counted, last, 0)
 
         # every check passed: consume
         slot = 0
@@ -254,7 +299,7 @@ class Engine:
             ne = num.insert(recipient, self._number_cut(num))
         ne.pair_tat = pair_tat + num.pair_interval
         ne.pair_start = pair_start
-        return (ADMIT, OK, 0, counted, ring.total, last, slot)
+        return (*answer, counted, ring.total, last, slot)
 
     def decide_batch(self, batch: DecisionBatch) -> None:
         """Decide every request of ``batch`` in order; fills its output columns.
@@ -410,6 +455,15 @@ class Engine:
         now = s.clamp(now)
         nxt = s.ring24.next_free(limit, now) if limit > 0 else 0
         return Usage(s.ring24.total, nxt, s.ring7.total, s.slots7.total)
+
+    def outlook(self, scope: int, now: int, period_ms: int, periods: int) -> tuple[int, list[int]]:
+        """Read only: (recipients counted in the ``period_ms`` before ``now``, slots
+        freeing in each of the ``periods`` periods after it) for the scope's 24 h ring."""
+        s = self._scope(scope)
+        _check_time("now", now)
+        if not 1 <= period_ms <= MAX_WINDOW or not 0 <= periods <= MAX_OUTLOOK:
+            raise ValueError(f"period_ms must be 1..2**40 and periods 0..{MAX_OUTLOOK}")
+        return s.ring24.outlook(max(now, s.last_now), period_ms, periods)
 
     def open_windows(self, number: int, now: int) -> int:
         return sum(

@@ -63,3 +63,23 @@ class Ring:
             if acc >= need:
                 return (b + 1) * self.width + self.window
         raise AssertionError("ring total out of step with its buckets")
+
+    def outlook(self, now: int, period: int, periods: int) -> tuple[int, list[int]]:
+        """Read only: (counts in buckets that reach into the ``period`` before ``now``,
+        counts that leave the window in each of the ``periods`` periods after ``now``),
+        a bucket leaving when :meth:`next_free` says it does."""
+        recent = 0
+        leaving = [0] * periods
+        if self.lo == NEVER:
+            return recent, leaving
+        for b in range(self.lo, self.lo + self.n):
+            c = self.counts[b % self.n]
+            if c == 0:
+                continue
+            end = (b + 1) * self.width
+            if end > now - period:
+                recent += c
+            k = (end + self.window - now - 1) // period  # leaves in (now + k·p, now + (k+1)·p]
+            if 0 <= k < periods:
+                leaving[k] += c
+        return recent, leaving

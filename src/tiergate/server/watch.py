@@ -1,0 +1,219 @@
+"""WatchSenderState: a sender's (or a portfolio's) state, then every change of it.
+
+A watcher names a sender or a portfolio. It gets each sender's state at once
+(``changes``: STATE), then a new one whenever the tier, the limit, quality,
+status, a restriction or the paused templates change, or usage crosses one of
+the configured thresholds of the limit (``changes``: USAGE_<pct> upwards,
+USAGE_BELOW_<pct> downwards).
+
+Nothing waits for a watcher. Changes are looked for after each commit, and only
+while someone watches (:attr:`Watches.active`; the sidecar's commit tests it):
+per watched sender, the state's change counter (``PolicyState.changes``: every
+applied feedback event and sender re-derivation) and the usage band (the
+scope's used count from the engine) are compared with the last look, and only
+when one moved, or a template pause has ended, is the sender's signature read
+and, when it differs from the last one sent, its state built. Each watcher
+holds at most one unsent state per sender: a newer one replaces it, its
+changes merged (drop to latest), so a slow reader costs one state per sender
+and a vanished one nothing once its call ends. At stop every stream ends (like
+the health watches, server/health.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from tiergate.policy.requests import MARKETING
+from tiergate.policy.service import AdmissionService
+from tiergate.policy.state import PolicyState, Sender
+from tiergate.v1 import admission_pb2 as pb
+
+from . import convert
+from .metrics import Metrics
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+__all__ = ["DEFAULT_THRESHOLDS", "Watches", "Watching"]
+
+#: Usage thresholds, in percent of the effective limit, a watcher is told about.
+DEFAULT_THRESHOLDS = (80, 90, 100)
+
+#: (tier, limit, quality, status, restriction, paused templates, usage band).
+Signature = tuple[object, ...]
+#: A signature and until when it holds unless the state changes.
+Look = tuple[Signature, int]
+_FOREVER = 1 << 62
+_KINDS = ("TIER", "LIMIT", "QUALITY", "STATUS", "RESTRICTION", "PAUSED_TEMPLATES")
+
+
+@dataclass(eq=False)
+class _Watcher:
+    sender_id: str
+    portfolio_id: str
+    #: The last signature sent, per sender.
+    sent: dict[str, Signature] = field(default_factory=dict)
+    #: Per sender, at the last look: (state changes, usage band, signature valid until).
+    quick: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: Per sender, the unsent state (the latest) and every change since the last sent.
+    pending: dict[str, tuple[list[str], pb.SenderState]] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Watches:
+    """Every open WatchSenderState stream of one sidecar."""
+
+    def __init__(
+        self,
+        service: Callable[[], AdmissionService | None],
+        thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._service = service
+        self.metrics = metrics
+        self.thresholds = tuple(sorted(thresholds))
+        self._watchers: set[_Watcher] = set()
+        self._ending = False
+        #: Whether anyone watches: the only test the commit path makes otherwise.
+        self.active = False
+
+    def _band(self, used: int, limit: int) -> int:
+        """How many of the thresholds ``used`` has reached of ``limit`` (a threshold t
+        is reached when used·100 ≥ t·limit, that is t ≤ ⌊used·100 / limit⌋)."""
+        return bisect_right(self.thresholds, used * 100 // limit) if limit > 0 else 0
+
+    @staticmethod
+    def _signature(st: PolicyState, s: Sender, now: int, limit: int, band: int) -> Look:
+        """Sender ``s``'s signature at ``now``, and until when it holds unless the state
+        changes (the end of the first template pause that ends)."""
+        paused = tuple(
+            (t.id, t.disabled, t.paused_until, t.held)
+            for t in st.templates.values()
+            if (t.disabled or now < t.paused_until) and (not t.waba_id or t.waba_id == s.waba_id)
+        )
+        ends = [p[2] for p in paused if not p[1] and not p[3]]
+        restriction = (s.restricted_until, s.spam_held_until, s.replies_restricted_until)
+        sig = (s.scope.tier, limit, s.quality, s.status, restriction, paused, band)
+        return sig, min(ends, default=_FOREVER)
+
+    def _changes(self, before: Signature | None, after: Signature) -> list[str]:
+        if before is None:
+            return ["STATE"]
+        out = [k for k, a, b in zip(_KINDS, before, after, strict=False) if a != b]
+        low, high = before[-1], after[-1]
+        assert isinstance(low, int) and isinstance(high, int)
+        if high > low:
+            out += [f"USAGE_{t}" for t in self.thresholds[low:high]]
+        elif high < low:
+            out += [f"USAGE_BELOW_{t}" for t in self.thresholds[high:low]]
+        return out
+
+    def poke(self) -> None:
+        """Look for changes of every watched sender (after a commit). Per sender: the
+        state's change counter and the usage band, read as GetSenderState reads
+        usage; the signature only when one moved or a template pause ended since
+        the last look; the state only when the signature differs from the last sent."""
+        service = self._service()
+        if service is None:
+            return
+        st = service.state
+        version = st.changes
+        wall = 0 if st.request_clock else time.time_ns() // 1_000_000
+        looks: dict[str, Look] = {}
+        states: dict[str, pb.SenderState] = {}
+        for w in self._watchers:
+            if w.sender_id:
+                sender = st.senders.get(w.sender_id)
+                members = [sender] if sender is not None else []
+            else:
+                members = [m for m in st.by_index if m.portfolio_id == w.portfolio_id]
+            for s in members:
+                sid = s.id
+                now = max(s.scope.last_now, st.latest_ms if st.request_clock else wall, 0)
+                limit = s.limits[MARKETING]
+                band = self._band(st.engine.usage(s.scope.index, now, limit)[0], limit)
+                seen = w.quick.get(sid)
+                if seen is not None and seen[0] == version and seen[1] == band and now < seen[2]:
+                    continue
+                look = looks.get(sid)
+                if look is None:
+                    look = looks[sid] = self._signature(st, s, now, limit, band)
+                sig, until = look
+                w.quick[sid] = (version, band, until)
+                before = w.sent.get(sid)
+                if sig != before:
+                    state = states.get(sid)
+                    if state is None:
+                        state = states[sid] = convert.sender_state(service.sender_state(sid, now))
+                    unsent = w.pending[sid][0] if sid in w.pending else []
+                    w.pending[sid] = (unsent + self._changes(before, sig), state)
+                    w.sent[sid] = sig
+                    w.ready.set()
+
+    async def serve(
+        self, request: pb.WatchSenderStateRequest, context: Context
+    ) -> AsyncIterator[pb.SenderState]:
+        """The WatchSenderState RPC: INVALID_ARGUMENT unless exactly one of sender_id
+        and portfolio_id is given, NOT_FOUND for an unknown sender."""
+        service = self._service()
+        if bool(request.sender_id) == bool(request.portfolio_id):
+            if self.metrics is not None:
+                self.metrics.invalid("WatchSenderState")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "sender_id: give exactly one of sender_id or portfolio_id",
+            )
+        if request.sender_id and (
+            service is None or request.sender_id not in service.state.senders
+        ):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"sender_id: unknown sender {request.sender_id!r}"
+            )
+        async for state in self.watch(request.sender_id, request.portfolio_id):
+            yield state
+
+    async def watch(self, sender_id: str, portfolio_id: str) -> AsyncIterator[pb.SenderState]:
+        """The states a WatchSenderState stream sends, until the sidecar stops."""
+        w = _Watcher(sender_id, portfolio_id)
+        self._watchers.add(w)
+        self.active = True
+        try:
+            self.poke()
+            while not self._ending:
+                await w.ready.wait()
+                w.ready.clear()
+                pending, w.pending = w.pending, {}
+                for changes, state in pending.values():
+                    message = pb.SenderState()
+                    message.CopyFrom(state)
+                    message.changes.extend(dict.fromkeys(changes))
+                    yield message
+        finally:
+            self._watchers.discard(w)
+            self.active = bool(self._watchers)
+
+    def end(self) -> None:
+        """End every stream (the sidecar stops); a later watch ends at once."""
+        self._ending = True
+        for w in self._watchers:
+            w.ready.set()
+
+
+class Watching:
+    """The servicer's WatchSenderState: its ``watches`` serve it (set by
+    ``grpc_server.build_server``)."""
+
+    watches: Watches
+
+    async def WatchSenderState(
+        self, request: pb.WatchSenderStateRequest, context: Context
+    ) -> AsyncIterator[pb.SenderState]:
+        # An async generator function: grpc.aio serves those as streams.
+        async for state in self.watches.serve(request, context):
+            yield state
