@@ -114,6 +114,9 @@ def _add_admission_control(
             metrics,
             guard=guard,
         ),
+        "PlanCampaign": decoding.unary(
+            servicer.PlanCampaign, pb.PlanCampaignRequest, "PlanCampaign", metrics, guard=guard
+        ),
     }
     server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
         SERVICE_NAME, wire

@@ -53,6 +53,10 @@ class AdmissionControlStub:
     """A raw Meta webhook POST body, verified and applied."""
     GetSenderState: _grpc.UnaryUnaryMultiCallable[_admission_pb2.GetSenderStateRequest, _admission_pb2.SenderState]
     """Usage, limit, tier, upgrade prediction and health of one sender."""
+    PlanCampaign: _grpc.UnaryUnaryMultiCallable[_admission_pb2.PlanCampaignRequest, _admission_pb2.PlanCampaignResponse]
+    """A dry-run schedule for a list of recipients: when each would be admitted if
+    the list is sent in order as planned. Nothing is consumed.
+    """
 
 @_typing.type_check_only
 class AdmissionControlAsyncStub(AdmissionControlStub):
@@ -75,6 +79,10 @@ class AdmissionControlAsyncStub(AdmissionControlStub):
     """A raw Meta webhook POST body, verified and applied."""
     GetSenderState: _aio.UnaryUnaryMultiCallable[_admission_pb2.GetSenderStateRequest, _admission_pb2.SenderState]  # type: ignore[assignment]
     """Usage, limit, tier, upgrade prediction and health of one sender."""
+    PlanCampaign: _aio.UnaryUnaryMultiCallable[_admission_pb2.PlanCampaignRequest, _admission_pb2.PlanCampaignResponse]  # type: ignore[assignment]
+    """A dry-run schedule for a list of recipients: when each would be admitted if
+    the list is sent in order as planned. Nothing is consumed.
+    """
 
 class AdmissionControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -136,5 +144,15 @@ class AdmissionControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admission_pb2.SenderState, _abc.Awaitable[_admission_pb2.SenderState]]:
         """Usage, limit, tier, upgrade prediction and health of one sender."""
+
+    @_abc_1.abstractmethod
+    def PlanCampaign(
+        self,
+        request: _admission_pb2.PlanCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.PlanCampaignResponse, _abc.Awaitable[_admission_pb2.PlanCampaignResponse]]:
+        """A dry-run schedule for a list of recipients: when each would be admitted if
+        the list is sent in order as planned. Nothing is consumed.
+        """
 
 def add_AdmissionControlServicer_to_server(servicer: AdmissionControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
