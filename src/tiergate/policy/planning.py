@@ -24,7 +24,9 @@ end of a restriction) are not anticipated, so a plan is never early.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import compress
 
 from tiergate.engine import DecisionBatch
 from tiergate.engine.columns import kernels
@@ -54,6 +56,8 @@ HOUR_MS = 3_600_000
 #: refused, twice the admitted run after a refusal.
 _MIN_CHUNK = 16
 _MAX_CHUNK = 16_384
+_REJECT = bytes([REJECT])
+_FLIP = bytes([1, 0]) + bytes(254)  # never goes (1) → 0, may go (0) → 1
 
 
 @dataclass(slots=True)
@@ -125,7 +129,7 @@ class CampaignPlan:
         if st.alias_table:
             self.alias_table = array("Q", st.alias_table)
         p = st.profile
-        if p.undeliverable_lengths:
+        if any(cat == category for _, cat in p.undeliverable):
             self.undeliverable = (p.undeliverable_table, p.undeliverable_lengths)
 
     def plan(self, rkeys: array[int]) -> array[int]:
@@ -161,18 +165,23 @@ class CampaignPlan:
         never = self.totals.never
         b = self._batch(keys, array("q", [self.clock]) * n, self.flags | F_DRY_RUN)
         self.engine.decide_batch(b)
+        out = bytearray(n)  # 1: never goes
+        decisions = b.decision.tobytes()
+        i = decisions.find(_REJECT)
+        while i >= 0:
+            out[i] = 1
+            _add(never, b.reason[i], 1)
+            i = decisions.find(_REJECT, i + 1)
         region = self.undeliverable
-        able = array("i")
-        for i in range(n):
-            if region is not None and kernels.undeliverable(
-                keys[i], self.category, region[0], region[1]
-            ):
-                _add(never, NOT_DELIVERED_TO_REGION, 1)
-            elif b.decision[i] == REJECT:
-                _add(never, b.reason[i], 1)
-            else:
-                able.append(i)
-        return able
+        if region is not None:
+            undeliverable, cat, table, lengths = kernels.undeliverable, self.category, *region
+            for i in [i for i in range(n) if undeliverable(keys[i], cat, table, lengths)]:
+                if not out[i]:
+                    out[i] = 1
+                    _add(never, NOT_DELIVERED_TO_REGION, 1)
+        if not any(out):
+            return array("i", range(n))
+        return array("i", compress(range(n), out.translate(_FLIP)))
 
     def _simulate(self, keys: array[int], able: array[int], out: array[int]) -> None:
         """Plan the recipients ``able`` (indices into ``keys``), in order, into ``out``."""
@@ -184,6 +193,7 @@ class CampaignPlan:
             k = len(rows)
             sent = array("Q", [keys[i] for i in rows])
             times = array("q", bytes(8 * k))
+            los = array("q", times)  # the bucket's TAT bound after each row goes
             t, lo = self.clock, self.tat_lo
             for j in range(k):
                 # the throughput bucket admits once TAT - tolerance <= now (µs)
@@ -195,13 +205,15 @@ class CampaignPlan:
                     if end > g:
                         g = end
                 times[j] = t = g
-                lo = (lo if lo > g * 1000 else g * 1000) + interval
+                los[j] = lo = (lo if lo > g * 1000 else g * 1000) + interval
             b = self._batch(sent, times, self.flags)
             b.halt = True
             self.engine.decide_batch(b)
             d = b.decided
             ok = d if b.decision[d - 1] == ADMIT else d - 1
             self._admitted(rows, times, b.used, ok, out)
+            if ok:
+                self.tat_lo = los[ok - 1]
             if ok == d:
                 pos += d
                 chunk = min(_MAX_CHUNK, 2 * chunk)
@@ -234,22 +246,23 @@ class CampaignPlan:
         """The first ``ok`` recipients of a chunk go at their times."""
         if not ok:
             return
-        totals, hours, limit = self.totals, self.totals.hours, self.limit
-        lo, interval = self.tat_lo, self.interval
-        hour, entry = -1, [0, 0, 0]
-        for j in range(ok):
-            t = times[j]
-            out[rows[j]] = t
-            lo = (lo if lo > t * 1000 else t * 1000) + interval
+        first = rows[0]
+        if rows[ok - 1] - first == ok - 1:  # consecutive recipients
+            out[first : first + ok] = times[:ok]
+        else:
+            for j in range(ok):
+                out[rows[j]] = times[j]
+        totals, hours = self.totals, self.totals.hours
+        start = 0
+        while start < ok:
+            t = times[start]
             h = t - t % HOUR_MS
-            if h != hour:
-                hour = h
-                entry = hours.setdefault(h, [0, 0, limit])
-            entry[0] += 1
-            entry[1] = used[j]
-        self.tat_lo = lo
-        self.clock = times[ok - 1]
-        totals.completes_at = self.clock
+            end = bisect_left(times, h + HOUR_MS, start, ok)
+            entry = hours.setdefault(h, [0, 0, self.limit])
+            entry[0] += end - start
+            entry[1] = used[end - 1]
+            start = end
+        self.clock = totals.completes_at = times[ok - 1]
         if not self.held:
             totals.admissible_now += ok
 
