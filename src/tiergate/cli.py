@@ -1,4 +1,4 @@
-"""``tiergate``: serve, state SENDER, check-config, simulate SCENARIO."""
+"""``tiergate``: serve, state SENDER, plan SENDER FILE, check-config, simulate SCENARIO."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -264,37 +264,68 @@ def format_state(state: pb.SenderState) -> str:
     return "\n".join(f"{k:<17} {v}" for k, v in rows)
 
 
-def _state(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace) -> Any:
+    """A TiergateClient from the client flags (``_add_client_flags``); ConfigError
+    for an unreadable token file."""
     from tiergate.client import TiergateClient
 
+    token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
+    return TiergateClient(
+        args.target,
+        timeout=args.timeout,
+        token=token,
+        tls=args.tls,
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+    )
+
+
+def _call(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> Any:
+    """``call(client)``'s answer from the sidecar, or the exit code (an int) after
+    printing why there is none."""
+
+    async def run() -> Any:
+        async with _client(args) as client:
+            return await call(client)
+
     try:
-        token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
+        return asyncio.run(run())
     except cfg.ConfigError as e:
         print(f"tiergate: {e}", file=sys.stderr)
         return EXIT_CONFIG
-
-    async def fetch() -> pb.SenderState:
-        async with TiergateClient(
-            args.target,
-            timeout=args.timeout,
-            token=token,
-            tls=args.tls,
-            ca_file=args.tls_ca,
-            cert_file=args.tls_cert,
-            key_file=args.tls_key,
-        ) as client:
-            return await client.sender_state(args.sender, at_unix_ms=args.at_unix_ms)
-
-    try:
-        state = asyncio.run(fetch())
     except grpc.aio.AioRpcError as e:
         print(f"tiergate: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+
+
+def _state(args: argparse.Namespace) -> int:
+    state = _call(args, lambda c: c.sender_state(args.sender, at_unix_ms=args.at_unix_ms))
+    if isinstance(state, int):
+        return state
     if args.json:
         print(json.dumps(message_to_dict(state), indent=2))
     else:
         print(format_state(state))
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from tiergate import campaign
+
+    args.recipient_list = campaign.read_recipients(args.recipients)
+    got = _call(
+        args,
+        lambda c: c.plan_campaign(
+            args.sender,
+            args.recipient_list,
+            template_id=args.template,
+            category=pb.Category.Value(args.category),
+            start_at_unix_ms=args.start_at_unix_ms,
+            at_unix_ms=args.at_unix_ms,
+        ),
+    )
+    return got if isinstance(got, int) else campaign.report(args, *got)
 
 
 # --- simulate --------------------------------------------------------------------
@@ -308,6 +339,25 @@ def _simulate(argv: Sequence[str]) -> int:
 
 
 # --- main ------------------------------------------------------------------------
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--target",
+        default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
+        help=f"sidecar address (TIERGATE_TARGET, default {DEFAULT_TARGET})",
+    )
+    p.add_argument(
+        "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument(
+        "--token-file", metavar="FILE", help="token sent as 'authorization: Bearer <token>'"
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    p.add_argument("--tls-ca", metavar="FILE", help="TLS with this CA bundle for the server")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,24 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     state = sub.add_parser("state", help="show one sender's state (GetSenderState)")
     state.add_argument("sender", metavar="SENDER", help="sender id (phone number id)")
-    state.add_argument(
-        "--target",
-        default=os.environ.get("TIERGATE_TARGET", DEFAULT_TARGET),
-        help=f"sidecar address (TIERGATE_TARGET, default {DEFAULT_TARGET})",
-    )
     state.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    state.add_argument(
-        "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
-    )
-    state.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    state.add_argument(
-        "--token-file", metavar="FILE", help="token sent as 'authorization: Bearer <token>'"
-    )
-    state.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
-    state.add_argument("--tls-ca", metavar="FILE", help="TLS with this CA bundle for the server")
-    state.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    state.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
+    _add_client_flags(state)
     state.set_defaults(func=_state)
+
+    from tiergate.campaign import add_arguments
+
+    plan = sub.add_parser("plan", help="plan a campaign: when each recipient goes (PlanCampaign)")
+    add_arguments(plan)
+    _add_client_flags(plan)
+    plan.set_defaults(func=_plan)
 
     check = sub.add_parser(
         "check-config", help="validate the config and profile, then exit (non-zero if bad)"
