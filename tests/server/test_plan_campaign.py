@@ -5,10 +5,15 @@ service's snapshot is the same bytes before and after)."""
 
 from __future__ import annotations
 
+import random
+
 import grpc
 import pytest
 from server_harness import SENDER, T0, Harness, make_config, run_async, sender, serving
 
+from tiergate.policy.planning import CampaignPlan
+from tiergate.policy.requests import InvalidArgument
+from tiergate.server.plans import HeldPlans
 from tiergate.v1 import admission_pb2 as pb
 
 HOUR = 3_600_000
@@ -226,6 +231,15 @@ async def test_a_list_planned_across_calls_is_the_same_plan() -> None:
         assert joined == list(whole.earliest_at_unix_ms)
         for name in ("admissible_now", "completes_at_unix_ms", "planned", "hours"):
             assert getattr(second, name) == getattr(whole, name), name
+        # another sender's continuation is refused, and the token still serves
+        again = await plan(h, recipients[:120], more_follow=True)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await h.stub.PlanCampaign(
+                pb.PlanCampaignRequest(sender_id="other", continuation=again.continuation)
+            )
+        assert (err.value.details() or "").startswith("sender_id:")
+        tail = await plan(h, recipients[120:], start=0, continuation=again.continuation)
+        assert list(tail.earliest_at_unix_ms) == list(second.earliest_at_unix_ms)
         # a token serves one call
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await plan(h, recipients[:1], continuation=first.continuation)
@@ -283,3 +297,74 @@ async def test_an_unknown_sender_plans_nothing() -> None:
         )
         assert list(res.earliest_at_unix_ms) == [0, 0]
         assert never(res) == {"UNKNOWN_SENDER": 2}
+
+
+def test_held_plans_are_bounded_in_number_and_time() -> None:
+    def held_plan() -> CampaignPlan:
+        return CampaignPlan.__new__(CampaignPlan)
+
+    def asking(token: str) -> pb.PlanCampaignRequest:
+        return pb.PlanCampaignRequest(continuation=token)
+
+    book = HeldPlans(capacity=2, held_for_s=60.0)
+    first, second, third = (held_plan() for _ in range(3))
+    for p in (first, second, third):
+        p.sender_id, p.template_id, p.category = SENDER, "t1", pb.UTILITY
+    t1, _ = book.hold(first)
+    t2, _ = book.hold(second)
+    t3, _ = book.hold(third)  # the oldest makes room
+    assert len(book) == 2
+    with pytest.raises(InvalidArgument):
+        book.take(asking(t1))
+    assert book.take(asking(t2)) is second and book.take(asking(t3)) is third
+    assert len(book) == 0
+    gone = HeldPlans(held_for_s=0.0)
+    token, _ = gone.hold(first)
+    with pytest.raises(InvalidArgument) as err:
+        gone.take(asking(token))  # expired at once
+    assert err.value.field == "continuation"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_mixed_list_is_admitted_exactly_as_planned(seed: int) -> None:
+    """Repeats, opt-outs, earlier sends spread over the last day, a slow number and
+    a low limit, in one list: every recipient goes at its planned time."""
+    rng = random.Random(seed)
+    pool = numbers(320)
+
+    @run_async
+    async def body() -> None:
+        config = make_config(senders=(sender(throughput_mps=rng.choice([2, 5, 30])),))
+        async with serving(config) as h:
+            at = T0 - DAY
+            for rcpt in rng.sample(pool, 150):
+                at += rng.randrange(60_000, 300_000)
+                sent = await h.stub.Admit(
+                    pb.AdmitRequest(
+                        sender_id=SENDER,
+                        recipient=rcpt,
+                        kind=pb.TEMPLATE,
+                        category=pb.MARKETING,
+                        template_id="t1",
+                        at_unix_ms=at,
+                    )
+                )
+                assert sent.decision == pb.DECISION_ADMIT
+            for rcpt in rng.sample(pool, 10):
+                await h.stub.RecordFeedback(
+                    pb.RecordFeedbackRequest(
+                        opt_out=pb.OptOut(
+                            recipient=rcpt, sender_id=SENDER, opted_out=True, at_unix_ms=T0
+                        )
+                    )
+                )
+            recipients = [rng.choice(pool) for _ in range(400)]
+            res = await plan(h, recipients, category=pb.MARKETING)
+            times = list(res.earliest_at_unix_ms)
+            assert sum(c.count for c in res.never_by_reason) == times.count(0) > 0
+            assert res.completes_at_unix_ms == max(times)
+            # the limit is reached, and the rest go as the earlier sends leave the window
+            assert T0 < res.limit_reached_at_unix_ms < T0 + HOUR < res.completes_at_unix_ms
+            await replay(h, recipients, times, T0, category=pb.MARKETING)
+
+    body()

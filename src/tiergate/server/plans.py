@@ -69,13 +69,24 @@ class HeldPlans:
         self._plans[token] = (plan, now + self.held_for_s)
         return token, self.held_for_s
 
-    def take(self, token: str) -> CampaignPlan:
-        """The plan ``token`` holds, no longer held (a token serves one call)."""
+    def take(self, request: pb.PlanCampaignRequest) -> CampaignPlan:
+        """The plan the request's continuation holds, no longer held (a token serves
+        one call); a sender, template or category the request gives must be the
+        plan's (else nothing changes)."""
         self._expire(time.monotonic())
-        held = self._plans.pop(token, None)
+        held = self._plans.get(request.continuation)
         if held is None:
             raise InvalidArgument("continuation", "continuation: unknown, expired or already used")
-        return held[0]
+        plan = held[0]
+        for name, value, given in (
+            ("sender_id", plan.sender_id, request.sender_id),
+            ("template_id", plan.template_id, request.template_id),
+            ("category", plan.category, request.category),
+        ):
+            if given and given != value:
+                raise InvalidArgument(name, f"{name}: differs from the continued plan's")
+        del self._plans[request.continuation]
+        return plan
 
 
 def _checked_plan(
@@ -87,15 +98,7 @@ def _checked_plan(
             "start_at_unix_ms", f"start_at_unix_ms: must be 0 .. {MAX_AT_UNIX_MS}"
         )
     if request.continuation:
-        plan = held.take(request.continuation)
-        for name, value, given in (
-            ("sender_id", plan.sender_id, request.sender_id),
-            ("template_id", plan.template_id, request.template_id),
-            ("category", plan.category, request.category),
-        ):
-            if given and given != value:
-                raise InvalidArgument(name, f"{name}: differs from the continued plan's")
-        return plan
+        return held.take(request)
     if not request.sender_id or len(request.sender_id) > MAX_ID_LEN:
         raise InvalidArgument(
             "sender_id", f"sender_id: is required, at most {MAX_ID_LEN} characters"
