@@ -98,12 +98,13 @@ def write_plot(path: Path, res: pb.PlanCampaignResponse, title: str) -> None:
     x = [(h.hour_start_unix_ms - start) / 3_600_000 for h in res.hours]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.bar(x, [h.sends for h in res.hours], width=0.9, color="#b8d4ea", label="sends in the hour")
-    ax.step(x, [h.used for h in res.hours], where="post", color="#1f77b4", label="used (24 h)")
+    used = [h.used for h in res.hours]
+    ax.step(x, used, where="post", color="#1f77b4", marker="o", label="used (24 h) at the last send")
     ax.step(x, [h.limit for h in res.hours], where="post", color="#d62728", label="limit")
     ax.set_xlabel(f"hours since {_utc(start)[:16]} UTC")
     ax.set_ylabel("recipients")
     ax.set_title(title)
-    ax.legend(loc="upper left")
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
