@@ -99,7 +99,7 @@ def write_plot(path: Path, res: pb.PlanCampaignResponse, title: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.bar(x, [h.sends for h in res.hours], width=0.9, color="#b8d4ea", label="sends in the hour")
     used = [h.used for h in res.hours]
-    ax.step(x, used, where="post", color="#1f77b4", marker="o", label="used (24 h) at the last send")
+    ax.step(x, used, where="post", color="#1f77b4", marker="o", label="used (24 h), last send")
     ax.step(x, [h.limit for h in res.hours], where="post", color="#d62728", label="limit")
     ax.set_xlabel(f"hours since {_utc(start)[:16]} UTC")
     ax.set_ylabel("recipients")
