@@ -9,7 +9,16 @@ import random
 
 import grpc
 import pytest
-from server_harness import SENDER, T0, Harness, make_config, run_async, sender, serving
+from server_harness import (
+    SENDER,
+    T0,
+    Harness,
+    make_config,
+    run_async,
+    sender,
+    serving,
+    template_request,
+)
 
 from tiergate.policy.planning import CampaignPlan
 from tiergate.policy.requests import InvalidArgument
@@ -72,14 +81,7 @@ async def replay(
     for rcpt, t in zip(recipients, times, strict=True):
 
         def at(ms: int, rcpt: str = rcpt) -> pb.AdmitRequest:
-            return pb.AdmitRequest(
-                sender_id=SENDER,
-                recipient=rcpt,
-                kind=pb.TEMPLATE,
-                category=category,
-                template_id=template,
-                at_unix_ms=ms,
-            )
+            return template_request(rcpt, ms, category=category, template_id=template)
 
         if t == 0:
             requests.append(("never", at(prev)))
@@ -126,15 +128,7 @@ async def test_the_limit_waits_for_slots_freed_as_the_window_moves() -> None:
         sent: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
             pb.AdmitBatchRequest(
                 requests=[
-                    pb.AdmitRequest(
-                        sender_id=SENDER,
-                        recipient=r,
-                        kind=pb.TEMPLATE,
-                        category=pb.UTILITY,
-                        template_id="t1",
-                        at_unix_ms=T0 - 12 * HOUR + 100 * i,
-                    )
-                    for i, r in enumerate(early)
+                    template_request(r, T0 - 12 * HOUR + 100 * i) for i, r in enumerate(early)
                 ]
             )
         )
@@ -339,16 +333,7 @@ def test_a_mixed_list_is_admitted_exactly_as_planned(seed: int) -> None:
             at = T0 - DAY
             for rcpt in rng.sample(pool, 150):
                 at += rng.randrange(60_000, 300_000)
-                sent = await h.stub.Admit(
-                    pb.AdmitRequest(
-                        sender_id=SENDER,
-                        recipient=rcpt,
-                        kind=pb.TEMPLATE,
-                        category=pb.MARKETING,
-                        template_id="t1",
-                        at_unix_ms=at,
-                    )
-                )
+                sent = await h.stub.Admit(template_request(rcpt, at, category=pb.MARKETING))
                 assert sent.decision == pb.DECISION_ADMIT
             for rcpt in rng.sample(pool, 10):
                 await h.stub.RecordFeedback(
