@@ -225,6 +225,16 @@ async def test_a_list_planned_across_calls_is_the_same_plan() -> None:
         assert joined == list(whole.earliest_at_unix_ms)
         for name in ("admissible_now", "completes_at_unix_ms", "planned", "hours"):
             assert getattr(second, name) == getattr(whole, name), name
+        # the client plans a list in calls of per_call recipients the same way
+        times, last = await h.client.plan_campaign(
+            SENDER,
+            recipients,
+            template_id="t1",
+            category=pb.UTILITY,
+            start_at_unix_ms=T0,
+            per_call=70,
+        )
+        assert times == list(whole.earliest_at_unix_ms) and last.planned == 300
         # another sender's continuation is refused, and the token still serves
         again = await plan(h, recipients[:120], more_follow=True)
         with pytest.raises(grpc.aio.AioRpcError) as err:
