@@ -6,6 +6,7 @@ service's snapshot is the same bytes before and after)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from server_harness import (
     template_request,
 )
 
+from tiergate.policy.events import Quality
 from tiergate.policy.planning import CampaignPlan
 from tiergate.policy.requests import InvalidArgument
 from tiergate.server.plans import HeldPlans
@@ -361,5 +363,35 @@ def test_a_mixed_list_is_admitted_exactly_as_planned(seed: int) -> None:
             # the limit is reached, and the rest go as the earlier sends leave the window
             assert T0 < res.limit_reached_at_unix_ms < T0 + HOUR < res.completes_at_unix_ms
             await replay(h, recipients, times, T0, category=pb.MARKETING)
+
+    body()
+
+
+def protective(tmp_path: Path, name: str, rules: str) -> str:
+    profile = tmp_path / f"{name}.toml"
+    profile.write_text(f'extends = "meta-2025"\nname = "protective"\n[protection]\n{rules}\n')
+    return str(profile)
+
+
+def test_the_marketing_frequency_cap_and_the_red_quality_block(tmp_path: Path) -> None:
+    capped = protective(tmp_path, "capped", "frequency_cap = 2\nfrequency_window_hours = 1")
+    blocking = protective(tmp_path, "blocking", "block_marketing_on_red = true")
+
+    @run_async
+    async def body() -> None:
+        a, b = numbers(2)
+        async with serving(make_config(profile=capped)) as h:
+            recipients = [a, a, a, b]
+            res = await plan(h, recipients, category=pb.MARKETING)
+            times = list(res.earliest_at_unix_ms)
+            assert times[:2] == [T0, T0] and times[2] == times[3] == T0 + HOUR
+            assert res.admissible_now == 2
+            await replay(h, recipients, times, T0, category=pb.MARKETING)
+        red = make_config(profile=blocking, senders=(sender(quality=Quality.RED),))
+        async with serving(red) as h:
+            res = await plan(h, [a, b], category=pb.MARKETING)
+            assert list(res.earliest_at_unix_ms) == [0, 0]
+            assert never(res) == {"QUALITY_PROTECTION": 2}
+            assert (await plan(h, [a, b])).admissible_now == 2  # utility goes
 
     body()
