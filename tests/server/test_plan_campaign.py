@@ -395,3 +395,20 @@ def test_the_marketing_frequency_cap_and_the_red_quality_block(tmp_path: Path) -
             assert (await plan(h, [a, b])).admissible_now == 2  # utility goes
 
     body()
+
+
+@run_async
+async def test_a_recipient_meta_declined_marketing_to_waits_for_its_back_off() -> None:
+    async with serving(make_config()) as h:
+        x, y = numbers(2)
+        sent = await h.stub.Admit(template_request(x, T0 - HOUR, category=pb.MARKETING))
+        failed = pb.SendResult(
+            ticket=sent.ticket, status=pb.FAILED, meta_error_code=131049, at_unix_ms=T0 - HOUR
+        )
+        assert (await h.stub.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))).applied
+        recipients = [y, x, y]
+        res = await plan(h, recipients, category=pb.MARKETING)
+        times = list(res.earliest_at_unix_ms)
+        assert times[0] == T0 and times[1] == times[2] == T0 + 23 * HOUR  # 24 h after 131049
+        assert res.admissible_now == 1
+        await replay(h, recipients, times, T0, category=pb.MARKETING)

@@ -185,16 +185,20 @@ class CampaignPlan:
 
     def _simulate(self, keys: array[int], able: array[int], out: array[int]) -> None:
         """Plan the recipients ``able`` (indices into ``keys``), in order, into ``out``."""
-        totals, never, back_off = self.totals, self.never, self.back_off
+        totals, never, back_off = self.totals, self.totals.never, self.back_off
         interval, tolerance = self.interval, self.tolerance
         pos, m, chunk = 0, len(able), _MIN_CHUNK
         while pos < m:
             rows = able[pos : pos + chunk]
             k = len(rows)
-            sent = array("Q", [keys[i] for i in rows])
+            if rows[k - 1] - rows[0] == k - 1:  # consecutive recipients
+                sent = keys[rows[0] : rows[0] + k]
+            else:
+                sent = array("Q", [keys[i] for i in rows])
             times = array("q", bytes(8 * k))
             los = array("q", times)  # the bucket's TAT bound after each row goes
             t, lo = self.clock, self.tat_lo
+            waits = k  # the first row held back by a 131049 back-off
             for j in range(k):
                 # the throughput bucket admits once TAT - tolerance <= now (µs)
                 g = -((tolerance - lo) // 1000)
@@ -204,6 +208,7 @@ class CampaignPlan:
                     end = back_off.get(sent[j], 0)
                     if end > g:
                         g = end
+                        waits = min(waits, j)
                 times[j] = t = g
                 los[j] = lo = (lo if lo > g * 1000 else g * 1000) + interval
             b = self._batch(sent, times, self.flags)
@@ -211,7 +216,7 @@ class CampaignPlan:
             self.engine.decide_batch(b)
             d = b.decided
             ok = d if b.decision[d - 1] == ADMIT else d - 1
-            self._admitted(rows, times, b.used, ok, out)
+            self._admitted(rows, times, b.used, ok, out, waits)
             if ok:
                 self.tat_lo = los[ok - 1]
             if ok == d:
@@ -230,20 +235,23 @@ class CampaignPlan:
             pos += j  # the refused recipient is tried again, no earlier than retry
             if reason == THROUGHPUT:
                 self.tat_lo = max(self.tat_lo, (retry - 1) * 1000 + 1 + tolerance)
-            elif not self.held:
+            else:
                 self.held = True
             if reason == MESSAGING_LIMIT and not totals.limit_reached_at:
                 totals.limit_reached_at = tried
-            self.clock = max(self.clock, retry, tried + 1)
-
-    @property
-    def never(self) -> dict[int, int]:
-        return self.totals.never
+            self.clock = max(self.clock, retry, tried + 1)  # always forward
 
     def _admitted(
-        self, rows: array[int], times: array[int], used: array[int], ok: int, out: array[int]
+        self,
+        rows: array[int],
+        times: array[int],
+        used: array[int],
+        ok: int,
+        out: array[int],
+        waits: int,
     ) -> None:
-        """The first ``ok`` recipients of a chunk go at their times."""
+        """The first ``ok`` recipients of a chunk go at their times (from row
+        ``waits`` on, after one held back)."""
         if not ok:
             return
         first = rows[0]
@@ -264,7 +272,8 @@ class CampaignPlan:
             start = end
         self.clock = totals.completes_at = times[ok - 1]
         if not self.held:
-            totals.admissible_now += ok
+            totals.admissible_now += min(ok, waits)
+            self.held = ok > waits
 
 
 def _add(counts: dict[int, int], reason: int, n: int) -> None:
