@@ -5,6 +5,7 @@ service's snapshot is the same bytes before and after)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -246,6 +247,12 @@ async def test_a_list_planned_across_calls_is_the_same_plan() -> None:
         assert (err.value.details() or "").startswith("sender_id:")
         tail = await plan(h, recipients[120:], start=0, continuation=again.continuation)
         assert list(tail.earliest_at_unix_ms) == list(second.earliest_at_unix_ms)
+        # a held plan is forgotten when its time is up, without another call
+        held = h.sidecar._servicer.plans  # type: ignore[union-attr]
+        held.held_for_s = 0.05
+        await plan(h, recipients[:1], more_follow=True)
+        await asyncio.sleep(0.2)
+        assert len(held) == 0
         # a token serves one call
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await plan(h, recipients[:1], continuation=first.continuation)

@@ -67,7 +67,13 @@ class HeldPlans:
             self._plans.popitem(last=False)
         token = secrets.token_urlsafe(18)
         self._plans[token] = (plan, now + self.held_for_s)
+        # its copy of the counting state is freed when it expires, calls or none
+        with contextlib.suppress(RuntimeError):  # no running loop: at the next call
+            asyncio.get_running_loop().call_later(self.held_for_s, self._expire_now)
         return token, self.held_for_s
+
+    def _expire_now(self) -> None:
+        self._expire(time.monotonic())
 
     def take(self, request: pb.PlanCampaignRequest) -> CampaignPlan:
         """The plan the request's continuation holds, no longer held (a token serves
