@@ -199,7 +199,7 @@ async def test_a_paused_template_moves_the_plan_to_its_end() -> None:
         )
         recipients = numbers(5)
         res = await plan(h, recipients)
-        assert res.start_at_unix_ms == T0 + 3 * HOUR
+        assert res.start_at_unix_ms == T0 + 3 * HOUR and res.admissible_now == 5
         assert list(res.earliest_at_unix_ms) == [T0 + 3 * HOUR] * 5
         await replay(h, recipients, list(res.earliest_at_unix_ms), T0)
         # a disabled template: nothing goes
