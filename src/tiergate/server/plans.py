@@ -67,9 +67,10 @@ class HeldPlans:
             self._plans.popitem(last=False)
         token = secrets.token_urlsafe(18)
         self._plans[token] = (plan, now + self.held_for_s)
-        # its copy of the counting state is freed when it expires, calls or none
+        # its copy of the counting state is freed when it expires, calls or none (a
+        # moment after: a loop's timer may fire a millisecond before its time)
         with contextlib.suppress(RuntimeError):  # no running loop: at the next call
-            asyncio.get_running_loop().call_later(self.held_for_s, self._expire_now)
+            asyncio.get_running_loop().call_later(self.held_for_s + 0.05, self._expire_now)
         return token, self.held_for_s
 
     def _expire_now(self) -> None:
