@@ -1,4 +1,5 @@
-"""``tiergate``: serve, state SENDER, watch SENDER, health, check-config, simulate SCENARIO."""
+"""``tiergate``: serve, state SENDER, watch SENDER, plan SENDER FILE, health, check-config,
+simulate SCENARIO."""
 
 from __future__ import annotations
 
@@ -373,6 +374,24 @@ def _add_connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from tiergate import campaign
+
+    args.recipient_list = campaign.read_recipients(args.recipients)
+    got = _ask(
+        args,
+        lambda c: c.plan_campaign(
+            args.sender,
+            args.recipient_list,
+            template_id=args.template,
+            category=pb.Category.Value(args.category),
+            start_at_unix_ms=args.start_at_unix_ms,
+            at_unix_ms=args.at_unix_ms,
+        ),
+    )
+    return got if isinstance(got, int) else campaign.report(args, *got)
+
+
 # --- simulate --------------------------------------------------------------------
 
 
@@ -434,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="service name to ask about (default '': the whole server)",
     )
     health.set_defaults(func=_health)
+
+    from tiergate.campaign import add_arguments
+
+    plan = sub.add_parser("plan", help="plan a campaign: when each recipient goes (PlanCampaign)")
+    add_arguments(plan)
+    _add_connection_flags(plan)
+    plan.add_argument(
+        "--at-unix-ms", type=int, default=0, help="time of the query (servers with --clock=request)"
+    )
+    plan.set_defaults(func=_plan)
 
     check = sub.add_parser(
         "check-config", help="validate the config and profile, then exit (non-zero if bad)"

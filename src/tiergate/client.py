@@ -340,6 +340,43 @@ class TiergateClient:
             request, timeout=timeout or self.timeout, metadata=self._metadata
         )
 
+    async def plan_campaign(
+        self,
+        sender_id: str,
+        recipients: Sequence[str],
+        *,
+        template_id: str,
+        category: int = pb.MARKETING,
+        start_at_unix_ms: int = 0,
+        at_unix_ms: int = 0,
+        per_call: int = 100_000,
+        timeout: float | None = None,
+    ) -> tuple[list[int], pb.PlanCampaignResponse]:
+        """PlanCampaign for a list of any length, ``per_call`` recipients a call (each
+        carrying the plan on): the earliest time of every recipient (0: never) and
+        the last response, whose summary covers the whole list."""
+        times: list[int] = []
+        token = ""
+        res = pb.PlanCampaignResponse()
+        for i in range(0, max(len(recipients), 1), per_call):
+            part = recipients[i : i + per_call]
+            request = pb.PlanCampaignRequest(
+                sender_id=sender_id,
+                template_id=template_id,
+                category=category,  # type: ignore[arg-type]
+                recipients=part,
+                start_at_unix_ms=start_at_unix_ms,
+                at_unix_ms=at_unix_ms,
+                more_follow=i + per_call < len(recipients),
+                continuation=token,
+            )
+            res = await self._stub.PlanCampaign(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
+            times.extend(res.earliest_at_unix_ms)
+            token = res.continuation
+        return times, res
+
     async def sender_state(
         self, sender_id: str, *, at_unix_ms: int = 0, timeout: float | None = None
     ) -> pb.SenderState:

@@ -199,3 +199,16 @@ def test_batchpath_tiny_measures_both_ways_and_compares_their_replies(tmp_path: 
             assert ns["total"] == pytest.approx(ns["decode"] + ns["decide"] + ns["encode"])
     assert data["ratios"]["message: keys / no keys"] > 0
     assert "replies of the two ways agree: True" in proc.stdout
+
+
+def test_plan_tiny_times_plans_beside_dry_runs(tmp_path: Path) -> None:
+    proc = run("plan.py", "--tiny", "--results-dir", str(tmp_path))
+    data = read(tmp_path / "plan.json")
+    assert data["recipients"] == 10_000 and data["timed_runs"] == 1
+    paced, over = data["figures"]["paced"], data["figures"]["over limit"]
+    for f in (paced, over):
+        assert f["plan_seconds"] > 0 and f["dry_runs_seconds"] > 0
+        assert f["plan_over_dry_runs"] == pytest.approx(f["plan_seconds"] / f["dry_runs_seconds"])
+        # a dry run admits what a plan sends at once
+        assert f["dry_runs_admitted"] == f["admissible_now"] == 10_000
+    assert "PlanCampaign beside AdmitBatch" in proc.stdout

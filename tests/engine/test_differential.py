@@ -262,12 +262,14 @@ class EnginesAgree(RuleBasedStateMachine):
                 st.sampled_from(LIMITS),
             ),
             max_size=12,
-        )
+        ),
+        halt=st.booleans(),
     )
-    def batch(self, items: list[tuple[int, int, int, int, int, int, int, int]]) -> None:
+    def batch(self, items: list[tuple[int, int, int, int, int, int, int, int]], halt: bool) -> None:
         batches = []
         for e in self.engines:
             b = DecisionBatch()
+            b.halt = halt
             ticket = self.next_ticket
             for dt, scope, number, recipient, kind, extra, shadow, limit in items:
                 flags = kind | extra | shadow
@@ -276,8 +278,16 @@ class EnginesAgree(RuleBasedStateMachine):
             e.decide_batch(b)
             batches.append(b)
         self.next_ticket += len(items)
-        for col in OUTPUTS:
-            assert list(getattr(batches[0], col)) == list(getattr(batches[1], col)), col
+        for col in (*OUTPUTS, "decided"):
+            assert getattr(batches[0], col) == getattr(batches[1], col), col
+        # with halt, every row decided but the last is admitted; the rest are not decided
+        b = batches[0]
+        admitted = [d == c.ADMIT for d in b.decision[: b.decided]]
+        if halt:
+            assert all(admitted[:-1]) and (b.decided == len(items) or not admitted[-1])
+            assert not any(b.decision[b.decided :])
+        else:
+            assert b.decided == len(items)
 
     @precondition(lambda self: bool(self.engines))
     @rule(cross=st.booleans())

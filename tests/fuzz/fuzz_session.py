@@ -135,6 +135,7 @@ REQUEST_TYPES: dict[str, type[Message]] = {
     "RecordFeedback": pb.RecordFeedbackRequest,
     "IngestWebhook": pb.IngestWebhookRequest,
     "GetSenderState": pb.GetSenderStateRequest,
+    "PlanCampaign": pb.PlanCampaignRequest,
 }
 RESPONSE_TYPES: dict[str, type[Message]] = {
     "Admit": pb.AdmitResponse,
@@ -144,6 +145,7 @@ RESPONSE_TYPES: dict[str, type[Message]] = {
     "RecordFeedback": pb.RecordFeedbackResponse,
     "IngestWebhook": pb.IngestWebhookResponse,
     "GetSenderState": pb.SenderState,
+    "PlanCampaign": pb.PlanCampaignResponse,
 }
 
 
@@ -783,8 +785,9 @@ class Session:
         out = await (self.stream(rpc, data) if rpc == "AdmitStream" else self.unary(rpc, data))
         self.check_status(rpc, out)
         note(f"{rpc} {'bytes' if raw else 'message'}: {out.code.name}")
+        accepted = out.code == grpc.StatusCode.OK and rpc != "PlanCampaign"  # a plan moves no time
         for t in _times(parsed):
-            self.model.seen_time(t, accepted=out.code == grpc.StatusCode.OK)
+            self.model.seen_time(t, accepted=accepted)
         if rpc == "IngestWebhook" and parsed is not None:
             for t in webhook_times(parsed.body):
                 self.model.seen_time(t, accepted=False)
@@ -816,6 +819,8 @@ class Session:
         """Whether an accepted request must change nothing: a send result naming a
         ticket tiergate never issued (no slot released, no window closed, no sender
         slowed down by a made-up ticket)."""
+        if isinstance(request, pb.PlanCampaignRequest):
+            return True  # a plan consumes nothing
         if not isinstance(request, pb.RecordFeedbackRequest):
             return False
         if request.WhichOneof("event") != "send_result":
@@ -1060,6 +1065,19 @@ class Session:
         self.model.blocked_templates.clear()
         if b"statuses" in body or b"status" in body:
             self.model.forget_counts()
+
+    async def _after_PlanCampaign(self, req: Any, out: Outcome, lower: int, started: int) -> None:
+        if req is None:
+            fail(f"PlanCampaign accepted bytes protobuf cannot parse: {out}")
+        res = pb.PlanCampaignResponse.FromString(out.replies[0])
+        times = list(res.earliest_at_unix_ms)
+        if len(times) != len(req.recipients):
+            fail(f"PlanCampaign answered {len(times)} times for {len(req.recipients)} recipients")
+        going = [t for t in times if t]
+        if going != sorted(going) or (going and going[0] < res.start_at_unix_ms):
+            fail(f"PlanCampaign {req}: times out of order or before the start: {res}")
+        if res.completes_at_unix_ms != max(going, default=res.completes_at_unix_ms):
+            fail(f"PlanCampaign {req}: completes_at is not the last time: {res}")
 
     async def _after_GetSenderState(self, req: Any, out: Outcome, lower: int, started: int) -> None:
         if req is None:

@@ -431,6 +431,30 @@ def state_requests() -> st.SearchStrategy[pb.GetSenderStateRequest]:
     )
 
 
+def plan_requests() -> st.SearchStrategy[pb.PlanCampaignRequest]:
+    return messages(
+        pb.PlanCampaignRequest,
+        {
+            "sender_id": sender_ids_valid,
+            "template_id": st.sampled_from(TEMPLATES),
+            "category": st.sampled_from([pb.MARKETING, pb.UTILITY, pb.AUTHENTICATION]),
+            "recipients": st.lists(recipients_valid, max_size=12),
+            "start_at_unix_ms": st.one_of(times_valid, st.just(0)),
+            "at_unix_ms": st.one_of(times_valid, st.just(0)),
+            "more_follow": st.booleans(),
+        },
+        {
+            "sender_id": text_hostile,
+            "template_id": text_hostile,
+            "category": enums([0, 1, 2, 3, 4]),
+            "recipients": st.lists(recipients, max_size=6),
+            "start_at_unix_ms": times_hostile,
+            "at_unix_ms": times_hostile,
+            "continuation": text_hostile,
+        },
+    )
+
+
 # --- raw bytes ---------------------------------------------------------------------------
 
 

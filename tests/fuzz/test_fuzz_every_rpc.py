@@ -18,6 +18,7 @@ from fuzz_strategies import (
     feedback_requests,
     fuzz_steps,
     ingest_request,
+    plan_requests,
     programs,
     raw,
     state_requests,
@@ -41,6 +42,7 @@ EVERY_RPC = [
     *(fuzz_steps("RecordFeedback", feedback_requests(e)) for e in sorted(FEEDBACK_EVENTS)),
     fuzz_steps("IngestWebhook", webhooks(), raw(webhooks().map(ingest_request))),
     fuzz_steps("GetSenderState", state_requests()),
+    fuzz_steps("PlanCampaign", plan_requests()),
 ]
 
 

@@ -201,7 +201,14 @@ async def test_health_and_reflection_need_no_token() -> None:
 @run_async
 async def test_the_token_is_checked_before_the_request_is_read() -> None:
     async with serving(token=DATA, admin_token=ADMIN) as h:
-        for rpc in ("RecordFeedback", "IngestWebhook", "GetSenderState", "Admit", "AdmitBatch"):
+        for rpc in (
+            "RecordFeedback",
+            "IngestWebhook",
+            "GetSenderState",
+            "PlanCampaign",
+            "Admit",
+            "AdmitBatch",
+        ):
             call = h.channel.unary_unary(f"/{SERVICE_NAME}/{rpc}")
             assert await code_of(call(b"\xff\xff")) == grpc.StatusCode.UNAUTHENTICATED
         assert h.sidecar.metrics.invalid_requests == {}

@@ -1,5 +1,6 @@
-"""Undecodable RecordFeedback, IngestWebhook and GetSenderState: INVALID_ARGUMENT naming
-``request``, counted per RPC, and no traceback logged for any of them."""
+"""Undecodable RecordFeedback, IngestWebhook, GetSenderState and PlanCampaign:
+INVALID_ARGUMENT naming ``request``, counted per RPC, and no traceback logged for
+any of them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from tiergate.server import SERVICE_NAME
 GARBAGE = (b"\xff\xff", b"\x0a\x05ab")
 
 
-@pytest.mark.parametrize("rpc", ["RecordFeedback", "IngestWebhook", "GetSenderState"])
+@pytest.mark.parametrize(
+    "rpc", ["RecordFeedback", "IngestWebhook", "GetSenderState", "PlanCampaign"]
+)
 def test_undecodable_request_is_invalid_argument_counted_and_not_logged(
     rpc: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,8 +14,10 @@ class DecisionBatch:
 
     __slots__ = (
         "counted",
+        "decided",
         "decision",
         "flags",
+        "halt",
         "limit",
         "now",
         "number",
@@ -40,6 +42,9 @@ class DecisionBatch:
         # the policy layer's ticket id of each admit (its journal records and
         # ticket strings carry it; the engines do not read it)
         self.ticket = array("Q")
+        # stop after the first row that is not admitted (a campaign plan: the rows
+        # after it would be sent later); rows from ``decided`` on are left undecided
+        self.halt = False
         # outputs (resized by the engine to len(now))
         self.decision = array("b")
         self.reason = array("b")
@@ -48,6 +53,7 @@ class DecisionBatch:
         self.used = array("q")  # unique recipients counted in the scope's 24 h after this item
         self.prev_counted = array("q")  # recipient's last counted time before this admit
         self.slot = array("q")  # stamp of the slot this admit created (release names it), else 0
+        self.decided = 0  # rows decided: all of them, unless ``halt`` stopped early
 
     def add(
         self, now: int, scope: int, number: int, recipient: int, flags: int, limit: int, ticket: int

@@ -34,7 +34,7 @@ from .requests import (
     InvalidArgument,
 )
 
-__all__ = ["AdmitColumns", "ColumnsLike", "Items", "check_columns"]
+__all__ = ["AdmitColumns", "ColumnsLike", "Items", "check_columns", "recipient_keys"]
 
 
 class ColumnsLike(Protocol):
@@ -222,6 +222,23 @@ class Items:
         return self.dry_runs[i] == 1 if self.dry_runs is not None else self.dry
 
 
+def recipient_keys(recipients: list[str]) -> array[int]:
+    """The key of each recipient (E.164 digits or a business-scoped user ID); a bad
+    one is :class:`InvalidArgument` naming ``recipients[i]``."""
+    rkeys = array("Q", bytes(8 * len(recipients)))
+    bad = kernels.encode_recipients(recipients, rkeys)
+    if bad >= 0:
+        field = f"recipients[{bad}]"
+        if type(recipients[bad]) is not str:
+            raise InvalidArgument(field, f"{field}: must be a string")
+        try:
+            recipient_key(recipients[bad])
+        except ValueError as exc:
+            raise InvalidArgument(field, f"{field}: {exc}") from None
+        raise InvalidArgument(field, f"{field}: not an E.164 number or a business-scoped user ID")
+    return rkeys
+
+
 def check_columns(req: ColumnsLike) -> Items:
     """Every column checked before anything is decided; the error names column and item."""
     # The wire reader hands over recipients already turned into keys (all valid).
@@ -257,20 +274,10 @@ def check_columns(req: ColumnsLike) -> Items:
         raise _item_error(bad, problem, sidx, kinds, cats, tidx, len(senders), len(templates))
     if known_keys is not None:
         assert len(known_keys) == n
-        rkeys, bad = known_keys, -1
+        rkeys = known_keys
     else:
-        rkeys = array("Q", bytes(8 * n))
         assert isinstance(recipients, list)
-        bad = kernels.encode_recipients(recipients, rkeys)
-    if bad >= 0:
-        field = f"recipients[{bad}]"
-        if type(recipients[bad]) is not str:
-            raise InvalidArgument(field, f"{field}: must be a string")
-        try:
-            recipient_key(recipients[bad])
-        except ValueError as exc:
-            raise InvalidArgument(field, f"{field}: {exc}") from None
-        raise InvalidArgument(field, f"{field}: not an E.164 number or a business-scoped user ID")
+        rkeys = recipient_keys(recipients)
     if keys:
         _check_strings("idempotency_keys", keys, MAX_KEY_LEN, False)
     lo, hi = kernels.time_bounds(at)

@@ -124,6 +124,9 @@ def _add_admission_control(
             metrics,
             guard=guard,
         ),
+        "PlanCampaign": decoding.unary(
+            servicer.PlanCampaign, pb.PlanCampaignRequest, "PlanCampaign", metrics, guard=guard
+        ),
         "WatchSenderState": grpc.unary_stream_rpc_method_handler(
             watch,
             request_deserializer=pb.WatchSenderStateRequest.FromString,

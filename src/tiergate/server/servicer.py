@@ -26,7 +26,7 @@ from tiergate.policy.answers import AdmitResult
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
 from tiergate.policy.requests import Checked, InvalidArgument, KeyConflict
 from tiergate.policy.service import AdmissionService
-from tiergate.server import admit_wire, batch_wire, columns_wire, convert
+from tiergate.server import admit_wire, batch_wire, columns_wire, convert, plans
 from tiergate.server.clock import DecisionClock
 from tiergate.server.metrics import Metrics
 from tiergate.server.watch import Watching
@@ -77,7 +77,7 @@ class InFlight:
         return None
 
 
-class AdmissionControl(Watching, pb_grpc.AdmissionControlServicer):
+class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControlServicer):
     def __init__(
         self,
         service: AdmissionService,
@@ -105,6 +105,7 @@ class AdmissionControl(Watching, pb_grpc.AdmissionControlServicer):
         # deciding, UNAVAILABLE while the journal's file system is full, INTERNAL
         # once the store has failed.
         self.refusal: StoreError | None = None
+        self.plans = plans.HeldPlans()  # campaign plans a continuation carries on
 
     # --- helpers ---------------------------------------------------------------
 

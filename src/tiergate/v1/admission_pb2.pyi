@@ -1172,3 +1172,146 @@ class WatchSenderStateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchSenderStateRequest: _TypeAlias = WatchSenderStateRequest  # noqa: Y015
+
+@_typing.final
+class PlanCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    START_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    MORE_FOLLOW_FIELD_NUMBER: _builtins.int
+    CONTINUATION_FIELD_NUMBER: _builtins.int
+    sender_id: _builtins.str
+    template_id: _builtins.str
+    category: Global___Category.ValueType
+    start_at_unix_ms: _builtins.int
+    """When the campaign starts (0: now; never before the sender's latest time)."""
+    at_unix_ms: _builtins.int
+    more_follow: _builtins.bool
+    """More recipients follow in another call: the response's `continuation`
+    carries this plan on (the list is planned as one).
+    """
+    continuation: _builtins.str
+    """A previous response's `continuation`: plan these recipients after that
+    call's (sender, template and category as there; start_at_unix_ms unused).
+    """
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In send order: E.164 digits or business-scoped user IDs."""
+
+    def __init__(
+        self,
+        *,
+        sender_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        category: Global___Category.ValueType = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        start_at_unix_ms: _builtins.int = ...,
+        at_unix_ms: _builtins.int = ...,
+        more_follow: _builtins.bool = ...,
+        continuation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "category", b"category", "continuation", b"continuation", "more_follow", b"more_follow", "recipients", b"recipients", "sender_id", b"sender_id", "start_at_unix_ms", b"start_at_unix_ms", "template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanCampaignRequest: _TypeAlias = PlanCampaignRequest  # noqa: Y015
+
+@_typing.final
+class HourPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUR_START_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SENDS_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    hour_start_unix_ms: _builtins.int
+    sends: _builtins.int
+    """recipients planned to go in this hour"""
+    used: _builtins.int
+    """unique recipients counted in the 24 h window at its last send"""
+    limit: _builtins.int
+    """the effective limit the sends were admitted under"""
+    def __init__(
+        self,
+        *,
+        hour_start_unix_ms: _builtins.int = ...,
+        sends: _builtins.int = ...,
+        used: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hour_start_unix_ms", b"hour_start_unix_ms", "limit", b"limit", "sends", b"sends", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HourPlan: _TypeAlias = HourPlan  # noqa: Y015
+
+@_typing.final
+class PlanCampaignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARLIEST_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    ADMISSIBLE_NOW_FIELD_NUMBER: _builtins.int
+    COMPLETES_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    NEVER_BY_REASON_FIELD_NUMBER: _builtins.int
+    HOURS_FIELD_NUMBER: _builtins.int
+    PLANNED_FIELD_NUMBER: _builtins.int
+    START_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CONTINUATION_FIELD_NUMBER: _builtins.int
+    CONTINUATION_EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LIMIT_REACHED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    admissible_now: _builtins.int
+    """The rest are for the whole plan so far (every call of a continued plan).
+    recipients that go at the campaign's start
+    """
+    completes_at_unix_ms: _builtins.int
+    """the last planned time (0: none goes)"""
+    planned: _builtins.int
+    """recipients planned so far"""
+    start_at_unix_ms: _builtins.int
+    """the campaign's start, as planned"""
+    continuation: _builtins.str
+    """Set when the request had more_follow: pass it back with the next recipients."""
+    continuation_expires_at_unix_ms: _builtins.int
+    """When a plan left unused is forgotten (continuation then INVALID_ARGUMENT)."""
+    limit_reached_at_unix_ms: _builtins.int
+    """The first time a recipient waited for a slot under the messaging limit (0: none)."""
+    @_builtins.property
+    def earliest_at_unix_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """One per recipient of this call, in order: the earliest time tiergate admits
+        it when every recipient before it went at its planned time; 0: never.
+        """
+
+    @_builtins.property
+    def never_by_reason(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasonCount]: ...
+    @_builtins.property
+    def hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___HourPlan]: ...
+    def __init__(
+        self,
+        *,
+        earliest_at_unix_ms: _abc.Iterable[_builtins.int] | None = ...,
+        admissible_now: _builtins.int = ...,
+        completes_at_unix_ms: _builtins.int = ...,
+        never_by_reason: _abc.Iterable[Global___ReasonCount] | None = ...,
+        hours: _abc.Iterable[Global___HourPlan] | None = ...,
+        planned: _builtins.int = ...,
+        start_at_unix_ms: _builtins.int = ...,
+        continuation: _builtins.str = ...,
+        continuation_expires_at_unix_ms: _builtins.int = ...,
+        limit_reached_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admissible_now", b"admissible_now", "completes_at_unix_ms", b"completes_at_unix_ms", "continuation", b"continuation", "continuation_expires_at_unix_ms", b"continuation_expires_at_unix_ms", "earliest_at_unix_ms", b"earliest_at_unix_ms", "hours", b"hours", "limit_reached_at_unix_ms", b"limit_reached_at_unix_ms", "never_by_reason", b"never_by_reason", "planned", b"planned", "start_at_unix_ms", b"start_at_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanCampaignResponse: _TypeAlias = PlanCampaignResponse  # noqa: Y015

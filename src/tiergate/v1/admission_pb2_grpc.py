@@ -69,6 +69,11 @@ class AdmissionControlStub:
                 request_serializer=tiergate_dot_v1_dot_admission__pb2.GetSenderStateRequest.SerializeToString,
                 response_deserializer=tiergate_dot_v1_dot_admission__pb2.SenderState.FromString,
                 _registered_method=True)
+        self.PlanCampaign = channel.unary_unary(
+                '/tiergate.v1.AdmissionControl/PlanCampaign',
+                request_serializer=tiergate_dot_v1_dot_admission__pb2.PlanCampaignRequest.SerializeToString,
+                response_deserializer=tiergate_dot_v1_dot_admission__pb2.PlanCampaignResponse.FromString,
+                _registered_method=True)
         self.WatchSenderState = channel.unary_stream(
                 '/tiergate.v1.AdmissionControl/WatchSenderState',
                 request_serializer=tiergate_dot_v1_dot_admission__pb2.WatchSenderStateRequest.SerializeToString,
@@ -130,6 +135,14 @@ class AdmissionControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanCampaign(self, request, context):
+        """A dry-run schedule for a list of recipients: when each would be admitted if
+        the list is sent in order as planned. Nothing is consumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchSenderState(self, request, context):
         """A sender's (or portfolio's) state now, then again on every change of tier,
         limit, quality, status, restriction or paused templates, and when usage
@@ -176,6 +189,11 @@ def add_AdmissionControlServicer_to_server(servicer, server):
                     servicer.GetSenderState,
                     request_deserializer=tiergate_dot_v1_dot_admission__pb2.GetSenderStateRequest.FromString,
                     response_serializer=tiergate_dot_v1_dot_admission__pb2.SenderState.SerializeToString,
+            ),
+            'PlanCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanCampaign,
+                    request_deserializer=tiergate_dot_v1_dot_admission__pb2.PlanCampaignRequest.FromString,
+                    response_serializer=tiergate_dot_v1_dot_admission__pb2.PlanCampaignResponse.SerializeToString,
             ),
             'WatchSenderState': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSenderState,
@@ -372,6 +390,33 @@ class AdmissionControl:
             '/tiergate.v1.AdmissionControl/GetSenderState',
             tiergate_dot_v1_dot_admission__pb2.GetSenderStateRequest.SerializeToString,
             tiergate_dot_v1_dot_admission__pb2.SenderState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiergate.v1.AdmissionControl/PlanCampaign',
+            tiergate_dot_v1_dot_admission__pb2.PlanCampaignRequest.SerializeToString,
+            tiergate_dot_v1_dot_admission__pb2.PlanCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,

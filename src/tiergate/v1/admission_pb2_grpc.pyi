@@ -53,6 +53,10 @@ class AdmissionControlStub:
     """A raw Meta webhook POST body, verified and applied."""
     GetSenderState: _grpc.UnaryUnaryMultiCallable[_admission_pb2.GetSenderStateRequest, _admission_pb2.SenderState]
     """Usage, limit, tier, upgrade prediction and health of one sender."""
+    PlanCampaign: _grpc.UnaryUnaryMultiCallable[_admission_pb2.PlanCampaignRequest, _admission_pb2.PlanCampaignResponse]
+    """A dry-run schedule for a list of recipients: when each would be admitted if
+    the list is sent in order as planned. Nothing is consumed.
+    """
     WatchSenderState: _grpc.UnaryStreamMultiCallable[_admission_pb2.WatchSenderStateRequest, _admission_pb2.SenderState]
     """A sender's (or portfolio's) state now, then again on every change of tier,
     limit, quality, status, restriction or paused templates, and when usage
@@ -80,6 +84,10 @@ class AdmissionControlAsyncStub(AdmissionControlStub):
     """A raw Meta webhook POST body, verified and applied."""
     GetSenderState: _aio.UnaryUnaryMultiCallable[_admission_pb2.GetSenderStateRequest, _admission_pb2.SenderState]  # type: ignore[assignment]
     """Usage, limit, tier, upgrade prediction and health of one sender."""
+    PlanCampaign: _aio.UnaryUnaryMultiCallable[_admission_pb2.PlanCampaignRequest, _admission_pb2.PlanCampaignResponse]  # type: ignore[assignment]
+    """A dry-run schedule for a list of recipients: when each would be admitted if
+    the list is sent in order as planned. Nothing is consumed.
+    """
     WatchSenderState: _aio.UnaryStreamMultiCallable[_admission_pb2.WatchSenderStateRequest, _admission_pb2.SenderState]  # type: ignore[assignment]
     """A sender's (or portfolio's) state now, then again on every change of tier,
     limit, quality, status, restriction or paused templates, and when usage
@@ -146,6 +154,16 @@ class AdmissionControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admission_pb2.SenderState, _abc.Awaitable[_admission_pb2.SenderState]]:
         """Usage, limit, tier, upgrade prediction and health of one sender."""
+
+    @_abc_1.abstractmethod
+    def PlanCampaign(
+        self,
+        request: _admission_pb2.PlanCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.PlanCampaignResponse, _abc.Awaitable[_admission_pb2.PlanCampaignResponse]]:
+        """A dry-run schedule for a list of recipients: when each would be admitted if
+        the list is sent in order as planned. Nothing is consumed.
+        """
 
     @_abc_1.abstractmethod
     def WatchSenderState(

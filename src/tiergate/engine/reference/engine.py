@@ -54,6 +54,24 @@ def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
+def _check_batch(batch: DecisionBatch, n: int, scopes: int, numbers: int) -> None:
+    """decide_batch's checks of the whole batch, before it decides anything."""
+    for col in ("scope", "number", "recipient", "flags", "limit"):
+        if len(getattr(batch, col)) != n:
+            raise ValueError(f"batch column {col} has {len(getattr(batch, col))} items, not {n}")
+    for i in range(n):
+        if not 0 <= batch.scope[i] < scopes:
+            raise IndexError(f"batch item {i}: scope {batch.scope[i]} out of range")
+        if not 0 <= batch.number[i] < numbers:
+            raise IndexError(f"batch item {i}: number {batch.number[i]} out of range")
+        if not 0 < batch.recipient[i] <= MAX_KEY:
+            raise ValueError(
+                f"batch item {i}: recipient key {batch.recipient[i]} is not in 1 .. 2**54 - 1"
+            )
+        if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
+            raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
+
+
 def _check_time(name: str, value: int) -> None:
     if not -MAX_TIME <= value <= MAX_TIME:
         raise ValueError(f"{name} must be within ±2**50 ms, got {value}")
@@ -305,27 +323,15 @@ class Engine:
         """Decide every request of ``batch`` in order; fills its output columns.
 
         The whole batch is validated first (ValueError / IndexError naming the
-        item), so a bad item decides nothing.
+        item), so a bad item decides nothing. With ``batch.halt`` set, deciding
+        stops after the first row not admitted; ``batch.decided`` says how many
+        rows were decided.
         """
         n = len(batch.now)
-        for col in ("scope", "number", "recipient", "flags", "limit"):
-            if len(getattr(batch, col)) != n:
-                raise ValueError(
-                    f"batch column {col} has {len(getattr(batch, col))} items, not {n}"
-                )
-        ns, nn = len(self.scopes), len(self.numbers)
-        for i in range(n):
-            if not 0 <= batch.scope[i] < ns:
-                raise IndexError(f"batch item {i}: scope {batch.scope[i]} out of range")
-            if not 0 <= batch.number[i] < nn:
-                raise IndexError(f"batch item {i}: number {batch.number[i]} out of range")
-            if not 0 < batch.recipient[i] <= MAX_KEY:
-                raise ValueError(
-                    f"batch item {i}: recipient key {batch.recipient[i]} is not in 1 .. 2**54 - 1"
-                )
-            if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
-                raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
+        _check_batch(batch, n, len(self.scopes), len(self.numbers))
         batch.prepare_outputs()
+        halt = batch.halt
+        batch.decided = n
         for i in range(n):
             d = self._decide(
                 batch.now[i],
@@ -342,6 +348,9 @@ class Engine:
             batch.used[i] = d[4]
             batch.prev_counted[i] = d[5]
             batch.slot[i] = d[6]
+            if halt and d[0] != ADMIT:
+                batch.decided = i + 1
+                break
 
     # -- feedback ------------------------------------------------------------
 
