@@ -95,8 +95,7 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         self._commit = commit
         self._metrics = metrics
         self._max_batch = max_batch
-        #: The Meta app secret IngestWebhook checks signatures with (empty: none);
-        #: the sidecar replaces it when a reload rotates it.
+        #: The Meta app secret IngestWebhook checks (empty: none); a reload may rotate it.
         self.webhook_secret = webhook_secret
         self.ingestor = ingestor if ingestor is not None else webhooks.WebhookIngestor(service)
         self._clock = DecisionClock(service, clock, request_clock)
