@@ -251,6 +251,9 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
         p = put_number_table(&num.table, p)
         if p == NULL:
             return NULL
+        p = put_warmup(num.warm, p)
+        if p == NULL:
+            return NULL
     return p
 
 
@@ -318,6 +321,7 @@ cdef bytes engine_snapshot(Engine eng):
     for i in range(eng.n_numbers):
         size += NUMBER_SIZE + TABLE_SIZE
         size += NUMBER_ENTRY_SIZE * <Py_ssize_t>eng.numbers[i].table.count
+        size += warmup_snapshot_size(eng.numbers[i].warm)
     out = PyBytes_FromStringAndSize(NULL, size)
     p = <unsigned char *>PyBytes_AS_STRING(out)
     memcpy(p, <const char *>SNAPSHOT_MAGIC, 8)
@@ -409,6 +413,8 @@ cdef Engine engine_restore(type cls, data):
         num.tput_tat = <int64_t>get_u64(take(&c, 8))
         c.pos += 32
         restore_number_table(&num.table, &c, version)
+        if version >= 4:
+            restore_warmup(eng, num, &c)
     if c.pos != c.size:
         raise ValueError("engine snapshot is corrupt: trailing bytes")
     return eng

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tiergate.engine import NEVER
+from tiergate.engine.constants import UNLIMITED
 
 from .requests import MARKETING
 from .state import PolicyState
@@ -83,6 +84,10 @@ class SenderReport:
     #: Replies refused until then under Meta's RESTRICTED_CUSTOMER_INITIATED_MESSAGING
     #: (2^62 while it has no known end; 0: not restricted).
     replies_restricted_until_unix_ms: int = 0
+    #: Under portfolio scope, a number in warm-up: its own cap (0: none) and the
+    #: unique recipients it counted itself in the rolling 24 h.
+    warmup_cap: int = 0
+    warmup_used_24h: int = 0
 
 
 def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
@@ -104,6 +109,14 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
     limit = p.tier_limit(scope.tier)
     effective = s.limits[MARKETING]
     used, nxt, unique, slots = st.engine.usage(scope.index, now, effective)
+    remaining = max(0, effective - used)
+    nxt = nxt if used >= effective else now
+    own_used = 0
+    if s.warmup_cap < UNLIMITED:  # the number's own count binds too
+        own_used, own_nxt, _, _ = st.engine.warmup_usage(s.engine_index, now)
+        remaining = min(remaining, max(0, s.warmup_cap - own_used))
+        if own_used >= s.warmup_cap:
+            nxt = max(nxt, own_nxt)
     if scope.crossed_at == NEVER:
         check_crossing(st, scope, now)
     have = unique if p.upgrade_basis == "unique" else slots
@@ -144,8 +157,8 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         tier=scope.tier,
         limit=limit,
         used_24h=used,
-        remaining=max(0, effective - used),
-        next_slot_free_at_unix_ms=nxt if used >= effective else now,
+        remaining=remaining,
+        next_slot_free_at_unix_ms=nxt,
         unique_7d=unique,
         upgrade=upgrade,
         quality=s.quality,
@@ -171,4 +184,6 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         replies_restricted_until_unix_ms=(
             s.replies_restricted_until if s.replies_restricted_until > now else 0
         ),
+        warmup_cap=s.warmup_cap if s.warmup_cap < UNLIMITED else 0,
+        warmup_used_24h=own_used,
     )

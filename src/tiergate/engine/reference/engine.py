@@ -26,6 +26,7 @@ from ..constants import (
     RETRY_LATER,
     SENDER_RESTRICTED,
     THROUGHPUT,
+    UNLIMITED,
 )
 from ..results import Decided, Lookup, Usage
 from .bounds import (
@@ -39,6 +40,7 @@ from .bounds import (
 )
 from .snapshot import read_snapshot, write_snapshot
 from .tables import Number, Scope
+from .warmup import Warmup
 
 Decision = tuple[int, int, int, int, int, int, int]
 """(decision, reason, retry_at_ms, counted, used, prev_counted, slot)"""
@@ -148,6 +150,21 @@ class Engine:
     ) -> None:
         self._number(number).set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
 
+    def set_warmup(self, number: int, cap: int) -> None:
+        """Cap the unique recipients ``number`` itself counts in the rolling
+        window at ``cap`` (0 .. UNLIMITED - 1), on top of its scope's limit; from
+        the first such call the number keeps its own count. ``UNLIMITED``: no
+        cap of its own, and the count is dropped."""
+        num = self._number(number)
+        if not 0 <= cap <= UNLIMITED:
+            raise ValueError(f"cap must be 0 .. 2**62 - 1, got {cap}")
+        if cap == UNLIMITED:
+            num.warm = None
+        elif num.warm is None:
+            num.warm = Warmup(self.bucket_ms, self.window_ms, cap)
+        else:
+            num.warm.cap = cap
+
     # -- decisions -----------------------------------------------------------
 
     def decide(
@@ -182,6 +199,13 @@ class Engine:
         already = counting and last > now - self.window_ms
         needs_slot = counting and not already
         ring = s.ring24
+        warm = num.warm
+        warm_last = NEVER
+        if warm is not None:
+            warm.ring.advance(now)
+            warm_last = warm.last(recipient)
+        # a number in warm-up also needs a slot of its own cap
+        warm_needs = warm is not None and counting and warm_last <= now - self.window_ms
         now_us = now * 1000
         tput_tat = max(num.tput_tat, now_us)
         pair_tat = max(ne.pair_tat if ne is not None else NEVER, now)
@@ -199,10 +223,15 @@ class Engine:
             if counting:
                 if flags & F_RESTRICTED:
                     return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
-                if needs_slot and ring.total >= limit:
-                    if limit <= 0:
+                full = needs_slot and ring.total >= limit
+                warm_full = warm is not None and warm_needs and warm.ring.total >= warm.cap
+                if full or warm_full:
+                    # retried once every count that binds has a free slot
+                    if (full and limit <= 0) or (warm_full and warm is not None and warm.cap <= 0):
                         return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last, 0)
-                    retry = ring.next_free(limit, now)
+                    retry = ring.next_free(limit, now) if full else now
+                    if warm_full and warm is not None:
+                        retry = max(retry, warm.ring.next_free(warm.cap, now))
                     return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last, 0)
             elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
                 return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
@@ -244,6 +273,8 @@ class Engine:
                 slot = ((now + MAX_TIME) << SLOT_GEN_BITS) | se.gen
             else:
                 se.fresh = False  # this admit relies on the earlier slot
+            if warm is not None:
+                warm.count(recipient, warm_last, now)
         if marketing:
             if se is None:
                 se = s.insert(recipient)
@@ -300,9 +331,12 @@ class Engine:
 
     # -- feedback ------------------------------------------------------------
 
-    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool:
+    def release(
+        self, scope: int, recipient: int, slot: int, prev_counted: int, number: int = -1
+    ) -> bool:
         """Give back the slot an admit created (``slot``: its decision's ``slot``
-        stamp), if no later admit relied on it.
+        stamp), if no later admit relied on it; ``number`` (the number the
+        admit was from; -1: unknown) gives back its warm-up count too.
 
         ``prev_counted`` is the decision's ``prev_counted``: never later than
         the time the admit counted the recipient. Stamps come back from
@@ -329,6 +363,10 @@ class Engine:
         s.slots7.remove(t)
         se.last_counted = prev_counted
         se.fresh = False
+        if 0 <= number < len(self.numbers):
+            warm = self.numbers[number].warm
+            if warm is not None:
+                warm.release(recipient, t, prev_counted)
         return True
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
@@ -399,6 +437,9 @@ class Engine:
             if now > num.clock:
                 num.clock = now
             removed += num.reclaim(self._number_cut(num))
+            if num.warm is not None:
+                num.warm.ring.advance(self.scopes[num.scope].last_now)
+                num.warm.prune()  # not recipient table entries: not counted
         return removed
 
     # -- reports -------------------------------------------------------------
@@ -429,6 +470,19 @@ class Engine:
             ne.fep_until if ne is not None else NEVER,
             ne.pair_tat if ne is not None else NEVER,
         )
+
+    def warmup_usage(self, number: int, now: int) -> Usage:
+        """(used_24h, next_slot_free_at, 0, 0) of the number's own warm-up count
+        at ``now`` (all 0 when it has none)."""
+        num = self._number(number)
+        _check_time("now", now)
+        warm = num.warm
+        if warm is None:
+            return Usage(0, 0, 0, 0)
+        now = self.scopes[num.scope].clamp(now)
+        warm.ring.advance(now)
+        nxt = warm.ring.next_free(warm.cap, now) if warm.cap > 0 else 0
+        return Usage(warm.ring.total, nxt, 0, 0)
 
     def scope_now(self, scope: int) -> int:
         return self._scope(scope).last_now
