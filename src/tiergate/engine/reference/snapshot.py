@@ -145,8 +145,7 @@ def _read_warmup(r: _Reader, eng: Engine, number: int) -> None:
     _read_ring(r, warm.ring)
     (count,) = r.take(_WARM_COUNT)
     for key, t in _take_entries(r, _WARM_ENTRY, count):
-        _check_snapshot_time(t)
-        if not 0 < key <= MAX_KEY or not warm.live(t):
+        if not 0 < key <= MAX_KEY or not -MAX_TIME <= t <= MAX_TIME or not warm.live(t):
             raise ValueError("engine snapshot is corrupt: warm-up entry")
         warm.counted[key] = t
 
