@@ -11,12 +11,11 @@ import struct
 from typing import Any
 
 import pytest
+from conftest import Twin
 
 from tiergate.engine import NEVER
 from tiergate.engine import constants as c
 from tiergate.engine.reference import SNAPSHOT_VERSION
-
-from conftest import Twin
 
 MIN = 60_000
 DAY = 86_400_000
@@ -49,7 +48,7 @@ def test_a_new_number_sends_up_to_its_cap_while_the_portfolio_has_room(twin: Twi
     for i in range(3):
         d = _send(e, T0 + MIN + i, NEW, 100 + i, 10)
         assert d[:2] == (c.ADMIT, c.OK) and d[3] == 1
-    assert tuple(e.warmup_usage(NEW, T0 + MIN))[:1] == (3,)
+    assert e.warmup_usage(NEW, T0 + MIN).used_24h == 3
     # the fourth new recipient waits for the first of its own to leave the window
     d = _send(e, T0 + MIN + 10, NEW, 103, 10)
     first_free = (T0 + MIN) // MIN * MIN + MIN + DAY
@@ -73,7 +72,7 @@ def test_the_portfolio_limit_binds_below_the_cap(twin: Twin) -> None:
     d = _send(e, T0 + 20 * MIN, NEW, 101, 10)
     portfolio_free = T0 // MIN * MIN + MIN + DAY  # the busy number's first recipient
     assert d[:3] == (c.RETRY_LATER, c.MESSAGING_LIMIT, portfolio_free)
-    assert tuple(e.warmup_usage(NEW, T0 + 20 * MIN))[0] == 1
+    assert e.warmup_usage(NEW, T0 + 20 * MIN).used_24h == 1
 
 
 def test_when_both_bind_the_retry_waits_for_both(twin: Twin) -> None:
@@ -101,25 +100,25 @@ def test_a_failed_send_gives_back_the_numbers_count_too(twin: Twin) -> None:
     assert _send(e, T0 + 2, NEW, 101, 10)[0] == c.RETRY_LATER
     d = _send(e, T0 + 3, NEW, 100, 10)  # counted again, a new slot
     assert e.release(0, _key(100), d[6], d[5], NEW) is True
-    assert tuple(e.warmup_usage(NEW, T0 + 4))[0] == 0
+    assert e.warmup_usage(NEW, T0 + 4).used_24h == 0
     assert _send(e, T0 + 4, NEW, 101, 10)[0] == c.ADMIT
 
 
 def test_dry_runs_and_replies_take_nothing_and_forced_sends_count(twin: Twin) -> None:
     e = _portfolio(twin, 1)
     assert _send(e, T0, NEW, 100, 10)[0] == c.ADMIT
-    assert tuple(e.decide(T0, 0, NEW, _key(101), T | c.F_DRY_RUN, 10))[0] == c.RETRY_LATER
+    assert e.decide(T0, 0, NEW, _key(101), T | c.F_DRY_RUN, 10).decision == c.RETRY_LATER
     e.open_window(NEW, _key(102), T0 + DAY, NEVER)
     assert tuple(e.decide(T0, 0, NEW, _key(102), T, 10))[:2] == (c.ADMIT, c.OK)  # in a window
-    assert tuple(e.decide(T0, 0, NEW, _key(103), T | c.F_FORCE, 10))[0] == c.ADMIT  # replay
-    assert tuple(e.warmup_usage(NEW, T0))[0] == 2
+    assert e.decide(T0, 0, NEW, _key(103), T | c.F_FORCE, 10).decision == c.ADMIT  # replay
+    assert e.warmup_usage(NEW, T0).used_24h == 2
 
 
 def test_leaving_warm_up_drops_the_count(twin: Twin) -> None:
     e = _portfolio(twin, 1)
     assert _send(e, T0, NEW, 100, 10)[0] == c.ADMIT
     e.set_warmup(NEW, 5)  # the next step of the schedule: the count stays
-    assert tuple(e.warmup_usage(NEW, T0))[0] == 1
+    assert e.warmup_usage(NEW, T0).used_24h == 1
     e.set_warmup(NEW, c.UNLIMITED)
     assert tuple(e.warmup_usage(NEW, T0)) == (0, 0, 0, 0)
     assert _send(e, T0, NEW, 101, 10)[0] == c.ADMIT
@@ -147,7 +146,7 @@ def test_snapshots_carry_the_count_and_both_engines_read_them(twin: Twin) -> Non
         assert _send(restored, T0 + 4 * MIN, NEW, 101, 10)[0] == c.ADMIT
     # a day on, reclaim drops what left the window, and the snapshot skips it
     e.reclaim(T0 + MIN + DAY + MIN)
-    assert tuple(e.warmup_usage(NEW, T0 + MIN + DAY + MIN))[0] == 1
+    assert e.warmup_usage(NEW, T0 + MIN + DAY + MIN).used_24h == 1
     assert twin.Engine.restore(e.snapshot()).snapshot() == e.snapshot()
 
 

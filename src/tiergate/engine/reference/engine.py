@@ -38,6 +38,7 @@ from .bounds import (
     SLOT_GEN_BITS,
     SLOT_GEN_MAX,
 )
+from .ring import Ring
 from .snapshot import read_snapshot, write_snapshot
 from .tables import Number, Scope
 from .warmup import Warmup
@@ -67,6 +68,62 @@ def _check_scope_params(freq_cap: int, freq_window_ms: int) -> None:
         raise ValueError(f"freq_cap must be 0..{MARKETING_HISTORY}")
     if not 0 <= freq_window_ms <= MAX_TIME:
         raise ValueError("freq_window_ms must be 0..2**50")
+
+
+def _over_limit(
+    ring: Ring, limit: int | None, warm: Warmup | None, now: int
+) -> tuple[int, int] | None:
+    """Whether a count that binds a counting send has no free slot: the scope's
+    (``limit``; None when the send needs no new slot of it) or the number's own
+    in warm-up (``warm``; None when it needs none of that). (REJECT, 0) when one
+    never frees, else (RETRY_LATER, when every one that binds has a free slot)."""
+    full = limit is not None and ring.total >= limit
+    warm_full = warm is not None and warm.ring.total >= warm.cap
+    if not (full or warm_full):
+        return None
+    retry = now
+    if limit is not None and full:
+        if limit <= 0:
+            return (REJECT, 0)
+        retry = ring.next_free(limit, now)
+    if warm is not None and warm_full:
+        if warm.cap <= 0:
+            return (REJECT, 0)
+        retry = max(retry, warm.ring.next_free(warm.cap, now))
+    return (RETRY_LATER, retry)
+
+
+def _slot_stamp(recipient: int, slot: int, prev_counted: int) -> tuple[int, int] | None:
+    """(generation, time) of a slot stamp a release names, if it can be one this
+    engine gave for a recipient last counted before at ``prev_counted``."""
+    if not (0 < recipient <= _U64 and 0 < slot <= _U64):
+        return None
+    if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
+        return None
+    gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
+    if gen == 0 or t > MAX_TIME or prev_counted > t:
+        return None
+    return gen, t
+
+
+def _check_batch(batch: DecisionBatch, ns: int, nn: int) -> None:
+    """ValueError / IndexError naming a batch's first bad item (``ns`` scopes and
+    ``nn`` numbers exist)."""
+    n = len(batch.now)
+    for col in ("scope", "number", "recipient", "flags", "limit"):
+        if len(getattr(batch, col)) != n:
+            raise ValueError(f"batch column {col} has {len(getattr(batch, col))} items, not {n}")
+    for i in range(n):
+        if not 0 <= batch.scope[i] < ns:
+            raise IndexError(f"batch item {i}: scope {batch.scope[i]} out of range")
+        if not 0 <= batch.number[i] < nn:
+            raise IndexError(f"batch item {i}: number {batch.number[i]} out of range")
+        if not 0 < batch.recipient[i] <= MAX_KEY:
+            raise ValueError(
+                f"batch item {i}: recipient key {batch.recipient[i]} is not in 1 .. 2**54 - 1"
+            )
+        if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
+            raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
 
 
 class Engine:
@@ -151,19 +208,12 @@ class Engine:
         self._number(number).set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
 
     def set_warmup(self, number: int, cap: int) -> None:
-        """Cap the unique recipients ``number`` itself counts in the rolling
-        window at ``cap`` (0 .. UNLIMITED - 1), on top of its scope's limit; from
-        the first such call the number keeps its own count. ``UNLIMITED``: no
-        cap of its own, and the count is dropped."""
+        """Cap the unique recipients ``number`` itself counts in the window, on top
+        of its scope's limit (its own count kept; UNLIMITED: none, count dropped)."""
         num = self._number(number)
         if not 0 <= cap <= UNLIMITED:
             raise ValueError(f"cap must be 0 .. 2**62 - 1, got {cap}")
-        if cap == UNLIMITED:
-            num.warm = None
-        elif num.warm is None:
-            num.warm = Warmup(self.bucket_ms, self.window_ms, cap)
-        else:
-            num.warm.cap = cap
+        num.warm = Warmup.with_cap(num.warm, self.bucket_ms, self.window_ms, cap)
 
     # -- decisions -----------------------------------------------------------
 
@@ -199,13 +249,9 @@ class Engine:
         already = counting and last > now - self.window_ms
         needs_slot = counting and not already
         ring = s.ring24
-        warm = num.warm
-        warm_last = NEVER
-        if warm is not None:
-            warm.ring.advance(now)
-            warm_last = warm.last(recipient)
-        # a number in warm-up also needs a slot of its own cap
-        warm_needs = warm is not None and counting and warm_last <= now - self.window_ms
+        warm_last = num.warm.look(recipient, now) if num.warm is not None else NEVER
+        # a number in warm-up also needs a slot of its own cap (own)
+        own = num.warm if counting and warm_last <= now - self.window_ms else None
         now_us = now * 1000
         tput_tat = max(num.tput_tat, now_us)
         pair_tat = max(ne.pair_tat if ne is not None else NEVER, now)
@@ -223,16 +269,9 @@ class Engine:
             if counting:
                 if flags & F_RESTRICTED:
                     return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
-                full = needs_slot and ring.total >= limit
-                warm_full = warm is not None and warm_needs and warm.ring.total >= warm.cap
-                if full or warm_full:
-                    # retried once every count that binds has a free slot
-                    if (full and limit <= 0) or (warm_full and warm is not None and warm.cap <= 0):
-                        return (REJECT, MESSAGING_LIMIT, 0, 0, ring.total, last, 0)
-                    retry = ring.next_free(limit, now) if full else now
-                    if warm_full and warm is not None:
-                        retry = max(retry, warm.ring.next_free(warm.cap, now))
-                    return (RETRY_LATER, MESSAGING_LIMIT, retry, 0, ring.total, last, 0)
+                over = _over_limit(ring, limit if needs_slot else None, own, now)
+                if over is not None:
+                    return (over[0], MESSAGING_LIMIT, over[1], 0, ring.total, last, 0)
             elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
                 return (REJECT, SENDER_RESTRICTED, 0, 0, ring.total, last, 0)
             # 7. protective rules
@@ -273,8 +312,8 @@ class Engine:
                 slot = ((now + MAX_TIME) << SLOT_GEN_BITS) | se.gen
             else:
                 se.fresh = False  # this admit relies on the earlier slot
-            if warm is not None:
-                warm.count(recipient, warm_last, now)
+            if num.warm is not None:
+                num.warm.count(recipient, warm_last, now)
         if marketing:
             if se is None:
                 se = s.insert(recipient)
@@ -293,26 +332,9 @@ class Engine:
         The whole batch is validated first (ValueError / IndexError naming the
         item), so a bad item decides nothing.
         """
-        n = len(batch.now)
-        for col in ("scope", "number", "recipient", "flags", "limit"):
-            if len(getattr(batch, col)) != n:
-                raise ValueError(
-                    f"batch column {col} has {len(getattr(batch, col))} items, not {n}"
-                )
-        ns, nn = len(self.scopes), len(self.numbers)
-        for i in range(n):
-            if not 0 <= batch.scope[i] < ns:
-                raise IndexError(f"batch item {i}: scope {batch.scope[i]} out of range")
-            if not 0 <= batch.number[i] < nn:
-                raise IndexError(f"batch item {i}: number {batch.number[i]} out of range")
-            if not 0 < batch.recipient[i] <= MAX_KEY:
-                raise ValueError(
-                    f"batch item {i}: recipient key {batch.recipient[i]} is not in 1 .. 2**54 - 1"
-                )
-            if not -MAX_TIME <= batch.now[i] <= MAX_TIME:
-                raise ValueError(f"batch item {i}: now must be within ±2**50 ms")
+        _check_batch(batch, len(self.scopes), len(self.numbers))
         batch.prepare_outputs()
-        for i in range(n):
+        for i in range(len(batch.now)):
             d = self._decide(
                 batch.now[i],
                 self.scopes[batch.scope[i]],
@@ -345,17 +367,12 @@ class Engine:
         the slot) releases nothing and returns False, like an unknown one.
         """
         s = self._scope(scope)
-        if not (0 < recipient <= _U64 and 0 < slot <= _U64):
+        stamp = _slot_stamp(recipient, slot, prev_counted)
+        if stamp is None:
             return False
-        if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
-            return False
-        gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
-        if gen == 0 or t > MAX_TIME:
-            return False
+        gen, t = stamp
         se = s.table.get(recipient)
         if se is None or not se.fresh or se.gen != gen or se.last_counted != t:
-            return False
-        if prev_counted > t:
             return False
         for r in (s.ring24, s.ring7):
             r.remove(t)
@@ -363,10 +380,8 @@ class Engine:
         s.slots7.remove(t)
         se.last_counted = prev_counted
         se.fresh = False
-        if 0 <= number < len(self.numbers):
-            warm = self.numbers[number].warm
-            if warm is not None:
-                warm.release(recipient, t, prev_counted)
+        if 0 <= number < len(self.numbers) and (warm := self.numbers[number].warm) is not None:
+            warm.release(recipient, t, prev_counted)
         return True
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
@@ -437,9 +452,8 @@ class Engine:
             if now > num.clock:
                 num.clock = now
             removed += num.reclaim(self._number_cut(num))
-            if num.warm is not None:
-                num.warm.ring.advance(self.scopes[num.scope].last_now)
-                num.warm.prune()  # not recipient table entries: not counted
+            if num.warm is not None:  # not recipient table entries: not counted
+                num.warm.prune(self.scopes[num.scope].last_now)
         return removed
 
     # -- reports -------------------------------------------------------------
@@ -472,17 +486,12 @@ class Engine:
         )
 
     def warmup_usage(self, number: int, now: int) -> Usage:
-        """(used_24h, next_slot_free_at, 0, 0) of the number's own warm-up count
-        at ``now`` (all 0 when it has none)."""
+        """(used_24h, next_slot_free_at, 0, 0) of the number's own count (0s: none)."""
         num = self._number(number)
         _check_time("now", now)
-        warm = num.warm
-        if warm is None:
+        if num.warm is None:
             return Usage(0, 0, 0, 0)
-        now = self.scopes[num.scope].clamp(now)
-        warm.ring.advance(now)
-        nxt = warm.ring.next_free(warm.cap, now) if warm.cap > 0 else 0
-        return Usage(warm.ring.total, nxt, 0, 0)
+        return Usage(*num.warm.usage(self.scopes[num.scope].clamp(now)), 0, 0)
 
     def scope_now(self, scope: int) -> int:
         return self._scope(scope).last_now

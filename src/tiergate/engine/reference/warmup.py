@@ -14,6 +14,7 @@ to snapshots.
 
 from __future__ import annotations
 
+from ..constants import UNLIMITED
 from .bounds import NEVER
 from .ring import Ring
 
@@ -32,7 +33,25 @@ class Warmup:
         self.counted: dict[int, int] = {}
         self.mark = WARM_INITIAL_MARK  # prune before growing past this
 
-    def last(self, recipient: int) -> int:
+    @classmethod
+    def with_cap(cls, warm: Warmup | None, width: int, window: int, cap: int) -> Warmup | None:
+        """A number's Warmup once its cap is set to ``cap`` (UNLIMITED: none):
+        ``warm`` with the new cap, else a new empty one."""
+        if cap == UNLIMITED:
+            return None
+        if warm is None:
+            return cls(width, window, cap)
+        warm.cap = cap
+        return warm
+
+    def usage(self, now: int) -> tuple[int, int]:
+        """(count, when it next drops below the cap) as of ``now``."""
+        self.ring.advance(now)
+        return self.ring.total, self.ring.next_free(self.cap, now) if self.cap > 0 else 0
+
+    def look(self, recipient: int, now: int) -> int:
+        """The recipient's last counted time by this number, as of ``now``."""
+        self.ring.advance(now)
         return self.counted.get(recipient, NEVER)
 
     def live(self, t: int) -> bool:
@@ -55,7 +74,10 @@ class Warmup:
             self.ring.add(prev)
             self.counted[recipient] = prev
 
-    def prune(self) -> int:
+    def prune(self, now: int | None = None) -> int:
+        """Drop the entries that can no longer change a decision (as of ``now``)."""
+        if now is not None:
+            self.ring.advance(now)
         dead = [k for k, t in self.counted.items() if not self.live(t)]
         for k in dead:
             del self.counted[k]
