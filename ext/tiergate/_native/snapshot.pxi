@@ -214,26 +214,15 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
     cdef Py_ssize_t i
     cdef Scope *s
     cdef Number *num
-    cdef Ring *rings[3]
-    cdef int r
-    cdef int64_t b
     for i in range(n_scopes):
         s = &scopes[i]
         put_u64(p, s.freq_cap)
         put_u64(p + 8, s.freq_window)
         put_u64(p + 16, s.last_now)
         p += SCOPE_SIZE
-        rings[0] = &s.ring24
-        rings[1] = &s.ring7
-        rings[2] = &s.slots7
-        for r in range(3):
-            put_u64(p, rings[r].n)
-            put_u64(p + 8, rings[r].lo)
-            put_u64(p + 16, rings[r].total)
-            p += RING_SIZE
-            for b in range(rings[r].n):
-                put_u64(p, rings[r].counts[b])
-                p += 8
+        p = put_ring(&s.ring24, p)
+        p = put_ring(&s.ring7, p)
+        p = put_ring(&s.slots7, p)
         p = put_scope_table(&s.table, p)
         if p == NULL:
             return NULL
@@ -255,6 +244,40 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
         if p == NULL:
             return NULL
     return p
+
+
+cdef unsigned char *put_ring(Ring *r, unsigned char *p) noexcept nogil:
+    # A ring: n, lo, total, then its n counts; the end of what was written.
+    cdef int64_t b
+    put_u64(p, r.n)
+    put_u64(p + 8, r.lo)
+    put_u64(p + 16, r.total)
+    p += RING_SIZE
+    for b in range(r.n):
+        put_u64(p, r.counts[b])
+        p += 8
+    return p
+
+
+cdef int take_ring(Ring *r, Cursor *c) except -1:
+    # Reads a ring written by put_ring into r (of the size the engine makes).
+    cdef const unsigned char *p = take(c, RING_SIZE)
+    cdef int64_t b, v, total = 0
+    if <int64_t>get_u64(p) != r.n:
+        raise ValueError("engine snapshot is corrupt: ring size does not match")
+    r.lo = <int64_t>get_u64(p + 8)
+    ring_forget(r)
+    r.total = <int64_t>get_u64(p + 16)
+    p = take(c, 8 * r.n)
+    for b in range(r.n):
+        v = <int64_t>get_u64(p + 8 * b)
+        if v < 0:
+            raise ValueError("engine snapshot is corrupt: ring total does not match")
+        r.counts[b] = v
+        total += v
+    if total != r.total:
+        raise ValueError("engine snapshot is corrupt: ring total does not match")
+    return 0
 
 
 cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) noexcept nogil:
@@ -347,9 +370,7 @@ cdef Engine engine_restore(type cls, data):
     cdef Engine eng
     cdef Scope *s
     cdef Number *num
-    cdef Ring *rings[3]
-    cdef int r
-    cdef int64_t b, total, v, n_scopes, n_numbers
+    cdef int64_t n_scopes, n_numbers
     cdef uint32_t version
     c.p = &buf[0] if buf.shape[0] > 0 else NULL
     c.pos = 0
@@ -374,26 +395,9 @@ cdef Engine engine_restore(type cls, data):
         s = &eng.scopes[eng.add_scope(<int64_t>get_u64(p), <int64_t>get_u64(p + 8))]
         c.pos -= 8
         s.last_now = take_time(&c)
-        rings[0] = &s.ring24
-        rings[1] = &s.ring7
-        rings[2] = &s.slots7
-        for r in range(3):
-            p = take(&c, RING_SIZE)
-            if <int64_t>get_u64(p) != rings[r].n:
-                raise ValueError("engine snapshot is corrupt: ring size does not match")
-            rings[r].lo = <int64_t>get_u64(p + 8)
-            ring_forget(rings[r])
-            rings[r].total = <int64_t>get_u64(p + 16)
-            p = take(&c, 8 * rings[r].n)
-            total = 0
-            for b in range(rings[r].n):
-                v = <int64_t>get_u64(p + 8 * b)
-                if v < 0:
-                    raise ValueError("engine snapshot is corrupt: ring total does not match")
-                rings[r].counts[b] = v
-                total += v
-            if total != rings[r].total:
-                raise ValueError("engine snapshot is corrupt: ring total does not match")
+        take_ring(&s.ring24, &c)
+        take_ring(&s.ring7, &c)
+        take_ring(&s.slots7, &c)
         restore_scope_table(&s.table, &c, version)
     for _ in range(n_numbers):
         p = take(&c, NUMBER_SIZE)

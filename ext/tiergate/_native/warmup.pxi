@@ -178,18 +178,11 @@ cdef unsigned char *put_warmup(Warmup *w, unsigned char *p) noexcept nogil:
     # The number's warm-up part; NULL: out of memory.
     cdef KeySlot *keys
     cdef uint64_t i, n = 0, live
-    cdef int64_t b
     if w == NULL:
         put_u64(p, <uint64_t>-1)
         return p + 8
     put_u64(p, w.cap)
-    put_u64(p + 8, w.ring.n)
-    put_u64(p + 16, w.ring.lo)
-    put_u64(p + 24, w.ring.total)
-    p += 8 + RING_SIZE
-    for b in range(w.ring.n):
-        put_u64(p, w.ring.counts[b])
-        p += 8
+    p = put_ring(&w.ring, p + 8)
     live = warmup_live_count(w)
     keys = <KeySlot *>malloc(max64(<int64_t>live, 1) * sizeof(KeySlot))
     if keys == NULL:
@@ -214,7 +207,7 @@ cdef unsigned char *put_warmup(Warmup *w, unsigned char *p) noexcept nogil:
 
 cdef int restore_warmup(Engine eng, Number *num, Cursor *c) except -1:
     # Reads the number's warm-up part (formats 4 on).
-    cdef int64_t cap = <int64_t>get_u64(take(c, 8)), b, v, total = 0, t
+    cdef int64_t cap = <int64_t>get_u64(take(c, 8)), t
     cdef const unsigned char *p
     cdef uint64_t count, i, key, prev = 0
     cdef Warmup *w
@@ -224,21 +217,7 @@ cdef int restore_warmup(Engine eng, Number *num, Cursor *c) except -1:
         raise ValueError("engine snapshot is corrupt: warm-up cap out of range")
     engine_set_warmup(eng, num, cap)
     w = num.warm
-    p = take(c, RING_SIZE)
-    if <int64_t>get_u64(p) != w.ring.n:
-        raise ValueError("engine snapshot is corrupt: ring size does not match")
-    w.ring.lo = <int64_t>get_u64(p + 8)
-    ring_forget(&w.ring)
-    w.ring.total = <int64_t>get_u64(p + 16)
-    p = take(c, 8 * w.ring.n)
-    for b in range(w.ring.n):
-        v = <int64_t>get_u64(p + 8 * b)
-        if v < 0:
-            raise ValueError("engine snapshot is corrupt: ring total does not match")
-        w.ring.counts[b] = v
-        total += v
-    if total != w.ring.total:
-        raise ValueError("engine snapshot is corrupt: ring total does not match")
+    take_ring(&w.ring, c)
     count = get_u64(take(c, 8))
     p = take(c, <Py_ssize_t>(count * WARM_ENTRY_SIZE)) if count < (<uint64_t>1 << 40) else NULL
     if p == NULL:
