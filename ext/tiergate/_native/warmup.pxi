@@ -4,9 +4,6 @@
 # last time it counted each recipient. An entry whose bucket has left the
 # ring changes no decision; rebuilds drop such entries and snapshots skip them.
 
-# An effectively unlimited limit (engine/constants.py UNLIMITED): no warm-up cap.
-cdef int64_t UNLIMITED = (<int64_t>1 << 62) - 1
-
 cdef enum:
     WARM_INITIAL_CAPACITY = 16
     WARM_ENTRY_SIZE = 16  # snapshot: key, last counted
