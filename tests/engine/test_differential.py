@@ -395,6 +395,11 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("add_number", (0, 0, 1, 1, 1)),
     ("add_number", (0, 1 << 40, 1 << 20, 1, 1)),
     ("set_number_params", (0, 1, 1, 1, 0)),
+    ("set_warmup", (0, -1)),
+    ("set_warmup", (0, 1 << 63)),
+    ("set_warmup", (3, 1)),
+    ("warmup_usage", (5, 0)),
+    ("warmup_usage", (0, 1 << 60)),
 ]
 
 

@@ -222,11 +222,9 @@ cdef class Engine:
         params = self._number_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
         num.tput_interval, num.tput_tolerance, num.pair_interval, num.pair_tolerance = params
 
-    def set_warmup(self, number, int64_t cap):
-        """Cap the unique recipients ``number`` itself counts in the rolling
-        window at ``cap`` (0 .. UNLIMITED - 1), on top of its scope's limit; from
-        the first such call the number keeps its own count. ``UNLIMITED``: no
-        cap of its own, and the count is dropped."""
+    def set_warmup(self, number, cap):
+        """Cap the unique recipients ``number`` itself counts in the window, on top
+        of its scope's limit (its own count kept; UNLIMITED: none, count dropped)."""
         cdef Number *num = self._number(number)
         if not 0 <= cap <= UNLIMITED:
             raise ValueError(f"cap must be 0 .. 2**62 - 1, got {cap}")
@@ -378,8 +376,7 @@ cdef class Engine:
         )
 
     def warmup_usage(self, number, int64_t now):
-        """(used_24h, next_slot_free_at, 0, 0) of the number's own warm-up count
-        at ``now`` (all 0 when it has none)."""
+        """(used_24h, next_slot_free_at, 0, 0) of the number's own count (0s: none)."""
         cdef Number *num = self._number(number)
         cdef Warmup *w = num.warm
         cdef int64_t nxt = 0
