@@ -47,6 +47,8 @@ __all__ = [
     "switch_profile",
     "threshold",
     "tier_name",
+    "warmup_cap",
+    "with_headroom",
 ]
 
 
