@@ -46,6 +46,16 @@ def test_every_shared_number_equals_its_python_twin() -> None:
     assert set(pxd) == set(expected)
 
 
+def test_the_defined_times_and_limits_are_the_python_ones() -> None:
+    text = PXD.read_text()
+    assert "#define TG_NEVER (-((int64_t)1 << 62))" in text
+    assert constants.UNLIMITED == (1 << 62) - 1
+    assert "#define TG_UNLIMITED (((int64_t)1 << 62) - 1)" in text
+    from tiergate.engine import NEVER
+
+    assert NEVER == -(1 << 62)
+
+
 def test_decisions_and_reasons_are_the_proto_enums() -> None:
     pxd = declared()
     for name, value in pb.Reason.items():

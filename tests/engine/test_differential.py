@@ -4,8 +4,9 @@ A hypothesis state machine drives both engines with the same random
 operations (counted template sends to a small recipient pool, free-form and
 marketing sends, some with rules shadowed, repeats, time jumps of 1 ms to 10
 days, releases of real and bogus tickets, windows, opt-outs, throughput
-pauses, usage reads, outlooks, batches, reclaims, snapshot + restore across
-the two implementations) and compares every answer.
+pauses, usage reads, outlooks, batches, reclaims, warm-up caps of numbers that
+share a scope and their own counts, snapshot + restore across the two
+implementations) and compares every answer.
 """
 
 from __future__ import annotations
@@ -152,19 +153,27 @@ class EnginesAgree(RuleBasedStateMachine):
         shadow: int,
         limit: int,
         dt: int,
-    ) -> tuple[int, int, int, int]:
+    ) -> tuple[int, int, int, int, int]:
         self.now += dt
         flags = kind | extra | shadow
         d = self.both("decide", self.now, scope, number, recipient, flags, limit)
-        return (scope, recipient, d[6], d[5])
+        return (scope, recipient, d[6], d[5], number)
 
     @rule(ticket=consumes(tickets))
-    def release(self, ticket: tuple[int, int, int, int]) -> None:
+    def release(self, ticket: tuple[int, int, int, int, int]) -> None:
         self.both("release", *ticket)
 
     @rule(ticket=tickets)
-    def release_again(self, ticket: tuple[int, int, int, int]) -> None:
+    def release_again(self, ticket: tuple[int, int, int, int, int]) -> None:
         self.both("release", *ticket)
+
+    @rule(number=st.integers(0, 2), cap=st.sampled_from([0, 1, 2, 3, 5, c.UNLIMITED]))
+    def set_warmup(self, number: int, cap: int) -> None:
+        self.both("set_warmup", number, cap)
+
+    @rule(number=st.integers(0, 2))
+    def warmup_usage(self, number: int) -> None:
+        self.both("warmup_usage", number, self.now)
 
     @rule(
         ticket=tickets,
@@ -173,7 +182,7 @@ class EnginesAgree(RuleBasedStateMachine):
         shift=st.sampled_from([0, 1, -1, 1 << 11, -(1 << 11), 10**9]),
     )
     def release_bogus(
-        self, ticket: tuple[int, int, int, int], scope: int, recipient: int, shift: int
+        self, ticket: tuple[int, int, int, int, int], scope: int, recipient: int, shift: int
     ) -> None:
         # another recipient's stamp, or a stamp moved by a generation or a millisecond
         self.both("release", scope, recipient, max(0, ticket[2] + shift), NEVER)
@@ -425,6 +434,11 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...]]] = [
     ("add_number", (0, 0, 1, 1, 1)),
     ("add_number", (0, 1 << 40, 1 << 20, 1, 1)),
     ("set_number_params", (0, 1, 1, 1, 0)),
+    ("set_warmup", (0, -1)),
+    ("set_warmup", (0, 1 << 63)),
+    ("set_warmup", (3, 1)),
+    ("warmup_usage", (5, 0)),
+    ("warmup_usage", (0, 1 << 60)),
 ]
 
 
@@ -482,9 +496,11 @@ def _random_walk(seed: int, steps: int) -> None:
         e.add_scope(4, 100_000)
         e.add_number(0, 1_000, 3, 50, 2)
         e.add_number(1, 1, 100, 1, 100)
+        e.add_number(0, 1, 100, 1, 100)  # shares scope 0 with number 0, in warm-up
+        e.set_warmup(2, 40)
     now = rnd.randrange(-(10**6), 10**6)
     pool = rnd.choice([30, 300, 1_500])
-    sent: list[tuple[int, int, int, int]] = []
+    sent: list[tuple[int, int, int, int, int]] = []
 
     def both(name: str, *args: Any) -> Any:
         answers = [getattr(e, name)(*args) for e in engines]
@@ -495,14 +511,15 @@ def _random_walk(seed: int, steps: int) -> None:
         now += rnd.choice([0, 1, 7, 100, 999, 3_000, 20_000, 100_000])
         if rnd.random() < 0.05:
             now -= 50_000
-        scope, number, r = rnd.randrange(2), rnd.randrange(2), rnd.randrange(1, pool)
+        number, r = rnd.randrange(3), rnd.randrange(1, pool)
+        scope = number % 2
         op = rnd.random()
         if op < 0.6:
             flags = rnd.randrange(64) | (c.F_TEMPLATE | c.F_MARKETING if rnd.random() < 0.5 else 0)
             limit = rnd.choice([0, 3, 10, 100, 10**6])
             d = both("decide", now, scope, number, r, flags, limit)
             if d[0] == c.ADMIT and d[3]:
-                sent.append((scope, r, d[6], d[5]))
+                sent.append((scope, r, d[6], d[5], number))
         elif op < 0.65 and sent:
             both("release", *rnd.choice(sent))
         elif op < 0.72:
@@ -517,8 +534,12 @@ def _random_walk(seed: int, steps: int) -> None:
             both("usage", scope, now, rnd.choice([0, 3, 10]))
         elif op < 0.87:
             both("reclaim", now)
-        elif op < 0.99:
+        elif op < 0.93:
             both("open_windows", number, now)
+        elif op < 0.98:
+            both("warmup_usage", 2, now)
+        elif op < 0.985:
+            both("set_warmup", 2, rnd.choice([0, 5, 40, 200, c.UNLIMITED]))
         else:
             data = both("snapshot")
             engines = [CEngine.restore(data), PyEngine.restore(data)]

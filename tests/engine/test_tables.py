@@ -273,10 +273,20 @@ def _one_slot_snapshot(cls: type[PyEngine] | type[Engine]) -> tuple[bytearray, i
     return data, at, d
 
 
+def _as_format_3(data: bytearray) -> bytearray:
+    """A snapshot of one number with no warm-up cap in format 3: without the
+    number's warm-up part (its last 8 bytes, -1) format 4 added."""
+    assert struct.unpack_from("<q", data, len(data) - 8)[0] == -1
+    out = bytearray(data[:-8])
+    struct.pack_into("<I", out, 8, 3)
+    return out
+
+
 def _as_format_2(data: bytearray) -> bytearray:
     """A one-recipient snapshot from :func:`_one_slot_snapshot` in format 2: its
-    number entry (the last 40 bytes) without the burst start format 3 added."""
-    out = bytearray(data[:-8])
+    number entry (the last 40 bytes of format 3) without the burst start format
+    3 added."""
+    out = _as_format_3(data)[:-8]
     struct.pack_into("<I", out, 8, 2)
     return out
 
@@ -293,7 +303,7 @@ def test_format_2_snapshots_hold_a_pair_that_owes_until_paid_back(
     e.decide(5_000, 0, 0, 42, c.F_TEMPLATE, 10)
     e.decide(5_000, 0, 0, 42, c.F_TEMPLATE, 10)  # a burst of two: owes until 17 000
     data = bytearray(e.snapshot())
-    assert struct.unpack_from("<qq", data, len(data) - 16) == (17_000, 5_000)
+    assert struct.unpack_from("<qqq", data, len(data) - 24) == (17_000, 5_000, -1)
     old = bytes(_as_format_2(data))
     snaps = []
     for cls in (Engine, PyEngine):

@@ -10,9 +10,12 @@ from libc.stdint cimport int64_t
 cdef extern from *:
     """
     #define TG_NEVER (-((int64_t)1 << 62))
+    #define TG_UNLIMITED (((int64_t)1 << 62) - 1)
     """
     # An instant before every real time (no slot counted yet, nothing open).
     const int64_t NEVER "TG_NEVER"
+    # An effectively unlimited messaging limit (engine/constants.py UNLIMITED).
+    const int64_t UNLIMITED "TG_UNLIMITED"
 
 cdef enum:
     # Decision (tiergate.v1.Decision)

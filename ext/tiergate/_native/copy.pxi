@@ -164,8 +164,10 @@ cdef Engine engine_copy(Engine src, room):
             for i in range(n_numbers):
                 eng.n_numbers = i + 1
                 eng.numbers[i] = src.numbers[i]
-                if table_copy(&eng.numbers[i].table, &src.numbers[i].table, held,
-                              2 * n_scopes + i, &jobs) < 0:
+                eng.numbers[i].warm = NULL
+                if (table_copy(&eng.numbers[i].table, &src.numbers[i].table, held,
+                               2 * n_scopes + i, &jobs) < 0
+                        or warmup_copy(&eng.numbers[i], &src.numbers[i]) < 0):
                     failed = 1
                     break
         if not failed:

@@ -58,12 +58,14 @@ cdef struct Probe:
     int64_t tput_tat      # the number's throughput bucket as of now
     int64_t pair_tat      # the recipient's pair-rate bucket as of now
     int64_t pair_start    # when the pair's burst began (now: it has paid back)
+    int64_t warm_last     # when the number itself last counted the recipient (warm-up)
     bint template
     bint marketing
     bint in_window        # a customer service window is open
     bint in_fep           # a free-entry-point window is open
     bint counting         # business-initiated: counts against the messaging limit
     bint needs_slot       # ... and takes a new slot (not counted within the window)
+    bint warm_needs       # ... and a slot of the number's own warm-up cap
 
 
 cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_t recipient,
@@ -81,6 +83,11 @@ cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_
     # a free-entry-point window spares templates unless it is a pricing window only
     p.counting = p.template and not p.in_window and not (p.in_fep and not (flags & F_FEP_PRICING))
     p.needs_slot = p.counting and not (p.last > now - eng.window_ms)
+    p.warm_last = NEVER
+    if num.warm != NULL:
+        ring_advance(&num.warm.ring, now)
+        p.warm_last = warmup_last(num.warm, recipient)
+    p.warm_needs = num.warm != NULL and p.counting and p.warm_last <= now - eng.window_ms
     p.now_us = now * 1000
     p.tput_tat = max64(num.tput_tat, p.now_us)
     p.pair_tat = max64(p.ne.pair_tat if p.ne != NULL else NEVER, now)
@@ -119,6 +126,7 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
     # shadowed reasons) refuses the request (d then holds the refusal).
     cdef Ring *ring = &s.ring24
     cdef int64_t retry
+    cdef bint full, warm_full
     # 4. free-form needs an open customer service window
     if not p.template and not (p.in_window or (p.in_fep and (flags & F_FEP_FREE_FORM))):
         if not (skip >> OUTSIDE_WINDOW) & 1:
@@ -134,11 +142,17 @@ cdef inline bint refused(int64_t now, Scope *s, Number *num, uint32_t flags, int
         if flags & F_RESTRICTED and not (skip >> SENDER_RESTRICTED) & 1:
             reject(d, REJECT, SENDER_RESTRICTED, 0)
             return True
-        if p.needs_slot and ring.total >= limit and not (skip >> MESSAGING_LIMIT) & 1:
-            if limit <= 0:
+        full = p.needs_slot and ring.total >= limit
+        warm_full = p.warm_needs and num.warm.ring.total >= num.warm.cap
+        if (full or warm_full) and not (skip >> MESSAGING_LIMIT) & 1:
+            # retried once every count that binds has a free slot
+            if (full and limit <= 0) or (warm_full and num.warm.cap <= 0):
                 reject(d, REJECT, MESSAGING_LIMIT, 0)
             else:
-                reject(d, RETRY_LATER, MESSAGING_LIMIT, ring_next_free(ring, limit, now))
+                retry = ring_next_free(ring, limit, now) if full else now
+                if warm_full:
+                    retry = max64(retry, ring_next_free(&num.warm.ring, num.warm.cap, now))
+                reject(d, RETRY_LATER, MESSAGING_LIMIT, retry)
             return True
     elif flags & F_REPLY_RESTRICTED:  # a reply (in a window) while Meta restricts them
         if not (skip >> SENDER_RESTRICTED) & 1:
@@ -269,8 +283,12 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
         return 0
     if make_room(eng, now, s, num, recipient, &p) < 0:
         return -1
+    if p.counting and num.warm != NULL and warmup_reserve(num.warm, recipient) < 0:
+        return -1
     if p.counting:
         count_slot(now, s, &p, d)
+        if num.warm != NULL:
+            warmup_count(num.warm, recipient, p.warm_last, now)
     if p.marketing:
         count_marketing(now, s, recipient, p.se)
     num.tput_tat = p.tput_tat + num.tput_interval
@@ -293,7 +311,7 @@ cdef object decided(Decision *d):
     return record
 
 
-cdef bint release_slot(Engine eng, scope, recipient, slot, prev_counted) except -1:
+cdef bint release_slot(Engine eng, scope, recipient, slot, prev_counted, number) except -1:
     # What Engine.release does (its docstring says how).
     cdef Scope *s = eng._scope(scope)
     cdef ScopeEntry *se
@@ -322,6 +340,8 @@ cdef bint release_slot(Engine eng, scope, recipient, slot, prev_counted) except 
     se.slot = slot_with_last(se.slot & SLOT_GEN_MASK, prev)
     if not (se.key & KEY_OPT_OUT):
         s.table.oldest_last = min(s.table.oldest_last, prev)
+    if 0 <= number < eng.n_numbers and eng.numbers[<Py_ssize_t>number].warm != NULL:
+        warmup_release(eng.numbers[<Py_ssize_t>number].warm, <uint64_t>recipient, t, prev)
     return True
 
 
@@ -356,7 +376,7 @@ cdef int check_batch(Engine eng, const long long[::1] now, const int[::1] scope,
     return 0
 
 
-cdef decide_rows(Engine eng, batch):
+cdef int decide_rows(Engine eng, batch) except -1:
     # Engine.decide_batch: every row in order, each seeing the effects of those
     # before it; with batch.halt, none after the first not admitted.
     cdef const long long[::1] now = batch.now
@@ -414,3 +434,4 @@ cdef decide_rows(Engine eng, batch):
     if rc < 0:
         raise MemoryError(f"batch item {i}: out of memory growing a recipient table")
     batch.decided = decided
+    return 0

@@ -13,7 +13,7 @@ cdef enum:
     # Number tables start nominally larger: their entries expire within
     # seconds to days, and a small table would reclaim every few inserts
     NUMBER_INITIAL_CAPACITY = 4096
-    SNAPSHOT_VERSION = 3
+    SNAPSHOT_VERSION = 4
 
 # Counts of last-counted times by bucket over a rolling window; bucket b
 # lives at counts[b mod n]; buckets below lo are gone.
@@ -100,6 +100,22 @@ cdef struct NumberTable:
     uint64_t spare_touched  # bytes of it touched so far
     uint64_t warm_at        # count from which table_warm works (UINT64_MAX: never)
 
+# A number's own count while it is in warm-up under a shared limit scope
+# (warmup.pxi; the reference: engine/reference/warmup.py): its cap, a ring like
+# the scope's 24 h ring, and the last time it counted each recipient (linear
+# probing, capacity a power of two, key 0 empty; dead entries dropped when it
+# is rebuilt). Only a number in warm-up holds one.
+cdef struct WarmEntry:
+    uint64_t key
+    int64_t last
+
+cdef struct Warmup:
+    Ring ring
+    int64_t cap
+    WarmEntry *slots
+    uint64_t capacity
+    uint64_t count
+
 cdef struct Scope:
     ScopeTable table
     Ring ring24
@@ -119,6 +135,7 @@ cdef struct Number:
     int64_t tput_tolerance
     int64_t pair_interval
     int64_t pair_tolerance
+    Warmup *warm        # NULL: not in warm-up (no count of its own)
 
 cdef struct Decision:
     int64_t retry_at

@@ -75,6 +75,7 @@ include "tables.pxi"
 include "decide.pxi"
 include "snapshot.pxi"
 include "copy.pxi"
+include "warmup.pxi"
 
 
 cdef class Engine:
@@ -109,6 +110,7 @@ cdef class Engine:
             scope_free(&self.scopes[i])
         for i in range(self.n_numbers):
             table_free(&self.numbers[i].table)
+            warmup_free(self.numbers[i].warm)
         free(self.scopes)
         free(self.numbers)
 
@@ -223,6 +225,14 @@ cdef class Engine:
         params = self._number_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
         num.tput_interval, num.tput_tolerance, num.pair_interval, num.pair_tolerance = params
 
+    def set_warmup(self, number, cap):
+        """Cap the unique recipients ``number`` itself counts in the window, on top
+        of its scope's limit (its own count kept; UNLIMITED: none, count dropped)."""
+        cdef Number *num = self._number(number)
+        if not 0 <= cap <= UNLIMITED:
+            raise ValueError(f"cap must be 0 .. 2**62 - 1, got {cap}")
+        engine_set_warmup(self, num, cap)
+
     # -- decisions -----------------------------------------------------------
 
     def decide(self, int64_t now, Py_ssize_t scope, Py_ssize_t number, uint64_t recipient,
@@ -248,9 +258,10 @@ cdef class Engine:
 
     # -- feedback ------------------------------------------------------------
 
-    def release(self, scope, recipient, slot, prev_counted):
+    def release(self, scope, recipient, slot, prev_counted, number=-1):
         """Give back the slot an admit created (``slot``: its decision's ``slot``
-        stamp), if no later admit relied on it.
+        stamp), if no later admit relied on it; ``number`` (the number the
+        admit was from; -1: unknown) gives back its warm-up count too.
 
         ``prev_counted`` is the decision's ``prev_counted``: never later than
         the time the admit counted the recipient. Stamps come back from
@@ -258,7 +269,7 @@ cdef class Engine:
         gave (a key, stamp or time out of range, or a ``prev_counted`` after
         the slot) releases nothing and returns False, like an unknown one.
         """
-        return release_slot(self, scope, recipient, slot, prev_counted)
+        return release_slot(self, scope, recipient, slot, prev_counted, number)
 
     def open_window(self, number, uint64_t recipient, int64_t window_until, int64_t fep_until):
         """Open or extend a window; never shortens one already open longer."""
@@ -331,7 +342,9 @@ cdef class Engine:
 
         Advances each scope's clock to ``now`` like any call that takes time.
         """
-        return engine_reclaim(self, now)
+        removed = engine_reclaim(self, now)
+        engine_warm_prune(self)
+        return removed
 
     # -- reports -------------------------------------------------------------
 
@@ -363,6 +376,20 @@ cdef class Engine:
             ne.fep_until if ne != NULL else NEVER,
             ne.pair_tat if ne != NULL else NEVER,
         )
+
+    def warmup_usage(self, number, int64_t now):
+        """(used_24h, next_slot_free_at, 0, 0) of the number's own count (0s: none)."""
+        cdef Number *num = self._number(number)
+        cdef Warmup *w = num.warm
+        cdef int64_t nxt = 0
+        check_time("now", now)
+        if w == NULL:
+            return Usage(0, 0, 0, 0)
+        now = scope_clamp(&self.scopes[num.scope], now)
+        ring_advance(&w.ring, now)
+        if w.cap > 0:
+            nxt = ring_next_free(&w.ring, w.cap, now)
+        return Usage(w.ring.total, nxt, 0, 0)
 
     def scope_now(self, scope):
         return self._scope(scope).last_now

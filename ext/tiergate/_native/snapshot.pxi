@@ -214,26 +214,15 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
     cdef Py_ssize_t i
     cdef Scope *s
     cdef Number *num
-    cdef Ring *rings[3]
-    cdef int r
-    cdef int64_t b
     for i in range(n_scopes):
         s = &scopes[i]
         put_u64(p, s.freq_cap)
         put_u64(p + 8, s.freq_window)
         put_u64(p + 16, s.last_now)
         p += SCOPE_SIZE
-        rings[0] = &s.ring24
-        rings[1] = &s.ring7
-        rings[2] = &s.slots7
-        for r in range(3):
-            put_u64(p, rings[r].n)
-            put_u64(p + 8, rings[r].lo)
-            put_u64(p + 16, rings[r].total)
-            p += RING_SIZE
-            for b in range(rings[r].n):
-                put_u64(p, rings[r].counts[b])
-                p += 8
+        p = put_ring(&s.ring24, p)
+        p = put_ring(&s.ring7, p)
+        p = put_ring(&s.slots7, p)
         p = put_scope_table(&s.table, p)
         if p == NULL:
             return NULL
@@ -251,7 +240,44 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
         p = put_number_table(&num.table, p)
         if p == NULL:
             return NULL
+        p = put_warmup(num.warm, p)
+        if p == NULL:
+            return NULL
     return p
+
+
+cdef unsigned char *put_ring(Ring *r, unsigned char *p) noexcept nogil:
+    # A ring: n, lo, total, then its n counts; the end of what was written.
+    cdef int64_t b
+    put_u64(p, r.n)
+    put_u64(p + 8, r.lo)
+    put_u64(p + 16, r.total)
+    p += RING_SIZE
+    for b in range(r.n):
+        put_u64(p, r.counts[b])
+        p += 8
+    return p
+
+
+cdef int take_ring(Ring *r, Cursor *c) except -1:
+    # Reads a ring written by put_ring into r (of the size the engine makes).
+    cdef const unsigned char *p = take(c, RING_SIZE)
+    cdef int64_t b, v, total = 0
+    if <int64_t>get_u64(p) != r.n:
+        raise ValueError("engine snapshot is corrupt: ring size does not match")
+    r.lo = <int64_t>get_u64(p + 8)
+    ring_forget(r)
+    r.total = <int64_t>get_u64(p + 16)
+    p = take(c, 8 * r.n)
+    for b in range(r.n):
+        v = <int64_t>get_u64(p + 8 * b)
+        if v < 0:
+            raise ValueError("engine snapshot is corrupt: ring total does not match")
+        r.counts[b] = v
+        total += v
+    if total != r.total:
+        raise ValueError("engine snapshot is corrupt: ring total does not match")
+    return 0
 
 
 cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) noexcept nogil:
@@ -318,6 +344,7 @@ cdef bytes engine_snapshot(Engine eng):
     for i in range(eng.n_numbers):
         size += NUMBER_SIZE + TABLE_SIZE
         size += NUMBER_ENTRY_SIZE * <Py_ssize_t>eng.numbers[i].table.count
+        size += warmup_snapshot_size(eng.numbers[i].warm)
     out = PyBytes_FromStringAndSize(NULL, size)
     p = <unsigned char *>PyBytes_AS_STRING(out)
     memcpy(p, <const char *>SNAPSHOT_MAGIC, 8)
@@ -343,9 +370,7 @@ cdef Engine engine_restore(type cls, data):
     cdef Engine eng
     cdef Scope *s
     cdef Number *num
-    cdef Ring *rings[3]
-    cdef int r
-    cdef int64_t b, total, v, n_scopes, n_numbers
+    cdef int64_t n_scopes, n_numbers
     cdef uint32_t version
     c.p = &buf[0] if buf.shape[0] > 0 else NULL
     c.pos = 0
@@ -370,26 +395,9 @@ cdef Engine engine_restore(type cls, data):
         s = &eng.scopes[eng.add_scope(<int64_t>get_u64(p), <int64_t>get_u64(p + 8))]
         c.pos -= 8
         s.last_now = take_time(&c)
-        rings[0] = &s.ring24
-        rings[1] = &s.ring7
-        rings[2] = &s.slots7
-        for r in range(3):
-            p = take(&c, RING_SIZE)
-            if <int64_t>get_u64(p) != rings[r].n:
-                raise ValueError("engine snapshot is corrupt: ring size does not match")
-            rings[r].lo = <int64_t>get_u64(p + 8)
-            ring_forget(rings[r])
-            rings[r].total = <int64_t>get_u64(p + 16)
-            p = take(&c, 8 * rings[r].n)
-            total = 0
-            for b in range(rings[r].n):
-                v = <int64_t>get_u64(p + 8 * b)
-                if v < 0:
-                    raise ValueError("engine snapshot is corrupt: ring total does not match")
-                rings[r].counts[b] = v
-                total += v
-            if total != rings[r].total:
-                raise ValueError("engine snapshot is corrupt: ring total does not match")
+        take_ring(&s.ring24, &c)
+        take_ring(&s.ring7, &c)
+        take_ring(&s.slots7, &c)
         restore_scope_table(&s.table, &c, version)
     for _ in range(n_numbers):
         p = take(&c, NUMBER_SIZE)
@@ -409,6 +417,8 @@ cdef Engine engine_restore(type cls, data):
         num.tput_tat = <int64_t>get_u64(take(&c, 8))
         c.pos += 32
         restore_number_table(&num.table, &c, version)
+        if version >= 4:
+            restore_warmup(eng, num, &c)
     if c.pos != c.size:
         raise ValueError("engine snapshot is corrupt: trailing bytes")
     return eng

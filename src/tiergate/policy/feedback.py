@@ -326,7 +326,7 @@ def _act_on_failure(
     scope = sender.scope.index
     if decoded is not None and code not in st.profile.keep_slot_codes:
         _, _, _, prev, slot = decoded
-        if st.engine.release(scope, rkey, slot, prev):
+        if st.engine.release(scope, rkey, slot, prev, sender.engine_index):
             done.append("slot released")
             reach = sender.scope.reach
             if rkey in reach:  # its latest counted time is the one before, as in the engine

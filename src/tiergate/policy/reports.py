@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tiergate.engine import NEVER
+from tiergate.engine.constants import UNLIMITED
 
 from .profile import HOUR_MS
 from .requests import MARKETING
@@ -90,6 +91,10 @@ class SenderReport:
     counted_last_hour: int = 0
     limit_reached_at_unix_ms: int = 0
     slots_freeing_per_hour: list[int] = field(default_factory=list)
+    #: Under portfolio scope, a number in warm-up: its own cap (0: none) and the
+    #: unique recipients it counted itself in the rolling 24 h.
+    warmup_cap: int = 0
+    warmup_used_24h: int = 0
 
 
 #: The forecast looks this many hours ahead.
@@ -131,6 +136,14 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
     effective = s.limits[MARKETING]
     used, nxt, unique, slots = st.engine.usage(scope.index, now, effective)
     recent, freeing = st.engine.outlook(scope.index, now, HOUR_MS, FORECAST_HOURS)
+    remaining = max(0, effective - used)
+    nxt = nxt if used >= effective else now
+    own_used = 0
+    if s.warmup_cap < UNLIMITED:  # the number's own count binds too
+        own_used, own_nxt, _, _ = st.engine.warmup_usage(s.engine_index, now)
+        remaining = min(remaining, max(0, s.warmup_cap - own_used))
+        if own_used >= s.warmup_cap:
+            nxt = max(nxt, own_nxt)
     if scope.crossed_at == NEVER:
         check_crossing(st, scope, now)
     have = unique if p.upgrade_basis == "unique" else slots
@@ -171,8 +184,8 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         tier=scope.tier,
         limit=limit,
         used_24h=used,
-        remaining=max(0, effective - used),
-        next_slot_free_at_unix_ms=nxt if used >= effective else now,
+        remaining=remaining,
+        next_slot_free_at_unix_ms=nxt,
         unique_7d=unique,
         upgrade=upgrade,
         quality=s.quality,
@@ -201,4 +214,6 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
         counted_last_hour=recent,
         limit_reached_at_unix_ms=limit_reached_at(used, effective, recent, freeing, now),
         slots_freeing_per_hour=freeing,
+        warmup_cap=s.warmup_cap if s.warmup_cap < UNLIMITED else 0,
+        warmup_used_24h=own_used,
     )

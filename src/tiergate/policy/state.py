@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tiergate.engine import NEVER
+from tiergate.engine.constants import UNLIMITED
 from tiergate.engine.records import Entry
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class Sender:
         "verified",
         "violations",
         "waba_id",
+        "warmup_cap",
     )
 
     def __init__(
@@ -143,6 +145,8 @@ class Sender:
         self.flags = [0] * 5
         self.limits = [0] * 5
         self.limits_until = NEVER  # when the warm-up cap next changes
+        # under portfolio scope: the cap on the number's own count (UNLIMITED: none)
+        self.warmup_cap = UNLIMITED
         # when a refused business-initiated send may be retried (0: not known)
         self.restricted_retry_at = 0
         # idempotency key → its first answer, an admit, and what the key is bound to

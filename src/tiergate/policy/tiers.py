@@ -47,6 +47,8 @@ __all__ = [
     "switch_profile",
     "threshold",
     "tier_name",
+    "warmup_cap",
+    "with_headroom",
 ]
 
 
@@ -54,13 +56,19 @@ def category_limits(profile: Profile, base: int) -> list[int]:
     """Effective limits by category: headroom, then utility/authentication reservations."""
     if base >= UNLIMITED:
         return [UNLIMITED] * 5
-    if profile.headroom_pct < 100.0:
-        base = math.floor(base * profile.headroom_pct / 100.0)
+    base = with_headroom(profile, base)
     ru, ra = profile.reserve_utility_pct, profile.reserve_authentication_pct
     general = math.floor(base * (100.0 - ru - ra) / 100.0)
     utility = math.floor(base * (100.0 - ra) / 100.0)
     # index = Category: UNSPECIFIED, MARKETING, UTILITY, AUTHENTICATION, SERVICE
     return [general, general, utility, base, general]
+
+
+def with_headroom(profile: Profile, base: int) -> int:
+    """``base`` less the profile's headroom."""
+    if profile.headroom_pct < 100.0:
+        return math.floor(base * profile.headroom_pct / 100.0)
+    return base
 
 
 def catch_up(st: PolicyState, now: int) -> None:
@@ -308,21 +316,42 @@ def number_params(st: PolicyState, s: Sender) -> tuple[int, int, int, int]:
     return interval, burst, p.pair_interval_ms, p.pair_burst
 
 
-def derive(st: PolicyState, s: Sender, now: int) -> None:
-    """Recompute a sender's per-category flags and effective limits."""
-    st.changes += 1
+def warmup_cap(st: PolicyState, s: Sender, now: int) -> int:
+    """The sender's warm-up cap at ``now`` (UNLIMITED: none); sets when it next
+    changes (``limits_until``)."""
     p = st.profile
-    base = p.tier_limit(s.scope.tier)
     s.limits_until = NEVER
     if p.warmup_enabled and s.registered_at > 0:
         age = now - s.registered_at
         for step in p.warmup:
-            end = s.registered_at + step.until_day * DAY_MS
             if age < step.until_day * DAY_MS:
-                base = min(base, step.cap)
-                s.limits_until = end
-                break
+                s.limits_until = s.registered_at + step.until_day * DAY_MS
+                return step.cap
+    return UNLIMITED
+
+
+def derive(st: PolicyState, s: Sender, now: int) -> None:
+    """Recompute a sender's per-category flags and effective limits.
+
+    A number in warm-up is capped below its tier. When it is its own limit
+    scope the cap lowers the scope's limit; under portfolio scope the cap
+    (less headroom) bounds the number's own unique recipients in the rolling
+    window, counted by the engine (``set_warmup``), while the portfolio's
+    limit still bounds the portfolio's count.
+    """
+    st.changes += 1
+    p = st.profile
+    base = p.tier_limit(s.scope.tier)
+    cap = warmup_cap(st, s, now)
+    own = UNLIMITED
+    if cap < UNLIMITED:
+        if p.limit_scope == "portfolio":
+            own = with_headroom(p, cap)
+        else:
+            base = min(base, cap)
     s.limits = category_limits(p, base)
+    s.warmup_cap = own
+    st.engine.set_warmup(s.engine_index, own)
     common = restrictions(s)
     # A free-entry-point window is a customer service window (seed 000's reading)
     # or a pricing window only, whose templates count once the 24 h window closed.

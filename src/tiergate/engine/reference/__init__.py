@@ -38,9 +38,10 @@ serialises calls (the compiled engine never releases the GIL).
 
 The parts: :mod:`.engine` (the :class:`Engine` API: configuration, decisions,
 feedback, memory, reports), :mod:`.ring` (bucket rings), :mod:`.tables`
-(limit scopes, phone numbers and their recipient entries), :mod:`.snapshot`
-(the snapshot format's writer and reader) and :mod:`.bounds` (the ranges the
-engine accepts and the values it reserves).
+(limit scopes, phone numbers and their recipient entries), :mod:`.warmup` (a
+number's own count and cap while it is in warm-up: ``Engine.set_warmup``),
+:mod:`.snapshot` (the snapshot format's writer and reader) and :mod:`.bounds`
+(the ranges the engine accepts and the values it reserves).
 """
 
 from __future__ import annotations

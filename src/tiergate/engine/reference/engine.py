@@ -27,6 +27,7 @@ from ..constants import (
     SENDER_RESTRICTED,
     SHADOW_SHIFT,
     THROUGHPUT,
+    UNLIMITED,
 )
 from ..results import Decided, Lookup, Usage
 from .bounds import (
@@ -38,8 +39,10 @@ from .bounds import (
     SLOT_GEN_BITS,
     SLOT_GEN_MAX,
 )
+from .ring import Ring
 from .snapshot import read_snapshot, write_snapshot
 from .tables import Number, Scope, ScopeEntry
+from .warmup import Warmup
 
 Decision = tuple[int, int, int, int, int, int, int]
 """(decision, reason, retry_at_ms, counted, used, prev_counted, slot)"""
@@ -95,6 +98,7 @@ def _refusal(
     s: Scope,
     num: Number,
     se: ScopeEntry | None,
+    own: Warmup | None,
     flags: int,
     limit: int,
     skip: int,
@@ -102,7 +106,8 @@ def _refusal(
 ) -> tuple[int, int, int] | None:
     """Steps 4 to 9 (``Engine.decide``): the first refusal (decision, reason,
     retry_at) by a rule whose reason is not in the bit set ``skip`` (the shadowed
-    reasons), or None.
+    reasons), or None. ``own``: the number's own count in warm-up when the
+    request needs a slot of it.
     ``probe``: (in a window, in a free-entry-point window, counting, and the
     throughput TAT, pair TAT and pair burst start as of ``now``)."""
     in_window, in_fep, counting, tput_tat, pair_tat, pair_start = probe
@@ -122,10 +127,9 @@ def _refusal(
         if flags & F_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
             return (REJECT, SENDER_RESTRICTED, 0)
         needs_slot = not (se is not None and se.last_counted > now - window_ms)
-        if needs_slot and ring.total >= limit and not skip >> MESSAGING_LIMIT & 1:
-            if limit <= 0:
-                return (REJECT, MESSAGING_LIMIT, 0)
-            return (RETRY_LATER, MESSAGING_LIMIT, ring.next_free(limit, now))
+        over = _over_limit(ring, limit if needs_slot else None, own, now)
+        if over is not None and not skip >> MESSAGING_LIMIT & 1:
+            return (over[0], MESSAGING_LIMIT, over[1])
     elif flags & F_REPLY_RESTRICTED and not skip >> SENDER_RESTRICTED & 1:
         # a reply (in a window) while Meta restricts them
         return (REJECT, SENDER_RESTRICTED, 0)
@@ -149,6 +153,42 @@ def _refusal(
     if num.pair_refuses(now, pair_tat, pair_start) and not skip >> PAIR_RATE & 1:
         return (RETRY_LATER, PAIR_RATE, pair_tat)
     return None
+
+
+def _over_limit(
+    ring: Ring, limit: int | None, warm: Warmup | None, now: int
+) -> tuple[int, int] | None:
+    """Whether a count that binds a counting send has no free slot: the scope's
+    (``limit``; None when the send needs no new slot of it) or the number's own
+    in warm-up (``warm``; None when it needs none of that). (REJECT, 0) when one
+    never frees, else (RETRY_LATER, when every one that binds has a free slot)."""
+    full = limit is not None and ring.total >= limit
+    warm_full = warm is not None and warm.ring.total >= warm.cap
+    if not (full or warm_full):
+        return None
+    retry = now
+    if limit is not None and full:
+        if limit <= 0:
+            return (REJECT, 0)
+        retry = ring.next_free(limit, now)
+    if warm is not None and warm_full:
+        if warm.cap <= 0:
+            return (REJECT, 0)
+        retry = max(retry, warm.ring.next_free(warm.cap, now))
+    return (RETRY_LATER, retry)
+
+
+def _slot_stamp(recipient: int, slot: int, prev_counted: int) -> tuple[int, int] | None:
+    """(generation, time) of a slot stamp a release names, if it can be one this
+    engine gave for a recipient last counted before at ``prev_counted``."""
+    if not (0 < recipient <= _U64 and 0 < slot <= _U64):
+        return None
+    if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
+        return None
+    gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
+    if gen == 0 or t > MAX_TIME or prev_counted > t:
+        return None
+    return gen, t
 
 
 class Engine:
@@ -232,6 +272,14 @@ class Engine:
     ) -> None:
         self._number(number).set_params(tput_interval_us, tput_burst, pair_interval_ms, pair_burst)
 
+    def set_warmup(self, number: int, cap: int) -> None:
+        """Cap the unique recipients ``number`` itself counts in the window, on top
+        of its scope's limit (its own count kept; UNLIMITED: none, count dropped)."""
+        num = self._number(number)
+        if not 0 <= cap <= UNLIMITED:
+            raise ValueError(f"cap must be 0 .. 2**62 - 1, got {cap}")
+        num.warm = Warmup.with_cap(num.warm, self.bucket_ms, self.window_ms, cap)
+
     # -- decisions -----------------------------------------------------------
 
     def decide(
@@ -266,6 +314,9 @@ class Engine:
         already = counting and last > now - self.window_ms
         needs_slot = counting and not already
         ring = s.ring24
+        warm_last = num.warm.look(recipient, now) if num.warm is not None else NEVER
+        # a number in warm-up also needs a slot of its own cap (own)
+        own = num.warm if counting and warm_last <= now - self.window_ms else None
         now_us = now * 1000
         tput_tat = max(num.tput_tat, now_us)
         pair_tat = max(ne.pair_tat if ne is not None else NEVER, now)
@@ -275,14 +326,14 @@ class Engine:
         answer = _ADMITTED
         if not force:
             probe = (in_window, in_fep, counting, tput_tat, pair_tat, pair_start)
-            refused = _refusal(self.window_ms, now, s, num, se, flags, limit, 0, probe)
+            refused = _refusal(self.window_ms, now, s, num, se, own, flags, limit, 0, probe)
             if refused is not None:
                 shadow = flags >> SHADOW_SHIFT
                 if not shadow >> refused[1] & 1:
                     return (*refused, 0, ring.total, last, 0)
                 # A shadowed rule refused: the others still apply; if none refuses,
                 # consume as an admit and answer what would have been answered.
-                real = _refusal(self.window_ms, now, s, num, se, flags, limit, shadow, probe)
+                real = _refusal(self.window_ms, now, s, num, se, own, flags, limit, shadow, probe)
                 if real is not None:
                     return (*real, 0, ring.total, last, 0)
                 answer = refused
@@ -307,6 +358,8 @@ class Engine:
                 slot = ((now + MAX_TIME) << SLOT_GEN_BITS) | se.gen
             else:
                 se.fresh = False  # this admit relies on the earlier slot
+            if num.warm is not None:
+                num.warm.count(recipient, warm_last, now)
         if marketing:
             if se is None:
                 se = s.insert(recipient)
@@ -354,9 +407,12 @@ class Engine:
 
     # -- feedback ------------------------------------------------------------
 
-    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool:
+    def release(
+        self, scope: int, recipient: int, slot: int, prev_counted: int, number: int = -1
+    ) -> bool:
         """Give back the slot an admit created (``slot``: its decision's ``slot``
-        stamp), if no later admit relied on it.
+        stamp), if no later admit relied on it; ``number`` (the number the
+        admit was from; -1: unknown) gives back its warm-up count too.
 
         ``prev_counted`` is the decision's ``prev_counted``: never later than
         the time the admit counted the recipient. Stamps come back from
@@ -365,17 +421,12 @@ class Engine:
         the slot) releases nothing and returns False, like an unknown one.
         """
         s = self._scope(scope)
-        if not (0 < recipient <= _U64 and 0 < slot <= _U64):
+        stamp = _slot_stamp(recipient, slot, prev_counted)
+        if stamp is None:
             return False
-        if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
-            return False
-        gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
-        if gen == 0 or t > MAX_TIME:
-            return False
+        gen, t = stamp
         se = s.table.get(recipient)
         if se is None or not se.fresh or se.gen != gen or se.last_counted != t:
-            return False
-        if prev_counted > t:
             return False
         for r in (s.ring24, s.ring7):
             r.remove(t)
@@ -383,6 +434,8 @@ class Engine:
         s.slots7.remove(t)
         se.last_counted = prev_counted
         se.fresh = False
+        if 0 <= number < len(self.numbers) and (warm := self.numbers[number].warm) is not None:
+            warm.release(recipient, t, prev_counted)
         return True
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
@@ -453,6 +506,8 @@ class Engine:
             if now > num.clock:
                 num.clock = now
             removed += num.reclaim(self._number_cut(num))
+            if num.warm is not None:  # not recipient table entries: not counted
+                num.warm.prune(self.scopes[num.scope].last_now)
         return removed
 
     # -- reports -------------------------------------------------------------
@@ -492,6 +547,14 @@ class Engine:
             ne.fep_until if ne is not None else NEVER,
             ne.pair_tat if ne is not None else NEVER,
         )
+
+    def warmup_usage(self, number: int, now: int) -> Usage:
+        """(used_24h, next_slot_free_at, 0, 0) of the number's own count (0s: none)."""
+        num = self._number(number)
+        _check_time("now", now)
+        if num.warm is None:
+            return Usage(0, 0, 0, 0)
+        return Usage(*num.warm.usage(self.scopes[num.scope].clamp(now)), 0, 0)
 
     def scope_now(self, scope: int) -> int:
         return self._scope(scope).last_now

@@ -1,6 +1,6 @@
 """The engine snapshot format: its writer and its reader.
 
-Snapshot format, version 3 (all integers little-endian; ``q`` signed and
+Snapshot format, version 4 (all integers little-endian; ``q`` signed and
 ``Q`` unsigned 64-bit, ``I`` unsigned 32-bit, ``B`` one byte):
 
 * header ``<8sIIqqqqII``: magic ``TGENGINE``, format version, reserved 0,
@@ -17,7 +17,11 @@ Snapshot format, version 3 (all integers little-endian; ``q`` signed and
   table ``<QQ`` and entries sorted by key, each ``<Qqqqq``: key,
   window_until, fep_until, pair TAT (ms), start of the pair's burst (ms;
   versions 1 and 2 had no such field, read as NEVER: a pair that owes is
-  held until it has paid back).
+  held until it has paid back); then (from version 4) ``<q`` the number's
+  warm-up cap, -1 when it has none, and when it has one its ring (as a
+  scope's 24 h ring) and ``<Q`` entries sorted by key, each ``<Qq``: key,
+  the last time the number counted the recipient (only entries whose bucket
+  is still in the ring).
 
 A reader refuses a newer version with a ValueError; a format change bumps
 :data:`SNAPSHOT_VERSION`.
@@ -29,9 +33,11 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..constants import MARKETING_HISTORY
-from .bounds import MAX_TIME, NEVER, SLOT_FRESH, SLOT_GEN_MAX
+from ..constants import MARKETING_HISTORY, UNLIMITED
+from .bounds import MAX_KEY, MAX_TIME, NEVER, SLOT_FRESH, SLOT_GEN_MAX
+from .ring import Ring
 from .tables import INITIAL_CAPACITY, MAX_CAPACITY, NumberEntry, ScopeEntry, max_fill
+from .warmup import Warmup
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -40,7 +46,7 @@ E = TypeVar("E", bound="Engine")
 
 #: Snapshot header: magic, then the format version this engine writes.
 SNAPSHOT_MAGIC = b"TGENGINE"
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 
 _HEADER = struct.Struct("<8sIIqqqqII")
 _SCOPE = struct.Struct("<qqq")
@@ -50,6 +56,9 @@ _TABLE = struct.Struct("<QQ")
 _SCOPE_ENTRY = struct.Struct("<QqQ" + "q" * MARKETING_HISTORY + "B")
 _NUMBER_ENTRY = struct.Struct("<Qqqqq")
 _NUMBER_ENTRY_2 = struct.Struct("<Qqqq")
+_WARM = struct.Struct("<q")
+_WARM_COUNT = struct.Struct("<Q")
+_WARM_ENTRY = struct.Struct("<Qq")
 
 
 def write_snapshot(engine: Engine) -> bytes:
@@ -69,9 +78,8 @@ def write_snapshot(engine: Engine) -> bytes:
     ]
     for s in engine.scopes:
         out.append(_SCOPE.pack(s.freq_cap, s.freq_window, s.last_now))
-        for r in (s.ring24, s.ring7, s.slots7):
-            out.append(_RING.pack(r.n, r.lo, r.total))
-            out.append(struct.pack(f"<{r.n}q", *r.counts))
+        for ring in (s.ring24, s.ring7, s.slots7):
+            _write_ring(out, ring)
         out.append(_TABLE.pack(s.capacity, len(s.table)))
         pack = _SCOPE_ENTRY.pack
         for key in sorted(s.table):
@@ -95,7 +103,51 @@ def write_snapshot(engine: Engine) -> bytes:
         for key in sorted(num.table):
             ne = num.table[key]
             out.append(pack(key, ne.window_until, ne.fep_until, ne.pair_tat, ne.pair_start))
+        _write_warmup(out, num.warm)
     return b"".join(out)
+
+
+def _write_warmup(out: list[bytes], warm: Warmup | None) -> None:
+    if warm is None:
+        out.append(_WARM.pack(-1))
+        return
+    out.append(_WARM.pack(warm.cap))
+    _write_ring(out, warm.ring)
+    live = warm.live_entries()
+    out.append(_WARM_COUNT.pack(len(live)))
+    out.extend(_WARM_ENTRY.pack(k, t) for k, t in live)
+
+
+def _write_ring(out: list[bytes], r: Ring) -> None:
+    out.append(_RING.pack(r.n, r.lo, r.total))
+    out.append(struct.pack(f"<{r.n}q", *r.counts))
+
+
+def _read_ring(r: _Reader, ring: Ring) -> None:
+    n, lo, total = r.take(_RING)
+    if n != ring.n:
+        raise ValueError("engine snapshot is corrupt: ring size does not match")
+    counts = list(r.take(struct.Struct(f"<{n}q")))
+    if sum(counts) != total or min(counts) < 0:
+        raise ValueError("engine snapshot is corrupt: ring total does not match")
+    ring.lo, ring.total, ring.counts = lo, total, counts
+
+
+def _read_warmup(r: _Reader, eng: Engine, number: int) -> None:
+    (cap,) = r.take(_WARM)
+    if cap == -1:
+        return
+    if not 0 <= cap < UNLIMITED:
+        raise ValueError("engine snapshot is corrupt: warm-up cap out of range")
+    eng.set_warmup(number, cap)
+    warm = eng.numbers[number].warm
+    assert warm is not None
+    _read_ring(r, warm.ring)
+    (count,) = r.take(_WARM_COUNT)
+    for key, t in _take_entries(r, _WARM_ENTRY, count):
+        if not 0 < key <= MAX_KEY or not -MAX_TIME <= t <= MAX_TIME or not warm.live(t):
+            raise ValueError("engine snapshot is corrupt: warm-up entry")
+        warm.counted[key] = t
 
 
 def read_snapshot(engine_class: type[E], data: bytes) -> E:
@@ -120,13 +172,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
         _check_snapshot_time(last_now)
         s.last_now = last_now
         for ring in (s.ring24, s.ring7, s.slots7):
-            n, lo, total = r.take(_RING)
-            if n != ring.n:
-                raise ValueError("engine snapshot is corrupt: ring size does not match")
-            counts = list(r.take(struct.Struct(f"<{n}q")))
-            if sum(counts) != total or min(counts) < 0:
-                raise ValueError("engine snapshot is corrupt: ring total does not match")
-            ring.lo, ring.total, ring.counts = lo, total, counts
+            _read_ring(r, ring)
         s.capacity, count = _take_table(r)
         for key, last, state, *rest in _take_entries(r, _SCOPE_ENTRY, count):
             # format 1 kept the ticket id that created the slot: such
@@ -142,7 +188,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
             e.marketing = list(rest[:MARKETING_HISTORY])
             e.opt_out = bool(rest[MARKETING_HISTORY])
             s.table[key] = e
-    for _ in range(n_numbers):
+    for number in range(n_numbers):
         scope, clock, tput_tat, t_int, t_tol, p_int, p_tol = r.take(_NUMBER)
         if scope >= n_scopes:
             raise ValueError("engine snapshot is corrupt: number refers to a missing scope")
@@ -163,6 +209,8 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
                 _check_snapshot_time(start[0])
                 ne.pair_start = start[0]
             num.table[key] = ne
+        if version >= 4:
+            _read_warmup(r, eng, number)
     if r.pos != len(data):
         raise ValueError("engine snapshot is corrupt: trailing bytes")
     return eng

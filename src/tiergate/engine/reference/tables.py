@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..constants import MARKETING_HISTORY
 from .bounds import MAX_TOLERANCE, NEVER
 from .ring import Ring
+from .warmup import Warmup
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -121,6 +122,7 @@ class Number:
         "tput_interval",
         "tput_tat",
         "tput_tolerance",
+        "warm",
     )
 
     def __init__(self, scope: int) -> None:
@@ -133,6 +135,8 @@ class Number:
         self.tput_tolerance = 0
         self.pair_interval = 1
         self.pair_tolerance = 0
+        #: its own count while in warm-up under a shared scope (None: not in warm-up)
+        self.warm: Warmup | None = None
 
     def spend_throughput(self, now: int, tat: int) -> None:
         """Move the throughput bucket's TAT to at least ``tat`` (µs) as of ``now`` (ms)."""
