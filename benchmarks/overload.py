@@ -15,8 +15,14 @@ shed with RESOURCE_EXHAUSTED, other outcomes, health latency) and writes
 ``benchmarks/results/overload.json``. A Python client on a shared 2-core machine
 may offer less than the asked rate: the rate it did offer is reported.
 
+With ``--load h2load`` (Debian's nghttp2-client) the sustainable rate and the
+overload come from h2load instead, a C client that reaches rates the Python
+clients cannot on a small machine; it reads no gRPC status, so the calls
+decided are counted from the server's metrics.
+
     .venv/bin/python benchmarks/overload.py
     .venv/bin/python benchmarks/overload.py --max-in-flight 32 --seconds 5 --factor 10
+    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4
 """
 
 from __future__ import annotations
