@@ -240,6 +240,13 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
     now = scope_clamp(s, now)
     if now > num.clock:
         num.clock = now
+    # A growth under way moves on with every decision, before anything is
+    # looked up (no entry pointer is held yet): lookups search two sets of
+    # slots only briefly, however few of the decisions insert.
+    if s.table.old != NULL:
+        table_move(&s.table, MOVE_STEP)
+    if num.table.old != NULL:
+        table_move(&num.table, MOVE_STEP)
     look_up(eng, now, s, num, recipient, flags, &p)
     d.retry_at = 0
     d.counted = 0

@@ -51,10 +51,10 @@ cdef enum:
     # rebuilt a third full rather than half: fewer rebuilds and shorter probes
     # where the room costs little.
     SMALL_SLOTS = 1 << 15
-    # Old slots a growing table moves into its new ones per insert (see
-    # table_move): a growth ends within a twentieth of the inserts the
-    # table takes before it next grows.
-    MOVE_STEP = 32
+    # Old slots a growing table moves into its new ones per decision, and
+    # again per insert (see table_move): a growth ends within a tenth of the
+    # inserts the table takes before it next grows.
+    MOVE_STEP = 16
     # decide_batch prefetches once all of an engine's tables together hold
     # this much (a core's L2 cache), however small each one is.
     PREFETCH_BYTES = 1 << 20

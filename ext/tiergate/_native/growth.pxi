@@ -1,9 +1,10 @@
 # -- growing tables ----------------------------------------------------------
 #
 # A table grows as Redis rehashes its dicts: the bigger slots are allocated,
-# the old ones kept, and each insert first moves the entries of the next
-# MOVE_STEP old slots across (table_move), so no call does work in proportion
-# to the table. Until the last has moved, a key is looked for in the new slots,
+# the old ones kept, and each decision for the table (decide_one) and each
+# insert into it (table_reserve) first moves the entries of the next MOVE_STEP
+# old slots across (table_move), so no call does work in proportion to the
+# table. Until the last has moved, a key is looked for in the new slots,
 # then in the old ones from `moved` on; an entry still in the old slots is the
 # entry (it moves with whatever was written to it). Whatever walks every entry
 # (reclaim, compaction, snapshots, copies) either finishes the move first or
