@@ -240,15 +240,16 @@ async def test_calls_queued_before_the_loop_takes_them_are_shed_at_once() -> Non
         futures = _calls_from_a_thread(channel, rpcs)
         shed_while_held = 0
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and shed_while_held < 30:
+        while time.monotonic() < deadline and shed_while_held < 35:
             time.sleep(0.05)  # the loop is held: nothing of tiergate's runs
             shed_while_held = sum(f.done() for f in futures[:40])
         assert all(_outcome(f) == "CANCELLED" for f in futures[:40] if f.done())
-        assert shed_while_held >= 30  # at most 4 pending, the soft limit's refusals aside
+        # at most 4 pending and 1 already taken by the loop's open request
+        assert shed_while_held >= 35
         while not all(f.done() for f in futures):
             await asyncio.sleep(0.01)
         outcomes = Counter(_outcome(f) for f in futures[:40])
-        assert outcomes["OK"] + outcomes["CANCELLED"] == 40 and 1 <= outcomes["OK"] <= 4
+        assert outcomes["OK"] + outcomes["CANCELLED"] == 40 and 1 <= outcomes["OK"] <= 5
         assert all(_outcome(f) == "OK" for f in futures[40:])  # health: never shed
         channel.close()
         state = await h.stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
