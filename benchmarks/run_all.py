@@ -3,8 +3,9 @@
 ``make bench`` runs ``benchmarks/run_all.py --quick`` (a few minutes on 2
 cores); ``make bench-full`` runs it without ``--quick``. Each script runs in
 its own process, in this order, if it exists: ceiling, load, peers, engine,
-memory, durability, batchpath. The chart (``docs/performance.png``) shows throughput and p99 at
-half load per gRPC shape, tiergate next to the no-op ceiling of the same run.
+growth, memory, durability, batchpath. The chart (``docs/performance.png``)
+shows throughput and p99 at half load per gRPC shape, tiergate next to the
+no-op ceiling of the same run.
 
     .venv/bin/python benchmarks/run_all.py --quick
     .venv/bin/python benchmarks/run_all.py --only load,peers
@@ -24,7 +25,7 @@ from typing import Any
 import _common
 import _report
 
-ORDER = ("ceiling", "load", "peers", "engine", "memory", "durability", "batchpath")
+ORDER = ("ceiling", "load", "peers", "engine", "growth", "memory", "durability", "batchpath")
 MINE = {
     "ceiling",
     "load",
@@ -133,7 +134,7 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         out["peers_ratios_vs_redis_per_core"] = peers["ratios_vs_redis_per_core"]
         out["peers_target"] = peers.get("target")
-    for name in ("engine", "memory", "durability", "batchpath"):
+    for name in ("engine", "growth", "memory", "durability", "batchpath"):
         data = results.get(name)
         if data:
             out[name] = {k: v for k, v in data.items() if k not in ("benchmark", "machine")}
