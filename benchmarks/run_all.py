@@ -3,7 +3,7 @@
 ``make bench`` runs ``benchmarks/run_all.py --quick`` (a few minutes on 2
 cores); ``make bench-full`` runs it without ``--quick``. Each script runs in
 its own process, in this order, if it exists: ceiling, load, peers, engine,
-memory, durability, batchpath, plan. The chart (``docs/performance.png``)
+growth, memory, durability, batchpath, plan. The chart (``docs/performance.png``)
 shows throughput and p99 at half load per gRPC shape, tiergate next to the
 no-op ceiling of the same run.
 
@@ -25,7 +25,17 @@ from typing import Any
 import _common
 import _report
 
-ORDER = ("ceiling", "load", "peers", "engine", "memory", "durability", "batchpath", "plan")
+ORDER = (
+    "ceiling",
+    "load",
+    "peers",
+    "engine",
+    "growth",
+    "memory",
+    "durability",
+    "batchpath",
+    "plan",
+)
 MINE = {
     "ceiling",
     "load",
@@ -135,7 +145,7 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         out["peers_ratios_vs_redis_per_core"] = peers["ratios_vs_redis_per_core"]
         out["peers_target"] = peers.get("target")
-    for name in ("engine", "memory", "durability", "batchpath", "plan"):
+    for name in ("engine", "growth", "memory", "durability", "batchpath", "plan"):
         data = results.get(name)
         if data:
             out[name] = {k: v for k, v in data.items() if k not in ("benchmark", "machine")}

@@ -212,3 +212,15 @@ def test_plan_tiny_times_plans_beside_dry_runs(tmp_path: Path) -> None:
         # a dry run admits what a plan sends at once
         assert f["dry_runs_admitted"] == f["admissible_now"] == 10_000
     assert "PlanCampaign beside AdmitBatch" in proc.stdout
+
+
+def test_growth_times_every_call_while_a_table_grows(tmp_path: Path) -> None:
+    proc = run("growth.py", "--start", "2000", "--end", "60000", "--results-dir", str(tmp_path))
+    data = read(tmp_path / "growth.json")
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert rows["batch"]["calls"] == 58 and rows["single"]["calls"] == 58_000
+    for r in rows.values():
+        assert r["entries_after"] >= 60_000  # one scope entry per recipient
+        assert r["cpu_p50_ms"] <= r["cpu_p999_ms"] <= r["cpu_max_ms"]
+        assert r["cpu_max_ms"] > 0 and r["wall_max_ms"] > 0
+    assert "longest call while one scope's table grows" in proc.stdout

@@ -4,7 +4,10 @@ the in-flight limit, calls past their deadline, message and stream caps."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import tracemalloc
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -201,6 +204,66 @@ async def test_calls_beyond_max_in_flight_are_resource_exhausted_and_health_answ
         assert reply.decision == pb.DECISION_ADMIT
 
 
+def _calls_from_a_thread(channel: grpc.Channel, rpcs: list[tuple[str, bytes]]) -> list[Any]:
+    """Start each (method, request bytes) call from another thread, on a blocking
+    channel; the calls' futures, in order."""
+    futures: list[Any] = []
+
+    def start() -> None:
+        futures.extend(channel.unary_unary(m).future(body, timeout=10) for m, body in rpcs)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    return futures
+
+
+def _outcome(future: Any) -> str:
+    exc = future.exception()
+    return "OK" if exc is None else str(exc.code().name)
+
+
+@run_async
+async def test_calls_queued_before_the_loop_takes_them_are_shed_at_once() -> None:
+    # The event loop is held (as by a burst of work it cannot keep up with)
+    # while calls arrive: gRPC core queues them for the loop, up to
+    # max_in_flight per method, and ends the rest at once (CANCELLED, gRPC
+    # core's status), with no Python run for them. Health checks queue apart
+    # and are answered.
+    async with serving(max_in_flight=4) as h:
+        admit = SERVICE + "Admit"
+        health = "/grpc.health.v1.Health/Check"
+        rpcs = [(admit, template_request(f"1555000{i:04d}").SerializeToString()) for i in range(40)]
+        rpcs += [(health, health_pb2.HealthCheckRequest(service="").SerializeToString())] * 3
+        channel = grpc.insecure_channel(h.target)
+        grpc.channel_ready_future(channel).result(timeout=5)
+        futures = _calls_from_a_thread(channel, rpcs)
+        shed_while_held = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and shed_while_held < 35:
+            time.sleep(0.05)  # the loop is held: nothing of tiergate's runs
+            shed_while_held = sum(f.done() for f in futures[:40])
+        assert all(_outcome(f) == "CANCELLED" for f in futures[:40] if f.done())
+        # at most 4 pending and 1 already taken by the loop's open request
+        assert shed_while_held >= 35
+        while not all(f.done() for f in futures):
+            await asyncio.sleep(0.01)
+        outcomes = Counter(_outcome(f) for f in futures[:40])
+        assert outcomes["OK"] + outcomes["CANCELLED"] == 40 and 1 <= outcomes["OK"] <= 5
+        assert all(_outcome(f) == "OK" for f in futures[40:])  # health: never shed
+        channel.close()
+        state = await h.stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
+        assert state.used_24h == outcomes["OK"]  # the shed ones decided nothing
+
+
+def test_pending_limits_follow_max_in_flight() -> None:
+    assert dict(grpc_server.pending_limits(64)) == {
+        "grpc.server.max_pending_requests": 32,
+        "grpc.server.max_pending_requests_hard_limit": 64,
+    }
+    assert dict(grpc_server.pending_limits(1))["grpc.server.max_pending_requests"] == 1
+
+
 @run_async
 async def test_a_call_past_its_deadline_is_dropped_before_deciding() -> None:
     async with serving() as h:
@@ -260,6 +323,7 @@ def test_streams_per_connection_are_capped(monkeypatch: pytest.MonkeyPatch) -> N
     asyncio.run(build())
     options = dict(seen[0])
     assert options["grpc.max_concurrent_streams"] == 10 + grpc_server.STREAM_HEADROOM
+    assert options["grpc.server.max_pending_requests_hard_limit"] == 10
     assert options["grpc.max_receive_message_length"] == 65_536
 
 

@@ -21,13 +21,15 @@ cdef inline void copy_job(CopyJobs *jobs, void *dst, const void *src, size_t n) 
 
 cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
                     CopyJobs *jobs) noexcept nogil:
-    # dst: a bitwise copy of src; give it slots (and marketing records) of its
-    # own, from room's buffers at (and at + 1) where their sizes fit, no growth
-    # spare; their contents are copied by jobs, after. -1: out of memory (what
-    # dst holds is freed with it).
+    # dst: a bitwise copy of src; give it slots (the old slots of a growth
+    # under way too, and marketing records) of its own, from room's buffers at
+    # (at + 1 for the old slots, at + 2 for the marketing records) where their
+    # sizes fit, no growth spare; their contents are copied by jobs, after.
+    # -1: out of memory (what dst holds is freed with it).
     cdef void *slots
     cdef size_t size = src.capacity * sizeof(src.slots[0])
     dst.slots = NULL
+    dst.old = NULL
     dst.spare = NULL
     dst.spare_capacity = dst.spare_touched = 0
     dst.warm_at = UINT64_MAX
@@ -41,10 +43,21 @@ cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
         dst.slots = <ScopeEntry *>slots
     else:
         dst.slots = <NumberEntry *>slots
+    if src.old != NULL:
+        # a growth under way is copied as it stands and goes on in the copy
+        size = src.old_capacity * sizeof(src.old[0])
+        slots = room.take(at + 1, size)
+        if slots == NULL:
+            return -1
+        copy_job(jobs, slots, src.old, size)
+        if Table is ScopeTable:
+            dst.old = <ScopeEntry *>slots
+        else:
+            dst.old = <NumberEntry *>slots
     if Table is ScopeTable:
         if src.marketing.slots != NULL:
             size = src.marketing.capacity * sizeof(MarketingEntry)
-            dst.marketing.slots = <MarketingEntry *>room.take(at + 1, size)
+            dst.marketing.slots = <MarketingEntry *>room.take(at + 2, size)
             if dst.marketing.slots == NULL:
                 return -1
             copy_job(jobs, dst.marketing.slots, src.marketing.slots, size)
@@ -58,6 +71,7 @@ cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at,
     dst[0] = src[0]
     dst.ring24.counts = dst.ring7.counts = dst.slots7.counts = NULL
     dst.table.slots = NULL
+    dst.table.old = NULL
     dst.table.spare = NULL
     dst.table.marketing.slots = NULL
     if (table_copy(&dst.table, &src.table, room, at, jobs) < 0
@@ -125,9 +139,11 @@ cdef tuple engine_copy_sizes(Engine eng):
     sizes = []
     for i in range(eng.n_scopes):
         sizes.append(eng.scopes[i].table.capacity * sizeof(ScopeEntry))
+        sizes.append(eng.scopes[i].table.old_capacity * sizeof(ScopeEntry))
         sizes.append(eng.scopes[i].table.marketing.capacity * sizeof(MarketingEntry))
     for i in range(eng.n_numbers):
         sizes.append(eng.numbers[i].table.capacity * sizeof(NumberEntry))
+        sizes.append(eng.numbers[i].table.old_capacity * sizeof(NumberEntry))
     return tuple(sizes)
 
 
@@ -150,14 +166,15 @@ cdef Engine engine_copy(Engine src, room):
     eng.cap_scopes = max64(n_scopes, 1)
     eng.cap_numbers = max64(n_numbers, 1)
     jobs.count = 0
-    jobs.jobs = <tg_copy_job *>malloc(max64(2 * n_scopes + n_numbers, 1) * sizeof(tg_copy_job))
+    jobs.jobs = <tg_copy_job *>malloc(
+        max64(3 * n_scopes + 2 * n_numbers, 1) * sizeof(tg_copy_job))
     if jobs.jobs == NULL:
         raise MemoryError()
     with nogil:
         for i in range(n_scopes):
             # counted first: if the copy fails half way, dealloc frees what it holds
             eng.n_scopes = i + 1
-            if scope_copy(&eng.scopes[i], &src.scopes[i], held, 2 * i, &jobs) < 0:
+            if scope_copy(&eng.scopes[i], &src.scopes[i], held, 3 * i, &jobs) < 0:
                 failed = 1
                 break
         if not failed:
@@ -166,7 +183,7 @@ cdef Engine engine_copy(Engine src, room):
                 eng.numbers[i] = src.numbers[i]
                 eng.numbers[i].warm = NULL
                 if (table_copy(&eng.numbers[i].table, &src.numbers[i].table, held,
-                               2 * n_scopes + i, &jobs) < 0
+                               3 * n_scopes + 2 * i, &jobs) < 0
                         or warmup_copy(&eng.numbers[i], &src.numbers[i]) < 0):
                     failed = 1
                     break

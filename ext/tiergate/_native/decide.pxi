@@ -71,10 +71,14 @@ cdef struct Probe:
 cdef inline void look_up(Engine eng, int64_t now, Scope *s, Number *num, uint64_t recipient,
                          uint32_t flags, Probe *p) noexcept nogil:
     p.mixed = mix(recipient)
-    p.se = entry_find_mixed(s.table.slots, s.table.capacity, recipient, p.mixed)
+    p.se = scope_find_mixed(&s.table, recipient, p.mixed)
     p.nstop[0] = 0
     p.nstop[1] = DIST_MAX  # set by entry_search when it finds no entry
     p.ne = entry_search(num.table.slots, num.table.capacity, recipient, p.mixed, p.nstop)
+    if p.ne == NULL and num.table.old != NULL:
+        # growing (table_full holds: nstop goes unused)
+        p.ne = entry_find_old(num.table.old, num.table.old_capacity, num.table.moved,
+                              recipient, p.mixed)
     p.template = (flags & F_TEMPLATE) != 0
     p.marketing = (flags & F_MARKETING) != 0
     p.last = slot_last(p.se.slot) if p.se != NULL else NEVER
@@ -258,6 +262,13 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
     now = scope_clamp(s, now)
     if now > num.clock:
         num.clock = now
+    # A growth under way moves on with every decision, before anything is
+    # looked up (no entry pointer is held yet): lookups search two sets of
+    # slots only briefly, however few of the decisions insert.
+    if s.table.old != NULL:
+        table_move(&s.table, MOVE_STEP)
+    if num.table.old != NULL:
+        table_move(&num.table, MOVE_STEP)
     look_up(eng, now, s, num, recipient, flags, &p)
     d.retry_at = 0
     d.counted = 0

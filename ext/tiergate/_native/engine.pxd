@@ -65,7 +65,8 @@ cdef struct NumberEntry:
     int64_t pair_start  # when the pair's current burst began (at or before pair_tat)
 
 # Robin Hood open addressing over `capacity` slots (any size: the home slot is
-# mix(key) scaled to the capacity), kept between half and four fifths full.
+# mix(key) scaled to the capacity), kept between half and four fifths full
+# (`count` holds the entries of `slots` and `old` together).
 # `nominal` is the reference engine's capacity rule (a power of two, 70 %):
 # it decides when expired entries are reclaimed, so both engines reclaim at
 # the same moments, and it is what snapshots record.
@@ -86,6 +87,12 @@ cdef struct ScopeTable:
     uint64_t spare_capacity
     uint64_t spare_touched  # bytes of it touched so far
     uint64_t warm_at        # count from which table_warm works (UINT64_MAX: never)
+    # While the table grows, the slots it grows out of (NULL otherwise): their
+    # entries move into `slots` a few at a time (see table_move), those from
+    # `moved` on are still there, and lookups search both.
+    ScopeEntry *old
+    uint64_t old_capacity
+    uint64_t moved
 
 cdef struct NumberTable:
     NumberEntry *slots
@@ -99,6 +106,9 @@ cdef struct NumberTable:
     uint64_t spare_capacity
     uint64_t spare_touched  # bytes of it touched so far
     uint64_t warm_at        # count from which table_warm works (UINT64_MAX: never)
+    NumberEntry *old        # as in ScopeTable
+    uint64_t old_capacity
+    uint64_t moved
 
 # A number's own count while it is in warm-up under a shared limit scope
 # (warmup.pxi; the reference: engine/reference/warmup.py): its cap, a ring like

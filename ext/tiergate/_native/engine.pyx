@@ -11,7 +11,8 @@
 #
 # One module built from included parts, each one concern: support.pxi (C
 # helpers: table memory, prefetch, the two-thread copy), rings.pxi (arithmetic,
-# slot words, bucket rings), tables.pxi (recipient tables, reclaim), decide.pxi
+# slot words, bucket rings), tables.pxi (recipient tables, reclaim), growth.pxi
+# (tables growing a few entries per insert), decide.pxi
 # (the decision core, batch checks, releases), snapshot.pxi (snapshot and
 # restore) and copy.pxi (Engine.copy's memory). The Engine class below holds
 # the state and the Python-visible methods, which call into them.
@@ -53,6 +54,10 @@ cdef enum:
     # rebuilt a third full rather than half: fewer rebuilds and shorter probes
     # where the room costs little.
     SMALL_SLOTS = 1 << 15
+    # Old slots a growing table moves into its new ones per decision, and
+    # again per insert (see table_move): a growth ends within a tenth of the
+    # inserts the table takes before it next grows.
+    MOVE_STEP = 16
     # decide_batch prefetches once all of an engine's tables together hold
     # this much (a core's L2 cache), however small each one is.
     PREFETCH_BYTES = 1 << 20
@@ -72,6 +77,7 @@ cdef enum:
 
 include "rings.pxi"
 include "tables.pxi"
+include "growth.pxi"
 include "decide.pxi"
 include "snapshot.pxi"
 include "copy.pxi"
@@ -415,6 +421,11 @@ cdef class Engine:
         (compiled engine only; see table_warm)."""
         return engine_spare_bytes(self)
 
+    def growth_bytes(self):
+        """Bytes of old slots held by this engine's tables that are growing
+        (compiled engine only; see table_move)."""
+        return engine_growth_bytes(self)
+
     # -- snapshots -----------------------------------------------------------
 
     def snapshot(self):
@@ -426,8 +437,9 @@ cdef class Engine:
 
     def copy_sizes(self):
         """Bytes of each buffer a ``copy()`` of this engine needs now, in the order
-        ``CopyRoom`` takes them: each scope's slots and marketing records, then
-        each number's slots."""
+        ``CopyRoom`` takes them: each scope's slots, old slots (of a growth
+        under way; 0 bytes when none) and marketing records, then each
+        number's slots and old slots."""
         return engine_copy_sizes(self)
 
     @staticmethod
@@ -446,8 +458,9 @@ cdef class Engine:
         ``copy_room``) holds the memory, allocated and touched ahead in another
         thread: a table's first touch costs the kernel a page fault and zeroing
         per page, several times the copy itself. A table that has changed size
-        since gets new memory here. Growth spares are not copied; the copy
-        decides like the original if it is ever used."""
+        since gets new memory here. A growth under way is copied as it stands
+        (both sets of slots) and goes on in the copy; growth spares are not
+        copied. The copy decides like the original if it is ever used."""
         return engine_copy(self, room)
 
     @classmethod

@@ -194,14 +194,19 @@ cdef int restore_number_table(NumberTable *t, Cursor *c, uint32_t version) excep
 
 
 cdef KeySlot *sorted_keys(Table *t) noexcept nogil:
-    # The table's keys (flags cleared) and slots, ascending by key; NULL: out of memory.
+    # The table's keys (flags cleared) and slots (as entry_at numbers them: a
+    # growing table's old slots after its new ones), ascending by key; NULL:
+    # out of memory.
     cdef KeySlot *keys = <KeySlot *>malloc(max64(<int64_t>t.count, 1) * sizeof(KeySlot))
-    cdef uint64_t i, n = 0
+    cdef uint64_t i, n = 0, word
     if keys == NULL:
         return NULL
-    for i in range(t.capacity):
-        if t.slots[i].key != 0:
-            keys[n].key = t.slots[i].key & KEY_MASK
+    for i in range(t.capacity + t.old_capacity):
+        if i >= t.capacity and i - t.capacity < t.moved:
+            continue  # moved: in the new slots
+        word = entry_at(t.slots, t.capacity, t.old, i).key
+        if word != 0:
+            keys[n].key = word & KEY_MASK
             keys[n].slot = i
             n += 1
     return sort_keys(keys, n)
@@ -293,8 +298,8 @@ cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) noexcept no
     p += TABLE_SIZE
     for i in range(t.count):
         if i + PREFETCH_AHEAD < t.count:
-            tg_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
-        e = &t.slots[keys[i].slot]
+            tg_prefetch(entry_at(t.slots, t.capacity, t.old, keys[i + PREFETCH_AHEAD].slot))
+        e = entry_at(t.slots, t.capacity, t.old, keys[i].slot)
         put_u64(p, keys[i].key)
         put_u64(p + 8, slot_last(e.slot))
         put_u64(p + 16, e.slot & SLOT_LOW_MASK)
@@ -318,8 +323,8 @@ cdef unsigned char *put_number_table(NumberTable *t, unsigned char *p) noexcept 
     p += TABLE_SIZE
     for i in range(t.count):
         if i + PREFETCH_AHEAD < t.count:
-            tg_prefetch(&t.slots[keys[i + PREFETCH_AHEAD].slot])
-        e = &t.slots[keys[i].slot]
+            tg_prefetch(entry_at(t.slots, t.capacity, t.old, keys[i + PREFETCH_AHEAD].slot))
+        e = entry_at(t.slots, t.capacity, t.old, keys[i].slot)
         put_u64(p, keys[i].key)
         put_u64(p + 8, e.window_until)
         put_u64(p + 16, e.fep_until)

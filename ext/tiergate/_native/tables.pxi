@@ -5,7 +5,8 @@
 # new one would be takes that slot and moves the other on. Probe lengths stay
 # short even four fifths full, and a search for an absent key stops as soon as
 # it meets an entry closer to home than the key would be. Entries leave only
-# through a rebuild (reclaim), so there are no tombstones.
+# through a rebuild (reclaim), so there are no tombstones. A table grows a few
+# entries per insert (growth.pxi).
 
 ctypedef fused TableEntry:
     ScopeEntry
@@ -280,16 +281,14 @@ cdef uint64_t count_expired(Table *t, int64_t cut) noexcept nogil:
 cdef int table_rebuild(Table *t, uint64_t capacity, bint drop, int64_t cut) noexcept nogil:
     # Re-place every entry into `capacity` slots; with drop, leave the expired
     # ones out (and, for a scope table, their marketing records). Everything
-    # is allocated before anything changes. -1: out of memory.
+    # is allocated before anything changes. A growth under way is finished
+    # first. -1: out of memory.
     cdef uint64_t i, count = 0
     cdef MarketingEntry *kept = NULL
     cdef bint prune = False
     cdef void *slots
-    if t.spare != NULL and capacity == t.spare_capacity:
-        slots = t.spare  # zeroed ahead; the rest of it is zeroed on first write
-        t.spare = NULL
-    else:
-        slots = tg_table_alloc(capacity * sizeof(t.slots[0]))
+    table_move(t, UINT64_MAX)
+    slots = table_new_slots(t, capacity)
     if slots == NULL:
         return -1
     if Table is ScopeTable:
@@ -447,24 +446,27 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
 cdef inline bint table_full(Table *t) noexcept nogil:
     # Whether table_reserve has work to do (it changes nothing otherwise).
     return (t.count >= max_fill(t.nominal) or crowded(t.count, t.capacity)
-            or t.count >= t.warm_at)
+            or t.count >= t.warm_at or t.old != NULL)
 
 
 cdef int table_reserve(Table *t, int64_t cut) noexcept nogil:
     # Room for one more entry. At the nominal fill, expired entries are
     # reclaimed and the nominal capacity doubles unless that freed half (the
-    # reference's rule); the slots grow on their own when four fifths full.
-    # -1: out of memory (nothing changed).
+    # reference's rule); the slots grow on their own when four fifths full,
+    # a few at a time (table_grow, table_move). -1: out of memory (nothing
+    # changed).
     cdef uint64_t full
+    table_move(t, MOVE_STEP)
     if t.count >= max_fill(t.nominal):
         full = max_fill(t.nominal)
         # the same slots: the table is likely to fill up again
+        table_move(t, UINT64_MAX)  # compaction works on one set of slots
         if table_compact(t, cut) < 0:
             return -1
         if t.count >= full // 2:
             t.nominal = 2 * t.nominal
     if crowded(t.count, t.capacity):
-        return table_rebuild(t, room_for(t.count + 1), False, cut)
+        return table_grow(t, room_for(t.count + 1))
     if t.count >= t.warm_at:
         table_warm(t)
     return 0
@@ -476,6 +478,8 @@ cdef int table_init(Table *t) noexcept nogil:
     t.spare = NULL
     t.spare_capacity = t.spare_touched = 0
     t.warm_at = UINT64_MAX
+    t.old = NULL
+    t.old_capacity = t.moved = 0
     if Table is ScopeTable:
         t.nominal = INITIAL_CAPACITY
         t.oldest_last = INT64_MAX
@@ -488,13 +492,23 @@ cdef void table_free(Table *t) noexcept nogil:
     tg_table_free(t.slots, t.capacity * sizeof(t.slots[0]))
     t.slots = NULL
     table_drop_spare(t)
+    tg_table_free(t.old, t.old_capacity * sizeof(t.slots[0]))
+    t.old = NULL
     if Table is ScopeTable:
         tg_table_free(t.marketing.slots, t.marketing.capacity * sizeof(MarketingEntry))
         t.marketing.slots = NULL
 
 
 cdef inline ScopeEntry *scope_find(ScopeTable *t, uint64_t key) noexcept nogil:
-    return entry_find(t.slots, t.capacity, key)
+    return scope_find_mixed(t, key, mix(key))
+
+
+cdef inline ScopeEntry *scope_find_mixed(ScopeTable *t, uint64_t key,
+                                         uint64_t mixed) noexcept nogil:
+    cdef ScopeEntry *e = entry_find_mixed(t.slots, t.capacity, key, mixed)
+    if e == NULL and t.old != NULL:
+        e = entry_find_old(t.old, t.old_capacity, t.moved, key, mixed)
+    return e
 
 
 cdef ScopeEntry *scope_insert(ScopeTable *t, uint64_t key) noexcept nogil:
@@ -512,7 +526,11 @@ cdef inline ScopeEntry *scope_insert_mixed(ScopeTable *t, uint64_t key,
 
 
 cdef inline NumberEntry *number_find(NumberTable *t, uint64_t key) noexcept nogil:
-    return entry_find(t.slots, t.capacity, key)
+    cdef uint64_t mixed = mix(key)
+    cdef NumberEntry *e = entry_find_mixed(t.slots, t.capacity, key, mixed)
+    if e == NULL and t.old != NULL:
+        e = entry_find_old(t.old, t.old_capacity, t.moved, key, mixed)
+    return e
 
 
 cdef NumberEntry *number_insert(NumberTable *t, uint64_t key) noexcept nogil:
@@ -549,6 +567,7 @@ cdef uint64_t engine_reclaim(Engine eng, int64_t now) except? 0:
     for i in range(eng.n_scopes):
         s = &eng.scopes[i]
         scope_clamp(s, now)
+        table_move(&s.table, UINT64_MAX)  # the passes below read one set of slots
         cut = s.last_now - s.horizon
         dead = 0 if cut <= s.table.oldest_last else count_expired(&s.table, cut)
         if dead:
@@ -559,6 +578,7 @@ cdef uint64_t engine_reclaim(Engine eng, int64_t now) except? 0:
         num = &eng.numbers[i]
         if now > num.clock:
             num.clock = now
+        table_move(&num.table, UINT64_MAX)
         cut = number_cut(eng, num)
         dead = count_expired(&num.table, cut)
         if dead:

@@ -59,12 +59,31 @@ def build_server(
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_concurrent_streams", servicer.in_flight.limit + STREAM_HEADROOM),
+            *pending_limits(servicer.in_flight.limit),
         ]
     )
     servicer.watches = watches or Watches(lambda: servicer.service, metrics=metrics)
     _add_admission_control(server, servicer, metrics, guard if guard and guard.active else None)
     _add_health_and_reflection(server, health_servicer)
     return server
+
+
+def pending_limits(max_in_flight: int) -> list[tuple[str, int]]:
+    """gRPC core's limits on the calls it holds for a method before the event loop
+    takes them: from half of ``max_in_flight`` waiting, a new call is turned away
+    at random, more often as the queue grows, and always at ``max_in_flight``.
+    Under overload calls wait there, before any Python runs for them (grpc.aio
+    takes one call per method per turn of the loop, so the servicer's own count
+    stays low while latency grows), and this is where the excess is shed, in
+    gRPC core's threads, at no cost to the event loop. gRPC core ends such a call
+    CANCELLED (its own status; the servicer's RESOURCE_EXHAUSTED needs the call
+    to reach Python). Each method has its own queue: health checks, served
+    through the generic handler path, queue apart from Admit and are never shed
+    for its load."""
+    return [
+        ("grpc.server.max_pending_requests", max(1, max_in_flight // 2)),
+        ("grpc.server.max_pending_requests_hard_limit", max(1, max_in_flight)),
+    ]
 
 
 def _feedback_access(request: pb.RecordFeedbackRequest) -> Access:
