@@ -237,14 +237,3 @@ cdef object scope_outlook(Scope *s, int64_t now, int64_t period_ms, int64_t peri
         raise ValueError(f"period_ms must be 1..2**40 and periods 0..{MAX_OUTLOOK}")
     ring_outlook(&s.ring24, max64(now, s.last_now), period_ms, periods, &recent, leaving)
     return recent, [leaving[k] for k in range(periods)]
-
-
-cdef int64_t open_windows(NumberTable *t, int64_t now) noexcept nogil:
-    # Engine.open_windows: entries of a number's table with a window open at now.
-    cdef uint64_t i
-    cdef int64_t n = 0
-    for i in range(t.capacity):
-        if t.slots[i].key != 0 and (now < t.slots[i].window_until
-                                    or now < t.slots[i].fep_until):
-            n += 1
-    return n

@@ -9,7 +9,7 @@ from tiergate.engine.constants import UNLIMITED
 
 from .profile import HOUR_MS
 from .requests import MARKETING
-from .state import PolicyState
+from .state import LimitScope, PolicyState
 from .tiers import (
     PATH_AUTOMATIC,
     catch_up,
@@ -116,6 +116,32 @@ def limit_reached_at(used: int, limit: int, rate: int, freeing: list[int], now: 
     return 0
 
 
+def upgrade_report(
+    st: PolicyState, scope: LimitScope, now: int, unique: int, slots: int
+) -> UpgradeReport:
+    """The scope's way to its next tier: Meta's scaling path, or the profile's
+    threshold rule over ``unique`` recipients (or ``slots``) in 7 days."""
+    p = st.profile
+    have = unique if p.upgrade_basis == "unique" else slots
+    nxt_tier = p.next_tier(scope.tier)
+    need = threshold(st, scope) if nxt_tier is not None else 0
+    predicted = 0
+    if scope.crossed_at != NEVER and eligible(st, scope):
+        predicted = (
+            scope.due_at if p.upgrade_mode == "apply" else scope.crossed_at + p.predict_within_ms
+        )
+    if scope.on_path and nxt_tier is not None:
+        path, progress, ready = scaling_path(st, scope, now)
+        return UpgradeReport(ready, progress, 0, nxt_tier, path)
+    return UpgradeReport(
+        eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
+        progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
+        predicted_at_unix_ms=predicted,
+        next_tier=nxt_tier or "",
+        path=PATH_AUTOMATIC if nxt_tier is not None else "",
+    )
+
+
 def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
     """The state GetSenderState reports. Raises KeyError for an unknown sender.
 
@@ -146,25 +172,7 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
             nxt = max(nxt, own_nxt)
     if scope.crossed_at == NEVER:
         check_crossing(st, scope, now)
-    have = unique if p.upgrade_basis == "unique" else slots
-    nxt_tier = p.next_tier(scope.tier)
-    need = threshold(st, scope) if nxt_tier is not None else 0
-    predicted = 0
-    if scope.crossed_at != NEVER and eligible(st, scope):
-        predicted = (
-            scope.due_at if p.upgrade_mode == "apply" else scope.crossed_at + p.predict_within_ms
-        )
-    if scope.on_path and nxt_tier is not None:
-        path, progress, ready = scaling_path(st, scope, now)
-        upgrade = UpgradeReport(ready, progress, 0, nxt_tier, path)
-    else:
-        upgrade = UpgradeReport(
-            eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
-            progress=min(1.0, have / need) if need > 0 else (1.0 if nxt_tier is None else 0.0),
-            predicted_at_unix_ms=predicted,
-            next_tier=nxt_tier or "",
-            path=PATH_AUTOMATIC if nxt_tier is not None else "",
-        )
+    upgrade = upgrade_report(st, scope, now, unique, slots)
     paused = [
         PausedTemplateReport(
             t.id,
