@@ -33,6 +33,7 @@ class LimitScope:
     __slots__ = (
         "crossed_at",
         "due_at",
+        "held",
         "index",
         "key",
         "last_now",
@@ -52,6 +53,8 @@ class LimitScope:
         self.due_at = NEVER  # apply mode: when the next tier takes effect
         self.last_now = NEVER  # latest time seen: policy time never goes backwards
         self.senders: list[Sender] = []
+        # derived: members whose quality or status keep an upgrade back (``tiers.derive``)
+        self.held = 0
         # Meta's scaling paths (profile ``upgrade.scaling_path``): while the scope is
         # in their tier, each recipient counted within the path's window, and when.
         self.on_path = False  # derived: the scope is in the profile's path tier
@@ -85,7 +88,6 @@ class Sender:
         "counts",
         "display",
         "engine_index",
-        "engine_index",
         "flags",
         "floor_restricted",
         "id",
@@ -106,6 +108,7 @@ class Sender:
         "spam_held_until",
         "status",
         "throughput_upgraded",
+        "upgrade_ok",
         "verified",
         "violations",
         "waba_id",
@@ -145,6 +148,8 @@ class Sender:
         self.limits_until = NEVER  # when the warm-up cap next changes
         # when a refused business-initiated send may be retried (0: not known)
         self.restricted_retry_at = 0
+        # derived: quality and status allow an upgrade (counted in ``scope.held`` if not)
+        self.upgrade_ok = True
         # idempotency key → its first answer, an admit, and what the key is bound to
         self.idem: dict[str, Entry] = {}
 
