@@ -231,6 +231,10 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
             put_u64(p + 8, rings[r].lo)
             put_u64(p + 16, rings[r].total)
             p += RING_SIZE
+            if rings[r].counts == NULL:  # no buckets yet: all empty
+                memset(p, 0, 8 * rings[r].n)
+                p += 8 * rings[r].n
+                continue
             for b in range(rings[r].n):
                 put_u64(p, rings[r].counts[b])
                 p += 8
@@ -386,6 +390,10 @@ cdef Engine engine_restore(type cls, data):
                 v = <int64_t>get_u64(p + 8 * b)
                 if v < 0:
                     raise ValueError("engine snapshot is corrupt: ring total does not match")
+                if v == 0:
+                    continue  # a ring without a count keeps no buckets
+                if ring_ready(rings[r]) < 0:
+                    raise MemoryError()
                 rings[r].counts[b] = v
                 total += v
             if total != rings[r].total:

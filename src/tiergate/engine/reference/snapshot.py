@@ -71,7 +71,7 @@ def write_snapshot(engine: Engine) -> bytes:
         out.append(_SCOPE.pack(s.freq_cap, s.freq_window, s.last_now))
         for r in (s.ring24, s.ring7, s.slots7):
             out.append(_RING.pack(r.n, r.lo, r.total))
-            out.append(struct.pack(f"<{r.n}q", *r.counts))
+            out.append(struct.pack(f"<{r.n}q", *(r.counts or [0] * r.n)))
         out.append(_TABLE.pack(s.capacity, len(s.table)))
         pack = _SCOPE_ENTRY.pack
         for key in sorted(s.table):
@@ -126,7 +126,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
             counts = list(r.take(struct.Struct(f"<{n}q")))
             if sum(counts) != total or min(counts) < 0:
                 raise ValueError("engine snapshot is corrupt: ring total does not match")
-            ring.lo, ring.total, ring.counts = lo, total, counts
+            ring.lo, ring.total, ring.counts = lo, total, counts if total else []
         s.capacity, count = _take_table(r)
         for key, last, state, *rest in _take_entries(r, _SCOPE_ENTRY, count):
             # format 1 kept the ticket id that created the slot: such
