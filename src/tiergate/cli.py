@@ -66,6 +66,34 @@ _SETTINGS = (
     ("--metrics-listen", "HOST:PORT", "Prometheus /metrics endpoint"),
     ("--log-level", "LEVEL", "debug | info | warning | error"),
 )
+#: Caps on what clients can create: beyond a count RESOURCE_EXHAUSTED, beyond a
+#: length INVALID_ARGUMENT; nothing is changed either way.
+_CAPS = (
+    ("--max-senders", "N", f"senders known at once (default {cfg.DEFAULT_CAPS.senders})"),
+    ("--max-templates", "N", f"templates known at once (default {cfg.DEFAULT_CAPS.templates})"),
+    (
+        "--max-idempotency-keys",
+        "N",
+        f"idempotency keys remembered at once (default {cfg.DEFAULT_CAPS.idempotency_keys})",
+    ),
+    (
+        "--max-id-length",
+        "N",
+        "characters of a sender, portfolio, WABA id or display number "
+        f"(default and most {cfg.DEFAULT_CAPS.id_length})",
+    ),
+    (
+        "--max-template-id-length",
+        "N",
+        f"characters of a template id or name (default and most "
+        f"{cfg.DEFAULT_CAPS.template_id_length})",
+    ),
+    (
+        "--max-idempotency-key-length",
+        "N",
+        f"characters of an idempotency key (default and most {cfg.DEFAULT_CAPS.key_length})",
+    ),
+)
 #: The exposure flags that take a value (TLS, tokens, secrets, connection limits).
 _EXPOSURE = (
     ("--tls-cert", "FILE", "PEM certificate (chain) for gRPC and HTTP"),
@@ -107,6 +135,9 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="start even if the journal is corrupt before its tail, cutting it there",
     )
+    c = p.add_argument_group("caps", "what clients can make tiergate hold")
+    for flag, metavar, text in _CAPS:
+        c.add_argument(flag, metavar=metavar, help=text)
     g = p.add_argument_group("exposure", "TLS, tokens, secrets and connection limits")
     for flag, metavar, text in _EXPOSURE:
         g.add_argument(flag, metavar=metavar, help=text)

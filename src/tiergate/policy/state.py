@@ -10,12 +10,14 @@ object turns into a plain dict and back, for snapshots and journal records.
 from __future__ import annotations
 
 from array import array
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tiergate.engine import NEVER
 from tiergate.engine.records import Entry
+
+from .caps import DEFAULT_CAPS, Caps
 
 if TYPE_CHECKING:
     from .keys import KeyMemory
@@ -343,6 +345,10 @@ class PolicyState:
     next_due: int = FAR_FUTURE
     #: ``next_due`` must be recomputed before it is read.
     due_dirty: bool = False
+    #: What clients may create (senders, templates, keys, id lengths), and the
+    #: requests refused by each cap so far, by setting name (``caps.CAP_SETTINGS``).
+    caps: Caps = DEFAULT_CAPS
+    capped: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
         """Forget every scope, sender, template, key, link and count."""
