@@ -231,9 +231,7 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
             put_u64(p + 8, rings[r].lo)
             put_u64(p + 16, rings[r].total)
             p += RING_SIZE
-            if rings[r].counts == NULL:  # no buckets yet: all empty
-                memset(p, 0, 8 * rings[r].n)
-                p += 8 * rings[r].n
+            if rings[r].total == 0:  # every bucket empty: none written
                 continue
             for b in range(rings[r].n):
                 put_u64(p, rings[r].counts[b])
@@ -317,7 +315,9 @@ cdef bytes engine_snapshot(Engine eng):
     for i in range(eng.n_scopes):
         s = &eng.scopes[i]
         size += SCOPE_SIZE + 3 * RING_SIZE + TABLE_SIZE
-        size += 8 * (s.ring24.n + s.ring7.n + s.slots7.n)
+        # a ring without a count is written without its buckets (version 4)
+        size += 8 * ((s.ring24.n if s.ring24.total else 0) + (s.ring7.n if s.ring7.total else 0)
+                     + (s.slots7.n if s.slots7.total else 0))
         size += SCOPE_ENTRY_SIZE * <Py_ssize_t>s.table.count
     for i in range(eng.n_numbers):
         size += NUMBER_SIZE + TABLE_SIZE
@@ -384,6 +384,8 @@ cdef Engine engine_restore(type cls, data):
             rings[r].lo = <int64_t>get_u64(p + 8)
             ring_forget(rings[r])
             rings[r].total = <int64_t>get_u64(p + 16)
+            if version >= 4 and rings[r].total == 0:
+                continue  # written without its buckets: every one empty
             p = take(&c, 8 * rings[r].n)
             total = 0
             for b in range(rings[r].n):

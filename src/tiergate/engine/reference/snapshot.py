@@ -1,13 +1,15 @@
 """The engine snapshot format: its writer and its reader.
 
-Snapshot format, version 3 (all integers little-endian; ``q`` signed and
+Snapshot format, version 4 (all integers little-endian; ``q`` signed and
 ``Q`` unsigned 64-bit, ``I`` unsigned 32-bit, ``B`` one byte):
 
 * header ``<8sIIqqqqII``: magic ``TGENGINE``, format version, reserved 0,
   bucket_ms, window_ms, long_bucket_ms, long_window_ms, scopes, numbers;
 * per scope ``<qqq``: freq_cap, freq_window_ms, clock (latest time seen);
   then three rings (24 h, 7 d unique, 7 d slots), each ``<qqq`` (buckets n,
-  oldest live bucket, total) and n ``q`` counts, bucket ``b`` at ``b mod n``;
+  oldest live bucket, total) and, when the total is not 0, n ``q`` counts,
+  bucket ``b`` at ``b mod n`` (versions 1 to 3 wrote the counts of every
+  ring: a sender that never counted cost 14 KB there);
   then the table ``<QQ`` (capacity, entries) and its entries sorted by key,
   each ``<QqQqqqqB``: key, last_counted, slot state (bit 11: fresh; bits
   0 .. 10: generation; version 1 held the creating ticket id here, read as
@@ -40,7 +42,7 @@ E = TypeVar("E", bound="Engine")
 
 #: Snapshot header: magic, then the format version this engine writes.
 SNAPSHOT_MAGIC = b"TGENGINE"
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 
 _HEADER = struct.Struct("<8sIIqqqqII")
 _SCOPE = struct.Struct("<qqq")
@@ -71,7 +73,8 @@ def write_snapshot(engine: Engine) -> bytes:
         out.append(_SCOPE.pack(s.freq_cap, s.freq_window, s.last_now))
         for r in (s.ring24, s.ring7, s.slots7):
             out.append(_RING.pack(r.n, r.lo, r.total))
-            out.append(struct.pack(f"<{r.n}q", *(r.counts or [0] * r.n)))
+            if r.total:
+                out.append(struct.pack(f"<{r.n}q", *r.counts))
         out.append(_TABLE.pack(s.capacity, len(s.table)))
         pack = _SCOPE_ENTRY.pack
         for key in sorted(s.table):
@@ -123,6 +126,9 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
             n, lo, total = r.take(_RING)
             if n != ring.n:
                 raise ValueError("engine snapshot is corrupt: ring size does not match")
+            if version >= 4 and total == 0:
+                ring.lo, ring.total, ring.counts = lo, 0, []
+                continue
             counts = list(r.take(struct.Struct(f"<{n}q")))
             if sum(counts) != total or min(counts) < 0:
                 raise ValueError("engine snapshot is corrupt: ring total does not match")

@@ -1,0 +1,209 @@
+"""What client-created state costs a running sidecar, and how it stops with it.
+
+Starts ``tiergate serve`` (127.0.0.1, request clock, a temporary data
+directory) and, over gRPC:
+
+- creates senders with RecordFeedback ``sender_update``, 16 calls in flight,
+  and measures the creation rate over the 1 000 senders before each checkpoint
+  (1k, 10k, 40k by default): the last rate over the first should be about 1
+  (creation is O(1));
+- bytes per sender: the server's RSS growth over the senders made;
+- bytes per idempotency key: AdmitBatch items to distinct recipients, once
+  without a key and once with a 256-character key each, side by side; the
+  key's own cost is the difference of the two RSS growths per item;
+- shutdown: SIGTERM at the largest state, the time until the process exited
+  next to ``--shutdown-grace``, and whether it exited cleanly (code 0).
+
+    .venv/bin/python benchmarks/state_growth.py --quick   # 1k/5k/10k senders, 20k keys
+    .venv/bin/python benchmarks/state_growth.py           # 1k/10k/40k senders, 200k keys
+
+Prints a table and writes ``benchmarks/results/state_growth.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common
+import grpc
+from load import tiergate_command
+
+pb, pb_grpc = _common.load_stubs()
+
+T0 = 1_767_225_600_000
+WINDOW = 1000  # senders per measured rate
+IN_FLIGHT = 16
+BATCH = 1000
+KEY_LENGTH = 256
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def create_senders(stub: Any, start: int, count: int) -> float:
+    """Create senders start..start+count-1; the seconds it took."""
+    queue = iter(range(start, start + count))
+
+    async def worker() -> None:
+        for i in queue:
+            update = pb.SenderUpdate(
+                sender_id=f"1{i:014d}",
+                waba_id=f"waba-{i // 20}",
+                display_phone_number=f"+1{i:010d}",
+            )
+            req = pb.RecordFeedbackRequest(sender_update=update)
+            answer = await stub.RecordFeedback(req)
+            if not answer.applied:
+                raise RuntimeError(f"sender {i} not created: {answer.detail}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return time.perf_counter() - started
+
+
+async def admit_items(stub: Any, sender: str, first: int, count: int, keyed: bool) -> int:
+    """``count`` template admits to distinct recipients, 1 ms apart; the admits."""
+    admitted = 0
+    for b in range(first, first + count, BATCH):
+        reqs = [
+            pb.AdmitRequest(
+                sender_id=sender,
+                recipient=f"49{i:011d}",
+                kind=pb.TEMPLATE,
+                category=pb.UTILITY,
+                template_id="t1",
+                idempotency_key=(f"{i:012d}".rjust(KEY_LENGTH, "k") if keyed else ""),
+                at_unix_ms=T0 + i,
+            )
+            for i in range(b, min(b + BATCH, first + count))
+        ]
+        out = await stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
+        admitted += sum(1 for r in out.responses if r.decision == pb.DECISION_ADMIT)
+    return admitted
+
+
+async def drive(port: int, pid: int, checkpoints: list[int], keys: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.AdmissionControlStub(channel)
+        rates = []
+        made = 0
+        rss0 = rss_bytes(pid)
+        for point in checkpoints:
+            if point - WINDOW > made:
+                await create_senders(stub, made, point - WINDOW - made)
+            seconds = await create_senders(stub, point - WINDOW, WINDOW)
+            made = point
+            rates.append({"senders": point, "per_s": WINDOW / seconds})
+        rss1 = rss_bytes(pid)
+        # one sender that may admit as fast as the items come
+        fast = pb.SenderUpdate(sender_id="keys-sender", tier="TIER_UNLIMITED", throughput_mps=1000)
+        await stub.RecordFeedback(pb.RecordFeedbackRequest(sender_update=fast))
+        base = rss_bytes(pid)
+        plain = await admit_items(stub, "keys-sender", 0, keys, keyed=False)
+        mid = rss_bytes(pid)
+        keyed = await admit_items(stub, "keys-sender", keys, keys, keyed=True)
+        end = rss_bytes(pid)
+    return {
+        "rates": rates,
+        "bytes_per_sender": (rss1 - rss0) / made,
+        "admits_plain": plain,
+        "admits_keyed": keyed,
+        "bytes_per_admit_plain": (mid - base) / max(plain, 1),
+        "bytes_per_admit_keyed": (end - mid) / max(keyed, 1),
+        "rss_bytes": end,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1k/5k/10k senders, 20k keys")
+    ap.add_argument("--senders", default="1000,10000,40000", help="checkpoints, comma-separated")
+    ap.add_argument("--keys", type=int, default=200_000, help="admits with keys (and without)")
+    ap.add_argument("--grace", type=float, default=10.0, help="--shutdown-grace of the server")
+    ap.add_argument("--results-dir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    _common.exit_on_sigterm()
+    checkpoints = [1000, 5000, 10000] if args.quick else [int(x) for x in args.senders.split(",")]
+    keys = 20_000 if args.quick else args.keys
+    _common.print_machine()
+    port = _common.free_port()
+    with tempfile.TemporaryDirectory(prefix="tiergate-growth-") as data:
+        cmd = [
+            *tiergate_command(), "serve",
+            "--listen", f"127.0.0.1:{port}",
+            "--data-dir", data,
+            "--clock", "request",
+            "--durability", "write",
+            "--shutdown-grace", f"{args.grace:g}",
+            "--log-level", os.environ.get("GROWTH_LOG", "warning"),
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, preexec_fn=_common.die_with_parent())
+        try:
+            _common.wait_for_port(port, 60, proc)
+            result = asyncio.run(drive(port, proc.pid, checkpoints, keys))
+            snapshot_bytes = sum(p.stat().st_size for p in Path(data).glob("snapshot-*"))
+            journal_bytes = sum(p.stat().st_size for p in Path(data).glob("journal-*"))
+            started = time.perf_counter()
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=args.grace + 60)
+            except subprocess.TimeoutExpired:
+                code = None
+            stop_s = time.perf_counter() - started
+            final_snapshot = sum(p.stat().st_size for p in Path(data).glob("snapshot-*"))
+        finally:
+            _common.stop_process(proc)
+    rates = result["rates"]
+    ratio = rates[-1]["per_s"] / rates[0]["per_s"]
+    key_bytes = result["bytes_per_admit_keyed"] - result["bytes_per_admit_plain"]
+    rows = [[f"{r['senders']:,} senders", f"{r['per_s']:.0f} senders/s"] for r in rates]
+    rows += [
+        ["creation rate last / first", f"{ratio:.2f}"],
+        ["bytes per sender (RSS)", f"{result['bytes_per_sender']:.0f}"],
+        ["bytes per admit, no key", f"{result['bytes_per_admit_plain']:.0f}"],
+        [f"bytes per admit, {KEY_LENGTH}-char key", f"{result['bytes_per_admit_keyed']:.0f}"],
+        ["bytes per idempotency key (difference)", f"{key_bytes:.0f}"],
+        ["server RSS at SIGTERM", f"{result['rss_bytes'] / 1e6:.0f} MB"],
+        ["snapshots + journal before SIGTERM", f"{(snapshot_bytes + journal_bytes) / 1e6:.1f} MB"],
+        ["shutdown (SIGTERM to exit)", f"{stop_s:.2f} s (grace {args.grace:g} s), exit {code}"],
+    ]
+    _common.print_table("state growth", ["measure", "value"], rows)
+    payload = {
+        "command": " ".join(["python", "benchmarks/state_growth.py", *(argv or sys.argv[1:])]),
+        "machine": _common.machine_info(),
+        "checkpoints": checkpoints,
+        "keys": keys,
+        "key_length": KEY_LENGTH,
+        **result,
+        "creation_ratio_last_first": ratio,
+        "bytes_per_key": key_bytes,
+        "snapshot_bytes_before_stop": snapshot_bytes,
+        "journal_bytes_before_stop": journal_bytes,
+        "snapshot_bytes_after_stop": final_snapshot,
+        "shutdown_seconds": stop_s,
+        "shutdown_grace_seconds": args.grace,
+        "exit_code": code,
+    }
+    path = _common.write_results("state_growth", payload, args.results_dir)
+    print(f"wrote {path}")
+    return 0 if code == 0 and stop_s <= args.grace else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
