@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -404,6 +405,8 @@ class Sidecar:
 
     async def _stop(self, grace: float | None) -> None:
         grace = self.config.shutdown_grace if grace is None else grace
+        # The store's snapshot work ends by the end of the grace period too.
+        deadline = time.monotonic() + grace
         log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
         await self._health.end_watches()
         await self._health.enter_graceful_shutdown()
@@ -417,7 +420,7 @@ class Sidecar:
             await self._server.stop(grace)
         async with self._reloading:  # a reload in progress commits first; none starts after
             if self.store is not None:
-                await self.store.aclose(self.service)
+                await self.store.aclose(self.service, deadline=deadline)
                 self.store = None
             elif self.service is not None:
                 self.service.drain_journal()
