@@ -1,0 +1,128 @@
+"""SIGTERM to a real ``tiergate serve`` holding a large state: it exits within its
+``--shutdown-grace`` (plus a margin for the journal's fsync and the exit), with code
+0, and the next start answers every acknowledged admit as before."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+from test_sighup import tiergate_command
+
+from tiergate.v1 import admission_pb2 as pb
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
+
+LISTENING = re.compile(r"tiergate listening on 127\.0\.0\.1:(\d+)")
+SENDER = "106540352242922"
+T0 = 1_767_225_600_000
+GRACE = 0.5
+MARGIN = 2.5  # the journal's last write and fsync, and the process's exit
+SENDERS = 3_000
+KEYS = 100_000
+
+
+def _config(path: Path) -> None:
+    lines = [
+        f'[[senders]]\nsender_id = "{SENDER}"\ntier = "TIER_UNLIMITED"\nthroughput_mps = 1000\n'
+    ]
+    lines += [f'[[senders]]\nsender_id = "2{i:014d}"\n' for i in range(SENDERS)]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _start(tmp_path: Path, run: int) -> tuple[subprocess.Popen[bytes], int]:
+    log = tmp_path / f"serve-{run}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                *tiergate_command(),
+                "serve",
+                "--config",
+                str(tmp_path / "tiergate.toml"),
+                "--listen",
+                "127.0.0.1:0",
+                "--clock",
+                "request",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--durability",
+                "write",
+                "--shutdown-grace",
+                str(GRACE),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        m = LISTENING.search(log.read_text(errors="replace"))
+        if m:
+            return process, int(m.group(1))
+        assert process.poll() is None, log.read_text(errors="replace")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"not listening:\n{log.read_text(errors='replace')}")
+
+
+def _key(i: int) -> str:
+    return f"{i:08d}".rjust(256, "k")
+
+
+def _request(i: int) -> pb.AdmitRequest:
+    return pb.AdmitRequest(
+        sender_id=SENDER,
+        recipient=f"49{i:011d}",
+        kind=pb.TEMPLATE,
+        category=pb.UTILITY,
+        template_id="t1",
+        idempotency_key=_key(i),
+        at_unix_ms=T0 + i,
+    )
+
+
+async def _fill(port: int) -> list[str]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.AdmissionControlStub(channel)
+        tickets = []
+        for start in range(0, KEYS, 1000):
+            reqs = [_request(i) for i in range(start, start + 1000)]
+            out = await stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs), timeout=60)
+            tickets += [r.ticket for r in out.responses]
+        return tickets
+
+
+async def _repeat(port: int, picks: list[int]) -> list[str]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.AdmissionControlStub(channel)
+        return [(await stub.Admit(_request(i), timeout=30)).ticket for i in picks]
+
+
+def test_sigterm_with_a_large_state_exits_within_the_grace(tmp_path: Path) -> None:
+    _config(tmp_path / "tiergate.toml")
+    process, port = _start(tmp_path, 1)
+    try:
+        tickets = asyncio.run(_fill(port))
+        assert all(tickets)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(GRACE + 60)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    log = (tmp_path / "serve-1.log").read_text(errors="replace")
+    assert code == 0, log
+    assert took < GRACE + MARGIN, f"stopped after {took:.1f} s:\n{log}"
+    assert "tiergate stopped" in log
+    process, port = _start(tmp_path, 2)
+    try:
+        picks = [0, KEYS // 2, KEYS - 1]
+        assert asyncio.run(_repeat(port, picks)) == [tickets[i] for i in picks]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
