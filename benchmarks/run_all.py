@@ -3,8 +3,9 @@
 ``make bench`` runs ``benchmarks/run_all.py --quick`` (a few minutes on 2
 cores); ``make bench-full`` runs it without ``--quick``. Each script runs in
 its own process, in this order, if it exists: ceiling, load, peers, engine,
-memory, durability, batchpath. The chart (``docs/performance.png``) shows throughput and p99 at
-half load per gRPC shape, tiergate next to the no-op ceiling of the same run.
+memory, durability, batchpath, state_growth. The chart (``docs/performance.png``)
+shows throughput and p99 at half load per gRPC shape, tiergate next to the
+no-op ceiling of the same run.
 
     .venv/bin/python benchmarks/run_all.py --quick
     .venv/bin/python benchmarks/run_all.py --only load,peers
@@ -24,13 +25,23 @@ from typing import Any
 import _common
 import _report
 
-ORDER = ("ceiling", "load", "peers", "engine", "memory", "durability", "batchpath")
+ORDER = (
+    "ceiling",
+    "load",
+    "peers",
+    "engine",
+    "memory",
+    "durability",
+    "batchpath",
+    "state_growth",
+)
 MINE = {
     "ceiling",
     "load",
     "peers",
     "memory",
     "batchpath",
+    "state_growth",
 }  # scripts that take --tiny (all take --results-dir)
 CHART = _common.REPO_ROOT / "docs" / "performance.png"
 

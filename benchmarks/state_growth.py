@@ -4,16 +4,20 @@ Starts ``tiergate serve`` (127.0.0.1, request clock, a temporary data
 directory) and, over gRPC:
 
 - creates senders with RecordFeedback ``sender_update``, 16 calls in flight,
-  and measures the creation rate over the 1 000 senders before each checkpoint
+  and measures the creation rate over the 500 senders before each checkpoint
   (1k, 10k, 40k by default): the last rate over the first should be about 1
   (creation is O(1));
 - bytes per sender: the server's RSS growth over the senders made;
 - bytes per idempotency key: AdmitBatch items to distinct recipients, once
   without a key and once with a 256-character key each, side by side; the
-  key's own cost is the difference of the two RSS growths per item;
+  key's own cost is the difference of the two RSS growths per item (the
+  server's RSS also holds what its snapshots allocated meanwhile);
+- the same for the state alone: an AdmissionService in this process, no
+  journal, no snapshots;
 - shutdown: SIGTERM at the largest state, the time until the process exited
   next to ``--shutdown-grace``, and whether it exited cleanly (code 0).
 
+    .venv/bin/python benchmarks/state_growth.py --tiny    # proves it works
     .venv/bin/python benchmarks/state_growth.py --quick   # 1k/5k/10k senders, 20k keys
     .venv/bin/python benchmarks/state_growth.py           # 1k/10k/40k senders, 200k keys
 
@@ -42,7 +46,8 @@ from load import tiergate_command
 pb, pb_grpc = _common.load_stubs()
 
 T0 = 1_767_225_600_000
-WINDOW = 1000  # senders per measured rate
+WINDOW = 500  # senders per measured rate
+WARM_UP = 200  # senders made before any is timed (connections, first calls)
 IN_FLIGHT = 16
 BATCH = 1000
 KEY_LENGTH = 256
@@ -102,8 +107,9 @@ async def drive(port: int, pid: int, checkpoints: list[int], keys: int) -> dict[
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.AdmissionControlStub(channel)
         rates = []
-        made = 0
         rss0 = rss_bytes(pid)
+        await create_senders(stub, 0, WARM_UP)
+        made = WARM_UP
         for point in checkpoints:
             if point - WINDOW > made:
                 await create_senders(stub, made, point - WINDOW - made)
@@ -130,17 +136,72 @@ async def drive(port: int, pid: int, checkpoints: list[int], keys: int) -> dict[
     }
 
 
+def in_process(senders: int, keys: int) -> dict[str, float]:
+    """Bytes per sender and per idempotency key of the state alone: an
+    AdmissionService in this process, no journal, no snapshot (whose transient
+    copies the server's RSS also holds)."""
+    import gc
+
+    from tiergate.policy import events as ev
+    from tiergate.policy.profile import load_profile
+    from tiergate.policy.requests import AdmitRequest
+    from tiergate.policy.service import AdmissionService
+
+    svc = AdmissionService(load_profile("meta-2025"), journal=False, clock="request")
+    svc.apply(ev.SenderUpdate("keys-sender", tier="TIER_UNLIMITED", throughput_mps=1000), T0)
+
+    def admits(first: int, keyed: bool) -> None:
+        for b in range(first, first + keys, BATCH):
+            reqs = [
+                AdmitRequest(
+                    "keys-sender",
+                    f"49{i:011d}",
+                    pb.TEMPLATE,
+                    pb.UTILITY,
+                    "t1",
+                    f"{i:012d}".rjust(KEY_LENGTH, "k") if keyed else "",
+                    T0 + i,
+                )
+                for i in range(b, min(b + BATCH, first + keys))
+            ]
+            svc.admit_many(reqs, T0)
+
+    pid = os.getpid()
+    gc.collect()
+    r0 = rss_bytes(pid)
+    for i in range(senders):
+        svc.apply(ev.SenderUpdate(f"1{i:014d}", display_phone_number=f"+1{i:010d}"), T0)
+    gc.collect()
+    r1 = rss_bytes(pid)
+    admits(0, keyed=False)
+    gc.collect()
+    r2 = rss_bytes(pid)
+    admits(keys, keyed=True)
+    gc.collect()
+    r3 = rss_bytes(pid)
+    return {
+        "bytes_per_sender": (r1 - r0) / senders,
+        "bytes_per_admit_plain": (r2 - r1) / keys,
+        "bytes_per_key": ((r3 - r2) - (r2 - r1)) / keys,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1k/5k/10k senders, 20k keys")
+    ap.add_argument("--tiny", action="store_true", help="smallest run: proves it works")
     ap.add_argument("--senders", default="1000,10000,40000", help="checkpoints, comma-separated")
     ap.add_argument("--keys", type=int, default=200_000, help="admits with keys (and without)")
     ap.add_argument("--grace", type=float, default=10.0, help="--shutdown-grace of the server")
     ap.add_argument("--results-dir", type=Path, default=None)
     args = ap.parse_args(argv)
     _common.exit_on_sigterm()
-    checkpoints = [1000, 5000, 10000] if args.quick else [int(x) for x in args.senders.split(",")]
-    keys = 20_000 if args.quick else args.keys
+    if args.tiny:
+        checkpoints, keys = [800, 1300], 2_000
+    elif args.quick:
+        checkpoints, keys = [1000, 5000, 10000], 20_000
+    else:
+        checkpoints, keys = [int(x) for x in args.senders.split(",")], args.keys
     _common.print_machine()
     port = _common.free_port()
     with tempfile.TemporaryDirectory(prefix="tiergate-growth-") as data:
@@ -151,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "--clock", "request",
             "--durability", "write",
             "--shutdown-grace", f"{args.grace:g}",
-            "--log-level", os.environ.get("GROWTH_LOG", "warning"),
+            "--log-level", "warning",
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, preexec_fn=_common.die_with_parent())
         try:
@@ -169,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             final_snapshot = sum(p.stat().st_size for p in Path(data).glob("snapshot-*"))
         finally:
             _common.stop_process(proc)
+    alone = in_process(checkpoints[-1], keys)
     rates = result["rates"]
     ratio = rates[-1]["per_s"] / rates[0]["per_s"]
     key_bytes = result["bytes_per_admit_keyed"] - result["bytes_per_admit_plain"]
@@ -179,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         ["bytes per admit, no key", f"{result['bytes_per_admit_plain']:.0f}"],
         [f"bytes per admit, {KEY_LENGTH}-char key", f"{result['bytes_per_admit_keyed']:.0f}"],
         ["bytes per idempotency key (difference)", f"{key_bytes:.0f}"],
+        ["state alone: bytes per sender", f"{alone['bytes_per_sender']:.0f}"],
+        ["state alone: bytes per admit, no key", f"{alone['bytes_per_admit_plain']:.0f}"],
+        [f"state alone: bytes per {KEY_LENGTH}-char key", f"{alone['bytes_per_key']:.0f}"],
         ["server RSS at SIGTERM", f"{result['rss_bytes'] / 1e6:.0f} MB"],
         ["snapshots + journal before SIGTERM", f"{(snapshot_bytes + journal_bytes) / 1e6:.1f} MB"],
         ["shutdown (SIGTERM to exit)", f"{stop_s:.2f} s (grace {args.grace:g} s), exit {code}"],
@@ -193,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         **result,
         "creation_ratio_last_first": ratio,
         "bytes_per_key": key_bytes,
+        "state_alone": alone,
         "snapshot_bytes_before_stop": snapshot_bytes,
         "journal_bytes_before_stop": journal_bytes,
         "snapshot_bytes_after_stop": final_snapshot,
