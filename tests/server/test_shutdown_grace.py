@@ -1,23 +1,20 @@
 """SIGTERM to a real ``tiergate serve`` holding a large state: it exits within its
-``--shutdown-grace`` (plus a margin for the journal's fsync and the exit), with code
+``shutdown_grace`` (plus a margin for the journal's fsync and the exit), with code
 0, and the next start answers every acknowledged admit as before."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import grpc
-from test_sighup import tiergate_command
+from test_sighup import serve
 
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
-LISTENING = re.compile(r"tiergate listening on 127\.0\.0\.1:(\d+)")
 SENDER = "106540352242922"
 T0 = 1_767_225_600_000
 GRACE = 0.5
@@ -27,45 +24,11 @@ KEYS = 100_000
 
 
 def _config(path: Path) -> None:
-    lines = [
-        f'[[senders]]\nsender_id = "{SENDER}"\ntier = "TIER_UNLIMITED"\nthroughput_mps = 1000\n'
-    ]
+    settings = f'shutdown_grace = {GRACE}\ndurability = "write"\nwebhook_listen = "127.0.0.1:0"\n'
+    first = f'sender_id = "{SENDER}"\ntier = "TIER_UNLIMITED"\nthroughput_mps = 1000'
+    lines = [settings, f"[[senders]]\n{first}\n"]
     lines += [f'[[senders]]\nsender_id = "2{i:014d}"\n' for i in range(SENDERS)]
     path.write_text("\n".join(lines), encoding="utf-8")
-
-
-def _start(tmp_path: Path, run: int) -> tuple[subprocess.Popen[bytes], int]:
-    log = tmp_path / f"serve-{run}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                *tiergate_command(),
-                "serve",
-                "--config",
-                str(tmp_path / "tiergate.toml"),
-                "--listen",
-                "127.0.0.1:0",
-                "--clock",
-                "request",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--durability",
-                "write",
-                "--shutdown-grace",
-                str(GRACE),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        m = LISTENING.search(log.read_text(errors="replace"))
-        if m:
-            return process, int(m.group(1))
-        assert process.poll() is None, log.read_text(errors="replace")
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"not listening:\n{log.read_text(errors='replace')}")
 
 
 def _key(i: int) -> str:
@@ -103,26 +66,17 @@ async def _repeat(port: int, picks: list[int]) -> list[str]:
 
 def test_sigterm_with_a_large_state_exits_within_the_grace(tmp_path: Path) -> None:
     _config(tmp_path / "tiergate.toml")
-    process, port = _start(tmp_path, 1)
-    try:
-        tickets = asyncio.run(_fill(port))
+    with serve(tmp_path) as s:
+        tickets = asyncio.run(_fill(s.port))
         assert all(tickets)
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(GRACE + 60)
+        s.process.send_signal(signal.SIGTERM)
+        code = s.process.wait(GRACE + 60)
         took = time.monotonic() - started
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    log = (tmp_path / "serve-1.log").read_text(errors="replace")
+        log = s.log()
     assert code == 0, log
     assert took < GRACE + MARGIN, f"stopped after {took:.1f} s:\n{log}"
     assert "tiergate stopped" in log
-    process, port = _start(tmp_path, 2)
-    try:
+    with serve(tmp_path) as s:  # every acknowledged admit answers as before
         picks = [0, KEYS // 2, KEYS - 1]
-        assert asyncio.run(_repeat(port, picks)) == [tickets[i] for i in picks]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        assert asyncio.run(_repeat(s.port, picks)) == [tickets[i] for i in picks]
