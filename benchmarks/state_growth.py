@@ -12,8 +12,9 @@ directory) and, over gRPC:
   without a key and once with a 256-character key each, side by side; the
   key's own cost is the difference of the two RSS growths per item (the
   server's RSS also holds what its snapshots allocated meanwhile);
-- the same for the state alone: an AdmissionService in this process, no
-  journal, no snapshots;
+- the same for the state alone (creation rates too): an AdmissionService in
+  this process, no journal, no snapshots; the server's own rate also pays for
+  the snapshots that fall due meanwhile, whose cost grows with the state;
 - shutdown: SIGTERM at the largest state, the time until the process exited
   next to ``--shutdown-grace``, and whether it exited cleanly (code 0).
 
@@ -136,10 +137,12 @@ async def drive(port: int, pid: int, checkpoints: list[int], keys: int) -> dict[
     }
 
 
-def in_process(senders: int, keys: int) -> dict[str, float]:
-    """Bytes per sender and per idempotency key of the state alone: an
-    AdmissionService in this process, no journal, no snapshot (whose transient
-    copies the server's RSS also holds)."""
+def in_process(checkpoints: list[int], keys: int) -> dict[str, Any]:
+    """The state alone: an AdmissionService in this process, no journal, no
+    snapshot (whose transient copies the server's RSS also holds, and whose
+    work, in proportion to the state, the server's creation rate includes):
+    creation rate over the WINDOW senders before each checkpoint, bytes per
+    sender and per idempotency key."""
     import gc
 
     from tiergate.policy import events as ev
@@ -169,8 +172,15 @@ def in_process(senders: int, keys: int) -> dict[str, float]:
     pid = os.getpid()
     gc.collect()
     r0 = rss_bytes(pid)
-    for i in range(senders):
-        svc.apply(ev.SenderUpdate(f"1{i:014d}", display_phone_number=f"+1{i:010d}"), T0)
+    rates = []
+    made = 0
+    for point in checkpoints:
+        for i in range(made, point):
+            if i == point - WINDOW:
+                started = time.perf_counter()
+            svc.apply(ev.SenderUpdate(f"1{i:014d}", display_phone_number=f"+1{i:010d}"), T0)
+        rates.append({"senders": point, "per_s": WINDOW / (time.perf_counter() - started)})
+        made = point
     gc.collect()
     r1 = rss_bytes(pid)
     admits(0, keyed=False)
@@ -180,7 +190,8 @@ def in_process(senders: int, keys: int) -> dict[str, float]:
     gc.collect()
     r3 = rss_bytes(pid)
     return {
-        "bytes_per_sender": (r1 - r0) / senders,
+        "rates": rates,
+        "bytes_per_sender": (r1 - r0) / made,
         "bytes_per_admit_plain": (r2 - r1) / keys,
         "bytes_per_key": ((r3 - r2) - (r2 - r1)) / keys,
     }
@@ -230,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             final_snapshot = sum(p.stat().st_size for p in Path(data).glob("snapshot-*"))
         finally:
             _common.stop_process(proc)
-    alone = in_process(checkpoints[-1], keys)
+    alone = in_process(checkpoints, keys)
+    alone_ratio = alone["rates"][-1]["per_s"] / alone["rates"][0]["per_s"]
     rates = result["rates"]
     ratio = rates[-1]["per_s"] / rates[0]["per_s"]
     key_bytes = result["bytes_per_admit_keyed"] - result["bytes_per_admit_plain"]
@@ -241,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         ["bytes per admit, no key", f"{result['bytes_per_admit_plain']:.0f}"],
         [f"bytes per admit, {KEY_LENGTH}-char key", f"{result['bytes_per_admit_keyed']:.0f}"],
         ["bytes per idempotency key (difference)", f"{key_bytes:.0f}"],
+        *[
+            [f"state alone: {r['senders']:,} senders", f"{r['per_s']:.0f} senders/s"]
+            for r in alone["rates"]
+        ],
+        ["state alone: creation rate last / first", f"{alone_ratio:.2f}"],
         ["state alone: bytes per sender", f"{alone['bytes_per_sender']:.0f}"],
         ["state alone: bytes per admit, no key", f"{alone['bytes_per_admit_plain']:.0f}"],
         [f"state alone: bytes per {KEY_LENGTH}-char key", f"{alone['bytes_per_key']:.0f}"],
@@ -259,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "creation_ratio_last_first": ratio,
         "bytes_per_key": key_bytes,
         "state_alone": alone,
+        "state_alone_creation_ratio_last_first": alone_ratio,
         "snapshot_bytes_before_stop": snapshot_bytes,
         "journal_bytes_before_stop": journal_bytes,
         "snapshot_bytes_after_stop": final_snapshot,

@@ -14,9 +14,7 @@ def test_state_growth_tiny(tmp_path: Path) -> None:
     assert [r["senders"] for r in data["rates"]] == [800, 1300]
     assert data["exit_code"] == 0
     assert data["shutdown_seconds"] <= data["shutdown_grace_seconds"]
-    assert set(data["state_alone"]) == {
-        "bytes_per_sender",
-        "bytes_per_admit_plain",
-        "bytes_per_key",
-    }
+    alone = data["state_alone"]
+    assert set(alone) == {"rates", "bytes_per_sender", "bytes_per_admit_plain", "bytes_per_key"}
+    assert [r["senders"] for r in alone["rates"]] == [800, 1300]
     assert "shutdown (SIGTERM to exit)" in proc.stdout

@@ -405,8 +405,9 @@ class Sidecar:
 
     async def _stop(self, grace: float | None) -> None:
         grace = self.config.shutdown_grace if grace is None else grace
-        # The store's snapshot work ends by the end of the grace period too.
-        deadline = time.monotonic() + grace
+        # The store's snapshot work ends within the grace period too, leaving the
+        # rest of it (half, at most 2 s) for the journal's last write and the exit.
+        deadline = time.monotonic() + grace - min(2.0, grace / 2)
         log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
         await self._health.end_watches()
         await self._health.enter_graceful_shutdown()
