@@ -12,9 +12,11 @@ directory) and, over gRPC:
   without a key and once with a 256-character key each, side by side; the
   key's own cost is the difference of the two RSS growths per item (the
   server's RSS also holds what its snapshots allocated meanwhile);
-- the same for the state alone (creation rates too): an AdmissionService in
-  this process, no journal, no snapshots; the server's own rate also pays for
-  the snapshots that fall due meanwhile, whose cost grows with the state;
+- the same for the state alone (creation rates too, and the Python calls one
+  creation makes, counted by cProfile: the same at every size when creation
+  is O(1)): an AdmissionService in this process, no journal, no snapshots;
+  the server's own rate also pays for the snapshots that fall due meanwhile,
+  whose cost grows with the state;
 - shutdown: SIGTERM at the largest state, the time until the process exited
   next to ``--shutdown-grace``, and whether it exited cleanly (code 0).
 
@@ -29,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import signal
 import subprocess
 import sys
@@ -49,6 +53,7 @@ pb, pb_grpc = _common.load_stubs()
 T0 = 1_767_225_600_000
 WINDOW = 500  # senders per measured rate
 WARM_UP = 200  # senders made before any is timed (connections, first calls)
+COUNTED = 100  # senders whose Python calls are counted, after each timed window
 IN_FLIGHT = 16
 BATCH = 1000
 KEY_LENGTH = 256
@@ -172,14 +177,27 @@ def in_process(checkpoints: list[int], keys: int) -> dict[str, Any]:
     pid = os.getpid()
     gc.collect()
     r0 = rss_bytes(pid)
+
+    def create(first: int, end: int) -> None:
+        for i in range(first, end):
+            svc.apply(ev.SenderUpdate(f"1{i:014d}", display_phone_number=f"+1{i:010d}"), T0)
+
     rates = []
     made = 0
     for point in checkpoints:
-        for i in range(made, point):
-            if i == point - WINDOW:
-                started = time.perf_counter()
-            svc.apply(ev.SenderUpdate(f"1{i:014d}", display_phone_number=f"+1{i:010d}"), T0)
-        rates.append({"senders": point, "per_s": WINDOW / (time.perf_counter() - started)})
+        create(made, point - WINDOW)
+        started = time.perf_counter()
+        create(point - WINDOW, point - COUNTED)
+        seconds = time.perf_counter() - started
+        # the last few counted by the profiler: Python calls per creation
+        profiler = cProfile.Profile()
+        profiler.enable()
+        create(point - COUNTED, point)
+        profiler.disable()
+        calls = pstats.Stats(profiler).total_calls / COUNTED
+        rates.append(
+            {"senders": point, "per_s": (WINDOW - COUNTED) / seconds, "calls_per_sender": calls}
+        )
         made = point
     gc.collect()
     r1 = rss_bytes(pid)
@@ -254,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         [f"bytes per admit, {KEY_LENGTH}-char key", f"{result['bytes_per_admit_keyed']:.0f}"],
         ["bytes per idempotency key (difference)", f"{key_bytes:.0f}"],
         *[
-            [f"state alone: {r['senders']:,} senders", f"{r['per_s']:.0f} senders/s"]
+            [
+                f"state alone: {r['senders']:,} senders",
+                f"{r['per_s']:.0f} senders/s, {r['calls_per_sender']:.0f} calls each",
+            ]
             for r in alone["rates"]
         ],
         ["state alone: creation rate last / first", f"{alone_ratio:.2f}"],
