@@ -3,9 +3,9 @@
 ``make bench`` runs ``benchmarks/run_all.py --quick`` (a few minutes on 2
 cores); ``make bench-full`` runs it without ``--quick``. Each script runs in
 its own process, in this order, if it exists: ceiling, load, peers, engine,
-growth, memory, durability, batchpath, plan. The chart (``docs/performance.png``)
-shows throughput and p99 at half load per gRPC shape, tiergate next to the
-no-op ceiling of the same run.
+growth, memory, durability, batchpath, plan, state_growth. The chart
+(``docs/performance.png``) shows throughput and p99 at half load per gRPC
+shape, tiergate next to the no-op ceiling of the same run.
 
     .venv/bin/python benchmarks/run_all.py --quick
     .venv/bin/python benchmarks/run_all.py --only load,peers
@@ -35,6 +35,7 @@ ORDER = (
     "durability",
     "batchpath",
     "plan",
+    "state_growth",
 )
 MINE = {
     "ceiling",
@@ -43,6 +44,7 @@ MINE = {
     "memory",
     "batchpath",
     "plan",
+    "state_growth",
 }  # scripts that take --tiny (all take --results-dir)
 CHART = _common.REPO_ROOT / "docs" / "performance.png"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,6 +70,34 @@ _SETTINGS = (
     ("--log-level", "LEVEL", "debug | info | warning | error"),
     ("--log-format", "FORMAT", "text | json (one JSON object a line; default text)"),
 )
+#: Caps on what clients can create: beyond a count RESOURCE_EXHAUSTED, beyond a
+#: length INVALID_ARGUMENT; nothing is changed either way.
+_CAPS = (
+    ("--max-senders", "N", f"senders known at once (default {cfg.DEFAULT_CAPS.senders})"),
+    ("--max-templates", "N", f"templates known at once (default {cfg.DEFAULT_CAPS.templates})"),
+    (
+        "--max-idempotency-keys",
+        "N",
+        f"idempotency keys remembered at once (default {cfg.DEFAULT_CAPS.idempotency_keys})",
+    ),
+    (
+        "--max-id-length",
+        "N",
+        "characters of a sender, portfolio, WABA id or display number "
+        f"(default and most {cfg.DEFAULT_CAPS.id_length})",
+    ),
+    (
+        "--max-template-id-length",
+        "N",
+        f"characters of a template id or name (default and most "
+        f"{cfg.DEFAULT_CAPS.template_id_length})",
+    ),
+    (
+        "--max-idempotency-key-length",
+        "N",
+        f"characters of an idempotency key (default and most {cfg.DEFAULT_CAPS.key_length})",
+    ),
+)
 #: The exposure flags that take a value (TLS, tokens, secrets, connection limits).
 _EXPOSURE = (
     ("--tls-cert", "FILE", "PEM certificate (chain) for gRPC and HTTP"),
@@ -116,6 +145,9 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="decide as usual but answer ADMIT, the would-be answer in shadow_* fields",
     )
+    c = p.add_argument_group("caps", "what clients can make tiergate hold")
+    for flag, metavar, text in _CAPS:
+        c.add_argument(flag, metavar=metavar, help=text)
     g = p.add_argument_group("exposure", "TLS, tokens, secrets and connection limits")
     for flag, metavar, text in _EXPOSURE:
         g.add_argument(flag, metavar=metavar, help=text)
@@ -142,10 +174,17 @@ def _serve(args: argparse.Namespace) -> int:
     from tiergate.server import StartupError, run
 
     try:
-        return run(config, reload_config=lambda: _load_config(args))
+        code = run(config, reload_config=lambda: _load_config(args))
     except StartupError as e:
         print(f"tiergate: cannot start: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    # Stopped: every change is in the fsynced journal. Exit now, without tearing
+    # down the interpreter (freeing a large state object by object took seconds)
+    # or waiting for a snapshot the grace period left unfinished.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _check_config(args: argparse.Namespace) -> int:

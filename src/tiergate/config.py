@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from tiergate.logs import LOG_FORMATS
+from tiergate.policy.caps import CAP_SETTINGS, Caps
 from tiergate.policy.events import (
     Quality,
     SenderStatus,
@@ -42,6 +43,8 @@ DURABILITY_MODES = ("fsync-always", "fsync-interval", "write")
 DEFAULT_DURABILITY = "fsync-interval"
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
 DEFAULT_WEBHOOK_MAX_CONNECTIONS = 256
+#: Caps on what clients can create (``policy.caps.Caps``: its defaults).
+DEFAULT_CAPS = Caps()
 MAX_SECRET_FILE_BYTES = 4096
 
 Clock = Literal["server", "request"]
@@ -104,6 +107,13 @@ class ServeConfig:
     # Listen on a non-loopback address with neither TLS nor a token.
     insecure: bool = False
     webhook_max_connections: int = DEFAULT_WEBHOOK_MAX_CONNECTIONS
+    # Caps on what clients can create (see policy/caps.py).
+    max_senders: int = DEFAULT_CAPS.senders
+    max_templates: int = DEFAULT_CAPS.templates
+    max_idempotency_keys: int = DEFAULT_CAPS.idempotency_keys
+    max_id_length: int = DEFAULT_CAPS.id_length
+    max_template_id_length: int = DEFAULT_CAPS.template_id_length
+    max_idempotency_key_length: int = DEFAULT_CAPS.key_length
     # The tokens read from token_file and admin_token_file.
     token: str = field(default="", repr=False)
     admin_token: str = field(default="", repr=False)
@@ -279,6 +289,12 @@ def _file(key: str, value: object) -> Path | None:
 
 
 _max_connections = _int_in(1, 65535)
+_max_count = _int_in(1, 1 << 40)
+
+
+def caps(config: ServeConfig) -> Caps:
+    """The caps the config sets (``policy.caps.Caps``)."""
+    return Caps(**{field: getattr(config, name) for field, name in CAP_SETTINGS.items()})
 
 
 def _thresholds(key: str, value: object) -> tuple[int, ...]:
@@ -320,6 +336,12 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "webhook_verify_token_file": _file,
     "insecure": _bool,
     "webhook_max_connections": _max_connections,
+    "max_senders": _max_count,
+    "max_templates": _max_count,
+    "max_idempotency_keys": _max_count,
+    "max_id_length": _int_in(1, DEFAULT_CAPS.id_length),
+    "max_template_id_length": _int_in(1, DEFAULT_CAPS.template_id_length),
+    "max_idempotency_key_length": _int_in(1, DEFAULT_CAPS.key_length),
 }
 #: Settings whose values are secrets: shown as "set" or "not set", never printed.
 SECRET_SETTINGS = ("webhook_secret", "webhook_verify_token")

@@ -1,5 +1,9 @@
 cdef int ring_copy(Ring *dst, Ring *src) noexcept nogil:
-    # dst: a bitwise copy of src; give it counts of its own. -1: out of memory.
+    # dst: a bitwise copy of src; give it counts of its own (none while src has
+    # none). -1: out of memory.
+    if src.counts == NULL:
+        dst.counts = NULL
+        return 0
     dst.counts = <int64_t *>malloc(max64(src.n, 1) * sizeof(int64_t))
     if dst.counts == NULL:
         return -1

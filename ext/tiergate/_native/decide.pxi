@@ -191,6 +191,9 @@ cdef inline int make_room(Engine eng, int64_t now, Scope *s, Number *num, uint64
                           Probe *p) noexcept nogil:
     # The entries an admit writes, created where missing (tables may rehash;
     # nothing is consumed yet). -1: out of memory.
+    if p.counting and (ring_ready(&s.ring24) < 0 or ring_ready(&s.ring7) < 0
+                       or ring_ready(&s.slots7) < 0):
+        return -1
     if p.se == NULL and (p.counting or p.marketing):
         if table_reserve(&s.table, s.last_now - s.horizon) < 0:
             return -1

@@ -13,7 +13,7 @@ cdef enum:
     # Number tables start nominally larger: their entries expire within
     # seconds to days, and a small table would reclaim every few inserts
     NUMBER_INITIAL_CAPACITY = 4096
-    SNAPSHOT_VERSION = 4
+    SNAPSHOT_VERSION = 5
 
 # Counts of last-counted times by bucket over a rolling window; bucket b
 # lives at counts[b mod n]; buckets below lo are gone.

@@ -79,9 +79,21 @@ cdef int ring_init(Ring *r, int64_t width, int64_t window, int64_t strict) noexc
     r.n = window // width + 2
     r.lo = NEVER
     r.total = 0
-    r.counts = <int64_t *>calloc(r.n, sizeof(int64_t))
+    # The buckets are allocated by the first count (ring_ready): a scope that
+    # never counts a recipient (most senders of a large fleet, most of the
+    # time) costs no day of minute buckets.
+    r.counts = NULL
     ring_forget(r)
-    return -1 if r.counts == NULL else 0
+    return 0
+
+
+cdef inline int ring_ready(Ring *r) noexcept nogil:
+    # The buckets, allocated (all zero) if the ring has none yet; -1: out of memory.
+    if r.counts == NULL:
+        r.counts = <int64_t *>calloc(r.n, sizeof(int64_t))
+        if r.counts == NULL:
+            return -1
+    return 0
 
 
 cdef inline void ring_forget(Ring *r) noexcept nogil:
@@ -118,8 +130,9 @@ cdef inline void ring_advance(Ring *r, int64_t now) noexcept nogil:
         new_lo = floordiv(now - r.window, r.width) + r.strict
     if new_lo <= r.lo:
         return
-    if new_lo - r.lo >= r.n:
-        memset(r.counts, 0, r.n * sizeof(int64_t))
+    if new_lo - r.lo >= r.n or r.counts == NULL:
+        if r.counts != NULL:
+            memset(r.counts, 0, r.n * sizeof(int64_t))
         r.total = 0
         r.lo_i = floormod(new_lo, r.n)
     else:
@@ -162,15 +175,17 @@ cdef inline int64_t ring_slot(Ring *r, int64_t t, bint remember) noexcept nogil:
 
 
 cdef inline void ring_add(Ring *r, int64_t t) noexcept nogil:
+    # A counting admit made the buckets ready first (make_room); a release adds
+    # back only into buckets that held its count.
     cdef int64_t i = ring_slot(r, t, True)
-    if i >= 0:
+    if i >= 0 and r.counts != NULL:
         r.counts[i] += 1
         r.total += 1
 
 
 cdef inline void ring_remove(Ring *r, int64_t t) noexcept nogil:
     cdef int64_t i = ring_slot(r, t, False)
-    if i >= 0:
+    if i >= 0 and r.counts != NULL:
         r.counts[i] -= 1
         r.total -= 1
 
@@ -183,6 +198,8 @@ cdef inline int64_t ring_next_free(Ring *r, int64_t limit, int64_t now) noexcept
     cdef bint seen = False
     if r.total < limit:
         return now
+    if r.counts == NULL:  # no buckets: every one is empty
+        return (r.lo + r.n) * r.width + r.window
     need = r.total - limit + 1
     b = r.lo if r.first < r.lo else r.first
     i = ring_index(r, b)  # then stepped along with b
@@ -211,7 +228,7 @@ cdef void ring_outlook(Ring *r, int64_t now, int64_t period, int64_t periods,
     recent[0] = 0
     for k in range(periods):
         leaving[k] = 0
-    if r.lo == NEVER:
+    if r.lo == NEVER or r.counts == NULL:
         return
     for b in range(r.lo, r.lo + r.n):
         i = ring_index(r, b)

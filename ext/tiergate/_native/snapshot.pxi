@@ -252,20 +252,25 @@ cdef unsigned char *put_state(Scope *scopes, Py_ssize_t n_scopes, Number *number
 
 
 cdef unsigned char *put_ring(Ring *r, unsigned char *p) noexcept nogil:
-    # A ring: n, lo, total, then its n counts; the end of what was written.
+    # A ring: n, lo, total, then its n counts unless total is 0 (format 5 on:
+    # a ring without a count is written without its buckets); the end of what
+    # was written.
     cdef int64_t b
     put_u64(p, r.n)
     put_u64(p + 8, r.lo)
     put_u64(p + 16, r.total)
     p += RING_SIZE
+    if r.total == 0:
+        return p
     for b in range(r.n):
         put_u64(p, r.counts[b])
         p += 8
     return p
 
 
-cdef int take_ring(Ring *r, Cursor *c) except -1:
-    # Reads a ring written by put_ring into r (of the size the engine makes).
+cdef int take_ring(Ring *r, Cursor *c, uint32_t version) except -1:
+    # Reads a ring written by put_ring into r (of the size the engine makes);
+    # its buckets are allocated only if one holds a count.
     cdef const unsigned char *p = take(c, RING_SIZE)
     cdef int64_t b, v, total = 0
     if <int64_t>get_u64(p) != r.n:
@@ -273,11 +278,17 @@ cdef int take_ring(Ring *r, Cursor *c) except -1:
     r.lo = <int64_t>get_u64(p + 8)
     ring_forget(r)
     r.total = <int64_t>get_u64(p + 16)
+    if version >= 5 and r.total == 0:
+        return 0  # written without its buckets: every one empty
     p = take(c, 8 * r.n)
     for b in range(r.n):
         v = <int64_t>get_u64(p + 8 * b)
         if v < 0:
             raise ValueError("engine snapshot is corrupt: ring total does not match")
+        if v == 0:
+            continue
+        if ring_ready(r) < 0:
+            raise MemoryError()
         r.counts[b] = v
         total += v
     if total != r.total:
@@ -344,7 +355,9 @@ cdef bytes engine_snapshot(Engine eng):
     for i in range(eng.n_scopes):
         s = &eng.scopes[i]
         size += SCOPE_SIZE + 3 * RING_SIZE + TABLE_SIZE
-        size += 8 * (s.ring24.n + s.ring7.n + s.slots7.n)
+        # a ring without a count is written without its buckets (format 5 on)
+        size += 8 * ((s.ring24.n if s.ring24.total else 0) + (s.ring7.n if s.ring7.total else 0)
+                     + (s.slots7.n if s.slots7.total else 0))
         size += SCOPE_ENTRY_SIZE * <Py_ssize_t>s.table.count
     for i in range(eng.n_numbers):
         size += NUMBER_SIZE + TABLE_SIZE
@@ -400,9 +413,9 @@ cdef Engine engine_restore(type cls, data):
         s = &eng.scopes[eng.add_scope(<int64_t>get_u64(p), <int64_t>get_u64(p + 8))]
         c.pos -= 8
         s.last_now = take_time(&c)
-        take_ring(&s.ring24, &c)
-        take_ring(&s.ring7, &c)
-        take_ring(&s.slots7, &c)
+        take_ring(&s.ring24, &c, version)
+        take_ring(&s.ring7, &c, version)
+        take_ring(&s.slots7, &c, version)
         restore_scope_table(&s.table, &c, version)
     for _ in range(n_numbers):
         p = take(&c, NUMBER_SIZE)
@@ -423,7 +436,7 @@ cdef Engine engine_restore(type cls, data):
         c.pos += 32
         restore_number_table(&num.table, &c, version)
         if version >= 4:
-            restore_warmup(eng, num, &c)
+            restore_warmup(eng, num, &c, version)
     if c.pos != c.size:
         raise ValueError("engine snapshot is corrupt: trailing bytes")
     return eng

@@ -17,7 +17,7 @@ cdef Warmup *warmup_new(int64_t width, int64_t window, int64_t cap) noexcept nog
     w.cap = cap
     w.capacity = WARM_INITIAL_CAPACITY
     w.slots = <WarmEntry *>calloc(w.capacity, sizeof(WarmEntry))
-    if ring_init(&w.ring, width, window, 0) < 0 or w.slots == NULL:
+    if ring_init(&w.ring, width, window, 0) < 0 or ring_ready(&w.ring) < 0 or w.slots == NULL:
         warmup_free(w)
         return NULL
     return w
@@ -168,7 +168,8 @@ cdef int warmup_copy(Number *dst, Number *src) noexcept nogil:
 cdef Py_ssize_t warmup_snapshot_size(Warmup *w) noexcept nogil:
     if w == NULL:
         return 8
-    return 8 + RING_SIZE + 8 * w.ring.n + 8 + WARM_ENTRY_SIZE * <Py_ssize_t>warmup_live_count(w)
+    return (8 + RING_SIZE + (8 * w.ring.n if w.ring.total else 0) + 8
+            + WARM_ENTRY_SIZE * <Py_ssize_t>warmup_live_count(w)
 
 
 cdef unsigned char *put_warmup(Warmup *w, unsigned char *p) noexcept nogil:
@@ -202,7 +203,7 @@ cdef unsigned char *put_warmup(Warmup *w, unsigned char *p) noexcept nogil:
     return p
 
 
-cdef int restore_warmup(Engine eng, Number *num, Cursor *c) except -1:
+cdef int restore_warmup(Engine eng, Number *num, Cursor *c, uint32_t version) except -1:
     # Reads the number's warm-up part (formats 4 on).
     cdef int64_t cap = <int64_t>get_u64(take(c, 8)), t
     cdef const unsigned char *p
@@ -214,7 +215,7 @@ cdef int restore_warmup(Engine eng, Number *num, Cursor *c) except -1:
         raise ValueError("engine snapshot is corrupt: warm-up cap out of range")
     engine_set_warmup(eng, num, cap)
     w = num.warm
-    take_ring(&w.ring, c)
+    take_ring(&w.ring, c, version)
     count = get_u64(take(c, 8))
     p = take(c, <Py_ssize_t>(count * WARM_ENTRY_SIZE)) if count < (<uint64_t>1 << 40) else NULL
     if p == NULL:

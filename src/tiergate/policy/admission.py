@@ -52,9 +52,10 @@ from .answers import (
     template_refused,
     unknown_sender,
 )
+from .caps import CapReached
 from .journal import admit_record
 from .keys import differs
-from .requests import MARKETING, TEMPLATE, Checked, KeyConflict
+from .requests import MARKETING, TEMPLATE, Checked, KeyConflict, KeyTooLong
 from .state import PolicyState, Sender
 from .tiers import check_crossing, maintain, note_reach, recompute_due
 
@@ -104,10 +105,33 @@ def template_refusal(state: int, paused_until: int, limit: int, tpl: str) -> Adm
     return template_refused(TEMPLATE_PAUSED, paused_until, limit, code, tpl)
 
 
+def check_key_room(st: PolicyState, new: int, now: int) -> None:
+    """:class:`CapReached` when ``new`` more idempotency keys would pass the cap on
+    live ones at ``now`` (``keys.order`` holds an item per entry, expired ones until
+    they are dropped: at the cap, those expired by ``now`` are dropped first)."""
+    order = st.keys.order
+    cap = st.caps.idempotency_keys
+    if len(order) + new > cap and order and order[0][0] <= now:
+        st.forget_expired(now)
+    live = len(order)
+    if live + new > cap:
+        st.capped["max_idempotency_keys"] += 1
+        raise CapReached(
+            "idempotency_key",
+            "max_idempotency_keys",
+            cap,
+            f"{live} idempotency keys are live (retry once older ones expire, or send "
+            "without a key)",
+        )
+
+
 def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult:
     """Decide one request whose fields passed the checks of ``requests.well_formed``
     (the server's wire reader makes them from the request bytes)."""
     sid, raw, kind, cat, tpl, key, at, dry = checked
+    if key and len(key) > st.caps.key_length:
+        st.capped["max_idempotency_key_length"] += 1
+        raise KeyTooLong("idempotency_key", 0, st.caps.key_length)
     rkey = aliases.resolve(st, raw) if st.aliases else raw
     sender = st.senders.get(sid)
     if sender is None:
@@ -127,6 +151,8 @@ def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult
                     raw == rkey or not aliases.bound_either(first, raw, rkey, kind, cat, tpl)
                 ):
                     raise KeyConflict("idempotency_key", 0, differs(first, bound, tpl))
+        if first is None and not dry:
+            check_key_room(st, 1, now)
     if st.due_dirty:
         recompute_due(st)
     high = now if now > now_ms else now_ms

@@ -34,12 +34,12 @@ from tiergate.engine.constants import (
     QUALITY_PROTECTION,
 )
 
-from .admission import BLOCKING, template_state
+from .admission import BLOCKING, check_key_room, template_state
 from .answers import META_ERROR, META_TEMPLATE_MISSING, AdmitResult
 from .column_checks import AdmitColumns, ColumnsLike, Items, check_columns
 from .column_results import ColumnsResult
 from .keys import KeyMemory, differs
-from .requests import MARKETING, AdmitLike, KeyConflict, check_all
+from .requests import MARKETING, AdmitLike, KeyConflict, KeyRefused, KeyTooLong, check_all
 from .state import REASONS as SENDER_REASONS
 from .state import LimitScope, PolicyState, Sender
 from .tiers import check_crossing, maintain, prune_reach, recompute_due
@@ -90,7 +90,7 @@ def admit_requests(st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int) -> l
         return []
     try:
         out = decide(st, r, now_ms)
-    except KeyConflict as e:
+    except KeyRefused as e:
         raise e.at(f"requests[{e.item}].idempotency_key") from None
     senders, sidx, templates, tidx = r.senders, r.sender_index, r.templates, r.template_index
     return [
@@ -114,6 +114,7 @@ def decide(st: PolicyState, r: Items, now_ms: int) -> ColumnsResult:
     hits: list[tuple[int, Remembered]] = []
     repeated = False
     if r.keys and any(r.keys):
+        _check_keys(st, r, objs, now_ms)
         skip, hits, repeated = _repeated_keys(st, r, objs, now_ms)
     if st.due_dirty:
         recompute_due(st)
@@ -123,6 +124,32 @@ def decide(st: PolicyState, r: Items, now_ms: int) -> ColumnsResult:
     out, high, unknown = _decide_rows(st, r, now_ms, objs, skip, hits)
     _time_moves(st, r.n - unknown, high)
     return out
+
+
+def _check_keys(st: PolicyState, r: Items, objs: list[Sender | None], now_ms: int) -> None:
+    """The keys' caps, before anything is decided: each key's length
+    (:class:`KeyTooLong` naming ``idempotency_keys[i]``), and room for the new ones
+    among the live keys (:class:`CapReached`); a batch of dry runs makes none."""
+    keys = r.keys
+    cap = st.caps.key_length
+    if max(map(len, keys)) > cap:
+        i = next(i for i, key in enumerate(keys) if len(key) > cap)
+        st.capped["max_idempotency_key_length"] += 1
+        raise KeyTooLong(f"idempotency_keys[{i}]", i, cap)
+    if r.dry and r.dry_runs is None:
+        return
+    if len(st.keys.order) + len(keys) > st.caps.idempotency_keys:
+        # near the cap: count the keys that would be new, each repeat inside the
+        # batch again (never fewer than there are)
+        now = max(now_ms, r.latest) if st.request_clock else now_ms
+        sidx = r.sender_index
+        new = 0
+        for i, key in enumerate(keys):
+            sender = objs[sidx[i]]
+            if key and sender is not None:
+                first = sender.idem.get(key)
+                new += first is None or first[rec.E_UNTIL] <= now
+        check_key_room(st, new, now)
 
 
 def _time_moves(st: PolicyState, known: int, high: int) -> None:

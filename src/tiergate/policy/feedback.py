@@ -20,6 +20,7 @@ from tiergate.engine.tickets import decode_ticket, encode_in_use, ticket_fields
 from . import aliases
 from . import events as ev
 from .answers import ApplyResult
+from .caps import CapReached, check_length
 from .journal import journal_json
 from .meta_errors import MetaError
 from .requests import MAX_KEY_LEN, InvalidArgument, KeyConflict, recipient_field
@@ -96,7 +97,7 @@ def check_event(st: PolicyState, event: ev.Event) -> None:
     elif isinstance(event, ev.SenderUpdate):
         check_sender_update(st, event)
     elif isinstance(event, ev.TemplateUpdate):
-        check_template_update(event)
+        check_template_update(st, event)
 
 
 def _learn_alias(st: PolicyState, event: ev.Event) -> bool:
@@ -418,9 +419,22 @@ def find_template(st: PolicyState, template_id: str, name: str = "") -> Template
     return t
 
 
-def check_template_update(u: ev.TemplateUpdate) -> None:
+def check_template_update(st: PolicyState, u: ev.TemplateUpdate) -> None:
+    """Its fields, and room for it when it registers a template (:class:`CapReached`)."""
     if not u.template_id:
         raise InvalidArgument("template_id", "template_id: is required")
+    caps = st.caps
+    capped = st.capped
+    for name in ("template_id", "template_name"):
+        value = getattr(u, name)
+        check_length(capped, name, value, caps.template_id_length, "max_template_id_length")
+    check_length(capped, "waba_id", u.waba_id, caps.id_length, "max_id_length")
+    known = len(st.templates)
+    if known >= caps.templates and find_template(st, u.template_id, u.template_name) is None:
+        capped["max_templates"] += 1
+        raise CapReached(
+            "template_id", "max_templates", caps.templates, f"{known} templates are known"
+        )
     if int(u.status) not in _TEMPLATE_STATUSES:
         raise InvalidArgument("status", f"status: unknown value {u.status!r}")
     if u.paused_until_unix_ms < 0:

@@ -23,7 +23,7 @@ from . import events as ev
 from .feedback import apply_event
 from .journal import JOURNAL_VERSION, TAG_ADMIT, TAG_BATCH, TAG_JSON
 from .seam import CountingStore
-from .state import LimitScope, PolicyState, Sender, Template
+from .state import LimitScope, PolicyState, Sender, Template, sender_dict
 from .tiers import derive, note_reach, number_params, recompute_due, rederive
 
 __all__ = [
@@ -238,13 +238,17 @@ def engine_from_blob(st: PolicyState, blob: bytes) -> CountingStore:
     return engine
 
 
+def _sender_row(item: tuple[tuple[Any, ...], list[int]]) -> dict[str, Any]:
+    return sender_dict(*item)
+
+
 def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], list[bytes]]:
     fields: list[tuple[str, Any]] = [
         ("profile", st.profile.name),
         ("ticket", st.ticket),
         ("scopes", [sc.to_dict() for sc in st.scopes]),
         ("portfolios", {k: sc.index for k, sc in st.portfolios.items()}),
-        ("senders", [s.to_dict() for s in st.by_index]),
+        ("senders", _Rows([(s.image(), s.counts[:]) for s in st.by_index], _sender_row)),
         ("templates", [t.to_dict() for t in st.templates.values()]),
         ("reach", [[sc.index, list(sc.reach.items())] for sc in st.scopes if sc.reach]),
     ]

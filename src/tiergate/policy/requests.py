@@ -27,6 +27,8 @@ __all__ = [
     "Checked",
     "InvalidArgument",
     "KeyConflict",
+    "KeyRefused",
+    "KeyTooLong",
     "check_all",
     "check_one",
     "recipient_field",
@@ -54,24 +56,51 @@ class InvalidArgument(ValueError):
         self.field = field
 
 
-class KeyConflict(InvalidArgument):
-    """An idempotency key used for another request than the one it answers: ``item``
-    is the request's index in its batch (0 for a lone one), ``what`` what differs
-    (recipient, kind, category or template). Raised before anything is decided."""
+class KeyRefused(InvalidArgument):
+    """An idempotency key refused before anything is decided: ``item`` is the
+    request's index in its batch (0 for a lone one); :meth:`at` names the key's
+    field as another entry point does (``requests[i].idempotency_key``)."""
+
+    def __init__(self, field: str, item: int, message: str) -> None:
+        super().__init__(field, message)
+        self.item = item
+
+    def at(self, field: str) -> KeyRefused:
+        raise NotImplementedError
+
+
+class KeyConflict(KeyRefused):
+    """An idempotency key used for another request than the one it answers: ``what``
+    is what differs (recipient, kind, category or template)."""
 
     def __init__(self, field: str, item: int, what: str) -> None:
         super().__init__(
             field,
+            item,
             f"{field}: was first used for a request with another {what}; an idempotency "
             "key answers only the request it was first used for (use a new key for a "
             "new message)",
         )
-        self.item = item
         self.what = what
 
     def at(self, field: str) -> KeyConflict:
         """The same conflict, naming the key's field as another entry point does."""
         return KeyConflict(field, self.item, self.what)
+
+
+class KeyTooLong(KeyRefused):
+    """An idempotency key longer than the configured cap (``max_idempotency_key_length``)."""
+
+    def __init__(self, field: str, item: int, cap: int) -> None:
+        super().__init__(
+            field,
+            item,
+            f"{field}: longer than {cap} characters (max_idempotency_key_length)",
+        )
+        self.cap = cap
+
+    def at(self, field: str) -> KeyTooLong:
+        return KeyTooLong(field, self.item, self.cap)
 
 
 class AdmitLike(Protocol):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from . import events as ev
 from .answers import ApplyResult
-from .requests import MAX_ID_LEN, InvalidArgument
+from .caps import CapReached, check_length
+from .requests import InvalidArgument
 from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .tiers import number_params, refresh, set_quality, set_status, set_tier, tier_name
 
@@ -32,8 +33,14 @@ def _digits(number: str) -> str:
 
 def check_sender_update(st: PolicyState, u: ev.SenderUpdate) -> None:
     sid = u.sender_id
-    if not sid or len(sid) > MAX_ID_LEN:
-        raise InvalidArgument("sender_id", f"sender_id: must be 1..{MAX_ID_LEN} characters")
+    caps = st.caps
+    if not sid:
+        raise InvalidArgument("sender_id", "sender_id: is required")
+    check_length(st.capped, "sender_id", sid, caps.id_length, "max_id_length")
+    for name in ("portfolio_id", "waba_id", "display_phone_number"):
+        value = getattr(u, name)
+        if value is not None:
+            check_length(st.capped, name, value, caps.id_length, "max_id_length")
     if u.tier is not None and tier_name(st, u.tier) is None:
         known = ", ".join(t for t, _ in st.profile.tier_limits)
         raise InvalidArgument("tier", f"tier: unknown tier {u.tier!r} (known: {known})")
@@ -45,6 +52,10 @@ def check_sender_update(st: PolicyState, u: ev.SenderUpdate) -> None:
         raise InvalidArgument("quality", f"quality: unknown value {u.quality!r}")
     if u.status is not None and int(u.status) not in _STATUSES:
         raise InvalidArgument("status", f"status: unknown value {u.status!r}")
+    count = len(st.senders)
+    if count >= caps.senders and sid not in st.senders:
+        st.capped["max_senders"] += 1
+        raise CapReached("sender_id", "max_senders", caps.senders, f"{count} senders are known")
 
 
 def on_sender_update(st: PolicyState, u: ev.SenderUpdate, now: int) -> ApplyResult:

@@ -27,12 +27,13 @@ from . import events as ev
 from . import persistence, tiers
 from .admission import admit_checked
 from .answers import AdmitResult, ApplyResult
+from .caps import DEFAULT_CAPS, Caps
 from .columnar import admit_requests
 from .feedback import apply
 from .keys import KeyMemory
 from .profile import Profile
 from .reports import SenderReport, sender_state
-from .requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
+from .requests import AdmitLike, Checked, KeyRefused, check_one, well_formed
 from .seam import CountingStore
 from .state import PolicyState
 
@@ -54,9 +55,11 @@ class AdmissionService:
         journal: bool = True,
         engine: CountingStore | None = None,
         ticket_key: bytes | None = None,
+        caps: Caps = DEFAULT_CAPS,
     ) -> None:
         """``ticket_key``: the 16 bytes that sign tickets (random when None: tickets
-        then verify only in this process; the server keeps one in its data dir)."""
+        then verify only in this process; the server keeps one in its data dir).
+        ``caps``: what clients may create (``caps.Caps``)."""
         if clock not in ("server", "request"):
             raise ValueError(f"clock must be 'server' or 'request', got {clock!r}")
         key = os.urandom(TICKET_KEY_BYTES) if ticket_key is None else bytes(ticket_key)
@@ -74,6 +77,7 @@ class AdmissionService:
             k0=k0,
             k1=k1,
             ticket_key=key,
+            caps=caps,
         )
         # Bound once: the wire path calls it per request without a facade hop.
         self.admit_checked = partial(admit_checked, self.state)
@@ -107,6 +111,15 @@ class AdmissionService:
         st.ticket_key = bytes(key)
         st.k0, st.k1 = key_words(st.ticket_key)
 
+    @property
+    def caps(self) -> Caps:
+        return self.state.caps
+
+    def set_caps(self, caps: Caps) -> None:
+        """New caps (SIGHUP): they bound what is created from now on; nothing already
+        held is dropped."""
+        self.state.caps = caps
+
     # -- admission -------------------------------------------------------------
 
     def admit(self, req: AdmitLike, now_ms: int) -> AdmitResult:
@@ -119,7 +132,7 @@ class AdmissionService:
             r = reqs[0]
             try:
                 return [self.admit_checked(well_formed(r) or check_one(r, "requests[0]."), now_ms)]
-            except KeyConflict as e:
+            except KeyRefused as e:
                 raise e.at("requests[0].idempotency_key") from None
         return admit_requests(self.state, reqs, now_ms)
 

@@ -9,14 +9,17 @@ object turns into a plain dict and back, for snapshots and journal records.
 
 from __future__ import annotations
 
+import operator
 from array import array
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tiergate.engine import NEVER
 from tiergate.engine.constants import UNLIMITED
 from tiergate.engine.records import Entry
+
+from .caps import DEFAULT_CAPS, Caps
 
 if TYPE_CHECKING:
     from .keys import KeyMemory
@@ -34,6 +37,7 @@ class LimitScope:
     __slots__ = (
         "crossed_at",
         "due_at",
+        "held",
         "index",
         "key",
         "last_now",
@@ -53,6 +57,8 @@ class LimitScope:
         self.due_at = NEVER  # apply mode: when the next tier takes effect
         self.last_now = NEVER  # latest time seen: policy time never goes backwards
         self.senders: list[Sender] = []
+        # derived: members whose quality or status keep an upgrade back (``tiers.derive``)
+        self.held = 0
         # Meta's scaling paths (profile ``upgrade.scaling_path``): while the scope is
         # in their tier, each recipient counted within the path's window, and when.
         self.on_path = False  # derived: the scope is in the profile's path tier
@@ -86,7 +92,6 @@ class Sender:
         "counts",
         "display",
         "engine_index",
-        "engine_index",
         "flags",
         "floor_restricted",
         "id",
@@ -107,6 +112,7 @@ class Sender:
         "spam_held_until",
         "status",
         "throughput_upgraded",
+        "upgrade_ok",
         "verified",
         "violations",
         "waba_id",
@@ -149,35 +155,18 @@ class Sender:
         self.warmup_cap = UNLIMITED
         # when a refused business-initiated send may be retried (0: not known)
         self.restricted_retry_at = 0
+        # derived: quality and status allow an upgrade (counted in ``scope.held`` if not)
+        self.upgrade_ok = True
         # idempotency key → its first answer, an admit, and what the key is bound to
         self.idem: dict[str, Entry] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "number": self.engine_index,
-            "scope": self.scope.index,
-            "portfolio_id": self.portfolio_id,
-            "waba_id": self.waba_id,
-            "display": self.display,
-            "verified": self.verified,
-            "quality": self.quality,
-            "status": self.status,
-            "red_since": self.red_since,
-            "restricted_until": self.restricted_until,
-            "spam_held_until": self.spam_held_until,
-            "replies_restricted_until": self.replies_restricted_until,
-            "mps_override": self.mps_override,
-            "throughput_upgraded": self.throughput_upgraded,
-            "slow_level": self.slow_level,
-            "slow_until": self.slow_until,
-            "coexistence": self.coexistence,
-            "registered_at": self.registered_at,
-            "floor_restricted": self.floor_restricted,
-            "violations": self.violations,
-            "account_event": self.account_event,
-            "counts": list(self.counts),
-        }
+        return sender_dict(self.image(), list(self.counts))
+
+    def image(self) -> tuple[Any, ...]:
+        """The recorded fields' values (``SENDER_FIELDS``), but ``counts``: one C call,
+        cheap enough to take for every sender within a snapshot's loop step."""
+        return _sender_image(self)
 
     def load(self, d: dict[str, Any]) -> None:
         self.portfolio_id = str(d["portfolio_id"])
@@ -202,6 +191,42 @@ class Sender:
         self.account_event = str(d.get("account_event", ""))
         counts = [int(c) for c in d.get("counts", ())]
         self.counts = (counts + [0] * REASONS)[:REASONS]
+
+
+#: A sender's recorded fields (snapshots, journal records): name → attribute.
+SENDER_FIELDS = (
+    ("id", "id"),
+    ("number", "engine_index"),
+    ("scope", "scope.index"),
+    ("portfolio_id", "portfolio_id"),
+    ("waba_id", "waba_id"),
+    ("display", "display"),
+    ("verified", "verified"),
+    ("quality", "quality"),
+    ("status", "status"),
+    ("red_since", "red_since"),
+    ("restricted_until", "restricted_until"),
+    ("spam_held_until", "spam_held_until"),
+    ("replies_restricted_until", "replies_restricted_until"),
+    ("mps_override", "mps_override"),
+    ("throughput_upgraded", "throughput_upgraded"),
+    ("slow_level", "slow_level"),
+    ("slow_until", "slow_until"),
+    ("coexistence", "coexistence"),
+    ("registered_at", "registered_at"),
+    ("floor_restricted", "floor_restricted"),
+    ("violations", "violations"),
+    ("account_event", "account_event"),
+)
+_SENDER_NAMES = tuple(name for name, _ in SENDER_FIELDS)
+_sender_image = operator.attrgetter(*(attr for _, attr in SENDER_FIELDS))
+
+
+def sender_dict(image: tuple[Any, ...], counts: list[int]) -> dict[str, Any]:
+    """A sender's record from its :meth:`Sender.image` and a copy of its counts."""
+    d = dict(zip(_SENDER_NAMES, image, strict=True))
+    d["counts"] = counts
+    return d
 
 
 class Template:
@@ -346,6 +371,10 @@ class PolicyState:
     next_due: int = FAR_FUTURE
     #: ``next_due`` must be recomputed before it is read.
     due_dirty: bool = False
+    #: What clients may create (senders, templates, keys, id lengths), and the
+    #: requests refused by each cap so far, by setting name (``caps.CAP_SETTINGS``).
+    caps: Caps = DEFAULT_CAPS
+    capped: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
         """Forget every scope, sender, template, key, link and count."""

@@ -72,7 +72,10 @@ def with_headroom(profile: Profile, base: int) -> int:
 
 
 def catch_up(st: PolicyState, now: int) -> None:
-    """Apply the time-driven changes due at ``now`` (if any)."""
+    """Apply the time-driven changes due at ``now`` (if any); nothing while a journal
+    is replayed (its records hold what time changed)."""
+    if st.replaying:
+        return
     if st.due_dirty:
         recompute_due(st)
     if now >= st.next_due:
@@ -134,9 +137,8 @@ def eligible(st: PolicyState, scope: LimitScope) -> bool:
     p = st.profile
     if p.next_tier(scope.tier) is None or not scope.senders:
         return False
-    return all(
-        s.quality in p.upgrade_qualities and s.status in p.upgrade_statuses for s in scope.senders
-    )
+    # every member's quality and status allow it: none held back (kept by ``derive``)
+    return scope.held == 0
 
 
 def check_crossing(
@@ -267,6 +269,8 @@ def maintain_once(st: PolicyState, now: int) -> None:
 
 
 def recompute_due(st: PolicyState) -> None:
+    """``next_due`` from every scope and sender (after a pass of ``maintain``, a
+    restore or a replay); a single change lowers it with :func:`note_due` instead."""
     st.due_dirty = False
     p = st.profile
     due = FAR_FUTURE
@@ -274,19 +278,38 @@ def recompute_due(st: PolicyState) -> None:
         if scope.due_at != NEVER:
             due = min(due, scope.due_at)
     for s in st.by_index:
-        if p.red_days_to_downgrade and s.red_since != NEVER:
-            due = min(due, s.red_since + p.red_days_to_downgrade * DAY_MS)
-        if s.status == ev.SenderStatus.RESTRICTED and s.restricted_until > 0:
-            due = min(due, s.restricted_until)
-        if s.spam_held_until:
-            due = min(due, s.spam_held_until)
-        if s.slow_until:
-            due = min(due, s.slow_until)
-        if s.replies_restricted_until:
-            due = min(due, s.replies_restricted_until)
-        if s.limits_until != NEVER:
-            due = min(due, s.limits_until)
+        due = min(due, sender_due(p, s))
     st.next_due = due
+
+
+def sender_due(p: Profile, s: Sender) -> int:
+    """The earliest time a time-driven change of ``s`` falls due (FAR_FUTURE: none)."""
+    due = FAR_FUTURE
+    if p.red_days_to_downgrade and s.red_since != NEVER:
+        due = min(due, s.red_since + p.red_days_to_downgrade * DAY_MS)
+    if s.status == ev.SenderStatus.RESTRICTED and s.restricted_until > 0:
+        due = min(due, s.restricted_until)
+    if s.spam_held_until:
+        due = min(due, s.spam_held_until)
+    if s.slow_until:
+        due = min(due, s.slow_until)
+    if s.replies_restricted_until:
+        due = min(due, s.replies_restricted_until)
+    if s.limits_until != NEVER:
+        due = min(due, s.limits_until)
+    return due
+
+
+def note_due(st: PolicyState, s: Sender) -> None:
+    """After a change of ``s``: ``next_due`` no later than its (and its scope's) due
+    time, in O(1). A due time that moved later leaves ``next_due`` early: ``maintain``
+    then finds nothing due and recomputes it; never late, never a scan per change."""
+    due = sender_due(st.profile, s)
+    scope_due = s.scope.due_at
+    if scope_due != NEVER and scope_due < due:
+        due = scope_due
+    if due < st.next_due:
+        st.next_due = due
 
 
 def mps(st: PolicyState, s: Sender) -> int:
@@ -362,6 +385,10 @@ def derive(st: PolicyState, s: Sender, now: int) -> None:
         marketing |= F_QUALITY_BLOCK
     s.flags = [common, marketing, common, common, common]
     scope = s.scope
+    ok = s.quality in p.upgrade_qualities and s.status in p.upgrade_statuses
+    if ok != s.upgrade_ok:
+        s.upgrade_ok = ok
+        scope.held += -1 if ok else 1
     scope.on_path = scope.tier == p.path_tier
     if not scope.on_path and scope.reach:
         scope.reach.clear()
@@ -396,9 +423,9 @@ def refresh(st: PolicyState, s: Sender, now: int) -> None:
     """After a change: derived parameters, engine buckets, due times, crossing."""
     derive(st, s, now)  # a tier change already re-derived every member (_set_tier)
     st.engine.set_number_params(s.engine_index, *number_params(st, s))
-    st.due_dirty = True
     if s.scope.crossed_at == NEVER:
         check_crossing(st, s.scope, max(now, s.scope.last_now))
+    note_due(st, s)
 
 
 def set_status(s: Sender, status: int, restricted_until: int) -> None:

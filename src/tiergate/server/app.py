@@ -17,16 +17,25 @@ import dataclasses
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import uvloop
 from grpc_health.v1 import health_pb2
 
-from tiergate.config import ConfigError, Endpoint, ServeConfig, check_exposure, message_limit
+from tiergate.config import (
+    ConfigError,
+    Endpoint,
+    ServeConfig,
+    caps,
+    check_exposure,
+    message_limit,
+)
 from tiergate.engine import IMPLEMENTATION
 from tiergate.engine.constants import SHADOWABLE
 from tiergate.policy import events as ev
+from tiergate.policy.caps import CAP_SETTINGS, CapReached
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.requests import InvalidArgument
 from tiergate.policy.service import AdmissionService
@@ -89,7 +98,9 @@ class Sidecar:
     # --- start -----------------------------------------------------------------
 
     def build_service(self) -> AdmissionService:
-        return AdmissionService(self._profile(self.config), clock=self.config.clock)
+        return AdmissionService(
+            self._profile(self.config), clock=self.config.clock, caps=caps(self.config)
+        )
 
     @staticmethod
     def _profile(config: ServeConfig) -> Profile:
@@ -347,6 +358,10 @@ class Sidecar:
                     except ValueError as e:
                         raise StartupError(f"profile: {e}") from e
                     changes.append(f"profile {before} -> {profile.name}")
+                new_caps = caps(config)
+                if new_caps != service.caps:
+                    service.set_caps(new_caps)
+                    changes.append("caps changed")
                 applied = seed(service, config.senders, (), now_ms)
                 changes += [f"sender {sid} added" for sid in applied]
             finally:
@@ -363,6 +378,7 @@ class Sidecar:
                 webhook_verify_token=config.webhook_verify_token,
                 token=(tokens or self.config).token,
                 admin_token=(tokens or self.config).admin_token,
+                **{name: getattr(config, name) for name in CAP_SETTINGS.values()},
             )
             for name in _RESTART_SETTINGS:
                 if getattr(config, name) != getattr(self.config, name):
@@ -400,6 +416,9 @@ class Sidecar:
 
     async def _stop(self, grace: float | None) -> None:
         grace = self.config.shutdown_grace if grace is None else grace
+        # The store's snapshot work ends within the grace period too, leaving the
+        # rest of it (half, at most 2 s) for the journal's last write and the exit.
+        deadline = time.monotonic() + grace - min(2.0, grace / 2)
         log.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
         await self._health.end_watches()
         self.watches.end()
@@ -414,7 +433,7 @@ class Sidecar:
             await self._server.stop(grace)
         async with self._reloading:  # a reload in progress commits first; none starts after
             if self.store is not None:
-                await self.store.aclose(self.service)
+                await self.store.aclose(self.service, deadline=deadline)
                 self.store = None
             elif self.service is not None:
                 self.service.drain_journal()
@@ -433,6 +452,29 @@ def register_metrics(
 ) -> None:
     """The sidecar's gauges and counters read at scrape time: senders, webhooks, store."""
     m.collect("tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders())))
+    m.collect(
+        "tiergate_idempotency_keys",
+        "gauge",
+        "Idempotency keys remembered (expired ones until they are dropped).",
+        lambda: float(len(live().state.keys.order)),
+    )
+    m.collect(
+        "tiergate_templates",
+        "gauge",
+        "Templates known.",
+        lambda: float(len(live().state.templates)),
+    )
+
+    def capped(setting: str) -> Callable[[], float]:
+        return lambda: float(live().state.capped[setting])
+
+    for setting in CAP_SETTINGS.values():
+        m.collect(
+            f"tiergate_capped_{setting}_total",
+            "counter",
+            f"Requests and webhook events refused by {setting}; nothing was changed.",
+            capped(setting),
+        )
 
     def webhook_stat(key: str) -> Callable[[], float]:
         return lambda: float(ingestor.stats.as_dict()[key])
@@ -576,7 +618,7 @@ def _seed_one(
     """Apply one config entry; :class:`StartupError` names ``where`` if it is refused."""
     try:
         result = service.apply(update, now_ms)
-    except InvalidArgument as e:
+    except (InvalidArgument, CapReached) as e:
         raise StartupError(f"{where}: {e}") from e
     if not result.applied:
         raise StartupError(f"{where}: {result.detail}")

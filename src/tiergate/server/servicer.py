@@ -23,8 +23,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tiergate.policy.answers import AdmitResult
+from tiergate.policy.caps import CapReached
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
-from tiergate.policy.requests import Checked, InvalidArgument, KeyConflict
+from tiergate.policy.requests import Checked, InvalidArgument, KeyRefused
 from tiergate.policy.service import AdmissionService
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert, plans
 from tiergate.server.clock import DecisionClock
@@ -124,6 +125,8 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if isinstance(exc, grpc.aio.AbortError):
             raise exc
+        if isinstance(exc, CapReached):  # counted by the policy layer (``capped``)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if isinstance(exc, StoreUnavailableError):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{rpc}: {exc}")
         self._metrics.internal(rpc)
@@ -236,7 +239,7 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
                     if cols is not None:
                         try:
                             result = self._admit_columns(cols, "AdmitBatch")
-                        except KeyConflict as e:  # named as the message path names it
+                        except KeyRefused as e:  # named as the message path names it
                             raise e.at(f"requests[{e.item}].idempotency_key") from None
                         await self._committed()
                         return batch_wire.encode_response(cols, result)

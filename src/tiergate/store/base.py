@@ -242,8 +242,12 @@ class Store(Protocol):
         """Blocking ``snapshot`` for tools and tests."""
         ...
 
-    async def aclose(self, service: Recoverable | None = None) -> None:
-        """Finish pending work, commit the service's last records, fsync and close."""
+    async def aclose(
+        self, service: Recoverable | None = None, *, deadline: float | None = None
+    ) -> None:
+        """Finish pending work, commit the service's last records, fsync and close;
+        work that only speeds up the next start (a snapshot) ends by ``deadline``
+        (``time.monotonic()``), committing and fsyncing do not."""
         ...
 
     def close(self) -> None:

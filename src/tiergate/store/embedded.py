@@ -34,7 +34,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
 
@@ -316,22 +316,55 @@ class EmbeddedStore:
 
     # -- shutdown ----------------------------------------------------------
 
-    async def aclose(self, service: Recoverable | None = None) -> None:
+    async def aclose(
+        self, service: Recoverable | None = None, *, deadline: float | None = None
+    ) -> None:
+        """Commit the service's last records, take a final snapshot, fsync, unlock.
+
+        ``deadline`` (``time.monotonic()``; None: no limit) bounds the snapshots,
+        never the journal: a snapshot being taken, or the final one, that has not
+        finished by then is abandoned: its thread writes nothing (a temporary file
+        it leaves is removed at the next start, which replays the journal since the
+        last snapshot written) and is not waited for (``tiergate serve`` then ends
+        with ``os._exit``). The journal's records are written and fsynced either
+        way, so every change survives.
+        """
         if self._closed:
             return
         task = self._snapshots.task
         if task is not None:
-            await asyncio.wait([task])
+            await self._until(task, deadline)
         if self._commit.writer is not None and self._commit.failed is None:
             try:
                 if service is not None:
                     await self.commit(service.drain_journal())
-                    if self.snapshot_on_close and self._commit.records_since_cut > 0:
-                        await self._snapshots.take_final(service)
+                    if (
+                        self.snapshot_on_close
+                        and self._commit.records_since_cut > 0
+                        and not self._snapshots.abandoned
+                        and _left(deadline) != 0
+                    ):
+                        await self._until(self._snapshots.take_final(service), deadline)
+                if self._snapshots.abandoned:
+                    log.warning(
+                        "closing: a snapshot did not finish before the shutdown grace "
+                        "ended; left unwritten (the journal holds every change: the next "
+                        "start replays it from the last snapshot written)"
+                    )
                 await self._commit.barrier()
             except StoreUnavailableError as exc:
                 log.error("closing: %s", exc)  # close() tries once more
         self.close()
+
+    async def _until(self, work: Awaitable[None], deadline: float | None) -> None:
+        """Await snapshot ``work`` until ``deadline``; past it, cancel it (its thread may
+        still be writing: the snapshot is then abandoned)."""
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait([task], timeout=_left(deadline))
+        if not done:
+            self._snapshots.abandoned = True
+            task.cancel()
+            await asyncio.wait([task])
 
     def close(self) -> None:
         if self._closed:
@@ -343,3 +376,8 @@ class EmbeddedStore:
             self._snapshots.close()
             self._commit.close_writer()
             os.close(self._lock_fd)
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (``time.monotonic()``), at least 0; None: no limit."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

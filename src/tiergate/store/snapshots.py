@@ -78,6 +78,9 @@ class Snapshots:
         self.last_seconds = 0.0
         self.last_stall_seconds = 0.0  # how long the event loop was busy with it
         self.taken = 0
+        # Set when the store closes without waiting for a snapshot being taken: its
+        # thread then writes and prunes nothing.
+        self.abandoned = False
 
     def recovered(self, seq: int) -> None:
         """The state recovery restored came from the snapshot at ``seq`` (0: none)."""
@@ -192,8 +195,10 @@ class Snapshots:
         """Encode and write the snapshot, then drop old snapshots and covered segments;
         (payload bytes, bytes freed)."""
         payload = encode()
+        if self.abandoned:  # the store closed without waiting for it: nothing written
+            return 0, 0
         write_snapshot(self.data_dir, seq, payload)
-        return sum(map(len, payload)), self._prune()
+        return sum(map(len, payload)), 0 if self.abandoned else self._prune()
 
     def _prune(self) -> int:
         """Drop snapshots beyond ``policy.keep`` and the segments the oldest kept one
@@ -244,8 +249,10 @@ class Snapshots:
         )
 
     def close(self) -> None:
+        """Stop the snapshot thread, waiting for it unless the snapshot was abandoned
+        (see ``EmbeddedStore.aclose``)."""
         if self._io is not None:
-            self._io.shutdown(wait=True)
+            self._io.shutdown(wait=not self.abandoned)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ class Ring:
 
     ``strict=False`` (limit): a bucket counts while any part of it is inside
     the window. ``strict=True`` (eligibility): only while wholly inside.
+    ``counts`` is empty until the first count: a scope that never counts a
+    recipient keeps no buckets (as the compiled engine allocates them lazily).
     """
 
     __slots__ = ("counts", "lo", "n", "strict", "total", "width", "window")
@@ -19,7 +21,7 @@ class Ring:
         self.window = window
         self.strict = strict
         self.n = window // width + 2
-        self.counts = [0] * self.n
+        self.counts: list[int] = []
         self.lo = NEVER  # oldest live absolute bucket index
         self.total = 0
 
@@ -30,7 +32,9 @@ class Ring:
         new_lo = self.low_bucket(now)
         if new_lo <= self.lo:
             return
-        if new_lo - self.lo >= self.n:
+        if not self.counts:
+            pass  # no buckets: nothing to drop
+        elif new_lo - self.lo >= self.n:
             self.counts = [0] * self.n
             self.total = 0
         else:
@@ -43,12 +47,14 @@ class Ring:
     def add(self, t: int) -> None:
         b = t // self.width
         if b >= self.lo:
+            if not self.counts:
+                self.counts = [0] * self.n
             self.counts[b % self.n] += 1
             self.total += 1
 
     def remove(self, t: int) -> None:
         b = t // self.width
-        if b >= self.lo:
+        if b >= self.lo and self.counts:
             self.counts[b % self.n] -= 1
             self.total -= 1
 
@@ -58,6 +64,8 @@ class Ring:
             return now
         need = self.total - limit + 1
         acc = 0
+        if not self.counts:
+            raise AssertionError("ring total out of step with its buckets")
         for b in range(self.lo, self.lo + self.n):
             acc += self.counts[b % self.n]
             if acc >= need:
@@ -70,7 +78,7 @@ class Ring:
         a bucket leaving when :meth:`next_free` says it does."""
         recent = 0
         leaving = [0] * periods
-        if self.lo == NEVER:
+        if self.lo == NEVER or not self.counts:
             return recent, leaving
         for b in range(self.lo, self.lo + self.n):
             c = self.counts[b % self.n]

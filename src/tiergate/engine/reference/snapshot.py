@@ -1,13 +1,15 @@
 """The engine snapshot format: its writer and its reader.
 
-Snapshot format, version 4 (all integers little-endian; ``q`` signed and
+Snapshot format, version 5 (all integers little-endian; ``q`` signed and
 ``Q`` unsigned 64-bit, ``I`` unsigned 32-bit, ``B`` one byte):
 
 * header ``<8sIIqqqqII``: magic ``TGENGINE``, format version, reserved 0,
   bucket_ms, window_ms, long_bucket_ms, long_window_ms, scopes, numbers;
 * per scope ``<qqq``: freq_cap, freq_window_ms, clock (latest time seen);
   then three rings (24 h, 7 d unique, 7 d slots), each ``<qqq`` (buckets n,
-  oldest live bucket, total) and n ``q`` counts, bucket ``b`` at ``b mod n``;
+  oldest live bucket, total) and, when the total is not 0, n ``q`` counts,
+  bucket ``b`` at ``b mod n`` (versions 1 to 4 wrote the counts of every
+  ring: a sender that never counted cost 14 KB there);
   then the table ``<QQ`` (capacity, entries) and its entries sorted by key,
   each ``<QqQqqqqB``: key, last_counted, slot state (bit 11: fresh; bits
   0 .. 10: generation; version 1 held the creating ticket id here, read as
@@ -19,9 +21,10 @@ Snapshot format, version 4 (all integers little-endian; ``q`` signed and
   versions 1 and 2 had no such field, read as NEVER: a pair that owes is
   held until it has paid back); then (from version 4) ``<q`` the number's
   warm-up cap, -1 when it has none, and when it has one its ring (as a
-  scope's 24 h ring) and ``<Q`` entries sorted by key, each ``<Qq``: key,
-  the last time the number counted the recipient (only entries whose bucket
-  is still in the ring).
+  scope's ring: its counts only when its total is not 0, from version 5)
+  and ``<Q`` entries sorted by key, each ``<Qq``: key, the last time the
+  number counted the recipient (only entries whose bucket is still in the
+  ring).
 
 A reader refuses a newer version with a ValueError; a format change bumps
 :data:`SNAPSHOT_VERSION`.
@@ -46,7 +49,7 @@ E = TypeVar("E", bound="Engine")
 
 #: Snapshot header: magic, then the format version this engine writes.
 SNAPSHOT_MAGIC = b"TGENGINE"
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5
 
 _HEADER = struct.Struct("<8sIIqqqqII")
 _SCOPE = struct.Struct("<qqq")
@@ -119,21 +122,26 @@ def _write_warmup(out: list[bytes], warm: Warmup | None) -> None:
 
 
 def _write_ring(out: list[bytes], r: Ring) -> None:
+    """n, lo, total, then the n counts unless total is 0 (format 5 on)."""
     out.append(_RING.pack(r.n, r.lo, r.total))
-    out.append(struct.pack(f"<{r.n}q", *r.counts))
+    if r.total:
+        out.append(struct.pack(f"<{r.n}q", *r.counts))
 
 
-def _read_ring(r: _Reader, ring: Ring) -> None:
+def _read_ring(r: _Reader, ring: Ring, version: int) -> None:
     n, lo, total = r.take(_RING)
     if n != ring.n:
         raise ValueError("engine snapshot is corrupt: ring size does not match")
+    if version >= 5 and total == 0:  # written without its buckets
+        ring.lo, ring.total, ring.counts = lo, 0, [0] * n if ring.counts else []
+        return
     counts = list(r.take(struct.Struct(f"<{n}q")))
     if sum(counts) != total or min(counts) < 0:
         raise ValueError("engine snapshot is corrupt: ring total does not match")
-    ring.lo, ring.total, ring.counts = lo, total, counts
+    ring.lo, ring.total, ring.counts = lo, total, counts if total else []
 
 
-def _read_warmup(r: _Reader, eng: Engine, number: int) -> None:
+def _read_warmup(r: _Reader, eng: Engine, number: int, version: int) -> None:
     (cap,) = r.take(_WARM)
     if cap == -1:
         return
@@ -142,7 +150,7 @@ def _read_warmup(r: _Reader, eng: Engine, number: int) -> None:
     eng.set_warmup(number, cap)
     warm = eng.numbers[number].warm
     assert warm is not None
-    _read_ring(r, warm.ring)
+    _read_ring(r, warm.ring, version)
     (count,) = r.take(_WARM_COUNT)
     for key, t in _take_entries(r, _WARM_ENTRY, count):
         if not 0 < key <= MAX_KEY or not -MAX_TIME <= t <= MAX_TIME or not warm.live(t):
@@ -172,7 +180,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
         _check_snapshot_time(last_now)
         s.last_now = last_now
         for ring in (s.ring24, s.ring7, s.slots7):
-            _read_ring(r, ring)
+            _read_ring(r, ring, version)
         s.capacity, count = _take_table(r)
         for key, last, state, *rest in _take_entries(r, _SCOPE_ENTRY, count):
             # format 1 kept the ticket id that created the slot: such
@@ -210,7 +218,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
                 ne.pair_start = start[0]
             num.table[key] = ne
         if version >= 4:
-            _read_warmup(r, eng, number)
+            _read_warmup(r, eng, number, version)
     if r.pos != len(data):
         raise ValueError("engine snapshot is corrupt: trailing bytes")
     return eng
