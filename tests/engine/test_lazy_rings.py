@@ -1,5 +1,5 @@
 """A limit scope that never counts keeps no ring buckets: none allocated, none in
-its snapshot (format 4); format 3 snapshots, which wrote every bucket, still read."""
+its snapshot (format 5); format 4 snapshots, which wrote every bucket, still read."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from tiergate.engine.reference.snapshot import (
 BUCKETS = (62, 32, 32)  # the rings of Engine(1_000, 60_000, 10_000, 300_000)
 
 
-def _as_format_3(data: bytes) -> bytes:
-    """``data`` (format 4) as format 3 wrote it: every ring with its buckets."""
+def _as_format_4(data: bytes) -> bytes:
+    """``data`` (format 5) as format 4 wrote it: every ring with its buckets (the
+    numbers, whose warm-up parts hold no ring here, are written as before)."""
     (_, _, _, _, _, _, _, n_scopes, _) = _HEADER.unpack_from(data, 0)
     out = bytearray(data[: _HEADER.size])
-    struct.pack_into("<I", out, 8, 3)
+    struct.pack_into("<I", out, 8, 4)
     at = _HEADER.size
     for _ in range(n_scopes):
         out += data[at : at + _SCOPE.size]
@@ -57,12 +58,13 @@ def test_a_scope_without_counts_writes_no_buckets(twin: Twin) -> None:
     # three scopes, three numbers; only scope 1 has counts (in all three rings)
     idle = _SCOPE.size + 3 * _RING.size + _TABLE.size
     busy = idle + 8 * sum(BUCKETS) + _SCOPE_ENTRY.size
-    numbers = 3 * (_NUMBER.size + _TABLE.size) + _NUMBER_ENTRY.size
+    # each number: its table, then its warm-up cap (-1: none)
+    numbers = 3 * (_NUMBER.size + _TABLE.size + 8) + _NUMBER_ENTRY.size
     assert len(data) == _HEADER.size + 2 * idle + busy + numbers
-    assert struct.unpack_from("<I", data, 8)[0] == 4
+    assert struct.unpack_from("<I", data, 8)[0] == 5
 
 
-def test_format_3_snapshots_still_read_and_both_engines_agree(twin: Twin) -> None:
+def test_format_4_snapshots_still_read_and_both_engines_agree(twin: Twin) -> None:
 
     e = twin.Engine(1_000, 60_000, 10_000, 300_000)
     for _ in range(3):
@@ -71,13 +73,13 @@ def test_format_3_snapshots_still_read_and_both_engines_agree(twin: Twin) -> Non
     d = e.decide(7_000, 2, 2, 44, c.F_TEMPLATE, 10)
     assert e.release(2, 44, d.slot, d.prev_counted)  # counted, then given back: total 0
     data = e.snapshot()
-    old = _as_format_3(data)
+    old = _as_format_4(data)
     assert len(old) == len(data) + 8 * 2 * sum(BUCKETS)  # scopes 0 and 2
     for cls in (PyEngine, twin.Engine):
         restored = cls.restore(old)
         assert restored.snapshot() == data
         for scope in range(3):
             assert restored.usage(scope, 8_000, 10) == e.usage(scope, 8_000, 10)
-        # an idle scope restored from format 3 counts from its first admit on
+        # an idle scope restored from format 4 counts from its first admit on
         assert restored.decide(9_000, 0, 0, 45, c.F_TEMPLATE, 1)[0] == c.ADMIT
         assert restored.decide(9_001, 0, 0, 46, c.F_TEMPLATE, 1)[1] == c.MESSAGING_LIMIT

@@ -136,7 +136,7 @@ def test_snapshots_carry_the_count_and_both_engines_read_them(twin: Twin) -> Non
     for i in range(3):
         assert _send(e, T0 + i * MIN, NEW, 100 + i, 10)[0] == c.ADMIT
     data = e.snapshot()
-    assert struct.unpack_from("<I", data, 8)[0] == SNAPSHOT_VERSION == 4
+    assert struct.unpack_from("<I", data, 8)[0] == SNAPSHOT_VERSION == 5
     for restored in (twin.Engine.restore(data), e.copy()):
         assert restored.snapshot() == data
         assert _send(restored, T0 + 4 * MIN, NEW, 103, 10)[:2] == (

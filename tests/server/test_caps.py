@@ -69,8 +69,8 @@ async def test_sender_cap_refuses_a_new_sender_and_keeps_the_known_ones() -> Non
         assert again.applied
         assert h.sidecar.service.state.capped["max_senders"] == 1
         text = h.sidecar.metrics.render()
-        assert "tiergate_capped_max_senders_total 1\n" in text
-        assert "tiergate_senders 2\n" in text
+        assert "tiergate_capped_max_senders_total 1.0\n" in text
+        assert "tiergate_senders 2.0\n" in text
 
 
 @run_async

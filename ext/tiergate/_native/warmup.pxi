@@ -169,7 +169,7 @@ cdef Py_ssize_t warmup_snapshot_size(Warmup *w) noexcept nogil:
     if w == NULL:
         return 8
     return (8 + RING_SIZE + (8 * w.ring.n if w.ring.total else 0) + 8
-            + WARM_ENTRY_SIZE * <Py_ssize_t>warmup_live_count(w)
+            + WARM_ENTRY_SIZE * <Py_ssize_t>warmup_live_count(w))
 
 
 cdef unsigned char *put_warmup(Warmup *w, unsigned char *p) noexcept nogil:

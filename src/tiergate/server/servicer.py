@@ -101,9 +101,8 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         self.ingestor = ingestor if ingestor is not None else webhooks.WebhookIngestor(service)
         self._clock = DecisionClock(service, clock, request_clock)
         self.in_flight = InFlight(max_in_flight)
-        # Set while decisions cannot be acknowledged: every RPC answers it before
-        # deciding, UNAVAILABLE while the journal's file system is full, INTERNAL
-        # once the store has failed.
+        # Set while nothing can be acknowledged, answered before deciding:
+        # UNAVAILABLE while the journal's disk is full, INTERNAL once the store failed.
         self.refusal: StoreError | None = None
         self.plans = plans.HeldPlans()  # campaign plans a continuation carries on
 
@@ -185,9 +184,8 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
     # --- RPCs ------------------------------------------------------------------
 
     async def Admit(self, request: Any, context: Context) -> Any:
-        """A protobuf AdmitRequest in, an AdmitResponse out; or, with the compiled
-        engine, the request's wire bytes in and the response's bytes out (see
-        ``server.admit_wire``): the same answers, errors and commit either way."""
+        """An AdmitRequest in, an AdmitResponse out, as protobuf messages or (the
+        compiled codec, ``server.admit_wire``) their bytes: the same either way."""
         # The busiest RPC: what ``with self.in_flight, self._timed(...)`` does, written
         # out (a generator-based context manager costs more than the rest of the wrapper).
         in_flight = self.in_flight
