@@ -229,6 +229,18 @@ def _int_in(lo: int, hi: int) -> Callable[[str, object], int]:
     return read
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, object], str]:
+    """A reader of a setting that names one of ``choices`` (any case)."""
+
+    def read(key: str, value: object) -> str:
+        text = _str(key, value).strip().lower()
+        if text not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return read
+
+
 _max_batch = _int_in(1, MAX_BATCH_CEILING)
 _max_in_flight = _int_in(1, 1_000_000)
 
@@ -251,13 +263,6 @@ def message_limit(config: ServeConfig) -> int:
     return max(4 << 20, config.max_batch * 1024)
 
 
-def _durability(key: str, value: object) -> str:
-    text = _str(key, value).strip().lower()
-    if text not in DURABILITY_MODES:
-        raise ConfigError(key, f"must be one of {', '.join(DURABILITY_MODES)}, got {text!r}")
-    return text
-
-
 def _grace(key: str, value: object) -> float:
     seconds = _float(key, value)
     if not 0 <= seconds <= 3600:
@@ -266,20 +271,6 @@ def _grace(key: str, value: object) -> float:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _log_level(key: str, value: object) -> str:
-    text = _str(key, value).strip().lower()
-    if text not in LOG_LEVELS:
-        raise ConfigError(key, f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-    return text
-
-
-def _log_format(key: str, value: object) -> str:
-    text = _str(key, value).strip().lower()
-    if text not in LOG_FORMATS:
-        raise ConfigError(key, f"must be one of {', '.join(LOG_FORMATS)}, got {text!r}")
-    return text
 
 
 def _file(key: str, value: object) -> Path | None:
@@ -319,14 +310,14 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "max_batch": _max_batch,
     "max_in_flight": _max_in_flight,
     "max_message_bytes": _max_message_bytes,
-    "durability": _durability,
+    "durability": _one_of(DURABILITY_MODES),
     "recover_truncate": _bool,
     "shadow": _bool,
     "watch_thresholds": _thresholds,
     "shutdown_grace": _grace,
     "metrics_listen": _optional_listen,
-    "log_level": _log_level,
-    "log_format": _log_format,
+    "log_level": _one_of(LOG_LEVELS),
+    "log_format": _one_of(LOG_FORMATS),
     "tls_cert": _file,
     "tls_key": _file,
     "tls_client_ca": _file,

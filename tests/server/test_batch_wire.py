@@ -240,11 +240,7 @@ def test_writer_agrees_with_protobuf(seed: int) -> None:
         made.append(special(i))
         return made[-1]
 
-    data = compiled.encode_batch_response(
-        *res.answer_columns(),
-        details,
-        recording,
-    )
+    data = compiled.encode_batch_response(res.answer_columns(), details, recording)
     replies = []
     asked = iter(made)
     for i in range(n):
@@ -273,14 +269,7 @@ def test_writer_refuses_columns_of_other_lengths() -> None:
     res = _random_answers(random.Random(1), 3)
     with pytest.raises(ValueError):
         compiled.encode_batch_response(
-            res.decisions,
-            res.reasons,
-            res.counted,
-            res.retry_at_unix_ms,
-            res.limit,
-            res.used,
-            res.meta_error_code,
-            res.tickets[:2],
+            res.answer_columns()._replace(tickets=res.tickets[:2]),
             (),
             str,
         )

@@ -238,9 +238,7 @@ def test_writer_refuses_a_ticket_that_is_not_text() -> None:
     result = ColumnsResult.empty(1)
     result.tickets[0] = b"x"  # type: ignore[call-overload]
     with pytest.raises(TypeError):
-        compiled.encode_response(
-            *result.answer_columns(),
-        )
+        compiled.encode_response(result.answer_columns())
 
 
 @run_async

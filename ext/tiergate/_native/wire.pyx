@@ -160,11 +160,14 @@ def decode_request(const unsigned char[::1] data not None):
                        template_index, keys, at, dry, None, None)
 
 
-def encode_response(const unsigned char[::1] decisions, const unsigned char[::1] reasons,
-                    const unsigned char[::1] counted, const long long[::1] retry_at,
-                    const long long[::1] limit, const long long[::1] used,
-                    const int[::1] meta, list tickets):
-    """The AdmitColumnsResponse bytes protobuf writes for these columns."""
+def encode_response(answers):
+    """The AdmitColumnsResponse bytes protobuf writes for these columns (an
+    AnswerColumns record)."""
+    cdef const unsigned char[::1] decisions = answers[0], reasons = answers[1]
+    cdef const unsigned char[::1] counted = answers[2]
+    cdef const long long[::1] retry_at = answers[3], limit = answers[4], used = answers[5]
+    cdef const int[::1] meta = answers[6]
+    cdef list tickets = answers[7]
     cdef Py_ssize_t n_tickets = len(tickets), i, pos = 0, size = 0, length
     cdef Py_ssize_t s_retry = packed_size(retry_at), s_limit = packed_size(limit)
     cdef Py_ssize_t s_used = packed_size(used), s_meta = 0
@@ -573,13 +576,16 @@ def decode_batch(const unsigned char[::1] data not None, Py_ssize_t max_id,
                        template_index, keys if any_key else [], at, dry, rkeys, spans)
 
 
-def encode_batch_response(const unsigned char[::1] decisions, const unsigned char[::1] reasons,
-                          const unsigned char[::1] counted, const long long[::1] retry_at,
-                          const long long[::1] limit, const long long[::1] used,
-                          const int[::1] meta, list tickets, tuple details, object special):
-    """The AdmitBatchResponse bytes protobuf writes for these answers, one AdmitResponse
-    per item. Item i's detail is details[reasons[i]]; special(i) gives it instead where
-    that entry is None, and for an ADMIT without a ticket (a dry run)."""
+def encode_batch_response(answers, tuple details, object special):
+    """The AdmitBatchResponse bytes protobuf writes for these answers (an
+    AnswerColumns record), one AdmitResponse per item. Item i's detail is
+    details[reasons[i]]; special(i) gives it instead where that entry is None, and
+    for an ADMIT without a ticket (a dry run)."""
+    cdef const unsigned char[::1] decisions = answers[0], reasons = answers[1]
+    cdef const unsigned char[::1] counted = answers[2]
+    cdef const long long[::1] retry_at = answers[3], limit = answers[4], used = answers[5]
+    cdef const int[::1] meta = answers[6]
+    cdef list tickets = answers[7]
     cdef Py_ssize_t n = decisions.shape[0], i, pos = 0, size = 0, body, n_details = len(details)
     cdef int pass_
     cdef Answer a

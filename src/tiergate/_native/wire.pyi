@@ -8,6 +8,8 @@ from array import array
 from collections.abc import Callable
 from typing import NamedTuple
 
+from tiergate.engine.results import AnswerColumns
+
 class ReadColumns(NamedTuple):
     """A read AdmitColumnsRequest (or AdmitBatchRequest, as columns)."""
 
@@ -37,16 +39,7 @@ class AdmitFields(NamedTuple):
     dry_run: bool
 
 def decode_request(data: bytes) -> ReadColumns | None: ...
-def encode_response(
-    decisions: bytes | bytearray,
-    reasons: bytes | bytearray,
-    counted: bytes | bytearray,
-    retry_at: array[int],
-    limit: array[int],
-    used: array[int],
-    meta: array[int],
-    tickets: list[str],
-) -> bytes: ...
+def encode_response(answers: AnswerColumns) -> bytes: ...
 def decode_admit(
     data: bytes, max_id: int, max_template: int, max_key: int
 ) -> AdmitFields | None: ...
@@ -66,14 +59,5 @@ def encode_admit(
     detail: str,
 ) -> bytes: ...
 def encode_batch_response(
-    decisions: bytes | bytearray,
-    reasons: bytes | bytearray,
-    counted: bytes | bytearray,
-    retry_at: array[int],
-    limit: array[int],
-    used: array[int],
-    meta: array[int],
-    tickets: list[str],
-    details: tuple[str | None, ...],
-    special: Callable[[int], str],
+    answers: AnswerColumns, details: tuple[str | None, ...], special: Callable[[int], str]
 ) -> bytes: ...

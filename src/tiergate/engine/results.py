@@ -5,6 +5,7 @@ kernels of both take their columns as one :class:`KeyColumns`."""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -105,3 +106,17 @@ class KeyColumns(NamedTuple):
     categories: bytes
     template_index: Sequence[int]
     templates: Sequence[str]
+
+
+class AnswerColumns(NamedTuple):
+    """A batch's answers as the compiled response writers take them (wire.pyx
+    ``encode_response`` and ``encode_batch_response``), one entry per item."""
+
+    decisions: bytearray
+    reasons: bytearray
+    counted: bytearray  # 1: a new unique-recipient slot was used
+    retry_at: array[int]
+    limit: array[int]
+    used: array[int]
+    meta: array[int]  # Meta's error code the decision avoids (0: none)
+    tickets: list[str]

@@ -14,6 +14,7 @@ from tiergate.engine.constants import (
     TEMPLATE_PAUSED,
     UNKNOWN_SENDER,
 )
+from tiergate.engine.results import AnswerColumns
 
 from .answers import (
     BACK_OFF_DETAIL,
@@ -55,14 +56,9 @@ class ColumnsResult:
     def __len__(self) -> int:
         return len(self.decisions)
 
-    def answer_columns(
-        self,
-    ) -> tuple[
-        bytearray, bytearray, bytearray, array[int], array[int], array[int], array[int], list[str]
-    ]:
-        """(decisions, reasons, counted, retry_at, limit, used, meta_error_code, tickets),
-        in the order the response writers take them."""
-        return (
+    def answer_columns(self) -> AnswerColumns:
+        """The answers, in the columns the compiled response writers take."""
+        return AnswerColumns(
             self.decisions,
             self.reasons,
             self.counted,

@@ -125,9 +125,5 @@ def encode_response(cols: WireColumns, result: ColumnsResult) -> bytes:
         t = template_index[i]
         return result.detail(i, senders[sender_index[i]], templates[t - 1] if t else "")
 
-    data: bytes = codec.encode_batch_response(
-        *result.answer_columns(),
-        _DETAILS,
-        special,
-    )
+    data: bytes = codec.encode_batch_response(result.answer_columns(), _DETAILS, special)
     return data

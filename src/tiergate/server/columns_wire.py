@@ -146,9 +146,7 @@ def protobuf_decode(data: bytes) -> WireColumns:
 def encode_response(result: ColumnsResult) -> bytes:
     """The AdmitColumnsResponse bytes for ``result``."""
     if _COMPILED:
-        data: bytes = codec.encode_response(
-            *result.answer_columns(),
-        )
+        data: bytes = codec.encode_response(result.answer_columns())
         if result.shadows:
             data += convert.shadow_columns(result).SerializeToString()
         return data
