@@ -215,6 +215,30 @@ async def test_a_paused_template_moves_the_plan_to_its_end() -> None:
         assert never(off) == {"TEMPLATE_DISABLED": 5} and off.completes_at_unix_ms == 0
 
 
+async def restrict(h: Harness, until: int, *, at: int) -> None:
+    """Meta restricted the sender until ``until`` (0: no known end)."""
+    update = pb.SenderUpdate(
+        sender_id=SENDER, status=pb.RESTRICTED, restricted_until_unix_ms=until, at_unix_ms=at
+    )
+    await h.stub.RecordFeedback(pb.RecordFeedbackRequest(sender_update=update))
+
+
+@run_async
+async def test_a_restriction_with_a_known_end_moves_the_plan_to_its_end() -> None:
+    async with serving(make_config()) as h:
+        await restrict(h, T0 + 2 * HOUR, at=T0)
+        recipients = numbers(4)
+        res = await plan(h, recipients)
+        assert res.start_at_unix_ms == T0 + 2 * HOUR and res.admissible_now == 4
+        assert list(res.earliest_at_unix_ms) == [T0 + 2 * HOUR] * 4
+        await replay(h, recipients, list(res.earliest_at_unix_ms), T0)
+        # restricted with no known end: nothing goes
+        await restrict(h, 0, at=T0 + 3 * HOUR)
+        off = await plan(h, numbers(3, 10), start=T0 + 3 * HOUR)
+        assert list(off.earliest_at_unix_ms) == [0] * 3
+        assert never(off) == {"SENDER_RESTRICTED": 3}
+
+
 @run_async
 async def test_a_list_planned_across_calls_is_the_same_plan() -> None:
     async with serving(make_config(senders=(sender(throughput_mps=20),))) as h:

@@ -16,9 +16,11 @@ next chunk starts there. Recipients that can never go (opted out, Meta does
 not deliver there, a blocked sender or disabled template ...) are found
 first, in one dry-run batch, and left out.
 
-Limits, flags and rates are those of the moment the plan starts: changes that
-fall due later (a tier raised by the tier machine, the next warm-up step, the
-end of a restriction) are not anticipated, so a plan is never early.
+A restriction of the sender with a known end (Meta's, or the hold after a
+131048) moves the plan's start to that end, as a paused template moves it to
+the pause's end. Otherwise limits, flags and rates are those of the moment the
+plan starts: changes that fall due later (a tier raised by the tier machine,
+the next warm-up step) are not anticipated, so a plan is never early.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from tiergate.engine.columns import kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_DRY_RUN,
+    F_REPLY_RESTRICTED,
+    F_RESTRICTED,
     F_TEMPLATE,
     MESSAGING_LIMIT,
     NOT_DELIVERED_TO_REGION,
@@ -110,6 +114,10 @@ class CampaignPlan:
             elif paused_until >= HELD:
                 self.never_reason = TEMPLATE_PAUSED
             start = max(start, sender.scope.last_now, paused_until)
+            # a restriction (or the hold after a 131048) with a known end: from then
+            restricted = sender.flags[category] & F_RESTRICTED and sender.restricted_retry_at
+            if restricted:
+                start = max(start, sender.restricted_retry_at)
         self.totals = PlanTotals(start)
         self.clock = start  # the time of the latest planned send
         if self.never_reason:
@@ -119,6 +127,8 @@ class CampaignPlan:
         self.engine = st.engine.copy()
         self.scope, self.number = scope.index, sender.engine_index
         self.flags = sender.flags[category] | F_TEMPLATE
+        if restricted:  # every restriction in force has ended by the start
+            self.flags &= ~(F_RESTRICTED | F_REPLY_RESTRICTED)
         self.limit = sender.limits[category]
         interval, burst, _, _ = number_params(st, sender)
         self.interval, self.tolerance = interval, (burst - 1) * interval
