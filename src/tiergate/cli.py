@@ -65,6 +65,13 @@ _SETTINGS = (
     ),
     ("--metrics-listen", "HOST:PORT", "Prometheus /metrics endpoint"),
     ("--log-level", "LEVEL", "debug | info | warning | error"),
+    (
+        "--store",
+        "URL",
+        "embedded (default) | redis://[user:password@]HOST:PORT[/DB] | rediss://… | "
+        "redis+cluster://HOST:PORT[,HOST:PORT…]",
+    ),
+    ("--store-failure", "MODE", "closed (default: RETRY_LATER) | open, while the store is gone"),
 )
 #: The exposure flags that take a value (TLS, tokens, secrets, connection limits).
 _EXPOSURE = (

@@ -26,6 +26,7 @@ from tiergate.policy.events import (
     TemplateStatus,
     TemplateUpdate,
 )
+from tiergate.store.location import EMBEDDED, StoreLocation, parse_failure, parse_store
 
 ENV_PREFIX = "TIERGATE_"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -102,6 +103,9 @@ class ServeConfig:
     admin_token: str = field(default="", repr=False)
     senders: tuple[SenderUpdate, ...] = ()
     templates: tuple[TemplateUpdate, ...] = ()
+    # Where the counting state lives (store/location.py) and the answer while it is gone.
+    store: StoreLocation = EMBEDDED
+    store_failure: Literal["closed", "open"] = "closed"
     # Where each setting came from: "flag", "env", "file" or "default".
     origins: Mapping[str, str] = field(default_factory=dict)
 
@@ -267,6 +271,18 @@ def _file(key: str, value: object) -> Path | None:
 _max_connections = _int_in(1, 65535)
 
 
+def _checked(parse: Callable[[str, str], Any]) -> Callable[[str, object], Any]:
+    """A reader of a text setting whose parser raises ValueError naming the setting."""
+
+    def read(key: str, value: object) -> Any:
+        try:
+            return parse(_str(key, value), key)
+        except ValueError as e:
+            raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
+
+    return read
+
+
 _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "listen": _listen,
     "profile": _profile,
@@ -292,6 +308,8 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "webhook_verify_token_file": _file,
     "insecure": _bool,
     "webhook_max_connections": _max_connections,
+    "store": _checked(parse_store),
+    "store_failure": _checked(parse_failure),
 }
 #: Settings whose values are secrets: shown as "set" or "not set", never printed.
 SECRET_SETTINGS = ("webhook_secret", "webhook_verify_token")

@@ -150,9 +150,10 @@ def run_walk(url: str, p: dict[str, int], ops: list[tuple[Any, ...]], functions:
     async def main() -> None:
         store = await connect(parse_store(url))
         try:
+            assert store.functions  # FUNCTION LOAD took the library
             if not functions:
                 store.functions = False
-                await store.load()
+                assert await store.load() == "scripts"
             walk = Walk(store, p)
             for o in ops:
                 await walk.apply(o)

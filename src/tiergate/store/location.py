@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 __all__ = ["EMBEDDED", "FAILURE_MODES", "StoreLocation", "parse_failure", "parse_store"]
 
@@ -61,7 +61,7 @@ def _port(text: str, key: str, where: str) -> int:
 
 def _node(text: str, key: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep:
+    if not sep or host.startswith("[") and not host.endswith("]"):
         host, port = text, str(_DEFAULT_PORT)
     host = host.strip("[]")
     if not host:
@@ -82,36 +82,25 @@ def parse_store(value: str, key: str = "store") -> StoreLocation:
             f"{key}: expected embedded, redis://HOST:PORT[/DB], rediss://… or "
             f"redis+cluster://HOST:PORT[,HOST:PORT…], got scheme {scheme or text[:16]!r}"
         )
+    auth, _, rest = rest.rpartition("@")
+    hosts, _, db_text = rest.partition("/")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"{key}: a store URL takes no query or fragment")
+    user, _, password = auth.partition(":")
+    user, password = unquote(user), unquote(password)
     if scheme == "redis+cluster":
-        auth, _, hosts = rest.rpartition("@")
-        hosts = hosts.rstrip("/")
-        if "/" in hosts:
+        if db_text:
             raise ValueError(f"{key}: a Redis Cluster has no database number")
         nodes = tuple(_node(h, key) for h in hosts.split(",") if h)
         if not nodes:
             raise ValueError(f"{key}: redis+cluster:// needs at least one HOST:PORT")
-        user, _, password = auth.partition(":")
-        return StoreLocation("redis+cluster", nodes, 0, unquote(user), unquote(password))
-    try:
-        url = urlsplit(f"{scheme}://{rest}")
-        port = url.port or _DEFAULT_PORT
-    except ValueError as e:
-        raise ValueError(f"{key}: {e}") from None
-    if not url.hostname:
+        return StoreLocation("redis+cluster", nodes, 0, user, password)
+    if not hosts:
         raise ValueError(f"{key}: {scheme}:// needs a host")
-    if url.query or url.fragment:
-        raise ValueError(f"{key}: a store URL takes no query or fragment")
-    db_text = url.path.strip("/")
     if db_text and not db_text.isdigit():
         raise ValueError(f"{key}: database {db_text!r} is not a number")
     kind: Kind = "rediss" if scheme == "rediss" else "redis"
-    return StoreLocation(
-        kind,
-        ((url.hostname, port),),
-        int(db_text or 0),
-        unquote(url.username or ""),
-        unquote(url.password or ""),
-    )
+    return StoreLocation(kind, (_node(hosts, key),), int(db_text or 0), user, password)
 
 
 def parse_failure(value: str, key: str = "store_failure") -> Literal["closed", "open"]:

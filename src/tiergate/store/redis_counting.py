@@ -52,6 +52,8 @@ SHARD_BITS = 12
 LAYOUT = "tg1"
 #: Times the Redis store takes (ms): microsecond TATs stay exact in Lua's doubles.
 MAX_REDIS_TIME = 1 << 43
+#: The functions the library registers (``calls`` in redis_functions.lua).
+_OPERATIONS = ("decide", "release", "usage", "number_update", "opt_out", "throughput")
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 _MIX = 0x9E3779B97F4A7C15
@@ -151,11 +153,11 @@ def library_source() -> tuple[str, str, str]:
     other's code."""
     body = files("tiergate.store").joinpath("redis_functions.lua").read_text("utf-8")
     name = "tiergate_" + hashlib.sha1(body.encode()).hexdigest()[:12]
-    library = (
-        f"#!lua name={name}\n{body}\n"
-        "for fname, f in pairs(calls) do\n"
-        f"  redis.register_function('{name}_' .. fname, f)\nend\n"
+    # (a library's load reaches neither pairs nor most globals: one line per function)
+    register = "".join(
+        f"redis.register_function('{name}_{op}', calls.{op})\n" for op in _OPERATIONS
     )
+    library = f"#!lua name={name}\n{body}\n{register}"
     script = f"{body}\nreturn calls[ARGV[1]](KEYS, {{unpack(ARGV, 2)}})\n"
     return name, library, script
 

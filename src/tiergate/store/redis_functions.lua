@@ -25,8 +25,16 @@ local THROUGHPUT, PAIR_RATE = 11, 12
 local F_TEMPLATE, F_MARKETING, F_RESTRICTED, F_QUALITY_BLOCK = 1, 2, 4, 8
 local F_FEP_FREE_FORM, F_DRY_RUN, F_FORCE, F_FEP_PRICING = 16, 32, 64, 128
 local F_REPLY_RESTRICTED = 256
-local band = bit.band
-local pack, sunpack = struct.pack, struct.unpack
+-- (bit and struct are reached when a function runs: a library's load sees neither)
+local function band(a, b)
+  return bit.band(a, b)
+end
+local function pack(...)
+  return struct.pack(...)
+end
+local function sunpack(...)
+  return struct.unpack(...)
+end
 
 local function fdiv(a, b)
   local q = math.floor(a / b)

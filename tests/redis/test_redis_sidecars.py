@@ -1,0 +1,192 @@
+"""Several sidecars on one Redis: never past a limit, whatever the interleaving; and
+what a sidecar sees while Redis is gone (an error within the call's bound, never a
+hang) and once it is back (decisions go on, the library loaded again)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tiergate.engine.constants import ADMIT, F_TEMPLATE, MESSAGING_LIMIT, THROUGHPUT
+from tiergate.store.base import StoreUnavailableError
+from tiergate.store.location import parse_store
+from tiergate.store.redis_counting import NumberSpec, Row, ScopeSpec, connect
+
+from conftest import RedisProcess
+
+pytestmark = pytest.mark.redis
+
+T0 = 1_700_000_000_000
+#: Numbers with bursts so large that only the messaging limit refuses (a scope's
+#: clock clamps a sidecar's earlier times to the latest seen: many sends at one ms).
+FAST = (NumberSpec("a", 1, 1000, 1, 1000), NumberSpec("b", 1, 1000, 1, 1000))
+
+
+def _recipient(i: int) -> int:
+    return 14155550000 + i
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    limit=st.integers(1, 6),
+    calls=st.lists(
+        st.tuples(st.integers(0, 1), st.lists(st.integers(0, 11), min_size=1, max_size=5)),
+        min_size=1,
+        max_size=12,
+    ),
+    together=st.integers(1, 4),
+)
+def test_two_sidecars_interleaved_never_pass_the_limit(
+    redis_url: str, limit: int, calls: list[tuple[int, list[int]]], together: int
+) -> None:
+    """Two clients (two sidecars' connections) send batches in an order hypothesis
+    picks, ``together`` calls in flight at once: the distinct recipients admitted
+    never exceed the limit, and reach it when enough were asked for."""
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+
+    async def main() -> None:
+        sidecars = [await connect(parse_store(redis_url)) for _ in range(2)]
+        admitted: set[int] = set()
+        asked: set[int] = set()
+        clock = iter(range(T0, T0 + 10_000))
+        try:
+            for at in range(0, len(calls), together):
+                waves = []
+                for who, rcpts in calls[at : at + together]:
+                    rows = [
+                        Row(FAST[who], _recipient(r), F_TEMPLATE, limit, next(clock))
+                        for r in rcpts
+                    ]
+                    asked.update(r.recipient for r in rows)
+                    waves.append((rows, sidecars[who].decide(scope, rows)))
+                for rows, fut in waves:
+                    for r, d in zip(rows, await fut, strict=True):
+                        if d.decision == ADMIT:
+                            admitted.add(r.recipient)
+                        else:
+                            assert d.reason == MESSAGING_LIMIT
+                            assert r.recipient not in admitted
+            assert len(admitted) == min(limit, len(asked))
+            usage = await sidecars[0].usage(scope, T0 + 10_000, limit)
+            assert usage.used_24h == len(admitted)
+        finally:
+            for s in sidecars:
+                await s.aclose()
+
+    asyncio.run(main())
+
+
+def test_throughput_holds_across_sidecars(redis_url: str) -> None:
+    """A number's throughput bucket is one for every sidecar: with a burst of 3 at one
+    instant, three admits in all, whichever sidecar asks."""
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+    number = NumberSpec("slow", tput_interval_us=1_000_000, tput_burst=3)
+
+    async def main() -> None:
+        sidecars = [await connect(parse_store(redis_url)) for _ in range(2)]
+        rows = [[Row(number, _recipient(i * 2 + w), F_TEMPLATE, 100, T0)] for i in range(4)
+                for w in range(2)]
+        futs = [sidecars[i % 2].decide(scope, r) for i, r in enumerate(rows)]
+        got = [d for f in futs for d in await f]
+        assert sum(d.decision == ADMIT for d in got) == 3
+        assert {d.reason for d in got if d.decision != ADMIT} == {THROUGHPUT}
+        for s in sidecars:
+            await s.aclose()
+
+    asyncio.run(main())
+
+
+def _sidecar_process(url: str, scope: str, limit: int, seed: int, out: multiprocessing.Queue) -> None:
+    async def main() -> list[int]:
+        store = await connect(parse_store(url), timeout=5.0)
+        order = list(range(40))
+        order = order[seed:] + order[:seed]
+        admitted = []
+        for i in range(0, len(order), 3):
+            rows = [
+                Row(FAST[seed % 2], _recipient(r), F_TEMPLATE, limit, T0 + i * 10 + j)
+                for j, r in enumerate(order[i : i + 3])
+            ]
+            futs = [store.decide(ScopeSpec(scope), [row]) for row in rows]  # one round trip
+            for row, fut in zip(rows, futs, strict=True):
+                if (await fut)[0].decision == ADMIT:
+                    admitted.append(row.recipient)
+        await store.aclose()
+        return admitted
+
+    out.put(asyncio.run(main()))
+
+
+def test_two_sidecar_processes_never_pass_the_limit(redis_url: str) -> None:
+    """Two processes, each its own client and event loop, race over 40 recipients
+    from different starting points: the union admitted is exactly the limit."""
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue = ctx.Queue()
+    scope, limit = f"pf-{uuid.uuid4().hex}", 17
+    procs = [ctx.Process(target=_sidecar_process, args=(redis_url, scope, limit, s, out)) for s in (0, 13)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    union = set(results[0]) | set(results[1])
+    assert len(union) == limit
+    assert sum(map(len, results)) >= limit  # a recipient admitted by both counts once
+
+
+def test_a_stopped_redis_refuses_within_the_bound_and_recovers(spare_redis: RedisProcess) -> None:
+    """Redis killed: each call fails with StoreUnavailableError within about the
+    timeout, never hangs. Restarted (empty, the library gone): decisions go on."""
+    scope, n = ScopeSpec("pf-restart"), FAST[0]
+
+    async def main() -> None:
+        store = await connect(parse_store(spare_redis.url), timeout=0.5)
+        first = await store.decide(scope, [Row(n, _recipient(1), F_TEMPLATE, 5, T0)])
+        assert first[0].decision == ADMIT
+        spare_redis.stop(kill=True)
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="store unavailable"):
+                await store.decide(scope, [Row(n, _recipient(2), F_TEMPLATE, 5, T0)])
+            assert time.monotonic() - started < 1.0
+        spare_redis.start()
+        again = await store.decide(scope, [Row(n, _recipient(2), F_TEMPLATE, 5, T0 + 1)])
+        assert again[0].decision == ADMIT
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_hung_redis_refuses_within_the_bound(spare_redis: RedisProcess) -> None:
+    """Redis stopped (SIGSTOP: connections open, nothing answered): the call fails
+    within the bound; resumed, the next call is answered."""
+    scope, n = ScopeSpec("pf-hung"), FAST[0]
+
+    async def main() -> None:
+        store = await connect(parse_store(spare_redis.url), timeout=0.3)
+        assert spare_redis.proc is not None
+        pid = spare_redis.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError):
+                await store.decide(scope, [Row(n, _recipient(1), F_TEMPLATE, 5, T0)])
+            assert time.monotonic() - started < 1.0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        got = await store.decide(scope, [Row(n, _recipient(1), F_TEMPLATE, 5, T0)])
+        assert got[0].decision == ADMIT
+        await store.aclose()
+
+    asyncio.run(main())
