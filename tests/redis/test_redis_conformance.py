@@ -72,7 +72,16 @@ op = st.one_of(
     st.tuples(st.just("take"), st.integers(0, 1)),
     st.tuples(st.just("hold"), st.integers(0, 1), st.sampled_from(RECIPIENTS), st.integers(0, 9000)),
     st.tuples(st.just("usage"),),
-    st.tuples(st.just("hours"), st.integers(1, 30)),
+    st.tuples(
+        st.just("jump"),
+        st.one_of(
+            st.integers(1, 30).map(lambda h: h * 3_600_000),
+            # the edges of the 24 h window, its minute buckets and the 7 d window
+            st.sampled_from(
+                (86_400_000, 86_399_999, 86_400_001, 86_340_000, 604_800_000, 601_200_000)
+            ),
+        ),
+    ),
 )
 params = st.fixed_dictionaries(
     {
@@ -143,7 +152,7 @@ class Walk:
         elif name == "usage":
             assert await s.usage(sc, self.now, self.limit) == e.usage(0, self.now, self.limit)
         else:
-            self.now += o[1] * 3_600_000
+            self.now += o[1]
 
 
 def run_walk(url: str, p: dict[str, int], ops: list[tuple[Any, ...]], functions: bool) -> None:
@@ -165,7 +174,7 @@ def run_walk(url: str, p: dict[str, int], ops: list[tuple[Any, ...]], functions:
 
 
 WALK = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
@@ -211,3 +220,78 @@ def test_messaging_limit_counts_unique_recipients_and_gives_the_bucket_edge(redi
         await store.aclose()
 
     asyncio.run(main())
+
+
+class Pair:
+    """One scope and number on Redis and on the reference engine, called alike."""
+
+    def __init__(self, store: RedisCounting, number: NumberSpec) -> None:
+        self.store, self.number = store, number
+        self.scope = ScopeSpec(f"edge-{uuid.uuid4().hex}")
+        self.engine = Engine()
+        self.engine.add_scope()
+        self.engine.add_number(0, number.tput_interval_us, 1, number.pair_interval_ms, 1)
+
+    async def decide(self, rcpt: int, now: int, limit: int = 5) -> Any:
+        got = (await self.store.decide(self.scope, [Row(self.number, rcpt, F_TEMPLATE, limit, now)]))[0]
+        assert got == self.engine.decide(now, 0, 0, rcpt, F_TEMPLATE, limit)
+        return got
+
+    async def release(self, rcpt: int, slot: int, prev: int) -> bool:
+        done = await self.store.release(self.scope, rcpt, slot, prev)
+        assert done == self.engine.release(0, rcpt, slot, prev)
+        return done
+
+    async def usage(self, now: int, limit: int = 5) -> Any:
+        got = await self.store.usage(self.scope, now, limit)
+        assert got == self.engine.usage(0, now, limit)
+        return got
+
+
+def run_pair(url: str, body: Any) -> None:
+    async def main() -> None:
+        store = await connect(parse_store(url))
+        try:
+            await body(Pair(store, NumberSpec("n0", 1, 1, 1, 1)))
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_recipient_counts_again_exactly_24_hours_after(redis_url: str) -> None:
+    async def body(p: Pair) -> None:
+        r = RECIPIENTS[0]
+        assert (await p.decide(r, T0)).counted == 1
+        assert (await p.decide(r, T0 + 86_400_000 - 1)).counted == 0
+        assert (await p.decide(r, T0 + 2 * 86_400_000 - 2)).counted == 0
+        assert (await p.decide(r, T0 + 3 * 86_400_000 - 2)).counted == 1  # 24 h after its last
+
+    run_pair(redis_url, body)
+
+
+def test_seven_day_counts_take_only_whole_hours_inside(redis_url: str) -> None:
+    async def body(p: Pair) -> None:
+        t = T0 - T0 % 3_600_000 + 1_800_000  # the middle of an hour
+        for i, r in enumerate(RECIPIENTS[:3]):
+            await p.decide(r, t + i)
+        assert (await p.usage(t + 1)).unique_7d == 3
+        assert (await p.usage(t + 604_800_000 - 1_800_001)).unique_7d == 3
+        assert (await p.usage(t + 604_800_000 - 1_800_000)).unique_7d == 0
+        assert (await p.usage(t + 604_800_000)).slots_7d == 0
+
+    run_pair(redis_url, body)
+
+
+def test_slot_generations_wrap_as_the_engine_s(redis_url: str) -> None:
+    """2 050 slots created and released for one recipient: the stamps (and so the
+    tickets' release) follow the engine's generations through their wrap."""
+
+    async def body(p: Pair) -> None:
+        r = RECIPIENTS[1]
+        for i in range(2_050):
+            d = await p.decide(r, T0 + i * 2)
+            assert d.slot and await p.release(r, d.slot, d.prev_counted)
+        assert not await p.release(r, d.slot, d.prev_counted)  # once only
+
+    run_pair(redis_url, body)
