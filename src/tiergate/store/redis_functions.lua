@@ -202,21 +202,48 @@ local function marketing_get(key, rcpt)
   return {a, b, c, d}
 end
 
-local function number_entry(key, rcpt)
-  local v = redis.call('HGET', key, rcpt)
-  if not v then
-    return nil
+local function number_value(v)
+  if #v == 16 then  -- pair rate only
+    local tat, start = sunpack('>i8i8', v)
+    return {window = NEVER, fep = NEVER, tat = tat, start = start}
   end
   local w, f, tat, start = sunpack('>i8i8i8i8', v)
   return {window = w, fep = f, tat = tat, start = start}
+end
+
+-- Whether a number entry's every time is before cut (as no entry at all).
+local function number_stale(v, cut)
+  local e = number_value(v)
+  return e.window < cut and e.fep < cut and e.tat < cut
+end
+
+-- Two entries picked at random, dropped if stale: each write sweeps, so stale
+-- entries stay about as many as live ones (pair-rate TATs expire in seconds).
+local function number_sweep(key, cut)
+  local pick = redis.call('HRANDFIELD', key, 2, 'WITHVALUES')
+  for j = 1, #pick, 2 do
+    if number_stale(pick[j + 1], cut) then
+      redis.call('HDEL', key, pick[j])
+    end
+  end
+end
+
+local function number_entry(key, rcpt)
+  local v = redis.call('HGET', key, rcpt)
+  return v and number_value(v) or nil
 end
 
 local function number_entry_put(key, rcpt, e, cut)
   if e.window < cut and e.fep < cut and e.tat < cut then
     redis.call('HDEL', key, rcpt)  -- as no entry at all for any decision from now on
   else
-    redis.call('HSET', key, rcpt, pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start))
+    if e.window == NEVER and e.fep == NEVER then
+      redis.call('HSET', key, rcpt, pack('>i8i8', e.tat, e.start))
+    else
+      redis.call('HSET', key, rcpt, pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start))
+    end
   end
+  number_sweep(key, cut)
 end
 
 -- one decision (steps 4 to 9) ---------------------------------------------------
