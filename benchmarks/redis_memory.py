@@ -84,8 +84,12 @@ def main() -> None:
         "Redis memory per tracked recipient (INFO memory used_memory)",
         ("recipients", "bytes/recipient", "scope entries only", "decisions/s (load)"),
         [
-            (r["recipients"], r["bytes_per_recipient"], r["scope_bytes_per_recipient"],
-             r["decisions_per_s"])
+            (
+                r["recipients"],
+                r["bytes_per_recipient"],
+                r["scope_bytes_per_recipient"],
+                r["decisions_per_s"],
+            )
             for r in rows
         ],
     )

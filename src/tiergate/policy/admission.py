@@ -20,6 +20,8 @@ anything is decided. Tickets carry a MAC under the service's ticket key
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
 from tiergate.engine.columns import kernels
@@ -54,6 +56,7 @@ from .answers import (
 from .journal import admit_record
 from .keys import differs
 from .requests import MARKETING, TEMPLATE, Checked, KeyConflict
+from .seam import Decision
 from .state import PolicyState, Sender
 from .tiers import check_crossing, maintain, note_reach, recompute_due
 
@@ -62,7 +65,10 @@ __all__ = [
     "T_DISABLED",
     "T_UNKNOWN",
     "T_USABLE",
+    "Pending",
     "admit_checked",
+    "admit_finish",
+    "admit_prepare",
     "template_refusal",
     "template_state",
 ]
@@ -103,9 +109,40 @@ def template_refusal(state: int, paused_until: int, limit: int, tpl: str) -> Adm
     return template_refused(TEMPLATE_PAUSED, paused_until, limit, code, tpl)
 
 
+class Pending(NamedTuple):
+    """A request that passed steps 1–3, with what steps 4–9 take: the engine's
+    ``decide`` arguments (``now``, ``flags``, ``limit``; the scope and number are the
+    sender's) and what the answer needs afterwards."""
+
+    sender: Sender
+    rkey: int
+    kind: int
+    cat: int
+    tpl: str
+    key: str
+    now: int
+    dry: bool
+    flags: int
+    limit: int
+    back_off_end: int
+
+
 def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult:
     """Decide one request whose fields passed the checks of ``requests.well_formed``
     (the server's wire reader makes them from the request bytes)."""
+    res = admit_prepare(st, checked, now_ms)
+    if type(res) is Pending:
+        s = res.sender
+        decided = st.engine.decide(
+            res.now, s.scope.index, s.engine_index, res.rkey, res.flags, res.limit
+        )
+        return admit_finish(st, res, decided)
+    return res  # type: ignore[return-value]
+
+
+def admit_prepare(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult | Pending:
+    """Steps 1–3 of one request: its answer, or what steps 4–9 need (``Pending``), for
+    a store that decides them apart (:func:`admit_finish` then answers)."""
     sid, raw, kind, cat, tpl, key, at, dry = checked
     rkey = aliases.resolve(st, raw) if st.aliases else raw
     sender = st.senders.get(sid)
@@ -133,17 +170,19 @@ def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult
         st.latest_ms = high
     if now >= st.next_due:
         maintain(st, now)
+    res: AdmitResult | Pending
     if first is not None and sender.status < BLOCKING:
         res = remembered(first)
     else:
-        res = _decide_one(st, sender, rkey, kind, cat, tpl, key, now, dry)
+        res = _prepare_one(st, sender, rkey, kind, cat, tpl, key, now, dry)
     order = st.keys.order
+    # keys expired by ``high`` (an answer remembered now lasts beyond it)
     if order and order[0][0] <= high:
         st.forget_expired(high)
     return res
 
 
-def _decide_one(
+def _prepare_one(
     st: PolicyState,
     sender: Sender,
     rkey: int,
@@ -153,8 +192,8 @@ def _decide_one(
     key: str,
     now: int,
     dry: bool,
-) -> AdmitResult:
-    """Steps 2 onwards for one validated request of a known sender whose key (if
+) -> AdmitResult | Pending:
+    """Steps 2 and 3 for one validated request of a known sender whose key (if
     any) has no answer yet. A key's repeat from a sender that is BANNED or
     DISABLED by now comes here too, and step 2 rejects it."""
     scope = sender.scope
@@ -189,13 +228,15 @@ def _decide_one(
             flags |= F_QUALITY_BLOCK
     if dry:
         flags |= F_DRY_RUN
-        tid = 0
-    else:
-        tid = st.ticket + 1
-    index = sender.engine_index
-    d, rsn, retry, counted, used, prev, slot = st.engine.decide(
-        now, scope.index, index, rkey, flags, limit
-    )
+    return Pending(sender, rkey, kind, cat, tpl, key, now, dry, flags, limit, back_off_end)
+
+
+def admit_finish(st: PolicyState, p: Pending, decided: Decision) -> AdmitResult:
+    """One request's answer from steps 4–9's ``decided`` (the engine's ``decide``
+    answer for ``p``): the ticket, the key's memory, the journal record, a tier
+    crossing."""
+    sender, rkey, kind, cat, tpl, key, now, dry, flags, limit, back_off_end = p
+    d, rsn, retry, counted, used, prev, slot = decided
     if d != ADMIT:
         res = refusal(sender, d, rsn, retry, limit, used, back_off_end)
         sender.counts[res.reason] += 1
@@ -203,7 +244,8 @@ def _decide_one(
     sender.counts[rsn] += 1
     if dry:
         return AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
-    st.ticket = tid
+    tid = st.ticket = st.ticket + 1
+    index = sender.engine_index
     ticket = encode_ticket(st.k0, st.k1, tid, index, rkey, prev, slot)
     res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, _ADMITTED)
     if key:
@@ -213,6 +255,7 @@ def _decide_one(
     if st.journal_on and not st.replaying:
         st.journal.append(admit_record(now, index, rkey, flags, tid, limit, key, kind, cat, tpl))
     if counted:
+        scope = sender.scope
         if scope.on_path:
             note_reach(st, scope, rkey, now)
         if scope.crossed_at == NEVER and scope.tier != st.profile.ladder[-1]:

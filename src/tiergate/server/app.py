@@ -35,6 +35,7 @@ from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
+from tiergate.server.shared_servicer import SharedAdmissionControl
 from tiergate.store import (
     EmbeddedStore,
     RecoveryReport,
@@ -43,6 +44,8 @@ from tiergate.store import (
     StoreFailedError,
     StoreUnavailableError,
 )
+from tiergate.store.redis_counting import connect
+from tiergate.store.shared import SharedAdmission
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
@@ -71,6 +74,8 @@ class Sidecar:
         self._stopping: asyncio.Future[None] | None = None
         self._servicer: AdmissionControl | None = None
         self.store: Store | None = None
+        #: Steps 4–9 in Redis when ``--store`` names one (store/shared.py).
+        self.shared: SharedAdmission | None = None
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
         self._failure_report: asyncio.Task[None] | None = None
@@ -106,6 +111,8 @@ class Sidecar:
         except ConfigError as e:
             raise StartupError(str(e)) from e
         service = await self._open_state()
+        if config.store.shared:
+            self.shared = await open_shared(config, service)
         ingestor = self.ingestor = WebhookIngestor(service)
         servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
@@ -162,7 +169,8 @@ class Sidecar:
     ) -> AdmissionControl:
         """Bind and start the gRPC server; health says SERVING once it accepts calls."""
         config = self.config
-        servicer = AdmissionControl(
+        kind = AdmissionControl if self.shared is None else SharedAdmissionControl
+        servicer = kind(
             service,
             commit=self._commit_start,
             metrics=self.metrics,
@@ -173,6 +181,8 @@ class Sidecar:
             ingestor=self.ingestor,
         )
         self._servicer = servicer
+        if isinstance(servicer, SharedAdmissionControl) and self.shared is not None:
+            servicer.bind_shared(self.shared)
         if self.store is not None:
             servicer.refusal = self.store.unavailable
         server = build_server(
@@ -400,6 +410,8 @@ class Sidecar:
             # Stop accepting now; end as soon as the calls in flight are done (their
             # last statuses sent), at the latest when the grace period is over.
             await self._server.stop(grace)
+        if self.shared is not None:
+            await self.shared.counting.aclose()
         async with self._reloading:  # a reload in progress commits first; none starts after
             if self.store is not None:
                 await self.store.aclose(self.service)
@@ -469,6 +481,8 @@ def register_metrics(
 #: Settings of the process itself: a reload reports a change, a restart applies it.
 _RESTART_SETTINGS = (
     "listen",
+    "store",
+    "store_failure",
     "data_dir",
     "clock",
     "durability",
@@ -485,6 +499,16 @@ _RESTART_SETTINGS = (
     "insecure",
     "webhook_max_connections",
 )
+
+
+async def open_shared(config: ServeConfig, service: AdmissionService) -> SharedAdmission:
+    """Connect to the Redis ``--store`` names and load its function library."""
+    try:
+        counting = await connect(config.store, server_clock=config.clock == "server")
+    except StoreError as e:
+        raise StartupError(f"store: {config.store}: {e}") from e
+    log.info("store %s: steps 4-9 of unary Admit decided in Redis", config.store)
+    return SharedAdmission(service, counting, config.store_failure)
 
 
 def exposure_summary(config: ServeConfig) -> str:

@@ -61,7 +61,7 @@ def _port(text: str, key: str, where: str) -> int:
 
 def _node(text: str, key: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or host.startswith("[") and not host.endswith("]"):
+    if not sep or (host.startswith("[") and not host.endswith("]")):
         host, port = text, str(_DEFAULT_PORT)
     host = host.strip("[]")
     if not host:

@@ -427,8 +427,8 @@ async def connect(
     ``redis+cluster`` store) with its library loaded."""
     from redis.asyncio import Redis, RedisCluster
     from redis.asyncio.cluster import ClusterNode
-    from redis.backoff import NoBackoff
     from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     common: dict[str, Any] = {
         "username": location.username or None,

@@ -20,7 +20,7 @@ from tiergate.store.base import StoreUnavailableError
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import NumberSpec, Row, ScopeSpec, connect
 
-from conftest import RedisProcess
+from .redis_harness import RedisProcess
 
 pytestmark = pytest.mark.redis
 
@@ -64,8 +64,7 @@ def test_two_sidecars_interleaved_never_pass_the_limit(
                 waves = []
                 for who, rcpts in calls[at : at + together]:
                     rows = [
-                        Row(FAST[who], _recipient(r), F_TEMPLATE, limit, next(clock))
-                        for r in rcpts
+                        Row(FAST[who], _recipient(r), F_TEMPLATE, limit, next(clock)) for r in rcpts
                     ]
                     asked.update(r.recipient for r in rows)
                     waves.append((rows, sidecars[who].decide(scope, rows)))
@@ -94,8 +93,11 @@ def test_throughput_holds_across_sidecars(redis_url: str) -> None:
 
     async def main() -> None:
         sidecars = [await connect(parse_store(redis_url)) for _ in range(2)]
-        rows = [[Row(number, _recipient(i * 2 + w), F_TEMPLATE, 100, T0)] for i in range(4)
-                for w in range(2)]
+        rows = [
+            [Row(number, _recipient(i * 2 + w), F_TEMPLATE, 100, T0)]
+            for i in range(4)
+            for w in range(2)
+        ]
         futs = [sidecars[i % 2].decide(scope, r) for i, r in enumerate(rows)]
         got = [d for f in futs for d in await f]
         assert sum(d.decision == ADMIT for d in got) == 3
@@ -106,7 +108,9 @@ def test_throughput_holds_across_sidecars(redis_url: str) -> None:
     asyncio.run(main())
 
 
-def _sidecar_process(url: str, scope: str, limit: int, seed: int, out: multiprocessing.Queue) -> None:
+def _sidecar_process(
+    url: str, scope: str, limit: int, seed: int, out: multiprocessing.Queue
+) -> None:
     async def main() -> list[int]:
         store = await connect(parse_store(url), timeout=5.0)
         order = list(range(40))
@@ -133,7 +137,10 @@ def test_two_sidecar_processes_never_pass_the_limit(redis_url: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
     scope, limit = f"pf-{uuid.uuid4().hex}", 17
-    procs = [ctx.Process(target=_sidecar_process, args=(redis_url, scope, limit, s, out)) for s in (0, 13)]
+    procs = [
+        ctx.Process(target=_sidecar_process, args=(redis_url, scope, limit, s, out))
+        for s in (0, 13)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]

@@ -1,6 +1,6 @@
-"""Throwaway redis-server instances on free 127.0.0.1 ports: one standalone server
-for the module, a three-master Cluster made with ``redis-cli --cluster create``,
-and servers a test may stop and start again.
+"""Throwaway redis-server processes on free 127.0.0.1 ports (conftest.py's fixtures:
+one standalone server for the module, a three-master Cluster made with
+``redis-cli --cluster create``, servers a test may stop and start again).
 
 Without a redis-server binary the tests skip on a developer's machine and fail
 under CI (``CI=true``): ``make system-deps`` installs Debian's package.
@@ -12,9 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,63 +100,3 @@ class RedisProcess:
             timeout=30,
         )
         return out.stdout.decode()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="tiergate-redis-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    """A standalone redis-server for the module (tests flush it first)."""
-    d = Path(tempfile.mkdtemp(prefix="tiergate-redis-"))
-    server = RedisProcess(d).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisProcess) -> str:
-    redis_server.cli("FLUSHALL", "SYNC")
-    return redis_server.url
-
-
-@pytest.fixture
-def spare_redis(workdir: Path) -> Iterator[RedisProcess]:
-    """A redis-server of the test's own, which it may stop and start again."""
-    server = RedisProcess(workdir).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[str]:
-    """Three masters (no replicas) joined by ``redis-cli --cluster create``; yields a
-    ``redis+cluster://`` URL naming all three as seeds."""
-    d = Path(tempfile.mkdtemp(prefix="tiergate-cluster-"))
-    nodes = [RedisProcess(d, "--cluster-enabled", "yes") for _ in range(3)]
-    try:
-        for n in nodes:
-            n.start()
-        addrs = [f"{LOOPBACK}:{n.port}" for n in nodes]
-        nodes[0].cli("--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes")
-        deadline = time.monotonic() + 20
-        while "cluster_state:ok" not in nodes[0].cli("CLUSTER", "INFO"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the test cluster did not reach cluster_state:ok")
-            time.sleep(0.1)
-        yield "redis+cluster://" + ",".join(addrs)
-    finally:
-        for n in nodes:
-            n.stop()
-        shutil.rmtree(d, ignore_errors=True)

@@ -70,8 +70,12 @@ op = st.one_of(
     st.tuples(st.just("opt_out"), st.sampled_from(RECIPIENTS), st.booleans()),
     st.tuples(st.just("slow"), st.integers(0, 1), st.integers(0, 5_000)),
     st.tuples(st.just("take"), st.integers(0, 1)),
-    st.tuples(st.just("hold"), st.integers(0, 1), st.sampled_from(RECIPIENTS), st.integers(0, 9000)),
-    st.tuples(st.just("usage"),),
+    st.tuples(
+        st.just("hold"), st.integers(0, 1), st.sampled_from(RECIPIENTS), st.integers(0, 9000)
+    ),
+    st.tuples(
+        st.just("usage"),
+    ),
     st.tuples(
         st.just("jump"),
         st.one_of(
@@ -123,9 +127,16 @@ class Walk:
                 self.now = max(0, self.now + dt)
                 rows.append(Row(self.numbers[num], rcpt, flags, self.limit, self.now))
             got = await s.decide(sc, rows)
-            want = [e.decide(r.now, 0, int(r.number.name[1:]), r.recipient, r.flags, r.limit) for r in rows]
+            want = [
+                e.decide(r.now, 0, int(r.number.name[1:]), r.recipient, r.flags, r.limit)
+                for r in rows
+            ]
             assert got == want, (rows, got, want)
-            self.slots += [(r.recipient, d.slot, d.prev_counted) for r, d in zip(rows, got) if d.slot]
+            self.slots += [
+                (r.recipient, d.slot, d.prev_counted)
+                for r, d in zip(rows, got, strict=True)
+                if d.slot
+            ]
         elif name == "release":
             if self.slots:
                 rcpt, slot, prev = self.slots[o[1] % len(self.slots)]
@@ -180,19 +191,25 @@ WALK = settings(
 
 @WALK
 @given(p=params, ops=st.lists(op, max_size=25))
-def test_walks_answer_as_the_reference_engine(redis_url: str, p: dict[str, int], ops: list[Any]) -> None:
+def test_walks_answer_as_the_reference_engine(
+    redis_url: str, p: dict[str, int], ops: list[Any]
+) -> None:
     run_walk(redis_url, p, ops, functions=True)
 
 
 @settings(WALK, max_examples=8)
 @given(p=params, ops=st.lists(op, max_size=25))
-def test_walks_through_scripts_answer_alike(redis_url: str, p: dict[str, int], ops: list[Any]) -> None:
+def test_walks_through_scripts_answer_alike(
+    redis_url: str, p: dict[str, int], ops: list[Any]
+) -> None:
     run_walk(redis_url, p, ops, functions=False)
 
 
 @settings(WALK, max_examples=8)
 @given(p=params, ops=st.lists(op, max_size=25))
-def test_walks_on_a_cluster_answer_alike(redis_cluster: str, p: dict[str, int], ops: list[Any]) -> None:
+def test_walks_on_a_cluster_answer_alike(
+    redis_cluster: str, p: dict[str, int], ops: list[Any]
+) -> None:
     run_walk(redis_cluster, p, ops, functions=True)
 
 
@@ -233,7 +250,9 @@ class Pair:
         self.engine.add_number(0, number.tput_interval_us, 1, number.pair_interval_ms, 1)
 
     async def decide(self, rcpt: int, now: int, limit: int = 5) -> Any:
-        got = (await self.store.decide(self.scope, [Row(self.number, rcpt, F_TEMPLATE, limit, now)]))[0]
+        got = (
+            await self.store.decide(self.scope, [Row(self.number, rcpt, F_TEMPLATE, limit, now)])
+        )[0]
         assert got == self.engine.decide(now, 0, 0, rcpt, F_TEMPLATE, limit)
         return got
 
