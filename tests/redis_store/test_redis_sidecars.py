@@ -197,3 +197,54 @@ def test_a_hung_redis_refuses_within_the_bound(spare_redis: RedisProcess) -> Non
         await store.aclose()
 
     asyncio.run(main())
+
+
+def test_on_the_server_clock_redis_time_decides(redis_url: str) -> None:
+    """Without the request clock every row is decided at Redis's TIME (one clock for
+    all sidecars): a row's own time is not read, and the scope's clock is Redis's."""
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+    number = NumberSpec("n", 1_000_000, 1, 1, 1)  # one send per second
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), server_clock=True)
+        first = await store.decide(scope, [Row(number, _recipient(1), F_TEMPLATE, 9, 0)])
+        assert first[0].decision == ADMIT
+        wall = int(time.time() * 1000)
+        assert abs(store.server_now - wall) < 5_000
+        # a sidecar claiming a far later time frees nothing: Redis's time decides
+        late = await store.decide(scope, [Row(number, _recipient(2), F_TEMPLATE, 9, wall + 10**7)])
+        assert late[0].decision != ADMIT and late[0].reason == THROUGHPUT
+        assert abs(late[0].retry_at - (store.server_now + 1_000)) <= 1_000
+        usage = await store.usage(scope, 0, 9)
+        assert usage.used_24h == 1
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_calls_of_one_loop_pass_share_one_round_trip(redis_url: str) -> None:
+    """Five decide calls over two scopes made in one pass: one pipeline, each caller
+    its own rows' answers in order; the next pass is a second round trip."""
+    scopes = [ScopeSpec(f"pf-{uuid.uuid4().hex}") for _ in range(2)]
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url))
+        futs = [
+            store.decide(
+                scopes[i % 2],
+                [Row(FAST[0], _recipient(i * 10 + j), F_TEMPLATE, 3, T0 + j) for j in range(i + 1)],
+            )
+            for i in range(5)
+        ]
+        got = [await f for f in futs]
+        assert store.round_trips == 1
+        assert [len(g) for g in got] == [1, 2, 3, 4, 5]
+        # scope 0 had calls 0, 2, 4 (1 + 3 + 5 rows, limit 3): used counts run on
+        used0 = [d.used for i in (0, 2, 4) for d in got[i]]
+        assert used0 == [1, 2, 3, 3, 3, 3, 3, 3, 3]
+        assert sum(d.decision == ADMIT for i in (0, 2, 4) for d in got[i]) == 3
+        await store.decide(scopes[0], [Row(FAST[0], _recipient(1), F_TEMPLATE, 3, T0)])
+        assert store.round_trips == 2
+        await store.aclose()
+
+    asyncio.run(main())
