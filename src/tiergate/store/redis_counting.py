@@ -367,7 +367,8 @@ class RedisCounting:
 
     async def _throughput(self, scope: ScopeSpec, number: NumberSpec, now: int, pause: int) -> None:
         _, iv, tol, _, _ = number.args()
-        await self._run("throughput", scope.fixed_keys()[:1], [number.name, now, pause, iv, tol])
+        args = [number.name, now, pause, iv, tol, scope.ttl_ms]
+        await self._run("throughput", scope.fixed_keys()[:1], args)
 
     # -- reports -----------------------------------------------------------------
 

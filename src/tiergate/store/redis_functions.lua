@@ -477,7 +477,7 @@ local function opt_out(keys, args)
 end
 
 -- throughput(keys: meta; args: number, now, pause_ms (-1: one inbound message),
--- tput_interval_us, tput_tolerance_us): moves the number's TAT (µs) forward.
+-- tput_interval_us, tput_tolerance_us, ttl_ms): moves the number's TAT (µs) forward.
 local function throughput(keys, args)
   local field = 't:' .. args[1]
   local now, pause = tonumber(args[2]), tonumber(args[3])
@@ -489,6 +489,7 @@ local function throughput(keys, args)
     new = (now + pause) * 1000 + tonumber(args[5])
   end
   redis.call('HSET', keys[1], field, math.max(tat, new))
+  touch(keys, 1, tonumber(args[6]))
   return 1
 end
 
