@@ -18,6 +18,7 @@ import uvloop
 from tiergate import config as cfg
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar
+from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
 from tiergate.store.shared import UNAVAILABLE_DETAIL
 from tiergate.v1 import admission_pb2 as pb
@@ -74,6 +75,14 @@ def _request(i: int, at: int) -> pb.AdmitRequest:
     )
 
 
+@pytest.fixture
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls to Redis bounded by 10 s, for tests that check answers, not time (a busy
+    shared machine)."""
+    monkeypatch.setattr(redis_counting, "DEFAULT_TIMEOUT", 10.0)
+
+
+@pytest.mark.usefixtures("patient")
 def test_two_sidecars_on_one_redis_share_the_messaging_limit(redis_url: str) -> None:
     """Alone, each of the two would admit all its 140 recipients; sharing Redis, the
     280 together are admitted up to the portfolio's one limit and no further."""
@@ -129,6 +138,64 @@ def test_redis_gone_answers_by_store_failure_then_recovers(
                 assert res.decision == pb.DECISION_ADMIT
             spare_redis.start()
             again: Any = await stub.Admit(_request(3, T0 + 2_000))
+            assert again.decision == pb.DECISION_ADMIT
+
+    uvloop.run(main())
+
+
+def _free_form(i: int, at: int) -> pb.AdmitRequest:
+    return pb.AdmitRequest(
+        sender_id=SENDER, recipient=f"+1415555{i:04d}", kind=pb.FREE_FORM, at_unix_ms=at
+    )
+
+
+@pytest.mark.usefixtures("patient")
+def test_feedback_to_one_sidecar_applies_for_the_other(redis_url: str) -> None:
+    """A window opened by an inbound message, an opt-out and a FAILED send's release,
+    each told to sidecar A, are what sidecar B decides by."""
+
+    async def main() -> None:
+        async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
+            refused: Any = await b.Admit(_free_form(1, T0))
+            assert refused.reason == pb.OUTSIDE_WINDOW
+            inbound = pb.InboundMessage(sender_id=SENDER, recipient="+14155550001", at_unix_ms=T0)
+            applied: Any = await a.RecordFeedback(pb.RecordFeedbackRequest(inbound_message=inbound))
+            assert applied.applied
+            admitted: Any = await b.Admit(_free_form(1, T0 + 100))
+            assert admitted.decision == pb.DECISION_ADMIT
+
+            marketing = _request(2, T0 + 200)
+            marketing.category = pb.MARKETING
+            marketing.recipient = "+447700900002"  # Meta delivers no marketing to US numbers
+            opt = pb.OptOut(
+                recipient="+447700900002", sender_id=SENDER, opted_out=True, at_unix_ms=T0
+            )
+            await a.RecordFeedback(pb.RecordFeedbackRequest(opt_out=opt))
+            opted: Any = await b.Admit(marketing)
+            assert opted.reason == pb.RECIPIENT_OPTED_OUT
+
+            # fill the limit from both sidecars, then give one slot back through A
+            tickets, at = [], T0 + 1_000
+            for i in range(10, 400):
+                res: Any = await (a, b)[i % 2].Admit(_request(i, at))
+                at += 100
+                if res.decision != pb.DECISION_ADMIT:
+                    break
+                if i % 2 == 0:
+                    tickets.append((i, res.ticket))
+            assert res.reason == pb.MESSAGING_LIMIT
+            assert (await b.Admit(_request(999, at))).reason == pb.MESSAGING_LIMIT
+            i, ticket = tickets[-1]
+            failed = pb.SendResult(
+                ticket=ticket,
+                sender_id=SENDER,
+                recipient=f"+1415555{i:04d}",
+                status=pb.FAILED,
+                meta_error_code=131026,
+                at_unix_ms=at,
+            )
+            await a.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
+            again: Any = await b.Admit(_request(999, at + 100))
             assert again.decision == pb.DECISION_ADMIT
 
     uvloop.run(main())

@@ -172,7 +172,7 @@ class Sidecar:
         kind = AdmissionControl if self.shared is None else SharedAdmissionControl
         servicer = kind(
             service,
-            commit=self._commit_start,
+            commit=self._commit_start if self.shared is None else self._commit_shared,
             metrics=self.metrics,
             max_batch=config.max_batch,
             max_in_flight=config.max_in_flight,
@@ -255,9 +255,18 @@ class Sidecar:
         except StoreFailedError:
             return self._commit()  # reports the failure, then raises it
 
+    def _commit_shared(self) -> Awaitable[None] | None:
+        """The commit on the shared store: feedback's changes sent to Redis, then the
+        journal's commit (``SharedAdmission.flush``)."""
+        assert self.shared is not None
+        return self.shared.flush(self._commit_start())
+
     async def _commit(self) -> None:
         """Make the service's state changes durable before a response leaves."""
         assert self.service is not None
+        queued = self.shared.flush(None) if self.shared is not None else None
+        if queued is not None:
+            await queued
         if self.store is None:
             self.service.drain_journal()
             return

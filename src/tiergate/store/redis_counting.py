@@ -52,6 +52,8 @@ SHARD_BITS = 12
 LAYOUT = "tg1"
 #: Times the Redis store takes (ms): microsecond TATs stay exact in Lua's doubles.
 MAX_REDIS_TIME = 1 << 43
+#: How long a call may wait for Redis (s) before the store counts as unavailable.
+DEFAULT_TIMEOUT = 0.5
 #: The functions the library registers (``calls`` in redis_functions.lua).
 _OPERATIONS = ("decide", "release", "usage", "number_update", "opt_out", "throughput")
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
@@ -422,10 +424,12 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
 
 
 async def connect(
-    location: StoreLocation, *, server_clock: bool = False, timeout: float = 0.5
+    location: StoreLocation, *, server_clock: bool = False, timeout: float | None = None
 ) -> RedisCounting:
     """A :class:`RedisCounting` for ``location`` (a ``redis``, ``rediss`` or
-    ``redis+cluster`` store) with its library loaded."""
+    ``redis+cluster`` store) with its library loaded; calls bounded by ``timeout``
+    seconds (:data:`DEFAULT_TIMEOUT` when None)."""
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     from redis.asyncio import Redis, RedisCluster
     from redis.asyncio.cluster import ClusterNode
     from redis.asyncio.retry import Retry

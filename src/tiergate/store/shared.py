@@ -7,6 +7,14 @@ consumed by the Redis function instead of this process's engine:
 ``policy.admission.admit_prepare`` → :meth:`RedisCounting.decide` (requests
 made in one loop pass share one round trip) → ``admission.admit_finish``.
 
+Feedback (a FAILED send's release, windows opened by inbound messages and
+closed by 131047, opt-outs, 130429, 131056) is applied by the policy layer as
+ever, to this process's engine, and through :class:`MirroredCounting` also
+queued for Redis; :meth:`SharedAdmission.flush` sends the queue before the
+call that caused it is answered (the servicer's commit). A release is
+reported as not applied locally (the slot was made in Redis): Redis gives the
+slot back if it is still the recipient's latest.
+
 While Redis cannot be reached, ``failure="closed"`` answers RETRY_LATER with
 the detail ``store unavailable`` and a retry time one second on;
 ``failure="open"`` decides with this process's engine (counted locally, not
@@ -15,13 +23,14 @@ reconciled into Redis afterwards: see docs/redis.md).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, cast
 
 from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
 from tiergate.policy.admission import Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.requests import Checked
-from tiergate.policy.seam import Decision
+from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
 from tiergate.policy.state import LimitScope
 from tiergate.policy.tiers import number_params
@@ -29,7 +38,10 @@ from tiergate.policy.tiers import number_params
 from .base import StoreUnavailableError
 from .redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec
 
-__all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "SharedAdmission"]
+__all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "MirroredCounting", "SharedAdmission"]
+
+#: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
+Change = Callable[[], Awaitable[object]]
 
 #: What a refusal for an unreachable store says, and how soon to retry.
 UNAVAILABLE_DETAIL = "store unavailable: retry shortly"
@@ -50,6 +62,38 @@ class SharedAdmission:
         self.failure = failure
         self.unavailable_answers = 0
         self._scopes: dict[str, ScopeSpec] = {}
+        #: Feedback's changes for Redis, in the order they were made.
+        self.queued: list[Change] = []
+        st = service.state
+        st.engine = cast(CountingStore, MirroredCounting(st.engine, self))
+
+    def flush(self, local: Awaitable[None] | None) -> Awaitable[None] | None:
+        """What a call must await before its answer leaves: the queued changes sent to
+        Redis in order, then ``local`` (the journal's commit). A change Redis did not
+        take stays queued, first, for the next call."""
+        if not self.queued:
+            return local
+        return self._flush(local)
+
+    async def _flush(self, local: Awaitable[None] | None) -> None:
+        while self.queued:
+            await self.queued[0]()
+            del self.queued[0]
+        if local is not None:
+            await local
+
+    def number(self, index: int) -> tuple[ScopeSpec, NumberSpec]:
+        """The scope and number of the engine's number ``index``."""
+        st = self.service.state
+        s = st.by_index[index]
+        assert s.engine_index == index
+        return self.scope(s.scope), NumberSpec(s.id, *number_params(st, s))
+
+    def scope_of(self, index: int) -> ScopeSpec:
+        for s in self.service.state.by_index:
+            if s.scope.index == index:
+                return self.scope(s.scope)
+        raise IndexError(f"scope {index} out of range")
 
     def scope(self, scope: LimitScope) -> ScopeSpec:
         spec = self._scopes.get(scope.key)
@@ -99,3 +143,57 @@ class SharedAdmission:
                 p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit
             )
         return admit_finish(st, p, decided)
+
+
+class MirroredCounting:
+    """This process's engine, every feedback change also queued for Redis (see the
+    module docstring); everything else is the engine's own."""
+
+    def __init__(self, local: Any, shared: SharedAdmission) -> None:
+        self.local = local
+        self.shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.local, name)
+
+    @staticmethod
+    def copy_room(sizes: tuple[int, ...]) -> object:
+        return None  # the engine's copy makes its own room
+
+    def _queue(self, change: Change) -> None:
+        self.shared.queued.append(change)
+
+    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool:
+        spec, redis = self.shared.scope_of(scope), self.shared.counting
+        self._queue(lambda: redis.release(spec, recipient, slot, prev_counted))
+        return bool(self.local.release(scope, recipient, slot, prev_counted))
+
+    def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
+        self.local.open_window(number, recipient, window_until, fep_until)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.open_window(spec, num.name, recipient, window_until, fep_until))
+
+    def close_window(self, number: int, recipient: int) -> None:
+        self.local.close_window(number, recipient)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.close_window(spec, num.name, recipient))
+
+    def set_opt_out(self, scope: int, recipient: int, opted_out: bool) -> None:
+        self.local.set_opt_out(scope, recipient, opted_out)
+        spec, redis = self.shared.scope_of(scope), self.shared.counting
+        self._queue(lambda: redis.set_opt_out(spec, recipient, opted_out))
+
+    def slow_throughput(self, number: int, now: int, pause_ms: int) -> None:
+        self.local.slow_throughput(number, now, pause_ms)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.slow_throughput(spec, num, now, pause_ms))
+
+    def take_throughput(self, number: int, now: int) -> None:
+        self.local.take_throughput(number, now)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.take_throughput(spec, num, now))
+
+    def hold_pair(self, number: int, recipient: int, until: int) -> None:
+        self.local.hold_pair(number, recipient, until)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.hold_pair(spec, num.name, recipient, until))
