@@ -126,6 +126,8 @@ def test_redis_gone_answers_by_store_failure_then_recovers(
         async with serving(_config(spare_redis.url, failure)) as stub:
             first: Any = await stub.Admit(_request(1, T0))
             assert first.decision == pb.DECISION_ADMIT
+            state: Any = await stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
+            assert state.store == spare_redis.url and not state.store_unavailable
             spare_redis.stop(kill=True)
             started = time.monotonic()
             res: Any = await stub.Admit(_request(2, T0 + 1_000), timeout=5)
@@ -136,9 +138,13 @@ def test_redis_gone_answers_by_store_failure_then_recovers(
                 assert T0 + 1_000 < res.retry_at_unix_ms <= T0 + 3_000
             else:
                 assert res.decision == pb.DECISION_ADMIT
+            state = await stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
+            assert state.store_unavailable
             spare_redis.start()
             again: Any = await stub.Admit(_request(3, T0 + 2_000))
             assert again.decision == pb.DECISION_ADMIT
+            state = await stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
+            assert not state.store_unavailable
 
     uvloop.run(main())
 
@@ -199,3 +205,22 @@ def test_feedback_to_one_sidecar_applies_for_the_other(redis_url: str) -> None:
             assert again.decision == pb.DECISION_ADMIT
 
     uvloop.run(main())
+
+
+def test_metrics_say_the_shared_store_s_health() -> None:
+    from types import SimpleNamespace
+
+    from tiergate.server.app import register_shared_metrics
+    from tiergate.server.metrics import Metrics
+
+    m = Metrics()
+    shared: Any = SimpleNamespace(
+        available=False, unavailable_answers=3, counting=SimpleNamespace(round_trips=7)
+    )
+    register_shared_metrics(m, shared)
+    read = {name: entry[2]() for name, entry in m.collected.items()}
+    assert read["tiergate_store_shared_available"] == 0.0
+    assert read["tiergate_store_unavailable_answers_total"] == 3.0
+    assert read["tiergate_store_round_trips_total"] == 7.0
+    shared.available = True
+    assert m.collected["tiergate_store_shared_available"][2]() == 1.0

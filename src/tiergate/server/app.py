@@ -120,6 +120,8 @@ class Sidecar:
         if config.metrics_listen is not None:
             await self._start_metrics_endpoint(config.metrics_listen)
         register_metrics(self.metrics, self._live_service, ingestor, self.store)
+        if self.shared is not None:
+            register_shared_metrics(self.metrics, self.shared)
         log.info(
             "tiergate listening on %s (profile %s, clock %s, engine %s)",
             Endpoint(config.listen.host, self.port),
@@ -485,6 +487,28 @@ def register_metrics(
             "Time the last start-up recovery took.",
             lambda: store.recovery_seconds,
         )
+
+
+def register_shared_metrics(m: Metrics, shared: SharedAdmission) -> None:
+    """The shared store's health and traffic (``--store redis://…``)."""
+    m.collect(
+        "tiergate_store_shared_available",
+        "gauge",
+        "1 while the shared Redis store answers, 0 while it cannot be reached.",
+        lambda: 1.0 if shared.available else 0.0,
+    )
+    m.collect(
+        "tiergate_store_unavailable_answers_total",
+        "counter",
+        "Admits answered while the shared store could not be reached (--store-failure).",
+        lambda: float(shared.unavailable_answers),
+    )
+    m.collect(
+        "tiergate_store_round_trips_total",
+        "counter",
+        "Round trips to Redis that decided admits (one per event-loop pass).",
+        lambda: float(shared.counting.round_trips),
+    )
 
 
 #: Settings of the process itself: a reload reports a change, a restart applies it.

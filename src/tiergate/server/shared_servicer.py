@@ -15,6 +15,7 @@ from tiergate.policy.requests import check_one, well_formed
 from tiergate.server import admit_wire, convert
 from tiergate.server.servicer import AdmissionControl
 from tiergate.store.shared import SharedAdmission
+from tiergate.v1 import admission_pb2 as pb
 
 __all__ = ["SharedAdmissionControl"]
 
@@ -57,6 +58,16 @@ class SharedAdmissionControl(AdmissionControl):
                 await self._fail(context, "Admit", e)
             finally:
                 self._metrics.timed("Admit", started)
+
+    async def GetSenderState(
+        self, request: pb.GetSenderStateRequest, context: Context
+    ) -> pb.SenderState:
+        """As :meth:`AdmissionControl.GetSenderState`, naming the shared store and
+        whether it can be reached now."""
+        state = await super().GetSenderState(request, context)
+        state.store = str(self.shared.counting.location)
+        state.store_unavailable = not self.shared.available
+        return state
 
     async def _not_shared(self, rpc: str, context: Context) -> Any:
         await context.abort(

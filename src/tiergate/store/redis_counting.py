@@ -206,6 +206,8 @@ class RedisCounting:
         self._pending: dict[str, _Pending] = {}
         self._flush_scheduled = False
         self.round_trips = 0
+        #: Where it connects (printed without its password).
+        self.location: StoreLocation | None = None
 
     # -- the library -----------------------------------------------------------
 
@@ -456,6 +458,7 @@ async def connect(
             **common,
         )
     store = RedisCounting(client, server_clock=server_clock, timeout=timeout)
+    store.location = location
     try:
         await store.load()
     except BaseException:

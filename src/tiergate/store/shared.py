@@ -60,7 +60,9 @@ class SharedAdmission:
         self.service = service
         self.counting = counting
         self.failure = failure
+        #: Admits answered while Redis could not be reached, and whether it can now.
         self.unavailable_answers = 0
+        self.available = True
         self._scopes: dict[str, ScopeSpec] = {}
         #: Feedback's changes for Redis, in the order they were made.
         self.queued: list[Change] = []
@@ -77,8 +79,13 @@ class SharedAdmission:
 
     async def _flush(self, local: Awaitable[None] | None) -> None:
         while self.queued:
-            await self.queued[0]()
+            try:
+                await self.queued[0]()
+            except StoreUnavailableError:
+                self.available = False
+                raise
             del self.queued[0]
+        self.available = True
         if local is not None:
             await local
 
@@ -124,7 +131,9 @@ class SharedAdmission:
                 self.scope(s.scope), [Row(number, p.rkey, p.flags, p.limit, p.now)]
             )
             decided = (await fut)[0]
+            self.available = True
         except StoreUnavailableError:
+            self.available = False
             self.unavailable_answers += 1
             if self.failure == "closed":
                 retry = max(now_ms, p.now) + RETRY_AFTER_MS

@@ -1033,6 +1033,8 @@ class SenderState(_message.Message):
     SPAM_HELD_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     REPLIES_RESTRICTED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    STORE_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
     portfolio_id: _builtins.str
     profile: _builtins.str
@@ -1062,6 +1064,14 @@ class SenderState(_message.Message):
     """Under Meta's RESTRICTED_CUSTOMER_INITIATED_MESSAGING, replies (sends inside
     a customer service window) are refused until then (SENDER_RESTRICTED);
     2^62 while it has no known end; 0: not restricted.
+    """
+    store: _builtins.str
+    """Where steps 4-9 are decided: empty for this process's own (embedded)
+    store; the shared Redis store's URL (password hidden) with --store redis://….
+    """
+    store_unavailable: _builtins.bool
+    """True while the shared store cannot be reached: Admit answers as
+    --store-failure says (closed: RETRY_LATER "store unavailable").
     """
     @_builtins.property
     def upgrade(self) -> Global___UpgradeState: ...
@@ -1094,10 +1104,12 @@ class SenderState(_message.Message):
         spam_held_until_unix_ms: _builtins.int = ...,
         restricted_until_unix_ms: _builtins.int = ...,
         replies_restricted_until_unix_ms: _builtins.int = ...,
+        store: _builtins.str = ...,
+        store_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["upgrade", b"upgrade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "store", b"store", "store_unavailable", b"store_unavailable", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
