@@ -108,11 +108,39 @@ def test_two_sidecars_on_one_redis_share_the_messaging_limit(redis_url: str) -> 
     uvloop.run(main())
 
 
-def test_batch_rpcs_are_refused_over_the_shared_store(redis_url: str) -> None:
+@pytest.mark.usefixtures("patient")
+def test_batches_on_two_sidecars_share_the_limit_and_keys_repeat(redis_url: str) -> None:
+    """AdmitBatch over Redis: batches from two sidecars admit the portfolio's limit and
+    no more; a key repeated inside a batch gets the first answer (nothing counted
+    twice); AdmitColumns and AdmitStream are refused on the shared store."""
+
     async def main() -> None:
-        async with serving(_config(redis_url)) as stub:
+        async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
+            admitted, limit, at = 0, 0, T0
+            for k in range(6):
+                reqs = [_request(k * 50 + j, at + j * 20) for j in range(50)]
+                at += 1_000
+                reply: Any = await (a, b)[k % 2].AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
+                assert len(reply.responses) == 50
+                for r in reply.responses:
+                    limit = r.limit
+                    if r.decision == pb.DECISION_ADMIT:
+                        admitted += 1
+                    else:
+                        assert r.reason == pb.MESSAGING_LIMIT
+            assert 0 < limit < 300 and admitted == limit
+
+            keyed = [_request(900, at), _request(900, at + 20), _request(901, at + 40)]
+            keyed[0].idempotency_key = keyed[1].idempotency_key = "k-900"
+            keyed[0].recipient = keyed[1].recipient = "+14155550010"  # admitted above
+            reply = await b.AdmitBatch(pb.AdmitBatchRequest(requests=keyed))
+            first, again, third = reply.responses
+            assert first.decision == pb.DECISION_ADMIT and not first.counted
+            assert again.ticket == first.ticket
+            assert third.reason == pb.MESSAGING_LIMIT
+
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await stub.AdmitBatch(pb.AdmitBatchRequest(requests=[_request(1, T0)]))
+                await a.AdmitColumns(pb.AdmitColumnsRequest())
             assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     uvloop.run(main())

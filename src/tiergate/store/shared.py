@@ -23,13 +23,13 @@ reconciled into Redis afterwards: see docs/redis.md).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
 from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
 from tiergate.policy.admission import Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import AdmitResult
-from tiergate.policy.requests import Checked
+from tiergate.policy.requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
 from tiergate.policy.state import LimitScope
@@ -117,41 +117,87 @@ class SharedAdmission:
             )
         return spec
 
+    async def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
+        """Validate every request (an error names ``requests[i].<field>``), then decide
+        them in order: steps 1–3 item by item, steps 4–9 of the items so far in one
+        round trip (one function call per limit scope), then their answers. A part
+        ends before an item whose idempotency key an item of the part holds, so the
+        repeat sees the first's answer."""
+        checked = [well_formed(r) or check_one(r, f"requests[{i}].") for i, r in enumerate(reqs)]
+        st = self.service.state
+        out: list[AdmitResult | None] = [None] * len(checked)
+        at = 0
+        while at < len(checked):
+            part: list[tuple[int, Pending]] = []
+            held: set[tuple[str, str]] = set()
+            for i in range(at, len(checked)):
+                c = checked[i]
+                if c[5] and (c[0], c[5]) in held:
+                    break
+                try:
+                    p = admit_prepare(st, c, now_ms)
+                except KeyConflict as e:
+                    raise e.at(f"requests[{i}].idempotency_key") from None
+                at = i + 1
+                if isinstance(p, Pending):
+                    part.append((i, p))
+                    if c[5]:
+                        held.add((c[0], c[5]))
+                else:
+                    out[i] = p
+            decided = await self._decide_part([p for _, p in part])
+            for (i, p), d in zip(part, decided, strict=True):
+                out[i] = d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
+        return [r for r in out if r is not None]
+
+    async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
+        """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""
+        st = self.service.state
+        futs = [
+            self.counting.decide(
+                self.scope(p.sender.scope),
+                [
+                    Row(
+                        NumberSpec(p.sender.id, *number_params(st, p.sender)),
+                        p.rkey,
+                        p.flags,
+                        p.limit,
+                        p.now,
+                    )
+                ],
+            )
+            for p in part
+        ]
+        out: list[AdmitResult | Decision] = []
+        for p, fut in zip(part, futs, strict=True):
+            try:
+                out.append((await fut)[0])
+                self.available = True
+            except StoreUnavailableError:
+                out.append(self._unavailable(p))
+        return out
+
+    def _unavailable(self, p: Pending) -> AdmitResult | Decision:
+        """What a request gets while Redis cannot be reached (``--store-failure``)."""
+        self.available = False
+        self.unavailable_answers += 1
+        if self.failure == "closed":
+            retry = p.now + RETRY_AFTER_MS
+            return AdmitResult(
+                RETRY_LATER, REASON_UNSPECIFIED, retry, "", False, p.limit, 0, 0, UNAVAILABLE_DETAIL
+            )
+        s = p.sender
+        st = self.service.state
+        return st.engine.decide(p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit)
+
     async def admit_checked(self, checked: Checked, now_ms: int) -> AdmitResult:
         """Decide one request whose fields passed ``requests.well_formed``'s checks."""
         st = self.service.state
         p = admit_prepare(st, checked, now_ms)
         if not isinstance(p, Pending):
             return p
-        s = p.sender
-        number = NumberSpec(s.id, *number_params(st, s))
-        decided: Decision
-        try:
-            fut = self.counting.decide(
-                self.scope(s.scope), [Row(number, p.rkey, p.flags, p.limit, p.now)]
-            )
-            decided = (await fut)[0]
-            self.available = True
-        except StoreUnavailableError:
-            self.available = False
-            self.unavailable_answers += 1
-            if self.failure == "closed":
-                retry = max(now_ms, p.now) + RETRY_AFTER_MS
-                return AdmitResult(
-                    RETRY_LATER,
-                    REASON_UNSPECIFIED,
-                    retry,
-                    "",
-                    False,
-                    p.limit,
-                    0,
-                    0,
-                    UNAVAILABLE_DETAIL,
-                )
-            decided = st.engine.decide(
-                p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit
-            )
-        return admit_finish(st, p, decided)
+        (d,) = await self._decide_part([p])
+        return d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
 
 
 class MirroredCounting:
