@@ -540,7 +540,7 @@ async def open_shared(config: ServeConfig, service: AdmissionService) -> SharedA
         counting = await connect(config.store, server_clock=config.clock == "server")
     except StoreError as e:
         raise StartupError(f"store: {config.store}: {e}") from e
-    log.info("store %s: steps 4-9 of unary Admit decided in Redis", config.store)
+    log.info("store %s: steps 4-9 of Admit and AdmitBatch decided in Redis", config.store)
     return SharedAdmission(service, counting, config.store_failure)
 
 

@@ -1,7 +1,7 @@
 """Admission over the shared store: steps 1–3 here, steps 4–9 in Redis.
 
-:class:`SharedAdmission` decides a unary request the way
-``AdmissionService.admit_checked`` does, with steps 4–9 (window, opt-out,
+:class:`SharedAdmission` decides a request (or a batch's items, in order) the
+way ``AdmissionService.admit_checked`` does, with steps 4–9 (window, opt-out,
 messaging limit, protective rules, throughput, pair rate) decided and
 consumed by the Redis function instead of this process's engine:
 ``policy.admission.admit_prepare`` → :meth:`RedisCounting.decide` (requests
