@@ -52,22 +52,44 @@ end
 
 -- rings ---------------------------------------------------------------------
 
+-- A ring's counts are read from its string once per bucket per call and written
+-- back once, at the call's end (ring_save): the rows of a batch mostly share a bucket.
 local function ring(key, name, width, window, strict, m)
   local lo = tonumber(m[name .. 'lo'] or NEVER)
   return {key = key, name = name, width = width, window = window, strict = strict,
-          n = fdiv(window, width) + 2, lo = lo, total = tonumber(m[name .. 'tot'] or 0)}
+          n = fdiv(window, width) + 2, lo = lo, total = tonumber(m[name .. 'tot'] or 0),
+          cache = {}, dirty = {}, cleared = false}
 end
 
 local function ring_get(r, i)
-  local s = redis.call('GETRANGE', r.key, i * 4, i * 4 + 3)
-  if #s < 4 then
-    return 0
+  local c = r.cache[i]
+  if c ~= nil then
+    return c
   end
-  return (sunpack('>i4', s))
+  c = 0
+  if not r.cleared then
+    local s = redis.call('GETRANGE', r.key, i * 4, i * 4 + 3)
+    if #s == 4 then
+      c = sunpack('>i4', s)
+    end
+  end
+  r.cache[i] = c
+  return c
 end
 
 local function ring_set(r, i, v)
-  redis.call('SETRANGE', r.key, i * 4, pack('>i4', v))
+  r.cache[i] = v
+  r.dirty[i] = true
+end
+
+local function ring_save(r)
+  if r.cleared then
+    redis.call('DEL', r.key)
+  end
+  for i in pairs(r.dirty) do
+    redis.call('SETRANGE', r.key, i * 4, pack('>i4', r.cache[i]))
+  end
+  r.dirty, r.cleared = {}, false
 end
 
 local function ring_advance(r, now)
@@ -76,7 +98,7 @@ local function ring_advance(r, now)
     return
   end
   if new_lo - r.lo >= r.n then
-    redis.call('DEL', r.key)
+    r.cache, r.dirty, r.cleared = {}, {}, true
     r.total = 0
   else
     for b = r.lo, new_lo - 1 do
@@ -109,10 +131,13 @@ local function ring_next_free(r, limit, now)
   end
   local need = r.total - limit + 1
   local acc = 0
-  local s = redis.call('GET', r.key) or ''
+  local s = r.cleared and '' or (redis.call('GET', r.key) or '')
   for b = r.lo, r.lo + r.n - 1 do
     local i = b % r.n
-    if #s >= i * 4 + 4 then
+    local c = r.cache[i]
+    if c ~= nil then
+      acc = acc + c
+    elseif #s >= i * 4 + 4 then
       acc = acc + (sunpack('>i4', s, i * 4 + 1))
     end
     if acc >= need then
@@ -156,6 +181,7 @@ end
 local function scope_save(s, keys, ttl)
   local out = {'c', s.clock}
   for _, r in ipairs({s.r24, s.r7, s.s7}) do
+    ring_save(r)
     out[#out + 1] = r.name .. 'lo'
     out[#out + 1] = r.lo
     out[#out + 1] = r.name .. 'tot'
@@ -233,7 +259,8 @@ local function number_entry(key, rcpt)
   return v and number_value(v) or nil
 end
 
-local function number_entry_put(key, rcpt, e, cut)
+-- swept: the keys this call has swept already (nil: sweep anyway)
+local function number_entry_put(key, rcpt, e, cut, swept)
   if e.window < cut and e.fep < cut and e.tat < cut then
     redis.call('HDEL', key, rcpt)  -- as no entry at all for any decision from now on
   else
@@ -243,7 +270,12 @@ local function number_entry_put(key, rcpt, e, cut)
       redis.call('HSET', key, rcpt, pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start))
     end
   end
-  number_sweep(key, cut)
+  if swept == nil or not swept[key] then
+    number_sweep(key, cut)
+    if swept ~= nil then
+      swept[key] = true
+    end
+  end
 end
 
 -- one decision (steps 4 to 9) ---------------------------------------------------
@@ -353,7 +385,7 @@ local function decide_one(s, num, now, rcpt, ckey, nkey, flags, limit)
   ne = ne or {window = NEVER, fep = NEVER, tat = NEVER, start = NEVER}
   ne.tat = pair_tat + num.pair_iv
   ne.start = pair_start
-  number_entry_put(nkey, rcpt, ne, s.clock + 1)
+  number_entry_put(nkey, rcpt, ne, s.clock + 1, s.swept)
   return {ADMIT, OK, 0, counted, r24.total, last, slot_t, gen}
 end
 
@@ -382,7 +414,7 @@ end
 local function decide(keys, args)
   local s = scope_open(keys, args, 2)
   s.freq_cap, s.freq_window = tonumber(args[6]), tonumber(args[7])
-  s.tat = {}
+  s.tat, s.swept = {}, {}
   local ttl = tonumber(args[8])
   local nn = tonumber(args[9])
   local nums = {}
