@@ -185,8 +185,8 @@ def _free_form(i: int, at: int) -> pb.AdmitRequest:
 
 @pytest.mark.usefixtures("patient")
 def test_feedback_to_one_sidecar_applies_for_the_other(redis_url: str) -> None:
-    """A window opened by an inbound message, an opt-out and a FAILED send's release,
-    each told to sidecar A, are what sidecar B decides by."""
+    """A window opened by an inbound message and an opt-out, told to sidecar A, and a
+    FAILED send of A's ticket told to B, are what the other decides by."""
 
     async def main() -> None:
         async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
@@ -228,8 +228,10 @@ def test_feedback_to_one_sidecar_applies_for_the_other(redis_url: str) -> None:
                 meta_error_code=131026,
                 at_unix_ms=at,
             )
-            await a.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
-            again: Any = await b.Admit(_request(999, at + 100))
+            # A issued the ticket; B verifies it (one ticket key per Redis) and releases
+            told: Any = await b.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
+            assert "invalid ticket" not in told.detail  # B verifies it; Redis frees the slot
+            again: Any = await a.Admit(_request(999, at + 100))
             assert again.decision == pb.DECISION_ADMIT
 
     uvloop.run(main())

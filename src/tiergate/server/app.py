@@ -44,7 +44,7 @@ from tiergate.store import (
     StoreFailedError,
     StoreUnavailableError,
 )
-from tiergate.store.redis_counting import connect
+from tiergate.store.redis_counting import RedisCounting, connect
 from tiergate.store.shared import SharedAdmission
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.webhooks.http import WebhookReceiver
@@ -110,9 +110,10 @@ class Sidecar:
             self._http_tls = tls.http_context(config)
         except ConfigError as e:
             raise StartupError(str(e)) from e
-        service = await self._open_state()
-        if config.store.shared:
-            self.shared = await open_shared(config, service)
+        counting = await open_counting(config) if config.store.shared else None
+        service = await self._open_state(counting)
+        if counting is not None:
+            self.shared = SharedAdmission(service, counting, config.store_failure)
         ingestor = self.ingestor = WebhookIngestor(service)
         servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
@@ -131,19 +132,24 @@ class Sidecar:
         )
         log.info("exposure: %s", exposure_summary(config))
 
-    async def _open_state(self) -> AdmissionService:
+    async def _open_state(self, counting: RedisCounting | None = None) -> AdmissionService:
         """The service with the data directory's state recovered and the config's
-        senders (and, on a fresh start, templates) applied, all of it durable."""
+        senders (and, on a fresh start, templates) applied, all of it durable. On the
+        shared store (``counting``) tickets are signed with the key every sidecar of
+        that Redis shares."""
         config = self.config
         service = self.build_service()
         self.service = service
+        if counting is not None:
+            service.set_ticket_key(await counting.ticket_key(service.ticket_key))
         fresh = True
         if config.data_dir is not None:
             try:
                 self.store = EmbeddedStore.open(
                     config.data_dir, config.durability, recover_truncate=config.recover_truncate
                 )
-                service.set_ticket_key(load_ticket_key(config.data_dir))
+                if counting is None:
+                    service.set_ticket_key(load_ticket_key(config.data_dir))
                 self.recovery = self.store.recover(service)
                 self.store.on_failure = self._on_store_failure
                 self.store.on_unavailable = self._on_store_unavailable
@@ -534,14 +540,14 @@ _RESTART_SETTINGS = (
 )
 
 
-async def open_shared(config: ServeConfig, service: AdmissionService) -> SharedAdmission:
+async def open_counting(config: ServeConfig) -> RedisCounting:
     """Connect to the Redis ``--store`` names and load its function library."""
     try:
         counting = await connect(config.store, server_clock=config.clock == "server")
     except StoreError as e:
         raise StartupError(f"store: {config.store}: {e}") from e
     log.info("store %s: steps 4-9 of Admit and AdmitBatch decided in Redis", config.store)
-    return SharedAdmission(service, counting, config.store_failure)
+    return counting
 
 
 def exposure_summary(config: ServeConfig) -> str:

@@ -374,6 +374,17 @@ class RedisCounting:
         args = [number.name, now, pause, iv, tol, scope.ttl_ms]
         await self._run("throughput", scope.fixed_keys()[:1], args)
 
+    async def ticket_key(self, proposed: bytes) -> bytes:
+        """The key every sidecar of this Redis signs tickets with: ``proposed`` if
+        none is set yet (the first sidecar's), else the one set. A ticket any of
+        them issued then verifies at all of them (a release told to any)."""
+        key = f"{LAYOUT}:{{tiergate}}:ticket-key"
+        await self._bounded(self.client.set(key, proposed, nx=True), _LOAD_TIMEOUT)
+        value = await self._bounded(self.client.get(key), _LOAD_TIMEOUT)
+        if not isinstance(value, bytes) or len(value) != len(proposed):
+            raise StoreUnavailableError(f"store: {key} does not hold a ticket key")
+        return value
+
     # -- reports -----------------------------------------------------------------
 
     async def usage(self, scope: ScopeSpec, now: int, limit: int) -> Usage:
