@@ -5,8 +5,8 @@ persistence): N distinct recipients admitted through ``RedisCounting.decide``
 in batches of 1 000, then ``INFO memory``'s ``used_memory`` against the empty
 server. Two figures: the scope's entries alone (last counted time and slot
 generation per recipient, the rings, the scope's hash), and with the number's
-entries too (each admit leaves the pair-rate TAT of its recipient until the
-number's pair interval has passed).
+entries too (each admit leaves the pair-rate TAT of its recipient, in the same
+shard hash, until the number's pair interval has passed and a sweep drops it).
 
     .venv/bin/python benchmarks/redis_memory.py --quick      # 100 000 recipients
     .venv/bin/python benchmarks/redis_memory.py              # 100 000 and 1 000 000
@@ -54,8 +54,10 @@ async def measure(port: int, n: int) -> dict[str, Any]:
         assert all(d.decision == 1 for d in got), "a recipient was refused"
     seconds = time.perf_counter() - started
     full = await _used(client)
-    async for key in client.scan_iter(match=f"{scope.tag}:n*", count=1000):
-        await client.unlink(key)
+    async for key in client.scan_iter(match=f"{scope.tag}:c*", count=1000):
+        numbers = [f for f in await client.hkeys(key) if b":" in f]  # <number>:<recipient>
+        if numbers:
+            await client.hdel(key, *numbers)
     scope_only = await _used(client)
     await store.aclose()
     return {

@@ -45,11 +45,11 @@ __all__ = [
     "library_source",
 ]
 
-#: Scope and number entries are spread over 2**SHARD_BITS hashes per scope (and per
-#: number), small enough for Redis's compact listpack encoding.
+#: A scope's recipients (their scope entries and their numbers' entries) are spread
+#: over 2**SHARD_BITS hashes, small enough for Redis's compact listpack encoding.
 SHARD_BITS = 12
 #: Key layout version: a change of layout takes new keys, never reads old ones wrongly.
-LAYOUT = "tg1"
+LAYOUT = "tg2"
 #: Times the Redis store takes (ms): microsecond TATs stay exact in Lua's doubles.
 MAX_REDIS_TIME = 1 << 43
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
@@ -103,9 +103,6 @@ class ScopeSpec:
 
     def scope_shard(self, recipient: int) -> str:
         return f"{self.tag}:c{shard(recipient)}"
-
-    def number_shard(self, number: str, recipient: int) -> str:
-        return f"{self.tag}:n{number}:{shard(recipient)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,8 +332,8 @@ class RedisCounting:
     async def _number_update(
         self, scope: ScopeSpec, number: str, recipient: int, op: str, a: int, b: int
     ) -> None:
-        keys = [scope.number_shard(number, recipient)]
-        await self._run("number_update", keys, [op, str(recipient), a, b, scope.ttl_ms])
+        keys = [scope.scope_shard(recipient)]
+        await self._run("number_update", keys, [op, f"{number}:{recipient}", a, b, scope.ttl_ms])
 
     async def open_window(
         self, scope: ScopeSpec, number: str, recipient: int, window_until: int, fep_until: int
@@ -426,9 +423,7 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
             if num is None:
                 num = numbers[r.number.name] = (len(numbers) + 1, r.number)
             rk = r.recipient
-            ck = key_at(s.scope_shard(rk))
-            nk = key_at(s.number_shard(r.number.name, rk))
-            rows += (num[0], str(rk), ck, nk, r.flags, r.limit, r.now)
+            rows += (num[0], str(rk), key_at(s.scope_shard(rk)), r.flags, r.limit, r.now)
     clock = "" if server_clock else "r"
     head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
     for _, spec in numbers.values():

@@ -10,9 +10,10 @@
 --   KEYS[3] r7     string: 7 d ring of recipients (hour buckets, strict)
 --   KEYS[4] s7     string: 7 d ring of slots created (hour buckets, strict)
 --   KEYS[5] opt    set: opted-out recipients (no TTL)
---   KEYS[6..]      shard hashes: scope entries (recipient -> last counted i8 +
---                  gen/fresh i2; m<recipient> -> 4 marketing times) and number
---                  entries (recipient -> window, fep, pair TAT, pair start: 4 x i8)
+--   KEYS[6..]      shard hashes, each holding its recipients' scope entries
+--                  (recipient -> last counted i8 + gen/fresh i2; m<recipient> ->
+--                  4 marketing times) and number entries (<number>:<recipient> ->
+--                  pair TAT, pair start; window and fep ends first when open)
 -- Recipients are decimal strings and never computed on (they exceed 2^53);
 -- times are ms within 0 .. 2^43, µs TATs stay below 2^53.
 
@@ -206,13 +207,16 @@ end
 
 -- recipient entries -----------------------------------------------------------
 
-local function scope_entry(key, rcpt)
-  local v = redis.call('HGET', key, rcpt)
+local function scope_value(v)
   if not v then
     return nil
   end
   local last, gf = sunpack('>i8i2', v)
   return {last = last, gen = math.floor(gf / 2), fresh = gf % 2 == 1}
+end
+
+local function scope_entry(key, rcpt)
+  return scope_value(redis.call('HGET', key, rcpt))
 end
 
 local function scope_entry_put(key, rcpt, e)
@@ -243,31 +247,32 @@ local function number_stale(v, cut)
   return e.window < cut and e.fep < cut and e.tat < cut
 end
 
--- Two entries picked at random, dropped if stale: each write sweeps, so stale
--- entries stay about as many as live ones (pair-rate TATs expire in seconds).
+-- Four fields picked at random, number entries among them dropped if stale: each
+-- write sweeps, so stale entries stay about as many as live ones (pair-rate TATs
+-- expire in seconds). A number entry's field is <number>:<recipient>.
 local function number_sweep(key, cut)
-  local pick = redis.call('HRANDFIELD', key, 2, 'WITHVALUES')
+  local pick = redis.call('HRANDFIELD', key, 4, 'WITHVALUES')
   for j = 1, #pick, 2 do
-    if number_stale(pick[j + 1], cut) then
+    if string.find(pick[j], ':', 1, true) and number_stale(pick[j + 1], cut) then
       redis.call('HDEL', key, pick[j])
     end
   end
 end
 
-local function number_entry(key, rcpt)
-  local v = redis.call('HGET', key, rcpt)
+local function number_entry(key, field)
+  local v = redis.call('HGET', key, field)
   return v and number_value(v) or nil
 end
 
 -- swept: the keys this call has swept already (nil: sweep anyway)
-local function number_entry_put(key, rcpt, e, cut, swept)
+local function number_entry_put(key, field, e, cut, swept)
   if e.window < cut and e.fep < cut and e.tat < cut then
-    redis.call('HDEL', key, rcpt)  -- as no entry at all for any decision from now on
+    redis.call('HDEL', key, field)  -- as no entry at all for any decision from now on
   else
     if e.window == NEVER and e.fep == NEVER then
-      redis.call('HSET', key, rcpt, pack('>i8i8', e.tat, e.start))
+      redis.call('HSET', key, field, pack('>i8i8', e.tat, e.start))
     else
-      redis.call('HSET', key, rcpt, pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start))
+      redis.call('HSET', key, field, pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start))
     end
   end
   if swept == nil or not swept[key] then
@@ -284,10 +289,12 @@ local function refuse(d, rsn, retry, s, last)
   return {d, rsn, retry, 0, s.r24.total, last, 0, 0}
 end
 
-local function decide_one(s, num, now, rcpt, ckey, nkey, flags, limit)
+local function decide_one(s, num, now, rcpt, ckey, flags, limit)
   now = scope_clamp(s, now)
-  local se = scope_entry(ckey, rcpt)
-  local ne = number_entry(nkey, rcpt)
+  local nfield = num.name .. ':' .. rcpt
+  local got = redis.call('HMGET', ckey, rcpt, nfield)
+  local se = scope_value(got[1])
+  local ne = got[2] and number_value(got[2]) or nil
   local template, marketing = has(flags, F_TEMPLATE), has(flags, F_MARKETING)
   local last = se and se.last or NEVER
   local in_window = ne ~= nil and now < ne.window
@@ -385,7 +392,7 @@ local function decide_one(s, num, now, rcpt, ckey, nkey, flags, limit)
   ne = ne or {window = NEVER, fep = NEVER, tat = NEVER, start = NEVER}
   ne.tat = pair_tat + num.pair_iv
   ne.start = pair_start
-  number_entry_put(nkey, rcpt, ne, s.clock + 1, s.swept)
+  number_entry_put(ckey, nfield, ne, s.clock + 1, s.swept)
   return {ADMIT, OK, 0, counted, r24.total, last, slot_t, gen}
 end
 
@@ -407,8 +414,8 @@ end
 -- decide(keys, args): args = now ('' for Redis TIME), bucket_ms, window_ms,
 -- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
 -- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
--- pair_tolerance_ms), then per row (number 1.., recipient, scope shard key index,
--- number shard key index, flags, limit, now). Answers the time used (server
+-- pair_tolerance_ms), then per row (number 1.., recipient, shard key index,
+-- flags, limit, now). Answers the time used (server
 -- clock, or 0) then per row: decision, reason, retry_at, counted, used,
 -- prev_counted, slot time, slot generation.
 local function decide(keys, args)
@@ -427,13 +434,13 @@ local function decide(keys, args)
   local snow = server and server_now() or 0
   local out = {snow}
   while at <= #args do
-    local now = server and snow or tonumber(args[at + 6])
-    local d = decide_one(s, nums[tonumber(args[at])], now, args[at + 1], keys[tonumber(args[at + 2])],
-      keys[tonumber(args[at + 3])], tonumber(args[at + 4]), tonumber(args[at + 5]))
+    local now = server and snow or tonumber(args[at + 5])
+    local d = decide_one(s, nums[tonumber(args[at])], now, args[at + 1],
+      keys[tonumber(args[at + 2])], tonumber(args[at + 3]), tonumber(args[at + 4]))
     for k = 1, 8 do
       out[#out + 1] = d[k]
     end
-    at = at + 7
+    at = at + 6
   end
   scope_save(s, keys, ttl)
   touch(keys, 6, ttl)
@@ -478,12 +485,12 @@ end
 -- 'open' (window_until a, fep_until b: never shortened), 'close', 'hold' (pair
 -- owes until a, no burst before).
 local function number_update(keys, args)
-  local op, rcpt, a, b = args[1], args[2], tonumber(args[3]), tonumber(args[4])
-  local ne = number_entry(keys[1], rcpt)
+  local op, field, a, b = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local ne = number_entry(keys[1], field)
   if op == 'close' then
     if ne ~= nil then
       ne.window, ne.fep = NEVER, NEVER
-      number_entry_put(keys[1], rcpt, ne, NEVER + 1)
+      number_entry_put(keys[1], field, ne, NEVER + 1)
     end
     return 1
   end
@@ -495,7 +502,7 @@ local function number_update(keys, args)
   else
     return redis.error_reply('tiergate: unknown number update ' .. op)
   end
-  number_entry_put(keys[1], rcpt, ne, NEVER + 1)
+  number_entry_put(keys[1], field, ne, NEVER + 1)
   touch(keys, 1, tonumber(args[5]))
   return 1
 end
