@@ -8,6 +8,9 @@ generation per recipient, the rings, the scope's hash), and with the number's
 entries too (each admit leaves the pair-rate TAT of its recipient, in the same
 shard hash, until the number's pair interval has passed and a sweep drops it).
 
+A third for comparison: the same recipients in one sorted set (member: the
+recipient, score: its last send), the layout of the usual sliding-window script.
+
     .venv/bin/python benchmarks/redis_memory.py --quick      # 100 000 recipients
     .venv/bin/python benchmarks/redis_memory.py              # 100 000 and 1 000 000
 """
@@ -70,6 +73,24 @@ async def measure(port: int, n: int) -> dict[str, Any]:
     }
 
 
+async def measure_zset(port: int, n: int) -> float:
+    """Bytes per recipient of the usual alternative: one sorted set of recipients
+    scored by their last send (``peers.ZSET_LUA``'s layout)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=_common.LOOPBACK, port=port)
+    await client.flushall()
+    empty = await _used(client)
+    for at in range(0, n, BATCH):
+        pipe = client.pipeline(transaction=False)
+        for i in range(at, min(n, at + BATCH)):
+            pipe.zadd("zset:bench", {str(14_150_000_000 + i): T0 + i})
+        await pipe.execute()
+    full = await _used(client)
+    await client.aclose()
+    return round((full - empty) / n, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 000 recipients only")
@@ -80,16 +101,19 @@ def main() -> None:
     rows = []
     with _common.redis_server() as port:
         for n in sizes:
-            rows.append(asyncio.run(measure(port, n)))
+            row = asyncio.run(measure(port, n))
+            row["zset_bytes_per_recipient"] = asyncio.run(measure_zset(port, n))
+            rows.append(row)
     _common.print_machine()
     _common.print_table(
         "Redis memory per tracked recipient (INFO memory used_memory)",
-        ("recipients", "bytes/recipient", "scope entries only", "decisions/s (load)"),
+        ("recipients", "bytes/recipient", "scope entries only", "sorted set", "decisions/s"),
         [
             (
                 r["recipients"],
                 r["bytes_per_recipient"],
                 r["scope_bytes_per_recipient"],
+                r["zset_bytes_per_recipient"],
                 r["decisions_per_s"],
             )
             for r in rows
