@@ -252,3 +252,25 @@ def test_calls_of_one_loop_pass_share_one_round_trip(redis_url: str) -> None:
         await store.aclose()
 
     asyncio.run(main())
+
+
+def test_idle_keys_expire_and_opt_outs_stay(redis_url: str) -> None:
+    """Every key a decision writes has a TTL (a shard hash twice the scope's longest
+    window, renewed once that much has passed since its mark); opt-outs have none."""
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), timeout=SLACK)
+        client = store.client
+        await store.set_opt_out(scope, _recipient(9), True)
+        await store.decide(scope, [Row(FAST[0], _recipient(1), F_TEMPLATE, 5, T0)])
+        shard = scope.scope_shard(_recipient(1))
+        assert 0 < await client.pttl(shard) <= 2 * scope.ttl_ms
+        assert await client.pttl(shard) > 2 * scope.ttl_ms - 60_000
+        assert await client.hget(shard, "_t") is not None
+        for key in scope.fixed_keys()[:4]:
+            assert 0 < await client.pttl(key) <= scope.ttl_ms
+        assert await client.pttl(scope.fixed_keys()[4]) == -1  # opt-outs never expire
+        await store.aclose()
+
+    asyncio.run(main())

@@ -259,6 +259,13 @@ local function number_sweep(key, cut)
   end
 end
 
+local function number_pack(e)
+  if e.window == NEVER and e.fep == NEVER then
+    return pack('>i8i8', e.tat, e.start)
+  end
+  return pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start)
+end
+
 local function number_entry(key, field)
   local v = redis.call('HGET', key, field)
   return v and number_value(v) or nil
@@ -269,11 +276,7 @@ local function number_entry_put(key, field, e, cut, swept)
   if e.window < cut and e.fep < cut and e.tat < cut then
     redis.call('HDEL', key, field)  -- as no entry at all for any decision from now on
   else
-    if e.window == NEVER and e.fep == NEVER then
-      redis.call('HSET', key, field, pack('>i8i8', e.tat, e.start))
-    else
-      redis.call('HSET', key, field, pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start))
-    end
+    redis.call('HSET', key, field, number_pack(e))
   end
   if swept == nil or not swept[key] then
     number_sweep(key, cut)
@@ -289,10 +292,16 @@ local function refuse(d, rsn, retry, s, last)
   return {d, rsn, retry, 0, s.r24.total, last, 0, 0}
 end
 
+-- field f and value v appended to w (the fields of one HSET)
+local function put(w, f, v)
+  w[#w + 1] = f
+  w[#w + 1] = v
+end
+
 local function decide_one(s, num, now, rcpt, ckey, flags, limit)
   now = scope_clamp(s, now)
   local nfield = num.name .. ':' .. rcpt
-  local got = redis.call('HMGET', ckey, rcpt, nfield)
+  local got = redis.call('HMGET', ckey, rcpt, nfield, '_t')
   local se = scope_value(got[1])
   local ne = got[2] and number_value(got[2]) or nil
   local template, marketing = has(flags, F_TEMPLATE), has(flags, F_MARKETING)
@@ -359,6 +368,7 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
     return {ADMIT, OK, 0, counted, r24.total + counted, last, 0, 0}
   end
   local slot_t, gen = 0, 0
+  local w = {}  -- the fields this admit writes to the shard hash, in one HSET
   if counting then
     se = se or {last = NEVER, gen = 0, fresh = false}
     for _, r in ipairs({r24, s.r7}) do
@@ -374,7 +384,7 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
     else
       se.fresh = false
     end
-    scope_entry_put(ckey, rcpt, se)
+    put(w, rcpt, pack('>i8i2', se.last, se.gen * 2 + (se.fresh and 1 or 0)))
   end
   if marketing then
     local hist = marketing_get(ckey, rcpt)
@@ -385,14 +395,29 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
       end
     end
     hist[at] = now
-    redis.call('HSET', ckey, 'm' .. rcpt, pack('>i8i8i8i8', hist[1], hist[2], hist[3], hist[4]))
+    put(w, 'm' .. rcpt, pack('>i8i8i8i8', hist[1], hist[2], hist[3], hist[4]))
   end
   num.tat = tput_tat + num.tput_iv
   s.tat[num.name] = num.tat
   ne = ne or {window = NEVER, fep = NEVER, tat = NEVER, start = NEVER}
   ne.tat = pair_tat + num.pair_iv
   ne.start = pair_start
-  number_entry_put(ckey, nfield, ne, s.clock + 1, s.swept)
+  put(w, nfield, number_pack(ne))  -- its TAT is ahead: never stale now
+  -- The hash's TTL (twice ttl) is renewed when its mark (_t, Redis wall time) is
+  -- older than ttl: whatever it holds lives at least ttl from its last write.
+  local renew = s.ttl > 0 and not s.renewed[ckey] and tonumber(got[3] or 0) < s.wall - s.ttl
+  if renew then
+    put(w, '_t', s.wall)
+  end
+  redis.call('HSET', ckey, unpack(w))
+  if renew then
+    redis.call('PEXPIRE', ckey, 2 * s.ttl)
+    s.renewed[ckey] = true
+  end
+  if not s.swept[ckey] then
+    number_sweep(ckey, s.clock + 1)
+    s.swept[ckey] = true
+  end
   return {ADMIT, OK, 0, counted, r24.total, last, slot_t, gen}
 end
 
@@ -421,8 +446,9 @@ end
 local function decide(keys, args)
   local s = scope_open(keys, args, 2)
   s.freq_cap, s.freq_window = tonumber(args[6]), tonumber(args[7])
-  s.tat, s.swept = {}, {}
+  s.tat, s.swept, s.renewed = {}, {}, {}
   local ttl = tonumber(args[8])
+  s.ttl, s.wall = ttl, ttl > 0 and server_now() or 0
   local nn = tonumber(args[9])
   local nums = {}
   local at = 10
@@ -443,7 +469,6 @@ local function decide(keys, args)
     at = at + 6
   end
   scope_save(s, keys, ttl)
-  touch(keys, 6, ttl)
   return out
 end
 
@@ -503,7 +528,7 @@ local function number_update(keys, args)
     return redis.error_reply('tiergate: unknown number update ' .. op)
   end
   number_entry_put(keys[1], field, ne, NEVER + 1)
-  touch(keys, 1, tonumber(args[5]))
+  touch(keys, 1, 2 * tonumber(args[5]))  -- as a decision renews it
   return 1
 end
 
