@@ -427,14 +427,20 @@ class Sidecar:
             # Stop accepting now; end as soon as the calls in flight are done (their
             # last statuses sent), at the latest when the grace period is over.
             await self._server.stop(grace)
-        if self.shared is not None:
-            await self.shared.counting.aclose()
         async with self._reloading:  # a reload in progress commits first; none starts after
+            queued = self.shared.flush(None) if self.shared is not None else None
+            if queued is not None:
+                try:
+                    await queued
+                except StoreError as e:
+                    log.warning("feedback not sent to the shared store at shutdown: %s", e)
             if self.store is not None:
                 await self.store.aclose(self.service)
                 self.store = None
             elif self.service is not None:
                 self.service.drain_journal()
+            if self.shared is not None:  # after the last commit (it may send to Redis)
+                await self.shared.counting.aclose()
         log.info("tiergate stopped")
 
     async def wait(self) -> None:
