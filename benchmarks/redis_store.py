@@ -9,7 +9,9 @@ side by side:
 * AdmitBatch(1000) through a sidecar on Redis, against the usual sorted-set +
   Lua sliding window (``peers.ZSET_LUA``: ZREMRANGEBYSCORE, ZSCORE, ZCARD, ZADD)
   called with EVALSHA pipelined 1 000 deep on the same Redis. Redis CPU per
-  decision from ``INFO cpu`` (used_cpu_user + used_cpu_sys) around each run.
+  decision from ``INFO cpu`` (used_cpu_user + used_cpu_sys) around each run,
+  and from ``INFO commandstats`` the share of the function's time spent in the
+  Redis commands it calls (the rest is its Lua).
 
 Client and server share the machine's cores (2 here, with whatever else runs):
 the figures are for comparing the rows of one run, not for capacity planning.
@@ -91,8 +93,22 @@ async def unary(store: StoreLocation, n: int, offset: int) -> float:
         await sidecar.stop(0.5)
 
 
-async def batch(url: str, client: Any, n: int, offset: int) -> tuple[float, float]:
-    """AdmitBatch(1000) through a sidecar on Redis: (decisions/s, Redis CPU µs each)."""
+async def _inner_share(client: Any) -> float:
+    """Of the time Redis spent in FCALL, the share spent in the commands the function
+    called (``INFO commandstats``): the rest is the Lua itself."""
+    stats = await client.info("commandstats")
+    fcall = sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_fcall"))
+    inner = sum(
+        v["usec"]
+        for k, v in stats.items()
+        if not k.startswith(("cmdstat_fcall", "cmdstat_config", "cmdstat_info"))
+    )
+    return inner / fcall if fcall else 0.0
+
+
+async def batch(url: str, client: Any, n: int, offset: int) -> tuple[float, float, float]:
+    """AdmitBatch(1000) through a sidecar on Redis: (decisions/s, Redis CPU µs each,
+    the share of the function's time in the Redis commands it called)."""
     sidecar = Sidecar(_config(parse_store(url)))
     await sidecar.start()
     channel = grpc.aio.insecure_channel(f"{_common.LOOPBACK}:{sidecar.port}")
@@ -102,11 +118,12 @@ async def batch(url: str, client: Any, n: int, offset: int) -> tuple[float, floa
             pb.AdmitBatchRequest(requests=[_request(offset + at + j) for j in range(1000)])
             for at in range(0, n, 1000)
         ]
+        await client.config_resetstat()
         cpu, started = await _redis_cpu(client), time.perf_counter()
         for call in calls:
             await stub.AdmitBatch(call)
         seconds, cpu = time.perf_counter() - started, await _redis_cpu(client) - cpu
-        return n / seconds, cpu / n * 1e6
+        return n / seconds, cpu / n * 1e6, await _inner_share(client)
     finally:
         await channel.close(None)
         await sidecar.stop(0.5)
@@ -133,13 +150,15 @@ async def run(port: int, n_unary: int, n_batch: int, rounds: int) -> dict[str, A
     client = aioredis.Redis(host=_common.LOOPBACK, port=port)
     out: dict[str, list[float]] = {k: [] for k in ("embedded", "redis", "batch", "zset")}
     cpu: dict[str, list[float]] = {"batch": [], "zset": []}
+    shares: list[float] = []
     for r in range(rounds):
         base = r * (2 * n_unary + 2 * n_batch)
         out["embedded"].append(await unary(EMBEDDED, n_unary, base))
         out["redis"].append(await unary(parse_store(url), n_unary, base + n_unary))
-        rate, us = await batch(url, client, n_batch, base + 2 * n_unary)
+        rate, us, share = await batch(url, client, n_batch, base + 2 * n_unary)
         out["batch"].append(rate)
         cpu["batch"].append(us)
+        shares.append(share)
         rate, us = await zset(client, n_batch, base + 2 * n_unary + n_batch)
         out["zset"].append(rate)
         cpu["zset"].append(us)
@@ -152,6 +171,7 @@ async def run(port: int, n_unary: int, n_batch: int, rounds: int) -> dict[str, A
         "unary_redis_over_embedded": round(best["redis"] / best["embedded"], 3),
         "batch_over_zset": round(best["batch"] / best["zset"], 3),
         "cpu_batch_over_zset": round(least["batch"] / least["zset"], 3),
+        "function_share_in_commands": round(min(shares), 3),
         "rounds": rounds,
         "all": out,
     }
@@ -181,7 +201,9 @@ def main() -> None:
     print(
         f"unary redis / embedded: {res['unary_redis_over_embedded']}; "
         f"AdmitBatch / zset script: {res['batch_over_zset']}; "
-        f"Redis CPU per decision, AdmitBatch / zset script: {res['cpu_batch_over_zset']}"
+        f"Redis CPU per decision, AdmitBatch / zset script: {res['cpu_batch_over_zset']}; "
+        f"share of the function's time in the commands it calls: "
+        f"{res['function_share_in_commands']}"
     )
     print(f"wrote {_common.write_results('redis_store', res, args.results_dir)}")
 
