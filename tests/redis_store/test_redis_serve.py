@@ -254,3 +254,88 @@ def test_metrics_say_the_shared_store_s_health() -> None:
     assert read["tiergate_store_round_trips_total"] == 7.0
     shared.available = True
     assert m.collected["tiergate_store_shared_available"][2]() == 1.0
+
+
+class CutProxy:
+    """A TCP proxy to Redis whose link can be cut (every connection dropped, new ones
+    held open and never answered) and mended, in the test's event loop."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self.cut = False
+        self.links: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while not self.cut and (data := await r.read(65536)):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def _link(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.links.add(w)
+        if self.cut:  # accepted, never answered: a network that drops packets
+            await r.read()
+            return
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+        self.links.add(uw)
+        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    def sever(self) -> None:
+        self.cut = True
+        for w in self.links:
+            w.close()
+        self.links.clear()
+
+    async def stop(self) -> None:
+        self.sever()
+        if self.server is not None:
+            self.server.close()
+
+
+def test_a_cut_link_answers_within_a_second_and_counts_nothing_twice(redis_url: str) -> None:
+    """The link to Redis cut under a stream of Admits: each answered RETRY_LATER
+    ("store unavailable") within a second, none hangs; mended, decisions go on, and
+    Redis counts each admitted recipient once."""
+    target = int(redis_url.rsplit(":", 1)[1])
+
+    async def main() -> None:
+        proxy = CutProxy(target)
+        await proxy.start()
+        config = _config(f"redis://127.0.0.1:{proxy.port}")
+        admitted: set[str] = set()
+        async with serving(config) as stub:
+            for i in range(10):
+                res: Any = await stub.Admit(_request(i, T0 + i * 100))
+                assert res.decision == pb.DECISION_ADMIT
+                admitted.add(f"+1415555{i:04d}")
+            proxy.sever()
+            for i in range(10, 14):
+                started = time.monotonic()
+                res = await stub.Admit(_request(i, T0 + i * 100), timeout=5)
+                assert time.monotonic() - started < 1.0
+                assert res.decision == pb.DECISION_RETRY_LATER
+                assert res.detail == UNAVAILABLE_DETAIL
+            proxy.cut = False
+            for i in range(10, 20):  # the refused ones again, then new ones
+                res = await stub.Admit(_request(i, T0 + 2_000 + i * 100))
+                assert res.decision == pb.DECISION_ADMIT
+                admitted.add(f"+1415555{i:04d}")
+            state: Any = await stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
+            assert not state.store_unavailable
+        await proxy.stop()
+        counting = await redis_counting.connect(parse_store(redis_url), timeout=10.0)
+        usage = await counting.usage(redis_counting.ScopeSpec("portfolio-redis"), T0 + 10_000, 1)
+        assert usage.used_24h == len(admitted) == 20
+        await counting.aclose()
+
+    uvloop.run(main())
