@@ -274,3 +274,34 @@ def test_idle_keys_expire_and_opt_outs_stay(redis_url: str) -> None:
         await store.aclose()
 
     asyncio.run(main())
+
+
+def test_two_sidecars_on_a_cluster_never_pass_the_limit(redis_cluster: str) -> None:
+    """Two clients of a three-master Cluster race over 40 recipients of one scope in
+    batches made concurrently: the union admitted is exactly the limit in each of
+    three scopes, each scope's keys in its own Cluster slot."""
+    scopes = [ScopeSpec(f"pf-{uuid.uuid4().hex}") for _ in range(3)]
+
+    async def main() -> None:
+        sidecars = [await connect(parse_store(redis_cluster), timeout=SLACK) for _ in range(2)]
+        admitted: list[set[int]] = [set() for _ in scopes]
+        for at in range(0, 40, 4):
+            waves = []
+            for k, scope in enumerate(scopes):
+                for w, s in enumerate(sidecars):
+                    rows = [
+                        Row(FAST[w], _recipient((r * 7 + w * 13) % 40), F_TEMPLATE, 17, T0 + at)
+                        for r in range(at, at + 4)
+                    ]
+                    waves.append((k, rows, s.decide(scope, rows)))
+            for k, rows, fut in waves:
+                for r, d in zip(rows, await fut, strict=True):
+                    if d.decision == ADMIT:
+                        admitted[k].add(r.recipient)
+        assert [len(a) for a in admitted] == [17, 17, 17]
+        slots = {await sidecars[0].client.cluster_keyslot(s.fixed_keys()[0]) for s in scopes}
+        assert len(slots) == 3
+        for s in sidecars:
+            await s.aclose()
+
+    asyncio.run(main())
