@@ -339,3 +339,30 @@ def test_a_cut_link_answers_within_a_second_and_counts_nothing_twice(redis_url: 
         await counting.aclose()
 
     uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+def test_an_idempotency_key_holds_across_sidecars(redis_url: str) -> None:
+    """A request admitted under a key at sidecar A, retried at B: B answers A's
+    decision (the same slot, counted once) and consumes nothing again."""
+
+    async def main() -> None:
+        async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
+            keyed = _request(7, T0)
+            keyed.idempotency_key = "order-7"
+            first: Any = await a.Admit(keyed)
+            assert first.decision == pb.DECISION_ADMIT and first.counted
+            keyed.at_unix_ms = T0 + 50  # the retry, moments later, at the other sidecar
+            again: Any = await b.Admit(keyed)
+            assert again.decision == pb.DECISION_ADMIT
+            assert (again.counted, again.used) == (first.counted, first.used)
+            other: Any = await b.Admit(_request(8, T0 + 100))
+            assert other.used == first.used + 1  # the retry took no slot
+            dry = _request(9, T0 + 200)
+            dry.idempotency_key, dry.dry_run = "order-9", True
+            assert (await a.Admit(dry)).decision == pb.DECISION_ADMIT
+            dry.dry_run = False
+            real: Any = await b.Admit(dry)  # a dry run remembers nothing: decided now
+            assert real.counted and real.used == other.used + 1
+
+    uvloop.run(main())

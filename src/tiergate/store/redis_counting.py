@@ -139,6 +139,11 @@ class Row(NamedTuple):
     flags: int
     limit: int
     now: int = 0
+    #: ``<sender>:<idempotency key>`` (empty: none): a repeat of an admit made under
+    #: it, at any sidecar, answers that admit's decision and consumes nothing.
+    key: str = ""
+    #: How long the key holds its first admit (ms).
+    key_ms: int = 0
 
 
 def shard(recipient: int) -> int:
@@ -423,7 +428,9 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
             if num is None:
                 num = numbers[r.number.name] = (len(numbers) + 1, r.number)
             rk = r.recipient
+            kidx = key_at(f"{s.tag}:k:{r.key}") if r.key else 0
             rows += (num[0], str(rk), key_at(s.scope_shard(rk)), r.flags, r.limit, r.now)
+            rows += (kidx, r.key_ms)
     clock = "" if server_clock else "r"
     head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
     for _, spec in numbers.values():

@@ -440,7 +440,8 @@ end
 -- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
 -- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
 -- pair_tolerance_ms), then per row (number 1.., recipient, shard key index,
--- flags, limit, now). Answers the time used (server
+-- flags, limit, now, idempotency key's key index or 0, its lifetime in ms): a
+-- row whose key holds a first admit answers that admit and consumes nothing. Answers the time used (server
 -- clock, or 0) then per row: decision, reason, retry_at, counted, used,
 -- prev_counted, slot time, slot generation.
 local function decide(keys, args)
@@ -461,12 +462,23 @@ local function decide(keys, args)
   local out = {snow}
   while at <= #args do
     local now = server and snow or tonumber(args[at + 5])
-    local d = decide_one(s, nums[tonumber(args[at])], now, args[at + 1],
-      keys[tonumber(args[at + 2])], tonumber(args[at + 3]), tonumber(args[at + 4]))
+    local kidx, flags = tonumber(args[at + 6]), tonumber(args[at + 3])
+    local prior = kidx > 0 and redis.call('GET', keys[kidx])
+    local d
+    if prior then  -- the key's first admit, at whichever sidecar: nothing consumed again
+      d = {sunpack('>i1i1i8i1i8i8i8i2', prior)}
+    else
+      d = decide_one(s, nums[tonumber(args[at])], now, args[at + 1],
+        keys[tonumber(args[at + 2])], flags, tonumber(args[at + 4]))
+      if kidx > 0 and d[1] == ADMIT and not has(flags, F_DRY_RUN) then
+        redis.call('SET', keys[kidx], pack('>i1i1i8i1i8i8i8i2', d[1], d[2], d[3], d[4], d[5],
+          d[6], d[7], d[8]), 'PX', tonumber(args[at + 7]))
+      end
+    end
     for k = 1, 8 do
       out[#out + 1] = d[k]
     end
-    at = at + 6
+    at = at + 8
   end
   scope_save(s, keys, ttl)
   return out

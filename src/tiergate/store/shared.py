@@ -153,6 +153,7 @@ class SharedAdmission:
     async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
         """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""
         st = self.service.state
+        idem_ms = st.profile.idempotency_ms
         futs = [
             self.counting.decide(
                 self.scope(p.sender.scope),
@@ -163,6 +164,8 @@ class SharedAdmission:
                         p.flags,
                         p.limit,
                         p.now,
+                        f"{p.sender.id}:{p.key}" if p.key else "",
+                        idem_ms,
                     )
                 ],
             )
