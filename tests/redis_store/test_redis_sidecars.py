@@ -305,3 +305,41 @@ def test_two_sidecars_on_a_cluster_never_pass_the_limit(redis_cluster: str) -> N
             await s.aclose()
 
     asyncio.run(main())
+
+
+def test_decisions_go_on_after_a_cluster_master_fails_over(
+    failover_cluster: tuple[str, list[RedisProcess]],
+) -> None:
+    """The master holding a scope's slot killed: calls fail (StoreUnavailableError,
+    within their bound) until its replica takes over, then decisions go on there,
+    with the counts replicated before the kill."""
+    url, nodes = failover_cluster
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+
+    async def main() -> None:
+        store = await connect(parse_store(url), timeout=1.0)
+        rows = [Row(FAST[0], _recipient(i), F_TEMPLATE, 5, T0 + i) for i in range(3)]
+        assert [d.used for d in await store.decide(scope, rows)] == [1, 2, 3]
+        master = store.client.get_node_from_key(scope.fixed_keys()[0])
+        synced = time.monotonic() + 20  # the replica's first sync may still be running
+        while await store.client.execute_command("WAIT", 1, 500, target_nodes=master) < 1:
+            assert time.monotonic() < synced, "the replica never caught up"
+        (victim,) = [n for n in nodes if n.port == master.port]
+        victim.stop(kill=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = await store.decide(
+                    scope, [Row(FAST[0], _recipient(9), F_TEMPLATE, 5, T0 + 9)]
+                )
+                break
+            except StoreUnavailableError:
+                if time.monotonic() > deadline:
+                    alive = next(n for n in nodes if n is not victim)
+                    nodes_now = alive.cli("CLUSTER", "NODES")
+                    raise AssertionError("no replica took over:\n" + nodes_now) from None
+                await asyncio.sleep(0.2)
+        assert got[0].decision == ADMIT and got[0].used == 4
+        await store.aclose()
+
+    asyncio.run(main())

@@ -208,6 +208,7 @@ class RedisCounting:
         self._pending: dict[str, _Pending] = {}
         self._flush_scheduled = False
         self.round_trips = 0
+        self._stale_topology = False
         #: Where it connects (printed without its password).
         self.location: StoreLocation | None = None
 
@@ -285,7 +286,7 @@ class RedisCounting:
                 raise
             return
         for p, res in zip(pending.values(), results, strict=True):
-            out = res if isinstance(res, Exception) else self._decisions(res)
+            out = _failure(res) if isinstance(res, Exception) else self._decisions(res)
             at = 0
             for rows, fut in p.calls:
                 if fut.done():
@@ -298,11 +299,22 @@ class RedisCounting:
 
     async def _pipeline(self, calls: list[tuple[list[str], list[object]]]) -> list[Any]:
         self.round_trips += 1
+        nodes = getattr(self.client, "nodes_manager", None)  # a Cluster client's
+        if nodes is not None and self._stale_topology:
+            # a node was lost: ask the Cluster who serves each slot now (a failover)
+            await self._bounded(nodes.initialize(), _LOAD_TIMEOUT)
+            self._stale_topology = False
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:
                 self._call(pipe, "decide", keys, args)
-            results = await self._bounded(pipe.execute(raise_on_error=False))
+            try:
+                results = await self._bounded(pipe.execute(raise_on_error=False))
+            except StoreUnavailableError:
+                self._stale_topology = True
+                raise
+            if any(isinstance(r, _UNAVAILABLE) for r in results):
+                self._stale_topology = True
             missing = [r for r in results if isinstance(r, rexc.ResponseError) and _missing_code(r)]
             if not missing or attempt:
                 return list(results)
@@ -400,6 +412,14 @@ class RedisCounting:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _failure(e: Exception) -> Exception:
+    """A pipeline's error for one call: a lost connection (a Cluster node gone) is
+    the store being unavailable, like any call's."""
+    if isinstance(e, _UNAVAILABLE):
+        return StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}")
+    return e
 
 
 def _missing_code(e: Exception) -> bool:
