@@ -266,6 +266,10 @@ def format_state(state: pb.SenderState) -> str:
         ("open windows", f"{state.open_windows:,}"),
         ("paused templates", paused),
         ("decisions", decisions),
+        (
+            "store",
+            (state.store or "embedded") + (" (unavailable)" if state.store_unavailable else ""),
+        ),
         ("as of", _time(state.at_unix_ms)),
     ]
     return "\n".join(f"{k:<17} {v}" for k, v in rows)

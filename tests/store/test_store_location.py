@@ -91,3 +91,11 @@ def test_a_password_is_never_shown(
     assert "hunter2" not in out and "rediss://app:***@h:1" in out
     assert cli.main(["check-config", "--store", "redis://app:hunter2@h:0"]) == 2
     assert "hunter2" not in capsys.readouterr().err
+
+
+def test_tiergate_state_names_the_store() -> None:
+    from tiergate.v1 import admission_pb2 as pb
+
+    assert "store             embedded\n" in cli.format_state(pb.SenderState(sender_id="s"))
+    shared = pb.SenderState(sender_id="s", store="redis://h:1", store_unavailable=True)
+    assert "store             redis://h:1 (unavailable)" in cli.format_state(shared)
