@@ -366,3 +366,34 @@ def test_an_idempotency_key_holds_across_sidecars(redis_url: str) -> None:
             assert real.counted and real.used == other.used + 1
 
     uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_data_dir_with_the_shared_store_restarts(redis_url: str, tmp_path: Any) -> None:
+    """With a --data-dir too: the sidecar restarts from its journal, and Redis's
+    counts and ticket key carry on across the restart."""
+    from dataclasses import replace
+
+    config = replace(_config(redis_url), data_dir=tmp_path)
+
+    async def main() -> None:
+        async with serving(config) as stub:
+            first: Any = await stub.Admit(_request(1, T0))
+            assert first.decision == pb.DECISION_ADMIT and first.used == 1
+        async with serving(config) as stub:
+            again: Any = await stub.Admit(_request(2, T0 + 100))
+            assert again.decision == pb.DECISION_ADMIT and again.used == 2
+            failed = pb.SendResult(
+                ticket=first.ticket,
+                sender_id=SENDER,
+                recipient="+14155550001",
+                status=pb.FAILED,
+                meta_error_code=131026,
+                at_unix_ms=T0 + 200,
+            )
+            told: Any = await stub.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
+            assert "invalid ticket" not in told.detail  # the ticket key outlived the restart
+            third: Any = await stub.Admit(_request(3, T0 + 300))
+            assert third.used == 2  # the first one's slot was given back in Redis
+
+    uvloop.run(main())
