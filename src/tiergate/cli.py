@@ -69,6 +69,13 @@ _SETTINGS = (
     ("--metrics-listen", "HOST:PORT", "Prometheus /metrics endpoint"),
     ("--log-level", "LEVEL", "debug | info | warning | error"),
     ("--log-format", "FORMAT", "text | json (one JSON object a line; default text)"),
+    (
+        "--store",
+        "URL",
+        "embedded (default) | redis://[user:password@]HOST:PORT[/DB] | rediss://… | "
+        "redis+cluster://HOST:PORT[,HOST:PORT…]",
+    ),
+    ("--store-failure", "MODE", "closed (default: RETRY_LATER) | open, while the store is gone"),
 )
 #: Caps on what clients can create: beyond a count RESOURCE_EXHAUSTED, beyond a
 #: length INVALID_ARGUMENT; nothing is changed either way.
@@ -328,6 +335,10 @@ def format_state(state: pb.SenderState) -> str:
         ("open windows", f"{state.open_windows:,}"),
         ("paused templates", paused),
         ("decisions", decisions),
+        (
+            "store",
+            (state.store or "embedded") + (" (unavailable)" if state.store_unavailable else ""),
+        ),
         ("as of", _time(state.at_unix_ms)),
     ]
     return "\n".join(f"{k:<17} {v}" for k, v in rows)

@@ -28,6 +28,7 @@ from tiergate.policy.events import (
     TemplateStatus,
     TemplateUpdate,
 )
+from tiergate.store.location import EMBEDDED, StoreLocation, parse_failure, parse_store
 
 ENV_PREFIX = "TIERGATE_"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -119,6 +120,9 @@ class ServeConfig:
     admin_token: str = field(default="", repr=False)
     senders: tuple[SenderUpdate, ...] = ()
     templates: tuple[TemplateUpdate, ...] = ()
+    # Where the counting state lives (store/location.py) and the answer while it is gone.
+    store: StoreLocation = EMBEDDED
+    store_failure: Literal["closed", "open"] = "closed"
     # Where each setting came from: "flag", "env", "file" or "default".
     origins: Mapping[str, str] = field(default_factory=dict)
 
@@ -299,6 +303,18 @@ def _thresholds(key: str, value: object) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _checked(parse: Callable[[str, str], Any]) -> Callable[[str, object], Any]:
+    """A reader of a text setting whose parser raises ValueError naming the setting."""
+
+    def read(key: str, value: object) -> Any:
+        try:
+            return parse(_str(key, value), key)
+        except ValueError as e:
+            raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
+
+    return read
+
+
 _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "listen": _listen,
     "profile": _profile,
@@ -333,6 +349,8 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "max_id_length": _int_in(1, DEFAULT_CAPS.id_length),
     "max_template_id_length": _int_in(1, DEFAULT_CAPS.template_id_length),
     "max_idempotency_key_length": _int_in(1, DEFAULT_CAPS.key_length),
+    "store": _checked(parse_store),
+    "store_failure": _checked(parse_failure),
 }
 #: Settings whose values are secrets: shown as "set" or "not set", never printed.
 SECRET_SETTINGS = ("webhook_secret", "webhook_verify_token")

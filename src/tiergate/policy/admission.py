@@ -20,6 +20,8 @@ anything is decided. Tickets carry a MAC under the service's ticket key
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
 from tiergate.engine.columns import kernels
@@ -56,6 +58,7 @@ from .caps import CapReached
 from .journal import admit_record
 from .keys import differs
 from .requests import MARKETING, TEMPLATE, Checked, KeyConflict, KeyTooLong
+from .seam import Decision
 from .state import PolicyState, Sender
 from .tiers import check_crossing, maintain, note_reach, recompute_due
 
@@ -64,7 +67,10 @@ __all__ = [
     "T_DISABLED",
     "T_UNKNOWN",
     "T_USABLE",
+    "Pending",
     "admit_checked",
+    "admit_finish",
+    "admit_prepare",
     "template_refusal",
     "template_state",
 ]
@@ -125,9 +131,40 @@ def check_key_room(st: PolicyState, new: int, now: int) -> None:
         )
 
 
+class Pending(NamedTuple):
+    """A request that passed steps 1–3, with what steps 4–9 take: the engine's
+    ``decide`` arguments (``now``, ``flags``, ``limit``; the scope and number are the
+    sender's) and what the answer needs afterwards."""
+
+    sender: Sender
+    rkey: int
+    kind: int
+    cat: int
+    tpl: str
+    key: str
+    now: int
+    dry: bool
+    flags: int
+    limit: int
+    back_off_end: int
+
+
 def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult:
     """Decide one request whose fields passed the checks of ``requests.well_formed``
     (the server's wire reader makes them from the request bytes)."""
+    res = admit_prepare(st, checked, now_ms)
+    if type(res) is Pending:
+        s = res.sender
+        decided = st.engine.decide(
+            res.now, s.scope.index, s.engine_index, res.rkey, res.flags, res.limit
+        )
+        return admit_finish(st, res, decided)
+    return res  # type: ignore[return-value]
+
+
+def admit_prepare(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult | Pending:
+    """Steps 1–3 of one request: its answer, or what steps 4–9 need (``Pending``), for
+    a store that decides them apart (:func:`admit_finish` then answers)."""
     sid, raw, kind, cat, tpl, key, at, dry = checked
     if key and len(key) > st.caps.key_length:
         st.capped["max_idempotency_key_length"] += 1
@@ -160,17 +197,19 @@ def admit_checked(st: PolicyState, checked: Checked, now_ms: int) -> AdmitResult
         st.latest_ms = high
     if now >= st.next_due:
         maintain(st, now)
+    res: AdmitResult | Pending
     if first is not None and sender.status < BLOCKING:
         res = remembered(first)
     else:
-        res = _decide_one(st, sender, rkey, kind, cat, tpl, key, now, dry)
+        res = _prepare_one(st, sender, rkey, kind, cat, tpl, key, now, dry)
     order = st.keys.order
+    # keys expired by ``high`` (an answer remembered now lasts beyond it)
     if order and order[0][0] <= high:
         st.forget_expired(high)
     return res
 
 
-def _decide_one(
+def _prepare_one(
     st: PolicyState,
     sender: Sender,
     rkey: int,
@@ -180,8 +219,8 @@ def _decide_one(
     key: str,
     now: int,
     dry: bool,
-) -> AdmitResult:
-    """Steps 2 onwards for one validated request of a known sender whose key (if
+) -> AdmitResult | Pending:
+    """Steps 2 and 3 for one validated request of a known sender whose key (if
     any) has no answer yet. A key's repeat from a sender that is BANNED or
     DISABLED by now comes here too, and step 2 rejects it."""
     scope = sender.scope
@@ -216,13 +255,15 @@ def _decide_one(
             flags |= F_QUALITY_BLOCK
     if dry:
         flags |= F_DRY_RUN
-        tid = 0
-    else:
-        tid = st.ticket + 1
-    index = sender.engine_index
-    d, rsn, retry, counted, used, prev, slot = st.engine.decide(
-        now, scope.index, index, rkey, flags, limit
-    )
+    return Pending(sender, rkey, kind, cat, tpl, key, now, dry, flags, limit, back_off_end)
+
+
+def admit_finish(st: PolicyState, p: Pending, decided: Decision) -> AdmitResult:
+    """One request's answer from steps 4–9's ``decided`` (the engine's ``decide``
+    answer for ``p``): the ticket, the key's memory, the journal record, a tier
+    crossing."""
+    sender, rkey, kind, cat, tpl, key, now, dry, flags, limit, back_off_end = p
+    d, rsn, retry, counted, used, prev, slot = decided
     would: AdmitResult | None = None
     if d != ADMIT:
         res = refusal(sender, d, rsn, retry, limit, used, back_off_end)
@@ -234,7 +275,8 @@ def _decide_one(
     if dry:
         res = AdmitResult(ADMIT, OK, 0, "", counted == 1, limit, used, 0, DRY_RUN_DETAIL)
     else:
-        st.ticket = tid
+        tid = st.ticket = st.ticket + 1
+        index = sender.engine_index
         ticket = encode_ticket(st.k0, st.k1, tid, index, rkey, prev, slot)
         res = AdmitResult(ADMIT, OK, 0, ticket, counted == 1, limit, used, 0, _ADMITTED)
     if would is not None:
@@ -250,6 +292,7 @@ def _decide_one(
     if st.journal_on and not st.replaying:
         st.journal.append(admit_record(now, index, rkey, flags, tid, limit, key, kind, cat, tpl))
     if counted:
+        scope = sender.scope
         if scope.on_path:
             note_reach(st, scope, rkey, now)
         if scope.crossed_at == NEVER and scope.tier != st.profile.ladder[-1]:

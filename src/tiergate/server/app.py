@@ -41,10 +41,12 @@ from tiergate.policy.requests import InvalidArgument
 from tiergate.policy.service import AdmissionService
 from tiergate.server import tls
 from tiergate.server.auth import Guard
+from tiergate.server.gauges import register_metrics, register_shared_metrics
 from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
+from tiergate.server.shared_servicer import SharedAdmissionControl
 from tiergate.server.watch import Watches
 from tiergate.store import (
     EmbeddedStore,
@@ -54,6 +56,8 @@ from tiergate.store import (
     StoreFailedError,
     StoreUnavailableError,
 )
+from tiergate.store.redis_counting import RedisCounting, connect
+from tiergate.store.shared import SharedAdmission
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
@@ -83,6 +87,8 @@ class Sidecar:
         self._stopping: asyncio.Future[None] | None = None
         self._servicer: AdmissionControl | None = None
         self.store: Store | None = None
+        #: Steps 4–9 in Redis when ``--store`` names one (store/shared.py).
+        self.shared: SharedAdmission | None = None
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
         self._failure_report: asyncio.Task[None] | None = None
@@ -122,7 +128,10 @@ class Sidecar:
             self._http_tls = tls.http_context(config)
         except ConfigError as e:
             raise StartupError(str(e)) from e
-        service = await self._open_state()
+        counting = await open_counting(config) if config.store.shared else None
+        service = await self._open_state(counting)
+        if counting is not None:
+            self.shared = SharedAdmission(service, counting, config.store_failure)
         ingestor = self.ingestor = WebhookIngestor(service)
         servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
@@ -130,6 +139,8 @@ class Sidecar:
         if config.metrics_listen is not None:
             await self._start_metrics_endpoint(config.metrics_listen)
         register_metrics(self.metrics, self._live_service, ingestor, self.store)
+        if self.shared is not None:
+            register_shared_metrics(self.metrics, self.shared)
         listen = Endpoint(config.listen.host, self.port)
         log.info(
             "tiergate listening on %s (profile %s, clock %s, engine %s)",
@@ -139,19 +150,24 @@ class Sidecar:
         exposure = exposure_summary(config)
         log.info("exposure: %s", exposure, extra={"exposure": exposure})
 
-    async def _open_state(self) -> AdmissionService:
+    async def _open_state(self, counting: RedisCounting | None = None) -> AdmissionService:
         """The service with the data directory's state recovered and the config's
-        senders (and, on a fresh start, templates) applied, all of it durable."""
+        senders (and, on a fresh start, templates) applied, all of it durable. On the
+        shared store (``counting``) tickets are signed with the key every sidecar of
+        that Redis shares."""
         config = self.config
         service = self.build_service()
         self.service = service
+        if counting is not None:
+            service.set_ticket_key(await counting.ticket_key(service.ticket_key))
         fresh = True
         if config.data_dir is not None:
             try:
                 self.store = EmbeddedStore.open(
                     config.data_dir, config.durability, recover_truncate=config.recover_truncate
                 )
-                service.set_ticket_key(load_ticket_key(config.data_dir))
+                if counting is None:
+                    service.set_ticket_key(load_ticket_key(config.data_dir))
                 self.recovery = self.store.recover(service)
                 self.store.on_failure = self._on_store_failure
                 self.store.on_unavailable = self._on_store_unavailable
@@ -179,9 +195,10 @@ class Sidecar:
     ) -> AdmissionControl:
         """Bind and start the gRPC server; health says SERVING once it accepts calls."""
         config = self.config
-        servicer = AdmissionControl(
+        kind = AdmissionControl if self.shared is None else SharedAdmissionControl
+        servicer = kind(
             service,
-            commit=self._commit_start,
+            commit=self._commit_start if self.shared is None else self._commit_shared,
             metrics=self.metrics,
             max_batch=config.max_batch,
             max_in_flight=config.max_in_flight,
@@ -190,6 +207,8 @@ class Sidecar:
             ingestor=self.ingestor,
         )
         self._servicer = servicer
+        if isinstance(servicer, SharedAdmissionControl) and self.shared is not None:
+            servicer.bind_shared(self.shared)
         if self.store is not None:
             servicer.refusal = self.store.unavailable
         server = build_server(
@@ -265,9 +284,18 @@ class Sidecar:
         except StoreFailedError:
             return self._commit()  # reports the failure, then raises it
 
+    def _commit_shared(self) -> Awaitable[None] | None:
+        """The commit on the shared store: feedback's changes sent to Redis, then the
+        journal's commit (``SharedAdmission.flush``)."""
+        assert self.shared is not None
+        return self.shared.flush(self._commit_start())
+
     async def _commit(self) -> None:
         """Make the service's state changes durable before a response leaves."""
         assert self.service is not None
+        queued = self.shared.flush(None) if self.shared is not None else None
+        if queued is not None:
+            await queued
         if self.watches.active:
             self.watches.poke()
         if self.store is None:
@@ -432,11 +460,19 @@ class Sidecar:
             # last statuses sent), at the latest when the grace period is over.
             await self._server.stop(grace)
         async with self._reloading:  # a reload in progress commits first; none starts after
+            queued = self.shared.flush(None) if self.shared is not None else None
+            if queued is not None:
+                try:
+                    await queued
+                except StoreError as e:
+                    log.warning("feedback not sent to the shared store at shutdown: %s", e)
             if self.store is not None:
                 await self.store.aclose(self.service, deadline=deadline)
                 self.store = None
             elif self.service is not None:
                 self.service.drain_journal()
+            if self.shared is not None:  # after the last commit (it may send to Redis)
+                await self.shared.counting.aclose()
         log.info("tiergate stopped")
 
     async def wait(self) -> None:
@@ -444,85 +480,11 @@ class Sidecar:
             await self._server.wait_for_termination()
 
 
-def register_metrics(
-    m: Metrics,
-    live: Callable[[], AdmissionService],
-    ingestor: WebhookIngestor,
-    store: Store | None,
-) -> None:
-    """The sidecar's gauges and counters read at scrape time: senders, webhooks, store."""
-    m.collect("tiergate_senders", "gauge", "Senders known.", lambda: float(len(live().senders())))
-    m.collect(
-        "tiergate_idempotency_keys",
-        "gauge",
-        "Idempotency keys remembered (expired ones until they are dropped).",
-        lambda: float(len(live().state.keys.order)),
-    )
-    m.collect(
-        "tiergate_templates",
-        "gauge",
-        "Templates known.",
-        lambda: float(len(live().state.templates)),
-    )
-
-    def capped(setting: str) -> Callable[[], float]:
-        return lambda: float(live().state.capped[setting])
-
-    for setting in CAP_SETTINGS.values():
-        m.collect(
-            f"tiergate_capped_{setting}_total",
-            "counter",
-            f"Requests and webhook events refused by {setting}; nothing was changed.",
-            capped(setting),
-        )
-
-    def webhook_stat(key: str) -> Callable[[], float]:
-        return lambda: float(ingestor.stats.as_dict()[key])
-
-    for key in ingestor.stats.as_dict():
-        m.collect(
-            f"tiergate_webhook_{key}_total",
-            "counter",
-            f"Webhook {key.replace('_', ' ')} (IngestWebhook and the HTTP receiver).",
-            webhook_stat(key),
-        )
-    if store is not None:
-        m.collect(
-            "tiergate_journal_bytes",
-            "gauge",
-            "Bytes of journal records on disk (the current segment's unused "
-            "preallocated room not included).",
-            lambda: float(store.journal_bytes),
-        )
-        m.collect(
-            "tiergate_store_commits_total",
-            "counter",
-            "Journal writes: one per committing call; with fsync-always, one per group.",
-            lambda: float(store.commits),
-        )
-        m.collect(
-            "tiergate_journal_no_space",
-            "gauge",
-            "1 while the journal's file system is full: RPCs are refused (UNAVAILABLE).",
-            lambda: float(store.unavailable is not None),
-        )
-        m.collect(
-            "tiergate_journal_no_space_total",
-            "counter",
-            "Times the journal's file system was found full.",
-            lambda: float(store.no_space_episodes),
-        )
-        m.collect(
-            "tiergate_recovery_seconds",
-            "gauge",
-            "Time the last start-up recovery took.",
-            lambda: store.recovery_seconds,
-        )
-
-
 #: Settings of the process itself: a reload reports a change, a restart applies it.
 _RESTART_SETTINGS = (
     "listen",
+    "store",
+    "store_failure",
     "data_dir",
     "clock",
     "durability",
@@ -540,6 +502,16 @@ _RESTART_SETTINGS = (
     "insecure",
     "webhook_max_connections",
 )
+
+
+async def open_counting(config: ServeConfig) -> RedisCounting:
+    """Connect to the Redis ``--store`` names and load its function library."""
+    try:
+        counting = await connect(config.store, server_clock=config.clock == "server")
+    except StoreError as e:
+        raise StartupError(f"store: {config.store}: {e}") from e
+    log.info("store %s: steps 4-9 of Admit and AdmitBatch decided in Redis", config.store)
+    return counting
 
 
 def exposure_summary(config: ServeConfig) -> str:

@@ -1,0 +1,127 @@
+"""Bytes of Redis memory per tracked recipient of the shared store.
+
+One limit scope and one phone number on a throwaway redis-server (no
+persistence): N distinct recipients admitted through ``RedisCounting.decide``
+in batches of 1 000, then ``INFO memory``'s ``used_memory`` against the empty
+server. Two figures: the scope's entries alone (last counted time and slot
+generation per recipient, the rings, the scope's hash), and with the number's
+entries too (each admit leaves the pair-rate TAT of its recipient, in the same
+shard hash, until the number's pair interval has passed and a sweep drops it).
+
+A third for comparison: the same recipients in one sorted set (member: the
+recipient, score: its last send), the layout of the usual sliding-window script.
+
+    .venv/bin/python benchmarks/redis_memory.py --quick      # 100 000 recipients
+    .venv/bin/python benchmarks/redis_memory.py              # 100 000 and 1 000 000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+
+from tiergate.engine.constants import F_TEMPLATE, UNLIMITED
+from tiergate.store.location import parse_store
+from tiergate.store.redis_counting import NumberSpec, Row, ScopeSpec, connect
+
+T0 = 1_700_000_000_000
+BATCH = 1_000
+
+
+async def _used(client: Any) -> int:
+    info = await client.info("memory")
+    return int(info["used_memory"])
+
+
+async def measure(port: int, n: int) -> dict[str, Any]:
+    store = await connect(parse_store(f"redis://{_common.LOOPBACK}:{port}"), timeout=30.0)
+    client = store.client
+    await client.flushall()
+    await store.load()
+    scope = ScopeSpec(f"mem-{n}")
+    # bursts so large that nothing but the limit refuses (UNLIMITED here)
+    number = NumberSpec("106540352242922", 1, 1 << 20, 1, 1 << 20)
+    empty = await _used(client)
+    started = time.perf_counter()
+    for at in range(0, n, BATCH):
+        rows = [
+            Row(number, 14_150_000_000 + i, F_TEMPLATE, UNLIMITED, T0 + i // 1000)
+            for i in range(at, min(n, at + BATCH))
+        ]
+        got = await store.decide(scope, rows)
+        assert all(d.decision == 1 for d in got), "a recipient was refused"
+    seconds = time.perf_counter() - started
+    full = await _used(client)
+    async for key in client.scan_iter(match=f"{scope.tag}:c*", count=1000):
+        numbers = [f for f in await client.hkeys(key) if b":" in f]  # <number>:<recipient>
+        if numbers:
+            await client.hdel(key, *numbers)
+    scope_only = await _used(client)
+    await store.aclose()
+    return {
+        "recipients": n,
+        "bytes_per_recipient": round((full - empty) / n, 1),
+        "scope_bytes_per_recipient": round((scope_only - empty) / n, 1),
+        "decisions_per_s": round(n / seconds),
+        "used_memory_empty": empty,
+        "used_memory_full": full,
+    }
+
+
+async def measure_zset(port: int, n: int) -> float:
+    """Bytes per recipient of the usual alternative: one sorted set of recipients
+    scored by their last send (``peers.ZSET_LUA``'s layout)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=_common.LOOPBACK, port=port)
+    await client.flushall()
+    empty = await _used(client)
+    for at in range(0, n, BATCH):
+        pipe = client.pipeline(transaction=False)
+        for i in range(at, min(n, at + BATCH)):
+            pipe.zadd("zset:bench", {str(14_150_000_000 + i): T0 + i})
+        await pipe.execute()
+    full = await _used(client)
+    await client.aclose()
+    return round((full - empty) / n, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 000 recipients only")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args()
+    _common.exit_on_sigterm()
+    sizes = (100_000,) if args.quick else (100_000, 1_000_000)
+    rows = []
+    with _common.redis_server() as port:
+        for n in sizes:
+            row = asyncio.run(measure(port, n))
+            row["zset_bytes_per_recipient"] = asyncio.run(measure_zset(port, n))
+            rows.append(row)
+    _common.print_machine()
+    _common.print_table(
+        "Redis memory per tracked recipient (INFO memory used_memory)",
+        ("recipients", "bytes/recipient", "scope entries only", "sorted set", "decisions/s"),
+        [
+            (
+                r["recipients"],
+                r["bytes_per_recipient"],
+                r["scope_bytes_per_recipient"],
+                r["zset_bytes_per_recipient"],
+                r["decisions_per_s"],
+            )
+            for r in rows
+        ],
+    )
+    path = _common.write_results("redis_memory", {"runs": rows}, args.results_dir)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

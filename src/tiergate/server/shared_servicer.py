@@ -1,0 +1,111 @@
+"""The RPCs over the shared store (``--store redis://…``): Admit and AdmitBatch decide
+steps 4–9 in Redis (``store/shared.py``); AdmitColumns and AdmitStream are refused
+with FAILED_PRECONDITION (not decided over the shared store yet, and never silently
+against this process's own counts)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from tiergate.policy.answers import AdmitResult
+from tiergate.policy.requests import check_one, well_formed
+from tiergate.server import admit_wire, batch_wire, convert
+from tiergate.server.servicer import AdmissionControl
+from tiergate.store.shared import SharedAdmission
+from tiergate.v1 import admission_pb2 as pb
+
+__all__ = ["SharedAdmissionControl"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SharedAdmissionControl(AdmissionControl):
+    """:class:`AdmissionControl` with its counting state in Redis."""
+
+    shared: SharedAdmission
+
+    def bind_shared(self, shared: SharedAdmission) -> None:
+        self.shared = shared
+
+    async def _admit_one(self, request: Any, wire: bool) -> AdmitResult:
+        fields = admit_wire.decode_fast(request) if wire else None
+        if fields is None:
+            req = admit_wire.parse(request) if wire else request
+            fields = well_formed(req) or check_one(req, "")
+        return await self.shared.admit_checked(fields, self._clock.now(fields[6]))
+
+    async def Admit(self, request: Any, context: Context) -> Any:
+        """As :meth:`AdmissionControl.Admit`: the same checks, metrics, commit and
+        answers, with steps 4–9 decided in Redis."""
+        if (unserved := self.in_flight.unserved(context)) is not None:
+            await self._refuse(context, "Admit", unserved)
+        started = time.perf_counter()
+        with self.in_flight:
+            try:
+                if self.refusal is not None:
+                    raise self.refusal
+                wire = type(request) is bytes
+                result = await self._admit_one(request, wire)
+                self._metrics.decided_one(result, "Admit")
+                await self._committed()
+                return (
+                    admit_wire.encode_response(result) if wire else convert.admit_response(result)
+                )
+            except Exception as e:
+                await self._fail(context, "Admit", e)
+            finally:
+                self._metrics.timed("Admit", started)
+
+    async def GetSenderState(
+        self, request: pb.GetSenderStateRequest, context: Context
+    ) -> pb.SenderState:
+        """As :meth:`AdmissionControl.GetSenderState`, naming the shared store and
+        whether it can be reached now."""
+        state = await super().GetSenderState(request, context)
+        state.store = str(self.shared.counting.location)
+        state.store_unavailable = not self.shared.available
+        return state
+
+    async def _not_shared(self, rpc: str, context: Context) -> Any:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{rpc}: not decided over --store redis yet (unary Admit is); use the embedded store",
+        )
+
+    async def AdmitBatch(self, request: Any, context: Context) -> Any:
+        """As :meth:`AdmissionControl.AdmitBatch`, steps 4–9 decided in Redis: one
+        round trip for the batch (more only where an idempotency key repeats)."""
+        await self._admit_call(context, "AdmitBatch")
+        with self.in_flight, self._timed("AdmitBatch"):
+            try:
+                if self.refusal is not None:
+                    raise self.refusal
+                wire = type(request) is bytes
+                if wire:
+                    self._check_batch_size(batch_wire.requests_before_parse(request))
+                    request = batch_wire.parse(request)
+                reqs = request.requests
+                self._check_batch_size(len(reqs))
+                results = (
+                    await self.shared.admit_many(reqs, self._clock.batch(reqs)) if reqs else []
+                )
+                self._metrics.decided(results, "AdmitBatch")
+                await self._committed()
+                reply = pb.AdmitBatchResponse(
+                    responses=[convert.admit_response(r) for r in results]
+                )
+                return reply.SerializeToString() if wire else reply
+            except Exception as e:
+                await self._fail(context, "AdmitBatch", e)
+
+    async def AdmitColumnsWire(self, data: bytes, context: Context) -> bytes:
+        return await self._not_shared("AdmitColumns", context)  # type: ignore[no-any-return]
+
+    async def AdmitColumns(self, request: Any, context: Context) -> Any:
+        return await self._not_shared("AdmitColumns", context)
+
+    async def AdmitStream(self, request_iterator: Any, context: Context) -> Any:  # type: ignore[override]
+        return await self._not_shared("AdmitStream", context)

@@ -1,0 +1,257 @@
+"""Admission over the shared store: steps 1–3 here, steps 4–9 in Redis.
+
+:class:`SharedAdmission` decides a request (or a batch's items, in order) the
+way ``AdmissionService.admit_checked`` does, with steps 4–9 (window, opt-out,
+messaging limit, protective rules, throughput, pair rate) decided and
+consumed by the Redis function instead of this process's engine:
+``policy.admission.admit_prepare`` → :meth:`RedisCounting.decide` (requests
+made in one loop pass share one round trip) → ``admission.admit_finish``.
+
+Feedback (a FAILED send's release, windows opened by inbound messages and
+closed by 131047, opt-outs, 130429, 131056) is applied by the policy layer as
+ever, to this process's engine, and through :class:`MirroredCounting` also
+queued for Redis; :meth:`SharedAdmission.flush` sends the queue before the
+call that caused it is answered (the servicer's commit). A release is
+reported as not applied locally (the slot was made in Redis): Redis gives the
+slot back if it is still the recipient's latest.
+
+While Redis cannot be reached, ``failure="closed"`` answers RETRY_LATER with
+the detail ``store unavailable`` and a retry time one second on;
+``failure="open"`` decides with this process's engine (counted locally, not
+reconciled into Redis afterwards: see docs/redis.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, cast
+
+from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
+from tiergate.policy.admission import Pending, admit_finish, admit_prepare
+from tiergate.policy.answers import AdmitResult
+from tiergate.policy.requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
+from tiergate.policy.seam import CountingStore, Decision
+from tiergate.policy.service import AdmissionService
+from tiergate.policy.state import LimitScope
+from tiergate.policy.tiers import number_params
+
+from .base import StoreUnavailableError
+from .redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec
+
+__all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "MirroredCounting", "SharedAdmission"]
+
+#: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
+Change = Callable[[], Awaitable[object]]
+
+#: What a refusal for an unreachable store says, and how soon to retry.
+UNAVAILABLE_DETAIL = "store unavailable: retry shortly"
+RETRY_AFTER_MS = 1_000
+
+
+class SharedAdmission:
+    """Unary admission with its counting state in Redis (see the module docstring)."""
+
+    def __init__(
+        self,
+        service: AdmissionService,
+        counting: RedisCounting,
+        failure: Literal["closed", "open"] = "closed",
+    ) -> None:
+        self.service = service
+        self.counting = counting
+        self.failure = failure
+        #: Admits answered while Redis could not be reached, and whether it can now.
+        self.unavailable_answers = 0
+        self.available = True
+        self._scopes: dict[str, ScopeSpec] = {}
+        #: Feedback's changes for Redis, in the order they were made.
+        self.queued: list[Change] = []
+        st = service.state
+        st.engine = cast(CountingStore, MirroredCounting(st.engine, self))
+
+    def flush(self, local: Awaitable[None] | None) -> Awaitable[None] | None:
+        """What a call must await before its answer leaves: the queued changes sent to
+        Redis in order, then ``local`` (the journal's commit). A change Redis did not
+        take stays queued, first, for the next call."""
+        if not self.queued:
+            return local
+        return self._flush(local)
+
+    async def _flush(self, local: Awaitable[None] | None) -> None:
+        while self.queued:
+            try:
+                await self.queued[0]()
+            except StoreUnavailableError:
+                self.available = False
+                raise
+            del self.queued[0]
+        self.available = True
+        if local is not None:
+            await local
+
+    def number(self, index: int) -> tuple[ScopeSpec, NumberSpec]:
+        """The scope and number of the engine's number ``index``."""
+        st = self.service.state
+        s = st.by_index[index]
+        assert s.engine_index == index
+        return self.scope(s.scope), NumberSpec(s.id, *number_params(st, s))
+
+    def scope_of(self, index: int) -> ScopeSpec:
+        for s in self.service.state.by_index:
+            if s.scope.index == index:
+                return self.scope(s.scope)
+        raise IndexError(f"scope {index} out of range")
+
+    def scope(self, scope: LimitScope) -> ScopeSpec:
+        spec = self._scopes.get(scope.key)
+        p = self.service.profile
+        if spec is None or spec.freq_cap != p.frequency_cap:
+            spec = self._scopes[scope.key] = ScopeSpec(
+                scope.key,
+                p.bucket_ms,
+                p.window_ms,
+                p.long_bucket_ms,
+                p.lookback_ms,
+                p.frequency_cap,
+                p.frequency_window_ms,
+            )
+        return spec
+
+    async def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
+        """Validate every request (an error names ``requests[i].<field>``), then decide
+        them in order: steps 1–3 item by item, steps 4–9 of the items so far in one
+        round trip (one function call per limit scope), then their answers. A part
+        ends before an item whose idempotency key an item of the part holds, so the
+        repeat sees the first's answer."""
+        checked = [well_formed(r) or check_one(r, f"requests[{i}].") for i, r in enumerate(reqs)]
+        st = self.service.state
+        out: list[AdmitResult | None] = [None] * len(checked)
+        at = 0
+        while at < len(checked):
+            part: list[tuple[int, Pending]] = []
+            held: set[tuple[str, str]] = set()
+            for i in range(at, len(checked)):
+                c = checked[i]
+                if c[5] and (c[0], c[5]) in held:
+                    break
+                try:
+                    p = admit_prepare(st, c, now_ms)
+                except KeyConflict as e:
+                    raise e.at(f"requests[{i}].idempotency_key") from None
+                at = i + 1
+                if isinstance(p, Pending):
+                    part.append((i, p))
+                    if c[5]:
+                        held.add((c[0], c[5]))
+                else:
+                    out[i] = p
+            decided = await self._decide_part([p for _, p in part])
+            for (i, p), d in zip(part, decided, strict=True):
+                out[i] = d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
+        return [r for r in out if r is not None]
+
+    async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
+        """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""
+        st = self.service.state
+        idem_ms = st.profile.idempotency_ms
+        futs = [
+            self.counting.decide(
+                self.scope(p.sender.scope),
+                [
+                    Row(
+                        NumberSpec(p.sender.id, *number_params(st, p.sender)),
+                        p.rkey,
+                        p.flags,
+                        p.limit,
+                        p.now,
+                        f"{p.sender.id}:{p.key}" if p.key else "",
+                        idem_ms,
+                    )
+                ],
+            )
+            for p in part
+        ]
+        out: list[AdmitResult | Decision] = []
+        for p, fut in zip(part, futs, strict=True):
+            try:
+                out.append((await fut)[0])
+                self.available = True
+            except StoreUnavailableError:
+                out.append(self._unavailable(p))
+        return out
+
+    def _unavailable(self, p: Pending) -> AdmitResult | Decision:
+        """What a request gets while Redis cannot be reached (``--store-failure``)."""
+        self.available = False
+        self.unavailable_answers += 1
+        if self.failure == "closed":
+            retry = p.now + RETRY_AFTER_MS
+            return AdmitResult(
+                RETRY_LATER, REASON_UNSPECIFIED, retry, "", False, p.limit, 0, 0, UNAVAILABLE_DETAIL
+            )
+        s = p.sender
+        st = self.service.state
+        return st.engine.decide(p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit)
+
+    async def admit_checked(self, checked: Checked, now_ms: int) -> AdmitResult:
+        """Decide one request whose fields passed ``requests.well_formed``'s checks."""
+        st = self.service.state
+        p = admit_prepare(st, checked, now_ms)
+        if not isinstance(p, Pending):
+            return p
+        (d,) = await self._decide_part([p])
+        return d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
+
+
+class MirroredCounting:
+    """This process's engine, every feedback change also queued for Redis (see the
+    module docstring); everything else is the engine's own."""
+
+    def __init__(self, local: Any, shared: SharedAdmission) -> None:
+        self.local = local
+        self.shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.local, name)
+
+    @staticmethod
+    def copy_room(sizes: tuple[int, ...]) -> object:
+        return None  # the engine's copy makes its own room
+
+    def _queue(self, change: Change) -> None:
+        self.shared.queued.append(change)
+
+    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool:
+        spec, redis = self.shared.scope_of(scope), self.shared.counting
+        self._queue(lambda: redis.release(spec, recipient, slot, prev_counted))
+        return bool(self.local.release(scope, recipient, slot, prev_counted))
+
+    def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
+        self.local.open_window(number, recipient, window_until, fep_until)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.open_window(spec, num.name, recipient, window_until, fep_until))
+
+    def close_window(self, number: int, recipient: int) -> None:
+        self.local.close_window(number, recipient)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.close_window(spec, num.name, recipient))
+
+    def set_opt_out(self, scope: int, recipient: int, opted_out: bool) -> None:
+        self.local.set_opt_out(scope, recipient, opted_out)
+        spec, redis = self.shared.scope_of(scope), self.shared.counting
+        self._queue(lambda: redis.set_opt_out(spec, recipient, opted_out))
+
+    def slow_throughput(self, number: int, now: int, pause_ms: int) -> None:
+        self.local.slow_throughput(number, now, pause_ms)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.slow_throughput(spec, num, now, pause_ms))
+
+    def take_throughput(self, number: int, now: int) -> None:
+        self.local.take_throughput(number, now)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.take_throughput(spec, num, now))
+
+    def hold_pair(self, number: int, recipient: int, until: int) -> None:
+        self.local.hold_pair(number, recipient, until)
+        (spec, num), redis = self.shared.number(number), self.shared.counting
+        self._queue(lambda: redis.hold_pair(spec, num.name, recipient, until))
