@@ -397,3 +397,36 @@ def test_a_data_dir_with_the_shared_store_restarts(redis_url: str, tmp_path: Any
             assert third.used == 2  # the first one's slot was given back in Redis
 
     uvloop.run(main())
+
+
+def test_rules_the_shared_store_does_not_decide_yet_are_refused(
+    redis_url: str, tmp_path: Any
+) -> None:
+    """Shadow mode and warm-up under portfolio scope refuse to start on the shared
+    store (never enforcing less than alone); PlanCampaign, WatchSenderState and
+    AdmitColumns answer FAILED_PRECONDITION there."""
+    from dataclasses import replace
+
+    from tiergate.server.app import StartupError
+
+    warm = tmp_path / "warm.toml"
+    warm.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
+
+    async def main() -> None:
+        for config, what in (
+            (replace(_config(redis_url), shadow=True), "shadow mode"),
+            (replace(_config(redis_url), profile=str(warm)), "warm-up"),
+        ):
+            with pytest.raises(StartupError, match=what):
+                await Sidecar(config).start()
+        async with serving(_config(redis_url)) as stub:
+            plan = pb.PlanCampaignRequest(sender_id=SENDER, template_id="t1", recipients=["1"])
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.PlanCampaign(plan)
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                async for _ in stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER)):
+                    pass
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    uvloop.run(main())

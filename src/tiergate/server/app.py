@@ -128,6 +128,8 @@ class Sidecar:
             self._http_tls = tls.http_context(config)
         except ConfigError as e:
             raise StartupError(str(e)) from e
+        if config.store.shared:
+            refuse_unshared(self._profile(config))
         counting = await open_counting(config) if config.store.shared else None
         service = await self._open_state(counting)
         if counting is not None:
@@ -502,6 +504,21 @@ _RESTART_SETTINGS = (
     "insecure",
     "webhook_max_connections",
 )
+
+
+def refuse_unshared(profile: Profile) -> None:
+    """StartupError for a profile whose rules the shared store does not decide yet:
+    a sidecar must never enforce less over Redis than it would alone."""
+    if profile.shadow_reasons:
+        raise StartupError(
+            "store: shadow mode (--shadow, or the profile's [shadow] reasons) is not "
+            "decided over --store redis yet; use the embedded store"
+        )
+    if profile.warmup_enabled and profile.limit_scope == "portfolio":
+        raise StartupError(
+            "store: warm-up under portfolio scope (the profile's [warmup]) is not "
+            "decided over --store redis yet; use the embedded store"
+        )
 
 
 async def open_counting(config: ServeConfig) -> RedisCounting:

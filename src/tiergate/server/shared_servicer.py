@@ -1,11 +1,12 @@
 """The RPCs over the shared store (``--store redis://…``): Admit and AdmitBatch decide
-steps 4–9 in Redis (``store/shared.py``); AdmitColumns and AdmitStream are refused
-with FAILED_PRECONDITION (not decided over the shared store yet, and never silently
-against this process's own counts)."""
+steps 4–9 in Redis (``store/shared.py``); AdmitColumns, AdmitStream, PlanCampaign
+and WatchSenderState are refused with FAILED_PRECONDITION (not served over the
+shared store yet, and never silently from this process's own counts)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -109,3 +110,12 @@ class SharedAdmissionControl(AdmissionControl):
 
     async def AdmitStream(self, request_iterator: Any, context: Context) -> Any:  # type: ignore[override]
         return await self._not_shared("AdmitStream", context)
+
+    async def PlanCampaign(self, request: Any, context: Context) -> Any:
+        return await self._not_shared("PlanCampaign", context)
+
+    async def WatchSenderState(  # type: ignore[override]
+        self, request: Any, context: Context
+    ) -> AsyncIterator[pb.SenderState]:
+        await self._not_shared("WatchSenderState", context)
+        yield pb.SenderState()  # never reached: a stream handler is a generator
