@@ -105,18 +105,8 @@ class Sidecar:
 
     def build_service(self) -> AdmissionService:
         return AdmissionService(
-            self._profile(self.config), clock=self.config.clock, caps=caps(self.config)
+            serve_profile(self.config), clock=self.config.clock, caps=caps(self.config)
         )
-
-    @staticmethod
-    def _profile(config: ServeConfig) -> Profile:
-        try:
-            profile = load_profile(config.profile)
-        except Exception as e:
-            raise StartupError(f"profile: {e}") from e
-        if config.shadow:
-            return dataclasses.replace(profile, shadow_reasons=frozenset(SHADOWABLE))
-        return profile
 
     async def start(self) -> None:
         """Recover the state, serve gRPC (health and reflection included), then the
@@ -129,7 +119,7 @@ class Sidecar:
         except ConfigError as e:
             raise StartupError(str(e)) from e
         if config.store.shared:
-            refuse_unshared(self._profile(config))
+            refuse_unshared(serve_profile(config))
         counting = await open_counting(config) if config.store.shared else None
         service = await self._open_state(counting)
         if counting is not None:
@@ -378,7 +368,7 @@ class Sidecar:
                 raise StartupError("the sidecar is shutting down")
             changes: list[str] = []
             # Reading and checking a profile file takes milliseconds: not on the loop.
-            profile = await asyncio.to_thread(self._profile, config)
+            profile = await asyncio.to_thread(serve_profile, config)
             now_ms = self._servicer.now() if self._servicer is not None else seed_clock_ms(config)
             try:
                 if profile != service.profile:
@@ -397,7 +387,7 @@ class Sidecar:
             finally:
                 # Whatever was applied is journaled before the next reload starts.
                 await self._commit()
-            changes += self._reload_webhook_settings(config)
+            changes += reload_webhook_settings(self, config)
             changes += reload_tokens(self.guard, self.config, config)
             tokens = config if self.guard.active and (config.token or config.admin_token) else None
             self.config = dataclasses.replace(
@@ -414,24 +404,6 @@ class Sidecar:
                 if getattr(config, name) != getattr(self.config, name):
                     log.warning("reload: %s changed; it takes effect at the next restart", name)
             return changes
-
-    def _reload_webhook_settings(self, config: ServeConfig) -> list[str]:
-        changes = []
-        if config.webhook_secret != self.config.webhook_secret:
-            if self._servicer is not None:
-                self._servicer.webhook_secret = config.webhook_secret
-            if self._webhooks is not None:
-                self._webhooks.secret = config.webhook_secret
-            if config.webhook_secret:
-                changes.append("webhook_secret replaced")
-            else:
-                changes.append("webhook_secret removed")
-                log.warning("reload: no webhook_secret: webhook signatures are not checked")
-        if config.webhook_verify_token != self.config.webhook_verify_token:
-            if self._webhooks is not None:
-                self._webhooks.verify_token = config.webhook_verify_token
-            changes.append("webhook_verify_token replaced")
-        return changes
 
     async def _after_webhook(self, result: IngestResult) -> None:
         await self._commit()
@@ -504,6 +476,38 @@ _RESTART_SETTINGS = (
     "insecure",
     "webhook_max_connections",
 )
+
+
+def serve_profile(config: ServeConfig) -> Profile:
+    """The profile ``config`` names, every shadowable rule shadowed under ``--shadow``."""
+    try:
+        profile = load_profile(config.profile)
+    except Exception as e:
+        raise StartupError(f"profile: {e}") from e
+    if config.shadow:
+        return dataclasses.replace(profile, shadow_reasons=frozenset(SHADOWABLE))
+    return profile
+
+
+def reload_webhook_settings(sidecar: Sidecar, config: ServeConfig) -> list[str]:
+    """A reload's new webhook secret and verify token, applied where they are used."""
+    changes = []
+    servicer, receiver = sidecar._servicer, sidecar._webhooks
+    if config.webhook_secret != sidecar.config.webhook_secret:
+        if servicer is not None:
+            servicer.webhook_secret = config.webhook_secret
+        if receiver is not None:
+            receiver.secret = config.webhook_secret
+        if config.webhook_secret:
+            changes.append("webhook_secret replaced")
+        else:
+            changes.append("webhook_secret removed")
+            log.warning("reload: no webhook_secret: webhook signatures are not checked")
+    if config.webhook_verify_token != sidecar.config.webhook_verify_token:
+        if receiver is not None:
+            receiver.verify_token = config.webhook_verify_token
+        changes.append("webhook_verify_token replaced")
+    return changes
 
 
 def refuse_unshared(profile: Profile) -> None:

@@ -114,7 +114,7 @@ class SharedAdmissionControl(AdmissionControl):
     async def PlanCampaign(self, request: Any, context: Context) -> Any:
         return await self._not_shared("PlanCampaign", context)
 
-    async def WatchSenderState(  # type: ignore[override]
+    async def WatchSenderState(
         self, request: Any, context: Context
     ) -> AsyncIterator[pb.SenderState]:
         await self._not_shared("WatchSenderState", context)

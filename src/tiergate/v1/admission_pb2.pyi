@@ -1060,6 +1060,8 @@ class SenderState(_message.Message):
     COUNTED_LAST_HOUR_FIELD_NUMBER: _builtins.int
     SLOTS_FREEING_PER_HOUR_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    STORE_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
     portfolio_id: _builtins.str
     profile: _builtins.str
@@ -1096,6 +1098,14 @@ class SenderState(_message.Message):
     the slots that leave the 24 h window in each of the next 24 hours.
     """
     counted_last_hour: _builtins.int
+    store: _builtins.str
+    """Where steps 4-9 are decided: empty for this process's own (embedded)
+    store; the shared Redis store's URL (password hidden) with --store redis://….
+    """
+    store_unavailable: _builtins.bool
+    """True while the shared store cannot be reached: Admit answers as
+    --store-failure says (closed: RETRY_LATER "store unavailable").
+    """
     @_builtins.property
     def upgrade(self) -> Global___UpgradeState: ...
     @_builtins.property
@@ -1140,10 +1150,12 @@ class SenderState(_message.Message):
         counted_last_hour: _builtins.int = ...,
         slots_freeing_per_hour: _abc.Iterable[_builtins.int] | None = ...,
         changes: _abc.Iterable[_builtins.str] | None = ...,
+        store: _builtins.str = ...,
+        store_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["upgrade", b"upgrade"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "changes", b"changes", "counted_last_hour", b"counted_last_hour", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "limit_reached_at_unix_ms", b"limit_reached_at_unix_ms", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "slots_freeing_per_hour", b"slots_freeing_per_hour", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "changes", b"changes", "counted_last_hour", b"counted_last_hour", "decision_counts", b"decision_counts", "display_phone_number", b"display_phone_number", "effective_limit", b"effective_limit", "limit", b"limit", "limit_reached_at_unix_ms", b"limit_reached_at_unix_ms", "next_slot_free_at_unix_ms", b"next_slot_free_at_unix_ms", "open_windows", b"open_windows", "paused_templates", b"paused_templates", "portfolio_id", b"portfolio_id", "profile", b"profile", "quality", b"quality", "remaining", b"remaining", "replies_restricted_until_unix_ms", b"replies_restricted_until_unix_ms", "restricted_until_unix_ms", b"restricted_until_unix_ms", "sender_id", b"sender_id", "slots_freeing_per_hour", b"slots_freeing_per_hour", "spam_held_until_unix_ms", b"spam_held_until_unix_ms", "status", b"status", "store", b"store", "store_unavailable", b"store_unavailable", "throughput_mps", b"throughput_mps", "tier", b"tier", "unique_7d", b"unique_7d", "upgrade", b"upgrade", "used_24h", b"used_24h"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
