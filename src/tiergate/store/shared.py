@@ -221,10 +221,12 @@ class MirroredCounting:
     def _queue(self, change: Change) -> None:
         self.shared.queued.append(change)
 
-    def release(self, scope: int, recipient: int, slot: int, prev_counted: int) -> bool:
+    def release(
+        self, scope: int, recipient: int, slot: int, prev_counted: int, number: int = -1
+    ) -> bool:
         spec, redis = self.shared.scope_of(scope), self.shared.counting
         self._queue(lambda: redis.release(spec, recipient, slot, prev_counted))
-        return bool(self.local.release(scope, recipient, slot, prev_counted))
+        return bool(self.local.release(scope, recipient, slot, prev_counted, number))
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
         self.local.open_window(number, recipient, window_until, fep_until)
