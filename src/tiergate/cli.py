@@ -344,21 +344,25 @@ def format_state(state: pb.SenderState) -> str:
     return "\n".join(f"{k:<17} {v}" for k, v in rows)
 
 
+#: TiergateClient's connection options and the flags that give them
+#: (``_add_connection_flags``).
+_CLIENT_OPTIONS = (
+    ("timeout", "timeout"),
+    ("tls", "tls"),
+    ("ca_file", "tls_ca"),
+    ("cert_file", "tls_cert"),
+    ("key_file", "tls_key"),
+)
+
+
 def _ask(args: argparse.Namespace, ask: Callable[[TiergateClient], Awaitable[_T]]) -> _T | int:
     """``ask``'s answer from the sidecar ``state``, ``watch`` or ``health`` names; an exit code
     (printed why) when the token file is bad or the call fails."""
 
     async def call() -> _T:
         token = cfg.read_secret("token_file", Path(args.token_file)) if args.token_file else None
-        async with TiergateClient(
-            args.target,
-            timeout=args.timeout,
-            token=token,
-            tls=args.tls,
-            ca_file=args.tls_ca,
-            cert_file=args.tls_cert,
-            key_file=args.tls_key,
-        ) as client:
+        options = {name: getattr(args, flag) for name, flag in _CLIENT_OPTIONS}
+        async with TiergateClient(args.target, token=token, **options) as client:
             return await ask(client)
 
     try:

@@ -165,22 +165,6 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         self._metrics.decided(results, rpc)
         return results
 
-    def _decide_before(
-        self, requests: Sequence[pb.AdmitRequest], error: InvalidArgument
-    ) -> tuple[list[AdmitResult], int, str, InvalidArgument]:
-        """A stream chunk refused with ``error``: decide the requests before the first
-        bad one, which may lie before the one ``error`` names (fields are checked before
-        keys). Returns their answers, the first bad one's index, field and error."""
-        bad, field = _bad_index(error, len(requests))
-        while bad > 0:
-            try:
-                head = requests[:bad]
-                return self._decide(head, self._clock.batch(head), "AdmitStream"), bad, field, error
-            except InvalidArgument as e:
-                error = e
-                bad, field = _bad_index(e, bad)
-        return [], 0, field, error
-
     # --- RPCs ------------------------------------------------------------------
 
     async def Admit(self, request: Any, context: Context) -> Any:
@@ -233,30 +217,37 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
                 wire = type(request) is bytes
                 if wire:
                     self._check_batch_size(batch_wire.requests_before_parse(request))
-                    cols = batch_wire.decode_fast(request)
-                    if cols is not None:
-                        try:
-                            result = self._admit_columns(cols, "AdmitBatch")
-                        except KeyRefused as e:  # named as the message path names it
-                            raise e.at(f"requests[{e.item}].idempotency_key") from None
-                        await self._committed()
-                        return batch_wire.encode_response(cols, result)
+                    fast = await self._batch_fast(request)
+                    if fast is not None:
+                        return fast
                     request = batch_wire.parse(request)
-                n = len(request.requests)
-                self._check_batch_size(n)
-                if n == 0:
-                    reply = pb.AdmitBatchResponse()
-                else:
-                    results = self._decide(
-                        request.requests, self._clock.batch(request.requests), "AdmitBatch"
-                    )
-                    await self._committed()
-                    reply = pb.AdmitBatchResponse(
-                        responses=[convert.admit_response(r) for r in results]
-                    )
+                reqs = request.requests
+                self._check_batch_size(len(reqs))
+                results = await self._batch_results(reqs) if reqs else []
+                reply = pb.AdmitBatchResponse(
+                    responses=[convert.admit_response(r) for r in results]
+                )
                 return reply.SerializeToString() if wire else reply
             except Exception as e:
                 await self._fail(context, "AdmitBatch", e)
+
+    async def _batch_fast(self, data: bytes) -> bytes | None:
+        """AdmitBatch's answer bytes from the compiled reader's columns; None: parse it."""
+        cols = batch_wire.decode_fast(data)
+        if cols is None:
+            return None
+        try:
+            result = self._admit_columns(cols, "AdmitBatch")
+        except KeyRefused as e:  # named as the message path names it
+            raise e.at(f"requests[{e.item}].idempotency_key") from None
+        await self._committed()
+        return batch_wire.encode_response(cols, result)
+
+    async def _batch_results(self, reqs: Sequence[Any]) -> list[AdmitResult]:
+        """A parsed AdmitBatch's answers, decided and committed."""
+        results = self._decide(reqs, self._clock.batch(reqs), "AdmitBatch")
+        await self._committed()
+        return results
 
     def _check_batch_size(self, n: int) -> None:
         if n > self._max_batch:
@@ -381,7 +372,7 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
                     except InvalidArgument as e:
                         # Answer the valid requests before the bad one, then end the
                         # stream naming the bad one by its position in the stream.
-                        results, bad, field, e = self._decide_before(requests, e)
+                        results, bad, field, e = _decide_before(self, requests, e)
                         if results:
                             await self._committed()
                             for r in results:
@@ -478,6 +469,24 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
                 return state
             except Exception as e:
                 await self._fail(context, "GetSenderState", e)
+
+
+def _decide_before(
+    servicer: AdmissionControl, requests: Sequence[pb.AdmitRequest], error: InvalidArgument
+) -> tuple[list[AdmitResult], int, str, InvalidArgument]:
+    """A stream chunk refused with ``error``: decide the requests before the first
+    bad one, which may lie before the one ``error`` names (fields are checked before
+    keys). Returns their answers, the first bad one's index, field and error."""
+    bad, field = _bad_index(error, len(requests))
+    while bad > 0:
+        try:
+            head = requests[:bad]
+            results = servicer._decide(head, servicer._clock.batch(head), "AdmitStream")
+            return results, bad, field, error
+        except InvalidArgument as e:
+            error = e
+            bad, field = _bad_index(e, bad)
+    return [], 0, field, error
 
 
 def _bad_index(exc: InvalidArgument, n: int) -> tuple[int, str]:

@@ -6,14 +6,14 @@ shared store yet, and never silently from this process's own counts)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.requests import check_one, well_formed
-from tiergate.server import admit_wire, batch_wire, convert
+from tiergate.server import admit_wire, convert
 from tiergate.server.servicer import AdmissionControl
 from tiergate.store.shared import SharedAdmission
 from tiergate.v1 import admission_pb2 as pb
@@ -76,31 +76,16 @@ class SharedAdmissionControl(AdmissionControl):
             f"{rpc}: not decided over --store redis yet (unary Admit is); use the embedded store",
         )
 
-    async def AdmitBatch(self, request: Any, context: Context) -> Any:
-        """As :meth:`AdmissionControl.AdmitBatch`, steps 4–9 decided in Redis: one
-        round trip for the batch (more only where an idempotency key repeats)."""
-        await self._admit_call(context, "AdmitBatch")
-        with self.in_flight, self._timed("AdmitBatch"):
-            try:
-                if self.refusal is not None:
-                    raise self.refusal
-                wire = type(request) is bytes
-                if wire:
-                    self._check_batch_size(batch_wire.requests_before_parse(request))
-                    request = batch_wire.parse(request)
-                reqs = request.requests
-                self._check_batch_size(len(reqs))
-                results = (
-                    await self.shared.admit_many(reqs, self._clock.batch(reqs)) if reqs else []
-                )
-                self._metrics.decided(results, "AdmitBatch")
-                await self._committed()
-                reply = pb.AdmitBatchResponse(
-                    responses=[convert.admit_response(r) for r in results]
-                )
-                return reply.SerializeToString() if wire else reply
-            except Exception as e:
-                await self._fail(context, "AdmitBatch", e)
+    async def _batch_fast(self, data: bytes) -> bytes | None:
+        return None  # AdmitBatch over Redis goes by the parsed requests
+
+    async def _batch_results(self, reqs: Sequence[Any]) -> list[AdmitResult]:
+        """Steps 4–9 decided in Redis: one round trip for the batch (more only where
+        an idempotency key repeats)."""
+        results = await self.shared.admit_many(reqs, self._clock.batch(reqs))
+        self._metrics.decided(results, "AdmitBatch")
+        await self._committed()
+        return results
 
     async def AdmitColumnsWire(self, data: bytes, context: Context) -> bytes:
         return await self._not_shared("AdmitColumns", context)  # type: ignore[no-any-return]

@@ -28,7 +28,11 @@ from typing import Any, NamedTuple
 
 from redis import exceptions as rexc
 
-from tiergate.engine.reference.bounds import MAX_TIME, NEVER, SLOT_GEN_BITS, SLOT_GEN_MAX
+from tiergate.engine.reference.bounds import (
+    MAX_TIME,
+    SLOT_GEN_BITS,
+    slot_stamp,
+)
 from tiergate.engine.results import Decided, Usage
 
 from .base import StoreUnavailableError
@@ -75,10 +79,8 @@ class ScopeSpec:
     """A limit scope by its id, with the windows it counts in and its frequency cap."""
 
     name: str
-    bucket_ms: int = 60_000
-    window_ms: int = 86_400_000
-    long_bucket_ms: int = 3_600_000
-    long_window_ms: int = 604_800_000
+    #: (bucket_ms, window_ms, long_bucket_ms, long_window_ms), as the engine's
+    geometry: tuple[int, int, int, int] = (60_000, 86_400_000, 3_600_000, 604_800_000)
     freq_cap: int = 0
     freq_window_ms: int = 0
 
@@ -89,13 +91,10 @@ class ScopeSpec:
         return f"{LAYOUT}:{{pf:{name}}}"
 
     @property
-    def geometry(self) -> tuple[int, int, int, int]:
-        return (self.bucket_ms, self.window_ms, self.long_bucket_ms, self.long_window_ms)
-
-    @property
     def ttl_ms(self) -> int:
         """Keys of a scope idle this long (wall time) vanish: past every window."""
-        return max(self.window_ms + self.bucket_ms, self.long_window_ms + self.long_bucket_ms)
+        bucket_ms, window_ms, long_bucket_ms, long_window_ms = self.geometry
+        return max(window_ms + bucket_ms, long_window_ms + long_bucket_ms)
 
     def fixed_keys(self) -> list[str]:
         t = self.tag
@@ -335,13 +334,10 @@ class RedisCounting:
 
     async def release(self, scope: ScopeSpec, recipient: int, slot: int, prev_counted: int) -> bool:
         """Give back the slot an admit created, as the engine's ``release``."""
-        if not (0 < recipient <= _U64 and 0 < slot <= _U64):
+        stamp = slot_stamp(recipient, slot, prev_counted)
+        if stamp is None:
             return False
-        if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
-            return False
-        gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
-        if gen == 0 or t > MAX_TIME or prev_counted > t:
-            return False
+        gen, t = stamp
         keys = [*scope.fixed_keys(), scope.scope_shard(recipient)]
         args = [*scope.geometry, scope.ttl_ms, str(recipient), t, gen, prev_counted]
         return bool(await self._run("release", keys, args))

@@ -106,15 +106,9 @@ class SharedAdmission:
         spec = self._scopes.get(scope.key)
         p = self.service.profile
         if spec is None or spec.freq_cap != p.frequency_cap:
-            spec = self._scopes[scope.key] = ScopeSpec(
-                scope.key,
-                p.bucket_ms,
-                p.window_ms,
-                p.long_bucket_ms,
-                p.lookback_ms,
-                p.frequency_cap,
-                p.frequency_window_ms,
-            )
+            geometry = (p.bucket_ms, p.window_ms, p.long_bucket_ms, p.lookback_ms)
+            spec = ScopeSpec(scope.key, geometry, p.frequency_cap, p.frequency_window_ms)
+            self._scopes[scope.key] = spec
         return spec
 
     async def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:

@@ -26,3 +26,19 @@ SLOT_FRESH = 1 << SLOT_GEN_BITS
 #: Largest recipient key: the range constants.recipient_key packs E.164 numbers
 #: into (the compiled engine keeps its probe distance and flags above it).
 MAX_KEY = MAX_RECIPIENT_KEY
+
+_U64 = (1 << 64) - 1
+
+
+def slot_stamp(recipient: int, slot: int, prev_counted: int) -> tuple[int, int] | None:
+    """(generation, time) of a slot stamp a release names, if it can be one the
+    engine gave for a recipient last counted before at ``prev_counted`` (None: it
+    cannot, and the release changes nothing)."""
+    if not (0 < recipient <= _U64 and 0 < slot <= _U64):
+        return None
+    if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
+        return None
+    gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
+    if gen == 0 or t > MAX_TIME or prev_counted > t:
+        return None
+    return gen, t

@@ -38,6 +38,7 @@ from .bounds import (
     NEVER,
     SLOT_GEN_BITS,
     SLOT_GEN_MAX,
+    slot_stamp,
 )
 from .ring import Ring
 from .snapshot import read_snapshot, write_snapshot
@@ -176,19 +177,6 @@ def _over_limit(
             return (REJECT, 0)
         retry = max(retry, warm.ring.next_free(warm.cap, now))
     return (RETRY_LATER, retry)
-
-
-def _slot_stamp(recipient: int, slot: int, prev_counted: int) -> tuple[int, int] | None:
-    """(generation, time) of a slot stamp a release names, if it can be one this
-    engine gave for a recipient last counted before at ``prev_counted``."""
-    if not (0 < recipient <= _U64 and 0 < slot <= _U64):
-        return None
-    if prev_counted != NEVER and not -MAX_TIME <= prev_counted <= MAX_TIME:
-        return None
-    gen, t = slot & SLOT_GEN_MAX, (slot >> SLOT_GEN_BITS) - MAX_TIME
-    if gen == 0 or t > MAX_TIME or prev_counted > t:
-        return None
-    return gen, t
 
 
 class Engine:
@@ -421,7 +409,7 @@ class Engine:
         the slot) releases nothing and returns False, like an unknown one.
         """
         s = self._scope(scope)
-        stamp = _slot_stamp(recipient, slot, prev_counted)
+        stamp = slot_stamp(recipient, slot, prev_counted)
         if stamp is None:
             return False
         gen, t = stamp
