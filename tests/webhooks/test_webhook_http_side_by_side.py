@@ -277,7 +277,7 @@ def mutate(raw: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-async def mutations(server: Server, outcome: Outcome, n: int = 80) -> None:
+async def mutations(server: Server, outcome: Outcome, n: int = 32) -> None:
     """Seeded mutations of a signed POST and a handshake: the same ones for both servers."""
     rng = random.Random(20261207)
     signed = post(BODY)
