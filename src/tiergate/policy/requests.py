@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 from tiergate.engine.constants import KEY_LENGTH_SHIFT, MAX_RECIPIENT_DIGITS, recipient_key
 
@@ -65,8 +65,14 @@ class KeyRefused(InvalidArgument):
         super().__init__(field, message)
         self.item = item
 
-    def at(self, field: str) -> KeyRefused:
-        raise NotImplementedError
+    def at(self, field: str) -> Self:
+        """The same refusal, naming the key's field as another entry point does (the
+        message starts with the field's name)."""
+        moved = type(self).__new__(type(self))  # BaseException.__new__: no __init__
+        moved.__dict__.update(self.__dict__)
+        moved.field = field
+        moved.args = (field + str(self).removeprefix(self.field),)
+        return moved
 
 
 class KeyConflict(KeyRefused):
@@ -83,10 +89,6 @@ class KeyConflict(KeyRefused):
         )
         self.what = what
 
-    def at(self, field: str) -> KeyConflict:
-        """The same conflict, naming the key's field as another entry point does."""
-        return KeyConflict(field, self.item, self.what)
-
 
 class KeyTooLong(KeyRefused):
     """An idempotency key longer than the configured cap (``max_idempotency_key_length``)."""
@@ -98,9 +100,6 @@ class KeyTooLong(KeyRefused):
             f"{field}: longer than {cap} characters (max_idempotency_key_length)",
         )
         self.cap = cap
-
-    def at(self, field: str) -> KeyTooLong:
-        return KeyTooLong(field, self.item, self.cap)
 
 
 class AdmitLike(Protocol):
