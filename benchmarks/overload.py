@@ -34,6 +34,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,9 +98,9 @@ def _requests(salt: int) -> list[bytes]:
 
 
 @contextlib.contextmanager
-def _server(max_in_flight: int) -> Iterator[str]:
-    """A ``tiergate serve``; its gRPC target. Its metrics endpoint is on the port
-    after (see :func:`_decided`)."""
+def _server(max_in_flight: int) -> Iterator[tuple[str, int]]:
+    """A ``tiergate serve``; its gRPC target and process id. Its metrics endpoint
+    is on the port after (see :func:`_counts`)."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-overload-"))
     (workdir / "overload.toml").write_text(_config(), encoding="utf-8")
     port = _common.free_port()
@@ -133,7 +134,7 @@ def _server(max_in_flight: int) -> Iterator[str]:
             _common.wait_for_port(port, 60, proc)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"tiergate serve did not start: {exc}\n{log.read_text()}") from exc
-        yield f"{_common.LOOPBACK}:{port}"
+        yield f"{_common.LOOPBACK}:{port}", proc.pid
     finally:
         _common.stop_process(proc, grace=15)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -150,20 +151,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _decided(target: str) -> dict[str, int]:
-    """From the server's metrics: Admit decisions made so far, and calls the
-    servicer turned away (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)."""
+def _counts(target: str) -> Counter[str]:
+    """From the server's metrics: Admit decisions made so far (``decided``), and
+    the Admit calls the servicer turned away, by status code."""
     import urllib.request
 
     host, port = target.rsplit(":", 1)
     with urllib.request.urlopen(f"http://{host}:{int(port) + 1}/metrics", timeout=10) as r:
         text = r.read().decode()
-    out = {"decided": 0, "servicer_refused": 0}
+    out: Counter[str] = Counter()
     for line in text.splitlines():
         if line.startswith("tiergate_decisions_total{"):
             out["decided"] += int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("tiergate_unserved_calls_total{"):
-            out["servicer_refused"] += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith('tiergate_unserved_calls_total{rpc="Admit"'):
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            out[code] += int(float(line.rsplit(" ", 1)[1]))
     return out
 
 
@@ -274,7 +276,25 @@ async def _watch(target: str, seconds: float) -> dict[str, Any]:
     return {"probe": (p_lat, p_codes), "health": (h_lat, h_codes)}
 
 
-_CLIENTS = {"closed": _closed_loop, "open": _open_loop, "watch": _watch}
+async def _hold(target: str, streams: int, seconds: float) -> dict[str, Any]:
+    """``streams`` AdmitStreams held open without a message for ``seconds``: each
+    holds one of the server's in-flight slots."""
+    idle = asyncio.Event()
+
+    async def nothing() -> Any:
+        await idle.wait()
+        yield b""  # pragma: no cover
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        method = channel.stream_stream(ADMIT.replace("/Admit", "/AdmitStream"))
+        calls = [method(nothing()) for _ in range(streams)]
+        await asyncio.sleep(seconds)
+        for call in calls:
+            call.cancel()
+    return {"streams": streams}
+
+
+_CLIENTS = {"closed": _closed_loop, "open": _open_loop, "watch": _watch, "hold": _hold}
 
 
 def _h2load(
@@ -364,72 +384,101 @@ async def _unloaded(target: str, seconds: float) -> list[float]:
     return latencies
 
 
+def _sustainable(args: argparse.Namespace, target: str) -> float:
+    """Admit calls per second the server answers with callers always waiting."""
+    sustained = _in_processes(
+        [("closed", (target, args.callers, args.seconds, 100 + k)) for k in range(args.procs)]
+    )
+    answered = sum(r["codes"].get("OK", 0) for r in sustained)
+    rate = answered / max(r["seconds"] for r in sustained)
+    if args.load == "h2load":
+        # the Python clients cannot saturate the server: h2load measures it too
+        # (the calls decided, from the server's metrics)
+        start = _counts(target)["decided"]
+        with tempfile.TemporaryDirectory() as tmp:
+            closed = _h2load(target, None, args.seconds, 2, Path(tmp))
+        rate = (_counts(target)["decided"] - start) / closed["seconds"]
+    return rate
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Sustainable rate, then ``args.rounds`` paired rounds (the unloaded probe,
+    then the overload with the probe and health watching), then (with h2load)
+    the server's CPU time per decided and per shed call."""
     import uvloop
 
-    with _server(args.max_in_flight) as target:
-        unloaded = uvloop.run(_unloaded(target, args.seconds))
-        sustained = _in_processes(
-            [("closed", (target, args.callers, args.seconds, 100 + k)) for k in range(args.procs)]
-        )
-        answered = sum(r["codes"].get("OK", 0) for r in sustained)
-        rate = answered / max(r["seconds"] for r in sustained)
-        if args.load == "h2load":
-            # the Python clients cannot saturate the server: h2load measures it too
-            # (the calls decided, from the server's metrics: a shed call is an
-            # HTTP 200 too)
-            start = _decided(target)["decided"]
-            with tempfile.TemporaryDirectory() as tmp:
-                closed = _h2load(target, None, args.seconds, 2, Path(tmp))
-            rate = (_decided(target)["decided"] - start) / closed["seconds"]
-            return _run_h2load(args, target, unloaded, rate, rate * args.factor)
-        offered_rate = rate * args.factor
-        per = offered_rate / args.procs
-        jobs: list[tuple[str, tuple[Any, ...]]] = [
-            ("open", (target, per, args.seconds, args.channels, args.deadline, 200 + k))
-            for k in range(args.procs)
-        ]
-        *loaded, watch_result = _in_processes([*jobs, ("watch", (target, args.seconds))])
+    with _server(args.max_in_flight) as (target, pid):
+        rate = _sustainable(args, target)
+        rounds = []
+        for k in range(args.rounds):
+            unloaded = uvloop.run(_unloaded(target, args.seconds))
+            if args.load == "h2load":
+                loaded = _overload_h2load(args, target, rate * args.factor)
+            else:
+                loaded = _overload_python(args, target, rate * args.factor, 200 + 10 * k)
+            unloaded_p99 = _p(unloaded, 0.99)
+            probe_p99 = loaded["probe_under_load"]["accepted_p99_ms"]
+            rounds.append(
+                {
+                    "unloaded_probe": {
+                        "calls": len(unloaded),
+                        "p50_ms": _p(unloaded, 0.5),
+                        "p99_ms": unloaded_p99,
+                    },
+                    "p99_vs_unloaded": probe_p99 / unloaded_p99
+                    if probe_p99 and unloaded_p99
+                    else None,
+                    **loaded,
+                }
+            )
+        cost = _shed_cost(args, target, pid) if args.load == "h2load" else None
+    return _summary(args, rate, rounds, cost)
 
+
+def _summary(
+    args: argparse.Namespace,
+    rate: float,
+    rounds: list[dict[str, Any]],
+    cost: dict[str, Any] | None,
+) -> dict[str, Any]:
     codes: Counter[str] = Counter()
-    accepted: list[float] = []
-    for r in loaded:
-        codes.update(r["codes"])
-        accepted.extend(r["latencies"])
-    sent = sum(r["sent"] for r in loaded)
-    offered = sent / max(r["seconds"] for r in loaded)
-    unloaded_p99 = _p(unloaded, 0.99)
+    for r in rounds:
+        codes.update(r["load"]["codes"])
+    shed = sum(n for k, n in codes.items() if k != "OK")
+    ratios = [r["p99_vs_unloaded"] for r in rounds if r["p99_vs_unloaded"] is not None]
+    health = [r["health_under_load"]["p99_ms"] for r in rounds]
     return {
         "max_in_flight": args.max_in_flight,
-        "unloaded_probe": {
-            "calls": len(unloaded),
-            "p50_ms": _p(unloaded, 0.5),
-            "p99_ms": unloaded_p99,
-        },
+        "load_tool": args.load,
+        "rounds": rounds,
         "sustainable_calls_per_s": rate,
-        "asked_calls_per_s": offered_rate,
-        "offered_calls_per_s": offered,
-        "offered_factor": offered / rate if rate else None,
-        "load": {
-            "sent": sent,
-            "codes": dict(codes),
-            "shed_fraction": codes.get("RESOURCE_EXHAUSTED", 0) / sent if sent else None,
-            "accepted_p50_ms": _p(accepted, 0.5),
-            "accepted_p99_ms": _p(accepted, 0.99),
+        "asked_calls_per_s": rate * args.factor,
+        "median": {
+            "unloaded_p99_ms": statistics.median(r["unloaded_probe"]["p99_ms"] for r in rounds),
+            "probe_p99_under_load_ms": statistics.median(
+                r["probe_under_load"]["accepted_p99_ms"] or 0 for r in rounds
+            ),
+            "p99_vs_unloaded": statistics.median(ratios) if ratios else None,
+            "offered_factor": statistics.median(r["offered_factor"] for r in rounds),
+            "health_p99_ms": statistics.median(h for h in health if h is not None)
+            if any(h is not None for h in health)
+            else None,
         },
-        **_watched(watch_result, unloaded_p99),
+        "target_p99_vs_unloaded": 3.0,
+        "load_outcomes": dict(codes),
+        "shed_fraction": shed / sum(codes.values()) if codes else None,
+        "shed_resource_exhausted_fraction": codes.get("RESOURCE_EXHAUSTED", 0) / shed
+        if shed
+        else None,
+        "shed_cost": cost,
     }
 
 
-def _watched(watch_result: dict[str, Any], unloaded_p99: float | None) -> dict[str, Any]:
+def _watched(watch_result: dict[str, Any]) -> dict[str, Any]:
     p_lat, p_codes = watch_result["probe"]
     h_lat, h_codes = watch_result["health"]
     return {
-        "probe_under_load": {
-            "codes": dict(p_codes),
-            "accepted_p99_ms": _p(p_lat, 0.99),
-            "p99_vs_unloaded": (_p(p_lat, 0.99) or 0) / unloaded_p99 if unloaded_p99 else None,
-        },
+        "probe_under_load": {"codes": dict(p_codes), "accepted_p99_ms": _p(p_lat, 0.99)},
         "health_under_load": {
             "codes": dict(h_codes),
             "p50_ms": _p(h_lat, 0.5),
@@ -439,12 +488,44 @@ def _watched(watch_result: dict[str, Any], unloaded_p99: float | None) -> dict[s
     }
 
 
-def _run_h2load(
-    args: argparse.Namespace, target: str, unloaded: list[float], rate: float, offered: float
+def _overload_python(
+    args: argparse.Namespace, target: str, offered_rate: float, salt: int
 ) -> dict[str, Any]:
-    """The overload phase with h2load as the load; the probe and health as before."""
+    """The overload from Python processes (open loop), which read every status."""
+    per = offered_rate / args.procs
+    jobs: list[tuple[str, tuple[Any, ...]]] = [
+        ("open", (target, per, args.seconds, args.channels, args.deadline, salt + k))
+        for k in range(args.procs)
+    ]
+    *loaded, watch_result = _in_processes([*jobs, ("watch", (target, args.seconds))])
+    codes: Counter[str] = Counter()
+    accepted: list[float] = []
+    for r in loaded:
+        codes.update(r["codes"])
+        accepted.extend(r["latencies"])
+    sent = sum(r["sent"] for r in loaded)
+    offered = sent / max(r["seconds"] for r in loaded)
+    return {
+        "offered_calls_per_s": offered,
+        "offered_factor": offered / (offered_rate / args.factor) if offered_rate else None,
+        "load": {
+            "sent": sent,
+            "codes": dict(codes),
+            "accepted_p50_ms": _p(accepted, 0.5),
+            "accepted_p99_ms": _p(accepted, 0.99),
+        },
+        **_watched(watch_result),
+    }
+
+
+def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> dict[str, Any]:
+    """The overload from h2load; the probe and health as with the Python load.
+    h2load reads no gRPC status: the server's metrics tell the calls decided
+    (OK) and those the servicer refused (by code) from the others; a stream gRPC
+    core reset is CANCELLED; a call answered with a status by gRPC core itself
+    (read by no one) is counted apart."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-h2load-"))
-    before = _decided(target)
+    before = _counts(target)
     try:
         with multiprocessing.pool.ThreadPool(1) as pool:
             load_result = pool.apply_async(
@@ -454,39 +535,54 @@ def _run_h2load(
             h2 = load_result.get()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    after = _decided(target)
-    probe_ok = watch_result["probe"][1].get("OK", 0)
-    decided = after["decided"] - before["decided"] - probe_ok
-    refused = after["servicer_refused"] - before["servicer_refused"]
-    unloaded_p99 = _p(unloaded, 0.99)
+    after = _counts(target)
+    after.subtract(before)
+    after.subtract(watch_result["probe"][1])  # the probe's own calls
+    after["decided"] += watch_result["probe"][1].get("OK", 0)  # counted apart
+    codes = Counter({"OK": after.pop("decided", 0)})
+    codes.update({k: n for k, n in after.items() if n > 0})
+    codes["CANCELLED"] = h2["reset"]
+    core_status = h2["http_200"] - sum(n for k, n in codes.items() if k != "CANCELLED")
+    codes["status from gRPC core (not read)"] = max(0, core_status)
+    codes["h2load errored/timeout"] = h2["errored"] + h2["timeout"]
+    rate = offered / args.factor
     return {
-        "max_in_flight": args.max_in_flight,
-        "load_tool": "h2load",
-        "unloaded_probe": {
-            "calls": len(unloaded),
-            "p50_ms": _p(unloaded, 0.5),
-            "p99_ms": unloaded_p99,
-        },
-        "sustainable_calls_per_s": rate,
-        "asked_calls_per_s": offered,
         "offered_calls_per_s": h2["sent"] / h2["seconds"],
         "offered_factor": h2["sent"] / h2["seconds"] / rate if rate else None,
-        "load": {
-            "sent": h2["sent"],
-            # h2load reads no gRPC status: the server's metrics tell a decided
-            # call from one turned away (by gRPC core, or the servicer)
-            "codes": {
-                "decided": decided,
-                "not decided": h2["sent"] - decided,
-                "servicer RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED": refused,
-                **{f"h2load {k}": h2[k] for k in ("http_200", "reset", "errored", "timeout")},
-            },
-            "shed_fraction": (h2["sent"] - decided) / h2["sent"] if h2["sent"] else None,
-            "accepted_p50_ms": None,
-            "accepted_p99_ms": None,
-        },
-        **_watched(watch_result, unloaded_p99),
+        "load": {"sent": h2["sent"], "codes": {k: n for k, n in codes.items() if n}},
+        **_watched(watch_result),
     }
+
+
+def _shed_cost(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
+    """The server's CPU time per Admit call: decided (h2load's closed loop on an
+    idle server), then shed with RESOURCE_EXHAUSTED by the servicer (every slot
+    held by an open AdmitStream)."""
+    out: dict[str, Any] = {}
+    seconds = min(args.seconds, 3.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("decided", "RESOURCE_EXHAUSTED"):
+            holder = None
+            if kind != "decided":
+                holder = multiprocessing.pool.ThreadPool(1)
+                held = holder.apply_async(
+                    _in_processes, ([("hold", (target, args.max_in_flight, seconds + 3))],)
+                )
+                time.sleep(1.5)  # the streams are open and counted
+            before, cpu = _counts(target), _common.process_cpu_seconds(pid)
+            h2 = _h2load(target, None, seconds, 2, Path(tmp))
+            cpu = _common.process_cpu_seconds(pid) - cpu
+            calls = _counts(target)[kind] - before[kind]
+            if holder is not None:
+                held.get()
+                holder.close()
+            out[kind] = {
+                "calls": calls,
+                "h2load_reset": h2["reset"],
+                "server_cpu_s": cpu,
+                "server_cpu_us_per_call": cpu / calls * 1e6 if calls else None,
+            }
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -504,37 +600,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="python",
         help="the overload's client: Python processes, or h2load (nghttp2-client)",
     )
+    p.add_argument("--rounds", type=int, default=3, help="paired unloaded/overload rounds")
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args(argv)
     _common.print_machine()
     result = run(args)
-    u, ld, pr, h = (
-        result["unloaded_probe"],
-        result["load"],
-        result["probe_under_load"],
-        result["health_under_load"],
+    rows: list[list[Any]] = []
+    for k, r in enumerate(result["rounds"], 1):
+        codes = r["load"]["codes"]
+        rows.append(
+            [
+                k,
+                r["unloaded_probe"]["p99_ms"],
+                r["probe_under_load"]["accepted_p99_ms"],
+                r["p99_vs_unloaded"],
+                r["offered_factor"],
+                r["health_under_load"]["p99_ms"],
+                ", ".join(f"{c} {n}" for c, n in sorted(codes.items())),
+            ]
+        )
+    m = result["median"]
+    rows.append(
+        [
+            "median",
+            m["unloaded_p99_ms"],
+            m["probe_p99_under_load_ms"],
+            m["p99_vs_unloaded"],
+            m["offered_factor"],
+            m["health_p99_ms"],
+            f"shed {_common.fmt(result['shed_fraction'])}, of it RESOURCE_EXHAUSTED "
+            f"{_common.fmt(result['shed_resource_exhausted_fraction'])}",
+        ]
     )
     _common.print_table(
-        f"overload: --max-in-flight {args.max_in_flight}",
-        ["figure", "value"],
+        f"overload ({args.load}): --max-in-flight {args.max_in_flight}, sustainable "
+        f"{result['sustainable_calls_per_s']:.0f} Admit/s, asked {args.factor:g}x, "
+        f"target probe p99 <= 3x unloaded",
         [
-            ["unloaded probe Admit p99 (ms)", u["p99_ms"]],
-            ["sustainable Admit calls/s", result["sustainable_calls_per_s"]],
-            ["offered calls/s (asked)", result["asked_calls_per_s"]],
-            ["offered calls/s (achieved)", result["offered_calls_per_s"]],
-            ["offered / sustainable", result["offered_factor"]],
-            ["load calls sent", ld["sent"]],
-            ["shed fraction (not decided)", ld["shed_fraction"]],
-            ["load outcomes", ", ".join(f"{k} {v}" for k, v in sorted(ld["codes"].items()))],
-            ["load accepted p99 (ms)", ld["accepted_p99_ms"]],
-            ["probe accepted p99 under load (ms)", pr["accepted_p99_ms"]],
-            ["probe p99 / unloaded p99", pr["p99_vs_unloaded"]],
-            ["probe outcomes", ", ".join(f"{k} {v}" for k, v in sorted(pr["codes"].items()))],
-            ["health p99 under load (ms)", h["p99_ms"]],
-            ["health max under load (ms)", h["max_ms"]],
-            ["health outcomes", ", ".join(f"{k} {v}" for k, v in sorted(h["codes"].items()))],
+            "round",
+            "unloaded p99 ms",
+            "loaded p99 ms",
+            "ratio",
+            "offered x",
+            "health p99 ms",
+            "load outcomes",
         ],
+        rows,
     )
+    if result["shed_cost"]:
+        _common.print_table(
+            "server CPU per Admit call (h2load closed loop, 2 connections x 8)",
+            ["outcome", "calls", "CPU us/call", "streams reset by gRPC core"],
+            [
+                [k, v["calls"], v["server_cpu_us_per_call"], v["h2load_reset"]]
+                for k, v in result["shed_cost"].items()
+            ],
+        )
     path = _common.write_results("overload", result, args.results_dir)
     print(f"wrote {path}")
     return 0
