@@ -163,7 +163,7 @@ def _counts(target: str) -> Counter[str]:
     for line in text.splitlines():
         if line.startswith("tiergate_decisions_total{"):
             out["decided"] += int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith('tiergate_unserved_calls_total{rpc="Admit"'):
+        elif line.startswith("tiergate_unserved_calls_total{") and 'rpc="Admit"' in line:
             code = line.split('code="', 1)[1].split('"', 1)[0]
             out[code] += int(float(line.rsplit(" ", 1)[1]))
     return out
@@ -278,20 +278,31 @@ async def _watch(target: str, seconds: float) -> dict[str, Any]:
 
 async def _hold(target: str, streams: int, seconds: float) -> dict[str, Any]:
     """``streams`` AdmitStreams held open without a message for ``seconds``: each
-    holds one of the server's in-flight slots."""
+    holds one of the server's in-flight slots. A stream that ends (gRPC core
+    drops some of a burst of new streams) is opened again."""
     idle = asyncio.Event()
 
     async def nothing() -> Any:
         await idle.wait()
         yield b""  # pragma: no cover
 
+    reopened = 0
     async with grpc.aio.insecure_channel(target) as channel:
         method = channel.stream_stream(ADMIT.replace("/Admit", "/AdmitStream"))
-        calls = [method(nothing()) for _ in range(streams)]
-        await asyncio.sleep(seconds)
+        calls = []
+        for _ in range(streams):
+            calls.append(method(nothing()))
+            await asyncio.sleep(0.002)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            await asyncio.sleep(0.05)
+            for i, call in enumerate(calls):
+                if call.done():
+                    calls[i] = method(nothing())
+                    reopened += 1
         for call in calls:
             call.cancel()
-    return {"streams": streams}
+    return {"streams": streams, "reopened": reopened}
 
 
 _CLIENTS = {"closed": _closed_loop, "open": _open_loop, "watch": _watch, "hold": _hold}
@@ -442,9 +453,11 @@ def _summary(
     cost: dict[str, Any] | None,
 ) -> dict[str, Any]:
     codes: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()  # the load's, or (h2load) the sample's
     for r in rounds:
         codes.update(r["load"]["codes"])
-    shed = sum(n for k, n in codes.items() if k != "OK")
+        statuses.update(r.get("sampled", r["load"])["codes"])
+    shed = sum(n for k, n in statuses.items() if k != "OK")
     ratios = [r["p99_vs_unloaded"] for r in rounds if r["p99_vs_unloaded"] is not None]
     health = [r["health_under_load"]["p99_ms"] for r in rounds]
     return {
@@ -466,8 +479,9 @@ def _summary(
         },
         "target_p99_vs_unloaded": 3.0,
         "load_outcomes": dict(codes),
-        "shed_fraction": shed / sum(codes.values()) if codes else None,
-        "shed_resource_exhausted_fraction": codes.get("RESOURCE_EXHAUSTED", 0) / shed
+        "status_outcomes": dict(statuses),
+        "shed_fraction": shed / sum(statuses.values()) if statuses else None,
+        "shed_resource_exhausted_fraction": statuses.get("RESOURCE_EXHAUSTED", 0) / shed
         if shed
         else None,
         "shed_cost": cost,
@@ -522,8 +536,9 @@ def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> d
     """The overload from h2load; the probe and health as with the Python load.
     h2load reads no gRPC status: the server's metrics tell the calls decided
     (OK) and those the servicer refused (by code) from the others; a stream gRPC
-    core reset is CANCELLED; a call answered with a status by gRPC core itself
-    (read by no one) is counted apart."""
+    core reset is CANCELLED; the calls gRPC core answered with a status itself
+    are counted apart, and a Python open loop of ``--sample-rate`` calls per
+    second alongside h2load reads the statuses such calls get."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-h2load-"))
     before = _counts(target)
     try:
@@ -531,27 +546,51 @@ def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> d
             load_result = pool.apply_async(
                 _h2load, (target, offered, args.seconds, args.channels * args.procs, workdir)
             )
-            (watch_result,) = _in_processes([("watch", (target, args.seconds))])
+            sample = ("open", (target, args.sample_rate, args.seconds, 4, args.deadline, 400))
+            watch_result, sampled = _in_processes([("watch", (target, args.seconds)), sample])
             h2 = load_result.get()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     after = _counts(target)
     after.subtract(before)
-    after.subtract(watch_result["probe"][1])  # the probe's own calls
-    after["decided"] += watch_result["probe"][1].get("OK", 0)  # counted apart
+    for own in (watch_result["probe"][1], sampled["codes"]):  # counted apart
+        for code, n in own.items():
+            after["decided" if code == "OK" else code] -= n
     codes = Counter({"OK": after.pop("decided", 0)})
     codes.update({k: n for k, n in after.items() if n > 0})
     codes["CANCELLED"] = h2["reset"]
     core_status = h2["http_200"] - sum(n for k, n in codes.items() if k != "CANCELLED")
     codes["status from gRPC core (not read)"] = max(0, core_status)
     codes["h2load errored/timeout"] = h2["errored"] + h2["timeout"]
+    codes["not done when h2load stopped"] = h2["sent"] - h2["done"]
     rate = offered / args.factor
     return {
         "offered_calls_per_s": h2["sent"] / h2["seconds"],
         "offered_factor": h2["sent"] / h2["seconds"] / rate if rate else None,
         "load": {"sent": h2["sent"], "codes": {k: n for k, n in codes.items() if n}},
+        # the statuses h2load cannot read, as Python callers alongside it got them
+        "sampled": {"sent": sampled["sent"], "codes": sampled["codes"]},
         **_watched(watch_result),
     }
+
+
+def _wait_refused(target: str, timeout: float = 30.0) -> None:
+    """Returns once an Admit is answered RESOURCE_EXHAUSTED (every slot held)."""
+    body = _requests(500)
+    end = time.monotonic() + timeout
+    seen: Counter[str] = Counter()
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(ADMIT)
+        while time.monotonic() < end:
+            try:
+                call(body[len(seen) % POOL], timeout=5.0)
+                seen["OK"] += 1
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return
+                seen[e.code().name] += 1
+            time.sleep(0.1)
+    raise TimeoutError(f"the held streams did not fill the in-flight limit: {dict(seen)}")
 
 
 def _shed_cost(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
@@ -566,9 +605,9 @@ def _shed_cost(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any
             if kind != "decided":
                 holder = multiprocessing.pool.ThreadPool(1)
                 held = holder.apply_async(
-                    _in_processes, ([("hold", (target, args.max_in_flight, seconds + 3))],)
+                    _in_processes, ([("hold", (target, args.max_in_flight, seconds + 10))],)
                 )
-                time.sleep(1.5)  # the streams are open and counted
+                _wait_refused(target)  # the streams are open and counted
             before, cpu = _counts(target), _common.process_cpu_seconds(pid)
             h2 = _h2load(target, None, seconds, 2, Path(tmp))
             cpu = _common.process_cpu_seconds(pid) - cpu
@@ -601,6 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the overload's client: Python processes, or h2load (nghttp2-client)",
     )
     p.add_argument("--rounds", type=int, default=3, help="paired unloaded/overload rounds")
+    p.add_argument(
+        "--sample-rate",
+        type=float,
+        default=200.0,
+        help="with h2load: calls/s of a Python open loop alongside that reads statuses",
+    )
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args(argv)
     _common.print_machine()
@@ -608,6 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[list[Any]] = []
     for k, r in enumerate(result["rounds"], 1):
         codes = r["load"]["codes"]
+        if "sampled" in r:
+            codes = {**codes, **{f"sampled {c}": n for c, n in r["sampled"]["codes"].items()}}
         rows.append(
             [
                 k,
