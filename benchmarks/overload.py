@@ -316,8 +316,7 @@ def _h2load(
     keeps 8 calls in flight, closed loop), for ``seconds``.
     A C client reaches rates the Python clients cannot on a small machine; it
     reads no gRPC status (trailers), so its "succeeded" are HTTP 200 answers,
-    whatever their status, and its "failed" the calls ended by a reset (gRPC
-    core's CANCELLED)."""
+    whatever their status, and its "failed" the calls whose stream was reset."""
     import re
 
     body = _requests(300)[0]
@@ -453,11 +452,13 @@ def _summary(
     cost: dict[str, Any] | None,
 ) -> dict[str, Any]:
     codes: Counter[str] = Counter()
-    statuses: Counter[str] = Counter()  # the load's, or (h2load) the sample's
+    sampled: Counter[str] = Counter()  # with h2load: the statuses the sample read
     for r in rounds:
         codes.update(r["load"]["codes"])
-        statuses.update(r.get("sampled", r["load"])["codes"])
-    shed = sum(n for k, n in statuses.items() if k != "OK")
+        sampled.update(r.get("sampled", {}).get("codes", {}))
+    codes.pop("not done when h2load stopped", None)  # h2load's calls in flight at its end
+    shed = sum(n for k, n in codes.items() if k != "OK")
+    statuses = sampled if sampled else codes
     ratios = [r["p99_vs_unloaded"] for r in rounds if r["p99_vs_unloaded"] is not None]
     health = [r["health_under_load"]["p99_ms"] for r in rounds]
     return {
@@ -479,11 +480,10 @@ def _summary(
         },
         "target_p99_vs_unloaded": 3.0,
         "load_outcomes": dict(codes),
-        "status_outcomes": dict(statuses),
-        "shed_fraction": shed / sum(statuses.values()) if statuses else None,
-        "shed_resource_exhausted_fraction": statuses.get("RESOURCE_EXHAUSTED", 0) / shed
-        if shed
-        else None,
+        "sampled_outcomes": dict(sampled),
+        "shed_fraction": shed / sum(codes.values()) if codes else None,
+        # of the shed calls whose status was read (the load's, or the sample's)
+        "shed_statuses": {k: n for k, n in statuses.items() if k != "OK"},
         "shed_cost": cost,
     }
 
@@ -535,10 +535,9 @@ def _overload_python(
 def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> dict[str, Any]:
     """The overload from h2load; the probe and health as with the Python load.
     h2load reads no gRPC status: the server's metrics tell the calls decided
-    (OK) and those the servicer refused (by code) from the others; a stream gRPC
-    core reset is CANCELLED; the calls gRPC core answered with a status itself
-    are counted apart, and a Python open loop of ``--sample-rate`` calls per
-    second alongside h2load reads the statuses such calls get."""
+    (OK) and those the servicer refused (by code) from the ones gRPC core shed
+    before any Python ran for them; a Python open loop of ``--sample-rate``
+    calls per second alongside h2load reads the statuses such calls get."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-h2load-"))
     before = _counts(target)
     try:
@@ -558,16 +557,19 @@ def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> d
             after["decided" if code == "OK" else code] -= n
     codes = Counter({"OK": after.pop("decided", 0)})
     codes.update({k: n for k, n in after.items() if n > 0})
-    codes["CANCELLED"] = h2["reset"]
-    core_status = h2["http_200"] - sum(n for k, n in codes.items() if k != "CANCELLED")
-    codes["status from gRPC core (not read)"] = max(0, core_status)
+    ended = h2["done"] - h2["errored"] - h2["timeout"]
+    codes["shed by gRPC core"] = max(0, ended - sum(codes.values()))
     codes["h2load errored/timeout"] = h2["errored"] + h2["timeout"]
     codes["not done when h2load stopped"] = h2["sent"] - h2["done"]
     rate = offered / args.factor
     return {
         "offered_calls_per_s": h2["sent"] / h2["seconds"],
         "offered_factor": h2["sent"] / h2["seconds"] / rate if rate else None,
-        "load": {"sent": h2["sent"], "codes": {k: n for k, n in codes.items() if n}},
+        "load": {
+            "sent": h2["sent"],
+            "codes": {k: n for k, n in codes.items() if n},
+            "h2load": {k: h2[k] for k in ("http_200", "reset")},
+        },
         # the statuses h2load cannot read, as Python callers alongside it got them
         "sampled": {"sent": sampled["sent"], "codes": sampled["codes"]},
         **_watched(watch_result),
@@ -675,8 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             m["p99_vs_unloaded"],
             m["offered_factor"],
             m["health_p99_ms"],
-            f"shed {_common.fmt(result['shed_fraction'])}, of it RESOURCE_EXHAUSTED "
-            f"{_common.fmt(result['shed_resource_exhausted_fraction'])}",
+            f"shed {_common.fmt(result['shed_fraction'])} of the load; statuses read: "
+            + ", ".join(f"{c} {n}" for c, n in sorted(result["shed_statuses"].items())),
         ]
     )
     _common.print_table(
