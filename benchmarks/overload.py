@@ -28,7 +28,6 @@ decided are counted from the server's metrics.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.pool
@@ -49,11 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 import grpc
 import load
-
-SENDER = "100000000000777"
-ADMIT = "/tiergate.v1.AdmissionControl/Admit"
-HEALTH = "/grpc.health.v1.Health/Check"
-POOL = 20_000  # distinct recipients per process
+from _overload_clients import ADMIT, POOL, SENDER, admit_requests, in_processes, one_at_a_time
 
 
 def _config() -> str:
@@ -79,22 +74,6 @@ def _config() -> str:
             "",
         ]
     )
-
-
-def _requests(salt: int) -> list[bytes]:
-    """Serialized AdmitRequests (a utility template each, distinct recipients)."""
-    from tiergate.v1 import admission_pb2 as pb
-
-    return [
-        pb.AdmitRequest(
-            sender_id=SENDER,
-            recipient=f"1{salt:03d}{i:07d}",
-            kind=pb.TEMPLATE,
-            category=pb.UTILITY,
-            template_id="overload_t1",
-        ).SerializeToString()
-        for i in range(POOL)
-    ]
 
 
 @contextlib.contextmanager
@@ -169,6 +148,24 @@ def _counts(target: str) -> Counter[str]:
     return out
 
 
+def _threads_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process's main thread (tiergate's event loop) and of its
+    other threads (gRPC core's pollers and executors), from /proc."""
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            with open(task / "stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if task.name == str(pid):
+            main += secs
+        else:
+            other += secs
+    return main, other
+
+
 def _p(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
@@ -177,135 +174,6 @@ def _p(values: Sequence[float], q: float) -> float | None:
 
 
 # --- the clients -------------------------------------------------------------
-
-
-async def _one_at_a_time(
-    target: str, method: str, body: Sequence[bytes], seconds: float, limit: int, pause: float
-) -> tuple[list[float], Counter[str]]:
-    """Calls one after another for ``seconds`` (at most ``limit``): latencies (ms) of
-    the answered ones and a count of every outcome."""
-    latencies: list[float] = []
-    codes: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)
-        end = time.perf_counter() + seconds
-        i = 0
-        while time.perf_counter() < end and i < limit:
-            started = time.perf_counter()
-            try:
-                await call(body[i % len(body)], timeout=5.0)
-                latencies.append((time.perf_counter() - started) * 1000)
-                codes["OK"] += 1
-            except grpc.aio.AioRpcError as e:
-                codes[e.code().name] += 1
-            i += 1
-            if pause:
-                await asyncio.sleep(pause)
-    return latencies, codes
-
-
-async def _closed_loop(target: str, callers: int, seconds: float, salt: int) -> dict[str, Any]:
-    body = _requests(salt)
-    codes: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(ADMIT)
-        end = time.perf_counter() + seconds
-        counter = iter(range(10**9))
-
-        async def caller() -> None:
-            while time.perf_counter() < end:
-                try:
-                    await call(body[next(counter) % POOL], timeout=5.0)
-                    codes["OK"] += 1
-                except grpc.aio.AioRpcError as e:
-                    codes[e.code().name] += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        elapsed = time.perf_counter() - started
-    return {"codes": dict(codes), "seconds": elapsed}
-
-
-async def _open_loop(
-    target: str, rate: float, seconds: float, channels: int, deadline: float, salt: int
-) -> dict[str, Any]:
-    """Calls started at ``rate`` per second whatever the answers, over ``channels``
-    connections, each with ``deadline``; at most ``rate * seconds`` calls."""
-    body = _requests(salt)
-    codes: Counter[str] = Counter()
-    latencies: list[float] = []
-    chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    calls = [c.unary_unary(ADMIT) for c in chans]
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(i: int) -> None:
-        started = time.perf_counter()
-        try:
-            await calls[i % channels](body[i % POOL], timeout=deadline)
-            latencies.append((time.perf_counter() - started) * 1000)
-            codes["OK"] += 1
-        except grpc.aio.AioRpcError as e:
-            codes[e.code().name] += 1
-
-    total = int(rate * seconds)
-    started = time.perf_counter()
-    sent = 0
-    while sent < total:
-        due = min(total, int((time.perf_counter() - started) * rate) + 1)
-        while sent < due:
-            task = asyncio.create_task(one(sent))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-        await asyncio.sleep(0.005)
-    offered = time.perf_counter() - started
-    if tasks:
-        await asyncio.wait(tasks, timeout=deadline + 5)
-    for c in chans:
-        await c.close(None)
-    return {"codes": dict(codes), "latencies": latencies, "sent": sent, "seconds": offered}
-
-
-async def _watch(target: str, seconds: float) -> dict[str, Any]:
-    """The probe's Admits and the health checks while the load runs."""
-    await asyncio.sleep(0.5)  # the load processes start first
-    health_body = [b""]  # HealthCheckRequest{service: ""}
-    probe = _one_at_a_time(target, ADMIT, _requests(900), seconds, 5000, 0.01)
-    health = _one_at_a_time(target, HEALTH, health_body, seconds, 5000, 0.02)
-    (p_lat, p_codes), (h_lat, h_codes) = await asyncio.gather(probe, health)
-    return {"probe": (p_lat, p_codes), "health": (h_lat, h_codes)}
-
-
-async def _hold(target: str, streams: int, seconds: float) -> dict[str, Any]:
-    """``streams`` AdmitStreams held open without a message for ``seconds``: each
-    holds one of the server's in-flight slots. A stream that ends (gRPC core
-    drops some of a burst of new streams) is opened again."""
-    idle = asyncio.Event()
-
-    async def nothing() -> Any:
-        await idle.wait()
-        yield b""  # pragma: no cover
-
-    reopened = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        method = channel.stream_stream(ADMIT.replace("/Admit", "/AdmitStream"))
-        calls = []
-        for _ in range(streams):
-            calls.append(method(nothing()))
-            await asyncio.sleep(0.002)
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            await asyncio.sleep(0.05)
-            for i, call in enumerate(calls):
-                if call.done():
-                    calls[i] = method(nothing())
-                    reopened += 1
-        for call in calls:
-            call.cancel()
-    return {"streams": streams, "reopened": reopened}
-
-
-_CLIENTS = {"closed": _closed_loop, "open": _open_loop, "watch": _watch, "hold": _hold}
 
 
 def _h2load(
@@ -319,7 +187,7 @@ def _h2load(
     whatever their status, and its "failed" the calls whose stream was reset."""
     import re
 
-    body = _requests(300)[0]
+    body = admit_requests(300)[0]
     path = workdir / "admit.grpc"
     path.write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
     cmd = [
@@ -360,43 +228,16 @@ def _h2load(
     }
 
 
-def _process_main(kind: str, args: tuple[Any, ...], out: Any) -> None:
-    _common.end_with_parent(os.getppid())
-    import uvloop
-
-    out.send(uvloop.run(_CLIENTS[kind](*args)))  # type: ignore[operator]
-    out.close()
-
-
-def _in_processes(jobs: Sequence[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
-    """Each (kind, args) client in its own process, all at once; their results."""
-    ctx = multiprocessing.get_context("spawn")
-    pipes, procs = [], []
-    for kind, a in jobs:
-        recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_process_main, args=(kind, a, send), daemon=True)
-        p.start()
-        pipes.append(recv)
-        procs.append(p)
-    results = [r.recv() for r in pipes]
-    for p in procs:
-        p.join(10)
-    return results
-
-
-# --- the run -------------------------------------------------------------------
-
-
 async def _unloaded(target: str, seconds: float) -> list[float]:
     """A warm-up, then the probe's latencies (ms) on an idle server."""
-    await _one_at_a_time(target, ADMIT, _requests(998), 1.0, 500, 0.0)
-    latencies, _ = await _one_at_a_time(target, ADMIT, _requests(999), seconds, 3000, 0.002)
+    await one_at_a_time(target, ADMIT, admit_requests(998), 1.0, 500, 0.0)
+    latencies, _ = await one_at_a_time(target, ADMIT, admit_requests(999), seconds, 3000, 0.002)
     return latencies
 
 
 def _sustainable(args: argparse.Namespace, target: str) -> float:
     """Admit calls per second the server answers with callers always waiting."""
-    sustained = _in_processes(
+    sustained = in_processes(
         [("closed", (target, args.callers, args.seconds, 100 + k)) for k in range(args.procs)]
     )
     answered = sum(r["codes"].get("OK", 0) for r in sustained)
@@ -422,10 +263,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds = []
         for k in range(args.rounds):
             unloaded = uvloop.run(_unloaded(target, args.seconds))
+            cpu, started = _threads_cpu(pid), time.perf_counter()
             if args.load == "h2load":
                 loaded = _overload_h2load(args, target, rate * args.factor)
             else:
                 loaded = _overload_python(args, target, rate * args.factor, 200 + 10 * k)
+            # where the time went: the event loop's thread busy all along means
+            # calls wait for the loop; far less while the machine's load is
+            # above its cores means the server waited for a core
+            wall = time.perf_counter() - started
+            loop, core = (b - a for a, b in zip(cpu, _threads_cpu(pid), strict=True))
+            loaded["server_cores_used"] = {"event_loop": loop / wall, "grpc_threads": core / wall}
+            loaded["load_average_1m"] = os.getloadavg()[0]
             unloaded_p99 = _p(unloaded, 0.99)
             probe_p99 = loaded["probe_under_load"]["accepted_p99_ms"]
             rounds.append(
@@ -511,7 +360,7 @@ def _overload_python(
         ("open", (target, per, args.seconds, args.channels, args.deadline, salt + k))
         for k in range(args.procs)
     ]
-    *loaded, watch_result = _in_processes([*jobs, ("watch", (target, args.seconds))])
+    *loaded, watch_result = in_processes([*jobs, ("watch", (target, args.seconds))])
     codes: Counter[str] = Counter()
     accepted: list[float] = []
     for r in loaded:
@@ -546,7 +395,7 @@ def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> d
                 _h2load, (target, offered, args.seconds, args.channels * args.procs, workdir)
             )
             sample = ("open", (target, args.sample_rate, args.seconds, 4, args.deadline, 400))
-            watch_result, sampled = _in_processes([("watch", (target, args.seconds)), sample])
+            watch_result, sampled = in_processes([("watch", (target, args.seconds)), sample])
             h2 = load_result.get()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -578,7 +427,7 @@ def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> d
 
 def _wait_refused(target: str, timeout: float = 30.0) -> None:
     """Returns once an Admit is answered RESOURCE_EXHAUSTED (every slot held)."""
-    body = _requests(500)
+    body = admit_requests(500)
     end = time.monotonic() + timeout
     seen: Counter[str] = Counter()
     with grpc.insecure_channel(target) as channel:
@@ -607,7 +456,7 @@ def _shed_cost(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any
             if kind != "decided":
                 holder = multiprocessing.pool.ThreadPool(1)
                 held = holder.apply_async(
-                    _in_processes, ([("hold", (target, args.max_in_flight, seconds + 10))],)
+                    in_processes, ([("hold", (target, args.max_in_flight, seconds + 10))],)
                 )
                 _wait_refused(target)  # the streams are open and counted
             before, cpu = _counts(target), _common.process_cpu_seconds(pid)
@@ -665,6 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["p99_vs_unloaded"],
                 r["offered_factor"],
                 r["health_under_load"]["p99_ms"],
+                r["server_cores_used"]["event_loop"],
+                r["server_cores_used"]["grpc_threads"],
+                r["load_average_1m"],
                 ", ".join(f"{c} {n}" for c, n in sorted(codes.items())),
             ]
         )
@@ -677,6 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             m["p99_vs_unloaded"],
             m["offered_factor"],
             m["health_p99_ms"],
+            "",
+            "",
+            "",
             f"shed {_common.fmt(result['shed_fraction'])} of the load; statuses read: "
             + ", ".join(f"{c} {n}" for c, n in sorted(result["shed_statuses"].items())),
         ]
@@ -692,6 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratio",
             "offered x",
             "health p99 ms",
+            "loop cores",
+            "gRPC thread cores",
+            "loadavg",
             "load outcomes",
         ],
         rows,
