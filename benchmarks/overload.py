@@ -1,28 +1,32 @@
 """tiergate under overload: does it shed what it cannot serve and keep the rest fast?
 
 ``tiergate serve`` runs as a subprocess on a free 127.0.0.1 port with
-``--max-in-flight``. In turn, each phase bounded in time and calls:
+``--max-in-flight``. First the sustainable rate: closed-loop callers
+(``--callers``; with ``--load h2load``, h2load too) measure the Admit calls
+per second the server answers. Then ``--rounds`` paired rounds, each bounded
+in time and calls:
 
 1. unloaded: a probe client sends unary Admits one at a time; their p99;
-2. sustainable: closed-loop callers (``--callers``) measure the calls per second
-   the server answers;
-3. overload: load processes offer ``--factor`` (10) times that rate, open-loop,
-   over several connections, every call with a deadline; meanwhile the probe
-   keeps sending Admits and a health client checks health, one at a time.
+2. overload: ``--factor`` (10) times the sustainable rate is offered, open
+   loop, over several connections; meanwhile the probe keeps sending Admits
+   and a health client checks health, one at a time.
 
-Prints a table (accepted calls' p99 against the unloaded p99, the fraction
-shed with RESOURCE_EXHAUSTED, other outcomes, health latency) and writes
-``benchmarks/results/overload.json``. A Python client on a shared 2-core machine
-may offer less than the asked rate: the rate it did offer is reported.
+Prints a table (per round: the probe's p99 loaded against unloaded, the
+offered factor reached, health p99, the cores the server's event-loop thread
+and its other threads used, the load average, the load's outcomes by status;
+the medians) and, with h2load, the server's CPU time per decided Admit and
+per Admit refused RESOURCE_EXHAUSTED; writes ``benchmarks/results/overload.json``.
 
-With ``--load h2load`` (Debian's nghttp2-client) the sustainable rate and the
-overload come from h2load instead, a C client that reaches rates the Python
-clients cannot on a small machine; it reads no gRPC status, so the calls
-decided are counted from the server's metrics.
+The Python load processes read every status but may offer less than the
+asked rate on a shared 2-core machine (the rate offered is reported). h2load
+(Debian's nghttp2-client, ``make system-deps``) reaches higher rates but
+reads no gRPC status: the calls decided and refused by the servicer come from
+the server's metrics, the rest were shed by gRPC core, and a Python open loop
+of ``--sample-rate`` calls per second alongside reads the status those get.
 
     .venv/bin/python benchmarks/overload.py
     .venv/bin/python benchmarks/overload.py --max-in-flight 32 --seconds 5 --factor 10
-    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4
+    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4 --rounds 3
 """
 
 from __future__ import annotations
