@@ -44,13 +44,18 @@ build: $(STAMP)
 run: build
 	$(BIN)/tiergate serve --config $(CONFIG)
 
-# A redis-server for the tests and benchmarks that compare against Redis.
+# From Debian: redis-server for the tests and benchmarks that compare against
+# Redis; h2load (nghttp2-client) for the overload benchmark's load.
+SYSTEM_DEPS := redis-server:redis-server h2load:nghttp2-client
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@missing=""; for dep in $(SYSTEM_DEPS); do \
+		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
+	[ -z "$$missing" ] || { \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		else \
-			echo "redis-server missing: install Debian's redis-server package" >&2; exit 1; \
+			echo "missing: install Debian's$$missing" >&2; exit 1; \
 		fi; }
 
 lint:

@@ -1,39 +1,43 @@
 """tiergate under overload: does it shed what it cannot serve and keep the rest fast?
 
 ``tiergate serve`` runs as a subprocess on a free 127.0.0.1 port with
-``--max-in-flight``. In turn, each phase bounded in time and calls:
+``--max-in-flight``. First the sustainable rate: closed-loop callers
+(``--callers``; with ``--load h2load``, h2load too) measure the Admit calls
+per second the server answers. Then ``--rounds`` paired rounds, each bounded
+in time and calls:
 
 1. unloaded: a probe client sends unary Admits one at a time; their p99;
-2. sustainable: closed-loop callers (``--callers``) measure the calls per second
-   the server answers;
-3. overload: load processes offer ``--factor`` (10) times that rate, open-loop,
-   over several connections, every call with a deadline; meanwhile the probe
-   keeps sending Admits and a health client checks health, one at a time.
+2. overload: ``--factor`` (10) times the sustainable rate is offered, open
+   loop, over several connections; meanwhile the probe keeps sending Admits
+   and a health client checks health, one at a time.
 
-Prints a table (accepted calls' p99 against the unloaded p99, the fraction
-shed with RESOURCE_EXHAUSTED, other outcomes, health latency) and writes
-``benchmarks/results/overload.json``. A Python client on a shared 2-core machine
-may offer less than the asked rate: the rate it did offer is reported.
+Prints a table (per round: the probe's p99 loaded against unloaded, the
+offered factor reached, health p99, the cores the server's event-loop thread
+and its other threads used, the load average, the load's outcomes by status;
+the medians) and, with h2load, the server's CPU time per decided Admit and
+per Admit refused RESOURCE_EXHAUSTED; writes ``benchmarks/results/overload.json``.
 
-With ``--load h2load`` (Debian's nghttp2-client) the sustainable rate and the
-overload come from h2load instead, a C client that reaches rates the Python
-clients cannot on a small machine; it reads no gRPC status, so the calls
-decided are counted from the server's metrics.
+The Python load processes read every status but may offer less than the
+asked rate on a shared 2-core machine (the rate offered is reported). h2load
+(Debian's nghttp2-client, ``make system-deps``) reaches higher rates but
+reads no gRPC status: the calls decided and refused by the servicer come from
+the server's metrics, the rest were shed by gRPC core, and a Python open loop
+of ``--sample-rate`` calls per second alongside reads the status those get.
 
     .venv/bin/python benchmarks/overload.py
     .venv/bin/python benchmarks/overload.py --max-in-flight 32 --seconds 5 --factor 10
-    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4
+    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.pool
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,11 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 import grpc
 import load
-
-SENDER = "100000000000777"
-ADMIT = "/tiergate.v1.AdmissionControl/Admit"
-HEALTH = "/grpc.health.v1.Health/Check"
-POOL = 20_000  # distinct recipients per process
+from _overload_clients import ADMIT, POOL, SENDER, admit_requests, in_processes, one_at_a_time
 
 
 def _config() -> str:
@@ -80,26 +80,10 @@ def _config() -> str:
     )
 
 
-def _requests(salt: int) -> list[bytes]:
-    """Serialized AdmitRequests (a utility template each, distinct recipients)."""
-    from tiergate.v1 import admission_pb2 as pb
-
-    return [
-        pb.AdmitRequest(
-            sender_id=SENDER,
-            recipient=f"1{salt:03d}{i:07d}",
-            kind=pb.TEMPLATE,
-            category=pb.UTILITY,
-            template_id="overload_t1",
-        ).SerializeToString()
-        for i in range(POOL)
-    ]
-
-
 @contextlib.contextmanager
-def _server(max_in_flight: int) -> Iterator[str]:
-    """A ``tiergate serve``; its gRPC target. Its metrics endpoint is on the port
-    after (see :func:`_decided`)."""
+def _server(max_in_flight: int) -> Iterator[tuple[str, int]]:
+    """A ``tiergate serve``; its gRPC target and process id. Its metrics endpoint
+    is on the port after (see :func:`_counts`)."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-overload-"))
     (workdir / "overload.toml").write_text(_config(), encoding="utf-8")
     port = _common.free_port()
@@ -133,7 +117,7 @@ def _server(max_in_flight: int) -> Iterator[str]:
             _common.wait_for_port(port, 60, proc)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"tiergate serve did not start: {exc}\n{log.read_text()}") from exc
-        yield f"{_common.LOOPBACK}:{port}"
+        yield f"{_common.LOOPBACK}:{port}", proc.pid
     finally:
         _common.stop_process(proc, grace=15)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -150,21 +134,40 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _decided(target: str) -> dict[str, int]:
-    """From the server's metrics: Admit decisions made so far, and calls the
-    servicer turned away (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)."""
+def _counts(target: str) -> Counter[str]:
+    """From the server's metrics: Admit decisions made so far (``decided``), and
+    the Admit calls the servicer turned away, by status code."""
     import urllib.request
 
     host, port = target.rsplit(":", 1)
     with urllib.request.urlopen(f"http://{host}:{int(port) + 1}/metrics", timeout=10) as r:
         text = r.read().decode()
-    out = {"decided": 0, "servicer_refused": 0}
+    out: Counter[str] = Counter()
     for line in text.splitlines():
         if line.startswith("tiergate_decisions_total{"):
             out["decided"] += int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("tiergate_unserved_calls_total{"):
-            out["servicer_refused"] += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("tiergate_unserved_calls_total{") and 'rpc="Admit"' in line:
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            out[code] += int(float(line.rsplit(" ", 1)[1]))
     return out
+
+
+def _threads_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process's main thread (tiergate's event loop) and of its
+    other threads (gRPC core's pollers and executors), from /proc."""
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            with open(task / "stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if task.name == str(pid):
+            main += secs
+        else:
+            other += secs
+    return main, other
 
 
 def _p(values: Sequence[float], q: float) -> float | None:
@@ -177,106 +180,6 @@ def _p(values: Sequence[float], q: float) -> float | None:
 # --- the clients -------------------------------------------------------------
 
 
-async def _one_at_a_time(
-    target: str, method: str, body: Sequence[bytes], seconds: float, limit: int, pause: float
-) -> tuple[list[float], Counter[str]]:
-    """Calls one after another for ``seconds`` (at most ``limit``): latencies (ms) of
-    the answered ones and a count of every outcome."""
-    latencies: list[float] = []
-    codes: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)
-        end = time.perf_counter() + seconds
-        i = 0
-        while time.perf_counter() < end and i < limit:
-            started = time.perf_counter()
-            try:
-                await call(body[i % len(body)], timeout=5.0)
-                latencies.append((time.perf_counter() - started) * 1000)
-                codes["OK"] += 1
-            except grpc.aio.AioRpcError as e:
-                codes[e.code().name] += 1
-            i += 1
-            if pause:
-                await asyncio.sleep(pause)
-    return latencies, codes
-
-
-async def _closed_loop(target: str, callers: int, seconds: float, salt: int) -> dict[str, Any]:
-    body = _requests(salt)
-    codes: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(ADMIT)
-        end = time.perf_counter() + seconds
-        counter = iter(range(10**9))
-
-        async def caller() -> None:
-            while time.perf_counter() < end:
-                try:
-                    await call(body[next(counter) % POOL], timeout=5.0)
-                    codes["OK"] += 1
-                except grpc.aio.AioRpcError as e:
-                    codes[e.code().name] += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        elapsed = time.perf_counter() - started
-    return {"codes": dict(codes), "seconds": elapsed}
-
-
-async def _open_loop(
-    target: str, rate: float, seconds: float, channels: int, deadline: float, salt: int
-) -> dict[str, Any]:
-    """Calls started at ``rate`` per second whatever the answers, over ``channels``
-    connections, each with ``deadline``; at most ``rate * seconds`` calls."""
-    body = _requests(salt)
-    codes: Counter[str] = Counter()
-    latencies: list[float] = []
-    chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    calls = [c.unary_unary(ADMIT) for c in chans]
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(i: int) -> None:
-        started = time.perf_counter()
-        try:
-            await calls[i % channels](body[i % POOL], timeout=deadline)
-            latencies.append((time.perf_counter() - started) * 1000)
-            codes["OK"] += 1
-        except grpc.aio.AioRpcError as e:
-            codes[e.code().name] += 1
-
-    total = int(rate * seconds)
-    started = time.perf_counter()
-    sent = 0
-    while sent < total:
-        due = min(total, int((time.perf_counter() - started) * rate) + 1)
-        while sent < due:
-            task = asyncio.create_task(one(sent))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-        await asyncio.sleep(0.005)
-    offered = time.perf_counter() - started
-    if tasks:
-        await asyncio.wait(tasks, timeout=deadline + 5)
-    for c in chans:
-        await c.close(None)
-    return {"codes": dict(codes), "latencies": latencies, "sent": sent, "seconds": offered}
-
-
-async def _watch(target: str, seconds: float) -> dict[str, Any]:
-    """The probe's Admits and the health checks while the load runs."""
-    await asyncio.sleep(0.5)  # the load processes start first
-    health_body = [b""]  # HealthCheckRequest{service: ""}
-    probe = _one_at_a_time(target, ADMIT, _requests(900), seconds, 5000, 0.01)
-    health = _one_at_a_time(target, HEALTH, health_body, seconds, 5000, 0.02)
-    (p_lat, p_codes), (h_lat, h_codes) = await asyncio.gather(probe, health)
-    return {"probe": (p_lat, p_codes), "health": (h_lat, h_codes)}
-
-
-_CLIENTS = {"closed": _closed_loop, "open": _open_loop, "watch": _watch}
-
-
 def _h2load(
     target: str, rate: float | None, seconds: float, conns: int, workdir: Path
 ) -> dict[str, Any]:
@@ -285,11 +188,10 @@ def _h2load(
     keeps 8 calls in flight, closed loop), for ``seconds``.
     A C client reaches rates the Python clients cannot on a small machine; it
     reads no gRPC status (trailers), so its "succeeded" are HTTP 200 answers,
-    whatever their status, and its "failed" the calls ended by a reset (gRPC
-    core's CANCELLED)."""
+    whatever their status, and its "failed" the calls whose stream was reset."""
     import re
 
-    body = _requests(300)[0]
+    body = admit_requests(300)[0]
     path = workdir / "admit.grpc"
     path.write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
     cmd = [
@@ -330,106 +232,120 @@ def _h2load(
     }
 
 
-def _process_main(kind: str, args: tuple[Any, ...], out: Any) -> None:
-    _common.end_with_parent(os.getppid())
-    import uvloop
-
-    out.send(uvloop.run(_CLIENTS[kind](*args)))  # type: ignore[operator]
-    out.close()
-
-
-def _in_processes(jobs: Sequence[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
-    """Each (kind, args) client in its own process, all at once; their results."""
-    ctx = multiprocessing.get_context("spawn")
-    pipes, procs = [], []
-    for kind, a in jobs:
-        recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_process_main, args=(kind, a, send), daemon=True)
-        p.start()
-        pipes.append(recv)
-        procs.append(p)
-    results = [r.recv() for r in pipes]
-    for p in procs:
-        p.join(10)
-    return results
-
-
-# --- the run -------------------------------------------------------------------
-
-
 async def _unloaded(target: str, seconds: float) -> list[float]:
     """A warm-up, then the probe's latencies (ms) on an idle server."""
-    await _one_at_a_time(target, ADMIT, _requests(998), 1.0, 500, 0.0)
-    latencies, _ = await _one_at_a_time(target, ADMIT, _requests(999), seconds, 3000, 0.002)
+    await one_at_a_time(target, ADMIT, admit_requests(998), 1.0, 500, 0.0)
+    latencies, _ = await one_at_a_time(target, ADMIT, admit_requests(999), seconds, 3000, 0.002)
     return latencies
 
 
+def _sustainable(args: argparse.Namespace, target: str) -> float:
+    """Admit calls per second the server answers with callers always waiting."""
+    sustained = in_processes(
+        [("closed", (target, args.callers, args.seconds, 100 + k)) for k in range(args.procs)]
+    )
+    answered = sum(r["codes"].get("OK", 0) for r in sustained)
+    rate = answered / max(r["seconds"] for r in sustained)
+    if args.load == "h2load":
+        # the Python clients cannot saturate the server: h2load measures it too
+        # (the calls decided, from the server's metrics)
+        start = _counts(target)["decided"]
+        with tempfile.TemporaryDirectory() as tmp:
+            closed = _h2load(target, None, args.seconds, 2, Path(tmp))
+        rate = (_counts(target)["decided"] - start) / closed["seconds"]
+    return rate
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Sustainable rate, then ``args.rounds`` paired rounds (the unloaded probe,
+    then the overload with the probe and health watching), then (with h2load)
+    the server's CPU time per decided and per shed call."""
     import uvloop
 
-    with _server(args.max_in_flight) as target:
-        unloaded = uvloop.run(_unloaded(target, args.seconds))
-        sustained = _in_processes(
-            [("closed", (target, args.callers, args.seconds, 100 + k)) for k in range(args.procs)]
-        )
-        answered = sum(r["codes"].get("OK", 0) for r in sustained)
-        rate = answered / max(r["seconds"] for r in sustained)
-        if args.load == "h2load":
-            # the Python clients cannot saturate the server: h2load measures it too
-            # (the calls decided, from the server's metrics: a shed call is an
-            # HTTP 200 too)
-            start = _decided(target)["decided"]
-            with tempfile.TemporaryDirectory() as tmp:
-                closed = _h2load(target, None, args.seconds, 2, Path(tmp))
-            rate = (_decided(target)["decided"] - start) / closed["seconds"]
-            return _run_h2load(args, target, unloaded, rate, rate * args.factor)
-        offered_rate = rate * args.factor
-        per = offered_rate / args.procs
-        jobs: list[tuple[str, tuple[Any, ...]]] = [
-            ("open", (target, per, args.seconds, args.channels, args.deadline, 200 + k))
-            for k in range(args.procs)
-        ]
-        *loaded, watch_result = _in_processes([*jobs, ("watch", (target, args.seconds))])
+    with _server(args.max_in_flight) as (target, pid):
+        rate = _sustainable(args, target)
+        rounds = []
+        for k in range(args.rounds):
+            unloaded = uvloop.run(_unloaded(target, args.seconds))
+            cpu, started = _threads_cpu(pid), time.perf_counter()
+            if args.load == "h2load":
+                loaded = _overload_h2load(args, target, rate * args.factor)
+            else:
+                loaded = _overload_python(args, target, rate * args.factor, 200 + 10 * k)
+            # where the time went: the event loop's thread busy all along means
+            # calls wait for the loop; far less while the machine's load is
+            # above its cores means the server waited for a core
+            wall = time.perf_counter() - started
+            loop, core = (b - a for a, b in zip(cpu, _threads_cpu(pid), strict=True))
+            loaded["server_cores_used"] = {"event_loop": loop / wall, "grpc_threads": core / wall}
+            loaded["load_average_1m"] = os.getloadavg()[0]
+            unloaded_p99 = _p(unloaded, 0.99)
+            probe_p99 = loaded["probe_under_load"]["accepted_p99_ms"]
+            rounds.append(
+                {
+                    "unloaded_probe": {
+                        "calls": len(unloaded),
+                        "p50_ms": _p(unloaded, 0.5),
+                        "p99_ms": unloaded_p99,
+                    },
+                    "p99_vs_unloaded": probe_p99 / unloaded_p99
+                    if probe_p99 and unloaded_p99
+                    else None,
+                    **loaded,
+                }
+            )
+        cost = _shed_cost(args, target, pid) if args.load == "h2load" else None
+    return _summary(args, rate, rounds, cost)
 
+
+def _summary(
+    args: argparse.Namespace,
+    rate: float,
+    rounds: list[dict[str, Any]],
+    cost: dict[str, Any] | None,
+) -> dict[str, Any]:
     codes: Counter[str] = Counter()
-    accepted: list[float] = []
-    for r in loaded:
-        codes.update(r["codes"])
-        accepted.extend(r["latencies"])
-    sent = sum(r["sent"] for r in loaded)
-    offered = sent / max(r["seconds"] for r in loaded)
-    unloaded_p99 = _p(unloaded, 0.99)
+    sampled: Counter[str] = Counter()  # with h2load: the statuses the sample read
+    for r in rounds:
+        codes.update(r["load"]["codes"])
+        sampled.update(r.get("sampled", {}).get("codes", {}))
+    codes.pop("not done when h2load stopped", None)  # h2load's calls in flight at its end
+    shed = sum(n for k, n in codes.items() if k != "OK")
+    statuses = sampled if sampled else codes
+    ratios = [r["p99_vs_unloaded"] for r in rounds if r["p99_vs_unloaded"] is not None]
+    health = [r["health_under_load"]["p99_ms"] for r in rounds]
     return {
         "max_in_flight": args.max_in_flight,
-        "unloaded_probe": {
-            "calls": len(unloaded),
-            "p50_ms": _p(unloaded, 0.5),
-            "p99_ms": unloaded_p99,
-        },
+        "load_tool": args.load,
+        "rounds": rounds,
         "sustainable_calls_per_s": rate,
-        "asked_calls_per_s": offered_rate,
-        "offered_calls_per_s": offered,
-        "offered_factor": offered / rate if rate else None,
-        "load": {
-            "sent": sent,
-            "codes": dict(codes),
-            "shed_fraction": codes.get("RESOURCE_EXHAUSTED", 0) / sent if sent else None,
-            "accepted_p50_ms": _p(accepted, 0.5),
-            "accepted_p99_ms": _p(accepted, 0.99),
+        "asked_calls_per_s": rate * args.factor,
+        "median": {
+            "unloaded_p99_ms": statistics.median(r["unloaded_probe"]["p99_ms"] for r in rounds),
+            "probe_p99_under_load_ms": statistics.median(
+                r["probe_under_load"]["accepted_p99_ms"] or 0 for r in rounds
+            ),
+            "p99_vs_unloaded": statistics.median(ratios) if ratios else None,
+            "offered_factor": statistics.median(r["offered_factor"] for r in rounds),
+            "health_p99_ms": statistics.median(h for h in health if h is not None)
+            if any(h is not None for h in health)
+            else None,
         },
-        **_watched(watch_result, unloaded_p99),
+        "target_p99_vs_unloaded": 3.0,
+        "load_outcomes": dict(codes),
+        "sampled_outcomes": dict(sampled),
+        "shed_fraction": shed / sum(codes.values()) if codes else None,
+        # of the shed calls whose status was read (the load's, or the sample's)
+        "shed_statuses": {k: n for k, n in statuses.items() if k != "OK"},
+        "shed_cost": cost,
     }
 
 
-def _watched(watch_result: dict[str, Any], unloaded_p99: float | None) -> dict[str, Any]:
+def _watched(watch_result: dict[str, Any]) -> dict[str, Any]:
     p_lat, p_codes = watch_result["probe"]
     h_lat, h_codes = watch_result["health"]
     return {
-        "probe_under_load": {
-            "codes": dict(p_codes),
-            "accepted_p99_ms": _p(p_lat, 0.99),
-            "p99_vs_unloaded": (_p(p_lat, 0.99) or 0) / unloaded_p99 if unloaded_p99 else None,
-        },
+        "probe_under_load": {"codes": dict(p_codes), "accepted_p99_ms": _p(p_lat, 0.99)},
         "health_under_load": {
             "codes": dict(h_codes),
             "p50_ms": _p(h_lat, 0.5),
@@ -439,54 +355,128 @@ def _watched(watch_result: dict[str, Any], unloaded_p99: float | None) -> dict[s
     }
 
 
-def _run_h2load(
-    args: argparse.Namespace, target: str, unloaded: list[float], rate: float, offered: float
+def _overload_python(
+    args: argparse.Namespace, target: str, offered_rate: float, salt: int
 ) -> dict[str, Any]:
-    """The overload phase with h2load as the load; the probe and health as before."""
+    """The overload from Python processes (open loop), which read every status."""
+    per = offered_rate / args.procs
+    jobs: list[tuple[str, tuple[Any, ...]]] = [
+        ("open", (target, per, args.seconds, args.channels, args.deadline, salt + k))
+        for k in range(args.procs)
+    ]
+    *loaded, watch_result = in_processes([*jobs, ("watch", (target, args.seconds))])
+    codes: Counter[str] = Counter()
+    accepted: list[float] = []
+    for r in loaded:
+        codes.update(r["codes"])
+        accepted.extend(r["latencies"])
+    sent = sum(r["sent"] for r in loaded)
+    offered = sent / max(r["seconds"] for r in loaded)
+    return {
+        "offered_calls_per_s": offered,
+        "offered_factor": offered / (offered_rate / args.factor) if offered_rate else None,
+        "load": {
+            "sent": sent,
+            "codes": dict(codes),
+            "accepted_p50_ms": _p(accepted, 0.5),
+            "accepted_p99_ms": _p(accepted, 0.99),
+        },
+        **_watched(watch_result),
+    }
+
+
+def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> dict[str, Any]:
+    """The overload from h2load; the probe and health as with the Python load.
+    h2load reads no gRPC status: the server's metrics tell the calls decided
+    (OK) and those the servicer refused (by code) from the ones gRPC core shed
+    before any Python ran for them; a Python open loop of ``--sample-rate``
+    calls per second alongside h2load reads the statuses such calls get."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-h2load-"))
-    before = _decided(target)
+    before = _counts(target)
     try:
         with multiprocessing.pool.ThreadPool(1) as pool:
             load_result = pool.apply_async(
                 _h2load, (target, offered, args.seconds, args.channels * args.procs, workdir)
             )
-            (watch_result,) = _in_processes([("watch", (target, args.seconds))])
+            sample = ("open", (target, args.sample_rate, args.seconds, 4, args.deadline, 400))
+            watch_result, sampled = in_processes([("watch", (target, args.seconds)), sample])
             h2 = load_result.get()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    after = _decided(target)
-    probe_ok = watch_result["probe"][1].get("OK", 0)
-    decided = after["decided"] - before["decided"] - probe_ok
-    refused = after["servicer_refused"] - before["servicer_refused"]
-    unloaded_p99 = _p(unloaded, 0.99)
+    after = _counts(target)
+    after.subtract(before)
+    for own in (watch_result["probe"][1], sampled["codes"]):  # counted apart
+        for code, n in own.items():
+            after["decided" if code == "OK" else code] -= n
+    codes = Counter({"OK": after.pop("decided", 0)})
+    codes.update({k: n for k, n in after.items() if n > 0})
+    ended = h2["done"] - h2["errored"] - h2["timeout"]
+    codes["shed by gRPC core"] = max(0, ended - sum(codes.values()))
+    codes["h2load errored/timeout"] = h2["errored"] + h2["timeout"]
+    codes["not done when h2load stopped"] = h2["sent"] - h2["done"]
+    rate = offered / args.factor
     return {
-        "max_in_flight": args.max_in_flight,
-        "load_tool": "h2load",
-        "unloaded_probe": {
-            "calls": len(unloaded),
-            "p50_ms": _p(unloaded, 0.5),
-            "p99_ms": unloaded_p99,
-        },
-        "sustainable_calls_per_s": rate,
-        "asked_calls_per_s": offered,
         "offered_calls_per_s": h2["sent"] / h2["seconds"],
         "offered_factor": h2["sent"] / h2["seconds"] / rate if rate else None,
         "load": {
             "sent": h2["sent"],
-            # h2load reads no gRPC status: the server's metrics tell a decided
-            # call from one turned away (by gRPC core, or the servicer)
-            "codes": {
-                "decided": decided,
-                "not decided": h2["sent"] - decided,
-                "servicer RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED": refused,
-                **{f"h2load {k}": h2[k] for k in ("http_200", "reset", "errored", "timeout")},
-            },
-            "shed_fraction": (h2["sent"] - decided) / h2["sent"] if h2["sent"] else None,
-            "accepted_p50_ms": None,
-            "accepted_p99_ms": None,
+            "codes": {k: n for k, n in codes.items() if n},
+            "h2load": {k: h2[k] for k in ("http_200", "reset")},
         },
-        **_watched(watch_result, unloaded_p99),
+        # the statuses h2load cannot read, as Python callers alongside it got them
+        "sampled": {"sent": sampled["sent"], "codes": sampled["codes"]},
+        **_watched(watch_result),
     }
+
+
+def _wait_refused(target: str, timeout: float = 30.0) -> None:
+    """Returns once an Admit is answered RESOURCE_EXHAUSTED (every slot held)."""
+    body = admit_requests(500)
+    end = time.monotonic() + timeout
+    seen: Counter[str] = Counter()
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(ADMIT)
+        while time.monotonic() < end:
+            try:
+                call(body[len(seen) % POOL], timeout=5.0)
+                seen["OK"] += 1
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return
+                seen[e.code().name] += 1
+            time.sleep(0.1)
+    raise TimeoutError(f"the held streams did not fill the in-flight limit: {dict(seen)}")
+
+
+def _shed_cost(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
+    """The server's CPU time per Admit call: decided (h2load's closed loop on an
+    idle server), then shed with RESOURCE_EXHAUSTED by the servicer (every slot
+    held by an open AdmitStream)."""
+    out: dict[str, Any] = {}
+    seconds = min(args.seconds, 3.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("decided", "RESOURCE_EXHAUSTED"):
+            holder = None
+            if kind != "decided":
+                holder = multiprocessing.pool.ThreadPool(1)
+                held = holder.apply_async(
+                    in_processes, ([("hold", (target, args.max_in_flight, seconds + 10))],)
+                )
+                _wait_refused(target)  # the streams are open and counted
+            before, cpu = _counts(target), _common.process_cpu_seconds(pid)
+            h2 = _h2load(target, None, seconds, 2, Path(tmp))
+            cpu = _common.process_cpu_seconds(pid) - cpu
+            calls = _counts(target)[kind] - before[kind]
+            if holder is not None:
+                held.get()
+                holder.close()
+            out[kind] = {
+                "calls": calls,
+                "h2load_reset": h2["reset"],
+                "server_cpu_s": cpu,
+                "server_cpu_us_per_call": cpu / calls * 1e6 if calls else None,
+            }
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -504,37 +494,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="python",
         help="the overload's client: Python processes, or h2load (nghttp2-client)",
     )
+    p.add_argument("--rounds", type=int, default=3, help="paired unloaded/overload rounds")
+    p.add_argument(
+        "--sample-rate",
+        type=float,
+        default=200.0,
+        help="with h2load: calls/s of a Python open loop alongside that reads statuses",
+    )
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args(argv)
     _common.print_machine()
     result = run(args)
-    u, ld, pr, h = (
-        result["unloaded_probe"],
-        result["load"],
-        result["probe_under_load"],
-        result["health_under_load"],
+    rows: list[list[Any]] = []
+    for k, r in enumerate(result["rounds"], 1):
+        codes = r["load"]["codes"]
+        if "sampled" in r:
+            codes = {**codes, **{f"sampled {c}": n for c, n in r["sampled"]["codes"].items()}}
+        rows.append(
+            [
+                k,
+                r["unloaded_probe"]["p99_ms"],
+                r["probe_under_load"]["accepted_p99_ms"],
+                r["p99_vs_unloaded"],
+                r["offered_factor"],
+                r["health_under_load"]["p99_ms"],
+                r["server_cores_used"]["event_loop"],
+                r["server_cores_used"]["grpc_threads"],
+                r["load_average_1m"],
+                ", ".join(f"{c} {n}" for c, n in sorted(codes.items())),
+            ]
+        )
+    m = result["median"]
+    rows.append(
+        [
+            "median",
+            m["unloaded_p99_ms"],
+            m["probe_p99_under_load_ms"],
+            m["p99_vs_unloaded"],
+            m["offered_factor"],
+            m["health_p99_ms"],
+            "",
+            "",
+            "",
+            f"shed {_common.fmt(result['shed_fraction'])} of the load; statuses read: "
+            + ", ".join(f"{c} {n}" for c, n in sorted(result["shed_statuses"].items())),
+        ]
     )
     _common.print_table(
-        f"overload: --max-in-flight {args.max_in_flight}",
-        ["figure", "value"],
+        f"overload ({args.load}): --max-in-flight {args.max_in_flight}, sustainable "
+        f"{result['sustainable_calls_per_s']:.0f} Admit/s, asked {args.factor:g}x, "
+        f"target probe p99 <= 3x unloaded",
         [
-            ["unloaded probe Admit p99 (ms)", u["p99_ms"]],
-            ["sustainable Admit calls/s", result["sustainable_calls_per_s"]],
-            ["offered calls/s (asked)", result["asked_calls_per_s"]],
-            ["offered calls/s (achieved)", result["offered_calls_per_s"]],
-            ["offered / sustainable", result["offered_factor"]],
-            ["load calls sent", ld["sent"]],
-            ["shed fraction (not decided)", ld["shed_fraction"]],
-            ["load outcomes", ", ".join(f"{k} {v}" for k, v in sorted(ld["codes"].items()))],
-            ["load accepted p99 (ms)", ld["accepted_p99_ms"]],
-            ["probe accepted p99 under load (ms)", pr["accepted_p99_ms"]],
-            ["probe p99 / unloaded p99", pr["p99_vs_unloaded"]],
-            ["probe outcomes", ", ".join(f"{k} {v}" for k, v in sorted(pr["codes"].items()))],
-            ["health p99 under load (ms)", h["p99_ms"]],
-            ["health max under load (ms)", h["max_ms"]],
-            ["health outcomes", ", ".join(f"{k} {v}" for k, v in sorted(h["codes"].items()))],
+            "round",
+            "unloaded p99 ms",
+            "loaded p99 ms",
+            "ratio",
+            "offered x",
+            "health p99 ms",
+            "loop cores",
+            "gRPC thread cores",
+            "loadavg",
+            "load outcomes",
         ],
+        rows,
     )
+    if result["shed_cost"]:
+        _common.print_table(
+            "server CPU per Admit call (h2load closed loop, 2 connections x 8)",
+            ["outcome", "calls", "CPU us/call", "streams reset by gRPC core"],
+            [
+                [k, v["calls"], v["server_cpu_us_per_call"], v["h2load_reset"]]
+                for k, v in result["shed_cost"].items()
+            ],
+        )
     path = _common.write_results("overload", result, args.results_dir)
     print(f"wrote {path}")
     return 0

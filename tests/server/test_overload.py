@@ -4,6 +4,9 @@ the in-flight limit, calls past their deadline, message and stream caps."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -223,13 +226,27 @@ def _outcome(future: Any) -> str:
     return "OK" if exc is None else str(exc.code().name)
 
 
+#: gRPC core's experiment (gRPC 1.85, off unless named in GRPC_EXPERIMENTS when
+#: gRPC starts): the promise-based HTTP/2 server transport.
+PROMISE_TRANSPORT = "ph2_server"
+
+
+def _core_shed_code() -> str:
+    """The status gRPC core ends the calls its pending limit turns away with:
+    CANCELLED (a stream reset) on its default transport, RESOURCE_EXHAUSTED on
+    the promise-based one."""
+    enabled = {e.strip() for e in os.environ.get("GRPC_EXPERIMENTS", "").split(",")}
+    return "RESOURCE_EXHAUSTED" if PROMISE_TRANSPORT in enabled else "CANCELLED"
+
+
 @run_async
 async def test_calls_queued_before_the_loop_takes_them_are_shed_at_once() -> None:
     # The event loop is held (as by a burst of work it cannot keep up with)
     # while calls arrive: gRPC core queues them for the loop, up to
-    # max_in_flight per method, and ends the rest at once (CANCELLED, gRPC
-    # core's status), with no Python run for them. Health checks queue apart
-    # and are answered.
+    # max_in_flight per method, and ends the rest at once, with no Python run
+    # for them (CANCELLED, or RESOURCE_EXHAUSTED on the promise-based
+    # transport). Health checks queue apart and are answered.
+    shed_code = _core_shed_code()
     async with serving(max_in_flight=4) as h:
         admit = SERVICE + "Admit"
         health = "/grpc.health.v1.Health/Check"
@@ -243,17 +260,34 @@ async def test_calls_queued_before_the_loop_takes_them_are_shed_at_once() -> Non
         while time.monotonic() < deadline and shed_while_held < 35:
             time.sleep(0.05)  # the loop is held: nothing of tiergate's runs
             shed_while_held = sum(f.done() for f in futures[:40])
-        assert all(_outcome(f) == "CANCELLED" for f in futures[:40] if f.done())
+        assert all(_outcome(f) == shed_code for f in futures[:40] if f.done())
         # at most 4 pending and 1 already taken by the loop's open request
         assert shed_while_held >= 35
         while not all(f.done() for f in futures):
             await asyncio.sleep(0.01)
         outcomes = Counter(_outcome(f) for f in futures[:40])
-        assert outcomes["OK"] + outcomes["CANCELLED"] == 40 and 1 <= outcomes["OK"] <= 5
+        assert outcomes["OK"] + outcomes[shed_code] == 40 and 1 <= outcomes["OK"] <= 5
         assert all(_outcome(f) == "OK" for f in futures[40:])  # health: never shed
         channel.close()
         state = await h.stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER))
         assert state.used_24h == outcomes["OK"]  # the shed ones decided nothing
+
+
+def test_on_the_promise_based_transport_grpc_core_sheds_with_resource_exhausted() -> None:
+    """The same queue, the same limits, with GRPC_EXPERIMENTS=ph2_server (read
+    when gRPC starts: a fresh process): the calls gRPC core turns away end
+    RESOURCE_EXHAUSTED, not CANCELLED."""
+    env = {**os.environ, "GRPC_EXPERIMENTS": PROMISE_TRANSPORT}
+    test = f"{__file__}::test_calls_queued_before_the_loop_takes_them_are_shed_at_once"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
 
 
 def test_pending_limits_follow_max_in_flight() -> None:

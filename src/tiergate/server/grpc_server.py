@@ -76,10 +76,16 @@ def pending_limits(max_in_flight: int) -> list[tuple[str, int]]:
     takes one call per method per turn of the loop, so the servicer's own count
     stays low while latency grows), and this is where the excess is shed, in
     gRPC core's threads, at no cost to the event loop. gRPC core ends such a call
-    CANCELLED (its own status; the servicer's RESOURCE_EXHAUSTED needs the call
-    to reach Python). Each method has its own queue: health checks, served
-    through the generic handler path, queue apart from Admit and are never shed
-    for its load."""
+    CANCELLED on its default HTTP/2 transport (its own status: no setting maps
+    it), and RESOURCE_EXHAUSTED ("Too many pending requests for this server")
+    on its promise-based server transport, an experiment of gRPC 1.85 that
+    ``GRPC_EXPERIMENTS=ph2_server`` turns on (it also ends open streams with a
+    reset, INTERNAL to the client, at a graceful shutdown). The servicer's own
+    RESOURCE_EXHAUSTED needs the call to reach Python, and there a refusal costs
+    about what a decision does (``benchmarks/overload.py --load h2load``), so it
+    cannot shed most of a load several times what the server sustains. Each
+    method has its own queue: health checks, served through the generic handler
+    path, queue apart from Admit and are never shed for its load."""
     return [
         ("grpc.server.max_pending_requests", max(1, max_in_flight // 2)),
         ("grpc.server.max_pending_requests_hard_limit", max(1, max_in_flight)),
