@@ -402,9 +402,9 @@ def test_a_data_dir_with_the_shared_store_restarts(redis_url: str, tmp_path: Any
 def test_rules_the_shared_store_does_not_decide_yet_are_refused(
     redis_url: str, tmp_path: Any
 ) -> None:
-    """Shadow mode and warm-up under portfolio scope refuse to start on the shared
-    store (never enforcing less than alone); PlanCampaign, WatchSenderState and
-    AdmitColumns answer FAILED_PRECONDITION there."""
+    """Warm-up under portfolio scope refuses to start on the shared store (never
+    enforcing less than alone); shadow mode starts there (decided in Redis:
+    test_redis_adopt.py)."""
     from dataclasses import replace
 
     from tiergate.server.app import StartupError
@@ -413,20 +413,10 @@ def test_rules_the_shared_store_does_not_decide_yet_are_refused(
     warm.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
 
     async def main() -> None:
-        for config, what in (
-            (replace(_config(redis_url), shadow=True), "shadow mode"),
-            (replace(_config(redis_url), profile=str(warm)), "warm-up"),
-        ):
-            with pytest.raises(StartupError, match=what):
-                await Sidecar(config).start()
-        async with serving(_config(redis_url)) as stub:
-            plan = pb.PlanCampaignRequest(sender_id=SENDER, template_id="t1", recipients=["1"])
-            with pytest.raises(grpc.aio.AioRpcError) as e:
-                await stub.PlanCampaign(plan)
-            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            with pytest.raises(grpc.aio.AioRpcError) as e:
-                async for _ in stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER)):
-                    pass
-            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(StartupError, match="warm-up"):
+            await Sidecar(replace(_config(redis_url), profile=str(warm))).start()
+        async with serving(replace(_config(redis_url), shadow=True)) as stub:
+            res: Any = await stub.Admit(_request(1, T0))
+            assert res.decision == pb.DECISION_ADMIT
 
     uvloop.run(main())
