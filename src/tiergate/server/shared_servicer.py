@@ -6,12 +6,13 @@ shared store yet, and never silently from this process's own counts)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from tiergate.policy.answers import AdmitResult
+from tiergate.policy.reports import SenderReport
 from tiergate.policy.requests import check_one, well_formed
 from tiergate.server import admit_wire, convert
 from tiergate.server.servicer import AdmissionControl
@@ -30,6 +31,7 @@ class SharedAdmissionControl(AdmissionControl):
 
     def bind_shared(self, shared: SharedAdmission) -> None:
         self.shared = shared
+        self.plan_copier = shared.plan_copy
 
     async def _admit_one(self, request: Any, wire: bool) -> AdmitResult:
         fields = admit_wire.decode_fast(request) if wire else None
@@ -59,6 +61,14 @@ class SharedAdmissionControl(AdmissionControl):
                 await self._fail(context, "Admit", e)
             finally:
                 self._metrics.timed("Admit", started)
+
+    async def _sender_report(self, sender_id: str, at_unix_ms: int) -> SenderReport:
+        """As the embedded store's, with the scope's counts (used, 7-day counts, the
+        forecast) read from Redis; this process's own while Redis cannot be reached
+        (``store_unavailable`` says so)."""
+        now = self._clock.now(at_unix_ms)
+        counts = await self.shared.counts(sender_id, now, at_unix_ms)
+        return self.service.sender_state(sender_id, now, at_unix_ms, counts)
 
     async def GetSenderState(
         self, request: pb.GetSenderStateRequest, context: Context
@@ -96,11 +106,15 @@ class SharedAdmissionControl(AdmissionControl):
     async def AdmitStream(self, request_iterator: Any, context: Context) -> Any:  # type: ignore[override]
         return await self._not_shared("AdmitStream", context)
 
-    async def PlanCampaign(self, request: Any, context: Context) -> Any:
-        return await self._not_shared("PlanCampaign", context)
-
-    async def WatchSenderState(
-        self, request: Any, context: Context
-    ) -> AsyncIterator[pb.SenderState]:
-        await self._not_shared("WatchSenderState", context)
-        yield pb.SenderState()  # never reached: a stream handler is a generator
+    async def PlanCampaign(
+        self, request: pb.PlanCampaignRequest, context: Context
+    ) -> pb.PlanCampaignResponse:
+        """As the embedded store's, on a local engine made from Redis for the list
+        (``SharedAdmission.plan_copy``); a list is planned in one call here."""
+        if request.more_follow or request.continuation:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "more_follow: a plan over --store redis is one call's list "
+                "(continuations are planned on the embedded store)",
+            )
+        return await super().PlanCampaign(request, context)

@@ -59,7 +59,15 @@ MAX_REDIS_TIME = 1 << 43
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
 DEFAULT_TIMEOUT = 0.5
 #: The functions the library registers (``calls`` in redis_functions.lua).
-_OPERATIONS = ("decide", "release", "usage", "number_update", "opt_out", "throughput")
+_OPERATIONS = (
+    "decide",
+    "release",
+    "usage",
+    "number_update",
+    "opt_out",
+    "throughput",
+    "counts",
+)
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 _MIX = 0x9E3779B97F4A7C15
@@ -405,6 +413,40 @@ class RedisCounting:
         when = "" if self.server_clock else now
         res = await self._run("usage", scope.fixed_keys()[:4], [*scope.geometry, when, limit])
         return Usage(*(int(v) for v in res[:4]))
+
+    async def counts(self, scope: ScopeSpec, now: int) -> list[Any]:
+        """The library's ``counts`` (read only): the time used, used_24h, unique_7d,
+        slots_7d, the 24 h ring's low bucket, then (bucket, count) pairs
+        (``redis_reads.scope_counts`` makes them a ``ScopeCounts``)."""
+        if not self.server_clock:
+            _check_time("now", now)
+        when = "" if self.server_clock else now
+        return list(await self._run("counts", scope.fixed_keys()[:4], [*scope.geometry, when]))
+
+    async def recipient_entries(
+        self, scope: ScopeSpec, number: str, recipients: Sequence[int]
+    ) -> tuple[list[tuple[Any, Any, Any]], list[Any], Any]:
+        """For each recipient, its (scope entry, marketing entry, ``number``'s entry) as
+        stored (None where absent), whether it opted out, and the number's throughput
+        TAT: one round trip (one HMGET per shard hash, one SMISMEMBER)."""
+        by_shard: dict[str, list[int]] = {}
+        for r in recipients:
+            by_shard.setdefault(scope.scope_shard(r), []).append(r)
+        pipe = self.client.pipeline(transaction=False)
+        for key, rs in by_shard.items():
+            pipe.hmget(key, [f for r in rs for f in (str(r), f"m{r}", f"{number}:{r}")])
+        meta, opt = scope.fixed_keys()[0], scope.fixed_keys()[4]
+        pipe.hget(meta, f"t:{number}")
+        if recipients:
+            pipe.smismember(opt, [str(r) for r in recipients])
+        res = await self._bounded(pipe.execute())
+        got: dict[int, tuple[Any, Any, Any]] = {}
+        for (_, rs), values in zip(by_shard.items(), res, strict=False):
+            for j, r in enumerate(rs):
+                got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2])
+        tat = res[len(by_shard)]
+        opted = res[len(by_shard) + 1] if recipients else []
+        return [got[r] for r in recipients], list(opted), tat
 
     async def aclose(self) -> None:
         await self.client.aclose()
