@@ -147,8 +147,8 @@ class ScopeReading(Protocol):
     """A scope's counts read elsewhere than this process's engine (the shared
     store's, ``store.redis_reads.ScopeCounts``), as of its own time ``now``."""
 
-    now: int
-
+    @property
+    def now(self) -> int: ...
     def usage(self, limit: int) -> tuple[int, int, int, int]: ...
     def outlook(self, period_ms: int, periods: int) -> tuple[int, list[int]]: ...
 

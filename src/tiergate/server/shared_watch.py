@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from tiergate.policy.state import Sender
 from tiergate.store.redis_reads import ScopeCounts
@@ -28,6 +29,8 @@ from tiergate.store.shared import SharedAdmission
 from .watch import Watches
 
 __all__ = ["POLL_S", "WatchedCounts"]
+
+log = logging.getLogger("tiergate.server")
 
 #: How often the watched scopes' counts are read from Redis while anyone watches (s).
 POLL_S = 1.0
@@ -72,7 +75,11 @@ class WatchedCounts:
         at = self.shared.service.state.latest_ms
         scopes = {s.scope.key: s.id for s in self.watches.watched()}
         for key, sender_id in scopes.items():
-            counts = await self.shared.counts(sender_id, at, at)
+            try:
+                counts = await self.shared.counts(sender_id, at, at)
+            except Exception as e:  # the next read tries again
+                log.warning("watch: counts of %s not read from the shared store: %s", key, e)
+                continue
             if counts is not None:
                 self.counts[key] = counts
         self.watches.look()
