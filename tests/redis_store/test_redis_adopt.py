@@ -5,9 +5,7 @@ sidecar given the same traffic, and across two sidecars sharing one Redis."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -17,11 +15,12 @@ import uvloop
 
 from tiergate import config as cfg
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
-from tiergate.server import Sidecar, shared_watch
+from tiergate.server import shared_watch
 from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
-from tiergate.v1 import admission_pb2_grpc as pb_grpc
+
+from .redis_harness import serving
 
 pytestmark = pytest.mark.redis
 
@@ -35,7 +34,7 @@ LIMIT = 250  # TIER_250
 def _config(url: str = "", **fields: Any) -> cfg.ServeConfig:
     sender = SenderUpdate(
         sender_id=SENDER,
-        portfolio_id="portfolio-adopt",
+        portfolio_id=fields.pop("portfolio", "portfolio-adopt"),
         display_phone_number="+15550100001",
         verified=True,
         tier="TIER_250",
@@ -52,18 +51,6 @@ def _config(url: str = "", **fields: Any) -> cfg.ServeConfig:
     if url:
         base = replace(base, store=parse_store(url))
     return replace(base, **fields)
-
-
-@contextlib.asynccontextmanager
-async def serving(config: cfg.ServeConfig) -> AsyncIterator[pb_grpc.AdmissionControlStub]:
-    sidecar = Sidecar(config)
-    await sidecar.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
-    try:
-        yield pb_grpc.AdmissionControlStub(channel)
-    finally:
-        await channel.close(None)
-        await sidecar.stop(0.5)
 
 
 def _send(rcpt: str, at: int, category: Any = pb.UTILITY) -> pb.AdmitRequest:
@@ -284,6 +271,38 @@ def test_plans_over_redis_are_the_embedded_plans_and_admission_follows(
     uvloop.run(main())
 
 
+def test_a_plan_over_redis_reads_pair_rates_throughput_and_windows(redis_url: str) -> None:
+    """A pair-rate burst spent a moment before the plan (its TAT and start still
+    owed), sends that left the throughput bucket ahead, and a window opened by an
+    inbound message, all made at the other sidecar: the plan waits for them as
+    the embedded store's does, and AdmitBatch admits each recipient exactly at
+    its time."""
+
+    async def main() -> None:
+        async with (
+            serving(_config(mps=60)) as alone,
+            serving(_config(redis_url, mps=60)) as a,
+            serving(_config(redis_url, mps=60)) as b,
+        ):
+            spent, others = _numbers(1)[0], _numbers(20, 100)
+            sends = [_send(spent, T0 - 2_000)] * 45 + [_send(r, T0 - 5) for r in others]
+            for req in sends:
+                assert _answer(await b.Admit(req)) == _answer(await alone.Admit(req))
+            inbound = pb.InboundMessage(
+                sender_id=SENDER, recipient=_numbers(1, 900)[0], at_unix_ms=T0 - 10
+            )
+            for stub in (alone, b):
+                await stub.RecordFeedback(pb.RecordFeedbackRequest(inbound_message=inbound))
+            recipients = [*_numbers(1, 900), *others[:5], *_numbers(30, 700), spent]
+            want = await _plan(alone, recipients, T0, pb.UTILITY)
+            got = await _plan(a, recipients, T0, pb.UTILITY)
+            assert got == want
+            assert got[-1] > T0 + 60_000  # the spent pair burst is paid back first
+            await _replay(b, recipients, got, T0, pb.UTILITY)
+
+    uvloop.run(main())
+
+
 def test_a_plan_over_redis_is_one_call(redis_url: str) -> None:
     async def main() -> None:
         async with serving(_config(redis_url)) as a:
@@ -348,5 +367,32 @@ def test_a_watch_sees_another_sidecar_s_admits_at_its_next_decision(
             seen = await asyncio.wait_for(reading, 10.0)
             assert list(seen.changes) == ["USAGE_80"] and seen.used_24h == 211
             stream.cancel()
+
+    uvloop.run(main())
+
+
+def test_counts_and_plans_on_a_cluster(redis_cluster: str) -> None:
+    """On a three-master Cluster (every key of a scope in one slot): the report's
+    counts and a plan are the embedded store's for the same traffic, and the plan
+    is admitted as made."""
+
+    async def main() -> None:
+        scope = f"portfolio-{random.randrange(1 << 30)}"  # fresh on a shared Cluster
+        async with (
+            serving(_config(portfolio=scope)) as alone,
+            serving(_config(redis_cluster, portfolio=scope)) as a,
+        ):
+            sent = _numbers(40)
+            for i, rcpt in enumerate(sent):
+                req = _send(rcpt, T0 - HOUR + 60_000 * i)
+                assert _answer(await a.Admit(req)) == _answer(await alone.Admit(req))
+            ask = pb.GetSenderStateRequest(sender_id=SENDER, at_unix_ms=T0)
+            want_state = _report(await alone.GetSenderState(ask))
+            assert _report(await a.GetSenderState(ask)) == want_state
+            recipients = sent[::3] + _numbers(30, 500)
+            want = await _plan(alone, recipients, T0, pb.UTILITY)
+            got = await _plan(a, recipients, T0, pb.UTILITY)
+            assert got == want
+            await _replay(a, recipients, got, T0, pb.UTILITY)
 
     uvloop.run(main())

@@ -6,9 +6,7 @@ unavailable") within a second under ``--store-failure closed``, admits under
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,9 +20,8 @@ from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
 from tiergate.store.shared import UNAVAILABLE_DETAIL
 from tiergate.v1 import admission_pb2 as pb
-from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
-from .redis_harness import RedisProcess
+from .redis_harness import RedisProcess, serving
 
 pytestmark = pytest.mark.redis
 
@@ -50,18 +47,6 @@ def _config(url: str, failure: str = "closed") -> cfg.ServeConfig:
         store=parse_store(url),
         store_failure="open" if failure == "open" else "closed",
     )
-
-
-@contextlib.asynccontextmanager
-async def serving(config: cfg.ServeConfig) -> AsyncIterator[pb_grpc.AdmissionControlStub]:
-    sidecar = Sidecar(config)
-    await sidecar.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
-    try:
-        yield pb_grpc.AdmissionControlStub(channel)
-    finally:
-        await channel.close(None)
-        await sidecar.stop(0.5)
 
 
 def _request(i: int, at: int) -> pb.AdmitRequest:

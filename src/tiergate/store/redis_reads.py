@@ -9,12 +9,15 @@ engine's statements (``engine.reference.ring.Ring``) over those buckets.
 :func:`plan_engine` builds a local engine holding what a plan of one sender's
 list depends on: the scope's 24 h ring as in Redis, and for each recipient of
 the list its entries there (last counted time, marketing sends, opt-out, and
-the sender's window, free-entry-point window and pair-rate TAT with it), and
-the number's throughput TAT. The planner then runs on that engine unchanged;
-nothing is consumed in Redis. Counts the ring holds for recipients outside the
-list are stood for by recipient keys no request makes (a one-digit E.164 key
-above 9), counted at their bucket's start on a second number, so the sender's
-throughput and pair rates are only the ones read from Redis.
+the sender's window, free-entry-point window and pair-rate burst with it), and
+the number's throughput TAT, each made with the engine's own calls: sends
+forced in time order (a recipient at its last counted time, a pair-rate burst
+as that many sends at its start), windows opened, the throughput TAT set by a
+take under an interval of the difference. Counts the ring holds for
+recipients outside the list are stood for by recipient keys no request makes
+(a one-digit E.164 key above 9), counted at their bucket's start on a second
+number. The planner then runs on that engine unchanged; nothing is consumed
+in Redis.
 """
 
 from __future__ import annotations
@@ -111,69 +114,87 @@ def plan_engine(
     docstring): the scope's decisions on it are Redis's for the list's recipients."""
     engine = engine_type(*geometry)
     scope = engine.add_scope(spec.freq_cap, spec.freq_window_ms)
-    real = engine.add_number(
-        scope,
-        number.tput_interval_us,
-        number.tput_burst,
-        number.pair_interval_ms,
-        number.pair_burst,
-    )
+    pair = (number.pair_interval_ms, number.pair_burst)
+    # while the events are forced, the number's throughput moves by 1 µs a send
+    real = engine.add_number(scope, 1, 1, *pair)
     filler = engine.add_number(scope)
-    bucket_ms, window_ms = geometry[0], geometry[1]
-    horizon = counts.now - window_ms
-    # (time, recipient, flags) forced in time order: a scope's clock only moves on
-    events: list[tuple[int, int, int]] = []
-    in_bucket: dict[int, int] = {}
-    for rkey, last in entries.last.items():
-        if last > horizon:
-            events.append((last, rkey, F_TEMPLATE))
-            in_bucket[last // bucket_ms] = in_bucket.get(last // bucket_ms, 0) + 1
-    for rkey, times in entries.marketing.items():
-        events += [(t, rkey, F_MARKETING) for t in times if t != NEVER]
-    key = FILLER_KEY
-    for b, c in counts.buckets():
-        c -= in_bucket.get(b, 0)
-        for _ in range(max(0, c)):
-            events.append((b * bucket_ms, key, F_TEMPLATE))
-            key += 1
-    events.sort()
+    events = _events(counts, entries, geometry[0], geometry[1], number.pair_interval_ms)
+    tat = NEVER  # the number's throughput TAT after the events (µs)
     if events:
         k = len(events)
         batch = DecisionBatch()
         batch.now = array("q", [e[0] for e in events])
         batch.recipient = array("Q", [e[1] for e in events])
         batch.flags = array("I", [e[2] | F_FORCE for e in events])
-        batch.scope, batch.number = array("i", [scope]) * k, array("i", [filler]) * k
+        batch.scope = array("i", [scope]) * k
+        batch.number = array("i", [real if e[3] else filler for e in events])
         batch.limit = array("q", [0]) * k
         batch.ticket = array("Q", bytes(8 * k))
         engine.decide_batch(batch)
+        for t, _, _, own in events:
+            if own:
+                tat = max(tat, t * 1000) + 1
     engine.usage(scope, counts.now, 0)  # the copy's clock: Redis's
     for rkey in entries.opted_out:
         engine.set_opt_out(scope, rkey, True)
-    for rkey, (window, fep, tat) in entries.number.items():
+    for rkey, (window, fep, pair_tat, pair_start) in entries.number.items():
         if window > counts.now or fep > counts.now:
             engine.open_window(real, rkey, window, fep)
-        if tat > counts.now:
-            engine.hold_pair(real, rkey, tat)
-    _set_throughput(engine, real, number, entries.tput_tat, counts.now)
+        if pair_tat > counts.now and (
+            pair_start == NEVER or not _burst(pair_tat, pair_start, pair[0])
+        ):
+            engine.hold_pair(real, rkey, pair_tat)  # a 131056 hold: no burst until paid
+    _set_throughput(engine, real, number, entries.tput_tat, tat, counts.now)
     return PlanCopy(engine, scope, real, counts.now)
 
 
-def _set_throughput(engine: Any, number: int, spec: NumberSpec, tat: int, now: int) -> None:
-    """Move ``number``'s throughput TAT (µs) to ``tat`` with the engine's own calls:
-    every TAT Redis holds is some a·1000 + k·interval, which ``take_throughput`` at
-    ``a``, k times, makes; where none is found, the next whole millisecond."""
-    if tat <= now * 1000:
-        return
-    iv = spec.tput_interval_us
-    for k in range(1, 1001):
-        a, rest = divmod(tat - k * iv, 1000)
-        if rest == 0 and a >= 0:
-            for _ in range(k):
-                engine.take_throughput(number, a)
-            return
-    tol = (spec.tput_burst - 1) * iv
-    engine.slow_throughput(number, now, max(0, -(-(tat - tol) // 1000) - now))
+def _burst(tat: int, start: int, interval: int) -> int:
+    """How many sends of one burst begun at ``start`` owe until ``tat`` (0: none)."""
+    k, rest = divmod(tat - start, interval)
+    return k if rest == 0 and k > 0 else 0
+
+
+def _events(
+    counts: ScopeCounts, entries: RecipientEntries, bucket_ms: int, window_ms: int, pair_iv: int
+) -> list[tuple[int, int, int, bool]]:
+    """(time, recipient, flags, on the plan's number) forced in time order (a scope's
+    clock only moves on): each list recipient counted at its last counted time,
+    its marketing sends, the pair-rate burst it owes (free-form sends from the
+    burst's start), and the ring's other counts at their bucket's start."""
+    horizon = counts.now - window_ms
+    events: list[tuple[int, int, int, bool]] = []
+    in_bucket: dict[int, int] = {}
+    for rkey, last in entries.last.items():
+        if last > horizon:
+            events.append((last, rkey, F_TEMPLATE, False))
+            in_bucket[last // bucket_ms] = in_bucket.get(last // bucket_ms, 0) + 1
+    for rkey, times in entries.marketing.items():
+        events += [(t, rkey, F_MARKETING, False) for t in times if t != NEVER]
+    for rkey, (_, _, tat, start) in entries.number.items():
+        if tat > counts.now and start != NEVER:
+            events += [(start, rkey, 0, True)] * _burst(tat, start, pair_iv)
+    key = FILLER_KEY
+    for b, c in counts.buckets():
+        for _ in range(max(0, c - in_bucket.get(b, 0))):
+            events.append((b * bucket_ms, key, F_TEMPLATE, False))
+            key += 1
+    events.sort()
+    return events
+
+
+def _set_throughput(
+    engine: Any, number: int, spec: NumberSpec, tat: int, now_tat: int, now: int
+) -> None:
+    """Move ``number``'s throughput TAT (µs) from ``now_tat`` to Redis's ``tat``: one
+    ``take_throughput`` at ``now`` under an interval of the difference, then the
+    number's own parameters again."""
+    base = max(now * 1000, now_tat)
+    if tat > base:
+        engine.set_number_params(number, tat - base, 1, spec.pair_interval_ms, spec.pair_burst)
+        engine.take_throughput(number, now)
+    engine.set_number_params(
+        number, spec.tput_interval_us, spec.tput_burst, spec.pair_interval_ms, spec.pair_burst
+    )
 
 
 @dataclass(slots=True)
@@ -184,8 +205,9 @@ class RecipientEntries:
     last: dict[int, int]
     #: recipient → its last four marketing send times (NEVER: none)
     marketing: dict[int, tuple[int, ...]]
-    #: recipient → (window until, free-entry-point window until, pair TAT) of the number
-    number: dict[int, tuple[int, int, int]]
+    #: recipient → (window until, free-entry-point window until, pair TAT, pair burst
+    #: start) of the number
+    number: dict[int, tuple[int, int, int, int]]
     opted_out: list[int]
     #: the number's throughput TAT (µs; NEVER: none)
     tput_tat: int
@@ -204,11 +226,9 @@ def parse_entries(
             out.marketing[rkey] = struct.unpack(">qqqq", mk)
         if ne is not None:
             if len(ne) == 16:
-                tat_p, _ = struct.unpack(">qq", ne)
-                out.number[rkey] = (NEVER, NEVER, tat_p)
+                out.number[rkey] = (NEVER, NEVER, *struct.unpack(">qq", ne))
             else:
-                w, f, tat_p, _ = struct.unpack(">qqqq", ne)
-                out.number[rkey] = (w, f, tat_p)
+                out.number[rkey] = struct.unpack(">qqqq", ne)
         if int(opt):
             out.opted_out.append(rkey)
     return out
