@@ -128,6 +128,9 @@ class CampaignPlan:
             restricted = sender.flags[category] & F_RESTRICTED and sender.restricted_retry_at
             if restricted:
                 start = max(start, sender.restricted_retry_at)
+        #: The lists planned so far, kept where each call makes the plan again on
+        #: state read anew (the shared store's: ``server.plans``).
+        self.lists: list[array[int]] = []
         self.totals = PlanTotals(start)
         self.clock = start  # the time of the latest planned send
         if self.never_reason:

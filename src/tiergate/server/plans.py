@@ -149,6 +149,8 @@ async def plan_campaign(
     _check_request(request)
     if request.continuation:
         plan = held.take(request)
+        if copier is not None:
+            plan = await _remade(service, plan, copier, keys)
     else:
         start = max(request.start_at_unix_ms, now)
         counting = None if copier is None else await copier(request.sender_id, keys, start)
@@ -161,6 +163,8 @@ async def plan_campaign(
             counting,
         )
     times: array[int] = await asyncio.to_thread(plan.plan, keys)
+    if copier is not None:
+        plan.lists.append(keys)
     t = plan.totals
     out = pb.PlanCampaignResponse(
         admissible_now=t.admissible_now,
@@ -179,6 +183,24 @@ async def plan_campaign(
         out.continuation = token
         out.continuation_expires_at_unix_ms = int((time.time() + held_for) * 1000)
     return out
+
+
+async def _remade(
+    service: AdmissionService, old: CampaignPlan, copier: PlanCopier, keys: array[int]
+) -> CampaignPlan:
+    """A continued plan made again on the ``copier``'s state (the shared store's, read
+    for every recipient so far and the next ones, ``keys``): the earlier lists
+    planned on it again first, so the next list goes after them."""
+    earlier: array[int] = array("Q")
+    for done in old.lists:
+        earlier.extend(done)
+    counting = await copier(old.sender_id, earlier + keys, old.totals.start)
+    plan = CampaignPlan(
+        service.state, old.sender_id, old.template_id, old.category, old.totals.start, counting
+    )
+    await asyncio.to_thread(plan.plan, earlier)
+    plan.lists = old.lists
+    return plan
 
 
 class PlanCampaignRpc:

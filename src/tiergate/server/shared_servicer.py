@@ -1,7 +1,10 @@
 """The RPCs over the shared store (``--store redis://…``): Admit and AdmitBatch decide
-steps 4–9 in Redis (``store/shared.py``); AdmitColumns, AdmitStream, PlanCampaign
-and WatchSenderState are refused with FAILED_PRECONDITION (not served over the
-shared store yet, and never silently from this process's own counts)."""
+steps 4–9 in Redis (``store/shared.py``); GetSenderState reports the counts in
+Redis, PlanCampaign plans on a local engine made from Redis
+(``SharedAdmission.plan_copy``) and WatchSenderState reads usage from Redis
+(``shared_watch.py``); AdmitColumns and AdmitStream are refused with
+FAILED_PRECONDITION (not served over the shared store yet, and never silently
+from this process's own counts)."""
 
 from __future__ import annotations
 
@@ -105,16 +108,3 @@ class SharedAdmissionControl(AdmissionControl):
 
     async def AdmitStream(self, request_iterator: Any, context: Context) -> Any:  # type: ignore[override]
         return await self._not_shared("AdmitStream", context)
-
-    async def PlanCampaign(
-        self, request: pb.PlanCampaignRequest, context: Context
-    ) -> pb.PlanCampaignResponse:
-        """As the embedded store's, on a local engine made from Redis for the list
-        (``SharedAdmission.plan_copy``); a list is planned in one call here."""
-        if request.more_follow or request.continuation:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "more_follow: a plan over --store redis is one call's list "
-                "(continuations are planned on the embedded store)",
-            )
-        return await super().PlanCampaign(request, context)

@@ -118,7 +118,7 @@ def plan_engine(
     # while the events are forced, the number's throughput moves by 1 µs a send
     real = engine.add_number(scope, 1, 1, *pair)
     filler = engine.add_number(scope)
-    events = _events(counts, entries, geometry[0], geometry[1], number.pair_interval_ms)
+    events = _events(counts, entries, geometry[0], number.pair_interval_ms)
     tat = NEVER  # the number's throughput TAT after the events (µs)
     if events:
         k = len(events)
@@ -155,17 +155,16 @@ def _burst(tat: int, start: int, interval: int) -> int:
 
 
 def _events(
-    counts: ScopeCounts, entries: RecipientEntries, bucket_ms: int, window_ms: int, pair_iv: int
+    counts: ScopeCounts, entries: RecipientEntries, bucket_ms: int, pair_iv: int
 ) -> list[tuple[int, int, int, bool]]:
     """(time, recipient, flags, on the plan's number) forced in time order (a scope's
     clock only moves on): each list recipient counted at its last counted time,
     its marketing sends, the pair-rate burst it owes (free-form sends from the
     burst's start), and the ring's other counts at their bucket's start."""
-    horizon = counts.now - window_ms
     events: list[tuple[int, int, int, bool]] = []
     in_bucket: dict[int, int] = {}
     for rkey, last in entries.last.items():
-        if last > horizon:
+        if last != NEVER and last // bucket_ms >= counts.ring.lo:  # its bucket counts it
             events.append((last, rkey, F_TEMPLATE, False))
             in_bucket[last // bucket_ms] = in_bucket.get(last // bucket_ms, 0) + 1
     for rkey, times in entries.marketing.items():
