@@ -9,7 +9,6 @@ import random
 from dataclasses import replace
 from typing import Any
 
-import grpc
 import pytest
 import uvloop
 
@@ -330,9 +329,11 @@ def test_a_list_planned_across_calls_over_redis_is_the_same_plan(redis_url: str)
     admitted as planned."""
 
     async def main() -> None:
-        async with serving(_config(mps=20)) as alone, serving(
-            _config(redis_url, mps=20)
-        ) as a, serving(_config(redis_url, mps=20)) as b:
+        async with (
+            serving(_config(mps=20)) as alone,
+            serving(_config(redis_url, mps=20)) as a,
+            serving(_config(redis_url, mps=20)) as b,
+        ):
             earlier = _numbers(200)
             for i, rcpt in enumerate(earlier):
                 req = _send(rcpt, T0 - DAY + 300_000 * i)
