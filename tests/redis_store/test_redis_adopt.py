@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import uvloop
 
+from tiergate import cli
 from tiergate import config as cfg
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
-from tiergate.server import shared_watch
+from tiergate.server import Sidecar, shared_watch
 from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
@@ -429,3 +430,30 @@ def test_counts_and_plans_on_a_cluster(redis_cluster: str) -> None:
             await _replay(a, recipients, got, T0, pb.UTILITY)
 
     uvloop.run(main())
+
+
+def test_tiergate_state_at_one_sidecar_shows_the_other_s_admits(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tiergate state`` asks sidecar A; the admits were all made at B: the table's
+    used, forecast and store rows are Redis's."""
+
+    async def main() -> None:
+        a = Sidecar(_config(redis_url))
+        await a.start()
+        try:
+            async with serving(_config(redis_url)) as b:
+                for i in range(30):
+                    await b.Admit(_send(f"1999{i:07d}", T0 - HOUR + 60_000 * i))
+            args = ["state", SENDER, "--target", f"127.0.0.1:{a.port}", "--at-unix-ms", str(T0)]
+            assert await asyncio.to_thread(cli.main, args) == 0
+        finally:
+            await a.stop(0.5)
+
+    uvloop.run(main())
+    table = capsys.readouterr().out
+    rows = {line[:17].strip(): line[18:].strip() for line in table.splitlines()}  # cli.format_state
+    assert rows["used (24 h)"] == rows["counted, last h"] == "30"
+    # sent 31 to 60 minutes ago: every slot frees 23 to 24 hours from now
+    assert rows["freeing, next 24h"].split() == ["0"] * 23 + ["30"]
+    assert rows["store"].startswith("redis://127.0.0.1:")
