@@ -49,6 +49,7 @@ class WatchedCounts:
         self.counts: dict[str, ScopeCounts] = {}
         self._due = False
         self._poll: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
         #: Reads made (each: every watched scope once).
         self.reads = 0
         watches.reader = self
@@ -62,9 +63,12 @@ class WatchedCounts:
         loop = asyncio.get_running_loop()
         if not self._due:
             self._due = True
-            loop.call_soon(lambda: asyncio.ensure_future(self._read()))
+            loop.call_soon(self._start_read)
         if self._poll is None or self._poll.done():
             self._poll = loop.create_task(self._polling())
+
+    def _start_read(self) -> None:
+        self._reading = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
         self._due = False
@@ -92,8 +96,9 @@ class WatchedCounts:
         self.counts.clear()
 
     async def aclose(self) -> None:
-        """Stop polling (the sidecar stops)."""
-        if self._poll is not None:
-            self._poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll
+        """Stop polling and reading (the sidecar stops)."""
+        for task in (self._poll, self._reading):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
