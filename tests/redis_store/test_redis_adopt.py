@@ -457,3 +457,21 @@ def test_tiergate_state_at_one_sidecar_shows_the_other_s_admits(
     # sent 31 to 60 minutes ago: every slot frees 23 to 24 hours from now
     assert rows["freeing, next 24h"].split() == ["0"] * 23 + ["30"]
     assert rows["store"].startswith("redis://127.0.0.1:")
+
+
+def test_a_plan_after_dry_runs_only(redis_url: str) -> None:
+    """Dry runs leave the number's throughput TAT in Redis as Lua wrote it (no send
+    yet: its floor, in exponent form); a plan reads it and matches the embedded
+    store's."""
+
+    async def main() -> None:
+        async with serving(_config()) as alone, serving(_config(redis_url)) as a:
+            dry = _send(_numbers(1)[0], T0 - 1_000)
+            dry.dry_run = True
+            for stub in (alone, a):
+                assert (await stub.Admit(dry)).decision == pb.DECISION_ADMIT
+            recipients = _numbers(40)
+            want = await _plan(alone, recipients, T0, pb.UTILITY)
+            assert await _plan(a, recipients, T0, pb.UTILITY) == want
+
+    uvloop.run(main())

@@ -636,7 +636,27 @@ local function counts(keys, args)
   return out
 end
 
+-- entries(keys: meta, opt, shard hashes...; args: number, then per shard hash the
+-- space-separated recipients in it) -> the number's throughput TAT, then per shard
+-- hash {its recipients' (scope entry, marketing entry, number entry) values, then
+-- whether each opted out}. Reads only (what a plan of a list reads).
+local function entries(keys, args)
+  local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
+  for j = 3, #keys do
+    local rs, fields = {}, {}
+    for r in string.gmatch(args[j - 1], '%S+') do
+      rs[#rs + 1] = r
+      fields[#fields + 1] = r
+      fields[#fields + 1] = 'm' .. r
+      fields[#fields + 1] = args[1] .. ':' .. r
+    end
+    out[#out + 1] = {redis.call('HMGET', keys[j], unpack(fields)),
+                     redis.call('SMISMEMBER', keys[2], unpack(rs))}
+  end
+  return out
+end
+
 local calls = {decide = decide, release = release, usage = usage,
                number_update = number_update, opt_out = opt_out, throughput = throughput,
-               counts = counts}
+               counts = counts, entries = entries}
 -- REGISTER

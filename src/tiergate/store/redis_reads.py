@@ -217,7 +217,9 @@ def parse_entries(
 ) -> RecipientEntries:
     """:class:`RecipientEntries` from each key's (scope entry, marketing entry, number
     entry) values as Redis holds them, its opt-out membership and the number's TAT."""
-    out = RecipientEntries({}, {}, {}, [], int(tat) if tat is not None else NEVER)
+    # a Lua number as Redis stores it: "%.17g", exact for every TAT (below 2**53)
+    tput_tat = max(NEVER, int(float(tat.decode() if isinstance(tat, bytes) else tat or NEVER)))
+    out = RecipientEntries({}, {}, {}, [], tput_tat)
     for rkey, (se, mk, ne), opt in zip(keys, values, opted, strict=True):
         if se is not None:
             out.last[rkey] = struct.unpack(">qh", se)[0]
