@@ -432,11 +432,11 @@ class RedisCounting:
         TAT: one call of the library's read-only ``entries`` (one HMGET per shard
         hash inside Redis), bounded as loading the library is (5 s), not as a
         decision."""
-        by_shard: dict[str, list[int]] = {}
+        by_shard: dict[int, list[int]] = {}
         for r in recipients:
-            by_shard.setdefault(scope.scope_shard(r), []).append(r)
-        fixed = scope.fixed_keys()
-        keys = [fixed[0], fixed[4], *by_shard]
+            by_shard.setdefault(shard(r), []).append(r)
+        fixed, tag = scope.fixed_keys(), scope.tag
+        keys = [fixed[0], fixed[4], *(f"{tag}:c{k}" for k in by_shard)]
         args = [number, *(" ".join(map(str, rs)) for rs in by_shard.values())]
         call = self._call(self.client, "entries", keys, args)
         res = await self._bounded(call, _LOAD_TIMEOUT)  # a long list: a long read
