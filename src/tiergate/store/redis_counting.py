@@ -69,6 +69,9 @@ _OPERATIONS = (
     "counts",
     "entries",
 )
+#: Recipients whose entries one read-only ``entries`` call reads (a plan's list is
+#: read in several, each within the call bound).
+ENTRIES_PER_CALL = 2_000
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 _MIX = 0x9E3779B97F4A7C15
@@ -429,24 +432,34 @@ class RedisCounting:
     ) -> tuple[list[tuple[Any, Any, Any]], list[Any], Any]:
         """For each recipient, its (scope entry, marketing entry, ``number``'s entry) as
         stored (None where absent), whether it opted out, and the number's throughput
-        TAT: one call of the library's read-only ``entries`` (one HMGET per shard
-        hash inside Redis), bounded as loading the library is (5 s), not as a
-        decision."""
+        TAT: calls of the library's read-only ``entries`` (one HMGET per shard hash
+        inside Redis) of whole shard hashes, at most about :data:`ENTRIES_PER_CALL`
+        recipients each, so each is bounded as any call is."""
         by_shard: dict[int, list[int]] = {}
         for r in recipients:
             by_shard.setdefault(shard(r), []).append(r)
         fixed, tag = scope.fixed_keys(), scope.tag
-        keys = [fixed[0], fixed[4], *(f"{tag}:c{k}" for k in by_shard)]
-        args = [number, *(" ".join(map(str, rs)) for rs in by_shard.values())]
-        call = self._call(self.client, "entries", keys, args)
-        res = await self._bounded(call, _LOAD_TIMEOUT)  # a long list: a long read
         got: dict[int, tuple[Any, Any, Any]] = {}
         opted: dict[int, Any] = {}
-        for rs, (values, opt) in zip(by_shard.values(), res[1:], strict=True):
-            for j, r in enumerate(rs):
-                got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2])
-                opted[r] = opt[j]
-        return [got[r] for r in recipients], [opted[r] for r in recipients], res[0]
+        tat: Any = None
+        parts: list[list[tuple[int, list[int]]]] = [[]]
+        n = 0
+        for item in by_shard.items():
+            if parts[-1] and n + len(item[1]) > ENTRIES_PER_CALL:
+                parts.append([])
+                n = 0
+            parts[-1].append(item)
+            n += len(item[1])
+        for part in parts:  # (one call for no recipients too: the TAT)
+            keys = [fixed[0], fixed[4], *(f"{tag}:c{k}" for k, _ in part)]
+            args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
+            res = await self._run("entries", keys, args)
+            tat = res[0]
+            for (_, rs), (values, opt) in zip(part, res[1:], strict=True):
+                for j, r in enumerate(rs):
+                    got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2])
+                    opted[r] = opt[j]
+        return [got[r] for r in recipients], [opted[r] for r in recipients], tat
 
     async def aclose(self) -> None:
         await self.client.aclose()
