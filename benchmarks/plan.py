@@ -14,7 +14,12 @@ sent as AdmitBatch dry runs of 1 000 (what a gateway would do to learn only
 whether each goes *now*), in the same run, alternating; each figure is the
 median of its runs. Prints a table and writes ``benchmarks/results/plan.json``.
 
-    .venv/bin/python benchmarks/plan.py --quick
+With ``--redis`` the same campaigns are also planned by a second sidecar whose
+store is a throwaway redis-server on 127.0.0.1 (``--store redis://…``: the plan
+reads the scope and the list's recipients from Redis and runs on a local
+engine made from them), alternating with the embedded sidecar's runs.
+
+    .venv/bin/python benchmarks/plan.py --quick [--redis]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import grpc
 from tiergate import config as cfg
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar
+from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
@@ -50,7 +56,7 @@ def recipients(n: int) -> list[str]:
     return [f"44770{i:07d}" for i in range(n)]
 
 
-def config() -> cfg.ServeConfig:
+def config(store: str = "") -> cfg.ServeConfig:
     senders = tuple(
         SenderUpdate(
             sender_id=sid,
@@ -69,6 +75,7 @@ def config() -> cfg.ServeConfig:
         data_dir=None,
         senders=senders,
         max_message_bytes=64 << 20,
+        **({"store": parse_store(store)} if store else {}),
     )
 
 
@@ -112,42 +119,54 @@ async def dry_runs_once(stub: Any, sender_id: str, rcpts: list[str]) -> tuple[fl
     return time.perf_counter() - t, admitted
 
 
-async def measure(n: int, runs: int) -> dict[str, Any]:
-    sidecar = Sidecar(config())
-    await sidecar.start()
+async def measure(n: int, runs: int, redis_port: int = 0) -> dict[str, Any]:
+    sidecars = {"": Sidecar(config())}
+    if redis_port:
+        sidecars[" (redis)"] = Sidecar(config(f"redis://{_common.LOOPBACK}:{redis_port}"))
     options = [("grpc.max_receive_message_length", 64 << 20)]
-    channel = grpc.aio.insecure_channel(f"{_common.LOOPBACK}:{sidecar.port}", options=options)
-    stub = pb_grpc.AdmissionControlStub(channel)
+    stubs: dict[str, Any] = {}
+    channels = []
     rcpts = recipients(n)
     out: dict[str, Any] = {}
     try:
+        for suffix, sidecar in sidecars.items():
+            await sidecar.start()
+            target = f"{_common.LOOPBACK}:{sidecar.port}"
+            channels.append(grpc.aio.insecure_channel(target, options=options))
+            stubs[suffix] = pb_grpc.AdmissionControlStub(channels[-1])
         for name, (sid, tier) in CAMPAIGNS.items():
-            plans: list[float] = []
-            dries: list[float] = []
-            res: Any = None
-            admitted = 0
+            plans: dict[str, list[float]] = {k: [] for k in stubs}
+            dries: dict[str, list[float]] = {k: [] for k in stubs}
+            res: dict[str, Any] = {}
+            admitted: dict[str, int] = {}
             for _ in range(runs + 1):  # the first round warms up and is not kept
-                seconds, res = await plan_once(stub, sid, rcpts)
-                plans.append(seconds)
-                seconds, admitted = await dry_runs_once(stub, sid, rcpts)
-                dries.append(seconds)
-            plan_s, dry_s = statistics.median(plans[1:]), statistics.median(dries[1:])
-            out[name] = {
-                "tier": tier,
-                "recipients": n,
-                "plan_seconds": plan_s,
-                "plan_runs": plans[1:],
-                "dry_runs_seconds": dry_s,
-                "dry_runs_runs": dries[1:],
-                "plan_over_dry_runs": plan_s / dry_s,
-                "admissible_now": res.admissible_now,
-                "dry_runs_admitted": admitted,
-                "completes_after_hours": (res.completes_at_unix_ms - T0) / 3_600_000,
-                "hours_with_sends": len(res.hours),
-            }
+                for suffix, stub in stubs.items():  # the stores alternate
+                    seconds, res[suffix] = await plan_once(stub, sid, rcpts)
+                    plans[suffix].append(seconds)
+                    seconds, admitted[suffix] = await dry_runs_once(stub, sid, rcpts)
+                    dries[suffix].append(seconds)
+            for suffix in stubs:
+                plan_s = statistics.median(plans[suffix][1:])
+                dry_s = statistics.median(dries[suffix][1:])
+                r = res[suffix]
+                out[name + suffix] = {
+                    "tier": tier,
+                    "recipients": n,
+                    "plan_seconds": plan_s,
+                    "plan_runs": plans[suffix][1:],
+                    "dry_runs_seconds": dry_s,
+                    "dry_runs_runs": dries[suffix][1:],
+                    "plan_over_dry_runs": plan_s / dry_s,
+                    "admissible_now": r.admissible_now,
+                    "dry_runs_admitted": admitted[suffix],
+                    "completes_after_hours": (r.completes_at_unix_ms - T0) / 3_600_000,
+                    "hours_with_sends": len(r.hours),
+                }
     finally:
-        await channel.close(None)
-        await sidecar.stop(0.5)
+        for channel in channels:
+            await channel.close(None)
+        for sidecar in sidecars.values():
+            await sidecar.stop(0.5)
     return out
 
 
@@ -156,10 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="100 000 recipients, 3 runs")
     ap.add_argument("--tiny", action="store_true", help="10 000 recipients, 1 run")
     ap.add_argument("--results-dir", type=Path, default=None, help="where plan.json goes")
+    ap.add_argument("--redis", action="store_true", help="also plan on a Redis-store sidecar")
     args = ap.parse_args(argv)
     _common.print_machine()
     n, runs = (10_000, 1) if args.tiny else (100_000, 3) if args.quick else (100_000, 7)
-    figures = asyncio.run(measure(n, runs))
+    if args.redis:
+        with _common.redis_server() as port:
+            figures = asyncio.run(measure(n, runs, port))
+    else:
+        figures = asyncio.run(measure(n, runs))
     _common.print_table(
         f"{n:,} recipients: PlanCampaign beside AdmitBatch(1 000) dry runs "
         f"(median of {runs} runs, same server)",
@@ -180,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan",
         {
             "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
+            "redis": args.redis,
             "recipients": n,
             "timed_runs": runs,
             "figures": figures,

@@ -1,6 +1,7 @@
 """Throwaway redis-server processes on free 127.0.0.1 ports (conftest.py's fixtures:
 one standalone server for the module, a three-master Cluster made with
-``redis-cli --cluster create``, servers a test may stop and start again).
+``redis-cli --cluster create``, servers a test may stop and start again), and
+:func:`serving`: a sidecar serving on an ephemeral port, with a client stub.
 
 Without a redis-server binary the tests skip on a developer's machine and fail
 under CI (``CI=true``): ``make system-deps`` installs Debian's package.
@@ -8,14 +9,21 @@ under CI (``CI=true``): ``make system-deps`` installs Debian's package.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
+
+from tiergate import config as cfg
+from tiergate.server import Sidecar
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
 LOOPBACK = "127.0.0.1"
 
@@ -100,3 +108,16 @@ class RedisProcess:
             timeout=30,
         )
         return out.stdout.decode()
+
+
+@contextlib.asynccontextmanager
+async def serving(config: cfg.ServeConfig) -> AsyncIterator[pb_grpc.AdmissionControlStub]:
+    """A sidecar started with ``config`` and a stub of its AdmissionControl."""
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
+    try:
+        yield pb_grpc.AdmissionControlStub(channel)
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0.5)

@@ -1,9 +1,10 @@
 """The Redis function library gives the reference engine's answers, call for call.
 
 Random walks (hypothesis) over one limit scope with two phone numbers:
-decisions one by one and in batches, releases of the slots admits created,
+decisions one by one and in batches (some rules shadowed), releases of the slots admits created,
 windows opened and closed, opt-outs, throughput slowed and taken, pairs held,
-usage read; every answer from Redis equals the reference engine's. The same
+usage and the read-only counts (used, 7-day counts, the forecast) read; every
+answer from Redis equals the reference engine's. The same
 walks run against a three-master Redis Cluster, and through EVALSHA scripts
 where Functions are refused.
 """
@@ -29,13 +30,23 @@ from tiergate.engine.constants import (
     F_REPLY_RESTRICTED,
     F_RESTRICTED,
     F_TEMPLATE,
+    MARKETING_FREQUENCY,
     MESSAGING_LIMIT,
+    OUTSIDE_WINDOW,
+    PAIR_RATE,
+    QUALITY_PROTECTION,
+    RECIPIENT_OPTED_OUT,
     RETRY_LATER,
+    SENDER_RESTRICTED,
+    SHADOWABLE,
+    THROUGHPUT,
+    shadow_flags,
 )
 from tiergate.engine.reference import Engine
 from tiergate.engine.reference.bounds import MAX_KEY
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec, connect
+from tiergate.store.redis_reads import scope_counts
 
 pytestmark = pytest.mark.redis
 
@@ -57,7 +68,22 @@ FLAGS = (
 )
 
 step = st.one_of(st.integers(0, 50), st.integers(0, 120_000), st.integers(-5_000, 0))
-row = st.tuples(st.integers(0, 1), st.sampled_from(RECIPIENTS), st.sampled_from(FLAGS), step)
+#: Shadow masks: none, every rule, and some rules only (a shadowed rule does not refuse).
+SHADOWS = (
+    0,
+    shadow_flags(SHADOWABLE),
+    shadow_flags([MESSAGING_LIMIT]),
+    shadow_flags([THROUGHPUT, PAIR_RATE]),
+    shadow_flags([OUTSIDE_WINDOW, RECIPIENT_OPTED_OUT, MARKETING_FREQUENCY]),
+    shadow_flags([SENDER_RESTRICTED, QUALITY_PROTECTION, MESSAGING_LIMIT]),
+)
+row = st.tuples(
+    st.integers(0, 1),
+    st.sampled_from(RECIPIENTS),
+    st.sampled_from(FLAGS),
+    step,
+    st.sampled_from(SHADOWS),
+)
 op = st.one_of(
     st.tuples(st.just("decide"), st.lists(row, min_size=1, max_size=6)),
     st.tuples(st.just("release"), st.integers(0, 30)),
@@ -125,9 +151,9 @@ class Walk:
         e, s, sc = self.engine, self.store, self.scope
         if name == "decide":
             rows = []
-            for num, rcpt, flags, dt in o[1]:
+            for num, rcpt, flags, dt, shadow in o[1]:
                 self.now = max(0, self.now + dt)
-                rows.append(Row(self.numbers[num], rcpt, flags, self.limit, self.now))
+                rows.append(Row(self.numbers[num], rcpt, flags | shadow, self.limit, self.now))
             got = await s.decide(sc, rows)
             want = [
                 e.decide(r.now, 0, int(r.number.name[1:]), r.recipient, r.flags, r.limit)
@@ -164,6 +190,14 @@ class Walk:
             e.hold_pair(o[1], o[2], self.now + o[3])
         elif name == "usage":
             assert await s.usage(sc, self.now, self.limit) == e.usage(0, self.now, self.limit)
+            # the read-only counts (GetSenderState's on the shared store): the same
+            # usage, and the forecast the engine's ring gives, for limits either side
+            counts = await scope_counts(s, sc, self.now)
+            assert counts.now == e.scope_now(0)
+            for limit in (0, 1, self.limit, self.limit + 1):
+                assert counts.usage(limit) == e.usage(0, self.now, limit)
+            for period, periods in ((3_600_000, 24), (60_000, 5), (7_000, 3)):
+                assert counts.outlook(period, periods) == e.outlook(0, self.now, period, periods)
         else:
             self.now += o[1]
 

@@ -6,9 +6,7 @@ unavailable") within a second under ``--store-failure closed``, admits under
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,9 +20,8 @@ from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
 from tiergate.store.shared import UNAVAILABLE_DETAIL
 from tiergate.v1 import admission_pb2 as pb
-from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
-from .redis_harness import RedisProcess
+from .redis_harness import RedisProcess, serving
 
 pytestmark = pytest.mark.redis
 
@@ -50,18 +47,6 @@ def _config(url: str, failure: str = "closed") -> cfg.ServeConfig:
         store=parse_store(url),
         store_failure="open" if failure == "open" else "closed",
     )
-
-
-@contextlib.asynccontextmanager
-async def serving(config: cfg.ServeConfig) -> AsyncIterator[pb_grpc.AdmissionControlStub]:
-    sidecar = Sidecar(config)
-    await sidecar.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
-    try:
-        yield pb_grpc.AdmissionControlStub(channel)
-    finally:
-        await channel.close(None)
-        await sidecar.stop(0.5)
 
 
 def _request(i: int, at: int) -> pb.AdmitRequest:
@@ -402,9 +387,9 @@ def test_a_data_dir_with_the_shared_store_restarts(redis_url: str, tmp_path: Any
 def test_rules_the_shared_store_does_not_decide_yet_are_refused(
     redis_url: str, tmp_path: Any
 ) -> None:
-    """Shadow mode and warm-up under portfolio scope refuse to start on the shared
-    store (never enforcing less than alone); PlanCampaign, WatchSenderState and
-    AdmitColumns answer FAILED_PRECONDITION there."""
+    """Warm-up under portfolio scope refuses to start on the shared store (never
+    enforcing less than alone); shadow mode starts there (decided in Redis:
+    test_redis_adopt.py)."""
     from dataclasses import replace
 
     from tiergate.server.app import StartupError
@@ -413,20 +398,10 @@ def test_rules_the_shared_store_does_not_decide_yet_are_refused(
     warm.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
 
     async def main() -> None:
-        for config, what in (
-            (replace(_config(redis_url), shadow=True), "shadow mode"),
-            (replace(_config(redis_url), profile=str(warm)), "warm-up"),
-        ):
-            with pytest.raises(StartupError, match=what):
-                await Sidecar(config).start()
-        async with serving(_config(redis_url)) as stub:
-            plan = pb.PlanCampaignRequest(sender_id=SENDER, template_id="t1", recipients=["1"])
-            with pytest.raises(grpc.aio.AioRpcError) as e:
-                await stub.PlanCampaign(plan)
-            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            with pytest.raises(grpc.aio.AioRpcError) as e:
-                async for _ in stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER)):
-                    pass
-            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(StartupError, match="warm-up"):
+            await Sidecar(replace(_config(redis_url), profile=str(warm))).start()
+        async with serving(replace(_config(redis_url), shadow=True)) as stub:
+            res: Any = await stub.Admit(_request(1, T0))
+            assert res.decision == pb.DECISION_ADMIT
 
     uvloop.run(main())

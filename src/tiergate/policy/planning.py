@@ -50,6 +50,7 @@ from tiergate.engine.constants import (
 
 from .admission import BLOCKING, template_state
 from .requests import MARKETING
+from .seam import CountingStore
 from .state import HELD, PolicyState
 from .tiers import number_params
 
@@ -91,8 +92,17 @@ class CampaignPlan:
     """
 
     def __init__(
-        self, st: PolicyState, sender_id: str, template_id: str, category: int, start: int
+        self,
+        st: PolicyState,
+        sender_id: str,
+        template_id: str,
+        category: int,
+        start: int,
+        counting: tuple[CountingStore, int, int, int] | None = None,
     ) -> None:
+        """``counting``: (engine, scope, number, its time) to plan on instead of a copy
+        of the live engine (the shared store's copy of the scope, made for the list:
+        ``store.redis_reads.plan_engine``); the plan starts no earlier than its time."""
         self.sender_id = sender_id
         self.template_id = template_id
         self.category = category
@@ -113,19 +123,25 @@ class CampaignPlan:
                 self.never_reason = TEMPLATE_DISABLED
             elif paused_until >= HELD:
                 self.never_reason = TEMPLATE_PAUSED
-            start = max(start, sender.scope.last_now, paused_until)
+            start = max(start, sender.scope.last_now, paused_until, counting[3] if counting else 0)
             # a restriction (or the hold after a 131048) with a known end: from then
             restricted = sender.flags[category] & F_RESTRICTED and sender.restricted_retry_at
             if restricted:
                 start = max(start, sender.restricted_retry_at)
+        #: The lists planned so far, kept where each call makes the plan again on
+        #: state read anew (the shared store's: ``server.plans``).
+        self.lists: list[array[int]] = []
         self.totals = PlanTotals(start)
         self.clock = start  # the time of the latest planned send
         if self.never_reason:
             return
         assert sender is not None
         scope = sender.scope
-        self.engine = st.engine.copy()
-        self.scope, self.number = scope.index, sender.engine_index
+        if counting is None:
+            self.engine = st.engine.copy()
+            self.scope, self.number = scope.index, sender.engine_index
+        else:
+            self.engine, self.scope, self.number, _ = counting
         self.flags = sender.flags[category] | F_TEMPLATE
         if restricted:  # every restriction in force has ended by the start
             self.flags &= ~(F_RESTRICTED | F_REPLY_RESTRICTED)

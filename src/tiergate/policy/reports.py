@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tiergate.engine import NEVER
 from tiergate.engine.constants import UNLIMITED
@@ -20,7 +21,7 @@ from .tiers import (
     threshold,
 )
 
-__all__ = ["PausedTemplateReport", "SenderReport", "UpgradeReport", "sender_state"]
+__all__ = ["PausedTemplateReport", "ScopeReading", "SenderReport", "UpgradeReport", "sender_state"]
 
 
 @dataclass(slots=True)
@@ -142,11 +143,29 @@ def upgrade_report(
     )
 
 
-def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
+class ScopeReading(Protocol):
+    """A scope's counts read elsewhere than this process's engine (the shared
+    store's, ``store.redis_reads.ScopeCounts``), as of its own time ``now``."""
+
+    @property
+    def now(self) -> int: ...
+    def usage(self, limit: int) -> tuple[int, int, int, int]: ...
+    def outlook(self, period_ms: int, periods: int) -> tuple[int, list[int]]: ...
+
+
+def sender_state(
+    st: PolicyState,
+    sender_id: str,
+    now_ms: int,
+    at_unix_ms: int = 0,
+    counts: ScopeReading | None = None,
+) -> SenderReport:
     """The state GetSenderState reports. Raises KeyError for an unknown sender.
 
     ``at_unix_ms`` (the request's field) is used instead of ``now_ms`` when
-    the service runs with ``clock="request"`` and it is non-zero.
+    the service runs with ``clock="request"`` and it is non-zero. ``counts``:
+    the scope's counts (used, 7-day counts, forecast) from there instead of
+    the engine's, at their time when it is later.
     """
     s = st.senders.get(sender_id)
     if s is None:
@@ -160,8 +179,13 @@ def sender_state(st: PolicyState, sender_id: str, now_ms: int, at_unix_ms: int =
     p = st.profile
     limit = p.tier_limit(scope.tier)
     effective = s.limits[MARKETING]
-    used, nxt, unique, slots = st.engine.usage(scope.index, now, effective)
-    recent, freeing = st.engine.outlook(scope.index, now, HOUR_MS, FORECAST_HOURS)
+    if counts is None:
+        used, nxt, unique, slots = st.engine.usage(scope.index, now, effective)
+        recent, freeing = st.engine.outlook(scope.index, now, HOUR_MS, FORECAST_HOURS)
+    else:
+        now = max(now, counts.now)
+        used, nxt, unique, slots = counts.usage(effective)
+        recent, freeing = counts.outlook(HOUR_MS, FORECAST_HOURS)
     remaining = max(0, effective - used)
     nxt = nxt if used >= effective else now
     own_used = 0

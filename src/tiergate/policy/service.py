@@ -32,7 +32,7 @@ from .columnar import admit_requests
 from .feedback import apply
 from .keys import KeyMemory
 from .profile import Profile
-from .reports import SenderReport, sender_state
+from .reports import ScopeReading, SenderReport, sender_state
 from .requests import AdmitLike, Checked, KeyRefused, check_one, well_formed
 from .seam import CountingStore
 from .state import PolicyState
@@ -146,13 +146,16 @@ class AdmissionService:
         """
         return apply(self.state, event, now_ms)
 
-    def sender_state(self, sender_id: str, now_ms: int, at_unix_ms: int = 0) -> SenderReport:
+    def sender_state(
+        self, sender_id: str, now_ms: int, at_unix_ms: int = 0, counts: ScopeReading | None = None
+    ) -> SenderReport:
         """The state GetSenderState reports. Raises KeyError for an unknown sender.
 
         ``at_unix_ms`` (the request's field) is used instead of ``now_ms`` when
-        the service runs with ``clock="request"`` and it is non-zero.
+        the service runs with ``clock="request"`` and it is non-zero; ``counts``:
+        the scope's counts read from the shared store (``reports.sender_state``).
         """
-        return sender_state(self.state, sender_id, now_ms, at_unix_ms)
+        return sender_state(self.state, sender_id, now_ms, at_unix_ms, counts)
 
     def senders(self) -> list[str]:
         """Known sender ids, in creation order."""

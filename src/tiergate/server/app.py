@@ -47,6 +47,7 @@ from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
 from tiergate.server.servicer import AdmissionControl, server_clock_ms
 from tiergate.server.shared_servicer import SharedAdmissionControl
+from tiergate.server.shared_watch import WatchedCounts
 from tiergate.server.watch import Watches
 from tiergate.store import (
     EmbeddedStore,
@@ -124,6 +125,7 @@ class Sidecar:
         service = await self._open_state(counting)
         if counting is not None:
             self.shared = SharedAdmission(service, counting, config.store_failure)
+            self._shared_watch = WatchedCounts(self.shared, self.watches)
         ingestor = self.ingestor = WebhookIngestor(service)
         servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
@@ -446,6 +448,7 @@ class Sidecar:
             elif self.service is not None:
                 self.service.drain_journal()
             if self.shared is not None:  # after the last commit (it may send to Redis)
+                await self._shared_watch.aclose()
                 await self.shared.counting.aclose()
         log.info("tiergate stopped")
 
@@ -513,11 +516,6 @@ def reload_webhook_settings(sidecar: Sidecar, config: ServeConfig) -> list[str]:
 def refuse_unshared(profile: Profile) -> None:
     """StartupError for a profile whose rules the shared store does not decide yet:
     a sidecar must never enforce less over Redis than it would alone."""
-    if profile.shadow_reasons:
-        raise StartupError(
-            "store: shadow mode (--shadow, or the profile's [shadow] reasons) is not "
-            "decided over --store redis yet; use the embedded store"
-        )
     if profile.warmup_enabled and profile.limit_scope == "portfolio":
         raise StartupError(
             "store: warm-up under portfolio scope (the profile's [warmup]) is not "

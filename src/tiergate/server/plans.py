@@ -17,6 +17,7 @@ import secrets
 import time
 from array import array
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -24,6 +25,7 @@ import grpc
 from tiergate.policy.column_checks import recipient_keys
 from tiergate.policy.planning import CampaignPlan
 from tiergate.policy.requests import MAX_ID_LEN, MAX_TEMPLATE_LEN, InvalidArgument
+from tiergate.policy.seam import CountingStore
 from tiergate.policy.service import AdmissionService
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
@@ -33,11 +35,24 @@ if TYPE_CHECKING:
     from tiergate.server.servicer import InFlight
     from tiergate.store import StoreError
 
-__all__ = ["HELD_FOR_S", "MAX_HELD", "HeldPlans", "PlanCampaignRpc", "plan_campaign"]
+__all__ = [
+    "HELD_FOR_S",
+    "MAX_HELD",
+    "HeldPlans",
+    "PlanCampaignRpc",
+    "PlanCopier",
+    "plan_campaign",
+]
 
 MAX_HELD = 8
 HELD_FOR_S = 60.0
 _CATEGORIES = (pb.MARKETING, pb.UTILITY, pb.AUTHENTICATION, pb.SERVICE)
+#: Makes the counting state a new plan runs on, from its sender, its list's recipient
+#: keys and its start: (engine, scope, number, the engine's time), or None for the
+#: live engine's copy (``CampaignPlan``'s ``counting``).
+PlanCopier = Callable[
+    [str, "array[int]", int], Awaitable[tuple[CountingStore, int, int, int] | None]
+]
 
 
 class HeldPlans:
@@ -96,16 +111,14 @@ class HeldPlans:
         return plan
 
 
-def _checked_plan(
-    service: AdmissionService, request: pb.PlanCampaignRequest, now: int, held: HeldPlans
-) -> CampaignPlan:
-    """The plan a request goes on with (its continuation's) or starts."""
+def _check_request(request: pb.PlanCampaignRequest) -> None:
+    """INVALID_ARGUMENT naming the first bad field of a request."""
     if not 0 <= request.start_at_unix_ms <= MAX_AT_UNIX_MS:
         raise InvalidArgument(
             "start_at_unix_ms", f"start_at_unix_ms: must be 0 .. {MAX_AT_UNIX_MS}"
         )
     if request.continuation:
-        return held.take(request)
+        return
     if not request.sender_id or len(request.sender_id) > MAX_ID_LEN:
         raise InvalidArgument(
             "sender_id", f"sender_id: is required, at most {MAX_ID_LEN} characters"
@@ -120,20 +133,38 @@ def _checked_plan(
             f"category: must be MARKETING, UTILITY, AUTHENTICATION or SERVICE, "
             f"got {request.category}",
         )
-    start = max(request.start_at_unix_ms, now)
-    return CampaignPlan(
-        service.state, request.sender_id, request.template_id, request.category, start
-    )
 
 
 async def plan_campaign(
-    service: AdmissionService, request: pb.PlanCampaignRequest, now: int, held: HeldPlans
+    service: AdmissionService,
+    request: pb.PlanCampaignRequest,
+    now: int,
+    held: HeldPlans,
+    copier: PlanCopier | None = None,
 ) -> pb.PlanCampaignResponse:
     """Plan a request's recipients; the simulation runs in a worker thread, on the
-    plan's own copy of the counting state."""
+    plan's own copy of the counting state (``copier``'s for a new plan where it is
+    given: the shared store's)."""
     keys = recipient_keys(list(request.recipients))
-    plan = _checked_plan(service, request, now, held)
+    _check_request(request)
+    if request.continuation:
+        plan = held.take(request)
+        if copier is not None:
+            plan = await _remade(service, plan, copier, keys)
+    else:
+        start = max(request.start_at_unix_ms, now)
+        counting = None if copier is None else await copier(request.sender_id, keys, start)
+        plan = CampaignPlan(
+            service.state,
+            request.sender_id,
+            request.template_id,
+            request.category,
+            start,
+            counting,
+        )
     times: array[int] = await asyncio.to_thread(plan.plan, keys)
+    if copier is not None:
+        plan.lists.append(keys)
     t = plan.totals
     out = pb.PlanCampaignResponse(
         admissible_now=t.admissible_now,
@@ -154,6 +185,24 @@ async def plan_campaign(
     return out
 
 
+async def _remade(
+    service: AdmissionService, old: CampaignPlan, copier: PlanCopier, keys: array[int]
+) -> CampaignPlan:
+    """A continued plan made again on the ``copier``'s state (the shared store's, read
+    for every recipient so far and the next ones, ``keys``): the earlier lists
+    planned on it again first, so the next list goes after them."""
+    earlier: array[int] = array("Q")
+    for done in old.lists:
+        earlier.extend(done)
+    counting = await copier(old.sender_id, earlier + keys, old.totals.start)
+    plan = CampaignPlan(
+        service.state, old.sender_id, old.template_id, old.category, old.totals.start, counting
+    )
+    await asyncio.to_thread(plan.plan, earlier)
+    plan.lists = old.lists
+    return plan
+
+
 class PlanCampaignRpc:
     """The PlanCampaign RPC of ``servicer.AdmissionControl`` (a mixin of it): the
     same admission, clock and failure handling as its other RPCs."""
@@ -163,6 +212,8 @@ class PlanCampaignRpc:
     in_flight: InFlight
     refusal: StoreError | None
     _clock: DecisionClock
+    #: What a new plan's counting state is made by (None: a copy of the live engine).
+    plan_copier: PlanCopier | None = None
 
     if TYPE_CHECKING:
 
@@ -183,6 +234,6 @@ class PlanCampaignRpc:
                 if self.refusal is not None:
                     raise self.refusal
                 now = self._clock.now(request.at_unix_ms)
-                return await plan_campaign(self.service, request, now, self.plans)
+                return await plan_campaign(self.service, request, now, self.plans, self.plan_copier)
             except Exception as e:
                 await self._fail(context, "PlanCampaign", e)

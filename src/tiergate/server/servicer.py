@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.caps import CapReached
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
+from tiergate.policy.reports import SenderReport
 from tiergate.policy.requests import Checked, InvalidArgument, KeyRefused
 from tiergate.policy.service import AdmissionService
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert, plans
@@ -444,6 +445,10 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
             except Exception as e:
                 await self._fail(context, "IngestWebhook", e)
 
+    async def _sender_report(self, sender_id: str, at_unix_ms: int) -> SenderReport:
+        """The report GetSenderState sends (KeyError: an unknown sender)."""
+        return self.service.sender_state(sender_id, self._clock.now(at_unix_ms), at_unix_ms)
+
     async def GetSenderState(
         self, request: pb.GetSenderStateRequest, context: Context
     ) -> pb.SenderState:
@@ -455,9 +460,7 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
                 if not request.sender_id:
                     raise InvalidArgument("sender_id", "sender_id: is required")
                 try:
-                    report = self.service.sender_state(
-                        request.sender_id, self._clock.now(request.at_unix_ms), request.at_unix_ms
-                    )
+                    report = await self._sender_report(request.sender_id, request.at_unix_ms)
                 except KeyError:
                     await context.abort(
                         grpc.StatusCode.NOT_FOUND,

@@ -1,17 +1,21 @@
 """The RPCs over the shared store (``--store redis://…``): Admit and AdmitBatch decide
-steps 4–9 in Redis (``store/shared.py``); AdmitColumns, AdmitStream, PlanCampaign
-and WatchSenderState are refused with FAILED_PRECONDITION (not served over the
-shared store yet, and never silently from this process's own counts)."""
+steps 4–9 in Redis (``store/shared.py``); GetSenderState reports the counts in
+Redis, PlanCampaign plans on a local engine made from Redis
+(``SharedAdmission.plan_copy``) and WatchSenderState reads usage from Redis
+(``shared_watch.py``); AdmitColumns and AdmitStream are refused with
+FAILED_PRECONDITION (not served over the shared store yet, and never silently
+from this process's own counts)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from tiergate.policy.answers import AdmitResult
+from tiergate.policy.reports import SenderReport
 from tiergate.policy.requests import check_one, well_formed
 from tiergate.server import admit_wire, convert
 from tiergate.server.servicer import AdmissionControl
@@ -30,6 +34,7 @@ class SharedAdmissionControl(AdmissionControl):
 
     def bind_shared(self, shared: SharedAdmission) -> None:
         self.shared = shared
+        self.plan_copier = shared.plan_copy
 
     async def _admit_one(self, request: Any, wire: bool) -> AdmitResult:
         fields = admit_wire.decode_fast(request) if wire else None
@@ -59,6 +64,14 @@ class SharedAdmissionControl(AdmissionControl):
                 await self._fail(context, "Admit", e)
             finally:
                 self._metrics.timed("Admit", started)
+
+    async def _sender_report(self, sender_id: str, at_unix_ms: int) -> SenderReport:
+        """As the embedded store's, with the scope's counts (used, 7-day counts, the
+        forecast) read from Redis; this process's own while Redis cannot be reached
+        (``store_unavailable`` says so)."""
+        now = self._clock.now(at_unix_ms)
+        counts = await self.shared.counts(sender_id, now, at_unix_ms)
+        return self.service.sender_state(sender_id, now, at_unix_ms, counts)
 
     async def GetSenderState(
         self, request: pb.GetSenderStateRequest, context: Context
@@ -95,12 +108,3 @@ class SharedAdmissionControl(AdmissionControl):
 
     async def AdmitStream(self, request_iterator: Any, context: Context) -> Any:  # type: ignore[override]
         return await self._not_shared("AdmitStream", context)
-
-    async def PlanCampaign(self, request: Any, context: Context) -> Any:
-        return await self._not_shared("PlanCampaign", context)
-
-    async def WatchSenderState(
-        self, request: Any, context: Context
-    ) -> AsyncIterator[pb.SenderState]:
-        await self._not_shared("WatchSenderState", context)
-        yield pb.SenderState()  # never reached: a stream handler is a generator

@@ -26,10 +26,11 @@ import time
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
+from tiergate.policy.reports import ScopeReading
 from tiergate.policy.requests import MARKETING
 from tiergate.policy.service import AdmissionService
 from tiergate.policy.state import PolicyState, Sender
@@ -40,7 +41,7 @@ from .metrics import Metrics
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-__all__ = ["DEFAULT_THRESHOLDS", "Watches", "Watching"]
+__all__ = ["DEFAULT_THRESHOLDS", "CountsReader", "Watches", "Watching"]
 
 #: Usage thresholds, in percent of the effective limit, a watcher is told about.
 DEFAULT_THRESHOLDS = (80, 90, 100)
@@ -51,6 +52,17 @@ Signature = tuple[object, ...]
 Look = tuple[Signature, int]
 _FOREVER = 1 << 62
 _KINDS = ("TIER", "LIMIT", "QUALITY", "STATUS", "RESTRICTION", "PAUSED_TEMPLATES")
+
+
+class CountsReader(Protocol):
+    """Where a watch reads its scopes' counts when not from this process's engine (the
+    shared store's: ``server.shared_watch.WatchedCounts``)."""
+
+    def changed(self) -> None:
+        """Something may have changed: read the counts, then :meth:`Watches.look`."""
+
+    def reading(self, sender: Sender) -> ScopeReading | None:
+        """The latest counts read of ``sender``'s scope (None: none yet)."""
 
 
 @dataclass(eq=False)
@@ -82,6 +94,8 @@ class Watches:
         self._ending = False
         #: Whether anyone watches: the only test the commit path makes otherwise.
         self.active = False
+        #: On the shared store: where the watched scopes' counts come from.
+        self.reader: CountsReader | None = None
 
     def _band(self, used: int, limit: int) -> int:
         """How many of the thresholds ``used`` has reached of ``limit`` (a threshold t
@@ -115,10 +129,35 @@ class Watches:
         return out
 
     def poke(self) -> None:
-        """Look for changes of every watched sender (after a commit). Per sender: the
-        state's change counter and the usage band, read as GetSenderState reads
-        usage; the signature only when one moved or a template pause ended since
-        the last look; the state only when the signature differs from the last sent."""
+        """Look for changes of every watched sender (after a commit): at once, or on
+        the shared store once the ``reader`` has read the watched scopes' counts."""
+        if self.reader is not None:
+            self.reader.changed()
+        else:
+            self.look()
+
+    def watched(self) -> list[Sender]:
+        """Every sender some watcher watches."""
+        service = self._service()
+        if service is None:
+            return []
+        st = service.state
+        out: dict[str, Sender] = {}
+        for w in self._watchers:
+            if w.sender_id:
+                sender = st.senders.get(w.sender_id)
+                if sender is not None:
+                    out[sender.id] = sender
+            else:
+                out.update((m.id, m) for m in st.by_index if m.portfolio_id == w.portfolio_id)
+        return list(out.values())
+
+    def look(self) -> None:
+        """Look for changes of every watched sender. Per sender: the state's change
+        counter and the usage band, read as GetSenderState reads usage (on the
+        shared store, from the ``reader``'s latest counts); the signature only when
+        one moved or a template pause ended since the last look; the state only
+        when the signature differs from the last sent."""
         service = self._service()
         if service is None:
             return
@@ -137,7 +176,13 @@ class Watches:
                 sid = s.id
                 now = max(s.scope.last_now, st.latest_ms if st.request_clock else wall, 0)
                 limit = s.limits[MARKETING]
-                band = self._band(st.engine.usage(s.scope.index, now, limit)[0], limit)
+                reading = self.reader.reading(s) if self.reader is not None else None
+                if reading is None:
+                    used = st.engine.usage(s.scope.index, now, limit)[0]
+                else:
+                    now = max(now, reading.now)
+                    used = reading.usage(limit)[0]
+                band = self._band(used, limit)
                 seen = w.quick.get(sid)
                 if seen is not None and seen[0] == version and seen[1] == band and now < seen[2]:
                     continue
@@ -150,7 +195,8 @@ class Watches:
                 if sig != before:
                     state = states.get(sid)
                     if state is None:
-                        state = states[sid] = convert.sender_state(service.sender_state(sid, now))
+                        report = service.sender_state(sid, now, 0, reading)
+                        state = states[sid] = convert.sender_state(report)
                     unsent = w.pending[sid][0] if sid in w.pending else []
                     w.pending[sid] = (unsent + self._changes(before, sig), state)
                     w.sent[sid] = sig

@@ -59,7 +59,19 @@ MAX_REDIS_TIME = 1 << 43
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
 DEFAULT_TIMEOUT = 0.5
 #: The functions the library registers (``calls`` in redis_functions.lua).
-_OPERATIONS = ("decide", "release", "usage", "number_update", "opt_out", "throughput")
+_OPERATIONS = (
+    "decide",
+    "release",
+    "usage",
+    "number_update",
+    "opt_out",
+    "throughput",
+    "counts",
+    "entries",
+)
+#: Recipients whose entries one read-only ``entries`` call reads (a plan's list is
+#: read in several, each within the call bound).
+ENTRIES_PER_CALL = 2_000
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 _MIX = 0x9E3779B97F4A7C15
@@ -405,6 +417,49 @@ class RedisCounting:
         when = "" if self.server_clock else now
         res = await self._run("usage", scope.fixed_keys()[:4], [*scope.geometry, when, limit])
         return Usage(*(int(v) for v in res[:4]))
+
+    async def counts(self, scope: ScopeSpec, now: int) -> list[Any]:
+        """The library's ``counts`` (read only): the time used, used_24h, unique_7d,
+        slots_7d, the 24 h ring's low bucket, then (bucket, count) pairs
+        (``redis_reads.scope_counts`` makes them a ``ScopeCounts``)."""
+        if not self.server_clock:
+            _check_time("now", now)
+        when = "" if self.server_clock else now
+        return list(await self._run("counts", scope.fixed_keys()[:4], [*scope.geometry, when]))
+
+    async def recipient_entries(
+        self, scope: ScopeSpec, number: str, recipients: Sequence[int]
+    ) -> tuple[list[tuple[Any, Any, Any]], list[Any], Any]:
+        """For each recipient, its (scope entry, marketing entry, ``number``'s entry) as
+        stored (None where absent), whether it opted out, and the number's throughput
+        TAT: calls of the library's read-only ``entries`` (one HMGET per shard hash
+        inside Redis) of whole shard hashes, at most about :data:`ENTRIES_PER_CALL`
+        recipients each, so each is bounded as any call is."""
+        by_shard: dict[int, list[int]] = {}
+        for r in recipients:
+            by_shard.setdefault(shard(r), []).append(r)
+        fixed, tag = scope.fixed_keys(), scope.tag
+        got: dict[int, tuple[Any, Any, Any]] = {}
+        opted: dict[int, Any] = {}
+        tat: Any = None
+        parts: list[list[tuple[int, list[int]]]] = [[]]
+        n = 0
+        for item in by_shard.items():
+            if parts[-1] and n + len(item[1]) > ENTRIES_PER_CALL:
+                parts.append([])
+                n = 0
+            parts[-1].append(item)
+            n += len(item[1])
+        for part in parts:  # (one call for no recipients too: the TAT)
+            keys = [fixed[0], fixed[4], *(f"{tag}:c{k}" for k, _ in part)]
+            args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
+            res = await self._run("entries", keys, args)
+            tat = res[0]
+            for (_, rs), (values, opt) in zip(part, res[1:], strict=True):
+                for j, r in enumerate(rs):
+                    got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2])
+                    opted[r] = opt[j]
+        return [got[r] for r in recipients], [opted[r] for r in recipients], tat
 
     async def aclose(self) -> None:
         await self.client.aclose()

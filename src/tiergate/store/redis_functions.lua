@@ -51,6 +51,12 @@ local function has(flags, f)
   return band(flags, f) ~= 0
 end
 
+-- Shadow mode: flag bit 16 + r shadows reason r (engine.constants.SHADOW_SHIFT).
+local function shadowed(flags, rsn)
+  return band(flags, 2 ^ (16 + rsn)) ~= 0
+end
+local ANSWER_ADMIT = {ADMIT, OK, 0}
+
 -- rings ---------------------------------------------------------------------
 
 -- A ring's counts are read from its string once per bucket per call and written
@@ -316,25 +322,45 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
   local pair_tat = math.max(ne and ne.tat or NEVER, now)
   local pair_start = (ne ~= nil and pair_tat > now) and ne.start or now
 
+  -- a refusal by a shadowed rule (flag bit 16 + reason) does not refuse: the
+  -- first is the answer if no other rule refuses, and the row consumes as an admit
+  local would
   if not has(flags, F_FORCE) then
+    local d, retry
     if not template and not (in_window or (in_fep and has(flags, F_FEP_FREE_FORM))) then
-      return refuse(REJECT, OUTSIDE_WINDOW, 0, s, last)
+      if not shadowed(flags, OUTSIDE_WINDOW) then
+        return refuse(REJECT, OUTSIDE_WINDOW, 0, s, last)
+      end
+      would = would or {REJECT, OUTSIDE_WINDOW, 0}
     end
     if marketing and redis.call('SISMEMBER', s.opt, rcpt) == 1 then
-      return refuse(REJECT, RECIPIENT_OPTED_OUT, 0, s, last)
+      if not shadowed(flags, RECIPIENT_OPTED_OUT) then
+        return refuse(REJECT, RECIPIENT_OPTED_OUT, 0, s, last)
+      end
+      would = would or {REJECT, RECIPIENT_OPTED_OUT, 0}
     end
     if counting then
       if has(flags, F_RESTRICTED) then
-        return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
+        if not shadowed(flags, SENDER_RESTRICTED) then
+          return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
+        end
+        would = would or {REJECT, SENDER_RESTRICTED, 0}
       end
       if needs_slot and r24.total >= limit then
-        if limit <= 0 then
-          return refuse(REJECT, MESSAGING_LIMIT, 0, s, last)
+        d, retry = REJECT, 0
+        if limit > 0 then
+          d, retry = RETRY_LATER, ring_next_free(r24, limit, now)
         end
-        return refuse(RETRY_LATER, MESSAGING_LIMIT, ring_next_free(r24, limit, now), s, last)
+        if not shadowed(flags, MESSAGING_LIMIT) then
+          return refuse(d, MESSAGING_LIMIT, retry, s, last)
+        end
+        would = would or {d, MESSAGING_LIMIT, retry}
       end
     elseif has(flags, F_REPLY_RESTRICTED) then
-      return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
+      if not shadowed(flags, SENDER_RESTRICTED) then
+        return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
+      end
+      would = would or {REJECT, SENDER_RESTRICTED, 0}
     end
     if marketing then
       if s.freq_cap > 0 then
@@ -347,25 +373,39 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
         end
         table.sort(recent)
         if #recent >= s.freq_cap then
-          local retry = recent[#recent - s.freq_cap + 1] + s.freq_window
-          return refuse(RETRY_LATER, MARKETING_FREQUENCY, retry, s, last)
+          retry = recent[#recent - s.freq_cap + 1] + s.freq_window
+          if not shadowed(flags, MARKETING_FREQUENCY) then
+            return refuse(RETRY_LATER, MARKETING_FREQUENCY, retry, s, last)
+          end
+          would = would or {RETRY_LATER, MARKETING_FREQUENCY, retry}
         end
       end
       if has(flags, F_QUALITY_BLOCK) then
-        return refuse(REJECT, QUALITY_PROTECTION, 0, s, last)
+        if not shadowed(flags, QUALITY_PROTECTION) then
+          return refuse(REJECT, QUALITY_PROTECTION, 0, s, last)
+        end
+        would = would or {REJECT, QUALITY_PROTECTION, 0}
       end
     end
     if tput_tat - num.tput_tol > now_us then
-      return refuse(RETRY_LATER, THROUGHPUT, -fdiv(-(tput_tat - num.tput_tol), 1000), s, last)
+      retry = -fdiv(-(tput_tat - num.tput_tol), 1000)
+      if not shadowed(flags, THROUGHPUT) then
+        return refuse(RETRY_LATER, THROUGHPUT, retry, s, last)
+      end
+      would = would or {RETRY_LATER, THROUGHPUT, retry}
     end
     if pair_tat > now and (now - pair_start >= num.pair_iv or pair_tat - pair_start > num.pair_tol) then
-      return refuse(RETRY_LATER, PAIR_RATE, pair_tat, s, last)
+      if not shadowed(flags, PAIR_RATE) then
+        return refuse(RETRY_LATER, PAIR_RATE, pair_tat, s, last)
+      end
+      would = would or {RETRY_LATER, PAIR_RATE, pair_tat}
     end
   end
+  local ans = would or ANSWER_ADMIT
 
   local counted = needs_slot and 1 or 0
   if has(flags, F_DRY_RUN) then
-    return {ADMIT, OK, 0, counted, r24.total + counted, last, 0, 0}
+    return {ans[1], ans[2], ans[3], counted, r24.total + counted, last, 0, 0}
   end
   local slot_t, gen = 0, 0
   local w = {}  -- the fields this admit writes to the shard hash, in one HSET
@@ -418,7 +458,7 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
     number_sweep(ckey, s.clock + 1)
     s.swept[ckey] = true
   end
-  return {ADMIT, OK, 0, counted, r24.total, last, slot_t, gen}
+  return {ans[1], ans[2], ans[3], counted, r24.total, last, slot_t, gen}
 end
 
 local function load_number(s, name, args, i)
@@ -470,7 +510,7 @@ local function decide(keys, args)
     else
       d = decide_one(s, nums[tonumber(args[at])], now, args[at + 1],
         keys[tonumber(args[at + 2])], flags, tonumber(args[at + 4]))
-      if kidx > 0 and d[1] == ADMIT and not has(flags, F_DRY_RUN) then
+      if kidx > 0 and (d[1] == ADMIT or shadowed(flags, d[2])) and not has(flags, F_DRY_RUN) then
         redis.call('SET', keys[kidx], pack('>i1i1i8i1i8i8i8i2', d[1], d[2], d[3], d[4], d[5],
           d[6], d[7], d[8]), 'PX', tonumber(args[at + 7]))
       end
@@ -569,6 +609,54 @@ local function throughput(keys, args)
   return 1
 end
 
+-- counts(keys: meta, r24, r7, s7; args: geometry (4), now ('' for TIME)) -> the
+-- time used (never before the scope's clock), used_24h, unique_7d, slots_7d, the
+-- 24 h ring's low bucket, then (bucket, count) of each of its buckets that counts.
+-- Reads only: the clock and rings are advanced in this call's memory, not saved.
+local function counts(keys, args)
+  local s = scope_open(keys, args, 1)
+  local now = args[5] == '' and server_now() or tonumber(args[5])
+  now = scope_clamp(s, now)
+  local r = s.r24
+  local out = {now, r.total, s.r7.total, s.s7.total, r.lo}
+  if r.total > 0 then
+    local raw = r.cleared and '' or (redis.call('GET', r.key) or '')
+    for b = r.lo, r.lo + r.n - 1 do
+      local i = b % r.n
+      local c = r.cache[i]
+      if c == nil then
+        c = #raw >= i * 4 + 4 and sunpack('>i4', raw, i * 4 + 1) or 0
+      end
+      if c ~= 0 then
+        out[#out + 1] = b
+        out[#out + 1] = c
+      end
+    end
+  end
+  return out
+end
+
+-- entries(keys: meta, opt, shard hashes...; args: number, then per shard hash the
+-- space-separated recipients in it) -> the number's throughput TAT, then per shard
+-- hash {its recipients' (scope entry, marketing entry, number entry) values, then
+-- whether each opted out}. Reads only (what a plan of a list reads).
+local function entries(keys, args)
+  local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
+  for j = 3, #keys do
+    local rs, fields = {}, {}
+    for r in string.gmatch(args[j - 1], '%S+') do
+      rs[#rs + 1] = r
+      fields[#fields + 1] = r
+      fields[#fields + 1] = 'm' .. r
+      fields[#fields + 1] = args[1] .. ':' .. r
+    end
+    out[#out + 1] = {redis.call('HMGET', keys[j], unpack(fields)),
+                     redis.call('SMISMEMBER', keys[2], unpack(rs))}
+  end
+  return out
+end
+
 local calls = {decide = decide, release = release, usage = usage,
-               number_update = number_update, opt_out = opt_out, throughput = throughput}
+               number_update = number_update, opt_out = opt_out, throughput = throughput,
+               counts = counts, entries = entries}
 -- REGISTER

@@ -23,11 +23,14 @@ reconciled into Redis afterwards: see docs/redis.md).
 
 from __future__ import annotations
 
+import asyncio
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
+from tiergate.engine.columns import kernels
 from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
-from tiergate.policy.admission import Pending, admit_finish, admit_prepare
+from tiergate.policy.admission import BLOCKING, Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
 from tiergate.policy.seam import CountingStore, Decision
@@ -37,6 +40,7 @@ from tiergate.policy.tiers import number_params
 
 from .base import StoreUnavailableError
 from .redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec
+from .redis_reads import ScopeCounts, parse_entries, plan_engine, scope_counts
 
 __all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "MirroredCounting", "SharedAdmission"]
 
@@ -110,6 +114,45 @@ class SharedAdmission:
             spec = ScopeSpec(scope.key, geometry, p.frequency_cap, p.frequency_window_ms)
             self._scopes[scope.key] = spec
         return spec
+
+    async def counts(self, sender_id: str, now_ms: int, at_unix_ms: int) -> ScopeCounts | None:
+        """The counts in Redis of the scope of ``sender_id`` (KeyError: unknown), at
+        the time its report is made; None while Redis cannot be reached."""
+        st = self.service.state
+        s = st.senders[sender_id]
+        now = max(st.now(at_unix_ms, now_ms), s.scope.last_now)
+        try:
+            counts = await scope_counts(self.counting, self.scope(s.scope), now)
+        except StoreUnavailableError:
+            self.available = False
+            return None
+        self.available = True
+        return counts
+
+    async def plan_copy(
+        self, sender_id: str, keys: array[int], start: int
+    ) -> tuple[CountingStore, int, int, int] | None:
+        """The counting state a new plan of ``keys`` by ``sender_id`` runs on: a local
+        engine made from Redis (``redis_reads.plan_engine``; nothing consumed there),
+        as (engine, scope, number, its time); None where the plan needs none (an
+        unknown or blocked sender: no recipient goes)."""
+        st = self.service.state
+        s = st.senders.get(sender_id)
+        if s is None or s.status >= BLOCKING:
+            return None
+        if st.alias_table:
+            keys = array("Q", keys)
+            kernels.alias_keys(keys, array("Q", st.alias_table))
+        unique = list(dict.fromkeys(keys))
+        spec, number = self.number(s.engine_index)
+        counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now))
+        got = await self.counting.recipient_entries(spec, number.name, unique)
+        entries = parse_entries(unique, *got)
+        engine_type = type(cast(MirroredCounting, st.engine).local)
+        copy = await asyncio.to_thread(
+            plan_engine, engine_type, spec.geometry, spec, number, counts, entries
+        )
+        return copy.engine, copy.scope, copy.number, copy.now
 
     async def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
         """Validate every request (an error names ``requests[i].<field>``), then decide
