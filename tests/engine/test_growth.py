@@ -283,3 +283,29 @@ def test_random_marketing_walks_across_map_growths_agree(ops: list[tuple[int, in
             d = [e.decide(now, 0, 0, key, flags, 900) for e in engines]
             assert d[0] == d[1], k
     _same_state(engines, [4_000_000 + 13 * i for i in range(0, 2_000, 29)])
+
+
+def test_a_big_marketing_map_grows_into_slots_touched_ahead_and_frees_them() -> None:
+    # A map whose next slots get their own mapping (2 MB or more) has them
+    # allocated from half full and touched in step with the inserts; the
+    # growth takes them. Freed, every byte comes back.
+    gc.collect()
+    held = table_bytes_held()
+    engines = _pair()
+    first = 20_000_000
+    grew = 0
+    for step in range(26):
+        batches = [DecisionBatch() for _ in engines]
+        for j in range(1_000):
+            i = step * 1_000 + j
+            for b in batches:
+                b.add(T0 + i, 0, 0, first + 3 * i, c.F_TEMPLATE | c.F_MARKETING, c.UNLIMITED, i + 1)
+        for e, b in zip(engines, batches, strict=True):
+            e.decide_batch(b)
+        for name in OUTPUTS:
+            assert getattr(batches[0], name) == getattr(batches[1], name), (step, name)
+        grew += engines[0].marketing_growth_bytes() > 0
+    assert grew > 0  # 32 768 to 65 536 records' slots at 22 938 records
+    assert engines[0].snapshot() == engines[1].snapshot()
+    engines.clear()
+    assert table_bytes_held() == held

@@ -41,6 +41,7 @@ cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
     if Table is ScopeTable:
         dst.marketing.slots = NULL
         dst.marketing.old = NULL
+        dst.marketing.spare = NULL  # not copied, as the tables' spares
     slots = room.take(at, size)
     if slots == NULL:
         return -1
@@ -87,6 +88,7 @@ cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at,
     dst.table.spare = NULL
     dst.table.marketing.slots = NULL
     dst.table.marketing.old = NULL
+    dst.table.marketing.spare = NULL
     if (table_copy(&dst.table, &src.table, room, at, jobs) < 0
             or ring_copy(&dst.ring24, &src.ring24) < 0
             or ring_copy(&dst.ring7, &src.ring7) < 0

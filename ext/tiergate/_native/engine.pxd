@@ -53,7 +53,9 @@ cdef struct MarketingEntry:
 
 # A full map grows as the tables do (growth.pxi): while it grows, `old` holds
 # the slots it grows out of (NULL otherwise), those from `moved` on not yet
-# moved across; `count` holds the records of both.
+# moved across; `count` holds the records of both. From half full, a map
+# whose next slots get their own mapping has them allocated and touched a
+# few pages per insert (`spare`, twice its capacity; NULL when none).
 cdef struct MarketingMap:
     MarketingEntry *slots
     uint64_t capacity
@@ -61,6 +63,8 @@ cdef struct MarketingMap:
     MarketingEntry *old
     uint64_t old_capacity
     uint64_t moved
+    MarketingEntry *spare
+    uint64_t spare_touched  # bytes of it touched so far
 
 # Per phone number and recipient. key 0 marks an empty slot.
 cdef struct NumberEntry:

@@ -253,9 +253,15 @@ cdef int mm_reserve(MarketingMap *m) noexcept nogil:
     cdef MarketingEntry *slots
     mm_move(m, MOVE_STEP)
     if m.count + 1 <= max_fill(m.capacity):
+        if m.count >= m.capacity // 2:
+            mm_warm(m)
         return 0
     capacity = 2 * m.capacity if m.capacity else INITIAL_CAPACITY
-    slots = <MarketingEntry *>tg_table_alloc(capacity * sizeof(MarketingEntry))
+    if m.spare != NULL:
+        slots = m.spare
+        m.spare = NULL
+    else:
+        slots = <MarketingEntry *>tg_table_alloc(capacity * sizeof(MarketingEntry))
     if slots == NULL:
         return -1
     mm_move(m, UINT64_MAX)  # one not finished yet (it cannot be, but is ended first)
@@ -265,6 +271,35 @@ cdef int mm_reserve(MarketingMap *m) noexcept nogil:
     m.slots = slots
     m.capacity = capacity
     return 0
+
+
+cdef void mm_warm(MarketingMap *m) noexcept nogil:
+    # table_warm for a marketing map from half full: allocate its next slots
+    # (when they get their own mapping, BIG_TABLE or more) and touch them in
+    # step with the inserts, all by the time it grows, so that the growth does
+    # not wait for the kernel to zero its new pages.
+    cdef uint64_t size = 2 * m.capacity * sizeof(MarketingEntry)
+    cdef uint64_t start = m.capacity // 2, span, target
+    if size < BIG_TABLE:
+        return
+    if m.spare == NULL:
+        m.spare = <MarketingEntry *>tg_table_alloc(size)
+        if m.spare == NULL:
+            return  # the growth will ask again
+        m.spare_touched = 0
+    span = max_fill(m.capacity) - start
+    target = (size // span + 1) * (m.count - start + 1)
+    if target > size:
+        target = size
+    if target > m.spare_touched:
+        tg_touch(m.spare, m.spare_touched, target)
+        m.spare_touched = (target + 4095) // 4096 * 4096
+
+
+cdef void mm_drop_spare(MarketingMap *m) noexcept nogil:
+    if m.spare != NULL:
+        tg_table_free(m.spare, 2 * m.capacity * sizeof(MarketingEntry))
+        m.spare = NULL
 
 
 cdef MarketingEntry *mm_insert(MarketingMap *m, uint64_t key) noexcept nogil:
@@ -540,6 +575,7 @@ cdef void table_free(Table *t) noexcept nogil:
         t.marketing.slots = NULL
         tg_table_free(t.marketing.old, t.marketing.old_capacity * sizeof(MarketingEntry))
         t.marketing.old = NULL
+        mm_drop_spare(&t.marketing)
 
 
 cdef inline ScopeEntry *scope_find(ScopeTable *t, uint64_t key) noexcept nogil:
