@@ -535,10 +535,13 @@ cdef int table_reserve(Table *t, int64_t cut) noexcept nogil:
     table_move(t, MOVE_STEP)
     if t.count >= max_fill(t.nominal):
         full = max_fill(t.nominal)
-        # the same slots: the table is likely to fill up again
-        table_move(t, UINT64_MAX)  # compaction works on one set of slots
-        if table_compact(t, cut) < 0:
-            return -1
+        # the same slots: the table is likely to fill up again. A scope table
+        # with nothing expired yet (its first week) skips the pass, and so
+        # leaves a growth under way to go on a few slots at a time.
+        if Table is NumberTable or cut > t.oldest_last:
+            table_move(t, UINT64_MAX)  # compaction works on one set of slots
+            if table_compact(t, cut) < 0:
+                return -1
         if t.count >= full // 2:
             t.nominal = 2 * t.nominal
     if crowded(t.count, t.capacity):
