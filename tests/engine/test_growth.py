@@ -36,6 +36,14 @@ OUTPUTS = ("decision", "reason", "retry_at", "counted", "used", "prev_counted", 
 FLAGS = [c.F_TEMPLATE, c.F_TEMPLATE, c.F_TEMPLATE | c.F_MARKETING, 0, c.F_MARKETING]
 
 
+#: Hypothesis settings of the random walks.
+_WALKS = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
 def _pair(pair_interval: int = 1) -> list[Any]:
     engines: list[Any] = [CEngine(), PyEngine()]
     for e in engines:
@@ -155,11 +163,7 @@ def test_reclaim_and_compaction_mid_growth_agree() -> None:
     _same_state(engines, keys)
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@_WALKS
 @given(
     st.lists(
         st.tuples(
@@ -246,11 +250,7 @@ def test_marketing_maps_grow_a_few_records_per_insert_and_agree() -> None:
     _same_state(engines, seen)
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@_WALKS
 @given(
     st.lists(
         st.tuples(
