@@ -14,6 +14,7 @@ measured side by side. Prints a table and writes
 
     .venv/bin/python benchmarks/growth.py --quick          # 250 k -> 2 M entries
     .venv/bin/python benchmarks/growth.py                  # 1 M -> 8 M entries
+    .venv/bin/python benchmarks/growth.py --marketing      # marketing sends: the map grows too
     # the build of another commit, side by side (e.g. main):
     git archive main setup.py pyproject.toml ext src | tar -x -C /tmp/base \\
       && (cd /tmp/base && ../path/to/.venv/bin/python setup.py -q build_ext --inplace)
@@ -41,9 +42,10 @@ FIRST_KEY = 15_550_000_000
 TARGET_MS = 10.0
 
 
-def child(src: str, mode: str, start: int, end: int) -> dict[str, Any]:
+def child(src: str, mode: str, start: int, end: int, marketing: bool) -> dict[str, Any]:
     """Run in a child process: grow one scope's table from start to end entries,
-    timing each call (``mode``: ``batch`` or ``single``)."""
+    timing each call (``mode``: ``batch`` or ``single``); with ``marketing``
+    every send is a marketing template, so the scope's marketing map grows too."""
     sys.path.insert(0, src)
     from tiergate._native.engine import Engine
     from tiergate.engine import DecisionBatch
@@ -51,6 +53,7 @@ def child(src: str, mode: str, start: int, end: int) -> dict[str, Any]:
 
     e = Engine()
     e.add_scope()
+    flags = c.F_TEMPLATE | (c.F_MARKETING if marketing else 0)
     # throughput and pair rate wide open: the figures are the table's work
     e.add_number(0, 1, 1 << 30, 1, 1 << 20)
 
@@ -60,7 +63,7 @@ def child(src: str, mode: str, start: int, end: int) -> dict[str, Any]:
         b.scope = array("i", [0]) * BATCH
         b.number = array("i", [0]) * BATCH
         b.recipient = array("Q", range(FIRST_KEY + first, FIRST_KEY + first + BATCH))
-        b.flags = array("I", [c.F_TEMPLATE]) * BATCH
+        b.flags = array("I", [flags]) * BATCH
         b.limit = array("q", [c.UNLIMITED]) * BATCH
         b.ticket = array("Q", range(first + 1, first + 1 + BATCH))
         return b
@@ -80,14 +83,18 @@ def child(src: str, mode: str, start: int, end: int) -> dict[str, Any]:
             wall.append(clock() - t)
             at.append(first)
     else:
-        decide, flags, unlimited = e.decide, c.F_TEMPLATE, c.UNLIMITED
+        decide, unlimited = e.decide, c.UNLIMITED
         for i in range(start, end):
             t, p = clock(), cpu_clock()
             decide(T0 + i, 0, 0, FIRST_KEY + i, flags, unlimited)
             cpu.append(cpu_clock() - p)
             wall.append(clock() - t)
         at = list(range(start, end))
-    out: dict[str, Any] = {"mode": mode, "calls": len(wall), "entries_after": e.entries()}
+    out: dict[str, Any] = {
+        "mode": mode + (" marketing" if marketing else ""),
+        "calls": len(wall),
+        "entries_after": e.entries(),
+    }
     for name, times in (("cpu", cpu), ("wall", wall)):
         order = sorted(range(len(times)), key=times.__getitem__)
         n = len(order)
@@ -99,8 +106,10 @@ def child(src: str, mode: str, start: int, end: int) -> dict[str, Any]:
     return out
 
 
-def run_child(src: str, mode: str, start: int, end: int) -> dict[str, Any]:
+def run_child(src: str, mode: str, start: int, end: int, marketing: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", src, "--mode", mode]
+    if marketing:
+        cmd.append("--marketing")
     out = subprocess.run(
         [*cmd, "--start", str(start), "--end", str(end)],
         check=True,
@@ -118,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--end", type=int, default=None, help="entries after them")
     ap.add_argument("--baseline", default=None, help="a src dir with another build, side by side")
     ap.add_argument("--modes", default="batch,single", help="batch, single or both")
+    ap.add_argument(
+        "--marketing",
+        action="store_true",
+        help="marketing templates: the scope's marketing map grows with its table",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="batch", help=argparse.SUPPRESS)
     ap.add_argument("--results-dir", type=Path, default=None, help="where growth.json goes")
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     start = args.start if args.start is not None else (250_000 if args.quick else 1_000_000)
     end = args.end if args.end is not None else (2_000_000 if args.quick else 8_000_000)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.mode, start, end)))
+        print(json.dumps(child(args.child, args.mode, start, end, args.marketing)))
         return 0
 
     _common.print_machine()
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for mode in args.modes.split(","):
         for name, src in builds.items():  # alternating: one mode, each build in turn
-            r = run_child(src, mode, start, end)
+            r = run_child(src, mode, start, end, args.marketing)
             rows.append({"build": name, "src": src, **r})
     for clock in ("cpu", "wall"):
         _common.print_table(
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     path = _common.write_results(
         "growth",
         {
+            "marketing": args.marketing,
             "start_entries": start,
             "end_entries": end,
             "batch_size": BATCH,

@@ -83,6 +83,11 @@ _CAPS = (
     ("--max-senders", "N", f"senders known at once (default {cfg.DEFAULT_CAPS.senders})"),
     ("--max-templates", "N", f"templates known at once (default {cfg.DEFAULT_CAPS.templates})"),
     (
+        "--max-templates-per-waba",
+        "N",
+        f"templates of one WABA (default {cfg.DEFAULT_CAPS.templates_per_waba})",
+    ),
+    (
         "--max-idempotency-keys",
         "N",
         f"idempotency keys remembered at once (default {cfg.DEFAULT_CAPS.idempotency_keys})",

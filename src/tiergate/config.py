@@ -111,6 +111,7 @@ class ServeConfig:
     # Caps on what clients can create (see policy/caps.py).
     max_senders: int = DEFAULT_CAPS.senders
     max_templates: int = DEFAULT_CAPS.templates
+    max_templates_per_waba: int = DEFAULT_CAPS.templates_per_waba
     max_idempotency_keys: int = DEFAULT_CAPS.idempotency_keys
     max_id_length: int = DEFAULT_CAPS.id_length
     max_template_id_length: int = DEFAULT_CAPS.template_id_length
@@ -345,6 +346,7 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "webhook_max_connections": _max_connections,
     "max_senders": _max_count,
     "max_templates": _max_count,
+    "max_templates_per_waba": _max_count,
     "max_idempotency_keys": _max_count,
     "max_id_length": _int_in(1, DEFAULT_CAPS.id_length),
     "max_template_id_length": _int_in(1, DEFAULT_CAPS.template_id_length),

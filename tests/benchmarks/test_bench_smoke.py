@@ -224,3 +224,23 @@ def test_growth_times_every_call_while_a_table_grows(tmp_path: Path) -> None:
         assert r["cpu_p50_ms"] <= r["cpu_p999_ms"] <= r["cpu_max_ms"]
         assert r["cpu_max_ms"] > 0 and r["wall_max_ms"] > 0
     assert "longest call while one scope's table grows" in proc.stdout
+
+
+def test_growth_with_marketing_sends_grows_the_marketing_map_too(tmp_path: Path) -> None:
+    run(
+        "growth.py",
+        "--start",
+        "2000",
+        "--end",
+        "20000",
+        "--modes",
+        "batch",
+        "--marketing",
+        "--results-dir",
+        str(tmp_path),
+    )
+    data = read(tmp_path / "growth.json")
+    assert data["marketing"] is True
+    (row,) = data["rows"]
+    assert row["mode"] == "batch marketing" and row["calls"] == 18
+    assert row["entries_after"] >= 20_000

@@ -17,4 +17,6 @@ def test_state_growth_tiny(tmp_path: Path) -> None:
     alone = data["state_alone"]
     assert set(alone) == {"rates", "bytes_per_sender", "bytes_per_admit_plain", "bytes_per_key"}
     assert [r["senders"] for r in alone["rates"]] == [800, 1300]
+    assert all(r["snapshot_stall_ms"] > 0 for r in alone["rates"])
+    assert "event loop held by a snapshot, 1,300 senders" in proc.stdout
     assert "shutdown (SIGTERM to exit)" in proc.stdout

@@ -30,10 +30,13 @@ def _sender_update(sender_id: str, **fields: object) -> pb.RecordFeedbackRequest
     )
 
 
-def _template_update(template_id: str, name: str = "") -> pb.RecordFeedbackRequest:
+def _template_update(template_id: str, name: str = "", waba: str = "") -> pb.RecordFeedbackRequest:
     return pb.RecordFeedbackRequest(
         template_update=pb.TemplateUpdate(
-            template_id=template_id, template_name=name, status=pb.TEMPLATE_STATUS_APPROVED
+            template_id=template_id,
+            template_name=name,
+            status=pb.TEMPLATE_STATUS_APPROVED,
+            waba_id=waba,
         )
     )
 
@@ -122,6 +125,60 @@ async def test_template_cap_and_template_id_length() -> None:
         assert list(h.sidecar.service.state.templates) == ["t1"]
 
 
+@run_async
+async def test_templates_per_waba_cap_keeps_room_for_the_other_wabas() -> None:
+    async with serving(max_templates=10, max_templates_per_waba=2) as h:
+        for tid in ("a1", "a2"):
+            assert (await h.stub.RecordFeedback(_template_update(tid, waba="wa"))).applied
+        await _refused(
+            h.stub.RecordFeedback(_template_update("a3", waba="wa")),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "template_id",
+            "max_templates_per_waba",
+            "at most 2",
+            "'wa'",
+        )
+        # the other WABAs still have their room; a known template still updates
+        assert (await h.stub.RecordFeedback(_template_update("b1", waba="wb"))).applied
+        assert (await h.stub.RecordFeedback(_template_update("a1", name="n", waba="wa"))).applied
+        # moving b1 into the full WABA names the field that moves it
+        await _refused(
+            h.stub.RecordFeedback(_template_update("b1", waba="wa")),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "waba_id",
+            "max_templates_per_waba",
+        )
+        assert h.sidecar.service is not None
+        assert sorted(h.sidecar.service.state.templates) == ["a1", "a2", "b1"]
+        assert h.sidecar.service.state.templates["b1"].waba_id == "wb"
+        text = h.sidecar.metrics.render()
+        assert "tiergate_capped_max_templates_per_waba_total 2.0\n" in text
+        assert "tiergate_capped_max_templates_total 0.0\n" in text
+
+
+@run_async
+async def test_webhook_templates_beyond_their_waba_cap_are_left_out_with_the_reason() -> None:
+    async with serving(max_templates_per_waba=2) as h:
+        out = await h.stub.IngestWebhook(
+            pb.IngestWebhookRequest(body=_template_webhook("a", "b", "c"), at_unix_ms=T0)
+        )
+        assert (out.applied, out.ignored) == (2, 1)
+        (left_out,) = out.ignored_events
+        assert left_out.field == "message_template_status_update"
+        assert "max_templates_per_waba" in left_out.reason
+        assert "at most 2" in left_out.reason
+        # another WABA's templates still apply
+        other = await h.stub.IngestWebhook(
+            pb.IngestWebhookRequest(
+                body=_template_webhook("d", waba="w2", first_id=2000), at_unix_ms=T0
+            )
+        )
+        assert (other.applied, other.ignored) == (1, 0)
+        assert h.sidecar.service is not None
+        assert dict(h.sidecar.service.state.waba_templates) == {"w1": 2, "w2": 1}
+        assert h.sidecar.service.state.capped["max_templates_per_waba"] == 1
+
+
 def _used(state: pb.SenderState) -> int:
     return state.used_24h
 
@@ -203,13 +260,13 @@ async def test_over_long_idempotency_keys_are_invalid_on_every_admit_path() -> N
         assert h.sidecar.service.state.capped["max_idempotency_key_length"] == 3
 
 
-def _template_webhook(*names: str) -> bytes:
+def _template_webhook(*names: str, waba: str = "w1", first_id: int = 1000) -> bytes:
     changes = [
         {
             "field": "message_template_status_update",
             "value": {
                 "event": "APPROVED",
-                "message_template_id": 1000 + i,
+                "message_template_id": first_id + i,
                 "message_template_name": name,
                 "message_template_language": "en_US",
                 "reason": "NONE",
@@ -217,7 +274,7 @@ def _template_webhook(*names: str) -> bytes:
         }
         for i, name in enumerate(names)
     ]
-    body = {"object": "whatsapp_business_account", "entry": [{"id": "w1", "changes": changes}]}
+    body = {"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": changes}]}
     return json.dumps(body).encode()
 
 
@@ -258,7 +315,7 @@ def test_caps_are_settings_with_flags_env_and_toml(tmp_path: object) -> None:
     path.write_text("max_senders = 50\nmax_idempotency_key_length = 64\n", encoding="utf-8")
     config = cfg.load(
         {"config": str(path), "max_templates": "7"},
-        env={"TIERGATE_MAX_IDEMPOTENCY_KEYS": "1000"},
+        env={"TIERGATE_MAX_IDEMPOTENCY_KEYS": "1000", "TIERGATE_MAX_TEMPLATES_PER_WABA": "3"},
     )
     caps = cfg.caps(config)
     assert (caps.senders, caps.templates, caps.idempotency_keys, caps.key_length) == (
@@ -267,7 +324,15 @@ def test_caps_are_settings_with_flags_env_and_toml(tmp_path: object) -> None:
         1000,
         64,
     )
+    assert caps.templates_per_waba == 3
     assert config.origins["max_senders"] == "file"
+    path.write_text("max_templates_per_waba = 4\n", encoding="utf-8")
+    from_file = cfg.load({"config": str(path)}, env={})
+    assert cfg.caps(from_file).templates_per_waba == 4
+    flag = cfg.load({"config": str(path), "max_templates_per_waba": "5"}, env={})
+    assert cfg.caps(flag).templates_per_waba == 5
+    with pytest.raises(cfg.ConfigError, match="max_templates_per_waba"):
+        cfg.load({"max_templates_per_waba": "0"}, env={})
     with pytest.raises(cfg.ConfigError, match="max_id_length"):
         cfg.load({"max_id_length": "129"}, env={})
     with pytest.raises(cfg.ConfigError, match="max_senders"):

@@ -26,8 +26,9 @@ cdef inline void copy_job(CopyJobs *jobs, void *dst, const void *src, size_t n) 
 cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
                     CopyJobs *jobs) noexcept nogil:
     # dst: a bitwise copy of src; give it slots (the old slots of a growth
-    # under way too, and marketing records) of its own, from room's buffers at
-    # (at + 1 for the old slots, at + 2 for the marketing records) where their
+    # under way too, and marketing records, with the old slots of the map's
+    # growth) of its own, from room's buffers at (at + 1 for the old slots,
+    # at + 2 for the marketing records, at + 3 for their old slots) where their
     # sizes fit, no growth spare; their contents are copied by jobs, after.
     # -1: out of memory (what dst holds is freed with it).
     cdef void *slots
@@ -39,6 +40,8 @@ cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
     dst.warm_at = UINT64_MAX
     if Table is ScopeTable:
         dst.marketing.slots = NULL
+        dst.marketing.old = NULL
+        dst.marketing.spare = NULL  # not copied, as the tables' spares
     slots = room.take(at, size)
     if slots == NULL:
         return -1
@@ -65,6 +68,12 @@ cdef int table_copy(Table *dst, Table *src, CopyRoom room, Py_ssize_t at,
             if dst.marketing.slots == NULL:
                 return -1
             copy_job(jobs, dst.marketing.slots, src.marketing.slots, size)
+        if src.marketing.old != NULL:
+            size = src.marketing.old_capacity * sizeof(MarketingEntry)
+            dst.marketing.old = <MarketingEntry *>room.take(at + 3, size)
+            if dst.marketing.old == NULL:
+                return -1
+            copy_job(jobs, dst.marketing.old, src.marketing.old, size)
     return 0
 
 
@@ -78,6 +87,8 @@ cdef int scope_copy(Scope *dst, Scope *src, CopyRoom room, Py_ssize_t at,
     dst.table.old = NULL
     dst.table.spare = NULL
     dst.table.marketing.slots = NULL
+    dst.table.marketing.old = NULL
+    dst.table.marketing.spare = NULL
     if (table_copy(&dst.table, &src.table, room, at, jobs) < 0
             or ring_copy(&dst.ring24, &src.ring24) < 0
             or ring_copy(&dst.ring7, &src.ring7) < 0
@@ -145,6 +156,7 @@ cdef tuple engine_copy_sizes(Engine eng):
         sizes.append(eng.scopes[i].table.capacity * sizeof(ScopeEntry))
         sizes.append(eng.scopes[i].table.old_capacity * sizeof(ScopeEntry))
         sizes.append(eng.scopes[i].table.marketing.capacity * sizeof(MarketingEntry))
+        sizes.append(eng.scopes[i].table.marketing.old_capacity * sizeof(MarketingEntry))
     for i in range(eng.n_numbers):
         sizes.append(eng.numbers[i].table.capacity * sizeof(NumberEntry))
         sizes.append(eng.numbers[i].table.old_capacity * sizeof(NumberEntry))
@@ -171,14 +183,14 @@ cdef Engine engine_copy(Engine src, room):
     eng.cap_numbers = max64(n_numbers, 1)
     jobs.count = 0
     jobs.jobs = <tg_copy_job *>malloc(
-        max64(3 * n_scopes + 2 * n_numbers, 1) * sizeof(tg_copy_job))
+        max64(4 * n_scopes + 2 * n_numbers, 1) * sizeof(tg_copy_job))
     if jobs.jobs == NULL:
         raise MemoryError()
     with nogil:
         for i in range(n_scopes):
             # counted first: if the copy fails half way, dealloc frees what it holds
             eng.n_scopes = i + 1
-            if scope_copy(&eng.scopes[i], &src.scopes[i], held, 3 * i, &jobs) < 0:
+            if scope_copy(&eng.scopes[i], &src.scopes[i], held, 4 * i, &jobs) < 0:
                 failed = 1
                 break
         if not failed:
@@ -187,7 +199,7 @@ cdef Engine engine_copy(Engine src, room):
                 eng.numbers[i] = src.numbers[i]
                 eng.numbers[i].warm = NULL
                 if (table_copy(&eng.numbers[i].table, &src.numbers[i].table, held,
-                               3 * n_scopes + 2 * i, &jobs) < 0
+                               4 * n_scopes + 2 * i, &jobs) < 0
                         or warmup_copy(&eng.numbers[i], &src.numbers[i]) < 0):
                     failed = 1
                     break

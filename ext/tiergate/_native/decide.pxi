@@ -270,6 +270,8 @@ cdef int decide_one(Engine eng, int64_t now, Scope *s, Number *num, uint64_t rec
     # slots only briefly, however few of the decisions insert.
     if s.table.old != NULL:
         table_move(&s.table, MOVE_STEP)
+    if s.table.marketing.old != NULL:
+        mm_move(&s.table.marketing, MOVE_STEP)
     if num.table.old != NULL:
         table_move(&num.table, MOVE_STEP)
     look_up(eng, now, s, num, recipient, flags, &p)

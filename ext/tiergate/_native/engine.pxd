@@ -51,10 +51,20 @@ cdef struct MarketingEntry:
     uint64_t key
     int64_t times[MARKETING_HISTORY]
 
+# A full map grows as the tables do (growth.pxi): while it grows, `old` holds
+# the slots it grows out of (NULL otherwise), those from `moved` on not yet
+# moved across; `count` holds the records of both. From half full, a map
+# whose next slots get their own mapping has them allocated and touched a
+# few pages per insert (`spare`, twice its capacity; NULL when none).
 cdef struct MarketingMap:
     MarketingEntry *slots
     uint64_t capacity
     uint64_t count
+    MarketingEntry *old
+    uint64_t old_capacity
+    uint64_t moved
+    MarketingEntry *spare
+    uint64_t spare_touched  # bytes of it touched so far
 
 # Per phone number and recipient. key 0 marks an empty slot.
 cdef struct NumberEntry:

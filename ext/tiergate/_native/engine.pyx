@@ -424,7 +424,12 @@ cdef class Engine:
     def growth_bytes(self):
         """Bytes of old slots held by this engine's tables that are growing
         (compiled engine only; see table_move)."""
-        return engine_growth_bytes(self)
+        return engine_growth_bytes(self, False)
+
+    def marketing_growth_bytes(self):
+        """Bytes of old slots held by this engine's marketing maps that are
+        growing (compiled engine only; see mm_reserve)."""
+        return engine_growth_bytes(self, True)
 
     # -- snapshots -----------------------------------------------------------
 
@@ -438,7 +443,8 @@ cdef class Engine:
     def copy_sizes(self):
         """Bytes of each buffer a ``copy()`` of this engine needs now, in the order
         ``CopyRoom`` takes them: each scope's slots, old slots (of a growth
-        under way; 0 bytes when none) and marketing records, then each
+        under way; 0 bytes when none), marketing records and their old slots
+        (of the marketing map's growth under way), then each
         number's slots and old slots."""
         return engine_copy_sizes(self)
 

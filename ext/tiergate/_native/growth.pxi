@@ -96,10 +96,15 @@ cdef int64_t open_windows(NumberTable *t, int64_t now) noexcept nogil:
     return n
 
 
-cdef uint64_t engine_growth_bytes(Engine eng):
-    # What Engine.growth_bytes does (its docstring says how).
+cdef uint64_t engine_growth_bytes(Engine eng, bint marketing):
+    # What Engine.growth_bytes does (its docstring says how); with marketing,
+    # what Engine.marketing_growth_bytes does.
     cdef Py_ssize_t i
     cdef uint64_t held = 0
+    if marketing:
+        for i in range(eng.n_scopes):
+            held += eng.scopes[i].table.marketing.old_capacity * sizeof(MarketingEntry)
+        return held
     for i in range(eng.n_scopes):
         held += eng.scopes[i].table.old_capacity * sizeof(ScopeEntry)
     for i in range(eng.n_numbers):

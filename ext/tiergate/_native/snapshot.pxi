@@ -161,6 +161,7 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c, uint32_t version) except 
         if p[24 + 8 * MARKETING_HISTORY] != 0:
             e.key |= KEY_OPT_OUT
         p += SCOPE_ENTRY_SIZE
+    mm_move(&t.marketing, UINT64_MAX)  # a restored map is whole
     t.oldest_last = NEVER  # not known: the first reclaim pass finds it
     return 0
 

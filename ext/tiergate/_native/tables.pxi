@@ -165,23 +165,56 @@ cdef inline bint crowded(uint64_t count, uint64_t capacity) noexcept nogil:
 
 # Marketing send times by recipient (linear probing, capacity a power of two).
 
-cdef inline MarketingEntry *mm_find(MarketingMap *m, uint64_t key) noexcept nogil:
-    cdef uint64_t mask, i
-    if m.count == 0:
-        return NULL
-    mask = m.capacity - 1
-    i = mix(key) & mask
+cdef inline MarketingEntry *mm_probe(MarketingEntry *slots, uint64_t capacity,
+                                     uint64_t key) noexcept nogil:
+    # key's record among `capacity` slots, or NULL.
+    cdef uint64_t mask = capacity - 1
+    cdef uint64_t i = mix(key) & mask
     while True:
-        if m.slots[i].key == key:
-            return &m.slots[i]
-        if m.slots[i].key == 0:
+        if slots[i].key == key:
+            return &slots[i]
+        if slots[i].key == 0:
             return NULL
         i = (i + 1) & mask
 
 
+cdef inline MarketingEntry *mm_find(MarketingMap *m, uint64_t key) noexcept nogil:
+    # key's record: in the map's slots, else (while it grows) in the old slots
+    # not moved yet. Moved old slots keep their records, so that probes over
+    # them still reach the ones after; a record found there has been moved.
+    cdef MarketingEntry *r
+    if m.count == 0:
+        return NULL
+    r = mm_probe(m.slots, m.capacity, key)
+    if r == NULL and m.old != NULL:
+        r = mm_probe(m.old, m.old_capacity, key)
+        if r != NULL and <uint64_t>(r - m.old) < m.moved:
+            return NULL
+    return r
+
+
+cdef void mm_move(MarketingMap *m, uint64_t budget) noexcept nogil:
+    # table_move for a marketing map: move the records of the next `budget`
+    # old slots across (UINT64_MAX: all that are left); free the old slots
+    # after the last.
+    cdef uint64_t i, end
+    if m.old == NULL:
+        return
+    end = m.old_capacity if budget >= m.old_capacity - m.moved else m.moved + budget
+    for i in range(m.moved, end):
+        if m.old[i].key != 0:
+            mm_slot(m.slots, m.capacity, m.old[i].key)[0] = m.old[i]
+    m.moved = end
+    if end == m.old_capacity:
+        tg_table_free(m.old, m.old_capacity * sizeof(MarketingEntry))
+        m.old = NULL
+        m.old_capacity = m.moved = 0
+
+
 cdef inline void mm_keep(MarketingMap *m, MarketingEntry *kept, uint64_t word) noexcept nogil:
     # Copy the marketing record of the scope entry with key word `word`, if it
-    # has one, into `kept` (empty slots of the map's capacity).
+    # has one, into `kept` (empty slots of the map's capacity; the map is not
+    # growing).
     cdef MarketingEntry *r
     if word & KEY_MARKETING:
         r = mm_find(m, word & KEY_MASK)
@@ -210,22 +243,63 @@ cdef inline MarketingEntry *mm_slot(MarketingEntry *slots, uint64_t capacity,
 
 
 cdef int mm_reserve(MarketingMap *m) noexcept nogil:
-    # Room for one more record (at most 70 % full). -1: out of memory.
-    cdef uint64_t capacity, i
+    # Room for one more record (at most 70 % full). A full map doubles as the
+    # tables grow: the new slots are allocated, the old ones kept, and each
+    # reserve (and each decision for the scope) moves the next MOVE_STEP old
+    # slots across; a growth ends long before the map is full again (it takes
+    # capacity / MOVE_STEP reserves, the next growth 0.7 * capacity).
+    # -1: out of memory (nothing changed).
+    cdef uint64_t capacity
     cdef MarketingEntry *slots
+    mm_move(m, MOVE_STEP)
     if m.count + 1 <= max_fill(m.capacity):
+        if m.count >= m.capacity // 2:
+            mm_warm(m)
         return 0
     capacity = 2 * m.capacity if m.capacity else INITIAL_CAPACITY
-    slots = <MarketingEntry *>tg_table_alloc(capacity * sizeof(MarketingEntry))
+    if m.spare != NULL:
+        slots = m.spare
+        m.spare = NULL
+    else:
+        slots = <MarketingEntry *>tg_table_alloc(capacity * sizeof(MarketingEntry))
     if slots == NULL:
         return -1
-    for i in range(m.capacity):
-        if m.slots[i].key != 0:
-            mm_slot(slots, capacity, m.slots[i].key)[0] = m.slots[i]
-    tg_table_free(m.slots, m.capacity * sizeof(MarketingEntry))
+    mm_move(m, UINT64_MAX)  # one not finished yet (it cannot be, but is ended first)
+    m.old = m.slots
+    m.old_capacity = m.capacity
+    m.moved = 0
     m.slots = slots
     m.capacity = capacity
     return 0
+
+
+cdef void mm_warm(MarketingMap *m) noexcept nogil:
+    # table_warm for a marketing map from half full: allocate its next slots
+    # (when they get their own mapping, BIG_TABLE or more) and touch them in
+    # step with the inserts, all by the time it grows, so that the growth does
+    # not wait for the kernel to zero its new pages.
+    cdef uint64_t size = 2 * m.capacity * sizeof(MarketingEntry)
+    cdef uint64_t start = m.capacity // 2, span, target
+    if size < BIG_TABLE:
+        return
+    if m.spare == NULL:
+        m.spare = <MarketingEntry *>tg_table_alloc(size)
+        if m.spare == NULL:
+            return  # the growth will ask again
+        m.spare_touched = 0
+    span = max_fill(m.capacity) - start
+    target = (size // span + 1) * (m.count - start + 1)
+    if target > size:
+        target = size
+    if target > m.spare_touched:
+        tg_touch(m.spare, m.spare_touched, target)
+        m.spare_touched = (target + 4095) // 4096 * 4096
+
+
+cdef void mm_drop_spare(MarketingMap *m) noexcept nogil:
+    if m.spare != NULL:
+        tg_table_free(m.spare, 2 * m.capacity * sizeof(MarketingEntry))
+        m.spare = NULL
 
 
 cdef MarketingEntry *mm_insert(MarketingMap *m, uint64_t key) noexcept nogil:
@@ -292,6 +366,7 @@ cdef int table_rebuild(Table *t, uint64_t capacity, bint drop, int64_t cut) noex
     if slots == NULL:
         return -1
     if Table is ScopeTable:
+        mm_move(&t.marketing, UINT64_MAX)  # mm_keep reads one set of slots
         prune = drop and t.marketing.count > 0
         if prune:
             kept = <MarketingEntry *>tg_table_alloc(
@@ -386,6 +461,7 @@ cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
             # nominal fills in its first week without a single one): skip the
             # pass.
             return 0
+        mm_move(&t.marketing, UINT64_MAX)  # mm_keep reads one set of slots
         if t.marketing.count > 0:
             # allocated first: dropping a recipient drops its marketing record
             kept = <MarketingEntry *>tg_table_alloc(t.marketing.capacity * sizeof(MarketingEntry))
@@ -459,10 +535,13 @@ cdef int table_reserve(Table *t, int64_t cut) noexcept nogil:
     table_move(t, MOVE_STEP)
     if t.count >= max_fill(t.nominal):
         full = max_fill(t.nominal)
-        # the same slots: the table is likely to fill up again
-        table_move(t, UINT64_MAX)  # compaction works on one set of slots
-        if table_compact(t, cut) < 0:
-            return -1
+        # the same slots: the table is likely to fill up again. A scope table
+        # with nothing expired yet (its first week) skips the pass, and so
+        # leaves a growth under way to go on a few slots at a time.
+        if Table is NumberTable or cut > t.oldest_last:
+            table_move(t, UINT64_MAX)  # compaction works on one set of slots
+            if table_compact(t, cut) < 0:
+                return -1
         if t.count >= full // 2:
             t.nominal = 2 * t.nominal
     if crowded(t.count, t.capacity):
@@ -497,6 +576,9 @@ cdef void table_free(Table *t) noexcept nogil:
     if Table is ScopeTable:
         tg_table_free(t.marketing.slots, t.marketing.capacity * sizeof(MarketingEntry))
         t.marketing.slots = NULL
+        tg_table_free(t.marketing.old, t.marketing.old_capacity * sizeof(MarketingEntry))
+        t.marketing.old = NULL
+        mm_drop_spare(&t.marketing)
 
 
 cdef inline ScopeEntry *scope_find(ScopeTable *t, uint64_t key) noexcept nogil:

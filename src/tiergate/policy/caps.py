@@ -22,6 +22,7 @@ __all__ = ["CAP_SETTINGS", "DEFAULT_CAPS", "CapReached", "Caps", "check_length"]
 CAP_SETTINGS = {
     "senders": "max_senders",
     "templates": "max_templates",
+    "templates_per_waba": "max_templates_per_waba",
     "idempotency_keys": "max_idempotency_keys",
     "id_length": "max_id_length",
     "template_id_length": "max_template_id_length",
@@ -37,6 +38,10 @@ class Caps:
     senders: int = 100_000
     #: Message templates known at once (every WABA's together).
     templates: int = 100_000
+    #: Templates of one WABA (templates that name none count together as one),
+    #: so that no WABA can take the whole of ``templates`` from the others.
+    #: Meta allows 6 000 per verified WABA; the default leaves room above it.
+    templates_per_waba: int = 10_000
     #: Idempotency keys remembered at once (each lives for the profile's
     #: ``idempotency_ms``); a new key beyond it is refused, a repeat still answers.
     idempotency_keys: int = 2_000_000
@@ -52,6 +57,7 @@ class Caps:
         for name, lo, hi in (
             ("senders", 1, 1 << 40),
             ("templates", 1, 1 << 40),
+            ("templates_per_waba", 1, 1 << 40),
             ("idempotency_keys", 1, 1 << 40),
             ("id_length", 1, MAX_ID_LEN),
             ("template_id_length", 1, MAX_TEMPLATE_LEN),

@@ -429,16 +429,37 @@ def check_template_update(st: PolicyState, u: ev.TemplateUpdate) -> None:
         value = getattr(u, name)
         check_length(capped, name, value, caps.template_id_length, "max_template_id_length")
     check_length(capped, "waba_id", u.waba_id, caps.id_length, "max_id_length")
-    known = len(st.templates)
-    if known >= caps.templates and find_template(st, u.template_id, u.template_name) is None:
-        capped["max_templates"] += 1
-        raise CapReached(
-            "template_id", "max_templates", caps.templates, f"{known} templates are known"
-        )
+    t = find_template(st, u.template_id, u.template_name)
+    if t is None:
+        template_room(st, u.waba_id)
+    elif u.waba_id and u.waba_id != t.waba_id:
+        template_room(st, u.waba_id, moved=True)
     if int(u.status) not in _TEMPLATE_STATUSES:
         raise InvalidArgument("status", f"status: unknown value {u.status!r}")
     if u.paused_until_unix_ms < 0:
         raise InvalidArgument("paused_until_unix_ms", "paused_until_unix_ms: must be >= 0")
+
+
+def template_room(st: PolicyState, waba_id: str, moved: bool = False) -> None:
+    """:class:`CapReached` (counted) unless one more template fits in all
+    (``max_templates``; not asked when one ``moved`` from another WABA) and in
+    WABA ``waba_id`` (``max_templates_per_waba``)."""
+    caps = st.caps
+    known = len(st.templates)
+    if not moved and known >= caps.templates:
+        st.capped["max_templates"] += 1
+        raise CapReached(
+            "template_id", "max_templates", caps.templates, f"{known} templates are known"
+        )
+    in_waba = st.waba_templates[waba_id]
+    if in_waba >= caps.templates_per_waba:
+        st.capped["max_templates_per_waba"] += 1
+        raise CapReached(
+            "waba_id" if moved else "template_id",
+            "max_templates_per_waba",
+            caps.templates_per_waba,
+            f"{in_waba} templates of WABA {waba_id!r} are known",
+        )
 
 
 def on_template_update(st: PolicyState, u: ev.TemplateUpdate, now: int) -> ApplyResult:
@@ -466,13 +487,13 @@ def on_template_update(st: PolicyState, u: ev.TemplateUpdate, now: int) -> Apply
     created = t is None
     if t is None:
         t = Template(u.template_id, u.template_name, u.waba_id)
-        st.templates[t.id] = t
+        st.add_template(t)
     if u.template_name and u.template_name != t.name:
         t.name = u.template_name
     if t.name:
         st.template_names[t.name] = t
-    if u.waba_id:
-        t.waba_id = u.waba_id
+    if u.waba_id and u.waba_id != t.waba_id:
+        st.move_template(t, u.waba_id)
     if status == S.PAUSED:
         return _pause(st, t, u, start, now)
     if status in (S.UNPAUSED, S.APPROVED):
@@ -534,11 +555,16 @@ def hold_template(st: PolicyState, sender: Sender, template: str, code: int, now
     """A send with ``template`` failed with Meta's ``code`` (paused, disabled): the
     template is held until Meta's UNPAUSED or APPROVED. A phrase, or "" when the
     template is disabled or paused already (a pause with a known end explains
-    the failure and ends as Meta said)."""
+    the failure and ends as Meta said), or unknown with no room for it under the
+    template caps (the refusal is counted)."""
     t = find_template(st, template)
     if t is None:
+        try:
+            template_room(st, sender.waba_id)
+        except CapReached:
+            return ""  # counted; the send result applies without the hold
         t = Template(template, "", sender.waba_id)
-        st.templates[t.id] = t
+        st.add_template(t)
     if t.disabled or now < t.paused_until:
         return ""
     t.status = int(ev.TemplateStatus.PAUSED)

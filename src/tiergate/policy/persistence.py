@@ -362,7 +362,7 @@ def _restore_objects(st: PolicyState, state: dict[str, Any]) -> None:
             st.by_display[s.display] = s
     for d in state["templates"]:
         t = Template.from_dict(d)
-        st.templates[t.id] = t
+        st.add_template(t)
         if t.name:
             st.template_names[t.name] = t
     for idx, reach in state.get("reach", ()):

@@ -344,6 +344,9 @@ class PolicyState:
     by_display: dict[str, Sender] = field(default_factory=dict)
     templates: dict[str, Template] = field(default_factory=dict)
     template_names: dict[str, Template] = field(default_factory=dict)
+    #: Templates known per WABA id ("": those that name none), as
+    #: ``max_templates_per_waba`` counts them (``add_template``, ``move_template``).
+    waba_templates: Counter[str] = field(default_factory=Counter)
     #: The last ticket id handed out.
     ticket: int = 0
     #: Counts applied feedback events and sender re-derivations (tier, limit,
@@ -376,6 +379,20 @@ class PolicyState:
     caps: Caps = DEFAULT_CAPS
     capped: Counter[str] = field(default_factory=Counter)
 
+    def add_template(self, t: Template) -> None:
+        """Know ``t`` by its id, counted in its WABA (its name is the caller's)."""
+        self.templates[t.id] = t
+        self.waba_templates[t.waba_id] += 1
+
+    def move_template(self, t: Template, waba_id: str) -> None:
+        """``t`` belongs to ``waba_id`` from now on."""
+        counts = self.waba_templates
+        counts[t.waba_id] -= 1
+        if counts[t.waba_id] <= 0:
+            del counts[t.waba_id]
+        t.waba_id = waba_id
+        counts[waba_id] += 1
+
     def clear(self) -> None:
         """Forget every scope, sender, template, key, link and count."""
         self.scopes = []
@@ -385,6 +402,7 @@ class PolicyState:
         self.by_display = {}
         self.templates = {}
         self.template_names = {}
+        self.waba_templates = Counter()
         self.ticket = 0
         self.keys.order.clear()
         self.seen = {}
