@@ -13,6 +13,9 @@ recipient, score: its last send), the layout of the usual sliding-window script.
 
     .venv/bin/python benchmarks/redis_memory.py --quick      # 100 000 recipients
     .venv/bin/python benchmarks/redis_memory.py              # 100 000 and 1 000 000
+    .venv/bin/python benchmarks/redis_memory.py --tiny       # 10 000: proves it runs
+
+Without redis-server it prints why and writes ``{"skipped": ...}``.
 """
 
 from __future__ import annotations
@@ -94,10 +97,17 @@ async def measure_zset(port: int, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 000 recipients only")
+    parser.add_argument("--tiny", action="store_true", help="10 000 recipients: proves it runs")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args()
     _common.exit_on_sigterm()
-    sizes = (100_000,) if args.quick else (100_000, 1_000_000)
+    sizes = (10_000,) if args.tiny else (100_000,) if args.quick else (100_000, 1_000_000)
+    try:
+        _common.find_redis_server()
+    except _common.RedisMissing as e:
+        print(f"skipped: {e}")
+        _common.write_results("redis_memory", {"skipped": str(e)}, args.results_dir)
+        return
     rows = []
     with _common.redis_server() as port:
         for n in sizes:
