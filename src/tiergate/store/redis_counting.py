@@ -63,11 +63,8 @@ DEFAULT_TIMEOUT = 0.5
 _OPERATIONS = ("decide", "release", "usage", "number_update", "opt_out", "throughput")
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
-#: A row of a decide call (``ROW`` in the Lua; the recipient's digits follow it),
-#: the time a call used, and one row's answer (``ANSWER``).
+#: A row of a decide call (``ROW`` in the Lua; the recipient's digits follow it).
 _ROW = struct.Struct(">HIqqIIqB")
-_NOW = struct.Struct(">q")
-_ANSWER = struct.Struct(">bbqbqqqh")
 _MIX = 0x9E3779B97F4A7C15
 _U64 = (1 << 64) - 1
 _UNAVAILABLE = (
@@ -329,14 +326,14 @@ class RedisCounting:
             await self.load()
         raise AssertionError("unreachable")
 
-    def _decisions(self, res: bytes) -> list[Decided]:
-        (now,) = _NOW.unpack_from(res)
-        if now:
-            self.server_now = now
-        return [
-            Decided(d, rsn, retry, counted, used, prev, _slot(t, gen))
-            for d, rsn, retry, counted, used, prev, t, gen in _ANSWER.iter_unpack(res[8:])
-        ]
+    def _decisions(self, res: list[int]) -> list[Decided]:
+        if res[0]:
+            self.server_now = int(res[0])
+        out = []
+        for i in range(1, len(res), 8):
+            d, rsn, retry, counted, used, prev, t, gen = res[i : i + 8]
+            out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
+        return out
 
     # -- feedback ----------------------------------------------------------------
 

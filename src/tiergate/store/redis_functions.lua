@@ -23,8 +23,8 @@
 --
 -- Cost: a decide call reads each shard hash it needs with one HMGET and writes it
 -- with one HSET, the pair entries of all its rows with one HMGET and one HSET,
--- and takes its rows as one packed string and answers one: per row the Lua does
--- no Redis call, builds no table and parses no argument strings (docs/redis.md,
+-- and takes its rows as one packed string: per row the Lua makes no Redis call
+-- and builds no table (docs/redis.md,
 -- "Where the time goes").
 
 local NEVER = -4611686018427387904
@@ -39,8 +39,8 @@ local F_REPLY_RESTRICTED = 256
 -- a row of decide's packed rows: number index, flags, limit, now, shard key index,
 -- idempotency key index (0: none), its lifetime (ms), recipient (length, text)
 local ROW = '>I2I4i8i8I4I4i8I1c0'
--- one answer: decision, reason, retry_at, counted, used, prev_counted, slot time,
--- slot generation (also what an idempotency key holds)
+-- what an idempotency key holds: its first admit's answer (decision, reason,
+-- retry_at, counted, used, prev_counted, slot time, slot generation)
 local ANSWER = '>i1i1i8i1i8i8i8i2'
 -- Fields per HMGET/HSET/HDEL/ZADD call: within Lua's stack (unpack).
 local CHUNK = 4000
@@ -73,7 +73,7 @@ local function ring(key, name, width, window, strict, m)
   local lo = tonumber(m[name .. 'lo'] or NEVER)
   return {key = key, name = name, width = width, window = window, strict = strict,
           n = fdiv(window, width) + 2, lo = lo, total = tonumber(m[name .. 'tot'] or 0),
-          cache = {}, dirty = {}, cleared = false}
+          cache = {}, dirty = {}, cleared = false, at = NEVER, atb = 0}
 end
 
 local function ring_get(r, i)
@@ -132,10 +132,14 @@ local function ring_add(r, t, d)
   if t == NEVER then
     return
   end
-  local b = fdiv(t, r.width)
+  local b = r.atb  -- (the bucket of the time last added: a batch's rows mostly share it)
+  if not (t >= r.at and t < r.at + r.width) then
+    b = fdiv(t, r.width)
+    r.at, r.atb = b * r.width, b
+  end
   if b >= r.lo then
     local i = b % r.n
-    ring_set(r, i, ring_get(r, i) + d)
+    ring_set(r, i, (r.cache[i] or ring_get(r, i)) + d)
     r.total = r.total + d
   end
 end
@@ -260,8 +264,12 @@ local function window_sweep(key, cut)
   end
 end
 
--- fields[1..n] (and values) in calls of at most CHUNK: cmd key f1 [v1] f2 [v2] ...
+-- cmd key list[1] list[2] ... in calls of at most CHUNK arguments (within Lua's
+-- stack); the replies (of a command answering one per argument) as one list.
 local function chunked(cmd, key, list)
+  if #list <= CHUNK then
+    return redis.call(cmd, key, unpack(list))
+  end
   local out = {}
   for from = 1, #list, CHUNK do
     local got = redis.call(cmd, key, unpack(list, from, math.min(#list, from + CHUNK - 1)))
@@ -274,23 +282,32 @@ local function chunked(cmd, key, list)
   return out
 end
 
--- A hash's fields read once per call into a table (field -> value or false), and
--- the fields a call changes written back once at its end.
-local function cache_read(key, fields)
+-- A hash's fields read once per call into vals (field -> value or false), from
+-- `first` on; the reply's earlier values returned (a shard hash's mark).
+local function cache_read(key, fields, vals, first)
   local got = chunked('HMGET', key, fields)
-  local vals = {}
-  for j = 1, #fields do
+  for j = first, #fields do
     vals[fields[j]] = got[j]
   end
-  return vals
+  return got[1]
 end
 
 -- one decision (steps 4 to 9) ---------------------------------------------------
 
--- A row's reads: its shard hash's values (sh.v), written fields noted in sh.dirty.
-local function decide_one(s, num, now, rcpt, nfield, sh, flags, limit, opted)
-  now = scope_clamp(s, now)
-  local vals = sh.v
+-- A row's answer: its 8 numbers at s.out[s.at ..] (numbers, not a packed string:
+-- Redis turns them into its reply without a Lua string per row).
+local function answer(s, d, rsn, retry, counted, used, last, slot_t, gen)
+  local out, at = s.out, s.at
+  out[at], out[at + 1], out[at + 2], out[at + 3] = d, rsn, retry, counted
+  out[at + 4], out[at + 5], out[at + 6], out[at + 7] = used, last, slot_t, gen
+end
+
+-- (A flag f is tested as flags % (2 * f) >= f: no function call per test.)
+-- A row's reads: the values of its shard hash (s.v: a field names one shard hash),
+-- the fields written noted in s.dirty (field -> the shard's key index k).
+local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
+  now = now > s.clock and scope_clamp(s, now) or s.clock
+  local vals = s.v
   local last, gf = NEVER, 0
   local sv = vals[rcpt]
   if sv then
@@ -302,10 +319,12 @@ local function decide_one(s, num, now, rcpt, nfield, sh, flags, limit, opted)
   if pv then
     ptat, pstart = sunpack('>i8i8', pv)
   end
-  local template, marketing = has(flags, F_TEMPLATE), has(flags, F_MARKETING)
+  local template = (flags % (2 * F_TEMPLATE) >= F_TEMPLATE)
+  local marketing = (flags % (2 * F_MARKETING) >= F_MARKETING)
   local in_window = now < window
   local in_fep = now < fep
-  local counting = template and not in_window and not (in_fep and not has(flags, F_FEP_PRICING))
+  local fep_priced = (flags % (2 * F_FEP_PRICING) >= F_FEP_PRICING)
+  local counting = template and not in_window and not (in_fep and not fep_priced)
   local needs_slot = counting and not (last > now - s.window)
   local r24 = s.r24
   local now_us = now * 1000
@@ -313,26 +332,27 @@ local function decide_one(s, num, now, rcpt, nfield, sh, flags, limit, opted)
   local pair_tat = math.max(ptat, now)
   local pair_start = pair_tat > now and pstart or now
 
-  if not has(flags, F_FORCE) then
-    if not template and not (in_window or (in_fep and has(flags, F_FEP_FREE_FORM))) then
-      return pack(ANSWER, REJECT, OUTSIDE_WINDOW, 0, 0, r24.total, last, 0, 0)
+  if not (flags % (2 * F_FORCE) >= F_FORCE) then
+    local free_form = (flags % (2 * F_FEP_FREE_FORM) >= F_FEP_FREE_FORM)
+    if not template and not (in_window or (in_fep and free_form)) then
+      return answer(s, REJECT, OUTSIDE_WINDOW, 0, 0, r24.total, last, 0, 0)
     end
     if marketing and opted then
-      return pack(ANSWER, REJECT, RECIPIENT_OPTED_OUT, 0, 0, r24.total, last, 0, 0)
+      return answer(s, REJECT, RECIPIENT_OPTED_OUT, 0, 0, r24.total, last, 0, 0)
     end
     if counting then
-      if has(flags, F_RESTRICTED) then
-        return pack(ANSWER, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
+      if (flags % (2 * F_RESTRICTED) >= F_RESTRICTED) then
+        return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
       end
       if needs_slot and r24.total >= limit then
         if limit <= 0 then
-          return pack(ANSWER, REJECT, MESSAGING_LIMIT, 0, 0, r24.total, last, 0, 0)
+          return answer(s, REJECT, MESSAGING_LIMIT, 0, 0, r24.total, last, 0, 0)
         end
         local retry = ring_next_free(r24, limit, now)
-        return pack(ANSWER, RETRY_LATER, MESSAGING_LIMIT, retry, 0, r24.total, last, 0, 0)
+        return answer(s, RETRY_LATER, MESSAGING_LIMIT, retry, 0, r24.total, last, 0, 0)
       end
-    elseif has(flags, F_REPLY_RESTRICTED) then
-      return pack(ANSWER, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
+    elseif (flags % (2 * F_REPLY_RESTRICTED) >= F_REPLY_RESTRICTED) then
+      return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
     end
     if marketing then
       if s.freq_cap > 0 then
@@ -349,25 +369,25 @@ local function decide_one(s, num, now, rcpt, nfield, sh, flags, limit, opted)
         table.sort(recent)
         if #recent >= s.freq_cap then
           local retry = recent[#recent - s.freq_cap + 1] + s.freq_window
-          return pack(ANSWER, RETRY_LATER, MARKETING_FREQUENCY, retry, 0, r24.total, last, 0, 0)
+          return answer(s, RETRY_LATER, MARKETING_FREQUENCY, retry, 0, r24.total, last, 0, 0)
         end
       end
-      if has(flags, F_QUALITY_BLOCK) then
-        return pack(ANSWER, REJECT, QUALITY_PROTECTION, 0, 0, r24.total, last, 0, 0)
+      if (flags % (2 * F_QUALITY_BLOCK) >= F_QUALITY_BLOCK) then
+        return answer(s, REJECT, QUALITY_PROTECTION, 0, 0, r24.total, last, 0, 0)
       end
     end
     if tput_tat - num.tput_tol > now_us then
       local retry = -fdiv(-(tput_tat - num.tput_tol), 1000)
-      return pack(ANSWER, RETRY_LATER, THROUGHPUT, retry, 0, r24.total, last, 0, 0)
+      return answer(s, RETRY_LATER, THROUGHPUT, retry, 0, r24.total, last, 0, 0)
     end
     if pair_tat > now and (now - pair_start >= num.pair_iv or pair_tat - pair_start > num.pair_tol) then
-      return pack(ANSWER, RETRY_LATER, PAIR_RATE, pair_tat, 0, r24.total, last, 0, 0)
+      return answer(s, RETRY_LATER, PAIR_RATE, pair_tat, 0, r24.total, last, 0, 0)
     end
   end
 
   local counted = needs_slot and 1 or 0
-  if has(flags, F_DRY_RUN) then
-    return pack(ANSWER, ADMIT, OK, 0, counted, r24.total + counted, last, 0, 0)
+  if (flags % (2 * F_DRY_RUN) >= F_DRY_RUN) then
+    return answer(s, ADMIT, OK, 0, counted, r24.total + counted, last, 0, 0)
   end
   local slot_t, gen = 0, 0
   if counting then
@@ -385,7 +405,7 @@ local function decide_one(s, num, now, rcpt, nfield, sh, flags, limit, opted)
       vals[rcpt] = pack('>i8i2', now, gen * 2)
       gen = 0
     end
-    sh.dirty[rcpt] = true
+    s.dirty[rcpt] = k
   end
   if marketing then
     local mf = 'm' .. rcpt
@@ -401,14 +421,13 @@ local function decide_one(s, num, now, rcpt, nfield, sh, flags, limit, opted)
     end
     hist[at] = now
     vals[mf] = pack('>i8i8i8i8', hist[1], hist[2], hist[3], hist[4])
-    sh.dirty[mf] = true
+    s.dirty[mf] = k
   end
-  sh.written = true
   num.tat = tput_tat + num.tput_iv
   s.tat[num.name] = num.tat
   s.pairs[nfield] = pack('>i8i8', pair_tat + num.pair_iv, pair_start)
   s.pair_dirty[nfield] = pair_tat + num.pair_iv  -- ahead of the clock: never stale now
-  return pack(ANSWER, ADMIT, OK, 0, counted, r24.total, last, slot_t, gen)
+  return answer(s, ADMIT, OK, 0, counted, r24.total, last, slot_t, gen)
 end
 
 local function load_number(s, name, args, i)
@@ -432,7 +451,7 @@ end
 local function rows_parse(blob, nums)
   local r = {num = {}, flags = {}, limit = {}, now = {}, shard = {}, kidx = {}, kms = {},
              rcpt = {}, nfield = {}}
-  local reads, seen, pfields, pseen = {}, {}, {}, {}
+  local reads, seen, pfields = {}, {}, {}
   local marketing = {}
   local pos, n = 1, 0
   while pos <= #blob do
@@ -442,30 +461,27 @@ local function rows_parse(blob, nums)
     local nfield = nums[ni].name .. ':' .. rcpt
     r.num[n], r.flags[n], r.limit[n], r.now[n], r.shard[n] = nums[ni], flags, limit, now, sk
     r.kidx[n], r.kms[n], r.rcpt[n], r.nfield[n] = kidx, kms, rcpt, nfield
-    local f, sn = reads[sk], seen[sk]
+    local f = reads[sk]
     if f == nil then
-      f, sn = {'_t'}, {}
-      reads[sk], seen[sk] = f, sn
+      f = {'_t'}
+      reads[sk] = f
     end
-    if not sn[rcpt] then
-      sn[rcpt] = true
+    if not seen[rcpt] then  -- (a field names one shard hash: one seen for all)
+      seen[rcpt] = true
       f[#f + 1] = rcpt
     end
-    if not sn[nfield] then
-      sn[nfield] = true
+    if not seen[nfield] then
+      seen[nfield] = true
       f[#f + 1] = nfield
+      pfields[#pfields + 1] = nfield
     end
     if has(flags, F_MARKETING) then
       local mf = 'm' .. rcpt
-      if not sn[mf] then
-        sn[mf] = true
+      if not seen[mf] then
+        seen[mf] = true
         f[#f + 1] = mf
       end
       marketing[#marketing + 1] = n
-    end
-    if not pseen[nfield] then
-      pseen[nfield] = true
-      pfields[#pfields + 1] = nfield
     end
   end
   r.n = n
@@ -475,25 +491,26 @@ end
 -- Each shard hash written: its changed fields in one HSET, its TTL renewed (twice
 -- ttl) when its mark (_t, Redis wall time) is older than ttl, so whatever it holds
 -- lives at least ttl from its last write.
-local function shards_save(s, keys, shards)
-  for k, sh in pairs(shards) do
-    if sh.written then
-      local w = {}
-      for f in pairs(sh.dirty) do
-        w[#w + 1] = f
-        w[#w + 1] = sh.v[f]
-      end
-      local renew = s.ttl > 0 and tonumber(sh.v['_t'] or 0) < s.wall - s.ttl
-      if renew then
-        w[#w + 1] = '_t'
-        w[#w + 1] = s.wall
-      end
-      if #w > 0 then
-        chunked('HSET', keys[k], w)
-      end
-      if renew then
-        redis.call('PEXPIRE', keys[k], 2 * s.ttl)
-      end
+local function shards_save(s, keys)
+  local writes = {}
+  for f, k in pairs(s.dirty) do
+    local w = writes[k]
+    if w == nil then
+      w = {}
+      writes[k] = w
+    end
+    w[#w + 1] = f
+    w[#w + 1] = s.v[f]
+  end
+  for k, w in pairs(writes) do
+    local renew = s.ttl > 0 and tonumber(s.marks[k] or 0) < s.wall - s.ttl
+    if renew then
+      w[#w + 1] = '_t'
+      w[#w + 1] = s.wall
+    end
+    chunked('HSET', keys[k], w)
+    if renew then
+      redis.call('PEXPIRE', keys[k], 2 * s.ttl)
     end
   end
 end
@@ -524,8 +541,8 @@ end
 -- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
 -- pair_tolerance_ms), then the rows packed in one string (ROW each): a row whose
 -- idempotency key holds a first admit answers that admit and consumes nothing.
--- Answers one string: the time used (server clock, or 0; i8), then an ANSWER per
--- row.
+-- Answers the time used (server clock, or 0), then per row: decision, reason,
+-- retry_at, counted, used, prev_counted, slot time, slot generation.
 local function decide(keys, args)
   bind()
   local s = scope_open(keys, args, 2)
@@ -544,11 +561,14 @@ local function decide(keys, args)
   local snow = server and server_now() or 0
   local r, reads, pfields, marketing = rows_parse(args[at], nums)
   -- every value the rows read, once: each shard hash, the pair entries, opt-outs
-  local shards = {}
+  s.v, s.marks, s.dirty = {}, {}, {}
   for k, fields in pairs(reads) do
-    shards[k] = {v = cache_read(keys[k], fields), dirty = {}, written = false}
+    s.marks[k] = cache_read(keys[k], fields, s.v, 2)
   end
-  s.pairs, s.pair_dirty = cache_read(keys[6], pfields), {}
+  s.pairs, s.pair_dirty = {}, {}
+  if #pfields > 0 then
+    cache_read(keys[6], pfields, s.pairs, 1)
+  end
   local opted = {}
   if #marketing > 0 then
     local list = {}
@@ -560,28 +580,28 @@ local function decide(keys, args)
       opted[i] = got[j] == 1
     end
   end
-  local out = {pack('>i8', snow)}
+  local out = {snow}
+  s.out = out
   for i = 1, r.n do
     local now = server and snow or r.now[i]
     local kidx, flags = r.kidx[i], r.flags[i]
     local prior = kidx > 0 and redis.call('GET', keys[kidx])
-    local d
+    s.at = 8 * i - 6
     if prior then  -- the key's first admit, at whichever sidecar: nothing consumed again
-      d = prior
+      answer(s, sunpack(ANSWER, prior))
     else
-      d = decide_one(s, r.num[i], now, r.rcpt[i], r.nfield[i], shards[r.shard[i]], flags,
-        r.limit[i], opted[i])
-      if kidx > 0 and string.byte(d, 1) == ADMIT and not has(flags, F_DRY_RUN) then
-        redis.call('SET', keys[kidx], d, 'PX', r.kms[i])
+      decide_one(s, r.num[i], now, r.rcpt[i], r.nfield[i], r.shard[i], flags, r.limit[i],
+        opted[i])
+      if kidx > 0 and out[s.at] == ADMIT and not has(flags, F_DRY_RUN) then
+        redis.call('SET', keys[kidx], pack(ANSWER, unpack(out, s.at, s.at + 7)), 'PX', r.kms[i])
       end
     end
-    out[i + 1] = d
   end
-  shards_save(s, keys, shards)
+  shards_save(s, keys)
   pairs_save(s, keys, 2 * r.n + 64)
   scope_save(s, keys, ttl)
   touch({keys[6], keys[7]}, 1, ttl)
-  return table.concat(out)
+  return out
 end
 
 -- release(keys: meta, r24, r7, s7, opt, scope shard; args: geometry (4), ttl,
@@ -622,7 +642,8 @@ end
 
 -- number_update(keys, args: op, field <number>:<recipient>, a, b, ttl):
 -- 'open' (keys: shard, meta; window_until a, fep_until b: never shortened; window
--- entries the scope's clock has passed swept), 'close' (keys: shard), 'hold' (keys: pairs, due; the pair owes until a, no burst before).
+-- entries the scope's clock has passed swept), 'close' (keys: shard), 'hold'
+-- (keys: pairs, due; the pair owes until a, no burst before).
 local function number_update(keys, args)
   bind()
   local op, field, a, b = args[1], args[2], tonumber(args[3]), tonumber(args[4])
