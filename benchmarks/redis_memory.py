@@ -3,10 +3,11 @@
 One limit scope and one phone number on a throwaway redis-server (no
 persistence): N distinct recipients admitted through ``RedisCounting.decide``
 in batches of 1 000, then ``INFO memory``'s ``used_memory`` against the empty
-server. Two figures: the scope's entries alone (last counted time and slot
-generation per recipient, the rings, the scope's hash), and with the number's
-entries too (each admit leaves the pair-rate TAT of its recipient, in the same
-shard hash, until the number's pair interval has passed and a sweep drops it).
+server. Two figures: with the number's entries (each admit leaves the
+pair-rate TAT of its recipient in the scope's pair hash until the number's
+pair interval has passed and a later decide call drops it), and the scope's
+entries alone (last counted time and slot generation per recipient, the
+rings, the scope's hash), after deleting the pair entries.
 
 A third for comparison: the same recipients in one sorted set (member: the
 recipient, score: its last send), the layout of the usual sliding-window script.
@@ -60,10 +61,7 @@ async def measure(port: int, n: int) -> dict[str, Any]:
         assert all(d.decision == 1 for d in got), "a recipient was refused"
     seconds = time.perf_counter() - started
     full = await _used(client)
-    async for key in client.scan_iter(match=f"{scope.tag}:c*", count=1000):
-        numbers = [f for f in await client.hkeys(key) if b":" in f]  # <number>:<recipient>
-        if numbers:
-            await client.hdel(key, *numbers)
+    await client.delete(*scope.fixed_keys()[5:7])  # the number's pair entries
     scope_only = await _used(client)
     await store.aclose()
     return {

@@ -7,9 +7,15 @@ sidecar; the function library in ``redis_functions.lua`` holds the rules (the
 reference engine's, statement for statement) and runs each call atomically
 on the one Cluster slot of its scope's hash tag.
 
-Concurrent :meth:`RedisCounting.decide` calls made in one pass of the event
-loop go to Redis as one round trip: a pipeline with one function call per
-scope, the rows of every caller of that scope in the order they were made.
+:meth:`RedisCounting.decide` ``(scope, rows) -> Future[list[Decided]]`` is
+the entry point of every decision path (Admit, and a batch's items after
+their steps 1–3): rows in, the engine's :class:`Decided` per row out, in
+order, each row seeing the ones before it. Concurrent calls made in one pass
+of the event loop go to Redis as one round trip: a pipeline with one function
+call per scope, the rows of every caller of that scope in the order they were
+made. A call's rows travel as one packed string (``_ROW`` per row, the
+recipient's digits after it; ``ROW`` in the Lua) and come back as eight
+integers per row, so a batch of any size is one argument and one reply.
 A call that Redis does not answer within ``timeout`` seconds (connection
 refused, reset, a hung server) raises :class:`StoreUnavailableError`; the
 next call connects again.

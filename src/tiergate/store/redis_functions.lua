@@ -15,7 +15,7 @@
 --   KEYS[7] due    sorted set: the same fields scored by their TAT; a decide call
 --                  drops those the clock has passed (from pairs too)
 --   KEYS[8..]      shard hashes, each holding its recipients' scope entries
---                  (recipient -> last counted i8 + gen/fresh i2; m<recipient> ->
+--                  (recipient -> last counted i6 + gen/fresh i2; m<recipient> ->
 --                  4 marketing times) and window entries (<number>:<recipient> ->
 --                  window end, fep end)
 -- Recipients are decimal strings and never computed on (they exceed 2^53);
@@ -225,11 +225,24 @@ end
 
 -- entries ---------------------------------------------------------------------
 
+-- A scope entry is 8 bytes: the last counted time in 6 (times are below 2^43;
+-- NEVER, after a release of a first count, as the lowest 6-byte number) and the
+-- slot generation and freshness (gen * 2 + fresh) in 2.
+local NEVER6 = -140737488355328
+local function scope_pack(last, gf)
+  return pack('>i6i2', last == NEVER and NEVER6 or last, gf)
+end
+
+local function scope_unpack(v)
+  local last, gf = sunpack('>i6i2', v)
+  return last == NEVER6 and NEVER or last, gf
+end
+
 local function scope_value(v)
   if not v then
     return nil
   end
-  local last, gf = sunpack('>i8i2', v)
+  local last, gf = scope_unpack(v)
   return {last = last, gen = math.floor(gf / 2), fresh = gf % 2 == 1}
 end
 
@@ -238,7 +251,7 @@ local function scope_entry(key, rcpt)
 end
 
 local function scope_entry_put(key, rcpt, e)
-  redis.call('HSET', key, rcpt, pack('>i8i2', e.last, e.gen * 2 + (e.fresh and 1 or 0)))
+  redis.call('HSET', key, rcpt, scope_pack(e.last, e.gen * 2 + (e.fresh and 1 or 0)))
 end
 
 -- A window entry: (window end, free-entry-point end); none is (NEVER, NEVER).
@@ -311,7 +324,7 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
   local last, gf = NEVER, 0
   local sv = vals[rcpt]
   if sv then
-    last, gf = sunpack('>i8i2', sv)
+    last, gf = scope_unpack(sv)
   end
   local window, fep = window_value(vals[nfield])
   local ptat, pstart = NEVER, NEVER
@@ -400,9 +413,9 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
       ring_add(s.s7, now, 1)
       gen = gen < GEN_MAX and gen + 1 or 1
       slot_t = now
-      vals[rcpt] = pack('>i8i2', now, gen * 2 + 1)
+      vals[rcpt] = scope_pack(now, gen * 2 + 1)
     else
-      vals[rcpt] = pack('>i8i2', now, gen * 2)
+      vals[rcpt] = scope_pack(now, gen * 2)
       gen = 0
     end
     s.dirty[rcpt] = k
