@@ -183,7 +183,13 @@ local function scope_open(keys, args, i)
     r24 = ring(keys[2], 'd', bucket, window, false, m),
     r7 = ring(keys[3], 'w', lbucket, lwindow, true, m),
     s7 = ring(keys[4], 's', lbucket, lwindow, true, m),
+    moves = NEVER,
   }
+end
+
+-- The first time at which ring_advance moves the ring's low bucket.
+local function ring_moves(r)
+  return (r.lo - (r.strict and 1 or 0) + 1) * r.width + r.window
 end
 
 local function scope_clamp(s, now)
@@ -191,9 +197,12 @@ local function scope_clamp(s, now)
     return s.clock
   end
   s.clock = now
-  ring_advance(s.r24, now)
-  ring_advance(s.r7, now)
-  ring_advance(s.s7, now)
+  if now >= s.moves then  -- (before s.moves no ring's low bucket moves)
+    ring_advance(s.r24, now)
+    ring_advance(s.r7, now)
+    ring_advance(s.s7, now)
+    s.moves = math.min(ring_moves(s.r24), ring_moves(s.r7), ring_moves(s.s7))
+  end
   return now
 end
 
