@@ -100,11 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     _common.exit_on_sigterm()
     sizes = (10_000,) if args.tiny else (100_000,) if args.quick else (100_000, 1_000_000)
-    try:
-        _common.find_redis_server()
-    except _common.RedisMissing as e:
-        print(f"skipped: {e}")
-        _common.write_results("redis_memory", {"skipped": str(e)}, args.results_dir)
+    if _common.redis_missing("redis_memory", args.results_dir):
         return
     rows = []
     with _common.redis_server() as port:

@@ -260,11 +260,7 @@ def main() -> None:
         n_unary, n_batch, rounds = 1_000, 5_000, 3
     else:
         n_unary, n_batch, rounds = 5_000, 50_000, 5
-    try:
-        _common.find_redis_server()
-    except _common.RedisMissing as e:
-        print(f"skipped: {e}")
-        _common.write_results("redis_store", {"skipped": str(e)}, args.results_dir)
+    if _common.redis_missing("redis_store", args.results_dir):
         return
     with _common.redis_server() as port:
         res = uvloop.run(run(port, n_unary, n_batch, rounds))

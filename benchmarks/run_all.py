@@ -51,6 +51,8 @@ MINE = {
     "redis_store",
     "redis_memory",
 }  # scripts that take --tiny (all take --results-dir)
+#: scripts whose results the headline reshapes (the others' are copied whole)
+SHAPED = {"ceiling", "load", "peers", "state_growth"}
 CHART = _common.REPO_ROOT / "docs" / "performance.png"
 
 
@@ -152,16 +154,9 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         out["peers_ratios_vs_redis_per_core"] = peers["ratios_vs_redis_per_core"]
         out["peers_target"] = peers.get("target")
-    for name in (
-        "engine",
-        "growth",
-        "memory",
-        "durability",
-        "batchpath",
-        "plan",
-        "redis_store",
-        "redis_memory",
-    ):
+    for name in ORDER:
+        if name in SHAPED:
+            continue
         data = results.get(name)
         if data:
             out[name] = {k: v for k, v in data.items() if k not in ("benchmark", "machine")}
