@@ -6,15 +6,27 @@ they never assert on speed (``make bench`` measures it).
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
-from test_bench_smoke import read, run
+from test_bench_smoke import BENCH, read, run
 
-pytestmark = pytest.mark.redis
+sys.path.insert(0, str(BENCH))
+
+import _common
 
 
+@pytest.mark.redis
 def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
+    try:
+        _common.find_redis_server()
+    except _common.RedisMissing:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("needs redis-server (`make system-deps`)")
     proc = run(
         "run_all.py",
         "--tiny",
@@ -47,3 +59,15 @@ def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
     assert row["recipients"] == 10_000
     assert 0 < row["scope_bytes_per_recipient"] <= row["bytes_per_recipient"]
     assert row["zset_bytes_per_recipient"] > 0
+
+
+def test_without_redis_server_the_benchmarks_say_so_and_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> str:
+        raise _common.RedisMissing("redis-server not found")
+
+    monkeypatch.setattr(_common, "find_redis_server", missing)
+    assert _common.redis_missing("redis_store", tmp_path)
+    data = json.loads((tmp_path / "redis_store.json").read_text(encoding="utf-8"))
+    assert data["skipped"] == "redis-server not found"
