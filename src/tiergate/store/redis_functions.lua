@@ -355,13 +355,16 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
   local pair_start = pair_tat > now and pstart or now
 
   if not (flags % (2 * F_FORCE) >= F_FORCE) then
+    -- step 4: free-form needs an open window
     local free_form = (flags % (2 * F_FEP_FREE_FORM) >= F_FEP_FREE_FORM)
     if not template and not (in_window or (in_fep and free_form)) then
       return answer(s, REJECT, OUTSIDE_WINDOW, 0, 0, r24.total, last, 0, 0)
     end
+    -- step 5: the recipient opted out of marketing
     if marketing and opted then
       return answer(s, REJECT, RECIPIENT_OPTED_OUT, 0, 0, r24.total, last, 0, 0)
     end
+    -- step 6: a counting message: sender not restricted, a slot free in 24 h
     if counting then
       if (flags % (2 * F_RESTRICTED) >= F_RESTRICTED) then
         return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
@@ -376,13 +379,15 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
     elseif (flags % (2 * F_REPLY_RESTRICTED) >= F_REPLY_RESTRICTED) then
       return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
     end
+    -- step 7: protective rules (marketing frequency cap, quality block)
     if marketing then
       if s.freq_cap > 0 then
         local horizon = now - s.freq_window
         local recent = {}
         local mv = vals['m' .. rcpt]
         if mv then
-          for _, t in ipairs({sunpack('>i8i8i8i8', mv)}) do
+          local a, b, c, d = sunpack('>i8i8i8i8', mv)  -- (not the position after)
+          for _, t in ipairs({a, b, c, d}) do
             if t > horizon then
               recent[#recent + 1] = t
             end
@@ -398,15 +403,18 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
         return answer(s, REJECT, QUALITY_PROTECTION, 0, 0, r24.total, last, 0, 0)
       end
     end
+    -- step 8: the sender's throughput bucket
     if tput_tat - num.tput_tol > now_us then
       local retry = -fdiv(-(tput_tat - num.tput_tol), 1000)
       return answer(s, RETRY_LATER, THROUGHPUT, retry, 0, r24.total, last, 0, 0)
     end
+    -- step 9: the pair-rate bucket
     if pair_tat > now and (now - pair_start >= num.pair_iv or pair_tat - pair_start > num.pair_tol) then
       return answer(s, RETRY_LATER, PAIR_RATE, pair_tat, 0, r24.total, last, 0, 0)
     end
   end
 
+  -- admitted: consume what it takes (nothing on a dry run)
   local counted = needs_slot and 1 or 0
   if (flags % (2 * F_DRY_RUN) >= F_DRY_RUN) then
     return answer(s, ADMIT, OK, 0, counted, r24.total + counted, last, 0, 0)
@@ -433,7 +441,8 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
     local mf = 'm' .. rcpt
     local hist = {NEVER, NEVER, NEVER, NEVER}
     if vals[mf] then
-      hist = {sunpack('>i8i8i8i8', vals[mf])}
+      local a, b, c, d = sunpack('>i8i8i8i8', vals[mf])
+      hist = {a, b, c, d}
     end
     local at = 1
     for j = 2, 4 do
