@@ -337,3 +337,29 @@ def test_marketing_history_near_time_zero(redis_url: str) -> None:
             await store.aclose()
 
     asyncio.run(main())
+
+
+def test_a_call_of_thousands_of_rows(redis_url: str) -> None:
+    """One call of 4 500 rows (its reads and writes split in several Redis calls
+    each) gives the engine's answers; a second over the same recipients too."""
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), timeout=SLACK)
+        engine = Engine()
+        engine.add_number(engine.add_scope(), 1, 1000, 6_000, 1)
+        scope = ScopeSpec(f"big-{uuid.uuid4().hex}")
+        number = NumberSpec("n0", 1, 1000, 6_000, 1)
+        try:
+            for start in (T0, T0 + 3_000):
+                rows = [
+                    Row(number, 14_150_000_000 + i, F_TEMPLATE, 4_000, start + i // 100)
+                    for i in range(4_500)
+                ]
+                got = await store.decide(scope, rows)
+                want = [engine.decide(r.now, 0, 0, r.recipient, r.flags, r.limit) for r in rows]
+                assert got == want
+            assert await store.client.hlen(scope.fixed_keys()[5]) == 4_000
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
