@@ -300,6 +300,18 @@ def find_redis_server() -> str:
     return path
 
 
+def redis_missing(name: str, results_dir: Path | None) -> bool:
+    """Whether redis-server is missing; if so, print why and write ``<name>.json``
+    saying the benchmark was skipped."""
+    try:
+        find_redis_server()
+    except RedisMissing as e:
+        print(f"skipped: {e}")
+        write_results(name, {"skipped": str(e)}, results_dir)
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def redis_server(timeout: float = 10.0) -> Iterator[int]:
     """Start a throwaway redis-server on a free 127.0.0.1 port; yield the port; stop it.

@@ -3,7 +3,8 @@
 ``make bench`` runs ``benchmarks/run_all.py --quick`` (a few minutes on 2
 cores); ``make bench-full`` runs it without ``--quick``. Each script runs in
 its own process, in this order, if it exists: ceiling, load, peers, engine,
-growth, memory, durability, batchpath, plan, state_growth. The chart
+growth, memory, durability, batchpath, plan, state_growth, redis_store,
+redis_memory (the last two print why and skip without redis-server). The chart
 (``docs/performance.png``) shows throughput and p99 at half load per gRPC
 shape, tiergate next to the no-op ceiling of the same run.
 
@@ -36,6 +37,8 @@ ORDER = (
     "batchpath",
     "plan",
     "state_growth",
+    "redis_store",
+    "redis_memory",
 )
 MINE = {
     "ceiling",
@@ -45,7 +48,11 @@ MINE = {
     "batchpath",
     "plan",
     "state_growth",
+    "redis_store",
+    "redis_memory",
 }  # scripts that take --tiny (all take --results-dir)
+#: scripts whose results the headline reshapes (the others' are copied whole)
+SHAPED = {"ceiling", "load", "peers", "state_growth"}
 CHART = _common.REPO_ROOT / "docs" / "performance.png"
 
 
@@ -147,7 +154,9 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         out["peers_ratios_vs_redis_per_core"] = peers["ratios_vs_redis_per_core"]
         out["peers_target"] = peers.get("target")
-    for name in ("engine", "growth", "memory", "durability", "batchpath", "plan"):
+    for name in ORDER:
+        if name in SHAPED:
+            continue
         data = results.get(name)
         if data:
             out[name] = {k: v for k, v in data.items() if k not in ("benchmark", "machine")}

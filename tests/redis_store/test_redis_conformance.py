@@ -350,3 +350,50 @@ def test_slot_generations_wrap_as_the_engine_s(redis_url: str) -> None:
         assert not await p.release(r, d.slot, d.prev_counted)  # once only
 
     run_pair(redis_url, body)
+
+
+def test_marketing_history_near_time_zero(redis_url: str) -> None:
+    """Early times (within the frequency window of 0) count only real marketing sends."""
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), timeout=SLACK)
+        engine = Engine()
+        scope = ScopeSpec(f"early-{uuid.uuid4().hex}", freq_cap=2, freq_window_ms=3_600_000)
+        engine.add_number(engine.add_scope(2, 3_600_000), 1, 1000, 1, 1000)
+        number = NumberSpec("n0", 1, 1000, 1, 1000)
+        flags = F_TEMPLATE | F_MARKETING
+        try:
+            for now in (1_000, 2_000, 3_000):
+                got = await store.decide(scope, [Row(number, RECIPIENTS[0], flags, 10, now)])
+                assert got == [engine.decide(now, 0, 0, RECIPIENTS[0], flags, 10)], now
+            assert got[0].decision == RETRY_LATER  # the third within the hour
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_call_of_thousands_of_rows(redis_url: str) -> None:
+    """One call of 4 500 rows (its reads and writes split in several Redis calls
+    each) gives the engine's answers; a second over the same recipients too."""
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), timeout=SLACK)
+        engine = Engine()
+        engine.add_number(engine.add_scope(), 1, 1000, 6_000, 1)
+        scope = ScopeSpec(f"big-{uuid.uuid4().hex}")
+        number = NumberSpec("n0", 1, 1000, 6_000, 1)
+        try:
+            for start in (T0, T0 + 3_000):
+                rows = [
+                    Row(number, 14_150_000_000 + i, F_TEMPLATE, 4_000, start + i // 100)
+                    for i in range(4_500)
+                ]
+                got = await store.decide(scope, rows)
+                want = [engine.decide(r.now, 0, 0, r.recipient, r.flags, r.limit) for r in rows]
+                assert got == want
+            assert await store.client.hlen(scope.fixed_keys()[5]) == 4_000
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())

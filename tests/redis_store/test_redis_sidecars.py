@@ -15,7 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiergate.engine.constants import ADMIT, F_TEMPLATE, MESSAGING_LIMIT, THROUGHPUT
+from tiergate.engine.constants import (
+    ADMIT,
+    F_TEMPLATE,
+    MESSAGING_LIMIT,
+    PAIR_RATE,
+    RETRY_LATER,
+    THROUGHPUT,
+)
 from tiergate.store.base import StoreUnavailableError
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import NumberSpec, Row, ScopeSpec, connect
@@ -268,9 +275,41 @@ def test_idle_keys_expire_and_opt_outs_stay(redis_url: str) -> None:
         assert 0 < await client.pttl(shard) <= 2 * scope.ttl_ms
         assert await client.pttl(shard) > 2 * scope.ttl_ms - 60_000
         assert await client.hget(shard, "_t") is not None
-        for key in scope.fixed_keys()[:4]:
+        fixed = scope.fixed_keys()
+        for key in (*fixed[:4], *fixed[5:7]):  # meta, rings, pair entries, their due times
             assert 0 < await client.pttl(key) <= scope.ttl_ms
-        assert await client.pttl(scope.fixed_keys()[4]) == -1  # opt-outs never expire
+        assert await client.pttl(fixed[4]) == -1  # opt-outs never expire
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_pair_entries_are_dropped_once_the_clock_passes_them(redis_url: str) -> None:
+    """A pair-rate entry lives while its TAT is ahead of the scope's clock: a decide
+    call drops those the clock has passed (from the pair hash and the due set), so
+    a scope holds pair entries for its recently messaged recipients only, while its
+    scope entries stay for every recipient it counted."""
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+    number = NumberSpec("a", 1, 1000, 6_000, 1)
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), timeout=SLACK)
+        client = store.client
+        pairs, due = scope.fixed_keys()[5:7]
+        rows = [Row(number, _recipient(i), F_TEMPLATE, 1000, T0 + i) for i in range(50)]
+        assert all(d.decision == ADMIT for d in await store.decide(scope, rows))
+        assert await client.hlen(pairs) == await client.zcard(due) == 50
+        # within the pair interval the entry holds: the same pair waits
+        again = await store.decide(scope, [Row(number, _recipient(3), F_TEMPLATE, 1000, T0 + 60)])
+        assert again[0][:3] == (RETRY_LATER, PAIR_RATE, T0 + 3 + 6_000)
+        later = T0 + 6_048  # every TAT but the last recipient's (T0 + 49 + 6 000) is past
+        got = await store.decide(scope, [Row(number, _recipient(99), F_TEMPLATE, 1000, later)])
+        assert got[0].decision == ADMIT
+        left = {f.decode() for f in await client.hkeys(pairs)}
+        assert left == {f"a:{_recipient(49)}", f"a:{_recipient(99)}"}
+        assert {m.decode() for m in await client.zrange(due, 0, -1)} == left
+        usage = await store.usage(scope, later, 1000)
+        assert usage.used_24h == 51  # the scope entries stay
         await store.aclose()
 
     asyncio.run(main())

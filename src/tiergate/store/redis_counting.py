@@ -7,9 +7,15 @@ sidecar; the function library in ``redis_functions.lua`` holds the rules (the
 reference engine's, statement for statement) and runs each call atomically
 on the one Cluster slot of its scope's hash tag.
 
-Concurrent :meth:`RedisCounting.decide` calls made in one pass of the event
-loop go to Redis as one round trip: a pipeline with one function call per
-scope, the rows of every caller of that scope in the order they were made.
+:meth:`RedisCounting.decide` ``(scope, rows) -> Future[list[Decided]]`` is
+the entry point of every decision path (Admit, and a batch's items after
+their steps 1–3): rows in, the engine's :class:`Decided` per row out, in
+order, each row seeing the ones before it. Concurrent calls made in one pass
+of the event loop go to Redis as one round trip: a pipeline with one function
+call per scope, the rows of every caller of that scope in the order they were
+made. A call's rows travel as one packed string (``_ROW`` per row, the
+recipient's digits after it; ``ROW`` in the Lua) and come back as eight
+integers per row, so a batch of any size is one argument and one reply.
 A call that Redis does not answer within ``timeout`` seconds (connection
 refused, reset, a hung server) raises :class:`StoreUnavailableError`; the
 next call connects again.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -53,7 +60,7 @@ __all__ = [
 #: over 2**SHARD_BITS hashes, small enough for Redis's compact listpack encoding.
 SHARD_BITS = 12
 #: Key layout version: a change of layout takes new keys, never reads old ones wrongly.
-LAYOUT = "tg2"
+LAYOUT = "tg3"
 #: Times the Redis store takes (ms): microsecond TATs stay exact in Lua's doubles.
 MAX_REDIS_TIME = 1 << 43
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
@@ -74,6 +81,8 @@ _OPERATIONS = (
 ENTRIES_PER_CALL = 2_000
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
+#: A row of a decide call (``ROW`` in the Lua; the recipient's digits follow it).
+_ROW = struct.Struct(">HIqqIIqB")
 _MIX = 0x9E3779B97F4A7C15
 _U64 = (1 << 64) - 1
 _UNAVAILABLE = (
@@ -109,8 +118,10 @@ class ScopeSpec:
         return max(window_ms + bucket_ms, long_window_ms + long_bucket_ms)
 
     def fixed_keys(self) -> list[str]:
+        """meta, the 24 h ring, the 7-day rings, opt-outs, pair entries and their
+        due times (KEYS[1..7] of a decide call)."""
         t = self.tag
-        return [f"{t}:m", f"{t}:d", f"{t}:w", f"{t}:s", f"{t}:o"]
+        return [f"{t}:m", f"{t}:d", f"{t}:w", f"{t}:s", f"{t}:o", f"{t}:p", f"{t}:q"]
 
     def scope_shard(self, recipient: int) -> str:
         return f"{self.tag}:c{shard(recipient)}"
@@ -350,14 +361,16 @@ class RedisCounting:
         if stamp is None:
             return False
         gen, t = stamp
-        keys = [*scope.fixed_keys(), scope.scope_shard(recipient)]
+        keys = [*scope.fixed_keys()[:5], scope.scope_shard(recipient)]
         args = [*scope.geometry, scope.ttl_ms, str(recipient), t, gen, prev_counted]
         return bool(await self._run("release", keys, args))
 
     async def _number_update(
         self, scope: ScopeSpec, number: str, recipient: int, op: str, a: int, b: int
     ) -> None:
-        keys = [scope.scope_shard(recipient)]
+        fixed = scope.fixed_keys()
+        # a window lives in the recipient's shard hash, a pair hold in the pair entries
+        keys = fixed[5:7] if op == "hold" else [scope.scope_shard(recipient), fixed[0]]
         await self._run("number_update", keys, [op, f"{number}:{recipient}", a, b, scope.ttl_ms])
 
     async def open_window(
@@ -484,7 +497,7 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
     keys = s.fixed_keys()
     index: dict[str, int] = {}
     numbers: dict[str, tuple[int, NumberSpec]] = {}
-    rows: list[object] = []
+    rows: list[bytes] = []
 
     def key_at(key: str) -> int:
         at = index.get(key)
@@ -500,13 +513,16 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
                 num = numbers[r.number.name] = (len(numbers) + 1, r.number)
             rk = r.recipient
             kidx = key_at(f"{s.tag}:k:{r.key}") if r.key else 0
-            rows += (num[0], str(rk), key_at(s.scope_shard(rk)), r.flags, r.limit, r.now)
-            rows += (kidx, r.key_ms)
+            text = str(rk).encode()
+            at = key_at(s.scope_shard(rk))
+            rows.append(_ROW.pack(num[0], r.flags, r.limit, r.now, at, kidx, r.key_ms, len(text)))
+            rows.append(text)
     clock = "" if server_clock else "r"
     head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
     for _, spec in numbers.values():
         head += spec.args()
-    return keys, head + rows
+    head.append(b"".join(rows))
+    return keys, head
 
 
 async def connect(

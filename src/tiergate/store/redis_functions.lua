@@ -10,12 +10,22 @@
 --   KEYS[3] r7     string: 7 d ring of recipients (hour buckets, strict)
 --   KEYS[4] s7     string: 7 d ring of slots created (hour buckets, strict)
 --   KEYS[5] opt    set: opted-out recipients (no TTL)
---   KEYS[6..]      shard hashes, each holding its recipients' scope entries
---                  (recipient -> last counted i8 + gen/fresh i2; m<recipient> ->
---                  4 marketing times) and number entries (<number>:<recipient> ->
---                  pair TAT, pair start; window and fep ends first when open)
+--   KEYS[6] pairs  hash: <number>:<recipient> -> pair TAT, burst start (ms), only
+--                  while the TAT is ahead of the scope's clock
+--   KEYS[7] due    sorted set: the same fields scored by their TAT; a decide call
+--                  drops those the clock has passed (from pairs too)
+--   KEYS[8..]      shard hashes, each holding its recipients' scope entries
+--                  (recipient -> last counted i6 + gen/fresh i2; m<recipient> ->
+--                  4 marketing times) and window entries (<number>:<recipient> ->
+--                  window end, fep end)
 -- Recipients are decimal strings and never computed on (they exceed 2^53);
 -- times are ms within 0 .. 2^43, µs TATs stay below 2^53.
+--
+-- Cost: a decide call reads each shard hash it needs with one HMGET and writes it
+-- with one HSET, the pair entries of all its rows with one HMGET and one HSET,
+-- and takes its rows as one packed string: per row the Lua makes no Redis call
+-- and builds no table (docs/redis.md,
+-- "Where the time goes").
 
 local NEVER = -4611686018427387904
 local GEN_MAX = 2047
@@ -26,15 +36,19 @@ local THROUGHPUT, PAIR_RATE = 11, 12
 local F_TEMPLATE, F_MARKETING, F_RESTRICTED, F_QUALITY_BLOCK = 1, 2, 4, 8
 local F_FEP_FREE_FORM, F_DRY_RUN, F_FORCE, F_FEP_PRICING = 16, 32, 64, 128
 local F_REPLY_RESTRICTED = 256
--- (bit and struct are reached when a function runs: a library's load sees neither)
-local function band(a, b)
-  return bit.band(a, b)
-end
-local function pack(...)
-  return struct.pack(...)
-end
-local function sunpack(...)
-  return struct.unpack(...)
+-- a row of decide's packed rows: number index, flags, limit, now, shard key index,
+-- idempotency key index (0: none), its lifetime (ms), recipient (length, text)
+local ROW = '>I2I4i8i8I4I4i8I1c0'
+-- what an idempotency key holds: its first admit's answer (decision, reason,
+-- retry_at, counted, used, prev_counted, slot time, slot generation)
+local ANSWER = '>i1i1i8i1i8i8i8i2'
+-- Fields per HMGET/HSET/HDEL/ZADD call: within Lua's stack (unpack).
+local CHUNK = 4000
+-- bit and struct are reached when a function runs (a library's load sees neither):
+-- each entry point binds them first (bind), then calls through these locals.
+local band, pack, sunpack
+local function bind()
+  band, pack, sunpack = bit.band, struct.pack, struct.unpack
 end
 
 local function fdiv(a, b)
@@ -51,12 +65,6 @@ local function has(flags, f)
   return band(flags, f) ~= 0
 end
 
--- Shadow mode: flag bit 16 + r shadows reason r (engine.constants.SHADOW_SHIFT).
-local function shadowed(flags, rsn)
-  return band(flags, 2 ^ (16 + rsn)) ~= 0
-end
-local ANSWER_ADMIT = {ADMIT, OK, 0}
-
 -- rings ---------------------------------------------------------------------
 
 -- A ring's counts are read from its string once per bucket per call and written
@@ -65,7 +73,7 @@ local function ring(key, name, width, window, strict, m)
   local lo = tonumber(m[name .. 'lo'] or NEVER)
   return {key = key, name = name, width = width, window = window, strict = strict,
           n = fdiv(window, width) + 2, lo = lo, total = tonumber(m[name .. 'tot'] or 0),
-          cache = {}, dirty = {}, cleared = false}
+          cache = {}, dirty = {}, cleared = false, at = NEVER, atb = 0}
 end
 
 local function ring_get(r, i)
@@ -124,10 +132,14 @@ local function ring_add(r, t, d)
   if t == NEVER then
     return
   end
-  local b = fdiv(t, r.width)
+  local b = r.atb  -- (the bucket of the time last added: a batch's rows mostly share it)
+  if not (t >= r.at and t < r.at + r.width) then
+    b = fdiv(t, r.width)
+    r.at, r.atb = b * r.width, b
+  end
   if b >= r.lo then
     local i = b % r.n
-    ring_set(r, i, ring_get(r, i) + d)
+    ring_set(r, i, (r.cache[i] or ring_get(r, i)) + d)
     r.total = r.total + d
   end
 end
@@ -171,17 +183,26 @@ local function scope_open(keys, args, i)
     r24 = ring(keys[2], 'd', bucket, window, false, m),
     r7 = ring(keys[3], 'w', lbucket, lwindow, true, m),
     s7 = ring(keys[4], 's', lbucket, lwindow, true, m),
+    moves = NEVER,
   }
 end
 
+-- The first time at which ring_advance moves the ring's low bucket.
+local function ring_moves(r)
+  return (r.lo - (r.strict and 1 or 0) + 1) * r.width + r.window
+end
+
 local function scope_clamp(s, now)
-  if now < s.clock then
+  if now <= s.clock then  -- (at the clock the rings are where it put them)
     return s.clock
   end
   s.clock = now
-  ring_advance(s.r24, now)
-  ring_advance(s.r7, now)
-  ring_advance(s.s7, now)
+  if now >= s.moves then  -- (before s.moves no ring's low bucket moves)
+    ring_advance(s.r24, now)
+    ring_advance(s.r7, now)
+    ring_advance(s.s7, now)
+    s.moves = math.min(ring_moves(s.r24), ring_moves(s.r7), ring_moves(s.s7))
+  end
   return now
 end
 
@@ -211,13 +232,26 @@ local function server_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- recipient entries -----------------------------------------------------------
+-- entries ---------------------------------------------------------------------
+
+-- A scope entry is 8 bytes: the last counted time in 6 (times are below 2^43;
+-- NEVER, after a release of a first count, as the lowest 6-byte number) and the
+-- slot generation and freshness (gen * 2 + fresh) in 2.
+local NEVER6 = -140737488355328
+local function scope_pack(last, gf)
+  return pack('>i6i2', last == NEVER and NEVER6 or last, gf)
+end
+
+local function scope_unpack(v)
+  local last, gf = sunpack('>i6i2', v)
+  return last == NEVER6 and NEVER or last, gf
+end
 
 local function scope_value(v)
   if not v then
     return nil
   end
-  local last, gf = sunpack('>i8i2', v)
+  local last, gf = scope_unpack(v)
   return {last = last, gen = math.floor(gf / 2), fresh = gf % 2 == 1}
 end
 
@@ -226,208 +260,190 @@ local function scope_entry(key, rcpt)
 end
 
 local function scope_entry_put(key, rcpt, e)
-  redis.call('HSET', key, rcpt, pack('>i8i2', e.last, e.gen * 2 + (e.fresh and 1 or 0)))
+  redis.call('HSET', key, rcpt, scope_pack(e.last, e.gen * 2 + (e.fresh and 1 or 0)))
 end
 
-local function marketing_get(key, rcpt)
-  local v = redis.call('HGET', key, 'm' .. rcpt)
+-- A window entry: (window end, free-entry-point end); none is (NEVER, NEVER).
+local function window_value(v)
   if not v then
-    return {NEVER, NEVER, NEVER, NEVER}
+    return NEVER, NEVER
   end
-  local a, b, c, d = sunpack('>i8i8i8i8', v)
-  return {a, b, c, d}
+  return sunpack('>i8i8', v)
 end
 
-local function number_value(v)
-  if #v == 16 then  -- pair rate only
-    local tat, start = sunpack('>i8i8', v)
-    return {window = NEVER, fep = NEVER, tat = tat, start = start}
-  end
-  local w, f, tat, start = sunpack('>i8i8i8i8', v)
-  return {window = w, fep = f, tat = tat, start = start}
-end
-
--- Whether a number entry's every time is before cut (as no entry at all).
-local function number_stale(v, cut)
-  local e = number_value(v)
-  return e.window < cut and e.fep < cut and e.tat < cut
-end
-
--- Four fields picked at random, number entries among them dropped if stale: each
--- write sweeps, so stale entries stay about as many as live ones (pair-rate TATs
--- expire in seconds). A number entry's field is <number>:<recipient>.
-local function number_sweep(key, cut)
+-- Four fields picked at random, window entries among them dropped if both ends are
+-- past: each window written sweeps, so stale entries stay about as many as live
+-- ones. A window entry's field is <number>:<recipient>.
+local function window_sweep(key, cut)
   local pick = redis.call('HRANDFIELD', key, 4, 'WITHVALUES')
   for j = 1, #pick, 2 do
-    if string.find(pick[j], ':', 1, true) and number_stale(pick[j + 1], cut) then
-      redis.call('HDEL', key, pick[j])
+    if string.find(pick[j], ':', 1, true) then
+      local w, f = window_value(pick[j + 1])
+      if w < cut and f < cut then
+        redis.call('HDEL', key, pick[j])
+      end
     end
   end
 end
 
-local function number_pack(e)
-  if e.window == NEVER and e.fep == NEVER then
-    return pack('>i8i8', e.tat, e.start)
+-- cmd key list[1] list[2] ... in calls of at most CHUNK arguments (within Lua's
+-- stack); the replies (of a command answering one per argument) as one list.
+local function chunked(cmd, key, list)
+  if #list <= CHUNK then
+    return redis.call(cmd, key, unpack(list))
   end
-  return pack('>i8i8i8i8', e.window, e.fep, e.tat, e.start)
-end
-
-local function number_entry(key, field)
-  local v = redis.call('HGET', key, field)
-  return v and number_value(v) or nil
-end
-
--- swept: the keys this call has swept already (nil: sweep anyway)
-local function number_entry_put(key, field, e, cut, swept)
-  if e.window < cut and e.fep < cut and e.tat < cut then
-    redis.call('HDEL', key, field)  -- as no entry at all for any decision from now on
-  else
-    redis.call('HSET', key, field, number_pack(e))
-  end
-  if swept == nil or not swept[key] then
-    number_sweep(key, cut)
-    if swept ~= nil then
-      swept[key] = true
+  local out = {}
+  for from = 1, #list, CHUNK do
+    local got = redis.call(cmd, key, unpack(list, from, math.min(#list, from + CHUNK - 1)))
+    if type(got) == 'table' then
+      for j = 1, #got do
+        out[#out + 1] = got[j]
+      end
     end
   end
+  return out
+end
+
+-- A hash's fields read once per call into vals (field -> value or false), from
+-- `first` on; the reply's earlier values returned (a shard hash's mark).
+local function cache_read(key, fields, vals, first)
+  local got = chunked('HMGET', key, fields)
+  for j = first, #fields do
+    vals[fields[j]] = got[j]
+  end
+  return got[1]
 end
 
 -- one decision (steps 4 to 9) ---------------------------------------------------
 
-local function refuse(d, rsn, retry, s, last)
-  return {d, rsn, retry, 0, s.r24.total, last, 0, 0}
+-- A row's answer: its 8 numbers at s.out[s.at ..] (numbers, not a packed string:
+-- Redis turns them into its reply without a Lua string per row).
+local function answer(s, d, rsn, retry, counted, used, last, slot_t, gen)
+  local out, at = s.out, s.at
+  out[at], out[at + 1], out[at + 2], out[at + 3] = d, rsn, retry, counted
+  out[at + 4], out[at + 5], out[at + 6], out[at + 7] = used, last, slot_t, gen
 end
 
--- field f and value v appended to w (the fields of one HSET)
-local function put(w, f, v)
-  w[#w + 1] = f
-  w[#w + 1] = v
-end
-
-local function decide_one(s, num, now, rcpt, ckey, flags, limit)
-  now = scope_clamp(s, now)
-  local nfield = num.name .. ':' .. rcpt
-  local got = redis.call('HMGET', ckey, rcpt, nfield, '_t')
-  local se = scope_value(got[1])
-  local ne = got[2] and number_value(got[2]) or nil
-  local template, marketing = has(flags, F_TEMPLATE), has(flags, F_MARKETING)
-  local last = se and se.last or NEVER
-  local in_window = ne ~= nil and now < ne.window
-  local in_fep = ne ~= nil and now < ne.fep
-  local counting = template and not in_window and not (in_fep and not has(flags, F_FEP_PRICING))
+-- (A flag f is tested as flags % (2 * f) >= f: no function call per test.)
+-- A row's reads: the values of its shard hash (s.v: a field names one shard hash),
+-- the fields written noted in s.dirty (field -> the shard's key index k).
+local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
+  now = now > s.clock and scope_clamp(s, now) or s.clock
+  local vals = s.v
+  local last, gf = NEVER, 0
+  local sv = vals[rcpt]
+  if sv then
+    last, gf = scope_unpack(sv)
+  end
+  local window, fep = window_value(vals[nfield])
+  local ptat, pstart = NEVER, NEVER
+  local pv = s.pairs[nfield]
+  if pv then
+    ptat, pstart = sunpack('>i8i8', pv)
+  end
+  local template = (flags % (2 * F_TEMPLATE) >= F_TEMPLATE)
+  local marketing = (flags % (2 * F_MARKETING) >= F_MARKETING)
+  local in_window = now < window
+  local in_fep = now < fep
+  local fep_priced = (flags % (2 * F_FEP_PRICING) >= F_FEP_PRICING)
+  local counting = template and not in_window and not (in_fep and not fep_priced)
   local needs_slot = counting and not (last > now - s.window)
   local r24 = s.r24
   local now_us = now * 1000
   local tput_tat = math.max(num.tat, now_us)
-  local pair_tat = math.max(ne and ne.tat or NEVER, now)
-  local pair_start = (ne ~= nil and pair_tat > now) and ne.start or now
+  local pair_tat = math.max(ptat, now)
+  local pair_start = pair_tat > now and pstart or now
 
-  -- a refusal by a shadowed rule (flag bit 16 + reason) does not refuse: the
-  -- first is the answer if no other rule refuses, and the row consumes as an admit
-  local would
-  if not has(flags, F_FORCE) then
-    local d, retry
-    if not template and not (in_window or (in_fep and has(flags, F_FEP_FREE_FORM))) then
-      if not shadowed(flags, OUTSIDE_WINDOW) then
-        return refuse(REJECT, OUTSIDE_WINDOW, 0, s, last)
-      end
-      would = would or {REJECT, OUTSIDE_WINDOW, 0}
+  if not (flags % (2 * F_FORCE) >= F_FORCE) then
+    -- step 4: free-form needs an open window
+    local free_form = (flags % (2 * F_FEP_FREE_FORM) >= F_FEP_FREE_FORM)
+    if not template and not (in_window or (in_fep and free_form)) then
+      return answer(s, REJECT, OUTSIDE_WINDOW, 0, 0, r24.total, last, 0, 0)
     end
-    if marketing and redis.call('SISMEMBER', s.opt, rcpt) == 1 then
-      if not shadowed(flags, RECIPIENT_OPTED_OUT) then
-        return refuse(REJECT, RECIPIENT_OPTED_OUT, 0, s, last)
-      end
-      would = would or {REJECT, RECIPIENT_OPTED_OUT, 0}
+    -- step 5: the recipient opted out of marketing
+    if marketing and opted then
+      return answer(s, REJECT, RECIPIENT_OPTED_OUT, 0, 0, r24.total, last, 0, 0)
     end
+    -- step 6: a counting message: sender not restricted, a slot free in 24 h
     if counting then
-      if has(flags, F_RESTRICTED) then
-        if not shadowed(flags, SENDER_RESTRICTED) then
-          return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
-        end
-        would = would or {REJECT, SENDER_RESTRICTED, 0}
+      if (flags % (2 * F_RESTRICTED) >= F_RESTRICTED) then
+        return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
       end
       if needs_slot and r24.total >= limit then
-        d, retry = REJECT, 0
-        if limit > 0 then
-          d, retry = RETRY_LATER, ring_next_free(r24, limit, now)
+        if limit <= 0 then
+          return answer(s, REJECT, MESSAGING_LIMIT, 0, 0, r24.total, last, 0, 0)
         end
-        if not shadowed(flags, MESSAGING_LIMIT) then
-          return refuse(d, MESSAGING_LIMIT, retry, s, last)
-        end
-        would = would or {d, MESSAGING_LIMIT, retry}
+        local retry = ring_next_free(r24, limit, now)
+        return answer(s, RETRY_LATER, MESSAGING_LIMIT, retry, 0, r24.total, last, 0, 0)
       end
-    elseif has(flags, F_REPLY_RESTRICTED) then
-      if not shadowed(flags, SENDER_RESTRICTED) then
-        return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
-      end
-      would = would or {REJECT, SENDER_RESTRICTED, 0}
+    elseif (flags % (2 * F_REPLY_RESTRICTED) >= F_REPLY_RESTRICTED) then
+      return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
     end
+    -- step 7: protective rules (marketing frequency cap, quality block)
     if marketing then
       if s.freq_cap > 0 then
         local horizon = now - s.freq_window
         local recent = {}
-        for _, t in ipairs(marketing_get(ckey, rcpt)) do
-          if t > horizon then
-            recent[#recent + 1] = t
+        local mv = vals['m' .. rcpt]
+        if mv then
+          local a, b, c, d = sunpack('>i8i8i8i8', mv)  -- (not the position after)
+          for _, t in ipairs({a, b, c, d}) do
+            if t > horizon then
+              recent[#recent + 1] = t
+            end
           end
         end
         table.sort(recent)
         if #recent >= s.freq_cap then
-          retry = recent[#recent - s.freq_cap + 1] + s.freq_window
-          if not shadowed(flags, MARKETING_FREQUENCY) then
-            return refuse(RETRY_LATER, MARKETING_FREQUENCY, retry, s, last)
-          end
-          would = would or {RETRY_LATER, MARKETING_FREQUENCY, retry}
+          local retry = recent[#recent - s.freq_cap + 1] + s.freq_window
+          return answer(s, RETRY_LATER, MARKETING_FREQUENCY, retry, 0, r24.total, last, 0, 0)
         end
       end
-      if has(flags, F_QUALITY_BLOCK) then
-        if not shadowed(flags, QUALITY_PROTECTION) then
-          return refuse(REJECT, QUALITY_PROTECTION, 0, s, last)
-        end
-        would = would or {REJECT, QUALITY_PROTECTION, 0}
+      if (flags % (2 * F_QUALITY_BLOCK) >= F_QUALITY_BLOCK) then
+        return answer(s, REJECT, QUALITY_PROTECTION, 0, 0, r24.total, last, 0, 0)
       end
     end
+    -- step 8: the sender's throughput bucket
     if tput_tat - num.tput_tol > now_us then
-      retry = -fdiv(-(tput_tat - num.tput_tol), 1000)
-      if not shadowed(flags, THROUGHPUT) then
-        return refuse(RETRY_LATER, THROUGHPUT, retry, s, last)
-      end
-      would = would or {RETRY_LATER, THROUGHPUT, retry}
+      local retry = -fdiv(-(tput_tat - num.tput_tol), 1000)
+      return answer(s, RETRY_LATER, THROUGHPUT, retry, 0, r24.total, last, 0, 0)
     end
+    -- step 9: the pair-rate bucket
     if pair_tat > now and (now - pair_start >= num.pair_iv or pair_tat - pair_start > num.pair_tol) then
-      if not shadowed(flags, PAIR_RATE) then
-        return refuse(RETRY_LATER, PAIR_RATE, pair_tat, s, last)
-      end
-      would = would or {RETRY_LATER, PAIR_RATE, pair_tat}
+      return answer(s, RETRY_LATER, PAIR_RATE, pair_tat, 0, r24.total, last, 0, 0)
     end
   end
-  local ans = would or ANSWER_ADMIT
 
+  -- admitted: consume what it takes (nothing on a dry run)
   local counted = needs_slot and 1 or 0
-  if has(flags, F_DRY_RUN) then
-    return {ans[1], ans[2], ans[3], counted, r24.total + counted, last, 0, 0}
+  if (flags % (2 * F_DRY_RUN) >= F_DRY_RUN) then
+    return answer(s, ADMIT, OK, 0, counted, r24.total + counted, last, 0, 0)
   end
   local slot_t, gen = 0, 0
-  local w = {}  -- the fields this admit writes to the shard hash, in one HSET
   if counting then
-    se = se or {last = NEVER, gen = 0, fresh = false}
-    for _, r in ipairs({r24, s.r7}) do
-      ring_add(r, last, -1)
-      ring_add(r, now, 1)
-    end
-    se.last = now
+    ring_add(r24, last, -1)
+    ring_add(r24, now, 1)
+    ring_add(s.r7, last, -1)
+    ring_add(s.r7, now, 1)
+    gen = math.floor(gf / 2)
     if needs_slot then
       ring_add(s.s7, now, 1)
-      se.gen = se.gen < GEN_MAX and se.gen + 1 or 1
-      se.fresh = true
-      slot_t, gen = now, se.gen
+      gen = gen < GEN_MAX and gen + 1 or 1
+      slot_t = now
+      vals[rcpt] = scope_pack(now, gen * 2 + 1)
     else
-      se.fresh = false
+      vals[rcpt] = scope_pack(now, gen * 2)
+      gen = 0
     end
-    put(w, rcpt, pack('>i8i2', se.last, se.gen * 2 + (se.fresh and 1 or 0)))
+    s.dirty[rcpt] = k
   end
   if marketing then
-    local hist = marketing_get(ckey, rcpt)
+    local mf = 'm' .. rcpt
+    local hist = {NEVER, NEVER, NEVER, NEVER}
+    if vals[mf] then
+      local a, b, c, d = sunpack('>i8i8i8i8', vals[mf])
+      hist = {a, b, c, d}
+    end
     local at = 1
     for j = 2, 4 do
       if hist[j] < hist[at] then
@@ -435,30 +451,14 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
       end
     end
     hist[at] = now
-    put(w, 'm' .. rcpt, pack('>i8i8i8i8', hist[1], hist[2], hist[3], hist[4]))
+    vals[mf] = pack('>i8i8i8i8', hist[1], hist[2], hist[3], hist[4])
+    s.dirty[mf] = k
   end
   num.tat = tput_tat + num.tput_iv
   s.tat[num.name] = num.tat
-  ne = ne or {window = NEVER, fep = NEVER, tat = NEVER, start = NEVER}
-  ne.tat = pair_tat + num.pair_iv
-  ne.start = pair_start
-  put(w, nfield, number_pack(ne))  -- its TAT is ahead: never stale now
-  -- The hash's TTL (twice ttl) is renewed when its mark (_t, Redis wall time) is
-  -- older than ttl: whatever it holds lives at least ttl from its last write.
-  local renew = s.ttl > 0 and not s.renewed[ckey] and tonumber(got[3] or 0) < s.wall - s.ttl
-  if renew then
-    put(w, '_t', s.wall)
-  end
-  redis.call('HSET', ckey, unpack(w))
-  if renew then
-    redis.call('PEXPIRE', ckey, 2 * s.ttl)
-    s.renewed[ckey] = true
-  end
-  if not s.swept[ckey] then
-    number_sweep(ckey, s.clock + 1)
-    s.swept[ckey] = true
-  end
-  return {ans[1], ans[2], ans[3], counted, r24.total, last, slot_t, gen}
+  s.pairs[nfield] = pack('>i8i8', pair_tat + num.pair_iv, pair_start)
+  s.pair_dirty[nfield] = pair_tat + num.pair_iv  -- ahead of the clock: never stale now
+  return answer(s, ADMIT, OK, 0, counted, r24.total, last, slot_t, gen)
 end
 
 local function load_number(s, name, args, i)
@@ -476,18 +476,109 @@ local function touch(keys, first, ttl)
   end
 end
 
+-- The rows of a packed string, as columns; with the fields each shard hash is read
+-- for (its rows' scope, marketing and window entries, and its mark _t), and the
+-- pair fields of all rows.
+local function rows_parse(blob, nums)
+  local r = {num = {}, flags = {}, limit = {}, now = {}, shard = {}, kidx = {}, kms = {},
+             rcpt = {}, nfield = {}}
+  local reads, seen, pfields = {}, {}, {}
+  local marketing = {}
+  local pos, n = 1, 0
+  while pos <= #blob do
+    local ni, flags, limit, now, sk, kidx, kms, rcpt
+    ni, flags, limit, now, sk, kidx, kms, rcpt, pos = sunpack(ROW, blob, pos)
+    n = n + 1
+    local nfield = nums[ni].name .. ':' .. rcpt
+    r.num[n], r.flags[n], r.limit[n], r.now[n], r.shard[n] = nums[ni], flags, limit, now, sk
+    r.kidx[n], r.kms[n], r.rcpt[n], r.nfield[n] = kidx, kms, rcpt, nfield
+    local f = reads[sk]
+    if f == nil then
+      f = {'_t'}
+      reads[sk] = f
+    end
+    if not seen[rcpt] then  -- (a field names one shard hash: one seen for all)
+      seen[rcpt] = true
+      f[#f + 1] = rcpt
+    end
+    if not seen[nfield] then
+      seen[nfield] = true
+      f[#f + 1] = nfield
+      pfields[#pfields + 1] = nfield
+    end
+    if has(flags, F_MARKETING) then
+      local mf = 'm' .. rcpt
+      if not seen[mf] then
+        seen[mf] = true
+        f[#f + 1] = mf
+      end
+      marketing[#marketing + 1] = n
+    end
+  end
+  r.n = n
+  return r, reads, pfields, marketing
+end
+
+-- Each shard hash written: its changed fields in one HSET, its TTL renewed (twice
+-- ttl) when its mark (_t, Redis wall time) is older than ttl, so whatever it holds
+-- lives at least ttl from its last write.
+local function shards_save(s, keys)
+  local writes = {}
+  for f, k in pairs(s.dirty) do
+    local w = writes[k]
+    if w == nil then
+      w = {}
+      writes[k] = w
+    end
+    w[#w + 1] = f
+    w[#w + 1] = s.v[f]
+  end
+  for k, w in pairs(writes) do
+    local renew = s.ttl > 0 and tonumber(s.marks[k] or 0) < s.wall - s.ttl
+    if renew then
+      w[#w + 1] = '_t'
+      w[#w + 1] = s.wall
+    end
+    chunked('HSET', keys[k], w)
+    if renew then
+      redis.call('PEXPIRE', keys[k], 2 * s.ttl)
+    end
+  end
+end
+
+-- The pair entries written, and those whose TAT the clock has passed dropped (as
+-- no entry at all for any decision from now on), at most `bound` of them a call.
+local function pairs_save(s, keys, bound)
+  local w, z = {}, {}
+  for f, tat in pairs(s.pair_dirty) do
+    w[#w + 1] = f
+    w[#w + 1] = s.pairs[f]
+    z[#z + 1] = tat
+    z[#z + 1] = f
+  end
+  if #w > 0 then
+    chunked('HSET', keys[6], w)
+    chunked('ZADD', keys[7], z)
+  end
+  local stale = redis.call('ZRANGEBYSCORE', keys[7], '-inf', s.clock, 'LIMIT', 0, bound)
+  if #stale > 0 then  -- (the lowest scores: ranks 0 .. #stale - 1)
+    chunked('HDEL', keys[6], stale)
+    redis.call('ZREMRANGEBYRANK', keys[7], 0, #stale - 1)
+  end
+end
+
 -- decide(keys, args): args = now ('' for Redis TIME), bucket_ms, window_ms,
 -- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
 -- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
--- pair_tolerance_ms), then per row (number 1.., recipient, shard key index,
--- flags, limit, now, idempotency key's key index or 0, its lifetime in ms): a
--- row whose key holds a first admit answers that admit and consumes nothing. Answers the time used (server
--- clock, or 0) then per row: decision, reason, retry_at, counted, used,
--- prev_counted, slot time, slot generation.
+-- pair_tolerance_ms), then the rows packed in one string (ROW each): a row whose
+-- idempotency key holds a first admit answers that admit and consumes nothing.
+-- Answers the time used (server clock, or 0), then per row: decision, reason,
+-- retry_at, counted, used, prev_counted, slot time, slot generation.
 local function decide(keys, args)
+  bind()
   local s = scope_open(keys, args, 2)
   s.freq_cap, s.freq_window = tonumber(args[6]), tonumber(args[7])
-  s.tat, s.swept, s.renewed = {}, {}, {}
+  s.tat = {}
   local ttl = tonumber(args[8])
   s.ttl, s.wall = ttl, ttl > 0 and server_now() or 0
   local nn = tonumber(args[9])
@@ -499,34 +590,55 @@ local function decide(keys, args)
   end
   local server = args[1] == ''
   local snow = server and server_now() or 0
+  local r, reads, pfields, marketing = rows_parse(args[at], nums)
+  -- every value the rows read, once: each shard hash, the pair entries, opt-outs
+  s.v, s.marks, s.dirty = {}, {}, {}
+  for k, fields in pairs(reads) do
+    s.marks[k] = cache_read(keys[k], fields, s.v, 2)
+  end
+  s.pairs, s.pair_dirty = {}, {}
+  if #pfields > 0 then
+    cache_read(keys[6], pfields, s.pairs, 1)
+  end
+  local opted = {}
+  if #marketing > 0 then
+    local list = {}
+    for j, i in ipairs(marketing) do
+      list[j] = r.rcpt[i]
+    end
+    local got = chunked('SMISMEMBER', keys[5], list)
+    for j, i in ipairs(marketing) do
+      opted[i] = got[j] == 1
+    end
+  end
   local out = {snow}
-  while at <= #args do
-    local now = server and snow or tonumber(args[at + 5])
-    local kidx, flags = tonumber(args[at + 6]), tonumber(args[at + 3])
+  s.out = out
+  for i = 1, r.n do
+    local now = server and snow or r.now[i]
+    local kidx, flags = r.kidx[i], r.flags[i]
     local prior = kidx > 0 and redis.call('GET', keys[kidx])
-    local d
+    s.at = 8 * i - 6
     if prior then  -- the key's first admit, at whichever sidecar: nothing consumed again
-      d = {sunpack('>i1i1i8i1i8i8i8i2', prior)}
+      answer(s, sunpack(ANSWER, prior))
     else
-      d = decide_one(s, nums[tonumber(args[at])], now, args[at + 1],
-        keys[tonumber(args[at + 2])], flags, tonumber(args[at + 4]))
-      if kidx > 0 and (d[1] == ADMIT or shadowed(flags, d[2])) and not has(flags, F_DRY_RUN) then
-        redis.call('SET', keys[kidx], pack('>i1i1i8i1i8i8i8i2', d[1], d[2], d[3], d[4], d[5],
-          d[6], d[7], d[8]), 'PX', tonumber(args[at + 7]))
+      decide_one(s, r.num[i], now, r.rcpt[i], r.nfield[i], r.shard[i], flags, r.limit[i],
+        opted[i])
+      if kidx > 0 and out[s.at] == ADMIT and not has(flags, F_DRY_RUN) then
+        redis.call('SET', keys[kidx], pack(ANSWER, unpack(out, s.at, s.at + 7)), 'PX', r.kms[i])
       end
     end
-    for k = 1, 8 do
-      out[#out + 1] = d[k]
-    end
-    at = at + 8
   end
+  shards_save(s, keys)
+  pairs_save(s, keys, 2 * r.n + 64)
   scope_save(s, keys, ttl)
+  touch({keys[6], keys[7]}, 1, ttl)
   return out
 end
 
 -- release(keys: meta, r24, r7, s7, opt, scope shard; args: geometry (4), ttl,
 -- recipient, slot time, slot generation, prev_counted) -> 1 if released.
 local function release(keys, args)
+  bind()
   local s = scope_open(keys, args, 1)
   local rcpt, t, gen, prev = args[6], tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
   local se = scope_entry(keys[6], rcpt)
@@ -548,6 +660,7 @@ end
 -- usage(keys: meta, r24, r7, s7; args: geometry (4), now ('' for TIME), limit)
 -- -> used_24h, next_slot_free_at, unique_7d, slots_7d, the time used.
 local function usage(keys, args)
+  bind()
   local s = scope_open(keys, args, 1)
   local now = args[5] == '' and server_now() or tonumber(args[5])
   local limit = tonumber(args[6])
@@ -558,29 +671,40 @@ local function usage(keys, args)
   return {s.r24.total, nxt, s.r7.total, s.s7.total, now}
 end
 
--- number_update(keys: number shard; args: op, recipient, a, b, ttl):
--- 'open' (window_until a, fep_until b: never shortened), 'close', 'hold' (pair
--- owes until a, no burst before).
+-- number_update(keys, args: op, field <number>:<recipient>, a, b, ttl):
+-- 'open' (keys: shard, meta; window_until a, fep_until b: never shortened; window
+-- entries the scope's clock has passed swept), 'close' (keys: shard), 'hold'
+-- (keys: pairs, due; the pair owes until a, no burst before).
 local function number_update(keys, args)
+  bind()
   local op, field, a, b = args[1], args[2], tonumber(args[3]), tonumber(args[4])
-  local ne = number_entry(keys[1], field)
-  if op == 'close' then
-    if ne ~= nil then
-      ne.window, ne.fep = NEVER, NEVER
-      number_entry_put(keys[1], field, ne, NEVER + 1)
+  local ttl = tonumber(args[5])
+  if op == 'hold' then
+    local tat = NEVER
+    local v = redis.call('HGET', keys[1], field)
+    if v then
+      tat = sunpack('>i8i8', v)
     end
+    tat = math.max(tat, a)
+    redis.call('HSET', keys[1], field, pack('>i8i8', tat, NEVER))
+    redis.call('ZADD', keys[2], tat, field)
+    touch(keys, 1, ttl)
     return 1
   end
-  ne = ne or {window = NEVER, fep = NEVER, tat = NEVER, start = NEVER}
-  if op == 'open' then
-    ne.window, ne.fep = math.max(ne.window, a), math.max(ne.fep, b)
-  elseif op == 'hold' then
-    ne.tat, ne.start = math.max(ne.tat, a), NEVER
-  else
+  local v = redis.call('HGET', keys[1], field)
+  local window, fep = window_value(v)
+  if op == 'close' then
+    if v then
+      redis.call('HDEL', keys[1], field)  -- as no entry at all
+    end
+    return 1
+  elseif op ~= 'open' then
     return redis.error_reply('tiergate: unknown number update ' .. op)
   end
-  number_entry_put(keys[1], field, ne, NEVER + 1)
-  touch(keys, 1, 2 * tonumber(args[5]))  -- as a decision renews it
+  window, fep = math.max(window, a), math.max(fep, b)
+  redis.call('HSET', keys[1], field, pack('>i8i8', window, fep))
+  window_sweep(keys[1], tonumber(redis.call('HGET', keys[2], 'c') or NEVER) + 1)
+  touch({keys[1]}, 1, 2 * ttl)  -- as a decision renews it
   return 1
 end
 
@@ -595,6 +719,7 @@ end
 -- throughput(keys: meta; args: number, now, pause_ms (-1: one inbound message),
 -- tput_interval_us, tput_tolerance_us, ttl_ms): moves the number's TAT (µs) forward.
 local function throughput(keys, args)
+  bind()
   local field = 't:' .. args[1]
   local now, pause = tonumber(args[2]), tonumber(args[3])
   local tat = tonumber(redis.call('HGET', keys[1], field) or NEVER)
@@ -609,54 +734,6 @@ local function throughput(keys, args)
   return 1
 end
 
--- counts(keys: meta, r24, r7, s7; args: geometry (4), now ('' for TIME)) -> the
--- time used (never before the scope's clock), used_24h, unique_7d, slots_7d, the
--- 24 h ring's low bucket, then (bucket, count) of each of its buckets that counts.
--- Reads only: the clock and rings are advanced in this call's memory, not saved.
-local function counts(keys, args)
-  local s = scope_open(keys, args, 1)
-  local now = args[5] == '' and server_now() or tonumber(args[5])
-  now = scope_clamp(s, now)
-  local r = s.r24
-  local out = {now, r.total, s.r7.total, s.s7.total, r.lo}
-  if r.total > 0 then
-    local raw = r.cleared and '' or (redis.call('GET', r.key) or '')
-    for b = r.lo, r.lo + r.n - 1 do
-      local i = b % r.n
-      local c = r.cache[i]
-      if c == nil then
-        c = #raw >= i * 4 + 4 and sunpack('>i4', raw, i * 4 + 1) or 0
-      end
-      if c ~= 0 then
-        out[#out + 1] = b
-        out[#out + 1] = c
-      end
-    end
-  end
-  return out
-end
-
--- entries(keys: meta, opt, shard hashes...; args: number, then per shard hash the
--- space-separated recipients in it) -> the number's throughput TAT, then per shard
--- hash {its recipients' (scope entry, marketing entry, number entry) values, then
--- whether each opted out}. Reads only (what a plan of a list reads).
-local function entries(keys, args)
-  local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
-  for j = 3, #keys do
-    local rs, fields = {}, {}
-    for r in string.gmatch(args[j - 1], '%S+') do
-      rs[#rs + 1] = r
-      fields[#fields + 1] = r
-      fields[#fields + 1] = 'm' .. r
-      fields[#fields + 1] = args[1] .. ':' .. r
-    end
-    out[#out + 1] = {redis.call('HMGET', keys[j], unpack(fields)),
-                     redis.call('SMISMEMBER', keys[2], unpack(rs))}
-  end
-  return out
-end
-
 local calls = {decide = decide, release = release, usage = usage,
-               number_update = number_update, opt_out = opt_out, throughput = throughput,
-               counts = counts, entries = entries}
+               number_update = number_update, opt_out = opt_out, throughput = throughput}
 -- REGISTER

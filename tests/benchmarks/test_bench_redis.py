@@ -1,0 +1,73 @@
+"""The shared store's benchmarks run end to end in their tiniest mode, from run_all too.
+
+They prove the harness works (every row measured, ratios from the same run);
+they never assert on speed (``make bench`` measures it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from test_bench_smoke import BENCH, read, run
+
+sys.path.insert(0, str(BENCH))
+
+import _common
+
+
+@pytest.mark.redis
+def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
+    try:
+        _common.find_redis_server()
+    except _common.RedisMissing:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("needs redis-server (`make system-deps`)")
+    proc = run(
+        "run_all.py",
+        "--tiny",
+        "--only",
+        "redis_store,redis_memory",
+        "--results-dir",
+        str(tmp_path),
+        "--chart",
+        "",
+        timeout=400,
+    )
+    summary = read(tmp_path / "summary.json")
+    assert summary["runs"]["redis_store"]["exit_code"] == 0
+    assert summary["runs"]["redis_memory"]["exit_code"] == 0
+
+    store = read(tmp_path / "redis_store.json")
+    rates = store["decisions_per_s"]
+    assert set(rates) == {"embedded", "redis", "batch", "zset", "two"}
+    assert all(v > 0 for v in rates.values())
+    assert all(len(v) == store["rounds"] == 1 for v in store["all"].values())
+    assert store["batch_over_zset"] == round(rates["batch"] / rates["zset"], 3)
+    assert store["redis_cpu_us_per_decision"]["batch"] > 0
+    assert 0 < store["function_share_in_commands"] < 1
+    assert "two sidecars, AdmitBatch(1000), together" in proc.stdout
+    assert "caveat:" in proc.stdout
+    assert summary["headline"]["redis_store"]["targets"]["batch_over_zset"] == 4.0
+
+    memory = read(tmp_path / "redis_memory.json")
+    (row,) = memory["runs"]
+    assert row["recipients"] == 10_000
+    assert 0 < row["scope_bytes_per_recipient"] <= row["bytes_per_recipient"]
+    assert row["zset_bytes_per_recipient"] > 0
+
+
+def test_without_redis_server_the_benchmarks_say_so_and_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> str:
+        raise _common.RedisMissing("redis-server not found")
+
+    monkeypatch.setattr(_common, "find_redis_server", missing)
+    assert _common.redis_missing("redis_store", tmp_path)
+    data = json.loads((tmp_path / "redis_store.json").read_text(encoding="utf-8"))
+    assert data["skipped"] == "redis-server not found"
