@@ -16,11 +16,11 @@ import pytest
 import uvloop
 
 from tiergate import config as cfg
+from tiergate.policy.answers import UNAVAILABLE_DETAIL
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar
 from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
-from tiergate.store.shared import UNAVAILABLE_DETAIL
 from tiergate.v1 import admission_pb2 as pb
 from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
@@ -75,13 +75,6 @@ def _request(i: int, at: int) -> pb.AdmitRequest:
     )
 
 
-@pytest.fixture
-def patient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Calls to Redis bounded by 10 s, for tests that check answers, not time (a busy
-    shared machine)."""
-    monkeypatch.setattr(redis_counting, "DEFAULT_TIMEOUT", 10.0)
-
-
 @pytest.mark.usefixtures("patient")
 def test_two_sidecars_on_one_redis_share_the_messaging_limit(redis_url: str) -> None:
     """Alone, each of the two would admit all its 140 recipients; sharing Redis, the
@@ -112,7 +105,7 @@ def test_two_sidecars_on_one_redis_share_the_messaging_limit(redis_url: str) -> 
 def test_batches_on_two_sidecars_share_the_limit_and_keys_repeat(redis_url: str) -> None:
     """AdmitBatch over Redis: batches from two sidecars admit the portfolio's limit and
     no more; a key repeated inside a batch gets the first answer (nothing counted
-    twice); AdmitColumns and AdmitStream are refused on the shared store."""
+    twice)."""
 
     async def main() -> None:
         async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
@@ -138,10 +131,6 @@ def test_batches_on_two_sidecars_share_the_limit_and_keys_repeat(redis_url: str)
             assert first.decision == pb.DECISION_ADMIT and not first.counted
             assert again.ticket == first.ticket
             assert third.reason == pb.MESSAGING_LIMIT
-
-            with pytest.raises(grpc.aio.AioRpcError) as e:
-                await a.AdmitColumns(pb.AdmitColumnsRequest())
-            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     uvloop.run(main())
 
@@ -403,8 +392,8 @@ def test_rules_the_shared_store_does_not_decide_yet_are_refused(
     redis_url: str, tmp_path: Any
 ) -> None:
     """Shadow mode and warm-up under portfolio scope refuse to start on the shared
-    store (never enforcing less than alone); PlanCampaign, WatchSenderState and
-    AdmitColumns answer FAILED_PRECONDITION there."""
+    store (never enforcing less than alone); PlanCampaign and WatchSenderState
+    answer FAILED_PRECONDITION there."""
     from dataclasses import replace
 
     from tiergate.server.app import StartupError

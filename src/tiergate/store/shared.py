@@ -23,13 +23,22 @@ reconciled into Redis afterwards: see docs/redis.md).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
 from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
 from tiergate.policy.admission import Pending, admit_finish, admit_prepare
-from tiergate.policy.answers import AdmitResult
-from tiergate.policy.requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
+from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
+from tiergate.policy.columnar import (
+    ColumnsLike,
+    ColumnsResult,
+    Step,
+    admit_columns_steps,
+    admit_requests_steps,
+    run_async,
+)
+from tiergate.policy.requests import AdmitLike, Checked
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
 from tiergate.policy.state import LimitScope
@@ -43,8 +52,7 @@ __all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "MirroredCounting", "SharedAd
 #: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
 Change = Callable[[], Awaitable[object]]
 
-#: What a refusal for an unreachable store says, and how soon to retry.
-UNAVAILABLE_DETAIL = "store unavailable: retry shortly"
+#: How soon a refusal for an unreachable store says to retry.
 RETRY_AFTER_MS = 1_000
 
 
@@ -113,36 +121,45 @@ class SharedAdmission:
 
     async def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
         """Validate every request (an error names ``requests[i].<field>``), then decide
-        them in order: steps 1–3 item by item, steps 4–9 of the items so far in one
-        round trip (one function call per limit scope), then their answers. A part
-        ends before an item whose idempotency key an item of the part holds, so the
-        repeat sees the first's answer."""
-        checked = [well_formed(r) or check_one(r, f"requests[{i}].") for i, r in enumerate(reqs)]
+        them in order through the columns (``policy.columnar``), each step's rows in
+        Redis in one round trip (:meth:`_decide_step`)."""
+        steps = admit_requests_steps(self.service.state, reqs, now_ms)
+        return await run_async(steps, self._decide_step)
+
+    async def admit_columns(self, req: ColumnsLike, now_ms: int) -> ColumnsResult:
+        """AdmitColumns: every column validated, then the items decided in order as
+        :meth:`admit_many` decides them."""
+        return await run_async(
+            admit_columns_steps(self.service.state, req, now_ms), self._decide_step
+        )
+
+    async def _decide_step(self, step: Step) -> None:
+        """Steps 4–9 of a columnar step's rows in Redis: one function call per limit
+        scope, all in one round trip; while Redis cannot be reached, as
+        ``--store-failure`` says (:meth:`_unavailable`)."""
+        batch, rows, items, out = step
         st = self.service.state
-        out: list[AdmitResult | None] = [None] * len(checked)
-        at = 0
-        while at < len(checked):
-            part: list[tuple[int, Pending]] = []
-            held: set[tuple[str, str]] = set()
-            for i in range(at, len(checked)):
-                c = checked[i]
-                if c[5] and (c[0], c[5]) in held:
-                    break
-                try:
-                    p = admit_prepare(st, c, now_ms)
-                except KeyConflict as e:
-                    raise e.at(f"requests[{i}].idempotency_key") from None
-                at = i + 1
-                if isinstance(p, Pending):
-                    part.append((i, p))
-                    if c[5]:
-                        held.add((c[0], c[5]))
-                else:
-                    out[i] = p
-            decided = await self._decide_part([p for _, p in part])
-            for (i, p), d in zip(part, decided, strict=True):
-                out[i] = d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
-        return [r for r in out if r is not None]
+        keys: list[str] = []
+        if items.keys:
+            names, sidx, ikeys = items.senders, items.sender_index, items.keys
+            keys = [f"{names[sidx[i]]}:{ikeys[i]}" if ikeys[i] else "" for i in rows]
+        try:
+            await self.counting.decide_batch(batch, self.number, keys, st.profile.idempotency_ms)
+            self.available = True
+        except StoreUnavailableError:
+            self.available = False
+            self.unavailable_answers += len(rows)
+            if self.failure == "open":
+                st.engine.decide_batch(batch)
+                return
+            n = len(rows)
+            batch.decision = array("b", bytes([RETRY_LATER])) * n
+            batch.reason = array("b", bytes([REASON_UNSPECIFIED])) * n
+            batch.retry_at = array("q", [t + RETRY_AFTER_MS for t in batch.now])
+            batch.counted = array("b", bytes(n))
+            batch.used, batch.prev_counted, batch.slot = (array("q", bytes(8 * n)) for _ in "upr")
+            batch.decided = n
+            out.unavailable.update(rows)
 
     async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
         """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""

@@ -1,0 +1,307 @@
+"""AdmitBatch, AdmitColumns and AdmitStream over Redis, through the columnar path.
+
+The same batches and columns decided by an embedded service and by a shared one
+(``store/shared.py``: the columnar path's steps decided in Redis) give the same
+answers, tickets included; each step is one round trip; two sidecars sending
+columns and streams to one Redis never admit past the portfolio's limit; with
+Redis gone, ``--store-failure`` decides what every row gets, within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from policy.helpers import T0, H, S, add_sender, rcpt, req, service
+
+from tiergate.engine.constants import ADMIT, RETRY_LATER, UNKNOWN_SENDER
+from tiergate.policy import events as ev
+from tiergate.policy.answers import UNAVAILABLE_DETAIL
+from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
+from tiergate.policy.requests import AdmitRequest, KeyConflict
+from tiergate.policy.service import AdmissionService
+from tiergate.store.location import parse_store
+from tiergate.store.redis_counting import connect
+from tiergate.store.shared import SharedAdmission
+from tiergate.v1 import admission_pb2 as pb
+
+from .redis_harness import RedisProcess
+from .test_redis_serve import SENDER, _config, _request, serving
+
+pytestmark = pytest.mark.redis
+
+#: A bound for calls in tests that check answers, not time (a busy shared machine).
+SLACK = 10.0
+
+
+def _services() -> tuple[AdmissionService, AdmissionService, list[str]]:
+    """An embedded service and one to share through Redis, with the same senders: two
+    of one portfolio, one of another, named afresh (their limit scopes new in Redis)."""
+    tag = uuid.uuid4().hex[:12]
+    senders = [f"s{i}-{tag}" for i in range(3)]
+    a, b = service(), service()
+    for svc in (a, b):
+        for i, sid in enumerate(senders):
+            pf = f"pf-{tag}-{'b' if i == 2 else 'a'}"
+            add_sender(svc, sid, portfolio_id=pf, tier="TIER_250")
+    return a, b, senders
+
+
+async def _shared(url: str, svc: AdmissionService, failure: str = "closed") -> SharedAdmission:
+    counting = await connect(parse_store(url), timeout=SLACK)
+    return SharedAdmission(svc, counting, "open" if failure == "open" else "closed")
+
+
+def _columns(out: ColumnsResult) -> tuple[Any, ...]:
+    return (
+        bytes(out.decisions),
+        bytes(out.reasons),
+        bytes(out.counted),
+        out.retry_at_unix_ms.tolist(),
+        out.limit.tolist(),
+        out.used.tolist(),
+        out.meta_error_code.tolist(),
+        out.tickets,
+        sorted(out.back_offs),
+    )
+
+
+item = st.tuples(
+    st.integers(0, 2),  # sender
+    st.integers(0, 6),  # recipient
+    st.sampled_from([ev.Category.MARKETING, ev.Category.UTILITY, ev.Category.AUTHENTICATION]),
+    st.sampled_from(["", "", "", "k1", "k2"]),  # idempotency key
+    st.one_of(st.integers(0, 50), st.integers(0, 8_000)),  # ms after the item before
+    st.integers(0, 9),  # 0: a dry run
+)
+batches = st.lists(
+    st.tuples(st.booleans(), st.lists(item, min_size=1, max_size=12)), min_size=1, max_size=6
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(walk=batches)
+def test_batches_and_columns_answer_as_on_the_embedded_store(
+    redis_url: str, walk: list[tuple[bool, list[tuple[int, int, int, str, int, int]]]]
+) -> None:
+    """Batches (AdmitBatch's ``admit_many``) and columns (AdmitColumns), with keys
+    repeated, dry runs mixed in and two portfolios: the shared store answers as the
+    embedded one, answer for answer, tickets and counts included; each step of the
+    columnar path is one round trip."""
+    embedded, svc, senders = _services()
+
+    async def main() -> None:
+        shared = await _shared(redis_url, svc)
+        at = T0
+        try:
+            for columns, items in walk:
+                reqs: list[AdmitRequest] = []
+                for s, r, cat, key, dt, dry in items:
+                    at += dt
+                    reqs.append(req(senders[s], rcpt(r), at, category=cat, key=key, dry=dry == 0))
+                before = shared.counting.round_trips
+                cols = AdmitColumns.from_requests(reqs)
+                try:
+                    want = (
+                        _columns(admit_columns(embedded, cols, at))
+                        if columns
+                        else embedded.admit_many(reqs, at)
+                    )
+                except KeyConflict as e:  # a key reused for another request: refused
+                    with pytest.raises(KeyConflict, match=re.escape(str(e))):
+                        await (
+                            shared.admit_columns(cols, at)
+                            if columns
+                            else shared.admit_many(reqs, at)
+                        )
+                    assert shared.counting.round_trips == before
+                    continue
+                if columns:
+                    assert _columns(await shared.admit_columns(cols, at)) == want
+                else:
+                    assert await shared.admit_many(reqs, at) == want
+                trips = shared.counting.round_trips - before
+                assert 1 <= trips <= len(reqs)
+        finally:
+            await shared.counting.aclose()
+
+    asyncio.run(main())
+
+
+def test_one_round_trip_per_batch_and_per_part(redis_url: str) -> None:
+    """A batch of two portfolios' items is one round trip (one function call per
+    scope); a key repeated inside it parts it (the repeat sees the first's answer):
+    one round trip per part. Concurrent batches of one loop pass share one."""
+    embedded, svc, senders = _services()
+
+    async def main() -> None:
+        shared = await _shared(redis_url, svc)
+        trips = shared.counting
+        try:
+            reqs = [
+                req(senders[i % 3], rcpt(i), T0 + i, category=ev.Category.UTILITY)
+                for i in range(60)
+            ]
+            got = await shared.admit_many(reqs, T0)
+            assert trips.round_trips == 1
+            assert got == embedded.admit_many(reqs, T0)
+            assert all(r.decision == ADMIT for r in got)
+            keyed = [req(senders[0], rcpt(100 + i), T0 + S + i, key=f"k{i}") for i in range(2)]
+            keyed += [keyed[0], req(senders[0], rcpt(103), T0 + S + 3)]
+            got = await shared.admit_many(keyed, T0 + S)
+            assert trips.round_trips == 3  # parts [0, 1] and [2, 3]: the repeat, answered here
+            assert got[2].ticket == got[0].ticket and got[3].used == got[1].used + 1
+            # two batches in flight at once: their rows share one pipeline
+            waves = [
+                [req(senders[w], rcpt(200 + 10 * w + i), T0 + 2 * S + i) for i in range(5)]
+                for w in range(3)
+            ]
+            results = await asyncio.gather(*(shared.admit_many(w, T0 + 2 * S) for w in waves))
+            assert trips.round_trips == 4
+            assert all(r.decision == ADMIT for rs in results for r in rs)
+        finally:
+            await trips.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("failure", ["closed", "open"])
+def test_a_batch_while_redis_is_gone(spare_redis: RedisProcess, failure: str) -> None:
+    """Redis killed: every row that reaches steps 4–9 is RETRY_LATER "store
+    unavailable" a second on (closed), or decided by the local engine (open); rows
+    refused before (an unknown sender) keep their answers; Redis back, decisions go
+    on there."""
+    _, svc, senders = _services()
+
+    async def main() -> None:
+        shared = await _shared(spare_redis.url, svc, failure)
+        try:
+            reqs = [
+                req(senders[0], rcpt(i), T0 + i, category=ev.Category.UTILITY) for i in range(4)
+            ]
+            reqs.append(req("nobody", rcpt(9), T0 + 5))
+            spare_redis.stop(kill=True)
+            got = await shared.admit_many(reqs, T0)
+            assert got[-1].reason == UNKNOWN_SENDER
+            if failure == "closed":
+                for i, r in enumerate(got[:4]):
+                    assert (r.decision, r.detail) == (RETRY_LATER, UNAVAILABLE_DETAIL)
+                    assert r.retry_at_unix_ms == T0 + i + 1_000 and not r.ticket
+            else:
+                assert all(r.decision == ADMIT and r.ticket for r in got[:4])
+            assert not shared.available and shared.unavailable_answers == 4
+            spare_redis.start()
+            again = await shared.admit_many(reqs[:4], T0 + H)
+            assert all(r.decision == ADMIT for r in again) and shared.available
+        finally:
+            await shared.counting.aclose()
+
+    asyncio.run(main())
+
+
+async def _stream(stub: Any, reqs: list[pb.AdmitRequest]) -> list[Any]:
+    async def gen() -> AsyncIterator[pb.AdmitRequest]:
+        for r in reqs:
+            yield r
+
+    return [r async for r in stub.AdmitStream(gen())]
+
+
+def _wire_columns(reqs: list[pb.AdmitRequest]) -> pb.AdmitColumnsRequest:
+    return pb.AdmitColumnsRequest(
+        senders=[SENDER],
+        sender_index=[0] * len(reqs),
+        recipients=[r.recipient for r in reqs],
+        kinds=bytes(r.kind for r in reqs),
+        categories=bytes(r.category for r in reqs),
+        templates=["t1"],
+        template_index=[1] * len(reqs),
+        at_unix_ms=[r.at_unix_ms for r in reqs],
+    )
+
+
+@pytest.mark.usefixtures("patient")
+def test_two_sidecars_sending_columns_and_streams_share_the_limit(redis_url: str) -> None:
+    """Sidecar A takes AdmitColumns, B AdmitStream, A and B AdmitBatch, in turn, 40
+    recipients a call: together they admit the portfolio's limit and no more."""
+
+    async def main() -> None:
+        async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
+            admitted: list[str] = []
+            limits: set[int] = set()
+            for k in range(8):
+                reqs = [_request(k * 40 + j, T0 + k * 1_000 + j * 10) for j in range(40)]
+                answers: list[tuple[int, int, int]]
+                if k % 3 == 0:
+                    cols: Any = await a.AdmitColumns(_wire_columns(reqs))
+                    answers = list(zip(cols.decisions, cols.reasons, cols.limit, strict=True))
+                elif k % 3 == 1:
+                    got = await _stream(b, reqs)
+                    answers = [(r.decision, r.reason, r.limit) for r in got]
+                else:
+                    reply: Any = await (a, b)[k % 2].AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
+                    answers = [(r.decision, r.reason, r.limit) for r in reply.responses]
+                assert len(answers) == 40
+                for r, (decision, reason, limit) in zip(reqs, answers, strict=True):
+                    limits.add(limit)
+                    if decision == pb.DECISION_ADMIT:
+                        admitted.append(r.recipient)
+                    else:
+                        assert reason == pb.MESSAGING_LIMIT
+            (limit,) = limits
+            assert 0 < limit < 320
+            assert len(admitted) == len(set(admitted)) == limit
+
+    uvloop.run(main())
+
+
+@pytest.mark.parametrize("failure", ["closed", "open"])
+def test_columns_and_streams_while_redis_is_gone(spare_redis: RedisProcess, failure: str) -> None:
+    """Redis killed under a sidecar: AdmitBatch, AdmitColumns and AdmitStream each
+    answer within a second, RETRY_LATER "store unavailable" (closed) or admitted by
+    the sidecar's own engine (open); back, they decide in Redis again."""
+
+    async def main() -> None:
+        async with serving(_config(spare_redis.url, failure)) as stub:
+            spare_redis.stop(kill=True)
+            want = pb.DECISION_RETRY_LATER if failure == "closed" else pb.DECISION_ADMIT
+            for k in range(3):
+                reqs = [_request(k * 10 + j, T0 + k * 1_000 + j) for j in range(5)]
+                started = time.monotonic()
+                if k == 0:
+                    reply: Any = await stub.AdmitBatch(
+                        pb.AdmitBatchRequest(requests=reqs), timeout=5
+                    )
+                    got = [(r.decision, r.detail) for r in reply.responses]
+                elif k == 1:
+                    cols: Any = await stub.AdmitColumns(_wire_columns(reqs), timeout=5)
+                    detail = UNAVAILABLE_DETAIL if failure == "closed" else "admitted"
+                    got = [(d, detail) for d in cols.decisions]
+                    if failure == "closed":
+                        assert all(r == 0 for r in cols.reasons)
+                        assert all(T0 + 1_000 < t <= T0 + 3_000 for t in cols.retry_at_unix_ms)
+                else:
+                    got = [(r.decision, r.detail) for r in await _stream(stub, reqs)]
+                assert time.monotonic() - started < 1.0
+                detail = UNAVAILABLE_DETAIL if failure == "closed" else "admitted"
+                assert got == [(want, detail)] * 5
+            spare_redis.start()
+            reqs = [_request(100 + j, T0 + 5_000 + j) for j in range(5)]
+            cols = await stub.AdmitColumns(_wire_columns(reqs))
+            assert list(cols.decisions) == [pb.DECISION_ADMIT] * 5
+            got_stream = await _stream(stub, [_request(200, T0 + 6_000)])
+            assert got_stream[0].decision == pb.DECISION_ADMIT
+
+    uvloop.run(main())
