@@ -78,7 +78,79 @@ class InFlight:
         return None
 
 
-class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControlServicer):
+class Deciding:
+    """The decision steps of the admission RPCs: checked requests, one checked
+    request, columns; the shared store (``shared_servicer``) awaits Redis in them."""
+
+    service: AdmissionService
+    refusal: StoreError | None
+    _clock: DecisionClock
+    _metrics: Metrics
+    _max_batch: int
+
+    def _decide(
+        self, requests: Sequence[pb.AdmitRequest], now_ms: int, rpc: str
+    ) -> list[AdmitResult]:
+        return self._decided(requests, self.service.admit_many(requests, now_ms), rpc)
+
+    def _decided(
+        self, requests: Sequence[Any], results: list[AdmitResult], rpc: str
+    ) -> list[AdmitResult]:
+        """``results``, the answers to ``requests``, counted in the metrics."""
+        if len(results) != len(requests):
+            raise RuntimeError(f"admit_many answered {len(results)} of {len(requests)} requests")
+        self._metrics.decided(results, rpc)
+        return results
+
+    async def _decide_requests(self, requests: Sequence[Any], rpc: str) -> list[AdmitResult]:
+        """Checked requests decided in order at the clock's time for them."""
+        return self._decide(requests, self._clock.batch(requests), rpc)
+
+    async def _decide_checked(self, fields: Checked) -> AdmitResult:
+        """One request whose fields passed ``requests.well_formed``'s checks."""
+        return self.service.admit_checked(fields, self._clock.now(fields[6]))
+
+    async def _decide_columns(self, request: ColumnsLike, rpc: str) -> ColumnsResult:
+        return self._admit_columns(request, rpc)
+
+    def _check_batch_size(self, n: int) -> None:
+        if n > self._max_batch:
+            raise InvalidArgument(
+                "requests", f"requests: at most {self._max_batch} per call, got {n}"
+            )
+
+    def _admit_columns(self, request: ColumnsLike, rpc: str = "AdmitColumns") -> ColumnsResult:
+        result = admit_columns(self.service, request, self._columns_time(request))
+        return self._columns_decided(request, result, rpc)
+
+    def _columns_time(self, request: ColumnsLike) -> int:
+        """The time a columnar request is decided at, once it may be decided."""
+        if self.refusal is not None:
+            raise self.refusal
+        n = len(request.recipients)
+        if n > self._max_batch:
+            raise InvalidArgument(
+                "recipients", f"recipients: at most {self._max_batch} items per call, got {n}"
+            )
+        at = request.at_unix_ms
+        if not isinstance(at, array):
+            at = array("q", at[:])
+        return self._clock.columns(at)
+
+    def _columns_decided(
+        self, request: ColumnsLike, result: ColumnsResult, rpc: str
+    ) -> ColumnsResult:
+        """``result``, the answers to ``request``, counted in the metrics."""
+        n = len(request.recipients)
+        if len(result) != n:
+            raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
+        self._metrics.decided_columns(
+            result.decisions, result.reasons, rpc, result.shadows.values()
+        )
+        return result
+
+
+class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControlServicer):
     def __init__(
         self,
         service: AdmissionService,
@@ -155,33 +227,6 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
             yield
         finally:
             self._metrics.timed(rpc, started)
-
-    def _decide(
-        self, requests: Sequence[pb.AdmitRequest], now_ms: int, rpc: str
-    ) -> list[AdmitResult]:
-        return self._decided(requests, self.service.admit_many(requests, now_ms), rpc)
-
-    def _decided(
-        self, requests: Sequence[Any], results: list[AdmitResult], rpc: str
-    ) -> list[AdmitResult]:
-        """``results``, the answers to ``requests``, counted in the metrics."""
-        if len(results) != len(requests):
-            raise RuntimeError(f"admit_many answered {len(results)} of {len(requests)} requests")
-        self._metrics.decided(results, rpc)
-        return results
-
-    # The decision steps the shared store (``shared_servicer``) takes to Redis.
-
-    async def _decide_requests(self, requests: Sequence[Any], rpc: str) -> list[AdmitResult]:
-        """Checked requests decided in order at the clock's time for them."""
-        return self._decide(requests, self._clock.batch(requests), rpc)
-
-    async def _decide_checked(self, fields: Checked) -> AdmitResult:
-        """One request whose fields passed ``requests.well_formed``'s checks."""
-        return self.service.admit_checked(fields, self._clock.now(fields[6]))
-
-    async def _decide_columns(self, request: ColumnsLike, rpc: str) -> ColumnsResult:
-        return self._admit_columns(request, rpc)
 
     # --- RPCs ------------------------------------------------------------------
 
@@ -266,42 +311,6 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         results = await self._decide_requests(reqs, "AdmitBatch")
         await self._committed()
         return results
-
-    def _check_batch_size(self, n: int) -> None:
-        if n > self._max_batch:
-            raise InvalidArgument(
-                "requests", f"requests: at most {self._max_batch} per call, got {n}"
-            )
-
-    def _admit_columns(self, request: ColumnsLike, rpc: str = "AdmitColumns") -> ColumnsResult:
-        result = admit_columns(self.service, request, self._columns_time(request))
-        return self._columns_decided(request, result, rpc)
-
-    def _columns_time(self, request: ColumnsLike) -> int:
-        """The time a columnar request is decided at, once it may be decided."""
-        if self.refusal is not None:
-            raise self.refusal
-        n = len(request.recipients)
-        if n > self._max_batch:
-            raise InvalidArgument(
-                "recipients", f"recipients: at most {self._max_batch} items per call, got {n}"
-            )
-        at = request.at_unix_ms
-        if not isinstance(at, array):
-            at = array("q", at[:])
-        return self._clock.columns(at)
-
-    def _columns_decided(
-        self, request: ColumnsLike, result: ColumnsResult, rpc: str
-    ) -> ColumnsResult:
-        """``result``, the answers to ``request``, counted in the metrics."""
-        n = len(request.recipients)
-        if len(result) != n:
-            raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
-        self._metrics.decided_columns(
-            result.decisions, result.reasons, rpc, result.shadows.values()
-        )
-        return result
 
     async def AdmitColumns(
         self, request: pb.AdmitColumnsRequest, context: Context
