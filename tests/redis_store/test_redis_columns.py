@@ -10,6 +10,7 @@ Redis gone, ``--store-failure`` decides what every row gets, within a second.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 import uuid
@@ -34,7 +35,7 @@ from tiergate.store.shared import SharedAdmission
 from tiergate.v1 import admission_pb2 as pb
 
 from .redis_harness import RedisProcess
-from .test_redis_serve import SENDER, _config, _request, serving
+from .test_redis_serve import _config, _request, serving
 
 pytestmark = pytest.mark.redis
 
@@ -220,16 +221,7 @@ async def _stream(stub: Any, reqs: list[pb.AdmitRequest]) -> list[Any]:
 
 
 def _wire_columns(reqs: list[pb.AdmitRequest]) -> pb.AdmitColumnsRequest:
-    return pb.AdmitColumnsRequest(
-        senders=[SENDER],
-        sender_index=[0] * len(reqs),
-        recipients=[r.recipient for r in reqs],
-        kinds=bytes(r.kind for r in reqs),
-        categories=bytes(r.category for r in reqs),
-        templates=["t1"],
-        template_index=[1] * len(reqs),
-        at_unix_ms=[r.at_unix_ms for r in reqs],
-    )
+    return pb.AdmitColumnsRequest(**dataclasses.asdict(AdmitColumns.from_requests(reqs)))
 
 
 @pytest.mark.usefixtures("patient")
@@ -303,5 +295,61 @@ def test_columns_and_streams_while_redis_is_gone(spare_redis: RedisProcess, fail
             assert list(cols.decisions) == [pb.DECISION_ADMIT] * 5
             got_stream = await _stream(stub, [_request(200, T0 + 6_000)])
             assert got_stream[0].decision == pb.DECISION_ADMIT
+
+    uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+def test_the_rpcs_answer_as_an_embedded_sidecar(redis_url: str) -> None:
+    """The same AdmitBatch, AdmitColumns and AdmitStream calls (recipients repeated,
+    keys repeated, marketing, utility and free-form outside a window) to an embedded
+    sidecar and to one on Redis: the same answers, but the tickets' signatures."""
+    embedded = dataclasses.replace(_config(redis_url), store=parse_store("embedded"))
+
+    def requests(k: int) -> list[pb.AdmitRequest]:
+        reqs = []
+        for j in range(30):
+            r = _request(j % 12, T0 + k * 3_000 + j * 50)
+            r.category = (pb.UTILITY, pb.MARKETING)[j % 2]
+            r.recipient = f"+4477009{j % 12:05d}"  # Meta delivers marketing to the UK
+            if j % 6 == 0:  # the same request again (and again) under its key
+                r.idempotency_key = f"key-{k}-{j % 12}"
+            if j in (5, 11, 23):  # free-form, no window open: refused
+                r.kind, r.category, r.template_id = pb.FREE_FORM, pb.CATEGORY_UNSPECIFIED, ""
+            reqs.append(r)
+        return reqs
+
+    async def answers(stub: Any, k: int, reqs: list[pb.AdmitRequest]) -> list[tuple[Any, ...]]:
+        if k % 3 == 1:
+            c: Any = await stub.AdmitColumns(_wire_columns(reqs))
+            rows = zip(
+                c.decisions,
+                c.reasons,
+                c.retry_at_unix_ms,
+                c.counted,
+                c.used,
+                c.tickets,
+                strict=True,
+            )
+            return [(*row[:5], bool(row[5])) for row in rows]
+        if k % 3 == 0:
+            got: Any = (await stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))).responses
+        else:
+            got = await _stream(stub, reqs)
+        return [
+            (r.decision, r.reason, r.retry_at_unix_ms, r.counted, r.used, bool(r.ticket), r.detail)
+            for r in got
+        ]
+
+    async def main() -> None:
+        async with serving(embedded) as alone, serving(_config(redis_url)) as shared:
+            seen: set[tuple[int, int]] = set()
+            for k in range(6):
+                reqs = requests(k)
+                want = await answers(alone, k, reqs)
+                assert await answers(shared, k, reqs) == want
+                seen.update((a[0], a[1]) for a in want)
+            admit, held = (pb.DECISION_ADMIT, pb.OK), (pb.DECISION_RETRY_LATER, pb.PAIR_RATE)
+            assert {admit, held, (pb.DECISION_REJECT, pb.OUTSIDE_WINDOW)} <= seen, seen
 
     uvloop.run(main())
