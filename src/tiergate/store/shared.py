@@ -1,11 +1,15 @@
 """Admission over the shared store: steps 1–3 here, steps 4–9 in Redis.
 
-:class:`SharedAdmission` decides a request (or a batch's items, in order) the
-way ``AdmissionService.admit_checked`` does, with steps 4–9 (window, opt-out,
+:class:`SharedAdmission` decides a request the way
+``AdmissionService.admit_checked`` does, with steps 4–9 (window, opt-out,
 messaging limit, protective rules, throughput, pair rate) decided and
 consumed by the Redis function instead of this process's engine:
 ``policy.admission.admit_prepare`` → :meth:`RedisCounting.decide` (requests
-made in one loop pass share one round trip) → ``admission.admit_finish``.
+made in one loop pass share one round trip) → ``admission.admit_finish``. A
+batch (AdmitBatch, AdmitColumns, a stream's chunk) takes the columnar path
+(``policy.columnar``) as on the embedded store, each of its steps' rows sent
+to Redis by :meth:`RedisCounting.decide_batch` instead of the engine's
+``decide_batch``.
 
 Feedback (a FAILED send's release, windows opened by inbound messages and
 closed by 131047, opt-outs, 130429, 131056) is applied by the policy layer as
