@@ -179,6 +179,35 @@ def test_one_round_trip_per_batch_and_per_part(redis_url: str) -> None:
     asyncio.run(main())
 
 
+def test_batches_on_a_cluster_answer_as_on_the_embedded_store(redis_cluster: str) -> None:
+    """On a three-master Cluster, where the two portfolios' keys hash to their own
+    slots: batches and columns answer as on the embedded store, one pipeline each."""
+    embedded, svc, senders = _services()
+    cats = (ev.Category.UTILITY, ev.Category.MARKETING)
+
+    async def main() -> None:
+        shared = await _shared(redis_cluster, svc)
+        try:
+            for k in range(4):
+                at = T0 + k * 10 * S
+                reqs = [
+                    req(senders[i % 3], rcpt(i % 9), at + i * 40, category=cats[i % 2])
+                    for i in range(36)
+                ]
+                before = shared.counting.round_trips
+                if k % 2:
+                    cols = AdmitColumns.from_requests(reqs)
+                    want = _columns(admit_columns(embedded, cols, at))
+                    assert _columns(await shared.admit_columns(cols, at)) == want
+                else:
+                    assert await shared.admit_many(reqs, at) == embedded.admit_many(reqs, at)
+                assert shared.counting.round_trips == before + 1
+        finally:
+            await shared.counting.aclose()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("failure", ["closed", "open"])
 def test_a_batch_while_redis_is_gone(spare_redis: RedisProcess, failure: str) -> None:
     """Redis killed: every row that reaches steps 4–9 is RETRY_LATER "store
