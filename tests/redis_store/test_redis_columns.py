@@ -179,6 +179,31 @@ def test_one_round_trip_per_batch_and_per_part(redis_url: str) -> None:
     asyncio.run(main())
 
 
+def test_a_key_admitted_in_a_batch_at_one_sidecar_answers_at_another(redis_url: str) -> None:
+    """Items admitted under keys in a batch at sidecar A, sent again under those keys
+    in columns at B (which never saw them): B answers A's decisions, consumes
+    nothing, and counts the next new recipient after A's."""
+    a_svc, b_svc, senders = _services()
+
+    async def main() -> None:
+        a, b = await _shared(redis_url, a_svc), await _shared(redis_url, b_svc)
+        try:
+            keyed = [req(senders[0], rcpt(i), T0 + i, key=f"order-{i}") for i in range(4)]
+            first = await a.admit_many(keyed, T0)
+            assert [r.used for r in first] == [1, 2, 3, 4] and all(r.counted for r in first)
+            again = [req(senders[0], rcpt(i), T0 + S + i, key=f"order-{i}") for i in range(4)]
+            again.append(req(senders[0], rcpt(9), T0 + S + 5))
+            out = await b.admit_columns(AdmitColumns.from_requests(again), T0 + S)
+            # decided anew, the pair rate (one a 6 s) would hold the four repeats
+            assert bytes(out.decisions) == bytes([ADMIT]) * 5
+            assert out.used.tolist() == [1, 2, 3, 4, 5] and bytes(out.counted) == b"\x01" * 5
+        finally:
+            await a.counting.aclose()
+            await b.counting.aclose()
+
+    asyncio.run(main())
+
+
 def test_batches_on_a_cluster_answer_as_on_the_embedded_store(redis_cluster: str) -> None:
     """On a three-master Cluster, where the two portfolios' keys hash to their own
     slots: batches and columns answer as on the embedded store, one pipeline each."""
