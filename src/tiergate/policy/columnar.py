@@ -62,7 +62,6 @@ __all__ = [
     "admit_columns_steps",
     "admit_requests",
     "admit_requests_steps",
-    "decide",
     "decisions",
     "run",
     "run_async",
@@ -163,11 +162,6 @@ def admit_requests_steps(
         out.result(i, senders[sidx[i]], templates[tidx[i] - 1] if tidx[i] else "")
         for i in range(r.n)
     ]
-
-
-def decide(st: PolicyState, r: Items, now_ms: int) -> ColumnsResult:
-    """:func:`decisions` decided by the engine."""
-    return run(decisions(st, r, now_ms), st.engine.decide_batch)
 
 
 def decisions(st: PolicyState, r: Items, now_ms: int) -> Steps[ColumnsResult]:
