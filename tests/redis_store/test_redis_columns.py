@@ -30,6 +30,7 @@ from tiergate.policy.columnar import AdmitColumns, ColumnsResult, admit_columns
 from tiergate.policy.requests import AdmitRequest, KeyConflict
 from tiergate.policy.service import AdmissionService
 from tiergate.server import batch_wire
+from tiergate.store.base import StoreUnavailableError
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import connect
 from tiergate.store.shared import SharedAdmission
@@ -200,6 +201,51 @@ def test_a_key_admitted_in_a_batch_at_one_sidecar_answers_at_another(redis_url: 
         finally:
             await a.counting.aclose()
             await b.counting.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("failure", ["closed", "open"])
+def test_only_the_rows_of_a_scope_redis_did_not_answer_follow_store_failure(
+    redis_url: str, failure: str
+) -> None:
+    """A Cluster node lost fails the calls of the scopes it served only: their rows get
+    what ``--store-failure`` says, the other scopes' rows are decided (and counted)
+    in Redis."""
+    _, svc, senders = _services()
+
+    async def main() -> None:
+        shared = await _shared(redis_url, svc, failure)
+        decide = shared.counting.decide
+        lost_scope = shared.scope(svc.state.senders[senders[2]].scope).name
+
+        def lost(scope: Any, rows: Any) -> Any:
+            if scope.name != lost_scope:
+                return decide(scope, rows)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(StoreUnavailableError("store unavailable: node lost"))
+            return fut
+
+        shared.counting.decide = lost  # type: ignore[method-assign]
+        try:
+            reqs = [
+                req(senders[i % 3], rcpt(i), T0 + i, category=ev.Category.UTILITY) for i in range(9)
+            ]
+            got = await shared.admit_many(reqs, T0)
+            for i, r in enumerate(got):
+                if i % 3 == 2 and failure == "closed":
+                    assert (r.decision, r.detail) == (RETRY_LATER, UNAVAILABLE_DETAIL)
+                else:
+                    assert r.decision == ADMIT and r.ticket, (i, r)
+            assert shared.unavailable_answers == 3 and not shared.available
+            # Redis counted the rows it decided, and none of the others
+            scopes = [svc.state.senders[senders[i % 3]].scope for i in range(9)]
+            for sc in {sc.key: sc for sc in scopes}.values():
+                used = (await shared.counting.usage(shared.scope(sc), T0 + S, 250)).used_24h
+                asked = sum(other is sc for other in scopes)
+                assert used == (0 if shared.scope(sc).name == lost_scope else asked)
+        finally:
+            await shared.counting.aclose()
 
     asyncio.run(main())
 

@@ -278,12 +278,17 @@ class RedisCounting:
         number_of: Callable[[int], tuple[ScopeSpec, NumberSpec]],
         keys: Sequence[str] = (),
         key_ms: int = 0,
-    ) -> None:
+    ) -> list[int]:
         """Decide ``batch``'s rows as the engine's ``decide_batch`` does, filling its
         output columns: the rows of each limit scope in order, one :meth:`decide`
         call per scope, all in one round trip. ``number_of`` gives the scope and
         number of an engine number index (``batch.number``); ``keys`` (empty: none)
-        each row's ``<sender>:<idempotency key>`` or ``""`` (see :class:`Row`)."""
+        each row's ``<sender>:<idempotency key>`` or ``""`` (see :class:`Row`).
+
+        Returns the rows left undecided (outputs zero) because their scope's call
+        found the store unavailable (:class:`StoreUnavailableError`: all of them when
+        Redis is gone; on a Cluster, those of the scopes a lost node served); the
+        other scopes' rows are decided and consumed in Redis either way."""
         n = len(batch.now)
         specs: dict[int, tuple[ScopeSpec, NumberSpec]] = {}
         groups: dict[str, tuple[ScopeSpec, list[int], list[Row]]] = {}
@@ -312,7 +317,11 @@ class RedisCounting:
             zeros[:],
             zeros[:],
         )
+        undecided: list[int] = []
         for (_, js, _), got in zip(groups.values(), await answers, strict=True):
+            if isinstance(got, StoreUnavailableError):
+                undecided += js
+                continue
             if isinstance(got, BaseException):
                 raise got
             for j, d in zip(js, got, strict=True):
@@ -320,6 +329,7 @@ class RedisCounting:
                 batch.counted[j], batch.used[j], batch.prev_counted[j] = d[3], d[4], d[5]
                 batch.slot[j] = d[6]
         batch.decided = n
+        return undecided
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}

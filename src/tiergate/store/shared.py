@@ -27,10 +27,10 @@ reconciled into Redis afterwards: see docs/redis.md).
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
+from tiergate.engine import DecisionBatch
 from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
 from tiergate.policy.admission import Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
@@ -139,31 +139,29 @@ class SharedAdmission:
 
     async def _decide_step(self, step: Step) -> None:
         """Steps 4–9 of a columnar step's rows in Redis: one function call per limit
-        scope, all in one round trip; while Redis cannot be reached, as
-        ``--store-failure`` says (:meth:`_unavailable`)."""
+        scope, all in one round trip. The rows whose scope Redis could not be asked
+        about get what ``--store-failure`` says (as :meth:`_unavailable` gives one
+        request): RETRY_LATER "store unavailable", or this process's engine's answer."""
         batch, rows, items, out = step
         st = self.service.state
         keys: list[str] = []
         if items.keys:
             names, sidx, ikeys = items.senders, items.sender_index, items.keys
             keys = [f"{names[sidx[i]]}:{ikeys[i]}" if ikeys[i] else "" for i in rows]
-        try:
-            await self.counting.decide_batch(batch, self.number, keys, st.profile.idempotency_ms)
-            self.available = True
-        except StoreUnavailableError:
-            self.available = False
-            self.unavailable_answers += len(rows)
-            if self.failure == "open":
-                st.engine.decide_batch(batch)
-                return
-            n = len(rows)
-            batch.decision = array("b", bytes([RETRY_LATER])) * n
-            batch.reason = array("b", bytes([REASON_UNSPECIFIED])) * n
-            batch.retry_at = array("q", [t + RETRY_AFTER_MS for t in batch.now])
-            batch.counted = array("b", bytes(n))
-            batch.used, batch.prev_counted, batch.slot = (array("q", bytes(8 * n)) for _ in "upr")
-            batch.decided = n
-            out.unavailable.update(rows)
+        undecided = await self.counting.decide_batch(
+            batch, self.number, keys, st.profile.idempotency_ms
+        )
+        self.available = not undecided
+        if not undecided:
+            return
+        self.unavailable_answers += len(undecided)
+        if self.failure == "open":
+            _decide_locally(st.engine, batch, undecided)
+            return
+        for j in undecided:
+            batch.decision[j], batch.reason[j] = RETRY_LATER, REASON_UNSPECIFIED
+            batch.retry_at[j] = batch.now[j] + RETRY_AFTER_MS
+        out.unavailable.update(rows[j] for j in undecided)
 
     async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
         """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""
@@ -216,6 +214,33 @@ class SharedAdmission:
             return p
         (d,) = await self._decide_part([p])
         return d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
+
+
+def _decide_locally(engine: CountingStore, batch: DecisionBatch, rows: list[int]) -> None:
+    """``batch``'s ``rows`` decided by this process's engine (``--store-failure open``)."""
+    if len(rows) == len(batch):
+        engine.decide_batch(batch)
+        return
+    part = DecisionBatch()
+    for j in rows:
+        part.add(
+            batch.now[j],
+            batch.scope[j],
+            batch.number[j],
+            batch.recipient[j],
+            batch.flags[j],
+            batch.limit[j],
+            batch.ticket[j],
+        )
+    engine.decide_batch(part)
+    for k, j in enumerate(rows):
+        batch.decision[j], batch.reason[j], batch.retry_at[j] = (
+            part.decision[k],
+            part.reason[k],
+            part.retry_at[k],
+        )
+        batch.counted[j], batch.used[j] = part.counted[k], part.used[k]
+        batch.prev_counted[j], batch.slot[j] = part.prev_counted[k], part.slot[k]
 
 
 class MirroredCounting:
