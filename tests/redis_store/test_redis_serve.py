@@ -9,16 +9,15 @@ import asyncio
 import time
 from typing import Any
 
-import grpc
 import pytest
 import uvloop
 
 from tiergate import config as cfg
+from tiergate.policy.answers import UNAVAILABLE_DETAIL
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar
 from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
-from tiergate.store.shared import UNAVAILABLE_DETAIL
 from tiergate.v1 import admission_pb2 as pb
 
 from .redis_harness import RedisProcess, serving
@@ -60,13 +59,6 @@ def _request(i: int, at: int) -> pb.AdmitRequest:
     )
 
 
-@pytest.fixture
-def patient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Calls to Redis bounded by 10 s, for tests that check answers, not time (a busy
-    shared machine)."""
-    monkeypatch.setattr(redis_counting, "DEFAULT_TIMEOUT", 10.0)
-
-
 @pytest.mark.usefixtures("patient")
 def test_two_sidecars_on_one_redis_share_the_messaging_limit(redis_url: str) -> None:
     """Alone, each of the two would admit all its 140 recipients; sharing Redis, the
@@ -97,7 +89,7 @@ def test_two_sidecars_on_one_redis_share_the_messaging_limit(redis_url: str) -> 
 def test_batches_on_two_sidecars_share_the_limit_and_keys_repeat(redis_url: str) -> None:
     """AdmitBatch over Redis: batches from two sidecars admit the portfolio's limit and
     no more; a key repeated inside a batch gets the first answer (nothing counted
-    twice); AdmitColumns and AdmitStream are refused on the shared store."""
+    twice)."""
 
     async def main() -> None:
         async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
@@ -123,10 +115,6 @@ def test_batches_on_two_sidecars_share_the_limit_and_keys_repeat(redis_url: str)
             assert first.decision == pb.DECISION_ADMIT and not first.counted
             assert again.ticket == first.ticket
             assert third.reason == pb.MESSAGING_LIMIT
-
-            with pytest.raises(grpc.aio.AioRpcError) as e:
-                await a.AdmitColumns(pb.AdmitColumnsRequest())
-            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     uvloop.run(main())
 

@@ -35,6 +35,7 @@ __all__ = [
     "DRY_RUN_DETAIL",
     "META_ERROR",
     "META_TEMPLATE_MISSING",
+    "UNAVAILABLE_DETAIL",
     "AdmitResult",
     "ApplyResult",
     "blocked",
@@ -70,6 +71,8 @@ DETAIL = (
 #: AdmitBatch wire writer gives the same from an answer's columns).
 DRY_RUN_DETAIL = "dry run: would admit"
 BACK_OFF_DETAIL = "Meta declined marketing to this recipient (131049): back-off"
+#: The detail of a RETRY_LATER answered while the shared store cannot be reached.
+UNAVAILABLE_DETAIL = "store unavailable: retry shortly"
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from .answers import (
     BACK_OFF_DETAIL,
     DETAIL,
     DRY_RUN_DETAIL,
+    UNAVAILABLE_DETAIL,
     AdmitResult,
     template_detail,
     unknown_sender_detail,
@@ -52,6 +53,8 @@ class ColumnsResult:
     #: Shadow mode: admitted items a shadowed rule refused, with what tiergate would
     #: have answered (decision, reason, retry_at).
     shadows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    #: Items answered RETRY_LATER because the shared store could not be reached.
+    unavailable: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.decisions)
@@ -96,6 +99,7 @@ class ColumnsResult:
         self.back_offs.update(start + i for i in part.back_offs)
         if part.shadows:
             self.shadows.update((start + i, w) for i, w in part.shadows.items())
+        self.unavailable.update(start + i for i in part.unavailable)
 
     def shadow_columns(self) -> tuple[bytearray, bytearray, array[int]]:
         """(shadow decisions, reasons, retry_at) per item: 0 where the answer stands."""
@@ -125,6 +129,8 @@ class ColumnsResult:
             return template_detail(reason, self.meta_error_code[i], template_id)
         if reason == MARKETING_FREQUENCY and i in self.back_offs:
             return BACK_OFF_DETAIL
+        if i in self.unavailable:
+            return UNAVAILABLE_DETAIL
         if self.decisions[i] == ADMIT and not self.tickets[i]:
             return DRY_RUN_DETAIL
         return DETAIL[reason]

@@ -8,6 +8,12 @@ pause) is done once per batch; the per-item loops run in
 ``tiergate.engine.columns.kernels`` (compiled with the compiled engine), and
 the engine decides every row in one ``decide_batch`` call.
 
+The decision is written once, as generators of :class:`Step`: each yields the
+rows the counting state decides (a ``DecisionBatch``'s inputs) and resumes
+once its outputs are filled. :func:`run` fills them with the engine's one
+synchronous ``decide_batch`` call (the embedded store); :func:`run_async`
+awaits a decider (the shared store, ``store/shared.py``: Redis).
+
 Every batch of more than one request is decided here; a lone request takes
 the scalar path (``admission.admit_checked``) to the same answers, counts,
 keys, journal record and crossings. Every idempotency key is checked against
@@ -20,9 +26,9 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from operator import add
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from tiergate.engine import NEVER, DecisionBatch
 from tiergate.engine import records as rec
@@ -51,9 +57,14 @@ __all__ = [
     "AdmitColumns",
     "ColumnsLike",
     "ColumnsResult",
+    "Step",
     "admit_columns",
+    "admit_columns_steps",
     "admit_requests",
-    "decide",
+    "admit_requests_steps",
+    "decisions",
+    "run",
+    "run_async",
 ]
 
 Remembered = rec.Entry
@@ -69,6 +80,47 @@ _Q, _UQ, _I32, _UI32 = array("q", [0]), array("Q", [0]), array("i", [0]), array(
 #: The Meta error each decision reason avoids, one entry per reason slot.
 _META_ERROR = array("i", [*META_ERROR, *[0] * (REASONS - len(META_ERROR))])
 
+T = TypeVar("T")
+
+
+class Step(NamedTuple):
+    """Rows for the counting state to decide: ``batch``'s inputs filled, its outputs
+    (decision, reason, retry_at, counted, used, prev_counted, slot) to fill in row
+    order; ``rows`` gives each row's item of ``items``, whose answers go to ``out``."""
+
+    batch: DecisionBatch
+    rows: array[int]
+    items: Items
+    out: ColumnsResult
+
+
+#: A decision written once (see the module docstring): yields its steps, returns ``T``.
+Steps = Generator[Step, None, T]
+
+
+def run(steps: Steps[T], decide_batch: Callable[[DecisionBatch], object]) -> T:
+    """``steps`` decided by ``decide_batch`` (the engine's, one call per step)."""
+    try:
+        step = next(steps)
+        while True:
+            decide_batch(step.batch)
+            step = next(steps)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def run_async(steps: Steps[T], decide_rows: Callable[[Step], Awaitable[object]]) -> T:
+    """``steps`` decided by awaiting ``decide_rows`` for each (the shared store's)."""
+    try:
+        step = next(steps)
+        while True:
+            await decide_rows(step)
+            step = next(steps)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
 
 def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> ColumnsResult:
     """Validate every column, then decide the items in order.
@@ -76,20 +128,33 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
     Raises :class:`InvalidArgument` naming the column and item, e.g.
     ``recipients[17]``; nothing is decided then.
     """
+    st = service.state
+    return run(admit_columns_steps(st, req, now_ms), st.engine.decide_batch)
+
+
+def admit_columns_steps(st: PolicyState, req: ColumnsLike, now_ms: int) -> Steps[ColumnsResult]:
+    """:func:`admit_columns`, its rows decided by whoever drives it (:func:`run`)."""
     r = check_columns(req)
     if r.n == 0:
         return ColumnsResult.empty(0)
-    return decide(service.state, r, now_ms)
+    return (yield from decisions(st, r, now_ms))
 
 
 def admit_requests(st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
     """Validate every request (an error names ``requests[i].<field>``), then decide
     them in order through the columns (``AdmissionService.admit_many``)."""
+    return run(admit_requests_steps(st, reqs, now_ms), st.engine.decide_batch)
+
+
+def admit_requests_steps(
+    st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int
+) -> Steps[list[AdmitResult]]:
+    """:func:`admit_requests`, its rows decided by whoever drives it (:func:`run`)."""
     r = Items.from_checked(check_all(reqs))
     if r.n == 0:
         return []
     try:
-        out = decide(st, r, now_ms)
+        out = yield from decisions(st, r, now_ms)
     except KeyRefused as e:
         raise e.at(f"requests[{e.item}].idempotency_key") from None
     senders, sidx, templates, tidx = r.senders, r.sender_index, r.templates, r.template_index
@@ -99,10 +164,10 @@ def admit_requests(st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int) -> l
     ]
 
 
-def decide(st: PolicyState, r: Items, now_ms: int) -> ColumnsResult:
+def decisions(st: PolicyState, r: Items, now_ms: int) -> Steps[ColumnsResult]:
     """Decide checked items in order: every idempotency key checked against what it
     is bound to before anything is decided (:class:`KeyConflict` names
-    ``idempotency_keys[i]``), then the items in one engine call — or in parts
+    ``idempotency_keys[i]``), then the items in one step — or in parts
     (:func:`_decide_in_parts`) when a key repeats inside the batch, time-driven
     changes fall due at an item's time, or the items' dry runs differ."""
     if st.alias_table:
@@ -120,8 +185,8 @@ def decide(st: PolicyState, r: Items, now_ms: int) -> ColumnsResult:
         recompute_due(st)
     high = max(now_ms, r.latest) if st.request_clock else now_ms
     if repeated or high >= st.next_due or r.dry_runs is not None:
-        return _decide_in_parts(st, r, now_ms, objs)
-    out, high, unknown = _decide_rows(st, r, now_ms, objs, skip, hits)
+        return (yield from _decide_in_parts(st, r, now_ms, objs))
+    out, high, unknown = yield from _decide_rows(st, r, now_ms, objs, skip, hits)
     _time_moves(st, r.n - unknown, high)
     return out
 
@@ -164,8 +229,8 @@ def _time_moves(st: PolicyState, known: int, high: int) -> None:
 
 def _decide_in_parts(
     st: PolicyState, r: Items, now_ms: int, objs: list[Sender | None]
-) -> ColumnsResult:
-    """Decide the items as one by one would, each part in one engine call: a part
+) -> Steps[ColumnsResult]:
+    """Decide the items as one by one would, each part in one step: a part
     ends before an item whose key's first request is in the part (that item then
     sees its outcome), before an item at whose time time-driven changes fall due
     (they are applied first), and where the dry run changes."""
@@ -180,7 +245,7 @@ def _decide_in_parts(
         hits: list[tuple[int, Remembered]] = []
         if part.keys and any(part.keys):
             skip, hits, _ = _repeated_keys(st, part, objs, high)
-        got, high, unknown = _decide_rows(st, part, high, objs, skip, hits)
+        got, high, unknown = yield from _decide_rows(st, part, high, objs, skip, hits)
         out.put(start, got)
         known += part.n - unknown
         start = end
@@ -348,7 +413,7 @@ def _decide_rows(
     objs: list[Sender | None],
     skip: bytes | bytearray,
     hits: list[tuple[int, Remembered]],
-) -> tuple[ColumnsResult, int, int]:
+) -> Steps[tuple[ColumnsResult, int, int]]:
     """Decide items none of whose keys repeats (``skip``/``hits``: those a key already
     answers) with no time-driven change due: (answers, the latest item time,
     items of unknown senders)."""
@@ -419,7 +484,7 @@ def _decide_rows(
                 del col[nrows:]
             for col in (batch.limit, batch.ticket, rows, row_back_off):
                 del col[nrows:]
-        st.engine.decide_batch(batch)
+        yield Step(batch, rows, r, out)
         _finish(st, r, objs, scopes, batch, rows, row_back_off, s_restricted, s_qblock, out, counts)
     for i, first in hits:  # the first answers: admits
         out.admitted(i, first)

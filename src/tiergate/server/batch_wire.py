@@ -111,7 +111,9 @@ def encode_response(cols: WireColumns, result: ColumnsResult) -> bytes:
     """The AdmitBatchResponse bytes for the answers ``result`` gives to ``cols``."""
     senders, sender_index = cols.senders, cols.sender_index
     templates, template_index = cols.templates, cols.template_index
-    if result.shadows:  # shadow mode: the writer has no shadow fields, protobuf has
+    if result.shadows or result.unavailable:
+        # shadow mode: the writer has no shadow fields, protobuf has; the shared store
+        # unavailable: the details say so (rare, not worth a writer of their own)
         reply = pb.AdmitBatchResponse()
         for i in range(len(result)):
             t = template_index[i]

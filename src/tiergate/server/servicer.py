@@ -79,7 +79,79 @@ class InFlight:
         return None
 
 
-class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControlServicer):
+class Deciding:
+    """The decision steps of the admission RPCs: checked requests, one checked
+    request, columns; the shared store (``shared_servicer``) awaits Redis in them."""
+
+    service: AdmissionService
+    refusal: StoreError | None
+    _clock: DecisionClock
+    _metrics: Metrics
+    _max_batch: int
+
+    def _decide(
+        self, requests: Sequence[pb.AdmitRequest], now_ms: int, rpc: str
+    ) -> list[AdmitResult]:
+        return self._decided(requests, self.service.admit_many(requests, now_ms), rpc)
+
+    def _decided(
+        self, requests: Sequence[Any], results: list[AdmitResult], rpc: str
+    ) -> list[AdmitResult]:
+        """``results``, the answers to ``requests``, counted in the metrics."""
+        if len(results) != len(requests):
+            raise RuntimeError(f"admit_many answered {len(results)} of {len(requests)} requests")
+        self._metrics.decided(results, rpc)
+        return results
+
+    async def _decide_requests(self, requests: Sequence[Any], rpc: str) -> list[AdmitResult]:
+        """Checked requests decided in order at the clock's time for them."""
+        return self._decide(requests, self._clock.batch(requests), rpc)
+
+    async def _decide_checked(self, fields: Checked) -> AdmitResult:
+        """One request whose fields passed ``requests.well_formed``'s checks."""
+        return self.service.admit_checked(fields, self._clock.now(fields[6]))
+
+    async def _decide_columns(self, request: ColumnsLike, rpc: str) -> ColumnsResult:
+        return self._admit_columns(request, rpc)
+
+    def _check_batch_size(self, n: int) -> None:
+        if n > self._max_batch:
+            raise InvalidArgument(
+                "requests", f"requests: at most {self._max_batch} per call, got {n}"
+            )
+
+    def _admit_columns(self, request: ColumnsLike, rpc: str = "AdmitColumns") -> ColumnsResult:
+        result = admit_columns(self.service, request, self._columns_time(request))
+        return self._columns_decided(request, result, rpc)
+
+    def _columns_time(self, request: ColumnsLike) -> int:
+        """The time a columnar request is decided at, once it may be decided."""
+        if self.refusal is not None:
+            raise self.refusal
+        n = len(request.recipients)
+        if n > self._max_batch:
+            raise InvalidArgument(
+                "recipients", f"recipients: at most {self._max_batch} items per call, got {n}"
+            )
+        at = request.at_unix_ms
+        if not isinstance(at, array):
+            at = array("q", at[:])
+        return self._clock.columns(at)
+
+    def _columns_decided(
+        self, request: ColumnsLike, result: ColumnsResult, rpc: str
+    ) -> ColumnsResult:
+        """``result``, the answers to ``request``, counted in the metrics."""
+        n = len(request.recipients)
+        if len(result) != n:
+            raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
+        self._metrics.decided_columns(
+            result.decisions, result.reasons, rpc, result.shadows.values()
+        )
+        return result
+
+
+class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControlServicer):
     def __init__(
         self,
         service: AdmissionService,
@@ -157,15 +229,6 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         finally:
             self._metrics.timed(rpc, started)
 
-    def _decide(
-        self, requests: Sequence[pb.AdmitRequest], now_ms: int, rpc: str
-    ) -> list[AdmitResult]:
-        results = self.service.admit_many(requests, now_ms)
-        if len(results) != len(requests):
-            raise RuntimeError(f"admit_many answered {len(results)} of {len(requests)} requests")
-        self._metrics.decided(results, rpc)
-        return results
-
     # --- RPCs ------------------------------------------------------------------
 
     async def Admit(self, request: Any, context: Context) -> Any:
@@ -238,7 +301,7 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         if cols is None:
             return None
         try:
-            result = self._admit_columns(cols, "AdmitBatch")
+            result = await self._decide_columns(cols, "AdmitBatch")
         except KeyRefused as e:  # named as the message path names it
             raise e.at(f"requests[{e.item}].idempotency_key") from None
         await self._committed()
@@ -246,34 +309,9 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
 
     async def _batch_results(self, reqs: Sequence[Any]) -> list[AdmitResult]:
         """A parsed AdmitBatch's answers, decided and committed."""
-        results = self._decide(reqs, self._clock.batch(reqs), "AdmitBatch")
+        results = await self._decide_requests(reqs, "AdmitBatch")
         await self._committed()
         return results
-
-    def _check_batch_size(self, n: int) -> None:
-        if n > self._max_batch:
-            raise InvalidArgument(
-                "requests", f"requests: at most {self._max_batch} per call, got {n}"
-            )
-
-    def _admit_columns(self, request: ColumnsLike, rpc: str = "AdmitColumns") -> ColumnsResult:
-        if self.refusal is not None:
-            raise self.refusal
-        n = len(request.recipients)
-        if n > self._max_batch:
-            raise InvalidArgument(
-                "recipients", f"recipients: at most {self._max_batch} items per call, got {n}"
-            )
-        at = request.at_unix_ms
-        if not isinstance(at, array):
-            at = array("q", at[:])
-        result = admit_columns(self.service, request, self._clock.columns(at))
-        if len(result) != n:
-            raise RuntimeError(f"admit_columns answered {len(result)} of {n} items")
-        self._metrics.decided_columns(
-            result.decisions, result.reasons, rpc, result.shadows.values()
-        )
-        return result
 
     async def AdmitColumns(
         self, request: pb.AdmitColumnsRequest, context: Context
@@ -281,7 +319,7 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         await self._admit_call(context, "AdmitColumns")
         with self.in_flight, self._timed("AdmitColumns"):
             try:
-                result = self._admit_columns(request)
+                result = await self._decide_columns(request, "AdmitColumns")
                 await self._committed()
                 return convert.admit_columns_response(result)
             except Exception as e:
@@ -293,7 +331,8 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
         await self._admit_call(context, "AdmitColumns")
         with self.in_flight, self._timed("AdmitColumns"):
             try:
-                result = self._admit_columns(columns_wire.decode_request(data, self._max_batch))
+                request = columns_wire.decode_request(data, self._max_batch)
+                result = await self._decide_columns(request, "AdmitColumns")
                 await self._committed()
                 return columns_wire.encode_response(result)
             except Exception as e:
@@ -361,19 +400,17 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
                         requests, encode = chunk, convert.admit_response
                     try:
                         if fields is not None:
-                            result = self.service.admit_checked(fields, self._clock.now(fields[6]))
+                            result = await self._decide_checked(fields)
                             self._metrics.decided_one(result, "AdmitStream")
                             results = [result]
                         elif requests:
-                            results = self._decide(
-                                requests, self._clock.batch(requests), "AdmitStream"
-                            )
+                            results = await self._decide_requests(requests, "AdmitStream")
                         else:
                             results = []
                     except InvalidArgument as e:
                         # Answer the valid requests before the bad one, then end the
                         # stream naming the bad one by its position in the stream.
-                        results, bad, field, e = _decide_before(self, requests, e)
+                        results, bad, field, e = await _decide_before(self, requests, e)
                         if results:
                             await self._committed()
                             for r in results:
@@ -474,7 +511,7 @@ class AdmissionControl(Watching, plans.PlanCampaignRpc, pb_grpc.AdmissionControl
                 await self._fail(context, "GetSenderState", e)
 
 
-def _decide_before(
+async def _decide_before(
     servicer: AdmissionControl, requests: Sequence[pb.AdmitRequest], error: InvalidArgument
 ) -> tuple[list[AdmitResult], int, str, InvalidArgument]:
     """A stream chunk refused with ``error``: decide the requests before the first
@@ -484,7 +521,7 @@ def _decide_before(
     while bad > 0:
         try:
             head = requests[:bad]
-            results = servicer._decide(head, servicer._clock.batch(head), "AdmitStream")
+            results = await servicer._decide_requests(head, "AdmitStream")
             return results, bad, field, error
         except InvalidArgument as e:
             error = e

@@ -1,10 +1,9 @@
-"""The RPCs over the shared store (``--store redis://…``): Admit and AdmitBatch decide
-steps 4–9 in Redis (``store/shared.py``); GetSenderState reports the counts in
-Redis, PlanCampaign plans on a local engine made from Redis
-(``SharedAdmission.plan_copy``) and WatchSenderState reads usage from Redis
-(``shared_watch.py``); AdmitColumns and AdmitStream are refused with
-FAILED_PRECONDITION (not served over the shared store yet, and never silently
-from this process's own counts)."""
+"""The RPCs over the shared store (``--store redis://…``): Admit, AdmitBatch,
+AdmitColumns and AdmitStream decide steps 4–9 in Redis (``store/shared.py``; the
+batches through the columnar path, as on the embedded store); GetSenderState
+reports the counts in Redis, PlanCampaign plans on a local engine made from
+Redis (``SharedAdmission.plan_copy``) and WatchSenderState reads usage from
+Redis (``shared_watch.py``)."""
 
 from __future__ import annotations
 
@@ -15,8 +14,9 @@ from typing import Any
 import grpc
 
 from tiergate.policy.answers import AdmitResult
+from tiergate.policy.columnar import ColumnsLike, ColumnsResult
 from tiergate.policy.reports import SenderReport
-from tiergate.policy.requests import check_one, well_formed
+from tiergate.policy.requests import Checked, check_one, well_formed
 from tiergate.server import admit_wire, convert
 from tiergate.server.servicer import AdmissionControl
 from tiergate.store.shared import SharedAdmission
@@ -41,7 +41,20 @@ class SharedAdmissionControl(AdmissionControl):
         if fields is None:
             req = admit_wire.parse(request) if wire else request
             fields = well_formed(req) or check_one(req, "")
+        return await self._decide_checked(fields)
+
+    async def _decide_checked(self, fields: Checked) -> AdmitResult:
         return await self.shared.admit_checked(fields, self._clock.now(fields[6]))
+
+    async def _decide_requests(self, requests: Sequence[Any], rpc: str) -> list[AdmitResult]:
+        """Steps 4–9 decided in Redis: one round trip per step of the columnar path
+        (one for the batch, more only where it is decided in parts)."""
+        results = await self.shared.admit_many(requests, self._clock.batch(requests))
+        return self._decided(requests, results, rpc)
+
+    async def _decide_columns(self, request: ColumnsLike, rpc: str) -> ColumnsResult:
+        result = await self.shared.admit_columns(request, self._columns_time(request))
+        return self._columns_decided(request, result, rpc)
 
     async def Admit(self, request: Any, context: Context) -> Any:
         """As :meth:`AdmissionControl.Admit`: the same checks, metrics, commit and
@@ -82,29 +95,3 @@ class SharedAdmissionControl(AdmissionControl):
         state.store = str(self.shared.counting.location)
         state.store_unavailable = not self.shared.available
         return state
-
-    async def _not_shared(self, rpc: str, context: Context) -> Any:
-        await context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"{rpc}: not decided over --store redis yet (unary Admit is); use the embedded store",
-        )
-
-    async def _batch_fast(self, data: bytes) -> bytes | None:
-        return None  # AdmitBatch over Redis goes by the parsed requests
-
-    async def _batch_results(self, reqs: Sequence[Any]) -> list[AdmitResult]:
-        """Steps 4–9 decided in Redis: one round trip for the batch (more only where
-        an idempotency key repeats)."""
-        results = await self.shared.admit_many(reqs, self._clock.batch(reqs))
-        self._metrics.decided(results, "AdmitBatch")
-        await self._committed()
-        return results
-
-    async def AdmitColumnsWire(self, data: bytes, context: Context) -> bytes:
-        return await self._not_shared("AdmitColumns", context)  # type: ignore[no-any-return]
-
-    async def AdmitColumns(self, request: Any, context: Context) -> Any:
-        return await self._not_shared("AdmitColumns", context)
-
-    async def AdmitStream(self, request_iterator: Any, context: Context) -> Any:  # type: ignore[override]
-        return await self._not_shared("AdmitStream", context)

@@ -28,13 +28,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import struct
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, NamedTuple
 
 from redis import exceptions as rexc
 
+from tiergate.engine.batch import DecisionBatch
 from tiergate.engine.reference.bounds import (
     MAX_TIME,
     SLOT_GEN_BITS,
@@ -292,6 +294,65 @@ class RedisCounting:
             self._flush_scheduled = True
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
         return fut
+
+    async def decide_batch(
+        self,
+        batch: DecisionBatch,
+        number_of: Callable[[int], tuple[ScopeSpec, NumberSpec]],
+        keys: Sequence[str] = (),
+        key_ms: int = 0,
+    ) -> list[int]:
+        """Decide ``batch``'s rows as the engine's ``decide_batch`` does, filling its
+        output columns: the rows of each limit scope in order, one :meth:`decide`
+        call per scope, all in one round trip. ``number_of`` gives the scope and
+        number of an engine number index (``batch.number``); ``keys`` (empty: none)
+        each row's ``<sender>:<idempotency key>`` or ``""`` (see :class:`Row`).
+
+        Returns the rows left undecided (outputs zero) because their scope's call
+        found the store unavailable (:class:`StoreUnavailableError`: all of them when
+        Redis is gone; on a Cluster, those of the scopes a lost node served); the
+        other scopes' rows are decided and consumed in Redis either way."""
+        n = len(batch.now)
+        specs: dict[int, tuple[ScopeSpec, NumberSpec]] = {}
+        groups: dict[str, tuple[ScopeSpec, list[int], list[Row]]] = {}
+        b_now, b_rkey, b_flags, b_limit = batch.now, batch.recipient, batch.flags, batch.limit
+        for j, number in enumerate(batch.number):
+            spec = specs.get(number)
+            if spec is None:
+                spec = specs[number] = number_of(number)
+            scope, num = spec
+            group = groups.get(scope.name)
+            if group is None:
+                group = groups[scope.name] = (scope, [], [])
+            group[1].append(j)
+            key = keys[j] if keys else ""
+            group[2].append(Row(num, b_rkey[j], b_flags[j], b_limit[j], b_now[j], key, key_ms))
+        answers = asyncio.gather(
+            *(self.decide(scope, rows) for scope, _, rows in groups.values()),
+            return_exceptions=True,
+        )
+        batch.decision, batch.reason = array("b", bytes(n)), array("b", bytes(n))
+        batch.counted = array("b", bytes(n))
+        zeros = array("q", bytes(8 * n))
+        batch.retry_at, batch.used, batch.prev_counted, batch.slot = (
+            zeros,
+            zeros[:],
+            zeros[:],
+            zeros[:],
+        )
+        undecided: list[int] = []
+        for (_, js, _), got in zip(groups.values(), await answers, strict=True):
+            if isinstance(got, StoreUnavailableError):
+                undecided += js
+                continue
+            if isinstance(got, BaseException):
+                raise got
+            for j, d in zip(js, got, strict=True):
+                batch.decision[j], batch.reason[j], batch.retry_at[j] = d[0], d[1], d[2]
+                batch.counted[j], batch.used[j], batch.prev_counted[j] = d[3], d[4], d[5]
+                batch.slot[j] = d[6]
+        batch.decided = n
+        return undecided
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}

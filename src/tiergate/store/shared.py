@@ -1,11 +1,15 @@
 """Admission over the shared store: steps 1–3 here, steps 4–9 in Redis.
 
-:class:`SharedAdmission` decides a request (or a batch's items, in order) the
-way ``AdmissionService.admit_checked`` does, with steps 4–9 (window, opt-out,
+:class:`SharedAdmission` decides a request the way
+``AdmissionService.admit_checked`` does, with steps 4–9 (window, opt-out,
 messaging limit, protective rules, throughput, pair rate) decided and
 consumed by the Redis function instead of this process's engine:
 ``policy.admission.admit_prepare`` → :meth:`RedisCounting.decide` (requests
-made in one loop pass share one round trip) → ``admission.admit_finish``.
+made in one loop pass share one round trip) → ``admission.admit_finish``. A
+batch (AdmitBatch, AdmitColumns, a stream's chunk) takes the columnar path
+(``policy.columnar``) as on the embedded store, each of its steps' rows sent
+to Redis by :meth:`RedisCounting.decide_batch` instead of the engine's
+``decide_batch``.
 
 Feedback (a FAILED send's release, windows opened by inbound messages and
 closed by 131047, opt-outs, 130429, 131056) is applied by the policy layer as
@@ -28,11 +32,20 @@ from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
+from tiergate.engine import DecisionBatch
 from tiergate.engine.columns import kernels
 from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
 from tiergate.policy.admission import BLOCKING, Pending, admit_finish, admit_prepare
-from tiergate.policy.answers import AdmitResult
-from tiergate.policy.requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
+from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
+from tiergate.policy.columnar import (
+    ColumnsLike,
+    ColumnsResult,
+    Step,
+    admit_columns_steps,
+    admit_requests_steps,
+    run_async,
+)
+from tiergate.policy.requests import AdmitLike, Checked
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
 from tiergate.policy.state import LimitScope
@@ -47,8 +60,7 @@ __all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "MirroredCounting", "SharedAd
 #: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
 Change = Callable[[], Awaitable[object]]
 
-#: What a refusal for an unreachable store says, and how soon to retry.
-UNAVAILABLE_DETAIL = "store unavailable: retry shortly"
+#: How soon a refusal for an unreachable store says to retry.
 RETRY_AFTER_MS = 1_000
 
 
@@ -156,36 +168,43 @@ class SharedAdmission:
 
     async def admit_many(self, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
         """Validate every request (an error names ``requests[i].<field>``), then decide
-        them in order: steps 1–3 item by item, steps 4–9 of the items so far in one
-        round trip (one function call per limit scope), then their answers. A part
-        ends before an item whose idempotency key an item of the part holds, so the
-        repeat sees the first's answer."""
-        checked = [well_formed(r) or check_one(r, f"requests[{i}].") for i, r in enumerate(reqs)]
+        them in order through the columns (``policy.columnar``), each step's rows in
+        Redis in one round trip (:meth:`_decide_step`)."""
+        steps = admit_requests_steps(self.service.state, reqs, now_ms)
+        return await run_async(steps, self._decide_step)
+
+    async def admit_columns(self, req: ColumnsLike, now_ms: int) -> ColumnsResult:
+        """AdmitColumns: every column validated, then the items decided in order as
+        :meth:`admit_many` decides them."""
+        return await run_async(
+            admit_columns_steps(self.service.state, req, now_ms), self._decide_step
+        )
+
+    async def _decide_step(self, step: Step) -> None:
+        """Steps 4–9 of a columnar step's rows in Redis: one function call per limit
+        scope, all in one round trip. The rows whose scope Redis could not be asked
+        about get what ``--store-failure`` says (as :meth:`_unavailable` gives one
+        request): RETRY_LATER "store unavailable", or this process's engine's answer."""
+        batch, rows, items, out = step
         st = self.service.state
-        out: list[AdmitResult | None] = [None] * len(checked)
-        at = 0
-        while at < len(checked):
-            part: list[tuple[int, Pending]] = []
-            held: set[tuple[str, str]] = set()
-            for i in range(at, len(checked)):
-                c = checked[i]
-                if c[5] and (c[0], c[5]) in held:
-                    break
-                try:
-                    p = admit_prepare(st, c, now_ms)
-                except KeyConflict as e:
-                    raise e.at(f"requests[{i}].idempotency_key") from None
-                at = i + 1
-                if isinstance(p, Pending):
-                    part.append((i, p))
-                    if c[5]:
-                        held.add((c[0], c[5]))
-                else:
-                    out[i] = p
-            decided = await self._decide_part([p for _, p in part])
-            for (i, p), d in zip(part, decided, strict=True):
-                out[i] = d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
-        return [r for r in out if r is not None]
+        keys: list[str] = []
+        if items.keys:
+            names, sidx, ikeys = items.senders, items.sender_index, items.keys
+            keys = [f"{names[sidx[i]]}:{ikeys[i]}" if ikeys[i] else "" for i in rows]
+        undecided = await self.counting.decide_batch(
+            batch, self.number, keys, st.profile.idempotency_ms
+        )
+        self.available = not undecided
+        if not undecided:
+            return
+        self.unavailable_answers += len(undecided)
+        if self.failure == "open":
+            _decide_locally(st.engine, batch, undecided)
+            return
+        for j in undecided:
+            batch.decision[j], batch.reason[j] = RETRY_LATER, REASON_UNSPECIFIED
+            batch.retry_at[j] = batch.now[j] + RETRY_AFTER_MS
+        out.unavailable.update(rows[j] for j in undecided)
 
     async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
         """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""
@@ -238,6 +257,33 @@ class SharedAdmission:
             return p
         (d,) = await self._decide_part([p])
         return d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
+
+
+def _decide_locally(engine: CountingStore, batch: DecisionBatch, rows: list[int]) -> None:
+    """``batch``'s ``rows`` decided by this process's engine (``--store-failure open``)."""
+    if len(rows) == len(batch):
+        engine.decide_batch(batch)
+        return
+    part = DecisionBatch()
+    for j in rows:
+        part.add(
+            batch.now[j],
+            batch.scope[j],
+            batch.number[j],
+            batch.recipient[j],
+            batch.flags[j],
+            batch.limit[j],
+            batch.ticket[j],
+        )
+    engine.decide_batch(part)
+    for k, j in enumerate(rows):
+        batch.decision[j], batch.reason[j], batch.retry_at[j] = (
+            part.decision[k],
+            part.reason[k],
+            part.retry_at[k],
+        )
+        batch.counted[j], batch.used[j] = part.counted[k], part.used[k]
+        batch.prev_counted[j], batch.slot[j] = part.prev_counted[k], part.slot[k]
 
 
 class MirroredCounting:
