@@ -503,17 +503,18 @@ class RedisCounting:
 
     async def recipient_entries(
         self, scope: ScopeSpec, number: str, recipients: Sequence[int]
-    ) -> tuple[list[tuple[Any, Any, Any]], list[Any], Any]:
-        """For each recipient, its (scope entry, marketing entry, ``number``'s entry) as
-        stored (None where absent), whether it opted out, and the number's throughput
-        TAT: calls of the library's read-only ``entries`` (one HMGET per shard hash
-        inside Redis) of whole shard hashes, at most about :data:`ENTRIES_PER_CALL`
-        recipients each, so each is bounded as any call is."""
+    ) -> tuple[list[tuple[Any, Any, Any, Any]], list[Any], Any]:
+        """For each recipient, its (scope entry, marketing entry, ``number``'s window
+        entry, ``number``'s pair entry) as stored (None where absent), whether it
+        opted out, and the number's throughput TAT: calls of the library's read-only
+        ``entries`` (one HMGET per shard hash inside Redis, one of the pair entries)
+        of whole shard hashes, at most about :data:`ENTRIES_PER_CALL` recipients
+        each, so each is bounded as any call is."""
         by_shard: dict[int, list[int]] = {}
         for r in recipients:
             by_shard.setdefault(shard(r), []).append(r)
         fixed, tag = scope.fixed_keys(), scope.tag
-        got: dict[int, tuple[Any, Any, Any]] = {}
+        got: dict[int, tuple[Any, Any, Any, Any]] = {}
         opted: dict[int, Any] = {}
         tat: Any = None
         parts: list[list[tuple[int, list[int]]]] = [[]]
@@ -525,13 +526,13 @@ class RedisCounting:
             parts[-1].append(item)
             n += len(item[1])
         for part in parts:  # (one call for no recipients too: the TAT)
-            keys = [fixed[0], fixed[4], *(f"{tag}:c{k}" for k, _ in part)]
+            keys = [fixed[0], fixed[4], fixed[5], *(f"{tag}:c{k}" for k, _ in part)]
             args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
             res = await self._run("entries", keys, args)
             tat = res[0]
-            for (_, rs), (values, opt) in zip(part, res[1:], strict=True):
+            for (_, rs), (values, opt, pair) in zip(part, res[1:], strict=True):
                 for j, r in enumerate(rs):
-                    got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2])
+                    got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2], pair[j])
                     opted[r] = opt[j]
         return [got[r] for r in recipients], [opted[r] for r in recipients], tat
 

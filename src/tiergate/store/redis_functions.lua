@@ -324,6 +324,27 @@ local function answer(s, d, rsn, retry, counted, used, last, slot_t, gen)
   out[at + 4], out[at + 5], out[at + 6], out[at + 7] = used, last, slot_t, gen
 end
 
+-- Shadow mode: flag bit 16 + r shadows reason r (engine.constants.SHADOW_SHIFT).
+local function shadowed(flags, rsn)
+  local f = 2 ^ (16 + rsn)
+  return flags % (2 * f) >= f
+end
+
+-- A rule refuses the row (d, rsn, retry): true, that refusal its answer; or, the
+-- rule shadowed, false, and the first such refusal kept (s.wd, s.wr, s.wt) as what
+-- the row answers if no other rule refuses (it then consumes as an admit).
+local function refuse(s, flags, d, rsn, retry, used, last)
+  if shadowed(flags, rsn) then
+    if s.wd == ADMIT then
+      s.wd, s.wr, s.wt = d, rsn, retry
+    end
+    return false
+  end
+  s.wd = ADMIT
+  answer(s, d, rsn, retry, 0, used, last, 0, 0)
+  return true
+end
+
 -- (A flag f is tested as flags % (2 * f) >= f: no function call per test.)
 -- A row's reads: the values of its shard hash (s.v: a field names one shard hash),
 -- the fields written noted in s.dirty (field -> the shard's key index k).
@@ -358,26 +379,36 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
     -- step 4: free-form needs an open window
     local free_form = (flags % (2 * F_FEP_FREE_FORM) >= F_FEP_FREE_FORM)
     if not template and not (in_window or (in_fep and free_form)) then
-      return answer(s, REJECT, OUTSIDE_WINDOW, 0, 0, r24.total, last, 0, 0)
+      if refuse(s, flags, REJECT, OUTSIDE_WINDOW, 0, r24.total, last) then
+        return
+      end
     end
     -- step 5: the recipient opted out of marketing
     if marketing and opted then
-      return answer(s, REJECT, RECIPIENT_OPTED_OUT, 0, 0, r24.total, last, 0, 0)
+      if refuse(s, flags, REJECT, RECIPIENT_OPTED_OUT, 0, r24.total, last) then
+        return
+      end
     end
     -- step 6: a counting message: sender not restricted, a slot free in 24 h
     if counting then
       if (flags % (2 * F_RESTRICTED) >= F_RESTRICTED) then
-        return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
+        if refuse(s, flags, REJECT, SENDER_RESTRICTED, 0, r24.total, last) then
+          return
+        end
       end
       if needs_slot and r24.total >= limit then
-        if limit <= 0 then
-          return answer(s, REJECT, MESSAGING_LIMIT, 0, 0, r24.total, last, 0, 0)
+        local d, retry = REJECT, 0
+        if limit > 0 then
+          d, retry = RETRY_LATER, ring_next_free(r24, limit, now)
         end
-        local retry = ring_next_free(r24, limit, now)
-        return answer(s, RETRY_LATER, MESSAGING_LIMIT, retry, 0, r24.total, last, 0, 0)
+        if refuse(s, flags, d, MESSAGING_LIMIT, retry, r24.total, last) then
+          return
+        end
       end
     elseif (flags % (2 * F_REPLY_RESTRICTED) >= F_REPLY_RESTRICTED) then
-      return answer(s, REJECT, SENDER_RESTRICTED, 0, 0, r24.total, last, 0, 0)
+      if refuse(s, flags, REJECT, SENDER_RESTRICTED, 0, r24.total, last) then
+        return
+      end
     end
     -- step 7: protective rules (marketing frequency cap, quality block)
     if marketing then
@@ -396,28 +427,42 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
         table.sort(recent)
         if #recent >= s.freq_cap then
           local retry = recent[#recent - s.freq_cap + 1] + s.freq_window
-          return answer(s, RETRY_LATER, MARKETING_FREQUENCY, retry, 0, r24.total, last, 0, 0)
+          if refuse(s, flags, RETRY_LATER, MARKETING_FREQUENCY, retry, r24.total, last) then
+            return
+          end
         end
       end
       if (flags % (2 * F_QUALITY_BLOCK) >= F_QUALITY_BLOCK) then
-        return answer(s, REJECT, QUALITY_PROTECTION, 0, 0, r24.total, last, 0, 0)
+        if refuse(s, flags, REJECT, QUALITY_PROTECTION, 0, r24.total, last) then
+          return
+        end
       end
     end
     -- step 8: the sender's throughput bucket
     if tput_tat - num.tput_tol > now_us then
       local retry = -fdiv(-(tput_tat - num.tput_tol), 1000)
-      return answer(s, RETRY_LATER, THROUGHPUT, retry, 0, r24.total, last, 0, 0)
+      if refuse(s, flags, RETRY_LATER, THROUGHPUT, retry, r24.total, last) then
+        return
+      end
     end
     -- step 9: the pair-rate bucket
     if pair_tat > now and (now - pair_start >= num.pair_iv or pair_tat - pair_start > num.pair_tol) then
-      return answer(s, RETRY_LATER, PAIR_RATE, pair_tat, 0, r24.total, last, 0, 0)
+      if refuse(s, flags, RETRY_LATER, PAIR_RATE, pair_tat, r24.total, last) then
+        return
+      end
     end
   end
 
-  -- admitted: consume what it takes (nothing on a dry run)
+  -- admitted (or every refusal shadowed: the first is the answer): consume what it
+  -- takes (nothing on a dry run)
+  local d, rsn, retry = ADMIT, OK, 0
+  if s.wd ~= ADMIT then
+    d, rsn, retry = s.wd, s.wr, s.wt
+    s.wd = ADMIT
+  end
   local counted = needs_slot and 1 or 0
   if (flags % (2 * F_DRY_RUN) >= F_DRY_RUN) then
-    return answer(s, ADMIT, OK, 0, counted, r24.total + counted, last, 0, 0)
+    return answer(s, d, rsn, retry, counted, r24.total + counted, last, 0, 0)
   end
   local slot_t, gen = 0, 0
   if counting then
@@ -458,7 +503,7 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
   s.tat[num.name] = num.tat
   s.pairs[nfield] = pack('>i8i8', pair_tat + num.pair_iv, pair_start)
   s.pair_dirty[nfield] = pair_tat + num.pair_iv  -- ahead of the clock: never stale now
-  return answer(s, ADMIT, OK, 0, counted, r24.total, last, slot_t, gen)
+  return answer(s, d, rsn, retry, counted, r24.total, last, slot_t, gen)
 end
 
 local function load_number(s, name, args, i)
@@ -612,7 +657,7 @@ local function decide(keys, args)
     end
   end
   local out = {snow}
-  s.out = out
+  s.out, s.wd = out, ADMIT
   for i = 1, r.n do
     local now = server and snow or r.now[i]
     local kidx, flags = r.kidx[i], r.flags[i]
@@ -623,7 +668,9 @@ local function decide(keys, args)
     else
       decide_one(s, r.num[i], now, r.rcpt[i], r.nfield[i], r.shard[i], flags, r.limit[i],
         opted[i])
-      if kidx > 0 and out[s.at] == ADMIT and not has(flags, F_DRY_RUN) then
+      -- (a shadow admit, answered with its would-be refusal, is kept as an admit)
+      if kidx > 0 and (out[s.at] == ADMIT or shadowed(flags, out[s.at + 1]))
+          and not has(flags, F_DRY_RUN) then
         redis.call('SET', keys[kidx], pack(ANSWER, unpack(out, s.at, s.at + 7)), 'PX', r.kms[i])
       end
     end
@@ -734,6 +781,59 @@ local function throughput(keys, args)
   return 1
 end
 
+-- counts(keys: meta, r24, r7, s7; args: geometry (4), now ('' for TIME)) -> the
+-- time used (never before the scope's clock), used_24h, unique_7d, slots_7d, the
+-- 24 h ring's low bucket, then (bucket, count) of each of its buckets that counts.
+-- Reads only: the clock and rings are advanced in this call's memory, not saved.
+local function counts(keys, args)
+  bind()
+  local s = scope_open(keys, args, 1)
+  local now = args[5] == '' and server_now() or tonumber(args[5])
+  now = scope_clamp(s, now)
+  local r = s.r24
+  local out = {now, r.total, s.r7.total, s.s7.total, r.lo}
+  if r.total > 0 then
+    local raw = r.cleared and '' or (redis.call('GET', r.key) or '')
+    for b = r.lo, r.lo + r.n - 1 do
+      local i = b % r.n
+      local c = r.cache[i]
+      if c == nil then
+        c = #raw >= i * 4 + 4 and sunpack('>i4', raw, i * 4 + 1) or 0
+      end
+      if c ~= 0 then
+        out[#out + 1] = b
+        out[#out + 1] = c
+      end
+    end
+  end
+  return out
+end
+
+-- entries(keys: meta, opt, pairs, shard hashes...; args: number, then per shard
+-- hash the space-separated recipients in it) -> the number's throughput TAT, then
+-- per shard hash {its recipients' (scope entry, marketing entry, window entry)
+-- values, whether each opted out, each one's pair entry with the number}. Reads
+-- only (what a plan of a list reads); entries as stored (a pair entry the clock
+-- has passed may still be there).
+local function entries(keys, args)
+  local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
+  for j = 4, #keys do
+    local rs, fields, nfields = {}, {}, {}
+    for r in string.gmatch(args[j - 2], '%S+') do
+      local nf = args[1] .. ':' .. r
+      rs[#rs + 1] = r
+      nfields[#nfields + 1] = nf
+      fields[#fields + 1] = r
+      fields[#fields + 1] = 'm' .. r
+      fields[#fields + 1] = nf
+    end
+    out[#out + 1] = {chunked('HMGET', keys[j], fields), chunked('SMISMEMBER', keys[2], rs),
+                     chunked('HMGET', keys[3], nfields)}
+  end
+  return out
+end
+
 local calls = {decide = decide, release = release, usage = usage,
-               number_update = number_update, opt_out = opt_out, throughput = throughput}
+               number_update = number_update, opt_out = opt_out, throughput = throughput,
+               counts = counts, entries = entries}
 -- REGISTER

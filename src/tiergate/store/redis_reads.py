@@ -212,24 +212,35 @@ class RecipientEntries:
     tput_tat: int
 
 
+#: A scope entry's last counted time is 6 bytes; its lowest value stands for NEVER
+#: (the Lua's NEVER6).
+_NEVER6 = -(1 << 47)
+
+
 def parse_entries(
-    keys: Sequence[int], values: Sequence[tuple[Any, Any, Any]], opted: Sequence[Any], tat: Any
+    keys: Sequence[int],
+    values: Sequence[tuple[Any, Any, Any, Any]],
+    opted: Sequence[Any],
+    tat: Any,
 ) -> RecipientEntries:
-    """:class:`RecipientEntries` from each key's (scope entry, marketing entry, number
-    entry) values as Redis holds them, its opt-out membership and the number's TAT."""
+    """:class:`RecipientEntries` from each key's (scope entry, marketing entry, window
+    entry, pair entry) values as Redis holds them (layout tg3: a scope entry is the
+    last counted time in 6 bytes and the slot generation in 2, a window entry the
+    window's and free-entry-point window's ends, a pair entry the pair's TAT and
+    burst start), its opt-out membership and the number's TAT."""
     # a Lua number as Redis stores it: "%.17g", exact for every TAT (below 2**53)
     tput_tat = max(NEVER, int(float(tat.decode() if isinstance(tat, bytes) else tat or NEVER)))
     out = RecipientEntries({}, {}, {}, [], tput_tat)
-    for rkey, (se, mk, ne), opt in zip(keys, values, opted, strict=True):
+    for rkey, (se, mk, we, pe), opt in zip(keys, values, opted, strict=True):
         if se is not None:
-            out.last[rkey] = struct.unpack(">qh", se)[0]
+            last = int.from_bytes(se[:6], "big", signed=True)
+            out.last[rkey] = NEVER if last == _NEVER6 else last
         if mk is not None:
             out.marketing[rkey] = struct.unpack(">qqqq", mk)
-        if ne is not None:
-            if len(ne) == 16:
-                out.number[rkey] = (NEVER, NEVER, *struct.unpack(">qq", ne))
-            else:
-                out.number[rkey] = struct.unpack(">qqqq", ne)
+        if we is not None or pe is not None:
+            window = struct.unpack(">qq", we) if we is not None else (NEVER, NEVER)
+            pair = struct.unpack(">qq", pe) if pe is not None else (NEVER, NEVER)
+            out.number[rkey] = (*window, *pair)
         if int(opt):
             out.opted_out.append(rkey)
     return out
