@@ -59,7 +59,15 @@ MAX_REDIS_TIME = 1 << 43
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
 DEFAULT_TIMEOUT = 0.5
 #: The functions the library registers (``calls`` in redis_functions.lua).
-_OPERATIONS = ("decide", "release", "usage", "number_update", "opt_out", "throughput")
+_OPERATIONS = (
+    "decide",
+    "release",
+    "usage",
+    "number_update",
+    "opt_out",
+    "throughput",
+    "reconcile",
+)
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 _MIX = 0x9E3779B97F4A7C15
@@ -330,6 +338,35 @@ class RedisCounting:
             out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
         return out
 
+    # -- reconciliation ----------------------------------------------------------
+
+    async def reconcile(
+        self, scope: ScopeSpec, origin: str, rows: Sequence[tuple[Row, int]]
+    ) -> int:
+        """Count ``rows`` (each with its sequence number, increasing) in ``scope`` as
+        admits, unconditionally and in order: the admits a sidecar decided on its own
+        while Redis could not be reached. Idempotent: Redis keeps, per ``origin`` (the
+        sidecar's) and scope, the highest sequence number counted, and skips rows at
+        or below it. Returns how many rows were counted now."""
+        for r, _ in rows:
+            if not 0 < r.recipient < 1 << 64:
+                raise ValueError(f"recipient key {r.recipient} is not in 1 .. 2**64 - 1")
+            _check_time("now", r.now)
+        keys = [*scope.fixed_keys(), f"{scope.tag}:r:{origin}"]
+        index: dict[str, int] = {}
+        numbers: dict[str, tuple[int, NumberSpec]] = {}
+        body: list[object] = []
+        for r, seq in rows:
+            num = numbers.setdefault(r.number.name, (len(numbers) + 1, r.number))
+            kidx = _key_at(keys, index, f"{scope.tag}:k:{r.key}") if r.key else 0
+            shard_at = _key_at(keys, index, scope.scope_shard(r.recipient))
+            body += (num[0], str(r.recipient), shard_at, r.flags, r.now, seq, kidx, r.key_ms)
+        head: list[object] = [*scope.geometry, scope.freq_cap, scope.freq_window_ms]
+        head += [scope.ttl_ms, len(numbers)]
+        for _, spec in numbers.values():
+            head += spec.args()
+        return int(await self._run("reconcile", keys, head + body))
+
     # -- feedback ----------------------------------------------------------------
 
     async def release(self, scope: ScopeSpec, recipient: int, slot: int, prev_counted: int) -> bool:
@@ -421,6 +458,15 @@ def _failure(e: Exception) -> Exception:
 def _missing_code(e: Exception) -> bool:
     text = str(e)
     return "Function not found" in text or "NOSCRIPT" in text
+
+
+def _key_at(keys: list[str], index: dict[str, int], key: str) -> int:
+    """The (1-based) index of ``key`` in ``keys``, appended when it is not there yet."""
+    at = index.get(key)
+    if at is None:
+        keys.append(key)
+        at = index[key] = len(keys)
+    return at
 
 
 def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]]:

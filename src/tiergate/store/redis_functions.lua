@@ -569,6 +569,52 @@ local function throughput(keys, args)
   return 1
 end
 
+-- reconcile(keys: meta, r24, r7, s7, opt, mark, then the shard and idempotency keys
+-- the rows name; args: geometry (4), freq_cap, freq_window_ms, ttl_ms, n_numbers,
+-- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
+-- pair_tolerance_ms), then per row (number 1.., recipient, shard key index, flags,
+-- time, sequence number, idempotency key's key index or 0, its lifetime in ms)):
+-- the admits a sidecar decided on its own while Redis could not be reached
+-- (--store-failure open), counted in order as decide counts an admit (forced: it
+-- cannot refuse what was already sent), each time clamped to the scope's clock.
+-- The mark (KEYS[6], one per sidecar origin and scope) holds the highest sequence
+-- number counted: a row at or below it is skipped, so a call repeated after a lost
+-- reply counts nothing twice. Answers the rows counted now.
+local function reconcile(keys, args)
+  local s = scope_open(keys, args, 1)
+  s.freq_cap, s.freq_window = tonumber(args[5]), tonumber(args[6])
+  s.tat, s.swept, s.renewed = {}, {}, {}
+  local ttl = tonumber(args[7])
+  s.ttl, s.wall = ttl, ttl > 0 and server_now() or 0
+  local nums = {}
+  local at = 9
+  for j = 1, tonumber(args[8]) do
+    nums[j] = load_number(s, args[at], args, at + 1)
+    at = at + 5
+  end
+  local mark = tonumber(redis.call('GET', keys[6]) or 0)
+  local counted = 0
+  while at <= #args do
+    local seq = tonumber(args[at + 5])
+    if seq > mark then
+      local flags = bit.bor(bit.band(tonumber(args[at + 3]), bit.bnot(F_DRY_RUN)), F_FORCE)
+      local d = decide_one(s, nums[tonumber(args[at])], tonumber(args[at + 4]), args[at + 1],
+        keys[tonumber(args[at + 2])], flags, 0)
+      local kidx = tonumber(args[at + 6])
+      if kidx > 0 then  -- a key admitted at another sidecar meanwhile keeps that admit
+        redis.call('SET', keys[kidx], pack('>i1i1i8i1i8i8i8i2', d[1], d[2], d[3], d[4], d[5],
+          d[6], d[7], d[8]), 'PX', tonumber(args[at + 7]), 'NX')
+      end
+      mark, counted = seq, counted + 1
+    end
+    at = at + 8
+  end
+  redis.call('SET', keys[6], mark, 'PX', math.max(2 * ttl, 1))
+  scope_save(s, keys, ttl)
+  return counted
+end
+
 local calls = {decide = decide, release = release, usage = usage,
-               number_update = number_update, opt_out = opt_out, throughput = throughput}
+               number_update = number_update, opt_out = opt_out, throughput = throughput,
+               reconcile = reconcile}
 -- REGISTER

@@ -17,28 +17,45 @@ slot back if it is still the recipient's latest.
 
 While Redis cannot be reached, ``failure="closed"`` answers RETRY_LATER with
 the detail ``store unavailable`` and a retry time one second on;
-``failure="open"`` decides with this process's engine (counted locally, not
-reconciled into Redis afterwards: see docs/redis.md).
+``failure="open"`` decides with this process's engine and keeps each admit so
+decided (``PolicyState.unreconciled``, in the journal when there is one, up to
+``reconcile_cap`` of them). Once Redis answers again they are sent before the
+next decisions, one call per limit scope, to the function ``reconcile``, which
+counts them as admits whatever the limit says and counts none twice (see
+docs/redis.md, "When Redis is gone").
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
-from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
+from tiergate.engine.constants import ADMIT, REASON_UNSPECIFIED, RETRY_LATER
 from tiergate.policy.admission import Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import AdmitResult
+from tiergate.policy.journal import journal_json
 from tiergate.policy.requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
-from tiergate.policy.state import LimitScope
+from tiergate.policy.state import LimitScope, Unreconciled
 from tiergate.policy.tiers import number_params
 
 from .base import StoreUnavailableError
 from .redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec
 
-__all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "MirroredCounting", "SharedAdmission"]
+__all__ = [
+    "RECONCILE_CAP",
+    "RECONCILE_CHUNK",
+    "RETRY_AFTER_MS",
+    "UNAVAILABLE_DETAIL",
+    "MirroredCounting",
+    "SharedAdmission",
+]
+
+log = logging.getLogger(__name__)
 
 #: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
 Change = Callable[[], Awaitable[object]]
@@ -46,6 +63,11 @@ Change = Callable[[], Awaitable[object]]
 #: What a refusal for an unreachable store says, and how soon to retry.
 UNAVAILABLE_DETAIL = "store unavailable: retry shortly"
 RETRY_AFTER_MS = 1_000
+#: Admits decided while Redis is gone that are kept for it (past it: counted locally
+#: only, and in ``reconcile_dropped``).
+RECONCILE_CAP = 100_000
+#: Rows of one ``reconcile`` call (a Lua call blocks Redis while it runs).
+RECONCILE_CHUNK = 1_000
 
 
 class SharedAdmission:
@@ -56,10 +78,19 @@ class SharedAdmission:
         service: AdmissionService,
         counting: RedisCounting,
         failure: Literal["closed", "open"] = "closed",
+        reconcile_cap: int = RECONCILE_CAP,
     ) -> None:
         self.service = service
         self.counting = counting
         self.failure = failure
+        #: This run's name for the admits it keeps for Redis, and their last number.
+        self.origin = secrets.token_hex(8)
+        self.seq = 0
+        self.reconcile_cap = reconcile_cap
+        #: Admits kept for Redis past the cap (counted locally only), and counted there.
+        self.reconcile_dropped = 0
+        self.reconciled = 0
+        self._reconciling: asyncio.Future[None] | None = None
         #: Admits answered while Redis could not be reached, and whether it can now.
         self.unavailable_answers = 0
         self.available = True
@@ -145,8 +176,14 @@ class SharedAdmission:
         return [r for r in out if r is not None]
 
     async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
-        """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""
+        """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass),
+        after the admits kept while Redis was gone."""
         st = self.service.state
+        if st.unreconciled:
+            try:
+                await self.reconcile()
+            except StoreUnavailableError:
+                return [self._unavailable(p) for p in part]
         idem_ms = st.profile.idempotency_ms
         futs = [
             self.counting.decide(
@@ -185,7 +222,75 @@ class SharedAdmission:
             )
         s = p.sender
         st = self.service.state
-        return st.engine.decide(p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit)
+        d = st.engine.decide(p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit)
+        if d[0] == ADMIT and not p.dry:
+            self._keep(p)
+        return d
+
+    def _keep(self, p: Pending) -> None:
+        """Keep an admit decided here while Redis is gone, for :meth:`reconcile`."""
+        st = self.service.state
+        if len(st.unreconciled) >= self.reconcile_cap:
+            self.reconcile_dropped += 1
+            if self.reconcile_dropped == 1:
+                log.warning(
+                    "store unavailable: %d admits kept for Redis; later ones are counted "
+                    "by this sidecar only",
+                    self.reconcile_cap,
+                )
+            return
+        self.seq += 1
+        key = f"{p.sender.id}:{p.key}" if p.key else ""
+        u = Unreconciled(self.origin, self.seq, p.now, p.sender.engine_index, p.rkey, p.flags, key)
+        st.unreconciled.append(u)
+        journal_json(st, {"k": "unreconciled", "row": list(u)})
+
+    def reconcile(self) -> Awaitable[None]:
+        """Count in Redis the admits decided here while it could not be reached, in
+        order, one call per limit scope (and per sidecar run that kept them) of at
+        most :data:`RECONCILE_CHUNK` rows; callers meanwhile share the calls in
+        flight. Raises :class:`StoreUnavailableError` while Redis cannot be reached
+        (what was not counted stays kept)."""
+        if self._reconciling is None or self._reconciling.done():
+            self._reconciling = asyncio.ensure_future(self._reconcile())
+        return asyncio.shield(self._reconciling)
+
+    async def _reconcile(self) -> None:
+        st = self.service.state
+        while st.unreconciled:
+            groups: dict[tuple[str, int], list[Unreconciled]] = {}
+            for u in st.unreconciled:
+                rows = groups.setdefault((u.origin, st.by_index[u.number].scope.index), [])
+                if len(rows) < RECONCILE_CHUNK:
+                    rows.append(u)
+            sends = (self._reconcile_rows(o, sc, rows) for (o, sc), rows in groups.items())
+            try:
+                await asyncio.gather(*sends)
+            except StoreUnavailableError:
+                self.available = False
+                raise
+        self.available = True
+
+    async def _reconcile_rows(self, origin: str, scope: int, rows: list[Unreconciled]) -> None:
+        st = self.service.state
+        idem_ms = st.profile.idempotency_ms
+        out: list[tuple[Row, int]] = []
+        for u in rows:
+            s = st.by_index[u.number]
+            spec = NumberSpec(s.id, *number_params(st, s))
+            out.append((Row(spec, u.rkey, u.flags, 0, u.now, u.key, idem_ms), u.seq))
+        try:
+            self.reconciled += await self.counting.reconcile(
+                self.scope(st.by_index[rows[0].number].scope), origin, out
+            )
+        except StoreUnavailableError:
+            raise
+        except Exception as e:  # Redis refused them (never will take them): not kept
+            self.reconcile_dropped += len(rows)
+            log.error("store: %d admits kept for Redis were refused there: %s", len(rows), e)
+        seq = rows[-1].seq
+        st.reconciled(origin, scope, seq)
+        journal_json(st, {"k": "reconciled", "o": origin, "scope": scope, "seq": seq})
 
     async def admit_checked(self, checked: Checked, now_ms: int) -> AdmitResult:
         """Decide one request whose fields passed ``requests.well_formed``'s checks."""
