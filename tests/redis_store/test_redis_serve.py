@@ -416,26 +416,17 @@ def test_a_data_dir_with_the_shared_store_restarts(redis_url: str, tmp_path: Any
     uvloop.run(main())
 
 
-def test_rules_the_shared_store_does_not_decide_yet_are_refused(
-    redis_url: str, tmp_path: Any
-) -> None:
-    """Shadow mode and warm-up under portfolio scope refuse to start on the shared
-    store (never enforcing less than alone); PlanCampaign, WatchSenderState and
-    AdmitColumns answer FAILED_PRECONDITION there."""
+def test_rules_the_shared_store_does_not_decide_yet_are_refused(redis_url: str) -> None:
+    """Shadow mode refuses to start on the shared store (never enforcing less than
+    alone); PlanCampaign, WatchSenderState and AdmitColumns answer
+    FAILED_PRECONDITION there."""
     from dataclasses import replace
 
     from tiergate.server.app import StartupError
 
-    warm = tmp_path / "warm.toml"
-    warm.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
-
     async def main() -> None:
-        for config, what in (
-            (replace(_config(redis_url), shadow=True), "shadow mode"),
-            (replace(_config(redis_url), profile=str(warm)), "warm-up"),
-        ):
-            with pytest.raises(StartupError, match=what):
-                await Sidecar(config).start()
+        with pytest.raises(StartupError, match="shadow mode"):
+            await Sidecar(replace(_config(redis_url), shadow=True)).start()
         async with serving(_config(redis_url)) as stub:
             plan = pb.PlanCampaignRequest(sender_id=SENDER, template_id="t1", recipients=["1"])
             with pytest.raises(grpc.aio.AioRpcError) as e:

@@ -518,11 +518,6 @@ def refuse_unshared(profile: Profile) -> None:
             "store: shadow mode (--shadow, or the profile's [shadow] reasons) is not "
             "decided over --store redis yet; use the embedded store"
         )
-    if profile.warmup_enabled and profile.limit_scope == "portfolio":
-        raise StartupError(
-            "store: warm-up under portfolio scope (the profile's [warmup]) is not "
-            "decided over --store redis yet; use the embedded store"
-        )
 
 
 async def open_counting(config: ServeConfig) -> RedisCounting:

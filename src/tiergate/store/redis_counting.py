@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from redis import exceptions as rexc
 
+from tiergate.engine.constants import UNLIMITED
 from tiergate.engine.reference.bounds import (
     MAX_TIME,
     SLOT_GEN_BITS,
@@ -121,10 +122,14 @@ class NumberSpec:
     tput_burst: int = 1
     pair_interval_ms: int = 6_000
     pair_burst: int = 1
+    #: Its warm-up cap on its own unique recipients (UNLIMITED: not in warm-up).
+    warm_cap: int = UNLIMITED
 
     def __post_init__(self) -> None:
         if min(self.tput_interval_us, self.tput_burst, self.pair_interval_ms, self.pair_burst) < 1:
             raise ValueError("intervals and bursts must be >= 1")
+        if not 0 <= self.warm_cap <= UNLIMITED:
+            raise ValueError(f"warm_cap must be 0 .. 2**62 - 1, got {self.warm_cap}")
         if ":" in self.name:
             raise ValueError(f"a number id has no ':' ({self.name!r})")
 
@@ -135,7 +140,12 @@ class NumberSpec:
             (self.tput_burst - 1) * self.tput_interval_us,
             self.pair_interval_ms,
             (self.pair_burst - 1) * self.pair_interval_ms,
+            self.warm_cap,
         )
+
+    def warm_key(self, scope: ScopeSpec) -> str | None:
+        """The key of its own count in warm-up (None: not in warm-up)."""
+        return f"{scope.tag}:u:{self.name}" if self.warm_cap < UNLIMITED else None
 
 
 class Row(NamedTuple):
@@ -364,19 +374,31 @@ class RedisCounting:
         head: list[object] = [*scope.geometry, scope.freq_cap, scope.freq_window_ms]
         head += [scope.ttl_ms, len(numbers)]
         for _, spec in numbers.values():
-            head += spec.args()
+            head += _number_args(spec, scope, keys, index)
         return int(await self._run("reconcile", keys, head + body))
 
     # -- feedback ----------------------------------------------------------------
 
-    async def release(self, scope: ScopeSpec, recipient: int, slot: int, prev_counted: int) -> bool:
-        """Give back the slot an admit created, as the engine's ``release``."""
+    async def release(
+        self,
+        scope: ScopeSpec,
+        recipient: int,
+        slot: int,
+        prev_counted: int,
+        number: NumberSpec | None = None,
+    ) -> bool:
+        """Give back the slot an admit created, as the engine's ``release``; ``number``
+        (the admit's, when known) gives back its own count in warm-up too."""
         stamp = slot_stamp(recipient, slot, prev_counted)
         if stamp is None:
             return False
         gen, t = stamp
         keys = [*scope.fixed_keys(), scope.scope_shard(recipient)]
-        args = [*scope.geometry, scope.ttl_ms, str(recipient), t, gen, prev_counted]
+        args: list[object] = [*scope.geometry, scope.ttl_ms, str(recipient), t, gen, prev_counted]
+        warm = number.warm_key(scope) if number is not None else None
+        if number is not None and warm is not None:
+            keys.append(warm)
+            args.append(number.name)
         return bool(await self._run("release", keys, args))
 
     async def _number_update(
@@ -417,7 +439,7 @@ class RedisCounting:
         await self._throughput(scope, number, now, -1)
 
     async def _throughput(self, scope: ScopeSpec, number: NumberSpec, now: int, pause: int) -> None:
-        _, iv, tol, _, _ = number.args()
+        _, iv, tol, *_ = number.args()
         args = [number.name, now, pause, iv, tol, scope.ttl_ms]
         await self._run("throughput", scope.fixed_keys()[:1], args)
 
@@ -469,6 +491,15 @@ def _key_at(keys: list[str], index: dict[str, int], key: str) -> int:
     return at
 
 
+def _number_args(
+    spec: NumberSpec, scope: ScopeSpec, keys: list[str], index: dict[str, int]
+) -> tuple[str | int, ...]:
+    """A number's arguments to a call: its own, then its warm-up ring's key index (0:
+    not in warm-up)."""
+    warm = spec.warm_key(scope)
+    return (*spec.args(), _key_at(keys, index, warm) if warm is not None else 0)
+
+
 def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]]:
     """KEYS and ARGV of one decide call for every row gathered for a scope."""
     s = p.scope
@@ -476,27 +507,20 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
     index: dict[str, int] = {}
     numbers: dict[str, tuple[int, NumberSpec]] = {}
     rows: list[object] = []
-
-    def key_at(key: str) -> int:
-        at = index.get(key)
-        if at is None:
-            keys.append(key)
-            at = index[key] = len(keys)
-        return at
-
     for call_rows, _ in p.calls:
         for r in call_rows:
             num = numbers.get(r.number.name)
             if num is None:
                 num = numbers[r.number.name] = (len(numbers) + 1, r.number)
             rk = r.recipient
-            kidx = key_at(f"{s.tag}:k:{r.key}") if r.key else 0
-            rows += (num[0], str(rk), key_at(s.scope_shard(rk)), r.flags, r.limit, r.now)
+            kidx = _key_at(keys, index, f"{s.tag}:k:{r.key}") if r.key else 0
+            shard_at = _key_at(keys, index, s.scope_shard(rk))
+            rows += (num[0], str(rk), shard_at, r.flags, r.limit, r.now)
             rows += (kidx, r.key_ms)
     clock = "" if server_clock else "r"
     head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
     for _, spec in numbers.values():
-        head += spec.args()
+        head += _number_args(spec, s, keys, index)
     return keys, head + rows
 
 

@@ -51,6 +51,10 @@ local function has(flags, f)
   return band(flags, f) ~= 0
 end
 
+-- A number's own count in warm-up (under portfolio scope): its functions are
+-- defined at the end of this file.
+local warmup = {}
+
 -- rings ---------------------------------------------------------------------
 
 -- A ring's counts are read from its string once per bucket per call and written
@@ -192,6 +196,7 @@ local function scope_save(s, keys, ttl)
     out[#out + 1] = 't:' .. k
     out[#out + 1] = v
   end
+  warmup.save(s, out, ttl)
   redis.call('HSET', s.key, unpack(out))
   if ttl > 0 then
     for j = 1, 4 do
@@ -315,6 +320,7 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
   local tput_tat = math.max(num.tat, now_us)
   local pair_tat = math.max(ne and ne.tat or NEVER, now)
   local pair_start = (ne ~= nil and pair_tat > now) and ne.start or now
+  local warm_last = warmup.look(num, ckey, rcpt, now)
 
   if not has(flags, F_FORCE) then
     if not template and not (in_window or (in_fep and has(flags, F_FEP_FREE_FORM))) then
@@ -327,11 +333,9 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
       if has(flags, F_RESTRICTED) then
         return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
       end
-      if needs_slot and r24.total >= limit then
-        if limit <= 0 then
-          return refuse(REJECT, MESSAGING_LIMIT, 0, s, last)
-        end
-        return refuse(RETRY_LATER, MESSAGING_LIMIT, ring_next_free(r24, limit, now), s, last)
+      local over = warmup.over_limit(s, num, needs_slot, limit, warm_last, now)
+      if over then
+        return refuse(over[1], MESSAGING_LIMIT, over[2], s, last)
       end
     elseif has(flags, F_REPLY_RESTRICTED) then
       return refuse(REJECT, SENDER_RESTRICTED, 0, s, last)
@@ -384,6 +388,7 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
     else
       se.fresh = false
     end
+    warmup.count(num, w, rcpt, warm_last, now)
     put(w, rcpt, pack('>i8i2', se.last, se.gen * 2 + (se.fresh and 1 or 0)))
   end
   if marketing then
@@ -421,11 +426,16 @@ local function decide_one(s, num, now, rcpt, ckey, flags, limit)
   return {ADMIT, OK, 0, counted, r24.total, last, slot_t, gen}
 end
 
-local function load_number(s, name, args, i)
+-- args[i..i+5]: tput_interval_us, tput_tolerance_us, pair_interval_ms,
+-- pair_tolerance_ms, warm-up cap, its ring's key index (0: not in warm-up)
+local function load_number(s, name, args, i, keys)
   local tat = s.tat[name] or tonumber(s.meta['t:' .. name] or NEVER)
   s.tat[name] = tat
-  return {name = name, tat = tat, tput_iv = tonumber(args[i]), tput_tol = tonumber(args[i + 1]),
-          pair_iv = tonumber(args[i + 2]), pair_tol = tonumber(args[i + 3])}
+  local num = {name = name, tat = tat, tput_iv = tonumber(args[i]),
+               tput_tol = tonumber(args[i + 1]), pair_iv = tonumber(args[i + 2]),
+               pair_tol = tonumber(args[i + 3])}
+  warmup.load(s, num, tonumber(args[i + 4]), keys[tonumber(args[i + 5])])
+  return num
 end
 
 local function touch(keys, first, ttl)
@@ -439,8 +449,8 @@ end
 -- decide(keys, args): args = now ('' for Redis TIME), bucket_ms, window_ms,
 -- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
 -- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
--- pair_tolerance_ms), then per row (number 1.., recipient, shard key index,
--- flags, limit, now, idempotency key's key index or 0, its lifetime in ms): a
+-- pair_tolerance_ms, warm-up cap, its ring's key index or 0), then per row
+-- (number 1.., recipient, shard key index, flags, limit, now, idempotency key's key index or 0, its lifetime in ms): a
 -- row whose key holds a first admit answers that admit and consumes nothing. Answers the time used (server
 -- clock, or 0) then per row: decision, reason, retry_at, counted, used,
 -- prev_counted, slot time, slot generation.
@@ -454,8 +464,8 @@ local function decide(keys, args)
   local nums = {}
   local at = 10
   for j = 1, nn do
-    nums[j] = load_number(s, args[at], args, at + 1)
-    at = at + 5
+    nums[j] = load_number(s, args[at], args, at + 1, keys)
+    at = at + 7
   end
   local server = args[1] == ''
   local snow = server and server_now() or 0
@@ -484,8 +494,9 @@ local function decide(keys, args)
   return out
 end
 
--- release(keys: meta, r24, r7, s7, opt, scope shard; args: geometry (4), ttl,
--- recipient, slot time, slot generation, prev_counted) -> 1 if released.
+-- release(keys: meta, r24, r7, s7, opt, scope shard[, the number's warm-up ring];
+-- args: geometry (4), ttl, recipient, slot time, slot generation, prev_counted[,
+-- the number]) -> 1 if released.
 local function release(keys, args)
   local s = scope_open(keys, args, 1)
   local rcpt, t, gen, prev = args[6], tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
@@ -500,6 +511,9 @@ local function release(keys, args)
   ring_add(s.s7, t, -1)
   se.last, se.fresh = prev, false
   scope_entry_put(keys[6], rcpt, se)
+  if keys[7] then  -- the number in warm-up the admit was from: its own count too
+    warmup.release(s, args[10], keys[7], keys[6], rcpt, t, prev)
+  end
   s.tat = {}
   scope_save(s, keys, tonumber(args[5]))
   return 1
@@ -571,9 +585,8 @@ end
 
 -- reconcile(keys: meta, r24, r7, s7, opt, mark, then the shard and idempotency keys
 -- the rows name; args: geometry (4), freq_cap, freq_window_ms, ttl_ms, n_numbers,
--- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
--- pair_tolerance_ms), then per row (number 1.., recipient, shard key index, flags,
--- time, sequence number, idempotency key's key index or 0, its lifetime in ms)):
+-- then per number (as decide's), then per row (number 1.., recipient, shard key
+-- index, flags, time, sequence number, idempotency key's key index or 0, its lifetime in ms)):
 -- the admits a sidecar decided on its own while Redis could not be reached
 -- (--store-failure open), counted in order as decide counts an admit (forced: it
 -- cannot refuse what was already sent), each time clamped to the scope's clock.
@@ -589,8 +602,8 @@ local function reconcile(keys, args)
   local nums = {}
   local at = 9
   for j = 1, tonumber(args[8]) do
-    nums[j] = load_number(s, args[at], args, at + 1)
-    at = at + 5
+    nums[j] = load_number(s, args[at], args, at + 1, keys)
+    at = at + 7
   end
   local mark = tonumber(redis.call('GET', keys[6]) or 0)
   local counted = 0
@@ -612,6 +625,101 @@ local function reconcile(keys, args)
   redis.call('SET', keys[6], mark, 'PX', math.max(2 * ttl, 1))
   scope_save(s, keys, ttl)
   return counted
+end
+
+-- warm-up ----------------------------------------------------------------------
+-- A number in warm-up under portfolio scope (engine/reference/warmup.py): its own
+-- ring of unique recipients in the 24 h window (KEYS: tg2:{pf:S}:u:<number>, its
+-- low bucket and total in meta as u:<number>:lo / :tot) and, in the recipient's
+-- shard hash, w<number>/<recipient> -> the last time the number counted it (i8).
+
+local function warm_field(name, rcpt)
+  return 'w' .. name .. '/' .. rcpt
+end
+
+function warmup.load(s, num, cap, key)
+  if key == nil then
+    return
+  end
+  s.warm = s.warm or {}
+  local r = s.warm[num.name]
+  if r == nil then
+    r = ring(key, 'u:' .. num.name .. ':', s.r24.width, s.r24.window, false, s.meta)
+    s.warm[num.name] = r
+  end
+  num.warm, num.cap = r, cap
+end
+
+-- The recipient's last counted time by the number (NEVER: none, or no warm-up).
+function warmup.look(num, ckey, rcpt, now)
+  if num.warm == nil then
+    return NEVER
+  end
+  ring_advance(num.warm, now)
+  local v = redis.call('HGET', ckey, warm_field(num.name, rcpt))
+  return v and sunpack('>i8', v) or NEVER
+end
+
+-- Step 6: {decision, retry_at} when a count that binds has no free slot: the
+-- scope's (when the send needs a new slot of it) or the number's own in warm-up
+-- (when the number has not counted the recipient in the window); else nil.
+function warmup.over_limit(s, num, needs_slot, limit, warm_last, now)
+  local full = needs_slot and s.r24.total >= limit
+  local own = num.warm ~= nil and warm_last <= now - s.window
+  local warm_full = own and num.warm.total >= num.cap
+  if not (full or warm_full) then
+    return nil
+  end
+  local retry = now
+  if full then
+    if limit <= 0 then
+      return {REJECT, 0}
+    end
+    retry = ring_next_free(s.r24, limit, now)
+  end
+  if warm_full then
+    if num.cap <= 0 then
+      return {REJECT, 0}
+    end
+    retry = math.max(retry, ring_next_free(num.warm, num.cap, now))
+  end
+  return {RETRY_LATER, retry}
+end
+
+-- A counting admit: the number's own count moves the recipient to now (fields of
+-- the shard hash's HSET appended to w).
+function warmup.count(num, w, rcpt, warm_last, now)
+  if num.warm ~= nil then
+    ring_add(num.warm, warm_last, -1)
+    ring_add(num.warm, now, 1)
+    put(w, warm_field(num.name, rcpt), pack('>i8', now))
+  end
+end
+
+function warmup.release(s, name, key, ckey, rcpt, t, prev)
+  local num = {name = name}
+  warmup.load(s, num, 0, key)
+  local field = warm_field(name, rcpt)
+  local v = redis.call('HGET', ckey, field)
+  if v and sunpack('>i8', v) == t then
+    ring_add(num.warm, t, -1)
+    ring_add(num.warm, prev, 1)
+    redis.call('HSET', ckey, field, pack('>i8', prev))
+  end
+end
+
+-- The rings of the numbers in warm-up: saved, their meta fields appended to out.
+function warmup.save(s, out, ttl)
+  for _, r in pairs(s.warm or {}) do
+    ring_save(r)
+    out[#out + 1] = r.name .. 'lo'
+    out[#out + 1] = r.lo
+    out[#out + 1] = r.name .. 'tot'
+    out[#out + 1] = r.total
+    if ttl > 0 then
+      redis.call('PEXPIRE', r.key, ttl)
+    end
+  end
 end
 
 local calls = {decide = decide, release = release, usage = usage,

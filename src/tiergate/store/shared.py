@@ -40,7 +40,7 @@ from tiergate.policy.journal import journal_json
 from tiergate.policy.requests import AdmitLike, Checked, KeyConflict, check_one, well_formed
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
-from tiergate.policy.state import LimitScope, Unreconciled
+from tiergate.policy.state import LimitScope, Sender, Unreconciled
 from tiergate.policy.tiers import number_params
 
 from .base import StoreUnavailableError
@@ -122,10 +122,13 @@ class SharedAdmission:
 
     def number(self, index: int) -> tuple[ScopeSpec, NumberSpec]:
         """The scope and number of the engine's number ``index``."""
-        st = self.service.state
-        s = st.by_index[index]
+        s = self.service.state.by_index[index]
         assert s.engine_index == index
-        return self.scope(s.scope), NumberSpec(s.id, *number_params(st, s))
+        return self.scope(s.scope), self.number_spec(s)
+
+    def number_spec(self, s: Sender) -> NumberSpec:
+        """A sender as Redis knows its number: rates, and its warm-up cap."""
+        return NumberSpec(s.id, *number_params(self.service.state, s), s.warmup_cap)
 
     def scope_of(self, index: int) -> ScopeSpec:
         for s in self.service.state.by_index:
@@ -190,7 +193,7 @@ class SharedAdmission:
                 self.scope(p.sender.scope),
                 [
                     Row(
-                        NumberSpec(p.sender.id, *number_params(st, p.sender)),
+                        self.number_spec(p.sender),
                         p.rkey,
                         p.flags,
                         p.limit,
@@ -276,8 +279,7 @@ class SharedAdmission:
         idem_ms = st.profile.idempotency_ms
         out: list[tuple[Row, int]] = []
         for u in rows:
-            s = st.by_index[u.number]
-            spec = NumberSpec(s.id, *number_params(st, s))
+            spec = self.number_spec(st.by_index[u.number])
             out.append((Row(spec, u.rkey, u.flags, 0, u.now, u.key, idem_ms), u.seq))
         try:
             self.reconciled += await self.counting.reconcile(
@@ -324,7 +326,9 @@ class MirroredCounting:
         self, scope: int, recipient: int, slot: int, prev_counted: int, number: int = -1
     ) -> bool:
         spec, redis = self.shared.scope_of(scope), self.shared.counting
-        self._queue(lambda: redis.release(spec, recipient, slot, prev_counted))
+        known = 0 <= number < len(self.shared.service.state.by_index)
+        num = self.shared.number(number)[1] if known else None
+        self._queue(lambda: redis.release(spec, recipient, slot, prev_counted, num))
         return bool(self.local.release(scope, recipient, slot, prev_counted, number))
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:
