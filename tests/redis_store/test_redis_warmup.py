@@ -38,7 +38,7 @@ def test_a_new_number_s_warm_up_cap_holds_across_sidecars(redis_url: str, tmp_pa
     of warm-up: 100 a day of its own) and an older one. Sent alternately through
     both sidecars, the new number admits 100 recipients, not 150; the older number
     then admits the rest of the portfolio's limit; one of the new number's
-    recipients again takes no slot of its cap."""
+    recipients again takes no slot of its cap, and a FAILED send gives one back."""
     profile = tmp_path / "warm.toml"
     profile.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
     base = _config(redis_url)
@@ -48,18 +48,35 @@ def test_a_new_number_s_warm_up_cap_holds_across_sidecars(redis_url: str, tmp_pa
 
     async def main() -> None:
         async with serving(config) as a, serving(config) as b:
-            admitted, at = 0, T0
+            admitted, at, tickets = 0, T0, []
             for i in range(150):
                 at += 100
                 res: Any = await (a, b)[i % 2].Admit(_request(SENDER, i, at))
                 if res.decision == pb.DECISION_ADMIT:
                     admitted += 1
+                    tickets.append((i, res.ticket))
                 else:
                     assert res.reason == pb.MESSAGING_LIMIT
                     assert res.decision == pb.DECISION_RETRY_LATER
             assert admitted == 100
             again: Any = await b.Admit(_request(SENDER, 3, at + 100))
             assert again.decision == pb.DECISION_ADMIT and not again.counted
+            # a FAILED send told to A gives the number's own slot back in Redis
+            i, ticket = tickets[-1]
+            failed = pb.SendResult(
+                ticket=ticket,
+                sender_id=SENDER,
+                recipient=f"+1415556{i:04d}",
+                status=pb.FAILED,
+                meta_error_code=131026,
+                at_unix_ms=at + 200,
+            )
+            await a.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
+            freed: Any = await b.Admit(_request(SENDER, 150, at + 300))
+            assert freed.decision == pb.DECISION_ADMIT and freed.counted
+            full: Any = await b.Admit(_request(SENDER, 151, at + 400))
+            assert full.reason == pb.MESSAGING_LIMIT
+            at += 400
             more, limit = 0, 0
             for i in range(200, 400):
                 at += 100
