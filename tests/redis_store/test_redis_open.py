@@ -53,9 +53,9 @@ async def _used(url: str, now: int) -> int:
 
 def test_open_admits_are_counted_in_redis_when_it_returns(spare_redis: RedisProcess) -> None:
     """Redis killed: sidecar A (open) admits 200 recipients on its own. Redis back
-    (empty: no persistence): A's next call counts them there first, so sidecar B
-    admits only the limit's remaining new recipients, and A's recipients again
-    without a new slot."""
+    (empty: no persistence): A counts them there within about a second, unasked,
+    so sidecar B admits only the limit's remaining new recipients, and A's
+    recipients again without a new slot."""
 
     async def main() -> None:
         url = spare_redis.url
@@ -66,6 +66,11 @@ def test_open_admits_are_counted_in_redis_when_it_returns(spare_redis: RedisProc
                 res: Any = await a.Admit(_request(i, T0 + i * 100), timeout=5)
                 assert res.decision == pb.DECISION_ADMIT
             spare_redis.start()
+            # A tries Redis every second on its own: B's Redis counts them unasked
+            deadline = time.monotonic() + 10
+            while await _used(url, T0 + n * 100) < n:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
             at = T0 + n * 100
             first: Any = await a.Admit(_request(n, at))
             assert first.decision == pb.DECISION_ADMIT and first.used == n + 1

@@ -4,7 +4,8 @@ gone, counted as the reference engine counts a forced admit, in order, and never
 Random walks (hypothesis): decisions, then a reconciliation of admits (some sent
 again, as after a reply that was lost, some in overlapping parts), then more
 decisions: every answer from Redis equals the reference engine's, which took the
-admits once each as forced decisions.
+admits once each as forced decisions (a number's throughput TAT then the later of
+its own before them and theirs at their own times).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tiergate.engine.constants import ADMIT, F_FORCE, F_MARKETING, F_TEMPLATE
+from tiergate.engine.reference.bounds import NEVER
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import Row, connect
 
@@ -55,15 +57,25 @@ def test_reconciled_admits_count_as_forced_decisions_once(
             for o in before:
                 await walk.apply(o)
             kept_rows = []
+            e = walk.engine
+            tat0 = [n.tput_tat for n in e.numbers]
+            own = [NEVER, NEVER]
             for seq, (num, rcpt, flags, dt) in enumerate(rows, 1):
                 at = max(0, walk.now + dt)  # times before the scope's clock too
                 kept_rows.append((Row(walk.numbers[num], rcpt, flags, 0, at), seq))
-                walk.engine.decide(at, 0, num, rcpt, flags | F_FORCE, 0)
+                e.decide(at, 0, num, rcpt, flags | F_FORCE, 0)
+                # a number's throughput TAT: the later of its own and the rows' (at
+                # their times), not the clock's
+                own[num] = max(own[num], at * 1000) + walk.numbers[num].tput_interval_us
+                e.numbers[num].tput_tat = max(tat0[num], own[num])
             part = kept_rows[: min(cut, len(kept_rows))]
             assert await store.reconcile(walk.scope, "origin-a", part) == len(part)
             # the whole list again (its first part was counted: a reply lost), twice
             assert await store.reconcile(walk.scope, "origin-a", kept_rows) == len(rows) - len(part)
             assert await store.reconcile(walk.scope, "origin-a", kept_rows) == 0
+            # both numbers decide at once: their throughput TATs as the engine's
+            probe = [(n, RECIPIENTS[n], F_TEMPLATE, 0) for n in (0, 1)]
+            await walk.apply(("decide", probe))
             for o in after:
                 await walk.apply(o)
             await walk.apply(("usage",))

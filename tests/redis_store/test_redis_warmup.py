@@ -13,7 +13,7 @@ import uvloop
 
 from tiergate.v1 import admission_pb2 as pb
 
-from .test_redis_serve import SENDER, T0, _config, patient, serving  # noqa: F401
+from .test_redis_serve import SENDER, T0, _config, _request, patient, serving  # noqa: F401
 
 pytestmark = pytest.mark.redis
 
@@ -21,15 +21,10 @@ OLD = "100000000000002"
 DAY = 86_400_000
 
 
-def _request(sender: str, i: int, at: int) -> pb.AdmitRequest:
-    return pb.AdmitRequest(
-        sender_id=sender,
-        recipient=f"+1415556{i:04d}",
-        kind=pb.TEMPLATE,
-        category=pb.UTILITY,
-        template_id="t1",
-        at_unix_ms=at,
-    )
+def _from(sender: str, i: int, at: int) -> pb.AdmitRequest:
+    req = _request(i, at)
+    req.sender_id = sender
+    return req
 
 
 @pytest.mark.usefixtures("patient")
@@ -51,7 +46,7 @@ def test_a_new_number_s_warm_up_cap_holds_across_sidecars(redis_url: str, tmp_pa
             admitted, at, tickets = 0, T0, []
             for i in range(150):
                 at += 100
-                res: Any = await (a, b)[i % 2].Admit(_request(SENDER, i, at))
+                res: Any = await (a, b)[i % 2].Admit(_from(SENDER, i, at))
                 if res.decision == pb.DECISION_ADMIT:
                     admitted += 1
                     tickets.append((i, res.ticket))
@@ -59,28 +54,28 @@ def test_a_new_number_s_warm_up_cap_holds_across_sidecars(redis_url: str, tmp_pa
                     assert res.reason == pb.MESSAGING_LIMIT
                     assert res.decision == pb.DECISION_RETRY_LATER
             assert admitted == 100
-            again: Any = await b.Admit(_request(SENDER, 3, at + 100))
+            again: Any = await b.Admit(_from(SENDER, 3, at + 100))
             assert again.decision == pb.DECISION_ADMIT and not again.counted
             # a FAILED send told to A gives the number's own slot back in Redis
             i, ticket = tickets[-1]
             failed = pb.SendResult(
                 ticket=ticket,
                 sender_id=SENDER,
-                recipient=f"+1415556{i:04d}",
+                recipient=f"+1415555{i:04d}",
                 status=pb.FAILED,
                 meta_error_code=131026,
                 at_unix_ms=at + 200,
             )
             await a.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
-            freed: Any = await b.Admit(_request(SENDER, 150, at + 300))
+            freed: Any = await b.Admit(_from(SENDER, 150, at + 300))
             assert freed.decision == pb.DECISION_ADMIT and freed.counted
-            full: Any = await b.Admit(_request(SENDER, 151, at + 400))
+            full: Any = await b.Admit(_from(SENDER, 151, at + 400))
             assert full.reason == pb.MESSAGING_LIMIT
             at += 400
             more, limit = 0, 0
             for i in range(200, 400):
                 at += 100
-                res = await (a, b)[i % 2].Admit(_request(OLD, i, at))
+                res = await (a, b)[i % 2].Admit(_from(OLD, i, at))
                 limit = res.limit
                 if res.decision != pb.DECISION_ADMIT:
                     assert res.reason == pb.MESSAGING_LIMIT

@@ -446,7 +446,7 @@ class Sidecar:
             elif self.service is not None:
                 self.service.drain_journal()
             if self.shared is not None:  # after the last commit (it may send to Redis)
-                await self.shared.counting.aclose()
+                await self.shared.aclose()
         log.info("tiergate stopped")
 
     async def wait(self) -> None:

@@ -589,7 +589,8 @@ end
 -- index, flags, time, sequence number, idempotency key's key index or 0, its lifetime in ms)):
 -- the admits a sidecar decided on its own while Redis could not be reached
 -- (--store-failure open), counted in order as decide counts an admit (forced: it
--- cannot refuse what was already sent), each time clamped to the scope's clock.
+-- cannot refuse what was already sent), each time clamped to the scope's clock,
+-- but for the number's throughput TAT (below).
 -- The mark (KEYS[6], one per sidecar origin and scope) holds the highest sequence
 -- number counted: a row at or below it is skipped, so a call repeated after a lost
 -- reply counts nothing twice. Answers the rows counted now.
@@ -607,12 +608,21 @@ local function reconcile(keys, args)
   end
   local mark = tonumber(redis.call('GET', keys[6]) or 0)
   local counted = 0
+  -- Throughput: the rows were sent at their own times, in the past; counted at the
+  -- clock one after another they would hold the number back for as long as they
+  -- took. Its TAT becomes the later of its TAT before the call and the rows' own
+  -- GCRA (each row at its time): never earlier than either.
+  local before, own = {}, {}
   while at <= #args do
     local seq = tonumber(args[at + 5])
     if seq > mark then
       local flags = bit.bor(bit.band(tonumber(args[at + 3]), bit.bnot(F_DRY_RUN)), F_FORCE)
-      local d = decide_one(s, nums[tonumber(args[at])], tonumber(args[at + 4]), args[at + 1],
-        keys[tonumber(args[at + 2])], flags, 0)
+      local num, t = nums[tonumber(args[at])], tonumber(args[at + 4])
+      before[num.name] = before[num.name] or num.tat
+      local d = decide_one(s, num, t, args[at + 1], keys[tonumber(args[at + 2])], flags, 0)
+      own[num.name] = math.max(own[num.name] or NEVER, t * 1000) + num.tput_iv
+      num.tat = math.max(before[num.name], own[num.name])
+      s.tat[num.name] = num.tat
       local kidx = tonumber(args[at + 6])
       if kidx > 0 then  -- a key admitted at another sidecar meanwhile keeps that admit
         redis.call('SET', keys[kidx], pack('>i1i1i8i1i8i8i8i2', d[1], d[2], d[3], d[4], d[5],

@@ -28,6 +28,7 @@ docs/redis.md, "When Redis is gone").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,6 +69,8 @@ RETRY_AFTER_MS = 1_000
 RECONCILE_CAP = 100_000
 #: Rows of one ``reconcile`` call (a Lua call blocks Redis while it runs).
 RECONCILE_CHUNK = 1_000
+#: How often (s) a sidecar that keeps admits for Redis tries it again unasked.
+RECONCILE_RETRY_S = 1.0
 
 
 class SharedAdmission:
@@ -91,6 +94,7 @@ class SharedAdmission:
         self.reconcile_dropped = 0
         self.reconciled = 0
         self._reconciling: asyncio.Future[None] | None = None
+        self._retrying: asyncio.Task[None] | None = None
         #: Admits answered while Redis could not be reached, and whether it can now.
         self.unavailable_answers = 0
         self.available = True
@@ -247,6 +251,27 @@ class SharedAdmission:
         u = Unreconciled(self.origin, self.seq, p.now, p.sender.engine_index, p.rkey, p.flags, key)
         st.unreconciled.append(u)
         journal_json(st, {"k": "unreconciled", "row": list(u)})
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(self._retry())
+
+    async def _retry(self) -> None:
+        """Try Redis every :data:`RECONCILE_RETRY_S` while admits are kept for it, so
+        they are counted there soon after it returns even if no call comes."""
+        while self.service.state.unreconciled:
+            await asyncio.sleep(RECONCILE_RETRY_S)
+            try:
+                await self.reconcile()
+            except StoreUnavailableError:
+                continue
+
+    async def aclose(self) -> None:
+        """Stop trying Redis on its own, and close the connection to it."""
+        for task in (self._retrying, self._reconciling):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
+                    await task
+        await self.counting.aclose()
 
     def reconcile(self) -> Awaitable[None]:
         """Count in Redis the admits decided here while it could not be reached, in
