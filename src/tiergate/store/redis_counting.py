@@ -596,8 +596,10 @@ def _failure(e: Exception) -> Exception:
 
 
 def _missing_code(e: Exception) -> bool:
+    """Whether Redis lost the library (or the script: redis-py's NoScriptError says
+    no NOSCRIPT)."""
     text = str(e)
-    return "Function not found" in text or "NOSCRIPT" in text
+    return isinstance(e, rexc.NoScriptError) or "Function not found" in text or "NOSCRIPT" in text
 
 
 def _rows_of(p: _Pending) -> Iterator[Row]:
