@@ -58,6 +58,18 @@ def _request(i: int, at: int) -> pb.AdmitRequest:
     )
 
 
+def _failed(i: int, ticket: bytes, at: int) -> pb.SendResult:
+    """A FAILED send (131026) of ``_request(i, ...)``'s admit ``ticket``."""
+    return pb.SendResult(
+        ticket=ticket,
+        sender_id=SENDER,
+        recipient=f"+1415555{i:04d}",
+        status=pb.FAILED,
+        meta_error_code=131026,
+        at_unix_ms=at,
+    )
+
+
 @pytest.mark.usefixtures("patient")
 def test_two_sidecars_on_one_redis_share_the_messaging_limit(redis_url: str) -> None:
     """Alone, each of the two would admit all its 140 recipients; sharing Redis, the
@@ -192,14 +204,7 @@ def test_feedback_to_one_sidecar_applies_for_the_other(redis_url: str) -> None:
             assert res.reason == pb.MESSAGING_LIMIT
             assert (await b.Admit(_request(999, at))).reason == pb.MESSAGING_LIMIT
             i, ticket = tickets[-1]
-            failed = pb.SendResult(
-                ticket=ticket,
-                sender_id=SENDER,
-                recipient=f"+1415555{i:04d}",
-                status=pb.FAILED,
-                meta_error_code=131026,
-                at_unix_ms=at,
-            )
+            failed = _failed(i, ticket, at)
             # A issued the ticket; B verifies it (one ticket key per Redis) and releases
             told: Any = await b.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
             assert "invalid ticket" not in told.detail  # B verifies it; Redis frees the slot

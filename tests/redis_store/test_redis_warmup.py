@@ -13,7 +13,7 @@ import uvloop
 
 from tiergate.v1 import admission_pb2 as pb
 
-from .test_redis_serve import SENDER, T0, _config, _request, serving
+from .test_redis_serve import SENDER, T0, _config, _failed, _request, serving
 
 pytestmark = pytest.mark.redis
 
@@ -58,14 +58,7 @@ def test_a_new_number_s_warm_up_cap_holds_across_sidecars(redis_url: str, tmp_pa
             assert again.decision == pb.DECISION_ADMIT and not again.counted
             # a FAILED send told to A gives the number's own slot back in Redis
             i, ticket = tickets[-1]
-            failed = pb.SendResult(
-                ticket=ticket,
-                sender_id=SENDER,
-                recipient=f"+1415555{i:04d}",
-                status=pb.FAILED,
-                meta_error_code=131026,
-                at_unix_ms=at + 200,
-            )
+            failed = _failed(i, ticket, at + 200)
             await a.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
             freed: Any = await b.Admit(_from(SENDER, 150, at + 300))
             assert freed.decision == pb.DECISION_ADMIT and freed.counted
