@@ -879,6 +879,8 @@ local function entries(keys, args)
                      chunked('HMGET', keys[3], nfields)}
   end
   return out
+end
+
 -- reconcile(keys: as decide's, then the mark (KEYS[8]) before the shard and
 -- idempotency keys the rows name; args: as decide's with now 'r', then the rows'
 -- sequence numbers packed in one string (SEQ each, increasing)): the admits a
