@@ -282,9 +282,9 @@ def test_batches_on_a_cluster_answer_as_on_the_embedded_store(redis_cluster: str
 @pytest.mark.parametrize("failure", ["closed", "open"])
 def test_a_batch_while_redis_is_gone(spare_redis: RedisProcess, failure: str) -> None:
     """Redis killed: every row that reaches steps 4–9 is RETRY_LATER "store
-    unavailable" a second on (closed), or decided by the local engine (open); rows
-    refused before (an unknown sender) keep their answers; Redis back, decisions go
-    on there."""
+    unavailable" a second on (closed), or decided by the local engine and kept for
+    Redis (open); rows refused before (an unknown sender) keep their answers; Redis
+    back, the kept admits are counted there first, and decisions go on there."""
     _, svc, senders = _services()
 
     async def main() -> None:
@@ -301,14 +301,18 @@ def test_a_batch_while_redis_is_gone(spare_redis: RedisProcess, failure: str) ->
                 for i, r in enumerate(got[:4]):
                     assert (r.decision, r.detail) == (RETRY_LATER, UNAVAILABLE_DETAIL)
                     assert r.retry_at_unix_ms == T0 + i + 1_000 and not r.ticket
-            else:
+            else:  # decided here, and kept for Redis
                 assert all(r.decision == ADMIT and r.ticket for r in got[:4])
+                assert len(svc.state.unreconciled) == 4
             assert not shared.available and shared.unavailable_answers == 4
             spare_redis.start()
             again = await shared.admit_many(reqs[:4], T0 + H)
             assert all(r.decision == ADMIT for r in again) and shared.available
+            if failure == "open":  # counted in Redis before the batch: no slot again
+                assert shared.reconciled == 4 and not svc.state.unreconciled
+                assert [r.counted for r in again] == [False] * 4
         finally:
-            await shared.counting.aclose()
+            await shared.aclose()
 
     asyncio.run(main())
 

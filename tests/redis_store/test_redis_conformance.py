@@ -40,6 +40,7 @@ from tiergate.engine.constants import (
     SENDER_RESTRICTED,
     SHADOWABLE,
     THROUGHPUT,
+    UNLIMITED,
     shadow_flags,
 )
 from tiergate.engine.reference import Engine
@@ -121,6 +122,8 @@ params = st.fixed_dictionaries(
         "freq_cap": st.integers(0, 2),
         "tput_burst": st.integers(1, 3),
         "pair_burst": st.integers(1, 2),
+        # number 0 in warm-up under the scope's limit: its own cap (UNLIMITED: none)
+        "warm_cap": st.sampled_from((UNLIMITED, UNLIMITED, 0, 1, 2)),
     }
 )
 
@@ -136,15 +139,20 @@ class Walk:
             f"walk-{uuid.uuid4().hex}", freq_cap=p["freq_cap"], freq_window_ms=3_600_000
         )
         s = self.engine.add_scope(p["freq_cap"], 3_600_000)
+        warm = p.get("warm_cap", UNLIMITED)
         self.numbers = [
-            NumberSpec(f"n{i}", 2_000, p["tput_burst"], 6_000, p["pair_burst"]) for i in range(2)
+            NumberSpec(f"n{i}", 2_000, p["tput_burst"], 6_000, p["pair_burst"], cap)
+            for i, cap in enumerate((warm, UNLIMITED))
         ]
-        for n in self.numbers:
+        for i, n in enumerate(self.numbers):
             self.engine.add_number(
                 s, n.tput_interval_us, n.tput_burst, n.pair_interval_ms, n.pair_burst
             )
+            if n.warm_cap < UNLIMITED:
+                self.engine.set_warmup(i, n.warm_cap)
         self.now = T0
-        self.slots: list[tuple[int, int, int]] = []  # (recipient, slot, prev_counted)
+        #: (number, recipient, slot, prev_counted) of each admit that made a slot
+        self.slots: list[tuple[int, int, int, int]] = []
 
     async def apply(self, o: tuple[Any, ...]) -> None:
         name = o[0]
@@ -161,14 +169,15 @@ class Walk:
             ]
             assert got == want, (rows, got, want)
             self.slots += [
-                (r.recipient, d.slot, d.prev_counted)
+                (int(r.number.name[1:]), r.recipient, d.slot, d.prev_counted)
                 for r, d in zip(rows, got, strict=True)
                 if d.slot
             ]
         elif name == "release":
             if self.slots:
-                rcpt, slot, prev = self.slots[o[1] % len(self.slots)]
-                assert await s.release(sc, rcpt, slot, prev) == e.release(0, rcpt, slot, prev)
+                num, rcpt, slot, prev = self.slots[o[1] % len(self.slots)]
+                released = await s.release(sc, rcpt, slot, prev, self.numbers[num])
+                assert released == e.release(0, rcpt, slot, prev, num)
         elif name == "open":
             _, num, rcpt, w, f = o
             await s.open_window(sc, f"n{num}", rcpt, self.now + w, self.now + f)

@@ -15,7 +15,6 @@ import uvloop
 from tiergate import config as cfg
 from tiergate.policy.answers import UNAVAILABLE_DETAIL
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
-from tiergate.server import Sidecar
 from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
@@ -55,6 +54,18 @@ def _request(i: int, at: int) -> pb.AdmitRequest:
         kind=pb.TEMPLATE,
         category=pb.UTILITY,
         template_id="t1",
+        at_unix_ms=at,
+    )
+
+
+def _failed(i: int, ticket: bytes, at: int) -> pb.SendResult:
+    """A FAILED send (131026) of ``_request(i, ...)``'s admit ``ticket``."""
+    return pb.SendResult(
+        ticket=ticket,
+        sender_id=SENDER,
+        recipient=f"+1415555{i:04d}",
+        status=pb.FAILED,
+        meta_error_code=131026,
         at_unix_ms=at,
     )
 
@@ -193,14 +204,7 @@ def test_feedback_to_one_sidecar_applies_for_the_other(redis_url: str) -> None:
             assert res.reason == pb.MESSAGING_LIMIT
             assert (await b.Admit(_request(999, at))).reason == pb.MESSAGING_LIMIT
             i, ticket = tickets[-1]
-            failed = pb.SendResult(
-                ticket=ticket,
-                sender_id=SENDER,
-                recipient=f"+1415555{i:04d}",
-                status=pb.FAILED,
-                meta_error_code=131026,
-                at_unix_ms=at,
-            )
+            failed = _failed(i, ticket, at)
             # A issued the ticket; B verifies it (one ticket key per Redis) and releases
             told: Any = await b.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
             assert "invalid ticket" not in told.detail  # B verifies it; Redis frees the slot
@@ -218,25 +222,38 @@ def test_metrics_say_the_shared_store_s_health() -> None:
 
     m = Metrics()
     shared: Any = SimpleNamespace(
-        available=False, unavailable_answers=3, counting=SimpleNamespace(round_trips=7)
+        available=False,
+        unavailable_answers=3,
+        counting=SimpleNamespace(round_trips=7),
+        service=SimpleNamespace(state=SimpleNamespace(unreconciled=[(), ()])),
+        reconciled=5,
+        reconcile_dropped=1,
     )
     register_shared_metrics(m, shared)
     read = {name: entry[2]() for name, entry in m.collected.items()}
     assert read["tiergate_store_shared_available"] == 0.0
     assert read["tiergate_store_unavailable_answers_total"] == 3.0
     assert read["tiergate_store_round_trips_total"] == 7.0
+    assert read["tiergate_store_unreconciled"] == 2.0
+    assert read["tiergate_store_reconciled_total"] == 5.0
+    assert read["tiergate_store_unreconciled_dropped_total"] == 1.0
     shared.available = True
     assert m.collected["tiergate_store_shared_available"][2]() == 1.0
 
 
 class CutProxy:
     """A TCP proxy to Redis whose link can be cut (every connection dropped, new ones
-    held open and never answered) and mended, in the test's event loop."""
+    held open and never answered) and mended, in the test's event loop; with
+    ``lose`` set, the replies from the first request that holds those bytes on
+    are lost (Redis ran the call; its answer never arrives) until ``losing`` is
+    cleared."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = 0
         self.cut = False
+        self.lose: bytes | None = None
+        self.losing = False
         self.links: set[asyncio.StreamWriter] = set()
         self.server: asyncio.Server | None = None
 
@@ -244,9 +261,13 @@ class CutProxy:
         self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
         try:
             while not self.cut and (data := await r.read(65536)):
+                if up and self.lose is not None and self.lose in data:
+                    self.losing = True
+                if not up and self.losing:
+                    continue
                 w.write(data)
                 await w.drain()
         except (ConnectionError, OSError):
@@ -261,7 +282,7 @@ class CutProxy:
             return
         ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
         self.links.add(uw)
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+        await asyncio.gather(self._pipe(r, uw, True), self._pipe(ur, w, False))
 
     def sever(self) -> None:
         self.cut = True
@@ -372,24 +393,23 @@ def test_a_data_dir_with_the_shared_store_restarts(redis_url: str, tmp_path: Any
     uvloop.run(main())
 
 
-def test_rules_the_shared_store_does_not_decide_yet_are_refused(
+def test_shadow_mode_and_portfolio_warm_up_start_on_the_shared_store(
     redis_url: str, tmp_path: Any
 ) -> None:
-    """Warm-up under portfolio scope refuses to start on the shared store (never
-    enforcing less than alone); shadow mode starts there (decided in Redis:
-    test_redis_adopt.py)."""
+    """Shadow mode and warm-up under portfolio scope start on the shared store (both
+    decided in Redis: test_redis_adopt.py, test_redis_warmup.py)."""
     from dataclasses import replace
-
-    from tiergate.server.app import StartupError
 
     warm = tmp_path / "warm.toml"
     warm.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
 
     async def main() -> None:
-        with pytest.raises(StartupError, match="warm-up"):
-            await Sidecar(replace(_config(redis_url), profile=str(warm))).start()
-        async with serving(replace(_config(redis_url), shadow=True)) as stub:
-            res: Any = await stub.Admit(_request(1, T0))
-            assert res.decision == pb.DECISION_ADMIT
+        for config in (
+            replace(_config(redis_url), profile=str(warm)),
+            replace(_config(redis_url), shadow=True),
+        ):
+            async with serving(config) as stub:
+                res: Any = await stub.Admit(_request(1, T0))
+                assert res.decision == pb.DECISION_ADMIT
 
     uvloop.run(main())

@@ -23,7 +23,7 @@ from . import events as ev
 from .feedback import apply_event
 from .journal import JOURNAL_VERSION, TAG_ADMIT, TAG_BATCH, TAG_JSON
 from .seam import CountingStore
-from .state import LimitScope, PolicyState, Sender, Template, sender_dict
+from .state import LimitScope, PolicyState, Sender, Template, Unreconciled, sender_dict
 from .tiers import derive, note_reach, number_params, recompute_due, rederive
 
 __all__ = [
@@ -151,8 +151,20 @@ def _replay_json(st: PolicyState, payload: dict[str, Any]) -> None:
         for d in payload["scopes"]:
             for member in st.scopes[int(d["index"])].senders:
                 derive(st, member, max(member.scope.last_now, 0))
+    elif payload["k"] == "unreconciled":
+        st.unreconciled.append(unreconciled_row(payload["row"]))
+    elif payload["k"] == "reconciled":
+        st.reconciled(str(payload["o"]), int(payload["scope"]), int(payload["seq"]))
     else:
         raise ValueError(f"unknown journal record kind {payload['k']!r}")
+
+
+def unreconciled_row(row: Sequence[Any]) -> Unreconciled:
+    """An admit awaiting the shared store, from its journal or snapshot row."""
+    origin, seq, now, number, rkey, flags, key = row
+    return Unreconciled(
+        str(origin), int(seq), int(now), int(number), int(rkey), int(flags), str(key)
+    )
 
 
 def replay_admit(st: PolicyState, record: bytes) -> None:
@@ -251,6 +263,7 @@ def snapshot_encoder(st: PolicyState, engine: CountingStore) -> Callable[[], lis
         ("senders", _Rows([(s.image(), s.counts[:]) for s in st.by_index], _sender_row)),
         ("templates", [t.to_dict() for t in st.templates.values()]),
         ("reach", [[sc.index, list(sc.reach.items())] for sc in st.scopes if sc.reach]),
+        ("unreconciled", [list(u) for u in st.unreconciled]),
     ]
     idem_order = list(st.keys.order)
     idem = {sid: s.idem.copy() for sid, s in st.senders.items()}
@@ -328,6 +341,7 @@ def restore(st: PolicyState, data: bytes) -> None:
     }
     st.unknown_sender_count = int(state["unknown"])
     aliases.restore(st, state.get("aliases", ()))
+    st.unreconciled = [unreconciled_row(row) for row in state.get("unreconciled", ())]
     for s in st.by_index:
         derive(st, s, max(s.scope.last_now, 0))
         st.engine.set_number_params(s.engine_index, *number_params(st, s))

@@ -13,7 +13,7 @@ import operator
 from array import array
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tiergate.engine import NEVER
 from tiergate.engine.constants import UNLIMITED
@@ -308,6 +308,23 @@ FAR_FUTURE = 1 << 62
 HELD = FAR_FUTURE
 
 
+class Unreconciled(NamedTuple):
+    """An admit this sidecar decided with its own engine while the shared store could
+    not be reached (``--store-failure open``), not yet counted there: sent to Redis
+    in ``seq`` order once it answers again (``store/shared.py``)."""
+
+    #: The sidecar run that decided it (sequence numbers are its own).
+    origin: str
+    seq: int
+    now: int
+    #: The sender's engine index, its recipient key and the engine's flags.
+    number: int
+    rkey: int
+    flags: int
+    #: ``<sender>:<idempotency key>`` (empty: none).
+    key: str
+
+
 @dataclass(slots=True, eq=False)
 class PolicyState:
     """Everything one admission service knows, besides the engine's tables.
@@ -378,6 +395,8 @@ class PolicyState:
     #: requests refused by each cap so far, by setting name (``caps.CAP_SETTINGS``).
     caps: Caps = DEFAULT_CAPS
     capped: Counter[str] = field(default_factory=Counter)
+    #: Admits decided while the shared store could not be reached, oldest first.
+    unreconciled: list[Unreconciled] = field(default_factory=list)
 
     def add_template(self, t: Template) -> None:
         """Know ``t`` by its id, counted in its WABA (its name is the caller's)."""
@@ -416,6 +435,17 @@ class PolicyState:
         self.alias_table = array("Q")
         self.next_due = FAR_FUTURE
         self.due_dirty = False
+        self.unreconciled = []
+
+    def reconciled(self, origin: str, scope: int, seq: int) -> None:
+        """Redis counted ``origin``'s unreconciled admits of limit scope ``scope`` up
+        to sequence number ``seq``: forget them."""
+        by_index = self.by_index
+        self.unreconciled = [
+            u
+            for u in self.unreconciled
+            if u.origin != origin or u.seq > seq or by_index[u.number].scope.index != scope
+        ]
 
     def now(self, at: int, now_ms: int) -> int:
         """The time of a request or event with ``at_unix_ms`` = ``at``."""

@@ -119,8 +119,6 @@ class Sidecar:
             self._http_tls = tls.http_context(config)
         except ConfigError as e:
             raise StartupError(str(e)) from e
-        if config.store.shared:
-            refuse_unshared(serve_profile(config))
         counting = await open_counting(config) if config.store.shared else None
         service = await self._open_state(counting)
         if counting is not None:
@@ -449,7 +447,7 @@ class Sidecar:
                 self.service.drain_journal()
             if self.shared is not None:  # after the last commit (it may send to Redis)
                 await self._shared_watch.aclose()
-                await self.shared.counting.aclose()
+                await self.shared.aclose()
         log.info("tiergate stopped")
 
     async def wait(self) -> None:
@@ -511,16 +509,6 @@ def reload_webhook_settings(sidecar: Sidecar, config: ServeConfig) -> list[str]:
             receiver.verify_token = config.webhook_verify_token
         changes.append("webhook_verify_token replaced")
     return changes
-
-
-def refuse_unshared(profile: Profile) -> None:
-    """StartupError for a profile whose rules the shared store does not decide yet:
-    a sidecar must never enforce less over Redis than it would alone."""
-    if profile.warmup_enabled and profile.limit_scope == "portfolio":
-        raise StartupError(
-            "store: warm-up under portfolio scope (the profile's [warmup]) is not "
-            "decided over --store redis yet; use the embedded store"
-        )
 
 
 async def open_counting(config: ServeConfig) -> RedisCounting:

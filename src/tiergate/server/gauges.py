@@ -114,3 +114,23 @@ def register_shared_metrics(m: Metrics, shared: SharedAdmission) -> None:
         "Round trips to Redis that decided admits (one per event-loop pass).",
         lambda: float(shared.counting.round_trips),
     )
+    m.collect(
+        "tiergate_store_unreconciled",
+        "gauge",
+        "Admits decided while the shared store could not be reached (--store-failure "
+        "open), kept to be counted there when it answers again.",
+        lambda: float(len(shared.service.state.unreconciled)),
+    )
+    m.collect(
+        "tiergate_store_reconciled_total",
+        "counter",
+        "Admits decided while the shared store could not be reached, counted there since.",
+        lambda: float(shared.reconciled),
+    )
+    m.collect(
+        "tiergate_store_unreconciled_dropped_total",
+        "counter",
+        "Admits decided while the shared store could not be reached that were not kept "
+        "for it (past the cap of admits kept): counted by this sidecar only.",
+        lambda: float(shared.reconcile_dropped),
+    )

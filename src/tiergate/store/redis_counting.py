@@ -29,7 +29,7 @@ import asyncio
 import hashlib
 import struct
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, NamedTuple
@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from redis import exceptions as rexc
 
 from tiergate.engine.batch import DecisionBatch
+from tiergate.engine.constants import UNLIMITED
 from tiergate.engine.reference.bounds import (
     MAX_TIME,
     SLOT_GEN_BITS,
@@ -77,6 +78,7 @@ _OPERATIONS = (
     "throughput",
     "counts",
     "entries",
+    "reconcile",
 )
 #: Recipients whose entries one read-only ``entries`` call reads (a plan's list is
 #: read in several, each within the call bound).
@@ -85,6 +87,8 @@ ENTRIES_PER_CALL = 2_000
 _LOAD_TIMEOUT = 5.0
 #: A row of a decide call (``ROW`` in the Lua; the recipient's digits follow it).
 _ROW = struct.Struct(">HIqqIIqB")
+#: A reconciled row's sequence number (``SEQ`` in the Lua).
+_SEQ = struct.Struct(">q")
 _MIX = 0x9E3779B97F4A7C15
 _U64 = (1 << 64) - 1
 _UNAVAILABLE = (
@@ -138,10 +142,14 @@ class NumberSpec:
     tput_burst: int = 1
     pair_interval_ms: int = 6_000
     pair_burst: int = 1
+    #: Its warm-up cap on its own unique recipients (UNLIMITED: not in warm-up).
+    warm_cap: int = UNLIMITED
 
     def __post_init__(self) -> None:
         if min(self.tput_interval_us, self.tput_burst, self.pair_interval_ms, self.pair_burst) < 1:
             raise ValueError("intervals and bursts must be >= 1")
+        if not 0 <= self.warm_cap <= UNLIMITED:
+            raise ValueError(f"warm_cap must be 0 .. 2**62 - 1, got {self.warm_cap}")
         if ":" in self.name:
             raise ValueError(f"a number id has no ':' ({self.name!r})")
 
@@ -152,7 +160,12 @@ class NumberSpec:
             (self.tput_burst - 1) * self.tput_interval_us,
             self.pair_interval_ms,
             (self.pair_burst - 1) * self.pair_interval_ms,
+            self.warm_cap,
         )
+
+    def warm_key(self, scope: ScopeSpec) -> str | None:
+        """The key of its own count in warm-up (None: not in warm-up)."""
+        return f"{scope.tag}:u:{self.name}" if self.warm_cap < UNLIMITED else None
 
 
 class Row(NamedTuple):
@@ -357,7 +370,10 @@ class RedisCounting:
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}
         self._flush_scheduled = False
-        calls = [_call_args(p, self.server_clock) for p in pending.values()]
+        calls = [
+            _call_args(p.scope, _rows_of(p), self.server_clock, p.scope.fixed_keys())
+            for p in pending.values()
+        ]
         try:
             results = await self._pipeline(calls)
         except BaseException as e:
@@ -414,16 +430,47 @@ class RedisCounting:
             out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
         return out
 
+    # -- reconciliation ----------------------------------------------------------
+
+    async def reconcile(
+        self, scope: ScopeSpec, origin: str, rows: Sequence[tuple[Row, int]]
+    ) -> int:
+        """Count ``rows`` (each with its sequence number, increasing) in ``scope`` as
+        admits, unconditionally and in order: the admits a sidecar decided on its own
+        while Redis could not be reached. Idempotent: Redis keeps, per ``origin`` (the
+        sidecar's) and scope, the highest sequence number counted, and skips rows at
+        or below it. Returns how many rows were counted now."""
+        for r, _ in rows:
+            if not 0 < r.recipient < 1 << 64:
+                raise ValueError(f"recipient key {r.recipient} is not in 1 .. 2**64 - 1")
+            _check_time("now", r.now)
+        mark = f"{scope.tag}:r:{origin}"
+        keys, args = _call_args(scope, (r for r, _ in rows), False, [*scope.fixed_keys(), mark])
+        args.append(b"".join(_SEQ.pack(seq) for _, seq in rows))
+        return int(await self._run("reconcile", keys, args))
+
     # -- feedback ----------------------------------------------------------------
 
-    async def release(self, scope: ScopeSpec, recipient: int, slot: int, prev_counted: int) -> bool:
-        """Give back the slot an admit created, as the engine's ``release``."""
+    async def release(
+        self,
+        scope: ScopeSpec,
+        recipient: int,
+        slot: int,
+        prev_counted: int,
+        number: NumberSpec | None = None,
+    ) -> bool:
+        """Give back the slot an admit created, as the engine's ``release``; ``number``
+        (the admit's, when known) gives back its own count in warm-up too."""
         stamp = slot_stamp(recipient, slot, prev_counted)
         if stamp is None:
             return False
         gen, t = stamp
         keys = [*scope.fixed_keys()[:5], scope.scope_shard(recipient)]
-        args = [*scope.geometry, scope.ttl_ms, str(recipient), t, gen, prev_counted]
+        args: list[object] = [*scope.geometry, scope.ttl_ms, str(recipient), t, gen, prev_counted]
+        warm = number.warm_key(scope) if number is not None else None
+        if number is not None and warm is not None:
+            keys.append(warm)
+            args.append(number.name)
         return bool(await self._run("release", keys, args))
 
     async def _number_update(
@@ -466,7 +513,7 @@ class RedisCounting:
         await self._throughput(scope, number, now, -1)
 
     async def _throughput(self, scope: ScopeSpec, number: NumberSpec, now: int, pause: int) -> None:
-        _, iv, tol, _, _ = number.args()
+        _, iv, tol, *_ = number.args()
         args = [number.name, now, pause, iv, tol, scope.ttl_ms]
         await self._run("throughput", scope.fixed_keys()[:1], args)
 
@@ -549,41 +596,59 @@ def _failure(e: Exception) -> Exception:
 
 
 def _missing_code(e: Exception) -> bool:
+    """Whether Redis lost the library (or the script: redis-py's NoScriptError says
+    no NOSCRIPT)."""
     text = str(e)
-    return "Function not found" in text or "NOSCRIPT" in text
+    return isinstance(e, rexc.NoScriptError) or "Function not found" in text or "NOSCRIPT" in text
 
 
-def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]]:
-    """KEYS and ARGV of one decide call for every row gathered for a scope."""
-    s = p.scope
-    keys = s.fixed_keys()
+def _rows_of(p: _Pending) -> Iterator[Row]:
+    """The rows of every call gathered for a scope, in the order they were made."""
+    for call_rows, _ in p.calls:
+        yield from call_rows
+
+
+def _key_at(keys: list[str], index: dict[str, int], key: str) -> int:
+    """The (1-based) index of ``key`` in ``keys``, appended when it is not there yet."""
+    at = index.get(key)
+    if at is None:
+        keys.append(key)
+        at = index[key] = len(keys)
+    return at
+
+
+def _number_args(
+    spec: NumberSpec, scope: ScopeSpec, keys: list[str], index: dict[str, int]
+) -> tuple[str | int, ...]:
+    """A number's arguments to a call: its own, then its warm-up ring's key index (0:
+    not in warm-up)."""
+    warm = spec.warm_key(scope)
+    return (*spec.args(), _key_at(keys, index, warm) if warm is not None else 0)
+
+
+def _call_args(
+    s: ScopeSpec, rows: Iterable[Row], server_clock: bool, keys: list[str]
+) -> tuple[list[str], list[object]]:
+    """KEYS and ARGV of one decide call (or reconcile call, whose ``keys`` name its
+    mark after the fixed ones) for ``rows`` of scope ``s``, in order."""
     index: dict[str, int] = {}
     numbers: dict[str, tuple[int, NumberSpec]] = {}
-    rows: list[bytes] = []
-
-    def key_at(key: str) -> int:
-        at = index.get(key)
-        if at is None:
-            keys.append(key)
-            at = index[key] = len(keys)
-        return at
-
-    for call_rows, _ in p.calls:
-        for r in call_rows:
-            num = numbers.get(r.number.name)
-            if num is None:
-                num = numbers[r.number.name] = (len(numbers) + 1, r.number)
-            rk = r.recipient
-            kidx = key_at(f"{s.tag}:k:{r.key}") if r.key else 0
-            text = str(rk).encode()
-            at = key_at(s.scope_shard(rk))
-            rows.append(_ROW.pack(num[0], r.flags, r.limit, r.now, at, kidx, r.key_ms, len(text)))
-            rows.append(text)
+    packed: list[bytes] = []
+    for r in rows:
+        num = numbers.get(r.number.name)
+        if num is None:
+            num = numbers[r.number.name] = (len(numbers) + 1, r.number)
+        rk = r.recipient
+        kidx = _key_at(keys, index, f"{s.tag}:k:{r.key}") if r.key else 0
+        text = str(rk).encode()
+        at = _key_at(keys, index, s.scope_shard(rk))
+        packed.append(_ROW.pack(num[0], r.flags, r.limit, r.now, at, kidx, r.key_ms, len(text)))
+        packed.append(text)
     clock = "" if server_clock else "r"
     head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
     for _, spec in numbers.values():
-        head += spec.args()
-    head.append(b"".join(rows))
+        head += _number_args(spec, s, keys, index)
+    head.append(b"".join(packed))
     return keys, head
 
 

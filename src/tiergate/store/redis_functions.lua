@@ -17,7 +17,14 @@
 --   KEYS[8..]      shard hashes, each holding its recipients' scope entries
 --                  (recipient -> last counted i6 + gen/fresh i2; m<recipient> ->
 --                  4 marketing times) and window entries (<number>:<recipient> ->
---                  window end, fep end)
+--                  window end, fep end); w<number>/<recipient> -> the last time
+--                  a number in warm-up counted the recipient (i8)
+--   KEYS[..] warm  string, one per number in warm-up under portfolio scope (its
+--                  index among the number's args; tg3:{pf:S}:u:<number>): its own
+--                  24 h ring of unique recipients (as r24; its low bucket and
+--                  total in meta as u:<number>:lo, u:<number>:tot)
+--   KEYS[8] mark   (reconcile only) hash: s -> the highest sequence number
+--                  counted, o:<number> -> its counted rows' own throughput TAT
 -- Recipients are decimal strings and never computed on (they exceed 2^53);
 -- times are ms within 0 .. 2^43, µs TATs stay below 2^53.
 --
@@ -44,6 +51,8 @@ local ROW = '>I2I4i8i8I4I4i8I1c0'
 local ANSWER = '>i1i1i8i1i8i8i8i2'
 -- Fields per HMGET/HSET/HDEL/ZADD call: within Lua's stack (unpack).
 local CHUNK = 4000
+-- a reconciled row's sequence number (reconcile's packed sequence numbers)
+local SEQ = '>i8'
 -- bit and struct are reached when a function runs (a library's load sees neither):
 -- each entry point binds them first (bind), then calls through these locals.
 local band, pack, sunpack
@@ -64,6 +73,10 @@ end
 local function has(flags, f)
   return band(flags, f) ~= 0
 end
+
+-- A number's own count in warm-up under portfolio scope: its hooks are defined
+-- at the end of this file.
+local warmup = {}
 
 -- rings ---------------------------------------------------------------------
 
@@ -219,6 +232,7 @@ local function scope_save(s, keys, ttl)
     out[#out + 1] = 't:' .. k
     out[#out + 1] = v
   end
+  warmup.save(s, out, ttl)
   redis.call('HSET', s.key, unpack(out))
   if ttl > 0 then
     for j = 1, 4 do
@@ -374,6 +388,7 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
   local tput_tat = math.max(num.tat, now_us)
   local pair_tat = math.max(ptat, now)
   local pair_start = pair_tat > now and pstart or now
+  local warm_last = num.warm and warmup.look(s, num, rcpt, now) or NEVER
 
   if not (flags % (2 * F_FORCE) >= F_FORCE) then
     -- step 4: free-form needs an open window
@@ -396,7 +411,12 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
           return
         end
       end
-      if needs_slot and r24.total >= limit then
+      if num.warm then  -- the scope's slot or the number's own cap in warm-up
+        local d, retry = warmup.over_limit(s, num, needs_slot, limit, warm_last, now)
+        if d and refuse(s, flags, d, MESSAGING_LIMIT, retry, r24.total, last) then
+          return
+        end
+      elseif needs_slot and r24.total >= limit then
         local d, retry = REJECT, 0
         if limit > 0 then
           d, retry = RETRY_LATER, ring_next_free(r24, limit, now)
@@ -481,6 +501,9 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
       gen = 0
     end
     s.dirty[rcpt] = k
+    if num.warm then
+      warmup.count(s, num, rcpt, k, warm_last, now)
+    end
   end
   if marketing then
     local mf = 'm' .. rcpt
@@ -506,11 +529,16 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
   return answer(s, d, rsn, retry, counted, r24.total, last, slot_t, gen)
 end
 
-local function load_number(s, name, args, i)
+-- args[i..i+5]: tput_interval_us, tput_tolerance_us, pair_interval_ms,
+-- pair_tolerance_ms, warm-up cap, its ring's key index (0: not in warm-up)
+local function load_number(s, name, args, i, keys)
   local tat = s.tat[name] or tonumber(s.meta['t:' .. name] or NEVER)
   s.tat[name] = tat
-  return {name = name, tat = tat, tput_iv = tonumber(args[i]), tput_tol = tonumber(args[i + 1]),
-          pair_iv = tonumber(args[i + 2]), pair_tol = tonumber(args[i + 3])}
+  local num = {name = name, tat = tat, tput_iv = tonumber(args[i]),
+               tput_tol = tonumber(args[i + 1]), pair_iv = tonumber(args[i + 2]),
+               pair_tol = tonumber(args[i + 3])}
+  warmup.load(s, num, tonumber(args[i + 4]), keys[tonumber(args[i + 5])])
+  return num
 end
 
 local function touch(keys, first, ttl)
@@ -550,6 +578,9 @@ local function rows_parse(blob, nums)
       seen[nfield] = true
       f[#f + 1] = nfield
       pfields[#pfields + 1] = nfield
+      if nums[ni].warm then
+        f[#f + 1] = warmup.field(nums[ni].name, rcpt)
+      end
     end
     if has(flags, F_MARKETING) then
       local mf = 'm' .. rcpt
@@ -612,14 +643,9 @@ local function pairs_save(s, keys, bound)
   end
 end
 
--- decide(keys, args): args = now ('' for Redis TIME), bucket_ms, window_ms,
--- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
--- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
--- pair_tolerance_ms), then the rows packed in one string (ROW each): a row whose
--- idempotency key holds a first admit answers that admit and consumes nothing.
--- Answers the time used (server clock, or 0), then per row: decision, reason,
--- retry_at, counted, used, prev_counted, slot time, slot generation.
-local function decide(keys, args)
+-- A decide (or reconcile) call's scope, numbers and rows, and every value its rows
+-- read, once: each shard hash, the pair entries, opt-outs (opted: row -> true).
+local function call_open(keys, args)
   bind()
   local s = scope_open(keys, args, 2)
   s.freq_cap, s.freq_window = tonumber(args[6]), tonumber(args[7])
@@ -630,13 +656,10 @@ local function decide(keys, args)
   local nums = {}
   local at = 10
   for j = 1, nn do
-    nums[j] = load_number(s, args[at], args, at + 1)
-    at = at + 5
+    nums[j] = load_number(s, args[at], args, at + 1, keys)
+    at = at + 7
   end
-  local server = args[1] == ''
-  local snow = server and server_now() or 0
   local r, reads, pfields, marketing = rows_parse(args[at], nums)
-  -- every value the rows read, once: each shard hash, the pair entries, opt-outs
   s.v, s.marks, s.dirty = {}, {}, {}
   for k, fields in pairs(reads) do
     s.marks[k] = cache_read(keys[k], fields, s.v, 2)
@@ -656,6 +679,30 @@ local function decide(keys, args)
       opted[i] = got[j] == 1
     end
   end
+  return s, r, opted, ttl, nums
+end
+
+-- What a decide (or reconcile) call changed, written: shard hashes, pair entries,
+-- the scope's meta and rings.
+local function call_save(s, keys, n, ttl)
+  shards_save(s, keys)
+  pairs_save(s, keys, 2 * n + 64)
+  scope_save(s, keys, ttl)
+  touch({keys[6], keys[7]}, 1, ttl)
+end
+
+-- decide(keys, args): args = now ('' for Redis TIME), bucket_ms, window_ms,
+-- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
+-- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
+-- pair_tolerance_ms, warm-up cap, its ring's key index or 0), then the rows packed
+-- in one string (ROW each): a row whose idempotency key holds a first admit
+-- answers that admit and consumes nothing. Answers the time used (server clock,
+-- or 0), then per row: decision, reason, retry_at, counted, used, prev_counted,
+-- slot time, slot generation.
+local function decide(keys, args)
+  local s, r, opted, ttl = call_open(keys, args)
+  local server = args[1] == ''
+  local snow = server and server_now() or 0
   local out = {snow}
   s.out, s.wd = out, ADMIT
   for i = 1, r.n do
@@ -675,15 +722,13 @@ local function decide(keys, args)
       end
     end
   end
-  shards_save(s, keys)
-  pairs_save(s, keys, 2 * r.n + 64)
-  scope_save(s, keys, ttl)
-  touch({keys[6], keys[7]}, 1, ttl)
+  call_save(s, keys, r.n, ttl)
   return out
 end
 
--- release(keys: meta, r24, r7, s7, opt, scope shard; args: geometry (4), ttl,
--- recipient, slot time, slot generation, prev_counted) -> 1 if released.
+-- release(keys: meta, r24, r7, s7, opt, scope shard[, the number's warm-up ring];
+-- args: geometry (4), ttl, recipient, slot time, slot generation, prev_counted[,
+-- the number]) -> 1 if released.
 local function release(keys, args)
   bind()
   local s = scope_open(keys, args, 1)
@@ -699,6 +744,9 @@ local function release(keys, args)
   ring_add(s.s7, t, -1)
   se.last, se.fresh = prev, false
   scope_entry_put(keys[6], rcpt, se)
+  if keys[7] then  -- the number in warm-up the admit was from: its own count too
+    warmup.release(s, args[10], keys[7], keys[6], rcpt, t, prev)
+  end
   s.tat = {}
   scope_save(s, keys, tonumber(args[5]))
   return 1
@@ -833,7 +881,154 @@ local function entries(keys, args)
   return out
 end
 
+-- reconcile(keys: as decide's, then the mark (KEYS[8]) before the shard and
+-- idempotency keys the rows name; args: as decide's with now 'r', then the rows'
+-- sequence numbers packed in one string (SEQ each, increasing)): the admits a
+-- sidecar decided on its own while Redis could not be reached (--store-failure
+-- open), counted in order as decide counts an admit (forced: it cannot refuse what
+-- was already sent), each time clamped to the scope's clock, but for the number's
+-- throughput TAT (below). The mark (one per sidecar run and scope) holds the
+-- highest sequence number counted: a row at or below it is skipped, so a call
+-- repeated after a lost reply counts nothing twice. Answers the rows counted now.
+local function reconcile(keys, args)
+  local s, r, opted, ttl, nums = call_open(keys, args)
+  local seqs = args[#args]
+  -- Throughput: the rows were sent at their own times, in the past; counted at the
+  -- clock one after another they would hold the number back for as long as they
+  -- took. Its TAT becomes the later of its TAT before the call and the rows' own
+  -- GCRA (each row at its time, carried on from the run's earlier calls in the
+  -- mark): never earlier than either.
+  local fields = {'s'}
+  for j, num in ipairs(nums) do
+    fields[j + 1] = 'o:' .. num.name
+  end
+  local got = redis.call('HMGET', keys[8], unpack(fields))
+  local mark, counted = tonumber(got[1] or 0), 0
+  local before, own = {}, {}
+  for j, num in ipairs(nums) do
+    own[num.name] = tonumber(got[j + 1] or NEVER)
+  end
+  s.out, s.at, s.wd = {}, 1, ADMIT
+  for i = 1, r.n do
+    local seq = sunpack(SEQ, seqs, 8 * i - 7)
+    if seq > mark then
+      local num, t = r.num[i], r.now[i]
+      local flags = bit.bor(band(r.flags[i], bit.bnot(F_DRY_RUN)), F_FORCE)
+      before[num.name] = before[num.name] or num.tat
+      decide_one(s, num, t, r.rcpt[i], r.nfield[i], r.shard[i], flags, 0, opted[i])
+      own[num.name] = math.max(own[num.name], t * 1000) + num.tput_iv
+      num.tat = math.max(before[num.name], own[num.name])
+      s.tat[num.name] = num.tat
+      local kidx = r.kidx[i]
+      if kidx > 0 then  -- a key admitted at another sidecar meanwhile keeps that admit
+        redis.call('SET', keys[kidx], pack(ANSWER, unpack(s.out, 1, 8)), 'PX', r.kms[i], 'NX')
+      end
+      mark, counted = seq, counted + 1
+    end
+  end
+  local w = {'s', mark}
+  for j, num in ipairs(nums) do
+    w[2 * j + 1], w[2 * j + 2] = fields[j + 1], own[num.name]
+  end
+  redis.call('HSET', keys[8], unpack(w))
+  redis.call('PEXPIRE', keys[8], math.max(2 * ttl, 1))
+  call_save(s, keys, r.n, ttl)
+  return counted
+end
+
+-- warm-up ----------------------------------------------------------------------
+-- A number in warm-up under portfolio scope (engine/reference/warmup.py): its own
+-- ring of unique recipients in the 24 h window (tg3:{pf:S}:u:<number>) and, in the
+-- recipient's shard hash, w<number>/<recipient> -> the last time the number
+-- counted it (i8), read and written with the call's other fields of that hash.
+
+function warmup.field(name, rcpt)
+  return 'w' .. name .. '/' .. rcpt
+end
+
+function warmup.load(s, num, cap, key)
+  if key == nil then
+    return
+  end
+  s.warm = s.warm or {}
+  local r = s.warm[num.name]
+  if r == nil then
+    r = ring(key, 'u:' .. num.name .. ':', s.r24.width, s.r24.window, false, s.meta)
+    s.warm[num.name] = r
+  end
+  num.warm, num.cap = r, cap
+end
+
+-- The recipient's last counted time by the number (NEVER: none).
+function warmup.look(s, num, rcpt, now)
+  ring_advance(num.warm, now)
+  local v = s.v[warmup.field(num.name, rcpt)]
+  return v and sunpack('>i8', v) or NEVER
+end
+
+-- Step 6 for a number in warm-up: (decision, retry_at) when a count that binds has
+-- no free slot: the scope's (when the send needs a new slot of it) or the
+-- number's own (when the number has not counted the recipient in the window);
+-- else nil.
+function warmup.over_limit(s, num, needs_slot, limit, warm_last, now)
+  local full = needs_slot and s.r24.total >= limit
+  local warm_full = warm_last <= now - s.window and num.warm.total >= num.cap
+  if not (full or warm_full) then
+    return nil
+  end
+  local retry = now
+  if full then
+    if limit <= 0 then
+      return REJECT, 0
+    end
+    retry = ring_next_free(s.r24, limit, now)
+  end
+  if warm_full then
+    if num.cap <= 0 then
+      return REJECT, 0
+    end
+    retry = math.max(retry, ring_next_free(num.warm, num.cap, now))
+  end
+  return RETRY_LATER, retry
+end
+
+-- A counting admit: the number's own count moves the recipient to now (its field
+-- written with the shard hash k's other fields).
+function warmup.count(s, num, rcpt, k, warm_last, now)
+  ring_add(num.warm, warm_last, -1)
+  ring_add(num.warm, now, 1)
+  local f = warmup.field(num.name, rcpt)
+  s.v[f] = pack('>i8', now)
+  s.dirty[f] = k
+end
+
+function warmup.release(s, name, key, ckey, rcpt, t, prev)
+  local num = {name = name}
+  warmup.load(s, num, 0, key)
+  local field = warmup.field(name, rcpt)
+  local v = redis.call('HGET', ckey, field)
+  if v and sunpack('>i8', v) == t then
+    ring_add(num.warm, t, -1)
+    ring_add(num.warm, prev, 1)
+    redis.call('HSET', ckey, field, pack('>i8', prev))
+  end
+end
+
+-- The rings of the numbers in warm-up: saved, their meta fields appended to out.
+function warmup.save(s, out, ttl)
+  for _, r in pairs(s.warm or {}) do
+    ring_save(r)
+    out[#out + 1] = r.name .. 'lo'
+    out[#out + 1] = r.lo
+    out[#out + 1] = r.name .. 'tot'
+    out[#out + 1] = r.total
+    if ttl > 0 then
+      redis.call('PEXPIRE', r.key, ttl)
+    end
+  end
+end
+
 local calls = {decide = decide, release = release, usage = usage,
                number_update = number_update, opt_out = opt_out, throughput = throughput,
-               counts = counts, entries = entries}
+               counts = counts, entries = entries, reconcile = reconcile}
 -- REGISTER

@@ -21,20 +21,27 @@ slot back if it is still the recipient's latest.
 
 While Redis cannot be reached, ``failure="closed"`` answers RETRY_LATER with
 the detail ``store unavailable`` and a retry time one second on;
-``failure="open"`` decides with this process's engine (counted locally, not
-reconciled into Redis afterwards: see docs/redis.md).
+``failure="open"`` decides with this process's engine and keeps each admit so
+decided (``PolicyState.unreconciled``, in the journal when there is one, up to
+``reconcile_cap`` of them). Once Redis answers again they are sent before the
+next decisions, one call per limit scope, to the function ``reconcile``, which
+counts them as admits whatever the limit says and counts none twice (see
+docs/redis.md, "When Redis is gone").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import secrets
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
 from tiergate.engine import DecisionBatch
 from tiergate.engine.columns import kernels
-from tiergate.engine.constants import REASON_UNSPECIFIED, RETRY_LATER
+from tiergate.engine.constants import ADMIT, F_DRY_RUN, REASON_UNSPECIFIED, RETRY_LATER
 from tiergate.policy.admission import BLOCKING, Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
 from tiergate.policy.columnar import (
@@ -45,23 +52,40 @@ from tiergate.policy.columnar import (
     admit_requests_steps,
     run_async,
 )
+from tiergate.policy.journal import journal_json
 from tiergate.policy.requests import AdmitLike, Checked
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
-from tiergate.policy.state import LimitScope
+from tiergate.policy.state import LimitScope, Sender, Unreconciled
 from tiergate.policy.tiers import number_params
 
 from .base import StoreUnavailableError
 from .redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec
 from .redis_reads import ScopeCounts, parse_entries, plan_engine, scope_counts
 
-__all__ = ["RETRY_AFTER_MS", "UNAVAILABLE_DETAIL", "MirroredCounting", "SharedAdmission"]
+__all__ = [
+    "RECONCILE_CAP",
+    "RECONCILE_CHUNK",
+    "RETRY_AFTER_MS",
+    "UNAVAILABLE_DETAIL",
+    "MirroredCounting",
+    "SharedAdmission",
+]
+
+log = logging.getLogger(__name__)
 
 #: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
 Change = Callable[[], Awaitable[object]]
 
 #: How soon a refusal for an unreachable store says to retry.
 RETRY_AFTER_MS = 1_000
+#: Admits decided while Redis is gone that are kept for it (past it: counted locally
+#: only, and in ``reconcile_dropped``).
+RECONCILE_CAP = 100_000
+#: Rows of one ``reconcile`` call (a Lua call blocks Redis while it runs).
+RECONCILE_CHUNK = 1_000
+#: How often (s) a sidecar that keeps admits for Redis tries it again unasked.
+RECONCILE_RETRY_S = 1.0
 
 
 class SharedAdmission:
@@ -72,10 +96,20 @@ class SharedAdmission:
         service: AdmissionService,
         counting: RedisCounting,
         failure: Literal["closed", "open"] = "closed",
+        reconcile_cap: int = RECONCILE_CAP,
     ) -> None:
         self.service = service
         self.counting = counting
         self.failure = failure
+        #: This run's name for the admits it keeps for Redis, and their last number.
+        self.origin = secrets.token_hex(8)
+        self.seq = 0
+        self.reconcile_cap = reconcile_cap
+        #: Admits kept for Redis past the cap (counted locally only), and counted there.
+        self.reconcile_dropped = 0
+        self.reconciled = 0
+        self._reconciling: asyncio.Future[None] | None = None
+        self._retrying: asyncio.Task[None] | None = None
         #: Admits answered while Redis could not be reached, and whether it can now.
         self.unavailable_answers = 0
         self.available = True
@@ -107,10 +141,13 @@ class SharedAdmission:
 
     def number(self, index: int) -> tuple[ScopeSpec, NumberSpec]:
         """The scope and number of the engine's number ``index``."""
-        st = self.service.state
-        s = st.by_index[index]
+        s = self.service.state.by_index[index]
         assert s.engine_index == index
-        return self.scope(s.scope), NumberSpec(s.id, *number_params(st, s))
+        return self.scope(s.scope), self.number_spec(s)
+
+    def number_spec(self, s: Sender) -> NumberSpec:
+        """A sender as Redis knows its number: rates, and its warm-up cap."""
+        return NumberSpec(s.id, *number_params(self.service.state, s), s.warmup_cap)
 
     def scope_of(self, index: int) -> ScopeSpec:
         for s in self.service.state.by_index:
@@ -191,15 +228,27 @@ class SharedAdmission:
         if items.keys:
             names, sidx, ikeys = items.senders, items.sender_index, items.keys
             keys = [f"{names[sidx[i]]}:{ikeys[i]}" if ikeys[i] else "" for i in rows]
-        undecided = await self.counting.decide_batch(
-            batch, self.number, keys, st.profile.idempotency_ms
-        )
+        try:
+            if st.unreconciled:  # (the admits kept while Redis was gone go first)
+                await self.reconcile()
+            undecided = await self.counting.decide_batch(
+                batch, self.number, keys, st.profile.idempotency_ms
+            )
+        except StoreUnavailableError:  # (Redis not asked: nothing decided there)
+            batch.prepare_outputs()
+            batch.decided = len(batch)
+            undecided = list(range(len(batch)))
         self.available = not undecided
         if not undecided:
             return
         self.unavailable_answers += len(undecided)
         if self.failure == "open":
             _decide_locally(st.engine, batch, undecided)
+            for j in undecided:
+                if batch.decision[j] == ADMIT and not batch.flags[j] & F_DRY_RUN:
+                    number = batch.number[j]
+                    key = keys[j] if keys else ""
+                    self._keep(batch.now[j], number, batch.recipient[j], batch.flags[j], key)
             return
         for j in undecided:
             batch.decision[j], batch.reason[j] = RETRY_LATER, REASON_UNSPECIFIED
@@ -207,15 +256,21 @@ class SharedAdmission:
         out.unavailable.update(rows[j] for j in undecided)
 
     async def _decide_part(self, part: list[Pending]) -> list[AdmitResult | Decision]:
-        """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass)."""
+        """Steps 4–9 of ``part`` in Redis, in one round trip (the calls of one pass),
+        after the admits kept while Redis was gone."""
         st = self.service.state
+        if st.unreconciled:
+            try:
+                await self.reconcile()
+            except StoreUnavailableError:
+                return [self._unavailable(p) for p in part]
         idem_ms = st.profile.idempotency_ms
         futs = [
             self.counting.decide(
                 self.scope(p.sender.scope),
                 [
                     Row(
-                        NumberSpec(p.sender.id, *number_params(st, p.sender)),
+                        self.number_spec(p.sender),
                         p.rkey,
                         p.flags,
                         p.limit,
@@ -247,7 +302,96 @@ class SharedAdmission:
             )
         s = p.sender
         st = self.service.state
-        return st.engine.decide(p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit)
+        d = st.engine.decide(p.now, s.scope.index, s.engine_index, p.rkey, p.flags, p.limit)
+        if d[0] == ADMIT and not p.dry:
+            key = f"{s.id}:{p.key}" if p.key else ""
+            self._keep(p.now, s.engine_index, p.rkey, p.flags, key)
+        return d
+
+    def _keep(self, now: int, number: int, rkey: int, flags: int, key: str) -> None:
+        """Keep an admit decided here while Redis is gone (``key``: its
+        ``<sender>:<idempotency key>`` or ""), for :meth:`reconcile`."""
+        st = self.service.state
+        if len(st.unreconciled) >= self.reconcile_cap:
+            self.reconcile_dropped += 1
+            if self.reconcile_dropped == 1:
+                log.warning(
+                    "store unavailable: %d admits kept for Redis; later ones are counted "
+                    "by this sidecar only",
+                    self.reconcile_cap,
+                )
+            return
+        self.seq += 1
+        u = Unreconciled(self.origin, self.seq, now, number, rkey, flags, key)
+        st.unreconciled.append(u)
+        journal_json(st, {"k": "unreconciled", "row": list(u)})
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(self._retry())
+
+    async def _retry(self) -> None:
+        """Try Redis every :data:`RECONCILE_RETRY_S` while admits are kept for it, so
+        they are counted there soon after it returns even if no call comes."""
+        while self.service.state.unreconciled:
+            await asyncio.sleep(RECONCILE_RETRY_S)
+            try:
+                await self.reconcile()
+            except StoreUnavailableError:
+                continue
+
+    async def aclose(self) -> None:
+        """Stop trying Redis on its own, and close the connection to it."""
+        for task in (self._retrying, self._reconciling):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
+                    await task
+        await self.counting.aclose()
+
+    def reconcile(self) -> Awaitable[None]:
+        """Count in Redis the admits decided here while it could not be reached, in
+        order, one call per limit scope (and per sidecar run that kept them) of at
+        most :data:`RECONCILE_CHUNK` rows; callers meanwhile share the calls in
+        flight. Raises :class:`StoreUnavailableError` while Redis cannot be reached
+        (what was not counted stays kept)."""
+        if self._reconciling is None or self._reconciling.done():
+            self._reconciling = asyncio.ensure_future(self._reconcile())
+        return asyncio.shield(self._reconciling)
+
+    async def _reconcile(self) -> None:
+        st = self.service.state
+        while st.unreconciled:
+            groups: dict[tuple[str, int], list[Unreconciled]] = {}
+            for u in st.unreconciled:
+                rows = groups.setdefault((u.origin, st.by_index[u.number].scope.index), [])
+                if len(rows) < RECONCILE_CHUNK:
+                    rows.append(u)
+            sends = (self._reconcile_rows(o, sc, rows) for (o, sc), rows in groups.items())
+            try:
+                await asyncio.gather(*sends)
+            except StoreUnavailableError:
+                self.available = False
+                raise
+        self.available = True
+
+    async def _reconcile_rows(self, origin: str, scope: int, rows: list[Unreconciled]) -> None:
+        st = self.service.state
+        idem_ms = st.profile.idempotency_ms
+        out: list[tuple[Row, int]] = []
+        for u in rows:
+            spec = self.number_spec(st.by_index[u.number])
+            out.append((Row(spec, u.rkey, u.flags, 0, u.now, u.key, idem_ms), u.seq))
+        try:
+            self.reconciled += await self.counting.reconcile(
+                self.scope(st.by_index[rows[0].number].scope), origin, out
+            )
+        except StoreUnavailableError:
+            raise
+        except Exception as e:  # Redis refused them (never will take them): not kept
+            self.reconcile_dropped += len(rows)
+            log.error("store: %d admits kept for Redis were refused there: %s", len(rows), e)
+        seq = rows[-1].seq
+        st.reconciled(origin, scope, seq)
+        journal_json(st, {"k": "reconciled", "o": origin, "scope": scope, "seq": seq})
 
     async def admit_checked(self, checked: Checked, now_ms: int) -> AdmitResult:
         """Decide one request whose fields passed ``requests.well_formed``'s checks."""
@@ -308,7 +452,9 @@ class MirroredCounting:
         self, scope: int, recipient: int, slot: int, prev_counted: int, number: int = -1
     ) -> bool:
         spec, redis = self.shared.scope_of(scope), self.shared.counting
-        self._queue(lambda: redis.release(spec, recipient, slot, prev_counted))
+        known = 0 <= number < len(self.shared.service.state.by_index)
+        num = self.shared.number(number)[1] if known else None
+        self._queue(lambda: redis.release(spec, recipient, slot, prev_counted, num))
         return bool(self.local.release(scope, recipient, slot, prev_counted, number))
 
     def open_window(self, number: int, recipient: int, window_until: int, fep_until: int) -> None:

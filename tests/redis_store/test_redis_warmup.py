@@ -1,0 +1,79 @@
+"""Warm-up under portfolio scope over ``--store redis://``: a new number's own cap on
+the unique recipients it counts in 24 h holds across sidecars, while the
+portfolio's limit stays the portfolio's (docs/rules.md, *Warm-up*)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from tiergate.v1 import admission_pb2 as pb
+
+from .test_redis_serve import SENDER, T0, _config, _failed, _request, serving
+
+pytestmark = pytest.mark.redis
+
+OLD = "100000000000002"
+DAY = 86_400_000
+
+
+def _from(sender: str, i: int, at: int) -> pb.AdmitRequest:
+    req = _request(i, at)
+    req.sender_id = sender
+    return req
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_new_number_s_warm_up_cap_holds_across_sidecars(redis_url: str, tmp_path: Path) -> None:
+    """Two sidecars, a portfolio of 250 with a number registered two days ago (week 1
+    of warm-up: 100 a day of its own) and an older one. Sent alternately through
+    both sidecars, the new number admits 100 recipients, not 150; the older number
+    then admits the rest of the portfolio's limit; one of the new number's
+    recipients again takes no slot of its cap, and a FAILED send gives one back."""
+    profile = tmp_path / "warm.toml"
+    profile.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
+    base = _config(redis_url)
+    old = replace(base.senders[0], sender_id=OLD, display_phone_number="+15550100002")
+    new = replace(base.senders[0], registered_at_unix_ms=T0 - 2 * DAY)
+    config = replace(base, profile=str(profile), senders=(new, old))
+
+    async def main() -> None:
+        async with serving(config) as a, serving(config) as b:
+            admitted, at, tickets = 0, T0, []
+            for i in range(150):
+                at += 100
+                res: Any = await (a, b)[i % 2].Admit(_from(SENDER, i, at))
+                if res.decision == pb.DECISION_ADMIT:
+                    admitted += 1
+                    tickets.append((i, res.ticket))
+                else:
+                    assert res.reason == pb.MESSAGING_LIMIT
+                    assert res.decision == pb.DECISION_RETRY_LATER
+            assert admitted == 100
+            again: Any = await b.Admit(_from(SENDER, 3, at + 100))
+            assert again.decision == pb.DECISION_ADMIT and not again.counted
+            # a FAILED send told to A gives the number's own slot back in Redis
+            i, ticket = tickets[-1]
+            failed = _failed(i, ticket, at + 200)
+            await a.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
+            freed: Any = await b.Admit(_from(SENDER, 150, at + 300))
+            assert freed.decision == pb.DECISION_ADMIT and freed.counted
+            full: Any = await b.Admit(_from(SENDER, 151, at + 400))
+            assert full.reason == pb.MESSAGING_LIMIT
+            at += 400
+            more, limit = 0, 0
+            for i in range(200, 400):
+                at += 100
+                res = await (a, b)[i % 2].Admit(_from(OLD, i, at))
+                limit = res.limit
+                if res.decision != pb.DECISION_ADMIT:
+                    assert res.reason == pb.MESSAGING_LIMIT
+                    break
+                more += 1
+            assert limit > 100 and admitted + more == limit
+
+    uvloop.run(main())
