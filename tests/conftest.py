@@ -39,8 +39,8 @@ settings.load_profile(PROFILE)
 
 # make test runs the suite twice: with the compiled engine, then with the pure-Python
 # one (TIERGATE_NO_EXTENSIONS=1). Tests marked engine_independent answer the same
-# whichever engine is built (HTTP parsing, packaging files, CLI parsing, benchmark
-# harnesses): the pure-Python pass deselects them, so they run once.
+# whichever engine is built (webhook HTTP and parsing, config parsing, packaging
+# files, benchmark harnesses): the pure-Python pass deselects them, so they run once.
 PURE_PYTHON_PASS = os.environ.get("TIERGATE_NO_EXTENSIONS", "") not in ("", "0")
 
 
