@@ -8,6 +8,8 @@
 
 Tests that set ``max_examples`` keep their own number; the fuzz targets take
 theirs from the profile. Tests marked ``fuzz`` run only with the fuzz profile.
+Tests marked ``engine_independent`` run only when the compiled engine may be in use:
+``TIERGATE_NO_EXTENSIONS=1`` (make test's pure-Python pass) deselects them.
 
 The ``twin`` fixture runs a test once over each implementation of the engine
 and its columnar kernels: the pure-Python reference and the compiled twin. The
@@ -35,7 +37,28 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
 settings.load_profile(PROFILE)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# make test runs the suite twice: with the compiled engine, then with the pure-Python
+# one (TIERGATE_NO_EXTENSIONS=1). Tests marked engine_independent answer the same
+# whichever engine is built (webhook HTTP and parsing, config parsing, packaging
+# files, benchmark harnesses): the pure-Python pass deselects them, so they run once.
+PURE_PYTHON_PASS = os.environ.get("TIERGATE_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "engine_independent: answers the same whichever engine is built "
+        "(deselected by TIERGATE_NO_EXTENSIONS=1: make test runs it once)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if PURE_PYTHON_PASS:
+        once = [item.get_closest_marker("engine_independent") is not None for item in items]
+        config.hook.pytest_deselected(
+            items=[item for item, o in zip(items, once, strict=True) if o]
+        )
+        items[:] = [item for item, o in zip(items, once, strict=True) if not o]
     if PROFILE == "fuzz":
         return
     skip = pytest.mark.skip(reason="a long fuzzing run: make fuzz (HYPOTHESIS_PROFILE=fuzz)")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.engine_independent
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 # A stand-in for a benchmark: starts the server, prints its pid, then waits.

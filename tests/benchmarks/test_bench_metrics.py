@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_bench_smoke import read, run
+
+pytestmark = pytest.mark.engine_independent
 
 
 def test_metrics_tiny(tmp_path: Path) -> None:

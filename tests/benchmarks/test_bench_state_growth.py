@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_bench_smoke import read, run
+
+pytestmark = pytest.mark.engine_independent
 
 
 def test_state_growth_tiny(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ import yaml
 from tiergate import cli
 from tiergate import config as cfg
 
+pytestmark = pytest.mark.engine_independent
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 

@@ -9,6 +9,8 @@ import pytest
 from tiergate import config as cfg
 from tiergate.policy.events import Quality, SenderStatus, TemplateStatus
 
+pytestmark = pytest.mark.engine_independent
+
 REPO = Path(__file__).resolve().parents[2]
 
 

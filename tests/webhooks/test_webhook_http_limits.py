@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import pytest
 from webhook_helpers import dumps, real
 
 from tiergate.policy.events import Event
@@ -15,6 +16,8 @@ from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
 from tiergate.webhooks.parse import WebhookError
 from tiergate.webhooks.signature import SignatureError, sign
+
+pytestmark = pytest.mark.engine_independent
 
 SECRET = "app-secret"
 TOKEN = "verify-me"

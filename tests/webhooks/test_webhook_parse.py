@@ -24,6 +24,8 @@ from tiergate.policy.events import (
 )
 from tiergate.webhooks.parse import ParsedWebhook, WebhookError, parse
 
+pytestmark = pytest.mark.engine_independent
+
 HOUR_MS = 3_600_000
 PAUSES = {"FIRST_PAUSE": 3 * HOUR_MS, "SECOND_PAUSE": 6 * HOUR_MS}
 

@@ -10,6 +10,8 @@ import pytest
 
 from tiergate.webhooks.signature import SignatureError, is_valid, sign, verify
 
+pytestmark = pytest.mark.engine_independent
+
 BODY = (
     Path(__file__).parents[1] / "fixtures/meta-webhooks/messages__message-text__pywa.json"
 ).read_bytes()
