@@ -18,6 +18,8 @@ sys.path.insert(0, str(BENCH))
 
 import _common
 
+pytestmark = pytest.mark.engine_independent
+
 
 @pytest.mark.redis
 def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
