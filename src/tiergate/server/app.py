@@ -58,6 +58,7 @@ from tiergate.store import (
 )
 from tiergate.store.redis_counting import RedisCounting, connect
 from tiergate.store.shared import SharedAdmission
+from tiergate.store.shared_policy import SharedPolicy
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
@@ -87,8 +88,10 @@ class Sidecar:
         self._stopping: asyncio.Future[None] | None = None
         self._servicer: AdmissionControl | None = None
         self.store: Store | None = None
-        #: Steps 4–9 in Redis when ``--store`` names one (store/shared.py).
+        #: Steps 4–9 in Redis when ``--store`` names one (store/shared.py), and the
+        #: shared log of policy events (store/shared_policy.py).
         self.shared: SharedAdmission | None = None
+        self.policy: SharedPolicy | None = None
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
         self._failure_report: asyncio.Task[None] | None = None
@@ -124,6 +127,7 @@ class Sidecar:
         service = await self._open_state(counting)
         if counting is not None:
             self.shared = SharedAdmission(service, counting, config.store_failure)
+            self.policy = await self._share_policy(self.shared)
         ingestor = self.ingestor = WebhookIngestor(service)
         servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
@@ -168,12 +172,14 @@ class Sidecar:
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
         else:
             log.warning("data_dir is none: state is kept in memory only and lost at exit")
-        applied = seed(
-            service,
-            config.senders,
-            config.templates if fresh else (),
-            seed_clock_ms(config),
-        )
+        applied = []
+        if counting is None:  # else through the shared log (_share_policy)
+            applied = seed(
+                service,
+                config.senders,
+                config.templates if fresh else (),
+                seed_clock_ms(config),
+            )
         if applied:
             log.info("applied from the config: %s", ", ".join(applied), extra={"applied": applied})
         try:
@@ -181,6 +187,28 @@ class Sidecar:
         except StoreError as e:
             raise StartupError(f"data_dir: {e}") from e
         return service
+
+    async def _share_policy(self, shared: SharedAdmission) -> SharedPolicy:
+        """The policy state of every sidecar of this Redis (its snapshot and log), then
+        the config's senders and templates that it does not know yet, through the log."""
+        config = self.config
+        policy = SharedPolicy(shared)
+        seeds: list[ev.SenderUpdate | ev.TemplateUpdate] = [*config.senders, *config.templates]
+        where = [f"senders[{i}]" for i in range(len(config.senders))]
+        where += [f"templates[{i}]" for i in range(len(config.templates))]
+        try:
+            await policy.start()
+            results = await policy.seed(seeds, seed_clock_ms(config))
+            await self._commit()
+        except (InvalidArgument, CapReached) as e:
+            raise StartupError(f"config: {e}") from e
+        except StoreError as e:
+            raise StartupError(f"store: {config.store}: {e}") from e
+        for name, result in zip(where, results, strict=True):
+            if not result.applied:
+                raise StartupError(f"{name}: {result.detail}")
+        policy.follow()
+        return policy
 
     async def _serve_grpc(
         self, service: AdmissionService, credentials: grpc.ServerCredentials | None
@@ -199,8 +227,9 @@ class Sidecar:
             ingestor=self.ingestor,
         )
         self._servicer = servicer
-        if isinstance(servicer, SharedAdmissionControl) and self.shared is not None:
-            servicer.bind_shared(self.shared)
+        if isinstance(servicer, SharedAdmissionControl):
+            assert self.shared is not None and self.policy is not None
+            servicer.bind_shared(self.shared, self.policy)
         if self.store is not None:
             servicer.refusal = self.store.unavailable
         server = build_server(
@@ -445,6 +474,8 @@ class Sidecar:
                 self.store = None
             elif self.service is not None:
                 self.service.drain_journal()
+            if self.policy is not None:
+                await self.policy.aclose()
             if self.shared is not None:  # after the last commit (it may send to Redis)
                 await self.shared.counting.aclose()
         log.info("tiergate stopped")

@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from redis import exceptions as rexc
 
@@ -41,6 +41,7 @@ from .location import StoreLocation
 __all__ = [
     "MAX_REDIS_TIME",
     "SHARD_BITS",
+    "KeyBound",
     "NumberSpec",
     "RedisCounting",
     "Row",
@@ -59,7 +60,17 @@ MAX_REDIS_TIME = 1 << 43
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
 DEFAULT_TIMEOUT = 0.5
 #: The functions the library registers (``calls`` in redis_functions.lua).
-_OPERATIONS = ("decide", "release", "usage", "number_update", "opt_out", "throughput")
+_OPERATIONS = (
+    "decide",
+    "release",
+    "usage",
+    "number_update",
+    "opt_out",
+    "throughput",
+    "policy_snapshot",
+)
+#: Bytes of a key's first admit in Redis (``decide``'s '>i1i1i8i1i8i8i8i2'); its binding follows.
+_KEY_RECORD = 37
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 _MIX = 0x9E3779B97F4A7C15
@@ -143,6 +154,17 @@ class Row(NamedTuple):
     key: str = ""
     #: How long the key holds its first admit (ms).
     key_ms: int = 0
+    #: What the key binds (``<records.bind(recipient, kind, category)>:<template>``): a
+    #: repeat of the key for another request is told what its first request bound.
+    binding: str = ""
+
+
+class KeyBound(NamedTuple):
+    """A row answered by its key's first admit, made for another request (what
+    that key binds differs from the row's ``binding``)."""
+
+    decided: Decided
+    binding: str
 
 
 def shard(recipient: int) -> int:
@@ -181,7 +203,7 @@ class _Pending:
 
     def __init__(self, scope: ScopeSpec) -> None:
         self.scope = scope
-        self.calls: list[tuple[Sequence[Row], asyncio.Future[list[Decided]]]] = []
+        self.calls: list[tuple[Sequence[Row], asyncio.Future[list[Decided | KeyBound]]]] = []
 
 
 class RedisCounting:
@@ -238,6 +260,15 @@ class RedisCounting:
         except _UNAVAILABLE as e:
             raise StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}") from None
 
+    async def bounded(self, aw: Any, timeout: float = 0.0) -> Any:
+        """``aw`` (a client's call) within the bound: :class:`StoreUnavailableError`
+        when Redis does not answer in time."""
+        return await self._bounded(aw, timeout)
+
+    async def run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        """One call of the library's function ``op`` (loaded again if Redis lost it)."""
+        return await self._run(op, keys, args)
+
     async def _run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         """One function call, the library loaded again if Redis lost it (a restart)."""
         for attempt in (0, 1):
@@ -251,16 +282,20 @@ class RedisCounting:
 
     # -- decisions ---------------------------------------------------------------
 
-    def decide(self, scope: ScopeSpec, rows: Sequence[Row]) -> asyncio.Future[list[Decided]]:
+    def decide(
+        self, scope: ScopeSpec, rows: Sequence[Row]
+    ) -> asyncio.Future[list[Decided | KeyBound]]:
         """Decide ``rows`` in order for ``scope``, consuming what each admits (the
-        engine's ``decide`` per row). Calls made in one loop pass share a round trip."""
+        engine's ``decide`` per row). Calls made in one loop pass share a round trip.
+        A row whose key holds the first admit of another request is answered
+        :class:`KeyBound` (that admit, and what its key binds)."""
         for r in rows:
             if not 0 < r.recipient < 1 << 64:
                 raise ValueError(f"recipient key {r.recipient} is not in 1 .. 2**64 - 1")
             if not self.server_clock:
                 _check_time("now", r.now)
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Decided]] = loop.create_future()
+        fut: asyncio.Future[list[Decided | KeyBound]] = loop.create_future()
         p = self._pending.get(scope.name)
         if p is None:
             p = self._pending[scope.name] = _Pending(scope)
@@ -285,7 +320,10 @@ class RedisCounting:
                 raise
             return
         for p, res in zip(pending.values(), results, strict=True):
-            out = _failure(res) if isinstance(res, Exception) else self._decisions(res)
+            if isinstance(res, Exception):
+                out: Exception | list[Decided | KeyBound] = _failure(res)
+            else:
+                out = self._decisions(res, sum(len(rows) for rows, _ in p.calls))
             at = 0
             for rows, fut in p.calls:
                 if fut.done():
@@ -321,13 +359,20 @@ class RedisCounting:
             await self.load()
         raise AssertionError("unreachable")
 
-    def _decisions(self, res: list[int]) -> list[Decided]:
+    def _decisions(self, res: list[Any], n: int) -> list[Decided | KeyBound]:
+        """The ``n`` rows' answers of one decide call (see ``decide`` in the Lua)."""
         if res[0]:
             self.server_now = int(res[0])
-        out = []
-        for i in range(1, len(res), 8):
+        out: list[Decided | KeyBound] = []
+        for i in range(1, 1 + 8 * n, 8):
             d, rsn, retry, counted, used, prev, t, gen = res[i : i + 8]
             out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
+        bound = res[1 + 8 * n :]
+        for i in range(0, len(bound), 2):
+            row = int(bound[i]) - 1
+            binding = bound[i + 1]
+            text = binding.decode() if isinstance(binding, bytes) else str(binding)
+            out[row] = KeyBound(cast(Decided, out[row]), text)
         return out
 
     # -- feedback ----------------------------------------------------------------
@@ -395,6 +440,12 @@ class RedisCounting:
             raise StoreUnavailableError(f"store: {key} does not hold a ticket key")
         return value
 
+    async def key_binding(self, scope: ScopeSpec, key: str) -> str | None:
+        """What idempotency ``key`` (``<sender>:<key>``, as ``Row.key``) binds while it
+        holds a first admit ("" for one made before keys were bound); None: none."""
+        value = await self._bounded(self.client.get(f"{scope.tag}:k:{key}"))
+        return None if value is None else bytes(value)[_KEY_RECORD:].decode()
+
     # -- reports -----------------------------------------------------------------
 
     async def usage(self, scope: ScopeSpec, now: int, limit: int) -> Usage:
@@ -446,7 +497,7 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
             rk = r.recipient
             kidx = key_at(f"{s.tag}:k:{r.key}") if r.key else 0
             rows += (num[0], str(rk), key_at(s.scope_shard(rk)), r.flags, r.limit, r.now)
-            rows += (kidx, r.key_ms)
+            rows += (kidx, r.key_ms, r.binding)
     clock = "" if server_clock else "r"
     head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
     for _, spec in numbers.values():

@@ -440,10 +440,12 @@ end
 -- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
 -- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
 -- pair_tolerance_ms), then per row (number 1.., recipient, shard key index,
--- flags, limit, now, idempotency key's key index or 0, its lifetime in ms): a
--- row whose key holds a first admit answers that admit and consumes nothing. Answers the time used (server
--- clock, or 0) then per row: decision, reason, retry_at, counted, used,
--- prev_counted, slot time, slot generation.
+-- flags, limit, now, idempotency key's key index or 0, its lifetime in ms, what
+-- the key binds): a row whose key holds a first admit answers that admit and
+-- consumes nothing. Answers the time used (server clock, or 0) then per row:
+-- decision, reason, retry_at, counted, used, prev_counted, slot time, slot
+-- generation; then, for each row whose key was bound to another request, its
+-- row number and that binding.
 local function decide(keys, args)
   local s = scope_open(keys, args, 2)
   s.freq_cap, s.freq_window = tonumber(args[6]), tonumber(args[7])
@@ -459,28 +461,36 @@ local function decide(keys, args)
   end
   local server = args[1] == ''
   local snow = server and server_now() or 0
-  local out = {snow}
+  local out, bound, row = {snow}, {}, 0
   while at <= #args do
+    row = row + 1
     local now = server and snow or tonumber(args[at + 5])
     local kidx, flags = tonumber(args[at + 6]), tonumber(args[at + 3])
     local prior = kidx > 0 and redis.call('GET', keys[kidx])
     local d
     if prior then  -- the key's first admit, at whichever sidecar: nothing consumed again
       d = {sunpack('>i1i1i8i1i8i8i8i2', prior)}
+      local was = string.sub(prior, 38)
+      if was ~= '' and was ~= args[at + 8] then
+        bound[#bound + 1], bound[#bound + 2] = row, was
+      end
     else
       d = decide_one(s, nums[tonumber(args[at])], now, args[at + 1],
         keys[tonumber(args[at + 2])], flags, tonumber(args[at + 4]))
       if kidx > 0 and d[1] == ADMIT and not has(flags, F_DRY_RUN) then
         redis.call('SET', keys[kidx], pack('>i1i1i8i1i8i8i8i2', d[1], d[2], d[3], d[4], d[5],
-          d[6], d[7], d[8]), 'PX', tonumber(args[at + 7]))
+          d[6], d[7], d[8]) .. args[at + 8], 'PX', tonumber(args[at + 7]))
       end
     end
     for k = 1, 8 do
       out[#out + 1] = d[k]
     end
-    at = at + 8
+    at = at + 9
   end
   scope_save(s, keys, ttl)
+  for k = 1, #bound do
+    out[#out + 1] = bound[k]
+  end
   return out
 end
 
@@ -569,6 +579,22 @@ local function throughput(keys, args)
   return 1
 end
 
+-- policy_snapshot(keys: snapshot hash, event stream; args: the stream id's ms and
+-- sequence it covers, the state): kept unless one covering as far or further is
+-- there; the stream's entries before the one kept are trimmed -> 1 if kept.
+local function policy_snapshot(keys, args)
+  local ms, seq = tonumber(args[1]), tonumber(args[2])
+  local cur = redis.call('HMGET', keys[1], 'ms', 'seq')
+  local cms, cseq = tonumber(cur[1]), tonumber(cur[2])
+  if cms and (cms > ms or (cms == ms and cseq >= seq)) then
+    return 0
+  end
+  redis.call('HSET', keys[1], 'ms', args[1], 'seq', args[2], 'state', args[3])
+  redis.call('XTRIM', keys[2], 'MINID', args[1] .. '-' .. args[2])
+  return 1
+end
+
 local calls = {decide = decide, release = release, usage = usage,
-               number_update = number_update, opt_out = opt_out, throughput = throughput}
+               number_update = number_update, opt_out = opt_out, throughput = throughput,
+               policy_snapshot = policy_snapshot}
 -- REGISTER
