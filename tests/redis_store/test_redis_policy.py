@@ -329,12 +329,28 @@ def test_a_key_reused_for_another_request_is_refused_at_the_other_sidecar(
     uvloop.run(main())
 
 
+async def _post(port: int, body: bytes) -> int:
+    """POST ``body`` to the webhook receiver on ``port``: the HTTP status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    writer.close()
+    return status
+
+
 def test_feedback_while_redis_is_gone_is_unavailable(spare_redis: RedisProcess) -> None:
-    """Never applied to one sidecar only: refused UNAVAILABLE, applied once it is back."""
+    """Never applied to one sidecar only: refused UNAVAILABLE (the webhook receiver:
+    503, for Meta to deliver again), applied once Redis is back."""
+    config = _config(
+        spare_redis.url, store_failure="open", webhook_listen=cfg.Endpoint("127.0.0.1", 0)
+    )
 
     async def main() -> None:
-        async with serving(_config(spare_redis.url, store_failure="open")) as a:
+        async with serving(config) as a:
             spare_redis.stop(kill=True)
+            assert await _post(a.sidecar.webhook_port, _paused_webhook()) == 503
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await a.feedback(sender_update=_update("TIER_1K"), timeout=5)
@@ -346,6 +362,7 @@ def test_feedback_while_redis_is_gone_is_unavailable(spare_redis: RedisProcess) 
             told = await a.feedback(sender_update=_update("TIER_1K", at=T0 + 10))
             assert told.applied
             assert (await a.state(T0 + 20)).limit == 1_000
+            assert await _post(a.sidecar.webhook_port, _paused_webhook()) == 200
 
     uvloop.run(main())
 
