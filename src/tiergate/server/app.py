@@ -58,7 +58,7 @@ from tiergate.store import (
 )
 from tiergate.store.redis_counting import RedisCounting, connect
 from tiergate.store.shared import SharedAdmission
-from tiergate.store.shared_policy import SharedPolicy
+from tiergate.store.shared_policy import SharedPolicy, open_policy
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
@@ -127,7 +127,8 @@ class Sidecar:
         service = await self._open_state(counting)
         if counting is not None:
             self.shared = SharedAdmission(service, counting, config.store_failure)
-            self.policy = await self._share_policy(self.shared)
+            self.policy = await start_policy(self.shared, config)
+            await self._commit()
         ingestor = self.ingestor = WebhookIngestor(service)
         servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
@@ -187,28 +188,6 @@ class Sidecar:
         except StoreError as e:
             raise StartupError(f"data_dir: {e}") from e
         return service
-
-    async def _share_policy(self, shared: SharedAdmission) -> SharedPolicy:
-        """The policy state of every sidecar of this Redis (its snapshot and log), then
-        the config's senders and templates that it does not know yet, through the log."""
-        config = self.config
-        policy = SharedPolicy(shared)
-        seeds: list[ev.SenderUpdate | ev.TemplateUpdate] = [*config.senders, *config.templates]
-        where = [f"senders[{i}]" for i in range(len(config.senders))]
-        where += [f"templates[{i}]" for i in range(len(config.templates))]
-        try:
-            await policy.start()
-            results = await policy.seed(seeds, seed_clock_ms(config))
-            await self._commit()
-        except (InvalidArgument, CapReached) as e:
-            raise StartupError(f"config: {e}") from e
-        except StoreError as e:
-            raise StartupError(f"store: {config.store}: {e}") from e
-        for name, result in zip(where, results, strict=True):
-            if not result.applied:
-                raise StartupError(f"{name}: {result.detail}")
-        policy.follow()
-        return policy
 
     async def _serve_grpc(
         self, service: AdmissionService, credentials: grpc.ServerCredentials | None
@@ -564,6 +543,16 @@ async def open_counting(config: ServeConfig) -> RedisCounting:
         raise StartupError(f"store: {config.store}: {e}") from e
     log.info("store %s: steps 4-9 of Admit and AdmitBatch decided in Redis", config.store)
     return counting
+
+
+async def start_policy(shared: SharedAdmission, config: ServeConfig) -> SharedPolicy:
+    """The shared policy state, then the config's senders and templates through its log."""
+    try:
+        return await open_policy(shared, config.senders, config.templates, seed_clock_ms(config))
+    except StoreError as e:
+        raise StartupError(f"store: {config.store}: {e}") from e
+    except ValueError as e:  # a config entry refused (named), InvalidArgument, CapReached
+        raise StartupError(str(e)) from e
 
 
 def exposure_summary(config: ServeConfig) -> str:

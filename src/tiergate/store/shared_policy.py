@@ -63,7 +63,7 @@ from .base import StoreUnavailableError
 from .redis_counting import LAYOUT
 from .shared import SharedAdmission
 
-__all__ = ["SNAPSHOT_EVERY", "SNAPSHOT_KEY", "STREAM_KEY", "SharedPolicy"]
+__all__ = ["SNAPSHOT_EVERY", "SNAPSHOT_KEY", "STREAM_KEY", "SharedPolicy", "open_policy"]
 
 log = logging.getLogger("tiergate.store")
 
@@ -131,20 +131,19 @@ class SharedPolicy:
             await self._load()
         await self.catch_up()
 
-    async def seed(
-        self, events: Sequence[ev.SenderUpdate | ev.TemplateUpdate], now_ms: int
-    ) -> list[ApplyResult]:
-        """Apply config entries through the log, each only where its sender or
-        template is not known yet when the entry is applied (Redis wins)."""
+    async def seed(self, where: str, event: ev.Event, now_ms: int) -> None:
+        """Apply a config entry through the log, only where its sender or template is
+        not known yet when the entry is applied (Redis wins); ValueError naming
+        ``where`` when it is refused."""
         st = self.service.state
-        out = []
-        for e in events:
-            refused = refuse(st, e)
-            if refused is not None:
-                out.append(refused)
-                continue
-            out.append(await self._append("seed", e, event_time(st, e, now_ms)))
-        return out
+        try:
+            result = refuse(st, event) or await self._append(
+                "seed", event, event_time(st, event, now_ms)
+            )
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        if not result.applied:
+            raise ValueError(f"{where}: {result.detail}")
 
     def follow(self) -> None:
         """Start applying what other sidecars append (until :meth:`aclose`)."""
@@ -304,6 +303,24 @@ class SharedPolicy:
             except Exception:
                 log.exception("shared policy: reading the log failed")
                 await asyncio.sleep(1.0)
+
+
+async def open_policy(
+    shared: SharedAdmission,
+    senders: Sequence[ev.SenderUpdate],
+    templates: Sequence[ev.TemplateUpdate],
+    now_ms: int,
+) -> SharedPolicy:
+    """A started :class:`SharedPolicy`: the shared state, then config ``senders`` and
+    ``templates`` seeded through its log, then its follower running."""
+    policy = SharedPolicy(shared)
+    await policy.start()
+    for i, sender in enumerate(senders):
+        await policy.seed(f"senders[{i}]", sender, now_ms)
+    for i, template in enumerate(templates):
+        await policy.seed(f"templates[{i}]", template, now_ms)
+    policy.follow()
+    return policy
 
 
 def _known(st: Any, event: ev.Event) -> bool:
