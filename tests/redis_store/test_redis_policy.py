@@ -147,6 +147,9 @@ def test_a_tier_raised_at_one_sidecar_is_the_limit_at_the_other(redis_url: str) 
             after: Any = await b.stub.Admit(_request(2, T0 + 30))
             assert after.limit == 10_000
             assert a.policy_state() == b.policy_state()
+            read = b.sidecar.metrics.collected
+            assert read["tiergate_store_policy_entries_total"][2]() == 3.0  # 2 seeds, 1 update
+            assert read["tiergate_store_policy_snapshots_loaded_total"][2]() == 1.0
 
     uvloop.run(main())
 

@@ -137,7 +137,7 @@ class Sidecar:
             await self._start_metrics_endpoint(config.metrics_listen)
         register_metrics(self.metrics, self._live_service, ingestor, self.store)
         if self.shared is not None:
-            register_shared_metrics(self.metrics, self.shared)
+            register_shared_metrics(self.metrics, self.shared, self.policy)
         listen = Endpoint(config.listen.host, self.port)
         log.info(
             "tiergate listening on %s (profile %s, clock %s, engine %s)",
