@@ -485,3 +485,32 @@ def test_a_tier_told_to_another_process_is_the_limit_here(redis_url: str) -> Non
         done.set()
         proc.join(timeout=30)
     assert proc.exitcode == 0
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_ticket_of_a_sender_made_at_another_sidecar_releases_before_it_was_read(
+    redis_url: str,
+) -> None:
+    """B has not read the log (its follower stopped) when told of a FAILED send of a
+    sender A just made: it reads the log and releases rather than refuse the ticket."""
+
+    async def main() -> None:
+        async with serving(_config(redis_url)) as a, serving(_config(redis_url)) as b:
+            assert b.sidecar.policy is not None
+            await b.sidecar.policy.aclose()  # B reads the log only when it must
+            made = pb.SenderUpdate(
+                sender_id=OTHER, portfolio_id="portfolio-2", tier="TIER_250", at_unix_ms=T0
+            )
+            assert (await a.feedback(sender_update=made)).applied
+            sent: Any = await a.stub.Admit(_request(1, T0 + 10, sender_id=OTHER))
+            assert sent.decision == pb.DECISION_ADMIT
+            assert OTHER not in b.sidecar.service.state.senders  # type: ignore[union-attr]
+            failed = pb.SendResult(
+                ticket=sent.ticket, status=pb.FAILED, meta_error_code=131026, at_unix_ms=T0 + 20
+            )
+            told: Any = await b.feedback(send_result=failed)
+            assert "invalid ticket" not in told.detail  # B knows the sender now
+            again: Any = await a.stub.Admit(_request(2, T0 + 30, sender_id=OTHER))
+            assert again.used == 1  # the first one's slot was given back in Redis
+
+    uvloop.run(main())

@@ -40,7 +40,6 @@ While Redis cannot be reached an event is refused with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -74,6 +73,9 @@ SNAPSHOT_KEY = f"{LAYOUT}:{{tiergate}}:policy"
 SNAPSHOT_EVERY = 1000
 #: Entries read from the stream at a time.
 READ_COUNT = 256
+#: How long the follower's XREAD waits for an entry (ms): short, for it to end
+#: soon when the sidecar stops.
+FOLLOW_BLOCK_MS = 100
 #: Before any entry: the id of a snapshot written before the stream had one.
 ORIGIN = "0-0"
 
@@ -116,6 +118,7 @@ class SharedPolicy:
         self._since = 0
         self._lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def client(self) -> Any:
@@ -151,11 +154,12 @@ class SharedPolicy:
             self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     async def aclose(self) -> None:
+        """Stop the follower (within about one bounded call)."""
         task, self._follower = self._follower, None
         if task is not None:
+            self._closing = True
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=max(1.0, 2 * self.counting.timeout))
 
     # -- events --------------------------------------------------------------------
 
@@ -165,9 +169,17 @@ class SharedPolicy:
         everything before it; the answer is its outcome in that order."""
         st = self.service.state
         now = event_time(st, event, now_ms)
-        refused = refuse(st, event)
+        try:
+            refused = refuse(st, event)
+        except ValueError:
+            refused = ApplyResult(False, "")
         if refused is not None:
-            return refused
+            # refused by what this sidecar knows: maybe by what it has not read yet
+            # (a sender another sidecar just made), so read the log and ask again
+            await self.catch_up()
+            refused = refuse(st, event)
+            if refused is not None:
+                return refused
         if isinstance(event, ev.SendResult):
             event = resolve_keyed(st, event, now)
         return await self._append("event", event, now)
@@ -286,8 +298,10 @@ class SharedPolicy:
 
     async def _follow(self) -> None:
         """Apply what other sidecars append, as they append it."""
-        block = max(1, int(self.counting.timeout * 500))
-        while True:
+        block = FOLLOW_BLOCK_MS
+        # A cancelled call to Redis may end as a lost connection rather than as the
+        # cancellation: the flag ends the loop all the same.
+        while not self._closing:
             try:
                 last = self.last_id
                 ask = "0-0" if last == (0, 0) else f"{last[0]}-{last[1]}"
@@ -297,12 +311,14 @@ class SharedPolicy:
                 if got:
                     await self.catch_up()
             except StoreUnavailableError:
-                await asyncio.sleep(self.counting.timeout)
+                if not self._closing:
+                    await asyncio.sleep(self.counting.timeout)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("shared policy: reading the log failed")
-                await asyncio.sleep(1.0)
+                if not self._closing:
+                    log.exception("shared policy: reading the log failed")
+                    await asyncio.sleep(1.0)
 
 
 async def open_policy(
