@@ -14,8 +14,10 @@ order, each row seeing the ones before it. Concurrent calls made in one pass
 of the event loop go to Redis as one round trip: a pipeline with one function
 call per scope, the rows of every caller of that scope in the order they were
 made. A call's rows travel as one packed string (``_ROW`` per row, the
-recipient's digits after it; ``ROW`` in the Lua) and come back as eight
-integers per row, so a batch of any size is one argument and one reply.
+recipient's digits and what its idempotency key binds after it; ``ROW`` in the
+Lua) and come back as eight integers per row, so a batch of any size is one
+argument and one reply. A key kept for another request refuses its call
+(:class:`KeyBound`) before anything in it is decided.
 A call that Redis does not answer within ``timeout`` seconds (connection
 refused, reset, a hung server) raises :class:`StoreUnavailableError`; the
 next call connects again.
@@ -50,6 +52,7 @@ from .location import StoreLocation
 __all__ = [
     "MAX_REDIS_TIME",
     "SHARD_BITS",
+    "KeyBound",
     "NumberSpec",
     "RedisCounting",
     "Row",
@@ -77,14 +80,16 @@ _OPERATIONS = (
     "throughput",
     "counts",
     "entries",
+    "policy_snapshot",
 )
-#: Recipients whose entries one read-only ``entries`` call reads (a plan's list is
-#: read in several, each within the call bound).
-ENTRIES_PER_CALL = 2_000
+#: Bytes of a key's first admit in Redis (``ANSWER`` in the Lua); its binding follows.
+_KEY_RECORD = 37
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 #: A row of a decide call (``ROW`` in the Lua; the recipient's digits follow it).
 _ROW = struct.Struct(">HIqqIIqB")
+#: What a row's key binds follows its recipient: its length, then its text.
+_BINDING = struct.Struct(">H")
 _MIX = 0x9E3779B97F4A7C15
 _U64 = (1 << 64) - 1
 _UNAVAILABLE = (
@@ -168,6 +173,21 @@ class Row(NamedTuple):
     key: str = ""
     #: How long the key holds its first admit (ms).
     key_ms: int = 0
+    #: What the key binds (``<records.bind(recipient, kind, category)>:<template>``): a
+    #: repeat of the key for another request is told what its first request bound.
+    binding: str = ""
+
+
+class KeyBound(Exception):
+    """Rows of one call whose idempotency key holds the first admit of another
+    request: ``rows`` gives each one's index among the call's rows and what its key
+    binds (as ``Row.binding``). A key held before the call refuses it whole (nothing
+    decided); one a row before it in the same round trip bound answers that row
+    with the first admit (nothing consumed), the call's other rows decided."""
+
+    def __init__(self, rows: list[tuple[int, str]]) -> None:
+        super().__init__(f"idempotency keys bound to other requests: rows {[r for r, _ in rows]}")
+        self.rows = rows
 
 
 def shard(recipient: int) -> int:
@@ -263,6 +283,15 @@ class RedisCounting:
         except _UNAVAILABLE as e:
             raise StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}") from None
 
+    async def bounded(self, aw: Any, timeout: float = 0.0) -> Any:
+        """``aw`` (a client's call) within the bound: :class:`StoreUnavailableError`
+        when Redis does not answer in time."""
+        return await self._bounded(aw, timeout)
+
+    async def run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        """One call of the library's function ``op`` (loaded again if Redis lost it)."""
+        return await self._run(op, keys, args)
+
     async def _run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         """One function call, the library loaded again if Redis lost it (a restart)."""
         for attempt in (0, 1):
@@ -278,7 +307,9 @@ class RedisCounting:
 
     def decide(self, scope: ScopeSpec, rows: Sequence[Row]) -> asyncio.Future[list[Decided]]:
         """Decide ``rows`` in order for ``scope``, consuming what each admits (the
-        engine's ``decide`` per row). Calls made in one loop pass share a round trip."""
+        engine's ``decide`` per row). Calls made in one loop pass share a round trip.
+        Rows whose key holds the first admit of another request raise
+        :class:`KeyBound`."""
         for r in rows:
             if not 0 < r.recipient < 1 << 64:
                 raise ValueError(f"recipient key {r.recipient} is not in 1 .. 2**64 - 1")
@@ -286,6 +317,14 @@ class RedisCounting:
                 _check_time("now", r.now)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Decided]] = loop.create_future()
+        self._queue(scope, rows, fut)
+        return fut
+
+    def _queue(
+        self, scope: ScopeSpec, rows: Sequence[Row], fut: asyncio.Future[list[Decided]]
+    ) -> None:
+        """``rows`` for the next round trip, answered through ``fut``."""
+        loop = asyncio.get_running_loop()
         p = self._pending.get(scope.name)
         if p is None:
             p = self._pending[scope.name] = _Pending(scope)
@@ -293,7 +332,6 @@ class RedisCounting:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return fut
 
     async def decide_batch(
         self,
@@ -301,12 +339,15 @@ class RedisCounting:
         number_of: Callable[[int], tuple[ScopeSpec, NumberSpec]],
         keys: Sequence[str] = (),
         key_ms: int = 0,
+        bindings: Sequence[str] = (),
     ) -> list[int]:
         """Decide ``batch``'s rows as the engine's ``decide_batch`` does, filling its
         output columns: the rows of each limit scope in order, one :meth:`decide`
         call per scope, all in one round trip. ``number_of`` gives the scope and
         number of an engine number index (``batch.number``); ``keys`` (empty: none)
-        each row's ``<sender>:<idempotency key>`` or ``""`` (see :class:`Row`).
+        each row's ``<sender>:<idempotency key>`` or ``""``, ``bindings`` what each
+        key binds (see :class:`Row`). Rows whose key binds another request raise
+        :class:`KeyBound` naming them as ``batch``'s rows.
 
         Returns the rows left undecided (outputs zero) because their scope's call
         found the store unavailable (:class:`StoreUnavailableError`: all of them when
@@ -325,8 +366,10 @@ class RedisCounting:
             if group is None:
                 group = groups[scope.name] = (scope, [], [])
             group[1].append(j)
-            key = keys[j] if keys else ""
-            group[2].append(Row(num, b_rkey[j], b_flags[j], b_limit[j], b_now[j], key, key_ms))
+            key, bound = (keys[j], bindings[j]) if keys else ("", "")
+            group[2].append(
+                Row(num, b_rkey[j], b_flags[j], b_limit[j], b_now[j], key, key_ms, bound)
+            )
         answers = asyncio.gather(
             *(self.decide(scope, rows) for scope, _, rows in groups.values()),
             return_exceptions=True,
@@ -345,6 +388,8 @@ class RedisCounting:
             if isinstance(got, StoreUnavailableError):
                 undecided += js
                 continue
+            if isinstance(got, KeyBound):  # the rows named as the batch's
+                raise KeyBound([(js[k], binding) for k, binding in got.rows])
             if isinstance(got, BaseException):
                 raise got
             for j, d in zip(js, got, strict=True):
@@ -369,13 +414,22 @@ class RedisCounting:
                 raise
             return
         for p, res in zip(pending.values(), results, strict=True):
-            out = _failure(res) if isinstance(res, Exception) else self._decisions(res)
+            if isinstance(res, Exception):
+                failure = _failure(res)
+                for _, fut in p.calls:
+                    if not fut.done():
+                        fut.set_exception(failure)
+                continue
+            out, bound = self._decisions(res, sum(len(rows) for rows, _ in p.calls))
             at = 0
             for rows, fut in p.calls:
+                mine = [(k - at, b) for k, b in bound if at <= k < at + len(rows)]
                 if fut.done():
-                    continue
-                if isinstance(out, Exception):
-                    fut.set_exception(out)
+                    pass
+                elif mine:
+                    fut.set_exception(KeyBound(mine))
+                elif out is None:  # refused for another caller's key: decided again
+                    self._queue(p.scope, rows, fut)
                 else:
                     fut.set_result(out[at : at + len(rows)])
                 at += len(rows)
@@ -405,14 +459,22 @@ class RedisCounting:
             await self.load()
         raise AssertionError("unreachable")
 
-    def _decisions(self, res: list[int]) -> list[Decided]:
+    def _decisions(
+        self, res: list[Any], n: int
+    ) -> tuple[list[Decided] | None, list[tuple[int, str]]]:
+        """The answers of one decide call of ``n`` rows (None: refused whole, nothing
+        decided), and its rows whose key binds another request (index, binding): see
+        ``decide`` in the Lua."""
+        if res[0] == b"bound" or res[0] == "bound":
+            return None, _bound(res[1:])
         if res[0]:
             self.server_now = int(res[0])
         out = []
-        for i in range(1, len(res), 8):
+        end = 1 + 8 * n
+        for i in range(1, end, 8):
             d, rsn, retry, counted, used, prev, t, gen = res[i : i + 8]
             out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
-        return out
+        return out, _bound(res[end:])
 
     # -- feedback ----------------------------------------------------------------
 
@@ -481,6 +543,12 @@ class RedisCounting:
             raise StoreUnavailableError(f"store: {key} does not hold a ticket key")
         return value
 
+    async def key_binding(self, scope: ScopeSpec, key: str) -> str | None:
+        """What idempotency ``key`` (``<sender>:<key>``, as ``Row.key``) binds while it
+        holds a first admit ("" for one made before keys were bound); None: none."""
+        value = await self._bounded(self.client.get(f"{scope.tag}:k:{key}"))
+        return None if value is None else bytes(value)[_KEY_RECORD:].decode()
+
     # -- reports -----------------------------------------------------------------
 
     async def usage(self, scope: ScopeSpec, now: int, limit: int) -> Usage:
@@ -501,41 +569,6 @@ class RedisCounting:
         when = "" if self.server_clock else now
         return list(await self._run("counts", scope.fixed_keys()[:4], [*scope.geometry, when]))
 
-    async def recipient_entries(
-        self, scope: ScopeSpec, number: str, recipients: Sequence[int]
-    ) -> tuple[list[tuple[Any, Any, Any, Any]], list[Any], Any]:
-        """For each recipient, its (scope entry, marketing entry, ``number``'s window
-        entry, ``number``'s pair entry) as stored (None where absent), whether it
-        opted out, and the number's throughput TAT: calls of the library's read-only
-        ``entries`` (one HMGET per shard hash inside Redis, one of the pair entries)
-        of whole shard hashes, at most about :data:`ENTRIES_PER_CALL` recipients
-        each, so each is bounded as any call is."""
-        by_shard: dict[int, list[int]] = {}
-        for r in recipients:
-            by_shard.setdefault(shard(r), []).append(r)
-        fixed, tag = scope.fixed_keys(), scope.tag
-        got: dict[int, tuple[Any, Any, Any, Any]] = {}
-        opted: dict[int, Any] = {}
-        tat: Any = None
-        parts: list[list[tuple[int, list[int]]]] = [[]]
-        n = 0
-        for item in by_shard.items():
-            if parts[-1] and n + len(item[1]) > ENTRIES_PER_CALL:
-                parts.append([])
-                n = 0
-            parts[-1].append(item)
-            n += len(item[1])
-        for part in parts:  # (one call for no recipients too: the TAT)
-            keys = [fixed[0], fixed[4], fixed[5], *(f"{tag}:c{k}" for k, _ in part)]
-            args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
-            res = await self._run("entries", keys, args)
-            tat = res[0]
-            for (_, rs), (values, opt, pair) in zip(part, res[1:], strict=True):
-                for j, r in enumerate(rs):
-                    got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2], pair[j])
-                    opted[r] = opt[j]
-        return [got[r] for r in recipients], [opted[r] for r in recipients], tat
-
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -546,6 +579,14 @@ def _failure(e: Exception) -> Exception:
     if isinstance(e, _UNAVAILABLE):
         return StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}")
     return e
+
+
+def _bound(pairs: list[Any]) -> list[tuple[int, str]]:
+    """(row index, binding) of the Lua's (row number, binding) pairs."""
+    return [
+        (int(pairs[k]) - 1, pairs[k + 1].decode() if isinstance(pairs[k + 1], bytes) else "")
+        for k in range(0, len(pairs), 2)
+    ]
 
 
 def _missing_code(e: Exception) -> bool:
@@ -579,6 +620,9 @@ def _call_args(p: _Pending, server_clock: bool) -> tuple[list[str], list[object]
             at = key_at(s.scope_shard(rk))
             rows.append(_ROW.pack(num[0], r.flags, r.limit, r.now, at, kidx, r.key_ms, len(text)))
             rows.append(text)
+            binding = r.binding.encode()
+            rows.append(_BINDING.pack(len(binding)))
+            rows.append(binding)
     clock = "" if server_clock else "r"
     head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
     for _, spec in numbers.values():
