@@ -241,6 +241,17 @@ def test_a_key_bound_at_another_sidecar_refuses_a_batch_whole(redis_url: str) ->
             # recipient counts after A's first and the parts' first part only
             (after,) = await b.admit_many([req(sid, rcpt(4), T0 + 3 * S)], T0 + 3 * S)
             assert after.decision == ADMIT and after.used == 3
+            # refused in a round trip it shares with another batch of the scope: that
+            # one is decided all the same (in the next)
+            trips = b.counting.round_trips
+            refused, other = await asyncio.gather(
+                b.admit_many([reused], T0 + 4 * S),
+                b.admit_many([req(sid, rcpt(5), T0 + 4 * S)], T0 + 4 * S),
+                return_exceptions=True,
+            )
+            assert isinstance(refused, KeyConflict)
+            assert isinstance(other, list) and other[0].decision == ADMIT and other[0].used == 4
+            assert b.counting.round_trips == trips + 2
         finally:
             await a.counting.aclose()
             await b.counting.aclose()
