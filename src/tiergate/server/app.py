@@ -175,14 +175,10 @@ class Sidecar:
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
         else:
             log.warning("data_dir is none: state is kept in memory only and lost at exit")
-        applied = []
-        if counting is None:  # else through the shared log (_share_policy)
-            applied = seed(
-                service,
-                config.senders,
-                config.templates if fresh else (),
-                seed_clock_ms(config),
-            )
+        applied = []  # on the shared store: seeded through its log (store/shared_policy.py)
+        if counting is None:
+            templates = config.templates if fresh else ()
+            applied = seed(service, config.senders, templates, seed_clock_ms(config))
         if applied:
             log.info("applied from the config: %s", ", ".join(applied), extra={"applied": applied})
         try:
