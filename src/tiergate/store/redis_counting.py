@@ -584,7 +584,7 @@ def _failure(e: Exception) -> Exception:
 def _bound(pairs: list[Any]) -> list[tuple[int, str]]:
     """(row index, binding) of the Lua's (row number, binding) pairs."""
     return [
-        (int(pairs[k]) - 1, pairs[k + 1].decode() if isinstance(pairs[k + 1], bytes) else "")
+        (int(pairs[k]) - 1, v.decode() if isinstance(v := pairs[k + 1], bytes) else str(v))
         for k in range(0, len(pairs), 2)
     ]
 
