@@ -16,7 +16,7 @@ from tiergate import cli
 from tiergate import config as cfg
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar, shared_watch
-from tiergate.store import redis_counting
+from tiergate.store import redis_counting, redis_reads
 from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
 
@@ -330,7 +330,7 @@ def test_a_list_planned_across_calls_over_redis_is_the_same_plan(
     """A list sent in four calls (``more_follow``, ``continuation``) over Redis is
     planned as the whole list in one call is, by the embedded store too, and is
     admitted as planned (its recipients' entries read a few shards a call)."""
-    monkeypatch.setattr(redis_counting, "ENTRIES_PER_CALL", 7)
+    monkeypatch.setattr(redis_reads, "ENTRIES_PER_CALL", 7)
 
     async def main() -> None:
         async with (

@@ -205,6 +205,60 @@ def test_a_key_admitted_in_a_batch_at_one_sidecar_answers_at_another(redis_url: 
     asyncio.run(main())
 
 
+def test_a_key_bound_at_another_sidecar_refuses_a_batch_whole(redis_url: str) -> None:
+    """A batch or columns at B reusing a key A bound to another request: refused with
+    the embedded store's INVALID_ARGUMENT naming the item, nothing of the batch
+    decided; a batch decided in parts names the item in the whole batch."""
+    a_svc, b_svc, senders = _services()
+    sid = senders[0]
+
+    async def main() -> None:
+        a, b = await _shared(redis_url, a_svc), await _shared(redis_url, b_svc)
+        try:
+            (first,) = await a.admit_many([req(sid, rcpt(0), T0, key="order-1")], T0)
+            assert first.decision == ADMIT and first.used == 1
+            reused = req(sid, rcpt(0), T0 + S, key="order-1", template="other")
+            batch = [req(sid, rcpt(1), T0 + S), reused, req(sid, rcpt(2), T0 + S)]
+            with pytest.raises(KeyConflict) as e:
+                await b.admit_many(batch, T0 + S)
+            assert str(e.value).startswith(
+                "requests[1].idempotency_key: was first used for a request with another template"
+            )
+            with pytest.raises(KeyConflict) as e:
+                await b.admit_columns(AdmitColumns.from_requests(batch), T0 + S)
+            assert e.value.field == "idempotency_keys[1]"
+            # parts (a key repeated inside): the refused item named in the whole batch
+            parts = [
+                req(sid, rcpt(3), T0 + 2 * S, key="order-2"),
+                req(sid, rcpt(3), T0 + 2 * S, key="order-2"),
+                req(sid, rcpt(0), T0 + 2 * S, key="order-1", category=ev.Category.UTILITY),
+            ]
+            with pytest.raises(KeyConflict) as e:
+                await b.admit_many(parts, T0 + 2 * S)
+            assert str(e.value).startswith("requests[2].idempotency_key: was first used")
+            assert "another category" in str(e.value)
+            # nothing of the refused single-part batches was consumed: the next new
+            # recipient counts after A's first and the parts' first part only
+            (after,) = await b.admit_many([req(sid, rcpt(4), T0 + 3 * S)], T0 + 3 * S)
+            assert after.decision == ADMIT and after.used == 3
+            # refused in a round trip it shares with another batch of the scope: that
+            # one is decided all the same (in the next)
+            trips = b.counting.round_trips
+            refused, other = await asyncio.gather(
+                b.admit_many([reused], T0 + 4 * S),
+                b.admit_many([req(sid, rcpt(5), T0 + 4 * S)], T0 + 4 * S),
+                return_exceptions=True,
+            )
+            assert isinstance(refused, KeyConflict)
+            assert isinstance(other, list) and other[0].decision == ADMIT and other[0].used == 4
+            assert b.counting.round_trips == trips + 2
+        finally:
+            await a.counting.aclose()
+            await b.counting.aclose()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("failure", ["closed", "open"])
 def test_only_the_rows_of_a_scope_redis_did_not_answer_follow_store_failure(
     redis_url: str, failure: str

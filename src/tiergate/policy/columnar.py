@@ -111,11 +111,17 @@ def run(steps: Steps[T], decide_batch: Callable[[DecisionBatch], object]) -> T:
 
 
 async def run_async(steps: Steps[T], decide_rows: Callable[[Step], Awaitable[object]]) -> T:
-    """``steps`` decided by awaiting ``decide_rows`` for each (the shared store's)."""
+    """``steps`` decided by awaiting ``decide_rows`` for each (the shared store's). A
+    key ``decide_rows`` refuses (:class:`KeyRefused` naming the step's item) goes
+    into the steps, which name it as the request's item."""
     try:
         step = next(steps)
         while True:
-            await decide_rows(step)
+            try:
+                await decide_rows(step)
+            except KeyRefused as e:
+                step = steps.throw(e)
+                continue
             step = next(steps)
     except StopIteration as done:
         result: T = done.value
@@ -245,7 +251,12 @@ def _decide_in_parts(
         hits: list[tuple[int, Remembered]] = []
         if part.keys and any(part.keys):
             skip, hits, _ = _repeated_keys(st, part, objs, high)
-        got, high, unknown = yield from _decide_rows(st, part, high, objs, skip, hits)
+        try:
+            got, high, unknown = yield from _decide_rows(st, part, high, objs, skip, hits)
+        except KeyRefused as e:  # (refused by the shared store) named in the batch
+            moved = e.at(f"idempotency_keys[{start + e.item}]")
+            moved.item = start + e.item
+            raise moved from None
         out.put(start, got)
         known += part.n - unknown
         start = end

@@ -11,7 +11,7 @@ an applied event is journaled as JSON (``journal``) and replays through
 from __future__ import annotations
 
 import dataclasses
-from typing import Final
+from typing import Any, Final
 
 from tiergate.engine import NEVER
 from tiergate.engine import records as rec
@@ -34,7 +34,16 @@ from .senders import (
 from .state import HELD, LimitScope, PolicyState, Sender, Template
 from .tiers import catch_up, effective_mps, refresh
 
-__all__ = ["apply", "apply_event", "check_event"]
+__all__ = [
+    "apply",
+    "apply_at",
+    "apply_event",
+    "check_event",
+    "event_record",
+    "event_time",
+    "refuse",
+    "resolve_keyed",
+]
 
 #: The send statuses a send result may carry.
 _SEND_STATUSES = ev.specified(ev.SendStatus)
@@ -47,11 +56,24 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
     Raises :class:`InvalidArgument` for a malformed field (e.g. a recipient
     that is neither E.164 digits nor a business-scoped user ID).
     """
+    now = event_time(st, event, now_ms)
+    refused = refuse(st, event)
+    return refused if refused is not None else apply_at(st, event, now)
+
+
+def event_time(st: PolicyState, event: ev.Event, now_ms: int) -> int:
+    """The time ``event`` is applied at: its ``at_unix_ms`` under the request clock."""
     at = getattr(event, "at_unix_ms", 0)
-    now = st.now(at if isinstance(at, int) else 0, now_ms)
-    # A refused event changes nothing: its fields are checked before time moves,
-    # and a ticket tiergate did not issue moves no time either (made-up tickets
-    # stamped ahead would otherwise run every sender's clock forward).
+    return st.now(at if isinstance(at, int) else 0, now_ms)
+
+
+def refuse(st: PolicyState, event: ev.Event) -> ApplyResult | None:
+    """Raise :class:`InvalidArgument` for a malformed field; the answer to an event
+    that changes nothing (a ticket tiergate did not issue); None for one to apply.
+
+    A refused event changes nothing: its fields are checked before time moves,
+    and a ticket tiergate did not issue moves no time either (made-up tickets
+    stamped ahead would otherwise run every sender's clock forward)."""
     check_event(st, event)
     if (
         isinstance(event, ev.SendResult)
@@ -59,6 +81,11 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
         and ticket_numbers(st, event.ticket) is None
     ):
         return ApplyResult(False, f"unknown or invalid ticket {event.ticket!r}")
+    return None
+
+
+def apply_at(st: PolicyState, event: ev.Event, now: int) -> ApplyResult:
+    """Apply an event :func:`refuse` let through at time ``now`` (journaled)."""
     if now > st.latest_ms:
         st.latest_ms = now
     st.forget_expired(now)
@@ -67,14 +94,28 @@ def apply(st: PolicyState, event: ev.Event, now_ms: int) -> ApplyResult:
     st.changes += 1
     result, record = apply_event(st, event, now)
     if ((result.applied and record) or learned) and st.journal_on:
-        payload = {
-            "k": "event",
-            "now": now,
-            "type": type(event).__name__,
-            "f": dataclasses.asdict(event),
-        }
-        journal_json(st, payload)
+        journal_json(st, event_record(event, now))
     return result
+
+
+def event_record(event: ev.Event, now: int) -> dict[str, Any]:
+    """The JSON record of ``event`` applied at ``now`` (``persistence`` replays it)."""
+    return {"k": "event", "now": now, "type": type(event).__name__, "f": dataclasses.asdict(event)}
+
+
+def resolve_keyed(st: PolicyState, e: ev.SendResult, now: int) -> ev.SendResult:
+    """``e`` naming the ticket (and the template a hold needs) its sender and
+    idempotency key stand for in this service's key memory: the same event then
+    applies alike where that memory differs (other sidecars of a shared store).
+    Raises :class:`KeyConflict` as :func:`ticket_of` does."""
+    ticket = e.ticket or ticket_of(st, e, now)
+    template = e.template_id
+    if not template and e.meta_error_code in st.profile.template_hold_codes and e.sender_id:
+        s = st.senders.get(e.sender_id)
+        template = _bound_template(s, e.idempotency_key) if s is not None else ""
+    if (ticket, template) == (e.ticket, e.template_id):
+        return e
+    return dataclasses.replace(e, ticket=ticket, template_id=template)
 
 
 def check_event(st: PolicyState, event: ev.Event) -> None:

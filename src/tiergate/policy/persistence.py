@@ -29,6 +29,7 @@ from .tiers import derive, note_reach, number_params, recompute_due, rederive
 __all__ = [
     "SNAPSHOT_MAGIC",
     "SNAPSHOT_VERSION",
+    "event_from",
     "replay",
     "restore",
     "snapshot_encoder",
@@ -125,15 +126,21 @@ def replay(st: PolicyState, record: bytes) -> None:
         st.due_dirty = True
 
 
+def event_from(payload: dict[str, Any]) -> ev.Event:
+    """The event of a JSON event record (``feedback.event_record``)."""
+    cls = _EVENT_TYPES[payload["type"]]
+    fields = dict(payload["f"])
+    for name in ("restriction_types", "restriction_expiries"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
+    event: ev.Event = cls(**fields)
+    return event
+
+
 def _replay_json(st: PolicyState, payload: dict[str, Any]) -> None:
     """A JSON record: an event, a profile switch or time-driven state changes."""
     if payload["k"] == "event":
-        cls = _EVENT_TYPES[payload["type"]]
-        fields = payload["f"]
-        for name in ("restriction_types", "restriction_expiries"):
-            if name in fields:
-                fields[name] = tuple(fields[name])
-        apply_event(st, cls(**fields), int(payload["now"]))
+        apply_event(st, event_from(payload), int(payload["now"]))
     elif payload["k"] == "profile":
         # The switch as it happened, for the profile this process runs.
         rederive(st, int(payload["now"]))

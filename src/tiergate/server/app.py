@@ -59,6 +59,7 @@ from tiergate.store import (
 )
 from tiergate.store.redis_counting import RedisCounting, connect
 from tiergate.store.shared import SharedAdmission
+from tiergate.store.shared_policy import SharedPolicy, open_policy
 from tiergate.store.ticket_key import load_or_create as load_ticket_key
 from tiergate.webhooks.http import WebhookReceiver
 from tiergate.webhooks.ingest import IngestResult, WebhookIngestor
@@ -88,8 +89,10 @@ class Sidecar:
         self._stopping: asyncio.Future[None] | None = None
         self._servicer: AdmissionControl | None = None
         self.store: Store | None = None
-        #: Steps 4–9 in Redis when ``--store`` names one (store/shared.py).
+        #: Steps 4–9 in Redis when ``--store`` names one (store/shared.py), and the
+        #: shared log of policy events (store/shared_policy.py).
         self.shared: SharedAdmission | None = None
+        self.policy: SharedPolicy | None = None
         self.recovery: RecoveryReport | None = None
         self.store_failed = False
         self._failure_report: asyncio.Task[None] | None = None
@@ -124,6 +127,8 @@ class Sidecar:
         if counting is not None:
             self.shared = SharedAdmission(service, counting, config.store_failure)
             self._shared_watch = WatchedCounts(self.shared, self.watches)
+            self.policy = await start_policy(self.shared, config)
+            await self._commit()
         ingestor = self.ingestor = WebhookIngestor(service)
         servicer = await self._serve_grpc(service, credentials)
         if config.webhook_listen is not None:
@@ -132,7 +137,7 @@ class Sidecar:
             await self._start_metrics_endpoint(config.metrics_listen)
         register_metrics(self.metrics, self._live_service, ingestor, self.store)
         if self.shared is not None:
-            register_shared_metrics(self.metrics, self.shared)
+            register_shared_metrics(self.metrics, self.shared, self.policy)
         listen = Endpoint(config.listen.host, self.port)
         log.info(
             "tiergate listening on %s (profile %s, clock %s, engine %s)",
@@ -168,12 +173,10 @@ class Sidecar:
             fresh = self.recovery.snapshot_path is None and self.recovery.records_replayed == 0
         else:
             log.warning("data_dir is none: state is kept in memory only and lost at exit")
-        applied = seed(
-            service,
-            config.senders,
-            config.templates if fresh else (),
-            seed_clock_ms(config),
-        )
+        applied = []  # on the shared store: seeded through its log (store/shared_policy.py)
+        if counting is None:
+            templates = config.templates if fresh else ()
+            applied = seed(service, config.senders, templates, seed_clock_ms(config))
         if applied:
             log.info("applied from the config: %s", ", ".join(applied), extra={"applied": applied})
         try:
@@ -199,8 +202,9 @@ class Sidecar:
             ingestor=self.ingestor,
         )
         self._servicer = servicer
-        if isinstance(servicer, SharedAdmissionControl) and self.shared is not None:
-            servicer.bind_shared(self.shared)
+        if isinstance(servicer, SharedAdmissionControl):
+            assert self.shared is not None and self.policy is not None
+            servicer.bind_shared(self.shared, self.policy)
         if self.store is not None:
             servicer.refusal = self.store.unavailable
         server = build_server(
@@ -445,6 +449,8 @@ class Sidecar:
                 self.store = None
             elif self.service is not None:
                 self.service.drain_journal()
+            if self.policy is not None:
+                await self.policy.aclose()
             if self.shared is not None:  # after the last commit (it may send to Redis)
                 await self._shared_watch.aclose()
                 await self.shared.aclose()
@@ -519,6 +525,16 @@ async def open_counting(config: ServeConfig) -> RedisCounting:
         raise StartupError(f"store: {config.store}: {e}") from e
     log.info("store %s: steps 4-9 of Admit and AdmitBatch decided in Redis", config.store)
     return counting
+
+
+async def start_policy(shared: SharedAdmission, config: ServeConfig) -> SharedPolicy:
+    """The shared policy state, then the config's senders and templates through its log."""
+    try:
+        return await open_policy(shared, config.senders, config.templates, seed_clock_ms(config))
+    except StoreError as e:
+        raise StartupError(f"store: {config.store}: {e}") from e
+    except ValueError as e:  # a config entry refused (named), InvalidArgument, CapReached
+        raise StartupError(str(e)) from e
 
 
 def exposure_summary(config: ServeConfig) -> str:

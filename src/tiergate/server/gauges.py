@@ -13,6 +13,7 @@ from tiergate.policy.service import AdmissionService
 from tiergate.server.metrics import Metrics
 from tiergate.store import Store
 from tiergate.store.shared import SharedAdmission
+from tiergate.store.shared_policy import SharedPolicy
 from tiergate.webhooks.ingest import WebhookIngestor
 
 __all__ = ["register_metrics", "register_shared_metrics"]
@@ -94,8 +95,13 @@ def register_metrics(
         )
 
 
-def register_shared_metrics(m: Metrics, shared: SharedAdmission) -> None:
-    """The shared store's health and traffic (``--store redis://…``)."""
+def register_shared_metrics(
+    m: Metrics, shared: SharedAdmission, policy: SharedPolicy | None = None
+) -> None:
+    """The shared store's health and traffic (``--store redis://…``), and its log of
+    policy events."""
+    if policy is not None:
+        register_policy_metrics(m, policy)
     m.collect(
         "tiergate_store_shared_available",
         "gauge",
@@ -133,4 +139,20 @@ def register_shared_metrics(m: Metrics, shared: SharedAdmission) -> None:
         "Admits decided while the shared store could not be reached that were not kept "
         "for it (past the cap of admits kept): counted by this sidecar only.",
         lambda: float(shared.reconcile_dropped),
+    )
+
+
+def register_policy_metrics(m: Metrics, policy: SharedPolicy) -> None:
+    """The shared log of policy events (``store/shared_policy.py``)."""
+    m.collect(
+        "tiergate_store_policy_entries_total",
+        "counter",
+        "Entries of the shared log of policy events applied (this sidecar's and others').",
+        lambda: float(policy.applied),
+    )
+    m.collect(
+        "tiergate_store_policy_snapshots_loaded_total",
+        "counter",
+        "Policy snapshots loaded from Redis (at start; again after the log was trimmed).",
+        lambda: float(policy.loaded),
     )

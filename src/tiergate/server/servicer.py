@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from tiergate.policy.answers import AdmitResult
+from tiergate.policy import events as ev
+from tiergate.policy.answers import AdmitResult, ApplyResult
 from tiergate.policy.caps import CapReached
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult, admit_columns
 from tiergate.policy.reports import SenderReport
@@ -444,7 +445,7 @@ class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.Admiss
                 if self.refusal is not None:
                     raise self.refusal
                 event = convert.feedback_event(request)
-                result = self.service.apply(event, self._clock.now(event.at_unix_ms))
+                result = await self._apply(event, self._clock.now(event.at_unix_ms))
                 await self._committed()
                 self._metrics.feedback(type(event).__name__, result.applied)
                 return pb.RecordFeedbackResponse(applied=result.applied, detail=result.detail)
@@ -460,12 +461,7 @@ class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.Admiss
                 if self.refusal is not None:
                     raise self.refusal
                 try:
-                    outcome = self.ingestor.ingest(
-                        request.body,
-                        request.signature,
-                        self.webhook_secret,
-                        self._clock.now(request.at_unix_ms),
-                    )
+                    outcome = await self._ingest(request)
                 except webhooks.SignatureError as e:
                     self._metrics.invalid("IngestWebhook")
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"signature: {e}")
@@ -485,6 +481,15 @@ class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.Admiss
     async def _sender_report(self, sender_id: str, at_unix_ms: int) -> SenderReport:
         """The report GetSenderState sends (KeyError: an unknown sender)."""
         return self.service.sender_state(sender_id, self._clock.now(at_unix_ms), at_unix_ms)
+
+    async def _apply(self, event: ev.Event, now_ms: int) -> ApplyResult:
+        """Apply one feedback event (the shared store applies it for every sidecar)."""
+        return self.service.apply(event, now_ms)
+
+    async def _ingest(self, request: pb.IngestWebhookRequest) -> webhooks.IngestResult:
+        """Verify, parse and apply one webhook body (IngestWebhook)."""
+        now = self._clock.now(request.at_unix_ms)
+        return self.ingestor.ingest(request.body, request.signature, self.webhook_secret, now)
 
     async def GetSenderState(
         self, request: pb.GetSenderStateRequest, context: Context

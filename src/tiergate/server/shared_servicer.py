@@ -1,9 +1,11 @@
 """The RPCs over the shared store (``--store redis://…``): Admit, AdmitBatch,
 AdmitColumns and AdmitStream decide steps 4–9 in Redis (``store/shared.py``; the
-batches through the columnar path, as on the embedded store); GetSenderState
-reports the counts in Redis, PlanCampaign plans on a local engine made from
-Redis (``SharedAdmission.plan_copy``) and WatchSenderState reads usage from
-Redis (``shared_watch.py``)."""
+batches through the columnar path, as on the embedded store); RecordFeedback and
+IngestWebhook apply their events through the shared log of policy events, for
+every sidecar (``store/shared_policy.py``); GetSenderState reads the log's
+entries first and reports the counts in Redis, PlanCampaign plans on a local
+engine made from Redis (``SharedAdmission.plan_copy``) and WatchSenderState reads
+usage from Redis (``shared_watch.py``)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,18 @@ from typing import Any
 
 import grpc
 
-from tiergate.policy.answers import AdmitResult
+from tiergate.policy import events as ev
+from tiergate.policy.answers import AdmitResult, ApplyResult
 from tiergate.policy.columnar import ColumnsLike, ColumnsResult
 from tiergate.policy.reports import SenderReport
 from tiergate.policy.requests import Checked, check_one, well_formed
 from tiergate.server import admit_wire, convert
 from tiergate.server.servicer import AdmissionControl
+from tiergate.store import StoreUnavailableError
 from tiergate.store.shared import SharedAdmission
+from tiergate.store.shared_policy import SharedPolicy
 from tiergate.v1 import admission_pb2 as pb
+from tiergate.webhooks import ingest as webhooks
 
 __all__ = ["SharedAdmissionControl"]
 
@@ -31,10 +37,21 @@ class SharedAdmissionControl(AdmissionControl):
     """:class:`AdmissionControl` with its counting state in Redis."""
 
     shared: SharedAdmission
+    policy: SharedPolicy
 
-    def bind_shared(self, shared: SharedAdmission) -> None:
+    def bind_shared(self, shared: SharedAdmission, policy: SharedPolicy) -> None:
         self.shared = shared
         self.plan_copier = shared.plan_copy
+        self.policy = policy
+        self.ingestor.submit = policy.apply
+
+    async def _apply(self, event: ev.Event, now_ms: int) -> ApplyResult:
+        return await self.policy.apply(event, now_ms)
+
+    async def _ingest(self, request: pb.IngestWebhookRequest) -> webhooks.IngestResult:
+        now = self._clock.now(request.at_unix_ms)
+        secret = self.webhook_secret
+        return await self.ingestor.ingest_sliced(request.body, request.signature, secret, now)
 
     async def _admit_one(self, request: Any, wire: bool) -> AdmitResult:
         fields = admit_wire.decode_fast(request) if wire else None
@@ -90,7 +107,11 @@ class SharedAdmissionControl(AdmissionControl):
         self, request: pb.GetSenderStateRequest, context: Context
     ) -> pb.SenderState:
         """As :meth:`AdmissionControl.GetSenderState`, naming the shared store and
-        whether it can be reached now."""
+        whether it can be reached now; the shared log's entries are applied first."""
+        try:
+            await self.policy.catch_up()
+        except StoreUnavailableError:
+            self.shared.available = False
         state = await super().GetSenderState(request, context)
         state.store = str(self.shared.counting.location)
         state.store_unavailable = not self.shared.available

@@ -13,9 +13,11 @@ their steps 1–3): rows in, the engine's :class:`Decided` per row out, in
 order, each row seeing the ones before it. Concurrent calls made in one pass
 of the event loop go to Redis as one round trip: a pipeline with one function
 call per scope, the rows of every caller of that scope in the order they were
-made. A call's rows travel as one packed string (``_ROW`` per row, the
-recipient's digits after it; ``ROW`` in the Lua) and come back as eight
-integers per row, so a batch of any size is one argument and one reply.
+made. A call's rows travel as one packed string (``ROW`` per row, the
+recipient's digits and what its idempotency key binds after it; ``ROW`` in the
+Lua) and come back as eight integers per row, so a batch of any size is one
+argument and one reply. A key kept for another request refuses its call
+(:class:`KeyBound`) before anything in it is decided.
 A call that Redis does not answer within ``timeout`` seconds (connection
 refused, reset, a hung server) raises :class:`StoreUnavailableError`; the
 next call connects again.
@@ -27,17 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import struct
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from importlib.resources import files
-from typing import Any, NamedTuple
+from typing import Any
 
 from redis import exceptions as rexc
 
 from tiergate.engine.batch import DecisionBatch
-from tiergate.engine.constants import UNLIMITED
 from tiergate.engine.reference.bounds import (
     MAX_TIME,
     SLOT_GEN_BITS,
@@ -47,25 +46,32 @@ from tiergate.engine.results import Decided, Usage
 
 from .base import StoreUnavailableError
 from .location import StoreLocation
+from .redis_layout import (
+    LAYOUT,
+    MAX_REDIS_TIME,
+    SEQ,
+    SHARD_BITS,
+    NumberSpec,
+    Row,
+    ScopeSpec,
+    call_args,
+    shard,
+)
 
 __all__ = [
+    "LAYOUT",
     "MAX_REDIS_TIME",
     "SHARD_BITS",
+    "KeyBound",
     "NumberSpec",
     "RedisCounting",
     "Row",
     "ScopeSpec",
     "connect",
     "library_source",
+    "shard",
 ]
 
-#: A scope's recipients (their scope entries and their numbers' entries) are spread
-#: over 2**SHARD_BITS hashes, small enough for Redis's compact listpack encoding.
-SHARD_BITS = 12
-#: Key layout version: a change of layout takes new keys, never reads old ones wrongly.
-LAYOUT = "tg3"
-#: Times the Redis store takes (ms): microsecond TATs stay exact in Lua's doubles.
-MAX_REDIS_TIME = 1 << 43
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
 DEFAULT_TIMEOUT = 0.5
 #: The functions the library registers (``calls`` in redis_functions.lua).
@@ -79,18 +85,12 @@ _OPERATIONS = (
     "counts",
     "entries",
     "reconcile",
+    "policy_snapshot",
 )
-#: Recipients whose entries one read-only ``entries`` call reads (a plan's list is
-#: read in several, each within the call bound).
-ENTRIES_PER_CALL = 2_000
+#: Bytes of a key's first admit in Redis (``ANSWER`` in the Lua); its binding follows.
+_KEY_RECORD = 37
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
-#: A row of a decide call (``ROW`` in the Lua; the recipient's digits follow it).
-_ROW = struct.Struct(">HIqqIIqB")
-#: A reconciled row's sequence number (``SEQ`` in the Lua).
-_SEQ = struct.Struct(">q")
-_MIX = 0x9E3779B97F4A7C15
-_U64 = (1 << 64) - 1
 _UNAVAILABLE = (
     rexc.ConnectionError,
     rexc.TimeoutError,
@@ -101,91 +101,16 @@ _UNAVAILABLE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ScopeSpec:
-    """A limit scope by its id, with the windows it counts in and its frequency cap."""
+class KeyBound(Exception):
+    """Rows of one call whose idempotency key holds the first admit of another
+    request: ``rows`` gives each one's index among the call's rows and what its key
+    binds (as ``Row.binding``). A key held before the call refuses it whole (nothing
+    decided); one a row before it in the same round trip bound answers that row
+    with the first admit (nothing consumed), the call's other rows decided."""
 
-    name: str
-    #: (bucket_ms, window_ms, long_bucket_ms, long_window_ms), as the engine's
-    geometry: tuple[int, int, int, int] = (60_000, 86_400_000, 3_600_000, 604_800_000)
-    freq_cap: int = 0
-    freq_window_ms: int = 0
-
-    @property
-    def tag(self) -> str:
-        """The hash tag of every key of the scope: one Cluster slot."""
-        name = self.name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-        return f"{LAYOUT}:{{pf:{name}}}"
-
-    @property
-    def ttl_ms(self) -> int:
-        """Keys of a scope idle this long (wall time) vanish: past every window."""
-        bucket_ms, window_ms, long_bucket_ms, long_window_ms = self.geometry
-        return max(window_ms + bucket_ms, long_window_ms + long_bucket_ms)
-
-    def fixed_keys(self) -> list[str]:
-        """meta, the 24 h ring, the 7-day rings, opt-outs, pair entries and their
-        due times (KEYS[1..7] of a decide call)."""
-        t = self.tag
-        return [f"{t}:m", f"{t}:d", f"{t}:w", f"{t}:s", f"{t}:o", f"{t}:p", f"{t}:q"]
-
-    def scope_shard(self, recipient: int) -> str:
-        return f"{self.tag}:c{shard(recipient)}"
-
-
-@dataclass(frozen=True, slots=True)
-class NumberSpec:
-    """A phone number (sender) by its id, with its throughput and pair-rate buckets."""
-
-    name: str
-    tput_interval_us: int = 12_500
-    tput_burst: int = 1
-    pair_interval_ms: int = 6_000
-    pair_burst: int = 1
-    #: Its warm-up cap on its own unique recipients (UNLIMITED: not in warm-up).
-    warm_cap: int = UNLIMITED
-
-    def __post_init__(self) -> None:
-        if min(self.tput_interval_us, self.tput_burst, self.pair_interval_ms, self.pair_burst) < 1:
-            raise ValueError("intervals and bursts must be >= 1")
-        if not 0 <= self.warm_cap <= UNLIMITED:
-            raise ValueError(f"warm_cap must be 0 .. 2**62 - 1, got {self.warm_cap}")
-        if ":" in self.name:
-            raise ValueError(f"a number id has no ':' ({self.name!r})")
-
-    def args(self) -> tuple[str | int, ...]:
-        return (
-            self.name,
-            self.tput_interval_us,
-            (self.tput_burst - 1) * self.tput_interval_us,
-            self.pair_interval_ms,
-            (self.pair_burst - 1) * self.pair_interval_ms,
-            self.warm_cap,
-        )
-
-    def warm_key(self, scope: ScopeSpec) -> str | None:
-        """The key of its own count in warm-up (None: not in warm-up)."""
-        return f"{scope.tag}:u:{self.name}" if self.warm_cap < UNLIMITED else None
-
-
-class Row(NamedTuple):
-    """One request's part in a decision: the engine's ``decide`` arguments by name."""
-
-    number: NumberSpec
-    recipient: int
-    flags: int
-    limit: int
-    now: int = 0
-    #: ``<sender>:<idempotency key>`` (empty: none): a repeat of an admit made under
-    #: it, at any sidecar, answers that admit's decision and consumes nothing.
-    key: str = ""
-    #: How long the key holds its first admit (ms).
-    key_ms: int = 0
-
-
-def shard(recipient: int) -> int:
-    """The shard of a recipient key (its top bits after a multiplicative mix)."""
-    return ((recipient * _MIX) & _U64) >> (64 - SHARD_BITS)
+    def __init__(self, rows: list[tuple[int, str]]) -> None:
+        super().__init__(f"idempotency keys bound to other requests: rows {[r for r, _ in rows]}")
+        self.rows = rows
 
 
 def library_source() -> tuple[str, str, str]:
@@ -276,6 +201,15 @@ class RedisCounting:
         except _UNAVAILABLE as e:
             raise StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}") from None
 
+    async def bounded(self, aw: Any, timeout: float = 0.0) -> Any:
+        """``aw`` (a client's call) within the bound: :class:`StoreUnavailableError`
+        when Redis does not answer in time."""
+        return await self._bounded(aw, timeout)
+
+    async def run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        """One call of the library's function ``op`` (loaded again if Redis lost it)."""
+        return await self._run(op, keys, args)
+
     async def _run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         """One function call, the library loaded again if Redis lost it (a restart)."""
         for attempt in (0, 1):
@@ -291,7 +225,9 @@ class RedisCounting:
 
     def decide(self, scope: ScopeSpec, rows: Sequence[Row]) -> asyncio.Future[list[Decided]]:
         """Decide ``rows`` in order for ``scope``, consuming what each admits (the
-        engine's ``decide`` per row). Calls made in one loop pass share a round trip."""
+        engine's ``decide`` per row). Calls made in one loop pass share a round trip.
+        Rows whose key holds the first admit of another request raise
+        :class:`KeyBound`."""
         for r in rows:
             if not 0 < r.recipient < 1 << 64:
                 raise ValueError(f"recipient key {r.recipient} is not in 1 .. 2**64 - 1")
@@ -299,6 +235,14 @@ class RedisCounting:
                 _check_time("now", r.now)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Decided]] = loop.create_future()
+        self._queue(scope, rows, fut)
+        return fut
+
+    def _queue(
+        self, scope: ScopeSpec, rows: Sequence[Row], fut: asyncio.Future[list[Decided]]
+    ) -> None:
+        """``rows`` for the next round trip, answered through ``fut``."""
+        loop = asyncio.get_running_loop()
         p = self._pending.get(scope.name)
         if p is None:
             p = self._pending[scope.name] = _Pending(scope)
@@ -306,7 +250,6 @@ class RedisCounting:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return fut
 
     async def decide_batch(
         self,
@@ -314,12 +257,15 @@ class RedisCounting:
         number_of: Callable[[int], tuple[ScopeSpec, NumberSpec]],
         keys: Sequence[str] = (),
         key_ms: int = 0,
+        bindings: Sequence[str] = (),
     ) -> list[int]:
         """Decide ``batch``'s rows as the engine's ``decide_batch`` does, filling its
         output columns: the rows of each limit scope in order, one :meth:`decide`
         call per scope, all in one round trip. ``number_of`` gives the scope and
         number of an engine number index (``batch.number``); ``keys`` (empty: none)
-        each row's ``<sender>:<idempotency key>`` or ``""`` (see :class:`Row`).
+        each row's ``<sender>:<idempotency key>`` or ``""``, ``bindings`` what each
+        key binds (see :class:`Row`). Rows whose key binds another request raise
+        :class:`KeyBound` naming them as ``batch``'s rows.
 
         Returns the rows left undecided (outputs zero) because their scope's call
         found the store unavailable (:class:`StoreUnavailableError`: all of them when
@@ -338,8 +284,10 @@ class RedisCounting:
             if group is None:
                 group = groups[scope.name] = (scope, [], [])
             group[1].append(j)
-            key = keys[j] if keys else ""
-            group[2].append(Row(num, b_rkey[j], b_flags[j], b_limit[j], b_now[j], key, key_ms))
+            key, bound = (keys[j], bindings[j]) if keys else ("", "")
+            group[2].append(
+                Row(num, b_rkey[j], b_flags[j], b_limit[j], b_now[j], key, key_ms, bound)
+            )
         answers = asyncio.gather(
             *(self.decide(scope, rows) for scope, _, rows in groups.values()),
             return_exceptions=True,
@@ -358,6 +306,8 @@ class RedisCounting:
             if isinstance(got, StoreUnavailableError):
                 undecided += js
                 continue
+            if isinstance(got, KeyBound):  # the rows named as the batch's
+                raise KeyBound([(js[k], binding) for k, binding in got.rows])
             if isinstance(got, BaseException):
                 raise got
             for j, d in zip(js, got, strict=True):
@@ -371,7 +321,7 @@ class RedisCounting:
         pending, self._pending = self._pending, {}
         self._flush_scheduled = False
         calls = [
-            _call_args(p.scope, _rows_of(p), self.server_clock, p.scope.fixed_keys())
+            call_args(p.scope, _rows_of(p), self.server_clock, p.scope.fixed_keys())
             for p in pending.values()
         ]
         try:
@@ -385,13 +335,22 @@ class RedisCounting:
                 raise
             return
         for p, res in zip(pending.values(), results, strict=True):
-            out = _failure(res) if isinstance(res, Exception) else self._decisions(res)
+            if isinstance(res, Exception):
+                failure = _failure(res)
+                for _, fut in p.calls:
+                    if not fut.done():
+                        fut.set_exception(failure)
+                continue
+            out, bound = self._decisions(res, sum(len(rows) for rows, _ in p.calls))
             at = 0
             for rows, fut in p.calls:
+                mine = [(k - at, b) for k, b in bound if at <= k < at + len(rows)]
                 if fut.done():
-                    continue
-                if isinstance(out, Exception):
-                    fut.set_exception(out)
+                    pass
+                elif mine:
+                    fut.set_exception(KeyBound(mine))
+                elif out is None:  # refused for another caller's key: decided again
+                    self._queue(p.scope, rows, fut)
                 else:
                     fut.set_result(out[at : at + len(rows)])
                 at += len(rows)
@@ -421,14 +380,22 @@ class RedisCounting:
             await self.load()
         raise AssertionError("unreachable")
 
-    def _decisions(self, res: list[int]) -> list[Decided]:
+    def _decisions(
+        self, res: list[Any], n: int
+    ) -> tuple[list[Decided] | None, list[tuple[int, str]]]:
+        """The answers of one decide call of ``n`` rows (None: refused whole, nothing
+        decided), and its rows whose key binds another request (index, binding): see
+        ``decide`` in the Lua."""
+        if res[0] == b"bound" or res[0] == "bound":
+            return None, _bound(res[1:])
         if res[0]:
             self.server_now = int(res[0])
         out = []
-        for i in range(1, len(res), 8):
+        end = 1 + 8 * n
+        for i in range(1, end, 8):
             d, rsn, retry, counted, used, prev, t, gen = res[i : i + 8]
             out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
-        return out
+        return out, _bound(res[end:])
 
     # -- reconciliation ----------------------------------------------------------
 
@@ -445,8 +412,8 @@ class RedisCounting:
                 raise ValueError(f"recipient key {r.recipient} is not in 1 .. 2**64 - 1")
             _check_time("now", r.now)
         mark = f"{scope.tag}:r:{origin}"
-        keys, args = _call_args(scope, (r for r, _ in rows), False, [*scope.fixed_keys(), mark])
-        args.append(b"".join(_SEQ.pack(seq) for _, seq in rows))
+        keys, args = call_args(scope, (r for r, _ in rows), False, [*scope.fixed_keys(), mark])
+        args.append(b"".join(SEQ.pack(seq) for _, seq in rows))
         return int(await self._run("reconcile", keys, args))
 
     # -- feedback ----------------------------------------------------------------
@@ -528,6 +495,12 @@ class RedisCounting:
             raise StoreUnavailableError(f"store: {key} does not hold a ticket key")
         return value
 
+    async def key_binding(self, scope: ScopeSpec, key: str) -> str | None:
+        """What idempotency ``key`` (``<sender>:<key>``, as ``Row.key``) binds while it
+        holds a first admit ("" for one made before keys were bound); None: none."""
+        value = await self._bounded(self.client.get(f"{scope.tag}:k:{key}"))
+        return None if value is None else bytes(value)[_KEY_RECORD:].decode()
+
     # -- reports -----------------------------------------------------------------
 
     async def usage(self, scope: ScopeSpec, now: int, limit: int) -> Usage:
@@ -548,41 +521,6 @@ class RedisCounting:
         when = "" if self.server_clock else now
         return list(await self._run("counts", scope.fixed_keys()[:4], [*scope.geometry, when]))
 
-    async def recipient_entries(
-        self, scope: ScopeSpec, number: str, recipients: Sequence[int]
-    ) -> tuple[list[tuple[Any, Any, Any, Any]], list[Any], Any]:
-        """For each recipient, its (scope entry, marketing entry, ``number``'s window
-        entry, ``number``'s pair entry) as stored (None where absent), whether it
-        opted out, and the number's throughput TAT: calls of the library's read-only
-        ``entries`` (one HMGET per shard hash inside Redis, one of the pair entries)
-        of whole shard hashes, at most about :data:`ENTRIES_PER_CALL` recipients
-        each, so each is bounded as any call is."""
-        by_shard: dict[int, list[int]] = {}
-        for r in recipients:
-            by_shard.setdefault(shard(r), []).append(r)
-        fixed, tag = scope.fixed_keys(), scope.tag
-        got: dict[int, tuple[Any, Any, Any, Any]] = {}
-        opted: dict[int, Any] = {}
-        tat: Any = None
-        parts: list[list[tuple[int, list[int]]]] = [[]]
-        n = 0
-        for item in by_shard.items():
-            if parts[-1] and n + len(item[1]) > ENTRIES_PER_CALL:
-                parts.append([])
-                n = 0
-            parts[-1].append(item)
-            n += len(item[1])
-        for part in parts:  # (one call for no recipients too: the TAT)
-            keys = [fixed[0], fixed[4], fixed[5], *(f"{tag}:c{k}" for k, _ in part)]
-            args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
-            res = await self._run("entries", keys, args)
-            tat = res[0]
-            for (_, rs), (values, opt, pair) in zip(part, res[1:], strict=True):
-                for j, r in enumerate(rs):
-                    got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2], pair[j])
-                    opted[r] = opt[j]
-        return [got[r] for r in recipients], [opted[r] for r in recipients], tat
-
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -593,6 +531,14 @@ def _failure(e: Exception) -> Exception:
     if isinstance(e, _UNAVAILABLE):
         return StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}")
     return e
+
+
+def _bound(pairs: list[Any]) -> list[tuple[int, str]]:
+    """(row index, binding) of the Lua's (row number, binding) pairs."""
+    return [
+        (int(pairs[k]) - 1, v.decode() if isinstance(v := pairs[k + 1], bytes) else str(v))
+        for k in range(0, len(pairs), 2)
+    ]
 
 
 def _missing_code(e: Exception) -> bool:
@@ -606,50 +552,6 @@ def _rows_of(p: _Pending) -> Iterator[Row]:
     """The rows of every call gathered for a scope, in the order they were made."""
     for call_rows, _ in p.calls:
         yield from call_rows
-
-
-def _key_at(keys: list[str], index: dict[str, int], key: str) -> int:
-    """The (1-based) index of ``key`` in ``keys``, appended when it is not there yet."""
-    at = index.get(key)
-    if at is None:
-        keys.append(key)
-        at = index[key] = len(keys)
-    return at
-
-
-def _number_args(
-    spec: NumberSpec, scope: ScopeSpec, keys: list[str], index: dict[str, int]
-) -> tuple[str | int, ...]:
-    """A number's arguments to a call: its own, then its warm-up ring's key index (0:
-    not in warm-up)."""
-    warm = spec.warm_key(scope)
-    return (*spec.args(), _key_at(keys, index, warm) if warm is not None else 0)
-
-
-def _call_args(
-    s: ScopeSpec, rows: Iterable[Row], server_clock: bool, keys: list[str]
-) -> tuple[list[str], list[object]]:
-    """KEYS and ARGV of one decide call (or reconcile call, whose ``keys`` name its
-    mark after the fixed ones) for ``rows`` of scope ``s``, in order."""
-    index: dict[str, int] = {}
-    numbers: dict[str, tuple[int, NumberSpec]] = {}
-    packed: list[bytes] = []
-    for r in rows:
-        num = numbers.get(r.number.name)
-        if num is None:
-            num = numbers[r.number.name] = (len(numbers) + 1, r.number)
-        rk = r.recipient
-        kidx = _key_at(keys, index, f"{s.tag}:k:{r.key}") if r.key else 0
-        text = str(rk).encode()
-        at = _key_at(keys, index, s.scope_shard(rk))
-        packed.append(_ROW.pack(num[0], r.flags, r.limit, r.now, at, kidx, r.key_ms, len(text)))
-        packed.append(text)
-    clock = "" if server_clock else "r"
-    head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
-    for _, spec in numbers.values():
-        head += _number_args(spec, s, keys, index)
-    head.append(b"".join(packed))
-    return keys, head
 
 
 async def connect(

@@ -44,11 +44,14 @@ local F_TEMPLATE, F_MARKETING, F_RESTRICTED, F_QUALITY_BLOCK = 1, 2, 4, 8
 local F_FEP_FREE_FORM, F_DRY_RUN, F_FORCE, F_FEP_PRICING = 16, 32, 64, 128
 local F_REPLY_RESTRICTED = 256
 -- a row of decide's packed rows: number index, flags, limit, now, shard key index,
--- idempotency key index (0: none), its lifetime (ms), recipient (length, text)
-local ROW = '>I2I4i8i8I4I4i8I1c0'
+-- idempotency key index (0: none), its lifetime (ms), recipient (length, text),
+-- what the key binds (length, text: '<recipient, kind, category>:<template>')
+local ROW = '>I2I4i8i8I4I4i8I1c0I2c0'
 -- what an idempotency key holds: its first admit's answer (decision, reason,
--- retry_at, counted, used, prev_counted, slot time, slot generation)
+-- retry_at, counted, used, prev_counted, slot time, slot generation), then what
+-- the key binds (ANSWER_LEN bytes in)
 local ANSWER = '>i1i1i8i1i8i8i8i2'
+local ANSWER_LEN = 37
 -- Fields per HMGET/HSET/HDEL/ZADD call: within Lua's stack (unpack).
 local CHUNK = 4000
 -- a reconciled row's sequence number (reconcile's packed sequence numbers)
@@ -554,17 +557,18 @@ end
 -- pair fields of all rows.
 local function rows_parse(blob, nums)
   local r = {num = {}, flags = {}, limit = {}, now = {}, shard = {}, kidx = {}, kms = {},
-             rcpt = {}, nfield = {}}
+             rcpt = {}, nfield = {}, binding = {}}
   local reads, seen, pfields = {}, {}, {}
   local marketing = {}
   local pos, n = 1, 0
   while pos <= #blob do
-    local ni, flags, limit, now, sk, kidx, kms, rcpt
-    ni, flags, limit, now, sk, kidx, kms, rcpt, pos = sunpack(ROW, blob, pos)
+    local ni, flags, limit, now, sk, kidx, kms, rcpt, binding
+    ni, flags, limit, now, sk, kidx, kms, rcpt, binding, pos = sunpack(ROW, blob, pos)
     n = n + 1
     local nfield = nums[ni].name .. ':' .. rcpt
     r.num[n], r.flags[n], r.limit[n], r.now[n], r.shard[n] = nums[ni], flags, limit, now, sk
     r.kidx[n], r.kms[n], r.rcpt[n], r.nfield[n] = kidx, kms, rcpt, nfield
+    r.binding[n] = binding
     local f = reads[sk]
     if f == nil then
       f = {'_t'}
@@ -698,31 +702,54 @@ end
 -- in one string (ROW each): a row whose idempotency key holds a first admit
 -- answers that admit and consumes nothing. Answers the time used (server clock,
 -- or 0), then per row: decision, reason, retry_at, counted, used, prev_counted,
--- slot time, slot generation.
+-- slot time, slot generation; then, for each row whose key a row before it in
+-- this call bound to another request, its row number and that binding. When a
+-- key held before the call binds another request than its row's, nothing is
+-- decided: the answer is 'bound', then each such row's number and binding.
 local function decide(keys, args)
   local s, r, opted, ttl = call_open(keys, args)
+  local prior, made, refused = {}, {}, {'bound'}
+  for i = 1, r.n do  -- the keys' first admits, each checked before anything is decided
+    local kidx = r.kidx[i]
+    local was = kidx > 0 and redis.call('GET', keys[kidx])
+    prior[i] = was
+    if was and #was > ANSWER_LEN and string.sub(was, ANSWER_LEN + 1) ~= r.binding[i] then
+      refused[#refused + 1], refused[#refused + 2] = i, string.sub(was, ANSWER_LEN + 1)
+    end
+  end
+  if #refused > 1 then
+    return refused
+  end
   local server = args[1] == ''
   local snow = server and server_now() or 0
-  local out = {snow}
+  local out, bound = {snow}, {}
   s.out, s.wd = out, ADMIT
   for i = 1, r.n do
     local now = server and snow or r.now[i]
     local kidx, flags = r.kidx[i], r.flags[i]
-    local prior = kidx > 0 and redis.call('GET', keys[kidx])
+    local was = prior[i] or (kidx > 0 and made[kidx])
     s.at = 8 * i - 6
-    if prior then  -- the key's first admit, at whichever sidecar: nothing consumed again
-      answer(s, sunpack(ANSWER, prior))
+    if was then  -- the key's first admit, at whichever sidecar: nothing consumed again
+      answer(s, sunpack(ANSWER, was))
+      if not prior[i] and string.sub(was, ANSWER_LEN + 1) ~= r.binding[i] then
+        bound[#bound + 1], bound[#bound + 2] = i, string.sub(was, ANSWER_LEN + 1)
+      end
     else
       decide_one(s, r.num[i], now, r.rcpt[i], r.nfield[i], r.shard[i], flags, r.limit[i],
         opted[i])
       -- (a shadow admit, answered with its would-be refusal, is kept as an admit)
       if kidx > 0 and (out[s.at] == ADMIT or shadowed(flags, out[s.at + 1]))
           and not has(flags, F_DRY_RUN) then
-        redis.call('SET', keys[kidx], pack(ANSWER, unpack(out, s.at, s.at + 7)), 'PX', r.kms[i])
+        local v = pack(ANSWER, unpack(out, s.at, s.at + 7)) .. r.binding[i]
+        made[kidx] = v
+        redis.call('SET', keys[kidx], v, 'PX', r.kms[i])
       end
     end
   end
   call_save(s, keys, r.n, ttl)
+  for k = 1, #bound do
+    out[#out + 1] = bound[k]
+  end
   return out
 end
 
@@ -1026,9 +1053,24 @@ function warmup.save(s, out, ttl)
       redis.call('PEXPIRE', r.key, ttl)
     end
   end
+
+-- policy_snapshot(keys: snapshot hash, event stream; args: the stream id's ms and
+-- sequence it covers, the state): kept unless one covering as far or further is
+-- there; the stream's entries before the one kept are trimmed -> 1 if kept.
+local function policy_snapshot(keys, args)
+  local ms, seq = tonumber(args[1]), tonumber(args[2])
+  local cur = redis.call('HMGET', keys[1], 'ms', 'seq')
+  local cms, cseq = tonumber(cur[1]), tonumber(cur[2])
+  if cms and (cms > ms or (cms == ms and cseq >= seq)) then
+    return 0
+  end
+  redis.call('HSET', keys[1], 'ms', args[1], 'seq', args[2], 'state', args[3])
+  redis.call('XTRIM', keys[2], 'MINID', args[1] .. '-' .. args[2])
+  return 1
 end
 
 local calls = {decide = decide, release = release, usage = usage,
                number_update = number_update, opt_out = opt_out, throughput = throughput,
-               counts = counts, entries = entries, reconcile = reconcile}
+               counts = counts, entries = entries, reconcile = reconcile,
+               policy_snapshot = policy_snapshot}
 -- REGISTER

@@ -34,9 +34,21 @@ from tiergate.engine.reference.bounds import NEVER
 from tiergate.engine.reference.ring import Ring
 from tiergate.engine.results import Usage
 
-from .redis_counting import NumberSpec, RedisCounting, ScopeSpec
+from .redis_counting import NumberSpec, RedisCounting, ScopeSpec, shard
 
-__all__ = ["FILLER_KEY", "PlanCopy", "ScopeCounts", "plan_engine", "scope_counts"]
+__all__ = [
+    "ENTRIES_PER_CALL",
+    "FILLER_KEY",
+    "PlanCopy",
+    "ScopeCounts",
+    "plan_engine",
+    "recipient_entries",
+    "scope_counts",
+]
+
+#: Recipients whose entries one read-only ``entries`` call reads (a plan's list is
+#: read in several, each within the call bound).
+ENTRIES_PER_CALL = 2_000
 
 #: The first key standing for a counted recipient outside a plan's list: a one-digit
 #: E.164 key whose digits are 10 or more (no recipient text makes one).
@@ -244,3 +256,39 @@ def parse_entries(
         if int(opt):
             out.opted_out.append(rkey)
     return out
+
+
+async def recipient_entries(
+    counting: RedisCounting, scope: ScopeSpec, number: str, recipients: Sequence[int]
+) -> tuple[list[tuple[Any, Any, Any, Any]], list[Any], Any]:
+    """For each recipient, its (scope entry, marketing entry, ``number``'s window
+    entry, ``number``'s pair entry) as stored (None where absent), whether it
+    opted out, and the number's throughput TAT: calls of the library's read-only
+    ``entries`` (one HMGET per shard hash inside Redis, one of the pair entries)
+    of whole shard hashes, at most about :data:`ENTRIES_PER_CALL` recipients
+    each, so each is bounded as any call is."""
+    by_shard: dict[int, list[int]] = {}
+    for r in recipients:
+        by_shard.setdefault(shard(r), []).append(r)
+    fixed, tag = scope.fixed_keys(), scope.tag
+    got: dict[int, tuple[Any, Any, Any, Any]] = {}
+    opted: dict[int, Any] = {}
+    tat: Any = None
+    parts: list[list[tuple[int, list[int]]]] = [[]]
+    n = 0
+    for item in by_shard.items():
+        if parts[-1] and n + len(item[1]) > ENTRIES_PER_CALL:
+            parts.append([])
+            n = 0
+        parts[-1].append(item)
+        n += len(item[1])
+    for part in parts:  # (one call for no recipients too: the TAT)
+        keys = [fixed[0], fixed[4], fixed[5], *(f"{tag}:c{k}" for k, _ in part)]
+        args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
+        res = await counting.run("entries", keys, args)
+        tat = res[0]
+        for (_, rs), (values, opt, pair) in zip(part, res[1:], strict=True):
+            for j, r in enumerate(rs):
+                got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2], pair[j])
+                opted[r] = opt[j]
+    return [got[r] for r in recipients], [opted[r] for r in recipients], tat

@@ -40,10 +40,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
 from tiergate.engine import DecisionBatch
+from tiergate.engine import records as rec
 from tiergate.engine.columns import kernels
 from tiergate.engine.constants import ADMIT, F_DRY_RUN, REASON_UNSPECIFIED, RETRY_LATER
+from tiergate.policy import aliases
 from tiergate.policy.admission import BLOCKING, Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
+from tiergate.policy.column_checks import Items
 from tiergate.policy.columnar import (
     ColumnsLike,
     ColumnsResult,
@@ -53,15 +56,22 @@ from tiergate.policy.columnar import (
     run_async,
 )
 from tiergate.policy.journal import journal_json
-from tiergate.policy.requests import AdmitLike, Checked
+from tiergate.policy.keys import differs
+from tiergate.policy.requests import AdmitLike, Checked, KeyConflict
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
 from tiergate.policy.state import LimitScope, Sender, Unreconciled
 from tiergate.policy.tiers import number_params
 
 from .base import StoreUnavailableError
-from .redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec
-from .redis_reads import ScopeCounts, parse_entries, plan_engine, scope_counts
+from .redis_counting import KeyBound, NumberSpec, RedisCounting, Row, ScopeSpec
+from .redis_reads import (
+    ScopeCounts,
+    parse_entries,
+    plan_engine,
+    recipient_entries,
+    scope_counts,
+)
 
 __all__ = [
     "RECONCILE_CAP",
@@ -116,25 +126,42 @@ class SharedAdmission:
         self._scopes: dict[str, ScopeSpec] = {}
         #: Feedback's changes for Redis, in the order they were made.
         self.queued: list[Change] = []
+        self._sending = asyncio.Lock()
+        #: Feedback's changes are queued for Redis (not while an event another
+        #: sidecar appended to the shared log is applied: it sent them).
+        self.mirroring = True
         st = service.state
         st.engine = cast(CountingStore, MirroredCounting(st.engine, self))
+
+    def restore(self, data: bytes) -> None:
+        """Replace the service's whole state with snapshot ``data``: its engine this
+        process's own again, its feedback mirrored to Redis as before."""
+        st = self.service.state
+        mirror = st.engine
+        st.engine = cast(MirroredCounting, mirror).local
+        try:
+            self.service.restore(data)
+        finally:
+            st.engine = cast(CountingStore, MirroredCounting(st.engine, self))
 
     def flush(self, local: Awaitable[None] | None) -> Awaitable[None] | None:
         """What a call must await before its answer leaves: the queued changes sent to
         Redis in order, then ``local`` (the journal's commit). A change Redis did not
-        take stays queued, first, for the next call."""
+        take stays queued, first, for the next call. One call sends at a time (the
+        others wait for it: each change is sent once, in order)."""
         if not self.queued:
             return local
         return self._flush(local)
 
     async def _flush(self, local: Awaitable[None] | None) -> None:
-        while self.queued:
-            try:
-                await self.queued[0]()
-            except StoreUnavailableError:
-                self.available = False
-                raise
-            del self.queued[0]
+        async with self._sending:
+            while self.queued:
+                try:
+                    await self.queued[0]()
+                except StoreUnavailableError:
+                    self.available = False
+                    raise
+                del self.queued[0]
         self.available = True
         if local is not None:
             await local
@@ -195,7 +222,7 @@ class SharedAdmission:
         unique = list(dict.fromkeys(keys))
         spec, number = self.number(s.engine_index)
         counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now))
-        got = await self.counting.recipient_entries(spec, number.name, unique)
+        got = await recipient_entries(self.counting, spec, number.name, unique)
         entries = parse_entries(unique, *got)
         engine_type = type(cast(MirroredCounting, st.engine).local)
         copy = await asyncio.to_thread(
@@ -225,15 +252,24 @@ class SharedAdmission:
         batch, rows, items, out = step
         st = self.service.state
         keys: list[str] = []
+        bindings: list[str] = []
         if items.keys:
             names, sidx, ikeys = items.senders, items.sender_index, items.keys
             keys = [f"{names[sidx[i]]}:{ikeys[i]}" if ikeys[i] else "" for i in rows]
+            bindings = [_item_binding(items, i) if ikeys[i] else "" for i in rows]
         try:
             if st.unreconciled:  # (the admits kept while Redis was gone go first)
                 await self.reconcile()
             undecided = await self.counting.decide_batch(
-                batch, self.number, keys, st.profile.idempotency_ms
+                batch, self.number, keys, st.profile.idempotency_ms, bindings
             )
+        except KeyBound as e:  # refused as the embedded store refuses it
+            j, bound = e.rows[0]
+            i = rows[j]
+            t = items.template_index[i]
+            request = (items.rkeys[i], items.kinds[i], items.categories[i])
+            tpl = items.templates[t - 1] if t else ""
+            raise key_conflict((*request, tpl), bound, i, f"idempotency_keys[{i}]") from None
         except StoreUnavailableError:  # (Redis not asked: nothing decided there)
             batch.prepare_outputs()
             batch.decided = len(batch)
@@ -277,19 +313,43 @@ class SharedAdmission:
                         p.now,
                         f"{p.sender.id}:{p.key}" if p.key else "",
                         idem_ms,
+                        binding(p.rkey, p.kind, p.cat, p.tpl) if p.key else "",
                     )
                 ],
             )
             for p in part
         ]
         out: list[AdmitResult | Decision] = []
-        for p, fut in zip(part, futs, strict=True):
+        conflict: KeyConflict | None = None
+        for j, (p, fut) in enumerate(zip(part, futs, strict=True)):
             try:
                 out.append((await fut)[0])
                 self.available = True
             except StoreUnavailableError:
                 out.append(self._unavailable(p))
+            except KeyBound as e:
+                conflict = conflict or key_conflict(p[1:5], e.rows[0][1], j)
+        if conflict is not None:
+            raise conflict
         return out
+
+    async def _check_key(self, checked: Checked, item: int) -> None:
+        """A request answered by steps 1–3 under a key this sidecar does not hold:
+        refused as the embedded store refuses it when Redis holds the key for another
+        request (:class:`KeyConflict` naming ``item``; while Redis is gone the answer
+        stands)."""
+        sid, raw, kind, cat, tpl, key = checked[:6]
+        st = self.service.state
+        s = st.senders.get(sid)
+        if not key or s is None or key in s.idem:
+            return
+        try:
+            bound = await self.counting.key_binding(self.scope(s.scope), f"{sid}:{key}")
+        except StoreUnavailableError:
+            return
+        rkey = aliases.resolve(st, raw) if st.aliases else raw
+        if bound and bound != binding(rkey, kind, cat, tpl):
+            raise key_conflict((rkey, kind, cat, tpl), bound, item)
 
     def _unavailable(self, p: Pending) -> AdmitResult | Decision:
         """What a request gets while Redis cannot be reached (``--store-failure``)."""
@@ -398,9 +458,34 @@ class SharedAdmission:
         st = self.service.state
         p = admit_prepare(st, checked, now_ms)
         if not isinstance(p, Pending):
+            await self._check_key(checked, 0)
             return p
         (d,) = await self._decide_part([p])
         return d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
+
+
+def binding(rkey: int, kind: int, cat: int, tpl: str) -> str:
+    """What a key binds of a request, as Redis keeps it (``Row.binding``)."""
+    return f"{rec.bind(rkey, kind, cat)}:{tpl}"
+
+
+def _item_binding(items: Items, i: int) -> str:
+    """:func:`binding` of a columnar batch's item ``i``."""
+    t = items.template_index[i]
+    tpl = items.templates[t - 1] if t else ""
+    return binding(items.rkeys[i], items.kinds[i], items.categories[i], tpl)
+
+
+def key_conflict(
+    request: tuple[int, int, int, str], bound: str, item: int, field: str = "idempotency_key"
+) -> KeyConflict:
+    """The refusal of ``request`` (recipient key, kind, category, template) under a key
+    Redis holds for another request (``bound``, as :func:`binding` makes it): what
+    differs, as the embedded store's key memory says."""
+    rkey, kind, cat, tpl = request
+    known, _, first_tpl = bound.partition(":")
+    entry: rec.Entry = ("", False, 0, 0, 0, int(known), first_tpl)
+    return KeyConflict(field, item, differs(entry, rec.bind(rkey, kind, cat), tpl))
 
 
 def _decide_locally(engine: CountingStore, batch: DecisionBatch, rows: list[int]) -> None:
@@ -446,7 +531,8 @@ class MirroredCounting:
         return None  # the engine's copy makes its own room
 
     def _queue(self, change: Change) -> None:
-        self.shared.queued.append(change)
+        if self.shared.mirroring:
+            self.shared.queued.append(change)
 
     def release(
         self, scope: int, recipient: int, slot: int, prev_counted: int, number: int = -1

@@ -26,7 +26,9 @@ clients (docs/architecture.md has the table). What it accepts:
 - TLS (and client certificates) with an ``ssl.SSLContext`` given to ``start``.
 
 A POST's events are applied in slices (``slice_events``) between which the
-event loop serves other calls, with the result of applying them at once. At
+event loop serves other calls, with the result of applying them at once. A
+store that cannot take them now (the shared store's Redis gone) answers 503,
+so Meta delivers the webhook again later. At
 ``stop`` a body being applied is applied to its end and answered.
 
 Routes (``path`` defaults to ``/webhook``):
@@ -54,6 +56,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
+
+from tiergate.store.base import StoreUnavailableError
 
 from .ingest import DEFAULT_SLICE_EVENTS, Applier, IngestResult, WebhookIngestor, ingestor_for
 from .parse import DEFAULT_MAX_BYTES, WebhookError
@@ -347,12 +351,16 @@ class WebhookReceiver:
             return HTTPStatus.FORBIDDEN, _TEXT, f"signature rejected: {exc}"
         except WebhookError as exc:
             return HTTPStatus.BAD_REQUEST, _TEXT, f"malformed webhook: {exc}"
+        except StoreUnavailableError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, str(exc)
         except Exception:
             log.exception("webhook ingestion failed")
             return HTTPStatus.INTERNAL_SERVER_ERROR, _TEXT, "internal error"
         if self.after_ingest is not None:
             try:
                 await self.after_ingest(result)
+            except StoreUnavailableError as exc:
+                return HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, str(exc)
             except Exception:
                 log.exception("webhook state could not be made durable")
                 return HTTPStatus.INTERNAL_SERVER_ERROR, _TEXT, "internal error"

@@ -30,7 +30,7 @@ import asyncio
 import hashlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -71,6 +71,10 @@ class Applier(Protocol):
     """What ingestion needs of ``AdmissionService``."""
 
     def apply(self, event: Event, now_ms: int) -> ApplyOutcome: ...
+
+
+#: An applier that awaits (the shared store's log of events).
+Submit = Callable[[Event, int], Awaitable[ApplyOutcome]]
 
 
 @dataclass(slots=True)
@@ -170,6 +174,9 @@ class WebhookIngestor:
         self.stats = WebhookStats()
         self._seen_messages = _SeenKeys(dedupe_ttl_ms, dedupe_max_keys)
         self._seen_changes = _SeenKeys(dedupe_ttl_ms, dedupe_max_changes)
+        #: Applies each event instead of ``service.apply`` in :meth:`ingest_sliced`
+        #: (the shared store's log: ``store/shared_policy.py``); None: the service.
+        self.submit: Submit | None = None
 
     @property
     def remembered(self) -> int:
@@ -217,6 +224,9 @@ class WebhookIngestor:
             )
         parsed, result = self._counted(outcome)
         events = parsed.events
+        if self.submit is not None:
+            await self._submit(self.submit, events, now_ms, result)
+            return self._finish(result)
         for start in range(0, len(events), slice_events):
             if start:
                 await asyncio.sleep(0)
@@ -248,26 +258,53 @@ class WebhookIngestor:
         return outcome, result
 
     def _apply(self, items: Sequence[ParsedEvent], now_ms: int, result: IngestResult) -> None:
-        stats = self.stats
-        ignored = result.ignored_events
         for item in items:
-            seen = self._memory(item.key)
-            if seen.contains(item.key, now_ms):
-                stats.duplicates += 1
-                ignored.append((item.field, f"{item.path}: already applied (redelivery)"))
+            if self._duplicate(item, now_ms, result):
                 continue
             try:
                 outcome = self.service.apply(item.event, now_ms)
             except (ValueError, KeyError) as exc:
-                # The service refuses the event's contents (InvalidArgument is a
-                # ValueError); the rest of the body still applies.
-                ignored.append((item.field, f"{item.path}: {_message(exc)}"))
+                self._refused(item, exc, result)
                 continue
-            if outcome.applied:
-                result.applied += 1
-                seen.add(item.key, now_ms)
-            else:
-                ignored.append((item.field, f"{item.path}: {outcome.detail or 'not applied'}"))
+            self._outcome(item, outcome, now_ms, result)
+
+    async def _submit(
+        self, submit: Submit, items: Sequence[ParsedEvent], now_ms: int, result: IngestResult
+    ) -> None:
+        """:meth:`_apply` with each event applied by ``submit`` (awaited, in order)."""
+        for item in items:
+            if self._duplicate(item, now_ms, result):
+                continue
+            try:
+                outcome = await submit(item.event, now_ms)
+            except (ValueError, KeyError) as exc:
+                self._refused(item, exc, result)
+                continue
+            self._outcome(item, outcome, now_ms, result)
+
+    def _duplicate(self, item: ParsedEvent, now_ms: int, result: IngestResult) -> bool:
+        """Whether ``item`` was applied before (counted and reported as ignored)."""
+        if not self._memory(item.key).contains(item.key, now_ms):
+            return False
+        self.stats.duplicates += 1
+        result.ignored_events.append((item.field, f"{item.path}: already applied (redelivery)"))
+        return True
+
+    @staticmethod
+    def _refused(item: ParsedEvent, exc: Exception, result: IngestResult) -> None:
+        # The service refuses the event's contents (InvalidArgument is a
+        # ValueError); the rest of the body still applies.
+        result.ignored_events.append((item.field, f"{item.path}: {_message(exc)}"))
+
+    def _outcome(
+        self, item: ParsedEvent, outcome: ApplyOutcome, now_ms: int, result: IngestResult
+    ) -> None:
+        if outcome.applied:
+            result.applied += 1
+            self._memory(item.key).add(item.key, now_ms)
+        else:
+            detail = outcome.detail or "not applied"
+            result.ignored_events.append((item.field, f"{item.path}: {detail}"))
 
     def _finish(self, result: IngestResult) -> IngestResult:
         result.ignored = len(result.ignored_events)
