@@ -1053,6 +1053,7 @@ function warmup.save(s, out, ttl)
       redis.call('PEXPIRE', r.key, ttl)
     end
   end
+end
 
 -- policy_snapshot(keys: snapshot hash, event stream; args: the stream id's ms and
 -- sequence it covers, the state): kept unless one covering as far or further is
