@@ -539,29 +539,32 @@ class RedisCounting:
         res = await self._run("usage", scope.fixed_keys()[:4], [*scope.geometry, when, limit])
         return Usage(*(int(v) for v in res[:4]))
 
-    async def counts(self, scope: ScopeSpec, now: int) -> list[Any]:
-        """The library's ``counts`` (read only): the time used, used_24h, unique_7d,
-        slots_7d, the 24 h ring's low bucket, then (bucket, count) pairs
-        (``redis_reads.scope_counts`` makes them a ``ScopeCounts``)."""
+    async def counts(self, scope: ScopeSpec, now: int, num: NumberSpec | None = None) -> list[Any]:
+        """The library's ``counts`` (read only): the time used, used_24h, unique_7d, slots_7d,
+        the 24 h ring's low bucket, (bucket, count) pairs, and for a number in warm-up its
+        own ring's [total, low bucket, pairs] (``redis_reads.scope_counts`` reads them)."""
         if not self.server_clock:
             _check_time("now", now)
         when = "" if self.server_clock else now
-        return list(await self._run("counts", scope.fixed_keys()[:4], [*scope.geometry, when]))
+        warm = num.warm_key(scope) if num is not None else None
+        extra = ([warm], [num.name]) if num is not None and warm is not None else ([], [])
+        keys, args = [*scope.fixed_keys()[:4], *extra[0]], [*scope.geometry, when, *extra[1]]
+        return list(await self._run("counts", keys, args))
 
     async def recipient_entries(
         self, scope: ScopeSpec, number: str, recipients: Sequence[int]
-    ) -> tuple[list[tuple[Any, Any, Any, Any]], list[Any], Any]:
+    ) -> tuple[list[tuple[Any, Any, Any, Any, Any]], list[Any], Any]:
         """For each recipient, its (scope entry, marketing entry, ``number``'s window
-        entry, ``number``'s pair entry) as stored (None where absent), whether it
-        opted out, and the number's throughput TAT: calls of the library's read-only
-        ``entries`` (one HMGET per shard hash inside Redis, one of the pair entries)
-        of whole shard hashes, at most about :data:`ENTRIES_PER_CALL` recipients
-        each, so each is bounded as any call is."""
+        entry, ``number``'s pair entry, ``number``'s warm-up entry) as stored (None
+        where absent), whether it opted out, and the number's throughput TAT: calls
+        of the library's read-only ``entries`` (one HMGET per shard hash inside
+        Redis, one of the pair entries) of whole shard hashes, at most about
+        :data:`ENTRIES_PER_CALL` recipients each, so each is bounded as any call is."""
         by_shard: dict[int, list[int]] = {}
         for r in recipients:
             by_shard.setdefault(shard(r), []).append(r)
         fixed, tag = scope.fixed_keys(), scope.tag
-        got: dict[int, tuple[Any, Any, Any, Any]] = {}
+        got: dict[int, tuple[Any, Any, Any, Any, Any]] = {}
         opted: dict[int, Any] = {}
         tat: Any = None
         parts: list[list[tuple[int, list[int]]]] = [[]]
@@ -579,7 +582,8 @@ class RedisCounting:
             tat = res[0]
             for (_, rs), (values, opt, pair) in zip(part, res[1:], strict=True):
                 for j, r in enumerate(rs):
-                    got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2], pair[j])
+                    se, mk, we, warm = values[4 * j : 4 * j + 4]
+                    got[r] = (se, mk, we, pair[j], warm)
                     opted[r] = opt[j]
         return [got[r] for r in recipients], [opted[r] for r in recipients], tat
 

@@ -829,9 +829,32 @@ local function throughput(keys, args)
   return 1
 end
 
--- counts(keys: meta, r24, r7, s7; args: geometry (4), now ('' for TIME)) -> the
--- time used (never before the scope's clock), used_24h, unique_7d, slots_7d, the
--- 24 h ring's low bucket, then (bucket, count) of each of its buckets that counts.
+-- (bucket, count) of each of ring r's buckets that counts, appended to out (the
+-- string read once; the buckets this call moved from its cache).
+local function ring_buckets(r, out)
+  if r.total <= 0 then
+    return out
+  end
+  local raw = r.cleared and '' or (redis.call('GET', r.key) or '')
+  for b = r.lo, r.lo + r.n - 1 do
+    local i = b % r.n
+    local c = r.cache[i]
+    if c == nil then
+      c = #raw >= i * 4 + 4 and sunpack('>i4', raw, i * 4 + 1) or 0
+    end
+    if c ~= 0 then
+      out[#out + 1] = b
+      out[#out + 1] = c
+    end
+  end
+  return out
+end
+
+-- counts(keys: meta, r24, r7, s7[, a number's warm-up ring]; args: geometry (4),
+-- now ('' for TIME)[, the number]) -> the time used (never before the scope's
+-- clock), used_24h, unique_7d, slots_7d, the 24 h ring's low bucket, then (bucket,
+-- count) of each of its buckets that counts; with a warm-up ring, then one more
+-- element: {its total, its low bucket, (bucket, count)...} (warmup.counts).
 -- Reads only: the clock and rings are advanced in this call's memory, not saved.
 local function counts(keys, args)
   bind()
@@ -839,28 +862,17 @@ local function counts(keys, args)
   local now = args[5] == '' and server_now() or tonumber(args[5])
   now = scope_clamp(s, now)
   local r = s.r24
-  local out = {now, r.total, s.r7.total, s.s7.total, r.lo}
-  if r.total > 0 then
-    local raw = r.cleared and '' or (redis.call('GET', r.key) or '')
-    for b = r.lo, r.lo + r.n - 1 do
-      local i = b % r.n
-      local c = r.cache[i]
-      if c == nil then
-        c = #raw >= i * 4 + 4 and sunpack('>i4', raw, i * 4 + 1) or 0
-      end
-      if c ~= 0 then
-        out[#out + 1] = b
-        out[#out + 1] = c
-      end
-    end
+  local out = ring_buckets(r, {now, r.total, s.r7.total, s.s7.total, r.lo})
+  if keys[5] then
+    out[#out + 1] = warmup.counts(s, args[6], keys[5], now)
   end
   return out
 end
 
 -- entries(keys: meta, opt, pairs, shard hashes...; args: number, then per shard
 -- hash the space-separated recipients in it) -> the number's throughput TAT, then
--- per shard hash {its recipients' (scope entry, marketing entry, window entry)
--- values, whether each opted out, each one's pair entry with the number}. Reads
+-- per shard hash {its recipients' (scope entry, marketing entry, window entry,
+-- the number's warm-up entry) values, whether each opted out, each one's pair entry with the number}. Reads
 -- only (what a plan of a list reads); entries as stored (a pair entry the clock
 -- has passed may still be there).
 local function entries(keys, args)
@@ -874,6 +886,7 @@ local function entries(keys, args)
       fields[#fields + 1] = r
       fields[#fields + 1] = 'm' .. r
       fields[#fields + 1] = nf
+      fields[#fields + 1] = warmup.field(args[1], r)
     end
     out[#out + 1] = {chunked('HMGET', keys[j], fields), chunked('SMISMEMBER', keys[2], rs),
                      chunked('HMGET', keys[3], nfields)}
@@ -1012,6 +1025,15 @@ function warmup.release(s, name, key, ckey, rcpt, t, prev)
     ring_add(num.warm, prev, 1)
     redis.call('HSET', ckey, field, pack('>i8', prev))
   end
+end
+
+-- The number's own ring as of now (read only: advanced in memory): {its total, its
+-- low bucket, then (bucket, count) of each bucket that counts}.
+function warmup.counts(s, name, key, now)
+  local num = {name = name}
+  warmup.load(s, num, 0, key)
+  ring_advance(num.warm, now)
+  return ring_buckets(num.warm, {num.warm.total, num.warm.lo})
 end
 
 -- The rings of the numbers in warm-up: saved, their meta fields appended to out.

@@ -194,7 +194,7 @@ class SharedAdmission:
             kernels.alias_keys(keys, array("Q", st.alias_table))
         unique = list(dict.fromkeys(keys))
         spec, number = self.number(s.engine_index)
-        counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now))
+        counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now), number)
         got = await self.counting.recipient_entries(spec, number.name, unique)
         entries = parse_entries(unique, *got)
         engine_type = type(cast(MirroredCounting, st.engine).local)
