@@ -553,19 +553,18 @@ class RedisCounting:
 
     async def recipient_entries(
         self, scope: ScopeSpec, number: str, recipients: Sequence[int]
-    ) -> tuple[list[tuple[Any, Any, Any, Any, Any]], list[Any], Any]:
-        """For each recipient, its (scope entry, marketing entry, ``number``'s window
-        entry, ``number``'s pair entry, ``number``'s warm-up entry) as stored (None
-        where absent), whether it opted out, and the number's throughput TAT: calls
-        of the library's read-only ``entries`` (one HMGET per shard hash inside
-        Redis, one of the pair entries) of whole shard hashes, at most about
+    ) -> tuple[dict[int, tuple[Any, ...]], Any]:
+        """Each recipient's (scope entry, marketing entry, ``number``'s window entry,
+        warm-up entry and pair entry as stored (None where absent), 1 if it opted
+        out else 0), only for those with any, and the number's throughput TAT:
+        calls of the library's read-only ``entries`` (one HMGET per shard hash
+        inside Redis, one of the pair entries) of whole shard hashes, at most about
         :data:`ENTRIES_PER_CALL` recipients each, so each is bounded as any call is."""
         by_shard: dict[int, list[int]] = {}
         for r in recipients:
             by_shard.setdefault(shard(r), []).append(r)
         fixed, tag = scope.fixed_keys(), scope.tag
-        got: dict[int, tuple[Any, Any, Any, Any, Any]] = {}
-        opted: dict[int, Any] = {}
+        got: dict[int, tuple[Any, ...]] = {}
         tat: Any = None
         parts: list[list[tuple[int, list[int]]]] = [[]]
         n = 0
@@ -580,12 +579,11 @@ class RedisCounting:
             args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
             res = await self._run("entries", keys, args)
             tat = res[0]
-            for (_, rs), (values, opt, pair) in zip(part, res[1:], strict=True):
-                for j, r in enumerate(rs):
-                    se, mk, we, warm = values[4 * j : 4 * j + 4]
-                    got[r] = (se, mk, we, pair[j], warm)
-                    opted[r] = opt[j]
-        return [got[r] for r in recipients], [opted[r] for r in recipients], tat
+            if len(res) > 1:
+                called = [r for _, rs in part for r in rs]
+                for j in range(1, len(res), 7):
+                    got[called[res[j]]] = tuple(res[j + 1 : j + 7])
+        return got, tat
 
     async def aclose(self) -> None:
         await self.client.aclose()

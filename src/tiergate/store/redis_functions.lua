@@ -871,12 +871,16 @@ end
 
 -- entries(keys: meta, opt, pairs, shard hashes...; args: number, then per shard
 -- hash the space-separated recipients in it) -> the number's throughput TAT, then
--- per shard hash {its recipients' (scope entry, marketing entry, window entry,
--- the number's warm-up entry) values, whether each opted out, each one's pair entry with the number}. Reads
--- only (what a plan of a list reads); entries as stored (a pair entry the clock
--- has passed may still be there).
+-- for each recipient that has any of them (most of a fresh list has none), seven
+-- values: its place among the call's recipients (from 0, in argument order), its
+-- scope entry, marketing entry, the number's window entry, the number's warm-up
+-- entry, the number's pair entry (false where absent) and 1 if it opted out, else
+-- 0. Per shard hash one HMGET of its recipients' fields, one SMISMEMBER of their
+-- opt-outs and one HMGET of their pair entries. Reads only (what a plan of a list
+-- reads); entries as stored (a pair entry the clock has passed may still be there).
 local function entries(keys, args)
   local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
+  local at = 0
   for j = 4, #keys do
     local rs, fields, nfields = {}, {}, {}
     for r in string.gmatch(args[j - 2], '%S+') do
@@ -888,8 +892,18 @@ local function entries(keys, args)
       fields[#fields + 1] = nf
       fields[#fields + 1] = warmup.field(args[1], r)
     end
-    out[#out + 1] = {chunked('HMGET', keys[j], fields), chunked('SMISMEMBER', keys[2], rs),
-                     chunked('HMGET', keys[3], nfields)}
+    local v = chunked('HMGET', keys[j], fields)
+    local opted = chunked('SMISMEMBER', keys[2], rs)
+    local pair = chunked('HMGET', keys[3], nfields)
+    for i = 1, #rs do
+      local f = 4 * i
+      if v[f - 3] or v[f - 2] or v[f - 1] or v[f] or pair[i] or opted[i] == 1 then
+        local n = #out
+        out[n + 1], out[n + 2], out[n + 3], out[n + 4] = at + i - 1, v[f - 3], v[f - 2], v[f - 1]
+        out[n + 5], out[n + 6], out[n + 7] = v[f], pair[i], opted[i]
+      end
+    end
+    at = at + #rs
   end
   return out
 end

@@ -304,24 +304,17 @@ class RecipientEntries:
 _NEVER6 = -(1 << 47)
 
 
-def parse_entries(
-    keys: Sequence[int],
-    values: Sequence[tuple[Any, Any, Any, Any, Any]],
-    opted: Sequence[Any],
-    tat: Any,
-) -> RecipientEntries:
-    """:class:`RecipientEntries` from each key's (scope entry, marketing entry, window
-    entry, pair entry, warm-up entry) values as Redis holds them (layout tg3: a scope entry is the
-    last counted time in 6 bytes and the slot generation in 2, a window entry the
-    window's and free-entry-point window's ends, a pair entry the pair's TAT and
-    burst start, a warm-up entry the number's last count of it in 8), its opt-out
-    membership and the number's TAT."""
+def parse_entries(got: dict[int, tuple[Any, ...]], tat: Any) -> RecipientEntries:
+    """:class:`RecipientEntries` from the recipients' (scope entry, marketing entry,
+    window entry, warm-up entry, pair entry, opted out) as Redis holds them (layout
+    tg3: a scope entry is the last counted time in 6 bytes and the slot generation
+    in 2, a window entry the window's and free-entry-point window's ends, a warm-up
+    entry the number's last count of it in 8, a pair entry the pair's TAT and burst
+    start; recipients with none absent) and the number's TAT."""
     # a Lua number as Redis stores it: "%.17g", exact for every TAT (below 2**53)
     tput_tat = max(NEVER, int(float(tat.decode() if isinstance(tat, bytes) else tat or NEVER)))
     out = RecipientEntries({}, {}, {}, [], tput_tat, {})
-    for rkey, (se, mk, we, pe, warm), opt in zip(keys, values, opted, strict=True):
-        if warm is not None:
-            out.warm[rkey] = struct.unpack(">q", warm)[0]
+    for rkey, (se, mk, we, warm, pe, opt) in got.items():
         if se is not None:
             last = int.from_bytes(se[:6], "big", signed=True)
             out.last[rkey] = NEVER if last == _NEVER6 else last
@@ -331,6 +324,8 @@ def parse_entries(
             window = struct.unpack(">qq", we) if we is not None else (NEVER, NEVER)
             pair = struct.unpack(">qq", pe) if pe is not None else (NEVER, NEVER)
             out.number[rkey] = (*window, *pair)
+        if warm is not None:
+            out.warm[rkey] = struct.unpack(">q", warm)[0]
         if int(opt):
             out.opted_out.append(rkey)
     return out

@@ -196,7 +196,7 @@ class SharedAdmission:
         spec, number = self.number(s.engine_index)
         counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now), number)
         got = await self.counting.recipient_entries(spec, number.name, unique)
-        entries = parse_entries(unique, *got)
+        entries = parse_entries(*got)
         engine_type = type(cast(MirroredCounting, st.engine).local)
         copy = await asyncio.to_thread(
             plan_engine, engine_type, spec.geometry, spec, number, counts, entries
