@@ -552,7 +552,7 @@ class RedisCounting:
         return list(await self._run("counts", keys, args))
 
     async def recipient_entries(
-        self, scope: ScopeSpec, number: str, recipients: Sequence[int]
+        self, scope: ScopeSpec, number: NumberSpec, recipients: Sequence[int]
     ) -> tuple[dict[int, tuple[Any, ...]], Any]:
         """Each recipient's (scope entry, marketing entry, ``number``'s window entry,
         warm-up entry and pair entry as stored (None where absent), 1 if it opted
@@ -564,6 +564,7 @@ class RedisCounting:
         for r in recipients:
             by_shard.setdefault(shard(r), []).append(r)
         fixed, tag = scope.fixed_keys(), scope.tag
+        warm = "0" if number.warm_key(scope) is None else "1"
         got: dict[int, tuple[Any, ...]] = {}
         tat: Any = None
         parts: list[list[tuple[int, list[int]]]] = [[]]
@@ -576,7 +577,7 @@ class RedisCounting:
             n += len(item[1])
         for part in parts:  # (one call for no recipients too: the TAT)
             keys = [fixed[0], fixed[4], fixed[5], *(f"{tag}:c{k}" for k, _ in part)]
-            args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
+            args = [number.name, warm, *(" ".join(map(str, rs)) for _, rs in part)]
             res = await self._run("entries", keys, args)
             tat = res[0]
             if len(res) > 1:

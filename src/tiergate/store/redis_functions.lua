@@ -869,41 +869,52 @@ local function counts(keys, args)
   return out
 end
 
--- entries(keys: meta, opt, pairs, shard hashes...; args: number, then per shard
--- hash the space-separated recipients in it) -> the number's throughput TAT, then
--- for each recipient that has any of them (most of a fresh list has none), seven
--- values: its place among the call's recipients (from 0, in argument order), its
--- scope entry, marketing entry, the number's window entry, the number's warm-up
--- entry, the number's pair entry (false where absent) and 1 if it opted out, else
--- 0. Per shard hash one HMGET of its recipients' fields, one SMISMEMBER of their
--- opt-outs and one HMGET of their pair entries. Reads only (what a plan of a list
--- reads); entries as stored (a pair entry the clock has passed may still be there).
+-- entries(keys: meta, opt, pairs, shard hashes...; args: number, '1' if it is in
+-- warm-up else '0', then per shard hash the space-separated recipients in it) ->
+-- the number's throughput TAT, then for each recipient that has any of them (most
+-- of a fresh list has none), seven values: its place among the call's recipients
+-- (from 0, in argument order), its scope entry, marketing entry, the number's
+-- window entry, the number's warm-up entry, the number's pair entry (false where
+-- absent) and 1 if it opted out, else 0. Per shard hash that exists one HMGET of
+-- its recipients' fields; one SMISMEMBER of their opt-outs and one HMGET of their
+-- pair entries while there are any. Reads only (what a plan of a list reads);
+-- entries as stored (a pair entry the clock has passed may still be there).
 local function entries(keys, args)
   local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
-  local at = 0
+  local any_opt = redis.call('SCARD', keys[2]) > 0
+  local any_pair = redis.call('HLEN', keys[3]) > 0
+  local warm, at, none = args[2] == '1', 0, {}
   for j = 4, #keys do
-    local rs, fields, nfields = {}, {}, {}
-    for r in string.gmatch(args[j - 2], '%S+') do
-      local nf = args[1] .. ':' .. r
-      rs[#rs + 1] = r
-      nfields[#nfields + 1] = nf
-      fields[#fields + 1] = r
-      fields[#fields + 1] = 'm' .. r
-      fields[#fields + 1] = nf
-      fields[#fields + 1] = warmup.field(args[1], r)
-    end
-    local v = chunked('HMGET', keys[j], fields)
-    local opted = chunked('SMISMEMBER', keys[2], rs)
-    local pair = chunked('HMGET', keys[3], nfields)
-    for i = 1, #rs do
-      local f = 4 * i
-      if v[f - 3] or v[f - 2] or v[f - 1] or v[f] or pair[i] or opted[i] == 1 then
-        local n = #out
-        out[n + 1], out[n + 2], out[n + 3], out[n + 4] = at + i - 1, v[f - 3], v[f - 2], v[f - 1]
-        out[n + 5], out[n + 6], out[n + 7] = v[f], pair[i], opted[i]
+    local list = args[j - 1]
+    if redis.call('EXISTS', keys[j]) == 1 or any_opt or any_pair then
+      local rs, fields, nfields = {}, {}, {}
+      for r in string.gmatch(list, '%S+') do
+        local nf = args[1] .. ':' .. r
+        rs[#rs + 1] = r
+        nfields[#nfields + 1] = nf
+        fields[#fields + 1] = r
+        fields[#fields + 1] = 'm' .. r
+        fields[#fields + 1] = nf
+        fields[#fields + 1] = warm and warmup.field(args[1], r) or nil
       end
+      local w = warm and 4 or 3
+      local v = chunked('HMGET', keys[j], fields)
+      local opted = any_opt and chunked('SMISMEMBER', keys[2], rs) or none
+      local pair = any_pair and chunked('HMGET', keys[3], nfields) or none
+      for i = 1, #rs do
+        local f, p, o = w * (i - 1), pair[i] or false, opted[i] or 0
+        local se, mk, we, u = v[f + 1], v[f + 2], v[f + 3], warm and v[f + 4] or false
+        if se or mk or we or u or p or o == 1 then
+          local n = #out
+          out[n + 1], out[n + 2], out[n + 3], out[n + 4] = at + i - 1, se, mk, we
+          out[n + 5], out[n + 6], out[n + 7] = u, p, o
+        end
+      end
+      at = at + #rs
+    elseif list ~= '' then
+      local _, spaces = string.gsub(list, ' ', '')
+      at = at + spaces + 1
     end
-    at = at + #rs
   end
   return out
 end

@@ -195,7 +195,7 @@ class SharedAdmission:
         unique = list(dict.fromkeys(keys))
         spec, number = self.number(s.engine_index)
         counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now), number)
-        got = await self.counting.recipient_entries(spec, number.name, unique)
+        got = await self.counting.recipient_entries(spec, number, unique)
         entries = parse_entries(*got)
         engine_type = type(cast(MirroredCounting, st.engine).local)
         copy = await asyncio.to_thread(
