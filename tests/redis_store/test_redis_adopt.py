@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import redis.asyncio
 import uvloop
 
 from tiergate import cli
@@ -349,6 +350,12 @@ def test_a_list_planned_across_calls_over_redis_is_the_same_plan(
             got = await _plan_in_calls(a, recipients, 50)
             assert got == want
             assert max(got) > T0 + HOUR  # past the limit: slots freed later
+            # no pair entries and no opt-outs: entries reads only the shard hashes
+            # that exist, and counts the places of the others' recipients
+            client = redis.asyncio.Redis.from_url(redis_url)
+            assert await client.delete("tg3:{pf:portfolio-adopt}:p") == 1
+            await client.aclose()
+            assert await _plan(a, recipients, T0, pb.UTILITY) == want
             await _replay(b, recipients, got, T0, pb.UTILITY)
 
     uvloop.run(main())

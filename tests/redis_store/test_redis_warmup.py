@@ -4,6 +4,7 @@ portfolio's limit stays the portfolio's (docs/rules.md, *Warm-up*)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,17 @@ from typing import Any
 import pytest
 import uvloop
 
+from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
 
+from . import test_redis_adopt as adopt
 from .test_redis_serve import SENDER, T0, _config, _failed, _request, serving
 
 pytestmark = pytest.mark.redis
 
 OLD = "100000000000002"
 DAY = 86_400_000
+HOUR = 3_600_000
 
 
 def _from(sender: str, i: int, at: int) -> pb.AdmitRequest:
@@ -75,5 +79,51 @@ def test_a_new_number_s_warm_up_cap_holds_across_sidecars(redis_url: str, tmp_pa
                     break
                 more += 1
             assert limit > 100 and admitted + more == limit
+
+    uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_plan_for_a_number_in_warm_up_over_redis_is_the_embedded_plan(
+    redis_url: str, tmp_path: Path, seed: int
+) -> None:
+    """A number in week 1 of warm-up (100 of its own a day) that counted 60
+    recipients over the last day, an older number of the portfolio that counted
+    others (some of them the new number's too), all at the other sidecar: the plan
+    of a list for the new number over Redis equals the embedded store's for the
+    same traffic (its own cap binds: the list waits for its own counts to leave the
+    window), and AdmitBatch at the plan's times admits each recipient exactly then."""
+    rng = random.Random(seed)
+    profile = tmp_path / "warm.toml"
+    profile.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
+    base = adopt._config()
+    old = replace(base.senders[0], sender_id=OLD, display_phone_number="+15550100002")
+    new = replace(base.senders[0], registered_at_unix_ms=T0 - 2 * DAY)
+    config = replace(base, profile=str(profile), senders=(new, old))
+    shared = replace(config, store=parse_store(redis_url))
+    pool = adopt._numbers(200)
+
+    async def main() -> None:
+        async with serving(config) as alone, serving(shared) as a, serving(shared) as b:
+            own = rng.sample(pool, 60)
+            by_old = rng.sample(own, 10) + rng.sample([r for r in pool if r not in own], 30)
+            sends = [(adopt.SENDER, r) for r in own] + [(OLD, r) for r in by_old]
+            rng.shuffle(sends)
+            at = T0 - DAY
+            for sender, rcpt in sends:
+                at += rng.randrange(60_000, 1_200_000) if at < T0 - 2 * HOUR else 1_000
+                req = adopt._send(rcpt, at)
+                req.sender_id = sender
+                for stub in (alone, b):
+                    assert (await stub.Admit(req)).decision == pb.DECISION_ADMIT
+            recipients = own[:40] + by_old[10:25] + adopt._numbers(100, 1000)
+            rng.shuffle(recipients)
+            start = at + 1_000
+            want = await adopt._plan(alone, recipients, start, pb.UTILITY)
+            got = await adopt._plan(a, recipients, start, pb.UTILITY)
+            assert got == want
+            assert 0 not in got and max(got) > start + HOUR  # its own cap binds
+            await adopt._replay(b, recipients, got, start, pb.UTILITY)
 
     uvloop.run(main())

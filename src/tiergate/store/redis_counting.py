@@ -512,14 +512,17 @@ class RedisCounting:
         res = await self._run("usage", scope.fixed_keys()[:4], [*scope.geometry, when, limit])
         return Usage(*(int(v) for v in res[:4]))
 
-    async def counts(self, scope: ScopeSpec, now: int) -> list[Any]:
-        """The library's ``counts`` (read only): the time used, used_24h, unique_7d,
-        slots_7d, the 24 h ring's low bucket, then (bucket, count) pairs
-        (``redis_reads.scope_counts`` makes them a ``ScopeCounts``)."""
+    async def counts(self, scope: ScopeSpec, now: int, num: NumberSpec | None = None) -> list[Any]:
+        """The library's ``counts`` (read only): the time used, used_24h, unique_7d, slots_7d,
+        the 24 h ring's low bucket, (bucket, count) pairs, and for a number in warm-up its
+        own ring's [total, low bucket, pairs] (``redis_reads.scope_counts`` reads them)."""
         if not self.server_clock:
             _check_time("now", now)
         when = "" if self.server_clock else now
-        return list(await self._run("counts", scope.fixed_keys()[:4], [*scope.geometry, when]))
+        warm = num.warm_key(scope) if num is not None else None
+        extra = ([warm], [num.name]) if num is not None and warm is not None else ([], [])
+        keys, args = [*scope.fixed_keys()[:4], *extra[0]], [*scope.geometry, when, *extra[1]]
+        return list(await self._run("counts", keys, args))
 
     async def aclose(self) -> None:
         await self.client.aclose()

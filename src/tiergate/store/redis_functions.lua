@@ -856,9 +856,32 @@ local function throughput(keys, args)
   return 1
 end
 
--- counts(keys: meta, r24, r7, s7; args: geometry (4), now ('' for TIME)) -> the
--- time used (never before the scope's clock), used_24h, unique_7d, slots_7d, the
--- 24 h ring's low bucket, then (bucket, count) of each of its buckets that counts.
+-- (bucket, count) of each of ring r's buckets that counts, appended to out (the
+-- string read once; the buckets this call moved from its cache).
+local function ring_buckets(r, out)
+  if r.total <= 0 then
+    return out
+  end
+  local raw = r.cleared and '' or (redis.call('GET', r.key) or '')
+  for b = r.lo, r.lo + r.n - 1 do
+    local i = b % r.n
+    local c = r.cache[i]
+    if c == nil then
+      c = #raw >= i * 4 + 4 and sunpack('>i4', raw, i * 4 + 1) or 0
+    end
+    if c ~= 0 then
+      out[#out + 1] = b
+      out[#out + 1] = c
+    end
+  end
+  return out
+end
+
+-- counts(keys: meta, r24, r7, s7[, a number's warm-up ring]; args: geometry (4),
+-- now ('' for TIME)[, the number]) -> the time used (never before the scope's
+-- clock), used_24h, unique_7d, slots_7d, the 24 h ring's low bucket, then (bucket,
+-- count) of each of its buckets that counts; with a warm-up ring, then one more
+-- element: {its total, its low bucket, (bucket, count)...} (warmup.counts).
 -- Reads only: the clock and rings are advanced in this call's memory, not saved.
 local function counts(keys, args)
   bind()
@@ -866,44 +889,59 @@ local function counts(keys, args)
   local now = args[5] == '' and server_now() or tonumber(args[5])
   now = scope_clamp(s, now)
   local r = s.r24
-  local out = {now, r.total, s.r7.total, s.s7.total, r.lo}
-  if r.total > 0 then
-    local raw = r.cleared and '' or (redis.call('GET', r.key) or '')
-    for b = r.lo, r.lo + r.n - 1 do
-      local i = b % r.n
-      local c = r.cache[i]
-      if c == nil then
-        c = #raw >= i * 4 + 4 and sunpack('>i4', raw, i * 4 + 1) or 0
-      end
-      if c ~= 0 then
-        out[#out + 1] = b
-        out[#out + 1] = c
-      end
-    end
+  local out = ring_buckets(r, {now, r.total, s.r7.total, s.s7.total, r.lo})
+  if keys[5] then
+    out[#out + 1] = warmup.counts(s, args[6], keys[5], now)
   end
   return out
 end
 
--- entries(keys: meta, opt, pairs, shard hashes...; args: number, then per shard
--- hash the space-separated recipients in it) -> the number's throughput TAT, then
--- per shard hash {its recipients' (scope entry, marketing entry, window entry)
--- values, whether each opted out, each one's pair entry with the number}. Reads
--- only (what a plan of a list reads); entries as stored (a pair entry the clock
--- has passed may still be there).
+-- entries(keys: meta, opt, pairs, shard hashes...; args: number, '1' if it is in
+-- warm-up else '0', then per shard hash the space-separated recipients in it) ->
+-- the number's throughput TAT, then for each recipient that has any of them (most
+-- of a fresh list has none), seven values: its place among the call's recipients
+-- (from 0, in argument order), its scope entry, marketing entry, the number's
+-- window entry, the number's warm-up entry, the number's pair entry (false where
+-- absent) and 1 if it opted out, else 0. Per shard hash that exists one HMGET of
+-- its recipients' fields; one SMISMEMBER of their opt-outs and one HMGET of their
+-- pair entries while there are any. Reads only (what a plan of a list reads);
+-- entries as stored (a pair entry the clock has passed may still be there).
 local function entries(keys, args)
   local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
+  local any_opt = redis.call('SCARD', keys[2]) > 0
+  local any_pair = redis.call('HLEN', keys[3]) > 0
+  local warm, at, none = args[2] == '1', 0, {}
   for j = 4, #keys do
-    local rs, fields, nfields = {}, {}, {}
-    for r in string.gmatch(args[j - 2], '%S+') do
-      local nf = args[1] .. ':' .. r
-      rs[#rs + 1] = r
-      nfields[#nfields + 1] = nf
-      fields[#fields + 1] = r
-      fields[#fields + 1] = 'm' .. r
-      fields[#fields + 1] = nf
+    local list = args[j - 1]
+    if redis.call('EXISTS', keys[j]) == 1 or any_opt or any_pair then
+      local rs, fields, nfields = {}, {}, {}
+      for r in string.gmatch(list, '%S+') do
+        local nf = args[1] .. ':' .. r
+        rs[#rs + 1] = r
+        nfields[#nfields + 1] = nf
+        fields[#fields + 1] = r
+        fields[#fields + 1] = 'm' .. r
+        fields[#fields + 1] = nf
+        fields[#fields + 1] = warm and warmup.field(args[1], r) or nil
+      end
+      local w = warm and 4 or 3
+      local v = chunked('HMGET', keys[j], fields)
+      local opted = any_opt and chunked('SMISMEMBER', keys[2], rs) or none
+      local pair = any_pair and chunked('HMGET', keys[3], nfields) or none
+      for i = 1, #rs do
+        local f, p, o = w * (i - 1), pair[i] or false, opted[i] or 0
+        local se, mk, we, u = v[f + 1], v[f + 2], v[f + 3], warm and v[f + 4] or false
+        if se or mk or we or u or p or o == 1 then
+          local n = #out
+          out[n + 1], out[n + 2], out[n + 3], out[n + 4] = at + i - 1, se, mk, we
+          out[n + 5], out[n + 6], out[n + 7] = u, p, o
+        end
+      end
+      at = at + #rs
+    elseif list ~= '' then
+      local _, spaces = string.gsub(list, ' ', '')
+      at = at + spaces + 1
     end
-    out[#out + 1] = {chunked('HMGET', keys[j], fields), chunked('SMISMEMBER', keys[2], rs),
-                     chunked('HMGET', keys[3], nfields)}
   end
   return out
 end
@@ -1039,6 +1077,15 @@ function warmup.release(s, name, key, ckey, rcpt, t, prev)
     ring_add(num.warm, prev, 1)
     redis.call('HSET', ckey, field, pack('>i8', prev))
   end
+end
+
+-- The number's own ring as of now (read only: advanced in memory): {its total, its
+-- low bucket, then (bucket, count) of each bucket that counts}.
+function warmup.counts(s, name, key, now)
+  local num = {name = name}
+  warmup.load(s, num, 0, key)
+  ring_advance(num.warm, now)
+  return ring_buckets(num.warm, {num.warm.total, num.warm.lo})
 end
 
 -- The rings of the numbers in warm-up: saved, their meta fields appended to out.

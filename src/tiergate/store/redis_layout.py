@@ -24,9 +24,11 @@ __all__ = [
     "BINDING",
     "LAYOUT",
     "MAX_REDIS_TIME",
+    "MIX",
     "ROW",
     "SEQ",
     "SHARD_BITS",
+    "U64",
     "NumberSpec",
     "Row",
     "ScopeSpec",
@@ -49,8 +51,8 @@ ROW = struct.Struct(">HIqqIIqB")
 SEQ = struct.Struct(">q")
 #: What a row's key binds follows its recipient: its length, then its text.
 BINDING = struct.Struct(">H")
-_MIX = 0x9E3779B97F4A7C15
-_U64 = (1 << 64) - 1
+MIX = 0x9E3779B97F4A7C15
+U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ class Row(NamedTuple):
 
 def shard(recipient: int) -> int:
     """The shard of a recipient key (its top bits after a multiplicative mix)."""
-    return ((recipient * _MIX) & _U64) >> (64 - SHARD_BITS)
+    return ((recipient * MIX) & U64) >> (64 - SHARD_BITS)
 
 
 def key_at(keys: list[str], index: dict[str, int], key: str) -> int:

@@ -10,13 +10,16 @@ engine's statements (``engine.reference.ring.Ring``) over those buckets.
 list depends on: the scope's 24 h ring as in Redis, and for each recipient of
 the list its entries there (last counted time, marketing sends, opt-out, and
 the sender's window, free-entry-point window and pair-rate burst with it), and
-the number's throughput TAT, each made with the engine's own calls: sends
+the number's throughput TAT, and for a number in warm-up its cap, its own ring
+and each listed recipient's last count by it, each made with the engine's own
+calls: sends
 forced in time order (a recipient at its last counted time, a pair-rate burst
 as that many sends at its start), windows opened, the throughput TAT set by a
 take under an interval of the difference. Counts the ring holds for
 recipients outside the list are stood for by recipient keys no request makes
 (a one-digit E.164 key above 9), counted at their bucket's start on a second
-number. The planner then runs on that engine unchanged; nothing is consumed
+number (the number's own ring's other counts: filler keys counted by the number
+too). The planner then runs on that engine unchanged; nothing is consumed
 in Redis.
 """
 
@@ -24,17 +27,25 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tiergate.engine import DecisionBatch
-from tiergate.engine.constants import F_FORCE, F_MARKETING, F_TEMPLATE, KEY_LENGTH_SHIFT
+from tiergate.engine.constants import (
+    F_FORCE,
+    F_MARKETING,
+    F_TEMPLATE,
+    KEY_LENGTH_SHIFT,
+    UNLIMITED,
+)
 from tiergate.engine.reference.bounds import NEVER
 from tiergate.engine.reference.ring import Ring
 from tiergate.engine.results import Usage
 
-from .redis_counting import NumberSpec, RedisCounting, ScopeSpec, shard
+from .redis_counting import RedisCounting
+from .redis_layout import MIX, SHARD_BITS, U64, NumberSpec, ScopeSpec
 
 __all__ = [
     "ENTRIES_PER_CALL",
@@ -65,6 +76,8 @@ class ScopeCounts:
     slots_7d: int
     #: The 24 h ring as of ``now`` (the engine's bucket rules).
     ring: Ring
+    #: A number's own ring in warm-up as of ``now`` (None: none read).
+    warm: Ring | None = None
 
     def usage(self, limit: int) -> Usage:
         """As the engine's ``usage``: (used_24h, next_slot_free_at, unique_7d, slots_7d)."""
@@ -78,29 +91,44 @@ class ScopeCounts:
 
     def buckets(self) -> list[tuple[int, int]]:
         """(absolute bucket, count) of every bucket that counts, oldest first."""
-        r = self.ring
-        if not r.counts:
-            return []
-        out = []
-        for b in range(r.lo, r.lo + r.n):
-            c = r.counts[b % r.n]
-            if c:
-                out.append((b, c))
-        return out
+        return _buckets(self.ring)
 
 
-async def scope_counts(counting: RedisCounting, scope: ScopeSpec, now: int) -> ScopeCounts:
-    """``scope``'s counts in Redis at ``now`` (Redis's clock on the server clock)."""
-    res = await counting.counts(scope, now)
-    at, used, unique, slots, lo = (int(v) for v in res[:5])
-    bucket_ms, window_ms, _, _ = scope.geometry
-    ring = Ring(bucket_ms, window_ms, False)
-    ring.lo, ring.total = lo, used
-    if len(res) > 5:
+def _buckets(r: Ring) -> list[tuple[int, int]]:
+    """(absolute bucket, count) of every bucket of ``r`` that counts, oldest first."""
+    if not r.counts:
+        return []
+    out = []
+    for b in range(r.lo, r.lo + r.n):
+        c = r.counts[b % r.n]
+        if c:
+            out.append((b, c))
+    return out
+
+
+def _ring(geometry: tuple[int, int, int, int], lo: int, total: int, pairs: Sequence[Any]) -> Ring:
+    """A 24 h ring from the library's (low bucket, total, (bucket, count) pairs)."""
+    ring = Ring(geometry[0], geometry[1], False)
+    ring.lo, ring.total = lo, total
+    if pairs:
         ring.counts = [0] * ring.n
-        for j in range(5, len(res), 2):
-            ring.counts[int(res[j]) % ring.n] = int(res[j + 1])
-    return ScopeCounts(at, used, unique, slots, ring)
+        for j in range(0, len(pairs), 2):
+            ring.counts[int(pairs[j]) % ring.n] = int(pairs[j + 1])
+    return ring
+
+
+async def scope_counts(
+    counting: RedisCounting, scope: ScopeSpec, now: int, number: NumberSpec | None = None
+) -> ScopeCounts:
+    """``scope``'s counts in Redis at ``now`` (Redis's clock on the server clock),
+    and ``number``'s own ring when it is in warm-up."""
+    res = await counting.counts(scope, now, number)
+    warm = None
+    if number is not None and number.warm_key(scope) is not None:
+        own = res.pop()
+        warm = _ring(scope.geometry, int(own[1]), int(own[0]), own[2:])
+    at, used, unique, slots, lo = (int(v) for v in res[:5])
+    return ScopeCounts(at, used, unique, slots, _ring(scope.geometry, lo, used, res[5:]), warm)
 
 
 @dataclass(slots=True)
@@ -112,6 +140,13 @@ class PlanCopy:
     scope: int
     number: int
     now: int
+
+
+#: Where a forced event is decided: on the filler number, on the plan's number with
+#: its own pair rate (a pair-rate burst), or on the plan's number with a pair rate
+#: of 1 ms (its own count in warm-up: the send's pair entry, if it still binds, is
+#: Redis's and is set after).
+_FILLER, _OWN, _WARM = 0, 1, 2
 
 
 def plan_engine(
@@ -130,22 +165,20 @@ def plan_engine(
     # while the events are forced, the number's throughput moves by 1 µs a send
     real = engine.add_number(scope, 1, 1, *pair)
     filler = engine.add_number(scope)
+    if number.warm_cap < UNLIMITED:
+        engine.set_warmup(real, number.warm_cap)
     events = _events(counts, entries, geometry[0], number.pair_interval_ms)
     tat = NEVER  # the number's throughput TAT after the events (µs)
-    if events:
-        k = len(events)
-        batch = DecisionBatch()
-        batch.now = array("q", [e[0] for e in events])
-        batch.recipient = array("Q", [e[1] for e in events])
-        batch.flags = array("I", [e[2] | F_FORCE for e in events])
-        batch.scope = array("i", [scope]) * k
-        batch.number = array("i", [real if e[3] else filler for e in events])
-        batch.limit = array("q", [0]) * k
-        batch.ticket = array("Q", bytes(8 * k))
-        engine.decide_batch(batch)
-        for t, _, _, own in events:
-            if own:
-                tat = max(tat, t * 1000) + 1
+    start = 0
+    while start < len(events):
+        end = _run_end(events, start)
+        mode = max(e[3] for e in events[start:end])
+        engine.set_number_params(real, 1, 1, *(pair if mode != _WARM else (1, 1)))
+        _force(engine, events[start:end], scope, real, filler)
+        start = end
+    for t, _, _, where in events:
+        if where != _FILLER:
+            tat = max(tat, t * 1000) + 1
     engine.usage(scope, counts.now, 0)  # the copy's clock: Redis's
     for rkey in entries.opted_out:
         engine.set_opt_out(scope, rkey, True)
@@ -160,6 +193,35 @@ def plan_engine(
     return PlanCopy(engine, scope, real, counts.now)
 
 
+def _run_end(events: list[tuple[int, int, int, int]], start: int) -> int:
+    """The end of the run of events from ``start`` whose sends on the plan's number
+    share one pair rate (filler events go with any)."""
+    mode = _FILLER
+    for j in range(start, len(events)):
+        where = events[j][3]
+        if where != _FILLER:
+            if mode != _FILLER and where != mode:
+                return j
+            mode = where
+    return len(events)
+
+
+def _force(
+    engine: Any, events: list[tuple[int, int, int, int]], scope: int, real: int, filler: int
+) -> None:
+    """``events`` decided forced, in one batch."""
+    k = len(events)
+    batch = DecisionBatch()
+    batch.now = array("q", [e[0] for e in events])
+    batch.recipient = array("Q", [e[1] for e in events])
+    batch.flags = array("I", [e[2] | F_FORCE for e in events])
+    batch.scope = array("i", [scope]) * k
+    batch.number = array("i", [filler if e[3] == _FILLER else real for e in events])
+    batch.limit = array("q", [0]) * k
+    batch.ticket = array("Q", bytes(8 * k))
+    engine.decide_batch(batch)
+
+
 def _burst(tat: int, start: int, interval: int) -> int:
     """How many sends of one burst begun at ``start`` owe until ``tat`` (0: none)."""
     k, rest = divmod(tat - start, interval)
@@ -168,27 +230,52 @@ def _burst(tat: int, start: int, interval: int) -> int:
 
 def _events(
     counts: ScopeCounts, entries: RecipientEntries, bucket_ms: int, pair_iv: int
-) -> list[tuple[int, int, int, bool]]:
-    """(time, recipient, flags, on the plan's number) forced in time order (a scope's
-    clock only moves on): each list recipient counted at its last counted time,
-    its marketing sends, the pair-rate burst it owes (free-form sends from the
-    burst's start), and the ring's other counts at their bucket's start."""
-    events: list[tuple[int, int, int, bool]] = []
+) -> list[tuple[int, int, int, int]]:
+    """(time, recipient, flags, where) forced in time order (a scope's clock only
+    moves on): each list recipient counted at its last counted time, its marketing
+    sends, the pair-rate burst it owes (free-form sends from the burst's start),
+    its last count by the plan's number in warm-up, and the rings' other counts at
+    their bucket's start: a count of the number's own ring outside the list is a
+    filler key counted by the number and then by the scope's count in the same or
+    a later bucket (a recipient the number counted is counted by the scope no
+    earlier), so the scope's ring counts it once."""
+    events: list[tuple[int, int, int, int]] = []
     in_bucket: dict[int, int] = {}
+    lo = counts.ring.lo
+    warm_lo = counts.warm.lo if counts.warm is not None else lo
+    own_bucket: dict[int, int] = {}
+    for rkey, own in entries.warm.items():
+        if own != NEVER and own // bucket_ms >= warm_lo:  # its own ring counts it
+            events.append((own, rkey, F_TEMPLATE, _WARM))
+            own_bucket[own // bucket_ms] = own_bucket.get(own // bucket_ms, 0) + 1
     for rkey, last in entries.last.items():
-        if last != NEVER and last // bucket_ms >= counts.ring.lo:  # its bucket counts it
-            events.append((last, rkey, F_TEMPLATE, False))
+        own = entries.warm.get(rkey, NEVER)
+        last = max(last, own if own // bucket_ms >= warm_lo else NEVER)
+        if last != NEVER and last // bucket_ms >= lo:  # its bucket counts it
+            events.append((last, rkey, F_TEMPLATE, _FILLER))
             in_bucket[last // bucket_ms] = in_bucket.get(last // bucket_ms, 0) + 1
     for rkey, times in entries.marketing.items():
-        events += [(t, rkey, F_MARKETING, False) for t in times if t != NEVER]
+        events += [(t, rkey, F_MARKETING, _FILLER) for t in times if t != NEVER]
     for rkey, (_, _, tat, start) in entries.number.items():
         if tat > counts.now and start != NEVER:
-            events += [(start, rkey, 0, True)] * _burst(tat, start, pair_iv)
+            events += [(start, rkey, 0, _OWN)] * _burst(tat, start, pair_iv)
+    slots = [b for b, c in counts.buckets() for _ in range(max(0, c - in_bucket.get(b, 0)))]
+    own_slots = [] if counts.warm is None else _buckets(counts.warm)
+    warm = [b for b, c in own_slots for _ in range(max(0, c - own_bucket.get(b, 0)))]
     key = FILLER_KEY
-    for b, c in counts.buckets():
-        for _ in range(max(0, c - in_bucket.get(b, 0))):
-            events.append((b * bucket_ms, key, F_TEMPLATE, False))
-            key += 1
+    j = 0
+    for wb in warm:  # each matched to the earliest scope count no earlier
+        while j < len(slots) and slots[j] < wb:
+            events.append((slots[j] * bucket_ms, key, F_TEMPLATE, _FILLER))
+            key, j = key + 1, j + 1
+        events.append((wb * bucket_ms, key, F_TEMPLATE, _WARM))
+        if j < len(slots):
+            events.append((slots[j] * bucket_ms, key, F_TEMPLATE, _FILLER))
+            j += 1
+        key += 1
+    for b in slots[j:]:
+        events.append((b * bucket_ms, key, F_TEMPLATE, _FILLER))
+        key += 1
     events.sort()
     return events
 
@@ -222,6 +309,8 @@ class RecipientEntries:
     opted_out: list[int]
     #: the number's throughput TAT (µs; NEVER: none)
     tput_tat: int
+    #: recipient → last counted time by the number in warm-up (only those with one)
+    warm: dict[int, int]
 
 
 #: A scope entry's last counted time is 6 bytes; its lowest value stands for NEVER
@@ -229,21 +318,17 @@ class RecipientEntries:
 _NEVER6 = -(1 << 47)
 
 
-def parse_entries(
-    keys: Sequence[int],
-    values: Sequence[tuple[Any, Any, Any, Any]],
-    opted: Sequence[Any],
-    tat: Any,
-) -> RecipientEntries:
-    """:class:`RecipientEntries` from each key's (scope entry, marketing entry, window
-    entry, pair entry) values as Redis holds them (layout tg3: a scope entry is the
-    last counted time in 6 bytes and the slot generation in 2, a window entry the
-    window's and free-entry-point window's ends, a pair entry the pair's TAT and
-    burst start), its opt-out membership and the number's TAT."""
+def parse_entries(got: dict[int, tuple[Any, ...]], tat: Any) -> RecipientEntries:
+    """:class:`RecipientEntries` from the recipients' (scope entry, marketing entry,
+    window entry, warm-up entry, pair entry, opted out) as Redis holds them (layout
+    tg3: a scope entry is the last counted time in 6 bytes and the slot generation
+    in 2, a window entry the window's and free-entry-point window's ends, a warm-up
+    entry the number's last count of it in 8, a pair entry the pair's TAT and burst
+    start; recipients with none absent) and the number's TAT."""
     # a Lua number as Redis stores it: "%.17g", exact for every TAT (below 2**53)
     tput_tat = max(NEVER, int(float(tat.decode() if isinstance(tat, bytes) else tat or NEVER)))
-    out = RecipientEntries({}, {}, {}, [], tput_tat)
-    for rkey, (se, mk, we, pe), opt in zip(keys, values, opted, strict=True):
+    out = RecipientEntries({}, {}, {}, [], tput_tat, {})
+    for rkey, (se, mk, we, warm, pe, opt) in got.items():
         if se is not None:
             last = int.from_bytes(se[:6], "big", signed=True)
             out.last[rkey] = NEVER if last == _NEVER6 else last
@@ -253,26 +338,29 @@ def parse_entries(
             window = struct.unpack(">qq", we) if we is not None else (NEVER, NEVER)
             pair = struct.unpack(">qq", pe) if pe is not None else (NEVER, NEVER)
             out.number[rkey] = (*window, *pair)
+        if warm is not None:
+            out.warm[rkey] = struct.unpack(">q", warm)[0]
         if int(opt):
             out.opted_out.append(rkey)
     return out
 
 
 async def recipient_entries(
-    counting: RedisCounting, scope: ScopeSpec, number: str, recipients: Sequence[int]
-) -> tuple[list[tuple[Any, Any, Any, Any]], list[Any], Any]:
-    """For each recipient, its (scope entry, marketing entry, ``number``'s window
-    entry, ``number``'s pair entry) as stored (None where absent), whether it
-    opted out, and the number's throughput TAT: calls of the library's read-only
-    ``entries`` (one HMGET per shard hash inside Redis, one of the pair entries)
-    of whole shard hashes, at most about :data:`ENTRIES_PER_CALL` recipients
-    each, so each is bounded as any call is."""
-    by_shard: dict[int, list[int]] = {}
-    for r in recipients:
-        by_shard.setdefault(shard(r), []).append(r)
+    counting: RedisCounting, scope: ScopeSpec, number: NumberSpec, recipients: Sequence[int]
+) -> tuple[dict[int, tuple[Any, ...]], Any]:
+    """Each recipient's (scope entry, marketing entry, ``number``'s window entry,
+    warm-up entry and pair entry as stored (None where absent), 1 if it opted
+    out else 0), only for those with any, and the number's throughput TAT:
+    calls of the library's read-only ``entries`` (one HMGET per shard hash
+    inside Redis, one of the pair entries) of whole shard hashes, at most about
+    :data:`ENTRIES_PER_CALL` recipients each, so each is bounded as any call is."""
+    by_shard: defaultdict[int, list[int]] = defaultdict(list)
+    shift = 64 - SHARD_BITS
+    for r in recipients:  # (shard() inlined: a plan's list is long)
+        by_shard[((r * MIX) & U64) >> shift].append(r)
     fixed, tag = scope.fixed_keys(), scope.tag
-    got: dict[int, tuple[Any, Any, Any, Any]] = {}
-    opted: dict[int, Any] = {}
+    warm = "0" if number.warm_key(scope) is None else "1"
+    got: dict[int, tuple[Any, ...]] = {}
     tat: Any = None
     parts: list[list[tuple[int, list[int]]]] = [[]]
     n = 0
@@ -284,11 +372,11 @@ async def recipient_entries(
         n += len(item[1])
     for part in parts:  # (one call for no recipients too: the TAT)
         keys = [fixed[0], fixed[4], fixed[5], *(f"{tag}:c{k}" for k, _ in part)]
-        args = [number, *(" ".join(map(str, rs)) for _, rs in part)]
+        args = [number.name, warm, *(" ".join(map(str, rs)) for _, rs in part)]
         res = await counting.run("entries", keys, args)
         tat = res[0]
-        for (_, rs), (values, opt, pair) in zip(part, res[1:], strict=True):
-            for j, r in enumerate(rs):
-                got[r] = (values[3 * j], values[3 * j + 1], values[3 * j + 2], pair[j])
-                opted[r] = opt[j]
-    return [got[r] for r in recipients], [opted[r] for r in recipients], tat
+        if len(res) > 1:
+            called = [r for _, rs in part for r in rs]
+            for j in range(1, len(res), 7):
+                got[called[res[j]]] = tuple(res[j + 1 : j + 7])
+    return got, tat

@@ -221,9 +221,9 @@ class SharedAdmission:
             kernels.alias_keys(keys, array("Q", st.alias_table))
         unique = list(dict.fromkeys(keys))
         spec, number = self.number(s.engine_index)
-        counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now))
-        got = await recipient_entries(self.counting, spec, number.name, unique)
-        entries = parse_entries(unique, *got)
+        counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now), number)
+        got = await recipient_entries(self.counting, spec, number, unique)
+        entries = parse_entries(*got)
         engine_type = type(cast(MirroredCounting, st.engine).local)
         copy = await asyncio.to_thread(
             plan_engine, engine_type, spec.geometry, spec, number, counts, entries
