@@ -182,11 +182,11 @@ class RedisCounting:
         if self.functions:
             try:
                 load = self.client.function_load(self.library, replace=True)
-                await self._bounded(load, _LOAD_TIMEOUT)
+                await self.bounded(load, _LOAD_TIMEOUT)
                 return "functions"
             except rexc.ResponseError:
                 self.functions = False
-        await self._bounded(self.client.script_load(self.script), _LOAD_TIMEOUT)
+        await self.bounded(self.client.script_load(self.script), _LOAD_TIMEOUT)
         return "scripts"
 
     def _call(self, target: Any, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
@@ -194,27 +194,21 @@ class RedisCounting:
             return target.fcall(f"{self.name}_{op}", len(keys), *keys, *args)
         return target.evalsha(self.script_sha, len(keys), *keys, op, *args)
 
-    async def _bounded(self, aw: Any, timeout: float = 0.0) -> Any:
+    async def bounded(self, aw: Any, timeout: float = 0.0) -> Any:
+        """``aw`` (a client's call) within the bound: :class:`StoreUnavailableError`
+        when Redis does not answer in time."""
         try:
             async with asyncio.timeout(timeout or self.timeout):
                 return await aw
         except _UNAVAILABLE as e:
             raise StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}") from None
 
-    async def bounded(self, aw: Any, timeout: float = 0.0) -> Any:
-        """``aw`` (a client's call) within the bound: :class:`StoreUnavailableError`
-        when Redis does not answer in time."""
-        return await self._bounded(aw, timeout)
-
     async def run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """One call of the library's function ``op`` (loaded again if Redis lost it)."""
-        return await self._run(op, keys, args)
-
-    async def _run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """One function call, the library loaded again if Redis lost it (a restart)."""
+        """One call of the library's function ``op``, the library loaded again if Redis
+        lost it (a restart)."""
         for attempt in (0, 1):
             try:
-                return await self._bounded(self._call(self.client, op, keys, args))
+                return await self.bounded(self._call(self.client, op, keys, args))
             except rexc.ResponseError as e:
                 if attempt or not _missing_code(e):
                     raise
@@ -360,14 +354,14 @@ class RedisCounting:
         nodes = getattr(self.client, "nodes_manager", None)  # a Cluster client's
         if nodes is not None and self._stale_topology:
             # a node was lost: ask the Cluster who serves each slot now (a failover)
-            await self._bounded(nodes.initialize(), _LOAD_TIMEOUT)
+            await self.bounded(nodes.initialize(), _LOAD_TIMEOUT)
             self._stale_topology = False
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:
                 self._call(pipe, "decide", keys, args)
             try:
-                results = await self._bounded(pipe.execute(raise_on_error=False))
+                results = await self.bounded(pipe.execute(raise_on_error=False))
             except StoreUnavailableError:
                 self._stale_topology = True
                 raise
@@ -414,7 +408,7 @@ class RedisCounting:
         mark = f"{scope.tag}:r:{origin}"
         keys, args = call_args(scope, (r for r, _ in rows), False, [*scope.fixed_keys(), mark])
         args.append(b"".join(SEQ.pack(seq) for _, seq in rows))
-        return int(await self._run("reconcile", keys, args))
+        return int(await self.run("reconcile", keys, args))
 
     # -- feedback ----------------------------------------------------------------
 
@@ -438,7 +432,7 @@ class RedisCounting:
         if number is not None and warm is not None:
             keys.append(warm)
             args.append(number.name)
-        return bool(await self._run("release", keys, args))
+        return bool(await self.run("release", keys, args))
 
     async def _number_update(
         self, scope: ScopeSpec, number: str, recipient: int, op: str, a: int, b: int
@@ -446,7 +440,7 @@ class RedisCounting:
         fixed = scope.fixed_keys()
         # a window lives in the recipient's shard hash, a pair hold in the pair entries
         keys = fixed[5:7] if op == "hold" else [scope.scope_shard(recipient), fixed[0]]
-        await self._run("number_update", keys, [op, f"{number}:{recipient}", a, b, scope.ttl_ms])
+        await self.run("number_update", keys, [op, f"{number}:{recipient}", a, b, scope.ttl_ms])
 
     async def open_window(
         self, scope: ScopeSpec, number: str, recipient: int, window_until: int, fep_until: int
@@ -463,7 +457,7 @@ class RedisCounting:
         await self._number_update(scope, number, recipient, "hold", until, 0)
 
     async def set_opt_out(self, scope: ScopeSpec, recipient: int, opted_out: bool) -> None:
-        await self._run("opt_out", [scope.fixed_keys()[4]], [str(recipient), int(opted_out)])
+        await self.run("opt_out", [scope.fixed_keys()[4]], [str(recipient), int(opted_out)])
 
     async def slow_throughput(
         self, scope: ScopeSpec, number: NumberSpec, now: int, pause_ms: int
@@ -482,15 +476,15 @@ class RedisCounting:
     async def _throughput(self, scope: ScopeSpec, number: NumberSpec, now: int, pause: int) -> None:
         _, iv, tol, *_ = number.args()
         args = [number.name, now, pause, iv, tol, scope.ttl_ms]
-        await self._run("throughput", scope.fixed_keys()[:1], args)
+        await self.run("throughput", scope.fixed_keys()[:1], args)
 
     async def ticket_key(self, proposed: bytes) -> bytes:
         """The key every sidecar of this Redis signs tickets with: ``proposed`` if
         none is set yet (the first sidecar's), else the one set. A ticket any of
         them issued then verifies at all of them (a release told to any)."""
         key = f"{LAYOUT}:{{tiergate}}:ticket-key"
-        await self._bounded(self.client.set(key, proposed, nx=True), _LOAD_TIMEOUT)
-        value = await self._bounded(self.client.get(key), _LOAD_TIMEOUT)
+        await self.bounded(self.client.set(key, proposed, nx=True), _LOAD_TIMEOUT)
+        value = await self.bounded(self.client.get(key), _LOAD_TIMEOUT)
         if not isinstance(value, bytes) or len(value) != len(proposed):
             raise StoreUnavailableError(f"store: {key} does not hold a ticket key")
         return value
@@ -498,7 +492,7 @@ class RedisCounting:
     async def key_binding(self, scope: ScopeSpec, key: str) -> str | None:
         """What idempotency ``key`` (``<sender>:<key>``, as ``Row.key``) binds while it
         holds a first admit ("" for one made before keys were bound); None: none."""
-        value = await self._bounded(self.client.get(f"{scope.tag}:k:{key}"))
+        value = await self.bounded(self.client.get(f"{scope.tag}:k:{key}"))
         return None if value is None else bytes(value)[_KEY_RECORD:].decode()
 
     # -- reports -----------------------------------------------------------------
@@ -509,7 +503,7 @@ class RedisCounting:
         if not self.server_clock:
             _check_time("now", now)
         when = "" if self.server_clock else now
-        res = await self._run("usage", scope.fixed_keys()[:4], [*scope.geometry, when, limit])
+        res = await self.run("usage", scope.fixed_keys()[:4], [*scope.geometry, when, limit])
         return Usage(*(int(v) for v in res[:4]))
 
     async def counts(self, scope: ScopeSpec, now: int, num: NumberSpec | None = None) -> list[Any]:
@@ -522,7 +516,7 @@ class RedisCounting:
         warm = num.warm_key(scope) if num is not None else None
         extra = ([warm], [num.name]) if num is not None and warm is not None else ([], [])
         keys, args = [*scope.fixed_keys()[:4], *extra[0]], [*scope.geometry, when, *extra[1]]
-        return list(await self._run("counts", keys, args))
+        return list(await self.run("counts", keys, args))
 
     async def aclose(self) -> None:
         await self.client.aclose()
