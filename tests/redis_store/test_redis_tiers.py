@@ -3,7 +3,8 @@ admits split between two sidecars reach a scope's upgrade threshold in Redis's
 7-day counts; the crossing is dated to the admit that reached it and recorded
 once, for every sidecar, through the shared log: both raise the tier at the same
 due time (an ``apply`` profile) or report the same prediction (``predict``), and
-a sidecar started later from the policy snapshot holds the same."""
+a sidecar started later from the policy snapshot holds the same; admits made
+while Redis was out of reach count once they are reconciled."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from typing import Any
 import pytest
 import uvloop
 
+from tiergate.engine import NEVER
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.store import shared_policy
 from tiergate.v1 import admission_pb2 as pb
 
 from .test_redis_policy import SENDER, T0, Serving, _config, _request, serving
+from .test_redis_serve import CutProxy
 
-pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("patient")]
+pytestmark = pytest.mark.redis
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -67,6 +70,7 @@ async def _admit_alternately(
     return out
 
 
+@pytest.mark.usefixtures("patient")
 def test_two_sidecars_raise_the_tier_at_the_same_due_time(redis_url: str) -> None:
     """meta-2024 (``apply``, 24 h after the threshold): 125 unique recipients (half
     of TIER_250) admitted through A and B in turn; the 125th dates the crossing, both
@@ -109,6 +113,7 @@ def _batch(first: int, n: int, at: int) -> pb.AdmitBatchRequest:
     return pb.AdmitBatchRequest(requests=[_request(first + k, at + k * STEP_MS) for k in range(n)])
 
 
+@pytest.mark.usefixtures("patient")
 def test_two_sidecars_predict_the_same_upgrade_and_a_restart_sees_it(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,6 +161,7 @@ def test_two_sidecars_predict_the_same_upgrade_and_a_restart_sees_it(
     uvloop.run(main())
 
 
+@pytest.mark.usefixtures("patient")
 def test_a_second_report_of_a_crossing_changes_nothing(redis_url: str) -> None:
     """Both sidecars see the threshold met before either applied the other's entry:
     the first entry in the log is the crossing at both, the second a no-op."""
@@ -189,6 +195,7 @@ def test_a_second_report_of_a_crossing_changes_nothing(redis_url: str) -> None:
     uvloop.run(main())
 
 
+@pytest.mark.usefixtures("patient")
 def test_two_sidecars_on_a_cluster_record_one_crossing(redis_cluster: str) -> None:
     sid = f"1{time.time_ns() % 10**14:014d}"
     sender = _sender("TIER_250", sid, f"pf-{sid}")
@@ -205,5 +212,44 @@ def test_two_sidecars_on_a_cluster_record_one_crossing(redis_cluster: str) -> No
             late: Any = await b.stub.Admit(_request(9_000, crossed + DAY_MS, sender_id=sid))
             assert late.decision == pb.DECISION_ADMIT and late.limit == 1_000
             assert (await a.state(crossed + DAY_MS + 1, sid)).limit == 1_000
+
+    uvloop.run(main())
+
+
+def test_admits_kept_while_redis_was_gone_cross_once_reconciled(redis_url: str) -> None:
+    """A (``open``) cut off from Redis admits 125 recipients on its own: no crossing
+    (its own engine's counts date none). Reconnected, its admits are counted in
+    Redis, and B's next admit finds the threshold met: both hold that crossing."""
+    target = int(redis_url.rsplit(":", 1)[1])
+    sender = (_sender("TIER_250"),)
+
+    async def main() -> None:
+        proxy = CutProxy(target)
+        await proxy.start()
+        url = f"redis://127.0.0.1:{proxy.port}"
+        via = _config(url, profile="meta-2024", senders=sender, store_failure="open")
+        direct = _config(redis_url, profile="meta-2024", senders=sender)
+        try:
+            async with serving(via) as a, serving(direct) as b:
+                proxy.sever()
+                got: Any = await a.stub.AdmitBatch(_batch(0, 125, T0), timeout=5)
+                assert all(r.decision == pb.DECISION_ADMIT for r in got.responses)
+                assert _scope(a).crossed_at == _scope(b).crossed_at == NEVER
+                proxy.cut = False
+                st = a.sidecar.service.state if a.sidecar.service is not None else None
+                assert st is not None
+                deadline = time.monotonic() + 10
+                while st.unreconciled:  # A sends them on its own within a second
+                    assert time.monotonic() < deadline, "never reconciled"
+                    await asyncio.sleep(0.05)
+                at = T0 + 1_000 * STEP_MS
+                res: Any = await b.stub.Admit(_request(500, at))
+                assert res.decision == pb.DECISION_ADMIT and res.used == 126
+                for s in (a, b):
+                    state: Any = await s.state(at + 1_000)
+                    assert state.upgrade.predicted_at_unix_ms == at + DAY_MS
+                assert a.policy_state() == b.policy_state()
+        finally:
+            await proxy.stop()
 
     uvloop.run(main())
