@@ -253,3 +253,31 @@ def test_admits_kept_while_redis_was_gone_cross_once_reconciled(redis_url: str) 
             await proxy.stop()
 
     uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_threshold_met_while_held_back_crosses_at_the_next_report(redis_url: str) -> None:
+    """Red quality holds the upgrade back while 125 recipients are admitted; once
+    Green again, the first report (at A) finds Redis's counts at the threshold and
+    records the crossing at its time, for both."""
+    config = _config(redis_url, profile="meta-2024", senders=(_sender("TIER_250"),))
+
+    async def main() -> None:
+        async with serving(config) as a, serving(config) as b:
+            red = pb.SenderUpdate(sender_id=SENDER, quality=pb.RED, at_unix_ms=T0)
+            assert (await a.feedback(sender_update=red)).applied
+            await _admit_alternately(a, b, 0, 125, T0 + 1)
+            held: Any = await b.state(T0 + 9_000)
+            assert not held.upgrade.eligible and held.upgrade.predicted_at_unix_ms == 0
+            green = T0 + 10_000
+            update = pb.SenderUpdate(sender_id=SENDER, quality=pb.GREEN, at_unix_ms=green)
+            assert (await b.feedback(sender_update=update)).applied
+            reported = green + 500
+            assert (await a.state(reported)).upgrade.predicted_at_unix_ms == reported + DAY_MS
+            assert (await b.state(reported + 100)).upgrade.predicted_at_unix_ms == (
+                reported + DAY_MS
+            )
+            assert a.policy_state() == b.policy_state()
+            assert [c["now"] for c in await _crossings(a)] == [reported]
+
+    uvloop.run(main())

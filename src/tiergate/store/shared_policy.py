@@ -296,7 +296,7 @@ class SharedPolicy:
         at = counted_crossing(st, scope, unique, slots, totals.clock, made)
         record = self._crossing_record(scope, at)
         if record is not None:
-            self.shared.queued.append(lambda: self._append_record(record))
+            self.shared.queued.append(lambda: self._send_crossing(record))
 
     async def counted(self, sender_id: str, counts: ScopeCounts | None) -> None:
         """Before a report of ``sender_id``'s state from Redis's ``counts``: a threshold
@@ -308,11 +308,7 @@ class SharedPolicy:
         at = counted_crossing(st, scope, counts.unique_7d, counts.slots_7d, counts.now, ())
         record = self._crossing_record(scope, at)
         if record is not None:
-            try:
-                await self._append_record(record)
-            except StoreUnavailableError:
-                self._crossing.discard((scope.key, scope.tier, scope.tier_since))
-                self.shared.available = False
+            await self._send_crossing(record)
 
     def _crossing_record(self, scope: LimitScope, at: int | None) -> dict[str, Any] | None:
         """The log's entry of ``scope``'s crossing at ``at`` (None: no crossing, or one
@@ -328,6 +324,16 @@ class SharedPolicy:
             "tier": scope.tier,
             "since": scope.tier_since,
         }
+
+    async def _send_crossing(self, record: dict[str, Any]) -> None:
+        """Append a crossing. While Redis cannot be reached it is not kept: a later
+        call's counts show it again (dated then: later, never early), and the call
+        that saw it is answered all the same."""
+        try:
+            await self._append_record(record)
+        except StoreUnavailableError:
+            self._crossing.discard((record["scope"], record["tier"], record["since"]))
+            self.shared.available = False
 
     def _apply_crossing(self, record: dict[str, Any]) -> ApplyResult:
         """The first entry of a scope's crossing in its tier is recorded; a later one
