@@ -15,7 +15,8 @@ of the event loop go to Redis as one round trip: a pipeline with one function
 call per scope, the rows of every caller of that scope in the order they were
 made. A call's rows travel as one packed string (``ROW`` per row, the
 recipient's digits and what its idempotency key binds after it; ``ROW`` in the
-Lua) and come back as eight integers per row, so a batch of any size is one
+Lua) and come back as eight integers per row (then the scope's clock and 7-day
+totals, :class:`Totals`, told to ``on_decided``), so a batch of any size is one
 argument and one reply. A key kept for another request refuses its call
 (:class:`KeyBound`) before anything in it is decided.
 A call that Redis does not answer within ``timeout`` seconds (connection
