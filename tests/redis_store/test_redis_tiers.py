@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.store import shared_policy
 from tiergate.v1 import admission_pb2 as pb
 
+from .test_redis_adopt import _answer, _report
 from .test_redis_policy import SENDER, T0, Serving, _config, _request, serving
 from .test_redis_serve import CutProxy
 
@@ -280,5 +282,53 @@ def test_a_threshold_met_while_held_back_crosses_at_the_next_report(redis_url: s
             )
             assert a.policy_state() == b.policy_state()
             assert [c["now"] for c in await _crossings(a)] == [reported]
+
+    uvloop.run(main())
+
+
+def _tier_machine(s: Serving) -> tuple[str, int, int, int]:
+    sc = _scope(s)
+    return sc.tier, sc.tier_since, sc.crossed_at, sc.due_at
+
+
+@pytest.mark.usefixtures("patient")
+def test_crossings_over_redis_are_the_embedded_stores(redis_url: str) -> None:
+    """The same traffic (unary Admits and batches, repeated recipients, refusals at
+    the limit) to an embedded sidecar and, in turn, to two sidecars on one Redis
+    over three days: the same answers, crossing dated to the same admit, the tier
+    raised at the same time, and the same upgrade reports."""
+    sender = (_sender("TIER_250"),)
+    embedded = _config("embedded", profile="meta-2024", senders=sender)
+    shared = _config(redis_url, profile="meta-2024", senders=sender)
+
+    async def main() -> None:
+        async with serving(embedded) as alone, serving(shared) as a, serving(shared) as b:
+            rng = random.Random(24)
+            at, crossed = T0, set()
+            for i in range(200):
+                at += rng.randrange(600_000, 1_800_000)
+                reqs = [
+                    _request(rng.randrange(300), at + k * 1_000) for k in range(rng.randint(1, 8))
+                ]
+                s = (a, b)[i % 2]
+                assert s.sidecar.policy is not None
+                await s.sidecar.policy.catch_up()  # (what the other one appended)
+                if len(reqs) == 1:
+                    want, got = [await alone.stub.Admit(reqs[0])], [await s.stub.Admit(reqs[0])]
+                else:
+                    batch = pb.AdmitBatchRequest(requests=reqs)
+                    want = list((await alone.stub.AdmitBatch(batch)).responses)
+                    got = list((await s.stub.AdmitBatch(batch)).responses)
+                assert [_answer(r) for r in got] == [_answer(r) for r in want], i
+                assert [r.limit for r in got] == [r.limit for r in want], i
+                assert _tier_machine(s) == _tier_machine(alone), i
+                crossed.add(_scope(alone).crossed_at)
+            assert _scope(alone).tier == "TIER_1K" and len(crossed - {NEVER}) == 1
+            for dt in (0, HOUR_MS, DAY_MS):
+                ask = at + dt
+                want_state = _report(await alone.state(ask))
+                for s in (a, b):
+                    assert _report(await s.state(ask)) == want_state, dt
+            assert _tier_machine(a) == _tier_machine(b) == _tier_machine(alone)
 
     uvloop.run(main())
