@@ -231,9 +231,9 @@ def counted_crossing(
 
 def apply_crossing(st: PolicyState, scope: LimitScope, tier: str, since: int, at: int) -> bool:
     """A crossing another process dated (:func:`counted_crossing`) for ``scope`` in
-    ``tier`` since ``since``: recorded when the scope is still there, not crossed yet
-    and eligible; else nothing (a second report of one crossing, a tier changed
-    since). Whether it was recorded."""
+    ``tier`` since ``since``: recorded when the scope is still in that tier, not
+    crossed yet and eligible; else nothing (a second report of one crossing, a tier
+    changed since). Whether it was recorded."""
     if (scope.tier, scope.tier_since) != (tier, since) or scope.crossed_at != NEVER:
         return False
     if not eligible(st, scope):
