@@ -397,6 +397,9 @@ class PolicyState:
     capped: Counter[str] = field(default_factory=Counter)
     #: Admits decided while the shared store could not be reached, oldest first.
     unreconciled: list[Unreconciled] = field(default_factory=list)
+    #: The 7-day counts the upgrade by usage reads are not the engine's (the shared
+    #: store's): ``tiers.check_crossing`` dates nothing, the store records crossings.
+    counted_elsewhere: bool = False
 
     def add_template(self, t: Template) -> None:
         """Know ``t`` by its id, counted in its WABA (its name is the caller's)."""

@@ -10,7 +10,7 @@ time alone changed before a request is decided at a later time.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from tiergate.engine import NEVER
 from tiergate.engine.constants import (
@@ -29,9 +29,11 @@ from .profile import DAY_MS, Profile
 from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 
 __all__ = [
+    "apply_crossing",
     "catch_up",
     "category_limits",
     "check_crossing",
+    "counted_crossing",
     "derive",
     "effective_mps",
     "eligible",
@@ -151,9 +153,11 @@ def check_crossing(
     """Record when the upgrade threshold is met (the 7-day ring under-counts: never early).
 
     After a batch, ``rows`` are the batch rows that used a new slot in this
-    scope: the crossing is dated to the row that reached the threshold.
+    scope: the crossing is dated to the row that reached the threshold. Nothing
+    when the counts are not this process's engine's (``st.counted_elsewhere``: the
+    shared store dates crossings from its own, :func:`counted_crossing`).
     """
-    if scope.crossed_at != NEVER or not eligible(st, scope):
+    if scope.crossed_at != NEVER or st.counted_elsewhere or not eligible(st, scope):
         return
     p = st.profile
     _, _, unique, slots = st.engine.usage(scope.index, at, UNLIMITED)
@@ -163,26 +167,79 @@ def check_crossing(
         return
     if columns is not None and rows:
         b_now, b_prev = columns
-        # How much each row added: a new slot always adds to the cumulative
-        # count; to the 7-day unique count only when the recipient was clearly
-        # outside the lookback (a borderline one counts as 0: dated later, never early).
-        horizon = p.lookback_ms + p.long_bucket_ms
-        steps = [
-            1 if p.upgrade_basis == "cumulative" or b_prev[j] <= b_now[j] - horizon else 0
-            for j in rows
-        ]
-        level = have - sum(steps)
-        if level < need:
-            for j, step in zip(rows, steps, strict=True):
-                level += step
-                if level >= need:
-                    at = b_now[j]
-                    break
+        at = _dated(p, have, need, at, [(b_now[j], b_prev[j]) for j in rows])
+    record_crossing(st, scope, at)
+
+
+def _dated(p: Profile, have: int, need: int, at: int, new: Iterable[tuple[int, int]]) -> int:
+    """When a count of ``have`` (``need`` or more) reached ``need``: ``new`` are the
+    new slots that brought it there, each (time, the recipient's previous counted
+    time), in order; ``at`` if it was there before them. Dated to the latest time up
+    to the slot that reached it: never early."""
+    # How much each slot added: a new slot always adds to the cumulative count; to
+    # the 7-day unique count only when the recipient was clearly outside the
+    # lookback (a borderline one counts as 0: dated later, never early).
+    horizon = p.lookback_ms + p.long_bucket_ms
+    made = list(new)
+    steps = [1 if p.upgrade_basis == "cumulative" or prev <= t - horizon else 0 for t, prev in made]
+    level, latest = have - sum(steps), NEVER
+    if level < need:
+        for (t, _), step in zip(made, steps, strict=True):
+            latest = max(latest, t)
+            level += step
+            if level >= need:
+                return latest
+    return at
+
+
+def record_crossing(st: PolicyState, scope: LimitScope, at: int) -> None:
+    """``scope`` met its upgrade threshold at ``at``: dated, due in apply mode, journaled."""
+    p = st.profile
     scope.crossed_at = at
     if p.upgrade_mode == "apply":
         scope.due_at = max(at + p.upgrade_delay_ms, scope.tier_since + p.min_in_tier_ms)
         st.next_due = min(st.next_due, scope.due_at)
     journal_state(st, [scope], [])
+
+
+def counted_crossing(
+    st: PolicyState,
+    scope: LimitScope,
+    unique: int,
+    slots: int,
+    clock: int,
+    made: Iterable[tuple[int, int]],
+) -> int | None:
+    """When ``scope`` met its upgrade threshold by counts kept elsewhere (the shared
+    store's), None if it has not (or is crossed already, or not eligible).
+
+    ``unique`` and ``slots`` are the 7-day counts at ``clock``, after the rows
+    that made ``made``: each new slot's (time, the recipient's previous counted
+    time), in order. As :func:`check_crossing` dates a batch: to the row that
+    reached the threshold (the latest time up to it: never early), else ``clock``;
+    never before the tier began.
+    """
+    if scope.crossed_at != NEVER or not eligible(st, scope):
+        return None
+    p = st.profile
+    have = unique if p.upgrade_basis == "unique" else slots
+    need = threshold(st, scope)
+    if have < need:
+        return None
+    return max(_dated(p, have, need, clock, made), scope.tier_since)
+
+
+def apply_crossing(st: PolicyState, scope: LimitScope, tier: str, since: int, at: int) -> bool:
+    """A crossing another process dated (:func:`counted_crossing`) for ``scope`` in
+    ``tier`` since ``since``: recorded when the scope is still in that tier, not
+    crossed yet and eligible; else nothing (a second report of one crossing, a tier
+    changed since). Whether it was recorded."""
+    if (scope.tier, scope.tier_since) != (tier, since) or scope.crossed_at != NEVER:
+        return False
+    if not eligible(st, scope):
+        return False
+    record_crossing(st, scope, at)
+    return True
 
 
 def set_tier(st: PolicyState, scope: LimitScope, tier: str, at: int) -> None:

@@ -98,9 +98,11 @@ class SharedAdmissionControl(AdmissionControl):
     async def _sender_report(self, sender_id: str, at_unix_ms: int) -> SenderReport:
         """As the embedded store's, with the scope's counts (used, 7-day counts, the
         forecast) read from Redis; this process's own while Redis cannot be reached
-        (``store_unavailable`` says so)."""
+        (``store_unavailable`` says so). An upgrade threshold they show met is
+        recorded for every sidecar first."""
         now = self._clock.now(at_unix_ms)
         counts = await self.shared.counts(sender_id, now, at_unix_ms)
+        await self.policy.counted(sender_id, counts)
         return self.service.sender_state(sender_id, now, at_unix_ms, counts)
 
     async def GetSenderState(

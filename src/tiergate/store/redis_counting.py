@@ -15,7 +15,8 @@ of the event loop go to Redis as one round trip: a pipeline with one function
 call per scope, the rows of every caller of that scope in the order they were
 made. A call's rows travel as one packed string (``ROW`` per row, the
 recipient's digits and what its idempotency key binds after it; ``ROW`` in the
-Lua) and come back as eight integers per row, so a batch of any size is one
+Lua) and come back as eight integers per row (then the scope's clock and 7-day
+totals, :class:`Totals`, told to ``on_decided``), so a batch of any size is one
 argument and one reply. A key kept for another request refuses its call
 (:class:`KeyBound`) before anything in it is decided.
 A call that Redis does not answer within ``timeout`` seconds (connection
@@ -29,10 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from importlib.resources import files
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import exceptions as rexc
 
@@ -67,10 +69,13 @@ __all__ = [
     "RedisCounting",
     "Row",
     "ScopeSpec",
+    "Totals",
     "connect",
     "library_source",
     "shard",
 ]
+
+log = logging.getLogger("tiergate.store")
 
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
 DEFAULT_TIMEOUT = 0.5
@@ -99,6 +104,21 @@ _UNAVAILABLE = (
     OSError,
     TimeoutError,
 )
+
+
+class Totals(NamedTuple):
+    """A scope's 7-day counts in Redis after a decide call's rows, as of its clock
+    (the time the last row was decided at): what the tier machine's upgrade by usage
+    reads."""
+
+    clock: int
+    unique_7d: int
+    slots_7d: int
+
+
+#: Told of every decide call's answers: its scope, its rows' answers in order, and
+#: the scope's 7-day counts after them (``RedisCounting.on_decided``).
+DecidedHook = Callable[[ScopeSpec, list[Decided], Totals], None]
 
 
 class KeyBound(Exception):
@@ -173,6 +193,9 @@ class RedisCounting:
         self._stale_topology = False
         #: Where it connects (printed without its password).
         self.location: StoreLocation | None = None
+        #: Told of each decide call's answers and the scope's 7-day counts after
+        #: them, before its callers are (the shared store's upgrade by usage).
+        self.on_decided: DecidedHook | None = None
 
     # -- the library -----------------------------------------------------------
 
@@ -335,7 +358,12 @@ class RedisCounting:
                     if not fut.done():
                         fut.set_exception(failure)
                 continue
-            out, bound = self._decisions(res, sum(len(rows) for rows, _ in p.calls))
+            out, bound, totals = self._decisions(res, sum(len(rows) for rows, _ in p.calls))
+            if out is not None and self.on_decided is not None:
+                try:
+                    self.on_decided(p.scope, out, totals)
+                except Exception:  # (never the decisions' answers lost for it)
+                    log.exception("store: the upgrade by usage not checked")
             at = 0
             for rows, fut in p.calls:
                 mine = [(k - at, b) for k, b in bound if at <= k < at + len(rows)]
@@ -376,12 +404,12 @@ class RedisCounting:
 
     def _decisions(
         self, res: list[Any], n: int
-    ) -> tuple[list[Decided] | None, list[tuple[int, str]]]:
+    ) -> tuple[list[Decided] | None, list[tuple[int, str]], Totals]:
         """The answers of one decide call of ``n`` rows (None: refused whole, nothing
-        decided), and its rows whose key binds another request (index, binding): see
-        ``decide`` in the Lua."""
+        decided), its rows whose key binds another request (index, binding), and the
+        scope's 7-day counts after it: see ``decide`` in the Lua."""
         if res[0] == b"bound" or res[0] == "bound":
-            return None, _bound(res[1:])
+            return None, _bound(res[1:]), Totals(0, 0, 0)
         if res[0]:
             self.server_now = int(res[0])
         out = []
@@ -389,7 +417,8 @@ class RedisCounting:
         for i in range(1, end, 8):
             d, rsn, retry, counted, used, prev, t, gen = res[i : i + 8]
             out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
-        return out, _bound(res[end:])
+        totals = Totals(*(int(v) for v in res[end : end + 3]))
+        return out, _bound(res[end + 3 :]), totals
 
     # -- reconciliation ----------------------------------------------------------
 

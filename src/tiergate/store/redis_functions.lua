@@ -702,8 +702,9 @@ end
 -- in one string (ROW each): a row whose idempotency key holds a first admit
 -- answers that admit and consumes nothing. Answers the time used (server clock,
 -- or 0), then per row: decision, reason, retry_at, counted, used, prev_counted,
--- slot time, slot generation; then, for each row whose key a row before it in
--- this call bound to another request, its row number and that binding. When a
+-- slot time, slot generation; then the scope's clock and its 7-day totals (unique
+-- recipients, slots created) after the rows; then, for each row whose key a row
+-- before it in this call bound to another request, its row number and that binding. When a
 -- key held before the call binds another request than its row's, nothing is
 -- decided: the answer is 'bound', then each such row's number and binding.
 local function decide(keys, args)
@@ -747,6 +748,8 @@ local function decide(keys, args)
     end
   end
   call_save(s, keys, r.n, ttl)
+  local at = #out  -- (what the tier machine's upgrade by usage reads)
+  out[at + 1], out[at + 2], out[at + 3] = s.clock, s.r7.total, s.s7.total
   for k = 1, #bound do
     out[#out + 1] = bound[k]
   end

@@ -132,6 +132,8 @@ class SharedAdmission:
         self.mirroring = True
         st = service.state
         st.engine = cast(CountingStore, MirroredCounting(st.engine, self))
+        # the 7-day counts are Redis's: crossings come from there (``shared_policy``)
+        st.counted_elsewhere = True
 
     def restore(self, data: bytes) -> None:
         """Replace the service's whole state with snapshot ``data``: its engine this

@@ -32,6 +32,14 @@ state as the snapshot; config ``[[senders]]`` and templates then go through
 the log as seeds, applied only where the sender or template is not known yet:
 state in Redis wins over config.
 
+The tier machine's upgrade by usage reads Redis's 7-day counts: each decide call
+answers its scope's totals after its rows (:class:`Totals`), and a sidecar that
+finds the scope's threshold met dates the crossing as ``tiers.check_crossing``
+dates a batch (:meth:`SharedPolicy._decided`) and appends it to the log, before
+the call that made it is answered; every sidecar records the first entry for a
+scope's tier (``tiers.apply_crossing``) and none after it, so all hold one
+crossing time, one due time (``apply`` profiles) and one prediction.
+
 While Redis cannot be reached an event is refused with
 :class:`StoreUnavailableError` (UNAVAILABLE, "store unavailable") under either
 ``--store-failure``: it is never applied to one sidecar only.
@@ -46,6 +54,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from tiergate.engine import NEVER
+from tiergate.engine.reference.bounds import MAX_TIME, SLOT_GEN_BITS
+from tiergate.engine.results import Decided
 from tiergate.policy import events as ev
 from tiergate.policy.answers import ApplyResult
 from tiergate.policy.feedback import (
@@ -57,9 +68,12 @@ from tiergate.policy.feedback import (
     resolve_keyed,
 )
 from tiergate.policy.persistence import event_from
+from tiergate.policy.state import LimitScope, PolicyState
+from tiergate.policy.tiers import apply_crossing, catch_up, counted_crossing
 
 from .base import StoreUnavailableError
-from .redis_counting import LAYOUT
+from .redis_counting import LAYOUT, ScopeSpec, Totals
+from .redis_reads import ScopeCounts
 from .shared import SharedAdmission
 
 __all__ = ["SNAPSHOT_EVERY", "SNAPSHOT_KEY", "STREAM_KEY", "SharedPolicy", "open_policy"]
@@ -119,6 +133,9 @@ class SharedPolicy:
         self._lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
         self._closing = False
+        #: Crossings sent to the log and not applied yet: (scope, tier, tier since).
+        self._crossing: set[tuple[str, str, int]] = set()
+        self.counting.on_decided = self._decided
 
     @property
     def client(self) -> Any:
@@ -185,10 +202,14 @@ class SharedPolicy:
         return await self._append("event", event, now)
 
     async def _append(self, kind: str, event: ev.Event, now: int) -> ApplyResult:
-        self._seq += 1
-        tag = f"{self.origin}:{self._seq}"
         record = event_record(event, now)
         record["k"] = kind
+        return await self._append_record(record)
+
+    async def _append_record(self, record: dict[str, Any]) -> ApplyResult:
+        """Append ``record``, apply the log up to it here, and answer its outcome."""
+        self._seq += 1
+        tag = f"{self.origin}:{self._seq}"
         body = json.dumps(record, separators=(",", ":"))
         added = await self.counting.bounded(self.client.xadd(STREAM_KEY, {"e": body, "o": tag}))
         await self.catch_up(_sid(added))
@@ -252,11 +273,79 @@ class SharedPolicy:
 
     def _apply_record(self, record: dict[str, Any]) -> ApplyResult:
         st = self.service.state
+        if record["k"] == "crossing":
+            return self._apply_crossing(record)
         event = event_from(record)
         now = int(record["now"])
         if record["k"] == "seed" and _known(st, event):
             return ApplyResult(True, "known already (the shared state wins over config)")
         return apply_at(st, event, now)
+
+    # -- the upgrade by usage ---------------------------------------------------------
+
+    def _decided(self, spec: ScopeSpec, decided: list[Decided], totals: Totals) -> None:
+        """After a decide call (``RedisCounting.on_decided``): its scope's threshold
+        met by Redis's 7-day counts is a crossing, dated to the row that reached it,
+        sent to the log before the call is answered (queued as feedback's changes)."""
+        st = self.service.state
+        scope = _limit_scope(st, spec.name)
+        if scope is None or scope.crossed_at != NEVER:
+            return
+        made = ((_slot_time(d.slot), d.prev_counted) for d in decided if d.slot)
+        unique, slots = totals.unique_7d, totals.slots_7d
+        at = counted_crossing(st, scope, unique, slots, totals.clock, made)
+        record = self._crossing_record(scope, at)
+        if record is not None:
+            self.shared.queued.append(lambda: self._send_crossing(record))
+
+    async def counted(self, sender_id: str, counts: ScopeCounts | None) -> None:
+        """Before a report of ``sender_id``'s state from Redis's ``counts``: a threshold
+        they show met is a crossing (at their time: never early), recorded first."""
+        scope = _sender_scope(self.service.state, sender_id)
+        if counts is None or scope is None or scope.crossed_at != NEVER:
+            return
+        st = self.service.state
+        at = counted_crossing(st, scope, counts.unique_7d, counts.slots_7d, counts.now, ())
+        record = self._crossing_record(scope, at)
+        if record is not None:
+            await self._send_crossing(record)
+
+    def _crossing_record(self, scope: LimitScope, at: int | None) -> dict[str, Any] | None:
+        """The log's entry of ``scope``'s crossing at ``at`` (None: no crossing, or one
+        is on its way to the log already)."""
+        mark = (scope.key, scope.tier, scope.tier_since)
+        if at is None or mark in self._crossing:
+            return None
+        self._crossing.add(mark)
+        return {
+            "k": "crossing",
+            "now": at,
+            "scope": scope.key,
+            "tier": scope.tier,
+            "since": scope.tier_since,
+        }
+
+    async def _send_crossing(self, record: dict[str, Any]) -> None:
+        """Append a crossing. While Redis cannot be reached it is not kept: a later
+        call's counts show it again (dated then: later, never early), and the call
+        that saw it is answered all the same."""
+        try:
+            await self._append_record(record)
+        except StoreUnavailableError:
+            self._crossing.discard((record["scope"], record["tier"], record["since"]))
+            self.shared.available = False
+
+    def _apply_crossing(self, record: dict[str, Any]) -> ApplyResult:
+        """The first entry of a scope's crossing in its tier is recorded; a later one
+        (another sidecar saw the same threshold met) changes nothing."""
+        st = self.service.state
+        key, tier, since, at = record["scope"], record["tier"], int(record["since"]), record["now"]
+        self._crossing.discard((key, tier, since))
+        catch_up(st, int(at))
+        scope = _limit_scope(st, key)
+        if scope is None or not apply_crossing(st, scope, tier, since, int(at)):
+            return ApplyResult(False, "crossed already, or no longer eligible")
+        return ApplyResult(True, "upgrade threshold met")
 
     # -- snapshots -----------------------------------------------------------------
 
@@ -337,6 +426,24 @@ async def open_policy(
         await policy.seed(f"templates[{i}]", template, now_ms)
     policy.follow()
     return policy
+
+
+def _limit_scope(st: PolicyState, key: str) -> LimitScope | None:
+    """The limit scope named ``key`` (a portfolio's, or a number's own)."""
+    scope = st.portfolios.get(key)
+    if scope is None and (s := st.senders.get(key)) is not None:
+        scope = s.scope
+    return scope if scope is not None and scope.key == key else None
+
+
+def _sender_scope(st: PolicyState, sender_id: str) -> LimitScope | None:
+    s = st.senders.get(sender_id)
+    return None if s is None else s.scope
+
+
+def _slot_time(slot: int) -> int:
+    """The time a slot stamp (``Decided.slot``, non-zero) was made at."""
+    return (slot >> SLOT_GEN_BITS) - MAX_TIME
 
 
 def _known(st: Any, event: ev.Event) -> bool:
