@@ -142,6 +142,7 @@ async def test_a_restriction_is_told_at_its_end_with_no_traffic() -> None:
         assert {"STATUS", "RESTRICTION"} <= set(s.changes)
         assert (s.status, s.restricted_until_unix_ms) == (pb.CONNECTED, 0)
         assert until <= s.at_unix_ms <= told and told - until < 1000
+        assert h.sidecar.service is not None and h.sidecar.service.state.journal == []  # committed
         assert h.sidecar.watches.timers == {}  # nothing more falls due
         stream.cancel()
         await forgotten(h)
