@@ -41,11 +41,12 @@ from tiergate.policy.requests import InvalidArgument
 from tiergate.policy.service import AdmissionService
 from tiergate.server import tls
 from tiergate.server.auth import Guard
+from tiergate.server.clock import server_clock_ms
 from tiergate.server.gauges import register_metrics, register_shared_metrics
 from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
-from tiergate.server.servicer import AdmissionControl, server_clock_ms
+from tiergate.server.servicer import AdmissionControl
 from tiergate.server.shared_servicer import SharedAdmissionControl
 from tiergate.server.shared_watch import WatchedCounts
 from tiergate.server.watch import Watches

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -122,7 +122,7 @@ class Watches:
         self.reader: CountsReader | None = None
         #: What makes the changes a timer applied durable (the sidecar's commit, which
         #: looks again); None: they are looked at only.
-        self.commit: Callable[[], Awaitable[None]] | None = None
+        self.commit: Callable[[], Coroutine[Any, Any, None]] | None = None
         #: Per watched limit scope (engine index): its timer and the time it is armed at.
         self.timers: dict[int, tuple[int, asyncio.TimerHandle]] = {}
         self._committing: set[asyncio.Task[None]] = set()
