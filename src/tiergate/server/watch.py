@@ -126,6 +126,9 @@ class Watches:
         #: Per watched limit scope (engine index): its timer and the time it is armed at.
         self.timers: dict[int, tuple[int, asyncio.TimerHandle]] = {}
         self._committing: set[asyncio.Task[None]] = set()
+        #: Per watched sender: (state changes, band, scope's due upgrade) at the last
+        #: look, and when time alone next changes its state (``_wake``).
+        self._woken: dict[str, tuple[int, int, int, int]] = {}
 
     def _band(self, used: int, limit: int) -> int:
         """How many of the thresholds ``used`` has reached of ``limit`` (a threshold t
@@ -199,7 +202,6 @@ class Watches:
         states: dict[str, pb.SenderState] = {}
         #: Per watched scope, when time alone next changes what its watchers are told.
         wakes: dict[int, int] | None = {} if wall and self.reader is None else None
-        woken: dict[str, int] = {}
         for w in self._watchers:
             if w.sender_id:
                 sender = st.senders.get(w.sender_id)
@@ -235,30 +237,42 @@ class Watches:
                         w.sent[sid] = sig
                         w.ready.set()
                 if wakes is not None:
-                    at = woken.get(sid)
-                    if at is None:
-                        at = woken[sid] = self._wake(st, s, now, limit, band)
-                    at = min(at, seen[2], wakes.get(s.scope.index, _FOREVER))
-                    wakes[s.scope.index] = at
+                    known = self._woken.get(sid)
+                    due = s.scope.due_at
+                    if known is None or known[:3] != (version, band, due):
+                        known = self._woken[sid] = (
+                            version,
+                            band,
+                            due,
+                            self._wake(st, s, now, band),
+                        )
+                    at = min(known[3], seen[2], wakes.get(s.scope.index, _FOREVER))
+                    if at < _FOREVER:
+                        wakes[s.scope.index] = at
         self._arm(wakes or {}, wall)
 
-    def _wake(self, st: PolicyState, s: Sender, now: int, limit: int, band: int) -> int:
+    def _wake(self, st: PolicyState, s: Sender, now: int, band: int) -> int:
         """When time alone next changes ``s``'s state: its usage falls under the
         threshold it has reached (the ring's ``next_free`` of ⌈t·limit / 100⌉: exact),
-        or a time-driven change of it or its scope falls due."""
+        or a time-driven change of it or its scope falls due.
+
+        Kept (``_woken``) while the state's change counter, the band and the scope's
+        due upgrade stay: admits in between only move the fall later, so a kept
+        time is early at worst, and a timer that fires forgets them all."""
         at = tiers.sender_due(st.profile, s)
         if s.scope.due_at != NEVER:
             at = min(at, s.scope.due_at)
         if band:
-            need = -(-self.thresholds[band - 1] * limit // 100)
+            need = -(-self.thresholds[band - 1] * s.limits[MARKETING] // 100)
             at = min(at, st.engine.usage(s.scope.index, now, need)[1])
         return at
 
     def _arm(self, wakes: dict[int, int], wall: int) -> None:
-        """One timer per watched scope at its ``wakes`` time; the others cancelled."""
+        """One timer per scope in ``wakes``, at its time; the others cancelled."""
         timers = self.timers
-        for scope in [k for k in timers if k not in wakes]:
-            timers.pop(scope)[1].cancel()
+        if timers.keys() != wakes.keys():
+            for scope in timers.keys() - wakes.keys():
+                timers.pop(scope)[1].cancel()
         loop: asyncio.AbstractEventLoop | None = None
         for scope, at in wakes.items():
             armed = timers.get(scope)
@@ -266,15 +280,14 @@ class Watches:
                 if armed[0] == at:
                     continue
                 armed[1].cancel()
-                del timers[scope]
-            if at < _FOREVER:
-                loop = loop or asyncio.get_running_loop()
-                timers[scope] = (at, loop.call_later(max(at - wall, 0) / 1000, self._fire, scope))
+            loop = loop or asyncio.get_running_loop()
+            timers[scope] = (at, loop.call_later(max(at - wall, 0) / 1000, self._fire, scope))
 
     def _fire(self, scope: int) -> None:
         """A scope's timer: apply what time changed (committed like a decision's
         changes), then look again (which re-arms it)."""
         self.timers.pop(scope, None)
+        self._woken.clear()
         service = self._service()
         if service is None or not self.active or self._ending:
             return
@@ -297,6 +310,7 @@ class Watches:
         for _, handle in self.timers.values():
             handle.cancel()
         self.timers.clear()
+        self._woken.clear()
 
     async def serve(
         self, request: pb.WatchSenderStateRequest, context: Context
