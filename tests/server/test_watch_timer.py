@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from server_harness import (
@@ -166,3 +167,26 @@ async def test_with_the_request_clock_the_next_request_tells() -> None:
         assert {"STATUS", "RESTRICTION"} <= set(s.changes)
         assert (s.status, s.at_unix_ms) == (pb.CONNECTED, T0 + 2 * HOUR)
         stream.cancel()
+
+
+@run_async
+async def test_a_warm_up_step_is_told_at_its_time_with_no_traffic(tmp_path: Path) -> None:
+    """A number in its first warm-up week (its own limit scope: the cap is its limit)
+    steps from a cap of 100 to 500 at seven days: a watcher is told then."""
+    profile = tmp_path / "warmup.toml"
+    profile.write_text('extends = "meta-2024"\nname = "warm"\n[warmup]\nenabled = true\n')
+    clock = Clock()
+    step = clock() + 1000
+    number = sender(tier="TIER_1K", throughput_mps=1000, registered_at_unix_ms=step - 7 * DAY)
+    async with serving(
+        clock="server", profile=str(profile), senders=(number,), server_clock=clock
+    ) as h:
+        stream = h.stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
+        s = await next_state(stream)
+        assert (s.limit, s.effective_limit) == (1000, 100)
+        s = await next_state(stream)
+        told = clock()
+        assert (list(s.changes), s.effective_limit) == (["LIMIT"], 500)
+        assert step <= s.at_unix_ms <= told and told - step < 1000
+        stream.cancel()
+        await forgotten(h)
