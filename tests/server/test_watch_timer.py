@@ -190,3 +190,24 @@ async def test_a_warm_up_step_is_told_at_its_time_with_no_traffic(tmp_path: Path
         assert step <= s.at_unix_ms <= told and told - step < 1000
         stream.cancel()
         await forgotten(h)
+
+
+@run_async
+async def test_a_template_pause_is_told_at_its_end_with_no_traffic() -> None:
+    clock = Clock()
+    async with serving(clock="server", server_clock=clock) as h:
+        until = clock() + 800
+        update = pb.TemplateUpdate(
+            template_id="t9", status=pb.TEMPLATE_STATUS_PAUSED, paused_until_unix_ms=until
+        )
+        update.at_unix_ms = clock()
+        await h.stub.RecordFeedback(pb.RecordFeedbackRequest(template_update=update))
+        stream = h.stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
+        s = await next_state(stream)
+        assert [t.template_id for t in s.paused_templates] == ["t9"]
+        s = await next_state(stream)
+        told = clock()
+        assert list(s.changes) == ["PAUSED_TEMPLATES"] and not s.paused_templates
+        assert until <= s.at_unix_ms <= told and told - until < 1000
+        stream.cancel()
+        await forgotten(h)
