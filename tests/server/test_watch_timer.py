@@ -26,6 +26,9 @@ from tiergate.v1 import admission_pb2 as pb
 DAY = 86_400_000
 MINUTE = 60_000  # the engine's bucket
 HOUR = 3_600_000
+#: How late a state told at its time may be read on a busy machine (the timer is
+#: armed at the exact time: it is the loop that may be held up).
+LATE = 2000
 #: A sender whose throughput lets a whole limit go in one batch at one time.
 FAST = (sender(throughput_mps=1000),)
 
@@ -86,19 +89,19 @@ async def test_usage_falls_under_each_threshold_with_no_traffic() -> None:
         await admit(h, 25, 225)  # 90 % in the next: 100 % in all
         free_100 = (first // MINUTE + 1) * MINUTE + DAY  # the first bucket leaves
         free_90 = free_100 + MINUTE  # and the next
-        clock.set(free_100 - 1200)
+        clock.set(free_100 - 1500)
         stream = h.stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
         s = await next_state(stream)
         assert (list(s.changes), s.used_24h) == (["STATE"], 250)
         assert h.sidecar.service is not None
         scope = h.sidecar.service.state.senders[SENDER].scope.index
         assert h.sidecar.watches.timers[scope][0] == free_100
-        # Nothing is sent; 1.2 s on the first bucket leaves the window.
+        # Nothing is sent; 1.5 s on the first bucket leaves the window.
         s = await next_state(stream)
         told = clock()
         assert (list(s.changes), s.used_24h) == (["USAGE_BELOW_100"], 225)
         assert free_100 <= s.at_unix_ms <= told  # never early
-        assert told - free_100 < 1000
+        assert s.at_unix_ms - free_100 < LATE
         # The timer is armed again, at the next crossing's exact time.
         assert h.sidecar.watches.timers[scope][0] == free_90
         stream.cancel()
@@ -133,7 +136,7 @@ async def test_one_timer_per_scope_gone_with_the_last_watcher() -> None:
 async def test_a_restriction_is_told_at_its_end_with_no_traffic() -> None:
     clock = Clock()
     async with serving(clock="server", senders=FAST, server_clock=clock) as h:
-        until = clock() + 800
+        until = clock() + 1000
         await restrict(h, clock(), until)
         stream = h.stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
         s = await next_state(stream)
@@ -142,7 +145,7 @@ async def test_a_restriction_is_told_at_its_end_with_no_traffic() -> None:
         told = clock()
         assert {"STATUS", "RESTRICTION"} <= set(s.changes)
         assert (s.status, s.restricted_until_unix_ms) == (pb.CONNECTED, 0)
-        assert until <= s.at_unix_ms <= told and told - until < 1000
+        assert until <= s.at_unix_ms <= told and s.at_unix_ms - until < LATE
         assert h.sidecar.service is not None and h.sidecar.service.state.journal == []  # committed
         assert h.sidecar.watches.timers == {}  # nothing more falls due
         stream.cancel()
@@ -176,7 +179,7 @@ async def test_a_warm_up_step_is_told_at_its_time_with_no_traffic(tmp_path: Path
     profile = tmp_path / "warmup.toml"
     profile.write_text('extends = "meta-2024"\nname = "warm"\n[warmup]\nenabled = true\n')
     clock = Clock()
-    step = clock() + 1000
+    step = clock() + 1500
     number = sender(tier="TIER_1K", throughput_mps=1000, registered_at_unix_ms=step - 7 * DAY)
     async with serving(
         clock="server", profile=str(profile), senders=(number,), server_clock=clock
@@ -187,7 +190,7 @@ async def test_a_warm_up_step_is_told_at_its_time_with_no_traffic(tmp_path: Path
         s = await next_state(stream)
         told = clock()
         assert (list(s.changes), s.effective_limit) == (["LIMIT"], 500)
-        assert step <= s.at_unix_ms <= told and told - step < 1000
+        assert step <= s.at_unix_ms <= told and s.at_unix_ms - step < LATE
         stream.cancel()
         await forgotten(h)
 
@@ -196,7 +199,7 @@ async def test_a_warm_up_step_is_told_at_its_time_with_no_traffic(tmp_path: Path
 async def test_a_template_pause_is_told_at_its_end_with_no_traffic() -> None:
     clock = Clock()
     async with serving(clock="server", server_clock=clock) as h:
-        until = clock() + 800
+        until = clock() + 1000
         update = pb.TemplateUpdate(
             template_id="t9", status=pb.TEMPLATE_STATUS_PAUSED, paused_until_unix_ms=until
         )
@@ -208,6 +211,6 @@ async def test_a_template_pause_is_told_at_its_end_with_no_traffic() -> None:
         s = await next_state(stream)
         told = clock()
         assert list(s.changes) == ["PAUSED_TEMPLATES"] and not s.paused_templates
-        assert until <= s.at_unix_ms <= told and told - until < 1000
+        assert until <= s.at_unix_ms <= told and s.at_unix_ms - until < LATE
         stream.cancel()
         await forgotten(h)
