@@ -12,6 +12,12 @@ shared machine the least is the one other work disturbed least):
 - ``shadow, none shadowed``: ``serve --shadow``, the same sends (all admitted);
 - ``enforced, 1 watcher``: as ``enforced``, one WatchSenderState stream on the sender
   (each admit's commit looks for changes);
+- ``1 watcher, server clock``: as ``enforced, 1 watcher`` with the server clock (each
+  send 2 ms after the last): each commit's look also arms the scope's timer
+  (the next time-driven change, here none);
+- ``1 watcher, server clock, past 80 %``: the same on TIER_100K with 80 000
+  recipients counted before: each look also reads when usage next falls
+  under the threshold reached (the ring's next free slot for it);
 - ``refused``: the sender at its limit, every send refused (MESSAGING_LIMIT);
 - ``shadow, all shadowed``: the same with ``--shadow``: every send admitted
   and counted, with its would-be refusal.
@@ -50,24 +56,45 @@ SENDER = "106540360000001"
 LIMIT = 250  # TIER_250
 
 
-def new_service(shadow: bool, full: bool) -> AdmissionService:
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    shadow: bool = False
+    #: The sender at its limit before the measured sends.
+    full: bool = False
+    watch: bool = False
+    #: The server clock (sends 2 ms apart), else the request clock.
+    server: bool = False
+    #: TIER_100K with 80 000 recipients counted before.
+    past_80: bool = False
+
+
+def new_service(v: Variant) -> AdmissionService:
     profile = load_profile("meta-2025")
-    if shadow:
+    if v.shadow:
         profile = dataclasses.replace(profile, shadow_reasons=frozenset(SHADOWABLE))
-    svc = AdmissionService(profile, clock="request")
+    if v.past_80:  # a second's burst: the counted recipients go 1 000 at a time
+        profile = dataclasses.replace(profile, burst_seconds=1.0)
+    svc = AdmissionService(profile, clock="server" if v.server else "request")
+    tier = "TIER_250" if v.full else "TIER_100K" if v.past_80 else "TIER_UNLIMITED"
     update = ev.SenderUpdate(
         sender_id=SENDER,
         portfolio_id="portfolio-bench",
-        tier="TIER_250" if full else "TIER_UNLIMITED",
+        tier=tier,
         quality=ev.Quality.GREEN,
         status=ev.SenderStatus.CONNECTED,
         throughput_mps=1000,
         at_unix_ms=T0,
     )
     assert svc.apply(update, T0).applied
-    if full:  # the limit reached before the measured sends
+    if v.full:  # the limit reached before the measured sends
         for i in range(LIMIT):
             svc.admit(request(10_000_000 + i, T0 + i), T0 + i)
+    if v.past_80:  # 80 % of TIER_100K counted in the 200 s before the measured sends
+        for k in range(80):
+            at = T0 + 2_000 * k
+            chunk = [request(10_000_000 + 1000 * k + i, at) for i in range(1000)]
+            results = svc.admit_many(chunk, at)
+            assert all(r.decision == pb.DECISION_ADMIT for r in results)
     svc.drain_journal()
     return svc
 
@@ -88,26 +115,29 @@ def requests(n: int) -> list[bytes]:
     return [request(i, T0 + 10_000 + 2 * i).SerializeToString() for i in range(n)]
 
 
-def run(data: list[bytes], shadow: bool, full: bool, watch: bool) -> tuple[float, dict[int, int]]:
+def run(data: list[bytes], v: Variant) -> tuple[float, dict[int, int]]:
     """CPU seconds for ``data``, and its answers' counts by decision (shadowed: 10 +
     reason)."""
-    svc = new_service(shadow, full)
+    svc = new_service(v)
     metrics = Metrics()
-    watches = Watches(lambda: svc, metrics=metrics)
+    start = T0 + 200_000
+    watches = Watches(lambda: svc, metrics=metrics, clock=lambda: start)
     answers: dict[int, int] = {}
 
     async def body() -> float:
-        stream = watches.watch(SENDER, "") if watch else None
+        stream = watches.watch(SENDER, "") if v.watch else None
         if stream is not None:
             await stream.__anext__()  # the first state: the watcher is registered
         t0 = time.process_time()
-        for raw in data:
+        for i, raw in enumerate(data):
+            # the request clock reads the request's time; the server clock this one
+            now = start + 2 * i if v.server else T0
             fields = admit_wire.decode_fast(raw)
             if fields is not None:
-                result = svc.admit_checked(fields, T0)
+                result = svc.admit_checked(fields, now)
             else:
                 req = pb.AdmitRequest.FromString(raw)
-                result = svc.admit(req, T0)
+                result = svc.admit(req, now)
             metrics.decided_one(result, "Admit")
             if watches.active:
                 watches.poke()
@@ -116,6 +146,8 @@ def run(data: list[bytes], shadow: bool, full: bool, watch: bool) -> tuple[float
             key = 10 + result.shadow_reason if result.shadow_decision else result.decision
             answers[key] = answers.get(key, 0) + 1
         elapsed = time.process_time() - t0
+        if v.past_80:  # the scope's timer is armed at the next fall under 80 %
+            assert len(watches.timers) == 1
         if stream is not None:
             await stream.aclose()
         return elapsed
@@ -123,12 +155,14 @@ def run(data: list[bytes], shadow: bool, full: bool, watch: bool) -> tuple[float
     return asyncio.run(body()), answers
 
 
-VARIANTS: dict[str, tuple[bool, bool, bool]] = {
-    "enforced": (False, False, False),
-    "shadow, none shadowed": (True, False, False),
-    "enforced, 1 watcher": (False, False, True),
-    "refused": (False, True, False),
-    "shadow, all shadowed": (True, True, False),
+VARIANTS: dict[str, Variant] = {
+    "enforced": Variant(),
+    "shadow, none shadowed": Variant(shadow=True),
+    "enforced, 1 watcher": Variant(watch=True),
+    "1 watcher, server clock": Variant(watch=True, server=True),
+    "1 watcher, server clock, past 80 %": Variant(watch=True, server=True, past_80=True),
+    "refused": Variant(full=True),
+    "shadow, all shadowed": Variant(shadow=True, full=True),
 }
 
 
@@ -143,11 +177,11 @@ def main() -> None:
     data = requests(items)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     answers: dict[str, dict[int, int]] = {}
-    for shadow, full, watch in VARIANTS.values():  # warm-up, not counted
-        run(data[: items // 10], shadow, full, watch)
+    for variant in VARIANTS.values():  # warm-up, not counted
+        run(data[: items // 10], variant)
     for _ in range(runs):
-        for name, (shadow, full, watch) in VARIANTS.items():
-            seconds, answers[name] = run(data, shadow, full, watch)
+        for name, variant in VARIANTS.items():
+            seconds, answers[name] = run(data, variant)
             times[name].append(seconds)
     base = min(times["enforced"])
     rows: list[list[Any]] = []

@@ -90,9 +90,15 @@ def share_ticket_key(*harnesses: Harness) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(
-    config: cfg.ServeConfig | None = None, **overrides: Any
+    config: cfg.ServeConfig | None = None,
+    *,
+    server_clock: Callable[[], int] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Harness]:
-    sidecar = Sidecar(config if config is not None else make_config(**overrides))
+    """A started sidecar and a client; ``server_clock`` replaces the wall clock (Unix ms)
+    its RPCs and watches read under ``clock="server"``."""
+    config = config if config is not None else make_config(**overrides)
+    sidecar = Sidecar(config) if server_clock is None else Sidecar(config, server_clock)
     await sidecar.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
     client = TiergateClient(channel=channel)

@@ -41,11 +41,12 @@ from tiergate.policy.requests import InvalidArgument
 from tiergate.policy.service import AdmissionService
 from tiergate.server import tls
 from tiergate.server.auth import Guard
+from tiergate.server.clock import server_clock_ms
 from tiergate.server.gauges import register_metrics, register_shared_metrics
 from tiergate.server.grpc_server import HEALTH_SERVICES, build_server
 from tiergate.server.health import Health
 from tiergate.server.metrics import Metrics, MetricsEndpoint
-from tiergate.server.servicer import AdmissionControl, server_clock_ms
+from tiergate.server.servicer import AdmissionControl
 from tiergate.server.shared_servicer import SharedAdmissionControl
 from tiergate.server.shared_watch import WatchedCounts
 from tiergate.server.watch import Watches
@@ -74,15 +75,18 @@ class StartupError(Exception):
 class Sidecar:
     """One running tiergate: build with a config, ``await start()``, ``await stop()``."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, clock: Callable[[], int] = server_clock_ms) -> None:
         self.config = config
+        #: The server clock (Unix ms) the RPCs and the watches' timers read.
+        self.clock = clock
         self.metrics = Metrics()
         self.service: AdmissionService | None = None
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = Health()
-        self.watches = Watches(lambda: self.service, config.watch_thresholds, self.metrics)
+        self.watches = Watches(lambda: self.service, config.watch_thresholds, self.metrics, clock)
+        self.watches.commit = self._commit
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._webhooks: WebhookReceiver | None = None
         self.webhook_port = 0
@@ -199,6 +203,7 @@ class Sidecar:
             max_in_flight=config.max_in_flight,
             webhook_secret=config.webhook_secret,
             request_clock=config.clock == "request",
+            clock=self.clock,
             ingestor=self.ingestor,
         )
         self._servicer = servicer

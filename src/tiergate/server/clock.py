@@ -3,6 +3,7 @@ requests' own times (see docs/rules.md, "What the request clock trusts")."""
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Callable, Sequence
 
@@ -12,7 +13,12 @@ from tiergate.policy.service import AdmissionService
 from tiergate.server.convert import MAX_AT_UNIX_MS
 from tiergate.v1 import admission_pb2 as pb
 
-__all__ = ["DecisionClock"]
+__all__ = ["DecisionClock", "server_clock_ms"]
+
+
+def server_clock_ms() -> int:
+    """The wall clock in Unix ms (the server clock)."""
+    return time.time_ns() // 1_000_000
 
 
 class DecisionClock:

@@ -30,7 +30,7 @@ from tiergate.policy.reports import SenderReport
 from tiergate.policy.requests import Checked, InvalidArgument, KeyRefused
 from tiergate.policy.service import AdmissionService
 from tiergate.server import admit_wire, batch_wire, columns_wire, convert, plans
-from tiergate.server.clock import DecisionClock
+from tiergate.server.clock import DecisionClock, server_clock_ms
 from tiergate.server.metrics import Metrics
 from tiergate.server.watch import Watching
 from tiergate.store import StoreError, StoreUnavailableError
@@ -47,10 +47,6 @@ Commit = Callable[[], Awaitable[None] | None]
 
 _INDEXED_FIELD = re.compile(r"^requests\[(\d+)\]\.?(.*)$")
 _END = object()
-
-
-def server_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class InFlight:

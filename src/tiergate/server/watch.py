@@ -17,19 +17,37 @@ holds at most one unsent state per sender: a newer one replaces it, its
 changes merged (drop to latest), so a slow reader costs one state per sender
 and a vanished one nothing once its call ends. At stop every stream ends (like
 the health watches, server/health.py).
+
+Time alone changes a state too: usage falls under a threshold as slots leave
+the 24 h window, a restriction or hold ends, a warm-up step or a due upgrade
+comes. On the embedded store with the server clock, every look arms one timer
+per watched limit scope (``loop.call_later``; none while nobody watches) at the
+earliest of: the time its usage next falls under a threshold with no traffic
+(the engine's ring, read with ``usage``: when ``used`` drops under
+⌈threshold·limit / 100⌉), the time-driven changes due to its watched senders
+and scope (``tiers.sender_due``, the scope's due upgrade) and the end of a
+template pause. A timer that fires applies what fell due (``tiers.catch_up``,
+journalled and committed like a decision's), then looks again, which re-arms
+it: a timer that fired early finds nothing and is armed again, so a change is
+never told before its time. A commit re-arms (or keeps) each scope's timer;
+the last watcher leaving cancels them all. With the request clock no time
+passes between requests: a watcher hears such a change at the next request's
+time. On the shared store the counts are polled instead (``shared_watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
 
+from tiergate.engine import NEVER
+from tiergate.policy import tiers
 from tiergate.policy.reports import ScopeReading
 from tiergate.policy.requests import MARKETING
 from tiergate.policy.service import AdmissionService
@@ -37,9 +55,12 @@ from tiergate.policy.state import PolicyState, Sender
 from tiergate.v1 import admission_pb2 as pb
 
 from . import convert
+from .clock import server_clock_ms
 from .metrics import Metrics
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger("tiergate.server")
 
 __all__ = ["DEFAULT_THRESHOLDS", "CountsReader", "Watches", "Watching"]
 
@@ -86,8 +107,11 @@ class Watches:
         service: Callable[[], AdmissionService | None],
         thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
         metrics: Metrics | None = None,
+        clock: Callable[[], int] = server_clock_ms,
     ) -> None:
         self._service = service
+        #: The server clock (Unix ms): the decisions' (``DecisionClock``).
+        self.clock = clock
         self.metrics = metrics
         self.thresholds = tuple(sorted(thresholds))
         self._watchers: set[_Watcher] = set()
@@ -96,6 +120,15 @@ class Watches:
         self.active = False
         #: On the shared store: where the watched scopes' counts come from.
         self.reader: CountsReader | None = None
+        #: What makes the changes a timer applied durable (the sidecar's commit, which
+        #: looks again); None: they are looked at only.
+        self.commit: Callable[[], Coroutine[Any, Any, None]] | None = None
+        #: Per watched limit scope (engine index): its timer and the time it is armed at.
+        self.timers: dict[int, tuple[int, asyncio.TimerHandle]] = {}
+        self._committing: set[asyncio.Task[None]] = set()
+        #: Per watched sender: (state changes, band, scope's due upgrade) at the last
+        #: look, and when time alone next changes its state (``_wake``).
+        self._woken: dict[str, tuple[int, int, int, int]] = {}
 
     def _band(self, used: int, limit: int) -> int:
         """How many of the thresholds ``used`` has reached of ``limit`` (a threshold t
@@ -157,15 +190,18 @@ class Watches:
         counter and the usage band, read as GetSenderState reads usage (on the
         shared store, from the ``reader``'s latest counts); the signature only when
         one moved or a template pause ended since the last look; the state only
-        when the signature differs from the last sent."""
+        when the signature differs from the last sent. Then each watched scope's
+        timer is armed (embedded store, server clock)."""
         service = self._service()
         if service is None:
             return
         st = service.state
         version = st.changes
-        wall = 0 if st.request_clock else time.time_ns() // 1_000_000
+        wall = 0 if st.request_clock else self.clock()
         looks: dict[str, Look] = {}
         states: dict[str, pb.SenderState] = {}
+        #: Per watched scope, when time alone next changes what its watchers are told.
+        wakes: dict[int, int] | None = {} if wall and self.reader is None else None
         for w in self._watchers:
             if w.sender_id:
                 sender = st.senders.get(w.sender_id)
@@ -184,23 +220,97 @@ class Watches:
                     used = reading.usage(limit)[0]
                 band = self._band(used, limit)
                 seen = w.quick.get(sid)
-                if seen is not None and seen[0] == version and seen[1] == band and now < seen[2]:
+                if seen is None or seen[0] != version or seen[1] != band or now >= seen[2]:
+                    look = looks.get(sid)
+                    if look is None:
+                        look = looks[sid] = self._signature(st, s, now, limit, band)
+                    sig, until = look
+                    seen = w.quick[sid] = (version, band, until)
+                    before = w.sent.get(sid)
+                    if sig != before:
+                        state = states.get(sid)
+                        if state is None:
+                            report = service.sender_state(sid, now, 0, reading)
+                            state = states[sid] = convert.sender_state(report)
+                        unsent = w.pending[sid][0] if sid in w.pending else []
+                        w.pending[sid] = (unsent + self._changes(before, sig), state)
+                        w.sent[sid] = sig
+                        w.ready.set()
+                if wakes is not None:
+                    known = self._woken.get(sid)
+                    due = s.scope.due_at
+                    if known is None or known[:3] != (version, band, due):
+                        known = self._woken[sid] = (
+                            version,
+                            band,
+                            due,
+                            self._wake(st, s, now, band),
+                        )
+                    at = min(known[3], seen[2], wakes.get(s.scope.index, _FOREVER))
+                    if at < _FOREVER:
+                        wakes[s.scope.index] = at
+        self._arm(wakes or {}, wall)
+
+    def _wake(self, st: PolicyState, s: Sender, now: int, band: int) -> int:
+        """When time alone next changes ``s``'s state: its usage falls under the
+        threshold it has reached (the ring's ``next_free`` of ⌈t·limit / 100⌉: exact),
+        or a time-driven change of it or its scope falls due.
+
+        Kept (``_woken``) while the state's change counter, the band and the scope's
+        due upgrade stay: admits in between only move the fall later, so a kept
+        time is early at worst, and a timer that fires forgets them all."""
+        at = tiers.sender_due(st.profile, s)
+        if s.scope.due_at != NEVER:
+            at = min(at, s.scope.due_at)
+        if band:
+            need = -(-self.thresholds[band - 1] * s.limits[MARKETING] // 100)
+            at = min(at, st.engine.usage(s.scope.index, now, need)[1])
+        return at
+
+    def _arm(self, wakes: dict[int, int], wall: int) -> None:
+        """One timer per scope in ``wakes``, at its time; the others cancelled."""
+        timers = self.timers
+        if timers.keys() != wakes.keys():
+            for scope in timers.keys() - wakes.keys():
+                timers.pop(scope)[1].cancel()
+        loop: asyncio.AbstractEventLoop | None = None
+        for scope, at in wakes.items():
+            armed = timers.get(scope)
+            if armed is not None:
+                if armed[0] == at:
                     continue
-                look = looks.get(sid)
-                if look is None:
-                    look = looks[sid] = self._signature(st, s, now, limit, band)
-                sig, until = look
-                w.quick[sid] = (version, band, until)
-                before = w.sent.get(sid)
-                if sig != before:
-                    state = states.get(sid)
-                    if state is None:
-                        report = service.sender_state(sid, now, 0, reading)
-                        state = states[sid] = convert.sender_state(report)
-                    unsent = w.pending[sid][0] if sid in w.pending else []
-                    w.pending[sid] = (unsent + self._changes(before, sig), state)
-                    w.sent[sid] = sig
-                    w.ready.set()
+                armed[1].cancel()
+            loop = loop or asyncio.get_running_loop()
+            timers[scope] = (at, loop.call_later(max(at - wall, 0) / 1000, self._fire, scope))
+
+    def _fire(self, scope: int) -> None:
+        """A scope's timer: apply what time changed (committed like a decision's
+        changes), then look again (which re-arms it)."""
+        self.timers.pop(scope, None)
+        self._woken.clear()
+        service = self._service()
+        if service is None or not self.active or self._ending:
+            return
+        st = service.state
+        records = len(st.journal)
+        tiers.catch_up(st, max(self.clock(), st.latest_ms))
+        if self.commit is None or len(st.journal) == records:
+            self.look()
+            return
+        task = asyncio.get_running_loop().create_task(self.commit())
+        self._committing.add(task)
+        task.add_done_callback(self._committed)
+
+    def _committed(self, task: asyncio.Task[None]) -> None:
+        self._committing.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.warning("watch: what time changed was not committed: %s", e)
+
+    def _disarm(self) -> None:
+        for _, handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+        self._woken.clear()
 
     async def serve(
         self, request: pb.WatchSenderStateRequest, context: Context
@@ -243,10 +353,13 @@ class Watches:
         finally:
             self._watchers.discard(w)
             self.active = bool(self._watchers)
+            if not self.active:
+                self._disarm()
 
     def end(self) -> None:
         """End every stream (the sidecar stops); a later watch ends at once."""
         self._ending = True
+        self._disarm()
         for w in self._watchers:
             w.ready.set()
 
