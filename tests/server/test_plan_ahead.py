@@ -1,0 +1,203 @@
+"""PlanCampaign over changes time brings, through gRPC on a request clock: the next
+warm-up step, a tier raise already recorded, and a tier raise the plan's own sends
+cause (meta-2024: the next tier 24 h after the threshold) take effect in the plan
+when they would live. Each plan is replayed with AdmitBatch, each recipient at its
+planned time (one call per time, as a gateway sends): it is admitted exactly then
+and refused a millisecond earlier where it waited, so a recipient planned earlier
+or later than tiergate then admits it fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from server_harness import T0, Harness, make_config, run_async, sender, serving, template_request
+from test_plan_campaign import numbers, plan
+
+from tiergate.v1 import admission_pb2 as pb
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+
+
+async def replay(h: Harness, recipients: list[str], times: list[int], start: int) -> None:
+    """Send the list in order, each recipient at its planned time (first a millisecond
+    earlier where it waited), one AdmitBatch per time: every one goes exactly then."""
+    calls: list[tuple[int, list[tuple[str, pb.AdmitRequest]]]] = []
+    prev = start
+
+    def send(what: str, rcpt: str, at: int) -> None:
+        if not calls or calls[-1][0] != at:
+            calls.append((at, []))
+        calls[-1][1].append((what, template_request(rcpt, at)))
+
+    for rcpt, t in zip(recipients, times, strict=True):
+        if t == 0:
+            send("never", rcpt, prev)
+            continue
+        assert t >= prev, "a plan keeps the list's order"
+        if t > prev:
+            send("early", rcpt, t - 1)
+        send("admit", rcpt, t)
+        prev = t
+    for _, part in calls:
+        got: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
+            pb.AdmitBatchRequest(requests=[r for _, r in part])
+        )
+        for (what, req), res in zip(part, got.responses, strict=True):
+            admitted = res.decision == pb.DECISION_ADMIT
+            assert admitted == (what == "admit"), (what, req, res)
+
+
+async def send_at(
+    h: Harness, recipients: list[str], at: int, *, gap: int = 20, all_go: bool = True
+) -> None:
+    """Earlier traffic: the recipients sent from ``at``, ``gap`` ms apart."""
+    requests = [template_request(r, at + gap * i) for i, r in enumerate(recipients)]
+    sent: pb.AdmitBatchResponse = await h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=requests))
+    assert not all_go or all(r.decision == pb.DECISION_ADMIT for r in sent.responses)
+
+
+def profile(tmp_path: Path, extends: str, rules: str = "") -> str:
+    path = tmp_path / f"{extends}-ahead.toml"
+    path.write_text(f'extends = "{extends}"\nname = "ahead"\n{rules}\n')
+    return str(path)
+
+
+WARM = "[warmup]\nenabled = true\n"
+
+
+@pytest.mark.parametrize(("extends", "tier"), [("meta-2025", "TIER_2K"), ("meta-2024", "TIER_1K")])
+def test_the_next_warm_up_step_raises_the_cap_in_the_plan(
+    tmp_path: Path, extends: str, tier: str
+) -> None:
+    """A number 6.5 days old (week 1: 100 a day) under portfolio scope (its own count
+    capped) and per-number scope (its limit capped): 100 go now, the rest at day 7's
+    step (500) in 12 h, not when the first 100 leave the window in 24 h."""
+    config = make_config(
+        profile=profile(tmp_path, extends, WARM),
+        senders=(sender(tier=tier, registered_at_unix_ms=T0 - 6 * DAY - 12 * HOUR),),
+    )
+
+    @run_async
+    async def body() -> None:
+        async with serving(config) as h:
+            recipients = numbers(300)
+            res = await plan(h, recipients)
+            times = list(res.earliest_at_unix_ms)
+            assert res.admissible_now == 100
+            assert all(t < T0 + 60_000 for t in times[:100])
+            step = T0 + 12 * HOUR
+            assert times[100] == step and all(step <= t < step + 60_000 for t in times[100:])
+            assert res.limit_reached_at_unix_ms > 0
+            await replay(h, recipients, times, T0)
+
+    body()
+
+
+def test_a_recorded_tier_raise_takes_effect_in_the_plan_when_due(tmp_path: Path) -> None:
+    """meta-2024, 250 a day: half the limit reached 20 h ago (its last 25 then), so the
+    1 000 tier applies in 4 h; the limit is full since an hour ago. Nothing goes
+    until 4 h from now, then every recipient goes (not 25 then and the rest in 23 h)."""
+    config = make_config(profile=profile(tmp_path, "meta-2024"))
+
+    @run_async
+    async def body() -> None:
+        async with serving(config) as h:
+            pool = numbers(350, 1000)
+            await send_at(h, pool[:100], T0 - 6 * DAY)
+            await send_at(h, pool[100:125], T0 - 20 * HOUR)
+            await send_at(h, pool[125:], T0 - HOUR)
+            # a raise due before the plan starts applies from its start: 30 go, not 25
+            late = await plan(h, numbers(30, 900), start=T0 + 5 * HOUR)
+            assert list(late.earliest_at_unix_ms) == [T0 + 5 * HOUR] * 30
+            recipients = numbers(400)
+            res = await plan(h, recipients)
+            times = list(res.earliest_at_unix_ms)
+            due = T0 + 4 * HOUR + 480  # 24 h after the 125th, sent at T0 - 20 h + 480 ms
+            assert res.admissible_now == 0 and times[0] == due
+            assert all(due <= t < due + 60_000 for t in times)
+            assert [x.limit for x in res.hours] == [1000]
+            await replay(h, recipients, times, T0)
+
+    body()
+
+
+@pytest.mark.parametrize("mps", [5, 80])
+def test_a_tier_raise_the_plan_itself_causes_takes_effect_when_due(
+    tmp_path: Path, mps: int
+) -> None:
+    """meta-2024, 250 a day, 124 unique recipients in the last 7 days: the plan's first
+    send meets the threshold, so the 1 000 tier applies 24 h later, before the
+    plan's first sends leave the window; a second crossing (500) is met later too."""
+    config = make_config(
+        profile=profile(tmp_path, "meta-2024"), senders=(sender(throughput_mps=mps),)
+    )
+
+    @run_async
+    async def body() -> None:
+        async with serving(config) as h:
+            await send_at(h, numbers(124, 5000), T0 - 5 * DAY, gap=1000)
+            recipients = numbers(420)
+            res = await plan(h, recipients)
+            times = list(res.earliest_at_unix_ms)
+            assert res.admissible_now == 250
+            due = T0 + DAY  # the threshold was met by the first send, at T0
+            assert times[250] == due
+            # the slots of the first sends free only after their minute has passed
+            assert times[250] < T0 - T0 % 60_000 + 60_000 + DAY
+            assert [x.limit for x in res.hours][-1] == 1000
+            await replay(h, recipients, times, T0)
+
+    body()
+
+
+def test_a_predicting_profile_never_anticipates_a_raise(tmp_path: Path) -> None:
+    """meta-2025 raises a tier only on Meta's event: a plan waits for the window."""
+
+    async def body() -> None:
+        async with serving(make_config()) as h:  # TIER_250, upgrades predicted
+            await send_at(h, numbers(124, 5000), T0 - 5 * DAY)
+            recipients = numbers(260)
+            res = await plan(h, recipients)
+            times = list(res.earliest_at_unix_ms)
+            assert times[250] > T0 + DAY and [x.limit for x in res.hours][-1] == 250
+            await replay(h, recipients, times, T0)
+
+    run_async(body)()
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    earlier=st.integers(0, 200),
+    earlier_at=st.integers(1, 6 * 24),
+    n=st.integers(1, 400),
+    mps=st.sampled_from([3, 40]),
+    age_h=st.integers(6 * 24, 8 * 24),
+)
+def test_plans_over_tier_raises_and_warm_up_steps_are_admitted_as_planned(
+    tmp_path: Path, earlier: int, earlier_at: int, n: int, mps: int, age_h: int
+) -> None:
+    """meta-2024 with warm-up, small lists after earlier traffic: the plan's times are
+    AdmitBatch's."""
+    config = make_config(
+        profile=profile(tmp_path, "meta-2024", WARM),
+        senders=(sender(throughput_mps=mps, registered_at_unix_ms=T0 - age_h * HOUR),),
+    )
+
+    async def body() -> None:
+        async with serving(config) as h:
+            if earlier:
+                at = T0 - earlier_at * HOUR
+                await send_at(h, numbers(earlier, 5000), at, gap=500, all_go=False)
+            recipients = numbers(n)
+            res = await plan(h, recipients)
+            await replay(h, recipients, list(res.earliest_at_unix_ms), T0)
+
+    run_async(body)()
