@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from tiergate import config as cfg
+from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
 
 from . import test_redis_adopt as adopt
@@ -28,13 +30,32 @@ def _profile(tmp_path: Path, extends: str, rules: str = "") -> str:
     return str(path)
 
 
-async def _sent(stubs: tuple[object, ...], recipients: list[str], at: int) -> None:
-    """Earlier traffic, each recipient admitted from ``at`` (20 ms apart), at each
-    of ``stubs`` (an embedded sidecar, and one of the shared store's)."""
-    requests = [adopt._send(r, at + 20 * i) for i, r in enumerate(recipients)]
-    for stub in stubs:
-        got = await stub.AdmitBatch(pb.AdmitBatchRequest(requests=requests))  # type: ignore[attr-defined]
-        assert all(r.decision == pb.DECISION_ADMIT for r in got.responses)
+def _planned(
+    config: cfg.ServeConfig, url: str, earlier: list[str], at: int, recipients: list[str]
+) -> tuple[list[int], list[int]]:
+    """``earlier`` admitted from ``at`` (20 ms apart) by an embedded sidecar and through
+    a Redis one; then the list's plan by each store (the shared store's made at a
+    second sidecar), and the shared store's plan replayed at the Redis one: each
+    recipient admitted exactly at its time and refused a millisecond earlier."""
+    shared = replace(config, store=parse_store(url))
+    plans: list[list[int]] = []
+
+    async def main() -> None:
+        async with (
+            adopt.serving(config) as alone,
+            adopt.serving(shared) as a,
+            adopt.serving(shared) as b,
+        ):
+            requests = [adopt._send(r, at + 20 * i) for i, r in enumerate(earlier)]
+            for stub in (alone, b):
+                got = await stub.AdmitBatch(pb.AdmitBatchRequest(requests=requests))
+                assert all(r.decision == pb.DECISION_ADMIT for r in got.responses)
+            for stub in (alone, a):
+                plans.append(await adopt._plan(stub, recipients, T0, pb.UTILITY))
+            await adopt._replay(b, recipients, plans[1], T0, pb.UTILITY)
+
+    uvloop.run(main())
+    return plans[0], plans[1]
 
 
 @pytest.mark.usefixtures("patient")
@@ -47,24 +68,11 @@ def test_the_next_warm_up_step_over_redis_is_the_embedded_plan(
     base = adopt._config(profile=_profile(tmp_path, extends, "[warmup]\nenabled = true"))
     number = replace(base.senders[0], tier=tier, registered_at_unix_ms=T0 - 6 * DAY - 12 * HOUR)
     config = replace(base, senders=(number,))
-    shared = adopt._config(redis_url, profile=config.profile, senders=(number,))
-
-    async def main() -> None:
-        async with (
-            adopt.serving(config) as alone,
-            adopt.serving(shared) as a,
-            adopt.serving(shared) as b,
-        ):
-            await _sent((alone, b), adopt._numbers(40, 5000), T0 - 6 * HOUR)
-            recipients = adopt._numbers(300)
-            want = await adopt._plan(alone, recipients, T0, pb.UTILITY)
-            got = await adopt._plan(a, recipients, T0, pb.UTILITY)
-            assert got == want
-            step = T0 + 12 * HOUR
-            assert max(got[:60]) < T0 + 60_000 and got[60] == step
-            await adopt._replay(b, recipients, got, T0, pb.UTILITY)
-
-    uvloop.run(main())
+    want, got = _planned(
+        config, redis_url, adopt._numbers(40, 5000), T0 - 6 * HOUR, adopt._numbers(300)
+    )
+    assert got == want
+    assert max(got[:60]) < T0 + 60_000 and got[60] == T0 + 12 * HOUR
 
 
 @pytest.mark.usefixtures("patient")
@@ -73,22 +81,10 @@ def test_a_raise_the_plan_would_cause_is_not_anticipated_over_redis(
 ) -> None:
     """meta-2024, 250 a day, 124 unique recipients 5 days ago: the embedded store's plan
     raises the tier 24 h after its first send; over Redis the list waits for the
-    window, and AdmitBatch there admits it so."""
+    window, as the sidecars there admit it."""
     config = adopt._config(profile=_profile(tmp_path, "meta-2024"))
-    shared = replace(config, store=adopt._config(redis_url).store)
-
-    async def main() -> None:
-        async with (
-            adopt.serving(config) as alone,
-            adopt.serving(shared) as a,
-            adopt.serving(shared) as b,
-        ):
-            await _sent((alone, b), adopt._numbers(124, 5000), T0 - 5 * DAY)
-            recipients = adopt._numbers(260)
-            embedded = await adopt._plan(alone, recipients, T0, pb.UTILITY)
-            got = await adopt._plan(a, recipients, T0, pb.UTILITY)
-            assert got[:250] == embedded[:250]
-            assert embedded[250] == T0 + DAY < got[250]
-            await adopt._replay(b, recipients, got, T0, pb.UTILITY)
-
-    uvloop.run(main())
+    embedded, got = _planned(
+        config, redis_url, adopt._numbers(124, 5000), T0 - 5 * DAY, adopt._numbers(260)
+    )
+    assert got[:250] == embedded[:250]
+    assert embedded[250] == T0 + DAY < got[250]

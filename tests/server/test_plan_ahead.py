@@ -13,42 +13,22 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_harness import T0, Harness, make_config, run_async, sender, serving, template_request
-from test_plan_campaign import numbers, plan
+from server_harness import (
+    SENDER,
+    T0,
+    Harness,
+    make_config,
+    run_async,
+    sender,
+    serving,
+    template_request,
+)
+from test_plan_campaign import numbers, plan, replay
 
 from tiergate.v1 import admission_pb2 as pb
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
-
-
-async def replay(h: Harness, recipients: list[str], times: list[int], start: int) -> None:
-    """Send the list in order, each recipient at its planned time (first a millisecond
-    earlier where it waited), one AdmitBatch per time: every one goes exactly then."""
-    calls: list[tuple[int, list[tuple[str, pb.AdmitRequest]]]] = []
-    prev = start
-
-    def send(what: str, rcpt: str, at: int) -> None:
-        if not calls or calls[-1][0] != at:
-            calls.append((at, []))
-        calls[-1][1].append((what, template_request(rcpt, at)))
-
-    for rcpt, t in zip(recipients, times, strict=True):
-        if t == 0:
-            send("never", rcpt, prev)
-            continue
-        assert t >= prev, "a plan keeps the list's order"
-        if t > prev:
-            send("early", rcpt, t - 1)
-        send("admit", rcpt, t)
-        prev = t
-    for _, part in calls:
-        got: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
-            pb.AdmitBatchRequest(requests=[r for _, r in part])
-        )
-        for (what, req), res in zip(part, got.responses, strict=True):
-            admitted = res.decision == pb.DECISION_ADMIT
-            assert admitted == (what == "admit"), (what, req, res)
 
 
 async def send_at(
@@ -67,6 +47,8 @@ def profile(tmp_path: Path, extends: str, rules: str = "") -> str:
 
 
 WARM = "[warmup]\nenabled = true\n"
+#: A ladder of small limits (legacy-2x's upgrades: twice the limit, cumulative).
+SMALL = '[tiers]\nladder = ["TIER_50", "TIER_250", "TIER_1K"]\nstarting = "TIER_250"\n'
 
 
 @pytest.mark.parametrize(("extends", "tier"), [("meta-2025", "TIER_2K"), ("meta-2024", "TIER_1K")])
@@ -92,7 +74,7 @@ def test_the_next_warm_up_step_raises_the_cap_in_the_plan(
             step = T0 + 12 * HOUR
             assert times[100] == step and all(step <= t < step + 60_000 for t in times[100:])
             assert res.limit_reached_at_unix_ms > 0
-            await replay(h, recipients, times, T0)
+            await replay(h, recipients, times, T0, per_time=True)
 
     body()
 
@@ -120,7 +102,7 @@ def test_a_recorded_tier_raise_takes_effect_in_the_plan_when_due(tmp_path: Path)
             assert res.admissible_now == 0 and times[0] == due
             assert all(due <= t < due + 60_000 for t in times)
             assert [x.limit for x in res.hours] == [1000]
-            await replay(h, recipients, times, T0)
+            await replay(h, recipients, times, T0, per_time=True)
 
     body()
 
@@ -149,7 +131,29 @@ def test_a_tier_raise_the_plan_itself_causes_takes_effect_when_due(
             # the slots of the first sends free only after their minute has passed
             assert times[250] < T0 - T0 % 60_000 + 60_000 + DAY
             assert [x.limit for x in res.hours][-1] == 1000
-            await replay(h, recipients, times, T0)
+            await replay(h, recipients, times, T0, per_time=True)
+
+    body()
+
+
+def test_a_raise_waits_for_the_time_in_tier(tmp_path: Path) -> None:
+    """legacy-2x (twice the limit, cumulative; no delay, 48 h in tier) on a ladder of
+    50 → 250: the tier was lowered to 50 20 h ago; the plan's second 50 meet the
+    threshold a day later, and the raise waits for 48 h in tier, 28 h from now."""
+    config = make_config(profile=profile(tmp_path, "legacy-2x", SMALL))
+
+    @run_async
+    async def body() -> None:
+        async with serving(config) as h:
+            lowered = pb.SenderUpdate(sender_id=SENDER, tier="TIER_50", at_unix_ms=T0 - 20 * HOUR)
+            await h.stub.RecordFeedback(pb.RecordFeedbackRequest(sender_update=lowered))
+            recipients = numbers(200)
+            res = await plan(h, recipients)
+            times = list(res.earliest_at_unix_ms)
+            assert res.admissible_now == 50 and DAY < times[50] - T0 < DAY + 60_000
+            assert times[100] == T0 + 28 * HOUR
+            assert [x.limit for x in res.hours] == [50, 50, 250]
+            await replay(h, recipients, times, T0, per_time=True)
 
     body()
 
@@ -164,7 +168,7 @@ def test_a_predicting_profile_never_anticipates_a_raise(tmp_path: Path) -> None:
             res = await plan(h, recipients)
             times = list(res.earliest_at_unix_ms)
             assert times[250] > T0 + DAY and [x.limit for x in res.hours][-1] == 250
-            await replay(h, recipients, times, T0)
+            await replay(h, recipients, times, T0, per_time=True)
 
     run_async(body)()
 
@@ -180,14 +184,21 @@ def test_a_predicting_profile_never_anticipates_a_raise(tmp_path: Path) -> None:
     n=st.integers(1, 400),
     mps=st.sampled_from([3, 40]),
     age_h=st.integers(6 * 24, 8 * 24),
+    rules=st.sampled_from([("meta-2024", WARM), ("legacy-2x", WARM + SMALL)]),
 )
 def test_plans_over_tier_raises_and_warm_up_steps_are_admitted_as_planned(
-    tmp_path: Path, earlier: int, earlier_at: int, n: int, mps: int, age_h: int
+    tmp_path: Path,
+    earlier: int,
+    earlier_at: int,
+    n: int,
+    mps: int,
+    age_h: int,
+    rules: tuple[str, str],
 ) -> None:
-    """meta-2024 with warm-up, small lists after earlier traffic: the plan's times are
-    AdmitBatch's."""
+    """Profiles that apply upgrades, with warm-up; small lists after earlier traffic:
+    the plan's times are AdmitBatch's."""
     config = make_config(
-        profile=profile(tmp_path, "meta-2024", WARM),
+        profile=profile(tmp_path, *rules),
         senders=(sender(throughput_mps=mps, registered_at_unix_ms=T0 - age_h * HOUR),),
     )
 
@@ -198,6 +209,6 @@ def test_plans_over_tier_raises_and_warm_up_steps_are_admitted_as_planned(
                 await send_at(h, numbers(earlier, 5000), at, gap=500, all_go=False)
             recipients = numbers(n)
             res = await plan(h, recipients)
-            await replay(h, recipients, list(res.earliest_at_unix_ms), T0)
+            await replay(h, recipients, list(res.earliest_at_unix_ms), T0, per_time=True)
 
     run_async(body)()

@@ -128,7 +128,7 @@ class Ahead:
         other = -1
         for s in live.senders:
             c = copy.copy(s)
-            c.scope = sc
+            c.scope, c.flags, c.limits = sc, list(s.flags), list(s.limits)
             if s is sender:
                 c.engine_index = number
                 self.sender = c
