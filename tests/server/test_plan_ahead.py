@@ -2,9 +2,10 @@
 warm-up step, a tier raise already recorded, and a tier raise the plan's own sends
 cause (meta-2024: the next tier 24 h after the threshold) take effect in the plan
 when they would live. Each plan is replayed with AdmitBatch, each recipient at its
-planned time (one call per time, as a gateway sends): it is admitted exactly then
-and refused a millisecond earlier where it waited, so a recipient planned earlier
-or later than tiergate then admits it fails."""
+planned time (in calls of up to 1 000 requests spanning days, or one call per time
+as a gateway sends): it is admitted exactly then and refused a millisecond earlier
+where it waited, so a recipient planned earlier or later than tiergate then admits
+it fails."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_the_next_warm_up_step_raises_the_cap_in_the_plan(
             step = T0 + 12 * HOUR
             assert times[100] == step and all(step <= t < step + 60_000 for t in times[100:])
             assert res.limit_reached_at_unix_ms > 0
-            await replay(h, recipients, times, T0, per_time=True)
+            await replay(h, recipients, times, T0, per_time=False)
 
     body()
 
@@ -102,14 +103,14 @@ def test_a_recorded_tier_raise_takes_effect_in_the_plan_when_due(tmp_path: Path)
             assert res.admissible_now == 0 and times[0] == due
             assert all(due <= t < due + 60_000 for t in times)
             assert [x.limit for x in res.hours] == [1000]
-            await replay(h, recipients, times, T0, per_time=True)
+            await replay(h, recipients, times, T0, per_time=False)
 
     body()
 
 
-@pytest.mark.parametrize("mps", [5, 80])
+@pytest.mark.parametrize(("mps", "per_time"), [(5, False), (80, True)])
 def test_a_tier_raise_the_plan_itself_causes_takes_effect_when_due(
-    tmp_path: Path, mps: int
+    tmp_path: Path, mps: int, per_time: bool
 ) -> None:
     """meta-2024, 250 a day, 124 unique recipients in the last 7 days: the plan's first
     send meets the threshold, so the 1 000 tier applies 24 h later, before the
@@ -131,7 +132,7 @@ def test_a_tier_raise_the_plan_itself_causes_takes_effect_when_due(
             # the slots of the first sends free only after their minute has passed
             assert times[250] < T0 - T0 % 60_000 + 60_000 + DAY
             assert [x.limit for x in res.hours][-1] == 1000
-            await replay(h, recipients, times, T0, per_time=True)
+            await replay(h, recipients, times, T0, per_time=per_time)
 
     body()
 
@@ -168,7 +169,7 @@ def test_a_predicting_profile_never_anticipates_a_raise(tmp_path: Path) -> None:
             res = await plan(h, recipients)
             times = list(res.earliest_at_unix_ms)
             assert times[250] > T0 + DAY and [x.limit for x in res.hours][-1] == 250
-            await replay(h, recipients, times, T0, per_time=True)
+            await replay(h, recipients, times, T0, per_time=False)
 
     run_async(body)()
 
@@ -185,6 +186,7 @@ def test_a_predicting_profile_never_anticipates_a_raise(tmp_path: Path) -> None:
     mps=st.sampled_from([3, 40]),
     age_h=st.integers(6 * 24, 8 * 24),
     rules=st.sampled_from([("meta-2024", WARM), ("legacy-2x", WARM + SMALL)]),
+    per_time=st.booleans(),
 )
 def test_plans_over_tier_raises_and_warm_up_steps_are_admitted_as_planned(
     tmp_path: Path,
@@ -194,6 +196,7 @@ def test_plans_over_tier_raises_and_warm_up_steps_are_admitted_as_planned(
     mps: int,
     age_h: int,
     rules: tuple[str, str],
+    per_time: bool,
 ) -> None:
     """Profiles that apply upgrades, with warm-up; small lists after earlier traffic:
     the plan's times are AdmitBatch's."""
@@ -209,6 +212,6 @@ def test_plans_over_tier_raises_and_warm_up_steps_are_admitted_as_planned(
                 await send_at(h, numbers(earlier, 5000), at, gap=500, all_go=False)
             recipients = numbers(n)
             res = await plan(h, recipients)
-            await replay(h, recipients, list(res.earliest_at_unix_ms), T0, per_time=True)
+            await replay(h, recipients, list(res.earliest_at_unix_ms), T0, per_time=per_time)
 
     run_async(body)()
