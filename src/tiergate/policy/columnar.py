@@ -196,7 +196,7 @@ def decisions(st: PolicyState, r: Items, now_ms: int) -> Steps[ColumnsResult]:
         repeated
         or high >= st.next_due
         or r.dry_runs is not None
-        or (rise and high - min(r.at) >= rise)
+        or (rise and high - _earliest(r, now_ms) >= rise)
     ):
         return (yield from _decide_in_parts(st, r, now_ms, objs))
     out, high, unknown = yield from _decide_rows(st, r, now_ms, objs, skip, hits)
@@ -279,6 +279,15 @@ def _rise_delay(st: PolicyState, r: Items) -> int:
     if st.request_clock and len(r.at) and p.upgrade_mode == "apply":
         return max(1, p.upgrade_delay_ms)
     return 0
+
+
+def _earliest(r: Items, now_ms: int) -> int:
+    """No later than the earliest time an item of ``r`` (with times) is decided at:
+    an item without one takes a latest time, no earlier than ``now_ms``."""
+    lo = min(r.at)
+    if lo > 0:
+        return lo
+    return min([now_ms, *(a for a in r.at if a > 0)])
 
 
 def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, high: int) -> int:
