@@ -159,6 +159,34 @@ def test_a_raise_waits_for_the_time_in_tier(tmp_path: Path) -> None:
     body()
 
 
+def test_a_slowed_number_s_recovery_speeds_the_plan_up() -> None:
+    """A 130429 halves a 10 msg/s number's rate for a minute: the plan goes at 5 a
+    second, then at 10 from the minute's end, as the number is admitted."""
+    config = make_config(senders=(sender(throughput_mps=10, tier="TIER_1K"),))
+
+    @run_async
+    async def body() -> None:
+        async with serving(config) as h:
+            sent = await h.stub.Admit(template_request(numbers(1, 900)[0], T0 - 5_000))
+            failed = pb.SendResult(
+                ticket=sent.ticket, status=pb.FAILED, meta_error_code=130429, at_unix_ms=T0
+            )
+            assert (
+                await h.stub.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
+            ).applied
+            recipients = numbers(700)
+            res = await plan(h, recipients)
+            times = list(res.earliest_at_unix_ms)
+            recovered = T0 + 60_000
+            slow = [t for t in times if t < recovered]
+            assert 250 < len(slow) < 310  # 5 a second after the 1 s back-off
+            fast = [t for t in times if t >= recovered + 1_000]
+            assert (fast[-1] - fast[0]) / (len(fast) - 1) == pytest.approx(100, abs=1)
+            await replay(h, recipients, times, T0)
+
+    body()
+
+
 def test_a_predicting_profile_never_anticipates_a_raise(tmp_path: Path) -> None:
     """meta-2025 raises a tier only on Meta's event: a plan waits for the window."""
 

@@ -24,7 +24,7 @@ What time alone changes is applied on the plan's own copy of the sender's limit
 scope and its numbers (:class:`Ahead`), by the tier machine's own statements
 (``tiers.maintain``, ``tiers.check_crossing``) at the times a live decision
 would apply them: a chunk never runs past the next due time, and the copy
-catches up before the first recipient at or after it. So a tier the profile
+catches up at it before the first recipient that cannot go before it. So a tier the profile
 raises (``upgrade_mode = "apply"``: a crossing already recorded, or one the
 plan's own sends make, dated as an admit dates it, due after the profile's
 delay and never before its time in tier), the next warm-up step, a slowed
@@ -317,7 +317,9 @@ class CampaignPlan:
         """Plan the recipients ``able`` (indices into ``keys``), in order, into ``out``.
 
         A chunk ends before the first recipient guessed at or after the copy's next
-        due time; the copy catches up at that recipient's time before it is decided.
+        due time (the guess is never late: it cannot go earlier as things stand); the
+        copy then catches up at the due time, and the recipient is guessed again, no
+        earlier than it, on the state from then on.
         """
         totals, never, back_off, ahead = self.totals, self.totals.never, self.back_off, self.ahead
         pos, m, chunk = 0, len(able), _MIN_CHUNK
@@ -350,8 +352,10 @@ class CampaignPlan:
                     waits = min(waits, j)
                 times[j] = t = g
                 los[j] = lo = (lo if lo > g * 1000 else g * 1000) + interval
-            if not k:
-                self._catch_up(g)
+            if not k:  # not before ``due`` as things stand: from then on as they will be
+                self._catch_up(due)
+                if self.clock < due:
+                    self.clock = due
                 continue
             if k < len(rows):
                 rows, sent, times, los = rows[:k], sent[:k], times[:k], los[:k]
