@@ -131,7 +131,7 @@ def test_a_tier_raise_the_plan_itself_causes_takes_effect_when_due(
             assert times[250] == due
             # the slots of the first sends free only after their minute has passed
             assert times[250] < T0 - T0 % 60_000 + 60_000 + DAY
-            assert [x.limit for x in res.hours][-1] == 1000
+            assert res.hours[-1].limit == 1000
             await replay(h, recipients, times, T0, per_time=per_time)
 
     body()
@@ -182,6 +182,38 @@ def test_a_slowed_number_s_recovery_speeds_the_plan_up() -> None:
             assert 250 < len(slow) < 310  # 5 a second after the 1 s back-off
             fast = [t for t in times if t >= recovered + 1_000]
             assert (fast[-1] - fast[0]) / (len(fast) - 1) == pytest.approx(100, abs=1)
+            await replay(h, recipients, times, T0)
+
+    body()
+
+
+def test_a_long_red_run_s_step_down_takes_effect_in_the_plan(tmp_path: Path) -> None:
+    """meta-2024: 7 Red days cost a tier. A number at 10 000 (1 msg/s), Red for 7 days
+    in 10 minutes: 600 go before the step down to 1 000, 400 more after it, and the
+    rest a day later as the first leave the window."""
+    config = make_config(
+        profile=profile(tmp_path, "meta-2024"),
+        senders=(sender(throughput_mps=1, tier="TIER_10K"),),
+    )
+
+    @run_async
+    async def body() -> None:
+        async with serving(config) as h:
+            red = pb.SenderUpdate(
+                sender_id=SENDER, quality=pb.RED, at_unix_ms=T0 - 7 * DAY + 600_000
+            )
+            assert (
+                await h.stub.RecordFeedback(pb.RecordFeedbackRequest(sender_update=red))
+            ).applied
+            recipients = numbers(1100)
+            res = await plan(h, recipients)
+            times = list(res.earliest_at_unix_ms)
+            down = T0 + 600_000
+            assert sum(t < down for t in times) == 600
+            assert sum(down <= t < T0 + HOUR for t in times) == 400
+            assert min(times[1000:]) > T0 + DAY
+            assert res.hours[0].limit == 10_000
+            assert res.hours[-1].limit == 1000
             await replay(h, recipients, times, T0)
 
     body()
