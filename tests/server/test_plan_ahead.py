@@ -10,6 +10,7 @@ it fails."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,6 +40,12 @@ async def send_at(
     requests = [template_request(r, at + gap * i) for i, r in enumerate(recipients)]
     sent: pb.AdmitBatchResponse = await h.stub.AdmitBatch(pb.AdmitBatchRequest(requests=requests))
     assert not all_go or all(r.decision == pb.DECISION_ADMIT for r in sent.responses)
+
+
+async def told(h: Harness, **event: Any) -> None:
+    """A feedback event (RecordFeedbackRequest's field), applied."""
+    got: pb.RecordFeedbackResponse = await h.stub.RecordFeedback(pb.RecordFeedbackRequest(**event))
+    assert got.applied
 
 
 def profile(tmp_path: Path, extends: str, rules: str = "") -> str:
@@ -147,7 +154,7 @@ def test_a_raise_waits_for_the_time_in_tier(tmp_path: Path) -> None:
     async def body() -> None:
         async with serving(config) as h:
             lowered = pb.SenderUpdate(sender_id=SENDER, tier="TIER_50", at_unix_ms=T0 - 20 * HOUR)
-            await h.stub.RecordFeedback(pb.RecordFeedbackRequest(sender_update=lowered))
+            await told(h, sender_update=lowered)
             recipients = numbers(200)
             res = await plan(h, recipients)
             times = list(res.earliest_at_unix_ms)
@@ -171,9 +178,7 @@ def test_a_slowed_number_s_recovery_speeds_the_plan_up() -> None:
             failed = pb.SendResult(
                 ticket=sent.ticket, status=pb.FAILED, meta_error_code=130429, at_unix_ms=T0
             )
-            assert (
-                await h.stub.RecordFeedback(pb.RecordFeedbackRequest(send_result=failed))
-            ).applied
+            await told(h, send_result=failed)
             recipients = numbers(700)
             res = await plan(h, recipients)
             times = list(res.earliest_at_unix_ms)
@@ -202,9 +207,7 @@ def test_a_long_red_run_s_step_down_takes_effect_in_the_plan(tmp_path: Path) -> 
             red = pb.SenderUpdate(
                 sender_id=SENDER, quality=pb.RED, at_unix_ms=T0 - 7 * DAY + 600_000
             )
-            assert (
-                await h.stub.RecordFeedback(pb.RecordFeedbackRequest(sender_update=red))
-            ).applied
+            await told(h, sender_update=red)
             recipients = numbers(1100)
             res = await plan(h, recipients)
             times = list(res.earliest_at_unix_ms)
