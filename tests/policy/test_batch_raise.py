@@ -18,18 +18,24 @@ from tiergate.policy.service import AdmissionService
 from .helpers import T0, TICKET_KEY, D, add_sender, rcpt
 
 
-def _world(twin: Any, profile: str) -> AdmissionService:
+def _world(twin: Any, profile: str, since: int) -> AdmissionService:
     prof = load_profile(profile)
     engine = twin.Engine(prof.bucket_ms, prof.window_ms, prof.long_bucket_ms, prof.lookback_ms)
     svc = AdmissionService(prof, clock="request", engine=engine, ticket_key=TICKET_KEY)
-    add_sender(svc, "s1", T0 - 3 * D, tier=prof.ladder[0], throughput_mps=1000)
+    add_sender(svc, "s1", since, tier=prof.ladder[0], throughput_mps=1000)
     return svc
 
 
-@pytest.mark.parametrize(("profile", "n"), [("meta-2024", 900), ("legacy-2x", 3200)])
+@pytest.mark.parametrize(
+    ("profile", "n", "since"),
+    [
+        ("meta-2024", 900, T0 - 3 * D),
+        ("legacy-2x", 3200, T0 - 3 * D),
+    ],
+)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_one_batch_across_a_raise_is_decided_as_one_by_one(
-    twin: Any, profile: str, n: int, seed: int
+    twin: Any, profile: str, n: int, since: int, seed: int
 ) -> None:
     rng = random.Random(seed)
     at, reqs = T0, []
@@ -37,7 +43,7 @@ def test_one_batch_across_a_raise_is_decided_as_one_by_one(
         at += rng.randrange(1, 6 * D // n)  # every item at a later time, over about 3 days
         to = rcpt(i if rng.random() < 0.9 else rng.randrange(i + 1))
         reqs.append(AdmitRequest("s1", to, template_id="t", at_unix_ms=at))
-    batch, single = _world(twin, profile), _world(twin, profile)
+    batch, single = _world(twin, profile, since), _world(twin, profile, since)
     got = batch.admit_many(reqs, T0)
     want = [single.admit(r, T0) for r in reqs]
 

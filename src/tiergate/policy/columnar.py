@@ -297,13 +297,14 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
 
     Under the request clock a profile that applies upgrades may raise a tier whose
     threshold an item of the part meets: due after the profile's delay from that
-    item's time (and later than it), so the part also ends before an item at or
-    after ``rise``, the earliest such time, and that item sees the raise."""
+    item's time (and later than it), never before the scope's time in tier, so the
+    part also ends before an item at or after ``rise``, the earliest such time, and
+    that item sees the raise."""
     at = r.at if st.request_clock and len(r.at) else None
     keys, sidx = r.keys, r.sender_index
     dry = r.dry_at(start)
     gathered: set[tuple[str, str]] = set()
-    delay, top = _rise_delay(st, r), st.profile.ladder[-1]
+    delay, top, in_tier = _rise_delay(st, r), st.profile.ladder[-1], st.profile.min_in_tier_ms
     rise = FAR_FUTURE
     for i in range(start, r.n):
         if r.dry_at(i) != dry:
@@ -319,7 +320,7 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
                 return i
             sc = sender.scope
             if sc.crossed_at == NEVER and now + delay < rise and sc.tier != top:
-                rise = now + delay
+                rise = min(rise, max(now + delay, sc.tier_since + in_tier))
         if now >= st.next_due:
             if i > start:
                 return i
