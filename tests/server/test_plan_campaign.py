@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from itertools import groupby
 from pathlib import Path
 
 import grpc
@@ -75,10 +76,12 @@ async def replay(
     *,
     category: pb.Category.ValueType = pb.UTILITY,
     template: str = "t1",
+    per_time: bool = False,
 ) -> None:
     """Send the list in order at its planned times (a recipient that waited is first
     tried a millisecond earlier); every one goes exactly at its time, and the
-    ones planned never are refused."""
+    ones planned never are refused. ``per_time``: one AdmitBatch per time (as a
+    gateway sends), else up to 1 000 requests a call."""
     requests: list[tuple[str, pb.AdmitRequest]] = []
     prev = start
     for rcpt, t in zip(recipients, times, strict=True):
@@ -94,8 +97,10 @@ async def replay(
             requests.append(("early", at(t - 1)))
         requests.append(("admit", at(t)))
         prev = t
-    for i in range(0, len(requests), 1000):
-        part = requests[i : i + 1000]
+    parts = [requests[i : i + 1000] for i in range(0, len(requests), 1000)]
+    if per_time:
+        parts = [list(g) for _, g in groupby(requests, key=lambda r: r[1].at_unix_ms)]
+    for part in parts:
         got: pb.AdmitBatchResponse = await h.stub.AdmitBatch(
             pb.AdmitBatchRequest(requests=[r for _, r in part])
         )

@@ -46,8 +46,8 @@ from .column_checks import AdmitColumns, ColumnsLike, Items, check_columns
 from .column_results import ColumnsResult
 from .keys import KeyMemory, differs
 from .requests import MARKETING, AdmitLike, KeyConflict, KeyRefused, KeyTooLong, check_all
+from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .state import REASONS as SENDER_REASONS
-from .state import LimitScope, PolicyState, Sender
 from .tiers import check_crossing, maintain, prune_reach, recompute_due
 
 if TYPE_CHECKING:
@@ -175,7 +175,8 @@ def decisions(st: PolicyState, r: Items, now_ms: int) -> Steps[ColumnsResult]:
     is bound to before anything is decided (:class:`KeyConflict` names
     ``idempotency_keys[i]``), then the items in one step — or in parts
     (:func:`_decide_in_parts`) when a key repeats inside the batch, time-driven
-    changes fall due at an item's time, or the items' dry runs differ."""
+    changes fall due at an item's time, a raise an item's upgrade crossing makes
+    may (:func:`_rise_delay`), or the items' dry runs differ."""
     if st.alias_table:
         raw = array("Q", r.rkeys)
         if kernels.alias_keys(r.rkeys, st.alias_table):
@@ -190,7 +191,13 @@ def decisions(st: PolicyState, r: Items, now_ms: int) -> Steps[ColumnsResult]:
     if st.due_dirty:
         recompute_due(st)
     high = max(now_ms, r.latest) if st.request_clock else now_ms
-    if repeated or high >= st.next_due or r.dry_runs is not None:
+    rise = _rise_delay(st, r)
+    if (
+        repeated
+        or high >= st.next_due
+        or r.dry_runs is not None
+        or (rise and high - _earliest(r, now_ms) >= rise)
+    ):
         return (yield from _decide_in_parts(st, r, now_ms, objs))
     out, high, unknown = yield from _decide_rows(st, r, now_ms, objs, skip, hits)
     _time_moves(st, r.n - unknown, high)
@@ -264,14 +271,41 @@ def _decide_in_parts(
     return out
 
 
+def _rise_delay(st: PolicyState, r: Items) -> int:
+    """Under the request clock and a profile that applies upgrades, the least time
+    from an item that meets an upgrade threshold to the raise (the profile's delay,
+    at least 1 ms); else 0 (a raise never falls due inside a batch)."""
+    p = st.profile
+    if st.request_clock and len(r.at) and p.upgrade_mode == "apply":
+        return max(1, p.upgrade_delay_ms)
+    return 0
+
+
+def _earliest(r: Items, now_ms: int) -> int:
+    """No later than the earliest time an item of ``r`` (with times) is decided at:
+    an item without one takes a latest time, no earlier than ``now_ms``."""
+    lo = min(r.at)
+    if lo > 0:
+        return lo
+    return min([now_ms, *(a for a in r.at if a > 0)])
+
+
 def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, high: int) -> int:
     """Where the part from item ``start`` ends (see :func:`_decide_in_parts`), for a
     batch whose items before ``start`` brought the latest time to ``high``;
-    applies the time-driven changes due at item ``start``'s time."""
+    applies the time-driven changes due at item ``start``'s time.
+
+    Under the request clock a profile that applies upgrades may raise a tier whose
+    threshold an item of the part meets: due after the profile's delay from that
+    item's time (and later than it), never before the scope's time in tier, so the
+    part also ends before an item at or after ``rise``, the earliest such time, and
+    that item sees the raise."""
     at = r.at if st.request_clock and len(r.at) else None
     keys, sidx = r.keys, r.sender_index
     dry = r.dry_at(start)
     gathered: set[tuple[str, str]] = set()
+    delay, top, in_tier = _rise_delay(st, r), st.profile.ladder[-1], st.profile.min_in_tier_ms
+    rise = FAR_FUTURE
     for i in range(start, r.n):
         if r.dry_at(i) != dry:
             return i
@@ -281,6 +315,12 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
         now = at[i] if at is not None and at[i] > 0 else high
         if now > high:
             high = now
+        if delay:
+            if now >= rise:
+                return i
+            sc = sender.scope
+            if sc.crossed_at == NEVER and now + delay < rise and sc.tier != top:
+                rise = min(rise, max(now + delay, sc.tier_since + in_tier))
         if now >= st.next_due:
             if i > start:
                 return i

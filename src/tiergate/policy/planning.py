@@ -18,24 +18,39 @@ first, in one dry-run batch, and left out.
 
 A restriction of the sender with a known end (Meta's, or the hold after a
 131048) moves the plan's start to that end, as a paused template moves it to
-the pause's end. Otherwise limits, flags and rates are those of the moment the
-plan starts: changes that fall due later (a tier raised by the tier machine,
-the next warm-up step) are not anticipated, so a plan is never early.
+the pause's end.
+
+What time alone changes is applied on the plan's own copy of the sender's limit
+scope and its numbers (:class:`Ahead`), by the tier machine's own statements
+(``tiers.maintain``, ``tiers.check_crossing``) at the times a live decision
+would apply them: a chunk never runs past the next due time, and the copy
+catches up at it before the first recipient that cannot go before it. So a tier the profile
+raises (``upgrade_mode = "apply"``: a crossing already recorded, or one the
+plan's own sends make, dated as an admit dates it, due after the profile's
+delay and never before its time in tier), the next warm-up step, a slowed
+number's recovery and a long Red run's step down all take effect in the plan
+when they would live; a recipient refused before such a change is tried again
+at its due time if that comes before the refusal's retry time. A profile that
+predicts upgrades (``upgrade_mode = "predict"``) raises a tier only on Meta's
+event, so a plan there never anticipates one. On the shared store the tier
+machine does not count admits (docs/redis.md), so neither does a plan there:
+only a crossing already recorded is anticipated. Changes that come from
+Meta's events (a webhook, a sender update) are not anticipated.
 """
 
 from __future__ import annotations
 
+import copy
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import compress
 
-from tiergate.engine import DecisionBatch
+from tiergate.engine import NEVER, DecisionBatch
 from tiergate.engine.columns import kernels
 from tiergate.engine.constants import (
     ADMIT,
     F_DRY_RUN,
-    F_REPLY_RESTRICTED,
     F_RESTRICTED,
     F_TEMPLATE,
     MESSAGING_LIMIT,
@@ -51,10 +66,10 @@ from tiergate.engine.constants import (
 from .admission import BLOCKING, template_state
 from .requests import MARKETING
 from .seam import CountingStore
-from .state import HELD, PolicyState
-from .tiers import number_params
+from .state import HELD, PolicyState, Sender
+from .tiers import catch_up, check_crossing, number_params, recompute_due
 
-__all__ = ["HOUR_MS", "CampaignPlan", "PlanTotals"]
+__all__ = ["HOUR_MS", "Ahead", "CampaignPlan", "PlanTotals"]
 
 HOUR_MS = 3_600_000
 #: Recipients tried per engine call: from the first, doubled while none is
@@ -81,6 +96,86 @@ class PlanTotals:
     never: dict[int, int] = field(default_factory=dict)
     #: Hour start → [sends, unique recipients counted at its last send, limit].
     hours: dict[int, list[int]] = field(default_factory=dict)
+
+
+class Ahead:
+    """A plan's copy of its sender's limit scope and that scope's numbers, on the
+    plan's engine: what time alone changes is applied to it by the tier machine's
+    statements (``tiers.catch_up``, ``tiers.check_crossing``), as the live state
+    would have it applied before a decision at the same time. Nothing of the live
+    state changes: the scope, the numbers and what they hold that those statements
+    change are copies (their journal is off).
+
+    ``remap``: the engine is not a copy of the live one (the shared store's, made for
+    the list): the plan's number is ``number`` there, the scope's other numbers one
+    number added for them.
+    """
+
+    def __init__(
+        self,
+        st: PolicyState,
+        sender: Sender,
+        engine: CountingStore,
+        scope: int,
+        number: int,
+        remap: bool,
+    ) -> None:
+        live = sender.scope
+        sc = copy.copy(live)
+        sc.index = scope
+        sc.reach = dict(live.reach)
+        members: list[Sender] = []
+        other = -1
+        for s in live.senders:
+            c = copy.copy(s)
+            c.scope, c.flags, c.limits = sc, list(s.flags), list(s.limits)
+            if s is sender:
+                c.engine_index = number
+                self.sender = c
+            elif remap:
+                if other < 0:
+                    other = engine.add_number(scope)
+                c.engine_index = other
+            members.append(c)
+        sc.senders = members
+        self.scope = sc
+        self.state = PolicyState(
+            profile=st.profile,
+            engine=engine,
+            keys=st.keys,
+            request_clock=False,
+            journal_on=False,
+            k0=0,
+            k1=0,
+            ticket_key=b"",
+            scopes=[sc],
+            by_index=members,
+        )
+        recompute_due(self.state)
+        p = st.profile
+        #: the plan's own sends may date a crossing whose tier the profile applies
+        #: (the live engine's counts: not on the shared store, whose sidecars' own
+        #: engines count no admits)
+        self.crossings = not remap and p.upgrade_mode == "apply"
+        self.top = p.ladder[-1]
+
+    def catch_up(self, now: int) -> None:
+        """Apply what falls due by ``now`` (``tiers.catch_up``)."""
+        catch_up(self.state, now)
+
+    def decided(self, batch: DecisionBatch, ok: int) -> None:
+        """After a chunk whose first ``ok`` rows were admitted: the scope's clock, and
+        the upgrade threshold's crossing dated by the rows that used a new slot."""
+        sc = self.scope
+        b_now = batch.now
+        last = b_now[batch.decided - 1]
+        if last > sc.last_now:
+            sc.last_now = last
+        if ok and self.crossings and sc.crossed_at == NEVER and sc.tier != self.top:
+            rows = list(compress(range(ok), batch.counted[:ok]))
+            if rows:
+                at = b_now[rows[-1]]
+                check_crossing(self.state, sc, at, (b_now, batch.prev_counted), rows)
 
 
 class CampaignPlan:
@@ -142,12 +237,11 @@ class CampaignPlan:
             self.scope, self.number = scope.index, sender.engine_index
         else:
             self.engine, self.scope, self.number, _ = counting
-        self.flags = sender.flags[category] | F_TEMPLATE
-        if restricted:  # every restriction in force has ended by the start
-            self.flags &= ~(F_RESTRICTED | F_REPLY_RESTRICTED)
-        self.limit = sender.limits[category]
-        interval, burst, _, _ = number_params(st, sender)
-        self.interval, self.tolerance = interval, (burst - 1) * interval
+        self.ahead = Ahead(
+            st, sender, self.engine, self.scope, self.number, remap=counting is not None
+        )
+        # what fell due by the start, applied (every restriction in force has ended)
+        self._catch_up(start)
         if category == MARKETING and st.marketing_back_off:
             self.back_off = {
                 rk: end for (sc, rk), end in st.marketing_back_off.items() if sc == scope.index
@@ -157,6 +251,16 @@ class CampaignPlan:
         p = st.profile
         if any(cat == category for _, cat in p.undeliverable):
             self.undeliverable = (p.undeliverable_table, p.undeliverable_lengths)
+
+    def _catch_up(self, now: int) -> None:
+        """The copy caught up to ``now``: the sender's flags, limit and rates from it."""
+        ahead = self.ahead
+        ahead.catch_up(now)
+        s = ahead.sender
+        self.flags = s.flags[self.category] | F_TEMPLATE
+        self.limit = s.limits[self.category]
+        interval, burst, _, _ = number_params(ahead.state, s)
+        self.interval, self.tolerance = interval, (burst - 1) * interval
 
     def plan(self, rkeys: array[int]) -> array[int]:
         """The earliest time of each recipient (keys, in send order) after the lists
@@ -210,11 +314,17 @@ class CampaignPlan:
         return array("i", compress(range(n), out.translate(_FLIP)))
 
     def _simulate(self, keys: array[int], able: array[int], out: array[int]) -> None:
-        """Plan the recipients ``able`` (indices into ``keys``), in order, into ``out``."""
-        totals, never, back_off = self.totals, self.totals.never, self.back_off
-        interval, tolerance = self.interval, self.tolerance
+        """Plan the recipients ``able`` (indices into ``keys``), in order, into ``out``.
+
+        A chunk ends before the first recipient guessed at or after the copy's next
+        due time (the guess is never late: it cannot go earlier as things stand); the
+        copy then catches up at the due time, and the recipient is guessed again, no
+        earlier than it, on the state from then on.
+        """
+        totals, never, back_off, ahead = self.totals, self.totals.never, self.back_off, self.ahead
         pos, m, chunk = 0, len(able), _MIN_CHUNK
         while pos < m:
+            interval, tolerance, due = self.interval, self.tolerance, ahead.state.next_due
             rows = able[pos : pos + chunk]
             k = len(rows)
             if rows[k - 1] - rows[0] == k - 1:  # consecutive recipients
@@ -230,19 +340,32 @@ class CampaignPlan:
                 g = -((tolerance - lo) // 1000)
                 if g < t:
                     g = t
+                held_back = False
                 if back_off:
                     end = back_off.get(sent[j], 0)
                     if end > g:
-                        g = end
-                        waits = min(waits, j)
+                        g, held_back = end, True
+                if g >= due:  # a change falls due first
+                    k = j
+                    break
+                if held_back:
+                    waits = min(waits, j)
                 times[j] = t = g
                 los[j] = lo = (lo if lo > g * 1000 else g * 1000) + interval
+            if not k:  # not before ``due`` as things stand: from then on as they will be
+                self._catch_up(due)
+                if self.clock < due:
+                    self.clock = due
+                continue
+            if k < len(rows):
+                rows, sent, times, los = rows[:k], sent[:k], times[:k], los[:k]
             b = self._batch(sent, times, self.flags)
             b.halt = True
             self.engine.decide_batch(b)
             d = b.decided
             ok = d if b.decision[d - 1] == ADMIT else d - 1
             self._admitted(rows, times, b.used, ok, out, waits)
+            ahead.decided(b, ok)
             if ok:
                 self.tat_lo = los[ok - 1]
             if ok == d:
@@ -265,7 +388,14 @@ class CampaignPlan:
                 self.held = True
             if reason == MESSAGING_LIMIT and not totals.limit_reached_at:
                 totals.limit_reached_at = tried
-            self.clock = max(self.clock, retry, tried + 1)  # always forward
+            # always forward, but to a change falling due before the retry time (at
+            # once when a crossing of this chunk made it due already)
+            nxt = max(retry, tried + 1)
+            due = ahead.state.next_due
+            if due < nxt:
+                nxt = max(due, tried)
+            if self.clock < nxt:
+                self.clock = nxt
 
     def _admitted(
         self,
@@ -292,9 +422,9 @@ class CampaignPlan:
             t = times[start]
             h = t - t % HOUR_MS
             end = bisect_left(times, h + HOUR_MS, start, ok)
-            entry = hours.setdefault(h, [0, 0, self.limit])
+            entry = hours.setdefault(h, [0, 0, 0])
             entry[0] += end - start
-            entry[1] = used[end - 1]
+            entry[1], entry[2] = used[end - 1], self.limit
             start = end
         self.clock = totals.completes_at = times[ok - 1]
         if not self.held:
