@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
+import signal
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,14 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from policy.helpers import T0, S, add_sender, rcpt, req, service
 
-from tiergate.engine.constants import ADMIT, TEMPLATE_PAUSED
+from tiergate.engine.constants import ADMIT, RETRY_LATER, TEMPLATE_PAUSED
 from tiergate.policy import events as ev
-from tiergate.policy.answers import AdmitResult
+from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
 from tiergate.policy.columnar import AdmitColumns, admit_columns
 from tiergate.policy.requests import AdmitRequest, KeyConflict, check_one, well_formed
 from tiergate.policy.service import AdmissionService
 from tiergate.store.shared import SharedAdmission
 
+from .redis_harness import RedisProcess
 from .test_redis_columns import _columns, _shared
 
 pytestmark = pytest.mark.redis
@@ -308,3 +312,41 @@ def test_two_sidecars_answer_keyed_batches_as_one(redis_url: str, walk: list[Any
             assert [bool(t) for t in got[7]] == [bool(t) for t in want[7]]
 
     _run(redis_url, body)
+
+
+@pytest.mark.parametrize("failure", ["closed", "open"])
+def test_a_keyed_batch_while_redis_does_not_answer(spare_redis: RedisProcess, failure: str) -> None:
+    """Redis stopped (SIGSTOP: nothing answered): a batch with keys waits for Redis
+    once (its keys' read), not again for its decide calls, and answers as
+    ``--store-failure`` says within a second; Redis back, the keys are read again."""
+    (_, svc, _), senders = _trio()
+    sid = senders[0]
+
+    async def main() -> None:
+        shared = await _shared(spare_redis.url, svc, failure)
+        shared.counting.timeout = 0.5
+        assert spare_redis.proc is not None
+        pid = spare_redis.proc.pid
+        try:
+            reqs = [req(sid, rcpt(i), T0 + i, key=f"order-{i}") for i in range(3)]
+            reqs.append(req(sid, rcpt(0), T0 + 3, key="order-0"))  # a repeat: in parts
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                trips, started = shared.counting.round_trips, time.monotonic()
+                got = await shared.admit_many(reqs, T0)
+                assert time.monotonic() - started < 1.0
+                assert shared.counting.round_trips == trips + 1 and not shared.available
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            if failure == "closed":
+                assert {(r.decision, r.detail) for r in got} == {(RETRY_LATER, UNAVAILABLE_DETAIL)}
+            else:
+                assert [r.decision for r in got[:3]] == [ADMIT] * 3
+            trips = shared.counting.round_trips
+            again = await shared.admit_many([req(sid, rcpt(5), T0 + S, key="order-5")], T0 + S)
+            assert again[0].decision == ADMIT and shared.available
+            assert shared.counting.round_trips >= trips + 2  # the read, then the decide
+        finally:
+            await shared.aclose()
+
+    asyncio.run(main())

@@ -39,8 +39,7 @@ import logging
 import secrets
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from tiergate.engine import DecisionBatch
 from tiergate.engine.columns import kernels
@@ -50,7 +49,9 @@ from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
 from tiergate.policy.columnar import (
     ColumnsLike,
     ColumnsResult,
+    KeyRead,
     Step,
+    Steps,
     admit_columns_steps,
     admit_requests_steps,
     run_async,
@@ -83,6 +84,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
 Change = Callable[[], Awaitable[object]]
@@ -234,20 +237,37 @@ class SharedAdmission:
         """Validate every request (an error names ``requests[i].<field>``), then decide
         them in order through the columns (``policy.columnar``), each step's rows in
         Redis in one round trip (:meth:`_decide_step`)."""
-        steps = admit_requests_steps(self.service.state, reqs, now_ms, remote=True)
-        return await run_async(steps, self._decide_step, partial(read_batch_keys, self))
+        return await self._steps(
+            admit_requests_steps(self.service.state, reqs, now_ms, remote=True)
+        )
 
     async def admit_columns(self, req: ColumnsLike, now_ms: int) -> ColumnsResult:
         """AdmitColumns: every column validated, then the items decided in order as
         :meth:`admit_many` decides them."""
-        steps = admit_columns_steps(self.service.state, req, now_ms, remote=True)
-        return await run_async(steps, self._decide_step, partial(read_batch_keys, self))
+        return await self._steps(admit_columns_steps(self.service.state, req, now_ms, remote=True))
 
-    async def _decide_step(self, step: Step) -> None:
+    async def _steps(self, steps: Steps[T]) -> T:
+        """A batch's ``steps`` driven in Redis: the keys this process holds no answer
+        for read first (``shared_keys.read_batch_keys``), then each step's rows
+        (:meth:`_decide_step`). A read that finds Redis gone leaves it unasked for the
+        rest of the call (one bounded wait per call, as for a lone request)."""
+        gone: list[KeyRead] = []
+
+        async def read(ask: KeyRead) -> None:
+            if not await read_batch_keys(self, ask):
+                gone.append(ask)
+
+        def decide(step: Step) -> Awaitable[None]:
+            return self._decide_step(step, bool(gone))
+
+        return await run_async(steps, decide, read)
+
+    async def _decide_step(self, step: Step, gone: bool = False) -> None:
         """Steps 4–9 of a columnar step's rows in Redis: one function call per limit
         scope, all in one round trip. The rows whose scope Redis could not be asked
-        about get what ``--store-failure`` says (as :meth:`_unavailable` gives one
-        request): RETRY_LATER "store unavailable", or this process's engine's answer."""
+        about (all of them when ``gone``: the call found it gone already) get what
+        ``--store-failure`` says (as :meth:`_unavailable` gives one request):
+        RETRY_LATER "store unavailable", or this process's engine's answer."""
         batch, rows, items, out = step
         st = self.service.state
         keys: list[str] = []
@@ -257,6 +277,8 @@ class SharedAdmission:
             keys = [f"{names[sidx[i]]}:{ikeys[i]}" if ikeys[i] else "" for i in rows]
             bindings = [item_binding(items, i) if ikeys[i] else "" for i in rows]
         try:
+            if gone:
+                raise StoreUnavailableError("store unavailable: not asked again")
             if st.unreconciled:  # (the admits kept while Redis was gone go first)
                 await self.reconcile()
             undecided = await self.counting.decide_batch(

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-async def read_batch_keys(shared: SharedAdmission, ask: KeyRead) -> None:
+async def read_batch_keys(shared: SharedAdmission, ask: KeyRead) -> bool:
     """Before a batch checks or decides anything: what Redis holds for the keys of
     its items this process holds no answer for (bound at another sidecar, or here
     before a restart), in one round trip, remembered here as the first admits
@@ -51,7 +51,8 @@ async def read_batch_keys(shared: SharedAdmission, ask: KeyRead) -> None:
     would: a repeat answers its first admit (even where steps 1–3 would refuse
     it now), a key bound to another request refuses the batch whole before any
     part of it is decided. Scopes Redis cannot be asked about read nothing: their
-    items are decided as ``--store-failure`` says."""
+    items are decided as ``--store-failure`` says. False when Redis could be asked
+    about none."""
     st = shared.service.state
     r = ask.items
     wanted: dict[str, tuple[ScopeSpec, dict[str, tuple[Sender, int, int]]]] = {}
@@ -66,11 +67,13 @@ async def read_batch_keys(shared: SharedAdmission, ask: KeyRead) -> None:
         got = await shared.counting.read_keys([(spec, list(names)) for spec, names in groups])
     except StoreUnavailableError:
         shared.available = False
-        return
+        return False
+    read = False
     for (_, names), held in zip(groups, got, strict=True):
         if isinstance(held, StoreUnavailableError):
             shared.available = False
             continue
+        read = True
         for (sender, i, now), h in zip(names.values(), held, strict=True):
             key = r.keys[i]
             if h is not None and KeyMemory.lookup(sender, key, now) is None:
@@ -78,6 +81,7 @@ async def read_batch_keys(shared: SharedAdmission, ask: KeyRead) -> None:
                 request = rec.bind(r.rkeys[i], r.kinds[i], r.categories[i])
                 tpl = r.templates[t - 1] if t else ""
                 st.keys.remember(sender, key, first_admit(st, h, sender, now, request, tpl))
+    return read
 
 
 def first_admit(
