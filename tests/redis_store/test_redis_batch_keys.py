@@ -274,16 +274,10 @@ calls = st.lists(
 )
 
 
-@settings(
-    max_examples=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(walk=calls)
-def test_two_sidecars_answer_keyed_batches_as_one(redis_url: str, walk: list[Any]) -> None:
-    """Batches and columns with keys repeated, sent to A or B as hypothesis picks, the
-    template paused and unpaused between them: the answers (but the tickets' text)
-    and refusals of one embedded service taking them all in order."""
+def _walk(url: str, walk: list[Any]) -> None:
+    """``walk``'s calls, each to A or B (as batches or columns), the template's status
+    told to every service before it: the answers (but the tickets' text) and
+    refusals of one embedded service taking them all in order."""
 
     async def body(embedded: AdmissionService, ab: Sidecars, senders: list[str]) -> None:
         at = T0
@@ -311,7 +305,33 @@ def test_two_sidecars_answer_keyed_batches_as_one(redis_url: str, walk: list[Any
             assert got[:7] == want[:7] and got[8] == want[8]
             assert [bool(t) for t in got[7]] == [bool(t) for t in want[7]]
 
-    _run(redis_url, body)
+    _run(url, body)
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(walk=calls)
+def test_two_sidecars_answer_keyed_batches_as_one(redis_url: str, walk: list[Any]) -> None:
+    """Batches and columns with keys repeated, sent to A or B as hypothesis picks, the
+    template paused and unpaused between them: the answers (but the tickets' text)
+    and refusals of one embedded service taking them all in order."""
+    _walk(redis_url, walk)
+
+
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(walk=calls)
+def test_two_sidecars_answer_keyed_batches_as_one_on_a_cluster(
+    redis_cluster: str, walk: list[Any]
+) -> None:
+    """The same on a three-master Cluster (the two portfolios' keys on their slots)."""
+    _walk(redis_cluster, walk)
 
 
 @pytest.mark.parametrize("failure", ["closed", "open"])

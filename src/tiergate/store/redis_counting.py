@@ -92,6 +92,8 @@ _OPERATIONS = (
 )
 #: Bytes of a key's first admit in Redis (``ANSWER`` in the Lua); its binding follows.
 _KEY_RECORD = 37
+#: That first admit's answer (``ANSWER`` in the Lua): decision, reason, retry_at,
+#: counted, used, prev_counted, slot time, slot generation.
 _ANSWER = struct.Struct(">bbqbqqqh")
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
