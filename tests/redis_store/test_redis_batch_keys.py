@@ -308,11 +308,11 @@ def _walk(url: str, walk: list[Any]) -> None:
     _run(url, body)
 
 
-@settings(
-    max_examples=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+#: The walks' settings (a Redis fixture per test, not per example: fresh senders each).
+WALK = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings(WALK, max_examples=20)
 @given(walk=calls)
 def test_two_sidecars_answer_keyed_batches_as_one(redis_url: str, walk: list[Any]) -> None:
     """Batches and columns with keys repeated, sent to A or B as hypothesis picks, the
@@ -321,11 +321,7 @@ def test_two_sidecars_answer_keyed_batches_as_one(redis_url: str, walk: list[Any
     _walk(redis_url, walk)
 
 
-@settings(
-    max_examples=5,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(WALK, max_examples=5)
 @given(walk=calls)
 def test_two_sidecars_answer_keyed_batches_as_one_on_a_cluster(
     redis_cluster: str, walk: list[Any]
