@@ -13,6 +13,8 @@ over the rounds (of each rate, and of each round's ratio):
   decision from ``INFO cpu`` (used_cpu_user + used_cpu_sys) around each run,
   and from ``INFO commandstats`` the share of the function's time spent in the
   Redis commands it calls (the rest is its Lua);
+* AdmitBatch(1000) on Redis again, every item under a new idempotency key: the
+  batch reads its keys (the read-only function ``keys``) before it decides;
 * two sidecars against the same Redis, each in its own process with its own
   client sending AdmitBatch(1000) for its own recipients at the same time: the
   aggregate decisions/s (all decisions over the span from the first start to
@@ -74,8 +76,9 @@ def _config(store: StoreLocation) -> cfg.ServeConfig:
     )
 
 
-def _request(i: int) -> pb.AdmitRequest:
+def _request(i: int, keyed: bool = False) -> pb.AdmitRequest:
     return pb.AdmitRequest(
+        idempotency_key=f"order-{i}" if keyed else "",
         sender_id=SENDER,
         recipient=f"+1415{i:07d}",
         kind=pb.TEMPLATE,
@@ -121,18 +124,24 @@ async def _inner_share(client: Any) -> float:
 
 
 async def batch(
-    url: str, client: Any, n: int, offset: int, stamps: dict[str, float] | None = None
+    url: str,
+    client: Any,
+    n: int,
+    offset: int,
+    stamps: dict[str, float] | None = None,
+    keyed: bool = False,
 ) -> tuple[float, float, float]:
-    """AdmitBatch(1000) through a sidecar on Redis: (decisions/s, Redis CPU µs each,
-    the share of the function's time in the Redis commands it called); the wall
-    clock's start and end go into ``stamps``."""
+    """AdmitBatch(1000) through a sidecar on Redis (``keyed``: each item under a new
+    idempotency key): (decisions/s, Redis CPU µs each, the share of the function's
+    time in the Redis commands it called); the wall clock's start and end go into
+    ``stamps``."""
     sidecar = Sidecar(_config(parse_store(url)))
     await sidecar.start()
     channel = grpc.aio.insecure_channel(f"{_common.LOOPBACK}:{sidecar.port}")
     stub = pb_grpc.AdmissionControlStub(channel)
     try:
         calls = [
-            pb.AdmitBatchRequest(requests=[_request(offset + at + j) for j in range(1000)])
+            pb.AdmitBatchRequest(requests=[_request(offset + at + j, keyed) for j in range(1000)])
             for at in range(0, n, 1000)
         ]
         await client.config_resetstat()
@@ -204,11 +213,12 @@ async def run(port: int, n_unary: int, n_batch: int, rounds: int) -> dict[str, A
 
     url = f"redis://{_common.LOOPBACK}:{port}"
     client = aioredis.Redis(host=_common.LOOPBACK, port=port)
-    out: dict[str, list[float]] = {k: [] for k in ("embedded", "redis", "batch", "zset", "two")}
-    cpu: dict[str, list[float]] = {"batch": [], "zset": []}
+    names = ("embedded", "redis", "batch", "zset", "two", "batch_keyed")
+    out: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {"batch": [], "zset": [], "batch_keyed": []}
     shares: list[float] = []
     for r in range(rounds):
-        base = r * (2 * n_unary + 4 * n_batch)
+        base = r * (2 * n_unary + 5 * n_batch)
         out["embedded"].append(await unary(EMBEDDED, n_unary, base))
         out["redis"].append(await unary(parse_store(url), n_unary, base + n_unary))
         rate, us, share = await batch(url, client, n_batch, base + 2 * n_unary)
@@ -220,6 +230,11 @@ async def run(port: int, n_unary: int, n_batch: int, rounds: int) -> dict[str, A
         cpu["zset"].append(us)
         # (blocking: the two processes run while this loop waits for them)
         out["two"].append(two_sidecars(url, n_batch, base + 2 * n_unary + 2 * n_batch))
+        rate, us, _ = await batch(
+            url, client, n_batch, base + 2 * n_unary + 4 * n_batch, None, True
+        )
+        out["batch_keyed"].append(rate)
+        cpu["batch_keyed"].append(us)
     await client.aclose()
 
     def ratio(a: list[float], b: list[float]) -> float:
@@ -232,6 +247,7 @@ async def run(port: int, n_unary: int, n_batch: int, rounds: int) -> dict[str, A
         "batch_over_zset": ratio(out["batch"], out["zset"]),
         "cpu_batch_over_zset": ratio(cpu["batch"], cpu["zset"]),
         "two_sidecars_over_one": ratio(out["two"], out["batch"]),
+        "keyed_batch_over_batch": ratio(out["batch_keyed"], out["batch"]),
         "function_share_in_commands": round(statistics.median(shares), 3),
         "targets": {
             "unary_redis_over_embedded": 0.7,
@@ -275,6 +291,11 @@ def main() -> None:
             ("AdmitBatch(1000), --store redis", round(d["batch"]), round(c["batch"], 2)),
             ("sorted-set + Lua, EVALSHA x1000", round(d["zset"]), round(c["zset"], 2)),
             ("two sidecars, AdmitBatch(1000), together", round(d["two"]), "-"),
+            (
+                "AdmitBatch(1000), a new key each, --store redis",
+                round(d["batch_keyed"]),
+                round(c["batch_keyed"], 2),
+            ),
         ],
     )
     print(
@@ -282,6 +303,7 @@ def main() -> None:
         f"AdmitBatch / zset script: {res['batch_over_zset']} (target 4); "
         f"Redis CPU per decision, AdmitBatch / zset script: {res['cpu_batch_over_zset']} "
         f"(target 0.333); two sidecars / one: {res['two_sidecars_over_one']}; "
+        f"AdmitBatch with keys / without: {res['keyed_batch_over_batch']}; "
         f"share of the function's time in the commands it calls: "
         f"{res['function_share_in_commands']}"
     )

@@ -46,11 +46,12 @@ def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
 
     store = read(tmp_path / "redis_store.json")
     rates = store["decisions_per_s"]
-    assert set(rates) == {"embedded", "redis", "batch", "zset", "two"}
+    assert set(rates) == {"embedded", "redis", "batch", "zset", "two", "batch_keyed"}
     assert all(v > 0 for v in rates.values())
     assert all(len(v) == store["rounds"] == 1 for v in store["all"].values())
     assert store["batch_over_zset"] == round(rates["batch"] / rates["zset"], 3)
     assert store["redis_cpu_us_per_decision"]["batch"] > 0
+    assert store["keyed_batch_over_batch"] == round(rates["batch_keyed"] / rates["batch"], 3)
     assert 0 < store["function_share_in_commands"] < 1
     assert "two sidecars, AdmitBatch(1000), together" in proc.stdout
     assert "caveat:" in proc.stdout

@@ -12,7 +12,10 @@ The decision is written once, as generators of :class:`Step`: each yields the
 rows the counting state decides (a ``DecisionBatch``'s inputs) and resumes
 once its outputs are filled. :func:`run` fills them with the engine's one
 synchronous ``decide_batch`` call (the embedded store); :func:`run_async`
-awaits a decider (the shared store, ``store/shared.py``: Redis).
+awaits a decider (the shared store, ``store/shared.py``: Redis). Steps made
+for a store that others share (``remote``) first yield a :class:`KeyRead`: the
+batch's keys this process holds no answer for, which the driver looks up in
+the store and remembers before anything is checked or decided.
 
 Every batch of more than one request is decided here; a lone request takes
 the scalar path (``admission.admit_checked``) to the same answers, counts,
@@ -44,7 +47,7 @@ from .admission import BLOCKING, check_key_room, template_state
 from .answers import META_ERROR, META_TEMPLATE_MISSING, AdmitResult
 from .column_checks import AdmitColumns, ColumnsLike, Items, check_columns
 from .column_results import ColumnsResult
-from .keys import KeyMemory, differs
+from .keys import KeyMemory, KeyRead, differs, unheld_keys
 from .requests import MARKETING, AdmitLike, KeyConflict, KeyRefused, KeyTooLong, check_all
 from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .state import REASONS as SENDER_REASONS
@@ -57,6 +60,7 @@ __all__ = [
     "AdmitColumns",
     "ColumnsLike",
     "ColumnsResult",
+    "KeyRead",
     "Step",
     "admit_columns",
     "admit_columns_steps",
@@ -95,7 +99,7 @@ class Step(NamedTuple):
 
 
 #: A decision written once (see the module docstring): yields its steps, returns ``T``.
-Steps = Generator[Step, None, T]
+Steps = Generator[Step | KeyRead, None, T]
 
 
 def run(steps: Steps[T], decide_batch: Callable[[DecisionBatch], object]) -> T:
@@ -103,20 +107,31 @@ def run(steps: Steps[T], decide_batch: Callable[[DecisionBatch], object]) -> T:
     try:
         step = next(steps)
         while True:
-            decide_batch(step.batch)
+            if isinstance(step, Step):
+                decide_batch(step.batch)
             step = next(steps)
     except StopIteration as done:
         result: T = done.value
         return result
 
 
-async def run_async(steps: Steps[T], decide_rows: Callable[[Step], Awaitable[object]]) -> T:
-    """``steps`` decided by awaiting ``decide_rows`` for each (the shared store's). A
-    key ``decide_rows`` refuses (:class:`KeyRefused` naming the step's item) goes
-    into the steps, which name it as the request's item."""
+async def run_async(
+    steps: Steps[T],
+    decide_rows: Callable[[Step], Awaitable[object]],
+    read_keys: Callable[[KeyRead], Awaitable[object]] | None = None,
+) -> T:
+    """``steps`` decided by awaiting ``decide_rows`` for each (the shared store's), and
+    their keys read by awaiting ``read_keys`` (each :class:`KeyRead`). A key
+    ``decide_rows`` refuses (:class:`KeyRefused` naming the step's item) goes into
+    the steps, which name it as the request's item."""
     try:
         step = next(steps)
         while True:
+            if isinstance(step, KeyRead):
+                if read_keys is not None:
+                    await read_keys(step)
+                step = next(steps)
+                continue
             try:
                 await decide_rows(step)
             except KeyRefused as e:
@@ -138,12 +153,15 @@ def admit_columns(service: AdmissionService, req: ColumnsLike, now_ms: int) -> C
     return run(admit_columns_steps(st, req, now_ms), st.engine.decide_batch)
 
 
-def admit_columns_steps(st: PolicyState, req: ColumnsLike, now_ms: int) -> Steps[ColumnsResult]:
-    """:func:`admit_columns`, its rows decided by whoever drives it (:func:`run`)."""
+def admit_columns_steps(
+    st: PolicyState, req: ColumnsLike, now_ms: int, *, remote: bool = False
+) -> Steps[ColumnsResult]:
+    """:func:`admit_columns`, its rows decided by whoever drives it (:func:`run`);
+    ``remote``: its keys read first (:class:`KeyRead`)."""
     r = check_columns(req)
     if r.n == 0:
         return ColumnsResult.empty(0)
-    return (yield from decisions(st, r, now_ms))
+    return (yield from decisions(st, r, now_ms, remote))
 
 
 def admit_requests(st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int) -> list[AdmitResult]:
@@ -153,14 +171,15 @@ def admit_requests(st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int) -> l
 
 
 def admit_requests_steps(
-    st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int
+    st: PolicyState, reqs: Sequence[AdmitLike], now_ms: int, *, remote: bool = False
 ) -> Steps[list[AdmitResult]]:
-    """:func:`admit_requests`, its rows decided by whoever drives it (:func:`run`)."""
+    """:func:`admit_requests`, its rows decided by whoever drives it (:func:`run`);
+    ``remote``: its keys read first (:class:`KeyRead`)."""
     r = Items.from_checked(check_all(reqs))
     if r.n == 0:
         return []
     try:
-        out = yield from decisions(st, r, now_ms)
+        out = yield from decisions(st, r, now_ms, remote)
     except KeyRefused as e:
         raise e.at(f"requests[{e.item}].idempotency_key") from None
     senders, sidx, templates, tidx = r.senders, r.sender_index, r.templates, r.template_index
@@ -170,13 +189,14 @@ def admit_requests_steps(
     ]
 
 
-def decisions(st: PolicyState, r: Items, now_ms: int) -> Steps[ColumnsResult]:
+def decisions(st: PolicyState, r: Items, now_ms: int, remote: bool = False) -> Steps[ColumnsResult]:
     """Decide checked items in order: every idempotency key checked against what it
     is bound to before anything is decided (:class:`KeyConflict` names
-    ``idempotency_keys[i]``), then the items in one step — or in parts
-    (:func:`_decide_in_parts`) when a key repeats inside the batch, time-driven
-    changes fall due at an item's time, a raise an item's upgrade crossing makes
-    may (:func:`_rise_delay`), or the items' dry runs differ."""
+    ``idempotency_keys[i]``; ``remote``: after the keys this process holds no
+    answer for are read from the shared store, :class:`KeyRead`), then the items
+    in one step — or in parts (:func:`_decide_in_parts`) when a key repeats inside
+    the batch, time-driven changes fall due at an item's time, a raise an item's
+    upgrade crossing makes may (:func:`_rise_delay`), or the items' dry runs differ."""
     if st.alias_table:
         raw = array("Q", r.rkeys)
         if kernels.alias_keys(r.rkeys, st.alias_table):
@@ -186,6 +206,10 @@ def decisions(st: PolicyState, r: Items, now_ms: int) -> Steps[ColumnsResult]:
     hits: list[tuple[int, Remembered]] = []
     repeated = False
     if r.keys and any(r.keys):
+        if remote:
+            asked, times = unheld_keys(st, r, objs, now_ms)
+            if asked:
+                yield KeyRead(r, asked, times)
         _check_keys(st, r, objs, now_ms)
         skip, hits, repeated = _repeated_keys(st, r, objs, now_ms)
     if st.due_dirty:

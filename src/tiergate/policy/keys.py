@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tiergate.engine import records as rec
 
 from .requests import KeyConflict
 
 if TYPE_CHECKING:
-    from .state import Sender
+    from .column_checks import Items
+    from .state import PolicyState, Sender
 
-__all__ = ["KeyMemory", "differs"]
+__all__ = ["KeyMemory", "KeyRead", "differs", "unheld_keys"]
 
 
 def differs(entry: rec.Entry, bound: int, template: str) -> str:
@@ -77,3 +78,38 @@ class KeyMemory:
                 # again after it expired, before this was dropped).
                 if entry is not None and entry[rec.E_UNTIL] == until:
                     del s.idem[key]
+
+
+class KeyRead(NamedTuple):
+    """Before anything of a batch is checked or decided (steps made ``remote``): its
+    items ``asked`` (each of a known sender, with a key that holds no answer in this
+    process at the item's time, in ``times``). The driver remembers, in the senders'
+    key memory, what the shared store holds for those keys (another process's first
+    admits), so the batch's keys are checked and answered as one process would."""
+
+    items: Items
+    asked: list[int]
+    times: list[int]
+
+
+def unheld_keys(
+    st: PolicyState, r: Items, objs: list[Sender | None], now_ms: int
+) -> tuple[list[int], list[int]]:
+    """The items of known senders whose key holds no answer here at the item's time
+    (that time as ``kernels.repeated_keys`` has it), and those times."""
+    at = r.at if st.request_clock and len(r.at) else None
+    sidx = r.sender_index
+    asked: list[int] = []
+    times: list[int] = []
+    high = now_ms
+    for i, key in enumerate(r.keys):
+        sender = objs[sidx[i]]
+        if sender is None:
+            continue
+        now = at[i] if at is not None and at[i] > 0 else high
+        if now > high:
+            high = now
+        if key and KeyMemory.lookup(sender, key, now) is None:
+            asked.append(i)
+            times.append(now)
+    return asked, times

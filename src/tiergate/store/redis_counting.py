@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import struct
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from importlib.resources import files
@@ -65,6 +66,7 @@ __all__ = [
     "MAX_REDIS_TIME",
     "SHARD_BITS",
     "KeyBound",
+    "KeyHeld",
     "NumberSpec",
     "RedisCounting",
     "Row",
@@ -91,9 +93,13 @@ _OPERATIONS = (
     "entries",
     "reconcile",
     "policy_snapshot",
+    "keys",
 )
 #: Bytes of a key's first admit in Redis (``ANSWER`` in the Lua); its binding follows.
 _KEY_RECORD = 37
+#: That first admit's answer (``ANSWER`` in the Lua): decision, reason, retry_at,
+#: counted, used, prev_counted, slot time, slot generation.
+_ANSWER = struct.Struct(">bbqbqqqh")
 #: Loading the library (at start, and after Redis lost it) may take longer than a call.
 _LOAD_TIMEOUT = 5.0
 _UNAVAILABLE = (
@@ -377,7 +383,11 @@ class RedisCounting:
                     fut.set_result(out[at : at + len(rows)])
                 at += len(rows)
 
-    async def _pipeline(self, calls: list[tuple[list[str], list[object]]]) -> list[Any]:
+    async def _pipeline(
+        self, calls: list[tuple[list[str], list[object]]], op: str = "decide"
+    ) -> list[Any]:
+        """One round trip: a call of the library's function ``op`` for each of
+        ``calls`` (keys, args), the answers (or each call's error) in order."""
         self.round_trips += 1
         nodes = getattr(self.client, "nodes_manager", None)  # a Cluster client's
         if nodes is not None and self._stale_topology:
@@ -387,7 +397,7 @@ class RedisCounting:
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:
-                self._call(pipe, "decide", keys, args)
+                self._call(pipe, op, keys, args)
             try:
                 results = await self.bounded(pipe.execute(raise_on_error=False))
             except StoreUnavailableError:
@@ -518,11 +528,27 @@ class RedisCounting:
             raise StoreUnavailableError(f"store: {key} does not hold a ticket key")
         return value
 
-    async def key_binding(self, scope: ScopeSpec, key: str) -> str | None:
-        """What idempotency ``key`` (``<sender>:<key>``, as ``Row.key``) binds while it
-        holds a first admit ("" for one made before keys were bound); None: none."""
-        value = await self.bounded(self.client.get(f"{scope.tag}:k:{key}"))
-        return None if value is None else bytes(value)[_KEY_RECORD:].decode()
+    async def read_keys(
+        self, keys: Sequence[tuple[ScopeSpec, Sequence[str]]]
+    ) -> list[list[KeyHeld | None] | StoreUnavailableError]:
+        """What idempotency keys hold, read only, in one round trip (the function
+        ``keys``, one call per scope): for each (scope, its keys as ``Row.key``) the
+        keys' :class:`KeyHeld` (None: the key holds nothing), or the store's error for
+        that scope (a Cluster node lost: its scopes only)."""
+        calls: list[tuple[list[str], list[object]]] = [
+            ([f"{scope.tag}:k:{k}" for k in names], []) for scope, names in keys
+        ]
+        results = await self._pipeline(calls, "keys")
+        out: list[list[KeyHeld | None] | StoreUnavailableError] = []
+        for res in results:
+            if isinstance(res, Exception):
+                failure = _failure(res)
+                if not isinstance(failure, StoreUnavailableError):
+                    raise failure
+                out.append(failure)
+                continue
+            out.append([_held(res[k], int(res[k + 1])) for k in range(0, len(res), 2)])
+        return out
 
     # -- reports -----------------------------------------------------------------
 
@@ -557,6 +583,31 @@ def _failure(e: Exception) -> Exception:
     if isinstance(e, _UNAVAILABLE):
         return StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}")
     return e
+
+
+class KeyHeld(NamedTuple):
+    """What an idempotency key holds in Redis: its first admit's answer (decision,
+    reason, retry_at, counted, used, prev_counted, slot as the engine gives it), what
+    it binds (as ``Row.binding``; None for a key made before keys were bound) and how
+    long it has left (ms)."""
+
+    decided: Decided
+    binding: str | None
+    left_ms: int
+
+
+def _held(value: Any, left_ms: int) -> KeyHeld | None:
+    """A key's value as the function ``keys`` answers it (None: nothing held)."""
+    if not value:
+        return None
+    raw = bytes(value)
+    d, rsn, retry, counted, used, prev, t, gen = _ANSWER.unpack_from(raw)
+    tail = raw[_KEY_RECORD:]
+    return KeyHeld(
+        Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)),
+        tail.decode() if tail else None,
+        left_ms,
+    )
 
 
 def _bound(pairs: list[Any]) -> list[tuple[int, str]]:

@@ -1120,8 +1120,23 @@ local function policy_snapshot(keys, args)
   return 1
 end
 
+-- keys(keys: idempotency keys, all of one scope; no args): reads only. Per key what
+-- it holds (its first admit and what it binds; false: nothing) and the ms it has
+-- left (0 when it holds nothing): a batch checks its keys against them before it
+-- decides anything (docs/redis.md, "How a decision is made").
+local function keys_read(keys, args)
+  local out = {}
+  for j = 1, #keys do
+    local v = redis.call('GET', keys[j])
+    out[2 * j - 1] = v
+    out[2 * j] = v and redis.call('PTTL', keys[j]) or 0
+  end
+  return out
+end
+
 local calls = {decide = decide, release = release, usage = usage,
                number_update = number_update, opt_out = opt_out, throughput = throughput,
                counts = counts, entries = entries, reconcile = reconcile,
                policy_snapshot = policy_snapshot}
+calls.keys = keys_read
 -- REGISTER

@@ -9,7 +9,9 @@ made in one loop pass share one round trip) → ``admission.admit_finish``. A
 batch (AdmitBatch, AdmitColumns, a stream's chunk) takes the columnar path
 (``policy.columnar``) as on the embedded store, each of its steps' rows sent
 to Redis by :meth:`RedisCounting.decide_batch` instead of the engine's
-``decide_batch``.
+``decide_batch``, after the batch's idempotency keys this process holds no
+answer for are read from Redis (``shared_keys.py``), so every key is checked
+before any part of the batch is decided.
 
 Feedback (a FAILED send's release, windows opened by inbound messages and
 closed by 131047, opt-outs, 130429, 131056) is applied by the policy layer as
@@ -37,26 +39,24 @@ import logging
 import secrets
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from tiergate.engine import DecisionBatch
-from tiergate.engine import records as rec
 from tiergate.engine.columns import kernels
 from tiergate.engine.constants import ADMIT, F_DRY_RUN, REASON_UNSPECIFIED, RETRY_LATER
-from tiergate.policy import aliases
 from tiergate.policy.admission import BLOCKING, Pending, admit_finish, admit_prepare
 from tiergate.policy.answers import UNAVAILABLE_DETAIL, AdmitResult
-from tiergate.policy.column_checks import Items
 from tiergate.policy.columnar import (
     ColumnsLike,
     ColumnsResult,
+    KeyRead,
     Step,
+    Steps,
     admit_columns_steps,
     admit_requests_steps,
     run_async,
 )
 from tiergate.policy.journal import journal_json
-from tiergate.policy.keys import differs
 from tiergate.policy.requests import AdmitLike, Checked, KeyConflict
 from tiergate.policy.seam import CountingStore, Decision
 from tiergate.policy.service import AdmissionService
@@ -72,6 +72,7 @@ from .redis_reads import (
     recipient_entries,
     scope_counts,
 )
+from .shared_keys import binding, item_binding, key_conflict, lone_key, read_batch_keys
 
 __all__ = [
     "RECONCILE_CAP",
@@ -83,6 +84,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: A change for Redis, queued by feedback: a call of RedisCounting's, not yet awaited.
 Change = Callable[[], Awaitable[object]]
@@ -236,21 +239,37 @@ class SharedAdmission:
         """Validate every request (an error names ``requests[i].<field>``), then decide
         them in order through the columns (``policy.columnar``), each step's rows in
         Redis in one round trip (:meth:`_decide_step`)."""
-        steps = admit_requests_steps(self.service.state, reqs, now_ms)
-        return await run_async(steps, self._decide_step)
+        return await self._steps(
+            admit_requests_steps(self.service.state, reqs, now_ms, remote=True)
+        )
 
     async def admit_columns(self, req: ColumnsLike, now_ms: int) -> ColumnsResult:
         """AdmitColumns: every column validated, then the items decided in order as
         :meth:`admit_many` decides them."""
-        return await run_async(
-            admit_columns_steps(self.service.state, req, now_ms), self._decide_step
-        )
+        return await self._steps(admit_columns_steps(self.service.state, req, now_ms, remote=True))
 
-    async def _decide_step(self, step: Step) -> None:
+    async def _steps(self, steps: Steps[T]) -> T:
+        """A batch's ``steps`` driven in Redis: the keys this process holds no answer
+        for read first (``shared_keys.read_batch_keys``), then each step's rows
+        (:meth:`_decide_step`). A read that finds Redis gone leaves it unasked for the
+        rest of the call (one bounded wait per call, as for a lone request)."""
+        gone: list[KeyRead] = []
+
+        async def read(ask: KeyRead) -> None:
+            if not await read_batch_keys(self, ask):
+                gone.append(ask)
+
+        def decide(step: Step) -> Awaitable[None]:
+            return self._decide_step(step, bool(gone))
+
+        return await run_async(steps, decide, read)
+
+    async def _decide_step(self, step: Step, gone: bool = False) -> None:
         """Steps 4–9 of a columnar step's rows in Redis: one function call per limit
         scope, all in one round trip. The rows whose scope Redis could not be asked
-        about get what ``--store-failure`` says (as :meth:`_unavailable` gives one
-        request): RETRY_LATER "store unavailable", or this process's engine's answer."""
+        about (all of them when ``gone``: the call found it gone already) get what
+        ``--store-failure`` says (as :meth:`_unavailable` gives one request):
+        RETRY_LATER "store unavailable", or this process's engine's answer."""
         batch, rows, items, out = step
         st = self.service.state
         keys: list[str] = []
@@ -258,8 +277,10 @@ class SharedAdmission:
         if items.keys:
             names, sidx, ikeys = items.senders, items.sender_index, items.keys
             keys = [f"{names[sidx[i]]}:{ikeys[i]}" if ikeys[i] else "" for i in rows]
-            bindings = [_item_binding(items, i) if ikeys[i] else "" for i in rows]
+            bindings = [item_binding(items, i) if ikeys[i] else "" for i in rows]
         try:
+            if gone:
+                raise StoreUnavailableError("store unavailable: not asked again")
             if st.unreconciled:  # (the admits kept while Redis was gone go first)
                 await self.reconcile()
             undecided = await self.counting.decide_batch(
@@ -334,24 +355,6 @@ class SharedAdmission:
         if conflict is not None:
             raise conflict
         return out
-
-    async def _check_key(self, checked: Checked, item: int) -> None:
-        """A request answered by steps 1–3 under a key this sidecar does not hold:
-        refused as the embedded store refuses it when Redis holds the key for another
-        request (:class:`KeyConflict` naming ``item``; while Redis is gone the answer
-        stands)."""
-        sid, raw, kind, cat, tpl, key = checked[:6]
-        st = self.service.state
-        s = st.senders.get(sid)
-        if not key or s is None or key in s.idem:
-            return
-        try:
-            bound = await self.counting.key_binding(self.scope(s.scope), f"{sid}:{key}")
-        except StoreUnavailableError:
-            return
-        rkey = aliases.resolve(st, raw) if st.aliases else raw
-        if bound and bound != binding(rkey, kind, cat, tpl):
-            raise key_conflict((rkey, kind, cat, tpl), bound, item)
 
     def _unavailable(self, p: Pending) -> AdmitResult | Decision:
         """What a request gets while Redis cannot be reached (``--store-failure``)."""
@@ -460,34 +463,9 @@ class SharedAdmission:
         st = self.service.state
         p = admit_prepare(st, checked, now_ms)
         if not isinstance(p, Pending):
-            await self._check_key(checked, 0)
-            return p
+            return await lone_key(self, checked, now_ms, p)
         (d,) = await self._decide_part([p])
         return d if isinstance(d, AdmitResult) else admit_finish(st, p, d)
-
-
-def binding(rkey: int, kind: int, cat: int, tpl: str) -> str:
-    """What a key binds of a request, as Redis keeps it (``Row.binding``)."""
-    return f"{rec.bind(rkey, kind, cat)}:{tpl}"
-
-
-def _item_binding(items: Items, i: int) -> str:
-    """:func:`binding` of a columnar batch's item ``i``."""
-    t = items.template_index[i]
-    tpl = items.templates[t - 1] if t else ""
-    return binding(items.rkeys[i], items.kinds[i], items.categories[i], tpl)
-
-
-def key_conflict(
-    request: tuple[int, int, int, str], bound: str, item: int, field: str = "idempotency_key"
-) -> KeyConflict:
-    """The refusal of ``request`` (recipient key, kind, category, template) under a key
-    Redis holds for another request (``bound``, as :func:`binding` makes it): what
-    differs, as the embedded store's key memory says."""
-    rkey, kind, cat, tpl = request
-    known, _, first_tpl = bound.partition(":")
-    entry: rec.Entry = ("", False, 0, 0, 0, int(known), first_tpl)
-    return KeyConflict(field, item, differs(entry, rec.bind(rkey, kind, cat), tpl))
 
 
 def _decide_locally(engine: CountingStore, batch: DecisionBatch, rows: list[int]) -> None:
