@@ -47,8 +47,8 @@ from .admission import BLOCKING, check_key_room, template_state
 from .answers import META_ERROR, META_TEMPLATE_MISSING, AdmitResult
 from .column_checks import AdmitColumns, ColumnsLike, Items, check_columns
 from .column_results import ColumnsResult
-from .keys import KeyMemory, KeyRead, differs, unheld_keys
-from .requests import MARKETING, AdmitLike, KeyConflict, KeyRefused, KeyTooLong, check_all
+from .keys import KeyMemory, KeyRead, conflict, unheld_keys
+from .requests import MARKETING, AdmitLike, KeyRefused, KeyTooLong, check_all
 from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .state import REASONS as SENDER_REASONS
 from .tiers import check_crossing, maintain, prune_reach, recompute_due
@@ -386,7 +386,7 @@ def _repeated_keys(
             check = array("Q", r.rkeys)
         check[bad] = raw[bad]
     if bad >= 0:
-        raise _conflict(r, idems, at, now_ms, bad)
+        raise conflict(r, idems, at, now_ms, bad)
     if hits and any(s is not None and s.status >= BLOCKING for s in objs):
         kept = []
         for hit in hits:
@@ -397,38 +397,6 @@ def _repeated_keys(
                 kept.append(hit)
         hits = kept
     return skip, hits, repeated
-
-
-def _conflict(
-    r: Items,
-    idems: list[dict[str, Remembered] | None],
-    at: Sequence[int] | None,
-    now_ms: int,
-    i: int,
-) -> KeyConflict:
-    """The error for item ``i``, whose key the kernels found bound to another request."""
-    key = r.keys[i]
-    t = r.template_index[i]
-    tpl = r.templates[t - 1] if t else ""
-    bound = rec.bind(r.rkeys[i], r.kinds[i], r.categories[i])
-    idem = idems[r.sender_index[i]]
-    first = idem.get(key) if idem is not None else None
-    now = high = now_ms  # item i's time, as the kernels have it
-    for k in range(i + 1):
-        if idems[r.sender_index[k]] is not None:
-            now = at[k] if at and at[k] > 0 else high
-            high = max(high, now)
-    field = f"idempotency_keys[{i}]"
-    if first is not None and first[rec.E_UNTIL] > now and not rec.bound_to(first, bound, tpl):
-        return KeyConflict(field, i, differs(first, bound, tpl))
-    sid = r.senders[r.sender_index[i]]
-    for j in range(i):
-        if r.keys[j] == key and r.senders[r.sender_index[j]] == sid:
-            tj = r.template_index[j]
-            earlier = rec.bind(r.rkeys[j], r.kinds[j], r.categories[j])
-            other = ("", False, 0, 0, 0, earlier, r.templates[tj - 1] if tj else "")
-            return KeyConflict(field, i, differs(other, bound, tpl))
-    raise AssertionError(f"item {i}: no conflict to name")
 
 
 def _sender_tables(objs: list[Sender | None]) -> tuple[Any, ...]:

@@ -10,7 +10,7 @@ and what the key is bound to: recipient, kind, category and template.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from tiergate.engine import records as rec
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .column_checks import Items
     from .state import PolicyState, Sender
 
-__all__ = ["KeyMemory", "KeyRead", "differs", "unheld_keys"]
+__all__ = ["KeyMemory", "KeyRead", "conflict", "differs", "unheld_keys"]
 
 
 def differs(entry: rec.Entry, bound: int, template: str) -> str:
@@ -35,6 +35,38 @@ def differs(entry: rec.Entry, bound: int, template: str) -> str:
     if known >> rec.CATEGORY_SHIFT != bound >> rec.CATEGORY_SHIFT:
         return "category"
     return "template"
+
+
+def conflict(
+    r: Items,
+    idems: list[dict[str, rec.Entry] | None],
+    at: Sequence[int] | None,
+    now_ms: int,
+    i: int,
+) -> KeyConflict:
+    """The error for item ``i``, whose key the kernels found bound to another request."""
+    key = r.keys[i]
+    t = r.template_index[i]
+    tpl = r.templates[t - 1] if t else ""
+    bound = rec.bind(r.rkeys[i], r.kinds[i], r.categories[i])
+    idem = idems[r.sender_index[i]]
+    first = idem.get(key) if idem is not None else None
+    now = high = now_ms  # item i's time, as the kernels have it
+    for k in range(i + 1):
+        if idems[r.sender_index[k]] is not None:
+            now = at[k] if at and at[k] > 0 else high
+            high = max(high, now)
+    field = f"idempotency_keys[{i}]"
+    if first is not None and first[rec.E_UNTIL] > now and not rec.bound_to(first, bound, tpl):
+        return KeyConflict(field, i, differs(first, bound, tpl))
+    sid = r.senders[r.sender_index[i]]
+    for j in range(i):
+        if r.keys[j] == key and r.senders[r.sender_index[j]] == sid:
+            tj = r.template_index[j]
+            earlier = rec.bind(r.rkeys[j], r.kinds[j], r.categories[j])
+            other = ("", False, 0, 0, 0, earlier, r.templates[tj - 1] if tj else "")
+            return KeyConflict(field, i, differs(other, bound, tpl))
+    raise AssertionError(f"item {i}: no conflict to name")
 
 
 class KeyMemory:

@@ -541,13 +541,10 @@ class RedisCounting:
         results = await self._pipeline(calls, "keys")
         out: list[list[KeyHeld | None] | StoreUnavailableError] = []
         for res in results:
-            if isinstance(res, Exception):
-                failure = _failure(res)
-                if not isinstance(failure, StoreUnavailableError):
-                    raise failure
-                out.append(failure)
-                continue
-            out.append([_held(res[k], int(res[k + 1])) for k in range(0, len(res), 2)])
+            failure = _failure(res) if isinstance(res, Exception) else None
+            if failure is not None and not isinstance(failure, StoreUnavailableError):
+                raise failure
+            out.append(failure or [_held(res[k], int(res[k + 1])) for k in range(0, len(res), 2)])
         return out
 
     # -- reports -----------------------------------------------------------------
