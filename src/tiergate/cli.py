@@ -3,6 +3,10 @@ simulate SCENARIO."""
 
 from __future__ import annotations
 
+# Before anything loads gRPC: it reads GRPC_EXPERIMENTS once, as it loads.
+import tiergate.transport  # noqa: F401
+
+# isort: split
 import argparse
 import asyncio
 import json

@@ -89,6 +89,43 @@ async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None
 
 
 @run_async
+async def test_at_stop_new_calls_are_unavailable_and_open_streams_end_after_their_answers() -> None:
+    """Every call ends before the gRPC server stops (whose transport would reset
+    it, INTERNAL): a call starting during the grace period is UNAVAILABLE, an
+    open AdmitStream is served until near its end, then ends UNAVAILABLE."""
+    config = make_config(shutdown_grace=1.0)
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
+    try:
+        stub = pb_grpc.AdmissionControlStub(channel)
+        stream = stub.AdmitStream()
+        await stream.write(admit("15550000001"))
+        assert (await stream.read()).decision == pb.DECISION_ADMIT
+        stopping = asyncio.ensure_future(sidecar.stop())
+        while not sidecar._servicer.in_flight.closing:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        for call in (
+            stub.Admit(admit("15550000002")),
+            stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (info.value.details() or "")
+        await stream.write(admit("15550000003", T0 + 1))  # still served
+        assert (await stream.read()).decision == pb.DECISION_ADMIT
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # ended near the grace's end
+            await stream.read()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "AdmitStream: shutting down" in (info.value.details() or "")
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0)
+
+
+@run_async
 async def test_a_stop_ends_health_watches_with_not_serving() -> None:
     """A watcher hears NOT_SERVING, then its stream ends cleanly; the stop does not
     wait for the watch (the grace period here is far longer than the test)."""

@@ -434,9 +434,11 @@ class Sidecar:
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
         if self._server is not None:
-            # Stop accepting now; end as soon as the calls in flight are done (their
-            # last statuses sent), at the latest when the grace period is over.
-            await self._server.stop(grace)
+            ends = time.monotonic() + grace
+            await self._drain(ends)
+            # Stop accepting; nothing is in flight any more (a call that started
+            # meanwhile ends at the latest when the grace period is over).
+            await self._server.stop(max(0.0, ends - time.monotonic()))
         async with self._reloading:  # a reload in progress commits first; none starts after
             queued = self.shared.flush(None) if self.shared is not None else None
             if queued is not None:
@@ -455,6 +457,23 @@ class Sidecar:
                 await self._shared_watch.aclose()
                 await self.shared.aclose()
         log.info("tiergate stopped")
+
+    async def _drain(self, ends: float) -> None:
+        """Every call ends before the gRPC server stops (gRPC core's promise-based
+        transport, ``tiergate.transport``, resets the calls still open then,
+        ``INTERNAL`` to their clients, whatever the grace period): new calls are
+        answered ``UNAVAILABLE``, the calls in flight finish, and the AdmitStreams
+        still open near the end of the grace period end ``UNAVAILABLE`` after what
+        they decided; the watch streams, told to end, finish."""
+        if self._servicer is not None:
+            in_flight = self._servicer.in_flight
+            in_flight.close()
+            grace = max(0.0, ends - time.monotonic())
+            if not await in_flight.drained(ends - min(1.0, grace / 4)):
+                in_flight.end_streams()
+                await in_flight.drained(ends)
+        while (self.watches.active or self._health.watching) and time.monotonic() < ends:
+            await asyncio.sleep(0.01)
 
     async def wait(self) -> None:
         if self._server is not None:
