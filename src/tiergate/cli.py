@@ -56,6 +56,12 @@ _SETTINGS = (
         f"(default {cfg.DEFAULT_MAX_IN_FLIGHT})",
     ),
     (
+        "--max-queued",
+        "N",
+        "calls of one method gRPC core holds until the event loop takes them; more "
+        f"answer RESOURCE_EXHAUSTED (default {cfg.DEFAULT_MAX_QUEUED})",
+    ),
+    (
         "--max-message-bytes",
         "N",
         "largest request message taken (default 0: 4 MiB, or max-batch KiB if more)",

@@ -293,7 +293,9 @@ def test_overload_is_shed_resource_exhausted_and_a_watch_ends_cleanly_at_sigterm
     servicer or by gRPC core), never CANCELLED; health answers meanwhile; a
     watch stream open at SIGTERM ends with status OK."""
     monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
-    with sidecar(tmp_path, env_settings={"TIERGATE_MAX_IN_FLIGHT": "2"}) as s:
+    with sidecar(
+        tmp_path, env_settings={"TIERGATE_MAX_IN_FLIGHT": "2", "TIERGATE_MAX_QUEUED": "2"}
+    ) as s:
         channel = grpc.insecure_channel(s.target)
         grpc.channel_ready_future(channel).result(timeout=30)
         stub = pb_grpc.AdmissionControlStub(channel)

@@ -230,12 +230,12 @@ def _outcome(future: Any) -> str:
 async def test_calls_queued_before_the_loop_takes_them_are_shed_at_once() -> None:
     # The event loop is held (as by a burst of work it cannot keep up with)
     # while calls arrive: gRPC core queues them for the loop, up to
-    # max_in_flight per method, and ends the rest at once, RESOURCE_EXHAUSTED,
+    # max_queued per method, and ends the rest at once, RESOURCE_EXHAUSTED,
     # with no Python run for them. Health checks queue apart and are answered.
     # (The tests' servers run on the transport tiergate serve runs on.)
     assert transport.enabled(), "gRPC loaded before tiergate.transport named its transport"
     shed_code = "RESOURCE_EXHAUSTED"
-    async with serving(max_in_flight=4) as h:
+    async with serving(max_in_flight=100, max_queued=4) as h:
         admit = SERVICE + "Admit"
         health = "/grpc.health.v1.Health/Check"
         rpcs = [(admit, template_request(f"1555000{i:04d}").SerializeToString()) for i in range(40)]
@@ -296,7 +296,7 @@ def test_every_tiergate_command_loads_grpc_with_the_promise_based_transport() ->
     assert run.stdout.strip() == transport.PROMISE_TRANSPORT
 
 
-def test_pending_limits_follow_max_in_flight() -> None:
+def test_pending_limits_follow_max_queued() -> None:
     assert dict(grpc_server.pending_limits(64)) == {
         "grpc.server.max_pending_requests": 32,
         "grpc.server.max_pending_requests_hard_limit": 64,
@@ -358,12 +358,13 @@ def test_streams_per_connection_are_capped(monkeypatch: pytest.MonkeyPatch) -> N
             metrics=Metrics(),
             max_in_flight=10,
         )
-        grpc_server.build_server(s, h, 1000, Metrics(), max_message_bytes=65_536)
+        grpc_server.build_server(s, h, 1000, Metrics(), max_message_bytes=65_536, max_queued=6)
 
     asyncio.run(build())
     options = dict(seen[0])
     assert options["grpc.max_concurrent_streams"] == 10 + grpc_server.STREAM_HEADROOM
-    assert options["grpc.server.max_pending_requests_hard_limit"] == 10
+    # gRPC core's queue for the event loop: max_queued, whatever max_in_flight is
+    assert options["grpc.server.max_pending_requests_hard_limit"] == 6
     assert options["grpc.max_receive_message_length"] == 65_536
 
 
@@ -382,6 +383,9 @@ def test_settings_from_flag_env_and_file(tmp_path: Any) -> None:
     assert c.max_in_flight == 60 and c.origins["max_in_flight"] == "env"
     c = cfg.load({"config": str(path), "max_in_flight": "70"}, env={})
     assert c.max_in_flight == 70 and c.origins["max_in_flight"] == "flag"
+    assert c.max_queued == cfg.DEFAULT_MAX_QUEUED
+    c = cfg.load({"max_queued": "8"}, env={"TIERGATE_MAX_QUEUED": "4"})
+    assert c.max_queued == 8 and c.origins["max_queued"] == "flag"
 
 
 @pytest.mark.parametrize(
@@ -389,6 +393,7 @@ def test_settings_from_flag_env_and_file(tmp_path: Any) -> None:
     [
         (["--max-in-flight", "0"], "max_in_flight"),
         (["--max-in-flight", "many"], "max_in_flight"),
+        (["--max-queued", "0"], "max_queued"),
         (["--max-message-bytes", "100"], "max_message_bytes"),
     ],
 )

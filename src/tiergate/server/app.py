@@ -214,6 +214,7 @@ class Sidecar:
             self.metrics,
             self.guard,
             max_message_bytes=message_limit(config),
+            max_queued=config.max_queued,
             watches=self.watches,
         )
         try:
@@ -490,6 +491,7 @@ _RESTART_SETTINGS = (
     "durability",
     "max_batch",
     "max_in_flight",
+    "max_queued",
     "max_message_bytes",
     "webhook_listen",
     "metrics_listen",
