@@ -11,11 +11,16 @@ in time and calls:
    loop, over several connections; meanwhile the probe keeps sending Admits
    and a health client checks health, one at a time.
 
-Prints a table (per round: the probe's p99 loaded against unloaded, the
-offered factor reached, health p99, the cores the server's event-loop thread
-and its other threads used, the load average, the load's outcomes by status;
-the medians) and, with h2load, the server's CPU time per decided Admit and
-per Admit refused RESOURCE_EXHAUSTED; writes ``benchmarks/results/overload.json``.
+Prints a table per ``--max-queued`` value, one server each, in turn (per
+round: the probe's p99 loaded against unloaded, the offered factor reached,
+health p99, the cores the server's event-loop thread and its other threads
+used, the share of the round the event loop waited, runnable, for a CPU, the
+cores h2load used, the load average, the load's outcomes by status; the
+medians), with h2load the server's CPU time per decided Admit and per Admit
+refused RESOURCE_EXHAUSTED, and a table of the medians by queue length;
+writes ``benchmarks/results/overload.json``. h2load runs pinned to one CPU
+(``--load-cpu``, the last) at nice 10, so that it does not take most of a
+small machine's cores from the server.
 
 The Python load processes read every status but may offer less than the
 asked rate on a shared 2-core machine (the rate offered is reported). h2load
@@ -27,6 +32,7 @@ of ``--sample-rate`` calls per second alongside reads the status those get.
     .venv/bin/python benchmarks/overload.py
     .venv/bin/python benchmarks/overload.py --max-in-flight 32 --seconds 5 --factor 10
     .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4 --rounds 3
+    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --max-queued 32 8
 """
 
 from __future__ import annotations
@@ -156,22 +162,26 @@ def _counts(target: str) -> Counter[str]:
     return out
 
 
-def _threads_cpu(pid: int) -> tuple[float, float]:
+def _threads_cpu(pid: int) -> tuple[float, float, float]:
     """CPU seconds of a process's main thread (tiergate's event loop) and of its
-    other threads (gRPC core's pollers and executors), from /proc."""
-    main = other = 0.0
+    other threads (gRPC core's pollers and executors), from /proc; and the
+    seconds its main thread waited, runnable, for a CPU (schedstat)."""
+    main = other = waited = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             with open(task / "stat", encoding="ascii") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            with open(task / "schedstat", encoding="ascii") as f:
+                runqueue_ns = int(f.read().split()[1])
         except OSError:  # the thread ended
             continue
         secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         if task.name == str(pid):
             main += secs
+            waited += runqueue_ns / 1e9
         else:
             other += secs
-    return main, other
+    return main, other, waited
 
 
 def _p(values: Sequence[float], q: float) -> float | None:
@@ -300,8 +310,10 @@ def run_one(args: argparse.Namespace, max_queued: int) -> dict[str, Any]:
             # calls wait for the loop; far less while the machine's load is
             # above its cores means the server waited for a core
             wall = time.perf_counter() - started
-            loop, core = (b - a for a, b in zip(cpu, _threads_cpu(pid), strict=True))
+            loop, core, waited = (b - a for a, b in zip(cpu, _threads_cpu(pid), strict=True))
             loaded["server_cores_used"] = {"event_loop": loop / wall, "grpc_threads": core / wall}
+            # the share of the round the event loop was ready to run but had no CPU
+            loaded["event_loop_waiting_for_cpu"] = waited / wall
             loaded["load_average_1m"] = os.getloadavg()[0]
             unloaded_p99 = _p(unloaded, 0.99)
             probe_p99 = loaded["probe_under_load"]["accepted_p99_ms"]
@@ -520,6 +532,7 @@ def _print_run(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 r["health_under_load"]["p99_ms"],
                 r["server_cores_used"]["event_loop"],
                 r["server_cores_used"]["grpc_threads"],
+                r["event_loop_waiting_for_cpu"],
                 r["load"].get("h2load", {}).get("cores_used", ""),
                 r["load_average_1m"],
                 ", ".join(f"{c} {n}" for c, n in sorted(codes.items())),
@@ -534,6 +547,7 @@ def _print_run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             m["p99_vs_unloaded"],
             m["offered_factor"],
             m["health_p99_ms"],
+            "",
             "",
             "",
             "",
@@ -555,6 +569,7 @@ def _print_run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             "health p99 ms",
             "loop cores",
             "gRPC thread cores",
+            "loop waiting for CPU",
             "h2load cores",
             "loadavg",
             "load outcomes",

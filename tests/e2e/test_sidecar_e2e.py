@@ -301,20 +301,13 @@ def test_overload_is_shed_resource_exhausted_and_a_watch_ends_cleanly_at_sigterm
         stub = pb_grpc.AdmissionControlStub(channel)
         watch = stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
         assert next(watch).sender_id == SENDER
-        burst = [
-            stub.Admit.future(
-                pb.AdmitRequest(
-                    sender_id=SENDER,
-                    recipient=recipient(i),
-                    kind=pb.TEMPLATE,
-                    category=pb.UTILITY,
-                    template_id="order_update",
-                    at_unix_ms=T0 + i,
-                ),
-                timeout=60,
-            )
-            for i in range(600)
-        ]
+        send = pb.AdmitRequest(
+            sender_id=SENDER, kind=pb.TEMPLATE, category=pb.UTILITY, template_id="order_update"
+        )
+        burst = []
+        for i in range(600):
+            send.recipient, send.at_unix_ms = recipient(i), T0 + i
+            burst.append(stub.Admit.future(send, timeout=60))
         health = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=30
         )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -54,13 +57,22 @@ async def test_reflection_lists_the_service() -> None:
         assert replies[0].file_descriptor_response.file_descriptor_proto
 
 
-@run_async
-async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None:
-    config = make_config(shutdown_grace=5.0)
-    sidecar = Sidecar(config)
+@contextlib.asynccontextmanager
+async def _started(**overrides: Any) -> AsyncIterator[tuple[Sidecar, grpc.aio.Channel]]:
+    """A started sidecar and a channel to it; both closed at the end."""
+    sidecar = Sidecar(make_config(**overrides))
     await sidecar.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
     try:
+        yield sidecar, channel
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0)
+
+
+@run_async
+async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None:
+    async with _started(shutdown_grace=5.0) as (sidecar, channel):
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
         assert (await watch.read()).status == SERVING
@@ -83,9 +95,6 @@ async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Admit(admit("15550000003"), timeout=1)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        await channel.close(None)
-        await sidecar.stop(0)
 
 
 @run_async
@@ -93,11 +102,7 @@ async def test_at_stop_new_calls_are_unavailable_and_open_streams_end_after_thei
     """Every call ends before the gRPC server stops (whose transport would reset
     it, INTERNAL): a call starting during the grace period is UNAVAILABLE, an
     open AdmitStream is served until near its end, then ends UNAVAILABLE."""
-    config = make_config(shutdown_grace=1.0)
-    sidecar = Sidecar(config)
-    await sidecar.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
-    try:
+    async with _started(shutdown_grace=1.0) as (sidecar, channel):
         stub = pb_grpc.AdmissionControlStub(channel)
         stream = stub.AdmitStream()
         await stream.write(admit("15550000001"))
@@ -120,9 +125,6 @@ async def test_at_stop_new_calls_are_unavailable_and_open_streams_end_after_thei
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "AdmitStream: shutting down" in (info.value.details() or "")
         await asyncio.wait_for(stopping, 5)
-    finally:
-        await channel.close(None)
-        await sidecar.stop(0)
 
 
 @run_async

@@ -435,10 +435,14 @@ class Sidecar:
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
         if self._server is not None:
+            # Every call ends before the gRPC server stops, which on gRPC core's
+            # promise-based transport (tiergate.transport) resets those still open
+            # whatever the grace: see InFlight.drain; the watches, told to end, finish.
             ends = time.monotonic() + grace
-            await self._drain(ends)
-            # Stop accepting; nothing is in flight any more (a call that started
-            # meanwhile ends at the latest when the grace period is over).
+            if self._servicer is not None:
+                await self._servicer.in_flight.drain(ends)
+            while (self.watches.active or self._health.watching) and time.monotonic() < ends:
+                await asyncio.sleep(0.01)
             await self._server.stop(max(0.0, ends - time.monotonic()))
         async with self._reloading:  # a reload in progress commits first; none starts after
             queued = self.shared.flush(None) if self.shared is not None else None
@@ -458,23 +462,6 @@ class Sidecar:
                 await self._shared_watch.aclose()
                 await self.shared.aclose()
         log.info("tiergate stopped")
-
-    async def _drain(self, ends: float) -> None:
-        """Every call ends before the gRPC server stops (gRPC core's promise-based
-        transport, ``tiergate.transport``, resets the calls still open then,
-        ``INTERNAL`` to their clients, whatever the grace period): new calls are
-        answered ``UNAVAILABLE``, the calls in flight finish, and the AdmitStreams
-        still open near the end of the grace period end ``UNAVAILABLE`` after what
-        they decided; the watch streams, told to end, finish."""
-        if self._servicer is not None:
-            in_flight = self._servicer.in_flight
-            in_flight.close()
-            grace = max(0.0, ends - time.monotonic())
-            if not await in_flight.drained(ends - min(1.0, grace / 4)):
-                in_flight.end_streams()
-                await in_flight.drained(ends)
-        while (self.watches.active or self._health.watching) and time.monotonic() < ends:
-            await asyncio.sleep(0.01)
 
     async def wait(self) -> None:
         if self._server is not None:

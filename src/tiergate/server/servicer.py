@@ -60,8 +60,8 @@ class ShuttingDown(Exception):
 
 class InFlight:
     """Counts the admission calls being served (open streams included), at most
-    ``limit`` at once; at shutdown (:meth:`close`) turns new calls away and ends
-    the open streams (:meth:`end_streams`)."""
+    ``limit`` at once; at shutdown (:meth:`drain`) turns new calls away, waits for
+    the calls in flight and ends the open streams."""
 
     def __init__(self, limit: int = 1024) -> None:
         self.count = 0
@@ -99,14 +99,18 @@ class InFlight:
             self.closing = True
             self.count += 1
 
-    def end_streams(self) -> None:
-        """End every open AdmitStream: what it decided is answered, then UNAVAILABLE."""
-        for end in list(self.streams):
-            end()
+    async def drain(self, ends: float) -> None:
+        """At shutdown, before the gRPC server stops (``time.monotonic()`` ``ends``
+        the grace period): new calls are answered UNAVAILABLE, the calls in flight
+        finish, and the AdmitStreams still open near the end end UNAVAILABLE after
+        the answers to what they decided."""
+        self.close()
+        if not await self._drained(ends - min(1.0, max(0.0, ends - time.monotonic()) / 4)):
+            for end in list(self.streams):
+                end()
+            await self._drained(ends)
 
-    async def drained(self, deadline: float) -> bool:
-        """After :meth:`close`: whether every call ended before ``deadline``
-        (``time.monotonic()``)."""
+    async def _drained(self, deadline: float) -> bool:
         while self.count > 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return self.count <= 1
