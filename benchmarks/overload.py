@@ -594,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-queued",
         type=int,
         nargs="+",
-        default=[16],
+        default=[256, 16],
         help="the server's --max-queued; several: one server each, in turn",
     )
     p.add_argument(

@@ -39,7 +39,7 @@ MAX_BATCH_CEILING = 100_000
 DEFAULT_MAX_IN_FLIGHT = 1024
 #: The most calls of one method gRPC core holds for the event loop before it takes
 #: them; more are turned away RESOURCE_EXHAUSTED (``grpc_server.pending_limits``).
-DEFAULT_MAX_QUEUED = 16
+DEFAULT_MAX_QUEUED = 256
 #: The largest request message gRPC takes; 0: 4 MiB, or max_batch KiB if more
 #: (a full AdmitBatch fits: an AdmitRequest is at most ~1 KiB).
 DEFAULT_MAX_MESSAGE_BYTES = 0
