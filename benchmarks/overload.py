@@ -32,7 +32,7 @@ of ``--sample-rate`` calls per second alongside reads the status those get.
     .venv/bin/python benchmarks/overload.py
     .venv/bin/python benchmarks/overload.py --max-in-flight 32 --seconds 5 --factor 10
     .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4 --rounds 3
-    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --max-queued 32 8
+    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --max-queued 256 16
 """
 
 from __future__ import annotations
