@@ -11,11 +11,16 @@ in time and calls:
    loop, over several connections; meanwhile the probe keeps sending Admits
    and a health client checks health, one at a time.
 
-Prints a table (per round: the probe's p99 loaded against unloaded, the
-offered factor reached, health p99, the cores the server's event-loop thread
-and its other threads used, the load average, the load's outcomes by status;
-the medians) and, with h2load, the server's CPU time per decided Admit and
-per Admit refused RESOURCE_EXHAUSTED; writes ``benchmarks/results/overload.json``.
+Prints a table per ``--max-queued`` value, one server each, in turn (per
+round: the probe's p99 loaded against unloaded, the offered factor reached,
+health p99, the cores the server's event-loop thread and its other threads
+used, the share of the round the event loop waited, runnable, for a CPU, the
+cores h2load used, the load average, the load's outcomes by status; the
+medians), with h2load the server's CPU time per decided Admit and per Admit
+refused RESOURCE_EXHAUSTED, and a table of the medians by queue length;
+writes ``benchmarks/results/overload.json``. h2load runs pinned to one CPU
+(``--load-cpu``, the last) at nice 10, so that it does not take most of a
+small machine's cores from the server.
 
 The Python load processes read every status but may offer less than the
 asked rate on a shared 2-core machine (the rate offered is reported). h2load
@@ -27,6 +32,7 @@ of ``--sample-rate`` calls per second alongside reads the status those get.
     .venv/bin/python benchmarks/overload.py
     .venv/bin/python benchmarks/overload.py --max-in-flight 32 --seconds 5 --factor 10
     .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4 --rounds 3
+    .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --max-queued 256 16
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ def _config() -> str:
 
 
 @contextlib.contextmanager
-def _server(max_in_flight: int) -> Iterator[tuple[str, int]]:
+def _server(max_in_flight: int, max_queued: int) -> Iterator[tuple[str, int]]:
     """A ``tiergate serve``; its gRPC target and process id. Its metrics endpoint
     is on the port after (see :func:`_counts`)."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-overload-"))
@@ -104,6 +110,8 @@ def _server(max_in_flight: int) -> Iterator[tuple[str, int]]:
         str(workdir / "data"),
         "--max-in-flight",
         str(max_in_flight),
+        "--max-queued",
+        str(max_queued),
         "--metrics-listen",
         f"{_common.LOOPBACK}:{port + 1}",
     ]
@@ -119,6 +127,8 @@ def _server(max_in_flight: int) -> Iterator[tuple[str, int]]:
             raise RuntimeError(f"tiergate serve did not start: {exc}\n{log.read_text()}") from exc
         yield f"{_common.LOOPBACK}:{port}", proc.pid
     finally:
+        if proc.poll() is not None:  # it ended before it was stopped
+            print(f"tiergate serve exited {proc.returncode}:\n{log.read_text()[-4000:]}")
         _common.stop_process(proc, grace=15)
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -152,22 +162,26 @@ def _counts(target: str) -> Counter[str]:
     return out
 
 
-def _threads_cpu(pid: int) -> tuple[float, float]:
+def _threads_cpu(pid: int) -> tuple[float, float, float]:
     """CPU seconds of a process's main thread (tiergate's event loop) and of its
-    other threads (gRPC core's pollers and executors), from /proc."""
-    main = other = 0.0
+    other threads (gRPC core's pollers and executors), from /proc; and the
+    seconds its main thread waited, runnable, for a CPU (schedstat)."""
+    main = other = waited = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             with open(task / "stat", encoding="ascii") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            with open(task / "schedstat", encoding="ascii") as f:
+                runqueue_ns = int(f.read().split()[1])
         except OSError:  # the thread ended
             continue
         secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         if task.name == str(pid):
             main += secs
+            waited += runqueue_ns / 1e9
         else:
             other += secs
-    return main, other
+    return main, other, waited
 
 
 def _p(values: Sequence[float], q: float) -> float | None:
@@ -181,11 +195,13 @@ def _p(values: Sequence[float], q: float) -> float | None:
 
 
 def _h2load(
-    target: str, rate: float | None, seconds: float, conns: int, workdir: Path
+    target: str, rate: float | None, seconds: float, conns: int, workdir: Path, cpu: int
 ) -> dict[str, Any]:
     """The load from h2load (Debian's nghttp2-client): Admit calls as raw HTTP/2
     POSTs, ``rate`` per second over ``conns`` connections (None: each connection
-    keeps 8 calls in flight, closed loop), for ``seconds``.
+    keeps 8 calls in flight, closed loop), for ``seconds``; pinned to CPU ``cpu``
+    at nice 10 (-1: neither), so that the load generator does not take most of a
+    small machine's cores from the server; the cores it used are reported.
     A C client reaches rates the Python clients cannot on a small machine; it
     reads no gRPC status (trailers), so its "succeeded" are HTTP 200 answers,
     whatever their status, and its "failed" the calls whose stream was reset."""
@@ -211,8 +227,17 @@ def _h2load(
         "-D",
         str(max(1, round(seconds))),
     ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    out = run.stdout + run.stderr
+    if cpu >= 0:
+        cmd = ["taskset", "-c", str(cpu), "nice", "-n", "10", *cmd]
+    log = workdir / f"h2load-{time.monotonic_ns()}.out"
+    started = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    # wait4: the CPU time of this child alone (other load processes run meanwhile)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    out = log.read_text(encoding="utf-8")
     m = re.search(
         r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
         r"(\d+) errored, (\d+) timeout",
@@ -229,6 +254,7 @@ def _h2load(
         "errored": errored,
         "timeout": timeout,
         "seconds": max(1, round(seconds)),
+        "cores_used": (usage.ru_utime + usage.ru_stime) / wall,
     }
 
 
@@ -251,18 +277,26 @@ def _sustainable(args: argparse.Namespace, target: str) -> float:
         # (the calls decided, from the server's metrics)
         start = _counts(target)["decided"]
         with tempfile.TemporaryDirectory() as tmp:
-            closed = _h2load(target, None, args.seconds, 2, Path(tmp))
+            closed = _h2load(target, None, args.seconds, 2, Path(tmp), args.load_cpu)
         rate = (_counts(target)["decided"] - start) / closed["seconds"]
     return rate
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One server per ``--max-queued`` value, in turn: see :func:`run_one`."""
+    return {
+        "load_cpu": args.load_cpu if args.load == "h2load" else None,
+        "runs": [run_one(args, q) for q in args.max_queued],
+    }
+
+
+def run_one(args: argparse.Namespace, max_queued: int) -> dict[str, Any]:
     """Sustainable rate, then ``args.rounds`` paired rounds (the unloaded probe,
     then the overload with the probe and health watching), then (with h2load)
     the server's CPU time per decided and per shed call."""
     import uvloop
 
-    with _server(args.max_in_flight) as (target, pid):
+    with _server(args.max_in_flight, max_queued) as (target, pid):
         rate = _sustainable(args, target)
         rounds = []
         for k in range(args.rounds):
@@ -276,8 +310,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # calls wait for the loop; far less while the machine's load is
             # above its cores means the server waited for a core
             wall = time.perf_counter() - started
-            loop, core = (b - a for a, b in zip(cpu, _threads_cpu(pid), strict=True))
+            loop, core, waited = (b - a for a, b in zip(cpu, _threads_cpu(pid), strict=True))
             loaded["server_cores_used"] = {"event_loop": loop / wall, "grpc_threads": core / wall}
+            # the share of the round the event loop was ready to run but had no CPU
+            loaded["event_loop_waiting_for_cpu"] = waited / wall
             loaded["load_average_1m"] = os.getloadavg()[0]
             unloaded_p99 = _p(unloaded, 0.99)
             probe_p99 = loaded["probe_under_load"]["accepted_p99_ms"]
@@ -295,7 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         cost = _shed_cost(args, target, pid) if args.load == "h2load" else None
-    return _summary(args, rate, rounds, cost)
+    return {"max_queued": max_queued, **_summary(args, rate, rounds, cost)}
 
 
 def _summary(
@@ -396,7 +432,8 @@ def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> d
     try:
         with multiprocessing.pool.ThreadPool(1) as pool:
             load_result = pool.apply_async(
-                _h2load, (target, offered, args.seconds, args.channels * args.procs, workdir)
+                _h2load,
+                (target, offered, args.seconds, args.channels * args.procs, workdir, args.load_cpu),
             )
             sample = ("open", (target, args.sample_rate, args.seconds, 4, args.deadline, 400))
             watch_result, sampled = in_processes([("watch", (target, args.seconds)), sample])
@@ -421,7 +458,7 @@ def _overload_h2load(args: argparse.Namespace, target: str, offered: float) -> d
         "load": {
             "sent": h2["sent"],
             "codes": {k: n for k, n in codes.items() if n},
-            "h2load": {k: h2[k] for k in ("http_200", "reset")},
+            "h2load": {k: h2[k] for k in ("http_200", "reset", "cores_used")},
         },
         # the statuses h2load cannot read, as Python callers alongside it got them
         "sampled": {"sent": sampled["sent"], "codes": sampled["codes"]},
@@ -464,7 +501,7 @@ def _shed_cost(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any
                 )
                 _wait_refused(target)  # the streams are open and counted
             before, cpu = _counts(target), _common.process_cpu_seconds(pid)
-            h2 = _h2load(target, None, seconds, 2, Path(tmp))
+            h2 = _h2load(target, None, seconds, 2, Path(tmp), args.load_cpu)
             cpu = _common.process_cpu_seconds(pid) - cpu
             calls = _counts(target)[kind] - before[kind]
             if holder is not None:
@@ -479,9 +516,93 @@ def _shed_cost(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any
     return out
 
 
+def _print_run(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    rows: list[list[Any]] = []
+    for k, r in enumerate(result["rounds"], 1):
+        codes = r["load"]["codes"]
+        if "sampled" in r:
+            codes = {**codes, **{f"sampled {c}": n for c, n in r["sampled"]["codes"].items()}}
+        rows.append(
+            [
+                k,
+                r["unloaded_probe"]["p99_ms"],
+                r["probe_under_load"]["accepted_p99_ms"],
+                r["p99_vs_unloaded"],
+                r["offered_factor"],
+                r["health_under_load"]["p99_ms"],
+                r["server_cores_used"]["event_loop"],
+                r["server_cores_used"]["grpc_threads"],
+                r["event_loop_waiting_for_cpu"],
+                r["load"].get("h2load", {}).get("cores_used", ""),
+                r["load_average_1m"],
+                ", ".join(f"{c} {n}" for c, n in sorted(codes.items())),
+            ]
+        )
+    m = result["median"]
+    rows.append(
+        [
+            "median",
+            m["unloaded_p99_ms"],
+            m["probe_p99_under_load_ms"],
+            m["p99_vs_unloaded"],
+            m["offered_factor"],
+            m["health_p99_ms"],
+            "",
+            "",
+            "",
+            "",
+            "",
+            f"shed {_common.fmt(result['shed_fraction'])} of the load; statuses read: "
+            + ", ".join(f"{c} {n}" for c, n in sorted(result["shed_statuses"].items())),
+        ]
+    )
+    _common.print_table(
+        f"overload ({args.load}): --max-in-flight {args.max_in_flight}, --max-queued "
+        f"{result['max_queued']}, sustainable {result['sustainable_calls_per_s']:.0f} "
+        f"Admit/s, asked {args.factor:g}x, target probe p99 <= 3x unloaded",
+        [
+            "round",
+            "unloaded p99 ms",
+            "loaded p99 ms",
+            "ratio",
+            "offered x",
+            "health p99 ms",
+            "loop cores",
+            "gRPC thread cores",
+            "loop waiting for CPU",
+            "h2load cores",
+            "loadavg",
+            "load outcomes",
+        ],
+        rows,
+    )
+    if result["shed_cost"]:
+        _common.print_table(
+            "server CPU per Admit call (h2load closed loop, 2 connections x 8)",
+            ["outcome", "calls", "CPU us/call", "streams reset by gRPC core"],
+            [
+                [k, v["calls"], v["server_cpu_us_per_call"], v["h2load_reset"]]
+                for k, v in result["shed_cost"].items()
+            ],
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--max-in-flight", type=int, default=64, help="the server's --max-in-flight")
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        nargs="+",
+        default=[256, 16],
+        help="the server's --max-queued; several: one server each, in turn",
+    )
+    p.add_argument(
+        "--load-cpu",
+        type=int,
+        default=max(os.sched_getaffinity(0)),
+        help="with h2load: the CPU it is pinned to, at nice 10 (-1: not pinned)",
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
     p.add_argument("--factor", type=float, default=10.0, help="offered load / sustainable load")
     p.add_argument("--callers", type=int, default=16, help="closed-loop callers per process")
@@ -504,67 +625,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args(argv)
     _common.print_machine()
+    if args.load == "h2load" and args.load_cpu >= 0:
+        print(f"h2load runs pinned to CPU {args.load_cpu} at nice 10 (--load-cpu)")
     result = run(args)
-    rows: list[list[Any]] = []
-    for k, r in enumerate(result["rounds"], 1):
-        codes = r["load"]["codes"]
-        if "sampled" in r:
-            codes = {**codes, **{f"sampled {c}": n for c, n in r["sampled"]["codes"].items()}}
-        rows.append(
-            [
-                k,
-                r["unloaded_probe"]["p99_ms"],
-                r["probe_under_load"]["accepted_p99_ms"],
-                r["p99_vs_unloaded"],
-                r["offered_factor"],
-                r["health_under_load"]["p99_ms"],
-                r["server_cores_used"]["event_loop"],
-                r["server_cores_used"]["grpc_threads"],
-                r["load_average_1m"],
-                ", ".join(f"{c} {n}" for c, n in sorted(codes.items())),
-            ]
-        )
-    m = result["median"]
-    rows.append(
-        [
-            "median",
-            m["unloaded_p99_ms"],
-            m["probe_p99_under_load_ms"],
-            m["p99_vs_unloaded"],
-            m["offered_factor"],
-            m["health_p99_ms"],
-            "",
-            "",
-            "",
-            f"shed {_common.fmt(result['shed_fraction'])} of the load; statuses read: "
-            + ", ".join(f"{c} {n}" for c, n in sorted(result["shed_statuses"].items())),
-        ]
-    )
-    _common.print_table(
-        f"overload ({args.load}): --max-in-flight {args.max_in_flight}, sustainable "
-        f"{result['sustainable_calls_per_s']:.0f} Admit/s, asked {args.factor:g}x, "
-        f"target probe p99 <= 3x unloaded",
-        [
-            "round",
-            "unloaded p99 ms",
-            "loaded p99 ms",
-            "ratio",
-            "offered x",
-            "health p99 ms",
-            "loop cores",
-            "gRPC thread cores",
-            "loadavg",
-            "load outcomes",
-        ],
-        rows,
-    )
-    if result["shed_cost"]:
+    for one in result["runs"]:
+        _print_run(args, one)
+    if len(result["runs"]) > 1:
         _common.print_table(
-            "server CPU per Admit call (h2load closed loop, 2 connections x 8)",
-            ["outcome", "calls", "CPU us/call", "streams reset by gRPC core"],
+            "by --max-queued (medians of the paired rounds)",
+            ["max queued", "unloaded p99 ms", "loaded p99 ms", "ratio", "shed", "statuses read"],
             [
-                [k, v["calls"], v["server_cpu_us_per_call"], v["h2load_reset"]]
-                for k, v in result["shed_cost"].items()
+                [
+                    one["max_queued"],
+                    one["median"]["unloaded_p99_ms"],
+                    one["median"]["probe_p99_under_load_ms"],
+                    one["median"]["p99_vs_unloaded"],
+                    one["shed_fraction"],
+                    ", ".join(f"{c} {n}" for c, n in sorted(one["shed_statuses"].items())),
+                ]
+                for one in result["runs"]
             ],
         )
     path = _common.write_results("overload", result, args.results_dir)

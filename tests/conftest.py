@@ -19,6 +19,11 @@ compiled run is skipped when the extension is not built, and fails instead when
 
 from __future__ import annotations
 
+# The tests' servers run on the transport ``tiergate serve`` runs on: gRPC reads
+# GRPC_EXPERIMENTS once, as it loads, so this comes before anything imports grpc.
+import tiergate.transport  # noqa: F401
+
+# isort: split
 import os
 from dataclasses import dataclass
 from types import ModuleType

@@ -3,6 +3,10 @@ simulate SCENARIO."""
 
 from __future__ import annotations
 
+# Before anything loads gRPC: it reads GRPC_EXPERIMENTS once, as it loads.
+import tiergate.transport  # noqa: F401
+
+# isort: split
 import argparse
 import asyncio
 import json
@@ -50,6 +54,12 @@ _SETTINGS = (
         "N",
         "calls served at once, open streams counted; more answer RESOURCE_EXHAUSTED "
         f"(default {cfg.DEFAULT_MAX_IN_FLIGHT})",
+    ),
+    (
+        "--max-queued",
+        "N",
+        "calls of one method gRPC core holds until the event loop takes them; more "
+        f"answer RESOURCE_EXHAUSTED (default {cfg.DEFAULT_MAX_QUEUED})",
     ),
     (
         "--max-message-bytes",

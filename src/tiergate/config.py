@@ -37,6 +37,9 @@ DEFAULT_MAX_BATCH = 1000
 MAX_BATCH_CEILING = 100_000
 #: Calls served at once (open streams counted); more answer RESOURCE_EXHAUSTED.
 DEFAULT_MAX_IN_FLIGHT = 1024
+#: The most calls of one method gRPC core holds for the event loop before it takes
+#: them; more are turned away RESOURCE_EXHAUSTED (``grpc_server.pending_limits``).
+DEFAULT_MAX_QUEUED = 256
 #: The largest request message gRPC takes; 0: 4 MiB, or max_batch KiB if more
 #: (a full AdmitBatch fits: an AdmitRequest is at most ~1 KiB).
 DEFAULT_MAX_MESSAGE_BYTES = 0
@@ -82,6 +85,7 @@ class ServeConfig:
     webhook_verify_token: str = field(default="", repr=False)
     max_batch: int = DEFAULT_MAX_BATCH
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_queued: int = DEFAULT_MAX_QUEUED
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     durability: str = DEFAULT_DURABILITY
     # Start even if the journal is corrupt before its tail: cut there (the cut
@@ -248,6 +252,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, object], str]:
 
 _max_batch = _int_in(1, MAX_BATCH_CEILING)
 _max_in_flight = _int_in(1, 1_000_000)
+_max_queued = _int_in(1, 1_000_000)
 
 
 #: gRPC's limit: a message length is a 32-bit signed integer.
@@ -326,6 +331,7 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "webhook_verify_token": _str,
     "max_batch": _max_batch,
     "max_in_flight": _max_in_flight,
+    "max_queued": _max_queued,
     "max_message_bytes": _max_message_bytes,
     "durability": _one_of(DURABILITY_MODES),
     "recover_truncate": _bool,

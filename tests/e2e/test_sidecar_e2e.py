@@ -20,16 +20,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tiergate.client import TiergateClient
 from tiergate.v1 import admission_pb2 as pb
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -279,6 +283,48 @@ def test_a_day_of_traffic_then_state_then_sigterm(tmp_path: Path) -> None:
         counts = {c["reason"]: c["count"] for c in state["decision_counts"]}  # type: ignore[union-attr]
         assert counts == {"OK": 430, "MESSAGING_LIMIT": 50}
         assert stop(s) == 0
+
+
+def test_overload_is_shed_resource_exhausted_and_a_watch_ends_cleanly_at_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tiergate serve`` as it starts with nothing in GRPC_EXPERIMENTS: a burst of
+    Admits far beyond its queue is answered, or shed RESOURCE_EXHAUSTED (by the
+    servicer or by gRPC core), never CANCELLED; health answers meanwhile; a
+    watch stream open at SIGTERM ends with status OK."""
+    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
+    with sidecar(
+        tmp_path, env_settings={"TIERGATE_MAX_IN_FLIGHT": "2", "TIERGATE_MAX_QUEUED": "2"}
+    ) as s:
+        channel = grpc.insecure_channel(s.target)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = pb_grpc.AdmissionControlStub(channel)
+        watch = stub.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
+        assert next(watch).sender_id == SENDER
+        send = pb.AdmitRequest(
+            sender_id=SENDER, kind=pb.TEMPLATE, category=pb.UTILITY, template_id="order_update"
+        )
+        burst = []
+        for i in range(600):
+            send.recipient, send.at_unix_ms = recipient(i), T0 + i
+            burst.append(stub.Admit.future(send, timeout=60))
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        outcomes: Counter[str] = Counter()
+        for f in burst:
+            e = f.exception()
+            outcomes["OK" if e is None else e.code().name] += 1
+            if e is not None and "Too many pending requests" in (e.details() or ""):
+                outcomes["shed by gRPC core"] += 1
+        assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED", "shed by gRPC core"}, outcomes
+        assert outcomes["OK"] >= 1 and outcomes["shed by gRPC core"] >= 1, outcomes
+
+        assert stop(s) == 0
+        assert list(watch) == []  # the stream ends with status OK (an error raises)
+        assert watch.code() == grpc.StatusCode.OK
+        channel.close()
 
 
 def test_state_of_an_unknown_sender_fails_cleanly(tmp_path: Path) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -54,13 +57,22 @@ async def test_reflection_lists_the_service() -> None:
         assert replies[0].file_descriptor_response.file_descriptor_proto
 
 
-@run_async
-async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None:
-    config = make_config(shutdown_grace=5.0)
-    sidecar = Sidecar(config)
+@contextlib.asynccontextmanager
+async def _started(**overrides: Any) -> AsyncIterator[tuple[Sidecar, grpc.aio.Channel]]:
+    """A started sidecar and a channel to it; both closed at the end."""
+    sidecar = Sidecar(make_config(**overrides))
     await sidecar.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
     try:
+        yield sidecar, channel
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0)
+
+
+@run_async
+async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None:
+    async with _started(shutdown_grace=5.0) as (sidecar, channel):
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
         assert (await watch.read()).status == SERVING
@@ -83,9 +95,36 @@ async def test_shutdown_goes_not_serving_then_finishes_in_flight_calls() -> None
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Admit(admit("15550000003"), timeout=1)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        await channel.close(None)
-        await sidecar.stop(0)
+
+
+@run_async
+async def test_at_stop_new_calls_are_unavailable_and_open_streams_end_after_their_answers() -> None:
+    """Every call ends before the gRPC server stops (whose transport would reset
+    it, INTERNAL): a call starting during the grace period is UNAVAILABLE, an
+    open AdmitStream is served until near its end, then ends UNAVAILABLE."""
+    async with _started(shutdown_grace=1.0) as (sidecar, channel):
+        stub = pb_grpc.AdmissionControlStub(channel)
+        stream = stub.AdmitStream()
+        await stream.write(admit("15550000001"))
+        assert (await stream.read()).decision == pb.DECISION_ADMIT
+        stopping = asyncio.ensure_future(sidecar.stop())
+        while not sidecar._servicer.in_flight.closing:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        for call in (
+            stub.Admit(admit("15550000002")),
+            stub.GetSenderState(pb.GetSenderStateRequest(sender_id=SENDER)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (info.value.details() or "")
+        await stream.write(admit("15550000003", T0 + 1))  # still served
+        assert (await stream.read()).decision == pb.DECISION_ADMIT
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # ended near the grace's end
+            await stream.read()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "AdmitStream: shutting down" in (info.value.details() or "")
+        await asyncio.wait_for(stopping, 5)
 
 
 @run_async

@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_harness import SENDER, Harness, run_async, serving, template_request
 
-from tiergate import cli
+from tiergate import cli, transport
 from tiergate import config as cfg
 from tiergate.server import grpc_server
 from tiergate.server.metrics import Metrics
@@ -226,28 +226,16 @@ def _outcome(future: Any) -> str:
     return "OK" if exc is None else str(exc.code().name)
 
 
-#: gRPC core's experiment (gRPC 1.85, off unless named in GRPC_EXPERIMENTS when
-#: gRPC starts): the promise-based HTTP/2 server transport.
-PROMISE_TRANSPORT = "ph2_server"
-
-
-def _core_shed_code() -> str:
-    """The status gRPC core ends the calls its pending limit turns away with:
-    CANCELLED (a stream reset) on its default transport, RESOURCE_EXHAUSTED on
-    the promise-based one."""
-    enabled = {e.strip() for e in os.environ.get("GRPC_EXPERIMENTS", "").split(",")}
-    return "RESOURCE_EXHAUSTED" if PROMISE_TRANSPORT in enabled else "CANCELLED"
-
-
 @run_async
 async def test_calls_queued_before_the_loop_takes_them_are_shed_at_once() -> None:
     # The event loop is held (as by a burst of work it cannot keep up with)
     # while calls arrive: gRPC core queues them for the loop, up to
-    # max_in_flight per method, and ends the rest at once, with no Python run
-    # for them (CANCELLED, or RESOURCE_EXHAUSTED on the promise-based
-    # transport). Health checks queue apart and are answered.
-    shed_code = _core_shed_code()
-    async with serving(max_in_flight=4) as h:
+    # max_queued per method, and ends the rest at once, RESOURCE_EXHAUSTED,
+    # with no Python run for them. Health checks queue apart and are answered.
+    # (The tests' servers run on the transport tiergate serve runs on.)
+    assert transport.enabled(), "gRPC loaded before tiergate.transport named its transport"
+    shed_code = "RESOURCE_EXHAUSTED"
+    async with serving(max_in_flight=100, max_queued=4) as h:
         admit = SERVICE + "Admit"
         health = "/grpc.health.v1.Health/Check"
         rpcs = [(admit, template_request(f"1555000{i:04d}").SerializeToString()) for i in range(40)]
@@ -273,24 +261,42 @@ async def test_calls_queued_before_the_loop_takes_them_are_shed_at_once() -> Non
         assert state.used_24h == outcomes["OK"]  # the shed ones decided nothing
 
 
-def test_on_the_promise_based_transport_grpc_core_sheds_with_resource_exhausted() -> None:
-    """The same queue, the same limits, with GRPC_EXPERIMENTS=ph2_server (read
-    when gRPC starts: a fresh process): the calls gRPC core turns away end
-    RESOURCE_EXHAUSTED, not CANCELLED."""
-    env = {**os.environ, "GRPC_EXPERIMENTS": PROMISE_TRANSPORT}
-    test = f"{__file__}::test_calls_queued_before_the_loop_takes_them_are_shed_at_once"
+def test_the_promise_based_transport_is_named_unless_grpc_experiments_names_it() -> None:
+    for before, after in [
+        ("", "ph2_server"),
+        ("event_engine_client", "event_engine_client,ph2_server"),
+        ("ph2_server", "ph2_server"),
+        ("-ph2_server", "-ph2_server"),  # kept off
+    ]:
+        env = {"GRPC_EXPERIMENTS": before} if before else {}
+        assert transport.prefer_promise_transport(env) == (not before.startswith("-"))
+        assert env["GRPC_EXPERIMENTS"] == after
+
+
+#: Prints GRPC_EXPERIMENTS as it was when grpc started loading for ``tiergate.cli``.
+_SPY = """
+import os, sys
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpc" and not seen:
+            seen.append(os.environ.get("GRPC_EXPERIMENTS"))
+sys.meta_path.insert(0, Spy())
+import tiergate.cli
+print(seen[0])
+"""
+
+
+def test_every_tiergate_command_loads_grpc_with_the_promise_based_transport() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", _SPY], env=env, capture_output=True, text=True, timeout=60
     )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "1 passed" in run.stdout
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == transport.PROMISE_TRANSPORT
 
 
-def test_pending_limits_follow_max_in_flight() -> None:
+def test_pending_limits_follow_max_queued() -> None:
     assert dict(grpc_server.pending_limits(64)) == {
         "grpc.server.max_pending_requests": 32,
         "grpc.server.max_pending_requests_hard_limit": 64,
@@ -352,12 +358,13 @@ def test_streams_per_connection_are_capped(monkeypatch: pytest.MonkeyPatch) -> N
             metrics=Metrics(),
             max_in_flight=10,
         )
-        grpc_server.build_server(s, h, 1000, Metrics(), max_message_bytes=65_536)
+        grpc_server.build_server(s, h, 1000, Metrics(), max_message_bytes=65_536, max_queued=6)
 
     asyncio.run(build())
     options = dict(seen[0])
     assert options["grpc.max_concurrent_streams"] == 10 + grpc_server.STREAM_HEADROOM
-    assert options["grpc.server.max_pending_requests_hard_limit"] == 10
+    # gRPC core's queue for the event loop: max_queued, whatever max_in_flight is
+    assert options["grpc.server.max_pending_requests_hard_limit"] == 6
     assert options["grpc.max_receive_message_length"] == 65_536
 
 
@@ -376,6 +383,9 @@ def test_settings_from_flag_env_and_file(tmp_path: Any) -> None:
     assert c.max_in_flight == 60 and c.origins["max_in_flight"] == "env"
     c = cfg.load({"config": str(path), "max_in_flight": "70"}, env={})
     assert c.max_in_flight == 70 and c.origins["max_in_flight"] == "flag"
+    assert c.max_queued == cfg.DEFAULT_MAX_QUEUED
+    c = cfg.load({"max_queued": "8"}, env={"TIERGATE_MAX_QUEUED": "4"})
+    assert c.max_queued == 8 and c.origins["max_queued"] == "flag"
 
 
 @pytest.mark.parametrize(
@@ -383,6 +393,7 @@ def test_settings_from_flag_env_and_file(tmp_path: Any) -> None:
     [
         (["--max-in-flight", "0"], "max_in_flight"),
         (["--max-in-flight", "many"], "max_in_flight"),
+        (["--max-queued", "0"], "max_queued"),
         (["--max-message-bytes", "100"], "max_message_bytes"),
     ],
 )

@@ -219,6 +219,7 @@ class Sidecar:
             self.metrics,
             self.guard,
             max_message_bytes=message_limit(config),
+            max_queued=config.max_queued,
             watches=self.watches,
         )
         try:
@@ -439,9 +440,15 @@ class Sidecar:
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
         if self._server is not None:
-            # Stop accepting now; end as soon as the calls in flight are done (their
-            # last statuses sent), at the latest when the grace period is over.
-            await self._server.stop(grace)
+            # Every call ends before the gRPC server stops, which on gRPC core's
+            # promise-based transport (tiergate.transport) resets those still open
+            # whatever the grace: see InFlight.drain; the watches, told to end, finish.
+            ends = time.monotonic() + grace
+            if self._servicer is not None:
+                await self._servicer.in_flight.drain(ends)
+            while (self.watches.active or self._health.watching) and time.monotonic() < ends:
+                await asyncio.sleep(0.01)
+            await self._server.stop(max(0.0, ends - time.monotonic()))
         async with self._reloading:  # a reload in progress commits first; none starts after
             queued = self.shared.flush(None) if self.shared is not None else None
             if queued is not None:
@@ -476,6 +483,7 @@ _RESTART_SETTINGS = (
     "durability",
     "max_batch",
     "max_in_flight",
+    "max_queued",
     "max_message_bytes",
     "webhook_listen",
     "metrics_listen",

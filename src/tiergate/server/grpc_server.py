@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from tiergate.config import DEFAULT_MAX_QUEUED
 from tiergate.server import decoding
 from tiergate.server.auth import ADMIN_FEEDBACK, Access, Guard
 from tiergate.server.metrics import Metrics
@@ -38,6 +39,7 @@ def build_server(
     guard: Guard | None = None,
     *,
     max_message_bytes: int | None = None,
+    max_queued: int = DEFAULT_MAX_QUEUED,
     watches: Watches | None = None,
 ) -> grpc.aio.Server:
     """A server with every service registered, not yet bound to a port.
@@ -45,8 +47,10 @@ def build_server(
     With an active ``guard`` (a token configured), AdmissionControl's methods
     need a token (see :mod:`tiergate.server.auth`); health and reflection never do.
     ``max_message_bytes`` bounds a request message (default: 4 MiB, or ``max_batch``
-    KiB if more); ``watches`` serve WatchSenderState (default: ones no commit
-    pokes, whose streams send the first state only); a connection opens at most
+    KiB if more); ``max_queued`` bounds gRPC core's queue of each method's calls
+    for the event loop (:func:`pending_limits`); ``watches`` serve
+    WatchSenderState (default: ones no commit pokes, whose streams send the
+    first state only); a connection opens at most
     ``servicer.in_flight.limit`` + :data:`STREAM_HEADROOM` streams at once (its
     client queues the rest), so one connection cannot hold every slot and health
     checks still get through.
@@ -59,7 +63,7 @@ def build_server(
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_concurrent_streams", servicer.in_flight.limit + STREAM_HEADROOM),
-            *pending_limits(servicer.in_flight.limit),
+            *pending_limits(max_queued),
         ]
     )
     servicer.watches = watches or Watches(lambda: servicer.service, metrics=metrics)
@@ -68,27 +72,27 @@ def build_server(
     return server
 
 
-def pending_limits(max_in_flight: int) -> list[tuple[str, int]]:
+def pending_limits(max_queued: int) -> list[tuple[str, int]]:
     """gRPC core's limits on the calls it holds for a method before the event loop
-    takes them: from half of ``max_in_flight`` waiting, a new call is turned away
-    at random, more often as the queue grows, and always at ``max_in_flight``.
+    takes them: from half of ``max_queued`` waiting, a new call is turned away at
+    random, more often as the queue grows, and always at ``max_queued``.
     Under overload calls wait there, before any Python runs for them (grpc.aio
     takes one call per method per turn of the loop, so the servicer's own count
-    stays low while latency grows), and this is where the excess is shed, in
-    gRPC core's threads, at no cost to the event loop. gRPC core ends such a call
-    CANCELLED on its default HTTP/2 transport (its own status: no setting maps
-    it), and RESOURCE_EXHAUSTED ("Too many pending requests for this server")
-    on its promise-based server transport, an experiment of gRPC 1.85 that
-    ``GRPC_EXPERIMENTS=ph2_server`` turns on (it also ends open streams with a
-    reset, INTERNAL to the client, at a graceful shutdown). The servicer's own
-    RESOURCE_EXHAUSTED needs the call to reach Python, and there a refusal costs
-    about what a decision does (``benchmarks/overload.py --load h2load``), so it
-    cannot shed most of a load several times what the server sustains. Each
-    method has its own queue: health checks, served through the generic handler
-    path, queue apart from Admit and are never shed for its load."""
+    stays low while latency grows): an accepted call waits behind at most
+    ``max_queued`` others, so the queue's length, not ``max_in_flight``, bounds
+    what overload adds to its latency. The excess is shed there, in gRPC core's
+    threads, at no cost to the event loop, ``RESOURCE_EXHAUSTED`` ("Too many
+    pending requests for this server") on the promise-based server transport
+    tiergate runs on (``tiergate.transport``; ``CANCELLED``, a stream reset, on
+    gRPC's default one). The servicer's own RESOURCE_EXHAUSTED needs the call to
+    reach Python, and there a refusal costs about what a decision does
+    (``benchmarks/overload.py --load h2load``), so it cannot shed most of a load
+    several times what the server sustains. Each method has its own queue:
+    health checks, served through the generic handler path, queue apart from
+    Admit and are never shed for its load."""
     return [
-        ("grpc.server.max_pending_requests", max(1, max_in_flight // 2)),
-        ("grpc.server.max_pending_requests_hard_limit", max(1, max_in_flight)),
+        ("grpc.server.max_pending_requests", max(1, max_queued // 2)),
+        ("grpc.server.max_pending_requests_hard_limit", max(1, max_queued)),
     ]
 
 

@@ -29,6 +29,8 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
         self._frozen = False  # after enter_graceful_shutdown, set() changes nothing
         self._ending = False
         self._changed = asyncio.Condition()
+        #: Watch streams open.
+        self.watching = 0
 
     async def set(self, service: str, status: Status) -> None:
         await super().set(service, status)
@@ -54,6 +56,13 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
             self._changed.notify_all()
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        self.watching += 1
+        try:
+            await self._watch(request, context)
+        finally:
+            self.watching -= 1
+
+    async def _watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         last: Status | None = None
         while True:
             async with self._changed:

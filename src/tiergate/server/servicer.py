@@ -47,15 +47,24 @@ Commit = Callable[[], Awaitable[None] | None]
 
 _INDEXED_FIELD = re.compile(r"^requests\[(\d+)\]\.?(.*)$")
 _END = object()
+_CLOSED = object()  # AdmitStream's queue: the sidecar is stopping
+
+
+class ShuttingDown(Exception):
+    """The sidecar is stopping: the call is answered UNAVAILABLE."""
 
 
 class InFlight:
     """Counts the admission calls being served (open streams included), at most
-    ``limit`` at once."""
+    ``limit`` at once; at shutdown (:meth:`drain`) turns new calls away, waits for
+    the calls in flight and ends the open streams."""
 
     def __init__(self, limit: int = 1024) -> None:
         self.count = 0
         self.limit = limit
+        self.closing = False
+        #: Per open AdmitStream: ends it (UNAVAILABLE) after what it decided.
+        self.streams: set[Callable[[], None]] = set()
 
     def __enter__(self) -> None:
         self.count += 1
@@ -64,8 +73,11 @@ class InFlight:
         self.count -= 1
 
     def unserved(self, context: Context) -> tuple[grpc.StatusCode, str] | None:
-        """Why a call that is starting is not served: the limit is reached, or its
-        deadline has passed while it waited (nothing is decided for it)."""
+        """Why a call that is starting is not served: the sidecar is stopping, the
+        limit is reached, or its deadline has passed while it waited (nothing is
+        decided for it)."""
+        if self.closing:
+            return grpc.StatusCode.UNAVAILABLE, "shutting down, retry on another instance"
         if self.count >= self.limit:
             return grpc.StatusCode.RESOURCE_EXHAUSTED, (
                 f"overloaded: {self.limit} calls in flight, retry later"
@@ -74,6 +86,30 @@ class InFlight:
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call was served"
         return None
+
+    def close(self) -> None:
+        """From now on every call starting is answered UNAVAILABLE. The shutdown
+        holds one count itself, so that Admit (which checks only while other calls
+        are in flight) checks too."""
+        if not self.closing:
+            self.closing = True
+            self.count += 1
+
+    async def drain(self, ends: float) -> None:
+        """At shutdown, before the gRPC server stops (``time.monotonic()`` ``ends``
+        the grace period): new calls are answered UNAVAILABLE, the calls in flight
+        finish, and the AdmitStreams still open near the end end UNAVAILABLE after
+        the answers to what they decided."""
+        self.close()
+        if not await self._drained(ends - min(1.0, max(0.0, ends - time.monotonic()) / 4)):
+            for end in list(self.streams):
+                end()
+            await self._drained(ends)
+
+    async def _drained(self, deadline: float) -> bool:
+        while self.count > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.count <= 1
 
 
 class Deciding:
@@ -196,7 +232,7 @@ class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.Admiss
             raise exc
         if isinstance(exc, CapReached):  # counted by the policy layer (``capped``)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        if isinstance(exc, StoreUnavailableError):
+        if isinstance(exc, StoreUnavailableError | ShuttingDown):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{rpc}: {exc}")
         self._metrics.internal(rpc)
         log.exception("%s failed", rpc, extra={"rpc": rpc})
@@ -343,49 +379,11 @@ class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.Admiss
         same answers, errors and commits either way."""
         await self._admit_call(context, "AdmitStream")
         with self.in_flight:
-            # A reader task buffers what the client sends while a chunk is being
-            # decided; the bounded queue stops reading when full, so gRPC flow
-            # control pushes back on the client.
-            queue: asyncio.Queue[object] = asyncio.Queue(maxsize=self._max_batch)
-
-            async def read() -> None:
-                try:
-                    async for req in request_iterator:
-                        # put() only waits when the queue is full; skip its coroutine otherwise.
-                        if queue.full():
-                            await queue.put(req)
-                        else:
-                            queue.put_nowait(req)
-                except Exception as e:
-                    await queue.put(e)
-                else:
-                    await queue.put(_END)
-
-            reader = asyncio.create_task(read())
+            incoming = _Incoming(request_iterator, self._max_batch)
+            self.in_flight.streams.add(incoming.end)
             offset = 0  # stream position of the chunk's first request
             try:
-                done = False
-                while not done:
-                    chunk: list[Any] = []
-                    item = await queue.get()
-                    while True:
-                        if item is _END:
-                            done = True
-                            break
-                        if isinstance(item, Exception):
-                            raise item
-                        chunk.append(item)
-                        if len(chunk) >= self._max_batch:
-                            break
-                        if queue.empty():
-                            # One loop turn lets the reader hand over messages that
-                            # have already arrived; stop when nothing more came.
-                            await asyncio.sleep(0)
-                            if queue.empty():
-                                break
-                        item = queue.get_nowait()
-                    if not chunk:
-                        continue
+                while (chunk := await incoming.chunk()) is not None:
                     if self.refusal is not None:
                         raise self.refusal
                     fields: Checked | None = None
@@ -430,7 +428,8 @@ class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.Admiss
             except Exception as e:
                 await self._fail(context, "AdmitStream", e)
             finally:
-                reader.cancel()
+                self.in_flight.streams.discard(incoming.end)
+                incoming.reader.cancel()
 
     async def RecordFeedback(
         self, request: pb.RecordFeedbackRequest, context: Context
@@ -510,6 +509,68 @@ class AdmissionControl(Deciding, Watching, plans.PlanCampaignRpc, pb_grpc.Admiss
                 return state
             except Exception as e:
                 await self._fail(context, "GetSenderState", e)
+
+
+class _Incoming:
+    """An AdmitStream's requests in chunks. A reader task buffers what the client
+    sends while a chunk is being decided; the bounded queue stops reading when
+    full, so gRPC flow control pushes back on the client."""
+
+    def __init__(self, requests: AsyncIterator[Any], max_batch: int) -> None:
+        self._requests = requests
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_batch)
+        self._done = False
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        queue = self._queue
+        try:
+            async for req in self._requests:
+                # put() only waits when the queue is full; skip its coroutine otherwise.
+                if queue.full():
+                    await queue.put(req)
+                else:
+                    queue.put_nowait(req)
+        except Exception as e:
+            await queue.put(e)
+        else:
+            await queue.put(_END)
+
+    def end(self) -> None:
+        """At shutdown: read no more; what is queued is not decided."""
+        self.reader.cancel()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_CLOSED)
+
+    async def chunk(self) -> list[Any] | None:
+        """The requests that have arrived (at least one, at most ``max_batch``);
+        None once the client has sent everything. Raises what the reader met, or
+        :class:`ShuttingDown` after :meth:`end`."""
+        if self._done:
+            return None
+        queue = self._queue
+        chunk: list[Any] = []
+        item = await queue.get()
+        while True:
+            if item is _END:
+                self._done = True
+                return chunk or None
+            if item is _CLOSED:
+                raise ShuttingDown("shutting down; the messages not answered were not decided")
+            if isinstance(item, Exception):
+                raise item
+            chunk.append(item)
+            if len(chunk) >= self._max_batch:
+                return chunk
+            if queue.empty():
+                # One loop turn lets the reader hand over messages that
+                # have already arrived; stop when nothing more came.
+                await asyncio.sleep(0)
+                if queue.empty():
+                    return chunk
+            item = queue.get_nowait()
 
 
 async def _decide_before(
