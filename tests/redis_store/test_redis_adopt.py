@@ -17,7 +17,7 @@ from tiergate import cli
 from tiergate import config as cfg
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar, shared_watch
-from tiergate.store import redis_counting, redis_reads
+from tiergate.store import redis_counting
 from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
 
@@ -325,13 +325,10 @@ async def _plan_in_calls(stub: Any, recipients: list[str], per_call: int) -> lis
     return times
 
 
-def test_a_list_planned_across_calls_over_redis_is_the_same_plan(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_list_planned_across_calls_over_redis_is_the_same_plan(redis_url: str) -> None:
     """A list sent in four calls (``more_follow``, ``continuation``) over Redis is
     planned as the whole list in one call is, by the embedded store too, and is
-    admitted as planned (its recipients' entries read a few shards a call)."""
-    monkeypatch.setattr(redis_reads, "ENTRIES_PER_CALL", 7)
+    admitted as planned."""
 
     async def main() -> None:
         async with (
@@ -357,6 +354,54 @@ def test_a_list_planned_across_calls_over_redis_is_the_same_plan(
             await client.aclose()
             assert await _plan(a, recipients, T0, pb.UTILITY) == want
             await _replay(b, recipients, got, T0, pb.UTILITY)
+
+    uvloop.run(main())
+
+
+async def _function_calls(client: Any) -> dict[str, int]:
+    """Calls of the library since the last CONFIG RESETSTAT, by command."""
+    stats = await client.info("commandstats")
+    scripts = ("cmdstat_fcall", "cmdstat_eval")
+    return {k[8:]: int(v["calls"]) for k, v in stats.items() if k.startswith(scripts)}
+
+
+def test_a_plan_reads_redis_in_one_read_only_call(redis_url: str) -> None:
+    """A plan of 3 000 recipients (spread over most of the scope's shard hashes, some
+    counted, some opted out) reads Redis with one call of the library, FCALL_RO of
+    a function registered no-writes (``counts`` too), and writes nothing; carried on
+    across three calls, one read a call. Its times are the embedded store's."""
+
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        async with (
+            serving(_config(mps=50)) as alone,
+            serving(_config(redis_url, mps=50)) as a,
+            serving(_config(redis_url, mps=50)) as b,
+        ):
+            earlier = _numbers(200)
+            for i, rcpt in enumerate(earlier):
+                req = _send(rcpt, T0 - DAY + 300_000 * i)
+                assert _answer(await b.Admit(req)) == _answer(await alone.Admit(req))
+            out = pb.OptOut(recipient=earlier[7], sender_id=SENDER, opted_out=True, at_unix_ms=T0)
+            for stub in (alone, b):
+                await stub.RecordFeedback(pb.RecordFeedbackRequest(opt_out=out))
+            recipients = earlier[::2] + _numbers(2_900, 5_000)
+            want = await _plan(alone, recipients, T0, pb.UTILITY)
+            await client.config_resetstat()
+            assert await _plan(a, recipients, T0, pb.UTILITY) == want
+            assert await _function_calls(client) == {"fcall_ro": 1}
+            await client.config_resetstat()
+            assert await _plan_in_calls(a, recipients, 1_000) == want
+            assert await _function_calls(client) == {"fcall_ro": 3}
+            libraries = await client.function_list()
+            functions = {
+                f[1].decode().rsplit("_", 1)[-1]: {x.decode() for x in f[5]}
+                for lib in libraries
+                for f in lib[5]
+            }
+            assert functions["entries"] == functions["counts"] == {"no-writes"}
+            assert functions["decide"] == set()
+        await client.aclose()
 
     uvloop.run(main())
 
