@@ -74,8 +74,6 @@ __all__ = [
 
 #: How long a call may wait for Redis (s) before the store counts as unavailable.
 DEFAULT_TIMEOUT = 0.5
-#: How much longer a read of a plan's list may take, per recipient of the list (s).
-READ_S_PER_RECIPIENT = 50e-6
 #: The functions the library registers (``calls`` in redis_functions.lua).
 _OPERATIONS = (
     "decide",
@@ -534,33 +532,10 @@ class RedisCounting:
         warm = num.warm_key(scope) if num is not None else None
         extra = ([warm], [num.name]) if num is not None and warm is not None else ([], [])
         keys = [*scope.fixed_keys()[:4], *extra[0]]
-        args = [*scope.geometry, self._read_time(now), *extra[1]]
+        args = [*scope.geometry, self.read_time(now), *extra[1]]
         return list(await self.run("counts", keys, args))
 
-    async def entries(
-        self,
-        scope: ScopeSpec,
-        now: int,
-        num: NumberSpec,
-        shards: Sequence[tuple[int, str]],
-        count: int,
-    ) -> list[Any]:
-        """The library's ``entries`` (read only), one call: what :meth:`counts` answers
-        for ``scope`` and ``num`` at ``now`` (one element), ``num``'s throughput TAT,
-        then seven values per recipient with any entry; ``shards`` are (shard hash,
-        its recipients' digits separated by spaces), ``count`` recipients in all
-        (``redis_reads.plan_reads``). Redis runs the call whole, so its bound is the
-        store's and :data:`READ_S_PER_RECIPIENT` a recipient."""
-        warm = num.warm_key(scope)
-        fixed, tag = scope.fixed_keys(), scope.tag
-        keys = [*fixed[:6], *([warm] if warm is not None else [])]
-        keys += [f"{tag}:c{k}" for k, _ in shards]
-        args = [*scope.geometry, self._read_time(now), num.name, "0" if warm is None else "1"]
-        args += [rs for _, rs in shards]
-        bound = self.timeout + count * READ_S_PER_RECIPIENT
-        return list(await self.run("entries", keys, args, bound))
-
-    def _read_time(self, now: int) -> int | str:
+    def read_time(self, now: int) -> int | str:
         """A read's time argument: ``now``, or '' (Redis's TIME) on the server clock."""
         if self.server_clock:
             return ""

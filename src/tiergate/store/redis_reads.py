@@ -50,12 +50,17 @@ from .redis_layout import MIX, SHARD_BITS, U64, NumberSpec, ScopeSpec
 
 __all__ = [
     "FILLER_KEY",
+    "READ_S_PER_RECIPIENT",
     "PlanCopy",
     "ScopeCounts",
     "plan_engine",
     "plan_reads",
     "scope_counts",
 ]
+
+#: How much longer than any call a plan's read may take, per recipient of its list
+#: (s): Redis runs the read whole.
+READ_S_PER_RECIPIENT = 50e-6
 
 #: The first key standing for a counted recipient outside a plan's list: a one-digit
 #: E.164 key whose digits are 10 or more (no recipient text makes one).
@@ -380,8 +385,14 @@ async def plan_reads(
     shift = 64 - SHARD_BITS
     for r in recipients:  # (shard() inlined: a plan's list is long)
         by_shard[((r * MIX) & U64) >> shift].append(r)
-    shards = [(k, " ".join(map(str, rs))) for k, rs in by_shard.items()]
-    res = await counting.entries(scope, now, number, shards, len(recipients))
+    # (keys and arguments: ``entries`` in redis_functions.lua)
+    warm = number.warm_key(scope)
+    keys = [*scope.fixed_keys()[:6], *([warm] if warm is not None else [])]
+    keys += [f"{scope.tag}:c{k}" for k in by_shard]
+    args = [*scope.geometry, counting.read_time(now), number.name, "0" if warm is None else "1"]
+    args += [" ".join(map(str, rs)) for rs in by_shard.values()]
+    bound = counting.timeout + len(recipients) * READ_S_PER_RECIPIENT
+    res = await counting.run("entries", keys, args, bound)
     got: dict[int, tuple[Any, ...]] = {}
     if len(res) > 2:
         called = [r for rs in by_shard.values() for r in rs]
