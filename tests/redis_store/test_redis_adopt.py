@@ -15,9 +15,10 @@ import uvloop
 
 from tiergate import cli
 from tiergate import config as cfg
+from tiergate.engine.constants import ADMIT, F_MARKETING, F_TEMPLATE
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar, shared_watch
-from tiergate.store import redis_counting
+from tiergate.store import redis_counting, redis_reads
 from tiergate.store.location import parse_store
 from tiergate.v1 import admission_pb2 as pb
 
@@ -402,6 +403,42 @@ def test_a_plan_reads_redis_in_one_read_only_call(redis_url: str) -> None:
             assert functions["entries"] == functions["counts"] == {"no-writes"}
             assert functions["decide"] == set()
         await client.aclose()
+
+    uvloop.run(main())
+
+
+def test_a_plan_s_read_through_scripts_is_the_functions_read(redis_url: str) -> None:
+    """Where Functions are refused, a plan reads the same in one EVALSHA_RO: counts,
+    the number's own ring in warm-up, scope, marketing, warm-up and pair entries and
+    opt-outs (40 listed, 30 sent to, one opted out)."""
+
+    async def main() -> None:
+        store = await redis_counting.connect(parse_store(redis_url), timeout=10.0)
+        scope = redis_counting.ScopeSpec(f"scripts-{random.randrange(1 << 30)}")
+        num = redis_counting.NumberSpec("n1", tput_interval_us=1_000, pair_burst=3, warm_cap=50)
+        listed = [14155550000 + i for i in range(40)]
+        flags = F_TEMPLATE | F_MARKETING
+        rows = [redis_counting.Row(num, r, flags, 100, T0 + 10 * i) for i, r in enumerate(listed)]
+        reads = []
+        try:
+            decided = await store.decide(scope, rows[:30])
+            assert [d.decision for d in decided] == [ADMIT] * 30
+            await store.set_opt_out(scope, listed[35], True)
+            for functions in (True, False):
+                store.functions = functions
+                assert await store.load() == ("functions" if functions else "scripts")
+                counts, got = await redis_reads.plan_reads(store, scope, T0 + 500, num, listed)
+                assert counts.warm is not None
+                reads.append(
+                    (counts.now, counts.used_24h, counts.buckets(), counts.warm.total, got)
+                )
+        finally:
+            await store.aclose()
+        assert reads[0] == reads[1]
+        _, used, _, warm, entries = reads[0]
+        assert used == warm == len(entries.last) == len(entries.warm) == 30
+        assert len(entries.marketing) == len(entries.number) == 30
+        assert entries.opted_out == [listed[35]]
 
     uvloop.run(main())
 

@@ -60,7 +60,7 @@ __all__ = [
 
 #: How much longer than any call a plan's read may take, per recipient of its list
 #: (s): Redis runs the read whole.
-READ_S_PER_RECIPIENT = 50e-6
+READ_S_PER_RECIPIENT = 100e-6
 
 #: The first key standing for a counted recipient outside a plan's list: a one-digit
 #: E.164 key whose digits are 10 or more (no recipient text makes one).
