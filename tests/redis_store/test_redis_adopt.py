@@ -326,6 +326,16 @@ async def _plan_in_calls(stub: Any, recipients: list[str], per_call: int) -> lis
     return times
 
 
+async def _sent_over_a_day(alone: Any, b: Any) -> list[str]:
+    """200 recipients sent over the last day, 5 minutes apart, at both sidecars (the
+    same answers)."""
+    earlier = _numbers(200)
+    for i, rcpt in enumerate(earlier):
+        req = _send(rcpt, T0 - DAY + 300_000 * i)
+        assert _answer(await b.Admit(req)) == _answer(await alone.Admit(req))
+    return earlier
+
+
 def test_a_list_planned_across_calls_over_redis_is_the_same_plan(redis_url: str) -> None:
     """A list sent in four calls (``more_follow``, ``continuation``) over Redis is
     planned as the whole list in one call is, by the embedded store too, and is
@@ -337,10 +347,7 @@ def test_a_list_planned_across_calls_over_redis_is_the_same_plan(redis_url: str)
             serving(_config(redis_url, mps=20)) as a,
             serving(_config(redis_url, mps=20)) as b,
         ):
-            earlier = _numbers(200)
-            for i, rcpt in enumerate(earlier):
-                req = _send(rcpt, T0 - DAY + 300_000 * i)
-                assert _answer(await b.Admit(req)) == _answer(await alone.Admit(req))
+            earlier = await _sent_over_a_day(alone, b)
             recipients = earlier[::4] + _numbers(120, 600) + earlier[1::7]
             want = await _plan(alone, recipients, T0, pb.UTILITY)
             assert await _plan_in_calls(alone, recipients, 50) == want
@@ -379,10 +386,7 @@ def test_a_plan_reads_redis_in_one_read_only_call(redis_url: str) -> None:
             serving(_config(redis_url, mps=50)) as a,
             serving(_config(redis_url, mps=50)) as b,
         ):
-            earlier = _numbers(200)
-            for i, rcpt in enumerate(earlier):
-                req = _send(rcpt, T0 - DAY + 300_000 * i)
-                assert _answer(await b.Admit(req)) == _answer(await alone.Admit(req))
+            earlier = await _sent_over_a_day(alone, b)
             out = pb.OptOut(recipient=earlier[7], sender_id=SENDER, opted_out=True, at_unix_ms=T0)
             for stub in (alone, b):
                 await stub.RecordFeedback(pb.RecordFeedbackRequest(opt_out=out))
