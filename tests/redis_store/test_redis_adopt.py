@@ -326,13 +326,14 @@ async def _plan_in_calls(stub: Any, recipients: list[str], per_call: int) -> lis
     return times
 
 
-async def _sent_over_a_day(alone: Any, b: Any) -> list[str]:
-    """200 recipients sent over the last day, 5 minutes apart, at both sidecars (the
-    same answers)."""
+async def _sent_over_a_day(*stubs: Any) -> list[str]:
+    """200 recipients sent over the last day, 5 minutes apart, at each of ``stubs``
+    (the same answers)."""
     earlier = _numbers(200)
     for i, rcpt in enumerate(earlier):
         req = _send(rcpt, T0 - DAY + 300_000 * i)
-        assert _answer(await b.Admit(req)) == _answer(await alone.Admit(req))
+        answers = {_answer(await stub.Admit(req)) for stub in stubs}
+        assert len(answers) == 1, answers
     return earlier
 
 
@@ -407,6 +408,41 @@ def test_a_plan_reads_redis_in_one_read_only_call(redis_url: str) -> None:
             assert functions["entries"] == functions["counts"] == {"no-writes"}
             assert functions["decide"] == set()
         await client.aclose()
+
+    uvloop.run(main())
+
+
+def test_a_plan_made_during_another_sidecar_s_batch_is_the_plan_before_or_after_it(
+    redis_url: str,
+) -> None:
+    """Five times, a plan at A (the limit binding) and an AdmitBatch at B of 8 other
+    recipients sent at once: the plan is the one made just before the batch or the
+    one made just after it (its read sees the batch whole or not at all), and the
+    two differ."""
+
+    async def main() -> None:
+        async with (
+            serving(_config(redis_url, mps=50)) as a,
+            serving(_config(redis_url, mps=50)) as b,
+        ):
+            earlier = await _sent_over_a_day(b)
+            recipients = earlier[::2] + _numbers(300, 3_000)
+            before = await _plan(a, recipients, T0, pb.UTILITY)
+            for k in range(5):
+                batch = pb.AdmitBatchRequest(
+                    requests=[
+                        _send(r, T0 - 100_000 + 1_000 * k + 25 * j)
+                        for j, r in enumerate(_numbers(8, 8_000 + 8 * k))
+                    ]
+                )
+                during, admitted = await asyncio.gather(
+                    _plan(a, recipients, T0, pb.UTILITY), b.AdmitBatch(batch)
+                )
+                assert all(r.decision == pb.DECISION_ADMIT for r in admitted.responses)
+                after = await _plan(a, recipients, T0, pb.UTILITY)
+                assert after != before
+                assert during in (before, after), k
+                before = after
 
     uvloop.run(main())
 
