@@ -415,10 +415,15 @@ def test_a_plan_reads_redis_in_one_read_only_call(redis_url: str) -> None:
 def test_a_plan_made_during_another_sidecar_s_batch_is_the_plan_before_or_after_it(
     redis_url: str,
 ) -> None:
-    """Five times, a plan at A (the limit binding) and an AdmitBatch at B of 8 other
-    recipients sent at once: the plan is the one made just before the batch or the
-    one made just after it (its read sees the batch whole or not at all), and the
-    two differ."""
+    """25 times, a plan at A (the limit binding) and, a moment later (0 to 5 ms, as
+    random picks), an AdmitBatch at B of one of the plan's recipients and one
+    other: the plan is the one made just before the batch or the one made just
+    after it (its read sees the batch whole or not at all), and the two differ."""
+    rng = random.Random(3)
+
+    async def batch_after(stub: Any, delay: float, batch: pb.AdmitBatchRequest) -> Any:
+        await asyncio.sleep(delay)
+        return await stub.AdmitBatch(batch)
 
     async def main() -> None:
         async with (
@@ -426,17 +431,18 @@ def test_a_plan_made_during_another_sidecar_s_batch_is_the_plan_before_or_after_
             serving(_config(redis_url, mps=50)) as b,
         ):
             earlier = await _sent_over_a_day(b)
-            recipients = earlier[::2] + _numbers(300, 3_000)
+            recipients = earlier[::2] + _numbers(1_000, 3_000)
             before = await _plan(a, recipients, T0, pb.UTILITY)
-            for k in range(5):
+            for k in range(25):
                 batch = pb.AdmitBatchRequest(
                     requests=[
                         _send(r, T0 - 100_000 + 1_000 * k + 25 * j)
-                        for j, r in enumerate(_numbers(8, 8_000 + 8 * k))
+                        for j, r in enumerate([recipients[-1 - k], *_numbers(1, 8_000 + k)])
                     ]
                 )
                 during, admitted = await asyncio.gather(
-                    _plan(a, recipients, T0, pb.UTILITY), b.AdmitBatch(batch)
+                    _plan(a, recipients, T0, pb.UTILITY),
+                    batch_after(b, rng.uniform(0, 0.005), batch),
                 )
                 assert all(r.decision == pb.DECISION_ADMIT for r in admitted.responses)
                 after = await _plan(a, recipients, T0, pb.UTILITY)
