@@ -94,15 +94,7 @@ def _library(patches: list[Patch]) -> tuple[str, str, str]:
     body = (Path(rc.__file__).parent / "redis_functions.lua").read_text("utf-8")
     for p in patches:
         body = p(body)
-    name = "tiergate_" + hashlib.sha1(body.encode()).hexdigest()[:12]
-    register = "".join(
-        f"redis.register_function('{name}_{op}', calls.{op})\n" for op in rc._OPERATIONS
-    )
-    return (
-        name,
-        f"#!lua name={name}\n{body}\n{register}",
-        f"{body}\nreturn calls[ARGV[1]](KEYS, {{unpack(ARGV, 2)}})\n",
-    )
+    return rc.library_source(body)
 
 
 async def _cpu(client: Any) -> float:

@@ -15,6 +15,7 @@ import uvloop
 
 from tiergate import cli
 from tiergate import config as cfg
+from tiergate.engine.constants import ADMIT, F_MARKETING, F_TEMPLATE
 from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.server import Sidecar, shared_watch
 from tiergate.store import redis_counting, redis_reads
@@ -325,13 +326,21 @@ async def _plan_in_calls(stub: Any, recipients: list[str], per_call: int) -> lis
     return times
 
 
-def test_a_list_planned_across_calls_over_redis_is_the_same_plan(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def _sent_over_a_day(*stubs: Any) -> list[str]:
+    """200 recipients sent over the last day, 5 minutes apart, at each of ``stubs``
+    (the same answers)."""
+    earlier = _numbers(200)
+    for i, rcpt in enumerate(earlier):
+        req = _send(rcpt, T0 - DAY + 300_000 * i)
+        answers = {_answer(await stub.Admit(req)) for stub in stubs}
+        assert len(answers) == 1, answers
+    return earlier
+
+
+def test_a_list_planned_across_calls_over_redis_is_the_same_plan(redis_url: str) -> None:
     """A list sent in four calls (``more_follow``, ``continuation``) over Redis is
     planned as the whole list in one call is, by the embedded store too, and is
-    admitted as planned (its recipients' entries read a few shards a call)."""
-    monkeypatch.setattr(redis_reads, "ENTRIES_PER_CALL", 7)
+    admitted as planned."""
 
     async def main() -> None:
         async with (
@@ -339,10 +348,7 @@ def test_a_list_planned_across_calls_over_redis_is_the_same_plan(
             serving(_config(redis_url, mps=20)) as a,
             serving(_config(redis_url, mps=20)) as b,
         ):
-            earlier = _numbers(200)
-            for i, rcpt in enumerate(earlier):
-                req = _send(rcpt, T0 - DAY + 300_000 * i)
-                assert _answer(await b.Admit(req)) == _answer(await alone.Admit(req))
+            earlier = await _sent_over_a_day(alone, b)
             recipients = earlier[::4] + _numbers(120, 600) + earlier[1::7]
             want = await _plan(alone, recipients, T0, pb.UTILITY)
             assert await _plan_in_calls(alone, recipients, 50) == want
@@ -357,6 +363,128 @@ def test_a_list_planned_across_calls_over_redis_is_the_same_plan(
             await client.aclose()
             assert await _plan(a, recipients, T0, pb.UTILITY) == want
             await _replay(b, recipients, got, T0, pb.UTILITY)
+
+    uvloop.run(main())
+
+
+async def _function_calls(client: Any) -> dict[str, int]:
+    """Calls of the library since the last CONFIG RESETSTAT, by command."""
+    stats = await client.info("commandstats")
+    scripts = ("cmdstat_fcall", "cmdstat_eval")
+    return {k[8:]: int(v["calls"]) for k, v in stats.items() if k.startswith(scripts)}
+
+
+def test_a_plan_reads_redis_in_one_read_only_call(redis_url: str) -> None:
+    """A plan of 3 000 recipients (spread over most of the scope's shard hashes, some
+    counted, some opted out) reads Redis with one call of the library, FCALL_RO of
+    a function registered no-writes (``counts`` too), and writes nothing; carried on
+    across three calls, one read a call. Its times are the embedded store's."""
+
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        async with (
+            serving(_config(mps=50)) as alone,
+            serving(_config(redis_url, mps=50)) as a,
+            serving(_config(redis_url, mps=50)) as b,
+        ):
+            earlier = await _sent_over_a_day(alone, b)
+            out = pb.OptOut(recipient=earlier[7], sender_id=SENDER, opted_out=True, at_unix_ms=T0)
+            for stub in (alone, b):
+                await stub.RecordFeedback(pb.RecordFeedbackRequest(opt_out=out))
+            recipients = earlier[::2] + _numbers(2_900, 5_000)
+            want = await _plan(alone, recipients, T0, pb.UTILITY)
+            await client.config_resetstat()
+            assert await _plan(a, recipients, T0, pb.UTILITY) == want
+            assert await _function_calls(client) == {"fcall_ro": 1}
+            await client.config_resetstat()
+            assert await _plan_in_calls(a, recipients, 1_000) == want
+            assert await _function_calls(client) == {"fcall_ro": 3}
+            libraries = await client.function_list()
+            functions = {
+                f[1].decode().rsplit("_", 1)[-1]: {x.decode() for x in f[5]}
+                for lib in libraries
+                for f in lib[5]
+            }
+            assert functions["entries"] == functions["counts"] == {"no-writes"}
+            assert functions["decide"] == set()
+        await client.aclose()
+
+    uvloop.run(main())
+
+
+def test_a_plan_made_during_another_sidecar_s_batch_is_the_plan_before_or_after_it(
+    redis_url: str,
+) -> None:
+    """25 times, a plan at A (the limit binding) and, a moment later (0 to 5 ms, as
+    random picks), an AdmitBatch at B of one of the plan's recipients and one
+    other: the plan is the one made just before the batch or the one made just
+    after it (its read sees the batch whole or not at all), and the two differ."""
+    rng = random.Random(3)
+
+    async def batch_after(stub: Any, delay: float, batch: pb.AdmitBatchRequest) -> Any:
+        await asyncio.sleep(delay)
+        return await stub.AdmitBatch(batch)
+
+    async def main() -> None:
+        async with (
+            serving(_config(redis_url, mps=50)) as a,
+            serving(_config(redis_url, mps=50)) as b,
+        ):
+            earlier = await _sent_over_a_day(b)
+            recipients = earlier[::2] + _numbers(1_000, 3_000)
+            before = await _plan(a, recipients, T0, pb.UTILITY)
+            for k in range(25):
+                batch = pb.AdmitBatchRequest(
+                    requests=[
+                        _send(r, T0 - 100_000 + 1_000 * k + 25 * j)
+                        for j, r in enumerate([recipients[-1 - k], *_numbers(1, 8_000 + k)])
+                    ]
+                )
+                during, admitted = await asyncio.gather(
+                    _plan(a, recipients, T0, pb.UTILITY),
+                    batch_after(b, rng.uniform(0, 0.005), batch),
+                )
+                assert all(r.decision == pb.DECISION_ADMIT for r in admitted.responses)
+                after = await _plan(a, recipients, T0, pb.UTILITY)
+                assert after != before
+                assert during in (before, after), k
+                before = after
+
+    uvloop.run(main())
+
+
+def test_a_plan_s_read_through_scripts_is_the_functions_read(redis_url: str) -> None:
+    """Where Functions are refused, a plan reads the same in one EVALSHA_RO: counts,
+    the number's own ring in warm-up, scope, marketing, warm-up and pair entries and
+    opt-outs (40 listed, 30 sent to, one opted out)."""
+
+    async def main() -> None:
+        store = await redis_counting.connect(parse_store(redis_url), timeout=10.0)
+        scope = redis_counting.ScopeSpec(f"scripts-{random.randrange(1 << 30)}")
+        num = redis_counting.NumberSpec("n1", tput_interval_us=1_000, pair_burst=3, warm_cap=50)
+        listed = [14155550000 + i for i in range(40)]
+        flags = F_TEMPLATE | F_MARKETING
+        rows = [redis_counting.Row(num, r, flags, 100, T0 + 10 * i) for i, r in enumerate(listed)]
+        reads = []
+        try:
+            decided = await store.decide(scope, rows[:30])
+            assert [d.decision for d in decided] == [ADMIT] * 30
+            await store.set_opt_out(scope, listed[35], True)
+            for functions in (True, False):
+                store.functions = functions
+                assert await store.load() == ("functions" if functions else "scripts")
+                counts, got = await redis_reads.plan_reads(store, scope, T0 + 500, num, listed)
+                assert counts.warm is not None
+                reads.append(
+                    (counts.now, counts.used_24h, counts.buckets(), counts.warm.total, got)
+                )
+        finally:
+            await store.aclose()
+        assert reads[0] == reads[1]
+        _, used, _, warm, entries = reads[0]
+        assert used == warm == len(entries.last) == len(entries.warm) == 30
+        assert len(entries.marketing) == len(entries.number) == 30
+        assert entries.opted_out == [listed[35]]
 
     uvloop.run(main())
 

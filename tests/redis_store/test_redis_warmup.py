@@ -127,3 +127,47 @@ def test_a_plan_for_a_number_in_warm_up_over_redis_is_the_embedded_plan(
             await adopt._replay(b, recipients, got, start, pb.UTILITY)
 
     uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_plan_for_a_number_in_warm_up_waits_for_pair_bursts_exactly_as_redis(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A number in warm-up that sent, at the other sidecar, one recipient a send a
+    second ago (within its pair-rate burst), another two sends eight seconds ago (a
+    burst of 2, past its interval: owed until 12 s after its start) and a third a
+    burst of 45 (Meta's pair-rate burst: spent, owed until paid back): the plan of a
+    list holding them over Redis gives each the millisecond Redis then admits it at
+    (its own count in warm-up being one of its burst's sends), the embedded store's
+    plan, and AdmitBatch at those times admits each exactly then, refused a
+    millisecond earlier."""
+    profile = tmp_path / "warm.toml"
+    profile.write_text('extends = "meta-2025"\nname = "warm"\n[warmup]\nenabled = true\n')
+    base = adopt._config(mps=60)
+    new = replace(base.senders[0], registered_at_unix_ms=T0 - 2 * DAY)
+    config = replace(base, profile=str(profile), senders=(new,))
+    shared = replace(config, store=parse_store(redis_url))
+    once, pair, spent = adopt._numbers(3, 300)
+    start = T0 + 10 * HOUR
+    burst = [(spent, start - 2_000 + 20 * i) for i in range(45)]
+    sends = [(pair, start - 8_000), (pair, start - 7_000), *burst, (once, start - 1_000)]
+
+    async def main() -> None:
+        async with serving(config) as alone, serving(shared) as a, serving(shared) as b:
+            for i, rcpt in enumerate(adopt._numbers(30)):  # its own count: 30 of 100
+                req = adopt._send(rcpt, T0 + 60_000 * i)
+                for stub in (alone, b):
+                    assert (await stub.Admit(req)).decision == pb.DECISION_ADMIT
+            for rcpt, at in sends:
+                for stub in (alone, b):
+                    assert (await stub.Admit(adopt._send(rcpt, at))).decision == pb.DECISION_ADMIT
+            recipients = [once, pair, *adopt._numbers(5, 1000), *adopt._numbers(3, 20), spent]
+            want = await adopt._plan(alone, recipients, start, pb.UTILITY)
+            got = await adopt._plan(a, recipients, start, pb.UTILITY)
+            assert got[0] == start  # within its burst
+            assert got[1] == start - 8_000 + 2 * 6_000  # past its interval: paid back
+            assert got[-1] == start - 2_000 + 45 * 6_000  # the spent burst paid back
+            assert got == want
+            await adopt._replay(b, recipients, got, start, pb.UTILITY)
+
+    uvloop.run(main())

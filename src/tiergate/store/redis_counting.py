@@ -95,6 +95,9 @@ _OPERATIONS = (
     "policy_snapshot",
     "keys",
 )
+#: The functions that only read: registered ``no-writes`` and called with ``FCALL_RO``
+#: (``EVALSHA_RO`` as scripts), so Redis refuses any write they would make.
+_READ_ONLY = frozenset({"counts", "entries", "keys"})
 #: Bytes of a key's first admit in Redis (``ANSWER`` in the Lua); its binding follows.
 _KEY_RECORD = 37
 #: That first admit's answer (``ANSWER`` in the Lua): decision, reason, retry_at,
@@ -139,16 +142,27 @@ class KeyBound(Exception):
         self.rows = rows
 
 
-def library_source() -> tuple[str, str, str]:
-    """(library name, FUNCTION LOAD text, EVAL script text) of the one Lua source; the
-    name carries a digest of it, so sidecars of different builds never call each
-    other's code."""
-    body = files("tiergate.store").joinpath("redis_functions.lua").read_text("utf-8")
-    name = "tiergate_" + hashlib.sha1(body.encode()).hexdigest()[:12]
+def _register(name: str, op: str) -> str:
+    """The library's line registering ``op`` (``no-writes`` where it only reads)."""
+    if op in _READ_ONLY:
+        return (
+            f"redis.register_function{{function_name='{name}_{op}', callback=calls.{op},"
+            " flags={'no-writes'}}\n"
+        )
+    return f"redis.register_function('{name}_{op}', calls.{op})\n"
+
+
+def library_source(body: str | None = None) -> tuple[str, str, str]:
+    """(library name, FUNCTION LOAD text, EVAL script text) of the one Lua source
+    (``body``: another text of it); the name carries a digest of it and of which
+    functions only read, so sidecars of different builds never call each other's
+    code."""
+    if body is None:
+        body = files("tiergate.store").joinpath("redis_functions.lua").read_text("utf-8")
+    digest = hashlib.sha1((body + " ".join(sorted(_READ_ONLY))).encode()).hexdigest()
+    name = "tiergate_" + digest[:12]
     # (a library's load reaches neither pairs nor most globals: one line per function)
-    register = "".join(
-        f"redis.register_function('{name}_{op}', calls.{op})\n" for op in _OPERATIONS
-    )
+    register = "".join(_register(name, op) for op in _OPERATIONS)
     library = f"#!lua name={name}\n{body}\n{register}"
     script = f"{body}\nreturn calls[ARGV[1]](KEYS, {{unpack(ARGV, 2)}})\n"
     return name, library, script
@@ -219,9 +233,12 @@ class RedisCounting:
         return "scripts"
 
     def _call(self, target: Any, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        ro = op in _READ_ONLY
         if self.functions:
-            return target.fcall(f"{self.name}_{op}", len(keys), *keys, *args)
-        return target.evalsha(self.script_sha, len(keys), *keys, op, *args)
+            fcall = target.fcall_ro if ro else target.fcall
+            return fcall(f"{self.name}_{op}", len(keys), *keys, *args)
+        evalsha = target.evalsha_ro if ro else target.evalsha
+        return evalsha(self.script_sha, len(keys), *keys, op, *args)
 
     async def bounded(self, aw: Any, timeout: float = 0.0) -> Any:
         """``aw`` (a client's call) within the bound: :class:`StoreUnavailableError`
@@ -232,12 +249,14 @@ class RedisCounting:
         except _UNAVAILABLE as e:
             raise StoreUnavailableError(f"store unavailable: {type(e).__name__}: {e}") from None
 
-    async def run(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """One call of the library's function ``op``, the library loaded again if Redis
-        lost it (a restart)."""
+    async def run(
+        self, op: str, keys: Sequence[str], args: Sequence[object], timeout: float = 0.0
+    ) -> Any:
+        """One call of the library's function ``op`` (bounded by ``timeout`` seconds, the
+        store's bound when 0), the library loaded again if Redis lost it (a restart)."""
         for attempt in (0, 1):
             try:
-                return await self.bounded(self._call(self.client, op, keys, args))
+                return await self.bounded(self._call(self.client, op, keys, args), timeout)
             except rexc.ResponseError as e:
                 if attempt or not _missing_code(e):
                     raise
@@ -562,13 +581,18 @@ class RedisCounting:
         """The library's ``counts`` (read only): the time used, used_24h, unique_7d, slots_7d,
         the 24 h ring's low bucket, (bucket, count) pairs, and for a number in warm-up its
         own ring's [total, low bucket, pairs] (``redis_reads.scope_counts`` reads them)."""
-        if not self.server_clock:
-            _check_time("now", now)
-        when = "" if self.server_clock else now
         warm = num.warm_key(scope) if num is not None else None
         extra = ([warm], [num.name]) if num is not None and warm is not None else ([], [])
-        keys, args = [*scope.fixed_keys()[:4], *extra[0]], [*scope.geometry, when, *extra[1]]
+        keys = [*scope.fixed_keys()[:4], *extra[0]]
+        args = [*scope.geometry, self.read_time(now), *extra[1]]
         return list(await self.run("counts", keys, args))
+
+    def read_time(self, now: int) -> int | str:
+        """A read's time argument: ``now``, or '' (Redis's TIME) on the server clock."""
+        if self.server_clock:
+            return ""
+        _check_time("now", now)
+        return now
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -899,38 +899,47 @@ local function counts(keys, args)
   return out
 end
 
--- entries(keys: meta, opt, pairs, shard hashes...; args: number, '1' if it is in
--- warm-up else '0', then per shard hash the space-separated recipients in it) ->
--- the number's throughput TAT, then for each recipient that has any of them (most
--- of a fresh list has none), seven values: its place among the call's recipients
--- (from 0, in argument order), its scope entry, marketing entry, the number's
--- window entry, the number's warm-up entry, the number's pair entry (false where
--- absent) and 1 if it opted out, else 0. Per shard hash that exists one HMGET of
--- its recipients' fields; one SMISMEMBER of their opt-outs and one HMGET of their
--- pair entries while there are any. Reads only (what a plan of a list reads);
--- entries as stored (a pair entry the clock has passed may still be there).
+-- entries(keys: meta, r24, r7, s7, opt, pairs[, the number's warm-up ring], shard
+-- hashes...; args: geometry (4), now ('' for TIME), the number, '1' if it is in
+-- warm-up (its ring is then KEYS[7]) else '0', then per shard hash the
+-- space-separated recipients in it) -> first, as one element, what counts answers
+-- for the scope (and the number's warm-up ring) at now; then the number's
+-- throughput TAT; then for each recipient that has any of them (most of a fresh
+-- list has none), seven values: its place among the call's recipients (from 0, in
+-- argument order), its scope entry, marketing entry, the number's window entry,
+-- the number's warm-up entry, the number's pair entry (false where absent) and 1
+-- if it opted out, else 0. Per shard hash that exists one HMGET of its
+-- recipients' fields; one SMISMEMBER of their opt-outs and one HMGET of their pair
+-- entries while there are any. Everything a plan of the list reads, in one call:
+-- one state, no decision of any sidecar between its reads. Reads only (registered
+-- no-writes); entries as stored (a pair entry the clock has passed may still be
+-- there).
 local function entries(keys, args)
-  local out = {redis.call('HGET', keys[1], 't:' .. args[1]) or false}
-  local any_opt = redis.call('SCARD', keys[2]) > 0
-  local any_pair = redis.call('HLEN', keys[3]) > 0
-  local warm, at, none = args[2] == '1', 0, {}
-  for j = 4, #keys do
-    local list = args[j - 1]
+  local warm = args[7] == '1'
+  local first = warm and 8 or 7
+  local scope = counts({keys[1], keys[2], keys[3], keys[4], warm and keys[7] or nil},
+                       {args[1], args[2], args[3], args[4], args[5], args[6]})
+  local out = {scope, redis.call('HGET', keys[1], 't:' .. args[6]) or false}
+  local any_opt = redis.call('SCARD', keys[5]) > 0
+  local any_pair = redis.call('HLEN', keys[6]) > 0
+  local at, none = 0, {}
+  for j = first, #keys do
+    local list = args[j - first + 8]
     if redis.call('EXISTS', keys[j]) == 1 or any_opt or any_pair then
       local rs, fields, nfields = {}, {}, {}
       for r in string.gmatch(list, '%S+') do
-        local nf = args[1] .. ':' .. r
+        local nf = args[6] .. ':' .. r
         rs[#rs + 1] = r
         nfields[#nfields + 1] = nf
         fields[#fields + 1] = r
         fields[#fields + 1] = 'm' .. r
         fields[#fields + 1] = nf
-        fields[#fields + 1] = warm and warmup.field(args[1], r) or nil
+        fields[#fields + 1] = warm and warmup.field(args[6], r) or nil
       end
       local w = warm and 4 or 3
       local v = chunked('HMGET', keys[j], fields)
-      local opted = any_opt and chunked('SMISMEMBER', keys[2], rs) or none
-      local pair = any_pair and chunked('HMGET', keys[3], nfields) or none
+      local opted = any_opt and chunked('SMISMEMBER', keys[5], rs) or none
+      local pair = any_pair and chunked('HMGET', keys[6], nfields) or none
       for i = 1, #rs do
         local f, p, o = w * (i - 1), pair[i] or false, opted[i] or 0
         local se, mk, we, u = v[f + 1], v[f + 2], v[f + 3], warm and v[f + 4] or false

@@ -6,21 +6,22 @@ function (the 24 h ring's buckets, the 7-day totals, the scope's clock; nothing
 written), as a :class:`ScopeCounts` whose usage and outlook are the reference
 engine's statements (``engine.reference.ring.Ring``) over those buckets.
 
-:func:`plan_engine` builds a local engine holding what a plan of one sender's
-list depends on: the scope's 24 h ring as in Redis, and for each recipient of
-the list its entries there (last counted time, marketing sends, opt-out, and
-the sender's window, free-entry-point window and pair-rate burst with it), and
-the number's throughput TAT, and for a number in warm-up its cap, its own ring
-and each listed recipient's last count by it, each made with the engine's own
-calls: sends
-forced in time order (a recipient at its last counted time, a pair-rate burst
-as that many sends at its start), windows opened, the throughput TAT set by a
-take under an interval of the difference. Counts the ring holds for
-recipients outside the list are stood for by recipient keys no request makes
-(a one-digit E.164 key above 9), counted at their bucket's start on a second
-number (the number's own ring's other counts: filler keys counted by the number
-too). The planner then runs on that engine unchanged; nothing is consumed
-in Redis.
+:func:`plan_reads` reads everything a plan of one sender's list depends on in
+one call of the library's read-only ``entries`` (one state of the scope), and
+:func:`plan_engine` builds from it a local engine holding the scope's 24 h ring
+as in Redis, and for each recipient of the list its entries there (last counted
+time, marketing sends, opt-out, and the sender's window, free-entry-point window
+and pair-rate burst with it), and the number's throughput TAT, and for a number
+in warm-up its cap, its own ring and each listed recipient's last count by it,
+each made with the engine's own calls: sends forced in time order (a recipient
+at its last counted time, a pair-rate burst as that many sends at its start, the
+number's own count of a recipient one of them where it can be), windows opened,
+the throughput TAT set by a take under an interval of the difference. Counts the
+ring holds for recipients outside the list are stood for by recipient keys no
+request makes (a one-digit E.164 key above 9), counted at their bucket's start
+on a second number (the number's own ring's other counts: filler keys counted by
+the number too). The planner then runs on that engine unchanged; nothing is
+consumed in Redis.
 """
 
 from __future__ import annotations
@@ -48,18 +49,18 @@ from .redis_counting import RedisCounting
 from .redis_layout import MIX, SHARD_BITS, U64, NumberSpec, ScopeSpec
 
 __all__ = [
-    "ENTRIES_PER_CALL",
     "FILLER_KEY",
+    "READ_S_PER_RECIPIENT",
     "PlanCopy",
     "ScopeCounts",
     "plan_engine",
-    "recipient_entries",
+    "plan_reads",
     "scope_counts",
 ]
 
-#: Recipients whose entries one read-only ``entries`` call reads (a plan's list is
-#: read in several, each within the call bound).
-ENTRIES_PER_CALL = 2_000
+#: How much longer than any call a plan's read may take, per recipient of its list
+#: (s): Redis runs the read whole.
+READ_S_PER_RECIPIENT = 100e-6
 
 #: The first key standing for a counted recipient outside a plan's list: a one-digit
 #: E.164 key whose digits are 10 or more (no recipient text makes one).
@@ -122,7 +123,11 @@ async def scope_counts(
 ) -> ScopeCounts:
     """``scope``'s counts in Redis at ``now`` (Redis's clock on the server clock),
     and ``number``'s own ring when it is in warm-up."""
-    res = await counting.counts(scope, now, number)
+    return _scope_counts(scope, await counting.counts(scope, now, number), number)
+
+
+def _scope_counts(scope: ScopeSpec, res: list[Any], number: NumberSpec | None) -> ScopeCounts:
+    """:class:`ScopeCounts` of the library's ``counts`` answer."""
     warm = None
     if number is not None and number.warm_key(scope) is not None:
         own = res.pop()
@@ -143,9 +148,10 @@ class PlanCopy:
 
 
 #: Where a forced event is decided: on the filler number, on the plan's number with
-#: its own pair rate (a pair-rate burst), or on the plan's number with a pair rate
-#: of 1 ms (its own count in warm-up: the send's pair entry, if it still binds, is
-#: Redis's and is set after).
+#: its own pair rate (a pair-rate burst, and its own count in warm-up of a recipient
+#: made by one of the burst's sends), or on the plan's number with a pair rate of
+#: 1 ms (its own count in warm-up of another: made before the burst the recipient
+#: owes, which replaces what it left, or with none owed, or under a hold set after).
 _FILLER, _OWN, _WARM = 0, 1, 2
 
 
@@ -228,13 +234,23 @@ def _burst(tat: int, start: int, interval: int) -> int:
     return k if rest == 0 and k > 0 else 0
 
 
+def _in_burst(own: int, tat: int, start: int, interval: int) -> bool:
+    """Whether a send at ``own`` can be the last counted one of the burst begun at
+    ``start`` that owes until ``tat``: the burst's other sends at its start, then one
+    at ``own``, leave Redis's pair entry (a send keeps the burst's start only while
+    the pair still owes at its time)."""
+    k = _burst(tat, start, interval)
+    return k > 0 and start <= own and (own == start or own < start + (k - 1) * interval)
+
+
 def _events(
     counts: ScopeCounts, entries: RecipientEntries, bucket_ms: int, pair_iv: int
 ) -> list[tuple[int, int, int, int]]:
     """(time, recipient, flags, where) forced in time order (a scope's clock only
     moves on): each list recipient counted at its last counted time, its marketing
-    sends, the pair-rate burst it owes (free-form sends from the burst's start),
-    its last count by the plan's number in warm-up, and the rings' other counts at
+    sends, the pair-rate burst it owes (free-form sends at the burst's start), its
+    last count by the plan's number in warm-up (one of that burst's sends where it
+    can be: see ``_in_burst``), and the rings' other counts at
     their bucket's start: a count of the number's own ring outside the list is a
     filler key counted by the number and then by the scope's count in the same or
     a later bucket (a recipient the number counted is counted by the scope no
@@ -244,9 +260,14 @@ def _events(
     lo = counts.ring.lo
     warm_lo = counts.warm.lo if counts.warm is not None else lo
     own_bucket: dict[int, int] = {}
+    sent = set()  # recipients whose own count in warm-up is one of their burst's sends
     for rkey, own in entries.warm.items():
         if own != NEVER and own // bucket_ms >= warm_lo:  # its own ring counts it
-            events.append((own, rkey, F_TEMPLATE, _WARM))
+            _, _, tat, start = entries.number.get(rkey, (NEVER,) * 4)
+            in_burst = tat > counts.now and _in_burst(own, tat, start, pair_iv)
+            if in_burst:
+                sent.add(rkey)
+            events.append((own, rkey, F_TEMPLATE, _OWN if in_burst else _WARM))
             own_bucket[own // bucket_ms] = own_bucket.get(own // bucket_ms, 0) + 1
     for rkey, last in entries.last.items():
         own = entries.warm.get(rkey, NEVER)
@@ -258,7 +279,8 @@ def _events(
         events += [(t, rkey, F_MARKETING, _FILLER) for t in times if t != NEVER]
     for rkey, (_, _, tat, start) in entries.number.items():
         if tat > counts.now and start != NEVER:
-            events += [(start, rkey, 0, _OWN)] * _burst(tat, start, pair_iv)
+            k = _burst(tat, start, pair_iv) - (rkey in sent)
+            events += [(start, rkey, 0, _OWN)] * k
     slots = [b for b, c in counts.buckets() for _ in range(max(0, c - in_bucket.get(b, 0)))]
     own_slots = [] if counts.warm is None else _buckets(counts.warm)
     warm = [b for b, c in own_slots for _ in range(max(0, c - own_bucket.get(b, 0)))]
@@ -318,7 +340,7 @@ class RecipientEntries:
 _NEVER6 = -(1 << 47)
 
 
-def parse_entries(got: dict[int, tuple[Any, ...]], tat: Any) -> RecipientEntries:
+def _parse_entries(got: dict[int, tuple[Any, ...]], tat: Any) -> RecipientEntries:
     """:class:`RecipientEntries` from the recipients' (scope entry, marketing entry,
     window entry, warm-up entry, pair entry, opted out) as Redis holds them (layout
     tg3: a scope entry is the last counted time in 6 bytes and the slot generation
@@ -345,38 +367,35 @@ def parse_entries(got: dict[int, tuple[Any, ...]], tat: Any) -> RecipientEntries
     return out
 
 
-async def recipient_entries(
-    counting: RedisCounting, scope: ScopeSpec, number: NumberSpec, recipients: Sequence[int]
-) -> tuple[dict[int, tuple[Any, ...]], Any]:
-    """Each recipient's (scope entry, marketing entry, ``number``'s window entry,
-    warm-up entry and pair entry as stored (None where absent), 1 if it opted
-    out else 0), only for those with any, and the number's throughput TAT:
-    calls of the library's read-only ``entries`` (one HMGET per shard hash
-    inside Redis, one of the pair entries) of whole shard hashes, at most about
-    :data:`ENTRIES_PER_CALL` recipients each, so each is bounded as any call is."""
+async def plan_reads(
+    counting: RedisCounting,
+    scope: ScopeSpec,
+    now: int,
+    number: NumberSpec,
+    recipients: Sequence[int],
+) -> tuple[ScopeCounts, RecipientEntries]:
+    """Everything a plan of ``recipients`` by ``number`` reads in Redis, in one
+    read-only call of the library's ``entries`` (so one state of the scope, no
+    decision of any sidecar between its reads): the scope's counts at ``now`` (as
+    :func:`scope_counts`, with the number's own ring in warm-up), and each
+    recipient's entries (scope entry, marketing entry, the number's window, warm-up
+    and pair entries, opt-out; one HMGET per shard hash inside Redis, one of the
+    pair entries) and the number's throughput TAT."""
     by_shard: defaultdict[int, list[int]] = defaultdict(list)
     shift = 64 - SHARD_BITS
     for r in recipients:  # (shard() inlined: a plan's list is long)
         by_shard[((r * MIX) & U64) >> shift].append(r)
-    fixed, tag = scope.fixed_keys(), scope.tag
-    warm = "0" if number.warm_key(scope) is None else "1"
+    # (keys and arguments: ``entries`` in redis_functions.lua)
+    warm = number.warm_key(scope)
+    keys = [*scope.fixed_keys()[:6], *([warm] if warm is not None else [])]
+    keys += [f"{scope.tag}:c{k}" for k in by_shard]
+    args = [*scope.geometry, counting.read_time(now), number.name, "0" if warm is None else "1"]
+    args += [" ".join(map(str, rs)) for rs in by_shard.values()]
+    bound = counting.timeout + len(recipients) * READ_S_PER_RECIPIENT
+    res = await counting.run("entries", keys, args, bound)
     got: dict[int, tuple[Any, ...]] = {}
-    tat: Any = None
-    parts: list[list[tuple[int, list[int]]]] = [[]]
-    n = 0
-    for item in by_shard.items():
-        if parts[-1] and n + len(item[1]) > ENTRIES_PER_CALL:
-            parts.append([])
-            n = 0
-        parts[-1].append(item)
-        n += len(item[1])
-    for part in parts:  # (one call for no recipients too: the TAT)
-        keys = [fixed[0], fixed[4], fixed[5], *(f"{tag}:c{k}" for k, _ in part)]
-        args = [number.name, warm, *(" ".join(map(str, rs)) for _, rs in part)]
-        res = await counting.run("entries", keys, args)
-        tat = res[0]
-        if len(res) > 1:
-            called = [r for _, rs in part for r in rs]
-            for j in range(1, len(res), 7):
-                got[called[res[j]]] = tuple(res[j + 1 : j + 7])
-    return got, tat
+    if len(res) > 2:
+        called = [r for rs in by_shard.values() for r in rs]
+        for j in range(2, len(res), 7):
+            got[called[res[j]]] = tuple(res[j + 1 : j + 7])
+    return _scope_counts(scope, list(res[0]), number), _parse_entries(got, res[1])

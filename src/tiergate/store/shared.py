@@ -67,9 +67,8 @@ from .base import StoreUnavailableError
 from .redis_counting import KeyBound, NumberSpec, RedisCounting, Row, ScopeSpec
 from .redis_reads import (
     ScopeCounts,
-    parse_entries,
     plan_engine,
-    recipient_entries,
+    plan_reads,
     scope_counts,
 )
 from .shared_keys import binding, item_binding, key_conflict, lone_key, read_batch_keys
@@ -226,9 +225,8 @@ class SharedAdmission:
             kernels.alias_keys(keys, array("Q", st.alias_table))
         unique = list(dict.fromkeys(keys))
         spec, number = self.number(s.engine_index)
-        counts = await scope_counts(self.counting, spec, max(start, s.scope.last_now), number)
-        got = await recipient_entries(self.counting, spec, number, unique)
-        entries = parse_entries(*got)
+        now = max(start, s.scope.last_now)
+        counts, entries = await plan_reads(self.counting, spec, now, number, unique)
         engine_type = type(cast(MirroredCounting, st.engine).local)
         copy = await asyncio.to_thread(
             plan_engine, engine_type, spec.geometry, spec, number, counts, entries
