@@ -571,21 +571,9 @@ class RedisCounting:
     async def usage(self, scope: ScopeSpec, now: int, limit: int) -> Usage:
         """(used_24h, next_slot_free_at, unique_7d, slots_7d) for the scope at ``now``
         (Redis's clock when the store runs on the server clock)."""
-        if not self.server_clock:
-            _check_time("now", now)
-        when = "" if self.server_clock else now
-        res = await self.run("usage", scope.fixed_keys()[:4], [*scope.geometry, when, limit])
+        args = [*scope.geometry, self.read_time(now), limit]
+        res = await self.run("usage", scope.fixed_keys()[:4], args)
         return Usage(*(int(v) for v in res[:4]))
-
-    async def counts(self, scope: ScopeSpec, now: int, num: NumberSpec | None = None) -> list[Any]:
-        """The library's ``counts`` (read only): the time used, used_24h, unique_7d, slots_7d,
-        the 24 h ring's low bucket, (bucket, count) pairs, and for a number in warm-up its
-        own ring's [total, low bucket, pairs] (``redis_reads.scope_counts`` reads them)."""
-        warm = num.warm_key(scope) if num is not None else None
-        extra = ([warm], [num.name]) if num is not None and warm is not None else ([], [])
-        keys = [*scope.fixed_keys()[:4], *extra[0]]
-        args = [*scope.geometry, self.read_time(now), *extra[1]]
-        return list(await self.run("counts", keys, args))
 
     def read_time(self, now: int) -> int | str:
         """A read's time argument: ``now``, or '' (Redis's TIME) on the server clock."""

@@ -122,8 +122,15 @@ async def scope_counts(
     counting: RedisCounting, scope: ScopeSpec, now: int, number: NumberSpec | None = None
 ) -> ScopeCounts:
     """``scope``'s counts in Redis at ``now`` (Redis's clock on the server clock),
-    and ``number``'s own ring when it is in warm-up."""
-    return _scope_counts(scope, await counting.counts(scope, now, number), number)
+    and ``number``'s own ring when it is in warm-up: the library's ``counts`` (read only)
+    answers the time used, used_24h, unique_7d, slots_7d, the 24 h ring's low bucket,
+    (bucket, count) pairs, and for a number in warm-up its own ring's [total, low
+    bucket, pairs]."""
+    warm = number.warm_key(scope) if number is not None else None
+    extra = ([warm], [number.name]) if number is not None and warm is not None else ([], [])
+    keys = [*scope.fixed_keys()[:4], *extra[0]]
+    args = [*scope.geometry, counting.read_time(now), *extra[1]]
+    return _scope_counts(scope, list(await counting.run("counts", keys, args)), number)
 
 
 def _scope_counts(scope: ScopeSpec, res: list[Any], number: NumberSpec | None) -> ScopeCounts:
