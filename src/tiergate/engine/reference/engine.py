@@ -551,6 +551,12 @@ class Engine:
         """Recipient entries held in all tables."""
         return sum(len(s.table) for s in self.scopes) + sum(len(n.table) for n in self.numbers)
 
+    def sweeps(self) -> int:
+        """Tables with a sweep (the reclaim at the nominal fill) under way."""
+        return sum(s.sweep is not None for s in self.scopes) + sum(
+            n.sweep is not None for n in self.numbers
+        )
+
     # -- snapshots -----------------------------------------------------------
 
     def snapshot(self) -> bytes:
