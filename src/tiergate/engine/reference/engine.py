@@ -553,9 +553,7 @@ class Engine:
 
     def sweeps(self) -> int:
         """Tables with a sweep (the reclaim at the nominal fill) under way."""
-        return sum(s.sweep is not None for s in self.scopes) + sum(
-            n.sweep is not None for n in self.numbers
-        )
+        return sum(t.sweep is not None for t in [*self.scopes, *self.numbers])
 
     # -- snapshots -----------------------------------------------------------
 
@@ -569,14 +567,12 @@ class Engine:
 
     @staticmethod
     def copy_room(sizes: tuple[int, ...]) -> object:
-        """Memory for a copy, made ahead in another thread (the compiled engine's
-        tables; nothing here)."""
+        """Memory for a copy, made ahead in another thread (none here)."""
         return None
 
     def copy(self, room: object = None) -> Engine:
-        """A new engine holding this one's state, sharing nothing with it (what a
-        snapshot is serialised from in another thread). Here by way of the
-        snapshot format; the compiled engine copies its tables as they lie."""
+        """A new engine holding this one's state, sharing nothing with it (what a snapshot
+        is serialised from in another thread), here by way of the snapshot format."""
         return type(self).restore(self.snapshot())
 
     @classmethod
