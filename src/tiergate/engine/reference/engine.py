@@ -553,7 +553,8 @@ class Engine:
 
     def sweeps(self) -> int:
         """Tables with a sweep (the reclaim at the nominal fill) under way."""
-        return sum(t.sweep is not None for t in [*self.scopes, *self.numbers])
+        tables: list[Scope | Number] = [*self.scopes, *self.numbers]
+        return sum(t.sweep is not None for t in tables)
 
     # -- snapshots -----------------------------------------------------------
 
@@ -571,8 +572,7 @@ class Engine:
         return None
 
     def copy(self, room: object = None) -> Engine:
-        """A new engine holding this one's state, sharing nothing with it (what a snapshot
-        is serialised from in another thread), here by way of the snapshot format."""
+        """A new engine holding this one's state, sharing nothing (by way of a snapshot)."""
         return type(self).restore(self.snapshot())
 
     @classmethod
