@@ -26,8 +26,8 @@ def as_format_5(data: bytes) -> bytes:
 
     def table(entry: struct.Struct) -> None:
         nonlocal at
-        capacity, count, sweep = _TABLE.unpack_from(data, at)
-        assert sweep == 0
+        capacity, count, sweep, cut = _TABLE.unpack_from(data, at)
+        assert sweep == cut == 0
         out.extend(struct.pack("<QQ", capacity, count))
         at += _TABLE.size
         out.extend(data[at : at + count * entry.size])

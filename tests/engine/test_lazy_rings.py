@@ -79,7 +79,7 @@ def test_format_4_snapshots_still_read_and_both_engines_agree(twin: Twin) -> Non
     data = e.snapshot()
     old = _as_format_4(data)
     # scopes 0 and 2 write their buckets; six tables lose their sweep
-    assert len(old) == len(data) + 8 * 2 * sum(BUCKETS) - 6 * 8
+    assert len(old) == len(data) + 8 * 2 * sum(BUCKETS) - 6 * 16
     for cls in (PyEngine, twin.Engine):
         restored = cls.restore(old)
         assert restored.snapshot() == data

@@ -83,8 +83,8 @@ cdef struct NumberEntry:
 # `nominal` is the reference engine's capacity rule (a power of two, 70 %):
 # it decides when expired entries are reclaimed, so both engines reclaim at
 # the same moments, and it is what snapshots record. `sweep`: the next step
-# of the reclaim under way since the nominal fill (0: none; sweep.pxi), also
-# recorded by snapshots.
+# of the reclaim under way since the nominal fill (0: none; sweep.pxi), and
+# `sweep_cut` the cut it drops entries by, also recorded by snapshots.
 cdef struct ScopeTable:
     ScopeEntry *slots
     uint64_t capacity
@@ -112,6 +112,7 @@ cdef struct ScopeTable:
     uint64_t old_capacity
     uint64_t moved
     uint64_t sweep
+    int64_t sweep_cut
 
 cdef struct NumberTable:
     NumberEntry *slots
@@ -129,6 +130,7 @@ cdef struct NumberTable:
     uint64_t old_capacity
     uint64_t moved
     uint64_t sweep          # as in ScopeTable
+    int64_t sweep_cut
 
 # A number's own count while it is in warm-up under a shared limit scope
 # (warmup.pxi; the reference: engine/reference/warmup.py): its cap, a ring like

@@ -71,7 +71,7 @@ cdef enum:
     SCOPE_SIZE = 24
     RING_SIZE = 24
     NUMBER_SIZE = 52
-    TABLE_SIZE = 24
+    TABLE_SIZE = 32
     TABLE_SIZE_5 = 16  # formats 1 to 5: no sweep
     SCOPE_ENTRY_SIZE = 57
     NUMBER_ENTRY_SIZE = 40

@@ -8,7 +8,7 @@
 # then in the old ones from `moved` on; an entry still in the old slots is the
 # entry (it moves with whatever was written to it). Whatever walks every entry
 # (reclaim, snapshots, copies) either finishes the move first or walks both; a
-# sweep step (sweep.pxi) first moves the old slots of its part of the hashes.
+# sweep step (sweep.pxi) drops entries from both sets of slots.
 
 
 cdef inline TableEntry *entry_find_old(TableEntry *old, uint64_t capacity, uint64_t moved,

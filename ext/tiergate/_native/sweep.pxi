@@ -4,10 +4,12 @@
 # begins: that insert and the next ones each take one step, sweep_steps of
 # them (one per 16 nominal slots). Step b drops the entries whose mix(key)
 # lies in the b-th of sweep_steps equal parts of [0, 2**64) and that are
-# expired as of the cut at that moment, where they lie: a Robin Hood table
+# expired as of the cut when the sweep began (as one pass at that moment
+# would: the parts swept first keep no more than the others), where they lie: a Robin Hood table
 # keeps its entries in the order of their home slots, mix(key) scaled to the
 # capacity, so a part is a run of about 24 slots (the ones at its two ends
-# shared with the parts beside it), whatever the table's size or growth. The
+# shared with the parts beside it), whatever the table's size; while the
+# table grows, the part is swept in its old slots not moved yet as well. The
 # reference engine sweeps its dicts in the same order, step for step
 # (reference/tables.py: Sweep), so both drop the same entries at the same
 # moments. After the last step the nominal capacity doubles unless the table
@@ -36,12 +38,15 @@ cdef inline void note_last(ScopeTable *t, int64_t last) noexcept nogil:
     t.swept_oldest = min(t.swept_oldest, last)
 
 
-cdef void entry_remove(TableEntry *slots, uint64_t capacity, uint64_t i) noexcept nogil:
+cdef void entry_remove(TableEntry *slots, uint64_t capacity, uint64_t moved,
+                       uint64_t i) noexcept nogil:
     # Empty slot i and close the gap: each entry after it that is not at its
-    # home slot moves back one, up to an empty slot or an entry at home.
+    # home slot moves back one, up to an empty slot or an entry at home. In the
+    # old slots of a growth, the slots before `moved` have moved (0 for a
+    # table's own slots): nothing moves back out of them.
     cdef uint64_t nx = i + 1 if i + 1 < capacity else 0
     cdef uint64_t d
-    while slots[nx].key != 0:
+    while slots[nx].key != 0 and nx >= moved:
         d = distance(slots[nx].key, nx, capacity)
         if d == 0:
             break
@@ -78,44 +83,19 @@ cdef void mm_remove(MarketingMap *m, uint64_t key) noexcept nogil:
     memset(&m.slots[i], 0, sizeof(MarketingEntry))
 
 
-cdef uint64_t old_through(Table *t, uint64_t last) noexcept nogil:
-    # How many more old slots a growing table must move so that every entry
-    # whose mix(key) is at most `last` has left them (UINT64_MAX: all).
-    cdef uint64_t h, m, w, d
-    if last == UINT64_MAX:
-        return UINT64_MAX
-    h = tg_scale(last, t.old_capacity)
-    m = t.moved if t.moved > h else h + 1
-    while m < t.old_capacity:
-        w = t.old[m].key
-        if w == 0:
-            break
-        d = distance(w, m, t.old_capacity)
-        if d > m or m - d > h:
-            break
-        m += 1
-    return m - t.moved if m > t.moved else 0
-
-
-cdef uint64_t sweep_part(Table *t, uint64_t b, uint64_t steps, int64_t cut) noexcept nogil:
-    # Step b of a sweep (see above): returns how many entries it dropped.
-    cdef uint64_t cap, lo, span, i, j = 0, w, d, dead = 0
-    cdef ScopeEntry *se
-    if t.old != NULL:
-        # its part of the old slots first (moved in the order of their homes)
-        table_move(t, old_through(t, sweep_last(b, steps)))
-    if Table is ScopeTable:
-        if cut <= t.oldest_last:
-            # nothing expired (a scope table's first week): the part's entries
-            # were counted at oldest_last or later
-            t.swept_oldest = min(t.swept_oldest, t.oldest_last)
-            return 0
-    cap = t.capacity
-    lo = tg_scale(sweep_first(b, steps), cap)
-    span = tg_scale(sweep_last(b, steps), cap) - lo
-    i = lo
+cdef uint64_t sweep_slots(TableEntry *slots, uint64_t cap, uint64_t moved, ScopeTable *st,
+                          uint64_t b, uint64_t steps, int64_t cut) noexcept nogil:
+    # Step b of a sweep (see above) over one set of slots: a table's own, or
+    # the old slots of its growth, those before `moved` passed over (they have
+    # moved). Scope entries come with their table `st` (marketing records; the
+    # kept ones' last counted times go into its swept_oldest; NULL for number
+    # entries). Returns how many entries it dropped.
+    cdef uint64_t lo = tg_scale(sweep_first(b, steps), cap)
+    cdef uint64_t span = tg_scale(sweep_last(b, steps), cap) - lo
+    cdef uint64_t i = lo, j = 0, w, d, dead = 0
+    cdef bint expired
     while True:
-        w = t.slots[i].key
+        w = slots[i].key
         if w == 0:
             if j >= span:
                 break  # every entry with its home in the part lies before
@@ -125,25 +105,46 @@ cdef uint64_t sweep_part(Table *t, uint64_t b, uint64_t steps, int64_t cut) noex
                 if j - d > span:
                     break
                 # the runs at the part's two ends are shared with the parts beside it
-                if ((j - d > 0 and j - d < span)
-                        or tg_scale(mix(w & KEY_MASK), steps) == b):
-                    if entry_expired(t, i, cut):
-                        if Table is ScopeTable:
+                if i >= moved and ((j - d > 0 and j - d < span)
+                                   or tg_scale(mix(w & KEY_MASK), steps) == b):
+                    if TableEntry is ScopeEntry:
+                        expired = scope_expired(st, &slots[i], cut)
+                    else:
+                        expired = number_expired(&slots[i], cut)
+                    if expired:
+                        if TableEntry is ScopeEntry:
                             if w & KEY_MARKETING:
-                                mm_remove(&t.marketing, w & KEY_MASK)
-                        entry_remove(t.slots, cap, i)
+                                mm_remove(&st.marketing, w & KEY_MASK)
+                        entry_remove(slots, cap, moved, i)
                         dead += 1
                         continue  # slot i holds the next entry now
-                    if Table is ScopeTable:
-                        se = &t.slots[i]
+                    if TableEntry is ScopeEntry:
                         if not (w & KEY_OPT_OUT):
-                            t.swept_oldest = min(t.swept_oldest, slot_last(se.slot))
+                            st.swept_oldest = min(st.swept_oldest, slot_last(slots[i].slot))
         j += 1
         i += 1
         if i == cap:
             i = 0
-    t.count -= dead
     return dead
+
+
+cdef void sweep_part(Table *t, uint64_t b, uint64_t steps, int64_t cut) noexcept nogil:
+    # Step b of a sweep of t: its slots, and the old ones of a growth under way.
+    cdef uint64_t dead
+    if Table is ScopeTable:
+        if cut <= t.oldest_last:
+            # nothing expired (a scope table's first week): the part's entries
+            # were counted at oldest_last or later
+            t.swept_oldest = min(t.swept_oldest, t.oldest_last)
+            return
+        dead = sweep_slots(t.slots, t.capacity, 0, t, b, steps, cut)
+        if t.old != NULL:
+            dead += sweep_slots(t.old, t.old_capacity, t.moved, t, b, steps, cut)
+    else:
+        dead = sweep_slots(t.slots, t.capacity, 0, NULL, b, steps, cut)
+        if t.old != NULL:
+            dead += sweep_slots(t.old, t.old_capacity, t.moved, NULL, b, steps, cut)
+    t.count -= dead
 
 
 cdef void table_sweep(Table *t, int64_t cut) noexcept nogil:
@@ -154,13 +155,15 @@ cdef void table_sweep(Table *t, int64_t cut) noexcept nogil:
     if t.sweep == 0:
         if t.count < max_fill(t.nominal):
             return
+        t.sweep_cut = cut
         if Table is ScopeTable:
             t.swept_oldest = INT64_MAX
-    sweep_part(t, t.sweep, steps, cut)
+    sweep_part(t, t.sweep, steps, t.sweep_cut)
     t.sweep += 1
     if t.sweep < steps:
         return
     t.sweep = 0
+    t.sweep_cut = 0
     if Table is ScopeTable:
         t.oldest_last = t.swept_oldest
     if t.count >= max_fill(t.nominal) // 2:

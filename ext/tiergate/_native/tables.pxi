@@ -473,6 +473,7 @@ cdef int table_init(Table *t) noexcept nogil:
     t.old = NULL
     t.old_capacity = t.moved = 0
     t.sweep = 0
+    t.sweep_cut = 0
     if Table is ScopeTable:
         t.nominal = INITIAL_CAPACITY
         t.oldest_last = t.swept_oldest = INT64_MAX

@@ -19,7 +19,7 @@ Semantics (DESIGN.md §5):
 * Memory: every recipient table has a nominal capacity (a power of two, at
   least :data:`INITIAL_CAPACITY`; number tables start at
   :data:`NUMBER_INITIAL_CAPACITY`) filled to 70 %. When an insert finds the
-  table full, a sweep of its expired entries begins, one step per insert
+  table full, a sweep of the entries expired at that moment begins, one step per insert
   (:class:`~.tables.Sweep`: a sixteenth of the capacity's steps, each over a
   part of the keys' hashes), and the capacity doubles after the last step
   unless the table is then below half its fill. A scope entry is expired when it is not

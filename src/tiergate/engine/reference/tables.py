@@ -50,15 +50,16 @@ class Sweep:
 
     It begins when an insert finds the table at its fill and takes that
     insert's step and the next ones', :func:`sweep_steps` in all. Step ``b``
-    drops the entries expired as of that moment's cut whose ``mix(key)`` lies
-    in the ``b``-th of that many equal parts of ``[0, 2**64)`` (the compiled
-    engine's tables hold their entries in that order, so a step there is a
-    short run of slots)."""
+    drops the entries expired as of the cut when the sweep began (``cut``)
+    whose ``mix(key)`` lies in the ``b``-th of that many equal parts of
+    ``[0, 2**64)`` (the compiled engine's tables hold their entries in that
+    order, so a step there is a short run of slots)."""
 
-    __slots__ = ("at", "keys", "steps")
+    __slots__ = ("at", "cut", "keys", "steps")
 
-    def __init__(self, keys: Iterable[int], steps: int, at: int = 0) -> None:
+    def __init__(self, keys: Iterable[int], steps: int, cut: int, at: int = 0) -> None:
         self.steps = steps
+        self.cut = cut
         self.at = at  # the next step
         self.keys: dict[int, list[int]] = {}  # by part, those not swept yet
         for key in keys:
@@ -70,11 +71,11 @@ class Sweep:
         if part >= self.at:
             self.keys.setdefault(part, []).append(key)
 
-    def step(self, table: dict[int, ScopeEntry] | dict[int, NumberEntry], cut: int) -> bool:
+    def step(self, table: dict[int, ScopeEntry] | dict[int, NumberEntry]) -> bool:
         """Take the next step; whether it was the last."""
         for key in self.keys.pop(self.at, ()):
             e = table.get(key)
-            if e is not None and e.expired(cut):
+            if e is not None and e.expired(self.cut):
                 del table[key]
         self.at += 1
         return self.at == self.steps
@@ -88,8 +89,8 @@ def make_room(owner: Scope | Number, cut: int) -> None:
     if owner.sweep is None:
         if len(table) < max_fill(owner.capacity):
             return
-        owner.sweep = Sweep(table, sweep_steps(owner.capacity))
-    if owner.sweep.step(table, cut):
+        owner.sweep = Sweep(table, sweep_steps(owner.capacity), cut)
+    if owner.sweep.step(table):
         owner.sweep = None
         if len(table) >= max_fill(owner.capacity) // 2:
             owner.capacity *= 2
