@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.old_formats import as_format_5
+from engine.walks import Sent, walk_step
 from tiergate.engine import IMPLEMENTATION, DecisionBatch, PyEngine
 from tiergate.engine import constants as c
 from tiergate.engine.reference.snapshot import _TABLE
@@ -184,33 +185,20 @@ def test_sweeps_inside_growths_and_reclaims_inside_sweeps_agree() -> None:
 def test_random_walks_through_sweeps_agree(ops: list[tuple[int, int, int, str]]) -> None:
     engines = _pair()
     now = T0
-    sent: list[tuple[int, int, int, int]] = []
-    for k, (idx, flags, step, op) in enumerate(ops):
+    sent: Sent = []
+    for idx, flags, step, op in ops:
         now += step
         key = 3_000_000 + 11 * idx
-        if op == "release" and sent:
-            args = sent.pop(idx % len(sent))
-            assert engines[0].release(*args) == engines[1].release(*args)
-        elif op == "opt":
-            for e in engines:
-                e.set_opt_out(0, key, bool(idx % 2))
-        elif op == "snap":
-            assert engines[0].snapshot() == engines[1].snapshot()
-        elif op == "copy" and idx % 4 == 0:
+        if op == "copy" and idx % 4 == 0:
             engines[0] = _copy(engines[0])  # the compiled engine goes on from its copy
         elif op == "restore" and idx % 4 == 0:
             data = engines[1].snapshot()
             engines[:] = [CEngine.restore(data), PyEngine.restore(data)]
-        elif op == "reclaim" and idx % 20 == 0:
-            assert engines[0].reclaim(now) == engines[1].reclaim(now)
         elif op == "window":
             for e in engines:
                 e.open_window(0, key, now + (idx % 3 - 1) * HOUR, now)
         else:
-            d = [e.decide(now, 0, 0, key, flags, 700) for e in engines]
-            assert d[0] == d[1], k
-            if d[0][0] == c.ADMIT and d[0][3]:
-                sent.append((0, key, d[0][6], d[0][5]))
+            walk_step(engines, op, idx, key, flags, now, sent, 700)
     _same(engines, [3_000_000 + 11 * i for i in range(0, 1_500, 23)])
 
 
