@@ -16,6 +16,10 @@ cdef enum:
     # A sweep (the reclaim at the nominal fill) takes one step per insert, one
     # per this many nominal slots (sweep.pxi)
     SWEEP_SHIFT = 4
+    # ... from this nominal capacity on for a number table; below it, in one
+    # step (its entries live seconds: it sweeps every few thousand inserts, a
+    # pass over at most 100 000 slots, well under a millisecond)
+    SWEEP_NUMBER_FROM = 65536
     SNAPSHOT_VERSION = 6
 
 # Counts of last-counted times by bucket over a rolling window; bucket b

@@ -93,8 +93,8 @@ cdef int check_time(object name, int64_t t) except -1:
     return 0
 
 
-cdef int take_table(Cursor *c, uint32_t version, uint64_t *capacity, uint64_t *count,
-                    uint64_t *sweep, int64_t *cut) except -1:
+cdef int take_table(Cursor *c, uint32_t version, bint number, uint64_t *capacity,
+                    uint64_t *count, uint64_t *sweep, int64_t *cut) except -1:
     # A table header; formats 1 to 5 had no sweep (read as none).
     cdef const unsigned char *p = take(c, TABLE_SIZE if version >= 6 else TABLE_SIZE_5)
     capacity[0] = get_u64(p)
@@ -103,9 +103,10 @@ cdef int take_table(Cursor *c, uint32_t version, uint64_t *capacity, uint64_t *c
     cut[0] = <int64_t>get_u64(p + 24) if version >= 6 else 0
     if (capacity[0] < INITIAL_CAPACITY or capacity[0] & (capacity[0] - 1)
             or capacity[0] > (<uint64_t>1 << 40)
-            or sweep[0] >= sweep_steps(capacity[0]) or (sweep[0] == 0 and cut[0] != 0)
+            or sweep[0] >= sweep_steps(capacity[0], number) or (sweep[0] == 0 and cut[0] != 0)
             # a sweep under way has taken up to one insert per step past the fill
-            or count[0] > max_fill(capacity[0]) + (sweep_steps(capacity[0]) if sweep[0] else 0)):
+            or count[0] > max_fill(capacity[0]) + (sweep_steps(capacity[0], number)
+                                                   if sweep[0] else 0)):
         raise ValueError("engine snapshot is corrupt: table capacity")
     return 0
 
@@ -116,7 +117,7 @@ cdef int restore_table(Table *t, Cursor *c, uint32_t version, Py_ssize_t entry_s
     # (entries[0], count[0] of them); the caller inserts them.
     cdef uint64_t nominal, sweep
     cdef int64_t cut
-    take_table(c, version, &nominal, count, &sweep, &cut)
+    take_table(c, version, Table is NumberTable, &nominal, count, &sweep, &cut)
     entries[0] = take(c, <Py_ssize_t>(count[0] * entry_size))
     if table_rebuild(t, room_for(count[0]), False, 0) < 0:
         raise MemoryError()

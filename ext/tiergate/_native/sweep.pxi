@@ -2,7 +2,8 @@
 #
 # When an insert finds a table at its nominal fill (70 % of `nominal`), a sweep
 # begins: that insert and the next ones each take one step, sweep_steps of
-# them (one per 16 nominal slots). Step b drops the entries whose mix(key)
+# them (one per 16 nominal slots; one in all for a number table below
+# SWEEP_NUMBER_FROM). Step b drops the entries whose mix(key)
 # lies in the b-th of sweep_steps equal parts of [0, 2**64) and that are
 # expired as of the cut when the sweep began (as one pass at that moment
 # would: the parts swept first keep no more than the others), where they lie: a Robin Hood table
@@ -16,8 +17,10 @@
 # is below half its fill. Nothing is allocated and no call walks the table.
 
 
-cdef inline uint64_t sweep_steps(uint64_t nominal) noexcept nogil:
-    return nominal >> SWEEP_SHIFT if nominal >> SWEEP_SHIFT else 1
+cdef inline uint64_t sweep_steps(uint64_t nominal, bint number) noexcept nogil:
+    if nominal >> SWEEP_SHIFT == 0 or (number and nominal < SWEEP_NUMBER_FROM):
+        return 1
+    return nominal >> SWEEP_SHIFT
 
 
 cdef inline uint64_t sweep_first(uint64_t b, uint64_t steps) noexcept nogil:
@@ -151,7 +154,7 @@ cdef void table_sweep(Table *t, int64_t cut) noexcept nogil:
     # The step of a sweep that an insert takes (table_reserve), beginning one
     # at the nominal fill; after the last, the nominal capacity doubles unless
     # the table is below half its fill (the reference's rule).
-    cdef uint64_t steps = sweep_steps(t.nominal)
+    cdef uint64_t steps = sweep_steps(t.nominal, Table is NumberTable)
     if t.sweep == 0:
         if t.count < max_fill(t.nominal):
             return

@@ -221,7 +221,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
         _check_snapshot_time(clock)
         num.clock = clock
         num.tput_tat = tput_tat
-        num.capacity, count, sweep, cut = _take_table(r, version)
+        num.capacity, count, sweep, cut = _take_table(r, version, number=True)
         layout = _NUMBER_ENTRY if version >= 3 else _NUMBER_ENTRY_2
         for key, wu, fu, pt, *start in _take_entries(r, layout, count):
             ne = NumberEntry()
@@ -231,7 +231,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
                 ne.pair_start = start[0]
             num.table[key] = ne
         if sweep:
-            num.sweep = Sweep(num.table, sweep_steps(num.capacity), cut, sweep)
+            num.sweep = Sweep(num.table, sweep_steps(num.capacity, True), cut, sweep)
         if version >= 4:
             _read_warmup(r, eng, number, version)
     if r.pos != len(data):
@@ -272,17 +272,17 @@ def _sweep_state(sweep: Sweep | None) -> tuple[int, int]:
     return (sweep.at, sweep.cut) if sweep else (0, 0)
 
 
-def _take_table(r: _Reader, version: int) -> tuple[int, int, int, int]:
+def _take_table(r: _Reader, version: int, number: bool = False) -> tuple[int, int, int, int]:
     capacity, count, *rest = r.take(_TABLE if version >= 6 else _TABLE_5)
     sweep, cut = rest or (0, 0)
     if (
         capacity < INITIAL_CAPACITY
         or capacity & (capacity - 1)
         or capacity > MAX_CAPACITY
-        or sweep >= sweep_steps(capacity)
+        or sweep >= sweep_steps(capacity, number)
         or (sweep == 0 and cut != 0)
         # a sweep under way has taken up to one insert per step past the fill
-        or count > max_fill(capacity) + (sweep_steps(capacity) if sweep else 0)
+        or count > max_fill(capacity) + (sweep_steps(capacity, number) if sweep else 0)
     ):
         raise ValueError("engine snapshot is corrupt: table capacity")
     return capacity, count, sweep, cut

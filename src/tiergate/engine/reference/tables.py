@@ -27,8 +27,11 @@ def max_fill(capacity: int) -> int:
     return capacity * 7 // 10
 
 
-#: A sweep takes one step per this many nominal slots (``capacity >> SWEEP_SHIFT``).
+#: A sweep takes one step per this many nominal slots (``capacity >> SWEEP_SHIFT``) ...
 SWEEP_SHIFT = 4
+#: ... from this nominal capacity on for a number table; below it, one step (its
+#: entries live seconds: it sweeps every few thousand inserts, a short pass).
+SWEEP_NUMBER_FROM = 1 << 16
 _U64 = (1 << 64) - 1
 
 
@@ -40,8 +43,10 @@ def mix(key: int) -> int:
     return key ^ (key >> 31)
 
 
-def sweep_steps(capacity: int) -> int:
-    """Steps of a sweep of a table of nominal ``capacity``."""
+def sweep_steps(capacity: int, number: bool = False) -> int:
+    """Steps of a sweep of a table of nominal ``capacity`` (``number``: a number's)."""
+    if number and capacity < SWEEP_NUMBER_FROM:
+        return 1
     return max(capacity >> SWEEP_SHIFT, 1)
 
 
@@ -89,7 +94,7 @@ def make_room(owner: Scope | Number, cut: int) -> None:
     if owner.sweep is None:
         if len(table) < max_fill(owner.capacity):
             return
-        owner.sweep = Sweep(table, sweep_steps(owner.capacity), cut)
+        owner.sweep = Sweep(table, sweep_steps(owner.capacity, isinstance(owner, Number)), cut)
     if owner.sweep.step(table):
         owner.sweep = None
         if len(table) >= max_fill(owner.capacity) // 2:
