@@ -9,12 +9,19 @@ machine does not inflate, and wall clock). Reported per build: the longest call,
 at which the longest call happened. With ``--baseline SRC`` (a ``src``
 directory holding another build of ``tiergate._native``) both builds run,
 in alternating child processes of this one run, so the two columns are
-measured side by side. Prints a table and writes
-``benchmarks/results/growth.json``.
+measured side by side. With ``--expire`` the engine's windows are short
+(a 2-hour reclaim horizon) and the clock jumps past that horizon after
+``--start`` recipients, then each time their number has grown by half, so
+the nominal fills find the recipients before the last jump expired (at 1 M
+to 8 M: fills of 1.47 M and 2.94 M entries dropping 1 M to 2.5 M): the calls
+are timed through the reclaims at the fills (one pass inside one insert, or
+a sweep a step per insert). Prints a table
+and writes ``benchmarks/results/growth.json``.
 
     .venv/bin/python benchmarks/growth.py --quick          # 250 k -> 2 M entries
     .venv/bin/python benchmarks/growth.py                  # 1 M -> 8 M entries
     .venv/bin/python benchmarks/growth.py --marketing      # marketing sends: the map grows too
+    .venv/bin/python benchmarks/growth.py --expire         # through the reclaims at the fills
     # the build of another commit, side by side (e.g. main):
     git archive main setup.py pyproject.toml ext src | tar -x -C /tmp/base \\
       && (cd /tmp/base && ../path/to/.venv/bin/python setup.py -q build_ext --inplace)
@@ -24,6 +31,7 @@ measured side by side. Prints a table and writes
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import subprocess
 import sys
@@ -40,18 +48,34 @@ T0 = 1_780_000_000_000  # a Unix ms time; the clock advances 1 ms per decision
 BATCH = 1_000
 FIRST_KEY = 15_550_000_000
 TARGET_MS = 10.0
+#: --expire: windows of Engine(*SHORT) (a 2-hour reclaim horizon) and the jump
+#: of the clock that expires every recipient counted before it
+SHORT = (60_000, 3_600_000, 3_600_000, 3_600_000)
+JUMP = 2 * 3_600_000 + 1
 
 
-def child(src: str, mode: str, start: int, end: int, marketing: bool) -> dict[str, Any]:
+def child(
+    src: str, mode: str, start: int, end: int, marketing: bool, expire: bool
+) -> dict[str, Any]:
     """Run in a child process: grow one scope's table from start to end entries,
     timing each call (``mode``: ``batch`` or ``single``); with ``marketing``
-    every send is a marketing template, so the scope's marketing map grows too."""
+    every send is a marketing template, so the scope's marketing map grows too;
+    with ``expire`` the recipients expire at the jumps (see above)."""
     sys.path.insert(0, src)
     from tiergate._native.engine import Engine
     from tiergate.engine import DecisionBatch
     from tiergate.engine import constants as c
 
-    e = Engine()
+    e = Engine(*SHORT) if expire else Engine()
+
+    jumps = []
+    while expire and start and (not jumps or jumps[-1] < end):
+        jumps.append(jumps[-1] * 3 // 2 if jumps else start)
+
+    def now(i: int) -> int:
+        # 1 ms per send, and with expire the jumps past the horizon
+        return T0 + i + bisect.bisect_right(jumps, i) * JUMP
+
     e.add_scope()
     flags = c.F_TEMPLATE | (c.F_MARKETING if marketing else 0)
     # throughput and pair rate wide open: the figures are the table's work
@@ -59,7 +83,7 @@ def child(src: str, mode: str, start: int, end: int, marketing: bool) -> dict[st
 
     def batch(first: int) -> DecisionBatch:
         b = DecisionBatch()
-        b.now = array("q", range(T0 + first, T0 + first + BATCH))
+        b.now = array("q", [now(i) for i in range(first, first + BATCH)])
         b.scope = array("i", [0]) * BATCH
         b.number = array("i", [0]) * BATCH
         b.recipient = array("Q", range(FIRST_KEY + first, FIRST_KEY + first + BATCH))
@@ -86,12 +110,12 @@ def child(src: str, mode: str, start: int, end: int, marketing: bool) -> dict[st
         decide, unlimited = e.decide, c.UNLIMITED
         for i in range(start, end):
             t, p = clock(), cpu_clock()
-            decide(T0 + i, 0, 0, FIRST_KEY + i, flags, unlimited)
+            decide(now(i), 0, 0, FIRST_KEY + i, flags, unlimited)
             cpu.append(cpu_clock() - p)
             wall.append(clock() - t)
         at = list(range(start, end))
     out: dict[str, Any] = {
-        "mode": mode + (" marketing" if marketing else ""),
+        "mode": mode + (" marketing" if marketing else "") + (" expire" if expire else ""),
         "calls": len(wall),
         "entries_after": e.entries(),
     }
@@ -106,10 +130,14 @@ def child(src: str, mode: str, start: int, end: int, marketing: bool) -> dict[st
     return out
 
 
-def run_child(src: str, mode: str, start: int, end: int, marketing: bool) -> dict[str, Any]:
+def run_child(
+    src: str, mode: str, start: int, end: int, marketing: bool, expire: bool
+) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", src, "--mode", mode]
     if marketing:
         cmd.append("--marketing")
+    if expire:
+        cmd.append("--expire")
     out = subprocess.run(
         [*cmd, "--start", str(start), "--end", str(end)],
         check=True,
@@ -132,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="marketing templates: the scope's marketing map grows with its table",
     )
+    ap.add_argument(
+        "--expire",
+        action="store_true",
+        help="short windows, the recipients expiring at times: through the reclaims",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="batch", help=argparse.SUPPRESS)
     ap.add_argument("--results-dir", type=Path, default=None, help="where growth.json goes")
@@ -139,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     start = args.start if args.start is not None else (250_000 if args.quick else 1_000_000)
     end = args.end if args.end is not None else (2_000_000 if args.quick else 8_000_000)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.mode, start, end, args.marketing)))
+        print(json.dumps(child(args.child, args.mode, start, end, args.marketing, args.expire)))
         return 0
 
     _common.print_machine()
@@ -149,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for mode in args.modes.split(","):
         for name, src in builds.items():  # alternating: one mode, each build in turn
-            r = run_child(src, mode, start, end, args.marketing)
+            r = run_child(src, mode, start, end, args.marketing, args.expire)
             rows.append({"build": name, "src": src, **r})
     for clock in ("cpu", "wall"):
         _common.print_table(
@@ -171,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "growth",
         {
             "marketing": args.marketing,
+            "expire": args.expire,
             "start_entries": start,
             "end_entries": end,
             "batch_size": BATCH,

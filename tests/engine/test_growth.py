@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.walks import Sent, walk_step
 from tiergate.engine import IMPLEMENTATION, NEVER, DecisionBatch, PyEngine
 from tiergate.engine import constants as c
 
@@ -179,25 +180,10 @@ def test_reclaim_and_compaction_mid_growth_agree() -> None:
 def test_random_walks_across_growth_boundaries_agree(ops: list[tuple[int, int, int, str]]) -> None:
     engines = _pair(pair_interval=60_000)
     now = T0
-    sent: list[tuple[int, int, int, int]] = []
-    for k, (idx, flags, step, op) in enumerate(ops):
+    sent: Sent = []
+    for idx, flags, step, op in ops:
         now += step
-        key = 3_000_000 + 11 * idx
-        if op == "release" and sent:
-            args = sent.pop(idx % len(sent))
-            assert engines[0].release(*args) == engines[1].release(*args)
-        elif op == "opt":
-            for e in engines:
-                e.set_opt_out(0, key, bool(idx % 2))
-        elif op == "snap":
-            assert engines[0].snapshot() == engines[1].snapshot()
-        elif op == "reclaim" and idx % 10 == 0:
-            assert engines[0].reclaim(now) == engines[1].reclaim(now)
-        else:
-            d = [e.decide(now, 0, 0, key, flags, 900) for e in engines]
-            assert d[0] == d[1], k
-            if d[0][0] == c.ADMIT and d[0][3]:
-                sent.append((0, key, d[0][6], d[0][5]))
+        walk_step(engines, op, idx, 3_000_000 + 11 * idx, flags, now, sent, 900)
     probe = [3_000_000 + 11 * i for i in range(0, 3_000, 37)]
     _same_state(engines, probe)
     assert engines[0].lookup(0, 0, 1)[0] == NEVER

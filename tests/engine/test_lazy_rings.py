@@ -1,5 +1,5 @@
 """A limit scope that never counts keeps no ring buckets: none allocated, none in
-its snapshot (format 5); format 4 snapshots, which wrote every bucket, still read."""
+its snapshot (format 5 on); format 4 snapshots, which wrote every bucket, still read."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import struct
 
 from conftest import Twin
 
+from engine.old_formats import as_format_5
 from tiergate.engine import constants as c
 from tiergate.engine.reference import Engine as PyEngine
 from tiergate.engine.reference.snapshot import (
@@ -17,14 +18,17 @@ from tiergate.engine.reference.snapshot import (
     _SCOPE,
     _SCOPE_ENTRY,
     _TABLE,
+    _TABLE_5,
 )
 
 BUCKETS = (62, 32, 32)  # the rings of Engine(1_000, 60_000, 10_000, 300_000)
 
 
 def _as_format_4(data: bytes) -> bytes:
-    """``data`` (format 5) as format 4 wrote it: every ring with its buckets (the
-    numbers, whose warm-up parts hold no ring here, are written as before)."""
+    """``data`` (format 6) as format 4 wrote it: tables without a sweep and every
+    ring with its buckets (the numbers, whose warm-up parts hold no ring here,
+    are written as before)."""
+    data = as_format_5(data)
     (_, _, _, _, _, _, _, n_scopes, _) = _HEADER.unpack_from(data, 0)
     out = bytearray(data[: _HEADER.size])
     struct.pack_into("<I", out, 8, 4)
@@ -41,8 +45,8 @@ def _as_format_4(data: bytes) -> bytes:
                 at += 8 * n
             else:
                 out += bytes(8 * n)
-        _, count = _TABLE.unpack_from(data, at)
-        size = _TABLE.size + count * _SCOPE_ENTRY.size
+        _, count = _TABLE_5.unpack_from(data, at)
+        size = _TABLE_5.size + count * _SCOPE_ENTRY.size
         out += data[at : at + size]
         at += size
     out += data[at:]  # the numbers are written as before
@@ -61,7 +65,7 @@ def test_a_scope_without_counts_writes_no_buckets(twin: Twin) -> None:
     # each number: its table, then its warm-up cap (-1: none)
     numbers = 3 * (_NUMBER.size + _TABLE.size + 8) + _NUMBER_ENTRY.size
     assert len(data) == _HEADER.size + 2 * idle + busy + numbers
-    assert struct.unpack_from("<I", data, 8)[0] == 5
+    assert struct.unpack_from("<I", data, 8)[0] == 6
 
 
 def test_format_4_snapshots_still_read_and_both_engines_agree(twin: Twin) -> None:
@@ -74,7 +78,8 @@ def test_format_4_snapshots_still_read_and_both_engines_agree(twin: Twin) -> Non
     assert e.release(2, 44, d.slot, d.prev_counted)  # counted, then given back: total 0
     data = e.snapshot()
     old = _as_format_4(data)
-    assert len(old) == len(data) + 8 * 2 * sum(BUCKETS)  # scopes 0 and 2
+    # scopes 0 and 2 write their buckets; six tables lose their sweep
+    assert len(old) == len(data) + 8 * 2 * sum(BUCKETS) - 6 * 16
     for cls in (PyEngine, twin.Engine):
         restored = cls.restore(old)
         assert restored.snapshot() == data

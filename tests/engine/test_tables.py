@@ -11,6 +11,7 @@ from array import array
 
 import pytest
 
+from engine.old_formats import as_format_5
 from tiergate.engine import IMPLEMENTATION, NEVER, DecisionBatch, Engine, PyEngine
 from tiergate.engine import constants as c
 from tiergate.engine.reference import SNAPSHOT_VERSION
@@ -268,16 +269,17 @@ def _one_slot_snapshot(cls: type[PyEngine] | type[Engine]) -> tuple[bytearray, i
     d = e.decide(5_000, 0, 0, 42, c.F_TEMPLATE, 10)
     data = bytearray(e.snapshot())
     # header, scope record, rings of 62, 32 and 32 buckets, table header
-    at = 56 + 24 + (24 + 8 * 62) + 2 * (24 + 8 * 32) + 16
+    at = 56 + 24 + (24 + 8 * 62) + 2 * (24 + 8 * 32) + 32
     assert struct.unpack_from("<QqQ", data, at) == (42, 5_000, (1 << 11) | 1)
     return data, at, d
 
 
 def _as_format_3(data: bytearray) -> bytearray:
-    """A snapshot of one number with no warm-up cap in format 3: without the
-    number's warm-up part (its last 8 bytes, -1) format 4 added."""
+    """A snapshot of one number with no warm-up cap in format 3: tables without
+    the sweep format 6 added, and without the number's warm-up part (its last
+    8 bytes, -1) format 4 added. A scope entry lies 16 bytes earlier."""
     assert struct.unpack_from("<q", data, len(data) - 8)[0] == -1
-    out = bytearray(data[:-8])
+    out = bytearray(as_format_5(bytes(data))[:-8])
     struct.pack_into("<I", out, 8, 3)
     return out
 
@@ -331,7 +333,7 @@ def test_format_1_snapshots_keep_their_counts_and_release_nothing(
     data, at, d = _one_slot_snapshot(writer)
     data = _as_format_2(data)
     struct.pack_into("<I", data, 8, 1)
-    struct.pack_into("<Q", data, at + 16, 77)  # a format-1 ticket id
+    struct.pack_into("<Q", data, at - 16 + 16, 77)  # a format-1 ticket id
     snaps = []
     for cls in (Engine, PyEngine):
         r = cls.restore(bytes(data))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import Twin
 
+from engine.old_formats import as_format_5
 from tiergate.engine import NEVER
 from tiergate.engine import constants as c
 from tiergate.engine.reference import SNAPSHOT_VERSION
@@ -136,7 +137,7 @@ def test_snapshots_carry_the_count_and_both_engines_read_them(twin: Twin) -> Non
     for i in range(3):
         assert _send(e, T0 + i * MIN, NEW, 100 + i, 10)[0] == c.ADMIT
     data = e.snapshot()
-    assert struct.unpack_from("<I", data, 8)[0] == SNAPSHOT_VERSION == 5
+    assert struct.unpack_from("<I", data, 8)[0] == SNAPSHOT_VERSION == 6
     for restored in (twin.Engine.restore(data), e.copy()):
         assert restored.snapshot() == data
         assert _send(restored, T0 + 4 * MIN, NEW, 103, 10)[:2] == (
@@ -155,9 +156,9 @@ def test_format_3_snapshots_restore_with_no_warm_up(twin: Twin) -> None:
     e.add_scope()
     e.add_number(0)
     assert _send(e, T0, 0, 1, 10)[0] == c.ADMIT
-    data = bytearray(e.snapshot())
+    data = e.snapshot()
     assert struct.unpack_from("<q", data, len(data) - 8)[0] == -1  # the number has no cap
-    old = data[:-8]
+    old = bytearray(as_format_5(data)[:-8])
     struct.pack_into("<I", old, 8, 3)
     r = twin.Engine.restore(bytes(old))
     assert r.snapshot() == bytes(data)

@@ -212,7 +212,7 @@ cdef inline int make_room(Engine eng, int64_t now, Scope *s, Number *num, uint64
     if p.se == NULL and (p.counting or p.marketing):
         p.se = scope_insert_mixed(&s.table, recipient, p.mixed)
         # counted now, or (marketing only) not counted at all
-        s.table.oldest_last = min(s.table.oldest_last, now if p.counting else NEVER)
+        note_last(&s.table, now if p.counting else NEVER)
     return 0
 
 
@@ -355,7 +355,7 @@ cdef bint release_slot(Engine eng, scope, recipient, slot, prev_counted, number)
     ring_remove(&s.slots7, t)
     se.slot = slot_with_last(se.slot & SLOT_GEN_MASK, prev)
     if not (se.key & KEY_OPT_OUT):
-        s.table.oldest_last = min(s.table.oldest_last, prev)
+        note_last(&s.table, prev)
     if 0 <= number < eng.n_numbers and eng.numbers[<Py_ssize_t>number].warm != NULL:
         warmup_release(eng.numbers[<Py_ssize_t>number].warm, <uint64_t>recipient, t, prev)
     return True

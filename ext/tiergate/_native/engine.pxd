@@ -13,7 +13,14 @@ cdef enum:
     # Number tables start nominally larger: their entries expire within
     # seconds to days, and a small table would reclaim every few inserts
     NUMBER_INITIAL_CAPACITY = 4096
-    SNAPSHOT_VERSION = 5
+    # A sweep (the reclaim at the nominal fill) takes one step per insert, one
+    # per this many nominal slots (sweep.pxi)
+    SWEEP_SHIFT = 4
+    # ... from this nominal capacity on for a number table; below it, in one
+    # step (its entries live seconds: it sweeps every few thousand inserts, a
+    # pass over at most 100 000 slots, well under a millisecond)
+    SWEEP_NUMBER_FROM = 65536
+    SNAPSHOT_VERSION = 6
 
 # Counts of last-counted times by bucket over a rolling window; bucket b
 # lives at counts[b mod n]; buckets below lo are gone.
@@ -79,7 +86,9 @@ cdef struct NumberEntry:
 # (`count` holds the entries of `slots` and `old` together).
 # `nominal` is the reference engine's capacity rule (a power of two, 70 %):
 # it decides when expired entries are reclaimed, so both engines reclaim at
-# the same moments, and it is what snapshots record.
+# the same moments, and it is what snapshots record. `sweep`: the next step
+# of the reclaim under way since the nominal fill (0: none; sweep.pxi), and
+# `sweep_cut` the cut it drops entries by, also recorded by snapshots.
 cdef struct ScopeTable:
     ScopeEntry *slots
     uint64_t capacity
@@ -90,6 +99,9 @@ cdef struct ScopeTable:
     # when there is none): while the reclaim cut is at or before it, no entry
     # is expired and a reclaim pass would find nothing. Never persisted.
     int64_t oldest_last
+    # oldest_last as a sweep finds it: the least over the entries it kept and
+    # those counted since it began (what oldest_last becomes when it ends).
+    int64_t swept_oldest
     # The slots of the table it grows into next, allocated and touched a few
     # pages per insert from three quarters full (see table_warm), so that the
     # growth does not wait for the kernel to zero them; NULL when none.
@@ -103,6 +115,8 @@ cdef struct ScopeTable:
     ScopeEntry *old
     uint64_t old_capacity
     uint64_t moved
+    uint64_t sweep
+    int64_t sweep_cut
 
 cdef struct NumberTable:
     NumberEntry *slots
@@ -119,6 +133,8 @@ cdef struct NumberTable:
     NumberEntry *old        # as in ScopeTable
     uint64_t old_capacity
     uint64_t moved
+    uint64_t sweep          # as in ScopeTable
+    int64_t sweep_cut
 
 # A number's own count while it is in warm-up under a shared limit scope
 # (warmup.pxi; the reference: engine/reference/warmup.py): its cap, a ring like

@@ -12,7 +12,8 @@
 # One module built from included parts, each one concern: support.pxi (C
 # helpers: table memory, prefetch, the two-thread copy), rings.pxi (arithmetic,
 # slot words, bucket rings), tables.pxi (recipient tables, reclaim), growth.pxi
-# (tables growing a few entries per insert), decide.pxi
+# (tables growing a few entries per insert), sweep.pxi (the reclaim at the
+# nominal fill, a step per insert), decide.pxi
 # (the decision core, batch checks, releases), snapshot.pxi (snapshot and
 # restore) and copy.pxi (Engine.copy's memory). The Engine class below holds
 # the state and the Python-visible methods, which call into them.
@@ -70,7 +71,8 @@ cdef enum:
     SCOPE_SIZE = 24
     RING_SIZE = 24
     NUMBER_SIZE = 52
-    TABLE_SIZE = 16
+    TABLE_SIZE = 32
+    TABLE_SIZE_5 = 16  # formats 1 to 5: no sweep
     SCOPE_ENTRY_SIZE = 57
     NUMBER_ENTRY_SIZE = 40
     NUMBER_ENTRY_SIZE_2 = 32  # formats 1 and 2: no burst start
@@ -78,6 +80,7 @@ cdef enum:
 include "rings.pxi"
 include "tables.pxi"
 include "growth.pxi"
+include "sweep.pxi"
 include "decide.pxi"
 include "snapshot.pxi"
 include "copy.pxi"
@@ -321,7 +324,7 @@ cdef class Engine:
             se.key |= KEY_OPT_OUT
         elif se.key & KEY_OPT_OUT:
             se.key &= ~KEY_OPT_OUT
-            s.table.oldest_last = min(s.table.oldest_last, slot_last(se.slot))
+            note_last(&s.table, slot_last(se.slot))
 
     def slow_throughput(self, number, int64_t now, int64_t pause_ms):
         """Meta answered 130429: admit nothing from this number for ``pause_ms``."""
@@ -408,6 +411,16 @@ cdef class Engine:
             n += self.scopes[i].table.count
         for i in range(self.n_numbers):
             n += self.numbers[i].table.count
+        return n
+
+    def sweeps(self):
+        """Tables with a sweep (the reclaim at the nominal fill) under way."""
+        cdef Py_ssize_t i
+        cdef int64_t n = 0
+        for i in range(self.n_scopes):
+            n += self.scopes[i].table.sweep != 0
+        for i in range(self.n_numbers):
+            n += self.numbers[i].table.sweep != 0
         return n
 
     def batch_prefetch(self):

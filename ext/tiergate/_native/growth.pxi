@@ -7,8 +7,8 @@
 # table. Until the last has moved, a key is looked for in the new slots,
 # then in the old ones from `moved` on; an entry still in the old slots is the
 # entry (it moves with whatever was written to it). Whatever walks every entry
-# (reclaim, compaction, snapshots, copies) either finishes the move first or
-# walks both.
+# (reclaim, snapshots, copies) either finishes the move first or walks both; a
+# sweep step (sweep.pxi) drops entries from both sets of slots.
 
 
 cdef inline TableEntry *entry_find_old(TableEntry *old, uint64_t capacity, uint64_t moved,

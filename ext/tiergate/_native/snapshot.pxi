@@ -93,26 +93,37 @@ cdef int check_time(object name, int64_t t) except -1:
     return 0
 
 
-cdef int take_table(Cursor *c, uint64_t *capacity, uint64_t *count) except -1:
-    cdef const unsigned char *p = take(c, TABLE_SIZE)
+cdef int take_table(Cursor *c, uint32_t version, bint number, uint64_t *capacity,
+                    uint64_t *count, uint64_t *sweep, int64_t *cut) except -1:
+    # A table header; formats 1 to 5 had no sweep (read as none).
+    cdef const unsigned char *p = take(c, TABLE_SIZE if version >= 6 else TABLE_SIZE_5)
     capacity[0] = get_u64(p)
     count[0] = get_u64(p + 8)
+    sweep[0] = get_u64(p + 16) if version >= 6 else 0
+    cut[0] = <int64_t>get_u64(p + 24) if version >= 6 else 0
     if (capacity[0] < INITIAL_CAPACITY or capacity[0] & (capacity[0] - 1)
-            or capacity[0] > (<uint64_t>1 << 40) or count[0] > max_fill(capacity[0])):
+            or capacity[0] > (<uint64_t>1 << 40)
+            or sweep[0] >= sweep_steps(capacity[0], number) or (sweep[0] == 0 and cut[0] != 0)
+            # a sweep under way has taken up to one insert per step past the fill
+            or count[0] > max_fill(capacity[0]) + (sweep_steps(capacity[0], number)
+                                                   if sweep[0] else 0)):
         raise ValueError("engine snapshot is corrupt: table capacity")
     return 0
 
 
-cdef int restore_table(Table *t, Cursor *c, Py_ssize_t entry_size,
+cdef int restore_table(Table *t, Cursor *c, uint32_t version, Py_ssize_t entry_size,
                        const unsigned char **entries, uint64_t *count) except -1:
     # Reads the table header, makes room for its entries and returns them
     # (entries[0], count[0] of them); the caller inserts them.
-    cdef uint64_t nominal
-    take_table(c, &nominal, count)
+    cdef uint64_t nominal, sweep
+    cdef int64_t cut
+    take_table(c, version, Table is NumberTable, &nominal, count, &sweep, &cut)
     entries[0] = take(c, <Py_ssize_t>(count[0] * entry_size))
     if table_rebuild(t, room_for(count[0]), False, 0) < 0:
         raise MemoryError()
     t.nominal = nominal
+    t.sweep = sweep
+    t.sweep_cut = cut
     return 0
 
 
@@ -133,7 +144,7 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c, uint32_t version) except 
     cdef ScopeEntry *e
     cdef MarketingEntry *r
     cdef int k, j
-    restore_table(t, c, SCOPE_ENTRY_SIZE, &p, &count)
+    restore_table(t, c, version, SCOPE_ENTRY_SIZE, &p, &count)
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
             tg_prefetch(
@@ -162,7 +173,8 @@ cdef int restore_scope_table(ScopeTable *t, Cursor *c, uint32_t version) except 
             e.key |= KEY_OPT_OUT
         p += SCOPE_ENTRY_SIZE
     mm_move(&t.marketing, UINT64_MAX)  # a restored map is whole
-    t.oldest_last = NEVER  # not known: the first reclaim pass finds it
+    # not known: the first sweep to end finds it
+    t.oldest_last = t.swept_oldest = NEVER
     return 0
 
 
@@ -174,7 +186,7 @@ cdef int restore_number_table(NumberTable *t, Cursor *c, uint32_t version) excep
     cdef NumberEntry *e
     cdef Py_ssize_t size = NUMBER_ENTRY_SIZE if version >= 3 else NUMBER_ENTRY_SIZE_2
     cdef int64_t start
-    restore_table(t, c, size, &p, &count)
+    restore_table(t, c, version, size, &p, &count)
     for i in range(count):
         if i + PREFETCH_AHEAD < count:
             tg_prefetch(&t.slots[home(get_u64(p + PREFETCH_AHEAD * size), t.capacity)])
@@ -297,6 +309,14 @@ cdef int take_ring(Ring *r, Cursor *c, uint32_t version) except -1:
     return 0
 
 
+cdef inline unsigned char *put_table(Table *t, unsigned char *p) noexcept nogil:
+    put_u64(p, t.nominal)
+    put_u64(p + 8, t.count)
+    put_u64(p + 16, t.sweep)
+    put_u64(p + 24, <uint64_t>t.sweep_cut)
+    return p + TABLE_SIZE
+
+
 cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) noexcept nogil:
     cdef KeySlot *keys = sorted_keys(t)
     cdef uint64_t i
@@ -305,9 +325,7 @@ cdef unsigned char *put_scope_table(ScopeTable *t, unsigned char *p) noexcept no
     cdef int k
     if keys == NULL:
         return NULL
-    put_u64(p, t.nominal)
-    put_u64(p + 8, t.count)
-    p += TABLE_SIZE
+    p = put_table(t, p)
     for i in range(t.count):
         if i + PREFETCH_AHEAD < t.count:
             tg_prefetch(entry_at(t.slots, t.capacity, t.old, keys[i + PREFETCH_AHEAD].slot))
@@ -330,9 +348,7 @@ cdef unsigned char *put_number_table(NumberTable *t, unsigned char *p) noexcept 
     cdef NumberEntry *e
     if keys == NULL:
         return NULL
-    put_u64(p, t.nominal)
-    put_u64(p + 8, t.count)
-    p += TABLE_SIZE
+    p = put_table(t, p)
     for i in range(t.count):
         if i + PREFETCH_AHEAD < t.count:
             tg_prefetch(entry_at(t.slots, t.capacity, t.old, keys[i + PREFETCH_AHEAD].slot))

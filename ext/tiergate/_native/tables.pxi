@@ -4,9 +4,10 @@
 # home slot, and an insert that meets an entry closer to its own home than the
 # new one would be takes that slot and moves the other on. Probe lengths stay
 # short even four fifths full, and a search for an absent key stops as soon as
-# it meets an entry closer to home than the key would be. Entries leave only
-# through a rebuild (reclaim), so there are no tombstones. A table grows a few
-# entries per insert (growth.pxi).
+# it meets an entry closer to home than the key would be. Entries leave by a
+# sweep (sweep.pxi: the entries after one move back to close the gap) or a
+# rebuild (reclaim), so there are no tombstones. A table grows a few entries
+# per insert (growth.pxi).
 
 ctypedef fused TableEntry:
     ScopeEntry
@@ -202,7 +203,7 @@ cdef void mm_move(MarketingMap *m, uint64_t budget) noexcept nogil:
         return
     end = m.old_capacity if budget >= m.old_capacity - m.moved else m.moved + budget
     for i in range(m.moved, end):
-        if m.old[i].key != 0:
+        if m.old[i].key != 0 and m.old[i].key != UINT64_MAX:  # not removed (mm_remove)
             mm_slot(m.slots, m.capacity, m.old[i].key)[0] = m.old[i]
     m.moved = end
     if end == m.old_capacity:
@@ -441,109 +442,21 @@ cdef void table_warm(Table *t) noexcept nogil:
         t.spare_touched = (target + 4095) // 4096 * 4096
 
 
-cdef int64_t table_compact(Table *t, int64_t cut) noexcept nogil:
-    # Drop the expired entries where they lie and close the gaps they leave,
-    # in one pass over the same slots: no new table, nothing to zero. Robin
-    # Hood runs are sorted by home slot, so moving each live entry back to
-    # its home slot, or just past the live entry before it, gives a table
-    # every lookup agrees with (the one a rebuild would give, up to the order
-    # of entries sharing a home slot). Positions v are counted from an empty
-    # slot, where no run crosses, and wrap at the capacity.
-    # Returns how many entries were dropped; -1: out of memory (nothing changed).
-    cdef uint64_t cap = t.capacity, start = 0, v, r, w, h, nv, dst, word, dead = 0
-    cdef bint marketing = False
-    cdef MarketingEntry *kept = NULL
-    cdef uint64_t i
-    cdef int64_t oldest = INT64_MAX
-    if Table is ScopeTable:
-        if cut <= t.oldest_last:
-            # Nothing can be expired yet (a scope table grows through its
-            # nominal fills in its first week without a single one): skip the
-            # pass.
-            return 0
-        mm_move(&t.marketing, UINT64_MAX)  # mm_keep reads one set of slots
-        if t.marketing.count > 0:
-            # allocated first: dropping a recipient drops its marketing record
-            kept = <MarketingEntry *>tg_table_alloc(t.marketing.capacity * sizeof(MarketingEntry))
-            if kept == NULL:
-                return -1
-    while t.slots[start].key != 0:  # tables are never full
-        start += 1
-    w = start + 1
-    for v in range(start + 1, start + cap + 1):
-        r = v if v < cap else v - cap
-        word = t.slots[r].key
-        if Table is NumberTable:
-            # Number tables are swept every few thousand inserts (pair-rate
-            # entries expire seconds after their send), mostly empty or
-            # expired slots in random order: one branch, taken for the live
-            # entries only, instead of a mispredicted one per slot. An empty
-            # slot is cleared like an expired one and leaves w alone: no
-            # entry after it has its home at or before it (Robin Hood).
-            if not ((word != 0) & ((t.slots[r].window_until >= cut)
-                                   | (t.slots[r].fep_until >= cut)
-                                   | (t.slots[r].pair_tat >= cut))):
-                dead += word != 0
-                memset(&t.slots[r], 0, sizeof(t.slots[0]))
-                continue
-        elif word == 0:
-            w = v + 1
-            continue
-        elif entry_expired(t, r, cut):
-            if Table is ScopeTable:
-                if word & KEY_MARKETING:
-                    marketing = True
-            memset(&t.slots[r], 0, sizeof(t.slots[0]))
-            dead += 1
-            continue
-        if Table is ScopeTable:
-            if not (word & KEY_OPT_OUT):
-                oldest = min(oldest, slot_last(t.slots[r].slot))
-        h = v - distance(word, r, cap)
-        nv = h if h > w else w
-        if nv != v:
-            dst = nv if nv < cap else nv - cap
-            t.slots[dst] = t.slots[r]
-            t.slots[dst].key = with_distance(word, nv - h)
-            memset(&t.slots[r], 0, sizeof(t.slots[0]))
-        w = nv + 1
-    t.count -= dead
-    if Table is ScopeTable:
-        t.oldest_last = oldest
-        if kept != NULL and not marketing:
-            tg_table_free(kept, t.marketing.capacity * sizeof(MarketingEntry))
-        elif kept != NULL:
-            for i in range(cap):
-                mm_keep(&t.marketing, kept, t.slots[i].key)
-            mm_replace(&t.marketing, kept)
-    return <int64_t>dead
-
-
 cdef inline bint table_full(Table *t) noexcept nogil:
     # Whether table_reserve has work to do (it changes nothing otherwise).
-    return (t.count >= max_fill(t.nominal) or crowded(t.count, t.capacity)
+    return (t.count >= max_fill(t.nominal) or t.sweep != 0 or crowded(t.count, t.capacity)
             or t.count >= t.warm_at or t.old != NULL)
 
 
 cdef int table_reserve(Table *t, int64_t cut) noexcept nogil:
-    # Room for one more entry. At the nominal fill, expired entries are
-    # reclaimed and the nominal capacity doubles unless that freed half (the
-    # reference's rule); the slots grow on their own when four fifths full,
+    # Room for one more entry. From the nominal fill, expired entries are
+    # reclaimed a step per insert, and the nominal capacity doubles after the
+    # last step unless the table is then below half its fill (the reference's
+    # rule; table_sweep); the slots grow on their own when four fifths full,
     # a few at a time (table_grow, table_move). -1: out of memory (nothing
     # changed).
-    cdef uint64_t full
     table_move(t, MOVE_STEP)
-    if t.count >= max_fill(t.nominal):
-        full = max_fill(t.nominal)
-        # the same slots: the table is likely to fill up again. A scope table
-        # with nothing expired yet (its first week) skips the pass, and so
-        # leaves a growth under way to go on a few slots at a time.
-        if Table is NumberTable or cut > t.oldest_last:
-            table_move(t, UINT64_MAX)  # compaction works on one set of slots
-            if table_compact(t, cut) < 0:
-                return -1
-        if t.count >= full // 2:
-            t.nominal = 2 * t.nominal
+    table_sweep(t, cut)
     if crowded(t.count, t.capacity):
         return table_grow(t, room_for(t.count + 1))
     if t.count >= t.warm_at:
@@ -559,9 +472,11 @@ cdef int table_init(Table *t) noexcept nogil:
     t.warm_at = UINT64_MAX
     t.old = NULL
     t.old_capacity = t.moved = 0
+    t.sweep = 0
+    t.sweep_cut = 0
     if Table is ScopeTable:
         t.nominal = INITIAL_CAPACITY
-        t.oldest_last = INT64_MAX
+        t.oldest_last = t.swept_oldest = INT64_MAX
     else:
         t.nominal = NUMBER_INITIAL_CAPACITY
     return table_rebuild(t, INITIAL_CAPACITY, False, 0)

@@ -18,9 +18,12 @@ Semantics (DESIGN.md §5):
 * Nothing is consumed unless every check passes.
 * Memory: every recipient table has a nominal capacity (a power of two, at
   least :data:`INITIAL_CAPACITY`; number tables start at
-  :data:`NUMBER_INITIAL_CAPACITY`) filled to at most 70 %. When an insert finds
-  the table full, expired entries are reclaimed first; the capacity doubles
-  unless that freed at least half. A scope entry is expired when it is not
+  :data:`NUMBER_INITIAL_CAPACITY`) filled to 70 %. When an insert finds the
+  table full, a sweep of the entries expired at that moment begins, one step
+  per insert (:class:`~.tables.Sweep`: a sixteenth of the capacity's steps,
+  each over a part of the keys' hashes; one for a number table below 65 536),
+  and the capacity doubles after the last step unless the table is then below
+  half its fill. A scope entry is expired when it is not
   opted out and its every time is older than the scope's clock minus the
   reclaim horizon (longest window plus one bucket, or the marketing frequency
   window if longer). A number entry (window, entry point window and pair-rate

@@ -551,6 +551,11 @@ class Engine:
         """Recipient entries held in all tables."""
         return sum(len(s.table) for s in self.scopes) + sum(len(n.table) for n in self.numbers)
 
+    def sweeps(self) -> int:
+        """Tables with a sweep (the reclaim at the nominal fill) under way."""
+        tables: list[Scope | Number] = [*self.scopes, *self.numbers]
+        return sum(t.sweep is not None for t in tables)
+
     # -- snapshots -----------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -563,14 +568,11 @@ class Engine:
 
     @staticmethod
     def copy_room(sizes: tuple[int, ...]) -> object:
-        """Memory for a copy, made ahead in another thread (the compiled engine's
-        tables; nothing here)."""
+        """Memory for a copy, made ahead in another thread (none here)."""
         return None
 
     def copy(self, room: object = None) -> Engine:
-        """A new engine holding this one's state, sharing nothing with it (what a
-        snapshot is serialised from in another thread). Here by way of the
-        snapshot format; the compiled engine copies its tables as they lie."""
+        """A new engine holding this one's state, sharing nothing (by way of a snapshot)."""
         return type(self).restore(self.snapshot())
 
     @classmethod

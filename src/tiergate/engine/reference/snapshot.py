@@ -1,6 +1,6 @@
 """The engine snapshot format: its writer and its reader.
 
-Snapshot format, version 5 (all integers little-endian; ``q`` signed and
+Snapshot format, version 6 (all integers little-endian; ``q`` signed and
 ``Q`` unsigned 64-bit, ``I`` unsigned 32-bit, ``B`` one byte):
 
 * header ``<8sIIqqqqII``: magic ``TGENGINE``, format version, reserved 0,
@@ -10,13 +10,15 @@ Snapshot format, version 5 (all integers little-endian; ``q`` signed and
   oldest live bucket, total) and, when the total is not 0, n ``q`` counts,
   bucket ``b`` at ``b mod n`` (versions 1 to 4 wrote the counts of every
   ring: a sender that never counted cost 14 KB there);
-  then the table ``<QQ`` (capacity, entries) and its entries sorted by key,
+  then the table ``<QQQq`` (capacity, entries, the next step of the sweep
+  under way and the cut it drops by, 0 and 0 when none; versions 1 to 5 had
+  ``<QQ``, read as no sweep) and its entries sorted by key,
   each ``<QqQqqqqB``: key, last_counted, slot state (bit 11: fresh; bits
   0 .. 10: generation; version 1 held the creating ticket id here, read as
   state 0), 4 marketing times, opt-out;
 * per number ``<Iqqqqqq``: scope, clock, throughput TAT (µs), throughput
   interval and tolerance (µs), pair interval and tolerance (ms); then its
-  table ``<QQ`` and entries sorted by key, each ``<Qqqqq``: key,
+  table ``<QQQq`` and entries sorted by key, each ``<Qqqqq``: key,
   window_until, fep_until, pair TAT (ms), start of the pair's burst (ms;
   versions 1 and 2 had no such field, read as NEVER: a pair that owes is
   held until it has paid back); then (from version 4) ``<q`` the number's
@@ -39,7 +41,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..constants import MARKETING_HISTORY, UNLIMITED
 from .bounds import MAX_KEY, MAX_TIME, NEVER, SLOT_FRESH, SLOT_GEN_MAX
 from .ring import Ring
-from .tables import INITIAL_CAPACITY, MAX_CAPACITY, NumberEntry, ScopeEntry, max_fill
+from .tables import (
+    INITIAL_CAPACITY,
+    MAX_CAPACITY,
+    NumberEntry,
+    ScopeEntry,
+    Sweep,
+    max_fill,
+    sweep_steps,
+)
 from .warmup import Warmup
 
 if TYPE_CHECKING:
@@ -49,13 +59,14 @@ E = TypeVar("E", bound="Engine")
 
 #: Snapshot header: magic, then the format version this engine writes.
 SNAPSHOT_MAGIC = b"TGENGINE"
-SNAPSHOT_VERSION = 5
+SNAPSHOT_VERSION = 6
 
 _HEADER = struct.Struct("<8sIIqqqqII")
 _SCOPE = struct.Struct("<qqq")
 _RING = struct.Struct("<qqq")
 _NUMBER = struct.Struct("<Iqqqqqq")
-_TABLE = struct.Struct("<QQ")
+_TABLE = struct.Struct("<QQQq")
+_TABLE_5 = struct.Struct("<QQ")  # versions 1 to 5: no sweep
 _SCOPE_ENTRY = struct.Struct("<QqQ" + "q" * MARKETING_HISTORY + "B")
 _NUMBER_ENTRY = struct.Struct("<Qqqqq")
 _NUMBER_ENTRY_2 = struct.Struct("<Qqqq")
@@ -83,7 +94,7 @@ def write_snapshot(engine: Engine) -> bytes:
         out.append(_SCOPE.pack(s.freq_cap, s.freq_window, s.last_now))
         for ring in (s.ring24, s.ring7, s.slots7):
             _write_ring(out, ring)
-        out.append(_TABLE.pack(s.capacity, len(s.table)))
+        out.append(_TABLE.pack(s.capacity, len(s.table), *_sweep_state(s.sweep)))
         pack = _SCOPE_ENTRY.pack
         for key in sorted(s.table):
             e = s.table[key]
@@ -101,7 +112,7 @@ def write_snapshot(engine: Engine) -> bytes:
                 num.pair_tolerance,
             )
         )
-        out.append(_TABLE.pack(num.capacity, len(num.table)))
+        out.append(_TABLE.pack(num.capacity, len(num.table), *_sweep_state(num.sweep)))
         pack = _NUMBER_ENTRY.pack
         for key in sorted(num.table):
             ne = num.table[key]
@@ -181,7 +192,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
         s.last_now = last_now
         for ring in (s.ring24, s.ring7, s.slots7):
             _read_ring(r, ring, version)
-        s.capacity, count = _take_table(r)
+        s.capacity, count, sweep, cut = _take_table(r, version)
         for key, last, state, *rest in _take_entries(r, _SCOPE_ENTRY, count):
             # format 1 kept the ticket id that created the slot: such
             # tickets name no slot stamp, so their slots restore as not
@@ -196,6 +207,8 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
             e.marketing = list(rest[:MARKETING_HISTORY])
             e.opt_out = bool(rest[MARKETING_HISTORY])
             s.table[key] = e
+        if sweep:
+            s.sweep = Sweep(s.table, sweep_steps(s.capacity), cut, sweep)
     for number in range(n_numbers):
         scope, clock, tput_tat, t_int, t_tol, p_int, p_tol = r.take(_NUMBER)
         if scope >= n_scopes:
@@ -208,7 +221,7 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
         _check_snapshot_time(clock)
         num.clock = clock
         num.tput_tat = tput_tat
-        num.capacity, count = _take_table(r)
+        num.capacity, count, sweep, cut = _take_table(r, version, number=True)
         layout = _NUMBER_ENTRY if version >= 3 else _NUMBER_ENTRY_2
         for key, wu, fu, pt, *start in _take_entries(r, layout, count):
             ne = NumberEntry()
@@ -217,6 +230,8 @@ def read_snapshot(engine_class: type[E], data: bytes) -> E:
                 _check_snapshot_time(start[0])
                 ne.pair_start = start[0]
             num.table[key] = ne
+        if sweep:
+            num.sweep = Sweep(num.table, sweep_steps(num.capacity, True), cut, sweep)
         if version >= 4:
             _read_warmup(r, eng, number, version)
     if r.pos != len(data):
@@ -253,16 +268,24 @@ class _Reader:
         return view
 
 
-def _take_table(r: _Reader) -> tuple[int, int]:
-    capacity, count = r.take(_TABLE)
+def _sweep_state(sweep: Sweep | None) -> tuple[int, int]:
+    return (sweep.at, sweep.cut) if sweep else (0, 0)
+
+
+def _take_table(r: _Reader, version: int, number: bool = False) -> tuple[int, int, int, int]:
+    capacity, count, *rest = r.take(_TABLE if version >= 6 else _TABLE_5)
+    sweep, cut = rest or (0, 0)
     if (
         capacity < INITIAL_CAPACITY
         or capacity & (capacity - 1)
         or capacity > MAX_CAPACITY
-        or count > max_fill(capacity)
+        or sweep >= sweep_steps(capacity, number)
+        or (sweep == 0 and cut != 0)
+        # a sweep under way has taken up to one insert per step past the fill
+        or count > max_fill(capacity) + (sweep_steps(capacity, number) if sweep else 0)
     ):
         raise ValueError("engine snapshot is corrupt: table capacity")
-    return capacity, count
+    return capacity, count, sweep, cut
 
 
 def _take_entries(r: _Reader, st: struct.Struct, count: int) -> Iterator[tuple[int, ...]]:

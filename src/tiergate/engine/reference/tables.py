@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..constants import MARKETING_HISTORY
@@ -24,6 +25,80 @@ MAX_CAPACITY = 1 << 40
 def max_fill(capacity: int) -> int:
     """Entries a table of ``capacity`` slots holds before it must make room."""
     return capacity * 7 // 10
+
+
+#: A sweep takes one step per this many nominal slots (``capacity >> SWEEP_SHIFT``) ...
+SWEEP_SHIFT = 4
+#: ... from this nominal capacity on for a number table; below it, one step (its
+#: entries live seconds: it sweeps every few thousand inserts, a short pass).
+SWEEP_NUMBER_FROM = 1 << 16
+_U64 = (1 << 64) - 1
+
+
+def mix(key: int) -> int:
+    """The compiled engine's hash of a recipient key (splitmix64's finalizer)."""
+    key = (key + 0x9E3779B97F4A7C15) & _U64
+    key = ((key ^ (key >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    key = ((key ^ (key >> 27)) * 0x94D049BB133111EB) & _U64
+    return key ^ (key >> 31)
+
+
+def sweep_steps(capacity: int, number: bool = False) -> int:
+    """Steps of a sweep of a table of nominal ``capacity`` (``number``: a number's)."""
+    if number and capacity < SWEEP_NUMBER_FROM:
+        return 1
+    return max(capacity >> SWEEP_SHIFT, 1)
+
+
+class Sweep:
+    """The reclaim a full table makes, one step per insert.
+
+    It begins when an insert finds the table at its fill and takes that
+    insert's step and the next ones', :func:`sweep_steps` in all. Step ``b``
+    drops the entries expired as of the cut when the sweep began (``cut``)
+    whose ``mix(key)`` lies in the ``b``-th of that many equal parts of
+    ``[0, 2**64)`` (the compiled engine's tables hold their entries in that
+    order, so a step there is a short run of slots)."""
+
+    __slots__ = ("at", "cut", "keys", "steps")
+
+    def __init__(self, keys: Iterable[int], steps: int, cut: int, at: int = 0) -> None:
+        self.steps = steps
+        self.cut = cut
+        self.at = at  # the next step
+        self.keys: dict[int, list[int]] = {}  # by part, those not swept yet
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: int) -> None:
+        """A key inserted since the sweep began."""
+        part = (mix(key) * self.steps) >> 64
+        if part >= self.at:
+            self.keys.setdefault(part, []).append(key)
+
+    def step(self, table: dict[int, ScopeEntry] | dict[int, NumberEntry]) -> bool:
+        """Take the next step; whether it was the last."""
+        for key in self.keys.pop(self.at, ()):
+            e = table.get(key)
+            if e is not None and e.expired(self.cut):
+                del table[key]
+        self.at += 1
+        return self.at == self.steps
+
+
+def make_room(owner: Scope | Number, cut: int) -> None:
+    """What an insert into ``owner``'s table does first: the next step of the
+    sweep under way, or of one begun at the fill; after its last step the
+    capacity doubles unless the table is below half its fill."""
+    table = owner.table
+    if owner.sweep is None:
+        if len(table) < max_fill(owner.capacity):
+            return
+        owner.sweep = Sweep(table, sweep_steps(owner.capacity, isinstance(owner, Number)), cut)
+    if owner.sweep.step(table):
+        owner.sweep = None
+        if len(table) >= max_fill(owner.capacity) // 2:
+            owner.capacity *= 2
 
 
 class ScopeEntry:
@@ -70,12 +145,14 @@ class Scope:
         "ring7",
         "ring24",
         "slots7",
+        "sweep",
         "table",
     )
 
     def __init__(self, engine: Engine, freq_cap: int, freq_window: int) -> None:
         self.table: dict[int, ScopeEntry] = {}
         self.capacity = INITIAL_CAPACITY
+        self.sweep: Sweep | None = None
         self.ring24 = Ring(engine.bucket_ms, engine.window_ms, strict=False)
         self.ring7 = Ring(engine.long_bucket_ms, engine.long_window_ms, strict=True)
         self.slots7 = Ring(engine.long_bucket_ms, engine.long_window_ms, strict=True)
@@ -101,11 +178,10 @@ class Scope:
         return len(dead)
 
     def insert(self, recipient: int) -> ScopeEntry:
-        if len(self.table) >= max_fill(self.capacity):
-            self.reclaim()
-            if len(self.table) >= max_fill(self.capacity) // 2:
-                self.capacity *= 2
+        make_room(self, self.last_now - self.horizon)
         e = self.table[recipient] = ScopeEntry()
+        if self.sweep is not None:
+            self.sweep.add(recipient)
         return e
 
 
@@ -118,6 +194,7 @@ class Number:
         "pair_interval",
         "pair_tolerance",
         "scope",
+        "sweep",
         "table",
         "tput_interval",
         "tput_tat",
@@ -129,6 +206,7 @@ class Number:
         self.scope = scope
         self.table: dict[int, NumberEntry] = {}
         self.capacity = NUMBER_INITIAL_CAPACITY
+        self.sweep: Sweep | None = None
         self.clock = NEVER  # latest time seen for this number
         self.tput_tat = NEVER  # microseconds
         self.tput_interval = 1
@@ -174,9 +252,8 @@ class Number:
         return len(dead)
 
     def insert(self, recipient: int, cut: int) -> NumberEntry:
-        if len(self.table) >= max_fill(self.capacity):
-            self.reclaim(cut)
-            if len(self.table) >= max_fill(self.capacity) // 2:
-                self.capacity *= 2
+        make_room(self, cut)
         e = self.table[recipient] = NumberEntry()
+        if self.sweep is not None:
+            self.sweep.add(recipient)
         return e
