@@ -3,8 +3,8 @@
 The event loop only cuts the journal; the child restores the snapshot before,
 replays the journal up to the cut and writes the snapshot there. Senders keep
 changing while it works: a restart (snapshot + journal after it) must give
-exactly the live state, and a child that fails leaves the snapshot to the
-state's image, losing nothing.
+exactly the live state, and a child that fails leaves the next snapshot to
+the state's image, losing nothing, after which the child makes them again.
 """
 
 from __future__ import annotations
@@ -102,12 +102,12 @@ def test_senders_changing_while_the_child_works_recover_to_the_live_state(tmp_pa
         store.close()
 
 
-def test_a_failed_child_leaves_the_next_snapshot_to_the_image(tmp_path: Path) -> None:
+def test_a_failed_child_leaves_the_next_snapshot_to_the_image_then_resumes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     live = AdmissionService(load_profile("meta-2025"), clock="request")
 
     async def run() -> None:
-        store = EmbeddedStore.open(data, "write", snapshot_on_close=False, keep_snapshots=3)
+        store = EmbeddedStore.open(data, "write", snapshot_on_close=False, keep_snapshots=4)
         store.recover(live)
         create(live, 0, 50, T0)
         await store.persist(live)
@@ -127,6 +127,11 @@ def test_a_failed_child_leaves_the_next_snapshot_to_the_image(tmp_path: Path) ->
         await store.persist(live)
         await store.snapshot(live)  # the state's image, on the event loop
         assert store.snapshots_compacted == 1 and store.snapshots_taken == 2
+        for n in range(200, 300):
+            admit(live, n % 50, n)
+        await store.persist(live)
+        await store.snapshot(live)  # from the journal again, after the image
+        assert store.snapshots_compacted == 2 and store.snapshots_taken == 3
         store.close()
 
     asyncio.run(run())

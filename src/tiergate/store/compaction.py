@@ -26,6 +26,7 @@ import signal
 import struct
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,9 @@ class Compactor:
     """The child process that writes snapshots from the journal, one job at a time,
     started with the first job and kept for the next ones (an interpreter's start
     costs more than a small state's snapshot). Jobs go to its stdin pickled,
-    behind their length; it answers a line each: ``ok <payload bytes>`` or
-    ``error <why>``. It exits at the end of its stdin, and dies with this process.
+    behind their length; it answers a line each: ``ok <payload bytes>`` (then
+    `` exit`` when it ends, holding more than ``KEEP_RSS_BYTES``) or ``error
+    <why>``. It exits at the end of its stdin, and dies with this process.
     Used from the snapshot thread only (``kill`` from any)."""
 
     def __init__(self) -> None:
@@ -104,6 +106,8 @@ class Compactor:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
+            # a store dropped without close() (its process dying) ends the child too
+            weakref.finalize(self, _end, proc)
         return proc
 
     def start(self) -> None:
@@ -123,7 +127,11 @@ class Compactor:
         except OSError as exc:
             reply = f"error {exc}"
         if reply.startswith("ok "):
-            return int(reply[3:])
+            size, _, ending = reply[3:].partition(" ")
+            if ending == "exit":  # it ends rather than keep what it held: start anew
+                proc.wait()
+                self._proc = None
+            return int(size)
         if not reply:
             proc.kill()
             reply = f"error the child process ended (exit {proc.wait()})"
@@ -140,19 +148,25 @@ class Compactor:
     def close(self) -> None:
         """Let the child end (its stdin ends), killing it if it does not soon."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            _end(proc)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 _LENGTH = struct.Struct("<Q")
+#: A child holding more memory than this after a job (what the allocator kept of
+#: a large state's) ends, and the next job starts a new one.
+KEEP_RSS_BYTES = 256 << 20
 _CHILD = "import sys; from tiergate.store.compaction import child; sys.exit(child())"
 
 
@@ -180,5 +194,16 @@ def child() -> int:
             reply = f"ok {compact(job)}"
         except Exception as exc:
             reply = " ".join(f"error {type(exc).__name__}: {exc}".split())
-        stdout.write(reply + "\n")
+        ending = _rss_bytes() > KEEP_RSS_BYTES
+        stdout.write(reply + (" exit\n" if ending and reply.startswith("ok") else "\n"))
         stdout.flush()
+        if ending:
+            return 0
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

@@ -25,7 +25,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +88,7 @@ class Snapshots:
         # thread then writes and prunes nothing (its child process is killed).
         self.abandoned = False
         self.compacted = 0  # snapshots made from the journal in a child process
-        # A snapshot from the journal failed: the next ones take the state's image.
+        # A snapshot from the journal failed: the next one takes the state's image.
         self.compaction_failed = False
         self._compactor = Compactor()
 
@@ -174,7 +174,7 @@ class Snapshots:
         finally:
             self.running = False
 
-    async def _compact(self, service: Recoverable, make: object) -> None:
+    async def _compact(self, service: Recoverable, make: Callable[[], Recoverable]) -> None:
         """Cut the journal (the loop's only work), then have a child process write
         the snapshot at the cut from the last snapshot and the journal since."""
         loop = asyncio.get_running_loop()
@@ -186,7 +186,7 @@ class Snapshots:
         base = self.last_seq
         seq = self._cut_journal(service)
         self.last_stall_seconds = time.perf_counter() - started
-        job = CompactionJob(self.data_dir, base, seq, make)  # type: ignore[arg-type]
+        job = CompactionJob(self.data_dir, base, seq, make)
         try:
             size, freed = await loop.run_in_executor(self._io, self._compact_and_prune, job)
         except asyncio.CancelledError:
@@ -230,6 +230,8 @@ class Snapshots:
             del room  # what the image did not take (a table that grew meanwhile)
             size, freed = await loop.run_in_executor(self._io, self._write_and_prune, seq, encode)
             del encode  # the image, freed before collections resume
+        # written: the next snapshot can start from it (if the journal's failed)
+        self.compaction_failed = False
         self._after(seq, size, started, freed)
 
     def take_sync(self, service: Recoverable) -> None:
