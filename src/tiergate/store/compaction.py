@@ -180,9 +180,16 @@ def _die_with(parent: int) -> None:
 
 
 def child() -> int:
-    """The child process's loop (``Compactor``): jobs from stdin until it ends."""
+    """The child process's loop (``Compactor``): jobs from stdin until it ends.
+    It ends with the server, not on a terminal's Ctrl-C or a SIGTERM sent to the
+    server's process group; its replies have stdout to themselves."""
     _die_with(int(sys.argv[1]))
-    stdin, stdout = sys.stdin.buffer, sys.stdout
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    replies = os.fdopen(os.dup(1), "w", encoding="ascii")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    stdin = sys.stdin.buffer
     while True:
         head = stdin.read(_LENGTH.size)
         if len(head) < _LENGTH.size:
@@ -195,8 +202,8 @@ def child() -> int:
         except Exception as exc:
             reply = " ".join(f"error {type(exc).__name__}: {exc}".split())
         ending = _rss_bytes() > KEEP_RSS_BYTES
-        stdout.write(reply + (" exit\n" if ending and reply.startswith("ok") else "\n"))
-        stdout.flush()
+        replies.write(reply + (" exit\n" if ending and reply.startswith("ok") else "\n"))
+        replies.flush()
         if ending:
             return 0
 
