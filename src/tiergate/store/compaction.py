@@ -164,6 +164,9 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
 
 
 _LENGTH = struct.Struct("<Q")
+#: Added to the child's nice value: on a busy machine the server's threads get the
+#: CPU before it (its snapshot then takes longer, the journal meanwhile holds all).
+NICENESS = 10
 #: A child holding more memory than this after a job (what the allocator kept of
 #: a large state's) ends, and the next job starts a new one.
 KEEP_RSS_BYTES = 256 << 20
@@ -181,9 +184,11 @@ def _die_with(parent: int) -> None:
 
 def child() -> int:
     """The child process's loop (``Compactor``): jobs from stdin until it ends.
-    It ends with the server, not on a terminal's Ctrl-C or a SIGTERM sent to the
-    server's process group; its replies have stdout to themselves."""
+    It runs at a lower priority (``NICENESS``), ends with the server, not on a
+    terminal's Ctrl-C or a SIGTERM sent to the server's process group; its
+    replies have stdout to themselves."""
     _die_with(int(sys.argv[1]))
+    os.nice(NICENESS)  # the server's threads first: its decisions wait on no snapshot
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "w", encoding="ascii")
