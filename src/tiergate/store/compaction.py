@@ -101,6 +101,8 @@ class Compactor:
     def _started(self) -> subprocess.Popen[bytes]:
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            if proc is not None:
+                _end(proc)  # ended (killed, or it failed): its pipes closed
             proc = self._proc = subprocess.Popen(
                 [sys.executable, "-c", _CHILD, str(os.getpid())],
                 stdin=subprocess.PIPE,
@@ -129,8 +131,8 @@ class Compactor:
         if reply.startswith("ok "):
             size, _, ending = reply[3:].partition(" ")
             if ending == "exit":  # it ends rather than keep what it held: start anew
-                proc.wait()
                 self._proc = None
+                _end(proc)
             return int(size)
         if not reply:
             proc.kill()
