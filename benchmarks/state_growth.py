@@ -18,15 +18,22 @@ directory) and, over gRPC:
   the server's own rate also pays for the snapshots that fall due meanwhile,
   whose cost grows with the state;
 - the event loop's part of a snapshot at each checkpoint (state alone): the
-  time ``snapshot_image`` takes (the journal's cut and the state's image; the
-  encoding and writing run in the snapshot thread), the longest of
-  SNAPSHOT_TAKES, with its room made ahead as the store does;
+  time ``snapshot_image`` takes (the state's image as the store would take it
+  at the journal's cut), the longest of SNAPSHOT_TAKES, with its room made
+  ahead as the store does;
+- the longest loop stall during a snapshot at each checkpoint: a journalled
+  AdmissionService and an EmbeddedStore in a temporary directory, a task that
+  wakes every millisecond on the event loop while ``store.snapshot`` runs;
+  its longest gap between wake-ups, next to the longest gap over as long a
+  time with no snapshot (what the machine alone causes), and the snapshot's
+  wall time (cut to written), the longest of SNAPSHOT_TAKES;
 - shutdown: SIGTERM at the largest state, the time until the process exited
   next to ``--shutdown-grace``, and whether it exited cleanly (code 0).
 
     .venv/bin/python benchmarks/state_growth.py --tiny    # proves it works
     .venv/bin/python benchmarks/state_growth.py --quick   # 1k/5k/10k senders, 20k keys
     .venv/bin/python benchmarks/state_growth.py           # 1k/10k/40k senders, 200k keys
+    .venv/bin/python benchmarks/state_growth.py --stall-only --senders 40000,100000
 
 Prints a table and writes ``benchmarks/results/state_growth.json``.
 """
@@ -248,6 +255,84 @@ def snapshot_stall(svc: Any) -> float:
     return longest
 
 
+async def _longest_gap(work: Any) -> tuple[float, float, float]:
+    """Await ``work`` (a coroutine, or a number of seconds to sleep) while a task
+    wakes every millisecond on this event loop: (longest gap between its
+    wake-ups, longest CPU time the loop's thread spent between two wake-ups,
+    seconds ``work`` took), in seconds. The CPU time leaves out what the
+    machine's other processes and the wait for the GIL add to a gap."""
+    done = asyncio.Event()
+    longest = busiest = 0.0
+
+    async def tick() -> None:
+        nonlocal longest, busiest
+        last, last_cpu = time.perf_counter(), time.thread_time()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now, cpu = time.perf_counter(), time.thread_time()
+            longest, busiest = max(longest, now - last), max(busiest, cpu - last_cpu)
+            last, last_cpu = now, cpu
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    if isinstance(work, float):
+        await asyncio.sleep(work)
+    else:
+        await work
+    took = time.perf_counter() - started
+    done.set()
+    await ticker
+    return longest, busiest, took
+
+
+def loop_stalls(checkpoints: list[int]) -> list[dict[str, Any]]:
+    """At each checkpoint: the longest event-loop stall during a snapshot of a
+    journalled service with that many senders (see the module docstring)."""
+    import gc
+
+    from tiergate.policy import events as ev
+    from tiergate.policy.profile import load_profile
+    from tiergate.policy.service import AdmissionService
+    from tiergate.store.embedded import EmbeddedStore
+
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tiergate-stall-") as data:
+        svc = AdmissionService(load_profile("meta-2025"), clock="request")
+        store = EmbeddedStore.open(data, "write", snapshot_on_close=False)
+        store.recover(svc)
+
+        async def measure() -> dict[str, float]:
+            stall = cpu = idle = wall = 0.0
+            for _ in range(SNAPSHOT_TAKES):
+                gap, busy, took = await _longest_gap(store.snapshot(svc))
+                quiet, _, _ = await _longest_gap(float(took))
+                stall, cpu, wall = max(stall, gap), max(cpu, busy), max(wall, took)
+                idle = max(idle, quiet)
+            return {
+                "stall_ms": stall * 1e3,
+                "stall_cpu_ms": cpu * 1e3,
+                "idle_gap_ms": idle * 1e3,
+                "wall_s": wall,
+            }
+
+        made = 0
+        try:
+            for point in checkpoints:
+                for i in range(made, point):
+                    update = ev.SenderUpdate(f"1{i:014d}", display_phone_number=f"+1{i:010d}")
+                    svc.apply(update, T0)
+                    if i % 1000 == 999:
+                        store.commit_sync(svc.drain_journal())
+                store.commit_sync(svc.drain_journal())
+                made = point
+                gc.collect()
+                out.append({"senders": point, **asyncio.run(measure())})
+        finally:
+            store.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1k/5k/10k senders, 20k keys")
@@ -256,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=200_000, help="admits with keys (and without)")
     ap.add_argument("--grace", type=float, default=10.0, help="--shutdown-grace of the server")
     ap.add_argument("--results-dir", type=Path, default=None)
+    ap.add_argument(
+        "--stall-only", action="store_true", help="only the loop stalls during snapshots"
+    )
     args = ap.parse_args(argv)
     _common.exit_on_sigterm()
     if args.tiny:
@@ -265,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         checkpoints, keys = [int(x) for x in args.senders.split(",")], args.keys
     _common.print_machine()
+    if args.stall_only:
+        return stall_report(argv, checkpoints, args.results_dir)
     port = _common.free_port()
     with tempfile.TemporaryDirectory(prefix="tiergate-growth-") as data:
         cmd = [
@@ -293,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             _common.stop_process(proc)
     alone = in_process(checkpoints, keys)
+    stalls = loop_stalls(checkpoints)
     alone_ratio = alone["rates"][-1]["per_s"] / alone["rates"][0]["per_s"]
     rates = result["rates"]
     ratio = rates[-1]["per_s"] / rates[0]["per_s"]
@@ -320,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for r in alone["rates"]
         ],
+        *stall_rows(stalls),
         ["state alone: bytes per sender", f"{alone['bytes_per_sender']:.0f}"],
         ["state alone: bytes per admit, no key", f"{alone['bytes_per_admit_plain']:.0f}"],
         [f"state alone: bytes per {KEY_LENGTH}-char key", f"{alone['bytes_per_key']:.0f}"],
@@ -338,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         "creation_ratio_last_first": ratio,
         "state_alone": alone,
         "state_alone_creation_ratio_last_first": alone_ratio,
+        "snapshot_stalls": stalls,
         "snapshot_bytes_before_stop": snapshot_bytes,
         "journal_bytes_before_stop": journal_bytes,
         "snapshot_bytes_after_stop": final_snapshot,
@@ -348,6 +441,31 @@ def main(argv: list[str] | None = None) -> int:
     path = _common.write_results("state_growth", payload, args.results_dir)
     print(f"wrote {path}")
     return 0 if code == 0 and stop_s <= args.grace else 1
+
+
+def stall_rows(stalls: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            f"longest loop stall during a snapshot, {r['senders']:,} senders",
+            f"{r['stall_ms']:.1f} ms, loop CPU {r['stall_cpu_ms']:.1f} ms "
+            f"(no snapshot: {r['idle_gap_ms']:.1f} ms; snapshot wall {r['wall_s']:.2f} s)",
+        ]
+        for r in stalls
+    ]
+
+
+def stall_report(argv: list[str] | None, checkpoints: list[int], results_dir: Path | None) -> int:
+    stalls = loop_stalls(checkpoints)
+    _common.print_table("state growth: snapshots", ["measure", "value"], stall_rows(stalls))
+    payload = {
+        "command": " ".join(["python", "benchmarks/state_growth.py", *(argv or sys.argv[1:])]),
+        "machine": _common.machine_info(),
+        "checkpoints": checkpoints,
+        "snapshot_stalls": stalls,
+    }
+    path = _common.write_results("state_growth_stalls", payload, results_dir)
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

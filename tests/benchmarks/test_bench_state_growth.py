@@ -22,4 +22,8 @@ def test_state_growth_tiny(tmp_path: Path) -> None:
     assert [r["senders"] for r in alone["rates"]] == [800, 1300]
     assert all(r["snapshot_stall_ms"] > 0 for r in alone["rates"])
     assert "event loop held by a snapshot, 1,300 senders" in proc.stdout
+    stalls = data["snapshot_stalls"]
+    assert [r["senders"] for r in stalls] == [800, 1300]
+    assert all(r["wall_s"] > 0 and r["stall_ms"] >= r["stall_cpu_ms"] > 0 for r in stalls)
+    assert "longest loop stall during a snapshot, 1,300 senders" in proc.stdout
     assert "shutdown (SIGTERM to exit)" in proc.stdout

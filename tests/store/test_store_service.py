@@ -291,7 +291,7 @@ def test_background_snapshots_under_load_then_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server's path: persist after every call, periodic snapshots in the background
-    (the state image taken on the loop, encoded in a thread, no child process) while
+    (made from the journal by the compaction child, a new interpreter: no fork) while
     decisions go on, then a crash."""
     forbid_fork(monkeypatch)
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-from tiergate.engine import Engine
+from tiergate.engine import Engine, PyEngine
 from tiergate.engine.tickets import TICKET_KEY_BYTES, key_words
 
 from . import events as ev
@@ -37,7 +38,32 @@ from .requests import AdmitLike, Checked, KeyRefused, check_one, well_formed
 from .seam import CountingStore
 from .state import PolicyState
 
-__all__ = ["AdmissionService"]
+__all__ = ["AdmissionService", "ServiceRecipe"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecipe:
+    """Makes a fresh service like one running (profile, clock, ticket key, caps,
+    engine implementation), without a journal: picklable, so that another
+    process can build a snapshot from the journal (``store.compaction``)."""
+
+    profile: Profile
+    clock: Literal["server", "request"]
+    ticket_key: bytes
+    caps: Caps
+    engine: type[PyEngine]
+
+    def __call__(self) -> AdmissionService:
+        p = self.profile
+        engine = self.engine(p.bucket_ms, p.window_ms, p.long_bucket_ms, p.lookback_ms)
+        return AdmissionService(
+            p,
+            clock=self.clock,
+            journal=False,
+            engine=engine,
+            ticket_key=self.ticket_key,
+            caps=self.caps,
+        )
 
 
 class AdmissionService:
@@ -216,6 +242,15 @@ class AdmissionService:
         left to the function.
         """
         return persistence.snapshot_encoder(self.state, self.state.engine.copy(room))
+
+    def snapshot_recipe(self) -> ServiceRecipe | None:
+        """What makes this service anew in another process, to replay the journal
+        there (None: its engine is not one a recipe can make)."""
+        st = self.state
+        engine = type(st.engine)
+        if engine is not Engine and engine is not PyEngine:
+            return None
+        return ServiceRecipe(st.profile, self.clock, st.ticket_key, st.caps, engine)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's."""

@@ -17,9 +17,11 @@ nothing to await: ``persist_nowait`` returns None). With ``fsync-always``
 every commit issued in the same event-loop iteration shares one write and
 one fsync in a worker thread, during which the next group gathers.
 
-A snapshot cuts the journal and takes the service's state image in one step
-of the event loop; the snapshot thread encodes and writes it meanwhile. No
-process is forked (the server runs gRPC's threads).
+A snapshot cuts the journal; a child process (a new interpreter, not a fork:
+the server runs gRPC's threads) makes it from the snapshot before and the
+journal since, so the event loop pays only for the cut. The final snapshot
+at close takes the service's state image in one step of the event loop
+instead, which the snapshot thread encodes and writes (see ``snapshots``).
 
 ``EmbeddedStore`` composes parts, each in its module: ``datadir`` (the
 locked data directory), ``recovery`` (start-up: segment headers, snapshot
@@ -231,6 +233,11 @@ class EmbeddedStore:
     @property
     def snapshots_taken(self) -> int:
         return self._snapshots.taken
+
+    @property
+    def snapshots_compacted(self) -> int:
+        """Snapshots made from the journal by the compaction child (of those taken)."""
+        return self._snapshots.compacted
 
     # -- recovery ----------------------------------------------------------
 

@@ -6,10 +6,15 @@ proportion to the whole state), or ``every_seconds`` after the last one if
 anything was committed since.
 
 Taking one cuts the journal (everything committed is written, a new segment
-starts) and takes the service's state image in one step of the event loop;
-the snapshot thread encodes and writes it meanwhile, then drops snapshots
-beyond ``keep`` and the journal segments the oldest kept one covers. No
-process is forked (the server runs gRPC's threads).
+starts). A service that gives a recipe of itself (``snapshot_recipe``) is
+then snapshotted from the journal in a child process (``compaction``): the
+event loop pays only for the cut, whatever the state's size. Otherwise, and
+for the final snapshot at close (which also holds what the journal does not:
+refusal counts), the service's state image is taken in the same step of the
+event loop and the snapshot thread encodes and writes it. Either way the
+snapshot thread then drops snapshots beyond ``keep`` and the journal segments
+the oldest kept one covers. No process is forked (the server runs gRPC's
+threads): the child is a new interpreter.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import Recoverable, SnapshotEncoder, StoreUnavailableError
+from .base import Recoverable, SnapshotEncoder, StoreError, StoreUnavailableError
 from .commit import GroupCommit
+from .compaction import CompactionJob, Compactor
 from .journal import list_segments, no_space
 from .snapshot import list_snapshots, write_snapshot
 
@@ -79,8 +85,12 @@ class Snapshots:
         self.last_stall_seconds = 0.0  # how long the event loop was busy with it
         self.taken = 0
         # Set when the store closes without waiting for a snapshot being taken: its
-        # thread then writes and prunes nothing.
+        # thread then writes and prunes nothing (its child process is killed).
         self.abandoned = False
+        self.compacted = 0  # snapshots made from the journal in a child process
+        # A snapshot from the journal failed: the next one takes the state's image.
+        self.compaction_failed = False
+        self._compactor = Compactor()
 
     def recovered(self, seq: int) -> None:
         """The state recovery restored came from the snapshot at ``seq`` (0: none)."""
@@ -133,7 +143,7 @@ class Snapshots:
             self._lock = asyncio.Lock()
         async with self._lock:
             try:
-                await self._take(service)
+                await self._take(service, final=True)
             except StoreUnavailableError:
                 raise
             except Exception:
@@ -148,37 +158,81 @@ class Snapshots:
         self.last_at = time.monotonic()
         return seq
 
-    async def _take(self, service: Recoverable) -> None:
-        """Cut the journal and take the service's state image in one step of the
-        event loop, then encode and write it in the snapshot thread while the
-        loop goes on deciding; the loop pays only for the cut and the image.
-        No process is forked: this one runs gRPC's threads."""
+    async def _take(self, service: Recoverable, *, final: bool = False) -> None:
+        """From the journal in a child process when the service gives a recipe (and
+        this is not the final snapshot, nor did that fail before); else the image."""
         self.running = True
         try:
-            loop = asyncio.get_running_loop()
             if self._io is None:
                 self._io = ThreadPoolExecutor(1, thread_name_prefix="tiergate-snapshot")
-            # The memory the image takes is allocated and touched in the snapshot
-            # thread first: a page's first touch (the kernel zeroing it) costs
-            # several times its copy, and would otherwise be paid on the loop.
-            room = await loop.run_in_executor(self._io, service.snapshot_room())
-            while True:
-                await self._commit.barrier()
-                if self._commit.inflight is None:
-                    break
-            with _cyclic_gc_paused():
-                started = time.perf_counter()
-                seq = self._cut_journal(service)
-                encode = service.snapshot_image(room)  # no await between: the state at seq
-                self.last_stall_seconds = time.perf_counter() - started
-                del room  # what the image did not take (a table that grew meanwhile)
-                size, freed = await loop.run_in_executor(
-                    self._io, self._write_and_prune, seq, encode
-                )
-                del encode  # the image, freed before collections resume
-            self._after(seq, size, started, freed)
+            recipe = getattr(service, "snapshot_recipe", None)
+            make = None if final or self.compaction_failed or recipe is None else recipe()
+            if make is not None:
+                await self._compact(service, make)
+            else:
+                await self._image(service)
         finally:
             self.running = False
+
+    async def _compact(self, service: Recoverable, make: Callable[[], Recoverable]) -> None:
+        """Cut the journal (the loop's only work), then have a child process write
+        the snapshot at the cut from the last snapshot and the journal since."""
+        loop = asyncio.get_running_loop()
+        assert self._io is not None
+        # started ahead of the cut: the interpreter's start overlaps the barrier
+        await loop.run_in_executor(self._io, self._compactor.start)
+        await self._barrier()
+        started = time.perf_counter()
+        base = self.last_seq
+        seq = self._cut_journal(service)
+        self.last_stall_seconds = time.perf_counter() - started
+        job = CompactionJob(self.data_dir, base, seq, make)
+        try:
+            size, freed = await loop.run_in_executor(self._io, self._compact_and_prune, job)
+        except asyncio.CancelledError:
+            self._compactor.kill()  # abandoned: it writes nothing more
+            raise
+        self.compacted += 1
+        self._after(seq, size, started, freed)
+
+    def _compact_and_prune(self, job: CompactionJob) -> tuple[int, int]:
+        try:
+            size = self._compactor.run(job)
+        except StoreError:
+            if not self.abandoned:
+                self.compaction_failed = True
+            raise
+        return size, 0 if self.abandoned else self._prune()
+
+    async def _barrier(self) -> None:
+        """Until no commit is in flight (everything committed is in the journal)."""
+        while True:
+            await self._commit.barrier()
+            if self._commit.inflight is None:
+                return
+
+    async def _image(self, service: Recoverable) -> None:
+        """Cut the journal and take the service's state image in one step of the
+        event loop, then encode and write it in the snapshot thread while the
+        loop goes on deciding; the loop pays for the cut and the image."""
+        loop = asyncio.get_running_loop()
+        assert self._io is not None
+        # The memory the image takes is allocated and touched in the snapshot
+        # thread first: a page's first touch (the kernel zeroing it) costs
+        # several times its copy, and would otherwise be paid on the loop.
+        room = await loop.run_in_executor(self._io, service.snapshot_room())
+        await self._barrier()
+        with _cyclic_gc_paused():
+            started = time.perf_counter()
+            seq = self._cut_journal(service)
+            encode = service.snapshot_image(room)  # no await between: the state at seq
+            self.last_stall_seconds = time.perf_counter() - started
+            del room  # what the image did not take (a table that grew meanwhile)
+            size, freed = await loop.run_in_executor(self._io, self._write_and_prune, seq, encode)
+            del encode  # the image, freed before collections resume
+        # written: the next snapshot can start from it (if the journal's failed)
+        self.compaction_failed = False
+        self._after(seq, size, started, freed)
 
     def take_sync(self, service: Recoverable) -> None:
         """Blocking ``take``: everything in the calling thread."""
@@ -251,8 +305,11 @@ class Snapshots:
     def close(self) -> None:
         """Stop the snapshot thread, waiting for it unless the snapshot was abandoned
         (see ``EmbeddedStore.aclose``)."""
+        if self.abandoned:
+            self._compactor.kill()
         if self._io is not None:
             self._io.shutdown(wait=not self.abandoned)
+        self._compactor.close()
 
 
 @contextlib.contextmanager
