@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -538,6 +539,38 @@ def test_a_watch_sees_another_sidecar_s_admits_at_its_next_decision(
             await a.Admit(_send("18889999999", T0 + 20 * 211))
             seen = await asyncio.wait_for(reading, 10.0)
             assert list(seen.changes) == ["USAGE_80"] and seen.used_24h == 211
+            stream.cancel()
+
+    uvloop.run(main())
+
+
+def test_a_restriction_s_end_is_told_within_a_poll_with_no_traffic(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the server clock, a watcher of a sender restricted for a second hears the
+    restriction end within a poll of its end, with nothing sent meanwhile (the
+    poll applies what time changed, as the next decision would)."""
+    monkeypatch.setattr(shared_watch, "POLL_S", 0.2)
+
+    async def main() -> None:
+        async with serving(_config(redis_url, clock="server")) as a:
+            now = time.time_ns() // 1_000_000
+            until = now + 1000
+            update = pb.SenderUpdate(
+                sender_id=SENDER,
+                at_unix_ms=now,
+                status=pb.RESTRICTED,
+                restricted_until_unix_ms=until,
+            )
+            await a.RecordFeedback(pb.RecordFeedbackRequest(sender_update=update))
+            stream = a.WatchSenderState(pb.WatchSenderStateRequest(sender_id=SENDER))
+            first = await _next(stream)
+            assert (first.status, first.restricted_until_unix_ms) == (pb.RESTRICTED, until)
+            seen = await _next(stream)
+            told = time.time_ns() // 1_000_000
+            assert {"STATUS", "RESTRICTION"} <= set(seen.changes)
+            assert (seen.status, seen.restricted_until_unix_ms) == (pb.CONNECTED, 0)
+            assert until <= seen.at_unix_ms <= told
             stream.cancel()
 
     uvloop.run(main())

@@ -12,8 +12,11 @@ watches, :class:`WatchedCounts` reads every watched scope's counts
 - every :data:`POLL_S` seconds, so another sidecar's admits are seen within it
   even when this one decides nothing;
 
-then looks for changes (``Watches.look``). A read Redis does not answer keeps
-the counts read before (the next read tries again).
+then, on the server clock, applies what time alone changed by now (a
+restriction's end, a warm-up step, a due upgrade: ``Watches.catch_up``, as the
+next decision would) and looks for changes (``Watches.look``): what time
+changes is told within a poll, with no traffic. A read Redis does not answer
+keeps the counts read before (the next read tries again).
 """
 
 from __future__ import annotations
@@ -86,7 +89,9 @@ class WatchedCounts:
                 continue
             if counts is not None:
                 self.counts[key] = counts
-        self.watches.look()
+        st = self.shared.service.state
+        if st.request_clock or not self.watches.catch_up(st):
+            self.watches.look()
 
     async def _polling(self) -> None:
         while self.watches.active:

@@ -291,15 +291,20 @@ class Watches:
         service = self._service()
         if service is None or not self.active or self._ending:
             return
-        st = service.state
+        if not self.catch_up(service.state):
+            self.look()
+
+    def catch_up(self, st: PolicyState) -> bool:
+        """Apply what time changed by the server clock (``tiers.catch_up``); True when
+        that made journal records: their commit is started, and looks again when done."""
         records = len(st.journal)
         tiers.catch_up(st, max(self.clock(), st.latest_ms))
         if self.commit is None or len(st.journal) == records:
-            self.look()
-            return
+            return False
         task = asyncio.get_running_loop().create_task(self.commit())
         self._committing.add(task)
         task.add_done_callback(self._committed)
+        return True
 
     def _committed(self, task: asyncio.Task[None]) -> None:
         self._committing.discard(task)
