@@ -50,9 +50,9 @@ from .redis_layout import MIX, SHARD_BITS, U64, NumberSpec, ScopeSpec
 
 __all__ = [
     "FILLER_KEY",
-    "LongCounts",
     "READ_PART",
     "READ_S_PER_RECIPIENT",
+    "LongCounts",
     "PlanCopy",
     "ScopeCounts",
     "plan_engine",
