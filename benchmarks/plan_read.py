@@ -9,8 +9,8 @@ whose every recipient was counted with a marketing send (a repeat campaign, the
 most a list can cost), on a throwaway redis-server on 127.0.0.1, side by side in
 one run: the read as made (in parts) and the whole list in one call: wall time
 at the client, Redis's own time per call (``INFO commandstats``), and the
-longest a small read-only call of another client (``counts`` of another scope,
-one every millisecond) waited meanwhile; medians of the runs.
+longest single call Redis ran (its latency monitor, ``LATENCY LATEST``: what
+every other client waited at worst); medians of the runs.
 
     .venv/bin/python benchmarks/plan_read.py --quick
 """
@@ -31,7 +31,7 @@ from tiergate.engine.constants import F_MARKETING, F_TEMPLATE
 from tiergate.store import redis_reads
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec, connect
-from tiergate.store.redis_reads import plan_reads, scope_counts
+from tiergate.store.redis_reads import plan_reads
 
 T0 = 1_700_000_000_000
 PART = 2_000
@@ -45,37 +45,28 @@ async def _redis_us(store: RedisCounting) -> tuple[float, int]:
 
 
 async def _read(
-    store: RedisCounting, other: RedisCounting, scope: ScopeSpec, num: NumberSpec, rs: list[int]
+    store: RedisCounting, scope: ScopeSpec, num: NumberSpec, rs: list[int]
 ) -> tuple[float, float, float]:
-    """One plan read of ``rs``: (wall s, Redis s per call, the longest wait of another
-    client's ``counts`` meanwhile, s)."""
-    done = asyncio.Event()
-    waits: list[float] = []
-    probe = ScopeSpec("bench-probe")
-
-    async def poll() -> None:
-        while not done.is_set():
-            t = time.perf_counter()
-            await scope_counts(other, probe, T0)
-            waits.append(time.perf_counter() - t)
-            await asyncio.sleep(0.001)
-
+    """One plan read of ``rs``: (wall s, Redis s per call, the longest call Redis ran
+    meanwhile, s: its latency monitor's ``command`` event, kept from 1 ms)."""
+    await store.client.execute_command("LATENCY", "RESET")
     before, calls = await _redis_us(store)
-    task = asyncio.create_task(poll())
     t = time.perf_counter()
     await plan_reads(store, scope, T0 + 7_200_000, num, rs)
     wall = time.perf_counter() - t
-    done.set()
-    await task
     after, calls_after = await _redis_us(store)
-    probes = len(waits)
-    per_call = (after - before) / 1e6 / max(1, calls_after - calls - probes)
-    return wall, per_call, max(waits, default=0.0)
+    latest = await store.client.execute_command("LATENCY", "LATEST")
+    longest = max((int(e[3]) for e in latest if _text(e[0]) == "command"), default=0)
+    return wall, (after - before) / 1e6 / max(1, calls_after - calls), longest / 1e3
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 async def measure(port: int, n: int, runs: int) -> dict[str, Any]:
     store = await connect(parse_store(f"redis://{_common.LOOPBACK}:{port}"), timeout=120.0)
-    other = await connect(parse_store(f"redis://{_common.LOOPBACK}:{port}"), timeout=120.0)
+    await store.client.config_set("latency-monitor-threshold", 1)
     read_part = redis_reads.READ_PART
     num = NumberSpec("n1", tput_interval_us=1)
     out: dict[str, Any] = {}
@@ -92,10 +83,10 @@ async def measure(port: int, n: int, runs: int) -> dict[str, Any]:
             split: list[tuple[float, float, float]] = []
             whole: list[tuple[float, float, float]] = []
             for _ in range(runs):
-                split.append(await _read(store, other, scope, num, rs))
+                split.append(await _read(store, scope, num, rs))
                 redis_reads.READ_PART = n  # the whole list in one call
                 try:
-                    whole.append(await _read(store, other, scope, num, rs))
+                    whole.append(await _read(store, scope, num, rs))
                 finally:
                     redis_reads.READ_PART = read_part
             for how, got in (("in parts", split), ("one call", whole)):
@@ -103,11 +94,10 @@ async def measure(port: int, n: int, runs: int) -> dict[str, Any]:
                     "calls": -(-n // read_part) if how == "in parts" else 1,
                     "wall_seconds": statistics.median(g[0] for g in got),
                     "redis_seconds_per_call": statistics.median(g[1] for g in got),
-                    "other_client_longest_wait_seconds": statistics.median(g[2] for g in got),
+                    "longest_call_seconds": statistics.median(g[2] for g in got),
                 }
     finally:
         await store.aclose()
-        await other.aclose()
     return out
 
 
@@ -125,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         figures = asyncio.run(measure(port, n, runs))
     _common.print_table(
         f"{n:,} recipients: a plan's read (median of {runs} runs)",
-        ["list, read", "calls", "wall s", "Redis s a call", "other client's longest wait s"],
+        ["list, read", "calls", "wall s", "Redis ms a call", "longest call ms"],
         [
             [
                 name,
                 f["calls"],
                 f["wall_seconds"],
-                f["redis_seconds_per_call"],
-                f["other_client_longest_wait_seconds"],
+                round(f["redis_seconds_per_call"] * 1e3, 1),
+                round(f["longest_call_seconds"] * 1e3, 1),
             ]
             for name, f in figures.items()
         ],

@@ -6,10 +6,12 @@ function (the 24 h ring's buckets, the 7-day totals, the scope's clock; nothing
 written), as a :class:`ScopeCounts` whose usage and outlook are the reference
 engine's statements (``engine.reference.ring.Ring``) over those buckets.
 
-:func:`plan_reads` reads everything a plan of one sender's list depends on in
-one call of the library's read-only ``entries`` (one state of the scope), and
+:func:`plan_reads` reads everything a plan of one sender's list depends on with
+the library's read-only ``entries`` (one call, so one state of the scope, for a
+list of up to :data:`READ_PART` recipients; bounded calls for a longer one), and
 :func:`plan_engine` builds from it a local engine holding the scope's 24 h ring
-as in Redis, and for each recipient of the list its entries there (last counted
+as in Redis (its 7-day counts Redis's too: :class:`LongCounts`), and for each
+recipient of the list its entries there (last counted
 time, marketing sends, opt-out, and the sender's window, free-entry-point window
 and pair-rate burst with it), and the number's throughput TAT, and for a number
 in warm-up its cap, its own ring and each listed recipient's last count by it,
@@ -64,10 +66,10 @@ __all__ = [
 #: (s): Redis runs the read whole.
 READ_S_PER_RECIPIENT = 100e-6
 
-#: The most recipients one call of a plan's read asks for: at the measured Redis
-#: time of a repeat campaign's recipient (about 14 µs, benchmarks/plan_read.py) a
-#: call holds Redis for about 30 ms at most.
-READ_PART = 2_000
+#: The most recipients one call of a plan's read asks for: at the Redis time a
+#: repeat campaign's recipient costs (about 10 µs, benchmarks/plan_read.py) a call
+#: holds Redis for about 10 ms, and under 50 ms at most.
+READ_PART = 1_000
 
 #: The first key standing for a counted recipient outside a plan's list: a one-digit
 #: E.164 key whose digits are 10 or more (no recipient text makes one).
