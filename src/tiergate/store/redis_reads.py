@@ -241,7 +241,9 @@ class LongCounts:
         self.long = long
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
+        value = getattr(self.engine, name)
+        setattr(self, name, value)  # (found directly from then on: once a chunk)
+        return value
 
     def usage(self, scope: int, now: int, limit: int) -> Usage:
         used, nxt, unique, slots = self.engine.usage(scope, now, limit)
