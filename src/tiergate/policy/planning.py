@@ -32,10 +32,10 @@ number's recovery and a long Red run's step down all take effect in the plan
 when they would live; a recipient refused before such a change is tried again
 at its due time if that comes before the refusal's retry time. A profile that
 predicts upgrades (``upgrade_mode = "predict"``) raises a tier only on Meta's
-event, so a plan there never anticipates one. On the shared store the tier
-machine does not count admits (docs/redis.md), so neither does a plan there:
-only a crossing already recorded is anticipated. Changes that come from
-Meta's events (a webhook, a sender update) are not anticipated.
+event, so a plan there never anticipates one. On the shared store the plan's
+copy answers Redis's 7-day counts (``store.redis_reads.LongCounts``), so its own
+sends date a crossing as Redis's counts would. Changes that come from Meta's
+events (a webhook, a sender update) are not anticipated.
 """
 
 from __future__ import annotations
@@ -154,9 +154,9 @@ class Ahead:
         recompute_due(self.state)
         p = st.profile
         #: the plan's own sends may date a crossing whose tier the profile applies
-        #: (the live engine's counts: not on the shared store, whose sidecars' own
-        #: engines count no admits)
-        self.crossings = not remap and p.upgrade_mode == "apply"
+        #: (the copy's 7-day counts: on the shared store, Redis's with the plan's
+        #: sends)
+        self.crossings = p.upgrade_mode == "apply"
         self.top = p.ladder[-1]
 
     def catch_up(self, now: int) -> None:

@@ -886,7 +886,7 @@ end
 -- count) of each of its buckets that counts; with a warm-up ring, then one more
 -- element: {its total, its low bucket, (bucket, count)...} (warmup.counts).
 -- Reads only: the clock and rings are advanced in this call's memory, not saved.
-local function counts(keys, args)
+local function scope_counts(keys, args)
   bind()
   local s = scope_open(keys, args, 1)
   local now = args[5] == '' and server_now() or tonumber(args[5])
@@ -896,6 +896,11 @@ local function counts(keys, args)
   if keys[5] then
     out[#out + 1] = warmup.counts(s, args[6], keys[5], now)
   end
+  return out, s
+end
+
+local function counts(keys, args)
+  local out = scope_counts(keys, args)
   return out
 end
 
@@ -904,7 +909,9 @@ end
 -- warm-up (its ring is then KEYS[7]) else '0', then per shard hash the
 -- space-separated recipients in it) -> first, as one element, what counts answers
 -- for the scope (and the number's warm-up ring) at now; then the number's
--- throughput TAT; then for each recipient that has any of them (most of a fresh
+-- throughput TAT; then, as one element, the 7-day rings at now: {the recipients
+-- ring's low bucket, its (bucket, count)..., -1, the slots ring's low bucket, its
+-- (bucket, count)...}; then for each recipient that has any of them (most of a fresh
 -- list has none), seven values: its place among the call's recipients (from 0, in
 -- argument order), its scope entry, marketing entry, the number's window entry,
 -- the number's warm-up entry, the number's pair entry (false where absent) and 1
@@ -917,9 +924,13 @@ end
 local function entries(keys, args)
   local warm = args[7] == '1'
   local first = warm and 8 or 7
-  local scope = counts({keys[1], keys[2], keys[3], keys[4], warm and keys[7] or nil},
-                       {args[1], args[2], args[3], args[4], args[5], args[6]})
-  local out = {scope, redis.call('HGET', keys[1], 't:' .. args[6]) or false}
+  local scope, s = scope_counts({keys[1], keys[2], keys[3], keys[4], warm and keys[7] or nil},
+                                {args[1], args[2], args[3], args[4], args[5], args[6]})
+  local long = ring_buckets(s.r7, {s.r7.lo})
+  long[#long + 1] = -1
+  long[#long + 1] = s.s7.lo
+  long = ring_buckets(s.s7, long)
+  local out = {scope, redis.call('HGET', keys[1], 't:' .. args[6]) or false, long}
   local any_opt = redis.call('SCARD', keys[5]) > 0
   local any_pair = redis.call('HLEN', keys[6]) > 0
   local at, none = 0, {}

@@ -6,10 +6,12 @@ function (the 24 h ring's buckets, the 7-day totals, the scope's clock; nothing
 written), as a :class:`ScopeCounts` whose usage and outlook are the reference
 engine's statements (``engine.reference.ring.Ring``) over those buckets.
 
-:func:`plan_reads` reads everything a plan of one sender's list depends on in
-one call of the library's read-only ``entries`` (one state of the scope), and
+:func:`plan_reads` reads everything a plan of one sender's list depends on with
+the library's read-only ``entries`` (one call, so one state of the scope, for a
+list of up to :data:`READ_PART` recipients; bounded calls for a longer one), and
 :func:`plan_engine` builds from it a local engine holding the scope's 24 h ring
-as in Redis, and for each recipient of the list its entries there (last counted
+as in Redis (its 7-day counts Redis's too: :class:`LongCounts`), and for each
+recipient of the list its entries there (last counted
 time, marketing sends, opt-out, and the sender's window, free-entry-point window
 and pair-rate burst with it), and the number's throughput TAT, and for a number
 in warm-up its cap, its own ring and each listed recipient's last count by it,
@@ -30,7 +32,7 @@ import struct
 from array import array
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tiergate.engine import DecisionBatch
@@ -50,7 +52,9 @@ from .redis_layout import MIX, SHARD_BITS, U64, NumberSpec, ScopeSpec
 
 __all__ = [
     "FILLER_KEY",
+    "READ_PART",
     "READ_S_PER_RECIPIENT",
+    "LongCounts",
     "PlanCopy",
     "ScopeCounts",
     "plan_engine",
@@ -61,6 +65,11 @@ __all__ = [
 #: How much longer than any call a plan's read may take, per recipient of its list
 #: (s): Redis runs the read whole.
 READ_S_PER_RECIPIENT = 100e-6
+
+#: The most recipients one call of a plan's read asks for: at the Redis time a
+#: repeat campaign's recipient costs (about 10 µs, benchmarks/plan_read.py) a call
+#: holds Redis for about 10 ms, and under 50 ms at most.
+READ_PART = 1_000
 
 #: The first key standing for a counted recipient outside a plan's list: a one-digit
 #: E.164 key whose digits are 10 or more (no recipient text makes one).
@@ -79,6 +88,8 @@ class ScopeCounts:
     ring: Ring
     #: A number's own ring in warm-up as of ``now`` (None: none read).
     warm: Ring | None = None
+    #: The 7-day rings as of ``now``, recipients and slots (None: not read).
+    long: tuple[Ring, Ring] | None = None
 
     def usage(self, limit: int) -> Usage:
         """As the engine's ``usage``: (used_24h, next_slot_free_at, unique_7d, slots_7d)."""
@@ -107,9 +118,16 @@ def _buckets(r: Ring) -> list[tuple[int, int]]:
     return out
 
 
-def _ring(geometry: tuple[int, int, int, int], lo: int, total: int, pairs: Sequence[Any]) -> Ring:
-    """A 24 h ring from the library's (low bucket, total, (bucket, count) pairs)."""
-    ring = Ring(geometry[0], geometry[1], False)
+def _ring(
+    geometry: tuple[int, int, int, int],
+    lo: int,
+    total: int,
+    pairs: Sequence[Any],
+    long: bool = False,
+) -> Ring:
+    """A 24 h ring (``long``: a 7-day ring) from the library's (low bucket, total,
+    (bucket, count) pairs)."""
+    ring = Ring(*((geometry[2], geometry[3], True) if long else (geometry[0], geometry[1], False)))
     ring.lo, ring.total = lo, total
     if pairs:
         ring.counts = [0] * ring.n
@@ -203,7 +221,39 @@ def plan_engine(
         ):
             engine.hold_pair(real, rkey, pair_tat)  # a 131056 hold: no burst until paid
     _set_throughput(engine, real, number, entries.tput_tat, tat, counts.now)
+    if counts.long is not None:
+        engine = LongCounts(engine, scope, counts.long)
     return PlanCopy(engine, scope, real, counts.now)
+
+
+class LongCounts:
+    """A plan's copy whose 7-day counts are Redis's: ``usage`` answers the 7-day
+    rings read (``long``, aged to the time asked) plus what the plan's sends changed
+    in the copy's own (its counts then less those it held when made, ``base``). The
+    copy holds each list recipient's last counted time, so a send moves it there as
+    it would in Redis; the counts outside the list only age. Everything else is the
+    copy's."""
+
+    def __init__(self, engine: Any, scope: int, long: tuple[Ring, Ring]) -> None:
+        self.engine = engine
+        self.base = engine.copy()
+        self.scope = scope
+        self.long = long
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.engine, name)
+        setattr(self, name, value)  # (found directly from then on: once a chunk)
+        return value
+
+    def usage(self, scope: int, now: int, limit: int) -> Usage:
+        used, nxt, unique, slots = self.engine.usage(scope, now, limit)
+        if scope == self.scope:
+            _, _, b_unique, b_slots = self.base.usage(scope, now, 0)
+            for r in self.long:
+                r.advance(now)
+            unique += self.long[0].total - b_unique
+            slots += self.long[1].total - b_slots
+        return Usage(used, nxt, unique, slots)
 
 
 def _run_end(events: list[tuple[int, int, int, int]], start: int) -> int:
@@ -279,8 +329,12 @@ def _events(
     for rkey, last in entries.last.items():
         own = entries.warm.get(rkey, NEVER)
         last = max(last, own if own // bucket_ms >= warm_lo else NEVER)
-        if last != NEVER and last // bucket_ms >= lo:  # its bucket counts it
-            events.append((last, rkey, F_TEMPLATE, _FILLER))
+        if last == NEVER:
+            continue
+        # (one the 24 h ring no longer counts too: the 7-day rings and the slot rule
+        # see it as Redis does)
+        events.append((last, rkey, F_TEMPLATE, _FILLER))
+        if last // bucket_ms >= lo:  # its bucket counts it
             in_bucket[last // bucket_ms] = in_bucket.get(last // bucket_ms, 0) + 1
     for rkey, times in entries.marketing.items():
         events += [(t, rkey, F_MARKETING, _FILLER) for t in times if t != NEVER]
@@ -381,28 +435,61 @@ async def plan_reads(
     number: NumberSpec,
     recipients: Sequence[int],
 ) -> tuple[ScopeCounts, RecipientEntries]:
-    """Everything a plan of ``recipients`` by ``number`` reads in Redis, in one
-    read-only call of the library's ``entries`` (so one state of the scope, no
-    decision of any sidecar between its reads): the scope's counts at ``now`` (as
-    :func:`scope_counts`, with the number's own ring in warm-up), and each
-    recipient's entries (scope entry, marketing entry, the number's window, warm-up
-    and pair entries, opt-out; one HMGET per shard hash inside Redis, one of the
-    pair entries) and the number's throughput TAT."""
+    """Everything a plan of ``recipients`` by ``number`` reads in Redis, with the
+    library's read-only ``entries``: the scope's counts at ``now`` (as
+    :func:`scope_counts`, with the number's own ring in warm-up, and the 7-day
+    rings), each recipient's entries (scope entry, marketing entry, the number's
+    window, warm-up and pair entries, opt-out; one HMGET per shard hash inside
+    Redis, one of the pair entries) and the number's throughput TAT.
+
+    A list of at most :data:`READ_PART` recipients is read in one call (one state
+    of the scope: no decision of any sidecar between its reads). A longer one is
+    read in calls of that many, in shard order, so no call holds Redis long; the
+    counts, the 7-day rings and the TAT are the last call's, which follow every
+    admit made before it, while an earlier call's recipient entries may miss one
+    made since (docs/redis.md, "How long a plan's read holds Redis")."""
     by_shard: defaultdict[int, list[int]] = defaultdict(list)
     shift = 64 - SHARD_BITS
     for r in recipients:  # (shard() inlined: a plan's list is long)
         by_shard[((r * MIX) & U64) >> shift].append(r)
+    called = [r for rs in by_shard.values() for r in rs]
+    got: dict[int, tuple[Any, ...]] = {}
+    res: list[Any] = []
+    for at in range(0, max(1, len(called)), READ_PART):
+        part = called[at : at + READ_PART]
+        res = await _read_part(counting, scope, now, number, part)
+        for j in range(3, len(res), 7):
+            got[part[res[j]]] = tuple(res[j + 1 : j + 7])
+    counts = _scope_counts(scope, list(res[0]), number)
+    counts = replace(counts, long=_long_rings(scope.geometry, res[2]))
+    return counts, _parse_entries(got, res[1])
+
+
+async def _read_part(
+    counting: RedisCounting, scope: ScopeSpec, now: int, number: NumberSpec, part: list[int]
+) -> list[Any]:
+    """One call of ``entries`` for ``part`` (recipients in shard order)."""
+    by_shard: dict[int, list[int]] = {}
+    shift = 64 - SHARD_BITS
+    for r in part:
+        by_shard.setdefault(((r * MIX) & U64) >> shift, []).append(r)
     # (keys and arguments: ``entries`` in redis_functions.lua)
     warm = number.warm_key(scope)
     keys = [*scope.fixed_keys()[:6], *([warm] if warm is not None else [])]
     keys += [f"{scope.tag}:c{k}" for k in by_shard]
     args = [*scope.geometry, counting.read_time(now), number.name, "0" if warm is None else "1"]
     args += [" ".join(map(str, rs)) for rs in by_shard.values()]
-    bound = counting.timeout + len(recipients) * READ_S_PER_RECIPIENT
-    res = await counting.run("entries", keys, args, bound)
-    got: dict[int, tuple[Any, ...]] = {}
-    if len(res) > 2:
-        called = [r for rs in by_shard.values() for r in rs]
-        for j in range(2, len(res), 7):
-            got[called[res[j]]] = tuple(res[j + 1 : j + 7])
-    return _scope_counts(scope, list(res[0]), number), _parse_entries(got, res[1])
+    bound = counting.timeout + len(part) * READ_S_PER_RECIPIENT
+    return list(await counting.run("entries", keys, args, bound))
+
+
+def _long_rings(geometry: tuple[int, int, int, int], got: Sequence[Any]) -> tuple[Ring, Ring]:
+    """The 7-day rings of ``entries``' answer: [recipients' low bucket, (bucket,
+    count)..., -1, slots' low bucket, (bucket, count)...]."""
+    vals = [int(v) for v in got]
+    cut = vals.index(-1)
+    rings = []
+    for part in (vals[:cut], vals[cut + 1 :]):
+        pairs = part[1:]
+        rings.append(_ring(geometry, part[0], sum(pairs[1::2]), pairs, long=True))
+    return rings[0], rings[1]
