@@ -64,11 +64,17 @@ def test_senders_changing_while_the_child_works_recover_to_the_live_state(tmp_pa
         assert store.snapshots_compacted == 1
         create(live, 300, 400, T0 + 500)
         await store.persist(live)
+        cut_before = store._snapshots.last_at
         task = asyncio.ensure_future(store.snapshot(live))
+        for _ in range(3_000):  # the cut waits for the child's start (slow on a busy host)
+            if store._snapshots.last_at != cut_before:
+                break
+            await asyncio.sleep(0.01)
+        assert store._snapshots.last_at != cut_before
         changed_during = 0
         for n in range(400, 2_000):
             await asyncio.sleep(0)
-            if task.done():
+            if task.done() and changed_during >= 50:
                 break
             # while the child replays: new senders, sender updates and admits
             if n % 10 == 0:
