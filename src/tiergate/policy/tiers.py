@@ -143,6 +143,18 @@ def eligible(st: PolicyState, scope: LimitScope) -> bool:
     return scope.held == 0
 
 
+def may_cross(st: PolicyState, scope: LimitScope, more: int) -> bool:
+    """Whether ``more`` new counts could meet the scope's upgrade threshold: its
+    7-day counts at its clock (read at time 0, which moves nothing; later they only
+    fall but for new counts) and ``more``. False when a crossing cannot be recorded
+    by this process or is out of reach."""
+    if scope.crossed_at != NEVER or st.counted_elsewhere or not eligible(st, scope):
+        return False
+    _, _, unique, slots = st.engine.usage(scope.index, 0, UNLIMITED)
+    have = unique if st.profile.upgrade_basis == "unique" else slots
+    return have + more >= threshold(st, scope)
+
+
 def check_crossing(
     st: PolicyState,
     scope: LimitScope,
