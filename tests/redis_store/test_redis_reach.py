@@ -1,0 +1,228 @@
+"""Meta's volume scaling path on the shared store: a scope in the profile's path
+tier keeps in Redis the recipients counted for it (``tg3:{pf:S}:v``, written by
+``decide``), so every sidecar reports the portfolio's progress, the one an
+embedded-store sidecar reports for the same traffic; the key is pruned to the
+path's window and bounded, a scope off the path has none, admits kept by an
+``open`` sidecar count once reconciled, and on the three-master Cluster the key
+lives in its scope's slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
+from tiergate.store.redis_layout import ScopeSpec
+from tiergate.v1 import admission_pb2 as pb
+
+from .test_redis_adopt import _report
+from .test_redis_policy import SENDER, T0, Serving, _config, _request, serving
+from .test_redis_serve import CutProxy, _failed
+
+pytestmark = pytest.mark.redis
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+#: The path of the tests' profile: 10 unique users in 1 day (the reach keeps 40).
+USERS, CAP = 10, 40
+
+
+def _profile(tmp_path: Path) -> str:
+    path = tmp_path / "reach.toml"
+    path.write_text(
+        'extends = "meta-2025"\nname = "reach"\n[upgrade.scaling_path]\n'
+        f'from_tier = "TIER_250"\nunique_users = {USERS}\ndays = 1\n'
+        'low_template_qualities = ["RED"]\n',
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def _sender(sid: str = SENDER, portfolio: str = "portfolio-reach", tier: str = "TIER_250") -> Any:
+    return SenderUpdate(
+        sender_id=sid,
+        portfolio_id=portfolio,
+        waba_id="waba-1",
+        verified=False,
+        tier=tier,
+        quality=Quality.GREEN,
+        status=SenderStatus.CONNECTED,
+    )
+
+
+def _reach_key(s: Serving, sid: str = SENDER) -> str:
+    assert s.sidecar.service is not None
+    return f"{ScopeSpec(s.sidecar.service.state.senders[sid].scope.key).tag}:v"
+
+
+def _client(s: Serving) -> Any:
+    assert s.sidecar.shared is not None
+    return s.sidecar.shared.counting.client
+
+
+async def _progress(s: Serving, at: int, sid: str = SENDER) -> tuple[str, float, bool]:
+    up = (await s.state(at, sid)).upgrade
+    return up.path, up.progress, up.eligible
+
+
+@pytest.mark.usefixtures("patient")
+def test_two_sidecars_report_the_portfolios_progress(redis_url: str, tmp_path: Path) -> None:
+    """The same traffic to an embedded sidecar and, in turn, to two sidecars on one
+    Redis, over four days (30 new recipients a day, some sent again, a release):
+    both report the embedded one's progress on the volume path (each of them alone
+    saw only half); the reach is pruned to the window and holds at most 4 × the
+    path's users, expiring a window after its last write."""
+    profile = _profile(tmp_path)
+    embedded = _config("embedded", profile=profile, senders=(_sender(),))
+    shared = _config(redis_url, profile=profile, senders=(_sender(),))
+
+    async def main() -> None:
+        async with serving(embedded) as alone, serving(shared) as a, serving(shared) as b:
+            key = _reach_key(a)
+            sent = 0
+            for day in range(4):
+                at = T0 + day * (DAY_MS + HOUR_MS)
+                for i in range(6 if day == 0 else 30):
+                    req = _request(day * 30 + i, at + i * 1_000)
+                    want, got = await alone.stub.Admit(req), await (a, b)[sent % 2].stub.Admit(req)
+                    assert got.decision == want.decision == pb.DECISION_ADMIT
+                    sent += 1
+                    if day == 0 and i == 5:  # (6 so far: both short of the path's 10)
+                        await _agree(alone, a, b, at + 5_001, (6 / USERS, False))
+                        # the last one's send failed: its slot, and its reach, given back
+                        told = _failed(i, got.ticket, at + 5_002)
+                        await b.stub.RecordFeedback(pb.RecordFeedbackRequest(send_result=told))
+                        mine = _failed(i, want.ticket, at + 5_002)
+                        await alone.stub.RecordFeedback(pb.RecordFeedbackRequest(send_result=mine))
+                        await _agree(alone, a, b, at + 5_003, (5 / USERS, False))
+                        assert await _client(a).zcard(key) == 5
+                # a repeat within 24 h takes no slot, counts nothing new
+                repeat = _request(day * 30, at + 40_000)
+                await alone.stub.Admit(repeat)
+                await b.stub.Admit(repeat)
+                await _agree(alone, a, b, at + HOUR_MS, (1.0 if day else 0.5, bool(day)))
+                assert await _client(a).zcard(key) <= CAP
+                assert 0 < await _client(a).pttl(key) <= DAY_MS
+            assert await _client(a).zcard(key) == 30  # the last day's: the others pruned
+            # a window after the last day, nobody is left within it
+            await _agree(alone, a, b, T0 + 3 * (DAY_MS + HOUR_MS) + DAY_MS + HOUR_MS, (0.0, False))
+
+    uvloop.run(main())
+
+
+async def _agree(alone: Serving, a: Serving, b: Serving, at: int, want: tuple[float, bool]) -> None:
+    """A and B report the embedded sidecar's state at ``at``, and ``want`` (progress,
+    eligible) on the volume path."""
+    expected = _report(await alone.state(at))
+    assert (await _progress(alone, at))[1:] == want
+    for s in (a, b):
+        assert await _progress(s, at) == ("MESSAGING_VOLUME", *want)
+        assert _report(await s.state(at)) == expected
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_scope_off_the_path_keeps_no_reach(redis_url: str, tmp_path: Path) -> None:
+    """A portfolio above the path tier decides without a reach key; moved down into
+    the path tier it counts from then on, writes nothing while above it again, and
+    back in the path tier counts only from its return (the engine's reach is
+    emptied when the scope leaves the path)."""
+    profile = _profile(tmp_path)
+    config = _config(redis_url, profile=profile, senders=(_sender(tier="TIER_2K"),))
+
+    async def main() -> None:
+        async with serving(config) as a, serving(config) as b:
+            key = _reach_key(a)
+            await _admits(a, 0, 20, T0)
+            assert await _client(a).exists(key) == 0
+            assert (await a.state(T0 + 1_000)).upgrade.path == "AUTOMATIC_SCALING"
+            await _tier(a, b, "TIER_250", T0 + 2_000)
+            await _admits(b, 100, 3, T0 + 3_000)
+            assert await _client(a).zcard(key) == 3
+            await _tier(b, a, "TIER_2K", T0 + 5_000)
+            await _admits(a, 200, 2, T0 + 6_000)
+            assert await _client(a).zcard(key) == 3  # nothing written off the path
+            await _tier(a, b, "TIER_250", T0 + 8_000)
+            await _admits(b, 300, 4, T0 + 9_000)
+            assert await _client(a).zcard(key) == 7
+            for s in (a, b):
+                assert await _progress(s, T0 + 10_000) == ("MESSAGING_VOLUME", 4 / USERS, False)
+
+    uvloop.run(main())
+
+
+async def _admits(s: Serving, first: int, n: int, at: int) -> None:
+    """``n`` new recipients from ``first`` on in one AdmitBatch at ``s``, all admitted."""
+    reqs = [_request(first + i, at + i) for i in range(n)]
+    got: Any = await s.stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
+    assert all(r.decision == pb.DECISION_ADMIT for r in got.responses)
+
+
+async def _tier(told: Serving, other: Serving, tier: str, at: int) -> None:
+    """``tier`` told to ``told``; ``other`` reads the log."""
+    update = pb.SenderUpdate(sender_id=SENDER, tier=tier, at_unix_ms=at)
+    assert (await told.feedback(sender_update=update)).applied
+    assert other.sidecar.policy is not None
+    await other.sidecar.policy.catch_up()
+
+
+def test_admits_kept_while_redis_was_gone_count_once_reconciled(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A (``open``) cut off from Redis admits 8 recipients on its own; reconciled,
+    they are in the reach once, and B (which never saw them) reports them."""
+    target = int(redis_url.rsplit(":", 1)[1])
+    profile = _profile(tmp_path)
+
+    async def main() -> None:
+        proxy = CutProxy(target)
+        await proxy.start()
+        url = f"redis://127.0.0.1:{proxy.port}"
+        via = _config(url, profile=profile, senders=(_sender(),), store_failure="open")
+        direct = _config(redis_url, profile=profile, senders=(_sender(),))
+        try:
+            async with serving(via) as a, serving(direct) as b:
+                await b.stub.Admit(_request(99, T0))
+                proxy.sever()
+                batch = pb.AdmitBatchRequest(requests=[_request(i, T0 + i) for i in range(8)])
+                got: Any = await a.stub.AdmitBatch(batch, timeout=5)
+                assert all(r.decision == pb.DECISION_ADMIT for r in got.responses)
+                proxy.cut = False
+                assert a.sidecar.service is not None
+                st = a.sidecar.service.state
+                deadline = time.monotonic() + 10
+                while st.unreconciled:  # A sends them on its own within a second
+                    assert time.monotonic() < deadline, "never reconciled"
+                    await asyncio.sleep(0.05)
+                assert await _client(b).zcard(_reach_key(b)) == 9
+                assert await _progress(b, T0 + 1_000) == ("MESSAGING_VOLUME", 9 / USERS, False)
+        finally:
+            await proxy.stop()
+
+    uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+def test_two_sidecars_on_a_cluster_report_one_progress(redis_cluster: str, tmp_path: Path) -> None:
+    sid = f"1{time.time_ns() % 10**14:014d}"
+    profile = _profile(tmp_path)
+    config = _config(redis_cluster, profile=profile, senders=(_sender(sid, f"pf-{sid}"),))
+
+    async def main() -> None:
+        async with serving(config) as a, serving(config) as b:
+            for k in range(6):  # batches of 2, in turn
+                reqs = [_request(2 * k + j, T0 + 10 * k + j, sender_id=sid) for j in range(2)]
+                got: Any = await (a, b)[k % 2].stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
+                assert all(r.decision == pb.DECISION_ADMIT for r in got.responses)
+            for s in (a, b):
+                assert await _progress(s, T0 + 1_000, sid) == ("MESSAGING_VOLUME", 1.0, True)
+            client, key = _client(a), _reach_key(a, sid)
+            assert await client.zcard(key) == 12
+            meta = key[: -len(":v")] + ":m"
+            assert await client.cluster_keyslot(key) == await client.cluster_keyslot(meta)
+
+    uvloop.run(main())
