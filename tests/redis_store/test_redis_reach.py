@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import uvloop
 
-from tiergate.policy.events import Quality, SenderStatus, SenderUpdate
 from tiergate.store.redis_layout import ScopeSpec
 from tiergate.v1 import admission_pb2 as pb
 
 from .test_redis_adopt import _report
 from .test_redis_policy import SENDER, T0, Serving, _config, _request, serving
 from .test_redis_serve import CutProxy, _failed
+from .test_redis_tiers import _sender as tier_sender
 
 pytestmark = pytest.mark.redis
 
@@ -44,15 +44,8 @@ def _profile(tmp_path: Path) -> str:
 
 
 def _sender(sid: str = SENDER, portfolio: str = "portfolio-reach", tier: str = "TIER_250") -> Any:
-    return SenderUpdate(
-        sender_id=sid,
-        portfolio_id=portfolio,
-        waba_id="waba-1",
-        verified=False,
-        tier=tier,
-        quality=Quality.GREEN,
-        status=SenderStatus.CONNECTED,
-    )
+    """A number of a business not verified: on the volume path in the path tier."""
+    return tier_sender(tier, sid, portfolio, verified=False)
 
 
 def _reach_key(s: Serving, sid: str = SENDER) -> str:
