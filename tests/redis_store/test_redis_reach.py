@@ -9,6 +9,7 @@ lives in its scope's slot."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def test_two_sidecars_report_the_portfolios_progress(redis_url: str, tmp_path: P
             sent = 0
             for day in range(4):
                 at = T0 + day * (DAY_MS + HOUR_MS)
-                for i in range(6 if day == 0 else 30):
+                for i in range((6, 30, 30, 50)[day]):
                     req = _request(day * 30 + i, at + i * 1_000)
                     want, got = await alone.stub.Admit(req), await (a, b)[sent % 2].stub.Admit(req)
                     assert got.decision == want.decision == pb.DECISION_ADMIT
@@ -95,13 +96,14 @@ def test_two_sidecars_report_the_portfolios_progress(redis_url: str, tmp_path: P
                         await _agree(alone, a, b, at + 5_003, (5 / USERS, False))
                         assert await _client(a).zcard(key) == 5
                 # a repeat within 24 h takes no slot, counts nothing new
-                repeat = _request(day * 30, at + 40_000)
+                repeat = _request(day * 30, at + 60_000)
                 await alone.stub.Admit(repeat)
                 await b.stub.Admit(repeat)
                 await _agree(alone, a, b, at + HOUR_MS, (1.0 if day else 0.5, bool(day)))
                 assert await _client(a).zcard(key) <= CAP
                 assert 0 < await _client(a).pttl(key) <= DAY_MS
-            assert await _client(a).zcard(key) == 30  # the last day's: the others pruned
+            # the last day's newest 40: the days before pruned, then the oldest past the bound
+            assert await _client(a).zcard(key) == CAP
             # a window after the last day, nobody is left within it
             await _agree(alone, a, b, T0 + 3 * (DAY_MS + HOUR_MS) + DAY_MS + HOUR_MS, (0.0, False))
 
@@ -217,5 +219,53 @@ def test_two_sidecars_on_a_cluster_report_one_progress(redis_cluster: str, tmp_p
             assert await client.zcard(key) == 12
             meta = key[: -len(":v")] + ":m"
             assert await client.cluster_keyslot(key) == await client.cluster_keyslot(meta)
+
+    uvloop.run(main())
+
+
+@pytest.mark.usefixtures("patient")
+def test_random_traffic_reports_the_embedded_stores_progress(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Random traffic over about three weeks (batches of one or two from a pool of 80 recipients,
+    about the path's 10 users a day; repeats inside and past 24 h; FAILED sends
+    released) to an embedded sidecar and, in turn, to two sidecars on one Redis: the
+    same answers, and after every step the same report and path progress."""
+    profile = _profile(tmp_path)
+    embedded = _config("embedded", profile=profile, senders=(_sender(),))
+    shared = _config(redis_url, profile=profile, senders=(_sender(),))
+
+    async def main() -> None:
+        async with serving(embedded) as alone, serving(shared) as a, serving(shared) as b:
+            rng = random.Random(2025)
+            at, admitted = T0, []
+            for step in range(150):
+                at += rng.randrange(HOUR_MS, 6 * HOUR_MS)
+                s = (a, b)[step % 2]
+                if admitted and rng.random() < 0.15:  # a recent admit's send failed
+                    i, mine, theirs = admitted.pop(rng.randrange(len(admitted)))
+                    for to, ticket in ((alone, mine), (s, theirs)):
+                        told = pb.RecordFeedbackRequest(send_result=_failed(i, ticket, at))
+                        await to.stub.RecordFeedback(told)
+                else:
+                    picks = [rng.randrange(80) for _ in range(rng.randint(1, 2))]
+                    reqs = [_request(i, at + k * 1_000) for k, i in enumerate(picks)]
+                    batch = pb.AdmitBatchRequest(requests=reqs)
+                    want = list((await alone.stub.AdmitBatch(batch)).responses)
+                    got = list((await s.stub.AdmitBatch(batch)).responses)
+                    assert [r.decision for r in got] == [r.decision for r in want], step
+                    admitted += [
+                        (i, w.ticket, g.ticket)
+                        for i, w, g in zip(picks, want, got, strict=True)
+                        if w.counted
+                    ][-3:]
+                    admitted = admitted[-10:]
+                ask = at + 10_000
+                expected = _report(await alone.state(ask))
+                for other in (a, b):
+                    assert other.sidecar.policy is not None
+                    await other.sidecar.policy.catch_up()
+                    assert _report(await other.state(ask)) == expected, step
+            assert await _client(a).zcard(_reach_key(a)) <= CAP
 
     uvloop.run(main())
