@@ -734,11 +734,11 @@ end
 
 -- decide(keys, args): args = now ('' for Redis TIME), bucket_ms, window_ms,
 -- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, the reach
--- key's index (0: the scope is off Meta's volume path), the path's window (ms) and
--- cap, n_numbers, then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
--- pair_tolerance_ms, warm-up cap, its ring's key index or 0), then the rows packed
--- in one string (ROW each): a row whose idempotency key holds a first admit
--- answers that admit and consumes nothing. Answers the time used (server clock,
+-- key's index (0: the scope is off Meta's volume path), the path's window (ms)
+-- and cap, n_numbers, then per number (name, tput_interval_us, tput_tolerance_us,
+-- pair_interval_ms, pair_tolerance_ms, warm-up cap, its ring's key index or 0),
+-- then the rows packed in one string (ROW each): a row whose idempotency key holds
+-- a first admit answers that admit and consumes nothing. Answers the time used (server clock,
 -- or 0), then per row: decision, reason, retry_at, counted, used, prev_counted,
 -- slot time, slot generation; then the scope's clock and its 7-day totals (unique
 -- recipients, slots created) after the rows; then, for each row whose key a row
