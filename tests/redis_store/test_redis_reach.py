@@ -203,22 +203,40 @@ def test_admits_kept_while_redis_was_gone_count_once_reconciled(
 
 @pytest.mark.usefixtures("patient")
 def test_two_sidecars_on_a_cluster_report_one_progress(redis_cluster: str, tmp_path: Path) -> None:
+    """On the three-master Cluster: batches split between two sidecars, both report
+    the portfolio's progress; past its bound the reach is pruned to the window; the
+    key is in its scope's slot; a portfolio above the path tier writes none."""
     sid = f"1{time.time_ns() % 10**14:014d}"
-    profile = _profile(tmp_path)
-    config = _config(redis_cluster, profile=profile, senders=(_sender(sid, f"pf-{sid}"),))
+    off = str(int(sid) + 1)
+    senders = (_sender(sid, f"pf-{sid}"), _sender(off, f"pf-{off}", "TIER_2K"))
+    config = _config(redis_cluster, profile=_profile(tmp_path), senders=senders)
 
     async def main() -> None:
         async with serving(config) as a, serving(config) as b:
-            for k in range(6):  # batches of 2, in turn
-                reqs = [_request(2 * k + j, T0 + 10 * k + j, sender_id=sid) for j in range(2)]
-                got: Any = await (a, b)[k % 2].stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
+            client, key = _client(a), _reach_key(a, sid)
+
+            async def batch(s: Serving, first: int, n: int, at: int, who: str = sid) -> None:
+                reqs = [_request(first + j, at + j, sender_id=who) for j in range(n)]
+                got: Any = await s.stub.AdmitBatch(pb.AdmitBatchRequest(requests=reqs))
                 assert all(r.decision == pb.DECISION_ADMIT for r in got.responses)
+
+            for k in range(3):  # 30 recipients, in turn
+                await batch((a, b)[k % 2], 10 * k, 10, T0 + 100 * k)
             for s in (a, b):
                 assert await _progress(s, T0 + 1_000, sid) == ("MESSAGING_VOLUME", 1.0, True)
-            client, key = _client(a), _reach_key(a, sid)
+            assert await client.zcard(key) == 30
+            day = T0 + DAY_MS + HOUR_MS  # 12 more: 42, past 40, the first day's dropped
+            await batch(b, 100, 6, day)
+            await batch(a, 200, 6, day + 100)
             assert await client.zcard(key) == 12
+            later = day + DAY_MS - 1_000
+            for s in (a, b):
+                assert await _progress(s, later, sid) == ("MESSAGING_VOLUME", 1.0, True)
+                assert await _progress(s, later + DAY_MS, sid) == ("MESSAGING_VOLUME", 0.0, False)
             meta = key[: -len(":v")] + ":m"
             assert await client.cluster_keyslot(key) == await client.cluster_keyslot(meta)
+            await batch(a, 0, 5, T0, off)
+            assert await client.exists(_reach_key(a, off)) == 0
 
     uvloop.run(main())
 
