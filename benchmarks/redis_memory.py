@@ -12,6 +12,11 @@ rings, the scope's hash), after deleting the pair entries.
 A third for comparison: the same recipients in one sorted set (member: the
 recipient, score: its last send), the layout of the usual sliding-window script.
 
+And the reach of a scope on Meta's volume scaling path (``tg3:{pf:S}:v``,
+meta-2025's path: 30 days, at most 4 × 2 000 recipients kept): 1.25 × that many
+new recipients decided in one such scope, then the key's ``MEMORY USAGE`` and
+its members: what one scope on the path holds at most, whatever it sends.
+
     .venv/bin/python benchmarks/redis_memory.py --quick      # 100 000 recipients
     .venv/bin/python benchmarks/redis_memory.py              # 100 000 and 1 000 000
     .venv/bin/python benchmarks/redis_memory.py --tiny       # 10 000: proves it runs
@@ -74,6 +79,38 @@ async def measure(port: int, n: int) -> dict[str, Any]:
     }
 
 
+#: meta-2025's volume path: its window and the most recipients its reach keeps.
+PATH_WINDOW_MS = 30 * 86_400_000
+PATH_CAP = 4 * 2_000
+
+
+async def measure_reach(port: int) -> dict[str, int | float]:
+    """The reach of one scope on the volume path after more new recipients than it
+    keeps: its members, ``MEMORY USAGE`` (bytes) and bytes per member."""
+    store = await connect(parse_store(f"redis://{_common.LOOPBACK}:{port}"), timeout=30.0)
+    client = store.client
+    await client.flushall()
+    await store.load()
+    scope = ScopeSpec("mem-reach", path_window_ms=PATH_WINDOW_MS, path_cap=PATH_CAP)
+    number = NumberSpec("106540352242922", 1, 1 << 20, 1, 1 << 20)
+    n = PATH_CAP * 5 // 4
+    for at in range(0, n, BATCH):
+        rows = [
+            Row(number, 14_150_000_000 + i, F_TEMPLATE, UNLIMITED, T0 + i)
+            for i in range(at, min(n, at + BATCH))
+        ]
+        await store.decide(scope, rows)
+    members = int(await client.zcard(scope.reach_key))
+    used = int(await client.memory_usage(scope.reach_key, samples=0))
+    await store.aclose()
+    return {
+        "decided": n,
+        "members": members,
+        "bytes": used,
+        "bytes_per_member": round(used / members, 1),
+    }
+
+
 async def measure_zset(port: int, n: int) -> float:
     """Bytes per recipient of the usual alternative: one sorted set of recipients
     scored by their last send (``peers.ZSET_LUA``'s layout)."""
@@ -108,6 +145,7 @@ def main() -> None:
             row = asyncio.run(measure(port, n))
             row["zset_bytes_per_recipient"] = asyncio.run(measure_zset(port, n))
             rows.append(row)
+        reach = asyncio.run(measure_reach(port))
     _common.print_machine()
     _common.print_table(
         "Redis memory per tracked recipient (INFO memory used_memory)",
@@ -123,7 +161,13 @@ def main() -> None:
             for r in rows
         ],
     )
-    path = _common.write_results("redis_memory", {"runs": rows}, args.results_dir)
+    _common.print_table(
+        "The reach of a scope on the volume path (MEMORY USAGE)",
+        ("recipients decided", "kept", "bytes", "bytes/kept"),
+        [(reach["decided"], reach["members"], reach["bytes"], reach["bytes_per_member"])],
+    )
+    results = {"runs": rows, "reach": reach}
+    path = _common.write_results("redis_memory", results, args.results_dir)
     print(f"wrote {path}")
 
 

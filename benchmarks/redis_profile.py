@@ -9,7 +9,9 @@ own. Redis's CPU per row (``INFO cpu`` around the run) of each variant, less
 the next one's, is what the part taken out costs; the sorted-set script of
 ``redis_store.py`` runs in the same run for scale, and the function as it is
 with the number in warm-up under portfolio scope (a cap above N: every row
-admitted, each also counted in the number's own ring and entry). The variants
+admitted, each also counted in the number's own ring and entry), and with its
+scope on Meta's volume scaling path (meta-2025's: every row counted also in the
+scope's reach, kept to 8 000 recipients). The variants
 give wrong answers on purpose: they measure, nothing else.
 
     .venv/bin/python benchmarks/redis_profile.py --quick
@@ -65,17 +67,21 @@ _DECIDE = _cut(
         "      answer(s, 1, 1, 0, 0, 0, 0, 0, 0)\n      local _ = false and decide_one(s, r.num[i]",
     ),
 )
-# (the rows of the calls here are 50 bytes each: 39, then an 11-digit recipient)
+# (the rows of the calls here are 52 bytes each: 39, an 11-digit recipient, then
+# the 2-byte length of an empty binding)
 _PARSE = _cut(
     (
         "rows_parse(args[at], nums)",
-        "{n = math.floor(#args[at] / 50), kidx = {}, flags = {}, now = {}}, {}, {}, {}",
+        "{n = math.floor(#args[at] / 52), kidx = {}, flags = {}, now = {}}, {}, {}, {}",
     ),
+    ("    local kidx = r.kidx[i]\n    local was", "    local kidx = 0\n    local was"),
     ("local kidx, flags = r.kidx[i], r.flags[i]", "local kidx, flags = 0, 0"),
 )
 
 #: The function as it is, its number in warm-up.
 WARM = "the function, its number in warm-up"
+#: The function as it is, its scope on the volume path (meta-2025's path).
+PATH = "the function, its scope on the volume path"
 #: (name, what the next row takes out, the patches applied)
 VARIANTS: list[tuple[str, str, list[Patch]]] = [
     ("the function as it is", "pair entries (HMGET, HSET, ZADD, sweep)", []),
@@ -102,16 +108,20 @@ async def _cpu(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def variant(port: int, patches: list[Patch], n: int, warm_cap: int = UNLIMITED) -> float:
+async def variant(
+    port: int, patches: list[Patch], n: int, warm_cap: int = UNLIMITED, path: bool = False
+) -> float:
     """Redis CPU µs per row of ``n`` rows decided by the library with ``patches``
-    (``warm_cap``: the number's own cap in warm-up; UNLIMITED: not in warm-up)."""
+    (``warm_cap``: the number's own cap in warm-up; UNLIMITED: not in warm-up;
+    ``path``: the scope on the volume path)."""
     store = await rc.connect(parse_store(f"redis://{_common.LOOPBACK}:{port}"), timeout=30.0)
     store.name, store.library, store.script = _library(patches)
     store.script_sha = hashlib.sha1(store.script.encode()).hexdigest()
     client = store.client
     await client.flushall()
     await store.load()
-    scope = rc.ScopeSpec("profile")
+    window, cap = (30 * 86_400_000, 8_000) if path else (0, 0)
+    scope = rc.ScopeSpec("profile", path_window_ms=window, path_cap=cap)
     number = rc.NumberSpec("100000000000001", 1000, 1, 6000, 1, warm_cap)
     cpu = await _cpu(client)
     for at in range(0, n, 1000):
@@ -146,10 +156,12 @@ async def run(port: int, n: int, rounds: int) -> dict[str, Any]:
     got: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
     got["sorted-set script"] = []
     got[WARM] = []
+    got[PATH] = []
     for _ in range(rounds):
         for name, _, patches in VARIANTS:
             got[name].append(await variant(port, patches, n))
         got[WARM].append(await variant(port, [], n, warm_cap=2 * n))
+        got[PATH].append(await variant(port, [], n, path=True))
         got["sorted-set script"].append(await zset(port, n))
     return {k: statistics.median(v) for k, v in got.items()} | {"rounds": rounds, "rows": n}
 
@@ -170,6 +182,7 @@ def main() -> None:
         nxt = res[VARIANTS[k + 1][0]] if k + 1 < len(VARIANTS) else 0.0
         rows.append((name, round(res[name], 2), takes, round(res[name] - nxt, 2)))
     rows.append((WARM, round(res[WARM], 2), "-", "-"))
+    rows.append((PATH, round(res[PATH], 2), "-", "-"))
     rows.append(
         ("sorted-set script (EVALSHA, 1 000 deep)", round(res["sorted-set script"], 2), "-", "-")
     )

@@ -62,6 +62,9 @@ def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
     assert row["recipients"] == 10_000
     assert 0 < row["scope_bytes_per_recipient"] <= row["bytes_per_recipient"]
     assert row["zset_bytes_per_recipient"] > 0
+    reach = memory["reach"]
+    assert reach["members"] == 8_000 < reach["decided"]  # bounded: 4 × the path's users
+    assert reach["bytes"] > 0
 
 
 def test_without_redis_server_the_benchmarks_say_so_and_skip(

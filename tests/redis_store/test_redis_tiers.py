@@ -34,12 +34,14 @@ DAY_MS = 24 * HOUR_MS
 STEP_MS = 50
 
 
-def _sender(tier: str, sid: str = SENDER, portfolio: str = "portfolio-tiers") -> SenderUpdate:
+def _sender(
+    tier: str, sid: str = SENDER, portfolio: str = "portfolio-tiers", verified: bool = True
+) -> SenderUpdate:
     return SenderUpdate(
         sender_id=sid,
         portfolio_id=portfolio,
         waba_id="waba-1",
-        verified=True,
+        verified=verified,
         tier=tier,
         quality=Quality.GREEN,
         status=SenderStatus.CONNECTED,

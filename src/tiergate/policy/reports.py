@@ -118,10 +118,16 @@ def limit_reached_at(used: int, limit: int, rate: int, freeing: list[int], now: 
 
 
 def upgrade_report(
-    st: PolicyState, scope: LimitScope, now: int, unique: int, slots: int
+    st: PolicyState,
+    scope: LimitScope,
+    now: int,
+    unique: int,
+    slots: int,
+    path_users: int | None = None,
 ) -> UpgradeReport:
-    """The scope's way to its next tier: Meta's scaling path, or the profile's
-    threshold rule over ``unique`` recipients (or ``slots``) in 7 days."""
+    """The scope's way to its next tier: Meta's scaling path (its volume path's
+    progress ``path_users`` when read elsewhere, else the scope's own reach), or the
+    profile's threshold rule over ``unique`` recipients (or ``slots``) in 7 days."""
     p = st.profile
     have = unique if p.upgrade_basis == "unique" else slots
     nxt_tier = p.next_tier(scope.tier)
@@ -132,7 +138,7 @@ def upgrade_report(
             scope.due_at if p.upgrade_mode == "apply" else scope.crossed_at + p.predict_within_ms
         )
     if scope.on_path and nxt_tier is not None:
-        path, progress, ready = scaling_path(st, scope, now)
+        path, progress, ready = scaling_path(st, scope, now, path_users)
         return UpgradeReport(ready, progress, 0, nxt_tier, path)
     return UpgradeReport(
         eligible=nxt_tier is not None and eligible(st, scope) and have >= need,
@@ -151,6 +157,9 @@ class ScopeReading(Protocol):
     def now(self) -> int: ...
     def usage(self, limit: int) -> tuple[int, int, int, int]: ...
     def outlook(self, period_ms: int, periods: int) -> tuple[int, list[int]]: ...
+    @property
+    def path_users(self) -> int | None:
+        """The recipients counted toward Meta's volume path (None: not read)."""
 
 
 def sender_state(
@@ -188,6 +197,7 @@ def sender_state(
         recent, freeing = counts.outlook(HOUR_MS, FORECAST_HOURS)
     remaining = max(0, effective - used)
     nxt = nxt if used >= effective else now
+    path_users = counts.path_users if counts is not None else None
     own_used = 0
     if s.warmup_cap < UNLIMITED:  # the number's own count binds too
         own_used, own_nxt, _, _ = st.engine.warmup_usage(s.engine_index, now)
@@ -196,7 +206,7 @@ def sender_state(
             nxt = max(nxt, own_nxt)
     if scope.crossed_at == NEVER:
         check_crossing(st, scope, now)
-    upgrade = upgrade_report(st, scope, now, unique, slots)
+    upgrade = upgrade_report(st, scope, now, unique, slots, path_users)
     paused = [
         PausedTemplateReport(
             t.id,

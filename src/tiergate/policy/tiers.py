@@ -105,13 +105,16 @@ def prune_reach(st: PolicyState, scope: LimitScope, now: int) -> None:
     scope.reach = {rkey: at for rkey, at in scope.reach.items() if at > oldest}
 
 
-def scaling_path(st: PolicyState, scope: LimitScope, now: int) -> tuple[str, float, bool]:
+def scaling_path(
+    st: PolicyState, scope: LimitScope, now: int, users: int | None = None
+) -> tuple[str, float, bool]:
     """The scaling path out of the profile's path tier that applies to ``scope``:
     (path, progress 0..1, whether it is complete and Meta's review may pass it).
 
     A verified business (any of its numbers' ``verified``) has completed the
     verification path; else the unique recipients counted within the path's
-    window are the progress of the volume path. Either way Meta then reviews
+    window are the progress of the volume path (``users``: as read from the shared
+    store; None: the scope's own reach). Either way Meta then reviews
     quality: the numbers' quality and status must allow an upgrade, and no
     template of the scope's WABAs may be rated one of the profile's low qualities.
     """
@@ -125,8 +128,9 @@ def scaling_path(st: PolicyState, scope: LimitScope, now: int) -> tuple[str, flo
     review_ok = templates_ok and eligible(st, scope)
     if any(s.verified for s in scope.senders):
         return PATH_VERIFICATION, 1.0, review_ok
-    oldest = now - p.path_window_ms
-    users = sum(1 for at in scope.reach.values() if at > oldest)
+    if users is None:
+        oldest = now - p.path_window_ms
+        users = sum(1 for at in scope.reach.values() if at > oldest)
     return PATH_VOLUME, min(1.0, users / p.path_users), review_ok and users >= p.path_users
 
 

@@ -484,7 +484,7 @@ class RedisCounting:
         if stamp is None:
             return False
         gen, t = stamp
-        keys = [*scope.fixed_keys()[:5], scope.scope_shard(recipient)]
+        keys = [*scope.fixed_keys()[:5], scope.scope_shard(recipient), scope.reach_key]
         args: list[object] = [*scope.geometry, scope.ttl_ms, str(recipient), t, gen, prev_counted]
         warm = number.warm_key(scope) if number is not None else None
         if number is not None and warm is not None:

@@ -25,6 +25,9 @@
 --                  total in meta as u:<number>:lo, u:<number>:tot)
 --   KEYS[8] mark   (reconcile only) hash: s -> the highest sequence number
 --                  counted, o:<number> -> its counted rows' own throughput TAT
+--   KEYS[..] reach sorted set (tg3:{pf:S}:v), a scope on Meta's volume scaling
+--                  path only: recipient -> its last counted slot time (ms),
+--                  at most the path's cap of them, pruned to the path's window
 -- Recipients are decimal strings and never computed on (they exceed 2^53);
 -- times are ms within 0 .. 2^43, µs TATs stay below 2^53.
 --
@@ -499,6 +502,9 @@ local function decide_one(s, num, now, rcpt, nfield, k, flags, limit, opted)
       gen = gen < GEN_MAX and gen + 1 or 1
       slot_t = now
       vals[rcpt] = scope_pack(now, gen * 2 + 1)
+      if s.reach then  -- (a scope on the volume path: the recipient reached now)
+        s.reach.at[rcpt] = now
+      end
     else
       vals[rcpt] = scope_pack(now, gen * 2)
       gen = 0
@@ -656,9 +662,13 @@ local function call_open(keys, args)
   s.tat = {}
   local ttl = tonumber(args[8])
   s.ttl, s.wall = ttl, ttl > 0 and server_now() or 0
-  local nn = tonumber(args[9])
+  local rk = tonumber(args[9])  -- (0: the scope is off the volume path)
+  if rk > 0 then
+    s.reach = {key = keys[rk], window = tonumber(args[10]), cap = tonumber(args[11]), at = {}}
+  end
+  local nn = tonumber(args[12])
   local nums = {}
-  local at = 10
+  local at = 13
   for j = 1, nn do
     nums[j] = load_number(s, args[at], args, at + 1, keys)
     at = at + 7
@@ -686,21 +696,49 @@ local function call_open(keys, args)
   return s, r, opted, ttl, nums
 end
 
+-- A scope on Meta's volume scaling path: the recipients its rows counted, each at
+-- its slot time, added to its reach (one ZADD a call); past the cap, the ones
+-- counted before the path's window dropped (as the engine's prune_reach), then the
+-- oldest past the cap (the newest cap of them are kept: at least the path's
+-- unique_users, so its progress reads the same); kept a window after the write.
+local function reach_save(s)
+  local r = s.reach
+  if r == nil or next(r.at) == nil then
+    return
+  end
+  local z = {}
+  for rcpt, t in pairs(r.at) do
+    z[#z + 1] = t
+    z[#z + 1] = rcpt
+  end
+  chunked('ZADD', r.key, z)
+  local n = redis.call('ZCARD', r.key)
+  if n > r.cap then
+    n = n - redis.call('ZREMRANGEBYSCORE', r.key, '-inf', s.clock - r.window)
+    if n > r.cap then
+      redis.call('ZREMRANGEBYRANK', r.key, 0, n - r.cap - 1)
+    end
+  end
+  redis.call('PEXPIRE', r.key, r.window)
+end
+
 -- What a decide (or reconcile) call changed, written: shard hashes, pair entries,
--- the scope's meta and rings.
+-- the scope's meta and rings, the reach of a scope on the volume path.
 local function call_save(s, keys, n, ttl)
   shards_save(s, keys)
+  reach_save(s)
   pairs_save(s, keys, 2 * n + 64)
   scope_save(s, keys, ttl)
   touch({keys[6], keys[7]}, 1, ttl)
 end
 
 -- decide(keys, args): args = now ('' for Redis TIME), bucket_ms, window_ms,
--- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, n_numbers,
--- then per number (name, tput_interval_us, tput_tolerance_us, pair_interval_ms,
--- pair_tolerance_ms, warm-up cap, its ring's key index or 0), then the rows packed
--- in one string (ROW each): a row whose idempotency key holds a first admit
--- answers that admit and consumes nothing. Answers the time used (server clock,
+-- long_bucket_ms, long_window_ms, freq_cap, freq_window_ms, ttl_ms, the reach
+-- key's index (0: the scope is off Meta's volume path), the path's window (ms)
+-- and cap, n_numbers, then per number (name, tput_interval_us, tput_tolerance_us,
+-- pair_interval_ms, pair_tolerance_ms, warm-up cap, its ring's key index or 0),
+-- then the rows packed in one string (ROW each): a row whose idempotency key holds
+-- a first admit answers that admit and consumes nothing. Answers the time used (server clock,
 -- or 0), then per row: decision, reason, retry_at, counted, used, prev_counted,
 -- slot time, slot generation; then the scope's clock and its 7-day totals (unique
 -- recipients, slots created) after the rows; then, for each row whose key a row
@@ -756,9 +794,10 @@ local function decide(keys, args)
   return out
 end
 
--- release(keys: meta, r24, r7, s7, opt, scope shard[, the number's warm-up ring];
--- args: geometry (4), ttl, recipient, slot time, slot generation, prev_counted[,
--- the number]) -> 1 if released.
+-- release(keys: meta, r24, r7, s7, opt, scope shard, reach[, the number's warm-up
+-- ring]; args: geometry (4), ttl, recipient, slot time, slot generation,
+-- prev_counted[, the number]) -> 1 if released. A recipient in the reach (the
+-- volume path's) goes back to prev_counted there, or out of it, as in the engine.
 local function release(keys, args)
   bind()
   local s = scope_open(keys, args, 1)
@@ -774,8 +813,15 @@ local function release(keys, args)
   ring_add(s.s7, t, -1)
   se.last, se.fresh = prev, false
   scope_entry_put(keys[6], rcpt, se)
-  if keys[7] then  -- the number in warm-up the admit was from: its own count too
-    warmup.release(s, args[10], keys[7], keys[6], rcpt, t, prev)
+  if redis.call('ZSCORE', keys[7], rcpt) then
+    if prev == NEVER then
+      redis.call('ZREM', keys[7], rcpt)
+    else
+      redis.call('ZADD', keys[7], 'XX', prev, rcpt)
+    end
+  end
+  if keys[8] then  -- the number in warm-up the admit was from: its own count too
+    warmup.release(s, args[10], keys[8], keys[6], rcpt, t, prev)
   end
   s.tat = {}
   scope_save(s, keys, tonumber(args[5]))
@@ -880,11 +926,14 @@ local function ring_buckets(r, out)
   return out
 end
 
--- counts(keys: meta, r24, r7, s7[, a number's warm-up ring]; args: geometry (4),
--- now ('' for TIME)[, the number]) -> the time used (never before the scope's
--- clock), used_24h, unique_7d, slots_7d, the 24 h ring's low bucket, then (bucket,
--- count) of each of its buckets that counts; with a warm-up ring, then one more
--- element: {its total, its low bucket, (bucket, count)...} (warmup.counts).
+-- counts(keys: meta, r24, r7, s7[, a number's warm-up ring][, the reach]; args:
+-- geometry (4), now ('' for TIME)[, the number in warm-up or ''[, the volume path's
+-- window (ms; 0: no reach), the path tier's start]]) -> the time used (never before
+-- the scope's clock), used_24h, unique_7d, slots_7d, the 24 h ring's low bucket,
+-- then (bucket, count) of each of its buckets that counts; with a warm-up ring,
+-- then one more element: {its total, its low bucket, (bucket, count)...}
+-- (warmup.counts); with the reach, then the recipients in it counted within the
+-- path's window and since the tier began (the volume path's progress).
 -- Reads only: the clock and rings are advanced in this call's memory, not saved.
 local function scope_counts(keys, args)
   bind()
@@ -893,8 +942,13 @@ local function scope_counts(keys, args)
   now = scope_clamp(s, now)
   local r = s.r24
   local out = ring_buckets(r, {now, r.total, s.r7.total, s.s7.total, r.lo})
-  if keys[5] then
+  if args[6] and args[6] ~= '' then
     out[#out + 1] = warmup.counts(s, args[6], keys[5], now)
+  end
+  local window = tonumber(args[7] or 0)
+  if window > 0 then
+    local since = math.max(now - window + 1, tonumber(args[8]))
+    out[#out + 1] = redis.call('ZCOUNT', keys[#keys], since, '+inf')
   end
   return out, s
 end
@@ -925,7 +979,8 @@ local function entries(keys, args)
   local warm = args[7] == '1'
   local first = warm and 8 or 7
   local scope, s = scope_counts({keys[1], keys[2], keys[3], keys[4], warm and keys[7] or nil},
-                                {args[1], args[2], args[3], args[4], args[5], args[6]})
+                                {args[1], args[2], args[3], args[4], args[5],
+                                 warm and args[6] or ''})
   local long = ring_buckets(s.r7, {s.r7.lo})
   long[#long + 1] = -1
   long[#long + 1] = s.s7.lo

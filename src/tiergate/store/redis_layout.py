@@ -57,13 +57,19 @@ U64 = (1 << 64) - 1
 
 @dataclass(frozen=True, slots=True)
 class ScopeSpec:
-    """A limit scope by its id, with the windows it counts in and its frequency cap."""
+    """A limit scope by its id, with the windows it counts in and its frequency cap;
+    on Meta's volume scaling path, the path's window and the most recipients its
+    reach keeps."""
 
     name: str
     #: (bucket_ms, window_ms, long_bucket_ms, long_window_ms), as the engine's
     geometry: tuple[int, int, int, int] = (60_000, 86_400_000, 3_600_000, 604_800_000)
     freq_cap: int = 0
     freq_window_ms: int = 0
+    #: The volume path's window (0: the scope is off the path: no reach kept).
+    path_window_ms: int = 0
+    #: The most recipients the reach keeps (4 × the path's unique users).
+    path_cap: int = 0
 
     @property
     def tag(self) -> str:
@@ -85,6 +91,11 @@ class ScopeSpec:
 
     def scope_shard(self, recipient: int) -> str:
         return f"{self.tag}:c{shard(recipient)}"
+
+    @property
+    def reach_key(self) -> str:
+        """The recipients counted while on the volume path, by their last slot time."""
+        return f"{self.tag}:v"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +196,9 @@ def call_args(
         packed.append(BINDING.pack(len(binding)))
         packed.append(binding)
     clock = "" if server_clock else "r"
-    head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms, len(numbers)]
+    reach = key_at(keys, index, s.reach_key) if s.path_window_ms else 0
+    head: list[object] = [clock, *s.geometry, s.freq_cap, s.freq_window_ms, s.ttl_ms]
+    head += [reach, s.path_window_ms, s.path_cap, len(numbers)]
     for _, spec in numbers.values():
         head += number_args(spec, s, keys, index)
     head.append(b"".join(packed))

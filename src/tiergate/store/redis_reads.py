@@ -90,6 +90,9 @@ class ScopeCounts:
     warm: Ring | None = None
     #: The 7-day rings as of ``now``, recipients and slots (None: not read).
     long: tuple[Ring, Ring] | None = None
+    #: A scope on Meta's volume scaling path: the recipients counted within the
+    #: path's window and since its tier began (None: not read).
+    path_users: int | None = None
 
     def usage(self, limit: int) -> Usage:
         """As the engine's ``usage``: (used_24h, next_slot_free_at, unique_7d, slots_7d)."""
@@ -137,18 +140,33 @@ def _ring(
 
 
 async def scope_counts(
-    counting: RedisCounting, scope: ScopeSpec, now: int, number: NumberSpec | None = None
+    counting: RedisCounting,
+    scope: ScopeSpec,
+    now: int,
+    number: NumberSpec | None = None,
+    path_since: int | None = None,
 ) -> ScopeCounts:
     """``scope``'s counts in Redis at ``now`` (Redis's clock on the server clock),
-    and ``number``'s own ring when it is in warm-up: the library's ``counts`` (read only)
-    answers the time used, used_24h, unique_7d, slots_7d, the 24 h ring's low bucket,
-    (bucket, count) pairs, and for a number in warm-up its own ring's [total, low
-    bucket, pairs]."""
+    ``number``'s own ring when it is in warm-up, and for a scope on the volume path
+    (``scope.path_window_ms``; ``path_since``: its tier's start) the recipients of
+    its reach within the path's window: the library's ``counts`` (read only) answers
+    the time used, used_24h, unique_7d, slots_7d, the 24 h ring's low bucket,
+    (bucket, count) pairs, for a number in warm-up its own ring's [total, low
+    bucket, pairs], then that count."""
     warm = number.warm_key(scope) if number is not None else None
-    extra = ([warm], [number.name]) if number is not None and warm is not None else ([], [])
-    keys = [*scope.fixed_keys()[:4], *extra[0]]
-    args = [*scope.geometry, counting.read_time(now), *extra[1]]
-    return _scope_counts(scope, list(await counting.run("counts", keys, args)), number)
+    keys = scope.fixed_keys()[:4]
+    warm_name = ""
+    if number is not None and warm is not None:
+        keys.append(warm)
+        warm_name = number.name
+    args: list[object] = [*scope.geometry, counting.read_time(now), warm_name]
+    reach = path_since is not None and scope.path_window_ms > 0
+    if reach:
+        keys.append(scope.reach_key)
+        args += [scope.path_window_ms, path_since]
+    res = list(await counting.run("counts", keys, args))
+    path_users = int(res.pop()) if reach else None
+    return replace(_scope_counts(scope, res, number), path_users=path_users)
 
 
 def _scope_counts(scope: ScopeSpec, res: list[Any], number: NumberSpec | None) -> ScopeCounts:

@@ -187,11 +187,18 @@ class SharedAdmission:
         raise IndexError(f"scope {index} out of range")
 
     def scope(self, scope: LimitScope) -> ScopeSpec:
+        """The scope as Redis knows it: its windows, its frequency cap, and while it is
+        on Meta's volume scaling path (``on_path``, as the engine notes reach) the
+        path's window and the most recipients its reach keeps."""
         spec = self._scopes.get(scope.key)
         p = self.service.profile
-        if spec is None or spec.freq_cap != p.frequency_cap:
+        path = (p.path_window_ms, 4 * p.path_users) if scope.on_path else (0, 0)
+        if spec is None or (spec.freq_cap, spec.path_window_ms, spec.path_cap) != (
+            p.frequency_cap,
+            *path,
+        ):
             geometry = (p.bucket_ms, p.window_ms, p.long_bucket_ms, p.lookback_ms)
-            spec = ScopeSpec(scope.key, geometry, p.frequency_cap, p.frequency_window_ms)
+            spec = ScopeSpec(scope.key, geometry, p.frequency_cap, p.frequency_window_ms, *path)
             self._scopes[scope.key] = spec
         return spec
 
@@ -201,8 +208,9 @@ class SharedAdmission:
         st = self.service.state
         s = st.senders[sender_id]
         now = max(st.now(at_unix_ms, now_ms), s.scope.last_now)
+        since = s.scope.tier_since if s.scope.on_path else None
         try:
-            counts = await scope_counts(self.counting, self.scope(s.scope), now)
+            counts = await scope_counts(self.counting, self.scope(s.scope), now, None, since)
         except StoreUnavailableError:
             self.available = False
             return None
