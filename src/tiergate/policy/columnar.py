@@ -51,7 +51,7 @@ from .keys import KeyMemory, KeyRead, conflict, unheld_keys
 from .requests import MARKETING, AdmitLike, KeyRefused, KeyTooLong, check_all
 from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .state import REASONS as SENDER_REASONS
-from .tiers import check_crossing, maintain, may_cross, prune_reach, recompute_due
+from .tiers import check_crossing, cross_gap, maintain, prune_reach, recompute_due
 
 if TYPE_CHECKING:
     from .service import AdmissionService
@@ -298,10 +298,10 @@ def _decide_in_parts(
 def _rise_delay(st: PolicyState, r: Items) -> int:
     """Under the request clock and a profile that applies upgrades, the least time
     from an item that meets an upgrade threshold to the raise (the profile's delay,
-    at least 1 ms); else 0: a raise never falls due inside the batch, or (the shared
-    store, whose crossings are recorded after each call) it is not seen inside it."""
+    at least 1 ms); else 0: a raise never falls due inside the batch. (The shared
+    store records a crossing its reply to a part shows before the next part.)"""
     p = st.profile
-    if st.request_clock and len(r.at) and p.upgrade_mode == "apply" and not st.counted_elsewhere:
+    if st.request_clock and len(r.at) and p.upgrade_mode == "apply":
         return max(1, p.upgrade_delay_ms)
     return 0
 
@@ -331,8 +331,8 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
     gathered: set[tuple[str, str]] = set()
     delay, top, in_tier = _rise_delay(st, r), st.profile.ladder[-1], st.profile.min_in_tier_ms
     rise = FAR_FUTURE
-    #: Per scope: whether the part's items could meet its upgrade threshold.
-    reach: dict[int, bool] = {}
+    #: Per scope: the new counts it needs for its threshold, less the part's items.
+    gap: dict[int, int] = {}
     for i in range(start, r.n):
         if r.dry_at(i) != dry:
             return i
@@ -346,17 +346,16 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
             if now >= rise:
                 return i
             sc = sender.scope
-            if sc.crossed_at == NEVER and now + delay < rise and sc.tier != top:
-                near = reach.get(sc.index)
-                if near is None:
-                    near = reach[sc.index] = may_cross(st, sc, r.n - start)
-                if near:
+            if sc.crossed_at == NEVER and sc.tier != top:
+                left = gap.get(sc.index)
+                left = gap[sc.index] = (cross_gap(st, sc) if left is None else left) - 1
+                if left <= 0 and now + delay < rise:  # this item may meet the threshold
                     rise = min(rise, max(now + delay, sc.tier_since + in_tier))
         if now >= st.next_due:
             if i > start:
                 return i
             maintain(st, now)
-            reach.clear()
+            gap.clear()
         key = keys[i] if keys else ""
         if not key or (KeyMemory.lookup(sender, key, now) is not None and sender.status < BLOCKING):
             continue  # no key, or a repeat its key answers
