@@ -51,7 +51,7 @@ from .keys import KeyMemory, KeyRead, conflict, unheld_keys
 from .requests import MARKETING, AdmitLike, KeyRefused, KeyTooLong, check_all
 from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .state import REASONS as SENDER_REASONS
-from .tiers import check_crossing, cross_gap, maintain, prune_reach, recompute_due
+from .tiers import check_crossing, cross_gap, maintain, may_cross, prune_reach, recompute_due
 
 if TYPE_CHECKING:
     from .service import AdmissionService
@@ -220,7 +220,11 @@ def decisions(st: PolicyState, r: Items, now_ms: int, remote: bool = False) -> S
         repeated
         or high >= st.next_due
         or r.dry_runs is not None
-        or (rise and high - _earliest(r, now_ms) >= rise)
+        or (
+            rise is not None
+            and high - _earliest(r, now_ms) >= rise
+            and may_cross(st, (s.scope for s in objs if s is not None), r.n)
+        )
     ):
         return (yield from _decide_in_parts(st, r, now_ms, objs))
     out, high, unknown = yield from _decide_rows(st, r, now_ms, objs, skip, hits)
@@ -295,15 +299,16 @@ def _decide_in_parts(
     return out
 
 
-def _rise_delay(st: PolicyState, r: Items) -> int:
+def _rise_delay(st: PolicyState, r: Items) -> int | None:
     """Under the request clock and a profile that applies upgrades, the least time
-    from an item that meets an upgrade threshold to the raise (the profile's delay,
-    at least 1 ms); else 0: a raise never falls due inside the batch. (The shared
-    store records a crossing its reply to a part shows before the next part.)"""
+    from an item that meets an upgrade threshold to the raise (the profile's delay:
+    0 raises it for the items after it at the same time); else None: a raise never
+    falls due inside the batch. (The shared store records a crossing its reply to a
+    part shows before the next part.)"""
     p = st.profile
     if st.request_clock and len(r.at) and p.upgrade_mode == "apply":
-        return max(1, p.upgrade_delay_ms)
-    return 0
+        return p.upgrade_delay_ms
+    return None
 
 
 def _earliest(r: Items, now_ms: int) -> int:
@@ -321,8 +326,8 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
     applies the time-driven changes due at item ``start``'s time.
 
     Under the request clock a profile that applies upgrades may raise a tier whose
-    threshold an item of the part meets: due after the profile's delay from that
-    item's time (and later than it), never before the scope's time in tier, so the
+    threshold an item of the part meets: due the profile's delay after that item's
+    time (the items after it see it), never before the scope's time in tier, so the
     part also ends before an item at or after ``rise``, the earliest such time, and
     that item sees the raise."""
     at = r.at if st.request_clock and len(r.at) else None
@@ -342,7 +347,7 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
         now = at[i] if at is not None and at[i] > 0 else high
         if now > high:
             high = now
-        if delay:
+        if delay is not None:
             if now >= rise:
                 return i
             sc = sender.scope

@@ -161,6 +161,12 @@ def cross_gap(st: PolicyState, scope: LimitScope) -> int:
     return max(1, threshold(st, scope) - have)
 
 
+def may_cross(st: PolicyState, scopes: Iterable[LimitScope], more: int) -> bool:
+    """Whether ``more`` new counts could meet the upgrade threshold of one of ``scopes``
+    (:func:`cross_gap`)."""
+    return any(cross_gap(st, sc) <= more for sc in scopes)
+
+
 def check_crossing(
     st: PolicyState,
     scope: LimitScope,
