@@ -288,7 +288,7 @@ class SharedPolicy:
         met by Redis's 7-day counts is a crossing, dated to the row that reached it,
         sent to the log before the call is answered (queued as feedback's changes;
         a batch's step sends it before its next part, ``SharedAdmission.crossed``).
-        The counts are kept as the scope's ``seen_7d`` (``tiers.may_cross``)."""
+        The counts are kept as the scope's ``seen_7d`` (``tiers.cross_gap``)."""
         st = self.service.state
         scope = _limit_scope(st, spec.name)
         if scope is None:
