@@ -129,6 +129,24 @@ def test_one_batch_across_its_own_raise_is_the_embedded_stores(
 
 
 @pytest.mark.usefixtures("patient")
+def test_one_batch_across_its_own_raise_on_a_cluster(redis_cluster: str) -> None:
+    """The same on the three-master Cluster (meta-2024, 900 items over three days)."""
+    sender = f"s-{uuid.uuid4().hex[:12]}"
+    at, reqs = T0, []
+    for i in range(900):
+        at += 300_000 + i % 7 * 1_000
+        reqs.append(AdmitRequest(sender, rcpt(i % 400), template_id="t", at_unix_ms=at))
+    embedded = _world("meta-2024", sender, T0 - 3 * D)
+
+    async def main() -> None:
+        async with _sidecar(redis_cluster, _world("meta-2024", sender, T0 - 3 * D)) as shared:
+            got = await _same(embedded, shared, reqs, sender)
+            assert got[0].limit == 250 and got[-1].limit == 1_000
+
+    _run(main)
+
+
+@pytest.mark.usefixtures("patient")
 def test_a_batch_far_from_the_threshold_is_one_decide_call(redis_url: str) -> None:
     """meta-2024 (TIER_250: 125 unique recipients meet the threshold): once the
     sidecar has its scope's counts from Redis, batches spanning more than the 24 h
