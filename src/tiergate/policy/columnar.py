@@ -51,7 +51,7 @@ from .keys import KeyMemory, KeyRead, conflict, unheld_keys
 from .requests import MARKETING, AdmitLike, KeyRefused, KeyTooLong, check_all
 from .state import FAR_FUTURE, LimitScope, PolicyState, Sender
 from .state import REASONS as SENDER_REASONS
-from .tiers import check_crossing, maintain, may_cross, prune_reach, recompute_due
+from .tiers import check_crossing, cross_gap, maintain, may_cross, prune_reach, recompute_due
 
 if TYPE_CHECKING:
     from .service import AdmissionService
@@ -220,7 +220,11 @@ def decisions(st: PolicyState, r: Items, now_ms: int, remote: bool = False) -> S
         repeated
         or high >= st.next_due
         or r.dry_runs is not None
-        or (rise and high - _earliest(r, now_ms) >= rise)
+        or (
+            rise is not None
+            and high - _earliest(r, now_ms) >= rise
+            and may_cross(st, (s.scope for s in objs if s is not None), r.n)
+        )
     ):
         return (yield from _decide_in_parts(st, r, now_ms, objs))
     out, high, unknown = yield from _decide_rows(st, r, now_ms, objs, skip, hits)
@@ -295,15 +299,16 @@ def _decide_in_parts(
     return out
 
 
-def _rise_delay(st: PolicyState, r: Items) -> int:
+def _rise_delay(st: PolicyState, r: Items) -> int | None:
     """Under the request clock and a profile that applies upgrades, the least time
-    from an item that meets an upgrade threshold to the raise (the profile's delay,
-    at least 1 ms); else 0: a raise never falls due inside the batch, or (the shared
-    store, whose crossings are recorded after each call) it is not seen inside it."""
+    from an item that meets an upgrade threshold to the raise (the profile's delay:
+    0 raises it for the items after it at the same time); else None: a raise never
+    falls due inside the batch. (The shared store records a crossing its reply to a
+    part shows before the next part.)"""
     p = st.profile
-    if st.request_clock and len(r.at) and p.upgrade_mode == "apply" and not st.counted_elsewhere:
-        return max(1, p.upgrade_delay_ms)
-    return 0
+    if st.request_clock and len(r.at) and p.upgrade_mode == "apply":
+        return p.upgrade_delay_ms
+    return None
 
 
 def _earliest(r: Items, now_ms: int) -> int:
@@ -321,8 +326,8 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
     applies the time-driven changes due at item ``start``'s time.
 
     Under the request clock a profile that applies upgrades may raise a tier whose
-    threshold an item of the part meets: due after the profile's delay from that
-    item's time (and later than it), never before the scope's time in tier, so the
+    threshold an item of the part meets: due the profile's delay after that item's
+    time (the items after it see it), never before the scope's time in tier, so the
     part also ends before an item at or after ``rise``, the earliest such time, and
     that item sees the raise."""
     at = r.at if st.request_clock and len(r.at) else None
@@ -331,8 +336,8 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
     gathered: set[tuple[str, str]] = set()
     delay, top, in_tier = _rise_delay(st, r), st.profile.ladder[-1], st.profile.min_in_tier_ms
     rise = FAR_FUTURE
-    #: Per scope: whether the part's items could meet its upgrade threshold.
-    reach: dict[int, bool] = {}
+    #: Per scope: the new counts it needs for its threshold, less the part's items.
+    gap: dict[int, int] = {}
     for i in range(start, r.n):
         if r.dry_at(i) != dry:
             return i
@@ -342,21 +347,20 @@ def _part_end(st: PolicyState, r: Items, objs: list[Sender | None], start: int, 
         now = at[i] if at is not None and at[i] > 0 else high
         if now > high:
             high = now
-        if delay:
+        if delay is not None:
             if now >= rise:
                 return i
             sc = sender.scope
-            if sc.crossed_at == NEVER and now + delay < rise and sc.tier != top:
-                near = reach.get(sc.index)
-                if near is None:
-                    near = reach[sc.index] = may_cross(st, sc, r.n - start)
-                if near:
+            if sc.crossed_at == NEVER and sc.tier != top:
+                left = gap.get(sc.index)
+                left = gap[sc.index] = (cross_gap(st, sc) if left is None else left) - 1
+                if left <= 0 and now + delay < rise:  # this item may meet the threshold
                     rise = min(rise, max(now + delay, sc.tier_since + in_tier))
         if now >= st.next_due:
             if i > start:
                 return i
             maintain(st, now)
-            reach.clear()
+            gap.clear()
         key = keys[i] if keys else ""
         if not key or (KeyMemory.lookup(sender, key, now) is not None and sender.status < BLOCKING):
             continue  # no key, or a repeat its key answers

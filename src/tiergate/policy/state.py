@@ -43,6 +43,7 @@ class LimitScope:
         "last_now",
         "on_path",
         "reach",
+        "seen_7d",
         "senders",
         "tier",
         "tier_since",
@@ -63,6 +64,9 @@ class LimitScope:
         # in their tier, each recipient counted within the path's window, and when.
         self.on_path = False  # derived: the scope is in the profile's path tier
         self.reach: dict[int, int] = {}
+        # Counts kept elsewhere (``PolicyState.counted_elsewhere``): the 7-day counts
+        # (unique, slots) the shared store last answered for the scope; None: none yet.
+        self.seen_7d: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

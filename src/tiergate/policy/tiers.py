@@ -147,16 +147,28 @@ def eligible(st: PolicyState, scope: LimitScope) -> bool:
     return scope.held == 0
 
 
-def may_cross(st: PolicyState, scope: LimitScope, more: int) -> bool:
-    """Whether ``more`` new counts could meet the scope's upgrade threshold: its
-    7-day counts at its clock (read at time 0, which moves nothing; later they only
-    fall but for new counts) and ``more``. False when a crossing cannot be recorded
-    by this process or is out of reach."""
-    if scope.crossed_at != NEVER or st.counted_elsewhere or not eligible(st, scope):
-        return False
-    _, _, unique, slots = st.engine.usage(scope.index, 0, UNLIMITED)
+def cross_gap(st: PolicyState, scope: LimitScope) -> int:
+    """How many new counts (an item adds one at most) the scope needs to meet its
+    upgrade threshold: by its 7-day counts at its clock (read at time 0, which moves
+    nothing; later they only fall but for new counts), at least 1; ``FAR_FUTURE``
+    when crossed already or not eligible. Counts kept elsewhere (the shared store's):
+    those it last answered for the scope (``seen_7d``), 1 before it answered any."""
+    if scope.crossed_at != NEVER or not eligible(st, scope):
+        return FAR_FUTURE
+    if not st.counted_elsewhere:
+        _, _, unique, slots = st.engine.usage(scope.index, 0, UNLIMITED)
+    elif scope.seen_7d is not None:
+        unique, slots = scope.seen_7d
+    else:
+        return 1
     have = unique if st.profile.upgrade_basis == "unique" else slots
-    return have + more >= threshold(st, scope)
+    return max(1, threshold(st, scope) - have)
+
+
+def may_cross(st: PolicyState, scopes: Iterable[LimitScope], more: int) -> bool:
+    """Whether ``more`` new counts could meet the upgrade threshold of one of ``scopes``
+    (:func:`cross_gap`)."""
+    return any(cross_gap(st, sc) <= more for sc in scopes)
 
 
 def check_crossing(

@@ -132,6 +132,9 @@ class SharedAdmission:
         #: Feedback's changes are queued for Redis (not while an event another
         #: sidecar appended to the shared log is applied: it sent them).
         self.mirroring = True
+        #: A crossing is queued (``shared_policy``): a batch's step sends the queue
+        #: before its next part is decided, which then sees the crossing's raise.
+        self.crossed = False
         st = service.state
         st.engine = cast(CountingStore, MirroredCounting(st.engine, self))
         # the 7-day counts are Redis's: crossings come from there (``shared_policy``)
@@ -169,6 +172,14 @@ class SharedAdmission:
         self.available = True
         if local is not None:
             await local
+
+    async def _send_crossed(self) -> None:
+        """The queue (with the crossing a step's reply showed) sent now, so the batch's
+        next part is decided under the raise it makes (``policy.columnar``'s parts).
+        A change Redis does not take stays queued for the call's commit."""
+        self.crossed = False
+        with contextlib.suppress(StoreUnavailableError):
+            await self._flush(None)
 
     def number(self, index: int) -> tuple[ScopeSpec, NumberSpec]:
         """The scope and number of the engine's number ``index``."""
@@ -303,6 +314,8 @@ class SharedAdmission:
             batch.prepare_outputs()
             batch.decided = len(batch)
             undecided = list(range(len(batch)))
+        if self.crossed:
+            await self._send_crossed()
         self.available = not undecided
         if not undecided:
             return

@@ -286,23 +286,32 @@ class SharedPolicy:
     def _decided(self, spec: ScopeSpec, decided: list[Decided], totals: Totals) -> None:
         """After a decide call (``RedisCounting.on_decided``): its scope's threshold
         met by Redis's 7-day counts is a crossing, dated to the row that reached it,
-        sent to the log before the call is answered (queued as feedback's changes)."""
+        sent to the log before the call is answered (queued as feedback's changes;
+        a batch's step sends it before its next part, ``SharedAdmission.crossed``).
+        The counts are kept as the scope's ``seen_7d`` (``tiers.cross_gap``)."""
         st = self.service.state
         scope = _limit_scope(st, spec.name)
-        if scope is None or scope.crossed_at != NEVER:
+        if scope is None:
+            return
+        unique, slots = totals.unique_7d, totals.slots_7d
+        scope.seen_7d = (unique, slots)
+        if scope.crossed_at != NEVER:
             return
         made = ((_slot_time(d.slot), d.prev_counted) for d in decided if d.slot)
-        unique, slots = totals.unique_7d, totals.slots_7d
         at = counted_crossing(st, scope, unique, slots, totals.clock, made)
         record = self._crossing_record(scope, at)
         if record is not None:
             self.shared.queued.append(lambda: self._send_crossing(record))
+            self.shared.crossed = True
 
     async def counted(self, sender_id: str, counts: ScopeCounts | None) -> None:
         """Before a report of ``sender_id``'s state from Redis's ``counts``: a threshold
         they show met is a crossing (at their time: never early), recorded first."""
         scope = _sender_scope(self.service.state, sender_id)
-        if counts is None or scope is None or scope.crossed_at != NEVER:
+        if counts is None or scope is None:
+            return
+        scope.seen_7d = (counts.unique_7d, counts.slots_7d)
+        if scope.crossed_at != NEVER:
             return
         st = self.service.state
         at = counted_crossing(st, scope, counts.unique_7d, counts.slots_7d, counts.now, ())
