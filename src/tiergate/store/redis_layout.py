@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tiergate.engine.constants import UNLIMITED
@@ -65,11 +65,21 @@ class ScopeSpec:
     freq_cap: int = 0
     freq_window_ms: int = 0
 
+    #: (made once: every call names the scope's keys)
+    _tag: str = field(init=False, repr=False, compare=False, default="")
+    _fixed: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        name = self.name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        t = f"{LAYOUT}:{{pf:{name}}}"
+        object.__setattr__(self, "_tag", t)
+        fixed = (f"{t}:m", f"{t}:d", f"{t}:w", f"{t}:s", f"{t}:o", f"{t}:p", f"{t}:q")
+        object.__setattr__(self, "_fixed", fixed)
+
     @property
     def tag(self) -> str:
         """The hash tag of every key of the scope: one Cluster slot."""
-        name = self.name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-        return f"{LAYOUT}:{{pf:{name}}}"
+        return self._tag
 
     @property
     def ttl_ms(self) -> int:
@@ -80,11 +90,10 @@ class ScopeSpec:
     def fixed_keys(self) -> list[str]:
         """meta, the 24 h ring, the 7-day rings, opt-outs, pair entries and their
         due times (KEYS[1..7] of a decide call)."""
-        t = self.tag
-        return [f"{t}:m", f"{t}:d", f"{t}:w", f"{t}:s", f"{t}:o", f"{t}:p", f"{t}:q"]
+        return list(self._fixed)
 
     def scope_shard(self, recipient: int) -> str:
-        return f"{self.tag}:c{shard(recipient)}"
+        return f"{self._tag}:c{((recipient * MIX) & U64) >> (64 - SHARD_BITS)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,208 @@
+"""Where a unary Admit on the shared store spends its time, in the sidecar and in Redis.
+
+The unary load of ``redis_store.py`` (one sidecar on a throwaway redis-server,
+a gRPC client in the same event loop, IN_FLIGHT calls at a time, one sender),
+then per decision: the sidecar's round trips to Redis and the decide calls per
+round trip (how many requests one round trip carries), Redis's CPU (``INFO
+cpu``) and its time in the decide function (``INFO commandstats``: µs per
+call and per row), and this process's CPU (client and sidecar together). The
+embedded store's run under the same load is measured beside it, in turn, each
+round. ``--profile`` adds a cProfile of one Redis run: the functions with the
+most own time, per decision.
+
+    .venv/bin/python benchmarks/redis_unary.py --quick
+    .venv/bin/python benchmarks/redis_unary.py --quick --profile
+    .venv/bin/python benchmarks/redis_unary.py --tiny      # proves it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+import grpc
+import uvloop
+from redis_store import IN_FLIGHT, _config, _redis_cpu, _request
+
+from tiergate.server import Sidecar
+from tiergate.store.location import EMBEDDED, StoreLocation, parse_store
+from tiergate.v1 import admission_pb2_grpc as pb_grpc
+
+
+async def _fcall_stats(client: Any) -> tuple[int, int]:
+    """(calls, µs) of the decide function since the last reset."""
+    stats = await client.info("commandstats")
+    calls = usec = 0
+    for k, v in stats.items():
+        if k.startswith(("cmdstat_fcall", "cmdstat_evalsha")):
+            calls += int(v["calls"])
+            usec += int(v["usec"])
+    return calls, usec
+
+
+async def unary(
+    store: StoreLocation,
+    n: int,
+    offset: int,
+    client: Any = None,
+    profile: cProfile.Profile | None = None,
+) -> dict[str, float]:
+    """``n`` unary Admits, IN_FLIGHT at a time: decisions/s and, on Redis, what each
+    cost there."""
+    sidecar = Sidecar(_config(store))
+    await sidecar.start()
+    channel = grpc.aio.insecure_channel(f"{_common.LOOPBACK}:{sidecar.port}")
+    stub = pb_grpc.AdmissionControlStub(channel)
+    counting = sidecar.shared.counting if sidecar.shared is not None else None
+    try:
+        reqs = [_request(offset + i) for i in range(n)]
+        await asyncio.gather(*(stub.Admit(r) for r in reqs[:IN_FLIGHT]))  # (connected)
+        reqs = reqs[IN_FLIGHT:]
+        if client is not None:
+            await client.config_resetstat()
+            redis_cpu = await _redis_cpu(client)
+        trips = counting.round_trips if counting is not None else 0
+        own, loop_own = time.process_time(), time.thread_time()
+        if profile is not None:
+            profile.enable()
+        started = time.perf_counter()
+        for at in range(0, len(reqs), IN_FLIGHT):
+            await asyncio.gather(*(stub.Admit(r) for r in reqs[at : at + IN_FLIGHT]))
+        seconds = time.perf_counter() - started
+        if profile is not None:
+            profile.disable()
+        m = len(reqs)
+        out = {
+            "rate": m / seconds,
+            "process_cpu_us": (time.process_time() - own) / m * 1e6,
+            "loop_cpu_us": (time.thread_time() - loop_own) / m * 1e6,
+        }
+        if counting is not None and client is not None:
+            trips = counting.round_trips - trips
+            cpu = await _redis_cpu(client) - redis_cpu
+            calls, usec = await _fcall_stats(client)
+            out.update(
+                round_trips_per_decision=trips / m,
+                decisions_per_round_trip=m / trips if trips else 0.0,
+                decide_calls_per_round_trip=calls / trips if trips else 0.0,
+                redis_cpu_us=cpu / m * 1e6,
+                fcall_us_per_call=usec / calls if calls else 0.0,
+                fcall_us_per_decision=usec / m,
+            )
+        return out
+    finally:
+        await channel.close(None)
+        await sidecar.stop(0.5)
+
+
+def _top(profile: cProfile.Profile, decisions: int, count: int = 25) -> str:
+    """The functions with the most own time (the loop thread's CPU), in µs per decision."""
+    stats = pstats.Stats(profile, stream=io.StringIO())
+    rows = []
+    for (file, line, name), (_, calls, own, total, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{Path(file).name}:{line}({name})" if line else name
+        rows.append((own, total, calls, where))
+    rows.sort(reverse=True)
+    lines = [f"{'own µs':>8} {'total µs':>9} {'calls':>7}  function (per decision)"]
+    for own, total, calls, where in rows[:count]:
+        lines.append(
+            f"{own / decisions * 1e6:8.1f} {total / decisions * 1e6:9.1f} "
+            f"{calls / decisions:7.2f}  {where}"
+        )
+    return "\n".join(lines)
+
+
+async def run(port: int, n: int, rounds: int, profile: bool) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    url = f"redis://{_common.LOOPBACK}:{port}"
+    client = aioredis.Redis(host=_common.LOOPBACK, port=port)
+    runs: dict[str, list[dict[str, float]]] = {"embedded": [], "redis": []}
+    for r in range(rounds):
+        base = r * 2 * n
+        runs["embedded"].append(await unary(EMBEDDED, n, base))
+        runs["redis"].append(await unary(parse_store(url), n, base + n, client))
+    text = ""
+    if profile:
+        prof = cProfile.Profile(time.thread_time)
+        await unary(parse_store(url), n, rounds * 2 * n, client, prof)
+        text = _top(prof, n - IN_FLIGHT)
+    await client.aclose()
+    ratios = [r["rate"] / e["rate"] for e, r in zip(runs["embedded"], runs["redis"], strict=True)]
+    medians = {
+        name: {k: statistics.median(x[k] for x in got) for k in got[0]}
+        for name, got in runs.items()
+    }
+    return {
+        "medians": medians,
+        "unary_redis_over_embedded": round(statistics.median(ratios), 3),
+        "ratios": ratios,
+        "rounds": rounds,
+        "profile": text,
+        "all": runs,
+        "load_average": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls, three rounds")
+    parser.add_argument("--tiny", action="store_true", help="the fewest calls: proves it runs")
+    parser.add_argument("--profile", action="store_true", help="cProfile one more Redis run")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args()
+    _common.exit_on_sigterm()
+    if args.tiny:
+        n, rounds = 96, 1
+    elif args.quick:
+        n, rounds = 1_000, 3
+    else:
+        n, rounds = 5_000, 5
+    if _common.redis_missing("redis_unary", args.results_dir):
+        return
+    with _common.redis_server() as port:
+        res = uvloop.run(run(port, n, rounds, args.profile))
+    _common.print_machine()
+    e, r = res["medians"]["embedded"], res["medians"]["redis"]
+    _common.print_table(
+        f"Unary Admit, {IN_FLIGHT} in flight (medians of {rounds} rounds)",
+        ("what", "embedded", "--store redis"),
+        [
+            ("decisions/s", round(e["rate"]), round(r["rate"])),
+            (
+                "this process's CPU µs/decision",
+                round(e["process_cpu_us"]),
+                round(r["process_cpu_us"]),
+            ),
+            ("round trips/decision", "-", round(r["round_trips_per_decision"], 3)),
+            ("decisions/round trip", "-", round(r["decisions_per_round_trip"], 2)),
+            ("decide calls/round trip", "-", round(r["decide_calls_per_round_trip"], 2)),
+            ("Redis CPU µs/decision", "-", round(r["redis_cpu_us"], 1)),
+            ("decide function µs/call", "-", round(r["fcall_us_per_call"], 1)),
+            ("decide function µs/decision", "-", round(r["fcall_us_per_decision"], 1)),
+        ],
+    )
+    load = ", ".join(f"{x:.2f}" for x in res["load_average"])
+    print(
+        f"unary redis / embedded: {res['unary_redis_over_embedded']} (median of each round's "
+        f"ratio; target 0.7); load average {load}"
+    )
+    if res["profile"]:
+        print("\ncProfile of one more --store redis run (client and sidecar in this process):")
+        print(res["profile"])
+    print(f"wrote {_common.write_results('redis_unary', res, args.results_dir)}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
