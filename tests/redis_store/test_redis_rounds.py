@@ -2,14 +2,12 @@
 share one round trip, one function call per limit scope, and answer as the
 embedded store answers them one by one; calls made while a round trip is in
 flight wait for it and share the next; calls waiting behind a round trip that
-finds Redis gone get its error without a wait of their own; a round trip of few
-rows is paced, one of many rows is not."""
+finds Redis gone get its error without a wait of their own."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -22,15 +20,13 @@ from policy.helpers import T0, rcpt, req
 from redis import exceptions as rexc
 
 from tiergate.engine.constants import ADMIT, F_TEMPLATE
-from tiergate.engine.results import Decided
 from tiergate.policy import events as ev
 from tiergate.policy.answers import AdmitResult
 from tiergate.policy.requests import check_one, well_formed
-from tiergate.store import redis_rounds
 from tiergate.store.base import StoreUnavailableError
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec, connect
-from tiergate.store.redis_rounds import Command, Pending, Rounds
+from tiergate.store.redis_rounds import Command
 
 from .test_redis_columns import SLACK, _services, _shared
 
@@ -183,38 +179,3 @@ def test_calls_behind_a_round_trip_that_finds_redis_gone_get_its_error(redis_url
             await store.aclose()
 
     uvloop.run(main())
-
-
-def test_round_trips_of_few_rows_are_paced_and_of_many_rows_not() -> None:
-    """After a round trip of at most FEW_ROWS rows that took T, the next goes no
-    sooner than PACE * T after the first went (at most MAX_WAIT later); after one of
-    more rows nothing is waited for. (asyncio's own loop: its timers are not rounded
-    to whole milliseconds, as uvloop's are.)"""
-    went: list[float] = []
-
-    async def send(pending: dict[str, Pending]) -> None:
-        went.append(time.perf_counter())
-        await asyncio.sleep(0.0005)
-        for p in pending.values():
-            for _, fut in p.calls:
-                fut.set_result([])
-
-    async def main() -> None:
-        rounds = Rounds(send)
-        loop = asyncio.get_running_loop()
-        scope = ScopeSpec("pf")
-        for rows, paced in ((1, True), (redis_rounds.FEW_ROWS + 1, False)):
-            went.clear()
-            took = 0.0
-            for _ in range(2):
-                fut: asyncio.Future[list[Decided]] = loop.create_future()
-                rounds.add(scope, [_row(i) for i in range(rows)], fut)
-                await fut
-                took = took or rounds._took
-            if paced:
-                least = min(redis_rounds.PACE * took, took + redis_rounds.MAX_WAIT)
-                assert took > 0 and went[1] - went[0] >= least * 0.99
-            else:
-                assert rounds._took == 0.0  # (nothing to wait for)
-
-    asyncio.run(main())

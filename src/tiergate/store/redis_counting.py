@@ -10,10 +10,11 @@ on the one Cluster slot of its scope's hash tag.
 :meth:`RedisCounting.decide` ``(scope, rows) -> Future[list[Decided]]`` is
 the entry point of every decision path (Admit, and a batch's items after
 their steps 1–3): rows in, the engine's :class:`Decided` per row out, in
-order, each row seeing the ones before it. Concurrent calls made in one pass
-of the event loop go to Redis as one round trip: a pipeline with one function
-call per scope, the rows of every caller of that scope in the order they were
-made. A call's rows travel as one packed string (``ROW`` per row, the
+order, each row seeing the ones before it. Concurrent calls go to Redis
+together (``redis_rounds.py``): one round trip in flight, the calls made
+meanwhile (or in the same pass of the event loop) in the next, one function
+call per scope with the rows of every caller of that scope in the order they
+were made. A call's rows travel as one packed string (``ROW`` per row, the
 recipient's digits and what its idempotency key binds after it; ``ROW`` in the
 Lua) and come back as eight integers per row (then the scope's clock and 7-day
 totals, :class:`Totals`, told to ``on_decided``), so a batch of any size is one
@@ -269,7 +270,8 @@ class RedisCounting:
 
     def decide(self, scope: ScopeSpec, rows: Sequence[Row]) -> asyncio.Future[list[Decided]]:
         """Decide ``rows`` in order for ``scope``, consuming what each admits (the
-        engine's ``decide`` per row). Calls made in one loop pass share a round trip.
+        engine's ``decide`` per row). Calls made together share a round trip
+        (``redis_rounds.Rounds``).
         Rows whose key holds the first admit of another request raise
         :class:`KeyBound`."""
         for r in rows:

@@ -1,21 +1,19 @@
-"""The decide round trips to Redis: gathered, one in flight, paced, over their own
+"""The decide round trips to Redis: gathered, one in flight, over their own
 connection.
 
 Unary Admits reach the sidecar one at a time (grpc.aio takes one call per
 method per turn of the loop), and what a round trip costs is mostly its own,
 not its rows': in the sidecar (a task, the bound, the write and the read,
-packing and parsing: about 240 µs of the loop's CPU for a lone row on the
-2-core host of docs/redis.md) and in Redis (a function call reads and writes
-its scope's meta, rings and expiries once, whatever its rows). So:
+packing and parsing) and in Redis (a function call reads and writes its
+scope's meta, rings and expiries once, whatever its rows): docs/redis.md,
+"Speed". So:
 
 * :class:`Rounds` keeps one decide round trip in flight at a time: the calls
   made while Redis works on one wait and go together in the next, one function
   call per scope with the rows of all its callers, in the order they were made;
-* after a round trip of at most :data:`FEW_ROWS` rows that took T, the next
-  goes no sooner than :data:`PACE` · T after it went (at most :data:`MAX_WAIT`
-  later than it would have): the calls in between share it. A lone call
-  after a pause goes at the next pass of the loop, as does every call after a
-  round trip of more rows (a batch: its own cost is small beside its rows');
+  a lone call goes at the next pass of the loop (no wait is added: pacing
+  round trips to make them carry more calls measured worse with few calls in
+  flight, docs/redis.md "Speed");
 * calls made while a round trip found the store unavailable get its error,
   unsent: one bounded wait for all of them, as for a batch's later steps.
 
@@ -33,7 +31,6 @@ pipelines (each call to its slot's node).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -50,14 +47,6 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
 
 __all__ = ["Command", "Link", "Pending", "Rounds"]
 
-#: A round trip of at most this many rows paces the next (module docstring).
-FEW_ROWS = 64
-#: The next round trip goes no sooner than PACE times the last one's time after it went,
-PACE = 3.0
-#: and waits at most this long (s) for it.
-MAX_WAIT = 0.002
-#: (a loop's own clock may tick in whole milliseconds: uvloop's does)
-_clock = time.perf_counter
 #: One Redis command: its name and arguments (str, bytes or int).
 Command = tuple[Any, ...]
 
@@ -96,8 +85,6 @@ class Rounds:
         self._scheduled = False
         self._in_flight = False
         self._task: asyncio.Future[None] | None = None
-        self._went = 0.0
-        self._took = 0.0
 
     def add(
         self, scope: ScopeSpec, rows: Sequence[Row], fut: asyncio.Future[list[Decided]]
@@ -113,12 +100,7 @@ class Rounds:
     def _schedule(self) -> None:
         """The next round trip, after the calls of this loop pass."""
         self._scheduled = True
-        loop = asyncio.get_running_loop()
-        wait = min(self._went + PACE * self._took - _clock(), MAX_WAIT) if self._took else 0.0
-        if wait > 0:
-            loop.call_later(wait, self._start)
-        else:
-            loop.call_soon(self._start)
+        asyncio.get_running_loop().call_soon(self._start)
 
     def _start(self) -> None:
         self._task = asyncio.ensure_future(self._flush())
@@ -131,13 +113,8 @@ class Rounds:
         self._scheduled = False
         self._in_flight = True
         taken = self._take()
-        few = sum(len(rows) for p in taken.values() for rows, _ in p.calls) <= FEW_ROWS
-        self._went = went = _clock()
-        self._took = 0.0
         try:
             await self._send(taken)
-            if few:
-                self._took = _clock() - went
         except StoreUnavailableError as e:  # (the calls made meanwhile: not sent)
             for p in self._take().values():
                 p.fail(e)

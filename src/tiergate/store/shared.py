@@ -5,7 +5,7 @@
 messaging limit, protective rules, throughput, pair rate) decided and
 consumed by the Redis function instead of this process's engine:
 ``policy.admission.admit_prepare`` → :meth:`RedisCounting.decide` (requests
-made in one loop pass share one round trip) → ``admission.admit_finish``. A
+made together share one round trip: ``redis_rounds.py``) → ``admission.admit_finish``. A
 batch (AdmitBatch, AdmitColumns, a stream's chunk) takes the columnar path
 (``policy.columnar``) as on the embedded store, each of its steps' rows sent
 to Redis by :meth:`RedisCounting.decide_batch` instead of the engine's
