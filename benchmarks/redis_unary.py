@@ -7,8 +7,11 @@ round trip (how many requests one round trip carries), Redis's CPU (``INFO
 cpu``) and its time in the decide function (``INFO commandstats``: µs per
 call and per row), and this process's CPU (client and sidecar together). The
 embedded store's run under the same load is measured beside it, in turn, each
-round. ``--profile`` adds a cProfile of one Redis run: the functions with the
-most own time, per decision.
+round, and so is the Redis run with the round trips as they were made before
+``store/redis_rounds.py`` (redis-py's pipeline from its connection pool, one
+per loop pass however many are in flight: "as before").
+``--profile`` adds a cProfile of one Redis run (the loop thread's CPU): the
+functions with the most own time, per decision.
 
     .venv/bin/python benchmarks/redis_unary.py --quick
     .venv/bin/python benchmarks/redis_unary.py --quick --profile
@@ -50,12 +53,27 @@ async def _fcall_stats(client: Any) -> tuple[int, int]:
     return calls, usec
 
 
+def _as_before(counting: Any) -> None:
+    """``counting``'s round trips as they were: the client's pipeline, a round trip for
+    every loop pass's calls however many are in flight."""
+    counting.link = None
+    rounds = counting.rounds
+    add = rounds.add
+
+    def add_any(scope: Any, rows: Any, fut: Any) -> None:
+        rounds._in_flight = False  # (the gate off: the link is not used)
+        add(scope, rows, fut)
+
+    rounds.add = add_any
+
+
 async def unary(
     store: StoreLocation,
     n: int,
     offset: int,
     client: Any = None,
     profile: cProfile.Profile | None = None,
+    before: bool = False,
 ) -> dict[str, float]:
     """``n`` unary Admits, IN_FLIGHT at a time: decisions/s and, on Redis, what each
     cost there."""
@@ -64,6 +82,8 @@ async def unary(
     channel = grpc.aio.insecure_channel(f"{_common.LOOPBACK}:{sidecar.port}")
     stub = pb_grpc.AdmissionControlStub(channel)
     counting = sidecar.shared.counting if sidecar.shared is not None else None
+    if before and counting is not None:
+        _as_before(counting)
     try:
         reqs = [_request(offset + i) for i in range(n)]
         await asyncio.gather(*(stub.Admit(r) for r in reqs[:IN_FLIGHT]))  # (connected)
@@ -127,26 +147,32 @@ async def run(port: int, n: int, rounds: int, profile: bool) -> dict[str, Any]:
 
     url = f"redis://{_common.LOOPBACK}:{port}"
     client = aioredis.Redis(host=_common.LOOPBACK, port=port)
-    runs: dict[str, list[dict[str, float]]] = {"embedded": [], "redis": []}
+    runs: dict[str, list[dict[str, float]]] = {"embedded": [], "redis": [], "before": []}
     for r in range(rounds):
-        base = r * 2 * n
+        base = r * 3 * n
         runs["embedded"].append(await unary(EMBEDDED, n, base))
         runs["redis"].append(await unary(parse_store(url), n, base + n, client))
+        runs["before"].append(await unary(parse_store(url), n, base + 2 * n, client, None, True))
     text = ""
     if profile:
         prof = cProfile.Profile(time.thread_time)
-        await unary(parse_store(url), n, rounds * 2 * n, client, prof)
+        await unary(parse_store(url), n, rounds * 3 * n, client, prof)
         text = _top(prof, n - IN_FLIGHT)
     await client.aclose()
-    ratios = [r["rate"] / e["rate"] for e, r in zip(runs["embedded"], runs["redis"], strict=True)]
+
+    def ratios(name: str) -> list[float]:
+        return [r["rate"] / e["rate"] for e, r in zip(runs["embedded"], runs[name], strict=True)]
+
     medians = {
         name: {k: statistics.median(x[k] for x in got) for k in got[0]}
         for name, got in runs.items()
     }
     return {
         "medians": medians,
-        "unary_redis_over_embedded": round(statistics.median(ratios), 3),
-        "ratios": ratios,
+        "unary_redis_over_embedded": round(statistics.median(ratios("redis")), 3),
+        "before_over_embedded": round(statistics.median(ratios("before")), 3),
+        "ratios": ratios("redis"),
+        "ratios_before": ratios("before"),
         "rounds": rounds,
         "profile": text,
         "all": runs,
@@ -173,29 +199,35 @@ def main() -> None:
     with _common.redis_server() as port:
         res = uvloop.run(run(port, n, rounds, args.profile))
     _common.print_machine()
-    e, r = res["medians"]["embedded"], res["medians"]["redis"]
+    e, r, b = (res["medians"][k] for k in ("embedded", "redis", "before"))
     _common.print_table(
         f"Unary Admit, {IN_FLIGHT} in flight (medians of {rounds} rounds)",
-        ("what", "embedded", "--store redis"),
+        ("what", "embedded", "--store redis", "as before"),
         [
-            ("decisions/s", round(e["rate"]), round(r["rate"])),
-            (
-                "this process's CPU µs/decision",
-                round(e["process_cpu_us"]),
-                round(r["process_cpu_us"]),
+            ("decisions/s", round(e["rate"]), round(r["rate"]), round(b["rate"])),
+            *(
+                (what, round(e[k]), round(r[k]), round(b[k]))
+                for what, k in (
+                    ("this process's CPU µs/decision", "process_cpu_us"),
+                    ("its event loop's CPU µs/decision", "loop_cpu_us"),
+                )
             ),
-            ("round trips/decision", "-", round(r["round_trips_per_decision"], 3)),
-            ("decisions/round trip", "-", round(r["decisions_per_round_trip"], 2)),
-            ("decide calls/round trip", "-", round(r["decide_calls_per_round_trip"], 2)),
-            ("Redis CPU µs/decision", "-", round(r["redis_cpu_us"], 1)),
-            ("decide function µs/call", "-", round(r["fcall_us_per_call"], 1)),
-            ("decide function µs/decision", "-", round(r["fcall_us_per_decision"], 1)),
+            *(
+                (what, "-", round(r[k], 2), round(b[k], 2))
+                for what, k in (
+                    ("decisions/round trip", "decisions_per_round_trip"),
+                    ("decide calls/round trip", "decide_calls_per_round_trip"),
+                    ("Redis CPU µs/decision", "redis_cpu_us"),
+                    ("decide function µs/call", "fcall_us_per_call"),
+                    ("decide function µs/decision", "fcall_us_per_decision"),
+                )
+            ),
         ],
     )
     load = ", ".join(f"{x:.2f}" for x in res["load_average"])
     print(
         f"unary redis / embedded: {res['unary_redis_over_embedded']} (median of each round's "
-        f"ratio; target 0.7); load average {load}"
+        f"ratio; target 0.7), as before: {res['before_over_embedded']}; load average {load}"
     )
     if res["profile"]:
         print("\ncProfile of one more --store redis run (client and sidecar in this process):")

@@ -179,3 +179,26 @@ def test_calls_behind_a_round_trip_that_finds_redis_gone_get_its_error(redis_url
             await store.aclose()
 
     uvloop.run(main())
+
+
+def test_a_link_redis_closed_while_idle_connects_again_before_it_is_used(
+    redis_server: Any, redis_url: str
+) -> None:
+    """Redis closing the decide link's connection while it is idle (its ``timeout``,
+    a proxy, ``CLIENT KILL``) costs no call an answer: the next round trip connects
+    again before it writes."""
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), timeout=SLACK)
+        try:
+            assert (await store.decide(scope, [_row(0)]))[0].used == 1
+            for _ in range(3):
+                redis_server.cli("CLIENT", "KILL", "TYPE", "normal")
+                await asyncio.sleep(0.2)  # (the close reaches this process)
+                got = await store.decide(scope, [_row(1)])
+                assert got[0].decision == ADMIT and got[0].used == 2
+        finally:
+            await store.aclose()
+
+    uvloop.run(main())

@@ -116,6 +116,11 @@ class NumberSpec:
         if ":" in self.name:
             raise ValueError(f"a number id has no ':' ({self.name!r})")
 
+    @property
+    def params(self) -> tuple[int, int, int, int]:
+        """Its rates as ``tiers.number_params`` gives them."""
+        return (self.tput_interval_us, self.tput_burst, self.pair_interval_ms, self.pair_burst)
+
     def args(self) -> tuple[str | int, ...]:
         return (
             self.name,

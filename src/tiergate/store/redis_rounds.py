@@ -98,11 +98,9 @@ class Rounds:
             self._schedule()
 
     def _schedule(self) -> None:
-        """The next round trip, after the calls of this loop pass."""
+        """The next round trip, after the calls of this loop pass (a task's first step
+        runs at the next pass)."""
         self._scheduled = True
-        asyncio.get_running_loop().call_soon(self._start)
-
-    def _start(self) -> None:
         self._task = asyncio.ensure_future(self._flush())
 
     def _take(self) -> dict[str, Pending]:
@@ -146,6 +144,8 @@ class Link:
         self._busy = True
         conn = self._conn
         try:
+            if conn.is_connected and _closed(conn):
+                await conn.disconnect(nowait=True)  # (closed by Redis while idle)
             if not conn.is_connected:
                 await conn.connect()  # (redis-py's handshake: AUTH, SELECT, TLS)
             if _pack is None:  # pragma: no cover
@@ -171,3 +171,10 @@ class Link:
 
     async def aclose(self) -> None:
         await self._conn.disconnect()
+
+
+def _closed(conn: Any) -> bool:
+    """Whether Redis (or a proxy) closed ``conn`` since its last round trip: its end
+    of stream read, or its transport closing (what redis-py's pool checks before it
+    hands a connection out)."""
+    return bool(conn._reader.at_eof() or conn._writer.transport.is_closing())

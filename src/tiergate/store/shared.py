@@ -126,6 +126,7 @@ class SharedAdmission:
         self.unavailable_answers = 0
         self.available = True
         self._scopes: dict[str, ScopeSpec] = {}
+        self._numbers: dict[str, NumberSpec] = {}
         #: Feedback's changes for Redis, in the order they were made.
         self.queued: list[Change] = []
         self._sending = asyncio.Lock()
@@ -177,8 +178,13 @@ class SharedAdmission:
         return self.scope(s.scope), self.number_spec(s)
 
     def number_spec(self, s: Sender) -> NumberSpec:
-        """A sender as Redis knows its number: rates, and its warm-up cap."""
-        return NumberSpec(s.id, *number_params(self.service.state, s), s.warmup_cap)
+        """A sender as Redis knows its number: rates, and its warm-up cap (made again
+        only when they changed)."""
+        params = number_params(self.service.state, s)
+        spec = self._numbers.get(s.id)
+        if spec is None or spec.warm_cap != s.warmup_cap or spec.params != params:
+            spec = self._numbers[s.id] = NumberSpec(s.id, *params, s.warmup_cap)
+        return spec
 
     def scope_of(self, index: int) -> ScopeSpec:
         for s in self.service.state.by_index:
