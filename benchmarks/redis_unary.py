@@ -10,7 +10,11 @@ embedded store's run under the same load is measured beside it, in turn, each
 round, and so is the Redis run with the round trips as they were made before
 ``store/redis_rounds.py`` (redis-py's pipeline from its connection pool, one
 per loop pass however many are in flight: "as before").
-``--profile`` adds a cProfile of one Redis run (the loop thread's CPU): the
+Then, without gRPC, lone requests (2 000 in ``--quick``) decided one after another straight through
+the policy layer (``admit_checked``; each on Redis a round trip of its own):
+the event loop's CPU per request on either store. ``--profile`` adds a
+cProfile of one Redis run (the loop thread's CPU; the profiler's own cost
+inflates functions called often): the
 functions with the most own time, per decision.
 
     .venv/bin/python benchmarks/redis_unary.py --quick
@@ -125,6 +129,31 @@ async def unary(
         await sidecar.stop(0.5)
 
 
+async def lone(store: StoreLocation, n: int, offset: int, before: bool = False) -> float:
+    """The event loop's CPU (µs) per request of ``n`` requests decided one after
+    another without gRPC (on Redis: a round trip each; ``before``: as before)."""
+    from tiergate.policy.requests import well_formed
+
+    sidecar = Sidecar(_config(store))
+    await sidecar.start()
+    try:
+        fields = [well_formed(_request(offset + i)) for i in range(n)]
+        shared, service = sidecar.shared, sidecar.service
+        assert service is not None
+        if before and shared is not None:
+            _as_before(shared.counting)
+        started = time.thread_time()
+        for f in fields:
+            assert f is not None
+            if shared is not None:
+                await shared.admit_checked(f, f[6])
+            else:
+                service.admit_checked(f, f[6])
+        return (time.thread_time() - started) / n * 1e6
+    finally:
+        await sidecar.stop(0.5)
+
+
 def _top(profile: cProfile.Profile, decisions: int, count: int = 25) -> str:
     """The functions with the most own time (the loop thread's CPU), in µs per decision."""
     stats = pstats.Stats(profile, stream=io.StringIO())
@@ -142,7 +171,7 @@ def _top(profile: cProfile.Profile, decisions: int, count: int = 25) -> str:
     return "\n".join(lines)
 
 
-async def run(port: int, n: int, rounds: int, profile: bool) -> dict[str, Any]:
+async def run(port: int, n: int, rounds: int, profile: bool, n_lone: int) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     url = f"redis://{_common.LOOPBACK}:{port}"
@@ -153,10 +182,16 @@ async def run(port: int, n: int, rounds: int, profile: bool) -> dict[str, Any]:
         runs["embedded"].append(await unary(EMBEDDED, n, base))
         runs["redis"].append(await unary(parse_store(url), n, base + n, client))
         runs["before"].append(await unary(parse_store(url), n, base + 2 * n, client, None, True))
+    lone_us: dict[str, list[float]] = {"embedded": [], "redis": [], "before": []}
+    for r in range(rounds):
+        base = (rounds * 3 + 1) * n + r * 3 * n_lone
+        lone_us["embedded"].append(await lone(EMBEDDED, n_lone, base))
+        lone_us["redis"].append(await lone(parse_store(url), n_lone, base + n_lone))
+        lone_us["before"].append(await lone(parse_store(url), n_lone, base + 2 * n_lone, True))
     text = ""
     if profile:
         prof = cProfile.Profile(time.thread_time)
-        await unary(parse_store(url), n, rounds * 3 * n, client, prof)
+        await unary(parse_store(url), n, rounds * 3 * n, client, prof)  # (before LONE's)
         text = _top(prof, n - IN_FLIGHT)
     await client.aclose()
 
@@ -171,6 +206,8 @@ async def run(port: int, n: int, rounds: int, profile: bool) -> dict[str, Any]:
         "medians": medians,
         "unary_redis_over_embedded": round(statistics.median(ratios("redis")), 3),
         "before_over_embedded": round(statistics.median(ratios("before")), 3),
+        "lone_loop_cpu_us": {k: statistics.median(v) for k, v in lone_us.items()},
+        "lone_requests": n_lone,
         "ratios": ratios("redis"),
         "ratios_before": ratios("before"),
         "rounds": rounds,
@@ -189,15 +226,15 @@ def main() -> None:
     args = parser.parse_args()
     _common.exit_on_sigterm()
     if args.tiny:
-        n, rounds = 96, 1
+        n, rounds, n_lone = 96, 1, 200
     elif args.quick:
-        n, rounds = 1_000, 3
+        n, rounds, n_lone = 1_000, 3, 2_000
     else:
-        n, rounds = 5_000, 5
+        n, rounds, n_lone = 5_000, 5, 5_000
     if _common.redis_missing("redis_unary", args.results_dir):
         return
     with _common.redis_server() as port:
-        res = uvloop.run(run(port, n, rounds, args.profile))
+        res = uvloop.run(run(port, n, rounds, args.profile, n_lone))
     _common.print_machine()
     e, r, b = (res["medians"][k] for k in ("embedded", "redis", "before"))
     _common.print_table(
@@ -228,6 +265,12 @@ def main() -> None:
     print(
         f"unary redis / embedded: {res['unary_redis_over_embedded']} (median of each round's "
         f"ratio; target 0.7), as before: {res['before_over_embedded']}; load average {load}"
+    )
+    lone_us = res["lone_loop_cpu_us"]
+    print(
+        f"{res['lone_requests']} lone requests one after another, without gRPC: the event "
+        f"loop's CPU µs per request {lone_us['embedded']:.1f} embedded, "
+        f"{lone_us['redis']:.1f} on Redis, {lone_us['before']:.1f} on Redis as before"
     )
     if res["profile"]:
         print("\ncProfile of one more --store redis run (client and sidecar in this process):")
