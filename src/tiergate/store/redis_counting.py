@@ -61,7 +61,7 @@ from .redis_layout import (
     call_args,
     shard,
 )
-from .redis_rounds import Command, Link, Pending, Rounds
+from .redis_rounds import Command, Link, Pending, Rounds, link_of
 
 __all__ = [
     "LAYOUT",
@@ -202,9 +202,7 @@ class RedisCounting:
         #: The decide calls gathered, one round trip in flight (``redis_rounds``).
         self.rounds = Rounds(self._send)
         #: The decide round trips' own connection (a standalone Redis's).
-        self.link: Link | None = None
-        if getattr(client, "nodes_manager", None) is None and hasattr(client, "connection_pool"):
-            self.link = Link(client.connection_pool)
+        self.link = link_of(client)
         self.round_trips = 0
         self._stale_topology = False
         #: Where it connects (printed without its password).
@@ -228,16 +226,9 @@ class RedisCounting:
         await self.bounded(self.client.script_load(self.script), _LOAD_TIMEOUT)
         return "scripts"
 
-    def _call(self, target: Any, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        ro = op in _READ_ONLY
-        if self.functions:
-            fcall = target.fcall_ro if ro else target.fcall
-            return fcall(f"{self.name}_{op}", len(keys), *keys, *args)
-        evalsha = target.evalsha_ro if ro else target.evalsha
-        return evalsha(self.script_sha, len(keys), *keys, op, *args)
-
     def _command(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Command:
-        """The command calling the library's function ``op`` (as :meth:`_call`)."""
+        """The command calling the library's function ``op`` (``FCALL``, or ``EVALSHA``
+        of the script; their ``_RO`` forms for the functions that only read)."""
         ro = op in _READ_ONLY
         if self.functions:
             return ("FCALL_RO" if ro else "FCALL", f"{self.name}_{op}", len(keys), *keys, *args)
@@ -259,7 +250,8 @@ class RedisCounting:
         store's bound when 0), the library loaded again if Redis lost it (a restart)."""
         for attempt in (0, 1):
             try:
-                return await self.bounded(self._call(self.client, op, keys, args), timeout)
+                call = self.client.execute_command(*self._command(op, keys, args))
+                return await self.bounded(call, timeout)
             except rexc.ResponseError as e:
                 if attempt or not _missing_code(e):
                     raise
@@ -271,8 +263,7 @@ class RedisCounting:
     def decide(self, scope: ScopeSpec, rows: Sequence[Row]) -> asyncio.Future[list[Decided]]:
         """Decide ``rows`` in order for ``scope``, consuming what each admits (the
         engine's ``decide`` per row). Calls made together share a round trip
-        (``redis_rounds.Rounds``).
-        Rows whose key holds the first admit of another request raise
+        (``Rounds``). Rows whose key holds another request's first admit raise
         :class:`KeyBound`."""
         for r in rows:
             if not 0 < r.recipient < 1 << 64:
@@ -416,7 +407,7 @@ class RedisCounting:
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for keys, args in calls:
-                    self._call(pipe, op, keys, args)
+                    pipe.execute_command(*self._command(op, keys, args))
                 sent = pipe.execute(raise_on_error=False)
             try:
                 results = await self.bounded(sent)

@@ -45,7 +45,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
     _pack = None
 
-__all__ = ["Command", "Link", "Pending", "Rounds"]
+__all__ = ["Command", "Link", "Pending", "Rounds", "link_of"]
 
 #: One Redis command: its name and arguments (str, bytes or int).
 Command = tuple[Any, ...]
@@ -178,3 +178,11 @@ def _closed(conn: Any) -> bool:
     of stream read, or its transport closing (what redis-py's pool checks before it
     hands a connection out)."""
     return bool(conn._reader.at_eof() or conn._writer.transport.is_closing())
+
+
+def link_of(client: Any) -> Link | None:
+    """The decide link of a standalone Redis ``client``; None for a Cluster's (its
+    pipelines send each call to its slot's node)."""
+    if getattr(client, "nodes_manager", None) is None and hasattr(client, "connection_pool"):
+        return Link(client.connection_pool)
+    return None
