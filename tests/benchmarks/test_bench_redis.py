@@ -21,14 +21,19 @@ import _common
 pytestmark = pytest.mark.engine_independent
 
 
-@pytest.mark.redis
-def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
+def _need_redis_server() -> None:
+    """Skip without redis-server on a developer's machine; fail under CI."""
     try:
         _common.find_redis_server()
     except _common.RedisMissing:
         if os.environ.get("CI"):
             raise
         pytest.skip("needs redis-server (`make system-deps`)")
+
+
+@pytest.mark.redis
+def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
+    _need_redis_server()
     proc = run(
         "run_all.py",
         "--tiny",
@@ -80,12 +85,7 @@ def test_without_redis_server_the_benchmarks_say_so_and_skip(
 def test_redis_unary_tiny_writes_every_figure(tmp_path: Path) -> None:
     """``redis_unary.py --tiny``: the embedded store, Redis and Redis as before side by
     side, each with its figures, the lone requests' CPU, and the ratios of that run."""
-    try:
-        _common.find_redis_server()
-    except _common.RedisMissing:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("needs redis-server (`make system-deps`)")
+    _need_redis_server()
     proc = run("redis_unary.py", "--tiny", "--results-dir", str(tmp_path), timeout=400)
     got = read(tmp_path / "redis_unary.json")
     medians = got["medians"]
