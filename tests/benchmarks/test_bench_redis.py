@@ -21,14 +21,19 @@ import _common
 pytestmark = pytest.mark.engine_independent
 
 
-@pytest.mark.redis
-def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
+def _need_redis_server() -> None:
+    """Skip without redis-server on a developer's machine; fail under CI."""
     try:
         _common.find_redis_server()
     except _common.RedisMissing:
         if os.environ.get("CI"):
             raise
         pytest.skip("needs redis-server (`make system-deps`)")
+
+
+@pytest.mark.redis
+def test_redis_store_and_memory_tiny_from_run_all(tmp_path: Path) -> None:
+    _need_redis_server()
     proc = run(
         "run_all.py",
         "--tiny",
@@ -77,3 +82,22 @@ def test_without_redis_server_the_benchmarks_say_so_and_skip(
     assert _common.redis_missing("redis_store", tmp_path)
     data = json.loads((tmp_path / "redis_store.json").read_text(encoding="utf-8"))
     assert data["skipped"] == "redis-server not found"
+
+
+@pytest.mark.redis
+def test_redis_unary_tiny_writes_every_figure(tmp_path: Path) -> None:
+    """``redis_unary.py --tiny``: the embedded store, Redis and Redis as before side by
+    side, each with its figures, the lone requests' CPU, and the ratios of that run."""
+    _need_redis_server()
+    proc = run("redis_unary.py", "--tiny", "--results-dir", str(tmp_path), timeout=400)
+    got = read(tmp_path / "redis_unary.json")
+    medians = got["medians"]
+    assert set(medians) == {"embedded", "redis", "before"}
+    assert all(m["rate"] > 0 and m["loop_cpu_us"] > 0 for m in medians.values())
+    for name in ("redis", "before"):
+        assert medians[name]["decisions_per_round_trip"] >= 1
+        assert medians[name]["fcall_us_per_call"] > 0
+    assert got["unary_redis_over_embedded"] == round(got["ratios"][0], 3)
+    assert got["before_over_embedded"] == round(got["ratios_before"][0], 3)
+    assert set(got["lone_loop_cpu_us"]) == {"embedded", "redis", "before"}
+    assert "lone requests one after another" in proc.stdout

@@ -10,10 +10,11 @@ on the one Cluster slot of its scope's hash tag.
 :meth:`RedisCounting.decide` ``(scope, rows) -> Future[list[Decided]]`` is
 the entry point of every decision path (Admit, and a batch's items after
 their steps 1–3): rows in, the engine's :class:`Decided` per row out, in
-order, each row seeing the ones before it. Concurrent calls made in one pass
-of the event loop go to Redis as one round trip: a pipeline with one function
-call per scope, the rows of every caller of that scope in the order they were
-made. A call's rows travel as one packed string (``ROW`` per row, the
+order, each row seeing the ones before it. Concurrent calls go to Redis
+together (``redis_rounds.py``): one round trip in flight, the calls made
+meanwhile (or in the same pass of the event loop) in the next, one function
+call per scope with the rows of every caller of that scope in the order they
+were made. A call's rows travel as one packed string (``ROW`` per row, the
 recipient's digits and what its idempotency key binds after it; ``ROW`` in the
 Lua) and come back as eight integers per row (then the scope's clock and 7-day
 totals, :class:`Totals`, told to ``on_decided``), so a batch of any size is one
@@ -33,7 +34,7 @@ import hashlib
 import logging
 import struct
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any, NamedTuple
 
@@ -60,6 +61,7 @@ from .redis_layout import (
     call_args,
     shard,
 )
+from .redis_rounds import Command, Link, Pending, Rounds, link_of
 
 __all__ = [
     "LAYOUT",
@@ -177,16 +179,6 @@ def _check_time(name: str, value: int) -> None:
         raise ValueError(f"{name} must be within 0 .. 2**43 ms for the Redis store, got {value}")
 
 
-class _Pending:
-    """The decide calls of one scope gathered in one loop pass."""
-
-    __slots__ = ("calls", "scope")
-
-    def __init__(self, scope: ScopeSpec) -> None:
-        self.scope = scope
-        self.calls: list[tuple[Sequence[Row], asyncio.Future[list[Decided]]]] = []
-
-
 class RedisCounting:
     """The counting calls of the policy layer's seam, against Redis (see the module
     docstring). Make one with :func:`connect`."""
@@ -207,8 +199,10 @@ class RedisCounting:
         self.functions = functions
         #: The time the latest server-clock decision was made at (Redis TIME, ms).
         self.server_now = 0
-        self._pending: dict[str, _Pending] = {}
-        self._flush_scheduled = False
+        #: The decide calls gathered, one round trip in flight (``redis_rounds``).
+        self.rounds = Rounds(self._send)
+        #: The decide round trips' own connection (a standalone Redis's).
+        self.link = link_of(client)
         self.round_trips = 0
         self._stale_topology = False
         #: Where it connects (printed without its password).
@@ -232,13 +226,13 @@ class RedisCounting:
         await self.bounded(self.client.script_load(self.script), _LOAD_TIMEOUT)
         return "scripts"
 
-    def _call(self, target: Any, op: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+    def _command(self, op: str, keys: Sequence[str], args: Sequence[object]) -> Command:
+        """The command calling the library's function ``op`` (``FCALL``, or ``EVALSHA``
+        of the script; their ``_RO`` forms for the functions that only read)."""
         ro = op in _READ_ONLY
         if self.functions:
-            fcall = target.fcall_ro if ro else target.fcall
-            return fcall(f"{self.name}_{op}", len(keys), *keys, *args)
-        evalsha = target.evalsha_ro if ro else target.evalsha
-        return evalsha(self.script_sha, len(keys), *keys, op, *args)
+            return ("FCALL_RO" if ro else "FCALL", f"{self.name}_{op}", len(keys), *keys, *args)
+        return ("EVALSHA_RO" if ro else "EVALSHA", self.script_sha, len(keys), *keys, op, *args)
 
     async def bounded(self, aw: Any, timeout: float = 0.0) -> Any:
         """``aw`` (a client's call) within the bound: :class:`StoreUnavailableError`
@@ -256,7 +250,8 @@ class RedisCounting:
         store's bound when 0), the library loaded again if Redis lost it (a restart)."""
         for attempt in (0, 1):
             try:
-                return await self.bounded(self._call(self.client, op, keys, args), timeout)
+                call = self.client.execute_command(*self._command(op, keys, args))
+                return await self.bounded(call, timeout)
             except rexc.ResponseError as e:
                 if attempt or not _missing_code(e):
                     raise
@@ -267,31 +262,17 @@ class RedisCounting:
 
     def decide(self, scope: ScopeSpec, rows: Sequence[Row]) -> asyncio.Future[list[Decided]]:
         """Decide ``rows`` in order for ``scope``, consuming what each admits (the
-        engine's ``decide`` per row). Calls made in one loop pass share a round trip.
-        Rows whose key holds the first admit of another request raise
+        engine's ``decide`` per row). Calls made together share a round trip
+        (``Rounds``). Rows whose key holds another request's first admit raise
         :class:`KeyBound`."""
         for r in rows:
             if not 0 < r.recipient < 1 << 64:
                 raise ValueError(f"recipient key {r.recipient} is not in 1 .. 2**64 - 1")
             if not self.server_clock:
                 _check_time("now", r.now)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Decided]] = loop.create_future()
-        self._queue(scope, rows, fut)
+        fut: asyncio.Future[list[Decided]] = asyncio.get_running_loop().create_future()
+        self.rounds.add(scope, rows, fut)
         return fut
-
-    def _queue(
-        self, scope: ScopeSpec, rows: Sequence[Row], fut: asyncio.Future[list[Decided]]
-    ) -> None:
-        """``rows`` for the next round trip, answered through ``fut``."""
-        loop = asyncio.get_running_loop()
-        p = self._pending.get(scope.name)
-        if p is None:
-            p = self._pending[scope.name] = _Pending(scope)
-        p.calls.append((rows, fut))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def decide_batch(
         self,
@@ -359,54 +340,61 @@ class RedisCounting:
         batch.decided = n
         return undecided
 
-    async def _flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        self._flush_scheduled = False
+    async def _send(self, pending: dict[str, Pending]) -> None:
+        """One round trip of ``pending``'s calls (``Rounds``), answered through their
+        futures (StoreUnavailableError raised again once they have it)."""
         calls = [
-            call_args(p.scope, _rows_of(p), self.server_clock, p.scope.fixed_keys())
+            call_args(p.scope, p.rows(), self.server_clock, p.scope.fixed_keys())
             for p in pending.values()
         ]
         try:
-            results = await self._pipeline(calls)
+            results = await self._pipeline(calls, link=self.link)
         except BaseException as e:
             for p in pending.values():
-                for _, fut in p.calls:
-                    if not fut.done():
-                        fut.set_exception(e)
-            if not isinstance(e, Exception):
+                p.fail(e)
+            if isinstance(e, StoreUnavailableError) or not isinstance(e, Exception):
                 raise
             return
         for p, res in zip(pending.values(), results, strict=True):
             if isinstance(res, Exception):
-                failure = _failure(res)
-                for _, fut in p.calls:
-                    if not fut.done():
-                        fut.set_exception(failure)
+                p.fail(_failure(res))
                 continue
-            out, bound, totals = self._decisions(res, sum(len(rows) for rows, _ in p.calls))
+            made = p.calls
+            n = len(made[0][0]) if len(made) == 1 else sum(len(rows) for rows, _ in made)
+            out, bound, totals = self._decisions(res, n)
             if out is not None and self.on_decided is not None:
                 try:
                     self.on_decided(p.scope, out, totals)
                 except Exception:  # (never the decisions' answers lost for it)
                     log.exception("store: the upgrade by usage not checked")
+            if out is not None and not bound and len(made) == 1:  # (a lone caller)
+                fut = made[0][1]
+                if not fut.done():
+                    fut.set_result(out)
+                continue
             at = 0
-            for rows, fut in p.calls:
+            for rows, fut in made:
                 mine = [(k - at, b) for k, b in bound if at <= k < at + len(rows)]
                 if fut.done():
                     pass
                 elif mine:
                     fut.set_exception(KeyBound(mine))
                 elif out is None:  # refused for another caller's key: decided again
-                    self._queue(p.scope, rows, fut)
+                    self.rounds.add(p.scope, rows, fut)
                 else:
                     fut.set_result(out[at : at + len(rows)])
                 at += len(rows)
 
     async def _pipeline(
-        self, calls: list[tuple[list[str], list[object]]], op: str = "decide"
+        self,
+        calls: list[tuple[list[str], list[object]]],
+        op: str = "decide",
+        link: Link | None = None,
     ) -> list[Any]:
         """One round trip: a call of the library's function ``op`` for each of
-        ``calls`` (keys, args), the answers (or each call's error) in order."""
+        ``calls`` (keys, args), the answers (or each call's error) in order; over
+        ``link`` when given (the decide round trips' own connection), else the
+        client's pipeline."""
         self.round_trips += 1
         nodes = getattr(self.client, "nodes_manager", None)  # a Cluster client's
         if nodes is not None and self._stale_topology:
@@ -414,11 +402,15 @@ class RedisCounting:
             await self.bounded(nodes.initialize(), _LOAD_TIMEOUT)
             self._stale_topology = False
         for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
-            for keys, args in calls:
-                self._call(pipe, op, keys, args)
+            if link is not None:
+                sent = link.execute([self._command(op, keys, args) for keys, args in calls])
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.execute_command(*self._command(op, keys, args))
+                sent = pipe.execute(raise_on_error=False)
             try:
-                results = await self.bounded(pipe.execute(raise_on_error=False))
+                results = await self.bounded(sent)
             except StoreUnavailableError:
                 self._stale_topology = True
                 raise
@@ -446,8 +438,8 @@ class RedisCounting:
         for i in range(1, end, 8):
             d, rsn, retry, counted, used, prev, t, gen = res[i : i + 8]
             out.append(Decided(d, rsn, retry, counted, used, prev, _slot(t, gen)))
-        totals = Totals(*(int(v) for v in res[end : end + 3]))
-        return out, _bound(res[end + 3 :]), totals
+        totals = Totals(int(res[end]), int(res[end + 1]), int(res[end + 2]))
+        return out, _bound(res[end + 3 :]) if len(res) > end + 3 else [], totals
 
     # -- reconciliation ----------------------------------------------------------
 
@@ -583,6 +575,8 @@ class RedisCounting:
         return now
 
     async def aclose(self) -> None:
+        if self.link is not None:
+            await self.link.aclose()
         await self.client.aclose()
 
 
@@ -632,12 +626,6 @@ def _missing_code(e: Exception) -> bool:
     no NOSCRIPT)."""
     text = str(e)
     return isinstance(e, rexc.NoScriptError) or "Function not found" in text or "NOSCRIPT" in text
-
-
-def _rows_of(p: _Pending) -> Iterator[Row]:
-    """The rows of every call gathered for a scope, in the order they were made."""
-    for call_rows, _ in p.calls:
-        yield from call_rows
 
 
 async def connect(

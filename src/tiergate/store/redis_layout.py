@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tiergate.engine.constants import UNLIMITED
@@ -71,11 +71,21 @@ class ScopeSpec:
     #: The most recipients the reach keeps (4 × the path's unique users).
     path_cap: int = 0
 
+    #: (made once: every call names the scope's keys)
+    _tag: str = field(init=False, repr=False, compare=False, default="")
+    _fixed: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        name = self.name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        t = f"{LAYOUT}:{{pf:{name}}}"
+        object.__setattr__(self, "_tag", t)
+        fixed = (f"{t}:m", f"{t}:d", f"{t}:w", f"{t}:s", f"{t}:o", f"{t}:p", f"{t}:q")
+        object.__setattr__(self, "_fixed", fixed)
+
     @property
     def tag(self) -> str:
         """The hash tag of every key of the scope: one Cluster slot."""
-        name = self.name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-        return f"{LAYOUT}:{{pf:{name}}}"
+        return self._tag
 
     @property
     def ttl_ms(self) -> int:
@@ -86,11 +96,10 @@ class ScopeSpec:
     def fixed_keys(self) -> list[str]:
         """meta, the 24 h ring, the 7-day rings, opt-outs, pair entries and their
         due times (KEYS[1..7] of a decide call)."""
-        t = self.tag
-        return [f"{t}:m", f"{t}:d", f"{t}:w", f"{t}:s", f"{t}:o", f"{t}:p", f"{t}:q"]
+        return list(self._fixed)
 
     def scope_shard(self, recipient: int) -> str:
-        return f"{self.tag}:c{shard(recipient)}"
+        return f"{self._tag}:c{((recipient * MIX) & U64) >> (64 - SHARD_BITS)}"
 
     @property
     def reach_key(self) -> str:
@@ -117,6 +126,11 @@ class NumberSpec:
             raise ValueError(f"warm_cap must be 0 .. 2**62 - 1, got {self.warm_cap}")
         if ":" in self.name:
             raise ValueError(f"a number id has no ':' ({self.name!r})")
+
+    @property
+    def params(self) -> tuple[int, int, int, int]:
+        """Its rates as ``tiers.number_params`` gives them."""
+        return (self.tput_interval_us, self.tput_burst, self.pair_interval_ms, self.pair_burst)
 
     def args(self) -> tuple[str | int, ...]:
         return (

@@ -5,7 +5,7 @@
 messaging limit, protective rules, throughput, pair rate) decided and
 consumed by the Redis function instead of this process's engine:
 ``policy.admission.admit_prepare`` → :meth:`RedisCounting.decide` (requests
-made in one loop pass share one round trip) → ``admission.admit_finish``. A
+made together share one round trip: ``redis_rounds.py``) → ``admission.admit_finish``. A
 batch (AdmitBatch, AdmitColumns, a stream's chunk) takes the columnar path
 (``policy.columnar``) as on the embedded store, each of its steps' rows sent
 to Redis by :meth:`RedisCounting.decide_batch` instead of the engine's
@@ -126,6 +126,7 @@ class SharedAdmission:
         self.unavailable_answers = 0
         self.available = True
         self._scopes: dict[str, ScopeSpec] = {}
+        self._numbers: dict[str, NumberSpec] = {}
         #: Feedback's changes for Redis, in the order they were made.
         self.queued: list[Change] = []
         self._sending = asyncio.Lock()
@@ -188,8 +189,13 @@ class SharedAdmission:
         return self.scope(s.scope), self.number_spec(s)
 
     def number_spec(self, s: Sender) -> NumberSpec:
-        """A sender as Redis knows its number: rates, and its warm-up cap."""
-        return NumberSpec(s.id, *number_params(self.service.state, s), s.warmup_cap)
+        """A sender as Redis knows its number: rates, and its warm-up cap (made again
+        only when they changed)."""
+        params = number_params(self.service.state, s)
+        spec = self._numbers.get(s.id)
+        if spec is None or spec.warm_cap != s.warmup_cap or spec.params != params:
+            spec = self._numbers[s.id] = NumberSpec(s.id, *params, s.warmup_cap)
+        return spec
 
     def scope_of(self, index: int) -> ScopeSpec:
         for s in self.service.state.by_index:
