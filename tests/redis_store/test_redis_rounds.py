@@ -26,7 +26,7 @@ from tiergate.policy.requests import check_one, well_formed
 from tiergate.store.base import StoreUnavailableError
 from tiergate.store.location import parse_store
 from tiergate.store.redis_counting import NumberSpec, RedisCounting, Row, ScopeSpec, connect
-from tiergate.store.redis_rounds import Command
+from tiergate.store.redis_rounds import Command, Link
 
 from .test_redis_columns import SLACK, _services, _shared
 
@@ -202,3 +202,53 @@ def test_a_link_redis_closed_while_idle_connects_again_before_it_is_used(
             await store.aclose()
 
     uvloop.run(main())
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_links_round_trips_through_redis_pys_public_calls_answer_as_its_own(
+    redis_server: Any, redis_url: str, direct: bool
+) -> None:
+    """With a redis-py whose connection has no stream and parser of its own to read
+    (``Link.direct`` off), round trips go through its public calls and answer the
+    same: decisions, an error reply standing in for its call's answer, and a
+    connection Redis closed while idle connected again before it is used."""
+    scope = ScopeSpec(f"pf-{uuid.uuid4().hex}")
+
+    async def main() -> None:
+        store = await connect(parse_store(redis_url), timeout=SLACK)
+        try:
+            assert store.link is not None
+            assert store.link.direct  # (the locked redis-py's connection)
+            store.link.direct = direct
+            for used in (1, 2):
+                got = await store.decide(scope, [_row(used)])
+                assert got[0].decision == ADMIT and got[0].used == used
+            replies = await store.link.execute([("PING",), ("NO-SUCH-COMMAND",), ("PING",)])
+            assert [r in (b"PONG", "PONG") for r in replies] == [True, False, True]
+            assert isinstance(replies[1], rexc.ResponseError)
+            redis_server.cli("CLIENT", "KILL", "TYPE", "normal")
+            await asyncio.sleep(0.2)  # (the close reaches this process)
+            got = await store.decide(scope, [_row(3)])
+            assert got[0].decision == ADMIT and got[0].used == 3
+        finally:
+            await store.aclose()
+
+    uvloop.run(main())
+
+
+def test_a_link_without_redis_pys_stream_and_parser_uses_its_public_calls() -> None:
+    """A connection class without the attributes the direct path reads makes a
+    link of public calls, not one that fails every round trip."""
+
+    class Bare:
+        def __init__(self, **kwargs: Any) -> None:
+            self.kwargs = kwargs
+
+    class Pool:
+        def __init__(self) -> None:
+            self.connection_kwargs = {"host": "127.0.0.1", "socket_timeout": 1.0}
+            self.connection_class = Bare
+
+    link = Link(Pool())
+    assert not link.direct
+    assert link._conn.kwargs["socket_timeout"] is None  # (the caller bounds a round trip)

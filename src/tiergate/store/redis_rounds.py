@@ -25,7 +25,11 @@ answer as a pipeline's ``raise_on_error=False`` gives it. The caller bounds
 the round trip (``RedisCounting.bounded``); one cut short by the bound, a
 reset or a refused connection closes the connection, and the next connects
 again (redis-py's handshake: AUTH, SELECT, TLS). A Cluster client keeps its
-pipelines (each call to its slot's node).
+pipelines (each call to its slot's node). The stream and parser are redis-py's
+own attributes (``redis.asyncio.Connection`` in the locked version); with a
+redis-py whose connection has them no more, the same round trips go through
+its public calls (``send_packed_command``, ``read_response``: their timeouts
+and checks per reply cost more).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
+
+from redis import exceptions as rexc
 
 from tiergate.engine.results import Decided
 
@@ -135,6 +141,12 @@ class Link:
         kwargs["socket_timeout"] = None  # (the round trip's bound is the caller's)
         self._conn = pool.connection_class(**kwargs)
         self._busy = False
+        #: Whether round trips use the connection's own stream and reply parser
+        #: (redis-py's ``_reader``, ``_writer`` and ``_parser``, with hiredis);
+        #: else, with a redis-py that has them no more, its public calls.
+        self.direct = _pack is not None and all(
+            hasattr(self._conn, a) for a in ("_reader", "_writer", "_parser")
+        )
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """The replies of ``commands``, sent in one write, in order (an error reply
@@ -144,18 +156,18 @@ class Link:
         self._busy = True
         conn = self._conn
         try:
+            if not self.direct:
+                return await _public(conn, commands)
             if conn.is_connected and _closed(conn):
                 await conn.disconnect(nowait=True)  # (closed by Redis while idle)
             if not conn.is_connected:
                 await conn.connect()  # (redis-py's handshake: AUTH, SELECT, TLS)
-            if _pack is None:  # pragma: no cover
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            else:
-                # the connection's stream and reply parser themselves: no read or
-                # write timeout (the caller's bound), no health check, per reply
-                writer = conn._writer
-                writer.write(b"".join([_pack(c) for c in commands]))
-                await writer.drain()
+            # the connection's stream and reply parser themselves: no read or write
+            # timeout (the caller's bound), no health check, per reply
+            assert _pack is not None
+            writer = conn._writer
+            writer.write(b"".join([_pack(c) for c in commands]))
+            await writer.drain()
             parser = conn._parser
             out: list[Any] = []
             for _ in commands:
@@ -171,6 +183,26 @@ class Link:
 
     async def aclose(self) -> None:
         await self._conn.disconnect()
+
+
+async def _public(conn: Any, commands: Sequence[Command]) -> list[Any]:
+    """A round trip through the connection's public calls (as redis-py's pool and
+    pipeline make it): a connection closed while idle, or holding a reply no call
+    waits for, is connected again first."""
+    try:
+        if conn.is_connected and await conn.can_read():
+            await conn.disconnect(nowait=True)
+    except (rexc.ConnectionError, OSError):
+        await conn.disconnect(nowait=True)
+    await conn.connect()  # (nothing when connected)
+    await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+    out: list[Any] = []
+    for _ in commands:
+        try:
+            out.append(await conn.read_response())
+        except rexc.ResponseError as e:  # (the call's answer, as the direct path has it)
+            out.append(e)
+    return out
 
 
 def _closed(conn: Any) -> bool:
