@@ -101,3 +101,18 @@ def test_redis_unary_tiny_writes_every_figure(tmp_path: Path) -> None:
     assert got["before_over_embedded"] == round(got["ratios_before"][0], 3)
     assert set(got["lone_loop_cpu_us"]) == {"embedded", "redis", "before"}
     assert "lone requests one after another" in proc.stdout
+
+
+@pytest.mark.redis
+def test_redis_callcost_tiny_measures_the_library_beside_its_floor(tmp_path: Path) -> None:
+    """``redis_callcost.py --tiny --against HEAD``: one-row decide calls of the library
+    as it is, of the same library returning at once, and of a revision's, each with
+    its time per call and the Redis commands it called."""
+    _need_redis_server()
+    proc = run("redis_callcost.py", "--tiny", "--against", "HEAD", "--results-dir", str(tmp_path))
+    got = read(tmp_path / "redis_callcost.json")
+    lib, floor, head = got["as it is"], got["returning at once"], got["at HEAD"]
+    assert lib["fcall_us_per_call"] > 0 and lib["commands_per_call"] > 1
+    assert head["commands_per_call"] > 1
+    assert floor["fcall_us_per_call"] > 0 and floor["commands_per_call"] < 1
+    assert "returning at once" in proc.stdout
