@@ -360,18 +360,12 @@ class RedisCounting:
                 p.fail(_failure(res))
                 continue
             made = p.calls
-            n = len(made[0][0]) if len(made) == 1 else sum(len(rows) for rows, _ in made)
-            out, bound, totals = self._decisions(res, n)
+            out, bound, totals = self._decisions(res, sum(len(rows) for rows, _ in made))
             if out is not None and self.on_decided is not None:
                 try:
                     self.on_decided(p.scope, out, totals)
                 except Exception:  # (never the decisions' answers lost for it)
                     log.exception("store: the upgrade by usage not checked")
-            if out is not None and not bound and len(made) == 1:  # (a lone caller)
-                fut = made[0][1]
-                if not fut.done():
-                    fut.set_result(out)
-                continue
             at = 0
             for rows, fut in made:
                 mine = [(k - at, b) for k, b in bound if at <= k < at + len(rows)]

@@ -99,7 +99,7 @@ class ScopeSpec:
         return list(self._fixed)
 
     def scope_shard(self, recipient: int) -> str:
-        return f"{self._tag}:c{((recipient * MIX) & U64) >> (64 - SHARD_BITS)}"
+        return f"{self._tag}:c{shard(recipient)}"
 
     @property
     def reach_key(self) -> str:
