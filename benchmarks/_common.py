@@ -7,6 +7,7 @@ to each figure, so a result file says where its numbers come from.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import importlib
@@ -150,6 +151,34 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
             )
         )
     sys.stdout.flush()
+
+
+def parser(doc: str | None, quick: str, tiny: str | None = None) -> argparse.ArgumentParser:
+    """A script's argument parser, its description the first line of ``doc``, with
+    ``--quick`` (``quick``: what it does then), ``--tiny`` (when ``tiny`` says what
+    it does then) and ``--results-dir``; the script adds its own options."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick)
+    if tiny is not None:
+        p.add_argument("--tiny", action="store_true", help=tiny)
+    p.add_argument("--results-dir", type=Path, default=None)
+    return p
+
+
+def report(
+    name: str,
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    results: dict[str, Any],
+    results_dir: Path | None,
+) -> None:
+    """The machine, one table and the load average printed; ``results`` written as
+    ``<name>.json`` (:func:`write_results`), its path printed."""
+    print_machine()
+    print_table(title, headers, rows)
+    print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"wrote {write_results(name, results, results_dir)}")
 
 
 def print_machine() -> None:

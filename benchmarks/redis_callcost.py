@@ -16,9 +16,7 @@ it called per call. Medians of the rounds.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import uuid
@@ -92,11 +90,10 @@ async def run(port: int, libraries: dict[str, str], calls: int, rounds: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 000 calls a round, 5 rounds")
-    parser.add_argument("--tiny", action="store_true", help="the fewest calls: proves it runs")
+    parser = _common.parser(
+        __doc__, "1 000 calls a round, 5 rounds", "the fewest calls: proves it runs"
+    )
     parser.add_argument("--against", default=None, help="a git revision's library beside")
-    parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args()
     _common.exit_on_sigterm()
     if _common.redis_missing("redis_callcost", args.results_dir):
@@ -105,17 +102,17 @@ def main() -> None:
     libraries = bodies(args.against)
     with _common.redis_server() as port:
         res = asyncio.run(run(port, libraries, calls, rounds))
-    _common.print_machine()
-    _common.print_table(
+    _common.report(
+        "redis_callcost",
         f"One decide call of one row (medians of {rounds} rounds of {calls} calls)",
         ("library", "decide function µs/call", "Redis commands it calls per call"),
         [
             (n, round(v["fcall_us_per_call"], 1), round(v["commands_per_call"], 2))
             for n, v in res.items()
         ],
+        res,
+        args.results_dir,
     )
-    print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"wrote {_common.write_results('redis_callcost', res, args.results_dir)}")
 
 
 if __name__ == "__main__":

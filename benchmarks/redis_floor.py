@@ -26,13 +26,10 @@ rounds; ratios to the sorted-set script's CPU per decision.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import _common
@@ -44,6 +41,7 @@ from tiergate.store.location import parse_store
 
 T0 = 1_765_000_000_000
 ROWS = 1_000
+TINY = "the fewest calls: proves it runs"
 #: A scope entry as the library packs it (last counted time, generation and freshness).
 ENTRY = b"\x00\x00\x01\x9a\xe4\xd3\x00\x03"
 
@@ -161,19 +159,15 @@ async def run(port: int, calls: int, rounds: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 calls a way, 3 rounds")
-    parser.add_argument("--tiny", action="store_true", help="the fewest calls: proves it runs")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args()
+    args = _common.parser(__doc__, "20 calls a way, 3 rounds", TINY).parse_args()
     _common.exit_on_sigterm()
     if _common.redis_missing("redis_floor", args.results_dir):
         return
     calls, rounds = (1, 1) if args.tiny else (20, 3) if args.quick else (50, 5)
     with _common.redis_server() as port:
         res = asyncio.run(run(port, calls, rounds))
-    _common.print_machine()
-    _common.print_table(
+    _common.report(
+        "redis_floor",
         f"Redis CPU per row, calls of {ROWS} fresh recipients "
         f"(medians of {rounds} rounds of {calls} calls a way)",
         ("way", "Redis CPU µs/row", "to the sorted-set script"),
@@ -181,9 +175,9 @@ def main() -> None:
             (w, round(v["redis_cpu_us_per_row"], 2), round(v["to_the_script"], 2))
             for w, v in res.items()
         ],
+        res,
+        args.results_dir,
     )
-    print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"wrote {_common.write_results('redis_floor', res, args.results_dir)}")
 
 
 if __name__ == "__main__":

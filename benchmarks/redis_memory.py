@@ -26,10 +26,8 @@ Without redis-server it prints why and writes ``{"skipped": ...}``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import _common
@@ -130,11 +128,9 @@ async def measure_zset(port: int, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100 000 recipients only")
-    parser.add_argument("--tiny", action="store_true", help="10 000 recipients: proves it runs")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args()
+    args = _common.parser(
+        __doc__, "100 000 recipients only", "10 000 recipients: proves it runs"
+    ).parse_args()
     _common.exit_on_sigterm()
     sizes = (10_000,) if args.tiny else (100_000,) if args.quick else (100_000, 1_000_000)
     if _common.redis_missing("redis_memory", args.results_dir):

@@ -19,7 +19,6 @@ give wrong answers on purpose: they measure, nothing else.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import statistics
@@ -167,10 +166,7 @@ async def run(port: int, n: int, rounds: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 000 rows, three rounds")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args()
+    args = _common.parser(__doc__, "20 000 rows, three rounds").parse_args()
     _common.exit_on_sigterm()
     n, rounds = (20_000, 3) if args.quick else (100_000, 5)
     started = time.perf_counter()

@@ -32,7 +32,6 @@ writes ``{"skipped": ...}``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -264,11 +263,9 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--worker":
         _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls, three rounds")
-    parser.add_argument("--tiny", action="store_true", help="the fewest calls: proves it runs")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args()
+    args = _common.parser(
+        __doc__, "fewer calls, three rounds", "the fewest calls: proves it runs"
+    ).parse_args()
     _common.exit_on_sigterm()
     if args.tiny:
         n_unary, n_batch, rounds = 64, 1_000, 1

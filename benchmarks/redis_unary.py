@@ -24,7 +24,6 @@ functions with the most own time, per decision.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import io
@@ -218,11 +217,10 @@ async def run(port: int, n: int, rounds: int, profile: bool, n_lone: int) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls, three rounds")
-    parser.add_argument("--tiny", action="store_true", help="the fewest calls: proves it runs")
+    parser = _common.parser(
+        __doc__, "fewer calls, three rounds", "the fewest calls: proves it runs"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one more Redis run")
-    parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args()
     _common.exit_on_sigterm()
     if args.tiny:
