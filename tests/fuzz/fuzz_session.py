@@ -78,6 +78,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_harness import T0, Harness, make_config, sender, serving
 
 from tiergate import config as cfg
+from tiergate.engine.constants import is_bsuid
 from tiergate.policy.events import SenderStatus, TemplateStatus, TemplateUpdate
 from tiergate.server import SERVICE_NAME
 from tiergate.server.convert import MAX_AT_UNIX_MS
@@ -216,7 +217,8 @@ def admit_problems(r: pb.AdmitRequest, request_clock: bool) -> set[str]:
     if not r.sender_id or len(r.sender_id) > 128:
         bad.add("sender_id")
     digits = r.recipient[1:] if r.recipient.startswith("+") else r.recipient
-    if not (1 <= len(digits) <= 15 and digits.isascii() and digits.isdigit()):
+    e164 = 1 <= len(digits) <= 15 and digits.isascii() and digits.isdigit()
+    if not (e164 or is_bsuid(r.recipient)):  # (a business-scoped user ID is a recipient)
         bad.add("recipient")
     if r.kind not in (pb.TEMPLATE, pb.FREE_FORM):
         bad.add("kind")

@@ -117,3 +117,31 @@ def test_a_tier_of_digits_that_are_not_ascii_is_invalid_argument(tier: str) -> N
             assert state.tier == "TIER_250"
 
     uvloop.run(main())
+
+
+@pytest.mark.parametrize(
+    ("recipient", "valid"),
+    [
+        ("US.AbCdEf1234567890", True),
+        ("US.ENT.abc123XYZ", True),
+        ("+15550000000", True),
+        ("US.", False),
+        ("us.abc", False),
+        ("US.ab-c", False),
+    ],
+)
+def test_the_fuzz_oracle_takes_a_business_scoped_user_id_for_a_recipient(
+    recipient: str, valid: bool
+) -> None:
+    """The oracle of the Admit fuzz target once called a BSUID recipient bad, so an
+    Admit the server rightly decided looked like a bad request admitted."""
+    from fuzz_session import admit_problems
+
+    r = pb.AdmitRequest(
+        sender_id=SENDER,
+        recipient=recipient,
+        kind=pb.TEMPLATE,
+        category=pb.MARKETING,
+        template_id="t-approved",
+    )
+    assert ("recipient" in admit_problems(r, request_clock=False)) is not valid
