@@ -20,7 +20,8 @@ medians), with h2load the server's CPU time per decided Admit and per Admit
 refused RESOURCE_EXHAUSTED, and a table of the medians by queue length;
 writes ``benchmarks/results/overload.json``. h2load runs pinned to one CPU
 (``--load-cpu``, the last) at nice 10, so that it does not take most of a
-small machine's cores from the server.
+small machine's cores from the server. ``--loop-cpu N`` runs the server with
+its event loop alone on CPU N (``tiergate serve --loop-cpu``).
 
 The Python load processes read every status but may offer less than the
 asked rate on a shared 2-core machine (the rate offered is reported). h2load
@@ -33,6 +34,7 @@ of ``--sample-rate`` calls per second alongside reads the status those get.
     .venv/bin/python benchmarks/overload.py --max-in-flight 32 --seconds 5 --factor 10
     .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --seconds 4 --rounds 3
     .venv/bin/python benchmarks/overload.py --load h2load --max-in-flight 32 --max-queued 256 16
+    .venv/bin/python benchmarks/overload.py --load h2load --max-queued 2 --loop-cpu 0
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _config() -> str:
 
 
 @contextlib.contextmanager
-def _server(max_in_flight: int, max_queued: int) -> Iterator[tuple[str, int]]:
+def _server(max_in_flight: int, max_queued: int, loop_cpu: int) -> Iterator[tuple[str, int]]:
     """A ``tiergate serve``; its gRPC target and process id. Its metrics endpoint
     is on the port after (see :func:`_counts`)."""
     workdir = Path(tempfile.mkdtemp(prefix="tiergate-overload-"))
@@ -112,6 +114,8 @@ def _server(max_in_flight: int, max_queued: int) -> Iterator[tuple[str, int]]:
         str(max_in_flight),
         "--max-queued",
         str(max_queued),
+        "--loop-cpu",
+        str(loop_cpu),
         "--metrics-listen",
         f"{_common.LOOPBACK}:{port + 1}",
     ]
@@ -286,6 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """One server per ``--max-queued`` value, in turn: see :func:`run_one`."""
     return {
         "load_cpu": args.load_cpu if args.load == "h2load" else None,
+        "loop_cpu": args.loop_cpu,
         "runs": [run_one(args, q) for q in args.max_queued],
     }
 
@@ -296,7 +301,7 @@ def run_one(args: argparse.Namespace, max_queued: int) -> dict[str, Any]:
     the server's CPU time per decided and per shed call."""
     import uvloop
 
-    with _server(args.max_in_flight, max_queued) as (target, pid):
+    with _server(args.max_in_flight, max_queued, args.loop_cpu) as (target, pid):
         rate = _sustainable(args, target)
         rounds = []
         for k in range(args.rounds):
@@ -617,6 +622,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, default=3, help="paired unloaded/overload rounds")
     p.add_argument(
+        "--loop-cpu",
+        type=int,
+        default=-1,
+        help="the server's --loop-cpu: its event loop alone on this CPU (-1: not pinned)",
+    )
+    p.add_argument(
         "--sample-rate",
         type=float,
         default=200.0,
@@ -627,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _common.print_machine()
     if args.load == "h2load" and args.load_cpu >= 0:
         print(f"h2load runs pinned to CPU {args.load_cpu} at nice 10 (--load-cpu)")
+    if args.loop_cpu >= 0:
+        print(f"the server's event loop runs alone on CPU {args.loop_cpu} (--loop-cpu)")
     result = run(args)
     for one in result["runs"]:
         _print_run(args, one)

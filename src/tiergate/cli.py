@@ -62,6 +62,12 @@ _SETTINGS = (
         f"answer RESOURCE_EXHAUSTED (default {cfg.DEFAULT_MAX_QUEUED})",
     ),
     (
+        "--loop-cpu",
+        "N",
+        "run the event loop alone on CPU N, the process's other threads on its other "
+        "CPUs (default -1: not pinned)",
+    ),
+    (
         "--max-message-bytes",
         "N",
         "largest request message taken (default 0: 4 MiB, or max-batch KiB if more)",

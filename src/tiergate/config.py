@@ -40,6 +40,8 @@ DEFAULT_MAX_IN_FLIGHT = 1024
 #: The most calls of one method gRPC core holds for the event loop before it takes
 #: them; more are turned away RESOURCE_EXHAUSTED (``grpc_server.pending_limits``).
 DEFAULT_MAX_QUEUED = 256
+#: The CPU the event loop runs on alone (``server/affinity.py``); -1: not pinned.
+DEFAULT_LOOP_CPU = -1
 #: The largest request message gRPC takes; 0: 4 MiB, or max_batch KiB if more
 #: (a full AdmitBatch fits: an AdmitRequest is at most ~1 KiB).
 DEFAULT_MAX_MESSAGE_BYTES = 0
@@ -86,6 +88,7 @@ class ServeConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_queued: int = DEFAULT_MAX_QUEUED
+    loop_cpu: int = DEFAULT_LOOP_CPU
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     durability: str = DEFAULT_DURABILITY
     # Start even if the journal is corrupt before its tail: cut there (the cut
@@ -253,6 +256,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, object], str]:
 _max_batch = _int_in(1, MAX_BATCH_CEILING)
 _max_in_flight = _int_in(1, 1_000_000)
 _max_queued = _int_in(1, 1_000_000)
+_loop_cpu = _int_in(-1, 4095)
 
 
 #: gRPC's limit: a message length is a 32-bit signed integer.
@@ -332,6 +336,7 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "max_batch": _max_batch,
     "max_in_flight": _max_in_flight,
     "max_queued": _max_queued,
+    "loop_cpu": _loop_cpu,
     "max_message_bytes": _max_message_bytes,
     "durability": _one_of(DURABILITY_MODES),
     "recover_truncate": _bool,

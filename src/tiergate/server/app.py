@@ -39,7 +39,7 @@ from tiergate.policy.caps import CAP_SETTINGS, CapReached
 from tiergate.policy.profile import Profile, load_profile
 from tiergate.policy.requests import InvalidArgument
 from tiergate.policy.service import AdmissionService
-from tiergate.server import tls
+from tiergate.server import affinity, tls
 from tiergate.server.auth import Guard
 from tiergate.server.clock import server_clock_ms
 from tiergate.server.gauges import register_metrics, register_shared_metrics
@@ -484,6 +484,7 @@ _RESTART_SETTINGS = (
     "max_batch",
     "max_in_flight",
     "max_queued",
+    "loop_cpu",
     "max_message_bytes",
     "webhook_listen",
     "metrics_listen",
@@ -672,6 +673,10 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     loop.add_signal_handler(signal.SIGHUP, hup)
     try:
         try:
+            pinning = affinity.pin_loop(config.loop_cpu)
+        except ValueError as e:
+            raise StartupError(f"loop_cpu: {e}") from e
+        try:
             await sidecar.start()
         except BaseException:
             await sidecar.stop(0)
@@ -682,6 +687,8 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
         stopper.cancel()
         await sidecar.stop()
         waiter.cancel()
+        if pinning is not None:
+            pinning.stop()
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
