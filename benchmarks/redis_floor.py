@@ -14,9 +14,11 @@ scope in calls of 1 000 rows, each way in turn every round, Redis's CPU
   read and commits under the version, keeping the 4 096 shard hashes that hold
   a recipient in about 20 bytes (docs/redis.md, "Memory per tracked
   recipient");
-* the same call alone, no read (a sidecar whose copy of the scope is current).
+* the same call alone, no read (a sidecar whose copy of the scope is current);
+* the same writes as plain commands, an ``HSET`` per shard hash in a
+  MULTI/EXEC that WATCHes the version (no Lua at all).
 
-The last two do none of the rest of a decision's work in Redis (the scope's
+The last three do none of the rest of a decision's work in Redis (the scope's
 meta and rings, pair entries, opt-outs, TTLs): they are floors, below any
 design that keeps a recipient's entry in those shard hashes. Medians of the
 rounds; ratios to the sorted-set script's CPU per decision.
@@ -64,6 +66,7 @@ WAYS = (
     "decide as it is (Lua)",
     "entries read, then written under a version",
     "entries written under a version, no read",
+    "entries written as commands under WATCH, no read",
 )
 
 
@@ -73,7 +76,7 @@ async def _cpu(client: Any) -> float:
 
 
 class Ways:
-    """The four ways, each deciding (or storing) ``ROWS`` fresh recipients a call."""
+    """The five ways, each deciding (or storing) ``ROWS`` fresh recipients a call."""
 
     def __init__(self, client: Any, store: rc.RedisCounting) -> None:
         self.client, self.store = client, store
@@ -120,11 +123,32 @@ class Ways:
         if await self.client.evalsha(self.csha, len(keys), *keys, *args) != 1:
             raise SystemExit("redis_floor: the scope's version moved under a lone writer")
 
+    async def commands(self) -> None:
+        """The rows' entries written as plain commands (an HSET per shard hash) in a
+        MULTI/EXEC that WATCHes the scope's version: no Lua."""
+        shards: dict[str, dict[str, bytes]] = {}
+        for r in self._recipients():
+            shards.setdefault(self.scope.scope_shard(r), {})[str(r)] = ENTRY
+        version = f"{self.scope.tag}:version"
+        async with self.client.pipeline(transaction=True) as pipe:
+            await pipe.watch(version)
+            pipe.multi()
+            for key, entries in shards.items():
+                pipe.hset(key, mapping=entries)
+            pipe.incr(version)
+            await pipe.execute()
+
     def calls(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return dict(
             zip(
                 WAYS,
-                (self.zset, self.decide, lambda: self.entries(True), lambda: self.entries(False)),
+                (
+                    self.zset,
+                    self.decide,
+                    lambda: self.entries(True),
+                    lambda: self.entries(False),
+                    self.commands,
+                ),
                 strict=True,
             )
         )

@@ -121,13 +121,14 @@ def test_redis_callcost_tiny_measures_the_library_beside_its_floor(tmp_path: Pat
 @pytest.mark.redis
 def test_redis_floor_tiny_measures_every_way_beside_the_script(tmp_path: Path) -> None:
     """``redis_floor.py --tiny``: Redis's CPU per row of the sorted-set script, of the
-    decide function and of the two floors (entries read and written under a version,
-    written alone), each with its ratio to the script's."""
+    decide function and of the three floors (entries read and written under a version,
+    written alone, written as commands under WATCH), each with its ratio to the
+    script's."""
     _need_redis_server()
     proc = run("redis_floor.py", "--tiny", "--results-dir", str(tmp_path))
     got = read(tmp_path / "redis_floor.json")
     ways = [v for v in got.values() if isinstance(v, dict) and "to_the_script" in v]
-    assert len(ways) == 4
+    assert len(ways) == 5
     for way in ways:
         assert way["redis_cpu_us_per_row"] > 0 and way["to_the_script"] > 0
     assert got["sorted-set script, EVALSHA x1000"]["to_the_script"] == 1.0
