@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_sighup import LISTENING, tiergate_command
+from test_sighup import LISTENING, Serving, tiergate_command
 
 from tiergate import cli
 from tiergate import config as cfg
@@ -75,32 +75,25 @@ def test_the_event_loop_runs_alone_on_its_cpu(tmp_path: Path) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    s = Serving(proc, log)
     try:
-        deadline = time.monotonic() + 60
-        while not (m := LISTENING.search(log.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        port = s.wait_for(LISTENING).group(1)
         # gRPC core's threads start after the loop's thread is pinned (on its CPU,
         # as threads it starts are) and are moved off it
         before = _settled(proc.pid, {loop_cpu}, others)
         assert len(before) >= 3
-        assert f"event loop on CPU {loop_cpu}" in log.read_text()
+        assert f"event loop on CPU {loop_cpu}" in s.log()
         # calls are served as ever
-        with grpc.insecure_channel(f"127.0.0.1:{m.group(1)}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             got = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert got.status == health_pb2.HealthCheckResponse.SERVING
         # SIGHUP reads the config in a worker thread the loop's thread starts: it
         # begins on the loop's CPU and is moved off it
-        mark = len(log.read_text())
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while "SIGHUP" not in log.read_text()[mark:]:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        s.sighup("SIGHUP")
         _settled(proc.pid, {loop_cpu}, others)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()
+        assert proc.wait(30) == 0, s.log()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -49,9 +49,8 @@ class LoopPinning:
         self.sweep()
         self._task = asyncio.get_running_loop().create_task(self._every())
 
-    def sweep(self) -> int:
-        """Move every other thread found off the loop's CPU; how many were moved."""
-        moved = 0
+    def sweep(self) -> None:
+        """Move every other thread found on other CPUs than the loop's others."""
         for entry in os.listdir(_TASKS):
             tid = int(entry)
             if tid == self.loop_thread:
@@ -60,8 +59,6 @@ class LoopPinning:
             with contextlib.suppress(OSError):
                 if os.sched_getaffinity(tid) != self.others:
                     os.sched_setaffinity(tid, self.others)
-                    moved += 1
-        return moved
 
     async def _every(self) -> None:
         while True:
